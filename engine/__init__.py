@@ -1,0 +1,1 @@
+"""tickwire.engine: instruments, the pipeline, worker processes, the daemon, config and the CLI."""

@@ -1,0 +1,160 @@
+"""Instruments: symbol, tick size, lot size and decimals, and exact conversions at the edges.
+
+Inside tickwire a price is an int64 count of ticks and a quantity an int64 count of lots.
+Decimal strings from exchanges become integers here, exactly (a price that is not a
+multiple of the tick is an error, not a rounding), and go back to decimals only for
+reports, checksums and storage views.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Iterable
+
+from tickwire.ext.book import (
+    DEFAULT_MAX_LEVELS,
+    DEFAULT_MAX_PRICE,
+    DEFAULT_MIN_PRICE,
+    DEFAULT_WINDOW,
+    BookSet,
+    L2Book,
+    L3Book,
+)
+
+__all__ = ["Instrument", "make_books", "decimal_to_int", "decimals_of"]
+
+
+def decimal_to_int(text: str, decimals: int) -> int:
+    """Exact integer value of the decimal string ``text`` scaled by ``10**decimals``.
+
+    ``decimal_to_int("61737.63000000", 2) == 6173763``.  Raises ValueError when ``text``
+    has non-zero digits beyond ``decimals`` places or is not a plain decimal number.
+    """
+    neg = text.startswith("-")
+    body = text[1:] if neg else text
+    whole, dot, frac = body.partition(".")
+    if not (whole.isdigit() or (whole == "" and frac)) or (dot and frac and not frac.isdigit()):
+        raise ValueError(f"not a plain decimal number: {text!r}")
+    if len(frac) > decimals:
+        extra = frac[decimals:]
+        if extra.strip("0"):
+            raise ValueError(f"{text!r} has more than {decimals} decimals")
+        frac = frac[:decimals]
+    value = int((whole or "0") + frac.ljust(decimals, "0"))
+    return -value if neg else value
+
+
+def decimals_of(step: Decimal) -> int:
+    """Decimal places of a step such as a tick size: ``decimals_of(Decimal("0.010")) == 2``."""
+    exp = step.normalize().as_tuple().exponent
+    return max(0, -int(exp))
+
+
+@dataclass(frozen=True)
+class Instrument:
+    """One tradable instrument and how its prices and quantities map to integers.
+
+    Parameters
+    ----------
+    id : int
+        Dense small integer id carried in every event (routes to the instrument's book).
+    symbol : str
+    tick_size, lot_size : str or Decimal
+        Price of one tick and quantity of one lot, e.g. ``"0.01"`` and ``"0.00000001"``.
+    book : {"L2", "L3"}
+        Price-level or order-by-order book.
+    max_depth : int
+        L2 only: keep at most this many levels per side (0: all).
+    min_price, max_price : int
+        Accepted prices in ticks.
+    window, max_levels : int
+        Dense window slots per side (a power of two) and most levels per side (see L2Book).
+    max_orders : int
+        L3 only: most resting orders.
+    price_decimals, qty_decimals : int, optional
+        Decimals used when formatting (default: those of the tick and lot sizes).  Some
+        venues print more decimals than the tick has, e.g. ``"354.13000000"``.
+    """
+
+    id: int
+    symbol: str
+    tick_size: Decimal = Decimal("0.01")
+    lot_size: Decimal = Decimal("0.00000001")
+    book: str = "L2"
+    max_depth: int = 0
+    min_price: int = DEFAULT_MIN_PRICE
+    max_price: int = DEFAULT_MAX_PRICE
+    window: int = DEFAULT_WINDOW
+    max_levels: int = DEFAULT_MAX_LEVELS
+    max_orders: int = 1 << 24
+    price_decimals: int | None = None
+    qty_decimals: int | None = None
+
+    def __post_init__(self):
+        for name in ("tick_size", "lot_size"):
+            value = Decimal(str(getattr(self, name)))
+            if not value.is_finite() or value <= 0:
+                raise ValueError(f"instrument {self.symbol!r}: {name} must be a positive decimal, got {value}")
+            object.__setattr__(self, name, value)
+        if self.book not in ("L2", "L3"):
+            raise ValueError(f"instrument {self.symbol!r}: book must be 'L2' or 'L3', got {self.book!r}")
+        if not 0 <= self.id < 1 << 24:
+            raise ValueError(f"instrument {self.symbol!r}: id must be 0..2**24-1, got {self.id}")
+        tick_dec, lot_dec = decimals_of(self.tick_size), decimals_of(self.lot_size)
+        object.__setattr__(self, "_units", {"price": (self.tick_size, tick_dec),
+                                            "quantity": (self.lot_size, lot_dec)})
+        for name, least in (("price_decimals", tick_dec), ("qty_decimals", lot_dec)):
+            value = getattr(self, name)
+            if value is None:
+                object.__setattr__(self, name, least)
+            elif not least <= value <= 18:
+                raise ValueError(f"instrument {self.symbol!r}: {name} must be {least}..18, got {value}")
+
+    # -- conversions -----------------------------------------------------------------------
+    def price_to_ticks(self, price: str | Decimal | int) -> int:
+        """Exact ticks of a decimal price; ValueError when it is not a multiple of the tick."""
+        return self._to_units(price, "price")
+
+    def qty_to_lots(self, qty: str | Decimal | int) -> int:
+        """Exact lots of a decimal quantity; ValueError when it is not a multiple of the lot."""
+        return self._to_units(qty, "quantity")
+
+    def ticks_to_price(self, ticks: int) -> Decimal:
+        return (self.tick_size * int(ticks)).quantize(Decimal(1).scaleb(-self.price_decimals))
+
+    def lots_to_qty(self, lots: int) -> Decimal:
+        return (self.lot_size * int(lots)).quantize(Decimal(1).scaleb(-self.qty_decimals))
+
+    def format_price(self, ticks: int) -> str:
+        """The price as a fixed-decimals string, e.g. ``"61737.63"``."""
+        return f"{self.ticks_to_price(ticks):f}"
+
+    def format_qty(self, lots: int) -> str:
+        return f"{self.lots_to_qty(lots):f}"
+
+    def _to_units(self, value, what: str) -> int:
+        step, decimals = self._units[what]
+        if isinstance(value, str) and step == Decimal(1).scaleb(-decimals):
+            try:
+                return decimal_to_int(value, decimals)
+            except ValueError as exc:
+                raise ValueError(f"instrument {self.symbol!r}: {what} {exc}") from None
+        units = Decimal(str(value)) / step
+        if units != units.to_integral_value():
+            raise ValueError(f"instrument {self.symbol!r}: {what} {value} is not a multiple of {step}")
+        return int(units)
+
+    # -- books -----------------------------------------------------------------------------
+    def make_book(self) -> L2Book | L3Book:
+        """A new empty book configured for this instrument."""
+        if self.book == "L3":
+            return L3Book(self.id, min_price=self.min_price, max_price=self.max_price,
+                          window=self.window, max_levels=self.max_levels, max_orders=self.max_orders)
+        return L2Book(self.id, max_depth=self.max_depth, min_price=self.min_price,
+                      max_price=self.max_price, window=self.window, max_levels=self.max_levels)
+
+
+def make_books(instruments: Iterable[Instrument]) -> BookSet:
+    """A :class:`BookSet` with one new book per instrument."""
+    return BookSet(inst.make_book() for inst in instruments)

@@ -1,0 +1,195 @@
+# The C API of tickwire.ext.book: L2 and L3 order books over a dense price ladder.
+#
+# This file is the reviewed contract: other tickwire modules and users' own Cython
+# `cimport tickwire.ext.book` and drive the books with these structs and functions,
+# without Python objects and without the GIL.  Every function states its error
+# contract.  Prices are int64 ticks, quantities int64 lots.
+#
+# Layout of one side (tw_ladder), in "keys": key = price on the bid side and -price on the
+# ask side, so that a higher key is always a better price and one code path serves both.
+#
+# - A dense window of `cap` consecutive keys starting at `base` holds the levels near the
+#   top: qty[slot] is the level's quantity (0: no level).  A four-level occupancy bitmap
+#   (one bit per slot, then one bit per non-empty word, ...) finds the next level in a
+#   handful of instructions whatever the depth, so the best slot is kept up to date in O(1)
+#   and a BBO read is a load.
+# - Levels worse than the window sit in `over`, a sorted array (ascending keys, so the
+#   best of them is last, next to the window): real books carry far-away levels (asks at
+#   a thousand times the price) that no dense array could span.
+# - Invariants: no level is better than the window; whenever the side has a level, the
+#   window has one (so the best is always in the window).  The window follows the best:
+#   a better price than the window moves it up, and when the best sinks to the bottom
+#   eighth it moves down, levels crossing between window and overflow (a rare memmove).
+
+from libc.stdint cimport int64_t, uint64_t, int32_t, uint32_t, uint8_t
+from libc.math cimport NAN
+from tickwire.ext.defs cimport tw_event, TW_NO_PRICE, TW_REJ_COUNT, TW_SIDE_BID, TW_SIDE_ASK
+
+cdef enum:
+    TW_BOOK_L2 = 2
+    TW_BOOK_L3 = 3
+    TW_LADDER_LEVELS = 4          # bitmap levels: covers 64**4 slots
+    TW_WINDOW_MIN = 256
+    TW_WINDOW_MAX = 16777216      # 64**4
+
+cdef struct tw_level:             # a level outside the window
+    int64_t key
+    int64_t qty
+    int32_t norders
+    int32_t head
+    int32_t tail
+    int32_t _pad
+
+cdef struct tw_ladder:
+    int64_t *qty                  # window: quantity per slot; 0 = no level
+    int32_t *norders              # window, L3 only: orders per slot (NULL on L2 books)
+    int32_t *head                 # window, L3 only: oldest order per slot (pool index)
+    int32_t *tail                 # window, L3 only: newest order per slot
+    uint64_t *bits[4]             # occupancy bitmaps; bits[0] has one bit per slot
+    uint64_t *spare[4]            # second set of bitmaps, swapped in when the window moves
+    int64_t nwords[4]             # words in each bitmap level
+    int64_t base                  # key of slot 0
+    int64_t cap                   # slots in the window (a power of two)
+    int64_t best                  # slot of the best level, -1 when the side is empty
+    int64_t nwin                  # levels in the window
+    tw_level *over                # levels worse than the window, ascending keys
+    int64_t nover
+    int64_t over_cap
+    int64_t nlevels               # all levels of the side
+    int64_t sign                  # +1 bids, -1 asks: key = sign * price
+
+cdef struct tw_order:
+    uint64_t id
+    int64_t price
+    int64_t qty
+    int64_t ts                    # ts_event of the add (time priority)
+    int32_t prev                  # neighbours in the level's FIFO (pool index, -1 none)
+    int32_t next                  # also links the free list
+    uint8_t side
+
+cdef struct tw_book_params:
+    uint32_t instrument
+    int book_type                 # TW_BOOK_L2 or TW_BOOK_L3
+    int64_t min_price             # accepted price range, ticks (inclusive)
+    int64_t max_price
+    int64_t window                # slots of the dense window per side (power of two)
+    int64_t max_levels            # most levels per side
+    int64_t max_depth             # L2: keep at most this many levels per side, dropping the worst (0: all)
+    int64_t max_orders            # L3: most resting orders (<= 2**30)
+    int64_t initial_orders        # L3: pool size allocated up front
+
+cdef struct tw_book:
+    tw_ladder side[2]             # indexed by TW_SIDE_BID / TW_SIDE_ASK
+    tw_book_params p
+    # L3 order storage: a pool with a free list, and an open-addressing id -> index map
+    tw_order *orders
+    int64_t order_cap
+    int64_t norders
+    int32_t free_head
+    uint64_t *map_keys            # 0 marks an empty slot (order id 0 is never valid)
+    int32_t *map_vals
+    uint64_t map_mask
+    # state and counters
+    uint64_t applied
+    uint64_t rejects[TW_REJ_COUNT]
+    uint64_t last_seq
+    int64_t last_ts_event
+    int64_t last_ts_recv
+    int in_sync                   # 0 between a snapshot BEGIN and END marker
+
+cdef struct tw_level_cursor:      # walks one side from the best level down
+    int64_t slot                  # next window slot, -1 once the window is done
+    Py_ssize_t over               # next overflow index (counting down)
+
+cdef struct tw_bookset:
+    tw_book **books               # indexed by instrument id; NULL: unknown instrument
+    uint32_t nbooks
+    uint64_t unknown_instrument
+
+# -- lifecycle --------------------------------------------------------------------------
+cdef int tw_book_init(tw_book *b, const tw_book_params *p) noexcept nogil   # 0, or -1: no memory
+cdef void tw_book_free(tw_book *b) noexcept nogil
+cdef void tw_book_clear(tw_book *b) noexcept nogil
+
+# -- updates: return TW_OK (0) or a TW_REJ_* code; a rejected event leaves the book as it was
+cdef int tw_book_apply(tw_book *b, const tw_event *ev) noexcept nogil
+cdef int tw_book_set_level(tw_book *b, int side, int64_t price, int64_t qty) noexcept nogil
+cdef int tw_book_add_order(tw_book *b, uint64_t order_id, int side, int64_t price, int64_t qty,
+                           int64_t ts) noexcept nogil
+cdef int tw_book_modify_order(tw_book *b, uint64_t order_id, int64_t price, int64_t qty,
+                              int64_t ts) noexcept nogil
+cdef int tw_book_delete_order(tw_book *b, uint64_t order_id) noexcept nogil
+cdef int tw_book_execute_order(tw_book *b, uint64_t order_id, int64_t qty) noexcept nogil
+cdef Py_ssize_t tw_bookset_apply(tw_bookset *s, const tw_event *ev, Py_ssize_t n,
+                                 uint8_t *status) noexcept nogil
+
+# -- queries (no copies of the book) ---------------------------------------------------
+cdef Py_ssize_t tw_book_levels(const tw_book *b, int side, int64_t *out, Py_ssize_t n) noexcept nogil
+cdef int64_t tw_book_qty_at(const tw_book *b, int side, int64_t price) noexcept nogil
+cdef int64_t tw_book_depth_qty(const tw_book *b, int side, Py_ssize_t k) noexcept nogil
+cdef double tw_book_imbalance(const tw_book *b, Py_ssize_t k) noexcept nogil
+cdef double tw_book_vwap_to_size(const tw_book *b, int side, int64_t qty) noexcept nogil
+cdef int32_t tw_book_find_order(const tw_book *b, uint64_t order_id) noexcept nogil
+cdef void tw_book_cursor(const tw_book *b, int side, tw_level_cursor *c) noexcept nogil
+cdef bint tw_book_cursor_next(const tw_book *b, int side, tw_level_cursor *c, int64_t *price,
+                              int64_t *qty, int32_t *norders) noexcept nogil
+
+cdef inline int64_t tw_book_best_price(const tw_book *b, int side) noexcept nogil:
+    """Best price of ``side`` in ticks, or TW_NO_PRICE when that side is empty."""
+    cdef const tw_ladder *L = &b.side[side]
+    if L.best < 0:
+        return TW_NO_PRICE
+    return L.sign * (L.base + L.best)
+
+cdef inline int64_t tw_book_best_qty(const tw_book *b, int side) noexcept nogil:
+    """Quantity at the best price of ``side`` in lots, 0 when that side is empty."""
+    cdef const tw_ladder *L = &b.side[side]
+    if L.best < 0:
+        return 0
+    return L.qty[L.best]
+
+cdef inline bint tw_book_has_bbo(const tw_book *b) noexcept nogil:
+    """Whether both sides have a level."""
+    return b.side[0].best >= 0 and b.side[1].best >= 0
+
+cdef inline double tw_book_mid(const tw_book *b) noexcept nogil:
+    """Mid price in ticks (NaN without both sides)."""
+    if not tw_book_has_bbo(b):
+        return NAN
+    return 0.5 * (<double>tw_book_best_price(b, TW_SIDE_BID) + <double>tw_book_best_price(b, TW_SIDE_ASK))
+
+cdef inline double tw_book_microprice(const tw_book *b) noexcept nogil:
+    """Size-weighted mid in ticks: the bid weighted by the ask size and vice versa (NaN without both sides)."""
+    cdef double pb, pa, qb, qa
+    if not tw_book_has_bbo(b):
+        return NAN
+    pb = <double>tw_book_best_price(b, TW_SIDE_BID)
+    pa = <double>tw_book_best_price(b, TW_SIDE_ASK)
+    qb = <double>tw_book_best_qty(b, TW_SIDE_BID)
+    qa = <double>tw_book_best_qty(b, TW_SIDE_ASK)
+    return (pb * qa + pa * qb) / (qa + qb)
+
+cdef inline int64_t tw_book_spread(const tw_book *b) noexcept nogil:
+    """Best ask minus best bid in ticks, TW_NO_PRICE without both sides (negative when crossed)."""
+    if not tw_book_has_bbo(b):
+        return TW_NO_PRICE
+    return tw_book_best_price(b, TW_SIDE_ASK) - tw_book_best_price(b, TW_SIDE_BID)
+
+
+cdef class Book:
+    cdef tw_book c
+    cdef int _check(self, int code, object what) except -1
+
+
+cdef class L2Book(Book):
+    pass
+
+
+cdef class L3Book(Book):
+    pass
+
+
+cdef class BookSet:
+    cdef tw_bookset c
+    cdef list _books
+    cdef dict _by_id

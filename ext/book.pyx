@@ -1,0 +1,1621 @@
+"""L2 and L3 order books over a dense price ladder, with a batch API that runs without the GIL.
+
+See ``book.pxd`` for the C API and the data layout.  The Python classes here
+(:class:`L2Book`, :class:`L3Book`, :class:`BookSet`) are thin wrappers: the per-event
+methods and the batch :meth:`Book.apply` call the same C functions.
+"""
+
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE
+from libc.stdint cimport int64_t, uint64_t, int32_t, uint32_t, uint8_t, INT64_MAX
+from libc.stdlib cimport calloc, malloc, realloc, free
+from libc.string cimport memmove, memset
+
+from tickwire.ext.defs cimport (
+    tw_event, tw_msb64, tw_lsb64, TW_NO_PRICE, TW_DEBUG_BUILD, TW_LIKELY, TW_UNLIKELY,
+    TW_KIND_ADD, TW_KIND_MODIFY, TW_KIND_DELETE, TW_KIND_TRADE, TW_KIND_CLEAR, TW_KIND_SNAPSHOT,
+    TW_SIDE_BID, TW_SIDE_ASK, TW_SIDE_NONE, TW_FLAG_SNAPSHOT_BEGIN, TW_FLAG_SNAPSHOT_END,
+    TW_OK, TW_REJ_UNKNOWN_INSTRUMENT, TW_REJ_BAD_KIND, TW_REJ_BAD_SIDE, TW_REJ_BAD_QTY,
+    TW_REJ_PRICE_RANGE, TW_REJ_UNKNOWN_ORDER, TW_REJ_DUPLICATE_ORDER, TW_REJ_OVERFILL,
+    TW_REJ_UNKNOWN_LEVEL, TW_REJ_CAPACITY, TW_REJ_NO_MEMORY, TW_REJ_COUNT,
+)
+
+import numpy as np
+
+from tickwire.ext.records import EVENT_DTYPE, Reject, Side
+
+#: "release" or "debug": which build of the extension is loaded.
+BUILD = "debug" if TW_DEBUG_BUILD else "release"
+
+#: Defaults: accepted prices (ticks), dense window slots per side, levels per side.
+DEFAULT_MIN_PRICE = 1
+DEFAULT_MAX_PRICE = 1 << 62
+DEFAULT_WINDOW = 1 << 15
+DEFAULT_MAX_LEVELS = 1 << 20
+WINDOW_MIN = TW_WINDOW_MIN
+WINDOW_MAX = TW_WINDOW_MAX
+MAX_ORDERS_LIMIT = 1 << 30
+
+cdef enum:
+    _RELEASE_GIL_AT = 64          # batches shorter than this keep the GIL (releasing costs more)
+
+
+# ---------------------------------------------------------------------------------------
+# Ladder: one side of a book, in keys (higher key = better price)
+# ---------------------------------------------------------------------------------------
+
+cdef inline void _ladder_reset(tw_ladder *L, int64_t sign) noexcept nogil:
+    memset(L, 0, sizeof(tw_ladder))
+    L.best = -1
+    L.sign = sign
+
+
+cdef void _ladder_release(tw_ladder *L) noexcept nogil:
+    cdef int k
+    free(L.qty)
+    free(L.norders)
+    free(L.head)
+    free(L.tail)
+    free(L.over)
+    for k in range(TW_LADDER_LEVELS):
+        free(L.bits[k])
+        free(L.spare[k])
+    _ladder_reset(L, L.sign)
+
+
+cdef int _ladder_alloc(tw_ladder *L, int64_t cap, bint with_orders) noexcept nogil:
+    """Allocate an empty window of ``cap`` slots into a reset ladder; -1 when out of memory."""
+    cdef int k
+    cdef int64_t n = cap
+    cdef bint ok
+    L.cap = cap
+    L.qty = <int64_t *>calloc(cap, sizeof(int64_t))
+    ok = L.qty != NULL
+    for k in range(TW_LADDER_LEVELS):
+        n = (n + 63) >> 6
+        L.nwords[k] = n
+        L.bits[k] = <uint64_t *>calloc(n, sizeof(uint64_t))
+        L.spare[k] = <uint64_t *>calloc(n, sizeof(uint64_t))
+        ok = ok and L.bits[k] != NULL and L.spare[k] != NULL
+    if with_orders:
+        L.norders = <int32_t *>calloc(cap, sizeof(int32_t))
+        L.head = <int32_t *>calloc(cap, sizeof(int32_t))
+        L.tail = <int32_t *>calloc(cap, sizeof(int32_t))
+        ok = ok and L.norders != NULL and L.head != NULL and L.tail != NULL
+    if not ok:
+        _ladder_release(L)
+        return -1
+    return 0
+
+
+cdef inline void _bits_set(uint64_t **bits, int64_t s) noexcept nogil:
+    cdef int k
+    cdef uint64_t w
+    for k in range(TW_LADDER_LEVELS):
+        w = bits[k][s >> 6]
+        bits[k][s >> 6] = w | ((<uint64_t>1) << (s & 63))
+        if w != 0:
+            return
+        s >>= 6
+
+
+cdef inline void _bits_clear(uint64_t **bits, int64_t s) noexcept nogil:
+    cdef int k
+    cdef uint64_t w
+    for k in range(TW_LADDER_LEVELS):
+        w = bits[k][s >> 6] & ~((<uint64_t>1) << (s & 63))
+        bits[k][s >> 6] = w
+        if w != 0:
+            return
+        s >>= 6
+
+
+cdef inline int64_t _find_prev(const tw_ladder *L, int64_t i) noexcept nogil:
+    """Highest occupied window slot <= i (the next better-to-worse level), or -1."""
+    cdef int k = 0
+    cdef uint64_t m
+    if i < 0 or L.cap == 0:
+        return -1
+    if i >= L.cap:
+        i = L.cap - 1
+    while True:
+        m = L.bits[k][i >> 6] & ((~<uint64_t>0) >> (63 - (i & 63)))
+        if m:
+            i = (i & ~(<int64_t>63)) | tw_msb64(m)
+            break
+        if k == TW_LADDER_LEVELS - 1:
+            return -1
+        i = (i >> 6) - 1
+        if i < 0:
+            return -1
+        k += 1
+    while k > 0:
+        k -= 1
+        i = (i << 6) | tw_msb64(L.bits[k][i])
+    return i
+
+
+cdef inline int64_t _find_next(const tw_ladder *L, int64_t i) noexcept nogil:
+    """Lowest occupied window slot >= i, or -1."""
+    cdef int k = 0
+    cdef uint64_t m
+    if i < 0:
+        i = 0
+    if i >= L.cap:
+        return -1
+    while True:
+        m = L.bits[k][i >> 6] & ((~<uint64_t>0) << (i & 63))
+        if m:
+            i = (i & ~(<int64_t>63)) | tw_lsb64(m)
+            break
+        if k == TW_LADDER_LEVELS - 1:
+            return -1
+        i = (i >> 6) + 1
+        if i >= L.nwords[k]:
+            return -1
+        k += 1
+    while k > 0:
+        k -= 1
+        i = (i << 6) | tw_lsb64(L.bits[k][i])
+    return i
+
+
+# -- the overflow array ------------------------------------------------------------------
+
+cdef inline Py_ssize_t _over_find(const tw_ladder *L, int64_t key) noexcept nogil:
+    """Index of ``key`` in the overflow, or ``-(insertion point) - 1``."""
+    cdef Py_ssize_t lo = 0, hi = L.nover, mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if L.over[mid].key < key:
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo < L.nover and L.over[lo].key == key:
+        return lo
+    return -lo - 1
+
+
+cdef int _over_reserve(tw_ladder *L, int64_t n) noexcept nogil:
+    cdef int64_t cap = max(L.over_cap, <int64_t>16)
+    cdef tw_level *p
+    if n <= L.over_cap:
+        return TW_OK
+    while cap < n:
+        cap *= 2
+    p = <tw_level *>realloc(L.over, cap * sizeof(tw_level))
+    if p == NULL:
+        return TW_REJ_NO_MEMORY
+    L.over = p
+    L.over_cap = cap
+    return TW_OK
+
+
+cdef inline tw_level *_over_insert(tw_ladder *L, Py_ssize_t pos, int64_t key) noexcept nogil:
+    """A new empty overflow level at ``pos`` (capacity reserved by the caller)."""
+    cdef tw_level *lv
+    memmove(&L.over[pos + 1], &L.over[pos], (L.nover - pos) * sizeof(tw_level))
+    L.nover += 1
+    lv = &L.over[pos]
+    memset(lv, 0, sizeof(tw_level))
+    lv.key = key
+    return lv
+
+
+cdef inline void _over_remove(tw_ladder *L, Py_ssize_t pos) noexcept nogil:
+    memmove(&L.over[pos], &L.over[pos + 1], (L.nover - pos - 1) * sizeof(tw_level))
+    L.nover -= 1
+
+
+# -- moving the window -------------------------------------------------------------------
+
+cdef int _ladder_move(tw_ladder *L, int64_t new_base) noexcept nogil:
+    """Re-base the window at ``new_base`` (no level may be better than its top).
+
+    Window levels below the new base go to the overflow; overflow levels inside the new
+    window come into it.  O(window/64 + levels moved); returns TW_OK or TW_REJ_NO_MEMORY,
+    the ladder unchanged on failure.
+    """
+    cdef int64_t delta = new_base - L.base, s, t, d
+    cdef int k
+    cdef uint64_t *tmp
+    cdef tw_level *lv
+    cdef bint orders = L.norders != NULL
+    if delta == 0:
+        return TW_OK
+    if delta > 0 and _over_reserve(L, L.nover + L.nwin) != TW_OK:
+        return TW_REJ_NO_MEMORY                   # (moving down sends nothing to the overflow)
+    for k in range(TW_LADDER_LEVELS):
+        memset(L.spare[k], 0, L.nwords[k] * sizeof(uint64_t))
+    if delta > 0:
+        # window levels under the new base join the overflow, best of the overflow last
+        s = _find_next(L, 0)
+        while s >= 0 and s < delta:
+            lv = _over_insert(L, L.nover, L.base + s)
+            lv.qty = L.qty[s]
+            if orders:
+                lv.norders = L.norders[s]
+                lv.head = L.head[s]
+                lv.tail = L.tail[s]
+            L.nwin -= 1
+            s = _find_next(L, s + 1)
+        while s >= 0:
+            _bits_set(L.spare, s - delta)
+            s = _find_next(L, s + 1)
+        d = min(delta, L.cap)
+        memmove(L.qty, L.qty + d, (L.cap - d) * sizeof(int64_t))
+        memset(L.qty + (L.cap - d), 0, d * sizeof(int64_t))
+        if orders:
+            memmove(L.norders, L.norders + d, (L.cap - d) * sizeof(int32_t))
+            memset(L.norders + (L.cap - d), 0, d * sizeof(int32_t))
+            memmove(L.head, L.head + d, (L.cap - d) * sizeof(int32_t))
+            memmove(L.tail, L.tail + d, (L.cap - d) * sizeof(int32_t))
+    else:
+        d = min(-delta, L.cap)
+        s = _find_next(L, 0)
+        while s >= 0:
+            if s - delta >= L.cap:       # cannot happen: nothing is better than the best
+                return TW_REJ_NO_MEMORY
+            _bits_set(L.spare, s - delta)
+            s = _find_next(L, s + 1)
+        memmove(L.qty + d, L.qty, (L.cap - d) * sizeof(int64_t))
+        memset(L.qty, 0, d * sizeof(int64_t))
+        if orders:
+            memmove(L.norders + d, L.norders, (L.cap - d) * sizeof(int32_t))
+            memset(L.norders, 0, d * sizeof(int32_t))
+            memmove(L.head + d, L.head, (L.cap - d) * sizeof(int32_t))
+            memmove(L.tail + d, L.tail, (L.cap - d) * sizeof(int32_t))
+    for k in range(TW_LADDER_LEVELS):
+        tmp = L.bits[k]
+        L.bits[k] = L.spare[k]
+        L.spare[k] = tmp
+    L.base = new_base
+    # overflow levels that now fall inside the window come back into it
+    while L.nover > 0 and L.over[L.nover - 1].key >= new_base:
+        lv = &L.over[L.nover - 1]
+        t = lv.key - new_base
+        L.qty[t] = lv.qty
+        if orders:
+            L.norders[t] = lv.norders
+            L.head[t] = lv.head
+            L.tail[t] = lv.tail
+        _bits_set(L.bits, t)
+        L.nwin += 1
+        L.nover -= 1
+    L.best = _find_prev(L, L.cap - 1)
+    return TW_OK
+
+
+cdef inline int64_t _home_base(const tw_ladder *L, int64_t key) noexcept nogil:
+    """Window base that puts ``key`` (the best) three quarters up, leaving room above it."""
+    return key - (L.cap - (L.cap >> 2))
+
+
+cdef inline void _win_add(tw_ladder *L, int64_t s) noexcept nogil:
+    """A level appeared at window slot ``s`` (its qty already set)."""
+    _bits_set(L.bits, s)
+    L.nwin += 1
+    L.nlevels += 1
+    if s > L.best:
+        L.best = s
+
+
+cdef inline void _win_remove(tw_ladder *L, int64_t s) noexcept nogil:
+    """The level at window slot ``s`` emptied (its qty already 0)."""
+    _bits_clear(L.bits, s)
+    L.nwin -= 1
+    L.nlevels -= 1
+    if s == L.best:
+        L.best = _find_prev(L, s - 1)
+        if L.nover > 0 and L.best < (L.cap >> 3):
+            # the best sank to the bottom of the window: bring the window down after it
+            _ladder_move(L, _home_base(L, L.base + L.best if L.best >= 0 else L.over[L.nover - 1].key))
+
+
+cdef inline int _ladder_make_room(tw_book *b, tw_ladder *L, int64_t key) noexcept nogil:
+    """Before a new level at ``key`` outside the window: move the window when ``key`` should
+    be in it (better than the window, an empty side, or a best near the bottom).  TW_OK."""
+    cdef int64_t top
+    if L.nlevels == 0:
+        L.base = _home_base(L, key)           # empty side: nothing to move
+        return TW_OK
+    if key >= L.base + L.cap:
+        return _ladder_move(L, _home_base(L, key))
+    if L.best < (L.cap >> 3):
+        top = L.base + L.best
+        if key > top - L.cap + (L.cap >> 2):
+            return _ladder_move(L, _home_base(L, top))
+    return TW_OK
+
+
+cdef inline bint _price_ok(const tw_book *b, int64_t price) noexcept nogil:
+    return b.p.min_price <= price <= b.p.max_price
+
+
+cdef inline bint _can_add_level(const tw_book *b, const tw_ladder *L) noexcept nogil:
+    return L.nlevels < b.p.max_levels
+
+
+cdef void _drop_worst(tw_ladder *L) noexcept nogil:
+    """Remove the worst level of an L2 side (for max_depth)."""
+    cdef int64_t s
+    if L.nover > 0:
+        _over_remove(L, 0)
+        L.nlevels -= 1
+    else:
+        s = _find_next(L, 0)
+        L.qty[s] = 0
+        _win_remove(L, s)
+
+
+# ---------------------------------------------------------------------------------------
+# L2 operations
+# ---------------------------------------------------------------------------------------
+
+cdef int _l2_set_outside(tw_book *b, tw_ladder *L, int64_t price, int64_t key, int64_t qty) noexcept nogil:
+    """tw_book_set_level for a key outside the window."""
+    cdef Py_ssize_t i
+    cdef int r
+    cdef tw_level *lv
+    if key < L.base and L.nlevels > 0:
+        i = _over_find(L, key)
+        if i >= 0:                                   # an existing far level
+            if qty == 0:
+                _over_remove(L, i)
+                L.nlevels -= 1
+            else:
+                L.over[i].qty = qty
+            return TW_OK
+    if qty == 0:
+        return TW_OK                                 # no such level: nothing to remove
+    if not _price_ok(b, price):
+        return TW_REJ_PRICE_RANGE
+    if not _can_add_level(b, L):
+        return TW_REJ_CAPACITY
+    r = _ladder_make_room(b, L, key)
+    if r != TW_OK:
+        return r
+    if <uint64_t>(key - L.base) < <uint64_t>L.cap:
+        L.qty[key - L.base] = qty
+        _win_add(L, key - L.base)
+    else:
+        if _over_reserve(L, L.nover + 1) != TW_OK:
+            return TW_REJ_NO_MEMORY
+        lv = _over_insert(L, -_over_find(L, key) - 1, key)
+        lv.qty = qty
+        L.nlevels += 1
+    if b.p.max_depth and L.nlevels > b.p.max_depth:
+        _drop_worst(L)
+    return TW_OK
+
+
+cdef int tw_book_set_level(tw_book *b, int side, int64_t price, int64_t qty) noexcept nogil:
+    """Set the level at ``price`` to ``qty`` lots (absolute; 0 removes it)."""
+    cdef tw_ladder *L
+    cdef int64_t key, s
+    if <unsigned int>side > 1:
+        return TW_REJ_BAD_SIDE
+    if qty < 0:
+        return TW_REJ_BAD_QTY
+    L = &b.side[side]
+    key = L.sign * price
+    s = key - L.base
+    if TW_UNLIKELY(<uint64_t>s >= <uint64_t>L.cap):
+        return _l2_set_outside(b, L, price, key, qty)
+    if L.qty[s] != 0:
+        L.qty[s] = qty
+        if qty == 0:
+            _win_remove(L, s)
+        return TW_OK
+    if qty == 0:
+        return TW_OK
+    if TW_UNLIKELY(not _price_ok(b, price)):
+        return TW_REJ_PRICE_RANGE
+    if TW_UNLIKELY(not _can_add_level(b, L)):
+        return TW_REJ_CAPACITY
+    L.qty[s] = qty
+    _win_add(L, s)
+    if b.p.max_depth and L.nlevels > b.p.max_depth:
+        _drop_worst(L)
+    return TW_OK
+
+
+cdef int _delete_level(tw_book *b, int side, int64_t price) noexcept nogil:
+    cdef tw_ladder *L
+    if <unsigned int>side > 1:
+        return TW_REJ_BAD_SIDE
+    if tw_book_qty_at(b, side, price) == 0:
+        return TW_REJ_UNKNOWN_LEVEL
+    return tw_book_set_level(b, side, price, 0)
+
+
+# ---------------------------------------------------------------------------------------
+# L3 operations: an order pool with a free list and an id -> index hash map
+# ---------------------------------------------------------------------------------------
+
+cdef inline uint64_t _hash(uint64_t k) noexcept nogil:
+    k ^= k >> 33
+    k *= <uint64_t>0xff51afd7ed558ccd
+    k ^= k >> 33
+    return k
+
+
+cdef int32_t tw_book_find_order(const tw_book *b, uint64_t order_id) noexcept nogil:
+    """Pool index of a resting order, or -1."""
+    cdef uint64_t i, k
+    if b.map_keys == NULL or order_id == 0:
+        return -1
+    i = _hash(order_id) & b.map_mask
+    while True:
+        k = b.map_keys[i]
+        if k == order_id:
+            return b.map_vals[i]
+        if k == 0:
+            return -1
+        i = (i + 1) & b.map_mask
+
+
+cdef inline void _map_put(uint64_t *keys, int32_t *vals, uint64_t mask, uint64_t key, int32_t val) noexcept nogil:
+    cdef uint64_t i = _hash(key) & mask
+    while keys[i] != 0:
+        i = (i + 1) & mask
+    keys[i] = key
+    vals[i] = val
+
+
+cdef void _map_remove(tw_book *b, uint64_t key) noexcept nogil:
+    """Remove a present key, shifting later entries of its probe run back (no tombstones)."""
+    cdef uint64_t mask = b.map_mask, i, j, home
+    i = _hash(key) & mask
+    while b.map_keys[i] != key:
+        i = (i + 1) & mask
+    j = i
+    while True:
+        j = (j + 1) & mask
+        if b.map_keys[j] == 0:
+            break
+        home = _hash(b.map_keys[j]) & mask
+        # entry j may move to the hole at i unless its home lies cyclically in (i, j]
+        if (i <= j and (home <= i or home > j)) or (i > j and home <= i and home > j):
+            b.map_keys[i] = b.map_keys[j]
+            b.map_vals[i] = b.map_vals[j]
+            i = j
+    b.map_keys[i] = 0
+
+
+cdef int _orders_reserve(tw_book *b, int64_t cap) noexcept nogil:
+    """Grow the pool to ``cap`` orders and the map to twice that; rare, may allocate."""
+    cdef tw_order *orders
+    cdef uint64_t *keys
+    cdef int32_t *vals
+    cdef uint64_t mcap = 16, i
+    cdef int64_t k
+    while mcap < <uint64_t>(2 * cap):
+        mcap *= 2
+    orders = <tw_order *>realloc(b.orders, cap * sizeof(tw_order))
+    if orders == NULL:
+        return TW_REJ_NO_MEMORY
+    b.orders = orders
+    keys = <uint64_t *>calloc(mcap, sizeof(uint64_t))
+    vals = <int32_t *>malloc(mcap * sizeof(int32_t))
+    if keys == NULL or vals == NULL:
+        free(keys)
+        free(vals)
+        return TW_REJ_NO_MEMORY
+    if b.map_keys != NULL:
+        for i in range(b.map_mask + 1):
+            if b.map_keys[i] != 0:
+                _map_put(keys, vals, mcap - 1, b.map_keys[i], b.map_vals[i])
+    free(b.map_keys)
+    free(b.map_vals)
+    b.map_keys = keys
+    b.map_vals = vals
+    b.map_mask = mcap - 1
+    # the new pool entries join the free list
+    for k in range(cap - 1, b.order_cap - 1, -1):
+        b.orders[k].next = b.free_head
+        b.orders[k].id = 0
+        b.free_head = <int32_t>k
+    b.order_cap = cap
+    return TW_OK
+
+
+cdef struct _lvl:
+    # pointers to one level's fields, wherever it lives (window slot or overflow entry)
+    int64_t *qty
+    int32_t *norders
+    int32_t *head
+    int32_t *tail
+    int64_t slot                                  # window slot, or -1 in the overflow
+
+
+cdef inline bint _lvl_find(tw_ladder *L, int64_t key, _lvl *v) noexcept nogil:
+    """Point ``v`` at the existing level at ``key``; False when there is none."""
+    cdef int64_t s = key - L.base
+    cdef Py_ssize_t i
+    if <uint64_t>s < <uint64_t>L.cap:
+        if L.norders[s] == 0:
+            return False
+        v.qty = &L.qty[s]
+        v.norders = &L.norders[s]
+        v.head = &L.head[s]
+        v.tail = &L.tail[s]
+        v.slot = s
+        return True
+    if key >= L.base:
+        return False
+    i = _over_find(L, key)
+    if i < 0:
+        return False
+    v.qty = &L.over[i].qty
+    v.norders = &L.over[i].norders
+    v.head = &L.over[i].head
+    v.tail = &L.over[i].tail
+    v.slot = -1
+    return True
+
+
+cdef int _lvl_create(tw_book *b, tw_ladder *L, int64_t key, _lvl *v) noexcept nogil:
+    """Make an empty level at ``key`` (none there yet) and point ``v`` at it."""
+    cdef int r
+    cdef Py_ssize_t i
+    cdef int64_t s
+    if not _can_add_level(b, L):
+        return TW_REJ_CAPACITY
+    s = key - L.base
+    if <uint64_t>s >= <uint64_t>L.cap:
+        r = _ladder_make_room(b, L, key)
+        if r != TW_OK:
+            return r
+        s = key - L.base
+    if <uint64_t>s < <uint64_t>L.cap:
+        v.qty = &L.qty[s]
+        v.norders = &L.norders[s]
+        v.head = &L.head[s]
+        v.tail = &L.tail[s]
+        v.slot = s
+        return TW_OK
+    if _over_reserve(L, L.nover + 1) != TW_OK:
+        return TW_REJ_NO_MEMORY
+    i = -_over_find(L, key) - 1
+    _over_insert(L, i, key)
+    L.nlevels += 1
+    v.qty = &L.over[i].qty
+    v.norders = &L.over[i].norders
+    v.head = &L.over[i].head
+    v.tail = &L.over[i].tail
+    v.slot = -1
+    return TW_OK
+
+
+cdef inline void _lvl_push(tw_book *b, tw_ladder *L, _lvl *v, int32_t idx) noexcept nogil:
+    """Queue order ``idx`` at the back of level ``v``."""
+    cdef tw_order *o = &b.orders[idx]
+    o.next = -1
+    if v.norders[0] == 0:
+        o.prev = -1
+        v.head[0] = idx
+        v.tail[0] = idx
+        v.qty[0] = o.qty
+        v.norders[0] = 1
+        if v.slot >= 0:
+            _win_add(L, v.slot)
+    else:
+        o.prev = v.tail[0]
+        b.orders[v.tail[0]].next = idx
+        v.tail[0] = idx
+        v.qty[0] += o.qty
+        v.norders[0] += 1
+
+
+cdef void _lvl_unlink(tw_book *b, tw_ladder *L, int32_t idx) noexcept nogil:
+    """Take order ``idx`` out of its level, removing the level when it empties."""
+    cdef tw_order *o = &b.orders[idx]
+    cdef _lvl v
+    cdef int64_t key = L.sign * o.price
+    _lvl_find(L, key, &v)
+    if o.prev >= 0:
+        b.orders[o.prev].next = o.next
+    else:
+        v.head[0] = o.next
+    if o.next >= 0:
+        b.orders[o.next].prev = o.prev
+    else:
+        v.tail[0] = o.prev
+    v.qty[0] -= o.qty
+    v.norders[0] -= 1
+    if v.norders[0] == 0:
+        v.qty[0] = 0
+        if v.slot >= 0:
+            _win_remove(L, v.slot)
+        else:
+            _over_remove(L, _over_find(L, key))
+            L.nlevels -= 1
+
+
+cdef int _place_order(tw_book *b, tw_ladder *L, int32_t idx) noexcept nogil:
+    """Queue order ``idx`` (price set) at the back of its level, creating the level."""
+    cdef _lvl v
+    cdef int r
+    cdef int64_t key = L.sign * b.orders[idx].price
+    if not _lvl_find(L, key, &v):
+        r = _lvl_create(b, L, key, &v)
+        if r != TW_OK:
+            return r
+    _lvl_push(b, L, &v, idx)
+    return TW_OK
+
+
+cdef int tw_book_add_order(tw_book *b, uint64_t order_id, int side, int64_t price, int64_t qty,
+                           int64_t ts) noexcept nogil:
+    """Rest a new order at the back of the queue at ``price``."""
+    cdef tw_ladder *L
+    cdef int32_t idx, nxt
+    cdef int r
+    cdef tw_order *o
+    if b.p.book_type != TW_BOOK_L3:
+        return TW_REJ_BAD_KIND
+    if <unsigned int>side > 1:
+        return TW_REJ_BAD_SIDE
+    if qty <= 0:
+        return TW_REJ_BAD_QTY
+    if order_id == 0:
+        return TW_REJ_UNKNOWN_ORDER
+    if not _price_ok(b, price):
+        return TW_REJ_PRICE_RANGE
+    if tw_book_find_order(b, order_id) >= 0:
+        return TW_REJ_DUPLICATE_ORDER
+    if b.free_head < 0:
+        if b.order_cap >= b.p.max_orders:
+            return TW_REJ_CAPACITY
+        r = _orders_reserve(b, min(2 * b.order_cap, b.p.max_orders))
+        if r != TW_OK:
+            return r
+    L = &b.side[side]
+    idx = b.free_head
+    o = &b.orders[idx]
+    nxt = o.next
+    o.price = price
+    o.qty = qty
+    r = _place_order(b, L, idx)
+    if r != TW_OK:
+        o.next = nxt
+        return r
+    b.free_head = nxt
+    o.id = order_id
+    o.ts = ts
+    o.side = <uint8_t>side
+    _map_put(b.map_keys, b.map_vals, b.map_mask, order_id, idx)
+    b.norders += 1
+    return TW_OK
+cdef int tw_book_delete_order(tw_book *b, uint64_t order_id) noexcept nogil:
+    """Remove a resting order."""
+    cdef int32_t idx
+    if b.p.book_type != TW_BOOK_L3:
+        return TW_REJ_BAD_KIND
+    idx = tw_book_find_order(b, order_id)
+    if idx < 0:
+        return TW_REJ_UNKNOWN_ORDER
+    _lvl_unlink(b, &b.side[b.orders[idx].side], idx)
+    _map_remove(b, order_id)
+    b.orders[idx].next = b.free_head
+    b.orders[idx].id = 0
+    b.free_head = idx
+    b.norders -= 1
+    return TW_OK
+
+
+cdef int tw_book_modify_order(tw_book *b, uint64_t order_id, int64_t price, int64_t qty,
+                              int64_t ts) noexcept nogil:
+    """New quantity and price for a resting order.
+
+    A reduction at the same price keeps the order's place in the queue; a larger quantity
+    or a new price sends it to the back of the (new) level.  Quantity 0 deletes it.
+    """
+    cdef int32_t idx
+    cdef tw_order *o
+    cdef tw_ladder *L
+    cdef _lvl v
+    if b.p.book_type != TW_BOOK_L3:
+        return TW_REJ_BAD_KIND
+    idx = tw_book_find_order(b, order_id)
+    if idx < 0:
+        return TW_REJ_UNKNOWN_ORDER
+    if qty < 0:
+        return TW_REJ_BAD_QTY
+    if qty == 0:
+        return tw_book_delete_order(b, order_id)
+    o = &b.orders[idx]
+    L = &b.side[o.side]
+    if price == o.price and qty <= o.qty:
+        _lvl_find(L, L.sign * price, &v)
+        v.qty[0] -= o.qty - qty
+        o.qty = qty
+        return TW_OK
+    if price != o.price:
+        # check everything that could fail before the order leaves its level
+        if not _price_ok(b, price):
+            return TW_REJ_PRICE_RANGE
+        if not _lvl_find(L, L.sign * price, &v) and not _can_add_level(b, L):
+            return TW_REJ_CAPACITY
+        if _over_reserve(L, L.nover + L.nwin + 1) != TW_OK:
+            return TW_REJ_NO_MEMORY
+    _lvl_unlink(b, L, idx)
+    o.price = price
+    o.qty = qty
+    o.ts = ts
+    return _place_order(b, L, idx)
+
+
+cdef int tw_book_execute_order(tw_book *b, uint64_t order_id, int64_t qty) noexcept nogil:
+    """A trade against a resting order: reduce it by ``qty`` in place, removing it when filled."""
+    cdef int32_t idx
+    cdef tw_order *o
+    cdef tw_ladder *L
+    cdef _lvl v
+    if b.p.book_type != TW_BOOK_L3:
+        return TW_REJ_BAD_KIND
+    idx = tw_book_find_order(b, order_id)
+    if idx < 0:
+        return TW_REJ_UNKNOWN_ORDER
+    if qty <= 0:
+        return TW_REJ_BAD_QTY
+    o = &b.orders[idx]
+    if qty > o.qty:
+        return TW_REJ_OVERFILL
+    if qty == o.qty:
+        return tw_book_delete_order(b, order_id)
+    L = &b.side[o.side]
+    _lvl_find(L, L.sign * o.price, &v)
+    v.qty[0] -= qty
+    o.qty -= qty
+    return TW_OK
+
+
+# ---------------------------------------------------------------------------------------
+# Lifecycle, dispatch and queries
+# ---------------------------------------------------------------------------------------
+
+cdef int tw_book_init(tw_book *b, const tw_book_params *p) noexcept nogil:
+    """Initialise a zeroed or freed book; -1 when out of memory."""
+    memset(b, 0, sizeof(tw_book))
+    b.p = p[0]
+    _ladder_reset(&b.side[TW_SIDE_BID], 1)
+    _ladder_reset(&b.side[TW_SIDE_ASK], -1)
+    b.free_head = -1
+    b.in_sync = 1
+    if (_ladder_alloc(&b.side[TW_SIDE_BID], p.window, p.book_type == TW_BOOK_L3) != 0
+            or _ladder_alloc(&b.side[TW_SIDE_ASK], p.window, p.book_type == TW_BOOK_L3) != 0):
+        tw_book_free(b)
+        return -1
+    if p.book_type == TW_BOOK_L3:
+        if _orders_reserve(b, max(p.initial_orders, <int64_t>16)) != TW_OK:
+            tw_book_free(b)
+            return -1
+    return 0
+
+
+cdef void tw_book_free(tw_book *b) noexcept nogil:
+    _ladder_release(&b.side[0])
+    _ladder_release(&b.side[1])
+    free(b.orders)
+    free(b.map_keys)
+    free(b.map_vals)
+    b.orders = NULL
+    b.map_keys = NULL
+    b.map_vals = NULL
+    b.order_cap = 0
+    b.norders = 0
+    b.free_head = -1
+
+
+cdef void tw_book_clear(tw_book *b) noexcept nogil:
+    """Empty both sides; O(levels + orders), keeps the allocations."""
+    cdef int side
+    cdef int64_t s, k
+    cdef tw_ladder *L
+    for side in range(2):
+        L = &b.side[side]
+        s = _find_next(L, 0)
+        while s >= 0:
+            L.qty[s] = 0
+            if L.norders != NULL:
+                L.norders[s] = 0
+            _bits_clear(L.bits, s)
+            s = _find_next(L, s + 1)
+        L.nwin = 0
+        L.nover = 0
+        L.nlevels = 0
+        L.best = -1
+    if b.map_keys != NULL:
+        memset(b.map_keys, 0, (b.map_mask + 1) * sizeof(uint64_t))
+        b.free_head = -1
+        for k in range(b.order_cap - 1, -1, -1):
+            b.orders[k].next = b.free_head
+            b.orders[k].id = 0
+            b.free_head = <int32_t>k
+        b.norders = 0
+
+
+cdef int tw_book_apply(tw_book *b, const tw_event *ev) noexcept nogil:
+    """Apply one canonical event; TW_OK or the reject code (also counted in b.rejects)."""
+    cdef int r
+    cdef int kind = ev.kind
+    if kind == TW_KIND_ADD or kind == TW_KIND_MODIFY:
+        if b.p.book_type == TW_BOOK_L2:
+            r = tw_book_set_level(b, ev.side, ev.price, ev.qty)
+        elif kind == TW_KIND_ADD:
+            r = tw_book_add_order(b, ev.order_id, ev.side, ev.price, ev.qty, ev.ts_event)
+        else:
+            r = tw_book_modify_order(b, ev.order_id, ev.price, ev.qty, ev.ts_event)
+    elif kind == TW_KIND_DELETE:
+        if b.p.book_type == TW_BOOK_L2:
+            r = _delete_level(b, ev.side, ev.price)
+        else:
+            r = tw_book_delete_order(b, ev.order_id)
+    elif kind == TW_KIND_TRADE:
+        if ev.side > TW_SIDE_NONE:
+            r = TW_REJ_BAD_SIDE
+        elif ev.qty < 0:
+            r = TW_REJ_BAD_QTY
+        elif b.p.book_type == TW_BOOK_L3 and ev.order_id != 0:
+            r = tw_book_execute_order(b, ev.order_id, ev.qty)
+        else:
+            r = TW_OK                          # a print: the book does not change
+    elif kind == TW_KIND_CLEAR:
+        tw_book_clear(b)
+        r = TW_OK
+    elif kind == TW_KIND_SNAPSHOT:
+        if ev.flags & TW_FLAG_SNAPSHOT_BEGIN:
+            tw_book_clear(b)
+            b.in_sync = 0
+        if ev.flags & TW_FLAG_SNAPSHOT_END:
+            b.in_sync = 1
+        r = TW_OK
+    else:
+        r = TW_REJ_BAD_KIND
+    if TW_LIKELY(r == TW_OK):
+        b.applied += 1
+        b.last_seq = ev.seq
+        b.last_ts_event = ev.ts_event
+        b.last_ts_recv = ev.ts_recv
+    else:
+        b.rejects[r] += 1
+    return r
+
+
+cdef Py_ssize_t tw_bookset_apply(tw_bookset *s, const tw_event *ev, Py_ssize_t n,
+                                 uint8_t *status) noexcept nogil:
+    """Route each event to its instrument's book; returns how many were applied."""
+    cdef Py_ssize_t i, applied = 0
+    cdef tw_book *b
+    cdef int r
+    for i in range(n):
+        b = s.books[ev[i].instrument] if ev[i].instrument < s.nbooks else NULL
+        if b != NULL:
+            r = tw_book_apply(b, &ev[i])
+        else:
+            r = TW_REJ_UNKNOWN_INSTRUMENT
+            s.unknown_instrument += 1
+        applied += r == TW_OK
+        if status != NULL:
+            status[i] = <uint8_t>r
+    return applied
+
+
+cdef void tw_book_cursor(const tw_book *b, int side, tw_level_cursor *c) noexcept nogil:
+    """Start walking ``side`` from its best level (see tw_book_cursor_next)."""
+    c.slot = b.side[side].best
+    c.over = b.side[side].nover - 1
+
+
+cdef bint tw_book_cursor_next(const tw_book *b, int side, tw_level_cursor *c, int64_t *price,
+                              int64_t *qty, int32_t *norders) noexcept nogil:
+    """The next level from the best down (False when there are no more)."""
+    cdef const tw_ladder *L = &b.side[side]
+    cdef const tw_level *lv
+    if c.slot >= 0:
+        price[0] = L.sign * (L.base + c.slot)
+        qty[0] = L.qty[c.slot]
+        norders[0] = L.norders[c.slot] if L.norders != NULL else 0
+        c.slot = _find_prev(L, c.slot - 1)
+        return True
+    if c.over >= 0:
+        lv = &L.over[c.over]
+        price[0] = L.sign * lv.key
+        qty[0] = lv.qty
+        norders[0] = lv.norders
+        c.over -= 1
+        return True
+    return False
+
+
+cdef Py_ssize_t tw_book_levels(const tw_book *b, int side, int64_t *out, Py_ssize_t n) noexcept nogil:
+    """Write up to ``n`` levels from the best as rows (price, qty, orders); returns the rows written.
+
+    ``orders`` is the number of resting orders on an L3 book and 0 on an L2 book.
+    """
+    cdef tw_level_cursor c
+    cdef Py_ssize_t k = 0
+    cdef int64_t price, qty
+    cdef int32_t norders
+    tw_book_cursor(b, side, &c)
+    while k < n and tw_book_cursor_next(b, side, &c, &price, &qty, &norders):
+        out[3 * k] = price
+        out[3 * k + 1] = qty
+        out[3 * k + 2] = norders
+        k += 1
+    return k
+
+
+cdef int64_t tw_book_qty_at(const tw_book *b, int side, int64_t price) noexcept nogil:
+    """Quantity resting at ``price`` on ``side`` (0: no level)."""
+    cdef const tw_ladder *L = &b.side[side]
+    cdef int64_t key = L.sign * price
+    cdef int64_t s = key - L.base
+    cdef Py_ssize_t i
+    if <uint64_t>s < <uint64_t>L.cap:
+        return L.qty[s]
+    if key >= L.base:
+        return 0
+    i = _over_find(L, key)
+    return L.over[i].qty if i >= 0 else 0
+
+
+cdef int64_t tw_book_depth_qty(const tw_book *b, int side, Py_ssize_t k) noexcept nogil:
+    """Total quantity of the best ``k`` levels of ``side``."""
+    cdef tw_level_cursor c
+    cdef int64_t price, qty, total = 0
+    cdef int32_t norders
+    tw_book_cursor(b, side, &c)
+    while k > 0 and tw_book_cursor_next(b, side, &c, &price, &qty, &norders):
+        total += qty
+        k -= 1
+    return total
+
+
+cdef double tw_book_imbalance(const tw_book *b, Py_ssize_t k) noexcept nogil:
+    """(bid qty - ask qty) / (bid qty + ask qty) over the best ``k`` levels; NaN when both are empty."""
+    cdef double qb = <double>tw_book_depth_qty(b, TW_SIDE_BID, k)
+    cdef double qa = <double>tw_book_depth_qty(b, TW_SIDE_ASK, k)
+    if qb + qa == 0.0:
+        return NAN
+    return (qb - qa) / (qb + qa)
+
+
+cdef double tw_book_vwap_to_size(const tw_book *b, int side, int64_t qty) noexcept nogil:
+    """Average price (ticks) to take ``qty`` lots from ``side``'s levels, best first.
+
+    NaN when ``side`` holds less than ``qty`` or ``qty`` is not positive.
+    """
+    cdef tw_level_cursor c
+    cdef int64_t price, lvl_qty, left = qty, take
+    cdef int32_t norders
+    cdef double notional = 0.0
+    if qty <= 0:
+        return NAN
+    tw_book_cursor(b, side, &c)
+    while left > 0 and tw_book_cursor_next(b, side, &c, &price, &lvl_qty, &norders):
+        take = min(left, lvl_qty)
+        notional += <double>take * <double>price
+        left -= take
+    if left > 0:
+        return NAN
+    return notional / <double>qty
+
+
+# ---------------------------------------------------------------------------------------
+# Python API
+# ---------------------------------------------------------------------------------------
+
+_REASONS = {
+    TW_REJ_UNKNOWN_INSTRUMENT: "unknown instrument",
+    TW_REJ_BAD_KIND: "event kind does not apply to this book",
+    TW_REJ_BAD_SIDE: "side must be 0 (bid) or 1 (ask)",
+    TW_REJ_BAD_QTY: "quantity must not be negative, and an order's must be positive",
+    TW_REJ_PRICE_RANGE: "price outside the book's range min_price..max_price",
+    TW_REJ_UNKNOWN_ORDER: "no resting order with this id",
+    TW_REJ_DUPLICATE_ORDER: "an order with this id is already resting",
+    TW_REJ_OVERFILL: "execution larger than the order's remaining quantity",
+    TW_REJ_UNKNOWN_LEVEL: "no level at this price",
+    TW_REJ_CAPACITY: "the book is full (max_levels levels on the side, or max_orders orders)",
+    TW_REJ_NO_MEMORY: "out of memory",
+}
+
+
+class BookError(ValueError):
+    """An update a book refused; the book is unchanged.  ``reason`` is a :class:`Reject`."""
+
+    def __init__(self, reason, message):
+        super().__init__(message)
+        self.reason = Reject(reason)
+
+
+cdef int _side_arg(object side) except -1:
+    cdef int s = side
+    if s != TW_SIDE_BID and s != TW_SIDE_ASK:
+        raise ValueError(f"side must be Side.BID (0) or Side.ASK (1), got {side!r}")
+    return s
+
+
+cdef const tw_event *_event_buffer(object events, Py_buffer *view) except NULL:
+    """Borrow the memory of a C-contiguous EVENT_DTYPE array (release with PyBuffer_Release)."""
+    dt = getattr(events, "dtype", None)
+    if dt is not EVENT_DTYPE and dt != EVENT_DTYPE:
+        raise TypeError(f"events must be a numpy array of tickwire EVENT_DTYPE, got dtype {dt!r}")
+    PyObject_GetBuffer(events, view, PyBUF_C_CONTIGUOUS)
+    return <const tw_event *>view.buf
+
+
+cdef uint8_t *_status_buffer(object status, Py_ssize_t n, Py_buffer *view) except? NULL:
+    if status is None:
+        return NULL
+    if getattr(status, "dtype", None) != np.uint8:
+        raise TypeError("status must be a numpy uint8 array")
+    PyObject_GetBuffer(status, view, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
+    if view.len < n:
+        PyBuffer_Release(view)
+        raise ValueError(f"status holds {view.len} entries, the batch has {n} events")
+    return <uint8_t *>view.buf
+
+
+cdef class Book:
+    """Common queries of :class:`L2Book` and :class:`L3Book` (not constructed directly).
+
+    Prices are int64 ticks and quantities int64 lots.  Queries read the book in place:
+    the best bid/ask is a load whatever the depth, and :meth:`levels` writes into a
+    caller's array.
+    """
+
+    def __cinit__(self, *args, **kwargs):
+        memset(&self.c, 0, sizeof(tw_book))
+        _ladder_reset(&self.c.side[TW_SIDE_BID], 1)
+        _ladder_reset(&self.c.side[TW_SIDE_ASK], -1)
+        self.c.free_head = -1
+
+    def __dealloc__(self):
+        tw_book_free(&self.c)
+
+    cdef int _check(self, int code, object what) except -1:
+        if code != TW_OK:
+            raise BookError(code, f"instrument {self.c.p.instrument}: {what} refused: {_REASONS[code]}")
+        return 0
+
+    def _setup(self, int book_type, uint32_t instrument, int64_t min_price, int64_t max_price,
+               int64_t window, int64_t max_levels, int64_t max_depth, int64_t max_orders,
+               int64_t initial_orders):
+        cdef tw_book_params p
+        if min_price > max_price:
+            raise ValueError(f"min_price {min_price} is above max_price {max_price}")
+        if min_price < -DEFAULT_MAX_PRICE or max_price > DEFAULT_MAX_PRICE:
+            raise ValueError(f"prices must lie within +/-2**62 ticks, got {min_price}..{max_price}")
+        if not TW_WINDOW_MIN <= window <= TW_WINDOW_MAX or window & (window - 1):
+            raise ValueError(f"window must be a power of two in {TW_WINDOW_MIN}..{TW_WINDOW_MAX}, got {window}")
+        if max_levels < 1:
+            raise ValueError(f"max_levels must be >= 1, got {max_levels}")
+        if max_depth < 0:
+            raise ValueError(f"max_depth must be >= 0 (0: keep every level), got {max_depth}")
+        if not 1 <= max_orders <= MAX_ORDERS_LIMIT:
+            raise ValueError(f"max_orders must be 1..{MAX_ORDERS_LIMIT}, got {max_orders}")
+        memset(&p, 0, sizeof(p))
+        p.instrument = instrument
+        p.book_type = book_type
+        p.min_price = min_price
+        p.max_price = max_price
+        p.window = window
+        p.max_levels = max_levels
+        p.max_depth = max_depth
+        p.max_orders = max_orders
+        p.initial_orders = min(max(initial_orders, 16), max_orders)
+        tw_book_free(&self.c)
+        if tw_book_init(&self.c, &p) != 0:
+            raise MemoryError("could not allocate the order book")
+
+    # -- batch ---------------------------------------------------------------------------
+    def apply(self, events, status=None):
+        """Apply a batch of canonical events in order; returns how many were applied.
+
+        Parameters
+        ----------
+        events : numpy.ndarray
+            C-contiguous array of :data:`~tickwire.ext.records.EVENT_DTYPE`.  Events for
+            another instrument are rejected (``Reject.UNKNOWN_INSTRUMENT``).
+        status : numpy.ndarray, optional
+            uint8 array receiving each event's :class:`Reject` code (0: applied).
+
+        Rejected events are counted in :attr:`rejects` and leave the book unchanged; the
+        GIL is released for batches of 64 events or more.
+        """
+        cdef Py_buffer ev_view, st_view
+        cdef const tw_event *ev = _event_buffer(events, &ev_view)
+        cdef Py_ssize_t n = ev_view.len // sizeof(tw_event), i, applied = 0
+        cdef uint8_t *st = NULL
+        cdef int r
+        try:
+            st = _status_buffer(status, n, &st_view)
+            if n >= _RELEASE_GIL_AT:
+                with nogil:
+                    applied = _book_apply_many(&self.c, ev, n, st)
+            else:
+                applied = _book_apply_many(&self.c, ev, n, st)
+        finally:
+            PyBuffer_Release(&ev_view)
+            if st != NULL:
+                PyBuffer_Release(&st_view)
+        return applied
+
+    def clear(self):
+        """Remove every level and order."""
+        tw_book_clear(&self.c)
+
+    # -- queries ---------------------------------------------------------------------------
+    @property
+    def instrument(self):
+        """Instrument id this book serves."""
+        return self.c.p.instrument
+
+    @property
+    def best_bid(self):
+        """Best bid price in ticks, or None."""
+        cdef int64_t p = tw_book_best_price(&self.c, TW_SIDE_BID)
+        return None if p == TW_NO_PRICE else p
+
+    @property
+    def best_ask(self):
+        """Best ask price in ticks, or None."""
+        cdef int64_t p = tw_book_best_price(&self.c, TW_SIDE_ASK)
+        return None if p == TW_NO_PRICE else p
+
+    @property
+    def best_bid_qty(self):
+        """Quantity at the best bid in lots (0 when there is none)."""
+        return tw_book_best_qty(&self.c, TW_SIDE_BID)
+
+    @property
+    def best_ask_qty(self):
+        """Quantity at the best ask in lots (0 when there is none)."""
+        return tw_book_best_qty(&self.c, TW_SIDE_ASK)
+
+    def bbo(self):
+        """``(bid, bid_qty, ask, ask_qty)``; a missing side gives ``None, 0``."""
+        return (self.best_bid, self.best_bid_qty, self.best_ask, self.best_ask_qty)
+
+    def best_price(self, side):
+        """Best price of ``side`` in ticks, or None."""
+        cdef int64_t p = tw_book_best_price(&self.c, _side_arg(side))
+        return None if p == TW_NO_PRICE else p
+
+    def best_qty(self, side):
+        """Quantity at the best price of ``side`` (0 when empty)."""
+        return tw_book_best_qty(&self.c, _side_arg(side))
+
+    def level_count(self, side):
+        """Number of price levels on ``side``."""
+        return self.c.side[_side_arg(side)].nlevels
+
+    def qty_at(self, side, int64_t price):
+        """Quantity resting at ``price`` on ``side`` (0: no level)."""
+        return tw_book_qty_at(&self.c, _side_arg(side), price)
+
+    def levels(self, side, n=None, out=None):
+        """The best ``n`` levels of ``side`` as rows ``(price, qty, orders)``, best first.
+
+        Parameters
+        ----------
+        side : Side
+        n : int, optional
+            How many levels at most; default all (or ``len(out)``).
+        out : numpy.ndarray, optional
+            C-contiguous int64 array of shape ``(m, 3)`` to write into, reused across
+            calls so that no memory is allocated.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``out[:k]`` (a view) where ``k`` is the number of levels written.  ``orders``
+            is the order count on an L3 book and 0 on an L2 book.
+        """
+        cdef int s = _side_arg(side)
+        cdef int64_t[:, ::1] view
+        cdef Py_ssize_t k, cap
+        if out is None:
+            cap = self.c.side[s].nlevels if n is None else min(<Py_ssize_t>n, self.c.side[s].nlevels)
+            out = np.empty((max(cap, 0), 3), dtype=np.int64)
+        view = out
+        if view.shape[1] != 3:
+            raise ValueError(f"out must have shape (n, 3), got {out.shape}")
+        cap = view.shape[0] if n is None else min(<Py_ssize_t>n, view.shape[0])
+        if cap <= 0:
+            return out[:0]
+        k = tw_book_levels(&self.c, s, &view[0, 0], cap)
+        return out[:k]
+
+    @property
+    def spread(self):
+        """Best ask minus best bid in ticks, None without both sides (negative when crossed)."""
+        cdef int64_t sp = tw_book_spread(&self.c)
+        return None if sp == TW_NO_PRICE else sp
+
+    @property
+    def mid(self):
+        """Mid price in ticks (float; NaN without both sides)."""
+        return tw_book_mid(&self.c)
+
+    @property
+    def microprice(self):
+        """Size-weighted mid in ticks (float; NaN without both sides)."""
+        return tw_book_microprice(&self.c)
+
+    def imbalance(self, Py_ssize_t k=1):
+        """(bid qty - ask qty) / (bid qty + ask qty) over the best ``k`` levels of each side."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        return tw_book_imbalance(&self.c, k)
+
+    def depth_qty(self, side, Py_ssize_t k):
+        """Total quantity of the best ``k`` levels of ``side``."""
+        return tw_book_depth_qty(&self.c, _side_arg(side), k)
+
+    def vwap_to_size(self, side, int64_t qty):
+        """Average price (ticks) to take ``qty`` lots from ``side``, best level first.
+
+        A buy takes from ``Side.ASK``, a sell from ``Side.BID``.  NaN when ``side``
+        holds less than ``qty``.
+        """
+        if qty <= 0:
+            raise ValueError(f"qty must be positive, got {qty}")
+        return tw_book_vwap_to_size(&self.c, _side_arg(side), qty)
+
+    @property
+    def crossed(self):
+        """Best bid above best ask."""
+        return tw_book_has_bbo(&self.c) and tw_book_spread(&self.c) < 0
+
+    @property
+    def locked(self):
+        """Best bid equal to best ask."""
+        return tw_book_has_bbo(&self.c) and tw_book_spread(&self.c) == 0
+
+    @property
+    def applied(self):
+        """Events applied since the book was made."""
+        return self.c.applied
+
+    @property
+    def rejects(self):
+        """Rejected events by reason: ``{Reject.X.name: count}`` for the non-zero ones."""
+        return {Reject(i).name: self.c.rejects[i] for i in range(1, TW_REJ_COUNT) if self.c.rejects[i]}
+
+    @property
+    def last_seq(self):
+        """Sequence number of the last applied event."""
+        return self.c.last_seq
+
+    @property
+    def last_ts_event(self):
+        """Event time (ns) of the last applied event."""
+        return self.c.last_ts_event
+
+    @property
+    def in_sync(self):
+        """False between a snapshot BEGIN marker and its END marker."""
+        return bool(self.c.in_sync)
+
+    @property
+    def window(self):
+        """Slots of the dense window per side."""
+        return self.c.p.window
+
+    @property
+    def max_levels(self):
+        """Most levels per side."""
+        return self.c.p.max_levels
+
+    @property
+    def min_price(self):
+        return self.c.p.min_price
+
+    @property
+    def max_price(self):
+        return self.c.p.max_price
+
+    def state(self):
+        """Every level of both sides as ``(bids, asks)`` lists of ``(price, qty)``, best first."""
+        return ([(int(r[0]), int(r[1])) for r in self.levels(TW_SIDE_BID)],
+                [(int(r[0]), int(r[1])) for r in self.levels(TW_SIDE_ASK)])
+
+    def _layout(self, side):
+        """``(window_low_price, window_high_price, levels_in_window, levels_in_overflow)``
+        of one side, for tests and diagnostics."""
+        cdef tw_ladder *L = &self.c.side[_side_arg(side)]
+        lo, hi = L.sign * L.base, L.sign * (L.base + L.cap - 1)
+        return min(lo, hi), max(lo, hi), L.nwin, L.nover
+
+
+cdef Py_ssize_t _book_apply_many(tw_book *b, const tw_event *ev, Py_ssize_t n, uint8_t *status) noexcept nogil:
+    cdef Py_ssize_t i, applied = 0
+    cdef int r
+    for i in range(n):
+        if ev[i].instrument == b.p.instrument:
+            r = tw_book_apply(b, &ev[i])
+        else:
+            r = TW_REJ_UNKNOWN_INSTRUMENT
+            b.rejects[r] += 1
+        applied += r == TW_OK
+        if status != NULL:
+            status[i] = <uint8_t>r
+    return applied
+
+
+cdef class L2Book(Book):
+    """A price-level book: each level is a price and its total quantity.
+
+    Parameters
+    ----------
+    instrument : int
+        Instrument id (routes events in a :class:`BookSet`).
+    max_depth : int
+        Keep at most this many levels per side, dropping the worst when a new level
+        arrives (what exchanges with a subscribed depth expect); 0 keeps all.
+    min_price, max_price : int
+        Accepted prices in ticks; others are rejected (``Reject.PRICE_RANGE``).
+    window : int
+        Price slots (ticks) of the dense window that follows the best price on each side: a
+        power of two, 8 bytes per slot.  Updates inside it cost O(1); levels farther from
+        the best live in a sorted overflow array, so any spread of prices is held.
+    max_levels : int
+        Most levels per side; a new level beyond it is rejected (``Reject.CAPACITY``).
+    """
+
+    def __init__(self, uint32_t instrument=0, *, int64_t max_depth=0,
+                 int64_t min_price=DEFAULT_MIN_PRICE, int64_t max_price=DEFAULT_MAX_PRICE,
+                 int64_t window=DEFAULT_WINDOW, int64_t max_levels=DEFAULT_MAX_LEVELS):
+        self._setup(TW_BOOK_L2, instrument, min_price, max_price, window, max_levels, max_depth, 1, 16)
+
+    @property
+    def max_depth(self):
+        return self.c.p.max_depth
+
+    def set(self, int side, int64_t price, int64_t qty):
+        """Set the level at ``price`` to ``qty`` lots (absolute); 0 removes the level.
+
+        Raises :class:`BookError` (the book unchanged) for a bad side, a negative quantity
+        or a price outside the book's range.
+        """
+        cdef int r = tw_book_set_level(&self.c, side, price, qty)
+        if r != TW_OK:
+            self.c.rejects[r] += 1
+            self._check(r, f"set side={side} price={price} qty={qty}")
+        else:
+            self.c.applied += 1
+
+    def delete(self, int side, int64_t price):
+        """Remove the level at ``price``; :class:`BookError` when there is none."""
+        cdef int r = _delete_level(&self.c, side, price)
+        if r != TW_OK:
+            self.c.rejects[r] += 1
+            self._check(r, f"delete side={side} price={price}")
+        else:
+            self.c.applied += 1
+
+    def __repr__(self):
+        return (f"L2Book(instrument={self.c.p.instrument}, bid={self.best_bid}x{self.best_bid_qty}, "
+                f"ask={self.best_ask}x{self.best_ask_qty}, levels={self.c.side[0].nlevels}/"
+                f"{self.c.side[1].nlevels})")
+
+
+cdef class L3Book(Book):
+    """An order-by-order book: FIFO queues of orders at each price, so queue position is known.
+
+    Parameters
+    ----------
+    instrument : int
+    min_price, max_price, window, max_levels : int
+        As for :class:`L2Book` (the window holds 20 bytes per slot here).
+    max_orders : int
+        Most resting orders; an add beyond it is rejected (``Reject.CAPACITY``).
+    initial_orders : int
+        Orders allocated up front; the pool doubles when full (the only allocation).
+    """
+
+    def __init__(self, uint32_t instrument=0, *, int64_t min_price=DEFAULT_MIN_PRICE,
+                 int64_t max_price=DEFAULT_MAX_PRICE, int64_t window=DEFAULT_WINDOW,
+                 int64_t max_levels=DEFAULT_MAX_LEVELS, int64_t max_orders=1 << 24,
+                 int64_t initial_orders=4096):
+        self._setup(TW_BOOK_L3, instrument, min_price, max_price, window, max_levels, 0,
+                    max_orders, initial_orders)
+
+    def add(self, uint64_t order_id, int side, int64_t price, int64_t qty, int64_t ts=0):
+        """Rest a new order at the back of the queue at ``price``."""
+        cdef int r = tw_book_add_order(&self.c, order_id, side, price, qty, ts)
+        self._count(r, "add", order_id)
+
+    def modify(self, uint64_t order_id, int64_t qty, price=None, int64_t ts=0):
+        """Change an order's quantity (and price).
+
+        A smaller quantity at the same price keeps the order's queue position; a larger one
+        or a new price sends it to the back.  Quantity 0 deletes the order.
+        """
+        cdef int32_t idx = tw_book_find_order(&self.c, order_id)
+        cdef int64_t px = self.c.orders[idx].price if (idx >= 0 and price is None) else (price or 0)
+        cdef int r = tw_book_modify_order(&self.c, order_id, px, qty, ts)
+        self._count(r, "modify", order_id)
+
+    def delete(self, uint64_t order_id):
+        """Remove a resting order."""
+        self._count(tw_book_delete_order(&self.c, order_id), "delete", order_id)
+
+    def execute(self, uint64_t order_id, int64_t qty):
+        """Fill ``qty`` lots of a resting order (keeps its place; removes it when filled)."""
+        self._count(tw_book_execute_order(&self.c, order_id, qty), "execute", order_id)
+
+    def _count(self, int r, str op, uint64_t order_id):
+        if r != TW_OK:
+            self.c.rejects[r] += 1
+            self._check(r, f"{op} order {order_id}")
+        else:
+            self.c.applied += 1
+
+    @property
+    def order_count(self):
+        """Resting orders."""
+        return self.c.norders
+
+    def order(self, uint64_t order_id):
+        """``(side, price, qty, ts)`` of a resting order, or None."""
+        cdef int32_t idx = tw_book_find_order(&self.c, order_id)
+        cdef tw_order *o
+        if idx < 0:
+            return None
+        o = &self.c.orders[idx]
+        return (Side(o.side), o.price, o.qty, o.ts)
+
+    def queue_position(self, uint64_t order_id):
+        """``(orders_ahead, qty_ahead)`` of a resting order in its level's FIFO, or None."""
+        cdef int32_t idx = tw_book_find_order(&self.c, order_id)
+        cdef int64_t ahead = 0, qty = 0
+        if idx < 0:
+            return None
+        idx = self.c.orders[idx].prev
+        while idx >= 0:
+            ahead += 1
+            qty += self.c.orders[idx].qty
+            idx = self.c.orders[idx].prev
+        return ahead, qty
+
+    def orders_at(self, side, int64_t price):
+        """Orders resting at ``price`` in queue order, as an int64/uint64 array of rows
+        ``(order_id, qty)`` (order ids as unsigned)."""
+        cdef int s = _side_arg(side)
+        cdef tw_ladder *L = &self.c.side[s]
+        cdef _lvl lv
+        cdef int32_t idx
+        cdef Py_ssize_t k = 0
+        if not _lvl_find(L, L.sign * price, &lv):
+            return np.empty((0, 2), dtype=np.uint64)
+        out = np.empty((lv.norders[0], 2), dtype=np.uint64)
+        cdef uint64_t[:, ::1] v = out
+        idx = lv.head[0]
+        while idx >= 0:
+            v[k, 0] = self.c.orders[idx].id
+            v[k, 1] = <uint64_t>self.c.orders[idx].qty
+            k += 1
+            idx = self.c.orders[idx].next
+        return out
+
+    def __repr__(self):
+        return (f"L3Book(instrument={self.c.p.instrument}, bid={self.best_bid}x{self.best_bid_qty}, "
+                f"ask={self.best_ask}x{self.best_ask_qty}, orders={self.c.norders})")
+
+
+cdef class BookSet:
+    """The books of many instruments; :meth:`apply` routes each event by its instrument id.
+
+    Parameters
+    ----------
+    books : iterable of Book
+        One book per instrument id (ids need not be contiguous, but the routing table is
+        as long as the largest id).
+    """
+
+    def __cinit__(self, *args, **kwargs):
+        self.c.books = NULL
+        self.c.nbooks = 0
+        self.c.unknown_instrument = 0
+
+    def __init__(self, books):
+        books = list(books)
+        ids = {}
+        for b in books:
+            if not isinstance(b, Book):
+                raise TypeError(f"BookSet takes L2Book/L3Book objects, got {type(b).__name__}")
+            if b.instrument in ids:
+                raise ValueError(f"two books for instrument id {b.instrument}")
+            ids[b.instrument] = b
+        n = max(ids) + 1 if ids else 0
+        if n > 1 << 24:
+            raise ValueError(f"instrument ids must be below 2**24, got {n - 1}")
+        self.c.books = <tw_book **>calloc(max(n, 1), sizeof(tw_book *))
+        if self.c.books == NULL:
+            raise MemoryError()
+        self.c.nbooks = n
+        for i, b in ids.items():
+            self.c.books[i] = &(<Book>b).c
+        self._books = [ids[i] for i in sorted(ids)]
+        self._by_id = ids
+
+    def __dealloc__(self):
+        free(self.c.books)
+
+    def apply(self, events, status=None):
+        """Apply a batch of events, each to its instrument's book; returns how many were applied.
+
+        Same contract as :meth:`Book.apply`; events for instruments without a book are
+        rejected and counted in :attr:`unknown_instrument`.
+        """
+        cdef Py_buffer ev_view, st_view
+        cdef const tw_event *ev = _event_buffer(events, &ev_view)
+        cdef Py_ssize_t n = ev_view.len // sizeof(tw_event), applied = 0
+        cdef uint8_t *st = NULL
+        try:
+            st = _status_buffer(status, n, &st_view)
+            if n >= _RELEASE_GIL_AT:
+                with nogil:
+                    applied = tw_bookset_apply(&self.c, ev, n, st)
+            else:
+                applied = tw_bookset_apply(&self.c, ev, n, st)
+        finally:
+            PyBuffer_Release(&ev_view)
+            if st != NULL:
+                PyBuffer_Release(&st_view)
+        return applied
+
+    def __getitem__(self, uint32_t instrument):
+        if instrument >= self.c.nbooks or self.c.books[instrument] == NULL:
+            raise KeyError(f"no book for instrument id {instrument}")
+        return self._by_id[instrument]
+
+    def __contains__(self, instrument):
+        return 0 <= instrument < self.c.nbooks and self.c.books[instrument] != NULL
+
+    def __len__(self):
+        return len(self._books)
+
+    def __iter__(self):
+        return iter(self._books)
+
+    @property
+    def unknown_instrument(self):
+        """Events rejected because no book serves their instrument id."""
+        return self.c.unknown_instrument
+
+    @property
+    def rejects(self):
+        """Rejects by reason summed over the books, plus unknown instruments."""
+        total = {}
+        for b in self._books:
+            for k, v in b.rejects.items():
+                total[k] = total.get(k, 0) + v
+        if self.c.unknown_instrument:
+            total["UNKNOWN_INSTRUMENT"] = total.get("UNKNOWN_INSTRUMENT", 0) + self.c.unknown_instrument
+        return total
+
+
+def event_layout():
+    """Offsets and size of the C ``tw_event`` as compiled, for checking against EVENT_DTYPE."""
+    cdef tw_event e
+    cdef char *base = <char *>&e
+    return {
+        "itemsize": sizeof(tw_event),
+        "ts_event": <char *>&e.ts_event - base,
+        "ts_recv": <char *>&e.ts_recv - base,
+        "seq": <char *>&e.seq - base,
+        "order_id": <char *>&e.order_id - base,
+        "price": <char *>&e.price - base,
+        "qty": <char *>&e.qty - base,
+        "instrument": <char *>&e.instrument - base,
+        "channel": <char *>&e.channel - base,
+        "kind": <char *>&e.kind - base,
+        "side": <char *>&e.side - base,
+        "flags": <char *>&e.flags - base,
+        "reserved": <char *>&e.reserved - base,
+    }

@@ -1,0 +1,97 @@
+/* tickwire canonical records and small C helpers shared by every extension module.
+ *
+ * The layouts here are the contract with tickwire.ext.records (numpy dtypes), the wire
+ * format, the shared-memory rings and storage: change one, change all, and bump the
+ * wire version.  Every struct is checked for size at compile time.
+ */
+#ifndef TW_DEFS_H
+#define TW_DEFS_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+#if defined(__GNUC__)
+#  define TW_LIKELY(x)   __builtin_expect(!!(x), 1)
+#  define TW_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#  define TW_INLINE      static inline __attribute__((always_inline))
+#else
+#  define TW_LIKELY(x)   (x)
+#  define TW_UNLIKELY(x) (x)
+#  define TW_INLINE      static inline
+#endif
+
+/* The canonical event: one 64-byte record, one cache line. */
+typedef struct tw_event {
+    int64_t  ts_event;    /*  0: exchange event time, ns since the Unix epoch */
+    int64_t  ts_recv;     /*  8: local receive time, ns since the Unix epoch */
+    uint64_t seq;         /* 16: per-channel sequence number (0: none) */
+    uint64_t order_id;    /* 24: L3 order id (0: none) */
+    int64_t  price;       /* 32: price in instrument ticks */
+    int64_t  qty;         /* 40: quantity in instrument lots */
+    uint32_t instrument;  /* 48: instrument id */
+    uint16_t channel;     /* 52: feed channel id */
+    uint8_t  kind;        /* 54: TW_KIND_* */
+    uint8_t  side;        /* 55: TW_SIDE_* */
+    uint32_t flags;       /* 56: TW_FLAG_* bits */
+    uint32_t reserved;    /* 60: zero */
+} tw_event;
+
+_Static_assert(sizeof(tw_event) == 64, "tw_event must be one 64-byte cache line");
+_Static_assert(offsetof(tw_event, instrument) == 48, "tw_event layout");
+_Static_assert(offsetof(tw_event, flags) == 56, "tw_event layout");
+
+enum {
+    TW_KIND_NONE = 0,
+    TW_KIND_ADD = 1,       /* L3: new order; L2: set level to qty (absolute) */
+    TW_KIND_MODIFY = 2,    /* L3: change order qty/price; L2: set level to qty (absolute) */
+    TW_KIND_DELETE = 3,    /* L3: remove order; L2: remove level */
+    TW_KIND_TRADE = 4,     /* a print; L3 with order_id: execution against that resting order */
+    TW_KIND_CLEAR = 5,     /* empty both sides of the instrument's book */
+    TW_KIND_SNAPSHOT = 6,  /* snapshot marker: flags BEGIN clears the book, END marks it in sync */
+    TW_KIND_MAX = 7
+};
+
+enum {
+    TW_SIDE_BID = 0,       /* bid side; for trades: the buyer was the aggressor */
+    TW_SIDE_ASK = 1,       /* ask side; for trades: the seller was the aggressor */
+    TW_SIDE_NONE = 2       /* unknown / not applicable */
+};
+
+enum {
+    TW_FLAG_LAST = 1u << 0,            /* last event of one exchange message (a consistent point) */
+    TW_FLAG_SNAPSHOT = 1u << 1,        /* event belongs to a snapshot */
+    TW_FLAG_SNAPSHOT_BEGIN = 1u << 2,  /* with TW_KIND_SNAPSHOT */
+    TW_FLAG_SNAPSHOT_END = 1u << 3,    /* with TW_KIND_SNAPSHOT */
+    TW_FLAG_REPLAY = 1u << 4           /* produced by replay, not a live feed */
+};
+
+/* Why an event was not applied to a book.  0 means applied. */
+enum {
+    TW_OK = 0,
+    TW_REJ_UNKNOWN_INSTRUMENT = 1,
+    TW_REJ_BAD_KIND = 2,
+    TW_REJ_BAD_SIDE = 3,
+    TW_REJ_BAD_QTY = 4,         /* negative, or not positive where an order needs a quantity */
+    TW_REJ_PRICE_RANGE = 5,
+    TW_REJ_UNKNOWN_ORDER = 6,
+    TW_REJ_DUPLICATE_ORDER = 7,
+    TW_REJ_OVERFILL = 8,
+    TW_REJ_UNKNOWN_LEVEL = 9,
+    TW_REJ_CAPACITY = 10,
+    TW_REJ_NO_MEMORY = 11,
+    TW_REJ_COUNT = 12
+};
+
+/* 1 in a debug build (TICKWIRE_DEBUG=1 at build time), where setup.py defines it. */
+#ifndef TW_DEBUG_BUILD
+#define TW_DEBUG_BUILD 0
+#endif
+
+/* Price of an empty side. */
+#define TW_NO_PRICE INT64_MIN
+
+/* Bit helpers for the level bitmaps (x != 0). */
+TW_INLINE int tw_msb64(uint64_t x) { return 63 - __builtin_clzll(x); }
+TW_INLINE int tw_lsb64(uint64_t x) { return __builtin_ctzll(x); }
+
+#endif /* TW_DEFS_H */

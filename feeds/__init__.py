@@ -1,0 +1,1 @@
+"""tickwire.feeds: market-data inputs: exchange captures, and (later) ZeroMQ feed handlers."""

@@ -1,0 +1,1 @@
+"""tickwire.replay: stored ticks back through the engine."""

@@ -1,0 +1,3 @@
+from tickwire.engine.cli import main
+
+raise SystemExit(main())
