@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 
 from setuptools import Extension, setup
-from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).parent.resolve()
 SUBPACKAGES = ("engine", "ext", "feeds", "replay")
@@ -81,14 +80,6 @@ def extensions():
     )
 
 
-class BuildExt(build_ext):
-    """Keep release and debug objects apart so switching modes never links stale objects."""
-
-    def finalize_options(self):
-        super().finalize_options()
-        self.build_temp = os.path.join("build", f"temp-{MODE}")
-
-
 setup(
     packages=["tickwire"] + [f"tickwire.{sub}" for sub in SUBPACKAGES],
     package_dir={"tickwire": "tickwire", **{f"tickwire.{sub}": sub for sub in SUBPACKAGES}},
@@ -97,6 +88,7 @@ setup(
         "tickwire.ext": ["*.pxd", "*.h", "*.pyi"],
     },
     ext_modules=extensions(),
-    cmdclass={"build_ext": BuildExt},
+    # release and debug builds keep their objects apart, so switching never links stale ones
+    options={"build": {"build_base": f"build/{MODE}"}},
     zip_safe=False,
 )

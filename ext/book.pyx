@@ -38,6 +38,15 @@ MAX_ORDERS_LIMIT = 1 << 30
 cdef enum:
     _RELEASE_GIL_AT = 64          # batches shorter than this keep the GIL (releasing costs more)
 
+# Heap allocations made by books (window, overflow and order-pool growth), process-wide:
+# a steady-state stream must leave it unchanged (tests check this).  Diagnostic only.
+cdef uint64_t _allocations = 0
+
+
+def allocation_count():
+    """How many times books in this process have allocated or grown memory."""
+    return _allocations
+
 
 # ---------------------------------------------------------------------------------------
 # Ladder: one side of a book, in keys (higher key = better price)
@@ -67,6 +76,8 @@ cdef int _ladder_alloc(tw_ladder *L, int64_t cap, bint with_orders) noexcept nog
     cdef int k
     cdef int64_t n = cap
     cdef bint ok
+    global _allocations
+    _allocations += 1
     L.cap = cap
     L.qty = <int64_t *>calloc(cap, sizeof(int64_t))
     ok = L.qty != NULL
@@ -178,8 +189,10 @@ cdef inline Py_ssize_t _over_find(const tw_ladder *L, int64_t key) noexcept nogi
 cdef int _over_reserve(tw_ladder *L, int64_t n) noexcept nogil:
     cdef int64_t cap = max(L.over_cap, <int64_t>16)
     cdef tw_level *p
+    global _allocations
     if n <= L.over_cap:
         return TW_OK
+    _allocations += 1
     while cap < n:
         cap *= 2
     p = <tw_level *>realloc(L.over, cap * sizeof(tw_level))
@@ -489,6 +502,8 @@ cdef int _orders_reserve(tw_book *b, int64_t cap) noexcept nogil:
     cdef int32_t *vals
     cdef uint64_t mcap = 16, i
     cdef int64_t k
+    global _allocations
+    _allocations += 1
     while mcap < <uint64_t>(2 * cap):
         mcap *= 2
     orders = <tw_order *>realloc(b.orders, cap * sizeof(tw_order))
@@ -532,6 +547,8 @@ cdef inline bint _lvl_find(tw_ladder *L, int64_t key, _lvl *v) noexcept nogil:
     """Point ``v`` at the existing level at ``key``; False when there is none."""
     cdef int64_t s = key - L.base
     cdef Py_ssize_t i
+    memset(v, 0, sizeof(_lvl))
+    v.slot = -1
     if <uint64_t>s < <uint64_t>L.cap:
         if L.norders[s] == 0:
             return False
@@ -788,7 +805,7 @@ cdef int tw_book_init(tw_book *b, const tw_book_params *p) noexcept nogil:
         tw_book_free(b)
         return -1
     if p.book_type == TW_BOOK_L3:
-        if _orders_reserve(b, max(p.initial_orders, <int64_t>16)) != TW_OK:
+        if _orders_reserve(b, max(p.initial_orders, <int64_t>1)) != TW_OK:
             tw_book_free(b)
             return -1
     return 0
@@ -1105,7 +1122,7 @@ cdef class Book:
         p.max_levels = max_levels
         p.max_depth = max_depth
         p.max_orders = max_orders
-        p.initial_orders = min(max(initial_orders, 16), max_orders)
+        p.initial_orders = min(max(initial_orders, 1), max_orders)
         tw_book_free(&self.c)
         if tw_book_init(&self.c, &p) != 0:
             raise MemoryError("could not allocate the order book")
@@ -1619,3 +1636,14 @@ def event_layout():
         "flags": <char *>&e.flags - base,
         "reserved": <char *>&e.reserved - base,
     }
+
+
+def _sum_first(const int64_t[::1] values, Py_ssize_t n):
+    """Sum of ``values[:n]`` with no length check of its own: in a debug build Cython's
+    bounds checking raises IndexError past the end (tests use it to tell the builds apart);
+    never call it with a bad ``n`` on a release build."""
+    cdef Py_ssize_t i
+    cdef int64_t total = 0
+    for i in range(n):
+        total += values[i]
+    return total

@@ -259,7 +259,7 @@ def load_binance(path: str | Path | None = None, include_trades: bool = True) ->
     pdec, qdec = 2, 8
     out = _EventBuilder()
     stats = {"diffs": 0, "diffs_dropped": 0, "diffs_applied": 0, "tickers": 0, "trades": 0,
-             "pending_tickers": 0}
+             "trades_kept": 0}
     snapshot_id = None
     last_u = None
     pre_snapshot = []
@@ -324,6 +324,7 @@ def load_binance(path: str | Path | None = None, include_trades: bool = True) ->
             elif stream.endswith("@trade"):
                 stats["trades"] += 1
                 if include_trades and snapshot_id is not None:
+                    stats["trades_kept"] += 1
                     side = Side.ASK if data["m"] else Side.BID   # buyer is maker: a sell hit the bid
                     out.add(data["T"] * 1_000_000, ts_recv, data["t"], inst.id, Kind.TRADE, side,
                             decimal_to_int(data["p"], pdec), decimal_to_int(data["q"], qdec), Flag.LAST)

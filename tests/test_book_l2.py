@@ -1,0 +1,344 @@
+"""L2 book: differential tests against the plain-Python reference, and its API contract."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from reference import ASK, BID, RefL2
+from tickwire.ext import EVENT_DTYPE, BookError, BookSet, Kind, L2Book, Reject, Side, empty_events
+from tickwire.ext.book import allocation_count
+
+CENTER = 1_000_000
+
+
+def assert_same(book, ref, k_values=(1, 3)):
+    """Full state and every query of ``book`` equal the reference's."""
+    assert book.state() == ref.state()
+    for side in (BID, ASK):
+        price, qty = ref.best(side)
+        assert book.best_price(side) == price
+        assert book.best_qty(side) == qty
+        assert book.level_count(side) == len(ref.sides[side])
+    assert book.spread == ref.spread()
+    for got, want in ((book.mid, ref.mid()), (book.microprice, ref.microprice())):
+        assert (math.isnan(got) and math.isnan(want)) or got == pytest.approx(want, rel=1e-12)
+    for k in k_values:
+        got, want = book.imbalance(k), ref.imbalance(k)
+        assert (math.isnan(got) and math.isnan(want)) or got == pytest.approx(want, rel=1e-12)
+    spread = ref.spread()
+    assert book.crossed == (spread is not None and spread < 0)
+    assert book.locked == (spread == 0)
+
+
+def events_from(rows, instrument=0):
+    ev = empty_events(len(rows))
+    for i, (kind, side, price, qty) in enumerate(rows):
+        ev[i] = (i, i, i, 0, price, qty, instrument, 0, kind, side, 0, 0)
+    return ev
+
+
+prices = st.one_of(
+    st.integers(CENTER - 40, CENTER + 40),                   # near the top: the dense window
+    st.integers(CENTER - 3000, CENTER + 3000),               # beyond a 256-slot window
+    st.sampled_from([1, 2, CENTER * 50, CENTER * 1000, 10**12]),  # far outliers, range edges
+    st.sampled_from([0, -5, 10**12 + 1]),                    # outside min_price..max_price
+)
+quantities = st.one_of(st.integers(0, 1000), st.just(0), st.sampled_from([-1, 10**15]))
+sides = st.one_of(st.sampled_from([BID, ASK]), st.sampled_from([BID, ASK, 2, 200]))
+
+
+class L2Machine(RuleBasedStateMachine):
+    """Random operations into an L2Book (small window: it moves a lot) and the reference."""
+
+    max_depth = 0
+    max_levels = 1 << 20
+
+    def __init__(self):
+        super().__init__()
+        kw = dict(window=256, min_price=1, max_price=10**12, max_depth=self.max_depth,
+                  max_levels=self.max_levels)
+        self.book = L2Book(0, **kw)
+        self.ref = RefL2(0, max_depth=self.max_depth, min_price=1, max_price=10**12,
+                         max_levels=self.max_levels)
+
+    @rule(side=sides, price=prices, qty=quantities)
+    def set_level(self, side, price, qty):
+        want = self.ref.set(side, price, qty)
+        if want == Reject.OK:
+            self.book.set(side, price, qty)
+        else:
+            with pytest.raises(BookError) as err:
+                self.book.set(side, price, qty)
+            assert err.value.reason == want
+
+    @rule(data=st.data(), side=st.sampled_from([BID, ASK]))
+    def delete_existing_or_not(self, data, side):
+        known = sorted(self.ref.sides[side])
+        price = data.draw(st.sampled_from(known) if known and data.draw(st.booleans()) else prices)
+        want = self.ref.delete(side, price)
+        if want == Reject.OK:
+            self.book.delete(side, price)
+        else:
+            with pytest.raises(BookError):
+                self.book.delete(side, price)
+
+    @rule(rows=st.lists(st.tuples(st.sampled_from([1, 2, 3, 4, 5, 9]), sides, prices, quantities),
+                        max_size=80))
+    def apply_batch(self, rows):
+        ev = events_from(rows)
+        want = [self.ref.apply(e) for e in ev]
+        status = np.full(len(ev), 255, dtype=np.uint8)
+        applied = self.book.apply(ev, status)
+        assert list(status) == [int(w) for w in want]
+        assert applied == sum(w == Reject.OK for w in want)
+
+    @rule(qty=st.integers(1, 5000), side=st.sampled_from([BID, ASK]))
+    def vwap(self, qty, side):
+        got, want = self.book.vwap_to_size(side, qty), self.ref.vwap_to_size(side, qty)
+        assert (math.isnan(got) and math.isnan(want)) or got == pytest.approx(want, rel=1e-12)
+
+    @rule(side=st.sampled_from([BID, ASK]), price=prices)
+    def qty_at(self, side, price):
+        assert self.book.qty_at(side, price) == self.ref.qty_at(side, price)
+
+    @rule()
+    def clear(self):
+        self.book.clear()
+        self.ref.clear()
+
+    @invariant()
+    def same_state(self):
+        assert_same(self.book, self.ref)
+
+
+class L2DepthMachine(L2Machine):
+    max_depth = 5
+
+
+class L2CapacityMachine(L2Machine):
+    max_levels = 7
+
+
+_settings = settings(max_examples=150, stateful_step_count=60, deadline=None,
+                     suppress_health_check=[HealthCheck.too_slow])
+TestL2Differential = L2Machine.TestCase
+TestL2Differential.settings = _settings
+TestL2DepthDifferential = L2DepthMachine.TestCase
+TestL2DepthDifferential.settings = _settings
+TestL2CapacityDifferential = L2CapacityMachine.TestCase
+TestL2CapacityDifferential.settings = _settings
+
+
+def random_l2_rows(rng, n, center=CENTER, jump_every=5000):
+    """A long random walk of L2 updates with occasional jumps (window moves both ways)."""
+    rows = []
+    mid = center
+    for i in range(n):
+        if i % jump_every == jump_every - 1:
+            mid += int(rng.integers(-20000, 20000))
+        mid += int(rng.integers(-2, 3))
+        side = int(rng.integers(0, 2))
+        dist = int(rng.geometric(0.05)) if rng.random() < 0.95 else int(rng.integers(1, 50000))
+        price = max(1, mid - dist if side == BID else mid + dist)
+        qty = 0 if rng.random() < 0.35 else int(rng.integers(1, 10000))
+        rows.append((Kind.MODIFY, side, price, qty))
+    return rows
+
+
+@pytest.mark.parametrize("window", [256, 4096])
+def test_long_random_walk_matches_reference(window):
+    rng = np.random.default_rng(7 + window)
+    rows = random_l2_rows(rng, 60_000)
+    book, ref = L2Book(0, window=window), RefL2(0)
+    ev = events_from(rows)
+    for start in range(0, len(ev), 1000):
+        chunk = ev[start:start + 1000]
+        for e in chunk:
+            ref.apply(e)
+        assert book.apply(chunk) == len(chunk)
+        assert_same(book, ref, k_values=(1, 5))
+
+
+def test_batch_equals_per_event_and_bookset_routes():
+    rng = np.random.default_rng(1)
+    rows = random_l2_rows(rng, 20_000)
+    ev = events_from(rows)
+    ev["instrument"] = rng.integers(0, 4, len(ev))          # 0..2 have books, 3 does not
+    books = [L2Book(i) for i in range(3)]
+    singles = [L2Book(i) for i in range(3)]
+    bs = BookSet(books)
+    status = np.zeros(len(ev), np.uint8)
+    applied = bs.apply(ev, status)
+    unknown = int((ev["instrument"] == 3).sum())
+    assert applied == len(ev) - unknown
+    assert bs.unknown_instrument == unknown
+    assert (status[ev["instrument"] == 3] == Reject.UNKNOWN_INSTRUMENT).all()
+    for e in ev:
+        if e["instrument"] < 3:
+            singles[e["instrument"]].set(int(e["side"]), int(e["price"]), int(e["qty"]))
+    for a, b in zip(books, singles):
+        assert a.state() == b.state()
+    assert 2 in bs and 3 not in bs and len(bs) == 3
+    assert bs[1] is books[1]
+    with pytest.raises(KeyError, match="instrument id 3"):
+        bs[3]
+
+
+def test_book_apply_rejects_other_instruments():
+    book = L2Book(5)
+    ev = events_from([(Kind.ADD, BID, 100, 1), (Kind.ADD, BID, 101, 1)], instrument=5)
+    ev[1]["instrument"] = 6
+    assert book.apply(ev) == 1
+    assert book.rejects == {"UNKNOWN_INSTRUMENT": 1}
+    assert book.state() == ([(100, 1)], [])
+
+
+def test_queries_on_a_small_book():
+    b = L2Book(0)
+    for price, qty in ((100, 5), (99, 3), (97, 2)):
+        b.set(Side.BID, price, qty)
+    for price, qty in ((102, 7), (105, 1)):
+        b.set(Side.ASK, price, qty)
+    assert b.bbo() == (100, 5, 102, 7)
+    assert b.spread == 2 and b.mid == 101.0
+    assert b.microprice == pytest.approx((100 * 7 + 102 * 5) / 12)
+    assert b.imbalance(1) == pytest.approx((5 - 7) / 12)
+    assert b.imbalance(10) == pytest.approx((10 - 8) / 18)
+    assert b.vwap_to_size(Side.ASK, 8) == pytest.approx((102 * 7 + 105) / 8)
+    assert math.isnan(b.vwap_to_size(Side.ASK, 9))
+    assert b.depth_qty(Side.BID, 2) == 8
+    assert b.qty_at(Side.BID, 99) == 3 and b.qty_at(Side.BID, 98) == 0
+    out = np.zeros((2, 3), np.int64)
+    view = b.levels(Side.BID, out=out)
+    assert view.base is out or np.shares_memory(view, out)
+    assert view.tolist() == [[100, 5, 0], [99, 3, 0]]
+    assert b.levels(Side.BID, 1).tolist() == [[100, 5, 0]]
+    assert b.levels(Side.ASK).tolist() == [[102, 7, 0], [105, 1, 0]]
+    b.set(Side.BID, 102, 1)
+    assert b.locked and not b.crossed
+    b.set(Side.BID, 103, 1)
+    assert b.crossed and b.spread == -1
+
+
+def test_empty_book_queries():
+    b = L2Book(0)
+    assert b.bbo() == (None, 0, None, 0)
+    assert b.spread is None and math.isnan(b.mid) and math.isnan(b.microprice)
+    assert math.isnan(b.imbalance(1))
+    assert b.levels(Side.BID).shape == (0, 3)
+    assert not b.crossed and not b.locked
+
+
+def test_bad_input_is_refused_and_counted_without_corrupting():
+    b = L2Book(3, min_price=10, max_price=1000)
+    b.set(Side.BID, 100, 5)
+    before = b.state()
+    cases = [
+        (lambda: b.set(Side.BID, 5, 1), Reject.PRICE_RANGE, "min_price..max_price"),
+        (lambda: b.set(Side.ASK, 10**9, 1), Reject.PRICE_RANGE, "instrument 3"),
+        (lambda: b.set(Side.BID, 100, -1), Reject.BAD_QTY, "negative"),
+        (lambda: b.set(7, 100, 1), Reject.BAD_SIDE, "side"),
+        (lambda: b.delete(Side.ASK, 500), Reject.UNKNOWN_LEVEL, "no level"),
+    ]
+    for call, reason, text in cases:
+        with pytest.raises(BookError, match=text) as err:
+            call()
+        assert err.value.reason == reason
+        assert b.state() == before
+    assert b.rejects == {"BAD_SIDE": 1, "BAD_QTY": 1, "PRICE_RANGE": 2, "UNKNOWN_LEVEL": 1}
+    assert b.applied == 1
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="power of two"):
+        L2Book(0, window=1000)
+    with pytest.raises(ValueError, match="min_price"):
+        L2Book(0, min_price=10, max_price=5)
+    with pytest.raises(ValueError, match="max_depth"):
+        L2Book(0, max_depth=-1)
+    b = L2Book(0)
+    with pytest.raises(TypeError, match="EVENT_DTYPE"):
+        b.apply(np.zeros(4, np.int64))
+    ev = empty_events(8)
+    with pytest.raises((ValueError, BufferError)):
+        b.apply(ev[::2])
+    with pytest.raises(ValueError, match="status holds 2"):
+        b.apply(ev, np.zeros(2, np.uint8))
+    with pytest.raises(ValueError, match="side"):
+        b.best_price(5)
+    with pytest.raises(TypeError, match="L2Book"):
+        BookSet([object()])
+    with pytest.raises(ValueError, match="two books for instrument id 1"):
+        BookSet([L2Book(1), L2Book(1)])
+
+
+def test_far_levels_live_in_the_overflow_and_come_back():
+    b, ref = L2Book(0, window=256), RefL2(0)
+    # a dense top, a far tail, then the top is eaten away so the tail becomes the best
+    for p in range(10_000, 10_100):
+        for book in (b, ref):
+            book.set(BID, p, p)
+    for p in (5_000, 1_000, 10):
+        for book in (b, ref):
+            book.set(BID, p, 1)
+    lo, hi, nwin, nover = b._layout(BID)
+    assert nover >= 3 and nwin + nover == 103
+    for p in range(10_099, 9_999, -1):
+        for book in (b, ref):
+            book.set(BID, p, 0)
+        assert b.best_bid == ref.best(BID)[0]
+    assert b.best_bid == 5_000 and b.state() == ref.state()
+    lo, hi, _, _ = b._layout(BID)
+    assert lo <= 5_000 <= hi                     # the window followed the best down
+
+
+def test_max_depth_drops_the_worst_level():
+    b = L2Book(0, max_depth=3)
+    for p in (100, 99, 98, 97):
+        b.set(Side.BID, p, 1)
+    assert [lv[0] for lv in b.levels(Side.BID)] == [100, 99, 98]
+    b.set(Side.BID, 96, 1)                       # worse than the worst: dropped at once
+    assert [lv[0] for lv in b.levels(Side.BID)] == [100, 99, 98]
+    for p in (200, 201, 202, 203):
+        b.set(Side.ASK, p, 1)
+    assert [lv[0] for lv in b.levels(Side.ASK)] == [200, 201, 202]
+
+
+def test_snapshot_markers_and_clear():
+    b = L2Book(0)
+    ev = events_from([(Kind.ADD, BID, 100, 1), (Kind.SNAPSHOT, 2, 0, 0), (Kind.ADD, BID, 90, 2),
+                      (Kind.SNAPSHOT, 2, 0, 0), (Kind.CLEAR, 2, 0, 0)])
+    ev["flags"][1] = 4          # BEGIN
+    ev["flags"][3] = 8          # END
+    b.apply(ev[:2])
+    assert b.state() == ([], []) and not b.in_sync
+    b.apply(ev[2:4])
+    assert b.state() == ([(90, 2)], []) and b.in_sync
+    b.apply(ev[4:])
+    assert b.state() == ([], [])
+    assert b.last_seq == 4
+
+
+def test_steady_state_updates_allocate_nothing():
+    rng = np.random.default_rng(3)
+    ev = events_from(random_l2_rows(rng, 50_000, jump_every=10**9))
+    book = L2Book(0, window=1 << 15)
+    book.apply(ev)                                 # warm up: window placed, overflow sized
+    before = allocation_count()
+    for _ in range(3):
+        book.apply(ev)                             # the same prices again: steady state
+    assert allocation_count() == before
+
+
+def test_events_dtype_views_are_accepted_without_copy():
+    raw = np.zeros(10 * 64, np.uint8)
+    ev = raw.view(EVENT_DTYPE)
+    ev["kind"] = Kind.ADD
+    ev["price"] = np.arange(100, 110)
+    ev["qty"] = 1
+    b = L2Book(0)
+    assert b.apply(ev) == 10 and b.best_bid == 109

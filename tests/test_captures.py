@@ -1,0 +1,75 @@
+"""Real exchange data: the books reproduce the exchanges' own checksums and best levels."""
+
+import numpy as np
+import pytest
+
+from tickwire.engine.instruments import make_books
+from tickwire.ext import Flag, Kind
+from tickwire.feeds.captures import kraken_checksum, message_ends
+
+pytestmark = pytest.mark.data
+
+
+def test_kraken_all_4269_checksums(kraken):
+    assert len(kraken.checks) == 4269
+    books = make_books(kraken.instruments)
+    out = np.empty((10, 3), np.int64)
+    start = 0
+    matched = 0
+    for end, iid, crc in kraken.checks:
+        books.apply(kraken.events[start:end])
+        start = end
+        got = kraken_checksum(books[int(iid)], kraken.instruments[int(iid)], out)
+        assert got == crc, f"checksum after event {end} of {kraken.instruments[int(iid)].symbol}"
+        matched += 1
+    assert matched == 4269
+    assert books.rejects == {}
+    # depth 1000 is honoured: Kraken never deletes levels pushed out of it
+    for book in books:
+        assert book.level_count(0) <= 1000 and book.level_count(1) <= 1000
+
+
+def test_kraken_checksum_detects_a_wrong_book(kraken):
+    books = make_books(kraken.instruments)
+    end, iid, crc = kraken.checks[0]
+    books.apply(kraken.events[:end])
+    book = books[int(iid)]
+    bid, qty = book.best_bid, book.best_bid_qty
+    book.set(0, bid, qty + 1)
+    assert kraken_checksum(book, kraken.instruments[int(iid)]) != crc
+
+
+def test_kraken_batch_in_one_call_equals_message_by_message(kraken):
+    whole = make_books(kraken.instruments)
+    whole.apply(kraken.events)
+    stepped = make_books(kraken.instruments)
+    start = 0
+    for end in message_ends(kraken.events):
+        stepped.apply(kraken.events[start:end])
+        start = end
+    for a, b in zip(whole, stepped):
+        assert a.state() == b.state()
+
+
+def test_binance_book_matches_every_book_ticker(binance):
+    assert len(binance.checks) == 564
+    books = make_books(binance.instruments)
+    book = books[0]
+    start = 0
+    for c in binance.checks:
+        books.apply(binance.events[start:c["end"]])
+        start = c["end"]
+        assert book.bbo() == (c["bid"], c["bid_qty"], c["ask"], c["ask_qty"]), f"update id {c['update_id']}"
+        assert not book.crossed
+    books.apply(binance.events[start:])
+    assert books.rejects == {}
+
+
+def test_binance_events_are_well_formed(binance):
+    ev = binance.events
+    assert binance.stats["diffs_dropped"] >= 1           # diffs older than the snapshot
+    trades = ev[ev["kind"] == Kind.TRADE]
+    assert len(trades) == binance.stats["trades_kept"] > 9000
+    assert (trades["flags"] & int(Flag.LAST)).all()
+    diffs = ev[(ev["kind"] == Kind.MODIFY)]
+    assert (np.diff(diffs["seq"].astype(np.int64)) >= 0).all()  # update ids never go back
