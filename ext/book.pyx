@@ -29,7 +29,7 @@ BUILD = "debug" if TW_DEBUG_BUILD else "release"
 #: Defaults: accepted prices (ticks), dense window slots per side, levels per side.
 DEFAULT_MIN_PRICE = 1
 DEFAULT_MAX_PRICE = 1 << 62
-DEFAULT_WINDOW = 1 << 15
+DEFAULT_WINDOW = 1 << 17
 DEFAULT_MAX_LEVELS = 1 << 20
 WINDOW_MIN = TW_WINDOW_MIN
 WINDOW_MAX = TW_WINDOW_MAX
@@ -401,13 +401,13 @@ cdef int _l2_set_outside(tw_book *b, tw_ladder *L, int64_t price, int64_t key, i
     return TW_OK
 
 
-cdef int tw_book_set_level(tw_book *b, int side, int64_t price, int64_t qty) noexcept nogil:
-    """Set the level at ``price`` to ``qty`` lots (absolute; 0 removes it)."""
+cdef inline int _set_level(tw_book *b, int side, int64_t price, int64_t qty) noexcept nogil:
+    """tw_book_set_level, inlined into the batch loops; the window path is the hot one."""
     cdef tw_ladder *L
     cdef int64_t key, s
-    if <unsigned int>side > 1:
+    if TW_UNLIKELY(<unsigned int>side > 1):
         return TW_REJ_BAD_SIDE
-    if qty < 0:
+    if TW_UNLIKELY(qty < 0):
         return TW_REJ_BAD_QTY
     L = &b.side[side]
     key = L.sign * price
@@ -430,6 +430,11 @@ cdef int tw_book_set_level(tw_book *b, int side, int64_t price, int64_t qty) noe
     if b.p.max_depth and L.nlevels > b.p.max_depth:
         _drop_worst(L)
     return TW_OK
+
+
+cdef int tw_book_set_level(tw_book *b, int side, int64_t price, int64_t qty) noexcept nogil:
+    """Set the level at ``price`` to ``qty`` lots (absolute; 0 removes it)."""
+    return _set_level(b, side, price, qty)
 
 
 cdef int _delete_level(tw_book *b, int side, int64_t price) noexcept nogil:
@@ -853,13 +858,13 @@ cdef void tw_book_clear(tw_book *b) noexcept nogil:
         b.norders = 0
 
 
-cdef int tw_book_apply(tw_book *b, const tw_event *ev) noexcept nogil:
+cdef inline int _apply(tw_book *b, const tw_event *ev) noexcept nogil:
     """Apply one canonical event; TW_OK or the reject code (also counted in b.rejects)."""
     cdef int r
     cdef int kind = ev.kind
     if kind == TW_KIND_ADD or kind == TW_KIND_MODIFY:
-        if b.p.book_type == TW_BOOK_L2:
-            r = tw_book_set_level(b, ev.side, ev.price, ev.qty)
+        if TW_LIKELY(b.p.book_type == TW_BOOK_L2):
+            r = _set_level(b, ev.side, ev.price, ev.qty)
         elif kind == TW_KIND_ADD:
             r = tw_book_add_order(b, ev.order_id, ev.side, ev.price, ev.qty, ev.ts_event)
         else:
@@ -900,6 +905,11 @@ cdef int tw_book_apply(tw_book *b, const tw_event *ev) noexcept nogil:
     return r
 
 
+cdef int tw_book_apply(tw_book *b, const tw_event *ev) noexcept nogil:
+    """Apply one canonical event; TW_OK or the reject code (also counted in b.rejects)."""
+    return _apply(b, ev)
+
+
 cdef Py_ssize_t tw_bookset_apply(tw_bookset *s, const tw_event *ev, Py_ssize_t n,
                                  uint8_t *status) noexcept nogil:
     """Route each event to its instrument's book; returns how many were applied."""
@@ -909,7 +919,7 @@ cdef Py_ssize_t tw_bookset_apply(tw_bookset *s, const tw_event *ev, Py_ssize_t n
     for i in range(n):
         b = s.books[ev[i].instrument] if ev[i].instrument < s.nbooks else NULL
         if b != NULL:
-            r = tw_book_apply(b, &ev[i])
+            r = _apply(b, &ev[i])
         else:
             r = TW_REJ_UNKNOWN_INSTRUMENT
             s.unknown_instrument += 1
@@ -1353,7 +1363,7 @@ cdef Py_ssize_t _book_apply_many(tw_book *b, const tw_event *ev, Py_ssize_t n, u
     cdef int r
     for i in range(n):
         if ev[i].instrument == b.p.instrument:
-            r = tw_book_apply(b, &ev[i])
+            r = _apply(b, &ev[i])
         else:
             r = TW_REJ_UNKNOWN_INSTRUMENT
             b.rejects[r] += 1
@@ -1647,3 +1657,67 @@ def _sum_first(const int64_t[::1] values, Py_ssize_t n):
     for i in range(n):
         total += values[i]
     return total
+
+
+cdef extern from *:
+    """
+    /* An empty asm statement that may read and write all memory: keeps the compiler from
+       reusing a load across loop iterations in the benchmark helpers below. */
+    static inline void tw_clobber_memory(void) { __asm__ __volatile__("" ::: "memory"); }
+    """
+    void tw_clobber_memory() nogil
+
+
+def _bench_bbo(Book book, int64_t n):
+    """Read the best bid and ask (price and quantity) ``n`` times in C; returns a checksum.
+
+    For benchmarks: time it around a large ``n`` to get the C cost of one BBO read."""
+    cdef int64_t i, acc = 0
+    cdef tw_book *b = &book.c
+    with nogil:
+        for i in range(n):
+            tw_clobber_memory()
+            acc += tw_book_best_price(b, TW_SIDE_BID) + tw_book_best_qty(b, TW_SIDE_BID)
+            acc += tw_book_best_price(b, TW_SIDE_ASK) + tw_book_best_qty(b, TW_SIDE_ASK)
+    return acc
+
+
+def _bench_top_churn(Book book, int64_t n):
+    """Remove the best bid level and put it back, ``n`` times, in C (finding the next best
+    level each time).  For benchmarks of update cost against depth; the book ends as it began."""
+    cdef int64_t i, price, qty
+    cdef tw_book *b = &book.c
+    if b.p.book_type != TW_BOOK_L2 or b.side[TW_SIDE_BID].best < 0:
+        raise ValueError("needs an L2 book with a bid")
+    price = tw_book_best_price(b, TW_SIDE_BID)
+    qty = tw_book_best_qty(b, TW_SIDE_BID)
+    with nogil:
+        for i in range(n):
+            tw_book_set_level(b, TW_SIDE_BID, price, 0)
+            tw_book_set_level(b, TW_SIDE_BID, price, qty)
+    return tw_book_best_price(b, TW_SIDE_BID)
+
+
+def _bench_plain_ladder(events, int64_t base, int64_t cap):
+    """The plain C price ladder, as a limit for benchmarks: ``qty[side][price - base] = qty``
+    for each event, no checks, no best level, no routing.  Returns the number stored."""
+    cdef Py_buffer view
+    cdef const tw_event *ev = _event_buffer(events, &view)
+    cdef Py_ssize_t n = view.len // sizeof(tw_event), i, stored = 0
+    cdef int64_t *ladder = <int64_t *>calloc(2 * cap, sizeof(int64_t))
+    cdef uint64_t s
+    if ladder == NULL:
+        PyBuffer_Release(&view)
+        raise MemoryError()
+    try:
+        with nogil:
+            for i in range(n):
+                s = <uint64_t>(ev[i].price - base)
+                if s < <uint64_t>cap:
+                    ladder[ev[i].side * cap + <int64_t>s] = ev[i].qty
+                    stored += 1
+            tw_clobber_memory()
+    finally:
+        free(ladder)
+        PyBuffer_Release(&view)
+    return stored
