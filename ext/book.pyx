@@ -312,16 +312,52 @@ cdef inline void _win_add(tw_ladder *L, int64_t s) noexcept nogil:
         L.best = s
 
 
+cdef void _best_removed(tw_ladder *L, int64_t s) noexcept nogil:
+    """The best level (slot ``s``) emptied: find the next one; follow it down if it sank low."""
+    L.best = _find_prev(L, s - 1)
+    if L.nover > 0 and L.best < (L.cap >> 3):
+        # the best sank to the bottom of the window: bring the window down after it
+        _ladder_move(L, _home_base(L, L.base + L.best if L.best >= 0 else L.over[L.nover - 1].key))
+
+
 cdef inline void _win_remove(tw_ladder *L, int64_t s) noexcept nogil:
     """The level at window slot ``s`` emptied (its qty already 0)."""
     _bits_clear(L.bits, s)
     L.nwin -= 1
     L.nlevels -= 1
     if s == L.best:
-        L.best = _find_prev(L, s - 1)
-        if L.nover > 0 and L.best < (L.cap >> 3):
-            # the best sank to the bottom of the window: bring the window down after it
-            _ladder_move(L, _home_base(L, L.base + L.best if L.best >= 0 else L.over[L.nover - 1].key))
+        _best_removed(L, s)
+
+
+cdef void _bits_carry(uint64_t **bits, int64_t s, bint now) noexcept nogil:
+    """Level-0 word of slot ``s`` turned empty (now=0) or non-empty (now=1): update the levels above."""
+    if now:
+        _bits_set(bits + 1, s >> 6)
+    else:
+        _bits_clear(bits + 1, s >> 6)
+
+
+cdef inline void _win_store(tw_ladder *L, int64_t s, int64_t old, int64_t qty) noexcept nogil:
+    """Set window slot ``s`` from ``old`` to ``qty`` and keep bitmap, counts and best right.
+
+    Written to compile to conditional moves rather than branches on the data: whether a
+    level appears, changes or goes is a coin toss on real streams, and each mispredicted
+    branch costs more than the whole update."""
+    cdef uint64_t bit = (<uint64_t>1) << (s & 63)
+    cdef uint64_t *word = &L.bits[0][s >> 6]
+    cdef uint64_t w_old = word[0], w_new
+    cdef int64_t was = old != 0, now = qty != 0, best = L.best, take
+    L.qty[s] = qty
+    w_new = (w_old & ~bit) | (bit & (<uint64_t>0 - <uint64_t>now))
+    word[0] = w_new
+    if TW_UNLIKELY((w_old == 0) != (w_new == 0)):
+        _bits_carry(L.bits, s, w_new != 0)
+    L.nwin += now - was
+    L.nlevels += now - was
+    take = <int64_t>0 - (now & (s > best))          # all ones when s becomes the best
+    L.best = (s & take) | (best & ~take)
+    if TW_UNLIKELY(was & (1 - now) & (s == best)):
+        _best_removed(L, s)
 
 
 cdef inline int _ladder_make_room(tw_book *b, tw_ladder *L, int64_t key) noexcept nogil:
@@ -404,7 +440,7 @@ cdef int _l2_set_outside(tw_book *b, tw_ladder *L, int64_t price, int64_t key, i
 cdef inline int _set_level(tw_book *b, int side, int64_t price, int64_t qty) noexcept nogil:
     """tw_book_set_level, inlined into the batch loops; the window path is the hot one."""
     cdef tw_ladder *L
-    cdef int64_t key, s
+    cdef int64_t key, s, old
     if TW_UNLIKELY(<unsigned int>side > 1):
         return TW_REJ_BAD_SIDE
     if TW_UNLIKELY(qty < 0):
@@ -414,20 +450,12 @@ cdef inline int _set_level(tw_book *b, int side, int64_t price, int64_t qty) noe
     s = key - L.base
     if TW_UNLIKELY(<uint64_t>s >= <uint64_t>L.cap):
         return _l2_set_outside(b, L, price, key, qty)
-    if L.qty[s] != 0:
-        L.qty[s] = qty
-        if qty == 0:
-            _win_remove(L, s)
-        return TW_OK
-    if qty == 0:
-        return TW_OK
-    if TW_UNLIKELY(not _price_ok(b, price)):
-        return TW_REJ_PRICE_RANGE
-    if TW_UNLIKELY(not _can_add_level(b, L)):
-        return TW_REJ_CAPACITY
-    L.qty[s] = qty
-    _win_add(L, s)
-    if b.p.max_depth and L.nlevels > b.p.max_depth:
+    old = L.qty[s]
+    if TW_UNLIKELY((old == 0) & (qty != 0)
+                   & ((price < b.p.min_price) | (price > b.p.max_price) | (L.nlevels >= b.p.max_levels))):
+        return TW_REJ_PRICE_RANGE if not _price_ok(b, price) else TW_REJ_CAPACITY
+    _win_store(L, s, old, qty)
+    if TW_UNLIKELY(b.p.max_depth != 0 and L.nlevels > b.p.max_depth):
         _drop_worst(L)
     return TW_OK
 
@@ -858,43 +886,50 @@ cdef void tw_book_clear(tw_book *b) noexcept nogil:
         b.norders = 0
 
 
-cdef inline int _apply(tw_book *b, const tw_event *ev) noexcept nogil:
-    """Apply one canonical event; TW_OK or the reject code (also counted in b.rejects)."""
-    cdef int r
+cdef int _apply_op(tw_book *b, const tw_event *ev) noexcept nogil:
+    """Carry out one event (no accounting); TW_OK or the reject code."""
     cdef int kind = ev.kind
     if kind == TW_KIND_ADD or kind == TW_KIND_MODIFY:
-        if TW_LIKELY(b.p.book_type == TW_BOOK_L2):
-            r = _set_level(b, ev.side, ev.price, ev.qty)
-        elif kind == TW_KIND_ADD:
-            r = tw_book_add_order(b, ev.order_id, ev.side, ev.price, ev.qty, ev.ts_event)
-        else:
-            r = tw_book_modify_order(b, ev.order_id, ev.price, ev.qty, ev.ts_event)
-    elif kind == TW_KIND_DELETE:
         if b.p.book_type == TW_BOOK_L2:
-            r = _delete_level(b, ev.side, ev.price)
-        else:
-            r = tw_book_delete_order(b, ev.order_id)
-    elif kind == TW_KIND_TRADE:
+            return _set_level(b, ev.side, ev.price, ev.qty)
+        if kind == TW_KIND_ADD:
+            return tw_book_add_order(b, ev.order_id, ev.side, ev.price, ev.qty, ev.ts_event)
+        return tw_book_modify_order(b, ev.order_id, ev.price, ev.qty, ev.ts_event)
+    if kind == TW_KIND_DELETE:
+        if b.p.book_type == TW_BOOK_L2:
+            return _delete_level(b, ev.side, ev.price)
+        return tw_book_delete_order(b, ev.order_id)
+    if kind == TW_KIND_TRADE:
         if ev.side > TW_SIDE_NONE:
-            r = TW_REJ_BAD_SIDE
-        elif ev.qty < 0:
-            r = TW_REJ_BAD_QTY
-        elif b.p.book_type == TW_BOOK_L3 and ev.order_id != 0:
-            r = tw_book_execute_order(b, ev.order_id, ev.qty)
-        else:
-            r = TW_OK                          # a print: the book does not change
-    elif kind == TW_KIND_CLEAR:
+            return TW_REJ_BAD_SIDE
+        if ev.qty < 0:
+            return TW_REJ_BAD_QTY
+        if b.p.book_type == TW_BOOK_L3 and ev.order_id != 0:
+            return tw_book_execute_order(b, ev.order_id, ev.qty)
+        return TW_OK                           # a print: the book does not change
+    if kind == TW_KIND_CLEAR:
         tw_book_clear(b)
-        r = TW_OK
-    elif kind == TW_KIND_SNAPSHOT:
+        return TW_OK
+    if kind == TW_KIND_SNAPSHOT:
         if ev.flags & TW_FLAG_SNAPSHOT_BEGIN:
             tw_book_clear(b)
             b.in_sync = 0
         if ev.flags & TW_FLAG_SNAPSHOT_END:
             b.in_sync = 1
-        r = TW_OK
+        return TW_OK
+    return TW_REJ_BAD_KIND
+
+
+cdef inline int _apply(tw_book *b, const tw_event *ev) noexcept nogil:
+    """Apply one event and account for it (applied count and last event, or the reject).
+
+    The L2 level update, the bulk of any feed, is inlined here; everything else goes
+    through _apply_op."""
+    cdef int r
+    if TW_LIKELY(b.p.book_type == TW_BOOK_L2 and (ev.kind == TW_KIND_MODIFY or ev.kind == TW_KIND_ADD)):
+        r = _set_level(b, ev.side, ev.price, ev.qty)
     else:
-        r = TW_REJ_BAD_KIND
+        r = _apply_op(b, ev)
     if TW_LIKELY(r == TW_OK):
         b.applied += 1
         b.last_seq = ev.seq
