@@ -18,6 +18,7 @@ SUBPACKAGES = ("engine", "ext", "feeds", "replay")
 DEBUG = os.environ.get("TICKWIRE_DEBUG", "0") not in ("", "0")
 NATIVE = os.environ.get("TICKWIRE_NATIVE", "0") not in ("", "0")
 ANNOTATE = DEBUG or os.environ.get("TICKWIRE_ANNOTATE", "0") not in ("", "0")
+# (the debug build always annotates; its C is regenerated whenever a source changes)
 MODE = "debug" if DEBUG else "release"
 
 
@@ -76,6 +77,7 @@ def extensions():
         include_path=[str(pxd_tree()), "ext"],
         build_dir=f"build/cython-{MODE}",
         annotate=ANNOTATE,
+        force=ANNOTATE and not DEBUG,      # an explicit annotate request regenerates the C
         quiet=True,
     )
 

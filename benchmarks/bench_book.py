@@ -266,7 +266,15 @@ def deep_book_rows(depth, seed):
     return [(0, int(p), int(q)) for p, q in zip(bids, qty)] + [(1, int(p), int(q)) for p, q in zip(asks, qty)]
 
 
-def bbo_costs(depths, seed, reads=2_000_000):
+def py_reads(read, n):
+    """ns per call of ``read()`` from a Python loop (the same loop for every contestant)."""
+    def loop(_):
+        for _ in range(n):
+            read()
+    return median_time(loop, 3) / n * 1e9
+
+
+def bbo_costs(depths, seed, reads=1_000_000):
     from order_book import OrderBook as ObBook
     from sortedcontainers import SortedDict
 
@@ -280,14 +288,14 @@ def bbo_costs(depths, seed, reads=2_000_000):
         n = 20_000_000
         c_read = median_time(lambda _: _bench_bbo(tw, n), 3) / n * 1e9
         churn = median_time(lambda _: _bench_top_churn(tw, n // 4), 3) / (n // 4) * 1e9
-        t_py = median_time(lambda _: [tw.bbo() for _ in range(reads)], 3) / reads * 1e9
+        t_py = py_reads(lambda: tw.bbo(), reads)
         ob = ObBook()
         sd = (SortedDict(), SortedDict())
         for s, p, q in levels:
             (ob.bids, ob.asks)[s][p] = q
             sd[s][p] = q
-        ob_py = median_time(lambda _: [(ob.bids.index(0), ob.asks.index(0)) for _ in range(reads)], 3) / reads * 1e9
-        sd_py = median_time(lambda _: [(sd[0].peekitem(-1), sd[1].peekitem(0)) for _ in range(reads)], 3) / reads * 1e9
+        ob_py = py_reads(lambda: (ob.bids.index(0), ob.asks.index(0)), reads)
+        sd_py = py_reads(lambda: (sd[0].peekitem(-1), sd[1].peekitem(0)), reads)
         nt_py = "-"
         if HAVE_NAUTILUS:
             iid = InstrumentId.from_str("SYN0.SIM")
@@ -296,8 +304,7 @@ def bbo_costs(depths, seed, reads=2_000_000):
                 nt.apply_delta(OrderBookDelta(iid, BookAction.UPDATE,
                                               BookOrder((OrderSide.BUY, OrderSide.SELL)[s], Price(p / 100, 2),
                                                         Quantity(q, 0), 0), 0, 0, 0, 0))
-            r = reads // 4
-            nt_py = f"{median_time(lambda _: [(nt.best_bid_price(), nt.best_bid_size(), nt.best_ask_price(), nt.best_ask_size()) for _ in range(r)], 3) / r * 1e9:.0f}"
+            nt_py = f"{py_reads(lambda: (nt.best_bid_price(), nt.best_bid_size(), nt.best_ask_price(), nt.best_ask_size()), reads // 4):.0f}"
         rows.append([f"{depth:,}", f"{c_read:.2f}", f"{churn:.1f}", f"{t_py:.0f}", f"{ob_py:.0f}", f"{sd_py:.0f}", nt_py])
     return rows
 
@@ -421,7 +428,8 @@ def main(argv=None) -> int:
           ["depth", "tw C read", "tw C del+add best", "tw py bbo()", "order-book py", "SortedDict py",
            "nautilus py"])
     print("  'tw C read': best bid and ask, price and size, from C; 'del+add best': remove the best bid "
-          "level and restore it (finds the next best each time)")
+          "level and restore it (finds the next best each time); 'py': best bid and ask with sizes from a "
+          "Python loop, the same loop and call overhead for every library")
     return 0
 
 

@@ -1239,7 +1239,10 @@ cdef class Book:
 
     def bbo(self):
         """``(bid, bid_qty, ask, ask_qty)``; a missing side gives ``None, 0``."""
-        return (self.best_bid, self.best_bid_qty, self.best_ask, self.best_ask_qty)
+        cdef int64_t bid = tw_book_best_price(&self.c, TW_SIDE_BID)
+        cdef int64_t ask = tw_book_best_price(&self.c, TW_SIDE_ASK)
+        return (None if bid == TW_NO_PRICE else bid, tw_book_best_qty(&self.c, TW_SIDE_BID),
+                None if ask == TW_NO_PRICE else ask, tw_book_best_qty(&self.c, TW_SIDE_ASK))
 
     def best_price(self, side):
         """Best price of ``side`` in ticks, or None."""
