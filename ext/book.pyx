@@ -14,6 +14,7 @@ from tickwire.ext.defs cimport (
     tw_event, tw_msb64, tw_lsb64, TW_NO_PRICE, TW_DEBUG_BUILD, TW_LIKELY, TW_UNLIKELY,
     TW_KIND_ADD, TW_KIND_MODIFY, TW_KIND_DELETE, TW_KIND_TRADE, TW_KIND_CLEAR, TW_KIND_SNAPSHOT,
     TW_SIDE_BID, TW_SIDE_ASK, TW_SIDE_NONE, TW_FLAG_SNAPSHOT_BEGIN, TW_FLAG_SNAPSHOT_END,
+    TW_FLAG_STALE, TW_FLAG_SNAPSHOT, TW_FLAG_LAST, TW_KIND_SNAPSHOT as _SNAP,
     TW_OK, TW_REJ_UNKNOWN_INSTRUMENT, TW_REJ_BAD_KIND, TW_REJ_BAD_SIDE, TW_REJ_BAD_QTY,
     TW_REJ_PRICE_RANGE, TW_REJ_UNKNOWN_ORDER, TW_REJ_DUPLICATE_ORDER, TW_REJ_OVERFILL,
     TW_REJ_UNKNOWN_LEVEL, TW_REJ_CAPACITY, TW_REJ_NO_MEMORY, TW_REJ_COUNT,
@@ -911,6 +912,8 @@ cdef int _apply_op(tw_book *b, const tw_event *ev) noexcept nogil:
         tw_book_clear(b)
         return TW_OK
     if kind == TW_KIND_SNAPSHOT:
+        if ev.flags & TW_FLAG_STALE:
+            b.in_sync = 0
         if ev.flags & TW_FLAG_SNAPSHOT_BEGIN:
             tw_book_clear(b)
             b.in_sync = 0
@@ -1362,8 +1365,23 @@ cdef class Book:
 
     @property
     def in_sync(self):
-        """False between a snapshot BEGIN marker and its END marker."""
+        """False after a STALE or snapshot BEGIN marker, until a snapshot END marker."""
         return bool(self.c.in_sync)
+
+    def snapshot_events(self, uint64_t seq=0, int64_t ts=0):
+        """The whole book as canonical events: a snapshot another book can apply to become equal.
+
+        ``[SNAPSHOT BEGIN] + one ADD per level (L2) or per order in queue order (L3) +
+        [SNAPSHOT END | LAST]``, every event carrying ``seq`` and ``ts`` (and Flag.SNAPSHOT).
+        Levels come best first, bids then asks.
+        """
+        cdef tw_book *b = &self.c
+        cdef Py_ssize_t n = 2
+        if b.p.book_type == TW_BOOK_L3:
+            n += b.norders
+        else:
+            n += b.side[0].nlevels + b.side[1].nlevels
+        return _fill_snapshot(b, np.zeros(n, dtype=EVENT_DTYPE), seq, ts)
 
     @property
     def window(self):
@@ -1759,3 +1777,55 @@ def _bench_plain_ladder(events, int64_t base, int64_t cap):
         free(ladder)
         PyBuffer_Release(&view)
     return stored
+
+
+cdef object _fill_snapshot(tw_book *b, object out, uint64_t seq, int64_t ts):
+    cdef Py_buffer view
+    cdef tw_event *ev
+    cdef Py_ssize_t k = 0
+    cdef tw_level_cursor c
+    cdef int64_t price, qty
+    cdef int32_t norders, idx
+    cdef int side
+    cdef _lvl lv
+    PyObject_GetBuffer(out, &view, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
+    ev = <tw_event *>view.buf
+    try:
+        ev[k].kind = _SNAP
+        ev[k].flags = TW_FLAG_SNAPSHOT | TW_FLAG_SNAPSHOT_BEGIN
+        k += 1
+        for side in range(2):
+            tw_book_cursor(b, side, &c)
+            while tw_book_cursor_next(b, side, &c, &price, &qty, &norders):
+                if b.p.book_type == TW_BOOK_L2:
+                    ev[k].kind = TW_KIND_ADD
+                    ev[k].side = side
+                    ev[k].price = price
+                    ev[k].qty = qty
+                    ev[k].flags = TW_FLAG_SNAPSHOT
+                    k += 1
+                    continue
+                _lvl_find(&b.side[side], b.side[side].sign * price, &lv)
+                idx = lv.head[0]
+                while idx >= 0:
+                    ev[k].kind = TW_KIND_ADD
+                    ev[k].side = side
+                    ev[k].price = price
+                    ev[k].qty = b.orders[idx].qty
+                    ev[k].order_id = b.orders[idx].id
+                    ev[k].flags = TW_FLAG_SNAPSHOT
+                    k += 1
+                    idx = b.orders[idx].next
+        ev[k].kind = _SNAP
+        ev[k].flags = TW_FLAG_SNAPSHOT | TW_FLAG_SNAPSHOT_END | TW_FLAG_LAST
+        k += 1
+        for idx in range(k):
+            ev[idx].instrument = b.p.instrument
+            ev[idx].seq = seq
+            ev[idx].ts_event = ts
+            ev[idx].ts_recv = ts
+            if ev[idx].kind == _SNAP:
+                ev[idx].side = TW_SIDE_NONE
+    finally:
+        PyBuffer_Release(&view)
+    return out

@@ -38,6 +38,7 @@ cdef extern from "tw_defs.h" nogil:
         TW_FLAG_SNAPSHOT_BEGIN
         TW_FLAG_SNAPSHOT_END
         TW_FLAG_REPLAY
+        TW_FLAG_STALE
 
     enum:
         TW_OK

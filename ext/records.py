@@ -56,6 +56,9 @@ class Flag(enum.IntFlag):
     SNAPSHOT_BEGIN = 1 << 2
     SNAPSHOT_END = 1 << 3
     REPLAY = 1 << 4
+    #: With Kind.SNAPSHOT: the feed lost messages; the book is out of sync (contents kept)
+    #: until a snapshot's END marker.
+    STALE = 1 << 5
 
 
 class Reject(enum.IntEnum):

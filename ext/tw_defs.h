@@ -62,7 +62,9 @@ enum {
     TW_FLAG_SNAPSHOT = 1u << 1,        /* event belongs to a snapshot */
     TW_FLAG_SNAPSHOT_BEGIN = 1u << 2,  /* with TW_KIND_SNAPSHOT */
     TW_FLAG_SNAPSHOT_END = 1u << 3,    /* with TW_KIND_SNAPSHOT */
-    TW_FLAG_REPLAY = 1u << 4           /* produced by replay, not a live feed */
+    TW_FLAG_REPLAY = 1u << 4,          /* produced by replay, not a live feed */
+    TW_FLAG_STALE = 1u << 5            /* with TW_KIND_SNAPSHOT: the book is stale (a feed gap);
+                                          out of sync until a snapshot END, contents kept */
 };
 
 /* Why an event was not applied to a book.  0 means applied. */

@@ -342,3 +342,28 @@ def test_events_dtype_views_are_accepted_without_copy():
     ev["qty"] = 1
     b = L2Book(0)
     assert b.apply(ev) == 10 and b.best_bid == 109
+
+
+def test_snapshot_events_rebuild_an_equal_book():
+    rng = np.random.default_rng(9)
+    src = L2Book(3, window=256)
+    src.apply(events_from(random_l2_rows(rng, 20_000), instrument=3))
+    snap = src.snapshot_events(seq=77, ts=123)
+    assert snap[0]["kind"] == Kind.SNAPSHOT and snap[-1]["kind"] == Kind.SNAPSHOT
+    assert (snap["seq"] == 77).all() and (snap["instrument"] == 3).all()
+    dst = L2Book(3)
+    dst.set(Side.BID, 5, 5)                        # stale content the snapshot must clear
+    assert dst.apply(snap) == len(snap)
+    assert dst.state() == src.state() and dst.in_sync
+    assert len(snap) == 2 + src.level_count(0) + src.level_count(1)
+
+
+def test_stale_marker_keeps_the_book_but_marks_it_out_of_sync():
+    b = L2Book(0)
+    b.set(Side.BID, 100, 1)
+    ev = events_from([(Kind.SNAPSHOT, 2, 0, 0)])
+    ev["flags"] = 32                               # Flag.STALE
+    b.apply(ev)
+    assert not b.in_sync and b.state() == ([(100, 1)], [])
+    b.apply(b.snapshot_events())
+    assert b.in_sync and b.state() == ([(100, 1)], [])

@@ -273,3 +273,17 @@ def test_pool_grows_past_initial_size_and_respects_max_orders():
     for oid in range(200, 250):
         b.add(oid, Side.ASK, 2000, 1)
     assert b.order_count == 100 and b.best_ask_qty == 50
+
+
+def test_l3_snapshot_events_keep_queue_order():
+    rng = np.random.default_rng(13)
+    src = L3Book(1, window=512)
+    src.apply(l3_events(random_l3_rows(rng, 20_000), instrument=1))
+    snap = src.snapshot_events(seq=5)
+    assert len(snap) == 2 + src.order_count
+    dst = L3Book(1)
+    assert dst.apply(snap) == len(snap)
+    for side in (BID, ASK):
+        assert dst.levels(side).tolist() == src.levels(side).tolist()
+        for price in src.levels(side)[:, 0]:
+            assert dst.orders_at(side, int(price)).tolist() == src.orders_at(side, int(price)).tolist()
