@@ -1,10 +1,22 @@
-"""The compiled core of tickwire (Cython): books, and the canonical records they carry.
+"""The compiled core of tickwire (Cython) and the canonical records it carries.
 
-The canonical records (:mod:`tickwire.ext.records`) are pure Python and numpy; the
-order books are in the compiled :mod:`tickwire.ext.book`.
+- :mod:`tickwire.ext.records`: the event and signal records as numpy dtypes, their enums.
+- :mod:`tickwire.ext.book`: L2/L3 order books, batch and per-event APIs, a C API.
+- :mod:`tickwire.ext.stats`: rolling windows, window sums, time-decayed EWMA.
+- :mod:`tickwire.ext.pipeline`: the engine: books, statistics and rules over event batches.
 """
 
-from tickwire.ext.records import EVENT_DTYPE, Flag, Kind, Reject, Side, empty_events
+from tickwire.ext.records import (
+    EVENT_DTYPE,
+    SIGNAL_DTYPE,
+    Flag,
+    Kind,
+    Reject,
+    RuleKind,
+    Side,
+    SignalFlag,
+    empty_events,
+)
 from tickwire.ext.book import BUILD, Book, BookError, BookSet, L2Book, L3Book
 
 __all__ = [
@@ -13,11 +25,14 @@ __all__ = [
     "BookError",
     "BookSet",
     "EVENT_DTYPE",
+    "SIGNAL_DTYPE",
     "Flag",
     "Kind",
     "L2Book",
     "L3Book",
     "Reject",
+    "RuleKind",
     "Side",
+    "SignalFlag",
     "empty_events",
 ]

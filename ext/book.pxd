@@ -127,6 +127,7 @@ cdef Py_ssize_t tw_bookset_apply(tw_bookset *s, const tw_event *ev, Py_ssize_t n
 cdef Py_ssize_t tw_book_levels(const tw_book *b, int side, int64_t *out, Py_ssize_t n) noexcept nogil
 cdef int64_t tw_book_qty_at(const tw_book *b, int side, int64_t price) noexcept nogil
 cdef int64_t tw_book_depth_qty(const tw_book *b, int side, Py_ssize_t k) noexcept nogil
+cdef int64_t tw_book_top_qty(const tw_book *b, int side, Py_ssize_t k, int64_t *kth) noexcept nogil
 cdef double tw_book_imbalance(const tw_book *b, Py_ssize_t k) noexcept nogil
 cdef double tw_book_vwap_to_size(const tw_book *b, int side, int64_t qty) noexcept nogil
 cdef int32_t tw_book_find_order(const tw_book *b, uint64_t order_id) noexcept nogil

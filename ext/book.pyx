@@ -1026,22 +1026,45 @@ cdef int64_t tw_book_qty_at(const tw_book *b, int side, int64_t price) noexcept 
     return L.over[i].qty if i >= 0 else 0
 
 
+cdef int64_t tw_book_top_qty(const tw_book *b, int side, Py_ssize_t k, int64_t *kth) noexcept nogil:
+    """Total quantity of the best ``k`` levels of ``side``; ``kth`` (if not NULL) gets the
+    price of the k-th level, or TW_NO_PRICE when the side has fewer than ``k`` levels.
+
+    Walks the window's level-0 bitmap a word at a time (the top of a book is dense), so
+    it costs a few instructions a level."""
+    cdef const tw_ladder *L = &b.side[side]
+    cdef int64_t s = L.best, total = 0, last = TW_NO_PRICE
+    cdef Py_ssize_t n = 0, i
+    cdef uint64_t m
+    while s >= 0 and n < k:
+        total += L.qty[s]
+        last = L.sign * (L.base + s)
+        n += 1
+        m = L.bits[0][s >> 6] & (((<uint64_t>1) << (s & 63)) - 1)     # levels below s, same word
+        if m:
+            s = (s & ~(<int64_t>63)) | tw_msb64(m)
+        else:
+            s = _find_prev(L, (s & ~(<int64_t>63)) - 1)
+    i = L.nover - 1
+    while n < k and i >= 0:                                            # past the window
+        total += L.over[i].qty
+        last = L.sign * L.over[i].key
+        n += 1
+        i -= 1
+    if kth != NULL:
+        kth[0] = last if n == k else TW_NO_PRICE
+    return total
+
+
 cdef int64_t tw_book_depth_qty(const tw_book *b, int side, Py_ssize_t k) noexcept nogil:
     """Total quantity of the best ``k`` levels of ``side``."""
-    cdef tw_level_cursor c
-    cdef int64_t price, qty, total = 0
-    cdef int32_t norders
-    tw_book_cursor(b, side, &c)
-    while k > 0 and tw_book_cursor_next(b, side, &c, &price, &qty, &norders):
-        total += qty
-        k -= 1
-    return total
+    return tw_book_top_qty(b, side, k, NULL)
 
 
 cdef double tw_book_imbalance(const tw_book *b, Py_ssize_t k) noexcept nogil:
     """(bid qty - ask qty) / (bid qty + ask qty) over the best ``k`` levels; NaN when both are empty."""
-    cdef double qb = <double>tw_book_depth_qty(b, TW_SIDE_BID, k)
-    cdef double qa = <double>tw_book_depth_qty(b, TW_SIDE_ASK, k)
+    cdef double qb = <double>tw_book_top_qty(b, TW_SIDE_BID, k, NULL)
+    cdef double qa = <double>tw_book_top_qty(b, TW_SIDE_ASK, k, NULL)
     if qb + qa == 0.0:
         return NAN
     return (qb - qa) / (qb + qa)

@@ -1,6 +1,6 @@
 # Declarations of ext/tw_defs.h: the canonical records and shared C helpers.
 # Declaration-only: there is no defs module; cimport it for the types and constants.
-from libc.stdint cimport int64_t, uint64_t, uint32_t, uint16_t, uint8_t
+from libc.stdint cimport int64_t, uint64_t, uint32_t, uint16_t, uint8_t, int8_t
 
 cdef extern from "tw_defs.h" nogil:
     ctypedef struct tw_event:
@@ -16,6 +16,34 @@ cdef extern from "tw_defs.h" nogil:
         uint8_t side
         uint32_t flags
         uint32_t reserved
+
+    ctypedef struct tw_signal:
+        int64_t ts_event
+        int64_t ts_recv
+        int64_t ts_signal
+        uint64_t seq
+        double value
+        double strength
+        uint32_t instrument
+        uint16_t rule_id
+        uint8_t rule_kind
+        int8_t direction
+        uint32_t flags
+        uint32_t reserved
+
+    enum:
+        TW_RULE_CUSTOM
+        TW_RULE_MICROPRICE
+        TW_RULE_IMBALANCE
+        TW_RULE_ZSCORE
+        TW_RULE_SPREAD
+        TW_RULE_VWAP
+        TW_RULE_EWMA_CROSS
+        TW_RULE_MAX
+
+    enum:
+        TW_SIG_ENTER
+        TW_SIG_EXIT
 
     enum:
         TW_KIND_NONE

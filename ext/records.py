@@ -14,6 +14,9 @@ import numpy as np
 
 __all__ = [
     "EVENT_DTYPE",
+    "SIGNAL_DTYPE",
+    "RuleKind",
+    "SignalFlag",
     "Kind",
     "Side",
     "Flag",
@@ -76,6 +79,40 @@ class Reject(enum.IntEnum):
     UNKNOWN_LEVEL = 9
     CAPACITY = 10
     NO_MEMORY = 11
+
+
+class RuleKind(enum.IntEnum):
+    """Which rule produced a signal (``tw_signal.rule_kind``)."""
+
+    CUSTOM = 0
+    MICROPRICE = 1
+    IMBALANCE = 2
+    ZSCORE = 3
+    SPREAD = 4
+    VWAP = 5
+    EWMA_CROSS = 6
+
+
+class SignalFlag(enum.IntFlag):
+    """Signal flag bits (``tw_signal.flags``)."""
+
+    ENTER = 1 << 0
+    EXIT = 1 << 1
+
+
+#: A signal: 64 bytes, one cache line (``tw_signal`` in C).
+SIGNAL_DTYPE = np.dtype(
+    {
+        "names": [
+            "ts_event", "ts_recv", "ts_signal", "seq", "value", "strength",
+            "instrument", "rule_id", "rule_kind", "direction", "flags", "reserved",
+        ],
+        "formats": ["<i8", "<i8", "<i8", "<u8", "<f8", "<f8", "<u4", "<u2", "u1", "i1", "<u4", "<u4"],
+        "offsets": [0, 8, 16, 24, 32, 40, 48, 52, 54, 55, 56, 60],
+        "itemsize": 64,
+    },
+    align=True,
+)
 
 
 #: The canonical event: 64 bytes, little-endian, one cache line (``tw_event`` in C).

@@ -40,6 +40,41 @@ _Static_assert(sizeof(tw_event) == 64, "tw_event must be one 64-byte cache line"
 _Static_assert(offsetof(tw_event, instrument) == 48, "tw_event layout");
 _Static_assert(offsetof(tw_event, flags) == 56, "tw_event layout");
 
+/* A signal: what a rule emits, fixed-size, one cache line. */
+typedef struct tw_signal {
+    int64_t  ts_event;    /*  0: exchange time of the triggering event, ns */
+    int64_t  ts_recv;     /*  8: receive time of the triggering event, ns */
+    int64_t  ts_signal;   /* 16: when the signal was produced, ns (wall clock, or ts_recv in event-clock mode) */
+    uint64_t seq;         /* 24: sequence number of the triggering event */
+    double   value;       /* 32: the rule's measured value (its units are the rule's) */
+    double   strength;    /* 40: value / entry threshold, signed: |strength| >= 1 when it fires */
+    uint32_t instrument;  /* 48 */
+    uint16_t rule_id;     /* 52: index of the rule instance in the engine */
+    uint8_t  rule_kind;   /* 54: TW_RULE_* */
+    int8_t   direction;   /* 55: +1 up/buy, -1 down/sell, 0 none */
+    uint32_t flags;       /* 56: TW_SIG_* bits */
+    uint32_t reserved;    /* 60: zero */
+} tw_signal;
+
+_Static_assert(sizeof(tw_signal) == 64, "tw_signal must be one 64-byte cache line");
+_Static_assert(offsetof(tw_signal, instrument) == 48, "tw_signal layout");
+
+enum {
+    TW_RULE_CUSTOM = 0,
+    TW_RULE_MICROPRICE = 1,   /* microprice minus mid, ticks */
+    TW_RULE_IMBALANCE = 2,    /* top-k book imbalance, -1..1 */
+    TW_RULE_ZSCORE = 3,       /* z-score of mid against its rolling window */
+    TW_RULE_SPREAD = 4,       /* spread over its rolling mean (a ratio) */
+    TW_RULE_VWAP = 5,         /* mid minus rolling trade VWAP, basis points of the VWAP */
+    TW_RULE_EWMA_CROSS = 6,   /* fast minus slow EWMA of mid, ticks */
+    TW_RULE_MAX = 7
+};
+
+enum {
+    TW_SIG_ENTER = 1u << 0,   /* the condition started (or changed direction) */
+    TW_SIG_EXIT = 1u << 1     /* the condition ended (only when the rule asks for exit signals) */
+};
+
 enum {
     TW_KIND_NONE = 0,
     TW_KIND_ADD = 1,       /* L3: new order; L2: set level to qty (absolute) */

@@ -1,0 +1,122 @@
+"""The engine pipeline's configuration, and the engine itself.
+
+:class:`~tickwire.ext.pipeline.Engine` (compiled) runs batches of canonical events through
+books, rolling statistics and signal rules; this module holds what configures it:
+
+- :class:`StatsConfig`: which windows feed the statistics of an instrument.
+- :class:`RuleConfig`: one built-in rule (kind, thresholds with hysteresis, instruments).
+
+Custom rules are :class:`~tickwire.ext.pipeline.Rule` subclasses written in Cython (fast)
+or plain Python callables (slow; see docs/rules.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from tickwire.ext.pipeline import STAGES, Engine, PyRule, Rule, RuleContext
+
+__all__ = ["Engine", "Rule", "PyRule", "RuleContext", "RuleConfig", "StatsConfig", "STAGES", "RULE_KINDS"]
+
+#: Built-in rule kinds and what their value measures.
+RULE_KINDS = {
+    "microprice": "microprice minus mid, in ticks (two-sided)",
+    "imbalance": "top-k book imbalance (bid - ask) / (bid + ask), -1..1 (two-sided)",
+    "zscore": "z-score of mid against its rolling window (two-sided)",
+    "spread": "spread over its rolling mean, a ratio (one-sided: fires on a blow-out)",
+    "vwap": "mid minus the rolling trade VWAP, in basis points of the VWAP (two-sided)",
+    "ewma_cross": "fast minus slow EWMA of mid, in ticks (fires on each crossing beyond enter)",
+}
+
+
+def _positive_int(owner: str, name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{owner}.{name}: expected a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    """Statistics of one instrument.
+
+    Parameters
+    ----------
+    window : {"count", "time"}
+        Window of the book series (mid, spread, mid log-returns).
+    window_size : int
+        Samples (count) or nanoseconds (time).
+    trade_window, trade_window_size :
+        The same for trades (VWAP, trade-flow imbalance).
+    imbalance_depth : int
+        Levels per side in the top-k imbalance.
+    ewma_fast_halflife_ns, ewma_slow_halflife_ns : int
+        Half-lives of the two EWMAs of mid.
+    sample : {"event", "message"}
+        Feed the book series after every book change, or only at the end of each exchange
+        message (events flagged LAST), where the book is consistent.
+    extrema : bool
+        Track rolling min/max of mid (two monotonic deques, ~15 ns an update).
+    max_capacity : int
+        Largest number of samples a time window holds.
+    """
+
+    window: str = "count"
+    window_size: int = 1000
+    trade_window: str = "count"
+    trade_window_size: int = 1000
+    imbalance_depth: int = 5
+    ewma_fast_halflife_ns: int = 1_000_000_000
+    ewma_slow_halflife_ns: int = 10_000_000_000
+    sample: str = "event"
+    extrema: bool = True
+    max_capacity: int = 1 << 22
+
+    def __post_init__(self):
+        for name in ("window", "trade_window"):
+            if getattr(self, name) not in ("count", "time"):
+                raise ValueError(f"stats.{name}: expected 'count' or 'time', got {getattr(self, name)!r}")
+        for name in ("window_size", "trade_window_size", "imbalance_depth", "ewma_fast_halflife_ns",
+                     "ewma_slow_halflife_ns", "max_capacity"):
+            _positive_int("stats", name, getattr(self, name))
+        if self.sample not in ("event", "message"):
+            raise ValueError(f"stats.sample: expected 'event' or 'message', got {self.sample!r}")
+
+
+@dataclass(frozen=True)
+class RuleConfig:
+    """One built-in signal rule.
+
+    Parameters
+    ----------
+    kind : str
+        One of :data:`RULE_KINDS`.
+    enter : float
+        Fires when the value reaches it (in absolute value for two-sided rules).
+    exit : float
+        Re-arms when the value falls back to it (hysteresis: ``0 <= exit < enter``); until
+        then the rule does not fire again in the same direction.
+    min_count : int
+        Samples its window must hold first (zscore, spread, vwap, ewma_cross).
+    instruments : sequence of int, optional
+        Instrument ids it applies to (default all).
+    emit_exit : bool
+        Also emit a signal (flag EXIT, direction 0) when the condition ends.
+    """
+
+    kind: str
+    enter: float
+    exit: float = 0.0
+    min_count: int = 1
+    instruments: Optional[Sequence[int]] = None
+    emit_exit: bool = False
+
+    def __post_init__(self):
+        if self.kind not in RULE_KINDS:
+            raise ValueError(f"rule.kind: expected one of {sorted(RULE_KINDS)}, got {self.kind!r}")
+        if not (isinstance(self.enter, (int, float)) and self.enter > 0):
+            raise ValueError(f"rule {self.kind}: enter must be a positive number, got {self.enter!r}")
+        if not (isinstance(self.exit, (int, float)) and 0 <= self.exit < self.enter):
+            raise ValueError(f"rule {self.kind}: exit must satisfy 0 <= exit < enter ({self.enter}), got {self.exit!r}")
+        _positive_int(f"rule {self.kind}", "min_count", self.min_count)
+        if self.instruments is not None:
+            object.__setattr__(self, "instruments", tuple(int(i) for i in self.instruments))

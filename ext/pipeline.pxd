@@ -1,0 +1,131 @@
+# The C API of tickwire.ext.pipeline: the engine's per-event path
+#
+#     event -> book -> statistics -> rules -> signal sink
+#
+# for a batch of canonical events, without Python objects, allocation or the GIL per event.
+# Users add rules in Cython by subclassing `Rule` (cimport tickwire.ext.pipeline) and
+# overriding `evaluate`, which reads the instrument's features (tw_features) and the book.
+
+from libc.stdint cimport int64_t, uint64_t, int32_t, uint32_t, uint16_t, uint8_t, int8_t
+from tickwire.ext.defs cimport tw_event, tw_signal
+from tickwire.ext.book cimport tw_book, BookSet
+from tickwire.ext.stats cimport tw_window, tw_sumwin, tw_ewma
+
+cdef enum:
+    TW_STAGE_BOOK = 0
+    TW_STAGE_STATS = 1
+    TW_STAGE_RULES = 2
+    TW_STAGE_TICK_TO_SIGNAL = 3
+    TW_STAGE_COUNT = 4
+
+cdef enum:
+    TW_CLOCK_WALL = 0             # ts_signal from CLOCK_REALTIME (live)
+    TW_CLOCK_EVENT = 1            # ts_signal = the triggering event's ts_recv (replay: byte-identical runs)
+
+cdef enum:
+    TW_SAMPLE_EVENT = 0           # feed statistics after every book change
+    TW_SAMPLE_MESSAGE = 1         # only at the end of each exchange message (Flag.LAST)
+
+cdef struct tw_features:
+    # What rules read: one instrument's book and statistics after the current event.
+    # Prices in ticks; NaN where undefined (a one-sided book, an empty window).
+    double mid
+    double microprice
+    double spread
+    double imbalance              # top-k, -1..1 (NaN unless both sides have levels)
+    double mid_mean               # rolling window of mid
+    double mid_std
+    double mid_min
+    double mid_max
+    double zscore                 # of mid against its window
+    double spread_mean            # rolling window of spread
+    double vwap                   # rolling window of trades
+    double flow                   # trade-flow imbalance, (buy - sell) / (buy + sell)
+    double buy_minus_sell         # lots
+    double realized_vol           # sqrt of the sum of squared mid log-returns over the window
+    double ewma_fast              # EWMA of mid (fast half-life)
+    double ewma_slow
+    double ewma_fast_std
+    int64_t mid_count
+    int64_t spread_count
+    int64_t trade_count
+    int64_t ts                    # event time of the last update
+
+cdef struct tw_istate:
+    # Per-instrument engine state.
+    tw_window mid
+    tw_window spread
+    tw_sumwin vwap
+    tw_sumwin flow
+    tw_sumwin rv
+    tw_ewma fast
+    tw_ewma slow
+    tw_features f
+    int64_t best_bid              # BBO prices when the book series were last sampled
+    int64_t best_ask
+    int64_t kth_bid               # worst price inside the top-k imbalance (TW_NO_PRICE: < k levels)
+    int64_t kth_ask
+    double prev_mid
+    int32_t imbalance_depth
+    int32_t sample
+    int32_t nrules
+    int32_t *rules                # indices into the engine's rule table
+    int8_t *rstate                # hysteresis state per rule: 0 armed, +1/-1 fired
+    uint64_t updates              # statistics updates
+    uint64_t signals
+    uint64_t suppressed           # events seen while the book was out of sync
+
+cdef struct tw_rule:
+    uint16_t id
+    uint8_t kind                  # TW_RULE_*
+    uint8_t emit_exit
+    double enter                  # fires at |value| >= enter (spread: value >= enter)
+    double exit                   # re-arms at |value| <= exit
+    int64_t min_count             # samples the rule's window needs first
+    void *custom                  # a Rule object (borrowed; the engine keeps it alive)
+
+cdef struct tw_rule_ctx:
+    const tw_event *ev            # the triggering event
+    const tw_book *book           # its instrument's book, after the event
+    const tw_features *f          # its instrument's features, after the event
+    uint32_t instrument
+    int64_t now                   # the signal clock
+
+ctypedef void (*tw_timing_fn)(void *ctx, int stage, int64_t ns) noexcept nogil
+
+cdef struct tw_timing:
+    tw_timing_fn record           # NULL: timing off
+    void *ctx
+    uint32_t every                # time one event in `every` (stage durations)
+    uint32_t countdown
+    # built-in summary when no recorder is plugged in: count, sum, min, max per stage
+    uint64_t count[4]
+    int64_t total[4]
+    int64_t lo[4]
+    int64_t hi[4]
+
+cdef class Rule:
+    """Base class of user rules (fast path): override ``evaluate`` in Cython."""
+    cdef readonly int rule_id
+    cdef readonly str name
+    cdef int evaluate(self, const tw_rule_ctx *ctx, tw_signal *out) noexcept nogil
+
+cdef class Engine:
+    cdef BookSet _books
+    cdef tw_istate **inst         # by instrument id (NULL: no such instrument)
+    cdef uint32_t ninst
+    cdef tw_rule *rules
+    cdef int nrules
+    cdef list _custom             # keeps custom Rule objects alive
+    cdef bint _needs_gil          # a Python-callable rule is present
+    cdef object _sink_array       # numpy SIGNAL_DTYPE buffer
+    cdef tw_signal *sink
+    cdef Py_ssize_t sink_cap
+    cdef Py_ssize_t sink_n
+    cdef int clock
+    cdef tw_timing timing
+    cdef uint64_t events
+    cdef Py_ssize_t process_c(self, const tw_event *ev, Py_ssize_t n) noexcept nogil
+    cdef _init_instrument(self, uint32_t iid, cfg)
+    cdef _grow_sink(self, Py_ssize_t cap)
+    cdef tw_istate *_state(self, uint32_t instrument) except NULL

@@ -1,0 +1,790 @@
+"""The engine's per-event path: event -> book -> statistics -> rules -> signals.
+
+:class:`Engine` owns the instruments' books (a :class:`~tickwire.ext.book.BookSet`), their
+rolling statistics and the signal rules, and runs a batch of canonical events through all
+of them in one C loop (``Engine.process``), writing signal records into a sink.  Nothing in
+that loop creates a Python object or takes the GIL, unless a rule is a Python callable (the
+documented slow path).  Configuration objects live in :mod:`tickwire.engine.pipeline`.
+"""
+
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS
+from cpython.ref cimport PyObject
+from libc.math cimport NAN, fabs, isnan, log, sqrt
+from libc.stdint cimport int64_t, uint64_t, int32_t, uint32_t, uint16_t, uint8_t, int8_t, INT64_MAX
+from libc.stdlib cimport calloc, free, malloc
+from libc.string cimport memset
+from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME, CLOCK_MONOTONIC
+
+from tickwire.ext.defs cimport (
+    tw_event, tw_signal, TW_NO_PRICE, TW_OK, TW_LIKELY, TW_UNLIKELY,
+    TW_KIND_ADD, TW_KIND_MODIFY, TW_KIND_DELETE, TW_KIND_TRADE, TW_KIND_CLEAR, TW_KIND_SNAPSHOT,
+    TW_SIDE_BID, TW_SIDE_ASK, TW_FLAG_LAST,
+    TW_RULE_CUSTOM, TW_RULE_MICROPRICE, TW_RULE_IMBALANCE, TW_RULE_ZSCORE, TW_RULE_SPREAD,
+    TW_RULE_VWAP, TW_RULE_EWMA_CROSS, TW_SIG_ENTER, TW_SIG_EXIT,
+)
+from tickwire.ext.book cimport (
+    Book, BookSet, tw_book, tw_book_apply, tw_book_mid, tw_book_microprice, tw_book_spread,
+    tw_book_best_price, tw_book_top_qty, TW_BOOK_L2, TW_BOOK_L3,
+)
+from tickwire.ext.stats cimport (
+    tw_window, tw_sumwin, tw_ewma, TW_WIN_COUNT, TW_WIN_TIME,
+    tw_window_init, tw_window_free, tw_window_add, tw_window_evict, tw_window_count,
+    tw_window_mean, tw_window_var, tw_window_min, tw_window_max,
+    tw_sumwin_init, tw_sumwin_free, tw_sumwin_add, tw_sumwin_evict, tw_sumwin_count,
+    tw_sumwin_a, tw_sumwin_b, tw_ewma_init, tw_ewma_add, tw_ewma_var,
+)
+
+import logging
+
+import numpy as np
+
+from tickwire.ext.records import EVENT_DTYPE, SIGNAL_DTYPE, RuleKind
+
+log_ = logging.getLogger("tickwire.engine")
+
+STAGES = ("book", "stats", "rules", "tick_to_signal")
+RULE_KINDS = {
+    "microprice": TW_RULE_MICROPRICE,
+    "imbalance": TW_RULE_IMBALANCE,
+    "zscore": TW_RULE_ZSCORE,
+    "spread": TW_RULE_SPREAD,
+    "vwap": TW_RULE_VWAP,
+    "ewma_cross": TW_RULE_EWMA_CROSS,
+}
+
+cdef enum:
+    _RELEASE_GIL_AT = 64
+
+
+cdef inline int64_t _clock_ns(int which) noexcept nogil:
+    cdef timespec t
+    clock_gettime(which, &t)
+    return <int64_t>t.tv_sec * 1000000000 + t.tv_nsec
+
+
+# ---------------------------------------------------------------------------------------
+# Features and statistics
+# ---------------------------------------------------------------------------------------
+
+cdef enum:
+    # what changed with an event: a rule is evaluated only when one of its inputs did
+    # (same value, same hysteresis state: evaluating again could not fire)
+    _CH_TOP = 1                   # microprice, imbalance
+    _CH_MID = 2                   # the mid and spread series (windows, EWMAs)
+    _CH_TRADES = 4                # the trade windows
+    _CH_ALL = 7
+
+
+cdef inline int _time_evict(tw_istate *st, int64_t ts) noexcept nogil:
+    """Age the time windows to ``ts``; which feature groups changed (count windows: none)."""
+    cdef int changed = 0
+    if (tw_window_evict(&st.mid, ts) + tw_window_evict(&st.spread, ts) + tw_sumwin_evict(&st.rv, ts)) > 0:
+        changed |= _CH_MID
+    if (tw_sumwin_evict(&st.vwap, ts) + tw_sumwin_evict(&st.flow, ts)) > 0:
+        changed |= _CH_TRADES
+    return changed
+
+
+cdef void _mid_features(tw_istate *st) noexcept nogil:
+    """The window-derived mid and spread features, after the windows changed."""
+    cdef tw_features *f = &st.f
+    cdef double sd
+    f.mid_count = tw_window_count(&st.mid)
+    f.mid_mean = tw_window_mean(&st.mid)
+    sd = sqrt(tw_window_var(&st.mid, 1))
+    f.mid_std = sd
+    f.mid_min = tw_window_min(&st.mid)
+    f.mid_max = tw_window_max(&st.mid)
+    f.zscore = (f.mid - f.mid_mean) / sd if sd > 0.0 else NAN
+    f.spread_count = tw_window_count(&st.spread)
+    f.spread_mean = tw_window_mean(&st.spread)
+    f.realized_vol = sqrt(tw_sumwin_a(&st.rv)) if tw_sumwin_count(&st.rv) else NAN
+
+
+cdef inline bint _touches_top_k(const tw_istate *st, const tw_book *b, const tw_event *e) noexcept nogil:
+    """Whether an event may change the top-k imbalance: anything but an L2 level update
+    strictly behind the k-th level of its side."""
+    if b.p.book_type != TW_BOOK_L2 or e.kind > TW_KIND_DELETE:
+        return True
+    if e.side == TW_SIDE_BID:
+        return st.kth_bid == TW_NO_PRICE or e.price >= st.kth_bid
+    if e.side == TW_SIDE_ASK:
+        return st.kth_ask == TW_NO_PRICE or e.price <= st.kth_ask
+    return True
+
+
+cdef int[7] _RULE_INPUTS
+_RULE_INPUTS[TW_RULE_CUSTOM] = _CH_ALL
+_RULE_INPUTS[TW_RULE_MICROPRICE] = _CH_TOP
+_RULE_INPUTS[TW_RULE_IMBALANCE] = _CH_TOP
+_RULE_INPUTS[TW_RULE_ZSCORE] = _CH_MID
+_RULE_INPUTS[TW_RULE_SPREAD] = _CH_MID
+_RULE_INPUTS[TW_RULE_VWAP] = _CH_MID | _CH_TRADES
+_RULE_INPUTS[TW_RULE_EWMA_CROSS] = _CH_MID
+
+
+cdef int _update_book(tw_istate *st, const tw_book *b, const tw_event *e) noexcept nogil:
+    """Feed the book to the instrument's statistics after a change.
+
+    Microprice and imbalance are recomputed when the change can move them; the mid and
+    spread series (windows, log-returns, EWMAs) take a sample when the best bid or ask
+    price moves: they are series of price changes, not of book updates.
+    """
+    cdef tw_features *f = &st.f
+    cdef int64_t ts = e.ts_event, bid, ask
+    cdef double mid, r, qb, qa
+    cdef int changed
+    f.microprice = tw_book_microprice(b)
+    if _touches_top_k(st, b, e):
+        qb = <double>tw_book_top_qty(b, TW_SIDE_BID, st.imbalance_depth, &st.kth_bid)
+        qa = <double>tw_book_top_qty(b, TW_SIDE_ASK, st.imbalance_depth, &st.kth_ask)
+        f.imbalance = (qb - qa) / (qb + qa) if (qb > 0.0 and qa > 0.0) else NAN   # both sides
+    bid = tw_book_best_price(b, TW_SIDE_BID)
+    ask = tw_book_best_price(b, TW_SIDE_ASK)
+    f.ts = ts
+    st.updates += 1
+    changed = _CH_TOP | _time_evict(st, ts)
+    if bid != st.best_bid or ask != st.best_ask:
+        st.best_bid = bid
+        st.best_ask = ask
+        mid = tw_book_mid(b)
+        f.mid = mid
+        f.spread = NAN if (bid == TW_NO_PRICE or ask == TW_NO_PRICE) else <double>(ask - bid)
+        tw_window_add(&st.mid, ts, mid)
+        tw_window_add(&st.spread, ts, f.spread)
+        if mid > 0.0 and st.prev_mid > 0.0:
+            r = log(mid / st.prev_mid)
+            tw_sumwin_add(&st.rv, ts, r * r, 1.0)
+        if mid > 0.0:
+            st.prev_mid = mid
+        tw_ewma_add(&st.fast, ts, mid)
+        tw_ewma_add(&st.slow, ts, mid)
+        f.ewma_fast = st.fast.mean
+        f.ewma_slow = st.slow.mean
+        f.ewma_fast_std = sqrt(tw_ewma_var(&st.fast, False))
+        changed |= _CH_MID
+    if changed & _CH_MID:
+        _mid_features(st)
+    if changed & _CH_TRADES:
+        _trade_features(st)
+    return changed
+
+
+cdef inline void _trade_features(tw_istate *st) noexcept nogil:
+    cdef tw_features *f = &st.f
+    cdef double qty = tw_sumwin_b(&st.vwap)
+    f.trade_count = tw_sumwin_count(&st.vwap)
+    f.vwap = tw_sumwin_a(&st.vwap) / qty if qty > 0.0 else NAN
+    f.buy_minus_sell = tw_sumwin_a(&st.flow)
+    f.flow = f.buy_minus_sell / tw_sumwin_b(&st.flow) if tw_sumwin_b(&st.flow) > 0.0 else NAN
+
+
+cdef int _update_trade(tw_istate *st, const tw_event *e) noexcept nogil:
+    """A trade print: price and size into the VWAP window, signed size into the flow window."""
+    cdef double q = <double>e.qty
+    cdef double signed_q = q if e.side == TW_SIDE_BID else (-q if e.side == TW_SIDE_ASK else 0.0)
+    cdef int changed
+    tw_sumwin_add(&st.vwap, e.ts_event, <double>e.price * q, q)
+    tw_sumwin_add(&st.flow, e.ts_event, signed_q, q)
+    changed = _CH_TRADES | _time_evict(st, e.ts_event)
+    if changed & _CH_MID:
+        _mid_features(st)
+    _trade_features(st)
+    st.f.ts = e.ts_event
+    st.updates += 1
+    return changed
+
+
+# ---------------------------------------------------------------------------------------
+# Rules
+# ---------------------------------------------------------------------------------------
+
+cdef inline double _rule_value(const tw_rule *r, const tw_features *f) noexcept nogil:
+    """The measured value of a built-in rule; NaN when it cannot be computed yet."""
+    cdef int k = r.kind
+    if k == TW_RULE_MICROPRICE:
+        return f.microprice - f.mid
+    if k == TW_RULE_IMBALANCE:
+        return f.imbalance
+    if k == TW_RULE_ZSCORE:
+        return f.zscore if f.mid_count >= r.min_count else NAN
+    if k == TW_RULE_SPREAD:
+        if f.spread_count >= r.min_count and f.spread_mean > 0.0:
+            return f.spread / f.spread_mean
+        return NAN
+    if k == TW_RULE_VWAP:
+        if f.trade_count >= r.min_count and f.vwap > 0.0:
+            return (f.mid - f.vwap) / f.vwap * 1e4
+        return NAN
+    if k == TW_RULE_EWMA_CROSS:
+        return f.ewma_fast - f.ewma_slow if f.mid_count >= r.min_count else NAN
+    return NAN
+
+
+cdef inline int _hysteresis(const tw_rule *r, int8_t *state, double v, int8_t *direction,
+                            uint32_t *flags) noexcept nogil:
+    """Threshold rule with hysteresis: 1 when a signal is due (direction and flags set).
+
+    Two-sided rules fire when |v| reaches `enter` in a direction they are not already in,
+    and re-arm when |v| falls to `exit`; the spread rule is one-sided (v >= enter); the EWMA
+    crossover fires on each change of side beyond `enter` and never re-arms in between.
+    """
+    cdef int8_t d
+    if isnan(v):
+        return 0
+    if r.kind == TW_RULE_SPREAD:
+        if state[0] == 0 and v >= r.enter:
+            state[0] = 1
+            direction[0] = 1
+            flags[0] = TW_SIG_ENTER
+            return 1
+        if state[0] != 0 and v <= r.exit:
+            state[0] = 0
+            if r.emit_exit:
+                direction[0] = 0
+                flags[0] = TW_SIG_EXIT
+                return 1
+        return 0
+    d = 1 if v > 0.0 else -1
+    if fabs(v) >= r.enter and state[0] != d:
+        state[0] = d
+        direction[0] = d
+        flags[0] = TW_SIG_ENTER
+        return 1
+    if r.kind != TW_RULE_EWMA_CROSS and state[0] != 0 and fabs(v) <= r.exit:
+        state[0] = 0
+        if r.emit_exit:
+            direction[0] = 0
+            flags[0] = TW_SIG_EXIT
+            return 1
+    return 0
+
+
+cdef inline void _fill_signal(tw_signal *out, const tw_event *e, const tw_rule *rule,
+                              int64_t now) noexcept nogil:
+    out.ts_event = e.ts_event
+    out.ts_recv = e.ts_recv
+    out.ts_signal = now
+    out.seq = e.seq
+    out.value = 0.0
+    out.strength = 0.0
+    out.instrument = e.instrument
+    out.rule_id = rule.id
+    out.rule_kind = rule.kind
+    out.direction = 0
+    out.flags = TW_SIG_ENTER
+    out.reserved = 0
+
+
+cdef class Rule:
+    """Base class for user rules, the fast path: subclass it in Cython.
+
+    Override::
+
+        cdef int evaluate(self, const tw_rule_ctx *ctx, tw_signal *out) noexcept nogil
+
+    It is called after every statistics update of each instrument the rule applies to,
+    without the GIL.  ``ctx.f`` has the instrument's features (``tw_features``), ``ctx.book``
+    its book and ``ctx.ev`` the triggering event.  ``out`` arrives filled with the event's
+    timestamps, sequence number, instrument and this rule's id, ``direction`` 0 and
+    ``flags`` ENTER; set ``value``, ``strength`` and ``direction`` and return 1 to emit it,
+    0 otherwise.  Keep any hysteresis state in the object (per instrument if needed).
+    """
+
+    def __init__(self, name=None):
+        self.name = name or type(self).__name__
+        self.rule_id = -1
+
+    cdef int evaluate(self, const tw_rule_ctx *ctx, tw_signal *out) noexcept nogil:
+        return 0
+
+
+cdef class RuleContext:
+    """What a Python rule sees: the instrument's features, the event and the book."""
+
+    cdef readonly uint32_t instrument
+    cdef readonly uint64_t seq
+    cdef readonly int64_t ts_event
+    cdef readonly int kind
+    cdef readonly int side
+    cdef readonly int64_t price
+    cdef readonly int64_t qty
+    cdef readonly double mid, microprice, spread, imbalance, mid_mean, mid_std, zscore
+    cdef readonly double spread_mean, vwap, flow, buy_minus_sell, realized_vol, ewma_fast, ewma_slow
+    cdef readonly int64_t mid_count, trade_count
+    cdef readonly object book
+
+
+cdef class PyRule(Rule):
+    """A rule written as a Python callable: the slow path.
+
+    ``fn(ctx: RuleContext)`` returns None (no signal), a float ``value`` (direction is its
+    sign, strength the value itself) or a tuple ``(value, direction)``.  Each evaluation
+    takes the GIL and builds a context object: about a microsecond (see docs/performance.md)
+    against a few nanoseconds for a Cython :class:`Rule`.  While a Python rule is present the
+    engine keeps the GIL for the whole batch.  An exception is counted in :attr:`errors`,
+    logged once, and gives no signal.
+    """
+
+    cdef object fn
+    cdef object books
+    cdef readonly uint64_t errors
+
+    def __init__(self, fn, name=None):
+        if not callable(fn):
+            raise TypeError(f"a Python rule must be callable, got {type(fn).__name__}")
+        super().__init__(name or getattr(fn, "__name__", "python_rule"))
+        self.fn = fn
+        self.errors = 0
+
+    cdef int evaluate(self, const tw_rule_ctx *ctx, tw_signal *out) noexcept nogil:
+        with gil:
+            return self._call(ctx, out)
+
+    cdef int _call(self, const tw_rule_ctx *ctx, tw_signal *out):
+        cdef RuleContext c = RuleContext.__new__(RuleContext)
+        cdef const tw_features *f = ctx.f
+        c.instrument = ctx.instrument
+        c.seq = ctx.ev.seq
+        c.ts_event = ctx.ev.ts_event
+        c.kind = ctx.ev.kind
+        c.side = ctx.ev.side
+        c.price = ctx.ev.price
+        c.qty = ctx.ev.qty
+        c.mid, c.microprice, c.spread, c.imbalance = f.mid, f.microprice, f.spread, f.imbalance
+        c.mid_mean, c.mid_std, c.zscore, c.spread_mean = f.mid_mean, f.mid_std, f.zscore, f.spread_mean
+        c.vwap, c.flow, c.buy_minus_sell, c.realized_vol = f.vwap, f.flow, f.buy_minus_sell, f.realized_vol
+        c.ewma_fast, c.ewma_slow, c.mid_count, c.trade_count = f.ewma_fast, f.ewma_slow, f.mid_count, f.trade_count
+        c.book = self.books[ctx.instrument] if self.books is not None else None
+        try:
+            res = self.fn(c)
+            if res is None:
+                return 0
+            if isinstance(res, tuple):
+                value, direction = float(res[0]), int(res[1])
+            else:
+                value = float(res)
+                direction = (value > 0) - (value < 0)
+            out.value = value
+            out.strength = value
+            out.direction = direction
+            return 1
+        except Exception:
+            self.errors += 1
+            if self.errors == 1:
+                log_.exception("Python rule %s raised (counted in errors; logged once)", self.name)
+            return 0
+
+
+# ---------------------------------------------------------------------------------------
+# The engine
+# ---------------------------------------------------------------------------------------
+
+cdef void _summary_record(void *ctx, int stage, int64_t ns) noexcept nogil:
+    """The built-in timing recorder: count, sum, min and max per stage."""
+    cdef tw_timing *t = <tw_timing *>ctx
+    t.count[stage] += 1
+    t.total[stage] += ns
+    if ns < t.lo[stage]:
+        t.lo[stage] = ns
+    if ns > t.hi[stage]:
+        t.hi[stage] = ns
+
+
+cdef void _free_istate(tw_istate *st) noexcept nogil:
+    if st == NULL:
+        return
+    tw_window_free(&st.mid)
+    tw_window_free(&st.spread)
+    tw_sumwin_free(&st.vwap)
+    tw_sumwin_free(&st.flow)
+    tw_sumwin_free(&st.rv)
+    free(st.rules)
+    free(st.rstate)
+    free(st)
+
+
+cdef class Engine:
+    """Books, statistics and rules for a set of instruments; ``process`` runs event batches.
+
+    Parameters
+    ----------
+    instruments : list of Instrument
+        One book each (``Instrument.make_book()``).
+    rules : list
+        Built-in rule configurations (objects with ``kind``, ``enter``, ``exit``,
+        ``min_count``, ``instruments``, ``emit_exit``; see
+        :class:`tickwire.engine.pipeline.RuleConfig`), :class:`Rule` objects (Cython rules), or
+        Python callables (wrapped in :class:`PyRule`).
+    stats : StatsConfig
+        Default statistics configuration (:class:`tickwire.engine.pipeline.StatsConfig`).
+    stats_by_instrument : dict, optional
+        ``{instrument id: StatsConfig}`` overrides.
+    clock : {"wall", "event"}
+        ``ts_signal`` from the wall clock, or the triggering event's ``ts_recv`` (replay:
+        identical signals run after run).
+    signal_capacity : int
+        Initial size of the signal buffer (it grows when a batch needs more).
+    timing_every : int
+        Time the stages (book, stats, rules) of one event in ``timing_every`` (0: off) and
+        the tick-to-signal latency of every signal (wall clock only).
+    """
+
+    def __cinit__(self, *args, **kwargs):
+        self.inst = NULL
+        self.rules = NULL
+        self.sink = NULL
+
+    def __init__(self, instruments, rules=(), stats=None, stats_by_instrument=None, *,
+                 clock="wall", signal_capacity=4096, timing_every=0):
+        from tickwire.engine.pipeline import StatsConfig, RuleConfig
+
+        instruments = list(instruments)
+        if not instruments:
+            raise ValueError("an engine needs at least one instrument")
+        if clock not in ("wall", "event"):
+            raise ValueError(f"clock must be 'wall' or 'event', got {clock!r}")
+        self.clock = TW_CLOCK_WALL if clock == "wall" else TW_CLOCK_EVENT
+        stats = stats if stats is not None else StatsConfig()
+        stats_by_instrument = dict(stats_by_instrument or {})
+        self._books = BookSet(inst.make_book() for inst in instruments)
+        ids = [inst.id for inst in instruments]
+        unknown = set(stats_by_instrument) - set(ids)
+        if unknown:
+            raise ValueError(f"stats_by_instrument names unknown instrument ids {sorted(unknown)}")
+        self.ninst = max(ids) + 1
+        self.inst = <tw_istate **>calloc(self.ninst, sizeof(tw_istate *))
+        if self.inst == NULL:
+            raise MemoryError()
+        for inst in instruments:
+            self._init_instrument(inst.id, stats_by_instrument.get(inst.id, stats))
+
+        # rules: built-in configs, Cython Rule objects, Python callables
+        self._custom = []
+        self._needs_gil = False
+        specs = []
+        for item in rules:
+            if isinstance(item, Rule):
+                specs.append(("custom", item))
+            elif isinstance(item, RuleConfig) or hasattr(item, "kind"):
+                specs.append(("builtin", item))
+            elif callable(item):
+                specs.append(("custom", PyRule(item)))
+            else:
+                raise TypeError(f"a rule must be a RuleConfig, a Rule or a callable, got {item!r}")
+        if len(specs) > 65535:
+            raise ValueError("at most 65535 rules")
+        self.nrules = len(specs)
+        self.rules = <tw_rule *>calloc(max(self.nrules, 1), sizeof(tw_rule))
+        if self.rules == NULL:
+            raise MemoryError()
+        applies = {i: [] for i in ids}
+        cdef tw_rule *r
+        cdef tw_istate *st
+        for rid, (what, item) in enumerate(specs):
+            r = &self.rules[rid]
+            r.id = rid
+            if what == "custom":
+                r.kind = TW_RULE_CUSTOM
+                (<Rule>item).rule_id = rid
+                if isinstance(item, PyRule):
+                    (<PyRule>item).books = self._books
+                    self._needs_gil = True
+                self._custom.append(item)
+                r.custom = <void *>item
+                targets = ids
+            else:
+                if item.kind not in RULE_KINDS:
+                    raise ValueError(f"rules[{rid}].kind: expected one of {sorted(RULE_KINDS)}, got {item.kind!r}")
+                r.kind = RULE_KINDS[item.kind]
+                r.enter = item.enter
+                r.exit = item.exit
+                r.min_count = item.min_count
+                r.emit_exit = bool(item.emit_exit)
+                targets = ids if item.instruments is None else list(item.instruments)
+                bad = [t for t in targets if t not in applies]
+                if bad:
+                    raise ValueError(f"rules[{rid}].instruments: unknown instrument ids {bad}")
+            for t in targets:
+                applies[t].append(rid)
+        for iid, rids in applies.items():
+            st = self.inst[iid]
+            st.nrules = len(rids)
+            st.rules = <int32_t *>calloc(max(len(rids), 1), sizeof(int32_t))
+            st.rstate = <int8_t *>calloc(max(len(rids), 1), sizeof(int8_t))
+            if st.rules == NULL or st.rstate == NULL:
+                raise MemoryError()
+            for j, rid in enumerate(rids):
+                st.rules[j] = rid
+
+        if signal_capacity < 1:
+            raise ValueError(f"signal_capacity must be >= 1, got {signal_capacity}")
+        self._grow_sink(signal_capacity)
+        if timing_every < 0:
+            raise ValueError(f"timing_every must be >= 0, got {timing_every}")
+        self.set_timing(timing_every)
+
+    cdef _init_instrument(self, uint32_t iid, cfg):
+        cdef tw_istate *st = <tw_istate *>calloc(1, sizeof(tw_istate))
+        if st == NULL:
+            raise MemoryError()
+        self.inst[iid] = st
+        kind = TW_WIN_COUNT if cfg.window == "count" else TW_WIN_TIME
+        tkind = TW_WIN_COUNT if cfg.trade_window == "count" else TW_WIN_TIME
+        ok = (tw_window_init(&st.mid, kind, cfg.window_size, cfg.max_capacity, cfg.extrema) == 0
+              and tw_window_init(&st.spread, kind, cfg.window_size, cfg.max_capacity, False) == 0
+              and tw_sumwin_init(&st.rv, kind, cfg.window_size, cfg.max_capacity) == 0
+              and tw_sumwin_init(&st.vwap, tkind, cfg.trade_window_size, cfg.max_capacity) == 0
+              and tw_sumwin_init(&st.flow, tkind, cfg.trade_window_size, cfg.max_capacity) == 0)
+        if not ok:
+            raise MemoryError("could not allocate the statistics windows")
+        tw_ewma_init(&st.fast, cfg.ewma_fast_halflife_ns)
+        tw_ewma_init(&st.slow, cfg.ewma_slow_halflife_ns)
+        st.imbalance_depth = cfg.imbalance_depth
+        st.sample = TW_SAMPLE_MESSAGE if cfg.sample == "message" else TW_SAMPLE_EVENT
+        memset(&st.f, 0, sizeof(tw_features))
+        st.best_bid = st.best_ask = st.kth_bid = st.kth_ask = TW_NO_PRICE
+        st.prev_mid = NAN
+        st.f.mid = st.f.microprice = st.f.spread = st.f.imbalance = NAN
+        st.f.mid_mean = st.f.mid_std = st.f.mid_min = st.f.mid_max = st.f.zscore = NAN
+        st.f.spread_mean = st.f.vwap = st.f.flow = st.f.realized_vol = NAN
+        st.f.ewma_fast = st.f.ewma_slow = st.f.ewma_fast_std = NAN
+
+    def __dealloc__(self):
+        cdef uint32_t i
+        if self.inst != NULL:
+            for i in range(self.ninst):
+                _free_istate(self.inst[i])
+            free(self.inst)
+        free(self.rules)
+
+    cdef _grow_sink(self, Py_ssize_t cap):
+        new = np.zeros(cap, dtype=SIGNAL_DTYPE)
+        if self._sink_array is not None and self.sink_n:
+            new[:self.sink_n] = self._sink_array[:self.sink_n]
+        self._sink_array = new
+        cdef Py_buffer view
+        PyObject_GetBuffer(new, &view, PyBUF_C_CONTIGUOUS)
+        self.sink = <tw_signal *>view.buf          # the array object keeps the memory alive
+        PyBuffer_Release(&view)
+        self.sink_cap = cap
+
+    def set_timing(self, int every, recorder=None):
+        """Time one event in ``every`` per stage (0: off), into the built-in summary.
+
+        ``recorder``: optional ``(record_fn_address, ctx_address)`` pair of a C function
+        ``void record(void *ctx, int stage, int64_t ns) noexcept nogil`` (the HDR recorders
+        plug in here); stages are 0 book, 1 stats, 2 rules, 3 tick-to-signal.
+        """
+        cdef int s
+        memset(&self.timing, 0, sizeof(tw_timing))
+        for s in range(TW_STAGE_COUNT):
+            self.timing.lo[s] = INT64_MAX
+        self.timing.every = every
+        self.timing.countdown = every
+        if recorder is None:
+            self.timing.record = _summary_record
+            self.timing.ctx = &self.timing
+        else:
+            fn, ctx = recorder
+            self.timing.record = <tw_timing_fn><size_t>fn
+            self.timing.ctx = <void *><size_t>ctx
+
+    cdef Py_ssize_t process_c(self, const tw_event *ev, Py_ssize_t n) noexcept nogil:
+        """Run events through book, statistics and rules; stop early when the signal sink
+        could overflow.  Returns the number of events consumed."""
+        cdef Py_ssize_t i
+        cdef const tw_event *e
+        cdef tw_istate *st
+        cdef tw_book *b
+        cdef int r, kind, j, fire, changed
+        cdef bint timed, book_changed
+        cdef int64_t t0 = 0, t1 = 0, t2 = 0, t3, now
+        cdef const tw_rule *rule
+        cdef tw_signal *out
+        cdef tw_rule_ctx ctx
+        cdef double v
+        cdef int8_t direction
+        cdef uint32_t flags
+        for i in range(n):
+            e = &ev[i]
+            if TW_UNLIKELY(e.instrument >= self.ninst or self.inst[e.instrument] == NULL):
+                self._books.c.unknown_instrument += 1
+                continue
+            st = self.inst[e.instrument]
+            if TW_UNLIKELY(self.sink_n + st.nrules > self.sink_cap):
+                return i                              # the caller grows the sink and resumes
+            b = self._books.c.books[e.instrument]
+            timed = False
+            if self.timing.every:
+                self.timing.countdown -= 1
+                if self.timing.countdown == 0:
+                    self.timing.countdown = self.timing.every
+                    timed = True
+                    t0 = _clock_ns(CLOCK_MONOTONIC)
+            r = tw_book_apply(b, e)
+            self.events += 1
+            if r != TW_OK:
+                continue
+            if timed:
+                t1 = _clock_ns(CLOCK_MONOTONIC)
+            if TW_UNLIKELY(not b.in_sync):
+                st.suppressed += 1                    # stale or mid-snapshot: no stats, no signals
+                continue
+            kind = e.kind
+            book_changed = kind != TW_KIND_TRADE or (b.p.book_type == TW_BOOK_L3 and e.order_id != 0)
+            changed = 0
+            if kind == TW_KIND_TRADE:
+                changed = _update_trade(st, e)
+            if book_changed and (st.sample == TW_SAMPLE_EVENT or (e.flags & TW_FLAG_LAST)):
+                changed |= _update_book(st, b, e)
+            if changed == 0:
+                continue
+            if timed:
+                t2 = _clock_ns(CLOCK_MONOTONIC)
+            now = -1                                  # the signal clock, read once and only if needed
+            for j in range(st.nrules):
+                rule = &self.rules[st.rules[j]]
+                if not (_RULE_INPUTS[rule.kind] & changed):
+                    continue
+                fire = 0
+                if rule.kind == TW_RULE_CUSTOM:
+                    if now < 0:
+                        now = e.ts_recv if self.clock == TW_CLOCK_EVENT else _clock_ns(CLOCK_REALTIME)
+                    out = &self.sink[self.sink_n]
+                    _fill_signal(out, e, rule, now)
+                    ctx.ev = e
+                    ctx.book = b
+                    ctx.f = &st.f
+                    ctx.instrument = e.instrument
+                    ctx.now = now
+                    fire = (<Rule>rule.custom).evaluate(&ctx, out)
+                else:
+                    v = _rule_value(rule, &st.f)
+                    fire = _hysteresis(rule, &st.rstate[j], v, &direction, &flags)
+                    if fire:
+                        if now < 0:
+                            now = e.ts_recv if self.clock == TW_CLOCK_EVENT else _clock_ns(CLOCK_REALTIME)
+                        out = &self.sink[self.sink_n]
+                        _fill_signal(out, e, rule, now)
+                        out.value = v
+                        out.strength = v / rule.enter
+                        out.direction = direction
+                        out.flags = flags
+                if fire:
+                    self.sink_n += 1
+                    st.signals += 1
+                    if self.timing.every and self.clock == TW_CLOCK_WALL:
+                        self.timing.record(self.timing.ctx, TW_STAGE_TICK_TO_SIGNAL, now - e.ts_recv)
+            if timed:
+                t3 = _clock_ns(CLOCK_MONOTONIC)
+                self.timing.record(self.timing.ctx, TW_STAGE_BOOK, t1 - t0)
+                self.timing.record(self.timing.ctx, TW_STAGE_STATS, t2 - t1)
+                self.timing.record(self.timing.ctx, TW_STAGE_RULES, t3 - t2)
+        return n
+
+    def process(self, events):
+        """Run a batch of canonical events through books, statistics and rules.
+
+        Parameters
+        ----------
+        events : numpy.ndarray
+            C-contiguous EVENT_DTYPE array.
+
+        Returns
+        -------
+        int
+            Signals emitted by this batch; they are appended to :attr:`signals`.
+        """
+        cdef Py_buffer view
+        cdef const tw_event *ev
+        cdef Py_ssize_t n, done = 0, k
+        cdef Py_ssize_t before = self.sink_n
+        dt = getattr(events, "dtype", None)
+        if dt is not EVENT_DTYPE and dt != EVENT_DTYPE:
+            raise TypeError(f"events must be a numpy array of EVENT_DTYPE, got dtype {dt!r}")
+        PyObject_GetBuffer(events, &view, PyBUF_C_CONTIGUOUS)
+        try:
+            ev = <const tw_event *>view.buf
+            n = view.len // sizeof(tw_event)
+            while done < n:
+                if self._needs_gil or n - done < _RELEASE_GIL_AT:
+                    k = self.process_c(ev + done, n - done)
+                else:
+                    with nogil:
+                        k = self.process_c(ev + done, n - done)
+                done += k
+                if done < n:
+                    self._grow_sink(max(2 * self.sink_cap, self.sink_n + self.nrules + 1))
+        finally:
+            PyBuffer_Release(&view)
+        return self.sink_n - before
+
+    @property
+    def signals(self):
+        """The signals emitted since the last :meth:`clear_signals`, a view of the buffer."""
+        return self._sink_array[:self.sink_n]
+
+    def take_signals(self):
+        """A copy of the pending signals, and clear them."""
+        out = self._sink_array[:self.sink_n].copy()
+        self.sink_n = 0
+        return out
+
+    def clear_signals(self):
+        """Forget the pending signals (views from :attr:`signals` then see stale data)."""
+        self.sink_n = 0
+
+    @property
+    def books(self):
+        """The :class:`BookSet` of the instruments."""
+        return self._books
+
+    def book(self, uint32_t instrument):
+        return self._books[instrument]
+
+    def features(self, uint32_t instrument):
+        """The instrument's current features as a dict (mid, microprice, spread, imbalance,
+        mid_mean, mid_std, mid_min, mid_max, zscore, spread_mean, vwap, flow, buy_minus_sell,
+        realized_vol, ewma_fast, ewma_slow, ewma_fast_std, counts, ts) plus engine counters."""
+        cdef tw_istate *st = self._state(instrument)
+        cdef tw_features *f = &st.f
+        return {
+            "mid": f.mid, "microprice": f.microprice, "spread": f.spread, "imbalance": f.imbalance,
+            "mid_mean": f.mid_mean, "mid_std": f.mid_std, "mid_min": f.mid_min, "mid_max": f.mid_max,
+            "zscore": f.zscore, "spread_mean": f.spread_mean, "vwap": f.vwap, "flow": f.flow,
+            "buy_minus_sell": f.buy_minus_sell, "realized_vol": f.realized_vol,
+            "ewma_fast": f.ewma_fast, "ewma_slow": f.ewma_slow, "ewma_fast_std": f.ewma_fast_std,
+            "mid_count": f.mid_count, "spread_count": f.spread_count, "trade_count": f.trade_count,
+            "ts": f.ts, "updates": st.updates, "signals": st.signals, "suppressed": st.suppressed,
+        }
+
+    cdef tw_istate *_state(self, uint32_t instrument) except NULL:
+        if instrument >= self.ninst or self.inst[instrument] == NULL:
+            raise KeyError(f"no instrument with id {instrument}")
+        return self.inst[instrument]
+
+    @property
+    def events_processed(self):
+        return self.events
+
+    @property
+    def rule_count(self):
+        return self.nrules
+
+    def rule_errors(self):
+        """Exceptions raised by Python rules, by rule name."""
+        return {r.name: r.errors for r in self._custom if isinstance(r, PyRule)}
+
+    def timing_summary(self):
+        """Per stage: ``{"count", "mean_ns", "min_ns", "max_ns"}`` from the built-in recorder."""
+        out = {}
+        for s, name in enumerate(STAGES):
+            c = self.timing.count[s]
+            out[name] = {
+                "count": c,
+                "mean_ns": self.timing.total[s] / c if c else float("nan"),
+                "min_ns": self.timing.lo[s] if c else None,
+                "max_ns": self.timing.hi[s] if c else None,
+            }
+        return out

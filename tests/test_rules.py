@@ -1,0 +1,223 @@
+"""Signal rules: hand-built scenarios where each rule must fire, must not fire, and must
+not re-fire while its condition holds (hysteresis)."""
+
+import numpy as np
+import pytest
+
+from tickwire.engine.instruments import Instrument
+from tickwire.engine.pipeline import Engine, RuleConfig, StatsConfig
+from tickwire.ext import EVENT_DTYPE, Flag, Kind, RuleKind, Side, SignalFlag
+
+BID, ASK = Side.BID, Side.ASK
+INST = [Instrument(0, "X", tick_size="0.01", lot_size="1")]
+
+
+class Feed:
+    """Builds L2 events for instrument 0 with increasing time and sequence; each call is
+    one exchange message (Flag.LAST on its last event)."""
+
+    def __init__(self):
+        self.t = 1_000
+        self.seq = 0
+
+    def events(self, *rows):
+        ev = np.zeros(len(rows), dtype=EVENT_DTYPE)
+        for i, row in enumerate(rows):
+            kind, side, price, qty = row if len(row) == 4 else (Kind.MODIFY, *row)
+            self.t += 1_000
+            self.seq += 1
+            ev[i] = (self.t, self.t + 10, self.seq, 0, price, qty, 0, 0, kind, side, 0, 0)
+        if len(rows):
+            ev[-1]["flags"] = int(Flag.LAST)
+        return ev
+
+
+def quote(state, bid, ask, bid_qty=1, ask_qty=1):
+    """Rows of one message that move the book to a single bid and a single ask level."""
+    rows = [(BID, bid, bid_qty), (ASK, ask, ask_qty)]
+    if state.get("bid") not in (None, bid):
+        rows.append((BID, state["bid"], 0))
+    if state.get("ask") not in (None, ask):
+        rows.append((ASK, state["ask"], 0))
+    state.update(bid=bid, ask=ask)
+    return rows
+
+
+def engine(rule, stats=None, **kw):
+    """One rule on instrument 0; statistics sampled at message ends (the tests' messages
+    move the book from one consistent state to the next)."""
+    stats = stats or StatsConfig(window_size=20, trade_window_size=20)
+    stats = StatsConfig(**{**stats.__dict__, "sample": "message"})
+    return Engine(INST, [rule], stats, clock="event", **kw)
+
+
+def fired(eng, feed, *rows):
+    before = len(eng.signals)
+    eng.process(feed.events(*rows))
+    return eng.signals[before:]
+
+
+def test_microprice_fires_holds_rearms_and_flips():
+    eng, f = engine(RuleConfig("microprice", enter=0.5, exit=0.2)), Feed()
+    assert len(fired(eng, f, (BID, 100, 1), (ASK, 102, 1))) == 0        # microprice == mid
+    s = fired(eng, f, (BID, 100, 9))                                     # microprice 101.8: +0.8 ticks
+    assert len(s) == 1 and s[0]["direction"] == 1 and s[0]["value"] == pytest.approx(0.8)
+    assert s[0]["rule_kind"] == RuleKind.MICROPRICE and s[0]["flags"] == SignalFlag.ENTER
+    assert s[0]["strength"] == pytest.approx(0.8 / 0.5) and s[0]["seq"] == f.seq
+    assert len(fired(eng, f, (BID, 100, 8), (BID, 100, 7))) == 0        # still beyond: no re-fire
+    assert len(fired(eng, f, (BID, 100, 2))) == 0                        # 0.33: inside the band, not re-armed
+    assert len(fired(eng, f, (BID, 100, 9))) == 0                        # so no new signal
+    assert len(fired(eng, f, (BID, 100, 1))) == 0                        # 0: re-armed
+    assert len(fired(eng, f, (BID, 100, 9))) == 1                        # fires again
+    s = fired(eng, f, (BID, 100, 1), (ASK, 102, 9))                      # -0.8: the other way
+    assert [int(x) for x in s["direction"]] == [-1]
+
+
+def test_imbalance_top_k():
+    eng = engine(RuleConfig("imbalance", enter=0.5, exit=0.1), StatsConfig(imbalance_depth=2))
+    f = Feed()
+    assert len(fired(eng, f, (BID, 100, 5), (BID, 99, 5), (ASK, 101, 5), (ASK, 102, 5))) == 0
+    assert len(fired(eng, f, (BID, 98, 1000))) == 0                      # third level: outside top-2
+    s = fired(eng, f, (BID, 99, 35))                                     # (40 - 10) / 50 = 0.6
+    assert len(s) == 1 and s[0]["direction"] == 1 and s[0]["value"] == pytest.approx(0.6)
+    assert eng.features(0)["imbalance"] == pytest.approx(0.6)
+    assert len(fired(eng, f, (BID, 99, 30))) == 0                        # 0.555: holds
+    fired(eng, f, (BID, 99, 6))                                          # 0.047: re-arms
+    assert len(fired(eng, f, (ASK, 102, 40))) == 1                       # -0.6: fires down
+
+
+def test_zscore_needs_min_count_then_fires_once():
+    eng = engine(RuleConfig("zscore", enter=3.0, exit=1.0, min_count=10), StatsConfig(window_size=50))
+    f, q = Feed(), {}
+    rows = []
+    for i in range(4):                                                   # 8 quotes: not enough
+        s = fired(eng, f, *quote(q, 100, 102))
+        s2 = fired(eng, f, *quote(q, 101, 103))
+        assert len(s) == len(s2) == 0
+    assert eng.features(0)["mid_count"] == 8
+    for i in range(15):                                                  # oscillating: |z| ~ 1
+        assert len(fired(eng, f, *quote(q, 100, 102))) == 0
+        assert len(fired(eng, f, *quote(q, 101, 103))) == 0
+    s = fired(eng, f, *quote(q, 110, 112))                               # mid jumps 9 ticks
+    assert len(s) == 1 and s[0]["direction"] == 1 and s[0]["value"] >= 3.0
+    assert s[0]["value"] == pytest.approx(eng.features(0)["zscore"])
+    assert len(fired(eng, f, *quote(q, 111, 113))) == 0                  # still extreme: no re-fire
+
+
+def test_zscore_silent_before_min_count():
+    eng = engine(RuleConfig("zscore", enter=1.0, exit=0.5, min_count=30), StatsConfig(window_size=50))
+    f, q = Feed(), {}
+    for i in range(10):
+        fired(eng, f, *quote(q, 100, 102))
+        fired(eng, f, *quote(q, 101, 103))
+    assert len(fired(eng, f, *quote(q, 150, 152))) == 0                  # huge, but only 21 samples
+    assert abs(eng.features(0)["zscore"]) > 1
+
+
+def test_spread_blowout_is_one_sided_with_hysteresis():
+    rule = RuleConfig("spread", enter=3.0, exit=1.5, min_count=10)
+    eng, f, q = engine(rule, StatsConfig(window_size=200)), Feed(), {}
+    for i in range(30):                                                  # spread 2, many samples
+        assert len(fired(eng, f, *quote(q, 100 + i % 2, 102 + i % 2))) == 0
+    s = fired(eng, f, *quote(q, 100, 120))                               # spread 20 vs mean ~2
+    assert len(s) == 1 and s[0]["direction"] == 1 and s[0]["value"] > 3
+    assert len(fired(eng, f, *quote(q, 100, 119))) == 0                  # still wide: no re-fire
+    assert len(fired(eng, f, *quote(q, 100, 102))) == 0                  # narrow again: re-armed
+    assert len(fired(eng, f, *quote(q, 100, 125))) == 1                  # blows out again
+    ev = f.events((BID, 80, 1))                                          # narrower than ever: one-sided
+    eng.process(ev)
+    assert all(x["direction"] == 1 for x in eng.signals)
+
+
+def test_vwap_deviation_uses_trades():
+    eng = engine(RuleConfig("vwap", enter=50.0, exit=10.0, min_count=3))
+    f, q = Feed(), {}
+    assert len(fired(eng, f, *(quote(q, 9990, 10010) + [(Kind.TRADE, BID, 10000, 5)] * 3))) == 0
+    assert eng.features(0)["vwap"] == pytest.approx(10000) and eng.features(0)["trade_count"] == 3
+    s = fired(eng, f, *quote(q, 10180, 10200))                           # mid 10190: +190 bps
+    assert len(s) == 1 and s[0]["value"] == pytest.approx(190.0) and s[0]["direction"] == 1
+    assert len(fired(eng, f, (Kind.TRADE, BID, 10000, 1))) == 0          # held
+    assert eng.features(0)["flow"] == pytest.approx(1.0)                  # all trades were buys
+    assert len(fired(eng, f, *quote(q, 9990, 10010))) == 0               # back: re-armed, no signal
+    s = fired(eng, f, *quote(q, 9800, 9820))                             # -190 bps: fires down
+    assert [int(d) for d in s["direction"]] == [-1]
+
+
+def test_ewma_crossover_fires_on_each_cross_beyond_the_band():
+    stats = StatsConfig(window_size=10, ewma_fast_halflife_ns=2_000, ewma_slow_halflife_ns=50_000)
+    eng, f, q = engine(RuleConfig("ewma_cross", enter=2.0, min_count=2), stats), Feed(), {}
+    s = np.concatenate([fired(eng, f, *quote(q, p, p + 2)) for p in range(100, 130)])
+    assert [int(d) for d in s["direction"]] == [1]                       # crossed up once
+    s = np.concatenate([fired(eng, f, *quote(q, p, p + 2)) for p in range(129, 90, -1)])
+    assert [int(d) for d in s["direction"]] == [-1]                      # and down once
+    for _ in range(3):                                                   # flat: fast meets slow,
+        s = np.concatenate([fired(eng, f, *quote(q, p, p + 2)) for p in (90, 91, 90, 91)])
+        assert len(s) == 0                                               # inside the band: silent
+
+
+def test_exit_signals_when_asked():
+    eng, f = engine(RuleConfig("microprice", enter=0.5, exit=0.2, emit_exit=True)), Feed()
+    fired(eng, f, (BID, 100, 1), (ASK, 102, 1))
+    s = np.concatenate([fired(eng, f, (BID, 100, 9)), fired(eng, f, (BID, 100, 1))])
+    assert [int(x) for x in s["flags"]] == [SignalFlag.ENTER, SignalFlag.EXIT]
+    assert [int(x) for x in s["direction"]] == [1, 0]
+
+
+def test_no_signals_while_stale_and_after_resync():
+    eng, f = engine(RuleConfig("microprice", enter=0.5, exit=0.2)), Feed()
+    fired(eng, f, (BID, 100, 1), (ASK, 102, 1))
+    stale = f.events((Kind.SNAPSHOT, Side.NONE, 0, 0))
+    stale["flags"] = int(Flag.STALE)
+    eng.process(stale)
+    assert len(fired(eng, f, (BID, 100, 9))) == 0                        # suppressed while stale
+    assert eng.features(0)["suppressed"] == 2                            # the marker and the update
+    snap = eng.book(0).snapshot_events(seq=f.seq, ts=f.t)
+    assert eng.process(snap) == 1                                        # back in sync: evaluated
+    assert eng.signals[-1]["direction"] == 1 and eng.signals[-1]["seq"] == f.seq
+
+
+def test_rules_only_for_their_instruments_and_config_errors():
+    insts = [Instrument(0, "A"), Instrument(1, "B")]
+    eng = Engine(insts, [RuleConfig("microprice", enter=0.5, exit=0.2, instruments=[1])], clock="event")
+    f = Feed()
+    ev = f.events((BID, 100, 1), (ASK, 102, 1), (BID, 100, 9))
+    eng.process(ev)
+    assert len(eng.signals) == 0
+    ev["instrument"] = 1
+    eng.process(ev)
+    assert len(eng.signals) == 1 and eng.signals[0]["instrument"] == 1
+    with pytest.raises(ValueError, match="rule.kind"):
+        RuleConfig("momentum", enter=1)
+    with pytest.raises(ValueError, match="exit must satisfy"):
+        RuleConfig("zscore", enter=1.0, exit=2.0)
+    with pytest.raises(ValueError, match="min_count"):
+        RuleConfig("zscore", enter=1.0, min_count=0)
+    with pytest.raises(ValueError, match=r"instruments: unknown instrument ids \[7\]"):
+        Engine(insts, [RuleConfig("zscore", enter=1.0, instruments=[7])])
+    with pytest.raises(ValueError, match="stats.window"):
+        StatsConfig(window="ticks")
+    with pytest.raises(ValueError, match="stats.imbalance_depth"):
+        StatsConfig(imbalance_depth=0)
+    with pytest.raises(TypeError, match="a rule must be"):
+        Engine(insts, [42])
+
+
+def test_python_callable_rule_slow_path():
+    seen = []
+
+    def wide_mid(ctx):
+        seen.append((ctx.instrument, ctx.mid, ctx.book.best_bid, ctx.seq))
+        if ctx.mid == 99:
+            raise RuntimeError("boom")
+        return ctx.mid - 105 if ctx.mid > 105 else None
+
+    eng = Engine(INST, [wide_mid], StatsConfig(sample="message"), clock="event")
+    f, q = Feed(), {}
+    assert len(fired(eng, f, *quote(q, 100, 102))) == 0
+    s = fired(eng, f, *quote(q, 109, 111))
+    assert len(s) == 1 and s[0]["value"] == pytest.approx(5.0) and s[0]["direction"] == 1
+    assert s[0]["rule_kind"] == RuleKind.CUSTOM and s[0]["seq"] == f.seq
+    assert seen[-1] == (0, 110.0, 109, f.seq)
+    assert len(fired(eng, f, *quote(q, 98, 100))) == 0                  # raises: counted, no signal
+    assert eng.rule_errors() == {"wide_mid": 1}
+    assert len(fired(eng, f, *quote(q, 120, 122))) == 1                  # and the rule keeps working
