@@ -68,6 +68,7 @@ cdef struct tw_istate:
     double prev_mid
     int32_t imbalance_depth
     int32_t sample
+    int32_t timed                 # some window is a time window (it ages between samples)
     int32_t nrules
     int32_t *rules                # indices into the engine's rule table
     int8_t *rstate                # hysteresis state per rule: 0 armed, +1/-1 fired

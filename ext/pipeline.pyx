@@ -78,6 +78,8 @@ cdef enum:
 cdef inline int _time_evict(tw_istate *st, int64_t ts) noexcept nogil:
     """Age the time windows to ``ts``; which feature groups changed (count windows: none)."""
     cdef int changed = 0
+    if not st.timed:
+        return 0
     if (tw_window_evict(&st.mid, ts) + tw_window_evict(&st.spread, ts) + tw_sumwin_evict(&st.rv, ts)) > 0:
         changed |= _CH_MID
     if (tw_sumwin_evict(&st.vwap, ts) + tw_sumwin_evict(&st.flow, ts)) > 0:
@@ -541,6 +543,7 @@ cdef class Engine:
         tw_ewma_init(&st.fast, cfg.ewma_fast_halflife_ns)
         tw_ewma_init(&st.slow, cfg.ewma_slow_halflife_ns)
         st.imbalance_depth = cfg.imbalance_depth
+        st.timed = kind == TW_WIN_TIME or tkind == TW_WIN_TIME
         st.sample = TW_SAMPLE_MESSAGE if cfg.sample == "message" else TW_SAMPLE_EVENT
         memset(&st.f, 0, sizeof(tw_features))
         st.best_bid = st.best_ask = st.kth_bid = st.kth_ask = TW_NO_PRICE

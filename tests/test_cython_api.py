@@ -36,6 +36,34 @@ DOWNSTREAM = textwrap.dedent('''
         return rejected, tw_book_best_price(&book.c, TW_SIDE_BID), tw_book_best_qty(&book.c, TW_SIDE_ASK), tw_book_spread(&book.c)
 ''')
 
+DOWNSTREAM_RULE = textwrap.dedent('''
+    # cython: language_level=3
+    from tickwire.ext.defs cimport tw_signal
+    from tickwire.ext.pipeline cimport Rule, tw_rule_ctx
+
+    cdef class WideSpread(Rule):
+        """Fires (once per widening) when the spread reaches `limit` ticks."""
+        cdef double limit
+        cdef bint armed
+
+        def __init__(self, double limit):
+            super().__init__("wide_spread")
+            self.limit = limit
+            self.armed = True
+
+        cdef int evaluate(self, const tw_rule_ctx *ctx, tw_signal *out) noexcept nogil:
+            if ctx.f.spread >= self.limit:
+                if not self.armed:
+                    return 0
+                self.armed = False
+                out.value = ctx.f.spread
+                out.strength = ctx.f.spread / self.limit
+                out.direction = 1
+                return 1
+            self.armed = True
+            return 0
+''')
+
 SETUP = textwrap.dedent('''
     import sys
     from setuptools import setup, Extension
@@ -47,20 +75,56 @@ SETUP = textwrap.dedent('''
 ''')
 
 
-def test_user_cython_module_drives_books_through_the_pxd(tmp_path):
-    (tmp_path / "downstream.pyx").write_text(DOWNSTREAM)
-    (tmp_path / "setup.py").write_text(SETUP)
+def build_module(tmp_path, name, source):
+    (tmp_path / f"{name}.pyx").write_text(source)
+    (tmp_path / "setup.py").write_text(SETUP.replace("downstream", name))
     build = subprocess.run([sys.executable, "setup.py", "|".join(tickwire.get_include())],
                            cwd=tmp_path, capture_output=True, text=True)
     assert build.returncode == 0, build.stderr[-3000:]
     sys.path.insert(0, str(tmp_path))
     try:
-        import downstream
+        return __import__(name)
     finally:
         sys.path.remove(str(tmp_path))
+
+
+def test_user_cython_module_drives_books_through_the_pxd(tmp_path):
+    downstream = build_module(tmp_path, "downstream", DOWNSTREAM)
     l2 = L2Book(4)
     assert downstream.fill_ladder(l2, 100) == (0, 1000, 1, 1)
     assert l2.level_count(0) == 100 and l2.levels(1, 1).tolist() == [[1001, 1, 0]]
     l3 = L3Book(5)
     assert downstream.fill_ladder(l3, 10) == (0, 1000, 1, 1)
     assert l3.order_count == 20
+
+
+def test_user_cython_rule_runs_in_the_engine_without_the_gil(tmp_path):
+    import numpy as np
+
+    from tickwire.engine.instruments import Instrument
+    from tickwire.engine.pipeline import Engine, StatsConfig
+    from tickwire.ext import EVENT_DTYPE, Kind, RuleKind
+
+    mod = build_module(tmp_path, "userrule", DOWNSTREAM_RULE)
+    rule = mod.WideSpread(10.0)
+    eng = Engine([Instrument(0, "X")], [rule], StatsConfig(sample="message"), clock="event")
+    assert rule.rule_id == 0 and rule.name == "wide_spread"
+    rows = [(100, 102), (100, 115), (100, 116), (100, 103), (100, 120)]   # (bid, ask) per message
+    prev = None
+    for i, (bid, ask) in enumerate(rows):
+        ev = np.zeros(4 if prev else 2, dtype=EVENT_DTYPE)
+        ev["kind"] = Kind.MODIFY
+        ev["side"][:2] = [0, 1]
+        ev["price"][:2] = [bid, ask]
+        ev["qty"][:2] = 1
+        if prev:
+            ev["side"][2:] = [0, 1]
+            ev["price"][2:] = prev
+            ev["qty"][2:] = [0 if prev[0] != bid else 1, 0 if prev[1] != ask else 1]
+        ev["seq"] = i + 1
+        ev["flags"][-1] = 1
+        eng.process(ev)
+        prev = (bid, ask)
+    s = eng.signals
+    assert s["value"].tolist() == [15.0, 20.0]                           # not 16: it holds
+    assert (s["rule_kind"] == RuleKind.CUSTOM).all() and s["seq"].tolist() == [2, 5]
