@@ -1,0 +1,387 @@
+"""Tick and signal storage in ClickHouse, through clickhouse-connect.
+
+The default store is the embedded chDB engine, ClickHouse in-process, reached by the same client
+(``chdb:///path/to/dir``); a ClickHouse server is one URL away (``http://host:8123``). One code
+path serves both. tickwire creates and migrates its schema:
+
+- ``ticks``: every canonical event, ``DateTime64(9)`` times, codecs chosen for the data
+  (DoubleDelta for times, Delta for sequences and prices, ZSTD), ordered by
+  ``(instrument, ts_event, seq, epoch, ord)`` for per-instrument time-range reads, daily
+  partitions, and insert deduplication by token so that a retried batch is stored once.
+- ``signals``: signal records, by run.
+- ``instruments``: symbol, tick size, lot size, decimals; ``ticks_decimal`` is a view with prices
+  and quantities as decimals.
+- ``schema_version``: what migrations have run.
+
+``epoch`` and ``ord`` identify a tick's place in the stream that carried it (the tick ring's
+creation time and position): together with ``(ts_event, seq)`` they give every tick a total
+order, which :meth:`Store.read_ticks` follows.
+
+Credentials come from the DSN, the config or ``TICKWIRE_CLICKHOUSE_USER`` /
+``TICKWIRE_CLICKHOUSE_PASSWORD``, and never appear in logs or errors (:func:`redact`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Iterable, Iterator, Optional, Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+
+from tickwire.ext.records import EVENT_DTYPE, SIGNAL_DTYPE
+
+log = logging.getLogger("tickwire.store")
+
+__all__ = ["Store", "StoreError", "SCHEMA_VERSION", "cluster_ddl", "redact", "default_dsn"]
+
+SCHEMA_VERSION = 1
+TICK_COLUMNS = ["ts_event", "ts_recv", "seq", "order_id", "price", "qty", "instrument", "channel",
+                "kind", "side", "flags"]
+SIGNAL_COLUMNS = ["ts_event", "ts_recv", "ts_signal", "seq", "value", "strength", "instrument",
+                  "rule_id", "rule_kind", "direction", "flags"]
+_TIME_COLUMNS = {"ts_event", "ts_recv", "ts_signal"}
+_INSERT_SETTINGS = {"async_insert": 0, "wait_for_async_insert": 1, "insert_deduplicate": 1}
+
+
+class StoreError(RuntimeError):
+    """The store could not be reached or refused an operation (the message names which)."""
+
+
+def redact(dsn: str) -> str:
+    """The DSN with any password replaced by ``***`` (for logs and errors)."""
+    parts = urlsplit(dsn)
+    if parts.password:
+        dsn = urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
+    return re.sub(r"(password=)[^&]*", r"\1***", dsn)
+
+
+def default_dsn(data_dir: str) -> str:
+    """The embedded store's DSN for a data directory."""
+    return f"chdb://{os.path.abspath(data_dir)}"
+
+
+def _tick_ddl(db: str, engine: str, table: str = "ticks", on_cluster: str = "") -> str:
+    return f"""CREATE TABLE IF NOT EXISTS {db}.{table}{on_cluster} (
+    ts_event   DateTime64(9) CODEC(DoubleDelta, ZSTD(1)),
+    ts_recv    DateTime64(9) CODEC(DoubleDelta, ZSTD(1)),
+    seq        UInt64 CODEC(Delta, ZSTD(1)),
+    order_id   UInt64 CODEC(ZSTD(1)),
+    price      Int64 CODEC(Delta, ZSTD(1)),
+    qty        Int64 CODEC(ZSTD(1)),
+    instrument UInt32,
+    channel    UInt16,
+    kind       UInt8,
+    side       UInt8,
+    flags      UInt32 CODEC(ZSTD(1)),
+    epoch      UInt64 CODEC(ZSTD(1)),
+    ord        UInt64 CODEC(Delta, ZSTD(1))
+) ENGINE = {engine}
+PARTITION BY toYYYYMMDD(ts_event)
+ORDER BY (instrument, ts_event, seq, epoch, ord)
+SETTINGS non_replicated_deduplication_window = 100000"""
+
+
+def _signal_ddl(db: str, engine: str, table: str = "signals", on_cluster: str = "") -> str:
+    return f"""CREATE TABLE IF NOT EXISTS {db}.{table}{on_cluster} (
+    run        LowCardinality(String),
+    ts_event   DateTime64(9) CODEC(DoubleDelta, ZSTD(1)),
+    ts_recv    DateTime64(9) CODEC(DoubleDelta, ZSTD(1)),
+    ts_signal  DateTime64(9) CODEC(DoubleDelta, ZSTD(1)),
+    seq        UInt64 CODEC(Delta, ZSTD(1)),
+    value      Float64,
+    strength   Float64,
+    instrument UInt32,
+    rule_id    UInt16,
+    rule_kind  UInt8,
+    direction  Int8,
+    flags      UInt32
+) ENGINE = {engine}
+PARTITION BY toYYYYMM(ts_signal)
+ORDER BY (run, ts_signal, seq, rule_id)
+SETTINGS non_replicated_deduplication_window = 100000"""
+
+
+def _instrument_ddl(db: str, engine: str, on_cluster: str = "") -> str:
+    return f"""CREATE TABLE IF NOT EXISTS {db}.instruments{on_cluster} (
+    id             UInt32,
+    symbol         LowCardinality(String),
+    tick_size      Decimal128(18),
+    lot_size       Decimal128(18),
+    price_decimals UInt8,
+    qty_decimals   UInt8,
+    book           LowCardinality(String),
+    updated        DateTime64(3) DEFAULT now64(3)
+) ENGINE = {engine}
+ORDER BY id"""
+
+
+def _decimal_view(db: str, source: str = "ticks", on_cluster: str = "") -> str:
+    return f"""CREATE VIEW IF NOT EXISTS {db}.{source}_decimal{on_cluster} AS
+SELECT t.ts_event, t.ts_recv, t.instrument, i.symbol, t.kind, t.side, t.seq, t.order_id,
+       toDecimal128(t.price, 0) * i.tick_size AS price,
+       toDecimal128(t.qty, 0) * i.lot_size AS qty,
+       t.price AS price_ticks, t.qty AS qty_lots, t.channel, t.flags, t.epoch, t.ord
+FROM {db}.{source} AS t
+LEFT JOIN (SELECT * FROM {db}.instruments FINAL) AS i ON t.instrument = i.id"""
+
+
+def schema_ddl(database: str) -> list[str]:
+    """The single-node schema, in creation order."""
+    return [
+        f"CREATE DATABASE IF NOT EXISTS {database}",
+        f"CREATE TABLE IF NOT EXISTS {database}.schema_version (version UInt32, applied DateTime DEFAULT now()) "
+        f"ENGINE = MergeTree ORDER BY version",
+        _tick_ddl(database, "MergeTree"),
+        _signal_ddl(database, "MergeTree"),
+        _instrument_ddl(database, "ReplacingMergeTree(updated)"),
+        _decimal_view(database),
+    ]
+
+
+def cluster_ddl(database: str, cluster: str, zk_path: str = "/clickhouse/tables/{shard}/{database}/{table}",
+                replica: str = "{replica}", sharding_key: str = "cityHash64(instrument)") -> list[str]:
+    """DDL for a ClickHouse cluster: ReplicatedMergeTree local tables behind Distributed ones.
+
+    Every statement runs ``ON CLUSTER``; ``ticks_local``/``signals_local`` hold the data on each
+    shard (replicated), ``ticks``/``signals`` are the Distributed tables that writers insert
+    into and readers query (so the rest of tickwire uses the same names as on one node).
+    ``{shard}`` and ``{replica}`` are the servers' own macros.
+    """
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", cluster):
+        raise ValueError(f"store.cluster: expected a cluster name, got {cluster!r}")
+    oc = f" ON CLUSTER {cluster}"
+
+    def replicated(table, version_col=None):
+        path = zk_path.replace("{database}", database).replace("{table}", table)
+        args = f"'{path}', '{replica}'" + (f", {version_col}" if version_col else "")
+        return f"Replicated{'Replacing' if version_col else ''}MergeTree({args})"
+
+    return [
+        f"CREATE DATABASE IF NOT EXISTS {database}{oc}",
+        f"CREATE TABLE IF NOT EXISTS {database}.schema_version{oc} (version UInt32, applied DateTime DEFAULT now()) "
+        f"ENGINE = {replicated('schema_version')} ORDER BY version",
+        _tick_ddl(database, replicated("ticks_local"), "ticks_local", oc),
+        f"CREATE TABLE IF NOT EXISTS {database}.ticks{oc} AS {database}.ticks_local "
+        f"ENGINE = Distributed({cluster}, {database}, ticks_local, {sharding_key})",
+        _signal_ddl(database, replicated("signals_local"), "signals_local", oc),
+        f"CREATE TABLE IF NOT EXISTS {database}.signals{oc} AS {database}.signals_local "
+        f"ENGINE = Distributed({cluster}, {database}, signals_local, cityHash64(run))",
+        _instrument_ddl(database, replicated("instruments", "updated"), oc),
+        _decimal_view(database, "ticks", oc),
+    ]
+
+
+def _select(columns: Sequence[str]) -> str:
+    """Columns for a SELECT, times as int64 ns under other names: an alias named like the
+    column would shadow it in the WHERE clause."""
+    return ", ".join(f"toUnixTimestamp64Nano({c}) AS {c}_ns" if c in _TIME_COLUMNS else c for c in columns)
+
+
+def _arrow_table(arr: np.ndarray, columns: Sequence[str], extra: dict):
+    import pyarrow as pa
+
+    cols = {}
+    for name in columns:
+        col = np.ascontiguousarray(arr[name])
+        if name in _TIME_COLUMNS:
+            cols[name] = pa.Array.from_buffers(pa.timestamp("ns"), len(col), [None, pa.py_buffer(col)])
+        else:
+            cols[name] = pa.array(col)
+    for name, value in extra.items():
+        cols[name] = pa.array(value) if isinstance(value, np.ndarray) else pa.array([value] * len(arr))
+    return pa.table(cols)
+
+
+@dataclass
+class Store:
+    """A connection to the tick store (embedded chDB or a server), with tickwire's schema.
+
+    Use :meth:`open`. Not thread-safe; the embedded engine allows one process per data
+    directory (the storage writer owns it while the daemon runs).
+    """
+
+    client: object
+    database: str
+    dsn: str
+
+    @classmethod
+    def open(cls, dsn: str, database: str = "tickwire", *, username: Optional[str] = None,
+             password: Optional[str] = None, create: bool = True) -> "Store":
+        """Connect and (by default) create or migrate the schema.
+
+        Parameters
+        ----------
+        dsn : str
+            ``chdb:///abs/path`` (embedded) or ``http(s)://host:port``.
+        username, password : str, optional
+            For a server; default from ``TICKWIRE_CLICKHOUSE_USER`` / ``_PASSWORD``.
+        """
+        import clickhouse_connect
+
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", database):
+            raise ValueError(f"store.database: expected an identifier, got {database!r}")
+        kwargs = {}
+        if not dsn.startswith("chdb:"):
+            username = username or os.environ.get("TICKWIRE_CLICKHOUSE_USER")
+            password = password or os.environ.get("TICKWIRE_CLICKHOUSE_PASSWORD")
+            if username:
+                kwargs["username"] = username
+            if password:
+                kwargs["password"] = password
+        else:
+            path = dsn[len("chdb://"):]
+            if path and not os.path.isabs(path):
+                raise ValueError(f"store.dsn: the embedded store needs an absolute path (chdb:///abs/dir), got {dsn!r}")
+            if path:
+                os.makedirs(path, exist_ok=True)
+        try:
+            client = clickhouse_connect.get_client(dsn=dsn, **kwargs)
+        except Exception as exc:               # noqa: BLE001 - rewrapped without credentials
+            raise StoreError(f"cannot open the store at {redact(dsn)}: {type(exc).__name__}: "
+                             f"{redact(str(exc))}") from None
+        store = cls(client, database, dsn)
+        if create:
+            store.ensure_schema()
+        return store
+
+    # -- schema -----------------------------------------------------------------------------
+    def ensure_schema(self) -> int:
+        """Create what is missing and run pending migrations; returns the schema version."""
+        for stmt in schema_ddl(self.database):
+            self.client.command(stmt)
+        have = self.client.query(f"SELECT max(version) FROM {self.database}.schema_version").result_rows[0][0]
+        if not have:
+            self.client.command(f"INSERT INTO {self.database}.schema_version (version) VALUES ({SCHEMA_VERSION})",
+                                settings={"async_insert": 0})
+        elif have > SCHEMA_VERSION:
+            raise StoreError(f"the store's schema is version {have}, newer than this tickwire ({SCHEMA_VERSION})")
+        return SCHEMA_VERSION
+
+    def register_instruments(self, instruments: Iterable) -> None:
+        """Record (or update) instrument definitions used by the decimal view."""
+        rows = [[inst.id, inst.symbol, Decimal(inst.tick_size), Decimal(inst.lot_size), inst.price_decimals,
+                 inst.qty_decimals, inst.book] for inst in instruments]
+        if rows:
+            self.client.insert(f"{self.database}.instruments", rows,
+                               column_names=["id", "symbol", "tick_size", "lot_size", "price_decimals",
+                                             "qty_decimals", "book"], settings=_INSERT_SETTINGS)
+
+    # -- writing --------------------------------------------------------------------------
+    def insert_ticks(self, events: np.ndarray, *, epoch: int = 0, first_ord: int = 0,
+                     token: Optional[str] = None) -> int:
+        """Insert canonical events (one columnar Arrow insert); returns rows sent.
+
+        ``epoch`` and ``first_ord`` place them in their stream (``ord`` counts up from
+        ``first_ord``). A batch inserted again with the same ``token`` is stored once.
+        """
+        if events.dtype != EVENT_DTYPE:
+            raise TypeError(f"events must be EVENT_DTYPE, got {events.dtype}")
+        if len(events) == 0:
+            return 0
+        ords = np.arange(first_ord, first_ord + len(events), dtype=np.uint64)
+        table = _arrow_table(events, TICK_COLUMNS, {"epoch": np.full(len(events), epoch, np.uint64), "ord": ords})
+        settings = dict(_INSERT_SETTINGS)
+        if token:
+            settings["insert_deduplication_token"] = token
+        self.client.insert_arrow(f"{self.database}.ticks", table, settings=settings)
+        return len(events)
+
+    def insert_signals(self, signals: np.ndarray, run: str, *, token: Optional[str] = None) -> int:
+        """Insert signal records under ``run``."""
+        if signals.dtype != SIGNAL_DTYPE:
+            raise TypeError(f"signals must be SIGNAL_DTYPE, got {signals.dtype}")
+        if len(signals) == 0:
+            return 0
+        table = _arrow_table(signals, SIGNAL_COLUMNS, {"run": run})
+        settings = dict(_INSERT_SETTINGS)
+        if token:
+            settings["insert_deduplication_token"] = token
+        self.client.insert_arrow(f"{self.database}.signals", table, settings=settings)
+        return len(signals)
+
+    # -- reading --------------------------------------------------------------------------
+    def _where(self, instruments, start_ns, end_ns):
+        conds = []
+        if instruments is not None:
+            ids = [int(i) for i in instruments]
+            if not ids:
+                return "0"
+            conds.append(f"instrument IN ({', '.join(map(str, ids))})")
+        if start_ns is not None:
+            conds.append(f"ts_event >= fromUnixTimestamp64Nano(toInt64({int(start_ns)}))")
+        if end_ns is not None:
+            conds.append(f"ts_event < fromUnixTimestamp64Nano(toInt64({int(end_ns)}))")
+        return " AND ".join(conds) if conds else "1"
+
+    def count_ticks(self, instruments=None, start_ns=None, end_ns=None) -> int:
+        """Ticks stored for the instruments (all by default) in ``[start_ns, end_ns)``."""
+        q = f"SELECT count() FROM {self.database}.ticks WHERE {self._where(instruments, start_ns, end_ns)}"
+        return int(self.client.query(q).result_rows[0][0])
+
+    def read_ticks(self, instruments=None, start_ns=None, end_ns=None, *,
+                   chunk_rows: int = 1_000_000) -> Iterator[np.ndarray]:
+        """Ticks in total order (event time, then sequence, then stream position), streamed as
+        EVENT_DTYPE arrays of at most ``chunk_rows`` events.
+
+        ``instruments``: ids (default all); ``[start_ns, end_ns)``: event-time range.
+        """
+        q = (f"SELECT {_select(TICK_COLUMNS)} FROM {self.database}.ticks "
+             f"WHERE {self._where(instruments, start_ns, end_ns)} ORDER BY ts_event, seq, epoch, ord")
+        out = np.empty(chunk_rows, dtype=EVENT_DTYPE)
+        n = 0
+        with self.client.query_arrow_stream(q) as stream:
+            for batch in stream:
+                k, off = batch.num_rows, 0
+                while off < k:
+                    take = min(chunk_rows - n, k - off)
+                    for i, name in enumerate(TICK_COLUMNS):
+                        out[name][n:n + take] = batch.column(i).to_numpy(zero_copy_only=False)[off:off + take]
+                    n += take
+                    off += take
+                    if n == chunk_rows:
+                        out["reserved"] = 0
+                        yield out.copy()
+                        n = 0
+        if n:
+            chunk = out[:n].copy()
+            chunk["reserved"] = 0
+            yield chunk
+
+    def read_signals(self, run: str) -> np.ndarray:
+        """Signals of a run, in production order."""
+        tbl = self.client.query_arrow(
+            f"SELECT {_select(SIGNAL_COLUMNS)} FROM {self.database}.signals WHERE run = {{run:String}} "
+            f"ORDER BY ts_signal, seq, rule_id", parameters={"run": run})
+        out = np.zeros(tbl.num_rows, dtype=SIGNAL_DTYPE)
+        for i, name in enumerate(SIGNAL_COLUMNS):
+            out[name] = tbl.column(i).to_numpy()
+        return out
+
+    def runs(self) -> list[str]:
+        return [r[0] for r in self.client.query(f"SELECT DISTINCT run FROM {self.database}.signals ORDER BY run").result_rows]
+
+    def ping(self) -> bool:
+        """Whether the store answers a trivial query."""
+        try:
+            self.client.query("SELECT 1")
+            return True
+        except Exception:                      # noqa: BLE001 - any failure means "not now"
+            return False
+
+    def close(self) -> None:
+        """Close the connection (the embedded engine then lets another path be opened)."""
+        try:
+            self.client.close()
+        except Exception:                      # noqa: BLE001
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,137 @@
+"""The tick store against the real embedded ClickHouse engine (chDB), no mocks."""
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from tickwire.engine.store import SCHEMA_VERSION, Store, StoreError, cluster_ddl, redact
+from tickwire.ext import EVENT_DTYPE, SIGNAL_DTYPE
+from tickwire.feeds.synthetic import l3_orders, synthetic_instruments
+
+
+def in_fresh_process(code: str) -> str:
+    """Run store code in its own process: chDB allows one data path per process."""
+    res = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout
+
+
+def random_events(n, seed=0):
+    rng = np.random.default_rng(seed)
+    ev = np.zeros(n, dtype=EVENT_DTYPE)
+    ev["ts_event"] = np.sort(rng.integers(1_600_000_000_000_000_000, 1_600_000_100_000_000_000, n))
+    ev["ts_recv"] = ev["ts_event"] + rng.integers(0, 10**6, n)
+    ev["seq"] = rng.integers(0, 2**63, n, dtype=np.uint64)
+    ev["order_id"] = rng.integers(0, 2**64 - 1, n, dtype=np.uint64)
+    ev["price"] = rng.integers(-(2**62), 2**62, n)
+    ev["qty"] = rng.integers(-(2**62), 2**62, n)
+    ev["instrument"] = rng.integers(0, 5, n)
+    ev["channel"] = rng.integers(0, 2**16, n)
+    ev["kind"] = rng.integers(0, 7, n)
+    ev["side"] = rng.integers(0, 3, n)
+    ev["flags"] = rng.integers(0, 2**32, n, dtype=np.uint64).astype(np.uint32)
+    return ev
+
+
+def total_order(ev, epoch_ord=None):
+    ords = np.arange(len(ev)) if epoch_ord is None else epoch_ord
+    return ev[np.lexsort((ords, ev["seq"], ev["ts_event"]))]
+
+
+def test_round_trip_bit_for_bit_in_total_order(tmp_path):
+    store = Store.open(f"chdb://{tmp_path}/db")
+    ev = random_events(50_000, seed=1)
+    assert store.insert_ticks(ev, epoch=3, first_ord=0, token="3:0") == len(ev)
+    back = np.concatenate(list(store.read_ticks(chunk_rows=7_000)))
+    assert back.tobytes() == total_order(ev).tobytes()
+    assert all(len(c) <= 7_000 for c in store.read_ticks(chunk_rows=7_000))
+    # filters: instruments and a time range
+    t0, t1 = int(ev["ts_event"][10_000]), int(ev["ts_event"][30_000])
+    got = np.concatenate(list(store.read_ticks(instruments=[1, 3], start_ns=t0, end_ns=t1)))
+    want = ev[np.isin(ev["instrument"], [1, 3]) & (ev["ts_event"] >= t0) & (ev["ts_event"] < t1)]
+    assert got.tobytes() == total_order(want).tobytes()
+    assert store.count_ticks(instruments=[1, 3], start_ns=t0, end_ns=t1) == len(want)
+    assert list(store.read_ticks(instruments=[])) == []
+
+
+def test_same_token_is_stored_once_and_epochs_keep_streams_apart(tmp_path):
+    store = Store.open(f"chdb://{tmp_path}/db")
+    ev = random_events(1000, seed=2)
+    for _ in range(3):
+        store.insert_ticks(ev, epoch=1, first_ord=0, token="1:0:1000")
+    assert store.count_ticks() == 1000
+    store.insert_ticks(ev, epoch=2, first_ord=0, token="2:0:1000")    # a new stream: new rows
+    assert store.count_ticks() == 2000
+
+
+def test_schema_created_once_and_reopened(tmp_path):
+    dsn = f"chdb://{tmp_path}/db"
+    out = in_fresh_process(f"""
+        from tickwire.engine.store import Store
+        from tickwire.feeds.synthetic import l3_orders, synthetic_instruments
+        s = Store.open("{dsn}")
+        s.register_instruments(synthetic_instruments(2, "L3"))
+        s.insert_ticks(l3_orders(3000, seed=1, instruments=2), epoch=1, token="a")
+        print(s.count_ticks())
+    """)
+    n = int(out.strip())
+    out = in_fresh_process(f"""
+        from tickwire.engine.store import Store
+        s = Store.open("{dsn}")                        # reopen: schema kept, data kept
+        print(s.count_ticks(), s.ensure_schema(), s.client.query(
+            "SELECT count() FROM tickwire.schema_version").result_rows[0][0])
+        print(s.client.query("SELECT symbol, toString(price), price_ticks FROM tickwire.ticks_decimal "
+                             "WHERE kind = 1 ORDER BY ts_event LIMIT 1").result_rows[0])
+    """)
+    first, second = out.strip().splitlines()
+    assert first.split() == [str(n), str(SCHEMA_VERSION), "1"]
+    symbol, price, ticks = eval(second)
+    assert symbol.startswith("SYN") and price.rstrip("0") == f"{ticks / 100:.2f}".rstrip("0")
+
+
+def test_signals_round_trip_by_run(tmp_path):
+    store = Store.open(f"chdb://{tmp_path}/db")
+    sig = np.zeros(100, dtype=SIGNAL_DTYPE)
+    sig["ts_signal"] = np.arange(100) + 1_700_000_000_000_000_000
+    sig["ts_event"] = sig["ts_signal"] - 5
+    sig["ts_recv"] = sig["ts_signal"] - 2
+    sig["seq"] = np.arange(100)
+    sig["value"] = np.linspace(-3, 3, 100)
+    sig["strength"] = sig["value"] / 2
+    sig["instrument"] = 4
+    sig["rule_id"] = 7
+    sig["rule_kind"] = 3
+    sig["direction"] = np.sign(sig["value"]).astype(np.int8)
+    sig["flags"] = 1
+    store.insert_signals(sig, "run-a")
+    store.insert_signals(sig[:10], "run-b")
+    assert store.read_signals("run-a").tobytes() == sig.tobytes()
+    assert len(store.read_signals("run-b")) == 10 and store.runs() == ["run-a", "run-b"]
+
+
+def test_errors_are_clear_and_never_show_credentials():
+    assert redact("http://alice:s3cret@db:8123/?password=s3cret") == "http://alice:***@db:8123/?password=***"
+    with pytest.raises(ValueError, match="absolute path"):
+        Store.open("chdb://relative/dir")
+    with pytest.raises(StoreError) as err:
+        Store.open("http://alice:s3cret@127.0.0.1:1/")                 # nothing listens on port 1
+    assert "s3cret" not in str(err.value) and "127.0.0.1:1" in str(err.value)
+    with pytest.raises(ValueError, match="store.database"):
+        Store.open("chdb:///tmp/x", database="bad-name;")
+
+
+def test_cluster_ddl_text():
+    ddl = cluster_ddl("tw", "prod")
+    text = "\n".join(ddl)
+    assert all(" ON CLUSTER prod" in stmt for stmt in ddl)
+    assert "ReplicatedMergeTree('/clickhouse/tables/{shard}/tw/ticks_local', '{replica}')" in text
+    assert "ENGINE = Distributed(prod, tw, ticks_local, cityHash64(instrument))" in text
+    assert "CREATE TABLE IF NOT EXISTS tw.ticks ON CLUSTER prod AS tw.ticks_local" in text
+    assert "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/tw/instruments', '{replica}', updated)" in text
+    assert "ORDER BY (instrument, ts_event, seq, epoch, ord)" in text
+    assert "DateTime64(9) CODEC(DoubleDelta, ZSTD(1))" in text
+    with pytest.raises(ValueError, match="store.cluster"):
+        cluster_ddl("tw", "prod; DROP")
