@@ -88,6 +88,7 @@ setup(
     package_data={
         "tickwire": ["py.typed"],
         "tickwire.ext": ["*.pxd", "*.h", "*.pyi"],
+        "tickwire.engine": ["*.toml"],
     },
     ext_modules=extensions(),
     # release and debug builds keep their objects apart, so switching never links stale ones

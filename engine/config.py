@@ -1,0 +1,333 @@
+"""The daemon's configuration: a TOML file, validated on load.
+
+Every error names the key (``workers[1].cpu``) and what was expected, in one line, so a bad
+config stops the daemon before anything starts. ``docs/config.md`` is the reference and
+``engine/tickwire.example.toml`` a commented example; :func:`load` reads a file,
+:func:`from_dict` a parsed mapping, :func:`demo_config` builds the demo's.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, Optional
+
+from tickwire.engine.instruments import Instrument
+from tickwire.engine.pipeline import RULE_KINDS, RuleConfig, StatsConfig
+
+__all__ = ["ConfigError", "Config", "FeedConfig", "WorkerConfig", "StoreConfig", "RingConfig",
+           "MetricsConfig", "load", "from_dict", "EXAMPLE_PATH"]
+
+EXAMPLE_PATH = Path(__file__).with_name("tickwire.example.toml")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or wrong; the message names the key."""
+
+
+def _fail(key: str, expected: str, got: Any = ...) -> None:
+    msg = f"config error: {key}: expected {expected}"
+    if got is not ...:
+        msg += f", got {got!r}"
+    raise ConfigError(msg)
+
+
+def _table(d: dict, key: str) -> dict:
+    v = d.get(key, {})
+    if not isinstance(v, dict):
+        _fail(key, "a table", v)
+    return v
+
+
+def _check_keys(d: dict, allowed, where: str) -> None:
+    for k in d:
+        if k not in allowed:
+            _fail(f"{where}{k}", f"one of the known keys ({', '.join(sorted(allowed))})", "unknown key")
+
+
+def _int(d, key, where, default=..., lo=None, hi=None):
+    if key not in d:
+        if default is ...:
+            _fail(f"{where}{key}", "an integer (required)")
+        return default
+    v = d[key]
+    if not isinstance(v, int) or isinstance(v, bool) or (lo is not None and v < lo) or (hi is not None and v > hi):
+        rng = f" in {lo}..{hi}" if hi is not None else (f" >= {lo}" if lo is not None else "")
+        _fail(f"{where}{key}", f"an integer{rng}", v)
+    return v
+
+
+def _num(d, key, where, default=..., positive=False):
+    if key not in d:
+        if default is ...:
+            _fail(f"{where}{key}", "a number (required)")
+        return default
+    v = d[key]
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or (positive and v <= 0):
+        _fail(f"{where}{key}", "a positive number" if positive else "a number", v)
+    return float(v)
+
+
+def _str(d, key, where, default=..., choices=None):
+    if key not in d:
+        if default is ...:
+            _fail(f"{where}{key}", "a string (required)")
+        return default
+    v = d[key]
+    if not isinstance(v, str) or (choices and v not in choices):
+        _fail(f"{where}{key}", f"one of {list(choices)}" if choices else "a string", v)
+    return v
+
+
+def _bool(d, key, where, default):
+    v = d.get(key, default)
+    if not isinstance(v, bool):
+        _fail(f"{where}{key}", "true or false", v)
+    return v
+
+
+def _decimal(d, key, where, default=...):
+    if key not in d:
+        if default is ...:
+            _fail(f"{where}{key}", "a decimal string such as \"0.01\" (required)")
+        return default
+    v = d[key]
+    try:
+        dec = Decimal(str(v))
+        if isinstance(v, bool) or not dec.is_finite() or dec <= 0:
+            raise InvalidOperation
+    except (InvalidOperation, ValueError):
+        _fail(f"{where}{key}", "a positive decimal such as \"0.01\"", v)
+    return dec
+
+
+@dataclass(frozen=True)
+class FeedConfig:
+    endpoints: tuple = ("ipc:///tmp/tickwire-feed",)
+    snapshot: str = "ipc:///tmp/tickwire-snapshot"
+    socket: str = "sub"
+    hwm: int = 100_000
+    stale_after_ms: int = 5_000
+    recovery_retries: int = 5
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    name: str
+    cpu: int
+    instruments: tuple
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    dsn: str
+    database: str = "tickwire"
+    cluster: str = ""
+    batch_rows: int = 100_000
+    batch_seconds: float = 1.0
+    writer_cpu: int = 0
+    username: str = ""
+    password: str = field(default="", repr=False)      # never printed
+
+
+@dataclass(frozen=True)
+class RingConfig:
+    prefix: str = "tickwire"
+    ticks_capacity: int = 1 << 20
+    signals_capacity: int = 1 << 16
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    host: str = "127.0.0.1"
+    port: int = 9464
+    hdr_interval_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated daemon configuration."""
+
+    instruments: tuple
+    workers: tuple
+    feeds: FeedConfig
+    store: StoreConfig
+    rings: RingConfig
+    metrics: MetricsConfig
+    stats: StatsConfig
+    rules: tuple
+    state_dir: Path
+    run: str = "run"
+    clock: str = "wall"
+    timing_every: int = 64
+    log_level: str = "info"
+    supervisor_cpu: int = 0
+
+    def instrument(self, iid: int) -> Instrument:
+        return next(i for i in self.instruments if i.id == iid)
+
+
+_TOP = {"daemon", "instruments", "feeds", "workers", "stats", "rules", "store", "rings", "metrics", "engine"}
+
+
+def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
+    """Validate a parsed configuration (see docs/config.md); raises ConfigError naming the key."""
+    if not isinstance(raw, dict):
+        _fail("(top level)", "a table")
+    base_dir = Path(base_dir or os.getcwd())
+    _check_keys(raw, _TOP, "")
+    ncpu = os.cpu_count() or 1
+
+    daemon = _table(raw, "daemon")
+    _check_keys(daemon, {"run", "state_dir", "log_level", "supervisor_cpu"}, "daemon.")
+    state_dir = Path(_str(daemon, "state_dir", "daemon.", "tickwire-data"))
+    if not state_dir.is_absolute():
+        state_dir = base_dir / state_dir
+    run = _str(daemon, "run", "daemon.", "run")
+    log_level = _str(daemon, "log_level", "daemon.", "info", ("debug", "info", "warning", "error"))
+    supervisor_cpu = _int(daemon, "supervisor_cpu", "daemon.", 0, 0, ncpu - 1)
+
+    # instruments
+    insts_raw = raw.get("instruments")
+    if not isinstance(insts_raw, list) or not insts_raw:
+        _fail("instruments", "a non-empty array of tables ([[instruments]])", insts_raw)
+    instruments, seen_ids, seen_sym = [], set(), set()
+    for i, d in enumerate(insts_raw):
+        w = f"instruments[{i}]."
+        if not isinstance(d, dict):
+            _fail(f"instruments[{i}]", "a table", d)
+        _check_keys(d, {"id", "symbol", "tick_size", "lot_size", "book", "max_depth", "price_decimals",
+                        "qty_decimals", "min_price", "max_price"}, w)
+        iid = _int(d, "id", w, lo=0, hi=(1 << 24) - 1)
+        sym = _str(d, "symbol", w)
+        if iid in seen_ids:
+            _fail(f"{w}id", "a unique instrument id", iid)
+        if sym in seen_sym:
+            _fail(f"{w}symbol", "a unique symbol", sym)
+        seen_ids.add(iid)
+        seen_sym.add(sym)
+        kw = dict(id=iid, symbol=sym, tick_size=_decimal(d, "tick_size", w), lot_size=_decimal(d, "lot_size", w),
+                  book=_str(d, "book", w, "L2", ("L2", "L3")), max_depth=_int(d, "max_depth", w, 0, 0))
+        for k in ("price_decimals", "qty_decimals"):
+            if k in d:
+                kw[k] = _int(d, k, w, lo=0, hi=18)
+        for k in ("min_price", "max_price"):
+            if k in d:
+                kw[k] = _int(d, k, w)
+        try:
+            instruments.append(Instrument(**kw))
+        except ValueError as exc:
+            raise ConfigError(f"config error: instruments[{i}]: {exc}") from None
+
+    # workers
+    workers_raw = raw.get("workers", [{"name": "w0", "cpu": min(1, ncpu - 1), "instruments": "all"}])
+    if not isinstance(workers_raw, list) or not workers_raw:
+        _fail("workers", "a non-empty array of tables ([[workers]])", workers_raw)
+    workers, used_cpu, assigned = [], {}, {}
+    for i, d in enumerate(workers_raw):
+        w = f"workers[{i}]."
+        if not isinstance(d, dict):
+            _fail(f"workers[{i}]", "a table", d)
+        _check_keys(d, {"name", "cpu", "instruments"}, w)
+        name = _str(d, "name", w, f"w{i}")
+        cpu = _int(d, "cpu", w, lo=0, hi=ncpu - 1)
+        if cpu in used_cpu:
+            _fail(f"{w}cpu", f"a core no other worker uses (workers[{used_cpu[cpu]}] is on core {cpu})", cpu)
+        used_cpu[cpu] = i
+        ids = d.get("instruments", "all")
+        if ids == "all":
+            ids = sorted(seen_ids)
+        if not isinstance(ids, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in ids):
+            _fail(f"{w}instruments", "\"all\" or an array of instrument ids", ids)
+        for x in ids:
+            if x not in seen_ids:
+                _fail(f"{w}instruments", f"ids of configured instruments ({sorted(seen_ids)})", x)
+            if x in assigned:
+                _fail(f"{w}instruments", f"instruments not already on workers[{assigned[x]}]", x)
+            assigned[x] = i
+        workers.append(WorkerConfig(name, cpu, tuple(ids)))
+    if supervisor_cpu in used_cpu and ncpu > 1:
+        _fail("daemon.supervisor_cpu", f"a core no worker uses (workers[{used_cpu[supervisor_cpu]}] is there)",
+              supervisor_cpu)
+
+    # feeds
+    f = _table(raw, "feeds")
+    _check_keys(f, {"endpoints", "snapshot", "socket", "hwm", "stale_after_ms", "recovery_retries"}, "feeds.")
+    endpoints = f.get("endpoints", list(FeedConfig.endpoints))
+    if not isinstance(endpoints, list) or not endpoints or not all(
+            isinstance(e, str) and e.split("://")[0] in ("ipc", "tcp", "inproc") for e in endpoints):
+        _fail("feeds.endpoints", "an array of ZeroMQ endpoints (ipc://..., tcp://host:port)", endpoints)
+    feeds = FeedConfig(tuple(endpoints), _str(f, "snapshot", "feeds.", FeedConfig.snapshot),
+                       _str(f, "socket", "feeds.", "sub", ("sub", "pull")), _int(f, "hwm", "feeds.", 100_000, 0),
+                       _int(f, "stale_after_ms", "feeds.", 5_000, 1), _int(f, "recovery_retries", "feeds.", 5, 0))
+
+    # stats
+    s = _table(raw, "stats")
+    allowed = {fl.name for fl in fields(StatsConfig)}
+    _check_keys(s, allowed, "stats.")
+    try:
+        stats = StatsConfig(**s)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"config error: {exc}") from None
+
+    # rules
+    rules_raw = raw.get("rules", [])
+    if not isinstance(rules_raw, list):
+        _fail("rules", "an array of tables ([[rules]])", rules_raw)
+    rules = []
+    for i, d in enumerate(rules_raw):
+        w = f"rules[{i}]."
+        if not isinstance(d, dict):
+            _fail(f"rules[{i}]", "a table", d)
+        _check_keys(d, {"kind", "enter", "exit", "min_count", "instruments", "emit_exit"}, w)
+        kind = _str(d, "kind", w, choices=sorted(RULE_KINDS))
+        ids = d.get("instruments")
+        if ids is not None:
+            if not isinstance(ids, list) or any(x not in seen_ids for x in ids):
+                _fail(f"{w}instruments", f"an array of configured instrument ids ({sorted(seen_ids)})", ids)
+        try:
+            rules.append(RuleConfig(kind, _num(d, "enter", w, positive=True), _num(d, "exit", w, 0.0),
+                                    _int(d, "min_count", w, 1, 1), ids, _bool(d, "emit_exit", w, False)))
+        except ValueError as exc:
+            raise ConfigError(f"config error: rules[{i}]: {exc}") from None
+
+    # store
+    st = _table(raw, "store")
+    _check_keys(st, {"dsn", "database", "cluster", "batch_rows", "batch_seconds", "writer_cpu", "username",
+                     "password"}, "store.")
+    dsn = _str(st, "dsn", "store.", f"chdb://{state_dir / 'store'}")
+    if not (dsn.startswith("chdb:///") or dsn.startswith("http://") or dsn.startswith("https://")):
+        _fail("store.dsn", "chdb:///absolute/dir or http(s)://host:port", "(the configured DSN)")
+    store = StoreConfig(dsn, _str(st, "database", "store.", "tickwire"), _str(st, "cluster", "store.", ""),
+                        _int(st, "batch_rows", "store.", 100_000, 1), _num(st, "batch_seconds", "store.", 1.0, True),
+                        _int(st, "writer_cpu", "store.", 0, 0, ncpu - 1), _str(st, "username", "store.", ""),
+                        _str(st, "password", "store.", ""))
+
+    r = _table(raw, "rings")
+    _check_keys(r, {"prefix", "ticks_capacity", "signals_capacity"}, "rings.")
+    rings = RingConfig(_str(r, "prefix", "rings.", "tickwire"), _int(r, "ticks_capacity", "rings.", 1 << 20, 1024),
+                       _int(r, "signals_capacity", "rings.", 1 << 16, 1024))
+    m = _table(raw, "metrics")
+    _check_keys(m, {"host", "port", "hdr_interval_s"}, "metrics.")
+    metrics = MetricsConfig(_str(m, "host", "metrics.", "127.0.0.1"), _int(m, "port", "metrics.", 9464, 0, 65535),
+                            _num(m, "hdr_interval_s", "metrics.", 10.0, True))
+    e = _table(raw, "engine")
+    _check_keys(e, {"clock", "timing_every"}, "engine.")
+    return Config(tuple(instruments), tuple(workers), feeds, store, rings, metrics, stats, tuple(rules), state_dir,
+                  run, _str(e, "clock", "engine.", "wall", ("wall", "event")),
+                  _int(e, "timing_every", "engine.", 64, 0), log_level, supervisor_cpu)
+
+
+def load(path) -> Config:
+    """Read and validate a TOML configuration file."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config error: {path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config error: {path}: not valid TOML: {exc}") from None
+    return from_dict(raw, base_dir=path.parent)

@@ -1,0 +1,86 @@
+"""Config validation: every error is one line naming the key and what was expected."""
+
+import os
+
+import pytest
+
+from tickwire.engine.config import EXAMPLE_PATH, ConfigError, from_dict, load
+
+BASE = {
+    "instruments": [{"id": 0, "symbol": "A", "tick_size": "0.01", "lot_size": "1"},
+                    {"id": 1, "symbol": "B", "tick_size": "0.5", "lot_size": "0.001", "book": "L3"}],
+}
+
+
+def cfg(**over):
+    d = {k: v for k, v in BASE.items()}
+    d.update(over)
+    return d
+
+
+def error_of(raw):
+    with pytest.raises(ConfigError) as err:
+        from_dict(raw)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("config error: ")
+    return msg
+
+
+def test_example_config_loads():
+    c = load(EXAMPLE_PATH)
+    assert [i.symbol for i in c.instruments] == ["SYN0", "SYN1"]
+    assert c.workers[0].instruments == (0, 1) and c.rules[0].kind == "zscore"
+    assert c.store.dsn.startswith("chdb:///") and c.metrics.host == "127.0.0.1"
+
+
+def test_defaults_fill_in():
+    c = from_dict(cfg())
+    assert c.workers[0].instruments == (0, 1)
+    assert c.instruments[1].tick_size == c.instruments[1].tick_size.__class__("0.5")
+    assert c.stats.window == "count" and c.clock == "wall"
+
+
+@pytest.mark.parametrize("raw, fragment", [
+    ({}, "instruments: expected a non-empty array of tables"),
+    (cfg(instruments=[{"id": 0, "tick_size": "0.01", "lot_size": "1"}]), "instruments[0].symbol: expected a string (required)"),
+    (cfg(instruments=[{"id": "zero", "symbol": "A", "tick_size": "0.01", "lot_size": "1"}]), "instruments[0].id: expected an integer"),
+    (cfg(instruments=[{"id": 0, "symbol": "A", "tick_size": "-1", "lot_size": "1"}]), "instruments[0].tick_size: expected a positive decimal"),
+    (cfg(instruments=[{"id": 0, "symbol": "A", "tick_size": "0.01", "lot_size": "1", "book": "L4"}]), "instruments[0].book: expected one of ['L2', 'L3']"),
+    (cfg(workers=[{"cpu": 0, "instruments": [0, 7]}]), "workers[0].instruments: expected ids of configured instruments ([0, 1]), got 7"),
+    (cfg(workers=[{"cpu": 0, "instruments": [0]}, {"cpu": 0, "instruments": [1]}]), "workers[1].cpu: expected a core no other worker uses (workers[0] is on core 0), got 0"),
+    (cfg(workers=[{"cpu": 0, "instruments": [0]}, {"cpu": 1, "instruments": [0, 1]}]), "workers[1].instruments: expected instruments not already on workers[0], got 0"),
+    (cfg(workers=[{"cpu": "one"}]), "workers[0].cpu: expected an integer in 0.."),
+    (cfg(workers=[{"cpu": 0}]), "daemon.supervisor_cpu: expected a core no worker uses"),
+    (cfg(rules=[{"kind": "momentum", "enter": 1}]), "rules[0].kind: expected one of"),
+    (cfg(rules=[{"kind": "zscore"}]), "rules[0].enter: expected a number (required)"),
+    (cfg(rules=[{"kind": "zscore", "enter": 1, "exit": 3}]), "rules[0]: rule zscore: exit must satisfy"),
+    (cfg(rules=[{"kind": "zscore", "enter": 1, "instruments": [9]}]), "rules[0].instruments: expected an array of configured instrument ids"),
+    (cfg(stats={"window": "ticks"}), "stats.window: expected 'count' or 'time', got 'ticks'"),
+    (cfg(stats={"windw": "count"}), "stats.windw: expected one of the known keys"),
+    (cfg(feeds={"endpoints": ["udp://x"]}), "feeds.endpoints: expected an array of ZeroMQ endpoints"),
+    (cfg(store={"dsn": "mysql://x"}), "store.dsn: expected chdb:///absolute/dir or http(s)://host:port"),
+    (cfg(metrics={"port": 99999}), "metrics.port: expected an integer in 0..65535, got 99999"),
+    (cfg(engine={"clock": "gps"}), "engine.clock: expected one of ['wall', 'event'], got 'gps'"),
+    (cfg(bogus=1), "bogus: expected one of the known keys"),
+])
+def test_errors_name_the_key(raw, fragment):
+    assert fragment in error_of(raw)
+
+
+def test_credentials_are_not_echoed():
+    raw = cfg(store={"dsn": "mysql://user:s3cret@h", "password": "s3cret"})
+    assert "s3cret" not in error_of(raw)
+    c = from_dict(cfg(store={"dsn": "http://db:8123", "password": "hunter2"}))
+    assert "hunter2" not in repr(c)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("instruments = [")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(bad)
+    rel = tmp_path / "rel.toml"
+    rel.write_text('[daemon]\nstate_dir = "data"\n[[instruments]]\nid = 0\nsymbol = "A"\ntick_size = "1"\nlot_size = "1"\n')
+    assert load(rel).state_dir == tmp_path / "data"
