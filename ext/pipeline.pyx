@@ -767,6 +767,28 @@ cdef class Engine:
             raise KeyError(f"no instrument with id {instrument}")
         return self.inst[instrument]
 
+    def update_rule(self, int rule_id, double enter, double exit):
+        """New thresholds for a built-in rule (a config reload); its hysteresis state is kept.
+
+        Raises ValueError for an unknown rule id, a custom rule, or ``not 0 <= exit < enter``.
+        """
+        if not 0 <= rule_id < self.nrules:
+            raise ValueError(f"no rule with id {rule_id} (the engine has {self.nrules})")
+        if self.rules[rule_id].kind == TW_RULE_CUSTOM:
+            raise ValueError(f"rule {rule_id} is a custom rule: its thresholds are its own")
+        if not (enter > 0 and 0 <= exit < enter):
+            raise ValueError(f"rule {rule_id}: thresholds need 0 <= exit < enter, got enter={enter} exit={exit}")
+        self.rules[rule_id].enter = enter
+        self.rules[rule_id].exit = exit
+
+    def rule_thresholds(self):
+        """``[(kind, enter, exit)]`` per rule id (custom rules: ``("custom", nan, nan)``)."""
+        names = {v: k for k, v in RULE_KINDS.items()}
+        return [(names.get(self.rules[i].kind, "custom"),
+                 self.rules[i].enter if self.rules[i].kind != TW_RULE_CUSTOM else float("nan"),
+                 self.rules[i].exit if self.rules[i].kind != TW_RULE_CUSTOM else float("nan"))
+                for i in range(self.nrules)]
+
     @property
     def events_processed(self):
         return self.events

@@ -221,3 +221,18 @@ def test_python_callable_rule_slow_path():
     assert len(fired(eng, f, *quote(q, 98, 100))) == 0                  # raises: counted, no signal
     assert eng.rule_errors() == {"wide_mid": 1}
     assert len(fired(eng, f, *quote(q, 120, 122))) == 1                  # and the rule keeps working
+
+
+def test_thresholds_reload_without_losing_state():
+    eng, f = engine(RuleConfig("microprice", enter=0.5, exit=0.2)), Feed()
+    fired(eng, f, (BID, 100, 1), (ASK, 102, 1))
+    assert len(fired(eng, f, (BID, 100, 9))) == 1                        # +0.8 fired
+    eng.update_rule(0, 1.5, 0.1)
+    assert eng.rule_thresholds() == [("microprice", 1.5, 0.1)]
+    assert len(fired(eng, f, (BID, 100, 8))) == 0                        # still in the fired state
+    fired(eng, f, (BID, 100, 1))                                         # 0: re-armed
+    assert len(fired(eng, f, (BID, 100, 9))) == 0                        # 0.8 < the new enter
+    with pytest.raises(ValueError, match="0 <= exit < enter"):
+        eng.update_rule(0, 1.0, 2.0)
+    with pytest.raises(ValueError, match="no rule with id 3"):
+        eng.update_rule(3, 1.0, 0.5)
