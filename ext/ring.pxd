@@ -44,10 +44,12 @@ cdef extern from "tw_ring.h" nogil:
         uint32_t cons_futex
         uint32_t closed
         uint64_t producer_owner
+        uint64_t producer_start
         uint64_t tail
         uint32_t prod_waiting
         uint32_t prod_futex
         uint64_t consumer_owner
+        uint64_t consumer_start
         char descr[1]
 
     const uint64_t TW_RING_MAGIC
@@ -108,7 +110,7 @@ cdef struct tw_ring:              # one process's handle on a ring (process memo
     size_t map_size
     int policy                    # TW_RING_BLOCKING / TW_RING_BROADCAST
     int role                      # TW_ROLE_*
-    uint64_t owner                # this process's ownership word (pid << 32 | start time)
+    uint64_t owner                # this handle's ownership word: pid << 32 | random nonce
     int64_t spin_ns               # how long a waiter spins before it sleeps on the futex
     # producer
     uint64_t wpos                 # next position to write; records below it are written

@@ -337,7 +337,7 @@ cdef Py_ssize_t _bc_read(tw_ring *r, char *dst, Py_ssize_t n) noexcept nogil:
         return 0
     while True:
         h = r.head_cache
-        if r.rpos >= h:
+        if h - r.rpos < <uint64_t>n:             # (also when rpos == h) the cache may be stale
             h = tw_load_acq64(&r.hdr.head)
             r.head_cache = h
             if r.rpos >= h:
@@ -469,22 +469,32 @@ def _proc_stat(pid):
     return rest[0].decode(), int(rest[19])
 
 
-def _owner_word(pid):
-    st = _proc_stat(pid)
-    start = st[1] if st else 0
-    return (pid << 32) | (start & 0xFFFFFFFF)
+def _new_owner_word():
+    """This handle's ownership word: pid << 32 | a random non-zero nonce (unique per handle)."""
+    nonce = 0
+    while nonce == 0:
+        nonce = int.from_bytes(os.urandom(4), "little")
+    return (os.getpid() << 32) | nonce
 
 
-def _owner_alive(uint64_t word):
-    """Whether the process an ownership word names is still running (not a zombie, not a
-    recycled pid)."""
-    pid = word >> 32
+def _start_word(uint64_t owner):
+    """The companion of an ownership word: low 32 bits of the process start time << 32 | nonce."""
+    st = _proc_stat(owner >> 32)
+    return ((st[1] & 0xFFFFFFFF) << 32 if st else 0) | (owner & 0xFFFFFFFF)
+
+
+def _owner_alive(uint64_t owner, uint64_t start):
+    """Whether the handle an ownership word names belongs to a running process: the pid
+    exists, is not a zombie, and (once its start word is written) started when it said."""
+    pid = owner >> 32
     if pid <= 0:
         return False
     st = _proc_stat(pid)
     if st is None or st[0] in ("Z", "X", "x"):
         return False
-    return (st[1] & 0xFFFFFFFF) == (word & 0xFFFFFFFF)
+    if (start & 0xFFFFFFFF) != (owner & 0xFFFFFFFF):
+        return True                    # claimed a moment ago, start word not yet written
+    return (st[1] & 0xFFFFFFFF) == (start >> 32)
 
 
 cdef int64_t _timeout_ns(object timeout) except? -2:
@@ -816,7 +826,7 @@ cdef class Ring:
         r.rsize = <size_t>hdr.record_size
         r.policy = <int>hdr.policy
         r.role = role
-        r.owner = _owner_word(os.getpid())
+        r.owner = _new_owner_word()
         r.wpos = r.published = tw_load_acq64(&hdr.head)
         r.tail_cache = tw_load_acq64(&hdr.tail)
         r.rpos = r.committed = r.tail_cache
@@ -828,6 +838,7 @@ cdef class Ring:
         self._ok_descr = self.dtype
         if role == TW_ROLE_PRODUCER and self._owner:
             tw_store_rel64(&hdr.producer_owner, r.owner)
+            tw_store_rel64(&hdr.producer_start, _start_word(r.owner))
         return 0
 
     def _start(self, start):
@@ -845,23 +856,27 @@ cdef class Ring:
         """Take the producer (or blocking consumer) side: an ownership word in the header."""
         cdef tw_ring *r = &self.c
         cdef uint64_t *word
+        cdef uint64_t *start
         cdef uint64_t cur
         cdef str what
         if role == TW_ROLE_PRODUCER:
             word = &r.hdr.producer_owner
+            start = &r.hdr.producer_start
             what = "producer"
         elif role == TW_ROLE_CONSUMER and r.policy == TW_RING_BLOCKING:
             word = &r.hdr.consumer_owner
+            start = &r.hdr.consumer_start
             what = "consumer"
         else:
             return
         while True:
             cur = tw_load_acq64(word)
-            if cur != 0 and cur != r.owner and not takeover and _owner_alive(cur):
+            if cur != 0 and not takeover and _owner_alive(cur, tw_load_acq64(start)):
                 raise RingBusy(f"ring {self.name[1:]!r} already has a live {what} (pid {cur >> 32}); "
                                f"close it first, or attach with takeover=True")
             if tw_cas64(word, cur, r.owner):
                 break
+        tw_store_rel64(start, _start_word(r.owner))
         if role == TW_ROLE_PRODUCER:
             # continue after what the previous producer published; its unpublished writes are void
             r.wpos = r.published = tw_load_acq64(&r.hdr.head)
@@ -1016,7 +1031,7 @@ cdef class Ring:
         cdef const char *p
         cdef Py_buffer view
         cdef bint have_view = False
-        cdef int64_t deadline
+        cdef int64_t deadline = -1 if timeout is None else _deadline_of(timeout)
         self._check_role(TW_ROLE_PRODUCER, "push")
         if (_fast_scalars and type(record) is _np_void
                 and (tw_np_void_descr(<PyObject *>record) == <PyObject *>self.dtype
@@ -1034,7 +1049,6 @@ cdef class Ring:
         try:
             if tw_ring_push(&self.c, p):
                 return True
-            deadline = _deadline_of(timeout)
             while self._wait_writable(1, deadline) == 1:
                 if tw_ring_push(&self.c, p):
                     return True
@@ -1080,7 +1094,7 @@ cdef class Ring:
         cdef Py_buffer view
         cdef Py_ssize_t n, done, k, chunk
         cdef const char *p
-        cdef int64_t deadline
+        cdef int64_t deadline = -1 if timeout is None else _deadline_of(timeout)
         cdef tw_ring *r = &self.c
         self._check_role(TW_ROLE_PRODUCER, "push_many")
         if not isinstance(array, np.ndarray):
@@ -1099,7 +1113,6 @@ cdef class Ring:
                 done = tw_ring_push_n(r, p, n)
             if done == n:
                 return n
-            deadline = _deadline_of(timeout)
             chunk = <Py_ssize_t>(r.capacity >> 3) or 1
             while done < n:
                 if self._wait_writable(min(n - done, chunk), deadline) != 1:
@@ -1132,7 +1145,7 @@ cdef class Ring:
             counts it in :attr:`missed` / :attr:`last_missed`.
         """
         cdef Py_ssize_t k
-        cdef int64_t deadline = -2
+        cdef int64_t deadline = -1 if timeout is None else _deadline_of(timeout)
         cdef uint64_t missed0 = self.c.missed
         self._check_role(TW_ROLE_CONSUMER, "pop")
         self._no_pending("pop")
@@ -1145,8 +1158,6 @@ cdef class Ring:
                     self._taken_over()
                 if self.c.last_missed:
                     continue
-                if deadline == -2:
-                    deadline = _deadline_of(timeout)
                 if self._wait_readable(deadline) != 1:
                     return None
         finally:
@@ -1199,7 +1210,7 @@ cdef class Ring:
     def _read_many(self, out, timeout, bint peek):
         cdef Py_buffer view
         cdef Py_ssize_t n, k
-        cdef int64_t deadline = -2
+        cdef int64_t deadline = -1 if timeout is None else _deadline_of(timeout)
         cdef tw_ring *r = &self.c
         cdef uint64_t missed0 = r.missed
         what = "peek_many" if peek else "pop_many"
@@ -1228,8 +1239,6 @@ cdef class Ring:
                     self._taken_over()
                 if r.policy == TW_RING_BROADCAST and r.last_missed:
                     continue
-                if deadline == -2:
-                    deadline = _deadline_of(timeout)
                 if self._wait_readable(deadline) != 1:
                     return 0
         finally:
@@ -1378,9 +1387,13 @@ cdef class Ring:
 
     @property
     def free(self):
-        """Blocking producer: records that fit now without waiting (capacity on broadcast)."""
+        """Blocking policy: records that fit now without waiting (capacity on broadcast)."""
         self._check_open()
-        return tw_ring_free(&self.c)
+        if self.c.role == TW_ROLE_PRODUCER:
+            return tw_ring_free(&self.c)
+        if self.c.policy == TW_RING_BROADCAST:
+            return self.c.capacity
+        return self.c.capacity - (tw_load_acq64(&self.c.hdr.head) - tw_load_acq64(&self.c.hdr.tail))
 
     @property
     def missed(self):
@@ -1419,13 +1432,15 @@ cdef class Ring:
     def producer_alive(self):
         """Whether the producer side is held by a running process."""
         self._check_open()
-        return _owner_alive(tw_load_acq64(&self.c.hdr.producer_owner))
+        return _owner_alive(tw_load_acq64(&self.c.hdr.producer_owner),
+                            tw_load_acq64(&self.c.hdr.producer_start))
 
     @property
     def consumer_alive(self):
         """Blocking policy: whether the consumer side is held by a running process."""
         self._check_open()
-        return _owner_alive(tw_load_acq64(&self.c.hdr.consumer_owner))
+        return _owner_alive(tw_load_acq64(&self.c.hdr.consumer_owner),
+                            tw_load_acq64(&self.c.hdr.consumer_start))
 
     @property
     def creator_pid(self):

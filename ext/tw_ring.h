@@ -66,15 +66,17 @@ typedef struct tw_ring_hdr {
     uint32_t cons_futex;       /* 140: consumers sleep on this word; bumped on wake-up */
     uint32_t closed;           /* 144: the producer closed the ring (end of stream) */
     uint32_t _pad2;            /* 148 */
-    uint64_t producer_owner;   /* 152: producing process: pid << 32 | low 32 bits of its start
-                                         time (clock ticks after boot, against pid reuse); 0: none */
-    uint8_t  _pad3[96];        /* 160 */
+    uint64_t producer_owner;   /* 152: pid << 32 | handle nonce of the producing handle; 0: none */
+    uint64_t producer_start;   /* 160: low 32 bits of that process's start time (clock ticks after
+                                         boot) << 32 | the same nonce: tells a recycled pid apart */
+    uint8_t  _pad3[88];        /* 168 */
     /* consumer line (blocking policy): the consumer writes tail at every commit */
     uint64_t tail;             /* 256: records consumed (committed) */
     uint32_t prod_waiting;     /* 264: set by a producer about to sleep on a full ring */
     uint32_t prod_futex;       /* 268: the producer sleeps on this word */
-    uint64_t consumer_owner;   /* 272: consuming process (blocking policy), as producer_owner */
-    uint8_t  _pad4[104];       /* 280 */
+    uint64_t consumer_owner;   /* 272: the consuming handle (blocking policy), as producer_owner */
+    uint64_t consumer_start;   /* 280: as producer_start */
+    uint8_t  _pad4[96];        /* 288 */
     char     descr[TW_RING_DESCR_MAX];  /* 384 */
 } tw_ring_hdr;
 
