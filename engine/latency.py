@@ -270,7 +270,7 @@ class IntervalLogWriter:
         writer.output_comment(f"[Logged with tickwire {tickwire.__version__}]")
         if comment:
             writer.output_comment(comment)
-        writer.output_log_format_version()
+        writer.output_comment(f"[Histogram log format version {LOG_FORMAT_VERSION}]")  # tags: 1.3
         # hdrh's output_start_time raises: the StartTime and BaseTime lines are written here
         self._file.write("#[StartTime: %.3f (seconds since epoch), %s]\n"
                          % (self.start_time, _java_date(self.start_time)))

@@ -25,7 +25,7 @@ cdef enum:
     TW_HDR_COUNTS_LEN = 27648      # (TW_HDR_BUCKET_COUNT + 1) * TW_HDR_SUB_BUCKET_HALF_COUNT
     TW_HDR_VALUE_BITS = 36         # recordable values are < 2**36 ns
 
-cdef enum tw_stage:                # the pipeline stages of one engine worker
+cdef enum:                          # the pipeline stages of one engine worker (tw_hdr_set index)
     TW_STAGE_DECODE = 0            # wire message -> events
     TW_STAGE_BOOK = 1              # events -> books
     TW_STAGE_STATS = 2             # rolling statistics
@@ -41,7 +41,7 @@ cdef struct tw_hdr:
     int64_t rejected               # values not recorded: negative or >= 2**36
 
 cdef struct tw_hdr_set:            # one recorder per stage, for an engine worker
-    tw_hdr stage[TW_STAGE_COUNT]   # indexed by tw_stage
+    tw_hdr stage[TW_STAGE_COUNT]   # indexed by TW_STAGE_*
 
 # -- lifecycle (not on the hot path) ---------------------------------------------------------
 cdef int tw_hdr_init(tw_hdr *h) noexcept nogil           # 0, or -1: out of memory
