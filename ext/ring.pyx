@@ -1466,20 +1466,22 @@ cdef class Ring:
 # C limit loop of tw_ring.h over the same segment.  Record i carries i in its first 8 bytes.
 # ---------------------------------------------------------------------------------------------
 
-def _bench_limit_produce(Ring ring, uint64_t n):
-    """The limit: the plain C SPSC loop (tw_limit_produce) pushes n records."""
+def _bench_limit_produce(Ring ring, uint64_t n, uint64_t batch=1):
+    """The limit: the plain C SPSC loop (tw_limit_produce) pushes n records, one release
+    store per ``batch``."""
     cdef char *tmpl = <char *>calloc(1, ring.c.rsize)
     with nogil:
-        tw_limit_produce(ring.c.hdr, ring.c.data, n, tmpl)
+        tw_limit_produce(ring.c.hdr, ring.c.data, n, tmpl, batch)
     free(tmpl)
 
 
-def _bench_limit_consume(Ring ring, uint64_t n):
-    """The limit: the plain C SPSC loop consumes n records; returns the sum of their numbers."""
+def _bench_limit_consume(Ring ring, uint64_t n, uint64_t batch=1):
+    """The limit: the plain C SPSC loop consumes n records (one release store per ``batch``);
+    returns the sum of their numbers."""
     cdef char *buf = <char *>calloc(1, ring.c.rsize)
     cdef uint64_t s
     with nogil:
-        s = tw_limit_consume(ring.c.hdr, ring.c.data, n, buf)
+        s = tw_limit_consume(ring.c.hdr, ring.c.data, n, buf, batch)
     free(buf)
     return s
 

@@ -228,44 +228,56 @@ static int tw_shm_unmap(void *p, size_t size) { return munmap(p, size) == 0 ? 0 
 static int tw_shm_unlink(const char *name) { return shm_unlink(name) == 0 ? 0 : errno; }
 
 /* ---- the limit: a plain SPSC ring loop over the same segment (benchmarks only) -------------
- * One record per release store on each side, each side caching the other's index, spinning
- * on the CPU: no waiting flags, no batching, no checks.  The first 8 bytes of each record
- * carry its sequence number; the consumer returns their sum so nothing is optimised away. */
+ * Each side stores its index with one release store per `batch` records (1: per record), caches
+ * the other side's index and reloads it only when full / empty, spinning on the CPU: no waiting
+ * flags, no checks.  The first 8 bytes of each record carry its sequence number; the consumer
+ * returns their sum so nothing is optimised away. */
 
-static void tw_limit_produce(tw_ring_hdr *h, char *data, uint64_t n, const char *tmpl) {
+static void tw_limit_produce(tw_ring_hdr *h, char *data, uint64_t n, const char *tmpl,
+                             uint64_t batch) {
     const uint64_t cap = h->capacity, mask = cap - 1;
     const size_t rs = (size_t)h->record_size;
-    uint64_t head = tw_load_rlx64(&h->head), tail_cache = tw_load_acq64(&h->tail), i;
+    uint64_t head = tw_load_rlx64(&h->head), published = head;
+    uint64_t tail_cache = tw_load_acq64(&h->tail), i;
     for (i = 0; i < n; i++) {
         char *slot;
-        while (TW_UNLIKELY(head - tail_cache >= cap)) {
-            tw_cpu_relax();
-            tail_cache = tw_load_acq64(&h->tail);
+        if (TW_UNLIKELY(head - tail_cache >= cap)) {
+            if (published != head) { tw_store_rel64(&h->head, head); published = head; }
+            do {
+                tw_cpu_relax();
+                tail_cache = tw_load_acq64(&h->tail);
+            } while (head - tail_cache >= cap);
         }
         slot = data + (head & mask) * rs;
         memcpy(slot, tmpl, rs);
         memcpy(slot, &i, sizeof(i));
         head++;
-        tw_store_rel64(&h->head, head);
+        if (head - published >= batch) { tw_store_rel64(&h->head, head); published = head; }
     }
+    if (published != head) tw_store_rel64(&h->head, head);
 }
 
-static uint64_t tw_limit_consume(tw_ring_hdr *h, const char *data, uint64_t n, char *buf) {
-    const uint64_t cap = h->capacity, mask = cap - 1;
+static uint64_t tw_limit_consume(tw_ring_hdr *h, const char *data, uint64_t n, char *buf,
+                                 uint64_t batch) {
+    const uint64_t mask = h->capacity - 1;
     const size_t rs = (size_t)h->record_size;
-    uint64_t tail = tw_load_rlx64(&h->tail), head_cache = tw_load_acq64(&h->head), i, sum = 0, v;
-    (void)cap;
+    uint64_t tail = tw_load_rlx64(&h->tail), committed = tail;
+    uint64_t head_cache = tw_load_acq64(&h->head), i, sum = 0, v;
     for (i = 0; i < n; i++) {
-        while (TW_UNLIKELY(tail == head_cache)) {
-            tw_cpu_relax();
-            head_cache = tw_load_acq64(&h->head);
+        if (TW_UNLIKELY(tail == head_cache)) {
+            if (committed != tail) { tw_store_rel64(&h->tail, tail); committed = tail; }
+            do {
+                tw_cpu_relax();
+                head_cache = tw_load_acq64(&h->head);
+            } while (tail == head_cache);
         }
         memcpy(buf, data + (tail & mask) * rs, rs);
         memcpy(&v, buf, sizeof(v));
         sum += v;
         tail++;
-        tw_store_rel64(&h->tail, tail);
+        if (tail - committed >= batch) { tw_store_rel64(&h->tail, tail); committed = tail; }
     }
+    if (committed != tail) tw_store_rel64(&h->tail, tail);
     return sum;
 }
 
