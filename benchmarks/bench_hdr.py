@@ -30,7 +30,7 @@ def main():
     ap.add_argument("--values", type=int, default=1_000_000)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--seed", type=int, default=42)
-    args = ap.parse_args()
+    args, _ = ap.parse_known_args()                 # run_all.py passes every script the same arguments
     pinned = pin(1)
     rng = np.random.default_rng(args.seed)
     values = np.minimum(rng.lognormal(np.log(2000), 1.0, args.values), 5e9).astype(np.int64)

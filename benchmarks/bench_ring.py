@@ -369,7 +369,7 @@ def main():
     ap.add_argument("--latency-rate", type=float, default=10_000, help="records/s offered (default 10k)")
     ap.add_argument("--latency-samples", type=int, default=20_000, help="records per latency run")
     ap.add_argument("--skip-latency", action="store_true")
-    args = ap.parse_args()
+    args, _ = ap.parse_known_args()                 # run_all.py passes every script the same arguments
 
     print(f"Ring benchmark: {describe_run(f'producer on core {PRODUCER_CORE}, consumer on core {CONSUMER_CORE}')}")
     print(f"{REC}-byte records, each run in two fresh processes; median of {args.repeats} runs\n")

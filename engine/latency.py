@@ -16,8 +16,9 @@ Two hdrh quirks are worked around here: ``HistogramLogWriter.output_start_time``
 milliseconds to ``datetime.fromtimestamp`` and calls a nonexistent ``iso_format``), so the
 ``#[StartTime: ...]`` and ``#[BaseTime: ...]`` lines are written here, and its
 ``output_interval_histogram`` writes neither tags nor a fractional max, so interval lines are
-formatted here too (the encoding is hdrh's).  hdrh's ``record_corrected_value`` also records one
-more corrected value than HdrHistogram (Java, C) does; tickwire follows HdrHistogram.
+formatted here too (the encoding is hdrh's).  hdrh's ``record_corrected_value`` also records the
+remainder below the interval (250 at 100: 250, 150, 50), where HdrHistogram (Java, C) records 250
+and 150; tickwire's recorder follows HdrHistogram.
 """
 
 from __future__ import annotations
