@@ -775,9 +775,12 @@ cdef class Ring:
             if (hdr.header_size != TW_RING_HEADER_SIZE or hdr.segment_size != size
                     or hdr.policy not in _POLICY_NAMES or hdr.capacity < 2
                     or hdr.capacity & (hdr.capacity - 1) or hdr.record_size == 0
-                    or hdr.descr_len > TW_RING_DESCR_MAX
+                    or hdr.capacity > <uint64_t>MAX_SEGMENT or hdr.record_size > <uint64_t>MAX_SEGMENT
+                    or hdr.descr_len > TW_RING_DESCR_MAX or hdr.data_offset != TW_RING_HEADER_SIZE
                     or hdr.data_offset + hdr.capacity * hdr.record_size > size
-                    or (hdr.policy == TW_RING_BROADCAST and hdr.seq_offset + hdr.capacity * 8 > size)):
+                    or (hdr.policy == TW_RING_BROADCAST
+                        and (hdr.seq_offset % 8 or hdr.seq_offset < hdr.data_offset + hdr.capacity * hdr.record_size
+                             or hdr.seq_offset + hdr.capacity * 8 > size))):
                 raise ValueError(f"ring {name!r} has a damaged header (segment of {size} bytes, "
                                  f"header says {hdr.segment_size})")
             have_policy = _POLICY_NAMES[hdr.policy]
@@ -787,8 +790,12 @@ cdef class Ring:
             if capacity is not None and capacity != hdr.capacity:
                 raise ValueError(f"ring {name!r}: capacity differs: the ring holds {hdr.capacity} "
                                  f"records, expected {capacity}")
-            stored = _from_description(
-                PyBytes_FromStringAndSize(<char *>p + TW_RING_DESCR_OFFSET, hdr.descr_len).decode("ascii"))
+            try:
+                stored = _from_description(
+                    PyBytes_FromStringAndSize(<char *>p + TW_RING_DESCR_OFFSET, hdr.descr_len).decode("ascii"))
+            except Exception as exc:
+                raise ValueError(f"ring {name!r} has a damaged header: unreadable dtype description "
+                                 f"({exc})") from None
             if stored.itemsize != hdr.record_size:
                 raise ValueError(f"ring {name!r} has a damaged header: dtype of {stored.itemsize} "
                                  f"bytes, record size {hdr.record_size}")

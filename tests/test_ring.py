@@ -209,6 +209,20 @@ def test_attach_checks_the_layout_version(name):
             Ring.attach(name, SMALL)
 
 
+def test_attach_checks_a_damaged_header(name):
+    with Ring.create(name, SMALL, 8):
+        fd = os.open(f"/dev/shm/{name}", os.O_RDWR)
+        os.pwrite(fd, b"[('a', <garbage", 384)
+        os.close(fd)
+        with pytest.raises(ValueError, match="damaged header: unreadable dtype description"):
+            Ring.attach(name, SMALL)
+        fd = os.open(f"/dev/shm/{name}", os.O_RDWR)
+        os.pwrite(fd, (1 << 62).to_bytes(8, "little"), 24)          # capacity
+        os.close(fd)
+        with pytest.raises(ValueError, match="damaged header"):
+            Ring.attach(name, SMALL)
+
+
 def test_attach_missing(name):
     with pytest.raises(FileNotFoundError, match="no ring named"):
         Ring.attach(name)
