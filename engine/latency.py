@@ -1,0 +1,377 @@
+"""Latency on the Python side: tickwire's HDR recorders handed to ``hdrh``.
+
+The recorders (:class:`tickwire.ext.hdr.Recorder`, one per pipeline stage in
+:class:`tickwire.ext.hdr.StageRecorders`) count nanoseconds in C, in the exact counts layout of
+``hdrh``'s ``HdrHistogram(1, 60_000_000_000, 3)``.  This module hands them over: a copy of the
+counts plus total/min/max (:func:`to_hdrh`), and hdrh does the rest: percentiles, merging
+(``HdrHistogram.add``), the standard compressed encoding, interval logs.
+
+- :func:`percentiles`: the p50/p90/p99/p99.9/p99.99/max summary as a dict.
+- :func:`hgrm`: the full percentile spectrum in HdrHistogram's ``.hgrm`` text layout.
+- :class:`IntervalLogWriter`: an interval log per worker, one tagged histogram per stage every
+  N seconds, in the HdrHistogram log format (``hdrh``'s ``HistogramLogReader``, HdrHistogram's
+  ``HistogramLogProcessor`` and HdrHistogram plotters read it); :func:`read_interval_log`.
+
+Two hdrh quirks are worked around here: ``HistogramLogWriter.output_start_time`` raises (it hands
+milliseconds to ``datetime.fromtimestamp`` and calls a nonexistent ``iso_format``), so the
+``#[StartTime: ...]`` and ``#[BaseTime: ...]`` lines are written here, and its
+``output_interval_histogram`` writes neither tags nor a fractional max, so interval lines are
+formatted here too (the encoding is hdrh's).  hdrh's ``record_corrected_value`` also records the
+remainder below the interval (250 at 100: 250, 150, 50), where HdrHistogram (Java, C) records 250
+and 150; tickwire's recorder follows HdrHistogram.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from hdrh.histogram import HdrHistogram
+from hdrh.log import HistogramLogReader, HistogramLogWriter
+
+import tickwire
+from tickwire.ext.hdr import (HIGHEST_TRACKABLE, LOWEST_TRACKABLE, SIGNIFICANT_FIGURES, STAGES,
+                              Recorder, StageRecorders)
+
+__all__ = [
+    "STAGES",
+    "SUMMARY_PERCENTILES",
+    "Interval",
+    "IntervalLogWriter",
+    "Recorder",
+    "StageRecorders",
+    "hgrm",
+    "merged",
+    "new_hdrh",
+    "percentiles",
+    "read_interval_log",
+    "summary_table",
+    "to_hdrh",
+]
+
+#: The percentiles of :func:`percentiles` (the max is added).
+SUMMARY_PERCENTILES = (50.0, 90.0, 99.0, 99.9, 99.99)
+#: HdrHistogram interval log format version written.
+LOG_FORMAT_VERSION = "1.3"
+
+_TAG_BAD = re.compile(r"[,\s]")
+
+
+def new_hdrh() -> HdrHistogram:
+    """An empty hdrh histogram with the recorders' parameters (1 ns .. 60 s, 3 digits)."""
+    return HdrHistogram(LOWEST_TRACKABLE, HIGHEST_TRACKABLE, SIGNIFICANT_FIGURES)
+
+
+def to_hdrh(recorder: Recorder, *, start_time: float | None = None,
+            end_time: float | None = None, tag: str | None = None) -> HdrHistogram:
+    """An ``hdrh`` HdrHistogram holding exactly the recorder's values.
+
+    The counts array is copied as is (same layout) and total, min and max are set as hdrh's
+    own ``record_value`` would have left them, so every hdrh query (percentiles, min/max
+    equivalents, mean, iteration, ``encode``) gives what it gives for the same values
+    recorded one by one.
+
+    Parameters
+    ----------
+    recorder : Recorder
+    start_time, end_time : float, optional
+        Interval bounds (seconds since the epoch) stored in the histogram (hdrh keeps ms).
+    tag : str, optional
+        The histogram's tag (interval logs).
+    """
+    hist = new_hdrh()
+    recorder._copy_counts_into(hist.counts)
+    total = recorder.total
+    if total:
+        hist.total_count = total
+        hist.min_value = recorder.min_value
+        hist.max_value = recorder.max_value
+    if start_time is not None:
+        hist.set_start_time_stamp(start_time * 1000.0)
+    if end_time is not None:
+        hist.set_end_time_stamp(end_time * 1000.0)
+    if tag is not None:
+        hist.set_tag(tag)
+    return hist
+
+
+def _as_hdrh(source) -> HdrHistogram:
+    if isinstance(source, HdrHistogram):
+        return source
+    if isinstance(source, Recorder):
+        return to_hdrh(source)
+    raise TypeError(f"expected a Recorder or an hdrh HdrHistogram, got {type(source).__name__}")
+
+
+def _key(p: float) -> str:
+    return f"p{p:g}"
+
+
+def percentiles(source, levels: Iterable[float] = SUMMARY_PERCENTILES) -> dict:
+    """The percentile summary of a recorder (or hdrh histogram), in ns.
+
+    Returns
+    -------
+    dict
+        ``{"count": n, "min": ..., "p50": ..., "p90": ..., "p99": ..., "p99.9": ...,
+        "p99.99": ..., "max": ..., "mean": ...}``: values as hdrh reports them (the highest
+        value equivalent to the bucket reached, 3 significant digits); all 0 when empty.
+    """
+    hist = _as_hdrh(source)
+    levels = [float(p) for p in levels]
+    for p in levels:
+        if not 0.0 <= p <= 100.0:
+            raise ValueError(f"percentiles must be within 0..100, got {p}")
+    total = hist.get_total_count()
+    values = hist.get_percentile_to_value_dict(levels) if total else {}
+    out = {"count": total, "min": hist.get_min_value() if total else 0}
+    for p in levels:
+        out[_key(p)] = values.get(p, 0)
+    out["max"] = hist.get_max_value() if total else 0
+    out["mean"] = hist.get_mean_value() if total else 0.0
+    return out
+
+
+def hgrm(source, unit_ratio: float = 1000.0, ticks_per_half_distance: int = 5) -> str:
+    """The full percentile spectrum in HdrHistogram's ``.hgrm`` layout.
+
+    The same text HdrHistogram's ``outputPercentileDistribution`` prints (and that
+    HdrHistogram's plotter reads): a ``Value Percentile TotalCount 1/(1-Percentile)`` table
+    from hdrh's percentile iterator, then the ``#[Mean ...]``, ``#[Max ...]`` and
+    ``#[Buckets ...]`` footer.  (hdrh's own ``output_percentile_distribution`` leaves the
+    standard deviation unscaled and prints the total count as a float; this does not.)
+
+    Parameters
+    ----------
+    source : Recorder or hdrh.histogram.HdrHistogram
+    unit_ratio : float
+        Values are divided by it: 1000 prints microseconds, 1e6 milliseconds, 1 ns.
+    ticks_per_half_distance : int
+        Percentile ticks per halving of the distance to 100% (HdrHistogram's default 5).
+    """
+    hist = _as_hdrh(source)
+    d = hist.significant_figures
+    out = io.StringIO()
+    out.write("%12s %14s %10s %14s\n\n" % ("Value", "Percentile", "TotalCount", "1/(1-Percentile)"))
+    if hist.get_total_count():
+        line = f"%12.{d}f %2.12f %10d %14.2f\n"
+        last = f"%12.{d}f %2.12f %10d\n"
+        for it in hist.get_percentile_iterator(ticks_per_half_distance):
+            value = it.value_iterated_to / unit_ratio
+            level = it.percentile_level_iterated_to
+            if level != 100:
+                out.write(line % (value, level / 100, it.total_count_to_this_value, 1 / (1 - level / 100)))
+            else:
+                out.write(last % (value, level / 100, it.total_count_to_this_value))
+        mean = hist.get_mean_value() / unit_ratio
+        stddev = hist.get_stddev() / unit_ratio
+        top = hist.get_max_value() / unit_ratio
+    else:
+        mean = stddev = top = 0.0
+    out.write(f"#[Mean    = %12.{d}f, StdDeviation   = %12.{d}f]\n" % (mean, stddev))
+    out.write(f"#[Max     = %12.{d}f, Total count    = %12d]\n" % (top, hist.get_total_count()))
+    out.write("#[Buckets = %12d, SubBuckets     = %12d]\n" % (hist.bucket_count, hist.sub_bucket_count))
+    return out.getvalue()
+
+
+def summary_table(recorders, unit_ratio: float = 1000.0, unit: str = "us") -> str:
+    """A text table of the percentile summary of several recorders (a StageRecorders, a
+    mapping name -> Recorder, or (name, Recorder) pairs), values in ``unit``."""
+    pairs = _pairs(recorders)
+    cols = ["count"] + [_key(p) for p in SUMMARY_PERCENTILES] + ["max"]
+    width = max([len("stage")] + [len(n or "") for n, _ in pairs])
+    lines = [f"{'stage':<{width}}  " + "  ".join(f"{c + (' ' + unit if c != 'count' else ''):>12}" for c in cols)]
+    for name, rec in pairs:
+        s = percentiles(rec)
+        cells = [f"{s['count']:>12,}"] + [f"{s[c] / unit_ratio:>12.3f}" for c in cols[1:]]
+        lines.append(f"{name or '':<{width}}  " + "  ".join(cells))
+    return "\n".join(lines) + "\n"
+
+
+def _pairs(recorders) -> list[tuple[str | None, Recorder]]:
+    if isinstance(recorders, Recorder):
+        return [(recorders.name, recorders)]
+    if isinstance(recorders, StageRecorders):
+        return recorders.items()
+    if isinstance(recorders, Mapping):
+        return list(recorders.items())
+    return [(name, rec) for name, rec in recorders]
+
+
+def _java_date(t: float) -> str:
+    """Java's ``Date.toString()`` layout, which HdrHistogram writes after the StartTime."""
+    local = datetime.fromtimestamp(t).astimezone()
+    return local.strftime("%a %b %d %H:%M:%S ") + (local.tzname() or "UTC") + local.strftime(" %Y")
+
+
+class IntervalLogWriter:
+    """Write recorders' interval histograms to an HdrHistogram interval log.
+
+    Every :meth:`write_interval` (or :meth:`maybe_write` once ``interval`` seconds have passed)
+    appends one line per recorder, tagged with its name (``Tag=book,...``): interval start
+    (seconds after the BaseTime), length, max (ms) and the compressed histogram (hdrh's
+    ``encode``); then resets the recorder, so that each line holds that interval alone.
+
+    Call it from the thread that records (an engine worker between batches): the recorders
+    are not locked.
+
+    Parameters
+    ----------
+    out : str, pathlib.Path or text file
+        Where to write; a path is opened (truncated) and closed by :meth:`close`.
+    recorders : StageRecorders, Recorder, mapping of tag -> Recorder, or (tag, Recorder) pairs
+        Tags must not contain commas or whitespace.
+    interval : float
+        Seconds between intervals for :meth:`maybe_write`.
+    start_time : float, optional
+        Seconds since the epoch (default now): the ``#[StartTime]`` and the first interval's start.
+    base_time : float, optional
+        Seconds since the epoch that interval timestamps are relative to (default: start_time),
+        written as ``#[BaseTime]``.
+    comment : str, optional
+        An extra comment line in the header.
+    reset : bool
+        Reset each recorder after writing it (default True).
+    skip_empty : bool
+        Leave out recorders with nothing recorded in the interval.
+    """
+
+    def __init__(self, out, recorders, *, interval: float = 1.0, start_time: float | None = None,
+                 base_time: float | None = None, comment: str | None = None, reset: bool = True,
+                 skip_empty: bool = False, max_value_unit_ratio: float = 1e6):
+        if interval <= 0:
+            raise ValueError(f"interval must be > 0 seconds, got {interval}")
+        self._pairs = _pairs(recorders)
+        for tag, rec in self._pairs:
+            if not isinstance(rec, Recorder):
+                raise TypeError(f"recorder {tag!r} is a {type(rec).__name__}, not a tickwire Recorder")
+            if tag is not None and (not tag or _TAG_BAD.search(tag)):
+                raise ValueError(f"bad interval log tag {tag!r}: no commas, spaces or line breaks")
+        if isinstance(out, (str, Path)):
+            self._file = open(out, "w", encoding="ascii")
+            self._owns = True
+        else:
+            self._file = out
+            self._owns = False
+        self.interval = float(interval)
+        self.start_time = time.time() if start_time is None else float(start_time)
+        self.base_time = self.start_time if base_time is None else float(base_time)
+        self.reset = reset
+        self.skip_empty = skip_empty
+        self.max_value_unit_ratio = max_value_unit_ratio
+        self._interval_start = self.start_time
+        self.intervals_written = 0
+        writer = HistogramLogWriter(self._file)
+        writer.output_comment(f"[Logged with tickwire {tickwire.__version__}]")
+        if comment:
+            writer.output_comment(comment)
+        writer.output_comment(f"[Histogram log format version {LOG_FORMAT_VERSION}]")  # tags: 1.3
+        # hdrh's output_start_time raises: the StartTime and BaseTime lines are written here
+        self._file.write("#[StartTime: %.3f (seconds since epoch), %s]\n"
+                         % (self.start_time, _java_date(self.start_time)))
+        self._file.write("#[BaseTime: %.3f (seconds since epoch)]\n" % self.base_time)
+        writer.output_legend()
+        self._file.flush()
+
+    def maybe_write(self, now: float | None = None) -> bool:
+        """Write an interval if ``interval`` seconds have passed since the last one (cheap
+        otherwise: one clock read).  Returns whether it wrote."""
+        now = time.time() if now is None else now
+        if now - self._interval_start < self.interval:
+            return False
+        self.write_interval(now)
+        return True
+
+    def write_interval(self, now: float | None = None) -> None:
+        """Write every recorder's histogram for the interval ending ``now`` (and reset them)."""
+        end = time.time() if now is None else float(now)
+        start = self._interval_start
+        for tag, rec in self._pairs:
+            if self.skip_empty and not rec.total:
+                continue
+            hist = to_hdrh(rec, start_time=start, end_time=end, tag=tag)
+            if self.reset:
+                rec.reset()
+            payload = hist.encode().decode("ascii")
+            prefix = f"Tag={tag}," if tag else ""
+            self._file.write("%s%.3f,%.3f,%.3f,%s\n" % (
+                prefix, start - self.base_time, end - start,
+                hist.get_max_value() / self.max_value_unit_ratio, payload))
+        self._file.flush()
+        self._interval_start = end
+        self.intervals_written += 1
+
+    def close(self, final: bool = True) -> None:
+        """Write a last interval if anything was recorded since the previous one (``final``),
+        and close the file if this writer opened it."""
+        if self._file is None:
+            return
+        if final and any(rec.total for _, rec in self._pairs):
+            self.write_interval()
+        if self._owns:
+            self._file.close()
+        self._file = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+@dataclass
+class Interval:
+    """One interval histogram read back from a log."""
+
+    tag: str | None
+    start: float            #: seconds since the epoch
+    end: float              #: seconds since the epoch
+    histogram: HdrHistogram
+
+
+def read_interval_log(path) -> list[Interval]:
+    """Every interval histogram of an HdrHistogram interval log, in file order, through
+    hdrh's ``HistogramLogReader`` (absolute times from the log's StartTime/BaseTime)."""
+    reader = HistogramLogReader(str(path), new_hdrh())
+    out = []
+    try:
+        while True:
+            hist = reader.get_next_interval_histogram()
+            if hist is None:
+                break
+            out.append(Interval(hist.get_tag(), hist.get_start_time_stamp() / 1000.0,
+                                hist.get_end_time_stamp() / 1000.0, hist))
+    finally:
+        reader.close()
+    return out
+
+
+_ALL = object()
+
+
+def merged(intervals: Iterable[Interval], tag=_ALL) -> HdrHistogram:
+    """One hdrh histogram adding up the intervals (those of one ``tag`` if given; None selects
+    the untagged ones)."""
+    total = new_hdrh()
+    for iv in intervals:
+        if tag is _ALL or iv.tag == tag:
+            total.add(iv.histogram)
+    return total
+
+
+if __name__ == "__main__":                  # python -m tickwire.engine.latency LOG: per-tag summary
+    if len(sys.argv) != 2:
+        print("usage: python -m tickwire.engine.latency INTERVAL_LOG", file=sys.stderr)
+        sys.exit(2)
+    ivs = read_interval_log(sys.argv[1])
+    tags = sorted({iv.tag or "" for iv in ivs})
+    for t in tags:
+        s = percentiles(merged(ivs, t or None))
+        print(t or "(untagged)", {k: (round(v / 1000, 3) if k not in ("count",) else v) for k, v in s.items()})
