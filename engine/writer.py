@@ -41,7 +41,7 @@ from tickwire.ext.records import EVENT_DTYPE, SIGNAL_DTYPE
 
 log = logging.getLogger("tickwire.writer")
 
-__all__ = ["TickWriter", "SpillError", "main"]
+__all__ = ["TickWriter", "WriterService", "StoreLink", "SpillError", "main"]
 
 _SPILL_MAGIC = b"TWSPILL1"
 
@@ -135,28 +135,75 @@ class _Spill:
         return sum(p.stat().st_size for p in self.files())
 
 
+class StoreLink:
+    """The writer process's one connection to the store, shared by its tick sources, with
+    outage bookkeeping: after a failure nobody tries again for ``retry_seconds``."""
+
+    def __init__(self, open_store: Callable, retry_seconds: float = 1.0):
+        self.open_store = open_store
+        self.retry_seconds = retry_seconds
+        self.store = None
+        self.outage = False
+        self.last_error = ""
+        self._down_until = 0.0
+        self._logged = False
+
+    def get(self):
+        if self.store is None:
+            if time.monotonic() < self._down_until:
+                return None
+            try:
+                self.store = self.open_store()
+            except Exception as exc:            # noqa: BLE001 - any failure is an outage
+                self.failed(exc)
+                return None
+            if self.outage:
+                log.warning("store reachable again")
+            self.outage = False
+            self._logged = False
+        return self.store
+
+    def failed(self, exc) -> None:
+        from tickwire.engine.store import redact
+
+        self.outage = True
+        self._down_until = time.monotonic() + self.retry_seconds
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        self.last_error = f"store unavailable: {type(exc).__name__}: {redact(str(exc))[:300]}"
+        if not self._logged:
+            self._logged = True
+            log.error("%s; spilling until it is back", self.last_error)
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+
 class TickWriter:
-    """Drains a blocking tick source into a store; see the module docstring for the guarantees.
+    """Drains one blocking tick source into the store; see the module docstring for the
+    guarantees.
 
     Parameters
     ----------
-    open_store : callable
-        Returns a connected :class:`~tickwire.engine.store.Store` (called again after an outage).
+    link : StoreLink or callable
+        The shared store connection (a callable returning a Store is wrapped in one).
     source : Ring
-        The tick ring, attached as its (only) consumer: ``peek_many``, ``advance``, ``rewind``,
+        The tick ring, attached as its (only) consumer: ``peek_many``, ``advance``,
         ``committed``, ``pending``, ``size``, ``producer_closed``.
     state_dir : path
-        Where the journal, the spill files and the status file live (created if missing).
+        Where this source's journal, spill files and status file live (created if missing).
     epoch : int
         Identifies the stream (the tick ring's creation time): stored with every tick.
     """
 
-    def __init__(self, open_store: Callable, source, state_dir, epoch: int, *, batch_rows: int = 100_000,
-                 batch_seconds: float = 1.0, retry_seconds: float = 1.0, signal_source=None,
-                 run: str = "", status_every: float = 1.0):
+    def __init__(self, link, source, state_dir, epoch: int, *, batch_rows: int = 100_000,
+                 batch_seconds: float = 1.0, retry_seconds: float = 1.0, status_every: float = 1.0):
         if batch_rows < 1 or batch_seconds <= 0:
             raise ValueError("writer.batch_rows must be >= 1 and writer.batch_seconds > 0")
-        self.open_store = open_store
+        self.link = link if isinstance(link, StoreLink) else StoreLink(link, retry_seconds)
         self.source = source
         self.state = Path(state_dir)
         self.spill = _Spill(self.state / "spill")
@@ -166,66 +213,34 @@ class TickWriter:
         self.batch_rows = batch_rows
         self.batch_seconds = batch_seconds
         self.retry_seconds = retry_seconds
-        self.signal_source = signal_source
-        self.run_name = run
         self.status_every = status_every
-        self.store = None
-        self._store_down_until = 0.0
-        self._reported = set()
         self._stop = threading.Event()
+        self._buf = np.empty(batch_rows, dtype=EVENT_DTYPE)
+        self._n = 0
+        self._first = None
+        self._last_status = 0.0
+        self._recovered = False
+        self._spill_reported = False
         self.metrics = {
             "rows_written": 0, "batches_written": 0, "rows_spilled": 0, "batches_spilled": 0,
             "batches_replayed": 0, "spill_bytes": 0, "spill_files": 0, "lag": 0, "outage": False,
-            "signals_written": 0, "signals_missed": 0, "last_error": "", "started_ns": time.time_ns(),
+            "last_error": "", "epoch": self.epoch,
         }
 
-    # -- plumbing --------------------------------------------------------------------------
     def stop(self) -> None:
-        """Ask the writer to drain what was published, write it, and return from :meth:`run`."""
+        """Ask the writer to drain what was published, write it, and finish."""
         self._stop.set()
 
-    def _report(self, kind: str, message: str) -> None:
-        """Log a problem once per kind (until it clears)."""
-        self.metrics["last_error"] = message
-        if kind not in self._reported:
-            self._reported.add(kind)
-            log.error(message)
-
-    def _store(self):
-        if self.store is None:
-            if time.monotonic() < self._store_down_until:
-                return None
-            try:
-                self.store = self.open_store()
-                if self.metrics["outage"]:
-                    log.warning("store reachable again; replaying %d spilled batches", len(self.spill.files()))
-                self.metrics["outage"] = False
-                self._reported.discard("store")
-            except Exception as exc:            # noqa: BLE001 - any failure is an outage
-                self._outage(exc)
-                return None
-        return self.store
-
-    def _outage(self, exc) -> None:
-        self.metrics["outage"] = True
-        self._store_down_until = time.monotonic() + self.retry_seconds
-        if self.store is not None:
-            self.store.close()
-            self.store = None
-        from tickwire.engine.store import redact
-
-        self._report("store", f"store unavailable, spilling to {self.spill.dir}: {type(exc).__name__}: "
-                              f"{redact(str(exc))[:300]}")
-
+    # -- durability ------------------------------------------------------------------------
     def _insert(self, events: np.ndarray, pos: int, token: str, epoch: int) -> bool:
-        store = self._store()
+        store = self.link.get()
         if store is None:
             return False
         try:
             store.insert_ticks(events, epoch=epoch, first_ord=pos, token=token)
             return True
         except Exception as exc:                # noqa: BLE001
-            self._outage(exc)
+            self.link.failed(exc)
             return False
 
     def _replay_spill(self) -> bool:
@@ -241,8 +256,8 @@ class TickWriter:
         return True
 
     def _persist(self, events: np.ndarray, pos: int, token: str) -> None:
-        """Make one batch durable (insert, or spill), retrying until it is; raises only when
-        stopping while neither works."""
+        """Make one batch durable (insert, or spill), retrying until it is; raises SpillError
+        only when asked to stop while neither works."""
         while True:
             if self._replay_spill() and self._insert(events, pos, token, self.epoch):
                 self.metrics["rows_written"] += len(events)
@@ -250,14 +265,17 @@ class TickWriter:
                 return
             try:
                 if not self.spill.path_for(pos).exists():
-                    self.metrics["spill_bytes"] = self.spill.bytes() + self.spill.write(pos, self.epoch, token, events)
+                    self.spill.write(pos, self.epoch, token, events)
                 self.metrics["rows_spilled"] += len(events)
                 self.metrics["batches_spilled"] += 1
-                self._reported.discard("spill")
+                self._spill_reported = False
                 return
             except SpillError as exc:
-                self._report("spill", str(exc))
-                if self._stop.wait(self.retry_seconds) and not self.store:
+                self.metrics["last_error"] = str(exc)
+                if not self._spill_reported:
+                    self._spill_reported = True
+                    log.error("%s", exc)
+                if self._stop.wait(self.retry_seconds):
                     raise
 
     def _commit(self, events: np.ndarray) -> None:
@@ -271,6 +289,7 @@ class TickWriter:
 
     def _recover(self) -> None:
         """Finish the batch a killed writer left in flight, exactly as it was journalled."""
+        self._recovered = True
         entry = self.journal.read()
         if not entry:
             return
@@ -290,75 +309,104 @@ class TickWriter:
         self.source.advance(entry["n"])
         self.journal.clear()
 
-    def _write_status(self) -> None:
+    # -- the loop --------------------------------------------------------------------------
+    def step(self, wait: float = 0.05) -> bool:
+        """Read what is there (waiting up to ``wait`` s), write a batch when one is due.
+
+        Returns False once stopped (or the producer closed) and everything is written."""
+        if not self._recovered:
+            self._recover()
+        stopping = self._stop.is_set()
+        n = self._n
+        k = self.source.peek_many(self._buf[n:], timeout=0 if stopping else wait)
+        if k:
+            n += k
+            self._first = self._first or time.monotonic()
+        elif n == 0 and self.spill.files() and self.link.get() is not None:
+            self._replay_spill()
+        closed = self.source.producer_closed
+        if n == self.batch_rows or (n and (stopping or closed or time.monotonic() - self._first >= self.batch_seconds)):
+            self._commit(self._buf[:n])
+            n = 0
+            self._first = None
+        self._n = n
+        now = time.monotonic()
+        if now - self._last_status >= self.status_every:
+            self.write_status()
+            self._last_status = now
+        if n == 0 and k == 0 and (stopping or closed) and self.source.size == 0:
+            if self.spill.files() and self.link.get() is not None:
+                self._replay_spill()
+            self.write_status()
+            return False
+        return True
+
+    def write_status(self) -> None:
         self.metrics["lag"] = int(self.source.size)
         self.metrics["spill_files"] = len(self.spill.files())
         self.metrics["spill_bytes"] = self.spill.bytes()
+        self.metrics["outage"] = self.link.outage
+        self.metrics["last_error"] = self.link.last_error or self.metrics["last_error"]
         tmp = self.state / "status.json.tmp"
         tmp.write_text(json.dumps(self.metrics))
         os.replace(tmp, self.state / "status.json")
 
-    def _drain_signals(self, buf) -> None:
-        if self.signal_source is None:
-            return
-        k = self.signal_source.pop_many(buf, timeout=0)
-        self.metrics["signals_missed"] = int(self.signal_source.missed)
-        if k and self._store() is not None:
-            try:
-                self.store.insert_signals(buf[:k], self.run_name)
-                self.metrics["signals_written"] += k
-            except Exception as exc:            # noqa: BLE001 - signals are best effort
-                self._outage(exc)
-
-    # -- the loop --------------------------------------------------------------------------
     def run(self) -> dict:
         """Write until :meth:`stop` (then drain) or the producer closes the ring; return metrics."""
-        self._recover()
-        buf = np.empty(self.batch_rows, dtype=EVENT_DTYPE)
-        sig_buf = np.empty(4096, dtype=SIGNAL_DTYPE)
-        n = 0
-        first = None
-        last_status = 0.0
-        while True:
-            stopping = self._stop.is_set()
-            k = self.source.peek_many(buf[n:], timeout=0 if stopping else 0.05)
-            if k:
-                n += k
-                first = first or time.monotonic()
-            elif self.source.pending == 0 and n == 0 and self.spill.files() and self._store() is not None:
-                self._replay_spill()
-            due = n == self.batch_rows or (n and (time.monotonic() - first >= self.batch_seconds or stopping
-                                                  or self.source.producer_closed))
-            if due:
-                self._commit(buf[:n])
-                n = 0
-                first = None
-            self._drain_signals(sig_buf)
-            now = time.monotonic()
-            if now - last_status >= self.status_every:
-                self._write_status()
-                last_status = now
-            if n == 0 and k == 0 and (stopping or self.source.producer_closed) and self.source.size == 0:
-                break
-        if self.spill.files() and self._store() is not None:
-            self._replay_spill()
-        self._write_status()
-        if self.store is not None:
-            self.store.close()
+        while self.step():
+            pass
         return dict(self.metrics)
+
+
+class WriterService:
+    """Several tick sources (one per engine worker) and optional signal sources, one store,
+    one loop: what the writer process runs."""
+
+    def __init__(self, link: StoreLink, writers, signal_sources=(), run: str = ""):
+        self.link = link
+        self.writers = list(writers)
+        self.signal_sources = list(signal_sources)
+        self.run_name = run
+        self.signals_written = 0
+        self._sig_buf = np.empty(4096, dtype=SIGNAL_DTYPE)
+
+    def stop(self) -> None:
+        for w in self.writers:
+            w.stop()
+
+    def _signals(self) -> None:
+        for src in self.signal_sources:
+            k = src.pop_many(self._sig_buf, timeout=0)
+            if k and self.link.get() is not None:
+                try:
+                    self.link.store.insert_signals(self._sig_buf[:k], self.run_name)
+                    self.signals_written += k
+                except Exception as exc:        # noqa: BLE001 - signals are best effort
+                    self.link.failed(exc)
+
+    def run(self) -> list:
+        active = list(self.writers)
+        wait = 0.05 / max(len(active), 1)
+        while active:
+            active = [w for w in active if w.step(wait)]
+            self._signals()
+        self._signals()
+        self.link.close()
+        return [dict(w.metrics) for w in self.writers]
 
 
 def main(argv=None) -> int:
     """``python -m tickwire.engine.writer``: the writer process the daemon starts."""
-    ap = argparse.ArgumentParser(prog="tickwire-writer", description="Drain a tick ring into ClickHouse.")
-    ap.add_argument("--ring", required=True, help="name of the blocking tick ring to consume")
+    ap = argparse.ArgumentParser(prog="python -m tickwire.engine.writer",
+                                 description="Drain tick rings into ClickHouse, exactly once.")
+    ap.add_argument("--ring", action="append", required=True,
+                    help="a blocking tick ring to consume (repeat for several workers)")
     ap.add_argument("--dsn", required=True, help="store DSN (chdb:///abs/dir or http://host:8123)")
     ap.add_argument("--database", default="tickwire")
-    ap.add_argument("--state-dir", required=True, help="journal, spill and status directory")
-    ap.add_argument("--epoch", type=int, default=None, help="stream id (default: the ring's creation time)")
+    ap.add_argument("--state-dir", required=True, help="journal, spill and status files (one subdirectory a ring)")
     ap.add_argument("--batch-rows", type=int, default=100_000)
     ap.add_argument("--batch-seconds", type=float, default=1.0)
-    ap.add_argument("--signal-ring", help="broadcast signal ring to store signals from (optional)")
+    ap.add_argument("--signal-ring", action="append", default=[], help="broadcast signal ring to store (optional)")
     ap.add_argument("--run", default="", help="run name stored with the signals")
     ap.add_argument("--cpu", type=int, default=None, help="pin to this core")
     args = ap.parse_args(argv)
@@ -368,15 +416,17 @@ def main(argv=None) -> int:
     from tickwire.engine.store import Store
     from tickwire.ext.ring import Ring
 
-    source = Ring.attach(args.ring, EVENT_DTYPE, takeover=True)
-    signals = Ring.attach(args.signal_ring, SIGNAL_DTYPE) if args.signal_ring else None
-    epoch = args.epoch if args.epoch is not None else int(getattr(source, "created_ns", 0))
-    writer = TickWriter(lambda: Store.open(args.dsn, args.database), source, args.state_dir, epoch,
-                        batch_rows=args.batch_rows, batch_seconds=args.batch_seconds,
-                        signal_source=signals, run=args.run)
-    signal.signal(signal.SIGTERM, lambda *_: writer.stop())
-    signal.signal(signal.SIGINT, lambda *_: writer.stop())
-    metrics = writer.run()
+    link = StoreLink(lambda: Store.open(args.dsn, args.database))
+    writers = []
+    for name in args.ring:
+        ring = Ring.attach(name, EVENT_DTYPE, takeover=True)
+        writers.append(TickWriter(link, ring, Path(args.state_dir) / name, int(ring.created_ns),
+                                  batch_rows=args.batch_rows, batch_seconds=args.batch_seconds))
+    signals = [Ring.attach(name, SIGNAL_DTYPE) for name in args.signal_ring]
+    service = WriterService(link, writers, signals, args.run)
+    signal.signal(signal.SIGTERM, lambda *_: service.stop())
+    signal.signal(signal.SIGINT, lambda *_: service.stop())
+    metrics = service.run()
     log.info("done: %s", json.dumps(metrics))
     return 0
 

@@ -4,6 +4,8 @@
 - :mod:`tickwire.ext.book`: L2/L3 order books, batch and per-event APIs, a C API.
 - :mod:`tickwire.ext.stats`: rolling windows, window sums, time-decayed EWMA.
 - :mod:`tickwire.ext.pipeline`: the engine: books, statistics and rules over event batches.
+- :mod:`tickwire.ext.ring`: single-producer rings of records in POSIX shared memory.
+- :mod:`tickwire.ext.hdr`: HDR latency recorders in nanoseconds (hdrh's counts layout).
 """
 
 from tickwire.ext.records import (
@@ -18,6 +20,8 @@ from tickwire.ext.records import (
     empty_events,
 )
 from tickwire.ext.book import BUILD, Book, BookError, BookSet, L2Book, L3Book
+from tickwire.ext.hdr import STAGES, Recorder, StageRecorders
+from tickwire.ext.ring import Ring, RingBusy, RingError
 
 __all__ = [
     "BUILD",
@@ -30,6 +34,12 @@ __all__ = [
     "Kind",
     "L2Book",
     "L3Book",
+    "Recorder",
+    "Ring",
+    "RingBusy",
+    "RingError",
+    "STAGES",
+    "StageRecorders",
     "Reject",
     "RuleKind",
     "Side",

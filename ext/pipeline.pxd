@@ -10,13 +10,7 @@ from libc.stdint cimport int64_t, uint64_t, int32_t, uint32_t, uint16_t, uint8_t
 from tickwire.ext.defs cimport tw_event, tw_signal
 from tickwire.ext.book cimport tw_book, BookSet
 from tickwire.ext.stats cimport tw_window, tw_sumwin, tw_ewma
-
-cdef enum:
-    TW_STAGE_BOOK = 0
-    TW_STAGE_STATS = 1
-    TW_STAGE_RULES = 2
-    TW_STAGE_TICK_TO_SIGNAL = 3
-    TW_STAGE_COUNT = 4
+from tickwire.ext.hdr cimport tw_hdr_set, StageRecorders
 
 cdef enum:
     TW_CLOCK_WALL = 0             # ts_signal from CLOCK_REALTIME (live)
@@ -92,18 +86,10 @@ cdef struct tw_rule_ctx:
     uint32_t instrument
     int64_t now                   # the signal clock
 
-ctypedef void (*tw_timing_fn)(void *ctx, int stage, int64_t ns) noexcept nogil
-
 cdef struct tw_timing:
-    tw_timing_fn record           # NULL: timing off
-    void *ctx
+    tw_hdr_set *hdr               # the stage recorders (a StageRecorders' c); NULL: timing off
     uint32_t every                # time one event in `every` (stage durations)
     uint32_t countdown
-    # built-in summary when no recorder is plugged in: count, sum, min, max per stage
-    uint64_t count[4]
-    int64_t total[4]
-    int64_t lo[4]
-    int64_t hi[4]
 
 cdef class Rule:
     """Base class of user rules (fast path): override ``evaluate`` in Cython."""
@@ -125,6 +111,7 @@ cdef class Engine:
     cdef Py_ssize_t sink_n
     cdef int clock
     cdef tw_timing timing
+    cdef StageRecorders _stages
     cdef uint64_t events
     cdef Py_ssize_t process_c(self, const tw_event *ev, Py_ssize_t n) noexcept nogil
     cdef _init_instrument(self, uint32_t iid, cfg)

@@ -26,6 +26,9 @@ from tickwire.ext.book cimport (
     Book, BookSet, tw_book, tw_book_apply, tw_book_mid, tw_book_microprice, tw_book_spread,
     tw_book_best_price, tw_book_top_qty, TW_BOOK_L2, TW_BOOK_L3,
 )
+from tickwire.ext.hdr cimport (
+    StageRecorders, tw_hdr_record, TW_STAGE_BOOK, TW_STAGE_STATS, TW_STAGE_RULES, TW_STAGE_TICK_TO_SIGNAL,
+)
 from tickwire.ext.stats cimport (
     tw_window, tw_sumwin, tw_ewma, TW_WIN_COUNT, TW_WIN_TIME,
     tw_window_init, tw_window_free, tw_window_add, tw_window_evict, tw_window_count,
@@ -42,7 +45,7 @@ from tickwire.ext.records import EVENT_DTYPE, SIGNAL_DTYPE, RuleKind
 
 log_ = logging.getLogger("tickwire.engine")
 
-STAGES = ("book", "stats", "rules", "tick_to_signal")
+STAGES = ("book", "stats", "rules", "tick_to_signal")        # the stages the engine times
 RULE_KINDS = {
     "microprice": TW_RULE_MICROPRICE,
     "imbalance": TW_RULE_IMBALANCE,
@@ -382,17 +385,6 @@ cdef class PyRule(Rule):
 # The engine
 # ---------------------------------------------------------------------------------------
 
-cdef void _summary_record(void *ctx, int stage, int64_t ns) noexcept nogil:
-    """The built-in timing recorder: count, sum, min and max per stage."""
-    cdef tw_timing *t = <tw_timing *>ctx
-    t.count[stage] += 1
-    t.total[stage] += ns
-    if ns < t.lo[stage]:
-        t.lo[stage] = ns
-    if ns > t.hi[stage]:
-        t.hi[stage] = ns
-
-
 cdef void _free_istate(tw_istate *st) noexcept nogil:
     if st == NULL:
         return
@@ -522,8 +514,6 @@ cdef class Engine:
         if signal_capacity < 1:
             raise ValueError(f"signal_capacity must be >= 1, got {signal_capacity}")
         self._grow_sink(signal_capacity)
-        if timing_every < 0:
-            raise ValueError(f"timing_every must be >= 0, got {timing_every}")
         self.set_timing(timing_every)
 
     cdef _init_instrument(self, uint32_t iid, cfg):
@@ -572,26 +562,27 @@ cdef class Engine:
         PyBuffer_Release(&view)
         self.sink_cap = cap
 
-    def set_timing(self, int every, recorder=None):
-        """Time one event in ``every`` per stage (0: off), into the built-in summary.
+    def set_timing(self, int every, StageRecorders stages=None):
+        """Time the book, stats and rules stages of one event in ``every`` (0: off) into HDR
+        recorders, and the tick-to-signal latency of every signal (wall clock only).
 
-        ``recorder``: optional ``(record_fn_address, ctx_address)`` pair of a C function
-        ``void record(void *ctx, int stage, int64_t ns) noexcept nogil`` (the HDR recorders
-        plug in here); stages are 0 book, 1 stats, 2 rules, 3 tick-to-signal.
+        ``stages``: the :class:`~tickwire.ext.hdr.StageRecorders` to record into (a worker
+        shares one with its decoder); by default the engine's own (:attr:`stages`).
         """
-        cdef int s
-        memset(&self.timing, 0, sizeof(tw_timing))
-        for s in range(TW_STAGE_COUNT):
-            self.timing.lo[s] = INT64_MAX
+        if every < 0:
+            raise ValueError(f"timing_every must be >= 0, got {every}")
+        if stages is not None:
+            self._stages = stages
+        elif self._stages is None:
+            self._stages = StageRecorders()
+        self.timing.hdr = &self._stages.c if every else NULL
         self.timing.every = every
         self.timing.countdown = every
-        if recorder is None:
-            self.timing.record = _summary_record
-            self.timing.ctx = &self.timing
-        else:
-            fn, ctx = recorder
-            self.timing.record = <tw_timing_fn><size_t>fn
-            self.timing.ctx = <void *><size_t>ctx
+
+    @property
+    def stages(self):
+        """The HDR stage recorders timing goes to (decode, book, stats, rules, tick_to_signal)."""
+        return self._stages
 
     cdef Py_ssize_t process_c(self, const tw_event *ev, Py_ssize_t n) noexcept nogil:
         """Run events through book, statistics and rules; stop early when the signal sink
@@ -619,7 +610,7 @@ cdef class Engine:
                 return i                              # the caller grows the sink and resumes
             b = self._books.c.books[e.instrument]
             timed = False
-            if self.timing.every:
+            if self.timing.hdr != NULL:
                 self.timing.countdown -= 1
                 if self.timing.countdown == 0:
                     self.timing.countdown = self.timing.every
@@ -677,13 +668,13 @@ cdef class Engine:
                 if fire:
                     self.sink_n += 1
                     st.signals += 1
-                    if self.timing.every and self.clock == TW_CLOCK_WALL:
-                        self.timing.record(self.timing.ctx, TW_STAGE_TICK_TO_SIGNAL, now - e.ts_recv)
+                    if self.timing.hdr != NULL and self.clock == TW_CLOCK_WALL:
+                        tw_hdr_record(&self.timing.hdr.stage[TW_STAGE_TICK_TO_SIGNAL], now - e.ts_recv)
             if timed:
                 t3 = _clock_ns(CLOCK_MONOTONIC)
-                self.timing.record(self.timing.ctx, TW_STAGE_BOOK, t1 - t0)
-                self.timing.record(self.timing.ctx, TW_STAGE_STATS, t2 - t1)
-                self.timing.record(self.timing.ctx, TW_STAGE_RULES, t3 - t2)
+                tw_hdr_record(&self.timing.hdr.stage[TW_STAGE_BOOK], t1 - t0)
+                tw_hdr_record(&self.timing.hdr.stage[TW_STAGE_STATS], t2 - t1)
+                tw_hdr_record(&self.timing.hdr.stage[TW_STAGE_RULES], t3 - t2)
         return n
 
     def process(self, events):
@@ -802,14 +793,16 @@ cdef class Engine:
         return {r.name: r.errors for r in self._custom if isinstance(r, PyRule)}
 
     def timing_summary(self):
-        """Per stage: ``{"count", "mean_ns", "min_ns", "max_ns"}`` from the built-in recorder."""
+        """Per stage: ``{"count", "mean_ns", "min_ns", "p50_ns", "p99_ns", "max_ns"}``."""
         out = {}
-        for s, name in enumerate(STAGES):
-            c = self.timing.count[s]
+        for name in ("book", "stats", "rules", "tick_to_signal"):
+            r = self._stages[name]
+            c = r.total
             out[name] = {
                 "count": c,
-                "mean_ns": self.timing.total[s] / c if c else float("nan"),
-                "min_ns": self.timing.lo[s] if c else None,
-                "max_ns": self.timing.hi[s] if c else None,
+                "min_ns": r.min_value,
+                "p50_ns": r.value_at_percentile(50.0) if c else None,
+                "p99_ns": r.value_at_percentile(99.0) if c else None,
+                "max_ns": r.max_value,
             }
         return out

@@ -1424,6 +1424,12 @@ cdef class Ring:
         self.c.spin_ns = value
 
     @property
+    def created_ns(self):
+        """When the segment was created (CLOCK_REALTIME ns): identifies this ring's stream."""
+        self._check_open()
+        return self.c.hdr.created_ns
+
+    @property
     def producer_pid(self):
         """Pid of the process holding the producer side (0: none)."""
         self._check_open()

@@ -182,7 +182,10 @@ def test_sharding_by_instrument_gives_the_same_signals():
 
 def test_engine_counts_unknown_instruments_and_times_stages():
     insts = synthetic_instruments(2)
+    import time
+
     ev = l2_updates(10_000, seed=3, instruments=3)               # instrument 2 has no book
+    ev["ts_recv"] = time.time_ns()                               # received just now
     eng = Engine(insts, RULES, timing_every=1)
     eng.process(ev)
     unknown = int((ev["instrument"] == 2).sum())
@@ -190,10 +193,14 @@ def test_engine_counts_unknown_instruments_and_times_stages():
     t = eng.timing_summary()
     assert t["book"]["count"] == t["stats"]["count"] == t["rules"]["count"] == len(ev) - unknown
     assert t["tick_to_signal"]["count"] == len(eng.signals)      # wall clock: every signal timed
-    assert 0 < t["book"]["mean_ns"] < 1e6
+    assert 0 < t["tick_to_signal"]["max_ns"] < 10**10
+    assert 0 < t["book"]["p50_ns"] < 1e6 and t["book"]["min_ns"] <= t["book"]["p99_ns"] <= t["book"]["max_ns"]
+    assert eng.stages.book.total == len(ev) - unknown                    # HDR recorders underneath
     eng.set_timing(0)
     eng.process(ev)
-    assert eng.timing_summary()["book"]["count"] == 0
+    assert eng.timing_summary()["book"]["count"] == len(ev) - unknown   # off: nothing more recorded
+    with pytest.raises(ValueError, match="timing_every"):
+        eng.set_timing(-1)
 
 
 def test_wall_clock_signals_carry_production_time():
