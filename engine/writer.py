@@ -169,7 +169,10 @@ class StoreLink:
         self.outage = True
         self._down_until = time.monotonic() + self.retry_seconds
         if self.store is not None:
-            self.store.close()
+            try:
+                self.store.close()
+            except Exception:                   # noqa: BLE001 - it is already failing
+                pass
             self.store = None
         self.last_error = f"store unavailable: {type(exc).__name__}: {redact(str(exc))[:300]}"
         if not self._logged:

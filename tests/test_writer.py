@@ -1,0 +1,246 @@
+"""The storage writer: real tick ring, real writer processes, real embedded ClickHouse.
+
+Every test ends by opening the store (after the writer has exited: the embedded engine allows
+one process per data directory) and checking it holds exactly the published ticks, once.
+"""
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from tickwire.engine.store import Store
+from tickwire.engine.writer import SpillError, StoreLink, TickWriter, _Spill
+from tickwire.ext import EVENT_DTYPE
+from tickwire.ext.ring import Ring
+from tickwire.feeds.synthetic import l2_updates
+
+
+def ring_name():
+    return f"tw-test-{uuid.uuid4().hex[:10]}"
+
+
+def stored(dsn):
+    """All ticks in the store, in stream order, plus (epoch, ord) pairs (another process)."""
+    code = (
+        "import sys, numpy as np\n"
+        "from tickwire.engine.store import Store\n"
+        f"s = Store.open({dsn!r})\n"
+        "ev = np.concatenate(list(s.read_ticks())) if s.count_ticks() else np.zeros(0, 'V64')\n"
+        "rows = s.client.query('SELECT epoch, ord FROM tickwire.ticks ORDER BY ord').result_rows\n"
+        "sys.stdout.buffer.write(np.array(rows, dtype=np.uint64).reshape(-1, 2).tobytes())\n"
+        "np.save(sys.argv[1], ev)\n"
+    )
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        out = subprocess.run([sys.executable, "-c", code, f"{d}/ev.npy"], capture_output=True)
+        assert out.returncode == 0, out.stderr.decode()[-3000:]
+        pairs = np.frombuffer(out.stdout, dtype=np.uint64).reshape(-1, 2)
+        ev = np.load(f"{d}/ev.npy")
+    return ev, pairs
+
+
+def assert_exactly_once(dsn, published):
+    ev, pairs = stored(dsn)
+    assert len(pairs) == len(published), f"{len(pairs)} stored, {len(published)} published"
+    assert len(np.unique(pairs[:, 1])) == len(pairs), "a tick is stored twice"
+    order = np.lexsort((np.arange(len(published)), published["seq"], published["ts_event"]))
+    assert ev.tobytes() == published[order].tobytes()
+
+
+def start_writer(name, dsn, state, *extra):
+    return subprocess.Popen([sys.executable, "-m", "tickwire.engine.writer", "--ring", name, "--dsn", dsn,
+                             "--state-dir", str(state), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def wait_for(pred, timeout=60.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_writer_process_stores_everything_once_and_exits_at_end_of_stream(tmp_path):
+    name, dsn = ring_name(), f"chdb://{tmp_path}/store"
+    ev = l2_updates(60_000, seed=1, instruments=3)
+    with Ring.create(name, EVENT_DTYPE, 1 << 16) as ring:
+        w = start_writer(name, dsn, tmp_path / "state", "--batch-rows", "7000")
+        for start in range(0, len(ev), 5000):
+            assert ring.push_many(ev[start:start + 5000], timeout=30) == len(ev[start:start + 5000])
+        assert wait_for(lambda: ring.consumer_alive)      # (closing the ring unlinks its name)
+        ring.close()                                      # end of stream
+        out, _ = w.communicate(timeout=120)
+    assert w.returncode == 0, out.decode()[-2000:]
+    assert_exactly_once(dsn, ev)
+
+
+def test_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(tmp_path):
+    name, dsn, state = ring_name(), f"chdb://{tmp_path}/store", tmp_path / "state"
+    ev = l2_updates(200_000, seed=2, instruments=4)
+    kills = 0
+    with Ring.create(name, EVENT_DTYPE, 1 << 15) as ring:
+        pushed = [0]
+
+        def produce():
+            for start in range(0, len(ev), 1000):
+                chunk = ev[start:start + 1000]
+                while len(chunk):                         # a full ring takes part of a batch
+                    k = ring.push_many(chunk, timeout=0.5)
+                    chunk = chunk[k:]
+                    pushed[0] += k
+
+        t = threading.Thread(target=produce)
+        t.start()
+        w = start_writer(name, dsn, state, "--batch-rows", "3000", "--batch-seconds", "0.05")
+        rng = np.random.default_rng(0)
+        for _ in range(3):                                # kill -9 at random moments, restart
+            time.sleep(float(rng.uniform(0.5, 1.5)))
+            w.send_signal(signal.SIGKILL)
+            w.wait()
+            kills += 1
+            w = start_writer(name, dsn, state, "--batch-rows", "3000", "--batch-seconds", "0.05")
+        t.join()
+        assert wait_for(lambda: ring.consumer_alive)
+        ring.close()
+        out, _ = w.communicate(timeout=180)
+    assert w.returncode == 0, out.decode()[-2000:]
+    assert kills == 3 and pushed[0] == len(ev)
+    assert_exactly_once(dsn, ev)
+
+
+class DiesBeforeCommit:
+    """A tick source whose first commit never happens: the writer 'dies' right after its insert."""
+
+    def __init__(self, ring):
+        self.ring = ring
+
+    def __getattr__(self, name):
+        return getattr(self.ring, name)
+
+    def advance(self, n=None):
+        raise SystemExit("killed after the insert, before the commit")
+
+
+def test_killed_between_insert_and_commit_is_rewritten_with_the_same_token(tmp_path):
+    """The journal window, made certain: the first writer inserts, then dies before it commits."""
+    name, dsn = ring_name(), f"chdb://{tmp_path}/store"
+    ev = l2_updates(10_000, seed=3)
+    link = StoreLink(lambda: Store.open(dsn))
+    with Ring.create(name, EVENT_DTYPE, 1 << 15) as ring:
+        ring.push_many(ev)
+        first = TickWriter(link, DiesBeforeCommit(Ring.attach(name, EVENT_DTYPE)), tmp_path / "state",
+                           epoch=5, batch_rows=4000)
+        with pytest.raises(SystemExit):
+            first.run()
+        assert first.journal.read()["pos"] == 0 and first.metrics["rows_written"] == 4000
+        successor = Ring.attach(name, EVENT_DTYPE, takeover=True)       # starts at the committed 0
+        ring.close()
+        second = TickWriter(link, successor, tmp_path / "state", epoch=5, batch_rows=4000)
+        second.run()
+        assert second.journal.read() is None and second.metrics["rows_written"] == len(ev)
+    link.close()
+    assert_exactly_once(dsn, ev)
+
+
+class FlakyStore:
+    """The real store behind a switch: while `down` is set, every call fails like a lost server."""
+
+    def __init__(self, store, down):
+        self.store, self.down = store, down
+
+    def close(self):
+        pass                                              # the real store outlives its proxies
+
+    def __getattr__(self, name):
+        attr = getattr(self.store, name)
+        if not callable(attr):
+            return attr
+
+        def call(*a, **kw):
+            if self.down.is_set():
+                raise ConnectionError("store unreachable (simulated outage)")
+            return attr(*a, **kw)
+        return call
+
+
+def test_outage_spills_in_order_and_replays_with_nothing_lost(tmp_path):
+    name, dsn = ring_name(), f"chdb://{tmp_path}/store"
+    ev = l2_updates(50_000, seed=4, instruments=2)
+    down = threading.Event()
+    real = Store.open(dsn)
+
+    def open_store():
+        if down.is_set():
+            raise ConnectionError("store unreachable (simulated outage)")
+        return FlakyStore(real, down)
+
+    link = StoreLink(open_store, retry_seconds=0.05)
+    with Ring.create(name, EVENT_DTYPE, 1 << 16) as ring:
+        consumer = Ring.attach(name, EVENT_DTYPE)
+        writer = TickWriter(link, consumer, tmp_path / "state", epoch=9, batch_rows=2500,
+                            batch_seconds=0.02, retry_seconds=0.05)
+        t = threading.Thread(target=writer.run)
+        t.start()
+        ring.push_many(ev[:10_000])
+        assert wait_for(lambda: writer.metrics["rows_written"] == 10_000)
+        down.set()                                        # the store goes away
+        ring.push_many(ev[10_000:40_000])
+        assert wait_for(lambda: writer.metrics["rows_spilled"] == 30_000)
+        assert len(writer.spill.files()) >= 2 and consumer.size == 0      # committed: durable on disk
+        assert link.outage and "unreachable" in link.last_error
+        down.clear()                                      # and comes back
+        ring.push_many(ev[40_000:])
+        assert wait_for(lambda: writer.metrics["rows_written"] == len(ev))
+        writer.stop()
+        t.join(30)
+        assert not writer.spill.files() and writer.metrics["batches_replayed"] >= 2
+    real.close()
+    assert_exactly_once(dsn, ev)
+
+
+def test_sigterm_flushes_a_partial_batch(tmp_path):
+    name, dsn = ring_name(), f"chdb://{tmp_path}/store"
+    ev = l2_updates(3000, seed=5)
+    with Ring.create(name, EVENT_DTYPE, 1 << 14) as ring:
+        w = start_writer(name, dsn, tmp_path / "state", "--batch-rows", "100000", "--batch-seconds", "3600")
+        ring.push_many(ev)
+        assert wait_for(lambda: ring.size == 0 or os.path.exists(tmp_path / "state" / name / "status.json"), 30)
+        time.sleep(1.0)                                   # read, but far from a full batch
+        w.send_signal(signal.SIGTERM)
+        out, _ = w.communicate(timeout=60)
+    assert w.returncode == 0, out.decode()[-2000:]
+    assert_exactly_once(dsn, ev)
+
+
+def test_spill_errors_name_the_directory_and_the_problem(tmp_path, monkeypatch):
+    spill = _Spill(tmp_path)
+    ev = l2_updates(10, seed=6)
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(SpillError, match=f"spill directory {tmp_path} is full: 10 ticks stay in the ring"):
+        spill.write(0, 1, "t", ev)
+    assert not list(tmp_path.iterdir())                  # no half-written file left behind
+    monkeypatch.undo()
+    (tmp_path / "sub").write_text("not a directory")
+    with pytest.raises(SpillError, match="failed"):
+        _Spill(tmp_path / "sub").write(0, 1, "t", ev)
+    meta_path = tmp_path / "ok"
+    meta_path.mkdir()
+    s = _Spill(meta_path)
+    s.write(7, 3, "tok", ev)
+    meta, back = _Spill.read(s.path_for(7))
+    assert meta == {"pos": 7, "n": 10, "epoch": 3, "token": "tok"} and back.tobytes() == ev.tobytes()
