@@ -1,18 +1,18 @@
-"""Run every benchmark script in sequence (what `./dev bench` does); arguments go to each."""
+"""Run every benchmark script in sequence with its defaults (what `./dev bench` does)."""
 
 import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["bench_book.py", "bench_engine.py", "bench_ring.py", "bench_hdr.py"]
+SCRIPTS = ["bench_book.py", "bench_engine.py", "bench_ring.py", "bench_hdr.py", "bench_store.py"]
 
 
 def main() -> int:
     status = 0
     for script in SCRIPTS:
         print(f"\n===== {script} =====", flush=True)
-        status |= subprocess.call([sys.executable, str(HERE / script), *sys.argv[1:]])
+        status |= subprocess.call([sys.executable, str(HERE / script)])
     print("\n===== pytest-benchmark micro benchmarks =====", flush=True)
     status |= subprocess.call([sys.executable, "-m", "pytest", str(HERE), "-q", "-p", "no:cacheprovider",
                                "--benchmark-columns=median,ops,rounds", "--benchmark-sort=name"])

@@ -126,7 +126,7 @@ class StoreConfig:
     dsn: str
     database: str = "tickwire"
     cluster: str = ""
-    batch_rows: int = 100_000
+    batch_rows: int = 500_000
     batch_seconds: float = 1.0
     writer_cpu: int = 0
     username: str = ""
@@ -302,7 +302,7 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
     if not (dsn.startswith("chdb:///") or dsn.startswith("http://") or dsn.startswith("https://")):
         _fail("store.dsn", "chdb:///absolute/dir or http(s)://host:port", "(the configured DSN)")
     store = StoreConfig(dsn, _str(st, "database", "store.", "tickwire"), _str(st, "cluster", "store.", ""),
-                        _int(st, "batch_rows", "store.", 100_000, 1), _num(st, "batch_seconds", "store.", 1.0, True),
+                        _int(st, "batch_rows", "store.", 500_000, 1), _num(st, "batch_seconds", "store.", 1.0, True),
                         _int(st, "writer_cpu", "store.", 0, 0, ncpu - 1), _str(st, "username", "store.", ""),
                         _str(st, "password", "store.", ""))
 

@@ -202,7 +202,7 @@ class TickWriter:
         Identifies the stream (the tick ring's creation time): stored with every tick.
     """
 
-    def __init__(self, link, source, state_dir, epoch: int, *, batch_rows: int = 100_000,
+    def __init__(self, link, source, state_dir, epoch: int, *, batch_rows: int = 500_000,
                  batch_seconds: float = 1.0, retry_seconds: float = 1.0, status_every: float = 1.0):
         if batch_rows < 1 or batch_seconds <= 0:
             raise ValueError("writer.batch_rows must be >= 1 and writer.batch_seconds > 0")
@@ -407,7 +407,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dsn", required=True, help="store DSN (chdb:///abs/dir or http://host:8123)")
     ap.add_argument("--database", default="tickwire")
     ap.add_argument("--state-dir", required=True, help="journal, spill and status files (one subdirectory a ring)")
-    ap.add_argument("--batch-rows", type=int, default=100_000)
+    ap.add_argument("--batch-rows", type=int, default=500_000)
     ap.add_argument("--batch-seconds", type=float, default=1.0)
     ap.add_argument("--signal-ring", action="append", default=[], help="broadcast signal ring to store (optional)")
     ap.add_argument("--run", default="", help="run name stored with the signals")
@@ -420,6 +420,8 @@ def main(argv=None) -> int:
     from tickwire.ext.ring import Ring
 
     link = StoreLink(lambda: Store.open(args.dsn, args.database))
+    if link.get() is None:                   # connect (and create the schema) before attaching
+        log.error("%s: will spill until the store answers", link.last_error)
     writers = []
     for name in args.ring:
         ring = Ring.attach(name, EVENT_DTYPE, takeover=True)
