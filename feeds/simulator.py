@@ -727,3 +727,85 @@ def _pace(deadline_ns: int) -> None:
         time.sleep((left - 1_000_000) / 1e9)
     while time.perf_counter_ns() < deadline_ns:
         pass
+
+
+# ---------------------------------------------------------------------------------------
+# `tickwire simulate`
+# ---------------------------------------------------------------------------------------
+
+def _load_capture(name: str, data_dir):
+    from pathlib import Path
+
+    from tickwire.feeds import captures
+
+    loaders = {"kraken": (captures.KRAKEN_FILE, captures.load_kraken),
+               "binance": (captures.BINANCE_FILE, captures.load_binance)}
+    filename, loader = loaders[name]
+    path = Path(data_dir) / filename if data_dir else captures.find_shared_data(filename)
+    if path is None or not path.exists():
+        raise FileNotFoundError(
+            f"the {name} capture ({filename}) was not found: it lives in ../shared/data beside the "
+            "source tree in the development checkout; point --data (or TICKWIRE_SHARED_DATA) at "
+            "the directory that holds it")
+    return loader(path)
+
+
+def run_cli(args, say=print) -> int:
+    """``tickwire simulate``: build a :class:`Simulator` from parsed arguments and run it."""
+    import os
+
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})
+    faults = Faults(drop=args.drop, duplicate=args.duplicate, reorder=args.reorder,
+                    restart_at=tuple(args.restart_at or ()))
+    events = None
+    instruments = args.instruments
+    if args.capture:
+        try:
+            cap = _load_capture(args.capture, args.data)
+        except FileNotFoundError as exc:
+            say(f"tickwire simulate: {exc}")
+            return 2
+        events, instruments = cap.events, cap.instruments
+        say(f"capture {cap.name}: {len(cap.instruments)} instruments, {len(events):,} events")
+    elif args.pregenerate and args.duration is None:
+        t0 = time.perf_counter()
+        market = Market(args.instruments, seed=args.seed, resting=args.resting)
+        parts, left = [], args.publish_events
+        while left > 0:
+            parts.append(market.generate(min(left, 1 << 18)))
+            left -= len(parts[-1])
+            say(f"  generating: {args.publish_events - left:,}/{args.publish_events:,} events")
+        events = np.concatenate(parts)
+        instruments = synthetic_instruments(args.instruments)
+        say(f"generated {len(events):,} events in {time.perf_counter() - t0:.1f} s")
+    snapshot = None if args.snapshot in (None, "", "none") else args.snapshot
+    sim = Simulator(args.endpoint or ["ipc:///tmp/tickwire-feed"], snapshot=snapshot,
+                    instruments=instruments, events=events, channels=args.channels, seed=args.seed,
+                    rate=args.rate, batch=args.batch, faults=faults, resting=args.resting,
+                    socket_type=args.socket, sndhwm=args.sndhwm, heartbeat=args.heartbeat,
+                    wait_subscribers=args.wait_subscribers, subscribers=args.subscribers,
+                    snapshot_delay=args.snapshot_delay)
+    try:
+        say(f"publishing on {', '.join(sim.endpoints)} ({sim.socket_type}), snapshots on "
+            f"{snapshot or 'none'}: {len(sim.instruments)} instruments over {len(sim.channels)} channels, "
+            f"batch {sim.batch}, rate {'max' if not sim.rate else f'{sim.rate:,.0f} events/s'}, seed {sim.seed}")
+
+        def progress(st):
+            say(f"  {st['events']:>12,} events  {st['events'] / max(st['elapsed'], 1e-9) / 1e6:6.2f} M/s  "
+                f"{st['messages']:,} msgs  dropped {st['dropped']}  dup {st['duplicated']}  "
+                f"reordered {st['reordered']}  restarts {st['restarts']}  snapshots {st['snapshots']}")
+
+        count = None if args.duration is not None else args.publish_events
+        report = sim.run(events=count, duration=args.duration, progress=None if args.quiet else progress,
+                         linger=args.linger)
+        if args.save_books:
+            sim.save_books(args.save_books)
+        say(f"done: {report['events']:,} events in {report['messages']:,} messages "
+            f"({report['publish_seconds']:.2f} s, {report['rate'] / 1e6:.2f} M events/s); sent "
+            f"{report['sent']:,} (heartbeats {report['heartbeats']:,}); dropped {report['dropped']}, "
+            f"duplicated {report['duplicated']}, reordered {report['reordered']}, restarts "
+            f"{report['restarts']}; snapshots served {report['snapshots']}")
+    finally:
+        sim.close()
+    return 0
