@@ -23,6 +23,7 @@ events, the same messages and the same faults.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 
@@ -510,14 +511,14 @@ class Simulator:
         if waiting:
             self._await_subscribers()
 
-    def _close_sockets(self) -> None:
+    def _close_sockets(self, linger_ms: int = 0) -> None:
         if self._service is not None:
             self.stats["snapshots"] += self._service.served
             self.stats["snapshot_events"] += self._service.events
             self._service = None
         for s in (self._pub, self._router):
             if s is not None:
-                s.close(0)
+                s.close(linger_ms)
         self._pub = self._router = None
 
     def _await_subscribers(self) -> bool:
@@ -536,8 +537,9 @@ class Simulator:
                         seen[c] += 1
         return True
 
-    def close(self) -> None:
-        self._close_sockets()
+    def close(self, linger: float = 1.0) -> None:
+        """Close the sockets, giving queued messages up to ``linger`` seconds to leave."""
+        self._close_sockets(int(linger * 1000))
         if self._own_context:
             self._ctx.term()
 
@@ -562,11 +564,13 @@ class Simulator:
         return {inst.id: self.books[inst.id].snapshot_events() for inst in self.instruments}
 
     def save_books(self, path) -> None:
-        """Write :meth:`snapshot_events` and the channels' sequence state to ``path`` (.npz)."""
+        """Write :meth:`snapshot_events` (``book_<id>``), the channels' sequence state
+        (``channels``, ``next_seq``, ``epoch``) and the counters (``stats``, JSON) to ``path`` (.npz)."""
         arrays = {f"book_{iid}": ev for iid, ev in self.snapshot_events().items()}
         arrays["channels"] = np.array(sorted(self.next_seq), np.int64)
         arrays["next_seq"] = np.array([self.next_seq[c] for c in sorted(self.next_seq)], np.uint64)
         arrays["epoch"] = np.array([self.epoch], np.uint64)
+        arrays["stats"] = np.array(json.dumps(self._report(time.perf_counter_ns())))
         np.savez(path, **arrays)
 
     # -- publishing ------------------------------------------------------------------------
