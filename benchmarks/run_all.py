@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["bench_book.py"]
+SCRIPTS = ["bench_book.py", "bench_feed.py"]
 
 
 def main() -> int:
