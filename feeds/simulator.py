@@ -627,7 +627,11 @@ class Simulator:
         self._open()
 
     def serve(self) -> int:
-        """Answer waiting snapshot requests (between messages)."""
+        """Answer waiting snapshot requests (between messages); read the subscriptions an
+        XPUB keeps receiving (receivers reconnecting) so they do not pile up."""
+        if self._pub is not None and self._pub.type == zmq.XPUB:
+            while self._pub.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                self._pub.recv()
         return self._service.serve() if self._service is not None else 0
 
     def run(self, events: int | None = None, duration: float | None = None, progress=None,
@@ -708,7 +712,10 @@ class Simulator:
             self.serve()
             if self.heartbeat:
                 self._beat(time.time_ns())
-            self._router.poll(10, zmq.POLLIN) if self._router is not None else time.sleep(0.01)
+            if self._router is not None:
+                self._router.poll(10, zmq.POLLIN)
+            else:
+                time.sleep(0.01)
         report = self._report(t0)
         report["publish_seconds"] = elapsed_publish
         report["rate"] = st["events"] / elapsed_publish if elapsed_publish > 0 else 0.0
