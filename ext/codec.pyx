@@ -744,7 +744,7 @@ cdef class FeedReceiver:
         """
         cdef Py_buffer view
         cdef Py_ssize_t n
-        cdef int tm = -1 if timeout < 0 else <int>(timeout * 1000.0 + 0.999)
+        cdef int tm = -1 if timeout < 0 else <int>min(timeout * 1000.0 + 0.999, 2147483647.0)
         if getattr(out, "dtype", None) != EVENT_DTYPE:
             raise TypeError("out must be a numpy array of EVENT_DTYPE")
         PyObject_GetBuffer(out, &view, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)

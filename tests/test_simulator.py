@@ -139,7 +139,8 @@ def test_faults_are_deterministic_and_counted(tmp_path):
             if b < a and b not in seen:
                 ooo += 1
             seen.add(a)
-    assert ooo == report["reordered"]
+    # a held message goes out after the channel's next one, unless that one is held or dropped too
+    assert 0 < ooo <= report["reordered"]
 
 
 def test_constant_rate_send_times(tmp_path):
