@@ -120,6 +120,75 @@ def cmd_demo(args) -> int:
     return status
 
 
+# -- `tickwire simulate` (the feed simulator, tickwire.feeds.simulator) ---------------------
+
+def _add_simulate(sub) -> None:
+    sim = sub.add_parser(
+        "simulate",
+        help="publish a synthetic market (or a real capture) as a tickwire ZeroMQ feed",
+        description="Publish a seeded synthetic L3 market (adds, cancels, executions near the top, "
+                    "bursty times) in tickwire's wire format (docs/wire-format.md) at a constant "
+                    "rate, with a snapshot service for receivers that lose messages, and optional "
+                    "fault injection (dropped, duplicated, reordered messages; publisher restarts). "
+                    "With --capture, publish a real exchange capture instead. Receive it with "
+                    "tickwire.feeds.handler.FeedHandler (see docs/feeds.md).",
+    )
+    g = sim.add_argument_group("sockets")
+    g.add_argument("--endpoint", action="append", metavar="EP",
+                   help="bind the data socket here (repeatable: tcp://127.0.0.1:5555, ipc:///tmp/x) "
+                        "[ipc:///tmp/tickwire-feed]")
+    g.add_argument("--snapshot", default="ipc:///tmp/tickwire-snapshot", metavar="EP",
+                   help="bind the snapshot service (ROUTER) here; 'none' for no service [%(default)s]")
+    g.add_argument("--socket", choices=["pub", "push"], default="pub", help="data socket type [%(default)s]")
+    g.add_argument("--sndhwm", type=int, metavar="N", help="send high-water mark in messages (0: unlimited) [libzmq: 1000]")
+    g.add_argument("--wait-subscribers", type=float, default=0.0, metavar="S",
+                   help="wait up to S seconds (after each bind) for subscribers of every channel [%(default)s]")
+    g.add_argument("--subscribers", type=int, default=1, metavar="N", help="how many subscribers to wait for [%(default)s]")
+    g.add_argument("--heartbeat", type=float, default=0.1, metavar="S", help="heartbeat period of idle channels [%(default)s]")
+    g.add_argument("--linger", type=float, default=1.0, metavar="S",
+                   help="keep heartbeats and snapshots up this long after the last event [%(default)s]")
+    g = sim.add_argument_group("market")
+    g.add_argument("--instruments", type=int, default=8, metavar="N", help="synthetic instruments [%(default)s]")
+    g.add_argument("--channels", type=int, default=4, metavar="C", help="channels (instrument i on channel i %% C) [%(default)s]")
+    g.add_argument("--resting", type=int, default=500, metavar="N", help="resting orders per instrument [%(default)s]")
+    g.add_argument("--seed", type=int, default=1, help="seed of the market and of the faults [%(default)s]")
+    g.add_argument("--capture", choices=["kraken", "binance"],
+                   help="publish this real capture (../shared/data) instead of a synthetic market")
+    g.add_argument("--data", metavar="DIR", help="directory of the captures [../shared/data]")
+    g = sim.add_argument_group("pace and size")
+    g.add_argument("--rate", type=float, default=100_000, metavar="EV/S", help="events per second, constant-rate pacing (0: as fast as possible) [%(default)s]")
+    g.add_argument("--batch", type=int, default=64, metavar="N", help="most events per message [%(default)s]")
+    g.add_argument("--events", dest="publish_events", type=int, default=1_000_000, metavar="N",
+                   help="events to publish [%(default)s]")
+    g.add_argument("--duration", type=float, metavar="S", help="publish for S seconds instead of --events")
+    g.add_argument("--pregenerate", action="store_true",
+                   help="generate the synthetic events before publishing (rates above the generator's "
+                        "~0.3-1 M events/s)")
+    g.add_argument("--cpu", type=int, metavar="CORE", help="pin the publisher to this CPU core")
+    g = sim.add_argument_group("faults")
+    g.add_argument("--drop", type=float, default=0.0, metavar="P", help="probability a message is dropped [%(default)s]")
+    g.add_argument("--duplicate", type=float, default=0.0, metavar="P", help="probability a message is sent twice [%(default)s]")
+    g.add_argument("--reorder", type=float, default=0.0, metavar="P",
+                   help="probability a message is held back past the channel's next one [%(default)s]")
+    g.add_argument("--restart-at", type=int, action="append", metavar="N",
+                   help="restart the publisher (new epoch, sequences from 1) after N events (repeatable)")
+    g.add_argument("--snapshot-delay", type=float, default=0.0, metavar="S",
+                   help="hold each snapshot reply S seconds (a slow snapshot service)")
+    g = sim.add_argument_group("output")
+    g.add_argument("--save-books", metavar="PATH", help="write the publisher's final books to PATH (.npz)")
+    g.add_argument("--quiet", action="store_true", help="no progress lines")
+    sim.set_defaults(func=cmd_simulate)
+
+
+def cmd_simulate(args) -> int:
+    from tickwire.feeds import simulator
+
+    if args.publish_events < 1 or args.channels < 1 or args.batch < 1:
+        _say("tickwire simulate: --events, --channels and --batch must be at least 1")
+        return 2
+    return simulator.run_cli(args, say=_say)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tickwire",
@@ -143,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data", help="directory of the exchange captures [../shared/data if present]")
     demo.add_argument("--no-captures", action="store_true", help="skip the real captures")
     demo.set_defaults(func=cmd_demo)
+    _add_simulate(sub)
     return parser
 
 

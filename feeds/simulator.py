@@ -1,0 +1,822 @@
+"""The feed simulator: a seeded synthetic market (or a real capture) published in tickwire's
+wire format, with a snapshot service and fault injection (``tickwire simulate``).
+
+- :class:`Market`: resumable, seeded L3 order flow for many instruments: adds clustered
+  near the top (geometric distance from the mid), cancels of random resting orders,
+  executions at the front of the best level (trades, with the aggressor side), size
+  reductions, the mid wandering a tick at a time and sweeping the level it moves onto; the
+  resting order count is stationary, activity is skewed across instruments (Zipf-like) and
+  event times are bursty (calm and burst regimes alternating).
+- :class:`SnapshotService`: answers snapshot requests (ROUTER) with a channel's books as
+  ``Book.snapshot_events`` and the sequence number they cover.
+- :class:`Simulator`: the publisher.  It keeps a tickwire book per instrument, updated with
+  exactly what it publishes, cuts the stream into per-channel messages of up to ``batch``
+  events, paces them at a constant rate (busy-waiting near the deadline, the intended send
+  time in the header), sends heartbeats, serves snapshots between messages (so a snapshot
+  is exact at a sequence number), and injects faults: dropped, duplicated and reordered
+  messages, and publisher restarts (new epoch, sequences from 1, sockets re-bound).
+
+Everything but wall-clock times is a function of the seed: the same seed gives the same
+events, the same messages and the same faults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+
+import numpy as np
+import zmq
+
+from tickwire.engine.instruments import Instrument, make_books
+from tickwire.ext.codec import Decoder, TYPES_REQUEST, encode as encode_payload
+from tickwire.ext.records import EVENT_DTYPE, Flag, Kind, Side
+from tickwire.feeds import wire
+from tickwire.feeds.wire import Drop, MsgType, WireFlag
+
+__all__ = ["Market", "Faults", "SnapshotService", "Simulator", "channel_map", "synthetic_instruments"]
+
+_T0 = 1_700_000_000_000_000_000        # a fixed origin for event times: same seed, same bytes
+_BLOCK = 8192                          # random draws are made in blocks of this many events
+
+
+def synthetic_instruments(n: int) -> list[Instrument]:
+    """``n`` L3 instruments SIM0.. (0.01 tick, 0.001 lot), ids 0..n-1."""
+    return [Instrument(i, f"SIM{i}", tick_size="0.01", lot_size="0.001", book="L3") for i in range(n)]
+
+
+def channel_map(instruments, channels: int) -> dict[int, list[int]]:
+    """Instrument shards: channel ``k`` carries the instruments whose id is ``k`` modulo ``channels``."""
+    out: dict[int, list[int]] = {c: [] for c in range(channels)}
+    for inst in instruments:
+        iid = inst.id if isinstance(inst, Instrument) else int(inst)
+        out[iid % channels].append(iid)
+    return {c: ids for c, ids in out.items() if ids}
+
+
+# ---------------------------------------------------------------------------------------
+# the synthetic market
+# ---------------------------------------------------------------------------------------
+
+class _Inst:
+    __slots__ = ("mid", "orders", "live", "bids", "asks")
+
+    def __init__(self, mid):
+        self.mid = mid
+        self.orders = {}          # order id -> [side, price, qty, index in live]
+        self.live = []            # resting order ids (random choice of a cancel)
+        self.bids = {}            # price -> FIFO list of order ids
+        self.asks = {}
+
+
+class Market:
+    """Seeded L3 order flow for ``instruments`` instruments, generated on demand.
+
+    Parameters
+    ----------
+    instruments : int
+        Instrument ids ``0 .. instruments-1``.
+    seed : int
+    resting : int
+        Resting orders per instrument the flow settles around (the snapshot size).
+    p_top : float
+        Parameter of the geometric distance of new orders from the mid (larger: nearer).
+    skew : float
+        Zipf exponent of activity across instruments (0: uniform).
+    """
+
+    def __init__(self, instruments: int = 8, seed: int = 1, resting: int = 500, p_top: float = 0.1,
+                 skew: float = 0.8, start_price: int = 1_000_000):
+        if instruments < 1:
+            raise ValueError("instruments must be at least 1")
+        self.n = instruments
+        self.resting = max(int(resting), 1)
+        self.p_top = p_top
+        flow, times = np.random.SeedSequence(seed).spawn(2)
+        self._rng = np.random.default_rng(flow)        # order flow, drawn in fixed blocks
+        self._trng = np.random.default_rng(times)      # event times, drawn run by run
+        w = 1.0 / np.arange(1, instruments + 1) ** skew
+        self._cdf = np.cumsum(w / w.sum())
+        self._insts = [_Inst(start_price + 1000 * k) for k in range(instruments)]
+        self._next_id = 1
+        self._t = _T0
+        self._burst = False
+        self._gaps = np.empty(0, np.int64)             # rest of the current time regime
+        self._carry = ([], [], [], [], [], [])         # events a sweep produced past the last n
+        self._draws = None
+        self._pos = _BLOCK
+        self.generated = 0
+
+    def _refill(self) -> None:
+        rng, b = self._rng, _BLOCK
+        self._draws = (
+            np.searchsorted(self._cdf, rng.random(b)).tolist(),
+            rng.random(b).tolist(),
+            rng.random(b).tolist(),
+            rng.integers(0, 2, b).tolist(),
+            rng.geometric(self.p_top, b).tolist(),
+            (rng.lognormal(4.0, 1.0, b).astype(np.int64) + 1).tolist(),
+        )
+        self._pos = 0
+
+    def _times(self, n: int) -> np.ndarray:
+        """Bursty event times: calm (mean 2 us gaps) and burst (mean 50 ns) regimes alternating
+        with geometric run lengths (mean 40 and 25 events)."""
+        parts, have = [], 0
+        while have < n:
+            if not len(self._gaps):
+                run = int(self._trng.geometric(1 / 25 if self._burst else 1 / 40))
+                scale = 50.0 if self._burst else 2_000.0
+                self._gaps = self._trng.exponential(scale, run).astype(np.int64) + 1
+                self._burst = not self._burst
+            take = self._gaps[:n - have]
+            self._gaps = self._gaps[len(take):]
+            parts.append(take)
+            have += len(take)
+        t = self._t + np.cumsum(np.concatenate(parts))
+        self._t = int(t[-1])
+        return t
+
+    def generate(self, n: int) -> np.ndarray:
+        """The next ``n`` events (EVENT_DTYPE): ``instrument, kind, side, price, qty, order_id,
+        ts_event`` set, and ``Flag.LAST`` on every event (each leaves the book consistent).
+
+        The stream does not depend on how it is cut: ``generate(a)`` then ``generate(b)``
+        gives the same events as ``generate(a + b)``.
+        """
+        rows_i, rows_k, rows_s, rows_p, rows_q, rows_o = self._carry
+        emit_i, emit_k, emit_s = rows_i.append, rows_k.append, rows_s.append
+        emit_p, emit_q, emit_o = rows_p.append, rows_q.append, rows_o.append
+        resting = self.resting
+        insts = self._insts
+        ADD, DELETE, MODIFY, TRADE = int(Kind.ADD), int(Kind.DELETE), int(Kind.MODIFY), int(Kind.TRADE)
+        while len(rows_i) < n:
+            if self._pos >= _BLOCK:
+                self._refill()
+            inst_draw, u, v, side_draw, dist_draw, qty_draw = self._draws
+            j = self._pos
+            while j < _BLOCK and len(rows_i) < n:
+                k = inst_draw[j]
+                st = insts[k]
+                orders, live = st.orders, st.live
+                vj = v[j]
+                uj = u[j]
+                j += 1
+                if vj < 0.01 and live:                 # the mid moves a tick; the level it
+                    step = 1 if vj < 0.005 else -1     # moves onto trades away (a sweep)
+                    st.mid += step
+                    book = st.asks if step > 0 else st.bids
+                    aggressor = 0 if step > 0 else 1
+                    for oid in book.pop(st.mid, ()):
+                        o = orders.pop(oid)
+                        _unlive(orders, live, o[3])
+                        emit_i(k); emit_k(TRADE); emit_s(aggressor); emit_p(st.mid); emit_q(o[2]); emit_o(oid)
+                mid = st.mid
+                nlive = len(live)
+                p_add = 0.5 + 0.4 * (1.0 - min(nlive / resting, 2.0))
+                if not nlive or uj < p_add:
+                    side = side_draw[j - 1]
+                    price = mid - dist_draw[j - 1] if side == 0 else mid + dist_draw[j - 1]
+                    qty = qty_draw[j - 1]
+                    oid = self._next_id
+                    self._next_id = oid + 1
+                    orders[oid] = [side, price, qty, nlive]
+                    live.append(oid)
+                    (st.bids if side == 0 else st.asks).setdefault(price, []).append(oid)
+                    emit_i(k); emit_k(ADD); emit_s(side); emit_p(price); emit_q(qty); emit_o(oid)
+                    continue
+                r = (uj - p_add) / (1.0 - p_add)
+                if r < 0.15:                           # execution at the front of the best level
+                    side = side_draw[j - 1]
+                    book = st.bids if side == 0 else st.asks
+                    if book:
+                        best = max(book) if side == 0 else min(book)
+                        q = book[best]
+                        oid = q[0]
+                        o = orders[oid]
+                        fill = o[2] if vj < 0.6 else max(1, o[2] // 2)
+                        emit_i(k); emit_k(TRADE); emit_s(1 - side); emit_p(best); emit_q(fill); emit_o(oid)
+                        if fill == o[2]:
+                            del orders[oid]
+                            q.pop(0)
+                            if not q:
+                                del book[best]
+                            _unlive(orders, live, o[3])
+                        else:
+                            o[2] -= fill
+                        continue
+                oid = live[int(vj * nlive)]
+                o = orders[oid]
+                if r < 0.25 and o[2] > 1:              # reduce in place (keeps queue position)
+                    o[2] -= max(1, o[2] // 3)
+                    emit_i(k); emit_k(MODIFY); emit_s(o[0]); emit_p(o[1]); emit_q(o[2]); emit_o(oid)
+                    continue
+                del orders[oid]                        # cancel
+                book = st.bids if o[0] == 0 else st.asks
+                q = book[o[1]]
+                q.remove(oid)
+                if not q:
+                    del book[o[1]]
+                _unlive(orders, live, o[3])
+                emit_i(k); emit_k(DELETE); emit_s(o[0]); emit_p(o[1]); emit_q(0); emit_o(oid)
+            self._pos = j
+        ev = np.zeros(n, dtype=EVENT_DTYPE)
+        ev["instrument"] = rows_i[:n]
+        ev["kind"] = rows_k[:n]
+        ev["side"] = rows_s[:n]
+        ev["price"] = rows_p[:n]
+        ev["qty"] = rows_q[:n]
+        ev["order_id"] = rows_o[:n]
+        ev["ts_event"] = self._times(n)
+        ev["flags"] = int(Flag.LAST)
+        self._carry = tuple(rows[n:] for rows in (rows_i, rows_k, rows_s, rows_p, rows_q, rows_o))
+        self.generated += n
+        return ev
+
+
+def _unlive(orders, live, pos):
+    """Remove live[pos] by moving the last live order into its place."""
+    last = live.pop()
+    if pos < len(live):
+        live[pos] = last
+        orders[last][3] = pos
+
+
+# ---------------------------------------------------------------------------------------
+# the snapshot service
+# ---------------------------------------------------------------------------------------
+
+class SnapshotService:
+    """Answers snapshot requests on a ROUTER socket (see docs/wire-format.md).
+
+    Parameters
+    ----------
+    socket : zmq.Socket
+        A bound ROUTER socket.
+    source : callable
+        ``source(channel) -> (epoch, covered_seq, events)`` or None for a channel this
+        publisher does not have: ``events`` are the snapshot events of the channel's
+        instruments (``Book.snapshot_events``) reflecting every event up to ``covered_seq``.
+        Called between two published messages, so the answer is exact.
+    part_events : int
+        Most events in one reply part.
+    delay : float
+        Seconds between taking a snapshot and sending it (a slow service: the client
+        buffers live messages newer than the snapshot meanwhile).
+    """
+
+    def __init__(self, socket, source, part_events: int = 8192, delay: float = 0.0):
+        self.socket = socket
+        self.source = source
+        self.part_events = max(int(part_events), 1)
+        self.delay = float(delay)
+        self._requests = Decoder(max_events=0, types=TYPES_REQUEST)
+        self._later = []                # (due, frames) of delayed replies
+        self.served = 0
+        self.events = 0
+        self.unavailable = 0
+
+    @property
+    def bad_requests(self) -> dict:
+        """Malformed requests by reason."""
+        return self._requests.drops
+
+    def serve(self) -> int:
+        """Answer every request waiting (never blocks); returns how many were answered."""
+        answered = 0
+        sock = self.socket
+        if self._later:
+            now = time.monotonic()
+            while self._later and self._later[0][0] <= now:
+                for frames in self._later.pop(0)[1]:
+                    sock.send_multipart(frames)
+        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            frames = sock.recv_multipart()
+            if len(frames) < 2:
+                continue
+            identity = frames[0]
+            reason, h, _ = self._requests.decode(None, frames[-1])
+            if reason != Drop.OK:
+                continue
+            found = self.source(h.channel)
+            now = time.time_ns()
+            if found is None:
+                self.unavailable += 1
+                payload = encode_payload(MsgType.SNAPSHOT, h.channel, 0, None, epoch=0, send_time=now,
+                                         flags=int(WireFlag.FINAL | WireFlag.UNAVAILABLE),
+                                         request_id=h.request_id)
+                sock.send_multipart([identity, payload])
+                continue
+            epoch, covered, events = found
+            step = self.part_events
+            nparts = max(1, math.ceil(len(events) / step))
+            reply = []
+            for part in range(nparts):
+                chunk = events[part * step:(part + 1) * step]
+                flags = int(WireFlag.FINAL) if part == nparts - 1 else 0
+                reply.append([identity, encode_payload(
+                    MsgType.SNAPSHOT, h.channel, covered, chunk, epoch=epoch, send_time=now,
+                    flags=flags, request_id=h.request_id, part=part)])
+            if self.delay > 0:
+                self._later.append((time.monotonic() + self.delay, reply))
+            else:
+                for frames in reply:
+                    sock.send_multipart(frames)
+            self.served += 1
+            self.events += len(events)
+            answered += 1
+        return answered
+
+
+# ---------------------------------------------------------------------------------------
+# the publisher
+# ---------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Faults:
+    """Fault injection, per published data message (heartbeats and snapshots are spared).
+
+    Attributes
+    ----------
+    drop, duplicate, reorder : float
+        Probabilities that a message is not sent, sent twice (the copy after the channel's
+        next message), or held back and sent after the channel's next message.
+    restart_at : tuple of int
+        Published-event counts after which the publisher restarts: sockets closed and
+        re-bound, a new epoch, every channel's sequence back to 1 (the books are kept, as
+        in a gateway restart).
+    seed : int, optional
+        Seed of the fault draws (default: derived from the simulator's seed).
+    """
+
+    drop: float = 0.0
+    duplicate: float = 0.0
+    reorder: float = 0.0
+    restart_at: tuple = ()
+    seed: int | None = None
+
+    def __post_init__(self):
+        for name in ("drop", "duplicate", "reorder"):
+            p = getattr(self, name)
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"fault probability {name} must be within 0..1, got {p}")
+        if self.drop + self.duplicate + self.reorder > 1.0:
+            raise ValueError("drop + duplicate + reorder must not exceed 1")
+        self.restart_at = tuple(sorted(int(x) for x in self.restart_at))
+
+
+class _ArraySource:
+    """Publishes a prepared array of events (a capture, a file, a pregenerated market)."""
+
+    def __init__(self, events):
+        self.events = events
+        self.pos = 0
+
+    def take(self, n):
+        chunk = self.events[self.pos:self.pos + n]
+        self.pos += len(chunk)
+        return chunk.copy()
+
+
+class _MarketSource:
+    def __init__(self, market):
+        self.market = market
+
+    def take(self, n):
+        return self.market.generate(n)
+
+
+class Simulator:
+    """A publisher of tickwire feeds: a synthetic market or prepared events, with faults.
+
+    Parameters
+    ----------
+    endpoints : str or sequence of str
+        Where the data socket binds (``tcp://127.0.0.1:5555``, ``ipc:///tmp/tw-feed``...).
+    snapshot : str, optional
+        Where the snapshot service (ROUTER) binds.
+    instruments : int or list of Instrument
+        Synthetic market size, or the instruments of ``events``.
+    events : numpy.ndarray, optional
+        EVENT_DTYPE events to publish in order (a capture); default: a :class:`Market`.
+    channels : int
+        Channels (instrument shards, :func:`channel_map`): instrument ``i`` on ``i % channels``.
+    seed : int
+        Seed of the market and of the faults.
+    rate : float
+        Events per second, paced at a constant rate (0: as fast as possible).
+    batch : int
+        Most events in one message (a message carries one channel's events).
+    faults : Faults, optional
+    resting : int
+        Synthetic market: resting orders per instrument.
+    socket_type : {"PUB", "PUSH"}
+    sndhwm : int, optional
+        Send high-water mark in messages (libzmq's default: 1000; 0: unlimited).
+    heartbeat : float
+        Seconds between heartbeats of an idle channel (0: none).
+    wait_subscribers : float
+        PUB only: wait up to this many seconds, after each bind, until ``subscribers``
+        subscriptions cover every channel (an XPUB sees them), so nothing is published
+        into the void (0: do not wait).
+    subscribers : int
+    restart_pause : float
+        Seconds the publisher stays down when it restarts.
+    snapshot_delay : float
+        Seconds the snapshot service holds each reply (see :class:`SnapshotService`).
+    """
+
+    def __init__(self, endpoints, *, snapshot: str | None = None, instruments=8, events=None,
+                 channels: int = 4, seed: int = 1, rate: float = 0.0, batch: int = 64,
+                 faults: Faults | None = None, resting: int = 500, socket_type: str = "PUB",
+                 sndhwm: int | None = None, heartbeat: float = 0.1, wait_subscribers: float = 0.0,
+                 subscribers: int = 1, restart_pause: float = 0.2, snapshot_delay: float = 0.0,
+                 context: zmq.Context | None = None):
+        if isinstance(endpoints, str):
+            endpoints = [endpoints]
+        self.endpoints = list(endpoints)
+        if not self.endpoints:
+            raise ValueError("at least one endpoint is needed")
+        self.snapshot_endpoint = snapshot
+        if isinstance(instruments, int):
+            instruments = synthetic_instruments(instruments)
+        self.instruments = list(instruments)
+        if not self.instruments:
+            raise ValueError("at least one instrument is needed")
+        if not 1 <= channels <= 0x10000:
+            raise ValueError(f"channels must be 1..65536, got {channels}")
+        if not 1 <= batch <= 1 << 20:
+            raise ValueError(f"batch must be 1..2**20, got {batch}")
+        self.channels = channel_map(self.instruments, channels)
+        self.batch = int(batch)
+        self.rate = float(rate)
+        self.faults = faults or Faults()
+        self.seed = seed
+        self.socket_type = str(socket_type).upper()
+        if self.socket_type not in ("PUB", "PUSH"):
+            raise ValueError(f"socket_type must be 'PUB' or 'PUSH', got {socket_type!r}")
+        self.sndhwm = sndhwm
+        self.heartbeat = float(heartbeat)
+        self.wait_subscribers = float(wait_subscribers)
+        self.subscribers = int(subscribers)
+        self.restart_pause = float(restart_pause)
+        self.snapshot_delay = float(snapshot_delay)
+        self.books = make_books(self.instruments)
+        max_id = max(inst.id for inst in self.instruments)
+        self._chan_of = np.zeros(max_id + 1, np.int64)
+        for c, ids in self.channels.items():
+            self._chan_of[ids] = c
+        self._source = _ArraySource(events) if events is not None else _MarketSource(
+            Market(len(self.instruments), seed=seed, resting=resting))
+        if events is None and [i.id for i in self.instruments] != list(range(len(self.instruments))):
+            raise ValueError("a synthetic market needs instrument ids 0..n-1")
+        fseed = self.faults.seed if self.faults.seed is not None else seed + 0x5EED
+        self._frng = np.random.default_rng(fseed)
+        self._own_context = context is None
+        self._ctx = context or zmq.Context()
+        self.epoch = wire.new_epoch()
+        self.next_seq = {c: 1 for c in self.channels}
+        self._held = {}                 # channel -> a reordered message waiting for the next one
+        self._dups = {}                 # channel -> a copy to send after the channel's next message
+        self._restarts = list(self.faults.restart_at)
+        self.stats = dict.fromkeys(("events", "messages", "sent", "dropped", "duplicated", "reordered",
+                                    "restarts", "heartbeats", "snapshots", "snapshot_events"), 0)
+        self._pub = None
+        self._router = None
+        self._service = None
+        self._served_before = (0, 0)
+        self._last_beat = {c: 0 for c in self.channels}
+        self._open()
+
+    # -- sockets ---------------------------------------------------------------------------
+    def _open(self) -> None:
+        waiting = self.socket_type == "PUB" and self.wait_subscribers > 0
+        kind = zmq.PUSH if self.socket_type == "PUSH" else (zmq.XPUB if waiting else zmq.PUB)
+        self._pub = self._ctx.socket(kind)
+        self._pub.setsockopt(zmq.LINGER, 0)
+        if self.sndhwm is not None:
+            self._pub.setsockopt(zmq.SNDHWM, int(self.sndhwm))
+        if waiting:
+            self._pub.setsockopt(zmq.XPUB_VERBOSE, 1)
+        for ep in self.endpoints:
+            self._pub.bind(ep)
+        if self.snapshot_endpoint:
+            self._router = self._ctx.socket(zmq.ROUTER)
+            self._router.setsockopt(zmq.LINGER, 0)
+            self._router.setsockopt(zmq.SNDHWM, 0)
+            self._router.bind(self.snapshot_endpoint)
+            self._service = SnapshotService(self._router, self._snapshot_of, delay=self.snapshot_delay)
+        if waiting:
+            self._await_subscribers()
+
+    def _close_sockets(self, linger_ms: int = 0) -> None:
+        if self._service is not None:
+            self.stats["snapshots"] += self._service.served
+            self.stats["snapshot_events"] += self._service.events
+            self._service = None
+        for s in (self._pub, self._router):
+            if s is not None:
+                s.close(linger_ms)
+        self._pub = self._router = None
+
+    def _await_subscribers(self) -> bool:
+        """Read XPUB subscriptions until each channel has ``subscribers`` of them (or time out)."""
+        topics = {c: wire.topic(c) for c in self.channels}
+        seen = {c: 0 for c in self.channels}
+        end = time.monotonic() + self.wait_subscribers
+        while min(seen.values()) < self.subscribers:
+            left = end - time.monotonic()
+            if left <= 0 or not self._pub.poll(int(left * 1000) + 1, zmq.POLLIN):
+                return False
+            msg = self._pub.recv()
+            if msg[:1] == b"\x01":
+                for c, t in topics.items():
+                    if t.startswith(msg[1:]):
+                        seen[c] += 1
+        return True
+
+    def close(self, linger: float = 1.0) -> None:
+        """Close the sockets, giving queued messages up to ``linger`` seconds to leave."""
+        self._close_sockets(int(linger * 1000))
+        if self._own_context:
+            self._ctx.term()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- snapshots -------------------------------------------------------------------------
+    def _snapshot_of(self, channel: int):
+        ids = self.channels.get(channel)
+        if ids is None:
+            return None
+        covered = self.next_seq[channel] - 1
+        ts = time.time_ns()
+        parts = [self.books[i].snapshot_events(seq=covered, ts=ts) for i in ids]
+        return self.epoch, covered, np.concatenate(parts)
+
+    def snapshot_events(self) -> dict[int, np.ndarray]:
+        """Every instrument's book as snapshot events (seq 0, ts 0): the publisher's full state."""
+        return {inst.id: self.books[inst.id].snapshot_events() for inst in self.instruments}
+
+    def save_books(self, path) -> None:
+        """Write :meth:`snapshot_events` (``book_<id>``), the channels' sequence state
+        (``channels``, ``next_seq``, ``epoch``) and the counters (``stats``, JSON) to ``path`` (.npz)."""
+        arrays = {f"book_{iid}": ev for iid, ev in self.snapshot_events().items()}
+        arrays["channels"] = np.array(sorted(self.next_seq), np.int64)
+        arrays["next_seq"] = np.array([self.next_seq[c] for c in sorted(self.next_seq)], np.uint64)
+        arrays["epoch"] = np.array([self.epoch], np.uint64)
+        arrays["stats"] = np.array(json.dumps(self._report(time.perf_counter_ns())))
+        np.savez(path, **arrays)
+
+    # -- publishing ------------------------------------------------------------------------
+    def _send(self, channel: int, payload: bytes) -> None:
+        self._pub.send_multipart([wire.topic(channel), payload], copy=True)
+        self.stats["sent"] += 1
+
+    def _emit(self, channel: int, payload: bytes) -> None:
+        """Send one data message through the fault injector."""
+        held = self._held.pop(channel, None)
+        dup = self._dups.pop(channel, None)
+        f = self.faults
+        r = self._frng.random() if (f.drop or f.duplicate or f.reorder) else 1.0
+        if r < f.drop:
+            self.stats["dropped"] += 1
+        elif r < f.drop + f.reorder:
+            self._held[channel] = payload
+            self.stats["reordered"] += 1
+        else:
+            self._send(channel, payload)
+            if r < f.drop + f.reorder + f.duplicate:
+                self._dups[channel] = payload
+                self.stats["duplicated"] += 1
+        if held is not None:
+            self._send(channel, held)
+        if dup is not None:
+            self._send(channel, dup)
+
+    def _flush_faults(self) -> None:
+        for c, payload in list(self._held.items()) + list(self._dups.items()):
+            self._send(c, payload)
+        self._held.clear()
+        self._dups.clear()
+
+    def _beat(self, now_wall: int, force: bool = False) -> None:
+        period = int(self.heartbeat * 1e9)
+        for c in self.channels:
+            if force or now_wall - self._last_beat[c] >= period:
+                self._send(c, encode_payload(MsgType.HEARTBEAT, c, self.next_seq[c], None,
+                                             epoch=self.epoch, send_time=now_wall))
+                self._last_beat[c] = now_wall
+                self.stats["heartbeats"] += 1
+
+    def restart(self) -> None:
+        """Restart now: messages in flight are lost, sockets closed and re-bound after
+        ``restart_pause``, a new epoch, sequences from 1; the books are kept."""
+        self._held.clear()
+        self._dups.clear()
+        self._close_sockets()
+        time.sleep(self.restart_pause)
+        self.epoch = wire.new_epoch(self.epoch)
+        self.next_seq = {c: 1 for c in self.channels}
+        self.stats["restarts"] += 1
+        self._open()
+
+    def serve(self) -> int:
+        """Answer waiting snapshot requests (between messages); read the subscriptions an
+        XPUB keeps receiving (receivers reconnecting) so they do not pile up."""
+        if self._pub is not None and self._pub.type == zmq.XPUB:
+            while self._pub.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                self._pub.recv()
+        return self._service.serve() if self._service is not None else 0
+
+    def run(self, events: int | None = None, duration: float | None = None, progress=None,
+            linger: float = 0.0, progress_every: float = 1.0) -> dict:
+        """Publish ``events`` events (or for ``duration`` seconds, or until a prepared source
+        runs out), then keep heartbeats and the snapshot service up for ``linger`` seconds.
+
+        ``progress(stats)`` is called about every ``progress_every`` seconds.  Returns
+        :attr:`stats` (events published, messages, sent, the faults injected, snapshots
+        served, elapsed seconds, rate).
+        """
+        st = self.stats
+        chunk = max(self.batch * len(self.channels), 1024)
+        t0 = time.perf_counter_ns()
+        wall0 = time.time_ns()
+        end = None if duration is None else t0 + int(duration * 1e9)
+        ns_per_event = 1e9 / self.rate if self.rate > 0 else 0.0
+        next_progress = t0 + int(progress_every * 1e9)
+        next_serve = t0
+        published = 0
+        batch = self.batch
+        apply = self.books.apply
+        chan_of = self._chan_of
+        while events is None or published < events:
+            if end is not None and time.perf_counter_ns() >= end:
+                break
+            want = chunk if events is None else min(chunk, events - published)
+            ev = self._source.take(want)
+            if not len(ev):
+                break
+            chans = chan_of[ev["instrument"]]
+            order = np.argsort(chans, kind="stable")
+            ev = ev[order]
+            chans = chans[order]
+            bounds = np.flatnonzero(np.diff(chans)) + 1
+            starts = np.concatenate(([0], bounds))
+            stops = np.concatenate((bounds, [len(ev)]))
+            for a, b in zip(starts.tolist(), stops.tolist()):
+                c = int(chans[a])
+                for m in range(a, b, batch):
+                    msg = ev[m:min(m + batch, b)]
+                    n = len(msg)
+                    seq = self.next_seq[c]
+                    msg["seq"] = np.arange(seq, seq + n, dtype=np.uint64)
+                    msg["channel"] = c
+                    apply(msg)
+                    self.next_seq[c] = seq + n
+                    if ns_per_event:
+                        intended = t0 + int(published * ns_per_event)
+                        _pace(intended)
+                    else:
+                        intended = time.perf_counter_ns()
+                    self._emit(c, encode_payload(MsgType.DATA, c, seq, msg, epoch=self.epoch,
+                                                 send_time=wall0 + (intended - t0)))
+                    self._last_beat[c] = wall0 + (intended - t0)
+                    published += n
+                    st["events"] += n
+                    st["messages"] += 1
+                    now = time.perf_counter_ns()
+                    if now >= next_serve:
+                        self.serve()
+                        if self.heartbeat:
+                            self._beat(wall0 + (now - t0))
+                        next_serve = now + 200_000
+                    if self._restarts and published >= self._restarts[0]:
+                        while self._restarts and published >= self._restarts[0]:
+                            self._restarts.pop(0)
+                        self.restart()
+                    if progress is not None and now >= next_progress:
+                        next_progress = now + int(progress_every * 1e9)
+                        progress(self._report(t0))
+        self._flush_faults()
+        if self.heartbeat:
+            self._beat(time.time_ns(), force=True)
+        elapsed_publish = (time.perf_counter_ns() - t0) / 1e9
+        stop = time.monotonic() + linger
+        while time.monotonic() < stop:
+            self.serve()
+            if self.heartbeat:
+                self._beat(time.time_ns())
+            if self._router is not None:
+                self._router.poll(10, zmq.POLLIN)
+            else:
+                time.sleep(0.01)
+        report = self._report(t0)
+        report["publish_seconds"] = elapsed_publish
+        report["rate"] = st["events"] / elapsed_publish if elapsed_publish > 0 else 0.0
+        return report
+
+    def _report(self, t0: int) -> dict:
+        out = dict(self.stats)
+        if self._service is not None:
+            out["snapshots"] += self._service.served
+            out["snapshot_events"] += self._service.events
+        out["elapsed"] = (time.perf_counter_ns() - t0) / 1e9
+        out["epoch"] = self.epoch
+        return out
+
+
+def _pace(deadline_ns: int) -> None:
+    """Wait until ``deadline_ns`` (perf_counter): sleep while far, then spin."""
+    left = deadline_ns - time.perf_counter_ns()
+    if left > 2_000_000:
+        time.sleep((left - 1_000_000) / 1e9)
+    while time.perf_counter_ns() < deadline_ns:
+        pass
+
+
+# ---------------------------------------------------------------------------------------
+# `tickwire simulate`
+# ---------------------------------------------------------------------------------------
+
+def _load_capture(name: str, data_dir):
+    from pathlib import Path
+
+    from tickwire.feeds import captures
+
+    loaders = {"kraken": (captures.KRAKEN_FILE, captures.load_kraken),
+               "binance": (captures.BINANCE_FILE, captures.load_binance)}
+    filename, loader = loaders[name]
+    path = Path(data_dir) / filename if data_dir else captures.find_shared_data(filename)
+    if path is None or not path.exists():
+        raise FileNotFoundError(
+            f"the {name} capture ({filename}) was not found: it lives in ../shared/data beside the "
+            "source tree in the development checkout; point --data (or TICKWIRE_SHARED_DATA) at "
+            "the directory that holds it")
+    return loader(path)
+
+
+def run_cli(args, say=print) -> int:
+    """``tickwire simulate``: build a :class:`Simulator` from parsed arguments and run it."""
+    import os
+
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})
+    faults = Faults(drop=args.drop, duplicate=args.duplicate, reorder=args.reorder,
+                    restart_at=tuple(args.restart_at or ()))
+    events = None
+    instruments = args.instruments
+    if args.capture:
+        try:
+            cap = _load_capture(args.capture, args.data)
+        except FileNotFoundError as exc:
+            say(f"tickwire simulate: {exc}")
+            return 2
+        events, instruments = cap.events, cap.instruments
+        say(f"capture {cap.name}: {len(cap.instruments)} instruments, {len(events):,} events")
+    elif args.pregenerate and args.duration is None:
+        t0 = time.perf_counter()
+        market = Market(args.instruments, seed=args.seed, resting=args.resting)
+        parts, left = [], args.publish_events
+        while left > 0:
+            parts.append(market.generate(min(left, 1 << 18)))
+            left -= len(parts[-1])
+            say(f"  generating: {args.publish_events - left:,}/{args.publish_events:,} events")
+        events = np.concatenate(parts)
+        instruments = synthetic_instruments(args.instruments)
+        say(f"generated {len(events):,} events in {time.perf_counter() - t0:.1f} s")
+    snapshot = None if args.snapshot in (None, "", "none") else args.snapshot
+    sim = Simulator(args.endpoint or ["ipc:///tmp/tickwire-feed"], snapshot=snapshot,
+                    instruments=instruments, events=events, channels=args.channels, seed=args.seed,
+                    rate=args.rate, batch=args.batch, faults=faults, resting=args.resting,
+                    socket_type=args.socket, sndhwm=args.sndhwm, heartbeat=args.heartbeat,
+                    wait_subscribers=args.wait_subscribers, subscribers=args.subscribers,
+                    snapshot_delay=args.snapshot_delay)
+    try:
+        say(f"publishing on {', '.join(sim.endpoints)} ({sim.socket_type}), snapshots on "
+            f"{snapshot or 'none'}: {len(sim.instruments)} instruments over {len(sim.channels)} channels, "
+            f"batch {sim.batch}, rate {'max' if not sim.rate else f'{sim.rate:,.0f} events/s'}, seed {sim.seed}")
+
+        def progress(st):
+            say(f"  {st['events']:>12,} events  {st['events'] / max(st['elapsed'], 1e-9) / 1e6:6.2f} M/s  "
+                f"{st['messages']:,} msgs  dropped {st['dropped']}  dup {st['duplicated']}  "
+                f"reordered {st['reordered']}  restarts {st['restarts']}  snapshots {st['snapshots']}")
+
+        count = None if args.duration is not None else args.publish_events
+        report = sim.run(events=count, duration=args.duration, progress=None if args.quiet else progress,
+                         linger=args.linger)
+        if args.save_books:
+            sim.save_books(args.save_books)
+        say(f"done: {report['events']:,} events in {report['messages']:,} messages "
+            f"({report['publish_seconds']:.2f} s, {report['rate'] / 1e6:.2f} M events/s); sent "
+            f"{report['sent']:,} (heartbeats {report['heartbeats']:,}); dropped {report['dropped']}, "
+            f"duplicated {report['duplicated']}, reordered {report['reordered']}, restarts "
+            f"{report['restarts']}; snapshots served {report['snapshots']}")
+    finally:
+        sim.close()
+    return 0

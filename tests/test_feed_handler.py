@@ -1,0 +1,503 @@
+"""The feed handler against a publisher and a snapshot service that the test drives message by
+message over real ZeroMQ sockets (ipc and tcp): sequencing, STALE markers, recovery in the
+order that loses nothing, retries, restarts, silence, PULL sockets, several endpoints, and
+the Cython worker path.  Counters are checked exactly."""
+
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+import tickwire
+from tickwire.engine.instruments import make_books
+from tickwire.ext import EVENT_DTYPE, Flag, Kind, codec
+from tickwire.feeds import wire
+from tickwire.feeds.handler import ChannelState, FeedHandler
+from tickwire.feeds.simulator import Market, synthetic_instruments
+from tickwire.feeds.wire import Drop, MsgType, WireFlag
+
+CHANNELS = {0: [0, 2], 1: [1, 3]}
+
+
+def free_tcp_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Harness:
+    """A publisher (XPUB) and a snapshot service (ROUTER) driven by the test, the publisher's
+    own books (``ref``), and a FeedHandler under test applying to ``books``."""
+
+    def __init__(self, tmp_path, snapshot=True, transport="ipc", channels=CHANNELS, seed=5, **kw):
+        self.insts = synthetic_instruments(4)
+        self.ref = make_books(self.insts)
+        self.books = make_books(self.insts)
+        self.log = []
+        stream = Market(4, seed=seed, resting=40).generate(6000)
+        chan = stream["instrument"] % 2
+        self.streams = {c: stream[chan == c] for c in (0, 1)}
+        self.pos = {0: 0, 1: 0}
+        self.next = {0: 1, 1: 1}
+        self.epoch = 1000
+        self.ctx = zmq.Context()
+        if transport == "ipc":
+            data, snap = f"ipc://{tmp_path}/data", f"ipc://{tmp_path}/snap"
+        else:
+            data, snap = (f"tcp://127.0.0.1:{free_tcp_port()}", f"tcp://127.0.0.1:{free_tcp_port()}")
+        self.pub = self.ctx.socket(zmq.XPUB)
+        self.pub.setsockopt(zmq.XPUB_VERBOSE, 1)
+        self.pub.bind(data)
+        self.router = None
+        if snapshot:
+            self.router = self.ctx.socket(zmq.ROUTER)
+            self.router.bind(snap)
+        kw.setdefault("silence_timeout", 0)
+        self.h = FeedHandler(data, channels, self.on_batch, snapshot=snap if snapshot else None,
+                             context=self.ctx, **kw)
+        subs = set()
+        while len(subs) < len(channels):
+            assert self.pub.poll(5000), "no subscription arrived"
+            subs.add(self.pub.recv())
+        assert subs == {b"\x01" + wire.topic(c) for c in channels}
+
+    def on_batch(self, ev):
+        assert ev.dtype == EVENT_DTYPE
+        self.log.append(ev.copy())
+        self.books.apply(ev)
+
+    def close(self):
+        self.h.close()
+        self.pub.close(0)
+        if self.router is not None:
+            self.router.close(0)
+        self.ctx.term()
+
+    # -- publishing --------------------------------------------------------------------
+    def make(self, c, n):
+        """The channel's next ``n`` events, sequenced and applied to the publisher's books."""
+        ev = self.streams[c][self.pos[c]:self.pos[c] + n].copy()
+        assert len(ev) == n
+        self.pos[c] += n
+        seq = self.next[c]
+        ev["seq"] = np.arange(seq, seq + n, dtype=np.uint64)
+        ev["channel"] = c
+        self.ref.apply(ev)
+        self.next[c] += n
+        return wire.encode_data(c, seq, ev, epoch=self.epoch)
+
+    def publish(self, c, n=10, send=True):
+        msg = self.make(c, n)
+        if send:
+            self.pub.send_multipart(msg)
+        return msg
+
+    def heartbeat(self, c):
+        self.pub.send_multipart(wire.encode_heartbeat(c, self.next[c], epoch=self.epoch))
+
+    def restart(self):
+        self.epoch += 1
+        self.next = {0: 1, 1: 1}
+
+    # -- snapshots ---------------------------------------------------------------------
+    def snapshot_now(self, c):
+        covered = self.next[c] - 1
+        return self.epoch, covered, np.concatenate(
+            [self.ref[i].snapshot_events(seq=covered, ts=1) for i in CHANNELS[c]])
+
+    def request(self, timeout=5.0):
+        """The next snapshot request: (identity, header), pumping the handler meanwhile."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            self.h.poll(0.005)
+            if self.router.poll(0):
+                identity, payload = self.router.recv_multipart()
+                reason, h, _ = codec.Decoder(types=codec.TYPES_REQUEST).decode(None, payload)
+                assert reason == Drop.OK
+                return identity, h
+        raise AssertionError("no snapshot request")
+
+    def answer(self, req, snap=None, part_events=None, unavailable=False):
+        identity, h = req
+        if unavailable:
+            self.router.send_multipart([identity, wire.encode_snapshot_part(
+                h.channel, 0, None, epoch=0, request_id=h.request_id, part=0, final=True, unavailable=True)])
+            return
+        epoch, covered, ev = snap if snap is not None else self.snapshot_now(h.channel)
+        step = part_events or max(len(ev), 1)
+        parts = [ev[i:i + step] for i in range(0, max(len(ev), 1), step)]
+        for k, p in enumerate(parts):
+            self.router.send_multipart([identity, wire.encode_snapshot_part(
+                h.channel, covered, p, epoch=epoch, request_id=h.request_id, part=k, final=k == len(parts) - 1)])
+
+    def join(self):
+        """Both channels: first message, snapshot, LIVE."""
+        for c in (0, 1):
+            self.publish(c)
+        for _ in (0, 1):
+            self.answer(self.request())
+        self.pump(self.h.all_live)
+
+    # -- checks ------------------------------------------------------------------------
+    def pump(self, cond, timeout=5.0):
+        end = time.monotonic() + timeout
+        while not cond():
+            assert time.monotonic() < end, f"timed out; counters {self.h.counters()}"
+            self.h.poll(0.005)
+
+    def caught_up(self):
+        return all(self.h.next_seq(c) == self.next[c] for c in (0, 1)) and self.h.all_live()
+
+    def assert_equal(self):
+        for inst in self.insts:
+            assert np.array_equal(self.books[inst.id].snapshot_events(), self.ref[inst.id].snapshot_events()), inst
+            assert self.books[inst.id].in_sync
+        assert self.books.rejects == {}
+
+
+@pytest.fixture(params=["ipc", "tcp"])
+def feed(request, tmp_path):
+    hs = Harness(tmp_path, transport=request.param)
+    yield hs
+    hs.close()
+
+
+def test_join_then_live(feed):
+    h = feed.h
+    feed.h.poll(0)
+    assert all(not feed.books[i].in_sync for i in range(4))        # nothing in sync before a snapshot
+    feed.join()
+    for _ in range(20):
+        feed.publish(0, 7)
+        feed.publish(1, 13)
+    feed.pump(feed.caught_up)
+    feed.assert_equal()
+    c = h.counters()
+    assert (c["gaps"], c["recoveries"], c["recovery_requests"], c["recovery_retries"]) == (0, 2, 2, 0)
+    assert c["events"] == 20 * 20                      # the joining messages are covered by the snapshots
+    assert c["buffered"] == 2 and c["covered"] == 2
+    assert c["messages"] == 42 and c["drops"] == {}
+    assert c["markers"] == 4                           # start-up STALE markers, one per instrument
+    assert {k: v["state"] for k, v in h.channel_status().items()} == {0: "live", 1: "live"}
+
+
+def test_gap_recovery_in_the_order_that_loses_nothing(feed):
+    h = feed.h
+    feed.join()
+    feed.publish(0)                                    # m1
+    feed.pump(feed.caught_up)
+    orders_before = feed.books[0].order_count
+    feed.publish(0, send=False)                        # m2: lost
+    feed.publish(0)                                    # m3: shows the gap
+    req = feed.request()
+    assert h.state(0) is ChannelState.RECOVERING and h.state(1) is ChannelState.LIVE
+    assert not feed.books[0].in_sync and not feed.books[2].in_sync     # STALE, contents kept
+    assert feed.books[0].order_count == orders_before and feed.books[1].in_sync
+    feed.publish(0)                                    # m4: buffered
+    snap = feed.snapshot_now(0)                        # the service's view: through m4
+    feed.publish(0)                                    # m5: buffered, newer than the snapshot
+    feed.publish(1, 25)                                # the other channel flows meanwhile
+    feed.pump(lambda: h.counters()["buffered"] == 2 + 3 and h.next_seq(1) == feed.next[1])
+    mark = len(feed.log)
+    feed.answer(req, snap)
+    feed.pump(feed.caught_up)
+    feed.assert_equal()
+    c = h.counters()
+    assert (c["gaps"], c["recoveries"], c["buffered"], c["covered"]) == (1, 3, 5, 4)  # m3, m4 covered
+    # what the engine saw after the reply: the snapshot (BEGIN, orders, END per instrument), then m5
+    after = np.concatenate(feed.log[mark:])
+    snap_part, live_part = after[:len(snap[2])], after[len(snap[2]):]
+    assert (snap_part["kind"][[0, -1]] == Kind.SNAPSHOT).all()
+    assert snap_part["flags"][0] & Flag.SNAPSHOT_BEGIN and snap_part["flags"][-1] & Flag.SNAPSHOT_END
+    assert (snap_part["seq"] == snap[1]).all()
+    assert list(live_part["seq"]) == list(range(snap[1] + 1, snap[1] + 11))
+    stale = np.concatenate(feed.log[:mark])
+    stale = stale[(stale["flags"] & Flag.STALE) != 0]
+    assert sorted(stale["instrument"][-2:]) == [0, 2] and (stale["kind"] == Kind.SNAPSHOT).all()
+
+
+def test_duplicates_and_reordering(feed):
+    h = feed.h
+    feed.join()
+    m1 = feed.publish(0)
+    feed.pub.send_multipart(m1)                        # a duplicate
+    m2 = feed.publish(0, send=False)
+    m3 = feed.publish(0, send=False)
+    feed.pub.send_multipart(m3)                        # m3 before m2: a gap
+    feed.pub.send_multipart(m2)
+    req = feed.request()
+    feed.answer(req)
+    feed.pump(feed.caught_up)
+    feed.pub.send_multipart(m1)                        # old news once live
+    feed.pub.send_multipart(m3)
+    feed.heartbeat(0)
+    feed.pump(lambda: h.counters()["drops"].get("DUPLICATE", 0) == 3)
+    feed.assert_equal()
+    c = h.counters()
+    assert c["gaps"] == 1 and c["drops"] == {"DUPLICATE": 3} and c["heartbeats"] == 1
+
+
+def test_heartbeat_shows_a_lost_last_message(feed):
+    feed.join()
+    feed.publish(1, send=False)
+    feed.heartbeat(1)
+    feed.answer(feed.request())
+    feed.pump(feed.caught_up)
+    feed.assert_equal()
+    assert feed.h.counters()["gaps"] == 1
+
+
+def test_publisher_restart_is_resynced_and_old_epoch_dropped(feed):
+    h = feed.h
+    feed.join()
+    old = feed.publish(0)
+    feed.pump(feed.caught_up)
+    feed.restart()                                     # new epoch, sequences from 1
+    feed.publish(0)
+    feed.publish(1)
+    for _ in (0, 1):
+        feed.answer(feed.request())
+    feed.pump(feed.caught_up)
+    feed.pub.send_multipart(old)                       # a straggler from before the restart
+    feed.publish(0)
+    feed.pump(feed.caught_up)
+    feed.pump(lambda: "OLD_EPOCH" in h.counters()["drops"])
+    feed.assert_equal()
+    c = h.counters()
+    assert (c["restarts"], c["gaps"], c["recoveries"]) == (2, 0, 4)
+    assert c["drops"] == {"OLD_EPOCH": 1}
+    assert all(s["epoch"] == feed.epoch for s in h.channel_status().values())
+
+
+def test_snapshot_in_parts_with_foreign_instruments_ignored(feed):
+    feed.join()
+    feed.publish(0, send=False)
+    feed.publish(0)
+    req = feed.request()
+    epoch, covered, ev = feed.snapshot_now(0)
+    alien = feed.ref[1].snapshot_events(seq=covered, ts=1)     # instrument 1 is channel 1's
+    feed.answer(req, (epoch, covered, np.concatenate([ev, alien])), part_events=3)
+    feed.pump(feed.caught_up)
+    feed.assert_equal()
+    assert feed.h.counters()["foreign_events"] == len(alien)
+
+
+def test_unavailable_then_served(tmp_path):
+    hs = Harness(tmp_path, snapshot_timeout=0.05)
+    try:
+        hs.publish(0)
+        hs.publish(1)
+        reqs = [hs.request(), hs.request()]
+        for r in reqs:
+            hs.answer(r, unavailable=True)
+        again = [hs.request(), hs.request()]            # asked again after the timeout
+        assert {r[1].channel for r in again} == {0, 1}
+        for r in again:
+            hs.answer(r)
+        hs.pump(hs.h.all_live)
+        hs.assert_equal()
+        c = hs.h.counters()
+        assert c["recovery_retries"] == 2 and c["recovery_requests"] == 4 and c["recovery_failures"] == 0
+    finally:
+        hs.close()
+
+
+def test_retries_failure_and_stale_reply(tmp_path):
+    hs = Harness(tmp_path, snapshot_timeout=0.03, backoff=2.0, max_retries=2, retry_pause=0.6)
+    h = hs.h
+    try:
+        hs.join()
+        hs.publish(0, send=False)
+        hs.publish(0)
+        first = hs.request()
+        ignored = [hs.request(), hs.request()]          # two retries, with growing waits
+        assert [r[1].request_id for r in ignored] != [first[1].request_id] * 2
+        hs.pump(lambda: h.state(0) is ChannelState.STALE)
+        assert h.counters()["recovery_failures"] == 1
+        hs.answer(first)                                # far too late: nobody asked any more
+        hs.publish(0)                                   # before retry_pause: not synced, dropped
+        hs.pump(lambda: h.counters()["drops"].get("STALE_REPLY") == 1
+                and h.counters()["drops"].get("UNSYNCED", 0) == 2)
+        time.sleep(0.6)
+        hs.publish(0)                                   # after retry_pause: a new recovery
+        hs.answer(hs.request())
+        hs.pump(hs.caught_up)
+        hs.assert_equal()
+        c = h.counters()
+        assert (c["recovery_retries"], c["recovery_failures"], c["recovery_requests"]) == (2, 1, 2 + 3 + 1)
+        assert c["drops"]["UNSYNCED"] == 2              # the buffered message at the failure + the one after
+    finally:
+        hs.close()
+
+
+def test_silence_marks_stale_and_resumes_without_loss(tmp_path):
+    hs = Harness(tmp_path, silence_timeout=0.15)
+    h = hs.h
+    try:
+        hs.join()
+        hs.pump(lambda: h.state(0) is ChannelState.STALE and h.state(1) is ChannelState.STALE)
+        assert not any(hs.books[i].in_sync for i in range(4))
+        hs.publish(0)                                   # in sequence: back in sync, no snapshot
+        hs.heartbeat(1)
+        hs.pump(hs.caught_up)
+        hs.assert_equal()
+        c = h.counters()
+        assert (c["silences"], c["resumes"], c["recovery_requests"], c["gaps"]) == (2, 2, 2, 0)
+    finally:
+        hs.close()
+
+
+def test_snapshot_from_a_newer_epoch_replaces_the_buffer(tmp_path):
+    hs = Harness(tmp_path)
+    try:
+        hs.join()
+        hs.publish(0, send=False)
+        hs.publish(0)
+        req = hs.request()
+        hs.publish(0)                                   # buffered, old epoch
+        hs.pump(lambda: hs.h.counters()["buffered"] == 4)
+        hs.restart()                                    # restarted before answering
+        hs.answer(req)
+        hs.pump(lambda: hs.h.state(0) is ChannelState.LIVE)
+        assert hs.h.channel_status()[0]["epoch"] == hs.epoch   # adopted from the reply
+        hs.publish(0)
+        hs.pump(lambda: hs.h.next_seq(0) == hs.next[0])
+        hs.assert_equal()
+        assert hs.h.counters()["drops"] == {"OLD_EPOCH": 2}
+    finally:
+        hs.close()
+
+
+def test_recovery_buffer_overflow_is_counted(tmp_path):
+    hs = Harness(tmp_path, buffer_events=25)
+    try:
+        hs.join()
+        hs.publish(0, send=False)
+        hs.publish(0)
+        req = hs.request()
+        for _ in range(4):
+            hs.publish(0)
+        hs.pump(lambda: hs.h.counters()["buffered"] == 2 + 5)
+        hs.answer(req)
+        hs.pump(hs.caught_up)
+        hs.assert_equal()
+        assert hs.h.counters()["drops"] == {"OVERFLOW": 3}
+    finally:
+        hs.close()
+
+
+def test_without_snapshot_service_losses_are_counted_and_books_stay_stale(tmp_path):
+    hs = Harness(tmp_path, snapshot=False)
+    try:
+        hs.publish(0)                                   # seq 1: the start of the stream
+        hs.publish(1)
+        hs.pump(hs.caught_up)
+        hs.assert_equal()
+        hs.publish(1, send=False)
+        hs.publish(1)
+        hs.pump(lambda: hs.h.next_seq(1) == hs.next[1])
+        assert hs.h.counters()["unrecovered"] == 1
+        assert not hs.books[1].in_sync and hs.books[0].in_sync
+    finally:
+        hs.close()
+
+
+def test_pull_sockets_on_several_endpoints(tmp_path):
+    """Two publishers (PUSH, one on ipc, one on tcp) feed one handler with two PULL sockets."""
+    insts = synthetic_instruments(4)
+    ref, books = make_books(insts), make_books(insts)
+    stream = Market(4, seed=9, resting=30).generate(3000)
+    ctx = zmq.Context()
+    eps = [f"ipc://{tmp_path}/a", f"tcp://127.0.0.1:{free_tcp_port()}"]
+    pushes = []
+    for ep in eps:
+        s = ctx.socket(zmq.PUSH)
+        s.bind(ep)
+        pushes.append(wire.Publisher(s, epoch=5))
+    h = FeedHandler(eps, CHANNELS, books.apply, socket_type="PULL", context=ctx, silence_timeout=0)
+    try:
+        for c in (0, 1):
+            ev = stream[stream["instrument"] % 2 == c]
+            for k in range(0, len(ev), 50):
+                batch = ev[k:k + 50].copy()
+                pushes[c].send(c, batch)
+                ref.apply(batch)
+        # a channel this handler does not serve: PULL has no filter, the receiver drops it
+        pushes[0].send(7, stream[:3].copy())
+        end = time.monotonic() + 5
+        while h.counters()["messages"] < len(range(0, 3000, 50)) + 2 and time.monotonic() < end:
+            h.poll(0.01)
+        for i in range(4):
+            assert np.array_equal(books[i].snapshot_events(), ref[i].snapshot_events())
+        c = h.counters()
+        assert c["drops"] == {"UNKNOWN_CHANNEL": 1} and c["gaps"] == 0
+    finally:
+        h.close()
+        for p in pushes:
+            p.socket.close(0)
+        ctx.term()
+
+
+WORKER = textwrap.dedent('''
+    # cython: language_level=3
+    from tickwire.ext.defs cimport tw_event
+    from tickwire.ext.book cimport BookSet, tw_bookset_apply
+    from tickwire.ext.codec cimport FeedReceiver, tw_feed_drain
+
+    def work(handler, BookSet books, tw_event[::1] buf, double seconds):
+        """A worker loop: drain and apply without the GIL; the handler only for the slow path."""
+        cdef FeedReceiver rx = handler.receiver
+        cdef Py_ssize_t n, total = 0, cap = buf.shape[0]
+        import time
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            with nogil:
+                n = tw_feed_drain(&rx.c, &buf[0], cap, 5)
+                if n > 0:
+                    tw_bookset_apply(&books.c, &buf[0], n, NULL)
+            if n < 0:
+                raise RuntimeError("libzmq failed")
+            total += n
+            handler.service()
+        return total
+''')
+
+SETUP = textwrap.dedent('''
+    import sys
+    from setuptools import setup, Extension
+    from Cython.Build import cythonize
+    inc = sys.argv.pop(1).split("|")
+    setup(name="worker", ext_modules=cythonize(
+        [Extension("feedworker", ["feedworker.pyx"], include_dirs=inc)],
+        include_path=inc, quiet=True), script_args=["build_ext", "--inplace", "-q"])
+''')
+
+
+def test_cython_worker_drains_through_the_pxd(tmp_path):
+    (tmp_path / "feedworker.pyx").write_text(WORKER)
+    (tmp_path / "setup.py").write_text(SETUP)
+    build = subprocess.run([sys.executable, "setup.py", "|".join(tickwire.get_include())],
+                           cwd=tmp_path, capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-3000:]
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import feedworker
+    finally:
+        sys.path.remove(str(tmp_path))
+    hs = Harness(tmp_path)
+    try:
+        hs.join()
+        for _ in range(30):
+            hs.publish(0, 11)
+            hs.publish(1, 9)
+        buf = np.zeros(65536, EVENT_DTYPE)              # Cython checks its layout against tw_event
+        total = feedworker.work(hs.h, hs.books, buf, 0.5)
+        assert total == 30 * 20
+        hs.assert_equal()
+    finally:
+        hs.close()
