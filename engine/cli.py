@@ -2,9 +2,12 @@
 
 Subcommands:
 
-- ``demo``: run the order books on embedded defaults: a seeded synthetic market (L2 and L3)
-  through the batch path, with figures, and the real exchange captures when they are
-  present (their own checksums as the check).
+- ``demo``: the whole system on embedded defaults (simulator -> daemon -> store + signal
+  consumer), with a live progress line and a report.
+- ``run``: the daemon from a TOML config; ``signals``: follow a running daemon's signals;
+  ``status``: its metrics.
+- ``simulate``: the feed simulator.
+- ``books``: the order books alone on a synthetic market and the real captures.
 """
 
 from __future__ import annotations
@@ -104,12 +107,12 @@ def _demo_captures(data_dir) -> int:
     return status
 
 
-def cmd_demo(args) -> int:
+def cmd_books(args) -> int:
     from pathlib import Path
 
     from tickwire.ext import BUILD
 
-    _say(f"tickwire {tickwire.__version__} demo ({BUILD} build): order books on embedded defaults")
+    _say(f"tickwire {tickwire.__version__} books ({BUILD} build): order books on a synthetic market and real captures")
     _say()
     status = _demo_synthetic("L2", args.events, args.instruments, args.seed, args.repeats)
     _say()
@@ -121,6 +124,125 @@ def cmd_demo(args) -> int:
 
 
 # -- `tickwire simulate` (the feed simulator, tickwire.feeds.simulator) ---------------------
+
+def cmd_demo(args) -> int:
+    from tickwire.engine.demo import run_demo
+
+    return run_demo(duration=args.duration, rate=args.rate, instruments=args.instruments,
+                    channels=args.channels, data_dir=args.data_dir, seed=args.seed)
+
+
+def cmd_run(args) -> int:
+    from tickwire.engine.supervisor import run
+
+    return run(args.config, args.duration)
+
+
+def _signal_names(cfg):
+    from tickwire.engine.worker import ring_names
+
+    return [ring_names(cfg, i)[1] for i in range(len(cfg.workers))]
+
+
+def cmd_signals(args) -> int:
+    import json as jsonmod
+
+    from tickwire.engine.config import load
+    from tickwire.ext import SIGNAL_DTYPE, RuleKind
+    from tickwire.ext.ring import Ring
+
+    cfg = load(args.config)
+    symbols = {i.id: i.symbol for i in cfg.instruments}
+    try:
+        rings = [Ring.attach(n, SIGNAL_DTYPE, start="oldest" if args.from_start else "newest")
+                 for n in _signal_names(cfg)]
+    except FileNotFoundError as exc:
+        print(f"no running daemon for run '{cfg.run}': {exc}", file=sys.stderr)
+        return 1
+    buf = np.empty(1024, dtype=SIGNAL_DTYPE)
+    fields = list(SIGNAL_DTYPE.names)
+    if args.format == "csv":
+        print(",".join(["symbol", "rule"] + fields))
+    seen = 0
+    try:
+        while True:
+            got = 0
+            for r in rings:
+                k = r.pop_many(buf, timeout=0.1)
+                if r.last_missed:
+                    print(f"# missed {r.last_missed} signals (the reader fell behind)", file=sys.stderr)
+                for s in buf[:k]:
+                    sym = symbols.get(int(s["instrument"]), str(s["instrument"]))
+                    rule = RuleKind(int(s["rule_kind"])).name.lower()
+                    if args.format == "json":
+                        print(jsonmod.dumps({"symbol": sym, "rule": rule, **{f: s[f].item() for f in fields}}))
+                    elif args.format == "csv":
+                        print(",".join([sym, rule] + [str(s[f].item()) for f in fields]))
+                    else:
+                        print(f"{s['ts_signal']} {sym:<10} {rule:<10} dir {int(s['direction']):+d} "
+                              f"value {s['value']:12.4f} strength {s['strength']:7.2f} seq {s['seq']}")
+                    seen += 1
+                    if args.count and seen >= args.count:
+                        return 0
+                got += k
+            sys.stdout.flush()
+            if not got and not args.follow:
+                return 0
+            if not args.follow and all(r.eof for r in rings):
+                return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for r in rings:
+            r.close()
+
+
+def cmd_status(args) -> int:
+    import urllib.request
+    from pathlib import Path
+
+    url = args.url
+    if url is None:
+        if not args.config:
+            print("tickwire status: give --config (to find the daemon) or --url", file=sys.stderr)
+            return 2
+        from tickwire.engine.config import load
+
+        cfg = load(args.config)
+        path = Path(cfg.state_dir) / cfg.run / "metrics.url"
+        if not path.exists():
+            print(f"no metrics URL in {path}: is the daemon for run '{cfg.run}' running?", file=sys.stderr)
+            return 1
+        url = path.read_text().strip()
+    try:
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+    except OSError as exc:
+        print(f"cannot read {url}: {exc}", file=sys.stderr)
+        return 1
+    if args.raw:
+        print(text, end="")
+        return 0
+    rows = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith("tickwire_"):
+            continue
+        name, _, value = line.rpartition(" ")
+        rows[name] = float(value)
+    def total(prefix):
+        return sum(v for k, v in rows.items() if k.startswith(prefix))
+    print(f"daemon at {url}")
+    print(f"  events {total('tickwire_events_total'):,.0f}  signals {total('tickwire_signals_total'):,.0f}  "
+          f"workers up {total('tickwire_worker_up'):.0f}  restarts {total('tickwire_worker_restarts_total'):.0f}")
+    print(f"  feed: messages {total('tickwire_feed_messages_total'):,.0f}  gaps {total('tickwire_feed_gaps_total'):.0f}  "
+          f"recoveries {total('tickwire_feed_recoveries_total'):.0f}  drops {total('tickwire_feed_drops_total'):.0f}")
+    print(f"  writer: rows {total('tickwire_writer_rows_written_total'):,.0f}  spilled "
+          f"{total('tickwire_writer_rows_spilled_total'):,.0f}  lag {total('tickwire_writer_lag'):,.0f}  "
+          f"outage {total('tickwire_writer_outage'):.0f}")
+    for k, v in sorted(rows.items()):
+        if k.startswith("tickwire_latency_ns") and 'quantile="0.99"' in k:
+            print(f"  p99 {k[len('tickwire_latency_ns'):]}: {v / 1000:.1f} us")
+    return 0
+
 
 def _add_simulate(sub) -> None:
     sim = sub.add_parser(
@@ -147,6 +269,9 @@ def _add_simulate(sub) -> None:
     g.add_argument("--heartbeat", type=float, default=0.1, metavar="S", help="heartbeat period of idle channels [%(default)s]")
     g.add_argument("--linger", type=float, default=1.0, metavar="S",
                    help="keep heartbeats and snapshots up this long after the last event [%(default)s]")
+    g.add_argument("--start-delay", type=float, default=0.0, metavar="S",
+                   help="serve snapshots and heartbeats this long before the first event, so that receivers "
+                        "sync on the empty market and every event reaches them live [%(default)s]")
     g = sim.add_argument_group("market")
     g.add_argument("--instruments", type=int, default=8, metavar="N", help="synthetic instruments [%(default)s]")
     g.add_argument("--channels", type=int, default=4, metavar="C", help="channels (instrument i on channel i %% C) [%(default)s]")
@@ -197,21 +322,77 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tickwire {tickwire.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    demo = sub.add_parser(
-        "demo",
-        help="run the order books on a seeded synthetic market and on the real captures",
+    books = sub.add_parser(
+        "books",
+        help="the order books alone: a seeded synthetic market and the real captures",
         description="Generate a seeded synthetic market (L2 level updates and L3 order flow), "
                     "apply it through the batch path and report throughput and the books; then, "
                     "when the real exchange captures are present, rebuild their books and check "
                     "them against the exchanges' own checksums and best levels.",
     )
-    demo.add_argument("--events", type=int, default=1_000_000, help="L2 events (L3 gets half) [%(default)s]")
-    demo.add_argument("--instruments", type=int, default=4, help="instruments in the stream [%(default)s]")
-    demo.add_argument("--seed", type=int, default=1, help="random seed of the market [%(default)s]")
-    demo.add_argument("--repeats", type=int, default=5, help="timed runs; the fastest is shown [%(default)s]")
-    demo.add_argument("--data", help="directory of the exchange captures [../shared/data if present]")
-    demo.add_argument("--no-captures", action="store_true", help="skip the real captures")
+    books.add_argument("--events", type=int, default=1_000_000, help="L2 events (L3 gets half) [%(default)s]")
+    books.add_argument("--instruments", type=int, default=4, help="instruments in the stream [%(default)s]")
+    books.add_argument("--seed", type=int, default=1, help="random seed of the market [%(default)s]")
+    books.add_argument("--repeats", type=int, default=5, help="timed runs; the fastest is shown [%(default)s]")
+    books.add_argument("--data", help="directory of the exchange captures [../shared/data if present]")
+    books.add_argument("--no-captures", action="store_true", help="skip the real captures")
+    books.set_defaults(func=cmd_books)
+
+    demo = sub.add_parser(
+        "demo",
+        help="the whole system on embedded defaults: simulator -> daemon -> store + signal consumer",
+        description="Start the feed simulator, the daemon (supervisor and writer on core 0, the engine "
+                    "worker pinned to core 1), the embedded ClickHouse store and a signal consumer; run "
+                    "for --duration seconds with a live progress line; stop everything through the daemon's "
+                    "SIGTERM path and report events processed, signals, ticks stored (checked by a count "
+                    "query) and per-stage and tick-to-signal latency percentiles.",
+    )
+    demo.add_argument("--duration", type=float, default=20.0, help="seconds of publishing [%(default)s]")
+    demo.add_argument("--rate", type=float, default=200_000, help="events per second published [%(default)s]")
+    demo.add_argument("--instruments", type=int, default=8, help="synthetic instruments [%(default)s]")
+    demo.add_argument("--channels", type=int, default=4, help="feed channels (instrument i on i %% channels) [%(default)s]")
+    demo.add_argument("--seed", type=int, default=1, help="seed of the market [%(default)s]")
+    demo.add_argument("--data-dir", default="tickwire-data", help="where the demo's store and logs go [%(default)s]")
     demo.set_defaults(func=cmd_demo)
+
+    run = sub.add_parser(
+        "run",
+        help="run the daemon from a config file (until SIGTERM/SIGINT; SIGHUP reloads rule thresholds)",
+        description="Start the supervisor (asyncio on uvloop), the pinned engine workers and the storage "
+                    "writer described by --config, and supervise them: crashed processes are restarted, "
+                    "metrics are served on the metrics endpoint, HDR interval logs are written per worker. "
+                    "SIGTERM/SIGINT drain and stop; SIGHUP reloads rule thresholds. "
+                    "See docs/config.md and engine/tickwire.example.toml.",
+    )
+    run.add_argument("--config", "-c", required=True, help="the TOML configuration file")
+    run.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: run until signalled)")
+    run.set_defaults(func=cmd_run)
+
+    sig = sub.add_parser(
+        "signals",
+        help="print the signals of a running daemon (attaches to its signal rings)",
+        description="Attach to a running daemon's broadcast signal rings, as a strategy would, and print "
+                    "each signal (text, JSON lines or CSV). A reader that falls behind is told how many it missed.",
+    )
+    sig.add_argument("--config", "-c", required=True, help="the daemon's TOML configuration file")
+    sig.add_argument("--follow", "-f", action="store_true", help="keep printing new signals until interrupted")
+    sig.add_argument("--format", choices=("text", "json", "csv"), default="text")
+    sig.add_argument("--from-start", action="store_true", help="start from the oldest signal still in the rings")
+    sig.add_argument("--count", type=int, default=0, help="stop after this many signals (0: no limit)")
+    sig.set_defaults(func=cmd_signals)
+
+    st = sub.add_parser(
+        "status",
+        help="show a running daemon's metrics (from its metrics endpoint)",
+        description="Read the metrics endpoint of a running daemon (found in its run directory, or --url) "
+                    "and print a summary: events, signals, feed gaps and recoveries, ring depths, writer "
+                    "progress, latency percentiles.",
+    )
+    st.add_argument("--config", "-c", help="the daemon's TOML configuration file")
+    st.add_argument("--url", help="the metrics URL (default: read from the run directory)")
+    st.add_argument("--raw", action="store_true", help="print the Prometheus text as is")
+    st.set_defaults(func=cmd_status)
+
     _add_simulate(sub)
     return parser
 
@@ -222,10 +403,19 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    for name in ("events", "instruments", "repeats"):
+    for name in ("events", "instruments", "repeats", "channels"):
         if getattr(args, name, 1) < 1:
             parser.error(f"--{name} must be at least 1")
-    return args.func(args)
+    for name in ("duration", "rate"):
+        if getattr(args, name, 1) is not None and getattr(args, name, 1) <= 0:
+            parser.error(f"--{name} must be positive")
+    from tickwire.engine.config import ConfigError
+
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

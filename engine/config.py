@@ -19,7 +19,7 @@ from tickwire.engine.instruments import Instrument
 from tickwire.engine.pipeline import RULE_KINDS, RuleConfig, StatsConfig
 
 __all__ = ["ConfigError", "Config", "FeedConfig", "WorkerConfig", "StoreConfig", "RingConfig",
-           "MetricsConfig", "load", "from_dict", "EXAMPLE_PATH"]
+           "MetricsConfig", "load", "from_dict", "to_toml", "EXAMPLE_PATH"]
 
 EXAMPLE_PATH = Path(__file__).with_name("tickwire.example.toml")
 
@@ -112,6 +112,7 @@ class FeedConfig:
     hwm: int = 100_000
     stale_after_ms: int = 5_000
     recovery_retries: int = 5
+    channels: int = 1
 
 
 @dataclass(frozen=True)
@@ -249,20 +250,26 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
                 _fail(f"{w}instruments", f"instruments not already on workers[{assigned[x]}]", x)
             assigned[x] = i
         workers.append(WorkerConfig(name, cpu, tuple(ids)))
-    if supervisor_cpu in used_cpu and ncpu > 1:
-        _fail("daemon.supervisor_cpu", f"a core no worker uses (workers[{used_cpu[supervisor_cpu]}] is there)",
-              supervisor_cpu)
 
     # feeds
     f = _table(raw, "feeds")
-    _check_keys(f, {"endpoints", "snapshot", "socket", "hwm", "stale_after_ms", "recovery_retries"}, "feeds.")
+    _check_keys(f, {"endpoints", "snapshot", "socket", "hwm", "stale_after_ms", "recovery_retries", "channels"},
+                "feeds.")
     endpoints = f.get("endpoints", list(FeedConfig.endpoints))
     if not isinstance(endpoints, list) or not endpoints or not all(
             isinstance(e, str) and e.split("://")[0] in ("ipc", "tcp", "inproc") for e in endpoints):
         _fail("feeds.endpoints", "an array of ZeroMQ endpoints (ipc://..., tcp://host:port)", endpoints)
     feeds = FeedConfig(tuple(endpoints), _str(f, "snapshot", "feeds.", FeedConfig.snapshot),
                        _str(f, "socket", "feeds.", "sub", ("sub", "pull")), _int(f, "hwm", "feeds.", 100_000, 0),
-                       _int(f, "stale_after_ms", "feeds.", 5_000, 1), _int(f, "recovery_retries", "feeds.", 5, 0))
+                       _int(f, "stale_after_ms", "feeds.", 5_000, 1), _int(f, "recovery_retries", "feeds.", 5, 0),
+                       _int(f, "channels", "feeds.", max(seen_ids) + 1, 1, 0xFFFF))
+    owner = {}
+    for wi, wk in enumerate(workers):                    # a channel's instruments on one worker
+        for iid in wk.instruments:
+            c = iid % feeds.channels
+            if owner.setdefault(c, wi) != wi:
+                _fail(f"workers[{wi}].instruments", f"whole feed channels: instrument {iid} is on channel {c} "
+                      f"(id % feeds.channels), which workers[{owner[c]}] serves", iid)
 
     # stats
     s = _table(raw, "stats")
@@ -331,3 +338,29 @@ def load(path) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config error: {path}: not valid TOML: {exc}") from None
     return from_dict(raw, base_dir=path.parent)
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def to_toml(raw: dict) -> str:
+    """A configuration mapping as TOML text (what :func:`load` reads back): scalars, arrays,
+    tables and arrays of tables, as the daemon's configuration uses."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in raw.items() if not isinstance(v, (dict, list)) or
+             (isinstance(v, list) and not (v and isinstance(v[0], dict)))]
+    for k, v in raw.items():
+        if isinstance(v, dict):
+            lines += ["", f"[{k}]"] + [f"{kk} = {_toml_value(vv)}" for kk, vv in v.items()]
+        elif isinstance(v, list) and v and isinstance(v[0], dict):
+            for item in v:
+                lines += ["", f"[[{k}]]"] + [f"{kk} = {_toml_value(vv)}" for kk, vv in item.items()]
+    return "\n".join(lines) + "\n"

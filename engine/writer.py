@@ -412,8 +412,10 @@ def main(argv=None) -> int:
     ap.add_argument("--signal-ring", action="append", default=[], help="broadcast signal ring to store (optional)")
     ap.add_argument("--run", default="", help="run name stored with the signals")
     ap.add_argument("--cpu", type=int, default=None, help="pin to this core")
+    ap.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s writer %(levelname)s %(message)s")
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s writer %(levelname)s %(message)s")
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
     from tickwire.engine.store import Store

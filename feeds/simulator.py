@@ -707,7 +707,16 @@ class Simulator:
         if self.heartbeat:
             self._beat(time.time_ns(), force=True)
         elapsed_publish = (time.perf_counter_ns() - t0) / 1e9
-        stop = time.monotonic() + linger
+        self.idle(linger)
+        report = self._report(t0)
+        report["publish_seconds"] = elapsed_publish
+        report["rate"] = st["events"] / elapsed_publish if elapsed_publish > 0 else 0.0
+        return report
+
+    def idle(self, seconds: float) -> None:
+        """Publish nothing for ``seconds``, but keep serving snapshots and heartbeats (before the
+        first event, receivers can then sync on an empty market; after the last, recover)."""
+        stop = time.monotonic() + seconds
         while time.monotonic() < stop:
             self.serve()
             if self.heartbeat:
@@ -716,10 +725,6 @@ class Simulator:
                 self._router.poll(10, zmq.POLLIN)
             else:
                 time.sleep(0.01)
-        report = self._report(t0)
-        report["publish_seconds"] = elapsed_publish
-        report["rate"] = st["events"] / elapsed_publish if elapsed_publish > 0 else 0.0
-        return report
 
     def _report(self, t0: int) -> dict:
         out = dict(self.stats)
@@ -808,6 +813,8 @@ def run_cli(args, say=print) -> int:
                 f"reordered {st['reordered']}  restarts {st['restarts']}  snapshots {st['snapshots']}")
 
         count = None if args.duration is not None else args.publish_events
+        if getattr(args, "start_delay", 0):
+            sim.idle(args.start_delay)
         report = sim.run(events=count, duration=args.duration, progress=None if args.quiet else progress,
                          linger=args.linger)
         if args.save_books:

@@ -50,7 +50,6 @@ def test_defaults_fill_in():
     (cfg(workers=[{"cpu": 0, "instruments": [0]}, {"cpu": 0, "instruments": [1]}]), "workers[1].cpu: expected a core no other worker uses (workers[0] is on core 0), got 0"),
     (cfg(workers=[{"cpu": 0, "instruments": [0]}, {"cpu": 1, "instruments": [0, 1]}]), "workers[1].instruments: expected instruments not already on workers[0], got 0"),
     (cfg(workers=[{"cpu": "one"}]), "workers[0].cpu: expected an integer in 0.."),
-    (cfg(workers=[{"cpu": 0}]), "daemon.supervisor_cpu: expected a core no worker uses"),
     (cfg(rules=[{"kind": "momentum", "enter": 1}]), "rules[0].kind: expected one of"),
     (cfg(rules=[{"kind": "zscore"}]), "rules[0].enter: expected a number (required)"),
     (cfg(rules=[{"kind": "zscore", "enter": 1, "exit": 3}]), "rules[0]: rule zscore: exit must satisfy"),
@@ -84,3 +83,14 @@ def test_bad_files(tmp_path):
     rel = tmp_path / "rel.toml"
     rel.write_text('[daemon]\nstate_dir = "data"\n[[instruments]]\nid = 0\nsymbol = "A"\ntick_size = "1"\nlot_size = "1"\n')
     assert load(rel).state_dir == tmp_path / "data"
+
+
+def test_workers_must_own_whole_channels():
+    raw = cfg(instruments=[{"id": i, "symbol": f"S{i}", "tick_size": "0.01", "lot_size": "1"} for i in range(4)],
+              feeds={"channels": 2}, workers=[{"cpu": 1, "instruments": [0, 1]}, {"cpu": 0, "instruments": [2, 3]}],
+              daemon={"supervisor_cpu": 0})
+    msg = error_of(raw)
+    assert "whole feed channels: instrument 2 is on channel 0" in msg
+    raw["workers"] = [{"cpu": 1, "instruments": [0, 2]}, {"cpu": 0, "instruments": [1, 3]}]
+    assert [w.instruments for w in from_dict(raw).workers] == [(0, 2), (1, 3)]
+    assert from_dict(cfg()).feeds.channels == 2             # default: one channel per instrument id

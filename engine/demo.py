@@ -1,0 +1,271 @@
+"""``tickwire demo``: the whole system on embedded defaults, end to end, with a report.
+
+It writes a daemon configuration for a synthetic market into a run directory, then starts
+
+- the daemon (this process as its supervisor on uvloop, on core 0; one engine worker pinned to
+  core 1 on a 2-core machine; the storage writer on core 0 with the embedded ClickHouse store),
+- a signal consumer (a thread attached to the signal rings, as a strategy would),
+- the feed simulator (``tickwire simulate``, a separate process on core 0) publishing a seeded L3
+  market at a constant rate over ZeroMQ ipc,
+
+shows a live one-line progress display while it runs, stops everything with the daemon's own
+SIGTERM path, and reports: events published, processed and stored (a count query on the store),
+signals emitted and received, feed gaps and recoveries, and per-stage and tick-to-signal latency
+percentiles from the workers' HDR recorders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from tickwire.engine import config as configmod
+
+__all__ = ["demo_raw_config", "run_demo"]
+
+
+def demo_raw_config(run_dir: Path, *, instruments: int = 8, channels: int = 4, run: str = "demo",
+                    clock: str = "wall", workers=None) -> dict:
+    """The demo's configuration as a mapping (see docs/config.md)."""
+    ncpu = os.cpu_count() or 1
+    ipc = Path("/tmp") / f"tickwire-{os.getpid()}-{run}"       # ipc paths must stay short
+    if workers is None:
+        workers = [{"name": "w0", "cpu": 1 if ncpu > 1 else 0, "instruments": "all"}]
+    return {
+        "daemon": {"run": run, "state_dir": str(run_dir), "supervisor_cpu": 0, "log_level": "warning"},
+        "instruments": [{"id": i, "symbol": f"SYN{i}", "tick_size": "0.01", "lot_size": "0.001", "book": "L3"}
+                        for i in range(instruments)],
+        "feeds": {"endpoints": [f"ipc://{ipc}-feed"], "snapshot": f"ipc://{ipc}-snap", "channels": channels,
+                  "stale_after_ms": 3000},
+        "workers": workers,
+        "stats": {"window": "count", "window_size": 500, "trade_window_size": 200, "imbalance_depth": 5,
+                  "ewma_fast_halflife_ns": 50_000_000, "ewma_slow_halflife_ns": 500_000_000},
+        "rules": [
+            {"kind": "zscore", "enter": 3.0, "exit": 1.0, "min_count": 100},
+            {"kind": "imbalance", "enter": 0.8, "exit": 0.3},
+            {"kind": "microprice", "enter": 2.0, "exit": 0.5},
+            {"kind": "spread", "enter": 4.0, "exit": 1.5, "min_count": 100},
+            {"kind": "vwap", "enter": 20.0, "exit": 5.0, "min_count": 20},
+            {"kind": "ewma_cross", "enter": 1.0, "min_count": 20},
+        ],
+        "store": {"batch_seconds": 0.5, "writer_cpu": 0},
+        "rings": {"prefix": "tickwire", "ticks_capacity": 1 << 20, "signals_capacity": 1 << 16},
+        "metrics": {"host": "127.0.0.1", "port": 0, "hdr_interval_s": 5.0},
+        "engine": {"clock": clock, "timing_every": 16},
+    }
+
+
+class SignalConsumer(threading.Thread):
+    """A strategy stand-in: attaches to the signal rings (broadcast) and counts what arrives."""
+
+    def __init__(self, names):
+        super().__init__(daemon=True)
+        self.names = names
+        self.received = 0
+        self.missed = 0
+        self.last = None
+        self.stop = threading.Event()
+        self.error = None
+
+    def run(self):
+        import numpy as np
+
+        from tickwire.ext import SIGNAL_DTYPE
+        from tickwire.ext.ring import Ring
+
+        rings = []
+        try:
+            end = time.monotonic() + 30
+            while len(rings) < len(self.names) and time.monotonic() < end:
+                try:
+                    rings = [Ring.attach(n, SIGNAL_DTYPE, start="oldest") for n in self.names]
+                except FileNotFoundError:
+                    time.sleep(0.05)
+            buf = np.empty(4096, dtype=SIGNAL_DTYPE)
+            while not self.stop.is_set():
+                got = 0
+                for r in rings:
+                    k = r.pop_many(buf, timeout=0.05)
+                    if k:
+                        self.received += k
+                        self.last = buf[k - 1].copy()
+                        got += k
+                    self.missed = sum(x.missed for x in rings)
+        except Exception as exc:               # noqa: BLE001 - reported at the end
+            self.error = exc
+        finally:
+            for r in rings:
+                r.close()
+
+
+def _fmt_us(ns) -> str:
+    return f"{ns / 1000:9.1f}"
+
+
+def run_demo(*, duration: float = 20.0, rate: float = 200_000, instruments: int = 8, channels: int = 4,
+             data_dir: str = "tickwire-data", seed: int = 1, say=print, keep: bool = False) -> int:
+    """Run the demo (see the module docstring); returns the exit status."""
+    import uvloop
+
+    from tickwire.engine.supervisor import Supervisor
+    from tickwire.engine.worker import ring_names
+
+    run_dir = Path(data_dir).resolve() / "demo"
+    if run_dir.exists() and not keep:
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    raw = demo_raw_config(run_dir, instruments=instruments, channels=channels)
+    cfg_path = run_dir / "tickwire.toml"
+    cfg_path.write_text(configmod.to_toml(raw))
+    cfg = configmod.load(cfg_path)
+    os.sched_setaffinity(0, {cfg.supervisor_cpu})
+    ncpu = os.cpu_count() or 1
+    say(f"tickwire demo: {instruments} instruments over {channels} channels, {rate:,.0f} events/s for "
+        f"{duration:.0f} s; worker on core {cfg.workers[0].cpu}, supervisor + writer + simulator on core "
+        f"{cfg.supervisor_cpu} ({ncpu} cores)")
+    say(f"  config: {cfg_path}   store: {cfg.store.dsn}")
+
+    sup = Supervisor(cfg, cfg_path, run_dir / cfg.run)
+    consumer = SignalConsumer([ring_names(cfg, i)[1] for i in range(len(cfg.workers))])
+    sim_out: list[str] = []
+    state = {"sim": None, "t0": None}
+
+    def start_sim():
+        events = int(rate * duration)
+        argv = [sys.executable, "-m", "tickwire", "simulate", "--endpoint", cfg.feeds.endpoints[0],
+                "--snapshot", cfg.feeds.snapshot, "--instruments", str(instruments), "--channels", str(channels),
+                "--rate", str(rate), "--events", str(events), "--seed", str(seed), "--wait-subscribers", "20",
+                "--subscribers", "1", "--start-delay", "1.0", "--linger", "1.0", "--cpu", str(cfg.supervisor_cpu),
+                "--resting", "300"]
+        state["sim"] = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        state["t0"] = time.monotonic()
+
+        def pump():
+            for line in state["sim"].stdout:
+                sim_out.append(line.rstrip())
+        threading.Thread(target=pump, daemon=True).start()
+
+    def progress_line():
+        ws = [w for w in sup.worker_status() if w]
+        wr = [w for w in sup.writer_status() if w]
+        ev = sum(w["counts"]["events"] for w in ws)
+        sig = sum(w["counts"]["signals"] for w in ws)
+        gaps = sum(w["feed"]["gaps"] for w in ws)
+        stored = sum(w.get("rows_written", 0) for w in wr)
+        p99 = max((w["latency_ns"]["tick_to_signal"]["p99"] for w in ws), default=0)
+        pub = next((m.group(1) for line in reversed(sim_out)
+                    if (m := re.match(r"\s*([\d,]+) events", line))), "0")
+        el = time.monotonic() - state["t0"] if state["t0"] else 0.0
+        return (f"\r  {el:5.1f} s  published {pub:>11}  processed {ev:>11,}  stored {stored:>11,}  "
+                f"signals {sig:>7,} (received {consumer.received:,})  gaps {gaps}  "
+                f"tick-to-signal p99 {p99 / 1000:7.1f} us ")
+
+    async def driver():
+        for w in sup.warnings:
+            say(f"  note: {w}")
+        await asyncio.sleep(1.5)                   # the worker connects and subscribes
+        start_sim()
+        consumer.start()
+        interactive = sys.stdout.isatty()
+        last_print = 0.0
+        while state["sim"].poll() is None:
+            await asyncio.sleep(0.25)
+            if time.monotonic() - last_print >= (0.5 if interactive else 5.0):
+                last_print = time.monotonic()
+                line = progress_line()
+                sys.stdout.write(line if interactive else line.strip("\r") + "\n")
+                sys.stdout.flush()
+        # the publisher is done: let the worker catch up, then stop the daemon
+        target = None
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            ws = [w for w in sup.worker_status() if w]
+            done = re.search(r"done: ([\d,]+) events", "\n".join(sim_out))
+            if done:
+                target = int(done.group(1).replace(",", ""))
+            if ws and target is not None and sum(w["feed"]["events"] for w in ws) >= target:
+                break
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(0.6)                   # one more status write
+        sys.stdout.write(progress_line().strip("\r") + "\n")
+        sup.request_stop()
+
+    async def main():
+        task = None
+
+        def ready():
+            nonlocal task
+            task = asyncio.get_running_loop().create_task(driver())
+        status = await sup.run(ready=ready)
+        if task is not None and not task.done():
+            task.cancel()
+        return status
+
+    import logging
+
+    logging.basicConfig(level=logging.ERROR, format="  %(name)s: %(message)s")
+    t_start = time.monotonic()
+    status = uvloop.run(main())
+    consumer.stop.set()
+    consumer.join(5)
+    if state["sim"] is not None and state["sim"].poll() is None:
+        state["sim"].kill()
+    return _report(cfg, sup, consumer, sim_out, status, time.monotonic() - t_start, say)
+
+
+def _report(cfg, sup, consumer, sim_out, status, elapsed, say) -> int:
+    from tickwire.engine.store import Store
+
+    ws = [w for w in sup.worker_status() if w]
+    wr = [w for w in sup.writer_status() if w]
+    done = re.search(r"done: ([\d,]+) events", "\n".join(sim_out))
+    published = int(done.group(1).replace(",", "")) if done else None
+    say("")
+    say(f"report ({elapsed:.1f} s, daemon exit status {status})")
+    if published is None:
+        say("  the simulator did not finish: " + (sim_out[-1] if sim_out else "no output"))
+    else:
+        say(f"  published by the simulator     {published:>14,} events")
+    ev = sum(w["counts"]["events"] for w in ws)
+    live = sum(w["feed"]["events"] for w in ws)
+    say(f"  processed by the engine        {ev:>14,} events ({live:,} live, "
+        f"{sum(w['feed']['snapshot_events'] for w in ws):,} snapshot, {sum(w['feed']['markers'] for w in ws):,} markers)")
+    say(f"  feed: {sum(w['feed']['messages'] for w in ws):,} messages, {sum(w['feed']['gaps'] for w in ws)} gaps, "
+        f"{sum(w['feed']['recoveries'] for w in ws)} recoveries, drops {sum(sum(w['feed']['drops'].values()) for w in ws)}")
+    with Store.open(cfg.store.dsn, cfg.store.database) as store:      # the writer has exited: ours now
+        stored = store.count_ticks()
+        q = store.client.query(f"SELECT count(), uniqExact(channel, seq) FROM {cfg.store.database}.ticks "
+                               f"WHERE bitAnd(flags, 2) = 0 AND kind != 6").result_rows[0]
+        sig_stored = len(store.read_signals(cfg.run))
+    say(f"  stored in ClickHouse           {stored:>14,} ticks ({q[0]:,} market events, {q[1]:,} distinct "
+        f"channel sequence numbers)")
+    ok = published is not None and q[0] == published and q[1] == published
+    say(f"  every published event stored exactly once: {'yes' if ok else 'NO'}")
+    sig = sum(w["counts"]["signals"] for w in ws)
+    say(f"  signals: {sig:,} emitted, {consumer.received:,} received by the consumer "
+        f"({consumer.missed} missed), {sig_stored:,} stored")
+    say(f"  writer: {sum(w.get('batches_written', 0) for w in wr)} batches, {sum(w.get('rows_spilled', 0) for w in wr)} "
+        f"spilled, lag {sum(w.get('lag', 0) for w in wr)}")
+    say("")
+    say("  latency (us), HDR         count       p50       p90       p99     p99.9    p99.99       max")
+    for stage in ("decode", "book", "stats", "rules", "tick_to_signal"):
+        for w in ws:
+            q_ = w["latency_ns"][stage]
+            if q_["count"]:
+                say(f"  {stage:<18} {q_['count']:>12,} " + " ".join(_fmt_us(q_[k]) for k in
+                                                           ("p50", "p90", "p99", "p999", "p9999", "max")))
+    say("  (decode: wire message received -> engine; book/stats/rules: per event, one in "
+        f"{cfg.timing_every}; tick_to_signal: message received -> signal produced)")
+    hlogs = sorted((sup.run_dir / "hdr").glob("*.hlog"))
+    say(f"  HDR interval logs: {', '.join(str(p) for p in hlogs)}")
+    if consumer.error:
+        say(f"  signal consumer error: {consumer.error}")
+    return 0 if (status == 0 and ok) else 1

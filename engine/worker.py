@@ -1,0 +1,233 @@
+"""An engine worker: one process pinned to one core, serving a shard of the instruments.
+
+The hot loop runs outside asyncio: receive and decode (the Cython receive loop of
+:class:`~tickwire.feeds.handler.FeedHandler`, GIL released while it waits), then for each drained
+batch
+
+1. push the ticks into this worker's blocking **tick ring** (the storage writer drains it; a full
+   ring is back-pressure, never loss),
+2. run them through the :class:`~tickwire.engine.pipeline.Engine` (books, statistics, rules),
+3. push the signals into this worker's broadcast **signal ring**,
+
+with no Python work per event. Stage latencies go to HDR recorders (decode: receive to the start
+of processing; book, stats, rules: sampled per event; tick-to-signal: every signal), written to an
+HdrHistogram interval log every ``metrics.hdr_interval_s`` and summarised with every counter in a
+status file the supervisor serves as metrics.
+
+Signals: SIGTERM/SIGINT stop the loop, close the rings (end of stream for their readers) and exit
+0; SIGHUP re-reads the config file and applies new rule thresholds.
+
+Run by the supervisor as ``python -m tickwire.engine.worker --config FILE --worker N --run-dir DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tickwire.engine import config as configmod
+from tickwire.engine.latency import IntervalLogWriter
+from tickwire.engine.pipeline import Engine
+from tickwire.ext import EVENT_DTYPE, SIGNAL_DTYPE
+from tickwire.ext.hdr import STAGES, StageRecorders
+from tickwire.ext.ring import Ring
+
+log = logging.getLogger("tickwire.worker")
+
+__all__ = ["Worker", "ring_names", "channels_of", "main"]
+
+
+def ring_names(cfg, index: int) -> tuple[str, str]:
+    """Names of worker ``index``'s tick ring and signal ring."""
+    return f"{cfg.rings.prefix}-{cfg.run}-ticks-{index}", f"{cfg.rings.prefix}-{cfg.run}-signals-{index}"
+
+
+def channels_of(cfg, instruments) -> dict[int, list[int]]:
+    """The feed channels carrying ``instruments`` (instrument ``i`` on channel ``i % channels``)."""
+    out: dict[int, list[int]] = {}
+    for iid in instruments:
+        out.setdefault(iid % cfg.feeds.channels, []).append(iid)
+    return out
+
+
+def pin(cpu: int) -> int:
+    """Pin this process to ``cpu`` and check it took; returns the core."""
+    os.sched_setaffinity(0, {cpu})
+    got = os.sched_getaffinity(0)
+    if got != {cpu}:
+        raise RuntimeError(f"pinning to core {cpu} did not take (affinity {sorted(got)})")
+    return cpu
+
+
+class Worker:
+    """The worker's state and loop (see the module docstring)."""
+
+    def __init__(self, cfg, index: int, run_dir: Path, config_path=None):
+        self.cfg = cfg
+        self.index = index
+        self.wcfg = cfg.workers[index]
+        self.run_dir = Path(run_dir)
+        self.config_path = config_path
+        self.stop = False
+        self.reload = False
+        insts = [cfg.instrument(i) for i in self.wcfg.instruments]
+        self.engine = Engine(insts, cfg.rules, cfg.stats, clock=cfg.clock, timing_every=cfg.timing_every)
+        self.stages = StageRecorders()
+        self.engine.set_timing(cfg.timing_every, self.stages)
+        self.totals = StageRecorders()
+        tick_name, sig_name = ring_names(cfg, index)
+        self.ticks = Ring.attach(tick_name, EVENT_DTYPE, role="producer", takeover=True)
+        self.signals = Ring.attach(sig_name, SIGNAL_DTYPE, role="producer", takeover=True)
+        self.counts = {"events": 0, "signals": 0, "batches": 0, "tick_ring_waits": 0}
+        self.started = time.time()
+        self.hdr_dir = self.run_dir / "hdr"
+        self.hdr_dir.mkdir(parents=True, exist_ok=True)
+        self.hlog = IntervalLogWriter(self.hdr_dir / f"{self.wcfg.name}.hlog", self.stages,
+                                      interval=cfg.metrics.hdr_interval_s,
+                                      comment=f"tickwire worker {self.wcfg.name} on core {self.wcfg.cpu}")
+        self.status_path = self.run_dir / f"worker-{index}.json"
+        from tickwire.feeds.handler import FeedHandler
+
+        f = cfg.feeds
+        self.feed = FeedHandler(list(f.endpoints), channels_of(cfg, self.wcfg.instruments), self.on_batch,
+                                snapshot=f.snapshot or None, socket_type=f.socket.upper(), rcvhwm=f.hwm,
+                                silence_timeout=f.stale_after_ms / 1000.0, max_retries=f.recovery_retries)
+
+    # -- the per-batch work (called by the feed handler; events valid during the call) ----------
+    def on_batch(self, events: np.ndarray) -> None:
+        t0 = time.time_ns()
+        rec = int(events["ts_recv"][0])
+        if rec:
+            self.stages.decode.record(t0 - rec)
+        n = self.engine.process(events)                    # signals first: they are latency-bound
+        if n:
+            self.signals.push_many(self.engine.signals)
+            self.engine.clear_signals()
+        left = events
+        while len(left):                                   # back-pressure, never loss
+            k = self.ticks.push_many(left, timeout=0.5)
+            if k < len(left):
+                self.counts["tick_ring_waits"] += 1
+            left = left[k:]
+            if self.stop and not k:
+                log.error("tick ring full at shutdown: %d ticks not handed to the writer", len(left))
+                break
+        self.counts["events"] += len(events)
+        self.counts["signals"] += n
+        self.counts["batches"] += 1
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+    def write_hdr_interval(self) -> None:
+        for name in STAGES:
+            self.totals[name].add(self.stages[name])
+        self.hlog.write_interval()
+
+    def status(self) -> dict:
+        lat = {}
+        for name in STAGES:
+            r = self.totals[name].copy()
+            r.add(self.stages[name])
+            lat[name] = {"count": r.total, "p50": r.value_at_percentile(50.0), "p90": r.value_at_percentile(90.0),
+                         "p99": r.value_at_percentile(99.0), "p999": r.value_at_percentile(99.9),
+                         "p9999": r.value_at_percentile(99.99), "max": r.max_value or 0}
+        books = self.engine.books
+        feed = self.feed.counters()
+        return {
+            "worker": self.wcfg.name, "index": self.index, "pid": os.getpid(), "cpu": self.wcfg.cpu,
+            "affinity": sorted(os.sched_getaffinity(0)), "started": self.started, "time": time.time(),
+            "instruments": list(self.wcfg.instruments), "counts": dict(self.counts), "feed": feed,
+            "channels": {str(k): v for k, v in self.feed.channel_status().items()},
+            "book_rejects": books.rejects, "tick_ring_depth": int(len(self.ticks)),
+            "signal_ring_head": int(self.signals.head), "latency_ns": lat,
+            "rules": [list(r) for r in self.engine.rule_thresholds()],
+        }
+
+    def write_status(self) -> None:
+        tmp = self.status_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.status()))
+        os.replace(tmp, self.status_path)
+
+    def save_books(self) -> None:
+        """Every book as snapshot events (``book_<id>``, seq 0, ts 0) in ``books-<index>.npz``:
+        the worker's final state, comparable with a publisher's (``tickwire simulate --save-books``)."""
+        arrays = {f"book_{b.instrument}": b.snapshot_events() for b in self.engine.books}
+        np.savez(self.run_dir / f"books-{self.index}.npz", **arrays)
+
+    def apply_reload(self) -> None:
+        self.reload = False
+        try:
+            new = configmod.load(self.config_path)
+        except configmod.ConfigError as exc:
+            log.error("reload refused: %s", exc)
+            return
+        old = self.engine.rule_thresholds()
+        if [r.kind for r in new.rules] != [k for k, _, _ in old]:
+            log.error("reload refused: the rules' kinds or order changed (restart to change rules)")
+            return
+        for rid, rule in enumerate(new.rules):
+            self.engine.update_rule(rid, rule.enter, rule.exit)
+        log.info("rule thresholds reloaded: %s", [(r.kind, r.enter, r.exit) for r in new.rules])
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(self) -> int:
+        next_status = 0.0
+        next_hdr = time.monotonic() + self.cfg.metrics.hdr_interval_s
+        try:
+            while not self.stop:
+                self.feed.poll(0.05)
+                now = time.monotonic()
+                if now >= next_status:
+                    self.write_status()
+                    next_status = now + 0.5
+                if now >= next_hdr:
+                    self.write_hdr_interval()
+                    next_hdr = now + self.cfg.metrics.hdr_interval_s
+                if self.reload:
+                    self.apply_reload()
+        finally:
+            self.feed.close()
+            self.save_books()
+            self.write_hdr_interval()
+            self.hlog.close(final=False)
+            self.write_status()
+            self.ticks.close()                             # end of stream for the writer
+            self.signals.close()
+        return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tickwire.engine.worker", description="One tickwire engine worker.")
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--worker", type=int, required=True, help="index into the config's workers")
+    ap.add_argument("--run-dir", required=True)
+    args = ap.parse_args(argv)
+    cfg = configmod.load(args.config)
+    w = cfg.workers[args.worker]
+    logging.basicConfig(level=getattr(logging, cfg.log_level.upper()),
+                        format=f"%(asctime)s {w.name} %(levelname)s %(message)s")
+    pin(w.cpu)
+    worker = Worker(cfg, args.worker, Path(args.run_dir), args.config)
+
+    def stop(*_):
+        worker.stop = True
+
+    def reload(*_):
+        worker.reload = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, reload)
+    log.info("serving instruments %s on core %d", list(w.instruments), w.cpu)
+    return worker.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""The daemon end to end on loopback: simulator -> daemon (supervisor, pinned worker(s), writer)
+-> embedded ClickHouse + a signal consumer. Real processes, sockets, rings and store."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tickwire.engine.config import to_toml
+from tickwire.engine.demo import demo_raw_config
+
+pytestmark = pytest.mark.integration
+PY = sys.executable
+
+
+def write_config(tmp_path, run, **kw):
+    raw = demo_raw_config(tmp_path / "state", run=run, **kw)
+    raw["daemon"]["log_level"] = "info"
+    path = tmp_path / f"{run}.toml"
+    path.write_text(to_toml(raw))
+    return path, raw
+
+
+def wait_for(pred, timeout=60.0, every=0.1):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if pred():
+                return True
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(every)
+    return False
+
+
+def status(run_dir, i=0):
+    return json.loads((run_dir / f"worker-{i}.json").read_text())
+
+
+def start_daemon(cfg_path, tmp_path, name="daemon"):
+    log = open(tmp_path / f"{name}.log", "w")
+    return subprocess.Popen([PY, "-m", "tickwire", "run", "--config", str(cfg_path)], stdout=log,
+                            stderr=subprocess.STDOUT), log
+
+
+def start_sim(raw, events, rate, *extra, seed=1):
+    f = raw["feeds"]
+    argv = [PY, "-m", "tickwire", "simulate", "--endpoint", f["endpoints"][0], "--snapshot", f["snapshot"],
+            "--instruments", str(len(raw["instruments"])), "--channels", str(f["channels"]), "--rate", str(rate),
+            "--events", str(events), "--seed", str(seed), "--wait-subscribers", "30", "--start-delay", "1",
+            "--linger", "1", "--resting", "200", "--cpu", "0", "--quiet", *extra]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def stop_daemon(proc, log, bound=25.0):
+    t = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(timeout=bound + 10)
+    log.close()
+    return rc, time.monotonic() - t
+
+
+def query(dsn, sql):
+    code = ("import json, sys\nfrom tickwire.engine.store import Store\n"
+            f"s = Store.open({dsn!r})\nprint(json.dumps(s.client.query({sql!r}).result_rows, default=str))")
+    out = subprocess.run([PY, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout)
+
+
+def published_books(path):
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files if k.startswith("book_")}
+
+
+def test_end_to_end_every_event_stored_once_signals_metrics_hdr_and_clean_sigterm(tmp_path):
+    cfg_path, raw = write_config(tmp_path, "e2e")
+    run_dir = tmp_path / "state" / "e2e"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"]), "the worker never reported"
+        consumer = subprocess.Popen([PY, "-m", "tickwire", "signals", "--config", str(cfg_path), "--follow",
+                                     "--format", "json", "--from-start"], stdout=subprocess.PIPE, text=True)
+        sim = start_sim(raw, 300_000, 100_000, "--save-books", str(tmp_path / "pub.npz"))
+        out, _ = sim.communicate(timeout=120)
+        assert sim.returncode == 0, out
+        assert wait_for(lambda: status(run_dir)["feed"]["events"] >= 300_000, 30)
+        # the metrics endpoint answers, on localhost
+        url = (run_dir / "metrics.url").read_text().strip()
+        assert url.startswith("http://127.0.0.1:")
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        assert 'tickwire_events_total{worker="w0"}' in text and "tickwire_latency_ns" in text
+        st = subprocess.run([PY, "-m", "tickwire", "status", "--config", str(cfg_path)], capture_output=True, text=True)
+        assert st.returncode == 0 and "events" in st.stdout, st.stderr
+        w = status(run_dir)
+        assert w["affinity"] == [w["cpu"]]                       # pinned where the config said
+    finally:
+        rc, took = stop_daemon(daemon, log)
+    consumer.send_signal(signal.SIGINT)
+    lines, _ = consumer.communicate(timeout=30)
+    assert rc == 0 and took < 25, (tmp_path / "daemon.log").read_text()[-3000:]
+    # every published event stored exactly once (markers and snapshot events aside)
+    dsn = f"chdb://{tmp_path}/state/store"
+    (n, distinct), = query(dsn, "SELECT count(), uniqExact(channel, seq) FROM tickwire.ticks "
+                                "WHERE bitAnd(flags, 2) = 0 AND kind != 6")
+    assert n == distinct == 300_000
+    # signals were produced, reached the consumer and the store
+    emitted = status(run_dir)["counts"]["signals"]
+    received = [json.loads(x) for x in lines.splitlines() if x.startswith("{")]
+    (stored_signals,), = query(dsn, "SELECT count() FROM tickwire.signals WHERE run = 'e2e'")
+    assert emitted > 0 and len(received) == emitted == stored_signals
+    # the worker's books equal the publisher's
+    pub = published_books(tmp_path / "pub.npz")
+    mine = published_books(run_dir / "books-0.npz")
+    assert pub.keys() == mine.keys() and all(pub[k].tobytes() == mine[k].tobytes() for k in pub)
+    # the HDR interval log parses with hdrh's reader and holds every stage
+    from tickwire.engine.latency import merged, read_interval_log
+
+    intervals = read_interval_log(run_dir / "hdr" / "w0.hlog")
+    tags = {i.tag for i in intervals}
+    assert {"decode", "book", "stats", "rules", "tick_to_signal"} <= tags
+    assert merged(intervals, "book").get_total_count() > 0
+
+
+def test_killed_worker_is_restarted_resynced_and_nothing_stored_is_lost(tmp_path):
+    cfg_path, raw = write_config(tmp_path, "kill")
+    run_dir = tmp_path / "state" / "kill"
+    writer_status = run_dir / "writer" / "tickwire-kill-ticks-0" / "status.json"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"])
+        sim = start_sim(raw, 600_000, 100_000, "--save-books", str(tmp_path / "pub.npz"))
+        assert wait_for(lambda: status(run_dir)["feed"]["events"] > 150_000, 60)
+        first_pid = status(run_dir)["pid"]
+        os.kill(first_pid, signal.SIGKILL)
+        assert wait_for(lambda: json.loads(writer_status.read_text())["rows_written"] > 0, 30)
+        stored_before = json.loads(writer_status.read_text())["rows_written"]
+        assert wait_for(lambda: status(run_dir)["pid"] != first_pid, 30), "the worker was not restarted"
+        out, _ = sim.communicate(timeout=120)
+        assert sim.returncode == 0, out
+        assert wait_for(lambda: all(c["state"] == "live" and c["in_sync"]
+                                    for c in status(run_dir)["channels"].values()), 30)
+        text = urllib.request.urlopen((run_dir / "metrics.url").read_text().strip(), timeout=5).read().decode()
+        assert "tickwire_worker_restarts_total{worker=\"w0\"} 1.0" in text
+    finally:
+        rc, _ = stop_daemon(daemon, log)
+    assert rc == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+    dsn = f"chdb://{tmp_path}/state/store"
+    (n, distinct), = query(dsn, "SELECT count(), uniqExact(channel, seq) FROM tickwire.ticks "
+                                "WHERE bitAnd(flags, 2) = 0 AND kind != 6")
+    assert n == distinct                                      # nothing twice
+    assert stored_before <= n < 600_000                       # nothing stored lost; the gap was skipped
+    assert status(run_dir)["feed"]["recoveries"] >= 1         # the new worker synced by snapshot
+    pub = published_books(tmp_path / "pub.npz")
+    mine = published_books(run_dir / "books-0.npz")
+    assert all(pub[k].tobytes() == mine[k].tobytes() for k in pub)   # books resynced exactly
+
+
+def test_two_workers_give_the_same_signals_as_one(tmp_path):
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs two cores")
+    results = {}
+    for name, workers in (("one", [{"name": "w0", "cpu": 1, "instruments": "all"}]),
+                          ("two", [{"name": "w0", "cpu": 1, "instruments": [0, 2, 4, 6]},
+                                   {"name": "w1", "cpu": 0, "instruments": [1, 3, 5, 7]}])):
+        raw = demo_raw_config(tmp_path / name, run=name, clock="event", workers=workers, channels=8)
+        path = tmp_path / f"{name}.toml"
+        path.write_text(to_toml(raw))
+        daemon, log = start_daemon(path, tmp_path, name)
+        try:
+            assert wait_for(lambda: all(status(tmp_path / name / name, i)["pid"] for i in range(len(workers))))
+            sim = start_sim(raw, 200_000, 100_000, "--subscribers", "1", seed=7)
+            out, _ = sim.communicate(timeout=120)
+            assert sim.returncode == 0, out
+            assert wait_for(lambda: sum(status(tmp_path / name / name, i)["feed"]["events"]
+                                        for i in range(len(workers))) >= 200_000, 30)
+        finally:
+            rc, _ = stop_daemon(daemon, log)
+        assert rc == 0
+        rows = query(f"chdb://{tmp_path}/{name}/store",
+                     f"SELECT instrument, seq, rule_id, direction, value FROM tickwire.signals WHERE run = '{name}' "
+                     f"ORDER BY seq, instrument, rule_id")
+        results[name] = rows
+    assert len(results["one"]) > 0 and results["one"] == results["two"]
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda raw: raw["instruments"][0].pop("symbol"), "instruments[0].symbol: expected a string (required)"),
+    (lambda raw: raw["workers"][0].update(cpu="one"), "workers[0].cpu: expected an integer"),
+    (lambda raw: raw["workers"][0].update(instruments=[0, 99]), "workers[0].instruments: expected ids of configured"),
+    (lambda raw: raw.update(workers=[{"cpu": 1, "instruments": [0, 4]}, {"cpu": 1, "instruments": [1]}]),
+     "workers[1].cpu: expected a core no other worker uses"),
+])
+def test_config_errors_are_one_line_and_exit_non_zero(tmp_path, edit, fragment):
+    raw = demo_raw_config(tmp_path / "state", run="bad")
+    edit(raw)
+    path = tmp_path / "bad.toml"
+    path.write_text(to_toml(raw))
+    res = subprocess.run([PY, "-m", "tickwire", "run", "--config", str(path)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert res.stderr.strip().count("\n") == 0 and fragment in res.stderr, res.stderr
+    assert not (tmp_path / "state" / "bad").exists()          # nothing started
