@@ -406,9 +406,10 @@ def main(argv=None) -> int:
     for name in ("events", "instruments", "repeats", "channels"):
         if getattr(args, name, 1) < 1:
             parser.error(f"--{name} must be at least 1")
-    for name in ("duration", "rate"):
-        if getattr(args, name, 1) is not None and getattr(args, name, 1) <= 0:
-            parser.error(f"--{name} must be positive")
+    if args.command == "demo":
+        for name in ("duration", "rate"):
+            if getattr(args, name) <= 0:
+                parser.error(f"--{name} must be positive")
     from tickwire.engine.config import ConfigError
 
     try:

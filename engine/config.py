@@ -113,6 +113,8 @@ class FeedConfig:
     stale_after_ms: int = 5_000
     recovery_retries: int = 5
     channels: int = 1
+    max_message_events: int = 1024
+    batch_events: int = 2048
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,7 @@ class StoreConfig:
     writer_cpu: int = 0
     username: str = ""
     password: str = field(default="", repr=False)      # never printed
+    enabled: bool = True
 
 
 @dataclass(frozen=True)
@@ -253,8 +256,8 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
 
     # feeds
     f = _table(raw, "feeds")
-    _check_keys(f, {"endpoints", "snapshot", "socket", "hwm", "stale_after_ms", "recovery_retries", "channels"},
-                "feeds.")
+    _check_keys(f, {"endpoints", "snapshot", "socket", "hwm", "stale_after_ms", "recovery_retries", "channels",
+                    "max_message_events", "batch_events"}, "feeds.")
     endpoints = f.get("endpoints", list(FeedConfig.endpoints))
     if not isinstance(endpoints, list) or not endpoints or not all(
             isinstance(e, str) and e.split("://")[0] in ("ipc", "tcp", "inproc") for e in endpoints):
@@ -262,7 +265,12 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
     feeds = FeedConfig(tuple(endpoints), _str(f, "snapshot", "feeds.", FeedConfig.snapshot),
                        _str(f, "socket", "feeds.", "sub", ("sub", "pull")), _int(f, "hwm", "feeds.", 100_000, 0),
                        _int(f, "stale_after_ms", "feeds.", 5_000, 1), _int(f, "recovery_retries", "feeds.", 5, 0),
-                       _int(f, "channels", "feeds.", max(seen_ids) + 1, 1, 0xFFFF))
+                       _int(f, "channels", "feeds.", max(seen_ids) + 1, 1, 0xFFFF),
+                       _int(f, "max_message_events", "feeds.", 1024, 1, 1 << 20),
+                       _int(f, "batch_events", "feeds.", 2048, 1, 1 << 24))
+    if feeds.batch_events < feeds.max_message_events:
+        _fail("feeds.batch_events", f"at least feeds.max_message_events ({feeds.max_message_events})",
+              feeds.batch_events)
     owner = {}
     for wi, wk in enumerate(workers):                    # a channel's instruments on one worker
         for iid in wk.instruments:
@@ -304,14 +312,14 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
     # store
     st = _table(raw, "store")
     _check_keys(st, {"dsn", "database", "cluster", "batch_rows", "batch_seconds", "writer_cpu", "username",
-                     "password"}, "store.")
+                     "password", "enabled"}, "store.")
     dsn = _str(st, "dsn", "store.", f"chdb://{state_dir / 'store'}")
     if not (dsn.startswith("chdb:///") or dsn.startswith("http://") or dsn.startswith("https://")):
         _fail("store.dsn", "chdb:///absolute/dir or http(s)://host:port", "(the configured DSN)")
     store = StoreConfig(dsn, _str(st, "database", "store.", "tickwire"), _str(st, "cluster", "store.", ""),
                         _int(st, "batch_rows", "store.", 500_000, 1), _num(st, "batch_seconds", "store.", 1.0, True),
                         _int(st, "writer_cpu", "store.", 0, 0, ncpu - 1), _str(st, "username", "store.", ""),
-                        _str(st, "password", "store.", ""))
+                        _str(st, "password", "store.", ""), _bool(st, "enabled", "store.", True))
 
     r = _table(raw, "rings")
     _check_keys(r, {"prefix", "ticks_capacity", "signals_capacity"}, "rings.")

@@ -149,12 +149,12 @@ class Supervisor:
         argv = self._python("tickwire.engine.writer", "--dsn", cfg.store.dsn, "--database", cfg.store.database,
                             "--state-dir", self.run_dir / "writer", "--batch-rows", cfg.store.batch_rows,
                             "--batch-seconds", cfg.store.batch_seconds, "--run", cfg.run,
-                            "--cpu", cfg.store.writer_cpu, "--log-level", cfg.log_level)
+                            "--cpu", cfg.store.writer_cpu, "--log-level", cfg.log_level, "--nice", 10)
         for t in tick_names:
             argv += ["--ring", t]
         for s in sig_names:
             argv += ["--signal-ring", s]
-        self.writer = _Child("writer", argv, cfg.store.writer_cpu)
+        self.writer = _Child("writer", argv, cfg.store.writer_cpu) if cfg.store.enabled else None
         for i, w in enumerate(cfg.workers):
             self.workers.append(_Child(w.name, self._python("tickwire.engine.worker", "--config", self.config_path,
                                                              "--worker", i, "--run-dir", self.run_dir), w.cpu))
@@ -242,7 +242,7 @@ class Supervisor:
             if child.proc and child.proc.returncode is None:
                 child.proc.send_signal(signal.SIGTERM)
         for child in self.workers + [self.writer]:     # workers first: the writer drains after them
-            if not child.proc:
+            if child is None or not child.proc:
                 continue
             if child is self.writer and child.proc.returncode is None:
                 # the closed tick rings end its stream: it stops by itself once they are stored;
@@ -276,10 +276,10 @@ class Supervisor:
             loop.add_signal_handler(sig, self._stop_event.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         self.setup()
-        await self._spawn(self.writer)
-        for child in self.workers:
+        children = ([self.writer] if self.writer else []) + self.workers
+        for child in children:
             await self._spawn(child)
-        watchers = [asyncio.create_task(self._watch(c)) for c in [self.writer] + self.workers]
+        watchers = [asyncio.create_task(self._watch(c)) for c in children]
         asyncio.create_task(self._check_pinning())
         if ready is not None:
             ready()

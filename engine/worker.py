@@ -87,6 +87,7 @@ class Worker:
         self.ticks = Ring.attach(tick_name, EVENT_DTYPE, role="producer", takeover=True)
         self.signals = Ring.attach(sig_name, SIGNAL_DTYPE, role="producer", takeover=True)
         self.counts = {"events": 0, "signals": 0, "batches": 0, "tick_ring_waits": 0}
+        self.store = cfg.store.enabled                     # off: ticks are not stored (benchmarks)
         self.started = time.time()
         self.hdr_dir = self.run_dir / "hdr"
         self.hdr_dir.mkdir(parents=True, exist_ok=True)
@@ -99,7 +100,8 @@ class Worker:
         f = cfg.feeds
         self.feed = FeedHandler(list(f.endpoints), channels_of(cfg, self.wcfg.instruments), self.on_batch,
                                 snapshot=f.snapshot or None, socket_type=f.socket.upper(), rcvhwm=f.hwm,
-                                silence_timeout=f.stale_after_ms / 1000.0, max_retries=f.recovery_retries)
+                                silence_timeout=f.stale_after_ms / 1000.0, max_retries=f.recovery_retries,
+                                max_events=f.max_message_events, batch_events=f.batch_events)
 
     # -- the per-batch work (called by the feed handler; events valid during the call) ----------
     def on_batch(self, events: np.ndarray) -> None:
@@ -111,7 +113,7 @@ class Worker:
         if n:
             self.signals.push_many(self.engine.signals)
             self.engine.clear_signals()
-        left = events
+        left = events if self.store else events[:0]
         while len(left):                                   # back-pressure, never loss
             k = self.ticks.push_many(left, timeout=0.5)
             if k < len(left):

@@ -413,11 +413,14 @@ def main(argv=None) -> int:
     ap.add_argument("--run", default="", help="run name stored with the signals")
     ap.add_argument("--cpu", type=int, default=None, help="pin to this core")
     ap.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    ap.add_argument("--nice", type=int, default=0, help="lower the writer's scheduling priority by this much")
     args = ap.parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s writer %(levelname)s %(message)s")
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
+    if args.nice:
+        os.nice(args.nice)                   # throughput work: yield the core to latency-bound work
     from tickwire.engine.store import Store
     from tickwire.ext.ring import Ring
 

@@ -207,3 +207,27 @@ def test_config_errors_are_one_line_and_exit_non_zero(tmp_path, edit, fragment):
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and fragment in res.stderr, res.stderr
     assert not (tmp_path / "state" / "bad").exists()          # nothing started
+
+
+def test_sighup_reloads_rule_thresholds_without_a_restart(tmp_path):
+    cfg_path, raw = write_config(tmp_path, "hup")
+    run_dir = tmp_path / "state" / "hup"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"])
+        pid = status(run_dir)["pid"]
+        assert status(run_dir)["rules"][0] == ["zscore", 3.0, 1.0]
+        raw["rules"][0].update(enter=4.5, exit=2.0)
+        cfg_path.write_text(to_toml(raw))
+        daemon.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: status(run_dir)["rules"][0] == ["zscore", 4.5, 2.0], 20)
+        assert status(run_dir)["pid"] == pid                     # same process: no restart
+        raw["rules"][0]["kind"] = "spread"                       # a different rule set: refused
+        cfg_path.write_text(to_toml(raw))
+        daemon.send_signal(signal.SIGHUP)
+        time.sleep(1.5)
+        assert status(run_dir)["rules"][0] == ["zscore", 4.5, 2.0]
+    finally:
+        rc, _ = stop_daemon(daemon, log)
+    assert rc == 0
+    assert "only thresholds reload without a restart" in (tmp_path / "daemon.log").read_text()
