@@ -348,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "query) and per-stage and tick-to-signal latency percentiles.",
     )
     demo.add_argument("--duration", type=float, default=20.0, help="seconds of publishing [%(default)s]")
-    demo.add_argument("--rate", type=float, default=200_000, help="events per second published [%(default)s]")
+    demo.add_argument("--rate", type=float, default=100_000, help="events per second published [%(default)s]")
     demo.add_argument("--instruments", type=int, default=8, help="synthetic instruments [%(default)s]")
     demo.add_argument("--channels", type=int, default=4, help="feed channels (instrument i on i %% channels) [%(default)s]")
     demo.add_argument("--seed", type=int, default=1, help="seed of the market [%(default)s]")

@@ -40,7 +40,7 @@ def demo_raw_config(run_dir: Path, *, instruments: int = 8, channels: int = 4, r
     if workers is None:
         workers = [{"name": "w0", "cpu": 1 if ncpu > 1 else 0, "instruments": "all"}]
     return {
-        "daemon": {"run": run, "state_dir": str(run_dir), "supervisor_cpu": 0, "log_level": "warning"},
+        "daemon": {"run": run, "state_dir": str(run_dir), "supervisor_cpu": 0, "log_level": "error"},
         "instruments": [{"id": i, "symbol": f"SYN{i}", "tick_size": "0.01", "lot_size": "0.001", "book": "L3"}
                         for i in range(instruments)],
         "feeds": {"endpoints": [f"ipc://{ipc}-feed"], "snapshot": f"ipc://{ipc}-snap", "channels": channels,
@@ -110,7 +110,7 @@ def _fmt_us(ns) -> str:
     return f"{ns / 1000:9.1f}"
 
 
-def run_demo(*, duration: float = 20.0, rate: float = 200_000, instruments: int = 8, channels: int = 4,
+def run_demo(*, duration: float = 20.0, rate: float = 100_000, instruments: int = 8, channels: int = 4,
              data_dir: str = "tickwire-data", seed: int = 1, say=print, keep: bool = False) -> int:
     """Run the demo (see the module docstring); returns the exit status."""
     import uvloop

@@ -149,7 +149,7 @@ class Supervisor:
         argv = self._python("tickwire.engine.writer", "--dsn", cfg.store.dsn, "--database", cfg.store.database,
                             "--state-dir", self.run_dir / "writer", "--batch-rows", cfg.store.batch_rows,
                             "--batch-seconds", cfg.store.batch_seconds, "--run", cfg.run,
-                            "--cpu", cfg.store.writer_cpu, "--log-level", cfg.log_level, "--nice", 10)
+                            "--cpu", cfg.store.writer_cpu, "--log-level", cfg.log_level)
         for t in tick_names:
             argv += ["--ring", t]
         for s in sig_names:
