@@ -149,6 +149,7 @@ class MetricsConfig:
     host: str = "127.0.0.1"
     port: int = 9464
     hdr_interval_s: float = 10.0
+    hdr_dir: str = ""
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,7 @@ class Config:
     timing_every: int = 64
     log_level: str = "info"
     supervisor_cpu: int = 0
+    log_file: str = ""
 
     def instrument(self, iid: int) -> Instrument:
         return next(i for i in self.instruments if i.id == iid)
@@ -186,7 +188,10 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
     ncpu = os.cpu_count() or 1
 
     daemon = _table(raw, "daemon")
-    _check_keys(daemon, {"run", "state_dir", "log_level", "supervisor_cpu"}, "daemon.")
+    _check_keys(daemon, {"run", "state_dir", "log_level", "supervisor_cpu", "log_file"}, "daemon.")
+    log_file = _str(daemon, "log_file", "daemon.", "")
+    if log_file and not Path(log_file).is_absolute():
+        log_file = str(base_dir / log_file)
     state_dir = Path(_str(daemon, "state_dir", "daemon.", "tickwire-data"))
     if not state_dir.is_absolute():
         state_dir = base_dir / state_dir
@@ -326,14 +331,17 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
     rings = RingConfig(_str(r, "prefix", "rings.", "tickwire"), _int(r, "ticks_capacity", "rings.", 1 << 20, 1024),
                        _int(r, "signals_capacity", "rings.", 1 << 16, 1024))
     m = _table(raw, "metrics")
-    _check_keys(m, {"host", "port", "hdr_interval_s"}, "metrics.")
+    _check_keys(m, {"host", "port", "hdr_interval_s", "hdr_dir"}, "metrics.")
+    hdr_dir = _str(m, "hdr_dir", "metrics.", "")
+    if hdr_dir and not Path(hdr_dir).is_absolute():
+        hdr_dir = str(base_dir / hdr_dir)
     metrics = MetricsConfig(_str(m, "host", "metrics.", "127.0.0.1"), _int(m, "port", "metrics.", 9464, 0, 65535),
-                            _num(m, "hdr_interval_s", "metrics.", 10.0, True))
+                            _num(m, "hdr_interval_s", "metrics.", 10.0, True), hdr_dir)
     e = _table(raw, "engine")
     _check_keys(e, {"clock", "timing_every"}, "engine.")
     return Config(tuple(instruments), tuple(workers), feeds, store, rings, metrics, stats, tuple(rules), state_dir,
                   run, _str(e, "clock", "engine.", "wall", ("wall", "event")),
-                  _int(e, "timing_every", "engine.", 64, 0), log_level, supervisor_cpu)
+                  _int(e, "timing_every", "engine.", 64, 0), log_level, supervisor_cpu, log_file)
 
 
 def load(path) -> Config:

@@ -150,6 +150,8 @@ class Supervisor:
                             "--state-dir", self.run_dir / "writer", "--batch-rows", cfg.store.batch_rows,
                             "--batch-seconds", cfg.store.batch_seconds, "--run", cfg.run,
                             "--cpu", cfg.store.writer_cpu, "--log-level", cfg.log_level)
+        if cfg.log_file:
+            argv += ["--log-file", cfg.log_file]
         for t in tick_names:
             argv += ["--ring", t]
         for s in sig_names:
@@ -372,6 +374,14 @@ class _Collector:
                 wr[k].add_metric([r], st.get(k, 0))
             for k in wg:
                 wg[k].add_metric([r], float(st.get(k, 0)))
+        sig = GaugeMetricFamily("tickwire_signal_ring_missed", "signals the writer's reader missed (lapped)")
+        sig_written = CounterMetricFamily("tickwire_signals_stored", "signals stored by the writer")
+        try:
+            ss = json.loads((sup.run_dir / "writer" / "signals.json").read_text())
+            sig.add_metric([], ss["missed"])
+            sig_written.add_metric([], ss["written"])
+        except (OSError, ValueError, KeyError):
+            pass
         restarts = CounterMetricFamily("tickwire_writer_restarts", "times the writer was restarted")
         restarts.add_metric([], sup.writer.restarts if sup.writer else 0)
         yield from c.values()
@@ -380,6 +390,8 @@ class _Collector:
         yield lat
         yield from wr.values()
         yield from wg.values()
+        yield sig
+        yield sig_written
         yield restarts
 
 
@@ -388,7 +400,7 @@ def run(config_path, duration=None) -> int:
     import uvloop
 
     cfg = configmod.load(config_path)
-    logging.basicConfig(level=getattr(logging, cfg.log_level.upper()),
+    logging.basicConfig(level=getattr(logging, cfg.log_level.upper()), filename=cfg.log_file or None,
                         format="%(asctime)s supervisor %(levelname)s %(message)s")
     os.sched_setaffinity(0, {cfg.supervisor_cpu})
     sup = Supervisor(cfg, config_path)

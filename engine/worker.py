@@ -89,7 +89,7 @@ class Worker:
         self.counts = {"events": 0, "signals": 0, "batches": 0, "tick_ring_waits": 0}
         self.store = cfg.store.enabled                     # off: ticks are not stored (benchmarks)
         self.started = time.time()
-        self.hdr_dir = self.run_dir / "hdr"
+        self.hdr_dir = Path(cfg.metrics.hdr_dir) if cfg.metrics.hdr_dir else self.run_dir / "hdr"
         self.hdr_dir.mkdir(parents=True, exist_ok=True)
         self.hlog = IntervalLogWriter(self.hdr_dir / f"{self.wcfg.name}.hlog", self.stages,
                                       interval=cfg.metrics.hdr_interval_s,
@@ -213,7 +213,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     cfg = configmod.load(args.config)
     w = cfg.workers[args.worker]
-    logging.basicConfig(level=getattr(logging, cfg.log_level.upper()),
+    logging.basicConfig(level=getattr(logging, cfg.log_level.upper()), filename=cfg.log_file or None,
                         format=f"%(asctime)s {w.name} %(levelname)s %(message)s")
     pin(w.cpu)
     worker = Worker(cfg, args.worker, Path(args.run_dir), args.config)

@@ -365,12 +365,14 @@ class WriterService:
     """Several tick sources (one per engine worker) and optional signal sources, one store,
     one loop: what the writer process runs."""
 
-    def __init__(self, link: StoreLink, writers, signal_sources=(), run: str = ""):
+    def __init__(self, link: StoreLink, writers, signal_sources=(), run: str = "", state_dir=None):
         self.link = link
         self.writers = list(writers)
         self.signal_sources = list(signal_sources)
         self.run_name = run
+        self.state_dir = Path(state_dir) if state_dir else None
         self.signals_written = 0
+        self._last_status = 0.0
         self._sig_buf = np.empty(4096, dtype=SIGNAL_DTYPE)
 
     def stop(self) -> None:
@@ -386,6 +388,18 @@ class WriterService:
                     self.signals_written += k
                 except Exception as exc:        # noqa: BLE001 - signals are best effort
                     self.link.failed(exc)
+        now = time.monotonic()
+        if self.state_dir is not None and self.signal_sources and now - self._last_status >= 1.0:
+            self._last_status = now
+            self.write_signal_status()
+
+    def write_signal_status(self) -> None:
+        """``signals.json``: signals stored, and missed because this reader was lapped."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_dir / "signals.json.tmp"
+        tmp.write_text(json.dumps({"written": self.signals_written,
+                                   "missed": int(sum(s.missed for s in self.signal_sources))}))
+        os.replace(tmp, self.state_dir / "signals.json")
 
     def run(self) -> list:
         active = list(self.writers)
@@ -394,6 +408,8 @@ class WriterService:
             active = [w for w in active if w.step(wait)]
             self._signals()
         self._signals()
+        if self.state_dir is not None and self.signal_sources:
+            self.write_signal_status()
         self.link.close()
         return [dict(w.metrics) for w in self.writers]
 
@@ -414,8 +430,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cpu", type=int, default=None, help="pin to this core")
     ap.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     ap.add_argument("--nice", type=int, default=0, help="lower the writer's scheduling priority by this much")
+    ap.add_argument("--log-file", default=None, help="append the log here instead of stderr")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), filename=args.log_file,
                         format="%(asctime)s writer %(levelname)s %(message)s")
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
@@ -433,7 +450,7 @@ def main(argv=None) -> int:
         writers.append(TickWriter(link, ring, Path(args.state_dir) / name, int(ring.created_ns),
                                   batch_rows=args.batch_rows, batch_seconds=args.batch_seconds))
     signals = [Ring.attach(name, SIGNAL_DTYPE) for name in args.signal_ring]
-    service = WriterService(link, writers, signals, args.run)
+    service = WriterService(link, writers, signals, args.run, args.state_dir)
     signal.signal(signal.SIGTERM, lambda *_: service.stop())
     signal.signal(signal.SIGINT, lambda *_: service.stop())
     metrics = service.run()

@@ -94,3 +94,11 @@ def test_workers_must_own_whole_channels():
     raw["workers"] = [{"cpu": 1, "instruments": [0, 2]}, {"cpu": 0, "instruments": [1, 3]}]
     assert [w.instruments for w in from_dict(raw).workers] == [(0, 2), (1, 3)]
     assert from_dict(cfg()).feeds.channels == 2             # default: one channel per instrument id
+
+
+def test_log_and_hdr_paths_resolve_against_the_file(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('[daemon]\nlog_file = "logs/tw.log"\n[metrics]\nhdr_dir = "hdr"\n'
+                 '[[instruments]]\nid = 0\nsymbol = "A"\ntick_size = "1"\nlot_size = "1"\n')
+    c = load(p)
+    assert c.log_file == str(tmp_path / "logs/tw.log") and c.metrics.hdr_dir == str(tmp_path / "hdr")
