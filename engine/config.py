@@ -135,6 +135,7 @@ class StoreConfig:
     username: str = ""
     password: str = field(default="", repr=False)      # never printed
     enabled: bool = True
+    writer_nice: int = 0
 
 
 @dataclass(frozen=True)
@@ -317,14 +318,15 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
     # store
     st = _table(raw, "store")
     _check_keys(st, {"dsn", "database", "cluster", "batch_rows", "batch_seconds", "writer_cpu", "username",
-                     "password", "enabled"}, "store.")
+                     "password", "enabled", "writer_nice"}, "store.")
     dsn = _str(st, "dsn", "store.", f"chdb://{state_dir / 'store'}")
     if not (dsn.startswith("chdb:///") or dsn.startswith("http://") or dsn.startswith("https://")):
         _fail("store.dsn", "chdb:///absolute/dir or http(s)://host:port", "(the configured DSN)")
     store = StoreConfig(dsn, _str(st, "database", "store.", "tickwire"), _str(st, "cluster", "store.", ""),
                         _int(st, "batch_rows", "store.", 500_000, 1), _num(st, "batch_seconds", "store.", 1.0, True),
                         _int(st, "writer_cpu", "store.", 0, 0, ncpu - 1), _str(st, "username", "store.", ""),
-                        _str(st, "password", "store.", ""), _bool(st, "enabled", "store.", True))
+                        _str(st, "password", "store.", ""), _bool(st, "enabled", "store.", True),
+                        _int(st, "writer_nice", "store.", 0, 0, 19))
 
     r = _table(raw, "rings")
     _check_keys(r, {"prefix", "ticks_capacity", "signals_capacity"}, "rings.")

@@ -152,6 +152,8 @@ class Supervisor:
                             "--cpu", cfg.store.writer_cpu, "--log-level", cfg.log_level)
         if cfg.log_file:
             argv += ["--log-file", cfg.log_file]
+        if cfg.store.writer_nice:
+            argv += ["--nice", cfg.store.writer_nice]
         for t in tick_names:
             argv += ["--ring", t]
         for s in sig_names:
