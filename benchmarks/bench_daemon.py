@@ -70,6 +70,8 @@ def scenario(work: Path, name: str, rate: float, events: int, store: bool, pause
         end = time.monotonic() + 60
         while not status.exists() and time.monotonic() < end:
             time.sleep(0.1)
+        if not status.exists():
+            raise RuntimeError(f"the daemon of scenario {name} did not start its worker")
         writer = None
         if pause_writer:                       # the ticks still go into the ring; nobody drains it
             time.sleep(1.0)

@@ -151,9 +151,9 @@ class Supervisor:
                             "--batch-seconds", cfg.store.batch_seconds, "--run", cfg.run,
                             "--cpu", cfg.store.writer_cpu, "--log-level", cfg.log_level)
         if cfg.log_file:
-            argv += ["--log-file", cfg.log_file]
+            argv += ["--log-file", str(cfg.log_file)]
         if cfg.store.writer_nice:
-            argv += ["--nice", cfg.store.writer_nice]
+            argv += ["--nice", str(cfg.store.writer_nice)]
         for t in tick_names:
             argv += ["--ring", t]
         for s in sig_names:

@@ -231,3 +231,25 @@ def test_sighup_reloads_rule_thresholds_without_a_restart(tmp_path):
         rc, _ = stop_daemon(daemon, log)
     assert rc == 0
     assert "only thresholds reload without a restart" in (tmp_path / "daemon.log").read_text()
+
+
+def test_writer_options_reach_the_writer_process(tmp_path):
+    cfg_path, raw = write_config(tmp_path, "opts")
+    raw["store"]["writer_nice"] = 5
+    raw["daemon"]["log_file"] = str(tmp_path / "tw.log")
+    cfg_path.write_text(to_toml(raw))
+    run_dir = tmp_path / "state" / "opts"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"])
+        def cmdline(p):
+            try:
+                return (p / "cmdline").read_bytes()
+            except OSError:                                # a process that just ended
+                return b""
+        writer = next(int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and
+                      b"tickwire.engine.writer" in cmdline(p) and b"opts" in cmdline(p))
+        assert os.getpriority(os.PRIO_PROCESS, writer) == 5
+    finally:
+        rc, _ = stop_daemon(daemon, log)
+    assert rc == 0 and "writer" in (tmp_path / "tw.log").read_text()
