@@ -1,10 +1,8 @@
 """The .pxd C API works from a user's own Cython module (cimport tickwire.ext.book)."""
 
-import subprocess
-import sys
 import textwrap
 
-import tickwire
+from cython_build import build_module
 from tickwire.ext import L2Book, L3Book
 
 DOWNSTREAM = textwrap.dedent('''
@@ -64,28 +62,6 @@ DOWNSTREAM_RULE = textwrap.dedent('''
             return 0
 ''')
 
-SETUP = textwrap.dedent('''
-    import sys
-    from setuptools import setup, Extension
-    from Cython.Build import cythonize
-    inc = sys.argv.pop(1).split("|")
-    setup(name="downstream", ext_modules=cythonize(
-        [Extension("downstream", ["downstream.pyx"], include_dirs=inc)],
-        include_path=inc, quiet=True), script_args=["build_ext", "--inplace", "-q"])
-''')
-
-
-def build_module(tmp_path, name, source):
-    (tmp_path / f"{name}.pyx").write_text(source)
-    (tmp_path / "setup.py").write_text(SETUP.replace("downstream", name))
-    build = subprocess.run([sys.executable, "setup.py", "|".join(tickwire.get_include())],
-                           cwd=tmp_path, capture_output=True, text=True)
-    assert build.returncode == 0, build.stderr[-3000:]
-    sys.path.insert(0, str(tmp_path))
-    try:
-        return __import__(name)
-    finally:
-        sys.path.remove(str(tmp_path))
 
 
 def test_user_cython_module_drives_books_through_the_pxd(tmp_path):

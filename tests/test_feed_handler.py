@@ -4,16 +4,16 @@ order that loses nothing, retries, restarts, silence, PULL sockets, several endp
 the Cython worker path.  Counters are checked exactly."""
 
 import socket
-import subprocess
 import sys
 import textwrap
 import time
 
 import numpy as np
 import pytest
+
+from cython_build import build_module
 import zmq
 
-import tickwire
 from tickwire.engine.instruments import make_books
 from tickwire.ext import EVENT_DTYPE, Flag, Kind, codec
 from tickwire.feeds import wire
@@ -467,28 +467,10 @@ WORKER = textwrap.dedent('''
         return total
 ''')
 
-SETUP = textwrap.dedent('''
-    import sys
-    from setuptools import setup, Extension
-    from Cython.Build import cythonize
-    inc = sys.argv.pop(1).split("|")
-    setup(name="worker", ext_modules=cythonize(
-        [Extension("feedworker", ["feedworker.pyx"], include_dirs=inc)],
-        include_path=inc, quiet=True), script_args=["build_ext", "--inplace", "-q"])
-''')
 
 
 def test_cython_worker_drains_through_the_pxd(tmp_path):
-    (tmp_path / "feedworker.pyx").write_text(WORKER)
-    (tmp_path / "setup.py").write_text(SETUP)
-    build = subprocess.run([sys.executable, "setup.py", "|".join(tickwire.get_include())],
-                           cwd=tmp_path, capture_output=True, text=True)
-    assert build.returncode == 0, build.stderr[-3000:]
-    sys.path.insert(0, str(tmp_path))
-    try:
-        import feedworker
-    finally:
-        sys.path.remove(str(tmp_path))
+    feedworker = build_module(tmp_path, "feedworker", WORKER)
     hs = Harness(tmp_path)
     try:
         hs.join()

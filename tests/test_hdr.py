@@ -4,12 +4,13 @@ histograms; the .hgrm spectrum; the per-stage set and its C API from a user's Cy
 
 import io
 import re
-import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import pytest
+
+from cython_build import build_module
 from hdrh.histogram import HdrHistogram
 from hdrh.log import HistogramLogReader
 from hypothesis import given, settings
@@ -354,28 +355,10 @@ DOWNSTREAM = textwrap.dedent('''
             tw_hdr_record(rec.h, value)
 ''')
 
-SETUP = textwrap.dedent('''
-    import sys
-    from setuptools import setup, Extension
-    from Cython.Build import cythonize
-    inc = sys.argv.pop(1).split("|")
-    setup(name="downstream_hdr", ext_modules=cythonize(
-        [Extension("downstream_hdr", ["downstream_hdr.pyx"], include_dirs=inc)],
-        include_path=inc, quiet=True), script_args=["build_ext", "--inplace", "-q"])
-''')
 
 
 def test_user_cython_module_records_through_the_pxd(tmp_path):
-    (tmp_path / "downstream_hdr.pyx").write_text(DOWNSTREAM)
-    (tmp_path / "setup.py").write_text(SETUP)
-    build = subprocess.run([sys.executable, "setup.py", "|".join(tickwire.get_include())],
-                           cwd=tmp_path, capture_output=True, text=True)
-    assert build.returncode == 0, build.stderr[-3000:]
-    sys.path.insert(0, str(tmp_path))
-    try:
-        import downstream_hdr
-    finally:
-        sys.path.remove(str(tmp_path))
+    downstream_hdr = build_module(tmp_path, "downstream_hdr", DOWNSTREAM)
     stages = StageRecorders()
     downstream_hdr.engine_loop(stages, 1000)
     assert stages.book.total == 1000 and stages.book.min_value >= 0

@@ -7,18 +7,18 @@ test_ring_procs.py.
 
 import collections
 import os
-import subprocess
 import sys
 import textwrap
 import uuid
 
 import numpy as np
 import pytest
+
+from cython_build import build_module
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-import tickwire
 from tickwire.ext import EVENT_DTYPE, empty_events
 from tickwire.ext import ring as ring_mod
 from tickwire.ext.ring import Ring, RingBusy, RingError
@@ -679,28 +679,10 @@ DOWNSTREAM = textwrap.dedent('''
         return got, total
 ''')
 
-SETUP = textwrap.dedent('''
-    import sys
-    from setuptools import setup, Extension
-    from Cython.Build import cythonize
-    inc = sys.argv.pop(1).split("|")
-    setup(name="downstream_ring", ext_modules=cythonize(
-        [Extension("downstream_ring", ["downstream_ring.pyx"], include_dirs=inc)],
-        include_path=inc, quiet=True), script_args=["build_ext", "--inplace", "-q"])
-''')
 
 
 def test_user_cython_module_pushes_through_the_pxd(tmp_path, name):
-    (tmp_path / "downstream_ring.pyx").write_text(DOWNSTREAM)
-    (tmp_path / "setup.py").write_text(SETUP)
-    build = subprocess.run([sys.executable, "setup.py", "|".join(tickwire.get_include())],
-                           cwd=tmp_path, capture_output=True, text=True)
-    assert build.returncode == 0, build.stderr[-3000:]
-    sys.path.insert(0, str(tmp_path))
-    try:
-        import downstream_ring
-    finally:
-        sys.path.remove(str(tmp_path))
+    downstream_ring = build_module(tmp_path, "downstream_ring", DOWNSTREAM)
     with Ring.create(name, EVENT_DTYPE, 64) as prod, Ring.attach(name, EVENT_DTYPE) as cons:
         assert downstream_ring.engine_batch(prod, 100) == 64       # 64 fit; the extra push finds it full
         out = empty_events(64)
