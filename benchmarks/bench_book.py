@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from common import describe_run, median_time, pin, table, version
+from common import apply_levels, describe_run, median_time, pin, table, version
 
 from tickwire.ext import Kind, L2Book, L3Book, Side
 from tickwire.ext.book import _bench_bbo, _bench_plain_ladder, _bench_top_churn
@@ -67,38 +67,16 @@ def l2_contestants(ev, rows):
 
     from order_book import OrderBook as ObBook
 
-    def ob_run(ob):
-        books = (ob.bids, ob.asks)
-        for side, price, qty in rows:
-            levels = books[side]
-            if qty:
-                levels[price] = qty
-            elif price in levels:
-                del levels[price]
-    out.append((f"order-book {version('order-book')} (C ext, Python loop, int prices)", True, ob_run, ObBook))
+    out.append((f"order-book {version('order-book')} (C ext, Python loop, int prices)", True,
+                lambda ob: apply_levels(ob.bids, ob.asks, rows), ObBook))
     float_rows = [(side, price / 100, qty) for side, price, qty in rows]
-
-    def ob_float_run(ob):
-        books = (ob.bids, ob.asks)
-        for side, price, qty in float_rows:
-            levels = books[side]
-            if qty:
-                levels[price] = qty
-            elif price in levels:
-                del levels[price]
     out.append((f"order-book {version('order-book')} (same, float prices as in its README)", True,
-                ob_float_run, ObBook))
+                lambda ob: apply_levels(ob.bids, ob.asks, float_rows), ObBook))
 
     from sortedcontainers import SortedDict
 
-    def sd_run(books):
-        for side, price, qty in rows:
-            levels = books[side]
-            if qty:
-                levels[price] = qty
-            elif price in levels:
-                del levels[price]
-    out.append((f"sortedcontainers {version('sortedcontainers')} SortedDict (Python loop)", True, sd_run,
+    out.append((f"sortedcontainers {version('sortedcontainers')} SortedDict (Python loop)", True,
+                lambda books: apply_levels(books[0], books[1], rows),
                 lambda: (SortedDict(), SortedDict())))
 
     if HAVE_NAUTILUS:
@@ -138,12 +116,7 @@ def check_l2_agree(ev, rows):
     tw = L2Book(0)
     tw.apply(ev)
     ob = ObBook()
-    for side, price, qty in rows:
-        levels = (ob.bids, ob.asks)[side]
-        if qty:
-            levels[price] = qty
-        else:
-            del levels[price]
+    apply_levels(ob.bids, ob.asks, rows)
     assert (tw.best_bid, tw.best_bid_qty) == ob.bids.index(0), "order-book disagrees"
     assert (tw.best_ask, tw.best_ask_qty) == ob.asks.index(0), "order-book disagrees"
     assert tw.level_count(0) == len(ob.bids) and tw.level_count(1) == len(ob.asks)
@@ -361,13 +334,7 @@ def binance_section(repeats):
         return ob
 
     def ob_run(ob):
-        books = (ob.bids, ob.asks)
-        for side, price, qty in rows_rep:
-            levels = books[side]
-            if qty:
-                levels[price] = qty
-            elif price in levels:
-                del levels[price]
+        apply_levels(ob.bids, ob.asks, rows_rep)
 
     def tw_event(b):
         set_level = b.set

@@ -48,6 +48,19 @@ def describe_run(pinned: str) -> str:
     return f"python {platform.python_version()}, tickwire {BUILD} build, {pinned}"
 
 
+def apply_levels(bids, asks, rows) -> None:
+    """The Python loop every dict-like peer book gets: set each level's quantity, delete at 0.
+
+    One definition, so that every peer pays exactly the same loop overhead."""
+    books = (bids, asks)
+    for side, price, qty in rows:
+        levels = books[side]
+        if qty:
+            levels[price] = qty
+        elif price in levels:
+            del levels[price]
+
+
 def table(rows, columns) -> None:
     """Print rows (lists) under column titles, right-aligned numbers."""
     widths = [max(len(str(c)), *(len(str(r[i])) for r in rows)) for i, c in enumerate(columns)]

@@ -8,7 +8,7 @@ groups side by side. Throughput figures with ratios are in bench_book.py.
 
 import pytest
 
-from common import pin
+from common import apply_levels, pin
 
 from tickwire.ext import L2Book
 from tickwire.ext.book import _bench_bbo
@@ -39,29 +39,15 @@ def test_tickwire_per_event(benchmark):
 def test_order_book_peer(benchmark):
     from order_book import OrderBook
 
-    def run(ob):
-        books = (ob.bids, ob.asks)
-        for side, price, qty in ROWS:
-            levels = books[side]
-            if qty:
-                levels[price] = qty
-            elif price in levels:
-                del levels[price]
-    benchmark.pedantic(run, setup=lambda: ((OrderBook(),), {}), **PEDANTIC)
+    benchmark.pedantic(lambda ob: apply_levels(ob.bids, ob.asks, ROWS), setup=lambda: ((OrderBook(),), {}),
+                       **PEDANTIC)
 
 
 @pytest.mark.benchmark(group="l2-200k-updates")
 def test_sortedcontainers_peer(benchmark):
     from sortedcontainers import SortedDict
 
-    def run(books):
-        for side, price, qty in ROWS:
-            levels = books[side]
-            if qty:
-                levels[price] = qty
-            elif price in levels:
-                del levels[price]
-    benchmark.pedantic(run, setup=lambda: (((SortedDict(), SortedDict()),), {}), **PEDANTIC)
+    benchmark.pedantic(lambda books: apply_levels(books[0], books[1], ROWS), setup=lambda: (((SortedDict(), SortedDict()),), {}), **PEDANTIC)
 
 
 @pytest.fixture(scope="module")
