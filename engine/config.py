@@ -136,6 +136,7 @@ class StoreConfig:
     password: str = field(default="", repr=False)      # never printed
     enabled: bool = True
     writer_nice: int = 0
+    writer_sched: str = "idle"
 
 
 @dataclass(frozen=True)
@@ -318,7 +319,7 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
     # store
     st = _table(raw, "store")
     _check_keys(st, {"dsn", "database", "cluster", "batch_rows", "batch_seconds", "writer_cpu", "username",
-                     "password", "enabled", "writer_nice"}, "store.")
+                     "password", "enabled", "writer_nice", "writer_sched"}, "store.")
     dsn = _str(st, "dsn", "store.", f"chdb://{state_dir / 'store'}")
     if not (dsn.startswith("chdb:///") or dsn.startswith("http://") or dsn.startswith("https://")):
         _fail("store.dsn", "chdb:///absolute/dir or http(s)://host:port", "(the configured DSN)")
@@ -326,7 +327,8 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
                         _int(st, "batch_rows", "store.", 500_000, 1), _num(st, "batch_seconds", "store.", 1.0, True),
                         _int(st, "writer_cpu", "store.", 0, 0, ncpu - 1), _str(st, "username", "store.", ""),
                         _str(st, "password", "store.", ""), _bool(st, "enabled", "store.", True),
-                        _int(st, "writer_nice", "store.", 0, 0, 19))
+                        _int(st, "writer_nice", "store.", 0, 0, 19),
+                        _str(st, "writer_sched", "store.", "idle", choices=("idle", "normal")))
 
     r = _table(raw, "rings")
     _check_keys(r, {"prefix", "ticks_capacity", "signals_capacity"}, "rings.")

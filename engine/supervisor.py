@@ -99,6 +99,7 @@ class Supervisor:
         self.shutdown_timeout = shutdown_timeout
         self.restart_delay = restart_delay
         self.rings: list[Ring] = []
+        self.tick_rings: list[Ring] = []
         self.workers: list[_Child] = []
         self.writer: _Child | None = None
         self.stopping = False
@@ -142,7 +143,7 @@ class Supervisor:
         tick_names, sig_names = [], []
         for i, _ in enumerate(cfg.workers):
             t, s = ring_names(cfg, i)
-            self._make_ring(t, EVENT_DTYPE, cfg.rings.ticks_capacity, "blocking")
+            self.tick_rings.append(self._make_ring(t, EVENT_DTYPE, cfg.rings.ticks_capacity, "blocking"))
             self._make_ring(s, SIGNAL_DTYPE, cfg.rings.signals_capacity, "broadcast")
             tick_names.append(t)
             sig_names.append(s)
@@ -154,6 +155,7 @@ class Supervisor:
             argv += ["--log-file", str(cfg.log_file)]
         if cfg.store.writer_nice:
             argv += ["--nice", str(cfg.store.writer_nice)]
+        argv += ["--sched", cfg.store.writer_sched]
         for t in tick_names:
             argv += ["--ring", t]
         for s in sig_names:
@@ -203,6 +205,26 @@ class Supervisor:
             if self.stopping:
                 return
             await self._spawn(child)
+
+    async def _guard_writer(self) -> None:
+        """Rescue a SCHED_IDLE writer that its core starves: when a tick ring fills past a quarter,
+        put the writer back on normal scheduling (it returns to SCHED_IDLE by itself once it has
+        caught up). The writer does this too, but one that gets no time at all cannot."""
+        from tickwire.engine.writer import IdlePolicy
+
+        guard, pid = None, None
+        while not self.stopping:
+            await asyncio.sleep(0.1)
+            proc = self.writer.proc
+            if proc is None or proc.returncode is not None:
+                continue
+            if proc.pid != pid:
+                guard, pid = IdlePolicy(pid=proc.pid, may_idle=False), proc.pid
+            before = guard.switches
+            guard.update(max(len(r) / r.capacity for r in self.tick_rings))
+            if guard.switches != before:
+                log.warning("the writer (pid %d) was starved on core %d: back on normal scheduling",
+                            pid, self.writer.cpu)
 
     async def _check_pinning(self) -> None:
         """Verify each worker runs on its core only (it pins itself at start)."""
@@ -285,6 +307,8 @@ class Supervisor:
             await self._spawn(child)
         watchers = [asyncio.create_task(self._watch(c)) for c in children]
         asyncio.create_task(self._check_pinning())
+        if self.writer is not None and self.cfg.store.writer_sched == "idle":
+            asyncio.create_task(self._guard_writer())
         if ready is not None:
             ready()
         try:
@@ -364,10 +388,12 @@ class _Collector:
                     lat.add_metric([w, stage, label], q[key])
         wr = {name: CounterMetricFamily(f"tickwire_writer_{name}", help_, labels=["ring"]) for name, help_ in (
             ("rows_written", "ticks written to the store"), ("rows_spilled", "ticks spilled to local files"),
-            ("batches_written", "insert batches"), ("batches_replayed", "spilled batches replayed"))}
+            ("batches_written", "insert batches"), ("batches_replayed", "spilled batches replayed"),
+            ("sched_switches", "times the writer left or re-entered SCHED_IDLE (it leaves when behind)"))}
         wg = {name: GaugeMetricFamily(f"tickwire_writer_{name}", help_, labels=["ring"]) for name, help_ in (
             ("lag", "ticks in the ring not yet read by the writer"), ("spill_bytes", "bytes in spill files"),
-            ("spill_files", "spill files waiting"), ("outage", "1 while the store is unreachable"))}
+            ("spill_files", "spill files waiting"), ("outage", "1 while the store is unreachable"),
+            ("sched_idle", "1 while the writer runs under SCHED_IDLE"))}
         for i, st in enumerate(sup.writer_status()):
             if not st:
                 continue

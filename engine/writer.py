@@ -16,6 +16,13 @@ store or written to a local spill file, and only then does the writer advance th
   records simply stay in the ring (the engine then sees back-pressure, not loss).
 - **SIGTERM.** The writer reads everything the producer published, writes it, and exits 0.
 
+Scheduling: storage is throughput work with plenty of headroom (over 1 M ticks/s against feeds of
+a few hundred thousand), so by default the writer runs under ``SCHED_IDLE`` (:class:`IdlePolicy`):
+it gets its core only when nothing else there wants it, and a waking latency-bound process (a
+co-located publisher or feed handler) preempts it at once. Should the writer fall behind (a tick
+ring more than a quarter full), it returns to normal scheduling until it has caught up, so idling
+can never turn into back-pressure on the engine.
+
 Batches are cut by size (``batch_rows``) and time (``batch_seconds``); inserts are columnar Arrow
 with ``async_insert`` off. Metrics (rows, batches, spill, lag) are kept in :attr:`TickWriter.metrics`
 and, for the supervisor, in a JSON status file.
@@ -41,7 +48,7 @@ from tickwire.ext.records import EVENT_DTYPE, SIGNAL_DTYPE
 
 log = logging.getLogger("tickwire.writer")
 
-__all__ = ["TickWriter", "WriterService", "StoreLink", "SpillError", "main"]
+__all__ = ["TickWriter", "WriterService", "StoreLink", "SpillError", "IdlePolicy", "main"]
 
 _SPILL_MAGIC = b"TWSPILL1"
 
@@ -200,10 +207,15 @@ class TickWriter:
         Where this source's journal, spill files and status file live (created if missing).
     epoch : int
         Identifies the stream (the tick ring's creation time): stored with every tick.
+    nap : float
+        With a batch begun but not yet due, pause this long between reads, so that the writer
+        wakes a few dozen times a second rather than once per engine batch (the ring holds
+        the ticks meanwhile; 0: read as ticks arrive).
     """
 
     def __init__(self, link, source, state_dir, epoch: int, *, batch_rows: int = 500_000,
-                 batch_seconds: float = 1.0, retry_seconds: float = 1.0, status_every: float = 1.0):
+                 batch_seconds: float = 1.0, retry_seconds: float = 1.0, status_every: float = 1.0,
+                 nap: float = 0.0):
         if batch_rows < 1 or batch_seconds <= 0:
             raise ValueError("writer.batch_rows must be >= 1 and writer.batch_seconds > 0")
         self.link = link if isinstance(link, StoreLink) else StoreLink(link, retry_seconds)
@@ -217,6 +229,7 @@ class TickWriter:
         self.batch_seconds = batch_seconds
         self.retry_seconds = retry_seconds
         self.status_every = status_every
+        self.nap = nap
         self._stop = threading.Event()
         self._buf = np.empty(batch_rows, dtype=EVENT_DTYPE)
         self._n = 0
@@ -227,7 +240,7 @@ class TickWriter:
         self.metrics = {
             "rows_written": 0, "batches_written": 0, "rows_spilled": 0, "batches_spilled": 0,
             "batches_replayed": 0, "spill_bytes": 0, "spill_files": 0, "lag": 0, "outage": False,
-            "last_error": "", "epoch": self.epoch,
+            "last_error": "", "epoch": self.epoch, "sched_idle": 0, "sched_switches": 0,
         }
 
     def stop(self) -> None:
@@ -342,6 +355,8 @@ class TickWriter:
                 self._replay_spill()
             self.write_status()
             return False
+        if n and self.nap and not (stopping or closed):
+            self._stop.wait(min(self.nap, self._first + self.batch_seconds - now))
         return True
 
     def write_status(self) -> None:
@@ -361,34 +376,125 @@ class TickWriter:
         return dict(self.metrics)
 
 
+def _threads(pid) -> list[int]:
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid or 'self'}/task")]
+    except FileNotFoundError:                       # the process ended
+        return []
+
+
+def _set_policy(pid, policy: int) -> None:
+    """Set every thread of process ``pid`` (None: this one) to ``policy``: Linux scheduling
+    policies are per thread."""
+    for tid in _threads(pid):
+        try:
+            os.sched_setscheduler(tid, policy, os.sched_param(0))
+        except (ProcessLookupError, PermissionError):   # a thread that just ended
+            pass
+
+
+class IdlePolicy:
+    """The writer's scheduling: SCHED_IDLE while it keeps up, normal when a ring fills.
+
+    ``update(fill)`` takes the fullest tick ring's fill fraction: above ``high`` the process
+    (all its threads) switches to SCHED_OTHER, below ``low`` back to SCHED_IDLE; threads the
+    store starts later are given the current policy. The state is read from the kernel, so
+    the writer (``pid=None``) and the supervisor (``pid`` = the writer's, ``may_idle=False``)
+    can both act: a writer starved of its core entirely cannot notice that it is behind, so
+    the supervisor, which runs at normal priority, rescues it. ``switches`` counts this
+    instance's changes."""
+
+    def __init__(self, high: float = 0.25, low: float = 0.05, pid=None, may_idle: bool = True):
+        if not 0 <= low < high <= 1:
+            raise ValueError(f"IdlePolicy needs 0 <= low < high <= 1, got low={low}, high={high}")
+        self.high, self.low = high, low
+        self.pid = pid
+        self.may_idle = may_idle
+        self.switches = 0
+        self._nthreads = 0
+
+    @property
+    def idle(self) -> bool:
+        """Whether the process runs under SCHED_IDLE (its main thread's policy)."""
+        try:
+            return os.sched_getscheduler(self.pid or 0) == os.SCHED_IDLE
+        except ProcessLookupError:
+            return False
+
+    def start(self) -> None:
+        _set_policy(self.pid, os.SCHED_IDLE)
+        self._nthreads = len(_threads(self.pid))
+
+    def update(self, fill: float) -> None:
+        idle = self.idle
+        if idle and fill > self.high:
+            _set_policy(self.pid, os.SCHED_OTHER)
+            self.switches += 1
+            log.warning("tick ring %.0f%% full: writer back to normal scheduling until it catches up",
+                        fill * 100)
+        elif self.may_idle and not idle and fill < self.low:
+            _set_policy(self.pid, os.SCHED_IDLE)
+            self.switches += 1
+        else:
+            n = len(_threads(self.pid))
+            if n != self._nthreads:          # the store started threads: give them the policy too
+                _set_policy(self.pid, os.SCHED_IDLE if idle else os.SCHED_OTHER)
+            self._nthreads = n
+            return
+        self._nthreads = len(_threads(self.pid))
+
+
 class WriterService:
     """Several tick sources (one per engine worker) and optional signal sources, one store,
     one loop: what the writer process runs."""
 
-    def __init__(self, link: StoreLink, writers, signal_sources=(), run: str = "", state_dir=None):
+    #: Signals held while the store is unreachable; beyond this the oldest are dropped (counted).
+    MAX_PENDING_SIGNALS = 1_000_000
+
+    def __init__(self, link: StoreLink, writers, signal_sources=(), run: str = "", state_dir=None,
+                 policy: Optional[IdlePolicy] = None, signal_seconds: float = 1.0):
         self.link = link
+        self.policy = policy
         self.writers = list(writers)
         self.signal_sources = list(signal_sources)
         self.run_name = run
         self.state_dir = Path(state_dir) if state_dir else None
         self.signals_written = 0
+        self.signals_dropped = 0
         self._last_status = 0.0
         self._sig_buf = np.empty(4096, dtype=SIGNAL_DTYPE)
+        self._sig_pending: list = []
+        self._sig_rows = 0
+        self._sig_first = None
+        self.signal_seconds = signal_seconds
 
     def stop(self) -> None:
         for w in self.writers:
             w.stop()
 
-    def _signals(self) -> None:
+    def _signals(self, flush: bool = False) -> None:
+        """Read the signal rings; store what was read once a second (or at ``flush``): one
+        insert per batch, not per read, so the store does not merge a part per engine batch."""
         for src in self.signal_sources:
             k = src.pop_many(self._sig_buf, timeout=0)
-            if k and self.link.get() is not None:
-                try:
-                    self.link.store.insert_signals(self._sig_buf[:k], self.run_name)
-                    self.signals_written += k
-                except Exception as exc:        # noqa: BLE001 - signals are best effort
-                    self.link.failed(exc)
+            if k:
+                self._sig_pending.append(self._sig_buf[:k].copy())
+                self._sig_rows += k
+                self._sig_first = self._sig_first or time.monotonic()
         now = time.monotonic()
+        due = self._sig_rows and (flush or self._sig_rows >= 100_000 or now - self._sig_first >= self.signal_seconds)
+        if due and self.link.get() is not None:
+            batch = np.concatenate(self._sig_pending)
+            self._sig_pending, self._sig_rows, self._sig_first = [], 0, None
+            try:
+                self.link.store.insert_signals(batch, self.run_name)
+                self.signals_written += len(batch)
+            except Exception as exc:        # noqa: BLE001 - signals are best effort
+                self.link.failed(exc)
+        while self._sig_rows > self.MAX_PENDING_SIGNALS:    # a long outage: keep the newest
+            old = self._sig_pending.pop(0)
+            self._sig_rows -= len(old)
+            self.signals_dropped += len(old)
         if self.state_dir is not None and self.signal_sources and now - self._last_status >= 1.0:
             self._last_status = now
             self.write_signal_status()
@@ -397,7 +503,7 @@ class WriterService:
         """``signals.json``: signals stored, and missed because this reader was lapped."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.state_dir / "signals.json.tmp"
-        tmp.write_text(json.dumps({"written": self.signals_written,
+        tmp.write_text(json.dumps({"written": self.signals_written, "dropped": self.signals_dropped,
                                    "missed": int(sum(s.missed for s in self.signal_sources))}))
         os.replace(tmp, self.state_dir / "signals.json")
 
@@ -407,7 +513,12 @@ class WriterService:
         while active:
             active = [w for w in active if w.step(wait)]
             self._signals()
-        self._signals()
+            if self.policy is not None:
+                self.policy.update(max(w.source.size / w.source.capacity for w in self.writers))
+                for w in self.writers:
+                    w.metrics["sched_idle"] = int(self.policy.idle)
+                    w.metrics["sched_switches"] = self.policy.switches
+        self._signals(flush=True)
         if self.state_dir is not None and self.signal_sources:
             self.write_signal_status()
         self.link.close()
@@ -430,6 +541,11 @@ def main(argv=None) -> int:
     ap.add_argument("--cpu", type=int, default=None, help="pin to this core")
     ap.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     ap.add_argument("--nice", type=int, default=0, help="lower the writer's scheduling priority by this much")
+    ap.add_argument("--nap", type=float, default=0.02,
+                    help="pause between reads while a batch fills, seconds (0: read as ticks arrive) [%(default)s]")
+    ap.add_argument("--sched", choices=("normal", "idle"), default="normal",
+                    help="scheduling policy: 'idle' (SCHED_IDLE) runs the writer only when its core has "
+                         "nothing else to run, so it never delays latency-bound work there [%(default)s]")
     ap.add_argument("--log-file", default=None, help="append the log here instead of stderr")
     args = ap.parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), filename=args.log_file,
@@ -446,11 +562,16 @@ def main(argv=None) -> int:
         log.error("%s: will spill until the store answers", link.last_error)
     writers = []
     for name in args.ring:
-        ring = Ring.attach(name, EVENT_DTYPE, takeover=True)
+        ring = Ring.attach(name, EVENT_DTYPE, takeover=True, spin_ns=0)     # no hurry: sleep at once
         writers.append(TickWriter(link, ring, Path(args.state_dir) / name, int(ring.created_ns),
-                                  batch_rows=args.batch_rows, batch_seconds=args.batch_seconds))
+                                  batch_rows=args.batch_rows, batch_seconds=args.batch_seconds,
+                                  nap=args.nap))
     signals = [Ring.attach(name, SIGNAL_DTYPE) for name in args.signal_ring]
-    service = WriterService(link, writers, signals, args.run, args.state_dir)
+    policy = None
+    if args.sched == "idle":                 # after set-up, which runs at normal priority
+        policy = IdlePolicy()
+        policy.start()
+    service = WriterService(link, writers, signals, args.run, args.state_dir, policy)
     signal.signal(signal.SIGTERM, lambda *_: service.stop())
     signal.signal(signal.SIGINT, lambda *_: service.stop())
     metrics = service.run()

@@ -11,8 +11,9 @@ wire format, with a snapshot service and fault injection (``tickwire simulate``)
   ``Book.snapshot_events`` and the sequence number they cover.
 - :class:`Simulator`: the publisher.  It keeps a tickwire book per instrument, updated with
   exactly what it publishes, cuts the stream into per-channel messages of up to ``batch``
-  events, paces them at a constant rate (busy-waiting near the deadline, the intended send
-  time in the header), sends heartbeats, serves snapshots between messages (so a snapshot
+  events, paces them at a constant rate (sleeping until just before each send and spinning
+  only the last few tens of microseconds, so the publisher leaves its core free between
+  messages; the intended send time in the header), sends heartbeats, serves snapshots between messages (so a snapshot
   is exact at a sequence number), and injects faults: dropped, duplicated and reordered
   messages, and publisher restarts (new epoch, sequences from 1, sockets re-bound).
 
@@ -649,6 +650,8 @@ class Simulator:
         wall0 = time.time_ns()
         end = None if duration is None else t0 + int(duration * 1e9)
         ns_per_event = 1e9 / self.rate if self.rate > 0 else 0.0
+        if ns_per_event:
+            _tight_timers()
         next_progress = t0 + int(progress_every * 1e9)
         next_serve = t0
         published = 0
@@ -736,11 +739,32 @@ class Simulator:
         return out
 
 
+# Sleep overshoots its deadline by the kernel's timer slack (50 us by default, 1 us once
+# _tight_timers() has run) plus the wake-up; the last stretch before a deadline is spun.
+_SPIN_NS = 40_000
+
+
+def _tight_timers() -> bool:
+    """Ask for 1 us timer slack (prctl PR_SET_TIMERSLACK), so that sleeps end close to their
+    deadlines; best effort, Linux only.  True when it took."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(29, ctypes.c_ulong(1000), 0, 0, 0) == 0     # PR_SET_TIMERSLACK
+    except (OSError, AttributeError):
+        return False
+
+
 def _pace(deadline_ns: int) -> None:
-    """Wait until ``deadline_ns`` (perf_counter): sleep while far, then spin."""
+    """Wait until ``deadline_ns`` (perf_counter): sleep until _SPIN_NS before it, then spin.
+
+    Between messages the publisher sleeps rather than spins: on a machine where it shares a
+    core with other work (the storage writer, on two cores), a spinning publisher is
+    preempted for whole scheduler slices and then sends in bursts."""
     left = deadline_ns - time.perf_counter_ns()
-    if left > 2_000_000:
-        time.sleep((left - 1_000_000) / 1e9)
+    if left > _SPIN_NS:
+        time.sleep((left - _SPIN_NS) / 1e9)
     while time.perf_counter_ns() < deadline_ns:
         pass
 

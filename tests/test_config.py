@@ -38,6 +38,7 @@ def test_defaults_fill_in():
     assert c.workers[0].instruments == (0, 1)
     assert c.instruments[1].tick_size == c.instruments[1].tick_size.__class__("0.5")
     assert c.stats.window == "count" and c.clock == "wall"
+    assert c.store.writer_sched == "idle" and c.store.writer_nice == 0
 
 
 @pytest.mark.parametrize("raw, fragment", [
@@ -58,6 +59,7 @@ def test_defaults_fill_in():
     (cfg(stats={"windw": "count"}), "stats.windw: expected one of the known keys"),
     (cfg(feeds={"endpoints": ["udp://x"]}), "feeds.endpoints: expected an array of ZeroMQ endpoints"),
     (cfg(store={"dsn": "mysql://x"}), "store.dsn: expected chdb:///absolute/dir or http(s)://host:port"),
+    (cfg(store={"writer_sched": "fifo"}), "store.writer_sched: expected one of ['idle', 'normal'], got 'fifo'"),
     (cfg(metrics={"port": 99999}), "metrics.port: expected an integer in 0..65535, got 99999"),
     (cfg(engine={"clock": "gps"}), "engine.clock: expected one of ['wall', 'event'], got 'gps'"),
     (cfg(bogus=1), "bogus: expected one of the known keys"),

@@ -250,6 +250,17 @@ def test_writer_options_reach_the_writer_process(tmp_path):
         writer = next(int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and
                       b"tickwire.engine.writer" in cmdline(p) and b"opts" in cmdline(p))
         assert os.getpriority(os.PRIO_PROCESS, writer) == 5
+
+        def policies():
+            out = set()
+            for tid in os.listdir(f"/proc/{writer}/task"):
+                try:
+                    out.add(os.sched_getscheduler(int(tid)))
+                except ProcessLookupError:
+                    pass
+            return out
+        # store.writer_sched defaults to "idle": every thread of the writer, the store's included
+        assert wait_for(lambda: policies() == {os.SCHED_IDLE}), policies()
     finally:
         rc, _ = stop_daemon(daemon, log)
     assert rc == 0 and "writer" in (tmp_path / "tw.log").read_text()

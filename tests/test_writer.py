@@ -244,3 +244,93 @@ def test_spill_errors_name_the_directory_and_the_problem(tmp_path, monkeypatch):
     s.write(7, 3, "tok", ev)
     meta, back = _Spill.read(s.path_for(7))
     assert meta == {"pos": 7, "n": 10, "epoch": 3, "token": "tok"} and back.tobytes() == ev.tobytes()
+
+
+IDLE_POLICY_CHECK = """
+import json, os, threading, time
+from tickwire.engine.writer import IdlePolicy
+
+def policies():
+    out = set()
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            out.add(os.sched_getscheduler(int(tid)))
+        except ProcessLookupError:
+            pass
+    return sorted(out)
+
+stop = threading.Event()
+threading.Thread(target=stop.wait, daemon=True).start()          # a thread started before start()
+p = IdlePolicy(high=0.25, low=0.05)
+seen = {"before": policies()}
+p.start()
+seen["started"] = policies()
+late = threading.Thread(target=stop.wait, daemon=True)           # a thread the store starts later
+late.start()
+p.update(0.10)
+seen["late thread, 10% full"] = policies()
+p.update(0.30)
+seen["30% full"] = policies()
+p.update(0.10)
+seen["back to 10%"] = policies()
+p.update(0.01)
+seen["1% full"] = policies()
+seen["switches"] = p.switches
+print(json.dumps(seen))
+"""
+
+
+def test_idle_policy_moves_every_thread_between_sched_idle_and_normal():
+    out = subprocess.run([sys.executable, "-c", IDLE_POLICY_CHECK], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = __import__("json").loads(out.stdout)
+    idle, normal = [os.SCHED_IDLE], [os.SCHED_OTHER]
+    assert seen == {"before": normal, "started": idle, "late thread, 10% full": idle, "30% full": normal,
+                    "back to 10%": normal, "1% full": idle, "switches": 2}
+
+
+def test_starved_idle_writer_is_rescued_to_normal_scheduling_and_loses_nothing(tmp_path):
+    """A SCHED_IDLE writer on a core that a busy process keeps full gets no time at all: the ring
+    fills, the guard (the supervisor's IdlePolicy, run here by the test) puts the writer back on
+    normal scheduling, the writer drains the ring, returns to SCHED_IDLE by itself, and stores
+    every tick once."""
+    from tickwire.engine.writer import IdlePolicy
+
+    name, dsn, state = ring_name(), f"chdb://{tmp_path}/store", tmp_path / "state"
+    ev = l2_updates(100_000, seed=7, instruments=2)
+    with Ring.create(name, EVENT_DTYPE, 1 << 15) as ring:
+        w = start_writer(name, dsn, state, "--cpu", "0", "--sched", "idle", "--batch-rows", "4096",
+                         "--batch-seconds", "0.2")
+        guard = IdlePolicy(pid=w.pid, may_idle=False)
+        done = threading.Event()
+
+        def guarding():
+            while not done.wait(0.1):
+                guard.update(len(ring) / ring.capacity)
+        spinner = None
+        try:
+            assert wait_for(lambda: (state / name / "status.json").exists())
+            assert wait_for(lambda: guard.idle), "the writer did not enter SCHED_IDLE"
+            spinner = subprocess.Popen([sys.executable, "-c",
+                                        "import os\nos.sched_setaffinity(0, {0})\nwhile True: pass"])
+            threading.Thread(target=guarding, daemon=True).start()
+            for start in range(0, len(ev), 4096):
+                part = ev[start:start + 4096]
+                assert ring.push_many(part, timeout=20) == len(part), "the writer stopped draining"
+            assert wait_for(lambda: len(ring) == 0)
+            assert wait_for(lambda: guard.idle), "the writer did not return to SCHED_IDLE"
+            done.set()
+            spinner.kill()                                # let the idle writer finish
+            spinner.wait()
+            ring.close()
+            out, _ = w.communicate(timeout=120)
+        finally:
+            done.set()
+            if spinner is not None and spinner.poll() is None:
+                spinner.kill()
+                spinner.wait()
+            if w.poll() is None:
+                w.kill()
+    assert w.returncode == 0, out.decode()[-2000:]
+    assert guard.switches >= 1
+    assert_exactly_once(dsn, ev)
