@@ -1437,9 +1437,126 @@ cdef class Book:
         return min(lo, hi), max(lo, hi), L.nwin, L.nover
 
 
+cdef inline void _l2_sync(tw_ladder *L, int64_t best, int64_t nlevels) noexcept nogil:
+    """Write a side's locally held best slot and level count back (see _l2_apply_many)."""
+    L.best = best
+    L.nwin += nlevels - L.nlevels           # the fast path only adds and removes window levels
+    L.nlevels = nlevels
+
+
+cdef Py_ssize_t _l2_apply_many(tw_book *b, const tw_event *ev, Py_ssize_t n, uint8_t *status) noexcept nogil:
+    """The batch loop of an L2 book without ``max_depth``: the same result as _apply per event.
+
+    The common event, a level update inside the dense window of this book's instrument, is
+    done here with the side's geometry (base, cap, sign, arrays) and its changing state (best
+    slot, level count) held in locals: the book's fields are not re-read after every store
+    into the ladder (which may alias them), and the per-event bookkeeping (applied count,
+    last event) is done once at the end. Anything else -- another kind or instrument, a key
+    outside the window, a would-be reject, the best level emptied -- writes the locals back,
+    goes through _apply (or _best_removed) and reloads them."""
+    cdef int64_t *qty_of[2]
+    cdef uint64_t *bits_of[2]
+    cdef int64_t base[2]
+    cdef int64_t cap[2]
+    cdef int64_t sign[2]
+    cdef int64_t best[2]
+    cdef int64_t nlev[2]
+    cdef int64_t nover[2]
+    cdef int64_t low[2]
+    cdef int64_t min_price = b.p.min_price, max_price = b.p.max_price, max_levels = b.p.max_levels
+    cdef uint32_t inst = b.p.instrument
+    cdef Py_ssize_t i, fast_applied = 0, slow_applied = 0, last = -1
+    cdef const tw_event *e
+    cdef int64_t price, qty, s = 0, old = 0, was, now, cur, take, below
+    cdef uint64_t bit, w_old, w_new, side, rest
+    cdef uint64_t *word
+    cdef tw_ladder *L
+    cdef bint fast
+    cdef int r, k
+    for k in range(2):
+        L = &b.side[k]
+        qty_of[k] = L.qty; bits_of[k] = L.bits[0]; base[k] = L.base; cap[k] = L.cap
+        sign[k] = L.sign; best[k] = L.best; nlev[k] = L.nlevels; nover[k] = L.nover; low[k] = L.cap >> 3
+    for i in range(n):
+        e = &ev[i]
+        side = e.side
+        price = e.price
+        qty = e.qty
+        fast = ((e.instrument == inst) & ((e.kind == TW_KIND_MODIFY) | (e.kind == TW_KIND_ADD))
+                & (side <= 1) & (qty >= 0))
+        if TW_LIKELY(fast):
+            s = sign[side] * price - base[side]
+            fast = <uint64_t>s < <uint64_t>cap[side]
+        if TW_LIKELY(fast):
+            old = qty_of[side][s]
+            fast = not ((old == 0) & (qty != 0)
+                        & ((price < min_price) | (price > max_price) | (nlev[side] >= max_levels)))
+        if TW_LIKELY(fast):
+            was = old != 0
+            now = qty != 0
+            qty_of[side][s] = qty
+            bit = (<uint64_t>1) << (s & 63)
+            word = &bits_of[side][s >> 6]
+            w_old = word[0]
+            w_new = (w_old & ~bit) | (bit & (<uint64_t>0 - <uint64_t>now))
+            word[0] = w_new
+            if TW_UNLIKELY((w_old == 0) != (w_new == 0)):
+                _bits_carry(b.side[side].bits, s, w_new != 0)
+            nlev[side] += now - was
+            cur = best[side]
+            take = <int64_t>0 - (now & (s > cur))     # all ones when s becomes the best
+            cur = (s & take) | (cur & ~take)
+            best[side] = cur
+            if TW_UNLIKELY(was & (1 - now) & (s == cur)):
+                # the best level emptied (7% of a realistic stream): the next one is nearly
+                # always in the same bitmap word, one bit scan away; a search across words, or
+                # a best sunk low enough to move the window down, goes through _best_removed
+                rest = w_new & (bit - 1)
+                below = (s & ~(<int64_t>63)) | tw_msb64(rest | 1)
+                if TW_LIKELY((rest != 0) & ((nover[side] == 0) | (below >= low[side]))):
+                    best[side] = below
+                else:
+                    L = &b.side[side]
+                    _l2_sync(L, s, nlev[side])
+                    _best_removed(L, s)              # may move the window
+                    qty_of[side] = L.qty; bits_of[side] = L.bits[0]; base[side] = L.base
+                    best[side] = L.best; nlev[side] = L.nlevels; nover[side] = L.nover
+            fast_applied += 1
+            last = i
+            if status != NULL:
+                status[i] = TW_OK
+            continue
+        for k in range(2):
+            _l2_sync(&b.side[k], best[k], nlev[k])
+        if e.instrument == inst:
+            r = _apply(b, e)
+        else:
+            r = TW_REJ_UNKNOWN_INSTRUMENT
+            b.rejects[r] += 1
+        if r == TW_OK:
+            last = i
+            slow_applied += 1
+        if status != NULL:
+            status[i] = <uint8_t>r
+        for k in range(2):
+            L = &b.side[k]
+            qty_of[k] = L.qty; bits_of[k] = L.bits[0]; base[k] = L.base
+            best[k] = L.best; nlev[k] = L.nlevels; nover[k] = L.nover
+    for k in range(2):
+        _l2_sync(&b.side[k], best[k], nlev[k])
+    b.applied += fast_applied
+    if last >= 0:
+        b.last_seq = ev[last].seq
+        b.last_ts_event = ev[last].ts_event
+        b.last_ts_recv = ev[last].ts_recv
+    return fast_applied + slow_applied
+
+
 cdef Py_ssize_t _book_apply_many(tw_book *b, const tw_event *ev, Py_ssize_t n, uint8_t *status) noexcept nogil:
     cdef Py_ssize_t i, applied = 0
     cdef int r
+    if b.p.book_type == TW_BOOK_L2 and b.p.max_depth == 0:
+        return _l2_apply_many(b, ev, n, status)
     for i in range(n):
         if ev[i].instrument == b.p.instrument:
             r = _apply(b, &ev[i])

@@ -64,6 +64,7 @@ class L2Machine(RuleBasedStateMachine):
         self.book = L2Book(0, **kw)
         self.ref = RefL2(0, max_depth=self.max_depth, min_price=1, max_price=10**12,
                          max_levels=self.max_levels)
+        self.seq_base = 10**6
 
     @rule(side=sides, price=prices, qty=quantities)
     def set_level(self, side, price, qty):
@@ -87,14 +88,28 @@ class L2Machine(RuleBasedStateMachine):
                 self.book.delete(side, price)
 
     @rule(rows=st.lists(st.tuples(st.sampled_from([1, 2, 3, 4, 5, 9]), sides, prices, quantities),
-                        max_size=80))
-    def apply_batch(self, rows):
+                        max_size=80),
+          foreign=st.sets(st.integers(0, 79), max_size=3))
+    def apply_batch(self, rows, foreign):
         ev = events_from(rows)
-        want = [self.ref.apply(e) for e in ev]
+        ev["seq"] += self.seq_base                         # distinct per batch: last_seq is checked
+        self.seq_base += 1000
+        other = [i for i in foreign if i < len(ev)]
+        ev["instrument"][other] = 1                        # not this book's: UNKNOWN_INSTRUMENT
+        want = [Reject.UNKNOWN_INSTRUMENT if i in other else self.ref.apply(e) for i, e in enumerate(ev)]
         status = np.full(len(ev), 255, dtype=np.uint8)
+        before, last = self.book.applied, self.book.last_seq
+        rejects = dict(self.book.rejects)
         applied = self.book.apply(ev, status)
         assert list(status) == [int(w) for w in want]
-        assert applied == sum(w == Reject.OK for w in want)
+        assert applied == sum(w == Reject.OK for w in want) == self.book.applied - before
+        ok = [i for i, w in enumerate(want) if w == Reject.OK]
+        assert self.book.last_seq == (int(ev["seq"][ok[-1]]) if ok else last)
+        if ok:
+            assert self.book.last_ts_event == int(ev["ts_event"][ok[-1]])
+        got = dict(self.book.rejects)
+        for w in set(map(Reject, want)) - {Reject.OK}:
+            assert got.get(w.name, 0) - rejects.get(w.name, 0) == want.count(w), w
 
     @rule(qty=st.integers(1, 5000), side=st.sampled_from([BID, ASK]))
     def vwap(self, qty, side):
