@@ -156,11 +156,13 @@ def test_million_events_with_one_percent_dropped(tmp_path, restart):
 
 def test_slow_consumer_losses_at_the_high_water_mark_are_recovered(tmp_path):
     """No faults injected: a consumer slower than the feed, small high-water marks, and
-    ZeroMQ drops messages silently; the sequence numbers show it and recovery repairs it."""
+    ZeroMQ drops messages silently; the sequence numbers show it and recovery repairs it. The
+    publisher idles a second first, so the receiver is in sync before the stream (else the whole
+    stream can be over, buffered and covered by its first snapshot, before it goes live)."""
     snap = f"ipc://{tmp_path}/snap"
     rx = [Receiver(f"ipc://{tmp_path}/data", snap, slow=2e-6, rcvhwm=20, silence_timeout=5)]
     saved, stats = run_e2e(tmp_path, 200_000, ["--rate", "0", "--pregenerate", "--sndhwm", "20",
-                                               "--wait-subscribers", "20"], rx)
+                                               "--wait-subscribers", "20", "--start-delay", "1"], rx)
     assert stats["dropped"] == 0
     c = rx[0].counters
     print("slow consumer:")
