@@ -263,6 +263,11 @@ class Supervisor:
     async def _shutdown(self) -> int:
         self.stopping = True
         status = 0
+        if self.writer is not None and self.writer.proc and self.writer.proc.returncode is None \
+                and self.cfg.store.writer_sched == "idle":
+            from tickwire.engine.writer import IdlePolicy
+
+            IdlePolicy(pid=self.writer.proc.pid).finish()   # drain on normal scheduling
         deadline = time.monotonic() + self.shutdown_timeout
         for child in self.workers:
             if child.proc and child.proc.returncode is None:

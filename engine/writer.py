@@ -411,6 +411,7 @@ class IdlePolicy:
         self.pid = pid
         self.may_idle = may_idle
         self.switches = 0
+        self.finished = False
         self._nthreads = 0
 
     @property
@@ -425,7 +426,15 @@ class IdlePolicy:
         _set_policy(self.pid, os.SCHED_IDLE)
         self._nthreads = len(_threads(self.pid))
 
+    def finish(self) -> None:
+        """Normal scheduling from now on: a writer that is draining to exit must not wait for an
+        idle core (the supervisor's shutdown deadline is running)."""
+        self.finished = True
+        _set_policy(self.pid, os.SCHED_OTHER)
+
     def update(self, fill: float) -> None:
+        if self.finished:
+            return
         idle = self.idle
         if idle and fill > self.high:
             _set_policy(self.pid, os.SCHED_OTHER)
@@ -514,6 +523,9 @@ class WriterService:
             active = [w for w in active if w.step(wait)]
             self._signals()
             if self.policy is not None:
+                if not self.policy.finished and any(w._stop.is_set() or w.source.producer_closed
+                                                    for w in self.writers):
+                    self.policy.finish()
                 self.policy.update(max(w.source.size / w.source.capacity for w in self.writers))
                 for w in self.writers:
                     w.metrics["sched_idle"] = int(self.policy.idle)

@@ -233,6 +233,20 @@ def test_sighup_reloads_rule_thresholds_without_a_restart(tmp_path):
     assert "only thresholds reload without a restart" in (tmp_path / "daemon.log").read_text()
 
 
+def writer_threads_idle(cfg_path) -> bool:
+    for p in Path("/proc").iterdir():
+        try:
+            cmd = (p / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"tickwire.engine.writer" in cmd and cfg_path.stem.encode() in cmd:
+            try:
+                return {os.sched_getscheduler(int(t)) for t in os.listdir(p / "task")} == {os.SCHED_IDLE}
+            except (ProcessLookupError, FileNotFoundError):     # a thread (or the writer) just ended
+                return False
+    return False
+
+
 def test_writer_options_reach_the_writer_process(tmp_path):
     cfg_path, raw = write_config(tmp_path, "opts")
     raw["store"]["writer_nice"] = 5
@@ -250,17 +264,37 @@ def test_writer_options_reach_the_writer_process(tmp_path):
         writer = next(int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and
                       b"tickwire.engine.writer" in cmdline(p) and b"opts" in cmdline(p))
         assert os.getpriority(os.PRIO_PROCESS, writer) == 5
-
-        def policies():
-            out = set()
-            for tid in os.listdir(f"/proc/{writer}/task"):
-                try:
-                    out.add(os.sched_getscheduler(int(tid)))
-                except ProcessLookupError:
-                    pass
-            return out
         # store.writer_sched defaults to "idle": every thread of the writer, the store's included
-        assert wait_for(lambda: policies() == {os.SCHED_IDLE}), policies()
+        assert wait_for(lambda: writer_threads_idle(cfg_path))
     finally:
         rc, _ = stop_daemon(daemon, log)
     assert rc == 0 and "writer" in (tmp_path / "tw.log").read_text()
+
+
+def test_sigterm_with_a_busy_writer_core_still_stores_everything_and_exits_clean(tmp_path):
+    """The writer idles under SCHED_IDLE; a busy process on its core would starve it forever.
+    On SIGTERM the supervisor puts it back on normal scheduling, so it drains, stores every tick
+    and exits 0 within the shutdown bound."""
+    cfg_path, raw = write_config(tmp_path, "busy")
+    run_dir = tmp_path / "state" / "busy"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    spinner = None
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"]), "the worker never reported"
+        assert wait_for(lambda: writer_threads_idle(cfg_path)), "the writer did not enter SCHED_IDLE"
+        # from here the writer gets (next to) no time: the ticks wait in the ring
+        spinner = subprocess.Popen([PY, "-c", "import os\nos.sched_setaffinity(0, {0})\nwhile True: pass"])
+        sim = start_sim(raw, 50_000, 50_000)
+        out, _ = sim.communicate(timeout=120)
+        assert sim.returncode == 0, out
+        assert wait_for(lambda: status(run_dir)["feed"]["events"] >= 50_000, 30)
+    finally:
+        rc, took = stop_daemon(daemon, log)
+        if spinner is not None:
+            spinner.kill()
+            spinner.wait()
+    assert rc == 0 and took < 25, (tmp_path / "daemon.log").read_text()[-3000:]
+    dsn = f"chdb://{tmp_path}/state/store"
+    (n, distinct), = query(dsn, "SELECT count(), uniqExact(channel, seq) FROM tickwire.ticks "
+                                "WHERE bitAnd(flags, 2) = 0 AND kind != 6")
+    assert n == distinct == 50_000

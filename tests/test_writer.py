@@ -276,6 +276,9 @@ seen["back to 10%"] = policies()
 p.update(0.01)
 seen["1% full"] = policies()
 seen["switches"] = p.switches
+p.finish()                                                       # draining to exit
+p.update(0.01)
+seen["finished, 1% full"] = policies()
 print(json.dumps(seen))
 """
 
@@ -286,7 +289,7 @@ def test_idle_policy_moves_every_thread_between_sched_idle_and_normal():
     seen = __import__("json").loads(out.stdout)
     idle, normal = [os.SCHED_IDLE], [os.SCHED_OTHER]
     assert seen == {"before": normal, "started": idle, "late thread, 10% full": idle, "30% full": normal,
-                    "back to 10%": normal, "1% full": idle, "switches": 2}
+                    "back to 10%": normal, "1% full": idle, "switches": 2, "finished, 1% full": normal}
 
 
 def test_starved_idle_writer_is_rescued_to_normal_scheduling_and_loses_nothing(tmp_path):
