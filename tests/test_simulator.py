@@ -71,8 +71,9 @@ def collect(ctx, ep, stop, out):
     pull.close(0)
 
 
-def publish(tmp_path, n, **kw):
-    """Run a PUSH simulator in this thread and collect everything on a PULL socket."""
+def publish(tmp_path, n, clock=None, **kw):
+    """Run a PUSH simulator in this thread and collect everything on a PULL socket; ``clock``
+    (a dict) receives the publishing run's wall time and this thread's CPU time."""
     ep = f"ipc://{tmp_path}/sim"
     ctx = zmq.Context()
     got, stop = [], threading.Event()
@@ -80,7 +81,10 @@ def publish(tmp_path, n, **kw):
     t = threading.Thread(target=collect, args=(ctx, ep, stop, got))
     t.start()
     try:
+        wall0, cpu0 = time.perf_counter(), time.thread_time()
         report = sim.run(events=n)
+        if clock is not None:
+            clock.update(wall=time.perf_counter() - wall0, cpu=time.thread_time() - cpu0)
     finally:
         time.sleep(0.2)
         stop.set()
@@ -291,23 +295,10 @@ def test_paced_publisher_sleeps_between_messages(tmp_path):
     through the gap: on a core it shares (with the storage writer, on two cores) a spinning
     publisher is preempted for whole scheduler slices and then sends in bursts. A spinning
     publisher uses its thread's whole wall time; this one a small part of it."""
-    ep = f"ipc://{tmp_path}/sim"
-    ctx = zmq.Context()
-    got, stop = [], threading.Event()
-    sim = Simulator(ep, socket_type="PUSH", heartbeat=0, context=ctx, rate=20_000, batch=64, instruments=2,
-                    channels=1, resting=50)
-    t = threading.Thread(target=collect, args=(ctx, ep, stop, got))
-    t.start()
-    try:
-        wall0, cpu0 = time.perf_counter(), time.thread_time()
-        report = sim.run(events=20_000)                   # about 1 s at 20,000 events/s
-        wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
-    finally:
-        time.sleep(0.2)
-        stop.set()
-        t.join()
-        sim.close()
-        ctx.term()
-    assert report["events"] == 20_000 and sum(len(wire.decode_frames(m)[1]) for m in got) == 20_000
+    clock = {}
+    _, report, msgs = publish(tmp_path, 20_000, clock, rate=20_000, batch=64, instruments=2, channels=1,
+                              resting=50)                 # about 1 s at 20,000 events/s
+    wall, cpu = clock["wall"], clock["cpu"]
+    assert report["events"] == 20_000 and sum(len(ev) for _, ev in msgs) == 20_000
     assert wall >= 0.9, "the publisher did not pace"
     assert cpu < 0.5 * wall, f"the publisher used {cpu:.2f} s of CPU in {wall:.2f} s: it spins"
