@@ -47,7 +47,8 @@ def test_order_book_peer(benchmark):
 def test_sortedcontainers_peer(benchmark):
     from sortedcontainers import SortedDict
 
-    benchmark.pedantic(lambda books: apply_levels(books[0], books[1], ROWS), setup=lambda: (((SortedDict(), SortedDict()),), {}), **PEDANTIC)
+    benchmark.pedantic(lambda books: apply_levels(books[0], books[1], ROWS),
+                       setup=lambda: (((SortedDict(), SortedDict()),), {}), **PEDANTIC)
 
 
 @pytest.fixture(scope="module")

@@ -243,6 +243,11 @@ class TickWriter:
             "last_error": "", "epoch": self.epoch, "sched_idle": 0, "sched_switches": 0,
         }
 
+    @property
+    def draining(self) -> bool:
+        """Asked to stop, or the producer closed the ring: writing what is left, then done."""
+        return self._stop.is_set() or self.source.producer_closed
+
     def stop(self) -> None:
         """Ask the writer to drain what was published, write it, and finish."""
         self._stop.set()
@@ -444,12 +449,8 @@ class IdlePolicy:
         elif self.may_idle and not idle and fill < self.low:
             _set_policy(self.pid, os.SCHED_IDLE)
             self.switches += 1
-        else:
-            n = len(_threads(self.pid))
-            if n != self._nthreads:          # the store started threads: give them the policy too
-                _set_policy(self.pid, os.SCHED_IDLE if idle else os.SCHED_OTHER)
-            self._nthreads = n
-            return
+        elif len(_threads(self.pid)) != self._nthreads:     # the store started threads: same policy
+            _set_policy(self.pid, os.SCHED_IDLE if idle else os.SCHED_OTHER)
         self._nthreads = len(_threads(self.pid))
 
 
@@ -523,8 +524,7 @@ class WriterService:
             active = [w for w in active if w.step(wait)]
             self._signals()
             if self.policy is not None:
-                if not self.policy.finished and any(w._stop.is_set() or w.source.producer_closed
-                                                    for w in self.writers):
+                if not self.policy.finished and any(w.draining for w in self.writers):
                     self.policy.finish()
                 self.policy.update(max(w.source.size / w.source.capacity for w in self.writers))
                 for w in self.writers:

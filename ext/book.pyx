@@ -1453,9 +1453,11 @@ cdef Py_ssize_t _l2_apply_many(tw_book *b, const tw_event *ev, Py_ssize_t n, uin
     done here with the side's geometry (base, cap, sign, arrays) and its changing state (best
     slot, level count) held in locals: the book's fields are not re-read after every store
     into the ladder (which may alias them), and the per-event bookkeeping (applied count,
-    last event) is done once at the end. Anything else -- another kind or instrument, a key
-    outside the window, a would-be reject, the best level emptied -- writes the locals back,
-    goes through _apply (or _best_removed) and reloads them."""
+    last event, status) is done once per batch. When the best level empties, the next one is
+    found in the same bitmap word when it is there. Anything else -- another kind or
+    instrument, a key outside the window, a would-be reject, a next best in another word or a
+    window that must move -- writes the locals back, goes through _apply (or _best_removed)
+    and reloads them."""
     cdef int64_t *qty_of[2]
     cdef uint64_t *bits_of[2]
     cdef int64_t base[2]
@@ -1492,40 +1494,41 @@ cdef Py_ssize_t _l2_apply_many(tw_book *b, const tw_event *ev, Py_ssize_t n, uin
             s = sign[side] * price - base[side]
             if TW_LIKELY(<uint64_t>s < <uint64_t>cap[side]):
                 old = qty_of[side][s]
-                if TW_LIKELY(not ((price < min_price or price > max_price or nlev[side] >= max_levels)
-                                  and old == 0 and qty != 0)):
-                        was = old != 0
-                        now = qty != 0
-                        qty_of[side][s] = qty
-                        bit = (<uint64_t>1) << (s & 63)
-                        word = &bits_of[side][s >> 6]
-                        w_old = word[0]
-                        w_new = (w_old | bit) ^ (bit & <uint64_t>(now - 1))    # set, or clear when now = 0
-                        word[0] = w_new
-                        # (see _win_store for why two tests)
-                        if TW_UNLIKELY(w_old == 0 or w_new == 0) and (w_old == 0) != (w_new == 0):
-                            _bits_carry(b.side[side].bits, s, w_new != 0)
-                        nlev[side] += now - was
-                        cur = best[side]
-                        cur = max(cur, s | (now - 1))            # s becomes the best (s | -1 = -1: no)
-                        best[side] = cur
-                        # the best slot is always occupied, so s == cur also means the level was there
-                        if TW_UNLIKELY((1 - now) & (s == cur)):
-                            # the best level emptied (7% of a realistic stream): the next one is nearly
-                            # always in the same bitmap word, one bit scan away; a search across words, or
-                            # a best sunk low enough to move the window down, goes through _best_removed
-                            rest = w_new & (bit - 1)
-                            below = (s & ~(<int64_t>63)) | tw_msb64(rest | 1)
-                            if TW_LIKELY((rest != 0) & ((nover[side] == 0) | (below >= low[side]))):
-                                best[side] = below
-                            else:
-                                L = &b.side[side]
-                                _l2_sync(L, s, nlev[side])
-                                _best_removed(L, s)              # may move the window
-                                qty_of[side] = L.qty; bits_of[side] = L.bits[0]; base[side] = L.base
-                                best[side] = L.best; nlev[side] = L.nlevels; nover[side] = L.nover
-                        last = i
-                        continue
+                if TW_LIKELY(not ((price < min_price or price > max_price
+                                   or nlev[side] >= max_levels) and old == 0 and qty != 0)):
+                    was = old != 0
+                    now = qty != 0
+                    qty_of[side][s] = qty
+                    bit = (<uint64_t>1) << (s & 63)
+                    word = &bits_of[side][s >> 6]
+                    w_old = word[0]
+                    w_new = (w_old | bit) ^ (bit & <uint64_t>(now - 1))  # set; clear when now = 0
+                    word[0] = w_new
+                    # (see _win_store for why two tests)
+                    if TW_UNLIKELY(w_old == 0 or w_new == 0) and (w_old == 0) != (w_new == 0):
+                        _bits_carry(b.side[side].bits, s, w_new != 0)
+                    nlev[side] += now - was
+                    cur = best[side]
+                    cur = max(cur, s | (now - 1))            # s becomes the best (s | -1 = -1: no)
+                    best[side] = cur
+                    # the best slot is always occupied: s == cur also means the level was there
+                    if TW_UNLIKELY((1 - now) & (s == cur)):
+                        # the best level emptied (7% of a realistic stream): the next one is
+                        # nearly always in the same bitmap word, one bit scan away; a search
+                        # across words, or a best sunk low enough to move the window down,
+                        # goes through _best_removed
+                        rest = w_new & (bit - 1)
+                        below = (s & ~(<int64_t>63)) | tw_msb64(rest | 1)
+                        if TW_LIKELY((rest != 0) & ((nover[side] == 0) | (below >= low[side]))):
+                            best[side] = below
+                        else:
+                            L = &b.side[side]
+                            _l2_sync(L, s, nlev[side])
+                            _best_removed(L, s)              # may move the window
+                            qty_of[side] = L.qty; bits_of[side] = L.bits[0]; base[side] = L.base
+                            best[side] = L.best; nlev[side] = L.nlevels; nover[side] = L.nover
+                    last = i
+                    continue
         for k in range(2):
             _l2_sync(&b.side[k], best[k], nlev[k])
         if e.instrument == inst:

@@ -13,9 +13,10 @@ wire format, with a snapshot service and fault injection (``tickwire simulate``)
   exactly what it publishes, cuts the stream into per-channel messages of up to ``batch``
   events, paces them at a constant rate (sleeping until just before each send and spinning
   only the last few tens of microseconds, so the publisher leaves its core free between
-  messages; the intended send time in the header), sends heartbeats, serves snapshots between messages (so a snapshot
-  is exact at a sequence number), and injects faults: dropped, duplicated and reordered
-  messages, and publisher restarts (new epoch, sequences from 1, sockets re-bound).
+  messages; the intended send time in the header), sends heartbeats, serves snapshots
+  between messages (so a snapshot is exact at a sequence number), and injects faults:
+  dropped, duplicated and reordered messages, and publisher restarts (new epoch, sequences
+  from 1, sockets re-bound).
 
 Everything but wall-clock times is a function of the seed: the same seed gives the same
 events, the same messages and the same faults.
