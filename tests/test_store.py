@@ -7,7 +7,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from tickwire.engine.store import SCHEMA_VERSION, Store, StoreError, cluster_ddl, redact
+from tickwire.engine.store import MERGE_SELECTOR_BASE, SCHEMA_VERSION, Store, StoreError, cluster_ddl, redact
 from tickwire.ext import EVENT_DTYPE, SIGNAL_DTYPE
 from tickwire.feeds.synthetic import l3_orders, synthetic_instruments
 
@@ -90,6 +90,36 @@ def test_schema_created_once_and_reopened(tmp_path):
     assert first.split() == [str(n), str(SCHEMA_VERSION), "1"]
     symbol, price, ticks = eval(second)
     assert symbol.startswith("SYN") and price.rstrip("0") == f"{ticks / 100:.2f}".rstrip("0")
+
+
+def test_version_1_store_is_migrated_keeping_its_data(tmp_path):
+    """A store made by schema version 1 (no merge tuning) gets merge_selector_base on reopen,
+    once, and keeps its ticks; a new store is created with it."""
+    dsn = f"chdb://{tmp_path}/old"
+    in_fresh_process(f"""
+        import clickhouse_connect
+        from tickwire.engine.store import schema_ddl, Store
+        from tickwire.feeds.synthetic import l2_updates
+        c = clickhouse_connect.get_client(dsn="{dsn}")
+        for stmt in schema_ddl("tickwire", merge_tuning=False):
+            c.command(stmt)
+        c.command("INSERT INTO tickwire.schema_version (version) VALUES (1)")
+        Store(c, "tickwire", "{dsn}").insert_ticks(l2_updates(1000, seed=2), epoch=1, token="a")
+    """)
+    out = in_fresh_process(f"""
+        from tickwire.engine.store import Store
+        for _ in range(2):                                  # the second open finds nothing to do
+            s = Store.open("{dsn}")
+        q = lambda sql: s.client.query(sql).result_rows
+        print(s.count_ticks(), sorted(r[0] for r in q("SELECT version FROM tickwire.schema_version")))
+        for t in ("ticks", "signals"):
+            print(t, "merge_selector_base = {MERGE_SELECTOR_BASE}" in
+                  q(f"SELECT create_table_query FROM system.tables WHERE database = 'tickwire' AND name = '{{t}}'")[0][0])
+    """)
+    assert out.split("\n")[:3] == ["1000 [1, 2]", "ticks True", "signals True"]
+    fresh = Store.open(f"chdb://{tmp_path}/new")
+    ddl = fresh.client.query("SELECT create_table_query FROM system.tables WHERE name = 'ticks'").result_rows[0][0]
+    assert f"merge_selector_base = {MERGE_SELECTOR_BASE}" in ddl
 
 
 def test_signals_round_trip_by_run(tmp_path):
