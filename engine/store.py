@@ -266,7 +266,7 @@ class Store:
         tuning = self._knows_merge_setting("merge_selector_base")
         for stmt in schema_ddl(self.database, tuning):
             self.client.command(stmt)
-        have = self.client.query(f"SELECT max(version) FROM {self.database}.schema_version").result_rows[0][0]
+        have = self.client.query(f"SELECT max(version) FROM {self.database}.schema_version").result_rows[0][0] or 0
         if have > SCHEMA_VERSION:
             raise StoreError(f"the store's schema is version {have}, newer than this tickwire ({SCHEMA_VERSION})")
         if have and have < 2 and tuning:
