@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import table
+from common import pin, table
 
 from tickwire.engine.config import to_toml
 from tickwire.engine.demo import demo_raw_config
@@ -124,7 +124,11 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=5, help="alternations of scenarios 1 and 2 [%(default)s]")
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="tw-bench-daemon-"))
-    print(f"# tickwire daemon benchmark (worker on core 1; supervisor, writer and simulator on core 0)")
+    # this process polls the worker's status 20 times a second: on core 0 with the rest, not
+    # beside the engine (the daemon pins its worker to core 1 itself)
+    pinned = pin(0)
+    print(f"# tickwire daemon benchmark (worker on core 1; supervisor, writer, simulator and this "
+          f"script, {pinned}, on core 0)")
     try:
         n = int(args.rate * args.seconds)
         with_writer, without = [], []
