@@ -44,7 +44,7 @@ SCHEMA_VERSION = 2
 #: wait until more parts of a size have gathered, so each row is rewritten fewer times. At
 #: 100k ticks/s (a 100k-row insert a second) 20 took the embedded engine's merge CPU per
 #: million rows from 0.26 s to 0.16 s (docs/storage.md). Applied where the server knows the
-#: setting (ClickHouse 24.x and later; chDB does).
+#: setting (asked in system.merge_tree_settings; the embedded chDB 26.9 does).
 MERGE_SELECTOR_BASE = 20
 TICK_COLUMNS = ["ts_event", "ts_recv", "seq", "order_id", "price", "qty", "instrument", "channel",
                 "kind", "side", "flags"]
