@@ -290,6 +290,11 @@ def _add_simulate(sub) -> None:
                    help="generate the synthetic events before publishing (rates above the generator's "
                         "~0.3-1 M events/s)")
     g.add_argument("--cpu", type=int, metavar="CORE", help="pin the publisher to this CPU core")
+    g.add_argument("--rt-priority", type=int, default=0, metavar="PRIO",
+                   help="publish under SCHED_FIFO at this priority (1-99; needs CAP_SYS_NICE, else a "
+                        "warning), ZeroMQ's I/O thread included, so that other work on the publisher's "
+                        "core does not reshape the paced stream into bursts; keep it below the "
+                        "receiving workers' feeds.io_rt_priority [0: normal scheduling]")
     g = sim.add_argument_group("faults")
     g.add_argument("--drop", type=float, default=0.0, metavar="P", help="probability a message is dropped [%(default)s]")
     g.add_argument("--duplicate", type=float, default=0.0, metavar="P", help="probability a message is sent twice [%(default)s]")

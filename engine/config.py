@@ -115,6 +115,9 @@ class FeedConfig:
     channels: int = 1
     max_message_events: int = 1024
     batch_events: int = 2048
+    io_cpu: int = 0
+    io_rt_priority: int = 0
+    busy_poll: bool = False
 
 
 @dataclass(frozen=True)
@@ -264,7 +267,7 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
     # feeds
     f = _table(raw, "feeds")
     _check_keys(f, {"endpoints", "snapshot", "socket", "hwm", "stale_after_ms", "recovery_retries", "channels",
-                    "max_message_events", "batch_events"}, "feeds.")
+                    "max_message_events", "batch_events", "io_cpu", "io_rt_priority", "busy_poll"}, "feeds.")
     endpoints = f.get("endpoints", list(FeedConfig.endpoints))
     if not isinstance(endpoints, list) or not endpoints or not all(
             isinstance(e, str) and e.split("://")[0] in ("ipc", "tcp", "inproc") for e in endpoints):
@@ -274,7 +277,10 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
                        _int(f, "stale_after_ms", "feeds.", 5_000, 1), _int(f, "recovery_retries", "feeds.", 5, 0),
                        _int(f, "channels", "feeds.", max(seen_ids) + 1, 1, 0xFFFF),
                        _int(f, "max_message_events", "feeds.", 1024, 1, 1 << 20),
-                       _int(f, "batch_events", "feeds.", 2048, 1, 1 << 24))
+                       _int(f, "batch_events", "feeds.", 2048, 1, 1 << 24),
+                       _int(f, "io_cpu", "feeds.", supervisor_cpu, 0, ncpu - 1),
+                       _int(f, "io_rt_priority", "feeds.", 0, 0, 99),
+                       _bool(f, "busy_poll", "feeds.", False))
     if feeds.batch_events < feeds.max_message_events:
         _fail("feeds.batch_events", f"at least feeds.max_message_events ({feeds.max_message_events})",
               feeds.batch_events)

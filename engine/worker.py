@@ -87,6 +87,7 @@ class Worker:
         self.ticks = Ring.attach(tick_name, EVENT_DTYPE, role="producer", takeover=True)
         self.signals = Ring.attach(sig_name, SIGNAL_DTYPE, role="producer", takeover=True)
         self.counts = {"events": 0, "signals": 0, "batches": 0, "tick_ring_waits": 0}
+        self.batch_times_ns = [0, 0]                       # wall clock of the first live batch and the last
         self.store = cfg.store.enabled                     # off: ticks are not stored (benchmarks)
         self.started = time.time()
         self.hdr_dir = Path(cfg.metrics.hdr_dir) if cfg.metrics.hdr_dir else self.run_dir / "hdr"
@@ -101,7 +102,8 @@ class Worker:
         self.feed = FeedHandler(list(f.endpoints), channels_of(cfg, self.wcfg.instruments), self.on_batch,
                                 snapshot=f.snapshot or None, socket_type=f.socket.upper(), rcvhwm=f.hwm,
                                 silence_timeout=f.stale_after_ms / 1000.0, max_retries=f.recovery_retries,
-                                max_events=f.max_message_events, batch_events=f.batch_events)
+                                max_events=f.max_message_events, batch_events=f.batch_events,
+                                io_cpus=[f.io_cpu], io_rt_priority=f.io_rt_priority, busy_poll=f.busy_poll)
 
     # -- the per-batch work (called by the feed handler; events valid during the call) ----------
     def on_batch(self, events: np.ndarray) -> None:
@@ -125,6 +127,9 @@ class Worker:
         self.counts["events"] += len(events)
         self.counts["signals"] += n
         self.counts["batches"] += 1
+        if not self.batch_times_ns[0] and self.feed.all_live():   # not the markers before the first snapshots
+            self.batch_times_ns[0] = t0
+        self.batch_times_ns[1] = t0
 
     # -- bookkeeping ----------------------------------------------------------------------------
     def write_hdr_interval(self) -> None:
@@ -145,6 +150,9 @@ class Worker:
         return {
             "worker": self.wcfg.name, "index": self.index, "pid": os.getpid(), "cpu": self.wcfg.cpu,
             "affinity": sorted(os.sched_getaffinity(0)), "started": self.started, "time": time.time(),
+            "batch_times_ns": list(self.batch_times_ns),
+            "io_thread": {"cpu": self.cfg.feeds.io_cpu, "realtime": self.feed.io_realtime,
+                          "busy_poll": self.cfg.feeds.busy_poll},
             "instruments": list(self.wcfg.instruments), "counts": dict(self.counts), "feed": feed,
             "channels": {str(k): v for k, v in self.feed.channel_status().items()},
             "book_rejects": books.rejects, "tick_ring_depth": int(len(self.ticks)),

@@ -182,6 +182,7 @@ cdef struct tw_feed:
     void *wake[4]
     int nwake
     int woken                     # set by tw_feed_drain when a wake socket became readable
+    int spin                      # 1: wait by polling without blocking (busy poll), 0: block in zmq_poll
     tw_feed_chan *chans           # TW_FEED_CHANNELS entries
     Py_ssize_t max_events         # most events in one data message (more: TW_DROP_OVERSIZED)
     # counters

@@ -649,7 +649,16 @@ cdef Py_ssize_t tw_feed_drain(tw_feed *f, tw_event *out, Py_ssize_t cap, int tim
             items[i].events = TW_ZMQ_POLLIN
             items[i].revents = 0
         f.waits += 1
-        r = tw_zmq_poll(items, nitems, <long>wait_ms)
+        if f.spin:
+            # busy poll: the core never idles, so nothing has to wake it (waking a halted core
+            # costs tens of microseconds on a virtual machine) and a message is read as soon
+            # as libzmq has it
+            while True:
+                r = tw_zmq_poll(items, nitems, 0)
+                if r != 0 or (timeout_ms > 0 and tw_monotonic_ns() >= deadline):
+                    break
+        else:
+            r = tw_zmq_poll(items, nitems, <long>wait_ms)
         if r < 0:
             err = tw_zmq_errno()
             if err == TW_EINTR:
@@ -811,6 +820,16 @@ cdef class FeedReceiver:
     @property
     def max_events(self):
         return self.c.max_events
+
+    @property
+    def spin(self):
+        """True: :meth:`drain` waits by polling the sockets without blocking (a busy poll that
+        keeps the core at 100%); False (default): it blocks in ``zmq_poll``."""
+        return bool(self.c.spin)
+
+    @spin.setter
+    def spin(self, bint on):
+        self.c.spin = on
 
 
 # ---------------------------------------------------------------------------------------

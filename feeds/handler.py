@@ -30,6 +30,7 @@ import zmq
 from tickwire.ext.codec import Decoder, FeedReceiver, TYPES_REPLY, now_ns
 from tickwire.ext.records import EVENT_DTYPE, Flag, Kind, Side, empty_events
 from tickwire.feeds import wire
+from tickwire.feeds.iothread import io_context
 from tickwire.feeds.wire import Drop, MsgType, WireFlag
 
 __all__ = ["ChannelState", "FeedHandler"]
@@ -110,6 +111,19 @@ class FeedHandler:
     bind : bool
         Bind the data sockets instead of connecting them (publishers that connect).
     context : zmq.Context, optional
+        Default: a context of the handler's own (terminated by :meth:`close`).
+    io_cpus : iterable of int, optional
+        Cores for the ZeroMQ I/O thread of the handler's own context (libzmq's
+        ``ZMQ_THREAD_AFFINITY_CPU_ADD``). The I/O thread wakes for every message that
+        arrives; on the engine's core it preempts the engine mid-batch, so the daemon puts
+        it on the housekeeping core (``feeds.io_cpu``). Default: wherever the process may run.
+    io_rt_priority : int
+        SCHED_FIFO priority for that I/O thread (0: normal scheduling), so that other work on
+        its core does not delay the messages; where the process is not permitted, a warning
+        and normal scheduling (:attr:`io_realtime` says which). See :mod:`tickwire.feeds.iothread`.
+    busy_poll : bool
+        Wait for messages by polling without blocking (:attr:`FeedReceiver.spin`): the
+        lowest latency on a dedicated core, at the price of keeping that core busy.
     max_events : int
         Most events in one data message (larger: dropped as OVERSIZED).
     batch_events : int
@@ -133,7 +147,7 @@ class FeedHandler:
 
     def __init__(self, endpoints, channels, on_batch, *, snapshot: str | None = None,
                  socket_type: str = "SUB", bind: bool = False, context: zmq.Context | None = None,
-                 max_events: int = 8192, batch_events: int = 65536, rcvhwm: int | None = None,
+                 io_cpus=None, io_rt_priority: int = 0, busy_poll: bool = False, max_events: int = 8192, batch_events: int = 65536, rcvhwm: int | None = None,
                  silence_timeout: float = 2.0, snapshot_timeout: float = 0.5, backoff: float = 2.0,
                  max_backoff: float = 5.0, max_retries: int = 5, retry_pause: float = 5.0,
                  buffer_events: int = 1 << 20):
@@ -157,8 +171,15 @@ class FeedHandler:
             if not 0 <= c <= 0xFFFF:
                 raise ValueError(f"channel ids are 0..65535, got {c}")
         self._on_batch = on_batch
+        if context is not None and (io_cpus or io_rt_priority):
+            raise ValueError("io_cpus and io_rt_priority apply to the handler's own context; "
+                             "set them on yours (see tickwire.feeds.iothread)")
         self._own_context = context is None
-        self._ctx = context or zmq.Context()
+        #: True when the handler's I/O thread runs under SCHED_FIFO (io_rt_priority, permitted)
+        self.io_realtime = False
+        if context is None:
+            context, self.io_realtime = io_context(io_cpus or (), io_rt_priority)
+        self._ctx = context
         self._channels = chans
         self.endpoints = endpoints
         self.snapshot_endpoint = snapshot
@@ -199,6 +220,7 @@ class FeedHandler:
             self._replies = Decoder(max_events=1 << 22, types=TYPES_REPLY)
             self.receiver = FeedReceiver(self._sockets, wake=[self._dealer] if self._dealer else [],
                                          max_events=max_events)
+            self.receiver.spin = bool(busy_poll)
         except BaseException:
             self._close_sockets()
             raise

@@ -797,6 +797,19 @@ def run_cli(args, say=print) -> int:
 
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
+    if getattr(args, "rt_priority", 0):
+        from tickwire.feeds.iothread import check_priority
+
+        try:
+            prio = check_priority(args.rt_priority)
+        except ValueError as exc:
+            say(f"tickwire simulate: --rt-priority: {exc}")
+            return 2
+        try:         # before any socket: ZeroMQ's I/O thread inherits the policy
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(prio))
+        except OSError as exc:
+            say(f"tickwire simulate: --rt-priority {prio}: SCHED_FIFO not permitted here ({exc.strerror}); "
+                "publishing on normal scheduling")
     faults = Faults(drop=args.drop, duplicate=args.duplicate, reorder=args.reorder,
                     restart_at=tuple(args.restart_at or ()))
     events = None

@@ -39,6 +39,11 @@ def test_defaults_fill_in():
     assert c.instruments[1].tick_size == c.instruments[1].tick_size.__class__("0.5")
     assert c.stats.window == "count" and c.clock == "wall"
     assert c.store.writer_sched == "idle" and c.store.writer_nice == 0
+    # the feed's I/O thread goes to the housekeeping core, on normal scheduling; waits block
+    assert c.feeds.io_cpu == c.supervisor_cpu == 0 and c.feeds.io_rt_priority == 0
+    assert c.feeds.busy_poll is False
+    c = from_dict(cfg(daemon={"supervisor_cpu": os.cpu_count() - 1}, feeds={"busy_poll": True, "io_rt_priority": 10}))
+    assert c.feeds.io_cpu == os.cpu_count() - 1 and c.feeds.io_rt_priority == 10 and c.feeds.busy_poll
 
 
 @pytest.mark.parametrize("raw, fragment", [
@@ -58,6 +63,9 @@ def test_defaults_fill_in():
     (cfg(stats={"window": "ticks"}), "stats.window: expected 'count' or 'time', got 'ticks'"),
     (cfg(stats={"windw": "count"}), "stats.windw: expected one of the known keys"),
     (cfg(feeds={"endpoints": ["udp://x"]}), "feeds.endpoints: expected an array of ZeroMQ endpoints"),
+    (cfg(feeds={"io_cpu": 4096}), "feeds.io_cpu: expected an integer in 0.."),
+    (cfg(feeds={"io_rt_priority": 100}), "feeds.io_rt_priority: expected an integer in 0..99, got 100"),
+    (cfg(feeds={"busy_poll": "yes"}), "feeds.busy_poll: expected"),
     (cfg(store={"dsn": "mysql://x"}), "store.dsn: expected chdb:///absolute/dir or http(s)://host:port"),
     (cfg(store={"writer_sched": "fifo"}), "store.writer_sched: expected one of ['idle', 'normal'], got 'fifo'"),
     (cfg(metrics={"port": 99999}), "metrics.port: expected an integer in 0..65535, got 99999"),

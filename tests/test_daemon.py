@@ -101,6 +101,11 @@ def test_end_to_end_every_event_stored_once_signals_metrics_hdr_and_clean_sigter
         assert st.returncode == 0 and "events" in st.stdout, st.stderr
         w = status(run_dir)
         assert w["affinity"] == [w["cpu"]]                       # pinned where the config said
+        # ...and its ZeroMQ I/O thread is not beside the engine but on feeds.io_cpu (the supervisor's core)
+        assert w["io_thread"]["cpu"] == 0 != w["cpu"] or os.cpu_count() == 1
+        io = [t for t in os.listdir(f"/proc/{w['pid']}/task")
+              if open(f"/proc/{w['pid']}/task/{t}/comm").read().startswith("ZMQbg/IO")]
+        assert io and all(os.sched_getaffinity(int(t)) == {w["io_thread"]["cpu"]} for t in io)
     finally:
         rc, took = stop_daemon(daemon, log)
     consumer.send_signal(signal.SIGINT)

@@ -16,6 +16,7 @@ from tickwire.engine.instruments import make_books
 from tickwire.ext import Flag, Kind, Side, codec
 from tickwire.feeds import captures, wire
 from tickwire.feeds.handler import FeedHandler
+from tickwire.feeds.iothread import realtime_permitted
 from tickwire.feeds.simulator import (Faults, Market, SnapshotService, Simulator, channel_map,
                                       synthetic_instruments)
 from tickwire.feeds.wire import Drop, MsgType, WireFlag
@@ -216,7 +217,8 @@ def test_cli_help_explains_itself(capsys):
         cli.main(["simulate", "--help"])
     text = capsys.readouterr().out
     for word in ("--endpoint", "--snapshot", "--instruments", "--rate", "--seed", "--events", "--duration",
-                 "--drop", "--duplicate", "--reorder", "--restart-at", "--capture", "kraken", "binance"):
+                 "--drop", "--duplicate", "--reorder", "--restart-at", "--capture", "kraken", "binance",
+                 "--rt-priority", "SCHED_FIFO"):
         assert word in text
 
 
@@ -225,6 +227,12 @@ def test_cli_missing_capture_is_a_clear_error(monkeypatch, capsys, tmp_path):
     assert cli.main(["simulate", "--capture", "kraken", "--endpoint", f"ipc://{tmp_path}/x"]) == 2
     out = capsys.readouterr().out
     assert "kraken capture" in out and "not found" in out and "--data" in out
+
+
+def test_cli_bad_rt_priority_is_a_clear_error(capsys, tmp_path):
+    assert cli.main(["simulate", "--rt-priority", "100", "--endpoint", f"ipc://{tmp_path}/x"]) == 2
+    out = capsys.readouterr().out
+    assert "--rt-priority" in out and "1..99" in out
 
 
 def test_cli_publishes_and_saves_its_books(tmp_path):
@@ -237,10 +245,12 @@ def test_cli_publishes_and_saves_its_books(tmp_path):
             [sys.executable, "-P", "-m", "tickwire", "simulate", "--endpoint", ep, "--socket", "push",
              "--snapshot", "none", "--events", "5000", "--rate", "0", "--instruments", "3", "--channels", "2",
              "--seed", "4", "--resting", "50", "--linger", "0", "--save-books", str(tmp_path / "books.npz"),
-             "--pregenerate", "--drop", "0.1"],
+             "--pregenerate", "--drop", "0.1", "--rt-priority", "5"],
             capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         assert "done: 5,000 events" in proc.stdout
+        # SCHED_FIFO where permitted (then silently), a warning and normal scheduling elsewhere
+        assert ("not permitted" in proc.stdout) != realtime_permitted(5)
         n = 0
         while pull.poll(200):
             n += 1
