@@ -174,8 +174,8 @@ def report_interleaved(split, args) -> None:
                     [f"{h.get_value_at_percentile(q) / 1e3:.1f}" for q in (50.0, 90.0, 99.0, 99.9)])
     table(rows, ["", "intervals", "signals", "p50", "p90", "p99", "p99.9"])
     ratio = p99s["writer running"] / p99s["writer stopped"]
-    print(f"  target: p99 with the writer within 10% of without, interleaved: {ratio:.2f}x "
-          f"({'met' if ratio <= 1.10 else 'NOT met'})")
+    print(f"  target: p99 with the writer running within 10% of with it stopped, same daemon, interleaved: "
+          f"{ratio:.2f}x ({'met' if ratio <= 1.10 else 'NOT met'})")
 
 
 def split_by_writer(res: dict, skip: float = 2.0):
@@ -268,8 +268,9 @@ def main(argv=None) -> int:
     p99n = statistics.median(p99(r) for r in without)
     ratio = p99w / p99n if p99n else float("nan")
     pairs = [p99(w) / p99(o) for w, o in zip(with_writer, without)]
-    print(f"  target: p99 with the writer within 10% of without: median p99 {p99w / 1e3:.1f} vs {p99n / 1e3:.1f} us, "
-          f"{ratio:.2f}x ({'met' if ratio <= 1.10 else 'NOT met'})")
+    print(f"  separate daemons, alternating: median p99 {p99w / 1e3:.1f} us with the writer vs {p99n / 1e3:.1f} us "
+          f"without, {ratio:.2f}x (the interleaved run below is the target's measurement: between separate runs "
+          f"the engine-alone p99 itself moves by more than the 10% asked about)")
     print(f"  run by run (each writer run over the storage-off run after it): "
           f"{', '.join(f'{r:.2f}x' for r in pairs)}; median {statistics.median(pairs):.2f}x; storage-off p99 "
           f"spread {min(p99(r) for r in without) / 1e3:.0f}-{max(p99(r) for r in without) / 1e3:.0f} us")
