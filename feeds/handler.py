@@ -147,7 +147,8 @@ class FeedHandler:
 
     def __init__(self, endpoints, channels, on_batch, *, snapshot: str | None = None,
                  socket_type: str = "SUB", bind: bool = False, context: zmq.Context | None = None,
-                 io_cpus=None, io_rt_priority: int = 0, busy_poll: bool = False, max_events: int = 8192, batch_events: int = 65536, rcvhwm: int | None = None,
+                 io_cpus=None, io_rt_priority: int = 0, busy_poll: bool = False,
+                 max_events: int = 8192, batch_events: int = 65536, rcvhwm: int | None = None,
                  silence_timeout: float = 2.0, snapshot_timeout: float = 0.5, backoff: float = 2.0,
                  max_backoff: float = 5.0, max_retries: int = 5, retry_pause: float = 5.0,
                  buffer_events: int = 1 << 20):
