@@ -224,6 +224,8 @@ class FeedHandler:
             self.receiver.spin = bool(busy_poll)
         except BaseException:
             self._close_sockets()
+            if self._own_context:
+                self._ctx.term()                   # its I/O thread too
             raise
         for c in chans:
             self.receiver.serve(c, live=False)
