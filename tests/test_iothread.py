@@ -144,4 +144,3 @@ def test_busy_poll_receives_as_soon_as_a_message_arrives_and_times_out_when_idle
         hs.assert_equal()
     finally:
         hs.close()
-
