@@ -19,16 +19,7 @@ HDR recorders:
    messages (`feeds.busy_poll = false`: its core idles, and a virtual machine's idle core wakes
    slowly) and both I/O threads on normal scheduling;
 6. the publisher as fast as it can (pregenerated events): events/s the daemon sustains with
-   storage on.
-
-In scenarios 1-4 and 6 the worker's ZeroMQ I/O thread (on core 0) runs under SCHED_FIFO priority
-20 (`feeds.io_rt_priority`), and in 1-4 the paced publisher under SCHED_FIFO priority 10
-(`tickwire simulate --rt-priority`), where the benchmark is permitted (CAP_SYS_NICE). Both share
-core 0 with the writer: on normal scheduling its work delays them, and the publisher then sends
-the late messages in bursts that the engine works through one after another, which is the
-writer reshaping the input rather than slowing the engine (the publisher stands in for a feed
-arriving from another machine).
-
+   storage on;
 7. interleaved (--toggle-seconds, default 90): one daemon with the writer, which the script stops
    (SIGSTOP) and continues every --toggle-every seconds; the worker's 1 s HDR intervals are sorted
    by what the writer did throughout each, and the p99 of the merged intervals compared. Each
@@ -36,7 +27,16 @@ arriving from another machine).
    do not: there the engine-alone p99 itself moves by half between runs.
    `--interleaved-only` runs this scenario alone.
 
-The issue's target: tick-to-signal p99 with the writer running within 10% of without it.
+In every scenario but 5 the worker's ZeroMQ I/O thread (on core 0) runs under SCHED_FIFO priority
+20 (`feeds.io_rt_priority`), and in 1-4 and 7 the paced publisher under SCHED_FIFO priority 10
+(`tickwire simulate --rt-priority`), where the benchmark is permitted (CAP_SYS_NICE). Both share
+core 0 with the writer: on normal scheduling its work delays them, and the publisher then sends
+the late messages in bursts that the engine works through one after another -- the writer
+reshaping the input more than slowing the engine (the publisher stands in for a feed arriving
+from another machine).
+
+The issue's target: tick-to-signal p99 with the writer running within 10% of without it; the
+verdict printed is scenario 7's.
 """
 
 from __future__ import annotations

@@ -807,6 +807,7 @@ def run_cli(args, say=print) -> int:
             return 2
         try:         # before any socket: ZeroMQ's I/O thread inherits the policy
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(prio))
+            say(f"publishing under SCHED_FIFO priority {os.sched_getparam(0).sched_priority}")
         except OSError as exc:
             say(f"tickwire simulate: --rt-priority {prio}: SCHED_FIFO not permitted here ({exc.strerror}); "
                 "publishing on normal scheduling")

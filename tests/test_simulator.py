@@ -249,7 +249,8 @@ def test_cli_publishes_and_saves_its_books(tmp_path):
             capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         assert "done: 5,000 events" in proc.stdout
-        # SCHED_FIFO where permitted (then silently), a warning and normal scheduling elsewhere
+        # SCHED_FIFO where permitted (and said), a warning and normal scheduling elsewhere
+        assert ("publishing under SCHED_FIFO priority 5" in proc.stdout) == realtime_permitted(5)
         assert ("not permitted" in proc.stdout) != realtime_permitted(5)
         n = 0
         while pull.poll(200):
