@@ -23,6 +23,8 @@ cdef extern from "tw_wire.h" nogil:
         TW_MSG_HEARTBEAT
         TW_MSG_SNAPSHOT_REQUEST
         TW_MSG_SNAPSHOT
+        TW_MSG_RETRANSMIT_REQUEST
+        TW_MSG_RETRANSMIT
         TW_MSG_TYPE_MAX
 
     enum:
@@ -47,6 +49,7 @@ cdef extern from "tw_wire.h" nogil:
         TW_DROP_OVERFLOW
         TW_DROP_STALE_REPLY
         TW_DROP_UNSYNCED
+        TW_DROP_IMPLAUSIBLE
         TW_DROP_COUNT
 
     ctypedef struct tw_wire_header:
@@ -135,8 +138,8 @@ cdef inline int tw_cursor_u64(tw_cursor *c, uint64_t *out) noexcept nogil:
 
 cdef enum:
     TW_TYPES_DATA = (1 << TW_MSG_DATA) | (1 << TW_MSG_HEARTBEAT)   # what a data socket accepts
-    TW_TYPES_REQUEST = 1 << TW_MSG_SNAPSHOT_REQUEST                # what a snapshot service accepts
-    TW_TYPES_REPLY = 1 << TW_MSG_SNAPSHOT                          # what a snapshot client accepts
+    TW_TYPES_REQUEST = (1 << TW_MSG_SNAPSHOT_REQUEST) | (1 << TW_MSG_RETRANSMIT_REQUEST)   # a recovery service
+    TW_TYPES_REPLY = (1 << TW_MSG_SNAPSHOT) | (1 << TW_MSG_RETRANSMIT)   # what a recovery client accepts
     TW_TYPES_ANY = TW_TYPES_DATA | TW_TYPES_REQUEST | TW_TYPES_REPLY
 
 # Check one message and decode its header into ``h``: TW_DROP_OK (0), or the TW_DROP_* reason
@@ -192,7 +195,7 @@ cdef struct tw_feed:
     uint64_t heartbeats           # in-sequence heartbeats taken by the fast path
     uint64_t slow                 # messages handed to the slow path
     uint64_t waits                # blocking waits (zmq_poll)
-    uint64_t drops[16]            # TW_DROP_COUNT reasons
+    uint64_t drops[32]            # TW_DROP_COUNT reasons (17 today)
     int zmq_errno                 # errno of the libzmq call that made tw_feed_drain fail
     # the message parked for the slow path (pending != 0), a private copy
     int pending

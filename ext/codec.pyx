@@ -158,10 +158,11 @@ DROP_CODES = {
     "BAD_HEADER": TW_DROP_BAD_HEADER, "OVERSIZED": TW_DROP_OVERSIZED, "BAD_LENGTH": TW_DROP_BAD_LENGTH,
     "BAD_EVENT": TW_DROP_BAD_EVENT, "UNKNOWN_CHANNEL": TW_DROP_UNKNOWN_CHANNEL,
     "DUPLICATE": TW_DROP_DUPLICATE, "OLD_EPOCH": TW_DROP_OLD_EPOCH, "OVERFLOW": TW_DROP_OVERFLOW,
-    "STALE_REPLY": TW_DROP_STALE_REPLY, "UNSYNCED": TW_DROP_UNSYNCED,
+    "STALE_REPLY": TW_DROP_STALE_REPLY, "UNSYNCED": TW_DROP_UNSYNCED, "IMPLAUSIBLE": TW_DROP_IMPLAUSIBLE,
 }
 MSG_TYPES = {"DATA": TW_MSG_DATA, "HEARTBEAT": TW_MSG_HEARTBEAT,
-             "SNAPSHOT_REQUEST": TW_MSG_SNAPSHOT_REQUEST, "SNAPSHOT": TW_MSG_SNAPSHOT}
+             "SNAPSHOT_REQUEST": TW_MSG_SNAPSHOT_REQUEST, "SNAPSHOT": TW_MSG_SNAPSHOT,
+             "RETRANSMIT_REQUEST": TW_MSG_RETRANSMIT_REQUEST, "RETRANSMIT": TW_MSG_RETRANSMIT}
 WIRE_FLAGS = {"FINAL": TW_WFLAG_FINAL, "UNAVAILABLE": TW_WFLAG_UNAVAILABLE}
 
 cdef enum:
@@ -224,9 +225,12 @@ cdef int tw_wire_parse(const char *topic, Py_ssize_t topic_len, const char *payl
         return TW_DROP_BAD_HEADER
     if topic != NULL and topic_channel != h.channel:
         return TW_DROP_BAD_TOPIC
-    if h.count > <uint64_t>max_events:
+    if h.type == TW_MSG_RETRANSMIT_REQUEST:
+        body = 0                           # count is the number of events asked for, none follow
+    elif h.count > <uint64_t>max_events:
         return TW_DROP_OVERSIZED
-    body = <Py_ssize_t>h.count * TW_WIRE_EVENT_SIZE
+    else:
+        body = <Py_ssize_t>h.count * TW_WIRE_EVENT_SIZE
     if tw_cursor_left(&cur) < body:
         return TW_DROP_TRUNCATED
     if tw_cursor_left(&cur) > body:
@@ -234,12 +238,17 @@ cdef int tw_wire_parse(const char *topic, Py_ssize_t topic_len, const char *payl
     return TW_DROP_OK
 
 
+cdef inline Py_ssize_t _payload_events(const tw_wire_header *h) noexcept nogil:
+    """Events that follow the header (a retransmission request's count is what it asks for)."""
+    return 0 if h.type == TW_MSG_RETRANSMIT_REQUEST else <Py_ssize_t>h.count
+
+
 cdef int tw_wire_copy_events(const tw_wire_header *h, const char *payload, tw_event *out,
                              int64_t ts_recv) noexcept nogil:
     """Copy a parsed message's events, stamping ts_recv/channel/seq (see codec.pxd)."""
-    cdef Py_ssize_t i, n = h.count
+    cdef Py_ssize_t i, n = _payload_events(h)
     cdef uint32_t bad = 0
-    cdef uint64_t step = 1 if h.type == TW_MSG_DATA else 0
+    cdef uint64_t step = 1 if (h.type == TW_MSG_DATA or h.type == TW_MSG_RETRANSMIT) else 0
     memcpy(out, payload + TW_WIRE_HEADER_SIZE, n * sizeof(tw_event))
     for i in range(n):
         out[i].ts_recv = ts_recv
@@ -394,7 +403,7 @@ cdef class Decoder:
                                   <const char *>pv.buf, pv.len, self.max_events, self.types, &h)
                 events = None
                 if r == TW_DROP_OK:
-                    events = _new_events(h.count, &ev)
+                    events = _new_events(_payload_events(&h), &ev)
                     r = tw_wire_copy_events(&h, <const char *>pv.buf, ev, ts_recv)
             finally:
                 if have_topic:

@@ -1252,6 +1252,34 @@ cdef class Ring:
             PyBuffer_Release(&view)
             self._last_missed = r.missed - missed0
 
+    def recent(self, start=None):
+        """Blocking policy: a copy of the published records from position ``start`` to the head
+        that are still in the segment (positions ``head - capacity`` on), consumed or not.
+
+        For a producer that restarts after a crash: the records it (or its predecessor) pushed
+        since a position it had noted are read back to learn what reached the ring. Returns
+        ``(first_position, records)``; ``start`` None: the whole retained window.
+        """
+        cdef Py_buffer view
+        cdef uint64_t head, lo, first, k
+        self._check_open()
+        if self.c.policy != TW_RING_BLOCKING:
+            raise RingError("recent() is for the blocking policy")
+        head = tw_load_acq64(&self.c.hdr.head)
+        lo = head - self.c.capacity if head > self.c.capacity else 0
+        first = lo if start is None else max(<uint64_t>start, lo)
+        if first > head:
+            first = head
+        k = head - first
+        out = np.empty(k, dtype=self.dtype)
+        if k:
+            PyObject_GetBuffer(out, &view, PyBUF_SIMPLE | PyBUF_WRITABLE)
+            try:
+                _copy_out(&self.c, first, <char *>view.buf, k)
+            finally:
+                PyBuffer_Release(&view)
+        return first, out
+
     def advance(self, n=None):
         """Blocking policy: consume (commit) the ``n`` oldest records read by :meth:`peek_many`.
 

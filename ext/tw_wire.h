@@ -35,13 +35,17 @@ enum {
     TW_MSG_HEARTBEAT = 2,         /* no events; seq is the sequence number of the next event */
     TW_MSG_SNAPSHOT_REQUEST = 3,  /* client -> snapshot service (DEALER -> ROUTER) */
     TW_MSG_SNAPSHOT = 4,          /* one part of a snapshot reply; seq is the last sequence covered */
-    TW_MSG_TYPE_MAX = 5
+    TW_MSG_RETRANSMIT_REQUEST = 5,/* client -> recovery service: count events from seq, no payload */
+    TW_MSG_RETRANSMIT = 6,        /* one part of a retransmission: events seq .. seq + count - 1;
+                                     the FINAL part carries none, seq = the publisher's next */
+    TW_MSG_TYPE_MAX = 7
 };
 
 /* Header flags (header bytes 6-7). */
 enum {
-    TW_WFLAG_FINAL = 1u << 0,        /* SNAPSHOT: the last part of the reply */
-    TW_WFLAG_UNAVAILABLE = 1u << 1,  /* SNAPSHOT: the service cannot serve this channel now */
+    TW_WFLAG_FINAL = 1u << 0,        /* SNAPSHOT, RETRANSMIT: the last part of the reply */
+    TW_WFLAG_UNAVAILABLE = 1u << 1,  /* SNAPSHOT: the service cannot serve this channel now;
+                                        RETRANSMIT: not this channel or epoch */
     TW_WFLAG_KNOWN = (1u << 2) - 1
 };
 
@@ -66,7 +70,8 @@ enum {
     TW_DROP_OVERFLOW = 13,        /* recovery buffer full: the oldest buffered message went */
     TW_DROP_STALE_REPLY = 14,     /* a snapshot part for no outstanding request, or out of order */
     TW_DROP_UNSYNCED = 15,        /* data for a channel waiting to retry a failed recovery */
-    TW_DROP_COUNT = 16
+    TW_DROP_IMPLAUSIBLE = 16,     /* a sequence or epoch jump the publisher's service did not confirm */
+    TW_DROP_COUNT = 17
 };
 
 /* A decoded header (host order). */

@@ -1,25 +1,35 @@
-"""The feed handler: ZeroMQ sockets in, event batches out, sequencing and snapshot recovery.
+"""The feed handler: ZeroMQ sockets in, event batches out, sequencing, retransmission and
+snapshot recovery.
 
 :class:`FeedHandler` owns the sockets (SUB or PULL, one per endpoint, tcp or ipc; a DEALER to
-the publisher's snapshot service), a :class:`tickwire.ext.codec.FeedReceiver` that drains
-and decodes them without Python per message, and one state machine per channel::
+the publisher's recovery service), a :class:`tickwire.ext.codec.FeedReceiver` that drains and
+decodes them without Python per message, and one state machine per channel::
 
-    INIT ──first message──► RECOVERING ──snapshot applied, buffer replayed──► LIVE
-                                ▲                                               │
-                                └──────── gap / new publisher epoch ────────────┤
-    STALE ◄── silent longer than silence_timeout (resumes LIVE if nothing was lost)
-          ◄── recovery failed after max_retries (a new one after retry_pause)
+    INIT ──first snapshot──► LIVE ◄──────── hole filled ───────── FILLING
+                              │  └── a sequence hole (lost or reordered) ──►  │
+                              │                                               │ range no longer held
+                              └── publisher restart (confirmed) ─► RECOVERING ◄┘
+    STALE ◄── silent longer than silence_timeout, or the service does not answer
 
-Everything the engine needs arrives through ``on_batch(events)``, in order per channel:
-live events, ``Kind.SNAPSHOT`` markers with ``Flag.STALE`` for each instrument of a channel
-that lost data (books keep their contents, ``in_sync`` False), the snapshot's events
-(BEGIN, one ADD per order or level, END), and the buffered live events the snapshot did
-not cover.  ``docs/feeds.md`` explains the states, the recovery order and the counters.
+Two streams leave it, each in sequence per channel:
+
+- ``on_batch(events)``: what the **books** need: live events, ``Kind.SNAPSHOT`` markers with
+  ``Flag.STALE`` when a channel's book can no longer be trusted, the snapshot's events
+  (BEGIN, one ADD per order or level, END), and the events after the snapshot.
+- ``on_store(events)``: the **tick history**: every event the publisher sent, exactly once, in
+  sequence order. A message a snapshot makes redundant for the book is still stored; a
+  hole is filled by retransmission from the publisher's recovery service, never by a
+  snapshot. Where the publisher no longer holds a range, the loss is counted exactly
+  (``lost_events``, per channel and in total) and logged.
+- ``on_snapshot(events)``: snapshot events (to keep beside the history, for replay).
+
+In the usual case (in sequence) the same array goes to ``on_batch`` and then ``on_store``.
+``docs/feeds.md`` explains the states, the recovery order, the guarantees and the counters.
 """
 
 from __future__ import annotations
 
-import collections
+import bisect
 import enum
 import logging
 import time
@@ -28,7 +38,7 @@ import numpy as np
 import zmq
 
 from tickwire.ext.codec import Decoder, FeedReceiver, TYPES_REPLY, now_ns
-from tickwire.ext.records import EVENT_DTYPE, Flag, Kind, Side, empty_events
+from tickwire.ext.records import Flag, Kind, Side, empty_events
 from tickwire.feeds import wire
 from tickwire.feeds.iothread import io_context
 from tickwire.feeds.wire import Drop, MsgType, WireFlag
@@ -43,55 +53,108 @@ class ChannelState(enum.Enum):
 
     #: Nothing received yet (books out of sync until the first snapshot).
     INIT = "init"
-    #: In sequence: events flow straight from the socket to ``on_batch``.
+    #: In sequence: events flow straight from the socket to ``on_batch`` and ``on_store``.
     LIVE = "live"
-    #: A snapshot was requested; live messages are buffered until it is applied.
+    #: A sequence hole: messages after it are held (the book waits, in sync) until the
+    #: missing ones arrive late or are sent again by the publisher.
+    FILLING = "filling"
+    #: A snapshot was requested for the book; live messages are held (and stored) meanwhile.
     RECOVERING = "recovering"
     #: Out of sync without a recovery in progress: silent too long, or a recovery failed.
     STALE = "stale"
 
 
-class _Channel:
-    """Per-channel sequencing and recovery state (Python side of the slow path)."""
+class _Range:
+    """Held events ``start .. end-1`` of one epoch, received at ``arrival`` (a counter)."""
 
-    __slots__ = ("id", "instruments", "state", "epoch", "next_seq", "in_sync", "silent", "failed",
-                 "retry_after", "buffer", "buffered_events", "heartbeat_seq", "request_id",
-                 "attempt", "deadline", "parts", "first_part", "live_since_ns",
-                 "gaps", "recoveries", "restarts")
+    __slots__ = ("start", "end", "events", "arrival")
+
+    def __init__(self, start, events, arrival):
+        self.start = start
+        self.end = start + len(events)
+        self.events = events
+        self.arrival = arrival
+
+    def __lt__(self, other):
+        return self.start < other.start
+
+
+class _Request:
+    """An outstanding request to the recovery service."""
+
+    __slots__ = ("id", "kind", "first", "end", "epoch", "deadline", "attempt", "arrival", "parts",
+                 "first_part", "got_first", "got")
+
+    def __init__(self, kind):
+        self.kind = kind               # "snapshot", "fill" or "probe"
+        self.id = 0
+        self.first = self.end = self.epoch = 0
+        self.deadline = 0.0
+        self.attempt = 0
+        self.arrival = 0
+        self.parts = []
+        self.first_part = None
+        self.got_first = None
+        self.got = 0
+
+
+class _Channel:
+    """Per-channel sequencing, retransmission and recovery state (the slow path)."""
+
+    __slots__ = ("id", "instruments", "state", "epoch", "next_seq", "store_next", "book_ok", "in_sync",
+                 "silent", "failed", "retry_after", "held", "held_events", "early", "suspects", "hb_seq",
+                 "hb_arrival", "hole_since", "snap", "fill", "probe", "snap_wanted", "snap_after",
+                 "resume", "live_since_ns", "gaps", "recoveries", "restarts", "lost_events", "losses",
+                 "retransmitted")
 
     def __init__(self, cid: int, instruments):
         self.id = cid
         self.instruments = None if instruments is None else np.unique(np.asarray(list(instruments), np.uint32))
         self.state = ChannelState.INIT
-        self.epoch = 0
-        self.next_seq = 0
+        self.epoch = None              # the publisher epoch followed (from the first snapshot)
+        self.next_seq = 0              # the book's next sequence number (when book_ok)
+        self.store_next = None         # the history's next sequence number (None: not known yet)
+        self.book_ok = False           # the book follows the stream from next_seq
         self.in_sync = False
         self.silent = False
         self.failed = False
         self.retry_after = 0.0
-        self.buffer = collections.deque()
-        self.buffered_events = 0
-        self.heartbeat_seq = 0
-        self.request_id = 0
-        self.attempt = 0
-        self.deadline = 0.0
-        self.parts = []
-        self.first_part = None
+        self.held = []                 # sorted _Range of the followed epoch, not yet delivered
+        self.held_events = 0
+        self.early = []                # (header, events, arrival) before the epoch is known
+        self.suspects = []             # (header, events, arrival) of an unconfirmed newer epoch
+        self.hb_seq = 0                # the highest next-sequence a heartbeat announced
+        self.hb_arrival = 0
+        self.hole_since = None         # monotonic time a hole was first seen
+        self.snap = None               # outstanding _Request of each kind
+        self.fill = None
+        self.probe = None
+        self.snap_wanted = False       # a snapshot is needed (sent when the rate limit allows)
+        self.snap_after = 0.0
+        self.resume = None             # (epoch, next_seq) of the history to continue from
         self.live_since_ns = 0
         self.gaps = 0
         self.recoveries = 0
         self.restarts = 0
+        self.lost_events = 0
+        self.losses = 0
+        self.retransmitted = 0
 
 
 _COUNTERS = (
-    "batches", "events", "snapshot_events", "markers", "gaps", "recoveries", "recovery_requests",
-    "recovery_retries", "recovery_failures", "restarts", "silences", "resumes", "buffered",
-    "covered", "unrecovered", "foreign_events",
+    "batches", "events", "stored_events", "snapshot_events", "markers", "gaps", "reordered",
+    "recoveries", "recovery_requests", "recovery_retries", "recovery_failures", "retransmit_requests",
+    "retransmit_retries", "retransmitted", "lost_events", "losses", "probes", "restarts", "silences",
+    "resumes", "buffered", "covered", "unrecovered", "foreign_events",
 )
+
+#: Most held messages from an unconfirmed newer epoch (beyond: dropped as IMPLAUSIBLE).
+_MAX_SUSPECTS = 1024
 
 
 class FeedHandler:
-    """Receives tickwire feeds and keeps every channel in sequence, recovering by snapshot.
+    """Receives tickwire feeds and keeps every channel in sequence: late messages put back in
+    order, holes filled by retransmission, books repaired by snapshot, losses counted.
 
     Parameters
     ----------
@@ -102,11 +165,20 @@ class FeedHandler:
         carries (STALE markers go to those; snapshot events of other instruments are
         ignored).  Without instrument lists, the instruments are learnt from snapshots.
     on_batch : callable
-        ``on_batch(events)``: a numpy EVENT_DTYPE array, valid during the call (it may be a
-        view of the handler's buffer).  A ``BookSet``'s ``apply`` fits.
+        ``on_batch(events)``: events for the books, a numpy EVENT_DTYPE array valid during
+        the call (it may be a view of the handler's buffer).  A ``BookSet``'s ``apply`` fits.
+    on_store : callable, optional
+        ``on_store(events)``: the tick history, every event exactly once in sequence order
+        per channel (see the module docstring). Called after ``on_batch`` for live events.
+    on_snapshot : callable, optional
+        ``on_snapshot(events)``: the events of each snapshot applied (after ``on_batch``).
     snapshot : str, optional
-        Endpoint of the publisher's snapshot service (ROUTER).  Without one, gaps are
-        counted and marked STALE but cannot be repaired (``unrecovered``).
+        Endpoint of the publisher's recovery service (ROUTER): snapshots and
+        retransmissions.  Without one, holes are counted as lost and marked STALE.
+    resume : mapping of int to (epoch, next_seq), optional
+        Where the history of each channel stands (a restarted worker: the sequence number
+        after the last event that reached its storage): the events from there on are asked
+        for again, so a restart loses nothing the publisher still holds.
     socket_type : {"SUB", "PULL"}
     bind : bool
         Bind the data sockets instead of connecting them (publishers that connect).
@@ -114,44 +186,51 @@ class FeedHandler:
         Default: a context of the handler's own (terminated by :meth:`close`).
     io_cpus : iterable of int, optional
         Cores for the ZeroMQ I/O thread of the handler's own context (libzmq's
-        ``ZMQ_THREAD_AFFINITY_CPU_ADD``). The I/O thread wakes for every message that
-        arrives; on the engine's core it preempts the engine mid-batch, so the daemon puts
-        it on the housekeeping core (``feeds.io_cpu``). Default: wherever the process may run.
+        ``ZMQ_THREAD_AFFINITY_CPU_ADD``).
     io_rt_priority : int
-        SCHED_FIFO priority for that I/O thread (0: normal scheduling), so that other work on
-        its core does not delay the messages; where the process is not permitted, a warning
-        and normal scheduling (:attr:`io_realtime` says which). See :mod:`tickwire.feeds.iothread`.
+        SCHED_FIFO priority for that I/O thread (0: normal scheduling); see
+        :mod:`tickwire.feeds.iothread` (:attr:`io_realtime` says whether it took).
     busy_poll : bool
-        Wait for messages by polling without blocking (:attr:`FeedReceiver.spin`): the
-        lowest latency on a dedicated core, at the price of keeping that core busy.
+        Wait for messages by polling without blocking (:attr:`FeedReceiver.spin`).
     max_events : int
-        Most events in one data message (larger: dropped as OVERSIZED).
+        Most events in one data message (larger: dropped as OVERSIZED; the sockets also
+        refuse larger frames with ``ZMQ_MAXMSGSIZE``, so they are never buffered whole).
     batch_events : int
         Size of the preallocated receive buffer; one drain delivers at most this many.
     rcvhwm : int, optional
         Receive high-water mark in messages (libzmq's default: 1000; 0: unlimited).  Past
-        it ZeroMQ drops silently: the sequence numbers show the loss and recovery repairs it.
+        it ZeroMQ drops silently: the sequence numbers show the loss and retransmission fills it.
     silence_timeout : float
         Seconds without any message (data or heartbeat) after which a LIVE channel is
         flagged STALE (0: never).
+    reorder_window : float
+        Seconds a sequence hole may stay open before the missing events are asked for again
+        (a message that arrives late within it is simply put back in order).
     snapshot_timeout : float
-        Seconds to wait for a snapshot reply before asking again; each retry waits
-        ``backoff`` times longer, up to ``max_backoff``.
+        Seconds to wait for a reply before asking again; each retry waits ``backoff`` times
+        longer, up to ``max_backoff``.
     max_retries : int
         Requests after the first before a recovery is declared failed.
     retry_pause : float
         Seconds after a failed recovery before the next is attempted.
+    snapshot_interval : float
+        Least seconds between two snapshot requests of a channel (a flood of bad sequence
+        numbers cannot make the handler flood the service).
     buffer_events : int
-        Most live events buffered per channel during a recovery (the oldest go first).
+        Most events held per channel while a hole is open (more: the newest are dropped and
+        asked for again once the hole is filled).
+    max_request_events : int
+        Most events asked for in one retransmission request.
     """
 
-    def __init__(self, endpoints, channels, on_batch, *, snapshot: str | None = None,
-                 socket_type: str = "SUB", bind: bool = False, context: zmq.Context | None = None,
-                 io_cpus=None, io_rt_priority: int = 0, busy_poll: bool = False,
-                 max_events: int = 8192, batch_events: int = 65536, rcvhwm: int | None = None,
-                 silence_timeout: float = 2.0, snapshot_timeout: float = 0.5, backoff: float = 2.0,
-                 max_backoff: float = 5.0, max_retries: int = 5, retry_pause: float = 5.0,
-                 buffer_events: int = 1 << 20):
+    def __init__(self, endpoints, channels, on_batch, *, on_store=None, on_snapshot=None,
+                 snapshot: str | None = None, resume=None, socket_type: str = "SUB", bind: bool = False,
+                 context: zmq.Context | None = None, io_cpus=None, io_rt_priority: int = 0,
+                 busy_poll: bool = False, max_events: int = 8192, batch_events: int = 65536,
+                 rcvhwm: int | None = None, silence_timeout: float = 2.0, reorder_window: float = 0.005,
+                 snapshot_timeout: float = 0.5, backoff: float = 2.0, max_backoff: float = 5.0,
+                 max_retries: int = 5, retry_pause: float = 5.0, snapshot_interval: float = 0.05,
+                 buffer_events: int = 1 << 20, max_request_events: int = 1 << 20):
         if isinstance(endpoints, str):
             endpoints = [endpoints]
         endpoints = list(endpoints)
@@ -171,7 +250,13 @@ class FeedHandler:
         for c in chans:
             if not 0 <= c <= 0xFFFF:
                 raise ValueError(f"channel ids are 0..65535, got {c}")
+        for c, pos in dict(resume or {}).items():
+            if int(c) in chans and pos is not None:
+                epoch, nxt = (int(v) for v in pos)
+                chans[int(c)].resume = (epoch, max(nxt, 1))
         self._on_batch = on_batch
+        self._on_store = on_store
+        self._on_snapshot = on_snapshot
         if context is not None and (io_cpus or io_rt_priority):
             raise ValueError("io_cpus and io_rt_priority apply to the handler's own context; "
                              "set them on yours (see tickwire.feeds.iothread)")
@@ -185,28 +270,35 @@ class FeedHandler:
         self.endpoints = endpoints
         self.snapshot_endpoint = snapshot
         self.silence_timeout = float(silence_timeout)
+        self.reorder_window = float(reorder_window)
         self.snapshot_timeout = float(snapshot_timeout)
         self.backoff = float(backoff)
         self.max_backoff = float(max_backoff)
         self.max_retries = int(max_retries)
         self.retry_pause = float(retry_pause)
+        self.snapshot_interval = float(snapshot_interval)
         self.buffer_events = int(buffer_events)
+        self.max_request_events = max(1, min(int(max_request_events), 0xFFFFFFFF))
         self._counters = dict.fromkeys(_COUNTERS, 0)
         self._logged: set = set()
         self._request_seq = 0
-        self._recovering_ids: set = set()
+        self._requests: dict[int, tuple] = {}       # request id -> (channel, _Request)
+        self._arrival = 0
         self._started = False
         self._closed = False
-        self._tick = max(0.001, min(0.05, (self.silence_timeout or 1.0) / 4, self.snapshot_timeout / 4))
+        self._tick = max(0.001, min(0.05, (self.silence_timeout or 1.0) / 4, self.snapshot_timeout / 4,
+                                    self.reorder_window or 0.05))
         self._next_timer = 0.0
         self._buf = empty_events(batch_events)
 
         self._sockets = []
+        limit = wire.HEADER_SIZE + max_events * wire.EVENT_SIZE
         try:
             for ep in endpoints:
                 s = self._ctx.socket(kind)
                 self._sockets.append(s)
                 s.setsockopt(zmq.LINGER, 0)
+                s.setsockopt(zmq.MAXMSGSIZE, limit)      # a larger frame is never buffered whole
                 if rcvhwm is not None:
                     s.setsockopt(zmq.RCVHWM, int(rcvhwm))
                 if kind == zmq.SUB:
@@ -217,6 +309,7 @@ class FeedHandler:
             if snapshot:
                 self._dealer = self._ctx.socket(zmq.DEALER)
                 self._dealer.setsockopt(zmq.LINGER, 0)
+                self._dealer.setsockopt(zmq.MAXMSGSIZE, wire.HEADER_SIZE + (1 << 22) * wire.EVENT_SIZE)
                 self._dealer.connect(snapshot)
             self._replies = Decoder(max_events=1 << 22, types=TYPES_REPLY)
             self.receiver = FeedReceiver(self._sockets, wake=[self._dealer] if self._dealer else [],
@@ -239,25 +332,24 @@ class FeedHandler:
         wait = max(0.0, min(timeout, self._next_timer - time.monotonic()))
         n = self.receiver.drain(self._buf, wait)
         if n:
-            self._deliver(self._buf[:n])
-            self._counters["events"] += n
+            self._deliver_live(self._buf[:n])
         return n + self.service()
 
     def service(self) -> int:
-        """The slow path, without draining: the parked message, snapshot replies and timers.
+        """The slow path, without draining: the parked message, replies and timers.
 
         A Cython worker that drains with ``tw_feed_drain`` itself calls this whenever
         ``receiver.c.pending`` or ``receiver.c.woken`` is set, and now and then for the
-        timers.  Returns the live events it delivered.
+        timers.  Returns the events it delivered to the books.
         """
         delivered = 0
         if self.receiver.pending:
             delivered += self._slow(self.receiver.take_pending())
-        if self._dealer is not None and (self.receiver.woken or self._recovering_ids):
+        if self._dealer is not None and (self.receiver.woken or self._requests):
             delivered += self._read_replies()
         now = time.monotonic()
         if now >= self._next_timer:
-            self._timers(now)
+            delivered += self._timers(now)
             self._next_timer = now + self._tick
         return delivered
 
@@ -298,22 +390,37 @@ class FeedHandler:
         return all(c.state is ChannelState.LIVE and c.in_sync for c in self._channels.values())
 
     def next_seq(self, channel: int) -> int:
-        """Sequence number of the next event expected on ``channel``."""
+        """Sequence number of the next event the channel's book expects."""
         c = self._channels[channel]
         if c.state is ChannelState.LIVE:
             return self.receiver.channel(channel)[3]
         return c.next_seq
 
+    def history(self) -> dict:
+        """Per channel ``(epoch, next_seq)`` of the tick history: every event before
+        ``next_seq`` was handed to ``on_store`` (or counted lost). None where not known yet.
+        What a restarted receiver passes as ``resume``."""
+        out = {}
+        for cid, c in self._channels.items():
+            nxt = self.receiver.channel(cid)[3] if c.state is ChannelState.LIVE else c.store_next
+            out[cid] = None if (nxt is None or c.epoch is None) else (c.epoch, nxt)
+        return out
+
     def channel_status(self) -> dict:
-        """Per channel: state, epoch, next_seq, in_sync, gaps, recoveries, restarts, buffered events."""
-        return {cid: {"state": c.state.value, "epoch": c.epoch, "next_seq": self.next_seq(cid),
-                      "in_sync": c.in_sync, "gaps": c.gaps, "recoveries": c.recoveries,
-                      "restarts": c.restarts, "buffered_events": c.buffered_events}
+        """Per channel: state, epoch, next_seq, stored_next, in_sync, gaps, recoveries,
+        restarts, lost events, held events."""
+        hist = self.history()
+        return {cid: {"state": c.state.value, "epoch": c.epoch or 0, "next_seq": self.next_seq(cid),
+                      "stored_next": hist[cid][1] if hist[cid] else 0, "in_sync": c.in_sync,
+                      "gaps": c.gaps, "recoveries": c.recoveries, "restarts": c.restarts,
+                      "lost_events": c.lost_events, "losses": c.losses, "retransmitted": c.retransmitted,
+                      "buffered_events": c.held_events}
                 for cid, c in self._channels.items()}
 
     def counters(self) -> dict:
         """Every counter: the receive loop's (messages, bytes, heartbeats...), the handler's
-        (events delivered, gaps, recoveries...) and ``drops`` by reason (see docs/feeds.md)."""
+        (events delivered, gaps, retransmissions, lost events...) and ``drops`` by reason
+        (see docs/feeds.md)."""
         rx = self.receiver.counters
         out = {"messages": rx["messages"], "bytes": rx["bytes"], "heartbeats": rx["heartbeats"],
                "slow_path": rx["slow"], "waits": rx["waits"]}
@@ -330,10 +437,25 @@ class FeedHandler:
         for c in self._channels.values():           # nothing is in sync before its first snapshot
             self._mark(c, Flag.SNAPSHOT | Flag.STALE)
 
-    def _deliver(self, events) -> None:
+    def _deliver_live(self, events) -> None:
+        """In-sequence events: to the books, then to the history."""
+        self._counters["batches"] += 1
+        self._counters["events"] += len(events)
+        self._on_batch(events)
+        if self._on_store is not None:
+            self._on_store(events)
+        self._counters["stored_events"] += len(events)
+
+    def _to_book(self, events) -> None:
         if len(events):
             self._counters["batches"] += 1
             self._on_batch(events)
+
+    def _to_store(self, events) -> None:
+        if len(events):
+            if self._on_store is not None:
+                self._on_store(events)
+            self._counters["stored_events"] += len(events)
 
     def _mark(self, c: _Channel, flags: int) -> None:
         """SNAPSHOT markers for every instrument of the channel: STALE, or END (back in sync)."""
@@ -351,28 +473,7 @@ class FeedHandler:
         ev["ts_event"] = ts
         ev["ts_recv"] = ts
         self._counters["markers"] += len(ev)
-        self._deliver(ev)
-
-    def _set_state(self, c: _Channel, state: ChannelState) -> None:
-        c.state = state
-        if state is ChannelState.RECOVERING:
-            self._recovering_ids.add(c.id)
-        else:
-            self._recovering_ids.discard(c.id)
-
-    def _go_live(self, c: _Channel, next_seq: int) -> None:
-        self._set_state(c, ChannelState.LIVE)
-        c.next_seq = next_seq
-        c.silent = c.failed = False
-        c.live_since_ns = now_ns()
-        c.buffer.clear()
-        c.buffered_events = 0
-        self.receiver.serve(c.id, live=True, epoch=c.epoch, next_seq=next_seq)
-
-    def _leave_live(self, c: _Channel) -> None:
-        if c.state is ChannelState.LIVE:
-            c.next_seq = self.receiver.channel(c.id)[3]
-        self.receiver.serve(c.id, live=False, epoch=c.epoch, next_seq=c.next_seq)
+        self._to_book(ev)
 
     def _log_once(self, key: str, level: int, message: str, *args) -> None:
         if key not in self._logged:
@@ -380,108 +481,346 @@ class FeedHandler:
             log.log(level, message + " (further ones are counted, not logged)", *args)
 
     # -- internals: the slow path -------------------------------------------------------------
+    def _leave_live(self, c: _Channel) -> None:
+        """Everything of the channel goes through Python from now on (the frontiers follow)."""
+        if c.state is ChannelState.LIVE:
+            c.next_seq = self.receiver.channel(c.id)[3]
+            c.store_next = c.next_seq
+        self.receiver.serve(c.id, live=False, epoch=c.epoch or 0, next_seq=c.next_seq)
+
     def _slow(self, item) -> int:
         reason, h, events, ts = item
         if reason != Drop.OK:
             return 0
         c = self._channels[h.channel]
+        self._arrival += 1
+        if c.epoch is None:                          # before the first snapshot: keep everything
+            if self._dealer is None:
+                return self._adopt_without_service(c, h, events)
+            if c.state is ChannelState.INIT:
+                c.state = ChannelState.RECOVERING
+                self._want_snapshot(c)
+            self._keep_early(c, h, events)
+            return 0
+        if h.epoch < c.epoch:
+            self.receiver.count_drop(Drop.OLD_EPOCH)
+            return 0
+        if h.epoch > c.epoch:
+            return self._newer_epoch(c, h, events)
+        self._leave_live(c)
+        if events is not None and h.seq != c.next_seq:
+            self._counters["buffered"] += 1
+        self._take(c, h, events, self._arrival)
+        return self._settle(c)
+
+    def _keep_early(self, c: _Channel, h, events) -> None:
+        c.early.append((h, events, self._arrival))
+        if events is not None:
+            c.held_events += len(events)
+            self._counters["buffered"] += 1
+        while c.held_events > self.buffer_events and len(c.early) > 1:
+            _, ev, _ = c.early.pop(0)
+            if ev is not None:
+                c.held_events -= len(ev)
+                self.receiver.count_drop(Drop.OVERFLOW)
+
+    def _take(self, c: _Channel, h, events, arrival: int) -> None:
+        """A message of the followed epoch: note a heartbeat's promise, hold data in order."""
+        if h.type == MsgType.HEARTBEAT:
+            if h.seq > c.hb_seq:
+                c.hb_seq, c.hb_arrival = h.seq, arrival
+            return
+        if events is None or not len(events):
+            return
+        self._hold(c, h.seq, events, arrival)
+
+    def _hold(self, c: _Channel, start: int, events, arrival: int, resent: bool = False) -> None:
+        end = start + len(events)
+        floor = self._floor(c)
+        if floor is not None and end <= floor and (c.book_ok or c.store_next is None or end <= c.store_next
+                                                   and not c.snap and not c.snap_wanted):
+            if not resent:
+                self.receiver.count_drop(Drop.DUPLICATE)
+            return
+        if floor is not None and start < floor:
+            events, start = events[floor - start:], floor
+        needed = floor is None or start <= floor
+        if not needed and not resent and c.held_events + len(events) > self.buffer_events:
+            self.receiver.count_drop(Drop.OVERFLOW)      # asked for again once the hole is filled
+            return
+        r = _Range(start, events, arrival)
+        i = bisect.bisect_left(c.held, r)
+        if i < len(c.held) and c.held[i].start == start:
+            if c.held[i].end >= r.end:
+                if not resent:
+                    self.receiver.count_drop(Drop.DUPLICATE)
+                return
+            c.held_events -= len(c.held[i].events)
+            c.held[i] = r
+        else:
+            c.held.insert(i, r)
+        c.held_events += len(events)
+
+    def _floor(self, c: _Channel):
+        """The lowest sequence number still needed by the book or the history (None: not known)."""
+        lows = []
+        if c.store_next is not None:
+            lows.append(c.store_next)
+        if c.book_ok:
+            lows.append(c.next_seq)
+        return min(lows) if lows else None
+
+    @staticmethod
+    def _covering(c: _Channel, seq: int):
+        i = bisect.bisect_right(c.held, _Range(seq, (), 0)) - 1
+        if i >= 0 and c.held[i].start <= seq < c.held[i].end:
+            return c.held[i]
+        return None
+
+    def _flush(self, c: _Channel) -> int:
+        """Deliver what the held messages make contiguous: to the book from ``next_seq``, to the
+        history from ``store_next``; forget what both have passed. Returns events to the book."""
+        delivered = 0
+        while True:
+            moved = False
+            if c.book_ok:
+                r = self._covering(c, c.next_seq)
+                if r is not None:
+                    piece = r.events[c.next_seq - r.start:]
+                    self._to_book(piece)
+                    self._counters["events"] += len(piece)
+                    delivered += len(piece)
+                    c.next_seq = r.end
+                    moved = True
+            if c.store_next is not None:
+                r = self._covering(c, c.store_next)
+                if r is not None:
+                    self._to_store(r.events[c.store_next - r.start:])
+                    c.store_next = r.end
+                    moved = True
+            if not moved:
+                break
+        floor = self._floor(c)
+        if floor is not None:
+            # a book waiting for a snapshot may still need what the history has passed (what
+            # follows the snapshot's sequence number), unless there is too much of it
+            while c.held and c.held[0].end <= floor and (c.book_ok or c.held_events > self.buffer_events):
+                c.held_events -= len(c.held.pop(0).events)
+        return delivered
+
+    def _hole(self, c: _Channel):
+        """``(first, end)`` of the lowest range still missing below something known, or None."""
+        floor = self._floor(c)
+        if floor is None:
+            return None
+        known = [r.start for r in c.held if r.start > floor][:1]
+        if c.hb_seq > floor:
+            known.append(c.hb_seq)
+        if not known:
+            return None
+        return floor, min(known)
+
+    def _settle(self, c: _Channel) -> int:
+        """After anything changed: deliver, then go LIVE, or keep a hole open, or wait."""
+        delivered = self._flush(c)
+        if (c.book_ok and c.store_next == c.next_seq and not c.held and c.hb_seq <= c.next_seq
+                and c.probe is None and not c.suspects and c.snap is None):
+            if c.hole_since is not None:
+                self._counters["reordered"] += 1 if c.fill is None else 0
+            c.hole_since = None
+            c.fill = None
+            if c.state is not ChannelState.LIVE:
+                c.state = ChannelState.LIVE
+                c.failed = False
+                c.live_since_ns = now_ns()
+                if c.silent:                         # silent, but nothing was lost
+                    c.silent = False
+                    self._counters["resumes"] += 1
+                    self._mark(c, Flag.SNAPSHOT | Flag.SNAPSHOT_END)
+                self.receiver.serve(c.id, live=True, epoch=c.epoch, next_seq=c.next_seq)
+            return delivered
         if c.state is ChannelState.LIVE:
-            c.next_seq = self.receiver.channel(c.id)[3]
-        if c.state is ChannelState.INIT or h.epoch > c.epoch:
-            if c.state is not ChannelState.INIT:
-                self._counters["restarts"] += 1
-                c.restarts += 1
-                self._log_once("restart", logging.WARNING, "channel %d: publisher restarted (new epoch)", c.id)
-            c.epoch = h.epoch
-            c.next_seq = 0
-            return self._begin(c, h, events)
-        if c.state is ChannelState.RECOVERING:
-            self._hold(c, h, events)
-            return 0
-        if c.state is ChannelState.STALE and c.failed and time.monotonic() < c.retry_after:
-            self.receiver.count_drop(Drop.UNSYNCED)
-            return 0
-        if c.state is ChannelState.STALE and c.silent and h.seq == c.next_seq:
-            self._counters["resumes"] += 1          # silent, but nothing was lost
-            self._go_live(c, h.seq + h.count)
-            self._mark(c, Flag.SNAPSHOT | Flag.SNAPSHOT_END)
-            if events is not None:
-                self._deliver(events)
-                self._counters["events"] += len(events)
-            return 0 if events is None else len(events)
-        if h.type == MsgType.DATA and h.seq + h.count <= c.next_seq:
-            self.receiver.count_drop(Drop.DUPLICATE)
-            return 0
-        if h.type == MsgType.HEARTBEAT and h.seq <= c.next_seq:
-            return 0
+            c.state = ChannelState.FILLING
+        hole = self._hole(c)
+        if hole is None:
+            if c.hole_since is not None and c.fill is None:
+                self._counters["reordered"] += 1
+            c.hole_since = None
+        elif c.hole_since is None:
+            c.hole_since = time.monotonic()
+            if self.reorder_window <= 0:
+                self._fill(c, hole)
+        if c.state is ChannelState.FILLING and not c.book_ok:
+            c.state = ChannelState.RECOVERING
+        return delivered
+
+    # -- internals: holes, losses, snapshots ---------------------------------------------------
+    def _fill(self, c: _Channel, hole) -> None:
+        """Ask the publisher to send a missing range again (or, without a service, count it lost)."""
+        first, end = hole
+        end = min(end, first + self.max_request_events)
         self._counters["gaps"] += 1
         c.gaps += 1
-        self._log_once("gap", logging.WARNING, "channel %d: sequence gap (expected %d, got %d)",
-                       c.id, c.next_seq, h.seq)
-        return self._begin(c, h, events)
-
-    def _begin(self, c: _Channel, h, events) -> int:
-        """Start a recovery with ``h`` (a message that cannot be applied in sequence)."""
+        self._log_once("gap", logging.WARNING, "channel %d: sequence gap (expected %d, next known %d): "
+                       "asking the publisher for it again", c.id, first, end)
         if self._dealer is None:
-            return self._skip(c, h, events)
-        if c.in_sync:
-            self._mark(c, Flag.SNAPSHOT | Flag.STALE)
-        self._set_state(c, ChannelState.RECOVERING)
-        c.silent = c.failed = False
-        c.buffer.clear()
-        c.buffered_events = 0
-        c.heartbeat_seq = 0
-        c.attempt = 0
-        self._leave_live(c)
-        self._hold(c, h, events)
-        self._request(c)
-        return 0
-
-    def _skip(self, c: _Channel, h, events) -> int:
-        """No snapshot service: accept the stream where it stands (books stay out of sync
-        after a loss; in sync when the first message seen starts the stream)."""
-        if c.state is ChannelState.INIT:
-            self._go_live(c, h.seq + h.count)
-            if h.seq == 1:
-                self._mark(c, Flag.SNAPSHOT | Flag.SNAPSHOT_END)
-        else:
             self._counters["unrecovered"] += 1
+            self._lost(c, first, end, "there is no recovery service")
+            self._settle(c)
+            return
+        req = c.fill or _Request("fill")
+        req.first, req.end, req.epoch = first, end, c.epoch
+        c.fill = req
+        self._counters["retransmit_requests"] += 1
+        self._send(c, req, wire.encode_retransmit_request(c.id, 0, first, end - first, epoch=c.epoch))
+
+    def _lost(self, c: _Channel, first: int, end: int, why: str, book: bool = True) -> None:
+        """Events ``first .. end-1`` can no longer be had: count them, move past them; a book
+        that needed them is out of sync until a snapshot (without a service: for good)."""
+        n = end - first
+        if n <= 0:
+            return
+        c.lost_events += n
+        c.losses += 1
+        self._counters["lost_events"] += n
+        self._counters["losses"] += 1
+        log.warning("channel %d: %d events (seq %d..%d, epoch %d) lost: %s", c.id, n, first, end - 1,
+                    c.epoch or 0, why)
+        if c.store_next is not None and c.store_next < end:
+            c.store_next = max(c.store_next, end)
+        if book and c.book_ok and c.next_seq < end:
             if c.in_sync:
                 self._mark(c, Flag.SNAPSHOT | Flag.STALE)
-            self._go_live(c, h.seq + h.count)
-        if events is not None:
-            self._deliver(events)
-            self._counters["events"] += len(events)
-            return len(events)
-        return 0
+            if self._dealer is None:
+                c.next_seq = end
+                return
+            c.book_ok = False
+            self._want_snapshot(c)
 
-    def _hold(self, c: _Channel, h, events) -> None:
-        """Buffer a live message during a recovery."""
-        if h.type == MsgType.HEARTBEAT:
-            c.heartbeat_seq = max(c.heartbeat_seq, h.seq)
+    def _want_snapshot(self, c: _Channel) -> None:
+        if c.snap is not None:
             return
-        if events is None:
+        if self._dealer is None:
             return
-        c.buffer.append((h.seq, h.count, events))
-        c.buffered_events += h.count
-        self._counters["buffered"] += 1
-        while c.buffered_events > self.buffer_events and len(c.buffer) > 1:
-            _, count, _ = c.buffer.popleft()
-            c.buffered_events -= count
-            self.receiver.count_drop(Drop.OVERFLOW)
-
-    def _request(self, c: _Channel) -> None:
-        self._request_seq = (self._request_seq % 0xFFFFFFFF) + 1
-        c.request_id = self._request_seq
-        c.parts = []
-        c.first_part = None
-        c.deadline = time.monotonic() + min(self.snapshot_timeout * self.backoff ** c.attempt, self.max_backoff)
+        if time.monotonic() < c.snap_after:
+            c.snap_wanted = True
+            return
+        c.snap_wanted = False
+        req = _Request("snapshot")
+        c.snap = req
+        if c.state is not ChannelState.INIT:
+            c.state = ChannelState.RECOVERING
         self._counters["recovery_requests"] += 1
+        self._send(c, req, None)
+
+    def _send(self, c: _Channel, req: _Request, frame) -> None:
+        """Send (or send again) a request with a new id; arm its timer."""
+        if req.id:
+            self._requests.pop(req.id, None)
+        self._request_seq = (self._request_seq % 0xFFFFFFFF) + 1
+        req.id = self._request_seq
+        req.parts = []
+        req.first_part = None
+        req.got_first = None
+        req.got = 0
+        req.arrival = self._arrival
+        req.deadline = time.monotonic() + min(self.snapshot_timeout * self.backoff ** req.attempt, self.max_backoff)
+        self._requests[req.id] = (c.id, req)
+        if req.kind == "snapshot":
+            frame = wire.encode_snapshot_request(c.id, req.id, epoch=c.epoch or 0)
+            c.snap_after = time.monotonic() + self.snapshot_interval
+        elif req.kind == "fill":
+            frame = wire.encode_retransmit_request(c.id, req.id, req.first, req.end - req.first, epoch=req.epoch)
+        else:
+            frame = wire.encode_retransmit_request(c.id, req.id, req.first, 1, epoch=req.epoch)
         try:
-            self._dealer.send(wire.encode_snapshot_request(c.id, c.request_id, epoch=c.epoch), zmq.NOBLOCK)
+            self._dealer.send(frame, zmq.NOBLOCK)
         except zmq.Again:                           # queue full: the timer asks again
             pass
 
+    def _newer_epoch(self, c: _Channel, h, events) -> int:
+        """A message of a newer publisher epoch: a restart, or a forgery. Believed only once the
+        publisher's service confirms it (without a service: believed)."""
+        if self._dealer is None:
+            self._restart(c, h.epoch, h.seq)
+            self._take(c, h, events, self._arrival)
+            return self._settle(c)
+        if len(c.suspects) >= _MAX_SUSPECTS:
+            self.receiver.count_drop(Drop.IMPLAUSIBLE)
+            return 0
+        c.suspects.append((h, events, self._arrival))
+        if c.probe is None:
+            req = _Request("probe")
+            req.first, req.epoch = max(h.seq, 1), h.epoch
+            c.probe = req
+            self._counters["probes"] += 1
+            self._send(c, req, None)
+        return 0
+
+    def _restart(self, c: _Channel, epoch: int, first: int = 1, ask: bool = True) -> None:
+        """The publisher restarted with ``epoch``: what the old epoch still owed is lost (counted
+        where known), the held messages of the old epoch are stored, the history of the new
+        one is taken from sequence 1 (asked for again), and the book waits for a snapshot
+        (without a service: follows the new stream from ``first``, out of sync)."""
+        self._counters["restarts"] += 1
+        c.restarts += 1
+        self._log_once("restart", logging.WARNING, "channel %d: publisher restarted (new epoch)", c.id)
+        if c.state is ChannelState.LIVE:
+            self._leave_live(c)
+        if c.store_next is not None:
+            for r in list(c.held):
+                if r.end <= c.store_next:
+                    continue
+                if r.start > c.store_next:
+                    self._lost(c, c.store_next, r.start, "the publisher restarted before sending them again",
+                               book=False)
+                self._to_store(r.events[max(c.store_next - r.start, 0):])
+                c.store_next = r.end
+            if c.hb_seq > c.store_next:
+                self._lost(c, c.store_next, c.hb_seq, "the publisher restarted before sending them again",
+                           book=False)
+        for req in (c.snap, c.fill):
+            if req is not None:
+                self._requests.pop(req.id, None)
+        c.snap = c.fill = None
+        c.held = []
+        c.held_events = 0
+        c.hb_seq = 0
+        c.hole_since = None
+        c.epoch = epoch
+        c.store_next = 1
+        if self._dealer is None:
+            c.next_seq = first
+            if c.in_sync:
+                self._mark(c, Flag.SNAPSHOT | Flag.STALE)
+            c.state = ChannelState.FILLING
+            return
+        c.book_ok = False
+        if c.in_sync:
+            self._mark(c, Flag.SNAPSHOT | Flag.STALE)
+        self.receiver.serve(c.id, live=False, epoch=epoch, next_seq=0)
+        c.state = ChannelState.RECOVERING
+        if ask:
+            self._want_snapshot(c)
+
+    def _adopt_without_service(self, c: _Channel, h, events) -> int:
+        """No recovery service: follow the stream from the first message seen (in sync when it
+        starts the stream, or when it continues the history being resumed)."""
+        c.epoch = h.epoch
+        start = h.seq
+        if c.resume is not None and c.resume[0] == h.epoch and c.resume[1] <= start:
+            c.store_next = c.resume[1]
+        else:
+            c.store_next = start
+        c.next_seq = start
+        c.book_ok = True
+        if start == 1:
+            self._mark(c, Flag.SNAPSHOT | Flag.SNAPSHOT_END)
+        c.state = ChannelState.FILLING
+        self._take(c, h, events, self._arrival)
+        return self._settle(c)
+
+    # -- internals: replies ---------------------------------------------------------------------
     def _read_replies(self) -> int:
         delivered = 0
         while self._dealer.poll(0, zmq.POLLIN):
@@ -489,40 +828,134 @@ class FeedHandler:
             reason, h, events = self._replies.decode_frames(frames, now_ns())
             if reason != Drop.OK:
                 self._log_once(f"reply-{reason.name}", logging.WARNING,
-                               "malformed snapshot reply dropped: %s", reason.name)
+                               "malformed recovery reply dropped: %s", reason.name)
                 continue
+            found = self._requests.get(h.request_id)
             c = self._channels.get(h.channel)
-            if (c is None or c.state is not ChannelState.RECOVERING or h.request_id != c.request_id
-                    or h.part != len(c.parts)
-                    or (c.first_part is not None and (h.seq, h.epoch) != c.first_part)):
+            if found is None or c is None or found[0] != h.channel or h.part != len(found[1].parts):
                 self.receiver.count_drop(Drop.STALE_REPLY)
                 continue
-            if h.flags & WireFlag.UNAVAILABLE:
-                self._log_once("unavailable", logging.WARNING,
-                               "channel %d: snapshot service cannot serve it yet", c.id)
-                c.deadline = min(c.deadline, time.monotonic() + self.snapshot_timeout)
-                c.request_id = 0
+            req = found[1]
+            req.parts.append(None)
+            if req.kind == "snapshot":
+                if h.type != MsgType.SNAPSHOT or (req.first_part is not None and (h.seq, h.epoch) != req.first_part):
+                    self.receiver.count_drop(Drop.STALE_REPLY)
+                    continue
+                if h.flags & WireFlag.UNAVAILABLE:
+                    self._log_once("unavailable", logging.WARNING,
+                                   "channel %d: snapshot service cannot serve it yet", c.id)
+                    self._requests.pop(req.id, None)
+                    req.id = 0
+                    req.deadline = min(req.deadline, time.monotonic() + self.snapshot_timeout)
+                    continue
+                req.first_part = (h.seq, h.epoch)
+                req.parts[-1] = events
+                if h.flags & WireFlag.FINAL:
+                    self._requests.pop(req.id, None)
+                    delivered += self._complete(c, req, h.seq, h.epoch)
                 continue
-            c.first_part = (h.seq, h.epoch)
-            c.parts.append(events)
-            if h.flags & WireFlag.FINAL:
-                delivered += self._complete(c, h.seq, h.epoch)
+            if h.type != MsgType.RETRANSMIT:
+                self.receiver.count_drop(Drop.STALE_REPLY)
+                continue
+            if not h.flags & WireFlag.FINAL:
+                if req.kind == "fill" and h.epoch == c.epoch and len(events):
+                    if req.got_first is None:
+                        req.got_first = h.seq
+                    req.got += len(events)
+                    self._hold(c, h.seq, events, req.arrival, resent=True)
+                continue
+            self._requests.pop(req.id, None)
+            if req.kind == "probe":
+                delivered += self._probed(c, req, h.epoch)
+            else:
+                delivered += self._filled(c, req, h)
         return delivered
 
-    def _complete(self, c: _Channel, covered: int, epoch: int) -> int:
-        """Apply a complete snapshot, then the buffered messages it does not cover."""
-        parts, c.parts = c.parts, []
-        if epoch < c.epoch:                         # older than the stream we follow: ask again
+    def _filled(self, c: _Channel, req: _Request, h) -> int:
+        """The last part of a retransmission: what was not sent is lost; what a publisher
+        says it never sent (a held message or a heartbeat beyond its head, received before
+        we asked) was forged and goes."""
+        c.fill = None
+        c.hole_since = None
+        self._counters["retransmitted"] += req.got
+        c.retransmitted += req.got
+        if h.epoch != c.epoch or h.flags & WireFlag.UNAVAILABLE:
+            if h.epoch > (c.epoch or 0):
+                return self._settle(c)           # its data will show the new epoch: probed then
+            head = None
+        else:
+            head = h.seq
+        start = req.got_first if req.got_first is not None else (head if head is not None else req.end)
+        self._lost(c, req.first, min(max(start, req.first), req.end),
+                   "the publisher no longer holds them" if head is not None else "the publisher cannot send them")
+        if head is not None:
+            forged = [r for r in c.held if r.start >= head and r.arrival <= req.arrival]
+            for r in forged:
+                c.held.remove(r)
+                c.held_events -= len(r.events)
+                self.receiver.count_drop(Drop.IMPLAUSIBLE)
+            if c.hb_seq > head and c.hb_arrival <= req.arrival:
+                c.hb_seq = head
+                self.receiver.count_drop(Drop.IMPLAUSIBLE)
+            if forged:
+                self._log_once("implausible", logging.WARNING,
+                               "channel %d: messages beyond the publisher's head (%d) dropped as forged",
+                               c.id, head)
+        return self._settle(c)
+
+    def _probed(self, c: _Channel, req: _Request, epoch: int) -> int:
+        """The publisher's service named its current epoch: a restart is confirmed, or the
+        messages that claimed the probed epoch were forged."""
+        c.probe = None
+        suspects, c.suspects = c.suspects, []
+        if epoch == req.epoch and epoch > (c.epoch or 0):
+            first = min((s[0].seq for s in suspects if s[0].epoch == epoch), default=1)
+            self._restart(c, epoch, first)
+            rest = []
+            for h, events, arrival in suspects:
+                if h.epoch == epoch:
+                    self._take(c, h, events, arrival)
+                elif h.epoch > epoch:
+                    rest.append((h, events))
+        else:
+            forged = sum(1 for s in suspects if s[0].epoch == req.epoch)
+            self.receiver.count_drop(Drop.IMPLAUSIBLE, max(forged, 1))
+            self._log_once("implausible-epoch", logging.WARNING,
+                           "channel %d: messages of an epoch the publisher does not have dropped as forged", c.id)
+            rest = [(h, ev) for h, ev, _ in suspects if h.epoch != req.epoch and h.epoch > (c.epoch or 0)]
+        for h, events in rest:
+            self._newer_epoch(c, h, events)
+        return self._settle(c)
+
+    def _complete(self, c: _Channel, req: _Request, covered: int, epoch: int) -> int:
+        """Apply a complete snapshot to the book, then everything held that follows it."""
+        parts = [p for p in req.parts if p is not None]
+        c.snap = None
+        if c.epoch is not None and epoch < c.epoch:   # older than the stream we follow: ask again
             self.receiver.count_drop(Drop.STALE_REPLY)
-            self._request(c)
+            self._want_snapshot(c)
             return 0
-        if epoch > c.epoch:                         # the publisher restarted since our buffer
-            self.receiver.count_drop(Drop.OLD_EPOCH, len(c.buffer))
-            c.buffer.clear()
-            c.buffered_events = 0
-            c.heartbeat_seq = 0
+        early = []
+        if c.epoch is None:                           # the first snapshot decides the epoch
             c.epoch = epoch
-        snap = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            early, c.early = c.early, []
+            c.held_events = 0
+            if c.resume is not None and c.resume[0] == epoch:
+                c.store_next = c.resume[1]
+            elif c.resume is not None and c.resume[0] < epoch:
+                self._counters["restarts"] += 1
+                c.restarts += 1
+                log.warning("channel %d: the publisher restarted while this receiver was away: events of "
+                            "its epoch %d after seq %d cannot be had (not counted)", c.id, c.resume[0],
+                            c.resume[1] - 1)
+                c.store_next = 1
+            else:
+                starts = [h.seq for h, ev, _ in early if h.epoch == epoch and h.type == MsgType.DATA]
+                starts += [h.seq for h, ev, _ in early if h.epoch == epoch and h.type == MsgType.HEARTBEAT]
+                c.store_next = min(starts + [covered + 1])
+        elif epoch > c.epoch:                         # the service says the publisher restarted
+            self._restart(c, epoch, ask=False)
+        snap = np.concatenate(parts) if len(parts) > 1 else (parts[0] if parts else empty_events(0))
         if c.instruments is None:
             c.instruments = np.unique(snap["instrument"]).astype(np.uint32)
         else:
@@ -532,77 +965,96 @@ class FeedHandler:
                 self._log_once("foreign", logging.WARNING,
                                "channel %d: snapshot events of instruments outside the channel ignored", c.id)
                 snap = snap[keep]
-        self._deliver(snap)
+        self._to_book(snap)
+        if self._on_snapshot is not None and len(snap):
+            self._on_snapshot(snap)
         self._counters["snapshot_events"] += len(snap)
-        c.in_sync = True
-        nxt = covered + 1
-        pieces, delivered, hole = [], 0, False
-        rest = sorted(c.buffer, key=lambda m: m[0])
-        for i, (seq, count, events) in enumerate(rest):
-            end = seq + count
-            if end <= nxt:
-                self._counters["covered"] += 1
-                continue
-            if seq > nxt:
-                hole = True
-                rest = rest[i:]
-                break
-            pieces.append(events[nxt - seq:] if seq < nxt else events)
-            nxt = end
-        if pieces:
-            batch = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
-            self._deliver(batch)
-            delivered = len(batch)
-            self._counters["events"] += delivered
         self._counters["recoveries"] += 1
         c.recoveries += 1
-        c.next_seq = nxt
-        if hole or c.heartbeat_seq > nxt:           # lost again while recovering
-            self._counters["gaps"] += 1
-            c.gaps += 1
-            self._mark(c, Flag.SNAPSHOT | Flag.STALE)
-            c.buffer = collections.deque(rest if hole else ())
-            c.buffered_events = sum(m[1] for m in c.buffer)
-            c.heartbeat_seq = 0
-            c.attempt = 0
-            self.receiver.serve(c.id, live=False, epoch=c.epoch, next_seq=nxt)
-            self._request(c)
-            return delivered
-        self._go_live(c, nxt)
-        return delivered
+        c.in_sync = True
+        c.book_ok = True
+        c.next_seq = covered + 1
+        c.failed = False
+        for h, events, arrival in early:
+            if h.epoch == epoch:
+                self._take(c, h, events, arrival)
+            elif h.epoch < epoch:
+                self.receiver.count_drop(Drop.OLD_EPOCH)
+            else:
+                self._newer_epoch(c, h, events)
+        self._counters["covered"] += sum(min(r.end, covered + 1) - r.start for r in c.held if r.start <= covered)
+        if c.state in (ChannelState.INIT, ChannelState.RECOVERING, ChannelState.STALE):
+            c.state = ChannelState.FILLING
+        return self._settle(c)
 
-    def _timers(self, now: float) -> None:
+    # -- internals: timers ------------------------------------------------------------------------
+    def _timers(self, now: float) -> int:
         wall = now_ns()
+        delivered = 0
         for c in self._channels.values():
-            if c.state is ChannelState.RECOVERING and now >= c.deadline:
-                c.attempt += 1
-                if c.attempt > self.max_retries:
-                    self._counters["recovery_failures"] += 1
-                    self._log_once(f"failed-{c.id}", logging.ERROR,
-                                   "channel %d: no snapshot after %d requests; stale, retrying in %.1f s",
-                                   c.id, c.attempt, self.retry_pause)
-                    self._set_state(c, ChannelState.STALE)
-                    c.failed = True
-                    c.retry_after = now + self.retry_pause
-                    self.receiver.count_drop(Drop.UNSYNCED, len(c.buffer))
-                    c.buffer.clear()
-                    c.buffered_events = 0
+            if c.snap_wanted and c.snap is None and now >= c.snap_after:
+                self._want_snapshot(c)
+            for req in (c.snap, c.fill, c.probe):
+                if req is None or now < req.deadline:
+                    continue
+                req.attempt += 1
+                if req.attempt <= self.max_retries:
+                    self._counters["recovery_retries" if req.kind == "snapshot" else "retransmit_retries"] += 1
+                    self._send(c, req, None)
+                    continue
+                self._requests.pop(req.id, None)
+                delivered += self._gave_up(c, req, now)
+            if c.hole_since is not None and c.fill is None and now - c.hole_since >= self.reorder_window:
+                hole = self._hole(c)
+                if hole is None:
+                    c.hole_since = None
                 else:
-                    self._counters["recovery_retries"] += 1
-                    self._request(c)
-            elif c.state is ChannelState.LIVE and self.silence_timeout > 0:
+                    self._fill(c, hole)
+            if c.state is ChannelState.LIVE and self.silence_timeout > 0:
                 last = max(self.receiver.last_recv_ns(c.id), c.live_since_ns)
                 if wall - last > self.silence_timeout * 1e9:
                     self._counters["silences"] += 1
                     self._log_once(f"silent-{c.id}", logging.WARNING, "channel %d: silent for %.1f s: stale",
                                    c.id, (wall - last) / 1e9)
                     self._leave_live(c)
-                    self._set_state(c, ChannelState.STALE)
-                    c.silent = True
+                    c.state = ChannelState.STALE
+                    c.silent = c.in_sync
                     self._mark(c, Flag.SNAPSHOT | Flag.STALE)
         drops = self.receiver.drops
         for name in drops:
             self._log_once(f"drop-{name}", logging.WARNING, "feed message dropped: %s", name)
+        return delivered
+
+    def _gave_up(self, c: _Channel, req: _Request, now: float) -> int:
+        """The service did not answer ``max_retries`` times."""
+        if req.kind == "snapshot":
+            c.snap = None
+            self._counters["recovery_failures"] += 1
+            self._log_once(f"failed-{c.id}", logging.ERROR,
+                           "channel %d: no snapshot after %d requests; stale, retrying in %.1f s",
+                           c.id, req.attempt, self.retry_pause)
+            c.state = ChannelState.STALE
+            c.failed = True
+            c.snap_after = now + self.retry_pause
+            c.snap_wanted = True
+            return 0
+        if req.kind == "probe":              # cannot be verified: believed (the old behaviour)
+            c.probe = None
+            self._log_once(f"unverified-{c.id}", logging.ERROR,
+                           "channel %d: a new publisher epoch could not be verified; following it", c.id)
+            suspects, c.suspects = c.suspects, []
+            if suspects:
+                newest = max(s[0].epoch for s in suspects)
+                self._restart(c, newest, min(s[0].seq for s in suspects if s[0].epoch == newest))
+                for h, events, arrival in suspects:
+                    if h.epoch == newest:
+                        self._take(c, h, events, arrival)
+            return self._settle(c)
+        c.fill = None
+        c.hole_since = None
+        self._counters["recovery_failures"] += 1
+        self._lost(c, req.first, req.end, f"the recovery service did not answer {req.attempt} requests")
+        return self._settle(c)
 
     def _close_sockets(self) -> None:
         for s in getattr(self, "_sockets", []):

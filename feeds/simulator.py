@@ -26,17 +26,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 
 import numpy as np
 import zmq
 
 from tickwire.engine.instruments import Instrument, make_books
-from tickwire.ext.codec import Decoder, TYPES_REQUEST, encode as encode_payload
+from tickwire.ext.codec import encode as encode_payload
 from tickwire.ext.records import EVENT_DTYPE, Flag, Kind, Side
 from tickwire.feeds import wire
-from tickwire.feeds.wire import Drop, MsgType, WireFlag
+from tickwire.feeds.wire import MsgType, RecoveryService, Retainer
 
 __all__ = ["Market", "Faults", "SnapshotService", "Simulator", "channel_map", "synthetic_instruments"]
 
@@ -246,90 +245,8 @@ def _unlive(orders, live, pos):
         orders[last][3] = pos
 
 
-# ---------------------------------------------------------------------------------------
-# the snapshot service
-# ---------------------------------------------------------------------------------------
-
-class SnapshotService:
-    """Answers snapshot requests on a ROUTER socket (see docs/wire-format.md).
-
-    Parameters
-    ----------
-    socket : zmq.Socket
-        A bound ROUTER socket.
-    source : callable
-        ``source(channel) -> (epoch, covered_seq, events)`` or None for a channel this
-        publisher does not have: ``events`` are the snapshot events of the channel's
-        instruments (``Book.snapshot_events``) reflecting every event up to ``covered_seq``.
-        Called between two published messages, so the answer is exact.
-    part_events : int
-        Most events in one reply part.
-    delay : float
-        Seconds between taking a snapshot and sending it (a slow service: the client
-        buffers live messages newer than the snapshot meanwhile).
-    """
-
-    def __init__(self, socket, source, part_events: int = 8192, delay: float = 0.0):
-        self.socket = socket
-        self.source = source
-        self.part_events = max(int(part_events), 1)
-        self.delay = float(delay)
-        self._requests = Decoder(max_events=0, types=TYPES_REQUEST)
-        self._later = []                # (due, frames) of delayed replies
-        self.served = 0
-        self.events = 0
-        self.unavailable = 0
-
-    @property
-    def bad_requests(self) -> dict:
-        """Malformed requests by reason."""
-        return self._requests.drops
-
-    def serve(self) -> int:
-        """Answer every request waiting (never blocks); returns how many were answered."""
-        answered = 0
-        sock = self.socket
-        if self._later:
-            now = time.monotonic()
-            while self._later and self._later[0][0] <= now:
-                for frames in self._later.pop(0)[1]:
-                    sock.send_multipart(frames)
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            frames = sock.recv_multipart()
-            if len(frames) < 2:
-                continue
-            identity = frames[0]
-            reason, h, _ = self._requests.decode(None, frames[-1])
-            if reason != Drop.OK:
-                continue
-            found = self.source(h.channel)
-            now = time.time_ns()
-            if found is None:
-                self.unavailable += 1
-                payload = encode_payload(MsgType.SNAPSHOT, h.channel, 0, None, epoch=0, send_time=now,
-                                         flags=int(WireFlag.FINAL | WireFlag.UNAVAILABLE),
-                                         request_id=h.request_id)
-                sock.send_multipart([identity, payload])
-                continue
-            epoch, covered, events = found
-            step = self.part_events
-            nparts = max(1, math.ceil(len(events) / step))
-            reply = []
-            for part in range(nparts):
-                chunk = events[part * step:(part + 1) * step]
-                flags = int(WireFlag.FINAL) if part == nparts - 1 else 0
-                reply.append([identity, encode_payload(
-                    MsgType.SNAPSHOT, h.channel, covered, chunk, epoch=epoch, send_time=now,
-                    flags=flags, request_id=h.request_id, part=part)])
-            if self.delay > 0:
-                self._later.append((time.monotonic() + self.delay, reply))
-            else:
-                for frames in reply:
-                    sock.send_multipart(frames)
-            self.served += 1
-            self.events += len(events)
-            answered += 1
-        return answered
+#: The publisher's recovery service (snapshots and retransmissions): :class:`tickwire.feeds.wire.RecoveryService`.
+SnapshotService = RecoveryService
 
 
 # ---------------------------------------------------------------------------------------
@@ -428,6 +345,10 @@ class Simulator:
         Seconds the publisher stays down when it restarts.
     snapshot_delay : float
         Seconds the snapshot service holds each reply (see :class:`SnapshotService`).
+    retain_events : int
+        Events kept per channel for retransmission requests (the recovery service on
+        ``snapshot`` answers both): a receiver that lost messages gets them again while
+        they are held, and counts exactly what it could not get.
     """
 
     def __init__(self, endpoints, *, snapshot: str | None = None, instruments=8, events=None,
@@ -435,7 +356,7 @@ class Simulator:
                  faults: Faults | None = None, resting: int = 500, socket_type: str = "PUB",
                  sndhwm: int | None = None, heartbeat: float = 0.1, wait_subscribers: float = 0.0,
                  subscribers: int = 1, restart_pause: float = 0.2, snapshot_delay: float = 0.0,
-                 context: zmq.Context | None = None):
+                 retain_events: int = 1 << 20, context: zmq.Context | None = None):
         if isinstance(endpoints, str):
             endpoints = [endpoints]
         self.endpoints = list(endpoints)
@@ -480,11 +401,15 @@ class Simulator:
         self._ctx = context or zmq.Context()
         self.epoch = wire.new_epoch()
         self.next_seq = {c: 1 for c in self.channels}
+        self.retainer = Retainer(retain_events, self.epoch)
+        for c in self.channels:
+            self.retainer.announce(c)
         self._held = {}                 # channel -> a reordered message waiting for the next one
         self._dups = {}                 # channel -> a copy to send after the channel's next message
         self._restarts = list(self.faults.restart_at)
         self.stats = dict.fromkeys(("events", "messages", "sent", "dropped", "duplicated", "reordered",
-                                    "restarts", "heartbeats", "snapshots", "snapshot_events"), 0)
+                                    "restarts", "heartbeats", "snapshots", "snapshot_events",
+                                    "retransmissions", "retransmitted", "not_held"), 0)
         self._pub = None
         self._router = None
         self._service = None
@@ -509,14 +434,15 @@ class Simulator:
             self._router.setsockopt(zmq.LINGER, 0)
             self._router.setsockopt(zmq.SNDHWM, 0)
             self._router.bind(self.snapshot_endpoint)
-            self._service = SnapshotService(self._router, self._snapshot_of, delay=self.snapshot_delay)
+            self._service = RecoveryService(self._router, self._snapshot_of, self.retainer,
+                                            delay=self.snapshot_delay)
         if waiting:
             self._await_subscribers()
 
     def _close_sockets(self, linger_ms: int = 0) -> None:
         if self._service is not None:
-            self.stats["snapshots"] += self._service.served
-            self.stats["snapshot_events"] += self._service.events
+            for k, v in self._service_stats().items():
+                self.stats[k] += v
             self._service = None
         for s in (self._pub, self._router):
             if s is not None:
@@ -625,6 +551,7 @@ class Simulator:
         time.sleep(self.restart_pause)
         self.epoch = wire.new_epoch(self.epoch)
         self.next_seq = {c: 1 for c in self.channels}
+        self.retainer.restart(self.epoch)
         self.stats["restarts"] += 1
         self._open()
 
@@ -682,6 +609,7 @@ class Simulator:
                     msg["seq"] = np.arange(seq, seq + n, dtype=np.uint64)
                     msg["channel"] = c
                     apply(msg)
+                    self.retainer.keep(c, seq, msg)
                     self.next_seq[c] = seq + n
                     if ns_per_event:
                         intended = t0 + int(published * ns_per_event)
@@ -730,11 +658,16 @@ class Simulator:
             else:
                 time.sleep(0.01)
 
+    def _service_stats(self) -> dict:
+        svc = self._service
+        return {"snapshots": svc.served, "snapshot_events": svc.events, "retransmissions": svc.retransmissions,
+                "retransmitted": svc.retransmitted, "not_held": svc.not_held}
+
     def _report(self, t0: int) -> dict:
         out = dict(self.stats)
         if self._service is not None:
-            out["snapshots"] += self._service.served
-            out["snapshot_events"] += self._service.events
+            for k, v in self._service_stats().items():
+                out[k] += v
         out["elapsed"] = (time.perf_counter_ns() - t0) / 1e9
         out["epoch"] = self.epoch
         return out

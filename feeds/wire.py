@@ -30,6 +30,7 @@ Example (a publisher of one channel)::
 
 from __future__ import annotations
 
+import collections
 import enum
 import struct
 import time
@@ -61,6 +62,10 @@ __all__ = [
     "encode_heartbeat",
     "encode_snapshot_request",
     "encode_snapshot_part",
+    "encode_retransmit_request",
+    "encode_retransmit_part",
+    "Retainer",
+    "RecoveryService",
     "decode",
     "decode_frames",
     "Publisher",
@@ -91,14 +96,21 @@ class MsgType(enum.IntEnum):
     SNAPSHOT_REQUEST = 3
     #: One part of a snapshot reply; ``seq`` is the last sequence number the snapshot covers.
     SNAPSHOT = 4
+    #: Client to recovery service: "send me ``count`` events of ``channel`` from ``seq`` on,
+    #: of publisher epoch ``epoch``" (no events follow; ``count`` is the number asked for).
+    RETRANSMIT_REQUEST = 5
+    #: One part of a retransmission: events ``seq .. seq+count-1`` as first published. The
+    #: last part has ``FINAL``, no events, and ``seq`` = the publisher's next sequence number.
+    RETRANSMIT = 6
 
 
 class WireFlag(enum.IntFlag):
     """Header bytes 6-7."""
 
-    #: SNAPSHOT: the last part of the reply.
+    #: SNAPSHOT, RETRANSMIT: the last part of the reply.
     FINAL = 1 << 0
     #: SNAPSHOT: the service cannot serve this channel (unknown channel, not ready).
+    #: RETRANSMIT: not a channel or epoch the publisher holds messages of.
     UNAVAILABLE = 1 << 1
 
 
@@ -129,12 +141,13 @@ class Drop(enum.IntEnum):
     OVERFLOW = 13           #: recovery buffer full: the oldest buffered message was dropped
     STALE_REPLY = 14        #: a snapshot part for no outstanding request, or out of order
     UNSYNCED = 15           #: data for a channel waiting to retry a failed recovery
+    IMPLAUSIBLE = 16        #: a sequence or epoch jump the publisher's service did not confirm
 
 
 #: Masks of accepted message types (bit ``1 << MsgType``) for :func:`decode`.
 TYPES_DATA = (1 << MsgType.DATA) | (1 << MsgType.HEARTBEAT)
-TYPES_REQUEST = 1 << MsgType.SNAPSHOT_REQUEST
-TYPES_REPLY = 1 << MsgType.SNAPSHOT
+TYPES_REQUEST = (1 << MsgType.SNAPSHOT_REQUEST) | (1 << MsgType.RETRANSMIT_REQUEST)
+TYPES_REPLY = (1 << MsgType.SNAPSHOT) | (1 << MsgType.RETRANSMIT)
 TYPES_ANY = TYPES_DATA | TYPES_REQUEST | TYPES_REPLY
 
 
@@ -244,6 +257,27 @@ def encode_snapshot_part(channel: int, covered_seq: int, events, *, epoch: int, 
                   flags=int(flags), request_id=request_id, part=part)
 
 
+def encode_retransmit_request(channel: int, request_id: int, first: int, count: int, *, epoch: int) -> bytes:
+    """The single frame a client sends to ask for ``count`` events of ``channel`` from
+    sequence number ``first`` on, of publisher epoch ``epoch``."""
+    if not 0 < count <= 0xFFFFFFFF:
+        raise ValueError(f"count must be 1..2**32-1, got {count}")
+    return HEADER.pack(MAGIC, VERSION, int(MsgType.RETRANSMIT_REQUEST), 0, int(channel), EVENT_SIZE,
+                       int(count), int(first), time.time_ns(), int(epoch), int(request_id), 0)
+
+
+def encode_retransmit_part(channel: int, seq: int, events, *, epoch: int, request_id: int, part: int,
+                           final: bool = False, unavailable: bool = False,
+                           send_time: int | None = None) -> bytes:
+    """One frame of a retransmission: ``events`` = sequence numbers ``seq ..`` as first
+    published; the final part carries no events and ``seq`` = the publisher's next sequence
+    number of the channel."""
+    flags = (WireFlag.FINAL if final else 0) | (WireFlag.UNAVAILABLE if unavailable else 0)
+    return encode(MsgType.RETRANSMIT, channel, seq, events, epoch=epoch,
+                  send_time=time.time_ns() if send_time is None else send_time,
+                  flags=int(flags), request_id=request_id, part=part)
+
+
 # ---------------------------------------------------------------------------------------
 # decoding
 # ---------------------------------------------------------------------------------------
@@ -270,7 +304,7 @@ def decode(topic_frame, payload, *, max_events: int = DEFAULT_MAX_EVENTS, types:
         raise WireError(Drop.BAD_MAGIC, f"magic {magic!r}")
     if version != VERSION:
         raise WireError(Drop.BAD_VERSION, f"version {version}, this build speaks {VERSION}")
-    if not 0 < mtype < 5 or not (types >> mtype) & 1:
+    if not 0 < mtype < 7 or not (types >> mtype) & 1:
         raise WireError(Drop.BAD_HEADER, f"message type {mtype} not accepted here")
     if flags & ~KNOWN_FLAGS:
         raise WireError(Drop.BAD_HEADER, f"unknown flags {flags:#x}")
@@ -280,7 +314,10 @@ def decode(topic_frame, payload, *, max_events: int = DEFAULT_MAX_EVENTS, types:
         raise WireError(Drop.BAD_HEADER, f"{MsgType(mtype).name} with {count} events")
     if channel_from_topic is not None and channel_from_topic != channel:
         raise WireError(Drop.BAD_TOPIC, f"topic says channel {channel_from_topic}, header {channel}")
-    if count > max_events:
+    asked = 0
+    if mtype == MsgType.RETRANSMIT_REQUEST:
+        asked, count = count, 0                  # the events asked for; none follow
+    elif count > max_events:
         raise WireError(Drop.OVERSIZED, f"{count} events, the limit is {max_events}")
     body = len(payload) - HEADER_SIZE
     if body < count * EVENT_SIZE:
@@ -293,8 +330,8 @@ def decode(topic_frame, payload, *, max_events: int = DEFAULT_MAX_EVENTS, types:
         raise WireError(Drop.BAD_EVENT, "an event with an unknown kind or side")
     events["ts_recv"] = ts_recv
     events["channel"] = channel
-    events["seq"] = seq + np.arange(count, dtype=np.uint64) if mtype == MsgType.DATA else seq
-    return Header(mtype, flags, channel, count, seq, send_time, epoch, request_id, part), events
+    events["seq"] = seq + np.arange(count, dtype=np.uint64) if mtype in (MsgType.DATA, MsgType.RETRANSMIT) else seq
+    return Header(mtype, flags, channel, asked or count, seq, send_time, epoch, request_id, part), events
 
 
 def decode_frames(frames, **kwargs) -> tuple[Header, np.ndarray]:
@@ -305,11 +342,214 @@ def decode_frames(frames, **kwargs) -> tuple[Header, np.ndarray]:
 
 
 # ---------------------------------------------------------------------------------------
+# retransmission and snapshots: what a publisher keeps and serves
+# ---------------------------------------------------------------------------------------
+
+class Retainer:
+    """The events a publisher has sent, kept by channel and sequence number so that a range
+    can be sent again (an exchange's rerequest server).
+
+    Parameters
+    ----------
+    max_events : int
+        Most events kept per channel; the oldest messages go first (0: keep nothing, every
+        retransmission request is answered with what was lost).
+    """
+
+    def __init__(self, max_events: int = 1 << 20, epoch: int = 0):
+        if max_events < 0:
+            raise ValueError(f"max_events must be >= 0, got {max_events}")
+        self.max_events = int(max_events)
+        self.epoch = int(epoch)
+        self._kept: dict[int, collections.deque] = {}
+        self._held: dict[int, int] = {}
+        self._next: dict[int, int] = {}
+
+    def keep(self, channel: int, seq: int, events) -> None:
+        """Record that ``events`` were published on ``channel`` as ``seq ..`` (kept by reference:
+        pass an array the caller no longer changes)."""
+        n = len(events)
+        self._next[channel] = seq + n
+        if not n or not self.max_events:
+            return
+        q = self._kept.setdefault(channel, collections.deque())
+        q.append((seq, events))
+        held = self._held.get(channel, 0) + n
+        while held > self.max_events and q:
+            held -= len(q.popleft()[1])
+        self._held[channel] = held
+
+    def announce(self, channel: int, next_seq: int = 1) -> None:
+        """Make ``channel`` known before anything is published on it."""
+        self._next.setdefault(channel, next_seq)
+
+    def restart(self, epoch: int) -> None:
+        """A new publisher epoch: sequences start again and nothing of the old one is served."""
+        self.epoch = int(epoch)
+        self._kept.clear()
+        self._held.clear()
+        self._next = dict.fromkeys(self._next, 1)
+
+    def knows(self, channel: int) -> bool:
+        return channel in self._next
+
+    def next_seq(self, channel: int) -> int:
+        """The sequence number the channel's next event gets."""
+        return self._next.get(channel, 1)
+
+    def first_seq(self, channel: int) -> int:
+        """The oldest sequence number still held (``next_seq`` when none is)."""
+        q = self._kept.get(channel)
+        return q[0][0] if q else self.next_seq(channel)
+
+    def range(self, channel: int, first: int, count: int) -> list:
+        """The held events with sequence numbers in ``first .. first+count-1``: ``(seq,
+        events)`` with the first one's sequence number (later than ``first`` when the start
+        is no longer held) and the events in order, or ``(next_seq, None)`` when none are held."""
+        out, start, end = [], None, first + count
+        for seq, events in self._kept.get(channel, ()):
+            lo, hi = max(seq, first), min(seq + len(events), end)
+            if lo < hi:
+                start = lo if start is None else start
+                out.append(events[lo - seq:hi - seq])
+        if not out:
+            return self.next_seq(channel), None
+        return start, (np.concatenate(out) if len(out) > 1 else np.ascontiguousarray(out[0]))
+
+
+class RecoveryService:
+    """Answers snapshot and retransmission requests on a bound ROUTER socket.
+
+    Parameters
+    ----------
+    socket : zmq.Socket
+        A bound ROUTER socket.
+    source : callable, optional
+        ``source(channel) -> (epoch, covered_seq, events)`` or None for a channel this
+        publisher does not have: the snapshot events of the channel's instruments reflecting
+        every event up to ``covered_seq``. Without it, snapshot requests are answered
+        UNAVAILABLE.
+    retainer : Retainer, optional
+        What the publisher has sent; without it, retransmission requests are answered
+        UNAVAILABLE (the receiver falls back to a snapshot and counts the loss).
+    part_events : int
+        Most events in one reply part.
+    delay : float
+        Seconds between taking a snapshot and sending it (a slow service: the client buffers
+        live messages newer than the snapshot meanwhile).
+
+    Call :meth:`serve` between two published messages, so that a snapshot is exact.
+    """
+
+    def __init__(self, socket, source=None, retainer: Retainer | None = None, part_events: int = 8192,
+                 delay: float = 0.0):
+        self.socket = socket
+        self.source = source
+        self.retainer = retainer
+        self.part_events = max(int(part_events), 1)
+        self.delay = float(delay)
+        self._later = []                # (due, replies) of delayed snapshot replies
+        self._bad: dict[str, int] = {}
+        self.served = 0                 # snapshot replies
+        self.events = 0                 # snapshot events sent
+        self.unavailable = 0
+        self.retransmissions = 0        # retransmission replies
+        self.retransmitted = 0          # events sent again
+        self.not_held = 0               # events asked for that were no longer held
+
+    @property
+    def bad_requests(self) -> dict:
+        """Malformed requests by reason."""
+        return dict(self._bad)
+
+    def serve(self) -> int:
+        """Answer every request waiting (never blocks); returns how many were answered."""
+        import zmq
+
+        answered = 0
+        sock = self.socket
+        if self._later:
+            now = time.monotonic()
+            while self._later and self._later[0][0] <= now:
+                for frames in self._later.pop(0)[1]:
+                    sock.send_multipart(frames)
+        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            frames = sock.recv_multipart()
+            if len(frames) < 2:
+                continue
+            try:
+                h, _ = decode(None, frames[-1], max_events=0, types=TYPES_REQUEST)
+            except WireError as exc:
+                self._bad[exc.reason.name] = self._bad.get(exc.reason.name, 0) + 1
+                continue
+            if h.type == MsgType.RETRANSMIT_REQUEST:
+                self._retransmit(frames[0], h)
+            else:
+                self._snapshot(frames[0], h)
+            answered += 1
+        return answered
+
+    def _snapshot(self, identity: bytes, h: Header) -> None:
+        found = self.source(h.channel) if self.source is not None else None
+        now = time.time_ns()
+        if found is None:
+            self.unavailable += 1
+            self.socket.send_multipart([identity, encode_snapshot_part(
+                h.channel, 0, None, epoch=0, request_id=h.request_id, part=0, final=True,
+                unavailable=True, send_time=now)])
+            return
+        epoch, covered, events = found
+        step = self.part_events
+        nparts = max(1, -(-len(events) // step))
+        reply = [[identity, encode_snapshot_part(h.channel, covered, events[k * step:(k + 1) * step],
+                                                 epoch=epoch, request_id=h.request_id, part=k,
+                                                 final=k == nparts - 1, send_time=now)]
+                 for k in range(nparts)]
+        if self.delay > 0:
+            self._later.append((time.monotonic() + self.delay, reply))
+        else:
+            for frames in reply:
+                self.socket.send_multipart(frames)
+        self.served += 1
+        self.events += len(events)
+
+    def _retransmit(self, identity: bytes, h: Header) -> None:
+        r = self.retainer
+        now = time.time_ns()
+        part = 0
+        if r is None or not r.knows(h.channel) or h.epoch != r.epoch:
+            self.unavailable += 1
+            self.not_held += h.count
+            self.socket.send_multipart([identity, encode_retransmit_part(
+                h.channel, 0 if r is None else r.next_seq(h.channel), None, epoch=0 if r is None else r.epoch,
+                request_id=h.request_id, part=0, final=True, unavailable=True, send_time=now)])
+            return
+        end = min(h.seq + h.count, r.next_seq(h.channel))
+        first, events = r.range(h.channel, h.seq, max(end - h.seq, 0))
+        sent = 0
+        if events is not None:
+            for k in range(0, len(events), self.part_events):
+                chunk = np.ascontiguousarray(events[k:k + self.part_events])
+                self.socket.send_multipart([identity, encode_retransmit_part(
+                    h.channel, first + k, chunk, epoch=r.epoch, request_id=h.request_id, part=part,
+                    send_time=now)])
+                part += 1
+            sent = len(events)
+        self.socket.send_multipart([identity, encode_retransmit_part(
+            h.channel, r.next_seq(h.channel), None, epoch=r.epoch, request_id=h.request_id, part=part,
+            final=True, send_time=now)])
+        self.retransmissions += 1
+        self.retransmitted += sent
+        self.not_held += max(end - h.seq, 0) - sent
+
+
+# ---------------------------------------------------------------------------------------
 # a minimal publisher
 # ---------------------------------------------------------------------------------------
 
 class Publisher:
-    """Sequence numbers and framing over a PUB (or PUSH) socket: the least a publisher needs.
+    """Sequence numbers and framing over a PUB (or PUSH) socket, with the messages kept for
+    retransmission: the least a publisher needs.
 
     Parameters
     ----------
@@ -318,16 +558,26 @@ class Publisher:
     epoch : int, optional
         This publisher's epoch (default: :func:`new_epoch`).  A restarted publisher must
         use a larger epoch, and starts its sequences again from 1.
+    service : zmq.Socket, optional
+        A bound ROUTER socket for the recovery service: receivers that lost messages ask it
+        for them again (and for snapshots, when ``snapshot`` is given). Call :meth:`serve`
+        between sends (a loop that also sends heartbeats when idle is the usual shape).
+    snapshot : callable, optional
+        ``snapshot(channel) -> (epoch, covered_seq, events)`` (see :class:`RecoveryService`).
+    retain_events : int
+        Events kept per channel for retransmission (see :class:`Retainer`).
     """
 
-    def __init__(self, socket, epoch: int | None = None):
+    def __init__(self, socket, epoch: int | None = None, *, service=None, snapshot=None,
+                 retain_events: int = 1 << 20):
         self.socket = socket
         self.epoch = new_epoch() if epoch is None else int(epoch)
-        self._next: dict[int, int] = {}
+        self.retainer = Retainer(retain_events, self.epoch)
+        self.service = None if service is None else RecoveryService(service, snapshot, self.retainer)
 
     def next_seq(self, channel: int) -> int:
         """Sequence number the next event of ``channel`` gets."""
-        return self._next.get(channel, 1)
+        return self.retainer.next_seq(channel)
 
     def send(self, channel: int, events) -> int:
         """Publish ``events`` (EVENT_DTYPE) on ``channel``; sets their ``seq`` and ``channel``
@@ -337,9 +587,14 @@ class Publisher:
             events["seq"] = seq + np.arange(len(events), dtype=np.uint64)
             events["channel"] = channel
         self.socket.send_multipart(encode_data(channel, seq, events, epoch=self.epoch))
-        self._next[channel] = seq + len(events)
+        self.retainer.keep(channel, seq, np.array(events, dtype=EVENT_DTYPE, copy=True))
         return seq
 
     def heartbeat(self, channel: int) -> None:
         """Tell receivers the channel is alive and where its sequence stands."""
+        self.retainer.announce(channel)
         self.socket.send_multipart(encode_heartbeat(channel, self.next_seq(channel), epoch=self.epoch))
+
+    def serve(self) -> int:
+        """Answer waiting retransmission and snapshot requests (never blocks)."""
+        return self.service.serve() if self.service is not None else 0

@@ -1,7 +1,9 @@
-"""The feed handler against a publisher and a snapshot service that the test drives message by
-message over real ZeroMQ sockets (ipc and tcp): sequencing, STALE markers, recovery in the
-order that loses nothing, retries, restarts, silence, PULL sockets, several endpoints, and
-the Cython worker path.  Counters are checked exactly."""
+"""The feed handler against a publisher and a recovery service that the test drives message by
+message over real ZeroMQ sockets (ipc and tcp): sequencing, reordering, retransmission,
+STALE markers, snapshot recovery in the order that loses nothing, exact loss counts, forged
+sequence numbers and epochs, retries, restarts, silence, PULL sockets, several endpoints, and
+the Cython worker path.  Counters are checked exactly, and the tick history (``on_store``)
+against everything published."""
 
 import socket
 import sys
@@ -39,6 +41,8 @@ class Harness:
         self.ref = make_books(self.insts)
         self.books = make_books(self.insts)
         self.log = []
+        self.stored = []
+        self.sent = {0: [], 1: []}                     # what the publisher retains: (seq, events)
         stream = Market(4, seed=seed, resting=40).generate(6000)
         chan = stream["instrument"] % 2
         self.streams = {c: stream[chan == c] for c in (0, 1)}
@@ -59,7 +63,7 @@ class Harness:
             self.router.bind(snap)
         kw.setdefault("silence_timeout", 0)
         self.h = FeedHandler(data, channels, self.on_batch, snapshot=snap if snapshot else None,
-                             context=self.ctx, **kw)
+                             context=self.ctx, on_store=self.on_store, **kw)
         subs = set()
         while len(subs) < len(channels):
             assert self.pub.poll(5000), "no subscription arrived"
@@ -70,6 +74,10 @@ class Harness:
         assert ev.dtype == EVENT_DTYPE
         self.log.append(ev.copy())
         self.books.apply(ev)
+
+    def on_store(self, ev):
+        assert ev.dtype == EVENT_DTYPE
+        self.stored.append(ev.copy())
 
     def close(self):
         self.h.close()
@@ -89,6 +97,7 @@ class Harness:
         ev["channel"] = c
         self.ref.apply(ev)
         self.next[c] += n
+        self.sent[c].append((self.epoch, seq, ev))
         return wire.encode_data(c, seq, ev, epoch=self.epoch)
 
     def publish(self, c, n=10, send=True):
@@ -122,8 +131,27 @@ class Harness:
                 return identity, h
         raise AssertionError("no snapshot request")
 
+    def retransmit(self, req, forget=()):
+        """Answer a retransmission request from what was sent (``forget``: sequence numbers
+        of messages no longer held)."""
+        identity, h = req
+        assert h.type == MsgType.RETRANSMIT_REQUEST, h
+        part = 0
+        if h.epoch == self.epoch:
+            for epoch, seq, ev in self.sent[h.channel]:
+                lo, hi = max(seq, h.seq), min(seq + len(ev), h.seq + h.count)
+                if epoch == self.epoch and lo < hi and seq not in forget:
+                    self.router.send_multipart([identity, wire.encode_retransmit_part(
+                        h.channel, lo, ev[lo - seq:hi - seq], epoch=self.epoch, request_id=h.request_id, part=part)])
+                    part += 1
+        self.router.send_multipart([identity, wire.encode_retransmit_part(
+            h.channel, self.next[h.channel], None, epoch=self.epoch, request_id=h.request_id, part=part,
+            final=True, unavailable=h.epoch != self.epoch)])
+
     def answer(self, req, snap=None, part_events=None, unavailable=False):
         identity, h = req
+        if h.type == MsgType.RETRANSMIT_REQUEST:
+            return self.retransmit(req)
         if unavailable:
             self.router.send_multipart([identity, wire.encode_snapshot_part(
                 h.channel, 0, None, epoch=0, request_id=h.request_id, part=0, final=True, unavailable=True)])
@@ -153,6 +181,21 @@ class Harness:
     def caught_up(self):
         return all(self.h.next_seq(c) == self.next[c] for c in (0, 1)) and self.h.all_live()
 
+    def assert_history(self, lost=()):
+        """The tick history is every published event exactly once, in order per channel,
+        except the (epoch, seq) in ``lost``; markers and snapshots are never in it."""
+        got = np.concatenate(self.stored) if self.stored else np.zeros(0, EVENT_DTYPE)
+        assert not (got["flags"] & int(Flag.SNAPSHOT)).any()
+        for c in (0, 1):
+            mine = got[got["channel"] == c]
+            want = [ev for _, _, ev in self.sent[c]]
+            want = np.concatenate(want) if want else np.zeros(0, EVENT_DTYPE)
+            keep = np.array([(c, int(s)) not in set(lost) for s in want["seq"]], bool) if lost else slice(None)
+            want = want[keep]
+            assert len(mine) == len(want), (c, len(mine), len(want))
+            for f in ("seq", "instrument", "kind", "side", "price", "qty", "order_id", "ts_event"):
+                assert np.array_equal(mine[f], want[f]), (c, f)
+
     def assert_equal(self):
         for inst in self.insts:
             assert np.array_equal(self.books[inst.id].snapshot_events(), self.ref[inst.id].snapshot_events()), inst
@@ -179,36 +222,71 @@ def test_join_then_live(feed):
     feed.assert_equal()
     c = h.counters()
     assert (c["gaps"], c["recoveries"], c["recovery_requests"], c["recovery_retries"]) == (0, 2, 2, 0)
-    assert c["events"] == 20 * 20                      # the joining messages are covered by the snapshots
-    assert c["buffered"] == 2 and c["covered"] == 2
-    assert c["messages"] == 42 and c["drops"] == {}
+    assert c["events"] == 20 * 20                      # the joining messages are covered by the snapshots...
+    assert c["buffered"] == 2 and c["covered"] == 20
+    assert c["stored_events"] == 20 + 20 * 20          # ...and stored all the same
+    feed.assert_history()
+    assert c["messages"] == 42 and c["drops"] == {} and c["lost_events"] == 0
     assert c["markers"] == 4                           # start-up STALE markers, one per instrument
     assert {k: v["state"] for k, v in h.channel_status().items()} == {0: "live", 1: "live"}
+    assert h.history() == {0: (feed.epoch, feed.next[0]), 1: (feed.epoch, feed.next[1])}
 
 
-def test_gap_recovery_in_the_order_that_loses_nothing(feed):
+def test_gap_is_filled_by_retransmission_and_the_book_stays_in_sync(feed):
     h = feed.h
     feed.join()
     feed.publish(0)                                    # m1
     feed.pump(feed.caught_up)
-    orders_before = feed.books[0].order_count
-    feed.publish(0, send=False)                        # m2: lost
+    seq2 = feed.next[0]
+    feed.publish(0, send=False)                        # m2: lost on the wire
     feed.publish(0)                                    # m3: shows the gap
     req = feed.request()
-    assert h.state(0) is ChannelState.RECOVERING and h.state(1) is ChannelState.LIVE
-    assert not feed.books[0].in_sync and not feed.books[2].in_sync     # STALE, contents kept
-    assert feed.books[0].order_count == orders_before and feed.books[1].in_sync
-    feed.publish(0)                                    # m4: buffered
-    snap = feed.snapshot_now(0)                        # the service's view: through m4
-    feed.publish(0)                                    # m5: buffered, newer than the snapshot
+    assert req[1].type == MsgType.RETRANSMIT_REQUEST and (req[1].seq, req[1].count) == (seq2, 10)
+    assert req[1].epoch == feed.epoch
+    assert h.state(0) is ChannelState.FILLING and h.state(1) is ChannelState.LIVE
+    assert all(feed.books[i].in_sync for i in range(4))           # the book waits, in sync
+    feed.publish(0)                                    # m4: held behind the hole
     feed.publish(1, 25)                                # the other channel flows meanwhile
-    feed.pump(lambda: h.counters()["buffered"] == 2 + 3 and h.next_seq(1) == feed.next[1])
-    mark = len(feed.log)
-    feed.answer(req, snap)
+    feed.pump(lambda: h.next_seq(1) == feed.next[1])
+    feed.retransmit(req)
     feed.pump(feed.caught_up)
     feed.assert_equal()
+    feed.assert_history()
     c = h.counters()
-    assert (c["gaps"], c["recoveries"], c["buffered"], c["covered"]) == (1, 3, 5, 4)  # m3, m4 covered
+    assert (c["gaps"], c["recoveries"], c["retransmit_requests"], c["retransmitted"]) == (1, 2, 1, 10)
+    assert c["lost_events"] == 0 and c["recovery_requests"] == 2          # no snapshot beyond the join
+    stale = np.concatenate(feed.log)
+    assert not ((stale["flags"] & Flag.STALE) != 0)[8:].any()             # no STALE after the start
+
+
+def test_a_range_the_publisher_no_longer_holds_is_counted_and_the_book_repaired(feed):
+    h = feed.h
+    feed.join()
+    orders_before = feed.books[0].order_count
+    feed.publish(0, send=False)                        # m2: lost, and no longer held
+    m2 = feed.sent[0][-1][1]
+    feed.publish(0)                                    # m3
+    req = feed.request()
+    feed.publish(0)                                    # m4: held
+    feed.pump(lambda: h.counters()["buffered"] == 2 + 2)
+    identity, hdr = req
+    feed.retransmit(req, forget={m2})
+    snapreq = feed.request()
+    assert snapreq[1].type == MsgType.SNAPSHOT_REQUEST
+    assert h.state(0) is ChannelState.RECOVERING
+    assert not feed.books[0].in_sync and not feed.books[2].in_sync        # STALE, contents kept
+    assert feed.books[0].order_count == orders_before and feed.books[1].in_sync
+    snap = feed.snapshot_now(0)                        # the service's view: through m4
+    feed.publish(0)                                    # m5: held, newer than the snapshot
+    feed.pump(lambda: h.counters()["buffered"] == 2 + 3)
+    mark = len(feed.log)
+    feed.answer(snapreq, snap)
+    feed.pump(feed.caught_up)
+    feed.assert_equal()
+    feed.assert_history(lost={(0, m2 + i) for i in range(10)})
+    c = h.counters()
+    assert (c["lost_events"], c["losses"], c["gaps"], c["recoveries"]) == (10, 1, 1, 3)
+    assert h.channel_status()[0]["lost_events"] == 10 and h.channel_status()[1]["lost_events"] == 0
     # what the engine saw after the reply: the snapshot (BEGIN, orders, END per instrument), then m5
     after = np.concatenate(feed.log[mark:])
     snap_part, live_part = after[:len(snap[2])], after[len(snap[2]):]
@@ -216,9 +294,6 @@ def test_gap_recovery_in_the_order_that_loses_nothing(feed):
     assert snap_part["flags"][0] & Flag.SNAPSHOT_BEGIN and snap_part["flags"][-1] & Flag.SNAPSHOT_END
     assert (snap_part["seq"] == snap[1]).all()
     assert list(live_part["seq"]) == list(range(snap[1] + 1, snap[1] + 11))
-    stale = np.concatenate(feed.log[:mark])
-    stale = stale[(stale["flags"] & Flag.STALE) != 0]
-    assert sorted(stale["instrument"][-2:]) == [0, 2] and (stale["kind"] == Kind.SNAPSHOT).all()
 
 
 def test_duplicates_and_reordering(feed):
@@ -228,31 +303,74 @@ def test_duplicates_and_reordering(feed):
     feed.pub.send_multipart(m1)                        # a duplicate
     m2 = feed.publish(0, send=False)
     m3 = feed.publish(0, send=False)
-    feed.pub.send_multipart(m3)                        # m3 before m2: a gap
+    feed.pub.send_multipart(m3)                        # m3 before m2: put back in order
     feed.pub.send_multipart(m2)
-    req = feed.request()
-    feed.answer(req)
     feed.pump(feed.caught_up)
     feed.pub.send_multipart(m1)                        # old news once live
     feed.pub.send_multipart(m3)
     feed.heartbeat(0)
     feed.pump(lambda: h.counters()["drops"].get("DUPLICATE", 0) == 3)
     feed.assert_equal()
+    feed.assert_history()
     c = h.counters()
-    assert c["gaps"] == 1 and c["drops"] == {"DUPLICATE": 3} and c["heartbeats"] == 1
+    assert c["gaps"] == 0 and c["reordered"] == 1 and c["retransmit_requests"] == 0
+    assert c["drops"] == {"DUPLICATE": 3} and c["heartbeats"] == 1
 
 
 def test_heartbeat_shows_a_lost_last_message(feed):
     feed.join()
     feed.publish(1, send=False)
     feed.heartbeat(1)
-    feed.answer(feed.request())
+    feed.retransmit(feed.request())
     feed.pump(feed.caught_up)
     feed.assert_equal()
-    assert feed.h.counters()["gaps"] == 1
+    feed.assert_history()
+    assert feed.h.counters()["gaps"] == 1 and feed.h.counters()["lost_events"] == 0
 
 
-def test_publisher_restart_is_resynced_and_old_epoch_dropped(feed):
+def test_forged_sequence_numbers_cannot_wedge_a_channel(feed):
+    """A DATA message and a heartbeat claiming sequence 2**40 (injected on the feed): the
+    publisher's answer shows its real head, the forgeries go, the stream goes on, nothing lost."""
+    h = feed.h
+    feed.join()
+    forged = np.zeros(3, EVENT_DTYPE)
+    forged["kind"], forged["instrument"], forged["price"], forged["qty"] = Kind.ADD, 0, 10, 1
+    feed.pub.send_multipart(wire.encode_data(0, 1 << 40, forged, epoch=feed.epoch))
+    feed.pub.send_multipart(wire.encode_heartbeat(1, 1 << 40, epoch=feed.epoch))
+    reqs = [feed.request(), feed.request()]
+    for _ in range(5):
+        feed.publish(0)
+        feed.publish(1)
+    for r in reqs:
+        assert r[1].type == MsgType.RETRANSMIT_REQUEST
+        feed.retransmit(r)
+    feed.pump(feed.caught_up)
+    feed.assert_equal()
+    feed.assert_history()
+    c = h.counters()
+    assert c["drops"].get("IMPLAUSIBLE") == 2 and c["lost_events"] == 0 and c["recovery_requests"] == 2
+    assert set(c["drops"]) <= {"IMPLAUSIBLE", "DUPLICATE"}     # live copies of what was sent again
+
+
+def test_forged_epoch_is_verified_and_dropped(feed):
+    h = feed.h
+    feed.join()
+    feed.pub.send_multipart(wire.encode_heartbeat(0, 5, epoch=(1 << 64) - 1))
+    probe = feed.request()
+    assert probe[1].type == MsgType.RETRANSMIT_REQUEST and probe[1].epoch == (1 << 64) - 1
+    feed.publish(0)                                    # the real stream goes on meanwhile
+    feed.retransmit(probe)                             # UNAVAILABLE, epoch = the real one
+    for _ in range(5):
+        feed.publish(0)
+    feed.pump(feed.caught_up)
+    feed.assert_equal()
+    feed.assert_history()
+    c = h.counters()
+    assert c["drops"] == {"IMPLAUSIBLE": 1} and c["restarts"] == 0 and c["probes"] == 1
+    assert h.channel_status()[0]["epoch"] == feed.epoch
+
+
+def test_publisher_restart_is_confirmed_resynced_and_old_epoch_dropped(feed):
     h = feed.h
     feed.join()
     old = feed.publish(0)
@@ -260,6 +378,10 @@ def test_publisher_restart_is_resynced_and_old_epoch_dropped(feed):
     feed.restart()                                     # new epoch, sequences from 1
     feed.publish(0)
     feed.publish(1)
+    for _ in (0, 1):                                   # each channel: a probe, then a snapshot
+        probe = feed.request()
+        assert probe[1].type == MsgType.RETRANSMIT_REQUEST and probe[1].epoch == feed.epoch
+        feed.retransmit(probe)
     for _ in (0, 1):
         feed.answer(feed.request())
     feed.pump(feed.caught_up)
@@ -268,20 +390,21 @@ def test_publisher_restart_is_resynced_and_old_epoch_dropped(feed):
     feed.pump(feed.caught_up)
     feed.pump(lambda: "OLD_EPOCH" in h.counters()["drops"])
     feed.assert_equal()
+    feed.assert_history()
     c = h.counters()
-    assert (c["restarts"], c["gaps"], c["recoveries"]) == (2, 0, 4)
+    assert (c["restarts"], c["gaps"], c["recoveries"], c["lost_events"]) == (2, 0, 4, 0)
     assert c["drops"] == {"OLD_EPOCH": 1}
     assert all(s["epoch"] == feed.epoch for s in h.channel_status().values())
 
 
 def test_snapshot_in_parts_with_foreign_instruments_ignored(feed):
-    feed.join()
-    feed.publish(0, send=False)
     feed.publish(0)
     req = feed.request()
     epoch, covered, ev = feed.snapshot_now(0)
     alien = feed.ref[1].snapshot_events(seq=covered, ts=1)     # instrument 1 is channel 1's
     feed.answer(req, (epoch, covered, np.concatenate([ev, alien])), part_events=3)
+    feed.publish(1)
+    feed.answer(feed.request())
     feed.pump(feed.caught_up)
     feed.assert_equal()
     assert feed.h.counters()["foreign_events"] == len(alien)
@@ -301,36 +424,36 @@ def test_unavailable_then_served(tmp_path):
             hs.answer(r)
         hs.pump(hs.h.all_live)
         hs.assert_equal()
+        hs.assert_history()
         c = hs.h.counters()
-        assert c["recovery_retries"] == 2 and c["recovery_requests"] == 4 and c["recovery_failures"] == 0
+        assert c["recovery_retries"] == 2 and c["recovery_requests"] == 2 and c["recovery_failures"] == 0
     finally:
         hs.close()
 
 
-def test_retries_failure_and_stale_reply(tmp_path):
+def test_unanswered_retransmission_is_retried_then_counted_lost(tmp_path):
     hs = Harness(tmp_path, snapshot_timeout=0.03, backoff=2.0, max_retries=2, retry_pause=0.6)
     h = hs.h
     try:
         hs.join()
         hs.publish(0, send=False)
+        lost = hs.sent[0][-1][1]
         hs.publish(0)
         first = hs.request()
         ignored = [hs.request(), hs.request()]          # two retries, with growing waits
-        assert [r[1].request_id for r in ignored] != [first[1].request_id] * 2
-        hs.pump(lambda: h.state(0) is ChannelState.STALE)
-        assert h.counters()["recovery_failures"] == 1
-        hs.answer(first)                                # far too late: nobody asked any more
-        hs.publish(0)                                   # before retry_pause: not synced, dropped
-        hs.pump(lambda: h.counters()["drops"].get("STALE_REPLY") == 1
-                and h.counters()["drops"].get("UNSYNCED", 0) == 2)
-        time.sleep(0.6)
-        hs.publish(0)                                   # after retry_pause: a new recovery
-        hs.answer(hs.request())
+        assert len({r[1].request_id for r in [first] + ignored}) == 3
+        snapreq = hs.request()                          # given up: lost, the book asks for a snapshot
+        assert snapreq[1].type == MsgType.SNAPSHOT_REQUEST
+        assert h.counters()["recovery_failures"] == 1 and h.counters()["lost_events"] == 10
+        hs.retransmit(first)                            # far too late: nobody asked any more
+        hs.answer(snapreq)
+        hs.publish(0)
         hs.pump(hs.caught_up)
+        hs.pump(lambda: h.counters()["drops"].get("STALE_REPLY", 0) >= 1)
         hs.assert_equal()
+        hs.assert_history(lost={(0, lost + i) for i in range(10)})
         c = h.counters()
-        assert (c["recovery_retries"], c["recovery_failures"], c["recovery_requests"]) == (2, 1, 2 + 3 + 1)
-        assert c["drops"]["UNSYNCED"] == 2              # the buffered message at the failure + the one after
+        assert (c["retransmit_retries"], c["recovery_failures"], c["retransmit_requests"]) == (2, 1, 1)
     finally:
         hs.close()
 
@@ -352,28 +475,32 @@ def test_silence_marks_stale_and_resumes_without_loss(tmp_path):
         hs.close()
 
 
-def test_snapshot_from_a_newer_epoch_replaces_the_buffer(tmp_path):
+def test_snapshot_from_a_newer_epoch_stores_what_was_held(tmp_path):
     hs = Harness(tmp_path)
     try:
         hs.join()
         hs.publish(0, send=False)
+        lost = hs.sent[0][-1][1]
         hs.publish(0)
         req = hs.request()
-        hs.publish(0)                                   # buffered, old epoch
+        hs.retransmit(req, forget={lost})               # gone: the book needs a snapshot
+        snapreq = hs.request()
+        hs.publish(0)                                   # held, old epoch
         hs.pump(lambda: hs.h.counters()["buffered"] == 4)
         hs.restart()                                    # restarted before answering
-        hs.answer(req)
+        hs.answer(snapreq)
         hs.pump(lambda: hs.h.state(0) is ChannelState.LIVE)
         assert hs.h.channel_status()[0]["epoch"] == hs.epoch   # adopted from the reply
         hs.publish(0)
         hs.pump(lambda: hs.h.next_seq(0) == hs.next[0])
         hs.assert_equal()
-        assert hs.h.counters()["drops"] == {"OLD_EPOCH": 2}
+        hs.assert_history(lost={(0, lost + i) for i in range(10)})
+        assert hs.h.counters()["drops"] == {}
     finally:
         hs.close()
 
 
-def test_recovery_buffer_overflow_is_counted(tmp_path):
+def test_hold_buffer_overflow_is_asked_for_again(tmp_path):
     hs = Harness(tmp_path, buffer_events=25)
     try:
         hs.join()
@@ -382,11 +509,16 @@ def test_recovery_buffer_overflow_is_counted(tmp_path):
         req = hs.request()
         for _ in range(4):
             hs.publish(0)
-        hs.pump(lambda: hs.h.counters()["buffered"] == 2 + 5)
-        hs.answer(req)
+        hs.pump(lambda: hs.h.counters()["drops"].get("OVERFLOW") == 3)
+        hs.retransmit(req)                              # the hole...
+        hs.heartbeat(0)                                 # ...then what a heartbeat shows missing
+        again = hs.request()
+        assert (again[1].seq, again[1].count) == (hs.sent[0][-3][1], 30)
+        hs.retransmit(again)
         hs.pump(hs.caught_up)
         hs.assert_equal()
-        assert hs.h.counters()["drops"] == {"OVERFLOW": 3}
+        hs.assert_history()
+        assert hs.h.counters()["lost_events"] == 0
     finally:
         hs.close()
 
