@@ -304,6 +304,10 @@ def _add_simulate(sub) -> None:
                    help="restart the publisher (new epoch, sequences from 1) after N events (repeatable)")
     g.add_argument("--snapshot-delay", type=float, default=0.0, metavar="S",
                    help="hold each snapshot reply S seconds (a slow snapshot service)")
+    g.add_argument("--retain", type=int, default=1 << 20, metavar="N",
+                   help="events kept per channel for retransmission requests (receivers that lost "
+                        "messages get them again from the recovery service on --snapshot; what has "
+                        "aged out is counted lost by them) [%(default)s]")
     g = sim.add_argument_group("output")
     g.add_argument("--save-books", metavar="PATH", help="write the publisher's final books to PATH (.npz)")
     g.add_argument("--quiet", action="store_true", help="no progress lines")

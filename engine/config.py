@@ -118,6 +118,14 @@ class FeedConfig:
     io_cpu: int = 0
     io_rt_priority: int = 0
     busy_poll: bool = False
+    reorder_window_ms: float = 5.0
+
+
+def _reorder_window(f) -> float:
+    v = f.get("reorder_window_ms", FeedConfig.reorder_window_ms)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 10_000:
+        _fail("feeds.reorder_window_ms", "milliseconds from 0 to 10000", v)
+    return float(v)
 
 
 @dataclass(frozen=True)
@@ -267,7 +275,8 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
     # feeds
     f = _table(raw, "feeds")
     _check_keys(f, {"endpoints", "snapshot", "socket", "hwm", "stale_after_ms", "recovery_retries", "channels",
-                    "max_message_events", "batch_events", "io_cpu", "io_rt_priority", "busy_poll"}, "feeds.")
+                    "max_message_events", "batch_events", "io_cpu", "io_rt_priority", "busy_poll",
+                    "reorder_window_ms"}, "feeds.")
     endpoints = f.get("endpoints", list(FeedConfig.endpoints))
     if not isinstance(endpoints, list) or not endpoints or not all(
             isinstance(e, str) and e.split("://")[0] in ("ipc", "tcp", "inproc") for e in endpoints):
@@ -280,7 +289,8 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
                        _int(f, "batch_events", "feeds.", 2048, 1, 1 << 24),
                        _int(f, "io_cpu", "feeds.", supervisor_cpu, 0, ncpu - 1),
                        _int(f, "io_rt_priority", "feeds.", 0, 0, 99),
-                       _bool(f, "busy_poll", "feeds.", False))
+                       _bool(f, "busy_poll", "feeds.", False),
+                       _reorder_window(f))
     if feeds.batch_events < feeds.max_message_events:
         _fail("feeds.batch_events", f"at least feeds.max_message_events ({feeds.max_message_events})",
               feeds.batch_events)

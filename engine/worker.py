@@ -4,12 +4,21 @@ The hot loop runs outside asyncio: receive and decode (the Cython receive loop o
 :class:`~tickwire.feeds.handler.FeedHandler`, GIL released while it waits), then for each drained
 batch
 
-1. push the ticks into this worker's blocking **tick ring** (the storage writer drains it; a full
+1. run it through the :class:`~tickwire.engine.pipeline.Engine` (books, statistics, rules),
+2. push the signals into this worker's broadcast **signal ring**,
+3. push the ticks into this worker's blocking **tick ring** (the storage writer drains it; a full
    ring is back-pressure, never loss),
-2. run them through the :class:`~tickwire.engine.pipeline.Engine` (books, statistics, rules),
-3. push the signals into this worker's broadcast **signal ring**,
 
-with no Python work per event. Stage latencies go to HDR recorders (decode: receive to the start
+with no Python work per event. The books and the tick history are two streams of the feed
+handler: events a snapshot made redundant for the books, and ranges sent again by the
+publisher, still reach the tick ring (once, in sequence); snapshot events go to the tick ring
+flagged ``SNAPSHOT`` (the writer keeps them apart from the ticks).
+
+**Restarts lose nothing the publisher still holds.** The worker notes, every 100 ms, where each
+channel's history stands (``feed-<name>.json`` in the run directory: the publisher epoch, the
+next sequence number, the tick ring's position). A restarted worker (after kill -9, say) reads
+it back, reads the tick ring from that position to its head for what was pushed after the note,
+and asks the publisher for everything after the last event that reached the ring. Stage latencies go to HDR recorders (decode: receive to the start
 of processing; book, stats, rules: sampled per event; tick-to-signal: every signal), written to an
 HdrHistogram interval log every ``metrics.hdr_interval_s`` and summarised with every counter in a
 status file the supervisor serves as metrics.
@@ -36,7 +45,7 @@ import numpy as np
 from tickwire.engine import config as configmod
 from tickwire.engine.latency import IntervalLogWriter
 from tickwire.engine.pipeline import Engine
-from tickwire.ext import EVENT_DTYPE, SIGNAL_DTYPE
+from tickwire.ext import EVENT_DTYPE, SIGNAL_DTYPE, Flag
 from tickwire.ext.hdr import STAGES, StageRecorders
 from tickwire.ext.ring import Ring
 
@@ -86,7 +95,11 @@ class Worker:
         tick_name, sig_name = ring_names(cfg, index)
         self.ticks = Ring.attach(tick_name, EVENT_DTYPE, role="producer", takeover=True)
         self.signals = Ring.attach(sig_name, SIGNAL_DTYPE, role="producer", takeover=True)
-        self.counts = {"events": 0, "signals": 0, "batches": 0, "tick_ring_waits": 0}
+        self.counts = {"events": 0, "signals": 0, "batches": 0, "tick_ring_waits": 0, "ticks_stored": 0,
+                       "snapshot_events": 0}
+        self.cursor_path = self.run_dir / f"feed-{self.wcfg.name}.json"
+        self.abandoned = 0                                 # ticks not pushed at shutdown (ring full)
+        self._resume = {}                                  # where a restart resumed each channel
         self.batch_times_ns = [0, 0]                       # wall clock of the first live batch and the last
         self.store = cfg.store.enabled                     # off: ticks are not stored (benchmarks)
         self.started = time.time()
@@ -100,6 +113,10 @@ class Worker:
 
         f = cfg.feeds
         self.feed = FeedHandler(list(f.endpoints), channels_of(cfg, self.wcfg.instruments), self.on_batch,
+                                on_store=self.on_store if self.store else None,
+                                on_snapshot=self.on_snapshot if self.store else None,
+                                resume=self.resume_points() if self.store else None,
+                                reorder_window=f.reorder_window_ms / 1000.0,
                                 snapshot=f.snapshot or None, socket_type=f.socket.upper(), rcvhwm=f.hwm,
                                 silence_timeout=f.stale_after_ms / 1000.0, max_retries=f.recovery_retries,
                                 max_events=f.max_message_events, batch_events=f.batch_events,
@@ -115,21 +132,76 @@ class Worker:
         if n:
             self.signals.push_many(self.engine.signals)
             self.engine.clear_signals()
-        left = events if self.store else events[:0]
-        while len(left):                                   # back-pressure, never loss
-            k = self.ticks.push_many(left, timeout=0.5)
-            if k < len(left):
-                self.counts["tick_ring_waits"] += 1
-            left = left[k:]
-            if self.stop and not k:
-                log.error("tick ring full at shutdown: %d ticks not handed to the writer", len(left))
-                break
         self.counts["events"] += len(events)
         self.counts["signals"] += n
         self.counts["batches"] += 1
         if not self.batch_times_ns[0] and self.feed.all_live():   # not the markers before the first snapshots
             self.batch_times_ns[0] = t0
         self.batch_times_ns[1] = t0
+
+    def on_store(self, events: np.ndarray) -> None:
+        """The tick history: into the tick ring, waiting while it is full (never loss)."""
+        self._push(events)
+        self.counts["ticks_stored"] += len(events)
+
+    def on_snapshot(self, events: np.ndarray) -> None:
+        """A snapshot the books were repaired with: kept beside the ticks (flagged SNAPSHOT)."""
+        self._push(events)
+        self.counts["snapshot_events"] += len(events)
+
+    def _push(self, events: np.ndarray) -> None:
+        left = events
+        while len(left):                                   # back-pressure, never loss
+            k = self.ticks.push_many(left, timeout=0.5)
+            if k < len(left):
+                self.counts["tick_ring_waits"] += 1
+            left = left[k:]
+            if self.stop and not k:
+                self.abandoned += len(left)
+                log.error("tick ring full at shutdown: %d ticks not handed to the writer (the next start "
+                          "asks the publisher for them again)", len(left))
+                break
+
+    # -- where the history stands (restarts resume from it) ----------------------------------------
+    def write_cursor(self) -> None:
+        """Note each channel's history position with the tick ring's position (atomically)."""
+        if not self.store or self.abandoned:
+            return
+        note = {"ring_created_ns": int(self.ticks.created_ns), "ring_position": int(self.ticks.position),
+                "channels": {str(c): list(p if p is not None else self._resume.get(c))
+                             for c, p in self.feed.history().items()
+                             if p is not None or c in self._resume}}
+        tmp = self.cursor_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(note))
+        os.replace(tmp, self.cursor_path)
+
+    def resume_points(self) -> dict:
+        """Per channel ``(epoch, next_seq)`` after the last tick that reached the tick ring, from
+        the last note and what the ring holds past it; empty on a first start."""
+        try:
+            note = json.loads(self.cursor_path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.error("history note %s unreadable (%s): joining the feed afresh", self.cursor_path, exc)
+            return {}
+        points = {int(c): (int(p[0]), int(p[1])) for c, p in note.get("channels", {}).items()}
+        if int(note.get("ring_created_ns", -1)) == int(self.ticks.created_ns):
+            start = int(note.get("ring_position", 0))
+            first, recent = self.ticks.recent(start)
+            if first > start:
+                log.error("tick ring %s lapped since the history note (%d records unreadable): "
+                          "positions may be behind (duplicates possible)", self.ticks, first - start)
+            market = recent[(recent["flags"] & int(Flag.SNAPSHOT)) == 0]
+            for c, (epoch, nxt) in list(points.items()):
+                seqs = market["seq"][market["channel"] == c]
+                if len(seqs):
+                    points[c] = (epoch, max(nxt, int(seqs.max()) + 1))
+        self._resume = dict(points)
+        if points:
+            log.info("resuming the tick history after a restart: %s",
+                     ", ".join(f"channel {c} from seq {p[1]}" for c, p in sorted(points.items())))
+        return points
 
     # -- bookkeeping ----------------------------------------------------------------------------
     def write_hdr_interval(self) -> None:
@@ -188,12 +260,15 @@ class Worker:
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> int:
-        next_status = 0.0
+        next_status = next_cursor = 0.0
         next_hdr = time.monotonic() + self.cfg.metrics.hdr_interval_s
         try:
             while not self.stop:
                 self.feed.poll(0.05)
                 now = time.monotonic()
+                if now >= next_cursor:
+                    self.write_cursor()
+                    next_cursor = now + 0.1
                 if now >= next_status:
                     self.write_status()
                     next_status = now + 0.5
@@ -203,6 +278,7 @@ class Worker:
                 if self.reload:
                     self.apply_reload()
         finally:
+            self.write_cursor()
             self.feed.close()
             self.save_books()
             self.write_hdr_interval()

@@ -744,6 +744,9 @@ def run_cli(args, say=print) -> int:
         except OSError as exc:
             say(f"tickwire simulate: --rt-priority {prio}: SCHED_FIFO not permitted here ({exc.strerror}); "
                 "publishing on normal scheduling")
+    if getattr(args, "retain", 0) < 0:
+        say(f"tickwire simulate: --retain: events kept per channel must be >= 0, got {args.retain}")
+        return 2
     faults = Faults(drop=args.drop, duplicate=args.duplicate, reorder=args.reorder,
                     restart_at=tuple(args.restart_at or ()))
     events = None
@@ -773,7 +776,7 @@ def run_cli(args, say=print) -> int:
                     rate=args.rate, batch=args.batch, faults=faults, resting=args.resting,
                     socket_type=args.socket, sndhwm=args.sndhwm, heartbeat=args.heartbeat,
                     wait_subscribers=args.wait_subscribers, subscribers=args.subscribers,
-                    snapshot_delay=args.snapshot_delay)
+                    snapshot_delay=args.snapshot_delay, retain_events=args.retain)
     try:
         say(f"publishing on {', '.join(sim.endpoints)} ({sim.socket_type}), snapshots on "
             f"{snapshot or 'none'}: {len(sim.instruments)} instruments over {len(sim.channels)} channels, "
@@ -795,7 +798,8 @@ def run_cli(args, say=print) -> int:
             f"({report['publish_seconds']:.2f} s, {report['rate'] / 1e6:.2f} M events/s); sent "
             f"{report['sent']:,} (heartbeats {report['heartbeats']:,}); dropped {report['dropped']}, "
             f"duplicated {report['duplicated']}, reordered {report['reordered']}, restarts "
-            f"{report['restarts']}; snapshots served {report['snapshots']}")
+            f"{report['restarts']}; snapshots served {report['snapshots']}; retransmissions served "
+            f"{report['retransmissions']} ({report['retransmitted']:,} events, {report['not_held']:,} no longer held)")
     finally:
         sim.close()
     return 0
