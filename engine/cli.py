@@ -235,6 +235,9 @@ def cmd_status(args) -> int:
           f"workers up {total('tickwire_worker_up'):.0f}  restarts {total('tickwire_worker_restarts_total'):.0f}")
     print(f"  feed: messages {total('tickwire_feed_messages_total'):,.0f}  gaps {total('tickwire_feed_gaps_total'):.0f}  "
           f"recoveries {total('tickwire_feed_recoveries_total'):.0f}  drops {total('tickwire_feed_drops_total'):.0f}")
+    lost = total('tickwire_feed_lost_events_total')
+    print(f"  history: events sent again {total('tickwire_feed_retransmitted_total'):,.0f}  lost "
+          f"{lost:,.0f}" + ("  (ranges the publisher no longer held: see the daemon's log)" if lost else ""))
     print(f"  writer: rows {total('tickwire_writer_rows_written_total'):,.0f}  spilled "
           f"{total('tickwire_writer_rows_spilled_total'):,.0f}  lag {total('tickwire_writer_lag'):,.0f}  "
           f"outage {total('tickwire_writer_outage'):.0f}")

@@ -364,7 +364,10 @@ class _Collector:
         c = {name: CounterMetricFamily(f"tickwire_{name}", help_, labels=["worker"]) for name, help_ in (
             ("events", "events processed by the engine"), ("signals", "signals emitted"),
             ("feed_messages", "feed messages received"), ("feed_gaps", "sequence gaps detected"),
-            ("feed_recoveries", "snapshot recoveries"), ("worker_restarts", "times the worker was restarted"))}
+            ("feed_recoveries", "snapshot recoveries"), ("worker_restarts", "times the worker was restarted"),
+            ("feed_retransmitted", "events the publisher sent again (holes filled)"),
+            ("feed_lost_events", "events the publisher could no longer send: lost from the tick history "
+                                 "(exact, over every restart of the worker)"))}
         drops = CounterMetricFamily("tickwire_feed_drops", "feed messages dropped, by reason", labels=["worker", "reason"])
         g = {name: GaugeMetricFamily(f"tickwire_{name}", help_, labels=["worker"]) for name, help_ in (
             ("tick_ring_depth", "ticks in the tick ring not yet stored"),
@@ -383,6 +386,8 @@ class _Collector:
             c["feed_messages"].add_metric([w], st["feed"]["messages"])
             c["feed_gaps"].add_metric([w], st["feed"]["gaps"])
             c["feed_recoveries"].add_metric([w], st["feed"]["recoveries"])
+            c["feed_retransmitted"].add_metric([w], st["feed"].get("retransmitted", 0))
+            c["feed_lost_events"].add_metric([w], st.get("history", {}).get("lost_events", 0))
             for reason, n in st["feed"]["drops"].items():
                 drops.add_metric([w, reason], n)
             g["tick_ring_depth"].add_metric([w], st["tick_ring_depth"])

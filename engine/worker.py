@@ -100,6 +100,7 @@ class Worker:
         self.cursor_path = self.run_dir / f"feed-{self.wcfg.name}.json"
         self.abandoned = 0                                 # ticks not pushed at shutdown (ring full)
         self._resume = {}                                  # where a restart resumed each channel
+        self.lost_before = {"lost_events": 0, "losses": 0}  # losses of earlier workers of this run
         self.batch_times_ns = [0, 0]                       # wall clock of the first live batch and the last
         self.store = cfg.store.enabled                     # off: ticks are not stored (benchmarks)
         self.started = time.time()
@@ -168,6 +169,7 @@ class Worker:
         if not self.store or self.abandoned:
             return
         note = {"ring_created_ns": int(self.ticks.created_ns), "ring_position": int(self.ticks.position),
+                **self.history_losses(),
                 "channels": {str(c): list(p if p is not None else self._resume.get(c))
                              for c, p in self.feed.history().items()
                              if p is not None or c in self._resume}}
@@ -186,6 +188,7 @@ class Worker:
             log.error("history note %s unreadable (%s): joining the feed afresh", self.cursor_path, exc)
             return {}
         points = {int(c): (int(p[0]), int(p[1])) for c, p in note.get("channels", {}).items()}
+        self.lost_before = {k: int(note.get(k, 0)) for k in self.lost_before}
         if int(note.get("ring_created_ns", -1)) == int(self.ticks.created_ns):
             start = int(note.get("ring_position", 0))
             first, recent = self.ticks.recent(start)
@@ -202,6 +205,11 @@ class Worker:
             log.info("resuming the tick history after a restart: %s",
                      ", ".join(f"channel {c} from seq {p[1]}" for c, p in sorted(points.items())))
         return points
+
+    def history_losses(self) -> dict:
+        """Events the publisher could no longer send, over every worker of this run (exact)."""
+        c = self.feed.counters() if hasattr(self, "feed") else {}
+        return {k: self.lost_before[k] + c.get(k, 0) for k in self.lost_before}
 
     # -- bookkeeping ----------------------------------------------------------------------------
     def write_hdr_interval(self) -> None:
@@ -226,6 +234,7 @@ class Worker:
             "io_thread": {"cpu": self.cfg.feeds.io_cpu, "realtime": self.feed.io_realtime,
                           "busy_poll": self.cfg.feeds.busy_poll},
             "instruments": list(self.wcfg.instruments), "counts": dict(self.counts), "feed": feed,
+            "history": self.history_losses(),
             "channels": {str(k): v for k, v in self.feed.channel_status().items()},
             "book_rejects": books.rejects, "tick_ring_depth": int(len(self.ticks)),
             "signal_ring_head": int(self.signals.head), "latency_ns": lat,
