@@ -169,3 +169,101 @@ def test_publisher_sequences_and_framing(tmp_path):
 def test_new_epoch_grows():
     e = wire.new_epoch()
     assert wire.new_epoch(e + 10**12) == e + 10**12 + 1
+
+
+# -- retransmission -------------------------------------------------------------------------
+
+def test_retransmission_request_and_parts_in_both_codecs():
+    req = wire.encode_retransmit_request(4, 99, 1000, 64, epoch=7)
+    assert len(req) == wire.HEADER_SIZE                     # count is what is asked for: no events follow
+    reason, h, ev = codec.Decoder(types=codec.TYPES_REQUEST).decode(None, req)
+    assert reason == Drop.OK and len(ev) == 0
+    assert (h.type, h.channel, h.request_id, h.seq, h.count, h.epoch) == (MsgType.RETRANSMIT_REQUEST, 4, 99, 1000, 64, 7)
+    assert wire.decode(None, req, types=wire.TYPES_REQUEST, max_events=0)[0] == h
+    events = empty_events(3)
+    events["kind"], events["side"] = Kind.ADD, Side.ASK
+    part = wire.encode_retransmit_part(4, 1000, events, epoch=7, request_id=99, part=0)
+    reason, h, got = codec.Decoder(types=codec.TYPES_REPLY).decode(None, part)
+    assert reason == Drop.OK and list(got["seq"]) == [1000, 1001, 1002]      # numbered like DATA
+    assert h == wire.decode(None, part, types=wire.TYPES_REPLY)[0]
+    final = wire.encode_retransmit_part(4, 1500, None, epoch=7, request_id=99, part=1, final=True)
+    assert codec.Decoder(types=codec.TYPES_REPLY).decode(None, final)[1].flags == WireFlag.FINAL
+    # neither is accepted on a data socket
+    assert codec.Decoder().decode(wire.topic(4), req)[0] == Drop.BAD_HEADER
+    assert codec.Decoder().decode(wire.topic(4), part)[0] == Drop.BAD_HEADER
+
+
+def test_retainer_keeps_the_newest_events_and_serves_ranges():
+    r = wire.Retainer(max_events=25, epoch=3)
+    for seq in (1, 11, 21, 31):
+        ev = empty_events(10)
+        ev["seq"] = np.arange(seq, seq + 10)
+        r.keep(0, seq, ev)
+    assert r.next_seq(0) == 41 and r.first_seq(0) == 21     # 1..20 evicted (at most 25 kept: whole messages)
+    first, ev = r.range(0, 5, 30)                           # asks 5..34: 21..34 still held
+    assert first == 21 and list(ev["seq"]) == list(range(21, 35))
+    assert r.range(0, 1, 10) == (41, None)                  # nothing of it held
+    r.restart(4)
+    assert (r.epoch, r.next_seq(0), r.range(0, 21, 5)) == (4, 1, (1, None))
+    with pytest.raises(ValueError):
+        wire.Retainer(max_events=-1)
+
+
+class _Lossy:
+    """A PUB socket that loses the messages whose numbers are in ``lose``."""
+
+    def __init__(self, sock, lose):
+        self.sock, self.lose, self.n = sock, set(lose), 0
+
+    def send_multipart(self, frames):
+        self.n += 1
+        if self.n not in self.lose:
+            self.sock.send_multipart(frames)
+
+
+def test_reference_publisher_sends_lost_messages_again(tmp_path):
+    """wire.Publisher with a recovery service: a FeedHandler that lost two messages on the wire
+    gets them again, so its tick history is complete (and a range the publisher no longer
+    holds is counted lost, exactly)."""
+    from tickwire.feeds.handler import FeedHandler
+
+    ctx = zmq.Context()
+    pub_sock, router = ctx.socket(zmq.XPUB), ctx.socket(zmq.ROUTER)
+    pub_sock.bind(f"ipc://{tmp_path}/d")
+    router.bind(f"ipc://{tmp_path}/r")
+    snapshot = lambda c: (pub.epoch, pub.next_seq(c) - 1, empty_events(0))   # noqa: E731 (an empty market)
+    # sends 3, 4 and 9 (after the heartbeat: seq 11..30 and 71..80) lost on the wire; the publisher
+    # keeps 25 events a channel, so when the hole is asked for (after seq 41..50), 11..20 are gone
+    pub = wire.Publisher(_Lossy(pub_sock, lose={3, 4, 9}), service=router, snapshot=snapshot, retain_events=25)
+    stored = []
+    h = FeedHandler(f"ipc://{tmp_path}/d", [0], lambda ev: None, on_store=lambda ev: stored.append(ev.copy()),
+                    snapshot=f"ipc://{tmp_path}/r", context=ctx, silence_timeout=0)
+    try:
+        assert pub_sock.poll(5000) and pub_sock.recv() == b"\x01" + wire.topic(0)
+        pub.heartbeat(0)
+        sent = []
+        for i in range(12):
+            ev = empty_events(10)
+            ev["kind"], ev["side"], ev["price"], ev["qty"] = Kind.TRADE, Side.BID, i, 1
+            pub.send(0, ev)
+            sent.append(ev.copy())
+            for _ in range(20):
+                pub.serve()
+                h.poll(0.002)
+        pub.heartbeat(0)
+        end = __import__("time").monotonic() + 5
+        while h.history()[0] != (pub.epoch, 121) and __import__("time").monotonic() < end:
+            pub.serve()
+            h.poll(0.005)
+        got = np.concatenate(stored)
+        assert list(got["seq"]) == sorted(set(got["seq"].tolist()))             # once each, in order
+        assert h.history()[0] == (pub.epoch, 121)
+        c = h.counters()
+        assert (c["retransmitted"], c["lost_events"], c["losses"], len(got)) == (20, 10, 1, 110)
+        assert 11 not in got["seq"] and 21 in got["seq"] and 71 in got["seq"]
+        assert pub.service.retransmitted == c["retransmitted"] and pub.service.not_held == c["lost_events"]
+    finally:
+        h.close()
+        pub_sock.close(0)
+        router.close(0)
+        ctx.term()
