@@ -231,7 +231,7 @@ def test_spill_errors_name_the_directory_and_the_problem(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", full)
-    with pytest.raises(SpillError, match=f"spill directory {tmp_path} is full: 10 ticks stay in the ring"):
+    with pytest.raises(SpillError, match=f"spill directory {tmp_path} is full \\(ENOSPC, errno 28\\): 10 ticks stay in the ring"):
         spill.write(0, 1, "t", ev)
     assert not list(tmp_path.iterdir())                  # no half-written file left behind
     monkeypatch.undo()
