@@ -393,7 +393,7 @@ class TickWriter:
         self.metrics = {
             "rows_written": 0, "batches_written": 0, "rows_spilled": 0, "batches_spilled": 0,
             "batches_replayed": 0, "spill_bytes": 0, "spill_files": 0, "lag": 0, "unstored": 0,
-            "outage": False, "last_error": "", "gave_up": "", "epoch": self.epoch, "sched_idle": 0,
+            "outage": False, "last_error": "", "spill_error": "", "gave_up": "", "epoch": self.epoch, "sched_idle": 0,
             "sched_switches": 0,
         }
 
@@ -453,12 +453,13 @@ class TickWriter:
                 self.spill.write(b.pos, self.epoch, b.token, b.events)
         except SpillError as exc:
             b.spill_failed, b.spill_retry = now, now + self.retry_seconds
-            self.metrics["last_error"] = str(exc)
+            self.metrics["spill_error"] = str(exc)
             if not self._spill_reported:
                 self._spill_reported = True
                 log.error("%s", exc)
             return False
         self._spill_reported = False
+        self.metrics["spill_error"] = ""
         b.spilled = path
         self.metrics["rows_spilled"] += b.n
         self.metrics["batches_spilled"] += 1
@@ -489,7 +490,7 @@ class TickWriter:
         if since is not None and b.insert_failed is not None and b.spill_failed is not None \
                 and min(b.insert_failed, b.spill_failed) >= since:
             unstored = self.source.head - self.source.committed
-            self.gave_up = (f"{unstored} ticks not stored: {self.metrics['last_error'] or 'the spill failed'}; "
+            self.gave_up = (f"{unstored} ticks not stored: {self.metrics['spill_error'] or 'the spill failed'}; "
                             f"{self.link.last_error or 'the store failed'}: they stay in ring "
                             f"{self.source.name.lstrip('/')}")
             log.error("%s", self.gave_up)
@@ -606,7 +607,7 @@ class TickWriter:
         self.metrics["spill_files"] = len(self.spill.files())
         self.metrics["spill_bytes"] = self.spill.bytes()
         self.metrics["outage"] = self.link.outage
-        self.metrics["last_error"] = self.link.last_error or self.metrics["last_error"]
+        self.metrics["last_error"] = self.link.last_error
         self.metrics["gave_up"] = self.gave_up
         tmp = self.state / "status.json.tmp"
         tmp.write_text(json.dumps(self.metrics))
@@ -971,4 +972,11 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    # Everything read is durable (inserted, or spilled and fsynced) and logged: skip the
+    # interpreter's teardown, where the embedded engine's global destructors were seen to take
+    # seconds and, once in a daemon test, to end the process with SIGKILL.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
