@@ -482,8 +482,13 @@ class Supervisor:
             if rc is None:
                 note = f"the writer did not finish within {self.shutdown_timeout:.0f} s (stopped or hung): killed"
             elif rc == EXIT_UNSTORED:
-                note = "; ".join(st.get("gave_up", "") for st in self.writer_status() + [self.signal_status()]
-                                 if st.get("gave_up")) or "the writer could store them nowhere"
+                causes = [st.get("gave_up", "") for st in self.writer_status()]
+                causes += [st.get("gave_up", "") for st in self.signal_status().get("rings", [])]
+                note = "; ".join(dict.fromkeys(c for c in causes if c)) or "the writer could store them nowhere"
+            elif rc < 0:
+                note = f"the writer was ended by {signal.Signals(-rc).name}"
+            elif rc:
+                note = f"the writer exited with status {rc}"
             if rc != 0:
                 status = 1
         elif self.writer is not None:
@@ -491,6 +496,9 @@ class Supervisor:
         unstored = self._release_rings(note)
         if self._httpd is not None:
             self._httpd.shutdown()
+        for fd in self._locks:
+            os.close(fd)
+        self._locks = []
         return EXIT_UNSTORED if unstored else status
 
     async def _stopped(self, child: _Child, deadline: float):

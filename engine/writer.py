@@ -73,7 +73,17 @@ SPILL_ABOVE = 0.5
 
 
 class SpillError(OSError):
-    """The spill directory cannot take a batch (full, not writable...): named in the message."""
+    """The spill directory cannot take a batch (full, not writable...): named in the message.
+
+    ``cause``: the directory and the problem with its errno, as in "spill directory /x is full
+    (ENOSPC, errno 28)"."""
+
+    def __init__(self, code: int, cause: str, message: str):
+        super().__init__(code, message)
+        self.cause = cause
+
+    def __str__(self) -> str:
+        return self.strerror
 
 
 def _fsync_dir(path: Path) -> None:
@@ -158,8 +168,9 @@ class _Spill:
                 pass
             code = errno.errorcode.get(exc.errno, "?") if exc.errno else "?"
             what = _SPILL_PROBLEMS.get(exc.errno, f"failed: {exc.strerror or exc}")
-            raise SpillError(exc.errno, f"spill directory {self.dir} {what} ({code}, errno {exc.errno}): "
-                                        f"{len(records)} {self.what} stay in the ring until it can take them") from None
+            cause = f"spill directory {self.dir} {what} ({code}, errno {exc.errno})"
+            raise SpillError(exc.errno, cause, f"{cause}: {len(records)} {self.what} stay in the ring until it "
+                                               f"can take them") from None
         return path
 
     @staticmethod
@@ -377,6 +388,7 @@ class TickWriter:
         self.nap = nap
         self.spill_above = spill_above
         self.gave_up = ""                     # why ticks were left in the ring at the end, if they were
+        self._spill_cause = ""
         self._stop = threading.Event()
         self._buf = np.empty(batch_rows, dtype=EVENT_DTYPE)
         self._spare: list = []
@@ -454,6 +466,7 @@ class TickWriter:
         except SpillError as exc:
             b.spill_failed, b.spill_retry = now, now + self.retry_seconds
             self.metrics["spill_error"] = str(exc)
+            self._spill_cause = exc.cause
             if not self._spill_reported:
                 self._spill_reported = True
                 log.error("%s", exc)
@@ -489,11 +502,9 @@ class TickWriter:
         since = self._drain_since
         if since is not None and b.insert_failed is not None and b.spill_failed is not None \
                 and min(b.insert_failed, b.spill_failed) >= since:
-            unstored = self.source.head - self.source.committed
-            self.gave_up = (f"{unstored} ticks not stored: {self.metrics['spill_error'] or 'the spill failed'}; "
-                            f"{self.link.last_error or 'the store failed'}: they stay in ring "
-                            f"{self.source.name.lstrip('/')}")
-            log.error("%s", self.gave_up)
+            self.gave_up = f"the store is unavailable and {self._spill_cause}"
+            log.error("%d ticks not stored (%s): they stay in ring %s", self.source.head - self.source.committed,
+                      self.gave_up, self.source.name.lstrip("/"))
 
     def _poll(self, now: float) -> None:
         """Take in the result of the running store call, if it has ended."""
@@ -660,6 +671,7 @@ class SignalWriter:
         self.written = 0
         self.last_error = ""
         self.gave_up = ""
+        self._spill_cause = ""
         self._start = self.pos
         self._pending: list = []
         self._rows = 0
@@ -711,6 +723,7 @@ class SignalWriter:
         except SpillError as exc:
             self._spill_failed, self._spill_retry = now, now + self.retry_seconds
             self.last_error = str(exc)
+            self._spill_cause = exc.cause
             if not self._reported:
                 self._reported = True
                 log.error("%s", exc)
@@ -756,8 +769,8 @@ class SignalWriter:
         since = self._drain_since
         if self._rows:                                   # could not be spilled
             if self._spill_failed is not None and self._spill_failed >= since:
-                self.gave_up = (f"{self._rows} signals not stored: {self.last_error}: they stay in ring {self.name}")
-                log.error("%s", self.gave_up)
+                self.gave_up = self._spill_cause
+                log.error("%d signals not stored (%s): they stay in ring %s", self._rows, self.gave_up, self.name)
                 return False
             return True
         if self._task is not None:
@@ -941,6 +954,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), filename=args.log_file,
                         format="%(asctime)s writer %(levelname)s %(message)s")
+    stop = threading.Event()                 # a SIGTERM during set-up is not lost: drained after it
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
     if args.nice:
@@ -966,6 +982,8 @@ def main(argv=None) -> int:
     service = WriterService(link, writers, signals, args.state_dir, policy)
     signal.signal(signal.SIGTERM, lambda *_: service.stop())
     signal.signal(signal.SIGINT, lambda *_: service.stop())
+    if stop.is_set():
+        service.stop()
     metrics = service.run()
     log.info("done: %s", json.dumps(metrics))
     return EXIT_UNSTORED if service.gave_up else 0

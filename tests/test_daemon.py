@@ -255,6 +255,7 @@ def writer_threads_idle(cfg_path) -> bool:
 def test_writer_options_reach_the_writer_process(tmp_path):
     cfg_path, raw = write_config(tmp_path, "opts")
     raw["store"]["writer_nice"] = 5
+    raw["store"]["debug_insert_delay_s"] = 0.01
     raw["daemon"]["log_file"] = str(tmp_path / "tw.log")
     cfg_path.write_text(to_toml(raw))
     run_dir = tmp_path / "state" / "opts"
@@ -269,6 +270,7 @@ def test_writer_options_reach_the_writer_process(tmp_path):
         writer = next(int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and
                       b"tickwire.engine.writer" in cmdline(p) and b"opts" in cmdline(p))
         assert os.getpriority(os.PRIO_PROCESS, writer) == 5
+        assert b"--debug-insert-delay\x000.01\x00" in cmdline(Path(f"/proc/{writer}"))
         # store.writer_sched defaults to "idle": every thread of the writer, the store's included
         assert wait_for(lambda: writer_threads_idle(cfg_path))
     finally:
@@ -326,6 +328,33 @@ def writer_pid(run) -> int:
     return 0
 
 
+def writer_ready(run_dir) -> bool:
+    """The writer has set up (it writes its first status file then)."""
+    return (run_dir / "writer" / f"tickwire-{run_dir.name}-ticks-0" / "status.json").exists()
+
+
+def remove_rings(run):
+    """Remove the rings a run kept (a test that failed half-way would leave 64 MiB each)."""
+    from tickwire.ext import ring as ringmod
+
+    for name in (f"tickwire-{run}-ticks-0", f"tickwire-{run}-signals-0"):
+        if ringmod.exists(name):
+            ringmod.remove(name)
+
+
+@pytest.fixture
+def rings_of():
+    """``rings_of(run)``: no rings of ``run`` before the test, none left after it."""
+    runs = []
+
+    def use(run):
+        remove_rings(run)
+        runs.append(run)
+    yield use
+    for run in runs:
+        remove_rings(run)
+
+
 def market_events(dsn):
     (n, distinct), = query(dsn, "SELECT count(), uniqExact(channel, seq) FROM tickwire.ticks "
                                 "WHERE bitAnd(flags, 2) = 0 AND kind != 6")
@@ -346,7 +375,7 @@ def test_writer_stopped_at_sigterm_is_continued_and_stores_everything(tmp_path):
     run_dir = tmp_path / "state" / "stopped"
     daemon, log = start_daemon(cfg_path, tmp_path)
     try:
-        assert wait_for(lambda: status(run_dir)["pid"] and writer_pid("stopped"))
+        assert wait_for(lambda: status(run_dir)["pid"] and writer_ready(run_dir))
         os.kill(writer_pid("stopped"), signal.SIGSTOP)
         publish(raw, run_dir, 100_000)
     finally:
@@ -357,13 +386,14 @@ def test_writer_stopped_at_sigterm_is_continued_and_stores_everything(tmp_path):
     assert market_events(f"chdb://{tmp_path}/state/store") == (100_000, 100_000)
 
 
-def test_hung_writer_at_sigterm_keeps_the_ring_and_the_next_start_stores_it(tmp_path):
+def test_hung_writer_at_sigterm_keeps_the_ring_and_the_next_start_stores_it(tmp_path, rings_of):
     """A writer that stays stopped (a process re-stops it as fast as the supervisor continues it)
     cannot drain within the shutdown bound: it is killed, the tick and signal rings are kept
     (not unlinked), one line says so and the exit status is 3. The next start with the same
     config adopts the rings, its writer stores them, and every tick and signal is stored once."""
     from tickwire.ext import ring as ringmod
 
+    rings_of("hung")
     cfg_path, raw = write_config(tmp_path, "hung")
     raw["daemon"]["shutdown_timeout_s"] = 4
     cfg_path.write_text(to_toml(raw))
@@ -371,7 +401,7 @@ def test_hung_writer_at_sigterm_keeps_the_ring_and_the_next_start_stores_it(tmp_
     daemon, log = start_daemon(cfg_path, tmp_path)
     stopper = None
     try:
-        assert wait_for(lambda: status(run_dir)["pid"] and writer_pid("hung"))
+        assert wait_for(lambda: status(run_dir)["pid"] and writer_ready(run_dir))
         pid = writer_pid("hung")
         os.kill(pid, signal.SIGSTOP)
         publish(raw, run_dir, 100_000)
@@ -408,12 +438,13 @@ def test_hung_writer_at_sigterm_keeps_the_ring_and_the_next_start_stores_it(tmp_
     assert n == distinct == emitted + status(run_dir)["counts"]["signals"]
 
 
-def test_full_spill_dir_with_the_store_down_exits_non_zero_and_loses_nothing(tmp_path, tiny_disk):
+def test_full_spill_dir_with_the_store_down_exits_non_zero_and_loses_nothing(tmp_path, tiny_disk, rings_of):
     """Store unreachable, and the spill directory (a 1 MiB tmpfs) fills: at SIGTERM the daemon
     names the directory and the errno on one line, exits 3 and keeps the ring. Started again with
     a store that answers, it replays the spill and drains the ring: every tick stored once."""
     from tickwire.ext import ring as ringmod
 
+    rings_of("full")
     cfg_path, raw = write_config(tmp_path, "full")
     raw["store"]["dsn"] = "http://127.0.0.1:1"
     cfg_path.write_text(to_toml(raw))
