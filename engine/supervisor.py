@@ -662,7 +662,9 @@ class _Collector:
             ("batches_written", "insert batches"), ("batches_replayed", "spilled batches replayed"),
             ("sched_switches", "times the writer left or re-entered SCHED_IDLE (it leaves when behind)"))}
         wg = {name: GaugeMetricFamily(f"tickwire_writer_{name}", help_, labels=["ring"]) for name, help_ in (
-            ("lag", "ticks in the ring not yet read by the writer"), ("spill_bytes", "bytes in spill files"),
+            ("lag", "ticks in the ring not yet read by the writer"),
+            ("unstored", "ticks in the ring not yet durable (neither inserted nor spilled)"),
+            ("spill_bytes", "bytes in spill files"),
             ("spill_files", "spill files waiting"), ("outage", "1 while the store is unreachable"),
             ("sched_idle", "1 while the writer runs under SCHED_IDLE"))}
         for i, st in enumerate(sup.writer_status()):

@@ -585,7 +585,7 @@ class TickWriter:
             busy = self._task is not None or self._held is not None
             k = self.source.peek_many(self._buf[n:], timeout=min(wait, 0.01) if busy else (0 if stopping else wait))
         elif self._held is not None:
-            self._stop.wait(min(wait, 0.01))           # a full batch waits for the one before it
+            time.sleep(min(wait, 0.01))                # a full batch waits for the one before it
         now = time.monotonic()
         if k:
             n += k
