@@ -136,7 +136,11 @@ _SPILL_PROBLEMS = {errno.ENOSPC: "is full", errno.EDQUOT: "is over quota", errno
 
 
 class _Spill:
-    """Append-only spill files, one per batch: a magic, a JSON header line, the raw records."""
+    """Append-only spill files, one per batch: a magic, a JSON header line, the raw records.
+
+    Named by stream and position (``<epoch>-<position>``): a ring made by a later run starts
+    again at position 0, and its batches must not take the names of an earlier stream's files
+    that still wait for the store."""
 
     def __init__(self, directory: Path, suffix: str = ".spill", what: str = "ticks"):
         self.dir = directory
@@ -146,13 +150,13 @@ class _Spill:
     def files(self) -> list[Path]:
         return sorted(self.dir.glob(f"*{self.suffix}"))
 
-    def path_for(self, pos: int) -> Path:
-        return self.dir / f"{pos:020d}{self.suffix}"
+    def path_for(self, epoch: int, pos: int) -> Path:
+        return self.dir / f"{epoch:020d}-{pos:020d}{self.suffix}"
 
     def write(self, pos: int, epoch: int, token: str, records: np.ndarray, **extra) -> Path:
-        path = self.path_for(pos)
+        path = self.path_for(epoch, pos)
         header = json.dumps({"pos": pos, "n": len(records), "epoch": epoch, "token": token, **extra}).encode() + b"\n"
-        tmp = self.dir / f".{pos:020d}.tmp"
+        tmp = path.with_name(f".{path.stem}.tmp")
         try:
             with open(tmp, "wb") as fh:
                 fh.write(_SPILL_MAGIC + header)
@@ -459,7 +463,7 @@ class TickWriter:
 
     def _spill_held(self, now: float) -> bool:
         b = self._held
-        path = self.spill.path_for(b.pos)
+        path = self.spill.path_for(self.epoch, b.pos)
         try:
             if not path.exists():               # (a writer killed after spilling it wrote it already)
                 self.spill.write(b.pos, self.epoch, b.token, b.events)

@@ -210,6 +210,43 @@ def test_outage_spills_in_order_and_replays_with_nothing_lost(tmp_path):
     assert_exactly_once(dsn, ev)
 
 
+def test_spill_files_of_an_earlier_stream_keep_their_names_and_are_replayed(tmp_path):
+    """A stream's spill files outlive its ring when the store was down at its end; a ring of the
+    next run starts again at position 0 and spills too: its files must not take the old names
+    (a writer that found "its" file already there would commit a batch it never wrote)."""
+    name, dsn = ring_name(), f"chdb://{tmp_path}/store"
+    old, new = l2_updates(3000, seed=10), l2_updates(2000, seed=11)
+    spill = _Spill(tmp_path / "state" / "spill")
+    spill.dir.mkdir(parents=True)
+    spill.write(0, 1, "tw:1:0:3000", old)                 # stream 1, position 0, never stored
+    down = threading.Event()
+    down.set()
+    real = Store.open(dsn)
+
+    def open_store():
+        if down.is_set():
+            raise ConnectionError("store unreachable (simulated outage)")
+        return FlakyStore(real, down)
+
+    link = StoreLink(open_store, retry_seconds=0.05)
+    with Ring.create(name, EVENT_DTYPE, 1 << 14) as ring:
+        writer = TickWriter(link, Ring.attach(name, EVENT_DTYPE), tmp_path / "state", epoch=2, batch_rows=5000,
+                            batch_seconds=0.02, retry_seconds=0.05)
+        t = threading.Thread(target=writer.run)
+        t.start()
+        ring.push_many(new)                               # stream 2, position 0 again
+        assert wait_for(lambda: writer.metrics["rows_spilled"] == len(new))
+        assert len(spill.files()) == 2
+        down.clear()
+        assert wait_for(lambda: not spill.files())
+        writer.stop()
+        t.join(30)
+    link.close()
+    real.close()
+    _, pairs = stored(dsn)
+    assert sorted(map(tuple, pairs.tolist())) == [(1, i) for i in range(3000)] + [(2, i) for i in range(2000)]
+
+
 def test_sigterm_flushes_a_partial_batch(tmp_path):
     name, dsn = ring_name(), f"chdb://{tmp_path}/store"
     ev = l2_updates(3000, seed=5)
@@ -243,7 +280,7 @@ def test_spill_errors_name_the_directory_and_the_problem(tmp_path, monkeypatch):
     meta_path.mkdir()
     s = _Spill(meta_path)
     s.write(7, 3, "tok", ev)
-    meta, back = _Spill.read(s.path_for(7))
+    meta, back = _Spill.read(s.path_for(3, 7))
     assert meta == {"pos": 7, "n": 10, "epoch": 3, "token": "tok"} and back.tobytes() == ev.tobytes()
 
 
