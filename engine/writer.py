@@ -595,7 +595,8 @@ class TickWriter:
             n += k
             self._first = self._first or now
         closed = self.source.producer_closed
-        if self._held is None and (n == self.batch_rows or (n and (stopping or closed or now - self._first >= self.batch_seconds))):
+        due = n == self.batch_rows or (n and (stopping or closed or now - self._first >= self.batch_seconds))
+        if self._held is None and due:
             self._cut(n)
             n = 0
             self._first = None
@@ -608,8 +609,10 @@ class TickWriter:
         if self.gave_up:
             self.write_status()
             return False
+        replayed = not self.spill.files() or (self._replay_failed is not None
+                                              and self._replay_failed >= self._drain_since)
         if (stopping or closed) and n == 0 and self._held is None and self._task is None and self.source.size == 0 \
-                and (not self.spill.files() or (self._replay_failed is not None and self._replay_failed >= self._drain_since)):
+                and replayed:
             self.write_status()
             return False
         if n and self.nap and self._held is None and not (stopping or closed):

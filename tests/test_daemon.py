@@ -238,18 +238,34 @@ def test_sighup_reloads_rule_thresholds_without_a_restart(tmp_path):
     assert "only thresholds reload without a restart" in (tmp_path / "daemon.log").read_text()
 
 
-def writer_threads_idle(cfg_path) -> bool:
+def alive(pid) -> bool:
+    """Whether ``pid`` runs (a zombie, reparented to an init that does not reap, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+def writer_pid(run) -> int:
+    """The writer process of run ``run`` (its command line names the run's rings), 0 if none."""
     for p in Path("/proc").iterdir():
         try:
             cmd = (p / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"tickwire.engine.writer" in cmd and cfg_path.stem.encode() in cmd:
-            try:
-                return {os.sched_getscheduler(int(t)) for t in os.listdir(p / "task")} == {os.SCHED_IDLE}
-            except (ProcessLookupError, FileNotFoundError):     # a thread (or the writer) just ended
-                return False
-    return False
+        if b"tickwire.engine.writer" in cmd and f"tickwire-{run}-ticks-0".encode() in cmd and alive(p.name):
+            return int(p.name)
+    return 0
+
+
+def writer_threads_idle(cfg_path) -> bool:
+    pid = writer_pid(cfg_path.stem)
+    try:
+        policies = {os.sched_getscheduler(int(t)) for t in os.listdir(f"/proc/{pid}/task")} if pid else set()
+        return policies == {os.SCHED_IDLE}
+    except (ProcessLookupError, FileNotFoundError):             # a thread (or the writer) just ended
+        return False
 
 
 def test_writer_options_reach_the_writer_process(tmp_path):
@@ -262,15 +278,10 @@ def test_writer_options_reach_the_writer_process(tmp_path):
     daemon, log = start_daemon(cfg_path, tmp_path)
     try:
         assert wait_for(lambda: status(run_dir)["pid"])
-        def cmdline(p):
-            try:
-                return (p / "cmdline").read_bytes()
-            except OSError:                                # a process that just ended
-                return b""
-        writer = next(int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and
-                      b"tickwire.engine.writer" in cmdline(p) and b"opts" in cmdline(p))
+        assert wait_for(lambda: writer_pid("opts"))
+        writer = writer_pid("opts")
         assert os.getpriority(os.PRIO_PROCESS, writer) == 5
-        assert b"--debug-insert-delay\x000.01\x00" in cmdline(Path(f"/proc/{writer}"))
+        assert b"--debug-insert-delay\x000.01\x00" in Path(f"/proc/{writer}/cmdline").read_bytes()
         # store.writer_sched defaults to "idle": every thread of the writer, the store's included
         assert wait_for(lambda: writer_threads_idle(cfg_path))
     finally:
@@ -305,27 +316,6 @@ def test_sigterm_with_a_busy_writer_core_still_stores_everything_and_exits_clean
     (n, distinct), = query(dsn, "SELECT count(), uniqExact(channel, seq) FROM tickwire.ticks "
                                 "WHERE bitAnd(flags, 2) = 0 AND kind != 6")
     assert n == distinct == 50_000
-
-
-def alive(pid) -> bool:
-    """Whether ``pid`` runs (a zombie, reparented to an init that does not reap, does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] not in "ZX"
-
-
-def writer_pid(run) -> int:
-    """The writer process of run ``run`` (its command line names the run's rings)."""
-    for p in Path("/proc").iterdir():
-        try:
-            cmd = (p / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"tickwire.engine.writer" in cmd and f"tickwire-{run}-ticks-0".encode() in cmd and alive(p.name):
-            return int(p.name)
-    return 0
 
 
 def writer_ready(run_dir) -> bool:
@@ -519,8 +509,8 @@ def test_a_second_daemon_on_the_same_store_refuses_to_start(tmp_path):
     assert f"is in use by another tickwire daemon (pid {daemon.pid})" in res.stderr
     assert not ringmod.exists("tickwire-second-ticks-0")
     dsn = f"chdb://{tmp_path}/state/store"
-    holder = subprocess.Popen([PY, "-c", f"import time\nfrom tickwire.engine.store import Store\ns = Store.open({dsn!r})\n"
-                                         "print('open', flush=True)\ntime.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    code = f"import time\nfrom tickwire.engine.store import Store\ns = Store.open({dsn!r})\nprint('open', flush=True)\n"
+    holder = subprocess.Popen([PY, "-c", code + "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "open"
         res = subprocess.run([PY, "-m", "tickwire", "run", "--config", str(second)], capture_output=True,

@@ -168,7 +168,8 @@ def test_version_2_store_is_migrated_moving_snapshot_rows_out_of_ticks(tmp_path)
                 c.command(stmt)
         c.command("INSERT INTO tickwire.schema_version (version) VALUES (2)")
         ev = np.load("{tmp_path / 'ev.npy'}")
-        t = _arrow_table(ev, TICK_COLUMNS, {{"epoch": np.full(5000, 9, np.uint64), "ord": np.arange(5000, dtype=np.uint64)}})
+        t = _arrow_table(ev, TICK_COLUMNS, {{"epoch": np.full(5000, 9, np.uint64),
+                                             "ord": np.arange(5000, dtype=np.uint64)}})
         c.insert_arrow("tickwire.ticks", t, settings={{"async_insert": 0}})
     """)
     snap = (ev["flags"] & Flag.SNAPSHOT) != 0

@@ -175,18 +175,22 @@ class FlakyStore:
         return call
 
 
-def test_outage_spills_in_order_and_replays_with_nothing_lost(tmp_path):
-    name, dsn = ring_name(), f"chdb://{tmp_path}/store"
-    ev = l2_updates(50_000, seed=4, instruments=2)
-    down = threading.Event()
+def flaky_link(dsn, down):
+    """The real store, and a StoreLink to it that fails like a lost server while ``down`` is set."""
     real = Store.open(dsn)
 
     def open_store():
         if down.is_set():
             raise ConnectionError("store unreachable (simulated outage)")
         return FlakyStore(real, down)
+    return real, StoreLink(open_store, retry_seconds=0.05)
 
-    link = StoreLink(open_store, retry_seconds=0.05)
+
+def test_outage_spills_in_order_and_replays_with_nothing_lost(tmp_path):
+    name, dsn = ring_name(), f"chdb://{tmp_path}/store"
+    ev = l2_updates(50_000, seed=4, instruments=2)
+    down = threading.Event()
+    real, link = flaky_link(dsn, down)
     with Ring.create(name, EVENT_DTYPE, 1 << 16) as ring:
         consumer = Ring.attach(name, EVENT_DTYPE)
         writer = TickWriter(link, consumer, tmp_path / "state", epoch=9, batch_rows=2500,
@@ -221,14 +225,7 @@ def test_spill_files_of_an_earlier_stream_keep_their_names_and_are_replayed(tmp_
     spill.write(0, 1, "tw:1:0:3000", old)                 # stream 1, position 0, never stored
     down = threading.Event()
     down.set()
-    real = Store.open(dsn)
-
-    def open_store():
-        if down.is_set():
-            raise ConnectionError("store unreachable (simulated outage)")
-        return FlakyStore(real, down)
-
-    link = StoreLink(open_store, retry_seconds=0.05)
+    real, link = flaky_link(dsn, down)
     with Ring.create(name, EVENT_DTYPE, 1 << 14) as ring:
         writer = TickWriter(link, Ring.attach(name, EVENT_DTYPE), tmp_path / "state", epoch=2, batch_rows=5000,
                             batch_seconds=0.02, retry_seconds=0.05)
@@ -269,7 +266,8 @@ def test_spill_errors_name_the_directory_and_the_problem(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", full)
-    with pytest.raises(SpillError, match=f"spill directory {tmp_path} is full \\(ENOSPC, errno 28\\): 10 ticks stay in the ring"):
+    with pytest.raises(SpillError, match=f"spill directory {tmp_path} is full \\(ENOSPC, errno 28\\): "
+                                         f"10 ticks stay in the ring"):
         spill.write(0, 1, "t", ev)
     assert not list(tmp_path.iterdir())                  # no half-written file left behind
     monkeypatch.undo()
