@@ -476,8 +476,11 @@ class Supervisor:
                 try:
                     await asyncio.wait_for(writer.wait(), max(0.1, (deadline - time.monotonic()) / 2))
                 except asyncio.TimeoutError:
-                    writer.send_signal(signal.SIGTERM)
-                    writer.send_signal(signal.SIGCONT)
+                    try:
+                        writer.send_signal(signal.SIGTERM)
+                        writer.send_signal(signal.SIGCONT)
+                    except ProcessLookupError:          # it ended just now
+                        pass
             rc = await self._stopped(self.writer, deadline)
             if rc is None:
                 note = f"the writer did not finish within {self.shutdown_timeout:.0f} s (stopped or hung): killed"
