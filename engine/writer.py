@@ -609,15 +609,18 @@ class TickWriter:
         if self.gave_up:
             self.write_status()
             return False
-        replayed = not self.spill.files() or (self._replay_failed is not None
-                                              and self._replay_failed >= self._drain_since)
         if (stopping or closed) and n == 0 and self._held is None and self._task is None and self.source.size == 0 \
-                and replayed:
+                and self._replayed_all():
             self.write_status()
             return False
         if n and self.nap and self._held is None and not (stopping or closed):
             self._stop.wait(min(self.nap, self._first + self.batch_seconds - now))
         return True
+
+    def _replayed_all(self) -> bool:
+        """Draining: no spill left, or the store failed a replay since the drain began."""
+        failed = self._replay_failed
+        return not self.spill.files() or (failed is not None and failed >= self._drain_since)
 
     def write_status(self) -> None:
         self.metrics["lag"] = int(self.source.size)
