@@ -148,6 +148,7 @@ class StoreConfig:
     enabled: bool = True
     writer_nice: int = 0
     writer_sched: str = "idle"
+    debug_insert_delay_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,7 @@ class Config:
     log_level: str = "info"
     supervisor_cpu: int = 0
     log_file: str = ""
+    shutdown_timeout_s: float = 20.0
 
     def instrument(self, iid: int) -> Instrument:
         return next(i for i in self.instruments if i.id == iid)
@@ -201,7 +203,8 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
     ncpu = os.cpu_count() or 1
 
     daemon = _table(raw, "daemon")
-    _check_keys(daemon, {"run", "state_dir", "log_level", "supervisor_cpu", "log_file"}, "daemon.")
+    _check_keys(daemon, {"run", "state_dir", "log_level", "supervisor_cpu", "log_file", "shutdown_timeout_s"},
+                "daemon.")
     log_file = _str(daemon, "log_file", "daemon.", "")
     if log_file and not Path(log_file).is_absolute():
         log_file = str(base_dir / log_file)
@@ -211,6 +214,7 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
     run = _str(daemon, "run", "daemon.", "run")
     log_level = _str(daemon, "log_level", "daemon.", "info", ("debug", "info", "warning", "error"))
     supervisor_cpu = _int(daemon, "supervisor_cpu", "daemon.", 0, 0, ncpu - 1)
+    shutdown_timeout_s = _num(daemon, "shutdown_timeout_s", "daemon.", 20.0, True)
 
     # instruments
     insts_raw = raw.get("instruments")
@@ -335,7 +339,7 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
     # store
     st = _table(raw, "store")
     _check_keys(st, {"dsn", "database", "cluster", "batch_rows", "batch_seconds", "writer_cpu", "username",
-                     "password", "enabled", "writer_nice", "writer_sched"}, "store.")
+                     "password", "enabled", "writer_nice", "writer_sched", "debug_insert_delay_s"}, "store.")
     dsn = _str(st, "dsn", "store.", f"chdb://{state_dir / 'store'}")
     if not (dsn.startswith("chdb:///") or dsn.startswith("http://") or dsn.startswith("https://")):
         _fail("store.dsn", "chdb:///absolute/dir or http(s)://host:port", "(the configured DSN)")
@@ -344,7 +348,11 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
                         _int(st, "writer_cpu", "store.", 0, 0, ncpu - 1), _str(st, "username", "store.", ""),
                         _str(st, "password", "store.", ""), _bool(st, "enabled", "store.", True),
                         _int(st, "writer_nice", "store.", 0, 0, 19),
-                        _str(st, "writer_sched", "store.", "idle", choices=("idle", "normal")))
+                        _str(st, "writer_sched", "store.", "idle", choices=("idle", "normal")),
+                        _num(st, "debug_insert_delay_s", "store.", 0.0))
+    if store.debug_insert_delay_s < 0:
+        _fail("store.debug_insert_delay_s", "a number >= 0 (seconds; a test and benchmark knob)",
+              store.debug_insert_delay_s)
 
     r = _table(raw, "rings")
     _check_keys(r, {"prefix", "ticks_capacity", "signals_capacity"}, "rings.")
@@ -361,7 +369,7 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
     _check_keys(e, {"clock", "timing_every"}, "engine.")
     return Config(tuple(instruments), tuple(workers), feeds, store, rings, metrics, stats, tuple(rules), state_dir,
                   run, _str(e, "clock", "engine.", "wall", ("wall", "event")),
-                  _int(e, "timing_every", "engine.", 64, 0), log_level, supervisor_cpu, log_file)
+                  _int(e, "timing_every", "engine.", 64, 0), log_level, supervisor_cpu, log_file, shutdown_timeout_s)
 
 
 def load(path) -> Config:

@@ -4,10 +4,13 @@ The default store is the embedded chDB engine, ClickHouse in-process, reached by
 (``chdb:///path/to/dir``); a ClickHouse server is one URL away (``http://host:8123``). One code
 path serves both. tickwire creates and migrates its schema:
 
-- ``ticks``: every canonical event, ``DateTime64(9)`` times, codecs chosen for the data
+- ``ticks``: every market event, ``DateTime64(9)`` times, codecs chosen for the data
   (DoubleDelta for times, Delta for sequences and prices, ZSTD), ordered by
   ``(instrument, ts_event, seq, epoch, ord)`` for per-instrument time-range reads, daily
   partitions, and insert deduplication by token so that a retried batch is stored once.
+- ``snapshots``: the events that carry ``Flag.SNAPSHOT`` (snapshot replies that repair a book,
+  their BEGIN/END markers included), same columns and keys: they repair books, not the tick
+  history, so ``ticks`` holds market events only. :meth:`Store.insert_ticks` routes each row.
 - ``signals``: signal records, by run.
 - ``instruments``: symbol, tick size, lot size, decimals; ``ticks_decimal`` is a view with prices
   and quantities as decimals.
@@ -33,13 +36,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-from tickwire.ext.records import EVENT_DTYPE, SIGNAL_DTYPE
+from tickwire.ext.records import EVENT_DTYPE, SIGNAL_DTYPE, Flag
 
 log = logging.getLogger("tickwire.store")
 
 __all__ = ["Store", "StoreError", "SCHEMA_VERSION", "cluster_ddl", "redact", "default_dsn"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: MergeTree's ``merge_selector_base`` for ticks and signals (ClickHouse's default is 5): merges
 #: wait until more parts of a size have gathered, so each row is rewritten fewer times. At
 #: 100k ticks/s (a 100k-row insert a second) 20 took the embedded engine's merge CPU per
@@ -145,6 +148,7 @@ def schema_ddl(database: str, merge_tuning: bool = True) -> list[str]:
         f"CREATE TABLE IF NOT EXISTS {database}.schema_version (version UInt32, applied DateTime DEFAULT now()) "
         f"ENGINE = MergeTree ORDER BY version",
         _tick_ddl(database, "MergeTree", settings=tuned),
+        _tick_ddl(database, "MergeTree", "snapshots", settings=tuned),
         _signal_ddl(database, "MergeTree", settings=tuned),
         _instrument_ddl(database, "ReplacingMergeTree(updated)"),
         _decimal_view(database),
@@ -155,9 +159,10 @@ def cluster_ddl(database: str, cluster: str, zk_path: str = "/clickhouse/tables/
                 replica: str = "{replica}", sharding_key: str = "cityHash64(instrument)") -> list[str]:
     """DDL for a ClickHouse cluster: ReplicatedMergeTree local tables behind Distributed ones.
 
-    Every statement runs ``ON CLUSTER``; ``ticks_local``/``signals_local`` hold the data on each
-    shard (replicated), ``ticks``/``signals`` are the Distributed tables that writers insert
-    into and readers query (so the rest of tickwire uses the same names as on one node).
+    Every statement runs ``ON CLUSTER``; ``ticks_local``/``snapshots_local``/``signals_local``
+    hold the data on each shard (replicated), ``ticks``/``snapshots``/``signals`` are the
+    Distributed tables that writers insert into and readers query (so the rest of tickwire uses
+    the same names as on one node).
     ``{shard}`` and ``{replica}`` are the servers' own macros.
     """
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", cluster):
@@ -176,6 +181,9 @@ def cluster_ddl(database: str, cluster: str, zk_path: str = "/clickhouse/tables/
         _tick_ddl(database, replicated("ticks_local"), "ticks_local", oc),
         f"CREATE TABLE IF NOT EXISTS {database}.ticks{oc} AS {database}.ticks_local "
         f"ENGINE = Distributed({cluster}, {database}, ticks_local, {sharding_key})",
+        _tick_ddl(database, replicated("snapshots_local"), "snapshots_local", oc),
+        f"CREATE TABLE IF NOT EXISTS {database}.snapshots{oc} AS {database}.snapshots_local "
+        f"ENGINE = Distributed({cluster}, {database}, snapshots_local, {sharding_key})",
         _signal_ddl(database, replicated("signals_local"), "signals_local", oc),
         f"CREATE TABLE IF NOT EXISTS {database}.signals{oc} AS {database}.signals_local "
         f"ENGINE = Distributed({cluster}, {database}, signals_local, cityHash64(run))",
@@ -203,6 +211,11 @@ def _arrow_table(arr: np.ndarray, columns: Sequence[str], extra: dict):
     for name, value in extra.items():
         cols[name] = pa.array(value) if isinstance(value, np.ndarray) else pa.array([value] * len(arr))
     return pa.table(cols)
+
+
+def _check_event_table(table: str) -> None:
+    if table not in ("ticks", "snapshots"):
+        raise ValueError(f"table must be 'ticks' or 'snapshots', got {table!r}")
 
 
 @dataclass
@@ -262,7 +275,9 @@ class Store:
         """Create what is missing and run pending migrations; returns the schema version.
 
         Migrations: 1 -> 2 sets :data:`MERGE_SELECTOR_BASE` on ticks and signals (where the
-        server knows the setting)."""
+        server knows the setting); 2 -> 3 moves the snapshot rows (``Flag.SNAPSHOT``) from
+        ``ticks`` into the new ``snapshots`` table (rows already copied are not copied again, so
+        a migration interrupted half-way is finished by the next open)."""
         tuning = self._knows_merge_setting("merge_selector_base")
         for stmt in schema_ddl(self.database, tuning):
             self.client.command(stmt)
@@ -274,10 +289,21 @@ class Store:
                 log.info("migrating %s.%s: merge_selector_base = %d", self.database, table, MERGE_SELECTOR_BASE)
                 self.client.command(f"ALTER TABLE {self.database}.{table} "
                                     f"MODIFY SETTING merge_selector_base = {MERGE_SELECTOR_BASE}")
+        if have and have < 3:
+            self._move_snapshots_out_of_ticks()
         if have != SCHEMA_VERSION:
             self.client.command(f"INSERT INTO {self.database}.schema_version (version) VALUES ({SCHEMA_VERSION})",
                                 settings={"async_insert": 0})
         return SCHEMA_VERSION
+
+    def _move_snapshots_out_of_ticks(self) -> None:
+        db, snap = self.database, int(Flag.SNAPSHOT)
+        log.info("migrating %s: snapshot rows from ticks to snapshots", db)
+        self.client.command(
+            f"INSERT INTO {db}.snapshots SELECT * FROM {db}.ticks WHERE bitAnd(flags, {snap}) != 0 "
+            f"AND (epoch, ord) NOT IN (SELECT epoch, ord FROM {db}.snapshots)", settings={"async_insert": 0})
+        self.client.command(f"ALTER TABLE {db}.ticks DELETE WHERE bitAnd(flags, {snap}) != 0",
+                            settings={"mutations_sync": 2})
 
     def _knows_merge_setting(self, name: str) -> bool:
         return bool(self.client.query("SELECT count() FROM system.merge_tree_settings WHERE name = {n:String}",
@@ -295,21 +321,29 @@ class Store:
     # -- writing --------------------------------------------------------------------------
     def insert_ticks(self, events: np.ndarray, *, epoch: int = 0, first_ord: int = 0,
                      token: Optional[str] = None) -> int:
-        """Insert canonical events (one columnar Arrow insert); returns rows sent.
+        """Insert canonical events (one columnar Arrow insert per table); returns rows sent.
 
+        Market events go to ``ticks``, events with ``Flag.SNAPSHOT`` to ``snapshots``.
         ``epoch`` and ``first_ord`` place them in their stream (``ord`` counts up from
-        ``first_ord``). A batch inserted again with the same ``token`` is stored once.
+        ``first_ord`` over the whole batch, both tables). A batch inserted again with the same
+        ``token`` is stored once: each table keeps its own deduplication log, so the token serves
+        both, and a retry after an insert that reached only one of them completes the other.
         """
         if events.dtype != EVENT_DTYPE:
             raise TypeError(f"events must be EVENT_DTYPE, got {events.dtype}")
         if len(events) == 0:
             return 0
         ords = np.arange(first_ord, first_ord + len(events), dtype=np.uint64)
-        table = _arrow_table(events, TICK_COLUMNS, {"epoch": np.full(len(events), epoch, np.uint64), "ord": ords})
+        snap = (events["flags"] & np.uint32(Flag.SNAPSHOT)) != 0
+        parts = [("ticks", events, ords)] if not snap.any() else \
+            [("ticks", events[~snap], ords[~snap]), ("snapshots", events[snap], ords[snap])]
         settings = dict(_INSERT_SETTINGS)
         if token:
             settings["insert_deduplication_token"] = token
-        self.client.insert_arrow(f"{self.database}.ticks", table, settings=settings)
+        for name, rows, o in parts:
+            if len(rows):
+                table = _arrow_table(rows, TICK_COLUMNS, {"epoch": np.full(len(rows), epoch, np.uint64), "ord": o})
+                self.client.insert_arrow(f"{self.database}.{name}", table, settings=settings)
         return len(events)
 
     def insert_signals(self, signals: np.ndarray, run: str, *, token: Optional[str] = None) -> int:
@@ -339,19 +373,30 @@ class Store:
             conds.append(f"ts_event < fromUnixTimestamp64Nano(toInt64({int(end_ns)}))")
         return " AND ".join(conds) if conds else "1"
 
-    def count_ticks(self, instruments=None, start_ns=None, end_ns=None) -> int:
-        """Ticks stored for the instruments (all by default) in ``[start_ns, end_ns)``."""
-        q = f"SELECT count() FROM {self.database}.ticks WHERE {self._where(instruments, start_ns, end_ns)}"
+    def count_ticks(self, instruments=None, start_ns=None, end_ns=None, *, table: str = "ticks") -> int:
+        """Ticks stored for the instruments (all by default) in ``[start_ns, end_ns)``
+        (``table="snapshots"``: snapshot events instead)."""
+        _check_event_table(table)
+        q = f"SELECT count() FROM {self.database}.{table} WHERE {self._where(instruments, start_ns, end_ns)}"
         return int(self.client.query(q).result_rows[0][0])
 
     def read_ticks(self, instruments=None, start_ns=None, end_ns=None, *,
                    chunk_rows: int = 1_000_000) -> Iterator[np.ndarray]:
-        """Ticks in total order (event time, then sequence, then stream position), streamed as
-        EVENT_DTYPE arrays of at most ``chunk_rows`` events.
+        """Ticks (market events) in total order (event time, then sequence, then stream
+        position), streamed as EVENT_DTYPE arrays of at most ``chunk_rows`` events.
 
         ``instruments``: ids (default all); ``[start_ns, end_ns)``: event-time range.
         """
-        q = (f"SELECT {_select(TICK_COLUMNS)} FROM {self.database}.ticks "
+        return self._read_events("ticks", instruments, start_ns, end_ns, chunk_rows)
+
+    def read_snapshots(self, instruments=None, start_ns=None, end_ns=None, *,
+                       chunk_rows: int = 1_000_000) -> Iterator[np.ndarray]:
+        """Snapshot events (``Flag.SNAPSHOT``, markers included) in the same total order and
+        chunks as :meth:`read_ticks`."""
+        return self._read_events("snapshots", instruments, start_ns, end_ns, chunk_rows)
+
+    def _read_events(self, table, instruments, start_ns, end_ns, chunk_rows) -> Iterator[np.ndarray]:
+        q = (f"SELECT {_select(TICK_COLUMNS)} FROM {self.database}.{table} "
              f"WHERE {self._where(instruments, start_ns, end_ns)} ORDER BY ts_event, seq, epoch, ord")
         out = np.empty(chunk_rows, dtype=EVENT_DTYPE)
         n = 0

@@ -11,8 +11,21 @@ itself to its core; the supervisor checks the affinity it reports), and then sup
   workers' and the writer's status files: events, signals, feed gaps, recoveries and drops by
   reason, ring depths, writer rows/spill/lag/outage, restarts and per-stage latency percentiles;
 - SIGTERM/SIGINT: workers stop receiving and close their rings, the writer drains them into the
-  store, everyone exits within ``shutdown_timeout``; exit status 0 when all went cleanly;
+  store (a stopped writer is sent SIGCONT first), everyone exits within ``shutdown_timeout``. A
+  ring is unlinked only when everything in it is stored or spilled; otherwise it is kept for the
+  next start, whose writer stores it first. One line says which; exit status 0 when everything is
+  stored or durably spilled and every process stopped cleanly, 1 when a process had to be
+  killed or failed, :data:`EXIT_UNSTORED` (3) when ticks or signals were kept in shared memory;
 - SIGHUP: re-read the config and, when it is valid, have the workers apply new rule thresholds.
+
+Children die with the supervisor: each is started with ``PR_SET_PDEATHSIG`` = SIGTERM, so after
+a kill -9 of the supervisor the workers stop and close their rings and the writer drains them
+and exits. The next start reclaims what a dead run left: it waits for such leftovers to finish,
+adopts a ring that still holds unstored ticks or signals (its writer stores them first) and
+replaces the others. It refuses to start (:class:`StartupError`, one line, exit status 2) while
+another daemon runs the same run, or while another process holds the embedded store: its own
+lock (``<store>/tickwire.lock``, held by the supervisor and inherited by the writer) and chDB's
+(``<store>/status``) are checked before anything is spawned.
 
 At start it reports, as warnings, whether the workers' cores are isolated (``isolcpus``,
 ``nohz_full``) and which CPU frequency governor they run under.
@@ -21,6 +34,8 @@ At start it reports, as warnings, whether the workers' cores are isolated (``iso
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import fcntl
 import json
 import logging
 import os
@@ -31,13 +46,102 @@ from pathlib import Path
 
 from tickwire.engine import config as configmod
 from tickwire.engine.worker import ring_names
+from tickwire.engine.writer import EXIT_UNSTORED
 from tickwire.ext import EVENT_DTYPE, SIGNAL_DTYPE
 from tickwire.ext import ring as ringmod
 from tickwire.ext.ring import Ring
 
 log = logging.getLogger("tickwire.supervisor")
 
-__all__ = ["Supervisor", "cpu_report", "run"]
+__all__ = ["Supervisor", "StartupError", "cpu_report", "run", "EXIT_UNSTORED"]
+
+_PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None, use_errno=True).prctl     # resolved here: the child only calls it
+
+
+class StartupError(RuntimeError):
+    """The daemon cannot start (another daemon or process holds its store or rings): the
+    message is one line; ``tickwire run`` exits with status 2."""
+
+
+def _die_with_parent(sig: int):
+    """A ``preexec_fn``: the child is sent ``sig`` when the supervisor dies, kill -9 included
+    (``prctl(PR_SET_PDEATHSIG)``; the setting survives exec)."""
+    parent = os.getpid()
+
+    def preexec():
+        _prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:                   # the supervisor died before the prctl took
+            os.kill(os.getpid(), sig)
+    return preexec
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
+    if pid <= 0:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:][:1] not in ("Z", "X")
+
+
+def _try_lock(path: Path):
+    """An exclusive flock on ``path`` (created 0600): the open fd, or None if another holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _lock_holder(path: Path) -> int:
+    """The pid written into a lock file by the process that took it (0: unknown)."""
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _flock_held(path: Path) -> bool:
+    """Whether another process holds a flock on ``path`` (chDB locks ``<dir>/status`` so)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _keep(ring: Ring) -> None:
+    """Close ``ring`` and leave its segment in /dev/shm for the next start. The creator's close
+    unlinks the name, so a hard link made first gives it back."""
+    if ring.owner:
+        path = f"/dev/shm{ring.name}"
+        spare = f"{path}.keep-{os.getpid()}"
+        os.link(path, spare)
+        ring.close()
+        os.rename(spare, path)
+    else:
+        ring.close()
+
+
+def _drop(ring: Ring) -> None:
+    """Close ``ring`` and unlink its segment."""
+    if not ring.owner:
+        ring.unlink()
+    ring.close()
 
 
 def _read(path: str) -> str:
@@ -109,20 +213,100 @@ class Supervisor:
         self.reloads = 0
         self.failed = False
         self.warnings: list[str] = []
+        self.signal_rings: list[Ring] = []
+        self.kept: list[tuple[str, int, str]] = []     # (ring, records not stored, "ticks"/"signals")
+        self.summary = ""
+        self._locks: list[int] = []
+        self._store_lock = None
 
     # -- setup ----------------------------------------------------------------------------------
-    def _make_ring(self, name, dtype, capacity, policy):
+    def _store_dir(self):
+        """The embedded store's directory (None for a server, or with storage off)."""
+        dsn = self.cfg.store.dsn
+        if not self.cfg.store.enabled or not dsn.startswith("chdb://"):
+            return None
+        return Path(dsn[len("chdb://"):])
+
+    def _acquire_locks(self) -> None:
+        """Refuse to start (StartupError) while another daemon runs this run or uses the store,
+        or another process holds the embedded store; wait (within the shutdown bound) for the
+        leftover processes of a daemon that died to finish with it."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        path = self.run_dir / "daemon.lock"
+        fd = _try_lock(path)
+        if fd is None:
+            raise StartupError(f"another tickwire daemon runs run '{self.cfg.run}' (pid {_lock_holder(path)}, "
+                               f"{path}): refusing to start")
+        self._locks.append(fd)
+        store = self._store_dir()
+        if store is None:
+            return
+        store.mkdir(parents=True, exist_ok=True)
+        path = store / "tickwire.lock"
+        give_up = time.monotonic() + self.shutdown_timeout
+        waited = False
+        while (fd := _try_lock(path)) is None:
+            holder = _lock_holder(path)
+            if _pid_alive(holder):
+                raise StartupError(f"the embedded store {store} is in use by another tickwire daemon (pid {holder}): "
+                                   f"one daemon per store directory, refusing to start")
+            if time.monotonic() > give_up:
+                raise StartupError(f"the embedded store {store} is still held by the processes of a daemon that "
+                                   f"died (pid {holder}) after {self.shutdown_timeout:.0f} s: refusing to start")
+            if not waited:
+                waited = True
+                log.warning("the store %s is held by the processes of a daemon that died (pid %d): waiting for "
+                            "them to finish", store, holder)
+            time.sleep(0.1)
+        self._locks.append(fd)
+        self._store_lock = fd                    # the writer inherits it: held while any of ours runs
+        if _flock_held(store / "status"):
+            raise StartupError(f"the embedded store {store} is locked by another process (chDB allows one "
+                               f"process per data directory): stop it, or point store.dsn elsewhere; "
+                               f"refusing to start")
+
+    def _unstored(self, ring: Ring, kind: str) -> int:
+        """Ticks or signals in ``ring`` that the writer has not stored (0 with storage off)."""
+        if not self.cfg.store.enabled:
+            return 0
+        if kind == "ticks":
+            return int(ring.head - ring.tail)
+        try:
+            st = json.loads((self.run_dir / "writer" / ring.name.lstrip("/") / "position.json").read_text())
+        except (OSError, ValueError):
+            st = {}
+        pos = int(st.get("pos", 0)) if st.get("epoch") == int(ring.created_ns) else 0
+        return max(0, int(ring.head) - pos)
+
+    def _make_ring(self, name, dtype, capacity, policy, kind):
         if ringmod.exists(name):
             try:
                 old = Ring.attach(name, dtype, role="none")
-                busy = old.producer_alive or old.consumer_alive
+            except Exception as exc:            # noqa: BLE001 - another layout: nothing this build can read
+                log.error("ring %s left behind by an earlier run cannot be read (%s): replaced", name, exc)
+                old = None
+            if old is not None:
+                give_up = time.monotonic() + self.shutdown_timeout
+                waited = False
+                while old.producer_alive or old.consumer_alive:     # a dead daemon's children finishing
+                    if time.monotonic() > give_up:
+                        pid = old.consumer_pid or old.producer_pid
+                        old.close()
+                        raise StartupError(f"ring {name} is still in use by pid {pid}, which is not this daemon's: "
+                                           f"refusing to start")
+                    if not waited:
+                        waited = True
+                        log.warning("ring %s is still used by pid %d of a daemon that died: waiting", name,
+                                    old.consumer_pid or old.producer_pid)
+                    time.sleep(0.1)
+                left = self._unstored(old, kind)
+                if left:
+                    log.warning("ring %s of an earlier run holds %d %s not stored: kept, the writer stores them "
+                                "first", name, left, kind)
+                    self.rings.append(old)
+                    return old
                 old.close()
-            except Exception:                   # noqa: BLE001 - unreadable leftovers are replaced
-                busy = False
-            if busy:
-                raise RuntimeError(f"ring {name} is in use by a running process: is this daemon already "
-                                   f"running (run '{self.cfg.run}')?")
-            log.warning("replacing ring %s left behind by an earlier run", name)
+                log.warning("replacing ring %s left behind by an earlier run (nothing in it to store)", name)
         ring = Ring.create(name, dtype, capacity, policy, role="none", replace=True)
         self.rings.append(ring)
         return ring
@@ -132,7 +316,7 @@ class Supervisor:
 
     def setup(self) -> None:
         cfg = self.cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._acquire_locks()
         for c in {w.cpu for w in cfg.workers}:
             if c in (cfg.supervisor_cpu, cfg.store.writer_cpu):
                 self.warnings.append(f"core {c} runs a worker and the supervisor or writer: they will "
@@ -143,8 +327,9 @@ class Supervisor:
         tick_names, sig_names = [], []
         for i, _ in enumerate(cfg.workers):
             t, s = ring_names(cfg, i)
-            self.tick_rings.append(self._make_ring(t, EVENT_DTYPE, cfg.rings.ticks_capacity, "blocking"))
-            self._make_ring(s, SIGNAL_DTYPE, cfg.rings.signals_capacity, "broadcast")
+            self.tick_rings.append(self._make_ring(t, EVENT_DTYPE, cfg.rings.ticks_capacity, "blocking", "ticks"))
+            self.signal_rings.append(self._make_ring(s, SIGNAL_DTYPE, cfg.rings.signals_capacity, "broadcast",
+                                                     "signals"))
             tick_names.append(t)
             sig_names.append(s)
         argv = self._python("tickwire.engine.writer", "--dsn", cfg.store.dsn, "--database", cfg.store.database,
@@ -156,6 +341,8 @@ class Supervisor:
         if cfg.store.writer_nice:
             argv += ["--nice", str(cfg.store.writer_nice)]
         argv += ["--sched", cfg.store.writer_sched]
+        if cfg.store.debug_insert_delay_s:
+            argv += ["--debug-insert-delay", str(cfg.store.debug_insert_delay_s)]
         for t in tick_names:
             argv += ["--ring", t]
         for s in sig_names:
@@ -179,7 +366,11 @@ class Supervisor:
 
     # -- children -------------------------------------------------------------------------------
     async def _spawn(self, child: _Child) -> None:
-        child.proc = await asyncio.create_subprocess_exec(*child.argv)
+        # SIGTERM at the supervisor's death: workers close their rings, the writer drains them
+        kw = {"preexec_fn": _die_with_parent(signal.SIGTERM)}
+        if child is self.writer and self._store_lock is not None:
+            kw["pass_fds"] = (self._store_lock,)
+        child.proc = await asyncio.create_subprocess_exec(*child.argv, **kw)
         child.started = time.time()
         log.info("started %s (pid %d) for core %d", child.name, child.proc.pid, child.cpu)
 
@@ -263,40 +454,106 @@ class Supervisor:
     async def _shutdown(self) -> int:
         self.stopping = True
         status = 0
-        if self.writer is not None and self.writer.proc and self.writer.proc.returncode is None \
-                and self.cfg.store.writer_sched == "idle":
-            from tickwire.engine.writer import IdlePolicy
+        writer = self.writer.proc if self.writer is not None and self.writer.proc else None
+        if writer is not None and writer.returncode is None:
+            writer.send_signal(signal.SIGCONT)          # a stopped writer cannot drain
+            if self.cfg.store.writer_sched == "idle":
+                from tickwire.engine.writer import IdlePolicy
 
-            IdlePolicy(pid=self.writer.proc.pid).finish()   # drain on normal scheduling
+                IdlePolicy(pid=writer.pid).finish()     # drain on normal scheduling
         deadline = time.monotonic() + self.shutdown_timeout
         for child in self.workers:
             if child.proc and child.proc.returncode is None:
                 child.proc.send_signal(signal.SIGTERM)
-        for child in self.workers + [self.writer]:     # workers first: the writer drains after them
-            if child is None or not child.proc:
-                continue
-            if child is self.writer and child.proc.returncode is None:
+        for child in self.workers:
+            if child.proc and await self._stopped(child, deadline) != 0:
+                status = 1
+        note = ""
+        if writer is not None:
+            if writer.returncode is None:
                 # the closed tick rings end its stream: it stops by itself once they are stored;
                 # SIGTERM only if that takes more than half of what is left
                 try:
-                    await asyncio.wait_for(child.proc.wait(), max(0.1, (deadline - time.monotonic()) / 2))
+                    await asyncio.wait_for(writer.wait(), max(0.1, (deadline - time.monotonic()) / 2))
                 except asyncio.TimeoutError:
-                    child.proc.send_signal(signal.SIGTERM)
-            try:
-                rc = await asyncio.wait_for(child.proc.wait(), max(0.1, deadline - time.monotonic()))
-                if rc != 0:
-                    log.error("%s exited with %s at shutdown", child.name, rc)
-                    status = 1
-            except asyncio.TimeoutError:
-                log.error("%s did not stop within %.0f s: killed", child.name, self.shutdown_timeout)
-                child.proc.kill()
-                await child.proc.wait()
+                    try:
+                        writer.send_signal(signal.SIGTERM)
+                        writer.send_signal(signal.SIGCONT)
+                    except ProcessLookupError:          # it ended just now
+                        pass
+            rc = await self._stopped(self.writer, deadline)
+            if rc is None:
+                note = f"the writer did not finish within {self.shutdown_timeout:.0f} s (stopped or hung): killed"
+            elif rc == EXIT_UNSTORED:
+                causes = [st.get("gave_up", "") for st in self.writer_status()]
+                causes += [st.get("gave_up", "") for st in self.signal_status().get("rings", [])]
+                note = "; ".join(dict.fromkeys(c for c in causes if c)) or "the writer could store them nowhere"
+            elif rc < 0:
+                note = f"the writer was ended by {signal.Signals(-rc).name}"
+            elif rc:
+                note = f"the writer exited with status {rc}"
+            if rc != 0:
                 status = 1
-        for ring in self.rings:
-            ring.close()                                 # the creator unlinks
+        elif self.writer is not None:
+            note = "the writer was not running"
+        unstored = self._release_rings(note)
         if self._httpd is not None:
             self._httpd.shutdown()
-        return status
+        for fd in self._locks:
+            os.close(fd)
+        self._locks = []
+        return EXIT_UNSTORED if unstored else status
+
+    async def _stopped(self, child: _Child, deadline: float):
+        """Wait for ``child`` until ``deadline``, then kill it; its exit status, None if killed."""
+        try:
+            rc = await asyncio.wait_for(child.proc.wait(), max(0.1, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            log.error("%s did not stop within %.0f s: killed", child.name, self.shutdown_timeout)
+            child.proc.kill()
+            await child.proc.wait()
+            return None
+        if rc != 0:
+            log.error("%s exited with %s at shutdown", child.name, rc)
+        return rc
+
+    def _release_rings(self, note: str) -> int:
+        """Unlink the rings whose contents are stored (or spilled), keep the others for the next
+        start, and say which on one line; returns the records kept."""
+        self.kept = []
+        for ring, kind in [(r, "ticks") for r in self.tick_rings] + [(r, "signals") for r in self.signal_rings]:
+            left = self._unstored(ring, kind) if self.writer is not None else 0
+            name = ring.name.lstrip("/")
+            if left:
+                self.kept.append((name, left, kind))
+                _keep(ring)
+            else:
+                _drop(ring)
+        for ring in self.rings:
+            if not ring.closed:
+                _drop(ring)
+        spill = sum(st.get("spill_files", 0) for st in self.writer_status() + [self.signal_status()])
+        if self.kept:
+            what = " and ".join(f"{sum(n for _, n, k in self.kept if k == kind):,} {kind}"
+                                for kind in ("ticks", "signals") if any(k == kind for _, _, k in self.kept))
+            self.summary = (f"stopped with {what} NOT stored: kept in shared memory "
+                            f"({', '.join(name for name, _, _ in self.kept)}) for the next start with this "
+                            f"config to store; {note or 'the writer left them'}")
+            level = logging.ERROR
+        elif spill:
+            self.summary = (f"stopped: every tick and signal is stored or spilled; {spill} spill files under "
+                            f"{self.run_dir / 'writer'} wait for the store (replayed at the next start)")
+            level = logging.WARNING
+        elif self.writer is None:
+            self.summary = "stopped (storage off: nothing was stored)"
+            level = logging.INFO
+        else:
+            self.summary = "stopped: every tick and signal stored"
+            level = logging.INFO
+        log.log(level, "%s", self.summary)
+        if self.cfg.log_file:                          # the log is in a file: the line goes to stderr too
+            print(f"tickwire: {self.summary}", file=sys.stderr, flush=True)
+        return sum(n for _, n, _ in self.kept)
 
     async def run(self, duration: float | None = None, ready=None) -> int:
         """Start everything, supervise until a stop (signal, ``duration``, :meth:`request_stop`),
@@ -306,7 +563,12 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop_event.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
-        self.setup()
+        try:
+            self.setup()
+        except BaseException:
+            for ring in self.rings:                     # (adopted rings keep their name: not ours)
+                ring.close()
+            raise
         children = ([self.writer] if self.writer else []) + self.workers
         for child in children:
             await self._spawn(child)
@@ -339,6 +601,13 @@ class Supervisor:
             except (OSError, ValueError):
                 out.append({})
         return out
+
+    def signal_status(self) -> dict:
+        """The writer's ``signals.json`` (empty before it wrote one)."""
+        try:
+            return json.loads((self.run_dir / "writer" / "signals.json").read_text())
+        except (OSError, ValueError):
+            return {}
 
     def writer_status(self) -> list[dict]:
         out = []
@@ -401,7 +670,9 @@ class _Collector:
             ("batches_written", "insert batches"), ("batches_replayed", "spilled batches replayed"),
             ("sched_switches", "times the writer left or re-entered SCHED_IDLE (it leaves when behind)"))}
         wg = {name: GaugeMetricFamily(f"tickwire_writer_{name}", help_, labels=["ring"]) for name, help_ in (
-            ("lag", "ticks in the ring not yet read by the writer"), ("spill_bytes", "bytes in spill files"),
+            ("lag", "ticks in the ring not yet read by the writer"),
+            ("unstored", "ticks in the ring not yet durable (neither inserted nor spilled)"),
+            ("spill_bytes", "bytes in spill files"),
             ("spill_files", "spill files waiting"), ("outage", "1 while the store is unreachable"),
             ("sched_idle", "1 while the writer runs under SCHED_IDLE"))}
         for i, st in enumerate(sup.writer_status()):
@@ -441,5 +712,9 @@ def run(config_path, duration=None) -> int:
     logging.basicConfig(level=getattr(logging, cfg.log_level.upper()), filename=cfg.log_file or None,
                         format="%(asctime)s supervisor %(levelname)s %(message)s")
     os.sched_setaffinity(0, {cfg.supervisor_cpu})
-    sup = Supervisor(cfg, config_path)
-    return uvloop.run(sup.run(duration))
+    sup = Supervisor(cfg, config_path, shutdown_timeout=cfg.shutdown_timeout_s)
+    try:
+        return uvloop.run(sup.run(duration))
+    except StartupError as exc:
+        print(f"tickwire run: {exc}", file=sys.stderr, flush=True)
+        return 2

@@ -1,6 +1,6 @@
-"""The storage writer: drains the tick ring into ClickHouse, exactly once, losing nothing.
+"""The storage writer: drains the tick rings into ClickHouse, exactly once, losing nothing.
 
-It runs in its own process (never on the engine's core) and reads the blocking tick ring with
+It runs in its own process (never on the engine's core) and reads each blocking tick ring with
 *peek, then commit*: records stay in the ring until they are durable, either inserted into the
 store or written to a local spill file, and only then does the writer advance the ring. So:
 
@@ -10,11 +10,21 @@ store or written to a local spill file, and only then does the writer advance th
   journal ``(position, count, token)`` and fsyncs it; the restarted writer re-reads exactly that
   batch and inserts it again with the same ``insert_deduplication_token``, which ClickHouse
   ignores if the first insert had landed. No duplicates.
-- **Store slow or down.** Batches go to append-only spill files (written, fsynced, renamed), the
-  ring is committed, and the spill is replayed in order, with each batch's own token, when the
-  store answers again. Disk-full and permission errors on the spill are reported by name and the
-  records simply stay in the ring (the engine then sees back-pressure, not loss).
+- **Store slow, down, or slower than the feed.** The store is called from one thread of its own,
+  so the rings are read while an insert runs. A batch whose insert fails, or is still running
+  when the ring passes ``spill_above`` of its capacity, is written to an append-only spill file
+  (written, fsynced, renamed: disk speed) and the ring is committed; while spill files exist,
+  new batches join them, and the store thread replays them in order, each with its own token,
+  until it has caught up. A slow store costs disk, never back-pressure on the engine.
+- **Spill directory full as well** (or read-only...): named with its errno; the batch stays in
+  the ring (the engine sees back-pressure, not loss) and is tried again. At shutdown the writer
+  gives up on it after one more round and exits with :data:`EXIT_UNSTORED`: the ticks stay in
+  the ring, which the daemon keeps for its next start.
 - **SIGTERM.** The writer reads everything the producer published, writes it, and exits 0.
+
+Signals (:class:`SignalWriter`) follow the same discipline on the broadcast signal rings, with a
+durable position of their own, so that a restarted writer stores every signal exactly once and
+counts exactly those the ring overwrote before it could read them.
 
 Scheduling: storage is throughput work with plenty of headroom (over 1 M ticks/s against feeds of
 a few hundred thousand), so by default the writer runs under ``SCHED_IDLE`` (:class:`IdlePolicy`):
@@ -35,10 +45,12 @@ import errno
 import json
 import logging
 import os
+import queue
 import signal
 import sys
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -48,13 +60,30 @@ from tickwire.ext.records import EVENT_DTYPE, SIGNAL_DTYPE
 
 log = logging.getLogger("tickwire.writer")
 
-__all__ = ["TickWriter", "WriterService", "StoreLink", "SpillError", "IdlePolicy", "main"]
+__all__ = ["TickWriter", "SignalWriter", "WriterService", "StoreLink", "SpillError", "IdlePolicy", "main",
+           "EXIT_UNSTORED", "SPILL_ABOVE"]
 
 _SPILL_MAGIC = b"TWSPILL1"
+#: The writer's exit status when it stopped with ticks or signals that neither the store nor the
+#: spill directory would take: they are still in their rings (the daemon keeps those).
+EXIT_UNSTORED = 3
+#: Uncommitted share of a tick ring above which a batch whose insert is still running is spilled
+#: instead (the insert goes on; its result is no longer waited for).
+SPILL_ABOVE = 0.5
 
 
 class SpillError(OSError):
-    """The spill directory cannot take a batch (full, not writable...): named in the message."""
+    """The spill directory cannot take a batch (full, not writable...): named in the message.
+
+    ``cause``: the directory and the problem with its errno, as in "spill directory /x is full
+    (ENOSPC, errno 28)"."""
+
+    def __init__(self, code: int, cause: str, message: str):
+        super().__init__(code, message)
+        self.cause = cause
+
+    def __str__(self) -> str:
+        return self.strerror
 
 
 def _fsync_dir(path: Path) -> None:
@@ -65,6 +94,24 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _write_json(path: Path, obj: dict) -> None:
+    """Replace ``path`` with ``obj``, durably (written, fsynced, renamed, directory fsynced)."""
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as fh:
+        fh.write(json.dumps(obj))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+
+
 class _Journal:
     """One line: the batch being made durable (position, count, token), fsynced."""
 
@@ -72,19 +119,10 @@ class _Journal:
         self.path = path
 
     def write(self, pos: int, n: int, token: str) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as fh:
-            fh.write(json.dumps({"pos": pos, "n": n, "token": token}))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-        _fsync_dir(self.path.parent)
+        _write_json(self.path, {"pos": pos, "n": n, "token": token})
 
     def read(self) -> Optional[dict]:
-        try:
-            return json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return None
+        return _read_json(self.path)
 
     def clear(self) -> None:
         try:
@@ -93,26 +131,36 @@ class _Journal:
             pass
 
 
-class _Spill:
-    """Append-only spill files, one per batch: header line + raw canonical events."""
+_SPILL_PROBLEMS = {errno.ENOSPC: "is full", errno.EDQUOT: "is over quota", errno.EACCES: "is not writable",
+                   errno.EPERM: "is not writable", errno.EROFS: "is read-only"}
 
-    def __init__(self, directory: Path):
+
+class _Spill:
+    """Append-only spill files, one per batch: a magic, a JSON header line, the raw records.
+
+    Named by stream and position (``<epoch>-<position>``): a ring made by a later run starts
+    again at position 0, and its batches must not take the names of an earlier stream's files
+    that still wait for the store."""
+
+    def __init__(self, directory: Path, suffix: str = ".spill", what: str = "ticks"):
         self.dir = directory
+        self.suffix = suffix
+        self.what = what
 
     def files(self) -> list[Path]:
-        return sorted(self.dir.glob("*.spill"))
+        return sorted(self.dir.glob(f"*{self.suffix}"))
 
-    def path_for(self, pos: int) -> Path:
-        return self.dir / f"{pos:020d}.spill"
+    def path_for(self, epoch: int, pos: int) -> Path:
+        return self.dir / f"{epoch:020d}-{pos:020d}{self.suffix}"
 
-    def write(self, pos: int, epoch: int, token: str, events: np.ndarray) -> int:
-        path = self.path_for(pos)
-        header = json.dumps({"pos": pos, "n": len(events), "epoch": epoch, "token": token}).encode() + b"\n"
-        tmp = self.dir / f".{pos:020d}.tmp"
+    def write(self, pos: int, epoch: int, token: str, records: np.ndarray, **extra) -> Path:
+        path = self.path_for(epoch, pos)
+        header = json.dumps({"pos": pos, "n": len(records), "epoch": epoch, "token": token, **extra}).encode() + b"\n"
+        tmp = path.with_name(f".{path.stem}.tmp")
         try:
             with open(tmp, "wb") as fh:
                 fh.write(_SPILL_MAGIC + header)
-                fh.write(np.ascontiguousarray(events).tobytes())
+                fh.write(np.ascontiguousarray(records).tobytes())
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
@@ -122,40 +170,95 @@ class _Spill:
                 tmp.unlink()
             except OSError:
                 pass
-            what = {errno.ENOSPC: "is full", errno.EDQUOT: "is over quota", errno.EACCES: "is not writable",
-                    errno.EPERM: "is not writable", errno.EROFS: "is read-only"}.get(exc.errno, f"failed: {exc}")
-            raise SpillError(exc.errno, f"spill directory {self.dir} {what}: {len(events)} ticks stay in the "
-                                        f"ring until it can take them") from None
-        return path.stat().st_size
+            code = errno.errorcode.get(exc.errno, "?") if exc.errno else "?"
+            what = _SPILL_PROBLEMS.get(exc.errno, f"failed: {exc.strerror or exc}")
+            cause = f"spill directory {self.dir} {what} ({code}, errno {exc.errno})"
+            raise SpillError(exc.errno, cause, f"{cause}: {len(records)} {self.what} stay in the ring until it "
+                                               f"can take them") from None
+        return path
 
     @staticmethod
-    def read(path: Path):
+    def header(path: Path) -> dict:
+        with open(path, "rb") as fh:
+            line = fh.readline(4096)
+        if not line.startswith(_SPILL_MAGIC):
+            raise ValueError(f"{path} is not a tickwire spill file")
+        return json.loads(line[len(_SPILL_MAGIC):])
+
+    @staticmethod
+    def read(path: Path, dtype=EVENT_DTYPE):
         data = path.read_bytes()
         if not data.startswith(_SPILL_MAGIC):
             raise ValueError(f"{path} is not a tickwire spill file")
         nl = data.index(b"\n", len(_SPILL_MAGIC))
         meta = json.loads(data[len(_SPILL_MAGIC):nl])
-        events = np.frombuffer(data, dtype=EVENT_DTYPE, offset=nl + 1, count=meta["n"]).copy()
-        return meta, events
+        records = np.frombuffer(data, dtype=dtype, offset=nl + 1, count=meta["n"]).copy()
+        return meta, records
 
     def bytes(self) -> int:
         return sum(p.stat().st_size for p in self.files())
 
 
-class StoreLink:
-    """The writer process's one connection to the store, shared by its tick sources, with
-    outage bookkeeping: after a failure nobody tries again for ``retry_seconds``."""
+class _StoreThread:
+    """One daemon thread that runs the store calls in order (the store is not thread-safe). A
+    daemon thread, so that a store that never answers cannot keep the process from exiting."""
 
-    def __init__(self, open_store: Callable, retry_seconds: float = 1.0):
+    def __init__(self):
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="tw-store", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn, *args) -> Future:
+        fut: Future = Future()
+        self._q.put((fut, fn, args))
+        return fut
+
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            fut, fn, args = item
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as exc:         # noqa: BLE001 - handed to the caller
+                fut.set_exception(exc)
+
+    def stop(self, timeout: float) -> bool:
+        self._q.put(None)
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+
+class StoreLink:
+    """The writer process's one connection to the store, shared by its tick and signal sources.
+
+    Every store call runs on the link's own thread (:meth:`submit`): the sources' loop never
+    waits on the store, so a slow or hung insert cannot stop the rings from being read. Outage
+    bookkeeping: after a failure nobody tries again for ``retry_seconds``. ``insert_delay``
+    (seconds, 0 by default) slows every insert down: a test and benchmark knob
+    (``store.debug_insert_delay_s``) that makes a store slower than the feed on demand.
+    """
+
+    def __init__(self, open_store: Callable, retry_seconds: float = 1.0, insert_delay: float = 0.0):
         self.open_store = open_store
         self.retry_seconds = retry_seconds
+        self.insert_delay = insert_delay
         self.store = None
         self.outage = False
         self.last_error = ""
         self._down_until = 0.0
         self._logged = False
+        self._thread = _StoreThread()
+
+    def submit(self, fn, *args) -> Future:
+        """Run ``fn(*args)`` on the store thread, after the calls submitted before it."""
+        return self._thread.submit(fn, *args)
 
     def get(self):
+        """The store, opened if need be; None during an outage (store thread only)."""
         if self.store is None:
             if time.monotonic() < self._down_until:
                 return None
@@ -169,6 +272,20 @@ class StoreLink:
             self.outage = False
             self._logged = False
         return self.store
+
+    def insert(self, method: str, *args, **kwargs) -> bool:
+        """``store.<method>(*args, **kwargs)``; False (and an outage) when it failed (store thread only)."""
+        store = self.get()
+        if store is None:
+            return False
+        if self.insert_delay:
+            time.sleep(self.insert_delay)
+        try:
+            getattr(store, method)(*args, **kwargs)
+            return True
+        except Exception as exc:                # noqa: BLE001
+            self.failed(exc)
+            return False
 
     def failed(self, exc) -> None:
         from tickwire.engine.store import redact
@@ -186,15 +303,53 @@ class StoreLink:
             self._logged = True
             log.error("%s; spilling until it is back", self.last_error)
 
-    def close(self) -> None:
+    def _close(self) -> None:
         if self.store is not None:
             self.store.close()
             self.store = None
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Close the store after the calls already submitted (waiting at most ``timeout``)."""
+        try:
+            self.submit(self._close).result(timeout)
+        except Exception as exc:                # noqa: BLE001 - closing at exit
+            log.warning("the store did not close cleanly: %s", exc)
+        self._thread.stop(1.0)
+
+
+class _Batch:
+    """Ticks cut from the ring and journalled, not yet committed."""
+
+    __slots__ = ("buf", "pos", "n", "token", "spilled", "insert_retry", "spill_retry", "insert_failed",
+                 "spill_failed")
+
+    def __init__(self, buf, pos: int, n: int, token: str):
+        self.buf, self.pos, self.n, self.token = buf, pos, n, token
+        self.spilled: Optional[Path] = None          # its spill file, once written
+        self.insert_retry = self.spill_retry = 0.0   # not before these (monotonic) times
+        self.insert_failed = self.spill_failed = None
+
+    @property
+    def events(self) -> np.ndarray:
+        return self.buf[:self.n]
+
+
+class _Task:
+    """The one store call a source has running: the insert of a batch, or a spill replay."""
+
+    __slots__ = ("fut", "batch", "path", "started")
+
+    def __init__(self, fut: Future, batch: Optional[_Batch], path: Optional[Path], started: float):
+        self.fut, self.batch, self.path, self.started = fut, batch, path, started
 
 
 class TickWriter:
     """Drains one blocking tick source into the store; see the module docstring for the
     guarantees.
+
+    The writer holds at most one batch that is cut from the ring but not yet committed, and
+    has at most one store call running (its insert, or the replay of a spill file); everything
+    else happens on the caller's thread without waiting on the store.
 
     Parameters
     ----------
@@ -202,7 +357,7 @@ class TickWriter:
         The shared store connection (a callable returning a Store is wrapped in one).
     source : Ring
         The tick ring, attached as its (only) consumer: ``peek_many``, ``advance``,
-        ``committed``, ``pending``, ``size``, ``producer_closed``.
+        ``committed``, ``pending``, ``head``, ``size``, ``capacity``, ``producer_closed``.
     state_dir : path
         Where this source's journal, spill files and status file live (created if missing).
     epoch : int
@@ -211,13 +366,18 @@ class TickWriter:
         With a batch begun but not yet due, pause this long between reads, so that the writer
         wakes a few dozen times a second rather than once per engine batch (the ring holds
         the ticks meanwhile; 0: read as ticks arrive).
+    spill_above : float
+        Share of the ring's capacity, uncommitted, above which a batch whose insert is still
+        running is spilled instead (:data:`SPILL_ABOVE`).
     """
 
     def __init__(self, link, source, state_dir, epoch: int, *, batch_rows: int = 500_000,
                  batch_seconds: float = 1.0, retry_seconds: float = 1.0, status_every: float = 1.0,
-                 nap: float = 0.0):
+                 nap: float = 0.0, spill_above: float = SPILL_ABOVE):
         if batch_rows < 1 or batch_seconds <= 0:
             raise ValueError("writer.batch_rows must be >= 1 and writer.batch_seconds > 0")
+        if not 0 < spill_above <= 1:
+            raise ValueError(f"spill_above must be in (0, 1], got {spill_above}")
         self.link = link if isinstance(link, StoreLink) else StoreLink(link, retry_seconds)
         self.source = source
         self.state = Path(state_dir)
@@ -230,17 +390,27 @@ class TickWriter:
         self.retry_seconds = retry_seconds
         self.status_every = status_every
         self.nap = nap
+        self.spill_above = spill_above
+        self.gave_up = ""                     # why ticks were left in the ring at the end, if they were
+        self._spill_cause = ""
         self._stop = threading.Event()
         self._buf = np.empty(batch_rows, dtype=EVENT_DTYPE)
+        self._spare: list = []
         self._n = 0
         self._first = None
+        self._held: Optional[_Batch] = None
+        self._task: Optional[_Task] = None
+        self._replay_retry = 0.0
+        self._replay_failed = None
+        self._drain_since = None
         self._last_status = 0.0
         self._recovered = False
         self._spill_reported = False
         self.metrics = {
             "rows_written": 0, "batches_written": 0, "rows_spilled": 0, "batches_spilled": 0,
-            "batches_replayed": 0, "spill_bytes": 0, "spill_files": 0, "lag": 0, "outage": False,
-            "last_error": "", "epoch": self.epoch, "sched_idle": 0, "sched_switches": 0,
+            "batches_replayed": 0, "spill_bytes": 0, "spill_files": 0, "lag": 0, "unstored": 0,
+            "outage": False, "last_error": "", "spill_error": "", "gave_up": "", "epoch": self.epoch, "sched_idle": 0,
+            "sched_switches": 0,
         }
 
     @property
@@ -252,64 +422,134 @@ class TickWriter:
         """Ask the writer to drain what was published, write it, and finish."""
         self._stop.set()
 
-    # -- durability ------------------------------------------------------------------------
-    def _insert(self, events: np.ndarray, pos: int, token: str, epoch: int) -> bool:
-        store = self.link.get()
-        if store is None:
-            return False
-        try:
-            store.insert_ticks(events, epoch=epoch, first_ord=pos, token=token)
-            return True
-        except Exception as exc:                # noqa: BLE001
-            self.link.failed(exc)
-            return False
+    # -- buffers ---------------------------------------------------------------------------
+    def _take_buffer(self) -> np.ndarray:
+        """The read buffer becomes the held batch's; reading goes on in a spare."""
+        buf = self._buf
+        self._buf = self._spare.pop() if self._spare else np.empty(self.batch_rows, dtype=EVENT_DTYPE)
+        return buf
 
-    def _replay_spill(self) -> bool:
-        """Insert spilled batches, oldest first; True when the spill is empty."""
-        for path in self.spill.files():
-            meta, events = _Spill.read(path)
-            if not self._insert(events, meta["pos"], meta["token"], meta["epoch"]):
-                return False
-            path.unlink()
-            self.metrics["batches_replayed"] += 1
-            self.metrics["rows_written"] += meta["n"]
-            self.metrics["batches_written"] += 1
+    def _give_back(self, buf) -> None:
+        if len(buf) == self.batch_rows and not self._spare:
+            self._spare.append(buf)
+
+    # -- durability ------------------------------------------------------------------------
+    def _behind(self) -> bool:
+        src = self.source
+        return src.head - src.committed > self.spill_above * src.capacity
+
+    def _insert_task(self, events: np.ndarray, pos: int, token: str) -> bool:     # store thread
+        return self.link.insert("insert_ticks", events, epoch=self.epoch, first_ord=pos, token=token)
+
+    def _replay_task(self, path: Path):                                            # store thread
+        meta, events = _Spill.read(path)
+        ok = self.link.insert("insert_ticks", events, epoch=meta["epoch"], first_ord=meta["pos"], token=meta["token"])
+        return ok, meta["n"]
+
+    def _cut(self, n: int) -> None:
+        """Journal the first ``n`` uncommitted ticks as the held batch."""
+        pos = self.source.committed
+        token = f"tw:{self.epoch}:{pos}:{n}"
+        self.journal.write(pos, n, token)
+        self._held = _Batch(self._take_buffer(), pos, n, token)
+
+    def _commit_held(self) -> None:
+        b = self._held
+        self.source.advance(b.n)
+        self.journal.clear()
+        self._held = None
+        if self._task is None or self._task.batch is not b:
+            self._give_back(b.buf)              # (else its insert still reads it: given back when it ends)
+
+    def _spill_held(self, now: float) -> bool:
+        b = self._held
+        path = self.spill.path_for(self.epoch, b.pos)
+        try:
+            if not path.exists():               # (a writer killed after spilling it wrote it already)
+                self.spill.write(b.pos, self.epoch, b.token, b.events)
+        except SpillError as exc:
+            b.spill_failed, b.spill_retry = now, now + self.retry_seconds
+            self.metrics["spill_error"] = str(exc)
+            self._spill_cause = exc.cause
+            if not self._spill_reported:
+                self._spill_reported = True
+                log.error("%s", exc)
+            return False
+        self._spill_reported = False
+        self.metrics["spill_error"] = ""
+        b.spilled = path
+        self.metrics["rows_spilled"] += b.n
+        self.metrics["batches_spilled"] += 1
+        self._commit_held()
         return True
 
-    def _persist(self, events: np.ndarray, pos: int, token: str) -> None:
-        """Make one batch durable (insert, or spill), retrying until it is; raises SpillError
-        only when asked to stop while neither works."""
-        while True:
-            if self._replay_spill() and self._insert(events, pos, token, self.epoch):
-                self.metrics["rows_written"] += len(events)
-                self.metrics["batches_written"] += 1
-                return
-            try:
-                if not self.spill.path_for(pos).exists():
-                    self.spill.write(pos, self.epoch, token, events)
-                self.metrics["rows_spilled"] += len(events)
-                self.metrics["batches_spilled"] += 1
-                self._spill_reported = False
-                return
-            except SpillError as exc:
-                self.metrics["last_error"] = str(exc)
-                if not self._spill_reported:
-                    self._spill_reported = True
-                    log.error("%s", exc)
-                if self._stop.wait(self.retry_seconds):
-                    raise
+    def _settle(self, now: float) -> None:
+        """Move the held batch towards durability without waiting on the store: insert it when
+        the store is free and nothing is spilled, else spill it; commit it once either worked."""
+        b = self._held
+        if b is None:
+            return
+        t = self._task
+        if t is not None and t.batch is b:                  # its insert is running
+            slow = self._behind() or (self.draining and now - t.started > self.batch_seconds)
+            if slow and now >= b.spill_retry:
+                self._spill_held(now)                       # committed; the insert goes on unwaited
+            return
+        if t is None and now >= b.insert_retry and not self.spill.files():
+            self._task = _Task(self.link.submit(self._insert_task, b.events, b.pos, b.token), b, None, now)
+            return
+        if now >= b.spill_retry and self._spill_held(now):
+            return
+        if t is None and now >= b.insert_retry:             # the spill cannot take it: the store then
+            self._task = _Task(self.link.submit(self._insert_task, b.events, b.pos, b.token), b, None, now)
+            return
+        since = self._drain_since
+        if since is not None and b.insert_failed is not None and b.spill_failed is not None \
+                and min(b.insert_failed, b.spill_failed) >= since:
+            self.gave_up = f"the store is unavailable and {self._spill_cause}"
+            log.error("%d ticks not stored (%s): they stay in ring %s", self.source.head - self.source.committed,
+                      self.gave_up, self.source.name.lstrip("/"))
 
-    def _commit(self, events: np.ndarray) -> None:
-        """Journal, persist and commit a batch that starts at the ring's committed position."""
-        pos = self.source.committed
-        token = f"tw:{self.epoch}:{pos}:{len(events)}"
-        self.journal.write(pos, len(events), token)
-        self._persist(events, pos, token)
-        self.source.advance(len(events))
-        self.journal.clear()
+    def _poll(self, now: float) -> None:
+        """Take in the result of the running store call, if it has ended."""
+        t = self._task
+        if t is None or not t.fut.done():
+            return
+        self._task = None
+        if t.batch is None:                                  # a replay
+            ok, n = t.fut.result()
+            if ok:
+                t.path.unlink(missing_ok=True)
+                self.metrics["rows_written"] += n
+                self.metrics["batches_written"] += 1
+                self.metrics["batches_replayed"] += 1
+            else:
+                self._replay_retry, self._replay_failed = now + self.retry_seconds, now
+            return
+        b, ok = t.batch, t.fut.result()
+        if b is self._held:                                  # still waiting for it
+            if ok:
+                self.metrics["rows_written"] += b.n
+                self.metrics["batches_written"] += 1
+                self._commit_held()
+            else:
+                b.insert_failed, b.insert_retry = now, now + self.retry_seconds
+            return
+        if ok and b.spilled is not None and b.spilled.exists():   # spilled while it ran: done twice
+            b.spilled.unlink()
+            self.metrics["rows_written"] += b.n
+            self.metrics["batches_written"] += 1
+        self._give_back(b.buf)
+
+    def _replay(self, now: float) -> None:
+        if self._task is not None or now < self._replay_retry:
+            return
+        files = self.spill.files()
+        if files:
+            self._task = _Task(self.link.submit(self._replay_task, files[0]), None, files[0], now)
 
     def _recover(self) -> None:
-        """Finish the batch a killed writer left in flight, exactly as it was journalled."""
+        """Hold again the batch a killed writer left in flight, exactly as it was journalled."""
         self._recovered = True
         entry = self.journal.read()
         if not entry:
@@ -326,50 +566,70 @@ class TickWriter:
                 raise RuntimeError(f"journalled batch at {committed} ({entry['n']} ticks) is no longer in the ring")
             got += k
         log.warning("re-writing the batch a previous writer left in flight (%d ticks at %d)", got, committed)
-        self._persist(buf, committed, entry["token"])
-        self.source.advance(entry["n"])
-        self.journal.clear()
+        self._held = _Batch(buf, committed, entry["n"], entry["token"])
 
     # -- the loop --------------------------------------------------------------------------
     def step(self, wait: float = 0.05) -> bool:
-        """Read what is there (waiting up to ``wait`` s), write a batch when one is due.
+        """Read what is there (waiting up to ``wait`` s), cut a batch when one is due, move the
+        held batch and the spill along.
 
-        Returns False once stopped (or the producer closed) and everything is written."""
+        Returns False once stopped (or the producer closed) and everything is durable, or when
+        the writer gave up on ticks it could make durable nowhere (:attr:`gave_up`)."""
         if not self._recovered:
             self._recover()
+        now = time.monotonic()
+        if self._drain_since is None and self.draining:
+            self._drain_since = now
+        self._poll(now)
+        self._settle(now)
         stopping = self._stop.is_set()
         n = self._n
-        k = self.source.peek_many(self._buf[n:], timeout=0 if stopping else wait)
+        k = 0
+        if n < self.batch_rows:
+            busy = self._task is not None or self._held is not None
+            k = self.source.peek_many(self._buf[n:], timeout=min(wait, 0.01) if busy else (0 if stopping else wait))
+        elif self._held is not None:
+            time.sleep(min(wait, 0.01))                # a full batch waits for the one before it
+        now = time.monotonic()
         if k:
             n += k
-            self._first = self._first or time.monotonic()
-        elif n == 0 and self.spill.files() and self.link.get() is not None:
-            self._replay_spill()
+            self._first = self._first or now
         closed = self.source.producer_closed
-        if n == self.batch_rows or (n and (stopping or closed or time.monotonic() - self._first >= self.batch_seconds)):
-            self._commit(self._buf[:n])
+        due = n == self.batch_rows or (n and (stopping or closed or now - self._first >= self.batch_seconds))
+        if self._held is None and due:
+            self._cut(n)
             n = 0
             self._first = None
+            self._settle(now)
         self._n = n
-        now = time.monotonic()
+        self._replay(now)
         if now - self._last_status >= self.status_every:
             self.write_status()
             self._last_status = now
-        if n == 0 and k == 0 and (stopping or closed) and self.source.size == 0:
-            if self.spill.files() and self.link.get() is not None:
-                self._replay_spill()
+        if self.gave_up:
             self.write_status()
             return False
-        if n and self.nap and not (stopping or closed):
+        if (stopping or closed) and n == 0 and self._held is None and self._task is None and self.source.size == 0 \
+                and self._replayed_all():
+            self.write_status()
+            return False
+        if n and self.nap and self._held is None and not (stopping or closed):
             self._stop.wait(min(self.nap, self._first + self.batch_seconds - now))
         return True
 
+    def _replayed_all(self) -> bool:
+        """Draining: no spill left, or the store failed a replay since the drain began."""
+        failed = self._replay_failed
+        return not self.spill.files() or (failed is not None and failed >= self._drain_since)
+
     def write_status(self) -> None:
         self.metrics["lag"] = int(self.source.size)
+        self.metrics["unstored"] = int(self.source.head - self.source.committed)
         self.metrics["spill_files"] = len(self.spill.files())
         self.metrics["spill_bytes"] = self.spill.bytes()
         self.metrics["outage"] = self.link.outage
-        self.metrics["last_error"] = self.link.last_error or self.metrics["last_error"]
+        self.metrics["last_error"] = self.link.last_error
+        self.metrics["gave_up"] = self.gave_up
         tmp = self.state / "status.json.tmp"
         tmp.write_text(json.dumps(self.metrics))
         os.replace(tmp, self.state / "status.json")
@@ -379,6 +639,158 @@ class TickWriter:
         while self.step():
             pass
         return dict(self.metrics)
+
+
+class SignalWriter:
+    """Stores one broadcast signal ring exactly once, resuming where it stopped.
+
+    The ring never waits for its readers, so the writer keeps a position of its own. Signals
+    read are written to a spill file (fsynced, renamed, with the token
+    ``sg:<ring>:<epoch>:<start>:<end>`` of their position range) and the position after them
+    is saved (``position.json``) before they are inserted; a file is removed once its insert
+    landed. A restarted writer replays leftover files with their tokens (ClickHouse drops
+    what had landed) and resumes at the saved position, so nothing is stored twice or skipped.
+    Signals the ring overwrote before the writer read them (it was down, stopped, or a whole
+    ring behind) are counted exactly in :attr:`missed` (kept in ``position.json`` across
+    restarts) and logged with their positions.
+
+    Parameters
+    ----------
+    ring : Ring
+        The signal ring, attached as a broadcast consumer at ``start="oldest"`` (the writer
+        skips what it stored before).
+    """
+
+    def __init__(self, link: StoreLink, ring, state_dir, run: str, *, batch_seconds: float = 1.0,
+                 batch_rows: int = 100_000, retry_seconds: float = 1.0):
+        self.link, self.ring, self.run = link, ring, run
+        self.name = ring.name.lstrip("/")
+        self.epoch = int(ring.created_ns)
+        self.state = Path(state_dir)
+        self.spill = _Spill(self.state / "spill", ".sig", "signals")
+        self.spill.dir.mkdir(parents=True, exist_ok=True)
+        self.position_path = self.state / "position.json"
+        self.batch_seconds, self.batch_rows, self.retry_seconds = batch_seconds, batch_rows, retry_seconds
+        saved = _read_json(self.position_path) or {}
+        self.missed = int(saved.get("missed", 0))
+        self.pos = int(saved["pos"]) if saved.get("epoch") == self.epoch else 0
+        for path in self.spill.files():
+            meta = _Spill.header(path)
+            if meta["epoch"] == self.epoch:
+                self.pos = max(self.pos, meta["end"])
+        self.written = 0
+        self.last_error = ""
+        self.gave_up = ""
+        self._spill_cause = ""
+        self._start = self.pos
+        self._pending: list = []
+        self._rows = 0
+        self._first = None
+        self._buf = np.empty(4096, dtype=SIGNAL_DTYPE)
+        self._task: Optional[Future] = None
+        self._task_path: Optional[Path] = None
+        self._retry = self._spill_retry = 0.0
+        self._insert_failed = self._spill_failed = None
+        self._drain_since = None
+        self._reported = False
+
+    def _read(self) -> None:
+        while self._rows < self.batch_rows:             # (a failing spill: read no further; a lap is counted)
+            k = self.ring.pop_many(self._buf, timeout=0)
+            if not k:
+                return
+            end = self.ring.position
+            first = end - k                              # what was read is the k positions before the cursor
+            if first > self.pos:
+                lost = first - self.pos
+                self.missed += lost
+                log.error("signal ring %s lapped the writer: %d signals (positions %d to %d) were overwritten "
+                          "before they could be stored (%d missed in all)", self.name, lost, self.pos, first - 1,
+                          self.missed)
+                self.pos = first
+            skip = self.pos - first                      # stored before a restart
+            if skip < k:
+                if not self._pending:
+                    self._start = self.pos
+                    self._first = time.monotonic()
+                self._pending.append(self._buf[skip:k].copy())
+                self._rows += k - skip
+            self.pos = max(self.pos, end)
+            if k < len(self._buf):
+                return
+
+    def _flush(self, now: float, force: bool) -> None:
+        """Make the pending signals durable in a spill file and save the position after them."""
+        if not self._rows or now < self._spill_retry:
+            return
+        if not (force or self._rows >= self.batch_rows or now - self._first >= self.batch_seconds):
+            return
+        batch = np.concatenate(self._pending)
+        start, end = self._start, self.pos
+        token = f"sg:{self.name}:{self.epoch}:{start}:{end}"
+        try:
+            self.spill.write(start, self.epoch, token, batch, end=end, run=self.run)
+        except SpillError as exc:
+            self._spill_failed, self._spill_retry = now, now + self.retry_seconds
+            self.last_error = str(exc)
+            self._spill_cause = exc.cause
+            if not self._reported:
+                self._reported = True
+                log.error("%s", exc)
+            return
+        self._reported = False
+        self._pending, self._rows, self._first = [], 0, None
+        try:
+            _write_json(self.position_path, {"epoch": self.epoch, "pos": end, "missed": self.missed})
+        except OSError as exc:                           # the spill file's header holds the position too
+            log.warning("signal position not saved (%s); the spill file keeps it", exc)
+
+    def _insert_task(self, path: Path):                  # store thread
+        meta, sig = _Spill.read(path, SIGNAL_DTYPE)
+        return self.link.insert("insert_signals", sig, meta["run"], token=meta["token"]), meta["n"]
+
+    def _store(self, now: float) -> None:
+        if self._task is not None:
+            if not self._task.done():
+                return
+            (ok, n), path = self._task.result(), self._task_path
+            self._task = None
+            if ok:
+                path.unlink(missing_ok=True)
+                self.written += n
+            else:
+                self._insert_failed, self._retry = now, now + self.retry_seconds
+        if now >= self._retry:
+            files = self.spill.files()
+            if files:
+                self._task_path = files[0]
+                self._task = self.link.submit(self._insert_task, files[0])
+
+    def step(self, draining: bool) -> bool:
+        """Read, make durable, insert; with ``draining``, everything now. False once done."""
+        now = time.monotonic()
+        if draining and self._drain_since is None:
+            self._drain_since = now
+        self._read()
+        self._flush(now, draining)
+        self._store(now)
+        if not draining:
+            return True
+        since = self._drain_since
+        if self._rows:                                   # could not be spilled
+            if self._spill_failed is not None and self._spill_failed >= since:
+                self.gave_up = self._spill_cause
+                log.error("%d signals not stored (%s): they stay in ring %s", self._rows, self.gave_up, self.name)
+                return False
+            return True
+        if self._task is not None:
+            return True
+        return bool(self.spill.files()) and not (self._insert_failed is not None and self._insert_failed >= since)
+
+    def status(self) -> dict:
+        return {"written": self.written, "missed": self.missed, "position": self.pos,
+                "spill_files": len(self.spill.files()), "unstored": self._rows, "last_error": self.last_error,
+                "gave_up": self.gave_up}
 
 
 def _threads(pid) -> list[int]:
@@ -458,71 +870,53 @@ class WriterService:
     """Several tick sources (one per engine worker) and optional signal sources, one store,
     one loop: what the writer process runs."""
 
-    #: Signals held while the store is unreachable; beyond this the oldest are dropped (counted).
-    MAX_PENDING_SIGNALS = 1_000_000
-
-    def __init__(self, link: StoreLink, writers, signal_sources=(), run: str = "", state_dir=None,
-                 policy: Optional[IdlePolicy] = None, signal_seconds: float = 1.0):
+    def __init__(self, link: StoreLink, writers, signal_writers=(), state_dir=None,
+                 policy: Optional[IdlePolicy] = None):
         self.link = link
         self.policy = policy
         self.writers = list(writers)
-        self.signal_sources = list(signal_sources)
-        self.run_name = run
+        self.signal_writers = list(signal_writers)
         self.state_dir = Path(state_dir) if state_dir else None
-        self.signals_written = 0
-        self.signals_dropped = 0
+        self._stop = threading.Event()
         self._last_status = 0.0
-        self._sig_buf = np.empty(4096, dtype=SIGNAL_DTYPE)
-        self._sig_pending: list = []
-        self._sig_rows = 0
-        self._sig_first = None
-        self.signal_seconds = signal_seconds
 
     def stop(self) -> None:
+        self._stop.set()
         for w in self.writers:
             w.stop()
 
-    def _signals(self, flush: bool = False) -> None:
-        """Read the signal rings; store what was read once a second (or at ``flush``): one
-        insert per batch, not per read, so the store does not merge a part per engine batch."""
-        for src in self.signal_sources:
-            k = src.pop_many(self._sig_buf, timeout=0)
-            if k:
-                self._sig_pending.append(self._sig_buf[:k].copy())
-                self._sig_rows += k
-                self._sig_first = self._sig_first or time.monotonic()
-        now = time.monotonic()
-        due = self._sig_rows and (flush or self._sig_rows >= 100_000 or now - self._sig_first >= self.signal_seconds)
-        if due and self.link.get() is not None:
-            batch = np.concatenate(self._sig_pending)
-            self._sig_pending, self._sig_rows, self._sig_first = [], 0, None
-            try:
-                self.link.store.insert_signals(batch, self.run_name)
-                self.signals_written += len(batch)
-            except Exception as exc:        # noqa: BLE001 - signals are best effort
-                self.link.failed(exc)
-        while self._sig_rows > self.MAX_PENDING_SIGNALS:    # a long outage: keep the newest
-            old = self._sig_pending.pop(0)
-            self._sig_rows -= len(old)
-            self.signals_dropped += len(old)
-        if self.state_dir is not None and self.signal_sources and now - self._last_status >= 1.0:
-            self._last_status = now
-            self.write_signal_status()
+    @property
+    def gave_up(self) -> list[str]:
+        """Why ticks or signals were left in their rings (empty when everything is durable)."""
+        return [w.gave_up for w in self.writers + self.signal_writers if w.gave_up]
 
     def write_signal_status(self) -> None:
-        """``signals.json``: signals stored, and missed because this reader was lapped."""
+        """``signals.json``: signals stored, missed because the ring lapped the writer (exact,
+        across restarts), spill files waiting, and any error."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        each = [s.status() for s in self.signal_writers]
+        out = {"written": sum(s["written"] for s in each), "missed": sum(s["missed"] for s in each),
+               "spill_files": sum(s["spill_files"] for s in each), "unstored": sum(s["unstored"] for s in each),
+               "last_error": "; ".join(s["last_error"] for s in each if s["last_error"]), "rings": each}
         tmp = self.state_dir / "signals.json.tmp"
-        tmp.write_text(json.dumps({"written": self.signals_written, "dropped": self.signals_dropped,
-                                   "missed": int(sum(s.missed for s in self.signal_sources))}))
+        tmp.write_text(json.dumps(out))
         os.replace(tmp, self.state_dir / "signals.json")
 
     def run(self) -> list:
         active = list(self.writers)
+        signals = list(self.signal_writers)
         wait = 0.05 / max(len(active), 1)
-        while active:
+        while active or signals:
             active = [w for w in active if w.step(wait)]
-            self._signals()
+            # signals drain once the ticks are done (the workers closed their rings) or at a stop
+            draining = not active or self._stop.is_set()
+            signals = [s for s in signals if s.step(draining)]
+            if not active and signals:
+                time.sleep(0.01)
+            now = time.monotonic()
+            if self.state_dir is not None and self.signal_writers and now - self._last_status >= 1.0:
+                self._last_status = now
+                self.write_signal_status()
             if self.policy is not None:
                 if not self.policy.finished and any(w.draining for w in self.writers):
                     self.policy.finish()
@@ -530,15 +924,16 @@ class WriterService:
                 for w in self.writers:
                     w.metrics["sched_idle"] = int(self.policy.idle)
                     w.metrics["sched_switches"] = self.policy.switches
-        self._signals(flush=True)
-        if self.state_dir is not None and self.signal_sources:
+        if self.state_dir is not None and self.signal_writers:
             self.write_signal_status()
         self.link.close()
         return [dict(w.metrics) for w in self.writers]
 
 
 def main(argv=None) -> int:
-    """``python -m tickwire.engine.writer``: the writer process the daemon starts."""
+    """``python -m tickwire.engine.writer``: the writer process the daemon starts. Exit status 0
+    when everything read is stored or spilled, :data:`EXIT_UNSTORED` when some had to stay in
+    its ring."""
     ap = argparse.ArgumentParser(prog="python -m tickwire.engine.writer",
                                  description="Drain tick rings into ClickHouse, exactly once.")
     ap.add_argument("--ring", action="append", required=True,
@@ -549,6 +944,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-rows", type=int, default=500_000)
     ap.add_argument("--batch-seconds", type=float, default=1.0)
     ap.add_argument("--signal-ring", action="append", default=[], help="broadcast signal ring to store (optional)")
+    ap.add_argument("--signal-seconds", type=float, default=1.0, help="signals are stored this often [%(default)s]")
     ap.add_argument("--run", default="", help="run name stored with the signals")
     ap.add_argument("--cpu", type=int, default=None, help="pin to this core")
     ap.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -558,10 +954,19 @@ def main(argv=None) -> int:
     ap.add_argument("--sched", choices=("normal", "idle"), default="normal",
                     help="scheduling policy: 'idle' (SCHED_IDLE) runs the writer only when its core has "
                          "nothing else to run, so it never delays latency-bound work there [%(default)s]")
+    ap.add_argument("--spill-above", type=float, default=SPILL_ABOVE,
+                    help="spill a batch whose insert is still running once this share of the ring is "
+                         "uncommitted [%(default)s]")
+    ap.add_argument("--debug-insert-delay", type=float, default=0.0,
+                    help="sleep this long before every insert: a slow store on demand, for tests and "
+                         "benchmarks [%(default)s]")
     ap.add_argument("--log-file", default=None, help="append the log here instead of stderr")
     args = ap.parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), filename=args.log_file,
                         format="%(asctime)s writer %(levelname)s %(message)s")
+    stop = threading.Event()                 # a SIGTERM during set-up is not lost: drained after it
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
     if args.nice:
@@ -569,27 +974,37 @@ def main(argv=None) -> int:
     from tickwire.engine.store import Store
     from tickwire.ext.ring import Ring
 
-    link = StoreLink(lambda: Store.open(args.dsn, args.database))
-    if link.get() is None:                   # connect (and create the schema) before attaching
+    link = StoreLink(lambda: Store.open(args.dsn, args.database), insert_delay=args.debug_insert_delay)
+    if link.submit(link.get).result() is None:     # connect (and create the schema) before attaching
         log.error("%s: will spill until the store answers", link.last_error)
     writers = []
     for name in args.ring:
         ring = Ring.attach(name, EVENT_DTYPE, takeover=True, spin_ns=0)     # no hurry: sleep at once
         writers.append(TickWriter(link, ring, Path(args.state_dir) / name, int(ring.created_ns),
                                   batch_rows=args.batch_rows, batch_seconds=args.batch_seconds,
-                                  nap=args.nap))
-    signals = [Ring.attach(name, SIGNAL_DTYPE) for name in args.signal_ring]
+                                  nap=args.nap, spill_above=args.spill_above))
+    signals = [SignalWriter(link, Ring.attach(name, SIGNAL_DTYPE, start="oldest"), Path(args.state_dir) / name,
+                            args.run, batch_seconds=args.signal_seconds) for name in args.signal_ring]
     policy = None
     if args.sched == "idle":                 # after set-up, which runs at normal priority
         policy = IdlePolicy()
         policy.start()
-    service = WriterService(link, writers, signals, args.run, args.state_dir, policy)
+    service = WriterService(link, writers, signals, args.state_dir, policy)
     signal.signal(signal.SIGTERM, lambda *_: service.stop())
     signal.signal(signal.SIGINT, lambda *_: service.stop())
+    if stop.is_set():
+        service.stop()
     metrics = service.run()
     log.info("done: %s", json.dumps(metrics))
-    return 0
+    return EXIT_UNSTORED if service.gave_up else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    # Everything read is durable (inserted, or spilled and fsynced) and logged: skip the
+    # interpreter's teardown, where the embedded engine's global destructors were seen to take
+    # seconds and, once in a daemon test, to end the process with SIGKILL.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

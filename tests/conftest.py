@@ -1,6 +1,8 @@
-"""Shared fixtures: the real captures (skipped with a reason where ../shared is absent)."""
+"""Shared fixtures: the real captures (skipped with a reason where ../shared is absent); a tiny
+tmpfs for a spill directory that fills up."""
 
 import os
+import subprocess
 
 import pytest
 
@@ -31,3 +33,21 @@ def pytest_report_header(config):
     from tickwire.ext import BUILD
 
     return f"tickwire extension build: {BUILD} (expected: {os.environ.get('TICKWIRE_EXPECT_BUILD', 'any')})"
+
+
+@pytest.fixture
+def tiny_disk():
+    """A 1 MiB tmpfs to mount as a spill directory (root only; skipped where mounting is not
+    allowed)."""
+    mounted = []
+
+    def mount(path):
+        path.mkdir(parents=True, exist_ok=True)
+        res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)], capture_output=True)
+        if res.returncode:
+            pytest.skip(f"cannot mount a small tmpfs here: {res.stderr.decode().strip()}")
+        mounted.append(path)
+        return path
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)])

@@ -292,37 +292,50 @@ def test_sighup_reloads_rule_thresholds_without_a_restart(tmp_path):
     assert "only thresholds reload without a restart" in (tmp_path / "daemon.log").read_text()
 
 
-def writer_threads_idle(cfg_path) -> bool:
+def alive(pid) -> bool:
+    """Whether ``pid`` runs (a zombie, reparented to an init that does not reap, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+def writer_pid(run) -> int:
+    """The writer process of run ``run`` (its command line names the run's rings), 0 if none."""
     for p in Path("/proc").iterdir():
         try:
             cmd = (p / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"tickwire.engine.writer" in cmd and cfg_path.stem.encode() in cmd:
-            try:
-                return {os.sched_getscheduler(int(t)) for t in os.listdir(p / "task")} == {os.SCHED_IDLE}
-            except (ProcessLookupError, FileNotFoundError):     # a thread (or the writer) just ended
-                return False
-    return False
+        if b"tickwire.engine.writer" in cmd and f"tickwire-{run}-ticks-0".encode() in cmd and alive(p.name):
+            return int(p.name)
+    return 0
+
+
+def writer_threads_idle(cfg_path) -> bool:
+    pid = writer_pid(cfg_path.stem)
+    try:
+        policies = {os.sched_getscheduler(int(t)) for t in os.listdir(f"/proc/{pid}/task")} if pid else set()
+        return policies == {os.SCHED_IDLE}
+    except (ProcessLookupError, FileNotFoundError):             # a thread (or the writer) just ended
+        return False
 
 
 def test_writer_options_reach_the_writer_process(tmp_path):
     cfg_path, raw = write_config(tmp_path, "opts")
     raw["store"]["writer_nice"] = 5
+    raw["store"]["debug_insert_delay_s"] = 0.01
     raw["daemon"]["log_file"] = str(tmp_path / "tw.log")
     cfg_path.write_text(to_toml(raw))
     run_dir = tmp_path / "state" / "opts"
     daemon, log = start_daemon(cfg_path, tmp_path)
     try:
         assert wait_for(lambda: status(run_dir)["pid"])
-        def cmdline(p):
-            try:
-                return (p / "cmdline").read_bytes()
-            except OSError:                                # a process that just ended
-                return b""
-        writer = next(int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and
-                      b"tickwire.engine.writer" in cmdline(p) and b"opts" in cmdline(p))
+        assert wait_for(lambda: writer_pid("opts"))
+        writer = writer_pid("opts")
         assert os.getpriority(os.PRIO_PROCESS, writer) == 5
+        assert b"--debug-insert-delay\x000.01\x00" in Path(f"/proc/{writer}/cmdline").read_bytes()
         # store.writer_sched defaults to "idle": every thread of the writer, the store's included
         assert wait_for(lambda: writer_threads_idle(cfg_path))
     finally:
@@ -357,3 +370,207 @@ def test_sigterm_with_a_busy_writer_core_still_stores_everything_and_exits_clean
     (n, distinct), = query(dsn, "SELECT count(), uniqExact(channel, seq) FROM tickwire.ticks "
                                 "WHERE bitAnd(flags, 2) = 0 AND kind != 6")
     assert n == distinct == 50_000
+
+
+def writer_ready(run_dir) -> bool:
+    """The writer has set up (it writes its first status file then)."""
+    return (run_dir / "writer" / f"tickwire-{run_dir.name}-ticks-0" / "status.json").exists()
+
+
+def remove_rings(run):
+    """Remove the rings a run kept (a test that failed half-way would leave 64 MiB each)."""
+    from tickwire.ext import ring as ringmod
+
+    for name in (f"tickwire-{run}-ticks-0", f"tickwire-{run}-signals-0"):
+        if ringmod.exists(name):
+            ringmod.remove(name)
+
+
+@pytest.fixture
+def rings_of():
+    """``rings_of(run)``: no rings of ``run`` before the test, none left after it."""
+    runs = []
+
+    def use(run):
+        remove_rings(run)
+        runs.append(run)
+    yield use
+    for run in runs:
+        remove_rings(run)
+
+
+def market_events(dsn):
+    (n, distinct), = query(dsn, "SELECT count(), uniqExact(channel, seq) FROM tickwire.ticks "
+                                "WHERE bitAnd(flags, 2) = 0 AND kind != 6")
+    return n, distinct
+
+
+def publish(raw, run_dir, events, rate=100_000):
+    sim = start_sim(raw, events, rate)
+    out, _ = sim.communicate(timeout=120)
+    assert sim.returncode == 0, out
+    assert wait_for(lambda: status(run_dir)["feed"]["events"] >= events, 30)
+
+
+def test_writer_stopped_at_sigterm_is_continued_and_stores_everything(tmp_path):
+    """The writer is SIGSTOPped before the ticks arrive, so all of them wait in the ring when the
+    daemon gets SIGTERM: the supervisor continues the writer, which drains the ring; exit 0."""
+    cfg_path, raw = write_config(tmp_path, "stopped")
+    run_dir = tmp_path / "state" / "stopped"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"] and writer_ready(run_dir))
+        os.kill(writer_pid("stopped"), signal.SIGSTOP)
+        publish(raw, run_dir, 100_000)
+    finally:
+        rc, took = stop_daemon(daemon, log)
+    text = (tmp_path / "daemon.log").read_text()
+    assert rc == 0 and took < 25, text[-3000:]
+    assert "stopped: every tick and signal stored" in text
+    assert market_events(f"chdb://{tmp_path}/state/store") == (100_000, 100_000)
+
+
+def test_hung_writer_at_sigterm_keeps_the_ring_and_the_next_start_stores_it(tmp_path, rings_of):
+    """A writer that stays stopped (a process re-stops it as fast as the supervisor continues it)
+    cannot drain within the shutdown bound: it is killed, the tick and signal rings are kept
+    (not unlinked), one line says so and the exit status is 3. The next start with the same
+    config adopts the rings, its writer stores them, and every tick and signal is stored once."""
+    from tickwire.ext import ring as ringmod
+
+    rings_of("hung")
+    cfg_path, raw = write_config(tmp_path, "hung")
+    raw["daemon"]["shutdown_timeout_s"] = 4
+    cfg_path.write_text(to_toml(raw))
+    run_dir = tmp_path / "state" / "hung"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    stopper = None
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"] and writer_ready(run_dir))
+        pid = writer_pid("hung")
+        os.kill(pid, signal.SIGSTOP)
+        publish(raw, run_dir, 100_000)
+        emitted = status(run_dir)["counts"]["signals"]
+        stopper = subprocess.Popen([PY, "-c", f"import os, signal\nwhile True:\n    try:\n        "
+                                              f"os.kill({pid}, signal.SIGSTOP)\n    except ProcessLookupError:\n"
+                                              f"        break"])
+    finally:
+        rc, took = stop_daemon(daemon, log)
+        if stopper is not None:
+            stopper.kill()
+            stopper.wait()
+    text = (tmp_path / "daemon.log").read_text()
+    assert rc == 3 and took < 15, text[-3000:]
+    line = next(x for x in text.splitlines() if "NOT stored" in x)
+    assert "kept in shared memory (tickwire-hung-ticks-0, tickwire-hung-signals-0)" in line
+    assert "did not finish within 4 s" in line
+    assert ringmod.exists("tickwire-hung-ticks-0") and ringmod.exists("tickwire-hung-signals-0")
+    daemon, log = start_daemon(cfg_path, tmp_path, "daemon2")
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"])
+        st = run_dir / "writer" / "tickwire-hung-ticks-0" / "status.json"
+        assert wait_for(lambda: json.loads(st.read_text())["rows_written"] >= 100_000, 60)
+    finally:
+        rc, _ = stop_daemon(daemon, log)
+    text = (tmp_path / "daemon2.log").read_text()
+    assert rc == 0, text[-3000:]
+    assert "holds" in text and "not stored: kept, the writer stores them first" in text
+    assert not ringmod.exists("tickwire-hung-ticks-0")
+    dsn = f"chdb://{tmp_path}/state/store"
+    assert market_events(dsn) == (100_000, 100_000)
+    (n, distinct), = query(dsn, "SELECT count(), uniqExact(ts_signal, seq, instrument, rule_id) "
+                                "FROM tickwire.signals WHERE run = 'hung'")
+    assert n == distinct == emitted + status(run_dir)["counts"]["signals"]
+
+
+def test_full_spill_dir_with_the_store_down_exits_non_zero_and_loses_nothing(tmp_path, tiny_disk, rings_of):
+    """Store unreachable, and the spill directory (a 1 MiB tmpfs) fills: at SIGTERM the daemon
+    names the directory and the errno on one line, exits 3 and keeps the ring. Started again with
+    a store that answers, it replays the spill and drains the ring: every tick stored once."""
+    from tickwire.ext import ring as ringmod
+
+    rings_of("full")
+    cfg_path, raw = write_config(tmp_path, "full")
+    raw["store"]["dsn"] = "http://127.0.0.1:1"
+    cfg_path.write_text(to_toml(raw))
+    run_dir = tmp_path / "state" / "full"
+    spill = tiny_disk(run_dir / "writer" / "tickwire-full-ticks-0" / "spill")
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"])
+        publish(raw, run_dir, 100_000)
+        st = run_dir / "writer" / "tickwire-full-ticks-0" / "status.json"
+        assert wait_for(lambda: "is full" in json.loads(st.read_text())["spill_error"], 30)
+    finally:
+        rc, _ = stop_daemon(daemon, log)
+    text = (tmp_path / "daemon.log").read_text()
+    assert rc == 3, text[-3000:]
+    line = next(x for x in text.splitlines() if "NOT stored" in x)
+    assert f"spill directory {spill} is full (ENOSPC, errno 28)" in line
+    assert ringmod.exists("tickwire-full-ticks-0")
+    del raw["store"]["dsn"]                                   # the store is back
+    cfg_path.write_text(to_toml(raw))
+    daemon, log = start_daemon(cfg_path, tmp_path, "daemon2")
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"])
+        assert wait_for(lambda: json.loads(st.read_text())["unstored"] == 0 and not list(spill.iterdir()), 60)
+    finally:
+        rc, _ = stop_daemon(daemon, log)
+    assert rc == 0, (tmp_path / "daemon2.log").read_text()[-3000:]
+    assert market_events(f"chdb://{tmp_path}/state/store") == (100_000, 100_000)
+
+
+def test_killed_supervisor_takes_its_children_along_and_a_new_daemon_starts(tmp_path):
+    """kill -9 of the supervisor: its worker and writer get SIGTERM (PR_SET_PDEATHSIG), drain and
+    exit within seconds; a new daemon with the same config reclaims the rings and starts;
+    nothing is lost."""
+    cfg_path, raw = write_config(tmp_path, "orphans")
+    run_dir = tmp_path / "state" / "orphans"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"] and writer_pid("orphans"))
+        publish(raw, run_dir, 100_000)
+        worker, writer = status(run_dir)["pid"], writer_pid("orphans")
+    finally:
+        daemon.kill()
+        daemon.wait()
+        log.close()
+    assert wait_for(lambda: not alive(worker) and not alive(writer), 5), "orphans left running"
+    daemon, log = start_daemon(cfg_path, tmp_path, "daemon2")
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"] not in (0, worker))
+    finally:
+        rc, _ = stop_daemon(daemon, log)
+    assert rc == 0, (tmp_path / "daemon2.log").read_text()[-3000:]
+    assert market_events(f"chdb://{tmp_path}/state/store") == (100_000, 100_000)
+
+
+def test_a_second_daemon_on_the_same_store_refuses_to_start(tmp_path):
+    """The embedded store allows one process: a second daemon (another run, same store) exits 2
+    with one line and starts nothing; so does a daemon whose store another process holds."""
+    from tickwire.ext import ring as ringmod
+
+    first, _ = write_config(tmp_path, "first")
+    second, _ = write_config(tmp_path, "second")             # same state_dir: the same store
+    daemon, log = start_daemon(first, tmp_path)
+    try:
+        assert wait_for(lambda: status(tmp_path / "state" / "first")["pid"])
+        res = subprocess.run([PY, "-m", "tickwire", "run", "--config", str(second)], capture_output=True,
+                             text=True, timeout=60)
+    finally:
+        rc, _ = stop_daemon(daemon, log)
+    assert rc == 0
+    assert res.returncode == 2 and res.stderr.strip().count("\n") == 0, res.stderr
+    assert f"is in use by another tickwire daemon (pid {daemon.pid})" in res.stderr
+    assert not ringmod.exists("tickwire-second-ticks-0")
+    dsn = f"chdb://{tmp_path}/state/store"
+    code = f"import time\nfrom tickwire.engine.store import Store\ns = Store.open({dsn!r})\nprint('open', flush=True)\n"
+    holder = subprocess.Popen([PY, "-c", code + "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        res = subprocess.run([PY, "-m", "tickwire", "run", "--config", str(second)], capture_output=True,
+                             text=True, timeout=60)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert res.returncode == 2 and res.stderr.strip().count("\n") == 0, res.stderr
+    assert "is locked by another process" in res.stderr

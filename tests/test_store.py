@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tickwire.engine.store import MERGE_SELECTOR_BASE, SCHEMA_VERSION, Store, StoreError, cluster_ddl, redact
-from tickwire.ext import EVENT_DTYPE, SIGNAL_DTYPE
+from tickwire.ext import EVENT_DTYPE, SIGNAL_DTYPE, Flag
 from tickwire.feeds.synthetic import l3_orders, synthetic_instruments
 
 
@@ -44,6 +44,7 @@ def total_order(ev, epoch_ord=None):
 def test_round_trip_bit_for_bit_in_total_order(tmp_path):
     store = Store.open(f"chdb://{tmp_path}/db")
     ev = random_events(50_000, seed=1)
+    ev["flags"] &= ~np.uint32(Flag.SNAPSHOT)                 # market events (snapshots: their own test)
     assert store.insert_ticks(ev, epoch=3, first_ord=0, token="3:0") == len(ev)
     back = np.concatenate(list(store.read_ticks(chunk_rows=7_000)))
     assert back.tobytes() == total_order(ev).tobytes()
@@ -60,11 +61,40 @@ def test_round_trip_bit_for_bit_in_total_order(tmp_path):
 def test_same_token_is_stored_once_and_epochs_keep_streams_apart(tmp_path):
     store = Store.open(f"chdb://{tmp_path}/db")
     ev = random_events(1000, seed=2)
+    ev["flags"] &= ~np.uint32(Flag.SNAPSHOT)
     for _ in range(3):
         store.insert_ticks(ev, epoch=1, first_ord=0, token="1:0:1000")
     assert store.count_ticks() == 1000
     store.insert_ticks(ev, epoch=2, first_ord=0, token="2:0:1000")    # a new stream: new rows
     assert store.count_ticks() == 2000
+
+
+def test_snapshot_rows_go_to_their_own_table_once_each(tmp_path):
+    """Rows with Flag.SNAPSHOT (snapshot replies and their markers) land in `snapshots`, the rest
+    in `ticks`; `ord` keeps each row's place in the batch; a retried batch (same token) adds
+    nothing to either table, and a retry after only one table got its rows completes the other."""
+    store = Store.open(f"chdb://{tmp_path}/db")
+    ev = random_events(20_000, seed=5)
+    snap = (ev["flags"] & Flag.SNAPSHOT) != 0
+    assert 0 < snap.sum() < len(ev)
+    for _ in range(2):
+        store.insert_ticks(ev, epoch=4, first_ord=100, token="4:100:20000")
+    market = np.concatenate(list(store.read_ticks()))
+    snaps = np.concatenate(list(store.read_snapshots()))
+    assert market.tobytes() == total_order(ev[~snap], np.arange(100, 20_100)[~snap]).tobytes()
+    assert snaps.tobytes() == total_order(ev[snap], np.arange(100, 20_100)[snap]).tobytes()
+    assert store.count_ticks() == (~snap).sum() and store.count_ticks(table="snapshots") == snap.sum()
+    ords = store.client.query("SELECT ord FROM tickwire.snapshots ORDER BY ord").result_rows
+    assert [o for (o,) in ords] == list(np.flatnonzero(snap) + 100)
+    # a batch whose market part was inserted but not its snapshot part (a crash in between)
+    ev2 = random_events(1_000, seed=6)
+    s2 = (ev2["flags"] & Flag.SNAPSHOT) != 0
+    store.insert_ticks(ev2[~s2], epoch=5, token="5:0:1000")   # what the first attempt stored
+    store.insert_ticks(ev2, epoch=5, token="5:0:1000")        # the retry
+    assert store.count_ticks() == (~snap).sum() + (~s2).sum()
+    assert store.count_ticks(table="snapshots") == snap.sum() + s2.sum()
+    with pytest.raises(ValueError, match="table"):
+        store.count_ticks(table="signals")
 
 
 def test_schema_created_once_and_reopened(tmp_path):
@@ -116,10 +146,44 @@ def test_version_1_store_is_migrated_keeping_its_data(tmp_path):
             print(t, "merge_selector_base = {MERGE_SELECTOR_BASE}" in
                   q(f"SELECT create_table_query FROM system.tables WHERE database = 'tickwire' AND name = '{{t}}'")[0][0])
     """)
-    assert out.split("\n")[:3] == ["1000 [1, 2]", "ticks True", "signals True"]
+    assert out.split("\n")[:3] == [f"1000 [1, {SCHEMA_VERSION}]", "ticks True", "signals True"]
     fresh = Store.open(f"chdb://{tmp_path}/new")
     ddl = fresh.client.query("SELECT create_table_query FROM system.tables WHERE name = 'ticks'").result_rows[0][0]
     assert f"merge_selector_base = {MERGE_SELECTOR_BASE}" in ddl
+
+
+def test_version_2_store_is_migrated_moving_snapshot_rows_out_of_ticks(tmp_path):
+    """A version-2 store (snapshot events in `ticks`) gets the `snapshots` table on reopen and its
+    snapshot rows move there, exactly once, keeping epoch and ord; market rows stay."""
+    dsn = f"chdb://{tmp_path}/v2"
+    ev = random_events(5000, seed=7)
+    np.save(tmp_path / "ev.npy", ev)
+    in_fresh_process(f"""
+        import clickhouse_connect
+        import numpy as np
+        from tickwire.engine.store import schema_ddl, _arrow_table, TICK_COLUMNS
+        c = clickhouse_connect.get_client(dsn="{dsn}")
+        for stmt in schema_ddl("tickwire"):
+            if "snapshots" not in stmt:                     # what version 2 created
+                c.command(stmt)
+        c.command("INSERT INTO tickwire.schema_version (version) VALUES (2)")
+        ev = np.load("{tmp_path / 'ev.npy'}")
+        t = _arrow_table(ev, TICK_COLUMNS, {{"epoch": np.full(5000, 9, np.uint64),
+                                             "ord": np.arange(5000, dtype=np.uint64)}})
+        c.insert_arrow("tickwire.ticks", t, settings={{"async_insert": 0}})
+    """)
+    snap = (ev["flags"] & Flag.SNAPSHOT) != 0
+    out = in_fresh_process(f"""
+        from tickwire.engine.store import Store
+        for _ in range(2):                                  # the second open finds nothing to do
+            s = Store.open("{dsn}")
+        q = lambda sql: s.client.query(sql).result_rows
+        print(s.count_ticks(), s.count_ticks(table="snapshots"),
+              sorted(r[0] for r in q("SELECT version FROM tickwire.schema_version")))
+        print(q("SELECT count() FROM tickwire.ticks WHERE bitAnd(flags, 2) != 0")[0][0],
+              q("SELECT sum(ord) FROM tickwire.snapshots WHERE epoch = 9")[0][0])
+    """)
+    assert out.split("\n")[:2] == [f"{(~snap).sum()} {snap.sum()} [2, 3]", f"0 {np.flatnonzero(snap).sum()}"]
 
 
 def test_signals_round_trip_by_run(tmp_path):

@@ -5,6 +5,7 @@ one process per data directory) and checking it holds exactly the published tick
 """
 
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ import pytest
 
 from tickwire.engine.store import Store
 from tickwire.engine.writer import SpillError, StoreLink, TickWriter, _Spill
-from tickwire.ext import EVENT_DTYPE
+from tickwire.ext import EVENT_DTYPE, SIGNAL_DTYPE
 from tickwire.ext.ring import Ring
 from tickwire.feeds.synthetic import l2_updates
 
@@ -174,18 +175,22 @@ class FlakyStore:
         return call
 
 
-def test_outage_spills_in_order_and_replays_with_nothing_lost(tmp_path):
-    name, dsn = ring_name(), f"chdb://{tmp_path}/store"
-    ev = l2_updates(50_000, seed=4, instruments=2)
-    down = threading.Event()
+def flaky_link(dsn, down):
+    """The real store, and a StoreLink to it that fails like a lost server while ``down`` is set."""
     real = Store.open(dsn)
 
     def open_store():
         if down.is_set():
             raise ConnectionError("store unreachable (simulated outage)")
         return FlakyStore(real, down)
+    return real, StoreLink(open_store, retry_seconds=0.05)
 
-    link = StoreLink(open_store, retry_seconds=0.05)
+
+def test_outage_spills_in_order_and_replays_with_nothing_lost(tmp_path):
+    name, dsn = ring_name(), f"chdb://{tmp_path}/store"
+    ev = l2_updates(50_000, seed=4, instruments=2)
+    down = threading.Event()
+    real, link = flaky_link(dsn, down)
     with Ring.create(name, EVENT_DTYPE, 1 << 16) as ring:
         consumer = Ring.attach(name, EVENT_DTYPE)
         writer = TickWriter(link, consumer, tmp_path / "state", epoch=9, batch_rows=2500,
@@ -207,6 +212,36 @@ def test_outage_spills_in_order_and_replays_with_nothing_lost(tmp_path):
         assert not writer.spill.files() and writer.metrics["batches_replayed"] >= 2
     real.close()
     assert_exactly_once(dsn, ev)
+
+
+def test_spill_files_of_an_earlier_stream_keep_their_names_and_are_replayed(tmp_path):
+    """A stream's spill files outlive its ring when the store was down at its end; a ring of the
+    next run starts again at position 0 and spills too: its files must not take the old names
+    (a writer that found "its" file already there would commit a batch it never wrote)."""
+    name, dsn = ring_name(), f"chdb://{tmp_path}/store"
+    old, new = l2_updates(3000, seed=10), l2_updates(2000, seed=11)
+    spill = _Spill(tmp_path / "state" / "spill")
+    spill.dir.mkdir(parents=True)
+    spill.write(0, 1, "tw:1:0:3000", old)                 # stream 1, position 0, never stored
+    down = threading.Event()
+    down.set()
+    real, link = flaky_link(dsn, down)
+    with Ring.create(name, EVENT_DTYPE, 1 << 14) as ring:
+        writer = TickWriter(link, Ring.attach(name, EVENT_DTYPE), tmp_path / "state", epoch=2, batch_rows=5000,
+                            batch_seconds=0.02, retry_seconds=0.05)
+        t = threading.Thread(target=writer.run)
+        t.start()
+        ring.push_many(new)                               # stream 2, position 0 again
+        assert wait_for(lambda: writer.metrics["rows_spilled"] == len(new))
+        assert len(spill.files()) == 2
+        down.clear()
+        assert wait_for(lambda: not spill.files())
+        writer.stop()
+        t.join(30)
+    link.close()
+    real.close()
+    _, pairs = stored(dsn)
+    assert sorted(map(tuple, pairs.tolist())) == [(1, i) for i in range(3000)] + [(2, i) for i in range(2000)]
 
 
 def test_sigterm_flushes_a_partial_batch(tmp_path):
@@ -231,7 +266,8 @@ def test_spill_errors_name_the_directory_and_the_problem(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", full)
-    with pytest.raises(SpillError, match=f"spill directory {tmp_path} is full: 10 ticks stay in the ring"):
+    with pytest.raises(SpillError, match=f"spill directory {tmp_path} is full \\(ENOSPC, errno 28\\): "
+                                         f"10 ticks stay in the ring"):
         spill.write(0, 1, "t", ev)
     assert not list(tmp_path.iterdir())                  # no half-written file left behind
     monkeypatch.undo()
@@ -242,7 +278,7 @@ def test_spill_errors_name_the_directory_and_the_problem(tmp_path, monkeypatch):
     meta_path.mkdir()
     s = _Spill(meta_path)
     s.write(7, 3, "tok", ev)
-    meta, back = _Spill.read(s.path_for(7))
+    meta, back = _Spill.read(s.path_for(3, 7))
     assert meta == {"pos": 7, "n": 10, "epoch": 3, "token": "tok"} and back.tobytes() == ev.tobytes()
 
 
@@ -336,4 +372,127 @@ def test_starved_idle_writer_is_rescued_to_normal_scheduling_and_loses_nothing(t
                 w.kill()
     assert w.returncode == 0, out.decode()[-2000:]
     assert guard.switches >= 1
+    assert_exactly_once(dsn, ev)
+
+
+def test_slow_store_spills_at_disk_speed_instead_of_blocking_the_producer(tmp_path):
+    """Every insert takes 1.5 s (the debug knob) while ticks arrive at 200k/s into a ring that
+    holds a third of a second: the writer spills batches whose insert is still running once the
+    ring is half full, commits them, and replays the spill when the store has caught up. The
+    producer never waits long (a writer that waited for its inserts would block it for over a
+    second); every tick is stored once."""
+    name, dsn, state = ring_name(), f"chdb://{tmp_path}/store", tmp_path / "state"
+    ev = l2_updates(100_000, seed=8, instruments=2)
+    with Ring.create(name, EVENT_DTYPE, 1 << 16) as ring:
+        w = start_writer(name, dsn, state, "--batch-rows", "32768", "--batch-seconds", "0.1", "--nap", "0",
+                         "--debug-insert-delay", "1.5")
+        assert wait_for(lambda: (state / name / "status.json").exists())
+        longest, t0 = 0.0, time.monotonic()
+        for start in range(0, len(ev), 2000):
+            time.sleep(max(0.0, t0 + start / 200_000 - time.monotonic()))
+            t = time.monotonic()
+            assert ring.push_many(ev[start:start + 2000], timeout=30) == len(ev[start:start + 2000])
+            longest = max(longest, time.monotonic() - t)
+        ring.close()
+        out, _ = w.communicate(timeout=120)
+    assert w.returncode == 0, out.decode()[-2000:]
+    st = json.loads((state / name / "status.json").read_text())
+    assert st["rows_spilled"] > 0 and st["spill_files"] == 0 and st["rows_written"] >= len(ev), st
+    assert longest < 0.5, f"the producer waited {longest:.2f} s for the ring"
+    assert_exactly_once(dsn, ev)
+
+
+def signals(start, stop):
+    sig = np.zeros(stop - start, dtype=SIGNAL_DTYPE)
+    sig["seq"] = np.arange(start, stop)
+    sig["ts_signal"] = 1_700_000_000_000_000_000 + sig["seq"]
+    sig["ts_event"] = sig["ts_signal"] - 10
+    sig["value"] = sig["seq"] * 0.5
+    return sig
+
+
+def stored_signal_seqs(dsn, run):
+    code = ("import sys, numpy as np\nfrom tickwire.engine.store import Store\n"
+            f"s = Store.open({dsn!r})\n"
+            f"rows = s.client.query(\"SELECT seq FROM tickwire.signals WHERE run = '{run}'\").result_rows\n"
+            "sys.stdout.buffer.write(np.array([r[0] for r in rows], dtype=np.uint64).tobytes())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    assert out.returncode == 0, out.stderr.decode()[-3000:]
+    return np.frombuffer(out.stdout, dtype=np.uint64)
+
+
+def test_signals_stored_exactly_once_across_writer_kills_and_lapping_counted_exactly(tmp_path):
+    """The broadcast signal ring does not wait for the writer. Killed (-9) at random moments,
+    within and between its batches, the writer resumes from its saved position: every signal
+    stored once. Kept away while the ring laps it, it counts exactly the signals overwritten,
+    in signals.json and in a log line, and stores all the others."""
+    ticks, sigs = ring_name(), ring_name()
+    dsn, state = f"chdb://{tmp_path}/store", tmp_path / "state"
+    args = ("--signal-ring", sigs, "--signal-seconds", "0.2", "--run", "r")
+    cap = 1 << 14
+    with Ring.create(ticks, EVENT_DTYPE, 1 << 12) as tring, \
+            Ring.create(sigs, SIGNAL_DTYPE, cap, "broadcast") as sring:
+        w = start_writer(ticks, dsn, state, *args)
+        pushed, rng = 0, np.random.default_rng(3)
+        for _ in range(3):                                 # 2k signals/s; a restart takes ~2 s < 8 s of ring
+            end = time.monotonic() + float(rng.uniform(0.5, 1.5))
+            while time.monotonic() < end:
+                sring.push_many(signals(pushed, pushed + 20))
+                pushed += 20
+                time.sleep(0.01)
+            w.send_signal(signal.SIGKILL)
+            w.wait()
+            w = start_writer(ticks, dsn, state, *args)
+        position = state / sigs / "position.json"
+        assert wait_for(lambda: position.exists() and json.loads(position.read_text())["pos"] == pushed)
+        w.send_signal(signal.SIGKILL)                      # everything so far is stored or spilled
+        w.wait()
+        stored_before_lap = pushed
+        sring.push_many(signals(pushed, pushed + cap + 3000))   # the ring laps the absent writer
+        pushed += cap + 3000
+        w = start_writer(ticks, dsn, state, *args)
+        assert wait_for(lambda: json.loads(position.read_text())["pos"] == pushed)
+        sring.push_many(signals(pushed, pushed + 500))    # and goes on from there
+        pushed += 500
+        assert wait_for(lambda: json.loads(position.read_text())["pos"] == pushed)
+        tring.close()                                      # end of stream: the writer finishes
+        sring.close()
+        out, _ = w.communicate(timeout=120)
+    assert w.returncode == 0, out.decode()[-2000:]
+    missed = list(range(stored_before_lap, stored_before_lap + 3000))
+    st = json.loads((state / "signals.json").read_text())
+    assert st["missed"] == len(missed) and st["spill_files"] == 0, st
+    assert f"3000 signals (positions {missed[0]} to {missed[-1]}) were overwritten" in out.decode()
+    seqs = stored_signal_seqs(dsn, "r")
+    assert len(seqs) == len(np.unique(seqs)) == pushed - len(missed), "a signal stored twice, or lost"
+    assert set(seqs.tolist()) == set(range(pushed)) - set(missed)
+
+
+def test_full_spill_and_unreachable_store_at_stop_leave_the_ticks_in_the_ring(tmp_path, tiny_disk):
+    """Store unreachable and a spill directory that fills after ~16k ticks: at SIGTERM the writer
+    says which directory is full and why (errno), exits 3, and leaves what it could not make
+    durable in the ring, committed nowhere. Started again with the store back, it replays the
+    spill, drains the ring, and every tick is stored once."""
+    name, state = ring_name(), tmp_path / "state"
+    spill = tiny_disk(state / name / "spill")
+    ev = l2_updates(60_000, seed=9, instruments=2)
+    with Ring.create(name, EVENT_DTYPE, 1 << 17) as ring:
+        ring.push_many(ev)
+        w = start_writer(name, "http://127.0.0.1:1", state, "--batch-rows", "4096", "--batch-seconds", "0.05")
+        status = state / name / "status.json"
+        assert wait_for(lambda: status.exists() and "is full" in json.loads(status.read_text())["spill_error"])
+        w.send_signal(signal.SIGTERM)
+        out, _ = w.communicate(timeout=60)
+        text = out.decode()
+        assert w.returncode == 3, text[-3000:]
+        assert f"spill directory {spill} is full (ENOSPC, errno 28)" in text and "ticks not stored" in text
+        left = len(ring)                                  # head - tail: not committed by anyone
+        st = json.loads(status.read_text())
+        assert left > 0 and left == st["unstored"] and left + st["rows_spilled"] == len(ev), (left, st)
+        dsn = f"chdb://{tmp_path}/store"
+        w = start_writer(name, dsn, state, "--batch-rows", "4096", "--batch-seconds", "0.05")
+        assert wait_for(lambda: len(ring) == 0 and not list(spill.glob("*.spill")))
+        ring.close()
+        out, _ = w.communicate(timeout=120)
+    assert w.returncode == 0, out.decode()[-2000:]
     assert_exactly_once(dsn, ev)
