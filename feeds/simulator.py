@@ -415,6 +415,7 @@ class Simulator:
         self._service = None
         self._served_before = (0, 0)
         self._last_beat = {c: 0 for c in self.channels}
+        self._stopping = False
         self._open()
 
     # -- sockets ---------------------------------------------------------------------------
@@ -587,7 +588,7 @@ class Simulator:
         apply = self.books.apply
         chan_of = self._chan_of
         while events is None or published < events:
-            if end is not None and time.perf_counter_ns() >= end:
+            if self._stopping or (end is not None and time.perf_counter_ns() >= end):
                 break
             want = chunk if events is None else min(chunk, events - published)
             ev = self._source.take(want)
@@ -645,11 +646,16 @@ class Simulator:
         report["rate"] = st["events"] / elapsed_publish if elapsed_publish > 0 else 0.0
         return report
 
+    def request_stop(self) -> None:
+        """Stop publishing (and lingering) at the next message: :meth:`run` returns its report.
+        Safe from a signal handler."""
+        self._stopping = True
+
     def idle(self, seconds: float) -> None:
         """Publish nothing for ``seconds``, but keep serving snapshots and heartbeats (before the
         first event, receivers can then sync on an empty market; after the last, recover)."""
         stop = time.monotonic() + seconds
-        while time.monotonic() < stop:
+        while time.monotonic() < stop and not self._stopping:
             self.serve()
             if self.heartbeat:
                 self._beat(time.time_ns())
@@ -788,6 +794,10 @@ def run_cli(args, say=print) -> int:
                 f"reordered {st['reordered']}  restarts {st['restarts']}  snapshots {st['snapshots']}")
 
         count = None if args.duration is not None else args.publish_events
+        import signal
+
+        for sig in (signal.SIGTERM, signal.SIGINT):      # stop cleanly: report, saved books
+            signal.signal(sig, lambda *_: sim.request_stop())
         if getattr(args, "start_delay", 0):
             sim.idle(args.start_delay)
         report = sim.run(events=count, duration=args.duration, progress=None if args.quiet else progress,
