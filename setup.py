@@ -6,6 +6,8 @@ Switches (environment variables read at build time):
   Cython line tracing, annotated HTML beside the generated C in ``build/cython-debug``.
 - ``TICKWIRE_NATIVE=1``: add ``-march=native`` (host-tuned; never for wheels you ship).
 - ``TICKWIRE_ANNOTATE=1``: write Cython's annotated HTML for a release build too.
+- ``TICKWIRE_BUILD_JOBS=N``: translate and compile the extensions N at a time (``./dev`` sets it
+  to the number of cores).
 """
 
 import os
@@ -20,6 +22,7 @@ NATIVE = os.environ.get("TICKWIRE_NATIVE", "0") not in ("", "0")
 ANNOTATE = DEBUG or os.environ.get("TICKWIRE_ANNOTATE", "0") not in ("", "0")
 # (the debug build always annotates; its C is regenerated whenever a source changes)
 MODE = "debug" if DEBUG else "release"
+JOBS = int(os.environ.get("TICKWIRE_BUILD_JOBS", "0") or 0)
 
 
 def pxd_tree() -> Path:
@@ -79,6 +82,7 @@ def extensions():
         annotate=ANNOTATE,
         force=ANNOTATE and not DEBUG,      # an explicit annotate request regenerates the C
         quiet=True,
+        nthreads=JOBS if JOBS > 1 else 0,
     )
 
 
@@ -92,6 +96,7 @@ setup(
     },
     ext_modules=extensions(),
     # release and debug builds keep their objects apart, so switching never links stale ones
-    options={"build": {"build_base": f"build/{MODE}"}},
+    options={"build": {"build_base": f"build/{MODE}"},
+             **({"build_ext": {"parallel": JOBS}} if JOBS > 1 else {})},
     zip_safe=False,
 )

@@ -13,6 +13,8 @@ Subcommands:
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 import time
 
@@ -164,6 +166,7 @@ def cmd_signals(args) -> int:
     if args.format == "csv":
         print(",".join(["symbol", "rule"] + fields))
     seen = 0
+    gone_since = None
     try:
         while True:
             got = 0
@@ -188,8 +191,20 @@ def cmd_signals(args) -> int:
             sys.stdout.flush()
             if not got and not args.follow:
                 return 0
-            if not args.follow and all(r.eof for r in rings):
-                return 0
+            if got:
+                gone_since = None
+                continue
+            if all(r.eof or not r.producer_alive for r in rings):
+                # the daemon stopped (its workers closed the rings) or died: nothing more will come
+                if not args.follow:
+                    return 0
+                gone_since = gone_since or time.monotonic()
+                if time.monotonic() - gone_since > 3.0:    # a worker being restarted is back by then
+                    print(f"# the daemon for run '{cfg.run}' stopped: no more signals", file=sys.stderr)
+                    return 0
+                time.sleep(0.1)                            # a closed ring answers at once: do not spin
+            else:
+                gone_since = None
     except KeyboardInterrupt:
         return 0
     finally:
@@ -234,7 +249,8 @@ def cmd_status(args) -> int:
     print(f"  events {total('tickwire_events_total'):,.0f}  signals {total('tickwire_signals_total'):,.0f}  "
           f"workers up {total('tickwire_worker_up'):.0f}  restarts {total('tickwire_worker_restarts_total'):.0f}")
     print(f"  feed: messages {total('tickwire_feed_messages_total'):,.0f}  gaps {total('tickwire_feed_gaps_total'):.0f}  "
-          f"recoveries {total('tickwire_feed_recoveries_total'):.0f}  drops {total('tickwire_feed_drops_total'):.0f}")
+          f"recoveries {total('tickwire_feed_recoveries_total'):.0f}  messages refused "
+          f"{total('tickwire_feed_drops_total'):.0f} (duplicates, malformed, forged: by reason in --raw)")
     lost = total('tickwire_feed_lost_events_total')
     print(f"  history: events sent again {total('tickwire_feed_retransmitted_total'):,.0f}  lost "
           f"{lost:,.0f}" + ("  (ranges the publisher no longer held: see the daemon's log)" if lost else ""))
@@ -242,8 +258,9 @@ def cmd_status(args) -> int:
           f"{total('tickwire_writer_rows_spilled_total'):,.0f}  lag {total('tickwire_writer_lag'):,.0f}  "
           f"outage {total('tickwire_writer_outage'):.0f}")
     for k, v in sorted(rows.items()):
-        if k.startswith("tickwire_latency_ns") and 'quantile="0.99"' in k:
-            print(f"  p99 {k[len('tickwire_latency_ns'):]}: {v / 1000:.1f} us")
+        if k.startswith("tickwire_latency_ns{") and 'quantile="0.99"' in k:
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', k))
+            print(f"  p99 {labels.get('worker', '?')} {labels.get('stage', '?')}: {v / 1000:.1f} us (since start)")
     return 0
 
 
@@ -429,6 +446,12 @@ def main(argv=None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    except BrokenPipeError:                       # `tickwire status | head`: the reader left
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
 
 
 if __name__ == "__main__":

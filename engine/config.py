@@ -209,8 +209,9 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
     if log_file and not Path(log_file).is_absolute():
         log_file = str(base_dir / log_file)
     state_dir = Path(_str(daemon, "state_dir", "daemon.", "tickwire-data"))
+    state_dir = state_dir.expanduser()
     if not state_dir.is_absolute():
-        state_dir = base_dir / state_dir
+        state_dir = Path(os.path.normpath(base_dir / state_dir))
     run = _str(daemon, "run", "daemon.", "run")
     log_level = _str(daemon, "log_level", "daemon.", "info", ("debug", "info", "warning", "error"))
     supervisor_cpu = _int(daemon, "supervisor_cpu", "daemon.", 0, 0, ncpu - 1)
@@ -342,7 +343,9 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
                      "password", "enabled", "writer_nice", "writer_sched", "debug_insert_delay_s"}, "store.")
     dsn = _str(st, "dsn", "store.", f"chdb://{state_dir / 'store'}")
     if not (dsn.startswith("chdb:///") or dsn.startswith("http://") or dsn.startswith("https://")):
-        _fail("store.dsn", "chdb:///absolute/dir or http(s)://host:port", "(the configured DSN)")
+        from tickwire.engine.store import redact
+
+        _fail("store.dsn", "chdb:///absolute/dir or http(s)://host:port", redact(dsn))
     store = StoreConfig(dsn, _str(st, "database", "store.", "tickwire"), _str(st, "cluster", "store.", ""),
                         _int(st, "batch_rows", "store.", 500_000, 1), _num(st, "batch_seconds", "store.", 1.0, True),
                         _int(st, "writer_cpu", "store.", 0, 0, ncpu - 1), _str(st, "username", "store.", ""),
@@ -374,7 +377,7 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
 
 def load(path) -> Config:
     """Read and validate a TOML configuration file."""
-    path = Path(path)
+    path = Path(path).expanduser().absolute()      # relative paths inside resolve from its folder
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:

@@ -810,6 +810,9 @@ def run_cli(args, say=print) -> int:
             f"duplicated {report['duplicated']}, reordered {report['reordered']}, restarts "
             f"{report['restarts']}; snapshots served {report['snapshots']}; retransmissions served "
             f"{report['retransmissions']} ({report['retransmitted']:,} events, {report['not_held']:,} no longer held)")
+        if sim.rate and report["rate"] < 0.95 * sim.rate and report["events"] > sim.rate:
+            say(f"note: asked for {sim.rate:,.0f} events/s, reached {report['rate']:,.0f}: the publisher (one "
+                f"Python process) was the bound; a larger --batch carries more events per message")
     finally:
         sim.close()
     return 0

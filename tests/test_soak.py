@@ -64,7 +64,7 @@ def test_soak_drops_reordering_and_kills_lose_nothing(tmp_path):
             now = time.monotonic()
             if now >= next_sample:
                 next_sample = now + 10
-                writer = _pids(f"tickwire.engine.writer --config {cfg_path}") or _pids("tickwire.engine.writer")
+                writer = _pids(f"--state-dir {run_dir}/writer")
                 for role, pid in (("supervisor", daemon.pid), ("worker", status(run_dir)["pid"]),
                                   ("writer", writer[0] if writer else None)):
                     if pid:
@@ -77,7 +77,7 @@ def test_soak_drops_reordering_and_kills_lose_nothing(tmp_path):
                 if victim == "worker":
                     os.kill(status(run_dir)["pid"], signal.SIGKILL)
                 else:
-                    for pid in _pids("tickwire.engine.writer"):
+                    for pid in _pids(f"--state-dir {run_dir}/writer"):     # this daemon's writer only
                         os.kill(pid, signal.SIGKILL)
                 kills[victim] += 1
                 victim = "writer" if victim == "worker" else "worker"
