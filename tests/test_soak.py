@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tickwire.engine.config import to_toml
+
 from test_daemon import (published_books, start_daemon, start_sim, status, stop_daemon, stored_ticks,
                          wait_for, write_config)
 
@@ -46,7 +48,10 @@ def _rss_kb(pid: int) -> int:
 
 def test_soak_drops_reordering_and_kills_lose_nothing(tmp_path):
     cfg_path, raw = write_config(tmp_path, "soak")
+    raw["daemon"]["shutdown_timeout_s"] = 300
+    cfg_path.write_text(to_toml(raw))
     run_dir = tmp_path / "state" / "soak"
+    writer_status = run_dir / "writer" / "tickwire-soak-ticks-0" / "status.json"
     daemon, log = start_daemon(cfg_path, tmp_path)
     rss = {"supervisor": [], "worker": [], "writer": []}
     kills = {"worker": 0, "writer": 0}
@@ -84,9 +89,11 @@ def test_soak_drops_reordering_and_kills_lose_nothing(tmp_path):
             time.sleep(0.5)
         assert sim.returncode == 0, sim.stdout.read()
         assert wait_for(lambda: all(c["state"] == "live" for c in status(run_dir)["channels"].values()), 60)
-        time.sleep(3)
+        # the writer replays what it spilled while it was behind (its kills, a busy core 0)
+        assert wait_for(lambda: (lambda w: w["spill_files"] == 0 and w["unstored"] == 0)(
+            json.loads(writer_status.read_text())), 600)
     finally:
-        rc, _ = stop_daemon(daemon, log, bound=60)
+        rc, _ = stop_daemon(daemon, log, bound=320)
     assert rc == 0, (tmp_path / "daemon.log").read_text()[-3000:]
     with np.load(tmp_path / "pub.npz") as z:
         published = json.loads(str(z["stats"]))["events"]
