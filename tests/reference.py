@@ -12,6 +12,7 @@ import math
 from tickwire.ext.records import Kind, Reject, Side
 
 BID, ASK = int(Side.BID), int(Side.ASK)
+INT64_MAX = 2**63 - 1
 
 
 def _better(side: int, a: int, b: int) -> bool:
@@ -156,6 +157,8 @@ class RefL3(RefL2):
             return Reject.CAPACITY
         if price not in self.queues[side] and len(self.sides[side]) >= self.max_levels:
             return Reject.CAPACITY
+        if self.sides[side].get(price, 0) + qty > INT64_MAX:       # a level's total is an int64
+            return Reject.BAD_QTY
         self.orders[oid] = [side, price, qty, ts]
         self.queues[side].setdefault(price, []).append(oid)
         self._sync_levels(side, price)
@@ -186,6 +189,9 @@ class RefL3(RefL2):
                 return Reject.PRICE_RANGE
             if price not in self.queues[side] and len(self.sides[side]) >= self.max_levels:
                 return Reject.CAPACITY
+        others = self.sides[side].get(price, 0) - (old_qty if price == old_price else 0)
+        if others + qty > INT64_MAX:
+            return Reject.BAD_QTY
         self.queues[side][old_price].remove(oid)
         self._sync_levels(side, old_price)
         self.orders[oid] = [side, price, qty, ts]
