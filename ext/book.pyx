@@ -1171,8 +1171,30 @@ cdef object _integer(object x, str name, object lo, object hi):
     return v
 
 
+cdef extern from *:
+    """
+    /* An exact int small enough that Cython's inline conversion to int64 cannot overflow: at
+       most two 30-bit digits before CPython 3.12, a "compact" int (one digit) from 3.12 on. */
+    static inline int tw_small_int(PyObject *x) {
+    #if PY_VERSION_HEX >= 0x030C0000
+        return PyLong_CheckExact(x) && _PyLong_IsCompact((PyLongObject *)x);
+    #else
+        return PyLong_CheckExact(x) && Py_SIZE(x) >= -2 && Py_SIZE(x) <= 2;
+    #endif
+    }
+    """
+    bint tw_small_int(object x)
+
+
 cdef inline int64_t _int_arg(object x, str name) except? -1:
-    """An int64 argument: a plain int on the fast path, _integer for anything else."""
+    """An int64 argument: a plain int on the fast path (a few instructions, inlined: the
+    per-event API runs at ~100 ns a call), _int_arg_slow for anything else."""
+    if tw_small_int(x):
+        return <int64_t>x
+    return _int_arg_slow(x, name)
+
+
+cdef int64_t _int_arg_slow(object x, str name) except? -1:
     cdef int overflow = 0
     cdef long long v
     if PyLong_CheckExact(x):
@@ -1184,11 +1206,10 @@ cdef inline int64_t _int_arg(object x, str name) except? -1:
 
 cdef inline uint64_t _id_arg(object x) except? 0:
     """An order id argument (uint64)."""
-    cdef int overflow = 0
-    cdef long long v
-    if PyLong_CheckExact(x):
-        v = PyLong_AsLongLongAndOverflow(x, &overflow)
-        if overflow == 0 and v >= 0:
+    cdef int64_t v
+    if tw_small_int(x):
+        v = <int64_t>x
+        if v >= 0:
             return <uint64_t>v
     return _integer(x, "order_id", 0, 0xFFFFFFFFFFFFFFFF)
 
