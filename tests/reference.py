@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from tickwire.ext.records import Kind, Reject, Side
+from tickwire.ext.records import Flag, Kind, Reject, Side
 
 BID, ASK = int(Side.BID), int(Side.ASK)
 INT64_MAX = 2**63 - 1
@@ -26,6 +26,7 @@ class RefL2:
         self.min_price, self.max_price = min_price, max_price
         self.max_levels = max_levels
         self.sides = ({}, {})
+        self.in_sync = True
 
     def set(self, side, price, qty):
         if side not in (BID, ASK):
@@ -62,6 +63,19 @@ class RefL2:
     def clear(self):
         self.sides = ({}, {})
 
+    def marker(self, flags):
+        """A Kind.SNAPSHOT event: STALE marks the book out of sync (contents kept), BEGIN
+        clears it and marks it out of sync, END marks it in sync; in that order when combined.
+        Its side, price and quantity mean nothing."""
+        if flags & Flag.STALE:
+            self.in_sync = False
+        if flags & Flag.SNAPSHOT_BEGIN:
+            self.clear()
+            self.in_sync = False
+        if flags & Flag.SNAPSHOT_END:
+            self.in_sync = True
+        return Reject.OK
+
     def apply(self, ev):
         kind, side = int(ev["kind"]), int(ev["side"])
         if int(ev["instrument"]) != self.instrument:
@@ -74,10 +88,11 @@ class RefL2:
             if side > Side.NONE:
                 return Reject.BAD_SIDE
             return Reject.BAD_QTY if int(ev["qty"]) < 0 else Reject.OK
-        if kind in (Kind.CLEAR, Kind.SNAPSHOT):
-            if kind == Kind.CLEAR or int(ev["flags"]) & 4:
-                self.clear()
+        if kind == Kind.CLEAR:
+            self.clear()
             return Reject.OK
+        if kind == Kind.SNAPSHOT:
+            return self.marker(int(ev["flags"]))
         return Reject.BAD_KIND
 
     # -- queries ---------------------------------------------------------------------------
@@ -235,10 +250,11 @@ class RefL3(RefL2):
             if qty < 0:
                 return Reject.BAD_QTY
             return self.execute(oid, qty) if oid else Reject.OK
-        if kind in (Kind.CLEAR, Kind.SNAPSHOT):
-            if kind == Kind.CLEAR or int(ev["flags"]) & 4:
-                self.clear()
+        if kind == Kind.CLEAR:
+            self.clear()
             return Reject.OK
+        if kind == Kind.SNAPSHOT:
+            return self.marker(int(ev["flags"]))
         return Reject.BAD_KIND
 
     def queue(self, side, price):

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from reference import ASK, BID, RefL2
-from tickwire.ext import EVENT_DTYPE, BookError, BookSet, Kind, L2Book, Reject, Side, empty_events
+from tickwire.ext import EVENT_DTYPE, BookError, BookSet, Flag, Kind, L2Book, Reject, Side, empty_events
 from tickwire.ext.book import allocation_count
 
 CENTER = 1_000_000
@@ -32,12 +32,14 @@ def assert_same(book, ref, k_values=(1, 3)):
     spread = ref.spread()
     assert book.crossed == (spread is not None and spread < 0)
     assert book.locked == (spread == 0)
+    assert book.in_sync == ref.in_sync
 
 
 def events_from(rows, instrument=0):
+    """Events from rows ``(kind, side, price, qty[, flags])``."""
     ev = empty_events(len(rows))
-    for i, (kind, side, price, qty) in enumerate(rows):
-        ev[i] = (i, i, i, 0, price, qty, instrument, 0, kind, side, 0, 0)
+    for i, (kind, side, price, qty, *flags) in enumerate(rows):
+        ev[i] = (i, i, i, 0, price, qty, instrument, 0, kind, side, flags[0] if flags else 0, 0)
     return ev
 
 
@@ -49,6 +51,11 @@ prices = st.one_of(
 )
 quantities = st.one_of(st.integers(0, 1000), st.just(0), st.sampled_from([-1, 10**15, 2**63 - 1]))
 sides = st.one_of(st.sampled_from([BID, ASK]), st.sampled_from([BID, ASK, 2, 200]))
+# event flags: mostly none; snapshot BEGIN/END and STALE markers alone and combined; any bits
+MARKERS = [Flag.STALE, Flag.SNAPSHOT_BEGIN, Flag.SNAPSHOT_END, Flag.SNAPSHOT | Flag.SNAPSHOT_BEGIN,
+           Flag.SNAPSHOT | Flag.SNAPSHOT_END | Flag.LAST, Flag.STALE | Flag.SNAPSHOT_END,
+           Flag.STALE | Flag.SNAPSHOT_BEGIN, Flag.SNAPSHOT_BEGIN | Flag.SNAPSHOT_END]
+flag_bits = st.one_of(st.just(0), st.sampled_from([int(f) for f in MARKERS]), st.integers(0, 63))
 
 
 class L2Machine(RuleBasedStateMachine):
@@ -87,8 +94,8 @@ class L2Machine(RuleBasedStateMachine):
             with pytest.raises(BookError):
                 self.book.delete(side, price)
 
-    @rule(rows=st.lists(st.tuples(st.sampled_from([1, 2, 3, 4, 5, 9]), sides, prices, quantities),
-                        max_size=80),
+    @rule(rows=st.lists(st.tuples(st.sampled_from([1, 2, 3, 4, 5, 6, 6, 9]), sides, prices, quantities,
+                                  flag_bits), max_size=80),
           foreign=st.sets(st.integers(0, 79), max_size=3))
     def apply_batch(self, rows, foreign):
         ev = events_from(rows)
@@ -124,6 +131,36 @@ class L2Machine(RuleBasedStateMachine):
     def clear(self):
         self.book.clear()
         self.ref.clear()
+
+    def _apply_both(self, ev):
+        want = [int(self.ref.apply(e)) for e in ev]
+        status = np.full(len(ev), 255, np.uint8)
+        assert self.book.apply(ev, status) == want.count(0)
+        assert status.tolist() == want
+
+    @rule(flags=flag_bits, side=sides)
+    def marker(self, flags, side):
+        """A lone snapshot marker: STALE keeps the levels, BEGIN clears them, END resyncs."""
+        self._apply_both(events_from([(Kind.SNAPSHOT, side, 0, 0, flags)]))
+
+    @rule(levels=st.lists(st.tuples(st.sampled_from([BID, ASK]), prices, st.integers(0, 1000)), max_size=20),
+          end=st.booleans(), stale_first=st.booleans())
+    def snapshot(self, levels, end, stale_first):
+        """A snapshot as a recovery sends it (maybe after a STALE marker; maybe cut short
+        before its END): BEGIN, the levels, END."""
+        rows = [(Kind.SNAPSHOT, 2, 0, 0, Flag.STALE)] if stale_first else []
+        rows.append((Kind.SNAPSHOT, 2, 0, 0, Flag.SNAPSHOT | Flag.SNAPSHOT_BEGIN))
+        rows += [(Kind.ADD, side, price, qty, Flag.SNAPSHOT) for side, price, qty in levels]
+        if end:
+            rows.append((Kind.SNAPSHOT, 2, 0, 0, Flag.SNAPSHOT | Flag.SNAPSHOT_END | Flag.LAST))
+        self._apply_both(events_from(rows))
+
+    @rule()
+    def resync_from_own_snapshot(self):
+        """The book's own snapshot_events, applied back, rebuild it as it is and in sync."""
+        before = self.book.state()
+        self._apply_both(self.book.snapshot_events(seq=self.seq_base))
+        assert self.book.state() == before and self.book.in_sync
 
     @invariant()
     def same_state(self):

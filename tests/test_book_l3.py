@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
 from reference import ASK, BID, RefL3
-from tickwire.ext import BookError, BookSet, Kind, L2Book, L3Book, Reject, Side, empty_events
+from test_book_l2 import flag_bits
+from tickwire.ext import BookError, BookSet, Flag, Kind, L2Book, L3Book, Reject, Side, empty_events
 from tickwire.ext.book import allocation_count
 
 CENTER = 500_000
@@ -22,12 +23,14 @@ def assert_same_l3(book, ref):
         assert book.best_price(side) == ref.best(side)[0]
         assert book.best_qty(side) == ref.best(side)[1]
     assert book.order_count == len(ref.orders)
+    assert book.in_sync == ref.in_sync
 
 
 def l3_events(rows, instrument=0):
+    """Events from rows ``(kind, order_id, side, price, qty[, flags])``."""
     ev = empty_events(len(rows))
-    for i, (kind, oid, side, price, qty) in enumerate(rows):
-        ev[i] = (1000 + i, 2000 + i, i + 1, oid, price, qty, instrument, 0, kind, side, 0, 0)
+    for i, (kind, oid, side, price, qty, *flags) in enumerate(rows):
+        ev[i] = (1000 + i, 2000 + i, i + 1, oid, price, qty, instrument, 0, kind, side, flags[0] if flags else 0, 0)
     return ev
 
 
@@ -106,15 +109,44 @@ class L3Machine(RuleBasedStateMachine):
     def execute(self, oid, qty):
         self._check(self.ref.execute(oid, qty), lambda: self.book.execute(oid, qty))
 
-    @rule(rows=st.lists(st.tuples(st.sampled_from([1, 2, 3, 4]), st.integers(0, 40),
-                                  st.sampled_from([BID, ASK, 2]), prices, st.integers(0, 50)),
+    @rule(rows=st.lists(st.tuples(st.sampled_from([1, 2, 3, 4, 4, 5, 6, 6]), st.integers(0, 40),
+                                  st.sampled_from([BID, ASK, 2]), prices, st.integers(0, 50), flag_bits),
                         max_size=60))
     def apply_batch(self, rows):
-        ev = l3_events(rows)
+        self._apply_both(l3_events(rows))
+
+    def _apply_both(self, ev):
         want = [int(self.ref.apply(e)) for e in ev]
         status = np.full(len(ev), 255, np.uint8)
         assert self.book.apply(ev, status) == want.count(0)
         assert status.tolist() == want
+
+    @rule(flags=flag_bits, side=st.sampled_from([BID, ASK, 2, 7]))
+    def marker(self, flags, side):
+        """A lone snapshot marker: STALE keeps the orders, BEGIN clears them, END resyncs."""
+        self._apply_both(l3_events([(Kind.SNAPSHOT, 0, side, 0, 0, flags)]))
+
+    @rule(orders=st.lists(st.tuples(st.integers(1, 60), st.sampled_from([BID, ASK]), prices,
+                                    st.integers(1, 50)), max_size=20),
+          end=st.booleans(), stale_first=st.booleans())
+    def snapshot(self, orders, end, stale_first):
+        """A snapshot as a recovery sends it (maybe after a STALE marker; maybe cut short
+        before its END): BEGIN, the orders in queue order, END."""
+        rows = [(Kind.SNAPSHOT, 0, 2, 0, 0, Flag.STALE)] if stale_first else []
+        rows.append((Kind.SNAPSHOT, 0, 2, 0, 0, Flag.SNAPSHOT | Flag.SNAPSHOT_BEGIN))
+        rows += [(Kind.ADD, oid, side, price, qty, Flag.SNAPSHOT) for oid, side, price, qty in orders]
+        if end:
+            rows.append((Kind.SNAPSHOT, 0, 2, 0, 0, Flag.SNAPSHOT | Flag.SNAPSHOT_END | Flag.LAST))
+        self._apply_both(l3_events(rows))
+        self.next_id = max([self.next_id] + [oid + 1 for oid, *_ in orders])
+
+    @rule()
+    def resync_from_own_snapshot(self):
+        """The book's own snapshot_events, applied back, rebuild it in queue order and in sync."""
+        before = {side: [tuple(r) for r in self.book.levels(side).tolist()] for side in (BID, ASK)}
+        self._apply_both(self.book.snapshot_events(seq=3, ts=5))
+        assert {side: [tuple(r) for r in self.book.levels(side).tolist()] for side in (BID, ASK)} == before
+        assert self.book.in_sync
 
     @rule(oid=orders)
     def queue_position(self, oid):
