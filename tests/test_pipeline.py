@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from reference import RefEngine
@@ -246,7 +246,7 @@ RULES_H = [                                    # thresholds no rational value of
     RuleConfig("microprice", enter=0.2718, exit=0.0913, emit_exit=True),
     RuleConfig("imbalance", enter=0.4142, exit=0.1732),
     RuleConfig("imbalance", enter=0.7071, exit=0.3183, emit_exit=True, instruments=(1,)),
-    RuleConfig("zscore", enter=1.2345, exit=0.3141, min_count=3, emit_exit=True),
+    RuleConfig("zscore", enter=0.8765, exit=0.3141, min_count=3, emit_exit=True),
     RuleConfig("spread", enter=1.4142, exit=1.0905, min_count=2, emit_exit=True),
     RuleConfig("ewma_cross", enter=0.1618, min_count=2),
     RuleConfig("vwap", enter=3.3333, exit=1.1111, min_count=2, emit_exit=True),
@@ -274,9 +274,10 @@ def event_streams(draw, book):
     if book == "L3":
         ops += ["add"] * 6 + ["modify", "modify", "cancel", "cancel", "execute", "execute"]
     rows = draw(st.lists(st.tuples(
-        st.sampled_from([0, 0, 0, 1, 1, 2]), st.sampled_from(ops), st.sampled_from([Side.BID, Side.ASK]),
-        st.integers(-1, 6), st.integers(0, 30), st.integers(1, 25), st.booleans(), st.booleans(),
-        st.sampled_from([0, 0, 1, 500, 20_000, 200_000, 1_000_000])), min_size=1, max_size=90))
+        st.sampled_from([0, 0, 0, 0, 1, 2]), st.sampled_from(ops), st.sampled_from([Side.BID, Side.ASK]),
+        st.integers(-1, 4), st.integers(0, 30), st.integers(1, 25), st.sampled_from([True, False, False]),
+        st.booleans(),
+        st.sampled_from([0, 0, 1, 500, 20_000, 200_000, 1_000_000])), min_size=25, max_size=120))
     ev = np.zeros(len(rows), EVENT_DTYPE)
     ts = T0
     for i, (inst, op, side, depth, qty, oid, last, flip, dt) in enumerate(rows):
@@ -319,24 +320,34 @@ def engine_signals(signals):
 
 
 @pytest.mark.parametrize("book", ["L2", "L3"])
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_every_feature_and_signal_equals_the_reference_in_both_sampling_modes(book, data):
     cfg = data.draw(stats_configs(), "stats")
     ev, cuts = data.draw(event_streams(book), "events")
     insts = synthetic_instruments(2, book=book)
-    eng = Engine(insts, RULES_H, cfg, clock="event", signal_capacity=2)
     ref = RefEngine(insts, RULES_H, cfg)
-    start = 0
-    for cut in cuts:                                           # random batch boundaries too
-        eng.process(ev[start:cut])
-        ref.process(ev[start:cut])
-        start = cut
+    one = Engine(insts, RULES_H, cfg, clock="event", signal_capacity=2)      # event by event
+    for k in range(len(ev)):
+        one.process(ev[k:k + 1])
+        ref.process(ev[k:k + 1])
         for i in insts:
-            compare(eng.features(i.id), ref.features(i.id), where=f"instrument {i.id} after event {cut}")
-    got = engine_signals(eng.signals)
-    assert [s[:5] for s in got] == [s[:5] for s in ref.signals]
-    for g, w in zip(got, ref.signals):
-        assert g[5:7] == pytest.approx(w[5:7], rel=1e-9, abs=1e-9) and g[7:] == w[7:]
+            compare(one.features(i.id), ref.features(i.id), where=f"instrument {i.id} after event {k}")
+    batched = Engine(insts, RULES_H, cfg, clock="event", signal_capacity=2)  # random batches
+    start = 0
+    for cut in cuts:
+        batched.process(ev[start:cut])
+        start = cut
     kinds = {rid: RULE_KINDS_C[r.kind] for rid, r in enumerate(RULES_H)}
-    assert all(int(s["rule_kind"]) == kinds[int(s["rule_id"])] for s in eng.signals)
+    for eng in (one, batched):
+        for i in insts:
+            compare(eng.features(i.id), ref.features(i.id), where=f"instrument {i.id} at the end")
+        got = engine_signals(eng.signals)
+        assert [s[:5] for s in got] == [s[:5] for s in ref.signals]
+        for g, w in zip(got, ref.signals):
+            assert g[5:7] == pytest.approx(w[5:7], rel=1e-9, abs=1e-9) and g[7:] == w[7:]
+        assert all(int(s["rule_kind"]) == kinds[int(s["rule_id"])] for s in eng.signals)
+    for rid in sorted({s[2] for s in ref.signals}):                 # --hypothesis-show-statistics
+        event(f"signals of rule {rid} ({RULES_H[rid].kind})")
+    if any(ref.features(i.id)["suppressed"] for i in insts):
+        event("a book out of sync")
