@@ -351,3 +351,12 @@ def test_every_feature_and_signal_equals_the_reference_in_both_sampling_modes(bo
         event(f"signals of rule {rid} ({RULES_H[rid].kind})")
     if any(ref.features(i.id)["suppressed"] for i in insts):
         event("a book out of sync")
+
+
+def test_engine_imbalance_does_not_overflow():
+    """Two bid levels of 2**63-1 lots: their sum passes int64 (it used to wrap to -2)."""
+    big = 2**63 - 1
+    eng = Engine(synthetic_instruments(1), [], StatsConfig(imbalance_depth=2), clock="event")
+    eng.process(l2_message([(Kind.MODIFY, Side.BID, 100, big), (Kind.MODIFY, Side.BID, 99, big),
+                            (Kind.MODIFY, Side.ASK, 101, big)], seq=1))
+    assert eng.features(0)["imbalance"] == pytest.approx(1 / 3, rel=1e-15) == eng.book(0).imbalance(2)
