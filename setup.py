@@ -8,6 +8,11 @@ Switches (environment variables read at build time):
 - ``TICKWIRE_ANNOTATE=1``: write Cython's annotated HTML for a release build too.
 - ``TICKWIRE_BUILD_JOBS=N``: translate and compile the extensions N at a time (``./dev`` sets it
   to the number of cores).
+- ``TICKWIRE_CYTHON_DIR=DIR``: where cythonize writes the generated C (and annotated HTML),
+  default ``build/cython-<mode>``.  Cythonizing happens when this file is loaded, so
+  ``TICKWIRE_ANNOTATE=1 TICKWIRE_CYTHON_DIR=/tmp/x python setup.py --name`` writes the release
+  build's annotated HTML there without compiling anything or touching the in-place build
+  (``benchmarks/hotpath_report.py --annotate`` does exactly that).
 """
 
 import os
@@ -23,6 +28,7 @@ ANNOTATE = DEBUG or os.environ.get("TICKWIRE_ANNOTATE", "0") not in ("", "0")
 # (the debug build always annotates; its C is regenerated whenever a source changes)
 MODE = "debug" if DEBUG else "release"
 JOBS = int(os.environ.get("TICKWIRE_BUILD_JOBS", "0") or 0)
+CYTHON_DIR = os.environ.get("TICKWIRE_CYTHON_DIR") or f"build/cython-{MODE}"
 
 
 def pxd_tree() -> Path:
@@ -78,7 +84,7 @@ def extensions():
         mods,
         compiler_directives=directives,
         include_path=[str(pxd_tree()), "ext"],
-        build_dir=f"build/cython-{MODE}",
+        build_dir=CYTHON_DIR,
         annotate=ANNOTATE,
         force=ANNOTATE and not DEBUG,      # an explicit annotate request regenerates the C
         quiet=True,

@@ -126,8 +126,11 @@ cdef Py_ssize_t tw_bookset_apply(tw_bookset *s, const tw_event *ev, Py_ssize_t n
 # -- queries (no copies of the book) ---------------------------------------------------
 cdef Py_ssize_t tw_book_levels(const tw_book *b, int side, int64_t *out, Py_ssize_t n) noexcept nogil
 cdef int64_t tw_book_qty_at(const tw_book *b, int side, int64_t price) noexcept nogil
+# Sums over levels are exact (128-bit); the int64 results saturate at INT64_MAX (each level
+# fits in int64, a sum of several need not), the double ones are the exact sum rounded once.
 cdef int64_t tw_book_depth_qty(const tw_book *b, int side, Py_ssize_t k) noexcept nogil
 cdef int64_t tw_book_top_qty(const tw_book *b, int side, Py_ssize_t k, int64_t *kth) noexcept nogil
+cdef double tw_book_top_qty_d(const tw_book *b, int side, Py_ssize_t k, int64_t *kth) noexcept nogil
 cdef double tw_book_imbalance(const tw_book *b, Py_ssize_t k) noexcept nogil
 cdef double tw_book_vwap_to_size(const tw_book *b, int side, int64_t qty) noexcept nogil
 cdef int32_t tw_book_find_order(const tw_book *b, uint64_t order_id) noexcept nogil
@@ -187,7 +190,7 @@ cdef class L2Book(Book):
 
 
 cdef class L3Book(Book):
-    pass
+    cdef int _count(self, int r, str op, uint64_t order_id) except -1
 
 
 cdef class BookSet:

@@ -6,6 +6,7 @@ methods and the batch :meth:`Book.apply` call the same C functions.
 """
 
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE
+from cpython.long cimport PyLong_CheckExact, PyLong_AsLongLongAndOverflow
 from libc.stdint cimport int64_t, uint64_t, int32_t, uint32_t, uint8_t, INT64_MAX
 from libc.stdlib cimport calloc, malloc, realloc, free
 from libc.string cimport memcpy, memmove, memset
@@ -19,6 +20,8 @@ from tickwire.ext.defs cimport (
     TW_REJ_PRICE_RANGE, TW_REJ_UNKNOWN_ORDER, TW_REJ_DUPLICATE_ORDER, TW_REJ_OVERFILL,
     TW_REJ_UNKNOWN_LEVEL, TW_REJ_CAPACITY, TW_REJ_NO_MEMORY, TW_REJ_COUNT,
 )
+
+import operator
 
 import numpy as np
 
@@ -686,7 +689,8 @@ cdef void _lvl_unlink(tw_book *b, tw_ladder *L, int32_t idx) noexcept nogil:
 
 
 cdef int _place_order(tw_book *b, tw_ladder *L, int32_t idx) noexcept nogil:
-    """Queue order ``idx`` (price set) at the back of its level, creating the level."""
+    """Queue order ``idx`` (price set) at the back of its level, creating the level; refused
+    (TW_REJ_BAD_QTY) when the level's total would pass INT64_MAX."""
     cdef _lvl v
     cdef int r
     cdef int64_t key = L.sign * b.orders[idx].price
@@ -694,6 +698,8 @@ cdef int _place_order(tw_book *b, tw_ladder *L, int32_t idx) noexcept nogil:
         r = _lvl_create(b, L, key, &v)
         if r != TW_OK:
             return r
+    elif TW_UNLIKELY(v.qty[0] > INT64_MAX - b.orders[idx].qty):
+        return TW_REJ_BAD_QTY
     _lvl_push(b, L, &v, idx)
     return TW_OK
 
@@ -784,14 +790,21 @@ cdef int tw_book_modify_order(tw_book *b, uint64_t order_id, int64_t price, int6
         v.qty[0] -= o.qty - qty
         o.qty = qty
         return TW_OK
+    # check everything that could fail before the order leaves its level
     if price != o.price:
-        # check everything that could fail before the order leaves its level
         if not _price_ok(b, price):
             return TW_REJ_PRICE_RANGE
-        if not _lvl_find(L, L.sign * price, &v) and not _can_add_level(b, L):
-            return TW_REJ_CAPACITY
+        if not _lvl_find(L, L.sign * price, &v):
+            if not _can_add_level(b, L):
+                return TW_REJ_CAPACITY
+        elif v.qty[0] > INT64_MAX - qty:
+            return TW_REJ_BAD_QTY                 # the new level's total would pass INT64_MAX
         if _over_reserve(L, L.nover + L.nwin + 1) != TW_OK:
             return TW_REJ_NO_MEMORY
+    else:
+        _lvl_find(L, L.sign * price, &v)
+        if v.qty[0] - o.qty > INT64_MAX - qty:
+            return TW_REJ_BAD_QTY                 # the level's total would pass INT64_MAX
     _lvl_unlink(b, L, idx)
     o.price = price
     o.qty = qty
@@ -1028,14 +1041,23 @@ cdef int64_t tw_book_qty_at(const tw_book *b, int side, int64_t price) noexcept 
     return L.over[i].qty if i >= 0 else 0
 
 
-cdef int64_t tw_book_top_qty(const tw_book *b, int side, Py_ssize_t k, int64_t *kth) noexcept nogil:
-    """Total quantity of the best ``k`` levels of ``side``; ``kth`` (if not NULL) gets the
+cdef extern from *:
+    """
+    /* Sums of int64 quantities over levels: 128 bits cannot overflow (2**64 levels would). */
+    typedef __int128 tw_i128;
+    """
+    ctypedef long long tw_i128        # (Cython only needs to know it is an integer)
+
+
+cdef inline tw_i128 _top_qty(const tw_book *b, int side, Py_ssize_t k, int64_t *kth) noexcept nogil:
+    """Exact total quantity of the best ``k`` levels of ``side``; ``kth`` (if not NULL) gets the
     price of the k-th level, or TW_NO_PRICE when the side has fewer than ``k`` levels.
 
     Walks the window's level-0 bitmap a word at a time (the top of a book is dense), so
     it costs a few instructions a level."""
     cdef const tw_ladder *L = &b.side[side]
-    cdef int64_t s = L.best, total = 0, last = TW_NO_PRICE
+    cdef int64_t s = L.best, last = TW_NO_PRICE
+    cdef tw_i128 total = 0
     cdef Py_ssize_t n = 0, i
     cdef uint64_t m
     while s >= 0 and n < k:
@@ -1058,15 +1080,27 @@ cdef int64_t tw_book_top_qty(const tw_book *b, int side, Py_ssize_t k, int64_t *
     return total
 
 
+cdef int64_t tw_book_top_qty(const tw_book *b, int side, Py_ssize_t k, int64_t *kth) noexcept nogil:
+    """Total quantity of the best ``k`` levels of ``side``, saturating at INT64_MAX (each level
+    fits in int64, their sum need not); ``kth`` as for _top_qty."""
+    cdef tw_i128 total = _top_qty(b, side, k, kth)
+    return <int64_t>total if total <= INT64_MAX else INT64_MAX
+
+
+cdef double tw_book_top_qty_d(const tw_book *b, int side, Py_ssize_t k, int64_t *kth) noexcept nogil:
+    """tw_book_top_qty as a double: the exact sum, rounded once (no saturation)."""
+    return <double>_top_qty(b, side, k, kth)
+
+
 cdef int64_t tw_book_depth_qty(const tw_book *b, int side, Py_ssize_t k) noexcept nogil:
-    """Total quantity of the best ``k`` levels of ``side``."""
+    """Total quantity of the best ``k`` levels of ``side`` (saturating at INT64_MAX)."""
     return tw_book_top_qty(b, side, k, NULL)
 
 
 cdef double tw_book_imbalance(const tw_book *b, Py_ssize_t k) noexcept nogil:
     """(bid qty - ask qty) / (bid qty + ask qty) over the best ``k`` levels; NaN when both are empty."""
-    cdef double qb = <double>tw_book_top_qty(b, TW_SIDE_BID, k, NULL)
-    cdef double qa = <double>tw_book_top_qty(b, TW_SIDE_ASK, k, NULL)
+    cdef double qb = tw_book_top_qty_d(b, TW_SIDE_BID, k, NULL)
+    cdef double qa = tw_book_top_qty_d(b, TW_SIDE_ASK, k, NULL)
     if qb + qa == 0.0:
         return NAN
     return (qb - qa) / (qb + qa)
@@ -1101,7 +1135,8 @@ _REASONS = {
     TW_REJ_UNKNOWN_INSTRUMENT: "unknown instrument",
     TW_REJ_BAD_KIND: "event kind does not apply to this book",
     TW_REJ_BAD_SIDE: "side must be 0 (bid) or 1 (ask)",
-    TW_REJ_BAD_QTY: "quantity must not be negative, and an order's must be positive",
+    TW_REJ_BAD_QTY: ("quantity must not be negative, an order's must be positive, and a level's "
+                     "total must stay within int64 (2**63-1 lots)"),
     TW_REJ_PRICE_RANGE: "price outside the book's range min_price..max_price",
     TW_REJ_UNKNOWN_ORDER: "no resting order with this id",
     TW_REJ_DUPLICATE_ORDER: "an order with this id is already resting",
@@ -1120,11 +1155,78 @@ class BookError(ValueError):
         self.reason = Reject(reason)
 
 
+# -- arguments of the Python API: integers only, never a float's truncation ---------------
+
+cdef object _integer(object x, str name, object lo, object hi):
+    """``x`` as a Python int in ``lo..hi``; TypeError for anything that is not an integer
+    (float, str, bool, None), ValueError out of range; both name the argument."""
+    if isinstance(x, bool):
+        raise TypeError(f"{name} must be an integer, got {x!r} (bool)")
+    try:
+        v = operator.index(x)                   # int and numpy integers; not float or Decimal
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {x!r} ({type(x).__name__})") from None
+    if not lo <= v <= hi:
+        raise ValueError(f"{name} must be within {'int64' if hi == INT64_MAX else f'{lo}..{hi}'}, got {v}")
+    return v
+
+
+cdef extern from *:
+    """
+    /* An exact int small enough that Cython's inline conversion to int64 cannot overflow: at
+       most two 30-bit digits before CPython 3.12, a "compact" int (one digit) from 3.12 on. */
+    static inline int tw_small_int(PyObject *x) {
+    #if PY_VERSION_HEX >= 0x030C0000
+        return PyLong_CheckExact(x) && _PyLong_IsCompact((PyLongObject *)x);
+    #else
+        return PyLong_CheckExact(x) && Py_SIZE(x) >= -2 && Py_SIZE(x) <= 2;
+    #endif
+    }
+    """
+    bint tw_small_int(object x)
+
+
+cdef inline int64_t _int_arg(object x, str name) except? -1:
+    """An int64 argument: a plain int on the fast path (a few instructions, inlined: the
+    per-event API runs at ~100 ns a call), _int_arg_slow for anything else."""
+    if tw_small_int(x):
+        return <int64_t>x
+    return _int_arg_slow(x, name)
+
+
+cdef int64_t _int_arg_slow(object x, str name) except? -1:
+    cdef int overflow = 0
+    cdef long long v
+    if PyLong_CheckExact(x):
+        v = PyLong_AsLongLongAndOverflow(x, &overflow)
+        if overflow == 0:
+            return v
+    return _integer(x, name, -INT64_MAX - 1, INT64_MAX)
+
+
+cdef inline uint64_t _id_arg(object x) except? 0:
+    """An order id argument (uint64)."""
+    cdef int64_t v
+    if tw_small_int(x):
+        v = <int64_t>x
+        if v >= 0:
+            return <uint64_t>v
+    return _integer(x, "order_id", 0, 0xFFFFFFFFFFFFFFFF)
+
+
+cdef inline int _side_code(object side) except? -1:
+    """A side argument for an update: 0 and 1 as they are, any other integer as 2 (which
+    the C functions refuse with TW_REJ_BAD_SIDE, counted like a batch's bad side)."""
+    cdef int64_t s = _int_arg(side, "side")
+    return <int>s if <uint64_t>s <= 1 else TW_SIDE_NONE
+
+
 cdef int _side_arg(object side) except -1:
-    cdef int s = side
+    """A side argument for a query: Side.BID or Side.ASK, ValueError otherwise."""
+    cdef int64_t s = _int_arg(side, "side")
     if s != TW_SIDE_BID and s != TW_SIDE_ASK:
         raise ValueError(f"side must be Side.BID (0) or Side.ASK (1), got {side!r}")
-    return s
+    return <int>s
 
 
 cdef const tw_event *_event_buffer(object events, Py_buffer *view) except NULL:
@@ -1170,14 +1272,20 @@ cdef class Book:
             raise BookError(code, f"instrument {self.c.p.instrument}: {what} refused: {_REASONS[code]}")
         return 0
 
-    def _setup(self, int book_type, uint32_t instrument, int64_t min_price, int64_t max_price,
-               int64_t window, int64_t max_levels, int64_t max_depth, int64_t max_orders,
-               int64_t initial_orders):
+    def _setup(self, int book_type, instrument, min_price, max_price, window, max_levels,
+               max_depth, max_orders, initial_orders):
+        """Check the constructor's arguments (each error names its argument) and allocate."""
         cdef tw_book_params p
+        instrument = _integer(instrument, "instrument", 0, 0xFFFFFFFF)
+        min_price = _integer(min_price, "min_price", -DEFAULT_MAX_PRICE, DEFAULT_MAX_PRICE)
+        max_price = _integer(max_price, "max_price", -DEFAULT_MAX_PRICE, DEFAULT_MAX_PRICE)
+        window = _integer(window, "window", -INT64_MAX - 1, INT64_MAX)
+        max_levels = _integer(max_levels, "max_levels", -INT64_MAX - 1, INT64_MAX)
+        max_depth = _integer(max_depth, "max_depth", -INT64_MAX - 1, INT64_MAX)
+        max_orders = _integer(max_orders, "max_orders", -INT64_MAX - 1, INT64_MAX)
+        initial_orders = _integer(initial_orders, "initial_orders", -INT64_MAX - 1, INT64_MAX)
         if min_price > max_price:
             raise ValueError(f"min_price {min_price} is above max_price {max_price}")
-        if min_price < -DEFAULT_MAX_PRICE or max_price > DEFAULT_MAX_PRICE:
-            raise ValueError(f"prices must lie within +/-2**62 ticks, got {min_price}..{max_price}")
         if not TW_WINDOW_MIN <= window <= TW_WINDOW_MAX or window & (window - 1):
             raise ValueError(f"window must be a power of two in {TW_WINDOW_MIN}..{TW_WINDOW_MAX}, got {window}")
         if max_levels < 1:
@@ -1186,6 +1294,8 @@ cdef class Book:
             raise ValueError(f"max_depth must be >= 0 (0: keep every level), got {max_depth}")
         if not 1 <= max_orders <= MAX_ORDERS_LIMIT:
             raise ValueError(f"max_orders must be 1..{MAX_ORDERS_LIMIT}, got {max_orders}")
+        if initial_orders < 0:
+            raise ValueError(f"initial_orders must be >= 0 (orders allocated up front), got {initial_orders}")
         memset(&p, 0, sizeof(p))
         p.instrument = instrument
         p.book_type = book_type
@@ -1285,9 +1395,9 @@ cdef class Book:
         """Number of price levels on ``side``."""
         return self.c.side[_side_arg(side)].nlevels
 
-    def qty_at(self, side, int64_t price):
+    def qty_at(self, side, price):
         """Quantity resting at ``price`` on ``side`` (0: no level)."""
-        return tw_book_qty_at(&self.c, _side_arg(side), price)
+        return tw_book_qty_at(&self.c, _side_arg(side), _int_arg(price, "price"))
 
     def levels(self, side, n=None, out=None):
         """The best ``n`` levels of ``side`` as rows ``(price, qty, orders)``, best first.
@@ -1338,25 +1448,33 @@ cdef class Book:
         """Size-weighted mid in ticks (float; NaN without both sides)."""
         return tw_book_microprice(&self.c)
 
-    def imbalance(self, Py_ssize_t k=1):
-        """(bid qty - ask qty) / (bid qty + ask qty) over the best ``k`` levels of each side."""
-        if k < 1:
+    def imbalance(self, k=1):
+        """(bid qty - ask qty) / (bid qty + ask qty) over the best ``k`` levels of each side.
+
+        The sums are exact (no overflow however large the levels); NaN when both sides are empty.
+        """
+        cdef int64_t n = _int_arg(k, "k")
+        if n < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        return tw_book_imbalance(&self.c, k)
+        return tw_book_imbalance(&self.c, n)
 
-    def depth_qty(self, side, Py_ssize_t k):
-        """Total quantity of the best ``k`` levels of ``side``."""
-        return tw_book_depth_qty(&self.c, _side_arg(side), k)
+    def depth_qty(self, side, k):
+        """Total quantity of the best ``k`` levels of ``side``: exact, a Python int (it may
+        pass 2**63-1; the C API's tw_book_depth_qty saturates there)."""
+        cdef int s = _side_arg(side)
+        cdef int64_t n = _int_arg(k, "k")
+        return int(_top_qty(&self.c, s, max(n, 0), NULL))
 
-    def vwap_to_size(self, side, int64_t qty):
+    def vwap_to_size(self, side, qty):
         """Average price (ticks) to take ``qty`` lots from ``side``, best level first.
 
         A buy takes from ``Side.ASK``, a sell from ``Side.BID``.  NaN when ``side``
         holds less than ``qty``.
         """
-        if qty <= 0:
+        cdef int64_t q = _int_arg(qty, "qty")
+        if q <= 0:
             raise ValueError(f"qty must be positive, got {qty}")
-        return tw_book_vwap_to_size(&self.c, _side_arg(side), qty)
+        return tw_book_vwap_to_size(&self.c, _side_arg(side), q)
 
     @property
     def crossed(self):
@@ -1594,31 +1712,32 @@ cdef class L2Book(Book):
         Most levels per side; a new level beyond it is rejected (``Reject.CAPACITY``).
     """
 
-    def __init__(self, uint32_t instrument=0, *, int64_t max_depth=0,
-                 int64_t min_price=DEFAULT_MIN_PRICE, int64_t max_price=DEFAULT_MAX_PRICE,
-                 int64_t window=DEFAULT_WINDOW, int64_t max_levels=DEFAULT_MAX_LEVELS):
+    def __init__(self, instrument=0, *, max_depth=0, min_price=DEFAULT_MIN_PRICE,
+                 max_price=DEFAULT_MAX_PRICE, window=DEFAULT_WINDOW, max_levels=DEFAULT_MAX_LEVELS):
         self._setup(TW_BOOK_L2, instrument, min_price, max_price, window, max_levels, max_depth, 1, 16)
 
     @property
     def max_depth(self):
         return self.c.p.max_depth
 
-    def set(self, int side, int64_t price, int64_t qty):
+    def set(self, side, price, qty):
         """Set the level at ``price`` to ``qty`` lots (absolute); 0 removes the level.
 
         Raises :class:`BookError` (the book unchanged) for a bad side, a negative quantity
-        or a price outside the book's range.
+        or a price outside the book's range; TypeError for an argument that is not an
+        integer (a float price is refused, never truncated).
         """
-        cdef int r = tw_book_set_level(&self.c, side, price, qty)
+        cdef int r = tw_book_set_level(&self.c, _side_code(side), _int_arg(price, "price"),
+                                       _int_arg(qty, "qty"))
         if r != TW_OK:
             self.c.rejects[r] += 1
             self._check(r, f"set side={side} price={price} qty={qty}")
         else:
             self.c.applied += 1
 
-    def delete(self, int side, int64_t price):
+    def delete(self, side, price):
         """Remove the level at ``price``; :class:`BookError` when there is none."""
-        cdef int r = _delete_level(&self.c, side, price)
+        cdef int r = _delete_level(&self.c, _side_code(side), _int_arg(price, "price"))
         if r != TW_OK:
             self.c.rejects[r] += 1
             self._check(r, f"delete side={side} price={price}")
@@ -1642,64 +1761,81 @@ cdef class L3Book(Book):
     max_orders : int
         Most resting orders; an add beyond it is rejected (``Reject.CAPACITY``).
     initial_orders : int
-        Orders allocated up front; the pool doubles when full (the only allocation).
+        Orders allocated up front (>= 0; at least one is, at most ``max_orders``); the pool
+        doubles when full (the only allocation).
+
+    A level's total quantity must stay within int64: an add or modify that would take it past
+    2**63-1 lots is refused (``Reject.BAD_QTY``).
     """
 
-    def __init__(self, uint32_t instrument=0, *, int64_t min_price=DEFAULT_MIN_PRICE,
-                 int64_t max_price=DEFAULT_MAX_PRICE, int64_t window=DEFAULT_WINDOW,
-                 int64_t max_levels=DEFAULT_MAX_LEVELS, int64_t max_orders=1 << 24,
-                 int64_t initial_orders=4096):
+    def __init__(self, instrument=0, *, min_price=DEFAULT_MIN_PRICE, max_price=DEFAULT_MAX_PRICE,
+                 window=DEFAULT_WINDOW, max_levels=DEFAULT_MAX_LEVELS, max_orders=1 << 24,
+                 initial_orders=4096):
         self._setup(TW_BOOK_L3, instrument, min_price, max_price, window, max_levels, 0,
                     max_orders, initial_orders)
 
-    def add(self, uint64_t order_id, int side, int64_t price, int64_t qty, int64_t ts=0):
-        """Rest a new order at the back of the queue at ``price``."""
-        cdef int r = tw_book_add_order(&self.c, order_id, side, price, qty, ts)
-        self._count(r, "add", order_id)
+    def add(self, order_id, side, price, qty, ts=0):
+        """Rest a new order at the back of the queue at ``price``.
 
-    def modify(self, uint64_t order_id, int64_t qty, price=None, int64_t ts=0):
+        Every argument is an integer (TypeError otherwise); order id 0 is never valid."""
+        cdef uint64_t oid = _id_arg(order_id)
+        cdef int r = tw_book_add_order(&self.c, oid, _side_code(side), _int_arg(price, "price"),
+                                       _int_arg(qty, "qty"), _int_arg(ts, "ts"))
+        self._count(r, "add", oid)
+
+    def modify(self, order_id, qty, price=None, ts=0):
         """Change an order's quantity (and price).
 
         A smaller quantity at the same price keeps the order's queue position; a larger one
         or a new price sends it to the back.  Quantity 0 deletes the order.
         """
-        cdef int32_t idx = tw_book_find_order(&self.c, order_id)
-        cdef int64_t px = self.c.orders[idx].price if (idx >= 0 and price is None) else (price or 0)
-        cdef int r = tw_book_modify_order(&self.c, order_id, px, qty, ts)
-        self._count(r, "modify", order_id)
+        cdef uint64_t oid = _id_arg(order_id)
+        cdef int64_t q = _int_arg(qty, "qty"), t = _int_arg(ts, "ts")
+        cdef int32_t idx = tw_book_find_order(&self.c, oid)
+        cdef int64_t px = 0
+        if price is not None:
+            px = _int_arg(price, "price")
+        elif idx >= 0:
+            px = self.c.orders[idx].price
+        self._count(tw_book_modify_order(&self.c, oid, px, q, t), "modify", oid)
 
-    def delete(self, uint64_t order_id):
+    def delete(self, order_id):
         """Remove a resting order."""
-        self._count(tw_book_delete_order(&self.c, order_id), "delete", order_id)
+        cdef uint64_t oid = _id_arg(order_id)
+        self._count(tw_book_delete_order(&self.c, oid), "delete", oid)
 
-    def execute(self, uint64_t order_id, int64_t qty):
+    def execute(self, order_id, qty):
         """Fill ``qty`` lots of a resting order (keeps its place; removes it when filled)."""
-        self._count(tw_book_execute_order(&self.c, order_id, qty), "execute", order_id)
+        cdef uint64_t oid = _id_arg(order_id)
+        self._count(tw_book_execute_order(&self.c, oid, _int_arg(qty, "qty")), "execute", oid)
 
-    def _count(self, int r, str op, uint64_t order_id):
-        if r != TW_OK:
-            self.c.rejects[r] += 1
-            self._check(r, f"{op} order {order_id}")
-        else:
+    cdef int _count(self, int r, str op, uint64_t order_id) except -1:
+        if r == TW_OK:
             self.c.applied += 1
+            return 0
+        self.c.rejects[r] += 1
+        if r == TW_REJ_UNKNOWN_ORDER and order_id == 0:
+            raise BookError(r, f"instrument {self.c.p.instrument}: {op} order 0 refused: "
+                               "order id 0 is never valid (0 means no order)")
+        return self._check(r, f"{op} order {order_id}")
 
     @property
     def order_count(self):
         """Resting orders."""
         return self.c.norders
 
-    def order(self, uint64_t order_id):
+    def order(self, order_id):
         """``(side, price, qty, ts)`` of a resting order, or None."""
-        cdef int32_t idx = tw_book_find_order(&self.c, order_id)
+        cdef int32_t idx = tw_book_find_order(&self.c, _id_arg(order_id))
         cdef tw_order *o
         if idx < 0:
             return None
         o = &self.c.orders[idx]
         return (Side(o.side), o.price, o.qty, o.ts)
 
-    def queue_position(self, uint64_t order_id):
+    def queue_position(self, order_id):
         """``(orders_ahead, qty_ahead)`` of a resting order in its level's FIFO, or None."""
-        cdef int32_t idx = tw_book_find_order(&self.c, order_id)
+        cdef int32_t idx = tw_book_find_order(&self.c, _id_arg(order_id))
         cdef int64_t ahead = 0, qty = 0
         if idx < 0:
             return None
@@ -1710,7 +1846,7 @@ cdef class L3Book(Book):
             idx = self.c.orders[idx].prev
         return ahead, qty
 
-    def orders_at(self, side, int64_t price):
+    def orders_at(self, side, price):
         """Orders resting at ``price`` in queue order, as an int64/uint64 array of rows
         ``(order_id, qty)`` (order ids as unsigned)."""
         cdef int s = _side_arg(side)
@@ -1718,7 +1854,7 @@ cdef class L3Book(Book):
         cdef _lvl lv
         cdef int32_t idx
         cdef Py_ssize_t k = 0
-        if not _lvl_find(L, L.sign * price, &lv):
+        if not _lvl_find(L, L.sign * _int_arg(price, "price"), &lv):
             return np.empty((0, 2), dtype=np.uint64)
         out = np.empty((lv.norders[0], 2), dtype=np.uint64)
         cdef uint64_t[:, ::1] v = out

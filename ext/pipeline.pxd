@@ -59,6 +59,8 @@ cdef struct tw_istate:
     int64_t best_ask
     int64_t kth_bid               # worst price inside the top-k imbalance (TW_NO_PRICE: < k levels)
     int64_t kth_ask
+    int32_t book_dirty            # the book changed since it was last sampled
+    int32_t top_dirty             # ... and the change may have moved the top-k imbalance
     double prev_mid
     int32_t imbalance_depth
     int32_t sample

@@ -24,7 +24,7 @@ from tickwire.ext.defs cimport (
 )
 from tickwire.ext.book cimport (
     Book, BookSet, tw_book, tw_book_apply, tw_book_mid, tw_book_microprice, tw_book_spread,
-    tw_book_best_price, tw_book_top_qty, TW_BOOK_L2, TW_BOOK_L3,
+    tw_book_best_price, tw_book_top_qty_d, TW_BOOK_L2, TW_BOOK_L3,
 )
 from tickwire.ext.hdr cimport (
     StageRecorders, tw_hdr_record, TW_STAGE_BOOK, TW_STAGE_STATS, TW_STAGE_RULES, TW_STAGE_TICK_TO_SIGNAL,
@@ -107,8 +107,10 @@ cdef void _mid_features(tw_istate *st) noexcept nogil:
 
 
 cdef inline bint _touches_top_k(const tw_istate *st, const tw_book *b, const tw_event *e) noexcept nogil:
-    """Whether an event may change the top-k imbalance: anything but an L2 level update
-    strictly behind the k-th level of its side."""
+    """Whether an applied event may have changed the top-k imbalance: anything but an L2
+    level update strictly behind the k-th level of its side as it was when the imbalance was
+    last computed.  (Sound over a whole message too: while no event has touched the top k
+    as it was, those k levels are still the best k.)"""
     if b.p.book_type != TW_BOOK_L2 or e.kind > TW_KIND_DELETE:
         return True
     if e.side == TW_SIDE_BID:
@@ -129,20 +131,23 @@ _RULE_INPUTS[TW_RULE_EWMA_CROSS] = _CH_MID
 
 
 cdef int _update_book(tw_istate *st, const tw_book *b, const tw_event *e) noexcept nogil:
-    """Feed the book to the instrument's statistics after a change.
+    """Sample the book into the instrument's statistics (its changes since the last sample).
 
-    Microprice and imbalance are recomputed when the change can move them; the mid and
-    spread series (windows, log-returns, EWMAs) take a sample when the best bid or ask
-    price moves: they are series of price changes, not of book updates.
+    Microprice is recomputed, the imbalance when a change since the last sample may have
+    moved the top k (``top_dirty``); the mid and spread series (windows, log-returns, EWMAs)
+    take a sample when the best bid or ask price moved: they are series of price changes,
+    not of book updates.
     """
     cdef tw_features *f = &st.f
     cdef int64_t ts = e.ts_event, bid, ask
     cdef double mid, r, qb, qa
     cdef int changed
+    st.book_dirty = 0
     f.microprice = tw_book_microprice(b)
-    if _touches_top_k(st, b, e):
-        qb = <double>tw_book_top_qty(b, TW_SIDE_BID, st.imbalance_depth, &st.kth_bid)
-        qa = <double>tw_book_top_qty(b, TW_SIDE_ASK, st.imbalance_depth, &st.kth_ask)
+    if st.top_dirty:
+        st.top_dirty = 0
+        qb = tw_book_top_qty_d(b, TW_SIDE_BID, st.imbalance_depth, &st.kth_bid)   # exact sums
+        qa = tw_book_top_qty_d(b, TW_SIDE_ASK, st.imbalance_depth, &st.kth_ask)
         f.imbalance = (qb - qa) / (qb + qa) if (qb > 0.0 and qa > 0.0) else NAN   # both sides
     bid = tw_book_best_price(b, TW_SIDE_BID)
     ask = tw_book_best_price(b, TW_SIDE_ASK)
@@ -537,6 +542,7 @@ cdef class Engine:
         st.sample = TW_SAMPLE_MESSAGE if cfg.sample == "message" else TW_SAMPLE_EVENT
         memset(&st.f, 0, sizeof(tw_features))
         st.best_bid = st.best_ask = st.kth_bid = st.kth_ask = TW_NO_PRICE
+        st.top_dirty = 1
         st.prev_mid = NAN
         st.f.mid = st.f.microprice = st.f.spread = st.f.imbalance = NAN
         st.f.mid_mean = st.f.mid_std = st.f.mid_min = st.f.mid_max = st.f.zscore = NAN
@@ -592,7 +598,7 @@ cdef class Engine:
         cdef tw_istate *st
         cdef tw_book *b
         cdef int r, kind, j, fire, changed
-        cdef bint timed, book_changed
+        cdef bint timed
         cdef int64_t t0 = 0, t1 = 0, t2 = 0, t3, now
         cdef const tw_rule *rule
         cdef tw_signal *out
@@ -618,19 +624,21 @@ cdef class Engine:
                     t0 = _clock_ns(CLOCK_MONOTONIC)
             r = tw_book_apply(b, e)
             self.events += 1
-            if r != TW_OK:
-                continue
             if timed:
                 t1 = _clock_ns(CLOCK_MONOTONIC)
             if TW_UNLIKELY(not b.in_sync):
-                st.suppressed += 1                    # stale or mid-snapshot: no stats, no signals
+                st.suppressed += r == TW_OK           # stale or mid-snapshot: no stats, no signals
                 continue
-            kind = e.kind
-            book_changed = kind != TW_KIND_TRADE or (b.p.book_type == TW_BOOK_L3 and e.order_id != 0)
             changed = 0
-            if kind == TW_KIND_TRADE:
-                changed = _update_trade(st, e)
-            if book_changed and (st.sample == TW_SAMPLE_EVENT or (e.flags & TW_FLAG_LAST)):
+            if TW_LIKELY(r == TW_OK):
+                kind = e.kind
+                if kind == TW_KIND_TRADE:
+                    changed = _update_trade(st, e)
+                if kind != TW_KIND_TRADE or (b.p.book_type == TW_BOOK_L3 and e.order_id != 0):
+                    st.book_dirty = 1                 # a book change, to sample now or at the message's end
+                    st.top_dirty |= _touches_top_k(st, b, e)
+            # a message ends at its LAST event whether or not that event changed the book
+            if st.book_dirty and (st.sample == TW_SAMPLE_EVENT or (e.flags & TW_FLAG_LAST)):
                 changed |= _update_book(st, b, e)
             if changed == 0:
                 continue

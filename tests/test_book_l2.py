@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from reference import ASK, BID, RefL2
-from tickwire.ext import EVENT_DTYPE, BookError, BookSet, Kind, L2Book, Reject, Side, empty_events
+from tickwire.ext import EVENT_DTYPE, BookError, BookSet, Flag, Kind, L2Book, Reject, Side, empty_events
 from tickwire.ext.book import allocation_count
 
 CENTER = 1_000_000
@@ -32,12 +32,14 @@ def assert_same(book, ref, k_values=(1, 3)):
     spread = ref.spread()
     assert book.crossed == (spread is not None and spread < 0)
     assert book.locked == (spread == 0)
+    assert book.in_sync == ref.in_sync
 
 
 def events_from(rows, instrument=0):
+    """Events from rows ``(kind, side, price, qty[, flags])``."""
     ev = empty_events(len(rows))
-    for i, (kind, side, price, qty) in enumerate(rows):
-        ev[i] = (i, i, i, 0, price, qty, instrument, 0, kind, side, 0, 0)
+    for i, (kind, side, price, qty, *flags) in enumerate(rows):
+        ev[i] = (i, i, i, 0, price, qty, instrument, 0, kind, side, flags[0] if flags else 0, 0)
     return ev
 
 
@@ -47,8 +49,13 @@ prices = st.one_of(
     st.sampled_from([1, 2, CENTER * 50, CENTER * 1000, 10**12]),  # far outliers, range edges
     st.sampled_from([0, -5, 10**12 + 1]),                    # outside min_price..max_price
 )
-quantities = st.one_of(st.integers(0, 1000), st.just(0), st.sampled_from([-1, 10**15]))
+quantities = st.one_of(st.integers(0, 1000), st.just(0), st.sampled_from([-1, 10**15, 2**63 - 1]))
 sides = st.one_of(st.sampled_from([BID, ASK]), st.sampled_from([BID, ASK, 2, 200]))
+# event flags: mostly none; snapshot BEGIN/END and STALE markers alone and combined; any bits
+MARKERS = [Flag.STALE, Flag.SNAPSHOT_BEGIN, Flag.SNAPSHOT_END, Flag.SNAPSHOT | Flag.SNAPSHOT_BEGIN,
+           Flag.SNAPSHOT | Flag.SNAPSHOT_END | Flag.LAST, Flag.STALE | Flag.SNAPSHOT_END,
+           Flag.STALE | Flag.SNAPSHOT_BEGIN, Flag.SNAPSHOT_BEGIN | Flag.SNAPSHOT_END]
+flag_bits = st.one_of(st.just(0), st.sampled_from([int(f) for f in MARKERS]), st.integers(0, 63))
 
 
 class L2Machine(RuleBasedStateMachine):
@@ -87,8 +94,8 @@ class L2Machine(RuleBasedStateMachine):
             with pytest.raises(BookError):
                 self.book.delete(side, price)
 
-    @rule(rows=st.lists(st.tuples(st.sampled_from([1, 2, 3, 4, 5, 9]), sides, prices, quantities),
-                        max_size=80),
+    @rule(rows=st.lists(st.tuples(st.sampled_from([1, 2, 3, 4, 5, 6, 6, 9]), sides, prices, quantities,
+                                  flag_bits), max_size=80),
           foreign=st.sets(st.integers(0, 79), max_size=3))
     def apply_batch(self, rows, foreign):
         ev = events_from(rows)
@@ -124,6 +131,36 @@ class L2Machine(RuleBasedStateMachine):
     def clear(self):
         self.book.clear()
         self.ref.clear()
+
+    def _apply_both(self, ev):
+        want = [int(self.ref.apply(e)) for e in ev]
+        status = np.full(len(ev), 255, np.uint8)
+        assert self.book.apply(ev, status) == want.count(0)
+        assert status.tolist() == want
+
+    @rule(flags=flag_bits, side=sides)
+    def marker(self, flags, side):
+        """A lone snapshot marker: STALE keeps the levels, BEGIN clears them, END resyncs."""
+        self._apply_both(events_from([(Kind.SNAPSHOT, side, 0, 0, flags)]))
+
+    @rule(levels=st.lists(st.tuples(st.sampled_from([BID, ASK]), prices, st.integers(0, 1000)), max_size=20),
+          end=st.booleans(), stale_first=st.booleans())
+    def snapshot(self, levels, end, stale_first):
+        """A snapshot as a recovery sends it (maybe after a STALE marker; maybe cut short
+        before its END): BEGIN, the levels, END."""
+        rows = [(Kind.SNAPSHOT, 2, 0, 0, Flag.STALE)] if stale_first else []
+        rows.append((Kind.SNAPSHOT, 2, 0, 0, Flag.SNAPSHOT | Flag.SNAPSHOT_BEGIN))
+        rows += [(Kind.ADD, side, price, qty, Flag.SNAPSHOT) for side, price, qty in levels]
+        if end:
+            rows.append((Kind.SNAPSHOT, 2, 0, 0, Flag.SNAPSHOT | Flag.SNAPSHOT_END | Flag.LAST))
+        self._apply_both(events_from(rows))
+
+    @rule()
+    def resync_from_own_snapshot(self):
+        """The book's own snapshot_events, applied back, rebuild it as it is and in sync."""
+        before = self.book.state()
+        self._apply_both(self.book.snapshot_events(seq=self.seq_base))
+        assert self.book.state() == before and self.book.in_sync
 
     @invariant()
     def same_state(self):
@@ -415,3 +452,75 @@ def test_stale_marker_keeps_the_book_but_marks_it_out_of_sync():
     assert not b.in_sync and b.state() == ([(100, 1)], [])
     b.apply(b.snapshot_events())
     assert b.in_sync and b.state() == ([(100, 1)], [])
+
+
+@pytest.mark.parametrize("bad", [1002.5, 1002.0, np.float64(1002), "1002", None, True])
+def test_per_event_api_refuses_non_integers_naming_the_argument(bad):
+    """A float price used to be truncated (1002.5 -> 1002): prices, quantities, sides and
+    query arguments must be integers (Python ints or numpy integers), never rounded."""
+    b = L2Book(0)
+    b.set(Side.ASK, 1003, 1)
+    before = b.state()
+    calls = [
+        ("price", lambda: b.set(Side.ASK, bad, 1)),
+        ("qty", lambda: b.set(Side.ASK, 1002, bad)),
+        ("side", lambda: b.set(bad, 1002, 1)),
+        ("price", lambda: b.delete(Side.ASK, bad)),
+        ("price", lambda: b.qty_at(Side.ASK, bad)),
+        ("qty", lambda: b.vwap_to_size(Side.ASK, bad)),
+        ("k", lambda: b.imbalance(bad)),
+        ("k", lambda: b.depth_qty(Side.ASK, bad)),
+    ]
+    for name, call in calls:
+        with pytest.raises(TypeError, match=rf"\b{name} must be an integer") as err:
+            call()
+        assert repr(bad) in str(err.value)
+    assert b.state() == before and b.rejects == {} and b.applied == 1
+    b.set(np.int8(Side.ASK), np.int64(1002), np.uint16(7))      # numpy integers are integers
+    assert b.best_ask == 1002 and b.best_ask_qty == 7
+
+
+def test_per_event_api_refuses_integers_beyond_int64_naming_the_argument():
+    b = L2Book(0)
+    with pytest.raises(ValueError, match="price must be within int64"):
+        b.set(Side.BID, 2**63, 1)
+    with pytest.raises(ValueError, match="qty must be within int64"):
+        b.set(Side.BID, 100, -2**63 - 1)
+    with pytest.raises(BookError) as err:                        # an int64 side that is no side
+        b.set(2**32, 100, 1)
+    assert err.value.reason == Reject.BAD_SIDE and b.state() == ([], [])
+
+
+def test_depth_and_imbalance_do_not_overflow():
+    """Two levels of 2**63-1 lots used to make depth_qty -2 and imbalance 1.0."""
+    big = 2**63 - 1
+    b, ref = L2Book(0), RefL2(0)
+    for side, price in ((BID, 100), (BID, 99), (ASK, 101)):
+        b.set(side, price, big)
+        ref.set(side, price, big)
+    assert b.depth_qty(Side.BID, 2) == 2 * big                   # exact in Python
+    assert b.depth_qty(Side.ASK, 5) == big
+    assert b.imbalance(2) == pytest.approx(1 / 3, rel=1e-15) == ref.imbalance(2)
+    assert b.microprice == pytest.approx(100.5)
+    assert_same(b, ref, k_values=(1, 2, 3))
+
+
+def test_constructor_refuses_nonsense_naming_the_argument():
+    cases = [
+        (dict(window=-256), "window"),
+        (dict(window=256.0), "window"),
+        (dict(max_levels=0), "max_levels"),
+        (dict(max_levels=-5), "max_levels"),
+        (dict(max_depth=-1), "max_depth"),
+        (dict(min_price=10, max_price=5), "min_price"),
+        (dict(min_price=-2**63), "min_price"),
+        (dict(max_price=2**63 - 1), "max_price"),
+        (dict(min_price=1.5), "min_price"),
+    ]
+    for kw, name in cases:
+        with pytest.raises((ValueError, TypeError), match=rf"\b{name}\b") as err:
+            L2Book(0, **kw)
+        assert "\n" not in str(err.value), kw
+    for bad in (-1, 2**32, 1.0):
+        with pytest.raises((ValueError, TypeError), match=r"\binstrument\b"):
+            L2Book(bad)

@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
 from reference import ASK, BID, RefL3
-from tickwire.ext import BookError, BookSet, Kind, L2Book, L3Book, Reject, Side, empty_events
+from test_book_l2 import flag_bits
+from tickwire.ext import BookError, BookSet, Flag, Kind, L2Book, L3Book, Reject, Side, empty_events
 from tickwire.ext.book import allocation_count
 
 CENTER = 500_000
@@ -22,12 +23,14 @@ def assert_same_l3(book, ref):
         assert book.best_price(side) == ref.best(side)[0]
         assert book.best_qty(side) == ref.best(side)[1]
     assert book.order_count == len(ref.orders)
+    assert book.in_sync == ref.in_sync
 
 
 def l3_events(rows, instrument=0):
+    """Events from rows ``(kind, order_id, side, price, qty[, flags])``."""
     ev = empty_events(len(rows))
-    for i, (kind, oid, side, price, qty) in enumerate(rows):
-        ev[i] = (1000 + i, 2000 + i, i + 1, oid, price, qty, instrument, 0, kind, side, 0, 0)
+    for i, (kind, oid, side, price, qty, *flags) in enumerate(rows):
+        ev[i] = (1000 + i, 2000 + i, i + 1, oid, price, qty, instrument, 0, kind, side, flags[0] if flags else 0, 0)
     return ev
 
 
@@ -60,7 +63,7 @@ class L3Machine(RuleBasedStateMachine):
             assert err.value.reason == want
 
     @rule(target=orders, side=st.sampled_from([BID, ASK]), price=prices,
-          qty=st.one_of(st.integers(1, 100), st.sampled_from([0, -2])))
+          qty=st.one_of(st.integers(1, 100), st.sampled_from([0, -2, 2**62, 2**63 - 1])))
     def add(self, side, price, qty):
         oid = self.next_id
         self.next_id += 1
@@ -82,13 +85,13 @@ class L3Machine(RuleBasedStateMachine):
     def add_duplicate(self, oid, side, price, qty):
         self._check(self.ref.add(oid, side, price, qty), lambda: self.book.add(oid, side, price, qty))
 
-    @rule(oid=orders, qty=st.integers(-1, 150),
+    @rule(oid=orders, qty=st.one_of(st.integers(-1, 150), st.just(2**63 - 1)),
           delta=st.sampled_from([None, -1, 0, 1]), move=st.one_of(st.none(), prices))
     def modify(self, oid, qty, delta, move):
         if oid in self.ref.orders:
             price = self.ref.orders[oid][1] if move is None else move
             if delta is not None:                   # the edges of keeping queue priority
-                qty = max(0, self.ref.orders[oid][2] + delta)
+                qty = min(max(0, self.ref.orders[oid][2] + delta), 2**63 - 1)
         else:
             price = move or CENTER
         want = self.ref.modify(oid, price, qty, ts=7)
@@ -106,15 +109,44 @@ class L3Machine(RuleBasedStateMachine):
     def execute(self, oid, qty):
         self._check(self.ref.execute(oid, qty), lambda: self.book.execute(oid, qty))
 
-    @rule(rows=st.lists(st.tuples(st.sampled_from([1, 2, 3, 4]), st.integers(0, 40),
-                                  st.sampled_from([BID, ASK, 2]), prices, st.integers(0, 50)),
+    @rule(rows=st.lists(st.tuples(st.sampled_from([1, 2, 3, 4, 4, 5, 6, 6]), st.integers(0, 40),
+                                  st.sampled_from([BID, ASK, 2]), prices, st.integers(0, 50), flag_bits),
                         max_size=60))
     def apply_batch(self, rows):
-        ev = l3_events(rows)
+        self._apply_both(l3_events(rows))
+
+    def _apply_both(self, ev):
         want = [int(self.ref.apply(e)) for e in ev]
         status = np.full(len(ev), 255, np.uint8)
         assert self.book.apply(ev, status) == want.count(0)
         assert status.tolist() == want
+
+    @rule(flags=flag_bits, side=st.sampled_from([BID, ASK, 2, 7]))
+    def marker(self, flags, side):
+        """A lone snapshot marker: STALE keeps the orders, BEGIN clears them, END resyncs."""
+        self._apply_both(l3_events([(Kind.SNAPSHOT, 0, side, 0, 0, flags)]))
+
+    @rule(orders=st.lists(st.tuples(st.integers(1, 60), st.sampled_from([BID, ASK]), prices,
+                                    st.integers(1, 50)), max_size=20),
+          end=st.booleans(), stale_first=st.booleans())
+    def snapshot(self, orders, end, stale_first):
+        """A snapshot as a recovery sends it (maybe after a STALE marker; maybe cut short
+        before its END): BEGIN, the orders in queue order, END."""
+        rows = [(Kind.SNAPSHOT, 0, 2, 0, 0, Flag.STALE)] if stale_first else []
+        rows.append((Kind.SNAPSHOT, 0, 2, 0, 0, Flag.SNAPSHOT | Flag.SNAPSHOT_BEGIN))
+        rows += [(Kind.ADD, oid, side, price, qty, Flag.SNAPSHOT) for oid, side, price, qty in orders]
+        if end:
+            rows.append((Kind.SNAPSHOT, 0, 2, 0, 0, Flag.SNAPSHOT | Flag.SNAPSHOT_END | Flag.LAST))
+        self._apply_both(l3_events(rows))
+        self.next_id = max([self.next_id] + [oid + 1 for oid, *_ in orders])
+
+    @rule()
+    def resync_from_own_snapshot(self):
+        """The book's own snapshot_events, applied back, rebuild it in queue order and in sync."""
+        before = {side: [tuple(r) for r in self.book.levels(side).tolist()] for side in (BID, ASK)}
+        self._apply_both(self.book.snapshot_events(seq=3, ts=5))
+        assert {side: [tuple(r) for r in self.book.levels(side).tolist()] for side in (BID, ASK)} == before
+        assert self.book.in_sync
 
     @rule(oid=orders)
     def queue_position(self, oid):
@@ -287,3 +319,90 @@ def test_l3_snapshot_events_keep_queue_order():
         assert dst.levels(side).tolist() == src.levels(side).tolist()
         for price in src.levels(side)[:, 0]:
             assert dst.orders_at(side, int(price)).tolist() == src.orders_at(side, int(price)).tolist()
+
+
+def test_order_id_zero_is_refused_as_never_valid():
+    b = L3Book(0)
+    b.add(1, Side.BID, 100, 1)
+    for call in (lambda: b.add(0, Side.BID, 100, 1), lambda: b.modify(0, 3),
+                 lambda: b.delete(0), lambda: b.execute(0, 1)):
+        with pytest.raises(BookError, match="order id 0 is never valid") as err:
+            call()
+        assert err.value.reason == Reject.UNKNOWN_ORDER           # the documented code
+    with pytest.raises(BookError, match="no resting order with this id"):
+        b.delete(2)
+    assert b.order_count == 1
+
+
+@pytest.mark.parametrize("bad", [1.5, 2.0, "7", None])
+def test_l3_per_event_api_refuses_non_integers(bad):
+    b = L3Book(0)
+    b.add(1, Side.BID, 100, 5)
+    calls = [
+        ("order_id", lambda: b.add(bad, Side.BID, 100, 1)),
+        ("price", lambda: b.add(2, Side.BID, bad, 1)),
+        ("qty", lambda: b.add(2, Side.BID, 100, bad)),
+        ("ts", lambda: b.add(2, Side.BID, 100, 1, ts=bad)),
+        ("qty", lambda: b.modify(1, bad)),
+        ("order_id", lambda: b.delete(bad)),
+        ("qty", lambda: b.execute(1, bad)),
+        ("price", lambda: b.orders_at(Side.BID, bad)),
+    ]
+    if bad is not None:                                           # price=None: keep the price
+        calls.append(("price", lambda: b.modify(1, 3, price=bad)))
+    for name, call in calls:
+        with pytest.raises(TypeError, match=rf"\b{name} must be an integer"):
+            call()
+    assert b.orders_at(Side.BID, 100).tolist() == [[1, 5]] and b.rejects == {}
+
+
+def test_l3_level_total_cannot_overflow():
+    big = 2**63 - 1
+    b, ref = L3Book(0), RefL3(0)
+    for book in (b, ref):
+        assert book.add(1, BID, 100, big - 10) in (None, Reject.OK)
+    cases = [
+        (lambda bk: bk.add(2, BID, 100, 11), Reject.BAD_QTY),             # the level would pass 2**63-1
+        (lambda bk: bk.add(3, BID, 100, 10), Reject.OK),                  # exactly 2**63-1
+        (lambda bk: bk.add(4, BID, 99, big), Reject.OK),
+        (lambda bk: bk.modify(4, 100, 1), Reject.BAD_QTY),                # move onto the full level
+        (lambda bk: bk.modify(3, 100, 11), Reject.BAD_QTY),               # grow in place past it
+        (lambda bk: bk.modify(3, 100, 5), Reject.OK),
+        (lambda bk: bk.modify(3, 100, 10), Reject.OK),
+    ]
+    for call, want in cases:
+        assert call(ref) == want
+        if want == Reject.OK:
+            call(_Adapter(b))
+        else:
+            with pytest.raises(BookError, match="int64") as err:
+                call(_Adapter(b))
+            assert err.value.reason == want
+        assert_same_l3(b, ref)
+    assert b.depth_qty(Side.BID, 2) == 2 * big
+    assert b.imbalance(2) == 1.0
+
+
+class _Adapter:
+    """The reference's call shapes on an L3Book (modify takes price before qty there)."""
+
+    def __init__(self, book):
+        self.book = book
+
+    def add(self, oid, side, price, qty):
+        return self.book.add(oid, side, price, qty)
+
+    def modify(self, oid, price, qty):
+        return self.book.modify(oid, qty, price=price)
+
+
+def test_l3_constructor_refuses_nonsense_naming_the_argument():
+    for kw, name in [(dict(initial_orders=-1), "initial_orders"), (dict(max_orders=0), "max_orders"),
+                     (dict(max_orders=-3), "max_orders"), (dict(max_levels=-1), "max_levels"),
+                     (dict(window=0), "window"), (dict(min_price=5, max_price=4), "min_price"),
+                     (dict(initial_orders=2.5), "initial_orders")]:
+        with pytest.raises((ValueError, TypeError), match=rf"\b{name}\b") as err:
+            L3Book(0, **kw)
+        assert "\n" not in str(err.value)
+    assert L3Book(0, initial_orders=0, max_orders=4).order_count == 0       # 0: allocate lazily
+    assert L3Book(0, max_orders=4).order_count == 0                          # default clamped

@@ -10,7 +10,12 @@ DOWNSTREAM = textwrap.dedent('''
     from libc.string cimport memset
     from tickwire.ext.defs cimport tw_event, TW_KIND_ADD, TW_KIND_DELETE, TW_SIDE_BID, TW_SIDE_ASK
     from tickwire.ext.book cimport (Book, tw_book_apply, tw_book_best_price, tw_book_best_qty,
-                                    tw_book_add_order, tw_book_spread, tw_book_levels)
+                                    tw_book_add_order, tw_book_spread, tw_book_levels,
+                                    tw_book_depth_qty, tw_book_top_qty_d)
+
+    def depth(Book book, int side, Py_ssize_t k):
+        """The C sums of the best k levels: int64 (saturating) and double (exact, rounded once)."""
+        return tw_book_depth_qty(&book.c, side, k), tw_book_top_qty_d(&book.c, side, k, NULL)
 
     def fill_ladder(Book book, long n):
         """Add n bid levels and n ask levels through the C API, without the GIL."""
@@ -72,6 +77,12 @@ def test_user_cython_module_drives_books_through_the_pxd(tmp_path):
     l3 = L3Book(5)
     assert downstream.fill_ladder(l3, 10) == (0, 1000, 1, 1)
     assert l3.order_count == 20
+    assert downstream.depth(l2, 0, 3) == (1 + 2 + 3, 6.0)
+    big = L2Book(6)
+    big.set(0, 100, 2**63 - 1)
+    big.set(0, 99, 2**63 - 1)
+    assert downstream.depth(big, 0, 1) == (2**63 - 1, float(2**63 - 1))
+    assert downstream.depth(big, 0, 2) == (2**63 - 1, float(2**64 - 2))     # saturates; exact in double
 
 
 def test_user_cython_rule_runs_in_the_engine_without_the_gil(tmp_path):

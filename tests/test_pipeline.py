@@ -5,12 +5,15 @@ import hashlib
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
+from reference import RefEngine
 from tickwire.engine.instruments import make_books
 from tickwire.engine.pipeline import Engine, RuleConfig, StatsConfig
-from tickwire.ext import Kind, Side
+from tickwire.ext import EVENT_DTYPE, Flag, Kind, Reject, Side, SignalFlag
+from tickwire.ext.pipeline import RULE_KINDS as RULE_KINDS_C
 from tickwire.feeds.synthetic import l2_updates, l3_orders, synthetic_instruments
 
 RULES = [
@@ -27,77 +30,46 @@ def digest(signals):
     return hashlib.sha256(np.ascontiguousarray(signals).tobytes()).hexdigest()
 
 
-class Reference:
-    """Recomputes one instrument's features from scratch in plain Python/numpy."""
+class CompiledBook:
+    """A compiled book behind the reference books' interface (see RefEngine), for streams
+    too long for dict books."""
 
-    def __init__(self, book, cfg):
-        self.book, self.cfg = book, cfg
-        self.ts, self.mid, self.spread, self.last_bbo = [], [], [], (None, None)
-        self.trades = []                         # (ts, price, qty, signed)
+    def __init__(self, book):
+        self.book = book
+        self._status = np.zeros(1, np.uint8)
 
-    def on_event(self, e, applied):
-        if not applied or not self.book.in_sync:
-            return
-        if e["kind"] == Kind.TRADE:
-            q = int(e["qty"])
-            sign = q if e["side"] == Side.BID else -q if e["side"] == Side.ASK else 0
-            self.trades.append((int(e["ts_event"]), int(e["price"]), q, sign))
-            if not e["order_id"]:                  # a print; with an order id it is an execution
-                return
-        bbo = (self.book.best_bid, self.book.best_ask)
-        if bbo != self.last_bbo:
-            self.last_bbo = bbo
-            self.ts.append(int(e["ts_event"]))
-            self.mid.append(self.book.mid)
-            self.spread.append(math.nan if self.book.spread is None else float(self.book.spread))
+    @property
+    def in_sync(self):
+        return self.book.in_sync
 
-    def _window(self, ts, values, now, kind, size):
-        pairs = [(t, v) for t, v in zip(ts, values) if not math.isnan(v)]
-        if kind == "count":
-            pairs = pairs[-size:]
-        else:
-            pairs = [(t, v) for t, v in pairs if t > now - size]
-        return np.array([v for _, v in pairs])
+    def apply(self, e):
+        self.book.apply(np.ascontiguousarray(e).reshape(1), self._status)
+        return Reject(int(self._status[0]))
 
-    def features(self, now):
-        c = self.cfg
-        f = {}
-        mids = self._window(self.ts, self.mid, now, c.window, c.window_size)
-        f["mid_count"] = len(mids)
-        f["mid_mean"] = mids.mean() if len(mids) else math.nan
-        f["mid_std"] = mids.std(ddof=1) if len(mids) > 1 else math.nan
-        f["mid_min"] = mids.min() if len(mids) else math.nan
-        f["mid_max"] = mids.max() if len(mids) else math.nan
-        spreads = self._window(self.ts, self.spread, now, c.window, c.window_size)
-        f["spread_mean"] = spreads.mean() if len(spreads) else math.nan
-        valid = [(t, m) for t, m in zip(self.ts, self.mid) if m > 0]
-        rets = [(valid[i][0], math.log(valid[i][1] / valid[i - 1][1]) ** 2) for i in range(1, len(valid))]
-        r2 = self._window([t for t, _ in rets], [r for _, r in rets], now, c.window, c.window_size)
-        f["realized_vol"] = math.sqrt(r2.sum()) if len(r2) else math.nan
-        if valid:
-            t = pd.to_datetime([t for t, _ in valid])
-            m = pd.Series([m for _, m in valid])
-            f["ewma_fast"] = m.ewm(halflife=pd.Timedelta(c.ewma_fast_halflife_ns, "ns"), times=t).mean().iloc[-1]
-            f["ewma_slow"] = m.ewm(halflife=pd.Timedelta(c.ewma_slow_halflife_ns, "ns"), times=t).mean().iloc[-1]
-        tr = [x for x in self.trades]
-        if c.trade_window == "count":
-            tr = tr[-c.trade_window_size:]
-        else:
-            tr = [x for x in tr if x[0] > now - c.trade_window_size]
-        f["trade_count"] = len(tr)
-        qty = sum(q for _, _, q, _ in tr)
-        f["vwap"] = sum(p * q for _, p, q, _ in tr) / qty if qty else math.nan
-        f["buy_minus_sell"] = float(sum(s for *_, s in tr))
-        return f
+    def best(self, side):
+        price = self.book.best_price(side)
+        return (price, self.book.best_qty(side)) if price is not None else (None, 0)
+
+    def mid(self):
+        return self.book.mid
+
+    def microprice(self):
+        return self.book.microprice
+
+    def top(self, side, k):
+        return [(int(p), int(q)) for p, q, _ in self.book.levels(side, k)]
 
 
-def compare(engine_f, ref_f):
+def compare(engine_f, ref_f, where=""):
+    """Every feature of the reference equals the engine's (NaN where it is NaN)."""
     for key, want in ref_f.items():
         got = engine_f[key]
         if isinstance(want, float) and math.isnan(want):
-            assert math.isnan(got), key
+            assert math.isnan(got), (where, key, got)
+        elif isinstance(want, int):
+            assert got == want, (where, key, got, want)
         else:
-            assert got == pytest.approx(want, rel=1e-9, abs=1e-9), key
+            assert got == pytest.approx(want, rel=1e-9, abs=1e-9), (where, key, got, want)
 
 
 @pytest.mark.parametrize("cfg", [
@@ -110,17 +82,13 @@ def test_features_equal_a_plain_recomputation_l3(cfg):
     ev = l3_orders(12_000, seed=21, instruments=2)
     eng = Engine(insts, RULES, cfg, clock="event")
     books = make_books(insts)
-    refs = {i.id: Reference(books[i.id], cfg) for i in insts}
-    status = np.zeros(len(ev), np.uint8)
+    ref = RefEngine(insts, (), cfg, books={i.id: CompiledBook(books[i.id]) for i in insts})
     for start in range(0, len(ev), 400):
         chunk = ev[start:start + 400]
         eng.process(chunk)
-        for k, e in enumerate(chunk):
-            applied = books.apply(chunk[k:k + 1]) == 1
-            refs[int(e["instrument"])].on_event(e, applied)
-        for iid, ref in refs.items():
-            f = eng.features(iid)
-            compare(f, ref.features(f["ts"]))
+        ref.process(chunk)
+        for i in insts:
+            compare(eng.features(i.id), ref.features(i.id) | {"signals": eng.features(i.id)["signals"]})
     assert eng.books.rejects == {} and len(eng.signals) > 0
 
 
@@ -129,15 +97,13 @@ def test_features_on_the_real_binance_capture(binance):
                       trade_window_size=1_000_000_000)
     eng = Engine(binance.instruments, RULES, cfg, clock="event")
     books = make_books(binance.instruments)
-    ref = Reference(books[0], cfg)
+    ref = RefEngine(binance.instruments, (), cfg, books={0: CompiledBook(books[0])})
     ev = binance.events[:40_000]
     for start in range(0, len(ev), 2000):
         chunk = ev[start:start + 2000]
         eng.process(chunk)
-        for k, e in enumerate(chunk):
-            ref.on_event(e, books.apply(chunk[k:k + 1]) == 1)
-        f = eng.features(0)
-        compare(f, ref.features(f["ts"]))
+        ref.process(chunk)
+        compare(eng.features(0), ref.features(0) | {"signals": eng.features(0)["signals"]})
     assert eng.features(0)["trade_count"] > 0
 
 
@@ -230,3 +196,167 @@ def test_engine_rejects_bad_arguments():
     eng = Engine(insts)
     with pytest.raises(KeyError, match="no instrument with id 9"):
         eng.features(9)
+
+
+# ---------------------------------------------------------------------------------------
+# Message sampling, and every feature and signal against the reference in both modes
+# ---------------------------------------------------------------------------------------
+
+def l2_message(rows, seq, last=True):
+    """Events from rows ``(kind, side, price, qty)``, one message (LAST on its last event)."""
+    ev = np.zeros(len(rows), EVENT_DTYPE)
+    for i, (kind, side, price, qty) in enumerate(rows):
+        ev[i] = (seq * 1000 + i, seq * 1000 + i, seq, 0, price, qty, 0, 0, kind, side, 0, 0)
+    if last:
+        ev["flags"][-1] = Flag.LAST
+    return ev
+
+
+BOOK_ROWS = [(Kind.MODIFY, Side.BID, 100, 5), (Kind.MODIFY, Side.BID, 99, 4), (Kind.MODIFY, Side.BID, 98, 3),
+             (Kind.MODIFY, Side.BID, 97, 1), (Kind.MODIFY, Side.ASK, 101, 2), (Kind.MODIFY, Side.ASK, 102, 1)]
+
+
+def test_message_sampling_sees_a_top_k_change_early_in_the_message():
+    """A message that deletes the best bid, then changes a level behind the k-th: the
+    imbalance used to be judged by the last event only, and stayed at its old value."""
+    eng = Engine(synthetic_instruments(1), [], StatsConfig(sample="message", imbalance_depth=2), clock="event")
+    eng.process(l2_message(BOOK_ROWS, seq=1))
+    assert eng.features(0)["imbalance"] == pytest.approx((9 - 3) / 12)
+    eng.process(l2_message([(Kind.MODIFY, Side.BID, 100, 0), (Kind.MODIFY, Side.BID, 97, 2)], seq=2))
+    assert eng.book(0).imbalance(2) == pytest.approx((7 - 3) / 10)
+    assert eng.features(0)["imbalance"] == eng.book(0).imbalance(2)
+
+
+@pytest.mark.parametrize("last", [(Kind.TRADE, Side.ASK, 99, 3), (Kind.DELETE, Side.ASK, 150, 0)],
+                         ids=["a trade print", "a refused delete"])
+def test_message_sampling_samples_a_message_that_ends_in_no_book_change(last):
+    """The book changes early in a message whose last event changes no book (a trade print,
+    or an event the book refuses): the message's end is still where the book is sampled."""
+    eng = Engine(synthetic_instruments(1), [], StatsConfig(sample="message", imbalance_depth=2), clock="event")
+    eng.process(l2_message(BOOK_ROWS, seq=1))
+    eng.process(l2_message([(Kind.MODIFY, Side.BID, 100, 0), last], seq=2))
+    book, f = eng.book(0), eng.features(0)
+    assert book.best_bid == 99
+    assert (f["mid"], f["microprice"], f["imbalance"]) == (book.mid, book.microprice, book.imbalance(2))
+    assert f["ts"] == 2001 and f["mid_count"] == 2
+
+
+T0 = 1_700_000_000_000_000_000
+RULES_H = [                                    # thresholds no rational value of a small book hits
+    RuleConfig("microprice", enter=0.2718, exit=0.0913, emit_exit=True),
+    RuleConfig("imbalance", enter=0.4142, exit=0.1732),
+    RuleConfig("imbalance", enter=0.7071, exit=0.3183, emit_exit=True, instruments=(1,)),
+    RuleConfig("zscore", enter=0.8765, exit=0.3141, min_count=3, emit_exit=True),
+    RuleConfig("spread", enter=1.4142, exit=1.0905, min_count=2, emit_exit=True),
+    RuleConfig("ewma_cross", enter=0.1618, min_count=2),
+    RuleConfig("vwap", enter=3.3333, exit=1.1111, min_count=2, emit_exit=True),
+]
+MARKER_FLAGS = [Flag.STALE, Flag.SNAPSHOT | Flag.SNAPSHOT_BEGIN, Flag.SNAPSHOT | Flag.SNAPSHOT_END,
+                Flag.STALE | Flag.SNAPSHOT_END, Flag.SNAPSHOT_BEGIN | Flag.SNAPSHOT_END]
+
+
+@st.composite
+def stats_configs(draw):
+    window, trade_window = draw(st.sampled_from(["count", "time"])), draw(st.sampled_from(["count", "time"]))
+    size = {"count": st.integers(1, 8), "time": st.sampled_from([150_000, 700_000, 3_000_000])}
+    return StatsConfig(window=window, window_size=draw(size[window]), trade_window=trade_window,
+                       trade_window_size=draw(size[trade_window]), imbalance_depth=draw(st.integers(1, 3)),
+                       ewma_fast_halflife_ns=300_000, ewma_slow_halflife_ns=3_000_000,
+                       sample=draw(st.sampled_from(["event", "message"])))
+
+
+@st.composite
+def event_streams(draw, book):
+    """Random events for instruments 0 and 1 (and a few for 2, which has no book) around a
+    small book that the top-k moves in and out of: level updates or orders, trades, clears,
+    snapshot markers, refused events; random LAST flags (message boundaries) and times."""
+    ops = ["set"] * 6 + ["delete", "trade", "trade", "clear", "marker", "bad"]
+    if book == "L3":
+        ops += ["add"] * 6 + ["modify", "modify", "cancel", "cancel", "execute", "execute"]
+    rows = draw(st.lists(st.tuples(
+        st.sampled_from([0, 0, 0, 0, 1, 2]), st.sampled_from(ops), st.sampled_from([Side.BID, Side.ASK]),
+        st.integers(-1, 4), st.integers(0, 30), st.integers(1, 25), st.sampled_from([True, False, False]),
+        st.booleans(),
+        st.sampled_from([0, 0, 1, 500, 20_000, 200_000, 1_000_000])), min_size=25, max_size=120))
+    ev = np.zeros(len(rows), EVENT_DTYPE)
+    ts = T0
+    for i, (inst, op, side, depth, qty, oid, last, flip, dt) in enumerate(rows):
+        ts += dt
+        price = 1000 - depth if side == Side.BID else 1001 + depth
+        kind, flags, order_id = Kind.MODIFY, 0, 0
+        if op == "set":
+            kind = Kind.ADD if book == "L2" and flip else Kind.MODIFY
+            if book == "L3":
+                kind, order_id = Kind.MODIFY, oid
+        elif op == "add":
+            kind, order_id, qty = Kind.ADD, oid, max(qty, 1)
+        elif op in ("delete", "cancel"):
+            kind, order_id = Kind.DELETE, (oid if book == "L3" else 0)
+        elif op == "trade":
+            kind, price = Kind.TRADE, 1000 + depth
+            side = Side.NONE if flip and depth % 3 == 0 else side
+        elif op == "execute":
+            kind, order_id, qty, side = Kind.TRADE, oid, qty % 5 + 1, Side.NONE
+        elif op == "modify":
+            kind, order_id = Kind.MODIFY, oid
+        elif op == "clear":
+            kind, side = Kind.CLEAR, Side.NONE
+        elif op == "marker":
+            kind, side, flags = Kind.SNAPSHOT, Side.NONE, int(MARKER_FLAGS[oid % len(MARKER_FLAGS)])
+        elif op == "bad":
+            kind, side = (9, side) if flip else (Kind.MODIFY, 7)
+        flags |= Flag.LAST if last else 0
+        ev[i] = (ts, ts + 7, i + 1, order_id, price, qty, inst, 0, kind, side, flags, 0)
+    cuts = sorted(draw(st.sets(st.integers(1, len(rows)), max_size=6)) | {len(rows)})
+    return ev, cuts
+
+
+def engine_signals(signals):
+    flag = {int(SignalFlag.ENTER): "enter", int(SignalFlag.EXIT): "exit"}
+    assert (signals["ts_signal"] == signals["ts_recv"]).all()              # clock="event"
+    return [(int(s["seq"]), int(s["instrument"]), int(s["rule_id"]), int(s["direction"]),
+             flag[int(s["flags"])], float(s["value"]), float(s["strength"]), int(s["ts_event"]),
+             int(s["ts_recv"])) for s in signals]
+
+
+@pytest.mark.parametrize("book", ["L2", "L3"])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_every_feature_and_signal_equals_the_reference_in_both_sampling_modes(book, data):
+    cfg = data.draw(stats_configs(), "stats")
+    ev, cuts = data.draw(event_streams(book), "events")
+    insts = synthetic_instruments(2, book=book)
+    ref = RefEngine(insts, RULES_H, cfg)
+    one = Engine(insts, RULES_H, cfg, clock="event", signal_capacity=2)      # event by event
+    for k in range(len(ev)):
+        one.process(ev[k:k + 1])
+        ref.process(ev[k:k + 1])
+        for i in insts:
+            compare(one.features(i.id), ref.features(i.id), where=f"instrument {i.id} after event {k}")
+    batched = Engine(insts, RULES_H, cfg, clock="event", signal_capacity=2)  # random batches
+    start = 0
+    for cut in cuts:
+        batched.process(ev[start:cut])
+        start = cut
+    kinds = {rid: RULE_KINDS_C[r.kind] for rid, r in enumerate(RULES_H)}
+    for eng in (one, batched):
+        for i in insts:
+            compare(eng.features(i.id), ref.features(i.id), where=f"instrument {i.id} at the end")
+        got = engine_signals(eng.signals)
+        assert [s[:5] for s in got] == [s[:5] for s in ref.signals]
+        for g, w in zip(got, ref.signals):
+            assert g[5:7] == pytest.approx(w[5:7], rel=1e-9, abs=1e-9) and g[7:] == w[7:]
+        assert all(int(s["rule_kind"]) == kinds[int(s["rule_id"])] for s in eng.signals)
+    for rid in sorted({s[2] for s in ref.signals}):                 # --hypothesis-show-statistics
+        event(f"signals of rule {rid} ({RULES_H[rid].kind})")
+    if any(ref.features(i.id)["suppressed"] for i in insts):
+        event("a book out of sync")
+
+
+def test_engine_imbalance_does_not_overflow():
+    """Two bid levels of 2**63-1 lots: their sum passes int64 (it used to wrap to -2)."""
+    big = 2**63 - 1
+    eng = Engine(synthetic_instruments(1), [], StatsConfig(imbalance_depth=2), clock="event")
+    eng.process(l2_message([(Kind.MODIFY, Side.BID, 100, big), (Kind.MODIFY, Side.BID, 99, big),
+                            (Kind.MODIFY, Side.ASK, 101, big)], seq=1))
+    assert eng.features(0)["imbalance"] == pytest.approx(1 / 3, rel=1e-15) == eng.book(0).imbalance(2)
