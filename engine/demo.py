@@ -156,13 +156,13 @@ def run_demo(*, duration: float = 20.0, rate: float = 100_000, instruments: int 
     def progress_line():
         ws = [w for w in sup.worker_status() if w]
         wr = [w for w in sup.writer_status() if w]
-        ev = sum(w["counts"]["events"] for w in ws)
+        ev = sum(w["feed"]["events"] for w in ws)          # market events, as the publisher counts them
         sig = sum(w["counts"]["signals"] for w in ws)
         gaps = sum(w["feed"]["gaps"] for w in ws)
         stored = sum(w.get("rows_written", 0) for w in wr)
         p99 = max((w["latency_ns"]["tick_to_signal"]["p99"] for w in ws), default=0)
-        pub = next((m.group(1) for line in reversed(sim_out)
-                    if (m := re.match(r"\s*([\d,]+) events", line))), "0")
+        pub = next((m.group(1) for line in reversed(sim_out)       # the final count once it is done
+                    if (m := re.match(r"(?:done: |\s*)([\d,]+) events", line))), "0")
         el = time.monotonic() - state["t0"] if state["t0"] else 0.0
         return (f"\r  {el:5.1f} s  published {pub:>11}  processed {ev:>11,}  stored {stored:>11,}  "
                 f"signals {sig:>7,} (received {consumer.received:,})  gaps {gaps}  "
@@ -262,7 +262,7 @@ def _report(cfg, sup, consumer, sim_out, status, elapsed, say) -> int:
             if q_["count"]:
                 say(f"  {stage:<18} {q_['count']:>12,} " + " ".join(_fmt_us(q_[k]) for k in
                                                            ("p50", "p90", "p99", "p999", "p9999", "max")))
-    say("  (decode: wire message received -> engine; book/stats/rules: per event, one in "
+    say("  (decode: per batch, its first message received -> engine; book/stats/rules: per event, one in "
         f"{cfg.timing_every}; tick_to_signal: message received -> signal produced)")
     hlogs = sorted((sup.run_dir / "hdr").glob("*.hlog"))
     say(f"  HDR interval logs: {', '.join(str(p) for p in hlogs)}")

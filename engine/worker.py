@@ -67,6 +67,14 @@ def channels_of(cfg, instruments) -> dict[int, list[int]]:
     return out
 
 
+def percentiles(r) -> dict:
+    """count, p50 .. p99.99 and max of an HDR recorder, as values it really holds: a
+    percentile is the upper edge of its bucket, which can lie above the largest value recorded."""
+    top = r.max_value or 0
+    return {"count": r.total, **{k: min(r.value_at_percentile(p), top) for k, p in (
+        ("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9), ("p9999", 99.99))}, "max": top}
+
+
 def pin(cpu: int) -> int:
     """Pin this process to ``cpu`` and check it took; returns the core."""
     os.sched_setaffinity(0, {cpu})
@@ -222,9 +230,7 @@ class Worker:
         for name in STAGES:
             r = self.totals[name].copy()
             r.add(self.stages[name])
-            lat[name] = {"count": r.total, "p50": r.value_at_percentile(50.0), "p90": r.value_at_percentile(90.0),
-                         "p99": r.value_at_percentile(99.0), "p999": r.value_at_percentile(99.9),
-                         "p9999": r.value_at_percentile(99.99), "max": r.max_value or 0}
+            lat[name] = percentiles(r)
         books = self.engine.books
         feed = self.feed.counters()
         return {

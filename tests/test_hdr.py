@@ -368,3 +368,18 @@ def test_user_cython_module_records_through_the_pxd(tmp_path):
     rec = Recorder()
     downstream_hdr.record_into(rec, 12345)
     assert_same(rec, reference([12345]))
+
+
+def test_reported_percentiles_never_exceed_the_largest_value():
+    """The daemon's summaries (worker status, demo report): p99.99 was seen above max
+    (4280.3 > 4277.9 us) because a percentile is its bucket's upper edge."""
+    from tickwire.engine.worker import percentiles
+    from tickwire.ext.hdr import Recorder
+
+    r = Recorder()
+    for v in (4_277_900, 4_277_900, 1_000, 2_000):
+        r.record(v)
+    q = percentiles(r)
+    assert r.value_at_percentile(99.99) > r.max_value          # what the raw histogram says
+    assert q["p9999"] == q["p999"] == q["max"] == r.max_value and q["count"] == 4
+    assert q["p50"] <= q["p90"] <= q["p99"] <= q["max"]
