@@ -334,7 +334,7 @@ class Supervisor:
                                             (cfg.rings.ticks_capacity, cfg.rings.signals_capacity), (0, 8)):
                 size = ringmod.HEADER_SIZE + 64 + cap * (rs + extra)
                 try:
-                    size -= os.stat(f"/dev/shm/{name}").st_size        # replaced or adopted: already counted
+                    size -= os.stat(f"/dev/shm/{name}").st_blocks * 512    # replaced or adopted: in use already
                 except OSError:
                     pass
                 need += max(0, size)
