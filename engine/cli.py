@@ -129,9 +129,14 @@ def cmd_books(args) -> int:
 
 def cmd_demo(args) -> int:
     from tickwire.engine.demo import run_demo
+    from tickwire.engine.supervisor import StartupError
 
-    return run_demo(duration=args.duration, rate=args.rate, instruments=args.instruments,
-                    channels=args.channels, data_dir=args.data_dir, seed=args.seed)
+    try:
+        return run_demo(duration=args.duration, rate=args.rate, instruments=args.instruments,
+                        channels=args.channels, data_dir=args.data_dir, seed=args.seed)
+    except StartupError as exc:
+        print(f"tickwire demo: {exc}", file=sys.stderr, flush=True)
+        return 2
 
 
 def cmd_run(args) -> int:
@@ -337,8 +342,20 @@ def _add_simulate(sub) -> None:
 def cmd_simulate(args) -> int:
     from tickwire.feeds import simulator
 
-    if args.publish_events < 1 or args.channels < 1 or args.batch < 1:
-        _say("tickwire simulate: --events, --channels and --batch must be at least 1")
+    problems = [(f"--{name}", "an integer >= 1", v) for name, v in
+                (("events", args.publish_events), ("channels", args.channels), ("batch", args.batch),
+                 ("retain", args.retain)) if v < 1]
+    problems += [(f"--{name}", "a probability from 0 to 1", v) for name, v in
+                 (("drop", args.drop), ("duplicate", args.duplicate), ("reorder", args.reorder)) if not 0 <= v <= 1]
+    problems += [(f"--{name}", "a number >= 0" + (" (0: as fast as possible)" if name == "rate" else ""), v)
+                 for name, v in (("rate", args.rate), ("heartbeat", args.heartbeat), ("linger", args.linger),
+                                 ("start-delay", args.start_delay), ("wait-subscribers", args.wait_subscribers),
+                                 ("snapshot-delay", args.snapshot_delay)) if not 0 <= v < float("inf")]
+    if args.duration is not None and not 0 < args.duration < float("inf"):
+        problems.append(("--duration", "a positive number of seconds", args.duration))
+    if problems:
+        name, expected, got = problems[0]
+        print(f"tickwire simulate: {name}: expected {expected}, got {got}", file=sys.stderr)
         return 2
     return simulator.run_cli(args, say=_say)
 
@@ -434,11 +451,15 @@ def main(argv=None) -> int:
         return 2
     for name in ("events", "instruments", "repeats", "channels"):
         if getattr(args, name, 1) < 1:
-            parser.error(f"--{name} must be at least 1")
+            print(f"tickwire {args.command}: --{name}: expected an integer >= 1, got {getattr(args, name)}",
+                  file=sys.stderr)
+            return 2
     if args.command == "demo":
         for name in ("duration", "rate"):
-            if getattr(args, name) <= 0:
-                parser.error(f"--{name} must be positive")
+            if not 0 < getattr(args, name) < float("inf"):
+                print(f"tickwire demo: --{name}: expected a positive number, got {getattr(args, name)}",
+                      file=sys.stderr)
+                return 2
     from tickwire.engine.config import ConfigError
 
     try:

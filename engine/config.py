@@ -8,18 +8,20 @@ config stops the daemon before anything starts. ``docs/config.md`` is the refere
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Optional
 
-from tickwire.engine.instruments import Instrument
+from tickwire.engine.instruments import DEFAULT_MAX_PRICE, Instrument
 from tickwire.engine.pipeline import RULE_KINDS, RuleConfig, StatsConfig
 
 __all__ = ["ConfigError", "Config", "FeedConfig", "WorkerConfig", "StoreConfig", "RingConfig",
-           "MetricsConfig", "load", "from_dict", "to_toml", "EXAMPLE_PATH"]
+           "MetricsConfig", "load", "from_dict", "to_toml", "restart_keys", "EXAMPLE_PATH"]
 
 EXAMPLE_PATH = Path(__file__).with_name("tickwire.example.toml")
 
@@ -66,8 +68,8 @@ def _num(d, key, where, default=..., positive=False):
             _fail(f"{where}{key}", "a number (required)")
         return default
     v = d[key]
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or (positive and v <= 0):
-        _fail(f"{where}{key}", "a positive number" if positive else "a number", v)
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or (positive and v <= 0):
+        _fail(f"{where}{key}", "a finite positive number" if positive else "a finite number", v)
     return float(v)
 
 
@@ -80,6 +82,24 @@ def _str(d, key, where, default=..., choices=None):
     if not isinstance(v, str) or (choices and v not in choices):
         _fail(f"{where}{key}", f"one of {list(choices)}" if choices else "a string", v)
     return v
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _name(d, key, where, default):
+    """A string that goes into shared-memory and file names: letters, digits, ``_ . -``."""
+    v = _str(d, key, where, default)
+    if not _NAME.fullmatch(v):
+        _fail(f"{where}{key}", "1 to 64 letters, digits, '_', '.' or '-' (it names shared-memory segments "
+              "and files), starting with a letter or digit", v)
+    return v
+
+
+# what the statistics' windows may hold (count windows allocate their size up front; time
+# windows grow up to stats.max_capacity): 2**24 samples is ~1.5 GB per instrument
+MAX_WINDOW_SAMPLES = 1 << 24
+MAX_RING_CAPACITY = 1 << 32
 
 
 def _bool(d, key, where, default):
@@ -212,7 +232,11 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
     state_dir = state_dir.expanduser()
     if not state_dir.is_absolute():
         state_dir = Path(os.path.normpath(base_dir / state_dir))
-    run = _str(daemon, "run", "daemon.", "run")
+    if state_dir.exists() and not state_dir.is_dir():
+        _fail("daemon.state_dir", "a directory (or a path to create one at)", f"{state_dir} is a file")
+    if str(state_dir.resolve()).startswith(("/proc/", "/sys/")) or str(state_dir) in ("/proc", "/sys"):
+        _fail("daemon.state_dir", "a directory on a real file system (not under /proc or /sys)", str(state_dir))
+    run = _name(daemon, "run", "daemon.", "run")
     log_level = _str(daemon, "log_level", "daemon.", "info", ("debug", "info", "warning", "error"))
     supervisor_cpu = _int(daemon, "supervisor_cpu", "daemon.", 0, 0, ncpu - 1)
     shutdown_timeout_s = _num(daemon, "shutdown_timeout_s", "daemon.", 20.0, True)
@@ -243,7 +267,10 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
                 kw[k] = _int(d, k, w, lo=0, hi=18)
         for k in ("min_price", "max_price"):
             if k in d:
-                kw[k] = _int(d, k, w)
+                kw[k] = _int(d, k, w, lo=-DEFAULT_MAX_PRICE, hi=DEFAULT_MAX_PRICE)
+        if kw.get("min_price", -DEFAULT_MAX_PRICE) > kw.get("max_price", DEFAULT_MAX_PRICE):
+            _fail(f"{w}min_price", f"at most {w}max_price ({kw.get('max_price', DEFAULT_MAX_PRICE)})",
+                  kw.get("min_price"))
         try:
             instruments.append(Instrument(**kw))
         except ValueError as exc:
@@ -276,6 +303,10 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
                 _fail(f"{w}instruments", f"instruments not already on workers[{assigned[x]}]", x)
             assigned[x] = i
         workers.append(WorkerConfig(name, cpu, tuple(ids)))
+    unserved = sorted(seen_ids - set(assigned))
+    if unserved:
+        _fail("workers", "every configured instrument on a worker (\"all\" or its id in some "
+              "workers[i].instruments)", f"instruments {unserved} are on none")
 
     # feeds
     f = _table(raw, "feeds")
@@ -315,6 +346,15 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
         stats = StatsConfig(**s)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"config error: {exc}") from None
+    for key in ("window_size", "trade_window_size", "max_capacity"):
+        kind = {"window_size": stats.window, "trade_window_size": stats.trade_window}.get(key, "count")
+        if kind == "count" and getattr(stats, key) > MAX_WINDOW_SAMPLES:
+            _fail(f"stats.{key}", f"at most {MAX_WINDOW_SAMPLES} samples (2**24)", getattr(stats, key))
+    for key in ("window_size", "trade_window_size", "ewma_fast_halflife_ns", "ewma_slow_halflife_ns"):
+        if getattr(stats, key) >= 1 << 62:
+            _fail(f"stats.{key}", "an integer below 2**62 (nanoseconds)", getattr(stats, key))
+    if stats.imbalance_depth > 1 << 20:
+        _fail("stats.imbalance_depth", "at most 1048576 levels", stats.imbalance_depth)
 
     # rules
     rules_raw = raw.get("rules", [])
@@ -359,8 +399,12 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
 
     r = _table(raw, "rings")
     _check_keys(r, {"prefix", "ticks_capacity", "signals_capacity"}, "rings.")
-    rings = RingConfig(_str(r, "prefix", "rings.", "tickwire"), _int(r, "ticks_capacity", "rings.", 1 << 20, 1024),
-                       _int(r, "signals_capacity", "rings.", 1 << 16, 1024))
+    rings = RingConfig(_name(r, "prefix", "rings.", "tickwire"),
+                       _int(r, "ticks_capacity", "rings.", 1 << 20, 1024, MAX_RING_CAPACITY),
+                       _int(r, "signals_capacity", "rings.", 1 << 16, 1024, MAX_RING_CAPACITY))
+    for key in ("ticks_capacity", "signals_capacity"):
+        if getattr(rings, key) & (getattr(rings, key) - 1):
+            _fail(f"rings.{key}", "a power of two (records)", getattr(rings, key))
     m = _table(raw, "metrics")
     _check_keys(m, {"host", "port", "hdr_interval_s", "hdr_dir"}, "metrics.")
     hdr_dir = _str(m, "hdr_dir", "metrics.", "")
@@ -375,13 +419,47 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
                   _int(e, "timing_every", "engine.", 64, 0), log_level, supervisor_cpu, log_file, shutdown_timeout_s)
 
 
+_TOP_KEYS = {"run": "daemon.run", "state_dir": "daemon.state_dir", "log_level": "daemon.log_level",
+             "supervisor_cpu": "daemon.supervisor_cpu", "log_file": "daemon.log_file",
+             "shutdown_timeout_s": "daemon.shutdown_timeout_s", "clock": "engine.clock",
+             "timing_every": "engine.timing_every"}
+
+
+def _diff(a, b, key: str, out: list) -> None:
+    if is_dataclass(a) and type(a) is type(b):
+        for f in fields(a):
+            sub = f"{key}.{f.name}" if key else _TOP_KEYS.get(f.name, f.name)
+            _diff(getattr(a, f.name), getattr(b, f.name), sub, out)
+    elif (isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b)
+          and any(is_dataclass(x) for x in a)):
+        for i, (x, y) in enumerate(zip(a, b)):
+            _diff(x, y, f"{key}[{i}]", out)
+    elif a != b:
+        out.append(key)
+
+
+def restart_keys(old: Config, new: Config) -> list[str]:
+    """The keys whose change a running daemon cannot apply (everything but the rules'
+    ``enter``/``exit`` thresholds, which SIGHUP reloads), e.g. ``["rings.ticks_capacity"]``."""
+    out: list[str] = []
+    _diff(old, new, "", out)
+    return [k for k in out if not re.fullmatch(r"rules\[\d+\]\.(enter|exit)", k)]
+
+
 def load(path) -> Config:
     """Read and validate a TOML configuration file."""
     path = Path(path).expanduser().absolute()      # relative paths inside resolve from its folder
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config error: {path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config error: {path}: expected a TOML file, got a directory") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config error: {path}: expected a UTF-8 TOML text file, got a byte it cannot "
+                          f"decode at offset {exc.start}") from None
+    except OSError as exc:
+        raise ConfigError(f"config error: {path}: cannot read it: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config error: {path}: not valid TOML: {exc}") from None
     return from_dict(raw, base_dir=path.parent)

@@ -112,7 +112,23 @@ def _fmt_us(ns) -> str:
 
 def run_demo(*, duration: float = 20.0, rate: float = 100_000, instruments: int = 8, channels: int = 4,
              data_dir: str = "tickwire-data", seed: int = 1, say=print, keep: bool = False) -> int:
-    """Run the demo (see the module docstring); returns the exit status."""
+    """Run the demo (see the module docstring); returns the exit status. Refuses to start
+    (StartupError, one line) while another demo runs."""
+    from tickwire.engine.supervisor import StartupError, _lock_holder, _try_lock
+
+    # the demo's rings, feed and run directory have fixed names: one demo at a time on a machine
+    lock_path = Path("/tmp") / "tickwire-demo.lock"
+    lock = _try_lock(lock_path)
+    if lock is None:
+        raise StartupError(f"another tickwire demo runs (pid {_lock_holder(lock_path)}, {lock_path}): one demo "
+                           f"at a time (they share ring names); refusing to start")
+    try:
+        return _run_demo(duration, rate, instruments, channels, data_dir, seed, say, keep)
+    finally:
+        os.close(lock)
+
+
+def _run_demo(duration, rate, instruments, channels, data_dir, seed, say, keep) -> int:
     import uvloop
 
     from tickwire.engine.supervisor import Supervisor

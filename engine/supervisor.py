@@ -35,11 +35,13 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import dataclasses
 import fcntl
 import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -231,9 +233,13 @@ class Supervisor:
         """Refuse to start (StartupError) while another daemon runs this run or uses the store,
         or another process holds the embedded store; wait (within the shutdown bound) for the
         leftover processes of a daemon that died to finish with it."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         path = self.run_dir / "daemon.lock"
-        fd = _try_lock(path)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            fd = _try_lock(path)
+        except OSError as exc:
+            raise StartupError(f"daemon.state_dir: cannot create {path} ({exc.strerror or exc}): expected a "
+                               f"writable directory") from None
         if fd is None:
             raise StartupError(f"another tickwire daemon runs run '{self.cfg.run}' (pid {_lock_holder(path)}, "
                                f"{path}): refusing to start")
@@ -241,7 +247,11 @@ class Supervisor:
         store = self._store_dir()
         if store is None:
             return
-        store.mkdir(parents=True, exist_ok=True)
+        try:
+            store.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StartupError(f"store.dsn: cannot create the store directory {store} ({exc.strerror or exc}): "
+                               f"expected a writable directory") from None
         path = store / "tickwire.lock"
         give_up = time.monotonic() + self.shutdown_timeout
         waited = False
@@ -314,9 +324,48 @@ class Supervisor:
     def _python(self, module, *args):
         return [sys.executable, "-m", module, *map(str, args)]
 
+    def _check_room(self) -> None:
+        """Refuse to start (StartupError) when the rings of all workers do not fit in /dev/shm's
+        free space or in the memory available (segments left by an earlier run are reused)."""
+        cfg = self.cfg
+        need = 0
+        for i, _ in enumerate(cfg.workers):
+            for name, rs, cap, extra in zip(ring_names(cfg, i), (EVENT_DTYPE.itemsize, SIGNAL_DTYPE.itemsize),
+                                            (cfg.rings.ticks_capacity, cfg.rings.signals_capacity), (0, 8)):
+                size = ringmod.HEADER_SIZE + 64 + cap * (rs + extra)
+                try:
+                    size -= os.stat(f"/dev/shm/{name}").st_blocks * 512    # replaced or adopted: in use already
+                except OSError:
+                    pass
+                need += max(0, size)
+        try:
+            st = os.statvfs("/dev/shm")
+            shm_free = st.f_bavail * st.f_frsize
+        except OSError:
+            shm_free = None
+        mem = None
+        for line in _read("/proc/meminfo").splitlines():
+            if line.startswith("MemAvailable:"):
+                mem = int(line.split()[1]) * 1024
+        room = min(x for x in (shm_free, mem, float("inf")) if x is not None)
+        if need > room:
+            gib = 1 << 30
+            raise StartupError(
+                f"rings.ticks_capacity / rings.signals_capacity: the rings of {len(cfg.workers)} worker(s) need "
+                f"{need / gib:.2f} GiB of shared memory, but /dev/shm has "
+                f"{'?' if shm_free is None else f'{shm_free / gib:.2f}'} GiB free and MemAvailable is "
+                f"{'?' if mem is None else f'{mem / gib:.2f}'} GiB: lower the capacities; refusing to start")
+
     def setup(self) -> None:
         cfg = self.cfg
+        try:
+            socket.getaddrinfo(cfg.metrics.host, cfg.metrics.port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise StartupError(f"metrics.host: {cfg.metrics.host!r} does not resolve ({exc}): expected a host "
+                               f"name or address of this machine, such as 127.0.0.1") from None
+        self._check_room()
         self._acquire_locks()
+        self._start_metrics()
         for c in {w.cpu for w in cfg.workers}:
             if c in (cfg.supervisor_cpu, cfg.store.writer_cpu):
                 self.warnings.append(f"core {c} runs a worker and the supervisor or writer: they will "
@@ -351,14 +400,18 @@ class Supervisor:
         for i, w in enumerate(cfg.workers):
             self.workers.append(_Child(w.name, self._python("tickwire.engine.worker", "--config", self.config_path,
                                                              "--worker", i, "--run-dir", self.run_dir), w.cpu))
-        self._start_metrics()
 
     def _start_metrics(self) -> None:
         from prometheus_client import CollectorRegistry, start_http_server
 
         registry = CollectorRegistry()
         registry.register(_Collector(self))
-        server, _ = start_http_server(self.cfg.metrics.port, addr=self.cfg.metrics.host, registry=registry)
+        host, port = self.cfg.metrics.host, self.cfg.metrics.port
+        try:
+            server, _ = start_http_server(port, addr=host, registry=registry)
+        except OSError as exc:
+            raise StartupError(f"metrics.port: cannot serve metrics on {host}:{port} ({exc.strerror or exc}): "
+                               f"expected a free port on an address of this machine (0: any free port)") from None
         self._httpd = server
         self.metrics_port = server.server_port
         (self.run_dir / "metrics.url").write_text(f"http://{self.cfg.metrics.host}:{self.metrics_port}/metrics\n")
@@ -444,12 +497,18 @@ class Supervisor:
         if [r.kind for r in new.rules] != [r.kind for r in self.cfg.rules]:
             log.error("SIGHUP: the rules' kinds or order changed; only thresholds reload without a restart")
             return
-        self.cfg = new
+        changed = configmod.restart_keys(self.cfg, new)
+        for key in changed:
+            log.warning("SIGHUP: %s changed: needs a restart; not applied", key)
+        # only the thresholds change: the rest stays as the running processes have it
+        self.cfg = dataclasses.replace(self.cfg, rules=tuple(
+            dataclasses.replace(old, enter=r.enter, exit=r.exit) for old, r in zip(self.cfg.rules, new.rules)))
         self.reloads += 1
         for child in self.workers:
             if child.proc and child.proc.returncode is None:
                 child.proc.send_signal(signal.SIGHUP)
-        log.info("SIGHUP: rule thresholds reloaded")
+        log.info("SIGHUP: rule thresholds reloaded%s", f" ({len(changed)} other changes not applied: "
+                 f"{', '.join(changed)})" if changed else "")
 
     async def _shutdown(self) -> int:
         self.stopping = True
@@ -568,6 +627,8 @@ class Supervisor:
         except BaseException:
             for ring in self.rings:                     # (adopted rings keep their name: not ours)
                 ring.close()
+            if self._httpd is not None:
+                self._httpd.shutdown()
             raise
         children = ([self.writer] if self.writer else []) + self.workers
         for child in children:
@@ -709,6 +770,13 @@ def run(config_path, duration=None) -> int:
     import uvloop
 
     cfg = configmod.load(config_path)
+    if cfg.log_file:
+        try:
+            open(cfg.log_file, "a").close()
+        except OSError as exc:
+            print(f"tickwire run: daemon.log_file: cannot write {cfg.log_file} ({exc.strerror or exc}): expected "
+                  f"a file in an existing, writable directory", file=sys.stderr, flush=True)
+            return 2
     logging.basicConfig(level=getattr(logging, cfg.log_level.upper()), filename=cfg.log_file or None,
                         format="%(asctime)s supervisor %(levelname)s %(message)s")
     os.sched_setaffinity(0, {cfg.supervisor_cpu})

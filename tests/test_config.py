@@ -71,6 +71,24 @@ def test_defaults_fill_in():
     (cfg(metrics={"port": 99999}), "metrics.port: expected an integer in 0..65535, got 99999"),
     (cfg(engine={"clock": "gps"}), "engine.clock: expected one of ['wall', 'event'], got 'gps'"),
     (cfg(bogus=1), "bogus: expected one of the known keys"),
+    # issue 14: accepted before, failing (or silently wrong) later
+    (cfg(instruments=[{"id": 0, "symbol": "A", "tick_size": "1", "lot_size": "1", "min_price": 10, "max_price": 5}]),
+     "instruments[0].min_price: expected at most instruments[0].max_price (5), got 10"),
+    (cfg(stats={"window_size": 2 ** 40}), "stats.window_size: expected at most 16777216 samples"),
+    (cfg(stats={"trade_window_size": 2 ** 25}), "stats.trade_window_size: expected at most 16777216 samples"),
+    (cfg(stats={"window": "time", "window_size": 2 ** 63}), "stats.window_size: expected an integer below 2**62"),
+    (cfg(stats={"max_capacity": 2 ** 30}), "stats.max_capacity: expected at most 16777216 samples"),
+    (cfg(stats={"imbalance_depth": 2 ** 31}), "stats.imbalance_depth: expected at most 1048576"),
+    (cfg(rules=[{"kind": "zscore", "enter": float("inf")}]), "rules[0].enter: expected a finite positive number, got inf"),
+    (cfg(rules=[{"kind": "zscore", "enter": float("nan")}]), "rules[0].enter: expected a finite positive number, got nan"),
+    (cfg(rules=[{"kind": "zscore", "enter": 2, "exit": float("nan")}]), "rules[0].exit: expected a finite number"),
+    (cfg(workers=[{"cpu": 0, "instruments": [1]}]), "workers: expected every configured instrument on a worker"),
+    (cfg(rings={"ticks_capacity": 2 ** 33}), "rings.ticks_capacity: expected an integer in 1024..4294967296, got 8589934592"),
+    (cfg(rings={"signals_capacity": 3000}), "rings.signals_capacity: expected a power of two (records), got 3000"),
+    (cfg(daemon={"run": "a/b"}), "daemon.run: expected 1 to 64 letters, digits, '_', '.' or '-'"),
+    (cfg(daemon={"run": ".."}), "daemon.run: expected 1 to 64 letters"),
+    (cfg(rings={"prefix": "tick/wire"}), "rings.prefix: expected 1 to 64 letters"),
+    (cfg(daemon={"state_dir": "/proc/tickwire"}), "daemon.state_dir: expected a directory on a real file system"),
 ])
 def test_errors_name_the_key(raw, fragment):
     assert fragment in error_of(raw)
@@ -112,3 +130,28 @@ def test_log_and_hdr_paths_resolve_against_the_file(tmp_path):
                  '[[instruments]]\nid = 0\nsymbol = "A"\ntick_size = "1"\nlot_size = "1"\n')
     c = load(p)
     assert c.log_file == str(tmp_path / "logs/tw.log") and c.metrics.hdr_dir == str(tmp_path / "hdr")
+
+
+def test_config_path_that_is_a_directory_or_binary(tmp_path):
+    with pytest.raises(ConfigError, match="expected a TOML file, got a directory"):
+        load(tmp_path)
+    binary = tmp_path / "bin.toml"
+    binary.write_bytes(b"\x00\xff\xfe\x89PNG")
+    with pytest.raises(ConfigError, match="expected a UTF-8 TOML text file"):
+        load(binary)
+
+
+def test_state_dir_that_is_a_file(tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("")
+    assert "daemon.state_dir: expected a directory" in error_of(cfg(daemon={"state_dir": str(f)}))
+
+
+def test_restart_keys_name_what_a_reload_cannot_apply():
+    from tickwire.engine.config import restart_keys
+
+    old = from_dict(cfg(rules=[{"kind": "zscore", "enter": 3, "exit": 1}]))
+    new = from_dict(cfg(rules=[{"kind": "zscore", "enter": 4, "exit": 2, "min_count": 7}],
+                        rings={"ticks_capacity": 1 << 21}, daemon={"log_level": "debug"}))
+    assert sorted(restart_keys(old, new)) == ["daemon.log_level", "rings.ticks_capacity", "rules[0].min_count"]
+    assert restart_keys(old, from_dict(cfg(rules=[{"kind": "zscore", "enter": 5, "exit": 0}]))) == []
