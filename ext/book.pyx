@@ -1043,13 +1043,15 @@ cdef int64_t tw_book_qty_at(const tw_book *b, int side, int64_t price) noexcept 
 
 cdef extern from *:
     """
-    /* Sums of int64 quantities over levels: 128 bits cannot overflow (2**64 levels would). */
-    typedef __int128 tw_i128;
+    /* Sums of level quantities (each 0..2**63-1): 128 bits cannot overflow (2**65 levels
+       would).  _top_qty adds into two 64-bit halves, a carry into the high one: that compiled
+       to fewer instructions per level than adding into an __int128 (callgrind). */
+    typedef unsigned __int128 tw_u128;
     """
-    ctypedef long long tw_i128        # (Cython only needs to know it is an integer)
+    ctypedef unsigned long long tw_u128   # (Cython only needs to know it is an unsigned integer)
 
 
-cdef inline tw_i128 _top_qty(const tw_book *b, int side, Py_ssize_t k, int64_t *kth) noexcept nogil:
+cdef inline tw_u128 _top_qty(const tw_book *b, int side, Py_ssize_t k, int64_t *kth) noexcept nogil:
     """Exact total quantity of the best ``k`` levels of ``side``; ``kth`` (if not NULL) gets the
     price of the k-th level, or TW_NO_PRICE when the side has fewer than ``k`` levels.
 
@@ -1057,11 +1059,13 @@ cdef inline tw_i128 _top_qty(const tw_book *b, int side, Py_ssize_t k, int64_t *
     it costs a few instructions a level."""
     cdef const tw_ladder *L = &b.side[side]
     cdef int64_t s = L.best, last = TW_NO_PRICE
-    cdef tw_i128 total = 0
+    cdef uint64_t lo = 0, hi = 0, q
     cdef Py_ssize_t n = 0, i
     cdef uint64_t m
     while s >= 0 and n < k:
-        total += L.qty[s]
+        q = <uint64_t>L.qty[s]
+        lo += q
+        hi += lo < q
         last = L.sign * (L.base + s)
         n += 1
         m = L.bits[0][s >> 6] & (((<uint64_t>1) << (s & 63)) - 1)     # levels below s, same word
@@ -1071,25 +1075,30 @@ cdef inline tw_i128 _top_qty(const tw_book *b, int side, Py_ssize_t k, int64_t *
             s = _find_prev(L, (s & ~(<int64_t>63)) - 1)
     i = L.nover - 1
     while n < k and i >= 0:                                            # past the window
-        total += L.over[i].qty
+        q = <uint64_t>L.over[i].qty
+        lo += q
+        hi += lo < q
         last = L.sign * L.over[i].key
         n += 1
         i -= 1
     if kth != NULL:
         kth[0] = last if n == k else TW_NO_PRICE
-    return total
+    return ((<tw_u128>hi) << 64) | lo
 
 
 cdef int64_t tw_book_top_qty(const tw_book *b, int side, Py_ssize_t k, int64_t *kth) noexcept nogil:
     """Total quantity of the best ``k`` levels of ``side``, saturating at INT64_MAX (each level
     fits in int64, their sum need not); ``kth`` as for _top_qty."""
-    cdef tw_i128 total = _top_qty(b, side, k, kth)
-    return <int64_t>total if total <= INT64_MAX else INT64_MAX
+    cdef tw_u128 total = _top_qty(b, side, k, kth)
+    return <int64_t>total if total <= <uint64_t>INT64_MAX else INT64_MAX
 
 
 cdef double tw_book_top_qty_d(const tw_book *b, int side, Py_ssize_t k, int64_t *kth) noexcept nogil:
     """tw_book_top_qty as a double: the exact sum, rounded once (no saturation)."""
-    return <double>_top_qty(b, side, k, kth)
+    cdef tw_u128 total = _top_qty(b, side, k, kth)
+    if TW_LIKELY(total <= <uint64_t>INT64_MAX):
+        return <double><int64_t>total       # one instruction (a 128-bit conversion is a libgcc call)
+    return <double>total
 
 
 cdef int64_t tw_book_depth_qty(const tw_book *b, int side, Py_ssize_t k) noexcept nogil:
