@@ -146,15 +146,20 @@ class Instrument:
         return int(units)
 
     # -- books -----------------------------------------------------------------------------
-    def make_book(self) -> L2Book | L3Book:
-        """A new empty book configured for this instrument."""
+    def make_book(self, channel: int | None = None) -> L2Book | L3Book:
+        """A new empty book configured for this instrument; ``channel``: the feed channel
+        carrying it (events from another are rejected), None: any."""
         if self.book == "L3":
             return L3Book(self.id, min_price=self.min_price, max_price=self.max_price,
-                          window=self.window, max_levels=self.max_levels, max_orders=self.max_orders)
+                          window=self.window, max_levels=self.max_levels, max_orders=self.max_orders,
+                          channel=channel)
         return L2Book(self.id, max_depth=self.max_depth, min_price=self.min_price,
-                      max_price=self.max_price, window=self.window, max_levels=self.max_levels)
+                      max_price=self.max_price, window=self.window, max_levels=self.max_levels,
+                      channel=channel)
 
 
-def make_books(instruments: Iterable[Instrument]) -> BookSet:
-    """A :class:`BookSet` with one new book per instrument."""
-    return BookSet(inst.make_book() for inst in instruments)
+def make_books(instruments: Iterable[Instrument], channels: dict[int, int] | None = None) -> BookSet:
+    """A :class:`BookSet` with one new book per instrument; ``channels`` maps instrument ids to
+    the feed channel carrying each (see :meth:`Instrument.make_book`)."""
+    channels = channels or {}
+    return BookSet(inst.make_book(channels.get(inst.id)) for inst in instruments)

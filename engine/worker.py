@@ -96,7 +96,8 @@ class Worker:
         self.stop = False
         self.reload = False
         insts = [cfg.instrument(i) for i in self.wcfg.instruments]
-        self.engine = Engine(insts, cfg.rules, cfg.stats, clock=cfg.clock, timing_every=cfg.timing_every)
+        self.engine = Engine(insts, cfg.rules, cfg.stats, clock=cfg.clock, timing_every=cfg.timing_every,
+                             channels={i.id: i.id % cfg.feeds.channels for i in insts})
         self.stages = StageRecorders()
         self.engine.set_timing(cfg.timing_every, self.stages)
         self.totals = StageRecorders()

@@ -77,6 +77,7 @@ cdef struct tw_book_params:
     int64_t max_depth             # L2: keep at most this many levels per side, dropping the worst (0: all)
     int64_t max_orders            # L3: most resting orders (<= 2**30)
     int64_t initial_orders        # L3: pool size allocated up front
+    int32_t channel               # the feed channel carrying the instrument; -1: any
 
 cdef struct tw_book:
     tw_ladder side[2]             # indexed by TW_SIDE_BID / TW_SIDE_ASK

@@ -18,7 +18,7 @@ from tickwire.ext.defs cimport (
     TW_FLAG_STALE, TW_FLAG_SNAPSHOT, TW_FLAG_LAST, TW_KIND_SNAPSHOT as _SNAP,
     TW_OK, TW_REJ_UNKNOWN_INSTRUMENT, TW_REJ_BAD_KIND, TW_REJ_BAD_SIDE, TW_REJ_BAD_QTY,
     TW_REJ_PRICE_RANGE, TW_REJ_UNKNOWN_ORDER, TW_REJ_DUPLICATE_ORDER, TW_REJ_OVERFILL,
-    TW_REJ_UNKNOWN_LEVEL, TW_REJ_CAPACITY, TW_REJ_NO_MEMORY, TW_REJ_COUNT,
+    TW_REJ_UNKNOWN_LEVEL, TW_REJ_CAPACITY, TW_REJ_NO_MEMORY, TW_REJ_WRONG_CHANNEL, TW_REJ_COUNT,
 )
 
 import operator
@@ -944,7 +944,9 @@ cdef inline int _apply(tw_book *b, const tw_event *ev) noexcept nogil:
     The L2 level update, the bulk of any feed, is inlined here; everything else goes
     through _apply_op."""
     cdef int r
-    if TW_LIKELY(b.p.book_type == TW_BOOK_L2 and (ev.kind == TW_KIND_MODIFY or ev.kind == TW_KIND_ADD)):
+    if TW_UNLIKELY(b.p.channel >= 0 and ev.channel != b.p.channel):
+        r = TW_REJ_WRONG_CHANNEL                # another channel's sequence: not this book's
+    elif TW_LIKELY(b.p.book_type == TW_BOOK_L2 and (ev.kind == TW_KIND_MODIFY or ev.kind == TW_KIND_ADD)):
         r = _set_level(b, ev.side, ev.price, ev.qty)
     else:
         r = _apply_op(b, ev)
@@ -1153,6 +1155,7 @@ _REASONS = {
     TW_REJ_UNKNOWN_LEVEL: "no level at this price",
     TW_REJ_CAPACITY: "the book is full (max_levels levels on the side, or max_orders orders)",
     TW_REJ_NO_MEMORY: "out of memory",
+    TW_REJ_WRONG_CHANNEL: "the event's feed channel does not carry this instrument",
 }
 
 
@@ -1282,7 +1285,7 @@ cdef class Book:
         return 0
 
     def _setup(self, int book_type, instrument, min_price, max_price, window, max_levels,
-               max_depth, max_orders, initial_orders):
+               max_depth, max_orders, initial_orders, channel):
         """Check the constructor's arguments (each error names its argument) and allocate."""
         cdef tw_book_params p
         instrument = _integer(instrument, "instrument", 0, 0xFFFFFFFF)
@@ -1293,6 +1296,7 @@ cdef class Book:
         max_depth = _integer(max_depth, "max_depth", -INT64_MAX - 1, INT64_MAX)
         max_orders = _integer(max_orders, "max_orders", -INT64_MAX - 1, INT64_MAX)
         initial_orders = _integer(initial_orders, "initial_orders", -INT64_MAX - 1, INT64_MAX)
+        channel = -1 if channel is None else _integer(channel, "channel", 0, 0xFFFF)
         if min_price > max_price:
             raise ValueError(f"min_price {min_price} is above max_price {max_price}")
         if not TW_WINDOW_MIN <= window <= TW_WINDOW_MAX or window & (window - 1):
@@ -1315,6 +1319,7 @@ cdef class Book:
         p.max_depth = max_depth
         p.max_orders = max_orders
         p.initial_orders = min(max(initial_orders, 1), max_orders)
+        p.channel = channel
         tw_book_free(&self.c)
         if tw_book_init(&self.c, &p) != 0:
             raise MemoryError("could not allocate the order book")
@@ -1361,6 +1366,11 @@ cdef class Book:
     def instrument(self):
         """Instrument id this book serves."""
         return self.c.p.instrument
+
+    @property
+    def channel(self):
+        """The feed channel whose events this book takes (None: any)."""
+        return None if self.c.p.channel < 0 else self.c.p.channel
 
     @property
     def best_bid(self):
@@ -1687,7 +1697,7 @@ cdef Py_ssize_t _l2_apply_many(tw_book *b, const tw_event *ev, Py_ssize_t n, uin
 cdef Py_ssize_t _book_apply_many(tw_book *b, const tw_event *ev, Py_ssize_t n, uint8_t *status) noexcept nogil:
     cdef Py_ssize_t i, applied = 0
     cdef int r
-    if b.p.book_type == TW_BOOK_L2 and b.p.max_depth == 0:
+    if b.p.book_type == TW_BOOK_L2 and b.p.max_depth == 0 and b.p.channel < 0:
         return _l2_apply_many(b, ev, n, status)
     for i in range(n):
         if ev[i].instrument == b.p.instrument:
@@ -1719,11 +1729,18 @@ cdef class L2Book(Book):
         the best live in a sorted overflow array, so any spread of prices is held.
     max_levels : int
         Most levels per side; a new level beyond it is rejected (``Reject.CAPACITY``).
+    channel : int, optional
+        The feed channel that carries the instrument: events stamped with another channel
+        are rejected (``Reject.WRONG_CHANNEL``), so a publisher that puts an instrument on
+        the wrong channel cannot move its book outside that channel's sequence. None (the
+        default) accepts any channel.
     """
 
     def __init__(self, instrument=0, *, max_depth=0, min_price=DEFAULT_MIN_PRICE,
-                 max_price=DEFAULT_MAX_PRICE, window=DEFAULT_WINDOW, max_levels=DEFAULT_MAX_LEVELS):
-        self._setup(TW_BOOK_L2, instrument, min_price, max_price, window, max_levels, max_depth, 1, 16)
+                 max_price=DEFAULT_MAX_PRICE, window=DEFAULT_WINDOW, max_levels=DEFAULT_MAX_LEVELS,
+                 channel=None):
+        self._setup(TW_BOOK_L2, instrument, min_price, max_price, window, max_levels, max_depth, 1, 16,
+                    channel)
 
     @property
     def max_depth(self):
@@ -1765,7 +1782,7 @@ cdef class L3Book(Book):
     Parameters
     ----------
     instrument : int
-    min_price, max_price, window, max_levels : int
+    min_price, max_price, window, max_levels, channel : int
         As for :class:`L2Book` (the window holds 20 bytes per slot here).
     max_orders : int
         Most resting orders; an add beyond it is rejected (``Reject.CAPACITY``).
@@ -1779,9 +1796,9 @@ cdef class L3Book(Book):
 
     def __init__(self, instrument=0, *, min_price=DEFAULT_MIN_PRICE, max_price=DEFAULT_MAX_PRICE,
                  window=DEFAULT_WINDOW, max_levels=DEFAULT_MAX_LEVELS, max_orders=1 << 24,
-                 initial_orders=4096):
+                 initial_orders=4096, channel=None):
         self._setup(TW_BOOK_L3, instrument, min_price, max_price, window, max_levels, 0,
-                    max_orders, initial_orders)
+                    max_orders, initial_orders, channel)
 
     def add(self, order_id, side, price, qty, ts=0):
         """Rest a new order at the back of the queue at ``price``.

@@ -81,6 +81,7 @@ cdef extern from "tw_defs.h" nogil:
         TW_REJ_UNKNOWN_LEVEL
         TW_REJ_CAPACITY
         TW_REJ_NO_MEMORY
+        TW_REJ_WRONG_CHANNEL
         TW_REJ_COUNT
 
     const int64_t TW_NO_PRICE

@@ -427,6 +427,10 @@ cdef class Engine:
     timing_every : int
         Time the stages (book, stats, rules) of one event in ``timing_every`` (0: off) and
         the tick-to-signal latency of every signal (wall clock only).
+    channels : dict, optional
+        Instrument id -> the feed channel carrying it: an event stamped with another channel
+        is rejected by the book (``Reject.WRONG_CHANNEL``, counted in the books' rejects) and
+        reaches no statistic or rule. Without it any channel is accepted.
     """
 
     def __cinit__(self, *args, **kwargs):
@@ -435,7 +439,7 @@ cdef class Engine:
         self.sink = NULL
 
     def __init__(self, instruments, rules=(), stats=None, stats_by_instrument=None, *,
-                 clock="wall", signal_capacity=4096, timing_every=0):
+                 clock="wall", signal_capacity=4096, timing_every=0, channels=None):
         from tickwire.engine.pipeline import StatsConfig, RuleConfig
 
         instruments = list(instruments)
@@ -446,7 +450,8 @@ cdef class Engine:
         self.clock = TW_CLOCK_WALL if clock == "wall" else TW_CLOCK_EVENT
         stats = stats if stats is not None else StatsConfig()
         stats_by_instrument = dict(stats_by_instrument or {})
-        self._books = BookSet(inst.make_book() for inst in instruments)
+        channels = dict(channels or {})
+        self._books = BookSet(inst.make_book(channels.get(inst.id)) for inst in instruments)
         ids = [inst.id for inst in instruments]
         unknown = set(stats_by_instrument) - set(ids)
         if unknown:

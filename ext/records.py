@@ -79,6 +79,7 @@ class Reject(enum.IntEnum):
     UNKNOWN_LEVEL = 9
     CAPACITY = 10
     NO_MEMORY = 11
+    WRONG_CHANNEL = 12
 
 
 class RuleKind(enum.IntEnum):

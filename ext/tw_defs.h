@@ -116,7 +116,8 @@ enum {
     TW_REJ_UNKNOWN_LEVEL = 9,
     TW_REJ_CAPACITY = 10,
     TW_REJ_NO_MEMORY = 11,
-    TW_REJ_COUNT = 12
+    TW_REJ_WRONG_CHANNEL = 12,  /* the event came on a feed channel that does not carry its instrument */
+    TW_REJ_COUNT = 13
 };
 
 /* 1 in a debug build (TICKWIRE_DEBUG=1 at build time), where setup.py defines it. */

@@ -537,8 +537,8 @@ class FeedHandler:
     def _hold(self, c: _Channel, start: int, events, arrival: int, resent: bool = False) -> None:
         end = start + len(events)
         floor = self._floor(c)
-        if floor is not None and end <= floor and (c.book_ok or c.store_next is None or end <= c.store_next
-                                                   and not c.snap and not c.snap_wanted):
+        if floor is not None and end <= floor and (c.book_ok or c.store_next is None
+                                                   or (end <= c.store_next and not c.snap and not c.snap_wanted)):
             if not resent:
                 self.receiver.count_drop(Drop.DUPLICATE)
             return
@@ -836,11 +836,11 @@ class FeedHandler:
                 self.receiver.count_drop(Drop.STALE_REPLY)
                 continue
             req = found[1]
-            req.parts.append(None)
             if req.kind == "snapshot":
                 if h.type != MsgType.SNAPSHOT or (req.first_part is not None and (h.seq, h.epoch) != req.first_part):
-                    self.receiver.count_drop(Drop.STALE_REPLY)
+                    self.receiver.count_drop(Drop.STALE_REPLY)   # the next part is still awaited
                     continue
+                req.parts.append(None)                           # a part taken: the next index
                 if h.flags & WireFlag.UNAVAILABLE:
                     self._log_once("unavailable", logging.WARNING,
                                    "channel %d: snapshot service cannot serve it yet", c.id)
@@ -857,6 +857,7 @@ class FeedHandler:
             if h.type != MsgType.RETRANSMIT:
                 self.receiver.count_drop(Drop.STALE_REPLY)
                 continue
+            req.parts.append(None)
             if not h.flags & WireFlag.FINAL:
                 if req.kind == "fill" and h.epoch == c.epoch and len(events):
                     if req.got_first is None:

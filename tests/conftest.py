@@ -29,6 +29,31 @@ def binance():
     return _capture(captures.load_binance, captures.BINANCE_FILE)
 
 
+# The compiled core's own tests: what the debug build's second pass runs (TICKWIRE_SUITE=core,
+# set by ./dev test). Whole-system runs (processes, the store, the CLI) and pure-Python parts
+# are left to the release pass: their C paths are the same ones these tests drive, with the
+# bounds and initialisation checks on.
+CORE_MODULES = {
+    "test_book_l2", "test_book_l3", "test_build", "test_captures", "test_codec_fuzz", "test_cython_api",
+    "test_feed_handler", "test_hdr", "test_instruments", "test_iothread", "test_pipeline", "test_records",
+    "test_ring", "test_ring_procs", "test_rules", "test_stats", "test_wire",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    suite = os.environ.get("TICKWIRE_SUITE", "all")
+    if suite == "all":
+        return
+    if suite != "core":
+        raise pytest.UsageError(f"TICKWIRE_SUITE: expected 'all' or 'core', got {suite!r}")
+    keep, drop = [], []
+    for item in items:
+        (keep if item.module.__name__ in CORE_MODULES else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 def pytest_report_header(config):
     from tickwire.ext import BUILD
 

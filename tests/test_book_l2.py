@@ -9,8 +9,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from reference import ASK, BID, RefL2
-from tickwire.ext import EVENT_DTYPE, BookError, BookSet, Flag, Kind, L2Book, Reject, Side, empty_events
+from tickwire.ext import EVENT_DTYPE, BookError, BookSet, Flag, Kind, L2Book, L3Book, Reject, Side, empty_events
 from tickwire.ext.book import allocation_count
+from budget import examples
 
 CENTER = 1_000_000
 
@@ -175,7 +176,7 @@ class L2CapacityMachine(L2Machine):
     max_levels = 7
 
 
-_settings = settings(max_examples=150, stateful_step_count=60, deadline=None,
+_settings = settings(max_examples=examples(150), stateful_step_count=60, deadline=None,
                      suppress_health_check=[HealthCheck.too_slow])
 TestL2Differential = L2Machine.TestCase
 TestL2Differential.settings = _settings
@@ -247,6 +248,32 @@ def test_book_apply_rejects_other_instruments():
     assert book.apply(ev) == 1
     assert book.rejects == {"UNKNOWN_INSTRUMENT": 1}
     assert book.state() == ([(100, 1)], [])
+
+
+def test_a_book_with_a_channel_rejects_events_from_another():
+    """An instrument on feed channel 1 whose event arrives stamped channel 0 (a publisher putting it
+    on the wrong channel, outside the sequence its book follows) is rejected on every path:
+    the batch (L2 and L3) and the BookSet."""
+    for book in (L2Book(5, channel=1), L3Book(5, channel=1)):
+        ev = events_from([(Kind.ADD, BID, 100, 1), (Kind.ADD, BID, 101, 1), (Kind.ADD, BID, 102, 1)],
+                         instrument=5)
+        ev["order_id"] = [1, 2, 3]
+        ev["channel"] = [1, 0, 1]
+        status = np.zeros(3, np.uint8)
+        assert book.apply(ev, status) == 2
+        assert list(status) == [Reject.OK, Reject.WRONG_CHANNEL, Reject.OK]
+        assert book.rejects == {"WRONG_CHANNEL": 1}
+        assert [p for p, _ in book.state()[0]] == [102, 100]
+        assert book.channel == 1
+    books = BookSet([L2Book(5, channel=1), L2Book(6, channel=0)])
+    ev = events_from([(Kind.ADD, BID, 100, 1)] * 2, instrument=5)
+    ev["instrument"] = [5, 6]
+    ev["channel"] = 1                                  # right for 5, wrong for 6
+    assert books.apply(ev) == 1
+    assert books.rejects == {"WRONG_CHANNEL": 1} and books[6].state() == ([], [])
+    assert L2Book(5).channel is None and L2Book(5).apply(ev[:1]) == 1   # no channel: any
+    with pytest.raises(ValueError, match="channel"):
+        L2Book(5, channel=70_000)
 
 
 def test_queries_on_a_small_book():

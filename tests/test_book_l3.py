@@ -10,6 +10,7 @@ from reference import ASK, BID, RefL3
 from test_book_l2 import flag_bits
 from tickwire.ext import BookError, BookSet, Flag, Kind, L2Book, L3Book, Reject, Side, empty_events
 from tickwire.ext.book import allocation_count
+from budget import examples
 
 CENTER = 500_000
 
@@ -167,7 +168,7 @@ class L3CapacityMachine(L3Machine):
     max_levels = 4
 
 
-_settings = settings(max_examples=300, stateful_step_count=80, deadline=None,
+_settings = settings(max_examples=examples(300), stateful_step_count=80, deadline=None,
                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 TestL3Differential = L3Machine.TestCase
 TestL3Differential.settings = _settings

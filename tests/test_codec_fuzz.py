@@ -16,8 +16,9 @@ from tickwire.feeds import wire
 from tickwire.feeds.handler import FeedHandler
 from tickwire.feeds.simulator import synthetic_instruments
 from tickwire.feeds.wire import Drop, MsgType, WireError
+from budget import examples
 
-FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=examples(400), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def reference(topic, payload, max_events, types):
@@ -225,7 +226,7 @@ def test_malformed_messages_through_the_receive_loop(tmp_path):
         ctx.term()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
 @given(garbage=st.lists(st.tuples(st.binary(max_size=12), st.binary(max_size=200)), min_size=1, max_size=8))
 def test_garbage_over_a_socket_never_reaches_the_books(garbage, tmp_path_factory):

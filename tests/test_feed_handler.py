@@ -410,6 +410,29 @@ def test_snapshot_in_parts_with_foreign_instruments_ignored(feed):
     assert feed.h.counters()["foreign_events"] == len(alien)
 
 
+def test_a_rejected_snapshot_part_does_not_take_the_place_of_the_real_one(feed):
+    """A part that names the request and the expected part index but a different snapshot
+    (another covered seq) is dropped, and the real part with that index is still taken: no
+    part of the snapshot is skipped."""
+    feed.publish(0)
+    identity, h = feed.request()
+    epoch, covered, ev = feed.snapshot_now(0)
+    assert len(ev) > 6
+    parts = [ev[i:i + 3] for i in range(0, len(ev), 3)]
+    send = lambda k, p, cov: feed.router.send_multipart([identity, wire.encode_snapshot_part(
+        0, cov, p, epoch=epoch, request_id=h.request_id, part=k, final=k == len(parts) - 1)])
+    send(0, parts[0], covered)
+    send(1, parts[1][:1], covered + 7)                  # forged: the wrong snapshot
+    for k in range(1, len(parts)):
+        send(k, parts[k], covered)
+    feed.publish(1)
+    feed.answer(feed.request())
+    feed.pump(feed.caught_up)
+    feed.assert_equal()
+    assert feed.h.counters()["drops"].get("STALE_REPLY", 0) == 1
+    feed.assert_history()
+
+
 def test_unavailable_then_served(tmp_path):
     hs = Harness(tmp_path, snapshot_timeout=0.05)
     try:

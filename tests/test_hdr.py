@@ -20,6 +20,7 @@ import tickwire
 from tickwire.engine import latency
 from tickwire.engine.latency import IntervalLogWriter, hgrm, percentiles, read_interval_log, to_hdrh
 from tickwire.ext.hdr import COUNTS_LEN, MAX_RECORDABLE, STAGES, Recorder, StageRecorders
+from budget import examples
 
 LEVELS = [0.0, 1.0, 25.0, 50.0, 90.0, 99.0, 99.9, 99.99, 99.999, 100.0]
 
@@ -59,7 +60,7 @@ def assert_same(rec, ref):
     assert {p: rec.value_at_percentile(p) for p in LEVELS} == want
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=examples(80), deadline=None)
 @given(values_st)
 def test_recorder_equals_hdrh(values):
     rec = Recorder()
@@ -72,7 +73,7 @@ def test_recorder_equals_hdrh(values):
         assert rec.min_value is None and rec.max_value is None
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(values_st)
 def test_record_many_equals_one_by_one(values):
     a, b = Recorder(), Recorder()
@@ -83,7 +84,7 @@ def test_record_many_equals_one_by_one(values):
     assert (a.total, a.min_value, a.max_value) == (b.total, b.min_value, b.max_value)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 @given(values_st, values_st)
 def test_summary_and_merge_equal_hdrh(xs, ys):
     a, b = Recorder(), Recorder()
@@ -98,7 +99,7 @@ def test_summary_and_merge_equal_hdrh(xs, ys):
     assert_same(a, reference(xs + ys))
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(st.lists(st.integers(0, 50_000), max_size=60), st.integers(-5, 20_000))
 def test_coordinated_omission_correction_follows_hdrhistogram(values, interval):
     """HdrHistogram (Java and C) records value, value - i, value - 2i, ... while >= i."""
@@ -225,7 +226,7 @@ intervals_st = st.lists(
     min_size=1, max_size=4)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(intervals_st)
 def test_interval_log_roundtrip_through_hdrh_reader(tmp_path_factory, intervals):
     path = tmp_path_factory.mktemp("log") / "worker0.hlog"

@@ -15,6 +15,7 @@ from tickwire.engine.pipeline import Engine, RuleConfig, StatsConfig
 from tickwire.ext import EVENT_DTYPE, Flag, Kind, Reject, Side, SignalFlag
 from tickwire.ext.pipeline import RULE_KINDS as RULE_KINDS_C
 from tickwire.feeds.synthetic import l2_updates, l3_orders, synthetic_instruments
+from budget import examples
 
 RULES = [
     RuleConfig("microprice", enter=0.8, exit=0.2),
@@ -169,6 +170,29 @@ def test_engine_counts_unknown_instruments_and_times_stages():
         eng.set_timing(-1)
 
 
+def test_engine_with_channels_rejects_an_instrument_on_the_wrong_channel():
+    """Events of instrument 1 (channel 1) stamped channel 0 never reach its book, statistics or
+    rules: the engine's result equals one that never saw them, and each is counted."""
+    insts = synthetic_instruments(2)
+    ev = l2_updates(20_000, seed=4, instruments=2)
+    ev["channel"] = ev["instrument"] % 2
+    forged = ev.copy()
+    wrong = np.arange(len(ev)) % 7 == 3
+    forged["channel"][wrong] ^= 1
+    chans = {0: 0, 1: 1}
+    eng = Engine(insts, RULES, clock="event", channels=chans)
+    eng.process(forged)
+    ref = Engine(insts, RULES, clock="event", channels=chans)
+    ref.process(np.ascontiguousarray(ev[~wrong]))
+    assert eng.books.rejects == {"WRONG_CHANNEL": int(wrong.sum())}
+    assert digest(eng.signals) == digest(ref.signals) and len(ref.signals) > 0
+    for i in (0, 1):
+        assert eng.books[i].state() == ref.books[i].state()
+    blind = Engine(insts, RULES, clock="event")             # without channels: applied as they come
+    blind.process(forged)
+    assert blind.books.rejects == {}
+
+
 def test_wall_clock_signals_carry_production_time():
     import time
 
@@ -320,7 +344,7 @@ def engine_signals(signals):
 
 
 @pytest.mark.parametrize("book", ["L2", "L3"])
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_every_feature_and_signal_equals_the_reference_in_both_sampling_modes(book, data):
     cfg = data.draw(stats_configs(), "stats")

@@ -32,4 +32,4 @@ def test_empty_events_zeroed_and_contiguous():
 def test_enums_match_documented_codes():
     assert [k.value for k in Kind] == list(range(7))
     assert (Side.BID, Side.ASK, Side.NONE) == (0, 1, 2)
-    assert Reject.OK == 0 and max(Reject) == Reject.NO_MEMORY == 11
+    assert Reject.OK == 0 and max(Reject) == Reject.WRONG_CHANNEL == 12

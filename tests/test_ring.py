@@ -22,6 +22,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from tickwire.ext import EVENT_DTYPE, empty_events
 from tickwire.ext import ring as ring_mod
 from tickwire.ext.ring import Ring, RingBusy, RingError
+from budget import examples
 
 SMALL = np.dtype([("seq", "<u8"), ("value", "<i4"), ("tag", "u1"), ("_pad", "V3")])
 
@@ -547,7 +548,7 @@ class BlockingRingMachine(RuleBasedStateMachine):
 
 
 BlockingRingMachine.TestCase.settings = settings(
-    max_examples=60, stateful_step_count=40, deadline=None,
+    max_examples=examples(60), stateful_step_count=40, deadline=None,
     suppress_health_check=[HealthCheck.too_slow])
 TestBlockingRing = BlockingRingMachine.TestCase
 
@@ -621,7 +622,7 @@ class BroadcastRingMachine(RuleBasedStateMachine):
 
 
 BroadcastRingMachine.TestCase.settings = settings(
-    max_examples=60, stateful_step_count=40, deadline=None,
+    max_examples=examples(60), stateful_step_count=40, deadline=None,
     suppress_health_check=[HealthCheck.too_slow])
 TestBroadcastRing = BroadcastRingMachine.TestCase
 

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tickwire.ext.stats import Ewma, RollingWindow, SumWindow, allocation_count
+from budget import examples
 
 
 def close(got, want, rel=1e-9, abs_=1e-12):
@@ -45,7 +46,7 @@ def check_against(w, values, scale):
 floats = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(values=st.lists(floats, max_size=200), size=st.integers(1, 40))
 def test_count_window_matches_numpy_after_every_add(values, size):
     w = RollingWindow(size, "count")
@@ -55,7 +56,7 @@ def test_count_window_matches_numpy_after_every_add(values, size):
         check_against(w, window, scale=max(1.0, max(abs(v) for v in window)))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(data=st.lists(st.tuples(st.integers(0, 50), floats), max_size=150),
        size=st.integers(1, 200))
 def test_time_window_matches_numpy_with_irregular_and_equal_timestamps(data, size):
@@ -181,7 +182,7 @@ def ewma_reference(ts, x, halflife):
     return np.array(out_m), np.array(out_v)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(data=st.lists(st.tuples(st.integers(0, 5000), st.floats(-1e4, 1e4, allow_nan=False)), min_size=1, max_size=60),
        halflife=st.floats(10.0, 1e5))
 def test_ewma_matches_weighted_reference(data, halflife):

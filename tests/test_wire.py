@@ -9,6 +9,7 @@ from hypothesis import given, settings, strategies as st
 from tickwire.ext import EVENT_DTYPE, Flag, Kind, Side, codec, empty_events
 from tickwire.feeds import wire
 from tickwire.feeds.wire import Drop, Header, MsgType, WireError, WireFlag
+from budget import examples
 
 # docs/wire-format.md, "A worked example": the same bytes
 WORKED_TOPIC = b"tw.00003."
@@ -73,7 +74,7 @@ def to_events(raw):
     return ev
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(rows=events_st, channel=st.integers(0, 65535), seq=st.integers(0, 2**64 - 2**20),
        epoch=st.integers(0, 2**64 - 1), send_time=st.integers(-2**63, 2**63 - 1),
        ts_recv=st.integers(-2**63, 2**63 - 1))
@@ -95,7 +96,7 @@ def test_data_round_trip_reference_and_compiled(rows, channel, seq, epoch, send_
     assert ev_fast.tobytes() == expect.tobytes()
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(rows=events_st, covered=st.integers(0, 2**64 - 1), request_id=st.integers(0, 2**32 - 1),
        part=st.integers(0, 2**32 - 1), final=st.booleans(), unavailable=st.booleans())
 def test_snapshot_part_round_trip(rows, covered, request_id, part, final, unavailable):

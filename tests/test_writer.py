@@ -329,10 +329,10 @@ def test_idle_policy_moves_every_thread_between_sched_idle_and_normal():
 
 
 def test_starved_idle_writer_is_rescued_to_normal_scheduling_and_loses_nothing(tmp_path):
-    """A SCHED_IDLE writer on a core that a busy process keeps full gets no time at all: the ring
+    """A SCHED_IDLE writer on a core that a busy process keeps full gets almost no time: the ring
     fills, the guard (the supervisor's IdlePolicy, run here by the test) puts the writer back on
-    normal scheduling, the writer drains the ring, returns to SCHED_IDLE by itself, and stores
-    every tick once."""
+    normal scheduling (or the writer does so itself, when one of its rare slices comes first),
+    the writer drains the ring, returns to SCHED_IDLE by itself, and stores every tick once."""
     from tickwire.engine.writer import IdlePolicy
 
     name, dsn, state = ring_name(), f"chdb://{tmp_path}/store", tmp_path / "state"
@@ -351,7 +351,9 @@ def test_starved_idle_writer_is_rescued_to_normal_scheduling_and_loses_nothing(t
             assert wait_for(lambda: (state / name / "status.json").exists())
             assert wait_for(lambda: guard.idle), "the writer did not enter SCHED_IDLE"
             spinner = subprocess.Popen([sys.executable, "-c",
-                                        "import os\nos.sched_setaffinity(0, {0})\nwhile True: pass"])
+                                        "import os\nos.sched_setaffinity(0, {0})\nprint('spinning', flush=True)"
+                                        "\nwhile True: pass"], stdout=subprocess.PIPE)
+            assert spinner.stdout.readline() == b"spinning\n"   # core 0 is taken before the ticks come
             threading.Thread(target=guarding, daemon=True).start()
             for start in range(0, len(ev), 4096):
                 part = ev[start:start + 4096]
@@ -371,7 +373,8 @@ def test_starved_idle_writer_is_rescued_to_normal_scheduling_and_loses_nothing(t
             if w.poll() is None:
                 w.kill()
     assert w.returncode == 0, out.decode()[-2000:]
-    assert guard.switches >= 1
+    assert guard.switches >= 1 or b"writer back to normal scheduling" in out, \
+        "nobody put the starved writer back on normal scheduling"
     assert_exactly_once(dsn, ev)
 
 
