@@ -134,11 +134,13 @@ def _run_demo(duration, rate, instruments, channels, data_dir, seed, say, keep) 
     from tickwire.engine.supervisor import Supervisor
     from tickwire.engine.worker import ring_names
 
-    run_dir = Path(data_dir).resolve() / "demo"
+    state_dir = Path(data_dir).resolve()
+    run_dir = state_dir / "demo"                    # the daemon's run directory (state_dir / run)
     if run_dir.exists() and not keep:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    raw = demo_raw_config(run_dir, instruments=instruments, channels=channels)
+    raw = demo_raw_config(state_dir, instruments=instruments, channels=channels, run="demo")
+    raw["store"]["dsn"] = f"chdb://{run_dir / 'store'}"     # its own store, cleared with the run
     cfg_path = run_dir / "tickwire.toml"
     cfg_path.write_text(configmod.to_toml(raw))
     cfg = configmod.load(cfg_path)
@@ -149,7 +151,7 @@ def _run_demo(duration, rate, instruments, channels, data_dir, seed, say, keep) 
         f"{cfg.supervisor_cpu} ({ncpu} cores)")
     say(f"  config: {cfg_path}   store: {cfg.store.dsn}")
 
-    sup = Supervisor(cfg, cfg_path, run_dir / cfg.run)
+    sup = Supervisor(cfg, cfg_path, run_dir)
     consumer = SignalConsumer([ring_names(cfg, i)[1] for i in range(len(cfg.workers))])
     sim_out: list[str] = []
     state = {"sim": None, "t0": None}
@@ -180,7 +182,11 @@ def _run_demo(duration, rate, instruments, channels, data_dir, seed, say, keep) 
         pub = next((m.group(1) for line in reversed(sim_out)       # the final count once it is done
                     if (m := re.match(r"(?:done: |\s*)([\d,]+) events", line))), "0")
         el = time.monotonic() - state["t0"] if state["t0"] else 0.0
-        return (f"\r  {el:5.1f} s  published {pub:>11}  processed {ev:>11,}  stored {stored:>11,}  "
+        # the simulator prints its count now and then, the worker's status file is a moment old:
+        # whatever arrived was published, whatever the consumer received was emitted
+        pub_n = max(int(pub.replace(",", "")), ev)
+        sig = max(sig, consumer.received)
+        return (f"\r  {el:5.1f} s  published {pub_n:>11,}  processed {ev:>11,}  stored {stored:>11,}  "
                 f"signals {sig:>7,} (received {consumer.received:,})  gaps {gaps}  "
                 f"tick-to-signal p99 {p99 / 1000:7.1f} us ")
 

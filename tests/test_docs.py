@@ -46,6 +46,10 @@ def test_readme_daemon_commands_work_as_written(tmp_path):
     run, sig, status, sim = lines
     config = "engine/tickwire.example.toml"
     assert run == f"tickwire run --config {config}"
+    daemon_md = (ROOT / "docs" / "daemon.md").read_text()
+    d_run, d_sig, d_status, _ = [ln.split("#")[0].strip() for ln in re.search(
+        r"```sh\n(.*?)```", daemon_md, re.S).group(1).splitlines() if ln.strip()]
+    assert d_run == run                                 # docs/daemon.md's lines, run beside the README's
     sig, status = sig.replace("...", config), status.replace("...", config)
     state = ROOT / "tickwire-data"
     for sub in ("example", "store"):
@@ -64,12 +68,16 @@ def test_readme_daemon_commands_work_as_written(tmp_path):
         time.sleep(1)
         follower = subprocess.Popen(sig.split(), cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True)
+        follower2 = subprocess.Popen(d_sig.split(), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
         out = subprocess.run(sim.split() + ["--events", "200000", "--wait-subscribers", "10", "--linger", "2",
                                             "--quiet"], cwd=ROOT, env=env, capture_output=True, text=True,
                              timeout=120)
         assert out.returncode == 0 and "done: 200,000 events" in out.stdout, out.stdout + out.stderr
         st = subprocess.run(status.split(), cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
         assert st.returncode == 0 and "history:" in st.stdout and "Traceback" not in st.stderr, st.stderr
+        st2 = subprocess.run(d_status.split(), cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+        assert st2.returncode == 0 and "history:" in st2.stdout, st2.stderr
         # `tickwire status | head -2`: a closed pipe is no error
         piped = subprocess.run(f"{status} | head -2", shell=True, cwd=ROOT, env=env, capture_output=True,
                                text=True, timeout=30)
@@ -83,6 +91,9 @@ def test_readme_daemon_commands_work_as_written(tmp_path):
     got, err = follower.communicate(timeout=30)
     assert follower.returncode == 0 and "stopped" in err
     assert len([ln for ln in got.splitlines() if ln.startswith("{")]) > 0
+    got2, err2 = follower2.communicate(timeout=30)                # text lines, one per signal
+    assert follower2.returncode == 0 and "stopped" in err2
+    assert len(got2.splitlines()) == len([ln for ln in got.splitlines() if ln.startswith("{")])
     code = ("from tickwire.engine.store import Store\n"
             f"s = Store.open('chdb://{state / 'store'}')\n"
             "print(s.client.query('SELECT count(), uniqExact(channel, seq) FROM tickwire.ticks').result_rows[0])")
@@ -92,3 +103,86 @@ def test_readme_daemon_commands_work_as_written(tmp_path):
     assert not (ROOT / "engine" / "tickwire-data").exists()        # no state inside the sources
     shutil.rmtree(state / "example", ignore_errors=True)
     shutil.rmtree(state / "store", ignore_errors=True)
+
+
+def _doc_commands():
+    """Every command line in a fenced block of README.md and docs/*.md that starts with
+    ``tickwire``, ``./dev`` or ``.venv/bin/python`` at the line's start (backslash continuations
+    joined, comments dropped): (file, line)."""
+    out = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for block in re.findall(r"```[a-z]*\n(.*?)```", path.read_text(), re.S):
+            for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+                line = line.split(" #")[0].strip() if not line.startswith(" ") else ""
+                if re.match(r"(\$ )?(tickwire|\./dev|\.venv/bin/python) ", line + " "):
+                    out.append((path.name, line.removeprefix("$ ")))
+    return out
+
+
+def test_every_documented_command_names_real_options_and_files():
+    """What the docs tell a user to type exists: each `tickwire` line parses with the CLI's own
+    parser (every option and choice as written; `...` stands for the config the text names),
+    each `./dev` line names a command of ./dev, each script run with the venv's python exists."""
+    import contextlib
+    import io
+    import shlex
+
+    from tickwire.engine.cli import build_parser
+
+    cmds = _doc_commands()
+    assert len([c for c in cmds if c[1].startswith("tickwire ")]) >= 8, cmds
+    dev_cmds = set(re.findall(r"^\s{4}([a-z]+)\)", (ROOT / "dev").read_text(), re.M))
+    for doc, line in cmds:
+        argv = shlex.split(line.replace("...", "tickwire.toml"))
+        if argv[0] == "tickwire":
+            parser = build_parser()
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):      # `--help` lines print and exit 0
+                    parser.parse_args(argv[1:])
+            except SystemExit as exc:
+                assert exc.code == 0, f"{doc}: `{line}` does not parse (exit {exc.code})"
+        elif argv[0] == "./dev":
+            assert len(argv) == 1 or argv[1] in dev_cmds, f"{doc}: `{line}`: no such ./dev command"
+        else:
+            script = ROOT / argv[1]
+            assert script.exists(), f"{doc}: `{line}`: {argv[1]} does not exist"
+
+
+@pytest.mark.integration
+def test_tickwire_demo_as_written_and_its_figures_add_up(tmp_path):
+    """`tickwire demo` (docs/daemon.md, and what `./dev demo` runs) from a fresh directory: exit
+    status 0, every published event stored once, the progress lines never show more processed
+    than published or more received than emitted, and the files it names exist where it says."""
+    bin_dir = Path(sys.executable).parent
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    out = subprocess.run(["tickwire", "demo"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    text = out.stdout
+    assert "every published event stored exactly once: yes" in text, text[-3000:]
+    published = int(re.search(r"published by the simulator\s+([\d,]+)", text).group(1).replace(",", ""))
+    assert published == 2_000_000                                  # 20 s at 100,000 events/s
+    for m in re.finditer(r"published\s+([\d,]+)\s+processed\s+([\d,]+).*?signals\s+([\d,]+) \(received ([\d,]+)\)",
+                         text):
+        pub, proc, sig, rec = (int(g.replace(",", "")) for g in m.groups())
+        assert proc <= pub <= published and rec <= sig, m.group(0)
+    hdr = re.search(r"HDR interval logs: (.*)", text).group(1).split(", ")
+    assert hdr and all(Path(p).exists() for p in hdr), hdr
+    assert all(Path(p).parent == tmp_path / "tickwire-data" / "demo" / "hdr" for p in hdr), hdr
+    assert re.search(r"store: chdb://" + re.escape(str(tmp_path / "tickwire-data" / "demo" / "store")), text)
+
+
+@pytest.mark.integration
+def test_feeds_md_capture_command_as_written(tmp_path):
+    """docs/feeds.md's `tickwire simulate --capture kraken --rate 0` publishes the whole real
+    capture and says so (the synthetic 10M-event line is checked by parsing only: 50 s at its rate)."""
+    from tickwire.feeds import captures
+
+    if captures.find_shared_data(captures.KRAKEN_FILE) is None:
+        pytest.skip("the Kraken capture is in ../shared/data, which a fresh clone does not have")
+    line = next(ln for doc, ln in _doc_commands() if doc == "feeds.md" and "--capture kraken" in ln)
+    bin_dir = Path(sys.executable).parent
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    out = subprocess.run(line.split(), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-2000:]
+    n = int(re.search(r"capture kraken: \d+ instruments, ([\d,]+) events", out.stdout).group(1).replace(",", ""))
+    assert f"done: {n:,} events" in out.stdout, out.stdout[-2000:]

@@ -49,6 +49,11 @@ def _rss_kb(pid: int) -> int:
 def test_soak_drops_reordering_and_kills_lose_nothing(tmp_path):
     cfg_path, raw = write_config(tmp_path, "soak")
     raw["daemon"]["shutdown_timeout_s"] = 300
+    # The simulator stands in for the exchange, and its market generator is Python (about 7 us an
+    # event): at 100k events/s it keeps core 0 all to itself, where the writer would only get
+    # what a SCHED_IDLE task gets beside a busy one, and fall a little further behind every
+    # minute. The writer's SCHED_IDLE share of core 1 is what the engine leaves idle there.
+    raw["store"]["writer_cpu"] = 1 if (os.cpu_count() or 1) > 1 else 0
     cfg_path.write_text(to_toml(raw))
     run_dir = tmp_path / "state" / "soak"
     writer_status = run_dir / "writer" / "tickwire-soak-ticks-0" / "status.json"
