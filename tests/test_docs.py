@@ -186,3 +186,21 @@ def test_feeds_md_capture_command_as_written(tmp_path):
     assert out.returncode == 0, (out.stdout + out.stderr)[-2000:]
     n = int(re.search(r"capture kraken: \d+ instruments, ([\d,]+) events", out.stdout).group(1).replace(",", ""))
     assert f"done: {n:,} events" in out.stdout, out.stdout[-2000:]
+
+
+_LONG = [ln for doc, ln in _doc_commands()
+         if ln.startswith(("./dev bench", "./dev annotate", ".venv/bin/python benchmarks/"))
+         or (doc == "feeds.md" and "--events 10000000" in ln)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("line", _LONG)
+def test_long_documented_commands_run_as_written(line):
+    """The documented commands that take minutes (benchmarks, the annotated rebuild, the
+    10M-event simulator line), run exactly as written from the repository root: on request,
+    `pytest -m slow tests/test_docs.py` (`./dev bench` installs the bench extra first)."""
+    bin_dir = Path(sys.executable).parent
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    out = subprocess.run(line, shell=True, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    assert "Traceback" not in out.stderr
