@@ -179,8 +179,9 @@ def cpu_report(cores) -> list[str]:
 
 
 class _Child:
-    def __init__(self, name, argv, cpu):
+    def __init__(self, name, argv, cpu, env=None):
         self.name, self.argv, self.cpu = name, argv, cpu
+        self.env = env                  # added to the environment (secrets: never on argv)
         self.proc = None
         self.restarts = 0
         self.started = 0.0
@@ -381,7 +382,14 @@ class Supervisor:
                                                      "signals"))
             tick_names.append(t)
             sig_names.append(s)
-        argv = self._python("tickwire.engine.writer", "--dsn", cfg.store.dsn, "--database", cfg.store.database,
+        # the DSN (which may hold a password) and the credentials go by the environment, which only
+        # this user can read (/proc/<pid>/environ is 0400), never on argv, which every user can
+        secrets = {"TICKWIRE_STORE_DSN": cfg.store.dsn}
+        if cfg.store.username:
+            secrets["TICKWIRE_CLICKHOUSE_USER"] = cfg.store.username
+        if cfg.store.password:
+            secrets["TICKWIRE_CLICKHOUSE_PASSWORD"] = cfg.store.password
+        argv = self._python("tickwire.engine.writer", "--database", cfg.store.database,
                             "--state-dir", self.run_dir / "writer", "--batch-rows", cfg.store.batch_rows,
                             "--batch-seconds", cfg.store.batch_seconds, "--run", cfg.run,
                             "--cpu", cfg.store.writer_cpu, "--log-level", cfg.log_level)
@@ -396,7 +404,7 @@ class Supervisor:
             argv += ["--ring", t]
         for s in sig_names:
             argv += ["--signal-ring", s]
-        self.writer = _Child("writer", argv, cfg.store.writer_cpu) if cfg.store.enabled else None
+        self.writer = _Child("writer", argv, cfg.store.writer_cpu, env=secrets) if cfg.store.enabled else None
         for i, w in enumerate(cfg.workers):
             self.workers.append(_Child(w.name, self._python("tickwire.engine.worker", "--config", self.config_path,
                                                              "--worker", i, "--run-dir", self.run_dir), w.cpu))
@@ -423,6 +431,8 @@ class Supervisor:
         kw = {"preexec_fn": _die_with_parent(signal.SIGTERM)}
         if child is self.writer and self._store_lock is not None:
             kw["pass_fds"] = (self._store_lock,)
+        if child.env:
+            kw["env"] = {**os.environ, **child.env}
         child.proc = await asyncio.create_subprocess_exec(*child.argv, **kw)
         child.started = time.time()
         log.info("started %s (pid %d) for core %d", child.name, child.proc.pid, child.cpu)

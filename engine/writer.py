@@ -938,7 +938,10 @@ def main(argv=None) -> int:
                                  description="Drain tick rings into ClickHouse, exactly once.")
     ap.add_argument("--ring", action="append", required=True,
                     help="a blocking tick ring to consume (repeat for several workers)")
-    ap.add_argument("--dsn", required=True, help="store DSN (chdb:///abs/dir or http://host:8123)")
+    ap.add_argument("--dsn", default=None,
+                    help="store DSN (chdb:///abs/dir or http://host:8123); default: $TICKWIRE_STORE_DSN, which "
+                         "the daemon uses so that a password in it never shows in the process list. "
+                         "Credentials: $TICKWIRE_CLICKHOUSE_USER, $TICKWIRE_CLICKHOUSE_PASSWORD")
     ap.add_argument("--database", default="tickwire")
     ap.add_argument("--state-dir", required=True, help="journal, spill and status files (one subdirectory a ring)")
     ap.add_argument("--batch-rows", type=int, default=500_000)
@@ -962,6 +965,9 @@ def main(argv=None) -> int:
                          "benchmarks [%(default)s]")
     ap.add_argument("--log-file", default=None, help="append the log here instead of stderr")
     args = ap.parse_args(argv)
+    args.dsn = args.dsn or os.environ.get("TICKWIRE_STORE_DSN")
+    if not args.dsn:
+        ap.error("no store: give --dsn or set TICKWIRE_STORE_DSN")
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), filename=args.log_file,
                         format="%(asctime)s writer %(levelname)s %(message)s")
     stop = threading.Event()                 # a SIGTERM during set-up is not lost: drained after it

@@ -617,3 +617,58 @@ def test_offered_load_beyond_the_writer_loses_nothing(tmp_path):
     pub = published_books(tmp_path / "pub.npz")
     mine = published_books(run_dir / "books-0.npz")
     assert all(pub[k].tobytes() == mine[k].tobytes() for k in pub)
+
+
+def test_store_credentials_reach_the_server_and_never_the_process_list_or_the_log(tmp_path):
+    """store.username / store.password from the config reach the ClickHouse server the writer
+    talks to (a stand-in HTTP server here records what it is sent), while neither the password
+    nor the DSN appears on any tickwire process's command line (which every local user can read)
+    or in the daemon's log."""
+    import base64
+    import http.server
+    import threading
+
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _any(self):
+            seen.append(dict(self.headers))
+            self.send_response(500)                       # a store that refuses: the writer spills
+            self.end_headers()
+            self.wfile.write(b"Code: 999. DB::Exception: test server")
+
+        do_GET = do_POST = _any
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    password, user = "pw-7Hq2-not-in-argv", "tw_writer"
+    cfg_path, raw = write_config(tmp_path, "creds")
+    raw["store"].update(dsn=f"http://127.0.0.1:{srv.server_port}", username=user, password=password)
+    raw["daemon"]["log_file"] = str(tmp_path / "tw.log")
+    cfg_path.write_text(to_toml(raw))
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        assert wait_for(lambda: writer_pid("creds"))
+        assert wait_for(lambda: len(seen) > 0, 30), "the writer never reached the server"
+        cmdlines = []
+        for p in Path("/proc").iterdir():
+            try:
+                cmd = (p / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"tickwire" in cmd:
+                cmdlines.append(cmd)
+        assert any(b"tickwire.engine.writer" in c for c in cmdlines)
+        for c in cmdlines:
+            assert password.encode() not in c and str(srv.server_port).encode() + b"\x00" not in c, c
+    finally:
+        rc, _ = stop_daemon(daemon, log)
+        srv.shutdown()
+    sent = " ".join(" ".join(f"{k}: {v}" for k, v in h.items()) for h in seen)
+    basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+    assert basic in sent or (user in sent and password in sent), sent[:500]
+    logs = (tmp_path / "tw.log").read_text() + (tmp_path / "daemon.log").read_text()
+    assert password not in logs
