@@ -127,10 +127,18 @@ def cmd_books(args) -> int:
 
 # -- `tickwire simulate` (the feed simulator, tickwire.feeds.simulator) ---------------------
 
+def _private_files() -> None:
+    """Everything the daemon and its children create from here on (state and run directories,
+    the store, spill files, journal, status files, HDR logs) is this user's alone: directories
+    0700, files 0600 (the rings are 0600 already)."""
+    os.umask(0o077)
+
+
 def cmd_demo(args) -> int:
     from tickwire.engine.demo import run_demo
     from tickwire.engine.supervisor import StartupError
 
+    _private_files()
     try:
         return run_demo(duration=args.duration, rate=args.rate, instruments=args.instruments,
                         channels=args.channels, data_dir=args.data_dir, seed=args.seed)
@@ -142,6 +150,7 @@ def cmd_demo(args) -> int:
 def cmd_run(args) -> int:
     from tickwire.engine.supervisor import run
 
+    _private_files()
     return run(args.config, args.duration)
 
 
@@ -166,6 +175,9 @@ def cmd_signals(args) -> int:
     except FileNotFoundError as exc:
         print(f"no running daemon for run '{cfg.run}': {exc}", file=sys.stderr)
         return 1
+    except PermissionError as exc:                  # a ring another user made or could write
+        print(f"tickwire signals: {exc.strerror} ({exc.filename})", file=sys.stderr)
+        return 2
     buf = np.empty(1024, dtype=SIGNAL_DTYPE)
     fields = list(SIGNAL_DTYPE.names)
     if args.format == "csv":

@@ -293,6 +293,9 @@ class Supervisor:
         if ringmod.exists(name):
             try:
                 old = Ring.attach(name, dtype, role="none")
+            except PermissionError as exc:      # another user's segment, or one others could write
+                raise StartupError(f"{exc.strerror}; its name is taken: set rings.prefix or daemon.run to "
+                                   f"another name, or remove {exc.filename} as its owner or root") from None
             except Exception as exc:            # noqa: BLE001 - another layout: nothing this build can read
                 log.error("ring %s left behind by an earlier run cannot be read (%s): replaced", name, exc)
                 old = None

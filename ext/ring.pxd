@@ -81,7 +81,7 @@ cdef extern from "tw_ring.h" nogil:
     long tw_futex_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns)
     long tw_futex_wake_all(uint32_t *addr)
     void *tw_shm_create(const char *name, size_t size, int *err)
-    void *tw_shm_attach(const char *name, size_t *size, int *err)
+    void *tw_shm_attach(const char *name, size_t *size, int *err, long *uid, int *mode)
     int tw_shm_mode(const char *name)
     int tw_shm_unmap(void *p, size_t size)
     int tw_shm_unlink(const char *name)

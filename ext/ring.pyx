@@ -22,7 +22,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.object cimport PyObject
 from cpython.pycapsule cimport PyCapsule_GetPointer
-from libc.errno cimport ENOENT, EEXIST, EACCES
+from libc.errno cimport ENOENT, EEXIST, EACCES, EPERM
 from libc.stdint cimport int64_t, uint64_t, int32_t, uint32_t, INT64_MAX
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memmove, memset, strerror
@@ -730,6 +730,8 @@ cdef class Ring:
         cdef uint64_t magic = 0
         cdef bytes bname
         cdef Ring ring
+        cdef long owner = 0
+        cdef int mode = 0
         shm = _shm_name(name)
         if role not in _ROLES:
             raise ValueError(f"role must be 'consumer', 'producer' or 'none', got {role!r}")
@@ -744,7 +746,7 @@ cdef class Ring:
         bname = shm.encode()
         give_up = time.monotonic() + wait
         while True:
-            p = tw_shm_attach(bname, &size, &err)
+            p = tw_shm_attach(bname, &size, &err, &owner, &mode)
             if p != NULL:
                 magic = tw_load_acq64(&(<tw_ring_hdr *>p).magic)
                 if magic != 0 or time.monotonic() >= give_up:
@@ -752,6 +754,11 @@ cdef class Ring:
                 tw_shm_unmap(p, size)                    # still being created
             elif err == ENOENT:
                 raise FileNotFoundError(err, f"no ring named {name!r}", "/dev/shm" + shm)
+            elif err == EPERM:
+                whose = "yours" if owner == os.geteuid() else f"uid {owner}'s, not yours (uid {os.geteuid()})"
+                raise PermissionError(err, f"ring {name!r} is {whose}, mode {mode:04o}: a tickwire ring is its "
+                                           "creator's alone (0600); refusing to attach to one another user "
+                                           "could have made or can write", "/dev/shm" + shm)
             elif err != 0:
                 raise OSError(err, strerror(err).decode(), "/dev/shm" + shm)
             elif time.monotonic() >= give_up:

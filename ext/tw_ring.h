@@ -197,14 +197,19 @@ static void *tw_shm_create(const char *name, size_t size, int *err) {
 }
 
 /* Map an existing segment read-write; its size comes from fstat.  NULL with *err on failure
- * (ENOENT: no such ring).  *size is 0 when the segment exists but is still empty (being made). */
-static void *tw_shm_attach(const char *name, size_t *size, int *err) {
+ * (ENOENT: no such ring; EPERM: the segment is another user's, or others may open it: *uid and
+ * *mode say whose and how, and nothing is mapped).  *size is 0 when the segment exists but is
+ * still empty (being made). */
+static void *tw_shm_attach(const char *name, size_t *size, int *err, long *uid, int *mode) {
     struct stat st;
     void *p;
     int fd = shm_open(name, O_RDWR, 0);
     *size = 0;
     if (fd < 0) { *err = errno; return NULL; }
     if (fstat(fd, &st) != 0) { *err = errno; close(fd); return NULL; }
+    *uid = (long)st.st_uid;
+    *mode = (int)(st.st_mode & 07777);
+    if (st.st_uid != geteuid() || (st.st_mode & 077) != 0) { *err = EPERM; close(fd); return NULL; }
     if (st.st_size < (off_t)TW_RING_HEADER_SIZE) { *err = 0; close(fd); return NULL; }
     p = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
     if (p == MAP_FAILED) { *err = errno; close(fd); return NULL; }

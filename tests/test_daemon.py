@@ -672,3 +672,33 @@ def test_store_credentials_reach_the_server_and_never_the_process_list_or_the_lo
     assert basic in sent or (user in sent and password in sent), sent[:500]
     logs = (tmp_path / "tw.log").read_text() + (tmp_path / "daemon.log").read_text()
     assert password not in logs
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a segment to another user (chown) needs root")
+def test_a_ring_squatted_by_another_user_is_neither_read_nor_reused(tmp_path):
+    """Another local user creates the run's signal ring before the daemon and writes three forged
+    signals into it (here: a segment given to `nobody`). `tickwire signals` refuses to read it,
+    and the daemon refuses to start with one line that says whose it is, instead of taking the
+    forged records as its own."""
+    from tickwire.ext import SIGNAL_DTYPE
+    from tickwire.ext.ring import Ring
+
+    cfg_path, raw = write_config(tmp_path, "squat")
+    name = "tickwire-squat-signals-0"
+    forged = Ring.create(name, SIGNAL_DTYPE, 1 << 8, "broadcast")
+    try:
+        recs = np.zeros(3, SIGNAL_DTYPE)
+        recs["instrument"], recs["direction"] = 1, 1
+        forged.push_many(recs)
+        os.chown(f"/dev/shm/{name}", 65534, 65534)
+        sig = subprocess.run([PY, "-m", "tickwire", "signals", "--config", str(cfg_path)], capture_output=True,
+                             text=True, timeout=60)
+        assert sig.returncode != 0 and sig.stdout == "", sig.stdout
+        assert "uid 65534's, not yours" in sig.stderr and "Traceback" not in sig.stderr, sig.stderr
+        res = subprocess.run([PY, "-m", "tickwire", "run", "--config", str(cfg_path)], capture_output=True,
+                             text=True, timeout=60)
+        last = res.stderr.strip().splitlines()[-1]                # after the info log: one line
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        assert last.startswith("tickwire run: ") and "uid 65534's, not yours" in last and "rings.prefix" in last
+    finally:
+        forged.close()

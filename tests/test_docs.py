@@ -169,6 +169,14 @@ def test_tickwire_demo_as_written_and_its_figures_add_up(tmp_path):
     assert hdr and all(Path(p).exists() for p in hdr), hdr
     assert all(Path(p).parent == tmp_path / "tickwire-data" / "demo" / "hdr" for p in hdr), hdr
     assert re.search(r"store: chdb://" + re.escape(str(tmp_path / "tickwire-data" / "demo" / "store")), text)
+    # permission audit: every directory and file the run left behind, and any ring segment of
+    # the demo still in /dev/shm, is this user's alone (another local user reads no tick)
+    exposed = [f"{p} {p.stat().st_mode & 0o777:04o}" for p in [tmp_path / "tickwire-data",
+                                                                *(tmp_path / "tickwire-data").rglob("*")]
+               if not p.is_symlink() and p.stat().st_mode & 0o077]
+    exposed += [f"{p} {p.stat().st_mode & 0o777:04o}" for p in Path("/dev/shm").glob("tickwire-demo-*")
+                if p.stat().st_mode & 0o077]
+    assert not exposed, exposed[:20]
 
 
 @pytest.mark.integration

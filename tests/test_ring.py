@@ -201,6 +201,29 @@ def test_attach_to_a_segment_smaller_than_a_header(name):
         Ring.attach(name, wait=0.01)
 
 
+def test_attach_refuses_a_segment_others_could_write(name):
+    """A ring with group or other permission bits (someone chmod-ed it, or made it by hand) is
+    refused before anything is mapped: another user could have written the records in it."""
+    with Ring.create(name, SMALL, 8) as r:
+        r.push(np.zeros(1, SMALL)[0])
+        os.chmod(f"/dev/shm/{name}", 0o644)
+        with pytest.raises(PermissionError, match=r"mode 0644.*refusing to attach"):
+            Ring.attach(name, SMALL)
+        os.chmod(f"/dev/shm/{name}", 0o600)
+        Ring.attach(name, SMALL).close()                     # its own again: attaches
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a segment to another user (chown) needs root")
+def test_attach_refuses_another_users_ring(name):
+    """A squatter's ring (here: a segment given to `nobody`, as if that user had created it
+    first under the daemon's ring name) is refused, whatever records it holds."""
+    with Ring.create(name, SMALL, 8) as r:
+        r.push(np.zeros(1, SMALL)[0])
+        os.chown(f"/dev/shm/{name}", 65534, 65534)
+        with pytest.raises(PermissionError, match=r"uid 65534's, not yours"):
+            Ring.attach(name, SMALL)
+
+
 def test_attach_checks_the_layout_version(name):
     with Ring.create(name, SMALL, 8):
         fd = os.open(f"/dev/shm/{name}", os.O_RDWR)
