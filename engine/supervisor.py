@@ -178,6 +178,25 @@ def cpu_report(cores) -> list[str]:
     return out
 
 
+def shared_endpoint_warnings(endpoints) -> list[str]:
+    """A warning for each ipc endpoint in a directory other users can write (such as /tmp):
+    whoever binds the path first is the one the daemon listens to (docs/security.md)."""
+    out = []
+    for ep in endpoints:
+        if not ep.startswith("ipc://"):
+            continue
+        parent = Path(ep[len("ipc://"):]).parent
+        try:
+            writable = parent.stat().st_mode & 0o002
+        except OSError:
+            continue
+        if writable:
+            out.append(f"feed endpoint {ep} is in {parent}, which every local user can write: another user "
+                       f"who binds it first feeds this daemon; prefer a directory only you can write "
+                       f"(docs/security.md)")
+    return out
+
+
 class _Child:
     def __init__(self, name, argv, cpu, env=None):
         self.name, self.argv, self.cpu = name, argv, cpu
@@ -375,6 +394,7 @@ class Supervisor:
                 self.warnings.append(f"core {c} runs a worker and the supervisor or writer: they will "
                                      f"compete for it")
         self.warnings += cpu_report(w.cpu for w in cfg.workers)
+        self.warnings += shared_endpoint_warnings(list(cfg.feeds.endpoints) + [cfg.feeds.snapshot or ""])
         for w in self.warnings:
             log.warning("%s", w)
         tick_names, sig_names = [], []

@@ -120,3 +120,15 @@ def test_sighup_names_the_keys_it_cannot_apply(tmp_path, caplog):
     assert "rings.ticks_capacity changed: needs a restart; not applied" in caplog.text
     assert sup.cfg.rings.ticks_capacity == 1 << 20              # still what the rings were made with
     assert (sup.cfg.rules[0].enter, sup.cfg.rules[0].exit) == (4.5, 2.0)
+
+
+def test_an_ipc_endpoint_in_a_world_writable_directory_is_warned_about(tmp_path):
+    from tickwire.engine.supervisor import shared_endpoint_warnings
+
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    got = shared_endpoint_warnings([f"ipc://{private}/feed", f"ipc://{shared}/feed", "tcp://127.0.0.1:5555"])
+    assert len(got) == 1 and f"ipc://{shared}/feed" in got[0] and "every local user can write" in got[0]
