@@ -294,10 +294,11 @@ def _add_simulate(sub) -> None:
     )
     g = sim.add_argument_group("sockets")
     g.add_argument("--endpoint", action="append", metavar="EP",
-                   help="bind the data socket here (repeatable: tcp://127.0.0.1:5555, ipc:///tmp/x) "
-                        "[ipc:///tmp/tickwire-feed]")
-    g.add_argument("--snapshot", default="ipc:///tmp/tickwire-snapshot", metavar="EP",
-                   help="bind the snapshot service (ROUTER) here; 'none' for no service [%(default)s]")
+                   help="bind the data socket here (repeatable: tcp://127.0.0.1:5555, ipc:///path) "
+                        "[ipc://DIR/feed, DIR = $XDG_RUNTIME_DIR/tickwire or /tmp/tickwire-<uid>, a directory "
+                        "only you can write: the daemon's default too]")
+    g.add_argument("--snapshot", default=None, metavar="EP",
+                   help="bind the snapshot service (ROUTER) here; 'none' for no service [ipc://DIR/snapshot]")
     g.add_argument("--socket", choices=["pub", "push"], default="pub", help="data socket type [%(default)s]")
     g.add_argument("--sndhwm", type=int, metavar="N", help="send high-water mark in messages (0: unlimited) [libzmq: 1000]")
     g.add_argument("--wait-subscribers", type=float, default=0.0, metavar="S",

@@ -124,10 +124,44 @@ def _decimal(d, key, where, default=...):
     return dec
 
 
+def private_ipc_dir() -> Path:
+    """The directory of tickwire's default ipc endpoints: ``$XDG_RUNTIME_DIR/tickwire``, else
+    ``<tmp>/tickwire-<uid>``; created 0700. Refused (ValueError, one line) when it is a symlink,
+    another user's, or open to others: whoever binds an endpoint first is the one a receiver
+    listens to, so the directory must be one only this user can write."""
+    import tempfile
+
+    run = os.environ.get("XDG_RUNTIME_DIR")
+    d = Path(run) / "tickwire" if run and os.path.isdir(run) else Path(tempfile.gettempdir()) / f"tickwire-{os.geteuid()}"
+    try:
+        d.mkdir(mode=0o700, exist_ok=True)
+        st = os.lstat(d)
+    except OSError as exc:
+        raise ValueError(f"cannot create the endpoint directory {d}: {exc.strerror or exc}") from None
+    import stat as statmod
+
+    if not statmod.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise ValueError(f"the endpoint directory {d} is not a private directory of yours (owner uid {st.st_uid}, "
+                         f"mode {st.st_mode & 0o7777:04o}): another user may have made it; remove it, or set "
+                         f"feeds.endpoints / --endpoint to a directory only you can write")
+    return d
+
+
+def default_feed_endpoint() -> str:
+    """``ipc://<private_ipc_dir()>/feed``: the data endpoint that the daemon and ``tickwire simulate``
+    both use when none is configured."""
+    return f"ipc://{private_ipc_dir() / 'feed'}"
+
+
+def default_snapshot_endpoint() -> str:
+    """``ipc://<private_ipc_dir()>/snapshot``: the default recovery service endpoint."""
+    return f"ipc://{private_ipc_dir() / 'snapshot'}"
+
+
 @dataclass(frozen=True)
 class FeedConfig:
-    endpoints: tuple = ("ipc:///tmp/tickwire-feed",)
-    snapshot: str = "ipc:///tmp/tickwire-snapshot"
+    endpoints: tuple = field(default_factory=lambda: (default_feed_endpoint(),))
+    snapshot: str = field(default_factory=default_snapshot_endpoint)
     socket: str = "sub"
     hwm: int = 100_000
     stale_after_ms: int = 5_000
@@ -313,11 +347,15 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
     _check_keys(f, {"endpoints", "snapshot", "socket", "hwm", "stale_after_ms", "recovery_retries", "channels",
                     "max_message_events", "batch_events", "io_cpu", "io_rt_priority", "busy_poll",
                     "reorder_window_ms"}, "feeds.")
-    endpoints = f.get("endpoints", list(FeedConfig.endpoints))
+    try:
+        endpoints = f["endpoints"] if "endpoints" in f else [default_feed_endpoint()]
+        snapshot_default = default_snapshot_endpoint() if "snapshot" not in f else ""
+    except ValueError as exc:
+        _fail("feeds.endpoints", "a private directory for the default ipc endpoints, or endpoints set here", str(exc))
     if not isinstance(endpoints, list) or not endpoints or not all(
             isinstance(e, str) and e.split("://")[0] in ("ipc", "tcp", "inproc") for e in endpoints):
         _fail("feeds.endpoints", "an array of ZeroMQ endpoints (ipc://..., tcp://host:port)", endpoints)
-    feeds = FeedConfig(tuple(endpoints), _str(f, "snapshot", "feeds.", FeedConfig.snapshot),
+    feeds = FeedConfig(tuple(endpoints), _str(f, "snapshot", "feeds.", snapshot_default),
                        _str(f, "socket", "feeds.", "sub", ("sub", "pull")), _int(f, "hwm", "feeds.", 100_000, 0),
                        _int(f, "stale_after_ms", "feeds.", 5_000, 1), _int(f, "recovery_retries", "feeds.", 5, 0),
                        _int(f, "channels", "feeds.", max(seen_ids) + 1, 1, 0xFFFF),

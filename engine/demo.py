@@ -36,7 +36,7 @@ def demo_raw_config(run_dir: Path, *, instruments: int = 8, channels: int = 4, r
                     clock: str = "wall", workers=None) -> dict:
     """The demo's configuration as a mapping (see docs/config.md)."""
     ncpu = os.cpu_count() or 1
-    ipc = Path("/tmp") / f"tickwire-{os.getpid()}-{run}"       # ipc paths must stay short
+    ipc = configmod.private_ipc_dir() / f"{os.getpid()}-{run}"    # ipc paths must stay short
     if workers is None:
         workers = [{"name": "w0", "cpu": 1 if ncpu > 1 else 0, "instruments": "all"}]
     return {

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 
 import numpy as np
@@ -776,8 +777,15 @@ def run_cli(args, say=print) -> int:
         events = np.concatenate(parts)
         instruments = synthetic_instruments(args.instruments)
         say(f"generated {len(events):,} events in {time.perf_counter() - t0:.1f} s")
-    snapshot = None if args.snapshot in (None, "", "none") else args.snapshot
-    sim = Simulator(args.endpoint or ["ipc:///tmp/tickwire-feed"], snapshot=snapshot,
+    from tickwire.engine.config import default_feed_endpoint, default_snapshot_endpoint
+
+    try:
+        endpoints = args.endpoint or [default_feed_endpoint()]
+        snapshot = None if args.snapshot in ("", "none") else (args.snapshot or default_snapshot_endpoint())
+    except ValueError as exc:
+        print(f"tickwire simulate: {exc}", file=sys.stderr, flush=True)
+        return 2
+    sim = Simulator(endpoints, snapshot=snapshot,
                     instruments=instruments, events=events, channels=args.channels, seed=args.seed,
                     rate=args.rate, batch=args.batch, faults=faults, resting=args.resting,
                     socket_type=args.socket, sndhwm=args.sndhwm, heartbeat=args.heartbeat,

@@ -132,3 +132,27 @@ def test_an_ipc_endpoint_in_a_world_writable_directory_is_warned_about(tmp_path)
     shared.chmod(0o1777)
     got = shared_endpoint_warnings([f"ipc://{private}/feed", f"ipc://{shared}/feed", "tcp://127.0.0.1:5555"])
     assert len(got) == 1 and f"ipc://{shared}/feed" in got[0] and "every local user can write" in got[0]
+
+
+def test_default_endpoints_are_in_a_private_directory_and_a_squatted_one_is_refused(tmp_path, monkeypatch):
+    """With no endpoints configured, the daemon and `tickwire simulate` meet in a directory only
+    this user can write; one that exists open to others (another user made it first) is refused
+    with one line, by the config and by the simulator."""
+    from tickwire.engine import config as cfgmod
+
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
+    raw = {"instruments": [{"id": 0, "symbol": "X", "tick_size": "0.01", "lot_size": "0.001"}],
+           "daemon": {"state_dir": str(tmp_path / "state")}}
+    path = tmp_path / "c.toml"
+    path.write_text(cfgmod.to_toml(raw))
+    cfg = cfgmod.load(path)
+    assert cfg.feeds.endpoints == (f"ipc://{run}/tickwire/feed",)
+    assert cfg.feeds.snapshot == f"ipc://{run}/tickwire/snapshot"
+    assert (run / "tickwire").stat().st_mode & 0o777 == 0o700
+    (run / "tickwire").chmod(0o777)                          # as if another user had made it first
+    with pytest.raises(cfgmod.ConfigError, match="not a private directory of yours"):
+        cfgmod.load(path)
+    res = tickwire("simulate", "--events", "10")
+    one_line(res, "is not a private directory of yours")
