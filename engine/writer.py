@@ -961,6 +961,9 @@ def main(argv=None) -> int:
                     help="sleep this long before every insert: a slow store on demand, for tests and "
                          "benchmarks [%(default)s]")
     ap.add_argument("--log-file", default=None, help="append the log here instead of stderr")
+    ap.add_argument("--instruments", default=None, metavar="FILE",
+                    help="JSON list of instrument definitions to record in the store's instruments table "
+                         "(at every connection; replay reads them back)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), filename=args.log_file,
                         format="%(asctime)s writer %(levelname)s %(message)s")
@@ -974,7 +977,18 @@ def main(argv=None) -> int:
     from tickwire.engine.store import Store
     from tickwire.ext.ring import Ring
 
-    link = StoreLink(lambda: Store.open(args.dsn, args.database), insert_delay=args.debug_insert_delay)
+    instruments = []
+    if args.instruments:
+        from tickwire.engine.instruments import Instrument
+
+        instruments = [Instrument(**d) for d in json.loads(Path(args.instruments).read_text())]
+
+    def open_store():
+        store = Store.open(args.dsn, args.database)
+        store.register_instruments(instruments)          # replay knows tick sizes from the store
+        return store
+
+    link = StoreLink(open_store, insert_delay=args.debug_insert_delay)
     if link.submit(link.get).result() is None:     # connect (and create the schema) before attaching
         log.error("%s: will spill until the store answers", link.last_error)
     writers = []
