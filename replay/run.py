@@ -90,17 +90,22 @@ class ReplayResult:
         return self.events / self.seconds if self.seconds > 0 else 0.0
 
 
-def split_by_time(events: np.ndarray, every_ns: int) -> list:
-    """Cut a chunk where its event time crosses a multiple of ``every_ns`` from its first event
-    (the paced mode's batches: each is sent when its first event is due)."""
+def split_by_time(events: np.ndarray, every_ns: int, floor: int = -(1 << 63)) -> list:
+    """Cut a chunk into ``(clock, events)`` batches where the recorded clock crosses a multiple
+    of ``every_ns`` from the chunk's first event (the paced mode's batches: each is sent when its
+    first event is due). The recorded clock is the running maximum of ``ts_event`` (from
+    ``floor``): an event stamped earlier than one before it (a Kraken level's own old time) is
+    due at once instead of stalling or rewinding the schedule."""
     ts = events["ts_event"]
     if not len(ts):
         return []
+    clock = np.maximum(np.maximum.accumulate(ts), floor)
     if every_ns <= 0:
-        return [events]
-    marks = (ts - ts[0]) // every_ns
+        return [(int(clock[0]), events)]
+    marks = (clock - clock[0]) // every_ns
     cut = np.flatnonzero(marks[1:] != marks[:-1]) + 1
-    return np.split(events, cut) if len(cut) else [events]
+    starts = np.concatenate(([0], cut))
+    return [(int(clock[a]), events[a:b]) for a, b in zip(starts.tolist(), np.append(cut, len(ts)).tolist())]
 
 
 class Replay:
@@ -160,9 +165,10 @@ class Replay:
         Parameters
         ----------
         speed : float, optional
-            None: as fast as possible. N > 0: paced at N times recorded time, each batch of events
-            whose times fall in one ``pace_batch_ns`` slot of recorded time processed when its
-            first event is due (``ts_event`` from the first event, divided by N).
+            None: as fast as possible. N > 0: paced at N times recorded time: the events of each
+            ``pace_batch_ns`` of wall time (N times that of recorded time) are processed when the
+            first of them is due (its ``ts_event`` from the first event's, divided by N; the
+            recorded clock never goes back, see :func:`split_by_time`).
         progress : callable, optional
             ``progress(events_done, result)`` after each chunk (the CLI's progress line).
         sink : Republisher, optional
@@ -179,14 +185,16 @@ class Replay:
         lateness = Recorder("send_error") if speed is not None else None
         slot = max(int(pace_batch_ns * speed), 1) if speed is not None else 0
         try:
+            high = -(1 << 63)                  # the recorded clock so far (running max of ts_event)
             for chunk in self._batches():
-                pieces = [chunk] if speed is None else split_by_time(chunk, slot)
-                for ev in pieces:
+                pieces = [(0, chunk)] if speed is None else split_by_time(chunk, slot, high)
+                for clock, ev in pieces:
                     if speed is not None:
+                        high = clock
                         now = time.perf_counter_ns()
                         if origin is None:
-                            origin = (int(ev["ts_event"][0]), now)
-                        due = origin[1] + int((int(ev["ts_event"][0]) - origin[0]) / speed)
+                            origin = (clock, now)
+                        due = origin[1] + int((clock - origin[0]) / speed)
                         if due > now:
                             _sleep_until(due, sink)
                             now = time.perf_counter_ns()

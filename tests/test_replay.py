@@ -4,6 +4,7 @@ ZeroMQ on loopback, real processes (the daemon's live parity is in tests/test_re
 import fcntl
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from tickwire.ext import EVENT_DTYPE, SIGNAL_DTYPE, Flag, Kind, Side
 from tickwire.feeds.synthetic import l3_orders, synthetic_instruments
 from tickwire.replay import ArraySource, EngineSpec, Replay, ReplayError, StoreSource, merge_snapshots
 from tickwire.replay.cli import parse_duration
+from tickwire.replay.run import split_by_time
 from tickwire.replay.sources import parse_time
 
 PY = sys.executable
@@ -98,6 +100,14 @@ def test_paced_replay_follows_recorded_time_and_reports_its_lateness():
     # flat out is far faster and gives the same signals
     flat = Replay(ArraySource(ev, synthetic_instruments(2, book="L3")), EngineSpec(RULES, STATS)).run()
     assert flat.signals.tobytes() == res.signals.tobytes()
+
+
+def test_pacing_batches_follow_a_recorded_clock_that_never_goes_back():
+    ev = np.zeros(5, EVENT_DTYPE)
+    ev["ts_event"] = [100, 50, 200, 10, 300]          # a Kraken level carries its own (old) time
+    got = [(clock, b["ts_event"].tolist()) for clock, b in split_by_time(ev, 100)]
+    assert got == [(100, [100, 50]), (200, [200, 10]), (300, [300])]
+    assert [c for c, _ in split_by_time(ev[1:2], 100, floor=250)] == [250]
 
 
 # -- sources ---------------------------------------------------------------------------------------
@@ -221,9 +231,26 @@ def test_cli_replays_an_npy_file_and_writes_the_signals(tmp_path, market):
     out = cli("--npy", tmp_path / "ev.npy", "--config", rules, "--signals", tmp_path / "sig.npy")
     assert out.returncode == 0, out.stderr
     assert f"replayed {len(ev):,} events" in out.stdout
+    assert f"replay: {len(ev):,} / {len(ev):,} events" in out.stderr          # the progress line
     got = np.load(tmp_path / "sig.npy")
     # the npy source knows no symbols or sizes; the engine only needs the book type
     assert got.tobytes() == replay_signals(ev, insts).tobytes()
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_what_was_replayed(tmp_path, market):
+    ev, _ = market
+    np.save(tmp_path / "ev.npy", ev)                   # ~0.2 s of recorded time: 200 s at x0.001
+    p = subprocess.Popen([PY, "-m", "tickwire", "replay", "--npy", str(tmp_path / "ev.npy"), "--speed", "0.001",
+                          "--signals", str(tmp_path / "sig.npy"), "--quiet"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 130, err
+    done = int(out.split("interrupted after ")[1].split(" ")[0].replace(",", ""))
+    assert 0 < done < len(ev)
+    assert "schedule lateness" in out and "signals written to" in out
+    assert np.load(tmp_path / "sig.npy").dtype == SIGNAL_DTYPE
 
 
 @pytest.mark.parametrize("args, message", [
@@ -297,3 +324,47 @@ def test_times_and_durations_parse():
     assert parse_time("1723161240000000000") == 1723161240 * 10**9
     assert [parse_duration(x) for x in ("100ms", "1s", "10s", "60s", "1m", "500us", "2")] == \
            [10**8, 10**9, 10**10, 6 * 10**10, 6 * 10**10, 500_000, 2 * 10**9]
+
+
+# -- republished over ZeroMQ ---------------------------------------------------------------------------
+
+def test_publish_sends_every_event_flagged_replay_to_a_feed_handler_with_snapshots(tmp_path, market):
+    """`tickwire replay --publish` in its own process; a FeedHandler (what a daemon worker runs)
+    joins, syncs by snapshot, receives every event once in sequence (flagged REPLAY), and its books
+    end equal to books fed the events directly."""
+    from tickwire.engine.instruments import make_books
+    from tickwire.feeds.handler import FeedHandler
+
+    ev, insts = market
+    ev = ev[:20_000]
+    np.save(tmp_path / "ev.npy", ev)
+    data, snap = f"ipc://{tmp_path}/feed", f"ipc://{tmp_path}/snap"
+    pub = subprocess.Popen([PY, "-m", "tickwire", "replay", "--npy", str(tmp_path / "ev.npy"), "--publish", data,
+                            "--snapshot", snap, "--channels", "2", "--speed", "20", "--start-delay", "1.5",
+                            "--linger", "3", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    books = make_books(insts)
+    stored = []
+    try:
+        with FeedHandler(data, {0: [0, 2], 1: [1, 3]}, books.apply, on_store=lambda e: stored.append(e.copy()),
+                         snapshot=snap) as fh:
+            fh.run(duration=60, until=lambda: sum(len(s) for s in stored) >= len(ev))
+            assert fh.all_live()
+    finally:
+        out, err = pub.communicate(timeout=60)
+    assert pub.returncode == 0, err
+    assert f"published {len(ev):,} events" in out
+    got = np.concatenate(stored)
+    assert len(got) == len(ev) and (got["flags"] & Flag.REPLAY).all()
+    for c in (0, 1):                                   # each channel numbered from 1, in order
+        assert (got["seq"][got["channel"] == c] == np.arange(1, (ev["instrument"] % 2 == c).sum() + 1)).all()
+    direct = make_books(insts)
+    direct.apply(ev)
+    for i in range(N_INST):
+        assert books[i].snapshot_events().tobytes() == direct[i].snapshot_events().tobytes()
+
+
+def test_the_real_captures_replay_without_a_reject(kraken, binance):
+    for cap in (kraken, binance):
+        res = Replay(ArraySource(cap.events, cap.instruments), EngineSpec(RULES, STATS)).run()
+        assert res.events == len(cap.events) and res.signal_count > 0
+        assert sum(res.rejects.values()) == 0, res.rejects

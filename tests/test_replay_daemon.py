@@ -77,6 +77,9 @@ def test_replayed_signals_equal_the_live_ones_field_for_field(tmp_path):
     # the books met snapshots and markers at start: the replay merged them back
     (snaps,), = query(dsn, "SELECT count() FROM tickwire.snapshots")
     assert snaps > 0
+    # the writer recorded the config's instruments: a replay without --config knows them
+    assert query(dsn, "SELECT id, symbol, toString(tick_size), book FROM tickwire.instruments FINAL ORDER BY id") == \
+        [[i, f"SYN{i}", "0.01", "L3"] for i in range(8)]
 
 
 def test_parity_holds_through_lost_and_reordered_messages(tmp_path):
