@@ -161,6 +161,43 @@ def test_snapshots_go_back_where_the_books_met_them():
     assert np.concatenate(list(merge_snapshots([ticks], snaps[:0]))).tobytes() == ticks.tobytes()
 
 
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_merge_puts_every_snapshot_row_between_its_channels_ticks_whatever_the_chunks(data):
+    nch = data.draw(st.integers(1, 3))
+    chans = data.draw(st.lists(st.integers(0, nch - 1), min_size=0, max_size=60))
+    ticks = np.zeros(len(chans), EVENT_DTYPE)
+    ticks["channel"] = chans
+    for c in range(nch):                               # per channel, sequence numbers 1, 2, 3...
+        m = ticks["channel"] == c
+        ticks["seq"][m] = np.arange(1, m.sum() + 1)
+    ticks["price"] = np.arange(len(ticks))            # identifies each tick
+    rows = []
+    for c in range(nch):                               # per channel, non-decreasing snapshot seqs
+        seqs = sorted(data.draw(st.lists(st.integers(0, 25), max_size=5)))
+        rows += [snap_rows(c, sq, c, Flag.SNAPSHOT | Flag.STALE, price=1000 + len(rows) + k)
+                 for k, sq in enumerate(seqs)]
+    order = data.draw(st.permutations(range(len(rows))))
+    snaps = np.concatenate([rows[i] for i in order]) if rows else np.empty(0, EVENT_DTYPE)
+    # the stream order within a channel is what matters: keep each channel's rows in seq order
+    snaps = snaps[np.lexsort((snaps["seq"], snaps["channel"]))] if len(snaps) else snaps
+    chunk = data.draw(st.integers(1, 70))
+    out = np.concatenate(list(merge_snapshots((ticks[k:k + chunk] for k in range(0, len(ticks), chunk)), snaps))
+                         or [np.empty(0, EVENT_DTYPE)])
+    is_snap = (out["flags"] & Flag.SNAPSHOT) != 0
+    assert out[~is_snap].tobytes() == ticks.tobytes()                 # ticks untouched, in order
+    assert sorted(out["price"][is_snap].tolist()) == sorted(snaps["price"].tolist())
+    for c in range(nch):
+        mine = out[out["channel"] == c]
+        seen = 0                                                      # highest tick seq passed
+        for r in mine:
+            if r["flags"] & Flag.SNAPSHOT:
+                # every tick of its channel up to S before it, none above S
+                assert seen == min(int(r["seq"]), int((ticks["channel"] == c).sum()))
+            else:
+                seen = int(r["seq"])
+
+
 def make_store(path, events, instruments, snapshots=None):
     store = Store.open(f"chdb://{path}")
     store.register_instruments(instruments)

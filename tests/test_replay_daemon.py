@@ -87,3 +87,47 @@ def test_parity_holds_through_lost_and_reordered_messages(tmp_path):
     retransmission, and the replay still gives the live signals."""
     live, replays, _ = live_then_replay(tmp_path, "lossy", 200_000, "--drop", "0.01", "--reorder", "0.01")
     assert_parity(live, replays)
+
+
+def test_an_unchanged_daemon_consumes_a_republished_history(tmp_path):
+    """`tickwire replay --publish` feeds a `tickwire run` daemon as a live publisher would: every
+    event stored once, flagged REPLAY, and the daemon's signals are the in-process replay's (but
+    for the receive times the daemon stamped and the sequence numbers the republisher gave)."""
+    from tickwire.engine import config as configmod
+    from tickwire.feeds.synthetic import l3_orders
+    from tickwire.replay import ArraySource, EngineSpec, Replay
+
+    cfg_path, raw = write_config(tmp_path, "republish", clock="event")
+    cfg = configmod.load(cfg_path)
+    ev = l3_orders(100_000, seed=4, instruments=8, resting=200)
+    ev["channel"] = ev["instrument"] % cfg.feeds.channels
+    np.save(tmp_path / "ev.npy", ev)
+    want = Replay(ArraySource(ev, list(cfg.instruments)), EngineSpec.from_config(cfg)).run().signals
+    run_dir = tmp_path / "state" / "republish"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"]), "the worker never reported"
+        pub = subprocess.run([PY, "-m", "tickwire", "replay", "--npy", str(tmp_path / "ev.npy"), "--config",
+                              str(cfg_path), "--publish", raw["feeds"]["endpoints"][0], "--snapshot",
+                              raw["feeds"]["snapshot"], "--speed", "1", "--start-delay", "2", "--linger", "2",
+                              "--quiet"], capture_output=True, text=True, timeout=120)
+        assert pub.returncode == 0, pub.stderr
+        assert wait_for(lambda: status(run_dir)["counts"]["ticks_stored"] >= len(ev), 60)
+    finally:
+        rc, _ = stop_daemon(daemon, log)
+    assert rc == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+    dsn = f"chdb://{tmp_path}/state/store"
+    (n, distinct, replayed), = query(dsn, "SELECT count(), uniqExact(channel, seq), countIf(bitAnd(flags, 16) != 0) "
+                                          "FROM tickwire.ticks")
+    assert n == distinct == replayed == len(ev)
+    got = stored_signals(dsn, "republish", tmp_path / "live.npy")
+    fields = ["ts_event", "value", "strength", "instrument", "rule_id", "rule_kind", "direction", "flags"]
+
+    def rows(sig):
+        s = sig[np.lexsort((sig["rule_id"], sig["ts_event"], sig["instrument"]))]
+        return {f: s[f] for f in fields}
+
+    a, b = rows(want), rows(got)
+    assert len(want) > 100 and len(got) == len(want)
+    for f in fields:
+        assert (a[f] == b[f]).all(), f
