@@ -438,7 +438,8 @@ class FeedHandler:
     def _start(self) -> None:
         self._started = True
         for c in self._channels.values():           # nothing is in sync before its first snapshot
-            self._mark(c, Flag.SNAPSHOT | Flag.STALE)
+            # stamped where the history resumes (a restart): replay puts the marker there
+            self._mark(c, Flag.SNAPSHOT | Flag.STALE, None if c.resume is None else c.resume[1] - 1)
 
     def _deliver_live(self, events) -> None:
         """In-sequence events: to the books, then to the history."""
@@ -460,8 +461,9 @@ class FeedHandler:
                 self._on_store(events)
             self._counters["stored_events"] += len(events)
 
-    def _mark(self, c: _Channel, flags: int) -> None:
-        """SNAPSHOT markers for every instrument of the channel: STALE, or END (back in sync)."""
+    def _mark(self, c: _Channel, flags: int, seq: int | None = None) -> None:
+        """SNAPSHOT markers for every instrument of the channel: STALE, or END (back in sync),
+        stamped with the sequence number the book stands after (default: ``next_seq - 1``)."""
         c.in_sync = not flags & Flag.STALE
         if c.instruments is None or not len(c.instruments):
             return
@@ -472,7 +474,7 @@ class FeedHandler:
         ev["flags"] = int(flags)
         ev["instrument"] = c.instruments
         ev["channel"] = c.id
-        ev["seq"] = max(c.next_seq - 1, 0)
+        ev["seq"] = max(c.next_seq - 1 if seq is None else seq, 0)
         ev["ts_event"] = ts
         ev["ts_recv"] = ts
         self._counters["markers"] += len(ev)
