@@ -439,7 +439,7 @@ class FeedHandler:
         self._started = True
         for c in self._channels.values():           # nothing is in sync before its first snapshot
             # stamped where the history resumes (a restart): replay puts the marker there
-            self._mark(c, Flag.SNAPSHOT | Flag.STALE, None if c.resume is None else c.resume[1] - 1)
+            self._mark(c, Flag.SNAPSHOT | Flag.STALE | Flag.RESTART, None if c.resume is None else c.resume[1] - 1)
 
     def _deliver_live(self, events) -> None:
         """In-sequence events: to the books, then to the history."""

@@ -86,6 +86,38 @@ def test_step_mode_shows_books_features_and_signals_after_each_batch(market):
     assert np.concatenate(got).tobytes() == whole.signals.tobytes()
 
 
+def markers(ids, flags, seq, ts):
+    ev = np.zeros(len(ids), EVENT_DTYPE)
+    ev["kind"], ev["side"], ev["flags"], ev["instrument"] = Kind.SNAPSHOT, Side.NONE, int(flags), ids
+    ev["channel"], ev["seq"], ev["ts_event"], ev["ts_recv"] = np.asarray(ids) % 2, seq, ts, ts
+    return ev
+
+
+def test_a_restart_marker_starts_the_instruments_afresh_as_a_restarted_worker(market):
+    """Where a live worker restarted (STALE markers flagged RESTART), its engine began empty: the
+    replay resets the instruments there and, after the resync, fires exactly what a new engine fires."""
+    ev, insts = market
+    ids = [i.id for i in insts]
+    a = ev[:30_000]
+    b = l3_orders(30_000, seed=9, instruments=N_INST, resting=300)      # a market rebuilt from empty
+    b["ts_event"] += int(a["ts_event"][-1]) - int(b["ts_event"][0]) + 1
+    b["ts_recv"] = b["ts_event"] + 20_000
+    b["channel"] = b["instrument"] % 2
+    t = int(b["ts_event"][0])
+    resync = np.concatenate([markers(ids, Flag.SNAPSHOT | Flag.STALE | Flag.RESTART, 9, t),
+                             markers(ids, Flag.SNAPSHOT | Flag.SNAPSHOT_BEGIN, 9, t),
+                             markers(ids, Flag.SNAPSHOT | Flag.SNAPSHOT_END, 9, t)])
+    after = np.concatenate([resync, b])
+    fresh = replay_signals(after, insts)
+    whole = Replay(ArraySource(np.concatenate([a, after]), insts, chunk=7_000), SPEC).run().signals
+    assert len(fresh) > 10
+    assert whole[whole["ts_event"] >= t].tobytes() == fresh.tobytes()
+    # without the flag the engine carries its windows and rule states across: other signals
+    resync["flags"] &= ~np.uint32(Flag.RESTART)
+    carried = replay_signals(np.concatenate([a, resync, b]), insts)
+    assert carried[carried["ts_event"] >= t].tobytes() != fresh.tobytes()
+
+
 def test_paced_replay_follows_recorded_time_and_reports_its_lateness():
     ev = l3_orders(2_000, seed=3, instruments=2, resting=100)
     ev["ts_event"] = 1_700_000_000_000_000_000 + np.arange(len(ev)) * 50_000    # 100 ms of recorded time

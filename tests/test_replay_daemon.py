@@ -142,3 +142,38 @@ def test_under_the_wall_clock_only_ts_signal_differs(tmp_path):
     assert_parity(live, replays, wall=("ts_signal",))
     assert (live["ts_signal"] >= live["ts_recv"]).all()
     assert (replays[0]["ts_signal"] == replays[0]["ts_recv"]).all()
+
+
+def test_parity_holds_through_a_killed_and_restarted_worker(tmp_path):
+    """kill -9 of the worker mid-run: the restarted worker starts with empty statistics and armed
+    rules (its STALE markers say so with Flag.RESTART, stamped where its history resumes), resyncs
+    by snapshot; the replay resets the instruments there and gives the live signals."""
+    import os
+    import signal as sigmod
+
+    cfg_path, raw = write_config(tmp_path, "killed", clock="event")
+    run_dir = tmp_path / "state" / "killed"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"])
+        sim = start_sim(raw, 300_000, 100_000, seed=5)
+        pid = status(run_dir)["pid"]
+        assert wait_for(lambda: status(run_dir)["feed"]["events"] > 120_000, 60)
+        os.kill(pid, sigmod.SIGKILL)
+        assert wait_for(lambda: status(run_dir)["pid"] != pid, 30), "the worker was not restarted"
+        out, _ = sim.communicate(timeout=180)
+        assert sim.returncode == 0, out
+        assert wait_for(lambda: all(c["state"] == "live" and c["in_sync"]
+                                    for c in status(run_dir)["channels"].values()), 30)
+    finally:
+        rc, _ = stop_daemon(daemon, log)
+    assert rc == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+    dsn = f"chdb://{tmp_path}/state/store"
+    (restarts,), = query(dsn, "SELECT count() FROM tickwire.snapshots WHERE bitAnd(flags, 64) != 0 AND seq > 0")
+    assert restarts > 0                            # the restarted worker's markers, where it resumed
+    live = stored_signals(dsn, "killed", tmp_path / "live.npy")
+    out_path = tmp_path / "replayed.npy"
+    res = subprocess.run([PY, "-m", "tickwire", "replay", "--dsn", dsn, "--config", str(cfg_path), "--signals",
+                          str(out_path), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert_parity(live, [np.load(out_path), np.load(out_path)])
