@@ -249,8 +249,11 @@ def _run(args, source, spec, report_cls, report_dir, horizons, sig_path) -> int:
 
     rb = None
     if report_cls is not None:
-        rb = report_cls(source.instruments, horizons_ns=horizons, latency_ns=int(args.latency_us * 1000),
-                        fee_bps=args.fee_bps)
+        try:
+            rb = report_cls(source.instruments, horizons_ns=horizons, latency_ns=int(args.latency_us * 1000),
+                            fee_bps=args.fee_bps)
+        except (ValueError, TypeError, ImportError, RuntimeError) as exc:
+            raise ReplayError(f"--report: {exc}") from None
     replay = Replay(source, spec, batch=args.batch, on_batch=rb.add if rb is not None else None,
                     keep_signals=True)
     sink = None
