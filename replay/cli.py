@@ -44,7 +44,10 @@ def add_parser(sub) -> None:
                     "Modes: --max (default: as fast as possible, in-process), --speed N (paced at N x "
                     "recorded time), --publish (republish in the wire format for a `tickwire run` daemon).\n"
                     "Signals are byte-identical run after run and whatever --batch; against a daemon "
-                    "run with engine.clock = \"event\" they equal the live ones (docs/replay.md).\n\n"
+                    "run with engine.clock = \"event\" they equal the live ones (docs/replay.md).\n"
+                    "A progress line (events, rate, ETA) goes to stderr; Ctrl-C stops after the batch in "
+                    "hand, writes what was asked for (a partial report) and exits 130; bad input is one "
+                    "line and exit status 2, with nothing written.\n\n"
                     "Example:\n"
                     "  tickwire replay --dsn chdb:///data/store --from 2024-08-08T23:00Z --to 2024-08-09 \\\n"
                     "      --instruments BTCUSDT --config tickwire.toml --report out/",
@@ -64,7 +67,7 @@ def add_parser(sub) -> None:
     g.add_argument("--to", dest="end", metavar="TIME", help="end of the range, exclusive (same forms)")
     g.add_argument("--instruments", metavar="LIST", action="append",
                    help="instruments by symbol or id, comma-separated (repeatable) [all]")
-    g.add_argument("--config", "-c", metavar="FILE",
+    g.add_argument("--config", "--rules", "-c", dest="config", metavar="FILE",
                    help="rules, statistics and feed channels: a daemon config (its instruments' full "
                         "definitions are used too), or a TOML with only [stats], [[rules]] and "
                         "[feeds] channels [no rules: books and statistics only]")

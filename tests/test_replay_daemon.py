@@ -76,6 +76,19 @@ def assert_parity(live, replays, wall=()):
 def test_replayed_signals_equal_the_live_ones_field_for_field(tmp_path):
     live, replays, dsn = live_then_replay(tmp_path, "parity", 200_000)
     assert_parity(live, replays)                   # every byte: ts_signal is the recorded ts_recv
+    # with the instrument definitions from the store and only the rules from a file: the same
+    from tickwire.engine.config import to_toml
+    from tickwire.engine.demo import demo_raw_config
+
+    raw = demo_raw_config(tmp_path / "x", run="parity", clock="event")
+    rules = tmp_path / "rules.toml"
+    rules.write_text(to_toml({"stats": raw["stats"], "rules": raw["rules"],
+                              "feeds": {"channels": raw["feeds"]["channels"]}}))
+    res = subprocess.run([PY, "-m", "tickwire", "replay", "--dsn", dsn, "--rules", str(rules), "--instruments",
+                          "SYN0,SYN1,SYN2,SYN3,SYN4,SYN5,SYN6,SYN7", "--signals", str(tmp_path / "r.npy"), "--quiet"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert_parity(live, [np.load(tmp_path / "r.npy")] * 2)
     # the books met snapshots and markers at start: the replay merged them back
     (snaps,), = query(dsn, "SELECT count() FROM tickwire.snapshots")
     assert snaps > 0
