@@ -258,6 +258,26 @@ def test_store_source_streams_the_total_order_with_the_stores_instruments(tmp_pa
         assert np.concatenate(list(src)).tobytes() == want.tobytes()
 
 
+def test_store_source_merges_the_snapshots_placed_in_its_range(tmp_path):
+    insts = synthetic_instruments(1)
+    ticks = np.zeros(100, EVENT_DTYPE)
+    ticks["ts_event"] = 1_700_000_000_000_000_000 + np.arange(100) * 1000
+    ticks["seq"] = np.arange(1, 101)
+    ticks["kind"], ticks["side"], ticks["price"], ticks["qty"] = Kind.ADD, Side.BID, 1000, 1
+    snaps = np.concatenate([markers([0], Flag.SNAPSHOT | Flag.STALE | Flag.RESTART, s, 2_000_000_000_000_000_000)
+                            for s in (0, 30, 60, 99)])
+    snaps["channel"] = 0
+    make_store(tmp_path / "db", ticks, insts, snaps)
+    t = ticks["ts_event"]
+    with StoreSource(f"chdb://{tmp_path}/db") as src:           # the whole history: every row
+        out = np.concatenate(list(src))
+        assert (out["flags"] & Flag.SNAPSHOT != 0).nonzero()[0].tolist() == [0, 31, 62, 102]
+    with StoreSource(f"chdb://{tmp_path}/db", start_ns=int(t[30]), end_ns=int(t[70])) as src:   # seq 31..70
+        out = np.concatenate(list(src))
+        assert out["seq"][(out["flags"] & Flag.SNAPSHOT) != 0].tolist() == [30, 60]
+        assert (out["flags"] & Flag.SNAPSHOT != 0).nonzero()[0].tolist() == [0, 31]
+
+
 def test_store_source_errors_are_one_clear_line(tmp_path, market):
     ev, insts = market
     make_store(tmp_path / "db", ev[:1000], insts)
