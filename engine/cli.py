@@ -8,6 +8,7 @@ Subcommands:
   ``status``: its metrics.
 - ``simulate``: the feed simulator.
 - ``books``: the order books alone on a synthetic market and the real captures.
+- ``replay``: stored ticks, a capture or an ``.npy`` file through the engine (tickwire.replay.cli).
 """
 
 from __future__ import annotations
@@ -453,6 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(func=cmd_status)
 
     _add_simulate(sub)
+    from tickwire.replay.cli import add_parser as add_replay
+
+    add_replay(sub)
     return parser
 
 
@@ -463,7 +467,8 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     for name in ("events", "instruments", "repeats", "channels"):
-        if getattr(args, name, 1) < 1:
+        value = getattr(args, name, 1)
+        if isinstance(value, int) and value < 1:       # (replay's --instruments is a list)
             print(f"tickwire {args.command}: --{name}: expected an integer >= 1, got {getattr(args, name)}",
                   file=sys.stderr)
             return 2

@@ -390,14 +390,30 @@ class Store:
         return self._read_events("ticks", instruments, start_ns, end_ns, chunk_rows)
 
     def read_snapshots(self, instruments=None, start_ns=None, end_ns=None, *,
-                       chunk_rows: int = 1_000_000) -> Iterator[np.ndarray]:
+                       chunk_rows: int = 1_000_000, order: str = "time") -> Iterator[np.ndarray]:
         """Snapshot events (``Flag.SNAPSHOT``, markers included) in the same total order and
-        chunks as :meth:`read_ticks`."""
-        return self._read_events("snapshots", instruments, start_ns, end_ns, chunk_rows)
+        chunks as :meth:`read_ticks`; ``order="stream"``: in the order the engine met them
+        (``epoch, ord``: the tick ring's), which replay needs (docs/replay.md)."""
+        if order not in ("time", "stream"):
+            raise ValueError(f"order must be 'time' or 'stream', got {order!r}")
+        return self._read_events("snapshots", instruments, start_ns, end_ns, chunk_rows,
+                                 "epoch, ord" if order == "stream" else None)
 
-    def _read_events(self, table, instruments, start_ns, end_ns, chunk_rows) -> Iterator[np.ndarray]:
+    def read_instruments(self) -> list:
+        """The instrument definitions recorded in the store (:meth:`register_instruments`; the
+        daemon's writer records its config's), by id: symbol, tick and lot size, decimals and
+        book type (``max_depth`` and the price range are not recorded: their defaults)."""
+        from tickwire.engine.instruments import Instrument
+
+        rows = self.client.query(
+            f"SELECT id, symbol, toString(tick_size), toString(lot_size), price_decimals, qty_decimals, book "
+            f"FROM {self.database}.instruments FINAL ORDER BY id").result_rows
+        return [Instrument(int(i), sym, Decimal(ts), Decimal(ls), book, price_decimals=int(pd), qty_decimals=int(qd))
+                for i, sym, ts, ls, pd, qd, book in rows]
+
+    def _read_events(self, table, instruments, start_ns, end_ns, chunk_rows, order=None) -> Iterator[np.ndarray]:
         q = (f"SELECT {_select(TICK_COLUMNS)} FROM {self.database}.{table} "
-             f"WHERE {self._where(instruments, start_ns, end_ns)} ORDER BY ts_event, seq, epoch, ord")
+             f"WHERE {self._where(instruments, start_ns, end_ns)} ORDER BY {order or 'ts_event, seq, epoch, ord'}")
         out = np.empty(chunk_rows, dtype=EVENT_DTYPE)
         n = 0
         with self.client.query_arrow_stream(q) as stream:

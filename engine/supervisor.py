@@ -89,6 +89,13 @@ def _pid_alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2:][:1] not in ("Z", "X")
 
 
+def _instrument_dict(inst) -> dict:
+    """An Instrument as JSON-able keyword arguments (the writer records them in the store)."""
+    d = dataclasses.asdict(inst)
+    d["tick_size"], d["lot_size"] = str(inst.tick_size), str(inst.lot_size)
+    return d
+
+
 def _try_lock(path: Path):
     """An exclusive flock on ``path`` (created 0600): the open fd, or None if another holds it."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -423,6 +430,9 @@ class Supervisor:
         argv += ["--sched", cfg.store.writer_sched]
         if cfg.store.debug_insert_delay_s:
             argv += ["--debug-insert-delay", str(cfg.store.debug_insert_delay_s)]
+        inst_file = self.run_dir / "instruments.json"
+        inst_file.write_text(json.dumps([_instrument_dict(i) for i in cfg.instruments]))
+        argv += ["--instruments", inst_file]
         for t in tick_names:
             argv += ["--ring", t]
         for s in sig_names:

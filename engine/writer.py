@@ -964,6 +964,9 @@ def main(argv=None) -> int:
                     help="sleep this long before every insert: a slow store on demand, for tests and "
                          "benchmarks [%(default)s]")
     ap.add_argument("--log-file", default=None, help="append the log here instead of stderr")
+    ap.add_argument("--instruments", default=None, metavar="FILE",
+                    help="JSON list of instrument definitions to record in the store's instruments table "
+                         "(at every connection; replay reads them back)")
     args = ap.parse_args(argv)
     args.dsn = args.dsn or os.environ.get("TICKWIRE_STORE_DSN")
     if not args.dsn:
@@ -980,7 +983,18 @@ def main(argv=None) -> int:
     from tickwire.engine.store import Store
     from tickwire.ext.ring import Ring
 
-    link = StoreLink(lambda: Store.open(args.dsn, args.database), insert_delay=args.debug_insert_delay)
+    instruments = []
+    if args.instruments:
+        from tickwire.engine.instruments import Instrument
+
+        instruments = [Instrument(**d) for d in json.loads(Path(args.instruments).read_text())]
+
+    def open_store():
+        store = Store.open(args.dsn, args.database)
+        store.register_instruments(instruments)          # replay knows tick sizes from the store
+        return store
+
+    link = StoreLink(open_store, insert_delay=args.debug_insert_delay)
     if link.submit(link.get).result() is None:     # connect (and create the schema) before attaching
         log.error("%s: will spill until the store answers", link.last_error)
     writers = []

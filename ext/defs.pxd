@@ -67,6 +67,7 @@ cdef extern from "tw_defs.h" nogil:
         TW_FLAG_SNAPSHOT_END
         TW_FLAG_REPLAY
         TW_FLAG_STALE
+        TW_FLAG_RESTART
 
     enum:
         TW_OK

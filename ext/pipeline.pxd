@@ -106,6 +106,7 @@ cdef class Engine:
     cdef tw_rule *rules
     cdef int nrules
     cdef list _custom             # keeps custom Rule objects alive
+    cdef dict _cfgs               # instrument id -> its StatsConfig (reset_instrument)
     cdef bint _needs_gil          # a Python-callable rule is present
     cdef object _sink_array       # numpy SIGNAL_DTYPE buffer
     cdef tw_signal *sink

@@ -23,7 +23,7 @@ from tickwire.ext.defs cimport (
     TW_RULE_VWAP, TW_RULE_EWMA_CROSS, TW_SIG_ENTER, TW_SIG_EXIT,
 )
 from tickwire.ext.book cimport (
-    Book, BookSet, tw_book, tw_book_apply, tw_book_mid, tw_book_microprice, tw_book_spread,
+    Book, BookSet, tw_book, tw_book_apply, tw_book_clear, tw_book_mid, tw_book_microprice, tw_book_spread,
     tw_book_best_price, tw_book_top_qty_d, TW_BOOK_L2, TW_BOOK_L3,
 )
 from tickwire.ext.hdr cimport (
@@ -460,8 +460,9 @@ cdef class Engine:
         self.inst = <tw_istate **>calloc(self.ninst, sizeof(tw_istate *))
         if self.inst == NULL:
             raise MemoryError()
+        self._cfgs = {inst.id: stats_by_instrument.get(inst.id, stats) for inst in instruments}
         for inst in instruments:
-            self._init_instrument(inst.id, stats_by_instrument.get(inst.id, stats))
+            self._init_instrument(inst.id, self._cfgs[inst.id])
 
         # rules: built-in configs, Cython Rule objects, Python callables
         self._custom = []
@@ -770,6 +771,32 @@ cdef class Engine:
         if instrument >= self.ninst or self.inst[instrument] == NULL:
             raise KeyError(f"no instrument with id {instrument}")
         return self.inst[instrument]
+
+    def reset_instrument(self, uint32_t instrument):
+        """Start an instrument afresh, as a new engine would have it: empty book and statistics
+        windows, EWMAs unset, every rule armed, counters at zero (a replay does this where the
+        live worker restarted: events flagged ``Flag.RESTART``)."""
+        cdef tw_istate *old = self._state(instrument)
+        cdef tw_istate *st
+        cdef int32_t *rules = old.rules
+        cdef int8_t *rstate = old.rstate
+        cdef int32_t nrules = old.nrules
+        old.rules = NULL                          # kept: the rule table does not change
+        old.rstate = NULL
+        self.inst[instrument] = NULL
+        try:
+            self._init_instrument(instrument, self._cfgs[instrument])
+        except BaseException:
+            old.rules, old.rstate = rules, rstate
+            self.inst[instrument] = old
+            raise
+        _free_istate(old)
+        st = self.inst[instrument]
+        st.nrules = nrules
+        st.rules = rules
+        st.rstate = rstate
+        memset(rstate, 0, max(nrules, 1) * sizeof(int8_t))
+        tw_book_clear(self._books.c.books[instrument])
 
     def update_rule(self, int rule_id, double enter, double exit):
         """New thresholds for a built-in rule (a config reload); its hysteresis state is kept.

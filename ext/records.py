@@ -62,6 +62,9 @@ class Flag(enum.IntFlag):
     #: With Kind.SNAPSHOT: the feed lost messages; the book is out of sync (contents kept)
     #: until a snapshot's END marker.
     STALE = 1 << 5
+    #: With a STALE marker: a receiver (re)started here and its engine's state begins afresh
+    #: (a replay resets the instrument's statistics and rules there, as the live worker had them).
+    RESTART = 1 << 6
 
 
 class Reject(enum.IntEnum):

@@ -98,8 +98,10 @@ enum {
     TW_FLAG_SNAPSHOT_BEGIN = 1u << 2,  /* with TW_KIND_SNAPSHOT */
     TW_FLAG_SNAPSHOT_END = 1u << 3,    /* with TW_KIND_SNAPSHOT */
     TW_FLAG_REPLAY = 1u << 4,          /* produced by replay, not a live feed */
-    TW_FLAG_STALE = 1u << 5            /* with TW_KIND_SNAPSHOT: the book is stale (a feed gap);
+    TW_FLAG_STALE = 1u << 5,           /* with TW_KIND_SNAPSHOT: the book is stale (a feed gap);
                                           out of sync until a snapshot END, contents kept */
+    TW_FLAG_RESTART = 1u << 6          /* with a STALE marker: a receiver (re)started here, its
+                                          engine's state begins afresh (replay resets it) */
 };
 
 /* Why an event was not applied to a book.  0 means applied. */

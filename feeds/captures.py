@@ -32,6 +32,7 @@ from tickwire.ext.records import EVENT_DTYPE, Flag, Kind, Side
 
 __all__ = [
     "Capture",
+    "CaptureError",
     "KRAKEN_FILE",
     "BINANCE_FILE",
     "find_shared_data",
@@ -49,6 +50,14 @@ BINANCE_CHECK_DTYPE = np.dtype([
     ("end", "<i8"), ("instrument", "<u4"), ("update_id", "<u8"),
     ("bid", "<i8"), ("bid_qty", "<i8"), ("ask", "<i8"), ("ask_qty", "<i8"),
 ])
+
+
+class CaptureError(ValueError):
+    """A capture line that cannot be read: names the file and the line (1-based)."""
+
+    def __init__(self, path, line: int, cause):
+        self.path, self.line = str(path), int(line)
+        super().__init__(f"{path}, line {line}: malformed capture line ({type(cause).__name__}: {cause})")
 
 
 @dataclass
@@ -128,12 +137,15 @@ class _EventBuilder:
 def _kraken_messages(path: Path):
     """(local receive time in ns, message list) for every book message of the capture."""
     with open(path, encoding="utf-8") as fh:
-        for line in fh:
+        for lineno, line in enumerate(fh, 1):
             head, sep, body = line.partition(": ")
             if not sep or not body.startswith("["):
                 continue                      # connection, subscription, heartbeat records
-            msg = json.loads(body)
-            ts_recv = int(Decimal(head.rsplit(" ", 1)[-1]) * 1_000_000_000)
+            try:
+                msg = json.loads(body)
+                ts_recv = int(Decimal(head.rsplit(" ", 1)[-1]) * 1_000_000_000)
+            except (ValueError, ArithmeticError) as exc:
+                raise CaptureError(path, lineno, exc) from None
             yield ts_recv, msg
 
 
@@ -288,13 +300,16 @@ def load_binance(path: str | Path | None = None, include_trades: bool = True) ->
         stats["diffs_applied"] += 1
 
     with gzip.open(path, "rt", encoding="utf-8") as fh:
-        for line in fh:
+        for lineno, line in enumerate(fh, 1):
             line = line.strip()
             if not line:
                 continue
             ts_text, _, body = line.partition(" ")
-            ts_recv = int(ts_text)
-            msg = json.loads(body)
+            try:
+                ts_recv = int(ts_text)
+                msg = json.loads(body)
+            except ValueError as exc:
+                raise CaptureError(path, lineno, exc) from None
             if "lastUpdateId" in msg:
                 snapshot_id = msg["lastUpdateId"]
                 out.add(ts_recv, ts_recv, snapshot_id, inst.id, Kind.SNAPSHOT, Side.NONE,

@@ -21,7 +21,9 @@ Two streams leave it, each in sequence per channel:
   hole is filled by retransmission from the publisher's recovery service, never by a
   snapshot. Where the publisher no longer holds a range, the loss is counted exactly
   (``lost_events``, per channel and in total) and logged.
-- ``on_snapshot(events)``: snapshot events (to keep beside the history, for replay).
+- ``on_snapshot(events)``: snapshot events and the ``Kind.SNAPSHOT`` markers (STALE, and END
+  when a silent channel resumes), to keep beside the history: replay rebuilds from them what
+  the books saw (docs/replay.md).
 
 In the usual case (in sequence) the same array goes to ``on_batch`` and then ``on_store``.
 ``docs/feeds.md`` explains the states, the recovery order, the guarantees and the counters.
@@ -171,7 +173,8 @@ class FeedHandler:
         ``on_store(events)``: the tick history, every event exactly once in sequence order
         per channel (see the module docstring). Called after ``on_batch`` for live events.
     on_snapshot : callable, optional
-        ``on_snapshot(events)``: the events of each snapshot applied (after ``on_batch``).
+        ``on_snapshot(events)``: the events of each snapshot applied, and every STALE or END
+        marker the handler makes (each after ``on_batch``).
     snapshot : str, optional
         Endpoint of the publisher's recovery service (ROUTER): snapshots and
         retransmissions.  Without one, holes are counted as lost and marked STALE.
@@ -435,7 +438,8 @@ class FeedHandler:
     def _start(self) -> None:
         self._started = True
         for c in self._channels.values():           # nothing is in sync before its first snapshot
-            self._mark(c, Flag.SNAPSHOT | Flag.STALE)
+            # stamped where the history resumes (a restart): replay puts the marker there
+            self._mark(c, Flag.SNAPSHOT | Flag.STALE | Flag.RESTART, None if c.resume is None else c.resume[1] - 1)
 
     def _deliver_live(self, events) -> None:
         """In-sequence events: to the books, then to the history."""
@@ -457,8 +461,9 @@ class FeedHandler:
                 self._on_store(events)
             self._counters["stored_events"] += len(events)
 
-    def _mark(self, c: _Channel, flags: int) -> None:
-        """SNAPSHOT markers for every instrument of the channel: STALE, or END (back in sync)."""
+    def _mark(self, c: _Channel, flags: int, seq: int | None = None) -> None:
+        """SNAPSHOT markers for every instrument of the channel: STALE, or END (back in sync),
+        stamped with the sequence number the book stands after (default: ``next_seq - 1``)."""
         c.in_sync = not flags & Flag.STALE
         if c.instruments is None or not len(c.instruments):
             return
@@ -469,11 +474,13 @@ class FeedHandler:
         ev["flags"] = int(flags)
         ev["instrument"] = c.instruments
         ev["channel"] = c.id
-        ev["seq"] = max(c.next_seq - 1, 0)
+        ev["seq"] = max(c.next_seq - 1 if seq is None else seq, 0)
         ev["ts_event"] = ts
         ev["ts_recv"] = ts
         self._counters["markers"] += len(ev)
         self._to_book(ev)
+        if self._on_snapshot is not None:           # kept beside the history: replay needs them
+            self._on_snapshot(ev)
 
     def _log_once(self, key: str, level: int, message: str, *args) -> None:
         if key not in self._logged:

@@ -1,0 +1,311 @@
+"""``tickwire replay``: stored ticks, a capture or an ``.npy`` file through the engine, flat out or
+paced, in-process or republished over ZeroMQ, with an optional backtest report."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tickwire.replay.sources import ReplayError, parse_time
+
+__all__ = ["add_parser", "cmd_replay", "parse_duration"]
+
+_UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000, "min": 60_000_000_000}
+
+
+def parse_duration(text: str) -> int:
+    """Nanoseconds of ``100ms``, ``1s``, ``2.5s``, ``60s``, ``1m``, ``500us`` (no unit: seconds)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ns|us|ms|s|min|m)?\s*", str(text))
+    if not m:
+        raise ReplayError(f"cannot read the duration {text!r}: expected a number with ns, us, ms, s or m (100ms, 1s)")
+    value = float(m.group(1)) * _UNITS[m.group(2) or "s"]
+    if value <= 0:
+        raise ReplayError(f"durations must be positive, got {text!r}")
+    return int(round(value))
+
+
+def add_parser(sub) -> None:
+    """Register ``replay`` on the ``tickwire`` command's subparsers."""
+    p = sub.add_parser(
+        "replay",
+        help="replay stored ticks (or a capture, or an .npy file) through the engine, flat out or paced",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Replay history through the engine the daemon runs (books, statistics, rules) and "
+                    "report what it did.\n\n"
+                    "Sources (one): --dsn (the tick store; instrument definitions come from it), "
+                    "--capture (a real exchange capture), --npy (canonical events).\n"
+                    "Modes: --max (default: as fast as possible, in-process), --speed N (paced at N x "
+                    "recorded time), --publish (republish in the wire format for a `tickwire run` daemon).\n"
+                    "Signals are byte-identical run after run and whatever --batch; against a daemon "
+                    "run with engine.clock = \"event\" they equal the live ones (docs/replay.md).\n"
+                    "A progress line (events, rate, ETA) goes to stderr; Ctrl-C stops after the batch in "
+                    "hand, writes what was asked for (a partial report) and exits 130; bad input is one "
+                    "line and exit status 2, with nothing written.\n\n"
+                    "Example:\n"
+                    "  tickwire replay --dsn chdb:///data/store --from 2024-08-08T23:00Z --to 2024-08-09 \\\n"
+                    "      --instruments BTCUSDT --config tickwire.toml --report out/",
+    )
+    g = p.add_argument_group("source (one of)")
+    g.add_argument("--dsn", metavar="DSN",
+                   help="the tick store: chdb:///abs/dir (embedded; stop the daemon that owns it first) "
+                        "or http(s)://host:8123 (a ClickHouse server)")
+    g.add_argument("--capture", choices=("kraken", "binance"),
+                   help="a real exchange capture from the shared data directory (../shared/data or "
+                        "$TICKWIRE_SHARED_DATA)")
+    g.add_argument("--capture-file", metavar="FILE", help="the capture file itself (default: found as above)")
+    g.add_argument("--npy", metavar="FILE", help="a .npy file of canonical events (EVENT_DTYPE), memory-mapped")
+    g = p.add_argument_group("what to replay")
+    g.add_argument("--from", dest="start", metavar="TIME",
+                   help="first event time, inclusive: ISO 8601 (2024-08-08T23:54:00Z; naive: UTC) or ns since the epoch")
+    g.add_argument("--to", dest="end", metavar="TIME", help="end of the range, exclusive (same forms)")
+    g.add_argument("--instruments", metavar="LIST", action="append",
+                   help="instruments by symbol or id, comma-separated (repeatable) [all]")
+    g.add_argument("--config", "--rules", "-c", dest="config", metavar="FILE",
+                   help="rules, statistics and feed channels: a daemon config (its instruments' full "
+                        "definitions are used too), or a TOML with only [stats], [[rules]] and "
+                        "[feeds] channels [no rules: books and statistics only]")
+    g = p.add_argument_group("mode")
+    m = g.add_mutually_exclusive_group()
+    m.add_argument("--max", action="store_true", help="as fast as possible (the default)")
+    m.add_argument("--speed", type=float, metavar="N",
+                   help="paced at N x recorded time (1: real time, 10: ten times faster, 0.5: half speed); "
+                        "the lateness of each batch against its schedule is reported as HDR percentiles")
+    g.add_argument("--publish", metavar="ENDPOINT",
+                   help="republish over ZeroMQ in the wire format (events flagged REPLAY, sequence numbers "
+                        "per channel) instead of running the engine here: point a daemon's "
+                        "feeds.endpoints at it")
+    g.add_argument("--snapshot", metavar="ENDPOINT",
+                   help="with --publish: bind the recovery service (snapshots, retransmissions) here: "
+                        "the daemon's feeds.snapshot")
+    g.add_argument("--channels", type=int, metavar="N",
+                   help="with --publish: instrument i on channel i %% N [the config's feeds.channels, else "
+                        "each event's recorded channel]")
+    g.add_argument("--start-delay", type=float, default=1.0, metavar="S",
+                   help="with --publish: serve snapshots and heartbeats this long before the first event, "
+                        "so receivers join the empty market [%(default)s]")
+    g.add_argument("--linger", type=float, default=2.0, metavar="S",
+                   help="with --publish: keep serving this long after the last event [%(default)s]")
+    g.add_argument("--batch", type=int, metavar="N",
+                   help="events per engine call [the source's chunk, 1,048,576]; changes no signal")
+    g = p.add_argument_group("output")
+    g.add_argument("--signals", metavar="FILE", help="write the replayed signals here (.npy of SIGNAL_DTYPE)")
+    g.add_argument("--report", metavar="DIR",
+                   help="write a backtest report here: summary.json, CSVs and PNG plots (markouts, hit "
+                        "rate, taker PnL per rule and instrument)")
+    g.add_argument("--horizons", default="100ms,1s,10s,60s", metavar="LIST",
+                   help="markout horizons for --report, comma-separated [%(default)s]")
+    g.add_argument("--latency-us", type=float, default=0.0, metavar="US",
+                   help="for --report: a taker's entry sees the book this long after the signal [%(default)s]")
+    g.add_argument("--fee-bps", type=float, default=0.0, metavar="BPS",
+                   help="for --report: fee per fill in basis points of the price [%(default)s]")
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress line")
+    p.set_defaults(func=cmd_replay)
+
+
+def _load_spec(path):
+    """(EngineSpec, instruments or None) from a daemon config or a rules-only TOML."""
+    import tomllib
+
+    from tickwire.engine import config as configmod
+    from tickwire.engine.pipeline import RuleConfig, StatsConfig
+    from tickwire.replay.run import EngineSpec
+
+    p = Path(path)
+    if not p.is_file():
+        raise ReplayError(f"--config {path}: no such file")
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ReplayError(f"--config {path}: not a TOML file ({exc})") from None
+    if "instruments" in raw:
+        cfg = configmod.load(p)                       # full validation; ConfigError -> exit 2
+        return EngineSpec.from_config(cfg), list(cfg.instruments)
+    unknown = set(raw) - {"stats", "rules", "feeds", "engine"}
+    if unknown:
+        raise ReplayError(f"--config {path}: unexpected table(s) {sorted(unknown)} without [[instruments]] "
+                          f"(a rules file holds [stats], [[rules]] and [feeds] channels)")
+    try:
+        stats = StatsConfig(**raw.get("stats", {}))
+        rules = tuple(RuleConfig(**r) for r in raw.get("rules", []))
+    except (TypeError, ValueError) as exc:
+        raise ReplayError(f"--config {path}: {exc}") from None
+    channels = raw.get("feeds", {}).get("channels")
+    if channels is not None and (not isinstance(channels, int) or channels < 1):
+        raise ReplayError(f"--config {path}: feeds.channels: expected a positive integer, got {channels!r}")
+    return EngineSpec(rules, stats, channels), None
+
+
+class _Progress:
+    """A progress line on stderr (events, rate, ETA), rewritten at most 4 times a second on a
+    terminal, one line every 10 s otherwise."""
+
+    def __init__(self, total, quiet):
+        self.total = total
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.next = 0.0
+        self.shown = False
+
+    def __call__(self, done, res):
+        if self.quiet:
+            return
+        now = time.monotonic()
+        if now < self.next:
+            return
+        self.next = now + (0.25 if self.tty else 10.0)
+        rate = res.rate
+        line = f"replay: {done:,}" + (f" / {self.total:,}" if self.total else "") + f" events  {rate / 1e6:.2f} M/s"
+        if self.total and rate > 0 and done < self.total:
+            line += f"  ETA {(self.total - done) / rate:.0f} s"
+        line += f"  signals {res.signal_count:,}"
+        if self.tty:
+            sys.stderr.write("\r" + line + "\x1b[K")
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+        self.shown = True
+
+    def end(self):
+        if self.shown and self.tty and not self.quiet:
+            sys.stderr.write("\n")
+
+
+def _write_npy(path: Path, arr: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, arr)
+    os.replace(tmp, path)
+
+
+def cmd_replay(args) -> int:
+    try:
+        return _replay(args)
+    except ReplayError as exc:
+        print(f"tickwire replay: {exc}", file=sys.stderr)
+        return 2
+
+
+def _replay(args) -> int:
+    from tickwire.replay.run import EngineSpec, Replay
+    from tickwire.replay.sources import ArraySource, CaptureSource, StoreSource
+
+    given = [n for n in ("dsn", "capture", "npy") if getattr(args, n)]
+    if len(given) != 1:
+        raise ReplayError("give one source: --dsn, --capture or --npy" if not given else
+                          f"give one source, not {' and '.join('--' + n for n in given)}")
+    if args.capture_file and not args.capture:
+        raise ReplayError("--capture-file needs --capture kraken|binance")
+    if args.speed is not None and not 0 < args.speed < float("inf"):
+        raise ReplayError(f"--speed: expected a positive number, got {args.speed}")
+    if args.batch is not None and args.batch < 1:
+        raise ReplayError(f"--batch: expected an integer >= 1, got {args.batch}")
+    if bool(args.publish) != bool(args.snapshot):
+        raise ReplayError("--publish and --snapshot go together (the data socket and the recovery service)")
+    if args.publish and (args.report or args.signals):
+        raise ReplayError("--publish runs no engine here: --report and --signals need an in-process replay")
+    if args.channels is not None and args.channels < 1:
+        raise ReplayError(f"--channels: expected an integer >= 1, got {args.channels}")
+    start, end = parse_time(args.start), parse_time(args.end)
+    if start is not None and end is not None and end <= start:
+        raise ReplayError(f"empty range: --to {args.end} is not after --from {args.start}")
+    select = [s for item in (args.instruments or []) for s in item.split(",") if s.strip()] or None
+    horizons = tuple(parse_duration(h) for h in args.horizons.split(",") if h.strip())
+    if args.latency_us < 0 or args.fee_bps < 0:
+        raise ReplayError("--latency-us and --fee-bps must be >= 0")
+    report_dir = Path(args.report) if args.report else None
+    if report_dir is not None and report_dir.exists() and (not report_dir.is_dir() or any(report_dir.iterdir())):
+        raise ReplayError(f"--report {report_dir}: exists and is not an empty directory (nothing overwritten)")
+    sig_path = Path(args.signals) if args.signals else None
+    if sig_path is not None and not sig_path.parent.is_dir():
+        raise ReplayError(f"--signals {sig_path}: directory {sig_path.parent} does not exist")
+    report_cls = None
+    if report_dir is not None:
+        try:
+            from tickwire.replay.report import ReportBuilder as report_cls
+        except ImportError as exc:
+            raise ReplayError(f"--report needs tickwire.replay.report, which cannot be imported here ({exc})") from None
+
+    spec, cfg_insts = _load_spec(args.config) if args.config else (EngineSpec(), None)
+    if args.dsn:
+        source = StoreSource(args.dsn, select, start, end, instruments=cfg_insts, snapshots=not args.publish)
+    elif args.capture:
+        source = CaptureSource(args.capture, args.capture_file, select, start, end)
+    else:
+        source = ArraySource(args.npy, cfg_insts, select, start, end)
+    try:
+        return _run(args, source, spec, report_cls, report_dir, horizons, sig_path)
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
+
+
+def _run(args, source, spec, report_cls, report_dir, horizons, sig_path) -> int:
+    from tickwire.replay.run import Replay
+
+    rb = None
+    if report_cls is not None:
+        try:
+            rb = report_cls(source.instruments, horizons_ns=horizons, latency_ns=int(args.latency_us * 1000),
+                            fee_bps=args.fee_bps)
+        except (ValueError, TypeError, ImportError, RuntimeError) as exc:
+            raise ReplayError(f"--report: {exc}") from None
+    replay = Replay(source, spec, batch=args.batch, on_batch=rb.add if rb is not None else None,
+                    keep_signals=True)
+    sink = None
+    if args.publish:
+        from tickwire.replay.publish import Republisher
+
+        sink = Republisher(args.publish, args.snapshot, source.instruments, args.channels or spec.channels)
+        sink.linger(args.start_delay)
+
+    def interrupt(*_):
+        replay.stop = True
+
+    old = signal.signal(signal.SIGINT, interrupt)
+    old_term = signal.signal(signal.SIGTERM, interrupt)
+    progress = _Progress(source.total, args.quiet)
+    try:
+        res = replay.run(args.speed, progress=progress, sink=sink)
+    finally:
+        signal.signal(signal.SIGINT, old)
+        signal.signal(signal.SIGTERM, old_term)
+        progress.end()
+        if sink is not None:
+            if not replay.stop:
+                sink.linger(args.linger)
+            sink.close()
+    word = "interrupted after" if res.interrupted else "replayed"
+    print(f"{word} {res.events:,} events from {source.name} in {res.seconds:.2f} s "
+          f"({res.rate / 1e6:.2f} M events/s, {res.batches:,} batches)")
+    if sink is not None:
+        print(f"published {sink.sent:,} events in {sink.messages:,} messages to {args.publish}")
+    else:
+        by_rule = {}
+        if res.signal_count and res.signals.size:
+            ids, counts = np.unique(res.signals["rule_id"], return_counts=True)
+            by_rule = dict(zip(ids.tolist(), counts.tolist()))
+        print(f"signals: {res.signal_count:,}" + (f" (by rule id: {by_rule})" if by_rule else ""))
+        rejects = {k: v for k, v in res.rejects.items() if v}
+        if rejects:
+            print(f"book rejects: {rejects}")
+    if res.lateness is not None and res.lateness.total:
+        r = res.lateness
+        print(f"schedule lateness (x{args.speed:g}, {r.total:,} batches): p50 {r.value_at_percentile(50) / 1e3:.1f} us  "
+              f"p99 {r.value_at_percentile(99) / 1e3:.1f} us  p99.9 {r.value_at_percentile(99.9) / 1e3:.1f} us  "
+              f"max {r.max_value / 1e3:.1f} us")
+    if sig_path is not None:
+        _write_npy(sig_path, res.signals)
+        print(f"signals written to {sig_path}")
+    if rb is not None:
+        report_dir.mkdir(parents=True, exist_ok=True)
+        rb.finish(report_dir, partial=res.interrupted)
+        print(f"{'partial ' if res.interrupted else ''}report written to {report_dir}")
+    return 130 if res.interrupted else 0

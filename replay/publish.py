@@ -1,0 +1,128 @@
+"""Replay onto ZeroMQ: history republished in the wire format, as a live feed would send it.
+
+:class:`Republisher` binds a PUB socket (the data) and a ROUTER (the recovery service: snapshots
+and retransmissions, :class:`tickwire.feeds.wire.RecoveryService`), numbers each channel's
+events from 1 (:class:`tickwire.feeds.wire.Publisher`), flags every event ``Flag.REPLAY``, keeps
+books of what it sent so that a receiver that joins late or loses messages gets an exact snapshot,
+and heartbeats idle channels. An unchanged ``tickwire run`` daemon whose ``feeds.endpoints`` and
+``feeds.snapshot`` point here consumes the history as if it were live.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import zmq
+
+from tickwire.engine.instruments import make_books
+from tickwire.ext.records import EVENT_DTYPE, Flag
+from tickwire.feeds.wire import Publisher
+
+__all__ = ["Republisher"]
+
+
+class Republisher:
+    """A wire-format publisher of replayed events, with a recovery service.
+
+    Parameters
+    ----------
+    endpoint : str
+        Where to bind the data socket (``tcp://127.0.0.1:5555``, ``ipc:///tmp/x``).
+    snapshot : str
+        Where to bind the recovery service (ROUTER).
+    instruments : list of Instrument
+        The instruments replayed (books for the snapshots).
+    channels : int, optional
+        Instrument ``i`` goes on channel ``i % channels`` (as the daemon's ``feeds.channels``);
+        None: each event's own ``channel`` field.
+    max_message_events : int
+        Most events in one message (the daemon refuses larger: ``feeds.max_message_events``).
+    retain_events : int
+        Events kept per channel for retransmission.
+    heartbeat : float
+        Seconds between heartbeats of an idle channel.
+    """
+
+    def __init__(self, endpoint: str, snapshot: str, instruments, channels=None, *,
+                 max_message_events: int = 1024, retain_events: int = 1 << 20, heartbeat: float = 0.1,
+                 sndhwm: int = 0):
+        self.instruments = list(instruments)
+        self.channels = channels
+        self.max_events = int(max_message_events)
+        self.heartbeat_s = float(heartbeat)
+        self.ctx = zmq.Context()
+        self.pub = self.ctx.socket(zmq.PUB)
+        self.router = self.ctx.socket(zmq.ROUTER)
+        try:
+            self.pub.setsockopt(zmq.LINGER, 1000)
+            self.pub.setsockopt(zmq.SNDHWM, sndhwm)
+            self.router.setsockopt(zmq.LINGER, 0)
+            self.pub.bind(endpoint)
+            self.router.bind(snapshot)
+        except zmq.ZMQError as exc:
+            self.close(0)
+            from tickwire.replay.sources import ReplayError
+
+            raise ReplayError(f"cannot bind {endpoint} / {snapshot}: {exc}") from None
+        self.books = make_books(self.instruments)
+        self.by_channel = {}
+        for inst in self.instruments:
+            c = inst.id % channels if channels else 0
+            self.by_channel.setdefault(c, []).append(inst.id)
+        self.publisher = Publisher(self.pub, service=self.router, snapshot=self._snapshot_of,
+                                   retain_events=retain_events)
+        self.last_sent = {}
+        self.sent = 0
+        self.messages = 0
+
+    def _snapshot_of(self, channel: int):
+        ids = self.by_channel.get(channel)
+        if ids is None:
+            return None
+        covered = self.publisher.next_seq(channel) - 1
+        ts = time.time_ns()
+        parts = [self.books[i].snapshot_events(seq=covered, ts=ts) for i in ids]
+        return self.publisher.epoch, covered, np.concatenate(parts)
+
+    def send(self, events: np.ndarray) -> None:
+        """Publish a batch: per channel, in order, in messages of at most ``max_message_events``."""
+        ev = np.array(events, dtype=EVENT_DTYPE, copy=True)
+        ev["flags"] |= np.uint32(Flag.REPLAY)
+        if self.channels:
+            ev["channel"] = ev["instrument"] % self.channels
+        chans = ev["channel"]
+        for c in np.unique(chans).tolist():
+            part = ev[chans == c] if len(chans) and (chans != c).any() else ev
+            if c not in self.by_channel:
+                self.by_channel[c] = np.unique(part["instrument"]).tolist()
+            for k in range(0, len(part), self.max_events):
+                msg = np.ascontiguousarray(part[k:k + self.max_events])
+                self.books.apply(msg)             # the snapshot state before the next serve
+                self.publisher.send(c, msg)
+                self.messages += 1
+            self.last_sent[c] = time.monotonic()
+            self.sent += len(part)
+        self.serve()
+
+    def serve(self) -> None:
+        """Answer recovery requests and heartbeat channels idle for ``heartbeat`` seconds."""
+        self.publisher.serve()
+        now = time.monotonic()
+        for c in self.by_channel:
+            if now - self.last_sent.get(c, 0.0) >= self.heartbeat_s:
+                self.publisher.heartbeat(c)
+                self.last_sent[c] = now
+
+    def linger(self, seconds: float) -> None:
+        """Keep serving (snapshots, retransmissions, heartbeats) for ``seconds``."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.serve()
+            time.sleep(0.005)
+
+    def close(self, linger_ms: int = 1000) -> None:
+        for s in (getattr(self, "pub", None), getattr(self, "router", None)):
+            if s is not None:
+                s.close(linger_ms)
+        self.ctx.term()

@@ -1,0 +1,265 @@
+"""Replay: events from a source through the engine the daemon's workers run.
+
+Three ways to drive it:
+
+- :meth:`Replay.run` with ``speed=None``: as fast as possible, one ``Engine.process`` per chunk
+  (the per-event loop is the engine's C loop; Python runs once per chunk).
+- :meth:`Replay.run` with ``speed=N``: paced at N times recorded time (the events' ``ts_event``),
+  in-process; the lateness of each batch against its schedule goes to an HDR recorder.
+- :meth:`Replay.steps`: an iterator of :class:`Step` (events, signals, the engine with its books and
+  features after them), for notebooks and custom analysis.
+
+Replayed signals use the event clock (``ts_signal`` is the trigger's recorded ``ts_recv``), so a
+replay gives the same bytes run after run and whatever the batch size; against a daemon run with
+``engine.clock = "event"`` every field of every signal is the live one (docs/replay.md).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+
+from tickwire.engine.pipeline import Engine, StatsConfig
+from tickwire.ext.hdr import Recorder
+from tickwire.ext.records import EVENT_DTYPE, SIGNAL_DTYPE, Flag
+
+__all__ = ["EngineSpec", "Replay", "ReplayResult", "Step", "split_by_time"]
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What builds the engine, as a worker builds it: rules, statistics, the channel check.
+
+    ``channels``: the feed's channel count (instrument ``i`` on channel ``i % channels``, as
+    ``feeds.channels`` in the daemon config), or None to accept events of any channel.
+    """
+
+    rules: tuple = ()
+    stats: StatsConfig = field(default_factory=StatsConfig)
+    channels: Optional[int] = None
+
+    @classmethod
+    def from_config(cls, cfg) -> "EngineSpec":
+        """The spec of a daemon :class:`~tickwire.engine.config.Config` (its rules, stats and
+        ``feeds.channels``): a replay then runs the engine its workers ran."""
+        return cls(tuple(cfg.rules), cfg.stats, cfg.feeds.channels)
+
+    def build(self, instruments) -> Engine:
+        """An :class:`Engine` as :class:`tickwire.engine.worker.Worker` builds one, with the event
+        clock (replays are deterministic) and no stage timing."""
+        insts = list(instruments)
+        channels = None if self.channels is None else {i.id: i.id % self.channels for i in insts}
+        return Engine(insts, list(self.rules), self.stats, clock="event", timing_every=0, channels=channels)
+
+
+@dataclass
+class Step:
+    """One batch of a step-mode replay: its ``events``, the ``signals`` they produced (a copy),
+    and the ``engine`` after them (``engine.book(i)``, ``engine.features(i)``)."""
+
+    events: np.ndarray
+    signals: np.ndarray
+    engine: Engine
+
+    def book(self, instrument: int):
+        return self.engine.book(instrument)
+
+    def features(self, instrument: int) -> dict:
+        return self.engine.features(instrument)
+
+
+@dataclass
+class ReplayResult:
+    """What a replay did: events and signals counts, wall seconds, whether it was stopped
+    early, the signals (when kept), and for a paced replay the schedule lateness recorder."""
+
+    events: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    signals: np.ndarray = field(default_factory=lambda: np.empty(0, SIGNAL_DTYPE))
+    signal_count: int = 0
+    interrupted: bool = False
+    lateness: Optional[Recorder] = None
+    rejects: dict = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+def split_by_time(events: np.ndarray, every_ns: int, floor: int = -(1 << 63)) -> list:
+    """Cut a chunk into ``(clock, events)`` batches where the recorded clock crosses a multiple
+    of ``every_ns`` from the chunk's first event (the paced mode's batches: each is sent when its
+    first event is due). The recorded clock is the running maximum of ``ts_event`` (from
+    ``floor``): an event stamped earlier than one before it (a Kraken level's own old time) is
+    due at once instead of stalling or rewinding the schedule."""
+    ts = events["ts_event"]
+    if not len(ts):
+        return []
+    clock = np.maximum(np.maximum.accumulate(ts), floor)
+    if every_ns <= 0:
+        return [(int(clock[0]), events)]
+    marks = (clock - clock[0]) // every_ns
+    cut = np.flatnonzero(marks[1:] != marks[:-1]) + 1
+    starts = np.concatenate(([0], cut))
+    return [(int(clock[a]), events[a:b]) for a, b in zip(starts.tolist(), np.append(cut, len(ts)).tolist())]
+
+
+class Replay:
+    """Run a source through the engine.
+
+    Parameters
+    ----------
+    source : iterable of EVENT_DTYPE arrays
+        A source of :mod:`tickwire.replay.sources` (it brings ``instruments``), or any iterable
+        of chunks with ``instruments`` passed here.
+    spec : EngineSpec, optional
+        Rules, statistics and channel check (default: no rules, default statistics).
+    instruments : list of Instrument, optional
+        Default: ``source.instruments``.
+    batch : int, optional
+        Split chunks into batches of at most this many events (batch size changes no signal).
+    on_batch : callable, optional
+        ``on_batch(events, signals)`` after each batch in order (a report builder's ``add``).
+    keep_signals : bool
+        Keep every signal in memory for :attr:`ReplayResult.signals`.
+    """
+
+    def __init__(self, source, spec: Optional[EngineSpec] = None, *, instruments=None, batch: Optional[int] = None,
+                 on_batch: Optional[Callable] = None, keep_signals: bool = True):
+        self.source = source
+        self.spec = spec or EngineSpec()
+        self.instruments = list(instruments if instruments is not None else source.instruments)
+        if batch is not None and batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        self.batch = batch
+        self.on_batch = on_batch
+        self.keep_signals = keep_signals
+        self.engine = self.spec.build(self.instruments)
+        self._ids = {i.id for i in self.instruments}
+        self.stop = False                      # set (from a signal handler) to end after the batch
+
+    def _batches(self) -> Iterator[np.ndarray]:
+        for chunk in self.source:
+            if chunk.dtype != EVENT_DTYPE:
+                raise TypeError(f"a source yielded {chunk.dtype}, not EVENT_DTYPE")
+            if self.batch is None or len(chunk) <= self.batch:
+                yield chunk
+            else:
+                for k in range(0, len(chunk), self.batch):
+                    yield chunk[k:k + self.batch]
+
+    def _process(self, ev: np.ndarray) -> int:
+        """``engine.process``, resetting an instrument where the live worker restarted (a marker
+        flagged ``Flag.RESTART``: its engine began afresh there). Rare rows: found in one vector
+        pass, the rest of the batch goes through in whole slices."""
+        eng = self.engine
+        restarts = np.flatnonzero(ev["flags"] & np.uint32(Flag.RESTART))
+        if not len(restarts):
+            return eng.process(ev)
+        n, at = 0, 0
+        for k in restarts.tolist():
+            n += eng.process(ev[at:k])
+            iid = int(ev["instrument"][k])
+            if iid in self._ids:
+                eng.reset_instrument(iid)
+            at = k
+        return n + eng.process(ev[at:])
+
+    def steps(self) -> Iterator[Step]:
+        """Step mode: one :class:`Step` per batch (the engine is shared: read it before the next)."""
+        eng = self.engine
+        for ev in self._batches():
+            self._process(ev)
+            yield Step(ev, eng.take_signals(), eng)
+
+    def run(self, speed: Optional[float] = None, *, progress: Optional[Callable] = None,
+            pace_batch_ns: int = 1_000_000, sink=None) -> ReplayResult:
+        """Replay everything (until :attr:`stop` is set).
+
+        Parameters
+        ----------
+        speed : float, optional
+            None: as fast as possible. N > 0: paced at N times recorded time: the events of each
+            ``pace_batch_ns`` of wall time (N times that of recorded time) are processed when the
+            first of them is due (its ``ts_event`` from the first event's, divided by N; the
+            recorded clock never goes back, see :func:`split_by_time`).
+        progress : callable, optional
+            ``progress(events_done, result)`` after each chunk (the CLI's progress line).
+        sink : Republisher, optional
+            Send the batches (``sink.send(events)``) instead of processing them: the engine
+            is not run; ``sink.serve()`` is called while waiting for the schedule.
+        """
+        if speed is not None and not speed > 0:
+            raise ValueError(f"speed must be positive, got {speed}")
+        res = ReplayResult()
+        kept = []
+        eng = self.engine
+        t_start = time.perf_counter()
+        origin = None                          # (first event's ts_event, its wall time in ns)
+        lateness = Recorder("send_error") if speed is not None else None
+        slot = max(int(pace_batch_ns * speed), 1) if speed is not None else 0
+        try:
+            high = -(1 << 63)                  # the recorded clock so far (running max of ts_event)
+            for chunk in self._batches():
+                pieces = [(0, chunk)] if speed is None else split_by_time(chunk, slot, high)
+                for clock, ev in pieces:
+                    if speed is not None:
+                        high = clock
+                        now = time.perf_counter_ns()
+                        if origin is None:
+                            origin = (clock, now)
+                        due = origin[1] + int((clock - origin[0]) / speed)
+                        if due > now:
+                            _sleep_until(due, sink)
+                            now = time.perf_counter_ns()
+                        lateness.record(max(now - due, 0))
+                    if sink is not None:
+                        sink.send(ev)
+                        res.batches += 1
+                        res.events += len(ev)
+                        if self.stop:
+                            break
+                        continue
+                    n = self._process(ev)
+                    res.batches += 1
+                    res.events += len(ev)
+                    if n or self.on_batch is not None:
+                        sig = eng.take_signals() if n else np.empty(0, SIGNAL_DTYPE)
+                        res.signal_count += n
+                        if self.keep_signals and n:
+                            kept.append(sig)
+                        if self.on_batch is not None:
+                            self.on_batch(ev, sig)
+                    if self.stop:
+                        break
+                if progress is not None:
+                    res.seconds = time.perf_counter() - t_start
+                    progress(res.events, res)
+                if self.stop:
+                    res.interrupted = True
+                    break
+        except KeyboardInterrupt:
+            res.interrupted = True
+        res.seconds = time.perf_counter() - t_start
+        res.signals = np.concatenate(kept) if kept else np.empty(0, SIGNAL_DTYPE)
+        res.lateness = lateness
+        res.rejects = eng.books.rejects
+        return res
+
+
+def _sleep_until(due_ns: int, sink=None) -> None:
+    """Sleep to within ~100 us of ``due_ns`` (perf_counter_ns), then spin; a sink is served
+    (recovery requests, heartbeats) at least every 10 ms meanwhile."""
+    while True:
+        left = due_ns - time.perf_counter_ns()
+        if left <= 0:
+            return
+        if sink is not None and left > 1_000_000:
+            sink.serve()
+            left = due_ns - time.perf_counter_ns()
+        if left > 200_000:
+            time.sleep(min(left - 100_000, 10_000_000) / 1e9)

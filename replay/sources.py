@@ -1,0 +1,398 @@
+"""Where replayed events come from: the tick store, the real captures, numpy arrays.
+
+Every source is an iterable of EVENT_DTYPE chunks (C-contiguous, at most ``chunk`` events
+each) in one total order, with ``instruments`` (the :class:`~tickwire.engine.instruments.Instrument`
+definitions the books need), ``channels`` (instrument id -> feed channel, or None: any) and
+``total`` (the events it will yield, for progress and ETA; None when unknown). Memory stays flat
+whatever the range: the store is streamed in chunks, ``.npy`` files are memory-mapped.
+
+The store's tick history alone is not what the live engine saw: the books also met the snapshot
+events and ``Kind.SNAPSHOT`` markers kept in the ``snapshots`` table (STALE when a channel lost
+its book, BEGIN..END of each snapshot, END when a silent channel resumed). :class:`StoreSource`
+puts each one back where the engine met it (see :func:`merge_snapshots`), so that a replay rebuilds
+the books, statistics and signals exactly as live (docs/replay.md, "Live parity").
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+
+from tickwire.engine.instruments import Instrument
+from tickwire.ext.records import EVENT_DTYPE, Flag
+
+__all__ = ["ReplayError", "ArraySource", "CaptureSource", "StoreSource", "merge_snapshots",
+           "parse_time", "DEFAULT_CHUNK"]
+
+#: Events per chunk a source yields by default (64 MiB of 64-byte events at most in flight).
+DEFAULT_CHUNK = 1 << 20
+
+
+class ReplayError(Exception):
+    """A replay that cannot start or go on: the message is one line that says why and what to do
+    (the CLI prints it and exits 2, having written nothing)."""
+
+
+def parse_time(text) -> Optional[int]:
+    """Nanoseconds since the Unix epoch from an integer (ns) or an ISO 8601 time
+    (``2024-08-08``, ``2024-08-08T23:54:00``, ``...Z`` or with an offset; naive times are UTC)."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, (int, np.integer)):
+        return int(text)
+    s = str(text).strip()
+    if s.lstrip("-").isdigit():
+        return int(s)
+    from datetime import datetime, timezone
+
+    frac_ns = 0
+    if "." in s:                                   # datetime parses microseconds only: keep ns
+        head, _, rest = s.partition(".")
+        digits = ""
+        while rest and rest[0].isdigit():
+            digits, rest = digits + rest[0], rest[1:]
+        frac_ns = int((digits + "000000000")[:9]) if digits else 0
+        s = head + rest
+    try:
+        dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
+    except ValueError:
+        raise ReplayError(f"cannot read the time {text!r}: give nanoseconds since the epoch or ISO 8601 "
+                          f"(2024-08-08T23:54:00Z)") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return int(dt.timestamp()) * 1_000_000_000 + frac_ns
+
+
+def _select_instruments(known: Sequence[Instrument], wanted, where: str) -> list[Instrument]:
+    """The instruments named in ``wanted`` (ids or symbols), or all; ReplayError for one unknown."""
+    if not wanted:
+        return list(known)
+    by_id = {i.id: i for i in known}
+    by_sym = {i.symbol: i for i in known}
+    out = []
+    for w in wanted:
+        key = str(w).strip()
+        inst = by_sym.get(key)
+        if inst is None and key.isdigit():
+            inst = by_id.get(int(key))
+        if inst is None:
+            names = ", ".join(f"{i.symbol} ({i.id})" for i in known[:12]) + (" ..." if len(known) > 12 else "")
+            raise ReplayError(f"unknown instrument {key!r}: {where} has {names or 'none'}")
+        if inst not in out:
+            out.append(inst)
+    return out
+
+
+def _time_mask(events: np.ndarray, start_ns, end_ns) -> Optional[np.ndarray]:
+    if start_ns is None and end_ns is None:
+        return None
+    ts = events["ts_event"]
+    m = np.ones(len(events), bool)
+    if start_ns is not None:
+        m &= ts >= start_ns
+    if end_ns is not None:
+        m &= ts < end_ns
+    return m
+
+
+def _chunks(events: np.ndarray, chunk: int) -> Iterator[np.ndarray]:
+    for k in range(0, len(events), chunk):
+        yield np.ascontiguousarray(events[k:k + chunk])
+
+
+def instruments_of(events: np.ndarray) -> list[Instrument]:
+    """Default definitions for the instrument ids in ``events``: L3 where events carry order ids,
+    L2 otherwise, tick and lot sizes of :class:`Instrument`'s defaults (pass your own for formatting)."""
+    ids = np.unique(events["instrument"]) if len(events) else np.empty(0, np.uint32)
+    out = []
+    for i in ids.tolist():
+        l3 = bool((events["order_id"][events["instrument"] == i] != 0).any())
+        out.append(Instrument(int(i), f"I{i}", book="L3" if l3 else "L2"))
+    return out
+
+
+class ArraySource:
+    """Canonical events from a numpy array or an ``.npy`` file (memory-mapped), in the array's order.
+
+    Parameters
+    ----------
+    events : numpy.ndarray or str or Path
+        EVENT_DTYPE events, or the path of a ``.npy`` file of them.
+    instruments : list of Instrument, optional
+        Definitions (default: :func:`instruments_of` the events).
+    select : sequence of str or int, optional
+        Keep these instruments (symbols or ids).
+    start_ns, end_ns : int, optional
+        Keep events with ``start_ns <= ts_event < end_ns``.
+    channels : dict, optional
+        Instrument id -> feed channel for the engine's channel check (default: none).
+    """
+
+    def __init__(self, events, instruments=None, select=None, start_ns=None, end_ns=None, *,
+                 channels=None, chunk: int = DEFAULT_CHUNK):
+        if isinstance(events, (str, os.PathLike)):
+            path = Path(events)
+            if not path.is_file():
+                raise ReplayError(f"no such file: {path}")
+            try:
+                events = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (ValueError, OSError) as exc:
+                raise ReplayError(f"{path}: not a .npy file of events ({exc})") from None
+            self.name = str(path)
+        else:
+            self.name = "array"
+        if getattr(events, "dtype", None) != EVENT_DTYPE or events.ndim != 1:
+            raise ReplayError(f"{self.name}: expected a 1-d array of EVENT_DTYPE (docs/events.md), got "
+                              f"{getattr(events, 'dtype', type(events).__name__)}")
+        known = list(instruments) if instruments is not None else instruments_of(events)
+        self.instruments = _select_instruments(known, select, self.name)
+        mask = _time_mask(events, start_ns, end_ns)
+        if select:
+            keep = np.isin(events["instrument"], [i.id for i in self.instruments])
+            mask = keep if mask is None else (mask & keep)
+        self.events = events if mask is None else events[mask]
+        if not len(self.events):
+            raise ReplayError(f"{self.name}: no events in the range and instruments asked for")
+        self.channels = channels
+        self.chunk = int(chunk)
+        self.total = len(self.events)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return _chunks(self.events, self.chunk)
+
+
+class CaptureSource(ArraySource):
+    """A real exchange capture (``kraken`` or ``binance``, feeds/captures.py) as canonical events,
+    in arrival order, snapshots included (the captures are small: loaded whole).
+
+    ``path`` defaults to the shared data directory (:func:`~tickwire.feeds.captures.find_shared_data`).
+    """
+
+    def __init__(self, name: str, path=None, select=None, start_ns=None, end_ns=None, *,
+                 chunk: int = DEFAULT_CHUNK):
+        from tickwire.feeds import captures
+
+        loaders = {"kraken": (captures.load_kraken, captures.KRAKEN_FILE),
+                   "binance": (captures.load_binance, captures.BINANCE_FILE)}
+        if name not in loaders:
+            raise ReplayError(f"unknown capture {name!r}: expected one of {sorted(loaders)}")
+        load, filename = loaders[name]
+        path = Path(path) if path else captures.find_shared_data(filename)
+        if path is None or not path.exists():
+            raise ReplayError(f"the {name} capture {filename} is not here: put it under ../shared/data or "
+                              f"set TICKWIRE_SHARED_DATA")
+        try:
+            cap = load(path)
+        except captures.CaptureError as exc:
+            raise ReplayError(str(exc)) from None
+        except (OSError, EOFError, ValueError, KeyError) as exc:
+            raise ReplayError(f"{path}: unreadable capture ({type(exc).__name__}: {exc})") from None
+        self.capture = cap
+        super().__init__(cap.events, cap.instruments, select, start_ns, end_ns, chunk=chunk)
+        self.name = f"{name} capture {path.name}"
+
+
+# ---------------------------------------------------------------------------------------------
+# the store
+# ---------------------------------------------------------------------------------------------
+
+def _open_store(dsn: str, database: str):
+    """Open an existing store for reading, or ReplayError with what to do."""
+    from tickwire.engine.store import Store, StoreError, redact
+
+    if dsn.startswith("chdb:"):
+        path = dsn[len("chdb://"):]
+        if not path or not os.path.isabs(path):
+            raise ReplayError(f"--dsn {dsn!r}: the embedded store needs an absolute path (chdb:///abs/dir)")
+        if not os.path.isdir(path):
+            raise ReplayError(f"no store at {path} (the directory does not exist)")
+        from tickwire.engine.supervisor import _flock_held, _lock_holder, _pid_alive
+
+        holder = _lock_holder(Path(path) / "tickwire.lock")
+        if _flock_held(Path(path) / "status") or (_flock_held(Path(path) / "tickwire.lock") and _pid_alive(holder)):
+            who = f" (daemon pid {holder})" if holder and _pid_alive(holder) else ""
+            raise ReplayError(f"the store {path} is locked by a running process{who}: chDB allows one process per "
+                              f"data directory; stop the daemon first, or replay from a ClickHouse server "
+                              f"(--dsn http://host:8123)")
+    try:
+        store = Store.open(dsn, database, create=False)
+    except StoreError as exc:
+        msg = str(exc)
+        if "Cannot lock file" in msg or "Another server instance" in msg:
+            raise ReplayError(f"the store {redact(dsn)} is locked by another process: chDB allows one process per "
+                              f"data directory; stop the daemon first, or replay from a ClickHouse server "
+                              f"(--dsn http://host:8123)") from None
+        raise ReplayError(msg) from None
+    try:
+        have = store.client.query(f"SELECT count() FROM system.tables WHERE database = {{d:String}} "
+                                  f"AND name IN ('ticks', 'snapshots', 'instruments')",
+                                  parameters={"d": database}).result_rows[0][0]
+    except Exception as exc:                          # noqa: BLE001 - one line, whatever the client says
+        store.close()
+        raise ReplayError(f"the store {redact(dsn)} does not answer: {type(exc).__name__}: "
+                          f"{redact(str(exc)).splitlines()[0] if str(exc) else ''}") from None
+    if have < 3:
+        store.close()
+        raise ReplayError(f"{redact(dsn)} holds no tickwire store (database {database!r} has no ticks, "
+                          f"snapshots and instruments tables)")
+    return store
+
+
+def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray) -> Iterator[np.ndarray]:
+    """Put snapshot events and markers back into the tick stream where the engine met them.
+
+    ``snapshots`` are in the order the engine met them (the tick ring's, ``epoch, ord``). Within
+    a channel the engine follows the publisher's sequence: a snapshot (or marker) stamped with
+    sequence number ``S`` reflects every event of its channel up to ``S`` (a marker: the book
+    stopped, or resumed, after ``S``), so it goes right before the first tick of its channel with
+    a sequence number above ``S`` that follows the previous snapshot row of that channel (and
+    after all of them if there is none). Ticks of the channel up to ``S`` that arrive after it
+    in the tick history (stored, but covered by the snapshot) thereby come before it, where
+    they meet a book that is out of sync and change nothing it keeps.
+
+    The work is per chunk and per snapshot run (rows of one channel and sequence number in a
+    row), never per tick.
+    """
+    # runs of (channel, seq) in stream order, per channel, as (seq, rows)
+    pending: dict[int, list] = {}
+    if len(snapshots):
+        ch, sq = snapshots["channel"], snapshots["seq"]
+        cut = np.flatnonzero((ch[1:] != ch[:-1]) | (sq[1:] != sq[:-1])) + 1
+        bounds = np.concatenate(([0], cut, [len(snapshots)]))
+        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+            pending.setdefault(int(ch[a]), []).append((int(sq[a]), snapshots[a:b]))
+    for chunk in ticks:
+        if not pending:
+            yield chunk
+            continue
+        inserts = []                                   # (position in chunk, rows)
+        ch = chunk["channel"]
+        for c in list(pending):
+            runs = pending[c]
+            idx = np.flatnonzero(ch == c)
+            if not len(idx):
+                continue
+            seqs = chunk["seq"][idx]
+            lo = 0                                     # ticks of c already passed in this chunk
+            while runs:
+                s, rows = runs[0]
+                above = np.flatnonzero(seqs[lo:] > s)
+                if not len(above):
+                    break
+                k = lo + int(above[0])
+                inserts.append((int(idx[k]), len(inserts), rows))
+                runs.pop(0)
+                lo = k
+            if not runs:
+                del pending[c]
+        if not inserts:
+            yield chunk
+            continue
+        inserts.sort(key=lambda t: (t[0], t[1]))
+        parts, at = [], 0
+        for pos, _, rows in inserts:
+            parts.append(chunk[at:pos])
+            parts.append(rows)
+            at = pos
+        parts.append(chunk[at:])
+        yield np.concatenate(parts)
+    rest = [r for runs in pending.values() for _, r in runs]
+    if rest:                                           # after the last tick: in stream order
+        yield np.concatenate(rest)
+
+
+class StoreSource:
+    """Stored ticks (and the snapshots the books met) from a ClickHouse store, streamed in the
+    store's total order (``ts_event, seq, epoch, ord``) with the snapshots merged back
+    (:func:`merge_snapshots`).
+
+    Parameters
+    ----------
+    dsn : str
+        ``chdb:///abs/dir`` (embedded; not while a daemon's writer holds it) or ``http(s)://host:port``.
+    select : sequence of str or int, optional
+        Instruments (symbols or ids, as recorded in the store's ``instruments`` table); default all.
+    start_ns, end_ns : int, optional
+        Event-time range ``[start_ns, end_ns)``.
+    instruments : list of Instrument, optional
+        Definitions to use instead of the store's (a daemon config's carry ``max_depth`` and the
+        price range, which the store does not record).
+    snapshots : bool
+        Merge the snapshot events and markers (what the live books met); False: ticks only (a
+        republished feed, whose receivers ask for their own snapshots).
+    """
+
+    def __init__(self, dsn: str, select=None, start_ns=None, end_ns=None, *, instruments=None,
+                 database: str = "tickwire", chunk: int = DEFAULT_CHUNK, snapshots: bool = True):
+        from tickwire.engine.store import redact
+
+        self.dsn = dsn
+        self.name = f"store {redact(dsn)}"
+        self.store = _open_store(dsn, database)
+        try:
+            recorded = self.store.read_instruments()
+            if instruments is None:
+                known = recorded
+                if not known:                          # ticks stored without definitions
+                    ids = [r[0] for r in self.store.client.query(
+                        f"SELECT DISTINCT instrument FROM {database}.ticks ORDER BY instrument").result_rows]
+                    known = [Instrument(int(i), f"I{i}") for i in ids]
+            else:
+                known = list(instruments)
+            self.instruments = _select_instruments(known, select, f"the store {redact(dsn)}")
+            self.ids = [i.id for i in self.instruments]
+            self.start_ns, self.end_ns = start_ns, end_ns
+            if start_ns is not None and end_ns is not None and end_ns <= start_ns:
+                raise ReplayError(f"empty range: --to ({end_ns}) is not after --from ({start_ns})")
+            self.total = self.store.count_ticks(self.ids, start_ns, end_ns)
+            if not self.total:
+                span = self.store.client.query(
+                    f"SELECT count(), toString(min(ts_event)), toString(max(ts_event)) FROM {database}.ticks "
+                    f"WHERE instrument IN ({', '.join(map(str, self.ids))})").result_rows[0]
+                held = f"its ticks of these instruments span {span[1]} .. {span[2]} UTC" if span[0] else \
+                    "it holds no ticks of these instruments"
+                raise ReplayError(f"no ticks in the range asked for in {self.name}: {held}")
+            self.channels = None
+            self.chunk = int(chunk)
+            self.with_snapshots = snapshots
+            self.snapshots = self._snapshots(database) if snapshots else np.empty(0, EVENT_DTYPE)
+        except BaseException:
+            self.store.close()
+            raise
+
+    def _snapshots(self, database: str) -> np.ndarray:
+        """The snapshot rows of the selected instruments whose place falls in the range: per
+        channel, sequence numbers from just before the first tick in range to the last one (all
+        of them without a range)."""
+        snaps = list(self.store.read_snapshots(self.ids, order="stream"))
+        snaps = np.concatenate(snaps) if snaps else np.empty(0, EVENT_DTYPE)
+        if not len(snaps) or (self.start_ns is None and self.end_ns is None):
+            return snaps
+        where = self.store._where(self.ids, self.start_ns, self.end_ns)
+        rows = self.store.client.query(f"SELECT channel, min(seq), max(seq) FROM {database}.ticks WHERE {where} "
+                                       f"GROUP BY channel").result_rows
+        keep = np.zeros(len(snaps), bool)
+        for c, lo, hi in rows:
+            m = snaps["channel"] == c
+            if self.start_ns is not None:
+                m &= snaps["seq"] >= lo - 1
+            if self.end_ns is not None:
+                m &= snaps["seq"] < hi
+            keep |= m
+        return snaps[keep]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        ticks = self.store.read_ticks(self.ids, self.start_ns, self.end_ns, chunk_rows=self.chunk)
+        return merge_snapshots(ticks, self.snapshots)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

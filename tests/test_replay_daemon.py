@@ -1,0 +1,192 @@
+"""Live parity: the daemon runs live on the simulator, storing ticks, snapshots and signals; a
+replay of the stored history gives the live signals, field for field.
+
+With ``engine.clock = "event"`` the live engine stamps ``ts_signal`` with the trigger's
+``ts_recv``, which the store keeps, so even the clock fields are equal: every byte of every
+signal. (Under the default wall clock, ``ts_signal`` is the live process's clock and only it
+differs; ``ts_recv`` is the recorded receive time either way.)
+"""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from test_daemon import query, start_daemon, start_sim, status, stop_daemon, wait_for, write_config
+
+pytestmark = pytest.mark.integration
+PY = sys.executable
+
+
+def stored_signals(dsn, run, path):
+    code = ("import numpy as np\nfrom tickwire.engine.store import Store\n"
+            f"s = Store.open({dsn!r})\nnp.save({str(path)!r}, s.read_signals({run!r}))")
+    out = subprocess.run([PY, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return np.load(path)
+
+
+def canonical(sig):
+    """Signals in one order whatever the order they were stored in (live: by ts_signal)."""
+    return sig[np.lexsort((sig["rule_id"], sig["seq"], sig["instrument"], sig["ts_event"]))]
+
+
+def live_then_replay(tmp_path, run, events, *sim_args, clock="event"):
+    cfg_path, raw = write_config(tmp_path, run, clock=clock)
+    run_dir = tmp_path / "state" / run
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"]), "the worker never reported"
+        sim = start_sim(raw, events, 100_000, *sim_args, seed=11)
+        out, _ = sim.communicate(timeout=180)
+        assert sim.returncode == 0, out
+        assert wait_for(lambda: status(run_dir)["counts"]["ticks_stored"] >= events, 60)
+        live_count = status(run_dir)["counts"]["signals"]
+    finally:
+        rc, _ = stop_daemon(daemon, log)
+    assert rc == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+    dsn = f"chdb://{tmp_path}/state/store"
+    live = stored_signals(dsn, run, tmp_path / "live.npy")
+    assert len(live) == live_count > 20
+    replays = []
+    for batch in (None, 777):
+        out_path = tmp_path / f"replayed-{batch}.npy"
+        argv = [PY, "-m", "tickwire", "replay", "--dsn", dsn, "--config", str(cfg_path), "--signals", str(out_path),
+                "--quiet"] + (["--batch", str(batch)] if batch else [])
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        replays.append(np.load(out_path))
+    return live, replays, dsn
+
+
+def assert_parity(live, replays, wall=()):
+    a = canonical(live)
+    for r in replays:
+        b = canonical(r)
+        assert len(b) == len(a)
+        for name in a.dtype.names:                 # name the first field that differs
+            if name not in wall:
+                assert (a[name] == b[name]).all(), name
+        if not wall:
+            assert a.tobytes() == b.tobytes()
+    assert replays[0].tobytes() == replays[1].tobytes()      # and whatever the batch size
+
+
+def test_replayed_signals_equal_the_live_ones_field_for_field(tmp_path):
+    live, replays, dsn = live_then_replay(tmp_path, "parity", 200_000)
+    assert_parity(live, replays)                   # every byte: ts_signal is the recorded ts_recv
+    # with the instrument definitions from the store and only the rules from a file: the same
+    from tickwire.engine.config import to_toml
+    from tickwire.engine.demo import demo_raw_config
+
+    raw = demo_raw_config(tmp_path / "x", run="parity", clock="event")
+    rules = tmp_path / "rules.toml"
+    rules.write_text(to_toml({"stats": raw["stats"], "rules": raw["rules"],
+                              "feeds": {"channels": raw["feeds"]["channels"]}}))
+    res = subprocess.run([PY, "-m", "tickwire", "replay", "--dsn", dsn, "--rules", str(rules), "--instruments",
+                          "SYN0,SYN1,SYN2,SYN3,SYN4,SYN5,SYN6,SYN7", "--signals", str(tmp_path / "r.npy"), "--quiet"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert_parity(live, [np.load(tmp_path / "r.npy")] * 2)
+    # the books met snapshots and markers at start: the replay merged them back
+    (snaps,), = query(dsn, "SELECT count() FROM tickwire.snapshots")
+    assert snaps > 0
+    # the writer recorded the config's instruments: a replay without --config knows them
+    assert query(dsn, "SELECT id, symbol, toString(tick_size), book FROM tickwire.instruments FINAL ORDER BY id") == \
+        [[i, f"SYN{i}", "0.01", "L3"] for i in range(8)]
+
+
+def test_parity_holds_through_lost_and_reordered_messages(tmp_path):
+    """1% of messages dropped and 1% reordered on the wire: the daemon fills the holes by
+    retransmission, and the replay still gives the live signals."""
+    live, replays, _ = live_then_replay(tmp_path, "lossy", 200_000, "--drop", "0.01", "--reorder", "0.01")
+    assert_parity(live, replays)
+
+
+def test_an_unchanged_daemon_consumes_a_republished_history(tmp_path):
+    """`tickwire replay --publish` feeds a `tickwire run` daemon as a live publisher would: every
+    event stored once, flagged REPLAY, and the daemon's signals are the in-process replay's (but
+    for the receive times the daemon stamped and the sequence numbers the republisher gave)."""
+    from tickwire.engine import config as configmod
+    from tickwire.feeds.synthetic import l3_orders
+    from tickwire.replay import ArraySource, EngineSpec, Replay
+
+    cfg_path, raw = write_config(tmp_path, "republish", clock="event")
+    cfg = configmod.load(cfg_path)
+    ev = l3_orders(100_000, seed=4, instruments=8, resting=200)
+    ev["channel"] = ev["instrument"] % cfg.feeds.channels
+    np.save(tmp_path / "ev.npy", ev)
+    want = Replay(ArraySource(ev, list(cfg.instruments)), EngineSpec.from_config(cfg)).run().signals
+    run_dir = tmp_path / "state" / "republish"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"]), "the worker never reported"
+        pub = subprocess.run([PY, "-m", "tickwire", "replay", "--npy", str(tmp_path / "ev.npy"), "--config",
+                              str(cfg_path), "--publish", raw["feeds"]["endpoints"][0], "--snapshot",
+                              raw["feeds"]["snapshot"], "--speed", "1", "--start-delay", "2", "--linger", "2",
+                              "--quiet"], capture_output=True, text=True, timeout=120)
+        assert pub.returncode == 0, pub.stderr
+        assert wait_for(lambda: status(run_dir)["counts"]["ticks_stored"] >= len(ev), 60)
+    finally:
+        rc, _ = stop_daemon(daemon, log)
+    assert rc == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+    dsn = f"chdb://{tmp_path}/state/store"
+    (n, distinct, replayed), = query(dsn, "SELECT count(), uniqExact(channel, seq), countIf(bitAnd(flags, 16) != 0) "
+                                          "FROM tickwire.ticks")
+    assert n == distinct == replayed == len(ev)
+    got = stored_signals(dsn, "republish", tmp_path / "live.npy")
+    fields = ["ts_event", "value", "strength", "instrument", "rule_id", "rule_kind", "direction", "flags"]
+
+    def rows(sig):
+        s = sig[np.lexsort((sig["rule_id"], sig["ts_event"], sig["instrument"]))]
+        return {f: s[f] for f in fields}
+
+    a, b = rows(want), rows(got)
+    assert len(want) > 100 and len(got) == len(want)
+    for f in fields:
+        assert (a[f] == b[f]).all(), f
+
+
+def test_under_the_wall_clock_only_ts_signal_differs(tmp_path):
+    """The daemon's default clock: ts_signal is the live process's clock; every other field
+    (ts_recv included: the store keeps the receive time the engine saw) is the live one."""
+    live, replays, _ = live_then_replay(tmp_path, "wall", 100_000, clock="wall")
+    assert_parity(live, replays, wall=("ts_signal",))
+    assert (live["ts_signal"] >= live["ts_recv"]).all()
+    assert (replays[0]["ts_signal"] == replays[0]["ts_recv"]).all()
+
+
+def test_parity_holds_through_a_killed_and_restarted_worker(tmp_path):
+    """kill -9 of the worker mid-run: the restarted worker starts with empty statistics and armed
+    rules (its STALE markers say so with Flag.RESTART, stamped where its history resumes), resyncs
+    by snapshot; the replay resets the instruments there and gives the live signals."""
+    import os
+    import signal as sigmod
+
+    cfg_path, raw = write_config(tmp_path, "killed", clock="event")
+    run_dir = tmp_path / "state" / "killed"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"])
+        sim = start_sim(raw, 300_000, 100_000, seed=5)
+        pid = status(run_dir)["pid"]
+        assert wait_for(lambda: status(run_dir)["feed"]["events"] > 120_000, 60)
+        os.kill(pid, sigmod.SIGKILL)
+        assert wait_for(lambda: status(run_dir)["pid"] != pid, 30), "the worker was not restarted"
+        out, _ = sim.communicate(timeout=180)
+        assert sim.returncode == 0, out
+        assert wait_for(lambda: all(c["state"] == "live" and c["in_sync"]
+                                    for c in status(run_dir)["channels"].values()), 30)
+    finally:
+        rc, _ = stop_daemon(daemon, log)
+    assert rc == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+    dsn = f"chdb://{tmp_path}/state/store"
+    (restarts,), = query(dsn, "SELECT count() FROM tickwire.snapshots WHERE bitAnd(flags, 64) != 0 AND seq > 0")
+    assert restarts > 0                            # the restarted worker's markers, where it resumed
+    live = stored_signals(dsn, "killed", tmp_path / "live.npy")
+    out_path = tmp_path / "replayed.npy"
+    res = subprocess.run([PY, "-m", "tickwire", "replay", "--dsn", dsn, "--config", str(cfg_path), "--signals",
+                          str(out_path), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert_parity(live, [np.load(out_path), np.load(out_path)])
