@@ -12,12 +12,14 @@ figures and writes the files.
 Every figure is defined in ``docs/replay-report.md``.  In short, for a signal of instrument
 ``i`` at event time ``t`` (the triggering event's ``ts_event``):
 
-- ``mid0`` is the mid of ``i``'s book just after the triggering event;
 - the book *at* time ``T`` is ``i``'s book after the last event of ``i`` that precedes, in
-  the stream, the first event (of any instrument) stamped after ``T``: for a stream in time
-  order, the book after the last event of ``i`` with ``ts_event <= T``; a time is *resolved*
-  once an event stamped after it has passed, and never otherwise (the end of the data leaves
-  later horizons unresolved, reported as such);
+  the stream, the first event (of any instrument) stamped after ``T``, and never one from
+  before the signal's event: for a stream in time order, the book after the last event of
+  ``i`` with ``ts_event <= T``; a time is *resolved* once an event stamped after it has
+  passed, and never otherwise (the end of the data leaves later horizons unresolved, reported
+  as such);
+- ``mid0`` is the mid of the book at ``t`` (after the triggering event and any others stamped
+  the same nanosecond, such as the rest of its exchange message);
 - the markout at horizon ``h`` is ``direction * (mid(t + h) - mid0)``, in ticks and in basis
   points of ``mid0``;
 - the taker PnL trades one unit per (rule, instrument): an ENTER takes the best ask (+1) or
@@ -161,6 +163,20 @@ def _trigger_positions(events: np.ndarray, sig: np.ndarray) -> np.ndarray:
     return pos
 
 
+def _group_ends(events: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """The last index of the run of consecutive events that share the instrument, ts_event,
+    seq and ts_recv of the event at each of ``pos`` (one exchange message, as decoders stamp
+    them): a signal cannot tell which of them fired it, so it belongs to the whole run."""
+    if not len(pos):
+        return pos
+    f = [events[k] for k in ("instrument", "ts_event", "seq", "ts_recv")]
+    same = f[0][1:] == f[0][:-1]
+    for a in f[1:]:
+        same &= a[1:] == a[:-1]
+    ends = np.append(np.flatnonzero(~same), len(events) - 1)    # events i and i + 1 differ
+    return ends[np.searchsorted(ends, pos)]
+
+
 def _trigger_positions_slow(events, sig):
     out = np.empty(len(sig), np.int64)
     prev = 0
@@ -235,23 +251,25 @@ class ReportBuilder:
         self.batches = 0
         self._finished = False
         nh = len(self.horizons)
-        # one row per directional ENTER signal
+        # the times each markout row asks for: the signal's own (mid0), then the horizons
+        self._offsets = np.r_[0, self.horizons].astype(np.int64)
+        # one row per directional ENTER signal; mid/status column 0: at t, then per horizon
         self._rows = _Columns({
             "ts": (np.int64, ()), "seq": (np.uint64, ()), "inst": (np.uint32, ()),
             "rule": (np.uint16, ()), "kind": (np.uint8, ()), "dir": (np.int8, ()),
-            "value": (np.float64, ()), "strength": (np.float64, ()), "mid0": (np.float64, ()),
-            "mid": (np.float64, (nh,)), "status": (np.uint8, (nh,)),
+            "value": (np.float64, ()), "strength": (np.float64, ()),
+            "mid": (np.float64, (nh + 1,)), "status": (np.uint8, (nh + 1,)),
         })
         # one action per ENTER/EXIT that may trade, with the book at its fill time
         self._acts = _Columns({
             "ts": (np.int64, ()), "inst": (np.uint32, ()), "rule": (np.uint16, ()),
             "kind": (np.uint8, ()), "exit": (np.bool_, ()), "dir": (np.int8, ()),
-            "mid0": (np.float64, ()), "bid": (np.int64, ()), "ask": (np.int64, ()),
+            "mid_sig": (np.float64, ()), "bid": (np.int64, ()), "ask": (np.int64, ()),
             "resolved": (np.bool_, ()),
         })
         # horizons and fills waiting for the stream to pass their time
         self._pend = {"inst": np.empty(0, np.int64), "T": np.empty(0, np.int64),
-                      "ref": np.empty(0, np.int64)}         # ref >= 0: row*nh + h; < 0: -(action+1)
+                      "ref": np.empty(0, np.int64)}         # >= 0: row*(nh+1) + column; < 0: -(action+1)
         self._pend_minpos = np.empty(0, np.int64)           # first position of the batch each may use
         # signal counts by (rule, kind, instrument): total, enter, exit, without direction
         self._counts: dict[tuple, list[int]] = {}
@@ -282,7 +300,7 @@ class ReportBuilder:
             if len(signals):
                 raise ValueError("signals without events: add() takes a batch's events and its signals")
             return
-        trig = _trigger_positions(events, signals)          # before the books move: checks the input
+        trig = _group_ends(events, _trigger_positions(events, signals))   # before the books move
         top = np.empty((n, 4), np.int64)
         sync = np.empty(n, np.uint8)
         self._books.apply_top(events, top, in_sync=sync)
@@ -383,7 +401,7 @@ class ReportBuilder:
             c[2] += int(sel[:, 5].sum())
             c[3] += int((sel[:, 6] & sel[:, 4]).sum())
 
-        nh = len(self.horizons)
+        nc = len(self._offsets)
         new_inst, new_T, new_ref, new_min = [], [], [], []
         d = np.flatnonzero(directional)
         if len(d):
@@ -391,19 +409,19 @@ class ReportBuilder:
             sl = self._rows.append(
                 ts=sig["ts_event"][d], seq=sig["seq"][d], inst=s_inst[d], rule=sig["rule_id"][d],
                 kind=sig["rule_kind"][d], dir=sig["direction"][d], value=sig["value"][d],
-                strength=sig["strength"][d], mid0=mid[p],
-                mid=np.full((len(d), nh), np.nan), status=np.zeros((len(d), nh), np.uint8))
+                strength=sig["strength"][d],
+                mid=np.full((len(d), nc), np.nan), status=np.zeros((len(d), nc), np.uint8))
             rows = np.arange(sl.start, sl.stop, dtype=np.int64)
-            new_inst.append(np.repeat(s_inst[d], nh))
-            new_T.append((sig["ts_event"][d][:, None] + self.horizons[None, :]).reshape(-1))
-            new_ref.append((rows[:, None] * nh + np.arange(nh)[None, :]).reshape(-1))
-            new_min.append(np.repeat(p + 1, nh))
+            new_inst.append(np.repeat(s_inst[d], nc))
+            new_T.append((sig["ts_event"][d][:, None] + self._offsets[None, :]).reshape(-1))
+            new_ref.append((rows[:, None] * nc + np.arange(nc)[None, :]).reshape(-1))
+            new_min.append(np.repeat(p + 1, nc))
         a = np.flatnonzero(directional | is_exit)
         if len(a):
             p = trig[a]
             sl = self._acts.append(
                 ts=sig["ts_event"][a], inst=s_inst[a], rule=sig["rule_id"][a], kind=sig["rule_kind"][a],
-                exit=is_exit[a], dir=sig["direction"][a], mid0=mid[p],
+                exit=is_exit[a], dir=sig["direction"][a], mid_sig=mid[p],
                 bid=np.full(len(a), NO_PRICE, np.int64), ask=np.full(len(a), NO_PRICE, np.int64),
                 resolved=np.zeros(len(a), bool))
             acts = np.arange(sl.start, sl.stop, dtype=np.int64)
@@ -421,10 +439,9 @@ class ReportBuilder:
 
     def _resolve(self, ref, bid, ask, sync):
         """Record the book found at the time of each resolved horizon or fill."""
-        nh = len(self.horizons)
         m = ref >= 0
         if np.any(m):
-            r, h = np.divmod(ref[m], nh)
+            r, h = np.divmod(ref[m], len(self._offsets))
             b, a, s = bid[m], ask[m], sync[m]
             have = (b != NO_PRICE) & (a != NO_PRICE) & s
             mid = np.where(have, 0.5 * b.astype(np.float64) + 0.5 * a.astype(np.float64), np.nan)
@@ -563,16 +580,25 @@ class ReportBuilder:
         nh = len(self.horizons)
         groups = []
         keys = set(self._counts) | set(getattr(self, "_trade_state", {}))
+        # the markout rows of each (rule, kind, instrument), in one sort
+        order = np.lexsort((R["inst"], R["kind"], R["rule"]))
+        gk = np.stack([R["rule"][order], R["kind"][order], R["inst"][order]], axis=1).astype(np.int64)
+        cut = np.flatnonzero(np.any(gk[1:] != gk[:-1], axis=1)) + 1
+        rows_of = {tuple(gk[a].tolist()): order[a:b] for a, b in zip(np.r_[0, cut], np.r_[cut, len(order)])
+                   if a < b}
+        trades_of: dict = {}
+        for t in trades:
+            trades_of.setdefault((t["rule_id"], t["rule_kind"], t["instrument"]), []).append(t)
         for key in sorted(keys):
             rule, kind, i = key
             inst = self.instruments[i]
             c = self._counts.get(key, [0, 0, 0, 0])
-            sel = (R["rule"] == rule) & (R["kind"] == kind) & (R["inst"] == i)
+            sel = rows_of.get(key, np.empty(0, np.int64))
             mk = {}
             for h in range(nh):
-                mk[self.horizon_names[h]] = _markout_stats(R["dir"][sel], R["mid0"][sel], R["mid"][sel, h],
-                                                           R["status"][sel, h])
-            tr = [t for t in trades if (t["rule_id"], t["rule_kind"], t["instrument"]) == key]
+                mk[self.horizon_names[h]] = _markout_stats(R["dir"][sel], R["mid"][sel, 0], R["status"][sel, 0],
+                                                           R["mid"][sel, h + 1], R["status"][sel, h + 1])
+            tr = trades_of.get(key, [])
             s = self._trade_state.get(key, {})
             groups.append({
                 "rule": self._rule_label(rule, kind), "rule_id": rule,
@@ -605,15 +631,17 @@ class ReportBuilder:
         symbols = {i: inst.symbol for i, inst in self.instruments.items()}
         labels: dict = {}
         d = R["dir"].astype(np.float64)[:, None]
-        mt = d * (R["mid"] - R["mid0"][:, None])
-        mb = mt / R["mid0"][:, None] * 1e4
-        status = np.where((R["status"] == _OK) & ~np.isfinite(R["mid0"])[:, None], _NO_MID, R["status"])
+        mid0 = np.where(R["status"][:, 0] == _OK, R["mid"][:, 0], np.nan)
+        mid_h, st_h = R["mid"][:, 1:], R["status"][:, 1:]
+        mt = d * (mid_h - mid0[:, None])
+        mb = mt / mid0[:, None] * 1e4
+        status = np.where((st_h == _OK) & ~np.isfinite(mid0)[:, None], _NO_MID, st_h)
         ok = status == _OK
         mt[~ok] = np.nan
         mb[~ok] = np.nan
         cols = [R["ts"].tolist(), R["seq"].tolist(), R["inst"].tolist(), R["rule"].tolist(),
                 R["kind"].tolist(), R["dir"].tolist(), R["value"].tolist(), R["strength"].tolist(),
-                R["mid0"].tolist(), status.tolist(), R["mid"].tolist(), mt.tolist(), mb.tolist()]
+                mid0.tolist(), status.tolist(), mid_h.tolist(), mt.tolist(), mb.tolist()]
 
         def rows():
             for ts, seq, i, rule, kind, dr, val, strength, m0, stv, mh, t, b in zip(*cols):
@@ -659,7 +687,8 @@ class ReportBuilder:
 
 
 # -- figures ---------------------------------------------------------------------------------
-def _markout_stats(direction, mid0, mid_h, status) -> dict:
+def _markout_stats(direction, mid0, status0, mid_h, status) -> dict:
+    mid0 = np.where(status0 == _OK, mid0, np.nan)          # the mid at t, where defined
     ok = status == _OK
     ok &= np.isfinite(mid0)
     d = direction[ok].astype(np.float64)
@@ -839,18 +868,19 @@ def _plots(rb: ReportBuilder, out: Path, trades, summary, partial) -> list[str]:
             ax.plot(ct[1].astype("datetime64[ns]"), v * tick, lw=0.7, color="0.35", label="mid")
         for mask, style, label in (((R["inst"] == i) & (R["dir"] > 0), dict(marker="^", color="tab:green"), "buy"),
                                    ((R["inst"] == i) & (R["dir"] < 0), dict(marker="v", color="tab:red"), "sell")):
-            idx = np.flatnonzero(mask & np.isfinite(R["mid0"]))
+            idx = np.flatnonzero(mask & (R["status"][:, 0] == _OK))
             idx = idx[::max(1, len(idx) // _PLOT_MARKERS)]
             if len(idx):
-                ax.scatter(R["ts"][idx].astype("datetime64[ns]"), R["mid0"][idx] * tick, s=14, lw=0,
+                ax.scatter(R["ts"][idx].astype("datetime64[ns]"), R["mid"][idx, 0] * tick, s=14, lw=0,
                            label=f"ENTER {label}", zorder=3, **style)
-        idx = np.flatnonzero((A["inst"] == i) & A["exit"] & np.isfinite(A["mid0"]))
+        idx = np.flatnonzero((A["inst"] == i) & A["exit"] & np.isfinite(A["mid_sig"]))
         idx = idx[::max(1, len(idx) // _PLOT_MARKERS)]
         if len(idx):
-            ax.scatter(A["ts"][idx].astype("datetime64[ns]"), A["mid0"][idx] * tick, s=14, marker="x",
+            ax.scatter(A["ts"][idx].astype("datetime64[ns]"), A["mid_sig"][idx] * tick, s=14, marker="x",
                        color="tab:blue", label="EXIT", zorder=3)
         ax.set_title(f"{inst.symbol}: signals over the mid{tag}", fontsize="medium")
         ax.set_ylabel("price")
+        ax.ticklabel_format(axis="y", useOffset=False, style="plain")
         ax.legend(fontsize="small", loc="upper left")
     axes[-1].set_xlabel("event time (UTC)")
     save(fig, "signals.png")

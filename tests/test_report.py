@@ -47,28 +47,43 @@ def reference_mids(events, instrument_ids):
     return bid, ask, mid
 
 
-def book_at(events, inst, T):
-    """Index of the last event of ``inst`` stamped at or before ``T`` (-1: none), and whether
-    the data shows that time passed (an event stamped after it).  Timestamps are sorted."""
+def book_at(events, inst, T, p):
+    """Index of the event of ``inst`` whose book is the book at ``T`` for a signal on event
+    ``p``, and whether the data shows that time passed.  For sorted times: the last event of
+    ``inst`` stamped at or before ``T``, known once an event stamped after ``T`` exists;
+    otherwise the last one before the first event stamped after ``T`` (not before ``p``)."""
     ts = events["ts_event"]
-    idx = np.flatnonzero(events["instrument"] == inst)
-    k = np.searchsorted(ts[idx], T, side="right") - 1
-    return (int(idx[k]) if k >= 0 else -1), bool(ts.max() > T)
+    after = np.flatnonzero(ts > T)
+    if not len(after) or max(int(after[0]), p + 1) >= len(ts):
+        return -1, False
+    j = max(int(after[0]), p + 1)
+    return int(np.flatnonzero(events["instrument"][:j] == inst)[-1]), True
+
+
+def group_end(events, p):
+    """The last event after ``p`` with the same instrument, ts_event, seq and ts_recv, with
+    none different in between (the rest of the signal's exchange message)."""
+    key = lambda k: tuple(int(events[f][k]) for f in ("instrument", "ts_event", "seq", "ts_recv"))
+    while p + 1 < len(events) and key(p + 1) == key(p):
+        p += 1
+    return p
 
 
 def reference_report(events, sig_at, horizons, latency, fee_bps, instrument_ids):
-    """Markouts and trades by definition (docs/replay-report.md), from sorted events and
+    """Markouts and trades by definition (docs/replay-report.md), from the events and
     ``sig_at``: a list of (event index, signal record)."""
     bid, ask, mid = reference_mids(events, instrument_ids)
-    markouts = []                                      # (rule, inst, dir, [ticks or None per h], [status])
+    markouts = []                                      # (rule, inst, dir, mid0, [ticks or None per h], [status])
     for p, s in sig_at:
         if not (int(s["flags"]) & ENTER) or (int(s["flags"]) & EXIT) or int(s["direction"]) == 0:
             continue
         d, inst, t = int(s["direction"]), int(s["instrument"]), int(s["ts_event"])
-        m0 = mid[p]
+        p = group_end(events, p)
+        k0, passed0 = book_at(events, inst, t, p)
+        m0 = mid[k0] if passed0 else math.nan
         vals, status = [], []
         for h in horizons:
-            k, passed = book_at(events, inst, t + h)
+            k, passed = book_at(events, inst, t + h, p)
             if not passed:
                 vals.append(None), status.append("unresolved")
             elif math.isnan(m0) or k < 0 or math.isnan(mid[k]):
@@ -85,7 +100,7 @@ def reference_report(events, sig_at, horizons, latency, fee_bps, instrument_ids)
         is_exit = bool(flags & EXIT)
         if not is_exit and not (flags & ENTER and d != 0):
             continue
-        k, passed = book_at(events, key[1], t + latency)
+        k, passed = book_at(events, key[1], t + latency, group_end(events, p))
         if not passed:
             continue
         b = bid[k] if k >= 0 else None
@@ -146,6 +161,11 @@ def read_csv(path):
 
 def fnum(text):
     return None if text == "" else float(text)
+
+
+def same(text, x):
+    """A CSV number equals ``x`` (empty: NaN)."""
+    return math.isnan(x) if text == "" else float(text) == x
 
 
 def png_size(path):
@@ -338,6 +358,29 @@ def test_simultaneous_events_and_several_instruments(tmp_path):
     assert g[(8, 1)]["markouts"]["20ns"]["hit_rate"] == 0.0
 
 
+def test_signal_belongs_to_its_whole_message(tmp_path):
+    """Events of one exchange message share instrument, ts_event, seq and ts_recv, so a signal
+    cannot say which of them fired it: mid0 and a fill at latency 0 use the book after the
+    whole message."""
+    e = ev([
+        (100, 0, SET, B, 100, 1), (100, 0, SET, A, 102, 1),                          # mid 101
+        (200, 0, SET, A, 103, 1), (200, 0, SET, A, 102, 0), (200, 0, SET, B, 101, 1),  # mid 102
+        (300, 0, SET, B, 102, 1),                                                    # mid 102.5
+        (400, 0, SET, B, 50, 1),
+    ])
+    e["seq"] = [1, 1, 2, 2, 2, 3, 4]
+    signals = np.concatenate([sig(e[2], rule_id=0, direction=1), sig(e[4], rule_id=1, direction=-1)])
+    rb = ReportBuilder([Instrument(0, "X")], horizons_ns=(100,), plots=False)
+    rb.add(e, signals)
+    s = rb.finish(tmp_path)
+    rows = read_csv(tmp_path / "markouts.csv")
+    assert [float(r["mid0_ticks"]) for r in rows] == [102.0, 102.0]
+    assert [float(r["markout_100ns_ticks"]) for r in rows] == [0.5, -0.5]
+    trades = read_csv(tmp_path / "trades.csv")
+    assert [(t["rule_id"], t["entry_price_ticks"]) for t in trades] == [("0", "103"), ("1", "101")]
+    assert s["groups"][0]["markouts"]["100ns"]["hit_rate"] == 1.0
+
+
 def test_stream_out_of_time_order(tmp_path):
     """Out of time order, the stream's own order decides: the book at t + h is the one before
     the first event stamped after t + h, and never one from before the signal."""
@@ -355,6 +398,14 @@ def test_stream_out_of_time_order(tmp_path):
     m = rb.finish(tmp_path)["groups"][0]["markouts"]
     assert m["50ns"]["mean_ticks"] == 0.0            # the book just after the signal
     assert m["150ns"]["mean_ticks"] == 0.5           # 350: the book before the event at 400
+    # a message stamped 200 arriving after an event stamped 500: mid0 is after the whole message
+    e = ev([(100, 0, SET, B, 100, 1), (100, 0, SET, A, 104, 1), (500, 0, SET, B, 90, 1),
+            (200, 0, SET, A, 102, 1), (200, 0, SET, B, 101, 1), (600, 0, SET, B, 80, 1)])
+    e["seq"] = [1, 1, 5, 2, 2, 6]
+    rb = ReportBuilder([Instrument(0, "X")], horizons_ns=(50,), plots=False)
+    rb.add(e, sig(e[3]))
+    rb.finish(tmp_path / "b")
+    assert read_csv(tmp_path / "b" / "markouts.csv")[0]["mid0_ticks"] == "101.5"
 
 
 def test_exit_while_flat_repeat_and_reversal(tmp_path):
@@ -445,7 +496,7 @@ def build(insts, events, cuts, latency=0, fee_bps=0.0, out=None, plots=False):
 @pytest.mark.parametrize("latency,fee_bps", [(0, 0.0), (5_000, 2.5)])
 def test_engine_signals_match_plain_computation(synthetic, tmp_path, latency, fee_bps):
     insts, events, sig_at = synthetic
-    assert np.all(np.diff(events["ts_event"]) > 0)               # the reference assumes sorted times
+    assert np.all(np.diff(events["ts_event"]) > 0)               # in time order
     kinds = {int(s["rule_id"]) for _, s in sig_at}
     assert kinds == {0, 1, 2} and any(int(s["flags"]) & EXIT for _, s in sig_at)
     summary = build(insts, events, [3000, 7777], latency, fee_bps, out=tmp_path)
@@ -457,7 +508,7 @@ def test_engine_signals_match_plain_computation(synthetic, tmp_path, latency, fe
     names = [horizon_name(h) for h in SYN_HORIZONS]
     for row, (rule, inst, d, m0, vals, status) in zip(rows, ref_marks):
         assert (int(row["rule_id"]), int(row["instrument"]), int(row["direction"])) == (rule, inst, d)
-        assert float(row["mid0_ticks"]) == m0
+        assert same(row["mid0_ticks"], m0)
         for name, v, stt in zip(names, vals, status):
             assert row[f"status_{name}"] == stt
             assert fnum(row[f"markout_{name}_ticks"]) == v
@@ -585,6 +636,7 @@ def test_random_streams_match_plain_computation(stream, horizons, latency, fee_b
     assert len(rows) == len(ref_marks)
     for row, (rule, inst, d, m0, vals, status) in zip(rows, ref_marks):
         assert (int(row["rule_id"]), int(row["instrument"]), int(row["direction"])) == (rule, inst, d)
+        assert same(row["mid0_ticks"], m0)
         for name, v, stt in zip(names, vals, status):
             assert row[f"status_{name}"] == stt
             assert fnum(row[f"markout_{name}_ticks"]) == v
@@ -602,3 +654,40 @@ def test_random_streams_match_plain_computation(stream, horizons, latency, fee_b
             m = g["markouts"][name]
             if m["resolved"] == 0:
                 assert m["mean_ticks"] is None and m["hit_rate"] is None
+
+
+def test_real_capture_matches_plain_computation(binance, tmp_path):
+    """The Binance capture (arrival order: trades and diffs are not in one time order) with
+    time windows: every markout and trade equals the plain computation."""
+    events = binance.events
+    assert np.any(np.diff(events["ts_event"]) < 0)
+    rules = [RuleConfig("imbalance", enter=0.9, exit=0.3, emit_exit=True),
+             RuleConfig("vwap", enter=1.0, exit=0.2, min_count=20),
+             RuleConfig("zscore", enter=2.0, exit=0.5, min_count=50, emit_exit=True)]
+    stats = StatsConfig(window="time", window_size=5_000_000_000, trade_window="time",
+                        trade_window_size=5_000_000_000, sample="message")
+    sig_at = signals_with_triggers(binance.instruments, rules, events, stats)
+    assert len(sig_at) > 100
+    rb = ReportBuilder(binance.instruments, latency_ns=2_000_000, fee_bps=1.0)   # 100 ms .. 60 s
+    eng = Engine(binance.instruments, rules, stats, clock="event")
+    for a in range(0, len(events), 20_000):
+        eng.process(events[a:a + 20_000])
+        rb.add(events[a:a + 20_000], eng.take_signals())
+    summary = rb.finish(tmp_path)
+    ref_marks, ref_trades = reference_report(events, sig_at, report_horizons(rb), 2_000_000, 1.0, [0])
+    rows = read_csv(tmp_path / "markouts.csv")
+    assert len(rows) == len(ref_marks)
+    for row, (rule, inst, d, m0, vals, status) in zip(rows, ref_marks):
+        assert same(row["mid0_ticks"], m0)
+        for name, v, stt in zip(rb.horizon_names, vals, status):
+            assert (row[f"status_{name}"], fnum(row[f"markout_{name}_ticks"])) == (stt, v)
+    trades = read_csv(tmp_path / "trades.csv")
+    got = sorted((int(t["rule_id"]), int(t["direction"]), int(t["entry_price_ticks"]), float(t["exit_price_ticks"]))
+                 for t in trades)
+    assert got == sorted((k[0], d, e, x) for k, d, e, x, *_ in ref_trades) and len(got) > 20
+    assert summary["groups"][0]["markouts"]["60s"]["resolved"] > 0
+
+
+def report_horizons(rb):
+    return [int(h) for h in rb.horizons]
+
