@@ -109,6 +109,18 @@ def _key_hash(inst, ts_event, seq, ts_recv):
     return h
 
 
+_KEY = ("instrument", "ts_event", "seq", "ts_recv")      # what a signal copies from its event
+
+
+def _mids(bid, ask, sync, at) -> np.ndarray:
+    """The mid at the positions ``at`` of a batch's top of book (NaN: one-sided or out of sync)."""
+    b, a = bid[at], ask[at]
+    m = np.add(b, a, dtype=np.float64)                      # in floats: no int64 overflow
+    m *= 0.5
+    m[(b == NO_PRICE) | (a == NO_PRICE) | ~sync[at]] = np.nan
+    return m
+
+
 def _trigger_positions(events: np.ndarray, sig: np.ndarray) -> np.ndarray:
     """Index in ``events`` of the event that produced each signal.
 
@@ -119,76 +131,80 @@ def _trigger_positions(events: np.ndarray, sig: np.ndarray) -> np.ndarray:
     """
     if len(sig) == 0:
         return np.empty(0, np.int64)
-    e_inst, e_ts, e_seq, e_recv = (events[f] for f in ("instrument", "ts_event", "seq", "ts_recv"))
-    s_inst, s_ts, s_seq, s_recv = (sig[f] for f in ("instrument", "ts_event", "seq", "ts_recv"))
-    hs = _key_hash(s_inst, s_ts, s_seq, s_recv)
-    he = _key_hash(e_inst, e_ts, e_seq, e_recv)
-    u = np.unique(hs)
-    k = np.searchsorted(u, he)
-    k[k == len(u)] = 0
-    cand = np.flatnonzero(u[k] == he)                       # events that may be triggers
-    hc = he[cand]
-    o = np.argsort(hc, kind="stable")
-    hco = hc[o]
-    pos = None
-    if len(hco) and not np.any(hco[1:] == hco[:-1]):       # each key once: the match is forced
-        i = np.searchsorted(hco, hs)
-        i[i == len(hco)] = 0
-        if np.all(hco[i] == hs):
+    e = [events[f] for f in _KEY]
+    s = [sig[f] for f in _KEY]
+    ts = e[1]
+    if np.all(ts[1:] >= ts[:-1]):                          # time order: each key's events are a range
+        lo = np.searchsorted(ts, s[1], "left")
+        hi = np.searchsorted(ts, s[1], "right")
+        pos = np.minimum(lo, len(ts) - 1)
+        forced = hi - lo == 1
+        if forced.all() and _same_key(e, pos, s) and not np.any(pos[1:] < pos[:-1]):
+            return pos
+
+        def candidates(j):
+            return range(int(lo[j]), int(hi[j]))
+    else:                                                   # otherwise by a hash of the key
+        hs = _key_hash(*s)
+        he = _key_hash(*e)
+        u = np.unique(hs)
+        k = np.searchsorted(u, he)
+        k[k == len(u)] = 0
+        cand = np.flatnonzero(u[k] == he)                   # events that may be triggers
+        hc = he[cand]
+        o = np.argsort(hc, kind="stable")
+        hco = hc[o]
+        if len(hco) and not np.any(hco[1:] == hco[:-1]):   # each key once: the match is forced
+            i = np.searchsorted(hco, hs)
+            i[i == len(hco)] = 0
             pos = cand[o[i]]
-            if np.any(pos[1:] < pos[:-1]):
-                pos = None                                  # let the slow path say what is wrong
-    if pos is None:                                         # repeated keys: first match in order
+            if np.all(hco[i] == hs) and _same_key(e, pos, s) and not np.any(pos[1:] < pos[:-1]):
+                return pos
         lists: dict[int, list[int]] = {}
         for c in cand.tolist():
             lists.setdefault(int(he[c]), []).append(c)
-        out = np.empty(len(sig), np.int64)
-        prev = 0
-        for j in range(len(sig)):
-            for c in lists.get(int(hs[j]), ()):
-                if c >= prev and e_inst[c] == s_inst[j] and e_ts[c] == s_ts[j] \
-                        and e_seq[c] == s_seq[j] and e_recv[c] == s_recv[j]:
-                    prev = out[j] = c
-                    break
-            else:
-                raise ValueError(
-                    f"signal {j} of the batch (instrument {int(s_inst[j])}, ts_event {int(s_ts[j])}, "
-                    f"seq {int(s_seq[j])}) has no triggering event in the batch at or after the "
-                    "previous signal's: add() takes a batch's events and then the signals those "
-                    "events produced, in order")
-        return out
-    ok = ((e_inst[pos] == s_inst) & (e_ts[pos] == s_ts) & (e_seq[pos] == s_seq) & (e_recv[pos] == s_recv))
-    if not np.all(ok):                                      # a hash collision: check the slow way
-        return _trigger_positions_slow(events, sig)
-    return pos
+
+        def candidates(j):
+            return lists.get(int(hs[j]), ())
+    # repeated keys (or bad input): the first match at or after the previous one, in order
+    out = np.empty(len(sig), np.int64)
+    prev = 0
+    for j in range(len(sig)):
+        for c in candidates(j):
+            if c >= prev and all(e[f][c] == s[f][j] for f in range(4)):
+                prev = out[j] = c
+                break
+        else:
+            raise ValueError(
+                f"signal {j} of the batch (instrument {int(s[0][j])}, ts_event {int(s[1][j])}, "
+                f"seq {int(s[2][j])}) has no triggering event in the batch at or after the "
+                "previous signal's: add() takes a batch's events and then the signals those "
+                "events produced, in order")
+    return out
+
+
+def _same_key(e, pos, s) -> bool:
+    return bool(np.all((e[0][pos] == s[0]) & (e[1][pos] == s[1]) & (e[2][pos] == s[2]) & (e[3][pos] == s[3])))
 
 
 def _group_ends(events: np.ndarray, pos: np.ndarray) -> np.ndarray:
     """The last index of the run of consecutive events that share the instrument, ts_event,
     seq and ts_recv of the event at each of ``pos`` (one exchange message, as decoders stamp
     them): a signal cannot tell which of them fired it, so it belongs to the whole run."""
-    if not len(pos):
-        return pos
-    f = [events[k] for k in ("instrument", "ts_event", "seq", "ts_recv")]
-    same = f[0][1:] == f[0][:-1]
-    for a in f[1:]:
-        same &= a[1:] == a[:-1]
-    ends = np.append(np.flatnonzero(~same), len(events) - 1)    # events i and i + 1 differ
-    return ends[np.searchsorted(ends, pos)]
-
-
-def _trigger_positions_slow(events, sig):
-    out = np.empty(len(sig), np.int64)
-    prev = 0
-    for j in range(len(sig)):
-        m = np.flatnonzero((events["instrument"][prev:] == sig["instrument"][j])
-                           & (events["ts_event"][prev:] == sig["ts_event"][j])
-                           & (events["seq"][prev:] == sig["seq"][j])
-                           & (events["ts_recv"][prev:] == sig["ts_recv"][j]))
-        if not len(m):
-            raise ValueError(f"signal {j} of the batch has no triggering event in the batch")
-        prev = out[j] = prev + int(m[0])
-    return out
+    e = [events[f] for f in _KEY]
+    n = len(events)
+    ends = np.asarray(pos, np.int64).copy()
+    for _ in range(64):                                     # messages are short: step along them
+        idx = np.flatnonzero(ends + 1 < n)
+        a = ends[idx]
+        same = (e[0][a + 1] == e[0][a]) & (e[1][a + 1] == e[1][a]) & (e[2][a + 1] == e[2][a]) \
+            & (e[3][a + 1] == e[3][a])
+        if not same.any():
+            return ends
+        ends[idx[same]] += 1
+    same = (e[0][1:] == e[0][:-1]) & (e[1][1:] == e[1][:-1]) & (e[2][1:] == e[2][:-1]) & (e[3][1:] == e[3][:-1])
+    breaks = np.append(np.flatnonzero(~same), n - 1)        # long runs: all the run ends at once
+    return breaks[np.searchsorted(breaks, ends)]
 
 
 class ReportBuilder:
@@ -305,15 +321,12 @@ class ReportBuilder:
         sync = np.empty(n, np.uint8)
         self._books.apply_top(events, top, in_sync=sync)
         bid, ask = top[:, 0], top[:, 1]
-        two_sided = (bid != NO_PRICE) & (ask != NO_PRICE) & (sync != 0)
-        mid = np.where(two_sided, 0.5 * bid.astype(np.float64) + 0.5 * ask.astype(np.float64), np.nan)
+        sync = sync.view(np.bool_)                          # 0 or 1
         ts = events["ts_event"]
         clock = np.maximum.accumulate(ts)
         np.maximum(clock, self._clock, out=clock)
 
         inst = events["instrument"].astype(np.int64)
-        known = inst < len(self._known)
-        known[known] = self._known[inst[known]]
         single = bool(inst[0] == inst[-1] and np.all(inst == inst[0]))
         if single:
             order = None
@@ -331,7 +344,7 @@ class ReportBuilder:
             cand = order[np.maximum(r, 0)]
             return np.where((r >= 0) & (inst[cand] == q_inst), cand, -1)
 
-        self._take_signals(events, signals, trig, mid, bid, ask, two_sided)
+        self._take_signals(signals, trig, _mids(bid, ask, sync, trig))
 
         # resolve what the stream has now passed: the first event stamped after T, or later
         pend = self._pend
@@ -346,7 +359,7 @@ class ReportBuilder:
                 pp = np.where(from_batch, p, 0)
                 q_bid = np.where(from_batch, bid[pp], self._bid[qi])
                 q_ask = np.where(from_batch, ask[pp], self._ask[qi])
-                q_sync = np.where(from_batch, sync[pp] != 0, self._sync[qi])
+                q_sync = np.where(from_batch, sync[pp], self._sync[qi])
                 self._resolve(pend["ref"][done], q_bid, q_ask, q_sync)
                 for name in pend:
                     pend[name] = pend[name][~done]
@@ -354,21 +367,25 @@ class ReportBuilder:
 
         # carry each instrument's last top of book, and sample the mids for the plot
         if single:
-            if known[0]:
-                i0 = int(inst[0])
-                self._bid[i0], self._ask[i0], self._sync[i0] = bid[-1], ask[-1], bool(sync[-1])
-            groups = [(int(inst[0]), np.arange(n))] if known[0] else []
+            groups = [(int(inst[0]), None, n)]
         else:
             inst_sorted = inst[order]
             ends = np.flatnonzero(np.r_[inst_sorted[1:] != inst_sorted[:-1], True])
             starts = np.r_[0, ends[:-1] + 1]
-            last = order[ends]
-            ok = known[last]
-            li = inst[last[ok]]
-            self._bid[li], self._ask[li], self._sync[li] = bid[last[ok]], ask[last[ok]], sync[last[ok]] != 0
-            groups = [(int(inst[order[s]]), order[s:e + 1]) for s, e in zip(starts, ends) if known[order[s]]]
-        for i, pos in groups:
-            self._sample_mid(i, ts[pos], mid[pos])
+            groups = [(int(inst_sorted[a]), order[a:b + 1], b + 1 - a) for a, b in zip(starts, ends)]
+        for i, pos, count in groups:
+            if i >= len(self._known) or not self._known[i]:
+                continue
+            last = n - 1 if pos is None else int(pos[-1])
+            self._bid[i], self._ask[i], self._sync[i] = bid[last], ask[last], sync[last]
+            # every stride-th event of the instrument (by its own count) for the plot
+            seen, stride = int(self._mid_seen[i]), int(self._mid_stride[i])
+            first = (-seen) % stride
+            at = np.arange(first, count, stride)
+            if pos is not None:
+                at = pos[at]
+            self._sample_mid(i, seen + np.arange(first, count, stride), ts[at], _mids(bid, ask, sync, at))
+            self._mid_seen[i] = seen + count
 
         if self._first_ts is None:
             self._first_ts = int(ts[0])
@@ -376,30 +393,31 @@ class ReportBuilder:
         self.events += n
         self.batches += 1
 
-    def _take_signals(self, events, signals, trig, mid, bid, ask, two_sided):
-        """Count the batch's signals, add markout rows and trading actions, queue their times."""
+    def _take_signals(self, signals, trig, mid):
+        """Count the batch's signals, add markout rows and trading actions, queue their times
+        (``trig``: each signal's event, the end of its message; ``mid``: the mid there)."""
         if not len(signals):
             return
         s_inst = signals["instrument"].astype(np.int64)
         known = s_inst < len(self._known)
         known[known] = self._known[s_inst[known]]
         self._unknown_signals += int(np.count_nonzero(~known))
-        sig, trig, s_inst = signals[known], trig[known], s_inst[known]
+        sig, trig, mid, s_inst = signals[known], trig[known], mid[known], s_inst[known]
         flags, direction = sig["flags"], sig["direction"].astype(np.int64)
         is_exit = (flags & _EXIT) != 0
         is_enter = ((flags & _ENTER) != 0) & ~is_exit
         directional = is_enter & (direction != 0)
-        keys = np.stack([sig["rule_id"].astype(np.int64), sig["rule_kind"].astype(np.int64), s_inst,
-                         np.ones(len(sig), np.int64), is_enter, is_exit, direction == 0], axis=1)
-        uk, inv = np.unique(keys[:, :3], axis=0, return_inverse=True)
+        # counts by (rule, kind, instrument): instrument ids are below 2**24 (Instrument)
+        gkey = (sig["rule_id"].astype(np.int64) << 32) | (sig["rule_kind"].astype(np.int64) << 24) | s_inst
+        uk, inv = np.unique(gkey, return_inverse=True)
         inv = inv.reshape(-1)
-        for g, (rule, kind, i) in enumerate(uk.tolist()):
-            c = self._counts.setdefault((rule, kind, i), [0, 0, 0, 0])
-            sel = keys[inv == g]
-            c[0] += len(sel)
-            c[1] += int(sel[:, 4].sum())
-            c[2] += int(sel[:, 5].sum())
-            c[3] += int((sel[:, 6] & sel[:, 4]).sum())
+        sums = [np.bincount(inv, minlength=len(uk))] + [
+            np.bincount(inv, weights=w.astype(np.float64), minlength=len(uk))
+            for w in (is_enter, is_exit, is_enter & (direction == 0))]
+        for g, k in enumerate(uk.tolist()):
+            c = self._counts.setdefault((k >> 32, (k >> 24) & 0xFF, k & 0xFFFFFF), [0, 0, 0, 0])
+            for m in range(4):
+                c[m] += int(sums[m][g])
 
         nc = len(self._offsets)
         new_inst, new_T, new_ref, new_min = [], [], [], []
@@ -421,7 +439,7 @@ class ReportBuilder:
             p = trig[a]
             sl = self._acts.append(
                 ts=sig["ts_event"][a], inst=s_inst[a], rule=sig["rule_id"][a], kind=sig["rule_kind"][a],
-                exit=is_exit[a], dir=sig["direction"][a], mid_sig=mid[p],
+                exit=is_exit[a], dir=sig["direction"][a], mid_sig=mid[a],
                 bid=np.full(len(a), NO_PRICE, np.int64), ask=np.full(len(a), NO_PRICE, np.int64),
                 resolved=np.zeros(len(a), bool))
             acts = np.arange(sl.start, sl.stop, dtype=np.int64)
@@ -454,16 +472,14 @@ class ReportBuilder:
             self._acts.cols["ask"][k] = np.where(s, ask[~m], NO_PRICE)
             self._acts.cols["resolved"][k] = True
 
-    def _sample_mid(self, i, ts, mid):
-        seen = int(self._mid_seen[i])
-        stride = int(self._mid_stride[i])
-        idx = np.flatnonzero((seen + np.arange(len(ts))) % stride == 0)
+    def _sample_mid(self, i, counter, ts, mid):
+        """Keep (counter, ts, mid) samples of instrument i; past _MID_SAMPLES, double the stride."""
         lst_t, lst_v = self._mid_ts.setdefault(i, []), self._mid_v.setdefault(i, [])
-        lst_t.append(np.stack([seen + idx, ts[idx]]))       # (counter, ts)
-        lst_v.append(mid[idx])
-        self._mid_seen[i] = seen + len(ts)
+        lst_t.append(np.stack([counter, ts]))
+        lst_v.append(mid)
         total = sum(x.shape[1] for x in lst_t)
         if total > _MID_SAMPLES:                            # keep every other one, from now on too
+            stride = int(self._mid_stride[i])
             ct = np.concatenate(lst_t, axis=1)
             v = np.concatenate(lst_v)
             while len(v) > _MID_SAMPLES:
