@@ -27,9 +27,11 @@ ENTER, EXIT = int(SignalFlag.ENTER), int(SignalFlag.EXIT)
 
 
 # -- the plain reference ---------------------------------------------------------------------
-def reference_mids(events, instrument_ids):
-    """Per event: best bid, best ask and mid of its instrument after it (plain dict books)."""
-    books = {i: RefL2(i) for i in instrument_ids}
+def reference_mids(events, instrument_ids, make_book=RefL2):
+    """Per event: best bid, best ask and mid of its instrument after it, applying the events
+    one at a time to plain dict books (or ``make_book(i)``: a compiled book, for deep real
+    books, through its per-event path and queries)."""
+    books = {i: make_book(i) for i in instrument_ids}
     bid = np.full(len(events), None, object)
     ask = np.full(len(events), None, object)
     mid = np.full(len(events), np.nan)
@@ -37,8 +39,12 @@ def reference_mids(events, instrument_ids):
         b = books.get(int(ev["instrument"]))
         if b is None:
             continue
-        b.apply(ev)
-        bb, aa = b.best(Side.BID)[0], b.best(Side.ASK)[0]
+        if isinstance(b, RefL2):
+            b.apply(ev)
+            bb, aa = b.best(Side.BID)[0], b.best(Side.ASK)[0]
+        else:
+            b.apply(events[k:k + 1])
+            bb, aa = b.best_bid, b.best_ask
         if not b.in_sync:
             bb = aa = None
         bid[k], ask[k] = bb, aa
@@ -69,10 +75,10 @@ def group_end(events, p):
     return p
 
 
-def reference_report(events, sig_at, horizons, latency, fee_bps, instrument_ids):
+def reference_report(events, sig_at, horizons, latency, fee_bps, instrument_ids, make_book=RefL2):
     """Markouts and trades by definition (docs/replay-report.md), from the events and
     ``sig_at``: a list of (event index, signal record)."""
-    bid, ask, mid = reference_mids(events, instrument_ids)
+    bid, ask, mid = reference_mids(events, instrument_ids, make_book)
     markouts = []                                      # (rule, inst, dir, mid0, [ticks or None per h], [status])
     for p, s in sig_at:
         if not (int(s["flags"]) & ENTER) or (int(s["flags"]) & EXIT) or int(s["direction"]) == 0:
@@ -674,7 +680,8 @@ def test_real_capture_matches_plain_computation(binance, tmp_path):
         eng.process(events[a:a + 20_000])
         rb.add(events[a:a + 20_000], eng.take_signals())
     summary = rb.finish(tmp_path)
-    ref_marks, ref_trades = reference_report(events, sig_at, report_horizons(rb), 2_000_000, 1.0, [0])
+    ref_marks, ref_trades = reference_report(events, sig_at, report_horizons(rb), 2_000_000, 1.0, [0],
+                                             lambda i: binance.instruments[i].make_book())
     rows = read_csv(tmp_path / "markouts.csv")
     assert len(rows) == len(ref_marks)
     for row, (rule, inst, d, m0, vals, status) in zip(rows, ref_marks):
