@@ -266,6 +266,7 @@ class ReportBuilder:
         self.events = 0
         self.batches = 0
         self._finished = False
+        self._busy = False                                  # inside add(): a Ctrl-C there cuts a batch
         nh = len(self.horizons)
         # the times each markout row asks for: the signal's own (mid0), then the horizons
         self._offsets = np.r_[0, self.horizons].astype(np.int64)
@@ -317,6 +318,7 @@ class ReportBuilder:
                 raise ValueError("signals without events: add() takes a batch's events and its signals")
             return
         trig = _group_ends(events, _trigger_positions(events, signals))   # before the books move
+        self._busy = True
         top = np.empty((n, 4), np.int64)
         sync = np.empty(n, np.uint8)
         self._books.apply_top(events, top, in_sync=sync)
@@ -392,6 +394,7 @@ class ReportBuilder:
         self._clock = int(clock[-1])
         self.events += n
         self.batches += 1
+        self._busy = False
 
     def _take_signals(self, signals, trig, mid):
         """Count the batch's signals, add markout rows and trading actions, queue their times
@@ -497,7 +500,9 @@ class ReportBuilder:
         markout figures, one row per rule, instrument and horizon), ``markouts.csv`` (one row
         per directional signal), ``trades.csv`` (one row per round trip) and, with plots,
         ``pnl.png``, ``markouts.png`` and ``signals.png``.  ``partial``: the replay stopped
-        early (Ctrl-C); the report says so.  Each file is written whole or not at all.
+        early (Ctrl-C); the report says so (and ``interrupted_batch`` when the stop came
+        inside :meth:`add`, whose batch may then be partly counted: stop between batches).
+        Each file is written whole or not at all.
         """
         if self._finished:
             raise RuntimeError("finish() was already called")
@@ -627,6 +632,7 @@ class ReportBuilder:
         return {
             "report": "tickwire backtest report (definitions: docs/replay-report.md)",
             "partial": bool(partial),
+            "interrupted_batch": bool(self._busy),
             "events": int(self.events), "batches": int(self.batches),
             "first_ts_event": self._first_ts,
             "last_ts_event": None if self._first_ts is None else int(self._clock),

@@ -596,7 +596,22 @@ def test_partial_report(tmp_path):
     rb.add(e[:3], sig(e[1]))
     s = rb.finish(tmp_path, partial=True)
     assert s["partial"] is True and json.loads((tmp_path / "summary.json").read_text())["partial"] is True
+    assert s["interrupted_batch"] is False and s["events"] == 3
     png_size(tmp_path / "pnl.png")
+
+
+def test_stop_inside_add_is_reported(tmp_path, monkeypatch):
+    e = ev(HAND)
+    rb = ReportBuilder([Instrument(0, "X")], plots=False)
+    rb.add(e[:3], sig(e[1]))
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(rb, "_take_signals", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        rb.add(e[3:], sig(e[4], direction=0, flags=EXIT))
+    s = rb.finish(tmp_path, partial=True)
+    assert s["partial"] is True and s["interrupted_batch"] is True
 
 
 # -- Hypothesis: random small streams with ties and random signals ----------------------------
