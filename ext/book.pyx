@@ -984,6 +984,43 @@ cdef Py_ssize_t tw_bookset_apply(tw_bookset *s, const tw_event *ev, Py_ssize_t n
     return applied
 
 
+cdef Py_ssize_t _bookset_apply_top(tw_bookset *s, const tw_event *ev, Py_ssize_t n, uint8_t *status,
+                                   int64_t *top, uint8_t *sync) noexcept nogil:
+    """tw_bookset_apply, and after each event the top of its instrument's book into row i of
+    ``top`` (best bid, best ask, their quantities) and whether that book is in sync.
+
+    For the backtest report (one pass over history must know every mid): a separate loop so
+    that tw_bookset_apply, the engine's path, stays as it is."""
+    cdef Py_ssize_t i, applied = 0
+    cdef tw_book *b
+    cdef int r
+    cdef int64_t *row
+    for i in range(n):
+        row = top + 4 * i
+        b = s.books[ev[i].instrument] if ev[i].instrument < s.nbooks else NULL
+        if b != NULL:
+            r = _apply(b, &ev[i])
+            row[0] = tw_book_best_price(b, TW_SIDE_BID)
+            row[1] = tw_book_best_price(b, TW_SIDE_ASK)
+            row[2] = tw_book_best_qty(b, TW_SIDE_BID)
+            row[3] = tw_book_best_qty(b, TW_SIDE_ASK)
+            if sync != NULL:
+                sync[i] = <uint8_t>(b.in_sync != 0)
+        else:
+            r = TW_REJ_UNKNOWN_INSTRUMENT
+            s.unknown_instrument += 1
+            row[0] = TW_NO_PRICE
+            row[1] = TW_NO_PRICE
+            row[2] = 0
+            row[3] = 0
+            if sync != NULL:
+                sync[i] = 0
+        applied += r == TW_OK
+        if status != NULL:
+            status[i] = <uint8_t>r
+    return applied
+
+
 cdef void tw_book_cursor(const tw_book *b, int side, tw_level_cursor *c) noexcept nogil:
     """Start walking ``side`` from its best level (see tw_book_cursor_next)."""
     c.slot = b.side[side].best
@@ -1957,6 +1994,65 @@ cdef class BookSet:
             PyBuffer_Release(&ev_view)
             if st != NULL:
                 PyBuffer_Release(&st_view)
+        return applied
+
+    def apply_top(self, events, top, status=None, in_sync=None):
+        """Apply a batch like :meth:`apply`, writing the top of book after each event.
+
+        Parameters
+        ----------
+        events : numpy.ndarray
+            C-contiguous array of :data:`~tickwire.ext.records.EVENT_DTYPE`.
+        top : numpy.ndarray
+            C-contiguous int64 array of shape ``(len(events), 4)`` (or more rows): row ``i``
+            receives the best bid and best ask prices (``TW_NO_PRICE``, the most negative
+            int64, for an empty side) and their quantities (0 when empty) of event ``i``'s
+            instrument's book just after event ``i``, whether or not the event was applied.
+            An event for an instrument without a book gets an empty row.
+        status : numpy.ndarray, optional
+            uint8 array receiving each event's :class:`Reject` code (0: applied).
+        in_sync : numpy.ndarray, optional
+            uint8 array receiving 1 where that book is in sync after the event, else 0
+            (stale, or between a snapshot's BEGIN and END markers).
+
+        Returns
+        -------
+        int
+            How many events were applied.  The books end exactly as :meth:`apply` leaves
+            them; this is the per-event top of book of the backtest report
+            (:mod:`tickwire.replay.report`), one C loop instead of a query per event.
+        """
+        cdef Py_buffer ev_view, top_view, st_view, sy_view
+        cdef const tw_event *ev = _event_buffer(events, &ev_view)
+        cdef Py_ssize_t n = ev_view.len // sizeof(tw_event), applied = 0
+        cdef uint8_t *st = NULL
+        cdef uint8_t *sy = NULL
+        cdef int64_t *tp = NULL
+        try:
+            if getattr(top, "dtype", None) != np.int64 or getattr(top, "ndim", 0) != 2 or top.shape[1] != 4:
+                raise TypeError("top must be an int64 numpy array of shape (n, 4)")
+            PyObject_GetBuffer(top, &top_view, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
+            tp = <int64_t *>top_view.buf
+            if top_view.len < n * 4 * <Py_ssize_t>sizeof(int64_t):
+                raise ValueError(f"top holds {top.shape[0]} rows, the batch has {n} events")
+            st = _status_buffer(status, n, &st_view)
+            if in_sync is not None:
+                if getattr(in_sync, "dtype", None) != np.uint8:
+                    raise TypeError("in_sync must be a numpy uint8 array")
+                sy = _status_buffer(in_sync, n, &sy_view)
+            if n >= _RELEASE_GIL_AT:
+                with nogil:
+                    applied = _bookset_apply_top(&self.c, ev, n, st, tp, sy)
+            else:
+                applied = _bookset_apply_top(&self.c, ev, n, st, tp, sy)
+        finally:
+            PyBuffer_Release(&ev_view)
+            if tp != NULL:
+                PyBuffer_Release(&top_view)
+            if st != NULL:
+                PyBuffer_Release(&st_view)
+            if sy != NULL:
+                PyBuffer_Release(&sy_view)
         return applied
 
     def __getitem__(self, uint32_t instrument):

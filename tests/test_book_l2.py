@@ -551,3 +551,58 @@ def test_constructor_refuses_nonsense_naming_the_argument():
     for bad in (-1, 2**32, 1.0):
         with pytest.raises((ValueError, TypeError), match=r"\binstrument\b"):
             L2Book(bad)
+
+
+# -- BookSet.apply_top (the backtest report's per-event top of book) ----------------------------
+def check_apply_top(book):
+    """``BookSet.apply_top`` on a mixed stream (snapshot markers, rejects, an unknown
+    instrument) writes the top of book, status and sync that applying the events one at a
+    time and querying after each gives, and leaves the same books."""
+    from tickwire.engine.instruments import make_books
+    from tickwire.feeds.synthetic import l2_updates, l3_orders, synthetic_instruments
+    insts = synthetic_instruments(3, book=book)
+    gen = l2_updates if book == "L2" else l3_orders
+    events = gen(6000, seed=11, instruments=3)
+    rng = np.random.default_rng(2)
+    extra = events[rng.integers(0, len(events), 40)].copy()
+    extra["kind"][:10] = Kind.SNAPSHOT
+    extra["flags"][:10] = [Flag.STALE, Flag.SNAPSHOT_END] * 5
+    extra["instrument"][10:15] = 9
+    extra["price"][15:20] = -5
+    events = np.insert(events, np.sort(rng.integers(0, len(events), 40)), extra)
+    a, b = make_books(insts), make_books(insts)
+    top = np.full((len(events) + 3, 4), 77, np.int64)
+    status = np.zeros(len(events), np.uint8)
+    sync = np.zeros(len(events), np.uint8)
+    applied = a.apply_top(events, top, status=status, in_sync=sync)
+    one = np.zeros(1, np.uint8)
+    none = np.iinfo(np.int64).min
+    total = 0
+    for k in range(len(events)):
+        total += b.apply(events[k:k + 1], one)
+        assert status[k] == one[0]
+        i = int(events["instrument"][k])
+        if i in b:
+            bk = b[i]
+            want = [bk.best_bid, bk.best_ask, bk.best_bid_qty, bk.best_ask_qty]
+            assert top[k].tolist() == [none if x is None else x for x in want], k
+            assert sync[k] == bk.in_sync
+        else:
+            assert top[k].tolist() == [none, none, 0, 0] and sync[k] == 0
+    assert applied == total and np.all(top[len(events):] == 77)       # rows past the batch untouched
+    assert not all(sync) and any(status)
+    assert a.rejects == b.rejects and a.unknown_instrument == b.unknown_instrument == 5
+    for x, y in zip(a, b):
+        assert x.state() == y.state()
+    small = events[:10]                                               # below the GIL-release size
+    assert make_books(insts).apply_top(small, np.zeros((10, 4), np.int64)) == make_books(insts).apply(small)
+    with pytest.raises(TypeError, match="top"):
+        a.apply_top(events, np.zeros((len(events), 3), np.int64))
+    with pytest.raises(ValueError, match="rows"):
+        a.apply_top(events, np.zeros((2, 4), np.int64))
+    with pytest.raises(TypeError, match="in_sync"):
+        a.apply_top(events, top, in_sync=np.zeros(len(events), np.int64))
+
+
+def test_bookset_apply_top_equals_one_by_one():
+    check_apply_top("L2")

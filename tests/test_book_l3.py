@@ -407,3 +407,8 @@ def test_l3_constructor_refuses_nonsense_naming_the_argument():
         assert "\n" not in str(err.value)
     assert L3Book(0, initial_orders=0, max_orders=4).order_count == 0       # 0: allocate lazily
     assert L3Book(0, max_orders=4).order_count == 0                          # default clamped
+
+
+def test_bookset_apply_top_equals_one_by_one():
+    from test_book_l2 import check_apply_top
+    check_apply_top("L3")
