@@ -177,7 +177,9 @@ def _run_demo(duration, rate, instruments, channels, data_dir, seed, say, keep) 
         ev = sum(w["feed"]["events"] for w in ws)          # market events, as the publisher counts them
         sig = sum(w["counts"]["signals"] for w in ws)
         gaps = sum(w["feed"]["gaps"] for w in ws)
-        stored = sum(w.get("rows_written", 0) for w in wr)
+        # the writer counts rows, snapshot and marker rows included: the ticks are the rest
+        stored = max(0, sum(w.get("rows_written", 0) for w in wr)
+                     - sum(w["feed"]["snapshot_events"] + w["feed"]["markers"] for w in ws))
         p99 = max((w["latency_ns"]["tick_to_signal"]["p99"] for w in ws), default=0)
         pub = next((m.group(1) for line in reversed(sim_out)       # the final count once it is done
                     if (m := re.match(r"(?:done: |\s*)([\d,]+) events", line))), "0")

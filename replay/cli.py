@@ -271,6 +271,10 @@ def _run(args, source, spec, report_cls, report_dir, horizons, sig_path) -> int:
 
     old = signal.signal(signal.SIGINT, interrupt)
     old_term = signal.signal(signal.SIGTERM, interrupt)
+    if not spec.rules:
+        print("note: no rules (give --config FILE with [[rules]], such as the daemon's config): books and "
+              "statistics only, so no signals" + (" and an empty report" if args.report else ""),
+              file=sys.stderr, flush=True)
     progress = _Progress(source.total, args.quiet)
     try:
         res = replay.run(args.speed, progress=progress, sink=sink)

@@ -168,10 +168,10 @@ def test_tickwire_demo_as_written_and_its_figures_add_up(tmp_path):
     assert "every published event stored exactly once: yes" in text, text[-3000:]
     published = int(re.search(r"published by the simulator\s+([\d,]+)", text).group(1).replace(",", ""))
     assert published == 2_000_000                                  # 20 s at 100,000 events/s
-    for m in re.finditer(r"published\s+([\d,]+)\s+processed\s+([\d,]+).*?signals\s+([\d,]+) \(received ([\d,]+)\)",
-                         text):
-        pub, proc, sig, rec = (int(g.replace(",", "")) for g in m.groups())
-        assert proc <= pub <= published and rec <= sig, m.group(0)
+    for m in re.finditer(r"published\s+([\d,]+)\s+processed\s+([\d,]+)\s+stored\s+([\d,]+).*?signals\s+([\d,]+) "
+                         r"\(received ([\d,]+)\)", text):
+        pub, proc, stored, sig, rec = (int(g.replace(",", "")) for g in m.groups())
+        assert proc <= pub <= published and stored <= published and rec <= sig, m.group(0)
     hdr = re.search(r"HDR interval logs: (.*)", text).group(1).split(", ")
     assert hdr and all(Path(p).exists() for p in hdr), hdr
     assert all(Path(p).parent == tmp_path / "tickwire-data" / "demo" / "hdr" for p in hdr), hdr
