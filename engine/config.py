@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat as statmod
+import tempfile
 import tomllib
 from dataclasses import dataclass, field, fields, is_dataclass
 from decimal import Decimal, InvalidOperation
@@ -129,8 +131,6 @@ def private_ipc_dir() -> Path:
     ``<tmp>/tickwire-<uid>``; created 0700. Refused (ValueError, one line) when it is a symlink,
     another user's, or open to others: whoever binds an endpoint first is the one a receiver
     listens to, so the directory must be one only this user can write."""
-    import tempfile
-
     run = os.environ.get("XDG_RUNTIME_DIR")
     d = Path(run) / "tickwire" if run and os.path.isdir(run) else Path(tempfile.gettempdir()) / f"tickwire-{os.geteuid()}"
     try:
@@ -138,8 +138,6 @@ def private_ipc_dir() -> Path:
         st = os.lstat(d)
     except OSError as exc:
         raise ValueError(f"cannot create the endpoint directory {d}: {exc.strerror or exc}") from None
-    import stat as statmod
-
     if not statmod.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
         raise ValueError(f"the endpoint directory {d} is not a private directory of yours (owner uid {st.st_uid}, "
                          f"mode {st.st_mode & 0o7777:04o}): another user may have made it; remove it, or set "

@@ -770,7 +770,8 @@ class _Collector:
                                    ("p9999", "0.9999"), ("max", "1")):
                     lat.add_metric([w, stage, label], q[key])
         wr = {name: CounterMetricFamily(f"tickwire_writer_{name}", help_, labels=["ring"]) for name, help_ in (
-            ("rows_written", "ticks written to the store"), ("rows_spilled", "ticks spilled to local files"),
+            ("rows_written", "rows written to the store: ticks, and the snapshot and marker rows the books met"),
+            ("rows_spilled", "rows spilled to local files"),
             ("batches_written", "insert batches"), ("batches_replayed", "spilled batches replayed"),
             ("sched_switches", "times the writer left or re-entered SCHED_IDLE (it leaves when behind)"))}
         wg = {name: GaugeMetricFamily(f"tickwire_writer_{name}", help_, labels=["ring"]) for name, help_ in (

@@ -615,7 +615,7 @@ class Simulator:
                     self.next_seq[c] = seq + n
                     if ns_per_event:
                         intended = t0 + int(published * ns_per_event)
-                        _pace(intended)
+                        pace_until(intended)
                     else:
                         intended = time.perf_counter_ns()
                     self._emit(c, encode_payload(MsgType.DATA, c, seq, msg, epoch=self.epoch,
@@ -697,7 +697,7 @@ def _tight_timers() -> bool:
         return False
 
 
-def _pace(deadline_ns: int) -> None:
+def pace_until(deadline_ns: int) -> None:
     """Wait until ``deadline_ns`` (perf_counter): sleep until _SPIN_NS before it, then spin.
 
     Between messages the publisher sleeps rather than spins: on a machine where it shares a

@@ -271,7 +271,7 @@ def _run(args, source, spec, report_cls, report_dir, horizons, sig_path) -> int:
 
     old = signal.signal(signal.SIGINT, interrupt)
     old_term = signal.signal(signal.SIGTERM, interrupt)
-    if not spec.rules:
+    if not spec.rules and sink is None:                  # republishing: the daemon runs the rules
         print("note: no rules (give --config FILE with [[rules]], such as the daemon's config): books and "
               "statistics only, so no signals" + (" and an empty report" if args.report else ""),
               file=sys.stderr, flush=True)

@@ -25,6 +25,7 @@ import numpy as np
 from tickwire.engine.pipeline import Engine, StatsConfig
 from tickwire.ext.hdr import Recorder
 from tickwire.ext.records import EVENT_DTYPE, SIGNAL_DTYPE, Flag
+from tickwire.feeds.simulator import pace_until
 
 __all__ = ["EngineSpec", "Replay", "ReplayResult", "Step", "split_by_time"]
 
@@ -252,14 +253,12 @@ class Replay:
 
 
 def _sleep_until(due_ns: int, sink=None) -> None:
-    """Sleep to within ~100 us of ``due_ns`` (perf_counter_ns), then spin; a sink is served
+    """Wait until ``due_ns`` (perf_counter_ns) as the simulator paces its sends (sleep, then spin
+    the last tens of microseconds: :func:`tickwire.feeds.simulator.pace_until`); a sink is served
     (recovery requests, heartbeats) at least every 10 ms meanwhile."""
-    while True:
-        left = due_ns - time.perf_counter_ns()
-        if left <= 0:
-            return
-        if sink is not None and left > 1_000_000:
+    if sink is not None:
+        while due_ns - time.perf_counter_ns() > 10_000_000:
             sink.serve()
-            left = due_ns - time.perf_counter_ns()
-        if left > 200_000:
-            time.sleep(min(left - 100_000, 10_000_000) / 1e9)
+            time.sleep(0.01)
+        sink.serve()
+    pace_until(due_ns)

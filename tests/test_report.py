@@ -169,6 +169,20 @@ def fnum(text):
     return None if text == "" else float(text)
 
 
+def assert_markouts(rows, ref_marks, horizons, bps=False):
+    """markouts.csv, row for row, against the reference's (rule, instrument, direction, mid0,
+    markouts, statuses); ``bps``: the basis-point columns too."""
+    names = [horizon_name(h) for h in horizons]
+    for row, (rule, inst, d, m0, vals, status) in zip(rows, ref_marks):
+        assert (int(row["rule_id"]), int(row["instrument"]), int(row["direction"])) == (rule, inst, d)
+        assert same(row["mid0_ticks"], m0)
+        for name, v, stt in zip(names, vals, status):
+            assert row[f"status_{name}"] == stt
+            assert fnum(row[f"markout_{name}_ticks"]) == v
+            if bps and v is not None:
+                assert float(row[f"markout_{name}_bps"]) == pytest.approx(v / m0 * 1e4, rel=1e-12)
+
+
 def same(text, x):
     """A CSV number equals ``x`` (empty: NaN)."""
     return math.isnan(x) if text == "" else float(text) == x
@@ -511,15 +525,8 @@ def test_engine_signals_match_plain_computation(synthetic, tmp_path, latency, fe
     # every directional signal's markout, row for row
     rows = read_csv(tmp_path / "markouts.csv")
     assert len(rows) == len(ref_marks) > 100
+    assert_markouts(rows, ref_marks, SYN_HORIZONS, bps=True)
     names = [horizon_name(h) for h in SYN_HORIZONS]
-    for row, (rule, inst, d, m0, vals, status) in zip(rows, ref_marks):
-        assert (int(row["rule_id"]), int(row["instrument"]), int(row["direction"])) == (rule, inst, d)
-        assert same(row["mid0_ticks"], m0)
-        for name, v, stt in zip(names, vals, status):
-            assert row[f"status_{name}"] == stt
-            assert fnum(row[f"markout_{name}_ticks"]) == v
-            if v is not None:
-                assert float(row[f"markout_{name}_bps"]) == pytest.approx(v / m0 * 1e4, rel=1e-12)
     statuses = {s for *_, status in ref_marks for s in status}
     assert {"ok", "unresolved"} <= statuses                        # both sides of the end of data
 
@@ -653,14 +660,9 @@ def test_random_streams_match_plain_computation(stream, horizons, latency, fee_b
         rows = read_csv(Path(d) / "markouts.csv")
         trades = read_csv(Path(d) / "trades.csv")
     ref_marks, ref_trades = reference_report(e, sigs, horizons, latency, fee_bps, list(range(ninst)))
-    names = [horizon_name(h) for h in horizons]
     assert len(rows) == len(ref_marks)
-    for row, (rule, inst, d, m0, vals, status) in zip(rows, ref_marks):
-        assert (int(row["rule_id"]), int(row["instrument"]), int(row["direction"])) == (rule, inst, d)
-        assert same(row["mid0_ticks"], m0)
-        for name, v, stt in zip(names, vals, status):
-            assert row[f"status_{name}"] == stt
-            assert fnum(row[f"markout_{name}_ticks"]) == v
+    assert_markouts(rows, ref_marks, horizons)
+    names = [horizon_name(h) for h in horizons]
     got = [((int(t["rule_id"]), int(t["instrument"])), int(t["direction"]), int(t["entry_price_ticks"]),
             fnum(t["exit_price_ticks"])) for t in trades]
     assert len(trades) == len(ref_trades)
