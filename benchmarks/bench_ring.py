@@ -14,6 +14,8 @@ Throughput contestants, all ``--batch`` records (default 1024) per hand-off, non
 - limit: a plain C SPSC loop over the same segment (``benchmarks/cext/tw_limits.h``): records
   written in place, one release store of head per batch; the consumer copies out what is
   there (at most a batch) and stores tail once per copy, as tickwire's ``tw_ring_pop_n`` does.
+  It waits as the ring does (spin 50 us, then a futex): a pure spin is no limit on a shared
+  machine, where a spinning side holds its core while the other side is descheduled.
 - tickwire C API (``cimport tickwire.ext.ring``): tw_ring_claim/written, tw_ring_publish per
   batch; tw_ring_pop_n of a batch.  Also published per record (tw_ring_push), for the record.
 - tickwire Python ``push_many``/``pop_many`` of batch-record numpy arrays.
@@ -151,7 +153,9 @@ def teardown(ctx):
     if "shm" in ctx:
         ctx["shm"].close()
     if "s" in ctx:
-        ctx["s"].close(linger=1000)
+        import zmq
+        ctx["s"].close(linger=-1)
+        zmq.Context.instance().term()                      # returns once everything queued is delivered
 
 
 def batches(n, batch):
@@ -425,6 +429,7 @@ def main():
     ap.add_argument("--latency-rate", type=float, default=10_000, help="records/s offered (default 10k)")
     ap.add_argument("--latency-samples", type=int, default=20_000, help="records per latency run")
     ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--skip-throughput", action="store_true")
     args, _ = ap.parse_known_args()                 # run_all.py passes every script the same arguments
     if args.batch < 1 or args.batch > CAPACITY or CAPACITY % args.batch:
         ap.error(f"--batch must be a power of two from 1 to {CAPACITY}")
@@ -432,6 +437,23 @@ def main():
     print(f"Ring benchmark: {describe_run(f'producer on core {PRODUCER_CORE}, consumer on core {CONSUMER_CORE}')}")
     print(f"{REC}-byte records, {args.batch} per hand-off, ring of {CAPACITY:,}; each run in two fresh processes; "
           f"median of {args.repeats} runs; every run's count and sum of record numbers checked\n")
+    if not args.skip_throughput:
+        report_throughput(args)
+    if args.skip_latency:
+        return 0
+    print(f"\nOne-way latency at {args.latency_rate:,.0f} records/s offered (constant rate, intended-time "
+          f"stamps), {args.latency_samples:,} records x {args.repeats} runs, microseconds")
+    lat = latency(args.repeats, args.latency_rate, args.latency_samples)
+    base = lat[LATENCY[0][1]]["p50"]
+    rows = []
+    for label, s in lat.items():
+        rows.append([label] + [f"{s[k] / 1000:.2f}" for k in ("p50", "p90", "p99", "p99.9", "p99.99", "max")]
+                    + [f"{s['p50'] / base:.1f}x"])
+    table(rows, ["contestant", "p50", "p90", "p99", "p99.9", "p99.99", "max", "p50 vs limit"])
+    return 0
+
+
+def report_throughput(args):
     rates = throughput(args.repeats, args.scale, args.batch)
     limit = rates["limit"]["median"]
     peers = [k for k, _, _, peer in THROUGHPUT if peer]
@@ -461,19 +483,6 @@ def main():
     ]
     for what, ok, fig in checks:
         print(f"  [{'met' if ok else 'NOT MET'}] {what}: {fig}")
-
-    if args.skip_latency:
-        return 0
-    print(f"\nOne-way latency at {args.latency_rate:,.0f} records/s offered (constant rate, intended-time "
-          f"stamps), {args.latency_samples:,} records x {args.repeats} runs, microseconds")
-    lat = latency(args.repeats, args.latency_rate, args.latency_samples)
-    base = lat[LATENCY[0][1]]["p50"]
-    rows = []
-    for label, s in lat.items():
-        rows.append([label] + [f"{s[k] / 1000:.2f}" for k in ("p50", "p90", "p99", "p99.9", "p99.99", "max")]
-                    + [f"{s['p50'] / base:.1f}x"])
-    table(rows, ["contestant", "p50", "p90", "p99", "p99.9", "p99.99", "max", "p50 vs limit"])
-    return 0
 
 
 if __name__ == "__main__":

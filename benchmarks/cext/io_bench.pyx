@@ -19,9 +19,9 @@ from tickwire.ext.hdr cimport Recorder, tw_hdr, tw_hdr_record
 
 cdef extern from "tw_limits.h" nogil:
     void twb_limit_produce(tw_ring_hdr *h, char *data, uint64_t n, const char *tmpl,
-                           uint64_t batch, size_t seq_off)
+                           uint64_t batch, size_t seq_off, int64_t spin_ns)
     uint64_t twb_limit_consume(tw_ring_hdr *h, const char *data, uint64_t n, char *buf,
-                               uint64_t batch, size_t seq_off)
+                               uint64_t batch, size_t seq_off, int64_t spin_ns)
     void twb_limit_produce_paced(tw_ring_hdr *h, char *data, uint64_t n, const char *tmpl,
                                  int64_t start_ns, int64_t interval_ns)
     void twb_limit_consume_latency(tw_ring_hdr *h, const char *data, uint64_t n, char *buf,
@@ -34,20 +34,21 @@ cdef extern from "tw_limits.h" nogil:
 # ---------------------------------------------------------------------------------------------
 
 def limit_produce(Ring ring, uint64_t n, uint64_t batch, size_t seq_off):
-    """The limit's producer: n records, one release store of head per ``batch``."""
+    """The limit's producer: n records, one release store of head per ``batch``; waits as
+    the ring does (spin ``ring.spin_ns``, then the futex)."""
     cdef char *tmpl = <char *>calloc(1, ring.c.rsize)
     with nogil:
-        twb_limit_produce(ring.c.hdr, ring.c.data, n, tmpl, batch, seq_off)
+        twb_limit_produce(ring.c.hdr, ring.c.data, n, tmpl, batch, seq_off, ring.c.spin_ns)
     free(tmpl)
 
 
 def limit_consume(Ring ring, uint64_t n, uint64_t batch, size_t seq_off):
-    """The limit's consumer: n records, up to ``batch`` per copy and tail store; returns the
-    sum of their numbers."""
+    """The limit's consumer: n records, up to ``batch`` per copy and tail store; waits as the
+    ring does; returns the sum of their numbers."""
     cdef char *buf = <char *>malloc(ring.c.rsize * batch)
     cdef uint64_t s
     with nogil:
-        s = twb_limit_consume(ring.c.hdr, ring.c.data, n, buf, batch, seq_off)
+        s = twb_limit_consume(ring.c.hdr, ring.c.data, n, buf, batch, seq_off, ring.c.spin_ns)
     free(buf)
     return s
 

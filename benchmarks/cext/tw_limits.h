@@ -1,9 +1,9 @@
 /* Benchmark-only: the plain C loops that are the "limits" of bench_ring.py and bench_hdr.py.
  *
  * They run over a tickwire ring segment (tw_ring.h's layout: head and tail on their own cache
- * lines) with nothing tickwire's ring adds: no ownership checks, no waiting words or futexes,
- * no fences beyond the release/acquire pair.  Each side caches the other side's index and
- * reloads it only when full / empty, spinning on the CPU.
+ * lines) with nothing tickwire's ring adds but its wait protocol (below): no ownership checks,
+ * no handle struct, no policy branches.  Each side caches the other side's index and reloads
+ * it only when full / empty.
  *
  * Batching is the same as tickwire's own batched path: the producer fills slots in place and
  * publishes head once per `batch` records; the consumer copies out everything available (at
@@ -16,8 +16,44 @@
 
 #include "tw_ring.h"
 
+/* Waiting, as plainly as it can be done with tickwire's wait protocol: spin up to spin_ns
+ * re-reading the other side's index, then announce the wait (waiting word, full fence),
+ * re-check, and sleep on the futex word.  The other side, after its release store, fences and
+ * wakes only when the waiting word is set.  (A pure spin is not a limit on a shared machine:
+ * a spinning side keeps the core while the other side is descheduled, and loses far more than
+ * the few nanoseconds of the protocol.) */
+static uint64_t twb_wait_change(const uint64_t *word, uint64_t seen, int64_t spin_ns,
+                                uint32_t *waiting, uint32_t *futex) {
+    uint64_t v;
+    int64_t end = tw_mono_ns() + spin_ns;
+    int i;
+    for (;;) {
+        for (i = 0; i < 64; i++) {
+            tw_cpu_relax();
+            if ((v = tw_load_acq64(word)) != seen) return v;
+        }
+        if (tw_mono_ns() >= end) break;
+    }
+    for (;;) {
+        uint32_t epoch = tw_load_acq32(futex);
+        tw_store_seq32(waiting, 1);
+        tw_fence_seq();
+        if ((v = tw_load_acq64(word)) != seen) return v;
+        tw_futex_wait(futex, epoch, 100000000LL);
+    }
+}
+
+static inline void twb_store_and_wake(uint64_t *word, uint64_t v, uint32_t *waiting, uint32_t *futex) {
+    tw_store_rel64(word, v);
+    tw_fence_seq();
+    if (tw_load_rlx32(waiting) && tw_xchg32(waiting, 0)) {
+        tw_fetch_add32(futex, 1);
+        tw_futex_wake_all(futex);
+    }
+}
+
 static void twb_limit_produce(tw_ring_hdr *h, char *data, uint64_t n, const char *tmpl,
-                              uint64_t batch, size_t seq_off) {
+                              uint64_t batch, size_t seq_off, int64_t spin_ns) {
     const uint64_t cap = h->capacity, mask = cap - 1;
     const size_t rs = (size_t)h->record_size;
     uint64_t head = tw_load_rlx64(&h->head), published = head;
@@ -25,31 +61,37 @@ static void twb_limit_produce(tw_ring_hdr *h, char *data, uint64_t n, const char
     for (i = 0; i < n; i++) {
         char *slot;
         if (TW_UNLIKELY(head - tail_cache >= cap)) {
-            if (published != head) { tw_store_rel64(&h->head, head); published = head; }
-            do {
-                tw_cpu_relax();
-                tail_cache = tw_load_acq64(&h->tail);
-            } while (head - tail_cache >= cap);
+            if (published != head) {
+                twb_store_and_wake(&h->head, head, &h->cons_waiting, &h->cons_futex);
+                published = head;
+            }
+            tail_cache = tw_load_acq64(&h->tail);
+            while (head - tail_cache >= cap)
+                tail_cache = twb_wait_change(&h->tail, tail_cache, spin_ns, &h->prod_waiting, &h->prod_futex);
         }
         slot = data + (head & mask) * rs;
         memcpy(slot, tmpl, rs);
         memcpy(slot + seq_off, &i, sizeof(i));
         head++;
-        if (head - published >= batch) { tw_store_rel64(&h->head, head); published = head; }
+        if (head - published >= batch) {
+            twb_store_and_wake(&h->head, head, &h->cons_waiting, &h->cons_futex);
+            published = head;
+        }
     }
-    if (published != head) tw_store_rel64(&h->head, head);
+    if (published != head) twb_store_and_wake(&h->head, head, &h->cons_waiting, &h->cons_futex);
 }
 
 static uint64_t twb_limit_consume(tw_ring_hdr *h, const char *data, uint64_t n, char *buf,
-                                  uint64_t batch, size_t seq_off) {
+                                  uint64_t batch, size_t seq_off, int64_t spin_ns) {
     const uint64_t cap = h->capacity, mask = cap - 1;
     const size_t rs = (size_t)h->record_size;
     uint64_t tail = tw_load_rlx64(&h->tail), end = tail + n;
     uint64_t head_cache = tw_load_acq64(&h->head), sum = 0, v, k, j, at, first;
     while (tail < end) {
-        while (TW_UNLIKELY(tail == head_cache)) {
-            tw_cpu_relax();
+        if (TW_UNLIKELY(tail == head_cache)) {
             head_cache = tw_load_acq64(&h->head);
+            while (tail == head_cache)
+                head_cache = twb_wait_change(&h->head, head_cache, spin_ns, &h->cons_waiting, &h->cons_futex);
         }
         k = head_cache - tail;
         if (k > batch) k = batch;
@@ -63,7 +105,7 @@ static uint64_t twb_limit_consume(tw_ring_hdr *h, const char *data, uint64_t n, 
             sum += v;
         }
         tail += k;
-        tw_store_rel64(&h->tail, tail);
+        twb_store_and_wake(&h->tail, tail, &h->prod_waiting, &h->prod_futex);
     }
     return sum;
 }
