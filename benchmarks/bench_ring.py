@@ -26,6 +26,10 @@ Throughput contestants, all ``--batch`` records (default 1024) per hand-off, non
 - faster-fifo with identity ``dumps``/``loads`` (no pickling), one message per batch
   (``tobytes()``: its API takes bytes), ``get_many``.
 
+Each side's own cost: in one process on one core, the limit's and tickwire's producer fill a
+ring lap, then their consumer empties it, alternately (no other core, no waiting): ns per record
+per side, the stand-in for the cycles per record that ``perf stat`` cannot count on this VM.
+
 Latency: the producer sends at a constant rate (``--latency-rate``, records due at fixed times
 and stamped with that intended time, so a late record counts its queueing), one record per
 hand-off; the consumer records arrival - intended time in a tickwire HDR recorder.
@@ -424,6 +428,38 @@ def latency(repeats, rate, samples):
 
 # ---------------------------------------------------------------------------------------------
 
+def code_cost(batch, laps=100, repeats=5):
+    """Each side's own cost per record, without the other core: in one process pinned to core 1,
+    the producer fills a whole ring lap, then the consumer empties it, alternately (no waiting,
+    no cache line crossing cores).  The stand-in for the cycles per record perf cannot count on
+    this VM.  Returns {kind: (producer ns/record, consumer ns/record)} medians over repeats."""
+    pin(CONSUMER_CORE)
+    out = {}
+    for kind in ("limit", "cy"):
+        name = f"twbench-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        prod = R.Ring.create(name, EVENT_DTYPE, CAPACITY, role="producer")
+        cons = R.Ring.attach(name, EVENT_DTYPE, role="consumer")
+        produce_fn = B.limit_produce if kind == "limit" else B.push
+        consume_fn = B.limit_consume if kind == "limit" else B.pop
+        per = []
+        try:
+            for _ in range(repeats):
+                tp = tc = 0
+                for _ in range(laps):
+                    t0 = time.perf_counter_ns()
+                    produce_fn(prod, CAPACITY, batch, SEQ)
+                    t1 = time.perf_counter_ns()
+                    consume_fn(cons, CAPACITY, batch, SEQ)
+                    tc += time.perf_counter_ns() - t1
+                    tp += t1 - t0
+                per.append((tp / (laps * CAPACITY), tc / (laps * CAPACITY)))
+        finally:
+            cons.close()
+            prod.close()
+        out[kind] = (statistics.median(p for p, _ in per), statistics.median(c for _, c in per))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5, help="rounds of every contestant in turn")
@@ -442,6 +478,11 @@ def main():
           f"median of {args.repeats} runs; every run's count and sum of record numbers checked\n")
     if not args.skip_throughput:
         report_throughput(args)
+        cost = code_cost(args.batch)
+        print(f"\nEach side's own cost, one core, a ring lap at a time (no other core, no waiting), ns/record:")
+        table([[label, f"{cost[k][0]:.2f}", f"{cost[k][1]:.2f}", f"{sum(cost[k]) / sum(cost['limit']):.2f}x"]
+               for k, label in (("limit", "limit: plain C loop"), ("cy", "tickwire C API"))],
+              ["contestant", "producer", "consumer", "vs limit"])
     if args.skip_latency:
         return 0
     print(f"\nOne-way latency at {args.latency_rate:,.0f} records/s offered (constant rate, intended-time "
