@@ -482,7 +482,7 @@ def main():
         print(f"\nEach side's own cost, one core, a ring lap at a time (no other core, no waiting), ns/record:")
         table([[label, f"{cost[k][0]:.2f}", f"{cost[k][1]:.2f}", f"{sum(cost[k]) / sum(cost['limit']):.2f}x"]
                for k, label in (("limit", "limit: plain C loop"), ("cy", "tickwire C API"))],
-              ["contestant", "producer", "consumer", "vs limit"])
+              ["contestant", "producer", "consumer", "time vs limit"])
     if args.skip_latency:
         return 0
     print(f"\nOne-way latency at {args.latency_rate:,.0f} records/s offered (constant rate, intended-time "
