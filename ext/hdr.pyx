@@ -408,14 +408,3 @@ cdef class StageRecorders:
 
     def __repr__(self):
         return "<StageRecorders " + " ".join(f"{n}={r.total}" for n, r in self.items()) + ">"
-
-
-def _bench_record(Recorder rec, values, Py_ssize_t repeats=1):
-    """Record ``values`` ``repeats`` times through the inline C path (benchmarks)."""
-    cdef const int64_t[::1] v = np.ascontiguousarray(values, dtype=np.int64)
-    cdef Py_ssize_t i, k, n = v.shape[0]
-    cdef tw_hdr *h = rec.h
-    with nogil:
-        for k in range(repeats):
-            for i in range(n):
-                tw_hdr_record(h, v[i])

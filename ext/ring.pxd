@@ -85,12 +85,6 @@ cdef extern from "tw_ring.h" nogil:
     int tw_shm_mode(const char *name)
     int tw_shm_unmap(void *p, size_t size)
     int tw_shm_unlink(const char *name)
-    void tw_limit_produce(tw_ring_hdr *h, char *data, uint64_t n, const char *tmpl, uint64_t batch)
-    uint64_t tw_limit_consume(tw_ring_hdr *h, const char *data, uint64_t n, char *buf, uint64_t batch)
-    void tw_limit_produce_paced(tw_ring_hdr *h, char *data, uint64_t n, const char *tmpl,
-                                int64_t start_ns, int64_t interval_ns)
-    void tw_limit_consume_latency(tw_ring_hdr *h, const char *data, uint64_t n, char *buf,
-                                  int64_t *lat)
 
 cdef enum:
     TW_ROLE_NONE = 0              # maps the ring, neither produces nor consumes (an owner)

@@ -2,8 +2,8 @@
  *
  * The ring logic itself (push, publish, pop, lap detection) is Cython, in ring.pyx/ring.pxd;
  * this header holds what Cython cannot spell: memory orders, CPU pause, futexes, and the
- * POSIX shared-memory calls.  It also holds the benchmark's "limit": a plain C SPSC loop over
- * the same segment (tw_limit_produce / tw_limit_consume), the yardstick for the Cython ring.
+ * POSIX shared-memory calls.  (The benchmark's plain C limit loops over the same segment live
+ * in benchmarks/cext/tw_limits.h, outside the product.)
  *
  * Segment layout (docs/rings.md has the full description):
  *
@@ -231,104 +231,5 @@ static int tw_shm_mode(const char *name) {
 
 static int tw_shm_unmap(void *p, size_t size) { return munmap(p, size) == 0 ? 0 : errno; }
 static int tw_shm_unlink(const char *name) { return shm_unlink(name) == 0 ? 0 : errno; }
-
-/* ---- the limit: a plain SPSC ring loop over the same segment (benchmarks only) -------------
- * Each side stores its index with one release store per `batch` records (1: per record), caches
- * the other side's index and reloads it only when full / empty, spinning on the CPU: no waiting
- * flags, no checks.  The first 8 bytes of each record carry its sequence number; the consumer
- * returns their sum so nothing is optimised away. */
-
-static void tw_limit_produce(tw_ring_hdr *h, char *data, uint64_t n, const char *tmpl,
-                             uint64_t batch) {
-    const uint64_t cap = h->capacity, mask = cap - 1;
-    const size_t rs = (size_t)h->record_size;
-    uint64_t head = tw_load_rlx64(&h->head), published = head;
-    uint64_t tail_cache = tw_load_acq64(&h->tail), i;
-    for (i = 0; i < n; i++) {
-        char *slot;
-        if (TW_UNLIKELY(head - tail_cache >= cap)) {
-            if (published != head) { tw_store_rel64(&h->head, head); published = head; }
-            do {
-                tw_cpu_relax();
-                tail_cache = tw_load_acq64(&h->tail);
-            } while (head - tail_cache >= cap);
-        }
-        slot = data + (head & mask) * rs;
-        memcpy(slot, tmpl, rs);
-        memcpy(slot, &i, sizeof(i));
-        head++;
-        if (head - published >= batch) { tw_store_rel64(&h->head, head); published = head; }
-    }
-    if (published != head) tw_store_rel64(&h->head, head);
-}
-
-static uint64_t tw_limit_consume(tw_ring_hdr *h, const char *data, uint64_t n, char *buf,
-                                 uint64_t batch) {
-    const uint64_t mask = h->capacity - 1;
-    const size_t rs = (size_t)h->record_size;
-    uint64_t tail = tw_load_rlx64(&h->tail), committed = tail;
-    uint64_t head_cache = tw_load_acq64(&h->head), i, sum = 0, v;
-    for (i = 0; i < n; i++) {
-        if (TW_UNLIKELY(tail == head_cache)) {
-            if (committed != tail) { tw_store_rel64(&h->tail, tail); committed = tail; }
-            do {
-                tw_cpu_relax();
-                head_cache = tw_load_acq64(&h->head);
-            } while (tail == head_cache);
-        }
-        memcpy(buf, data + (tail & mask) * rs, rs);
-        memcpy(&v, buf, sizeof(v));
-        sum += v;
-        tail++;
-        if (tail - committed >= batch) { tw_store_rel64(&h->tail, tail); committed = tail; }
-    }
-    if (committed != tail) tw_store_rel64(&h->tail, tail);
-    return sum;
-}
-
-/* Paced producer for the latency limit: record i is due at start_ns + i * interval_ns; the
- * producer spins until then and stamps bytes 8..16 with that intended time (so queueing
- * behind a late record counts, as with a constant-rate load generator). */
-static void tw_limit_produce_paced(tw_ring_hdr *h, char *data, uint64_t n, const char *tmpl,
-                                   int64_t start_ns, int64_t interval_ns) {
-    const uint64_t cap = h->capacity, mask = cap - 1;
-    const size_t rs = (size_t)h->record_size;
-    uint64_t head = tw_load_rlx64(&h->head), tail_cache = tw_load_acq64(&h->tail), i;
-    for (i = 0; i < n; i++) {
-        char *slot;
-        int64_t due = start_ns + (int64_t)i * interval_ns;
-        while (tw_mono_ns() < due) tw_cpu_relax();
-        while (TW_UNLIKELY(head - tail_cache >= cap)) {
-            tw_cpu_relax();
-            tail_cache = tw_load_acq64(&h->tail);
-        }
-        slot = data + (head & mask) * rs;
-        memcpy(slot, tmpl, rs);
-        memcpy(slot, &i, sizeof(i));
-        memcpy(slot + 8, &due, sizeof(due));
-        head++;
-        tw_store_rel64(&h->head, head);
-    }
-}
-
-/* Consumer for the latency limit: lat[i] = arrival time - the stamp in bytes 8..16. */
-static void tw_limit_consume_latency(tw_ring_hdr *h, const char *data, uint64_t n, char *buf,
-                                     int64_t *lat) {
-    const uint64_t mask = h->capacity - 1;
-    const size_t rs = (size_t)h->record_size;
-    uint64_t tail = tw_load_rlx64(&h->tail), head_cache = tw_load_acq64(&h->head), i;
-    int64_t stamp;
-    for (i = 0; i < n; i++) {
-        while (tail == head_cache) {
-            tw_cpu_relax();
-            head_cache = tw_load_acq64(&h->head);
-        }
-        memcpy(buf, data + (tail & mask) * rs, rs);
-        memcpy(&stamp, buf + 8, sizeof(stamp));
-        lat[i] = tw_mono_ns() - stamp;
-        tail++;
-        tw_store_rel64(&h->tail, tail);
-    }
-}
 
 #endif /* TW_RING_H */
