@@ -42,11 +42,14 @@ class Republisher:
         Events kept per channel for retransmission.
     heartbeat : float
         Seconds between heartbeats of an idle channel.
+    flags : int
+        Set on every event sent (default ``Flag.REPLAY``; the cryptofeed bridge, a live feed, sends 0).
     """
 
     def __init__(self, endpoint: str, snapshot: str, instruments, channels=None, *,
                  max_message_events: int = 1024, retain_events: int = 1 << 20, heartbeat: float = 0.1,
-                 sndhwm: int = 0):
+                 sndhwm: int = 0, flags: int = Flag.REPLAY):
+        self.flags = int(flags)
         self.instruments = list(instruments)
         self.channels = channels
         self.max_events = int(max_message_events)
@@ -88,7 +91,8 @@ class Republisher:
     def send(self, events: np.ndarray) -> None:
         """Publish a batch: per channel, in order, in messages of at most ``max_message_events``."""
         ev = np.array(events, dtype=EVENT_DTYPE, copy=True)
-        ev["flags"] |= np.uint32(Flag.REPLAY)
+        if self.flags:
+            ev["flags"] |= np.uint32(self.flags)
         if self.channels:
             ev["channel"] = ev["instrument"] % self.channels
         chans = ev["channel"]
