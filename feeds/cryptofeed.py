@@ -38,6 +38,7 @@ import signal
 import time
 from collections import Counter
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -207,16 +208,19 @@ class Bridge:
         try:
             self.publisher = Republisher(self.bc.endpoint, self.bc.snapshot, self.instruments, cfg.feeds.channels,
                                          max_message_events=cfg.feeds.max_message_events,
-                                         heartbeat=self.bc.heartbeat_ms / 1000, sndhwm=sndhwm, flags=0)
+                                         heartbeat=self.bc.heartbeat_ms / 1000, sndhwm=sndhwm, flags=0,
+                                         xpub=True)
         except ReplayError as exc:
             raise BridgeError(str(exc)) from None
+        self.channels = cfg.feeds.channels or 1
         self.crossed = Counter()
         self._stop = False
 
     # -- what cryptofeed hands out -----------------------------------------------------------
     def publish(self, events) -> None:
+        """One exchange message's events (one instrument: one channel), new arrays each time."""
         if events is not None and len(events):
-            self.publisher.send(events)
+            self.publisher.send_channel(int(events["instrument"][0]) % self.channels, events)
 
     def on_book_update(self, symbol: str, book, delta, ts_event: int, ts_recv: int) -> None:
         """A snapshot (``delta`` None: ``book`` has ``bid``/``ask`` mappings price -> size) or a delta
@@ -442,6 +446,9 @@ def add_parser(sub) -> None:
                         "data and EXCHANGE.ws.N with the websocket messages)")
     p.add_argument("--linger", type=float, default=5.0,
                    help="after --playback, keep serving snapshots and heartbeats this many seconds [5]")
+    p.add_argument("--wait-subscribers", type=float, default=None, metavar="S",
+                   help="before publishing, wait up to S seconds for a subscriber (the daemon) on every channel, "
+                        "so nothing is published into the void [10 with --playback, else 0]")
     p.add_argument("--duration", type=float, default=None,
                    help="with bridge.zmq_input: stop after this many seconds [until SIGINT/SIGTERM]")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress line")
@@ -464,10 +471,11 @@ def cmd_bridge(args) -> int:
         if not args.quiet:
             print(_progress_line(st), file=sys.stderr, flush=True)
 
-    for name in ("linger", "duration"):
+    for name in ("linger", "duration", "wait_subscribers"):
         v = getattr(args, name)
         if v is not None and not 0 <= v < float("inf"):
-            print(f"tickwire bridge: --{name}: expected a number of seconds >= 0, got {v}", file=sys.stderr)
+            print(f"tickwire bridge: --{name.replace('_', '-')}: expected a number of seconds >= 0, got {v}",
+                  file=sys.stderr)
             return 2
     cfg = load(args.config)
     bridge = None
@@ -477,7 +485,14 @@ def cmd_bridge(args) -> int:
                               "docs/config.md)")
         if not cfg.bridge.zmq_input:
             require_cryptofeed()
+        for f in args.playback or ():
+            if not Path(f).is_file():
+                raise BridgeError(f"--playback: {f}: no such file")
         bridge = Bridge(cfg)
+        wait = args.wait_subscribers if args.wait_subscribers is not None else (10.0 if args.playback else 0.0)
+        if wait and not bridge.publisher.wait_subscribers(wait):
+            print(f"tickwire bridge: no subscriber on every channel after {wait:g} s: publishing anyway",
+                  file=sys.stderr)
         if args.playback:
             playback(bridge, args.playback)
             say(bridge.stats())
@@ -504,11 +519,6 @@ def playback(bridge: Bridge, files) -> dict:
     require_cryptofeed()
     from cryptofeed.raw_data_collection import playback as cf_playback
 
-    from pathlib import Path
-
-    for f in files:
-        if not Path(f).is_file():
-            raise BridgeError(f"--playback: {f}: no such file")
     try:
         return cf_playback(bridge.bc.exchange, [str(f) for f in files], callbacks=bridge.callbacks())
     except (KeyError, IndexError, ValueError) as exc:
