@@ -457,6 +457,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tickwire.replay.cli import add_parser as add_replay
 
     add_replay(sub)
+    from tickwire.feeds.cryptofeed import add_parser as add_bridge
+
+    add_bridge(sub)
     return parser
 
 

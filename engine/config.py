@@ -219,6 +219,20 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class BridgeConfig:
+    """``[bridge]``: what ``tickwire bridge`` takes from cryptofeed and where it publishes."""
+
+    exchange: str                     # a cryptofeed exchange id, e.g. "KRAKEN"
+    symbols: tuple                    # instrument symbols = cryptofeed's normalised symbols
+    trades: bool = True
+    depth: int = 0                    # book depth to subscribe (0: cryptofeed's default)
+    endpoint: str = ""                # where to bind the data socket [feeds.endpoints[0]]
+    snapshot: str = ""                # where to bind the snapshot service [feeds.snapshot]
+    heartbeat_ms: int = 100
+    zmq_input: str = ""               # bind a SUB here for cryptofeed's BookZMQ/TradeZMQ output
+
+
+@dataclass(frozen=True)
 class Config:
     """A validated daemon configuration."""
 
@@ -238,12 +252,14 @@ class Config:
     supervisor_cpu: int = 0
     log_file: str = ""
     shutdown_timeout_s: float = 20.0
+    bridge: Optional[BridgeConfig] = None
 
     def instrument(self, iid: int) -> Instrument:
         return next(i for i in self.instruments if i.id == iid)
 
 
-_TOP = {"daemon", "instruments", "feeds", "workers", "stats", "rules", "store", "rings", "metrics", "engine"}
+_TOP = {"daemon", "instruments", "feeds", "workers", "stats", "rules", "store", "rings", "metrics", "engine",
+        "bridge"}
 
 
 def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
@@ -452,7 +468,35 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
     _check_keys(e, {"clock", "timing_every"}, "engine.")
     return Config(tuple(instruments), tuple(workers), feeds, store, rings, metrics, stats, tuple(rules), state_dir,
                   run, _str(e, "clock", "engine.", "wall", ("wall", "event")),
-                  _int(e, "timing_every", "engine.", 64, 0), log_level, supervisor_cpu, log_file, shutdown_timeout_s)
+                  _int(e, "timing_every", "engine.", 64, 0), log_level, supervisor_cpu, log_file, shutdown_timeout_s,
+                  _bridge(raw, feeds, seen_sym))
+
+
+def _bridge(raw: dict, feeds: FeedConfig, symbols: set) -> Optional[BridgeConfig]:
+    if "bridge" not in raw:
+        return None
+    b = _table(raw, "bridge")
+    _check_keys(b, {"exchange", "symbols", "trades", "depth", "endpoint", "snapshot", "heartbeat_ms",
+                    "zmq_input"}, "bridge.")
+    exchange = _str(b, "exchange", "bridge.")
+    if not re.fullmatch(r"[A-Z0-9_]+", exchange):
+        _fail("bridge.exchange", "a cryptofeed exchange id in capitals, such as \"KRAKEN\" or \"BINANCE\"", exchange)
+    chosen = b.get("symbols", sorted(symbols))
+    if (not isinstance(chosen, list) or not chosen or any(not isinstance(x, str) for x in chosen)
+            or len(set(chosen)) != len(chosen)):
+        _fail("bridge.symbols", "a non-empty array of distinct instrument symbols", chosen)
+    unknown = [x for x in chosen if x not in symbols]
+    if unknown:
+        _fail("bridge.symbols", f"symbols of configured [[instruments]] ({', '.join(sorted(symbols))})",
+              unknown[0])
+    zmq_input = _str(b, "zmq_input", "bridge.", "")
+    if zmq_input and not zmq_input.startswith(("tcp://", "ipc://")):
+        _fail("bridge.zmq_input", "a ZeroMQ endpoint to bind, tcp://HOST:PORT or ipc://PATH", zmq_input)
+    return BridgeConfig(exchange, tuple(chosen), _bool(b, "trades", "bridge.", True),
+                        _int(b, "depth", "bridge.", 0, 0, 1 << 20),
+                        _str(b, "endpoint", "bridge.", feeds.endpoints[0]),
+                        _str(b, "snapshot", "bridge.", feeds.snapshot),
+                        _int(b, "heartbeat_ms", "bridge.", 100, 1, 60_000), zmq_input)
 
 
 _TOP_KEYS = {"run": "daemon.run", "state_dir": "daemon.state_dir", "log_level": "daemon.log_level",

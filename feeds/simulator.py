@@ -453,19 +453,7 @@ class Simulator:
 
     def _await_subscribers(self) -> bool:
         """Read XPUB subscriptions until each channel has ``subscribers`` of them (or time out)."""
-        topics = {c: wire.topic(c) for c in self.channels}
-        seen = {c: 0 for c in self.channels}
-        end = time.monotonic() + self.wait_subscribers
-        while min(seen.values()) < self.subscribers:
-            left = end - time.monotonic()
-            if left <= 0 or not self._pub.poll(int(left * 1000) + 1, zmq.POLLIN):
-                return False
-            msg = self._pub.recv()
-            if msg[:1] == b"\x01":
-                for c, t in topics.items():
-                    if t.startswith(msg[1:]):
-                        seen[c] += 1
-        return True
+        return wire.await_subscribers(self._pub, self.channels, self.subscribers, self.wait_subscribers)
 
     def close(self, linger: float = 1.0) -> None:
         """Close the sockets, giving queued messages up to ``linger`` seconds to leave."""

@@ -190,6 +190,28 @@ def topic(channel: int) -> bytes:
     return b"tw.%05d." % channel
 
 
+def await_subscribers(xpub, channels, subscribers: int = 1, timeout: float = 10.0) -> bool:
+    """Read subscriptions from ``xpub`` (an XPUB socket with ``XPUB_VERBOSE``) until each of
+    ``channels`` has ``subscribers`` of them; False when ``timeout`` seconds pass first."""
+    import time
+
+    import zmq
+
+    topics = {c: topic(c) for c in channels}
+    seen = {c: 0 for c in channels}
+    end = time.monotonic() + timeout
+    while min(seen.values(), default=subscribers) < subscribers:
+        left = end - time.monotonic()
+        if left <= 0 or not xpub.poll(int(left * 1000) + 1, zmq.POLLIN):
+            return False
+        msg = xpub.recv()
+        if msg[:1] == b"\x01":
+            for c, t in topics.items():
+                if t.startswith(msg[1:]):
+                    seen[c] += 1
+    return True
+
+
 def topic_channel(frame: bytes) -> int | None:
     """The channel of a topic frame, or None when it is not a tickwire topic."""
     frame = bytes(frame)
@@ -579,15 +601,16 @@ class Publisher:
         """Sequence number the next event of ``channel`` gets."""
         return self.retainer.next_seq(channel)
 
-    def send(self, channel: int, events) -> int:
+    def send(self, channel: int, events, owned: bool = False) -> int:
         """Publish ``events`` (EVENT_DTYPE) on ``channel``; sets their ``seq`` and ``channel``
-        fields in place and returns the first sequence number."""
+        fields in place and returns the first sequence number.  Kept for retransmission as a
+        copy, or as they are with ``owned`` (the caller never changes them again)."""
         seq = self.next_seq(channel)
         if len(events):
             events["seq"] = seq + np.arange(len(events), dtype=np.uint64)
             events["channel"] = channel
         self.socket.send_multipart(encode_data(channel, seq, events, epoch=self.epoch))
-        self.retainer.keep(channel, seq, np.array(events, dtype=EVENT_DTYPE, copy=True))
+        self.retainer.keep(channel, seq, events if owned else np.array(events, dtype=EVENT_DTYPE, copy=True))
         return seq
 
     def heartbeat(self, channel: int) -> None:

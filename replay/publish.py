@@ -17,7 +17,7 @@ import zmq
 
 from tickwire.engine.instruments import make_books
 from tickwire.ext.records import EVENT_DTYPE, Flag
-from tickwire.feeds.wire import Publisher
+from tickwire.feeds.wire import Publisher, await_subscribers
 
 __all__ = ["Republisher"]
 
@@ -42,21 +42,29 @@ class Republisher:
         Events kept per channel for retransmission.
     heartbeat : float
         Seconds between heartbeats of an idle channel.
+    flags : int
+        Set on every event sent (default ``Flag.REPLAY``; the cryptofeed bridge, a live feed, sends 0).
+    xpub : bool
+        Bind an XPUB rather than a PUB, so that :meth:`wait_subscribers` can see receivers join.
     """
 
     def __init__(self, endpoint: str, snapshot: str, instruments, channels=None, *,
                  max_message_events: int = 1024, retain_events: int = 1 << 20, heartbeat: float = 0.1,
-                 sndhwm: int = 0):
+                 sndhwm: int = 0, flags: int = Flag.REPLAY, xpub: bool = False):
+        self.flags = int(flags)
         self.instruments = list(instruments)
         self.channels = channels
         self.max_events = int(max_message_events)
         self.heartbeat_s = float(heartbeat)
         self.ctx = zmq.Context()
-        self.pub = self.ctx.socket(zmq.PUB)
+        self.xpub = xpub
+        self.pub = self.ctx.socket(zmq.XPUB if xpub else zmq.PUB)
         self.router = self.ctx.socket(zmq.ROUTER)
         try:
             self.pub.setsockopt(zmq.LINGER, 1000)
             self.pub.setsockopt(zmq.SNDHWM, sndhwm)
+            if xpub:
+                self.pub.setsockopt(zmq.XPUB_VERBOSE, 1)
             self.router.setsockopt(zmq.LINGER, 0)
             self.pub.bind(endpoint)
             self.router.bind(snapshot)
@@ -73,6 +81,7 @@ class Republisher:
         self.publisher = Publisher(self.pub, service=self.router, snapshot=self._snapshot_of,
                                    retain_events=retain_events)
         self.last_sent = {}
+        self._next_serve = 0.0
         self.sent = 0
         self.messages = 0
 
@@ -85,30 +94,49 @@ class Republisher:
         parts = [self.books[i].snapshot_events(seq=covered, ts=ts) for i in ids]
         return self.publisher.epoch, covered, np.concatenate(parts)
 
-    def send(self, events: np.ndarray) -> None:
-        """Publish a batch: per channel, in order, in messages of at most ``max_message_events``."""
-        ev = np.array(events, dtype=EVENT_DTYPE, copy=True)
-        ev["flags"] |= np.uint32(Flag.REPLAY)
+    def send(self, events: np.ndarray, copy: bool = True) -> None:
+        """Publish a batch: per channel, in order, in messages of at most ``max_message_events``
+        (``copy=False``: ``events`` is the publisher's from now on, and changed in place)."""
+        ev = np.array(events, dtype=EVENT_DTYPE, copy=copy)
+        if self.flags:
+            ev["flags"] |= np.uint32(self.flags)
         if self.channels:
             ev["channel"] = ev["instrument"] % self.channels
         chans = ev["channel"]
-        for c in np.unique(chans).tolist():
-            part = ev[chans == c] if len(chans) and (chans != c).any() else ev
-            if c not in self.by_channel:
-                self.by_channel[c] = np.unique(part["instrument"]).tolist()
-            for k in range(0, len(part), self.max_events):
-                msg = np.ascontiguousarray(part[k:k + self.max_events])
-                self.books.apply(msg)             # the snapshot state before the next serve
-                self.publisher.send(c, msg)
-                self.messages += 1
-            self.last_sent[c] = time.monotonic()
-            self.sent += len(part)
-        self.serve()
+        one = len(chans) and (chans == chans[0]).all()      # the common case: no split needed
+        for c in ([int(chans[0])] if one else np.unique(chans).tolist()):
+            self.send_channel(c, ev if one else ev[chans == c])
+
+    def send_channel(self, channel: int, events: np.ndarray) -> None:
+        """Publish events of one ``channel`` (EVENT_DTYPE, C-contiguous, the publisher's from now on:
+        their ``seq`` and ``channel`` are set in place) in messages of at most ``max_message_events``."""
+        if channel not in self.by_channel:
+            self.by_channel[channel] = np.unique(events["instrument"]).tolist()
+        n = len(events)
+        for k in range(0, n, self.max_events):
+            msg = events if n <= self.max_events else np.ascontiguousarray(events[k:k + self.max_events])
+            self.books.apply(msg)             # the snapshot state before the next serve
+            self.publisher.send(channel, msg, owned=True)
+            self.messages += 1
+        now = time.monotonic()
+        self.last_sent[channel] = now
+        self.sent += n
+        if now >= self._next_serve:           # requests wait at most a millisecond
+            self.serve()
+
+    def wait_subscribers(self, timeout: float, subscribers: int = 1) -> bool:
+        """With ``xpub``: wait until every channel has ``subscribers`` receivers (False: timed out)."""
+        channels = sorted(self.by_channel) or [0]
+        return await_subscribers(self.pub, channels, subscribers, timeout)
 
     def serve(self) -> None:
         """Answer recovery requests and heartbeat channels idle for ``heartbeat`` seconds."""
+        if self.xpub:
+            while self.pub.poll(0):               # (un)subscriptions: nothing to do with them here
+                self.pub.recv()
         self.publisher.serve()
         now = time.monotonic()
+        self._next_serve = now + 0.001
         for c in self.by_channel:
             if now - self.last_sent.get(c, 0.0) >= self.heartbeat_s:
                 self.publisher.heartbeat(c)

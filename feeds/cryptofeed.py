@@ -1,0 +1,526 @@
+"""Real exchanges in through cryptofeed: ``tickwire bridge``.
+
+cryptofeed (PyPI ``cryptofeed``, the optional ``cryptofeed`` extra) keeps websocket connections to
+about forty exchanges and hands out normalised book snapshots, book deltas and trades.  The bridge
+turns those into canonical events with exact integer ticks and lots and publishes them in
+tickwire's wire format (per-channel sequence numbers, a snapshot and retransmission service,
+heartbeats: :class:`tickwire.replay.publish.Republisher`), so an unchanged ``tickwire run``
+daemon consumes a real exchange.
+
+Two inputs:
+
+- **cryptofeed itself** (:meth:`Bridge.run`): the bridge runs cryptofeed's FeedHandler.  Each
+  cryptofeed book snapshot becomes a snapshot sequence (``SNAPSHOT_BEGIN``, the levels,
+  ``SNAPSHOT_END``); a second snapshot of the same book means the exchange resynced (a dropped
+  websocket, a checksum cryptofeed refused), and goes out as a ``STALE`` marker followed by the
+  fresh snapshot, so the daemon's book is out of sync in between and exact after.
+- **cryptofeed's ZeroMQ backends** (:meth:`Bridge.run_zmq_input`, ``bridge.zmq_input``): for users
+  who already run cryptofeed with ``BookZMQ``/``TradeZMQ``.  That format (topic-prefixed JSON) has no
+  sequence numbers, so a message lost between cryptofeed and the bridge cannot be seen.  What can be
+  seen is counted: a delta for a book with no snapshot yet (dropped, waiting for one) and a book
+  that crosses after a delta (marked STALE until the next snapshot).
+
+Prices and quantities: cryptofeed hands out :class:`decimal.Decimal` (strings or floats from the
+ZeroMQ backends, read by their shortest representation).  A price that is not a multiple of the
+instrument's tick, or a quantity not a multiple of its lot, is never rounded: the level is left out,
+counted per instrument (``Converter.rejected``) and logged once.
+
+Timestamps: the exchange's event time (cryptofeed's ``timestamp``) goes into ``ts_event`` where the
+exchange gives one, the local receive time into ``ts_recv``; where cryptofeed has no event time
+(Kraken's book messages) ``ts_event`` is the receive time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections import Counter
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from tickwire.ext.records import Flag, Kind, Side
+from tickwire.feeds.captures import _EventBuilder
+
+__all__ = ["BridgeError", "Converter", "Bridge", "require_cryptofeed", "to_ns", "playback", "add_parser", "cmd_bridge"]
+
+log = logging.getLogger("tickwire.bridge")
+
+EXTRA = "pip install -e '.[cryptofeed]' in the checkout"
+
+
+class BridgeError(ValueError):
+    """The bridge cannot start: one line naming what is wrong."""
+
+
+def require_cryptofeed():
+    """The ``cryptofeed`` module, or BridgeError saying which extra installs it."""
+    try:
+        import cryptofeed
+    except ImportError:
+        raise BridgeError(f"cryptofeed is not installed: install the cryptofeed extra ({EXTRA})") from None
+    return cryptofeed
+
+
+def _decimal(value) -> Decimal:
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, float):
+        return Decimal(repr(value))          # the shortest text that reads back as this float
+    return Decimal(str(value))
+
+
+def to_ns(seconds) -> int:
+    """Nanoseconds of a time in seconds given as a float, a Decimal or a decimal string."""
+    return int(_decimal(seconds).scaleb(9).to_integral_value())
+
+
+class Converter:
+    """cryptofeed's books and trades as canonical events, exact or not at all.
+
+    One converter per bridge; ``instruments``: the configured instruments, whose ``symbol`` is
+    cryptofeed's normalised symbol (``BTC-USD``).  Each method returns the events of one exchange
+    message (``Flag.LAST`` on the final one), or None when there is nothing to publish.
+    """
+
+    def __init__(self, instruments: Iterable, *, stale_on_resync: bool = True):
+        self.by_symbol = {inst.symbol: inst for inst in instruments}
+        self.synced: set[str] = set()
+        self.stale_on_resync = stale_on_resync
+        self.counts = Counter()
+        self.rejected = Counter()                  # per symbol: levels or trades left out (inexact)
+        self._logged: set[str] = set()
+
+    def instrument(self, symbol: str):
+        inst = self.by_symbol.get(symbol)
+        if inst is None:
+            self.counts["unknown_symbol"] += 1
+            self._once(f"u:{symbol}", "cryptofeed sent %s, which is no configured instrument: ignored", symbol)
+        return inst
+
+    def _once(self, key: str, message: str, *args) -> None:
+        if key not in self._logged:
+            self._logged.add(key)
+            log.warning(message + " (further ones are counted, not logged)", *args)
+
+    def _units(self, inst, price, qty):
+        try:
+            return inst.price_to_ticks(_decimal(price)), inst.qty_to_lots(_decimal(qty))
+        except (ValueError, InvalidOperation) as exc:
+            self.rejected[inst.symbol] += 1
+            self.counts["rejected"] += 1
+            self._once(f"r:{inst.symbol}", "%s: %s: left out, never rounded (check the instrument's tick_size and "
+                       "lot_size)", inst.symbol, exc)
+            return None
+
+    def _levels(self, out, inst, levels, side, kind, flags, ts_event, ts_recv) -> None:
+        for price, qty in levels:
+            units = self._units(inst, price, qty)
+            if units is not None:
+                out.add(ts_event, ts_recv, 0, inst.id, kind, side, units[0], units[1], flags)
+                self.counts["levels"] += 1
+
+    def snapshot(self, symbol: str, bids, asks, ts_event: int, ts_recv: int):
+        """A full book: ``bids``/``asks`` iterables of (price, size)."""
+        inst = self.instrument(symbol)
+        if inst is None:
+            return None
+        out = _EventBuilder()
+        if symbol in self.synced:
+            self.counts["resyncs"] += 1
+            if self.stale_on_resync:
+                out.add(ts_event, ts_recv, 0, inst.id, Kind.SNAPSHOT, Side.NONE, flags=Flag.SNAPSHOT | Flag.STALE)
+        self.synced.add(symbol)
+        self.counts["snapshots"] += 1
+        out.add(ts_event, ts_recv, 0, inst.id, Kind.SNAPSHOT, Side.NONE, flags=Flag.SNAPSHOT | Flag.SNAPSHOT_BEGIN)
+        self._levels(out, inst, bids, Side.BID, Kind.ADD, Flag.SNAPSHOT, ts_event, ts_recv)
+        self._levels(out, inst, asks, Side.ASK, Kind.ADD, Flag.SNAPSHOT, ts_event, ts_recv)
+        out.add(ts_event, ts_recv, 0, inst.id, Kind.SNAPSHOT, Side.NONE, flags=Flag.SNAPSHOT | Flag.SNAPSHOT_END)
+        out.mark_last()
+        return out.array()
+
+    def delta(self, symbol: str, bids, asks, ts_event: int, ts_recv: int):
+        """Changed levels, (price, size) each, size 0 deleting; None before the book's snapshot."""
+        inst = self.instrument(symbol)
+        if inst is None:
+            return None
+        if symbol not in self.synced:
+            self.counts["no_snapshot"] += 1
+            self._once(f"n:{symbol}", "%s: a book delta before any snapshot: dropped until one arrives", symbol)
+            return None
+        self.counts["deltas"] += 1
+        out = _EventBuilder()
+        self._levels(out, inst, bids, Side.BID, Kind.MODIFY, 0, ts_event, ts_recv)
+        self._levels(out, inst, asks, Side.ASK, Kind.MODIFY, 0, ts_event, ts_recv)
+        if not len(out):
+            return None
+        out.mark_last()
+        return out.array()
+
+    def trade(self, symbol: str, side: str, price, amount, ts_event: int, ts_recv: int):
+        """One trade; ``side`` is the taker's (cryptofeed's ``buy``/``sell``)."""
+        inst = self.instrument(symbol)
+        if inst is None:
+            return None
+        units = self._units(inst, price, amount)
+        if units is None:
+            return None
+        self.counts["trades"] += 1
+        out = _EventBuilder()
+        out.add(ts_event, ts_recv, 0, inst.id, Kind.TRADE, Side.BID if side == "buy" else Side.ASK,
+                units[0], units[1])
+        out.mark_last()
+        return out.array()
+
+    def stale(self, symbol: str, ts: int):
+        """A STALE marker for ``symbol``: its book can no longer be trusted until a snapshot."""
+        inst = self.by_symbol[symbol]
+        self.synced.discard(symbol)
+        out = _EventBuilder()
+        out.add(ts, ts, 0, inst.id, Kind.SNAPSHOT, Side.NONE, flags=Flag.SNAPSHOT | Flag.STALE)
+        out.mark_last()
+        return out.array()
+
+
+class Bridge:
+    """cryptofeed in, tickwire's wire format out (``tickwire bridge``).
+
+    ``cfg``: a validated daemon configuration with a ``[bridge]`` table; the bridge binds
+    ``bridge.endpoint`` and ``bridge.snapshot`` (by default the daemon's ``feeds.endpoints[0]`` and
+    ``feeds.snapshot``), and puts instrument ``i`` on channel ``i % feeds.channels``.
+    """
+
+    def __init__(self, cfg, *, sndhwm: int = 0):
+        from tickwire.replay.publish import Republisher
+        from tickwire.replay.sources import ReplayError
+
+        if cfg.bridge is None:
+            raise BridgeError("config error: bridge: expected a [bridge] table (docs/feeds.md, 'Live exchanges')")
+        self.cfg = cfg
+        self.bc = cfg.bridge
+        by_symbol = {inst.symbol: inst for inst in cfg.instruments}
+        self.instruments = [by_symbol[s] for s in self.bc.symbols]
+        self.converter = Converter(self.instruments, stale_on_resync=not self.bc.zmq_input)
+        try:
+            self.publisher = Republisher(self.bc.endpoint, self.bc.snapshot, self.instruments, cfg.feeds.channels,
+                                         max_message_events=cfg.feeds.max_message_events,
+                                         heartbeat=self.bc.heartbeat_ms / 1000, sndhwm=sndhwm, flags=0,
+                                         xpub=True)
+        except ReplayError as exc:
+            raise BridgeError(str(exc)) from None
+        self.channels = cfg.feeds.channels or 1
+        self.crossed = Counter()
+        self._stop = False
+
+    # -- what cryptofeed hands out -----------------------------------------------------------
+    def publish(self, events) -> None:
+        """One exchange message's events (one instrument: one channel), new arrays each time."""
+        if events is not None and len(events):
+            self.publisher.send_channel(int(events["instrument"][0]) % self.channels, events)
+
+    def on_book_update(self, symbol: str, book, delta, ts_event: int, ts_recv: int) -> None:
+        """A snapshot (``delta`` None: ``book`` has ``bid``/``ask`` mappings price -> size) or a delta
+        (``delta`` has ``bid``/``ask`` lists of (price, size))."""
+        conv = self.converter
+        if delta is None:
+            self.publish(conv.snapshot(symbol, book["bid"].items(), book["ask"].items(), ts_event, ts_recv))
+            return
+        events = conv.delta(symbol, delta.get("bid", ()), delta.get("ask", ()), ts_event, ts_recv)
+        self.publish(events)
+        if events is not None and self.bc.zmq_input:
+            inst = conv.by_symbol[symbol]
+            if self.publisher.books[inst.id].crossed:         # a delta was lost upstream
+                self.crossed[symbol] += 1
+                conv.counts["crossed"] += 1
+                self.publish(conv.stale(symbol, ts_recv))
+
+    async def book(self, book, receipt_timestamp) -> None:
+        """cryptofeed's ``L2_BOOK`` callback."""
+        ts_recv = to_ns(receipt_timestamp)
+        ts_event = to_ns(book.timestamp) if book.timestamp else ts_recv
+        if book.delta is None:
+            levels = {"bid": dict(book.book.bids.to_list()), "ask": dict(book.book.asks.to_list())}
+            self.on_book_update(book.symbol, levels, None, ts_event, ts_recv)
+        else:
+            self.on_book_update(book.symbol, None, book.delta, ts_event, ts_recv)
+
+    async def trade(self, trade, receipt_timestamp) -> None:
+        """cryptofeed's ``TRADES`` callback."""
+        ts_recv = to_ns(receipt_timestamp)
+        ts_event = to_ns(trade.timestamp) if trade.timestamp else ts_recv
+        self.publish(self.converter.trade(trade.symbol, trade.side, trade.price, trade.amount, ts_event, ts_recv))
+
+    def callbacks(self) -> dict:
+        from cryptofeed.defines import L2_BOOK, TRADES
+
+        cbs = {L2_BOOK: self.book}
+        if self.bc.trades:
+            cbs[TRADES] = self.trade
+        return cbs
+
+    def make_feed(self, **kwargs):
+        """cryptofeed's feed for ``bridge.exchange`` and ``bridge.symbols``; BridgeError for an unknown
+        exchange or symbol."""
+        require_cryptofeed()
+        from cryptofeed.exchanges import EXCHANGE_MAP
+
+        ex = EXCHANGE_MAP.get(self.bc.exchange)
+        if ex is None:
+            raise BridgeError(f"config error: bridge.exchange: {self.bc.exchange!r} is not an exchange cryptofeed knows "
+                              f"({', '.join(sorted(EXCHANGE_MAP))})")
+        try:
+            known = ex.symbols()
+        except Exception as exc:                  # cryptofeed reads the symbol list from the exchange
+            raise BridgeError(f"bridge: cannot read {self.bc.exchange}'s symbols from the exchange: {exc}") from None
+        missing = [s for s in self.bc.symbols if s not in known]
+        if missing:
+            raise BridgeError(f"config error: bridge.symbols: {missing[0]!r} is not a {self.bc.exchange} symbol "
+                              f"cryptofeed knows (it uses normalised names such as 'BTC-USD')")
+        self._check_ticks(ex)
+        opts = dict(symbols=list(self.bc.symbols), channels=list(self.callbacks()), callbacks=self.callbacks())
+        if self.bc.depth:
+            opts["max_depth"] = self.bc.depth
+        opts.update(kwargs)
+        return ex(**opts)
+
+    def _check_ticks(self, ex) -> None:
+        """Where cryptofeed knows the exchange's tick sizes, the configured ones must divide them."""
+        try:
+            ticks = ex.info().get("tick_size", {})
+        except Exception:                                # not every exchange has the metadata
+            return
+        for inst in self.instruments:
+            tick = ticks.get(inst.symbol)
+            if tick is None:
+                continue
+            if _decimal(tick) % inst.tick_size:
+                raise BridgeError(f"config error: instruments: {inst.symbol} has tick_size {inst.tick_size}, but "
+                                  f"{self.bc.exchange} quotes it in steps of {tick}")
+
+    # -- serving ---------------------------------------------------------------------------
+    async def serve(self, every: float = 0.005) -> None:
+        """Answer snapshot and retransmission requests and heartbeat idle channels until stopped."""
+        while not self._stop:
+            self.publisher.serve()
+            await asyncio.sleep(every)
+
+    def stop(self) -> None:
+        self._stop = True
+
+    def run(self, progress=None) -> int:
+        """Run cryptofeed's FeedHandler on this bridge's feed until SIGINT/SIGTERM."""
+        require_cryptofeed()
+        from cryptofeed import FeedHandler
+
+        feed = self.make_feed()
+        fh = FeedHandler(config={"log": {"disabled": True}})
+        fh.add_feed(feed)
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        fh.run(start_loop=False, install_signal_handlers=False)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._stop_loop, loop)
+        loop.create_task(self.serve())
+        if progress is not None:
+            loop.create_task(self._report(progress))
+        try:
+            loop.run_forever()
+        finally:
+            fh.stop(loop=loop)
+            self.close()
+        return 0
+
+    def _stop_loop(self, loop) -> None:
+        self.stop()
+        loop.stop()
+
+    async def _report(self, progress, every: float = 1.0) -> None:
+        while not self._stop:
+            await asyncio.sleep(every)
+            progress(self.stats())
+
+    def run_zmq_input(self, duration: float | None = None, progress=None) -> int:
+        """Read cryptofeed's ZeroMQ backend output (bind ``bridge.zmq_input``; cryptofeed's BookZMQ and
+        TradeZMQ connect to it) and publish it, until SIGINT/SIGTERM or ``duration`` seconds."""
+        import json
+
+        import zmq
+
+        sub = self.publisher.ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.RCVHWM, 0)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        try:
+            sub.bind(self.bc.zmq_input)
+        except zmq.ZMQError as exc:
+            sub.close(0)
+            raise BridgeError(f"bridge.zmq_input: cannot bind {self.bc.zmq_input}: {exc}") from None
+        import threading
+
+        old = {}
+        if threading.current_thread() is threading.main_thread():
+            old = {s: signal.signal(s, lambda *_: self.stop()) for s in (signal.SIGINT, signal.SIGTERM)}
+        end = None if duration is None else time.monotonic() + duration
+        last_report = time.monotonic()
+        try:
+            while not self._stop and (end is None or time.monotonic() < end):
+                if sub.poll(5):
+                    while True:
+                        try:
+                            frame = sub.recv(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self.on_zmq_message(frame, json.loads)
+                self.publisher.serve()
+                if progress is not None and time.monotonic() - last_report >= 1.0:
+                    last_report = time.monotonic()
+                    progress(self.stats())
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+            sub.close(0)
+        return 0
+
+    def on_zmq_message(self, frame: bytes, loads) -> None:
+        """One message of cryptofeed's ZeroMQ backends: ``<key> <json>``."""
+        ts_recv = time.time_ns()
+        _, _, body = frame.partition(b" ")
+        try:
+            msg = loads(body)
+            symbol = msg["symbol"]
+        except (ValueError, KeyError, TypeError):
+            self.converter.counts["bad_message"] += 1
+            return
+        ts = msg.get("timestamp")
+        ts_event = to_ns(ts) if ts else ts_recv
+        if "delta" in msg:
+            self.on_book_update(symbol, None, msg["delta"], ts_event, ts_recv)
+        elif "book" in msg:
+            self.on_book_update(symbol, msg["book"], None, ts_event, ts_recv)
+        elif "side" in msg and "amount" in msg:
+            self.publish(self.converter.trade(symbol, msg["side"], msg["price"], msg["amount"], ts_event, ts_recv))
+        else:
+            self.converter.counts["bad_message"] += 1
+
+    def stats(self) -> dict:
+        c = self.converter.counts
+        return {"published": self.publisher.sent, "messages": self.publisher.messages,
+                "snapshots": c["snapshots"], "resyncs": c["resyncs"], "deltas": c["deltas"], "trades": c["trades"],
+                "rejected": dict(self.converter.rejected), "no_snapshot": c["no_snapshot"], "crossed": c["crossed"],
+                "bad_message": c["bad_message"], "unknown_symbol": c["unknown_symbol"]}
+
+    def close(self, linger_ms: int = 1000) -> None:
+        self.publisher.close(linger_ms)
+
+
+# -- ``tickwire bridge`` ------------------------------------------------------------------------
+
+def add_parser(sub) -> None:
+    """Register ``bridge`` on the ``tickwire`` command's subparsers."""
+    import argparse
+
+    p = sub.add_parser(
+        "bridge",
+        help="publish a real exchange (through cryptofeed) as a tickwire feed for `tickwire run`",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run cryptofeed for the exchange and symbols of the config's [bridge] table and publish "
+                    "its books and trades in tickwire's wire format, where the daemon of the same config "
+                    "subscribes (feeds.endpoints[0], feeds.snapshot), with a snapshot service. Prices and "
+                    "quantities become exact ticks and lots of each instrument's tick_size and lot_size; a "
+                    "value that is not a multiple is left out and counted, never rounded.\n\n"
+                    "With bridge.zmq_input set, read cryptofeed's own ZeroMQ backend output (BookZMQ, "
+                    "TradeZMQ) instead of running cryptofeed here. With --playback, replay files recorded "
+                    "by cryptofeed's raw data collection (offline; no exchange needed).\n\n"
+                    "Needs the cryptofeed extra (pip install -e '.[cryptofeed]' in the checkout). A progress line goes "
+                    "to stderr every second; SIGINT/SIGTERM stop it; bad input is one line and exit 2.\n\n"
+                    "Example (docs/feeds.md, 'Live exchanges'):\n"
+                    "  tickwire bridge --config kraken.toml      # in one terminal\n"
+                    "  tickwire run --config kraken.toml",
+    )
+    p.add_argument("--config", "-c", required=True, help="the daemon's TOML configuration, with a [bridge] table")
+    p.add_argument("--playback", nargs="+", metavar="FILE",
+                   help="cryptofeed raw-data files to replay instead of connecting (EXCHANGE.N with the symbol "
+                        "data and EXCHANGE.ws.N with the websocket messages)")
+    p.add_argument("--linger", type=float, default=5.0,
+                   help="after --playback, keep serving snapshots and heartbeats this many seconds [5]")
+    p.add_argument("--wait-subscribers", type=float, default=None, metavar="S",
+                   help="before publishing, wait up to S seconds for a subscriber (the daemon) on every channel, "
+                        "so nothing is published into the void [10 with --playback, else 0]")
+    p.add_argument("--duration", type=float, default=None,
+                   help="with bridge.zmq_input: stop after this many seconds [until SIGINT/SIGTERM]")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress line")
+    p.set_defaults(func=cmd_bridge)
+
+
+def _progress_line(st: dict) -> str:
+    rejected = sum(st["rejected"].values())
+    return (f"bridge: {st['published']:,} events in {st['messages']:,} messages; {st['snapshots']} snapshots, "
+            f"{st['resyncs']} resyncs, {st['trades']:,} trades, {rejected} rejected, {st['no_snapshot']} deltas "
+            f"before a snapshot, {st['crossed']} crossed")
+
+
+def cmd_bridge(args) -> int:
+    import sys
+
+    from tickwire.engine.config import load
+
+    def say(st):
+        if not args.quiet:
+            print(_progress_line(st), file=sys.stderr, flush=True)
+
+    for name in ("linger", "duration", "wait_subscribers"):
+        v = getattr(args, name)
+        if v is not None and not 0 <= v < float("inf"):
+            print(f"tickwire bridge: --{name.replace('_', '-')}: expected a number of seconds >= 0, got {v}",
+                  file=sys.stderr)
+            return 2
+    cfg = load(args.config)
+    bridge = None
+    try:
+        if cfg.bridge is None:
+            raise BridgeError(f"config error: {args.config}: expected a [bridge] table (exchange, symbols; "
+                              "docs/config.md)")
+        if not cfg.bridge.zmq_input:
+            require_cryptofeed()
+        for f in args.playback or ():
+            if not Path(f).is_file():
+                raise BridgeError(f"--playback: {f}: no such file")
+        bridge = Bridge(cfg)
+        wait = args.wait_subscribers if args.wait_subscribers is not None else (10.0 if args.playback else 0.0)
+        if wait and not bridge.publisher.wait_subscribers(wait):
+            print(f"tickwire bridge: no subscriber on every channel after {wait:g} s: publishing anyway",
+                  file=sys.stderr)
+        if args.playback:
+            playback(bridge, args.playback)
+            say(bridge.stats())
+            end = time.monotonic() + args.linger
+            while time.monotonic() < end:
+                bridge.publisher.serve()
+                time.sleep(0.005)
+        elif cfg.bridge.zmq_input:
+            bridge.run_zmq_input(args.duration, progress=say)
+        else:
+            bridge.run(progress=say)
+        say(bridge.stats())
+        return 0
+    except BridgeError as exc:
+        print(f"tickwire bridge: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if bridge is not None:
+            bridge.close()
+
+
+def playback(bridge: Bridge, files) -> dict:
+    """Feed ``bridge`` from cryptofeed's own playback of raw-data files; cryptofeed's counts."""
+    require_cryptofeed()
+    from cryptofeed.raw_data_collection import playback as cf_playback
+
+    try:
+        return cf_playback(bridge.bc.exchange, [str(f) for f in files], callbacks=bridge.callbacks())
+    except (KeyError, IndexError, ValueError) as exc:
+        raise BridgeError(f"--playback: cryptofeed could not replay {', '.join(map(str, files))} for "
+                          f"{bridge.bc.exchange}: {type(exc).__name__}: {exc}") from None
