@@ -425,3 +425,38 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_unknown_symbol_and_a_tick_the_exchange_contradicts_are_refused_at_start(tmp_path, monkeypatch):
+    """What cryptofeed knows of the exchange (its symbol list; tick sizes where it has them) is
+    checked before anything is published (cryptofeed reads it from the exchange: stubbed here)."""
+    from cryptofeed.exchanges import EXCHANGE_MAP
+
+    from cryptofeed.symbols import Symbols
+
+    # what cryptofeed would have read from Binance's exchangeInfo, in its own cache
+    monkeypatch.setattr(Symbols, "data", {})
+    Symbols.set("BINANCE", {"BTC-USDT": "BTCUSDT", "ETH-USDT": "ETHUSDT"},
+                {"tick_size": {"BTC-USDT": "0.01000000", "ETH-USDT": "0.01000000"},
+                 "instrument_type": {"BTC-USDT": "spot", "ETH-USDT": "spot"}})
+    assert "BINANCE" in EXCHANGE_MAP
+    feed, snap, d = free_endpoints(tmp_path)
+    for symbols, tick, fragment in ((["DOGE-USDT"], "0.01", "'DOGE-USDT' is not a BINANCE symbol"),
+                                    (["BTC-USDT"], "0.1", "BTC-USDT has tick_size 0.1, but BINANCE quotes it "
+                                                          "in steps of 0.01000000")):
+        raw = bridge_raw(tmp_path / "state", [inst(symbols[0], tick=tick)], feed, snap, exchange="BINANCE")
+        bridge = Bridge(from_dict(raw, tmp_path))
+        try:
+            with pytest.raises(BridgeError, match=fragment.replace("(", r"\(")):
+                bridge.make_feed()
+        finally:
+            bridge.close(0)
+    # a finer tick than the exchange's (or its own) is fine: every exchange price is a multiple of it
+    raw = bridge_raw(tmp_path / "state", [inst("BTC-USDT", tick="0.001")], feed, snap, exchange="BINANCE")
+    bridge = Bridge(from_dict(raw, tmp_path))
+    try:
+        feed_obj = bridge.make_feed()              # a tick the exchange agrees with: cryptofeed's feed
+        assert feed_obj.id == "BINANCE"
+    finally:
+        bridge.close(0)
+    shutil.rmtree(d, ignore_errors=True)
