@@ -352,6 +352,11 @@ def test_a_daemon_fed_by_the_bridge_ends_with_krakens_books_and_stores_every_eve
                                "SELECT seq FROM tickwire.snapshots WHERE seq >= 1)")
     assert n == distinct == len(capture.events) - (capture.events["flags"] & Flag.SNAPSHOT != 0).sum()
     assert seqs == last == published
+    # the daemon registered its instruments: the decimal view names every row and prices it (an
+    # unregistered instrument shows symbol '' and price 0)
+    (rows, unnamed, wrong), = query(dsn, "SELECT count(), countIf(symbol = ''), countIf(price = 0 AND price_ticks "
+                                         "!= 0) FROM tickwire.ticks_decimal")
+    assert rows == n and unnamed == 0 and wrong == 0
     shutil.rmtree(pb_dir, ignore_errors=True)
     shutil.rmtree(d, ignore_errors=True)
 
