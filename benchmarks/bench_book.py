@@ -39,6 +39,7 @@ import numpy as np
 from common import describe_run, median_time, pin, table, version
 
 import cbuild
+import peers
 import streams as S
 from tickwire.ext import BookSet, Kind, L2Book, L3Book
 
@@ -87,46 +88,6 @@ def ranges(stream):
 # numba: the twenty-line ladder
 # ---------------------------------------------------------------------------------------
 
-_NUMBA = None
-
-
-def numba_ladder():
-    global _NUMBA
-    if _NUMBA is None:
-        from numba import njit
-
-        @njit(cache=True, nogil=True)
-        def apply(inst, side, price, qty, base, bids, asks, best_bid, best_ask):
-            span = bids.shape[1]
-            for i in range(price.shape[0]):
-                k = inst[i]
-                s = price[i] - base[k]
-                q = qty[i]
-                if side[i] == 0:
-                    bids[k, s] = q
-                    if q > 0:
-                        if s > best_bid[k]:
-                            best_bid[k] = s
-                    elif s == best_bid[k]:              # the best emptied: scan down
-                        j = s - 1
-                        while j >= 0 and bids[k, j] == 0:
-                            j -= 1
-                        best_bid[k] = j
-                else:
-                    asks[k, s] = q
-                    if q > 0:
-                        if s < best_ask[k]:
-                            best_ask[k] = s
-                    elif s == best_ask[k]:
-                        j = s + 1
-                        while j < span and asks[k, j] == 0:
-                            j += 1
-                        best_ask[k] = j
-            return price.shape[0]
-        _NUMBA = apply
-    return _NUMBA
-
-
 def columns(ev):
     return tuple(np.ascontiguousarray(ev[c]).astype(np.int64) for c in ("instrument", "side", "price", "qty"))
 
@@ -161,7 +122,7 @@ def l2_contestants(stream, ev, sub, notes):
         out.append(("limit: plain C ladder (qty store only)", "limit", lim_setup, lambda lad: lad.apply(ev),
                     lambda lad: {i: (lad.levels(i, 0), lad.levels(i, 1)) for i in insts}))
 
-        apply = numba_ladder()
+        apply = peers.ladder()
         cols, pcols = columns(ev), columns(stream.prefix)
 
         def nb_setup():
