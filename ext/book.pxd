@@ -31,7 +31,6 @@ cdef enum:
     TW_LADDER_LEVELS = 4          # bitmap levels: covers 64**4 slots
     TW_WINDOW_MIN = 256
     TW_WINDOW_MAX = 16777216      # 64**4
-    TW_PREFETCH_AHEAD = 4         # batch loops prefetch for the event this far ahead
 
 cdef struct tw_level:             # a level outside the window
     int64_t key
@@ -139,42 +138,6 @@ cdef int32_t tw_book_find_order(const tw_book *b, uint64_t order_id) noexcept no
 cdef void tw_book_cursor(const tw_book *b, int side, tw_level_cursor *c) noexcept nogil
 cdef bint tw_book_cursor_next(const tw_book *b, int side, tw_level_cursor *c, int64_t *price,
                               int64_t *qty, int32_t *norders) noexcept nogil
-
-cdef extern from *:
-    """
-    #define TW_PREFETCH_W(p) __builtin_prefetch((const void *)(p), 1, 3)
-    """
-    void TW_PREFETCH_W(const void *p) noexcept nogil
-
-cdef inline uint64_t tw_order_hash(uint64_t k) noexcept nogil:
-    """Home slot hash of an L3 order id in the book's id -> index map."""
-    k ^= k >> 33
-    k *= <uint64_t>0xff51afd7ed558ccd
-    k ^= k >> 33
-    return k
-
-cdef inline void tw_bookset_prefetch(const tw_bookset *s, const tw_event *e) noexcept nogil:
-    """Start loading what applying ``e`` will touch first (its level's slot and bitmap word; on
-    an L3 book its order id's map slot).  Only a hint: the batch loops call it a few events
-    ahead, so that with many books (whose ladders do not fit in cache together) the next
-    events' misses overlap with this one's work."""
-    cdef const tw_book *b
-    cdef const tw_ladder *L
-    cdef int64_t s_
-    if e.instrument >= s.nbooks or e.side > 1:
-        return
-    b = s.books[e.instrument]
-    if b == NULL:
-        return
-    if b.map_keys != NULL and e.order_id != 0:
-        TW_PREFETCH_W(&b.map_keys[tw_order_hash(e.order_id) & b.map_mask])
-        return
-    L = &b.side[e.side]
-    s_ = L.sign * e.price - L.base
-    if <uint64_t>s_ < <uint64_t>L.cap:
-        TW_PREFETCH_W(&L.qty[s_])
-        TW_PREFETCH_W(&L.bits[0][s_ >> 6])
-
 
 cdef inline int64_t tw_book_best_price(const tw_book *b, int side) noexcept nogil:
     """Best price of ``side`` in ticks, or TW_NO_PRICE when that side is empty."""

@@ -485,7 +485,10 @@ cdef int _delete_level(tw_book *b, int side, int64_t price) noexcept nogil:
 # ---------------------------------------------------------------------------------------
 
 cdef inline uint64_t _hash(uint64_t k) noexcept nogil:
-    return tw_order_hash(k)
+    k ^= k >> 33
+    k *= <uint64_t>0xff51afd7ed558ccd
+    k ^= k >> 33
+    return k
 
 
 cdef int32_t tw_book_find_order(const tw_book *b, uint64_t order_id) noexcept nogil:
@@ -969,8 +972,6 @@ cdef Py_ssize_t tw_bookset_apply(tw_bookset *s, const tw_event *ev, Py_ssize_t n
     cdef tw_book *b
     cdef int r
     for i in range(n):
-        if i + TW_PREFETCH_AHEAD < n:
-            tw_bookset_prefetch(s, &ev[i + TW_PREFETCH_AHEAD])
         b = s.books[ev[i].instrument] if ev[i].instrument < s.nbooks else NULL
         if b != NULL:
             r = _apply(b, &ev[i])
