@@ -5,6 +5,7 @@ in release mode (-O3, no bounds checks)."""
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS
 from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport calloc, free
+from libc.string cimport memset
 
 from tickwire.ext.defs cimport tw_event, TW_SIDE_BID, TW_SIDE_ASK, TW_KIND_TRADE
 from tickwire.ext.book cimport (Book, tw_book, tw_book_best_price, tw_book_best_qty, tw_book_set_level,
@@ -62,6 +63,8 @@ cdef class PlainLadder:
         self.base = <int64_t *>calloc(self.ninst, sizeof(int64_t))
         if self.qty == NULL or self.base == NULL:
             raise MemoryError(f"plain ladder of {2 * self.ninst * span:,} slots")
+        tw_clobber_memory()                   # (so the compiler cannot drop the memset after calloc)
+        memset(self.qty, 0, 2 * self.ninst * span * sizeof(int64_t))    # fault the pages in now
         for i in range(self.ninst):
             self.base[i] = base[i]
 
