@@ -25,14 +25,17 @@ Contestants, each through its fastest interface:
 
 After each contestant's last run, its full book (every level of every instrument) is compared
 with tickwire's on the same events; any difference stops the benchmark.  Rates are the median of
-``--repeats`` runs on core 1.  ``perf stat`` counters are not available on this VM (see
+``--repeats`` rounds on core 1 (each round runs every contestant once, so that load changes on the
+shared machine hit all of them).  ``perf stat`` counters are not available on this VM (see
 docs/performance.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import time
 
 import numpy as np
 
@@ -462,32 +465,38 @@ def race(stream, repeats, peer_events):
     make = l2_contestants if stream.book == "L2" else l3_contestants
     contestants = make(stream, ev, sub, notes)
     want_full, want_sub = None, None
+    times = [[] for _ in contestants]
+    # rounds: every contestant once per round, so that a load change on the shared machine hits
+    # them all alike; the full book is checked after each contestant's last run
+    for rnd in range(repeats):
+        for k, c in enumerate(contestants):
+            name, kind, setup, run, full = c[:5]
+            on_sub = len(c) > 5
+            state = setup()
+            t0 = time.perf_counter()
+            run(state)
+            times[k].append(time.perf_counter() - t0)
+            if rnd < repeats - 1:
+                del state
+                continue
+            got = full(state)
+            del state
+            if on_sub:
+                if want_sub is None:
+                    b = contestants[0][2]()
+                    b.apply(sub)
+                    want_sub = tw_full(b, [i.id for i in stream.instruments])
+                compare(name, got, want_sub)
+            else:
+                if want_full is None:
+                    want_full = got                     # tickwire's own, first in the list
+                compare(name, got, want_full)
     results = []
-    for c in contestants:
-        name, kind, setup, run, full = c[:5]
-        on_sub = len(c) > 5
-        n = len(sub) if on_sub else len(ev)
-        state = [None]
-
-        def keep(fn):
-            def go(st):
-                state[0] = st
-                fn(st)
-            return go
-        sec = median_time(keep(run), repeats, setup)
-        got = full(state[0])
-        if kind == "tw" and not on_sub:
-            want_full = got
-        if on_sub:
-            if want_sub is None:
-                b = contestants[0][2]()
-                b.apply(sub)
-                want_sub = tw_full(b, [i.id for i in stream.instruments])
-            compare(name, got, want_sub)
-        else:
-            compare(name, got, want_full)
-        results.append((name, kind, n, n / sec))
-        print(f"    {stream.name}: {name}: {n / sec / 1e6:.2f} M/s (full book checked)", file=sys.stderr, flush=True)
+    for c, ts in zip(contestants, times):
+        n = len(sub) if len(c) > 5 else len(ev)
+        rate = n / statistics.median(ts)
+        results.append((c[0], c[1], n, rate))
+        print(f"    {stream.name}: {c[0]}: {rate / 1e6:.2f} M/s (full book checked)", file=sys.stderr, flush=True)
     return results, notes, len(ev), len(sub)
 
 
@@ -521,8 +530,8 @@ def bbo_costs(depths, seed, reads=1_000_000):
     rows = []
     rng = np.random.default_rng(seed)
     for depth in depths:
-        bids = 999_999 - np.cumsum(rng.integers(1, 200, depth))
-        asks = 1_000_001 + np.cumsum(rng.integers(1, 200, depth))
+        bids = 99_999_999 - np.cumsum(rng.integers(1, 200, depth))
+        asks = 100_000_001 + np.cumsum(rng.integers(1, 200, depth))
         qty = rng.integers(1, 1000, depth)
         tw = L2Book(0)
         for p, q in zip(bids.tolist(), qty.tolist()):
@@ -565,7 +574,7 @@ def main(argv=None) -> int:
     print("# every contestant's full book (every level) is checked against tickwire's after its runs")
     summary = []
     kw = {"volatile": {"n": args.n}, "itch": {"n": args.n}}
-    for name, stream in S.load(args.streams.split(","), **kw):
+    for name, stream in S.load([x for x in args.streams.split(",") if x], **kw):
         if isinstance(stream, str):
             print(f"\n{name}: SKIPPED: {stream}")
             continue

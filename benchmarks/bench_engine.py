@@ -13,7 +13,9 @@
    dense ladder that writes mid, microprice and spread after every event, then numpy rolling
    statistics (count window of 500, cumulative sums) and four threshold rules (z-score, spread,
    microprice, trade VWAP) as vectorised entries.  The engine runs the same count window and its six
-   built-in rules.  Both start from the snapshot book (applied before the clock starts).
+   built-in rules.  Both start from the snapshot book (applied before the clock starts), on memory
+   already faulted in (the engine has seen the stream once and been reset; the peer's arrays are
+   zero-filled and its per-event outputs allocated once).
 
 Pinned to core 1; medians of --repeats runs.
 """
@@ -21,6 +23,7 @@ Pinned to core 1; medians of --repeats runs.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 
@@ -154,12 +157,17 @@ def peer_pipeline_section(repeats):
     ev = st.events
 
     def eng_setup():
+        # memory faulted in, as in a running daemon (the peer's arrays are zero-filled likewise):
+        # the whole stream once, then every instrument reset (the books keep their allocations)
         eng = Engine(st.instruments, RULES, cfg, clock="event")
+        eng.process(st.prefix)
+        eng.process(ev)
+        for inst in st.instruments:
+            eng.reset_instrument(inst.id)
         eng.process(st.prefix)
         eng.clear_signals()
         return eng
     out = {}
-    eng_sec = median_time(lambda eng: out.__setitem__("tw", eng.process(ev)), repeats, eng_setup)
 
     allp = np.concatenate([st.prefix["price"], ev["price"][ev["kind"] != Kind.TRADE]])
     base = np.array([allp.min()], dtype=np.int64)
@@ -171,14 +179,17 @@ def peer_pipeline_section(repeats):
     n = len(ev)
 
     def peer_setup():
-        state = (base, np.zeros((1, span), np.int64), np.zeros((1, span), np.int64),
+        state = (base, np.empty((1, span), np.int64), np.empty((1, span), np.int64),
                  np.full(1, -1, np.int64), np.full(1, span, np.int64))
+        state[1].fill(0)                                  # zero-filled and faulted in
+        state[2].fill(0)
         m = len(st.prefix)
         book(*pcols, *state, np.empty(m), np.empty(m), np.empty(m))
-        return state
+        out_arrays = (np.ones(n), np.ones(n), np.ones(n))  # the per-event outputs, allocated once
+        return state, out_arrays
 
-    def peer_run(state):
-        mid, micro, spread = np.empty(n), np.empty(n), np.empty(n)
+    def peer_run(setup_state):
+        state, (mid, micro, spread) = setup_state
         book(*cols, *state, mid, micro, spread)
         w = 500
         mean, std = peers.rolling_mean_std(mid, w)
@@ -196,8 +207,14 @@ def peer_pipeline_section(repeats):
             sig.append(peers.entries(np.abs(mid[tr] - vwap) / vwap * 1e4 >= 5.0))
         out["peer"] = sum(len(x) for x in sig)
     peer_setup()                                          # compile outside the clock
-    peer_sec = median_time(peer_run, repeats, peer_setup)
-    return st, n, eng_sec, peer_sec, out
+    # interleaved, one engine run then one peer run, so that a load change on the shared machine
+    # hits both: the ratio is the median of the pairs' ratios
+    eng_t, peer_t = [], []
+    for _ in range(repeats):
+        eng_t.append(median_time(lambda eng: out.__setitem__("tw", eng.process(ev)), 1, eng_setup))
+        peer_t.append(median_time(peer_run, 1, peer_setup))
+    ratio = statistics.median(p / e for e, p in zip(eng_t, peer_t))
+    return st, n, statistics.median(eng_t), statistics.median(peer_t), ratio, out
 
 
 def main(argv=None) -> int:
@@ -244,7 +261,7 @@ def main(argv=None) -> int:
     if isinstance(res, str):
         print(f"  SKIPPED: {res}")
     else:
-        st, n, eng_sec, peer_sec, sig = res
+        st, n, eng_sec, peer_sec, ratio, sig = res
         import streams as S
 
         print(f"  {S.shape(st)}")
@@ -256,8 +273,8 @@ def main(argv=None) -> int:
         rate = n / eng_sec
         print(f"  target: >= 2x of 15 M events/s (30 M/s): {rate / 1e6:.1f} M/s "
               f"({'HIT' if rate >= 30e6 else 'MISS'})")
-        print(f"  target: >= 5x the fastest peer pipeline: {peer_sec / eng_sec:.2f}x "
-              f"({'HIT' if peer_sec >= 5 * eng_sec else 'MISS'})")
+        print(f"  target: >= 5x the fastest peer pipeline: {ratio:.2f}x (median of {args.repeats} interleaved "
+              f"pairs) ({'HIT' if ratio >= 5 else 'MISS'})")
         print("  (nautilus-trader's book alone runs 2-3 M deltas/s in bench_book.py: any pipeline on it is "
               "slower than the numba one)")
     print(f"\nA Python-callable rule: {per_call * 1e9:.0f} ns per evaluation ({calls:,} evaluations over "
