@@ -188,23 +188,32 @@ def peer_pipeline_section(repeats):
         out_arrays = (np.ones(n), np.ones(n), np.ones(n))  # the per-event outputs, allocated once
         return state, out_arrays
 
+    sc = peers.Scratch(n)
+
     def peer_run(setup_state):
         state, (mid, micro, spread) = setup_state
         book(*cols, *state, mid, micro, spread)
         w = 500
-        mean, std = peers.rolling_mean_std(mid, w)
         with np.errstate(invalid="ignore", divide="ignore"):
-            z = (mid - mean) / std
-            smean, _ = peers.rolling_mean_std(spread, w)
-            sig = [peers.entries(np.abs(z) >= 2.5), peers.entries(spread / smean >= 2.0),
-                   peers.entries(np.abs(micro - mid) >= 0.8)]
+            mean, std = peers.rolling_mean_std(mid, w, sc)
+            z = np.subtract(mid, mean, out=sc.z)
+            np.divide(z, std, out=z)
+            np.abs(z, out=z)
+            sig = [peers.entries(np.greater_equal(z, 2.5, out=sc.b1), sc.b2)]
+            smean, _ = peers.rolling_mean_std(spread, w, sc)
+            np.divide(spread, smean, out=sc.z)
+            sig.append(peers.entries(np.greater_equal(sc.z, 2.0, out=sc.b1), sc.b2))
+            np.subtract(micro, mid, out=sc.z)
+            np.abs(sc.z, out=sc.z)
+            sig.append(peers.entries(np.greater_equal(sc.z, 0.8, out=sc.b1), sc.b2))
             tr = np.flatnonzero(cols[0] == Kind.TRADE)
             tp, tq = cols[3][tr].astype(float), cols[4][tr].astype(float)
             c_pq = np.cumsum(np.concatenate(([0.0], tp * tq)))
             c_q = np.cumsum(np.concatenate(([0.0], tq)))
             lo = np.maximum(np.arange(1, len(tr) + 1) - w, 0)
             vwap = (c_pq[1:] - c_pq[lo]) / (c_q[1:] - c_q[lo])
-            sig.append(peers.entries(np.abs(mid[tr] - vwap) / vwap * 1e4 >= 5.0))
+            cond = np.abs(mid[tr] - vwap) / vwap * 1e4 >= 5.0
+            sig.append(peers.entries(cond, np.empty_like(cond)))
         out["peer"] = sum(len(x) for x in sig)
     peer_setup()                                          # compile outside the clock
     # interleaved, one engine run then one peer run, so that a load change on the shared machine

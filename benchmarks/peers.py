@@ -79,20 +79,44 @@ def pipeline_book():
     return _jit()["pipeline_book"]
 
 
-def rolling_mean_std(x, w):
-    """Rolling mean and std (ddof 1) over the last ``w`` points by cumulative sums (NaN before w)."""
-    c1 = np.cumsum(np.concatenate(([0.0], x)))
-    c2 = np.cumsum(np.concatenate(([0.0], x * x)))
-    mean = np.full(len(x), np.nan)
-    std = np.full(len(x), np.nan)
-    s1 = c1[w:] - c1[:-w]
-    s2 = c2[w:] - c2[:-w]
-    mean[w - 1:] = s1 / w
-    std[w - 1:] = np.sqrt(np.maximum((s2 - s1 * s1 / w) / (w - 1), 0.0))
+class Scratch:
+    """Preallocated (and faulted-in) numpy buffers for the peer pipeline's statistics, so that the
+    peer does not pay fresh temporaries' page faults on every run: numpy at its best."""
+
+    def __init__(self, n):
+        self.c1, self.c2 = np.ones(n + 1), np.ones(n + 1)
+        self.t1, self.t2, self.t3 = np.ones(n), np.ones(n), np.ones(n)
+        self.mean, self.std, self.z = np.ones(n), np.ones(n), np.ones(n)
+        self.b1, self.b2 = np.ones(n, bool), np.ones(n, bool)
+
+
+def rolling_mean_std(x, w, sc):
+    """Rolling mean and std (ddof 1) over the last ``w`` points by cumulative sums (NaN before w),
+    into ``sc.mean`` and ``sc.std`` (views of length ``len(x)``)."""
+    n = len(x)
+    c1, c2, sq, t1, t2 = sc.c1[: n + 1], sc.c2[: n + 1], sc.t1[:n], sc.t2[: n - w + 1], sc.t3[: n - w + 1]
+    mean, std = sc.mean[:n], sc.std[:n]
+    c1[0] = c2[0] = 0.0
+    np.cumsum(x, out=c1[1:])
+    np.multiply(x, x, out=sq)
+    np.cumsum(sq, out=c2[1:])
+    s1 = np.subtract(c1[w:], c1[:-w], out=t1[: n - w + 1])
+    s2 = np.subtract(c2[w:], c2[:-w], out=t2)
+    mean[: w - 1] = np.nan
+    std[: w - 1] = np.nan
+    np.divide(s1, w, out=mean[w - 1:])
+    np.multiply(s1, mean[w - 1:], out=t1[: n - w + 1])       # s1 * s1 / w
+    np.subtract(s2, t1[: n - w + 1], out=t2)
+    np.divide(t2, w - 1, out=t2)
+    np.maximum(t2, 0.0, out=t2)
+    np.sqrt(t2, out=std[w - 1:])
     return mean, std
 
 
-def entries(cond):
-    """Indices where a condition becomes true (a signal on entry, as a hysteresis-free rule fires)."""
-    c = np.asarray(cond, bool)
-    return np.flatnonzero(c & ~np.concatenate(([False], c[:-1])))
+def entries(cond, prev):
+    """Indices where a boolean array becomes true (a signal on entry); ``prev`` is scratch."""
+    prev[0] = False
+    prev[1:] = cond[:-1]
+    np.logical_not(prev, out=prev)
+    np.logical_and(cond, prev, out=prev)
+    return np.flatnonzero(prev)
