@@ -1,15 +1,33 @@
-"""Order-book throughput and BBO cost: tickwire beside its peers, in one run, same stream.
+"""Order books: tickwire's engine path beside its peers at their best, same streams, same run.
 
-    python benchmarks/bench_book.py [--l2 N] [--l3 N] [--repeats R] [--seed S]
+    python benchmarks/bench_book.py [--streams binance,kraken,volatile,itch] [--repeats R]
+                                    [--peer-events N] [--n N] [--bbo]
 
-Streams (seeded, tickwire.feeds.synthetic): L2 level updates clustered near the top with a
-stationary depth; L3 order flow (adds, cancels, executions at the front of the best level,
-reductions).  Every contestant gets the same updates; the Python-loop contestants get them
-as prebuilt Python lists, so the loop overhead is the same for all.  Rates are the median of
-``--repeats`` runs, each on a fresh book; the process is pinned to core 1.
+Streams (benchmarks/streams.py; each prints its shape): the real Binance and Kraken captures,
+a synthetic volatile hour on 32 deep books (working set well past L2 cache), and an ITCH-like
+L3 stream with over 10**5 resting orders.  Every contestant starts from the stream's initial
+book (applied before the clock starts) and gets the same book events; trades are left out of
+this race (they do not change an L2 book; the engine benchmark keeps them).
 
-Peers: the PyPI ``order-book`` package (C extension), ``sortedcontainers.SortedDict``, and
-nautilus-trader's ``OrderBook`` (Rust core) when installed (``pip install -e .[bench]``).
+Contestants, each through its fastest interface:
+
+- tickwire ``BookSet.apply``: the per-event update the engine runs (``tw_bookset_apply``).
+- limit: the plain C ladder (benchmarks/_bookbench.pyx): ``qty[inst][side][price] = qty``.
+- numba: a dense ladder over the same numpy columns that keeps the best bid and ask (a scan
+  down when the best empties): what a quant writes in twenty lines.
+- hftbacktest: its market depth fed by its Rust backtest loop (``elapse``) over its own event
+  array (local events only): ROIVectorMarketDepth where the price range fits a dense vector,
+  HashMapMarketDepth otherwise.
+- nautilus-trader: ``OrderBook.apply_deltas`` on pre-built ``OrderBookDeltas``, one batch per
+  instrument.
+- order-book and sortedcontainers (and tickwire's ``set``): a Python loop, one mapping call per
+  event; these and nautilus run on the first ``--peer-events`` events.
+
+After each contestant's last run, its full book (every level of every instrument) is compared
+with tickwire's on the same events; any difference stops the benchmark.  Rates are the median of
+``--repeats`` rounds on core 1 (each round runs every contestant once, so that load changes on the
+shared machine hit all of them).  ``perf stat`` counters are not available on this VM (see
+docs/performance.md).
 """
 
 from __future__ import annotations
@@ -21,113 +39,339 @@ import time
 
 import numpy as np
 
-from common import apply_levels, describe_run, median_time, pin, table, version
+from common import describe_run, median_time, pin, table, version
 
-from tickwire.ext import BookSet, Kind, L2Book, L3Book, Side
-from tickwire.ext.book import _bench_bbo, _bench_plain_ladder, _bench_top_churn
-from tickwire.feeds.synthetic import l2_updates, l3_orders
+import cbuild
+import peers
+import streams as S
+from tickwire.ext import BookSet, Kind, L2Book, L3Book
 
-try:
-    from nautilus_trader.model.book import OrderBook as NtBook
-    from nautilus_trader.model.data import BookOrder, OrderBookDelta
-    from nautilus_trader.model.enums import BookAction, BookType, OrderSide
-    from nautilus_trader.model.identifiers import InstrumentId
-    from nautilus_trader.model.objects import Price, Quantity
-    HAVE_NAUTILUS = True
-except ImportError:                                   # the bench extra is not installed
-    HAVE_NAUTILUS = False
+DENSE_BUDGET = 1 << 26        # slots (8 bytes each) a dense ladder may use: 512 MB
+
+
+class Disagree(SystemExit):
+    pass
 
 
 # ---------------------------------------------------------------------------------------
-# L2
+# full books, as {instrument: ([(price, qty)] bids best first, [(price, qty)] asks best first)}
 # ---------------------------------------------------------------------------------------
 
-def l2_rows(ev):
-    return list(zip(ev["side"].tolist(), ev["price"].tolist(), ev["qty"].tolist()))
-
-
-
-def l2_contestants(ev, rows):
-    """(name, is_peer, fn(state), setup()) for each L2 contestant."""
-    out = []
-
-    def tw_batch_setup():
-        return L2Book(0)
-    # BookSet.apply runs the per-event update the engine (and so the daemon) runs for every event;
-    # L2Book.apply on a single book without max_depth takes a specialised loop nothing else uses
-    out.append(("tickwire BookSet.apply (the engine's per-event path)", False, lambda b: b.apply(ev),
-                lambda: BookSet([L2Book(0)])))
-    out.append(("tickwire L2Book.apply (single-book loop, not the engine's)", False, lambda b: b.apply(ev),
-                tw_batch_setup))
-
-    def tw_event(b):
-        set_level = b.set
-        for side, price, qty in rows:
-            set_level(side, price, qty)
-    out.append(("tickwire per-event (L2Book.set, Python loop)", False, tw_event, tw_batch_setup))
-    lo = int(ev["price"].min())
-    span = 1 << max(int(ev["price"].max() - lo).bit_length(), 1)
-    out.append(("limit: plain C ladder, qty[side][price] = qty only", None,
-                lambda _: _bench_plain_ladder(ev, lo, span), lambda: None))
-
-    from order_book import OrderBook as ObBook
-
-    out.append((f"order-book {version('order-book')} (C ext, Python loop, int prices)", True,
-                lambda ob: apply_levels(ob.bids, ob.asks, rows), ObBook))
-    float_rows = [(side, price / 100, qty) for side, price, qty in rows]
-    out.append((f"order-book {version('order-book')} (same, float prices as in its README)", True,
-                lambda ob: apply_levels(ob.bids, ob.asks, float_rows), ObBook))
-
-    from sortedcontainers import SortedDict
-
-    out.append((f"sortedcontainers {version('sortedcontainers')} SortedDict (Python loop)", True,
-                lambda books: apply_levels(books[0], books[1], rows),
-                lambda: (SortedDict(), SortedDict())))
-
-    if HAVE_NAUTILUS:
-        iid = InstrumentId.from_str("SYN0.SIM")
-        sides = (OrderSide.BUY, OrderSide.SELL)
-
-        def make_deltas():
-            return [OrderBookDelta(iid, BookAction.UPDATE if qty else BookAction.DELETE,
-                                   BookOrder(sides[side], Price(price / 100, 2), Quantity(qty, 0), 0),
-                                   0, seq, 0, 0)
-                    for seq, (side, price, qty) in enumerate(rows)]
-        deltas = make_deltas()
-
-        def nt_run(book):
-            apply = book.apply_delta
-            for d in deltas:
-                apply(d)
-        nv = version("nautilus_trader")
-        out.append((f"nautilus-trader {nv} apply_delta (deltas pre-built)", True, nt_run,
-                    lambda: NtBook(iid, BookType.L2_MBP)))
-
-        def nt_build_run(book):
-            apply = book.apply_delta
-            for seq, (side, price, qty) in enumerate(rows):
-                apply(OrderBookDelta(iid, BookAction.UPDATE if qty else BookAction.DELETE,
-                                     BookOrder(sides[side], Price(price / 100, 2), Quantity(qty, 0), 0),
-                                     0, seq, 0, 0))
-        out.append((f"nautilus-trader {nv} incl. delta construction", True, nt_build_run,
-                    lambda: NtBook(iid, BookType.L2_MBP)))
+def tw_full(books: BookSet, insts):
+    out = {}
+    for i in insts:
+        b = books[i]
+        out[i] = tuple([(int(p), int(q)) for p, q, _ in b.levels(side)] for side in (0, 1))
     return out
 
 
-def check_l2_agree(ev, rows):
-    """Every contestant ends with the same best levels (the comparison is fair)."""
-    from order_book import OrderBook as ObBook
+def compare(name, got, want):
+    for i, (wb, wa) in want.items():
+        gb, ga = got.get(i, ([], []))
+        for side, g, w in (("bid", gb, wb), ("ask", ga, wa)):
+            if g != w:
+                diff = next((k for k in range(min(len(g), len(w))) if g[k] != w[k]), min(len(g), len(w)))
+                raise Disagree(f"FULL-BOOK MISMATCH: {name}, instrument {i} {side} side: {len(g)} levels against "
+                               f"tickwire's {len(w)}; first difference at level {diff}: "
+                               f"{g[diff] if diff < len(g) else None} vs {w[diff] if diff < len(w) else None}")
 
-    tw = L2Book(0)
-    tw.apply(ev)
-    bs = BookSet([L2Book(0)])
-    bs.apply(ev)
-    assert bs[0].state() == tw.state(), "BookSet and the single-book loop disagree"   # every level
-    ob = ObBook()
-    apply_levels(ob.bids, ob.asks, rows)
-    assert (tw.best_bid, tw.best_bid_qty) == ob.bids.index(0), "order-book disagrees"
-    assert (tw.best_ask, tw.best_ask_qty) == ob.asks.index(0), "order-book disagrees"
-    assert tw.level_count(0) == len(ob.bids) and tw.level_count(1) == len(ob.asks)
+
+def warm(books, stream, ev):
+    """The initial book on memory the stream has touched once (a running daemon's steady state,
+    as the dense contestants' pre-faulted arrays): apply everything, clear (allocations stay),
+    apply the initial book."""
+    books.apply(stream.prefix)
+    books.apply(ev)
+    for b in books:
+        b.clear()
+    books.apply(stream.prefix)
+    return books
+
+
+def ranges(stream):
+    """Per instrument (lowest, highest) price over the initial book and the timed events."""
+    ev = np.concatenate([stream.prefix, stream.events])
+    ev = ev[ev["kind"] != Kind.SNAPSHOT]
+    lo = {}
+    for i in np.unique(ev["instrument"]):
+        p = ev["price"][ev["instrument"] == i]
+        lo[int(i)] = (int(p.min()), int(p.max()))
+    return lo
+
+
+# ---------------------------------------------------------------------------------------
+# numba: the twenty-line ladder
+# ---------------------------------------------------------------------------------------
+
+def columns(ev):
+    return tuple(np.ascontiguousarray(ev[c]).astype(np.int64) for c in ("instrument", "side", "price", "qty"))
+
+
+# ---------------------------------------------------------------------------------------
+# contestants: (name, kind, setup() -> state, run(state), full(state) -> books or None)
+#   kind: "tw", "peer" or "limit"
+# ---------------------------------------------------------------------------------------
+
+def l2_contestants(stream, ev, sub, notes):
+    insts = [i.id for i in stream.instruments]
+    out = []
+
+    def bs_setup():
+        return warm(BookSet([L2Book(i) for i in insts]), stream, ev)
+    out.append(("tickwire BookSet.apply (engine's path)", "tw", bs_setup, lambda b: b.apply(ev),
+                lambda b: tw_full(b, insts)))
+
+    rng = ranges(stream)
+    span = 1 << max(max(hi - lo for lo, hi in rng.values()).bit_length(), 1)
+    dense = 2 * len(insts) * span <= DENSE_BUDGET
+    base = np.array([rng[i][0] for i in insts], dtype=np.int64)
+    if dense:
+        bb = cbuild.load("_bookbench")
+
+        def lim_setup():
+            lad = bb.PlainLadder(base, span)
+            lad.apply(stream.prefix)
+            return lad
+        out.append(("limit: plain C ladder (qty store only)", "limit", lim_setup, lambda lad: lad.apply(ev),
+                    lambda lad: {i: (lad.levels(i, 0), lad.levels(i, 1)) for i in insts}))
+
+        apply = peers.ladder()
+        cols, pcols = columns(ev), columns(stream.prefix)
+
+        def nb_setup():
+            st = (base, np.empty((len(insts), span), np.int64), np.empty((len(insts), span), np.int64),
+                  np.full(len(insts), -1, np.int64), np.full(len(insts), span, np.int64))
+            st[1].fill(0)                            # zeroed and pre-faulted (no page faults on the clock)
+            st[2].fill(0)
+            apply(*pcols, *st)
+            return st
+
+        def nb_full(st):
+            _, bids, asks, _, _ = st
+            res = {}
+            for i in insts:
+                nzb, nza = np.flatnonzero(bids[i])[::-1], np.flatnonzero(asks[i])
+                res[i] = ([(int(base[i] + s), int(bids[i, s])) for s in nzb],
+                          [(int(base[i] + s), int(asks[i, s])) for s in nza])
+            return res
+        nb_setup()                                   # compile outside the clock
+        out.append((f"numba {version('numba')} dense ladder keeping the BBO", "peer", nb_setup,
+                    lambda st: apply(*cols, *st), nb_full))
+    else:
+        notes.append(f"plain C ladder and numba dense ladder: n/a, the price range ({span:,} ticks per side) "
+                     f"needs {2 * len(insts) * span * 8 / 2**30:.1f} GB of dense arrays")
+    out += hftbacktest_l2(stream, ev, insts, rng, notes)
+    out += nautilus(stream, sub, insts, notes)
+    out += python_loops(stream, sub, insts)
+    return out
+
+
+def hftbacktest_l2(stream, ev, insts, rng, notes):
+    try:
+        from hftbacktest import BacktestAsset, HashMapMarketDepthBacktest, ROIVectorMarketDepthBacktest
+        from hftbacktest.types import (BUY_EVENT, DEPTH_EVENT, LOCAL_EVENT, SELL_EVENT, event_dtype)
+    except ImportError:
+        notes.append("hftbacktest not installed (pip install -e .[bench])")
+        return []
+    import warnings
+
+    roi = max(hi - lo for lo, hi in rng.values()) * 2 * len(insts) <= DENSE_BUDGET
+
+    # one clock for all: the initial book at 1..P, the timed events after it, in stream order
+    pre_ts = np.arange(1, len(stream.prefix) + 1, dtype=np.int64)
+    body_ts = len(stream.prefix) + 1 + np.arange(len(ev), dtype=np.int64)
+
+    def convert(e, ts, tick):
+        d = np.zeros(len(e), event_dtype)
+        d["ev"] = (DEPTH_EVENT | LOCAL_EVENT) | np.where(e["side"] == 0, BUY_EVENT, SELL_EVENT).astype(np.uint64)
+        d["exch_ts"] = ts
+        d["local_ts"] = ts
+        d["px"] = e["price"] * tick
+        d["qty"] = e["qty"]
+        return d
+    per_inst = {}
+    for i in insts:
+        tick = stream.tick.get(i, 0.01)
+        mp, mb = stream.prefix["instrument"] == i, ev["instrument"] == i
+        per_inst[i] = (tick, np.concatenate([convert(stream.prefix[mp], pre_ts[mp], tick),
+                                             convert(ev[mb], body_ts[mb], tick)]))
+
+    def setup():
+        assets = []
+        for i in insts:
+            tick, data = per_inst[i]
+            a = (BacktestAsset().add_data(data).linear_asset(1.0).constant_order_latency(0, 0)
+                 .risk_adverse_queue_model().no_partial_fill_exchange().tick_size(tick).lot_size(1.0)
+                 .last_trades_capacity(0))
+            if roi:
+                lo, hi = rng[i]
+                a = a.roi_lb((lo - 1) * tick).roi_ub((hi + 1) * tick)
+            assets.append(a)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            hbt = (ROIVectorMarketDepthBacktest if roi else HashMapMarketDepthBacktest)(assets)
+        hbt.elapse(len(stream.prefix))                # the initial book, outside the clock
+        return hbt
+
+    def run(hbt):
+        hbt.elapse(1 << 60)
+
+    def full(hbt):
+        res = {}
+        for n, i in enumerate(insts):
+            tick = per_inst[i][0]
+            d = hbt.depth(n)
+            if roi:
+                lb = d.roi_lb_tick
+                bd, ad = np.asarray(d.bid_depth), np.asarray(d.ask_depth)
+                nzb, nza = np.flatnonzero(bd)[::-1], np.flatnonzero(ad)
+                res[i] = ([(int(lb + s), int(round(bd[s]))) for s in nzb], [(int(lb + s), int(round(ad[s]))) for s in nza])
+            else:
+                snap = d.snapshot()
+                bids = sorted(((int(round(x["px"] / tick)), int(round(x["qty"]))) for x in snap
+                               if x["ev"] & BUY_EVENT), reverse=True)
+                asks = sorted((int(round(x["px"] / tick)), int(round(x["qty"]))) for x in snap if x["ev"] & SELL_EVENT)
+                d.snapshot_free(snap)
+                res[i] = (bids, asks)
+        return res
+    if len(insts) > 1:
+        notes.append("hftbacktest: one asset per instrument, all on one clock (the event index)")
+    kind = "ROIVectorMarketDepth" if roi else "HashMapMarketDepth"
+    return [(f"hftbacktest {version('hftbacktest')} {kind} (Rust elapse)", "peer", setup, run, full)]
+
+
+def nautilus(stream, sub, insts, notes):
+    try:
+        from nautilus_trader.model.book import OrderBook
+        from nautilus_trader.model.data import BookOrder, OrderBookDelta, OrderBookDeltas
+        from nautilus_trader.model.enums import BookAction, BookType, OrderSide
+        from nautilus_trader.model.identifiers import InstrumentId
+        from nautilus_trader.model.objects import Price, Quantity
+    except ImportError:
+        notes.append("nautilus-trader not installed (pip install -e .[bench])")
+        return []
+    l3 = stream.book == "L3"
+    ids = {i: InstrumentId.from_str(f"I{i}.SIM") for i in insts}
+    sides = (OrderSide.BUY, OrderSide.SELL)
+    prec = {i: max(0, -int(np.floor(np.log10(stream.tick.get(i, 0.01)) + 1e-9))) for i in insts}
+
+    def price(i, p):
+        return Price(p * stream.tick.get(i, 0.01), prec[i])
+
+    def deltas_of(ev, resting):
+        per = {i: [] for i in insts}
+        for seq, (inst, kind, side, p, q, oid) in enumerate(zip(
+                ev["instrument"].tolist(), ev["kind"].tolist(), ev["side"].tolist(), ev["price"].tolist(),
+                ev["qty"].tolist(), ev["order_id"].tolist())):
+            if not l3:
+                action = BookAction.UPDATE if q else BookAction.DELETE
+                per[inst].append(OrderBookDelta(ids[inst], action, BookOrder(sides[side], price(inst, p), Quantity(q, 0), 0),
+                                                0, seq, 0, 0))
+                continue
+            if kind == Kind.ADD:
+                resting[oid] = [side, p, q]
+                action = BookAction.ADD
+            elif kind == Kind.DELETE:
+                side, p, q = resting.pop(oid)
+                action = BookAction.DELETE
+            elif kind == Kind.TRADE:
+                o = resting[oid]
+                o[2] -= q
+                side, p, q = o
+                action = BookAction.UPDATE
+                if q == 0:
+                    del resting[oid]
+                    action = BookAction.DELETE
+            else:
+                # a new price: nautilus's UPDATE with another price moves the order (to the back)
+                o = resting[oid]
+                o[1], o[2] = p, q
+                action = BookAction.UPDATE
+            per[inst].append(OrderBookDelta(ids[inst], action, BookOrder(sides[side], price(inst, p), Quantity(q, 0), oid),
+                                            0, seq, 0, 0))
+        return {i: OrderBookDeltas(ids[i], d) for i, d in per.items() if d}
+    try:
+        resting = {}
+        pre = deltas_of(stream.prefix, resting)
+        body_resting = dict((k, list(v)) for k, v in resting.items())
+        body = deltas_of(sub, body_resting)
+    except Exception as exc:                          # e.g. a quantity past nautilus's limits
+        notes.append(f"nautilus-trader: n/a on this stream ({type(exc).__name__}: {exc})")
+        return []
+    btype = BookType.L3_MBO if l3 else BookType.L2_MBP
+
+    def setup():
+        books = {i: OrderBook(ids[i], btype) for i in insts}
+        for i, d in pre.items():
+            books[i].apply_deltas(d)
+        return books
+
+    def run(books):
+        for i, d in body.items():
+            books[i].apply_deltas(d)
+
+    def full(books):
+        res = {}
+        for i, b in books.items():
+            tick = stream.tick.get(i, 0.01)
+            res[i] = tuple([(int(round(lv.price.as_double() / tick)), int(round(lv.size()))) for lv in levels]
+                           for levels in (b.bids(), b.asks()))
+        return res
+    return [(f"nautilus-trader {version('nautilus_trader')} apply_deltas (pre-built, per instrument)", "peer",
+             setup, run, full, "sub")]
+
+
+def python_loops(stream, sub, insts):
+    from order_book import OrderBook as ObBook
+    from sortedcontainers import SortedDict
+
+    rows = list(zip(sub["instrument"].tolist(), sub["side"].tolist(), sub["price"].tolist(), sub["qty"].tolist()))
+    pre = list(zip(stream.prefix["instrument"].tolist(), stream.prefix["side"].tolist(),
+                   stream.prefix["price"].tolist(), stream.prefix["qty"].tolist()))
+
+    # the same loop shape for everyone: the instrument's book by index, then one call per event
+    # (the dict-like peers: a branch, and a containment test before a delete)
+    def tw_setup():
+        books = BookSet([L2Book(i) for i in insts])
+        books.apply(stream.prefix)
+        return [books[i].set if i in books else None for i in range(max(insts) + 1)], books
+
+    def tw_run(state):
+        sets = state[0]
+        for i, side, p, q in rows:
+            sets[i](side, p, q)
+
+    def dict_setup(make):
+        def setup():
+            books = [make() for _ in range(max(insts) + 1)]
+            for i, side, p, q in pre:
+                books[i][side][p] = q
+            return books
+        return setup
+
+    def dict_run(books):
+        for i, side, p, q in rows:
+            levels = books[i][side]
+            if q:
+                levels[p] = q
+            elif p in levels:                           # (order-book's SortedDict has no pop)
+                del levels[p]
+
+    def ob_make():
+        ob = ObBook()
+        return (ob.bids, ob.asks)
+
+    def dict_full(books):
+        res = {}
+        for i in insts:
+            b, a = (dict(x.to_dict()) if hasattr(x, "to_dict") else dict(x) for x in books[i])
+            res[i] = (sorted(((int(p), int(q)) for p, q in b.items()), reverse=True),
+                      sorted((int(p), int(q)) for p, q in a.items()))
+        return res
+    return [("tickwire L2Book.set (Python loop)", "tw", tw_setup, tw_run, lambda st: tw_full(st[1], insts), "sub"),
+            (f"order-book {version('order-book')} (Python loop)", "peer", dict_setup(ob_make), dict_run, dict_full, "sub"),
+            (f"sortedcontainers {version('sortedcontainers')} SortedDict (Python loop)", "peer",
+             dict_setup(lambda: (SortedDict(), SortedDict())), dict_run, dict_full, "sub")]
 
 
 # ---------------------------------------------------------------------------------------
@@ -154,10 +398,6 @@ class SortedL3:
         if not level:
             del self.sides[side][price]
 
-    def reduce(self, oid, qty):
-        side, price = self.orders[oid]
-        self.sides[side][price][oid] = qty
-
     def execute(self, oid, fill):
         side, price = self.orders[oid]
         level = self.sides[side][price]
@@ -166,254 +406,199 @@ class SortedL3:
         else:
             level[oid] -= fill
 
+    def modify(self, oid, price, qty):
+        side, old = self.orders[oid]
+        if price == old and qty <= self.sides[side][old][oid]:
+            self.sides[side][old][oid] = qty
+            return
+        self.delete(oid)
+        self.add(oid, side, price, qty)
 
-def l3_contestants(ev):
-    rows = list(zip(ev["kind"].tolist(), ev["order_id"].tolist(), ev["side"].tolist(),
-                    ev["price"].tolist(), ev["qty"].tolist()))
-    out = []
-    out.append(("tickwire batch (L3Book.apply, one call)", False, lambda b: b.apply(ev), L3Book))
+    def full(self):
+        return tuple([(int(p), int(sum(lv.values()))) for p, lv in items]
+                     for items in (reversed(self.sides[0].items()), self.sides[1].items()))
 
-    def tw_event(b):
-        add, delete, execute, modify = b.add, b.delete, b.execute, b.modify
-        for kind, oid, side, price, qty in rows:
+
+def l3_contestants(stream, ev, sub, notes):
+    insts = [i.id for i in stream.instruments]
+
+    def bs_setup():
+        return warm(BookSet([L3Book(i, max_orders=1 << 22, initial_orders=1 << 18) for i in insts]), stream, ev)
+    out = [("tickwire BookSet.apply (engine's path)", "tw", bs_setup, lambda b: b.apply(ev),
+            lambda b: tw_full(b, insts))]
+    rows = list(zip(sub["instrument"].tolist(), sub["kind"].tolist(), sub["order_id"].tolist(), sub["side"].tolist(),
+                    sub["price"].tolist(), sub["qty"].tolist()))
+
+    def sd_setup():
+        books = [SortedL3() for _ in range(max(insts) + 1)]
+        for i, oid, side, p, q in zip(stream.prefix["instrument"].tolist(), stream.prefix["order_id"].tolist(),
+                                      stream.prefix["side"].tolist(), stream.prefix["price"].tolist(),
+                                      stream.prefix["qty"].tolist()):
+            books[i].add(oid, side, p, q)
+        return books
+
+    def sd_run(books):
+        for i, kind, oid, side, p, q in rows:
+            b = books[i]
             if kind == 1:
-                add(oid, side, price, qty)
-            elif kind == 3:
-                delete(oid)
-            elif kind == 4:
-                execute(oid, qty)
-            else:
-                modify(oid, qty, price)
-    out.append(("tickwire per-event (add/delete/execute/modify)", False, tw_event, L3Book))
-
-    def sd_run(b):
-        for kind, oid, side, price, qty in rows:
-            if kind == 1:
-                b.add(oid, side, price, qty)
+                b.add(oid, side, p, q)
             elif kind == 3:
                 b.delete(oid)
             elif kind == 4:
-                b.execute(oid, qty)
+                b.execute(oid, q)
             else:
-                b.reduce(oid, qty)
-    out.append((f"sortedcontainers {version('sortedcontainers')} L3 (Python loop)", True, sd_run, SortedL3))
-
-    if HAVE_NAUTILUS:
-        iid = InstrumentId.from_str("SYN0.SIM")
-        sides = (OrderSide.BUY, OrderSide.SELL)
-        resting = {}
-        deltas = []
-        for seq, (kind, oid, side, price, qty) in enumerate(rows):
-            if kind == 1:
-                resting[oid] = [side, price, qty]
-                action, s, p, q = BookAction.ADD, side, price, qty
-            elif kind == 3:
-                s, p, _ = resting.pop(oid)
-                action, q = BookAction.DELETE, 0
-            elif kind == 4:
-                o = resting[oid]
-                o[2] -= qty
-                s, p, q = o
-                action = BookAction.UPDATE if q else BookAction.DELETE
-                if not q:
-                    del resting[oid]
-            else:
-                o = resting[oid]
-                o[2] = qty
-                s, p, q = o
-                action = BookAction.UPDATE
-            deltas.append(OrderBookDelta(iid, action, BookOrder(sides[s], Price(p / 100, 2), Quantity(q, 0), oid),
-                                         0, seq, 0, 0))
-
-        def nt_run(book):
-            apply = book.apply_delta
-            for d in deltas:
-                apply(d)
-        out.append((f"nautilus-trader {version('nautilus_trader')} L3_MBO apply_delta (pre-built)", True,
-                    nt_run, lambda: NtBook(iid, BookType.L3_MBO)))
+                b.modify(oid, p, q)
+    out.append((f"sortedcontainers {version('sortedcontainers')} L3 (Python loop)", "peer", sd_setup, sd_run,
+                lambda books: {i: books[i].full() for i in insts}, "sub"))
+    out += nautilus(stream, sub, insts, notes)
+    notes.append("hftbacktest and numba: no L3 contestant (hftbacktest's L3 depth is driven by its exchange "
+                 "simulation, and an L3 book is not a twenty-line numba loop)")
     return out
 
 
 # ---------------------------------------------------------------------------------------
-# BBO cost against depth
-# ---------------------------------------------------------------------------------------
 
-def deep_book_rows(depth, seed):
-    """``depth`` levels per side with random 1..3 tick gaps around 1,000,000."""
-    rng = np.random.default_rng(seed)
-    bids = 999_999 - np.cumsum(rng.integers(1, 4, depth))
-    asks = 1_000_001 + np.cumsum(rng.integers(1, 4, depth))
-    qty = rng.integers(1, 1000, depth)
-    return [(0, int(p), int(q)) for p, q in zip(bids, qty)] + [(1, int(p), int(q)) for p, q in zip(asks, qty)]
+def race(stream, repeats, peer_events):
+    ev = stream.book_events
+    sub = ev[:peer_events] if peer_events and peer_events < len(ev) else ev
+    notes = []
+    make = l2_contestants if stream.book == "L2" else l3_contestants
+    contestants = make(stream, ev, sub, notes)
+    want_full, want_sub = None, None
+    times = [[] for _ in contestants]
+    # rounds: every contestant once per round, so that a load change on the shared machine hits
+    # them all alike; the full book is checked after each contestant's last run
+    for rnd in range(repeats):
+        for k, c in enumerate(contestants):
+            name, kind, setup, run, full = c[:5]
+            on_sub = len(c) > 5
+            state = setup()
+            t0 = time.perf_counter()
+            run(state)
+            times[k].append(time.perf_counter() - t0)
+            if rnd < repeats - 1:
+                del state
+                continue
+            got = full(state)
+            del state
+            if on_sub:
+                if want_sub is None:
+                    b = contestants[0][2]()
+                    b.apply(sub)
+                    want_sub = tw_full(b, [i.id for i in stream.instruments])
+                compare(name, got, want_sub)
+            else:
+                if want_full is None:
+                    want_full = got                     # tickwire's own, first in the list
+                compare(name, got, want_full)
+    results = []
+    for c, ts in zip(contestants, times):
+        n = len(sub) if len(c) > 5 else len(ev)
+        rate = n / statistics.median(ts)
+        results.append((c[0], c[1], n, rate))
+        print(f"    {stream.name}: {c[0]}: {rate / 1e6:.2f} M/s (full book checked)", file=sys.stderr, flush=True)
+    return results, notes, len(ev), len(sub)
 
 
-def py_reads(read, n):
-    """ns per call of ``read()`` from a Python loop (the same loop for every contestant)."""
-    def loop(_):
-        for _ in range(n):
-            read()
-    return median_time(loop, 3) / n * 1e9
+def verdicts(stream, results):
+    by = {name: rate for name, _, _, rate in results}
+    tw = results[0][3]
+    out = []
+    limit = next((r for n, k, _, r in results if k == "limit"), None)
+    if limit:
+        out.append(f"within 2x of the plain C ladder: {limit / tw:.2f}x ({'HIT' if limit <= 2 * tw else 'MISS'})")
+    for key in ("hftbacktest", "numba"):
+        r = next((rate for name, rate in by.items() if name.startswith(key)), None)
+        if r:
+            out.append(f"ahead of {key}: {tw / r:.2f}x ({'HIT' if tw > r else 'MISS'})")
+    if stream.book == "L3":
+        peers = [(n, r) for n, k, _, r in results if k == "peer"]
+        best = max(peers, key=lambda x: x[1]) if peers else None
+        out.append(f">= 10 M events/s: {tw / 1e6:.1f} M/s ({'HIT' if tw >= 10e6 else 'MISS'})")
+        if best:
+            out.append(f"ahead of every peer (best: {best[0].split(' (')[0]}): {tw / best[1]:.1f}x "
+                       f"({'HIT' if tw > best[1] else 'MISS'})")
+    return out
 
 
 def bbo_costs(depths, seed, reads=1_000_000):
+    """BBO read cost and best-level churn against depth, with sparse books (random gaps of 1-200 ticks)."""
     from order_book import OrderBook as ObBook
     from sortedcontainers import SortedDict
 
+    bb = cbuild.load("_bookbench")
     rows = []
+    rng = np.random.default_rng(seed)
     for depth in depths:
-        levels = deep_book_rows(depth, seed)
+        bids = 99_999_999 - np.cumsum(rng.integers(1, 200, depth))
+        asks = 100_000_001 + np.cumsum(rng.integers(1, 200, depth))
+        qty = rng.integers(1, 1000, depth)
         tw = L2Book(0)
-        for s, p, q in levels:
-            tw.set(s, p, q)
-        assert tw.level_count(0) == depth
+        for p, q in zip(bids.tolist(), qty.tolist()):
+            tw.set(0, p, q)
+        for p, q in zip(asks.tolist(), qty.tolist()):
+            tw.set(1, p, q)
         n = 20_000_000
-        c_read = median_time(lambda _: _bench_bbo(tw, n), 3) / n * 1e9
-        churn = median_time(lambda _: _bench_top_churn(tw, n // 4), 3) / (n // 4) * 1e9
-        t_py = py_reads(lambda: tw.bbo(), reads)
+        c_read = median_time(lambda _: bb.bbo_reads(tw, n), 3) / n * 1e9
+        churn = median_time(lambda _: bb.top_churn(tw, n // 4), 3) / (n // 4) * 1e9
+        layout = tw._layout(0)
+
+        def py(read):
+            def loop(_):
+                for _ in range(reads):
+                    read()
+            return median_time(loop, 3) / reads * 1e9
         ob = ObBook()
         sd = (SortedDict(), SortedDict())
-        for s, p, q in levels:
-            (ob.bids, ob.asks)[s][p] = q
-            sd[s][p] = q
-        ob_py = py_reads(lambda: (ob.bids.index(0), ob.asks.index(0)), reads)
-        sd_py = py_reads(lambda: (sd[0].peekitem(-1), sd[1].peekitem(0)), reads)
-        nt_py = "-"
-        if HAVE_NAUTILUS:
-            iid = InstrumentId.from_str("SYN0.SIM")
-            nt = NtBook(iid, BookType.L2_MBP)
-            for s, p, q in levels:
-                nt.apply_delta(OrderBookDelta(iid, BookAction.UPDATE,
-                                              BookOrder((OrderSide.BUY, OrderSide.SELL)[s], Price(p / 100, 2),
-                                                        Quantity(q, 0), 0), 0, 0, 0, 0))
-            nt_py = f"{py_reads(lambda: (nt.best_bid_price(), nt.best_bid_size(), nt.best_ask_price(), nt.best_ask_size()), reads // 4):.0f}"
-        rows.append([f"{depth:,}", f"{c_read:.2f}", f"{churn:.1f}", f"{t_py:.0f}", f"{ob_py:.0f}", f"{sd_py:.0f}", nt_py])
+        for s, ps in ((0, bids), (1, asks)):
+            for p, q in zip(ps.tolist(), qty.tolist()):
+                (ob.bids, ob.asks)[s][p] = q
+                sd[s][p] = q
+        rows.append([f"{depth:,}", f"{layout[2]:,}/{layout[3]:,}", f"{c_read:.2f}", f"{churn:.1f}",
+                     f"{py(tw.bbo):.0f}", f"{py(lambda: (ob.bids.index(0), ob.asks.index(0))):.0f}",
+                     f"{py(lambda: (sd[0].peekitem(-1), sd[1].peekitem(0))):.0f}"])
     return rows
-
-
-# ---------------------------------------------------------------------------------------
-
-def race(contestants, n, repeats, unit):
-    """Time each contestant; ``is_peer`` True: a peer, False: tickwire, None: a limit."""
-    results = []
-    for name, is_peer, fn, setup in contestants:
-        seconds = median_time(fn, repeats, setup)
-        results.append((name, is_peer, n / seconds))
-        print(f"    measured {name}: {n / seconds / 1e6:.2f} M {unit}/s", file=sys.stderr, flush=True)
-    best_peer = max((r for _, p, r in results if p), default=None)
-    rows = []
-    for name, is_peer, rate in results:
-        ratio = f"{rate / best_peer:.2f}x" if best_peer else "-"
-        rows.append([name, f"{rate / 1e6:.2f}", f"{1e9 / rate:.1f}", ratio])
-    return results, best_peer, rows
-
-
-def binance_section(repeats):
-    """The real Binance BTCUSDT capture: depth diffs as L2 updates (skipped without the data)."""
-    from tickwire.feeds.captures import BINANCE_FILE, find_shared_data, load_binance
-
-    path = find_shared_data(BINANCE_FILE)
-    if path is None:
-        print("\nBinance capture not found (../shared/data): real-data section skipped")
-        return
-    cap = load_binance(path, include_trades=False)
-    ev = cap.events[cap.events["kind"] == Kind.MODIFY]
-    ev = np.ascontiguousarray(ev)
-    snap = cap.events[cap.events["kind"] == Kind.ADD]
-    rows = l2_rows(ev)
-    # replay the diffs 20 times over the snapshot book for a measurable run; each pass is the
-    # same real sequence of updates against a real-depth book
-    reps = 20
-    ev_rep = np.concatenate([ev] * reps)
-    rows_rep = rows * reps
-    print(f"\nL2 on the real Binance BTCUSDT capture: {len(ev):,} depth-diff level updates x {reps} passes "
-          f"over its {len(snap):,}-level snapshot; median of {repeats} runs")
-
-    def tw_setup():
-        b = L2Book(0)
-        b.apply(snap)
-        return b
-
-    from order_book import OrderBook as ObBook
-
-    def ob_setup():
-        ob = ObBook()
-        for e in snap:
-            (ob.bids, ob.asks)[e["side"]][int(e["price"])] = int(e["qty"])
-        return ob
-
-    def ob_run(ob):
-        apply_levels(ob.bids, ob.asks, rows_rep)
-
-    def tw_event(b):
-        set_level = b.set
-        for side, price, qty in rows_rep:
-            set_level(side, price, qty)
-
-    def bs_setup():
-        return BookSet([tw_setup()])
-
-    contestants = [("tickwire BookSet.apply (engine's path)", False, lambda b: b.apply(ev_rep), bs_setup),
-                   ("tickwire L2Book.apply (single-book loop)", False, lambda b: b.apply(ev_rep), tw_setup),
-                   ("tickwire per-event (L2Book.set)", False, tw_event, tw_setup),
-                   (f"order-book {version('order-book')} (Python loop, int prices)", True, ob_run, ob_setup)]
-    _, _, rows_out = race(contestants, len(ev_rep), repeats, "updates")
-    table(rows_out, ["contestant", "M upd/s", "ns/upd", "vs peer"])
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--l2", type=int, default=1_000_000, help="L2 updates [%(default)s]")
-    ap.add_argument("--l3", type=int, default=500_000, help="L3 events [%(default)s]")
+    ap.add_argument("--streams", default="binance,kraken,volatile,itch", help="[%(default)s]")
     ap.add_argument("--repeats", type=int, default=5, help="runs per contestant; the median is shown [%(default)s]")
-    ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--depths", default="10,1000,20000", help="book depths for the BBO table [%(default)s]")
+    ap.add_argument("--peer-events", type=int, default=300_000,
+                    help="events for the Python-loop contestants and nautilus [%(default)s]")
+    ap.add_argument("--n", type=int, default=2_000_000, help="events of the synthetic streams [%(default)s]")
+    ap.add_argument("--bbo", action="store_true", help="also the BBO cost against depth table")
     args = ap.parse_args(argv)
     pinned = pin(1)
     print(f"# tickwire order-book benchmark ({describe_run(pinned)})")
-    if not HAVE_NAUTILUS:
-        print("# nautilus-trader not installed: pip install -e .[bench] to include it")
-
-    ev = l2_updates(args.l2, seed=args.seed)
-    rows = l2_rows(ev)
-    check_l2_agree(ev, rows)
-    depth = L2Book(0)
-    depth.apply(ev)
-    print(f"\nL2: {len(ev):,} level updates, seed {args.seed}, final depth {depth.level_count(0)}/"
-          f"{depth.level_count(1)} levels; median of {args.repeats} runs")
-    results, best_peer, table_rows = race(l2_contestants(ev, rows), len(ev), args.repeats, "updates")
-    table(table_rows, ["contestant", "M upd/s", "ns/upd", "vs best peer"])
-    by_name = {name: r for name, _, r in results}
-    batch = by_name["tickwire BookSet.apply (the engine's per-event path)"]
-    single = by_name["tickwire L2Book.apply (single-book loop, not the engine's)"]
-    per_event = by_name["tickwire per-event (L2Book.set, Python loop)"]
-    limit = by_name["limit: plain C ladder, qty[side][price] = qty only"]
-    peers = [r for _, p, r in results if p]
-    print(f"  target: the engine's path (BookSet.apply) >= 15x best peer: {batch / best_peer:.1f}x "
-          f"({'met' if batch >= 15 * best_peer else 'NOT met'}); within 2x of the plain C ladder: "
-          f"{limit / batch:.1f}x ({'met' if limit <= 2 * batch else 'NOT met'}); the single-book loop: "
-          f"{single / best_peer:.1f}x best peer; per-event ahead of every peer: "
-          f"{'yes' if per_event > max(peers) else 'NO'} ({per_event / best_peer:.2f}x best peer)")
-
-    binance_section(args.repeats)
-
-    ev3 = l3_orders(args.l3, seed=args.seed)
-    kinds = np.bincount(ev3["kind"], minlength=5)
-    print(f"\nL3: {len(ev3):,} events (add {kinds[Kind.ADD]:,}, cancel {kinds[Kind.DELETE]:,}, "
-          f"execute {kinds[Kind.TRADE]:,}, reduce {kinds[Kind.MODIFY]:,}), seed {args.seed}; "
-          f"median of {args.repeats} runs")
-    results3, best3, table3 = race(l3_contestants(ev3), len(ev3), args.repeats, "events")
-    table(table3, ["contestant", "M ev/s", "ns/ev", "vs best peer"])
-    print(f"  target L3 batch >= 5 M events/s: {results3[0][2] / 1e6:.1f} M/s "
-          f"({'met' if results3[0][2] >= 5e6 else 'NOT met'})")
-
-    depths = [int(d) for d in args.depths.split(",")]
-    print("\nBBO cost against depth (ns; levels per side with 1-3 tick gaps)")
-    table(bbo_costs(depths, args.seed),
-          ["depth", "tw C read", "tw C del+add best", "tw py bbo()", "order-book py", "SortedDict py",
-           "nautilus py"])
-    print("  'tw C read': best bid and ask, price and size, from C; 'del+add best': remove the best bid "
-          "level and restore it (finds the next best each time); 'py': best bid and ask with sizes from a "
-          "Python loop, the same loop and call overhead for every library")
+    print("# every contestant's full book (every level) is checked against tickwire's after its runs")
+    summary = []
+    kw = {"volatile": {"n": args.n}, "itch": {"n": args.n}}
+    for name, stream in S.load([x for x in args.streams.split(",") if x], **kw):
+        if isinstance(stream, str):
+            print(f"\n{name}: SKIPPED: {stream}")
+            continue
+        print(f"\n{stream.name} ({stream.book}): {S.shape(stream)}")
+        results, notes, n, nsub = race(stream, args.repeats, args.peer_events)
+        tw = results[0][3]
+        rows = [[name, f"{n:,}", f"{rate / 1e6:.2f}", f"{1e9 / rate:.1f}", f"{tw / rate:.2f}x"]
+                for name, _, n, rate in results]
+        print(f"  book events: {n:,} (Python loops and nautilus: the first {nsub:,}); median of {args.repeats}")
+        table(rows, ["contestant", "events", "M ev/s", "ns/ev", "tickwire is"])
+        for note in notes:
+            print(f"  note: {note}")
+        for v in verdicts(stream, results):
+            print(f"  target: {v}")
+            summary.append(f"{stream.name}: {v}")
+    if args.bbo:
+        print("\nBBO cost against depth, sparse books (gaps of 1-200 ticks: the next level is rarely in the "
+              "same bitmap word, deep books spill into the overflow array), ns")
+        table(bbo_costs([10, 1000, 20000, 200000], 42),
+              ["depth", "window/overflow", "tw C read", "tw C del+add best", "tw py bbo()", "order-book py",
+               "SortedDict py"])
+    print("\nTargets")
+    for line in summary:
+        print(f"  {line}")
     return 0
 
 

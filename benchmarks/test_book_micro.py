@@ -11,7 +11,7 @@ import pytest
 from common import apply_levels, pin
 
 from tickwire.ext import L2Book
-from tickwire.ext.book import _bench_bbo
+import cbuild
 from tickwire.feeds.synthetic import l2_updates
 
 pin(1)
@@ -62,7 +62,7 @@ def deep_book():
 
 @pytest.mark.benchmark(group="bbo-read-depth-20000")
 def test_bbo_c_million_reads(benchmark, deep_book):
-    benchmark.pedantic(_bench_bbo, args=(deep_book, 1_000_000), **PEDANTIC)
+    benchmark.pedantic(cbuild.load("_bookbench").bbo_reads, args=(deep_book, 1_000_000), **PEDANTIC)
 
 
 @pytest.mark.benchmark(group="bbo-read-depth-20000")

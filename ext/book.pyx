@@ -355,7 +355,7 @@ cdef inline void _win_store(tw_ladder *L, int64_t s, int64_t old, int64_t qty) n
     w_new = (w_old & ~bit) | (bit & (<uint64_t>0 - <uint64_t>now))
     word[0] = w_new
     # two well-predicted tests rather than one compare of two flags: the branch lets the next
-    # update start without waiting for this word's load (measured: 250 -> 285 M/s in the batch loop)
+    # update start without waiting for this word's load
     if TW_UNLIKELY(w_old == 0 or w_new == 0) and (w_old == 0) != (w_new == 0):
         _bits_carry(L.bits, s, w_new != 0)
     L.nwin += now - was
@@ -1084,7 +1084,7 @@ cdef extern from *:
     """
     /* Sums of level quantities (each 0..2**63-1): 128 bits cannot overflow (2**65 levels
        would).  _top_qty adds into two 64-bit halves, a carry into the high one: that compiled
-       to fewer instructions per level than adding into an __int128 (callgrind). */
+       to fewer instructions per level than adding into an __int128. */
     typedef unsigned __int128 tw_u128;
     """
     ctypedef unsigned long long tw_u128   # (Cython only needs to know it is an unsigned integer)
@@ -1236,8 +1236,8 @@ cdef extern from *:
 
 
 cdef inline int64_t _int_arg(object x, str name) except? -1:
-    """An int64 argument: a plain int on the fast path (a few instructions, inlined: the
-    per-event API runs at ~100 ns a call), _int_arg_slow for anything else."""
+    """An int64 argument: a plain int on the fast path (a few instructions, inlined: it is
+    paid on every per-event API call), _int_arg_slow for anything else."""
     if tw_small_int(x):
         return <int64_t>x
     return _int_arg_slow(x, name)
@@ -1613,129 +1613,10 @@ cdef class Book:
         return min(lo, hi), max(lo, hi), L.nwin, L.nover
 
 
-cdef inline void _l2_sync(tw_ladder *L, int64_t best, int64_t nlevels) noexcept nogil:
-    """Write a side's locally held best slot and level count back (see _l2_apply_many); a
-    best slot that has emptied since is replaced by the next level down."""
-    L.best = best
-    L.nwin += nlevels - L.nlevels           # the fast path only adds and removes window levels
-    L.nlevels = nlevels
-    if best >= 0 and L.qty[best] == 0:
-        _best_removed(L, best)              # may move the window
-
-
-cdef Py_ssize_t _l2_apply_many(tw_book *b, const tw_event *ev, Py_ssize_t n, uint8_t *status) noexcept nogil:
-    """The batch loop of an L2 book without ``max_depth``: the same result as _apply per event.
-
-    The common event, a level update inside the dense window of this book's instrument, is
-    done here with the side's geometry (base, cap, sign, arrays) and its changing state (best
-    slot, level count) held in locals: the book's fields are not re-read after every store
-    into the ladder (which may alias them), and the per-event bookkeeping (applied count,
-    last event, status) is done once per batch. Anything else -- another kind or instrument,
-    a key outside the window, a would-be reject -- writes the locals back (_l2_sync), goes
-    through _apply and reloads them.
-
-    The best slot is only raised here (a new level above it), never searched for: when the
-    best level empties, the local best goes stale, and _l2_sync, at the next slow event or
-    the batch's end, finds the next level down from it (one bitmap search per sync instead
-    of a test and a mispredicted branch on 7% of the events of a realistic stream; measured
-    273 -> 347 M updates/s). A window that should follow a sunken best down moves then too.
-    Until then the stale slot is only ever compared against, and every level the loop
-    touches is inside the window, so the result is the same as applying event by event;
-    only the window's placement may differ, which no query can see."""
-    cdef int64_t *qty_of[2]
-    cdef uint64_t *bits_of[2]
-    cdef int64_t base[2]
-    cdef int64_t cap[2]
-    cdef int64_t sign[2]
-    cdef int64_t best[2]
-    cdef int64_t nlev[2]
-    cdef int64_t min_price = b.p.min_price, max_price = b.p.max_price, max_levels = b.p.max_levels
-    cdef uint32_t inst = b.p.instrument
-    cdef Py_ssize_t i, fast_applied, slow_applied = 0, slow_events = 0, last = -1
-    cdef const tw_event *e
-    cdef int64_t price, qty, s = 0, old = 0, was, now
-    cdef uint64_t bit, w_old, w_new, side
-    cdef uint64_t head, head_mask, head_modify, head_add
-    cdef tw_event probe
-    cdef uint64_t *word
-    cdef tw_ladder *L
-    cdef int r, k
-    for k in range(2):
-        L = &b.side[k]
-        qty_of[k] = L.qty; bits_of[k] = L.bits[0]; base[k] = L.base; cap[k] = L.cap
-        sign[k] = L.sign; best[k] = L.best; nlev[k] = L.nlevels
-    # the 8 bytes from instrument to side, read as one word: (instrument, kind, side) tested at once
-    memset(&probe, 0, sizeof(probe))
-    probe.instrument = 0xFFFFFFFF; probe.kind = 0xFF; probe.side = 0xFE   # side 0 and 1 alike
-    memcpy(&head_mask, &probe.instrument, 8)
-    probe.instrument = inst; probe.kind = TW_KIND_MODIFY; probe.side = 0
-    memcpy(&head_modify, &probe.instrument, 8)
-    probe.kind = TW_KIND_ADD
-    memcpy(&head_add, &probe.instrument, 8)
-    if status != NULL:
-        memset(status, TW_OK, n)                 # the fast path applies; the slow one says
-    for i in range(n):
-        e = &ev[i]
-        memcpy(&head, &e.instrument, 8)
-        head &= head_mask
-        price = e.price
-        qty = e.qty
-        if TW_LIKELY((head == head_modify or head == head_add) and qty >= 0):
-            side = e.side
-            s = sign[side] * price - base[side]
-            if TW_LIKELY(<uint64_t>s < <uint64_t>cap[side]):
-                old = qty_of[side][s]
-                if TW_LIKELY(not ((price < min_price or price > max_price
-                                   or nlev[side] >= max_levels) and old == 0 and qty != 0)):
-                    was = old != 0
-                    now = qty != 0
-                    qty_of[side][s] = qty
-                    bit = (<uint64_t>1) << (s & 63)
-                    word = &bits_of[side][s >> 6]
-                    w_old = word[0]
-                    w_new = (w_old | bit) ^ (bit & <uint64_t>(now - 1))  # set; clear when now = 0
-                    word[0] = w_new
-                    # (see _win_store for why two tests)
-                    if TW_UNLIKELY(w_old == 0 or w_new == 0) and (w_old == 0) != (w_new == 0):
-                        _bits_carry(b.side[side].bits, s, w_new != 0)
-                    nlev[side] += now - was
-                    # s becomes the best (s | -1 = -1: no); an emptied best is left for _l2_sync
-                    best[side] = max(best[side], s | (now - 1))
-                    last = i
-                    continue
-        for k in range(2):
-            _l2_sync(&b.side[k], best[k], nlev[k])
-        if e.instrument == inst:
-            r = _apply(b, e)
-        else:
-            r = TW_REJ_UNKNOWN_INSTRUMENT
-            b.rejects[r] += 1
-        slow_events += 1
-        if r == TW_OK:
-            last = i
-            slow_applied += 1
-        elif status != NULL:
-            status[i] = <uint8_t>r
-        for k in range(2):
-            L = &b.side[k]
-            qty_of[k] = L.qty; bits_of[k] = L.bits[0]; base[k] = L.base
-            best[k] = L.best; nlev[k] = L.nlevels
-    for k in range(2):
-        _l2_sync(&b.side[k], best[k], nlev[k])
-    fast_applied = n - slow_events
-    b.applied += fast_applied
-    if last >= 0:
-        b.last_seq = ev[last].seq
-        b.last_ts_event = ev[last].ts_event
-        b.last_ts_recv = ev[last].ts_recv
-    return fast_applied + slow_applied
-
-
 cdef Py_ssize_t _book_apply_many(tw_book *b, const tw_event *ev, Py_ssize_t n, uint8_t *status) noexcept nogil:
+    """Book.apply's loop: the engine's per-event update (_apply), events of other instruments refused."""
     cdef Py_ssize_t i, applied = 0
     cdef int r
-    if b.p.book_type == TW_BOOK_L2 and b.p.max_depth == 0 and b.p.channel < 0:
-        return _l2_apply_many(b, ev, n, status)
     for i in range(n):
         if ev[i].instrument == b.p.instrument:
             r = _apply(b, &ev[i])
@@ -2105,81 +1986,6 @@ def event_layout():
         "flags": <char *>&e.flags - base,
         "reserved": <char *>&e.reserved - base,
     }
-
-
-def _sum_first(const int64_t[::1] values, Py_ssize_t n):
-    """Sum of ``values[:n]`` with no length check of its own: in a debug build Cython's
-    bounds checking raises IndexError past the end (tests use it to tell the builds apart);
-    never call it with a bad ``n`` on a release build."""
-    cdef Py_ssize_t i
-    cdef int64_t total = 0
-    for i in range(n):
-        total += values[i]
-    return total
-
-
-cdef extern from *:
-    """
-    /* An empty asm statement that may read and write all memory: keeps the compiler from
-       reusing a load across loop iterations in the benchmark helpers below. */
-    static inline void tw_clobber_memory(void) { __asm__ __volatile__("" ::: "memory"); }
-    """
-    void tw_clobber_memory() nogil
-
-
-def _bench_bbo(Book book, int64_t n):
-    """Read the best bid and ask (price and quantity) ``n`` times in C; returns a checksum.
-
-    For benchmarks: time it around a large ``n`` to get the C cost of one BBO read."""
-    cdef int64_t i, acc = 0
-    cdef tw_book *b = &book.c
-    with nogil:
-        for i in range(n):
-            tw_clobber_memory()
-            acc += tw_book_best_price(b, TW_SIDE_BID) + tw_book_best_qty(b, TW_SIDE_BID)
-            acc += tw_book_best_price(b, TW_SIDE_ASK) + tw_book_best_qty(b, TW_SIDE_ASK)
-    return acc
-
-
-def _bench_top_churn(Book book, int64_t n):
-    """Remove the best bid level and put it back, ``n`` times, in C (finding the next best
-    level each time).  For benchmarks of update cost against depth; the book ends as it began."""
-    cdef int64_t i, price, qty
-    cdef tw_book *b = &book.c
-    if b.p.book_type != TW_BOOK_L2 or b.side[TW_SIDE_BID].best < 0:
-        raise ValueError("needs an L2 book with a bid")
-    price = tw_book_best_price(b, TW_SIDE_BID)
-    qty = tw_book_best_qty(b, TW_SIDE_BID)
-    with nogil:
-        for i in range(n):
-            tw_book_set_level(b, TW_SIDE_BID, price, 0)
-            tw_book_set_level(b, TW_SIDE_BID, price, qty)
-    return tw_book_best_price(b, TW_SIDE_BID)
-
-
-def _bench_plain_ladder(events, int64_t base, int64_t cap):
-    """The plain C price ladder, as a limit for benchmarks: ``qty[side][price - base] = qty``
-    for each event, no checks, no best level, no routing.  Returns the number stored."""
-    cdef Py_buffer view
-    cdef const tw_event *ev = _event_buffer(events, &view)
-    cdef Py_ssize_t n = view.len // sizeof(tw_event), i, stored = 0
-    cdef int64_t *ladder = <int64_t *>calloc(2 * cap, sizeof(int64_t))
-    cdef uint64_t s
-    if ladder == NULL:
-        PyBuffer_Release(&view)
-        raise MemoryError()
-    try:
-        with nogil:
-            for i in range(n):
-                s = <uint64_t>(ev[i].price - base)
-                if s < <uint64_t>cap:
-                    ladder[ev[i].side * cap + <int64_t>s] = ev[i].qty
-                    stored += 1
-            tw_clobber_memory()
-    finally:
-        free(ladder)
-        PyBuffer_Release(&view)
-    return stored
 
 
 cdef object _fill_snapshot(tw_book *b, object out, uint64_t seq, int64_t ts):

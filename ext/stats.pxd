@@ -15,7 +15,7 @@
 #   (pandas' ewm(halflife=..., times=...) with adjust=True); West's weighted update keeps
 #   the variance stable.
 #
-# Min and max cost a monotonic deque each (data-dependent branches, ~15 ns an update):
+# Min and max cost a monotonic deque each (data-dependent branches on every update):
 # windows that do not need them are made with extrema=0 (min/max then return NaN).
 # NaN inputs are ignored (not added).  Time windows grow their ring by doubling up to
 # max_cap samples (counted as allocations); past that the oldest samples are evicted early
@@ -38,7 +38,7 @@ cdef struct tw_window:
     uint64_t next                 # number the next sample gets
     uint64_t min_h, min_t, max_h, max_t
     int kind                      # TW_WIN_COUNT or TW_WIN_TIME
-    int extrema                   # keep the min/max deques (they cost ~15 ns an update)
+    int extrema                   # keep the min/max deques (they cost a deque update each)
     int64_t size                  # samples, or nanoseconds
     double shift                  # sums are of (x - shift)
     double s1, c1, s2, c2         # Neumaier sums (and compensations) of d and d*d

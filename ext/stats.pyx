@@ -461,7 +461,7 @@ cdef class RollingWindow:
         Time windows: most samples held; past it the oldest are evicted early (counted
         in :attr:`dropped`).
     extrema : bool
-        Keep min and max (two monotonic deques, about 15 ns an update); without them
+        Keep min and max (two monotonic deques: data-dependent branches on every update); without them
         :attr:`min` and :attr:`max` are NaN.
     """
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tickwire.ext import BUILD
-from tickwire.ext.book import _sum_first
+from tickwire.ext._testing import sum_first as _sum_first
 
 
 def test_expected_build_is_loaded():

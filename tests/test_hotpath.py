@@ -84,7 +84,7 @@ def test_the_extensions_per_tick_code_is_found():
     assert [g.name.split(" at")[0] for g in gil] == ["`with gil:`"]          # PyRule.evaluate
     regions, _ = hotpath_report.per_tick_regions((ROOT / "ext" / "book.pyx").read_text())
     names = {r.name.split(" (line")[0] for r in regions}
-    assert {"tw_book_add_order", "_l2_apply_many", "`with nogil:` in Book.apply"} <= names
+    assert {"tw_book_add_order", "tw_bookset_apply", "`with nogil:` in Book.apply"} <= names
 
 
 @pytest.mark.skipif(BUILD == "debug", reason="the release build's sources are annotated in the release run")

@@ -1,0 +1,51 @@
+"""Build benchmark-only Cython modules (benchmarks/_*.pyx) on demand, in release mode, against
+the installed tickwire's .pxd files; cached in build/bench (rebuilt when the source changes)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE.parent / "build" / "bench"
+
+_SETUP = '''
+import sys
+from setuptools import setup, Extension
+from Cython.Build import cythonize
+name, src, inc = sys.argv[1], sys.argv[2], sys.argv[3].split("|")
+sys.argv[1:] = ["build_ext", "--inplace", "-q"]
+setup(name=name, ext_modules=cythonize(
+    [Extension(name, [src], include_dirs=inc, extra_compile_args=["-O3", "-Wno-unused-function"])],
+    include_path=inc, quiet=True, build_dir="c",
+    compiler_directives={"language_level": 3, "boundscheck": False, "wraparound": False,
+                         "initializedcheck": False, "cdivision": True}))
+'''
+
+
+def load(name: str):
+    """Import benchmarks/<name>.pyx, compiling it first if it changed."""
+    import tickwire
+    from tickwire.ext import BUILD
+
+    if BUILD != "release":
+        sys.exit(f"tickwire's {BUILD} build is loaded: never benchmark a debug build (./dev build)")
+    src = HERE / f"{name}.pyx"
+    inc = tickwire.get_include()
+    digest = hashlib.sha256(src.read_bytes() + "|".join(inc).encode()).hexdigest()[:16]
+    OUT.mkdir(parents=True, exist_ok=True)
+    stamp = OUT / f"{name}.stamp"
+    if not (stamp.exists() and stamp.read_text() == digest and list(OUT.glob(f"{name}.*.so"))):
+        print(f"# compiling benchmarks/{name}.pyx (benchmark-only helpers)", file=sys.stderr, flush=True)
+        (OUT / "setup_bench.py").write_text(_SETUP)
+        run = subprocess.run([sys.executable, "setup_bench.py", name, str(src), "|".join(inc)], cwd=OUT,
+                             capture_output=True, text=True)
+        if run.returncode != 0:
+            sys.exit(f"compiling benchmarks/{name}.pyx failed:\n{run.stderr[-3000:]}")
+        stamp.write_text(digest)
+    if str(OUT) not in sys.path:
+        sys.path.insert(0, str(OUT))
+    return importlib.import_module(name)

@@ -1,0 +1,15 @@
+"""Test-only helpers, built beside the product with its directives (as CPython's _testcapi):
+nothing in tickwire imports this module."""
+
+from libc.stdint cimport int64_t
+
+
+def sum_first(const int64_t[::1] values, Py_ssize_t n):
+    """Sum of ``values[:n]`` with no length check of its own: in a debug build Cython's
+    bounds checking raises IndexError past the end (tests use it to tell the builds apart);
+    never call it with a bad ``n`` on a release build."""
+    cdef Py_ssize_t i
+    cdef int64_t total = 0
+    for i in range(n):
+        total += values[i]
+    return total
