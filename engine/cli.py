@@ -9,6 +9,8 @@ Subcommands:
 - ``simulate``: the feed simulator.
 - ``books``: the order books alone on a synthetic market and the real captures.
 - ``replay``: stored ticks, a capture or an ``.npy`` file through the engine (tickwire.replay.cli).
+- ``bench``: wire-to-signal latency at an offered rate, with floors (tickwire.engine.bench);
+  ``bench compare A.json B.json``.
 """
 
 from __future__ import annotations
@@ -457,10 +459,18 @@ def build_parser() -> argparse.ArgumentParser:
     from tickwire.replay.cli import add_parser as add_replay
 
     add_replay(sub)
+    from tickwire.engine.bench import add_parser as add_bench
+
+    add_bench(sub)
     return parser
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["bench", "compare"]:             # `tickwire bench compare A.json B.json`
+        from tickwire.engine.bench import main as bench_main
+
+        return bench_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
