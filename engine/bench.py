@@ -16,8 +16,8 @@ coordinated omission. In the same run, on the same transport and cores:
 
 - ``zmq_hop``: libzmq one-way from C, the same publisher and schedule to a C subscriber on the
   engine's core, nothing else (receipt - send_time);
-- ``ring_hop`` floor: one record per message interval pushed into a broadcast ring from the
-  engine's core, popped by the same consumer loop (receipt - push time);
+- ``ring_hop`` floor: records pushed into a broadcast ring from the engine's core at the target's
+  signal rate, popped by the same consumer loop (receipt - push time);
 - ``pyzmq_baseline``: what a quant writes today: a pyzmq receive loop, a Python dict book and a
   ``multiprocessing.Queue`` to a consumer process (a signal whenever the mid moves).
 
@@ -561,12 +561,14 @@ class Run:
             base = None
         raw.setdefault("daemon", {})
         raw["daemon"]["state_dir"] = str(run_dir)
-        raw["daemon"]["run"] = tag
+        raw["daemon"]["run"] = f"bench{os.getpid()}-{tag}"   # unique: it names the rings
         raw.setdefault("feeds", {})
         raw["feeds"]["endpoints"] = [self.endpoint(tag)]
         raw["feeds"]["snapshot"] = ""
         raw["feeds"]["channels"] = self.stream.nchannels
         raw.setdefault("metrics", {})["port"] = 0
+        if a.target == "pipeline":
+            raw.setdefault("store", {})["enabled"] = False      # no writer in this target
         run_dir.mkdir(parents=True, exist_ok=True)
         path = self.work / f"{tag}.toml"
         path.write_text(configmod.to_toml(raw))
@@ -648,14 +650,15 @@ class Run:
         keep = z["send"] >= start + int(a.warmup * 1e9)
         return {"lat": z["recv"][keep] - z["send"][keep], "messages": int(keep.sum())}
 
-    def measure_ring_floor(self, rate: float, tag: str) -> dict:
+    def measure_ring_floor(self, records_per_s: float, tag: str) -> dict:
+        """The ring hop alone: records pushed from the engine's core at ``records_per_s`` (the
+        target's signal rate), popped by the consumer loop on the other core."""
         from tickwire.ext import SIGNAL_DTYPE
         from tickwire.ext.ring import Ring
 
         a = self.args
         name = f"tw-bench-{os.getpid()}-{tag}"
-        per_msg = max(1.0, self.stream.bounds[-1] / (len(self.stream.bounds) - 1))
-        interval = max(1000, int(per_msg / rate * 1e9))
+        interval = max(1000, int(1e9 / max(records_per_s, 10.0)))
         n = int((a.warmup + a.duration) * 1e9 / interval)
         ring = Ring.create(name, SIGNAL_DTYPE, 1 << 16, "broadcast", role="none", replace=True)
         try:
@@ -667,7 +670,7 @@ class Run:
             p, pready = _spawn(_ring_producer_proc, name, self.engine_core, start, interval, n)
             _wait_ready(p, pready, "the ring producer")
             if not a.quiet:
-                _say(f"  {'ring hop':8s} {_fmt_rate(rate):>5s}: {n:,} records, one every {interval / 1e3:.1f} us ...")
+                _say(f"  {'ring hop':8s}: {n:,} records, one every {interval / 1e3:.1f} us (the target's signal rate) ...")
             p.join(timeout=a.warmup + a.duration + 60)
             c.join(timeout=a.drain + 30)
         finally:
@@ -710,20 +713,25 @@ def measure_rate(run: Run, rate: float, index: int, outdir: Path) -> dict:
     """Floors, the target and the baseline at one offered rate; histograms and logs written."""
     a = run.args
     tag = f"r{index}"
-    pub = Publisher(run.stream, run.endpoint(f"{tag}-pub"))
+    pub = None
     try:
         busy = a.busy_poll if a.busy_poll is not None else False
+        pub = Publisher(run.stream, run.endpoint(f"{tag}-tgt"))     # the target connects to its own
+        tgt = run.measure_target(rate, f"{tag}-tgt", pub)
+        pub.close()
+        pub = None
         floors = {}
         if not a.no_floors:
+            pub = Publisher(run.stream, run.endpoint(f"{tag}-zmq"))
             floors["zmq_hop"] = run.measure_zmq_floor(rate, pub, tag, busy)["lat"]
-            floors["ring_hop_floor"] = run.measure_ring_floor(rate, tag)["lat"]
-        pub.close()
-        pub = None                         # (the target connects to an endpoint of its own)
-        pub = Publisher(run.stream, run.endpoint(f"{tag}-tgt"))
-        tgt = run.measure_target(rate, f"{tag}-tgt", pub)
+            pub.close()
+            pub = None
+            # the ring hop at the rate the target emitted signals (a busy consumer and one that
+            # sleeps between signals are different hops)
+            sig_rate = tgt["signals"] / (a.warmup + a.duration)
+            floors["ring_hop_floor"] = run.measure_ring_floor(sig_rate, tag)["lat"]
         base = None
         if a.baseline:
-            pub.close()
             pub = Publisher(run.stream, run.endpoint(f"{tag}-base"))
             base = run.measure_baseline(rate, pub, tag)["lat"]
     finally:
@@ -1076,6 +1084,18 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--stall-at", type=int, default=-1, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_bench)
     return p
+
+
+def default_args(**over) -> argparse.Namespace:
+    """The command's defaults as a Namespace, with ``over`` applied (for programs: the demo)."""
+    ap = argparse.ArgumentParser()
+    add_parser(ap.add_subparsers())
+    args = ap.parse_args(["bench"])
+    for k, v in over.items():
+        if not hasattr(args, k):
+            raise TypeError(f"no bench option {k!r}")
+        setattr(args, k, v)
+    return args
 
 
 def cmd_bench(args) -> int:
