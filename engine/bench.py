@@ -56,6 +56,7 @@ LEVELS = ("p50", "p90", "p99", "p99.9", "p99.99", "max")
 HDR_LEVELS = (50.0, 90.0, 99.0, 99.9, 99.99)
 WIRE_HEADER = struct.Struct("<IBBHHHIQqQII")
 ENGINE_CORE, OTHER_CORE = 1, 0
+SATURATED_P50_NS = 10_000_000      # --until-saturation: a wire-to-signal median past 10 ms is a queue
 
 
 # -- small helpers -----------------------------------------------------------------------------
@@ -400,6 +401,8 @@ def _baseline_consumer_proc(queue, cpu, until_ns, out_path, ready):
         if item is None:
             break
         t = time.time_ns()
+        if t > until_ns:                             # a baseline that fell behind: stop reading
+            break
         send.append(item[0])
         recv.append(item[2])
         rec.append(t)
@@ -646,6 +649,8 @@ class Run:
         finally:
             if p.is_alive():
                 p.kill()
+        if not out.exists():
+            raise RuntimeError("the libzmq subscriber did not finish")
         z = np.load(out)
         keep = z["send"] >= start + int(a.warmup * 1e9)
         return {"lat": z["recv"][keep] - z["send"][keep], "messages": int(keep.sum())}
@@ -700,6 +705,8 @@ class Run:
             for x in (p, c):
                 if x.is_alive():
                     x.kill()
+        if not out.exists():
+            raise RuntimeError("the baseline consumer did not finish")
         b = np.load(out)
         keep = b["send"] >= start + int(a.warmup * 1e9)
         return {"lat": b["receipt"][keep] - b["send"][keep], "signals": int(keep.sum())}
@@ -723,7 +730,10 @@ def measure_rate(run: Run, rate: float, index: int, outdir: Path) -> dict:
         floors = {}
         if not a.no_floors:
             pub = Publisher(run.stream, run.endpoint(f"{tag}-zmq"))
-            floors["zmq_hop"] = run.measure_zmq_floor(rate, pub, tag, busy)["lat"]
+            try:
+                floors["zmq_hop"] = run.measure_zmq_floor(rate, pub, tag, busy)["lat"]
+            except RuntimeError as exc:
+                _say(f"  zmq floor at {_fmt_rate(rate)} ev/s not measured: {exc}")
             pub.close()
             pub = None
             # the ring hop at the rate the target emitted signals (a busy consumer and one that
@@ -733,17 +743,25 @@ def measure_rate(run: Run, rate: float, index: int, outdir: Path) -> dict:
         base = None
         if a.baseline:
             pub = Publisher(run.stream, run.endpoint(f"{tag}-base"))
-            base = run.measure_baseline(rate, pub, tag)["lat"]
+            try:
+                base = run.measure_baseline(rate, pub, tag)["lat"]
+            except RuntimeError as exc:
+                _say(f"  pyzmq baseline at {_fmt_rate(rate)} ev/s not measured: {exc}")
     finally:
         if pub is not None:
             pub.close()
     recs = {k: _recorder(tgt["lat"][k]) for k in STAGES}
     for k, v in floors.items():
         recs[k] = _recorder(v)
-    if base is not None:
+    baseline_note = None
+    if base is not None and len(base):
         recs["pyzmq_baseline"] = _recorder(base)
+    elif base is not None:
+        baseline_note = "fell behind: no signal reached its consumer within the run and the drain"
+        _say(f"  pyzmq baseline at {_fmt_rate(rate)} ev/s {baseline_note}")
+        base = None
     summ = {k: _summary(r) for k, r in recs.items()}
-    if floors:
+    if "zmq_hop" in summ and "ring_hop_floor" in summ:
         summ["floor"] = {k: summ["zmq_hop"][k] + summ["ring_hop_floor"][k] for k in LEVELS}
         summ["floor"]["note"] = "zmq_hop + ring_hop_floor, percentile by percentile"
     res = {"offered_rate": rate, "publisher": tgt["publisher"], "signals": tgt["signals"],
@@ -755,6 +773,8 @@ def measure_rate(run: Run, rate: float, index: int, outdir: Path) -> dict:
                            "targets": {"p50 <= 1.25x floor": bool(w["p50"] <= 1.25 * f["p50"]),
                                        "p99 <= 2x floor p99": bool(w["p99"] <= 2 * f["p99"]),
                                        "p99.99 < 1 ms": bool(w["p99.99"] < 1_000_000)}}
+    if baseline_note:
+        res["baseline_note"] = baseline_note
     if base is not None:
         res["vs_baseline"] = {k: _ratio(w[k], summ["pyzmq_baseline"][k]) for k in ("p50", "p99", "p99.99")}
     # outputs: .hgrm per series, one interval log over the run
@@ -991,8 +1011,10 @@ def run_bench(args) -> dict:
             res = measure_rate(run, rate, i, outdir)
             summary["runs"].append(res)
             print_run(res)
+            (outdir / "summary.json").write_text(json.dumps(summary, indent=1))   # kept if a later rate fails
             i += 1
-            sat = res["publisher"]["achieved_rate"] < 0.95 * rate or res["signals_missed"] > 0
+            sat = (res["publisher"]["achieved_rate"] < 0.95 * rate or res["signals_missed"] > 0
+                   or res["latency_ns"]["wire_to_signal"]["p50"] > SATURATED_P50_NS)   # fell behind
             if args.until_saturation and not queue and not sat and i < 12:
                 queue.append(rate * 2)
     finally:
@@ -1072,8 +1094,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the pyzmq baseline")
     p.add_argument("--no-floors", action="store_true", help="skip the libzmq and ring floors")
     p.add_argument("--until-saturation", action="store_true",
-                   help="after the last rate, keep doubling it until the publisher cannot reach it or "
-                        "signals are lost")
+                   help="after the last rate, keep doubling it until the publisher cannot reach it, "
+                        "signals are lost or the target falls behind (wire-to-signal p50 over 10 ms)")
     p.add_argument("--p99-threshold", type=float, metavar="US",
                    help="report the highest rate whose wire-to-signal p99 stays under this many us")
     p.add_argument("--out", default="tickwire-bench", help="output directory [%(default)s]")
@@ -1083,6 +1105,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--stall-ms", type=float, default=0.0, help=argparse.SUPPRESS)
     p.add_argument("--stall-at", type=int, default=-1, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_bench)
+    sub_b = p.add_subparsers(dest="bench_command", metavar="compare")
+    cmp = sub_b.add_parser("compare", help="print two saved runs side by side with ratios (B/A)",
+                           description="Print two saved bench runs (summary.json, or its directory) side by "
+                                       "side: per rate and series, p50/p99/p99.99 of A and B and B/A.")
+    cmp.add_argument("a", help="summary.json (or its directory) of run A")
+    cmp.add_argument("b", help="summary.json (or its directory) of run B")
     return p
 
 
@@ -1099,8 +1127,12 @@ def default_args(**over) -> argparse.Namespace:
 
 
 def cmd_bench(args) -> int:
-    if getattr(args, "compare", None):
-        return compare(*args.compare)
+    if getattr(args, "bench_command", None) == "compare":
+        try:
+            return compare(args.a, args.b)
+        except ValueError as exc:
+            print(f"tickwire bench compare: {exc}", file=sys.stderr)
+            return 2
     if args.target == "daemon" and not args.config:
         print("tickwire bench: --target daemon needs --config FILE", file=sys.stderr)
         return 2
@@ -1128,20 +1160,9 @@ def cmd_bench(args) -> int:
 
 
 def main(argv=None) -> int:
+    """``tickwire bench ...`` without the other subcommands (benchmarks/bench_wire.py)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["compare"]:
-        ap = argparse.ArgumentParser(prog="tickwire bench compare",
-                                     description="Print two saved bench runs side by side with ratios (B/A).")
-        ap.add_argument("a", help="summary.json (or its directory) of run A")
-        ap.add_argument("b", help="summary.json (or its directory) of run B")
-        a = ap.parse_args(argv[1:])
-        try:
-            return compare(a.a, a.b)
-        except ValueError as exc:
-            print(f"tickwire bench compare: {exc}", file=sys.stderr)
-            return 2
     ap = argparse.ArgumentParser(prog="tickwire")
-    sub = ap.add_subparsers(dest="cmd")
-    add_parser(sub)
+    add_parser(ap.add_subparsers(dest="command"))
     args = ap.parse_args(["bench", *argv])
     return args.func(args)
