@@ -462,6 +462,7 @@ class Publisher:
                "intended": np.empty(cap, np.int64), "sent": np.empty(cap, np.int64)}
         end_ns = start_ns + int(seconds * 1e9)
         t_wall = time.monotonic()
+        next_line = t_wall + 5.0
         while True:
             until = min(end_ns, harness.now_ns() + 250_000_000)
             r = sched.publish(self.sock, until, out["chan"], out["seq"], out["count"], out["intended"], out["sent"],
@@ -469,11 +470,14 @@ class Publisher:
             if r < 0:
                 raise RuntimeError("libzmq refused a send")
             n = sched.sent
-            if progress and n and sys.stdout.isatty():
+            tty = sys.stdout.isatty()
+            if progress and n and (tty or time.monotonic() >= next_line):
+                next_line = time.monotonic() + 5.0       # not a terminal: a line every 5 s
                 el = max((harness.now_ns() - start_ns) / 1e9, 1e-9)
                 ev = int(out["count"][:n].sum())
-                _say(f"\r  {label}: {min(el, seconds):5.1f}/{seconds:.0f} s  offered {_fmt_rate(rate)} ev/s  "
-                     f"achieved {ev / el / 1e3:8.1f}k ev/s  late msgs {sched.late:,}  ", end="")
+                _say(f"{chr(13) if tty else ''}  {label}: {min(el, seconds):5.1f}/{seconds:.0f} s  offered "
+                     f"{_fmt_rate(rate)} ev/s  achieved {ev / el / 1e3:8.1f}k ev/s  late msgs {sched.late:,}  ",
+                     end="" if tty else "\n")
             if until >= end_ns or n >= cap:
                 break
             if time.monotonic() - t_wall > seconds + 60:
