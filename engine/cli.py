@@ -9,6 +9,8 @@ Subcommands:
 - ``simulate``: the feed simulator.
 - ``books``: the order books alone on a synthetic market and the real captures.
 - ``replay``: stored ticks, a capture or an ``.npy`` file through the engine (tickwire.replay.cli).
+- ``bench``: wire-to-signal latency at an offered rate, with floors (tickwire.engine.bench);
+  ``bench compare A.json B.json``.
 """
 
 from __future__ import annotations
@@ -142,7 +144,8 @@ def cmd_demo(args) -> int:
     _private_files()
     try:
         return run_demo(duration=args.duration, rate=args.rate, instruments=args.instruments,
-                        channels=args.channels, data_dir=args.data_dir, seed=args.seed)
+                        channels=args.channels, data_dir=args.data_dir, seed=args.seed,
+                        wire_seconds=min(3.0, args.duration) if args.wire_seconds is None else args.wire_seconds)
     except StartupError as exc:
         print(f"tickwire demo: {exc}", file=sys.stderr, flush=True)
         return 2
@@ -413,6 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--channels", type=int, default=4, help="feed channels (instrument i on i %% channels) [%(default)s]")
     demo.add_argument("--seed", type=int, default=1, help="seed of the market [%(default)s]")
     demo.add_argument("--data-dir", default="tickwire-data", help="where the demo's store and logs go [%(default)s]")
+    demo.add_argument("--wire-seconds", type=float, default=None,
+                      help="then measure wire-to-signal with `tickwire bench` on the same worker settings for "
+                           "this many seconds (0: skip) [3, at most --duration]")
     demo.set_defaults(func=cmd_demo)
 
     run = sub.add_parser(
@@ -460,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tickwire.feeds.cryptofeed import add_parser as add_bridge
 
     add_bridge(sub)
+    from tickwire.engine.bench import add_parser as add_bench
+
+    add_bench(sub)
     return parser
 
 

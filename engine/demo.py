@@ -63,6 +63,12 @@ def demo_raw_config(run_dir: Path, *, instruments: int = 8, channels: int = 4, r
     }
 
 
+# the one line on what makes wire-to-signal faster (measured: docs/performance.md, "Wire-to-signal")
+FASTER = ("faster: a core of its own for the worker (feeds.busy_poll = true there) and another for its I/O "
+          "thread (feeds.io_cpu, feeds.io_rt_priority), neither shared with the publisher or the consumer; "
+          "on a shared 2-core machine they do not help (docs/config.md, docs/performance.md)")
+
+
 class SignalConsumer(threading.Thread):
     """A strategy stand-in: attaches to the signal rings (broadcast) and counts what arrives."""
 
@@ -111,7 +117,8 @@ def _fmt_us(ns) -> str:
 
 
 def run_demo(*, duration: float = 20.0, rate: float = 100_000, instruments: int = 8, channels: int = 4,
-             data_dir: str = "tickwire-data", seed: int = 1, say=print, keep: bool = False) -> int:
+             data_dir: str = "tickwire-data", seed: int = 1, say=print, keep: bool = False,
+             wire_seconds: float = 3.0) -> int:
     """Run the demo (see the module docstring); returns the exit status. Refuses to start
     (StartupError, one line) while another demo runs."""
     from tickwire.engine.supervisor import StartupError, _lock_holder, _try_lock
@@ -123,12 +130,12 @@ def run_demo(*, duration: float = 20.0, rate: float = 100_000, instruments: int 
         raise StartupError(f"another tickwire demo runs (pid {_lock_holder(lock_path)}, {lock_path}): one demo "
                            f"at a time (they share ring names); refusing to start")
     try:
-        return _run_demo(duration, rate, instruments, channels, data_dir, seed, say, keep)
+        return _run_demo(duration, rate, instruments, channels, data_dir, seed, say, keep, wire_seconds)
     finally:
         os.close(lock)
 
 
-def _run_demo(duration, rate, instruments, channels, data_dir, seed, say, keep) -> int:
+def _run_demo(duration, rate, instruments, channels, data_dir, seed, say, keep, wire_seconds) -> int:
     import uvloop
 
     from tickwire.engine.supervisor import Supervisor
@@ -242,7 +249,38 @@ def _run_demo(duration, rate, instruments, channels, data_dir, seed, say, keep) 
     consumer.join(5)
     if state["sim"] is not None and state["sim"].poll() is None:
         state["sim"].kill()
-    return _report(cfg, sup, consumer, sim_out, status, time.monotonic() - t_start, say)
+    code = _report(cfg, sup, consumer, sim_out, status, time.monotonic() - t_start, say)
+    if wire_seconds > 0:
+        _wire_to_signal(cfg_path, rate, wire_seconds, say)
+    return code
+
+
+def _wire_to_signal(cfg_path, rate, seconds, say) -> None:
+    """Wire-to-signal as users mean it, measured by ``tickwire bench`` on this config's engine
+    worker (the tick_to_signal above starts at ts_recv, after the wire and the socket queue)."""
+    import contextlib
+    import io
+
+    from tickwire.engine import bench
+
+    say("")
+    say(f"wire-to-signal: tickwire bench on this config's engine worker, {seconds:g} s at {rate:,.0f} events/s "
+        "(publisher writing intended send times, a consumer process on the signal ring) ...")
+    args = bench.default_args(config=str(cfg_path), rate=str(rate), duration=float(seconds), warmup=1.0,
+                              baseline=False, out=str(Path(cfg_path).parent / "bench"), quiet=True, no_plots=True)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            run = bench.run_bench(args)["runs"][0]
+    except Exception as exc:                       # noqa: BLE001 - the demo's own report stands
+        say(f"  not measured: {exc}")
+        return
+    w, f = run["latency_ns"]["wire_to_signal"], run["latency_ns"].get("floor", {})
+    say(f"  wire-to-signal (us)  p50 {w['p50'] / 1e3:,.1f}  p99 {w['p99'] / 1e3:,.1f}  p99.99 "
+        f"{w['p99.99'] / 1e3:,.1f}  ({w['count']:,} signals); floor (libzmq hop + ring hop, same run) p50 "
+        f"{f.get('p50', 0) / 1e3:,.1f}  p99 {f.get('p99', 0) / 1e3:,.1f}")
+    say("  (tick_to_signal above starts when the worker takes the message out of libzmq: the wire, the I/O "
+        "thread and the socket queue are outside it; docs/latency.md)")
+    say("  " + FASTER)
 
 
 def _report(cfg, sup, consumer, sim_out, status, elapsed, say) -> int:

@@ -21,7 +21,11 @@ it back, reads the tick ring from that position to its head for what was pushed 
 and asks the publisher for everything after the last event that reached the ring. Stage latencies go to HDR recorders (decode: receive to the start
 of processing; book, stats, rules: sampled per event; tick-to-signal: every signal), written to an
 HdrHistogram interval log every ``metrics.hdr_interval_s`` and summarised with every counter in a
-status file the supervisor serves as metrics.
+status file the supervisor serves as metrics. Those two are written by a housekeeping thread, not
+by the engine's loop (which only swaps the interval's recorders for a spare set, one pointer): their
+~10 ms of JSON and hdrh encoding never stall a message. (A drained batch is at most
+``feeds.batch_events`` events, 2048 by default, which bounds how long a signal waits for the rest
+of its batch before the push.)
 
 Signals: SIGTERM/SIGINT stop the loop, close the rings (end of stream for their readers) and exit
 0; SIGHUP re-reads the config file and applies new rule thresholds.
@@ -35,8 +39,10 @@ import argparse
 import json
 import logging
 import os
+import queue
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -50,6 +56,10 @@ from tickwire.ext.hdr import STAGES, StageRecorders
 from tickwire.ext.ring import Ring
 
 log = logging.getLogger("tickwire.worker")
+
+#: Seconds a thread may hold the GIL while another wants it (Python's default is 5 ms): the
+#: housekeeping thread gives the engine's thread the GIL back within this.
+SWITCH_INTERVAL = 0.0002
 
 __all__ = ["Worker", "ring_names", "channels_of", "main"]
 
@@ -98,9 +108,12 @@ class Worker:
         insts = [cfg.instrument(i) for i in self.wcfg.instruments]
         self.engine = Engine(insts, cfg.rules, cfg.stats, clock=cfg.clock, timing_every=cfg.timing_every,
                              channels={i.id: i.id % cfg.feeds.channels for i in insts})
-        self.stages = StageRecorders()
+        self.stages = StageRecorders()                     # the engine's thread records here
         self.engine.set_timing(cfg.timing_every, self.stages)
-        self.totals = StageRecorders()
+        self.totals = StageRecorders()                     # earlier intervals (housekeeping)
+        self._logged = StageRecorders()                    # the interval being logged (housekeeping)
+        self._spare = StageRecorders()                     # swapped in for the next interval
+        self._handoff = queue.SimpleQueue()                # full intervals, engine -> housekeeping
         tick_name, sig_name = ring_names(cfg, index)
         self.ticks = Ring.attach(tick_name, EVENT_DTYPE, role="producer", takeover=True)
         self.signals = Ring.attach(sig_name, SIGNAL_DTYPE, role="producer", takeover=True)
@@ -115,7 +128,7 @@ class Worker:
         self.started = time.time()
         self.hdr_dir = Path(cfg.metrics.hdr_dir) if cfg.metrics.hdr_dir else self.run_dir / "hdr"
         self.hdr_dir.mkdir(parents=True, exist_ok=True)
-        self.hlog = IntervalLogWriter(self.hdr_dir / f"{self.wcfg.name}.hlog", self.stages,
+        self.hlog = IntervalLogWriter(self.hdr_dir / f"{self.wcfg.name}.hlog", self._logged,
                                       interval=cfg.metrics.hdr_interval_s,
                                       comment=f"tickwire worker {self.wcfg.name} on core {self.wcfg.cpu}")
         self.status_path = self.run_dir / f"worker-{index}.json"
@@ -221,10 +234,61 @@ class Worker:
         return {k: self.lost_before[k] + c.get(k, 0) for k in self.lost_before}
 
     # -- bookkeeping ----------------------------------------------------------------------------
+    def swap_stages(self) -> bool:
+        """Engine's thread, between batches: hand the interval's recorders to housekeeping and
+        record into the spare set (one pointer swap; False while the last one is not logged yet)."""
+        spare = self._spare
+        if spare is None:
+            return False
+        self._spare = None
+        full, self.stages = self.stages, spare
+        self.engine.set_timing(self.cfg.timing_every, spare)
+        self._handoff.put(full)
+        return True
+
+    def log_interval(self, full) -> None:
+        """Housekeeping: one interval's recorders into the totals and the HDR interval log."""
+        for name in STAGES:
+            self.totals[name].add(full[name])
+            self._logged[name].reset()
+            self._logged[name].add(full[name])
+            full[name].reset()
+        self._spare = full
+        self.hlog.write_interval()
+
     def write_hdr_interval(self) -> None:
+        """At shutdown, on the engine's thread once housekeeping has stopped: the last interval."""
+        while True:
+            try:
+                self.log_interval(self._handoff.get_nowait())
+            except queue.Empty:
+                break
+        self._spare = None
         for name in STAGES:
             self.totals[name].add(self.stages[name])
+            self._logged[name].reset()
+            self._logged[name].add(self.stages[name])
         self.hlog.write_interval()
+
+    def housekeeping(self, stop) -> None:
+        """The status file and the HDR interval log, on a thread of their own: their JSON and
+        hdrh encoding (~10 ms an interval) never stall the engine's loop."""
+        next_status = 0.0
+        while not stop.is_set():
+            try:
+                full = self._handoff.get(timeout=0.1)
+            except queue.Empty:
+                full = None
+            try:
+                if full is not None:
+                    self.log_interval(full)
+                now = time.monotonic()
+                if now >= next_status:
+                    self.write_status()
+                    next_status = now + 0.5
+            except Exception:                             # noqa: BLE001 - logged; the engine goes on
+                log.exception("housekeeping failed (status file or HDR log)")
+                time.sleep(0.5)
 
     def status(self) -> dict:
         lat = {}
@@ -276,8 +340,15 @@ class Worker:
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> int:
-        next_status = next_cursor = 0.0
+        """The engine's loop: receive, process, push; the cursor note (it must match what reached
+        the tick ring) and the interval swap stay here, the rest runs on the housekeeping thread."""
+        next_cursor = 0.0
         next_hdr = time.monotonic() + self.cfg.metrics.hdr_interval_s
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        self.write_status()
+        stop_hk = threading.Event()
+        hk = threading.Thread(target=self.housekeeping, args=(stop_hk,), name="housekeeping", daemon=True)
+        hk.start()
         try:
             while not self.stop:
                 self.feed.poll(0.05)
@@ -285,15 +356,13 @@ class Worker:
                 if now >= next_cursor:
                     self.write_cursor()
                     next_cursor = now + 0.1
-                if now >= next_status:
-                    self.write_status()
-                    next_status = now + 0.5
-                if now >= next_hdr:
-                    self.write_hdr_interval()
+                if now >= next_hdr and self.swap_stages():
                     next_hdr = now + self.cfg.metrics.hdr_interval_s
                 if self.reload:
                     self.apply_reload()
         finally:
+            stop_hk.set()
+            hk.join(timeout=5)
             self.write_cursor()
             self.feed.close()
             self.save_books()

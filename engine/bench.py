@@ -1,0 +1,1172 @@
+"""``tickwire bench``: wire-to-signal latency at a constant offered rate, with its floors.
+
+Open loop, wrk2-style. The stream (the real Binance capture, or a seeded synthetic market) is
+encoded into wire messages before the clock starts; a C loop (:mod:`tickwire.ext.harness`) sends
+message ``k`` at its *intended* time ``start + events_before(k) / rate`` and writes that time into
+the header's ``send_time``. A consumer process attached to the signal ring stamps every signal on
+receipt. For each signal, from the triggering event's channel and sequence number::
+
+    wire_to_signal = receipt by the consumer - intended send time of the tick that caused it
+    wire_queue     = ts_recv (the engine took the message out of libzmq) - intended send time
+    engine         = ts_signal (the rule fired) - ts_recv
+    ring_hop       = receipt - ts_signal   (rest of the batch, the ring push, the consumer's wake-up)
+
+so a stall anywhere (publisher, socket queues, the engine's housekeeping) counts in full: no
+coordinated omission. In the same run, on the same transport and cores:
+
+- ``zmq_hop``: libzmq one-way from C, the same publisher and schedule to a C subscriber on the
+  engine's core, nothing else (receipt - send_time);
+- ``ring_hop`` floor: records pushed into a broadcast ring from the engine's core at the target's
+  signal rate, popped by the same consumer loop (receipt - push time);
+- ``pyzmq_baseline``: what a quant writes today: a pyzmq receive loop, a Python dict book and a
+  ``multiprocessing.Queue`` to a consumer process (a signal whenever the mid moves).
+
+Targets: ``pipeline`` (default): one engine worker process (the daemon's ``Worker``, its loop and
+housekeeping as the daemon runs them) without supervisor, writer or store; ``daemon``: the real
+daemon (``tickwire run``) from ``--config``, with only the feed endpoint, the snapshot service
+(off: the stream starts at sequence 1), the state directory and the run name replaced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import tickwire
+
+__all__ = ["add_parser", "latency_arrays", "run_bench", "compare", "parse_rate", "main"]
+
+SCHEMA = 1
+STAGES = ("wire_to_signal", "wire_queue", "engine", "ring_hop")
+FLOORS = ("zmq_hop", "ring_hop_floor")
+LEVELS = ("p50", "p90", "p99", "p99.9", "p99.99", "max")
+HDR_LEVELS = (50.0, 90.0, 99.0, 99.9, 99.99)
+WIRE_HEADER = struct.Struct("<IBBHHHIQqQII")
+ENGINE_CORE, OTHER_CORE = 1, 0
+SATURATED_P50_NS = 10_000_000      # --until-saturation: a wire-to-signal median past 10 ms is a queue
+
+
+# -- small helpers -----------------------------------------------------------------------------
+
+def parse_rate(text: str) -> float:
+    """``"100k"``, ``"1M"``, ``"2.5e5"`` -> events/s."""
+    t = str(text).strip().lower().replace("_", "").replace(",", "")
+    mult = 1.0
+    if t.endswith("k"):
+        mult, t = 1e3, t[:-1]
+    elif t.endswith("m"):
+        mult, t = 1e6, t[:-1]
+    try:
+        v = float(t) * mult
+    except ValueError:
+        raise ValueError(f"not a rate: {text!r} (events/s, e.g. 100000, 100k, 1M)") from None
+    if not v > 0:
+        raise ValueError(f"a rate must be > 0 events/s, got {text!r}")
+    return v
+
+
+def _fmt_rate(r: float) -> str:
+    return f"{r / 1e6:g}M" if r >= 1e6 else (f"{r / 1e3:g}k" if r >= 1e3 else f"{r:g}")
+
+
+def _cores():
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) >= 2:
+        return cores[min(ENGINE_CORE, len(cores) - 1)], cores[0]
+    return cores[0], cores[0]
+
+
+def _pin(cpu) -> None:
+    try:
+        os.sched_setaffinity(0, {cpu})
+    except OSError:
+        pass
+
+
+def _say(text: str = "", end: str = "\n") -> None:
+    print(text, end=end, flush=True)
+
+
+# -- the stream ----------------------------------------------------------------------------------
+
+class Stream:
+    """Events, their messages (``bounds``: start indices plus the end) and each message's channel."""
+
+    def __init__(self, name, instruments, events, bounds, channels_of_msg, nchannels):
+        self.name = name
+        self.instruments = instruments
+        self.events = events
+        self.bounds = bounds
+        self.channels = channels_of_msg
+        self.nchannels = nchannels
+
+    def encode(self, epoch: int):
+        """Payload bytes (one uint8 array), offsets and channels, for :class:`harness.Schedule`."""
+        from tickwire.ext.codec import encode
+        from tickwire.feeds.wire import MsgType
+
+        parts, off = [], [0]
+        ev = self.events
+        for k in range(len(self.bounds) - 1):
+            a, b = int(self.bounds[k]), int(self.bounds[k + 1])
+            p = encode(int(MsgType.DATA), int(self.channels[k]), 0, ev[a:b], epoch=epoch)
+            parts.append(p)
+            off.append(off[-1] + len(p))
+        buf = np.frombuffer(b"".join(parts), dtype=np.uint8).copy()
+        return buf, np.asarray(off, np.int64), np.asarray(self.channels, np.uint16)
+
+
+def _messages(events, chan_of_inst, batch: int):
+    """Split into messages: one channel each, at most ``batch`` events (0: the exchange's own
+    messages, by ``Flag.LAST``, capped at 1024)."""
+    from tickwire.ext.records import Flag
+
+    n = len(events)
+    ch = chan_of_inst[events["instrument"]]
+    cap = batch or 1024
+    cut = np.zeros(n + 1, bool)
+    cut[0] = cut[n] = True
+    cut[1:n] |= ch[1:] != ch[:-1]
+    if not batch:
+        cut[1:n] |= (events["flags"][:-1] & int(Flag.LAST)) != 0
+    starts = np.flatnonzero(cut[:n])
+    bounds = []
+    for a, b in zip(starts, list(starts[1:]) + [n]):
+        bounds.extend(range(int(a), int(b), cap))
+    bounds.append(n)
+    bounds = np.asarray(bounds, np.int64)
+    return bounds, ch[bounds[:-1]]
+
+
+def binance_stream(channels: int = 1, batch: int = 0, data_dir=None) -> Stream | None:
+    """The Binance BTCUSDT depth capture (../shared/data), or None when it is not there."""
+    from tickwire.feeds import captures
+
+    path = captures.find_shared_data(captures.BINANCE_FILE) if data_dir is None \
+        else Path(data_dir) / captures.BINANCE_FILE
+    if path is None or not Path(path).exists():
+        return None
+    cap = captures.load_binance(path)
+    chan_of = np.array([i.id % channels for i in cap.instruments], np.int64)
+    bounds, ch = _messages(cap.events, chan_of, batch)
+    return Stream(f"binance {captures.BINANCE_FILE}", cap.instruments, cap.events, bounds, ch, channels)
+
+
+def synthetic_stream(instruments, channels: int, events: int = 200_000, batch: int = 16, seed: int = 1) -> Stream:
+    """A seeded synthetic market over ``instruments`` (L2: level updates, L3: order flow)."""
+    from tickwire.feeds import synthetic
+
+    parts = []
+    for kind, gen in (("L2", synthetic.l2_updates), ("L3", synthetic.l3_orders)):
+        ids = [i.id for i in instruments if i.book == kind]
+        if not ids:
+            continue
+        ev = gen(max(1, events * len(ids) // len(instruments)), seed=seed, instruments=len(ids))
+        ev["instrument"] = np.asarray(ids, np.uint32)[ev["instrument"]]
+        parts.append(ev)
+    ev = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    if len(parts) > 1:
+        ev = ev[np.argsort(ev["ts_event"], kind="stable")]
+    chan_of = np.zeros(max(i.id for i in instruments) + 1, np.int64)
+    for i in instruments:
+        chan_of[i.id] = i.id % channels
+    bounds, ch = _messages(ev, chan_of, batch)
+    return Stream(f"synthetic (seed {seed})", list(instruments), ev, bounds, ch, channels)
+
+
+# -- the latency arithmetic ----------------------------------------------------------------------
+
+def latency_arrays(pub: dict, sig: dict, chan_of_inst, t_from: int = 0) -> dict:
+    """Per-signal latencies (ns) from the publisher's record and the consumer's.
+
+    ``pub``: per message sent, ``chan``, ``seq`` (first), ``count``, ``intended`` (send time).
+    ``sig``: per signal received, ``seq``, ``inst``, ``ts_recv``, ``ts_signal``, ``receipt``.
+    Signals whose tick was meant to leave before ``t_from`` (the warm-up) are left out, and
+    so are signals whose tick is not in ``pub`` (counted in ``unmatched``).
+
+    Returns ``{"wire_to_signal", "wire_queue", "engine", "ring_hop": int64 arrays,
+    "intended": the ticks' intended send times, "unmatched": int}``.
+    """
+    chan_of_inst = np.asarray(chan_of_inst)
+    n = len(sig["seq"])
+    intended = np.full(n, -1, np.int64)
+    s_chan = chan_of_inst[np.asarray(sig["inst"], np.int64)] if n else np.zeros(0, np.int64)
+    for c in np.unique(s_chan):
+        m = pub["chan"] == c
+        first = pub["seq"][m].astype(np.int64)
+        cnt = pub["count"][m].astype(np.int64)
+        it = pub["intended"][m]
+        order = np.argsort(first, kind="stable")
+        first, cnt, it = first[order], cnt[order], it[order]
+        sel = np.flatnonzero(s_chan == c)
+        q = sig["seq"][sel].astype(np.int64)
+        k = np.searchsorted(first, q, side="right") - 1
+        ok = (k >= 0) & (q < first[np.maximum(k, 0)] + cnt[np.maximum(k, 0)])
+        intended[sel[ok]] = it[k[ok]]
+    matched = intended >= 0
+    keep = matched & (intended >= t_from)
+    rec, ts_recv, ts_sig = sig["receipt"][keep], sig["ts_recv"][keep], sig["ts_signal"][keep]
+    it = intended[keep]
+    return {"wire_to_signal": rec - it, "wire_queue": ts_recv - it, "engine": ts_sig - ts_recv,
+            "ring_hop": rec - ts_sig, "intended": it, "unmatched": int((~matched).sum())}
+
+
+def _recorder(values):
+    from tickwire.ext.hdr import Recorder
+
+    r = Recorder()
+    v = np.ascontiguousarray(values, dtype=np.int64)
+    if len(v):
+        r.record_many(np.maximum(v, 0))
+    return r
+
+
+def _summary(rec) -> dict:
+    from tickwire.engine.latency import percentiles
+
+    p = percentiles(rec, HDR_LEVELS)
+    return {"count": p["count"], "min": p["min"], **{k: p[k] for k in LEVELS}, "mean": p["mean"]}
+
+
+# -- processes ---------------------------------------------------------------------------------------
+
+def _consumer_proc(names, cpu, until_ns, out_path, ready):
+    """Attach the signal rings and stamp every signal until ``until_ns``; save them."""
+    from tickwire.ext import SIGNAL_DTYPE
+    from tickwire.ext import harness
+    from tickwire.ext.ring import Ring
+
+    _pin(cpu)
+    rings = [Ring.attach(n, SIGNAL_DTYPE, start="next", wait=10.0) for n in names]
+    cap = 1 << 16
+    cols = {"seq": np.empty(cap, np.uint64), "inst": np.empty(cap, np.uint32), "ts_recv": np.empty(cap, np.int64),
+            "ts_signal": np.empty(cap, np.int64), "receipt": np.empty(cap, np.int64)}
+    ready.set()
+    i = 0
+    while True:
+        if i == cap:
+            cap *= 2
+            for k, v in cols.items():
+                cols[k] = np.resize(v, cap)
+        i = harness.consume(rings, until_ns, cols["seq"], cols["inst"], cols["ts_recv"], cols["ts_signal"],
+                            cols["receipt"], start=i)
+        if i < cap and harness.now_ns() > until_ns or all(r.eof for r in rings):
+            break
+    missed = int(sum(r.missed for r in rings))
+    np.savez(out_path, missed=missed, **{k: v[:i] for k, v in cols.items()})
+
+
+def _worker_proc(cfg_path, run_dir, stop_ev, ready):
+    """The pipeline target: the daemon's engine Worker in one process, no supervisor or writer."""
+    import threading
+
+    from tickwire.engine import config as configmod
+    from tickwire.engine.worker import Worker, pin
+
+    cfg = configmod.load(cfg_path)
+    pin(cfg.workers[0].cpu)
+    w = Worker(cfg, 0, Path(run_dir))
+    threading.Thread(target=lambda: (stop_ev.wait(), setattr(w, "stop", True)), daemon=True).start()
+    ready.set()
+    w.run()
+
+
+def _zmq_sub_proc(endpoint, channels, cpu, io_cpu, spin, until_ns, out_path, ready):
+    """The ZeroMQ floor: a C receive loop on the engine's core, its I/O thread where the engine's is."""
+    import zmq
+
+    from tickwire.ext import harness
+    from tickwire.feeds import wire
+    from tickwire.feeds.iothread import io_context
+
+    _pin(cpu)
+    ctx, _ = io_context([io_cpu], 0)
+    s = ctx.socket(zmq.SUB)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.RCVHWM, 100_000)
+    s.setsockopt(zmq.RCVTIMEO, 50)
+    for c in channels:
+        s.setsockopt(zmq.SUBSCRIBE, wire.topic(c))
+    s.connect(endpoint)
+    cap = 1 << 16
+    cols = [np.empty(cap, np.uint64), np.empty(cap, np.uint16), np.empty(cap, np.int64), np.empty(cap, np.int64)]
+    ready.set()
+    i = 0
+    while harness.now_ns() <= until_ns:
+        if i == cap:
+            cap *= 2
+            cols = [np.resize(v, cap) for v in cols]
+        i = harness.subscribe(s, until_ns, *cols, start=i, spin=spin)
+    s.close(0)
+    ctx.term()
+    np.savez(out_path, seq=cols[0][:i], chan=cols[1][:i], send=cols[2][:i], recv=cols[3][:i])
+
+
+def _ring_producer_proc(name, cpu, start_ns, interval_ns, n, ready):
+    from tickwire.ext import SIGNAL_DTYPE
+    from tickwire.ext import harness
+    from tickwire.ext.ring import Ring
+
+    _pin(cpu)
+    ring = Ring.attach(name, SIGNAL_DTYPE, role="producer")
+    ready.set()
+    harness.ring_paced(ring, start_ns, interval_ns, n)
+    ring.close()
+
+
+def _baseline_proc(endpoint, channels, cpu, until_ns, queue, ready):
+    """What a quant writes today: pyzmq recv loop, a dict book in Python (best prices kept as it
+    goes), a multiprocessing queue; one signal per exchange message that moved the best prices."""
+    import zmq
+
+    from tickwire.ext.records import EVENT_DTYPE
+
+    _pin(cpu)
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.SUB)
+    s.setsockopt(zmq.RCVHWM, 100_000)
+    for c in channels:
+        s.setsockopt(zmq.SUBSCRIBE, b"tw.%05d." % c)
+    s.connect(endpoint)
+    books = {}
+    ready.set()
+    poller = zmq.Poller()
+    poller.register(s, zmq.POLLIN)
+    while time.time_ns() <= until_ns:
+        if not poller.poll(50):
+            continue
+        while True:
+            try:
+                _topic, payload = s.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            recv = time.time_ns()
+            h = WIRE_HEADER.unpack_from(payload)
+            send_time, seq = h[8], h[7]
+            evs = np.frombuffer(payload, EVENT_DTYPE, offset=48)
+            moved = set()
+            for inst, kind, side, price, qty, flags in zip(
+                    evs["instrument"].tolist(), evs["kind"].tolist(), evs["side"].tolist(),
+                    evs["price"].tolist(), evs["qty"].tolist(), evs["flags"].tolist()):
+                book = books.get(inst)
+                if book is None:                   # [bids, asks, best bid, best ask, last (bid, ask)]
+                    book = books[inst] = [{}, {}, None, None, None]
+                if kind <= 3 and side <= 1:
+                    levels = book[side]
+                    if kind == 3 or qty == 0:
+                        if levels.pop(price, None) is not None and price == book[2 + side]:
+                            book[2 + side] = (max(levels) if side == 0 else min(levels)) if levels else None
+                    else:
+                        levels[price] = qty
+                        best = book[2 + side]
+                        if best is None or (price > best if side == 0 else price < best):
+                            book[2 + side] = price
+                elif kind == 5 or (kind == 6 and flags & 4):   # CLEAR, SNAPSHOT_BEGIN
+                    book[0].clear(), book[1].clear()
+                    book[2] = book[3] = None
+                if flags & 1 and (book[2], book[3]) != book[4]:   # end of an exchange message
+                    book[4] = (book[2], book[3])
+                    moved.add(inst)
+            for inst in moved:
+                queue.put((send_time, seq, recv))
+    queue.put(None)
+    s.close(0)
+    ctx.term()
+
+
+def _baseline_consumer_proc(queue, cpu, until_ns, out_path, ready):
+    _pin(cpu)
+    ready.set()
+    send, recv, rec = [], [], []
+    while True:
+        try:
+            item = queue.get(timeout=0.1)
+        except Exception:
+            if time.time_ns() > until_ns:
+                break
+            continue
+        if item is None:
+            break
+        t = time.time_ns()
+        if t > until_ns:                             # a baseline that fell behind: stop reading
+            break
+        send.append(item[0])
+        recv.append(item[2])
+        rec.append(t)
+    np.savez(out_path, send=np.asarray(send, np.int64), recv=np.asarray(recv, np.int64),
+             receipt=np.asarray(rec, np.int64))
+
+
+# -- one measurement -----------------------------------------------------------------------------------
+
+class Publisher:
+    """The paced publisher: pre-encoded frames, a PUB socket, the C send loop (this process)."""
+
+    def __init__(self, stream: Stream, endpoint: str):
+        import zmq
+
+        from tickwire.feeds import wire
+
+        self.stream = stream
+        self.endpoint = endpoint
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.XPUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDHWM, 0)
+        self.sock.setsockopt(zmq.XPUB_VERBOSE, 1)
+        self.sock.bind(endpoint)
+        self.epoch = wire.new_epoch()
+        self.frames = stream.encode(self.epoch)
+        ts = stream.events["ts_event"]
+        self.ts_span = int(ts.max() - ts.min()) + 1 if len(ts) else 0
+
+    def wait_subscribers(self, n: int, timeout: float = 60.0) -> None:
+        """Until ``n`` subscribers cover every channel (an XPUB sees their subscriptions)."""
+        import zmq
+
+        want = {b"tw.%05d." % c for c in set(int(c) for c in self.stream.channels)}
+        seen: dict = {}
+        end = time.monotonic() + timeout
+        while not want or min(seen.get(t, 0) for t in want) < n:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise RuntimeError(f"no subscriber on {self.endpoint} after {timeout:.0f} s (the target did not "
+                                   "connect: see its log)")
+            if self.sock.poll(int(left * 1000) + 1, zmq.POLLIN):
+                msg = self.sock.recv()
+                if msg[:1] == b"\x01" and msg[1:] in want:
+                    seen[msg[1:]] = seen.get(msg[1:], 0) + 1
+
+    def run(self, rate: float, start_ns: int, seconds: float, label: str, progress: bool = True,
+            stall_at: int = -1, stall_ns: int = 0) -> dict:
+        from tickwire.ext import harness
+
+        buf, off, ch = self.frames
+        sched = harness.Schedule(buf, off, ch, start_ns, rate, self.ts_span)
+        per_msg = max(1.0, self.stream.bounds[-1] / (len(self.stream.bounds) - 1))
+        cap = int(seconds * rate / per_msg * 1.05) + len(off) + 16
+        out = {"chan": np.empty(cap, np.uint16), "seq": np.empty(cap, np.uint64), "count": np.empty(cap, np.uint32),
+               "intended": np.empty(cap, np.int64), "sent": np.empty(cap, np.int64)}
+        end_ns = start_ns + int(seconds * 1e9)
+        t_wall = time.monotonic()
+        next_line = t_wall + 5.0
+        while True:
+            until = min(end_ns, harness.now_ns() + 250_000_000)
+            r = sched.publish(self.sock, until, out["chan"], out["seq"], out["count"], out["intended"], out["sent"],
+                              stall_at=stall_at, stall_ns=stall_ns)
+            if r < 0:
+                raise RuntimeError("libzmq refused a send")
+            n = sched.sent
+            tty = sys.stdout.isatty()
+            if progress and n and (tty or time.monotonic() >= next_line):
+                next_line = time.monotonic() + 5.0       # not a terminal: a line every 5 s
+                el = max((harness.now_ns() - start_ns) / 1e9, 1e-9)
+                ev = int(out["count"][:n].sum())
+                _say(f"{chr(13) if tty else ''}  {label}: {min(el, seconds):5.1f}/{seconds:.0f} s  offered "
+                     f"{_fmt_rate(rate)} ev/s  achieved {ev / el / 1e3:8.1f}k ev/s  late msgs {sched.late:,}  ",
+                     end="" if tty else "\n")
+            if until >= end_ns or n >= cap:
+                break
+            if time.monotonic() - t_wall > seconds + 60:
+                break
+        if progress and sys.stdout.isatty():
+            _say()
+        n = sched.sent
+        res = {k: v[:n] for k, v in out.items()}
+        sent_ev = int(res["count"].sum())
+        span = (res["sent"][-1] - res["intended"][0]) / 1e9 if n > 1 else seconds
+        res["stats"] = {"messages": n, "events": sent_ev, "offered_rate": rate,
+                        "achieved_rate": sent_ev / max(span, 1e-9),
+                        "late_messages": int(sched.late), "max_late_ns": int(sched.max_late_ns),
+                        "late_p99_ns": int(np.percentile(res["sent"] - res["intended"], 99)) if n else 0}
+        return res
+
+    def close(self):
+        self.sock.close(0)
+        self.ctx.term()
+
+
+def _spawn(target, *args):
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    p = ctx.Process(target=target, args=(*args, ready), daemon=True)
+    p.start()
+    return p, ready
+
+
+def _wait_ready(proc, ready, what, timeout=60.0):
+    end = time.monotonic() + timeout
+    while not ready.wait(0.1):
+        if not proc.is_alive():
+            raise RuntimeError(f"{what} exited with status {proc.exitcode} before it was ready")
+        if time.monotonic() > end:
+            raise RuntimeError(f"{what} not ready after {timeout:.0f} s")
+
+
+class Run:
+    """Settings of one bench invocation."""
+
+    def __init__(self, args, stream: Stream, work: Path):
+        self.args = args
+        self.stream = stream
+        self.work = work
+        self.engine_core, self.other_core = _cores()
+        from tickwire.engine.config import private_ipc_dir
+
+        self.ipc = private_ipc_dir() / f"bench-{os.getpid()}"
+        self.chan_of_inst = np.zeros(max(i.id for i in stream.instruments) + 1, np.int64)
+        for i in stream.instruments:
+            self.chan_of_inst[i.id] = i.id % stream.nchannels
+        self.channels = sorted(set(int(c) for c in stream.channels))
+
+    def endpoint(self, tag):
+        return f"ipc://{self.ipc}-{tag}"
+
+    # the target: the engine worker, or the daemon
+    def target_config(self, tag: str):
+        from tickwire.engine import config as configmod
+        from tickwire.engine.demo import demo_raw_config
+
+        a = self.args
+        run_dir = self.work / tag
+        if a.config:
+            import tomllib
+
+            raw = tomllib.loads(Path(a.config).read_text(encoding="utf-8"))
+            base = Path(a.config).expanduser().absolute().parent
+        else:
+            raw = demo_raw_config(run_dir, instruments=1, channels=self.stream.nchannels, run=tag)
+            raw["instruments"] = [{"id": i.id, "symbol": i.symbol, "tick_size": format(i.tick_size, "f"),
+                                   "lot_size": format(i.lot_size, "f"), "book": i.book}
+                                  for i in self.stream.instruments]
+            raw["workers"] = [{"name": "w0", "cpu": self.engine_core, "instruments": "all"}]
+            # rules that fire often on the capture (~0.7% of its events), so the tail has samples
+            raw["rules"] = [{"kind": "microprice", "enter": 0.3, "exit": 0.25},
+                            {"kind": "imbalance", "enter": 0.5, "exit": 0.45},
+                            {"kind": "zscore", "enter": 2.0, "exit": 0.5, "min_count": 100}]
+            raw["stats"]["imbalance_depth"] = 1
+            raw["store"] = {"enabled": False}
+            ex = configmod.load(Path(configmod.__file__).with_name("tickwire.example.toml"))
+            raw["feeds"]["busy_poll"] = ex.feeds.busy_poll if a.busy_poll is None else a.busy_poll
+            raw["feeds"]["io_rt_priority"] = ex.feeds.io_rt_priority
+            raw["feeds"]["io_cpu"] = self.other_core
+            raw["engine"]["timing_every"] = ex.timing_every
+            raw["metrics"]["port"] = 0
+            base = None
+        raw.setdefault("daemon", {})
+        raw["daemon"]["state_dir"] = str(run_dir)
+        raw["daemon"]["run"] = f"bench{os.getpid()}-{tag}"   # unique: it names the rings
+        raw.setdefault("feeds", {})
+        raw["feeds"]["endpoints"] = [self.endpoint(tag)]
+        raw["feeds"]["snapshot"] = ""
+        raw["feeds"]["channels"] = self.stream.nchannels
+        raw.setdefault("metrics", {})["port"] = 0
+        if a.target == "pipeline":
+            raw.setdefault("store", {})["enabled"] = False      # no writer in this target
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path = self.work / f"{tag}.toml"
+        path.write_text(configmod.to_toml(raw))
+        cfg = configmod.from_dict(raw, base_dir=base)
+        return path, cfg
+
+    def measure_target(self, rate: float, tag: str, pub: Publisher) -> dict:
+        from tickwire.engine.worker import ring_names
+        from tickwire.ext import SIGNAL_DTYPE
+        from tickwire.ext.ring import Ring
+
+        a = self.args
+        path, cfg = self.target_config(tag)
+        names = [ring_names(cfg, i)[1] for i in range(len(cfg.workers))]
+        procs, rings, daemon = [], [], None
+        stop_ev = mp.get_context("spawn").Event()
+        try:
+            if a.target == "daemon":
+                log = open(self.work / f"{tag}.log", "w")
+                daemon = subprocess.Popen([sys.executable, "-m", "tickwire", "run", "--config", str(path)],
+                                          stdout=log, stderr=subprocess.STDOUT)
+            else:
+                rings = [Ring.create(n, SIGNAL_DTYPE, cfg.rings.signals_capacity, "broadcast", role="none",
+                                     replace=True) for n in names]
+                from tickwire.ext import EVENT_DTYPE
+
+                tick_name = ring_names(cfg, 0)[0]
+                rings.append(Ring.create(tick_name, EVENT_DTYPE, 1 << 12, "blocking", role="none", replace=True))
+                p, ready = _spawn(_worker_proc, str(path), str(self.work / tag), stop_ev)
+                procs.append(p)
+                _wait_ready(p, ready, "the engine worker")
+            pub.wait_subscribers(len(cfg.workers), timeout=120 if daemon else 60)
+            start = time.time_ns() + 300_000_000
+            until = start + int((a.warmup + a.duration + a.drain) * 1e9)
+            out = self.work / f"{tag}-signals.npz"
+            c, ready = _spawn(_consumer_proc, names, self.other_core, until, str(out))
+            procs.append(c)
+            _wait_ready(c, ready, "the signal consumer")
+            pr = pub.run(rate, start, a.warmup + a.duration, f"{a.target:8s} {_fmt_rate(rate):>5s}",
+                         progress=not a.quiet, stall_at=a.stall_at, stall_ns=int(a.stall_ms * 1e6))
+            c.join(timeout=a.drain + 30)
+            sig = dict(np.load(out))
+        finally:
+            stop_ev.set()
+            if daemon is not None:
+                daemon.send_signal(signal.SIGTERM)
+                try:
+                    daemon.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    daemon.kill()
+            for p in procs:
+                p.join(timeout=10)
+                if p.is_alive():
+                    p.kill()
+            for r in rings:
+                if r is not None:
+                    r.close()
+        lat = latency_arrays(pr, sig, self.chan_of_inst, t_from=start + int(a.warmup * 1e9))
+        return {"publisher": pr["stats"], "signals": int(len(sig["seq"])), "missed": int(sig["missed"]),
+                "unmatched": lat["unmatched"], "lat": lat}
+
+    def measure_zmq_floor(self, rate: float, pub: Publisher, tag: str, busy: bool) -> dict:
+        a = self.args
+        out = self.work / f"{tag}-zmq.npz"
+        start = time.time_ns() + 1_500_000_000
+        until = start + int((a.warmup + a.duration + a.drain) * 1e9)
+        p, ready = _spawn(_zmq_sub_proc, pub.endpoint, self.channels, self.engine_core, self.other_core, busy,
+                          until, str(out))
+        try:
+            _wait_ready(p, ready, "the libzmq subscriber")
+            pub.wait_subscribers(1)
+            start = max(start, time.time_ns() + 200_000_000)
+            pub.run(rate, start, a.warmup + a.duration, f"{'zmq hop':8s} {_fmt_rate(rate):>5s}", progress=not a.quiet)
+            p.join(timeout=a.drain + 30)
+        finally:
+            if p.is_alive():
+                p.kill()
+        if not out.exists():
+            raise RuntimeError("the libzmq subscriber did not finish")
+        z = np.load(out)
+        keep = z["send"] >= start + int(a.warmup * 1e9)
+        return {"lat": z["recv"][keep] - z["send"][keep], "messages": int(keep.sum())}
+
+    def measure_ring_floor(self, records_per_s: float, tag: str) -> dict:
+        """The ring hop alone: records pushed from the engine's core at ``records_per_s`` (the
+        target's signal rate), popped by the consumer loop on the other core."""
+        from tickwire.ext import SIGNAL_DTYPE
+        from tickwire.ext.ring import Ring
+
+        a = self.args
+        name = f"tw-bench-{os.getpid()}-{tag}"
+        interval = max(1000, int(1e9 / max(records_per_s, 10.0)))
+        n = int((a.warmup + a.duration) * 1e9 / interval)
+        ring = Ring.create(name, SIGNAL_DTYPE, 1 << 16, "broadcast", role="none", replace=True)
+        try:
+            start = time.time_ns() + 1_500_000_000
+            until = start + int((a.warmup + a.duration + a.drain) * 1e9)
+            out = self.work / f"{tag}-ring.npz"
+            c, cready = _spawn(_consumer_proc, [name], self.other_core, until, str(out))
+            _wait_ready(c, cready, "the ring consumer")
+            p, pready = _spawn(_ring_producer_proc, name, self.engine_core, start, interval, n)
+            _wait_ready(p, pready, "the ring producer")
+            if not a.quiet:
+                _say(f"  {'ring hop':8s}: {n:,} records, one every {interval / 1e3:.1f} us (the target's signal rate) ...")
+            p.join(timeout=a.warmup + a.duration + 60)
+            c.join(timeout=a.drain + 30)
+        finally:
+            ring.close()
+        s = np.load(out)
+        keep = s["ts_recv"] >= start + int(a.warmup * 1e9)
+        return {"lat": s["receipt"][keep] - s["ts_signal"][keep], "records": int(keep.sum())}
+
+    def measure_baseline(self, rate: float, pub: Publisher, tag: str) -> dict:
+        a = self.args
+        ctx = mp.get_context("spawn")
+        q = ctx.Queue()
+        out = self.work / f"{tag}-baseline.npz"
+        start = time.time_ns() + 1_500_000_000
+        until = start + int((a.warmup + a.duration + a.drain) * 1e9)
+        c, cready = _spawn(_baseline_consumer_proc, q, self.other_core, until + 2_000_000_000, str(out))
+        p, pready = _spawn(_baseline_proc, pub.endpoint, self.channels, self.engine_core, until, q)
+        try:
+            _wait_ready(c, cready, "the baseline consumer")
+            _wait_ready(p, pready, "the pyzmq baseline")
+            pub.wait_subscribers(1)
+            start = max(start, time.time_ns() + 200_000_000)
+            pub.run(rate, start, a.warmup + a.duration, f"{'pyzmq':8s} {_fmt_rate(rate):>5s}", progress=not a.quiet)
+            p.join(timeout=a.drain + 30)
+            c.join(timeout=a.drain + 30)
+        finally:
+            for x in (p, c):
+                if x.is_alive():
+                    x.kill()
+        if not out.exists():
+            raise RuntimeError("the baseline consumer did not finish")
+        b = np.load(out)
+        keep = b["send"] >= start + int(a.warmup * 1e9)
+        return {"lat": b["receipt"][keep] - b["send"][keep], "signals": int(keep.sum())}
+
+
+def _ratio(a, b):
+    return round(a / b, 3) if b else None
+
+
+def measure_rate(run: Run, rate: float, index: int, outdir: Path) -> dict:
+    """Floors, the target and the baseline at one offered rate; histograms and logs written."""
+    a = run.args
+    tag = f"r{index}"
+    pub = None
+    try:
+        busy = a.busy_poll if a.busy_poll is not None else False
+        pub = Publisher(run.stream, run.endpoint(f"{tag}-tgt"))     # the target connects to its own
+        tgt = run.measure_target(rate, f"{tag}-tgt", pub)
+        pub.close()
+        pub = None
+        floors = {}
+        if not a.no_floors:
+            pub = Publisher(run.stream, run.endpoint(f"{tag}-zmq"))
+            try:
+                floors["zmq_hop"] = run.measure_zmq_floor(rate, pub, tag, busy)["lat"]
+            except RuntimeError as exc:
+                _say(f"  zmq floor at {_fmt_rate(rate)} ev/s not measured: {exc}")
+            pub.close()
+            pub = None
+            # the ring hop at the rate the target emitted signals (a busy consumer and one that
+            # sleeps between signals are different hops)
+            sig_rate = tgt["signals"] / (a.warmup + a.duration)
+            floors["ring_hop_floor"] = run.measure_ring_floor(sig_rate, tag)["lat"]
+        base = None
+        if a.baseline:
+            pub = Publisher(run.stream, run.endpoint(f"{tag}-base"))
+            try:
+                base = run.measure_baseline(rate, pub, tag)["lat"]
+            except RuntimeError as exc:
+                _say(f"  pyzmq baseline at {_fmt_rate(rate)} ev/s not measured: {exc}")
+    finally:
+        if pub is not None:
+            pub.close()
+    recs = {k: _recorder(tgt["lat"][k]) for k in STAGES}
+    for k, v in floors.items():
+        recs[k] = _recorder(v)
+    baseline_note = None
+    if base is not None and len(base):
+        recs["pyzmq_baseline"] = _recorder(base)
+    elif base is not None:
+        baseline_note = "fell behind: no signal reached its consumer within the run and the drain"
+        _say(f"  pyzmq baseline at {_fmt_rate(rate)} ev/s {baseline_note}")
+        base = None
+    summ = {k: _summary(r) for k, r in recs.items()}
+    if "zmq_hop" in summ and "ring_hop_floor" in summ:
+        summ["floor"] = {k: summ["zmq_hop"][k] + summ["ring_hop_floor"][k] for k in LEVELS}
+        summ["floor"]["note"] = "zmq_hop + ring_hop_floor, percentile by percentile"
+    res = {"offered_rate": rate, "publisher": tgt["publisher"], "signals": tgt["signals"],
+           "signals_missed": tgt["missed"], "signals_unmatched": tgt["unmatched"], "latency_ns": summ}
+    w = summ["wire_to_signal"]
+    if "floor" in summ:
+        f = summ["floor"]
+        res["vs_floor"] = {"p50": _ratio(w["p50"], f["p50"]), "p99": _ratio(w["p99"], f["p99"]),
+                           "targets": {"p50 <= 1.25x floor": bool(w["p50"] <= 1.25 * f["p50"]),
+                                       "p99 <= 2x floor p99": bool(w["p99"] <= 2 * f["p99"]),
+                                       "p99.99 < 1 ms": bool(w["p99.99"] < 1_000_000)}}
+    if baseline_note:
+        res["baseline_note"] = baseline_note
+    if base is not None:
+        res["vs_baseline"] = {k: _ratio(w[k], summ["pyzmq_baseline"][k]) for k in ("p50", "p99", "p99.99")}
+    # outputs: .hgrm per series, one interval log over the run
+    from tickwire.engine.latency import hgrm
+
+    rate_tag = _fmt_rate(rate)
+    for k, r in recs.items():
+        if r.total:
+            (outdir / f"{k}-{rate_tag}.hgrm").write_text(hgrm(r))
+    write_interval_log(outdir / f"intervals-{rate_tag}.hlog", tgt["lat"], rate)
+    res["files"] = sorted(p.name for p in outdir.glob(f"*-{rate_tag}.h*"))
+    return res
+
+
+def write_interval_log(path: Path, lat: dict, rate: float, interval_s: float = 1.0) -> int:
+    """The stages' latencies in 1 s intervals of intended send time (HdrHistogram log 1.3)."""
+    from tickwire.engine.latency import IntervalLogWriter
+    from tickwire.ext.hdr import Recorder
+
+    it = lat["intended"]
+    if not len(it):
+        path.write_text("")
+        return 0
+    recs = {k: Recorder() for k in STAGES}
+    t0 = int(it.min())
+    with IntervalLogWriter(path, recs, interval=interval_s, start_time=t0 / 1e9,
+                           comment=f"tickwire bench at {rate:,.0f} events/s offered; intervals by intended "
+                                   "send time") as log:
+        span = int(interval_s * 1e9)
+        last = int((int(it.max()) - t0) // span)
+        for k in range(last + 1):
+            m = (it >= t0 + k * span) & (it < t0 + (k + 1) * span)
+            for s in STAGES:
+                v = np.maximum(lat[s][m], 0)
+                if len(v):
+                    recs[s].record_many(np.ascontiguousarray(v, np.int64))
+            log.write_interval((t0 + (k + 1) * span) / 1e9)
+        return last + 1
+
+
+# -- reports --------------------------------------------------------------------------------------------
+
+def _us(ns) -> str:
+    return "-" if ns is None else f"{ns / 1e3:,.1f}"
+
+
+def print_run(res: dict) -> None:
+    pub = res["publisher"]
+    off, ach = res["offered_rate"], pub["achieved_rate"]
+    note = "" if ach >= 0.98 * off else "   << the publisher did NOT reach the offered rate"
+    _say(f"\n  offered {off:,.0f} ev/s, achieved {ach:,.0f} ev/s{note}; late messages (>10 us) {pub['late_messages']:,} "
+         f"(p99 late {pub['late_p99_ns'] / 1e3:.1f} us, max {pub['max_late_ns'] / 1e3:.1f} us); "
+         f"signals {res['signals']:,} (missed {res['signals_missed']}, unmatched {res['signals_unmatched']})")
+    rows = [k for k in ("wire_to_signal", "wire_queue", "engine", "ring_hop", "floor", "zmq_hop", "ring_hop_floor",
+                        "pyzmq_baseline") if k in res["latency_ns"]]
+    _say(f"  {'us':22s}" + "".join(f"{k:>10s}" for k in LEVELS) + f"{'count':>11s}")
+    for k in rows:
+        s = res["latency_ns"][k]
+        _say(f"  {k:22s}" + "".join(f"{_us(s.get(lv)):>10s}" for lv in LEVELS) + f"{s.get('count', ''):>11}")
+    if "vs_floor" in res:
+        v = res["vs_floor"]
+        hits = ", ".join(f"{k}: {'hit' if ok else 'MISS'}" for k, ok in v["targets"].items())
+        _say(f"  wire-to-signal / floor: p50 {v['p50']}x, p99 {v['p99']}x  ({hits})")
+    if "vs_baseline" in res:
+        v = res["vs_baseline"]
+        _say(f"  wire-to-signal / pyzmq baseline: p50 {v['p50']}x, p99 {v['p99']}x, p99.99 {v['p99.99']}x")
+
+
+def plot(summary: dict, outdir: Path) -> list[str]:
+    """Percentile spectrum (log nines axis, floors drawn in) per rate, and latency vs offered rate."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        _say("  plots skipped: matplotlib is not installed (pip install 'tickwire[report]')")
+        return []
+    from hdrh.histogram import HdrHistogram  # noqa: F401  (the .hgrm files are read back below)
+
+    made = []
+    for res in summary["runs"]:
+        rt = _fmt_rate(res["offered_rate"])
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for k, style in (("wire_to_signal", "-"), ("floor", "--"), ("zmq_hop", ":"), ("ring_hop_floor", ":"),
+                         ("pyzmq_baseline", "-.")):
+            f = outdir / f"{k}-{rt}.hgrm"
+            if k == "floor":
+                s = res["latency_ns"].get("floor")
+                if s:
+                    xs = [1 / (1 - p / 100) for p in HDR_LEVELS]
+                    ax.plot(xs, [s[lv] / 1e3 for lv in LEVELS[:-1]], style, marker="o", label="floor (zmq + ring)")
+                continue
+            if not f.exists():
+                continue
+            x, y = _read_hgrm(f)
+            ax.plot(x, y, style, label=k)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ticks = [1, 10, 100, 1000, 10_000, 100_000]
+        ax.set_xticks(ticks)
+        ax.set_xticklabels(["0%", "90%", "99%", "99.9%", "99.99%", "99.999%"])
+        ax.set_xlabel("percentile")
+        ax.set_ylabel("latency (us)")
+        ax.set_title(f"tickwire bench: wire-to-signal at {rt} events/s offered ({summary['target']})")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        p = outdir / f"spectrum-{rt}.png"
+        fig.savefig(p, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        made.append(p.name)
+    if len(summary["runs"]) > 1:
+        fig, ax = plt.subplots(figsize=(8, 5))
+        rates = [r["offered_rate"] for r in summary["runs"]]
+        for k, lv, style in (("wire_to_signal", "p50", "-o"), ("wire_to_signal", "p99", "-s"),
+                             ("wire_to_signal", "p99.99", "-^"), ("floor", "p50", "--"), ("floor", "p99", "--"),
+                             ("pyzmq_baseline", "p99", "-."),):
+            ys = [r["latency_ns"].get(k, {}).get(lv) for r in summary["runs"]]
+            if all(v is not None for v in ys):
+                ax.plot(rates, [v / 1e3 for v in ys], style, label=f"{k} {lv}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("offered rate (events/s)")
+        ax.set_ylabel("latency (us)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        ax.set_title("tickwire bench: latency against offered rate")
+        p = outdir / "sweep.png"
+        fig.savefig(p, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        made.append(p.name)
+    return made
+
+
+def _read_hgrm(path: Path):
+    x, y = [], []
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 4 and not line.startswith("#"):
+            try:
+                v, p = float(parts[0]), float(parts[1])
+            except ValueError:
+                continue
+            if p < 1.0:
+                x.append(1 / (1 - p))
+                y.append(v)
+    return x, y
+
+
+# -- compare -------------------------------------------------------------------------------------------
+
+def compare(path_a, path_b, out=print) -> int:
+    """Print two saved runs (summary.json) side by side with ratios B/A."""
+    runs = []
+    for p in (path_a, path_b):
+        p = Path(p)
+        if p.is_dir():
+            p = p / "summary.json"
+        try:
+            d = json.loads(p.read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{p}: not a tickwire bench summary ({exc})") from None
+        if d.get("tickwire_bench") != SCHEMA:
+            raise ValueError(f"{p}: not a tickwire bench summary (no 'tickwire_bench': {SCHEMA})")
+        runs.append(d)
+    a, b = runs
+    out(f"A: {path_a}  ({a['target']}, {a['started']})")
+    out(f"B: {path_b}  ({b['target']}, {b['started']})")
+    by_rate = {r["offered_rate"]: r for r in b["runs"]}
+    out(f"{'rate':>7s} {'series':16s} {'pct':>7s} {'A us':>10s} {'B us':>10s} {'B/A':>7s}")
+    for ra in a["runs"]:
+        rb = by_rate.get(ra["offered_rate"])
+        if rb is None:
+            out(f"{_fmt_rate(ra['offered_rate']):>7s} (not in B)")
+            continue
+        for k in ("wire_to_signal", "wire_queue", "engine", "ring_hop", "floor", "pyzmq_baseline"):
+            if k not in ra["latency_ns"] or k not in rb["latency_ns"]:
+                continue
+            for lv in ("p50", "p99", "p99.99"):
+                va, vb = ra["latency_ns"][k][lv], rb["latency_ns"][k][lv]
+                r = f"{vb / va:.2f}x" if va else "-"
+                out(f"{_fmt_rate(ra['offered_rate']):>7s} {k:16s} {lv:>7s} {_us(va):>10s} {_us(vb):>10s} {r:>7s}")
+        pa, pb = ra["publisher"]["achieved_rate"], rb["publisher"]["achieved_rate"]
+        out(f"{_fmt_rate(ra['offered_rate']):>7s} {'achieved ev/s':16s} {'':>7s} {pa:>10,.0f} {pb:>10,.0f} "
+            f"{pb / pa:>6.2f}x")
+    return 0
+
+
+# -- the command -------------------------------------------------------------------------------------------
+
+def run_bench(args) -> dict:
+    rates = [parse_rate(r) for r in args.rate.split(",")] if isinstance(args.rate, str) else list(args.rate)
+    outdir = Path(args.out)
+    outdir.mkdir(parents=True, exist_ok=True)
+    engine_core, other_core = _cores()
+    _pin(other_core)
+    if args.config:
+        from tickwire.engine import config as configmod
+
+        cfg = configmod.load(args.config)
+        stream = synthetic_stream(cfg.instruments, cfg.feeds.channels, events=args.events, batch=args.batch or 16,
+                                  seed=args.seed)
+    else:
+        stream = None if args.source == "synthetic" else binance_stream(args.channels, args.batch)
+        if stream is None:
+            if args.source == "binance":
+                raise SystemExit("tickwire bench: the Binance capture is not in ../shared/data (use --source synthetic)")
+            from tickwire.feeds.synthetic import synthetic_instruments
+
+            stream = synthetic_stream(synthetic_instruments(4, "L2"), args.channels, events=args.events,
+                                      batch=args.batch or 16, seed=args.seed)
+    from tickwire.ext import BUILD
+
+    if BUILD != "release":
+        _say(f"warning: tickwire is a {BUILD} build: its latency figures mean nothing (rebuild in release mode)")
+    _say(f"tickwire bench: target {args.target}{' (' + args.config + ')' if args.config else ''}, stream {stream.name}: "
+         f"{len(stream.events):,} events in {len(stream.bounds) - 1:,} messages (repeated), "
+         f"rates {', '.join(_fmt_rate(r) for r in rates)} ev/s, {args.warmup:g} s warm-up + {args.duration:g} s each; "
+         f"engine on core {engine_core}, publisher/consumer/I/O threads on core {other_core}")
+    work = Path(tempfile.mkdtemp(prefix="tw-bench-"))
+    run = Run(args, stream, work)
+    summary = {"tickwire_bench": SCHEMA, "version": tickwire.__version__, "build": BUILD,
+               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "target": args.target,
+               "config": args.config, "source": stream.name, "events_per_message": round(
+                   stream.bounds[-1] / (len(stream.bounds) - 1), 2),
+               "warmup_s": args.warmup, "duration_s": args.duration, "cores": os.cpu_count(),
+               "engine_core": engine_core, "other_core": other_core,
+               "busy_poll": args.busy_poll, "command": " ".join(sys.argv), "runs": []}
+    try:
+        i = 0
+        queue = list(rates)
+        while queue:
+            rate = queue.pop(0)
+            res = measure_rate(run, rate, i, outdir)
+            summary["runs"].append(res)
+            print_run(res)
+            (outdir / "summary.json").write_text(json.dumps(summary, indent=1))   # kept if a later rate fails
+            i += 1
+            sat = (res["publisher"]["achieved_rate"] < 0.95 * rate or res["signals_missed"] > 0
+                   or res["latency_ns"]["wire_to_signal"]["p50"] > SATURATED_P50_NS)   # fell behind
+            if args.until_saturation and not queue and not sat and i < 12:
+                queue.append(rate * 2)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    if args.p99_threshold:
+        lim = args.p99_threshold * 1e3
+        ok = [r["offered_rate"] for r in summary["runs"]
+              if r["latency_ns"]["wire_to_signal"]["p99"] <= lim and r["publisher"]["achieved_rate"] >= 0.95 * r[
+                  "offered_rate"]]
+        summary["p99_threshold_us"] = args.p99_threshold
+        summary["max_rate_under_threshold"] = max(ok) if ok else None
+        _say(f"\n  highest offered rate with wire-to-signal p99 <= {args.p99_threshold:g} us: "
+             f"{_fmt_rate(max(ok)) + ' ev/s' if ok else 'none of the rates measured'}")
+    if len(summary["runs"]) > 1:
+        _say("\n  sweep (us):  rate   achieved   w2s p50   w2s p99  w2s p99.99  floor p50  floor p99  pyzmq p99")
+        for r in summary["runs"]:
+            L = r["latency_ns"]
+            _say(f"  {_fmt_rate(r['offered_rate']):>16s} {r['publisher']['achieved_rate'] / 1e3:9.0f}k "
+                 f"{_us(L['wire_to_signal']['p50']):>9s} {_us(L['wire_to_signal']['p99']):>9s} "
+                 f"{_us(L['wire_to_signal']['p99.99']):>11s} {_us(L.get('floor', {}).get('p50')):>10s} "
+                 f"{_us(L.get('floor', {}).get('p99')):>10s} {_us(L.get('pyzmq_baseline', {}).get('p99')):>10s}")
+    summary["plots"] = [] if args.no_plots else plot(summary, outdir)
+    (outdir / "summary.json").write_text(json.dumps(summary, indent=1))
+    _say(f"\n  written to {outdir}/: summary.json, *.hgrm (HdrHistogram plotter), intervals-*.hlog"
+         f"{', ' + ', '.join(summary['plots']) if summary['plots'] else ''}")
+    _say("  (figures from a shared or virtual machine drift between runs: compare against the floors of the same run)")
+    return summary
+
+
+HELP = """\
+Wire-to-signal latency at a constant offered rate (open loop, wrk2-style), with the libzmq and
+ring floors and a pyzmq baseline measured in the same run.
+
+The publisher sends pre-encoded messages from a C loop, each at its intended time (written into
+the header's send_time); a consumer process stamps each signal as it reads it from the signal
+ring. wire_to_signal = that receipt - the intended send time of the tick that caused the signal,
+so every stall (publisher, socket queue, engine) counts. Beside it: wire_queue (intended send ->
+the engine takes the message out of libzmq), engine (-> rule fired), ring_hop (-> the consumer
+has it); floors: zmq_hop (libzmq one-way, C to C, same schedule) + ring_hop_floor; pyzmq_baseline
+(pyzmq receive loop + dict book + multiprocessing.Queue to a consumer).
+
+examples:
+  tickwire bench                                  # 100k ev/s, 10 s, Binance capture, engine worker
+  tickwire bench --rate 10k,100k,1M --p99-threshold 500 --out sweep/
+  tickwire bench --target daemon --config tickwire.toml --rate 100k
+  tickwire bench compare before/summary.json after/summary.json
+"""
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("bench", help="latency benchmark harness: wire-to-signal at an offered rate",
+                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rate", default="100k",
+                   help="offered events/s; a comma list sweeps them (10k,100k,1M) [%(default)s]")
+    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per rate [%(default)s]")
+    p.add_argument("--warmup", type=float, default=2.0,
+                   help="seconds sent first and left out of the figures [%(default)s]")
+    p.add_argument("--drain", type=float, default=1.0,
+                   help="seconds the consumer keeps reading after the last send [%(default)s]")
+    p.add_argument("--target", choices=("pipeline", "daemon"), default="pipeline",
+                   help="pipeline: one engine worker process, no store (quick); daemon: `tickwire run "
+                        "--config` (needs --config) [%(default)s]")
+    p.add_argument("--config", help="daemon config (TOML): its instruments, rules, workers and settings; "
+                                    "the feed endpoint, snapshot service, state_dir and run name are replaced")
+    p.add_argument("--source", choices=("auto", "binance", "synthetic"), default="auto",
+                   help="the stream without --config: the Binance BTCUSDT depth capture (../shared/data), or "
+                        "a seeded synthetic L2 market; auto: the capture when present [%(default)s]")
+    p.add_argument("--batch", type=int, default=0,
+                   help="events per wire message (0: the exchange's own messages, capped at 1024) [%(default)s]")
+    p.add_argument("--channels", type=int, default=1, help="feed channels of the stream [%(default)s]")
+    p.add_argument("--events", type=int, default=200_000, help="synthetic stream: events generated [%(default)s]")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--busy-poll", dest="busy_poll", action="store_true", default=None,
+                   help="pipeline target and zmq floor: poll without blocking (default: the example config's)")
+    p.add_argument("--no-busy-poll", dest="busy_poll", action="store_false")
+    p.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the pyzmq baseline")
+    p.add_argument("--no-floors", action="store_true", help="skip the libzmq and ring floors")
+    p.add_argument("--until-saturation", action="store_true",
+                   help="after the last rate, keep doubling it until the publisher cannot reach it, "
+                        "signals are lost or the target falls behind (wire-to-signal p50 over 10 ms)")
+    p.add_argument("--p99-threshold", type=float, metavar="US",
+                   help="report the highest rate whose wire-to-signal p99 stays under this many us")
+    p.add_argument("--out", default="tickwire-bench", help="output directory [%(default)s]")
+    p.add_argument("--no-plots", action="store_true", help="no PNGs (they need matplotlib: tickwire[report])")
+    p.add_argument("--keep", action="store_true", help="keep the scratch directory (target logs, raw stamps)")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--stall-ms", type=float, default=0.0, help=argparse.SUPPRESS)
+    p.add_argument("--stall-at", type=int, default=-1, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_bench)
+    sub_b = p.add_subparsers(dest="bench_command", metavar="compare")
+    cmp = sub_b.add_parser("compare", help="print two saved runs side by side with ratios (B/A)",
+                           description="Print two saved bench runs (summary.json, or its directory) side by "
+                                       "side: per rate and series, p50/p99/p99.99 of A and B and B/A.")
+    cmp.add_argument("a", help="summary.json (or its directory) of run A")
+    cmp.add_argument("b", help="summary.json (or its directory) of run B")
+    return p
+
+
+def default_args(**over) -> argparse.Namespace:
+    """The command's defaults as a Namespace, with ``over`` applied (for programs: the demo)."""
+    ap = argparse.ArgumentParser()
+    add_parser(ap.add_subparsers())
+    args = ap.parse_args(["bench"])
+    for k, v in over.items():
+        if not hasattr(args, k):
+            raise TypeError(f"no bench option {k!r}")
+        setattr(args, k, v)
+    return args
+
+
+def cmd_bench(args) -> int:
+    if getattr(args, "bench_command", None) == "compare":
+        try:
+            return compare(args.a, args.b)
+        except ValueError as exc:
+            print(f"tickwire bench compare: {exc}", file=sys.stderr)
+            return 2
+    if args.target == "daemon" and not args.config:
+        print("tickwire bench: --target daemon needs --config FILE", file=sys.stderr)
+        return 2
+    for k in ("duration", "warmup", "drain"):
+        if getattr(args, k) < 0 or (k == "duration" and args.duration <= 0):
+            print(f"tickwire bench: --{k} must be {'> 0' if k == 'duration' else '>= 0'} seconds", file=sys.stderr)
+            return 2
+    try:
+        for r in args.rate.split(","):
+            parse_rate(r)
+    except ValueError as exc:
+        print(f"tickwire bench: --rate: {exc}", file=sys.stderr)
+        return 2
+    if args.config:
+        from tickwire.engine.config import ConfigError, load
+
+        try:
+            load(args.config)
+        except ConfigError as exc:
+            print(f"tickwire bench: {exc}", file=sys.stderr)
+            return 2
+    os.umask(0o077)
+    run_bench(args)
+    return 0
+
+
+def main(argv=None) -> int:
+    """``tickwire bench ...`` without the other subcommands (benchmarks/bench_wire.py)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(prog="tickwire")
+    add_parser(ap.add_subparsers(dest="command"))
+    args = ap.parse_args(["bench", *argv])
+    return args.func(args)

@@ -1,0 +1,204 @@
+"""`tickwire bench`: the latency arithmetic, coordinated omission, the outputs, compare, a real run."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from tickwire.engine import bench
+from tickwire.engine.cli import main as cli_main
+
+
+def _pub(rows):
+    """Publisher records from (chan, first seq, count, intended) rows."""
+    a = np.array(rows, dtype=np.int64)
+    return {"chan": a[:, 0].astype(np.uint16), "seq": a[:, 1].astype(np.uint64), "count": a[:, 2].astype(np.uint32),
+            "intended": a[:, 3], "sent": a[:, 3]}
+
+
+def _sig(rows):
+    """Consumer records from (seq, instrument, ts_recv, ts_signal, receipt) rows."""
+    a = np.array(rows, dtype=np.int64).reshape(-1, 5)
+    return {"seq": a[:, 0].astype(np.uint64), "inst": a[:, 1].astype(np.uint32), "ts_recv": a[:, 2],
+            "ts_signal": a[:, 3], "receipt": a[:, 4]}
+
+
+def test_latency_arithmetic_hand_computed():
+    # channel 0: messages of 4 events from seq 1 and 5; channel 1 (instrument 1): seq 1..3
+    pub = _pub([(0, 1, 4, 1_000), (1, 1, 3, 1_500), (0, 5, 4, 2_000)])
+    sig = _sig([
+        (3, 0, 1_200, 1_250, 1_400),    # 3rd event of channel 0's first message: meant at 1000
+        (6, 0, 9_000, 9_100, 9_300),    # channel 0 seq 6: second message, meant at 2000 (sent late)
+        (2, 1, 1_600, 1_610, 1_700),    # channel 1 seq 2: meant at 1500
+        (99, 0, 1, 2, 3),               # a tick the publisher never sent
+    ])
+    lat = bench.latency_arrays(pub, sig, chan_of_inst=[0, 1])
+    assert lat["unmatched"] == 1
+    assert lat["wire_to_signal"].tolist() == [400, 7_300, 200]
+    assert lat["wire_queue"].tolist() == [200, 7_000, 100]
+    assert lat["engine"].tolist() == [50, 100, 10]
+    assert lat["ring_hop"].tolist() == [150, 200, 90]
+    # the stages add up to the whole
+    assert (lat["wire_queue"] + lat["engine"] + lat["ring_hop"] == lat["wire_to_signal"]).all()
+    # the warm-up: ticks meant before 1500 are left out
+    late = bench.latency_arrays(pub, sig, chan_of_inst=[0, 1], t_from=1_500)
+    assert late["wire_to_signal"].tolist() == [7_300, 200]
+
+
+def _encoded_stream(n_msgs=2000, per_msg=10):
+    from tickwire.feeds.synthetic import synthetic_instruments
+
+    stream = bench.synthetic_stream(synthetic_instruments(1, "L2"), 1, events=n_msgs * per_msg, batch=per_msg)
+    return stream
+
+
+def test_a_publisher_stall_shows_in_the_tail():
+    """A 50 ms stall of the publisher: stamped from the intended send time, the messages meant
+    to leave during the stall carry it; stamped from the moment they were sent, it vanishes."""
+    from tickwire.ext import harness
+
+    stream = _encoded_stream()
+    ctx = zmq.Context()
+    ep = f"inproc://stall-{id(stream)}"
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 0)
+    pub.bind(ep)
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"tw.")
+    sub.setsockopt(zmq.RCVTIMEO, 20)
+    sub.setsockopt(zmq.RCVHWM, 0)
+    sub.connect(ep)
+    time.sleep(0.2)
+    buf, off, ch = stream.encode(epoch=1)
+    rate = 20_000.0                                   # 2,000 messages/s of 10 events
+    start = harness.now_ns() + 50_000_000
+    sched = harness.Schedule(buf, off, ch, start, rate)
+    nmsg = 1000                                       # 0.5 s
+    out = {"chan": np.empty(nmsg, np.uint16), "seq": np.empty(nmsg, np.uint64), "count": np.empty(nmsg, np.uint32),
+           "intended": np.empty(nmsg, np.int64), "sent": np.empty(nmsg, np.int64)}
+    got = [np.empty(nmsg, np.uint64), np.empty(nmsg, np.uint16), np.empty(nmsg, np.int64), np.empty(nmsg, np.int64)]
+    until = start + 2_000_000_000
+    res = {}
+    t = threading.Thread(target=lambda: res.setdefault("n", harness.subscribe(sub, until, *got)))
+    t.start()
+    sent = sched.publish(pub, start + 10**10, out["chan"], out["seq"], out["count"], out["intended"], out["sent"],
+                         stall_at=300, stall_ns=50_000_000)
+    t.join()
+    pub.close(0)
+    sub.close(0)
+    ctx.term()
+    assert sent == nmsg and res["n"] == nmsg
+    seq, _chan, send_time, recv = got
+    # the header carries the schedule, not the moment of sending
+    assert (send_time == out["intended"]).all()
+    assert (send_time[1:] - send_time[:-1] == 500_000).all()       # 10 events at 20k/s
+    assert (seq == out["seq"]).all() and seq[0] == 1 and (np.diff(seq.astype(np.int64)) == 10).all()
+    intended_lat = recv - send_time
+    sent_lat = recv - out["sent"]
+    assert intended_lat.max() >= 50_000_000 - 500_000     # the stall began after message 299 left
+    stalled = int((intended_lat >= 25_000_000).sum())
+    assert stalled >= 40                              # the ~100 messages meant during the stall, most of them
+    assert np.percentile(intended_lat, 99) >= 40_000_000   # 10 of 1000 messages meant in its first 5 ms
+    # a receive-stamped (or send-stamped) measure forgives the stall
+    assert int((sent_lat >= 25_000_000).sum()) < stalled / 4
+
+
+def test_hgrm_and_interval_log_read_back_by_hdrh(tmp_path):
+    from hdrh.histogram import HdrHistogram
+    from hdrh.log import HistogramLogReader
+
+    from tickwire.engine.latency import hgrm
+
+    rng = np.random.default_rng(7)
+    n = 5000
+    intended = 1_700_000_000_000_000_000 + np.sort(rng.integers(0, 3_000_000_000, n))
+    wq = rng.integers(1_000, 400_000, n)
+    en = rng.integers(500, 50_000, n)
+    rh = rng.integers(200, 30_000, n)
+    lat = {"intended": intended, "wire_queue": wq, "engine": en, "ring_hop": rh, "wire_to_signal": wq + en + rh}
+    rec = bench._recorder(lat["wire_to_signal"])
+    ref = HdrHistogram(1, 60_000_000_000, 3)
+    for v in lat["wire_to_signal"].tolist():
+        ref.record_value(v)
+    # the .hgrm table: the value at each percentile is hdrh's (in us)
+    text = hgrm(rec)
+    rows = [ln.split() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")
+            and not ln.strip().startswith("Value")]
+    rows = [r for r in rows if len(r) == 4]
+    assert rows
+    for v, p, total, _inv in rows[::7]:
+        assert float(v) == pytest.approx(ref.get_value_at_percentile(float(p) * 100) / 1e3, rel=2e-3, abs=1e-3)
+    assert int(rows[-1][2]) == n
+    # the interval log: hdrh's reader gets every stage's values back, interval by interval
+    path = tmp_path / "intervals.hlog"
+    k = bench.write_interval_log(path, lat, rate=1e5)
+    assert k == 3
+    reader = HistogramLogReader(str(path), HdrHistogram(1, 60_000_000_000, 3))
+    totals = {}
+    while (h := reader.get_next_interval_histogram()) is not None:
+        totals[h.get_tag()] = totals.get(h.get_tag(), 0) + h.get_total_count()
+    assert totals == {s: n for s in bench.STAGES}
+
+
+def _summary(w2s_p50, rate=100_000.0):
+    lat = {lv: w2s_p50 * m for lv, m in zip(bench.LEVELS, (1, 2, 4, 8, 16, 32))}
+    return {"tickwire_bench": bench.SCHEMA, "target": "pipeline", "started": "2026-12-03T00:00:00Z",
+            "runs": [{"offered_rate": rate, "publisher": {"achieved_rate": rate},
+                      "latency_ns": {"wire_to_signal": lat, "floor": dict(lat)}}]}
+
+
+def test_compare_two_saved_runs(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "summary.json").write_text(json.dumps(_summary(100_000)))
+    (b / "summary.json").write_text(json.dumps(_summary(50_000)))
+    assert cli_main(["bench", "compare", str(a / "summary.json"), str(b)]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if "wire_to_signal" in ln and "p99.99" in ln)
+    assert "1,600.0" in line and "800.0" in line and "0.50x" in line
+    assert cli_main(["bench", "compare", str(a), str(tmp_path / "missing.json")]) == 2
+    (tmp_path / "x.json").write_text("{}")
+    assert cli_main(["bench", "compare", str(a), str(tmp_path / "x.json")]) == 2
+    assert "not a tickwire bench summary" in capsys.readouterr().err
+
+
+def test_bad_arguments_are_named(capsys):
+    assert cli_main(["bench", "--rate", "fast"]) == 2
+    assert "--rate" in capsys.readouterr().err
+    assert cli_main(["bench", "--target", "daemon"]) == 2
+    assert "--config" in capsys.readouterr().err
+    assert bench.parse_rate("1M") == 1e6 and bench.parse_rate("100k") == 1e5 and bench.parse_rate("2.5e4") == 25e3
+
+
+@pytest.mark.integration
+def test_bench_end_to_end(tmp_path):
+    """A short real run: ZeroMQ on loopback (ipc), the engine worker process, the consumer
+    process on the signal ring, the floors and the pyzmq baseline."""
+    import subprocess
+
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "tickwire", "bench", "--source", "synthetic", "--rate", "20k",
+                        "--duration", "1.5", "--warmup", "0.3", "--drain", "0.5", "--out", str(out)],
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    s = json.loads((out / "summary.json").read_text())
+    run = s["runs"][0]
+    assert run["offered_rate"] == 20_000
+    assert run["publisher"]["events"] >= 20_000 * 1.8 * 0.9
+    assert run["signals"] > 0 and run["signals_unmatched"] == 0
+    lat = run["latency_ns"]
+    for k in ("wire_to_signal", "wire_queue", "engine", "ring_hop", "zmq_hop", "ring_hop_floor", "pyzmq_baseline"):
+        assert lat[k]["count"] > 0, k
+    assert lat["wire_to_signal"]["p50"] >= lat["engine"]["p50"]
+    assert "vs_floor" in run and "vs_baseline" in run
+    assert (out / "wire_to_signal-20k.hgrm").exists() and (out / "intervals-20k.hlog").exists()
+    assert "wire_to_signal" in r.stdout
+    # compare reads it back
+    assert cli_main(["bench", "compare", str(out), str(out)]) == 0
