@@ -609,9 +609,15 @@ class ReportBuilder:
         cut = np.flatnonzero(np.any(gk[1:] != gk[:-1], axis=1)) + 1
         rows_of = {tuple(gk[a].tolist()): order[a:b] for a, b in zip(np.r_[0, cut], np.r_[cut, len(order)])
                    if a < b}
+        # the trades' figures as columns, and each (rule, kind, instrument)'s trade indices
+        T = {k: np.array([t[k] for t in trades], np.float64) for k in ("gross_ticks", "fees_ticks", "net_ticks",
+                                                                      "net_bps")}
+        T["open"] = np.array([t["exit_reason"] == "open_at_end" for t in trades], bool)
         trades_of: dict = {}
-        for t in trades:
-            trades_of.setdefault((t["rule_id"], t["rule_kind"], t["instrument"]), []).append(t)
+        for j, t in enumerate(trades):
+            trades_of.setdefault((t["rule_id"], t["rule_kind"], t["instrument"]), []).append(j)
+        trades_of = {k: np.array(v, np.int64) for k, v in trades_of.items()}
+        self._trade_columns = T
         for key in sorted(keys):
             rule, kind, i = key
             inst = self.instruments[i]
@@ -621,7 +627,7 @@ class ReportBuilder:
             for h in range(nh):
                 mk[self.horizon_names[h]] = _markout_stats(R["dir"][sel], R["mid"][sel, 0], R["status"][sel, 0],
                                                            R["mid"][sel, h + 1], R["status"][sel, h + 1])
-            tr = trades_of.get(key, [])
+            tr = trades_of.get(key, np.empty(0, np.int64))
             s = self._trade_state.get(key, {})
             groups.append({
                 "rule": self._rule_label(rule, kind), "rule_id": rule,
@@ -629,7 +635,7 @@ class ReportBuilder:
                 "instrument": i, "symbol": inst.symbol, "tick_size": str(inst.tick_size),
                 "signals": c[0], "enter": c[1], "exit": c[2], "enter_without_direction": c[3],
                 "markouts": mk,
-                "pnl": _pnl_stats(tr, s, inst),
+                "pnl": _pnl_stats(T, tr, s, inst),
             })
         rules = self._rule_totals(keys, rows_of, trades_of, R)
         return {
@@ -665,13 +671,13 @@ class ReportBuilder:
                 m = _markout_stats(R["dir"][sel], R["mid"][sel, 0], R["status"][sel, 0],
                                    R["mid"][sel, h + 1], R["status"][sel, h + 1])
                 mk[name] = {k: v for k, v in m.items() if not k.endswith("_ticks")}
-            tr = [t for k in ks for t in trades_of.get(k, [])]
+            tr = np.sort(np.concatenate([trades_of.get(k, np.empty(0, np.int64)) for k in ks]))
             state: dict = {}
             for k in ks:
                 for name, v in self._trade_state.get(k, {}).items():
                     if isinstance(v, int) and name != "pos":
                         state[name] = state.get(name, 0) + v
-            pnl = _pnl_stats(tr, state, None)
+            pnl = _pnl_stats(self._trade_columns, tr, state, None)
             out.append({
                 "rule": self._rule_label(rule, kind), "rule_id": rule, "rule_kind": _KIND_NAMES.get(kind, f"kind{kind}"),
                 "instruments": [k[2] for k in ks],
@@ -812,21 +818,22 @@ def _markout_stats(direction, mid0, status0, mid_h, status) -> dict:
     }
 
 
-def _pnl_stats(trades, state, inst) -> dict:
-    """PnL figures of ``trades`` (``inst``: their one instrument, for ``net_quote``; None: left out)."""
-    closed = [t for t in trades if t["exit_reason"] != "open_at_end"]
-    net = np.array([t["net_ticks"] for t in trades], np.float64)
-    bps = np.array([t["net_bps"] for t in trades], np.float64)
+def _pnl_stats(T, idx, state, inst) -> dict:
+    """PnL figures of the trades ``idx`` of the trade columns ``T`` (``inst``: their one
+    instrument, for ``net_quote``; None: left out)."""
+    net, bps = T["net_ticks"][idx], T["net_bps"][idx]
+    gross, fees = T["gross_ticks"][idx], T["fees_ticks"][idx]
+    n_open = int(np.count_nonzero(T["open"][idx]))
     fin = np.isfinite(net)
     return {
-        "trades": len(trades),
-        "closed": len(closed),
-        "open_at_end": len(trades) - len(closed),
+        "trades": len(idx),
+        "closed": len(idx) - n_open,
+        "open_at_end": n_open,
         "open_unmarked": int(np.count_nonzero(~fin)),
         "wins": int(np.count_nonzero(net[fin] > 0)),
         "win_rate": _f(np.count_nonzero(net[fin] > 0) / fin.sum()) if fin.any() else None,
-        "gross_ticks": _f(sum(t["gross_ticks"] for t in trades if math.isfinite(t["gross_ticks"]))),
-        "fees_ticks": _f(sum(t["fees_ticks"] for t in trades if math.isfinite(t["fees_ticks"]))),
+        "gross_ticks": _f(sum(gross[np.isfinite(gross)].tolist())),
+        "fees_ticks": _f(sum(fees[np.isfinite(fees)].tolist())),
         "net_ticks": _f(net[fin].sum()),
         "net_quote": _f(net[fin].sum() * float(inst.tick_size)) if inst is not None else None,
         "net_bps_sum": _f(bps[fin].sum()),
