@@ -89,6 +89,36 @@ def build_store(dsn, ev, insts, codecs, repeat=1):
     store.close()
 
 
+def read_breakdown(store):
+    """Read everything once, timing (process CPU: nothing else runs meanwhile) the store's query
+    and the merge + gather."""
+    import tickwire.ext.merge as merge
+
+    spent = {"query": 0.0, "merge": 0.0}
+    fetch = store._fetch_native
+
+    def timed(name, fn):
+        def call(*a, **k):
+            t = cpu_seconds()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[name] += cpu_seconds() - t
+        return call
+
+    saved = merge.merge_order, merge.gather_events
+    store._fetch_native = timed("query", fetch)
+    merge.merge_order, merge.gather_events = timed("merge", saved[0]), timed("merge", saved[1])
+    try:
+        t = cpu_seconds()
+        n = sum(len(x) for x in store.read_ticks())
+        total = cpu_seconds() - t
+    finally:
+        merge.merge_order, merge.gather_events = saved
+        store._fetch_native = fetch
+    return n, total, spent
+
+
 def store_section(args, ev, insts, e_rate):
     from tickwire.engine.store import Store
     from tickwire.replay import StoreSource
@@ -120,8 +150,16 @@ def store_section(args, ev, insts, e_rate):
                 replays.append(time.perf_counter() - t)
                 src.close()
                 assert res.events == n == len(ev), (res.events, n, len(ev))
+            os.sched_setaffinity(0, {READER_CORE})
+            store = Store.open(dsn, create=False)
+            n2, total, spent = read_breakdown(store)
+            store.close()
+            os.sched_setaffinity(0, {ENGINE_CORE})
             read, cpu, rep = (float(np.median(x)) for x in (reads, cpus, replays))
             print(f"    read_ticks alone (core 0)            : {rate(n, read)}   CPU {n / cpu / 1e6:5.2f} M rows per CPU-s")
+            print(f"    where the reading thread's CPU goes: the store's query (decode, in-order read, Native) "
+                  f"{spent['query'] / total:.0%}, merge + gather {spent['merge'] / total:.0%}, the rest "
+                  f"{1 - (spent['query'] + spent['merge']) / total:.0%} ({n2 / total / 1e6:.2f} M rows per CPU-s)")
             print(f"    replay from the store (read || engine): {rate(n, rep)}   {n / rep / e_rate:.2f}x the engine's "
                   f"rate; target 5 M/s: {'HIT' if n / rep >= TARGET_STORE else 'MISS'}  (signals {res.signal_count:,})")
             results[codecs] = n / rep
