@@ -4,12 +4,11 @@ The tick store keeps its rows ordered by ``(instrument, ts_event, seq, epoch, or
 in the table's own order (cheap for ClickHouse: no sort) returns one run per instrument, each
 already in time order. :func:`merge_order` interleaves those runs into the one total order a
 replay needs, in C without the GIL, with a binary heap over the runs' heads: O(n log k) for
-``k`` runs, no allocation per row. :func:`merge_runs` applies it to an event array.
+``k`` runs, no allocation per row. :func:`gather_events` builds the events from the columns in that order.
 """
 
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy
 
 import numpy as np
 
@@ -120,7 +119,7 @@ def merge_order(const int64_t[::1] ts, const uint64_t[::1] seq, const uint64_t[:
     if seq.shape[0] != n or epoch.shape[0] != n or ord.shape[0] != n:
         raise ValueError(f"merge_order: key arrays differ in length ({n}, {seq.shape[0]}, "
                          f"{epoch.shape[0]}, {ord.shape[0]})")
-    if nruns < 0 or (nruns >= 0 and bounds.shape[0] and (bounds[0] != 0 or bounds[nruns] != n)):
+    if nruns < 0 or bounds[0] != 0 or bounds[nruns] != n:
         raise ValueError(f"merge_order: bounds must run from 0 to {n}")
     for r in range(nruns):
         if bounds[r + 1] < bounds[r]:
@@ -140,30 +139,6 @@ def merge_order(const int64_t[::1] ts, const uint64_t[::1] seq, const uint64_t[:
     if rc:
         raise MemoryError("merge_order: no memory for the heap")
     return perm
-
-
-def take_rows(src, const int64_t[::1] perm):
-    """``src[perm]`` for a 1-d contiguous array of fixed-size records, copied row by row in C
-    (numpy's fancy indexing of a 64-byte structured dtype runs at a few M rows/s)."""
-    if src.ndim != 1 or not src.flags.c_contiguous:
-        raise ValueError("take_rows: src must be a 1-d C-contiguous array")
-    cdef Py_ssize_t n = perm.shape[0], m = src.shape[0], size = src.dtype.itemsize, i
-    out = np.empty(n, dtype=src.dtype)
-    if n == 0:
-        return out
-    cdef const unsigned char[::1] s = src.view(np.uint8)
-    cdef unsigned char[::1] o = out.view(np.uint8)
-    cdef const unsigned char* sp = &s[0]
-    cdef unsigned char* op = &o[0]
-    cdef int64_t j
-    with nogil:
-        for i in range(n):
-            j = perm[i]
-            if j < 0 or j >= m:
-                with gil:
-                    raise IndexError(f"take_rows: index {j} out of range for {m} rows")
-            memcpy(op + i * size, sp + j * size, size)
-    return out
 
 
 def gather_events(const int64_t[::1] ts_event, const int64_t[::1] ts_recv, const uint64_t[::1] seq,
@@ -218,5 +193,6 @@ def run_bounds(runs):
     """Offsets ``[0, ..., n]`` where the value of ``runs`` (e.g. the instrument column of a read in
     the table's order) changes."""
     runs = np.asarray(runs)
-    cut = np.flatnonzero(runs[1:] != runs[:-1]) + 1
-    return np.concatenate(([0], cut, [len(runs)])).astype(np.int64)
+    n = len(runs)
+    cut = np.flatnonzero(runs[1:n] != runs[0:n - 1]) + 1 if n else np.empty(0, np.int64)
+    return np.concatenate(([0], cut, [n])).astype(np.int64)
