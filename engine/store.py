@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Iterable, Iterator, Optional, Sequence
 from urllib.parse import urlsplit, urlunsplit
@@ -74,21 +74,37 @@ def default_dsn(data_dir: str) -> str:
     return f"chdb://{os.path.abspath(data_dir)}"
 
 
-def _tick_ddl(db: str, engine: str, table: str = "ticks", on_cluster: str = "", settings: str = "") -> str:
+#: Column codecs of the ``ticks`` and ``snapshots`` tables a new store gets, by name
+#: (``Store.open(..., codecs=...)``). ``"fast"`` (the default since schema 3): Delta and LZ4,
+#: which ClickHouse decodes at about twice the rate of ZSTD, for a replay read of 5 M
+#: events/s and more; ``"compact"``: DoubleDelta, Delta and ZSTD(1), the codecs of stores made
+#: before, about 0.57x the disk (docs/storage.md, "Codecs"). A store keeps the codecs it was
+#: made with; both read the same.
+TICK_CODECS = {
+    "fast": {"time": "Delta, LZ4", "delta": "Delta, LZ4", "plain": "LZ4"},
+    "compact": {"time": "DoubleDelta, ZSTD(1)", "delta": "Delta, ZSTD(1)", "plain": "ZSTD(1)"},
+}
+
+
+def _tick_ddl(db: str, engine: str, table: str = "ticks", on_cluster: str = "", settings: str = "",
+              codecs: str = "fast") -> str:
+    if codecs not in TICK_CODECS:
+        raise ValueError(f"store.codecs: expected one of {sorted(TICK_CODECS)}, got {codecs!r}")
+    c = TICK_CODECS[codecs]
     return f"""CREATE TABLE IF NOT EXISTS {db}.{table}{on_cluster} (
-    ts_event   DateTime64(9) CODEC(DoubleDelta, ZSTD(1)),
-    ts_recv    DateTime64(9) CODEC(DoubleDelta, ZSTD(1)),
-    seq        UInt64 CODEC(Delta, ZSTD(1)),
-    order_id   UInt64 CODEC(ZSTD(1)),
-    price      Int64 CODEC(Delta, ZSTD(1)),
-    qty        Int64 CODEC(ZSTD(1)),
+    ts_event   DateTime64(9) CODEC({c["time"]}),
+    ts_recv    DateTime64(9) CODEC({c["time"]}),
+    seq        UInt64 CODEC({c["delta"]}),
+    order_id   UInt64 CODEC({c["plain"]}),
+    price      Int64 CODEC({c["delta"]}),
+    qty        Int64 CODEC({c["plain"]}),
     instrument UInt32,
     channel    UInt16,
     kind       UInt8,
     side       UInt8,
-    flags      UInt32 CODEC(ZSTD(1)),
-    epoch      UInt64 CODEC(ZSTD(1)),
-    ord        UInt64 CODEC(Delta, ZSTD(1))
+    flags      UInt32 CODEC({c["plain"]}),
+    epoch      UInt64 CODEC({c["plain"]}),
+    ord        UInt64 CODEC({c["delta"]})
 ) ENGINE = {engine}
 PARTITION BY toYYYYMMDD(ts_event)
 ORDER BY (instrument, ts_event, seq, epoch, ord)
@@ -139,16 +155,17 @@ FROM {db}.{source} AS t
 LEFT JOIN (SELECT * FROM {db}.instruments FINAL) AS i ON t.instrument = i.id"""
 
 
-def schema_ddl(database: str, merge_tuning: bool = True) -> list[str]:
+def schema_ddl(database: str, merge_tuning: bool = True, codecs: str = "fast") -> list[str]:
     """The single-node schema, in creation order (``merge_tuning``: with
-    :data:`MERGE_SELECTOR_BASE`, for servers that know the setting)."""
+    :data:`MERGE_SELECTOR_BASE`, for servers that know the setting; ``codecs``: of the tick
+    tables, :data:`TICK_CODECS`)."""
     tuned = f", merge_selector_base = {MERGE_SELECTOR_BASE}" if merge_tuning else ""
     return [
         f"CREATE DATABASE IF NOT EXISTS {database}",
         f"CREATE TABLE IF NOT EXISTS {database}.schema_version (version UInt32, applied DateTime DEFAULT now()) "
         f"ENGINE = MergeTree ORDER BY version",
-        _tick_ddl(database, "MergeTree", settings=tuned),
-        _tick_ddl(database, "MergeTree", "snapshots", settings=tuned),
+        _tick_ddl(database, "MergeTree", settings=tuned, codecs=codecs),
+        _tick_ddl(database, "MergeTree", "snapshots", settings=tuned, codecs=codecs),
         _signal_ddl(database, "MergeTree", settings=tuned),
         _instrument_ddl(database, "ReplacingMergeTree(updated)"),
         _decimal_view(database),
@@ -213,6 +230,73 @@ def _arrow_table(arr: np.ndarray, columns: Sequence[str], extra: dict):
     return pa.table(cols)
 
 
+#: What a time-ordered read selects: the event's columns in EVENT_DTYPE order, then the two keys
+#: that complete the total order (times as int64 ns through Arrow; in Native, DateTime64(9)
+#: already is int64 ns, and converting it costs the engine about 15%).
+_READ_COLUMNS = _select(TICK_COLUMNS) + ", epoch, ord"
+_READ_COLUMNS_NATIVE = ", ".join(TICK_COLUMNS) + ", epoch, ord"
+_READ_TYPES = ["Int64", "Int64", "UInt64", "UInt64", "Int64", "Int64", "UInt32", "UInt16", "UInt8", "UInt8",
+               "UInt32", "UInt64", "UInt64"]
+_NATIVE_DTYPES = {"Int64": np.dtype("<i8"), "UInt64": np.dtype("<u8"), "UInt32": np.dtype("<u4"),
+                  "UInt16": np.dtype("<u2"), "UInt8": np.dtype("u1")}
+#: Rows per block the store hands over in a read (``max_block_size``): larger blocks cost less per
+#: row, but every stream of a read reserves buffers of this size (peak RSS 3.3 GB at 4 Mi rows).
+READ_BLOCK_ROWS = 1 << 18
+#: A time window of a read holds at most this many times ``chunk_rows`` rows (else it is split).
+WINDOW_CAP = 4
+
+
+def _varint(buf, i: int):
+    value = shift = 0
+    while True:
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if b < 0x80:
+            return value, i
+
+
+def _parse_native(buf) -> list:
+    """The 13 columns of :data:`_READ_COLUMNS` (contiguous arrays) from ClickHouse Native blocks
+    (per block: column and row counts, then each column's name, type and fixed-width values)."""
+    blocks, i = [], 0
+    while i < len(buf):
+        ncols, i = _varint(buf, i)
+        nrows, i = _varint(buf, i)
+        if ncols != len(_READ_TYPES):
+            raise StoreError(f"unexpected Native block from the store: {ncols} columns, expected {len(_READ_TYPES)}")
+        cols = []
+        for k in range(ncols):
+            length, i = _varint(buf, i)
+            i += length
+            length, i = _varint(buf, i)
+            typ = bytes(buf[i:i + length]).decode()
+            i += length
+            if typ.startswith("DateTime64(9") and _READ_TYPES[k] == "Int64":
+                typ = "Int64"                          # its Native values: int64 ns
+            if typ != _READ_TYPES[k]:
+                raise StoreError(f"unexpected Native column type from the store: {typ} for column {k}, "
+                                 f"expected {_READ_TYPES[k]}")
+            dt = _NATIVE_DTYPES[typ]
+            cols.append(np.frombuffer(buf, dt, nrows, i))
+            i += nrows * dt.itemsize
+        if nrows:
+            blocks.append(cols)
+    if len(blocks) == 1:
+        return blocks[0]
+    if not blocks:
+        return [np.empty(0, _NATIVE_DTYPES[t]) for t in _READ_TYPES]
+    return [np.concatenate([blk[k] for blk in blocks]) for k in range(len(_READ_TYPES))]
+
+
+def _split(parts: Iterable[np.ndarray], chunk_rows: int) -> Iterator[np.ndarray]:
+    """The rows of ``parts`` in chunks of at most ``chunk_rows`` (views: nothing copied)."""
+    for part in parts:
+        for k in range(0, len(part), chunk_rows):
+            yield part[k:k + chunk_rows]
+
+
 def _check_event_table(table: str) -> None:
     if table not in ("ticks", "snapshots"):
         raise ValueError(f"table must be 'ticks' or 'snapshots', got {table!r}")
@@ -229,10 +313,14 @@ class Store:
     client: object
     database: str
     dsn: str
+    #: how :meth:`read_ticks` fetches from an embedded store: ``"native"`` (a chDB handle of
+    #: its own, Native format) or ``"arrow"`` (clickhouse-connect, as for a server)
+    read_path: str = "native"
+    _reader: object = field(default=None, repr=False, compare=False)
 
     @classmethod
     def open(cls, dsn: str, database: str = "tickwire", *, username: Optional[str] = None,
-             password: Optional[str] = None, create: bool = True) -> "Store":
+             password: Optional[str] = None, create: bool = True, codecs: str = "fast") -> "Store":
         """Connect and (by default) create or migrate the schema.
 
         Parameters
@@ -241,6 +329,9 @@ class Store:
             ``chdb:///abs/path`` (embedded) or ``http(s)://host:port``.
         username, password : str, optional
             For a server; default from ``TICKWIRE_CLICKHOUSE_USER`` / ``_PASSWORD``.
+        codecs : str
+            Of the tick tables, when this creates them (:data:`TICK_CODECS`: ``"fast"`` or
+            ``"compact"``); an existing store keeps its own.
         """
         import clickhouse_connect
 
@@ -267,11 +358,11 @@ class Store:
                              f"{redact(str(exc))}") from None
         store = cls(client, database, dsn)
         if create:
-            store.ensure_schema()
+            store.ensure_schema(codecs)
         return store
 
     # -- schema -----------------------------------------------------------------------------
-    def ensure_schema(self) -> int:
+    def ensure_schema(self, codecs: str = "fast") -> int:
         """Create what is missing and run pending migrations; returns the schema version.
 
         Migrations: 1 -> 2 sets :data:`MERGE_SELECTOR_BASE` on ticks and signals (where the
@@ -279,7 +370,7 @@ class Store:
         ``ticks`` into the new ``snapshots`` table (rows already copied are not copied again, so
         a migration interrupted half-way is finished by the next open)."""
         tuning = self._knows_merge_setting("merge_selector_base")
-        for stmt in schema_ddl(self.database, tuning):
+        for stmt in schema_ddl(self.database, tuning, codecs):
             self.client.command(stmt)
         have = self.client.query(f"SELECT max(version) FROM {self.database}.schema_version").result_rows[0][0] or 0
         if have > SCHEMA_VERSION:
@@ -412,8 +503,15 @@ class Store:
                 for i, sym, ts, ls, pd, qd, book in rows]
 
     def _read_events(self, table, instruments, start_ns, end_ns, chunk_rows, order=None) -> Iterator[np.ndarray]:
+        if order is None:
+            return _split(self._read_time_order(table, instruments, start_ns, end_ns, chunk_rows), chunk_rows)
+        return self._read_sorted_by_engine(table, instruments, start_ns, end_ns, chunk_rows, order)
+
+    def _read_sorted_by_engine(self, table, instruments, start_ns, end_ns, chunk_rows, order) -> Iterator[np.ndarray]:
+        """Rows sorted by ClickHouse (``ORDER BY order``), through Arrow: for the small reads
+        (snapshots in stream order)."""
         q = (f"SELECT {_select(TICK_COLUMNS)} FROM {self.database}.{table} "
-             f"WHERE {self._where(instruments, start_ns, end_ns)} ORDER BY {order or 'ts_event, seq, epoch, ord'}")
+             f"WHERE {self._where(instruments, start_ns, end_ns)} ORDER BY {order}")
         out = np.empty(chunk_rows, dtype=EVENT_DTYPE)
         n = 0
         with self.client.query_arrow_stream(q) as stream:
@@ -433,6 +531,80 @@ class Store:
             chunk = out[:n].copy()
             chunk["reserved"] = 0
             yield chunk
+
+    def _read_time_order(self, table, instruments, start_ns, end_ns, chunk_rows) -> Iterator[np.ndarray]:
+        """Rows in the total order ``(ts_event, seq, epoch, ord)``, read window by window of event
+        time in the table's own order (``instrument`` first: no sort in ClickHouse, one sorted
+        run per instrument) and merged in C (:func:`tickwire.ext.merge.merge_order`).
+
+        A window holds about ``chunk_rows`` rows (its width adapts to the density met so far)
+        and never more than :data:`WINDOW_CAP` times that: a window that would is split, so
+        memory stays flat whatever the range. Every row of one ``ts_event`` falls in one window,
+        so the merge of each window, one after the other, is the total order."""
+        from tickwire.ext.merge import gather_events, merge_order, run_bounds
+
+        where = self._where(instruments, start_ns, end_ns)
+        lo, hi, total = self.client.query(
+            f"SELECT toUnixTimestamp64Nano(min(ts_event)), toUnixTimestamp64Nano(max(ts_event)), count() "
+            f"FROM {self.database}.{table} WHERE {where}").result_rows[0]
+        if not total:
+            return
+        native = self.dsn.startswith("chdb:") and self.read_path != "arrow"
+        fetch, columns = (self._fetch_native, _READ_COLUMNS_NATIVE) if native else (self._fetch_arrow, _READ_COLUMNS)
+        cap = WINDOW_CAP * chunk_rows
+        block = min(READ_BLOCK_ROWS, cap + 1)
+        width = max(1, (int(hi) - int(lo) + 1) * chunk_rows // int(total))
+        t = int(lo)
+        try:
+            while t <= hi:
+                end = min(t + width, int(hi) + 1)
+                q = (f"SELECT {columns} FROM {self.database}.{table} WHERE {where} "
+                     f"AND ts_event >= fromUnixTimestamp64Nano(toInt64({t})) "
+                     f"AND ts_event < fromUnixTimestamp64Nano(toInt64({end})) "
+                     f"ORDER BY instrument, ts_event, seq, epoch, ord LIMIT {cap + 1} "
+                     f"SETTINGS max_block_size = {block}, preferred_block_size_bytes = {block * 128}")
+                cols, result = fetch(q)
+                rows = len(cols[0])
+                if rows > cap and end - t > 1:             # too dense: split the window
+                    width = max(1, (end - t) // 4)
+                    continue
+                if rows:
+                    bounds = run_bounds(cols[6])           # one run per instrument
+                    perm = merge_order(cols[0], cols[2], cols[11], cols[12], bounds) if len(bounds) > 2 else None
+                    events = gather_events(*cols[:11], perm=perm)
+                    del cols, result                       # before the consumer runs: memory stays flat
+                    yield events
+                t = end
+                if rows < chunk_rows // 2:
+                    width *= 2
+                elif rows > 2 * chunk_rows:
+                    width = max(1, width // 2)
+        finally:
+            self._close_reader()
+
+    def _fetch_native(self, q):
+        """One window through a chDB handle of our own, in ClickHouse's Native (columnar) format,
+        each block's columns copied straight into the events: no Arrow, no per-row work."""
+        import chdb
+
+        if self._reader is None:
+            self._reader = chdb.connect(os.path.realpath(self.dsn[len("chdb://"):]))
+        res = self._reader.query(q, "Native")
+        return _parse_native(res.get_memview().view()), res      # the columns view res's memory
+
+    def _fetch_arrow(self, q):
+        """One window through clickhouse-connect's Arrow (servers; any store with ``read_path="arrow"``)."""
+        tbl = self.client.query_arrow(q)
+        return [np.ascontiguousarray(tbl.column(i).to_numpy(), dtype=_NATIVE_DTYPES[t])
+                for i, t in enumerate(_READ_TYPES)], tbl
+
+    def _close_reader(self) -> None:
+        if self._reader is not None:
+            try:
+                self._reader.close()
+            except Exception:                  # noqa: BLE001
+                pass
+            self._reader = None
 
     def read_signals(self, run: str) -> np.ndarray:
         """Signals of a run, in production order."""
@@ -457,6 +629,7 @@ class Store:
 
     def close(self) -> None:
         """Close the connection (the embedded engine then lets another path be opened)."""
+        self._close_reader()
         try:
             self.client.close()
         except Exception:                      # noqa: BLE001

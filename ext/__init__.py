@@ -6,6 +6,7 @@
 - :mod:`tickwire.ext.pipeline`: the engine: books, statistics and rules over event batches.
 - :mod:`tickwire.ext.ring`: single-producer rings of records in POSIX shared memory.
 - :mod:`tickwire.ext.hdr`: HDR latency recorders in nanoseconds (hdrh's counts layout).
+- :mod:`tickwire.ext.merge`: k-way merge of sorted runs into the store's total order (replay's read).
 """
 
 from tickwire.ext.records import (

@@ -31,6 +31,7 @@ Every figure is defined in ``docs/replay-report.md``.  In short, for a signal of
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -511,10 +512,11 @@ class ReportBuilder:
         out.mkdir(parents=True, exist_ok=True)
         trades = self._trades()
         summary = self._summary(trades, partial)
-        files = ["summary.json", "summary.csv", "markouts.csv", "trades.csv"]
+        files = ["summary.json", "summary.csv", "rules.csv", "markouts.csv", "trades.csv"]
         self._write_markouts(out / "markouts.csv")
         self._write_trades(out / "trades.csv", trades)
         self._write_summary_csv(out / "summary.csv", summary)
+        self._write_rules_csv(out / "rules.csv", summary)
         if self.plots:
             files += _plots(self, out, trades, summary, partial)
         summary["files"] = files
@@ -527,7 +529,7 @@ class ReportBuilder:
 
     def _trades(self) -> list[dict]:
         """Run the one-unit taker over the actions of each (rule, instrument), in order."""
-        A = {k: self._acts[k] for k in self._acts.cols}
+        A = {k: self._acts[k].tolist() for k in self._acts.cols}    # Python scalars: a fast loop
         fee = self.fee_bps / 1e4
         state: dict[tuple, dict] = {}       # (rule, kind, inst) -> open position and counters
         trades: list[dict] = []
@@ -546,8 +548,8 @@ class ReportBuilder:
                 "rule_id": key[0], "rule_kind": key[1], "instrument": key[2], "direction": d,
                 "entry_signal_ts": e["ts"], "entry_fill_ts": e["ts"] + self.latency_ns,
                 "entry_price": e["price"],
-                "exit_signal_ts": None if j is None else int(A["ts"][j]),
-                "exit_fill_ts": self._clock if j is None else int(A["ts"][j]) + self.latency_ns,
+                "exit_signal_ts": None if j is None else A["ts"][j],
+                "exit_fill_ts": self._clock if j is None else A["ts"][j] + self.latency_ns,
                 "exit_price": price, "exit_reason": reason,
                 "gross_ticks": gross, "fees_ticks": fees, "net_ticks": net,
                 "net_bps": net / e["price"] * 1e4 if e["price"] else math.nan,
@@ -555,12 +557,12 @@ class ReportBuilder:
             s["pos"], s["entry"] = 0, None
 
         for j in range(self._acts.n):
-            key = (int(A["rule"][j]), int(A["kind"][j]), int(A["inst"][j]))
+            key = (A["rule"][j], A["kind"][j], A["inst"][j])
             s = st(key)
             if not A["resolved"][j]:
                 s["after_end"] += 1                 # its fill time was not reached by the data
                 continue
-            bid, ask = int(A["bid"][j]), int(A["ask"][j])
+            bid, ask = A["bid"][j], A["ask"][j]
             if A["exit"][j]:
                 if s["pos"] == 0:
                     s["exits_flat"] += 1
@@ -571,7 +573,7 @@ class ReportBuilder:
                     continue
                 close(key, s, j, "exit", price)
                 continue
-            d = int(A["dir"][j])
+            d = A["dir"][j]
             if s["pos"] == d:
                 s["ignored_enters"] += 1
                 continue
@@ -585,7 +587,7 @@ class ReportBuilder:
             if price == NO_PRICE:
                 s["entries_unfilled"] += 1
                 continue
-            s["pos"], s["entry"] = d, {"ts": int(A["ts"][j]), "price": price}
+            s["pos"], s["entry"] = d, {"ts": A["ts"][j], "price": price}
         for key, s in state.items():
             if s["pos"] != 0:
                 i = key[2]
@@ -607,9 +609,15 @@ class ReportBuilder:
         cut = np.flatnonzero(np.any(gk[1:] != gk[:-1], axis=1)) + 1
         rows_of = {tuple(gk[a].tolist()): order[a:b] for a, b in zip(np.r_[0, cut], np.r_[cut, len(order)])
                    if a < b}
+        # the trades' figures as columns, and each (rule, kind, instrument)'s trade indices
+        T = {k: np.array([t[k] for t in trades], np.float64) for k in ("gross_ticks", "fees_ticks", "net_ticks",
+                                                                      "net_bps")}
+        T["open"] = np.array([t["exit_reason"] == "open_at_end" for t in trades], bool)
         trades_of: dict = {}
-        for t in trades:
-            trades_of.setdefault((t["rule_id"], t["rule_kind"], t["instrument"]), []).append(t)
+        for j, t in enumerate(trades):
+            trades_of.setdefault((t["rule_id"], t["rule_kind"], t["instrument"]), []).append(j)
+        trades_of = {k: np.array(v, np.int64) for k, v in trades_of.items()}
+        self._trade_columns = T
         for key in sorted(keys):
             rule, kind, i = key
             inst = self.instruments[i]
@@ -619,7 +627,7 @@ class ReportBuilder:
             for h in range(nh):
                 mk[self.horizon_names[h]] = _markout_stats(R["dir"][sel], R["mid"][sel, 0], R["status"][sel, 0],
                                                            R["mid"][sel, h + 1], R["status"][sel, h + 1])
-            tr = trades_of.get(key, [])
+            tr = trades_of.get(key, np.empty(0, np.int64))
             s = self._trade_state.get(key, {})
             groups.append({
                 "rule": self._rule_label(rule, kind), "rule_id": rule,
@@ -627,8 +635,9 @@ class ReportBuilder:
                 "instrument": i, "symbol": inst.symbol, "tick_size": str(inst.tick_size),
                 "signals": c[0], "enter": c[1], "exit": c[2], "enter_without_direction": c[3],
                 "markouts": mk,
-                "pnl": _pnl_stats(tr, s, inst),
+                "pnl": _pnl_stats(T, tr, s, inst),
             })
+        rules = self._rule_totals(keys, rows_of, trades_of, R)
         return {
             "report": "tickwire backtest report (definitions: docs/replay-report.md)",
             "partial": bool(partial),
@@ -641,7 +650,42 @@ class ReportBuilder:
             "signals": int(sum(c[0] for c in self._counts.values())),
             "signals_unknown_instrument": int(self._unknown_signals),
             "groups": groups,
+            "rules": rules,
         }
+
+    def _rule_totals(self, keys, rows_of, trades_of, R) -> list[dict]:
+        """Per rule, across its instruments: counts, and the figures that add up across tick
+        sizes (markouts in basis points and hit rates over all the rule's signals; trades, wins
+        and net basis points over all its trades). Figures in ticks or quote currency are per
+        instrument only (``groups``)."""
+        by_rule: dict = {}
+        for key in sorted(keys):
+            by_rule.setdefault(key[:2], []).append(key)
+        out = []
+        for (rule, kind), ks in by_rule.items():
+            counts = np.sum([self._counts.get(k, [0, 0, 0, 0]) for k in ks], axis=0).tolist()
+            sel = np.concatenate([rows_of.get(k, np.empty(0, np.int64)) for k in ks])
+            sel.sort()
+            mk = {}
+            for h, name in enumerate(self.horizon_names):
+                m = _markout_stats(R["dir"][sel], R["mid"][sel, 0], R["status"][sel, 0],
+                                   R["mid"][sel, h + 1], R["status"][sel, h + 1])
+                mk[name] = {k: v for k, v in m.items() if not k.endswith("_ticks")}
+            tr = np.sort(np.concatenate([trades_of.get(k, np.empty(0, np.int64)) for k in ks]))
+            state: dict = {}
+            for k in ks:
+                for name, v in self._trade_state.get(k, {}).items():
+                    if isinstance(v, int) and name != "pos":
+                        state[name] = state.get(name, 0) + v
+            pnl = _pnl_stats(self._trade_columns, tr, state, None)
+            out.append({
+                "rule": self._rule_label(rule, kind), "rule_id": rule, "rule_kind": _KIND_NAMES.get(kind, f"kind{kind}"),
+                "instruments": [k[2] for k in ks],
+                "signals": counts[0], "enter": counts[1], "exit": counts[2], "enter_without_direction": counts[3],
+                "markouts": mk,
+                "pnl": {k: v for k, v in pnl.items() if not (k.endswith("_ticks") or k == "net_quote")},
+            })
+        return out
 
     # -- files -----------------------------------------------------------------------------
     def _write_markouts(self, path):
@@ -651,7 +695,6 @@ class ReportBuilder:
         for name in self.horizon_names:
             header += [f"status_{name}", f"mid_{name}_ticks", f"markout_{name}_ticks", f"markout_{name}_bps"]
         symbols = {i: inst.symbol for i, inst in self.instruments.items()}
-        labels: dict = {}
         d = R["dir"].astype(np.float64)[:, None]
         mid0 = np.where(R["status"][:, 0] == _OK, R["mid"][:, 0], np.nan)
         mid_h, st_h = R["mid"][:, 1:], R["status"][:, 1:]
@@ -661,36 +704,80 @@ class ReportBuilder:
         ok = status == _OK
         mt[~ok] = np.nan
         mb[~ok] = np.nan
-        cols = [R["ts"].tolist(), R["seq"].tolist(), R["inst"].tolist(), R["rule"].tolist(),
-                R["kind"].tolist(), R["dir"].tolist(), R["value"].tolist(), R["strength"].tolist(),
-                mid0.tolist(), status.tolist(), mid_h.tolist(), mt.tolist(), mb.tolist()]
+        rule_key = R["rule"].astype(np.int64) * 256 + R["kind"]
+        labels = {int(k): self._rule_label(int(k) >> 8, int(k) & 255) for k in np.unique(rule_key)}
+        kinds = {int(k): _KIND_NAMES.get(int(k), str(int(k))) for k in np.unique(R["kind"])}
 
-        def rows():
-            for ts, seq, i, rule, kind, dr, val, strength, m0, stv, mh, t, b in zip(*cols):
-                lab = labels.get((rule, kind)) or labels.setdefault((rule, kind), self._rule_label(rule, kind))
-                row = [ts, seq, i, symbols[i], lab, rule, _KIND_NAMES.get(kind, kind), dr, _num(val),
-                       _num(strength), _num(m0)]
-                for h in range(len(stv)):
-                    row += [_STATUS_NAMES[stv[h]], _num(mh[h]), _num(t[h]), _num(b[h])]
-                yield row
-        _write_csv(path, header, rows())
+        def columns(sl):
+            cols = [_int_strings(R["ts"][sl]), _int_strings(R["seq"][sl]), _int_strings(R["inst"][sl]),
+                    _text_strings(R["inst"][sl], symbols), _text_strings(rule_key[sl], labels),
+                    _int_strings(R["rule"][sl]), _text_strings(R["kind"][sl], kinds), _int_strings(R["dir"][sl]),
+                    _num_strings(R["value"][sl]), _num_strings(R["strength"][sl]), _num_strings(mid0[sl])]
+            for h in range(len(self.horizon_names)):
+                cols += [_text_strings(status[sl, h], _STATUS_NAMES), _num_strings(mid_h[sl, h]),
+                         _num_strings(mt[sl, h]), _num_strings(mb[sl, h])]
+            return cols
+        _write_csv_columns(path, header, len(R["ts"]), columns)
 
     def _write_trades(self, path, trades):
         header = ["rule", "rule_id", "rule_kind", "instrument", "symbol", "direction", "entry_signal_ts",
                   "entry_fill_ts", "entry_price_ticks", "entry_price", "exit_signal_ts", "exit_fill_ts",
                   "exit_price_ticks", "exit_price", "exit_reason", "gross_ticks", "fees_ticks", "net_ticks",
                   "net_bps", "net_quote"]
+        col = {k: [t[k] for t in trades] for k in ("rule_id", "rule_kind", "instrument", "direction",
+                                                   "entry_signal_ts", "entry_fill_ts", "entry_price",
+                                                   "exit_signal_ts", "exit_fill_ts", "exit_price", "exit_reason",
+                                                   "gross_ticks", "fees_ticks", "net_ticks", "net_bps")}
+        inst = np.array(col["instrument"], np.int64)
+        rule_key = np.array(col["rule_id"], np.int64) * 256 + np.array(col["rule_kind"], np.int64)
+        labels = {int(k): self._rule_label(int(k) >> 8, int(k) & 255) for k in np.unique(rule_key)}
+        kinds = {int(k): _KIND_NAMES.get(int(k), str(int(k))) for k in np.unique(rule_key & 255)}
+        symbols = {i: x.symbol for i, x in self.instruments.items()}
+        tick = np.array([float(self.instruments[i].tick_size) for i in col["instrument"]], np.float64)
+        net = np.array(col["net_ticks"], np.float64)
+        memo: dict = {}
+
+        def prices(values, sl):
+            out = []
+            for i, p in zip(col["instrument"][sl], values[sl]):
+                key = (i, p)
+                text = memo.get(key)
+                if text is None:
+                    text = memo[key] = _price(self.instruments[i], p)
+                out.append(text)
+            return np.array(out, dtype=_STR)
+
+        def columns(sl):
+            exit_sig = col["exit_signal_ts"][sl]
+            return [_text_strings(rule_key[sl], labels), _int_strings(np.array(col["rule_id"][sl], np.int64)),
+                    _text_strings(rule_key[sl] & 255, kinds), _int_strings(inst[sl]),
+                    _text_strings(inst[sl], symbols), _int_strings(np.array(col["direction"][sl], np.int64)),
+                    _int_strings(np.array(col["entry_signal_ts"][sl], np.int64)),
+                    _int_strings(np.array(col["entry_fill_ts"][sl], np.int64)),
+                    _num_strings(np.array(col["entry_price"][sl], np.float64)), prices(col["entry_price"], sl),
+                    np.array(["" if x is None else str(x) for x in exit_sig], dtype=_STR),
+                    _int_strings(np.array(col["exit_fill_ts"][sl], np.int64)),
+                    _num_strings(np.array(col["exit_price"][sl], np.float64)), prices(col["exit_price"], sl),
+                    np.array(col["exit_reason"][sl], dtype=_STR),
+                    _num_strings(np.array(col["gross_ticks"][sl], np.float64)),
+                    _num_strings(np.array(col["fees_ticks"][sl], np.float64)), _num_strings(net[sl]),
+                    _num_strings(np.array(col["net_bps"][sl], np.float64)), _num_strings(net[sl] * tick[sl])]
+        _write_csv_columns(path, header, len(trades), columns)
+
+    def _write_rules_csv(self, path, summary):
+        header = ["rule", "rule_id", "rule_kind", "instruments", "signals", "enter", "exit", "horizon", "horizon_ns",
+                  "resolved", "unresolved", "no_mid", "mean_bps", "median_bps", "hit_rate", "trades", "wins",
+                  "win_rate", "net_bps_sum", "mean_net_bps"]
 
         def rows():
-            for t in trades:
-                inst = self.instruments[t["instrument"]]
-                yield [self._rule_label(t["rule_id"], t["rule_kind"]), t["rule_id"],
-                       _KIND_NAMES.get(t["rule_kind"], t["rule_kind"]), t["instrument"], inst.symbol,
-                       t["direction"], t["entry_signal_ts"], t["entry_fill_ts"], t["entry_price"],
-                       _price(inst, t["entry_price"]), "" if t["exit_signal_ts"] is None else t["exit_signal_ts"],
-                       t["exit_fill_ts"], _num(t["exit_price"]), _price(inst, t["exit_price"]), t["exit_reason"],
-                       _num(t["gross_ticks"]), _num(t["fees_ticks"]), _num(t["net_ticks"]), _num(t["net_bps"]),
-                       _num(t["net_ticks"] * float(inst.tick_size))]
+            for r in summary["rules"]:
+                p = r["pnl"]
+                for name, h in zip(self.horizon_names, self.horizons.tolist()):
+                    m = r["markouts"][name]
+                    yield [r["rule"], r["rule_id"], r["rule_kind"], len(r["instruments"]), r["signals"], r["enter"],
+                           r["exit"], name, h, m["resolved"], m["unresolved"], m["no_mid"],
+                           _num(m["mean_bps"]), _num(m["median_bps"]), _num(m["hit_rate"]), p["trades"], p["wins"],
+                           _num(p["win_rate"]), _num(p["net_bps_sum"]), _num(p["mean_net_bps"])]
         _write_csv(path, header, rows())
 
     def _write_summary_csv(self, path, summary):
@@ -731,22 +818,24 @@ def _markout_stats(direction, mid0, status0, mid_h, status) -> dict:
     }
 
 
-def _pnl_stats(trades, state, inst) -> dict:
-    closed = [t for t in trades if t["exit_reason"] != "open_at_end"]
-    net = np.array([t["net_ticks"] for t in trades], np.float64)
-    bps = np.array([t["net_bps"] for t in trades], np.float64)
+def _pnl_stats(T, idx, state, inst) -> dict:
+    """PnL figures of the trades ``idx`` of the trade columns ``T`` (``inst``: their one
+    instrument, for ``net_quote``; None: left out)."""
+    net, bps = T["net_ticks"][idx], T["net_bps"][idx]
+    gross, fees = T["gross_ticks"][idx], T["fees_ticks"][idx]
+    n_open = int(np.count_nonzero(T["open"][idx]))
     fin = np.isfinite(net)
     return {
-        "trades": len(trades),
-        "closed": len(closed),
-        "open_at_end": len(trades) - len(closed),
+        "trades": len(idx),
+        "closed": len(idx) - n_open,
+        "open_at_end": n_open,
         "open_unmarked": int(np.count_nonzero(~fin)),
         "wins": int(np.count_nonzero(net[fin] > 0)),
         "win_rate": _f(np.count_nonzero(net[fin] > 0) / fin.sum()) if fin.any() else None,
-        "gross_ticks": _f(sum(t["gross_ticks"] for t in trades if math.isfinite(t["gross_ticks"]))),
-        "fees_ticks": _f(sum(t["fees_ticks"] for t in trades if math.isfinite(t["fees_ticks"]))),
+        "gross_ticks": _f(sum(gross[np.isfinite(gross)].tolist())),
+        "fees_ticks": _f(sum(fees[np.isfinite(fees)].tolist())),
         "net_ticks": _f(net[fin].sum()),
-        "net_quote": _f(net[fin].sum() * float(inst.tick_size)),
+        "net_quote": _f(net[fin].sum() * float(inst.tick_size)) if inst is not None else None,
         "net_bps_sum": _f(bps[fin].sum()),
         "mean_net_bps": _f(bps[fin].mean()) if fin.any() else None,
         "ignored_enters": state.get("ignored_enters", 0),
@@ -791,6 +880,54 @@ def _write_csv(path, header, rows):
         w = csv.writer(f, lineterminator="\n")
         w.writerow(header)
         w.writerows(rows)
+    _atomic_write(path, write)
+
+
+_STR = np.dtypes.StringDType()
+_CSV_ROWS = 1 << 16                        # rows formatted at a time (memory stays flat)
+
+
+def _csv_field(text: str) -> str:
+    """``text`` as a field the way the csv module writes it (quoted where it must be)."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow([text, ""])
+    return buf.getvalue()[:-2]                           # less the "," and "\n" after it
+
+
+def _num_strings(x) -> np.ndarray:
+    """:func:`_num` of every value, vectorised: empty for NaN and infinities, integers without a
+    fraction, else the shortest repr that round-trips (numpy's float formatting is Python's)."""
+    x = np.asarray(x, np.float64)
+    out = np.zeros(len(x), dtype=_STR)
+    fin = np.isfinite(x)
+    whole = fin & (np.floor(x) == x) & (np.abs(x) < 2.0 ** 53)
+    out[whole] = x[whole].astype(np.int64).astype(_STR)
+    frac = fin & ~whole
+    out[frac] = x[frac].astype(_STR)
+    return out
+
+
+def _int_strings(x) -> np.ndarray:
+    return np.asarray(x).astype(_STR)
+
+
+def _text_strings(codes, names: dict) -> np.ndarray:
+    """``names[code]`` of every code, CSV-quoted where needed (a few distinct names: one lookup)."""
+    codes = np.asarray(codes, np.int64)
+    uniq, inv = np.unique(codes, return_inverse=True)
+    table = np.array([_csv_field(str(names[int(u)])) for u in uniq], dtype=_STR)
+    return table[inv.reshape(-1)] if len(uniq) else np.zeros(0, dtype=_STR)
+
+
+def _write_csv_columns(path, header, n, columns):
+    """A CSV file of ``n`` rows whose formatted columns ``columns(slice)`` returns (arrays of
+    strings), :data:`_CSV_ROWS` rows at a time: the same bytes as the csv module's writer."""
+    def write(f):
+        f.write(",".join(_csv_field(h) for h in header) + "\n")
+        for a in range(0, n, _CSV_ROWS):
+            cols = [c.tolist() for c in columns(slice(a, min(a + _CSV_ROWS, n)))]
+            f.write("\n".join(map(",".join, zip(*cols))))
+            f.write("\n")
     _atomic_write(path, write)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -304,6 +304,59 @@ def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray) -> Itera
         yield np.concatenate(rest)
 
 
+def read_ahead(make: Callable[[], Iterable], depth: int = 2, cpus=None) -> Iterator:
+    """The items of ``make()``, produced by a thread of their own up to ``depth`` items ahead of
+    the consumer (the store's reads release the GIL: decoding and the engine overlap). An
+    exception in the reader is raised in the consumer; a consumer that stops early (``close()``,
+    Ctrl-C) stops the reader at its next item."""
+    import queue
+    import threading
+
+    q: "queue.Queue" = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def reader():
+        try:
+            if cpus:
+                os.sched_setaffinity(0, cpus)          # this thread only (Linux)
+            it = iter(make())
+            try:
+                for item in it:
+                    if not put(item):
+                        return
+            finally:
+                close = getattr(it, "close", None)
+                if close is not None:
+                    close()
+            put(done)
+        except BaseException as exc:                   # noqa: BLE001 - handed to the consumer
+            put(exc)
+
+    thread = threading.Thread(target=reader, name="tickwire-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
 class StoreSource:
     """Stored ticks (and the snapshots the books met) from a ClickHouse store, streamed in the
     store's total order (``ts_event, seq, epoch, ord``) with the snapshots merged back
@@ -323,10 +376,16 @@ class StoreSource:
     snapshots : bool
         Merge the snapshot events and markers (what the live books met); False: ticks only (a
         republished feed, whose receivers ask for their own snapshots).
+    prefetch : int
+        Chunks read ahead by a reader thread while the caller processes the current one (the
+        store's decoding and the engine then run side by side on two cores); 0: read inline.
+    reader_cpus : set of int, optional
+        Pin the reader thread (and the store threads it starts) to these cores.
     """
 
     def __init__(self, dsn: str, select=None, start_ns=None, end_ns=None, *, instruments=None,
-                 database: str = "tickwire", chunk: int = DEFAULT_CHUNK, snapshots: bool = True):
+                 database: str = "tickwire", chunk: int = DEFAULT_CHUNK, snapshots: bool = True,
+                 prefetch: int = 2, reader_cpus=None):
         from tickwire.engine.store import redact
 
         self.dsn = dsn
@@ -357,6 +416,8 @@ class StoreSource:
                 raise ReplayError(f"no ticks in the range asked for in {self.name}: {held}")
             self.channels = None
             self.chunk = int(chunk)
+            self.prefetch = int(prefetch)
+            self.reader_cpus = set(reader_cpus) if reader_cpus else None
             self.with_snapshots = snapshots
             self.snapshots = self._snapshots(database) if snapshots else np.empty(0, EVENT_DTYPE)
         except BaseException:
@@ -384,9 +445,14 @@ class StoreSource:
             keep |= m
         return snaps[keep]
 
-    def __iter__(self) -> Iterator[np.ndarray]:
+    def _chunks(self) -> Iterator[np.ndarray]:
         ticks = self.store.read_ticks(self.ids, self.start_ns, self.end_ns, chunk_rows=self.chunk)
         return merge_snapshots(ticks, self.snapshots)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        if self.prefetch <= 0:
+            return self._chunks()
+        return read_ahead(self._chunks, self.prefetch, self.reader_cpus)
 
     def close(self) -> None:
         self.store.close()

@@ -256,6 +256,38 @@ def test_store_source_streams_the_total_order_with_the_stores_instruments(tmp_pa
     with StoreSource(f"chdb://{tmp_path}/db", ["SYN2"], t0, t1) as src:
         want = ev[(ev["instrument"] == 2) & (ev["ts_event"] >= t0) & (ev["ts_event"] < t1)]
         assert np.concatenate(list(src)).tobytes() == want.tobytes()
+    with StoreSource(f"chdb://{tmp_path}/db", chunk=5_000, prefetch=0) as src:    # read inline
+        assert np.concatenate(list(src)).tobytes() == ev[order].tobytes()
+
+
+def test_read_ahead_yields_in_order_raises_the_readers_error_and_stops_early():
+    from tickwire.replay.sources import read_ahead
+
+    assert list(read_ahead(lambda: iter(range(50)), 2)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise RuntimeError("store went away")
+
+    it = read_ahead(failing, 2)
+    assert next(it) == 1
+    with pytest.raises(RuntimeError, match="store went away"):
+        next(it)
+    produced = []
+
+    def endless():
+        k = 0
+        while True:
+            produced.append(k)
+            yield k
+            k += 1
+
+    it = read_ahead(endless, 2)
+    assert [next(it) for _ in range(5)] == [0, 1, 2, 3, 4]
+    it.close()                                         # the reader thread stops
+    n = len(produced)
+    time.sleep(0.3)
+    assert len(produced) == n <= 5 + 2 + 2
 
 
 def test_store_source_merges_the_snapshots_placed_in_its_range(tmp_path):

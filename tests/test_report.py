@@ -479,7 +479,7 @@ def test_missing_matplotlib_is_one_clear_line(monkeypatch, tmp_path):
     rb = ReportBuilder([Instrument(0, "X")], plots=False)     # no plots: no matplotlib needed
     e = ev(HAND)
     rb.add(e, sig(e[1]))
-    assert rb.finish(tmp_path)["files"] == ["summary.json", "summary.csv", "markouts.csv", "trades.csv"]
+    assert rb.finish(tmp_path)["files"] == ["summary.json", "summary.csv", "rules.csv", "markouts.csv", "trades.csv"]
 
 
 def test_horizon_names():
@@ -569,6 +569,40 @@ def test_engine_signals_match_plain_computation(synthetic, tmp_path, latency, fe
         assert p["trades"] == len(ref)
         assert p["net_ticks"] == pytest.approx(sum(r[4] - r[5] for r in ref), rel=1e-9, abs=1e-9)
         assert p["wins"] == sum(1 for r in ref if r[4] - r[5] > 0)
+    assert_rule_totals(summary, tmp_path, sig_at, ref_marks, ref_trades, names)
+
+
+def assert_rule_totals(summary, out, sig_at, ref_marks, ref_trades, names):
+    """Per-rule totals across instruments (summary.json "rules", rules.csv) against the plain
+    reference's rows and trades, pooled by rule."""
+    rules = {r["rule_id"]: r for r in summary["rules"]}
+    assert set(rules) == {int(s["rule_id"]) for _, s in sig_at}
+    csv_rows = read_csv(out / "rules.csv")
+    assert len(csv_rows) == len(rules) * len(names)
+    for rule, r in rules.items():
+        assert r["signals"] == sum(1 for _, s in sig_at if int(s["rule_id"]) == rule)
+        assert r["instruments"] == sorted({int(s["instrument"]) for _, s in sig_at if int(s["rule_id"]) == rule})
+        mine = [m for m in ref_marks if m[0] == rule]
+        for h, name in enumerate(names):
+            ok = [m for m in mine if m[4][h] is not None]
+            bps = np.array([m[4][h] / m[3] * 1e4 for m in ok], float)
+            got = r["markouts"][name]
+            assert "mean_ticks" not in got                            # ticks differ across instruments
+            assert got["resolved"] == len(ok)
+            assert got["unresolved"] == sum(m[5][h] == "unresolved" for m in mine)
+            if len(ok):
+                assert got["mean_bps"] == pytest.approx(bps.mean(), rel=1e-9, abs=1e-12)
+                assert got["median_bps"] == pytest.approx(np.median(bps), rel=1e-9, abs=1e-12)
+                assert got["hit_rate"] == sum(1 for m in ok if m[4][h] > 0) / len(ok)
+            row = next(c for c in csv_rows if int(c["rule_id"]) == rule and c["horizon"] == name)
+            assert int(row["resolved"]) == got["resolved"] and int(row["signals"]) == r["signals"]
+            assert same(row["mean_bps"], got["mean_bps"])
+        tr = [t for t in ref_trades if t[0][0] == rule]
+        net_bps = [(t[4] - t[5]) / t[2] * 1e4 for t in tr]
+        assert r["pnl"]["trades"] == len(tr)
+        assert r["pnl"]["wins"] == sum(1 for t in tr if t[4] - t[5] > 0)
+        assert r["pnl"]["net_bps_sum"] == pytest.approx(sum(net_bps), rel=1e-9, abs=1e-9)
+        assert "net_ticks" not in r["pnl"] and "net_quote" not in r["pnl"]
 
 
 def test_batch_cuts_do_not_change_the_report(synthetic, tmp_path):
@@ -715,3 +749,21 @@ def test_real_capture_matches_plain_computation(binance, tmp_path):
 def report_horizons(rb):
     return [int(h) for h in rb.horizons]
 
+
+
+def test_vectorised_csv_formatting_equals_the_csv_module():
+    """The report's column formatter writes what csv.writer wrote from _num (the files stay
+    byte-compatible): integers without a fraction, shortest round-trip reprs, empty NaN."""
+    import io
+
+    from tickwire.replay.report import _csv_field, _num, _num_strings
+
+    rng = np.random.default_rng(9)
+    x = np.concatenate([rng.normal(size=5000) * 10.0 ** rng.integers(-12, 18, 5000), np.round(rng.normal(size=500) * 1e6),
+                        np.arange(-3, 3) / 2, [0.0, -0.0, np.nan, np.inf, -np.inf, 2.0 ** 53, 2.0 ** 53 - 1, -2.0 ** 60,
+                                               1e-5, 1e16, 5e-324, 1.7976931348623157e308]])
+    assert _num_strings(x).tolist() == [str(_num(v)) for v in x.tolist()]
+    for text in ["plain", "a,b", 'say "x"', "two\nlines", "", "r\r"]:
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow([text, "z"])
+        assert buf.getvalue() == _csv_field(text) + ",z\n"

@@ -229,3 +229,86 @@ def test_cluster_ddl_text():
     assert "DateTime64(9) CODEC(DoubleDelta, ZSTD(1))" in text
     with pytest.raises(ValueError, match="store.cluster"):
         cluster_ddl("tw", "prod; DROP")
+
+
+# -- the time-ordered read: windows in the table's order, merged per instrument -----------------
+
+def _stored_total_order(rows):
+    """``rows`` (events with their stream epoch and ord) in the store's total order."""
+    ev, epoch, ordv = rows
+    return ev[np.lexsort((ordv, epoch, ev["seq"], ev["ts_event"]))]
+
+
+def _insert_streams(store, streams):
+    """Insert ``[(events, epoch, first_ord)]``; return (all events, epochs, ords) as stored."""
+    evs, eps, ords = [], [], []
+    for i, (ev, epoch, first) in enumerate(streams):
+        store.insert_ticks(ev, epoch=epoch, first_ord=first, token=f"s{i}")
+        evs.append(ev)
+        eps.append(np.full(len(ev), epoch, np.uint64))
+        ords.append(np.arange(first, first + len(ev), dtype=np.uint64))
+    return np.concatenate(evs), np.concatenate(eps), np.concatenate(ords)
+
+
+def test_ties_across_instruments_follow_epoch_then_ord(tmp_path):
+    """Rows of different instruments with one ts_event and seq (one exchange message) come in
+    (epoch, ord) order, across two streams, whatever the chunk size."""
+    store = Store.open(f"chdb://{tmp_path}/db")
+    ev = random_events(6000, seed=11)
+    ev["flags"] &= ~np.uint32(Flag.SNAPSHOT)
+    ev["ts_event"] = 1_600_000_000_000_000_000 + (np.arange(6000) // 40) * 1000   # 40 rows share a time
+    ev["seq"] = np.arange(6000) // 20                                           # and a message
+    ev["instrument"] = np.arange(6000)[::-1] % 7                                # instruments interleaved
+    rows = _insert_streams(store, [(ev[:3000], 9, 0), (ev[3000:], 4, 0), (ev[:500], 2, 10_000)])
+    want = _stored_total_order(rows)
+    for chunk in (64, 1000, 1 << 20):
+        back = np.concatenate(list(store.read_ticks(chunk_rows=chunk)))
+        assert back.tobytes() == want.tobytes(), chunk
+
+
+def test_native_and_arrow_reads_agree_and_windows_split_when_dense(tmp_path):
+    """The embedded store's Native read and the Arrow read a server gets give the same bytes;
+    a burst far denser than the first window's estimate is split (chunks stay bounded)."""
+    store = Store.open(f"chdb://{tmp_path}/db")
+    ev = random_events(20_000, seed=12)
+    ev["flags"] &= ~np.uint32(Flag.SNAPSHOT)
+    ev["ts_event"][5000:15_000] = ev["ts_event"][5000] + np.arange(10_000)    # 10,000 rows in 10 us
+    ev["ts_event"] = np.sort(ev["ts_event"])
+    rows = _insert_streams(store, [(ev, 1, 0)])
+    want = _stored_total_order(rows)
+    got = {}
+    for path in ("native", "arrow"):
+        store.read_path = path
+        chunks = list(store.read_ticks(chunk_rows=500))
+        assert max(len(c) for c in chunks) <= 500
+        got[path] = np.concatenate(chunks)
+    assert got["native"].tobytes() == want.tobytes()
+    assert got["arrow"].tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("codecs", ["compact", "fast"])
+def test_both_codec_sets_read_back_bit_for_bit(tmp_path, codecs):
+    """A store made with the codecs of earlier versions ("compact": DoubleDelta/Delta + ZSTD) and
+    a new one ("fast": Delta + LZ4) read back the same; the DDL says which codecs it has."""
+    store = Store.open(f"chdb://{tmp_path}/{codecs}", codecs=codecs)
+    ddl = store.client.query("SELECT create_table_query FROM system.tables WHERE database = 'tickwire' "
+                             "AND name = 'ticks'").result_rows[0][0]
+    assert ("ZSTD" in ddl) == (codecs == "compact") and ("LZ4" in ddl) == (codecs == "fast")
+    ev = random_events(30_000, seed=13)
+    ev["flags"] &= ~np.uint32(Flag.SNAPSHOT)
+    rows = _insert_streams(store, [(ev[:20_000], 5, 0), (ev[20_000:], 6, 0)])
+    back = np.concatenate(list(store.read_ticks(chunk_rows=4096)))
+    assert back.tobytes() == _stored_total_order(rows).tobytes()
+    store.close()
+    with pytest.raises(ValueError, match="store.codecs"):
+        Store.open(f"chdb://{tmp_path}/x", codecs="zip")
+
+
+def test_an_existing_store_keeps_its_codecs_on_reopen(tmp_path):
+    dsn = f"chdb://{tmp_path}/db"
+    with Store.open(dsn, codecs="compact") as s:
+        s.insert_ticks(l3_orders(100, seed=1), epoch=1, token="a")
+    with Store.open(dsn) as s:                                     # default "fast": not applied
+        ddl = s.client.query("SELECT create_table_query FROM system.tables WHERE database = 'tickwire' "
+                             "AND name = 'ticks'").result_rows[0][0]
+        assert "ZSTD" in ddl and s.count_ticks() == 100
