@@ -171,6 +171,50 @@ class FeedConfig:
     io_rt_priority: int = 0
     busy_poll: bool = False
     reorder_window_ms: float = 5.0
+    curve_server_key: str = ""          # the publisher's CURVE public key (Z85), resolved from text or a file
+    curve_secret_key_file: str = ""     # this side's certificate (NAME.key_secret, 0600)
+
+    def curve(self):
+        """The :class:`~tickwire.feeds.curve.CurveClient` of these settings, or None."""
+        if not self.curve_server_key:
+            return None
+        from tickwire.feeds.curve import CurveClient
+
+        return CurveClient.load(self.curve_server_key, self.curve_secret_key_file)
+
+
+def _curve(f, base_dir: Path) -> dict:
+    """``feeds.curve_server_key`` and ``feeds.curve_secret_key_file``: both or neither, checked now."""
+    from tickwire.feeds.curve import public_key, secret_certificate
+
+    server = _str(f, "curve_server_key", "feeds.", "")
+    secret = _str(f, "curve_secret_key_file", "feeds.", "")
+    if bool(server) != bool(secret):
+        missing, given = (("feeds.curve_secret_key_file", "feeds.curve_server_key") if server else
+                          ("feeds.curve_server_key", "feeds.curve_secret_key_file"))
+        _fail(missing, f"set too, as {given} is (CURVE needs the publisher's public key and this side's "
+              "certificate: `tickwire keygen`)")
+    if not server:
+        return {}
+
+    def path(v):
+        p = Path(v).expanduser()
+        return p if p.is_absolute() else base_dir / p
+
+    if len(server) != 40 or path(server).exists():
+        server = str(path(server))
+    try:
+        key = public_key(server).decode("ascii")
+    except ValueError as exc:
+        _fail("feeds.curve_server_key", "the publisher's CURVE public key: 40 Z85 characters or its NAME.key file",
+              str(exc))
+    secret = str(path(secret))
+    try:
+        secret_certificate(secret)
+    except ValueError as exc:
+        _fail("feeds.curve_secret_key_file", "this side's CURVE certificate (NAME.key_secret), yours and 0600",
+              str(exc))
+    return {"curve_server_key": key, "curve_secret_key_file": secret}
 
 
 def _reorder_window(f) -> float:
@@ -360,7 +404,7 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
     f = _table(raw, "feeds")
     _check_keys(f, {"endpoints", "snapshot", "socket", "hwm", "stale_after_ms", "recovery_retries", "channels",
                     "max_message_events", "batch_events", "io_cpu", "io_rt_priority", "busy_poll",
-                    "reorder_window_ms"}, "feeds.")
+                    "reorder_window_ms", "curve_server_key", "curve_secret_key_file"}, "feeds.")
     try:
         endpoints = f["endpoints"] if "endpoints" in f else [default_feed_endpoint()]
         snapshot_default = default_snapshot_endpoint() if "snapshot" not in f else ""
@@ -378,7 +422,7 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
                        _int(f, "io_cpu", "feeds.", supervisor_cpu, 0, ncpu - 1),
                        _int(f, "io_rt_priority", "feeds.", 0, 0, 99),
                        _bool(f, "busy_poll", "feeds.", False),
-                       _reorder_window(f))
+                       _reorder_window(f), **_curve(f, base_dir))
     if feeds.batch_events < feeds.max_message_events:
         _fail("feeds.batch_events", f"at least feeds.max_message_events ({feeds.max_message_events})",
               feeds.batch_events)

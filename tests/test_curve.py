@@ -125,3 +125,46 @@ def test_a_secret_key_others_can_read_is_refused(tmp_path):
     os.chmod(sec, 0o644)
     with pytest.raises(ValueError, match="0600"):
         CurveServer(sec)
+
+
+BASE = {"instruments": [{"id": 0, "symbol": "A", "tick_size": "0.01", "lot_size": "1"}]}
+
+
+def config_error(feeds, base_dir):
+    from tickwire.engine.config import ConfigError, from_dict
+
+    with pytest.raises(ConfigError) as err:
+        from_dict({**BASE, "feeds": {"endpoints": ["tcp://127.0.0.1:1"], **feeds}}, base_dir)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("config error: feeds.curve_")
+    return msg
+
+
+def test_config_takes_the_keys_as_files_or_text_and_builds_the_client(keys):
+    from tickwire.engine.config import from_dict
+
+    d, _ = keys
+    raw = {**BASE, "feeds": {"endpoints": ["tcp://127.0.0.1:1"], "curve_server_key": "keys/server.key",
+                             "curve_secret_key_file": "keys/client.key_secret"}}
+    f = from_dict(raw, d.parent).feeds                      # relative paths: against the config's directory
+    assert f.curve_server_key == public_key(str(d / "server.key")).decode()
+    assert f.curve().public == public_key(str(d / "client.key"))
+    raw["feeds"]["curve_server_key"] = f.curve_server_key   # the Z85 text itself
+    assert from_dict(raw, d.parent).feeds.curve() == f.curve()
+    assert from_dict(BASE).feeds.curve() is None
+
+
+def test_config_errors_name_the_key(keys):
+    d, _ = keys
+    server, secret = str(d / "server.key"), str(d / "client.key_secret")
+    msg = config_error({"curve_server_key": server}, d)
+    assert msg.startswith("config error: feeds.curve_secret_key_file: expected set too")
+    msg = config_error({"curve_secret_key_file": secret}, d)
+    assert msg.startswith("config error: feeds.curve_server_key: expected set too")
+    assert "feeds.curve_server_key:" in config_error({"curve_server_key": str(d / "nope.key"),
+                                                      "curve_secret_key_file": secret}, d)
+    assert "feeds.curve_secret_key_file:" in config_error({"curve_server_key": server,
+                                                           "curve_secret_key_file": server}, d)   # no secret in it
+    os.chmod(secret, 0o644)                                 # world-readable: anyone could pose as the daemon
+    msg = config_error({"curve_server_key": server, "curve_secret_key_file": secret}, d)
+    assert msg.startswith("config error: feeds.curve_secret_key_file:") and "0600" in msg and "0644" in msg
