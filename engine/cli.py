@@ -314,13 +314,9 @@ def _add_simulate(sub) -> None:
     g.add_argument("--start-delay", type=float, default=0.0, metavar="S",
                    help="serve snapshots and heartbeats this long before the first event, so that receivers "
                         "sync on the empty market and every event reaches them live [%(default)s]")
-    g.add_argument("--curve-secret-key", metavar="FILE",
-                   help="publish as a ZeroMQ CURVE server with this certificate (NAME.key_secret from "
-                        "`tickwire keygen`, 0600): receivers need its public key (feeds.curve_server_key); "
-                        "data and snapshots are then authenticated and encrypted (docs/security.md)")
-    g.add_argument("--curve-clients", metavar="DIR",
-                   help="with --curve-secret-key: let in only the client public keys (*.key) in DIR "
-                        "[any client that knows the server key]")
+    from tickwire.feeds.curve import add_server_arguments
+
+    add_server_arguments(g)
     g = sim.add_argument_group("market")
     g.add_argument("--instruments", type=int, default=8, metavar="N", help="synthetic instruments [%(default)s]")
     g.add_argument("--channels", type=int, default=4, metavar="C", help="channels (instrument i on channel i %% C) [%(default)s]")

@@ -142,3 +142,35 @@ def keygen(directory, name: str) -> tuple[Path, Path]:
     os.chmod(sec, 0o600)
     os.chmod(pub, 0o644)
     return pub, sec
+
+
+def serve_curve(curve: "CurveServer | None", *sockets: zmq.Socket) -> None:
+    """Make each of ``sockets`` a CURVE server of ``curve`` (before they bind); nothing when None.
+    Every publisher (simulator, replay, bridge) calls this on its data socket and ROUTER."""
+    if curve is not None:
+        for s in sockets:
+            curve.apply(s)
+
+
+def add_server_arguments(group, what: str = "") -> None:
+    """``--curve-secret-key FILE`` and ``--curve-clients DIR`` of a publishing command."""
+    group.add_argument("--curve-secret-key", metavar="FILE",
+                       help=f"{what}publish as a ZeroMQ CURVE server with this certificate (NAME.key_secret "
+                            "from `tickwire keygen`, 0600): data and snapshots are then authenticated and "
+                            "encrypted; receivers set feeds.curve_server_key to its NAME.key (docs/security.md)")
+    group.add_argument("--curve-clients", metavar="DIR",
+                       help="with --curve-secret-key: let in only the client public keys (*.key) in DIR "
+                            "[any client that knows the server key]")
+
+
+def server_from_arguments(args) -> "CurveServer | None":
+    """The :class:`CurveServer` of those arguments, or None; ValueError (one line naming the option)."""
+    secret, clients = getattr(args, "curve_secret_key", None), getattr(args, "curve_clients", None)
+    if clients and not secret:
+        raise ValueError("--curve-clients: needs --curve-secret-key")
+    if not secret:
+        return None
+    try:
+        return CurveServer(secret, clients)
+    except ValueError as exc:
+        raise ValueError(f"--curve-secret-key/--curve-clients: {exc}") from None

@@ -36,6 +36,7 @@ from tickwire.engine.instruments import Instrument, make_books
 from tickwire.ext.codec import encode as encode_payload
 from tickwire.ext.records import EVENT_DTYPE, Flag, Kind, Side
 from tickwire.feeds import wire
+from tickwire.feeds.curve import serve_curve
 from tickwire.feeds.wire import MsgType, RecoveryService, Retainer
 
 __all__ = ["Market", "Faults", "SnapshotService", "Simulator", "channel_map", "synthetic_instruments"]
@@ -431,8 +432,7 @@ class Simulator:
         kind = zmq.PUSH if self.socket_type == "PUSH" else (zmq.XPUB if waiting else zmq.PUB)
         self._pub = self._ctx.socket(kind)
         self._pub.setsockopt(zmq.LINGER, 0)
-        if self._curve is not None:
-            self._curve.apply(self._pub)
+        serve_curve(self._curve, self._pub)
         if self.sndhwm is not None:
             self._pub.setsockopt(zmq.SNDHWM, int(self.sndhwm))
         if waiting:
@@ -443,8 +443,7 @@ class Simulator:
             self._router = self._ctx.socket(zmq.ROUTER)
             self._router.setsockopt(zmq.LINGER, 0)
             self._router.setsockopt(zmq.SNDHWM, 0)
-            if self._curve is not None:
-                self._curve.apply(self._router)
+            serve_curve(self._curve, self._router)
             self._router.bind(self.snapshot_endpoint)
             self._service = RecoveryService(self._router, self._snapshot_of, self.retainer,
                                             delay=self.snapshot_delay)
@@ -785,18 +784,13 @@ def run_cli(args, say=print) -> int:
     except ValueError as exc:
         print(f"tickwire simulate: {exc}", file=sys.stderr, flush=True)
         return 2
-    curve = None
-    if getattr(args, "curve_clients", None) and not getattr(args, "curve_secret_key", None):
-        print("tickwire simulate: --curve-clients: needs --curve-secret-key", file=sys.stderr, flush=True)
-        return 2
-    if getattr(args, "curve_secret_key", None):
-        from tickwire.feeds.curve import CurveServer
+    from tickwire.feeds.curve import server_from_arguments
 
-        try:
-            curve = CurveServer(args.curve_secret_key, args.curve_clients)
-        except ValueError as exc:
-            print(f"tickwire simulate: --curve-secret-key/--curve-clients: {exc}", file=sys.stderr, flush=True)
-            return 2
+    try:
+        curve = server_from_arguments(args)
+    except ValueError as exc:
+        print(f"tickwire simulate: {exc}", file=sys.stderr, flush=True)
+        return 2
     sim = Simulator(endpoints, snapshot=snapshot,
                     instruments=instruments, events=events, channels=args.channels, seed=args.seed,
                     rate=args.rate, batch=args.batch, faults=faults, resting=args.resting,

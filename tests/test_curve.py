@@ -39,9 +39,11 @@ def keys(tmp_path):
     return d, allowed
 
 
-def feed(server, client, events=20_000, wait=5.0, faults=None):
-    """Publish ``events`` over tcp (CURVE server ``server`` or plain) to a FeedHandler (CURVE
-    client ``client``); returns the (channel, seq) pairs it stored, its counters, the publisher."""
+def receive(client, publisher):
+    """A FeedHandler (CURVE client ``client``) on fresh loopback tcp endpoints; ``publisher(ep, snap,
+    insts)`` binds there and returns (run, close, next_seq); run() goes in a thread. Returns the
+    (channel, seq) pairs the handler stored and its counters, once it caught up with ``next_seq()``
+    or the publisher finished without anything received."""
     ep, snap = (f"tcp://127.0.0.1:{free_tcp_port()}" for _ in range(2))
     insts = synthetic_instruments(INSTRUMENTS)
     stored = []
@@ -49,23 +51,37 @@ def feed(server, client, events=20_000, wait=5.0, faults=None):
                      on_store=lambda ev: stored.append(ev[["channel", "seq"]].copy()),
                      reorder_window=0.001, snapshot_timeout=0.2) as h:
         h.poll(0)
-        sim = Simulator(ep, snapshot=snap, instruments=insts, channels=CHANNELS, seed=3, batch=32,
-                        heartbeat=0.02, wait_subscribers=wait, curve=server, faults=faults)
+        run, close, next_seq = publisher(ep, snap, insts)
         try:
             done = threading.Event()
-            t = threading.Thread(target=lambda: (sim.run(events=events, linger=0.5), done.set()), daemon=True)
+            t = threading.Thread(target=lambda: (run(), done.set()), daemon=True)
             t.start()
 
             def caught_up():
-                st = h.channel_status()
-                return all(st[c]["next_seq"] == sim.next_seq[c] for c in sim.channels) and h.all_live()
+                st, want = h.channel_status(), next_seq()
+                return all(st[c]["next_seq"] == want[c] for c in want) and h.all_live()
 
             h.run(until=lambda: done.is_set() and (caught_up() or not stored), duration=30)
             t.join(10)
         finally:
-            sim.close(0)
+            close()
         pairs = np.concatenate(stored) if stored else np.zeros(0, [("channel", "u2"), ("seq", "u8")])
-        return pairs, h.counters(), sim
+        return pairs, h.counters()
+
+
+def feed(server, client, events=20_000, wait=5.0, faults=None):
+    """Publish ``events`` with `tickwire simulate`'s Simulator (CURVE server ``server`` or plain) to
+    a FeedHandler (CURVE client ``client``): what :func:`receive` returns, and the simulator."""
+    sims = []
+
+    def publisher(ep, snap, insts):
+        sim = Simulator(ep, snapshot=snap, instruments=insts, channels=CHANNELS, seed=3, batch=32,
+                        heartbeat=0.02, wait_subscribers=wait, curve=server, faults=faults)
+        sims.append(sim)
+        return (lambda: sim.run(events=events, linger=0.5)), (lambda: sim.close(0)), (lambda: sim.next_seq)
+
+    pairs, counters = receive(client, publisher)
+    return pairs, counters, sims[0]
 
 
 def test_a_curve_feed_arrives_whole_with_the_recovery_service_over_curve_too(keys):
@@ -101,6 +117,53 @@ def test_an_unauthenticated_peer_is_not_heard(keys, case):
     assert sim.stats["events"] == 5_000                # published, into sockets nobody was let into
     assert len(pairs) == 0
     assert counters["events"] == 0 and counters["snapshot_events"] == 0
+
+
+def test_the_replay_publisher_and_bridge_serve_curve_too(keys):
+    from tickwire.feeds.simulator import Market
+    from tickwire.replay.publish import Republisher
+
+    d, allowed = keys
+    events = Market(INSTRUMENTS, seed=4, resting=50).generate(10_000)
+    pubs = []
+
+    def publisher(ep, snap, insts):
+        pub = Republisher(ep, snap, insts, CHANNELS, xpub=True, flags=0,
+                          curve=CurveServer(d / "server.key_secret", allowed))
+        pubs.append(pub)
+
+        def run():
+            assert pub.wait_subscribers(5)
+            pub.send(events)
+            pub.linger(0.3)
+        return run, (lambda: pub.close(0)), (lambda: {c: pub.publisher.next_seq(c) for c in range(CHANNELS)})
+
+    pairs, counters = receive(CurveClient.load(str(d / "server.key"), d / "client.key_secret"), publisher)
+    assert len(pairs) == len(np.unique(pairs)) == 10_000 and counters["lost_events"] == 0
+    stranger = CurveClient.load(str(d / "server.key"), d / "stranger.key_secret")
+    pubs.clear()
+    events = Market(INSTRUMENTS, seed=4, resting=50).generate(1_000)
+
+    def refused(ep, snap, insts):
+        run, close, seq = publisher(ep, snap, insts)
+        return (lambda: (pubs[0].send(events), pubs[0].linger(0.5))), close, seq
+
+    pairs, counters = receive(stranger, refused)
+    assert len(pairs) == 0 and counters["events"] == 0
+
+
+def test_bridge_config_makes_a_curve_server(keys):
+    from tickwire.engine.config import ConfigError, from_dict
+
+    d, allowed = keys
+    raw = {**BASE, "feeds": {"endpoints": ["tcp://127.0.0.1:1"], "snapshot": "tcp://127.0.0.1:2"},
+           "bridge": {"exchange": "KRAKEN", "curve_secret_key_file": "keys/server.key_secret",
+                      "curve_clients_dir": "clients"}}
+    server = from_dict(raw, d.parent).bridge.curve()
+    assert server.public == public_key(str(d / "server.key")) and server.clients_dir == allowed
+    del raw["bridge"]["curve_secret_key_file"]
+    with pytest.raises(ConfigError, match=r"^config error: bridge\.curve_secret_key_file: expected set too"):
+        from_dict(raw, d.parent)
 
 
 def test_keygen_writes_a_private_secret_and_a_public_key(tmp_path, capsys):
