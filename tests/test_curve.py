@@ -231,3 +231,30 @@ def test_config_errors_name_the_key(keys):
     os.chmod(secret, 0o644)                                 # world-readable: anyone could pose as the daemon
     msg = config_error({"curve_server_key": server, "curve_secret_key_file": secret}, d)
     assert msg.startswith("config error: feeds.curve_secret_key_file:") and "0600" in msg and "0644" in msg
+
+
+def test_a_daemon_over_curve_stores_every_event_and_its_status_says_so(tmp_path, keys):
+    """The config path end to end: `tickwire run` with feeds.curve_* over tcp, fed by
+    `tickwire simulate --curve-secret-key --curve-clients`; every event stored once."""
+    from test_daemon import start_daemon, start_sim, status, stop_daemon, stored_ticks, wait_for, write_config
+
+    from tickwire.engine.config import to_toml
+
+    d, allowed = keys
+    cfg_path, raw = write_config(tmp_path, "curve", instruments=4, channels=2)
+    raw["feeds"].update(endpoints=[f"tcp://127.0.0.1:{free_tcp_port()}"], snapshot=f"tcp://127.0.0.1:{free_tcp_port()}",
+                        curve_server_key=str(d / "server.key"), curve_secret_key_file=str(d / "client.key_secret"))
+    cfg_path.write_text(to_toml(raw))
+    run_dir = tmp_path / "state" / "curve"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"]), (tmp_path / "daemon.log").read_text()[-2000:]
+        sim = start_sim(raw, 20_000, 20_000, "--curve-secret-key", str(d / "server.key_secret"),
+                        "--curve-clients", str(allowed))
+        out, _ = sim.communicate(timeout=60)
+        assert sim.returncode == 0 and "CURVE server" in out, out
+        assert wait_for(lambda: status(run_dir)["feed"]["events"] >= 20_000, 30)
+    finally:
+        rc, _ = stop_daemon(daemon, log)
+    assert rc == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+    assert stored_ticks(tmp_path) == (20_000, 20_000)
