@@ -485,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "feeds.curve_server_key to the publisher's NAME.key and feeds.curve_secret_key_file to "
                     "its own NAME.key_secret. See docs/security.md.",
     )
-    kg.add_argument("dir", help="directory for the two files (created 0700 when new)")
+    kg.add_argument("dir", metavar="DIR", help="directory for the two files (created 0700 when new)")
     kg.add_argument("--name", required=True, help="file name stem, e.g. the host or role: publisher, daemon")
     kg.set_defaults(func=cmd_keygen)
     from tickwire.replay.cli import add_parser as add_replay

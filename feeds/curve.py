@@ -21,6 +21,7 @@ from pathlib import Path
 
 import zmq
 import zmq.auth
+import zmq.utils.z85
 
 __all__ = ["CurveClient", "CurveServer", "public_key", "secret_certificate", "keygen"]
 
