@@ -258,3 +258,14 @@ def test_a_daemon_over_curve_stores_every_event_and_its_status_says_so(tmp_path,
         rc, _ = stop_daemon(daemon, log)
     assert rc == 0, (tmp_path / "daemon.log").read_text()[-3000:]
     assert stored_ticks(tmp_path) == (20_000, 20_000)
+
+
+def test_a_tcp_feed_off_this_host_without_curve_is_warned_about():
+    from tickwire.engine.supervisor import plain_tcp_warnings
+
+    eps = ["tcp://10.1.2.3:5555", "tcp://feed.example.com:5556", "tcp://127.0.0.1:5555", "tcp://localhost:1",
+           "tcp://[::1]:2", "ipc:///x/feed"]
+    got = plain_tcp_warnings(eps, curve=False)
+    assert len(got) == 2 and "tcp://10.1.2.3:5555" in got[0] and "feed.example.com" in got[1]
+    assert all("without CURVE" in w and "feeds.curve_server_key" in w for w in got)
+    assert plain_tcp_warnings(eps, curve=True) == []
