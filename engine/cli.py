@@ -314,6 +314,9 @@ def _add_simulate(sub) -> None:
     g.add_argument("--start-delay", type=float, default=0.0, metavar="S",
                    help="serve snapshots and heartbeats this long before the first event, so that receivers "
                         "sync on the empty market and every event reaches them live [%(default)s]")
+    from tickwire.feeds.curve import add_server_arguments
+
+    add_server_arguments(g)
     g = sim.add_argument_group("market")
     g.add_argument("--instruments", type=int, default=8, metavar="N", help="synthetic instruments [%(default)s]")
     g.add_argument("--channels", type=int, default=4, metavar="C", help="channels (instrument i on channel i %% C) [%(default)s]")
@@ -375,6 +378,18 @@ def cmd_simulate(args) -> int:
         print(f"tickwire simulate: {name}: expected {expected}, got {got}", file=sys.stderr)
         return 2
     return simulator.run_cli(args, say=_say)
+
+
+def cmd_keygen(args) -> int:
+    from tickwire.feeds.curve import keygen
+
+    try:
+        pub, sec = keygen(args.dir, args.name)
+    except (ValueError, OSError) as exc:
+        print(f"tickwire keygen: {exc}", file=sys.stderr)
+        return 2
+    print(f"public key {pub} (give it to the other side)\nsecret key {sec} (0600, keep it private)")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -460,6 +475,19 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(func=cmd_status)
 
     _add_simulate(sub)
+    kg = sub.add_parser(
+        "keygen",
+        help="make a ZeroMQ CURVE certificate for feeds between machines",
+        description="Write DIR/NAME.key (the public key, to give to the other side) and DIR/NAME.key_secret "
+                    "(public and secret keys, 0600: keep it) with zmq.auth.create_certificates. A publisher "
+                    "uses its NAME.key_secret (tickwire simulate --curve-secret-key) and lists allowed "
+                    "clients' NAME.key files in a directory (--curve-clients); the daemon sets "
+                    "feeds.curve_server_key to the publisher's NAME.key and feeds.curve_secret_key_file to "
+                    "its own NAME.key_secret. See docs/security.md.",
+    )
+    kg.add_argument("dir", metavar="DIR", help="directory for the two files (created 0700 when new)")
+    kg.add_argument("--name", required=True, help="file name stem, e.g. the host or role: publisher, daemon")
+    kg.set_defaults(func=cmd_keygen)
     from tickwire.replay.cli import add_parser as add_replay
 
     add_replay(sub)

@@ -171,6 +171,46 @@ class FeedConfig:
     io_rt_priority: int = 0
     busy_poll: bool = False
     reorder_window_ms: float = 5.0
+    curve_server_key: str = ""          # the publisher's CURVE public key (Z85), resolved from text or a file
+    curve_secret_key_file: str = ""     # this side's certificate (NAME.key_secret, 0600)
+
+    def curve(self):
+        """The :class:`~tickwire.feeds.curve.CurveClient` of these settings, or None."""
+        if not self.curve_server_key:
+            return None
+        from tickwire.feeds.curve import CurveClient
+
+        return CurveClient.load(self.curve_server_key, self.curve_secret_key_file)
+
+
+def _curve(f, base_dir: Path) -> dict:
+    """``feeds.curve_server_key`` and ``feeds.curve_secret_key_file``: both or neither, checked now."""
+    from tickwire.feeds.curve import public_key, secret_certificate
+
+    server = _str(f, "curve_server_key", "feeds.", "")
+    secret = _str(f, "curve_secret_key_file", "feeds.", "")
+    if bool(server) != bool(secret):
+        missing, given = (("feeds.curve_secret_key_file", "feeds.curve_server_key") if server else
+                          ("feeds.curve_server_key", "feeds.curve_secret_key_file"))
+        _fail(missing, f"set too, as {given} is (CURVE needs the publisher's public key and this side's "
+              "certificate: `tickwire keygen`)")
+    if not server:
+        return {}
+
+    if len(server) != 40 or Path(_path(server, base_dir)).exists():
+        server = _path(server, base_dir)
+    try:
+        key = public_key(server).decode("ascii")
+    except ValueError as exc:
+        _fail("feeds.curve_server_key", "the publisher's CURVE public key: 40 Z85 characters or its NAME.key file",
+              str(exc))
+    secret = _path(secret, base_dir)
+    try:
+        secret_certificate(secret)
+    except ValueError as exc:
+        _fail("feeds.curve_secret_key_file", "this side's CURVE certificate (NAME.key_secret), yours and 0600",
+              str(exc))
+    return {"curve_server_key": key, "curve_secret_key_file": secret}
 
 
 def _reorder_window(f) -> float:
@@ -230,6 +270,16 @@ class BridgeConfig:
     snapshot: str = ""                # where to bind the snapshot service [feeds.snapshot]
     heartbeat_ms: int = 100
     zmq_input: str = ""               # bind a SUB here for cryptofeed's BookZMQ/TradeZMQ output
+    curve_secret_key_file: str = ""   # publish as a ZeroMQ CURVE server with this certificate
+    curve_clients_dir: str = ""       # ... letting in only the client public keys in this directory
+
+    def curve(self):
+        """The :class:`~tickwire.feeds.curve.CurveServer` of these settings, or None."""
+        if not self.curve_secret_key_file:
+            return None
+        from tickwire.feeds.curve import CurveServer
+
+        return CurveServer(self.curve_secret_key_file, self.curve_clients_dir or None)
 
 
 @dataclass(frozen=True)
@@ -360,7 +410,7 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
     f = _table(raw, "feeds")
     _check_keys(f, {"endpoints", "snapshot", "socket", "hwm", "stale_after_ms", "recovery_retries", "channels",
                     "max_message_events", "batch_events", "io_cpu", "io_rt_priority", "busy_poll",
-                    "reorder_window_ms"}, "feeds.")
+                    "reorder_window_ms", "curve_server_key", "curve_secret_key_file"}, "feeds.")
     try:
         endpoints = f["endpoints"] if "endpoints" in f else [default_feed_endpoint()]
         snapshot_default = default_snapshot_endpoint() if "snapshot" not in f else ""
@@ -378,7 +428,7 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
                        _int(f, "io_cpu", "feeds.", supervisor_cpu, 0, ncpu - 1),
                        _int(f, "io_rt_priority", "feeds.", 0, 0, 99),
                        _bool(f, "busy_poll", "feeds.", False),
-                       _reorder_window(f))
+                       _reorder_window(f), **_curve(f, base_dir))
     if feeds.batch_events < feeds.max_message_events:
         _fail("feeds.batch_events", f"at least feeds.max_message_events ({feeds.max_message_events})",
               feeds.batch_events)
@@ -469,15 +519,38 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
     return Config(tuple(instruments), tuple(workers), feeds, store, rings, metrics, stats, tuple(rules), state_dir,
                   run, _str(e, "clock", "engine.", "wall", ("wall", "event")),
                   _int(e, "timing_every", "engine.", 64, 0), log_level, supervisor_cpu, log_file, shutdown_timeout_s,
-                  _bridge(raw, feeds, seen_sym))
+                  _bridge(raw, feeds, seen_sym, base_dir))
 
 
-def _bridge(raw: dict, feeds: FeedConfig, symbols: set) -> Optional[BridgeConfig]:
+def _path(v: str, base_dir: Path) -> str:
+    p = Path(v).expanduser()
+    return str(p if p.is_absolute() else base_dir / p) if v else ""
+
+
+def _bridge_curve(b: dict, base_dir: Path) -> dict:
+    """``bridge.curve_secret_key_file`` / ``bridge.curve_clients_dir``, checked now."""
+    from tickwire.feeds.curve import CurveServer
+
+    secret = _path(_str(b, "curve_secret_key_file", "bridge.", ""), base_dir)
+    clients = _path(_str(b, "curve_clients_dir", "bridge.", ""), base_dir)
+    if clients and not secret:
+        _fail("bridge.curve_secret_key_file", "set too, as bridge.curve_clients_dir is (the bridge's certificate)")
+    if secret:
+        try:
+            CurveServer(secret, clients or None)
+        except ValueError as exc:
+            key = "bridge.curve_clients_dir" if clients and clients in str(exc) else "bridge.curve_secret_key_file"
+            _fail(key, "the bridge's CURVE certificate (NAME.key_secret, yours and 0600) and a directory of "
+                  "client public keys", str(exc))
+    return {"curve_secret_key_file": secret, "curve_clients_dir": clients}
+
+
+def _bridge(raw: dict, feeds: FeedConfig, symbols: set, base_dir: Path) -> Optional[BridgeConfig]:
     if "bridge" not in raw:
         return None
     b = _table(raw, "bridge")
     _check_keys(b, {"exchange", "symbols", "trades", "depth", "endpoint", "snapshot", "heartbeat_ms",
-                    "zmq_input"}, "bridge.")
+                    "zmq_input", "curve_secret_key_file", "curve_clients_dir"}, "bridge.")
     exchange = _str(b, "exchange", "bridge.")
     if not re.fullmatch(r"[A-Z0-9_]+", exchange):
         _fail("bridge.exchange", "a cryptofeed exchange id in capitals, such as \"KRAKEN\" or \"BINANCE\"", exchange)
@@ -496,7 +569,7 @@ def _bridge(raw: dict, feeds: FeedConfig, symbols: set) -> Optional[BridgeConfig
                         _int(b, "depth", "bridge.", 0, 0, 1 << 20),
                         _str(b, "endpoint", "bridge.", feeds.endpoints[0]),
                         _str(b, "snapshot", "bridge.", feeds.snapshot),
-                        _int(b, "heartbeat_ms", "bridge.", 100, 1, 60_000), zmq_input)
+                        _int(b, "heartbeat_ms", "bridge.", 100, 1, 60_000), zmq_input, **_bridge_curve(b, base_dir))
 
 
 _TOP_KEYS = {"run": "daemon.run", "state_dir": "daemon.state_dir", "log_level": "daemon.log_level",

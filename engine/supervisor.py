@@ -204,6 +204,24 @@ def shared_endpoint_warnings(endpoints) -> list[str]:
     return out
 
 
+def plain_tcp_warnings(endpoints, curve: bool) -> list[str]:
+    """A warning for each tcp endpoint off this host (not loopback) when CURVE is not configured:
+    such a feed is plaintext and unauthenticated (docs/security.md, "The network")."""
+    if curve:
+        return []
+    out = []
+    for ep in endpoints:
+        if not ep.startswith("tcp://"):
+            continue
+        host = ep[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
+        if host == "localhost" or host == "::1" or host.startswith("127."):
+            continue
+        out.append(f"feed endpoint {ep} is tcp without CURVE: anyone on the network can read it, and whoever "
+                   f"answers at that address feeds this daemon; set feeds.curve_server_key and "
+                   f"feeds.curve_secret_key_file (docs/security.md)")
+    return out
+
+
 class _Child:
     def __init__(self, name, argv, cpu, env=None):
         self.name, self.argv, self.cpu = name, argv, cpu
@@ -402,6 +420,8 @@ class Supervisor:
                                      f"compete for it")
         self.warnings += cpu_report(w.cpu for w in cfg.workers)
         self.warnings += shared_endpoint_warnings(list(cfg.feeds.endpoints) + [cfg.feeds.snapshot or ""])
+        self.warnings += plain_tcp_warnings(list(cfg.feeds.endpoints) + [cfg.feeds.snapshot or ""],
+                                            bool(cfg.feeds.curve_server_key))
         for w in self.warnings:
             log.warning("%s", w)
         tick_names, sig_names = [], []

@@ -143,7 +143,8 @@ class Worker:
                                 snapshot=f.snapshot or None, socket_type=f.socket.upper(), rcvhwm=f.hwm,
                                 silence_timeout=f.stale_after_ms / 1000.0, max_retries=f.recovery_retries,
                                 max_events=f.max_message_events, batch_events=f.batch_events,
-                                io_cpus=[f.io_cpu], io_rt_priority=f.io_rt_priority, busy_poll=f.busy_poll)
+                                io_cpus=[f.io_cpu], io_rt_priority=f.io_rt_priority, busy_poll=f.busy_poll,
+                                curve=f.curve())
 
     # -- the per-batch work (called by the feed handler; events valid during the call) ----------
     def on_batch(self, events: np.ndarray) -> None:

@@ -209,7 +209,7 @@ class Bridge:
             self.publisher = Republisher(self.bc.endpoint, self.bc.snapshot, self.instruments, cfg.feeds.channels,
                                          max_message_events=cfg.feeds.max_message_events,
                                          heartbeat=self.bc.heartbeat_ms / 1000, sndhwm=sndhwm, flags=0,
-                                         xpub=True)
+                                         xpub=True, curve=self.bc.curve())
         except ReplayError as exc:
             raise BridgeError(str(exc)) from None
         self.channels = cfg.feeds.channels or 1

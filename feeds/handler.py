@@ -224,6 +224,9 @@ class FeedHandler:
         asked for again once the hole is filled).
     max_request_events : int
         Most events asked for in one retransmission request.
+    curve : tickwire.feeds.curve.CurveClient, optional
+        ZeroMQ CURVE for the data sockets and the recovery DEALER (feeds between machines):
+        only a publisher holding the server key's secret is heard, and the traffic is encrypted.
     """
 
     def __init__(self, endpoints, channels, on_batch, *, on_store=None, on_snapshot=None,
@@ -233,7 +236,7 @@ class FeedHandler:
                  rcvhwm: int | None = None, silence_timeout: float = 2.0, reorder_window: float = 0.005,
                  snapshot_timeout: float = 0.5, backoff: float = 2.0, max_backoff: float = 5.0,
                  max_retries: int = 5, retry_pause: float = 5.0, snapshot_interval: float = 0.05,
-                 buffer_events: int = 1 << 20, max_request_events: int = 1 << 20):
+                 buffer_events: int = 1 << 20, max_request_events: int = 1 << 20, curve=None):
         if isinstance(endpoints, str):
             endpoints = [endpoints]
         endpoints = list(endpoints)
@@ -304,6 +307,8 @@ class FeedHandler:
                 s.setsockopt(zmq.MAXMSGSIZE, limit)      # a larger frame is never buffered whole
                 if rcvhwm is not None:
                     s.setsockopt(zmq.RCVHWM, int(rcvhwm))
+                if curve is not None:
+                    curve.apply(s)
                 if kind == zmq.SUB:
                     for c in sorted(chans):
                         s.setsockopt(zmq.SUBSCRIBE, wire.topic(c))
@@ -313,6 +318,8 @@ class FeedHandler:
                 self._dealer = self._ctx.socket(zmq.DEALER)
                 self._dealer.setsockopt(zmq.LINGER, 0)
                 self._dealer.setsockopt(zmq.MAXMSGSIZE, wire.HEADER_SIZE + (1 << 22) * wire.EVENT_SIZE)
+                if curve is not None:
+                    curve.apply(self._dealer)
                 self._dealer.connect(snapshot)
             self._replies = Decoder(max_events=1 << 22, types=TYPES_REPLY)
             self.receiver = FeedReceiver(self._sockets, wake=[self._dealer] if self._dealer else [],

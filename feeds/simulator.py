@@ -36,6 +36,7 @@ from tickwire.engine.instruments import Instrument, make_books
 from tickwire.ext.codec import encode as encode_payload
 from tickwire.ext.records import EVENT_DTYPE, Flag, Kind, Side
 from tickwire.feeds import wire
+from tickwire.feeds.curve import serve_curve
 from tickwire.feeds.wire import MsgType, RecoveryService, Retainer
 
 __all__ = ["Market", "Faults", "SnapshotService", "Simulator", "channel_map", "synthetic_instruments"]
@@ -350,6 +351,9 @@ class Simulator:
         Events kept per channel for retransmission requests (the recovery service on
         ``snapshot`` answers both): a receiver that lost messages gets them again while
         they are held, and counts exactly what it could not get.
+    curve : tickwire.feeds.curve.CurveServer, optional
+        Publish as a ZeroMQ CURVE server (data socket and recovery service); with its
+        clients directory, only those client keys are let in.
     """
 
     def __init__(self, endpoints, *, snapshot: str | None = None, instruments=8, events=None,
@@ -357,7 +361,7 @@ class Simulator:
                  faults: Faults | None = None, resting: int = 500, socket_type: str = "PUB",
                  sndhwm: int | None = None, heartbeat: float = 0.1, wait_subscribers: float = 0.0,
                  subscribers: int = 1, restart_pause: float = 0.2, snapshot_delay: float = 0.0,
-                 retain_events: int = 1 << 20, context: zmq.Context | None = None):
+                 retain_events: int = 1 << 20, context: zmq.Context | None = None, curve=None):
         if isinstance(endpoints, str):
             endpoints = [endpoints]
         self.endpoints = list(endpoints)
@@ -417,6 +421,9 @@ class Simulator:
         self._served_before = (0, 0)
         self._last_beat = {c: 0 for c in self.channels}
         self._stopping = False
+        self._curve = curve
+        if curve is not None:
+            curve.start(self._ctx)
         self._open()
 
     # -- sockets ---------------------------------------------------------------------------
@@ -425,6 +432,7 @@ class Simulator:
         kind = zmq.PUSH if self.socket_type == "PUSH" else (zmq.XPUB if waiting else zmq.PUB)
         self._pub = self._ctx.socket(kind)
         self._pub.setsockopt(zmq.LINGER, 0)
+        serve_curve(self._curve, self._pub)
         if self.sndhwm is not None:
             self._pub.setsockopt(zmq.SNDHWM, int(self.sndhwm))
         if waiting:
@@ -435,6 +443,7 @@ class Simulator:
             self._router = self._ctx.socket(zmq.ROUTER)
             self._router.setsockopt(zmq.LINGER, 0)
             self._router.setsockopt(zmq.SNDHWM, 0)
+            serve_curve(self._curve, self._router)
             self._router.bind(self.snapshot_endpoint)
             self._service = RecoveryService(self._router, self._snapshot_of, self.retainer,
                                             delay=self.snapshot_delay)
@@ -458,6 +467,8 @@ class Simulator:
     def close(self, linger: float = 1.0) -> None:
         """Close the sockets, giving queued messages up to ``linger`` seconds to leave."""
         self._close_sockets(int(linger * 1000))
+        if self._curve is not None:
+            self._curve.stop()
         if self._own_context:
             self._ctx.term()
 
@@ -773,13 +784,23 @@ def run_cli(args, say=print) -> int:
     except ValueError as exc:
         print(f"tickwire simulate: {exc}", file=sys.stderr, flush=True)
         return 2
+    from tickwire.feeds.curve import server_from_arguments
+
+    try:
+        curve = server_from_arguments(args)
+    except ValueError as exc:
+        print(f"tickwire simulate: {exc}", file=sys.stderr, flush=True)
+        return 2
     sim = Simulator(endpoints, snapshot=snapshot,
                     instruments=instruments, events=events, channels=args.channels, seed=args.seed,
                     rate=args.rate, batch=args.batch, faults=faults, resting=args.resting,
                     socket_type=args.socket, sndhwm=args.sndhwm, heartbeat=args.heartbeat,
                     wait_subscribers=args.wait_subscribers, subscribers=args.subscribers,
-                    snapshot_delay=args.snapshot_delay, retain_events=args.retain)
+                    snapshot_delay=args.snapshot_delay, retain_events=args.retain, curve=curve)
     try:
+        if curve is not None:
+            say(f"CURVE server, public key {curve.public.decode()}; clients: "
+                f"{curve.clients_dir or 'any that know the server key'}")
         say(f"publishing on {', '.join(sim.endpoints)} ({sim.socket_type}), snapshots on "
             f"{snapshot or 'none'}: {len(sim.instruments)} instruments over {len(sim.channels)} channels, "
             f"batch {sim.batch}, rate {'max' if not sim.rate else f'{sim.rate:,.0f} events/s'}, seed {sim.seed}")

@@ -92,6 +92,9 @@ def add_parser(sub) -> None:
                         "so receivers join the empty market [%(default)s]")
     g.add_argument("--linger", type=float, default=2.0, metavar="S",
                    help="with --publish: keep serving this long after the last event [%(default)s]")
+    from tickwire.feeds.curve import add_server_arguments
+
+    add_server_arguments(g, "with --publish: ")
     g.add_argument("--batch", type=int, metavar="N",
                    help="events per engine call [the source's chunk, 1,048,576]; changes no signal")
     g = p.add_argument_group("output")
@@ -208,6 +211,8 @@ def _replay(args) -> int:
         raise ReplayError(f"--batch: expected an integer >= 1, got {args.batch}")
     if bool(args.publish) != bool(args.snapshot):
         raise ReplayError("--publish and --snapshot go together (the data socket and the recovery service)")
+    if (args.curve_secret_key or args.curve_clients) and not args.publish:
+        raise ReplayError("--curve-secret-key/--curve-clients: need --publish")
     if args.publish and (args.report or args.signals):
         raise ReplayError("--publish runs no engine here: --report and --signals need an in-process replay")
     if args.channels is not None and args.channels < 1:
@@ -263,7 +268,14 @@ def _run(args, source, spec, report_cls, report_dir, horizons, sig_path) -> int:
     if args.publish:
         from tickwire.replay.publish import Republisher
 
-        sink = Republisher(args.publish, args.snapshot, source.instruments, args.channels or spec.channels)
+        from tickwire.feeds.curve import server_from_arguments
+
+        try:
+            curve = server_from_arguments(args)
+        except ValueError as exc:
+            raise ReplayError(str(exc)) from None
+        sink = Republisher(args.publish, args.snapshot, source.instruments, args.channels or spec.channels,
+                           curve=curve)
         sink.linger(args.start_delay)
 
     def interrupt(*_):

@@ -17,6 +17,7 @@ import zmq
 
 from tickwire.engine.instruments import make_books
 from tickwire.ext.records import EVENT_DTYPE, Flag
+from tickwire.feeds.curve import serve_curve
 from tickwire.feeds.wire import Publisher, await_subscribers
 
 __all__ = ["Republisher"]
@@ -46,11 +47,13 @@ class Republisher:
         Set on every event sent (default ``Flag.REPLAY``; the cryptofeed bridge, a live feed, sends 0).
     xpub : bool
         Bind an XPUB rather than a PUB, so that :meth:`wait_subscribers` can see receivers join.
+    curve : tickwire.feeds.curve.CurveServer, optional
+        Publish as a ZeroMQ CURVE server (data socket and recovery service).
     """
 
     def __init__(self, endpoint: str, snapshot: str, instruments, channels=None, *,
                  max_message_events: int = 1024, retain_events: int = 1 << 20, heartbeat: float = 0.1,
-                 sndhwm: int = 0, flags: int = Flag.REPLAY, xpub: bool = False):
+                 sndhwm: int = 0, flags: int = Flag.REPLAY, xpub: bool = False, curve=None):
         self.flags = int(flags)
         self.instruments = list(instruments)
         self.channels = channels
@@ -60,7 +63,11 @@ class Republisher:
         self.xpub = xpub
         self.pub = self.ctx.socket(zmq.XPUB if xpub else zmq.PUB)
         self.router = self.ctx.socket(zmq.ROUTER)
+        self.curve = curve
         try:
+            if curve is not None:
+                curve.start(self.ctx)
+            serve_curve(curve, self.pub, self.router)
             self.pub.setsockopt(zmq.LINGER, 1000)
             self.pub.setsockopt(zmq.SNDHWM, sndhwm)
             if xpub:
@@ -153,4 +160,6 @@ class Republisher:
         for s in (getattr(self, "pub", None), getattr(self, "router", None)):
             if s is not None:
                 s.close(linger_ms)
+        if self.curve is not None:
+            self.curve.stop()
         self.ctx.term()

@@ -1,0 +1,177 @@
+"""ZeroMQ CURVE for feeds that cross machines: authenticated, encrypted tcp.
+
+A publisher (``tickwire simulate``, the replay publisher, the cryptofeed bridge) is a CURVE
+*server*: its data socket (PUB/XPUB/PUSH) and its recovery service (ROUTER) use its secret key,
+and a ZAP authenticator on its context lets in only the client public keys found in a directory.
+A receiver (the daemon's :class:`~tickwire.feeds.handler.FeedHandler`, its SUB/PULL sockets and
+the DEALER of snapshots and retransmissions) is a CURVE *client*: it knows the server's public key
+and has a certificate of its own.  Without the right server key the handshake fails and nothing
+is delivered; a client whose key is not allowed is refused by the server.
+
+Keys are ZeroMQ's certificate files (``zmq.auth.create_certificates``; ``tickwire keygen``):
+``NAME.key`` holds the public key, ``NAME.key_secret`` the public and secret keys (0600).
+"""
+
+from __future__ import annotations
+
+import os
+import stat as statmod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zmq
+import zmq.auth
+import zmq.utils.z85
+
+__all__ = ["CurveClient", "CurveServer", "public_key", "secret_certificate", "keygen"]
+
+
+def public_key(value: str) -> bytes:
+    """A CURVE public key from its 40-character Z85 text or a certificate file holding it
+    (``NAME.key`` or ``NAME.key_secret``); ValueError (one line) otherwise."""
+    text = str(value).strip()
+    if len(text) == 40 and not os.path.exists(text):
+        try:
+            if len(zmq.utils.z85.decode(text)) == 32:
+                return text.encode("ascii")
+        except (ValueError, KeyError, UnicodeEncodeError, IndexError):
+            pass
+        raise ValueError(f"{text!r} is not a Z85 CURVE public key (40 characters) nor a key file")
+    try:
+        pub, _ = zmq.auth.load_certificate(text)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read a CURVE public key from {text}: {exc}") from None
+    if not pub:
+        raise ValueError(f"{text} holds no public-key line (a file made by `tickwire keygen` does)")
+    return pub
+
+
+def secret_certificate(path) -> tuple[bytes, bytes]:
+    """(public, secret) from a ``NAME.key_secret`` file, which must be a regular file owned by this
+    user with no group/other permission; ValueError (one line) otherwise."""
+    p = Path(path)
+    try:
+        st = os.stat(p)
+    except OSError as exc:
+        raise ValueError(f"cannot read {p}: {exc.strerror or exc}") from None
+    if not statmod.S_ISREG(st.st_mode):
+        raise ValueError(f"{p} is not a regular file")
+    if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise ValueError(f"{p} must be yours and 0600 (it is owner uid {st.st_uid}, mode "
+                         f"{st.st_mode & 0o7777:04o}): anyone who reads it can pose as you; chmod 600 {p}")
+    try:
+        pub, sec = zmq.auth.load_certificate(str(p))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read a CURVE certificate from {p}: {exc}") from None
+    if not pub or not sec:
+        raise ValueError(f"{p} holds no secret key (use the NAME.key_secret file `tickwire keygen` writes)")
+    return pub, sec
+
+
+@dataclass(frozen=True)
+class CurveClient:
+    """A receiver's CURVE settings: the server's public key and this side's certificate."""
+
+    server_key: bytes
+    public: bytes
+    secret: bytes = field(repr=False)
+
+    @classmethod
+    def load(cls, server_key: str, secret_key_file) -> "CurveClient":
+        pub, sec = secret_certificate(secret_key_file)
+        return cls(public_key(server_key), pub, sec)
+
+    def apply(self, sock: zmq.Socket) -> None:
+        """Make ``sock`` a CURVE client (before it connects)."""
+        sock.setsockopt(zmq.CURVE_SERVERKEY, self.server_key)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
+
+
+class CurveServer:
+    """A publisher's CURVE settings: its certificate, and optionally a directory of the client
+    public keys it lets in (any client that knows the server key is let in without one)."""
+
+    def __init__(self, secret_key_file, clients_dir=None):
+        self.public, self._secret = secret_certificate(secret_key_file)
+        self.clients_dir = Path(clients_dir) if clients_dir else None
+        if self.clients_dir is not None:
+            if not self.clients_dir.is_dir():
+                raise ValueError(f"{self.clients_dir} is not a directory of client public keys")
+            if not list(self.clients_dir.glob("*.key")):
+                raise ValueError(f"{self.clients_dir} holds no client public key (*.key): nobody could connect")
+        self._auth = None
+
+    def start(self, ctx: zmq.Context) -> None:
+        """Start the ZAP authenticator on ``ctx`` (only with a clients directory); idempotent."""
+        if self.clients_dir is None or self._auth is not None:
+            return
+        from zmq.auth.thread import ThreadAuthenticator
+
+        self._auth = ThreadAuthenticator(ctx)
+        self._auth.start()
+        self._auth.configure_curve(domain="*", location=str(self.clients_dir))
+
+    def apply(self, sock: zmq.Socket) -> None:
+        """Make ``sock`` a CURVE server (before it binds)."""
+        sock.setsockopt(zmq.CURVE_SERVER, 1)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, self._secret)
+
+    def stop(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+
+
+def keygen(directory, name: str) -> tuple[Path, Path]:
+    """Write ``NAME.key`` (public, 0644) and ``NAME.key_secret`` (0600) in ``directory`` (made
+    0700 when new); refuses to overwrite. Returns both paths."""
+    d = Path(directory)
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"--name: expected a file name, got {name!r}")
+    pub, sec = d / f"{name}.key", d / f"{name}.key_secret"
+    for p in (pub, sec):
+        if p.exists():
+            raise ValueError(f"{p} exists: not overwritten (remove it first, or choose another --name)")
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    old = os.umask(0o077)                  # the secret file is never readable by others, not even briefly
+    try:
+        zmq.auth.create_certificates(str(d), name)
+    finally:
+        os.umask(old)
+    os.chmod(sec, 0o600)
+    os.chmod(pub, 0o644)
+    return pub, sec
+
+
+def serve_curve(curve: "CurveServer | None", *sockets: zmq.Socket) -> None:
+    """Make each of ``sockets`` a CURVE server of ``curve`` (before they bind); nothing when None.
+    Every publisher (simulator, replay, bridge) calls this on its data socket and ROUTER."""
+    if curve is not None:
+        for s in sockets:
+            curve.apply(s)
+
+
+def add_server_arguments(group, what: str = "") -> None:
+    """``--curve-secret-key FILE`` and ``--curve-clients DIR`` of a publishing command."""
+    group.add_argument("--curve-secret-key", metavar="FILE",
+                       help=f"{what}publish as a ZeroMQ CURVE server with this certificate (NAME.key_secret "
+                            "from `tickwire keygen`, 0600): data and snapshots are then authenticated and "
+                            "encrypted; receivers set feeds.curve_server_key to its NAME.key (docs/security.md)")
+    group.add_argument("--curve-clients", metavar="DIR",
+                       help="with --curve-secret-key: let in only the client public keys (*.key) in DIR "
+                            "[any client that knows the server key]")
+
+
+def server_from_arguments(args) -> "CurveServer | None":
+    """The :class:`CurveServer` of those arguments, or None; ValueError (one line naming the option)."""
+    secret, clients = getattr(args, "curve_secret_key", None), getattr(args, "curve_clients", None)
+    if clients and not secret:
+        raise ValueError("--curve-clients: needs --curve-secret-key")
+    if not secret:
+        return None
+    try:
+        return CurveServer(secret, clients)
+    except ValueError as exc:
+        raise ValueError(f"--curve-secret-key/--curve-clients: {exc}") from None

@@ -1,0 +1,271 @@
+"""ZeroMQ CURVE on real sockets over loopback tcp: a CURVE feed reaches the FeedHandler whole
+(data sockets and the recovery DEALER); a publisher without CURVE, one with another key, or
+one that does not let this client in is not heard at all; keys from `tickwire keygen`."""
+
+import os
+import socket
+import stat
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from tickwire.feeds.curve import CurveClient, CurveServer, keygen, public_key
+from tickwire.feeds.handler import FeedHandler
+from tickwire.feeds.simulator import Faults, Simulator, channel_map, synthetic_instruments
+
+INSTRUMENTS, CHANNELS = 4, 2
+
+pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="this libzmq was built without CURVE")
+
+
+def free_tcp_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def keys(tmp_path):
+    """server, client (allowed), stranger (not allowed), and the allowed clients' directory."""
+    d = tmp_path / "keys"
+    for name in ("server", "client", "stranger", "impostor"):
+        keygen(d, name)
+    allowed = tmp_path / "clients"
+    allowed.mkdir()
+    (allowed / "client.key").write_bytes((d / "client.key").read_bytes())
+    return d, allowed
+
+
+def receive(client, publisher):
+    """A FeedHandler (CURVE client ``client``) on fresh loopback tcp endpoints; ``publisher(ep, snap,
+    insts)`` binds there and returns (run, close, next_seq); run() goes in a thread. Returns the
+    (channel, seq) pairs the handler stored and its counters, once it caught up with ``next_seq()``
+    or the publisher finished without anything received."""
+    ep, snap = (f"tcp://127.0.0.1:{free_tcp_port()}" for _ in range(2))
+    insts = synthetic_instruments(INSTRUMENTS)
+    stored = []
+    with FeedHandler(ep, channel_map(insts, CHANNELS), lambda ev: None, snapshot=snap, curve=client,
+                     on_store=lambda ev: stored.append(ev[["channel", "seq"]].copy()),
+                     reorder_window=0.001, snapshot_timeout=0.2) as h:
+        h.poll(0)
+        run, close, next_seq = publisher(ep, snap, insts)
+        try:
+            done = threading.Event()
+            t = threading.Thread(target=lambda: (run(), done.set()), daemon=True)
+            t.start()
+
+            def caught_up():
+                st, want = h.channel_status(), next_seq()
+                return all(st[c]["next_seq"] == want[c] for c in want) and h.all_live()
+
+            h.run(until=lambda: done.is_set() and (caught_up() or not stored), duration=30)
+            t.join(10)
+        finally:
+            close()
+        pairs = np.concatenate(stored) if stored else np.zeros(0, [("channel", "u2"), ("seq", "u8")])
+        return pairs, h.counters()
+
+
+def feed(server, client, events=20_000, wait=5.0, faults=None):
+    """Publish ``events`` with `tickwire simulate`'s Simulator (CURVE server ``server`` or plain) to
+    a FeedHandler (CURVE client ``client``): what :func:`receive` returns, and the simulator."""
+    sims = []
+
+    def publisher(ep, snap, insts):
+        sim = Simulator(ep, snapshot=snap, instruments=insts, channels=CHANNELS, seed=3, batch=32,
+                        heartbeat=0.02, wait_subscribers=wait, curve=server, faults=faults)
+        sims.append(sim)
+        return (lambda: sim.run(events=events, linger=0.5)), (lambda: sim.close(0)), (lambda: sim.next_seq)
+
+    pairs, counters = receive(client, publisher)
+    return pairs, counters, sims[0]
+
+
+def test_a_curve_feed_arrives_whole_with_the_recovery_service_over_curve_too(keys):
+    d, allowed = keys
+    server = CurveServer(d / "server.key_secret", allowed)
+    client = CurveClient.load(str(d / "server.key"), d / "client.key_secret")
+    # dropped messages: the holes are filled by retransmission over the CURVE DEALER -> ROUTER
+    pairs, counters, sim = feed(server, client, faults=Faults(drop=0.02, seed=5))
+    assert sim.stats["dropped"] > 0 and sim.stats["retransmissions"] > 0
+    assert len(pairs) == 20_000
+    assert len(np.unique(pairs)) == 20_000
+    assert counters["lost_events"] == 0
+    for c in sim.channels:
+        got = np.sort(pairs["seq"][pairs["channel"] == c])
+        assert got.tolist() == list(range(1, sim.next_seq[c]))
+
+
+@pytest.mark.parametrize("case", ["plain publisher", "wrong server key", "client not allowed",
+                                  "plain receiver"])
+def test_an_unauthenticated_peer_is_not_heard(keys, case):
+    d, allowed = keys
+    server = CurveServer(d / "server.key_secret", allowed)
+    client = CurveClient.load(str(d / "server.key"), d / "client.key_secret")
+    if case == "plain publisher":
+        server = None
+    elif case == "wrong server key":                 # a publisher with another certificate
+        server = CurveServer(d / "impostor.key_secret")
+    elif case == "client not allowed":
+        client = CurveClient.load(str(d / "server.key"), d / "stranger.key_secret")
+    else:
+        client = None
+    pairs, counters, sim = feed(server, client, events=5_000, wait=1.0)
+    assert sim.stats["events"] == 5_000                # published, into sockets nobody was let into
+    assert len(pairs) == 0
+    assert counters["events"] == 0 and counters["snapshot_events"] == 0
+
+
+def test_the_replay_publisher_and_bridge_serve_curve_too(keys):
+    from tickwire.feeds.simulator import Market
+    from tickwire.replay.publish import Republisher
+
+    d, allowed = keys
+    events = Market(INSTRUMENTS, seed=4, resting=50).generate(10_000)
+    pubs = []
+
+    def publisher(ep, snap, insts):
+        pub = Republisher(ep, snap, insts, CHANNELS, xpub=True, flags=0,
+                          curve=CurveServer(d / "server.key_secret", allowed))
+        pubs.append(pub)
+
+        def run():
+            assert pub.wait_subscribers(5)
+            pub.send(events)
+            pub.linger(0.3)
+        return run, (lambda: pub.close(0)), (lambda: {c: pub.publisher.next_seq(c) for c in range(CHANNELS)})
+
+    pairs, counters = receive(CurveClient.load(str(d / "server.key"), d / "client.key_secret"), publisher)
+    assert len(pairs) == len(np.unique(pairs)) == 10_000 and counters["lost_events"] == 0
+    stranger = CurveClient.load(str(d / "server.key"), d / "stranger.key_secret")
+    pubs.clear()
+    events = Market(INSTRUMENTS, seed=4, resting=50).generate(1_000)
+
+    def refused(ep, snap, insts):
+        run, close, seq = publisher(ep, snap, insts)
+        return (lambda: (pubs[0].send(events), pubs[0].linger(0.5))), close, seq
+
+    pairs, counters = receive(stranger, refused)
+    assert len(pairs) == 0 and counters["events"] == 0
+
+
+def test_bridge_config_makes_a_curve_server(keys):
+    from tickwire.engine.config import ConfigError, from_dict
+
+    d, allowed = keys
+    raw = {**BASE, "feeds": {"endpoints": ["tcp://127.0.0.1:1"], "snapshot": "tcp://127.0.0.1:2"},
+           "bridge": {"exchange": "KRAKEN", "curve_secret_key_file": "keys/server.key_secret",
+                      "curve_clients_dir": "clients"}}
+    server = from_dict(raw, d.parent).bridge.curve()
+    assert server.public == public_key(str(d / "server.key")) and server.clients_dir == allowed
+    del raw["bridge"]["curve_secret_key_file"]
+    with pytest.raises(ConfigError, match=r"^config error: bridge\.curve_secret_key_file: expected set too"):
+        from_dict(raw, d.parent)
+
+
+def test_keygen_writes_a_private_secret_and_a_public_key(tmp_path, capsys):
+    from tickwire.engine.cli import main
+
+    assert main(["keygen", str(tmp_path / "k"), "--name", "daemon"]) == 0
+    pub, sec = tmp_path / "k" / "daemon.key", tmp_path / "k" / "daemon.key_secret"
+    assert stat.S_IMODE(os.stat(sec).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(tmp_path / "k").st_mode) == 0o700
+    assert "secret-key" not in pub.read_text()
+    assert public_key(str(pub)) == public_key(str(sec))
+    out = capsys.readouterr().out
+    assert str(pub) in out and str(sec) in out
+    # never overwritten
+    assert main(["keygen", str(tmp_path / "k"), "--name", "daemon"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "exists" in err
+
+
+def test_a_secret_key_others_can_read_is_refused(tmp_path):
+    _, sec = keygen(tmp_path, "s")
+    os.chmod(sec, 0o644)
+    with pytest.raises(ValueError, match="0600"):
+        CurveServer(sec)
+
+
+BASE = {"instruments": [{"id": 0, "symbol": "A", "tick_size": "0.01", "lot_size": "1"}]}
+
+
+def config_error(feeds, base_dir):
+    from tickwire.engine.config import ConfigError, from_dict
+
+    with pytest.raises(ConfigError) as err:
+        from_dict({**BASE, "feeds": {"endpoints": ["tcp://127.0.0.1:1"], **feeds}}, base_dir)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("config error: feeds.curve_")
+    return msg
+
+
+def test_config_takes_the_keys_as_files_or_text_and_builds_the_client(keys):
+    from tickwire.engine.config import from_dict
+
+    d, _ = keys
+    raw = {**BASE, "feeds": {"endpoints": ["tcp://127.0.0.1:1"], "curve_server_key": "keys/server.key",
+                             "curve_secret_key_file": "keys/client.key_secret"}}
+    f = from_dict(raw, d.parent).feeds                      # relative paths: against the config's directory
+    assert f.curve_server_key == public_key(str(d / "server.key")).decode()
+    assert f.curve().public == public_key(str(d / "client.key"))
+    raw["feeds"]["curve_server_key"] = f.curve_server_key   # the Z85 text itself
+    assert from_dict(raw, d.parent).feeds.curve() == f.curve()
+    assert from_dict(BASE).feeds.curve() is None
+
+
+def test_config_errors_name_the_key(keys):
+    d, _ = keys
+    server, secret = str(d / "server.key"), str(d / "client.key_secret")
+    msg = config_error({"curve_server_key": server}, d)
+    assert msg.startswith("config error: feeds.curve_secret_key_file: expected set too")
+    msg = config_error({"curve_secret_key_file": secret}, d)
+    assert msg.startswith("config error: feeds.curve_server_key: expected set too")
+    assert "feeds.curve_server_key:" in config_error({"curve_server_key": str(d / "nope.key"),
+                                                      "curve_secret_key_file": secret}, d)
+    assert "feeds.curve_secret_key_file:" in config_error({"curve_server_key": server,
+                                                           "curve_secret_key_file": server}, d)   # no secret in it
+    os.chmod(secret, 0o644)                                 # world-readable: anyone could pose as the daemon
+    msg = config_error({"curve_server_key": server, "curve_secret_key_file": secret}, d)
+    assert msg.startswith("config error: feeds.curve_secret_key_file:") and "0600" in msg and "0644" in msg
+
+
+def test_a_daemon_over_curve_stores_every_event_and_its_status_says_so(tmp_path, keys):
+    """The config path end to end: `tickwire run` with feeds.curve_* over tcp, fed by
+    `tickwire simulate --curve-secret-key --curve-clients`; every event stored once."""
+    from test_daemon import start_daemon, start_sim, status, stop_daemon, stored_ticks, wait_for, write_config
+
+    from tickwire.engine.config import to_toml
+
+    d, allowed = keys
+    cfg_path, raw = write_config(tmp_path, "curve", instruments=4, channels=2)
+    raw["feeds"].update(endpoints=[f"tcp://127.0.0.1:{free_tcp_port()}"], snapshot=f"tcp://127.0.0.1:{free_tcp_port()}",
+                        curve_server_key=str(d / "server.key"), curve_secret_key_file=str(d / "client.key_secret"))
+    cfg_path.write_text(to_toml(raw))
+    run_dir = tmp_path / "state" / "curve"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"]), (tmp_path / "daemon.log").read_text()[-2000:]
+        sim = start_sim(raw, 20_000, 20_000, "--curve-secret-key", str(d / "server.key_secret"),
+                        "--curve-clients", str(allowed))
+        out, _ = sim.communicate(timeout=60)
+        assert sim.returncode == 0 and "CURVE server" in out, out
+        assert wait_for(lambda: status(run_dir)["feed"]["events"] >= 20_000, 30)
+    finally:
+        rc, _ = stop_daemon(daemon, log)
+    assert rc == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+    assert stored_ticks(tmp_path) == (20_000, 20_000)
+
+
+def test_a_tcp_feed_off_this_host_without_curve_is_warned_about():
+    from tickwire.engine.supervisor import plain_tcp_warnings
+
+    eps = ["tcp://10.1.2.3:5555", "tcp://feed.example.com:5556", "tcp://127.0.0.1:5555", "tcp://localhost:1",
+           "tcp://[::1]:2", "ipc:///x/feed"]
+    got = plain_tcp_warnings(eps, curve=False)
+    assert len(got) == 2 and "tcp://10.1.2.3:5555" in got[0] and "feed.example.com" in got[1]
+    assert all("without CURVE" in w and "feeds.curve_server_key" in w for w in got)
+    assert plain_tcp_warnings(eps, curve=True) == []
