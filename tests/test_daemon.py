@@ -377,13 +377,20 @@ def writer_ready(run_dir) -> bool:
     return (run_dir / "writer" / f"tickwire-{run_dir.name}-ticks-0" / "status.json").exists()
 
 
+def ring_names(run_dir, i=0):
+    """The (tick ring, signal ring) of worker ``i`` that the daemon recorded in its rings.json."""
+    from tickwire.engine.worker import ring_names as names
+
+    return names(run_dir, i)
+
+
 def remove_rings(run):
     """Remove the rings a run kept (a test that failed half-way would leave 64 MiB each)."""
     from tickwire.ext import ring as ringmod
 
-    for name in (f"tickwire-{run}-ticks-0", f"tickwire-{run}-signals-0"):
-        if ringmod.exists(name):
-            ringmod.remove(name)
+    for path in Path("/dev/shm").glob(f"tickwire-{run}-*"):
+        if path.stat().st_uid == os.geteuid():
+            ringmod.remove(path.name)
 
 
 @pytest.fixture
@@ -461,12 +468,15 @@ def test_hung_writer_at_sigterm_keeps_the_ring_and_the_next_start_stores_it(tmp_
     text = (tmp_path / "daemon.log").read_text()
     assert rc == 3 and took < 15, text[-3000:]
     line = next(x for x in text.splitlines() if "NOT stored" in x)
-    assert "kept in shared memory (tickwire-hung-ticks-0, tickwire-hung-signals-0)" in line
+    kept = ring_names(run_dir)
+    assert kept[0].startswith("tickwire-hung-") and kept[0] != "tickwire-hung-ticks-0"   # a random part
+    assert f"kept in shared memory ({kept[0]}, {kept[1]})" in line
     assert "did not finish within 4 s" in line
-    assert ringmod.exists("tickwire-hung-ticks-0") and ringmod.exists("tickwire-hung-signals-0")
+    assert ringmod.exists(kept[0]) and ringmod.exists(kept[1])
     daemon, log = start_daemon(cfg_path, tmp_path, "daemon2")
     try:
         assert wait_for(lambda: status(run_dir)["pid"])
+        assert ring_names(run_dir) == kept                  # the next start found them in rings.json
         st = run_dir / "writer" / "tickwire-hung-ticks-0" / "status.json"
         assert wait_for(lambda: json.loads(st.read_text())["rows_written"] >= 100_000, 60)
     finally:
@@ -474,7 +484,7 @@ def test_hung_writer_at_sigterm_keeps_the_ring_and_the_next_start_stores_it(tmp_
     text = (tmp_path / "daemon2.log").read_text()
     assert rc == 0, text[-3000:]
     assert "holds" in text and "not stored: kept, the writer stores them first" in text
-    assert not ringmod.exists("tickwire-hung-ticks-0")
+    assert not ringmod.exists(kept[0]) and not ringmod.exists(kept[1])
     dsn = f"chdb://{tmp_path}/state/store"
     assert market_events(dsn) == (100_000, 100_000)
     (n, distinct), = query(dsn, "SELECT count(), uniqExact(ts_signal, seq, instrument, rule_id) "
@@ -506,7 +516,7 @@ def test_full_spill_dir_with_the_store_down_exits_non_zero_and_loses_nothing(tmp
     assert rc == 3, text[-3000:]
     line = next(x for x in text.splitlines() if "NOT stored" in x)
     assert f"spill directory {spill} is full (ENOSPC, errno 28)" in line
-    assert ringmod.exists("tickwire-full-ticks-0")
+    assert ringmod.exists(ring_names(run_dir)[0])
     del raw["store"]["dsn"]                                   # the store is back
     cfg_path.write_text(to_toml(raw))
     daemon, log = start_daemon(cfg_path, tmp_path, "daemon2")
@@ -547,8 +557,6 @@ def test_killed_supervisor_takes_its_children_along_and_a_new_daemon_starts(tmp_
 def test_a_second_daemon_on_the_same_store_refuses_to_start(tmp_path):
     """The embedded store allows one process: a second daemon (another run, same store) exits 2
     with one line and starts nothing; so does a daemon whose store another process holds."""
-    from tickwire.ext import ring as ringmod
-
     first, _ = write_config(tmp_path, "first")
     second, _ = write_config(tmp_path, "second")             # same state_dir: the same store
     daemon, log = start_daemon(first, tmp_path)
@@ -561,7 +569,8 @@ def test_a_second_daemon_on_the_same_store_refuses_to_start(tmp_path):
     assert rc == 0
     assert res.returncode == 2 and res.stderr.strip().count("\n") == 0, res.stderr
     assert f"is in use by another tickwire daemon (pid {daemon.pid})" in res.stderr
-    assert not ringmod.exists("tickwire-second-ticks-0")
+    assert not list(Path("/dev/shm").glob("tickwire-second-*"))
+    assert not (tmp_path / "state" / "second" / "rings.json").exists()
     dsn = f"chdb://{tmp_path}/state/store"
     code = f"import time\nfrom tickwire.engine.store import Store\ns = Store.open({dsn!r})\nprint('open', flush=True)\n"
     holder = subprocess.Popen([PY, "-c", code + "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
