@@ -685,29 +685,46 @@ def test_store_credentials_reach_the_server_and_never_the_process_list_or_the_lo
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a segment to another user (chown) needs root")
 def test_a_ring_squatted_by_another_user_is_neither_read_nor_reused(tmp_path):
-    """Another local user creates the run's signal ring before the daemon and writes three forged
-    signals into it (here: a segment given to `nobody`). `tickwire signals` refuses to read it,
-    and the daemon refuses to start with one line that says whose it is, instead of taking the
-    forged records as its own."""
+    """Another local user creates rings, with three forged signals in each, under the names the
+    daemon would have used: the old predictable one, and the one rings.json recorded for the
+    previous start (here: segments given to `nobody`). `tickwire signals` refuses to read the
+    recorded one (whose it is, on one line); the daemon starts anyway under fresh random names,
+    leaves the squatted segments alone, and `tickwire signals` then prints none of the forged
+    records."""
+    from tickwire.engine.worker import write_ring_names
     from tickwire.ext import SIGNAL_DTYPE
     from tickwire.ext.ring import Ring
 
     cfg_path, raw = write_config(tmp_path, "squat")
-    name = "tickwire-squat-signals-0"
-    forged = Ring.create(name, SIGNAL_DTYPE, 1 << 8, "broadcast")
+    run_dir = tmp_path / "state" / "squat"
+    run_dir.mkdir(parents=True, mode=0o700)
+    recorded = ("tickwire-squat-0123456789abcdef-ticks-0", "tickwire-squat-0123456789abcdef-signals-0")
+    write_ring_names(run_dir, [recorded])
+    names = ["tickwire-squat-signals-0", recorded[1]]
+    forged = [Ring.create(n, SIGNAL_DTYPE, 1 << 8, "broadcast") for n in names]
+    signals = [PY, "-m", "tickwire", "signals", "--from-start", "--config", str(cfg_path)]
     try:
         recs = np.zeros(3, SIGNAL_DTYPE)
         recs["instrument"], recs["direction"] = 1, 1
-        forged.push_many(recs)
-        os.chown(f"/dev/shm/{name}", 65534, 65534)
-        sig = subprocess.run([PY, "-m", "tickwire", "signals", "--config", str(cfg_path)], capture_output=True,
-                             text=True, timeout=60)
+        for ring, name in zip(forged, names):
+            ring.push_many(recs)
+            os.chown(f"/dev/shm/{name}", 65534, 65534)
+        sig = subprocess.run(signals, capture_output=True, text=True, timeout=60)
         assert sig.returncode != 0 and sig.stdout == "", sig.stdout
         assert "uid 65534's, not yours" in sig.stderr and "Traceback" not in sig.stderr, sig.stderr
-        res = subprocess.run([PY, "-m", "tickwire", "run", "--config", str(cfg_path)], capture_output=True,
-                             text=True, timeout=60)
-        last = res.stderr.strip().splitlines()[-1]                # after the info log: one line
-        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
-        assert last.startswith("tickwire run: ") and "uid 65534's, not yours" in last and "rings.prefix" in last
+        daemon, log = start_daemon(cfg_path, tmp_path)
+        try:
+            assert wait_for(lambda: status(run_dir)["pid"]), (tmp_path / "daemon.log").read_text()[-3000:]
+            mine = ring_names(run_dir)
+            assert not set(mine) & set(names) and recorded[0] not in mine
+            sig = subprocess.run(signals, capture_output=True, text=True, timeout=60)
+            assert sig.returncode == 0 and sig.stdout == "", sig.stdout + sig.stderr  # no sim: no signals
+        finally:
+            rc, _ = stop_daemon(daemon, log)
+        text = (tmp_path / "daemon.log").read_text()
+        assert rc == 0, text[-3000:]
+        assert f"ring {recorded[1]} of an earlier start is not this daemon's" in text
+        assert all(os.stat(f"/dev/shm/{n}").st_uid == 65534 for n in names)      # left alone
     finally:
-        forged.close()
+        for ring in forged:
+            ring.close()
