@@ -357,13 +357,23 @@ class Supervisor:
         log.warning("replacing ring %s left behind by an earlier run (nothing in it to store)", name)
         return None
 
+    def _previous_rings(self, report=False) -> list[tuple[str, str]]:
+        """The ring names an earlier start of this run recorded (empty: none, or unreadable)."""
+        try:
+            return read_ring_names(self.run_dir) or []
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            if report:
+                log.error("%s/rings.json cannot be read (%s): rings an earlier start left, if any, are not "
+                          "reclaimed", self.run_dir, exc)
+            return []
+
     def _make_rings(self) -> list[tuple[str, str]]:
         """The rings of this daemon run: those an earlier start left with data to store are
         adopted under their names; every other ring is created under a name with a random part
         new to this start. The names are recorded in ``<run_dir>/rings.json`` (0600) before the
         segments exist, so a crash in between leaves nothing unrecorded."""
         cfg = self.cfg
-        prev = read_ring_names(self.run_dir) or []
+        prev = self._previous_rings(report=True)
         token = new_ring_token()
         plan = []
         for i, _ in enumerate(cfg.workers):
@@ -407,7 +417,7 @@ class Supervisor:
         free space or in the memory available (segments left by an earlier run are reused)."""
         cfg = self.cfg
         need = 0
-        prev = read_ring_names(self.run_dir) or []
+        prev = self._previous_rings()
         for i, _ in enumerate(cfg.workers):
             names = prev[i] if i < len(prev) else ("", "")
             for name, rs, cap, extra in zip(names, (EVENT_DTYPE.itemsize, SIGNAL_DTYPE.itemsize),
