@@ -728,3 +728,26 @@ def test_a_ring_squatted_by_another_user_is_neither_read_nor_reused(tmp_path):
     finally:
         for ring in forged:
             ring.close()
+
+
+def test_rings_json_is_private_whatever_the_umask_and_the_names_differ_each_start(tmp_path):
+    """rings.json is written 0600 even under umask 0 and replaces the old file whole; each start
+    draws a new 64-bit random part (the old predictable names are never produced)."""
+    from tickwire.engine.config import load
+    from tickwire.engine.worker import fresh_ring_names, new_ring_token, read_ring_names, write_ring_names
+
+    cfg = load(write_config(tmp_path, "names")[0])
+    tokens = {new_ring_token() for _ in range(1000)}
+    assert len(tokens) == 1000 and all(len(t) == 16 and int(t, 16) >= 0 for t in tokens)
+    t = next(iter(tokens))
+    assert fresh_ring_names(cfg, 1, t) == (f"tickwire-names-{t}-ticks-1", f"tickwire-names-{t}-signals-1")
+    old = os.umask(0)
+    try:
+        write_ring_names(tmp_path, [("a", "b")])
+        write_ring_names(tmp_path, [("c", "d"), ("e", "f")])
+    finally:
+        os.umask(old)
+    assert (tmp_path / "rings.json").stat().st_mode & 0o777 == 0o600
+    assert read_ring_names(tmp_path) == [("c", "d"), ("e", "f")]
+    assert not list(tmp_path.glob(".rings.json*"))                # no temporary file left
+    assert read_ring_names(tmp_path / "nothing") is None
