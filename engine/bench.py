@@ -583,13 +583,12 @@ class Run:
         return path, cfg
 
     def measure_target(self, rate: float, tag: str, pub: Publisher) -> dict:
-        from tickwire.engine.worker import ring_names
+        from tickwire.engine.worker import fresh_ring_names, new_ring_token, ring_names, write_ring_names
         from tickwire.ext import SIGNAL_DTYPE
         from tickwire.ext.ring import Ring
 
         a = self.args
         path, cfg = self.target_config(tag)
-        names = [ring_names(cfg, i)[1] for i in range(len(cfg.workers))]
         procs, rings, daemon = [], [], None
         stop_ev = mp.get_context("spawn").Event()
         try:
@@ -598,16 +597,23 @@ class Run:
                 daemon = subprocess.Popen([sys.executable, "-m", "tickwire", "run", "--config", str(path)],
                                           stdout=log, stderr=subprocess.STDOUT)
             else:
-                rings = [Ring.create(n, SIGNAL_DTYPE, cfg.rings.signals_capacity, "broadcast", role="none",
-                                     replace=True) for n in names]
+                run_dir = self.work / tag                  # the worker finds its rings in its rings.json
+                run_dir.mkdir(parents=True, exist_ok=True)
+                token = new_ring_token()
+                pairs = [fresh_ring_names(cfg, i, token) for i in range(len(cfg.workers))]
+                write_ring_names(run_dir, pairs)
+                rings = [Ring.create(n, SIGNAL_DTYPE, cfg.rings.signals_capacity, "broadcast", role="none")
+                         for _, n in pairs]
                 from tickwire.ext import EVENT_DTYPE
 
-                tick_name = ring_names(cfg, 0)[0]
-                rings.append(Ring.create(tick_name, EVENT_DTYPE, 1 << 12, "blocking", role="none", replace=True))
+                rings.append(Ring.create(pairs[0][0], EVENT_DTYPE, 1 << 12, "blocking", role="none"))
                 p, ready = _spawn(_worker_proc, str(path), str(self.work / tag), stop_ev)
                 procs.append(p)
                 _wait_ready(p, ready, "the engine worker")
             pub.wait_subscribers(len(cfg.workers), timeout=120 if daemon else 60)
+            # the daemon records its rings' names (random per run) in its run directory's rings.json
+            names = [ring_names(cfg.state_dir / cfg.run if daemon else self.work / tag, i)[1]
+                     for i in range(len(cfg.workers))]
             start = time.time_ns() + 300_000_000
             until = start + int((a.warmup + a.duration + a.drain) * 1e9)
             out = self.work / f"{tag}-signals.npz"

@@ -159,9 +159,11 @@ def cmd_run(args) -> int:
 
 
 def _signal_names(cfg):
+    """The running daemon's signal rings, from its run directory's rings.json (FileNotFoundError
+    when no daemon recorded any; PermissionError when the file is not readable by us)."""
     from tickwire.engine.worker import ring_names
 
-    return [ring_names(cfg, i)[1] for i in range(len(cfg.workers))]
+    return [ring_names(cfg.state_dir / cfg.run, i)[1] for i in range(len(cfg.workers))]
 
 
 def cmd_signals(args) -> int:

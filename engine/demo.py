@@ -74,7 +74,7 @@ class SignalConsumer(threading.Thread):
 
     def __init__(self, names):
         super().__init__(daemon=True)
-        self.names = names
+        self.names = names                     # a list, or a callable giving it (read once the daemon set up)
         self.received = 0
         self.missed = 0
         self.last = None
@@ -89,10 +89,11 @@ class SignalConsumer(threading.Thread):
 
         rings = []
         try:
+            names = self.names() if callable(self.names) else self.names
             end = time.monotonic() + 30
-            while len(rings) < len(self.names) and time.monotonic() < end:
+            while len(rings) < len(names) and time.monotonic() < end:
                 try:
-                    rings = [Ring.attach(n, SIGNAL_DTYPE, start="oldest") for n in self.names]
+                    rings = [Ring.attach(n, SIGNAL_DTYPE, start="oldest") for n in names]
                 except FileNotFoundError:
                     time.sleep(0.05)
             buf = np.empty(4096, dtype=SIGNAL_DTYPE)
@@ -159,7 +160,7 @@ def _run_demo(duration, rate, instruments, channels, data_dir, seed, say, keep, 
     say(f"  config: {cfg_path}   store: {cfg.store.dsn}")
 
     sup = Supervisor(cfg, cfg_path, run_dir)
-    consumer = SignalConsumer([ring_names(cfg, i)[1] for i in range(len(cfg.workers))])
+    consumer = SignalConsumer(lambda: [ring_names(run_dir, i)[1] for i in range(len(cfg.workers))])
     sim_out: list[str] = []
     state = {"sim": None, "t0": None}
 

@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 
 from tickwire.engine import config as configmod
-from tickwire.engine.worker import ring_names
+from tickwire.engine.worker import fresh_ring_names, new_ring_token, read_ring_names, ring_keys, write_ring_names
 from tickwire.engine.writer import EXIT_UNSTORED
 from tickwire.ext import EVENT_DTYPE, SIGNAL_DTYPE
 from tickwire.ext import ring as ringmod
@@ -265,6 +265,7 @@ class Supervisor:
         self.summary = ""
         self._locks: list[int] = []
         self._store_lock = None
+        self._keys: dict[str, str] = {}                # ring name -> its stable key (the writer's state dir)
 
     # -- setup ----------------------------------------------------------------------------------
     def _store_dir(self):
@@ -327,47 +328,104 @@ class Supervisor:
         if kind == "ticks":
             return int(ring.head - ring.tail)
         try:
-            st = json.loads((self.run_dir / "writer" / ring.name.lstrip("/") / "position.json").read_text())
+            name = ring.name.lstrip("/")
+            st = json.loads((self.run_dir / "writer" / self._keys.get(name, name) / "position.json").read_text())
         except (OSError, ValueError):
             st = {}
         pos = int(st.get("pos", 0)) if st.get("epoch") == int(ring.created_ns) else 0
         return max(0, int(ring.head) - pos)
 
-    def _make_ring(self, name, dtype, capacity, policy, kind):
-        if ringmod.exists(name):
-            try:
-                old = Ring.attach(name, dtype, role="none")
-            except PermissionError as exc:      # another user's segment, or one others could write
-                raise StartupError(f"{exc.strerror}; its name is taken: set rings.prefix or daemon.run to "
-                                   f"another name, or remove {exc.filename} as its owner or root") from None
-            except Exception as exc:            # noqa: BLE001 - another layout: nothing this build can read
-                log.error("ring %s left behind by an earlier run cannot be read (%s): replaced", name, exc)
-                old = None
-            if old is not None:
-                give_up = time.monotonic() + self.shutdown_timeout
-                waited = False
-                while old.producer_alive or old.consumer_alive:     # a dead daemon's children finishing
-                    if time.monotonic() > give_up:
-                        pid = old.consumer_pid or old.producer_pid
-                        old.close()
-                        raise StartupError(f"ring {name} is still in use by pid {pid}, which is not this daemon's: "
-                                           f"refusing to start")
-                    if not waited:
-                        waited = True
-                        log.warning("ring %s is still used by pid %d of a daemon that died: waiting", name,
-                                    old.consumer_pid or old.producer_pid)
-                    time.sleep(0.1)
-                left = self._unstored(old, kind)
-                if left:
-                    log.warning("ring %s of an earlier run holds %d %s not stored: kept, the writer stores them "
-                                "first", name, left, kind)
-                    self.rings.append(old)
-                    return old
+    def _reclaim(self, name, dtype, kind):
+        """A segment ``name`` that an earlier start of this run recorded (rings.json): one of ours
+        that still holds ticks or signals not stored is adopted (returned: the writer stores them
+        first); an empty one is unlinked; one that is not ours (another user took the name after
+        our segment was gone) or that no longer exists is left alone (None: the caller makes a
+        new ring under a fresh random name)."""
+        if not ringmod.exists(name):
+            return None
+        try:
+            old = Ring.attach(name, dtype, role="none")
+        except PermissionError as exc:      # another user's segment, or one others could write
+            log.warning("ring %s of an earlier start is not this daemon's (%s): left alone, a new ring "
+                        "with a fresh name is used", name, exc.strerror)
+            return None
+        except Exception as exc:            # noqa: BLE001 - another layout: nothing this build can read
+            log.error("ring %s left behind by an earlier run cannot be read (%s): replaced", name, exc)
+            ringmod.remove(name)
+            return None
+        give_up = time.monotonic() + self.shutdown_timeout
+        waited = False
+        while old.producer_alive or old.consumer_alive:     # a dead daemon's children finishing
+            if time.monotonic() > give_up:
+                pid = old.consumer_pid or old.producer_pid
                 old.close()
-                log.warning("replacing ring %s left behind by an earlier run (nothing in it to store)", name)
-        ring = Ring.create(name, dtype, capacity, policy, role="none", replace=True)
-        self.rings.append(ring)
-        return ring
+                raise StartupError(f"ring {name} is still in use by pid {pid}, which is not this daemon's: "
+                                   f"refusing to start")
+            if not waited:
+                waited = True
+                log.warning("ring %s is still used by pid %d of a daemon that died: waiting", name,
+                            old.consumer_pid or old.producer_pid)
+            time.sleep(0.1)
+        left = self._unstored(old, kind)
+        if left:
+            log.warning("ring %s of an earlier run holds %d %s not stored: kept, the writer stores them "
+                        "first", name, left, kind)
+            return old
+        _drop(old)
+        log.warning("replacing ring %s left behind by an earlier run (nothing in it to store)", name)
+        return None
+
+    def _previous_rings(self, report=False) -> list[tuple[str, str]]:
+        """The ring names an earlier start of this run recorded (empty: none, or unreadable)."""
+        try:
+            return read_ring_names(self.run_dir) or []
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            if report:
+                log.error("%s/rings.json cannot be read (%s): rings an earlier start left, if any, are not "
+                          "reclaimed", self.run_dir, exc)
+            return []
+
+    def _make_rings(self) -> list[tuple[str, str]]:
+        """The rings of this daemon run: those an earlier start left with data to store are
+        adopted under their names; every other ring is created under a name with a random part
+        new to this start. The names are recorded in ``<run_dir>/rings.json`` (0600) before the
+        segments exist, so a crash in between leaves nothing unrecorded."""
+        cfg = self.cfg
+        prev = self._previous_rings(report=True)
+        token = new_ring_token()
+        plan = []
+        for i, _ in enumerate(cfg.workers):
+            row = []
+            for j, (dtype, kind) in enumerate(((EVENT_DTYPE, "ticks"), (SIGNAL_DTYPE, "signals"))):
+                key = ring_keys(cfg, i)[j]
+                old = None
+                if i < len(prev):
+                    self._keys[prev[i][j]] = key
+                    old = self._reclaim(prev[i][j], dtype, kind)
+                if old is not None:
+                    self.rings.append(old)
+                    row.append(old)
+                else:
+                    row.append(fresh_ring_names(cfg, i, token)[j])
+                    self._keys[row[-1]] = key
+            plan.append(row)
+        names = [tuple(r if isinstance(r, str) else r.name.lstrip("/") for r in row) for row in plan]
+        write_ring_names(self.run_dir, names)
+        for i, row in enumerate(plan):
+            made = []
+            for r, (dtype, cap, policy) in zip(row, ((EVENT_DTYPE, cfg.rings.ticks_capacity, "blocking"),
+                                                     (SIGNAL_DTYPE, cfg.rings.signals_capacity, "broadcast"))):
+                if isinstance(r, str):
+                    try:                             # O_EXCL: a name nobody could know is never replaced
+                        r = Ring.create(r, dtype, cap, policy, role="none")
+                    except FileExistsError:
+                        raise StartupError(f"ring {r} exists already although its name was just drawn at "
+                                           f"random: refusing to start") from None
+                    self.rings.append(r)
+                made.append(r)
+            self.tick_rings.append(made[0])
+            self.signal_rings.append(made[1])
+        return names
 
     def _python(self, module, *args):
         return [sys.executable, "-m", module, *map(str, args)]
@@ -377,12 +435,15 @@ class Supervisor:
         free space or in the memory available (segments left by an earlier run are reused)."""
         cfg = self.cfg
         need = 0
+        prev = self._previous_rings()
         for i, _ in enumerate(cfg.workers):
-            for name, rs, cap, extra in zip(ring_names(cfg, i), (EVENT_DTYPE.itemsize, SIGNAL_DTYPE.itemsize),
+            names = prev[i] if i < len(prev) else ("", "")
+            for name, rs, cap, extra in zip(names, (EVENT_DTYPE.itemsize, SIGNAL_DTYPE.itemsize),
                                             (cfg.rings.ticks_capacity, cfg.rings.signals_capacity), (0, 8)):
                 size = ringmod.HEADER_SIZE + 64 + cap * (rs + extra)
                 try:
-                    size -= os.stat(f"/dev/shm/{name}").st_blocks * 512    # replaced or adopted: in use already
+                    if name:                                            # replaced or adopted: in use already
+                        size -= os.stat(f"/dev/shm/{name}").st_blocks * 512
                 except OSError:
                     pass
                 need += max(0, size)
@@ -424,14 +485,7 @@ class Supervisor:
                                             bool(cfg.feeds.curve_server_key))
         for w in self.warnings:
             log.warning("%s", w)
-        tick_names, sig_names = [], []
-        for i, _ in enumerate(cfg.workers):
-            t, s = ring_names(cfg, i)
-            self.tick_rings.append(self._make_ring(t, EVENT_DTYPE, cfg.rings.ticks_capacity, "blocking", "ticks"))
-            self.signal_rings.append(self._make_ring(s, SIGNAL_DTYPE, cfg.rings.signals_capacity, "broadcast",
-                                                     "signals"))
-            tick_names.append(t)
-            sig_names.append(s)
+        names = self._make_rings()
         # the DSN (which may hold a password) and the credentials go by the environment, which only
         # this user can read (/proc/<pid>/environ is 0400), never on argv, which every user can
         secrets = {"TICKWIRE_STORE_DSN": cfg.store.dsn}
@@ -453,10 +507,9 @@ class Supervisor:
         inst_file = self.run_dir / "instruments.json"
         inst_file.write_text(json.dumps([_instrument_dict(i) for i in cfg.instruments]))
         argv += ["--instruments", inst_file]
-        for t in tick_names:
-            argv += ["--ring", t]
-        for s in sig_names:
-            argv += ["--signal-ring", s]
+        for i, (t, s) in enumerate(names):           # KEY=NAME: the writer's state lives under the stable key
+            kt, ks = ring_keys(cfg, i)
+            argv += ["--ring", f"{kt}={t}", "--signal-ring", f"{ks}={s}"]
         self.writer = _Child("writer", argv, cfg.store.writer_cpu, env=secrets) if cfg.store.enabled else None
         for i, w in enumerate(cfg.workers):
             self.workers.append(_Child(w.name, self._python("tickwire.engine.worker", "--config", self.config_path,
@@ -736,7 +789,7 @@ class Supervisor:
     def writer_status(self) -> list[dict]:
         out = []
         for i, _ in enumerate(self.cfg.workers):
-            t, _s = ring_names(self.cfg, i)
+            t, _s = ring_keys(self.cfg, i)
             try:
                 out.append(json.loads((self.run_dir / "writer" / t / "status.json").read_text()))
             except (OSError, ValueError):

@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import queue
+import secrets
 import signal
 import sys
 import threading
@@ -61,12 +62,76 @@ log = logging.getLogger("tickwire.worker")
 #: housekeeping thread gives the engine's thread the GIL back within this.
 SWITCH_INTERVAL = 0.0002
 
-__all__ = ["Worker", "ring_names", "channels_of", "main"]
+__all__ = ["Worker", "ring_names", "ring_keys", "read_ring_names", "write_ring_names", "channels_of", "main"]
 
 
-def ring_names(cfg, index: int) -> tuple[str, str]:
-    """Names of worker ``index``'s tick ring and signal ring."""
+#: The file in the run directory naming the run's rings (0600; the run directory is 0700).
+RINGS_FILE = "rings.json"
+
+
+def ring_keys(cfg, index: int) -> tuple[str, str]:
+    """Stable keys of worker ``index``'s tick ring and signal ring (``<prefix>-<run>-ticks-<i>``):
+    the writer keeps each ring's state (journal, spill, status) under this key, whatever the
+    segment's name in a given daemon run."""
     return f"{cfg.rings.prefix}-{cfg.run}-ticks-{index}", f"{cfg.rings.prefix}-{cfg.run}-signals-{index}"
+
+
+def fresh_ring_names(cfg, index: int, token: str) -> tuple[str, str]:
+    """Segment names for worker ``index`` with the daemon run's random ``token``
+    (``<prefix>-<run>-<token>-ticks-<i>``): another local user cannot guess them before the
+    daemon creates them, so cannot take them first (docs/security.md)."""
+    return (f"{cfg.rings.prefix}-{cfg.run}-{token}-ticks-{index}",
+            f"{cfg.rings.prefix}-{cfg.run}-{token}-signals-{index}")
+
+
+def new_ring_token() -> str:
+    """64 random bits, hex: the per-run part of the ring names."""
+    return secrets.token_hex(8)
+
+
+def read_ring_names(run_dir) -> list[tuple[str, str]] | None:
+    """The (tick ring, signal ring) names per worker that the supervisor recorded in
+    ``<run_dir>/rings.json``, or None when there is no such file (no daemon started this run)."""
+    try:
+        data = json.loads((Path(run_dir) / RINGS_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    return [(w["ticks"], w["signals"]) for w in data["workers"]]
+
+
+def write_ring_names(run_dir, names) -> None:
+    """Record ``names`` (a list of (tick ring, signal ring) per worker) in ``<run_dir>/rings.json``:
+    written 0600 whatever the umask, fsynced, and renamed into place, so a reader sees the old
+    file or the new one, never a part."""
+    run_dir = Path(run_dir)
+    tmp = run_dir / f".{RINGS_FILE}.{os.getpid()}"
+    body = json.dumps({"workers": [{"ticks": t, "signals": s} for t, s in names]}, indent=1).encode()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, body)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, run_dir / RINGS_FILE)
+    dfd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def ring_names(run_dir, index: int) -> tuple[str, str]:
+    """Names of worker ``index``'s tick ring and signal ring in the daemon run whose run
+    directory is ``run_dir`` (from its ``rings.json``). ``FileNotFoundError`` when no daemon
+    recorded any there."""
+    names = read_ring_names(run_dir)
+    if names is None:
+        raise FileNotFoundError(2, "no daemon has recorded its rings here", str(Path(run_dir) / RINGS_FILE))
+    if index >= len(names):
+        raise FileNotFoundError(2, f"the daemon's rings.json names no rings for worker {index}",
+                                str(Path(run_dir) / RINGS_FILE))
+    return names[index]
 
 
 def channels_of(cfg, instruments) -> dict[int, list[int]]:
@@ -114,7 +179,7 @@ class Worker:
         self._logged = StageRecorders()                    # the interval being logged (housekeeping)
         self._spare = StageRecorders()                     # swapped in for the next interval
         self._handoff = queue.SimpleQueue()                # full intervals, engine -> housekeeping
-        tick_name, sig_name = ring_names(cfg, index)
+        tick_name, sig_name = ring_names(self.run_dir, index)
         self.ticks = Ring.attach(tick_name, EVENT_DTYPE, role="producer", takeover=True)
         self.signals = Ring.attach(sig_name, SIGNAL_DTYPE, role="producer", takeover=True)
         self.counts = {"events": 0, "signals": 0, "batches": 0, "tick_ring_waits": 0, "ticks_stored": 0,

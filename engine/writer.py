@@ -930,6 +930,12 @@ class WriterService:
         return [dict(w.metrics) for w in self.writers]
 
 
+def _key_name(arg: str) -> tuple[str, str]:
+    """``KEY=NAME`` (the state directory's name, the ring's), or ``NAME`` for both."""
+    key, _, name = arg.rpartition("=")
+    return (key or name), name
+
+
 def main(argv=None) -> int:
     """``python -m tickwire.engine.writer``: the writer process the daemon starts. Exit status 0
     when everything read is stored or spilled, :data:`EXIT_UNSTORED` when some had to stay in
@@ -937,7 +943,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tickwire.engine.writer",
                                  description="Drain tick rings into ClickHouse, exactly once.")
     ap.add_argument("--ring", action="append", required=True,
-                    help="a blocking tick ring to consume (repeat for several workers)")
+                    metavar="[KEY=]NAME",
+                    help="a blocking tick ring to consume (repeat for several workers); its journal, spill and "
+                         "status live in <state-dir>/KEY (default: NAME)")
     ap.add_argument("--dsn", default=None,
                     help="store DSN (chdb:///abs/dir or http://host:8123); default: $TICKWIRE_STORE_DSN, which "
                          "the daemon uses so that a password in it never shows in the process list. "
@@ -946,7 +954,8 @@ def main(argv=None) -> int:
     ap.add_argument("--state-dir", required=True, help="journal, spill and status files (one subdirectory a ring)")
     ap.add_argument("--batch-rows", type=int, default=500_000)
     ap.add_argument("--batch-seconds", type=float, default=1.0)
-    ap.add_argument("--signal-ring", action="append", default=[], help="broadcast signal ring to store (optional)")
+    ap.add_argument("--signal-ring", action="append", default=[], metavar="[KEY=]NAME",
+                    help="broadcast signal ring to store (optional); its state lives in <state-dir>/KEY")
     ap.add_argument("--signal-seconds", type=float, default=1.0, help="signals are stored this often [%(default)s]")
     ap.add_argument("--run", default="", help="run name stored with the signals")
     ap.add_argument("--cpu", type=int, default=None, help="pin to this core")
@@ -998,13 +1007,13 @@ def main(argv=None) -> int:
     if link.submit(link.get).result() is None:     # connect (and create the schema) before attaching
         log.error("%s: will spill until the store answers", link.last_error)
     writers = []
-    for name in args.ring:
+    for key, name in map(_key_name, args.ring):
         ring = Ring.attach(name, EVENT_DTYPE, takeover=True, spin_ns=0)     # no hurry: sleep at once
-        writers.append(TickWriter(link, ring, Path(args.state_dir) / name, int(ring.created_ns),
+        writers.append(TickWriter(link, ring, Path(args.state_dir) / key, int(ring.created_ns),
                                   batch_rows=args.batch_rows, batch_seconds=args.batch_seconds,
                                   nap=args.nap, spill_above=args.spill_above))
-    signals = [SignalWriter(link, Ring.attach(name, SIGNAL_DTYPE, start="oldest"), Path(args.state_dir) / name,
-                            args.run, batch_seconds=args.signal_seconds) for name in args.signal_ring]
+    signals = [SignalWriter(link, Ring.attach(name, SIGNAL_DTYPE, start="oldest"), Path(args.state_dir) / key,
+                            args.run, batch_seconds=args.signal_seconds) for key, name in map(_key_name, args.signal_ring)]
     policy = None
     if args.sched == "idle":                 # after set-up, which runs at normal priority
         policy = IdlePolicy()

@@ -377,13 +377,20 @@ def writer_ready(run_dir) -> bool:
     return (run_dir / "writer" / f"tickwire-{run_dir.name}-ticks-0" / "status.json").exists()
 
 
+def ring_names(run_dir, i=0):
+    """The (tick ring, signal ring) of worker ``i`` that the daemon recorded in its rings.json."""
+    from tickwire.engine.worker import ring_names as names
+
+    return names(run_dir, i)
+
+
 def remove_rings(run):
     """Remove the rings a run kept (a test that failed half-way would leave 64 MiB each)."""
     from tickwire.ext import ring as ringmod
 
-    for name in (f"tickwire-{run}-ticks-0", f"tickwire-{run}-signals-0"):
-        if ringmod.exists(name):
-            ringmod.remove(name)
+    for path in Path("/dev/shm").glob(f"tickwire-{run}-*"):
+        if path.stat().st_uid == os.geteuid():
+            ringmod.remove(path.name)
 
 
 @pytest.fixture
@@ -461,12 +468,15 @@ def test_hung_writer_at_sigterm_keeps_the_ring_and_the_next_start_stores_it(tmp_
     text = (tmp_path / "daemon.log").read_text()
     assert rc == 3 and took < 15, text[-3000:]
     line = next(x for x in text.splitlines() if "NOT stored" in x)
-    assert "kept in shared memory (tickwire-hung-ticks-0, tickwire-hung-signals-0)" in line
+    kept = ring_names(run_dir)
+    assert kept[0].startswith("tickwire-hung-") and kept[0] != "tickwire-hung-ticks-0"   # a random part
+    assert f"kept in shared memory ({kept[0]}, {kept[1]})" in line
     assert "did not finish within 4 s" in line
-    assert ringmod.exists("tickwire-hung-ticks-0") and ringmod.exists("tickwire-hung-signals-0")
+    assert ringmod.exists(kept[0]) and ringmod.exists(kept[1])
     daemon, log = start_daemon(cfg_path, tmp_path, "daemon2")
     try:
         assert wait_for(lambda: status(run_dir)["pid"])
+        assert ring_names(run_dir) == kept                  # the next start found them in rings.json
         st = run_dir / "writer" / "tickwire-hung-ticks-0" / "status.json"
         assert wait_for(lambda: json.loads(st.read_text())["rows_written"] >= 100_000, 60)
     finally:
@@ -474,7 +484,7 @@ def test_hung_writer_at_sigterm_keeps_the_ring_and_the_next_start_stores_it(tmp_
     text = (tmp_path / "daemon2.log").read_text()
     assert rc == 0, text[-3000:]
     assert "holds" in text and "not stored: kept, the writer stores them first" in text
-    assert not ringmod.exists("tickwire-hung-ticks-0")
+    assert not ringmod.exists(kept[0]) and not ringmod.exists(kept[1])
     dsn = f"chdb://{tmp_path}/state/store"
     assert market_events(dsn) == (100_000, 100_000)
     (n, distinct), = query(dsn, "SELECT count(), uniqExact(ts_signal, seq, instrument, rule_id) "
@@ -506,7 +516,7 @@ def test_full_spill_dir_with_the_store_down_exits_non_zero_and_loses_nothing(tmp
     assert rc == 3, text[-3000:]
     line = next(x for x in text.splitlines() if "NOT stored" in x)
     assert f"spill directory {spill} is full (ENOSPC, errno 28)" in line
-    assert ringmod.exists("tickwire-full-ticks-0")
+    assert ringmod.exists(ring_names(run_dir)[0])
     del raw["store"]["dsn"]                                   # the store is back
     cfg_path.write_text(to_toml(raw))
     daemon, log = start_daemon(cfg_path, tmp_path, "daemon2")
@@ -547,8 +557,6 @@ def test_killed_supervisor_takes_its_children_along_and_a_new_daemon_starts(tmp_
 def test_a_second_daemon_on_the_same_store_refuses_to_start(tmp_path):
     """The embedded store allows one process: a second daemon (another run, same store) exits 2
     with one line and starts nothing; so does a daemon whose store another process holds."""
-    from tickwire.ext import ring as ringmod
-
     first, _ = write_config(tmp_path, "first")
     second, _ = write_config(tmp_path, "second")             # same state_dir: the same store
     daemon, log = start_daemon(first, tmp_path)
@@ -561,7 +569,8 @@ def test_a_second_daemon_on_the_same_store_refuses_to_start(tmp_path):
     assert rc == 0
     assert res.returncode == 2 and res.stderr.strip().count("\n") == 0, res.stderr
     assert f"is in use by another tickwire daemon (pid {daemon.pid})" in res.stderr
-    assert not ringmod.exists("tickwire-second-ticks-0")
+    assert not list(Path("/dev/shm").glob("tickwire-second-*"))
+    assert not (tmp_path / "state" / "second" / "rings.json").exists()
     dsn = f"chdb://{tmp_path}/state/store"
     code = f"import time\nfrom tickwire.engine.store import Store\ns = Store.open({dsn!r})\nprint('open', flush=True)\n"
     holder = subprocess.Popen([PY, "-c", code + "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
@@ -676,29 +685,69 @@ def test_store_credentials_reach_the_server_and_never_the_process_list_or_the_lo
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a segment to another user (chown) needs root")
 def test_a_ring_squatted_by_another_user_is_neither_read_nor_reused(tmp_path):
-    """Another local user creates the run's signal ring before the daemon and writes three forged
-    signals into it (here: a segment given to `nobody`). `tickwire signals` refuses to read it,
-    and the daemon refuses to start with one line that says whose it is, instead of taking the
-    forged records as its own."""
+    """Another local user creates rings, with three forged signals in each, under the names the
+    daemon would have used: the old predictable one, and the one rings.json recorded for the
+    previous start (here: segments given to `nobody`). `tickwire signals` refuses to read the
+    recorded one (whose it is, on one line); the daemon starts anyway under fresh random names,
+    leaves the squatted segments alone, and `tickwire signals` then prints none of the forged
+    records."""
+    from tickwire.engine.worker import write_ring_names
     from tickwire.ext import SIGNAL_DTYPE
     from tickwire.ext.ring import Ring
 
     cfg_path, raw = write_config(tmp_path, "squat")
-    name = "tickwire-squat-signals-0"
-    forged = Ring.create(name, SIGNAL_DTYPE, 1 << 8, "broadcast")
+    run_dir = tmp_path / "state" / "squat"
+    run_dir.mkdir(parents=True, mode=0o700)
+    recorded = ("tickwire-squat-0123456789abcdef-ticks-0", "tickwire-squat-0123456789abcdef-signals-0")
+    write_ring_names(run_dir, [recorded])
+    names = ["tickwire-squat-signals-0", recorded[1]]
+    forged = [Ring.create(n, SIGNAL_DTYPE, 1 << 8, "broadcast") for n in names]
+    signals = [PY, "-m", "tickwire", "signals", "--from-start", "--config", str(cfg_path)]
     try:
         recs = np.zeros(3, SIGNAL_DTYPE)
         recs["instrument"], recs["direction"] = 1, 1
-        forged.push_many(recs)
-        os.chown(f"/dev/shm/{name}", 65534, 65534)
-        sig = subprocess.run([PY, "-m", "tickwire", "signals", "--config", str(cfg_path)], capture_output=True,
-                             text=True, timeout=60)
+        for ring, name in zip(forged, names):
+            ring.push_many(recs)
+            os.chown(f"/dev/shm/{name}", 65534, 65534)
+        sig = subprocess.run(signals, capture_output=True, text=True, timeout=60)
         assert sig.returncode != 0 and sig.stdout == "", sig.stdout
         assert "uid 65534's, not yours" in sig.stderr and "Traceback" not in sig.stderr, sig.stderr
-        res = subprocess.run([PY, "-m", "tickwire", "run", "--config", str(cfg_path)], capture_output=True,
-                             text=True, timeout=60)
-        last = res.stderr.strip().splitlines()[-1]                # after the info log: one line
-        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
-        assert last.startswith("tickwire run: ") and "uid 65534's, not yours" in last and "rings.prefix" in last
+        daemon, log = start_daemon(cfg_path, tmp_path)
+        try:
+            assert wait_for(lambda: status(run_dir)["pid"]), (tmp_path / "daemon.log").read_text()[-3000:]
+            mine = ring_names(run_dir)
+            assert not set(mine) & set(names) and recorded[0] not in mine
+            sig = subprocess.run(signals, capture_output=True, text=True, timeout=60)
+            assert sig.returncode == 0 and sig.stdout == "", sig.stdout + sig.stderr  # no sim: no signals
+        finally:
+            rc, _ = stop_daemon(daemon, log)
+        text = (tmp_path / "daemon.log").read_text()
+        assert rc == 0, text[-3000:]
+        assert f"ring {recorded[1]} of an earlier start is not this daemon's" in text
+        assert all(os.stat(f"/dev/shm/{n}").st_uid == 65534 for n in names)      # left alone
     finally:
-        forged.close()
+        for ring in forged:
+            ring.close()
+
+
+def test_rings_json_is_private_whatever_the_umask_and_the_names_differ_each_start(tmp_path):
+    """rings.json is written 0600 even under umask 0 and replaces the old file whole; each start
+    draws a new 64-bit random part (the old predictable names are never produced)."""
+    from tickwire.engine.config import load
+    from tickwire.engine.worker import fresh_ring_names, new_ring_token, read_ring_names, write_ring_names
+
+    cfg = load(write_config(tmp_path, "names")[0])
+    tokens = {new_ring_token() for _ in range(1000)}
+    assert len(tokens) == 1000 and all(len(t) == 16 and int(t, 16) >= 0 for t in tokens)
+    t = next(iter(tokens))
+    assert fresh_ring_names(cfg, 1, t) == (f"tickwire-names-{t}-ticks-1", f"tickwire-names-{t}-signals-1")
+    old = os.umask(0)
+    try:
+        write_ring_names(tmp_path, [("a", "b")])
+        write_ring_names(tmp_path, [("c", "d"), ("e", "f")])
+    finally:
+        os.umask(old)
+    assert (tmp_path / "rings.json").stat().st_mode & 0o777 == 0o600
+    assert read_ring_names(tmp_path) == [("c", "d"), ("e", "f")]
+    assert not list(tmp_path.glob(".rings.json*"))                # no temporary file left
+    assert read_ring_names(tmp_path / "nothing") is None
