@@ -5,8 +5,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["bench_book.py", "bench_engine.py", "bench_ring.py", "bench_hdr.py", "bench_store.py", "bench_feed.py", "bench_daemon.py",
-           "bench_replay.py"]
+SCRIPTS = ["bench_book.py", "bench_engine.py", "bench_ring.py", "bench_hdr.py", "bench_store.py", "bench_feed.py",
+           "bench_daemon.py", "bench_wire.py", "bench_replay.py", "bench_bridge.py"]
 
 
 def main() -> int:
