@@ -44,7 +44,8 @@ import time
 import numpy as np
 import zmq
 
-from common import bench_ext, describe_run, pin, table, version
+import cbuild
+from common import describe_run, pin, table, version
 
 from tickwire.ext import EVENT_DTYPE, Kind, codec, empty_events
 from tickwire.feeds import wire
@@ -52,7 +53,7 @@ from tickwire.feeds.handler import FeedHandler
 from tickwire.feeds.wire import MsgType
 
 TARGET = 2e6
-B = bench_ext("io_bench")              # raw libzmq loops (benchmarks/cext/io_bench.pyx)
+B = cbuild.load("io_bench")              # raw libzmq loops (benchmarks/cext/io_bench.pyx)
 EPOCH = 1
 
 

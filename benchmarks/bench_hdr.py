@@ -27,14 +27,15 @@ import sys
 
 import numpy as np
 
-from common import bench_ext, describe_run, median_time, pin, table, version
+import cbuild
+from common import describe_run, median_time, pin, table, version
 
 from hdrh.histogram import HdrHistogram
 
 from tickwire.engine.latency import IntervalLogWriter, to_hdrh
 from tickwire.ext.hdr import Recorder, StageRecorders
 
-B = bench_ext("io_bench")
+B = cbuild.load("io_bench")
 LEVELS = (50, 90, 99, 99.9, 99.99, 100)
 SLOTS = 27_648                                         # hdr.pxd: TW_HDR_COUNTS_LEN
 

@@ -47,13 +47,14 @@ import uuid
 
 import numpy as np
 
-from common import bench_ext, describe_run, table, version
+import cbuild
+from common import describe_run, table, version
 
 from tickwire.ext import EVENT_DTYPE
 from tickwire.ext import ring as R
 from tickwire.ext.hdr import Recorder
 
-B = bench_ext("io_bench")
+B = cbuild.load("io_bench")
 CTX = mp.get_context("spawn")
 REC = EVENT_DTYPE.itemsize
 SEQ = EVENT_DTYPE.fields["seq"][1]                      # byte offset of the record number

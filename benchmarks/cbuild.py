@@ -1,5 +1,7 @@
-"""Build benchmark-only Cython modules (benchmarks/_*.pyx) on demand, in release mode, against
-the installed tickwire's .pxd files; cached in build/bench (rebuilt when the source changes)."""
+"""Build benchmark-only Cython modules on demand, in release mode (-O3), against tickwire's .pxd
+and .h files: ``benchmarks/<name>.pyx`` or ``benchmarks/cext/<name>.pyx`` (with the C headers
+beside it). Cached in build/bench and rebuilt when the source, a header beside it or one of
+tickwire's .pxd/.h files changes. Never part of the wheel: setup.py does not see them."""
 
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from Cython.Build import cythonize
 name, src, inc = sys.argv[1], sys.argv[2], sys.argv[3].split("|")
 sys.argv[1:] = ["build_ext", "--inplace", "-q"]
 setup(name=name, ext_modules=cythonize(
-    [Extension(name, [src], include_dirs=inc, extra_compile_args=["-O3", "-Wno-unused-function"])],
+    [Extension(name, [src], include_dirs=inc,
+               extra_compile_args=["-O3", "-Wno-unused-function", "-Wno-unreachable-code"])],
     include_path=inc, quiet=True, build_dir="c",
     compiler_directives={"language_level": 3, "boundscheck": False, "wraparound": False,
                          "initializedcheck": False, "cdivision": True}))
@@ -34,8 +37,13 @@ def load(name: str):
     if BUILD != "release":
         sys.exit(f"tickwire's {BUILD} build is loaded: never benchmark a debug build (./dev build)")
     src = HERE / f"{name}.pyx"
-    inc = tickwire.get_include()
-    digest = hashlib.sha256(src.read_bytes() + "|".join(inc).encode()).hexdigest()[:16]
+    if not src.exists():
+        src = HERE / "cext" / f"{name}.pyx"
+    inc = [*tickwire.get_include(), str(src.parent)]
+    deps = [src, *sorted(src.parent.glob("*.h"))]
+    for d in tickwire.get_include():
+        deps += sorted(Path(d).glob("*.pxd")) + sorted(Path(d).glob("*.h"))
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in deps) + "|".join(inc).encode()).hexdigest()[:16]
     OUT.mkdir(parents=True, exist_ok=True)
     stamp = OUT / f"{name}.stamp"
     if not (stamp.exists() and stamp.read_text() == digest and list(OUT.glob(f"{name}.*.so"))):

@@ -24,37 +24,6 @@ def pin(core: int = 1) -> str:
         return f"not pinned ({exc})"
 
 
-def bench_ext(name: str = "io_bench"):
-    """Import the benchmark-only extension ``benchmarks/cext/<name>.pyx``, compiling it first
-    (release flags, -O3) into ``build/bench-ext`` when it is missing or older than its sources or
-    tickwire's ``.pxd``/``.h`` files.  It is never part of the wheel: setup.py does not see it."""
-    import importlib
-    import subprocess
-
-    root = Path(__file__).resolve().parent.parent
-    src = root / "benchmarks" / "cext"
-    out = root / "build" / "bench-ext"
-    deps = [*src.glob("*.pyx"), *src.glob("*.h"), *(root / "ext").glob("*.pxd"), *(root / "ext").glob("*.h")]
-    built = sorted(out.glob(f"{name}.*.so"))
-    if not built or built[0].stat().st_mtime < max(d.stat().st_mtime for d in deps):
-        print(f"(compiling benchmarks/cext/{name}.pyx into build/bench-ext)", file=sys.stderr, flush=True)
-        out.mkdir(parents=True, exist_ok=True)
-        code = f"""
-from Cython.Build import cythonize
-from setuptools import Extension, setup
-ext = Extension({name!r}, [{str(src / (name + ".pyx"))!r}], include_dirs=[{str(root / "ext")!r}, {str(src)!r}],
-                extra_compile_args=["-O3", "-Wno-unused-function", "-Wno-unreachable-code"])
-setup(name="tickwire-bench-ext", packages=[], py_modules=[],
-      script_args=["-q", "build_ext", "--build-lib", ".", "--build-temp", "tmp"],
-      ext_modules=cythonize([ext], include_path=[{str(root / "build" / "pxd")!r}, {str(root / "ext")!r}],
-                            build_dir="c", quiet=True, compiler_directives={{"language_level": 3}}))
-"""
-        subprocess.run([sys.executable, "-c", code], check=True, cwd=out)
-    if str(out) not in sys.path:
-        sys.path.insert(0, str(out))
-    return importlib.import_module(name)
-
-
 def version(dist: str) -> str:
     try:
         return importlib.metadata.version(dist)

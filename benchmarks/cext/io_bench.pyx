@@ -1,8 +1,8 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
 """Benchmark-only helpers for bench_ring.py, bench_hdr.py and bench_feed.py.
 
-Not part of tickwire: compiled on demand by ``benchmarks/common.py:bench_ext`` into
-``build/bench-ext`` (never into the wheel).  Tight nogil loops over tickwire's C APIs
+Not part of tickwire: compiled on demand by ``benchmarks/cbuild.py`` into
+``build/bench`` (never into the wheel).  Tight nogil loops over tickwire's C APIs
 (``cimport tickwire.ext.ring`` / ``tickwire.ext.hdr``), the plain C limits of ``tw_limits.h``,
 and raw libzmq send/receive loops for the feed benchmark's publisher and echo process.
 """
