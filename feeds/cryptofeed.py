@@ -272,10 +272,16 @@ class Bridge:
         if ex is None:
             raise BridgeError(f"config error: bridge.exchange: {self.bc.exchange!r} is not an exchange cryptofeed knows "
                               f"({', '.join(sorted(EXCHANGE_MAP))})")
+        quiet = logging.getLogger("feedhandler")   # cryptofeed logs a traceback of its own on failure
+        was = quiet.disabled
+        quiet.disabled = True
         try:
             known = ex.symbols()
         except Exception as exc:                  # cryptofeed reads the symbol list from the exchange
-            raise BridgeError(f"bridge: cannot read {self.bc.exchange}'s symbols from the exchange: {exc}") from None
+            raise BridgeError(f"cannot read {self.bc.exchange}'s symbols from the exchange (is it reachable?): "
+                              f"{type(exc).__name__}: {exc}") from None
+        finally:
+            quiet.disabled = was
         missing = [s for s in self.bc.symbols if s not in known]
         if missing:
             raise BridgeError(f"config error: bridge.symbols: {missing[0]!r} is not a {self.bc.exchange} symbol "
@@ -437,8 +443,8 @@ def add_parser(sub) -> None:
                     "Needs the cryptofeed extra (pip install -e '.[cryptofeed]' in the checkout). A progress line goes "
                     "to stderr every second; SIGINT/SIGTERM stop it; bad input is one line and exit 2.\n\n"
                     "Example (docs/feeds.md, 'Live exchanges'):\n"
-                    "  tickwire bridge --config kraken.toml      # in one terminal\n"
-                    "  tickwire run --config kraken.toml",
+                    "  tickwire bridge --config engine/kraken.example.toml      # in one terminal\n"
+                    "  tickwire run --config engine/kraken.example.toml",
     )
     p.add_argument("--config", "-c", required=True, help="the daemon's TOML configuration, with a [bridge] table")
     p.add_argument("--playback", nargs="+", metavar="FILE",

@@ -465,3 +465,34 @@ def test_unknown_symbol_and_a_tick_the_exchange_contradicts_are_refused_at_start
     finally:
         bridge.close(0)
     shutil.rmtree(d, ignore_errors=True)
+
+
+def test_the_shipped_kraken_config_pairs_bridge_and_daemon_and_an_unreachable_exchange_is_one_line(
+        monkeypatch, caplog, capsys):
+    """engine/kraken.example.toml (README, docs/feeds.md): the bridge binds where the daemon of the same
+    file subscribes; with the exchange out of reach (cryptofeed reads its symbols over HTTPS) the
+    bridge says so in one line, and cryptofeed's own traceback is not printed."""
+    import logging
+
+    from cryptofeed.exchanges import EXCHANGE_MAP
+
+    from tickwire.engine.config import load
+
+    cfg = load(Path(__file__).resolve().parent.parent / "engine" / "kraken.example.toml")
+    assert cfg.bridge.exchange == "KRAKEN" and cfg.bridge.symbols == ("BTC-USD", "ETH-USD")
+    assert (cfg.bridge.endpoint, cfg.bridge.snapshot) == (cfg.feeds.endpoints[0], cfg.feeds.snapshot)
+
+    def unreachable(cls, refresh=False):
+        logging.getLogger("feedhandler").error("cryptofeed's own traceback would go here", exc_info=True)
+        raise ConnectionError("Failed to resolve 'api.kraken.com'")
+
+    monkeypatch.setattr(EXCHANGE_MAP["KRAKEN"], "symbols", classmethod(unreachable))
+    bridge = Bridge(cfg)
+    try:
+        with caplog.at_level(logging.DEBUG), pytest.raises(BridgeError) as exc:
+            bridge.make_feed()
+    finally:
+        bridge.close(0)
+    assert str(exc.value).startswith("cannot read KRAKEN's symbols from the exchange (is it reachable?)")
+    assert not [r for r in caplog.records if r.name == "feedhandler"]
+    assert not logging.getLogger("feedhandler").disabled                 # restored afterwards
