@@ -213,7 +213,7 @@ class Worker:
                                 silence_timeout=f.stale_after_ms / 1000.0, max_retries=f.recovery_retries,
                                 max_events=f.max_message_events, batch_events=f.batch_events,
                                 io_cpus=[f.io_cpu], io_rt_priority=f.io_rt_priority, busy_poll=f.busy_poll,
-                                curve=f.curve())
+                                curve=f.curve(), history_from=f.history_from)
         self.book_service = BookService(books_endpoint(self.run_dir, index), self.answer_books,
                                         name=f"books-{index}", context=self.feed.context)
 

@@ -229,6 +229,12 @@ class FeedHandler:
     curve : tickwire.feeds.curve.CurveClient, optional
         ZeroMQ CURVE for the data sockets and the recovery DEALER (feeds between machines):
         only a publisher holding the server key's secret is heard, and the traffic is encrypted.
+    history_from : {"join", "start"}
+        Where a channel's tick history begins on a first join (not a resume): ``"join"``, at the
+        first message this receiver got (what the publisher sent before is only in the join
+        snapshot, not in the history); ``"start"``, at sequence number 1 of the publisher's epoch:
+        the events sent before the join are asked for again like a gap (counted lost if the
+        publisher no longer holds them), so a receiver that subscribed late stores everything.
     """
 
     def __init__(self, endpoints, channels, on_batch, *, on_store=None, on_snapshot=None,
@@ -238,7 +244,8 @@ class FeedHandler:
                  rcvhwm: int | None = None, silence_timeout: float = 2.0, reorder_window: float = 0.005,
                  snapshot_timeout: float = 0.5, backoff: float = 2.0, max_backoff: float = 5.0,
                  max_retries: int = 5, retry_pause: float = 5.0, snapshot_interval: float = 0.05,
-                 buffer_events: int = 1 << 20, max_request_events: int = 1 << 20, curve=None):
+                 buffer_events: int = 1 << 20, max_request_events: int = 1 << 20, curve=None,
+                 history_from: str = "join"):
         if isinstance(endpoints, str):
             endpoints = [endpoints]
         endpoints = list(endpoints)
@@ -278,6 +285,9 @@ class FeedHandler:
         self.endpoints = endpoints
         self.snapshot_endpoint = snapshot
         self.silence_timeout = float(silence_timeout)
+        if history_from not in ("join", "start"):
+            raise ValueError(f"history_from must be 'join' or 'start', got {history_from!r}")
+        self.history_from = history_from
         self.reorder_window = float(reorder_window)
         self.snapshot_timeout = float(snapshot_timeout)
         self.backoff = float(backoff)
@@ -1045,7 +1055,9 @@ class FeedHandler:
             else:
                 starts = [h.seq for h, ev, _ in early if h.epoch == epoch and h.type == MsgType.DATA]
                 starts += [h.seq for h, ev, _ in early if h.epoch == epoch and h.type == MsgType.HEARTBEAT]
-                c.store_next = min(starts + [covered + 1])
+                # "start": what the publisher sent before this receiver's first message is asked
+                # for again (a hole from seq 1), so that a slow join stores everything
+                c.store_next = 1 if self.history_from == "start" else min(starts + [covered + 1])
         elif epoch > c.epoch:                         # the service says the publisher restarted
             self._restart(c, epoch, ask=False)
         snap = np.concatenate(parts) if len(parts) > 1 else (parts[0] if parts else empty_events(0))
