@@ -172,6 +172,7 @@ class FeedConfig:
     busy_poll: bool = False
     reorder_window_ms: float = 5.0
     history_from: str = "join"          # "join": the tick history starts at the join; "start": at seq 1
+    fast_loop: bool = True              # the worker's live loop in C (Engine.run_feed)
     curve_server_key: str = ""          # the publisher's CURVE public key (Z85), resolved from text or a file
     curve_secret_key_file: str = ""     # this side's certificate (NAME.key_secret, 0600)
 
@@ -411,7 +412,7 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
     f = _table(raw, "feeds")
     _check_keys(f, {"endpoints", "snapshot", "socket", "hwm", "stale_after_ms", "recovery_retries", "channels",
                     "max_message_events", "batch_events", "io_cpu", "io_rt_priority", "busy_poll",
-                    "reorder_window_ms", "history_from", "curve_server_key", "curve_secret_key_file"}, "feeds.")
+                    "reorder_window_ms", "history_from", "fast_loop", "curve_server_key", "curve_secret_key_file"}, "feeds.")
     try:
         endpoints = f["endpoints"] if "endpoints" in f else [default_feed_endpoint()]
         snapshot_default = default_snapshot_endpoint() if "snapshot" not in f else ""
@@ -430,7 +431,7 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
                        _int(f, "io_rt_priority", "feeds.", 0, 0, 99),
                        _bool(f, "busy_poll", "feeds.", False),
                        _reorder_window(f), _str(f, "history_from", "feeds.", "join", ("join", "start")),
-                       **_curve(f, base_dir))
+                       _bool(f, "fast_loop", "feeds.", True), **_curve(f, base_dir))
     if feeds.batch_events < feeds.max_message_events:
         _fail("feeds.batch_events", f"at least feeds.max_message_events ({feeds.max_message_events})",
               feeds.batch_events)

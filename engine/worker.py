@@ -1,8 +1,9 @@
 """An engine worker: one process pinned to one core, serving a shard of the instruments.
 
-The hot loop runs outside asyncio: receive and decode (the Cython receive loop of
-:class:`~tickwire.feeds.handler.FeedHandler`, GIL released while it waits), then for each drained
-batch
+The hot loop runs outside asyncio, in C by default (``feeds.fast_loop``: ``Engine.run_feed``,
+without the GIL, returning to Python only for the feed handler's slow path and timers): receive
+and decode (the receive loop of :class:`~tickwire.feeds.handler.FeedHandler`), then for each
+drained batch
 
 1. run it through the :class:`~tickwire.engine.pipeline.Engine` (books, statistics, rules),
 2. push the signals into this worker's broadcast **signal ring**,
@@ -234,6 +235,26 @@ class Worker:
             self.batch_times_ns[0] = t0
         self.batch_times_ns[1] = t0
 
+    def run_fast(self, receiver, buf, seconds: float) -> tuple[int, int]:
+        """The live messages for ``seconds``, in C (``Engine.run_feed``): drain, engine, signal
+        ring, tick ring, with no Python per message; what the tick ring had no room for is pushed
+        here, waiting with the stop flag in view."""
+        n, batches, nsig, lo, hi, first, last = self.engine.run_feed(
+            receiver, self.ticks if self.store else None, self.signals, buf, seconds)
+        if hi > lo:
+            self.counts["tick_ring_waits"] += 1
+            self._push(buf[lo:hi])
+        self.counts["events"] += n
+        self.counts["signals"] += nsig
+        self.counts["batches"] += batches
+        if self.store:
+            self.counts["ticks_stored"] += n
+        if first:
+            if not self.batch_times_ns[0] and self.feed.all_live():
+                self.batch_times_ns[0] = first
+            self.batch_times_ns[1] = last
+        return n, batches
+
     def on_store(self, events: np.ndarray) -> None:
         """The tick history: into the tick ring, waiting while it is full (never loss)."""
         self._push(events)
@@ -427,9 +448,14 @@ class Worker:
         hk = threading.Thread(target=self.housekeeping, args=(stop_hk,), name="housekeeping", daemon=True)
         hk.start()
         self.book_service.start()
+        fast = self.cfg.feeds.fast_loop and not self.engine.needs_gil
+        log.info("live loop: %s", "in C (drain, engine, rings)" if fast else "per batch from Python")
         try:
             while not self.stop:
-                self.feed.poll(0.05)
+                if fast:
+                    self.feed.poll_fast(self.run_fast, 0.05)
+                else:
+                    self.feed.poll(0.05)
                 if self.book_service.pending is not None:
                     self.book_service.answer_pending()
                 now = time.monotonic()

@@ -783,6 +783,10 @@ cdef class FeedReceiver:
             raise _zmq_error(self.c.zmq_errno)
         return n
 
+    def error(self):
+        """The exception for the libzmq failure that made the last drain return -1."""
+        return _zmq_error(self.c.zmq_errno)
+
     @property
     def pending(self):
         """True when a message waits for the slow path (:meth:`take_pending`)."""

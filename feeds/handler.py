@@ -358,6 +358,22 @@ class FeedHandler:
             self._deliver_live(self._buf[:n])
         return n + self.service()
 
+    def poll_fast(self, run, timeout: float = 0.05) -> int:
+        """:meth:`poll`, with the live messages taken by ``run(receiver, buf, seconds)``: a loop
+        in C that drains them into ``buf``, processes and stores them itself until ``seconds``
+        pass or the receiver parks a message for the slow path (the worker's, over
+        ``Engine.run_feed``), returning ``(events, batches)``. While stored rows wait for a
+        first exchange time (:meth:`_keep`) the live events go through :meth:`poll`."""
+        if not self._started:
+            self._start()
+        if self._waiting:
+            return self.poll(timeout)
+        n, batches = run(self.receiver, self._buf, max(0.0, min(timeout, self._next_timer - time.monotonic())))
+        self._counters["batches"] += batches
+        self._counters["events"] += n
+        self._counters["stored_events"] += n
+        return n + self.service()
+
     def service(self) -> int:
         """The slow path, without draining: the parked message, replies and timers.
 
