@@ -97,6 +97,7 @@ def _samples(text):
     return out
 
 
+@pytest.mark.integration
 def test_metrics_follow_prometheus_conventions_and_count_from_zero(daemon):
     from tickwire.ext import Reject
     from tickwire.feeds.wire import Drop
@@ -143,6 +144,7 @@ def test_metrics_follow_prometheus_conventions_and_count_from_zero(daemon):
     assert out.returncode == 0 and "p99 w0 tick_to_signal" in out.stdout and "markers" in out.stdout, out.stderr
 
 
+@pytest.mark.integration
 def test_metrics_endpoint_stays_on_localhost_by_default(daemon):
     url = daemon["url"]
     assert url.startswith("http://127.0.0.1:")
@@ -290,6 +292,7 @@ def _alert_rules(api):
     return [r for g in body["data"]["groups"] for r in g["rules"]]
 
 
+@pytest.mark.integration
 def test_every_dashboard_and_alert_query_returns_data_from_a_real_prometheus(daemon, prometheus):
     api = prometheus["api"]
     # the rules as Prometheus loaded them from the shipped file: every alert of it
@@ -315,6 +318,13 @@ def test_every_dashboard_and_alert_query_returns_data_from_a_real_prometheus(dae
     # Prometheus evaluated every rule without an error
     assert wait_for(lambda: all(r["health"] == "ok" for r in _alert_rules(api)), 15), \
         [(r["name"], r.get("lastError")) for r in _alert_rules(api) if r["health"] != "ok"]
-    # and what it scraped is what the daemon counted: the gaps of the dropped messages
+    # and what it scraped is what the daemon counted: the gaps of the dropped messages...
     gaps = _query(api, 'sum(tickwire_feed_gaps_total{job="tickwire"})')
     assert float(gaps[0]["value"][1]) > 0
+    # ...which the gap alert sees (pending: its `for` is minutes), while the feed is not silent
+    def alerts():
+        body = json.loads(urllib.request.urlopen(f"{api}/api/v1/alerts", timeout=10).read())
+        return {a["labels"]["alertname"]: a["state"] for a in body["data"]["alerts"]}
+
+    assert wait_for(lambda: alerts().get("TickwireFeedGapsRising") in ("pending", "firing"), 30), alerts()
+    assert "TickwireFeedSilent" not in alerts() and "TickwireDaemonDown" not in alerts(), alerts()
