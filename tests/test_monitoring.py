@@ -121,6 +121,8 @@ def test_metrics_follow_prometheus_conventions_and_count_from_zero(daemon):
         assert (kind == "counter") == name.endswith("_total") or kind == "histogram", name
         assert "_ns" not in name and "latency_ns" not in name, name
     assert types["tickwire_latency_seconds"] == "histogram"
+    doc = (ROOT / "docs" / "monitoring.md").read_text()          # every metric documented
+    assert not [n for n in types if f"`{n}`" not in doc], [n for n in types if f"`{n}`" not in doc]
     # markers counted apart from market events
     w0 = frozenset({("worker", "w0")})
     assert now[("tickwire_markers_total", w0)] > 0 and now[("tickwire_events_total", w0)] > 0
