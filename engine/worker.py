@@ -56,6 +56,7 @@ import numpy as np
 from tickwire.engine import config as configmod
 from tickwire.engine.latency import IntervalLogWriter
 from tickwire.engine.live import BookService, books_endpoint, worker_answer
+from tickwire.engine.metrics import LATENCY_BOUNDS_NS, latency_histogram
 from tickwire.engine.pipeline import Engine
 from tickwire.ext import EVENT_DTYPE, SIGNAL_DTYPE, Flag
 from tickwire.ext.hdr import STAGES, StageRecorders
@@ -184,6 +185,8 @@ class Worker:
         self._logged = StageRecorders()                    # the interval being logged (housekeeping)
         self._spare = StageRecorders()                     # swapped in for the next interval
         self._handoff = queue.SimpleQueue()                # full intervals, engine -> housekeeping
+        self._swap_lock = threading.Lock()                 # a swap waits while the totals are read
+        self._event_seen = {}                              # channel -> ((epoch, next_seq), wall time it moved)
         tick_name, sig_name = ring_names(self.run_dir, index)
         self.ticks = Ring.attach(tick_name, EVENT_DTYPE, role="producer", takeover=True)
         self.signals = Ring.attach(sig_name, SIGNAL_DTYPE, role="producer", takeover=True)
@@ -331,12 +334,15 @@ class Worker:
         """Engine's thread, between batches: hand the interval's recorders to housekeeping and
         record into the spare set (one pointer swap; False while the last one is not logged yet)."""
         spare = self._spare
-        if spare is None:
+        if spare is None or not self._swap_lock.acquire(blocking=False):   # never waits: next poll
             return False
-        self._spare = None
-        full, self.stages = self.stages, spare
-        self.engine.set_timing(self.cfg.timing_every, spare)
-        self._handoff.put(full)
+        try:
+            self._spare = None
+            full, self.stages = self.stages, spare
+            self.engine.set_timing(self.cfg.timing_every, spare)
+            self._handoff.put(full)
+        finally:
+            self._swap_lock.release()
         return True
 
     def log_interval(self, full) -> None:
@@ -361,6 +367,7 @@ class Worker:
             self.totals[name].add(self.stages[name])
             self._logged[name].reset()
             self._logged[name].add(self.stages[name])
+            self.stages[name].reset()                      # in the totals now (the engine has stopped)
         self.hlog.write_interval()
 
     def housekeeping(self, stop) -> None:
@@ -383,12 +390,43 @@ class Worker:
                 log.exception("housekeeping failed (status file or HDR log)")
                 time.sleep(0.5)
 
+    def since_start(self) -> dict:
+        """Per stage, a recorder with every value since the worker started (housekeeping, or the
+        engine's thread while housekeeping is not running). The swap is held off meanwhile and
+        intervals handed off are taken into the totals first, so no value is missed or counted
+        twice and each count only grows (the latency histograms are Prometheus counters)."""
+        out = {}
+        with self._swap_lock:
+            while True:
+                try:
+                    self.log_interval(self._handoff.get_nowait())
+                except queue.Empty:
+                    break
+            for name in STAGES:
+                out[name] = self.totals[name].copy()
+                out[name].add(self.stages[name])
+        return out
+
+    def _channels(self) -> dict:
+        """The feed's channels with the time of their last message and (to within the status
+        period) of their last event: when the sequence number last moved."""
+        now = time.time()
+        out = {}
+        for cid, v in self.feed.channel_status().items():
+            v["last_message_ns"] = int(self.feed.receiver.last_recv_ns(cid))
+            where = (v["epoch"], v["next_seq"])
+            seen = self._event_seen.get(cid)
+            if seen is None or seen[0] != where:
+                seen = self._event_seen[cid] = (where, now if seen is not None and v["next_seq"] else 0.0)
+            v["last_event_time"] = seen[1]
+            out[str(cid)] = v
+        return out
+
     def status(self) -> dict:
-        lat = {}
-        for name in STAGES:
-            r = self.totals[name].copy()
-            r.add(self.stages[name])
+        lat, hist = {}, {}
+        for name, r in self.since_start().items():
             lat[name] = percentiles(r)
+            hist[name] = latency_histogram(r)
         books = self.engine.books
         feed = self.feed.counters()
         return {
@@ -399,10 +437,13 @@ class Worker:
                           "busy_poll": self.cfg.feeds.busy_poll},
             "instruments": list(self.wcfg.instruments), "counts": dict(self.counts), "feed": feed,
             "history": self.history_losses(),
-            "channels": {str(k): v for k, v in self.feed.channel_status().items()},
+            "channels": self._channels(),
             "book_rejects": books.rejects, "tick_ring_depth": int(len(self.ticks)),
+            "tick_ring_capacity": int(self.ticks.capacity),
             "signal_ring_head": int(self.signals.head), "latency_ns": lat,
+            "latency_hist": {"bounds_ns": list(LATENCY_BOUNDS_NS), "stages": hist},
             "rules": [list(r) for r in self.engine.rule_thresholds()],
+            "rule_signals": self.engine.rule_signals,
         }
 
     def write_status(self) -> None:

@@ -688,6 +688,7 @@ cdef class Engine:
                 if fire:
                     self.sink_n += 1
                     st.signals += 1
+                    self.rules[st.rules[j]].signals += 1
                     if self.timing.hdr != NULL and self.clock == TW_CLOCK_WALL:
                         tw_hdr_record(&self.timing.hdr.stage[TW_STAGE_TICK_TO_SIGNAL], now - e.ts_recv)
             if timed:
@@ -906,6 +907,12 @@ cdef class Engine:
                  self.rules[i].enter if self.rules[i].kind != TW_RULE_CUSTOM else float("nan"),
                  self.rules[i].exit if self.rules[i].kind != TW_RULE_CUSTOM else float("nan"))
                 for i in range(self.nrules)]
+
+    @property
+    def rule_signals(self):
+        """Signals emitted per rule id since the engine was made (a list; read from another
+        thread it is a consistent-enough snapshot: each count only grows)."""
+        return [self.rules[i].signals for i in range(self.nrules)]
 
     @property
     def events_processed(self):
