@@ -496,6 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tickwire.feeds.cryptofeed import add_parser as add_bridge
 
     add_bridge(sub)
+    from tickwire.feeds.conformance import add_parser as add_check_publisher
+
+    add_check_publisher(sub)
     from tickwire.engine.bench import add_parser as add_bench
 
     add_bench(sub)
