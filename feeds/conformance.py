@@ -581,6 +581,7 @@ def add_parser(sub) -> None:
                     "with --snapshot), listen for --duration seconds, ask for snapshots and retransmissions, and "
                     "print one line per rule it breaks (with a count and an example), then a summary line.\n\n"
                     "Exit status: 0 conformant, 1 a rule broken, 2 bad usage or an unreachable endpoint.\n\n"
+                    "Rules (docs/wire-format.md):\n" + "".join(f"  {k}: {v}\n" for k, v in RULES.items()) + "\n"
                     "Example:\n"
                     "  tickwire simulate --endpoint tcp://127.0.0.1:5555 --snapshot tcp://127.0.0.1:5556 "
                     "--rate 10000 --duration 60 &\n"
