@@ -183,8 +183,28 @@ class _Channel:
         self.next = None            # the next sequence number expected
         self.last_heard = time.monotonic()
         self.open_message = False   # the last data event had no LAST
-        self.received = {}          # seq -> event (this epoch), for retransmission and consistency checks
+        self.msgs = []              # (seq, events) of the data messages of this epoch, in arrival order
         self.first = None           # the first seq received in this epoch
+
+    def events(self, first: int, end: int):
+        """The events ``first .. end-1`` as received (a copy), or None when some were not."""
+        out, want = [], first
+        for seq, ev in self.msgs:
+            lo, hi = max(seq, want), min(seq + len(ev), end)
+            if lo < hi and lo == want:
+                out.append(ev[lo - seq:hi - seq])
+                want = hi
+        if want < end:
+            return None
+        return np.concatenate(out) if out else np.zeros(0, EVENT_DTYPE)
+
+    def last_seqs(self, n: int):
+        """``(first, end)`` of about the last ``n`` events received in sequence, or None."""
+        if not self.msgs:
+            return None
+        seq, ev = self.msgs[-1]
+        end = seq + len(ev)
+        return (max(end - n, self.first), end) if end > self.first else None
 
 
 class _Checker:
@@ -244,7 +264,7 @@ class _Checker:
                 return
             if seq != 1:
                 r.broke("epoch", f"new epoch {epoch} on channel {channel} starts at seq {seq:,}, not 1")
-            c.epoch, c.next, c.received, c.first = epoch, None, {}, None
+            c.epoch, c.next, c.msgs, c.first = epoch, None, [], None
         if c.epoch is None:
             c.epoch = epoch
         if c.next is not None and seq != c.next:
@@ -268,8 +288,8 @@ class _Checker:
             r.broke("event-seq", f"events of {where} carry seq {int(ev['seq'][0]):,} / channel {int(ev['channel'][0])}")
         if c.first is None:
             c.first = seq
-        for i in range(count):
-            c.received[seq + i] = ev[i]
+        if count:
+            c.msgs.append((seq, ev))
         if count:
             c.open_message = not int(ev["flags"][-1]) & Flag.LAST
         if c.next is None or seq + count > c.next:
@@ -327,10 +347,18 @@ class _Service:
                     raise wire.WireError(wire.Drop.BAD_FRAMES, f"{len(frames)} frames")
                 h, ev = wire.decode(None, frames[0], max_events=wire.MAX_REPLY_EVENTS, types=wire.TYPES_REPLY)
             except wire.WireError as exc:
-                self.r.broke("snapshot-reply" if "snapshot" in what else "retransmit", f"{what}: {exc}")
-                return None
+                if exc.reason != wire.Drop.BAD_EVENT:
+                    self.r.broke("snapshot-reply" if "snapshot" in what else "retransmit", f"{what}: {exc}")
+                    return None
+                # an invalid event is the `event` rule's (a retransmission resends what was published)
+                fields = HEADER.unpack_from(frames[0])
+                h = wire.Header(fields[2], fields[3], fields[4], fields[6], fields[7], fields[8], fields[9],
+                                fields[10], fields[11])
+                ev = np.frombuffer(frames[0], EVENT_DTYPE, h.count, wire.HEADER_SIZE).copy()
             raw = np.frombuffer(frames[0], EVENT_DTYPE, (len(frames[0]) - wire.HEADER_SIZE) // wire.EVENT_SIZE,
                                 wire.HEADER_SIZE)
+            if 0 < h.request_id < rid:
+                continue                    # the rest of a reply this checker stopped reading
             if h.request_id != rid:
                 self.r.broke("snapshot-reply" if "snapshot" in what else "retransmit",
                              f"{what}: a part with request_id {h.request_id}, asked with {rid}")
@@ -417,11 +445,11 @@ class _Service:
             self.r.broke("snapshot-unavailable", f"{what}: {len(parts)} part(s), flags {h.flags:#x}, {h.count} events")
 
     def retransmit(self, channel: int, c: _Channel) -> None:
-        seqs = sorted(c.received)
-        if not seqs:
+        span = c.last_seqs(50)
+        sent = None if span is None else c.events(*span)
+        if sent is None:
             return
-        first = seqs[max(0, len(seqs) - 50)]
-        n = seqs[-1] - first + 1
+        first, n = span[0], span[1] - span[0]
         what = f"retransmission of channel {channel} seq {first:,}..{first + n - 1:,}"
         parts = self.ask(lambda rid: wire.encode_retransmit_request(channel, rid, first, n, epoch=c.epoch), what)
         if parts is None:
@@ -444,11 +472,10 @@ class _Service:
             if h.seq != expect:
                 self.r.broke("retransmit", f"{what}: part {k} starts at {h.seq:,}, {expect:,} was next")
                 return
-            for i in range(h.count):
-                orig = c.received.get(h.seq + i)
-                if orig is not None and raw[i].tobytes() != orig.tobytes():
-                    self.r.broke("retransmit", f"{what}: event {h.seq + i:,} differs from the one first published")
-                    return
+            lo, hi = max(h.seq, first), min(h.seq + h.count, first + n)
+            if lo < hi and raw[lo - h.seq:hi - h.seq].tobytes() != sent[lo - first:hi - first].tobytes():
+                self.r.broke("retransmit", f"{what}: events {lo:,}..{hi - 1:,} differ from those first published")
+                return
             expect = h.seq + h.count
         what = f"retransmission of channel {channel} in epoch {c.epoch - 1}"
         parts = self.ask(lambda rid: wire.encode_retransmit_request(channel, rid, 1, 1, epoch=c.epoch - 1), what)
@@ -476,7 +503,8 @@ def _consistency(report: Report, channel: int, first, c: _Channel, second) -> No
     from tickwire.engine.instruments import Instrument, make_books
 
     (_, s1, ev1), (e2, s2, ev2) = first, second
-    if e2 != first[0] or s2 < s1 or any(s not in c.received for s in range(s1 + 1, s2 + 1)):
+    data = c.events(s1 + 1, s2 + 1) if e2 == first[0] and s2 >= s1 else None
+    if data is None:
         report.notes.append(f"channel {channel}: snapshot consistency not checked (a new epoch or data not all "
                             "received between the two snapshots)")
         return
@@ -485,7 +513,6 @@ def _consistency(report: Report, channel: int, first, c: _Channel, second) -> No
     books = make_books([Instrument(i, f"I{i}", tick_size="1", lot_size="1", book="L3" if l3 else "L2",
                                    max_depth=0) for i in insts])
     books.apply(ev1)
-    data = np.array([c.received[s] for s in range(s1 + 1, s2 + 1)], dtype=EVENT_DTYPE)
     data = data[np.isin(data["instrument"], insts)]
     books.apply(data)
     mine = np.concatenate([books[i].snapshot_events() for i in insts]) if insts else np.zeros(0, EVENT_DTYPE)
