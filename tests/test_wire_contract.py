@@ -233,3 +233,19 @@ def test_the_documented_join_sequence_stores_every_event(pair):
     p.pump(0.5)
     assert p.stored_seqs() == list(range(1, 1001))
     assert p.same_books()
+
+
+def test_a_frame_above_max_frame_bytes_makes_libzmq_close_the_connection_for_good(pair, monkeypatch):
+    """Why ZMQ_MAXMSGSIZE is MAX_FRAME_BYTES and not the per-message limit: libzmq drops a
+    connection that sends a larger frame and never reconnects it (shown with a small bound)."""
+    monkeypatch.setattr(wire, "MAX_FRAME_BYTES", wire.HEADER_SIZE + 100 * wire.EVENT_SIZE)
+    p = pair(max_events=100)
+    p.pump(0.3)
+    p.send(levels(10, 1))
+    p.pump(0.3)
+    heard = p.h.counters()["messages"]
+    p.send(levels(150, 2))                             # a frame over the socket's ZMQ_MAXMSGSIZE
+    p.pump(1.5)                                        # heartbeats every poll, far past libzmq's reconnect interval
+    c = p.h.counters()
+    assert c["messages"] == heard and not c["drops"], c   # deaf: nothing more heard, not even counted
+    assert p.stored_seqs() == list(range(1, 11))
