@@ -369,12 +369,26 @@ class _Service:
         self.r.broke("no-reply", f"{what}: {'no' if not parts else 'no FINAL'} reply within {_REPLY_TIMEOUT:g} s")
         return None
 
-    def snapshot(self, channel: int, data_epoch):
+    def snapshot(self, channel: int, data_epoch, tries: int = 3):
         """A checked snapshot of ``channel``: (epoch, covered seq, events) or None."""
+        for _ in range(tries):
+            got = self._snapshot(channel, data_epoch)
+            if got != "unavailable":
+                return got
+            end = time.monotonic() + 0.3
+            while time.monotonic() < end:
+                self.poll_data(10)
+        self.r.broke("snapshot-reply", f"snapshot of channel {channel}: answered UNAVAILABLE {tries} times for a "
+                                       "channel it publishes")
+        return None
+
+    def _snapshot(self, channel: int, data_epoch):
         what = f"snapshot of channel {channel}"
         parts = self.ask(lambda rid: wire.encode_snapshot_request(channel, rid, epoch=data_epoch or 0), what)
         if parts is None:
             return None
+        if parts[0][0].flags & WireFlag.UNAVAILABLE and parts[0][0].type == MsgType.SNAPSHOT:
+            return "unavailable"
         self.r.snapshots += 1
         bad = []
         for k, (h, ev, raw) in enumerate(parts):
@@ -386,9 +400,8 @@ class _Service:
                 bad.append(f"part {k} of channel {h.channel}")
             if (h.seq, h.epoch) != (parts[0][0].seq, parts[0][0].epoch):
                 bad.append(f"part {k}: seq {h.seq} epoch {h.epoch}, part 0: {parts[0][0].seq} {parts[0][0].epoch}")
-            if h.flags & WireFlag.UNAVAILABLE:
-                bad.append("UNAVAILABLE for a channel that publishes") if data_epoch else None
-                return None
+            if h.flags & WireFlag.UNAVAILABLE:     # "not ready yet": asked again by the caller
+                return "unavailable"
         h0 = parts[0][0]
         if data_epoch is not None and h0.epoch != data_epoch:
             bad.append(f"epoch {h0.epoch}, the data stream's is {data_epoch}")

@@ -109,7 +109,10 @@ class Publisher(threading.Thread):
             identity, payload = self.router.recv_multipart()
             h, _ = wire.decode(None, payload, max_events=0, types=wire.TYPES_REQUEST)
             if h.type == MsgType.SNAPSHOT_REQUEST:
-                found = self.snapshot_of(h.channel) if h.channel < CHANNELS else None
+                self.requests = getattr(self, "requests", 0) + 1
+                ready = self.breaks not in ("never-ready", "ready-later") or (
+                    self.breaks == "ready-later" and self.requests > 1)
+                found = self.snapshot_of(h.channel) if h.channel < CHANNELS and ready else None
                 if found is None:
                     self.router.send_multipart([identity, wire.encode_snapshot_part(
                         h.channel, 0, None, epoch=0, request_id=h.request_id, part=0, final=True,
@@ -262,3 +265,12 @@ def test_the_replay_publisher_is_conformant(tmp_path):
     report = result["r"]
     assert report.ok, report.text()
     assert report.events > 0 and report.snapshots >= 4 and report.retransmissions == 2
+
+
+def test_a_service_not_ready_is_asked_again_and_one_never_ready_is_reported(publisher):
+    p = publisher("ready-later")                 # the first request answered UNAVAILABLE: allowed
+    report = conformance.check(p.data, p.snap, duration=1.5)
+    assert report.ok and not report.findings, report.text()
+    p = publisher("never-ready")
+    report = conformance.check(p.data, p.snap, duration=1.5)
+    assert set(report.findings) == {"snapshot-reply"} and "UNAVAILABLE 3 times" in report.findings["snapshot-reply"].example
