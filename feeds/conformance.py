@@ -158,19 +158,36 @@ def _check_endpoint(ep: str, what: str) -> None:
             raise ConformanceError(f"{what} {ep!r}: nothing listens there ({rest} does not exist)") from None
 
 
-def _connected(sock, ep: str, what: str, timeout: float) -> None:
-    """Wait for the connection to be made (ZeroMQ connects in the background)."""
+_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                     | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+
+
+def _connected(sock, ep: str, what: str, timeout: float, curve=None) -> None:
+    """Connect and wait for the ZeroMQ handshake (ZeroMQ connects in the background)."""
     from zmq.utils.monitor import recv_monitor_message
 
-    mon = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    mon = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | _HANDSHAKE_FAILED)
     try:
+        if curve is not None:
+            curve.apply(sock)
         sock.connect(ep)
         end = time.monotonic() + timeout
+        connected = False
         while (left := end - time.monotonic()) > 0:
             if mon.poll(int(left * 1000) + 1):
                 ev = recv_monitor_message(mon)
-                if ev["event"] in (zmq.EVENT_CONNECTED, zmq.EVENT_HANDSHAKE_SUCCEEDED):
+                if ev["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                     return
+                connected |= ev["event"] == zmq.EVENT_CONNECTED
+                if ev["event"] & _HANDSHAKE_FAILED:
+                    raise ConformanceError(
+                        f"{what} {ep}: the ZeroMQ handshake failed ("
+                        + ("CURVE: wrong server key, or this client's key not let in)" if curve is not None else
+                           "not a plain ZeroMQ endpoint: a CURVE publisher needs --curve-server-key and "
+                           "--curve-secret-key)"))
+        if connected:
+            raise ConformanceError(f"{what} {ep}: connected, but no ZeroMQ handshake within {timeout:g} s "
+                                   "(not a ZeroMQ publisher, or CURVE refused)")
         raise ConformanceError(f"{what} {ep}: cannot connect within {timeout:g} s (is the publisher running?)")
     finally:
         sock.disable_monitor()
@@ -538,11 +555,12 @@ def _consistency(report: Report, channel: int, first, c: _Channel, second) -> No
 
 def check(endpoint: str, snapshot: str | None = None, channels=None, duration: float = 5.0, *,
           max_events: int = wire.MAX_MESSAGE_EVENTS, max_silence: float = 1.0, connect_timeout: float = 5.0,
-          context: zmq.Context | None = None) -> Report:
+          curve=None, context: zmq.Context | None = None) -> Report:
     """Listen to the publisher at ``endpoint`` for ``duration`` seconds (and exercise its
     recovery service at ``snapshot``) and report every rule it breaks.
 
     ``channels``: the channels to check (default: every channel heard); each must be heard.
+    ``curve``: a :class:`~tickwire.feeds.curve.CurveClient` for a CURVE publisher.
     Raises :class:`ConformanceError` for an endpoint that is not one or cannot be reached.
     """
     _check_endpoint(endpoint, "endpoint")
@@ -559,11 +577,11 @@ def check(endpoint: str, snapshot: str | None = None, channels=None, duration: f
             sub.setsockopt(zmq.SUBSCRIBE, wire.TOPIC_PREFIX if c is None else wire.topic(c))
         if not channels:
             sub.setsockopt(zmq.SUBSCRIBE, b"")          # messages with a bad topic too
-        _connected(sub, endpoint, "endpoint", connect_timeout)
+        _connected(sub, endpoint, "endpoint", connect_timeout, curve)
         if snapshot:
             dealer = ctx.socket(zmq.DEALER)
             dealer.setsockopt(zmq.LINGER, 0)
-            _connected(dealer, snapshot, "--snapshot", connect_timeout)
+            _connected(dealer, snapshot, "--snapshot", connect_timeout, curve)
         checker = _Checker(report, channels, max_events)
 
         def poll_data(timeout_ms: int = 0) -> None:
@@ -634,6 +652,10 @@ def add_parser(sub) -> None:
     p.add_argument("--duration", type=float, default=5.0, metavar="S", help="seconds to listen [%(default)s]")
     p.add_argument("--max-events", type=int, default=wire.MAX_MESSAGE_EVENTS, metavar="N",
                    help="the receivers' per-message limit [%(default)s: the default of feeds.max_message_events]")
+    p.add_argument("--curve-server-key", metavar="KEY",
+                   help="a CURVE publisher's public key (Z85 text or its NAME.key file)")
+    p.add_argument("--curve-secret-key", metavar="FILE",
+                   help="this client's certificate (NAME.key_secret from `tickwire keygen`, 0600)")
     p.set_defaults(func=cmd_check_publisher)
 
 
@@ -647,8 +669,21 @@ def cmd_check_publisher(args) -> int:
     if any(not 0 <= c <= 0xFFFF for c in args.channels or ()):
         print("tickwire check-publisher: --channels: channel ids are 0..65535", file=sys.stderr)
         return 2
+    curve = None
+    if bool(args.curve_server_key) != bool(args.curve_secret_key):
+        print("tickwire check-publisher: --curve-server-key and --curve-secret-key go together", file=sys.stderr)
+        return 2
+    if args.curve_server_key:
+        from tickwire.feeds.curve import CurveClient
+
+        try:
+            curve = CurveClient.load(args.curve_server_key, args.curve_secret_key)
+        except ValueError as exc:
+            print(f"tickwire check-publisher: {exc}", file=sys.stderr)
+            return 2
     try:
-        report = check(args.endpoint, args.snapshot, args.channels, args.duration, max_events=args.max_events)
+        report = check(args.endpoint, args.snapshot, args.channels, args.duration, max_events=args.max_events,
+                       curve=curve)
     except ConformanceError as exc:
         print(f"tickwire check-publisher: {exc}", file=sys.stderr)
         return 2

@@ -274,3 +274,38 @@ def test_a_service_not_ready_is_asked_again_and_one_never_ready_is_reported(publ
     p = publisher("never-ready")
     report = conformance.check(p.data, p.snap, duration=1.5)
     assert set(report.findings) == {"snapshot-reply"} and "UNAVAILABLE 3 times" in report.findings["snapshot-reply"].example
+
+
+def test_a_curve_publisher_is_checked_with_its_keys_and_refused_without(tmp_path):
+    from tickwire.feeds.curve import keygen
+
+    keys = tmp_path / "keys"
+    for name in ("server", "client", "stranger"):
+        keygen(keys, name)
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    (allowed / "client.key").write_text((keys / "client.key").read_text())
+    data, snap = f"ipc://{tmp_path}/cd", f"ipc://{tmp_path}/cs"
+    sim = subprocess.Popen([PY, "-m", "tickwire", "simulate", "--endpoint", data, "--snapshot", snap, "--rate", "2000",
+                            "--duration", "30", "--instruments", "2", "--channels", "1", "--quiet", "--cpu", "0",
+                            "--curve-secret-key", str(keys / "server.key_secret"), "--curve-clients", str(allowed)],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        from test_daemon import wait_for
+
+        assert wait_for(lambda: (tmp_path / "cs").exists(), 30)
+        check = [PY, "-m", "tickwire", "check-publisher", data, "--snapshot", snap, "--duration", "1.5"]
+        out = subprocess.run(check + ["--curve-server-key", str(keys / "server.key"),
+                                      "--curve-secret-key", str(keys / "client.key_secret")],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and "conformant" in out.stdout, out.stdout + out.stderr
+        for extra, says in [([], "handshake failed"),
+                            (["--curve-server-key", str(keys / "server.key"), "--curve-secret-key",
+                              str(keys / "stranger.key_secret")], "handshake failed (CURVE"),
+                            (["--curve-server-key", str(keys / "server.key")], "go together")]:
+            out = subprocess.run(check + extra, capture_output=True, text=True, timeout=60)
+            assert out.returncode == 2 and says in out.stderr and len(out.stderr.strip().splitlines()) == 1, \
+                (extra, out.stdout, out.stderr)
+    finally:
+        sim.terminate()
+        sim.wait(30)
