@@ -249,3 +249,19 @@ def test_a_frame_above_max_frame_bytes_makes_libzmq_close_the_connection_for_goo
     c = p.h.counters()
     assert c["messages"] == heard and not c["drops"], c   # deaf: nothing more heard, not even counted
     assert p.stored_seqs() == list(range(1, 11))
+
+
+def test_the_docs_python_publisher_runs_as_written():
+    import socket
+    import subprocess
+    import sys
+
+    rest = DOC[DOC.index("## Publishing from Python"):]
+    code = re.search(r"```python\n(.*?)```", rest, re.S).group(1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert "tcp://127.0.0.1:5555" in code
+    out = subprocess.run([sys.executable, "-c", code.replace("tcp://127.0.0.1:5555", f"tcp://127.0.0.1:{port}")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
