@@ -83,8 +83,9 @@ TOPIC_PREFIX = b"tw."
 TOPIC_SIZE = 9
 #: The per-message event limit, the one figure shared by receivers and publishers: the
 #: daemon's ``feeds.max_message_events`` and :class:`~tickwire.feeds.handler.FeedHandler`'s
-#: ``max_events`` default to it, the compiled decoder too, and tickwire's publishers (simulator,
-#: replay, bridge, recovery service parts) never send more in one message.  Real exchange
+#: ``max_events`` default to it, the compiled decoder too, and tickwire's publishers (replay,
+#: bridge, the recovery service's parts) send no more in one message by default (the
+#: simulator's ``--batch`` is 64 unless told otherwise).  Real exchange
 #: messages fit whole (a Binance spot diff: ~1,200 levels; a REST depth snapshot: 2,001).  A
 #: larger data message is dropped by the receiver (counted ``OVERSIZED``, its events
 #: then asked for again by retransmission); split a larger exchange message over several
