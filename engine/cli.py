@@ -397,7 +397,9 @@ def _add_simulate(sub) -> None:
     g.add_argument("--data", metavar="DIR", help="directory of the captures [../shared/data]")
     g = sim.add_argument_group("pace and size")
     g.add_argument("--rate", type=float, default=100_000, metavar="EV/S", help="events per second, constant-rate pacing (0: as fast as possible) [%(default)s]")
-    g.add_argument("--batch", type=int, default=64, metavar="N", help="most events per message [%(default)s]")
+    g.add_argument("--batch", type=int, default=64, metavar="N",
+                   help="most events per message [%(default)s]; receivers drop more than their limit "
+                        "(feeds.max_message_events, 4,096 by default; docs/wire-format.md, 'Limits')")
     g.add_argument("--events", dest="publish_events", type=int, default=1_000_000, metavar="N",
                    help="events to publish [%(default)s]")
     g.add_argument("--duration", type=float, metavar="S", help="publish for S seconds instead of --events")
@@ -581,6 +583,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tickwire.feeds.cryptofeed import add_parser as add_bridge
 
     add_bridge(sub)
+    from tickwire.feeds.conformance import add_parser as add_check_publisher
+
+    add_check_publisher(sub)
     from tickwire.engine.bench import add_parser as add_bench
 
     add_bench(sub)

@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 from tickwire.engine.instruments import DEFAULT_MAX_PRICE, Instrument
 from tickwire.engine.pipeline import RULE_KINDS, RuleConfig, StatsConfig
+from tickwire.feeds.wire import MAX_MESSAGE_EVENTS
 
 __all__ = ["ConfigError", "Config", "FeedConfig", "WorkerConfig", "StoreConfig", "RingConfig",
            "MetricsConfig", "load", "from_dict", "to_toml", "restart_keys", "EXAMPLE_PATH"]
@@ -165,8 +166,8 @@ class FeedConfig:
     stale_after_ms: int = 5_000
     recovery_retries: int = 5
     channels: int = 1
-    max_message_events: int = 1024
-    batch_events: int = 2048
+    max_message_events: int = MAX_MESSAGE_EVENTS
+    batch_events: int = 2 * MAX_MESSAGE_EVENTS
     io_cpu: int = 0
     io_rt_priority: int = 0
     busy_poll: bool = False
@@ -425,8 +426,8 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
                        _str(f, "socket", "feeds.", "sub", ("sub", "pull")), _int(f, "hwm", "feeds.", 100_000, 0),
                        _int(f, "stale_after_ms", "feeds.", 5_000, 1), _int(f, "recovery_retries", "feeds.", 5, 0),
                        _int(f, "channels", "feeds.", max(seen_ids) + 1, 1, 0xFFFF),
-                       _int(f, "max_message_events", "feeds.", 1024, 1, 1 << 20),
-                       _int(f, "batch_events", "feeds.", 2048, 1, 1 << 24),
+                       _int(f, "max_message_events", "feeds.", MAX_MESSAGE_EVENTS, 1, 1 << 20),
+                       _int(f, "batch_events", "feeds.", 2 * MAX_MESSAGE_EVENTS, 1, 1 << 24),
                        _int(f, "io_cpu", "feeds.", supervisor_cpu, 0, ncpu - 1),
                        _int(f, "io_rt_priority", "feeds.", 0, 0, 99),
                        _bool(f, "busy_poll", "feeds.", False),

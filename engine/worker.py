@@ -25,7 +25,7 @@ HdrHistogram interval log every ``metrics.hdr_interval_s`` and summarised with e
 status file the supervisor serves as metrics. Those two are written by a housekeeping thread, not
 by the engine's loop (which only swaps the interval's recorders for a spare set, one pointer): their
 ~10 ms of JSON and hdrh encoding never stall a message. (A drained batch is at most
-``feeds.batch_events`` events, 2048 by default, which bounds how long a signal waits for the rest
+``feeds.batch_events`` events, 8192 by default, which bounds how long a signal waits for the rest
 of its batch before the push.)
 
 Book requests (``tickwire books``, :mod:`tickwire.engine.live`) arrive on a socket served by a

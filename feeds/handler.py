@@ -240,7 +240,7 @@ class FeedHandler:
     def __init__(self, endpoints, channels, on_batch, *, on_store=None, on_snapshot=None,
                  snapshot: str | None = None, resume=None, socket_type: str = "SUB", bind: bool = False,
                  context: zmq.Context | None = None, io_cpus=None, io_rt_priority: int = 0,
-                 busy_poll: bool = False, max_events: int = 8192, batch_events: int = 65536,
+                 busy_poll: bool = False, max_events: int = wire.MAX_MESSAGE_EVENTS, batch_events: int = 65536,
                  rcvhwm: int | None = None, silence_timeout: float = 2.0, reorder_window: float = 0.005,
                  snapshot_timeout: float = 0.5, backoff: float = 2.0, max_backoff: float = 5.0,
                  max_retries: int = 5, retry_pause: float = 5.0, snapshot_interval: float = 0.05,
@@ -311,7 +311,11 @@ class FeedHandler:
         self._buf = empty_events(batch_events)
 
         self._sockets = []
-        limit = wire.HEADER_SIZE + max_events * wire.EVENT_SIZE
+        # Not the per-message limit itself: libzmq closes a connection that sends a frame
+        # above ZMQ_MAXMSGSIZE and never reconnects it (a ZMTP protocol error), so one message
+        # a little too large would make the feed deaf for good. Up to MAX_FRAME_BYTES it is
+        # received, counted OVERSIZED, and its events asked for again.
+        limit = max(wire.HEADER_SIZE + max_events * wire.EVENT_SIZE, wire.MAX_FRAME_BYTES)
         try:
             for ep in endpoints:
                 s = self._ctx.socket(kind)
@@ -330,11 +334,11 @@ class FeedHandler:
             if snapshot:
                 self._dealer = self._ctx.socket(zmq.DEALER)
                 self._dealer.setsockopt(zmq.LINGER, 0)
-                self._dealer.setsockopt(zmq.MAXMSGSIZE, wire.HEADER_SIZE + (1 << 22) * wire.EVENT_SIZE)
+                self._dealer.setsockopt(zmq.MAXMSGSIZE, wire.MAX_FRAME_BYTES)
                 if curve is not None:
                     curve.apply(self._dealer)
                 self._dealer.connect(snapshot)
-            self._replies = Decoder(max_events=1 << 22, types=TYPES_REPLY)
+            self._replies = Decoder(max_events=wire.MAX_REPLY_EVENTS, types=TYPES_REPLY)
             self.receiver = FeedReceiver(self._sockets, wake=[self._dealer] if self._dealer else [],
                                          max_events=max_events)
             self.receiver.spin = bool(busy_poll)
