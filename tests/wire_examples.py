@@ -45,13 +45,14 @@ def data_event():
 
 def snapshot_events():
     """The L2 book of instrument 7 (a bid of 5 at 1,000,000, an ask of 3 at 1,000,100) as a
-    snapshot covering sequence number 1001, stamped with the reply's send time."""
+    snapshot covering sequence number 1001 (its last event at EPOCH + 500 ns), stamped with that
+    event's exchange time as the reference publishers stamp it (wire.books_snapshot)."""
     books = make_books([Instrument(7, "X", tick_size="1", lot_size="1", book="L2")])
     ev = empty_events(2)
-    ev[0] = (EPOCH, 0, 0, 0, 1_000_000, 5, 7, 3, Kind.ADD, Side.BID, Flag.LAST, 0)
-    ev[1] = (EPOCH, 0, 0, 0, 1_000_100, 3, 7, 3, Kind.ADD, Side.ASK, Flag.LAST, 0)
+    ev[0] = (EPOCH, 0, 1000, 0, 1_000_100, 3, 7, 3, Kind.ADD, Side.ASK, Flag.LAST, 0)
+    ev[1] = (EPOCH + 500, 0, 1001, 0, 1_000_000, 5, 7, 3, Kind.ADD, Side.BID, Flag.LAST, 0)
     books.apply(ev)
-    out = books[7].snapshot_events(seq=1001, ts=SEND)
+    out = wire.books_snapshot(books, [7], 1001)
     out["channel"] = 3
     return out
 
@@ -76,7 +77,7 @@ def examples():
          "1,000,100, covering every event up to sequence number 1001. Four events: the "
          "`SNAPSHOT_BEGIN` marker, one `ADD` per level (bids best first, then asks), the "
          "`SNAPSHOT_END | LAST` marker; each with `seq` = 1001 and `ts_event` = `ts_recv` = the "
-         "time the snapshot was taken.", None,
+         "exchange time of the last event the snapshot covers (1,700,000,000,000,000,500).", None,
          wire.encode_snapshot_part(3, 1001, snap, epoch=EPOCH, request_id=7, part=0, final=True, send_time=SEND)),
         ("`SNAPSHOT` (unavailable)", "The reply to request 8 for channel 9, which this publisher does "
          "not have: one part, `FINAL | UNAVAILABLE`, no events, `seq` and `epoch` 0.", None,
