@@ -60,6 +60,9 @@ RULE_KINDS = {
 
 cdef enum:
     _RELEASE_GIL_AT = 64
+    # run_feed: events run through the engine before their signals are pushed (a drained batch
+    # can hold thousands; a signal waits at most for the rest of its piece)
+    RUN_FEED_PIECE = 64
 
 
 cdef inline int64_t _clock_ns(int which) noexcept nogil:
@@ -700,8 +703,9 @@ cdef class Engine:
 
     def run_feed(self, FeedReceiver rx, Ring ticks, Ring signals, buf, double seconds):
         """The worker's live loop in C, without the GIL: drain the feed, run each batch through
-        the books, statistics and rules, push its signals into ``signals`` (after each piece the
-        signal sink holds, so a signal never waits for the rest of a large batch) and then its
+        the books, statistics and rules, push its signals into ``signals`` (after each piece of
+        ``RUN_FEED_PIECE`` (64) events, so a signal never waits for the rest of a large batch)
+        and then its
         events into ``ticks`` (None: not stored), batch after batch, with no Python per message.
 
         Returns when ``seconds`` have passed (waiting for messages meanwhile), when the feed parks a message for the slow path or a wake socket is readable
@@ -749,8 +753,8 @@ cdef class Engine:
                         if self.timing.hdr != NULL and b[0].ts_recv:
                             tw_hdr_record(&self.timing.hdr.stage[TW_STAGE_DECODE], t0 - b[0].ts_recv)
                         done = 0
-                        while done < n:               # signals leave as soon as the sink has them
-                            k = self.process_c(b + done, n - done)
+                        while done < n:               # a piece at a time: its signals leave at once
+                            k = self.process_c(b + done, min(n - done, <Py_ssize_t>RUN_FEED_PIECE))
                             done += k
                             if self.sink_n:
                                 tw_ring_push_n(sr, self.sink, self.sink_n)   # broadcast: never waits
