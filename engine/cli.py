@@ -504,6 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tickwire.engine.plots import add_parser as add_plot
 
     add_plot(sub)
+    from tickwire.engine.top import add_parser as add_top
+
+    add_top(sub)
     return parser
 
 

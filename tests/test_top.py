@@ -1,0 +1,202 @@
+"""`tickwire top` in a real terminal: run under tmux against a running daemon fed a known stream,
+read the screen (capture-pane) for the instruments, prices and counters the test knows are there;
+keys; the daemon going away while top runs; no daemon at all. And `tickwire plot latency` on the
+interval log that daemon wrote."""
+
+import collections
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from test_daemon import published_books, remove_rings, start_daemon, start_sim, status, wait_for
+from tickwire.engine.config import to_toml
+from tickwire.engine.demo import demo_raw_config
+
+pytestmark = pytest.mark.integration
+PY = sys.executable
+TMUX = shutil.which("tmux")
+needs_tmux = pytest.mark.skipif(TMUX is None, reason="tmux is not installed (apt-get install tmux; ./dev test "
+                                                      "installs it when run as root)")
+EVENTS = 60_000
+
+
+class Screen:
+    """A detached tmux session running one command, on a private tmux server."""
+
+    def __init__(self, tmp_path, argv, width=80, height=24):
+        self.sock = f"tw-top-{os.getpid()}-{time.monotonic_ns()}"
+        cmd = " ".join(f"'{a}'" for a in argv) + f" 2>{tmp_path}/top.err; echo EXIT $?; sleep 60"
+        subprocess.run([TMUX, "-L", self.sock, "-f", "/dev/null", "new-session", "-d", "-s", "top", "-x", str(width),
+                        "-y", str(height), cmd], check=True, cwd=tmp_path)
+
+    def text(self) -> str:
+        res = subprocess.run([TMUX, "-L", self.sock, "capture-pane", "-p", "-t", "top"], capture_output=True, text=True)
+        return res.stdout
+
+    def keys(self, *keys):
+        subprocess.run([TMUX, "-L", self.sock, "send-keys", "-t", "top", *keys], check=True)
+
+    def wait(self, pred, timeout=30.0):
+        """Wait until ``pred(screen text)``; the last screen either way."""
+        end = time.monotonic() + timeout
+        while True:
+            text = self.text()
+            if pred(text) or time.monotonic() > end:
+                return text
+            time.sleep(0.2)
+
+    def close(self):
+        subprocess.run([TMUX, "-L", self.sock, "kill-server"], capture_output=True)
+
+
+def row_of(text, symbol):
+    for line in text.splitlines():
+        cells = line.replace(">", " ").split()
+        if cells and cells[0] == symbol:
+            return cells
+    return None
+
+
+def latency_row(lines, label):
+    """The p50, p99, p99.9, max cells of a stage's latency row."""
+    for line in lines:
+        t = line.split()
+        for k, cell in enumerate(t[:-4]):
+            if cell == label and (t[k + 1] == "-" or t[k + 1][0].isdigit()):
+                return t[k + 1:k + 5]
+    raise AssertionError(f"no latency row {label!r} on the screen:\n" + "\n".join(lines))
+
+
+def bbo(events, tick_decimals=2):
+    """Best bid and ask of a book's snapshot events, as the screen prints them (0.01 ticks)."""
+    from tickwire.ext import Kind, Side
+
+    adds = events[events["kind"] == int(Kind.ADD)]
+    bids, asks = adds["price"][adds["side"] == int(Side.BID)], adds["price"][adds["side"] == int(Side.ASK)]
+    fmt = lambda p: f"{p / 10 ** tick_decimals:.{tick_decimals}f}"            # noqa: E731
+    return fmt(int(bids.max())), fmt(int(asks.min()))
+
+
+def ring_signal_counts(run_dir):
+    """Signals per instrument in worker 0's signal ring, read by the test as a reader of its own."""
+    from tickwire.engine.worker import ring_names
+    from tickwire.ext import SIGNAL_DTYPE
+    from tickwire.ext.ring import Ring
+
+    r = Ring.attach(ring_names(run_dir, 0)[1], SIGNAL_DTYPE, start="oldest")
+    buf = np.empty(4096, SIGNAL_DTYPE)
+    counts = collections.Counter()
+    try:
+        while k := r.pop_many(buf, timeout=0):
+            counts.update(int(i) for i in buf[:k]["instrument"])
+    finally:
+        r.close()
+    return counts
+
+
+@needs_tmux
+def test_top_in_tmux_shows_the_daemon_follows_keys_and_waits_when_it_goes_away(tmp_path):
+    raw = demo_raw_config(tmp_path / "state", run="top")
+    raw["metrics"]["hdr_interval_s"] = 1.0
+    raw["feeds"]["stale_after_ms"] = 120_000          # the channels stay live (in sync) after the stream ends
+    cfg_path = tmp_path / "top.toml"
+    cfg_path.write_text(to_toml(raw))
+    run_dir = tmp_path / "state" / "top"
+    remove_rings("top")
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    screen = None
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"]), "the worker never reported"
+        sim = start_sim(raw, EVENTS, 50_000, "--save-books", str(tmp_path / "pub.npz"))
+        out, _ = sim.communicate(timeout=120)
+        assert sim.returncode == 0, out
+        assert wait_for(lambda: status(run_dir)["counts"]["ticks_stored"] >= EVENTS, 60)
+        assert wait_for(lambda: all(c["state"] == "live" and c["in_sync"]
+                                    for c in status(run_dir)["channels"].values()), 60)
+        time.sleep(2.5)                          # the last busy interval reaches the HDR log
+        screen = Screen(tmp_path, [PY, "-m", "tickwire", "top", "--config", str(cfg_path), "--refresh", "0.3"])
+        st = status(run_dir)
+        events = st["feed"]["events"]                   # live events to the books (a snapshot may stand for some)
+        assert 0 < events <= EVENTS
+        text = screen.wait(lambda t: f"events {events:,} " in t and "tick>sig" in t)
+        assert f"events {events:,} " in text, text
+        lines = text.splitlines()
+        assert len(lines) <= 24 and max(len(x) for x in lines) <= 80
+        assert "run top" in text and "workers up 1/1" in text
+        # every instrument, with its best bid and ask: the publisher's final books
+        pub = published_books(tmp_path / "pub.npz")
+        has_books = importlib.util.find_spec("tickwire.engine.live") is not None
+        for i in range(8):
+            cells = row_of(text, f"SYN{i}")
+            assert cells is not None, (i, text)
+            if has_books:
+                bid, ask = bbo(pub[f"book_{i}"])
+                assert cells[1:3] == [bid, ask], (i, cells, bid, ask)
+                spread = f"{float(ask) - float(bid):.2f}"
+                assert cells[3] == spread, (i, cells)
+            assert cells[-2] == "n/a"                                   # no last trade in the engine
+        if not has_books:
+            assert "cannot request b" in text
+        # signals per instrument: what a reader of the ring of our own counts; their sum is the worker's
+        want = ring_signal_counts(run_dir)
+        got = {i: int(row_of(text, f"SYN{i}")[-1].replace(",", "")) for i in range(8)}
+        assert got == {i: want.get(i, 0) for i in range(8)}
+        assert sum(got.values()) == st["counts"]["signals"] > 0
+        assert "gaps 0" in text and "lost 0" in text and "restarts w0 0, writer 0" in text
+        # the latency of the last busy interval: what the whole interval log says for it
+        from tickwire.engine import plots
+        from tickwire.engine.top import _us
+
+        for stage, label in (("book", "book"), ("tick_to_signal", "tick>sig")):
+            rows = plots.over_time(plots.load_latency(run_dir / "hdr" / "w0.hlog").intervals, stage)
+            cells = latency_row(lines, label)
+            assert cells[:2] == [_us(rows[-1][2]), _us(rows[-1][3])], (stage, cells, rows[-1])
+        # the keyboard: down twice selects SYN2 (row marker and ladder)
+        screen.keys("Down", "j")
+        text = screen.wait(lambda t: "book SYN2" in t)
+        assert "book SYN2" in text and "> SYN2" in text, text
+        screen.keys("Up")
+        assert "> SYN1" in screen.wait(lambda t: "> SYN1" in t)
+        # the daemon goes away: top says so and waits
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=40) == 0
+        text = screen.wait(lambda t: "went away" in t)
+        assert "the daemon for run 'top' went away" in text and "waiting for it" in text, text
+        time.sleep(1.0)
+        assert "EXIT" not in screen.text()
+        screen.keys("q")
+        text = screen.wait(lambda t: "EXIT" in t, 10)
+        assert "EXIT 0" in text, text + (tmp_path / "top.err").read_text()
+    finally:
+        if screen is not None:
+            screen.close()
+        if daemon.poll() is None:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(timeout=40)
+        log.close()
+        remove_rings("top")
+    assert not (tmp_path / "top.err").read_text().strip()
+    # `tickwire plot latency` on the log this daemon wrote: a PNG, every stage
+    res = subprocess.run([PY, "-m", "tickwire", "plot", "latency", str(run_dir / "hdr" / "w0.hlog"), "-o",
+                          str(tmp_path / "w0.png")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "w0.png").read_bytes()[:4] == b"\x89PNG"
+    assert all(f"  {s}: p50" in res.stdout for s in ("decode", "book", "stats", "rules", "tick_to_signal"))
+
+
+def test_no_daemon_is_one_clear_line_and_a_non_zero_exit(tmp_path):
+    raw = demo_raw_config(tmp_path / "state", run="idle")
+    cfg_path = tmp_path / "idle.toml"
+    cfg_path.write_text(to_toml(raw))
+    res = subprocess.run([PY, "-m", "tickwire", "top", "--config", str(cfg_path)], capture_output=True, text=True,
+                         timeout=60, stdin=subprocess.DEVNULL)
+    assert res.returncode == 1 and res.stdout == ""
+    assert res.stderr.count("\n") == 1
+    assert "no daemon is running for run 'idle'" in res.stderr and "tickwire run --config" in res.stderr
