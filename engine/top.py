@@ -145,14 +145,57 @@ class HlogTail:
             start, length, _mx, payload = line.split(",", 3)
             hist = HdrHistogram.decode(payload.strip())
             end = self.base + float(start) + float(length)
+            iv = Hist.of(hist)
         except Exception:                                 # noqa: BLE001 - a torn or garbled line
             self.errors += 1
             return 0
-        if hist.get_total_count():                       # an idle interval keeps the last busy one shown
-            self.last[tag] = (end, hist)
+        if iv.total:                                      # an idle interval keeps the last busy one shown
+            self.last[tag] = (end, iv)
         self.p99.setdefault(tag, collections.deque(maxlen=self.keep)).append(
-            (end, hist.get_value_at_percentile(99.0) if hist.get_total_count() else None))
+            (end, iv.percentiles((99.0,))[0] if iv.total else None))
         return 1
+
+
+class Hist:
+    """An interval histogram as numpy counts (hdrh's layout): percentiles with one cumulative sum
+    instead of hdrh's Python loop (same values: the highest equivalent value of the bucket)."""
+
+    _values = None                                        # bucket index -> highest equivalent value
+
+    def __init__(self, counts, total: int, max_value: int):
+        self.counts, self.total, self.max_value = counts, total, max_value
+
+    @classmethod
+    def of(cls, hist) -> "Hist":
+        n = hist.counts_len
+        return cls(np.frombuffer(hist.counts, np.int64, n).copy(), hist.get_total_count(), hist.get_max_value())
+
+    @classmethod
+    def empty(cls) -> "Hist":
+        return cls(np.zeros(len(cls.values()), np.int64), 0, 0)
+
+    @classmethod
+    def values(cls):
+        if cls._values is None:
+            from tickwire.engine.latency import new_hdrh
+
+            h = new_hdrh()
+            cls._values = np.array([h.get_highest_equivalent_value(h.get_value_from_index(i))
+                                    for i in range(h.counts_len)], np.int64)
+        return cls._values
+
+    def add(self, other: "Hist") -> None:
+        self.counts += other.counts
+        self.total += other.total
+        self.max_value = max(self.max_value, other.max_value)
+
+    def percentiles(self, levels):
+        if not self.total:
+            return [0 for _ in levels]
+        cum = np.cumsum(self.counts)
+        targets = [max(int(min(p, 100.0) * self.total / 100 + 0.5), 1) for p in levels]
+        idx = np.minimum(np.searchsorted(cum, targets, side="left"), len(cum) - 1)
+        return [int(v) for v in self.values()[idx]]
 
 
 class SignalTail:
@@ -294,9 +337,8 @@ class Collector:
         else:
             self.signals.close()
             self.signals.names = None
-        for t in self.hlogs:
-            t.poll()
-        self._latency(st)
+        if sum(t.poll() for t in self.hlogs) or not st.latency:
+            self._latency(st)
         return st
 
     def _rates(self, st: TopState) -> None:
@@ -310,27 +352,24 @@ class Collector:
         self._prev = (st.now, ev, msg, sig)
 
     def _latency(self, st: TopState) -> None:
-        from tickwire.engine.latency import new_hdrh
         from tickwire.ext.hdr import STAGES
 
         out = {}
         ends = []
         for stage in STAGES:
-            h = new_hdrh()
+            h = Hist.empty()
             series = []
             for t in self.hlogs:
                 if stage in t.last:
-                    end, hist = t.last[stage]
+                    end, iv = t.last[stage]
                     ends.append(end)
-                    h.add(hist)
+                    h.add(iv)
                 # several workers: the worst p99 of each interval, aligned from the latest
                 p = [v for _, v in t.p99.get(stage, ())]
                 k = max(len(series), len(p))
                 series = [a if b is None else b if a is None else max(a, b)
                           for a, b in zip(_pad(series, k), _pad(p, k))]
-            n = h.get_total_count()
-            out[stage] = ((h.get_value_at_percentile(50.0), h.get_value_at_percentile(99.0),
-                           h.get_value_at_percentile(99.9), h.get_max_value(), n, series) if n else
+            out[stage] = ((*h.percentiles((50.0, 99.0, 99.9)), h.max_value, h.total, series) if h.total else
                           (None, None, None, None, 0, series))
         st.latency = out
         st.interval_end = max(ends) if ends else None
@@ -376,13 +415,23 @@ def _bbo(st: TopState, inst):
     return bid[0], ask[0], bid[1], ask[1]
 
 
-def _instrument_table(st: TopState, sig_counts, rows: int, width: int):
-    from rich.table import Table
+def _line(*parts, width: int):
+    """One screen line of (text, style) parts, cropped or padded to ``width``."""
+    from rich.text import Text
 
-    t = Table(box=None, padding=(0, 1), expand=True, show_edge=False, header_style="bold")
-    for name, just in (("instrument", "left"), ("bid", "right"), ("ask", "right"), ("spread", "right"),
-                       ("mid", "right"), ("last trade", "right"), ("signals", "right")):
-        t.add_column(name, justify=just, no_wrap=True)
+    t = Text.assemble(*parts, no_wrap=True, overflow="crop")
+    t.truncate(width, pad=True)
+    return t
+
+
+def _instrument_lines(st: TopState, sig_counts, rows: int, width: int) -> list:
+    """Header and ``rows`` instruments (a window around the selected one). Fixed-width cells:
+    rich's Table measures every cell each frame, which costs more than the rest of top."""
+    widths = (12, 12, 9, 13, 11, 9)                       # bid ask spread mid last signals
+    sym_w = max(width - 2 - sum(widths), 8)
+    head = ("  " + f"{'instrument':<{sym_w}}" + "".join(f"{h:>{w}}" for h, w in
+            zip(("bid", "ask", "spread", "mid", "last trade", "signals"), widths)))
+    out = [_line((head, "bold"), width=width)]
     n = len(st.instruments)
     first = min(max(st.selected - rows // 2, 0), max(n - rows, 0))
     for k in range(first, min(first + rows, n)):
@@ -394,66 +443,58 @@ def _instrument_table(st: TopState, sig_counts, rows: int, width: int):
             spread = inst.format_price(ask - bid)
             mid = f"{(bid + ask) / 2 * float(inst.tick_size):.{_decimals(inst) + 1}f}"
         last = b.get("last_trade")
-        sync = "" if not b or b.get("in_sync", True) else " (resync)"
-        t.add_row(("> " if k == st.selected else "  ") + inst.symbol + sync,
-                  inst.format_price(bid) if bid is not None else "-",
-                  inst.format_price(ask) if ask is not None else "-", spread, mid,
-                  inst.format_price(last) if last is not None else "n/a", f"{sig_counts.get(inst.id, 0):,}",
-                  style="reverse" if k == st.selected else None)
-    return t
+        sym = inst.symbol + ("" if not b or b.get("in_sync", True) else " (resync)")
+        cells = (inst.format_price(bid) if bid is not None else "-", inst.format_price(ask) if ask is not None else "-",
+                 spread, mid, inst.format_price(last) if last is not None else "n/a", f"{sig_counts.get(inst.id, 0):,}")
+        text = ("> " if k == st.selected else "  ") + f"{sym:<{sym_w}}"[:sym_w] + "".join(
+            f"{c:>{w}}"[-w:] for c, w in zip(cells, widths))
+        out.append(_line((text, "reverse" if k == st.selected else ""), width=width))
+    return out
 
 
 def _decimals(inst) -> int:
     return max(-inst.tick_size.as_tuple().exponent, 0)
 
 
-def _ladder(st: TopState, depth: int, width: int):
-    from rich.table import Table
-    from rich.text import Text
-
+def _ladder_lines(st: TopState, depth: int, width: int) -> list:
+    """Header and up to ``depth`` levels a side: bid size bar, bid, ask, ask size bar."""
     inst = st.instruments[st.selected] if st.instruments else None
     b = (st.books or {}).get(inst.id) if inst is not None else None
-    t = Table(box=None, padding=(0, 1), expand=True, show_edge=False, header_style="bold")
-    bar_w = max((width - 28) // 2, 3)
-    t.add_column("bid qty", justify="right", no_wrap=True, ratio=1)
-    t.add_column("bid", justify="right", no_wrap=True)
-    t.add_column("ask", justify="left", no_wrap=True)
-    t.add_column("ask qty", justify="left", no_wrap=True, ratio=1)
+    pw = 10
+    side_w = max((width - 2 * pw - 1) // 2, 6)
+    out = [[(f"{'size':>{side_w}}{'bid':>{pw}} {'ask':<{pw}}{'size':<{side_w}}", "bold")]]
     if not b:
-        t.add_row("", Text(st.books_note or "no book", style="dim"), "", "")
-        return t, inst
+        out.append([(f" {st.books_note or 'no book'}", "dim")])
+        return out
     bids, asks = list(b.get("bids", []))[:depth], list(b.get("asks", []))[:depth]
     top = max([q for _, q in bids + asks] or [1])
-    for k in range(max(len(bids), len(asks), 1)):
-        cells = []
+    for k in range(max(len(bids), len(asks))):
+        parts = []
         if k < len(bids):
             p, q = bids[k]
-            bar = "█" * max(int(q / top * bar_w), 1)
-            cells += [Text(f"{inst.format_qty(q)} ") + Text(bar, style="green"), inst.format_price(p)]
+            qty = inst.format_qty(q) + " "
+            bar = "█" * max(min(int(q / top * (side_w - len(qty))), side_w - len(qty)), 1)
+            parts += [(" " * max(side_w - len(qty) - len(bar), 0) + qty, ""), (bar, "green"),
+                      (f"{inst.format_price(p):>{pw}}"[-pw:], "green")]
         else:
-            cells += ["", ""]
+            parts.append((" " * (side_w + pw), ""))
+        parts.append((" ", ""))
         if k < len(asks):
             p, q = asks[k]
-            bar = "█" * max(int(q / top * bar_w), 1)
-            cells += [inst.format_price(p), Text(bar, style="red") + Text(f" {inst.format_qty(q)}")]
-        else:
-            cells += ["", ""]
-        t.add_row(*cells)
-    return t, inst
+            qty = " " + inst.format_qty(q)
+            bar = "█" * max(min(int(q / top * (side_w - len(qty))), side_w - len(qty)), 1)
+            parts += [(f"{inst.format_price(p):<{pw}}"[:pw], "red"), (bar, "red"), (qty, "")]
+        out.append(parts)
+    return out
 
 
-def _latency_table(st: TopState, spark_w: int):
-    from rich.table import Table
-
-    t = Table(box=None, padding=(0, 0, 0, 1), pad_edge=False, show_edge=False, header_style="bold")
-    t.add_column("stage us", no_wrap=True, width=9)
-    for name in ("p50", "p99", "p99.9", "max"):
-        t.add_column(name, justify="right", no_wrap=True, width=5)
-    t.add_column("p99 trend", no_wrap=True, width=spark_w)
+def _latency_lines(st: TopState, spark_w: int) -> list:
+    out = [[(f"{'stage us':<9}{'p50':>6}{'p99':>6}{'p99.9':>6}{'max':>6} {'p99 trend':<{spark_w}}", "bold")]]
     for stage, (p50, p99, p999, mx, n, series) in st.latency.items():
-        t.add_row(stage if stage != "tick_to_signal" else "tick>sig", _us(p50), _us(p99), _us(p999), _us(mx),
-                  sparkline(series, spark_w))
-    return t
+        name = stage if stage != "tick_to_signal" else "tick>sig"
+        out.append([(f"{name:<9}" + "".join(f"{_us(v):>6}" for v in (p50, p99, p999, mx)) + " ", ""),
+                    (sparkline(series, spark_w), "cyan")])
+    return out
 
 
 def _signal_lines(st: TopState, sig: SignalTail, rows: int, width: int):
@@ -505,46 +546,49 @@ def _feed_lines(st: TopState, width: int):
 
 
 def render(st: TopState, sig: SignalTail, width: int, height: int):
-    """The whole screen for ``width`` x ``height`` (at least 80 x 24)."""
+    """The whole screen for ``width`` x ``height`` (at least 80 x 24): a rich Group of lines."""
     from rich.console import Group
-    from rich.table import Table
     from rich.text import Text
 
     clock = datetime.fromtimestamp(st.now).strftime("%H:%M:%S")
     up = sum(1 for w in st.workers if w and _alive(w.get("pid")))
-    head = Text.assemble((" tickwire top ", "bold reverse"), f" run {st.run}  workers up {up}/{len(st.worker_names)}  "
-                         f"{clock}", style=None)
-    keys = "  up/down select  q quit"
-    head.append(" " * max(width - len(head.plain) - len(keys), 1) + keys, style="dim")
+    title = f" run {st.run}  workers up {up}/{len(st.worker_names)}  {clock}"
+    keys = "up/down select  q quit"
+    head = _line((" tickwire top ", "bold reverse"), (title, ""),
+                 (" " * max(width - 14 - len(title) - len(keys), 1) + keys, "dim"), width=width)
     if not st.running:
         gone = datetime.fromtimestamp(st.since_gone or st.now).strftime("%H:%M:%S")
         msg = Text(f"the daemon for run '{st.run}' went away at {gone} ({st.why_not}): waiting for it to come "
                    f"back (q quits)", style="bold yellow")
         return Group(head, Text(""), msg)
-    n_inst = len(st.instruments)
     # rows: head 1, instruments 1+k, book/latency title 1 + max(1+depth, 6), signals 1+s, feed 2 (+1)
     feed = [x for x in _feed_lines(st, width) if x is not None]
-    inst_rows = min(n_inst, max(height - 16, 3))
+    inst_rows = min(len(st.instruments), max(height - 16, 3))
     depth = max(5, min(20, (height - 4 - inst_rows - len(feed)) // 2 - 2))
-    sig_rows = max(height - 1 - (inst_rows + 1) - (1 + max(1 + depth, 6)) - 1 - len(feed), 1)
-    lat_w = 9 + 4 * 6 + 1                              # stage, 4 figures, the sparkline's pad
+    lat_w = 9 + 4 * 6 + 1
     spark_w = max(min(width - 36 - lat_w - 1, 40), 5)
     lat_w += spark_w
-    tbl = _instrument_table(st, sig.by_instrument, inst_rows, width)
-    ladder, inst = _ladder(st, depth, width - lat_w - 1)
-    mid = Table.grid(expand=True, padding=(0, 1))
-    mid.add_column(ratio=1)
-    mid.add_column(width=lat_w)
-    iv = (datetime.fromtimestamp(st.interval_end).strftime("%H:%M:%S") if st.interval_end else "none yet")
+    left_w = width - lat_w - 1
+    ladder = _ladder_lines(st, depth, left_w)
+    latency = _latency_lines(st, spark_w)
+    mid_rows = max(len(ladder), len(latency))
+    sig_rows = max(height - 1 - (inst_rows + 1) - (1 + mid_rows) - 1 - len(feed), 1)
+    inst = st.instruments[st.selected] if st.instruments else None
     b = (st.books or {}).get(inst.id) if inst is not None else None
     sub = f" seq {b['last_seq']}" if b and "last_seq" in b else ""
-    mid.add_row(Text(f"book {inst.symbol if inst else '-'}{sub}", style="bold"),
-                Text(f"latency, last busy interval ({iv})", style="bold"))
-    mid.add_row(ladder, _latency_table(st, spark_w))
-    sig_title = Text(f"signals (read {sig.read:,}" + (f", missed {sig.missed:,}" if sig.missed else "") + ")",
-                     style="bold")
-    parts = [head, tbl, mid, sig_title, *_signal_lines(st, sig, sig_rows, width), *feed]
-    return Group(*parts)
+    iv = datetime.fromtimestamp(st.interval_end).strftime("%H:%M:%S") if st.interval_end else "none yet"
+    lines = [head, *_instrument_lines(st, sig.by_instrument, inst_rows, width)]
+    lines.append(_line((f"{'book ' + (inst.symbol if inst else '-') + sub:<{left_w}} ", "bold"),
+                       (f"latency, last busy interval ({iv})", "bold"), width=width))
+    for k in range(mid_rows):
+        left = _line(*(ladder[k] if k < len(ladder) else [("", "")]), width=left_w)
+        right = _line(*(latency[k] if k < len(latency) else [("", "")]), width=lat_w)
+        lines.append(Text.assemble(left, " ", right, no_wrap=True, overflow="crop"))
+    lines.append(_line((f"signals (read {sig.read:,}" + (f", missed {sig.missed:,}" if sig.missed else "") + ")",
+                        "bold"), width=width))
+    lines += _signal_lines(st, sig, sig_rows, width)
+    lines += feed
+    return Group(*lines)
 
 
 # -- the terminal loop ------------------------------------------------------------------------------
