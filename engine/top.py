@@ -428,7 +428,7 @@ def _instrument_lines(st: TopState, sig_counts, rows: int, width: int) -> list:
     """Header and ``rows`` instruments (a window around the selected one). Fixed-width cells:
     rich's Table measures every cell each frame, which costs more than the rest of top."""
     widths = (12, 12, 9, 13, 11, 9)                       # bid ask spread mid last signals
-    sym_w = max(width - 2 - sum(widths), 8)
+    sym_w = min(max(width - 2 - sum(widths), 8), 24)
     head = ("  " + f"{'instrument':<{sym_w}}" + "".join(f"{h:>{w}}" for h, w in
             zip(("bid", "ask", "spread", "mid", "last trade", "signals"), widths)))
     out = [_line((head, "bold"), width=width)]
@@ -457,39 +457,39 @@ def _decimals(inst) -> int:
 
 
 def _ladder_lines(st: TopState, depth: int, width: int) -> list:
-    """Header and up to ``depth`` levels a side: bid size bar, bid, ask, ask size bar."""
+    """Header and up to ``depth`` levels a side: bid size and bar, bid, ask, ask bar and size;
+    bars scaled to the largest level shown."""
     inst = st.instruments[st.selected] if st.instruments else None
     b = (st.books or {}).get(inst.id) if inst is not None else None
-    pw = 10
-    side_w = max((width - 2 * pw - 1) // 2, 6)
-    out = [[(f"{'size':>{side_w}}{'bid':>{pw}} {'ask':<{pw}}{'size':<{side_w}}", "bold")]]
     if not b:
-        out.append([(f" {st.books_note or 'no book'}", "dim")])
-        return out
+        return [[("", "")], [(f" {st.books_note or 'no book'}", "dim")]]
     bids, asks = list(b.get("bids", []))[:depth], list(b.get("asks", []))[:depth]
-    top = max([q for _, q in bids + asks] or [1])
+    prices = {p: inst.format_price(p) for p, _ in bids + asks}
+    qtys = {q: inst.format_qty(q) for _, q in bids + asks}
+    pw = max([len(x) for x in prices.values()] + [3])
+    qw = max([len(x) for x in qtys.values()] + [4])
+    side_w = max((width - 2 * pw - 3) // 2, qw + 2)
+    bar_w = side_w - qw - 1
+    top = max(list(qtys) or [1])
+    bar = lambda q: "█" * max(min(int(q / top * bar_w + 0.5), bar_w), 1)      # noqa: E731
+    out = [[(f"{'size':>{side_w}} {'bid':>{pw}} {'ask':<{pw}} {'size':<{side_w}}", "bold")]]
     for k in range(max(len(bids), len(asks))):
         parts = []
         if k < len(bids):
             p, q = bids[k]
-            qty = inst.format_qty(q) + " "
-            bar = "█" * max(min(int(q / top * (side_w - len(qty))), side_w - len(qty)), 1)
-            parts += [(" " * max(side_w - len(qty) - len(bar), 0) + qty, ""), (bar, "green"),
-                      (f"{inst.format_price(p):>{pw}}"[-pw:], "green")]
+            parts += [(f"{qtys[q]:>{qw}} " + " " * (bar_w - len(bar(q))), ""), (bar(q), "green"),
+                      (f" {prices[p]:>{pw}}", "green")]
         else:
-            parts.append((" " * (side_w + pw), ""))
-        parts.append((" ", ""))
+            parts.append((" " * (side_w + pw + 1), ""))
         if k < len(asks):
             p, q = asks[k]
-            qty = " " + inst.format_qty(q)
-            bar = "█" * max(min(int(q / top * (side_w - len(qty))), side_w - len(qty)), 1)
-            parts += [(f"{inst.format_price(p):<{pw}}"[:pw], "red"), (bar, "red"), (qty, "")]
+            parts += [(f" {prices[p]:<{pw}} ", "red"), (f"{bar(q):<{bar_w}}", "red"), (f" {qtys[q]}", "")]
         out.append(parts)
     return out
 
 
 def _latency_lines(st: TopState, spark_w: int) -> list:
-    out = [[(f"{'stage us':<9}{'p50':>6}{'p99':>6}{'p99.9':>6}{'max':>6} {'p99 trend':<{spark_w}}", "bold")]]
+    out = [[(f"{'stage us':<9}{'p50':>6}{'p99':>6}{'p99.9':>6}{'max':>6} {'trend':<{spark_w}}", "bold")]]
     for stage, (p50, p99, p999, mx, n, series) in st.latency.items():
         name = stage if stage != "tick_to_signal" else "tick>sig"
         out.append([(f"{name:<9}" + "".join(f"{_us(v):>6}" for v in (p50, p99, p999, mx)) + " ", ""),
@@ -566,7 +566,7 @@ def render(st: TopState, sig: SignalTail, width: int, height: int):
     inst_rows = min(len(st.instruments), max(height - 16, 3))
     depth = max(5, min(20, (height - 4 - inst_rows - len(feed)) // 2 - 2))
     lat_w = 9 + 4 * 6 + 1
-    spark_w = max(min(width - 36 - lat_w - 1, 40), 5)
+    spark_w = max(min(width - 40 - lat_w - 1, 40), 5)
     lat_w += spark_w
     left_w = width - lat_w - 1
     ladder = _ladder_lines(st, depth, left_w)

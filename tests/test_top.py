@@ -6,6 +6,7 @@ interval log that daemon wrote."""
 import collections
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -200,3 +201,39 @@ def test_no_daemon_is_one_clear_line_and_a_non_zero_exit(tmp_path):
     assert res.returncode == 1 and res.stdout == ""
     assert res.stderr.count("\n") == 1
     assert "no daemon is running for run 'idle'" in res.stderr and "tickwire run --config" in res.stderr
+
+
+def test_render_fits_80x24_and_draws_the_ladder_of_the_selected_book():
+    """The screen from a given state (no daemon): every line within the terminal, the selected
+    instrument's levels best first with bars as long as their sizes allow."""
+    import io
+
+    from rich.console import Console
+
+    from tickwire.engine.instruments import Instrument
+    from tickwire.engine.top import SignalTail, TopState, render
+
+    insts = [Instrument(i, f"SYN{i}", tick_size="0.01", lot_size="1") for i in range(12)]
+    books = {i: {"instrument": i, "symbol": f"SYN{i}", "bids": [(10_000 - k, 1000 * (k + 1)) for k in range(10)],
+                 "asks": [(10_002 + k, 500 * (k + 1)) for k in range(10)], "last_seq": 77, "last_ts_event": 0,
+                 "in_sync": i != 3, "worker": "w0"} for i in range(12)}
+    st = TopState("r", None, insts, ["w0"], running=True, books=books, selected=11, now=time.time(),
+                  workers=[{"pid": os.getpid(), "feed": {"events": 5, "gaps": 1}}])
+    st.latency = {"book": (100, 2000, 3000, 4000, 10, [1000, 2000, None, 3000])}
+    for w, h in ((80, 24), (132, 43)):
+        con = Console(file=io.StringIO(), width=w, height=h, force_terminal=False)
+        con.print(render(st, SignalTail("/nonexistent"), w, h))
+        lines = con.file.getvalue().splitlines()
+        assert len(lines) <= h and max(map(len, lines)) <= w, (w, h, lines)
+        text = "\n".join(lines)
+        assert "book SYN11 seq 77" in text and "> SYN11" in text
+        assert ("SYN3 (resync)" in text) == (h > 24)          # 80x24: a window of 8 around the selected
+        ladder = [x for x in lines if "█" in x]
+        assert ladder[0].split()[0] == "1000" and "█ 100.00 100.02 █" in ladder[0] and " 500 " in ladder[0]
+        assert "2000 " in ladder[1] and "99.99 100.03" in ladder[1]
+        assert ladder[1].count("█") > ladder[0].count("█")          # bigger sizes, longer bars
+        assert re.search(r"book +0\.1 +2\.0 +3\.0 +4\.0 ▁▅█", text)          # us; p99 trend (None: a gap)
+    st.selected = 3
+    con = Console(file=io.StringIO(), width=80, height=24, force_terminal=False)
+    con.print(render(st, SignalTail("/nonexistent"), 80, 24))
+    assert "SYN3 (resync)" in con.file.getvalue()
