@@ -5,9 +5,9 @@ Subcommands:
 - ``demo``: the whole system on embedded defaults (simulator -> daemon -> store + signal
   consumer), with a live progress line and a report.
 - ``run``: the daemon from a TOML config; ``signals``: follow a running daemon's signals;
-  ``status``: its metrics.
+  ``status``: its metrics; ``books``: its order books (tickwire.engine.live).
 - ``simulate``: the feed simulator.
-- ``books``: the order books alone on a synthetic market and the real captures.
+- ``bookbench``: the order books alone on a synthetic market and the real captures.
 - ``replay``: stored ticks, a capture or an ``.npy`` file through the engine (tickwire.replay.cli).
 - ``bench``: wire-to-signal latency at an offered rate, with floors (tickwire.engine.bench);
   ``bench compare A.json B.json``.
@@ -114,7 +114,7 @@ def _demo_captures(data_dir) -> int:
     return status
 
 
-def cmd_books(args) -> int:
+def cmd_bookbench(args) -> int:
     from pathlib import Path
 
     from tickwire.ext import BUILD
@@ -235,6 +235,62 @@ def cmd_signals(args) -> int:
     finally:
         for r in rings:
             r.close()
+
+
+def cmd_books(args) -> int:
+    import json as jsonmod
+    from decimal import Decimal
+    from pathlib import Path
+
+    from tickwire.engine.config import load
+    from tickwire.engine.live import DaemonNotRunning, request_books
+
+    cfg = load(args.config)
+    by_symbol = {i.symbol: i.id for i in cfg.instruments}
+    ids = None
+    if args.instrument:
+        ids = []
+        for name in args.instrument:
+            if name in by_symbol:
+                ids.append(by_symbol[name])
+            elif name.isdigit() and int(name) in {i.id for i in cfg.instruments}:
+                ids.append(int(name))
+            else:
+                print(f"tickwire books: --instrument: {name!r} is not an instrument of {args.config} "
+                      f"(its symbols: {', '.join(sorted(by_symbol))})", file=sys.stderr)
+                return 2
+    if not 0 <= args.depth <= 10_000:
+        print(f"tickwire books: --depth: expected 0..10000, got {args.depth}", file=sys.stderr)
+        return 2
+    try:
+        books = request_books(Path(cfg.state_dir) / cfg.run, ids, args.depth, timeout=args.timeout)
+    except DaemonNotRunning as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"tickwire books: the daemon refused the request: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(jsonmod.dumps({str(k): v for k, v in sorted(books.items())}, indent=1))
+        return 0
+    for iid, b in sorted(books.items()):
+        tick, lot = Decimal(b["tick_size"]), Decimal(b["lot_size"])
+        state = "in sync" if b["in_sync"] else "OUT OF SYNC"
+        trade = b["last_trade"]
+        last = f"last trade {Decimal(trade[0]) * tick} x {Decimal(trade[1]) * lot}" if trade else "no trade yet"
+        print(f"{b['symbol']} (id {iid}, worker {b['worker']}): {state}, seq {b['last_seq']}, "
+              f"{b['levels'][0]} bid / {b['levels'][1]} ask levels, {b['updates']:,} updates, "
+              f"{b['signals']:,} signals, {last}")
+        rows = max(len(b["bids"]), len(b["asks"]))
+        if rows:
+            print(f"  {'bid qty':>16} {'bid':>14} | {'ask':<14} {'ask qty':<16}")
+        for k in range(rows):
+            bid = b["bids"][k] if k < len(b["bids"]) else None
+            ask = b["asks"][k] if k < len(b["asks"]) else None
+            left = f"{str(Decimal(bid[1]) * lot):>16} {str(Decimal(bid[0]) * tick):>14}" if bid else " " * 31
+            right = f"{str(Decimal(ask[0]) * tick):<14} {str(Decimal(ask[1]) * lot):<16}" if ask else ""
+            print(f"  {left} | {right}".rstrip())
+    return 0
 
 
 def cmd_status(args) -> int:
@@ -405,8 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     books = sub.add_parser(
-        "books",
-        help="the order books alone: a seeded synthetic market and the real captures",
+        "bookbench",
+        help="benchmark the order books alone: a seeded synthetic market and the real captures",
         description="Generate a seeded synthetic market (L2 level updates and L3 order flow), "
                     "apply it through the batch path and report throughput and the books; then, "
                     "when the real exchange captures are present, rebuild their books and check "
@@ -418,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     books.add_argument("--repeats", type=int, default=5, help="timed runs; the fastest is shown [%(default)s]")
     books.add_argument("--data", help="directory of the exchange captures [../shared/data if present]")
     books.add_argument("--no-captures", action="store_true", help="skip the real captures")
-    books.set_defaults(func=cmd_books)
+    books.set_defaults(func=cmd_bookbench)
 
     demo = sub.add_parser(
         "demo",
@@ -465,6 +521,23 @@ def build_parser() -> argparse.ArgumentParser:
     sig.add_argument("--from-start", action="store_true", help="start from the oldest signal still in the rings")
     sig.add_argument("--count", type=int, default=0, help="stop after this many signals (0: no limit)")
     sig.set_defaults(func=cmd_signals)
+
+    bk = sub.add_parser(
+        "books",
+        help="show a running daemon's order books (asked of its workers)",
+        description="Ask each worker of a running daemon for its books: answered by the engine's thread "
+                    "between two batches, so the book is exact at that moment. Prints the best levels per "
+                    "side with decimal prices and sizes, the sequence number the book stands at, whether it "
+                    "is in sync, and the last trade (--json: everything, prices in ticks and sizes in lots). "
+                    "Exit status 1 when no daemon answers. Python: tickwire.engine.live.request_books.",
+    )
+    bk.add_argument("--config", "-c", required=True, help="the daemon's TOML configuration file")
+    bk.add_argument("--instrument", "-i", action="append", metavar="SYMBOL",
+                    help="an instrument (symbol or id); repeat for several [all]")
+    bk.add_argument("--depth", "-d", type=int, default=10, help="levels per side [%(default)s]")
+    bk.add_argument("--json", action="store_true", help="print the workers' answers as JSON")
+    bk.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for each worker [%(default)s]")
+    bk.set_defaults(func=cmd_books)
 
     st = sub.add_parser(
         "status",

@@ -305,8 +305,8 @@ def _report(cfg, sup, consumer, sim_out, status, elapsed, say) -> int:
         f"{sum(w['feed']['recoveries'] for w in ws)} recoveries, drops {sum(sum(w['feed']['drops'].values()) for w in ws)}")
     with Store.open(cfg.store.dsn, cfg.store.database) as store:      # the writer has exited: ours now
         stored = store.count_ticks()
-        q = store.client.query(f"SELECT count(), uniqExact(channel, seq) FROM {cfg.store.database}.ticks "
-                               f"WHERE bitAnd(flags, 2) = 0 AND kind != 6").result_rows[0]
+        q = (store.count_market_events(), store.client.query(
+            f"SELECT uniqExact(channel, seq) FROM {cfg.store.database}.market_events").result_rows[0][0])
         sig_stored = len(store.read_signals(cfg.run))
     say(f"  stored in ClickHouse           {stored:>14,} ticks ({q[0]:,} market events, {q[1]:,} distinct "
         f"channel sequence numbers)")

@@ -12,8 +12,10 @@ path serves both. tickwire creates and migrates its schema:
   their BEGIN/END markers included), same columns and keys: they repair books, not the tick
   history, so ``ticks`` holds market events only. :meth:`Store.insert_ticks` routes each row.
 - ``signals``: signal records, by run.
-- ``instruments``: symbol, tick size, lot size, decimals; ``ticks_decimal`` is a view with prices
-  and quantities as decimals.
+- ``instruments``: symbol, tick size, lot size, decimals (the daemon's writer records the
+  config's at every start); ``ticks_decimal`` is a view with prices and quantities as decimals.
+- ``market_events``: a view of ``ticks`` without the markers a publisher sent in its stream
+  (:data:`MARKET_FILTER`); :meth:`Store.count_market_events` counts it.
 - ``schema_version``: what migrations have run.
 
 ``epoch`` and ``ord`` identify a tick's place in the stream that carried it (the tick ring's
@@ -36,11 +38,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-from tickwire.ext.records import EVENT_DTYPE, SIGNAL_DTYPE, Flag
+from tickwire.ext.records import EVENT_DTYPE, SIGNAL_DTYPE, Flag, Kind
 
 log = logging.getLogger("tickwire.store")
 
-__all__ = ["Store", "StoreError", "SCHEMA_VERSION", "cluster_ddl", "redact", "default_dsn"]
+__all__ = ["Store", "StoreError", "SCHEMA_VERSION", "MARKET_FILTER", "cluster_ddl", "redact", "default_dsn"]
 
 SCHEMA_VERSION = 3
 #: MergeTree's ``merge_selector_base`` for ticks and signals (ClickHouse's default is 5): merges
@@ -155,6 +157,16 @@ FROM {db}.{source} AS t
 LEFT JOIN (SELECT * FROM {db}.instruments FINAL) AS i ON t.instrument = i.id"""
 
 
+#: What separates market events from the other rows of ``ticks`` (markers a publisher sent in its
+#: stream, and snapshot rows of a store written before schema 3): the ``market_events`` view's
+#: filter, and :meth:`Store.count_market_events`'.
+MARKET_FILTER = f"kind != {int(Kind.SNAPSHOT)} AND bitAnd(flags, {int(Flag.SNAPSHOT)}) = 0"
+
+
+def _market_view(db: str, on_cluster: str = "") -> str:
+    return f"CREATE VIEW IF NOT EXISTS {db}.market_events{on_cluster} AS SELECT * FROM {db}.ticks WHERE {MARKET_FILTER}"
+
+
 def schema_ddl(database: str, merge_tuning: bool = True, codecs: str = "fast") -> list[str]:
     """The single-node schema, in creation order (``merge_tuning``: with
     :data:`MERGE_SELECTOR_BASE`, for servers that know the setting; ``codecs``: of the tick
@@ -169,6 +181,7 @@ def schema_ddl(database: str, merge_tuning: bool = True, codecs: str = "fast") -
         _signal_ddl(database, "MergeTree", settings=tuned),
         _instrument_ddl(database, "ReplacingMergeTree(updated)"),
         _decimal_view(database),
+        _market_view(database),
     ]
 
 
@@ -206,6 +219,7 @@ def cluster_ddl(database: str, cluster: str, zk_path: str = "/clickhouse/tables/
         f"ENGINE = Distributed({cluster}, {database}, signals_local, cityHash64(run))",
         _instrument_ddl(database, replicated("instruments", "updated"), oc),
         _decimal_view(database, "ticks", oc),
+        _market_view(database, oc),
     ]
 
 
@@ -469,6 +483,13 @@ class Store:
         (``table="snapshots"``: snapshot events instead)."""
         _check_event_table(table)
         q = f"SELECT count() FROM {self.database}.{table} WHERE {self._where(instruments, start_ns, end_ns)}"
+        return int(self.client.query(q).result_rows[0][0])
+
+    def count_market_events(self, instruments=None, start_ns=None, end_ns=None) -> int:
+        """Market events stored (what publishers sent as book updates and trades), without the
+        markers ``ticks`` also keeps: the rows of the ``market_events`` view (:data:`MARKET_FILTER`)."""
+        q = (f"SELECT count() FROM {self.database}.ticks "
+             f"WHERE {MARKET_FILTER} AND {self._where(instruments, start_ns, end_ns)}")
         return int(self.client.query(q).result_rows[0][0])
 
     def read_ticks(self, instruments=None, start_ns=None, end_ns=None, *,

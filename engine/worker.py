@@ -27,6 +27,9 @@ by the engine's loop (which only swaps the interval's recorders for a spare set,
 ``feeds.batch_events`` events, 2048 by default, which bounds how long a signal waits for the rest
 of its batch before the push.)
 
+Book requests (``tickwire books``, :mod:`tickwire.engine.live`) arrive on a socket served by a
+thread of their own and are answered by the engine's thread between two batches.
+
 Signals: SIGTERM/SIGINT stop the loop, close the rings (end of stream for their readers) and exit
 0; SIGHUP re-reads the config file and applies new rule thresholds.
 
@@ -51,6 +54,7 @@ import numpy as np
 
 from tickwire.engine import config as configmod
 from tickwire.engine.latency import IntervalLogWriter
+from tickwire.engine.live import BookService, books_endpoint, worker_answer
 from tickwire.engine.pipeline import Engine
 from tickwire.ext import EVENT_DTYPE, SIGNAL_DTYPE, Flag
 from tickwire.ext.hdr import STAGES, StageRecorders
@@ -210,6 +214,8 @@ class Worker:
                                 max_events=f.max_message_events, batch_events=f.batch_events,
                                 io_cpus=[f.io_cpu], io_rt_priority=f.io_rt_priority, busy_poll=f.busy_poll,
                                 curve=f.curve())
+        self.book_service = BookService(books_endpoint(self.run_dir, index), self.answer_books,
+                                        name=f"books-{index}", context=self.feed.context)
 
     # -- the per-batch work (called by the feed handler; events valid during the call) ----------
     def on_batch(self, events: np.ndarray) -> None:
@@ -389,6 +395,11 @@ class Worker:
         arrays = {f"book_{b.instrument}": b.snapshot_events() for b in self.engine.books}
         np.savez(self.run_dir / f"books-{self.index}.npz", **arrays)
 
+    def answer_books(self, ids, depth) -> dict:
+        """Engine's thread, between batches: a book request (``tickwire book``, ``tickwire top``)."""
+        insts = [self.cfg.instrument(i) for i in self.wcfg.instruments]
+        return worker_answer(self.engine, insts, self.wcfg.name, ids, depth)
+
     def apply_reload(self) -> None:
         self.reload = False
         try:
@@ -415,9 +426,12 @@ class Worker:
         stop_hk = threading.Event()
         hk = threading.Thread(target=self.housekeeping, args=(stop_hk,), name="housekeeping", daemon=True)
         hk.start()
+        self.book_service.start()
         try:
             while not self.stop:
                 self.feed.poll(0.05)
+                if self.book_service.pending is not None:
+                    self.book_service.answer_pending()
                 now = time.monotonic()
                 if now >= next_cursor:
                     self.write_cursor()
@@ -427,6 +441,7 @@ class Worker:
                 if self.reload:
                     self.apply_reload()
         finally:
+            self.book_service.close()
             stop_hk.set()
             hk.join(timeout=5)
             self.write_cursor()

@@ -541,6 +541,8 @@ cdef inline int _route(tw_feed *f, const tw_wire_header *h, const char *payload,
                 if r != TW_DROP_OK:
                     return r                 # lost: the next message shows the gap
                 ch.next_seq += h.count
+                if h.count:
+                    ch.last_ts_event = out[h.count - 1].ts_event
                 ch.messages += 1
                 ch.events += h.count
                 f.events += h.count
@@ -749,6 +751,10 @@ cdef class FeedReceiver:
     def last_recv_ns(self, uint16_t channel):
         """Receive time (ns) of the channel's last message, 0 before any."""
         return self.c.chans[channel].last_recv_ns
+
+    def last_ts_event(self, uint16_t channel):
+        """``ts_event`` of the last event the fast path took on the channel, 0 before any."""
+        return self.c.chans[channel].last_ts_event
 
     # -- receiving -------------------------------------------------------------------------
     def drain(self, out, double timeout=0.0):

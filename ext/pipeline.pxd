@@ -44,6 +44,9 @@ cdef struct tw_features:
     int64_t spread_count
     int64_t trade_count
     int64_t ts                    # event time of the last update
+    int64_t last_trade_price      # the last trade print (ticks, lots; 0 before any)
+    int64_t last_trade_qty
+    int64_t last_trade_ts
 
 cdef struct tw_istate:
     # Per-instrument engine state.

@@ -201,6 +201,9 @@ cdef int _update_trade(tw_istate *st, const tw_event *e) noexcept nogil:
         _mid_features(st)
     _trade_features(st)
     st.f.ts = e.ts_event
+    st.f.last_trade_price = e.price
+    st.f.last_trade_qty = e.qty
+    st.f.last_trade_ts = e.ts_event
     st.updates += 1
     return changed
 
@@ -754,7 +757,8 @@ cdef class Engine:
     def features(self, uint32_t instrument):
         """The instrument's current features as a dict (mid, microprice, spread, imbalance,
         mid_mean, mid_std, mid_min, mid_max, zscore, spread_mean, vwap, flow, buy_minus_sell,
-        realized_vol, ewma_fast, ewma_slow, ewma_fast_std, counts, ts) plus engine counters."""
+        realized_vol, ewma_fast, ewma_slow, ewma_fast_std, counts, ts, the last trade print:
+        last_trade_price/qty/ts, 0 before any) plus engine counters."""
         cdef tw_istate *st = self._state(instrument)
         cdef tw_features *f = &st.f
         return {
@@ -764,7 +768,9 @@ cdef class Engine:
             "buy_minus_sell": f.buy_minus_sell, "realized_vol": f.realized_vol,
             "ewma_fast": f.ewma_fast, "ewma_slow": f.ewma_slow, "ewma_fast_std": f.ewma_fast_std,
             "mid_count": f.mid_count, "spread_count": f.spread_count, "trade_count": f.trade_count,
-            "ts": f.ts, "updates": st.updates, "signals": st.signals, "suppressed": st.suppressed,
+            "ts": f.ts, "last_trade_price": f.last_trade_price, "last_trade_qty": f.last_trade_qty,
+            "last_trade_ts": f.last_trade_ts, "updates": st.updates, "signals": st.signals,
+            "suppressed": st.suppressed,
         }
 
     cdef tw_istate *_state(self, uint32_t instrument) except NULL:

@@ -107,7 +107,7 @@ class _Channel:
                  "silent", "failed", "retry_after", "held", "held_events", "early", "suspects", "hb_seq",
                  "hb_arrival", "hole_since", "snap", "fill", "probe", "snap_wanted", "snap_after",
                  "resume", "live_since_ns", "gaps", "recoveries", "restarts", "lost_events", "losses",
-                 "retransmitted")
+                 "retransmitted", "last_ts", "unstamped")
 
     def __init__(self, cid: int, instruments):
         self.id = cid
@@ -141,6 +141,8 @@ class _Channel:
         self.lost_events = 0
         self.losses = 0
         self.retransmitted = 0
+        self.last_ts = 0               # ts_event of the last event the slow path delivered
+        self.unstamped = []            # markers waiting for the channel's first exchange time
 
 
 _COUNTERS = (
@@ -291,6 +293,7 @@ class FeedHandler:
         self._requests: dict[int, tuple] = {}       # request id -> (channel, _Request)
         self._arrival = 0
         self._started = False
+        self._waiting = False                   # a channel has stored rows waiting for an exchange time
         self._closed = False
         self._tick = max(0.001, min(0.05, (self.silence_timeout or 1.0) / 4, self.snapshot_timeout / 4,
                                     self.reorder_window or 0.05))
@@ -381,6 +384,8 @@ class FeedHandler:
         if self._closed:
             return
         self._closed = True
+        if self._started:
+            self._stamp_leftovers()
         self._close_sockets()
         if self._own_context:
             self._ctx.term()
@@ -392,6 +397,13 @@ class FeedHandler:
         self.close()
 
     # -- state -----------------------------------------------------------------------------
+    @property
+    def context(self) -> zmq.Context:
+        """The handler's ZeroMQ context (its I/O thread where ``io_cpus`` put it): other sockets of
+        the process share it rather than start an unpinned I/O thread of their own; closed with
+        the handler, so close them first."""
+        return self._ctx
+
     def state(self, channel: int) -> ChannelState:
         return self._channels[channel].state
 
@@ -453,6 +465,8 @@ class FeedHandler:
         self._counters["batches"] += 1
         self._counters["events"] += len(events)
         self._on_batch(events)
+        if self._waiting:
+            self._stamp_live(events)
         if self._on_store is not None:
             self._on_store(events)
         self._counters["stored_events"] += len(events)
@@ -462,7 +476,9 @@ class FeedHandler:
             self._counters["batches"] += 1
             self._on_batch(events)
 
-    def _to_store(self, events) -> None:
+    def _to_store(self, c: _Channel, events) -> None:
+        if len(events) and c.unstamped:
+            self._store_unstamped(c, int(events["ts_event"][0]))
         if len(events):
             if self._on_store is not None:
                 self._on_store(events)
@@ -470,24 +486,85 @@ class FeedHandler:
 
     def _mark(self, c: _Channel, flags: int, seq: int | None = None) -> None:
         """SNAPSHOT markers for every instrument of the channel: STALE, or END (back in sync),
-        stamped with the sequence number the book stands after (default: ``next_seq - 1``)."""
+        stamped with the sequence number the book stands after (default: ``next_seq - 1``).
+
+        Their ``ts_event`` is exchange time, like every event's: that of the last event the
+        channel delivered, so the store's time order puts a marker where it happened (see
+        :meth:`_keep` for a channel that has delivered nothing yet); ``ts_recv`` is the local
+        time they were made."""
         c.in_sync = not flags & Flag.STALE
         if c.instruments is None or not len(c.instruments):
             return
         ev = empty_events(len(c.instruments))
-        ts = now_ns()
         ev["kind"] = Kind.SNAPSHOT
         ev["side"] = Side.NONE
         ev["flags"] = int(flags)
         ev["instrument"] = c.instruments
         ev["channel"] = c.id
         ev["seq"] = max(c.next_seq - 1 if seq is None else seq, 0)
-        ev["ts_event"] = ts
-        ev["ts_recv"] = ts
+        ev["ts_recv"] = now_ns()
+        ev["ts_event"] = max(c.last_ts, self.receiver.last_ts_event(c.id))
         self._counters["markers"] += len(ev)
         self._to_book(ev)
-        if self._on_snapshot is not None:           # kept beside the history: replay needs them
+        self._keep(c, ev)
+
+    def _keep(self, c: _Channel, ev) -> None:
+        """Markers and snapshot events to the store, beside the history (replay needs them).
+
+        Rows without an exchange time (``ts_event`` 0: a marker before the channel's book has
+        seen an event, a snapshot of books that had none) take the time the channel's book
+        stands at; when it has none yet they wait (with every later row of the channel behind
+        them, so that the rows keep the order the engine met them, which replay follows), and
+        are stored just before the channel's first market event reaches the store, with its
+        time: a join's markers come first in the store's time order, not after every exchange
+        time as the local clock would put them."""
+        if self._on_snapshot is None or not len(ev):
+            return
+        stamped = ev["ts_event"] > 0
+        if stamped.all():
+            self._note_time(c, ev)
+            if not c.unstamped:
+                self._on_snapshot(ev)
+                return
+        ts = max(c.last_ts, self.receiver.last_ts_event(c.id))
+        ev = ev.copy()
+        if ts > 0 and not c.unstamped:
+            ev["ts_event"][~stamped] = ts
             self._on_snapshot(ev)
+        else:                                 # behind those waiting: the order the engine met them
+            c.unstamped.append(ev)
+            self._waiting = True
+
+    @staticmethod
+    def _note_time(c: _Channel, events) -> None:
+        """The exchange time the channel's book stands at (its markers take it)."""
+        if len(events):
+            c.last_ts = max(c.last_ts, int(events["ts_event"][-1]))
+
+    def _stamp_live(self, events) -> None:
+        """The fast path's batch may hold the first event of a channel whose rows wait."""
+        self._waiting = False
+        for c in self._channels.values():
+            if c.unstamped:
+                first = events["ts_event"][events["channel"] == c.id]
+                if len(first):
+                    self._store_unstamped(c, int(first[0]))
+                self._waiting = self._waiting or bool(c.unstamped)
+
+    def _store_unstamped(self, c: _Channel, ts: int) -> None:
+        if ts > 0:
+            waiting, c.unstamped = c.unstamped, []
+            for ev in waiting:
+                ev["ts_event"][ev["ts_event"] <= 0] = ts
+                self._on_snapshot(ev)
+
+    def _stamp_leftovers(self) -> None:
+        """At close: rows of channels that never delivered an event take the latest exchange
+        time of any channel (local time when there is none at all)."""
+        known = [max(c.last_ts, self.receiver.last_ts_event(c.id)) for c in self._channels.values()]
+        ts = max(known + [0]) or now_ns()
+        for c in self._channels.values():
+            self._store_unstamped(c, ts)
 
     def _log_once(self, key: str, level: int, message: str, *args) -> None:
         if key not in self._logged:
@@ -601,6 +678,7 @@ class FeedHandler:
                 r = self._covering(c, c.next_seq)
                 if r is not None:
                     piece = r.events[c.next_seq - r.start:]
+                    self._note_time(c, piece)
                     self._to_book(piece)
                     self._counters["events"] += len(piece)
                     delivered += len(piece)
@@ -609,7 +687,7 @@ class FeedHandler:
             if c.store_next is not None:
                 r = self._covering(c, c.store_next)
                 if r is not None:
-                    self._to_store(r.events[c.store_next - r.start:])
+                    self._to_store(c, r.events[c.store_next - r.start:])
                     c.store_next = r.end
                     moved = True
             if not moved:
@@ -788,7 +866,7 @@ class FeedHandler:
                 if r.start > c.store_next:
                     self._lost(c, c.store_next, r.start, "the publisher restarted before sending them again",
                                book=False)
-                self._to_store(r.events[max(c.store_next - r.start, 0):])
+                self._to_store(c, r.events[max(c.store_next - r.start, 0):])
                 c.store_next = r.end
             if c.hb_seq > c.store_next:
                 self._lost(c, c.store_next, c.hb_seq, "the publisher restarted before sending them again",
@@ -981,8 +1059,7 @@ class FeedHandler:
                                "channel %d: snapshot events of instruments outside the channel ignored", c.id)
                 snap = snap[keep]
         self._to_book(snap)
-        if self._on_snapshot is not None and len(snap):
-            self._on_snapshot(snap)
+        self._keep(c, snap)
         self._counters["snapshot_events"] += len(snap)
         self._counters["recoveries"] += 1
         c.recoveries += 1

@@ -37,7 +37,7 @@ from tickwire.ext.codec import encode as encode_payload
 from tickwire.ext.records import EVENT_DTYPE, Flag, Kind, Side
 from tickwire.feeds import wire
 from tickwire.feeds.curve import serve_curve
-from tickwire.feeds.wire import MsgType, RecoveryService, Retainer
+from tickwire.feeds.wire import MsgType, RecoveryService, Retainer, books_snapshot
 
 __all__ = ["Market", "Faults", "SnapshotService", "Simulator", "channel_map", "synthetic_instruments"]
 
@@ -484,9 +484,7 @@ class Simulator:
         if ids is None:
             return None
         covered = self.next_seq[channel] - 1
-        ts = time.time_ns()
-        parts = [self.books[i].snapshot_events(seq=covered, ts=ts) for i in ids]
-        return self.epoch, covered, np.concatenate(parts)
+        return self.epoch, covered, books_snapshot(self.books, ids, covered)
 
     def snapshot_events(self) -> dict[int, np.ndarray]:
         """Every instrument's book as snapshot events (seq 0, ts 0): the publisher's full state."""

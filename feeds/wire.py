@@ -57,6 +57,7 @@ __all__ = [
     "TYPES_ANY",
     "topic",
     "topic_channel",
+    "books_snapshot",
     "encode",
     "encode_data",
     "encode_heartbeat",
@@ -210,6 +211,17 @@ def await_subscribers(xpub, channels, subscribers: int = 1, timeout: float = 10.
                 if t.startswith(msg[1:]):
                     seen[c] += 1
     return True
+
+
+def books_snapshot(books, ids, covered: int) -> np.ndarray:
+    """A channel's snapshot at sequence ``covered``: the books ``ids`` (of a ``BookSet``) as
+    snapshot events. Each book's carry the exchange time of its last event (a book that has had
+    none: the latest of the others'; 0 when none has: no exchange time yet, and the receiver
+    stores the snapshot with the time of the channel's first event), so that stored snapshots
+    keep their place in the store's time order beside the ticks."""
+    stamps = {i: int(books[i].last_ts_event) for i in ids}
+    latest = max(stamps.values(), default=0)
+    return np.concatenate([books[i].snapshot_events(seq=covered, ts=stamps[i] or latest) for i in ids])
 
 
 def topic_channel(frame: bytes) -> int | None:

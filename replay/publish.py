@@ -18,7 +18,7 @@ import zmq
 from tickwire.engine.instruments import make_books
 from tickwire.ext.records import EVENT_DTYPE, Flag
 from tickwire.feeds.curve import serve_curve
-from tickwire.feeds.wire import Publisher, await_subscribers
+from tickwire.feeds.wire import Publisher, await_subscribers, books_snapshot
 
 __all__ = ["Republisher"]
 
@@ -97,9 +97,7 @@ class Republisher:
         if ids is None:
             return None
         covered = self.publisher.next_seq(channel) - 1
-        ts = time.time_ns()
-        parts = [self.books[i].snapshot_events(seq=covered, ts=ts) for i in ids]
-        return self.publisher.epoch, covered, np.concatenate(parts)
+        return self.publisher.epoch, covered, books_snapshot(self.books, ids, covered)
 
     def send(self, events: np.ndarray, copy: bool = True) -> None:
         """Publish a batch: per channel, in order, in messages of at most ``max_message_events``

@@ -638,3 +638,52 @@ def test_cython_worker_drains_through_the_pxd(tmp_path):
         hs.assert_equal()
     finally:
         hs.close()
+
+
+def test_markers_and_snapshots_keep_their_place_in_the_stores_time_order(tmp_path):
+    """Markers and snapshot rows carry exchange time (2023 here, not the local clock): sorted as
+    the store reads (instrument, ts_event, seq), each marker and snapshot of an instrument comes
+    after every market event its sequence number covers and before every later one, through a
+    join and a loss repaired by snapshot."""
+    kept = []
+
+    class Stamped(Harness):
+        def snapshot_now(self, c):                 # as the reference publishers answer
+            covered = self.next[c] - 1
+            return self.epoch, covered, wire.books_snapshot(self.ref, CHANNELS[c], covered)
+
+    feed = Stamped(tmp_path, on_snapshot=lambda ev: kept.append(ev.copy()))
+    try:
+        feed.join()
+        for _ in range(3):
+            feed.publish(0)
+            feed.publish(1)
+        feed.publish(0, send=False)                  # lost, and no longer held: STALE, then a snapshot
+        lost = feed.sent[0][-1][1]
+        feed.publish(0)
+        feed.retransmit(feed.request(), forget={lost})
+        feed.answer(feed.request())
+        feed.publish(0)
+        feed.pump(feed.caught_up)
+        feed.h.close()
+    finally:
+        feed.close()
+    history = np.concatenate(feed.stored)
+    rows = np.concatenate(kept)
+    markers = rows[rows["kind"] == Kind.SNAPSHOT]
+    assert len(markers) >= 3 * 4 and (rows["flags"] & Flag.SNAPSHOT).all()
+    assert ((markers["flags"] & Flag.STALE) != 0).sum() >= 4 + 2      # the start, and the loss
+    published = np.concatenate([ev for c in (0, 1) for _, _, ev in feed.sent[c]])
+    lo, hi = published["ts_event"].min(), published["ts_event"].max()
+    assert ((rows["ts_event"] >= lo) & (rows["ts_event"] <= hi)).all()
+    both = np.concatenate([history, rows])
+    is_row = np.r_[np.zeros(len(history), bool), np.ones(len(rows), bool)]
+    for inst in range(4):
+        mine = both["instrument"] == inst
+        order = np.lexsort((both["seq"][mine], both["ts_event"][mine]))
+        seqs, rowflag = both["seq"][mine][order], is_row[mine][order]
+        for k in np.flatnonzero(rowflag):
+            market_seqs = seqs[~rowflag]
+            before = market_seqs[: (~rowflag[:k]).sum()]
+            after = market_seqs[(~rowflag[:k]).sum():]
+            assert (before <= seqs[k]).all() and (after > seqs[k]).all(), (inst, int(seqs[k]))

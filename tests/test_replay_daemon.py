@@ -14,6 +14,9 @@ import numpy as np
 import pytest
 
 from test_daemon import query, start_daemon, start_sim, status, stop_daemon, wait_for, write_config
+from tickwire.engine.instruments import make_books
+from tickwire.engine.live import MAX_DEPTH, request_books
+from tickwire.ext.records import Side
 
 pytestmark = pytest.mark.integration
 PY = sys.executable
@@ -128,13 +131,37 @@ def test_an_unchanged_daemon_consumes_a_republished_history(tmp_path):
                               "--quiet"], capture_output=True, text=True, timeout=120)
         assert pub.returncode == 0, pub.stderr
         assert wait_for(lambda: status(run_dir)["counts"]["ticks_stored"] >= len(ev), 60)
+        # the running daemon's books, read through the supported request: every level equal
+        live_books = request_books(run_dir, depth=MAX_DEPTH)
+        cli = subprocess.run([PY, "-m", "tickwire", "books", "--config", str(cfg_path), "-i", cfg.instruments[1].symbol,
+                              "--depth", "3"], capture_output=True, text=True, timeout=60)
     finally:
         rc, _ = stop_daemon(daemon, log)
     assert rc == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+    ref = make_books(cfg.instruments)
+    ref.apply(ev)
+    assert sorted(live_books) == [i.id for i in cfg.instruments]
+    for inst in cfg.instruments:
+        got, book = live_books[inst.id], ref[inst.id]
+        assert got["symbol"] == inst.symbol and got["in_sync"]
+        assert got["bids"] == book.levels(Side.BID).tolist() and got["asks"] == book.levels(Side.ASK).tolist()
+    assert cli.returncode == 0 and cfg.instruments[1].symbol in cli.stdout and "in sync" in cli.stdout, cli.stderr
+    assert cfg.instruments[0].symbol not in cli.stdout
     dsn = f"chdb://{tmp_path}/state/store"
     (n, distinct, replayed), = query(dsn, "SELECT count(), uniqExact(channel, seq), countIf(bitAnd(flags, 16) != 0) "
                                           "FROM tickwire.ticks")
     assert n == distinct == replayed == len(ev)
+    # market events counted by the API and the view; ticks_decimal has every row with its symbol
+    (market,), = query(dsn, "SELECT count() FROM tickwire.market_events")
+    (dec, unnamed), = query(dsn, "SELECT count(), countIf(symbol = '') FROM tickwire.ticks_decimal")
+    assert market == dec == len(ev) and unnamed == 0
+    # markers and snapshot rows carry exchange time: inside the history's span, not the wall clock
+    (lo, hi), = query(dsn, "SELECT toUnixTimestamp64Nano(min(ts_event)), toUnixTimestamp64Nano(max(ts_event)) "
+                           "FROM tickwire.ticks")
+    (snaps, markers, outside), = query(dsn, "SELECT count(), countIf(kind = 6), countIf(toUnixTimestamp64Nano(ts_event) "
+                                            f"NOT BETWEEN {lo} AND {hi}) FROM tickwire.snapshots")
+    assert int(lo) == int(ev["ts_event"].min()) and int(hi) == int(ev["ts_event"].max())
+    assert snaps > 0 and markers > 0 and outside == 0
     got = stored_signals(dsn, "republish", tmp_path / "live.npy")
     fields = ["ts_event", "value", "strength", "instrument", "rule_id", "rule_kind", "direction", "flags"]
 

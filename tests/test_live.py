@@ -1,0 +1,137 @@
+"""Reading a running daemon's books (tickwire.engine.live): the worker's request service, the
+client, and `tickwire books` without a daemon. The daemon end to end (books read while it runs
+equal a reference at every level) is in tests/test_replay_daemon.py."""
+
+import json
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import zmq
+
+from tickwire.engine.instruments import make_books
+from tickwire.engine.live import (BookService, DaemonNotRunning, books_endpoint, request_books,
+                                  worker_answer)
+from tickwire.engine.pipeline import Engine
+from tickwire.ext.records import Kind, Side
+from tickwire.feeds.simulator import Market, synthetic_instruments
+
+PY = sys.executable
+
+
+class EngineThread:
+    """An engine fed a stream, with a loop answering book requests between batches as the
+    worker's does."""
+
+    def __init__(self, run_dir, events, insts):
+        self.engine = Engine(insts, ())
+        self.insts = insts
+        self.events = events
+        self.fed = 0
+        self.service = BookService(books_endpoint(run_dir, 0),
+                                   lambda ids, depth: worker_answer(self.engine, insts, "w0", ids, depth))
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+
+    def loop(self):
+        while not self.stop.is_set():
+            if self.fed < len(self.events):
+                self.engine.process(self.events[self.fed:self.fed + 500])
+                self.fed += 500
+            if self.service.pending is not None:
+                self.service.answer_pending()
+            self.stop.wait(0.001)
+
+    def __enter__(self):
+        self.service.start()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        self.service.close()
+
+
+@pytest.fixture
+def stream():
+    insts = synthetic_instruments(3)
+    return insts, Market(3, seed=2, resting=60).generate(20_000)
+
+
+def test_books_answered_between_batches_equal_the_engines(tmp_path, stream):
+    insts, ev = stream
+    with EngineThread(tmp_path, ev, insts) as et:
+        while et.fed < len(ev):
+            got = request_books(tmp_path, depth=5)       # while it runs: a consistent picture
+            assert sorted(got) == [0, 1, 2]
+            assert all(len(b["bids"]) <= 5 and b["symbol"] == f"SIM{i}" for i, b in got.items())
+        got = request_books(tmp_path, instruments=[1], depth=10_000)
+    ref = make_books(insts)
+    ref.apply(ev)
+    assert list(got) == [1]
+    b = got[1]
+    assert b["bids"] == ref[1].levels(Side.BID).tolist() and b["asks"] == ref[1].levels(Side.ASK).tolist()
+    assert b["levels"] == [ref[1].level_count(Side.BID), ref[1].level_count(Side.ASK)]
+    assert b["last_seq"] == ref[1].last_seq and b["last_ts_event"] == ref[1].last_ts_event
+    trades = ev[(ev["instrument"] == 1) & (ev["kind"] == Kind.TRADE)]
+    assert b["last_trade"] == [int(trades["price"][-1]), int(trades["qty"][-1]), int(trades["ts_event"][-1])]
+    assert b["tick_size"] == "0.01" and b["worker"] == "w0"
+
+
+@pytest.mark.parametrize("raw, word", [(b"not json", "JSON"), (b"[1]", "object"), (b'{"depth": -1}', "depth"),
+                                       (b'{"depth": 10, "bogus": 1}', "bogus"),
+                                       (b'{"instruments": ["x"]}', "instruments")])
+def test_a_malformed_request_is_answered_with_what_is_wrong(tmp_path, stream, raw, word):
+    insts, ev = stream
+    with EngineThread(tmp_path, ev[:0], insts):
+        ctx = zmq.Context.instance()
+        s = ctx.socket(zmq.REQ)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(books_endpoint(tmp_path, 0))
+        s.send(raw)
+        assert s.poll(5000)
+        reply = json.loads(s.recv())
+        s.close()
+    assert word in reply["error"]
+
+
+def test_no_daemon_says_so_and_how_to_start_one(tmp_path):
+    with pytest.raises(DaemonNotRunning, match="tickwire run"):
+        request_books(tmp_path)
+    (tmp_path / "books-0.sock").touch()                # left by a daemon killed -9: nobody answers
+    with pytest.raises(DaemonNotRunning, match="silent"):
+        request_books(tmp_path, timeout=0.2)
+    cfg = tmp_path / "c.toml"
+    from tickwire.engine.config import to_toml
+    from tickwire.engine.demo import demo_raw_config
+
+    cfg.write_text(to_toml(demo_raw_config(tmp_path / "state", run="none")))
+    out = subprocess.run([PY, "-m", "tickwire", "books", "--config", str(cfg)], capture_output=True, text=True)
+    assert out.returncode == 1 and "no tickwire daemon is running" in out.stderr and "tickwire run" in out.stderr
+    out = subprocess.run([PY, "-m", "tickwire", "books", "--config", str(cfg), "-i", "NOPE"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "'NOPE' is not an instrument" in out.stderr
+
+
+def test_a_client_that_never_reads_costs_the_engine_nothing(tmp_path, stream):
+    """Requests sent and never read (a suspended `tickwire top`): the engine's loop goes on."""
+    insts, ev = stream
+    with EngineThread(tmp_path, np.concatenate([ev] * 5), insts) as et:
+        ctx = zmq.Context.instance()
+        socks = []
+        for _ in range(20):
+            s = ctx.socket(zmq.REQ)
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(books_endpoint(tmp_path, 0))
+            s.send(b'{"depth": 100}')
+            socks.append(s)
+        got = request_books(tmp_path, depth=1, timeout=5)   # still answered after them
+        assert sorted(got) == [0, 1, 2]
+        before = et.fed
+        et.stop.wait(0.3)
+        assert et.fed > before or et.fed >= 5 * len(ev)
+        for s in socks:
+            s.close()
