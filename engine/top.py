@@ -16,9 +16,9 @@ What it shows, and where each figure comes from (nothing here is in the daemon's
 - feed rates, gaps, recoveries, drops, lost events, writer lag and spill state, restarts: the
   status files the workers, the writer and the supervisor write in the run directory.
 
-Last trade: the engine keeps no last trade price per instrument (its statistics hold trade
-VWAP and counts), and the book request does not carry one: the column says ``n/a`` unless a
-book reply carries ``last_trade``.
+Last trade and signals per instrument come with the book reply (the engine's own last trade
+and signal counters, since the worker started); where a reply has none, the last trade is
+``n/a`` and the signal count is what ``top`` read from the ring.
 
 Rendering: rich (see docs/top.md for why rich and not textual). The loop wakes on a key or
 the refresh period; one refresh is a few status-file reads, a non-blocking ring drain, a tail
@@ -55,15 +55,16 @@ STALE_S = 5.0
 
 # -- sources -------------------------------------------------------------------------------------
 
-def fetch_books(run_dir, depth: int, timeout: float = 0.5):
-    """The workers' books: ``({instrument: reply}, None)`` or ``(None, why not)``. The one place
-    ``top`` asks the daemon for them (``tickwire.engine.live.request_books``)."""
+def fetch_books(run_dir, instruments, depth: int, timeout: float = 0.5):
+    """The workers' books of ``instruments`` (the ones on screen): ``({instrument: reply}, None)``
+    or ``(None, why not)``. The one place ``top`` asks the daemon for them
+    (``tickwire.engine.live.request_books``: one request per worker, answered between batches)."""
     try:
         from tickwire.engine.live import DaemonNotRunning, request_books
     except ImportError:
         return None, "this tickwire cannot request books (no tickwire.engine.live)"
     try:
-        return request_books(run_dir, depth=depth, timeout=timeout), None
+        return request_books(run_dir, instruments, depth=depth, timeout=timeout), None
     except DaemonNotRunning as exc:
         return None, f"no worker answers book requests ({exc})"
     except (OSError, TimeoutError, ValueError) as exc:
@@ -316,7 +317,8 @@ class Collector:
             return False, f"no status files in {self.run_dir}"
         return False, "no worker process is alive"
 
-    def refresh(self, selected: int = 0) -> TopState:
+    def refresh(self, selected: int = 0, rows: int | None = None) -> TopState:
+        """One screen's data; ``rows``: instrument rows on screen (books are asked for those)."""
         st = self.state
         st.now = time.time()
         st.selected = selected
@@ -333,7 +335,10 @@ class Collector:
         self._rates(st)
         if running:
             self.signals.poll()
-            st.books, st.books_note = fetch_books(self.run_dir, self.depth)
+            n = len(st.instruments)
+            first, last = window(n, selected, n if rows is None else rows)
+            ids = [i.id for i in st.instruments[first:last]]
+            st.books, st.books_note = fetch_books(self.run_dir, ids, self.depth)
         else:
             self.signals.close()
             self.signals.names = None
@@ -415,6 +420,17 @@ def _bbo(st: TopState, inst):
     return bid[0], ask[0], bid[1], ask[1]
 
 
+def instrument_rows(n: int, height: int) -> int:
+    """Instrument rows on a screen ``height`` lines tall."""
+    return min(n, max(height - 16, 3))
+
+
+def window(n: int, selected: int, rows: int) -> tuple[int, int]:
+    """The ``rows`` instruments shown, around the selected one: (first, end)."""
+    first = min(max(selected - rows // 2, 0), max(n - rows, 0))
+    return first, min(first + rows, n)
+
+
 def _line(*parts, width: int):
     """One screen line of (text, style) parts, cropped or padded to ``width``."""
     from rich.text import Text
@@ -433,8 +449,8 @@ def _instrument_lines(st: TopState, sig_counts, rows: int, width: int) -> list:
             zip(("bid", "ask", "spread", "mid", "last trade", "signals"), widths)))
     out = [_line((head, "bold"), width=width)]
     n = len(st.instruments)
-    first = min(max(st.selected - rows // 2, 0), max(n - rows, 0))
-    for k in range(first, min(first + rows, n)):
+    first, last = window(n, st.selected, rows)
+    for k in range(first, last):
         inst = st.instruments[k]
         bid, ask, _, _ = _bbo(st, inst)
         b = (st.books or {}).get(inst.id) or {}
@@ -442,10 +458,11 @@ def _instrument_lines(st: TopState, sig_counts, rows: int, width: int) -> list:
         if bid is not None and ask is not None:
             spread = inst.format_price(ask - bid)
             mid = f"{(bid + ask) / 2 * float(inst.tick_size):.{_decimals(inst) + 1}f}"
-        last = b.get("last_trade")
+        last = (b.get("last_trade") or [None])[0]
+        sigs = b.get("signals", sig_counts.get(inst.id, 0))
         sym = inst.symbol + ("" if not b or b.get("in_sync", True) else "*")      # resyncing (ladder title)
         cells = (inst.format_price(bid) if bid is not None else "-", inst.format_price(ask) if ask is not None else "-",
-                 spread, mid, inst.format_price(last) if last is not None else "n/a", f"{sig_counts.get(inst.id, 0):,}")
+                 spread, mid, inst.format_price(last) if last is not None else "n/a", f"{sigs:,}")
         text = ("> " if k == st.selected else "  ") + f"{sym:<{sym_w}}"[:sym_w] + "".join(
             f"{c:>{w}}"[-w:] for c, w in zip(cells, widths))
         out.append(_line((text, "reverse" if k == st.selected else ""), width=width))
@@ -464,8 +481,8 @@ def _ladder_lines(st: TopState, depth: int, width: int) -> list:
     if not b:
         return [[("", "")], [(f" {st.books_note or 'no book'}", "dim")]]
     bids, asks = list(b.get("bids", []))[:depth], list(b.get("asks", []))[:depth]
-    prices = {p: inst.format_price(p) for p, _ in bids + asks}
-    qtys = {q: inst.format_qty(q) for _, q in bids + asks}
+    prices = {lv[0]: inst.format_price(lv[0]) for lv in bids + asks}     # levels: [price, qty, orders]
+    qtys = {lv[1]: inst.format_qty(lv[1]) for lv in bids + asks}
     pw = max([len(x) for x in prices.values()] + [3])
     qw = max([len(x) for x in qtys.values()] + [4])
     side_w = max((width - 2 * pw - 3) // 2, qw + 2)
@@ -476,13 +493,13 @@ def _ladder_lines(st: TopState, depth: int, width: int) -> list:
     for k in range(max(len(bids), len(asks))):
         parts = []
         if k < len(bids):
-            p, q = bids[k]
+            p, q = bids[k][:2]
             parts += [(f"{qtys[q]:>{qw}} " + " " * (bar_w - len(bar(q))), ""), (bar(q), "green"),
                       (f" {prices[p]:>{pw}}", "green")]
         else:
             parts.append((" " * (side_w + pw + 1), ""))
         if k < len(asks):
-            p, q = asks[k]
+            p, q = asks[k][:2]
             parts += [(f" {prices[p]:<{pw}} ", "red"), (f"{bar(q):<{bar_w}}", "red"), (f" {qtys[q]}", "")]
         out.append(parts)
     return out
@@ -563,7 +580,7 @@ def render(st: TopState, sig: SignalTail, width: int, height: int):
         return Group(head, Text(""), msg)
     # rows: head 1, instruments 1+k, book/latency title 1 + max(1+depth, 6), signals 1+s, feed 2 (+1)
     feed = [x for x in _feed_lines(st, width) if x is not None]
-    inst_rows = min(len(st.instruments), max(height - 16, 3))
+    inst_rows = instrument_rows(len(st.instruments), height)
     depth = max(5, min(20, (height - 4 - inst_rows - len(feed)) // 2 - 2))
     lat_w = 9 + 4 * 6 + 1
     spark_w = max(min(width - 40 - lat_w - 1, 40), 5)
@@ -656,8 +673,8 @@ def run_top(cfg, refresh: float = 0.5, depth: int = 10, run_dir=None, out=sys.st
             while True:
                 now = time.monotonic()
                 if now >= next_at:
-                    st = col.refresh(selected)
                     w, h = console.size
+                    st = col.refresh(selected, instrument_rows(n, max(h, 24)))
                     live.update(render(st, col.signals, max(w, 80), max(h, 24)), refresh=True)
                     next_at = now + refresh
                 for key in _split_keys(keys.wait(next_at - time.monotonic())):

@@ -4,7 +4,6 @@ keys; the daemon going away while top runs; no daemon at all. And `tickwire plot
 interval log that daemon wrote."""
 
 import collections
-import importlib.util
 import os
 import re
 import shutil
@@ -16,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from test_daemon import published_books, remove_rings, start_daemon, start_sim, status, wait_for
+from test_daemon import published_books, query, remove_rings, start_daemon, start_sim, status, wait_for
 from tickwire.engine.config import to_toml
 from tickwire.engine.demo import demo_raw_config
 
@@ -133,18 +132,18 @@ def test_top_in_tmux_shows_the_daemon_follows_keys_and_waits_when_it_goes_away(t
         assert "run top" in text and "workers up 1/1" in text
         # every instrument, with its best bid and ask: the publisher's final books
         pub = published_books(tmp_path / "pub.npz")
-        has_books = importlib.util.find_spec("tickwire.engine.live") is not None
+        shown = {}
         for i in range(8):
             cells = row_of(text, f"SYN{i}")
             assert cells is not None, (i, text)
-            if has_books:
-                bid, ask = bbo(pub[f"book_{i}"])
-                assert cells[1:3] == [bid, ask], (i, cells, bid, ask)
-                spread = f"{float(ask) - float(bid):.2f}"
-                assert cells[3] == spread, (i, cells)
-            assert cells[-2] == "n/a"                                   # no last trade in the engine
-        if not has_books:
-            assert "cannot request b" in text
+            bid, ask = bbo(pub[f"book_{i}"])
+            assert cells[1:4] == [bid, ask, f"{float(ask) - float(bid):.2f}"], (i, cells, bid, ask)
+            assert cells[4] == f"{(float(bid) + float(ask)) / 2:.3f}"
+            shown[i] = cells[5]                                     # last trade: checked against the store below
+        # the ladder of the selected book: the publisher's top levels, best first
+        ladder = [x.split() for x in lines if "█" in x]
+        b0 = pub["book_0"]
+        assert ladder and ladder[0][2:4] == list(bbo(b0)), ladder[:2]
         # signals per instrument: what a reader of the ring of our own counts; their sum is the worker's
         want = ring_signal_counts(run_dir)
         got = {i: int(row_of(text, f"SYN{i}")[-1].replace(",", "")) for i in range(8)}
@@ -184,6 +183,10 @@ def test_top_in_tmux_shows_the_daemon_follows_keys_and_waits_when_it_goes_away(t
         log.close()
         remove_rings("top")
     assert not (tmp_path / "top.err").read_text().strip()
+    # last trade per instrument: the last TRADE event of its channel in the store
+    rows = query(f"chdb://{tmp_path}/state/store", "SELECT instrument, argMax(price, seq) FROM tickwire.ticks "
+                                                   "WHERE kind = 4 AND bitAnd(flags, 2) = 0 GROUP BY instrument")
+    assert {i: f"{p / 100:.2f}" for i, p in rows} == shown
     # `tickwire plot latency` on the log this daemon wrote: a PNG, every stage
     res = subprocess.run([PY, "-m", "tickwire", "plot", "latency", str(run_dir / "hdr" / "w0.hlog"), "-o",
                           str(tmp_path / "w0.png")], capture_output=True, text=True, timeout=120)
@@ -214,9 +217,10 @@ def test_render_fits_80x24_and_draws_the_ladder_of_the_selected_book():
     from tickwire.engine.top import SignalTail, TopState, render
 
     insts = [Instrument(i, f"SYN{i}", tick_size="0.01", lot_size="1") for i in range(12)]
-    books = {i: {"instrument": i, "symbol": f"SYN{i}", "bids": [(10_000 - k, 1000 * (k + 1)) for k in range(10)],
-                 "asks": [(10_002 + k, 500 * (k + 1)) for k in range(10)], "last_seq": 77, "last_ts_event": 0,
-                 "in_sync": i != 3, "worker": "w0"} for i in range(12)}
+    books = {i: {"instrument": i, "symbol": f"SYN{i}", "bids": [[10_000 - k, 1000 * (k + 1), 1] for k in range(10)],
+                 "asks": [[10_002 + k, 500 * (k + 1), 2] for k in range(10)], "last_seq": 77, "last_ts_event": 0,
+                 "in_sync": i != 3, "worker": "w0", "signals": 7 * i, "last_trade": [10_001, 5, 1] if i else None}
+             for i in range(12)}
     st = TopState("r", None, insts, ["w0"], running=True, books=books, selected=11, now=time.time(),
                   workers=[{"pid": os.getpid(), "feed": {"events": 5, "gaps": 1}}])
     st.latency = {"book": (100, 2000, 3000, 4000, 10, [1000, 2000, None, 3000])}
@@ -228,6 +232,7 @@ def test_render_fits_80x24_and_draws_the_ladder_of_the_selected_book():
         text = "\n".join(lines)
         assert "book SYN11 seq 77" in text and "> SYN11" in text
         assert ("SYN3*" in text) == (h > 24)          # 80x24: a window of 8 around the selected
+        assert row_of(text, "SYN11")[-2:] == ["100.01", "77"]     # last trade, the engine's signal count
         ladder = [x for x in lines if "█" in x]
         assert ladder[0].split()[0] == "1000" and "█ 100.00 100.02 █" in ladder[0] and " 500 " in ladder[0]
         assert "2000 " in ladder[1] and "99.99 100.03" in ladder[1]
