@@ -56,6 +56,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--refresh", type=float, default=0.5)
     ap.add_argument("--size", default="80x24", help="terminal WIDTHxHEIGHT [%(default)s]")
+    ap.add_argument("--nice", type=int, default=10, help="top's --nice [%(default)s]")
     args = ap.parse_args()
     tmux = shutil.which("tmux")
     if not tmux:
@@ -96,7 +97,7 @@ def main() -> int:
             # top runs under a shell that waits for it: tmux sends SIGCONT to a pane's own process
             # stopped by any signal but SIGTTIN/SIGTTOU, which would undo the SIGSTOP
             subprocess.run([tmux, "-L", sock, "-f", "/dev/null", "new-session", "-d", "-s", "top", "-x", w, "-y", h,
-                            f"taskset -c 0 {PY} -m tickwire top --config {cfg} --refresh {args.refresh} "
+                            f"taskset -c 0 {PY} -m tickwire top --config {cfg} --refresh {args.refresh} --nice {args.nice} "
                             f"</dev/tty & wait"], check=True)
             out = subprocess.run([tmux, "-L", sock, "display", "-p", "-t", "top", "#{pane_pid}"],
                                  capture_output=True, text=True, check=True)
@@ -111,7 +112,7 @@ def main() -> int:
                         top_pid = start_top()
                     else:
                         os.kill(top_pid, signal.SIGCONT)
-                    time.sleep(2)                           # past its start
+                    time.sleep(3)                           # past its start (imports, log backlog)
                 elif phase == "suspended":
                     os.kill(top_pid, signal.SIGSTOP)
                     assert wait_for(lambda: Path(f"/proc/{top_pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -120,10 +121,15 @@ def main() -> int:
                     os.kill(top_pid, signal.SIGCONT)
                     subprocess.run([tmux, "-L", sock, "kill-server"], capture_output=True)
                     top_pid = None
-                t0, c0, e0 = time.time(), cpu_seconds(wpid), status()["feed"]["events"]
+                s0 = status()
+                t0, c0, e0 = time.time(), cpu_seconds(wpid), s0["feed"]["events"]
                 tc0 = cpu_seconds(top_pid) if top_pid else 0.0
                 time.sleep(args.seconds)
-                t1, c1, e1 = time.time(), cpu_seconds(wpid), status()["feed"]["events"]
+                s1 = status()
+                t1, c1, e1 = time.time(), cpu_seconds(wpid), s1["feed"]["events"]
+                if s1["pid"] != wpid:
+                    print(f"# the worker restarted (pid {wpid} -> {s1['pid']}): see {tmp}/daemon.log", flush=True)
+                    wpid = s1["pid"]
                 tc1 = cpu_seconds(top_pid) if top_pid else 0.0
                 time.sleep(1.5)                             # the phase's last interval reaches the log
                 ivs = [iv for iv in plots.load_latency(run_dir / "hdr" / "w0.hlog").intervals if t0 <= iv.end <= t1]
@@ -133,7 +139,10 @@ def main() -> int:
                     lat[stage] = [hist.get_value_at_percentile(p) / 1e3 for p in (50.0, 99.0, 99.9)]
                 rows.append({"phase": phase, "rep": rep, "top_cpu_pct": 100 * (tc1 - tc0) / (t1 - t0),
                              "worker_cpu_s_per_M": (c1 - c0) / max(e1 - e0, 1) * 1e6,
-                             "events_per_s": (e1 - e0) / (t1 - t0), "latency_us": lat})
+                             "events_per_s": (e1 - e0) / (t1 - t0), "latency_us": lat,
+                             "gaps": s1["feed"]["gaps"] - s0["feed"]["gaps"],
+                             "recoveries": s1["feed"]["recoveries"] - s0["feed"]["recoveries"],
+                             "tick_ring_waits": s1["counts"]["tick_ring_waits"] - s0["counts"]["tick_ring_waits"]})
                 print(json.dumps(rows[-1]), flush=True)
     finally:
         subprocess.run([tmux, "-L", sock, "kill-server"], capture_output=True)
@@ -144,7 +153,7 @@ def main() -> int:
         daemon.wait(timeout=60)
         log.close()
     print(f"\nrate {args.rate:,.0f} ev/s offered, {args.seconds:.0f} s phases x {args.reps}, top --refresh "
-          f"{args.refresh} in a {args.size} tmux pane; medians")
+          f"{args.refresh} --nice {args.nice} in a {args.size} tmux pane; medians")
     print(f"{'phase':10s} {'top CPU %':>9s} {'events/s':>10s} {'worker CPU s/M ev':>18s}  "
           f"{'decode p50/p99/p99.9 us':>24s}  {'book p50/p99/p99.9':>20s}  {'tick>sig p50/p99/p99.9':>24s}")
     for phase in ("absent", "running", "suspended"):
@@ -154,7 +163,10 @@ def main() -> int:
         fmt = lambda v: "/".join(f"{x:.1f}" for x in v)  # noqa: E731
         print(f"{phase:10s} {med('top_cpu_pct'):9.2f} {med('events_per_s'):10,.0f} {med('worker_cpu_s_per_M'):18.3f}  "
               f"{fmt(lat['decode']):>24s}  {fmt(lat['book']):>20s}  {fmt(lat['tick_to_signal']):>24s}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    if any(r["gaps"] or r["recoveries"] for r in rows):
+        print(f"(gaps or recoveries during a phase: the run is kept in {tmp})")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

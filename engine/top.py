@@ -583,7 +583,7 @@ def render(st: TopState, sig: SignalTail, width: int, height: int):
     inst_rows = instrument_rows(len(st.instruments), height)
     depth = max(5, min(20, (height - 4 - inst_rows - len(feed)) // 2 - 2))
     lat_w = 9 + 4 * 6 + 1
-    spark_w = max(min(width - 40 - lat_w - 1, 40), 5)
+    spark_w = max(min(5 + (width - 80) // 2, 40), 5)     # wider screens: half to the ladder
     lat_w += spark_w
     left_w = width - lat_w - 1
     ladder = _ladder_lines(st, depth, left_w)
@@ -709,6 +709,9 @@ def add_parser(sub) -> None:
     p.add_argument("--config", "-c", required=True, help="the daemon's TOML configuration file")
     p.add_argument("--refresh", type=float, default=0.5, metavar="S", help="seconds between screens [%(default)s]")
     p.add_argument("--depth", type=int, default=10, metavar="N", help="book levels requested per side [%(default)s]")
+    p.add_argument("--nice", type=int, default=10, metavar="N",
+                   help="run at this niceness, below the daemon's processes and their ZeroMQ I/O threads on "
+                        "shared cores (0: as started) [%(default)s]")
     p.set_defaults(func=cmd_top)
 
 
@@ -727,4 +730,9 @@ def cmd_top(args) -> int:
         print("tickwire top: needs rich, which is not installed: pip install rich", file=sys.stderr)
         return 2
     cfg = load(args.config)
+    if args.nice:
+        try:
+            os.nice(args.nice)
+        except OSError:
+            pass
     return run_top(cfg, args.refresh, args.depth)
