@@ -15,7 +15,8 @@ import time
 import numpy as np
 import pytest
 
-from test_daemon import published_books, query, remove_rings, start_daemon, start_sim, status, wait_for
+from test_daemon import (alive, published_books, query, remove_rings, start_daemon, start_sim, status, wait_for,
+                         writer_pid)
 from tickwire.engine.config import to_toml
 from tickwire.engine.demo import demo_raw_config
 
@@ -102,7 +103,7 @@ def ring_signal_counts(run_dir):
 
 
 @needs_tmux
-def test_top_in_tmux_shows_the_daemon_follows_keys_and_waits_when_it_goes_away(tmp_path):
+def test_top_in_tmux_shows_the_daemon_follows_keys_and_waits_when_it_is_killed(tmp_path):
     raw = demo_raw_config(tmp_path / "state", run="top")
     raw["metrics"]["hdr_interval_s"] = 1.0
     raw["feeds"]["stale_after_ms"] = 120_000          # the channels stay live (in sync) after the stream ends
@@ -164,9 +165,12 @@ def test_top_in_tmux_shows_the_daemon_follows_keys_and_waits_when_it_goes_away(t
         assert "book SYN2" in text and "> SYN2" in text, text
         screen.keys("Up")
         assert "> SYN1" in screen.wait(lambda t: "> SYN1" in t)
-        # the daemon goes away: top says so and waits
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=40) == 0
+        # the daemon is killed: top says so and waits (the workers stop with the supervisor, and
+        # the writer drains what they left)
+        worker = status(run_dir)["pid"]
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait(timeout=10)
+        assert wait_for(lambda: not alive(worker) and not writer_pid("top"), 60)
         text = screen.wait(lambda t: "went away" in t)
         assert "the daemon for run 'top' went away" in text and "waiting for it" in text, text
         time.sleep(1.0)
