@@ -574,6 +574,8 @@ class Run:
         raw["feeds"]["snapshot"] = ""
         raw["feeds"]["channels"] = self.stream.nchannels
         raw.setdefault("metrics", {})["port"] = 0
+        if a.python_loop:
+            raw["feeds"]["fast_loop"] = False
         if a.target == "pipeline":
             raw.setdefault("store", {})["enabled"] = False      # no writer in this target
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -1066,6 +1068,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--busy-poll", dest="busy_poll", action="store_true", default=None,
                    help="pipeline target and zmq floor: poll without blocking (default: the example config's)")
     p.add_argument("--no-busy-poll", dest="busy_poll", action="store_false")
+    p.add_argument("--python-loop", action="store_true",
+                   help="the worker's live loop per batch from Python (feeds.fast_loop = false), for a "
+                        "before/after of the loop in C")
     p.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the pyzmq baseline")
     p.add_argument("--no-floors", action="store_true", help="skip the libzmq and ring floors")
     p.add_argument("--until-saturation", action="store_true",

@@ -318,30 +318,42 @@ def cmd_status(args) -> int:
     if args.raw:
         print(text, end="")
         return 0
+    from tickwire.engine.metrics import histogram_quantile
+
     rows = {}
     for line in text.splitlines():
         if line.startswith("#") or not line.startswith("tickwire_"):
             continue
         name, _, value = line.rpartition(" ")
         rows[name] = float(value)
-    def total(prefix):
-        return sum(v for k, v in rows.items() if k.startswith(prefix))
+
+    def total(name):
+        return sum(v for k, v in rows.items() if k == name or k.startswith(name + "{"))
     print(f"daemon at {url}")
-    print(f"  events {total('tickwire_events_total'):,.0f}  signals {total('tickwire_signals_total'):,.0f}  "
-          f"workers up {total('tickwire_worker_up'):.0f}  restarts {total('tickwire_worker_restarts_total'):.0f}")
+    print(f"  events {total('tickwire_events_total'):,.0f} (markers {total('tickwire_markers_total'):,.0f})  "
+          f"signals {total('tickwire_signals_total'):,.0f}  workers up {total('tickwire_worker_up'):.0f}  "
+          f"restarts {total('tickwire_worker_restarts_total'):.0f}")
     print(f"  feed: messages {total('tickwire_feed_messages_total'):,.0f}  gaps {total('tickwire_feed_gaps_total'):.0f}  "
           f"recoveries {total('tickwire_feed_recoveries_total'):.0f}  messages refused "
           f"{total('tickwire_feed_drops_total'):.0f} (duplicates, malformed, forged: by reason in --raw)")
     lost = total('tickwire_feed_lost_events_total')
-    print(f"  history: events sent again {total('tickwire_feed_retransmitted_total'):,.0f}  lost "
+    print(f"  history: events sent again {total('tickwire_feed_retransmitted_events_total'):,.0f}  lost "
           f"{lost:,.0f}" + ("  (ranges the publisher no longer held: see the daemon's log)" if lost else ""))
     print(f"  writer: rows {total('tickwire_writer_rows_written_total'):,.0f}  spilled "
           f"{total('tickwire_writer_rows_spilled_total'):,.0f}  lag {total('tickwire_writer_lag'):,.0f}  "
           f"outage {total('tickwire_writer_outage'):.0f}")
-    for k, v in sorted(rows.items()):
-        if k.startswith("tickwire_latency_ns{") and 'quantile="0.99"' in k:
+    # p99 since start per worker and stage, from the histogram's buckets (as Prometheus would)
+    hists = {}
+    for k, v in rows.items():
+        if k.startswith("tickwire_latency_seconds_bucket{"):
             labels = dict(re.findall(r'(\w+)="([^"]*)"', k))
-            print(f"  p99 {labels.get('worker', '?')} {labels.get('stage', '?')}: {v / 1000:.1f} us (since start)")
+            le = float("inf") if labels["le"] == "+Inf" else float(labels["le"])
+            hists.setdefault((labels.get("worker", "?"), labels.get("stage", "?")), []).append((le, v))
+    for (worker, stage), buckets in sorted(hists.items()):
+        buckets.sort()
+        p99 = histogram_quantile(0.99, [b for b, _ in buckets], [n for _, n in buckets])
+        if p99 == p99:                                                  # not NaN: something recorded
+            print(f"  p99 {worker} {stage}: {p99 * 1e6:.1f} us (since start, from the histogram buckets)")
     return 0
 
 
@@ -387,7 +399,9 @@ def _add_simulate(sub) -> None:
     g.add_argument("--data", metavar="DIR", help="directory of the captures [../shared/data]")
     g = sim.add_argument_group("pace and size")
     g.add_argument("--rate", type=float, default=100_000, metavar="EV/S", help="events per second, constant-rate pacing (0: as fast as possible) [%(default)s]")
-    g.add_argument("--batch", type=int, default=64, metavar="N", help="most events per message [%(default)s]")
+    g.add_argument("--batch", type=int, default=64, metavar="N",
+                   help="most events per message [%(default)s]; receivers drop more than their limit "
+                        "(feeds.max_message_events, 4,096 by default; docs/wire-format.md, 'Limits')")
     g.add_argument("--events", dest="publish_events", type=int, default=1_000_000, metavar="N",
                    help="events to publish [%(default)s]")
     g.add_argument("--duration", type=float, metavar="S", help="publish for S seconds instead of --events")
@@ -571,6 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tickwire.feeds.cryptofeed import add_parser as add_bridge
 
     add_bridge(sub)
+    from tickwire.feeds.conformance import add_parser as add_check_publisher
+
+    add_check_publisher(sub)
     from tickwire.engine.bench import add_parser as add_bench
 
     add_bench(sub)

@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 from tickwire.engine.instruments import DEFAULT_MAX_PRICE, Instrument
 from tickwire.engine.pipeline import RULE_KINDS, RuleConfig, StatsConfig
+from tickwire.feeds.wire import MAX_MESSAGE_EVENTS
 
 __all__ = ["ConfigError", "Config", "FeedConfig", "WorkerConfig", "StoreConfig", "RingConfig",
            "MetricsConfig", "load", "from_dict", "to_toml", "restart_keys", "EXAMPLE_PATH"]
@@ -165,12 +166,14 @@ class FeedConfig:
     stale_after_ms: int = 5_000
     recovery_retries: int = 5
     channels: int = 1
-    max_message_events: int = 1024
-    batch_events: int = 2048
+    max_message_events: int = MAX_MESSAGE_EVENTS
+    batch_events: int = 2 * MAX_MESSAGE_EVENTS
     io_cpu: int = 0
     io_rt_priority: int = 0
     busy_poll: bool = False
     reorder_window_ms: float = 5.0
+    history_from: str = "join"          # "join": the tick history starts at the join; "start": at seq 1
+    fast_loop: bool = True              # the worker's live loop in C (Engine.run_feed)
     curve_server_key: str = ""          # the publisher's CURVE public key (Z85), resolved from text or a file
     curve_secret_key_file: str = ""     # this side's certificate (NAME.key_secret, 0600)
 
@@ -410,7 +413,7 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
     f = _table(raw, "feeds")
     _check_keys(f, {"endpoints", "snapshot", "socket", "hwm", "stale_after_ms", "recovery_retries", "channels",
                     "max_message_events", "batch_events", "io_cpu", "io_rt_priority", "busy_poll",
-                    "reorder_window_ms", "curve_server_key", "curve_secret_key_file"}, "feeds.")
+                    "reorder_window_ms", "history_from", "fast_loop", "curve_server_key", "curve_secret_key_file"}, "feeds.")
     try:
         endpoints = f["endpoints"] if "endpoints" in f else [default_feed_endpoint()]
         snapshot_default = default_snapshot_endpoint() if "snapshot" not in f else ""
@@ -423,12 +426,13 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
                        _str(f, "socket", "feeds.", "sub", ("sub", "pull")), _int(f, "hwm", "feeds.", 100_000, 0),
                        _int(f, "stale_after_ms", "feeds.", 5_000, 1), _int(f, "recovery_retries", "feeds.", 5, 0),
                        _int(f, "channels", "feeds.", max(seen_ids) + 1, 1, 0xFFFF),
-                       _int(f, "max_message_events", "feeds.", 1024, 1, 1 << 20),
-                       _int(f, "batch_events", "feeds.", 2048, 1, 1 << 24),
+                       _int(f, "max_message_events", "feeds.", MAX_MESSAGE_EVENTS, 1, 1 << 20),
+                       _int(f, "batch_events", "feeds.", 2 * MAX_MESSAGE_EVENTS, 1, 1 << 24),
                        _int(f, "io_cpu", "feeds.", supervisor_cpu, 0, ncpu - 1),
                        _int(f, "io_rt_priority", "feeds.", 0, 0, 99),
                        _bool(f, "busy_poll", "feeds.", False),
-                       _reorder_window(f), **_curve(f, base_dir))
+                       _reorder_window(f), _str(f, "history_from", "feeds.", "join", ("join", "start")),
+                       _bool(f, "fast_loop", "feeds.", True), **_curve(f, base_dir))
     if feeds.batch_events < feeds.max_message_events:
         _fail("feeds.batch_events", f"at least feeds.max_message_events ({feeds.max_message_events})",
               feeds.batch_events)

@@ -8,8 +8,10 @@ itself to its core; the supervisor checks the affinity it reports), and then sup
   feed handler starts every channel with a snapshot request; the writer resumes from the tick
   ring's committed position);
 - a Prometheus metrics endpoint (``metrics.host:port``, localhost by default) publishes the
-  workers' and the writer's status files: events, signals, feed gaps, recoveries and drops by
-  reason, ring depths, writer rows/spill/lag/outage, restarts and per-stage latency percentiles;
+  workers' and the writer's status files (:mod:`tickwire.engine.metrics`, docs/monitoring.md):
+  events, markers, signals by rule, feed gaps, recoveries and drops by reason, ring fill, the
+  age of each channel's last event, writer rows/spill/lag/outage, restarts, and per-stage
+  latency histograms;
 - SIGTERM/SIGINT: workers stop receiving and close their rings, the writer drains them into the
   store (a stopped writer is sent SIGCONT first), everyone exits within ``shutdown_timeout``. A
   ring is unlinked only when everything in it is stored or spilled; otherwise it is kept for the
@@ -47,6 +49,7 @@ import time
 from pathlib import Path
 
 from tickwire.engine import config as configmod
+from tickwire.engine.metrics import Collector
 from tickwire.engine.worker import fresh_ring_names, new_ring_token, read_ring_names, ring_keys, write_ring_names
 from tickwire.engine.writer import EXIT_UNSTORED
 from tickwire.ext import EVENT_DTYPE, SIGNAL_DTYPE
@@ -812,89 +815,8 @@ class Supervisor:
         return out
 
 
-class _Collector:
-    """Prometheus metrics from the status files, read at each scrape."""
-
-    def __init__(self, sup: Supervisor):
-        self.sup = sup
-
-    def collect(self):
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        sup = self.sup
-        c = {name: CounterMetricFamily(f"tickwire_{name}", help_, labels=["worker"]) for name, help_ in (
-            ("events", "events processed by the engine"), ("signals", "signals emitted"),
-            ("feed_messages", "feed messages received"), ("feed_gaps", "sequence gaps detected"),
-            ("feed_recoveries", "snapshot recoveries"), ("worker_restarts", "times the worker was restarted"),
-            ("feed_retransmitted", "events the publisher sent again (holes filled)"),
-            ("feed_lost_events", "events the publisher could no longer send: lost from the tick history "
-                                 "(exact, over every restart of the worker)"))}
-        drops = CounterMetricFamily("tickwire_feed_drops", "feed messages dropped, by reason", labels=["worker", "reason"])
-        g = {name: GaugeMetricFamily(f"tickwire_{name}", help_, labels=["worker"]) for name, help_ in (
-            ("tick_ring_depth", "ticks in the tick ring not yet stored"),
-            ("signal_ring_head", "signals published into the signal ring"),
-            ("worker_up", "1 when the worker process is running"))}
-        lat = GaugeMetricFamily("tickwire_latency_ns", "latency percentiles per stage since start, ns",
-                                labels=["worker", "stage", "quantile"])
-        for child, st in zip(sup.workers, sup.worker_status()):
-            w = child.name
-            g["worker_up"].add_metric([w], 1.0 if child.proc and child.proc.returncode is None else 0.0)
-            c["worker_restarts"].add_metric([w], child.restarts)
-            if not st:
-                continue
-            c["events"].add_metric([w], st["counts"]["events"])
-            c["signals"].add_metric([w], st["counts"]["signals"])
-            c["feed_messages"].add_metric([w], st["feed"]["messages"])
-            c["feed_gaps"].add_metric([w], st["feed"]["gaps"])
-            c["feed_recoveries"].add_metric([w], st["feed"]["recoveries"])
-            c["feed_retransmitted"].add_metric([w], st["feed"].get("retransmitted", 0))
-            c["feed_lost_events"].add_metric([w], st.get("history", {}).get("lost_events", 0))
-            for reason, n in st["feed"]["drops"].items():
-                drops.add_metric([w, reason], n)
-            g["tick_ring_depth"].add_metric([w], st["tick_ring_depth"])
-            g["signal_ring_head"].add_metric([w], st["signal_ring_head"])
-            for stage, q in st["latency_ns"].items():
-                for key, label in (("p50", "0.5"), ("p90", "0.9"), ("p99", "0.99"), ("p999", "0.999"),
-                                   ("p9999", "0.9999"), ("max", "1")):
-                    lat.add_metric([w, stage, label], q[key])
-        wr = {name: CounterMetricFamily(f"tickwire_writer_{name}", help_, labels=["ring"]) for name, help_ in (
-            ("rows_written", "rows written to the store: ticks, and the snapshot and marker rows the books met"),
-            ("rows_spilled", "rows spilled to local files"),
-            ("batches_written", "insert batches"), ("batches_replayed", "spilled batches replayed"),
-            ("sched_switches", "times the writer left or re-entered SCHED_IDLE (it leaves when behind)"))}
-        wg = {name: GaugeMetricFamily(f"tickwire_writer_{name}", help_, labels=["ring"]) for name, help_ in (
-            ("lag", "ticks in the ring not yet read by the writer"),
-            ("unstored", "ticks in the ring not yet durable (neither inserted nor spilled)"),
-            ("spill_bytes", "bytes in spill files"),
-            ("spill_files", "spill files waiting"), ("outage", "1 while the store is unreachable"),
-            ("sched_idle", "1 while the writer runs under SCHED_IDLE"))}
-        for i, st in enumerate(sup.writer_status()):
-            if not st:
-                continue
-            r = str(i)
-            for k in wr:
-                wr[k].add_metric([r], st.get(k, 0))
-            for k in wg:
-                wg[k].add_metric([r], float(st.get(k, 0)))
-        sig = GaugeMetricFamily("tickwire_signal_ring_missed", "signals the writer's reader missed (lapped)")
-        sig_written = CounterMetricFamily("tickwire_signals_stored", "signals stored by the writer")
-        try:
-            ss = json.loads((sup.run_dir / "writer" / "signals.json").read_text())
-            sig.add_metric([], ss["missed"])
-            sig_written.add_metric([], ss["written"])
-        except (OSError, ValueError, KeyError):
-            pass
-        restarts = CounterMetricFamily("tickwire_writer_restarts", "times the writer was restarted")
-        restarts.add_metric([], sup.writer.restarts if sup.writer else 0)
-        yield from c.values()
-        yield drops
-        yield from g.values()
-        yield lat
-        yield from wr.values()
-        yield from wg.values()
-        yield sig
-        yield sig_written
-        yield restarts
+#: The metrics the endpoint serves (engine/metrics.py; docs/monitoring.md).
+_Collector = Collector
 
 
 def run(config_path, duration=None) -> int:

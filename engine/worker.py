@@ -1,8 +1,9 @@
 """An engine worker: one process pinned to one core, serving a shard of the instruments.
 
-The hot loop runs outside asyncio: receive and decode (the Cython receive loop of
-:class:`~tickwire.feeds.handler.FeedHandler`, GIL released while it waits), then for each drained
-batch
+The hot loop runs outside asyncio, in C by default (``feeds.fast_loop``: ``Engine.run_feed``,
+without the GIL, returning to Python only for the feed handler's slow path and timers): receive
+and decode (the receive loop of :class:`~tickwire.feeds.handler.FeedHandler`), then for each
+drained batch
 
 1. run it through the :class:`~tickwire.engine.pipeline.Engine` (books, statistics, rules),
 2. push the signals into this worker's broadcast **signal ring**,
@@ -24,7 +25,7 @@ HdrHistogram interval log every ``metrics.hdr_interval_s`` and summarised with e
 status file the supervisor serves as metrics. Those two are written by a housekeeping thread, not
 by the engine's loop (which only swaps the interval's recorders for a spare set, one pointer): their
 ~10 ms of JSON and hdrh encoding never stall a message. (A drained batch is at most
-``feeds.batch_events`` events, 2048 by default, which bounds how long a signal waits for the rest
+``feeds.batch_events`` events, 8192 by default, which bounds how long a signal waits for the rest
 of its batch before the push.)
 
 Book requests (``tickwire books``, :mod:`tickwire.engine.live`) arrive on a socket served by a
@@ -55,6 +56,7 @@ import numpy as np
 from tickwire.engine import config as configmod
 from tickwire.engine.latency import IntervalLogWriter
 from tickwire.engine.live import BookService, books_endpoint, worker_answer
+from tickwire.engine.metrics import LATENCY_BOUNDS_NS, latency_histogram
 from tickwire.engine.pipeline import Engine
 from tickwire.ext import EVENT_DTYPE, SIGNAL_DTYPE, Flag
 from tickwire.ext.hdr import STAGES, StageRecorders
@@ -183,6 +185,8 @@ class Worker:
         self._logged = StageRecorders()                    # the interval being logged (housekeeping)
         self._spare = StageRecorders()                     # swapped in for the next interval
         self._handoff = queue.SimpleQueue()                # full intervals, engine -> housekeeping
+        self._swap_lock = threading.Lock()                 # a swap waits while the totals are read
+        self._event_seen = {}                              # channel -> ((epoch, next_seq), wall time it moved)
         tick_name, sig_name = ring_names(self.run_dir, index)
         self.ticks = Ring.attach(tick_name, EVENT_DTYPE, role="producer", takeover=True)
         self.signals = Ring.attach(sig_name, SIGNAL_DTYPE, role="producer", takeover=True)
@@ -213,7 +217,7 @@ class Worker:
                                 silence_timeout=f.stale_after_ms / 1000.0, max_retries=f.recovery_retries,
                                 max_events=f.max_message_events, batch_events=f.batch_events,
                                 io_cpus=[f.io_cpu], io_rt_priority=f.io_rt_priority, busy_poll=f.busy_poll,
-                                curve=f.curve())
+                                curve=f.curve(), history_from=f.history_from)
         self.book_service = BookService(books_endpoint(self.run_dir, index), self.answer_books,
                                         name=f"books-{index}", context=self.feed.context)
 
@@ -233,6 +237,26 @@ class Worker:
         if not self.batch_times_ns[0] and self.feed.all_live():   # not the markers before the first snapshots
             self.batch_times_ns[0] = t0
         self.batch_times_ns[1] = t0
+
+    def run_fast(self, receiver, buf, seconds: float) -> tuple[int, int]:
+        """The live messages for ``seconds``, in C (``Engine.run_feed``): drain, engine, signal
+        ring, tick ring, with no Python per message; what the tick ring had no room for is pushed
+        here, waiting with the stop flag in view."""
+        n, batches, nsig, lo, hi, first, last = self.engine.run_feed(
+            receiver, self.ticks if self.store else None, self.signals, buf, seconds)
+        if hi > lo:
+            self.counts["tick_ring_waits"] += 1
+            self._push(buf[lo:hi])
+        self.counts["events"] += n
+        self.counts["signals"] += nsig
+        self.counts["batches"] += batches
+        if self.store:
+            self.counts["ticks_stored"] += n
+        if first:
+            if not self.batch_times_ns[0] and self.feed.all_live():
+                self.batch_times_ns[0] = first
+            self.batch_times_ns[1] = last
+        return n, batches
 
     def on_store(self, events: np.ndarray) -> None:
         """The tick history: into the tick ring, waiting while it is full (never loss)."""
@@ -310,12 +334,15 @@ class Worker:
         """Engine's thread, between batches: hand the interval's recorders to housekeeping and
         record into the spare set (one pointer swap; False while the last one is not logged yet)."""
         spare = self._spare
-        if spare is None:
+        if spare is None or not self._swap_lock.acquire(blocking=False):   # never waits: next poll
             return False
-        self._spare = None
-        full, self.stages = self.stages, spare
-        self.engine.set_timing(self.cfg.timing_every, spare)
-        self._handoff.put(full)
+        try:
+            self._spare = None
+            full, self.stages = self.stages, spare
+            self.engine.set_timing(self.cfg.timing_every, spare)
+            self._handoff.put(full)
+        finally:
+            self._swap_lock.release()
         return True
 
     def log_interval(self, full) -> None:
@@ -340,6 +367,7 @@ class Worker:
             self.totals[name].add(self.stages[name])
             self._logged[name].reset()
             self._logged[name].add(self.stages[name])
+            self.stages[name].reset()                      # in the totals now (the engine has stopped)
         self.hlog.write_interval()
 
     def housekeeping(self, stop) -> None:
@@ -362,12 +390,43 @@ class Worker:
                 log.exception("housekeeping failed (status file or HDR log)")
                 time.sleep(0.5)
 
+    def since_start(self) -> dict:
+        """Per stage, a recorder with every value since the worker started (housekeeping, or the
+        engine's thread while housekeeping is not running). The swap is held off meanwhile and
+        intervals handed off are taken into the totals first, so no value is missed or counted
+        twice and each count only grows (the latency histograms are Prometheus counters)."""
+        out = {}
+        with self._swap_lock:
+            while True:
+                try:
+                    self.log_interval(self._handoff.get_nowait())
+                except queue.Empty:
+                    break
+            for name in STAGES:
+                out[name] = self.totals[name].copy()
+                out[name].add(self.stages[name])
+        return out
+
+    def _channels(self) -> dict:
+        """The feed's channels with the time of their last message and (to within the status
+        period) of their last event: when the sequence number last moved."""
+        now = time.time()
+        out = {}
+        for cid, v in self.feed.channel_status().items():
+            v["last_message_ns"] = int(self.feed.receiver.last_recv_ns(cid))
+            where = (v["epoch"], v["next_seq"])
+            seen = self._event_seen.get(cid)
+            if seen is None or seen[0] != where:
+                seen = self._event_seen[cid] = (where, now if seen is not None and v["next_seq"] else 0.0)
+            v["last_event_time"] = seen[1]
+            out[str(cid)] = v
+        return out
+
     def status(self) -> dict:
-        lat = {}
-        for name in STAGES:
-            r = self.totals[name].copy()
-            r.add(self.stages[name])
+        lat, hist = {}, {}
+        for name, r in self.since_start().items():
             lat[name] = percentiles(r)
+            hist[name] = latency_histogram(r)
         books = self.engine.books
         feed = self.feed.counters()
         return {
@@ -378,10 +437,13 @@ class Worker:
                           "busy_poll": self.cfg.feeds.busy_poll},
             "instruments": list(self.wcfg.instruments), "counts": dict(self.counts), "feed": feed,
             "history": self.history_losses(),
-            "channels": {str(k): v for k, v in self.feed.channel_status().items()},
+            "channels": self._channels(),
             "book_rejects": books.rejects, "tick_ring_depth": int(len(self.ticks)),
+            "tick_ring_capacity": int(self.ticks.capacity),
             "signal_ring_head": int(self.signals.head), "latency_ns": lat,
+            "latency_hist": {"bounds_ns": list(LATENCY_BOUNDS_NS), "stages": hist},
             "rules": [list(r) for r in self.engine.rule_thresholds()],
+            "rule_signals": self.engine.rule_signals,
         }
 
     def write_status(self) -> None:
@@ -427,9 +489,14 @@ class Worker:
         hk = threading.Thread(target=self.housekeeping, args=(stop_hk,), name="housekeeping", daemon=True)
         hk.start()
         self.book_service.start()
+        fast = self.cfg.feeds.fast_loop and not self.engine.needs_gil
+        log.info("live loop: %s", "in C (drain, engine, rings)" if fast else "per batch from Python")
         try:
             while not self.stop:
-                self.feed.poll(0.05)
+                if fast:
+                    self.feed.poll_fast(self.run_fast, 0.05)
+                else:
+                    self.feed.poll(0.05)
                 if self.book_service.pending is not None:
                     self.book_service.answer_pending()
                 now = time.monotonic()

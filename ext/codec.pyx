@@ -30,7 +30,7 @@ import os
 import numpy as np
 
 from tickwire.ext.records import EVENT_DTYPE
-from tickwire.feeds.wire import Drop, Header, MsgType
+from tickwire.feeds.wire import MAX_MESSAGE_EVENTS, Drop, Header, MsgType
 
 cdef extern from *:
     """
@@ -149,8 +149,9 @@ TYPES_DATA = TW_TYPES_DATA
 TYPES_REQUEST = TW_TYPES_REQUEST
 TYPES_REPLY = TW_TYPES_REPLY
 TYPES_ANY = TW_TYPES_ANY
-#: Default most events in one data message (64 bytes each: 512 KiB).
-DEFAULT_MAX_EVENTS = 8192
+#: Default most events in one data message: tickwire.feeds.wire.MAX_MESSAGE_EVENTS, the one
+#: figure shared by receivers, publishers and docs/wire-format.md.
+DEFAULT_MAX_EVENTS = MAX_MESSAGE_EVENTS
 #: The compiled enumerations, by name (tests hold them to tickwire.feeds.wire).
 DROP_CODES = {
     "OK": TW_DROP_OK, "BAD_FRAMES": TW_DROP_BAD_FRAMES, "BAD_TOPIC": TW_DROP_BAD_TOPIC,
@@ -782,6 +783,10 @@ cdef class FeedReceiver:
         if n < 0:
             raise _zmq_error(self.c.zmq_errno)
         return n
+
+    def error(self):
+        """The exception for the libzmq failure that made the last drain return -1."""
+        return _zmq_error(self.c.zmq_errno)
 
     @property
     def pending(self):

@@ -83,6 +83,7 @@ cdef struct tw_rule:
     double exit                   # re-arms at |value| <= exit
     int64_t min_count             # samples the rule's window needs first
     void *custom                  # a Rule object (borrowed; the engine keeps it alive)
+    uint64_t signals              # signals this rule emitted (Engine.rule_signals)
 
 cdef struct tw_rule_ctx:
     const tw_event *ev            # the triggering event

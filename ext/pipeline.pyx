@@ -7,7 +7,7 @@ that loop creates a Python object or takes the GIL, unless a rule is a Python ca
 documented slow path).  Configuration objects live in :mod:`tickwire.engine.pipeline`.
 """
 
-from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE
 from cpython.ref cimport PyObject
 from libc.math cimport NAN, fabs, isnan, log, sqrt
 from libc.stdint cimport int64_t, uint64_t, int32_t, uint32_t, uint16_t, uint8_t, int8_t, INT64_MAX
@@ -27,8 +27,11 @@ from tickwire.ext.book cimport (
     tw_book_best_price, tw_book_top_qty_d, TW_BOOK_L2, TW_BOOK_L3,
 )
 from tickwire.ext.hdr cimport (
-    StageRecorders, tw_hdr_record, TW_STAGE_BOOK, TW_STAGE_STATS, TW_STAGE_RULES, TW_STAGE_TICK_TO_SIGNAL,
+    StageRecorders, tw_hdr_record, TW_STAGE_DECODE, TW_STAGE_BOOK, TW_STAGE_STATS, TW_STAGE_RULES,
+    TW_STAGE_TICK_TO_SIGNAL,
 )
+from tickwire.ext.codec cimport FeedReceiver, tw_feed, tw_feed_drain
+from tickwire.ext.ring cimport Ring, tw_ring, tw_ring_push_n
 from tickwire.ext.stats cimport (
     tw_window, tw_sumwin, tw_ewma, TW_WIN_COUNT, TW_WIN_TIME,
     tw_window_init, tw_window_free, tw_window_add, tw_window_evict, tw_window_count,
@@ -685,6 +688,7 @@ cdef class Engine:
                 if fire:
                     self.sink_n += 1
                     st.signals += 1
+                    self.rules[st.rules[j]].signals += 1
                     if self.timing.hdr != NULL and self.clock == TW_CLOCK_WALL:
                         tw_hdr_record(&self.timing.hdr.stage[TW_STAGE_TICK_TO_SIGNAL], now - e.ts_recv)
             if timed:
@@ -693,6 +697,84 @@ cdef class Engine:
                 tw_hdr_record(&self.timing.hdr.stage[TW_STAGE_STATS], t2 - t1)
                 tw_hdr_record(&self.timing.hdr.stage[TW_STAGE_RULES], t3 - t2)
         return n
+
+    def run_feed(self, FeedReceiver rx, Ring ticks, Ring signals, buf, double seconds):
+        """The worker's live loop in C, without the GIL: drain the feed, run each batch through
+        the books, statistics and rules, push its signals into ``signals`` (after each piece the
+        signal sink holds, so a signal never waits for the rest of a large batch) and then its
+        events into ``ticks`` (None: not stored), batch after batch, with no Python per message.
+
+        Returns when ``seconds`` have passed (waiting for messages meanwhile), when the feed parks a message for the slow path or a wake socket is readable
+        (the Python feed handler's work), or when the tick ring is full (the caller waits for it
+        with its stop flag in view). Custom Python rules need the GIL: callers check
+        :attr:`needs_gil` and use :meth:`process` instead.
+
+        Returns ``(events, batches, signals, lo, hi, first_ns, last_ns)``: the events at
+        ``buf[lo:hi]`` (of the last batch) did not fit in the tick ring (the caller pushes them),
+        ``first_ns``/``last_ns`` the wall-clock start of the first and last batch (0: none).
+        """
+        cdef Py_buffer view
+        cdef tw_event *b
+        cdef tw_feed *f = &rx.c
+        cdef tw_ring *tr = NULL
+        cdef tw_ring *sr = &signals.c
+        cdef Py_ssize_t cap, n = 0, done, k, total = 0, batches = 0, nsig = 0, lo = 0, hi = 0
+        cdef int64_t now, t0, first = 0, last = 0, deadline
+        cdef int wait_ms = 0
+        if self._needs_gil:
+            raise RuntimeError("run_feed cannot run Python rules: use process()")
+        if ticks is not None:
+            tr = &ticks.c
+        if getattr(buf, "dtype", None) != EVENT_DTYPE:
+            raise TypeError("buf must be a numpy array of EVENT_DTYPE")
+        PyObject_GetBuffer(buf, &view, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
+        try:
+            b = <tw_event *>view.buf
+            cap = view.len // <Py_ssize_t>sizeof(tw_event)
+            if cap < f.max_events:
+                raise ValueError(f"buf must hold at least max_events ({f.max_events}) events")
+            with nogil:
+                deadline = _clock_ns(CLOCK_MONOTONIC) + <int64_t>(seconds * 1e9)
+                while True:
+                    now = _clock_ns(CLOCK_MONOTONIC)
+                    wait_ms = <int>((deadline - now + 999999) // 1000000) if deadline > now else 0
+                    n = tw_feed_drain(f, b, cap, wait_ms)
+                    if n < 0:
+                        break
+                    if n > 0:
+                        t0 = _clock_ns(CLOCK_REALTIME)
+                        if first == 0:
+                            first = t0
+                        last = t0
+                        if self.timing.hdr != NULL and b[0].ts_recv:
+                            tw_hdr_record(&self.timing.hdr.stage[TW_STAGE_DECODE], t0 - b[0].ts_recv)
+                        done = 0
+                        while done < n:               # signals leave as soon as the sink has them
+                            k = self.process_c(b + done, n - done)
+                            done += k
+                            if self.sink_n:
+                                tw_ring_push_n(sr, self.sink, self.sink_n)   # broadcast: never waits
+                                nsig += self.sink_n
+                                self.sink_n = 0
+                        total += n
+                        batches += 1
+                        if tr != NULL:
+                            k = tw_ring_push_n(tr, b, n)
+                            if k < n:
+                                lo, hi = k, n
+                                break
+                    if f.pending or f.woken or _clock_ns(CLOCK_MONOTONIC) >= deadline:
+                        break
+        finally:
+            PyBuffer_Release(&view)
+        if n < 0:
+            raise rx.error()
+        return total, batches, nsig, lo, hi, first, last
+
+    @property
+    def needs_gil(self):
+        """A custom rule written in Python is present (it runs with the GIL held)."""
+        return bool(self._needs_gil)
 
     def process(self, events):
         """Run a batch of canonical events through books, statistics and rules.
@@ -825,6 +907,12 @@ cdef class Engine:
                  self.rules[i].enter if self.rules[i].kind != TW_RULE_CUSTOM else float("nan"),
                  self.rules[i].exit if self.rules[i].kind != TW_RULE_CUSTOM else float("nan"))
                 for i in range(self.nrules)]
+
+    @property
+    def rule_signals(self):
+        """Signals emitted per rule id since the engine was made (a list; read from another
+        thread it is a consistent-enough snapshot: each count only grows)."""
+        return [self.rules[i].signals for i in range(self.nrules)]
 
     @property
     def events_processed(self):

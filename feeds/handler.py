@@ -229,16 +229,23 @@ class FeedHandler:
     curve : tickwire.feeds.curve.CurveClient, optional
         ZeroMQ CURVE for the data sockets and the recovery DEALER (feeds between machines):
         only a publisher holding the server key's secret is heard, and the traffic is encrypted.
+    history_from : {"join", "start"}
+        Where a channel's tick history begins on a first join (not a resume): ``"join"``, at the
+        first message this receiver got (what the publisher sent before is only in the join
+        snapshot, not in the history); ``"start"``, at sequence number 1 of the publisher's epoch:
+        the events sent before the join are asked for again like a gap (counted lost if the
+        publisher no longer holds them), so a receiver that subscribed late stores everything.
     """
 
     def __init__(self, endpoints, channels, on_batch, *, on_store=None, on_snapshot=None,
                  snapshot: str | None = None, resume=None, socket_type: str = "SUB", bind: bool = False,
                  context: zmq.Context | None = None, io_cpus=None, io_rt_priority: int = 0,
-                 busy_poll: bool = False, max_events: int = 8192, batch_events: int = 65536,
+                 busy_poll: bool = False, max_events: int = wire.MAX_MESSAGE_EVENTS, batch_events: int = 65536,
                  rcvhwm: int | None = None, silence_timeout: float = 2.0, reorder_window: float = 0.005,
                  snapshot_timeout: float = 0.5, backoff: float = 2.0, max_backoff: float = 5.0,
                  max_retries: int = 5, retry_pause: float = 5.0, snapshot_interval: float = 0.05,
-                 buffer_events: int = 1 << 20, max_request_events: int = 1 << 20, curve=None):
+                 buffer_events: int = 1 << 20, max_request_events: int = 1 << 20, curve=None,
+                 history_from: str = "join"):
         if isinstance(endpoints, str):
             endpoints = [endpoints]
         endpoints = list(endpoints)
@@ -278,6 +285,9 @@ class FeedHandler:
         self.endpoints = endpoints
         self.snapshot_endpoint = snapshot
         self.silence_timeout = float(silence_timeout)
+        if history_from not in ("join", "start"):
+            raise ValueError(f"history_from must be 'join' or 'start', got {history_from!r}")
+        self.history_from = history_from
         self.reorder_window = float(reorder_window)
         self.snapshot_timeout = float(snapshot_timeout)
         self.backoff = float(backoff)
@@ -301,7 +311,11 @@ class FeedHandler:
         self._buf = empty_events(batch_events)
 
         self._sockets = []
-        limit = wire.HEADER_SIZE + max_events * wire.EVENT_SIZE
+        # Not the per-message limit itself: libzmq closes a connection that sends a frame
+        # above ZMQ_MAXMSGSIZE and never reconnects it (a ZMTP protocol error), so one message
+        # a little too large would make the feed deaf for good. Up to MAX_FRAME_BYTES it is
+        # received, counted OVERSIZED, and its events asked for again.
+        limit = max(wire.HEADER_SIZE + max_events * wire.EVENT_SIZE, wire.MAX_FRAME_BYTES)
         try:
             for ep in endpoints:
                 s = self._ctx.socket(kind)
@@ -320,11 +334,11 @@ class FeedHandler:
             if snapshot:
                 self._dealer = self._ctx.socket(zmq.DEALER)
                 self._dealer.setsockopt(zmq.LINGER, 0)
-                self._dealer.setsockopt(zmq.MAXMSGSIZE, wire.HEADER_SIZE + (1 << 22) * wire.EVENT_SIZE)
+                self._dealer.setsockopt(zmq.MAXMSGSIZE, wire.MAX_FRAME_BYTES)
                 if curve is not None:
                     curve.apply(self._dealer)
                 self._dealer.connect(snapshot)
-            self._replies = Decoder(max_events=1 << 22, types=TYPES_REPLY)
+            self._replies = Decoder(max_events=wire.MAX_REPLY_EVENTS, types=TYPES_REPLY)
             self.receiver = FeedReceiver(self._sockets, wake=[self._dealer] if self._dealer else [],
                                          max_events=max_events)
             self.receiver.spin = bool(busy_poll)
@@ -346,6 +360,22 @@ class FeedHandler:
         n = self.receiver.drain(self._buf, wait)
         if n:
             self._deliver_live(self._buf[:n])
+        return n + self.service()
+
+    def poll_fast(self, run, timeout: float = 0.05) -> int:
+        """:meth:`poll`, with the live messages taken by ``run(receiver, buf, seconds)``: a loop
+        in C that drains them into ``buf``, processes and stores them itself until ``seconds``
+        pass or the receiver parks a message for the slow path (the worker's, over
+        ``Engine.run_feed``), returning ``(events, batches)``. While stored rows wait for a
+        first exchange time (:meth:`_keep`) the live events go through :meth:`poll`."""
+        if not self._started:
+            self._start()
+        if self._waiting:
+            return self.poll(timeout)
+        n, batches = run(self.receiver, self._buf, max(0.0, min(timeout, self._next_timer - time.monotonic())))
+        self._counters["batches"] += batches
+        self._counters["events"] += n
+        self._counters["stored_events"] += n
         return n + self.service()
 
     def service(self) -> int:
@@ -1045,7 +1075,9 @@ class FeedHandler:
             else:
                 starts = [h.seq for h, ev, _ in early if h.epoch == epoch and h.type == MsgType.DATA]
                 starts += [h.seq for h, ev, _ in early if h.epoch == epoch and h.type == MsgType.HEARTBEAT]
-                c.store_next = min(starts + [covered + 1])
+                # "start": what the publisher sent before this receiver's first message is asked
+                # for again (a hole from seq 1), so that a slow join stores everything
+                c.store_next = 1 if self.history_from == "start" else min(starts + [covered + 1])
         elif epoch > c.epoch:                         # the service says the publisher restarted
             self._restart(c, epoch, ask=False)
         snap = np.concatenate(parts) if len(parts) > 1 else (parts[0] if parts else empty_events(0))

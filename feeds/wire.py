@@ -45,6 +45,9 @@ __all__ = [
     "VERSION",
     "HEADER_SIZE",
     "EVENT_SIZE",
+    "MAX_MESSAGE_EVENTS",
+    "MAX_REPLY_EVENTS",
+    "MAX_FRAME_BYTES",
     "TOPIC_PREFIX",
     "MsgType",
     "WireFlag",
@@ -79,7 +82,25 @@ HEADER_SIZE = 48
 EVENT_SIZE = 64
 TOPIC_PREFIX = b"tw."
 TOPIC_SIZE = 9
-DEFAULT_MAX_EVENTS = 8192
+#: The per-message event limit, the one figure shared by receivers and publishers: the
+#: daemon's ``feeds.max_message_events`` and :class:`~tickwire.feeds.handler.FeedHandler`'s
+#: ``max_events`` default to it, the compiled decoder too, and tickwire's publishers (replay,
+#: bridge, the recovery service's parts) send no more in one message by default (the
+#: simulator's ``--batch`` is 64 unless told otherwise).  Real exchange
+#: messages fit whole (a Binance spot diff: ~1,200 levels; a REST depth snapshot: 2,001).  A
+#: larger data message is dropped by the receiver (counted ``OVERSIZED``, its events
+#: then asked for again by retransmission); split a larger exchange message over several
+#: (docs/wire-format.md, "Limits").
+MAX_MESSAGE_EVENTS = 4096
+DEFAULT_MAX_EVENTS = MAX_MESSAGE_EVENTS
+#: The most events a receiver accepts in one part of a snapshot or retransmission reply
+#: (its recovery DEALER); tickwire's recovery service sends parts of MAX_MESSAGE_EVENTS.
+MAX_REPLY_EVENTS = 1 << 22
+#: The largest frame a receiver takes off any socket (``ZMQ_MAXMSGSIZE``, 256 MiB): a data
+#: message above MAX_MESSAGE_EVENTS but within this is counted (``OVERSIZED``) and its events
+#: asked for again; a larger frame makes libzmq close the connection, for good (a ZMTP
+#: protocol error is not reconnected), so a publisher must never send one.
+MAX_FRAME_BYTES = 48 + 64 * MAX_REPLY_EVENTS
 
 #: magic, version, type, flags, channel, event_size, count, seq, send_time, epoch, request_id, part
 HEADER = struct.Struct("<4sBBHHHIQqQII")
@@ -475,7 +496,7 @@ class RecoveryService:
     Call :meth:`serve` between two published messages, so that a snapshot is exact.
     """
 
-    def __init__(self, socket, source=None, retainer: Retainer | None = None, part_events: int = 8192,
+    def __init__(self, socket, source=None, retainer: Retainer | None = None, part_events: int = MAX_MESSAGE_EVENTS,
                  delay: float = 0.0):
         self.socket = socket
         self.source = source

@@ -18,7 +18,7 @@ import zmq
 from tickwire.engine.instruments import make_books
 from tickwire.ext.records import EVENT_DTYPE, Flag
 from tickwire.feeds.curve import serve_curve
-from tickwire.feeds.wire import Publisher, await_subscribers, books_snapshot
+from tickwire.feeds.wire import MAX_MESSAGE_EVENTS, Publisher, await_subscribers, books_snapshot
 
 __all__ = ["Republisher"]
 
@@ -52,7 +52,7 @@ class Republisher:
     """
 
     def __init__(self, endpoint: str, snapshot: str, instruments, channels=None, *,
-                 max_message_events: int = 1024, retain_events: int = 1 << 20, heartbeat: float = 0.1,
+                 max_message_events: int = MAX_MESSAGE_EVENTS, retain_events: int = 1 << 20, heartbeat: float = 0.1,
                  sndhwm: int = 0, flags: int = Flag.REPLAY, xpub: bool = False, curve=None):
         self.flags = int(flags)
         self.instruments = list(instruments)

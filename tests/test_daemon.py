@@ -96,9 +96,12 @@ def test_end_to_end_every_event_stored_once_signals_metrics_hdr_and_clean_sigter
         url = (run_dir / "metrics.url").read_text().strip()
         assert url.startswith("http://127.0.0.1:")
         text = urllib.request.urlopen(url, timeout=5).read().decode()
-        assert 'tickwire_events_total{worker="w0"}' in text and "tickwire_latency_ns" in text
+        assert 'tickwire_latency_seconds_bucket{' in text
+        # market events counted once each, the feed handler's markers apart (docs/monitoring.md)
+        assert 'tickwire_events_total{worker="w0"} 300000.0' in text
+        assert float(text.split('tickwire_markers_total{worker="w0"} ')[1].split()[0]) > 0
         st = subprocess.run([PY, "-m", "tickwire", "status", "--config", str(cfg_path)], capture_output=True, text=True)
-        assert st.returncode == 0 and "events" in st.stdout, st.stderr
+        assert st.returncode == 0 and "events" in st.stdout and "p99 w0 tick_to_signal" in st.stdout, st.stderr
         w = status(run_dir)
         assert w["affinity"] == [w["cpu"]]                       # pinned where the config said
         # ...and its ZeroMQ I/O thread is not beside the engine but on feeds.io_cpu (the supervisor's core)

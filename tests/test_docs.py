@@ -40,17 +40,17 @@ def test_dev_help_and_unknown_command():
 
 @pytest.mark.integration
 def test_readme_daemon_commands_work_as_written(tmp_path):
-    """The four lines of "The daemon", run from the repository root as written (`...` filled
+    """The five lines of "The daemon", run from the repository root as written (`...` filled
     with the same config); the example config's state goes to the checkout's tickwire-data/."""
     lines = [ln.split("#")[0].strip() for ln in _block("## The daemon", "sh").splitlines() if ln.strip()]
-    run, sig, status, sim = lines
+    run, sig, status, books, sim = lines
     config = "engine/tickwire.example.toml"
     assert run == f"tickwire run --config {config}"
     daemon_md = (ROOT / "docs" / "daemon.md").read_text()
-    d_run, d_sig, d_status, _ = [ln.split("#")[0].strip() for ln in re.search(
+    d_run, d_sig, d_status, d_books, _ = [ln.split("#")[0].strip() for ln in re.search(
         r"```sh\n(.*?)```", daemon_md, re.S).group(1).splitlines() if ln.strip()]
     assert d_run == run                                 # docs/daemon.md's lines, run beside the README's
-    sig, status = sig.replace("...", config), status.replace("...", config)
+    sig, status, books = sig.replace("...", config), status.replace("...", config), books.replace("...", config)
     state = ROOT / "tickwire-data"
     for sub in ("example", "store"):
         if (state / sub).exists() and not os.environ.get("CI"):
@@ -78,6 +78,12 @@ def test_readme_daemon_commands_work_as_written(tmp_path):
         assert st.returncode == 0 and "history:" in st.stdout and "Traceback" not in st.stderr, st.stderr
         st2 = subprocess.run(d_status.split(), cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
         assert st2.returncode == 0 and "history:" in st2.stdout, st2.stderr
+        # the books of the running workers, as the README and docs/daemon.md ask for them
+        bk = subprocess.run(books.split(), cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+        assert bk.returncode == 0 and "SYN0 (id 0" in bk.stdout and "SYN1" not in bk.stdout, bk.stdout + bk.stderr
+        assert "in sync" in bk.stdout and len(bk.stdout.splitlines()) == 2 + 10, bk.stdout
+        bk2 = subprocess.run(d_books.split(), cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+        assert bk2.returncode == 0 and "SYN0" in bk2.stdout and "SYN1" in bk2.stdout, bk2.stdout + bk2.stderr
         # `tickwire status | head -2`: a closed pipe is no error
         piped = subprocess.run(f"{status} | head -2", shell=True, cwd=ROOT, env=env, capture_output=True,
                                text=True, timeout=30)

@@ -687,3 +687,33 @@ def test_markers_and_snapshots_keep_their_place_in_the_stores_time_order(tmp_pat
             before = market_seqs[: (~rowflag[:k]).sum()]
             after = market_seqs[(~rowflag[:k]).sum():]
             assert (before <= seqs[k]).all() and (after > seqs[k]).all(), (inst, int(seqs[k]))
+
+
+@pytest.mark.parametrize("history_from", ["join", "start"])
+def test_history_from_the_start_asks_for_what_was_sent_before_the_join(tmp_path, history_from):
+    """Events published before the receiver's subscription took effect (a slow joiner): with
+    ``history_from="start"`` they are asked for again and the history is every event from seq 1;
+    with "join" (the default) the history starts at the first message received."""
+    feed = Harness(tmp_path, history_from=history_from)
+    try:
+        for _ in range(3):
+            feed.publish(0, send=False)               # before the join: never seen
+            feed.publish(1, send=False)
+        for c in (0, 1):
+            feed.publish(c)
+        # a snapshot per channel; with "start", a retransmission of each channel's hole from seq 1
+        for _ in range(4 if history_from == "start" else 2):
+            feed.answer(feed.request())
+        feed.pump(feed.h.all_live)
+        for _ in range(3):
+            feed.publish(0)
+            feed.publish(1)
+        feed.pump(feed.caught_up)
+        feed.assert_equal()
+        if history_from == "start":
+            feed.assert_history()
+            assert feed.h.counters()["lost_events"] == 0
+        else:
+            feed.assert_history(lost={(c, s) for c in (0, 1) for s in range(1, 31)})
+    finally:
+        feed.close()

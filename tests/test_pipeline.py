@@ -128,6 +128,9 @@ def test_sink_grows_without_losing_signals():
     n_big, n_tiny = big.process(ev), tiny.process(ev)
     assert n_big == n_tiny == len(big.signals) > 1000
     assert digest(big.signals) == digest(tiny.signals)
+    # signals per rule (the daemon's tickwire_signals_total{rule=...}): what the signals say
+    per_rule = np.bincount(big.signals["rule_id"], minlength=len(RULES)).tolist()
+    assert big.rule_signals == tiny.rule_signals == per_rule and min(per_rule) >= 0
     assert len(tiny.take_signals()) == n_tiny and len(tiny.signals) == 0
 
 

@@ -28,6 +28,7 @@ def _worker(tmp_path):
     w.engine = _Engine()
     w.stages, w.totals, w._logged, w._spare = StageRecorders(), StageRecorders(), StageRecorders(), StageRecorders()
     w._handoff = queue.SimpleQueue()
+    w._swap_lock = threading.Lock()
     w.hlog = IntervalLogWriter(tmp_path / "w.hlog", w._logged, interval=1.0)
     w.write_status = lambda: None
     return w
@@ -62,3 +63,42 @@ def test_swapped_intervals_reach_the_log_and_totals_once(tmp_path):
     for iv in read_interval_log(tmp_path / "w.hlog"):
         logged[iv.tag] = logged.get(iv.tag, 0) + iv.histogram.get_total_count()
     assert logged == {name: recorded for name in STAGES}
+
+
+def test_since_start_counts_only_grow_across_swaps_and_end_exact(tmp_path):
+    """What the latency histograms are made of (Prometheus counters): read on the housekeeping
+    thread while the engine's thread records and swaps, every stage's total never goes back,
+    and at the end it is every value recorded, once."""
+    from tickwire.engine.metrics import latency_histogram
+
+    w = _worker(tmp_path)
+    seen = []
+    stop = threading.Event()
+
+    def housekeeping():                            # the status file's reads, back to back
+        while not stop.is_set():
+            seen.append({n: latency_histogram(r)["count"] for n, r in w.since_start().items()})
+            time.sleep(0.001)
+
+    hk = threading.Thread(target=housekeeping)
+    hk.start()
+    swaps = 0
+    for i in range(3000):
+        for name in STAGES:
+            w.stages[name].record(500 + i)
+        if i % 50 == 49:
+            end = time.monotonic() + 5
+            while time.monotonic() < end:          # held off while the totals are read: again
+                if w.swap_stages():
+                    swaps += 1
+                    break
+                time.sleep(0.0005)
+    stop.set()
+    hk.join(5)
+    w.write_hdr_interval()
+    final = {n: r.total for n, r in w.since_start().items()}
+    assert swaps >= 10 and len(seen) > 10
+    for name in STAGES:
+        counts = [s[name] for s in seen]
+        assert counts == sorted(counts), name               # never backwards (no counter reset)
+        assert final[name] == 3000, name                    # every value, once

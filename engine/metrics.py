@@ -1,0 +1,228 @@
+"""The daemon's Prometheus metrics (docs/monitoring.md lists each one).
+
+The supervisor serves them (``metrics.host:port``, localhost by default) from what the workers
+and the writer already write: each worker's status file (``worker-<i>.json``, written every
+0.5 s by its housekeeping thread) and the writer's (``writer/<ring>/status.json``,
+``writer/signals.json``). Nothing is computed on an engine's loop: the latency histograms
+below are filled from the worker's HDR recorders on its housekeeping thread.
+
+Conventions (https://prometheus.io/docs/practices/naming/): counters end in ``_total``, units
+are in the names (``_seconds``, ``_bytes``, ``_ratio``); every counter that can be known at the
+start is present from it (0), labelled by reason or rule where it has them, so ``rate()`` and
+``increase()`` see the first occurrence; latency is a real histogram
+(``tickwire_latency_seconds_bucket{le=...}``, ``_sum``, ``_count`` per worker and stage),
+cumulative since the worker started, so ``histogram_quantile(0.99, rate(...[5m]))`` gives the
+p99 of the last five minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+
+__all__ = ["LATENCY_BOUNDS_NS", "latency_histogram", "Collector", "histogram_quantile"]
+
+#: Upper bounds (``le``) of the latency histograms, ns: 25 ns to 10 s in 1-2.5-5 steps.
+LATENCY_BOUNDS_NS = tuple(int(m * 10 ** e) for e in range(1, 10) for m in (2.5, 5, 10))
+
+_SLOT_VALUE = None          # per HDR counts slot: the value it stands for in sums (hdrh's median equivalent)
+_BOUND_SLOT = None          # per bound: the counts slot holding it
+
+
+def _tables():
+    global _SLOT_VALUE, _BOUND_SLOT
+    if _SLOT_VALUE is None:
+        from tickwire.ext.hdr import COUNTS_LEN, Recorder
+
+        i = np.arange(COUNTS_LEN, dtype=np.int64)
+        b = (i >> 10) - 1
+        sub = (i & 1023) + 1024
+        first = b < 0
+        sub[first] -= 1024
+        b[first] = 0
+        lowest = sub << b
+        _SLOT_VALUE = (lowest + ((1 << b) >> 1)).astype(np.float64)
+        _BOUND_SLOT = np.array([Recorder.index_of(v) for v in LATENCY_BOUNDS_NS], dtype=np.int64)
+    return _SLOT_VALUE, _BOUND_SLOT
+
+
+def latency_histogram(recorder) -> dict:
+    """A since-start HDR recorder as a Prometheus histogram: ``{"buckets": [cumulative count at
+    each of LATENCY_BOUNDS_NS], "count", "sum_ns"}``. A value counts under a bound when its
+    HDR slot is the bound's or below (HDR keeps 3 significant digits: a value up to 0.1% above
+    a bound may count under it); the sum is hdrh's (each value taken as its slot's middle).
+    Every figure only grows while the recorder does (Prometheus counter semantics)."""
+    slot_value, bound_slot = _tables()
+    counts = recorder.counts()
+    cum = np.cumsum(counts)
+    return {"buckets": cum[bound_slot].tolist(), "count": int(cum[-1]),
+            "sum_ns": float(counts.astype(np.float64) @ slot_value)}
+
+
+def histogram_quantile(q: float, bounds, cumulative) -> float:
+    """Prometheus's ``histogram_quantile`` on one histogram: linear within the bucket that holds
+    rank ``q * count`` (``bounds`` ascending, the last may be inf); NaN when empty."""
+    if not cumulative or cumulative[-1] <= 0:
+        return float("nan")
+    rank = q * cumulative[-1]
+    lo_b, lo_c = 0.0, 0.0
+    for b, c in zip(bounds, cumulative):
+        if c >= rank:
+            if b == float("inf"):
+                return lo_b
+            return lo_b + (b - lo_b) * ((rank - lo_c) / (c - lo_c) if c > lo_c else 1.0)
+        lo_b, lo_c = b, c
+    return lo_b
+
+
+def _read(path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+class Collector:
+    """The metrics, read from the status files at each scrape (registered by the supervisor)."""
+
+    def __init__(self, sup):
+        self.sup = sup
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+        from tickwire.ext import Reject
+        from tickwire.feeds.wire import Drop
+
+        sup = self.sup
+        now = time.time()
+        W = ["worker"]
+
+        def counters(specs, labels):
+            return {k: CounterMetricFamily(f"tickwire_{name}", help_, labels=labels) for k, name, help_ in specs}
+
+        def gauges(specs, labels):
+            return {k: GaugeMetricFamily(f"tickwire_{name}", help_, labels=labels) for k, name, help_ in specs}
+
+        c = counters((
+            ("events", "events", "market events the engine processed (markers and snapshot events apart)"),
+            ("markers", "markers", "SNAPSHOT markers the feed handler made (a channel's book STALE, or back in sync)"),
+            ("snapshot_events", "snapshot_events", "events of the snapshots the books were repaired with"),
+            ("messages", "feed_messages", "feed messages received (data and heartbeats)"),
+            ("bytes", "feed_received_bytes", "bytes of feed messages received"),
+            ("heartbeats", "feed_heartbeats", "feed heartbeats received"),
+            ("gaps", "feed_gaps", "sequence gaps detected"),
+            ("recoveries", "feed_recoveries", "snapshot recoveries (a channel's book repaired)"),
+            ("retransmitted", "feed_retransmitted_events", "events the publisher sent again (holes filled)"),
+            ("lost_events", "feed_lost_events", "events the publisher could no longer send: lost from the tick "
+                                                "history (exact, over every restart of the worker)"),
+            ("silences", "feed_silences", "times a live channel went silent longer than feeds.stale_after_ms"),
+            ("ring_waits", "tick_ring_waits", "times the engine waited for room in a full tick ring (back-pressure)"),
+            ("restarts", "worker_restarts", "times the supervisor restarted the worker"),
+        ), W)
+        drops = CounterMetricFamily("tickwire_feed_drops", "feed messages dropped, by reason (docs/feeds.md)",
+                                    labels=["worker", "reason"])
+        rejects = CounterMetricFamily("tickwire_book_rejects", "events a book did not apply, by reason",
+                                      labels=["worker", "reason"])
+        signals = CounterMetricFamily("tickwire_signals", "signals emitted, by rule (rule_id: its place in the "
+                                      "config's rules)", labels=["worker", "rule_id", "rule"])
+        g = gauges((
+            ("up", "worker_up", "1 while the worker process runs"),
+            ("depth", "tick_ring_depth", "ticks in the worker's tick ring not yet read by the writer"),
+            ("fill", "tick_ring_fill_ratio", "tick ring depth over its capacity (1: full, the engine waits)"),
+            ("head", "signal_ring_head", "signals published into the worker's signal ring since it was made"),
+            ("status_age", "worker_status_age_seconds", "seconds since the worker last wrote its status (every 0.5 s)"),
+        ), W)
+        ch = gauges((
+            ("event_age", "feed_last_event_age_seconds", "seconds since the channel's last market event (to within "
+                                                         "0.5 s; before any: since the worker started)"),
+            ("message_age", "feed_last_message_age_seconds", "seconds since the channel's last message of any kind, "
+                                                             "heartbeats included"),
+            ("live", "feed_channel_live", "1 while the channel is LIVE and its books in sync"),
+        ), ["worker", "channel"])
+        lat = HistogramMetricFamily("tickwire_latency_seconds", "per-stage latency since the worker started: "
+                                    "decode, book, stats, rules (one event in engine.timing_every), tick_to_signal "
+                                    "(every signal)", labels=["worker", "stage"])
+        drop_reasons = [d.name for d in Drop if d.name != "OK"]
+        reject_reasons = [r.name for r in Reject if r.name != "OK"]
+        for child, st in zip(sup.workers, sup.worker_status()):
+            w = child.name
+            g["up"].add_metric([w], 1.0 if child.proc and child.proc.returncode is None else 0.0)
+            c["restarts"].add_metric([w], child.restarts)
+            if not st:
+                continue
+            feed = st["feed"]
+            c["events"].add_metric([w], feed.get("events", 0))
+            for k in ("markers", "snapshot_events", "messages", "bytes", "heartbeats", "gaps", "recoveries",
+                      "retransmitted", "silences"):
+                c[k].add_metric([w], feed.get(k, 0))
+            c["lost_events"].add_metric([w], st.get("history", {}).get("lost_events", 0))
+            c["ring_waits"].add_metric([w], st["counts"].get("tick_ring_waits", 0))
+            for reason in drop_reasons:
+                drops.add_metric([w, reason], feed["drops"].get(reason, 0))
+            for reason in reject_reasons:
+                rejects.add_metric([w, reason], st.get("book_rejects", {}).get(reason, 0))
+            for rid, ((kind, _, _), n) in enumerate(zip(st.get("rules", []), st.get("rule_signals", []))):
+                signals.add_metric([w, str(rid), kind], n)
+            g["depth"].add_metric([w], st["tick_ring_depth"])
+            cap = st.get("tick_ring_capacity")
+            if cap:
+                g["fill"].add_metric([w], st["tick_ring_depth"] / cap)
+            g["head"].add_metric([w], st["signal_ring_head"])
+            g["status_age"].add_metric([w], max(0.0, now - st.get("time", now)))
+            for cid, cs in st.get("channels", {}).items():
+                last = cs.get("last_event_time") or st.get("started", now)
+                ch["event_age"].add_metric([w, cid], max(0.0, now - last))
+                last = cs.get("last_message_ns", 0) / 1e9 or st.get("started", now)
+                ch["message_age"].add_metric([w, cid], max(0.0, now - last))
+                ch["live"].add_metric([w, cid], 1.0 if cs.get("state") == "live" and cs.get("in_sync") else 0.0)
+            hist = st.get("latency_hist")
+            if hist:
+                les = [f"{b / 1e9:.9g}" for b in hist["bounds_ns"]] + ["+Inf"]
+                for stage, h in hist["stages"].items():
+                    lat.add_metric([w, stage], list(zip(les, h["buckets"] + [h["count"]])), h["sum_ns"] / 1e9)
+        wc = counters((
+            ("rows_written", "writer_rows_written", "rows written to the store: ticks, and the snapshot and marker "
+                                                    "rows the books met"),
+            ("rows_spilled", "writer_rows_spilled", "rows spilled to local files (the store was down or slow)"),
+            ("batches_written", "writer_batches_written", "insert batches"),
+            ("batches_spilled", "writer_batches_spilled", "batches spilled to local files"),
+            ("batches_replayed", "writer_batches_replayed", "spilled batches replayed into the store"),
+            ("sched_switches", "writer_sched_switches", "times the writer left or re-entered SCHED_IDLE"),
+        ), W)
+        wg = gauges((
+            ("lag", "writer_lag", "ticks in the ring not yet read by the writer"),
+            ("unstored", "writer_unstored", "ticks in the ring not yet durable (neither inserted nor spilled)"),
+            ("spill_bytes", "writer_spill_bytes", "bytes in spill files waiting for the store"),
+            ("spill_files", "writer_spill_files", "spill files waiting for the store"),
+            ("outage", "writer_outage", "1 while the store is unreachable"),
+            ("sched_idle", "writer_sched_idle", "1 while the writer runs under SCHED_IDLE"),
+        ), W)
+        for child, st in zip(sup.workers, sup.writer_status()):
+            if not st:
+                continue
+            for k in wc:
+                wc[k].add_metric([child.name], st.get(k, 0))
+            for k in wg:
+                wg[k].add_metric([child.name], float(st.get(k, 0)))
+        writer_up = GaugeMetricFamily("tickwire_writer_up", "1 while the writer process runs (absent with storage off)")
+        restarts = CounterMetricFamily("tickwire_writer_restarts", "times the supervisor restarted the writer")
+        if sup.writer is not None:
+            writer_up.add_metric([], 1.0 if sup.writer.proc and sup.writer.proc.returncode is None else 0.0)
+            restarts.add_metric([], sup.writer.restarts)
+        stored = CounterMetricFamily("tickwire_signals_stored", "signals stored by the writer")
+        missed = CounterMetricFamily("tickwire_signal_ring_missed", "signals the writer's reader missed (lapped)")
+        ss = sup.signal_status()
+        if "written" in ss:
+            stored.add_metric([], ss["written"])
+            missed.add_metric([], ss.get("missed", 0))
+        yield from c.values()
+        yield from (drops, rejects, signals)
+        yield from g.values()
+        yield from ch.values()
+        yield lat
+        yield from wc.values()
+        yield from wg.values()
+        yield from (writer_up, restarts, stored, missed)

@@ -1,0 +1,332 @@
+"""Monitoring (issue 20): the daemon's metrics in Prometheus's conventions, and what ships in
+monitoring/ working against a real Prometheus server scraping a real daemon.
+
+A daemon (default metrics host, any free port) is fed by the simulator with 1% of messages
+dropped (so gaps, retransmissions and recoveries happen); Debian's ``prometheus`` (installed
+by ``./dev test`` where it can be) scrapes it every second with the shipped scrape config and
+alert rules; every PromQL expression of the shipped dashboard and of the shipped rules must
+return data through Prometheus's HTTP API. Without a ``prometheus`` binary those tests skip,
+saying so; the others run."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_daemon import start_daemon, start_sim, status, stop_daemon, wait_for, write_config
+from tickwire.engine.config import to_toml
+from tickwire.engine.metrics import LATENCY_BOUNDS_NS, histogram_quantile, latency_histogram
+from tickwire.ext.hdr import Recorder
+
+ROOT = Path(__file__).resolve().parent.parent
+MON = ROOT / "monitoring"
+DASHBOARD = MON / "tickwire-dashboard.json"
+RULES = MON / "tickwire-alerts.yml"
+SCRAPE = MON / "prometheus.yml"
+
+
+# -- the histogram conversion (no daemon) --------------------------------------------------------
+
+def test_latency_histogram_buckets_match_the_values_to_hdr_precision():
+    vals = np.random.default_rng(7).lognormal(9, 2.0, 200_000).astype(np.int64)
+    r = Recorder()
+    r.record_many(vals)
+    h = latency_histogram(r)
+    assert h["count"] == len(vals) and h["buckets"] == sorted(h["buckets"])
+    for b, n in zip(LATENCY_BOUNDS_NS, h["buckets"]):
+        # values <= b, plus at most those HDR cannot tell from b (3 significant digits)
+        assert (vals <= b).sum() <= n <= (vals <= b + b // 1000).sum(), b
+    assert h["sum_ns"] == pytest.approx(vals.sum(), rel=1e-3)
+    bounds = [b / 1e9 for b in LATENCY_BOUNDS_NS] + [math.inf]
+    p99 = histogram_quantile(0.99, bounds, h["buckets"] + [h["count"]])
+    i = next(i for i, b in enumerate(bounds) if b * 1e9 >= np.quantile(vals, 0.99))
+    assert (bounds[i - 1] if i else 0) <= p99 <= bounds[i]               # inside the right bucket
+    assert math.isnan(histogram_quantile(0.99, bounds, [0] * len(bounds)))
+
+
+# -- a daemon to watch -------------------------------------------------------------------------
+
+def _scrape(url):
+    return urllib.request.urlopen(url, timeout=5).read().decode()
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("mon")
+    cfg_path, raw = write_config(tmp, "mon")
+    del raw["metrics"]["host"]                                   # the default: localhost only
+    cfg_path.write_text(to_toml(raw))
+    run_dir = tmp / "state" / "mon"
+    proc, log = start_daemon(cfg_path, tmp)
+    sim = None
+    try:
+        assert wait_for(lambda: (run_dir / "metrics.url").exists() and status(run_dir)["pid"], 60), \
+            (tmp / "daemon.log").read_text()[-3000:]
+        url = (run_dir / "metrics.url").read_text().strip()
+        before = _scrape(url)                                    # before any feed message
+        sim = start_sim(raw, 5_000_000, 20_000, "--drop", "0.01")  # runs longer than the module's tests
+        assert wait_for(lambda: status(run_dir)["feed"]["events"] > 20_000, 60), (tmp / "daemon.log").read_text()[-3000:]
+        yield {"url": url, "before": before, "run_dir": run_dir, "raw": raw, "tmp": tmp}
+    finally:
+        if sim is not None:
+            sim.kill()
+            sim.wait()
+        rc, _ = stop_daemon(proc, log)
+    assert rc == 0, (tmp / "daemon.log").read_text()[-3000:]
+
+
+def _samples(text):
+    """{(name, frozenset(labels)): value} of an exposition text."""
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r"^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$", line)
+        if m:
+            labels = frozenset(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+            out[(m.group(1), labels)] = float(m.group(3))
+    return out
+
+
+@pytest.mark.integration
+def test_metrics_follow_prometheus_conventions_and_count_from_zero(daemon):
+    from tickwire.ext import Reject
+    from tickwire.feeds.wire import Drop
+
+    before = _samples(daemon["before"])
+    # every drop and reject reason is there at 0 before the first message
+    for reason in (d.name for d in Drop if d.name != "OK"):
+        assert before[("tickwire_feed_drops_total", frozenset({("worker", "w0"), ("reason", reason)}))] == 0
+    for reason in (r.name for r in Reject if r.name != "OK"):
+        assert ("tickwire_book_rejects_total", frozenset({("worker", "w0"), ("reason", reason)})) in before
+    rules = daemon["raw"]["rules"]
+    for rid, rule in enumerate(rules):                          # signals by rule, from 0
+        assert before[("tickwire_signals_total", frozenset({("worker", "w0"), ("rule_id", str(rid)),
+                                                            ("rule", rule["kind"])}))] == 0
+    text = _scrape(daemon["url"])
+    st = status(daemon["run_dir"])
+    now = _samples(text)
+    types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M))
+    for name, kind in types.items():                            # units in names, _total counters
+        assert name.startswith("tickwire_")
+        assert (kind == "counter") == name.endswith("_total") or kind == "histogram", name
+        assert "_ns" not in name and "latency_ns" not in name, name
+    assert types["tickwire_latency_seconds"] == "histogram"
+    doc = (ROOT / "docs" / "monitoring.md").read_text()          # every metric documented
+    assert not [n for n in types if f"`{n}`" not in doc], [n for n in types if f"`{n}`" not in doc]
+    # markers counted apart from market events
+    w0 = frozenset({("worker", "w0")})
+    assert now[("tickwire_markers_total", w0)] > 0 and now[("tickwire_events_total", w0)] > 0
+    assert st["feed"]["markers"] > 0
+    # each stage a cumulative histogram: le ascending, counts non-decreasing, +Inf == _count
+    for stage in ("decode", "book", "stats", "rules", "tick_to_signal"):
+        lab = {("worker", "w0"), ("stage", stage)}
+        buckets = sorted((math.inf if dict(k[1])["le"] == "+Inf" else float(dict(k[1])["le"]), v)
+                         for k, v in now.items() if k[0] == "tickwire_latency_seconds_bucket" and lab <= k[1])
+        assert len(buckets) == len(LATENCY_BOUNDS_NS) + 1
+        counts = [v for _, v in buckets]
+        assert counts == sorted(counts) and counts[-1] == now[("tickwire_latency_seconds_count", frozenset(lab))] > 0
+        assert now[("tickwire_latency_seconds_sum", frozenset(lab))] > 0
+    # gauges: ring fill as a fraction, age of each channel's last event
+    assert 0 <= now[("tickwire_tick_ring_fill_ratio", w0)] <= 1
+    ages = [v for k, v in now.items() if k[0] == "tickwire_feed_last_event_age_seconds"]
+    assert len(ages) == daemon["raw"]["feeds"]["channels"] and all(0 <= a < 5 for a in ages)
+    # `tickwire status` reads the new names
+    out = subprocess.run([sys.executable, "-m", "tickwire", "status",
+                          "--url", daemon["url"]], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "p99 w0 tick_to_signal" in out.stdout and "markers" in out.stdout, out.stderr
+
+
+@pytest.mark.integration
+def test_metrics_endpoint_stays_on_localhost_by_default(daemon):
+    url = daemon["url"]
+    assert url.startswith("http://127.0.0.1:")
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    listening = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:] + Path("/proc/net/tcp6").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+            listening.append(local.rsplit(":", 1)[0])
+    assert listening == ["0100007F"], listening                   # 127.0.0.1 only, no wildcard, no v6
+
+
+# -- the shipped dashboard, read as Grafana would ----------------------------------------------
+
+def _dashboard_exprs():
+    """(panel title, expr) of every query of the shipped dashboard."""
+    dash = json.loads(DASHBOARD.read_text())
+    return [(p["title"], t["expr"]) for p in dash["panels"] for t in p.get("targets", [])]
+
+
+def test_dashboard_has_what_grafana_needs_to_import_it():
+    dash = json.loads(DASHBOARD.read_text())
+    assert isinstance(dash["schemaVersion"], int) and dash["schemaVersion"] >= 36
+    assert dash["title"] and dash["uid"] and dash.get("id") is None
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids)) and all(isinstance(i, int) for i in ids)
+    used = set()
+    for p in dash["panels"]:
+        g = p["gridPos"]
+        assert all(isinstance(g[k], int) for k in "hwxy") and g["x"] + g["w"] <= 24, p["title"]
+        assert p["type"] and p["title"]
+        if p["type"] == "row":
+            continue
+        assert p["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, p["title"]
+        assert p["targets"], p["title"]
+        refs = [t["refId"] for t in p["targets"]]
+        assert len(refs) == len(set(refs)) and all(t["expr"].strip() for t in p["targets"]), p["title"]
+        for t in p["targets"]:
+            used |= set(re.findall(r"\$\{?(\w+)", t["expr"]))
+        cells = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+        assert not cells & used_cells(dash, p), f"panel {p['title']!r} overlaps another"
+    # every variable a query uses is defined (Grafana's own ones aside)
+    assert used - {"__rate_interval", "__interval", "__range"} <= set(variables), used
+    # what the issue asks the dashboard to show
+    text = json.dumps(dash)
+    for metric in ("tickwire_latency_seconds_bucket", "tickwire_events_total", "tickwire_signals_total",
+                   "tickwire_feed_gaps_total", "tickwire_feed_recoveries_total", "tickwire_writer_lag",
+                   "tickwire_writer_spill_bytes", "tickwire_tick_ring_fill_ratio", "tickwire_worker_restarts_total",
+                   "tickwire_feed_last_event_age_seconds"):
+        assert metric in text, metric
+    assert "histogram_quantile(0.99" in text
+
+
+def used_cells(dash, panel):
+    """The grid cells of every panel but ``panel``."""
+    out = set()
+    for p in dash["panels"]:
+        if p is panel:
+            continue
+        g = p["gridPos"]
+        out |= {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+    return out
+
+
+# -- a real Prometheus ---------------------------------------------------------------------------
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tool(name):
+    path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
+    if path is None:
+        pytest.skip(f"no `{name}` on this machine: `./dev test` installs Debian's prometheus package with apt-get "
+                    f"when run as root; elsewhere install it (apt-get install prometheus) to run this test")
+    return path
+
+
+def test_promtool_checks_the_shipped_rules_and_scrape_config():
+    promtool = _tool("promtool")
+    out = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "SUCCESS" in out.stdout + out.stderr, out.stdout + out.stderr
+    out = subprocess.run([promtool, "check", "config", str(SCRAPE)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.fixture(scope="module")
+def prometheus(daemon, tmp_path_factory):
+    binary = _tool("prometheus")
+    tmp = tmp_path_factory.mktemp("prom")
+    target = daemon["url"].split("//")[1].split("/")[0]
+    # the shipped scrape config, pointed at this daemon, scraping every second
+    cfg = SCRAPE.read_text()
+    for old, new in (('"127.0.0.1:9464"', f'"{target}"'), ("scrape_interval: 5s", "scrape_interval: 1s"),
+                     ("evaluation_interval: 15s", "evaluation_interval: 1s"),
+                     ("- tickwire-alerts.yml", f"- {RULES}")):
+        assert old in cfg, f"{SCRAPE} no longer holds {old!r}"
+        cfg = cfg.replace(old, new)
+    (tmp / "prometheus.yml").write_text(cfg)
+    port = _free_port()
+    log = open(tmp / "prometheus.log", "w")
+    proc = subprocess.Popen([binary, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
+                             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    api = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_for(lambda: urllib.request.urlopen(f"{api}/-/ready", timeout=2).status == 200, 30), \
+            (tmp / "prometheus.log").read_text()[-3000:]
+        yield {"api": api, "log": tmp / "prometheus.log"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def _query(api, expr):
+    url = f"{api}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    body = json.loads(urllib.request.urlopen(url, timeout=10).read())
+    assert body["status"] == "success", (expr, body)
+    return body["data"]["result"]
+
+
+def _has_data(result):
+    """Some series with a value that is a number (not NaN: a quantile over no observations)."""
+    return any(not math.isnan(float(r["value"][1])) for r in result)
+
+
+# Grafana's variables as the test fills them in: every daemon and worker, a 10 s rate window
+_GRAFANA = {"__rate_interval": "10s", "__interval": "2s", "__range": "1m", "instance": ".+", "worker": ".+"}
+
+
+def _fill(expr):
+    return re.sub(r"\$\{?(\w+)\}?", lambda m: _GRAFANA[m.group(1)], expr)
+
+
+_TOP_COMPARISON = re.compile(r"^(?P<query>.*\S)\s*(?P<op>>=|<=|==|!=|>|<)\s*(?P<threshold>-?[0-9.]+(?:e-?[0-9]+)?)$", re.S)
+
+
+def _alert_rules(api):
+    body = json.loads(urllib.request.urlopen(f"{api}/api/v1/rules?type=alert", timeout=10).read())
+    return [r for g in body["data"]["groups"] for r in g["rules"]]
+
+
+@pytest.mark.integration
+def test_every_dashboard_and_alert_query_returns_data_from_a_real_prometheus(daemon, prometheus):
+    api = prometheus["api"]
+    # the rules as Prometheus loaded them from the shipped file: every alert of it
+    shipped = re.findall(r"^\s*- alert: (\w+)", RULES.read_text(), re.M)
+    assert wait_for(lambda: len(_alert_rules(api)) == len(shipped), 30), prometheus["log"].read_text()[-2000:]
+    rules = _alert_rules(api)
+    assert sorted(r["name"] for r in rules) == sorted(shipped)
+    queries = [(f"panel {title!r}", _fill(expr)) for title, expr in _dashboard_exprs()]
+    for r in rules:
+        m = _TOP_COMPARISON.match(r["query"])
+        assert m, f"alert {r['name']}: expected `<query> <comparison> <threshold>`, got {r['query']!r}"
+        # `bool`: 0 or 1 for every series instead of only those past the threshold
+        queries.append((f"alert {r['name']}", f"{m['query']} {m['op']} bool {m['threshold']}"))
+    assert len(queries) >= 25
+    missing = queries
+
+    def all_answer():
+        nonlocal missing
+        missing = [(who, q) for who, q in missing if not _has_data(_query(api, q))]
+        return not missing
+
+    assert wait_for(all_answer, 45, every=1.0), "no data for:\n" + "\n".join(f"  {w}: {q}" for w, q in missing)
+    # Prometheus evaluated every rule without an error
+    assert wait_for(lambda: all(r["health"] == "ok" for r in _alert_rules(api)), 15), \
+        [(r["name"], r.get("lastError")) for r in _alert_rules(api) if r["health"] != "ok"]
+    # and what it scraped is what the daemon counted: the gaps of the dropped messages...
+    gaps = _query(api, 'sum(tickwire_feed_gaps_total{job="tickwire"})')
+    assert float(gaps[0]["value"][1]) > 0
+    # ...which the gap alert sees (pending: its `for` is minutes), while the feed is not silent
+    def alerts():
+        body = json.loads(urllib.request.urlopen(f"{api}/api/v1/alerts", timeout=10).read())
+        return {a["labels"]["alertname"]: a["state"] for a in body["data"]["alerts"]}
+
+    assert wait_for(lambda: alerts().get("TickwireFeedGapsRising") in ("pending", "firing"), 30), alerts()
+    assert "TickwireFeedSilent" not in alerts() and "TickwireDaemonDown" not in alerts(), alerts()
