@@ -121,3 +121,19 @@ def test_garbled_hgrm_and_unknown_stage(tmp_path):
     write_log(tmp_path / "run.hlog", [10])
     with pytest.raises(plots.PlotInputError, match=r"no intervals tagged wire \(it has: book, rules\)"):
         plots.load_latency(tmp_path / "run.hlog", tags=["wire"])
+
+
+def test_bench_plots_draw_through_the_shared_module(tmp_path):
+    """`tickwire bench`'s spectrum and sweep PNGs (engine/bench.py: plot), from its .hgrm files."""
+    from tickwire.engine import bench
+
+    r = Recorder()
+    r.record_many(raw_values(3, 10_000))
+    runs = []
+    for rate in (1000, 10_000):
+        (tmp_path / f"wire_to_signal-{bench._fmt_rate(rate)}.hgrm").write_text(hgrm(r))
+        lat = {k: {lv: 1000.0 * (i + 1) for i, lv in enumerate(bench.LEVELS)} for k in ("floor", "wire_to_signal")}
+        runs.append({"offered_rate": rate, "latency_ns": lat})
+    made = bench.plot({"runs": runs, "target": "test"}, tmp_path)
+    assert made == ["spectrum-1k.png", "spectrum-10k.png", "sweep.png"]
+    assert all((tmp_path / m).read_bytes()[:4] == b"\x89PNG" for m in made)
