@@ -65,7 +65,7 @@ def main() -> int:
     from tickwire.engine import plots
     from tickwire.engine.config import to_toml
     from tickwire.engine.demo import demo_raw_config
-    from tickwire.engine.latency import merged, new_hdrh  # noqa: F401
+    from tickwire.engine.latency import merged
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-top-"))
     raw = demo_raw_config(tmp / "state", run="benchtop")
