@@ -619,26 +619,34 @@ class _Keys:
         import termios
         import tty
 
-        self.fd = fd
+        self.fd = self.tty = fd
         self.saved = None
         if os.isatty(fd):
             self.saved = termios.tcgetattr(fd)
             tty.setcbreak(fd)
 
     def wait(self, timeout: float) -> bytes:
+        """Keys pressed within ``timeout`` seconds (b"" if none). Standard input at its end (not a
+        terminal: /dev/null, a closed pipe) is no longer watched: the wait is a sleep."""
+        if self.fd is None:
+            time.sleep(max(timeout, 0))
+            return b""
         r, _, _ = select.select([self.fd], [], [], max(timeout, 0))
         if not r:
             return b""
         try:
-            return os.read(self.fd, 64)
+            data = os.read(self.fd, 64)
         except OSError:
-            return b""
+            data = b""
+        if not data:
+            self.fd = None
+        return data
 
     def close(self) -> None:
         import termios
 
         if self.saved is not None:
-            termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
+            termios.tcsetattr(self.tty, termios.TCSADRAIN, self.saved)
 
 
 def _split_keys(data: bytes) -> list[bytes]:
