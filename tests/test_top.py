@@ -103,7 +103,7 @@ def ring_signal_counts(run_dir):
 
 
 @needs_tmux
-def test_top_in_tmux_shows_the_daemon_follows_keys_and_waits_when_it_is_killed(tmp_path):
+def test_top_in_tmux_shows_the_daemon_follows_keys_and_waits_when_it_is_killed_until_it_is_back(tmp_path):
     raw = demo_raw_config(tmp_path / "state", run="top")
     raw["metrics"]["hdr_interval_s"] = 1.0
     raw["feeds"]["stale_after_ms"] = 120_000          # the channels stay live (in sync) after the stream ends
@@ -171,10 +171,16 @@ def test_top_in_tmux_shows_the_daemon_follows_keys_and_waits_when_it_is_killed(t
         daemon.send_signal(signal.SIGKILL)
         daemon.wait(timeout=10)
         assert wait_for(lambda: not alive(worker) and not writer_pid("top"), 60)
+        shutil.copy(run_dir / "hdr" / "w0.hlog", tmp_path / "w0.hlog")   # the next start writes it afresh
         text = screen.wait(lambda t: "went away" in t)
         assert "the daemon for run 'top' went away" in text and "waiting for it" in text, text
         time.sleep(1.0)
         assert "EXIT" not in screen.text()
+        # ...and shows it again when it is back
+        log.close()
+        daemon, log = start_daemon(cfg_path, tmp_path, "daemon2")
+        text = screen.wait(lambda t: "workers up 1/1" in t and "went away" not in t and "SYN7" in t, 60)
+        assert "workers up 1/1" in text and "went away" not in text, text
         screen.keys("q")
         text = screen.wait(lambda t: "EXIT" in t, 10)
         assert "EXIT 0" in text, text + (tmp_path / "top.err").read_text()
@@ -192,7 +198,7 @@ def test_top_in_tmux_shows_the_daemon_follows_keys_and_waits_when_it_is_killed(t
                                                    "WHERE kind = 4 AND bitAnd(flags, 2) = 0 GROUP BY instrument")
     assert {i: f"{p / 100:.2f}" for i, p in rows} == shown
     # `tickwire plot latency` on the log this daemon wrote: a PNG, every stage
-    res = subprocess.run([PY, "-m", "tickwire", "plot", "latency", str(run_dir / "hdr" / "w0.hlog"), "-o",
+    res = subprocess.run([PY, "-m", "tickwire", "plot", "latency", str(tmp_path / "w0.hlog"), "-o",
                           str(tmp_path / "w0.png")], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "w0.png").read_bytes()[:4] == b"\x89PNG"
