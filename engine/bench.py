@@ -856,50 +856,33 @@ def print_run(res: dict) -> None:
 
 
 def plot(summary: dict, outdir: Path) -> list[str]:
-    """Percentile spectrum (log nines axis, floors drawn in) per rate, and latency vs offered rate."""
+    """Percentile spectrum (log nines axis, floors drawn in) per rate, and latency vs offered rate
+    (drawn with tickwire.engine.plots, as `tickwire plot latency` draws them)."""
+    from tickwire.engine import plots
+
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        _say("  plots skipped: matplotlib is not installed (pip install 'tickwire[report]')")
+        plots.require_matplotlib("the bench plots")
+    except ImportError as exc:
+        _say(f"  plots skipped: {exc}")
         return []
-    from hdrh.histogram import HdrHistogram  # noqa: F401  (the .hgrm files are read back below)
-
     made = []
     for res in summary["runs"]:
         rt = _fmt_rate(res["offered_rate"])
-        fig, ax = plt.subplots(figsize=(8, 5))
-        for k, style in (("wire_to_signal", "-"), ("floor", "--"), ("zmq_hop", ":"), ("ring_hop_floor", ":"),
-                         ("pyzmq_baseline", "-.")):
+        fig, (ax,) = plots.figure(8, 5)
+        series = []
+        for k in ("wire_to_signal", "zmq_hop", "ring_hop_floor", "pyzmq_baseline"):
             f = outdir / f"{k}-{rt}.hgrm"
-            if k == "floor":
-                s = res["latency_ns"].get("floor")
-                if s:
-                    xs = [1 / (1 - p / 100) for p in HDR_LEVELS]
-                    ax.plot(xs, [s[lv] / 1e3 for lv in LEVELS[:-1]], style, marker="o", label="floor (zmq + ring)")
-                continue
-            if not f.exists():
-                continue
-            x, y = _read_hgrm(f)
-            ax.plot(x, y, style, label=k)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ticks = [1, 10, 100, 1000, 10_000, 100_000]
-        ax.set_xticks(ticks)
-        ax.set_xticklabels(["0%", "90%", "99%", "99.9%", "99.99%", "99.999%"])
-        ax.set_xlabel("percentile")
-        ax.set_ylabel("latency (us)")
-        ax.set_title(f"tickwire bench: wire-to-signal at {rt} events/s offered ({summary['target']})")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-        p = outdir / f"spectrum-{rt}.png"
-        fig.savefig(p, dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        made.append(p.name)
+            if f.exists():
+                series.append((k, plots.read_hgrm(f)))
+        plots.draw_spectra(ax, series, f"tickwire bench: wire-to-signal at {rt} events/s offered ({summary['target']})")
+        s = res["latency_ns"].get("floor")
+        if s:
+            xs = [1 / (1 - p / 100) for p in HDR_LEVELS]
+            ax.plot(xs, [s[lv] / 1e3 for lv in LEVELS[:-1]], "--", marker="o", label="floor (zmq + ring)")
+            ax.legend(fontsize="small")
+        made.append(plots.save_png(fig, outdir / f"spectrum-{rt}.png", dpi=100).name)
     if len(summary["runs"]) > 1:
-        fig, ax = plt.subplots(figsize=(8, 5))
+        fig, (ax,) = plots.figure(8, 5)
         rates = [r["offered_rate"] for r in summary["runs"]]
         for k, lv, style in (("wire_to_signal", "p50", "-o"), ("wire_to_signal", "p99", "-s"),
                              ("wire_to_signal", "p99.99", "-^"), ("floor", "p50", "--"), ("floor", "p99", "--"),
@@ -914,26 +897,8 @@ def plot(summary: dict, outdir: Path) -> list[str]:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
         ax.set_title("tickwire bench: latency against offered rate")
-        p = outdir / "sweep.png"
-        fig.savefig(p, dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        made.append(p.name)
+        made.append(plots.save_png(fig, outdir / "sweep.png", dpi=100).name)
     return made
-
-
-def _read_hgrm(path: Path):
-    x, y = [], []
-    for line in path.read_text().splitlines():
-        parts = line.split()
-        if len(parts) == 4 and not line.startswith("#"):
-            try:
-                v, p = float(parts[0]), float(parts[1])
-            except ValueError:
-                continue
-            if p < 1.0:
-                x.append(1 / (1 - p))
-                y.append(v)
-    return x, y
 
 
 # -- compare -------------------------------------------------------------------------------------------

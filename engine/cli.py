@@ -11,6 +11,8 @@ Subcommands:
 - ``replay``: stored ticks, a capture or an ``.npy`` file through the engine (tickwire.replay.cli).
 - ``bench``: wire-to-signal latency at an offered rate, with floors (tickwire.engine.bench);
   ``bench compare A.json B.json``.
+- ``plot latency``: HDR latency files as a PNG (tickwire.engine.plots).
+- ``top``: a live full-screen view of a running daemon (tickwire.engine.top).
 """
 
 from __future__ import annotations
@@ -589,6 +591,12 @@ def build_parser() -> argparse.ArgumentParser:
     from tickwire.engine.bench import add_parser as add_bench
 
     add_bench(sub)
+    from tickwire.engine.plots import add_parser as add_plot
+
+    add_plot(sub)
+    from tickwire.engine.top import add_parser as add_top
+
+    add_top(sub)
     return parser
 
 

@@ -545,6 +545,7 @@ class Supervisor:
         child.proc = await asyncio.create_subprocess_exec(*child.argv, **kw)
         child.started = time.time()
         log.info("started %s (pid %d) for core %d", child.name, child.proc.pid, child.cpu)
+        self.write_children_status()
 
     async def _watch(self, child: _Child) -> None:
         """Keep a child running until the daemon stops; restart it when it dies. A child that
@@ -773,6 +774,20 @@ class Supervisor:
         return 1 if self.failed else status
 
     # -- status ---------------------------------------------------------------------------------
+    def write_children_status(self) -> None:
+        """``supervisor.json`` in the run directory: the supervisor's pid and, per child, its pid,
+        start time and restarts (``tickwire top`` reads it; written at every start of a child)."""
+        kids = self.workers + ([self.writer] if self.writer else [])
+        body = {"pid": os.getpid(), "time": time.time(),
+                "children": {c.name: {"pid": c.proc.pid if c.proc else 0, "started": c.started,
+                                      "restarts": c.restarts} for c in kids}}
+        tmp = self.run_dir / ".supervisor.json.tmp"
+        try:
+            tmp.write_text(json.dumps(body))
+            os.replace(tmp, self.run_dir / "supervisor.json")
+        except OSError as exc:                          # a full disk must not stop a restart
+            log.warning("cannot write %s: %s", self.run_dir / "supervisor.json", exc)
+
     def worker_status(self) -> list[dict]:
         out = []
         for i, _ in enumerate(self.cfg.workers):

@@ -933,27 +933,26 @@ def _write_csv_columns(path, header, n, columns):
 
 # -- plots -----------------------------------------------------------------------------------
 def _require_matplotlib():
+    from tickwire.engine.plots import require_matplotlib
+
     try:
-        import matplotlib  # noqa: F401
+        require_matplotlib()
     except ImportError:
         raise ImportError(MATPLOTLIB_MISSING) from None
 
 
 def _plots(rb: ReportBuilder, out: Path, trades, summary, partial) -> list[str]:
     _require_matplotlib()
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure              # no pyplot: no global state, no GUI
     from matplotlib.ticker import NullFormatter
+
+    from tickwire.engine.plots import save_png        # Agg canvas, atomic (shared with tickwire plot)
 
     tag = " (partial: the replay was stopped)" if partial else ""
     written = []
 
     def save(fig, name):
-        FigureCanvasAgg(fig)                          # the Agg canvas, whatever the session's backend
-        tmp = out / f".{name}.tmp.png"
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, out / name)
-        written.append(name)
+        written.append(save_png(fig, out / name).name)
 
     # cumulative net PnL (bps of each entry, summed over trades) by exit time
     fig = Figure(figsize=(10, 5.5), layout="constrained")

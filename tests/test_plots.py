@@ -1,0 +1,139 @@
+"""`tickwire plot latency`: the numbers the plots are drawn from against numpy on the raw values,
+real PNGs, clear errors for missing and garbled files. (A daemon's own interval log is plotted in
+tests/test_top.py, against the daemon that test runs.)"""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("matplotlib", reason="the plots need matplotlib (the dev and report extras)")
+
+from tickwire.engine import plots  # noqa: E402
+from tickwire.engine.latency import IntervalLogWriter, hgrm  # noqa: E402
+from tickwire.ext.hdr import Recorder  # noqa: E402
+
+PY = sys.executable
+
+
+def close(got, want, rel=2e-3):
+    """HDR keeps 3 significant digits: a bucket's edge is within 0.1% of the values in it."""
+    return abs(got - want) <= rel * want + 1
+
+
+def every_point_matches(spec, values):
+    """Each plotted (level, value) point: the value numpy finds at that level (the level is the
+    fraction of values at or below the point's value) lies in the same HDR bucket."""
+    levels, ys, _, count = spec
+    assert count == len(values) and len(levels) > 50
+    for lv, y in zip(levels, ys):
+        if 0 < lv < 100:
+            assert close(y, np.percentile(values, lv, method="inverted_cdf")), (lv, y)
+
+
+def raw_values(seed, n, sigma=1.0, mu=8.0):
+    return np.random.default_rng(seed).lognormal(mu, sigma, n).astype(np.int64) + 1
+
+
+def write_log(path, per_interval):
+    """An interval log of two stages; returns the raw values of each interval."""
+    recs = {"book": Recorder(), "rules": Recorder()}
+    raw = []
+    with IntervalLogWriter(path, recs, start_time=1_700_000_000.0) as log:
+        for k, n in enumerate(per_interval):
+            vals = {"book": raw_values(k, n), "rules": raw_values(100 + k, n, 0.5, 6.0)}
+            for tag, v in vals.items():
+                recs[tag].record_many(v)
+            log.write_interval(1_700_000_001.0 + k)
+            raw.append(vals)
+    return raw
+
+
+def test_interval_log_spectrum_and_over_time_match_numpy_on_the_raw_values(tmp_path):
+    raw = write_log(tmp_path / "run.hlog", [20_000, 5_000, 30_000, 1])
+    out = tmp_path / "lat.png"
+    drawn = plots.plot_latency([tmp_path / "run.hlog"], out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    assert matplotlib.image.imread(out).shape[0] > 500           # two panels
+    for tag in ("book", "rules"):
+        allv = np.concatenate([r[tag] for r in raw])
+        spec = drawn["spectra"][tag]
+        assert spec[2] == pytest.approx(allv.max(), rel=1e-3)
+        every_point_matches(spec, allv)
+        for p in (50, 99, 99.9):
+            assert close(drawn["summary"][tag][f"p{p:g}"], np.percentile(allv, p, method="inverted_cdf")), (tag, p)
+        rows = drawn["over_time"][tag]
+        assert [r[0] for r in rows] == [1_700_000_001.0 + k for k in range(4)]
+        for (_, count, p50, p99, mx), r in zip(rows, raw):
+            v = r[tag]
+            assert count == len(v)
+            assert close(p50, np.percentile(v, 50, method="inverted_cdf"))
+            assert close(p99, np.percentile(v, 99, method="inverted_cdf"))
+            assert close(mx, v.max())
+
+
+def test_hgrm_files_overlaid_with_a_log(tmp_path):
+    """.hgrm as `tickwire bench` writes them (latency.hgrm): read back within HDR's precision."""
+    vals = raw_values(7, 50_000, 1.2)
+    r = Recorder()
+    r.record_many(vals)
+    (tmp_path / "a.hgrm").write_text(hgrm(r))
+    (tmp_path / "b.hgrm").write_text(hgrm(r, unit_ratio=1000.0))
+    write_log(tmp_path / "run.hlog", [1000, 1000])
+    res = subprocess.run([PY, "-m", "tickwire", "plot", "latency", str(tmp_path / "a.hgrm"), str(tmp_path / "b.hgrm"),
+                          str(tmp_path / "run.hlog"), "--stage", "book", "-o", str(tmp_path / "x.png")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "a: p50" in res.stdout and "run:book" in res.stdout and (tmp_path / "x.png").stat().st_size > 10_000
+    every_point_matches(plots.load_latency(tmp_path / "a.hgrm").spectra[None], vals)
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (None, "no such file"),
+    (b"", "empty file"),
+    (b"hello world\n", "not an HdrHistogram interval log"),
+    (b"\xff\xfe\x00garbage", "not text"),
+    ("#[StartTime: 1.000 (seconds since epoch), x]\n#[BaseTime: 1.000 (seconds since epoch)]\n"
+     "Tag=book,0.000,1.000,0.010,HISTFAAAAnotbase64!!\n".encode(), "garbled interval log"),
+    ("#[StartTime: 1.000 (seconds since epoch), x]\n".encode(), "no intervals yet"),
+])
+def test_bad_interval_logs_are_one_clear_line(tmp_path, content, fragment):
+    path = tmp_path / "bad.hlog"
+    if content is not None:
+        path.write_bytes(content)
+    res = subprocess.run([PY, "-m", "tickwire", "plot", "latency", str(path), "-o", str(tmp_path / "x.png")],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert fragment in res.stderr and str(path) in res.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_garbled_hgrm_and_unknown_stage(tmp_path):
+    r = Recorder()
+    r.record_many(raw_values(1, 100))
+    text = hgrm(r).splitlines()
+    (tmp_path / "bad.hgrm").write_text("\n".join(text[:6] + ["12.0 zzz 3 4"] + text[6:]))
+    with pytest.raises(plots.PlotInputError, match=r"bad.hgrm: line 7 is not an .hgrm row"):
+        plots.load_latency(tmp_path / "bad.hgrm")
+    write_log(tmp_path / "run.hlog", [10])
+    with pytest.raises(plots.PlotInputError, match=r"no intervals tagged wire \(it has: book, rules\)"):
+        plots.load_latency(tmp_path / "run.hlog", tags=["wire"])
+
+
+def test_bench_plots_draw_through_the_shared_module(tmp_path):
+    """`tickwire bench`'s spectrum and sweep PNGs (engine/bench.py: plot), from its .hgrm files."""
+    from tickwire.engine import bench
+
+    r = Recorder()
+    r.record_many(raw_values(3, 10_000))
+    runs = []
+    for rate in (1000, 10_000):
+        (tmp_path / f"wire_to_signal-{bench._fmt_rate(rate)}.hgrm").write_text(hgrm(r))
+        lat = {k: {lv: 1000.0 * (i + 1) for i, lv in enumerate(bench.LEVELS)} for k in ("floor", "wire_to_signal")}
+        runs.append({"offered_rate": rate, "latency_ns": lat})
+    made = bench.plot({"runs": runs, "target": "test"}, tmp_path)
+    assert made == ["spectrum-1k.png", "spectrum-10k.png", "sweep.png"]
+    assert all((tmp_path / m).read_bytes()[:4] == b"\x89PNG" for m in made)
