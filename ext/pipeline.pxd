@@ -62,8 +62,12 @@ cdef struct tw_istate:
     int64_t best_ask
     int64_t kth_bid               # worst price inside the top-k imbalance (TW_NO_PRICE: < k levels)
     int64_t kth_ask
+    double top_qb                 # the top-k quantities when last computed
+    double top_qa
     int32_t book_dirty            # the book changed since it was last sampled
-    int32_t top_dirty             # ... and the change may have moved the top-k imbalance
+    int32_t top_dirty             # ... and the change may have moved the top k of a side (1 bid, 2 ask)
+    int32_t bbo_dirty             # ... and the best bid or ask (price or quantity)
+    int32_t inputs                # what its rules read (_CH_* bits): nothing else asks for them
     double prev_mid
     int32_t imbalance_depth
     int32_t sample

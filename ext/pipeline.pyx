@@ -81,7 +81,8 @@ cdef enum:
     _CH_TOP = 1                   # microprice, imbalance
     _CH_MID = 2                   # the mid and spread series (windows, EWMAs)
     _CH_TRADES = 4                # the trade windows
-    _CH_ALL = 7
+    _CH_BOOK = 8                  # any book change (custom rules read the whole book)
+    _CH_ALL = 15
 
 
 cdef inline int _time_evict(tw_istate *st, int64_t ts) noexcept nogil:
@@ -112,18 +113,31 @@ cdef void _mid_features(tw_istate *st) noexcept nogil:
     f.realized_vol = sqrt(tw_sumwin_a(&st.rv)) if tw_sumwin_count(&st.rv) else NAN
 
 
-cdef inline bint _touches_top_k(const tw_istate *st, const tw_book *b, const tw_event *e) noexcept nogil:
-    """Whether an applied event may have changed the top-k imbalance: anything but an L2
-    level update strictly behind the k-th level of its side as it was when the imbalance was
-    last computed.  (Sound over a whole message too: while no event has touched the top k
-    as it was, those k levels are still the best k.)"""
+cdef inline int _touches_top_k(const tw_istate *st, const tw_book *b, const tw_event *e) noexcept nogil:
+    """Which sides' top k an applied event may have changed (1 bid, 2 ask, 3 both): none for
+    an L2 level update strictly behind the k-th level of its side as it was when that side's
+    top k was last summed.  (Sound over a whole message too: while no event has touched the
+    top k as it was, those k levels are still the best k.)"""
     if b.p.book_type != TW_BOOK_L2 or e.kind > TW_KIND_DELETE:
-        return True
+        return 3
     if e.side == TW_SIDE_BID:
-        return st.kth_bid == TW_NO_PRICE or e.price >= st.kth_bid
+        return 1 if (st.kth_bid == TW_NO_PRICE or e.price >= st.kth_bid) else 0
     if e.side == TW_SIDE_ASK:
-        return st.kth_ask == TW_NO_PRICE or e.price <= st.kth_ask
-    return True
+        return 2 if (st.kth_ask == TW_NO_PRICE or e.price <= st.kth_ask) else 0
+    return 3
+
+
+cdef inline bint _touches_best(const tw_book *b, const tw_event *e) noexcept nogil:
+    """Whether an applied event may have changed its side's best level (price or quantity):
+    anything but an L2 level update strictly behind that side's best as it is now.  (Sound
+    over a whole message too: an update behind the best after it leaves the best as it was.)"""
+    cdef int64_t best
+    if b.p.book_type != TW_BOOK_L2 or e.kind > TW_KIND_DELETE or e.side > TW_SIDE_ASK:
+        return True
+    best = tw_book_best_price(b, e.side)
+    if best == TW_NO_PRICE:
+        return True
+    return e.price >= best if e.side == TW_SIDE_BID else e.price <= best
 
 
 cdef int[7] _RULE_INPUTS
@@ -136,30 +150,15 @@ _RULE_INPUTS[TW_RULE_VWAP] = _CH_MID | _CH_TRADES
 _RULE_INPUTS[TW_RULE_EWMA_CROSS] = _CH_MID
 
 
-cdef int _update_book(tw_istate *st, const tw_book *b, const tw_event *e) noexcept nogil:
-    """Sample the book into the instrument's statistics (its changes since the last sample).
-
-    Microprice is recomputed, the imbalance when a change since the last sample may have
-    moved the top k (``top_dirty``); the mid and spread series (windows, log-returns, EWMAs)
-    take a sample when the best bid or ask price moved: they are series of price changes,
-    not of book updates.
-    """
+cdef inline int _sample_bbo(tw_istate *st, const tw_book *b, int64_t ts) noexcept nogil:
+    """The microprice, and the mid and spread series when the best bid or ask price moved
+    (_CH_MID then)."""
     cdef tw_features *f = &st.f
-    cdef int64_t ts = e.ts_event, bid, ask
-    cdef double mid, r, qb, qa
-    cdef int changed
-    st.book_dirty = 0
+    cdef int64_t bid, ask
+    cdef double mid, r
     f.microprice = tw_book_microprice(b)
-    if st.top_dirty:
-        st.top_dirty = 0
-        qb = tw_book_top_qty_d(b, TW_SIDE_BID, st.imbalance_depth, &st.kth_bid)   # exact sums
-        qa = tw_book_top_qty_d(b, TW_SIDE_ASK, st.imbalance_depth, &st.kth_ask)
-        f.imbalance = (qb - qa) / (qb + qa) if (qb > 0.0 and qa > 0.0) else NAN   # both sides
     bid = tw_book_best_price(b, TW_SIDE_BID)
     ask = tw_book_best_price(b, TW_SIDE_ASK)
-    f.ts = ts
-    st.updates += 1
-    changed = _CH_TOP | _time_evict(st, ts)
     if bid != st.best_bid or ask != st.best_ask:
         st.best_bid = bid
         st.best_ask = ask
@@ -178,7 +177,40 @@ cdef int _update_book(tw_istate *st, const tw_book *b, const tw_event *e) noexce
         f.ewma_fast = st.fast.mean
         f.ewma_slow = st.slow.mean
         f.ewma_fast_std = sqrt(tw_ewma_var(&st.fast, False))
-        changed |= _CH_MID
+        return _CH_MID
+    return 0
+
+
+cdef int _update_book(tw_istate *st, const tw_book *b, const tw_event *e) noexcept nogil:
+    """Sample the book into the instrument's statistics (its changes since the last sample).
+
+    The microprice is recomputed when a change since the last sample may have moved the best
+    bid or ask (``bbo_dirty``), the imbalance when one may have moved the top k
+    (``top_dirty``): a change behind them leaves both as they were, and no built-in rule is
+    evaluated for it.  The mid and spread series (windows, log-returns, EWMAs) take a sample
+    when the best bid or ask price moved: they are series of price changes, not of book
+    updates.
+    """
+    cdef tw_features *f = &st.f
+    cdef int64_t ts = e.ts_event
+    cdef double qb, qa
+    cdef int changed = _CH_BOOK | _time_evict(st, ts)
+    st.book_dirty = 0
+    f.ts = ts
+    st.updates += 1
+    if st.top_dirty:
+        changed |= _CH_TOP
+        if st.top_dirty & 1:                  # exact sums, of the side(s) that may have changed
+            st.top_qb = tw_book_top_qty_d(b, TW_SIDE_BID, st.imbalance_depth, &st.kth_bid)
+        if st.top_dirty & 2:
+            st.top_qa = tw_book_top_qty_d(b, TW_SIDE_ASK, st.imbalance_depth, &st.kth_ask)
+        st.top_dirty = 0
+        qb = st.top_qb
+        qa = st.top_qa
+        f.imbalance = (qb - qa) / (qb + qa) if (qb > 0.0 and qa > 0.0) else NAN   # both sides
+    if st.bbo_dirty:
+        st.bbo_dirty = 0
+        changed |= _CH_TOP | _sample_bbo(st, b, ts)
     if changed & _CH_MID:
         _mid_features(st)
     if changed & _CH_TRADES:
@@ -530,6 +562,7 @@ cdef class Engine:
                 raise MemoryError()
             for j, rid in enumerate(rids):
                 st.rules[j] = rid
+                st.inputs |= _RULE_INPUTS[self.rules[rid].kind]
 
         if signal_capacity < 1:
             raise ValueError(f"signal_capacity must be >= 1, got {signal_capacity}")
@@ -557,7 +590,8 @@ cdef class Engine:
         st.sample = TW_SAMPLE_MESSAGE if cfg.sample == "message" else TW_SAMPLE_EVENT
         memset(&st.f, 0, sizeof(tw_features))
         st.best_bid = st.best_ask = st.kth_bid = st.kth_ask = TW_NO_PRICE
-        st.top_dirty = 1
+        st.top_dirty = 3
+        st.bbo_dirty = 1
         st.prev_mid = NAN
         st.f.mid = st.f.microprice = st.f.spread = st.f.imbalance = NAN
         st.f.mid_mean = st.f.mid_std = st.f.mid_min = st.f.mid_max = st.f.zscore = NAN
@@ -612,7 +646,7 @@ cdef class Engine:
         cdef const tw_event *e
         cdef tw_istate *st
         cdef tw_book *b
-        cdef int r, kind, j, fire, changed
+        cdef int r, kind, j, fire, changed, touched
         cdef bint timed
         cdef int64_t t0 = 0, t1 = 0, t2 = 0, t3, now
         cdef const tw_rule *rule
@@ -651,49 +685,53 @@ cdef class Engine:
                     changed = _update_trade(st, e)
                 if kind != TW_KIND_TRADE or (b.p.book_type == TW_BOOK_L3 and e.order_id != 0):
                     st.book_dirty = 1                 # a book change, to sample now or at the message's end
-                    st.top_dirty |= _touches_top_k(st, b, e)
+                    touched = _touches_top_k(st, b, e)
+                    if touched:                       # (the best is in the top k)
+                        st.top_dirty |= touched
+                        st.bbo_dirty |= _touches_best(b, e)
             # a message ends at its LAST event whether or not that event changed the book
             if st.book_dirty and (st.sample == TW_SAMPLE_EVENT or (e.flags & TW_FLAG_LAST)):
                 changed |= _update_book(st, b, e)
-            if changed == 0:
-                continue
             if timed:
                 t2 = _clock_ns(CLOCK_MONOTONIC)
-            now = -1                                  # the signal clock, read once and only if needed
-            for j in range(st.nrules):
-                rule = &self.rules[st.rules[j]]
-                if not (_RULE_INPUTS[rule.kind] & changed):
-                    continue
-                fire = 0
-                if rule.kind == TW_RULE_CUSTOM:
-                    if now < 0:
-                        now = e.ts_recv if self.clock == TW_CLOCK_EVENT else _clock_ns(CLOCK_REALTIME)
-                    out = &self.sink[self.sink_n]
-                    _fill_signal(out, e, rule, now)
-                    ctx.ev = e
-                    ctx.book = b
-                    ctx.f = &st.f
-                    ctx.instrument = e.instrument
-                    ctx.now = now
-                    fire = (<Rule>rule.custom).evaluate(&ctx, out)
-                else:
-                    v = _rule_value(rule, &st.f)
-                    fire = _hysteresis(rule, &st.rstate[j], v, &direction, &flags)
-                    if fire:
+            elif (changed & st.inputs) == 0:        # nothing any of its rules reads
+                continue
+            if changed & st.inputs:
+                now = -1                                  # the signal clock, read once and only if needed
+                for j in range(st.nrules):
+                    rule = &self.rules[st.rules[j]]
+                    if not (_RULE_INPUTS[rule.kind] & changed):
+                        continue
+                    fire = 0
+                    if rule.kind == TW_RULE_CUSTOM:
                         if now < 0:
                             now = e.ts_recv if self.clock == TW_CLOCK_EVENT else _clock_ns(CLOCK_REALTIME)
                         out = &self.sink[self.sink_n]
                         _fill_signal(out, e, rule, now)
-                        out.value = v
-                        out.strength = v / rule.enter
-                        out.direction = direction
-                        out.flags = flags
-                if fire:
-                    self.sink_n += 1
-                    st.signals += 1
-                    self.rules[st.rules[j]].signals += 1
-                    if self.timing.hdr != NULL and self.clock == TW_CLOCK_WALL:
-                        tw_hdr_record(&self.timing.hdr.stage[TW_STAGE_TICK_TO_SIGNAL], now - e.ts_recv)
+                        ctx.ev = e
+                        ctx.book = b
+                        ctx.f = &st.f
+                        ctx.instrument = e.instrument
+                        ctx.now = now
+                        fire = (<Rule>rule.custom).evaluate(&ctx, out)
+                    else:
+                        v = _rule_value(rule, &st.f)
+                        fire = _hysteresis(rule, &st.rstate[j], v, &direction, &flags)
+                        if fire:
+                            if now < 0:
+                                now = e.ts_recv if self.clock == TW_CLOCK_EVENT else _clock_ns(CLOCK_REALTIME)
+                            out = &self.sink[self.sink_n]
+                            _fill_signal(out, e, rule, now)
+                            out.value = v
+                            out.strength = v / rule.enter
+                            out.direction = direction
+                            out.flags = flags
+                    if fire:
+                        self.sink_n += 1
+                        st.signals += 1
+                        self.rules[st.rules[j]].signals += 1
+                        if self.timing.hdr != NULL and self.clock == TW_CLOCK_WALL:
+                            tw_hdr_record(&self.timing.hdr.stage[TW_STAGE_TICK_TO_SIGNAL], now - e.ts_recv)
             if timed:
                 t3 = _clock_ns(CLOCK_MONOTONIC)
                 tw_hdr_record(&self.timing.hdr.stage[TW_STAGE_BOOK], t1 - t0)
@@ -873,6 +911,7 @@ cdef class Engine:
         cdef int32_t *rules = old.rules
         cdef int8_t *rstate = old.rstate
         cdef int32_t nrules = old.nrules
+        cdef int32_t inputs = old.inputs
         old.rules = NULL                          # kept: the rule table does not change
         old.rstate = NULL
         self.inst[instrument] = NULL
@@ -887,6 +926,7 @@ cdef class Engine:
         st.nrules = nrules
         st.rules = rules
         st.rstate = rstate
+        st.inputs = inputs
         memset(rstate, 0, max(nrules, 1) * sizeof(int8_t))
         tw_book_clear(self._books.c.books[instrument])
 

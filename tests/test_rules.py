@@ -223,6 +223,23 @@ def test_python_callable_rule_slow_path():
     assert len(fired(eng, f, *quote(q, 120, 122))) == 1                  # and the rule keeps working
 
 
+def test_a_custom_rule_sees_every_book_change_even_behind_the_top():
+    """Built-in rules are skipped for a change behind the top k (their inputs did not move);
+    a custom rule reads the whole book, so it is called for every sample all the same."""
+    seen = []
+
+    def depth(ctx):
+        seen.append((ctx.seq, ctx.book.qty_at(BID, 90)))
+
+    eng = Engine(INST, [depth, RuleConfig("microprice", enter=0.8, exit=0.2)],
+                 StatsConfig(imbalance_depth=1), clock="event")
+    f = Feed()
+    eng.process(f.events((BID, 100, 5), (ASK, 101, 5), (BID, 95, 1)))
+    eng.process(f.events((BID, 90, 3)))                                 # deep: neither best nor top 1
+    eng.process(f.events((BID, 90, 7), (BID, 91, 2)))
+    assert seen == [(1, 0), (2, 0), (3, 0), (4, 3), (5, 7), (6, 7)]
+
+
 def test_thresholds_reload_without_losing_state():
     eng, f = engine(RuleConfig("microprice", enter=0.5, exit=0.2)), Feed()
     fired(eng, f, (BID, 100, 1), (ASK, 102, 1))
