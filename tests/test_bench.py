@@ -6,6 +6,7 @@ import json
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -202,3 +203,36 @@ def test_bench_end_to_end(tmp_path):
     assert "wire_to_signal" in r.stdout
     # compare reads it back
     assert cli_main(["bench", "compare", str(out), str(out)]) == 0
+
+
+@pytest.mark.integration
+def test_bench_against_the_real_daemon(tmp_path):
+    """``--target daemon --config``: the shipped example config run as a real ``tickwire run``
+    daemon (its supervisor, worker process, rings and writer), fed by the harness's publisher,
+    its signals read off the daemon's own signal ring by the consumer process."""
+    import re
+    import subprocess
+
+    example = Path(__file__).resolve().parents[1] / "engine" / "tickwire.example.toml"
+    text, n = re.subn(r'^state_dir = .*$', f'state_dir = "{tmp_path / "state"}"',
+                      example.read_text(encoding="utf-8"), flags=re.M)
+    assert n == 1
+    cfg = tmp_path / "t.toml"
+    cfg.write_text(text, encoding="utf-8")
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "tickwire", "bench", "--target", "daemon", "--config", str(cfg),
+                        "--source", "synthetic", "--rate", "20k", "--duration", "1.5", "--warmup", "0.3",
+                        "--drain", "0.5", "--no-baseline", "--no-plots", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["target"] == "daemon" and s["config"] == str(cfg)
+    run = s["runs"][0]
+    assert run["publisher"]["events"] >= 20_000 * 1.8 * 0.9
+    assert run["signals"] > 0 and run["signals_unmatched"] == 0
+    lat = run["latency_ns"]
+    for k in ("wire_to_signal", "wire_queue", "engine", "ring_hop", "zmq_hop", "ring_hop_floor"):
+        assert lat[k]["count"] > 0, k
+    assert lat["wire_to_signal"]["count"] <= run["signals"]
+    assert lat["wire_to_signal"]["p50"] >= lat["engine"]["p50"]
+    assert "target daemon" in r.stdout
