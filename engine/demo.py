@@ -326,7 +326,7 @@ def _report(cfg, sup, consumer, sim_out, status, elapsed, say) -> int:
                 say(f"  {stage:<18} {q_['count']:>12,} " + " ".join(_fmt_us(q_[k]) for k in
                                                            ("p50", "p90", "p99", "p999", "p9999", "max")))
     say("  (decode: per batch, its first message received -> engine; book/stats/rules: per event, one in "
-        f"{cfg.timing_every}; tick_to_signal: message received -> signal produced)")
+        f"{cfg.timing_every}; tick_to_signal: message received -> signal in the ring)")
     hlogs = sorted((sup.run_dir / "hdr").glob("*.hlog"))
     say(f"  HDR interval logs: {', '.join(str(p) for p in hlogs)}")
     if consumer.error:

@@ -180,7 +180,7 @@ class Worker:
         self.engine = Engine(insts, cfg.rules, cfg.stats, clock=cfg.clock, timing_every=cfg.timing_every,
                              channels={i.id: i.id % cfg.feeds.channels for i in insts})
         self.stages = StageRecorders()                     # the engine's thread records here
-        self.engine.set_timing(cfg.timing_every, self.stages)
+        self.engine.set_timing(cfg.timing_every, self.stages, to_ring=True)
         self.totals = StageRecorders()                     # earlier intervals (housekeeping)
         self._logged = StageRecorders()                    # the interval being logged (housekeeping)
         self._spare = StageRecorders()                     # swapped in for the next interval
@@ -229,8 +229,7 @@ class Worker:
             self.stages.decode.record(t0 - rec)
         n = self.engine.process(events)                    # signals first: they are latency-bound
         if n:
-            self.signals.push_many(self.engine.signals)
-            self.engine.clear_signals()
+            self.engine.push_signals(self.signals)         # (their tick-to-signal ends here)
         self.counts["events"] += len(events)
         self.counts["signals"] += n
         self.counts["batches"] += 1
@@ -339,7 +338,7 @@ class Worker:
         try:
             self._spare = None
             full, self.stages = self.stages, spare
-            self.engine.set_timing(self.cfg.timing_every, spare)
+            self.engine.set_timing(self.cfg.timing_every, spare, to_ring=True)
             self._handoff.put(full)
         finally:
             self._swap_lock.release()

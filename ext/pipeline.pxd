@@ -11,6 +11,7 @@ from tickwire.ext.defs cimport tw_event, tw_signal
 from tickwire.ext.book cimport tw_book, BookSet
 from tickwire.ext.stats cimport tw_window, tw_sumwin, tw_ewma
 from tickwire.ext.hdr cimport tw_hdr_set, StageRecorders
+from tickwire.ext.ring cimport tw_ring
 
 cdef enum:
     TW_CLOCK_WALL = 0             # ts_signal from CLOCK_REALTIME (live)
@@ -100,6 +101,7 @@ cdef struct tw_timing:
     tw_hdr_set *hdr               # the stage recorders (a StageRecorders' c); NULL: timing off
     uint32_t every                # time one event in `every` (stage durations)
     uint32_t countdown
+    bint to_ring                  # tick-to-signal ends with the signal in the ring (push_signals, run_feed)
 
 cdef class Rule:
     """Base class of user rules (fast path): override ``evaluate`` in Cython."""
@@ -125,6 +127,7 @@ cdef class Engine:
     cdef StageRecorders _stages
     cdef uint64_t events
     cdef Py_ssize_t process_c(self, const tw_event *ev, Py_ssize_t n) noexcept nogil
+    cdef Py_ssize_t _deliver(self, tw_ring *ring) noexcept nogil
     cdef _init_instrument(self, uint32_t iid, cfg)
     cdef _grow_sink(self, Py_ssize_t cap)
     cdef tw_istate *_state(self, uint32_t instrument) except NULL

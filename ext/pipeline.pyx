@@ -617,12 +617,15 @@ cdef class Engine:
         PyBuffer_Release(&view)
         self.sink_cap = cap
 
-    def set_timing(self, int every, StageRecorders stages=None):
+    def set_timing(self, int every, StageRecorders stages=None, *, bint to_ring=False):
         """Time the book, stats and rules stages of one event in ``every`` (0: off) into HDR
         recorders, and the tick-to-signal latency of every signal (wall clock only).
 
         ``stages``: the :class:`~tickwire.ext.hdr.StageRecorders` to record into (a worker
         shares one with its decoder); by default the engine's own (:attr:`stages`).
+        ``to_ring``: tick-to-signal ends when the signal is in a ring (stamped by
+        :meth:`push_signals` and :meth:`run_feed` after the push), not when its rule fires: what a
+        worker uses, so the figure covers the rest of the piece of events and the push.
         """
         if every < 0:
             raise ValueError(f"timing_every must be >= 0, got {every}")
@@ -632,6 +635,7 @@ cdef class Engine:
             self._stages = StageRecorders()
         self.timing.hdr = &self._stages.c if every else NULL
         self.timing.every = every
+        self.timing.to_ring = to_ring
         self.timing.countdown = every
 
     @property
@@ -730,13 +734,42 @@ cdef class Engine:
                         self.sink_n += 1
                         st.signals += 1
                         self.rules[st.rules[j]].signals += 1
-                        if self.timing.hdr != NULL and self.clock == TW_CLOCK_WALL:
+                        if self.timing.hdr != NULL and self.clock == TW_CLOCK_WALL and not self.timing.to_ring:
                             tw_hdr_record(&self.timing.hdr.stage[TW_STAGE_TICK_TO_SIGNAL], now - e.ts_recv)
             if timed:
                 t3 = _clock_ns(CLOCK_MONOTONIC)
                 tw_hdr_record(&self.timing.hdr.stage[TW_STAGE_BOOK], t1 - t0)
                 tw_hdr_record(&self.timing.hdr.stage[TW_STAGE_STATS], t2 - t1)
                 tw_hdr_record(&self.timing.hdr.stage[TW_STAGE_RULES], t3 - t2)
+        return n
+
+    cdef Py_ssize_t _deliver(self, tw_ring *ring) noexcept nogil:
+        """Push the pending signals into a broadcast ring (it never waits) and empty the sink;
+        with ``to_ring`` timing, each signal's tick-to-signal ends now, with it in the ring."""
+        cdef Py_ssize_t i, n = self.sink_n
+        cdef int64_t t
+        tw_ring_push_n(ring, self.sink, n)
+        if self.timing.hdr != NULL and self.timing.to_ring and self.clock == TW_CLOCK_WALL:
+            t = _clock_ns(CLOCK_REALTIME)
+            for i in range(n):
+                tw_hdr_record(&self.timing.hdr.stage[TW_STAGE_TICK_TO_SIGNAL], t - self.sink[i].ts_recv)
+        self.sink_n = 0
+        return n
+
+    def push_signals(self, Ring ring):
+        """Push the signals produced since the last call (:attr:`signals`) into ``ring``, a
+        broadcast ring of SIGNAL_DTYPE this process produces into, and clear them; returns how
+        many.  With ``set_timing(..., to_ring=True)`` their tick-to-signal latency is recorded
+        here, after the push."""
+        if ring.dtype != SIGNAL_DTYPE:
+            raise TypeError(f"push_signals needs a ring of SIGNAL_DTYPE, got {ring.dtype}")
+        if ring.role != "producer" or ring.policy != "broadcast":
+            raise ValueError(f"push_signals needs the producer of a broadcast ring, got a {ring.policy} "
+                             f"ring's {ring.role} handle")
+        cdef Py_ssize_t n
+        cdef tw_ring *r = &ring.c
+        with nogil:
+            n = self._deliver(r)
         return n
 
     def run_feed(self, FeedReceiver rx, Ring ticks, Ring signals, buf, double seconds):
@@ -795,9 +828,7 @@ cdef class Engine:
                             k = self.process_c(b + done, min(n - done, <Py_ssize_t>RUN_FEED_PIECE))
                             done += k
                             if self.sink_n:
-                                tw_ring_push_n(sr, self.sink, self.sink_n)   # broadcast: never waits
-                                nsig += self.sink_n
-                                self.sink_n = 0
+                                nsig += self._deliver(sr)
                         total += n
                         batches += 1
                         if tr != NULL:

@@ -173,6 +173,40 @@ def test_engine_counts_unknown_instruments_and_times_stages():
         eng.set_timing(-1)
 
 
+def test_tick_to_signal_ends_with_the_signal_in_the_ring():
+    """A worker's tick-to-signal (``to_ring``) is stamped after the push into the signal ring,
+    not when the rule fired: a 50 ms pause between the two shows in every value; the signals
+    arrive in the ring whole and the sink is empty after."""
+    import os
+    import time
+
+    from tickwire.ext import SIGNAL_DTYPE
+    from tickwire.ext.ring import Ring
+
+    insts = synthetic_instruments(2)
+    ev = l2_updates(5_000, seed=3, instruments=2)
+    ev["ts_recv"] = time.time_ns()
+    eng = Engine(insts, RULES, timing_every=1)
+    eng.set_timing(1, to_ring=True)
+    n = eng.process(ev)
+    assert n > 0 and eng.timing_summary()["tick_to_signal"]["count"] == 0     # not at the rule
+    want = eng.signals.copy()
+    time.sleep(0.05)
+    name = f"tw-t2s-{os.getpid()}"
+    with Ring.create(name, SIGNAL_DTYPE, 1 << 12, policy="broadcast") as ring:
+        consumer = Ring.attach(name, SIGNAL_DTYPE, start="oldest")
+        assert eng.push_signals(ring) == n and len(eng.signals) == 0
+        got = np.zeros(n, SIGNAL_DTYPE)
+        assert consumer.pop_many(got, timeout=1.0) == n
+        consumer.close()
+    assert got.tobytes() == want.tobytes()
+    t = eng.timing_summary()["tick_to_signal"]
+    assert t["count"] == n and t["min_ns"] >= 50_000_000
+    with Ring.create(name + "e", EVENT_DTYPE, 64, policy="broadcast") as wrong:
+        with pytest.raises(TypeError, match="SIGNAL_DTYPE"):
+            eng.push_signals(wrong)
+
+
 def test_engine_with_channels_rejects_an_instrument_on_the_wrong_channel():
     """Events of instrument 1 (channel 1) stamped channel 0 never reach its book, statistics or
     rules: the engine's result equals one that never saw them, and each is counted."""

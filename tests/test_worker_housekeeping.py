@@ -17,7 +17,8 @@ class _Engine:
     def __init__(self):
         self.stages = None
 
-    def set_timing(self, every, stages):
+    def set_timing(self, every, stages, *, to_ring):
+        assert to_ring                      # a worker's tick-to-signal ends in the ring
         self.stages = stages
 
 
