@@ -83,12 +83,14 @@ cdef struct tw_book:
     tw_ladder side[2]             # indexed by TW_SIDE_BID / TW_SIDE_ASK
     tw_book_params p
     # L3 order storage: a pool with a free list, and an open-addressing id -> index map
+    # (linear probing, one 8-byte entry per slot so that a lookup touches one cache line:
+    # tag << 32 | (pool index + 1), 0 = empty; the tag is the high half of the id's hash and
+    # its low bits are the home slot; a tag match is confirmed against orders[index].id)
     tw_order *orders
     int64_t order_cap
     int64_t norders
     int32_t free_head
-    uint64_t *map_keys            # 0 marks an empty slot (order id 0 is never valid)
-    int32_t *map_vals
+    uint64_t *map
     uint64_t map_mask
     # state and counters
     uint64_t applied

@@ -491,54 +491,64 @@ cdef inline uint64_t _hash(uint64_t k) noexcept nogil:
     return k
 
 
-cdef int32_t tw_book_find_order(const tw_book *b, uint64_t order_id) noexcept nogil:
-    """Pool index of a resting order, or -1."""
-    cdef uint64_t i, k
-    if b.map_keys == NULL or order_id == 0:
+cdef inline uint64_t _tag(uint64_t order_id) noexcept nogil:
+    """The map tag of an id: the high half of its hash (its low bits give the home slot)."""
+    return _hash(order_id) >> 32
+
+
+cdef inline int32_t _entry_idx(uint64_t e) noexcept nogil:
+    return <int32_t>(<uint32_t>e) - 1
+
+
+cdef inline int64_t _map_slot(const tw_book *b, uint64_t order_id) noexcept nogil:
+    """Map slot of a resting order, or -1 (also for id 0 and books without orders)."""
+    cdef uint64_t t, i, e
+    if b.map == NULL or order_id == 0:
         return -1
-    i = _hash(order_id) & b.map_mask
+    t = _tag(order_id)
+    i = t & b.map_mask
     while True:
-        k = b.map_keys[i]
-        if k == order_id:
-            return b.map_vals[i]
-        if k == 0:
+        e = b.map[i]
+        if e == 0:
             return -1
+        if (e >> 32) == t and b.orders[_entry_idx(e)].id == order_id:
+            return <int64_t>i
         i = (i + 1) & b.map_mask
 
 
-cdef inline void _map_put(uint64_t *keys, int32_t *vals, uint64_t mask, uint64_t key, int32_t val) noexcept nogil:
-    cdef uint64_t i = _hash(key) & mask
-    while keys[i] != 0:
-        i = (i + 1) & mask
-    keys[i] = key
-    vals[i] = val
+cdef int32_t tw_book_find_order(const tw_book *b, uint64_t order_id) noexcept nogil:
+    """Pool index of a resting order, or -1."""
+    cdef int64_t i = _map_slot(b, order_id)
+    return _entry_idx(b.map[i]) if i >= 0 else -1
 
 
-cdef void _map_remove(tw_book *b, uint64_t key) noexcept nogil:
-    """Remove a present key, shifting later entries of its probe run back (no tombstones)."""
-    cdef uint64_t mask = b.map_mask, i, j, home
-    i = _hash(key) & mask
-    while b.map_keys[i] != key:
+cdef inline void _map_put(uint64_t *m, uint64_t mask, uint64_t tag, int32_t idx) noexcept nogil:
+    cdef uint64_t i = tag & mask
+    while m[i] != 0:
         i = (i + 1) & mask
-    j = i
+    m[i] = (tag << 32) | <uint64_t>(<uint32_t>(idx + 1))
+
+
+cdef void _map_remove_at(tw_book *b, uint64_t i) noexcept nogil:
+    """Empty map slot ``i``, shifting later entries of its probe run back (no tombstones)."""
+    cdef uint64_t mask = b.map_mask, j = i, home, e
     while True:
         j = (j + 1) & mask
-        if b.map_keys[j] == 0:
+        e = b.map[j]
+        if e == 0:
             break
-        home = _hash(b.map_keys[j]) & mask
+        home = (e >> 32) & mask
         # entry j may move to the hole at i unless its home lies cyclically in (i, j]
         if (i <= j and (home <= i or home > j)) or (i > j and home <= i and home > j):
-            b.map_keys[i] = b.map_keys[j]
-            b.map_vals[i] = b.map_vals[j]
+            b.map[i] = e
             i = j
-    b.map_keys[i] = 0
+    b.map[i] = 0
 
 
 cdef int _orders_reserve(tw_book *b, int64_t cap) noexcept nogil:
     """Grow the pool to ``cap`` orders and the map to twice that; rare, may allocate."""
     cdef tw_order *orders
-    cdef uint64_t *keys
-    cdef int32_t *vals
+    cdef uint64_t *m
     cdef uint64_t mcap = 16, i
     cdef int64_t k
     global _allocations
@@ -549,20 +559,15 @@ cdef int _orders_reserve(tw_book *b, int64_t cap) noexcept nogil:
     if orders == NULL:
         return TW_REJ_NO_MEMORY
     b.orders = orders
-    keys = <uint64_t *>calloc(mcap, sizeof(uint64_t))
-    vals = <int32_t *>malloc(mcap * sizeof(int32_t))
-    if keys == NULL or vals == NULL:
-        free(keys)
-        free(vals)
+    m = <uint64_t *>calloc(mcap, sizeof(uint64_t))
+    if m == NULL:
         return TW_REJ_NO_MEMORY
-    if b.map_keys != NULL:
+    if b.map != NULL:
         for i in range(b.map_mask + 1):
-            if b.map_keys[i] != 0:
-                _map_put(keys, vals, mcap - 1, b.map_keys[i], b.map_vals[i])
-    free(b.map_keys)
-    free(b.map_vals)
-    b.map_keys = keys
-    b.map_vals = vals
+            if b.map[i] != 0:
+                _map_put(m, mcap - 1, b.map[i] >> 32, _entry_idx(b.map[i]))
+    free(b.map)
+    b.map = m
     b.map_mask = mcap - 1
     # the new pool entries join the free list
     for k in range(cap - 1, b.order_cap - 1, -1):
@@ -743,23 +748,29 @@ cdef int tw_book_add_order(tw_book *b, uint64_t order_id, int side, int64_t pric
     o.id = order_id
     o.ts = ts
     o.side = <uint8_t>side
-    _map_put(b.map_keys, b.map_vals, b.map_mask, order_id, idx)
+    _map_put(b.map, b.map_mask, _tag(order_id), idx)
     b.norders += 1
     return TW_OK
-cdef int tw_book_delete_order(tw_book *b, uint64_t order_id) noexcept nogil:
-    """Remove a resting order."""
-    cdef int32_t idx
-    if b.p.book_type != TW_BOOK_L3:
-        return TW_REJ_BAD_KIND
-    idx = tw_book_find_order(b, order_id)
-    if idx < 0:
-        return TW_REJ_UNKNOWN_ORDER
+cdef void _delete_at(tw_book *b, int64_t slot) noexcept nogil:
+    """Remove the resting order at map slot ``slot``."""
+    cdef int32_t idx = _entry_idx(b.map[slot])
     _lvl_unlink(b, &b.side[b.orders[idx].side], idx)
-    _map_remove(b, order_id)
+    _map_remove_at(b, <uint64_t>slot)
     b.orders[idx].next = b.free_head
     b.orders[idx].id = 0
     b.free_head = idx
     b.norders -= 1
+
+
+cdef int tw_book_delete_order(tw_book *b, uint64_t order_id) noexcept nogil:
+    """Remove a resting order."""
+    cdef int64_t slot
+    if b.p.book_type != TW_BOOK_L3:
+        return TW_REJ_BAD_KIND
+    slot = _map_slot(b, order_id)
+    if slot < 0:
+        return TW_REJ_UNKNOWN_ORDER
+    _delete_at(b, slot)
     return TW_OK
 
 
@@ -771,18 +782,21 @@ cdef int tw_book_modify_order(tw_book *b, uint64_t order_id, int64_t price, int6
     or a new price sends it to the back of the (new) level.  Quantity 0 deletes it.
     """
     cdef int32_t idx
+    cdef int64_t slot
     cdef tw_order *o
     cdef tw_ladder *L
     cdef _lvl v
     if b.p.book_type != TW_BOOK_L3:
         return TW_REJ_BAD_KIND
-    idx = tw_book_find_order(b, order_id)
-    if idx < 0:
+    slot = _map_slot(b, order_id)
+    if slot < 0:
         return TW_REJ_UNKNOWN_ORDER
     if qty < 0:
         return TW_REJ_BAD_QTY
     if qty == 0:
-        return tw_book_delete_order(b, order_id)
+        _delete_at(b, slot)
+        return TW_OK
+    idx = _entry_idx(b.map[slot])
     o = &b.orders[idx]
     L = &b.side[o.side]
     if price == o.price and qty <= o.qty:
@@ -814,22 +828,23 @@ cdef int tw_book_modify_order(tw_book *b, uint64_t order_id, int64_t price, int6
 
 cdef int tw_book_execute_order(tw_book *b, uint64_t order_id, int64_t qty) noexcept nogil:
     """A trade against a resting order: reduce it by ``qty`` in place, removing it when filled."""
-    cdef int32_t idx
+    cdef int64_t slot
     cdef tw_order *o
     cdef tw_ladder *L
     cdef _lvl v
     if b.p.book_type != TW_BOOK_L3:
         return TW_REJ_BAD_KIND
-    idx = tw_book_find_order(b, order_id)
-    if idx < 0:
+    slot = _map_slot(b, order_id)
+    if slot < 0:
         return TW_REJ_UNKNOWN_ORDER
     if qty <= 0:
         return TW_REJ_BAD_QTY
-    o = &b.orders[idx]
+    o = &b.orders[_entry_idx(b.map[slot])]
     if qty > o.qty:
         return TW_REJ_OVERFILL
     if qty == o.qty:
-        return tw_book_delete_order(b, order_id)
+        _delete_at(b, slot)
+        return TW_OK
     L = &b.side[o.side]
     _lvl_find(L, L.sign * o.price, &v)
     v.qty[0] -= qty
@@ -864,11 +879,9 @@ cdef void tw_book_free(tw_book *b) noexcept nogil:
     _ladder_release(&b.side[0])
     _ladder_release(&b.side[1])
     free(b.orders)
-    free(b.map_keys)
-    free(b.map_vals)
+    free(b.map)
     b.orders = NULL
-    b.map_keys = NULL
-    b.map_vals = NULL
+    b.map = NULL
     b.order_cap = 0
     b.norders = 0
     b.free_head = -1
@@ -892,8 +905,8 @@ cdef void tw_book_clear(tw_book *b) noexcept nogil:
         L.nover = 0
         L.nlevels = 0
         L.best = -1
-    if b.map_keys != NULL:
-        memset(b.map_keys, 0, (b.map_mask + 1) * sizeof(uint64_t))
+    if b.map != NULL:
+        memset(b.map, 0, (b.map_mask + 1) * sizeof(uint64_t))
         b.free_head = -1
         for k in range(b.order_cap - 1, -1, -1):
             b.orders[k].next = b.free_head
