@@ -1,11 +1,13 @@
-"""L3 order map (one 8-byte tagged entry per slot, linear probing, backward-shift deletion):
-differential tests against a dict."""
+"""L3 order map (one 8-byte tagged entry per slot, linear probing, backward-shift deletion) and
+the batch apply's prefetching: differential tests against a dict and against one-event calls."""
 
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from budget import examples
-from tickwire.ext import BookError, L3Book, Reject
+from test_book_l3 import l3_events, random_l3_rows
+from tickwire.ext import BookError, BookSet, Kind, L2Book, L3Book, Reject, Side, empty_events
 
 M64 = (1 << 64) - 1
 
@@ -85,3 +87,56 @@ def test_order_map_matches_a_dict_under_colliding_ids(steps):
         for k in IDS:                                 # every id: present ones found, removed ones gone
             o = book.order(k)
             assert (None if o is None else [int(o[0]), o[1], o[2]]) == want.get(k), k
+
+
+def _full(book):
+    if isinstance(book, L2Book):
+        return book.state()
+    out = []
+    for side in (Side.BID, Side.ASK):
+        for price, qty, n in book.levels(side):
+            out.append((int(side), int(price), int(qty), int(n), book.orders_at(side, price).tolist()))
+    return out
+
+
+def test_bookset_batch_matches_one_event_at_a_time():
+    """BookSet.apply prefetches the map slots and order records of events ahead of the one it
+    applies: a hint only, so a batch must leave every book (and every status) exactly as the
+    same events applied one call at a time, where there is nothing ahead to prefetch.  The
+    stream mixes three L3 books, an L2 book, an unknown instrument, order id 0, unknown and
+    re-used ids, and orders that events a few places ahead of them remove."""
+    rng = np.random.default_rng(11)
+    parts = []
+    for inst in (0, 1, 2):
+        ev = l3_events(random_l3_rows(rng, 6000, target=300), instrument=inst)
+        ev["order_id"][ev["order_id"] != 0] += inst << 40          # ids distinct across books
+        parts.append(ev)
+    junk = empty_events(600)
+    junk["kind"] = rng.choice([Kind.ADD, Kind.DELETE, Kind.TRADE, Kind.MODIFY], 600)
+    junk["instrument"] = rng.choice([0, 1, 2, 3, 9], 600)           # 3: the L2 book, 9: unknown
+    junk["order_id"] = rng.choice([0, 1, 2, 5, 1 << 41, 77], 600)
+    junk["side"] = rng.integers(0, 3, 600)
+    junk["price"] = 500_000 + rng.integers(-20, 20, 600)
+    junk["qty"] = rng.integers(0, 4, 600)
+    ev = np.concatenate(parts + [junk])
+    ev = ev[rng.permutation(len(ev))]                                # instruments interleaved
+    ev["seq"] = np.arange(1, len(ev) + 1)
+
+    def books():
+        return BookSet([L3Book(0, initial_orders=8), L3Book(1), L3Book(2, initial_orders=1 << 12),
+                        L2Book(3)])
+
+    batch, single = books(), books()
+    st_batch = np.zeros(len(ev), dtype=np.uint8)
+    st_single = np.zeros(len(ev), dtype=np.uint8)
+    n_batch = batch.apply(ev, st_batch)
+    n_single = 0
+    for i in range(len(ev)):
+        n_single += single.apply(ev[i:i + 1], st_single[i:i + 1])
+    assert n_batch == n_single
+    assert (st_batch == Reject.OK).sum() > len(ev) // 2             # the stream is mostly valid
+    np.testing.assert_array_equal(st_batch, st_single)
+    for inst in (0, 1, 2, 3):
+        assert _full(batch[inst]) == _full(single[inst])
+    for inst in (0, 1, 2):
+        assert batch[inst].order_count == single[inst].order_count > 0
