@@ -140,3 +140,35 @@ def test_bookset_batch_matches_one_event_at_a_time():
         assert _full(batch[inst]) == _full(single[inst])
     for inst in (0, 1, 2):
         assert batch[inst].order_count == single[inst].order_count > 0
+
+
+def test_large_pool_and_map_grow_across_the_huge_page_threshold():
+    """Pools and maps of 2 MB and more are mapped separately (huge pages asked for on Linux):
+    growth from a small block into a large one and between large ones keeps every order, and
+    clear() and free work on them."""
+    n = 150_000                                      # pool 50k -> 100k -> 200k; map 1 MB -> 4 MB
+    rng = np.random.default_rng(3)
+    ids = rng.permutation(np.arange(1, n + 1, dtype=np.uint64) * 7919)
+    sides = rng.integers(0, 2, n)
+    prices = 500_000 + np.where(sides == 0, -1, 1) * rng.integers(1, 3000, n)
+    qty = rng.integers(1, 100, n)
+    ev = l3_events([(Kind.ADD, int(i), int(s), int(p), int(q)) for i, s, p, q in zip(ids, sides, prices, qty)])
+    book = L3Book(0, initial_orders=50_000)
+    assert book.apply(ev) == n
+    gone = ids[::3]
+    dels = l3_events([(Kind.DELETE, int(i), 2, 0, 0) for i in gone])
+    assert book.apply(dels) == len(gone)
+    assert book.order_count == n - len(gone)
+    keep = np.ones(n, bool)
+    keep[::3] = False
+    for k in rng.choice(np.flatnonzero(keep), 2000, replace=False).tolist():
+        assert book.order(int(ids[k]))[1:3] == (int(prices[k]), int(qty[k]))
+    for k in range(0, 6000, 3):
+        assert book.order(int(ids[k])) is None
+    for side in (Side.BID, Side.ASK):
+        want = int(qty[keep & (sides == side)].sum())
+        assert sum(int(q) for _, q, _ in book.levels(side)) == want
+    book.clear()
+    assert book.order_count == 0 and book.order(int(ids[1])) is None
+    assert book.apply(ev[:1000]) == 1000
+    del book
