@@ -3,13 +3,13 @@ tickwire's modules): built on demand by ``benchmarks/cbuild.py`` against tickwir
 in release mode (-O3, no bounds checks)."""
 
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 
 from tickwire.ext.defs cimport tw_event, TW_SIDE_BID, TW_SIDE_ASK, TW_KIND_TRADE
-from tickwire.ext.book cimport (Book, tw_book, tw_book_best_price, tw_book_best_qty, tw_book_set_level,
-                                TW_BOOK_L2)
+from tickwire.ext.book cimport (Book, BookSet, tw_book, tw_book_apply, tw_book_best_price, tw_book_best_qty,
+                                tw_book_prefetch, tw_book_set_level, TW_BOOK_L2)
 
 cdef extern from *:
     """
@@ -18,6 +18,13 @@ cdef extern from *:
     static inline void tw_clobber_memory(void) { __asm__ __volatile__("" ::: "memory"); }
     """
     void tw_clobber_memory() nogil
+
+
+cdef const tw_event *_events(object events, Py_buffer *view, Py_ssize_t *n) except NULL:
+    """The events of a C-contiguous EVENT_DTYPE array (release ``view`` when done)."""
+    PyObject_GetBuffer(events, view, PyBUF_C_CONTIGUOUS)
+    n[0] = view.len // sizeof(tw_event)
+    return <const tw_event *>view.buf
 
 
 def bbo_reads(Book book, int64_t n):
@@ -78,9 +85,7 @@ cdef class PlainLadder:
         cdef Py_ssize_t n, i, stored = 0
         cdef uint64_t s
         cdef int64_t span = self.span
-        PyObject_GetBuffer(events, &view, PyBUF_C_CONTIGUOUS)
-        ev = <const tw_event *>view.buf
-        n = view.len // sizeof(tw_event)
+        ev = _events(events, &view, &n)
         try:
             with nogil:
                 for i in range(n):
@@ -100,3 +105,32 @@ cdef class PlainLadder:
         cdef int64_t k, off = (2 * inst + side) * self.span
         out = [(self.base[inst] + k, self.qty[off + k]) for k in range(self.span) if self.qty[off + k] != 0]
         return out[::-1] if side == TW_SIDE_BID else out
+
+
+def per_event(BookSet books, events, bint prefetch=False):
+    """The engine's call pattern (Engine.process_c): route each event to its instrument's book
+    and call tw_book_apply on it, one event at a time with nothing looked ahead; with
+    ``prefetch``, also tw_book_prefetch for the events 16 and 8 ahead (what such a loop can
+    add).  Returns how many were applied."""
+    cdef Py_buffer view
+    cdef const tw_event *ev
+    cdef Py_ssize_t n, i, applied = 0
+    cdef tw_book *b
+    cdef uint32_t nb = books.c.nbooks
+    ev = _events(events, &view, &n)
+    try:
+        with nogil:
+            for i in range(n):
+                if prefetch:
+                    if i + 16 < n and ev[i + 16].instrument < nb and books.c.books[ev[i + 16].instrument] != NULL:
+                        tw_book_prefetch(books.c.books[ev[i + 16].instrument], &ev[i + 16], 0)
+                    if i + 8 < n and ev[i + 8].instrument < nb and books.c.books[ev[i + 8].instrument] != NULL:
+                        tw_book_prefetch(books.c.books[ev[i + 8].instrument], &ev[i + 8], 1)
+                if ev[i].instrument >= nb:
+                    continue
+                b = books.c.books[ev[i].instrument]
+                if b != NULL:
+                    applied += tw_book_apply(b, &ev[i]) == 0
+    finally:
+        PyBuffer_Release(&view)
+    return applied

@@ -11,7 +11,10 @@ this race (they do not change an L2 book; the engine benchmark keeps them).
 
 Contestants, each through its fastest interface:
 
-- tickwire ``BookSet.apply``: the per-event update the engine runs (``tw_bookset_apply``).
+- tickwire ``BookSet.apply`` (``tw_bookset_apply``): the per-event update the engine runs; on
+  L3 books it also prefetches the order-map slots and records of the events ahead.  On L3 two
+  more tickwire rows: ``tw_book_apply`` once per event, as ``Engine.process_c`` calls it (nothing
+  looked ahead), and the same with ``tw_book_prefetch`` (what the engine's loop can add).
 - limit: the plain C ladder (benchmarks/_bookbench.pyx): ``qty[inst][side][price] = qty``.
 - numba: a dense ladder over the same numpy columns that keeps the best bid and ask (a scan
   down when the best empties): what a quant writes in twenty lines.
@@ -109,7 +112,7 @@ def columns(ev):
 
 # ---------------------------------------------------------------------------------------
 # contestants: (name, kind, setup() -> state, run(state), full(state) -> books or None)
-#   kind: "tw", "peer" or "limit"
+#   kind: "tw", "tw-event" (tickwire's per-event call, L3), "peer" or "limit"
 # ---------------------------------------------------------------------------------------
 
 def l2_contestants(stream, ev, sub, notes):
@@ -424,8 +427,15 @@ def l3_contestants(stream, ev, sub, notes):
 
     def bs_setup():
         return warm(BookSet([L3Book(i, max_orders=1 << 22, initial_orders=1 << 18) for i in insts]), stream, ev)
-    out = [("tickwire BookSet.apply (engine's path)", "tw", bs_setup, lambda b: b.apply(ev),
+    out = [("tickwire BookSet.apply (tw_bookset_apply)", "tw", bs_setup, lambda b: b.apply(ev),
             lambda b: tw_full(b, insts))]
+    bb = cbuild.load("_bookbench")
+    # the engine's call pattern: tw_book_apply per event, nothing looked ahead (BookSet.apply
+    # prefetches the order-map slots and records of the events ahead; Engine.process_c does not)
+    out.append(("tickwire tw_book_apply per event (the engine's call)", "tw-event", bs_setup,
+                lambda b: bb.per_event(b, ev), lambda b: tw_full(b, insts)))
+    out.append(("tickwire tw_book_apply per event + tw_book_prefetch", "tw-event", bs_setup,
+                lambda b: bb.per_event(b, ev, True), lambda b: tw_full(b, insts)))
     rows = list(zip(sub["instrument"].tolist(), sub["kind"].tolist(), sub["order_id"].tolist(), sub["side"].tolist(),
                     sub["price"].tolist(), sub["qty"].tolist()))
 
@@ -515,6 +525,10 @@ def verdicts(stream, results):
         peers = [(n, r) for n, k, _, r in results if k == "peer"]
         best = max(peers, key=lambda x: x[1]) if peers else None
         out.append(f">= 10 M events/s: {tw / 1e6:.1f} M/s ({'HIT' if tw >= 10e6 else 'MISS'})")
+        for name, kind, _, rate in results:
+            if kind == "tw-event":
+                out.append(f">= 10 M events/s, {name.split('tickwire ')[1]}: {rate / 1e6:.1f} M/s "
+                           f"({'HIT' if rate >= 10e6 else 'MISS'})")
         if best:
             out.append(f"ahead of every peer (best: {best[0].split(' (')[0]}): {tw / best[1]:.1f}x "
                        f"({'HIT' if tw > best[1] else 'MISS'})")

@@ -83,12 +83,14 @@ cdef struct tw_book:
     tw_ladder side[2]             # indexed by TW_SIDE_BID / TW_SIDE_ASK
     tw_book_params p
     # L3 order storage: a pool with a free list, and an open-addressing id -> index map
+    # (linear probing, one 8-byte entry per slot so that a lookup touches one cache line:
+    # tag << 32 | (pool index + 1), 0 = empty; the tag is the high half of the id's hash and
+    # its low bits are the home slot; a tag match is confirmed against orders[index].id)
     tw_order *orders
     int64_t order_cap
     int64_t norders
     int32_t free_head
-    uint64_t *map_keys            # 0 marks an empty slot (order id 0 is never valid)
-    int32_t *map_vals
+    uint64_t *map
     uint64_t map_mask
     # state and counters
     uint64_t applied
@@ -106,6 +108,7 @@ cdef struct tw_bookset:
     tw_book **books               # indexed by instrument id; NULL: unknown instrument
     uint32_t nbooks
     uint64_t unknown_instrument
+    uint32_t nl3                  # L3 books among them (0: tw_bookset_apply does not prefetch)
 
 # -- lifecycle --------------------------------------------------------------------------
 cdef int tw_book_init(tw_book *b, const tw_book_params *p) noexcept nogil   # 0, or -1: no memory
@@ -123,6 +126,11 @@ cdef int tw_book_delete_order(tw_book *b, uint64_t order_id) noexcept nogil
 cdef int tw_book_execute_order(tw_book *b, uint64_t order_id, int64_t qty) noexcept nogil
 cdef Py_ssize_t tw_bookset_apply(tw_bookset *s, const tw_event *ev, Py_ssize_t n,
                                  uint8_t *status) noexcept nogil
+# A hint for callers that apply events one at a time (tw_bookset_apply does this itself):
+# call with stage 0 for the event some 16 ahead and stage 1 for the one some 8 ahead; it
+# starts loading the order-map slot, then the order record, that applying the event will need.
+# No effect on the book (L2 books: nothing); harmless if the book changes in between.
+cdef void tw_book_prefetch(const tw_book *b, const tw_event *ev, int stage) noexcept nogil
 
 # -- queries (no copies of the book) ---------------------------------------------------
 cdef Py_ssize_t tw_book_levels(const tw_book *b, int side, int64_t *out, Py_ssize_t n) noexcept nogil

@@ -41,6 +41,8 @@ MAX_ORDERS_LIMIT = 1 << 30
 
 cdef enum:
     _RELEASE_GIL_AT = 64          # batches shorter than this keep the GIL (releasing costs more)
+    _PREFETCH_MAP = 16            # batch apply: events ahead whose order-map slot is prefetched
+    _PREFETCH_ORDER = 8           # ... and whose order record is prefetched (map slot read)
 
 # Heap allocations made by books (window, overflow and order-pool growth), process-wide:
 # a steady-state stream must leave it unchanged (tests check this).  Diagnostic only.
@@ -491,78 +493,133 @@ cdef inline uint64_t _hash(uint64_t k) noexcept nogil:
     return k
 
 
-cdef int32_t tw_book_find_order(const tw_book *b, uint64_t order_id) noexcept nogil:
-    """Pool index of a resting order, or -1."""
-    cdef uint64_t i, k
-    if b.map_keys == NULL or order_id == 0:
+cdef inline uint64_t _tag(uint64_t order_id) noexcept nogil:
+    """The map tag of an id: the high half of its hash (its low bits give the home slot)."""
+    return _hash(order_id) >> 32
+
+
+cdef inline int32_t _entry_idx(uint64_t e) noexcept nogil:
+    return <int32_t>(<uint32_t>e) - 1
+
+
+cdef inline int64_t _map_slot(const tw_book *b, uint64_t order_id) noexcept nogil:
+    """Map slot of a resting order, or -1 (also for id 0 and books without orders)."""
+    cdef uint64_t t, i, e
+    if b.map == NULL or order_id == 0:
         return -1
-    i = _hash(order_id) & b.map_mask
+    t = _tag(order_id)
+    i = t & b.map_mask
     while True:
-        k = b.map_keys[i]
-        if k == order_id:
-            return b.map_vals[i]
-        if k == 0:
+        e = b.map[i]
+        if e == 0:
             return -1
+        if (e >> 32) == t and b.orders[_entry_idx(e)].id == order_id:
+            return <int64_t>i
         i = (i + 1) & b.map_mask
 
 
-cdef inline void _map_put(uint64_t *keys, int32_t *vals, uint64_t mask, uint64_t key, int32_t val) noexcept nogil:
-    cdef uint64_t i = _hash(key) & mask
-    while keys[i] != 0:
-        i = (i + 1) & mask
-    keys[i] = key
-    vals[i] = val
+cdef int32_t tw_book_find_order(const tw_book *b, uint64_t order_id) noexcept nogil:
+    """Pool index of a resting order, or -1."""
+    cdef int64_t i = _map_slot(b, order_id)
+    return _entry_idx(b.map[i]) if i >= 0 else -1
 
 
-cdef void _map_remove(tw_book *b, uint64_t key) noexcept nogil:
-    """Remove a present key, shifting later entries of its probe run back (no tombstones)."""
-    cdef uint64_t mask = b.map_mask, i, j, home
-    i = _hash(key) & mask
-    while b.map_keys[i] != key:
+cdef inline void _map_put(uint64_t *m, uint64_t mask, uint64_t tag, int32_t idx) noexcept nogil:
+    cdef uint64_t i = tag & mask
+    while m[i] != 0:
         i = (i + 1) & mask
-    j = i
+    m[i] = (tag << 32) | <uint64_t>(<uint32_t>(idx + 1))
+
+
+cdef void _map_remove_at(tw_book *b, uint64_t i) noexcept nogil:
+    """Empty map slot ``i``, shifting later entries of its probe run back (no tombstones)."""
+    cdef uint64_t mask = b.map_mask, j = i, home, e
     while True:
         j = (j + 1) & mask
-        if b.map_keys[j] == 0:
+        e = b.map[j]
+        if e == 0:
             break
-        home = _hash(b.map_keys[j]) & mask
+        home = (e >> 32) & mask
         # entry j may move to the hole at i unless its home lies cyclically in (i, j]
         if (i <= j and (home <= i or home > j)) or (i > j and home <= i and home > j):
-            b.map_keys[i] = b.map_keys[j]
-            b.map_vals[i] = b.map_vals[j]
+            b.map[i] = e
             i = j
-    b.map_keys[i] = 0
+    b.map[i] = 0
+
+
+cdef extern from *:
+    """
+    /* Order pool and map: large blocks read at random, one line per event.  On Linux those
+       of 2 MB and more are mapped with transparent huge pages asked for (MADV_HUGEPAGE), so
+       that a lookup does not also miss the TLB; smaller ones, and other systems, use calloc. */
+    #include <stdlib.h>
+    #if defined(__linux__)
+    #  include <sys/mman.h>
+    #endif
+    #define TW_HUGE ((size_t)2 << 20)
+    static int tw_huge_ok(size_t n) {
+    #if defined(__linux__) && defined(MADV_HUGEPAGE)
+        return n >= TW_HUGE;
+    #else
+        (void)n; return 0;
+    #endif
+    }
+    static void *tw_big_alloc(size_t n) {           /* zeroed; NULL when out of memory */
+    #if defined(__linux__) && defined(MADV_HUGEPAGE)
+        if (tw_huge_ok(n)) {
+            size_t sz = (n + TW_HUGE - 1) & ~(TW_HUGE - 1);
+            void *p = mmap(NULL, sz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (p == MAP_FAILED)
+                return NULL;
+            madvise(p, sz, MADV_HUGEPAGE);      /* a hint: failure leaves 4 KB pages */
+            return p;
+        }
+    #endif
+        return calloc(1, n ? n : 1);
+    }
+    static void tw_big_free(void *p, size_t n) {    /* n: the size p was allocated with */
+        if (p == NULL)
+            return;
+    #if defined(__linux__) && defined(MADV_HUGEPAGE)
+        if (tw_huge_ok(n)) {
+            munmap(p, (n + TW_HUGE - 1) & ~(TW_HUGE - 1));
+            return;
+        }
+    #endif
+        free(p);
+    }
+    """
+    void *tw_big_alloc(size_t n) noexcept nogil
+    void tw_big_free(void *p, size_t n) noexcept nogil
 
 
 cdef int _orders_reserve(tw_book *b, int64_t cap) noexcept nogil:
-    """Grow the pool to ``cap`` orders and the map to twice that; rare, may allocate."""
+    """Grow the pool to ``cap`` orders and the map to twice that; rare, may allocate.
+    Out of memory: TW_REJ_NO_MEMORY and the book as it was."""
     cdef tw_order *orders
-    cdef uint64_t *keys
-    cdef int32_t *vals
+    cdef uint64_t *m
     cdef uint64_t mcap = 16, i
     cdef int64_t k
     global _allocations
     _allocations += 1
     while mcap < <uint64_t>(2 * cap):
         mcap *= 2
-    orders = <tw_order *>realloc(b.orders, cap * sizeof(tw_order))
-    if orders == NULL:
+    orders = <tw_order *>tw_big_alloc(cap * sizeof(tw_order))
+    m = <uint64_t *>tw_big_alloc(mcap * sizeof(uint64_t))
+    if orders == NULL or m == NULL:
+        tw_big_free(orders, cap * sizeof(tw_order))
+        tw_big_free(m, mcap * sizeof(uint64_t))
         return TW_REJ_NO_MEMORY
+    if b.orders != NULL:
+        memcpy(orders, b.orders, b.order_cap * sizeof(tw_order))
+    tw_big_free(b.orders, b.order_cap * sizeof(tw_order))
     b.orders = orders
-    keys = <uint64_t *>calloc(mcap, sizeof(uint64_t))
-    vals = <int32_t *>malloc(mcap * sizeof(int32_t))
-    if keys == NULL or vals == NULL:
-        free(keys)
-        free(vals)
-        return TW_REJ_NO_MEMORY
-    if b.map_keys != NULL:
+    if b.map != NULL:
         for i in range(b.map_mask + 1):
-            if b.map_keys[i] != 0:
-                _map_put(keys, vals, mcap - 1, b.map_keys[i], b.map_vals[i])
-    free(b.map_keys)
-    free(b.map_vals)
-    b.map_keys = keys
-    b.map_vals = vals
+            if b.map[i] != 0:
+                _map_put(m, mcap - 1, b.map[i] >> 32, _entry_idx(b.map[i]))
+    tw_big_free(b.map, (b.map_mask + 1) * sizeof(uint64_t))
+    b.map = m
     b.map_mask = mcap - 1
     # the new pool entries join the free list
     for k in range(cap - 1, b.order_cap - 1, -1):
@@ -743,23 +800,29 @@ cdef int tw_book_add_order(tw_book *b, uint64_t order_id, int side, int64_t pric
     o.id = order_id
     o.ts = ts
     o.side = <uint8_t>side
-    _map_put(b.map_keys, b.map_vals, b.map_mask, order_id, idx)
+    _map_put(b.map, b.map_mask, _tag(order_id), idx)
     b.norders += 1
     return TW_OK
-cdef int tw_book_delete_order(tw_book *b, uint64_t order_id) noexcept nogil:
-    """Remove a resting order."""
-    cdef int32_t idx
-    if b.p.book_type != TW_BOOK_L3:
-        return TW_REJ_BAD_KIND
-    idx = tw_book_find_order(b, order_id)
-    if idx < 0:
-        return TW_REJ_UNKNOWN_ORDER
+cdef void _delete_at(tw_book *b, int64_t slot) noexcept nogil:
+    """Remove the resting order at map slot ``slot``."""
+    cdef int32_t idx = _entry_idx(b.map[slot])
     _lvl_unlink(b, &b.side[b.orders[idx].side], idx)
-    _map_remove(b, order_id)
+    _map_remove_at(b, <uint64_t>slot)
     b.orders[idx].next = b.free_head
     b.orders[idx].id = 0
     b.free_head = idx
     b.norders -= 1
+
+
+cdef int tw_book_delete_order(tw_book *b, uint64_t order_id) noexcept nogil:
+    """Remove a resting order."""
+    cdef int64_t slot
+    if b.p.book_type != TW_BOOK_L3:
+        return TW_REJ_BAD_KIND
+    slot = _map_slot(b, order_id)
+    if slot < 0:
+        return TW_REJ_UNKNOWN_ORDER
+    _delete_at(b, slot)
     return TW_OK
 
 
@@ -771,18 +834,21 @@ cdef int tw_book_modify_order(tw_book *b, uint64_t order_id, int64_t price, int6
     or a new price sends it to the back of the (new) level.  Quantity 0 deletes it.
     """
     cdef int32_t idx
+    cdef int64_t slot
     cdef tw_order *o
     cdef tw_ladder *L
     cdef _lvl v
     if b.p.book_type != TW_BOOK_L3:
         return TW_REJ_BAD_KIND
-    idx = tw_book_find_order(b, order_id)
-    if idx < 0:
+    slot = _map_slot(b, order_id)
+    if slot < 0:
         return TW_REJ_UNKNOWN_ORDER
     if qty < 0:
         return TW_REJ_BAD_QTY
     if qty == 0:
-        return tw_book_delete_order(b, order_id)
+        _delete_at(b, slot)
+        return TW_OK
+    idx = _entry_idx(b.map[slot])
     o = &b.orders[idx]
     L = &b.side[o.side]
     if price == o.price and qty <= o.qty:
@@ -814,22 +880,23 @@ cdef int tw_book_modify_order(tw_book *b, uint64_t order_id, int64_t price, int6
 
 cdef int tw_book_execute_order(tw_book *b, uint64_t order_id, int64_t qty) noexcept nogil:
     """A trade against a resting order: reduce it by ``qty`` in place, removing it when filled."""
-    cdef int32_t idx
+    cdef int64_t slot
     cdef tw_order *o
     cdef tw_ladder *L
     cdef _lvl v
     if b.p.book_type != TW_BOOK_L3:
         return TW_REJ_BAD_KIND
-    idx = tw_book_find_order(b, order_id)
-    if idx < 0:
+    slot = _map_slot(b, order_id)
+    if slot < 0:
         return TW_REJ_UNKNOWN_ORDER
     if qty <= 0:
         return TW_REJ_BAD_QTY
-    o = &b.orders[idx]
+    o = &b.orders[_entry_idx(b.map[slot])]
     if qty > o.qty:
         return TW_REJ_OVERFILL
     if qty == o.qty:
-        return tw_book_delete_order(b, order_id)
+        _delete_at(b, slot)
+        return TW_OK
     L = &b.side[o.side]
     _lvl_find(L, L.sign * o.price, &v)
     v.qty[0] -= qty
@@ -863,12 +930,11 @@ cdef int tw_book_init(tw_book *b, const tw_book_params *p) noexcept nogil:
 cdef void tw_book_free(tw_book *b) noexcept nogil:
     _ladder_release(&b.side[0])
     _ladder_release(&b.side[1])
-    free(b.orders)
-    free(b.map_keys)
-    free(b.map_vals)
+    tw_big_free(b.orders, b.order_cap * sizeof(tw_order))
+    tw_big_free(b.map, (b.map_mask + 1) * sizeof(uint64_t))
     b.orders = NULL
-    b.map_keys = NULL
-    b.map_vals = NULL
+    b.map = NULL
+    b.map_mask = 0
     b.order_cap = 0
     b.norders = 0
     b.free_head = -1
@@ -892,8 +958,8 @@ cdef void tw_book_clear(tw_book *b) noexcept nogil:
         L.nover = 0
         L.nlevels = 0
         L.best = -1
-    if b.map_keys != NULL:
-        memset(b.map_keys, 0, (b.map_mask + 1) * sizeof(uint64_t))
+    if b.map != NULL:
+        memset(b.map, 0, (b.map_mask + 1) * sizeof(uint64_t))
         b.free_head = -1
         for k in range(b.order_cap - 1, -1, -1):
             b.orders[k].next = b.free_head
@@ -965,22 +1031,98 @@ cdef int tw_book_apply(tw_book *b, const tw_event *ev) noexcept nogil:
     return _apply(b, ev)
 
 
+cdef extern from *:
+    """
+    /* GCC 12 deletes __builtin_prefetch here (it treats the hint as side-effect free and
+       drops it with the function it sits in), so on x86 it is a volatile asm */
+    #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+    #  define TW_PREFETCH(p) __asm__ __volatile__("prefetcht0 %0" : : "m"(*(const char *)(p)))
+    #elif defined(__GNUC__) || defined(__clang__)
+    #  define TW_PREFETCH(p) __builtin_prefetch((const void *)(p))
+    #else
+    #  define TW_PREFETCH(p) ((void)(p))
+    #endif
+    """
+    void TW_PREFETCH(const void *p) noexcept nogil
+
+
+cdef inline void _prefetch(const tw_book *b, const tw_event *ev, int stage) noexcept nogil:
+    """Start loading what applying ``ev`` to L3 book ``b`` will touch first (a hint: no effect
+    on the book, harmless when the book changes in between).  Stage 0: the id's map slot;
+    stage 1, some events later when that line has arrived: the order record it points to
+    or, for an add, the record of the level's last order (which the add links to)."""
+    cdef uint64_t t, e
+    cdef int64_t s
+    cdef const tw_ladder *L
+    cdef const tw_order *o
+    if b.map == NULL or ev.order_id == 0:
+        return
+    t = _tag(ev.order_id)
+    if stage == 0:
+        TW_PREFETCH(&b.map[t & b.map_mask])
+        return
+    if ev.kind == TW_KIND_ADD:
+        if ev.side > 1:
+            return
+        L = &b.side[ev.side]
+        s = L.sign * ev.price - L.base
+        if <uint64_t>s < <uint64_t>L.cap and L.norders[s] != 0:
+            TW_PREFETCH(&b.orders[L.tail[s]].next)
+        return
+    e = b.map[t & b.map_mask]
+    if e != 0 and (e >> 32) == t:
+        o = &b.orders[_entry_idx(e)]
+        TW_PREFETCH(o)
+        TW_PREFETCH(<const char *>(o + 1) - 1)          # a record may straddle two lines
+
+
+cdef void tw_book_prefetch(const tw_book *b, const tw_event *ev, int stage) noexcept nogil:
+    """_prefetch for callers that apply events one by one (see book.pxd)."""
+    _prefetch(b, ev, stage)
+
+
+cdef inline const tw_book *_book_of(const tw_bookset *s, const tw_event *ev) noexcept nogil:
+    return s.books[ev.instrument] if ev.instrument < s.nbooks else NULL
+
+
+cdef inline bint _route(tw_bookset *s, const tw_event *ev, uint8_t *status, Py_ssize_t i) noexcept nogil:
+    """Apply ``ev`` to its instrument's book; its status into ``status[i]`` (unless NULL)."""
+    cdef tw_book *b = s.books[ev.instrument] if ev.instrument < s.nbooks else NULL
+    cdef int r
+    if b != NULL:
+        r = _apply(b, ev)
+    else:
+        r = TW_REJ_UNKNOWN_INSTRUMENT
+        s.unknown_instrument += 1
+    if status != NULL:
+        status[i] = <uint8_t>r
+    return r == TW_OK
+
+
 cdef Py_ssize_t tw_bookset_apply(tw_bookset *s, const tw_event *ev, Py_ssize_t n,
                                  uint8_t *status) noexcept nogil:
-    """Route each event to its instrument's book; returns how many were applied."""
+    """Route each event to its instrument's book; returns how many were applied.
+
+    L3 books spend most of an event waiting for memory (an order's map slot, then its record,
+    then its neighbours).  With L3 books in the set the loop prefetches the map slot of the
+    event _PREFETCH_MAP ahead and the order record of the event _PREFETCH_ORDER ahead, so
+    that the misses of several events overlap; a set of L2 books only runs the plain loop."""
     cdef Py_ssize_t i, applied = 0
-    cdef tw_book *b
-    cdef int r
+    cdef const tw_book *pb
+    if s.nl3 == 0:
+        for i in range(n):
+            applied += _route(s, &ev[i], status, i)
+        return applied
     for i in range(n):
-        b = s.books[ev[i].instrument] if ev[i].instrument < s.nbooks else NULL
-        if b != NULL:
-            r = _apply(b, &ev[i])
-        else:
-            r = TW_REJ_UNKNOWN_INSTRUMENT
-            s.unknown_instrument += 1
-        applied += r == TW_OK
-        if status != NULL:
-            status[i] = <uint8_t>r
+        if i + _PREFETCH_MAP < n:
+            pb = _book_of(s, &ev[i + _PREFETCH_MAP])
+            if pb != NULL:
+                _prefetch(pb, &ev[i + _PREFETCH_MAP], 0)
+        if i + _PREFETCH_ORDER < n:
+            pb = _book_of(s, &ev[i + _PREFETCH_ORDER])
+            if pb != NULL:
+                _prefetch(pb, &ev[i + _PREFETCH_ORDER], 1)
+        applied += _route(s, &ev[i], status, i)
     return applied
 
 
@@ -1828,6 +1970,7 @@ cdef class BookSet:
     def __cinit__(self, *args, **kwargs):
         self.c.books = NULL
         self.c.nbooks = 0
+        self.c.nl3 = 0
         self.c.unknown_instrument = 0
 
     def __init__(self, books):
@@ -1848,6 +1991,7 @@ cdef class BookSet:
         self.c.nbooks = n
         for i, b in ids.items():
             self.c.books[i] = &(<Book>b).c
+            self.c.nl3 += (<Book>b).c.p.book_type == TW_BOOK_L3
         self._books = [ids[i] for i in sorted(ids)]
         self._by_id = ids
 
