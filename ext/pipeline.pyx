@@ -24,7 +24,7 @@ from tickwire.ext.defs cimport (
 )
 from tickwire.ext.book cimport (
     Book, BookSet, tw_book, tw_book_apply, tw_book_clear, tw_book_mid, tw_book_microprice, tw_book_spread,
-    tw_book_best_price, tw_book_top_qty_d, TW_BOOK_L2, TW_BOOK_L3,
+    tw_book_best_price, tw_book_top_qty_d, tw_book_prefetch, tw_bookset, TW_BOOK_L2, TW_BOOK_L3,
 )
 from tickwire.ext.hdr cimport (
     StageRecorders, tw_hdr_record, TW_STAGE_DECODE, TW_STAGE_BOOK, TW_STAGE_STATS, TW_STAGE_RULES,
@@ -83,6 +83,12 @@ cdef enum:
     _CH_TRADES = 4                # the trade windows
     _CH_BOOK = 8                  # any book change (custom rules read the whole book)
     _CH_ALL = 15
+
+
+cdef inline void _prefetch(const tw_bookset *s, const tw_event *e, int stage) noexcept nogil:
+    """tw_book_prefetch for a later event, if it has a book."""
+    if e.instrument < s.nbooks and s.books[e.instrument] != NULL:
+        tw_book_prefetch(s.books[e.instrument], e, stage)
 
 
 cdef inline int _time_evict(tw_istate *st, int64_t ts) noexcept nogil:
@@ -659,8 +665,14 @@ cdef class Engine:
         cdef double v
         cdef int8_t direction
         cdef uint32_t flags
+        cdef bint ahead = self._books.c.nl3 != 0      # L3 books: their order lookups miss cache
         for i in range(n):
             e = &ev[i]
+            if ahead:                                 # start the misses of events further on
+                if i + 16 < n:
+                    _prefetch(&self._books.c, &ev[i + 16], 0)    # the order-map slot
+                if i + 8 < n:
+                    _prefetch(&self._books.c, &ev[i + 8], 1)     # the order record
             if TW_UNLIKELY(e.instrument >= self.ninst or self.inst[e.instrument] == NULL):
                 self._books.c.unknown_instrument += 1
                 continue
