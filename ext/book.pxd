@@ -128,8 +128,9 @@ cdef Py_ssize_t tw_bookset_apply(tw_bookset *s, const tw_event *ev, Py_ssize_t n
                                  uint8_t *status) noexcept nogil
 # A hint for callers that apply events one at a time (tw_bookset_apply does this itself):
 # call with stage 0 for the event some 16 ahead and stage 1 for the one some 8 ahead; it
-# starts loading the order-map slot, then the order record, that applying the event will need.
-# No effect on the book (L2 books: nothing); harmless if the book changes in between.
+# starts loading the order-map slot, then the order record, that applying the event will need
+# (L2 books: stage 1 loads the level's window slot and occupancy word; stage 0 does nothing).
+# No effect on the book; harmless if the book changes in between.
 cdef void tw_book_prefetch(const tw_book *b, const tw_event *ev, int stage) noexcept nogil
 
 # -- queries (no copies of the book) ---------------------------------------------------

@@ -43,6 +43,7 @@ cdef enum:
     _RELEASE_GIL_AT = 64          # batches shorter than this keep the GIL (releasing costs more)
     _PREFETCH_MAP = 16            # batch apply: events ahead whose order-map slot is prefetched
     _PREFETCH_ORDER = 8           # ... and whose order record is prefetched (map slot read)
+    _PREFETCH_LEVEL = 8           # L2 batch apply: events ahead whose level slot is prefetched
 
 # Heap allocations made by books (window, overflow and order-pool growth), process-wide:
 # a steady-state stream must leave it unchanged (tests check this).  Diagnostic only.
@@ -1046,15 +1047,34 @@ cdef extern from *:
     void TW_PREFETCH(const void *p) noexcept nogil
 
 
+cdef inline void _prefetch_level(const tw_book *b, const tw_event *ev) noexcept nogil:
+    """Start loading the window slot and occupancy word an L2 level update will read (a hint:
+    nothing when the price is outside the window)."""
+    cdef const tw_ladder *L
+    cdef int64_t s
+    if ev.side > 1 or ev.kind > TW_KIND_DELETE:
+        return
+    L = &b.side[ev.side]
+    s = L.sign * ev.price - L.base
+    if <uint64_t>s < <uint64_t>L.cap:
+        TW_PREFETCH(&L.qty[s])
+        TW_PREFETCH(&L.bits[0][s >> 6])
+
+
 cdef inline void _prefetch(const tw_book *b, const tw_event *ev, int stage) noexcept nogil:
-    """Start loading what applying ``ev`` to L3 book ``b`` will touch first (a hint: no effect
-    on the book, harmless when the book changes in between).  Stage 0: the id's map slot;
-    stage 1, some events later when that line has arrived: the order record it points to
-    or, for an add, the record of the level's last order (which the add links to)."""
+    """Start loading what applying ``ev`` to book ``b`` will touch first (a hint: no effect
+    on the book, harmless when the book changes in between).  L3, stage 0: the id's map
+    slot; stage 1, some events later when that line has arrived: the order record it points
+    to or, for an add, the record of the level's last order (which the add links to).  L2,
+    stage 1 only: the level's window slot and occupancy word."""
     cdef uint64_t t, e
     cdef int64_t s
     cdef const tw_ladder *L
     cdef const tw_order *o
+    if b.p.book_type == TW_BOOK_L2:
+        if stage == 1:
+            _prefetch_level(b, ev)
+        return
     if b.map == NULL or ev.order_id == 0:
         return
     t = _tag(ev.order_id)
@@ -1111,6 +1131,10 @@ cdef Py_ssize_t tw_bookset_apply(tw_bookset *s, const tw_event *ev, Py_ssize_t n
     cdef const tw_book *pb
     if s.nl3 == 0:
         for i in range(n):
+            if i + _PREFETCH_LEVEL < n:
+                pb = _book_of(s, &ev[i + _PREFETCH_LEVEL])
+                if pb != NULL:
+                    _prefetch_level(pb, &ev[i + _PREFETCH_LEVEL])
             applied += _route(s, &ev[i], status, i)
         return applied
     for i in range(n):
