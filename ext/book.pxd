@@ -92,6 +92,11 @@ cdef struct tw_book:
     int32_t free_head
     uint64_t *map
     uint64_t map_mask
+    # the level(s) the last L3 order operation changed (for callers that track the top of the
+    # book, like the engine): side, price, and a modify's new price (TW_NO_PRICE: none)
+    int64_t op_price
+    int64_t op_price2
+    int32_t op_side
     # state and counters
     uint64_t applied
     uint64_t rejects[TW_REJ_COUNT]

@@ -762,6 +762,13 @@ cdef int _place_order(tw_book *b, tw_ladder *L, int32_t idx) noexcept nogil:
     return TW_OK
 
 
+cdef inline void _op_level(tw_book *b, int side, int64_t price, int64_t price2) noexcept nogil:
+    """Record the level(s) an L3 order operation changes (tw_book.op_*)."""
+    b.op_side = side
+    b.op_price = price
+    b.op_price2 = price2
+
+
 cdef int tw_book_add_order(tw_book *b, uint64_t order_id, int side, int64_t price, int64_t qty,
                            int64_t ts) noexcept nogil:
     """Rest a new order at the back of the queue at ``price``."""
@@ -801,12 +808,14 @@ cdef int tw_book_add_order(tw_book *b, uint64_t order_id, int side, int64_t pric
     o.id = order_id
     o.ts = ts
     o.side = <uint8_t>side
+    _op_level(b, side, price, TW_NO_PRICE)
     _map_put(b.map, b.map_mask, _tag(order_id), idx)
     b.norders += 1
     return TW_OK
 cdef void _delete_at(tw_book *b, int64_t slot) noexcept nogil:
     """Remove the resting order at map slot ``slot``."""
     cdef int32_t idx = _entry_idx(b.map[slot])
+    _op_level(b, b.orders[idx].side, b.orders[idx].price, TW_NO_PRICE)
     _lvl_unlink(b, &b.side[b.orders[idx].side], idx)
     _map_remove_at(b, <uint64_t>slot)
     b.orders[idx].next = b.free_head
@@ -856,6 +865,7 @@ cdef int tw_book_modify_order(tw_book *b, uint64_t order_id, int64_t price, int6
         _lvl_find(L, L.sign * price, &v)
         v.qty[0] -= o.qty - qty
         o.qty = qty
+        _op_level(b, o.side, price, TW_NO_PRICE)
         return TW_OK
     # check everything that could fail before the order leaves its level
     if price != o.price:
@@ -872,6 +882,7 @@ cdef int tw_book_modify_order(tw_book *b, uint64_t order_id, int64_t price, int6
         _lvl_find(L, L.sign * price, &v)
         if v.qty[0] - o.qty > INT64_MAX - qty:
             return TW_REJ_BAD_QTY                 # the level's total would pass INT64_MAX
+    _op_level(b, o.side, o.price, price if price != o.price else TW_NO_PRICE)
     _lvl_unlink(b, L, idx)
     o.price = price
     o.qty = qty
@@ -902,6 +913,7 @@ cdef int tw_book_execute_order(tw_book *b, uint64_t order_id, int64_t qty) noexc
     _lvl_find(L, L.sign * o.price, &v)
     v.qty[0] -= qty
     o.qty -= qty
+    _op_level(b, o.side, o.price, TW_NO_PRICE)
     return TW_OK
 
 

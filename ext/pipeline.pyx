@@ -119,31 +119,60 @@ cdef void _mid_features(tw_istate *st) noexcept nogil:
     f.realized_vol = sqrt(tw_sumwin_a(&st.rv)) if tw_sumwin_count(&st.rv) else NAN
 
 
+cdef inline bint _level_of(const tw_book *b, const tw_event *e, int *side, int64_t *p1,
+                           int64_t *p2) noexcept nogil:
+    """The side and price(s) of the level(s) an applied event changed: an L2 level update's
+    own; an L3 order operation's as the book recorded it (``op_*``: a cancel or an execution
+    need not carry the price; a modify to a new price changes two levels).  False when it is
+    not one level (a clear, a snapshot marker)."""
+    if b.p.book_type == TW_BOOK_L2:
+        if e.kind > TW_KIND_DELETE or e.side > TW_SIDE_ASK:
+            return False
+        side[0] = e.side
+        p1[0] = e.price
+        p2[0] = TW_NO_PRICE
+        return True
+    if e.kind > TW_KIND_TRADE or (e.kind == TW_KIND_TRADE and e.order_id == 0):
+        return False
+    side[0] = b.op_side
+    p1[0] = b.op_price
+    p2[0] = b.op_price2
+    return True
+
+
+cdef inline bint _at_or_better(int side, int64_t price, int64_t ref) noexcept nogil:
+    """``price`` is at ``ref`` or better on ``side`` (any price is, when ``ref`` is none)."""
+    if ref == TW_NO_PRICE:
+        return True
+    return price >= ref if side == TW_SIDE_BID else price <= ref
+
+
 cdef inline int _touches_top_k(const tw_istate *st, const tw_book *b, const tw_event *e) noexcept nogil:
-    """Which sides' top k an applied event may have changed (1 bid, 2 ask, 3 both): none for
-    an L2 level update strictly behind the k-th level of its side as it was when that side's
-    top k was last summed.  (Sound over a whole message too: while no event has touched the
-    top k as it was, those k levels are still the best k.)"""
-    if b.p.book_type != TW_BOOK_L2 or e.kind > TW_KIND_DELETE:
+    """Which sides' top k an applied event may have changed (1 bid, 2 ask, 3 both): none when
+    the level(s) it changed are strictly behind the k-th level of their side as it was when
+    that side's top k was last summed.  (Sound over a whole message too: while no event has
+    touched the top k as it was, those k levels are still the best k.)"""
+    cdef int side
+    cdef int64_t p1, p2, kth
+    if not _level_of(b, e, &side, &p1, &p2):
         return 3
-    if e.side == TW_SIDE_BID:
-        return 1 if (st.kth_bid == TW_NO_PRICE or e.price >= st.kth_bid) else 0
-    if e.side == TW_SIDE_ASK:
-        return 2 if (st.kth_ask == TW_NO_PRICE or e.price <= st.kth_ask) else 0
-    return 3
+    kth = st.kth_bid if side == TW_SIDE_BID else st.kth_ask
+    if _at_or_better(side, p1, kth) or (p2 != TW_NO_PRICE and _at_or_better(side, p2, kth)):
+        return 1 if side == TW_SIDE_BID else 2
+    return 0
 
 
 cdef inline bint _touches_best(const tw_book *b, const tw_event *e) noexcept nogil:
     """Whether an applied event may have changed its side's best level (price or quantity):
-    anything but an L2 level update strictly behind that side's best as it is now.  (Sound
-    over a whole message too: an update behind the best after it leaves the best as it was.)"""
-    cdef int64_t best
-    if b.p.book_type != TW_BOOK_L2 or e.kind > TW_KIND_DELETE or e.side > TW_SIDE_ASK:
+    not when the level(s) it changed are strictly behind that side's best as it is now.
+    (Sound over a whole message too: a change behind the best after it leaves the best as it
+    was.)"""
+    cdef int side
+    cdef int64_t p1, p2, best
+    if not _level_of(b, e, &side, &p1, &p2):
         return True
-    best = tw_book_best_price(b, e.side)
-    if best == TW_NO_PRICE:
-        return True
-    return e.price >= best if e.side == TW_SIDE_BID else e.price <= best
+    best = tw_book_best_price(b, side)
+    return _at_or_better(side, p1, best) or (p2 != TW_NO_PRICE and _at_or_better(side, p2, best))
 
 
 cdef int[7] _RULE_INPUTS
