@@ -170,20 +170,38 @@ def store_section(args, ev, insts, e_rate):
 
 
 RSS_CHILD = """
-import os, resource, sys
+import os, sys, tempfile
 sys.path.insert(0, {bench!r})
-from bench_replay import SPEC
+from bench_replay import SPEC, peak_rss_kib
 from tickwire.replay import Replay, StoreSource
+from tickwire.replay.report import ReportBuilder
 os.sched_setaffinity(0, {{{reader}}})
 src = StoreSource({dsn!r}, reader_cpus={{{reader}}})
 os.sched_setaffinity(0, {{{engine}}})
-res = Replay(src, SPEC, keep_signals=False).run()
-print(res.events, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+rb = ReportBuilder(src.instruments, plots=False) if {report} else None
+res = Replay(src, SPEC, keep_signals=False, on_batch=rb.add if rb else None).run()
+if rb:
+    rb.finish(tempfile.mkdtemp(prefix="tw-bench-rss-report-"))
+src.close()
+print(res.events, res.signal_count, peak_rss_kib())
 """
 
 
+def peak_rss_kib() -> int:
+    """This process's own peak resident set (``VmHWM``), in KiB. Not ``getrusage``'s
+    ``ru_maxrss``: a child started by ``subprocess`` inherits its parent's peak there (Linux
+    keeps the larger of the two across ``execve``), so a fresh process started from a large
+    one reports the large one's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def rss_section(args, ev, insts):
-    print(f"memory: peak RSS of a replay from the store in a fresh process (stream x1 and x{args.rss_scale}):")
+    print(f"memory: peak RSS (VmHWM) of a replay from the store in a fresh process, without and with the report "
+          f"(stream x1 and x{args.rss_scale}):")
     for scale in (1, args.rss_scale):
         tmp = tempfile.mkdtemp(prefix="tw-bench-rss-")
         try:
@@ -191,14 +209,16 @@ def rss_section(args, ev, insts):
             os.sched_setaffinity(0, {READER_CORE})
             build_store(dsn, ev, insts, "fast", repeat=scale)
             os.sched_setaffinity(0, {ENGINE_CORE})
-            code = RSS_CHILD.format(bench=os.path.dirname(os.path.abspath(__file__)), dsn=dsn,
-                                    reader=READER_CORE, engine=ENGINE_CORE)
-            t = time.perf_counter()
-            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-            wall = time.perf_counter() - t
-            events, kb = map(int, out.split())
-            print(f"  x{scale:<3} {events:>13,} events: peak RSS {kb / 1024:7.0f} MiB  "
-                  f"({events * 64 / 2**20:,.0f} MiB of events; {events / wall / 1e6:.2f} M events/s with start-up)")
+            for report in (False, True):
+                code = RSS_CHILD.format(bench=os.path.dirname(os.path.abspath(__file__)), dsn=dsn,
+                                        reader=READER_CORE, engine=ENGINE_CORE, report=report)
+                t = time.perf_counter()
+                out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+                wall = time.perf_counter() - t
+                events, signals, kib = map(int, out.split())
+                print(f"  x{scale:<3} {events:>13,} events {'with the report' if report else 'no report      '}: "
+                      f"peak RSS {kib / 1024:7,.0f} MiB  ({events * 64 / 2**20:,.0f} MiB of events, {signals:,} signals; "
+                      f"{events / wall / 1e6:.2f} M events/s with start-up)")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
