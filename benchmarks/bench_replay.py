@@ -1,8 +1,8 @@
 """Replay throughput, peers and pacing accuracy, beside the engine's own rate, in one run.
 
     python benchmarks/bench_replay.py [--n N] [--instruments K] [--repeats R] [--no-store]
-                                      [--codecs fast,compact] [--rss-scale S] [--peer-n M] [--no-peers]
-                                      [--report-signals N]
+                                      [--codecs fast,compact] [--rss-scale S [--rss-only]] [--peer-n M]
+                                      [--no-peers] [--report-signals N]
 
 1. In-process replay flat out (``Replay.run()``) of a synthetic multi-instrument L2 stream of
    ``--n`` events (default 10^7) from memory, beside one ``Engine.process`` call on the same
@@ -11,8 +11,9 @@
    (``--codecs``): ``Store.read_ticks`` alone (wall and CPU time: the read's own cost), then
    the replay (read + merge + engine: ``tickwire replay --max``). Target: 5 M events/s.
    The reader thread and the store's threads run on core 0, the engine on core 1.
-3. Memory: the peak resident set of a replay from the store in a fresh process, at 1x and at
-   ``--rss-scale`` x the stream (the stream repeated later in time): flat when equal.
+3. Memory: the peak resident set (``VmHWM``) of a replay from the store in a fresh process,
+   without and with the backtest report, at 1x and at ``--rss-scale`` x the stream (the stream
+   repeated later in time): flat when equal. ``--rss-only``: just these.
 4. Peers on the first ``--peer-n`` events of the same stream (default 10^6; nautilus builds a
    Python object per delta): hftbacktest's backtest (Rust; its ROI-vector depth, one
    ``elapse`` over the whole data with no strategy: its fastest loop) and nautilus-trader's
@@ -378,10 +379,13 @@ def main(argv=None) -> int:
     ap.add_argument("--no-store", action="store_true", help="skip the embedded-store figures")
     ap.add_argument("--codecs", default="fast,compact", help="codec sets of the store section (fast, compact)")
     ap.add_argument("--rss-scale", type=int, default=0, help="also measure peak RSS at 1x and this many x the stream")
+    ap.add_argument("--rss-only", action="store_true", help="only the peak RSS figures (with --rss-scale)")
     ap.add_argument("--peer-n", type=int, default=1_000_000, help="events the peers get (the first of the stream)")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--report-signals", type=int, default=1_000_000, help="0: skip the report section")
     args = ap.parse_args(argv)
+    if args.rss_only and not args.rss_scale:
+        ap.error("--rss-only needs --rss-scale S")
     print(describe_run(pin(ENGINE_CORE)))
     t = time.perf_counter()
     ev = stream(args.n, args.instruments)
@@ -389,6 +393,9 @@ def main(argv=None) -> int:
     print(f"synthetic L2 stream: {len(ev):,} events over {args.instruments} instruments "
           f"(ready in {time.perf_counter() - t:.1f} s)")
 
+    if args.rss_only:
+        rss_section(args, ev, insts)
+        return 0
     e = median_time(lambda _: SPEC.build(insts).process(ev), args.repeats)
     r = median_time(lambda _: Replay(ArraySource(ev, insts), SPEC).run(), args.repeats)
     print(f"  engine alone, one process() call : {rate(len(ev), e)}")
