@@ -203,7 +203,7 @@ def peak_rss_kib() -> int:
 def rss_section(args, ev, insts):
     print(f"memory: peak RSS (VmHWM) of a replay from the store in a fresh process, without and with the report "
           f"(stream x1 and x{args.rss_scale}):")
-    for scale in (1, args.rss_scale):
+    for scale in sorted({1, args.rss_scale}):
         tmp = tempfile.mkdtemp(prefix="tw-bench-rss-")
         try:
             dsn = f"chdb://{tmp}/store"
