@@ -1,8 +1,8 @@
 """Replay throughput, peers and pacing accuracy, beside the engine's own rate, in one run.
 
     python benchmarks/bench_replay.py [--n N] [--instruments K] [--repeats R] [--no-store]
-                                      [--codecs fast,compact] [--rss-scale S] [--peer-n M] [--no-peers]
-                                      [--report-signals N]
+                                      [--codecs fast,compact] [--rss-scale S [--rss-only]] [--peer-n M]
+                                      [--no-peers] [--report-signals N]
 
 1. In-process replay flat out (``Replay.run()``) of a synthetic multi-instrument L2 stream of
    ``--n`` events (default 10^7) from memory, beside one ``Engine.process`` call on the same
@@ -11,8 +11,9 @@
    (``--codecs``): ``Store.read_ticks`` alone (wall and CPU time: the read's own cost), then
    the replay (read + merge + engine: ``tickwire replay --max``). Target: 5 M events/s.
    The reader thread and the store's threads run on core 0, the engine on core 1.
-3. Memory: the peak resident set of a replay from the store in a fresh process, at 1x and at
-   ``--rss-scale`` x the stream (the stream repeated later in time): flat when equal.
+3. Memory: the peak resident set (``VmHWM``) of a replay from the store in a fresh process,
+   without and with the backtest report, at 1x and at ``--rss-scale`` x the stream (the stream
+   repeated later in time): flat when equal. ``--rss-only``: just these.
 4. Peers on the first ``--peer-n`` events of the same stream (default 10^6; nautilus builds a
    Python object per delta): hftbacktest's backtest (Rust; its ROI-vector depth, one
    ``elapse`` over the whole data with no strategy: its fastest loop) and nautilus-trader's
@@ -170,35 +171,55 @@ def store_section(args, ev, insts, e_rate):
 
 
 RSS_CHILD = """
-import os, resource, sys
+import os, sys, tempfile
 sys.path.insert(0, {bench!r})
-from bench_replay import SPEC
+from bench_replay import SPEC, peak_rss_kib
 from tickwire.replay import Replay, StoreSource
+from tickwire.replay.report import ReportBuilder
 os.sched_setaffinity(0, {{{reader}}})
 src = StoreSource({dsn!r}, reader_cpus={{{reader}}})
 os.sched_setaffinity(0, {{{engine}}})
-res = Replay(src, SPEC, keep_signals=False).run()
-print(res.events, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+rb = ReportBuilder(src.instruments, plots=False) if {report} else None
+res = Replay(src, SPEC, keep_signals=False, on_batch=rb.add if rb else None).run()
+if rb:
+    rb.finish(tempfile.mkdtemp(prefix="tw-bench-rss-report-"))
+src.close()
+print(res.events, res.signal_count, peak_rss_kib())
 """
 
 
+def peak_rss_kib() -> int:
+    """This process's own peak resident set (``VmHWM``), in KiB. Not ``getrusage``'s
+    ``ru_maxrss``: a child started by ``subprocess`` inherits its parent's peak there (Linux
+    keeps the larger of the two across ``execve``), so a fresh process started from a large
+    one reports the large one's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def rss_section(args, ev, insts):
-    print(f"memory: peak RSS of a replay from the store in a fresh process (stream x1 and x{args.rss_scale}):")
-    for scale in (1, args.rss_scale):
+    print(f"memory: peak RSS (VmHWM) of a replay from the store in a fresh process, without and with the report "
+          f"(stream x1 and x{args.rss_scale}):")
+    for scale in sorted({1, args.rss_scale}):
         tmp = tempfile.mkdtemp(prefix="tw-bench-rss-")
         try:
             dsn = f"chdb://{tmp}/store"
             os.sched_setaffinity(0, {READER_CORE})
             build_store(dsn, ev, insts, "fast", repeat=scale)
             os.sched_setaffinity(0, {ENGINE_CORE})
-            code = RSS_CHILD.format(bench=os.path.dirname(os.path.abspath(__file__)), dsn=dsn,
-                                    reader=READER_CORE, engine=ENGINE_CORE)
-            t = time.perf_counter()
-            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-            wall = time.perf_counter() - t
-            events, kb = map(int, out.split())
-            print(f"  x{scale:<3} {events:>13,} events: peak RSS {kb / 1024:7.0f} MiB  "
-                  f"({events * 64 / 2**20:,.0f} MiB of events; {events / wall / 1e6:.2f} M events/s with start-up)")
+            for report in (False, True):
+                code = RSS_CHILD.format(bench=os.path.dirname(os.path.abspath(__file__)), dsn=dsn,
+                                        reader=READER_CORE, engine=ENGINE_CORE, report=report)
+                t = time.perf_counter()
+                out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+                wall = time.perf_counter() - t
+                events, signals, kib = map(int, out.split())
+                print(f"  x{scale:<3} {events:>13,} events {'with the report' if report else 'no report      '}: "
+                      f"peak RSS {kib / 1024:7,.0f} MiB  ({events * 64 / 2**20:,.0f} MiB of events, {signals:,} signals; "
+                      f"{events / wall / 1e6:.2f} M events/s with start-up)")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -358,10 +379,13 @@ def main(argv=None) -> int:
     ap.add_argument("--no-store", action="store_true", help="skip the embedded-store figures")
     ap.add_argument("--codecs", default="fast,compact", help="codec sets of the store section (fast, compact)")
     ap.add_argument("--rss-scale", type=int, default=0, help="also measure peak RSS at 1x and this many x the stream")
+    ap.add_argument("--rss-only", action="store_true", help="only the peak RSS figures (with --rss-scale)")
     ap.add_argument("--peer-n", type=int, default=1_000_000, help="events the peers get (the first of the stream)")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--report-signals", type=int, default=1_000_000, help="0: skip the report section")
     args = ap.parse_args(argv)
+    if args.rss_only and not args.rss_scale:
+        ap.error("--rss-only needs --rss-scale S")
     print(describe_run(pin(ENGINE_CORE)))
     t = time.perf_counter()
     ev = stream(args.n, args.instruments)
@@ -369,6 +393,9 @@ def main(argv=None) -> int:
     print(f"synthetic L2 stream: {len(ev):,} events over {args.instruments} instruments "
           f"(ready in {time.perf_counter() - t:.1f} s)")
 
+    if args.rss_only:
+        rss_section(args, ev, insts)
+        return 0
     e = median_time(lambda _: SPEC.build(insts).process(ev), args.repeats)
     r = median_time(lambda _: Replay(ArraySource(ev, insts), SPEC).run(), args.repeats)
     print(f"  engine alone, one process() call : {rate(len(ev), e)}")

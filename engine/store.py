@@ -271,9 +271,10 @@ def _varint(buf, i: int):
             return value, i
 
 
-def _parse_native(buf) -> list:
-    """The 13 columns of :data:`_READ_COLUMNS` (contiguous arrays) from ClickHouse Native blocks
-    (per block: column and row counts, then each column's name, type and fixed-width values)."""
+def _native_blocks(buf) -> list:
+    """The blocks of ClickHouse Native data in ``buf``, each a list of the 13 columns of
+    :data:`_READ_COLUMNS` (numpy views of ``buf``; per block: column and row counts, then each
+    column's name, type and fixed-width values). Empty blocks are left out."""
     blocks, i = [], 0
     while i < len(buf):
         ncols, i = _varint(buf, i)
@@ -297,6 +298,11 @@ def _parse_native(buf) -> list:
             i += nrows * dt.itemsize
         if nrows:
             blocks.append(cols)
+    return blocks
+
+
+def _join_blocks(blocks: list) -> list:
+    """The columns of ``blocks`` (lists of column arrays), each one contiguous array."""
     if len(blocks) == 1:
         return blocks[0]
     if not blocks:
@@ -605,13 +611,20 @@ class Store:
 
     def _fetch_native(self, q):
         """One window through a chDB handle of our own, in ClickHouse's Native (columnar) format,
-        each block's columns copied straight into the events: no Arrow, no per-row work."""
+        streamed (``send_query``): the store hands over its blocks as it makes them instead of
+        building the whole result in its own memory first (that costs about five times the
+        result: 380 MiB more per million rows, measured), and each column is joined into one
+        array here. No Arrow, no per-row work."""
         import chdb
 
         if self._reader is None:
             self._reader = chdb.connect(os.path.realpath(self.dsn[len("chdb://"):]))
-        res = self._reader.query(q, "Native")
-        return _parse_native(res.get_memview().view()), res      # the columns view res's memory
+        blocks, held = [], []
+        with self._reader.send_query(q, "Native") as stream:
+            for part in stream:
+                blocks += _native_blocks(part.get_memview().view())
+                held.append(part)                  # the blocks view its memory until joined
+        return _join_blocks(blocks), held
 
     def _fetch_arrow(self, q):
         """One window through clickhouse-connect's Arrow (servers; any store with ``read_path="arrow"``)."""

@@ -4,6 +4,7 @@ paced, in-process or republished over ZeroMQ, with an optional backtest report."
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import signal
@@ -180,11 +181,42 @@ class _Progress:
             sys.stderr.write("\n")
 
 
-def _write_npy(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, arr)
-    os.replace(tmp, path)
+class _NpyWriter:
+    """Signals appended to a ``.npy`` file as they come (memory stays flat whatever the range),
+    written under ``<path>.tmp`` and renamed over ``path`` by :meth:`close` (never half a file
+    under ``path``). The header's shape is rewritten at the end: it is padded to a fixed width."""
+
+    _HEADER_BYTES = 512                            # room for the dtype's description and any count
+
+    def __init__(self, path: Path, dtype: np.dtype):
+        self.path, self.dtype, self.count = path, np.dtype(dtype), 0
+        self.tmp = path.with_name(path.name + ".tmp")
+        self.fh = open(self.tmp, "wb")
+        self.fh.write(self._header())
+
+    def _header(self) -> bytes:
+        d = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": (self.count,)}
+        text = repr(d).encode("latin1")
+        pad = self._HEADER_BYTES - 10 - len(text) - 1
+        if pad < 0:
+            raise ValueError(f"{self.dtype} is too wide for the .npy writer's header")
+        return b"\x93NUMPY\x01\x00" + (self._HEADER_BYTES - 10).to_bytes(2, "little") + text + b" " * pad + b"\n"
+
+    def write(self, arr: np.ndarray) -> None:
+        if len(arr):
+            self.fh.write(np.ascontiguousarray(arr, self.dtype).tobytes())
+            self.count += len(arr)
+
+    def close(self) -> None:
+        self.fh.seek(0)
+        self.fh.write(self._header())
+        self.fh.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self.fh.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.tmp)
 
 
 def cmd_replay(args) -> int:
@@ -253,6 +285,7 @@ def _replay(args) -> int:
 
 
 def _run(args, source, spec, report_cls, report_dir, horizons, sig_path) -> int:
+    from tickwire.ext.records import SIGNAL_DTYPE
     from tickwire.replay.run import Replay
 
     rb = None
@@ -262,8 +295,17 @@ def _run(args, source, spec, report_cls, report_dir, horizons, sig_path) -> int:
                             fee_bps=args.fee_bps)
         except (ValueError, TypeError, ImportError, RuntimeError) as exc:
             raise ReplayError(f"--report: {exc}") from None
-    replay = Replay(source, spec, batch=args.batch, on_batch=rb.add if rb is not None else None,
-                    keep_signals=True)
+    sig_out = None                                       # opened just before the run
+
+    def on_batch(events, signals):
+        if sig_out is not None:
+            sig_out.write(signals)
+        if rb is not None:
+            rb.add(events, signals)
+
+    # signals stream to --signals and the report as they come, never all kept: flat memory
+    replay = Replay(source, spec, batch=args.batch,
+                    on_batch=on_batch if rb is not None or sig_path is not None else None, keep_signals=False)
     sink = None
     if args.publish:
         from tickwire.replay.publish import Republisher
@@ -288,8 +330,14 @@ def _run(args, source, spec, report_cls, report_dir, horizons, sig_path) -> int:
               "statistics only, so no signals" + (" and an empty report" if args.report else ""),
               file=sys.stderr, flush=True)
     progress = _Progress(source.total, args.quiet)
+    if sig_path is not None:
+        sig_out = _NpyWriter(sig_path, SIGNAL_DTYPE)
     try:
         res = replay.run(args.speed, progress=progress, sink=sink)
+    except BaseException:
+        if sig_out is not None:
+            sig_out.abort()
+        raise
     finally:
         signal.signal(signal.SIGINT, old)
         signal.signal(signal.SIGTERM, old_term)
@@ -304,10 +352,7 @@ def _run(args, source, spec, report_cls, report_dir, horizons, sig_path) -> int:
     if sink is not None:
         print(f"published {sink.sent:,} events in {sink.messages:,} messages to {args.publish}")
     else:
-        by_rule = {}
-        if res.signal_count and res.signals.size:
-            ids, counts = np.unique(res.signals["rule_id"], return_counts=True)
-            by_rule = dict(zip(ids.tolist(), counts.tolist()))
+        by_rule = dict(sorted(res.by_rule.items()))
         print(f"signals: {res.signal_count:,}" + (f" (by rule id: {by_rule})" if by_rule else ""))
         rejects = {k: v for k, v in res.rejects.items() if v}
         if rejects:
@@ -317,8 +362,8 @@ def _run(args, source, spec, report_cls, report_dir, horizons, sig_path) -> int:
         print(f"schedule lateness (x{args.speed:g}, {r.total:,} batches): p50 {r.value_at_percentile(50) / 1e3:.1f} us  "
               f"p99 {r.value_at_percentile(99) / 1e3:.1f} us  p99.9 {r.value_at_percentile(99.9) / 1e3:.1f} us  "
               f"max {r.max_value / 1e3:.1f} us")
-    if sig_path is not None:
-        _write_npy(sig_path, res.signals)
+    if sig_out is not None:
+        sig_out.close()
         print(f"signals written to {sig_path}")
     if rb is not None:
         report_dir.mkdir(parents=True, exist_ok=True)

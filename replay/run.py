@@ -74,8 +74,9 @@ class Step:
 
 @dataclass
 class ReplayResult:
-    """What a replay did: events and signals counts, wall seconds, whether it was stopped
-    early, the signals (when kept), and for a paced replay the schedule lateness recorder."""
+    """What a replay did: events and signals counts (``by_rule``: signals per rule id, kept or
+    not), wall seconds, whether it was stopped early, the signals (when kept), and for a paced
+    replay the schedule lateness recorder."""
 
     events: int = 0
     batches: int = 0
@@ -85,6 +86,7 @@ class ReplayResult:
     interrupted: bool = False
     lateness: Optional[Recorder] = None
     rejects: dict = field(default_factory=dict)
+    by_rule: dict = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -126,7 +128,9 @@ class Replay:
     on_batch : callable, optional
         ``on_batch(events, signals)`` after each batch in order (a report builder's ``add``).
     keep_signals : bool
-        Keep every signal in memory for :attr:`ReplayResult.signals`.
+        Keep every signal in memory for :attr:`ReplayResult.signals` (64 bytes each: memory
+        then grows with the range; False keeps only the counts, and ``on_batch`` sees every
+        signal as it comes).
     """
 
     def __init__(self, source, spec: Optional[EngineSpec] = None, *, instruments=None, batch: Optional[int] = None,
@@ -231,6 +235,10 @@ class Replay:
                     if n or self.on_batch is not None:
                         sig = eng.take_signals() if n else np.empty(0, SIGNAL_DTYPE)
                         res.signal_count += n
+                        if n:
+                            ids, counts = np.unique(sig["rule_id"], return_counts=True)
+                            for r, c in zip(ids.tolist(), counts.tolist()):
+                                res.by_rule[r] = res.by_rule.get(r, 0) + c
                         if self.keep_signals and n:
                             kept.append(sig)
                         if self.on_batch is not None:

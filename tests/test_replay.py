@@ -57,6 +57,11 @@ def test_signals_are_byte_identical_across_runs_and_equal_the_engine_on_the_whol
     assert eng.take_signals().tobytes() == a.tobytes()
     # event clock: ts_signal is the trigger's recorded ts_recv
     assert (a["ts_signal"] == a["ts_recv"]).all()
+    # signals not kept: the counts (per rule too) are, and nothing else grows
+    res = Replay(ArraySource(ev, insts), SPEC, keep_signals=False).run()
+    ids, counts = np.unique(a["rule_id"], return_counts=True)
+    assert res.signal_count == len(a) and len(res.signals) == 0
+    assert res.by_rule == dict(zip(ids.tolist(), counts.tolist()))
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
