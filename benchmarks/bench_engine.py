@@ -6,7 +6,9 @@
    time-decayed EWMA against pandas' rolling/ewm and a numpy cumulative-sum formulation on
    the same series; each produces the rolling mean and standard deviation of every point.
 2. The pipeline (book + statistics + rules) in events per second per core on the real
-   Binance capture and on a synthetic four-instrument stream, with the six built-in rules.
+   Binance capture, on a synthetic four-instrument stream and on the ITCH-like L3 stream of
+   benchmarks/streams.py (128k resting orders, cancels as many as adds), with the six
+   built-in rules.
 3. What a Python-callable rule costs against a built-in one.
 4. The engine against the fastest pipeline a user could assemble, on the real Binance capture
    (benchmarks/streams.py: its snapshot, then its diffs and trades replayed 20 times): a numba
@@ -119,6 +121,27 @@ def pipeline_section(n, repeats, binance):
     ev3 = l3_orders(n // 2, seed=7, instruments=4)
     sec = run(synthetic_instruments(4, "L3"), ev3, RULES, cfg)
     rows.append(["synthetic L3, 4 instruments, 6 rules", len(ev3), len(ev3) / sec])
+    try:                                  # the ITCH-like L3 stream of bench_book.py (streams.py)
+        import streams as S
+
+        it = S.itch()
+        eng = Engine(it.instruments, RULES, cfg, clock="event")
+        eng.process(it.prefix)
+        eng.process(it.events)            # memory faulted in; then each run from the initial book
+
+        def go(_):
+            for inst in it.instruments:
+                eng.reset_instrument(inst.id)
+            eng.process(it.prefix)
+            eng.clear_signals()
+            t = time.perf_counter()
+            eng.process(it.events)
+            return time.perf_counter() - t
+        sec = statistics.median(go(None) for _ in range(repeats))
+        rows.append([f"ITCH-like L3 ({len(it.instruments)} instruments, 128k resting orders), 6 rules",
+                     len(it.events), len(it.events) / sec])
+    except Exception as exc:              # noqa: BLE001 - a missing stream dependency: say so
+        print(f"  (ITCH-like L3 row skipped: {exc})")
     if binance is not None:
         evb = binance.events
         secs = run(binance.instruments, evb, RULES, StatsConfig(window="time", window_size=5_000_000_000,

@@ -824,14 +824,20 @@ cdef void _delete_at(tw_book *b, int64_t slot) noexcept nogil:
     b.norders -= 1
 
 
+cdef inline int _resting(const tw_book *b, uint64_t order_id, int64_t *slot) noexcept nogil:
+    """The map slot of a resting order of an L3 book into ``slot``: TW_OK, or why not."""
+    if b.p.book_type != TW_BOOK_L3:
+        return TW_REJ_BAD_KIND
+    slot[0] = _map_slot(b, order_id)
+    return TW_OK if slot[0] >= 0 else TW_REJ_UNKNOWN_ORDER
+
+
 cdef int tw_book_delete_order(tw_book *b, uint64_t order_id) noexcept nogil:
     """Remove a resting order."""
     cdef int64_t slot
-    if b.p.book_type != TW_BOOK_L3:
-        return TW_REJ_BAD_KIND
-    slot = _map_slot(b, order_id)
-    if slot < 0:
-        return TW_REJ_UNKNOWN_ORDER
+    cdef int r = _resting(b, order_id, &slot)
+    if r != TW_OK:
+        return r
     _delete_at(b, slot)
     return TW_OK
 
@@ -848,11 +854,9 @@ cdef int tw_book_modify_order(tw_book *b, uint64_t order_id, int64_t price, int6
     cdef tw_order *o
     cdef tw_ladder *L
     cdef _lvl v
-    if b.p.book_type != TW_BOOK_L3:
-        return TW_REJ_BAD_KIND
-    slot = _map_slot(b, order_id)
-    if slot < 0:
-        return TW_REJ_UNKNOWN_ORDER
+    cdef int r = _resting(b, order_id, &slot)
+    if r != TW_OK:
+        return r
     if qty < 0:
         return TW_REJ_BAD_QTY
     if qty == 0:
@@ -896,11 +900,9 @@ cdef int tw_book_execute_order(tw_book *b, uint64_t order_id, int64_t qty) noexc
     cdef tw_order *o
     cdef tw_ladder *L
     cdef _lvl v
-    if b.p.book_type != TW_BOOK_L3:
-        return TW_REJ_BAD_KIND
-    slot = _map_slot(b, order_id)
-    if slot < 0:
-        return TW_REJ_UNKNOWN_ORDER
+    cdef int r = _resting(b, order_id, &slot)
+    if r != TW_OK:
+        return r
     if qty <= 0:
         return TW_REJ_BAD_QTY
     o = &b.orders[_entry_idx(b.map[slot])]
@@ -1138,7 +1140,8 @@ cdef Py_ssize_t tw_bookset_apply(tw_bookset *s, const tw_event *ev, Py_ssize_t n
     L3 books spend most of an event waiting for memory (an order's map slot, then its record,
     then its neighbours).  With L3 books in the set the loop prefetches the map slot of the
     event _PREFETCH_MAP ahead and the order record of the event _PREFETCH_ORDER ahead, so
-    that the misses of several events overlap; a set of L2 books only runs the plain loop."""
+    that the misses of several events overlap; a set of L2 books only prefetches the level slot
+    and occupancy word of the event _PREFETCH_LEVEL ahead."""
     cdef Py_ssize_t i, applied = 0
     cdef const tw_book *pb
     if s.nl3 == 0:
