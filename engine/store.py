@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Iterable, Iterator, Optional, Sequence
@@ -301,13 +302,77 @@ def _native_blocks(buf) -> list:
     return blocks
 
 
-def _join_blocks(blocks: list) -> list:
-    """The columns of ``blocks`` (lists of column arrays), each one contiguous array."""
+def _join_blocks(blocks: list, pool: "_Reuse | None" = None) -> list:
+    """The columns of ``blocks`` (lists of column arrays), each one contiguous array (taken
+    from ``pool`` when given)."""
     if len(blocks) == 1:
         return blocks[0]
     if not blocks:
         return [np.empty(0, _NATIVE_DTYPES[t]) for t in _READ_TYPES]
-    return [np.concatenate([blk[k] for blk in blocks]) for k in range(len(_READ_TYPES))]
+    n = sum(len(blk[0]) for blk in blocks)
+    return [np.concatenate([blk[k] for blk in blocks],
+                           out=pool.take(n, blocks[0][k].dtype) if pool is not None else None)
+            for k in range(len(_READ_TYPES))]
+
+
+class _Reuse:
+    """Arrays handed out again once nothing else holds them (a view of one holds it), for the
+    windows of one read: without it each window of a million rows faults in some 140 MiB of
+    fresh memory (glibc maps arrays that large anew every time), and the kernel's zeroing of
+    those pages took 10-17% of a replay's samples in perf (docs/performance.md, "Replay").
+    Safe by construction: an array still referenced anywhere (a chunk a caller kept, a view of
+    it) is never handed out again; the pool then just allocates."""
+
+    __slots__ = ("arrays", "keep")
+
+    def __init__(self, keep: int = 64):
+        self.arrays: list = []
+        self.keep = keep
+
+    def take(self, n: int, dtype) -> np.ndarray:
+        arrays = self.arrays
+        small = -1
+        for i in range(len(arrays)):
+            a = arrays[i]
+            # held by the list, ``a`` and getrefcount's argument only: free
+            if a.dtype == dtype and sys.getrefcount(a) == 3:
+                if n <= len(a):
+                    return a[:n]
+                small = i
+        # room to spare (windows differ in size by a few rows), so that the next one fits
+        a = np.empty(n + (n >> 3) + 1024, dtype)
+        if small >= 0:
+            arrays[small] = a              # a free one too small for this window: replaced, not kept
+        else:
+            if len(arrays) >= self.keep:
+                arrays.pop(0)
+            arrays.append(a)
+        return a[:n]
+
+
+class _Window:
+    """One window of a time-ordered read as the store handed it over: blocks of columns in the
+    table's order (one sorted run per instrument), not yet joined or merged. :meth:`events`
+    does both (the merge in C, without the GIL) on whichever thread calls it: a replay calls it
+    on the engine's thread, so that the reading thread does only the store's part."""
+
+    __slots__ = ("blocks", "held")
+
+    def __init__(self, blocks, held):
+        self.blocks, self.held = blocks, held          # held: what the blocks' memory belongs to
+
+    def __len__(self) -> int:
+        return sum(len(blk[0]) for blk in self.blocks)
+
+    def events(self, pool: "_Reuse | None" = None) -> np.ndarray:
+        """The window's events in the total order (their array taken from ``pool`` when given)."""
+        from tickwire.ext.merge import merge_events, run_bounds
+
+        cols = _join_blocks(self.blocks, pool)
+        self.blocks = self.held = None                 # the store's blocks go once joined
+        out = merge_events(*cols, run_bounds(cols[6]),             # one run per instrument
+                           out=pool.take(len(cols[0]), EVENT_DTYPE) if pool is not None else None)
+        return out
 
 
 def _split(parts: Iterable[np.ndarray], chunk_rows: int) -> Iterator[np.ndarray]:
@@ -560,16 +625,21 @@ class Store:
             yield chunk
 
     def _read_time_order(self, table, instruments, start_ns, end_ns, chunk_rows) -> Iterator[np.ndarray]:
-        """Rows in the total order ``(ts_event, seq, epoch, ord)``, read window by window of event
-        time in the table's own order (``instrument`` first: no sort in ClickHouse, one sorted
-        run per instrument) and merged in C (:func:`tickwire.ext.merge.merge_order`).
+        """Rows in the total order ``(ts_event, seq, epoch, ord)``: each window of
+        :meth:`_read_windows` merged."""
+        pool = _Reuse()
+        for window in self._read_windows(table, instruments, start_ns, end_ns, chunk_rows):
+            yield window.events(pool)
+
+    def _read_windows(self, table, instruments, start_ns, end_ns, chunk_rows) -> Iterator["_Window"]:
+        """Rows read window by window of event time in the table's own order (``instrument``
+        first: no sort in ClickHouse, one sorted run per instrument), each to be merged in C
+        into the total order (:meth:`_Window.events`, :func:`tickwire.ext.merge.merge_events`).
 
         A window holds about ``chunk_rows`` rows (its width adapts to the density met so far)
         and never more than :data:`WINDOW_CAP` times that: a window that would is split, so
         memory stays flat whatever the range. Every row of one ``ts_event`` falls in one window,
         so the merge of each window, one after the other, is the total order."""
-        from tickwire.ext.merge import gather_events, merge_order, run_bounds
-
         where = self._where(instruments, start_ns, end_ns)
         lo, hi, total = self.client.query(
             f"SELECT toUnixTimestamp64Nano(min(ts_event)), toUnixTimestamp64Nano(max(ts_event)), count() "
@@ -590,17 +660,16 @@ class Store:
                      f"AND ts_event < fromUnixTimestamp64Nano(toInt64({end})) "
                      f"ORDER BY instrument, ts_event, seq, epoch, ord LIMIT {cap + 1} "
                      f"SETTINGS max_block_size = {block}, preferred_block_size_bytes = {block * 128}")
-                cols, result = fetch(q)
-                rows = len(cols[0])
+                blocks, result = fetch(q)
+                rows = sum(len(blk[0]) for blk in blocks)
                 if rows > cap and end - t > 1:             # too dense: split the window
                     width = max(1, (end - t) // 4)
                     continue
                 if rows:
-                    bounds = run_bounds(cols[6])           # one run per instrument
-                    perm = merge_order(cols[0], cols[2], cols[11], cols[12], bounds) if len(bounds) > 2 else None
-                    events = gather_events(*cols[:11], perm=perm)
-                    del cols, result                       # before the consumer runs: memory stays flat
-                    yield events
+                    window = _Window(blocks, result)
+                    del blocks, result                     # the window alone holds them: memory stays flat
+                    yield window
+                    del window
                 t = end
                 if rows < chunk_rows // 2:
                     width *= 2
@@ -613,8 +682,9 @@ class Store:
         """One window through a chDB handle of our own, in ClickHouse's Native (columnar) format,
         streamed (``send_query``): the store hands over its blocks as it makes them instead of
         building the whole result in its own memory first (that costs about five times the
-        result: 380 MiB more per million rows, measured), and each column is joined into one
-        array here. No Arrow, no per-row work."""
+        result: 380 MiB more per million rows, measured). Returns the blocks (each a list of
+        column arrays viewing the store's memory) and what holds that memory. No Arrow, no
+        per-row work."""
         import chdb
 
         if self._reader is None:
@@ -624,13 +694,14 @@ class Store:
             for part in stream:
                 blocks += _native_blocks(part.get_memview().view())
                 held.append(part)                  # the blocks view its memory until joined
-        return _join_blocks(blocks), held
+        return blocks, held
 
     def _fetch_arrow(self, q):
-        """One window through clickhouse-connect's Arrow (servers; any store with ``read_path="arrow"``)."""
+        """One window through clickhouse-connect's Arrow (servers; any store with ``read_path="arrow"``),
+        as one block."""
         tbl = self.client.query_arrow(q)
-        return [np.ascontiguousarray(tbl.column(i).to_numpy(), dtype=_NATIVE_DTYPES[t])
-                for i, t in enumerate(_READ_TYPES)], tbl
+        return [[np.ascontiguousarray(tbl.column(i).to_numpy(), dtype=_NATIVE_DTYPES[t])
+                 for i, t in enumerate(_READ_TYPES)]], tbl
 
     def _close_reader(self) -> None:
         if self._reader is not None:

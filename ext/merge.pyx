@@ -2,12 +2,13 @@
 
 The tick store keeps its rows ordered by ``(instrument, ts_event, seq, epoch, ord)``: a read
 in the table's own order (cheap for ClickHouse: no sort) returns one run per instrument, each
-already in time order. :func:`merge_order` interleaves those runs into the one total order a
-replay needs, in C without the GIL, with a binary heap over the runs' heads: O(n log k) for
-``k`` runs, no allocation per row. :func:`gather_events` builds the events from the columns in that order.
+already in time order. :func:`merge_events` interleaves those runs into the one total order a
+replay needs and builds the events from the columns as it goes, in C without the GIL, with a
+tournament (loser) tree over the runs' heads: ``log2(k)`` comparisons a row for ``k`` runs, no
+allocation per row, no permutation array.
 """
 
-from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport INT64_MAX, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 
 import numpy as np
@@ -16,176 +17,185 @@ from tickwire.ext.defs cimport tw_event
 from tickwire.ext.records import EVENT_DTYPE
 
 
-cdef struct _keys:
-    const int64_t* ts
+cdef struct _cols:
+    const int64_t* ts_event
+    const int64_t* ts_recv
     const uint64_t* seq
+    const uint64_t* order_id
+    const int64_t* price
+    const int64_t* qty
+    const uint32_t* instrument
+    const uint16_t* channel
+    const uint8_t* kind
+    const uint8_t* side
+    const uint32_t* flags
     const uint64_t* epoch
     const uint64_t* ord
 
 
-cdef inline bint _before(const _keys* k, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
-    """Row ``a`` comes strictly before row ``b`` in the total order (ties: the lower row,
-    which is the earlier run, so that equal keys keep a deterministic order)."""
-    if k.ts[a] != k.ts[b]:
-        return k.ts[a] < k.ts[b]
-    if k.seq[a] != k.seq[b]:
-        return k.seq[a] < k.seq[b]
-    if k.epoch[a] != k.epoch[b]:
-        return k.epoch[a] < k.epoch[b]
-    if k.ord[a] != k.ord[b]:
-        return k.ord[a] < k.ord[b]
+cdef struct _tree:
+    const _cols* c
+    int64_t* pos           # next row of each run
+    int64_t* end           # one past each run's last row
+    int64_t* head          # ts_event of each run's next row (INT64_MAX once exhausted)
+
+
+cdef inline bint _wins(const _tree* t, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    """Run ``a``'s next row comes before run ``b``'s (an exhausted run never does; equal keys:
+    the lower run, i.e. the earlier rows of the read)."""
+    cdef int64_t i, j
+    if t.head[a] != t.head[b]:
+        return t.head[a] < t.head[b]
+    if t.pos[b] == t.end[b]:
+        return t.pos[a] != t.end[a] or a < b
+    if t.pos[a] == t.end[a]:
+        return False
+    i, j = t.pos[a], t.pos[b]
+    if t.c.seq[i] != t.c.seq[j]:
+        return t.c.seq[i] < t.c.seq[j]
+    if t.c.epoch[i] != t.c.epoch[j]:
+        return t.c.epoch[i] < t.c.epoch[j]
+    if t.c.ord[i] != t.c.ord[j]:
+        return t.c.ord[i] < t.c.ord[j]
     return a < b
 
 
-cdef int _merge(const _keys* k, const int64_t* bounds, Py_ssize_t nruns, int64_t* perm) noexcept nogil:
-    """Write the merged order of the runs ``[bounds[r], bounds[r+1])`` into ``perm``; -1 when
-    out of memory."""
-    cdef int64_t* pos = <int64_t*>malloc(nruns * sizeof(int64_t))
-    cdef Py_ssize_t* heap = <Py_ssize_t*>malloc(nruns * sizeof(Py_ssize_t))
-    cdef Py_ssize_t h = 0, r, i, c, top, out = 0
-    cdef int64_t end, nxt
-    if pos == NULL or heap == NULL:
-        free(pos)
-        free(heap)
+cdef inline void _emit(const _cols* c, int64_t j, tw_event* e) noexcept nogil:
+    e.ts_event = c.ts_event[j]
+    e.ts_recv = c.ts_recv[j]
+    e.seq = c.seq[j]
+    e.order_id = c.order_id[j]
+    e.price = c.price[j]
+    e.qty = c.qty[j]
+    e.instrument = c.instrument[j]
+    e.channel = c.channel[j]
+    e.kind = c.kind[j]
+    e.side = c.side[j]
+    e.flags = c.flags[j]
+    e.reserved = 0
+
+
+cdef int _merge_events(const _cols* c, const int64_t* bounds, Py_ssize_t k, tw_event* out) noexcept nogil:
+    """Write the rows of the ``k`` sorted runs ``[bounds[r], bounds[r+1])`` to ``out`` as events,
+    in the total order, with a tournament (loser) tree: ``log2(k)`` comparisons a row, most of
+    them of one ``ts_event`` each, and each event built as its row wins (no permutation pass).
+    Returns -1 when out of memory."""
+    cdef Py_ssize_t size = 1, r, node, cand, other, w
+    cdef int64_t n = bounds[k] - bounds[0], i, j
+    cdef _tree t
+    while size < k:
+        size <<= 1
+    # the runs padded to a power of two with empty ones (they lose every match)
+    cdef int64_t* mem = <int64_t*>malloc(3 * size * sizeof(int64_t))
+    cdef Py_ssize_t* loser = <Py_ssize_t*>malloc(2 * size * sizeof(Py_ssize_t))
+    if mem == NULL or loser == NULL:
+        free(mem)
+        free(loser)
         return -1
-    for r in range(nruns):
-        pos[r] = bounds[r]
-        if bounds[r] < bounds[r + 1]:
-            # sift up
-            i = h
-            h += 1
-            while i > 0 and _before(k, pos[r], pos[heap[(i - 1) >> 1]]):
-                heap[i] = heap[(i - 1) >> 1]
-                i = (i - 1) >> 1
-            heap[i] = r
-    while h > 0:
-        top = heap[0]
-        end = bounds[top + 1]
-        # take rows of the top run while they still come before every other head
-        # (long stretches of one instrument cost one comparison a row)
-        while True:
-            perm[out] = pos[top]
-            out += 1
-            pos[top] += 1
-            if pos[top] == end:
-                break
-            if h == 1:
-                continue
-            c = 1
-            if h > 2 and _before(k, pos[heap[2]], pos[heap[1]]):
-                c = 2
-            if not _before(k, pos[top], pos[heap[c]]):
-                break
-        if pos[top] == end:
-            h -= 1
-            if h == 0:
-                break
-            top = heap[h]
-        # sift the (new) top down
-        i = 0
-        while True:
-            c = 2 * i + 1
-            if c >= h:
-                break
-            if c + 1 < h and _before(k, pos[heap[c + 1]], pos[heap[c]]):
-                c += 1
-            if not _before(k, pos[heap[c]], pos[top]):
-                break
-            heap[i] = heap[c]
-            i = c
-        heap[i] = top
-    free(pos)
-    free(heap)
+    t.c = c
+    t.pos = mem
+    t.end = mem + size
+    t.head = mem + 2 * size
+    for r in range(size):
+        if r < k:
+            t.pos[r] = bounds[r]
+            t.end[r] = bounds[r + 1]
+        else:
+            t.pos[r] = 0
+            t.end[r] = 0
+        t.head[r] = c.ts_event[t.pos[r]] if t.pos[r] < t.end[r] else INT64_MAX
+    # build: play every match bottom-up; loser[node] keeps the loser, the winner goes up
+    cdef Py_ssize_t* winner = loser + size
+    for r in range(size):
+        winner[r] = r                      # scratch: winners of the level below, leaf order
+    cdef Py_ssize_t width = size
+    while width > 1:
+        for node in range(width // 2):
+            cand, other = winner[2 * node], winner[2 * node + 1]
+            if _wins(&t, other, cand):
+                cand, other = other, cand
+            loser[width // 2 + node] = other
+            winner[node] = cand
+        width //= 2
+    w = winner[0]
+    for i in range(n):
+        j = t.pos[w]
+        _emit(c, j, out + i)
+        j += 1
+        t.pos[w] = j
+        t.head[w] = c.ts_event[j] if j < t.end[w] else INT64_MAX
+        # replay the winner's path from its leaf to the root
+        node = (size + w) >> 1
+        cand = w
+        while node >= 1:
+            other = loser[node]
+            if _wins(&t, other, cand):
+                loser[node] = cand
+                cand = other
+            node >>= 1
+        w = cand
+    free(mem)
+    free(loser)
     return 0
 
 
-def merge_order(const int64_t[::1] ts, const uint64_t[::1] seq, const uint64_t[::1] epoch,
-                const uint64_t[::1] ord, const int64_t[::1] bounds):
-    """The permutation that merges sorted runs into ``(ts_event, seq, epoch, ord)`` order.
+def merge_events(const int64_t[::1] ts_event, const int64_t[::1] ts_recv, const uint64_t[::1] seq,
+                 const uint64_t[::1] order_id, const int64_t[::1] price, const int64_t[::1] qty,
+                 const uint32_t[::1] instrument, const uint16_t[::1] channel, const uint8_t[::1] kind,
+                 const uint8_t[::1] side, const uint32_t[::1] flags, const uint64_t[::1] epoch,
+                 const uint64_t[::1] ord, const int64_t[::1] bounds, out=None):
+    """EVENT_DTYPE events from one array per field (a columnar read) whose rows form sorted
+    runs, merged into the total order ``(ts_event, seq, epoch, ord)``: the merge and the
+    interleave of the columns in one pass, in C without the GIL.
 
     Parameters
     ----------
-    ts, seq, epoch, ord : 1-d contiguous arrays (int64, uint64, uint64, uint64), equal lengths
-        The sort keys of every row.
-    bounds : int64 array of ``k + 1`` offsets
-        Run ``r`` is rows ``bounds[r]:bounds[r+1]``, each already in key order.
+    ts_event ... flags : 1-d contiguous arrays, the event's fields (EVENT_DTYPE's order and types)
+    epoch, ord : uint64 arrays, the last two sort keys
+    bounds : int64 array of ``k + 1`` offsets from 0 to the row count
+        Run ``r`` is rows ``bounds[r]:bounds[r+1]``, each already in key order (the store's
+        read in its table order: one run per instrument).
+    out : optional contiguous EVENT_DTYPE array of the row count, written and returned
 
-    Returns
-    -------
-    numpy.ndarray of int64
-        ``perm`` such that ``rows[perm]`` is in key order (rows with equal keys: earlier run first).
+    Rows with equal keys come in row order (the earlier run first).
     """
-    cdef Py_ssize_t n = ts.shape[0], nruns = bounds.shape[0] - 1, r
-    if seq.shape[0] != n or epoch.shape[0] != n or ord.shape[0] != n:
-        raise ValueError(f"merge_order: key arrays differ in length ({n}, {seq.shape[0]}, "
-                         f"{epoch.shape[0]}, {ord.shape[0]})")
-    if nruns < 0 or bounds[0] != 0 or bounds[nruns] != n:
-        raise ValueError(f"merge_order: bounds must run from 0 to {n}")
-    for r in range(nruns):
-        if bounds[r + 1] < bounds[r]:
-            raise ValueError("merge_order: bounds must not decrease")
-    perm = np.empty(n, dtype=np.int64)
-    cdef int64_t[::1] p = perm
-    cdef _keys k
-    cdef int rc = 0
-    if n == 0:
-        return perm
-    k.ts = &ts[0]
-    k.seq = &seq[0]
-    k.epoch = &epoch[0]
-    k.ord = &ord[0]
-    with nogil:
-        rc = _merge(&k, &bounds[0], nruns, &p[0])
-    if rc:
-        raise MemoryError("merge_order: no memory for the heap")
-    return perm
-
-
-def gather_events(const int64_t[::1] ts_event, const int64_t[::1] ts_recv, const uint64_t[::1] seq,
-                  const uint64_t[::1] order_id, const int64_t[::1] price, const int64_t[::1] qty,
-                  const uint32_t[::1] instrument, const uint16_t[::1] channel, const uint8_t[::1] kind,
-                  const uint8_t[::1] side, const uint32_t[::1] flags, const int64_t[::1] perm=None):
-    """EVENT_DTYPE events assembled from one array per field (a columnar read), row ``perm[i]``
-    (or ``i`` without ``perm``) becoming event ``i``: the interleave and the merge's reordering in
-    one pass, in C without the GIL."""
-    cdef Py_ssize_t n = ts_event.shape[0], m, i
+    cdef Py_ssize_t n = ts_event.shape[0], k = bounds.shape[0] - 1, r
     lengths = (ts_recv.shape[0], seq.shape[0], order_id.shape[0], price.shape[0], qty.shape[0],
-               instrument.shape[0], channel.shape[0], kind.shape[0], side.shape[0], flags.shape[0])
-    if any(k != n for k in lengths):
-        raise ValueError(f"gather_events: columns differ in length ({n} and {lengths})")
-    m = perm.shape[0] if perm is not None else n
-    out = np.empty(m, dtype=EVENT_DTYPE)
-    if m == 0:
+               instrument.shape[0], channel.shape[0], kind.shape[0], side.shape[0], flags.shape[0],
+               epoch.shape[0], ord.shape[0])
+    if any(m != n for m in lengths):
+        raise ValueError(f"merge_events: columns differ in length ({n} and {lengths})")
+    if k < 1 or bounds[0] != 0 or bounds[k] != n:
+        raise ValueError(f"merge_events: bounds must run from 0 to {n}")
+    for r in range(k):
+        if bounds[r + 1] < bounds[r]:
+            raise ValueError("merge_events: bounds must not decrease")
+    if out is None:
+        out = np.empty(n, dtype=EVENT_DTYPE)
+    elif out.dtype != EVENT_DTYPE or out.ndim != 1 or len(out) != n or not out.flags.c_contiguous:
+        raise ValueError(f"merge_events: out must be a contiguous EVENT_DTYPE array of {n} events")
+    if n == 0:
         return out
     cdef unsigned char[::1] ob = out.view(np.uint8)
-    cdef tw_event* base = <tw_event*>&ob[0]
-    cdef tw_event* e
-    cdef int64_t j
-    cdef bint bad = False
+    cdef _cols c
+    c.ts_event = &ts_event[0]
+    c.ts_recv = &ts_recv[0]
+    c.seq = &seq[0]
+    c.order_id = &order_id[0]
+    c.price = &price[0]
+    c.qty = &qty[0]
+    c.instrument = &instrument[0]
+    c.channel = &channel[0]
+    c.kind = &kind[0]
+    c.side = &side[0]
+    c.flags = &flags[0]
+    c.epoch = &epoch[0]
+    c.ord = &ord[0]
+    cdef int rc
     with nogil:
-        for i in range(m):
-            if perm is not None:
-                j = perm[i]
-                if j < 0 or j >= n:
-                    bad = True
-                    break
-            else:
-                j = i
-            e = base + i
-            e.ts_event = ts_event[j]
-            e.ts_recv = ts_recv[j]
-            e.seq = seq[j]
-            e.order_id = order_id[j]
-            e.price = price[j]
-            e.qty = qty[j]
-            e.instrument = instrument[j]
-            e.channel = channel[j]
-            e.kind = kind[j]
-            e.side = side[j]
-            e.flags = flags[j]
-            e.reserved = 0
-    if bad:
-        raise IndexError(f"gather_events: an index of perm is out of range for {n} rows")
+        rc = _merge_events(&c, &bounds[0], k, <tw_event*>&ob[0])
+    if rc:
+        raise MemoryError("merge_events: no memory for the tree")
     return out
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from tickwire.engine.pipeline import Engine, StatsConfig
 from tickwire.ext.hdr import Recorder
+from tickwire.ext.pipeline import first_flagged
 from tickwire.ext.records import EVENT_DTYPE, SIGNAL_DTYPE, Flag
 from tickwire.feeds.simulator import pace_until
 
@@ -159,19 +160,21 @@ class Replay:
 
     def _process(self, ev: np.ndarray) -> int:
         """``engine.process``, resetting an instrument where the live worker restarted (a marker
-        flagged ``Flag.RESTART``: its engine began afresh there). Rare rows: found in one vector
-        pass, the rest of the batch goes through in whole slices."""
+        flagged ``Flag.RESTART``: its engine began afresh there). Rare rows: found by a scan in
+        C (:func:`~tickwire.ext.pipeline.first_flagged`), the rest of the batch goes through in
+        whole slices."""
         eng = self.engine
-        restarts = np.flatnonzero(ev["flags"] & np.uint32(Flag.RESTART))
-        if not len(restarts):
+        k = first_flagged(ev, Flag.RESTART)
+        if k < 0:
             return eng.process(ev)
         n, at = 0, 0
-        for k in restarts.tolist():
+        while k >= 0:
             n += eng.process(ev[at:k])
             iid = int(ev["instrument"][k])
             if iid in self._ids:
                 eng.reset_instrument(iid)
             at = k
+            k = first_flagged(ev, Flag.RESTART, k + 1)
         return n + eng.process(ev[at:])
 
     def steps(self) -> Iterator[Step]:

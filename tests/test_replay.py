@@ -494,3 +494,26 @@ def test_the_real_captures_replay_without_a_reject(kraken, binance):
         res = Replay(ArraySource(cap.events, cap.instruments), EngineSpec(RULES, STATS)).run()
         assert res.events == len(cap.events) and res.signal_count > 0
         assert sum(res.rejects.values()) == 0, res.rejects
+
+
+@settings(max_examples=200, deadline=None)
+@given(flags=st.lists(st.sampled_from([0, 1, 8, 9, 16, 0x80000000]), max_size=60),
+       mask=st.sampled_from([8, 16, 24, 0x80000000]), start=st.integers(0, 70))
+def test_first_flagged_matches_numpy(flags, mask, start):
+    """The replay's scan for RESTART markers (C, without the GIL) against numpy."""
+    from tickwire.ext.pipeline import first_flagged
+
+    ev = np.zeros(len(flags), EVENT_DTYPE)
+    ev["flags"] = flags
+    hits = np.flatnonzero(ev["flags"] & np.uint32(mask))
+    hits = hits[hits >= start]
+    assert first_flagged(ev, mask, start) == (int(hits[0]) if len(hits) else -1)
+
+
+def test_first_flagged_rejects_bad_input():
+    from tickwire.ext.pipeline import first_flagged
+
+    with pytest.raises(TypeError, match="EVENT_DTYPE"):
+        first_flagged(np.zeros(4, np.uint32), 8)
+    with pytest.raises(ValueError, match="start"):
+        first_flagged(np.zeros(4, EVENT_DTYPE), 8, -1)

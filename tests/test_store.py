@@ -266,6 +266,44 @@ def test_ties_across_instruments_follow_epoch_then_ord(tmp_path):
         assert back.tobytes() == want.tobytes(), chunk
 
 
+def test_reused_buffers_never_overwrite_a_chunk_the_caller_keeps(tmp_path):
+    """The read reuses its arrays from window to window (engine/store.py, ``_Reuse``): chunks a
+    caller drops are written again, chunks (or views of them) a caller keeps never are."""
+    store = Store.open(f"chdb://{tmp_path}/db")
+    ev = random_events(40_000, seed=21)
+    ev["flags"] &= ~np.uint32(Flag.SNAPSHOT)
+    ev["instrument"] %= 5
+    want = _stored_total_order(_insert_streams(store, [(ev, 3, 0)]))
+    copies, kept = [], []
+    for i, chunk in enumerate(store.read_ticks(chunk_rows=2_000)):
+        copies.append(chunk.copy())
+        kept.append((i, chunk if i % 3 == 0 else chunk[5:9]))   # the chunk or a view of it
+    assert len(copies) >= 15                                      # many windows: reuse happened
+    assert np.concatenate(copies).tobytes() == want.tobytes()
+    for i, held in kept:                                          # nothing kept was overwritten
+        ref = copies[i] if i % 3 == 0 else copies[i][5:9]
+        assert held.tobytes() == ref.tobytes(), i
+
+
+def test_reuse_pool_hands_out_only_free_arrays_and_does_not_grow():
+    from tickwire.engine.store import _Reuse
+
+    pool = _Reuse()
+    a = pool.take(1000, np.int64)
+    addr = a.ctypes.data                            # not a.base: holding that would hold the array
+    assert len(a) == 1000 and len(pool.arrays) == 1
+    b = pool.take(1000, np.int64)                   # ``a`` still held: a new array
+    assert not np.shares_memory(a, b)
+    del a
+    c = pool.take(900, np.int64)                    # ``a``'s array is free again: reused
+    assert c.ctypes.data == addr and len(c) == 900
+    assert not np.shares_memory(c, pool.take(10, np.uint8))       # another dtype never matches
+    del b, c
+    n_before = len(pool.arrays)
+    big = pool.take(100_000, np.int64)              # larger than the free ones: one replaced
+    assert len(big) == 100_000 and len(pool.arrays) == n_before
+
+
 def test_native_and_arrow_reads_agree_and_windows_split_when_dense(tmp_path):
     """The embedded store's Native read and the Arrow read a server gets give the same bytes;
     a burst far denser than the first window's estimate is split (chunks stay bounded)."""
