@@ -126,7 +126,9 @@ cdef class Engine:
     cdef tw_timing timing
     cdef StageRecorders _stages
     cdef uint64_t events
+    cdef uint32_t _stop           # process_until's flag mask while it runs (0: none)
     cdef Py_ssize_t process_c(self, const tw_event *ev, Py_ssize_t n) noexcept nogil
+    cdef Py_ssize_t _run(self, events, uint32_t stop, Py_ssize_t *signals) except -1
     cdef Py_ssize_t _deliver(self, tw_ring *ring) noexcept nogil
     cdef _init_instrument(self, uint32_t iid, cfg)
     cdef _grow_sink(self, Py_ssize_t cap)

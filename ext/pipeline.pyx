@@ -479,32 +479,6 @@ cdef void _free_istate(tw_istate *st) noexcept nogil:
     free(st)
 
 
-def first_flagged(events, uint32_t mask, Py_ssize_t start=0):
-    """Index of the first event at or after ``start`` whose ``flags`` share a bit with ``mask``,
-    or -1: one pass in C without the GIL (a replay's check for ``Flag.RESTART`` markers, about
-    ten times quicker than ``np.flatnonzero(events["flags"] & mask)`` on a strided field)."""
-    cdef Py_buffer view
-    cdef const tw_event *ev
-    cdef Py_ssize_t n, i, found = -1
-    dt = getattr(events, "dtype", None)
-    if dt is not EVENT_DTYPE and dt != EVENT_DTYPE:
-        raise TypeError(f"events must be a numpy array of EVENT_DTYPE, got dtype {dt!r}")
-    if start < 0:
-        raise ValueError(f"start must be >= 0, got {start}")
-    PyObject_GetBuffer(events, &view, PyBUF_C_CONTIGUOUS)
-    try:
-        ev = <const tw_event *>view.buf
-        n = view.len // sizeof(tw_event)
-        with nogil:
-            for i in range(start, n):
-                if ev[i].flags & mask:
-                    found = i
-                    break
-    finally:
-        PyBuffer_Release(&view)
-    return found
-
-
 cdef class Engine:
     """Books, statistics and rules for a set of instruments; ``process`` runs event batches.
 
@@ -728,6 +702,8 @@ cdef class Engine:
                     _prefetch(&self._books.c, &ev[i + 16], 0)    # the order-map slot
                 if i + 8 < n:
                     _prefetch(&self._books.c, &ev[i + 8], 1)     # the order record
+            if TW_UNLIKELY(e.flags & self._stop) and i > 0:
+                return i                              # process_until: stop before this event
             if TW_UNLIKELY(e.instrument >= self.ninst or self.inst[e.instrument] == NULL):
                 self._books.c.unknown_instrument += 1
                 continue
@@ -929,6 +905,27 @@ cdef class Engine:
         int
             Signals emitted by this batch; they are appended to :attr:`signals`.
         """
+        cdef Py_ssize_t signals
+        self._run(events, 0, &signals)
+        return signals
+
+    def process_until(self, events, uint32_t mask):
+        """:meth:`process` up to the next marker: run the first event, then every event up to,
+        not including, the next one whose ``flags`` share a bit with ``mask`` (a replay stops
+        there for ``Flag.RESTART`` to reset the instrument), checked in the same pass.
+
+        Returns
+        -------
+        (int, int)
+            Events consumed (the whole batch when no later event is flagged) and signals emitted.
+        """
+        cdef Py_ssize_t signals, done
+        if mask == 0:
+            raise ValueError("process_until: mask must name at least one flag")
+        done = self._run(events, mask, &signals)
+        return done, signals
+
+    cdef Py_ssize_t _run(self, events, uint32_t stop, Py_ssize_t *signals) except -1:
         cdef Py_buffer view
         cdef const tw_event *ev
         cdef Py_ssize_t n, done = 0, k
@@ -937,6 +934,7 @@ cdef class Engine:
         if dt is not EVENT_DTYPE and dt != EVENT_DTYPE:
             raise TypeError(f"events must be a numpy array of EVENT_DTYPE, got dtype {dt!r}")
         PyObject_GetBuffer(events, &view, PyBUF_C_CONTIGUOUS)
+        self._stop = stop
         try:
             ev = <const tw_event *>view.buf
             n = view.len // sizeof(tw_event)
@@ -948,10 +946,14 @@ cdef class Engine:
                         k = self.process_c(ev + done, n - done)
                 done += k
                 if done < n:
+                    if stop and ev[done].flags & stop and done > 0:
+                        break                         # a marker (the stop check comes first)
                     self._grow_sink(max(2 * self.sink_cap, self.sink_n + self.nrules + 1))
         finally:
+            self._stop = 0
             PyBuffer_Release(&view)
-        return self.sink_n - before
+        signals[0] = self.sink_n - before
+        return done
 
     @property
     def signals(self):

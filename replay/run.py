@@ -24,11 +24,13 @@ import numpy as np
 
 from tickwire.engine.pipeline import Engine, StatsConfig
 from tickwire.ext.hdr import Recorder
-from tickwire.ext.pipeline import first_flagged
 from tickwire.ext.records import EVENT_DTYPE, SIGNAL_DTYPE, Flag
 from tickwire.feeds.simulator import pace_until
 
 __all__ = ["EngineSpec", "Replay", "ReplayResult", "Step", "split_by_time"]
+
+
+_RESTART = int(Flag.RESTART)
 
 
 @dataclass(frozen=True)
@@ -160,22 +162,24 @@ class Replay:
 
     def _process(self, ev: np.ndarray) -> int:
         """``engine.process``, resetting an instrument where the live worker restarted (a marker
-        flagged ``Flag.RESTART``: its engine began afresh there). Rare rows: found by a scan in
-        C (:func:`~tickwire.ext.pipeline.first_flagged`), the rest of the batch goes through in
-        whole slices."""
+        flagged ``Flag.RESTART``: its engine began afresh there). The engine stops at each
+        (:meth:`Engine.process_until`, checked in its own pass over the events: no second scan),
+        the rest of the batch goes through in whole slices."""
         eng = self.engine
-        k = first_flagged(ev, Flag.RESTART)
-        if k < 0:
+        total = len(ev)
+        if not total:
             return eng.process(ev)
         n, at = 0, 0
-        while k >= 0:
-            n += eng.process(ev[at:k])
-            iid = int(ev["instrument"][k])
-            if iid in self._ids:
-                eng.reset_instrument(iid)
-            at = k
-            k = first_flagged(ev, Flag.RESTART, k + 1)
-        return n + eng.process(ev[at:])
+        flags = ev["flags"]
+        while at < total:
+            if int(flags[at]) & _RESTART:
+                iid = int(ev["instrument"][at])
+                if iid in self._ids:
+                    eng.reset_instrument(iid)
+            used, sig = eng.process_until(ev if at == 0 else ev[at:], _RESTART)
+            n += sig
+            at += used
+        return n
 
     def steps(self) -> Iterator[Step]:
         """Step mode: one :class:`Step` per batch (the engine is shared: read it before the next)."""
@@ -239,9 +243,9 @@ class Replay:
                         sig = eng.take_signals() if n else np.empty(0, SIGNAL_DTYPE)
                         res.signal_count += n
                         if n:
-                            ids, counts = np.unique(sig["rule_id"], return_counts=True)
-                            for r, c in zip(ids.tolist(), counts.tolist()):
-                                res.by_rule[r] = res.by_rule.get(r, 0) + c
+                            counts = np.bincount(sig["rule_id"])      # rule ids: small integers
+                            for r in np.flatnonzero(counts).tolist():
+                                res.by_rule[r] = res.by_rule.get(r, 0) + int(counts[r])
                         if self.keep_signals and n:
                             kept.append(sig)
                         if self.on_batch is not None:

@@ -80,7 +80,7 @@ def test_the_extensions_per_tick_code_is_found():
     regions, gil = hotpath_report.per_tick_regions((ROOT / "ext" / "pipeline.pyx").read_text())
     names = {r.name.split(" (line")[0] for r in regions if r.lines}
     assert {"Engine.process_c", "Rule.evaluate", "_update_book", "_hysteresis",
-            "`with nogil:` in Engine.process"} <= names
+            "`with nogil:` in Engine._run"} <= names
     assert [g.name.split(" at")[0] for g in gil] == ["`with gil:`"]          # PyRule.evaluate
     regions, _ = hotpath_report.per_tick_regions((ROOT / "ext" / "book.pyx").read_text())
     names = {r.name.split(" (line")[0] for r in regions}

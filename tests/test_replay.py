@@ -496,24 +496,30 @@ def test_the_real_captures_replay_without_a_reject(kraken, binance):
         assert sum(res.rejects.values()) == 0, res.rejects
 
 
+
 @settings(max_examples=200, deadline=None)
 @given(flags=st.lists(st.sampled_from([0, 1, 8, 9, 16, 0x80000000]), max_size=60),
-       mask=st.sampled_from([8, 16, 24, 0x80000000]), start=st.integers(0, 70))
-def test_first_flagged_matches_numpy(flags, mask, start):
-    """The replay's scan for RESTART markers (C, without the GIL) against numpy."""
-    from tickwire.ext.pipeline import first_flagged
-
-    ev = np.zeros(len(flags), EVENT_DTYPE)
+       mask=st.sampled_from([8, 16, 24, 0x80000000]), seed=st.integers(0, 2**16))
+def test_process_until_stops_before_each_later_marker(flags, mask, seed):
+    """``Engine.process_until`` (the replay's RESTART check, in the engine's own pass) consumes
+    the first event and stops before the next flagged one; the pieces add up to ``process``."""
+    insts = synthetic_instruments(2, book="L3")
+    ev = l3_orders(len(flags), seed=seed, instruments=2) if flags else np.zeros(0, EVENT_DTYPE)
     ev["flags"] = flags
-    hits = np.flatnonzero(ev["flags"] & np.uint32(mask))
-    hits = hits[hits >= start]
-    assert first_flagged(ev, mask, start) == (int(hits[0]) if len(hits) else -1)
+    spec = EngineSpec(rules=[RuleConfig("imbalance", 0.2, 0.1), RuleConfig("microprice", 0.2, 0.1)])
+    whole = spec.build(insts)
+    want = whole.process(ev)
+    eng, at, got = spec.build(insts), 0, 0
+    marks = [i for i in range(1, len(flags)) if flags[i] & mask] + [len(flags)]
+    while at < len(flags):
+        used, sig = eng.process_until(ev[at:], mask)
+        assert at + used == next(m for m in marks if m > at)
+        at, got = at + used, got + sig
+    assert got == want
+    assert eng.take_signals().tobytes() == whole.take_signals().tobytes()
 
 
-def test_first_flagged_rejects_bad_input():
-    from tickwire.ext.pipeline import first_flagged
-
-    with pytest.raises(TypeError, match="EVENT_DTYPE"):
-        first_flagged(np.zeros(4, np.uint32), 8)
-    with pytest.raises(ValueError, match="start"):
-        first_flagged(np.zeros(4, EVENT_DTYPE), 8, -1)
+def test_process_until_rejects_an_empty_mask():
+    eng = EngineSpec().build(synthetic_instruments(1))
+    with pytest.raises(ValueError, match="mask"):
+        eng.process_until(np.zeros(3, EVENT_DTYPE), 0)
