@@ -375,6 +375,14 @@ class _Window:
         return out
 
 
+def _merged(windows: Iterable["_Window"]) -> Iterator[np.ndarray]:
+    """The events of each window of :meth:`Store._read_windows`, merged into the total order,
+    on the calling thread, their arrays reused from window to window (:class:`_Reuse`)."""
+    pool = _Reuse()
+    for window in windows:
+        yield window.events(pool)
+
+
 def _split(parts: Iterable[np.ndarray], chunk_rows: int) -> Iterator[np.ndarray]:
     """The rows of ``parts`` in chunks of at most ``chunk_rows`` (views: nothing copied)."""
     for part in parts:
@@ -627,9 +635,7 @@ class Store:
     def _read_time_order(self, table, instruments, start_ns, end_ns, chunk_rows) -> Iterator[np.ndarray]:
         """Rows in the total order ``(ts_event, seq, epoch, ord)``: each window of
         :meth:`_read_windows` merged."""
-        pool = _Reuse()
-        for window in self._read_windows(table, instruments, start_ns, end_ns, chunk_rows):
-            yield window.events(pool)
+        return _merged(self._read_windows(table, instruments, start_ns, end_ns, chunk_rows))
 
     def _read_windows(self, table, instruments, start_ns, end_ns, chunk_rows) -> Iterator["_Window"]:
         """Rows read window by window of event time in the table's own order (``instrument``

@@ -458,12 +458,10 @@ class StoreSource:
         # the reading thread runs the store's part (decode, transfer); the merge of each window
         # into the total order runs here, on the caller's (the engine's) thread: the two cores
         # then share the work more evenly than when the reader merged too (docs/performance.md)
-        windows = read_ahead(self._windows, self.prefetch, self.reader_cpus)
-        from tickwire.engine.store import _Reuse, _split
+        from tickwire.engine.store import _merged, _split
 
-        pool = _Reuse()
-        ticks = _split((w.events(pool) for w in windows), self.chunk)
-        return merge_snapshots(ticks, self.snapshots)
+        windows = read_ahead(self._windows, self.prefetch, self.reader_cpus)
+        return merge_snapshots(_split(_merged(windows), self.chunk), self.snapshots)
 
     def close(self) -> None:
         self.store.close()
