@@ -122,10 +122,17 @@ cdef void tw_window_clear(tw_window *w) noexcept nogil:
 
 
 cdef void _window_refresh(tw_window *w) noexcept nogil:
-    """Re-base the sums on the window's mean and recompute them exactly (two passes)."""
+    """Re-base the sums on the sample nearest the window's mean and recompute them exactly.
+
+    The shift is a sample, not the mean itself: on integer (or half-integer) series such as
+    spreads and mids in price units every ``x - shift`` and every sum is then exact, so a mean
+    that is exactly 0 comes out as 0.0 (a rule's ``mean > 0`` guard depends on it). The
+    nearest sample is within one standard deviation of the mean, which keeps the variance's
+    cancellation to about one bit.
+    """
     cdef int64_t m = w.cap - 1
     cdef uint64_t i
-    cdef double total = 0.0, comp = 0.0, d
+    cdef double total = 0.0, comp = 0.0, d, mean, best
     cdef int64_t n = tw_window_count(w)
     w.since_refresh = 0
     w.s1 = w.c1 = w.s2 = w.c2 = 0.0
@@ -135,7 +142,15 @@ cdef void _window_refresh(tw_window *w) noexcept nogil:
     while i != w.next:
         _nadd(&total, &comp, w.x[i & m])
         i += 1
-    w.shift = (total + comp) / n
+    mean = (total + comp) / n
+    w.shift = w.x[w.first & m]
+    best = fabs(w.shift - mean)
+    i = w.first + 1
+    while i != w.next:
+        d = fabs(w.x[i & m] - mean)
+        if d < best:
+            best, w.shift = d, w.x[i & m]
+        i += 1
     i = w.first
     while i != w.next:
         d = w.x[i & m] - w.shift
@@ -210,9 +225,11 @@ cdef int tw_window_add(tw_window *w, int64_t ts, double x) noexcept nogil:
         w.maxq[w.max_t & m] = j
         w.max_t += 1
     # Re-base when the window turned over, or when its mean strayed from the shift by more
-    # than its spread (the variance would then come from cancelling large sums).
+    # than twice its standard deviation (the variance would then come from cancelling large
+    # sums). With shift - mean = delta and population deviation sd, s1^2 > 0.8 n s2 is
+    # delta^2 > 4 sd^2; a re-base leaves delta <= sd, so a window does not re-base every add.
     if (w.since_refresh > tw_window_count(w) + _REFRESH_SLACK
-            or (w.s1 * w.s1 > 0.5 * <double>tw_window_count(w) * w.s2 and tw_window_count(w) > 1)):
+            or (w.s1 * w.s1 > 0.8 * <double>tw_window_count(w) * w.s2 and tw_window_count(w) > 1)):
         _window_refresh(w)
     return r
 
@@ -228,7 +245,7 @@ cdef double tw_window_mean(const tw_window *w) noexcept nogil:
     cdef int64_t n = tw_window_count(w)
     if n == 0:
         return NAN
-    return w.shift + (w.s1 + w.c1) / n
+    return (n * w.shift + (w.s1 + w.c1)) / n       # exact sums on integer series: correctly rounded
 
 
 cdef double tw_window_var(const tw_window *w, int ddof) noexcept nogil:

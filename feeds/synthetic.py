@@ -166,7 +166,7 @@ def l3_orders(n: int, seed: int = 1, instruments: int = 1, resting: int = 5000, 
                 continue
         rows.append((k, Kind.DELETE, orders[oid][0], orders[oid][1], 0, oid))
         _remove(orders, live, queues, oid)
-    return _finish(rows, rng, message_size)
+    return _finish(rows[:n], rng, message_size)     # a mid move adds trades: keep exactly ``n``
 
 
 def _remove(orders, live, queues, oid):

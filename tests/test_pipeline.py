@@ -414,6 +414,30 @@ def test_every_feature_and_signal_equals_the_reference_in_both_sampling_modes(bo
         event("a book out of sync")
 
 
+def test_spread_rule_stays_quiet_when_the_mean_spread_is_exactly_zero():
+    """Found by the property test above: a crossed and then cleared L3 book makes the window's
+    spreads average exactly 0; the rolling mean read 1.1e-16 and the spread rule fired with a
+    value of 2.7e16. The reference's exact mean says no signal."""
+    cfg = StatsConfig(window="count", window_size=3, trade_window="count", trade_window_size=1,
+                      imbalance_depth=1, sample="event")
+    rows = [(1, 998, 1, Kind.ADD, Side.BID), (2, 1000, 1, Kind.ADD, Side.ASK),
+            (3, 1000, 1, Kind.ADD, Side.BID), (2, 997, 1, Kind.MODIFY, Side.BID),
+            (0, 1000, 0, Kind.CLEAR, Side.NONE), (2, 999, 1, Kind.ADD, Side.BID),
+            (1, 1002, 1, Kind.ADD, Side.ASK)]
+    ev = np.zeros(len(rows), EVENT_DTYPE)
+    for i, (oid, price, qty, kind, side) in enumerate(rows):
+        ev[i] = (T0, T0 + 7, i + 1, oid, price, qty, 0, 0, kind, side, Flag.LAST, 0)
+    insts = synthetic_instruments(2, book="L3")
+    ref = RefEngine(insts, RULES_H, cfg)
+    eng = Engine(insts, RULES_H, cfg, clock="event")
+    for k in range(len(ev)):
+        eng.process(ev[k:k + 1])
+        ref.process(ev[k:k + 1])
+        compare(eng.features(0), ref.features(0), where=f"after event {k}")
+    assert eng.features(0)["spread_mean"] == 0.0 and ref.features(0)["spread_mean"] == 0.0
+    assert engine_signals(eng.signals) == ref.signals == []
+
+
 def test_engine_imbalance_does_not_overflow():
     """Two bid levels of 2**63-1 lots: their sum passes int64 (it used to wrap to -2)."""
     big = 2**63 - 1

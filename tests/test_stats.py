@@ -69,6 +69,22 @@ def test_time_window_matches_numpy_with_irregular_and_equal_timestamps(data, siz
         check_against(w, window, scale=max(1.0, max(abs(v) for v in window)))
 
 
+@settings(max_examples=examples(200), deadline=None)
+@given(values=st.lists(st.integers(-2_000_000, 2_000_000), max_size=200), size=st.integers(1, 40),
+       half=st.booleans())
+def test_mean_of_an_integer_series_is_exact(values, size, half):
+    """Spreads and mids in price units are integers and half-integers: the window's mean is
+    then the correctly rounded exact mean, bit for bit, so a mean that is exactly 0 reads 0.0
+    (the spread rule's ``mean > 0`` guard turned 1e-16 into a 1e16 signal when it was not)."""
+    xs = [v / 2 if half else float(v) for v in values]
+    w = RollingWindow(size, "count")
+    for i, x in enumerate(xs):
+        w.add(i, x)
+        window = xs[max(0, i + 1 - size): i + 1]
+        assert w.mean == math.fsum(window) / len(window), (i, window)
+        assert w.sum == math.fsum(window)
+
+
 def test_time_window_equals_pandas_rolling_offset():
     rng = np.random.default_rng(2)
     n = 20_000
