@@ -230,6 +230,24 @@ def _select(columns: Sequence[str]) -> str:
     return ", ".join(f"toUnixTimestamp64Nano({c}) AS {c}_ns" if c in _TIME_COLUMNS else c for c in columns)
 
 
+def _close_quietly(handle) -> None:
+    """Close a connection or handle (None: nothing) at the end of its use, whatever it says."""
+    if handle is not None:
+        try:
+            handle.close()
+        except Exception:                      # noqa: BLE001 - closing: nothing left to do about it
+            pass
+
+
+def _sql_literal(value) -> str:
+    """A setting's value as a ClickHouse literal (strings quoted and escaped)."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def _arrow_table(arr: np.ndarray, columns: Sequence[str], extra: dict):
     import pyarrow as pa
 
@@ -409,7 +427,14 @@ class Store:
     #: how :meth:`read_ticks` fetches from an embedded store: ``"native"`` (a chDB handle of
     #: its own, Native format) or ``"arrow"`` (clickhouse-connect, as for a server)
     read_path: str = "native"
+    #: how :meth:`insert_ticks` and :meth:`insert_signals` write to an embedded store:
+    #: ``"python"`` (a chDB handle of its own, ``INSERT ... SELECT ... FROM Python(table)``: the
+    #: engine reads the Arrow table in place) or ``"arrow"`` (clickhouse-connect's
+    #: ``insert_arrow``, as for a server; its chDB backend writes each batch to a temporary file
+    #: and inserts it ``FROM INFILE``, 1.5-1.9x slower per batch, measured in bench_store.py)
+    write_path: str = "python"
     _reader: object = field(default=None, repr=False, compare=False)
+    _writer: object = field(default=None, repr=False, compare=False)
 
     @classmethod
     def open(cls, dsn: str, database: str = "tickwire", *, username: Optional[str] = None,
@@ -527,7 +552,7 @@ class Store:
         for name, rows, o in parts:
             if len(rows):
                 table = _arrow_table(rows, TICK_COLUMNS, {"epoch": np.full(len(rows), epoch, np.uint64), "ord": o})
-                self.client.insert_arrow(f"{self.database}.{name}", table, settings=settings)
+                self._insert_arrow(name, table, settings)
         return len(events)
 
     def insert_signals(self, signals: np.ndarray, run: str, *, token: Optional[str] = None) -> int:
@@ -540,8 +565,34 @@ class Store:
         settings = dict(_INSERT_SETTINGS)
         if token:
             settings["insert_deduplication_token"] = token
-        self.client.insert_arrow(f"{self.database}.signals", table, settings=settings)
+        self._insert_arrow("signals", table, settings)
         return len(signals)
+
+    def prepare_writes(self) -> None:
+        """Load now what the first insert would otherwise load while ticks wait in a ring:
+        pyarrow, and on an embedded store the write handle and its ``Python()`` reader (an
+        insert of no rows, which stores nothing). The storage writer calls it before attaching."""
+        table = _arrow_table(np.zeros(0, EVENT_DTYPE), TICK_COLUMNS,
+                             {"epoch": np.zeros(0, np.uint64), "ord": np.zeros(0, np.uint64)})
+        if self.dsn.startswith("chdb:") and self.write_path == "python":
+            self._insert_arrow("ticks", table, dict(_INSERT_SETTINGS))
+
+    def _insert_arrow(self, name: str, table, settings: dict) -> None:
+        """One Arrow table into ``name``: on an embedded store through a chDB handle of our own
+        (``write_path="python"``: the engine reads ``table`` in place, no temporary file), else
+        through clickhouse-connect. The same settings (and so the same deduplication token) either way."""
+        if not (self.dsn.startswith("chdb:") and self.write_path == "python"):
+            self.client.insert_arrow(f"{self.database}.{name}", table, settings=settings)
+            return
+        import chdb
+
+        if self._writer is None:
+            self._writer = chdb.connect(os.path.realpath(self.dsn[len("chdb://"):]))
+        cols = ", ".join(table.column_names)
+        clause = ", ".join(f"{k} = {_sql_literal(v)}" for k, v in settings.items())
+        # chDB's Python() table function finds ``table`` by name among this frame's locals
+        self._writer.query(f"INSERT INTO {self.database}.{name} ({cols}) SELECT {cols} FROM Python(table) "
+                           f"SETTINGS {clause}")
 
     # -- reading --------------------------------------------------------------------------
     def _where(self, instruments, start_ns, end_ns):
@@ -710,12 +761,8 @@ class Store:
                  for i, t in enumerate(_READ_TYPES)]], tbl
 
     def _close_reader(self) -> None:
-        if self._reader is not None:
-            try:
-                self._reader.close()
-            except Exception:                  # noqa: BLE001
-                pass
-            self._reader = None
+        _close_quietly(self._reader)
+        self._reader = None
 
     def read_signals(self, run: str) -> np.ndarray:
         """Signals of a run, in production order."""
@@ -741,10 +788,9 @@ class Store:
     def close(self) -> None:
         """Close the connection (the embedded engine then lets another path be opened)."""
         self._close_reader()
-        try:
-            self.client.close()
-        except Exception:                      # noqa: BLE001
-            pass
+        _close_quietly(self._writer)
+        self._writer = None
+        _close_quietly(self.client)
 
     def __enter__(self):
         return self
