@@ -84,7 +84,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=2_000_000, help="ticks per run [%(default)s]")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--batch-rows", type=int, default=500_000, help="writer batch size [%(default)s]")
+    ap.add_argument("--batch-rows", type=int, default=500_000, help="writer batch size [%(default)s]; the writer caps it at half its spill threshold "
+                         "(262,144 on the 2^20 ring used here)")
     ap.add_argument("--rate", type=float, default=1_000_000,
                     help="offered ticks/s of the paced writer run [%(default)s]")
     args = ap.parse_args(argv)
@@ -117,6 +118,8 @@ def main(argv=None) -> int:
                        ("chDB INSERT ... SELECT FROM Python(prebuilt table) (peer)", peer_chdb),
                        ("tickwire Store.insert_ticks from numpy events", ours("python")),
                        ("the same, write_path='arrow' (through clickhouse-connect, as before)", ours("arrow"))]
+        peer_cc()                                           # untimed: the process's first insert is
+        store.client.command("TRUNCATE TABLE tickwire.ticks")  # ~1.6x slower than the next ones
         times = {name: [] for name, _ in contestants}
         counted = {name: [] for name, _ in contestants}
         for r in range(args.repeats):

@@ -431,7 +431,7 @@ class Store:
     #: ``"python"`` (a chDB handle of its own, ``INSERT ... SELECT ... FROM Python(table)``: the
     #: engine reads the Arrow table in place) or ``"arrow"`` (clickhouse-connect's
     #: ``insert_arrow``, as for a server; its chDB backend writes each batch to a temporary file
-    #: and inserts it ``FROM INFILE``, 1.5-1.9x slower per batch, measured in bench_store.py)
+    #: and inserts it ``FROM INFILE``, 1.5-2x slower per batch, measured in bench_store.py)
     write_path: str = "python"
     _reader: object = field(default=None, repr=False, compare=False)
     _writer: object = field(default=None, repr=False, compare=False)
@@ -572,22 +572,31 @@ class Store:
         """Load now what the first insert would otherwise load while ticks wait in a ring:
         pyarrow, and on an embedded store the write handle and its ``Python()`` reader (an
         insert of no rows, which stores nothing). The storage writer calls it before attaching."""
-        table = _arrow_table(np.zeros(0, EVENT_DTYPE), TICK_COLUMNS,
+        table = _arrow_table(np.zeros(0, EVENT_DTYPE), TICK_COLUMNS,        # (imports pyarrow)
                              {"epoch": np.zeros(0, np.uint64), "ord": np.zeros(0, np.uint64)})
-        if self.dsn.startswith("chdb:") and self.write_path == "python":
+        if self._embedded_path(self.write_path == "python"):
             self._insert_arrow("ticks", table, dict(_INSERT_SETTINGS))
+
+    def _embedded_path(self, chosen: bool) -> bool:
+        """Whether a read or write goes through a chDB handle of the store's own: an embedded
+        store, and ``chosen`` by :attr:`read_path` or :attr:`write_path`."""
+        return chosen and self.dsn.startswith("chdb:")
+
+    def _chdb_handle(self):
+        """A new chDB connection to this embedded store's directory (the process's one engine)."""
+        import chdb
+
+        return chdb.connect(os.path.realpath(self.dsn[len("chdb://"):]))
 
     def _insert_arrow(self, name: str, table, settings: dict) -> None:
         """One Arrow table into ``name``: on an embedded store through a chDB handle of our own
         (``write_path="python"``: the engine reads ``table`` in place, no temporary file), else
         through clickhouse-connect. The same settings (and so the same deduplication token) either way."""
-        if not (self.dsn.startswith("chdb:") and self.write_path == "python"):
+        if not self._embedded_path(self.write_path == "python"):
             self.client.insert_arrow(f"{self.database}.{name}", table, settings=settings)
             return
-        import chdb
-
         if self._writer is None:
-            self._writer = chdb.connect(os.path.realpath(self.dsn[len("chdb://"):]))
+            self._writer = self._chdb_handle()
         cols = ", ".join(table.column_names)
         clause = ", ".join(f"{k} = {_sql_literal(v)}" for k, v in settings.items())
         # chDB's Python() table function finds ``table`` by name among this frame's locals
@@ -703,7 +712,7 @@ class Store:
             f"FROM {self.database}.{table} WHERE {where}").result_rows[0]
         if not total:
             return
-        native = self.dsn.startswith("chdb:") and self.read_path != "arrow"
+        native = self._embedded_path(self.read_path != "arrow")
         fetch, columns = (self._fetch_native, _READ_COLUMNS_NATIVE) if native else (self._fetch_arrow, _READ_COLUMNS)
         cap = WINDOW_CAP * chunk_rows
         block = min(READ_BLOCK_ROWS, cap + 1)
@@ -742,10 +751,8 @@ class Store:
         result: 380 MiB more per million rows, measured). Returns the blocks (each a list of
         column arrays viewing the store's memory) and what holds that memory. No Arrow, no
         per-row work."""
-        import chdb
-
         if self._reader is None:
-            self._reader = chdb.connect(os.path.realpath(self.dsn[len("chdb://"):]))
+            self._reader = self._chdb_handle()
         blocks, held = [], []
         with self._reader.send_query(q, "Native") as stream:
             for part in stream:

@@ -186,6 +186,35 @@ def flaky_link(dsn, down):
     return real, StoreLink(open_store, retry_seconds=0.05)
 
 
+def test_batches_are_capped_so_a_steady_feed_never_spills(tmp_path):
+    """A batch as large as the ring would pass the spill threshold (half the ring) during every
+    insert and send every batch through the spill file; capped at half the threshold, a steady
+    feed the store keeps up with is inserted directly, every tick once."""
+    name, dsn = ring_name(), f"chdb://{tmp_path}/store"
+    ev = l2_updates(40_000, seed=12, instruments=2)
+    real, link = flaky_link(dsn, threading.Event())
+    assert link.submit(link.get).result() is not None          # open the store before the clock runs,
+    real.prepare_writes()                                      # ready to insert (as the writer's main)
+    with Ring.create(name, EVENT_DTYPE, 1 << 14) as ring:
+        writer = TickWriter(link, Ring.attach(name, EVENT_DTYPE), tmp_path / "state", epoch=3,
+                            batch_rows=1 << 14, batch_seconds=5.0)
+        assert writer.batch_rows == (1 << 14) // 4
+        t = threading.Thread(target=writer.run)
+        t.start()
+        for start in range(0, len(ev), 500):                  # 50,000 ticks/s
+            part = ev[start:start + 500]
+            while len(part):
+                part = part[ring.push_many(part, timeout=1.0):]
+            time.sleep(0.01)
+        writer.stop()
+        t.join(60)
+    assert writer.metrics["rows_spilled"] == 0, writer.metrics
+    assert writer.metrics["rows_written"] == len(ev) and writer.metrics["batches_written"] >= len(ev) // 4096
+    link.close()
+    real.close()
+    assert_exactly_once(dsn, ev)
+
+
 def test_outage_spills_in_order_and_replays_with_nothing_lost(tmp_path):
     name, dsn = ring_name(), f"chdb://{tmp_path}/store"
     ev = l2_updates(50_000, seed=4, instruments=2)
