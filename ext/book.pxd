@@ -51,7 +51,6 @@ cdef struct tw_ladder:
     int64_t base                  # key of slot 0
     int64_t cap                   # slots in the window (a power of two)
     int64_t best                  # slot of the best level, -1 when the side is empty
-    int64_t nwin                  # levels in the window
     tw_level *over                # levels worse than the window, ascending keys
     int64_t nover
     int64_t over_cap
@@ -104,6 +103,7 @@ cdef struct tw_book:
     int64_t last_ts_event
     int64_t last_ts_recv
     int in_sync                   # 0 between a snapshot BEGIN and END marker
+    uint64_t price_span           # p.max_price - p.min_price (one unsigned compare checks a price)
 
 cdef struct tw_level_cursor:      # walks one side from the best level down
     int64_t slot                  # next window slot, -1 once the window is done

@@ -12,7 +12,7 @@ from libc.stdlib cimport calloc, malloc, realloc, free
 from libc.string cimport memcpy, memmove, memset
 
 from tickwire.ext.defs cimport (
-    tw_event, tw_msb64, tw_lsb64, TW_NO_PRICE, TW_DEBUG_BUILD, TW_LIKELY, TW_UNLIKELY,
+    tw_event, tw_msb64, tw_lsb64, tw_popcount64, TW_NO_PRICE, TW_DEBUG_BUILD, TW_LIKELY, TW_UNLIKELY,
     TW_KIND_ADD, TW_KIND_MODIFY, TW_KIND_DELETE, TW_KIND_TRADE, TW_KIND_CLEAR, TW_KIND_SNAPSHOT,
     TW_SIDE_BID, TW_SIDE_ASK, TW_SIDE_NONE, TW_FLAG_SNAPSHOT_BEGIN, TW_FLAG_SNAPSHOT_END,
     TW_FLAG_STALE, TW_FLAG_SNAPSHOT, TW_FLAG_LAST, TW_KIND_SNAPSHOT as _SNAP,
@@ -44,6 +44,7 @@ cdef enum:
     _PREFETCH_MAP = 16            # batch apply: events ahead whose order-map slot is prefetched
     _PREFETCH_ORDER = 8           # ... and whose order record is prefetched (map slot read)
     _PREFETCH_LEVEL = 8           # L2 batch apply: events ahead whose level slot is prefetched
+    _PREFETCH_LEVELS_MIN = 32768  # ... when the set holds at least this many levels
 
 # Heap allocations made by books (window, overflow and order-pool growth), process-wide:
 # a steady-state stream must leave it unchanged (tests check this).  Diagnostic only.
@@ -180,14 +181,20 @@ cdef inline int64_t _find_next(const tw_ladder *L, int64_t i) noexcept nogil:
 # -- the overflow array ------------------------------------------------------------------
 
 cdef inline Py_ssize_t _over_find(const tw_ladder *L, int64_t key) noexcept nogil:
-    """Index of ``key`` in the overflow, or ``-(insertion point) - 1``."""
-    cdef Py_ssize_t lo = 0, hi = L.nover, mid
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if L.over[mid].key < key:
-            lo = mid + 1
-        else:
-            hi = mid
+    """Index of ``key`` in the overflow, or ``-(insertion point) - 1``.
+
+    A branch-free lower bound: the far levels a feed updates are anywhere in the overflow, so
+    each step of a branching search is a coin toss, and its mispredictions cost more than the
+    rest of the update; here each step is a conditional move."""
+    cdef const tw_level *base = L.over
+    cdef Py_ssize_t n = L.nover, half, lo
+    if n == 0:
+        return -1
+    while n > 1:
+        half = n >> 1
+        base += half & -<Py_ssize_t>(base[half - 1].key < key)      # (no branch: a mask)
+        n -= half
+    lo = (base - L.over) + (base[0].key < key)
     if lo < L.nover and L.over[lo].key == key:
         return lo
     return -lo - 1
@@ -242,7 +249,7 @@ cdef int _ladder_move(tw_ladder *L, int64_t new_base) noexcept nogil:
     cdef bint orders = L.norders != NULL
     if delta == 0:
         return TW_OK
-    if delta > 0 and _over_reserve(L, L.nover + L.nwin) != TW_OK:
+    if delta > 0 and _over_reserve(L, L.nlevels) != TW_OK:
         return TW_REJ_NO_MEMORY                   # (moving down sends nothing to the overflow)
     for k in range(TW_LADDER_LEVELS):
         memset(L.spare[k], 0, L.nwords[k] * sizeof(uint64_t))
@@ -256,7 +263,6 @@ cdef int _ladder_move(tw_ladder *L, int64_t new_base) noexcept nogil:
                 lv.norders = L.norders[s]
                 lv.head = L.head[s]
                 lv.tail = L.tail[s]
-            L.nwin -= 1
             s = _find_next(L, s + 1)
         while s >= 0:
             _bits_set(L.spare, s - delta)
@@ -299,7 +305,6 @@ cdef int _ladder_move(tw_ladder *L, int64_t new_base) noexcept nogil:
             L.head[t] = lv.head
             L.tail[t] = lv.tail
         _bits_set(L.bits, t)
-        L.nwin += 1
         L.nover -= 1
     L.best = _find_prev(L, L.cap - 1)
     return TW_OK
@@ -313,7 +318,6 @@ cdef inline int64_t _home_base(const tw_ladder *L, int64_t key) noexcept nogil:
 cdef inline void _win_add(tw_ladder *L, int64_t s) noexcept nogil:
     """A level appeared at window slot ``s`` (its qty already set)."""
     _bits_set(L.bits, s)
-    L.nwin += 1
     L.nlevels += 1
     if s > L.best:
         L.best = s
@@ -330,7 +334,6 @@ cdef void _best_removed(tw_ladder *L, int64_t s) noexcept nogil:
 cdef inline void _win_remove(tw_ladder *L, int64_t s) noexcept nogil:
     """The level at window slot ``s`` emptied (its qty already 0)."""
     _bits_clear(L.bits, s)
-    L.nwin -= 1
     L.nlevels -= 1
     if s == L.best:
         _best_removed(L, s)
@@ -344,16 +347,24 @@ cdef void _bits_carry(uint64_t **bits, int64_t s, bint now) noexcept nogil:
         _bits_clear(bits + 1, s >> 6)
 
 
-cdef inline void _win_store(tw_ladder *L, int64_t s, int64_t old, int64_t qty) noexcept nogil:
-    """Set window slot ``s`` from ``old`` to ``qty`` and keep bitmap, counts and best right.
+cdef inline bint _win_has(const tw_ladder *L, int64_t s) noexcept nogil:
+    """Whether window slot ``s`` holds a level, from the occupancy bitmap rather than the slot:
+    the bitmap is 64 times denser and stays in cache, where the slot of a level far from the
+    best is a cache miss.  An update that reads only the bitmap leaves the slot to a store,
+    which does not hold up the next update."""
+    return (L.bits[0][s >> 6] >> (s & 63)) & 1
+
+
+cdef inline void _win_store(tw_ladder *L, int64_t s, int64_t qty) noexcept nogil:
+    """Set window slot ``s`` to ``qty`` and keep bitmap, counts and best right.
 
     Written to compile to conditional moves rather than branches on the data: whether a
     level appears, changes or goes is a coin toss on real streams, and each mispredicted
-    branch costs more than the whole update."""
+    branch costs more than the whole update.  The slot is only written, never read."""
     cdef uint64_t bit = (<uint64_t>1) << (s & 63)
     cdef uint64_t *word = &L.bits[0][s >> 6]
     cdef uint64_t w_old = word[0], w_new
-    cdef int64_t was = old != 0, now = qty != 0, best = L.best, take
+    cdef int64_t was = (w_old & bit) != 0, now = qty != 0, best = L.best, take
     L.qty[s] = qty
     w_new = (w_old & ~bit) | (bit & (<uint64_t>0 - <uint64_t>now))
     word[0] = w_new
@@ -361,7 +372,6 @@ cdef inline void _win_store(tw_ladder *L, int64_t s, int64_t old, int64_t qty) n
     # update start without waiting for this word's load
     if TW_UNLIKELY(w_old == 0 or w_new == 0) and (w_old == 0) != (w_new == 0):
         _bits_carry(L.bits, s, w_new != 0)
-    L.nwin += now - was
     L.nlevels += now - was
     take = <int64_t>0 - (now & (s > best))          # all ones when s becomes the best
     L.best = (s & take) | (best & ~take)
@@ -449,7 +459,7 @@ cdef int _l2_set_outside(tw_book *b, tw_ladder *L, int64_t price, int64_t key, i
 cdef inline int _set_level(tw_book *b, int side, int64_t price, int64_t qty) noexcept nogil:
     """tw_book_set_level, inlined into the batch loops; the window path is the hot one."""
     cdef tw_ladder *L
-    cdef int64_t key, s, old
+    cdef int64_t key, s
     if TW_UNLIKELY(<unsigned int>side > 1):
         return TW_REJ_BAD_SIDE
     if TW_UNLIKELY(qty < 0):
@@ -459,11 +469,10 @@ cdef inline int _set_level(tw_book *b, int side, int64_t price, int64_t qty) noe
     s = key - L.base
     if TW_UNLIKELY(<uint64_t>s >= <uint64_t>L.cap):
         return _l2_set_outside(b, L, price, key, qty)
-    old = L.qty[s]
-    if TW_UNLIKELY((old == 0) & (qty != 0)
-                   & ((price < b.p.min_price) | (price > b.p.max_price) | (L.nlevels >= b.p.max_levels))):
+    if TW_UNLIKELY((1 - _win_has(L, s)) & (qty != 0)
+                   & ((<uint64_t>price - <uint64_t>b.p.min_price > b.price_span) | (L.nlevels >= b.p.max_levels))):
         return TW_REJ_PRICE_RANGE if not _price_ok(b, price) else TW_REJ_CAPACITY
-    _win_store(L, s, old, qty)
+    _win_store(L, s, qty)
     if TW_UNLIKELY(b.p.max_depth != 0 and L.nlevels > b.p.max_depth):
         _drop_worst(L)
     return TW_OK
@@ -880,7 +889,7 @@ cdef int tw_book_modify_order(tw_book *b, uint64_t order_id, int64_t price, int6
                 return TW_REJ_CAPACITY
         elif v.qty[0] > INT64_MAX - qty:
             return TW_REJ_BAD_QTY                 # the new level's total would pass INT64_MAX
-        if _over_reserve(L, L.nover + L.nwin + 1) != TW_OK:
+        if _over_reserve(L, L.nlevels + 1) != TW_OK:
             return TW_REJ_NO_MEMORY
     else:
         _lvl_find(L, L.sign * price, &v)
@@ -927,6 +936,7 @@ cdef int tw_book_init(tw_book *b, const tw_book_params *p) noexcept nogil:
     """Initialise a zeroed or freed book; -1 when out of memory."""
     memset(b, 0, sizeof(tw_book))
     b.p = p[0]
+    b.price_span = <uint64_t>p.max_price - <uint64_t>p.min_price
     _ladder_reset(&b.side[TW_SIDE_BID], 1)
     _ladder_reset(&b.side[TW_SIDE_ASK], -1)
     b.free_head = -1
@@ -969,7 +979,6 @@ cdef void tw_book_clear(tw_book *b) noexcept nogil:
                 L.norders[s] = 0
             _bits_clear(L.bits, s)
             s = _find_next(L, s + 1)
-        L.nwin = 0
         L.nover = 0
         L.nlevels = 0
         L.best = -1
@@ -1133,6 +1142,20 @@ cdef inline bint _route(tw_bookset *s, const tw_event *ev, uint8_t *status, Py_s
     return r == TW_OK
 
 
+cdef bint _bookset_is_big(const tw_bookset *s) noexcept nogil:
+    """True when the set's L2 levels are too many for the cache (_PREFETCH_LEVELS_MIN or more):
+    prefetching the level ahead then hides a miss; on a smaller set every slot is already in
+    cache and the prefetch only adds instructions (a fifth of an update)."""
+    cdef uint32_t k
+    cdef int64_t n = 0
+    for k in range(s.nbooks):
+        if s.books[k] != NULL:
+            n += s.books[k].side[0].nlevels + s.books[k].side[1].nlevels
+            if n >= _PREFETCH_LEVELS_MIN:
+                return True
+    return False
+
+
 cdef Py_ssize_t tw_bookset_apply(tw_bookset *s, const tw_event *ev, Py_ssize_t n,
                                  uint8_t *status) noexcept nogil:
     """Route each event to its instrument's book; returns how many were applied.
@@ -1141,12 +1164,15 @@ cdef Py_ssize_t tw_bookset_apply(tw_bookset *s, const tw_event *ev, Py_ssize_t n
     then its neighbours).  With L3 books in the set the loop prefetches the map slot of the
     event _PREFETCH_MAP ahead and the order record of the event _PREFETCH_ORDER ahead, so
     that the misses of several events overlap; a set of L2 books only prefetches the level slot
-    and occupancy word of the event _PREFETCH_LEVEL ahead."""
-    cdef Py_ssize_t i, applied = 0
+    and occupancy word of the event _PREFETCH_LEVEL ahead, and only when it holds more levels
+    than the cache does (_bookset_is_big)."""
+    cdef Py_ssize_t i, applied = 0, ahead
     cdef const tw_book *pb
     if s.nl3 == 0:
+        # (one loop, so that the level update is inlined once; ahead = 0 turns the prefetch off)
+        ahead = n - _PREFETCH_LEVEL if n >= _PREFETCH_LEVEL * 8 and _bookset_is_big(s) else 0
         for i in range(n):
-            if i + _PREFETCH_LEVEL < n:
+            if i < ahead:
                 pb = _book_of(s, &ev[i + _PREFETCH_LEVEL])
                 if pb != NULL:
                     _prefetch_level(pb, &ev[i + _PREFETCH_LEVEL])
@@ -1791,7 +1817,10 @@ cdef class Book:
         of one side, for tests and diagnostics."""
         cdef tw_ladder *L = &self.c.side[_side_arg(side)]
         lo, hi = L.sign * L.base, L.sign * (L.base + L.cap - 1)
-        return min(lo, hi), max(lo, hi), L.nwin, L.nover
+        cdef int64_t nwin = 0, k
+        for k in range(L.nwords[0]):
+            nwin += tw_popcount64(L.bits[0][k])
+        return min(lo, hi), max(lo, hi), nwin, L.nover
 
 
 cdef Py_ssize_t _book_apply_many(tw_book *b, const tw_event *ev, Py_ssize_t n, uint8_t *status) noexcept nogil:

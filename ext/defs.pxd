@@ -91,3 +91,4 @@ cdef extern from "tw_defs.h" nogil:
     bint TW_UNLIKELY(bint)
     int tw_msb64(uint64_t x)
     int tw_lsb64(uint64_t x)
+    int tw_popcount64(uint64_t x)

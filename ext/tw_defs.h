@@ -133,5 +133,6 @@ enum {
 /* Bit helpers for the level bitmaps (x != 0). */
 TW_INLINE int tw_msb64(uint64_t x) { return 63 - __builtin_clzll(x); }
 TW_INLINE int tw_lsb64(uint64_t x) { return __builtin_ctzll(x); }
+TW_INLINE int tw_popcount64(uint64_t x) { return __builtin_popcountll(x); }
 
 #endif /* TW_DEFS_H */

@@ -241,6 +241,36 @@ def test_batch_equals_per_event_and_bookset_routes():
         bs[3]
 
 
+def test_a_bookset_too_big_for_the_cache_prefetches_and_still_equals_per_event():
+    """A set of L2 books holding more levels than the cache prefetches the level of the event
+    a few ahead in ``BookSet.apply`` (smaller sets do not); the books must come out the same
+    as from one ``set`` at a time, through window moves, the overflow and unknown instruments."""
+    rng = np.random.default_rng(5)
+    wide = []
+    for inst in range(3):
+        for side, sign in ((BID, -1), (ASK, 1)):
+            for k in range(1, 6001):                  # 36,000 levels in all: past the threshold
+                wide.append((inst, side, 1_000_000 + sign * 3 * k, k))
+    rows = random_l2_rows(rng, 30_000)
+    ev = events_from(rows)
+    ev["instrument"] = rng.integers(0, 4, len(ev))      # 3 has no book
+    pre = events_from([(Kind.MODIFY, side, price, qty) for _, side, price, qty in wide])
+    pre["instrument"] = [inst for inst, _, _, _ in wide]
+    books, singles = [L2Book(i, window=4096) for i in range(3)], [L2Book(i, window=4096) for i in range(3)]
+    bs = BookSet(books)
+    assert bs.apply(pre) == len(pre)
+    assert sum(len(b.levels(BID)) + len(b.levels(ASK)) for b in books) >= 32768
+    for inst, side, price, qty in wide:
+        singles[inst].set(side, price, qty)
+    applied = bs.apply(ev)
+    assert applied == int((ev["instrument"] < 3).sum())
+    for e in ev:
+        if e["instrument"] < 3:
+            singles[e["instrument"]].set(int(e["side"]), int(e["price"]), int(e["qty"]))
+    for a, b in zip(books, singles):
+        assert a.state() == b.state()
+
+
 def test_book_apply_rejects_other_instruments():
     book = L2Book(5)
     ev = events_from([(Kind.ADD, BID, 100, 1), (Kind.ADD, BID, 101, 1)], instrument=5)
