@@ -842,10 +842,11 @@ def print_run(res: dict) -> None:
          f"signals {res['signals']:,} (missed {res['signals_missed']}, unmatched {res['signals_unmatched']})")
     rows = [k for k in ("wire_to_signal", "wire_queue", "engine", "ring_hop", "floor", "zmq_hop", "ring_hop_floor",
                         "pyzmq_baseline") if k in res["latency_ns"]]
-    _say(f"  {'us':22s}" + "".join(f"{k:>10s}" for k in LEVELS) + f"{'count':>11s}")
+    # (a space before every column: a stalled baseline's seconds are wider than the column)
+    _say(f"  {'us':22s}" + "".join(f" {k:>10s}" for k in LEVELS) + f" {'count':>10s}")
     for k in rows:
         s = res["latency_ns"][k]
-        _say(f"  {k:22s}" + "".join(f"{_us(s.get(lv)):>10s}" for lv in LEVELS) + f"{s.get('count', ''):>11}")
+        _say(f"  {k:22s}" + "".join(f" {_us(s.get(lv)):>10s}" for lv in LEVELS) + f" {s.get('count', ''):>10}")
     if "vs_floor" in res:
         v = res["vs_floor"]
         hits = ", ".join(f"{k}: {'hit' if ok else 'MISS'}" for k, ok in v["targets"].items())
