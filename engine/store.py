@@ -265,7 +265,7 @@ def _arrow_table(arr: np.ndarray, columns: Sequence[str], extra: dict):
 
 #: What a time-ordered read selects: the event's columns in EVENT_DTYPE order, then the two keys
 #: that complete the total order (times as int64 ns through Arrow; in Native, DateTime64(9)
-#: already is int64 ns, and converting it costs the engine about 15%).
+#: already is int64 ns, and converting it would cost the engine time per row).
 _READ_COLUMNS = _select(TICK_COLUMNS) + ", epoch, ord"
 _READ_COLUMNS_NATIVE = ", ".join(TICK_COLUMNS) + ", epoch, ord"
 _READ_TYPES = ["Int64", "Int64", "UInt64", "UInt64", "Int64", "Int64", "UInt32", "UInt16", "UInt8", "UInt8",
@@ -431,7 +431,7 @@ class Store:
     #: ``"python"`` (a chDB handle of its own, ``INSERT ... SELECT ... FROM Python(table)``: the
     #: engine reads the Arrow table in place) or ``"arrow"`` (clickhouse-connect's
     #: ``insert_arrow``, as for a server; its chDB backend writes each batch to a temporary file
-    #: and inserts it ``FROM INFILE``, 1.5-2x slower per batch, measured in bench_store.py)
+    #: and inserts it ``FROM INFILE``: slower per batch, docs/performance.md, "Storage")
     write_path: str = "python"
     _reader: object = field(default=None, repr=False, compare=False)
     _writer: object = field(default=None, repr=False, compare=False)
