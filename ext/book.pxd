@@ -52,7 +52,8 @@ cdef struct tw_ladder:
     int64_t cap                   # slots in the window (a power of two)
     int64_t best                  # slot of the best level, -1 when the side is empty
     tw_level *over                # levels worse than the window, ascending keys
-    int64_t nover
+    int64_t nover                 # entries of over, the dead ones included
+    int64_t ndead                 # L2: dead entries (a far level removed, its entry left in place)
     int64_t over_cap
     int64_t nlevels               # all levels of the side
     int64_t sign                  # +1 bids, -1 asks: key = sign * price

@@ -233,6 +233,46 @@ cdef inline void _over_remove(tw_ladder *L, Py_ssize_t pos) noexcept nogil:
     L.nover -= 1
 
 
+# Dead entries (L2 books only).  A far level that goes is left in place with qty 0 (and no
+# orders) instead of being cut out of the array, so that its removal moves nothing; a level
+# that comes back at that price, or next to a dead entry, takes the entry without a move.
+# Readers skip dead entries; the last entry is never dead (a level removed there is cut off),
+# so the overflow's best level is always over[nover - 1]; and the array is compacted when more
+# than half of it is dead.
+
+cdef inline bint _dead(const tw_level *lv) noexcept nogil:
+    return lv.qty == 0 and lv.norders == 0
+
+
+cdef void _over_compact(tw_ladder *L) noexcept nogil:
+    """Cut the dead entries out, in one pass."""
+    cdef Py_ssize_t i, j = 0
+    for i in range(L.nover):
+        if not _dead(&L.over[i]):
+            if j != i:
+                L.over[j] = L.over[i]
+            j += 1
+    L.nover = j
+    L.ndead = 0
+
+
+cdef inline void _over_trim(tw_ladder *L) noexcept nogil:
+    """Drop the dead entries at the end (the best end) of the overflow."""
+    while L.nover > 0 and _dead(&L.over[L.nover - 1]):
+        L.nover -= 1
+        L.ndead -= 1
+
+
+cdef void _over_kill(tw_ladder *L, Py_ssize_t i) noexcept nogil:
+    """Remove the (L2) far level at overflow entry ``i``: it stays, dead."""
+    L.over[i].qty = 0
+    L.ndead += 1
+    L.nlevels -= 1
+    _over_trim(L)
+    if L.ndead > 16 and 2 * L.ndead > L.nover:
+        _over_compact(L)
+
+
 # -- moving the window -------------------------------------------------------------------
 
 cdef int _ladder_move(tw_ladder *L, int64_t new_base) noexcept nogil:
@@ -249,7 +289,7 @@ cdef int _ladder_move(tw_ladder *L, int64_t new_base) noexcept nogil:
     cdef bint orders = L.norders != NULL
     if delta == 0:
         return TW_OK
-    if delta > 0 and _over_reserve(L, L.nlevels) != TW_OK:
+    if delta > 0 and _over_reserve(L, L.nover + L.nlevels - (L.nover - L.ndead)) != TW_OK:
         return TW_REJ_NO_MEMORY                   # (moving down sends nothing to the overflow)
     for k in range(TW_LADDER_LEVELS):
         memset(L.spare[k], 0, L.nwords[k] * sizeof(uint64_t))
@@ -298,6 +338,10 @@ cdef int _ladder_move(tw_ladder *L, int64_t new_base) noexcept nogil:
     # overflow levels that now fall inside the window come back into it
     while L.nover > 0 and L.over[L.nover - 1].key >= new_base:
         lv = &L.over[L.nover - 1]
+        if _dead(lv):
+            L.nover -= 1
+            L.ndead -= 1
+            continue
         t = lv.key - new_base
         L.qty[t] = lv.qty
         if orders:
@@ -326,6 +370,7 @@ cdef inline void _win_add(tw_ladder *L, int64_t s) noexcept nogil:
 cdef void _best_removed(tw_ladder *L, int64_t s) noexcept nogil:
     """The best level (slot ``s``) emptied: find the next one; follow it down if it sank low."""
     L.best = _find_prev(L, s - 1)
+    _over_trim(L)                                 # (so that over[nover - 1] is a level)
     if L.nover > 0 and L.best < (L.cap >> 3):
         # the best sank to the bottom of the window: bring the window down after it
         _ladder_move(L, _home_base(L, L.base + L.best if L.best >= 0 else L.over[L.nover - 1].key))
@@ -385,6 +430,8 @@ cdef inline int _ladder_make_room(tw_book *b, tw_ladder *L, int64_t key) noexcep
     cdef int64_t top
     if L.nlevels == 0:
         L.base = _home_base(L, key)           # empty side: nothing to move
+        L.nover = 0                           # (dead entries only: they would be above the base)
+        L.ndead = 0
         return TW_OK
     if key >= L.base + L.cap:
         return _ladder_move(L, _home_base(L, key))
@@ -406,9 +453,11 @@ cdef inline bint _can_add_level(const tw_book *b, const tw_ladder *L) noexcept n
 cdef void _drop_worst(tw_ladder *L) noexcept nogil:
     """Remove the worst level of an L2 side (for max_depth)."""
     cdef int64_t s
-    if L.nover > 0:
-        _over_remove(L, 0)
-        L.nlevels -= 1
+    cdef Py_ssize_t i = 0
+    if L.nover > L.ndead:
+        while _dead(&L.over[i]):
+            i += 1
+        _over_kill(L, i)
     else:
         s = _find_next(L, 0)
         L.qty[s] = 0
@@ -421,17 +470,19 @@ cdef void _drop_worst(tw_ladder *L) noexcept nogil:
 
 cdef int _l2_set_outside(tw_book *b, tw_ladder *L, int64_t price, int64_t key, int64_t qty) noexcept nogil:
     """tw_book_set_level for a key outside the window."""
-    cdef Py_ssize_t i
+    cdef Py_ssize_t i, pos
     cdef int r
     cdef tw_level *lv
     if key < L.base and L.nlevels > 0:
         i = _over_find(L, key)
-        if i >= 0:                                   # an existing far level
-            if qty == 0:
+        if i >= 0 and not _dead(&L.over[i]):         # an existing far level
+            if qty != 0:
+                L.over[i].qty = qty
+            elif L.norders == NULL:
+                _over_kill(L, i)
+            else:
                 _over_remove(L, i)
                 L.nlevels -= 1
-            else:
-                L.over[i].qty = qty
             return TW_OK
     if qty == 0:
         return TW_OK                                 # no such level: nothing to remove
@@ -446,9 +497,23 @@ cdef int _l2_set_outside(tw_book *b, tw_ladder *L, int64_t price, int64_t key, i
         L.qty[key - L.base] = qty
         _win_add(L, key - L.base)
     else:
-        if _over_reserve(L, L.nover + 1) != TW_OK:
-            return TW_REJ_NO_MEMORY
-        lv = _over_insert(L, -_over_find(L, key) - 1, key)
+        i = _over_find(L, key)
+        pos = -i - 1
+        if i >= 0:                                   # a dead entry at this price
+            lv = &L.over[i]
+        elif pos > 0 and _dead(&L.over[pos - 1]):    # a dead neighbour (keys stay in order)
+            lv = &L.over[pos - 1]
+        elif pos < L.nover and _dead(&L.over[pos]):
+            lv = &L.over[pos]
+        else:
+            lv = NULL
+        if lv != NULL:
+            lv.key = key
+            L.ndead -= 1
+        else:
+            if _over_reserve(L, L.nover + 1) != TW_OK:
+                return TW_REJ_NO_MEMORY
+            lv = _over_insert(L, pos, key)
         lv.qty = qty
         L.nlevels += 1
     if b.p.max_depth and L.nlevels > b.p.max_depth:
@@ -980,6 +1045,7 @@ cdef void tw_book_clear(tw_book *b) noexcept nogil:
             _bits_clear(L.bits, s)
             s = _find_next(L, s + 1)
         L.nover = 0
+        L.ndead = 0
         L.nlevels = 0
         L.best = -1
     if b.map != NULL:
@@ -1245,6 +1311,8 @@ cdef bint tw_book_cursor_next(const tw_book *b, int side, tw_level_cursor *c, in
         norders[0] = L.norders[c.slot] if L.norders != NULL else 0
         c.slot = _find_prev(L, c.slot - 1)
         return True
+    while c.over >= 0 and _dead(&L.over[c.over]):
+        c.over -= 1
     if c.over >= 0:
         lv = &L.over[c.over]
         price[0] = L.sign * lv.key
@@ -1321,6 +1389,9 @@ cdef inline tw_u128 _top_qty(const tw_book *b, int side, Py_ssize_t k, int64_t *
             s = _find_prev(L, (s & ~(<int64_t>63)) - 1)
     i = L.nover - 1
     while n < k and i >= 0:                                            # past the window
+        if _dead(&L.over[i]):
+            i -= 1
+            continue
         q = <uint64_t>L.over[i].qty
         lo += q
         hi += lo < q
@@ -1820,7 +1891,7 @@ cdef class Book:
         cdef int64_t nwin = 0, k
         for k in range(L.nwords[0]):
             nwin += tw_popcount64(L.bits[0][k])
-        return min(lo, hi), max(lo, hi), nwin, L.nover
+        return min(lo, hi), max(lo, hi), nwin, L.nover - L.ndead
 
 
 cdef Py_ssize_t _book_apply_many(tw_book *b, const tw_event *ev, Py_ssize_t n, uint8_t *status) noexcept nogil:

@@ -406,6 +406,46 @@ def test_far_levels_live_in_the_overflow_and_come_back():
 
 
 @pytest.mark.parametrize("side", [BID, ASK])
+def test_far_levels_that_come_and_go_leave_the_book_exact(side):
+    """Far levels removed stay as dead entries in the overflow (no move), and a level that comes
+    back there or next to one takes the entry: every query must still see exactly the levels
+    there are, through heavy churn, compaction, and the window emptying onto the overflow."""
+    rng = np.random.default_rng(11 + side)
+    sign = 1 if side == BID else -1
+    top = 1_000_000
+    b, ref = L2Book(0, window=256), RefL2(0)
+    for k in range(40):                                      # a small top, inside the window
+        for book in (b, ref):
+            book.set(side, top - sign * k, 100 + k)
+    far = [top - sign * (1_000 + 3 * k) for k in range(600)]  # far past the window's 256 slots
+    allocs = None
+    for step in range(12_000):
+        p = far[int(rng.integers(0, len(far)))]
+        q = 0 if rng.random() < 0.5 else int(rng.integers(1, 1000))
+        for book in (b, ref):
+            book.set(side, p, q)
+        if step == 6_000:                                    # every far price seen by now (coupon
+            allocs = allocation_count()                      # collector: ~3,800 draws of 600)
+        if step % 500 == 0:
+            assert_same(b, ref, k_values=(1, 50, 100))
+            live_far = sum(1 for price in ref.sides[side] if abs(price - top) >= 1_000)
+            assert b._layout(side)[3] == live_far
+    assert allocation_count() == allocs                      # steady churn in the overflow allocates nothing
+    assert_same(b, ref, k_values=(1, 50, 1000))
+    for k in range(40):                                      # eat the top away: the best is a far level
+        for book in (b, ref):
+            book.set(side, top - sign * k, 0)
+        assert b.best_price(side) == ref.best(side)[0]
+    assert_same(b, ref, k_values=(1, 50, 1000))
+    for price in sorted(ref.sides[side], key=lambda x: -sign * x):   # then every level, best first
+        for book in (b, ref):
+            book.set(side, price, 0)
+        assert b.best_price(side) == ref.best(side)[0]
+    assert_same(b, ref)
+    assert b._layout(side)[3] == 0
+
+
+@pytest.mark.parametrize("side", [BID, ASK])
 @pytest.mark.parametrize("then", ["nothing", "a level below the old window", "another instrument"])
 def test_one_batch_that_empties_the_window_finds_the_best_in_the_overflow(side, then):
     """The batch loop leaves an emptied best for the next sync: a batch that eats the whole
