@@ -289,7 +289,7 @@ cdef int _ladder_move(tw_ladder *L, int64_t new_base) noexcept nogil:
     cdef bint orders = L.norders != NULL
     if delta == 0:
         return TW_OK
-    if delta > 0 and _over_reserve(L, L.nover + L.nlevels - (L.nover - L.ndead)) != TW_OK:
+    if delta > 0 and _over_reserve(L, L.nlevels + L.ndead) != TW_OK:      # (nover + window levels)
         return TW_REJ_NO_MEMORY                   # (moving down sends nothing to the overflow)
     for k in range(TW_LADDER_LEVELS):
         memset(L.spare[k], 0, L.nwords[k] * sizeof(uint64_t))
