@@ -1235,8 +1235,11 @@ cdef Py_ssize_t tw_bookset_apply(tw_bookset *s, const tw_event *ev, Py_ssize_t n
     cdef Py_ssize_t i, applied = 0, ahead
     cdef const tw_book *pb
     if s.nl3 == 0:
-        # (one loop, so that the level update is inlined once; ahead = 0 turns the prefetch off)
-        ahead = n - _PREFETCH_LEVEL if n >= _PREFETCH_LEVEL * 8 and _bookset_is_big(s) else 0
+        # (one loop, so that the level update is inlined once; ahead = 0 turns the prefetch off;
+        # a set with more books than the batch has events is not counted, and prefetches)
+        ahead = 0
+        if n >= _PREFETCH_LEVEL * 8 and (s.nbooks > n or _bookset_is_big(s)):
+            ahead = n - _PREFETCH_LEVEL
         for i in range(n):
             if i < ahead:
                 pb = _book_of(s, &ev[i + _PREFETCH_LEVEL])
