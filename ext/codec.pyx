@@ -618,7 +618,7 @@ cdef int _recv_one(tw_feed *f, void *sock, tw_event *out, Py_ssize_t *added) noe
 cdef Py_ssize_t tw_feed_drain(tw_feed *f, tw_event *out, Py_ssize_t cap, int timeout_ms) noexcept nogil:
     """Drain the data sockets into ``out`` (see codec.pxd for the contract)."""
     cdef Py_ssize_t n = 0, added
-    cdef int k, s, r, got, burst, i, nitems
+    cdef int k, s, r, full, burst, i, nitems
     cdef int64_t deadline = 0, wait_ms
     cdef tw_zmq_pollitem items[TW_FEED_MAX_SOCKETS + TW_FEED_MAX_WAKE]
     f.woken = 0
@@ -627,25 +627,29 @@ cdef Py_ssize_t tw_feed_drain(tw_feed *f, tw_event *out, Py_ssize_t cap, int tim
     if timeout_ms > 0:
         deadline = tw_monotonic_ns() + <int64_t>timeout_ms * 1000000
     while True:
-        got = 0
+        full = 0                           # sockets left with messages (their burst ran out)
         for k in range(f.nsocks):
             s = (f.next_sock + k) % f.nsocks
             burst = 0
-            while burst < _BURST:
+            while True:
+                if burst == _BURST:
+                    full += 1
+                    break
                 r = _recv_one(f, f.socks[s], out + n, &added)
                 if r == _EMPTY:
                     break
                 if r == _FAILED:
                     return -1
-                got += 1
                 burst += 1
                 n += added
                 if f.pending or cap - n < f.max_events:
                     f.next_sock = (s + 1) % f.nsocks
                     return n
         f.next_sock = (f.next_sock + 1) % f.nsocks
-        if got:
+        if full:
             continue
+        # every socket answered EAGAIN in this pass: another pass would only ask again (each
+        # empty receive is a libzmq call, often a system call) before the events can be run
         if n > 0 or timeout_ms == 0:
             return n
         if timeout_ms < 0:
