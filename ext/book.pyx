@@ -1211,7 +1211,7 @@ cdef inline bint _route(tw_bookset *s, const tw_event *ev, uint8_t *status, Py_s
 cdef bint _bookset_is_big(const tw_bookset *s) noexcept nogil:
     """True when the set's L2 levels are too many for the cache (_PREFETCH_LEVELS_MIN or more):
     prefetching the level ahead then hides a miss; on a smaller set every slot is already in
-    cache and the prefetch only adds instructions (a fifth of an update)."""
+    cache and the prefetch only adds instructions."""
     cdef uint32_t k
     cdef int64_t n = 0
     for k in range(s.nbooks):
