@@ -9,7 +9,8 @@ prints progress between chunks; the schedule is absolute, so chunking adds no dr
   that intended time goes into the header's ``send_time`` (and the sequence number into its
   ``seq``), so a late send, a stall of the publisher or of anything after it, counts in full.
 - :func:`subscribe`: receives on a SUB socket through libzmq itself and stamps each message:
-  receipt minus the header's ``send_time`` is the libzmq hop from the same schedule.
+  receipt minus the header's ``send_time`` is the libzmq hop from the same schedule; as the
+  relay floor it also pushes a signal record into a ring for chosen messages (the target's).
 - :func:`ring_paced`: pushes one signal record per interval into a ring (the ring-hop floor).
 - :func:`consume`: pops signals from rings, stamping each on receipt (CLOCK_REALTIME, the clock
   of ``send_time``, ``ts_recv`` and ``ts_signal``).
@@ -292,11 +293,30 @@ cdef class Schedule:
         return -1 if rc < 0 else done
 
 
-def subscribe(sock, int64_t until_ns, out_seq, out_chan, out_send, out_recv, int64_t start=0, bint spin=False):
+cdef inline int64_t _lower_bound(const uint64_t *keys, int64_t n, uint64_t key) noexcept nogil:
+    """First index of sorted ``keys`` not below ``key``."""
+    cdef int64_t lo = 0, hi = n, mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if keys[mid] < key:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def subscribe(sock, int64_t until_ns, out_seq, out_chan, out_send, out_recv, int64_t start=0, bint spin=False,
+              Ring relay=None, relay_keys=None, relay_seq=None, relay_inst=None):
     """Receive ``[topic][payload]`` messages on a SUB socket through libzmq and stamp each on
     receipt, until CLOCK_REALTIME passes ``until_ns`` or the arrays are full (from index
     ``start``): header seq, channel, send_time and receipt. A blocking socket needs a receive
     timeout (``zmq.RCVTIMEO``) for the deadline to be seen; ``spin``: poll without blocking.
+
+    ``relay`` (a ring this process produces into): the relay floor.  A message whose key
+    (channel << 48 | its first seq) is in ``relay_keys`` (sorted uint64) is passed on at once:
+    one signal record per matching key, ``seq``/``instrument`` from ``relay_seq``/``relay_inst``
+    at the key's index, ``ts_recv`` = the receipt, ``ts_signal`` = the moment of the push.  The
+    bare transport's path for the messages that carried a target's signals, nothing in between.
     Returns the next free index."""
     _load()
     cdef uintptr_t handle = sock.underlying
@@ -305,10 +325,26 @@ def subscribe(sock, int64_t until_ns, out_seq, out_chan, out_send, out_recv, int
     cdef uint16_t[::1] oc = out_chan
     cdef int64_t[::1] os_ = out_send
     cdef int64_t[::1] orr = out_recv
-    cdef int64_t i = start, cap = len(out_seq), now
+    cdef int64_t i = start, cap = len(out_seq), now, nkeys = 0, j
     cdef twh_zmq_msg topic_m, msg
     cdef const char *d
     cdef int flags = TWH_DONTWAIT if spin else 0
+    cdef uint64_t[::1] rk
+    cdef uint64_t[::1] rq
+    cdef uint32_t[::1] ri
+    cdef const uint64_t *keys = NULL
+    cdef uint64_t key
+    cdef tw_ring *ring = NULL
+    cdef tw_signal rec
+    memset(&rec, 0, sizeof(rec))
+    if relay is not None:
+        rk, rq, ri = relay_keys, relay_seq, relay_inst
+        nkeys = len(rk)
+        if len(rq) != nkeys or len(ri) != nkeys:
+            raise ValueError("relay_keys, relay_seq and relay_inst must be the same length")
+        if nkeys:
+            keys = &rk[0]
+        ring = &relay.c
     with nogil:
         twh_msg_init(&topic_m)
         twh_msg_init(&msg)
@@ -326,6 +362,16 @@ def subscribe(sock, int64_t until_ns, out_seq, out_chan, out_send, out_recv, int
                 oc[i] = (<uint8_t>d[8]) | ((<uint16_t><uint8_t>d[9]) << 8)
                 os_[i] = <int64_t>twh_ld64(d + _HDR_SEND_TIME)
                 orr[i] = now
+                if nkeys:
+                    key = ((<uint64_t>oc[i]) << 48) | oq[i]
+                    j = _lower_bound(keys, nkeys, key)
+                    while j < nkeys and keys[j] == key:
+                        rec.ts_recv = now
+                        rec.seq = rq[j]
+                        rec.instrument = ri[j]
+                        rec.ts_signal = twh_now()
+                        tw_ring_push_n(ring, &rec, 1)
+                        j += 1
                 i += 1
             if now > until_ns:
                 break

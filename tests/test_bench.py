@@ -52,6 +52,98 @@ def test_latency_arithmetic_hand_computed():
     assert late["wire_to_signal"].tolist() == [7_300, 200]
 
 
+def _pub_sub(tag):
+    """A PUB and a connected SUB (every tickwire topic, no HWM, a 20 ms receive timeout) on inproc."""
+    ctx = zmq.Context()
+    ep = f"inproc://{tag}-{time.monotonic_ns()}"
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 0)
+    pub.bind(ep)
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"tw.")
+    sub.setsockopt(zmq.RCVTIMEO, 20)
+    sub.setsockopt(zmq.RCVHWM, 0)
+    sub.connect(ep)
+    time.sleep(0.2)
+    return ctx, pub, sub
+
+
+def test_relay_plan_names_each_signals_message():
+    """The relay floor passes on the messages that carried the target's signals: each signal's
+    message key (channel << 48 | first seq), its own seq and instrument, sorted by key."""
+    pub = _pub([(0, 1, 4, 1_000), (1, 1, 3, 1_500), (0, 5, 4, 2_000)])
+    sig = _sig([
+        (6, 0, 0, 0, 0),                # channel 0, second message (seq 5..8)
+        (2, 1, 0, 0, 0),                # channel 1, its first message
+        (3, 0, 0, 0, 0),                # channel 0, first message
+        (8, 0, 0, 0, 0),                # channel 0, second message again: two signals, two records
+        (99, 0, 0, 0, 0),               # not a tick the publisher sent: nothing to relay
+    ])
+    plan = bench.relay_plan(pub, sig, chan_of_inst=[0, 1])
+    assert plan["keys"].tolist() == [1, 5, 5, (1 << 48) | 1]
+    assert plan["seq"].tolist() == [3, 6, 8, 2]
+    assert plan["inst"].tolist() == [0, 0, 0, 1]
+    assert plan["keys"].dtype == np.uint64 and plan["seq"].dtype == np.uint64 and plan["inst"].dtype == np.uint32
+
+
+def test_the_relay_passes_on_exactly_the_planned_messages(tmp_path):
+    """harness.subscribe as the relay floor: real PUB/SUB sockets, a real signal ring; every
+    message whose key is planned goes into the ring at once (one record per planned signal,
+    with its seq and instrument, stamped on receipt and at the push), no other message does,
+    and every message is still stamped for the libzmq hop."""
+    import os
+
+    from tickwire.ext import SIGNAL_DTYPE, harness
+    from tickwire.ext.ring import Ring
+
+    stream = _encoded_stream(n_msgs=200)
+    ctx, pub, sub = _pub_sub("relay")
+    buf, off, ch = stream.encode(epoch=1)
+    nmsg = 200
+    start = harness.now_ns() + 50_000_000
+    sched = harness.Schedule(buf, off, ch, start, 200_000.0)
+    out = {"chan": np.empty(nmsg, np.uint16), "seq": np.empty(nmsg, np.uint64), "count": np.empty(nmsg, np.uint32),
+           "intended": np.empty(nmsg, np.int64), "sent": np.empty(nmsg, np.int64)}
+    # planned: messages 3, 50 (twice) and 199 by their first seq (10 events a message from seq 1);
+    # a key no message has
+    firsts = [1 + 10 * 3, 1 + 10 * 50, 1 + 10 * 50, 1 + 10 * 199, 7]
+    keys = np.array(sorted(firsts), np.uint64)
+    seqs = keys + np.uint64(2)                        # the signals' ticks: the 3rd event of each
+    insts = np.arange(len(keys), dtype=np.uint32) + 40
+    name = f"tw-test-relay-{os.getpid()}"
+    ring = Ring.create(name, SIGNAL_DTYPE, 1 << 10, "broadcast", role="none", replace=True)
+    prod = Ring.attach(name, SIGNAL_DTYPE, role="producer")
+    cons = Ring.attach(name, SIGNAL_DTYPE)
+    got = [np.empty(nmsg, np.uint64), np.empty(nmsg, np.uint16), np.empty(nmsg, np.int64), np.empty(nmsg, np.int64)]
+    until = start + 2_000_000_000
+    res = {}
+    t = threading.Thread(target=lambda: res.setdefault("n", harness.subscribe(
+        sub, until, *got, relay=prod, relay_keys=keys, relay_seq=seqs, relay_inst=insts)))
+    t.start()
+    assert sched.publish(pub, start + 10**10, out["chan"], out["seq"], out["count"], out["intended"],
+                         out["sent"]) == nmsg
+    t.join()
+    recs = np.zeros(16, SIGNAL_DTYPE)
+    n = cons.pop_many(recs, timeout=0)
+    for r in (cons, prod, ring):
+        r.close()
+    pub.close(0)
+    sub.close(0)
+    ctx.term()
+    assert res["n"] == nmsg                           # every message stamped for the hop
+    recs = recs[:n]
+    assert n == 4                                     # the planned ones, the doubled one twice
+    assert recs["seq"].tolist() == [33, 503, 503, 1993] and recs["instrument"].tolist() == [41, 42, 43, 44]
+    assert (recs["ts_signal"] >= recs["ts_recv"]).all()
+    recv_of = dict(zip(got[0].tolist(), got[3].tolist()))
+    assert [recv_of[int(k)] for k in (31, 501, 501, 1991)] == recs["ts_recv"].tolist()
+    # and through latency_arrays the relay's records read like the target's
+    lat = bench.latency_arrays(out, {"seq": recs["seq"], "inst": np.zeros(n, np.uint32), "ts_recv": recs["ts_recv"],
+                                     "ts_signal": recs["ts_signal"], "receipt": recs["ts_signal"] + 1},
+                               chan_of_inst=[0])
+    assert lat["unmatched"] == 0 and (lat["wire_queue"] >= 0).all() and (lat["ring_hop"] == 1).all()
+
+
 def _encoded_stream(n_msgs=2000, per_msg=10):
     from tickwire.feeds.synthetic import synthetic_instruments
 
@@ -65,17 +157,7 @@ def test_a_publisher_stall_shows_in_the_tail():
     from tickwire.ext import harness
 
     stream = _encoded_stream()
-    ctx = zmq.Context()
-    ep = f"inproc://stall-{id(stream)}"
-    pub = ctx.socket(zmq.PUB)
-    pub.setsockopt(zmq.SNDHWM, 0)
-    pub.bind(ep)
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.SUBSCRIBE, b"tw.")
-    sub.setsockopt(zmq.RCVTIMEO, 20)
-    sub.setsockopt(zmq.RCVHWM, 0)
-    sub.connect(ep)
-    time.sleep(0.2)
+    ctx, pub, sub = _pub_sub("stall")
     buf, off, ch = stream.encode(epoch=1)
     rate = 20_000.0                                   # 2,000 messages/s of 10 events
     start = harness.now_ns() + 50_000_000
@@ -195,9 +277,14 @@ def test_bench_end_to_end(tmp_path):
     assert run["publisher"]["events"] >= 20_000 * 1.8 * 0.9
     assert run["signals"] > 0 and run["signals_unmatched"] == 0
     lat = run["latency_ns"]
-    for k in ("wire_to_signal", "wire_queue", "engine", "ring_hop", "zmq_hop", "ring_hop_floor", "pyzmq_baseline"):
+    for k in ("wire_to_signal", "wire_queue", "engine", "ring_hop", "zmq_hop", "ring_hop_floor", "pyzmq_baseline",
+              "floor", "floor_zmq_hop", "floor_ring_hop"):
         assert lat[k]["count"] > 0, k
     assert lat["wire_to_signal"]["p50"] >= lat["engine"]["p50"]
+    # the relay floor: the same messages as the target's signals (one record per signal)
+    assert lat["floor"]["count"] >= 0.95 * lat["wire_to_signal"]["count"]
+    assert lat["floor"]["count"] <= lat["wire_to_signal"]["count"]
+    assert "hops_sum" in lat and "vs_hops_sum" in run
     assert "vs_floor" in run and "vs_baseline" in run
     assert (out / "wire_to_signal-20k.hgrm").exists() and (out / "intervals-20k.hlog").exists()
     assert "wire_to_signal" in r.stdout
