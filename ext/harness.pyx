@@ -118,6 +118,7 @@ cdef enum:
     _HDR_SEND_TIME = 24
     _HDR_SIZE = 48
     _MAX_RINGS = 16
+    _RELAY_MAX = 64               # records the relay floor pushes at once (the engine's piece)
     _POP = 256
 
 
@@ -315,7 +316,8 @@ def subscribe(sock, int64_t until_ns, out_seq, out_chan, out_send, out_recv, int
     ``relay`` (a ring this process produces into): the relay floor.  A message whose key
     (channel << 48 | its first seq) is in ``relay_keys`` (sorted uint64) is passed on at once:
     one signal record per matching key, ``seq``/``instrument`` from ``relay_seq``/``relay_inst``
-    at the key's index, ``ts_recv`` = the receipt, ``ts_signal`` = the moment of the push.  The
+    at the key's index, ``ts_recv`` = the receipt, ``ts_signal`` = the moment of the push, the
+    message's records in one push (as the engine pushes a piece's signals).  The
     bare transport's path for the messages that carried a target's signals, nothing in between.
     Returns the next free index."""
     _load()
@@ -335,8 +337,9 @@ def subscribe(sock, int64_t until_ns, out_seq, out_chan, out_send, out_recv, int
     cdef const uint64_t *keys = NULL
     cdef uint64_t key
     cdef tw_ring *ring = NULL
-    cdef tw_signal rec
-    memset(&rec, 0, sizeof(rec))
+    cdef tw_signal recs[_RELAY_MAX]
+    cdef int64_t nrec, m, t
+    memset(recs, 0, sizeof(recs))
     if relay is not None:
         rk, rq, ri = relay_keys, relay_seq, relay_inst
         nkeys = len(rk)
@@ -363,15 +366,23 @@ def subscribe(sock, int64_t until_ns, out_seq, out_chan, out_send, out_recv, int
                 os_[i] = <int64_t>twh_ld64(d + _HDR_SEND_TIME)
                 orr[i] = now
                 if nkeys:
+                    # the message's records go into the ring together, as the engine pushes the
+                    # signals of a piece of events at once (one wake-up of the consumer)
                     key = ((<uint64_t>oc[i]) << 48) | oq[i]
                     j = _lower_bound(keys, nkeys, key)
+                    nrec = 0
                     while j < nkeys and keys[j] == key:
-                        rec.ts_recv = now
-                        rec.seq = rq[j]
-                        rec.instrument = ri[j]
-                        rec.ts_signal = twh_now()
-                        tw_ring_push_n(ring, &rec, 1)
+                        recs[nrec].ts_recv = now
+                        recs[nrec].seq = rq[j]
+                        recs[nrec].instrument = ri[j]
+                        nrec += 1
                         j += 1
+                        if nrec == _RELAY_MAX or not (j < nkeys and keys[j] == key):
+                            t = twh_now()
+                            for m in range(nrec):
+                                recs[m].ts_signal = t
+                            tw_ring_push_n(ring, recs, nrec)
+                            nrec = 0
                 i += 1
             if now > until_ns:
                 break
