@@ -593,13 +593,15 @@ class Run:
                                    "lot_size": format(i.lot_size, "f"), "book": i.book}
                                   for i in self.stream.instruments]
             raw["workers"] = [{"name": "w0", "cpu": self.engine_core, "instruments": "all"}]
-            # rules that fire often on the capture (~0.7% of its events), so the tail has samples
+            # rules that fire often on the capture (~0.2% of its events sampled per message, ~0.7%
+            # per event), so the tail has samples
             raw["rules"] = [{"kind": "microprice", "enter": 0.3, "exit": 0.25},
                             {"kind": "imbalance", "enter": 0.5, "exit": 0.45},
                             {"kind": "zscore", "enter": 2.0, "exit": 0.5, "min_count": 100}]
             raw["stats"]["imbalance_depth"] = 1
             raw["store"] = {"enabled": False}
             ex = configmod.load(Path(configmod.__file__).with_name("tickwire.example.toml"))
+            raw["stats"]["sample"] = ex.stats.sample
             raw["feeds"]["busy_poll"] = ex.feeds.busy_poll if a.busy_poll is None else a.busy_poll
             raw["feeds"]["io_rt_priority"] = ex.feeds.io_rt_priority
             raw["feeds"]["io_cpu"] = self.other_core

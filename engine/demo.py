@@ -47,7 +47,8 @@ def demo_raw_config(run_dir: Path, *, instruments: int = 8, channels: int = 4, r
                   "stale_after_ms": 3000},
         "workers": workers,
         "stats": {"window": "count", "window_size": 500, "trade_window_size": 200, "imbalance_depth": 5,
-                  "ewma_fast_halflife_ns": 50_000_000, "ewma_slow_halflife_ns": 500_000_000},
+                  "ewma_fast_halflife_ns": 50_000_000, "ewma_slow_halflife_ns": 500_000_000,
+                  "sample": "message"},               # (as the shipped example config)
         "rules": [
             {"kind": "zscore", "enter": 3.0, "exit": 1.0, "min_count": 100},
             {"kind": "imbalance", "enter": 0.8, "exit": 0.3},
