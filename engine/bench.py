@@ -311,7 +311,7 @@ def _worker_proc(cfg_path, run_dir, stop_ev, ready):
     w.run()
 
 
-def _zmq_sub_proc(endpoint, channels, cpu, io_cpu, spin, until_ns, out_path, relay, ready):
+def _zmq_sub_proc(endpoint, channels, cpu, io_cpu, spin, until_ns, out_path, relay, expected, ready):
     """The ZeroMQ floor: a C receive loop on the engine's core, its I/O thread where the engine's is.
     ``relay`` (ring name, relay_plan()): also the relay floor, passing the target's messages on
     into that ring."""
@@ -335,8 +335,10 @@ def _zmq_sub_proc(endpoint, channels, cpu, io_cpu, spin, until_ns, out_path, rel
     for c in channels:
         s.setsockopt(zmq.SUBSCRIBE, wire.topic(c))
     s.connect(endpoint)
-    cap = 1 << 16
+    cap = max(1 << 16, int(expected))            # (room for the whole run: no growing while it runs)
     cols = [np.empty(cap, np.uint64), np.empty(cap, np.uint16), np.empty(cap, np.int64), np.empty(cap, np.int64)]
+    for v in cols:
+        v.fill(0)                                 # (the pages touched now, not during the run)
     ready.set()
     i = 0
     while harness.now_ns() <= until_ns:
@@ -711,8 +713,10 @@ class Run:
                 procs.append(c)
                 _wait_ready(c, cready, "the relay's consumer")
                 relay = (name, plan)
+            per_msg = max(1.0, self.stream.bounds[-1] / (len(self.stream.bounds) - 1))
+            expected = (a.warmup + a.duration + a.drain) * rate / per_msg * 1.2
             p, ready = _spawn(_zmq_sub_proc, pub.endpoint, self.channels, self.engine_core, self.other_core, busy,
-                              until, str(out), relay)
+                              until, str(out), relay, expected)
             procs.append(p)
             _wait_ready(p, ready, "the libzmq subscriber")
             pub.wait_subscribers(1)
