@@ -116,6 +116,12 @@ def test_an_unchanged_daemon_consumes_a_republished_history(tmp_path):
     from tickwire.replay import ArraySource, EngineSpec, Replay
 
     cfg_path, raw = write_config(tmp_path, "republish", clock="event")
+    # every event sampled (the demo samples per message): more signals to compare, mid-message
+    # states included
+    from tickwire.engine.config import to_toml
+
+    raw["stats"]["sample"] = "event"
+    cfg_path.write_text(to_toml(raw))
     cfg = configmod.load(cfg_path)
     ev = l3_orders(100_000, seed=4, instruments=8, resting=200)
     ev["channel"] = ev["instrument"] % cfg.feeds.channels
