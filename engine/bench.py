@@ -942,7 +942,8 @@ def print_run(res: dict) -> None:
         _say(f"  wire-to-signal / floor (relay): p50 {v['p50']}x, p99 {v['p99']}x  ({hits})")
     if "vs_hops_sum" in res:
         v = res["vs_hops_sum"]
-        _say(f"  wire-to-signal / hops_sum (zmq_hop + ring_hop_floor, measured apart): p50 {v['p50']}x, p99 {v['p99']}x")
+        _say(f"  wire-to-signal / hops_sum (zmq_hop + ring_hop_floor, measured apart): p50 {v['p50']}x, "
+             f"p99 {v['p99']}x")
     if "vs_baseline" in res:
         v = res["vs_baseline"]
         _say(f"  wire-to-signal / pyzmq baseline: p50 {v['p50']}x, p99 {v['p99']}x, p99.99 {v['p99.99']}x")

@@ -278,9 +278,9 @@ def _wire_to_signal(cfg_path, rate, seconds, say) -> None:
         return
     w, f = run["latency_ns"]["wire_to_signal"], run["latency_ns"].get("floor", {})
     say(f"  wire-to-signal (us)  p50 {w['p50'] / 1e3:,.1f}  p99 {w['p99'] / 1e3:,.1f}  p99.99 "
-        f"{w['p99.99'] / 1e3:,.1f}  ({w['count']:,} signals); floor (the same messages through a bare libzmq subscriber into the "
-        f"ring, same run) p50 "
-        f"{f.get('p50', 0) / 1e3:,.1f}  p99 {f.get('p99', 0) / 1e3:,.1f}")
+        f"{w['p99.99'] / 1e3:,.1f}  ({w['count']:,} signals); floor (the same messages through a bare "
+        f"libzmq subscriber into the ring, same run) p50 {f.get('p50', 0) / 1e3:,.1f}  p99 "
+        f"{f.get('p99', 0) / 1e3:,.1f}")
     say("  (tick_to_signal above starts when the worker takes the message out of libzmq: the wire, the I/O "
         "thread and the socket queue are outside it; docs/latency.md)")
     say("  " + FASTER)
