@@ -803,34 +803,82 @@ def _ratio(a, b):
     return round(a / b, 3) if b else None
 
 
+def _merge_publisher(stats: list[dict]) -> dict:
+    """The publisher's record over repeats: counts summed, the lowest achieved rate, the worst lateness."""
+    if len(stats) == 1:
+        return stats[0]
+    out = dict(stats[0])
+    for k in ("messages", "events", "late_messages"):
+        out[k] = sum(s[k] for s in stats)
+    out["achieved_rate"] = min(s["achieved_rate"] for s in stats)
+    out["max_late_ns"] = max(s["max_late_ns"] for s in stats)
+    out["late_p99_ns"] = max(s["late_p99_ns"] for s in stats)
+    out["repeats"] = len(stats)
+    return out
+
+
+def _pool(parts: list[dict]) -> dict:
+    """latency_arrays() of several runs as one: each array concatenated, ``unmatched`` summed."""
+    if len(parts) == 1:
+        return parts[0]
+    return {k: (sum(p[k] for p in parts) if k == "unmatched" else np.concatenate([p[k] for p in parts]))
+            for k in parts[0]}
+
+
 def measure_rate(run: Run, rate: float, index: int, outdir: Path) -> dict:
-    """Floors, the target and the baseline at one offered rate; histograms and logs written."""
+    """Floors, the target and the baseline at one offered rate; histograms and logs written.
+
+    With ``--repeat N`` the target and its relay floor run N times, alternated (target, floor,
+    target, floor, ...), and their latencies are pooled: a slow spell of a shared machine then
+    falls on both, not on one of them. Each pair's own ratio is kept (``pairs``)."""
     a = run.args
     tag = f"r{index}"
     pub = None
+    reps = max(1, int(getattr(a, "repeat", 1) or 1))
+    tgts, zmq_lat, relays, pairs = [], [], [], []
+    floors = {}
     try:
         busy = a.busy_poll if a.busy_poll is not None else False
-        pub = Publisher(run.stream, run.endpoint(f"{tag}-tgt"))     # the target connects to its own
-        tgt = run.measure_target(rate, f"{tag}-tgt", pub)
-        pub.close()
-        pub = None
-        floors = {}
-        if not a.no_floors:
-            pub = Publisher(run.stream, run.endpoint(f"{tag}-zmq"))
+        for rep in range(reps):
+            rt = tag if reps == 1 else f"{tag}{'abcdefghijklmnopqrstuvwxyz'[rep % 26]}{rep}"
+            pub = Publisher(run.stream, run.endpoint(f"{rt}-tgt"))      # the target connects to its own
+            tgt = run.measure_target(rate, f"{rt}-tgt", pub)
+            tgts.append(tgt)
+            pub.close()
+            pub = None
+            if a.no_floors:
+                continue
+            pub = Publisher(run.stream, run.endpoint(f"{rt}-zmq"))
             try:
-                zf = run.measure_zmq_floor(rate, pub, tag, busy, tgt["relay"])
-                floors["zmq_hop"] = zf["lat"]
+                zf = run.measure_zmq_floor(rate, pub, rt, busy, tgt["relay"])
+                zmq_lat.append(zf["lat"])
                 if "relay" in zf:
-                    floors["floor"] = zf["relay"]["wire_to_signal"]
-                    floors["floor_zmq_hop"] = zf["relay"]["wire_queue"]
-                    floors["floor_ring_hop"] = zf["relay"]["ring_hop"]
+                    relays.append(zf["relay"])
+                    w, f = tgt["lat"]["wire_to_signal"], zf["relay"]["wire_to_signal"]
+                    if len(w) and len(f):
+                        pairs.append({lv: _ratio(float(np.percentile(w, q)), float(np.percentile(f, q)))
+                                      for lv, q in (("p50", 50), ("p99", 99))})
             except RuntimeError as exc:
                 _say(f"  zmq floor at {_fmt_rate(rate)} ev/s not measured: {exc}")
             pub.close()
             pub = None
+            if reps > 1 and not a.quiet and pairs:
+                _say(f"  repeat {rep + 1}/{reps}: wire-to-signal / relay floor p50 {pairs[-1]['p50']}x, "
+                     f"p99 {pairs[-1]['p99']}x")
+        tgt = {"publisher": _merge_publisher([t["publisher"] for t in tgts]),
+               "signals": sum(t["signals"] for t in tgts), "missed": sum(t["missed"] for t in tgts),
+               "unmatched": sum(t["unmatched"] for t in tgts), "lat": _pool([t["lat"] for t in tgts])}
+        if not a.no_floors:
+            if zmq_lat:
+                floors["zmq_hop"] = np.concatenate(zmq_lat)
+            if relays:
+                relay = _pool(relays)
+                floors["floor"] = relay["wire_to_signal"]
+                floors["floor_zmq_hop"] = relay["wire_queue"]
+                floors["floor_ring_hop"] = relay["ring_hop"]
             # the ring hop at the rate the target emitted signals (a busy consumer and one that
             # sleeps between signals are different hops)
-            sig_rate = tgt["signals"] / (a.warmup + a.duration)
+            sig_rate = tgt["signals"] / reps / (a.warmup + a.duration)
             floors["ring_hop_floor"] = run.measure_ring_floor(sig_rate, tag)["lat"]
         base = None
         if a.baseline:
@@ -873,6 +921,9 @@ def measure_rate(run: Run, rate: float, index: int, outdir: Path) -> dict:
     if "hops_sum" in summ:
         res["vs_hops_sum"] = {"p50": _ratio(w["p50"], summ["hops_sum"]["p50"]),
                               "p99": _ratio(w["p99"], summ["hops_sum"]["p99"])}
+    if reps > 1:
+        res["repeats"] = reps
+        res["pairs"] = pairs                      # each target run against the floor run after it
     if baseline_note:
         res["baseline_note"] = baseline_note
     if base is not None:
@@ -939,7 +990,12 @@ def print_run(res: dict) -> None:
     if "vs_floor" in res:
         v = res["vs_floor"]
         hits = ", ".join(f"{k}: {'hit' if ok else 'MISS'}" for k, ok in v["targets"].items())
-        _say(f"  wire-to-signal / floor (relay): p50 {v['p50']}x, p99 {v['p99']}x  ({hits})")
+        pooled = f" (pooled over {res['repeats']} alternated runs of each)" if res.get("repeats") else ""
+        _say(f"  wire-to-signal / floor (relay){pooled}: p50 {v['p50']}x, p99 {v['p99']}x  ({hits})")
+    if res.get("pairs"):
+        p50s = [p["p50"] for p in res["pairs"] if p["p50"] is not None]
+        _say(f"  each pair (a target run / the floor run after it), p50: {', '.join(f'{x}x' for x in p50s)}"
+             f"{f'  (median {float(np.median(p50s)):.3f}x)' if p50s else ''}")
     if "vs_hops_sum" in res:
         v = res["vs_hops_sum"]
         _say(f"  wire-to-signal / hops_sum (zmq_hop + ring_hop_floor, measured apart): p50 {v['p50']}x, "
@@ -1162,6 +1218,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "before/after of the loop in C")
     p.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the pyzmq baseline")
     p.add_argument("--no-floors", action="store_true", help="skip the libzmq and ring floors")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="run the target and its relay floor N times per rate, alternated, and pool their "
+                        "latencies (a shared machine's slow spells then fall on both); each pair's ratio "
+                        "is printed and kept [%(default)s]")
     p.add_argument("--until-saturation", action="store_true",
                    help="after the last rate, keep doubling it until the publisher cannot reach it, "
                         "signals are lost or the target falls behind (wire-to-signal p50 over 10 ms)")
@@ -1209,6 +1269,9 @@ def cmd_bench(args) -> int:
         if getattr(args, k) < 0 or (k == "duration" and args.duration <= 0):
             print(f"tickwire bench: --{k} must be {'> 0' if k == 'duration' else '>= 0'} seconds", file=sys.stderr)
             return 2
+    if not 1 <= args.repeat <= 100:
+        print(f"tickwire bench: --repeat must be 1..100 runs, got {args.repeat}", file=sys.stderr)
+        return 2
     try:
         for r in args.rate.split(","):
             parse_rate(r)

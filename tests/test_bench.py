@@ -257,7 +257,48 @@ def test_bad_arguments_are_named(capsys):
     assert "--rate" in capsys.readouterr().err
     assert cli_main(["bench", "--target", "daemon"]) == 2
     assert "--config" in capsys.readouterr().err
+    assert cli_main(["bench", "--repeat", "0"]) == 2
+    assert "--repeat" in capsys.readouterr().err
     assert bench.parse_rate("1M") == 1e6 and bench.parse_rate("100k") == 1e5 and bench.parse_rate("2.5e4") == 25e3
+
+
+def test_repeats_are_pooled_and_the_publisher_record_merged():
+    """--repeat: each series is the runs' stamps together; the publisher's record keeps the
+    lowest achieved rate (a repeat that fell short must show) and the worst lateness."""
+    a = {"wire_to_signal": np.array([10, 30]), "intended": np.array([1, 2]), "unmatched": 1}
+    b = {"wire_to_signal": np.array([20]), "intended": np.array([3]), "unmatched": 2}
+    p = bench._pool([a, b])
+    assert p["wire_to_signal"].tolist() == [10, 30, 20] and p["intended"].tolist() == [1, 2, 3]
+    assert p["unmatched"] == 3
+    assert bench._pool([a]) is a
+    s1 = {"messages": 10, "events": 100, "offered_rate": 1e5, "achieved_rate": 99_000.0, "late_messages": 3,
+          "max_late_ns": 50, "late_p99_ns": 40}
+    s2 = {"messages": 12, "events": 120, "offered_rate": 1e5, "achieved_rate": 60_000.0, "late_messages": 1,
+          "max_late_ns": 90, "late_p99_ns": 20}
+    m = bench._merge_publisher([s1, s2])
+    assert (m["messages"], m["events"], m["late_messages"]) == (22, 220, 4)
+    assert m["achieved_rate"] == 60_000.0 and m["max_late_ns"] == 90 and m["late_p99_ns"] == 40
+    assert m["repeats"] == 2 and m["offered_rate"] == 1e5
+
+
+@pytest.mark.integration
+def test_bench_repeat_alternates_and_pools(tmp_path):
+    """``--repeat 2``: two target runs and two relay floors, pooled, each pair's ratio kept."""
+    import subprocess
+
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "tickwire", "bench", "--source", "synthetic", "--rate", "20k",
+                        "--duration", "1", "--warmup", "0.3", "--drain", "0.5", "--repeat", "2", "--no-baseline",
+                        "--no-plots", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    run = json.loads((out / "summary.json").read_text())["runs"][0]
+    assert run["repeats"] == 2 and run["publisher"]["repeats"] == 2
+    assert run["publisher"]["events"] >= 2 * 20_000 * 1.3 * 0.9      # both target runs counted
+    assert len(run["pairs"]) == 2 and all(p["p50"] > 0 for p in run["pairs"])
+    lat = run["latency_ns"]
+    # both floors pooled too: the relay passes on one record per target signal, in each pair
+    assert 0.95 * lat["wire_to_signal"]["count"] <= lat["floor"]["count"] <= lat["wire_to_signal"]["count"]
+    assert "each pair" in r.stdout and "pooled over 2" in r.stdout
 
 
 @pytest.mark.integration
