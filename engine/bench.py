@@ -270,17 +270,21 @@ def _summary(rec) -> dict:
 
 # -- processes ---------------------------------------------------------------------------------------
 
-def _consumer_proc(names, cpu, until_ns, out_path, ready):
-    """Attach the signal rings and stamp every signal until ``until_ns``; save them."""
+def _consumer_proc(names, cpu, until_ns, out_path, expected, ready):
+    """Attach the signal rings and stamp every signal until ``until_ns``; save them.
+    ``expected``: signals the run should bring, so its arrays need not grow while it runs (a
+    copy of the arrays mid-run would stall the consumer and show in the ring hop's tail)."""
     from tickwire.ext import SIGNAL_DTYPE
     from tickwire.ext import harness
     from tickwire.ext.ring import Ring
 
     _pin(cpu)
     rings = [Ring.attach(n, SIGNAL_DTYPE, start="next", wait=10.0) for n in names]
-    cap = 1 << 16
+    cap = max(1 << 16, int(expected))
     cols = {"seq": np.empty(cap, np.uint64), "inst": np.empty(cap, np.uint32), "ts_recv": np.empty(cap, np.int64),
             "ts_signal": np.empty(cap, np.int64), "receipt": np.empty(cap, np.int64)}
+    for v in cols.values():
+        v.fill(0)                                 # (the pages touched now, not during the run)
     ready.set()
     i = 0
     while True:
@@ -573,6 +577,7 @@ class Run:
         for i in stream.instruments:
             self.chan_of_inst[i.id] = i.id % stream.nchannels
         self.channels = sorted(set(int(c) for c in stream.channels))
+        self.signals_per_event = 0.01            # the target's, learnt from its last run
 
     def endpoint(self, tag):
         return f"ipc://{self.ipc}-{tag}"
@@ -663,7 +668,9 @@ class Run:
             start = time.time_ns() + 300_000_000
             until = start + int((a.warmup + a.duration + a.drain) * 1e9)
             out = self.work / f"{tag}-signals.npz"
-            c, ready = _spawn(_consumer_proc, names, self.other_core, until, str(out))
+            # room for the signals the last target run's share of its events would bring here
+            expected = 1.5 * self.signals_per_event * rate * (a.warmup + a.duration + a.drain)
+            c, ready = _spawn(_consumer_proc, names, self.other_core, until, str(out), expected)
             procs.append(c)
             _wait_ready(c, ready, "the signal consumer")
             pr = pub.run(rate, start, a.warmup + a.duration, f"{a.target:8s} {_fmt_rate(rate):>5s}",
@@ -685,6 +692,10 @@ class Run:
             for r in rings:
                 if r is not None:
                     r.close()
+        if pr["stats"]["events"]:
+            self.signals_per_event = max(1e-4, len(sig["seq"]) / pr["stats"]["events"])
+        if a.keep:                                   # the publisher's record beside the signals
+            np.savez(self.work / f"{tag}-pub.npz", **{k: pr[k] for k in ("chan", "seq", "count", "intended", "sent")})
         lat = latency_arrays(pr, sig, self.chan_of_inst, t_from=start + int(a.warmup * 1e9))
         return {"publisher": pr["stats"], "signals": int(len(sig["seq"])), "missed": int(sig["missed"]),
                 "unmatched": lat["unmatched"], "lat": lat, "relay": relay_plan(pr, sig, self.chan_of_inst)}
@@ -709,7 +720,8 @@ class Run:
             if plan is not None and len(plan["keys"]):
                 name = f"tw-bench-{os.getpid()}-{tag}-relay"
                 ring = Ring.create(name, SIGNAL_DTYPE, 1 << 16, "broadcast", role="none", replace=True)
-                c, cready = _spawn(_consumer_proc, [name], self.other_core, until, str(sig_out))
+                c, cready = _spawn(_consumer_proc, [name], self.other_core, until, str(sig_out),
+                                   len(plan["keys"]) + 1024)
                 procs.append(c)
                 _wait_ready(c, cready, "the relay's consumer")
                 relay = (name, plan)
@@ -757,7 +769,7 @@ class Run:
             start = time.time_ns() + 1_500_000_000
             until = start + int((a.warmup + a.duration + a.drain) * 1e9)
             out = self.work / f"{tag}-ring.npz"
-            c, cready = _spawn(_consumer_proc, [name], self.other_core, until, str(out))
+            c, cready = _spawn(_consumer_proc, [name], self.other_core, until, str(out), n + 1024)
             _wait_ready(c, cready, "the ring consumer")
             p, pready = _spawn(_ring_producer_proc, name, self.engine_core, start, interval, n)
             _wait_ready(p, pready, "the ring producer")
