@@ -358,7 +358,8 @@ def _zmq_sub_proc(endpoint, channels, cpu, io_cpu, spin, until_ns, out_path, rel
     ctx.term()
     if ring is not None:
         ring.close()
-    np.savez(out_path, seq=cols[0][:i], chan=cols[1][:i], send=cols[2][:i], recv=cols[3][:i])
+    np.savez(out_path, seq=cols[0][:i], chan=cols[1][:i], send=cols[2][:i], recv=cols[3][:i],
+             cpus=np.array(sorted(os.sched_getaffinity(0))))
 
 
 def _ring_producer_proc(name, cpu, start_ns, interval_ns, n, ready):
@@ -565,11 +566,13 @@ def _wait_ready(proc, ready, what, timeout=60.0):
 class Run:
     """Settings of one bench invocation."""
 
-    def __init__(self, args, stream: Stream, work: Path):
+    def __init__(self, args, stream: Stream, work: Path, cores: tuple[int, int]):
         self.args = args
         self.stream = stream
         self.work = work
-        self.engine_core, self.other_core = _cores()
+        # (from the caller, which asks before it pins itself to the other core: asked here, the
+        # affinity would already be that one core, and every process would share it)
+        self.engine_core, self.other_core = cores
         from tickwire.engine.config import private_ipc_dir
 
         self.ipc = private_ipc_dir() / f"bench-{os.getpid()}"
@@ -697,8 +700,15 @@ class Run:
         if a.keep:                                   # the publisher's record beside the signals
             np.savez(self.work / f"{tag}-pub.npz", **{k: pr[k] for k in ("chan", "seq", "count", "intended", "sent")})
         lat = latency_arrays(pr, sig, self.chan_of_inst, t_from=start + int(a.warmup * 1e9))
+        # where the engine ran, as its worker saw it (its status file, written again at exit)
+        status = (cfg.state_dir / cfg.run if daemon else self.work / tag) / "worker-0.json"
+        try:
+            cpus = json.loads(status.read_text())["affinity"]
+        except (OSError, ValueError, KeyError):
+            cpus = None
         return {"publisher": pr["stats"], "signals": int(len(sig["seq"])), "missed": int(sig["missed"]),
-                "unmatched": lat["unmatched"], "lat": lat, "relay": relay_plan(pr, sig, self.chan_of_inst)}
+                "unmatched": lat["unmatched"], "lat": lat, "relay": relay_plan(pr, sig, self.chan_of_inst),
+                "cpus": cpus, "cpus_configured": [cfg.workers[0].cpu]}
 
     def measure_zmq_floor(self, rate: float, pub: Publisher, tag: str, busy: bool, plan: dict | None = None) -> dict:
         """The libzmq hop of every message; with ``plan`` (relay_plan() of the target's run) also
@@ -748,7 +758,8 @@ class Run:
             raise RuntimeError("the libzmq subscriber did not finish")
         z = np.load(out)
         keep = z["send"] >= start + int(a.warmup * 1e9)
-        res = {"lat": z["recv"][keep] - z["send"][keep], "messages": int(keep.sum())}
+        res = {"lat": z["recv"][keep] - z["send"][keep], "messages": int(keep.sum()),
+               "cpus": z["cpus"].tolist() if "cpus" in z.files else None}
         if relay is not None and sig_out.exists():
             sig = dict(np.load(sig_out))
             res["relay"] = latency_arrays(pr, sig, self.chan_of_inst, t_from=start + int(a.warmup * 1e9))
@@ -815,6 +826,18 @@ def _ratio(a, b):
     return round(a / b, 3) if b else None
 
 
+class CoreError(Exception):
+    """A measured process ran on other cores than it was set to (not a RuntimeError: a part
+    that fails with one is reported as not measured and the run goes on; this stops it)."""
+
+
+def _check_cores(what: str, seen, meant) -> None:
+    """A process that ran on other cores than it was meant to measured something else: stop."""
+    if seen is not None and sorted(seen) != sorted(meant):
+        raise CoreError(f"{what} ran on core(s) {sorted(seen)}, not on core(s) {sorted(meant)} as set: "
+                           "its figures would not be the ones asked for")
+
+
 def _merge_publisher(stats: list[dict]) -> dict:
     """The publisher's record over repeats: counts summed, the lowest achieved rate, the worst lateness."""
     if len(stats) == 1:
@@ -855,6 +878,7 @@ def measure_rate(run: Run, rate: float, index: int, outdir: Path) -> dict:
             rt = tag if reps == 1 else f"{tag}{'abcdefghijklmnopqrstuvwxyz'[rep % 26]}{rep}"
             pub = Publisher(run.stream, run.endpoint(f"{rt}-tgt"))      # the target connects to its own
             tgt = run.measure_target(rate, f"{rt}-tgt", pub)
+            _check_cores("the target's engine worker", tgt["cpus"], tgt["cpus_configured"])
             tgts.append(tgt)
             pub.close()
             pub = None
@@ -863,6 +887,7 @@ def measure_rate(run: Run, rate: float, index: int, outdir: Path) -> dict:
             pub = Publisher(run.stream, run.endpoint(f"{rt}-zmq"))
             try:
                 zf = run.measure_zmq_floor(rate, pub, rt, busy, tgt["relay"])
+                _check_cores("the floor's libzmq subscriber", zf["cpus"], [run.engine_core])
                 zmq_lat.append(zf["lat"])
                 if "relay" in zf:
                     relays.append(zf["relay"])
@@ -877,7 +902,7 @@ def measure_rate(run: Run, rate: float, index: int, outdir: Path) -> dict:
             if reps > 1 and not a.quiet and pairs:
                 _say(f"  repeat {rep + 1}/{reps}: wire-to-signal / relay floor p50 {pairs[-1]['p50']}x, "
                      f"p99 {pairs[-1]['p99']}x")
-        tgt = {"publisher": _merge_publisher([t["publisher"] for t in tgts]),
+        tgt = {"publisher": _merge_publisher([t["publisher"] for t in tgts]), "cpus": tgts[0]["cpus"],
                "signals": sum(t["signals"] for t in tgts), "missed": sum(t["missed"] for t in tgts),
                "unmatched": sum(t["unmatched"] for t in tgts), "lat": _pool([t["lat"] for t in tgts])}
         if not a.no_floors:
@@ -921,7 +946,7 @@ def measure_rate(run: Run, rate: float, index: int, outdir: Path) -> dict:
         summ["hops_sum"] = {k: summ["zmq_hop"][k] + summ["ring_hop_floor"][k] for k in LEVELS}
         summ["hops_sum"]["note"] = ("zmq_hop (every message) + ring_hop_floor (paced records, publisher idle), "
                                     "percentile by percentile")
-    res = {"offered_rate": rate, "publisher": tgt["publisher"], "signals": tgt["signals"],
+    res = {"offered_rate": rate, "engine_cpus_seen": tgt["cpus"], "publisher": tgt["publisher"], "signals": tgt["signals"],
            "signals_missed": tgt["missed"], "signals_unmatched": tgt["unmatched"], "latency_ns": summ}
     w = summ["wire_to_signal"]
     if "floor" in summ:
@@ -1129,7 +1154,7 @@ def run_bench(args) -> dict:
          f"rates {', '.join(_fmt_rate(r) for r in rates)} ev/s, {args.warmup:g} s warm-up + {args.duration:g} s each; "
          f"engine on core {engine_core}, publisher/consumer/I/O threads on core {other_core}")
     work = Path(tempfile.mkdtemp(prefix="tw-bench-"))
-    run = Run(args, stream, work)
+    run = Run(args, stream, work, (engine_core, other_core))
     summary = {"tickwire_bench": SCHEMA, "version": tickwire.__version__, "build": BUILD,
                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "target": args.target,
                "config": args.config, "source": stream.name, "events_per_message": round(
@@ -1299,7 +1324,11 @@ def cmd_bench(args) -> int:
             print(f"tickwire bench: {exc}", file=sys.stderr)
             return 2
     os.umask(0o077)
-    run_bench(args)
+    try:
+        run_bench(args)
+    except CoreError as exc:
+        print(f"tickwire bench: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

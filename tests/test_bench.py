@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -262,6 +263,13 @@ def test_bad_arguments_are_named(capsys):
     assert bench.parse_rate("1M") == 1e6 and bench.parse_rate("100k") == 1e5 and bench.parse_rate("2.5e4") == 25e3
 
 
+def test_a_process_on_the_wrong_core_stops_the_run():
+    bench._check_cores("the target", [1], [1])
+    bench._check_cores("the target", None, [1])          # (not known: nothing to check)
+    with pytest.raises(bench.CoreError, match=r"ran on core\(s\) \[0\], not on core\(s\) \[1\]"):
+        bench._check_cores("the target", [0], [1])
+
+
 def test_repeats_are_pooled_and_the_publisher_record_merged():
     """--repeat: each series is the runs' stamps together; the publisher's record keeps the
     lowest achieved rate (a repeat that fell short must show) and the worst lateness."""
@@ -315,6 +323,10 @@ def test_bench_end_to_end(tmp_path):
     s = json.loads((out / "summary.json").read_text())
     run = s["runs"][0]
     assert run["offered_rate"] == 20_000
+    # the engine worker ran where the header says, apart from the publisher's core
+    assert run["engine_cpus_seen"] == [s["engine_core"]]
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert s["engine_core"] != s["other_core"]
     assert run["publisher"]["events"] >= 20_000 * 1.8 * 0.9
     assert run["signals"] > 0 and run["signals_unmatched"] == 0
     lat = run["latency_ns"]
