@@ -1129,11 +1129,18 @@ def run_bench(args) -> dict:
     outdir = Path(args.out)
     outdir.mkdir(parents=True, exist_ok=True)
     engine_core, other_core = _cores()
-    _pin(other_core)
+    cfg = None
     if args.config:
         from tickwire.engine import config as configmod
 
         cfg = configmod.load(args.config)
+        # the config's cores: its first worker's for the floor, its supervisor's for the rest
+        # (a caller already pinned to one core, as the demo is, would otherwise see only that one)
+        engine_core = cfg.workers[0].cpu
+        if cfg.supervisor_cpu != engine_core:
+            other_core = cfg.supervisor_cpu
+    _pin(other_core)
+    if cfg is not None:
         stream = synthetic_stream(cfg.instruments, cfg.feeds.channels, events=args.events, batch=args.batch or 16,
                                   seed=args.seed)
     else:

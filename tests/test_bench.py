@@ -363,10 +363,15 @@ def test_bench_against_the_real_daemon(tmp_path):
     r = subprocess.run([sys.executable, "-m", "tickwire", "bench", "--target", "daemon", "--config", str(cfg),
                         "--source", "synthetic", "--rate", "20k", "--duration", "1.5", "--warmup", "0.3",
                         "--drain", "0.5", "--no-baseline", "--no-plots", "--out", str(out)],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=300,
+                       # started pinned to core 0, as the demo calls it: the config's cores still count
+                       preexec_fn=lambda: os.sched_setaffinity(0, {0}))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     s = json.loads((out / "summary.json").read_text())
     assert s["target"] == "daemon" and s["config"] == str(cfg)
+    if len(os.sched_getaffinity(0)) >= 2:               # the example's worker core, and the floor's
+        assert s["engine_core"] == 1 and s["other_core"] == 0
+        assert s["runs"][0]["engine_cpus_seen"] == [1]
     run = s["runs"][0]
     assert run["publisher"]["events"] >= 20_000 * 1.8 * 0.9
     assert run["signals"] > 0 and run["signals_unmatched"] == 0
