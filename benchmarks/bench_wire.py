@@ -4,7 +4,9 @@ docs/performance.md ("Wire-to-signal"), through the product's own harness (`tick
     python benchmarks/bench_wire.py [--out DIR] [any tickwire bench option]
 
 Defaults: 10k, 100k and 1M events/s (then doubling until the publisher cannot keep up), 2 s
-warm-up + 8 s each, the Binance capture, the pipeline target, p99 threshold 1 ms. It prints, per
+warm-up + 8 s each, target and relay floor three times each per rate, alternated and pooled
+(`--repeat 3`: one pair's ratio moves with the machine's drift), the Binance capture, the
+pipeline target, p99 threshold 1 ms. It prints, per
 rate, every series' percentiles, the ratios to the floor (the relay floor: the messages that
 carried the signals, through a bare libzmq subscriber into the ring, same run), to hops_sum (the
 libzmq hop of every message + the ring hop, measured apart) and to the baseline, and the targets
@@ -19,7 +21,7 @@ from common import pin  # noqa: F401  (sys.path for the other helpers; the harne
 
 from tickwire.engine.bench import main
 
-DEFAULTS = ["--rate", "10k,100k,1M", "--until-saturation", "--duration", "8", "--warmup", "2",
+DEFAULTS = ["--rate", "10k,100k,1M", "--until-saturation", "--duration", "8", "--warmup", "2", "--repeat", "3",
             "--p99-threshold", "1000", "--out", "bench-wire"]
 
 if __name__ == "__main__":

@@ -946,7 +946,8 @@ def measure_rate(run: Run, rate: float, index: int, outdir: Path) -> dict:
         summ["hops_sum"] = {k: summ["zmq_hop"][k] + summ["ring_hop_floor"][k] for k in LEVELS}
         summ["hops_sum"]["note"] = ("zmq_hop (every message) + ring_hop_floor (paced records, publisher idle), "
                                     "percentile by percentile")
-    res = {"offered_rate": rate, "engine_cpus_seen": tgt["cpus"], "publisher": tgt["publisher"], "signals": tgt["signals"],
+    res = {"offered_rate": rate, "engine_cpus_seen": tgt["cpus"], "publisher": tgt["publisher"],
+           "signals": tgt["signals"],
            "signals_missed": tgt["missed"], "signals_unmatched": tgt["unmatched"], "latency_ns": summ}
     w = summ["wire_to_signal"]
     if "floor" in summ:
