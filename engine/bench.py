@@ -1213,20 +1213,25 @@ def run_bench(args) -> dict:
 
 
 HELP = """\
-Wire-to-signal latency at a constant offered rate (open loop, wrk2-style), with the libzmq and
-ring floors and a pyzmq baseline measured in the same run.
+Wire-to-signal latency at a constant offered rate (open loop, wrk2-style), with its floor and a
+pyzmq baseline measured in the same run.
 
 The publisher sends pre-encoded messages from a C loop, each at its intended time (written into
 the header's send_time); a consumer process stamps each signal as it reads it from the signal
 ring. wire_to_signal = that receipt - the intended send time of the tick that caused the signal,
 so every stall (publisher, socket queue, engine) counts. Beside it: wire_queue (intended send ->
 the engine takes the message out of libzmq), engine (-> rule fired), ring_hop (-> the consumer
-has it); floors: zmq_hop (libzmq one-way, C to C, same schedule) + ring_hop_floor; pyzmq_baseline
-(pyzmq receive loop + dict book + multiprocessing.Queue to a consumer).
+has it). The floor (the targets are measured against it): the same schedule to a bare C libzmq
+subscriber on the engine's core that passes the messages which carried the target's signals
+straight into a signal ring read by the same consumer (floor_zmq_hop, floor_ring_hop); also
+zmq_hop (every message) + ring_hop_floor (measured apart) = hops_sum; pyzmq_baseline (pyzmq
+receive loop + dict book + multiprocessing.Queue to a consumer). The engine runs on the second
+core the process may use, everything else on the first (with --config: its first worker's core
+and its supervisor's); a worker or floor found on another core stops the run.
 
 examples:
   tickwire bench                                  # 100k ev/s, 10 s, Binance capture, engine worker
-  tickwire bench --rate 10k,100k,1M --p99-threshold 500 --out sweep/
+  tickwire bench --rate 10k,100k,1M --repeat 3 --p99-threshold 500 --out sweep/
   tickwire bench --target daemon --config tickwire.toml --rate 100k
   tickwire bench compare before/summary.json after/summary.json
 """
