@@ -835,7 +835,7 @@ def _check_cores(what: str, seen, meant) -> None:
     """A process that ran on other cores than it was meant to measured something else: stop."""
     if seen is not None and sorted(seen) != sorted(meant):
         raise CoreError(f"{what} ran on core(s) {sorted(seen)}, not on core(s) {sorted(meant)} as set: "
-                           "its figures would not be the ones asked for")
+                        "its figures would not be the ones asked for")
 
 
 def _merge_publisher(stats: list[dict]) -> dict:
@@ -869,13 +869,13 @@ def measure_rate(run: Run, rate: float, index: int, outdir: Path) -> dict:
     a = run.args
     tag = f"r{index}"
     pub = None
-    reps = max(1, int(getattr(a, "repeat", 1) or 1))
+    reps = a.repeat
     tgts, zmq_lat, relays, pairs = [], [], [], []
     floors = {}
     try:
         busy = a.busy_poll if a.busy_poll is not None else False
         for rep in range(reps):
-            rt = tag if reps == 1 else f"{tag}{'abcdefghijklmnopqrstuvwxyz'[rep % 26]}{rep}"
+            rt = tag if reps == 1 else f"{tag}-{rep}"
             pub = Publisher(run.stream, run.endpoint(f"{rt}-tgt"))      # the target connects to its own
             tgt = run.measure_target(rate, f"{rt}-tgt", pub)
             _check_cores("the target's engine worker", tgt["cpus"], tgt["cpus_configured"])
