@@ -23,7 +23,9 @@
 
 from libc.stdint cimport int64_t, uint64_t, int32_t, uint32_t, uint8_t
 from libc.math cimport NAN
-from tickwire.ext.defs cimport tw_event, TW_NO_PRICE, TW_REJ_COUNT, TW_SIDE_BID, TW_SIDE_ASK
+from libc.string cimport memcpy
+from tickwire.ext.defs cimport (tw_event, TW_NO_PRICE, TW_REJ_COUNT, TW_SIDE_BID, TW_SIDE_ASK, TW_OK,
+                                TW_UNLIKELY)
 
 cdef enum:
     TW_BOOK_L2 = 2
@@ -57,6 +59,7 @@ cdef struct tw_ladder:
     int64_t over_cap
     int64_t nlevels               # all levels of the side
     int64_t sign                  # +1 bids, -1 asks: key = sign * price
+    int64_t _pad[7]               # to 256 bytes: side i is at i << 8 (one shift per event)
 
 cdef struct tw_order:
     uint64_t id
@@ -102,9 +105,14 @@ cdef struct tw_book:
     uint64_t rejects[TW_REJ_COUNT]
     uint64_t last_seq
     int64_t last_ts_event
-    int64_t last_ts_recv
     int in_sync                   # 0 between a snapshot BEGIN and END marker
     uint64_t price_span           # p.max_price - p.min_price (one unsigned compare checks a price)
+    # the L2 level-update fast path (tw_book_apply_inline) takes an event when, with v its channel | kind << 16
+    # | side << 24, ((v & fast_mask) - fast_want) & ~0x01010000 == 0: kind ADD or MODIFY, side
+    # 0 or 1, and the channel when the book has one (mask 0xffffffff, want 0x10000 | channel;
+    # 0xffff0000 / 0x10000 for any channel; 0 / 1, never, on an L3 book or one with max_depth)
+    uint32_t fast_mask
+    uint32_t fast_want
 
 cdef struct tw_level_cursor:      # walks one side from the best level down
     int64_t slot                  # next window slot, -1 once the window is done
@@ -123,6 +131,11 @@ cdef void tw_book_clear(tw_book *b) noexcept nogil
 
 # -- updates: return TW_OK (0) or a TW_REJ_* code; a rejected event leaves the book as it was
 cdef int tw_book_apply(tw_book *b, const tw_event *ev) noexcept nogil
+# (tw_book_apply_inline, below, is the same update inlined into the caller's loop; these are
+# its out-of-line parts)
+cdef int tw_book_apply_slow(tw_book *b, const tw_event *ev) noexcept nogil
+cdef void tw_ladder_bits_carry(uint64_t **bits, int64_t s, bint now) noexcept nogil
+cdef void tw_ladder_best_removed(tw_ladder *L, int64_t s) noexcept nogil
 cdef int tw_book_set_level(tw_book *b, int side, int64_t price, int64_t qty) noexcept nogil
 cdef int tw_book_add_order(tw_book *b, uint64_t order_id, int side, int64_t price, int64_t qty,
                            int64_t ts) noexcept nogil
@@ -213,3 +226,76 @@ cdef class BookSet:
     cdef tw_bookset c
     cdef list _books
     cdef dict _by_id
+
+
+# -- the per-event update, inlined where events are applied (the books' loops, the engine) --
+
+cdef extern from *:
+    """
+    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+    #  error "tickwire's book reads an event's channel, kind and side as one little-endian uint32: little-endian hosts only"
+    #endif
+    """
+
+
+cdef inline bint tw_ladder_has(const tw_ladder *L, int64_t s) noexcept nogil:
+    """Whether window slot ``s`` holds a level, from the occupancy bitmap rather than the slot:
+    the bitmap is 64 times denser and stays in cache, where the slot of a level far from the
+    best is a cache miss.  An update that reads only the bitmap leaves the slot to a store,
+    which does not hold up the next update."""
+    return (L.bits[0][s >> 6] >> (s & 63)) & 1
+
+
+cdef inline void tw_ladder_store(tw_ladder *L, int64_t s, int64_t qty) noexcept nogil:
+    """Set window slot ``s`` to ``qty`` and keep bitmap, counts and best right.
+
+    Written to compile to conditional moves rather than branches on the data: whether a
+    level appears, changes or goes is a coin toss on real streams, and each mispredicted
+    branch costs more than the whole update.  Every field is loaded before the first store (an
+    int64 store may alias any int64 field, so a load after it would be repeated), and the
+    slot is only written, never read."""
+    cdef uint64_t *word = &L.bits[0][s >> 6]
+    cdef uint64_t w_old = word[0], w_new
+    cdef int64_t nlev = L.nlevels, best = L.best
+    cdef int64_t was = (w_old >> (s & 63)) & 1, now = qty != 0
+    cdef int64_t cand = s | (now - 1)               # s, or -1 when the level goes
+    w_new = w_old ^ ((w_old ^ (<uint64_t>0 - <uint64_t>now)) & ((<uint64_t>1) << (s & 63)))
+    L.qty[s] = qty
+    word[0] = w_new
+    L.nlevels = nlev + now - was
+    L.best = cand if cand > best else best
+    # two well-predicted tests rather than one compare of two flags: the branch lets the next
+    # update start without waiting for this word's load
+    if TW_UNLIKELY(w_old == 0 or w_new == 0) and (w_old == 0) != (w_new == 0):
+        tw_ladder_bits_carry(L.bits, s, w_new != 0)
+    if TW_UNLIKELY(was & (1 - now) & (s == best)):
+        tw_ladder_best_removed(L, s)
+
+
+cdef inline int tw_book_apply_inline(tw_book *b, const tw_event *ev) noexcept nogil:
+    """Apply one event and account for it (applied count and last event, or the reject).
+
+    The bulk of any feed is an L2 level update inside the window that passes every check;
+    that case is done here in full (tw_ladder_store), inlined into each loop that applies events,
+    with every check one well-predicted branch.  Everything else (another kind, a price
+    outside the window, a new level that breaks a limit, an L3 book or one with max_depth, a
+    channel filter that does not match) goes to tw_book_apply_slow."""
+    cdef uint32_t v
+    cdef int64_t qty = ev.qty, s
+    cdef tw_ladder *L
+    memcpy(&v, &ev.channel, 4)                    # channel | kind << 16 | side << 24 (little-endian)
+    if TW_UNLIKELY(((((v & b.fast_mask) - b.fast_want) & ~<uint32_t>0x01010000) != 0) | (qty < 0)):
+        return tw_book_apply_slow(b, ev)
+    L = &b.side[v >> 24]
+    s = L.sign * ev.price - L.base
+    # outside the window, or a new level outside the price range or past max_levels
+    if TW_UNLIKELY((<uint64_t>s >= <uint64_t>L.cap)
+                   or ((1 - tw_ladder_has(L, s)) & (qty != 0)
+                       & ((<uint64_t>ev.price - <uint64_t>b.p.min_price > b.price_span)
+                          | (L.nlevels >= b.p.max_levels)))):
+        return tw_book_apply_slow(b, ev)
+    tw_ladder_store(L, s, qty)
+    b.applied += 1
+    b.last_seq = ev.seq
+    b.last_ts_event = ev.ts_event
+    return TW_OK

@@ -367,7 +367,7 @@ cdef inline void _win_add(tw_ladder *L, int64_t s) noexcept nogil:
         L.best = s
 
 
-cdef void _best_removed(tw_ladder *L, int64_t s) noexcept nogil:
+cdef void tw_ladder_best_removed(tw_ladder *L, int64_t s) noexcept nogil:
     """The best level (slot ``s``) emptied: find the next one; follow it down if it sank low."""
     L.best = _find_prev(L, s - 1)
     _over_trim(L)                                 # (so that over[nover - 1] is a level)
@@ -381,47 +381,15 @@ cdef inline void _win_remove(tw_ladder *L, int64_t s) noexcept nogil:
     _bits_clear(L.bits, s)
     L.nlevels -= 1
     if s == L.best:
-        _best_removed(L, s)
+        tw_ladder_best_removed(L, s)
 
 
-cdef void _bits_carry(uint64_t **bits, int64_t s, bint now) noexcept nogil:
+cdef void tw_ladder_bits_carry(uint64_t **bits, int64_t s, bint now) noexcept nogil:
     """Level-0 word of slot ``s`` turned empty (now=0) or non-empty (now=1): update the levels above."""
     if now:
         _bits_set(bits + 1, s >> 6)
     else:
         _bits_clear(bits + 1, s >> 6)
-
-
-cdef inline bint _win_has(const tw_ladder *L, int64_t s) noexcept nogil:
-    """Whether window slot ``s`` holds a level, from the occupancy bitmap rather than the slot:
-    the bitmap is 64 times denser and stays in cache, where the slot of a level far from the
-    best is a cache miss.  An update that reads only the bitmap leaves the slot to a store,
-    which does not hold up the next update."""
-    return (L.bits[0][s >> 6] >> (s & 63)) & 1
-
-
-cdef inline void _win_store(tw_ladder *L, int64_t s, int64_t qty) noexcept nogil:
-    """Set window slot ``s`` to ``qty`` and keep bitmap, counts and best right.
-
-    Written to compile to conditional moves rather than branches on the data: whether a
-    level appears, changes or goes is a coin toss on real streams, and each mispredicted
-    branch costs more than the whole update.  The slot is only written, never read."""
-    cdef uint64_t bit = (<uint64_t>1) << (s & 63)
-    cdef uint64_t *word = &L.bits[0][s >> 6]
-    cdef uint64_t w_old = word[0], w_new
-    cdef int64_t was = (w_old & bit) != 0, now = qty != 0, best = L.best, take
-    L.qty[s] = qty
-    w_new = (w_old & ~bit) | (bit & (<uint64_t>0 - <uint64_t>now))
-    word[0] = w_new
-    # two well-predicted tests rather than one compare of two flags: the branch lets the next
-    # update start without waiting for this word's load
-    if TW_UNLIKELY(w_old == 0 or w_new == 0) and (w_old == 0) != (w_new == 0):
-        _bits_carry(L.bits, s, w_new != 0)
-    L.nlevels += now - was
-    take = <int64_t>0 - (now & (s > best))          # all ones when s becomes the best
-    L.best = (s & take) | (best & ~take)
-    if TW_UNLIKELY(was & (1 - now) & (s == best)):
-        _best_removed(L, s)
 
 
 cdef inline int _ladder_make_room(tw_book *b, tw_ladder *L, int64_t key) noexcept nogil:
@@ -534,10 +502,10 @@ cdef inline int _set_level(tw_book *b, int side, int64_t price, int64_t qty) noe
     s = key - L.base
     if TW_UNLIKELY(<uint64_t>s >= <uint64_t>L.cap):
         return _l2_set_outside(b, L, price, key, qty)
-    if TW_UNLIKELY((1 - _win_has(L, s)) & (qty != 0)
+    if TW_UNLIKELY((1 - tw_ladder_has(L, s)) & (qty != 0)
                    & ((<uint64_t>price - <uint64_t>b.p.min_price > b.price_span) | (L.nlevels >= b.p.max_levels))):
         return TW_REJ_PRICE_RANGE if not _price_ok(b, price) else TW_REJ_CAPACITY
-    _win_store(L, s, qty)
+    tw_ladder_store(L, s, qty)
     if TW_UNLIKELY(b.p.max_depth != 0 and L.nlevels > b.p.max_depth):
         _drop_worst(L)
     return TW_OK
@@ -1002,6 +970,12 @@ cdef int tw_book_init(tw_book *b, const tw_book_params *p) noexcept nogil:
     memset(b, 0, sizeof(tw_book))
     b.p = p[0]
     b.price_span = <uint64_t>p.max_price - <uint64_t>p.min_price
+    if p.book_type != TW_BOOK_L2 or p.max_depth != 0:
+        b.fast_mask, b.fast_want = 0, 1           # no fast path: every event through tw_book_apply_slow
+    elif p.channel >= 0:
+        b.fast_mask, b.fast_want = 0xffffffff, 0x10000 | <uint32_t>p.channel
+    else:
+        b.fast_mask, b.fast_want = 0xffff0000, 0x10000
     _ladder_reset(&b.side[TW_SIDE_BID], 1)
     _ladder_reset(&b.side[TW_SIDE_ASK], -1)
     b.free_head = -1
@@ -1094,23 +1068,19 @@ cdef int _apply_op(tw_book *b, const tw_event *ev) noexcept nogil:
     return TW_REJ_BAD_KIND
 
 
-cdef inline int _apply(tw_book *b, const tw_event *ev) noexcept nogil:
-    """Apply one event and account for it (applied count and last event, or the reject).
-
-    The L2 level update, the bulk of any feed, is inlined here; everything else goes
-    through _apply_op."""
+cdef int tw_book_apply_slow(tw_book *b, const tw_event *ev) noexcept nogil:
+    """tw_book_apply_inline for every event its fast path does not take: kept out of line, so
+    that the fast path stays small enough to inline into each loop that applies events (the
+    books' own and the engine's)."""
     cdef int r
     if TW_UNLIKELY(b.p.channel >= 0 and ev.channel != b.p.channel):
         r = TW_REJ_WRONG_CHANNEL                # another channel's sequence: not this book's
-    elif TW_LIKELY(b.p.book_type == TW_BOOK_L2 and (ev.kind == TW_KIND_MODIFY or ev.kind == TW_KIND_ADD)):
-        r = _set_level(b, ev.side, ev.price, ev.qty)
     else:
         r = _apply_op(b, ev)
     if TW_LIKELY(r == TW_OK):
         b.applied += 1
         b.last_seq = ev.seq
         b.last_ts_event = ev.ts_event
-        b.last_ts_recv = ev.ts_recv
     else:
         b.rejects[r] += 1
     return r
@@ -1118,7 +1088,7 @@ cdef inline int _apply(tw_book *b, const tw_event *ev) noexcept nogil:
 
 cdef int tw_book_apply(tw_book *b, const tw_event *ev) noexcept nogil:
     """Apply one canonical event; TW_OK or the reject code (also counted in b.rejects)."""
-    return _apply(b, ev)
+    return tw_book_apply_inline(b, ev)
 
 
 cdef extern from *:
@@ -1199,7 +1169,7 @@ cdef inline bint _route(tw_bookset *s, const tw_event *ev, uint8_t *status, Py_s
     cdef tw_book *b = s.books[ev.instrument] if ev.instrument < s.nbooks else NULL
     cdef int r
     if b != NULL:
-        r = _apply(b, ev)
+        r = tw_book_apply_inline(b, ev)
     else:
         r = TW_REJ_UNKNOWN_INSTRUMENT
         s.unknown_instrument += 1
@@ -1222,6 +1192,22 @@ cdef bint _bookset_is_big(const tw_bookset *s) noexcept nogil:
     return False
 
 
+cdef Py_ssize_t _bookset_apply_plain(tw_bookset *s, const tw_event *ev, Py_ssize_t n) noexcept nogil:
+    """tw_bookset_apply's common case, a loop kept to the update itself (no prefetch, no
+    status), with the set's fields in locals."""
+    cdef Py_ssize_t i, applied = 0
+    cdef tw_book **books = s.books
+    cdef tw_book *b
+    cdef uint32_t nbooks = s.nbooks
+    for i in range(n):
+        b = books[ev[i].instrument] if ev[i].instrument < nbooks else NULL
+        if TW_LIKELY(b != NULL):
+            applied += tw_book_apply_inline(b, &ev[i]) == TW_OK
+        else:
+            s.unknown_instrument += 1
+    return applied
+
+
 cdef Py_ssize_t tw_bookset_apply(tw_bookset *s, const tw_event *ev, Py_ssize_t n,
                                  uint8_t *status) noexcept nogil:
     """Route each event to its instrument's book; returns how many were applied.
@@ -1235,11 +1221,13 @@ cdef Py_ssize_t tw_bookset_apply(tw_bookset *s, const tw_event *ev, Py_ssize_t n
     cdef Py_ssize_t i, applied = 0, ahead
     cdef const tw_book *pb
     if s.nl3 == 0:
-        # (one loop, so that the level update is inlined once; ahead = 0 turns the prefetch off;
-        # a set with more books than the batch has events is not counted, and prefetches)
+        # (ahead = 0 turns the prefetch off; a set with more books than the batch has events
+        # is not counted, and prefetches)
         ahead = 0
         if n >= _PREFETCH_LEVEL * 8 and (s.nbooks > n or _bookset_is_big(s)):
             ahead = n - _PREFETCH_LEVEL
+        if ahead == 0 and status == NULL:
+            return _bookset_apply_plain(s, ev, n)
         for i in range(n):
             if i < ahead:
                 pb = _book_of(s, &ev[i + _PREFETCH_LEVEL])
@@ -1275,7 +1263,7 @@ cdef Py_ssize_t _bookset_apply_top(tw_bookset *s, const tw_event *ev, Py_ssize_t
         row = top + 4 * i
         b = s.books[ev[i].instrument] if ev[i].instrument < s.nbooks else NULL
         if b != NULL:
-            r = _apply(b, &ev[i])
+            r = tw_book_apply_inline(b, &ev[i])
             row[0] = tw_book_best_price(b, TW_SIDE_BID)
             row[1] = tw_book_best_price(b, TW_SIDE_ASK)
             row[2] = tw_book_best_qty(b, TW_SIDE_BID)
@@ -1593,6 +1581,7 @@ cdef class Book:
         _ladder_reset(&self.c.side[TW_SIDE_BID], 1)
         _ladder_reset(&self.c.side[TW_SIDE_ASK], -1)
         self.c.free_head = -1
+        self.c.fast_want = 1                      # (no fast path until tw_book_init)
 
     def __dealloc__(self):
         tw_book_free(&self.c)
@@ -1898,12 +1887,12 @@ cdef class Book:
 
 
 cdef Py_ssize_t _book_apply_many(tw_book *b, const tw_event *ev, Py_ssize_t n, uint8_t *status) noexcept nogil:
-    """Book.apply's loop: the engine's per-event update (_apply), events of other instruments refused."""
+    """Book.apply's loop: the engine's per-event update (tw_book_apply_inline), events of other instruments refused."""
     cdef Py_ssize_t i, applied = 0
     cdef int r
     for i in range(n):
         if ev[i].instrument == b.p.instrument:
-            r = _apply(b, &ev[i])
+            r = tw_book_apply_inline(b, &ev[i])
         else:
             r = TW_REJ_UNKNOWN_INSTRUMENT
             b.rejects[r] += 1

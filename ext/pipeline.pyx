@@ -23,7 +23,7 @@ from tickwire.ext.defs cimport (
     TW_RULE_VWAP, TW_RULE_EWMA_CROSS, TW_SIG_ENTER, TW_SIG_EXIT,
 )
 from tickwire.ext.book cimport (
-    Book, BookSet, tw_book, tw_book_apply, tw_book_clear, tw_book_mid, tw_book_microprice, tw_book_spread,
+    Book, BookSet, tw_book, tw_book_apply_inline, tw_book_clear, tw_book_mid, tw_book_microprice, tw_book_spread,
     tw_book_best_price, tw_book_top_qty_d, tw_book_prefetch, tw_bookset, TW_BOOK_L2, TW_BOOK_L3,
 )
 from tickwire.ext.hdr cimport (
@@ -718,7 +718,7 @@ cdef class Engine:
                     self.timing.countdown = self.timing.every
                     timed = True
                     t0 = _clock_ns(CLOCK_MONOTONIC)
-            r = tw_book_apply(b, e)
+            r = tw_book_apply_inline(b, e)
             self.events += 1
             if timed:
                 t1 = _clock_ns(CLOCK_MONOTONIC)

@@ -306,6 +306,30 @@ def test_a_book_with_a_channel_rejects_events_from_another():
         L2Book(5, channel=70_000)
 
 
+def test_every_kind_side_and_channel_takes_the_right_path():
+    """The per-event update reads channel, kind and side as one word and sends only an ADD or
+    MODIFY on side 0 or 1 (on the book's channel, if it has one) down its fast path.  Every
+    combination of kind 0-8, side 0-3 and three channels, on a book with no channel, with
+    channel 1, with channel 0xffff and with max_depth, against the reference (and the
+    channel rule): a wrong constant in that word would let a bad event through or refuse a good
+    one, and show here."""
+    combos = [(k, sd, ch) for k in range(9) for sd in range(4) for ch in (0, 1, 0xFFFF)]
+    for kw, want_ch in ((dict(), None), (dict(channel=1), 1), (dict(channel=0xFFFF), 0xFFFF),
+                        (dict(max_depth=3), None)):
+        book = L2Book(0, **kw)
+        ref = RefL2(0, max_depth=kw.get("max_depth", 0))
+        for i, (kind, side, ch) in enumerate(combos):
+            price = CENTER + (i % 7) - 3
+            ev = events_from([(kind, side, price, 1 + i % 5 if i % 3 else 0)])
+            ev["channel"] = ch
+            ev["flags"] = 0
+            want = Reject.WRONG_CHANNEL if want_ch is not None and ch != want_ch else ref.apply(ev[0])
+            status = np.zeros(1, np.uint8)
+            book.apply(ev, status)
+            assert status[0] == want, (kw, kind, side, ch, Reject(status[0]), want)
+        assert book.state() == ref.state(), kw
+
+
 def test_queries_on_a_small_book():
     b = L2Book(0)
     for price, qty in ((100, 5), (99, 3), (97, 2)):
