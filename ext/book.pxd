@@ -134,6 +134,7 @@ cdef int tw_book_apply(tw_book *b, const tw_event *ev) noexcept nogil
 # (tw_book_apply_inline, below, is the same update inlined into the caller's loop; these are
 # its out-of-line parts)
 cdef int tw_book_apply_slow(tw_book *b, const tw_event *ev) noexcept nogil
+cdef int tw_book_apply_far(tw_book *b, const tw_event *ev) noexcept nogil
 cdef void tw_ladder_bits_carry(uint64_t **bits, int64_t s, bint now) noexcept nogil
 cdef void tw_ladder_best_removed(tw_ladder *L, int64_t s) noexcept nogil
 cdef int tw_book_set_level(tw_book *b, int side, int64_t price, int64_t qty) noexcept nogil
@@ -277,9 +278,9 @@ cdef inline int tw_book_apply_inline(tw_book *b, const tw_event *ev) noexcept no
 
     The bulk of any feed is an L2 level update inside the window that passes every check;
     that case is done here in full (tw_ladder_store), inlined into each loop that applies events,
-    with every check one well-predicted branch.  Everything else (another kind, a price
-    outside the window, a new level that breaks a limit, an L3 book or one with max_depth, a
-    channel filter that does not match) goes to tw_book_apply_slow."""
+    with every check one well-predicted branch.  A level outside the window goes straight to
+    tw_book_apply_far; everything else (another kind, a new level that breaks a limit, an L3
+    book or one with max_depth, a channel filter that does not match) to tw_book_apply_slow."""
     cdef uint32_t v
     cdef int64_t qty = ev.qty, s
     cdef tw_ladder *L
@@ -288,11 +289,12 @@ cdef inline int tw_book_apply_inline(tw_book *b, const tw_event *ev) noexcept no
         return tw_book_apply_slow(b, ev)
     L = &b.side[v >> 24]
     s = L.sign * ev.price - L.base
-    # outside the window, or a new level outside the price range or past max_levels
-    if TW_UNLIKELY((<uint64_t>s >= <uint64_t>L.cap)
-                   or ((1 - tw_ladder_has(L, s)) & (qty != 0)
-                       & ((<uint64_t>ev.price - <uint64_t>b.p.min_price > b.price_span)
-                          | (L.nlevels >= b.p.max_levels)))):
+    if TW_UNLIKELY(<uint64_t>s >= <uint64_t>L.cap):
+        return tw_book_apply_far(b, ev)
+    # a new level outside the price range or past max_levels: the slow path rejects it
+    if TW_UNLIKELY((1 - tw_ladder_has(L, s)) & (qty != 0)
+                   & ((<uint64_t>ev.price - <uint64_t>b.p.min_price > b.price_span)
+                      | (L.nlevels >= b.p.max_levels))):
         return tw_book_apply_slow(b, ev)
     tw_ladder_store(L, s, qty)
     b.applied += 1

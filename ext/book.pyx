@@ -438,11 +438,14 @@ cdef void _drop_worst(tw_ladder *L) noexcept nogil:
 
 cdef int _l2_set_outside(tw_book *b, tw_ladder *L, int64_t price, int64_t key, int64_t qty) noexcept nogil:
     """tw_book_set_level for a key outside the window."""
-    cdef Py_ssize_t i, pos
+    cdef Py_ssize_t i = 0, pos
+    cdef int64_t base = L.base
     cdef int r
+    cdef bint found = False
     cdef tw_level *lv
     if key < L.base and L.nlevels > 0:
         i = _over_find(L, key)
+        found = True
         if i >= 0 and not _dead(&L.over[i]):         # an existing far level
             if qty != 0:
                 L.over[i].qty = qty
@@ -465,7 +468,8 @@ cdef int _l2_set_outside(tw_book *b, tw_ladder *L, int64_t price, int64_t key, i
         L.qty[key - L.base] = qty
         _win_add(L, key - L.base)
     else:
-        i = _over_find(L, key)
+        if not found or L.base != base:              # (the search above holds while the window stays)
+            i = _over_find(L, key)
         pos = -i - 1
         if i >= 0:                                   # a dead entry at this price
             lv = &L.over[i]
@@ -1077,6 +1081,21 @@ cdef int tw_book_apply_slow(tw_book *b, const tw_event *ev) noexcept nogil:
         r = TW_REJ_WRONG_CHANNEL                # another channel's sequence: not this book's
     else:
         r = _apply_op(b, ev)
+    if TW_LIKELY(r == TW_OK):
+        b.applied += 1
+        b.last_seq = ev.seq
+        b.last_ts_event = ev.ts_event
+    else:
+        b.rejects[r] += 1
+    return r
+
+
+cdef int tw_book_apply_far(tw_book *b, const tw_event *ev) noexcept nogil:
+    """tw_book_apply_inline for an event its fast path took (an L2 level update that passed the
+    kind, side, quantity and channel tests) whose price is outside the window: straight to the
+    far-level update, without the slow path's dispatch."""
+    cdef tw_ladder *L = &b.side[ev.side]
+    cdef int r = _l2_set_outside(b, L, ev.price, L.sign * ev.price, ev.qty)
     if TW_LIKELY(r == TW_OK):
         b.applied += 1
         b.last_seq = ev.seq
