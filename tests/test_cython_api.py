@@ -9,7 +9,7 @@ DOWNSTREAM = textwrap.dedent('''
     # cython: language_level=3
     from libc.string cimport memset
     from tickwire.ext.defs cimport tw_event, TW_KIND_ADD, TW_KIND_DELETE, TW_SIDE_BID, TW_SIDE_ASK
-    from tickwire.ext.book cimport (Book, tw_book_apply, tw_book_best_price, tw_book_best_qty,
+    from tickwire.ext.book cimport (Book, tw_book_apply, tw_book_apply_inline, tw_book_best_price, tw_book_best_qty,
                                     tw_book_add_order, tw_book_spread, tw_book_levels,
                                     tw_book_depth_qty, tw_book_top_qty_d)
 
@@ -18,7 +18,8 @@ DOWNSTREAM = textwrap.dedent('''
         return tw_book_depth_qty(&book.c, side, k), tw_book_top_qty_d(&book.c, side, k, NULL)
 
     def fill_ladder(Book book, long n):
-        """Add n bid levels and n ask levels through the C API, without the GIL."""
+        """Add n bid levels and n ask levels through the C API, without the GIL (the asks through
+        the inline update, compiled into this module)."""
         cdef tw_event ev
         cdef long i
         cdef int rejected = 0
@@ -35,7 +36,7 @@ DOWNSTREAM = textwrap.dedent('''
                 ev.side = TW_SIDE_ASK
                 ev.price = 1001 + i
                 ev.order_id = 2 * i + 2
-                rejected += tw_book_apply(&book.c, &ev) != 0
+                rejected += tw_book_apply_inline(&book.c, &ev) != 0
         return rejected, tw_book_best_price(&book.c, TW_SIDE_BID), tw_book_best_qty(&book.c, TW_SIDE_ASK), tw_book_spread(&book.c)
 ''')
 
