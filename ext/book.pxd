@@ -59,7 +59,8 @@ cdef struct tw_ladder:
     int64_t over_cap
     int64_t nlevels               # all levels of the side
     int64_t sign                  # +1 bids, -1 asks: key = sign * price
-    int64_t _pad[7]               # to 256 bytes: side i is at i << 8 (one shift per event)
+    Py_ssize_t *far_hint          # overflow index last found per hash of a far key (a hint: checked)
+    int64_t _pad[6]               # to 256 bytes: side i is at i << 8 (one shift per event)
 
 cdef struct tw_order:
     uint64_t id
