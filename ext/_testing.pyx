@@ -3,6 +3,8 @@ nothing in tickwire imports this module."""
 
 from libc.stdint cimport int64_t
 
+from tickwire.ext.book cimport tw_ladder
+
 
 def sum_first(const int64_t[::1] values, Py_ssize_t n):
     """Sum of ``values[:n]`` with no length check of its own: in a debug build Cython's
@@ -13,3 +15,9 @@ def sum_first(const int64_t[::1] values, Py_ssize_t n):
     for i in range(n):
         total += values[i]
     return total
+
+
+def ladder_size():
+    """sizeof(tw_ladder): padded to 256 bytes so that the per-event update finds a book's side
+    with a shift (book.pxd); a field added without taking one from the padding shows here."""
+    return sizeof(tw_ladder)

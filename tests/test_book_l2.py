@@ -306,6 +306,13 @@ def test_a_book_with_a_channel_rejects_events_from_another():
         L2Book(5, channel=70_000)
 
 
+def test_a_side_of_the_book_is_256_bytes():
+    """The per-event update finds side i of a book at i << 8; a tw_ladder that grew past its
+    padding would still work, at a multiply per event, so the size is held here."""
+    from tickwire.ext._testing import ladder_size
+    assert ladder_size() == 256
+
+
 def test_every_kind_side_and_channel_takes_the_right_path():
     """The per-event update reads channel, kind and side as one word and sends only an ADD or
     MODIFY on side 0 or 1 (on the book's channel, if it has one) down its fast path.  Every
