@@ -25,7 +25,7 @@ from libc.stdint cimport int64_t, uint64_t, int32_t, uint32_t, uint8_t
 from libc.math cimport NAN
 from libc.string cimport memcpy
 from tickwire.ext.defs cimport (tw_event, TW_NO_PRICE, TW_REJ_COUNT, TW_SIDE_BID, TW_SIDE_ASK, TW_OK,
-                                TW_UNLIKELY)
+                                TW_LIKELY, TW_UNLIKELY)
 
 cdef enum:
     TW_BOOK_L2 = 2
@@ -274,6 +274,18 @@ cdef inline void tw_ladder_store(tw_ladder *L, int64_t s, int64_t qty) noexcept 
         tw_ladder_best_removed(L, s)
 
 
+cdef inline int tw_book_account(tw_book *b, const tw_event *ev, int r) noexcept nogil:
+    """Account for an event: applied (counted, and remembered as the book's last) or refused
+    (counted under its reject code); returns ``r``."""
+    if TW_LIKELY(r == TW_OK):
+        b.applied += 1
+        b.last_seq = ev.seq
+        b.last_ts_event = ev.ts_event
+    else:
+        b.rejects[r] += 1
+    return r
+
+
 cdef inline int tw_book_apply_inline(tw_book *b, const tw_event *ev) noexcept nogil:
     """Apply one event and account for it (applied count and last event, or the reject).
 
@@ -298,7 +310,4 @@ cdef inline int tw_book_apply_inline(tw_book *b, const tw_event *ev) noexcept no
                       | (L.nlevels >= b.p.max_levels))):
         return tw_book_apply_slow(b, ev)
     tw_ladder_store(L, s, qty)
-    b.applied += 1
-    b.last_seq = ev.seq
-    b.last_ts_event = ev.ts_event
-    return TW_OK
+    return tw_book_account(b, ev, TW_OK)

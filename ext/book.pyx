@@ -1099,13 +1099,7 @@ cdef int tw_book_apply_slow(tw_book *b, const tw_event *ev) noexcept nogil:
         r = TW_REJ_WRONG_CHANNEL                # another channel's sequence: not this book's
     else:
         r = _apply_op(b, ev)
-    if TW_LIKELY(r == TW_OK):
-        b.applied += 1
-        b.last_seq = ev.seq
-        b.last_ts_event = ev.ts_event
-    else:
-        b.rejects[r] += 1
-    return r
+    return tw_book_account(b, ev, r)
 
 
 cdef int tw_book_apply_far(tw_book *b, const tw_event *ev) noexcept nogil:
@@ -1113,14 +1107,7 @@ cdef int tw_book_apply_far(tw_book *b, const tw_event *ev) noexcept nogil:
     kind, side, quantity and channel tests) whose price is outside the window: straight to the
     far-level update, without the slow path's dispatch."""
     cdef tw_ladder *L = &b.side[ev.side]
-    cdef int r = _l2_set_outside(b, L, ev.price, L.sign * ev.price, ev.qty)
-    if TW_LIKELY(r == TW_OK):
-        b.applied += 1
-        b.last_seq = ev.seq
-        b.last_ts_event = ev.ts_event
-    else:
-        b.rejects[r] += 1
-    return r
+    return tw_book_account(b, ev, _l2_set_outside(b, L, ev.price, L.sign * ev.price, ev.qty))
 
 
 cdef int tw_book_apply(tw_book *b, const tw_event *ev) noexcept nogil:
