@@ -60,7 +60,11 @@ cdef struct tw_ladder:
     int64_t nlevels               # all levels of the side
     int64_t sign                  # +1 bids, -1 asks: key = sign * price
     Py_ssize_t *far_hint          # overflow index last found per hash of a far key (a hint: checked)
-    int64_t _pad[6]               # to 256 bytes: side i is at i << 8 (one shift per event)
+    int64_t key_lo                # the book's price range in keys (inclusive)
+    int64_t key_hi
+    int64_t fast_lo               # the window slots inside the price range: fast_lo .. fast_lo + fast_n - 1
+    int64_t fast_n                # (the per-event update takes a slot there without checking the price)
+    int64_t _pad[2]               # to 256 bytes: side i is at i << 8 (one shift per event)
 
 cdef struct tw_order:
     uint64_t id
@@ -290,24 +294,46 @@ cdef inline int tw_book_apply_inline(tw_book *b, const tw_event *ev) noexcept no
     """Apply one event and account for it (applied count and last event, or the reject).
 
     The bulk of any feed is an L2 level update inside the window that passes every check;
-    that case is done here in full (tw_ladder_store), inlined into each loop that applies events,
-    with every check one well-predicted branch.  A level outside the window goes straight to
-    tw_book_apply_far; everything else (another kind, a new level that breaks a limit, an L3
-    book or one with max_depth, a channel filter that does not match) to tw_book_apply_slow."""
+    that case is done here in full, inlined into each loop that applies events, with every
+    check one well-predicted branch and no branch on whether the level appears, changes or
+    goes (a coin toss on real streams; conditional moves instead).  The price range is checked
+    by the window test itself (fast_lo/fast_n cover only the window slots inside it) and the
+    capacity by the level count the update would leave.  A slot outside that goes to
+    tw_book_apply_far; everything else (another kind, a full side, an L3 book or one with
+    max_depth, a channel filter that does not match) to tw_book_apply_slow.  Every field is
+    loaded before the first store: an int64 store may alias any int64 field, so a load after
+    it would be repeated."""
     cdef uint32_t v
-    cdef int64_t qty = ev.qty, s
+    cdef int64_t qty = ev.qty, s, s_now, nlev, best, now, was
+    cdef uint64_t w_old, w_new, bit
+    cdef uint64_t *word
     cdef tw_ladder *L
     memcpy(&v, &ev.channel, 4)                    # channel | kind << 16 | side << 24 (little-endian)
     if TW_UNLIKELY(((((v & b.fast_mask) - b.fast_want) & ~<uint32_t>0x01010000) != 0) | (qty < 0)):
         return tw_book_apply_slow(b, ev)
     L = &b.side[v >> 24]
     s = L.sign * ev.price - L.base
-    if TW_UNLIKELY(<uint64_t>s >= <uint64_t>L.cap):
+    if TW_UNLIKELY(<uint64_t>(s - L.fast_lo) >= <uint64_t>L.fast_n):
         return tw_book_apply_far(b, ev)
-    # a new level outside the price range or past max_levels: the slow path rejects it
-    if TW_UNLIKELY((1 - tw_ladder_has(L, s)) & (qty != 0)
-                   & ((<uint64_t>ev.price - <uint64_t>b.p.min_price > b.price_span)
-                      | (L.nlevels >= b.p.max_levels))):
+    word = &L.bits[0][s >> 6]
+    w_old = word[0]
+    bit = (<uint64_t>1) << (s & 63)
+    was = (w_old & bit) != 0
+    now = qty != 0
+    nlev = L.nlevels + now - was
+    if TW_UNLIKELY(nlev > b.p.max_levels):        # a new level on a full side: refused there
         return tw_book_apply_slow(b, ev)
-    tw_ladder_store(L, s, qty)
+    best = L.best
+    w_new = (w_old | bit) ^ (bit & <uint64_t>(now - 1))
+    L.qty[s] = qty
+    word[0] = w_new
+    L.nlevels = nlev
+    s_now = s | (now - 1)                          # s, or -1 when the level goes
+    L.best = s_now if s_now > best else best       # (a conditional move)
+    # the word turned empty or non-empty: the bitmap levels above follow (two tests, each well
+    # predicted, rather than one compare of two flags that waits for the word's load)
+    if TW_UNLIKELY(w_old == 0 or w_new == 0) and (w_old == 0) != (w_new == 0):
+        tw_ladder_bits_carry(L.bits, s, w_new != 0)
+    if TW_UNLIKELY(((s ^ best) | qty) == 0):      # the best level went (a level is at the best slot)
+        tw_ladder_best_removed(L, s)
     return tw_book_account(b, ev, TW_OK)

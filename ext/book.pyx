@@ -7,7 +7,7 @@ methods and the batch :meth:`Book.apply` call the same C functions.
 
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE
 from cpython.long cimport PyLong_CheckExact, PyLong_AsLongLongAndOverflow
-from libc.stdint cimport int64_t, uint64_t, int32_t, uint32_t, uint8_t, INT64_MAX
+from libc.stdint cimport int64_t, uint64_t, int32_t, uint32_t, uint8_t, INT64_MAX, INT64_MIN
 from libc.stdlib cimport calloc, malloc, realloc, free
 from libc.string cimport memcpy, memmove, memset
 
@@ -65,6 +65,18 @@ cdef inline void _ladder_reset(tw_ladder *L, int64_t sign) noexcept nogil:
     memset(L, 0, sizeof(tw_ladder))
     L.best = -1
     L.sign = sign
+
+
+cdef void _ladder_fast_window(tw_ladder *L) noexcept nogil:
+    """Set fast_lo/fast_n, the window slots whose keys are inside key_lo..key_hi, after the
+    window or the range changed (unsigned differences: exact whatever the int64 values)."""
+    cdef uint64_t lo = 0, hi = 0
+    if L.key_lo > L.base:
+        lo = min(<uint64_t>L.key_lo - <uint64_t>L.base, <uint64_t>L.cap)
+    if L.key_hi >= L.base:
+        hi = min(<uint64_t>L.key_hi - <uint64_t>L.base, <uint64_t>L.cap - 1) + 1 if L.cap > 0 else 0
+    L.fast_lo = <int64_t>lo
+    L.fast_n = <int64_t>(hi - lo) if hi > lo else 0
 
 
 cdef void _ladder_release(tw_ladder *L) noexcept nogil:
@@ -353,6 +365,7 @@ cdef int _ladder_move(tw_ladder *L, int64_t new_base) noexcept nogil:
         L.bits[k] = L.spare[k]
         L.spare[k] = tmp
     L.base = new_base
+    _ladder_fast_window(L)
     # overflow levels that now fall inside the window come back into it
     while L.nover > 0 and L.over[L.nover - 1].key >= new_base:
         lv = &L.over[L.nover - 1]
@@ -416,6 +429,7 @@ cdef inline int _ladder_make_room(tw_book *b, tw_ladder *L, int64_t key) noexcep
     cdef int64_t top
     if L.nlevels == 0:
         L.base = _home_base(L, key)           # empty side: nothing to move
+        _ladder_fast_window(L)
         L.nover = 0                           # (dead entries only: they would be above the base)
         L.ndead = 0
         return TW_OK
@@ -1006,6 +1020,13 @@ cdef int tw_book_init(tw_book *b, const tw_book_params *p) noexcept nogil:
             or _ladder_alloc(&b.side[TW_SIDE_ASK], p.window, p.book_type == TW_BOOK_L3) != 0):
         tw_book_free(b)
         return -1
+    # keys: price on the bid side, -price on the ask side (INT64_MIN has no negation: saturate)
+    b.side[TW_SIDE_BID].key_lo = p.min_price
+    b.side[TW_SIDE_BID].key_hi = p.max_price
+    b.side[TW_SIDE_ASK].key_lo = -p.max_price if p.max_price != INT64_MIN else INT64_MAX
+    b.side[TW_SIDE_ASK].key_hi = -p.min_price if p.min_price != INT64_MIN else INT64_MAX
+    _ladder_fast_window(&b.side[TW_SIDE_BID])
+    _ladder_fast_window(&b.side[TW_SIDE_ASK])
     if p.book_type == TW_BOOK_L3:
         if _orders_reserve(b, max(p.initial_orders, <int64_t>1)) != TW_OK:
             tw_book_free(b)
@@ -1104,10 +1125,14 @@ cdef int tw_book_apply_slow(tw_book *b, const tw_event *ev) noexcept nogil:
 
 cdef int tw_book_apply_far(tw_book *b, const tw_event *ev) noexcept nogil:
     """tw_book_apply_inline for an event its fast path took (an L2 level update that passed the
-    kind, side, quantity and channel tests) whose price is outside the window: straight to the
-    far-level update, without the slow path's dispatch."""
+    kind, side, quantity and channel tests) whose slot is outside the window's part in the price
+    range: outside the window straight to the far-level update, without the slow path's dispatch;
+    inside it (a price out of range) to the slow path, which refuses a new level there."""
     cdef tw_ladder *L = &b.side[ev.side]
-    return tw_book_account(b, ev, _l2_set_outside(b, L, ev.price, L.sign * ev.price, ev.qty))
+    cdef int64_t key = L.sign * ev.price
+    if <uint64_t>(key - L.base) < <uint64_t>L.cap:
+        return tw_book_apply_slow(b, ev)
+    return tw_book_account(b, ev, _l2_set_outside(b, L, ev.price, key, ev.qty))
 
 
 cdef int tw_book_apply(tw_book *b, const tw_event *ev) noexcept nogil:
