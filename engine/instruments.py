@@ -70,6 +70,9 @@ class Instrument:
         Accepted prices in ticks.
     window, max_levels : int
         Dense window slots per side (a power of two) and most levels per side (see L2Book).
+    max_window : int, optional
+        L2 only: the size a side's window may grow to while many updates fall outside it
+        (see L2Book; None: its default, ``max(window, 2**20)``).
     max_orders : int
         L3 only: most resting orders.
     price_decimals, qty_decimals : int, optional
@@ -87,6 +90,7 @@ class Instrument:
     max_price: int = DEFAULT_MAX_PRICE
     window: int = DEFAULT_WINDOW
     max_levels: int = DEFAULT_MAX_LEVELS
+    max_window: int | None = None
     max_orders: int = 1 << 24
     price_decimals: int | None = None
     qty_decimals: int | None = None
@@ -155,7 +159,7 @@ class Instrument:
                           channel=channel)
         return L2Book(self.id, max_depth=self.max_depth, min_price=self.min_price,
                       max_price=self.max_price, window=self.window, max_levels=self.max_levels,
-                      channel=channel)
+                      max_window=self.max_window, channel=channel)
 
 
 def make_books(instruments: Iterable[Instrument], channels: dict[int, int] | None = None) -> BookSet:

@@ -64,7 +64,9 @@ cdef struct tw_ladder:
     int64_t key_hi
     int64_t fast_lo               # the window slots inside the price range: fast_lo .. fast_lo + fast_n - 1
     int64_t fast_n                # (the per-event update takes a slot there without checking the price)
-    int64_t _pad[2]               # to 256 bytes: side i is at i << 8 (one shift per event)
+    int64_t far_count             # L2: updates outside the window (the window grows when they are many)
+    int64_t far_mark              # the book's applied count at the last check of far_count
+    # (256 bytes in all: side i is at i << 8, one shift per event)
 
 cdef struct tw_order:
     uint64_t id
@@ -81,6 +83,8 @@ cdef struct tw_book_params:
     int64_t min_price             # accepted price range, ticks (inclusive)
     int64_t max_price
     int64_t window                # slots of the dense window per side (power of two)
+    int64_t max_window            # L2: the window doubles, up to this, while many updates fall
+                                  # outside it (<= window: it never grows; L3 windows never do)
     int64_t max_levels            # most levels per side
     int64_t max_depth             # L2: keep at most this many levels per side, dropping the worst (0: all)
     int64_t max_orders            # L3: most resting orders (<= 2**30)

@@ -34,6 +34,7 @@ BUILD = "debug" if TW_DEBUG_BUILD else "release"
 DEFAULT_MIN_PRICE = 1
 DEFAULT_MAX_PRICE = 1 << 62
 DEFAULT_WINDOW = 1 << 17
+DEFAULT_MAX_WINDOW = 1 << 20
 DEFAULT_MAX_LEVELS = 1 << 20
 WINDOW_MIN = TW_WINDOW_MIN
 WINDOW_MAX = TW_WINDOW_MAX
@@ -46,6 +47,9 @@ cdef enum:
     _PREFETCH_LEVEL = 8           # L2 batch apply: events ahead whose level slot is prefetched
     _PREFETCH_LEVELS_MIN = 32768  # ... when the set holds at least this many levels
     _FAR_HINT_BITS = 10           # far-level hints per ladder: 2 ** this
+    _FAR_PERIOD = 4096            # an L2 side's window doubles (up to max_window) when, over the
+    _FAR_SHARE = 256              # last _FAR_PERIOD of its updates outside it, they were more than
+                                  # 1 in _FAR_SHARE of the book's applied events
 
 # Heap allocations made by books (window, overflow and order-pool growth), process-wide:
 # a steady-state stream must leave it unchanged (tests check this).  Diagnostic only.
@@ -312,7 +316,7 @@ cdef int _ladder_move(tw_ladder *L, int64_t new_base) noexcept nogil:
     window come into it.  O(window/64 + levels moved); returns TW_OK or TW_REJ_NO_MEMORY,
     the ladder unchanged on failure.
     """
-    cdef int64_t delta = new_base - L.base, s, t, d
+    cdef int64_t delta = new_base - L.base, s, d
     cdef int k
     cdef uint64_t *tmp
     cdef tw_level *lv
@@ -365,23 +369,62 @@ cdef int _ladder_move(tw_ladder *L, int64_t new_base) noexcept nogil:
         L.bits[k] = L.spare[k]
         L.spare[k] = tmp
     L.base = new_base
+    _over_pull_in(L)
+    return TW_OK
+
+
+cdef void _over_pull_in(tw_ladder *L) noexcept nogil:
+    """After the window moved or grew (base and cap set): the overflow levels that now fall
+    inside it come back into it, dead entries there go, and the best is found again."""
+    cdef tw_level *lv
+    cdef int64_t t
     _ladder_fast_window(L)
-    # overflow levels that now fall inside the window come back into it
-    while L.nover > 0 and L.over[L.nover - 1].key >= new_base:
+    while L.nover > 0 and L.over[L.nover - 1].key >= L.base:
         lv = &L.over[L.nover - 1]
         if _dead(lv):
-            L.nover -= 1
             L.ndead -= 1
-            continue
-        t = lv.key - new_base
-        L.qty[t] = lv.qty
-        if orders:
-            L.norders[t] = lv.norders
-            L.head[t] = lv.head
-            L.tail[t] = lv.tail
-        _bits_set(L.bits, t)
+        else:
+            t = lv.key - L.base
+            L.qty[t] = lv.qty
+            if L.norders != NULL:
+                L.norders[t] = lv.norders
+                L.head[t] = lv.head
+                L.tail[t] = lv.tail
+            _bits_set(L.bits, t)
         L.nover -= 1
     L.best = _find_prev(L, L.cap - 1)
+
+
+cdef int _ladder_grow(tw_ladder *L) noexcept nogil:
+    """Double an L2 side's window, the best three quarters up as after a move: the window's
+    levels are copied over and the far levels that fall inside the larger window come into it.
+    O(new window / 64 + levels moved); TW_OK, or TW_REJ_NO_MEMORY with the ladder unchanged."""
+    cdef tw_ladder T
+    cdef int64_t nb, s, t
+    cdef int k
+    _ladder_reset(&T, L.sign)
+    if L.norders != NULL or _ladder_alloc(&T, 2 * L.cap, False) != 0:
+        _ladder_release(&T)
+        return TW_REJ_NO_MEMORY
+    nb = _home_base(&T, L.base + L.best) if L.best >= 0 else L.base
+    s = _find_next(L, 0)
+    while s >= 0:                                 # (every level is at most the best: inside)
+        t = L.base + s - nb
+        T.qty[t] = L.qty[s]
+        _bits_set(T.bits, t)
+        s = _find_next(L, s + 1)
+    free(L.qty)
+    free(T.far_hint)                              # (the side keeps its hints: each is checked)
+    L.qty = T.qty
+    for k in range(TW_LADDER_LEVELS):
+        free(L.bits[k])
+        free(L.spare[k])
+        L.bits[k] = T.bits[k]
+        L.spare[k] = T.spare[k]
+        L.nwords[k] = T.nwords[k]
+    L.cap = T.cap
+    L.base = nb
+    _over_pull_in(L)
     return TW_OK
 
 
@@ -1130,9 +1173,17 @@ cdef int tw_book_apply_far(tw_book *b, const tw_event *ev) noexcept nogil:
     inside it (a price out of range) to the slow path, which refuses a new level there."""
     cdef tw_ladder *L = &b.side[ev.side]
     cdef int64_t key = L.sign * ev.price
+    cdef int r
     if <uint64_t>(key - L.base) < <uint64_t>L.cap:
         return tw_book_apply_slow(b, ev)
-    return tw_book_account(b, ev, _l2_set_outside(b, L, ev.price, key, ev.qty))
+    r = tw_book_account(b, ev, _l2_set_outside(b, L, ev.price, key, ev.qty))
+    L.far_count += 1
+    if TW_UNLIKELY((L.far_count & (_FAR_PERIOD - 1)) == 0):
+        # many updates outside the window: a larger one (a failed allocation leaves it as it is)
+        if b.applied - L.far_mark < _FAR_PERIOD * _FAR_SHARE and L.cap < b.p.max_window:
+            _ladder_grow(L)
+        L.far_mark = b.applied
+    return r
 
 
 cdef int tw_book_apply(tw_book *b, const tw_event *ev) noexcept nogil:
@@ -1641,7 +1692,7 @@ cdef class Book:
         return 0
 
     def _setup(self, int book_type, instrument, min_price, max_price, window, max_levels,
-               max_depth, max_orders, initial_orders, channel):
+               max_depth, max_orders, initial_orders, channel, max_window=None):
         """Check the constructor's arguments (each error names its argument) and allocate."""
         cdef tw_book_params p
         instrument = _integer(instrument, "instrument", 0, 0xFFFFFFFF)
@@ -1657,6 +1708,12 @@ cdef class Book:
             raise ValueError(f"min_price {min_price} is above max_price {max_price}")
         if not TW_WINDOW_MIN <= window <= TW_WINDOW_MAX or window & (window - 1):
             raise ValueError(f"window must be a power of two in {TW_WINDOW_MIN}..{TW_WINDOW_MAX}, got {window}")
+        if max_window is None:
+            max_window = max(window, DEFAULT_MAX_WINDOW) if book_type == TW_BOOK_L2 else window
+        max_window = _integer(max_window, "max_window", -INT64_MAX - 1, INT64_MAX)
+        if not window <= max_window <= TW_WINDOW_MAX or max_window & (max_window - 1):
+            raise ValueError(f"max_window must be a power of two in window ({window})..{TW_WINDOW_MAX}, "
+                             f"got {max_window}")
         if max_levels < 1:
             raise ValueError(f"max_levels must be >= 1, got {max_levels}")
         if max_depth < 0:
@@ -1671,6 +1728,7 @@ cdef class Book:
         p.min_price = min_price
         p.max_price = max_price
         p.window = window
+        p.max_window = max_window
         p.max_levels = max_levels
         p.max_depth = max_depth
         p.max_orders = max_orders
@@ -1903,8 +1961,13 @@ cdef class Book:
 
     @property
     def window(self):
-        """Slots of the dense window per side."""
+        """Slots of the dense window per side it was made with."""
         return self.c.p.window
+
+    @property
+    def max_window(self):
+        """Slots the window of a side may grow to (L2; an L3 book's stays at ``window``)."""
+        return self.c.p.max_window
 
     @property
     def max_levels(self):
@@ -1967,6 +2030,11 @@ cdef class L2Book(Book):
         Price slots (ticks) of the dense window that follows the best price on each side: a
         power of two, 8 bytes per slot.  Updates inside it cost O(1); levels farther from
         the best live in a sorted overflow array, so any spread of prices is held.
+    max_window : int, optional
+        A side's window doubles, up to this many slots, while more than 1 in 256 of the book's
+        updates fall outside it (a feed that keeps updating levels far from the best, as
+        Binance's 1,000-level depth does): a power of two, at least ``window``.  Default
+        ``max(window, 2**20)`` (8 MiB a side at most); ``window`` keeps the window fixed.
     max_levels : int
         Most levels per side; a new level beyond it is rejected (``Reject.CAPACITY``).
     channel : int, optional
@@ -1978,9 +2046,9 @@ cdef class L2Book(Book):
 
     def __init__(self, instrument=0, *, max_depth=0, min_price=DEFAULT_MIN_PRICE,
                  max_price=DEFAULT_MAX_PRICE, window=DEFAULT_WINDOW, max_levels=DEFAULT_MAX_LEVELS,
-                 channel=None):
+                 channel=None, max_window=None):
         self._setup(TW_BOOK_L2, instrument, min_price, max_price, window, max_levels, max_depth, 1, 16,
-                    channel)
+                    channel, max_window)
 
     @property
     def max_depth(self):

@@ -437,6 +437,50 @@ def test_far_levels_live_in_the_overflow_and_come_back():
 
 
 @pytest.mark.parametrize("side", [BID, ASK])
+def test_a_window_with_many_updates_outside_grows_up_to_max_window_and_stays_exact(side):
+    """A side whose updates keep landing outside its window (levels far from the best, as a
+    1,000-level exchange depth updates them) doubles the window, up to ``max_window`` and no
+    further; the book equals the reference after every batch, through every doubling, and one
+    with ``max_window == window`` (a window that never grows) holds the same levels."""
+    rng = np.random.default_rng(3 + side)
+    sign = 1 if side == BID else -1
+    rows = [(Kind.MODIFY, side, CENTER - sign * d, 5) for d in range(1, 21)]     # a top that stays
+    for _ in range(80_000):
+        far = rng.random() < 0.6
+        d = int(rng.integers(300, 3000)) if far else int(rng.integers(21, 200))
+        qty = 0 if rng.random() < 0.4 else int(rng.integers(1, 1000))
+        rows.append((Kind.MODIFY, side if rng.random() < 0.9 else 1 - side,
+                     CENTER - sign * d if rng.random() < 0.9 or not far else CENTER + sign * d, qty))
+    ev = events_from(rows)
+    grows, fixed, ref = L2Book(0, window=256, max_window=4096), L2Book(0, window=256, max_window=256), RefL2(0)
+    assert (grows.window, grows.max_window, fixed.max_window) == (256, 4096, 256)
+    windows = []
+    for start in range(0, len(ev), 4000):
+        chunk = ev[start:start + 4000]
+        for e in chunk:
+            ref.apply(e)
+        assert grows.apply(chunk) == len(chunk) == fixed.apply(chunk)
+        assert_same(grows, ref, k_values=(1, 5))
+        assert fixed.state() == grows.state()
+        lo, hi, nwin, nover = grows._layout(side)
+        windows.append(hi - lo + 1)
+        assert lo <= grows.best_price(side) <= hi and nwin + nover == grows.level_count(side)
+        flo, fhi, _, _ = fixed._layout(side)
+        assert fhi - flo + 1 == 256
+    assert windows == sorted(windows) and set(windows) <= {256, 512, 1024, 2048, 4096}
+    assert windows[0] < 4096 and windows[-1] == 4096                    # it grew, to max_window
+    assert grows._layout(side)[3] < fixed._layout(side)[3]                # fewer levels left far
+
+
+def test_max_window_is_checked_and_an_l3_window_stays():
+    assert L2Book(0).max_window == 1 << 20 and L2Book(0, window=1 << 21).max_window == 1 << 21
+    assert L3Book(0, window=1024).max_window == 1024
+    for bad in (128, 1000, 1 << 25, 4096.0):
+        with pytest.raises((ValueError, TypeError), match=r"\bmax_window\b"):
+            L2Book(0, window=256, max_window=bad)
+
+
+@pytest.mark.parametrize("side", [BID, ASK])
 def test_far_levels_that_come_and_go_leave_the_book_exact(side):
     """Far levels removed stay as dead entries in the overflow (no move), and a level that comes
     back there or next to one takes the entry: every query must still see exactly the levels
