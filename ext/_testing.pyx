@@ -3,7 +3,8 @@ nothing in tickwire imports this module."""
 
 from libc.stdint cimport int64_t
 
-from tickwire.ext.book cimport tw_ladder
+from tickwire.ext.book cimport Book, tw_ladder, tw_book_top_qty
+from tickwire.ext.defs cimport TW_NO_PRICE
 
 
 def sum_first(const int64_t[::1] values, Py_ssize_t n):
@@ -18,6 +19,14 @@ def sum_first(const int64_t[::1] values, Py_ssize_t n):
 
 
 def ladder_size():
-    """sizeof(tw_ladder): padded to 256 bytes so that the per-event update finds a book's side
-    with a shift (book.pxd); a field added without taking one from the padding shows here."""
+    """sizeof(tw_ladder): 256 bytes so that the per-event update finds a book's side with a
+    shift (book.pxd); a field added past them shows here."""
     return sizeof(tw_ladder)
+
+
+def top_qty(Book book, int side, Py_ssize_t k):
+    """tw_book_top_qty of ``side``'s best ``k`` levels: ``(total, kth)``, the total saturating
+    at 2**63-1 and ``kth`` the k-th level's price (None when the side has fewer than ``k``)."""
+    cdef int64_t kth = 0
+    cdef int64_t total = tw_book_top_qty(&book.c, side, k, &kth)
+    return total, (None if kth == TW_NO_PRICE else kth)

@@ -66,7 +66,7 @@ cdef struct tw_ladder:
     int64_t fast_n                # (the per-event update takes a slot there without checking the price)
     int64_t far_count             # L2: updates outside the window (the window grows when they are many)
     int64_t far_mark              # the book's applied count at the last check of far_count
-    # (256 bytes in all: side i is at i << 8, one shift per event)
+    # (256 bytes in all: side i is at i << 8, one shift per event; no room for another field)
 
 cdef struct tw_order:
     uint64_t id

@@ -18,7 +18,15 @@ CENTER = 1_000_000
 
 def assert_same(book, ref, k_values=(1, 3)):
     """Full state and every query of ``book`` equal the reference's."""
+    from tickwire.ext._testing import top_qty
     assert book.state() == ref.state()
+    for side in (BID, ASK):                      # the top k: its sum and the k-th level's price
+        best_first = sorted(ref.sides[side].items(), reverse=side == BID)
+        for k in (*k_values, 70):
+            top = best_first[:k]
+            assert book.depth_qty(side, k) == sum(q for _, q in top)
+            assert top_qty(book, side, k) == (min(sum(q for _, q in top), 2**63 - 1),
+                                              top[-1][0] if len(top) == k else None)
     for side in (BID, ASK):
         price, qty = ref.best(side)
         assert book.best_price(side) == price
