@@ -48,6 +48,7 @@ import cbuild
 import peers
 import streams as S
 from tickwire.ext import BookSet, Kind, L2Book, L3Book
+from tickwire.ext.book import DEFAULT_MAX_WINDOW, DEFAULT_WINDOW
 
 DENSE_BUDGET = 1 << 26        # slots (8 bytes each) a dense ladder may use: 512 MB
 
@@ -123,6 +124,12 @@ def l2_contestants(stream, ev, sub, notes):
         return warm(BookSet([L2Book(i) for i in insts]), stream, ev)
     out.append(("tickwire BookSet.apply (engine's path)", "tw", bs_setup, lambda b: b.apply(ev),
                 lambda b: tw_full(b, insts)))
+    grown = sorted({hi - lo + 1 for b in bs_setup() for lo, hi, _, _ in (b._layout(0), b._layout(1))})
+    why = (f"grown from the default 2^{DEFAULT_WINDOW.bit_length() - 1} while many updates fell outside it, "
+           f"up to max_window 2^{DEFAULT_MAX_WINDOW.bit_length() - 1}" if grown[-1] > DEFAULT_WINDOW
+           else "the default: none grew")
+    notes.append(f"tickwire: windows of {'/'.join(f'2^{w.bit_length() - 1}' for w in grown)} slots per side "
+                 f"after the warm-up pass ({why})")
 
     rng = ranges(stream)
     span = 1 << max(max(hi - lo for lo, hi in rng.values()).bit_length(), 1)
