@@ -103,6 +103,9 @@ class Instrument:
             object.__setattr__(self, name, value)
         if self.book not in ("L2", "L3"):
             raise ValueError(f"instrument {self.symbol!r}: book must be 'L2' or 'L3', got {self.book!r}")
+        if self.book == "L3" and self.max_window is not None:
+            raise ValueError(f"instrument {self.symbol!r}: max_window is for L2 books (an L3 book's window "
+                             f"stays at window), got {self.max_window}")
         if not 0 <= self.id < 1 << 24:
             raise ValueError(f"instrument {self.symbol!r}: id must be 0..2**24-1, got {self.id}")
         tick_dec, lot_dec = decimals_of(self.tick_size), decimals_of(self.lot_size)

@@ -51,6 +51,10 @@ def test_make_books_uses_the_instrument_settings():
     b = Instrument(3, "B", book="L3", max_orders=50)
     books = make_books([a, b])
     assert isinstance(books[0], L2Book) and books[0].max_depth == 10 and books[0].window == 1024
+    assert books[0].max_window == 1 << 20                           # L2Book's default
     assert isinstance(books[3], L3Book)
+    assert make_books([Instrument(0, "A", window=1024, max_window=4096)])[0].max_window == 4096
+    with pytest.raises(ValueError, match="max_window is for L2 books"):
+        Instrument(3, "B", book="L3", max_window=4096)
     assert a.format_price(6173763) == "61737.63"
     assert Instrument(1, "K", tick_size="0.01", price_decimals=8).format_price(35413) == "354.13000000"
