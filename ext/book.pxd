@@ -256,30 +256,38 @@ cdef inline bint tw_ladder_has(const tw_ladder *L, int64_t s) noexcept nogil:
     return (L.bits[0][s >> 6] >> (s & 63)) & 1
 
 
-cdef inline void tw_ladder_store(tw_ladder *L, int64_t s, int64_t qty) noexcept nogil:
-    """Set window slot ``s`` to ``qty`` and keep bitmap, counts and best right.
+cdef inline void tw_ladder_commit(tw_ladder *L, int64_t s, int64_t qty, uint64_t *word, uint64_t w_old,
+                                  uint64_t bit, int64_t nlev) noexcept nogil:
+    """Set window slot ``s`` to ``qty`` (>= 0) and keep bitmap, count and best right, given its
+    occupancy ``word`` (holding ``w_old``, ``bit`` the slot's) and the side's level count after
+    the update ``nlev``, which the caller has read to check it: every window update, the
+    per-event one (tw_book_apply_inline) and the slow path's (tw_ladder_store), ends here.
 
     Written to compile to conditional moves rather than branches on the data: whether a
     level appears, changes or goes is a coin toss on real streams, and each mispredicted
     branch costs more than the whole update.  Every field is loaded before the first store (an
     int64 store may alias any int64 field, so a load after it would be repeated), and the
     slot is only written, never read."""
-    cdef uint64_t *word = &L.bits[0][s >> 6]
-    cdef uint64_t w_old = word[0], w_new
-    cdef int64_t nlev = L.nlevels, best = L.best
-    cdef int64_t was = (w_old >> (s & 63)) & 1, now = qty != 0
-    cdef int64_t cand = s | (now - 1)               # s, or -1 when the level goes
-    w_new = w_old ^ ((w_old ^ (<uint64_t>0 - <uint64_t>now)) & ((<uint64_t>1) << (s & 63)))
+    cdef int64_t best = L.best, now = qty != 0
+    cdef int64_t s_now = s | (now - 1)              # s, or -1 when the level goes
+    cdef uint64_t w_new = (w_old | bit) ^ (bit & <uint64_t>(now - 1))
     L.qty[s] = qty
     word[0] = w_new
-    L.nlevels = nlev + now - was
-    L.best = cand if cand > best else best
-    # two well-predicted tests rather than one compare of two flags: the branch lets the next
-    # update start without waiting for this word's load
+    L.nlevels = nlev
+    L.best = s_now if s_now > best else best        # (a conditional move)
+    # the word turned empty or non-empty: the bitmap levels above follow (two tests, each well
+    # predicted, rather than one compare of two flags that waits for the word's load)
     if TW_UNLIKELY(w_old == 0 or w_new == 0) and (w_old == 0) != (w_new == 0):
         tw_ladder_bits_carry(L.bits, s, w_new != 0)
-    if TW_UNLIKELY(was & (1 - now) & (s == best)):
+    if TW_UNLIKELY(((s ^ best) | qty) == 0):       # the best level went (a level is at the best slot)
         tw_ladder_best_removed(L, s)
+
+
+cdef inline void tw_ladder_store(tw_ladder *L, int64_t s, int64_t qty) noexcept nogil:
+    """Set window slot ``s`` to ``qty`` (>= 0), bitmap, count and best kept right (tw_ladder_commit)."""
+    cdef uint64_t *word = &L.bits[0][s >> 6]
+    cdef uint64_t w_old = word[0], bit = (<uint64_t>1) << (s & 63)
+    tw_ladder_commit(L, s, qty, word, w_old, bit, L.nlevels + (qty != 0) - ((w_old & bit) != 0))
 
 
 cdef inline int tw_book_account(tw_book *b, const tw_event *ev, int r) noexcept nogil:
@@ -308,8 +316,8 @@ cdef inline int tw_book_apply_inline(tw_book *b, const tw_event *ev) noexcept no
     loaded before the first store: an int64 store may alias any int64 field, so a load after
     it would be repeated."""
     cdef uint32_t v
-    cdef int64_t qty = ev.qty, s, s_now, nlev, best, now, was
-    cdef uint64_t w_old, w_new, bit
+    cdef int64_t qty = ev.qty, s, nlev
+    cdef uint64_t w_old, bit
     cdef uint64_t *word
     cdef tw_ladder *L
     memcpy(&v, &ev.channel, 4)                    # channel | kind << 16 | side << 24 (little-endian)
@@ -322,22 +330,8 @@ cdef inline int tw_book_apply_inline(tw_book *b, const tw_event *ev) noexcept no
     word = &L.bits[0][s >> 6]
     w_old = word[0]
     bit = (<uint64_t>1) << (s & 63)
-    was = (w_old & bit) != 0
-    now = qty != 0
-    nlev = L.nlevels + now - was
+    nlev = L.nlevels + (qty != 0) - ((w_old & bit) != 0)
     if TW_UNLIKELY(nlev > b.p.max_levels):        # a new level on a full side: refused there
         return tw_book_apply_slow(b, ev)
-    best = L.best
-    w_new = (w_old | bit) ^ (bit & <uint64_t>(now - 1))
-    L.qty[s] = qty
-    word[0] = w_new
-    L.nlevels = nlev
-    s_now = s | (now - 1)                          # s, or -1 when the level goes
-    L.best = s_now if s_now > best else best       # (a conditional move)
-    # the word turned empty or non-empty: the bitmap levels above follow (two tests, each well
-    # predicted, rather than one compare of two flags that waits for the word's load)
-    if TW_UNLIKELY(w_old == 0 or w_new == 0) and (w_old == 0) != (w_new == 0):
-        tw_ladder_bits_carry(L.bits, s, w_new != 0)
-    if TW_UNLIKELY(((s ^ best) | qty) == 0):      # the best level went (a level is at the best slot)
-        tw_ladder_best_removed(L, s)
+    tw_ladder_commit(L, s, qty, word, w_old, bit, nlev)
     return tw_book_account(b, ev, TW_OK)
