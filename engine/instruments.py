@@ -9,7 +9,7 @@ reports, checksums and storage views.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal, DivisionByZero, Inexact, InvalidOperation, Overflow
 from typing import Iterable
 
 from tickwire.ext.book import (
@@ -23,6 +23,12 @@ from tickwire.ext.book import (
 )
 
 __all__ = ["Instrument", "make_books", "decimal_to_int", "decimals_of"]
+
+
+_INT64 = 1 << 63
+# exact decimal arithmetic for unit conversions: a quotient that needs rounding raises Inexact
+# (an int64 count of steps has at most 19 digits; 60 leaves any exact one unrounded)
+_EXACT = Context(prec=60, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[Inexact, InvalidOperation, DivisionByZero, Overflow])
 
 
 def decimal_to_int(text: str, decimals: int) -> int:
@@ -109,8 +115,9 @@ class Instrument:
         if not 0 <= self.id < 1 << 24:
             raise ValueError(f"instrument {self.symbol!r}: id must be 0..2**24-1, got {self.id}")
         tick_dec, lot_dec = decimals_of(self.tick_size), decimals_of(self.lot_size)
-        object.__setattr__(self, "_units", {"price": (self.tick_size, tick_dec),
-                                            "quantity": (self.lot_size, lot_dec)})
+        object.__setattr__(self, "_units", {
+            "price": (self.tick_size, tick_dec, self.tick_size == Decimal(1).scaleb(-tick_dec)),
+            "quantity": (self.lot_size, lot_dec, self.lot_size == Decimal(1).scaleb(-lot_dec))})
         for name, least in (("price_decimals", tick_dec), ("qty_decimals", lot_dec)):
             value = getattr(self, name)
             if value is None:
@@ -141,16 +148,35 @@ class Instrument:
         return f"{self.lots_to_qty(lots):f}"
 
     def _to_units(self, value, what: str) -> int:
-        step, decimals = self._units[what]
-        if isinstance(value, str) and step == Decimal(1).scaleb(-decimals):
+        """``value`` (a decimal string, a Decimal, an int or a float) in steps of ``what``'s size,
+        exactly: ValueError, naming the instrument and the value, when it is not a multiple of
+        the step, not a finite number, or out of the int64 range.  Decimal arithmetic here is
+        exact (``_EXACT`` traps Inexact), never the default context's 28 digits, which would round
+        a long value into a multiple."""
+        step, decimals, pow10 = self._units[what]
+        if pow10 and isinstance(value, str):
             try:
-                return decimal_to_int(value, decimals)
+                units = decimal_to_int(value, decimals)
             except ValueError as exc:
                 raise ValueError(f"instrument {self.symbol!r}: {what} {exc}") from None
-        units = Decimal(str(value)) / step
-        if units != units.to_integral_value():
-            raise ValueError(f"instrument {self.symbol!r}: {what} {value} is not a multiple of {step}")
-        return int(units)
+        else:
+            try:
+                d = value if type(value) is Decimal else Decimal(str(value))
+            except InvalidOperation:
+                raise ValueError(f"instrument {self.symbol!r}: {what} {value!r} is not a decimal number") from None
+            if not d.is_finite() or d.adjusted() - step.adjusted() > 19:    # |d / step| >= 10**21
+                raise ValueError(f"instrument {self.symbol!r}: {what} {value} is not a number of steps of "
+                                 f"{step} that fits in 64 bits")
+            try:
+                q = d.scaleb(decimals, _EXACT) if pow10 else _EXACT.divide(d, step)
+            except Inexact:
+                q = None
+            if q is None or q != (units := int(q)):
+                raise ValueError(f"instrument {self.symbol!r}: {what} {value} is not a multiple of {step}")
+        if not -_INT64 <= units < _INT64:
+            raise ValueError(f"instrument {self.symbol!r}: {what} {value} is not a number of steps of {step} "
+                             f"that fits in 64 bits")
+        return units
 
     # -- books -----------------------------------------------------------------------------
     def make_book(self, channel: int | None = None) -> L2Book | L3Book:

@@ -72,6 +72,22 @@ def test_a_price_off_the_tick_is_left_out_and_counted_never_rounded():
     assert (t["kind"][0], t["side"][0], t["price"][0], t["qty"][0]) == (Kind.TRADE, Side.ASK, 10110, 50_000_000)
 
 
+def test_garbage_numbers_from_the_exchange_are_left_out_and_counted_never_a_crash():
+    """An exchange message with a huge, infinite or NaN price or size (cryptofeed hands them
+    out as Decimals or floats) is left out and counted; the bridge's callback does not raise."""
+    conv = Converter([inst()])
+    conv.snapshot("BTC-USD", [("100.00", "1")], [("100.01", "1")], 1, 1)
+    bad = [Decimal("1E+30"), Decimal("Infinity"), Decimal("NaN"), Decimal("1E+999999"), 1e300, float("nan"), "abc",
+           Decimal("100." + "0" * 30 + "1")]
+    for price in bad:
+        assert conv.delta("BTC-USD", [(price, "1")], [], 1, 1) is None
+        assert conv.delta("BTC-USD", [("100.00", price)], [], 1, 1) is None
+        assert conv.trade("BTC-USD", "buy", price, "1", 1, 1) is None
+    assert conv.rejected["BTC-USD"] == 3 * len(bad)
+    ev = conv.delta("BTC-USD", [("99.99", "2")], [], 1, 1)            # and it goes on
+    assert ev["price"].tolist() == [9999] and ev["qty"].tolist() == [200_000_000]
+
+
 def test_unknown_symbols_are_ignored_and_counted():
     conv = Converter([inst()])
     assert conv.snapshot("ETH-USD", [], [], 1, 1) is None and conv.counts["unknown_symbol"] == 1
