@@ -5,7 +5,9 @@ through three callbacks, in the same run:
 
 - ``cryptofeed alone``: a callback that does nothing (cryptofeed's own parsing: the floor);
 - ``tickwire bridge``: exact conversion to canonical events and publication in tickwire's wire
-  format (sequence numbers, retention for retransmission, the bridge's own books for snapshots);
+  format (sequence numbers, retention for retransmission, the bridge's own books for snapshots).
+  What one event-loop turn hands out goes as one wire message per channel, held at most 250 µs or
+  512 events; cryptofeed's playback never ends a turn, so here the 250 µs bound cuts the messages;
 - ``cryptofeed BookZMQ``: cryptofeed's ZeroMQ backend (to_dict, JSON, one string message per update).
 
 A SUB in another process receives each contestant's output and counts it: a figure counts only what

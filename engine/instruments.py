@@ -26,9 +26,29 @@ __all__ = ["Instrument", "make_books", "decimal_to_int", "decimals_of"]
 
 
 _INT64 = 1 << 63
+_INT18 = 10**18
 # exact decimal arithmetic for unit conversions: a quotient that needs rounding raises Inexact
 # (an int64 count of steps has at most 19 digits; 60 leaves any exact one unrounded)
 _EXACT = Context(prec=60, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[Inexact, InvalidOperation, DivisionByZero, Overflow])
+
+
+def _decimal_steps(value, decimals: int) -> int | None:
+    """``value * 10**decimals`` for a Decimal or an int, when that is a whole number under 10**18
+    in magnitude (exactly: ``_EXACT`` never rounds); None otherwise (not whole, larger, NaN or
+    infinite, another type: the caller's general path decides, and names the reason)."""
+    if type(value) is not Decimal:
+        if type(value) is int and -_INT18 < value < _INT18:
+            units = value * 10**decimals
+            return units if -_INT18 < units < _INT18 else None
+        return None
+    if value.adjusted() + decimals >= 18:        # (0 for NaN and infinities: int() refuses those)
+        return None
+    try:
+        q = value.scaleb(decimals, _EXACT)
+        units = int(q)
+    except (ArithmeticError, ValueError):
+        return None
+    return units if units == q else None
 
 
 def decimal_to_int(text: str, decimals: int) -> int:
@@ -115,6 +135,9 @@ class Instrument:
         if not 0 <= self.id < 1 << 24:
             raise ValueError(f"instrument {self.symbol!r}: id must be 0..2**24-1, got {self.id}")
         tick_dec, lot_dec = decimals_of(self.tick_size), decimals_of(self.lot_size)
+        # (decimals of tick and lot when both are powers of ten: level_units' short route; else None)
+        object.__setattr__(self, "_pow10", (tick_dec, lot_dec) if self.tick_size == Decimal(1).scaleb(-tick_dec)
+                           and self.lot_size == Decimal(1).scaleb(-lot_dec) else None)
         object.__setattr__(self, "_units", {
             "price": (self.tick_size, tick_dec, self.tick_size == Decimal(1).scaleb(-tick_dec)),
             "quantity": (self.lot_size, lot_dec, self.lot_size == Decimal(1).scaleb(-lot_dec))})
@@ -147,6 +170,18 @@ class Instrument:
     def format_qty(self, lots: int) -> str:
         return f"{self.lots_to_qty(lots):f}"
 
+    def level_units(self, price, qty) -> tuple[int, int]:
+        """``(price_to_ticks(price), qty_to_lots(qty))`` in one call, for a feed handler's per-level
+        path: Decimals on power-of-ten steps (the usual case) go by a short exact route; anything
+        else, and every refusal, by the general one."""
+        p10 = self._pow10
+        if p10 is not None:
+            p = _decimal_steps(price, p10[0])
+            q = _decimal_steps(qty, p10[1])
+            if p is not None and q is not None:
+                return p, q
+        return self._to_units(price, "price"), self._to_units(qty, "quantity")
+
     def _to_units(self, value, what: str) -> int:
         """``value`` (a decimal string, a Decimal, an int or a float) in steps of ``what``'s size,
         exactly: ValueError, naming the instrument and the value, when it is not a multiple of
@@ -154,17 +189,21 @@ class Instrument:
         exact (``_EXACT`` traps Inexact), never the default context's 28 digits, which would round
         a long value into a multiple."""
         step, decimals, pow10 = self._units[what]
-        if pow10 and isinstance(value, str):
-            try:
-                units = decimal_to_int(value, decimals)
-            except ValueError as exc:
-                raise ValueError(f"instrument {self.symbol!r}: {what} {exc}") from None
-        else:
+        units = None
+        if pow10:
+            if type(value) is Decimal or type(value) is int:
+                units = _decimal_steps(value, decimals)
+            elif isinstance(value, str):
+                try:
+                    units = decimal_to_int(value, decimals)
+                except ValueError:
+                    pass              # an exponent ("2.5E-7"), or not a multiple: the general path says
+        if units is None:
             try:
                 d = value if type(value) is Decimal else Decimal(str(value))
             except InvalidOperation:
                 raise ValueError(f"instrument {self.symbol!r}: {what} {value!r} is not a decimal number") from None
-            if not d.is_finite() or d.adjusted() - step.adjusted() > 19:    # |d / step| >= 10**21
+            if not d.is_finite() or (d.adjusted() - step.adjusted() > 19 and not d.is_zero()):   # >= 10**21
                 raise ValueError(f"instrument {self.symbol!r}: {what} {value} is not a number of steps of "
                                  f"{step} that fits in 64 bits")
             try:

@@ -43,12 +43,15 @@ from typing import Iterable
 
 import numpy as np
 
-from tickwire.ext.records import Flag, Kind, Side
-from tickwire.feeds.captures import _EventBuilder
+from tickwire.ext.records import EVENT_DTYPE, Flag, Kind, Side
 
 __all__ = ["BridgeError", "Converter", "Bridge", "require_cryptofeed", "to_ns", "playback", "add_parser", "cmd_bridge"]
 
 log = logging.getLogger("tickwire.bridge")
+
+_LAST, _SNAPSHOT = int(Flag.LAST), int(Flag.SNAPSHOT)
+_BID, _ASK = int(Side.BID), int(Side.ASK)
+_ADD, _MODIFY, _TRADE = int(Kind.ADD), int(Kind.MODIFY), int(Kind.TRADE)
 
 EXTRA = "pip install -e '.[cryptofeed]' in the checkout"
 
@@ -75,7 +78,13 @@ def _decimal(value) -> Decimal:
 
 
 def to_ns(seconds) -> int:
-    """Nanoseconds of a time in seconds given as a float, a Decimal or a decimal string."""
+    """Nanoseconds of a time in seconds given as a float (read by its shortest text), a Decimal
+    or a decimal string; exact to the nanosecond, past it rounded half to even."""
+    text = repr(seconds) if type(seconds) is float else seconds
+    if type(text) is str:                        # the usual "1618678134.213106": by the digits
+        whole, _, frac = text.partition(".")
+        if len(frac) <= 9 and whole.isdecimal() and (frac.isdecimal() or not frac):
+            return int(whole + frac.ljust(9, "0"))
     return int(_decimal(seconds).scaleb(9).to_integral_value())
 
 
@@ -108,42 +117,58 @@ class Converter:
             log.warning(message + " (further ones are counted, not logged)", *args)
 
     def _units(self, inst, price, qty):
+        """(ticks, lots), exactly, or None (counted, logged once): Decimals, decimal strings, ints,
+        or floats read by their shortest text."""
         try:
-            return inst.price_to_ticks(_decimal(price)), inst.qty_to_lots(_decimal(qty))
-        except (ValueError, InvalidOperation) as exc:
-            self.rejected[inst.symbol] += 1
-            self.counts["rejected"] += 1
-            self._once(f"r:{inst.symbol}", "%s: %s: left out, never rounded (check the instrument's tick_size and "
-                       "lot_size)", inst.symbol, exc)
+            return inst.level_units(price, qty)
+        except ValueError as exc:
+            self._reject(inst, exc)
             return None
 
-    def _levels(self, out, inst, levels, side, kind, flags, ts_event, ts_recv) -> None:
-        for price, qty in levels:
-            units = self._units(inst, price, qty)
-            if units is not None:
-                out.add(ts_event, ts_recv, 0, inst.id, kind, side, units[0], units[1], flags)
-                self.counts["levels"] += 1
+    def _reject(self, inst, exc) -> None:
+        self.rejected[inst.symbol] += 1
+        self.counts["rejected"] += 1
+        self._once(f"r:{inst.symbol}", "%s: %s: left out, never rounded (check the instrument's tick_size and "
+                   "lot_size)", inst.symbol, exc)
 
-    def snapshot(self, symbol: str, bids, asks, ts_event: int, ts_recv: int):
+    def _levels(self, rows, inst, levels, side, kind, flags, ts_event, ts_recv) -> None:
+        iid = inst.id
+        units_of = inst.level_units
+        for price, qty in levels:
+            try:
+                p, q = units_of(price, qty)
+            except ValueError as exc:
+                self._reject(inst, exc)
+                continue
+            rows.append((ts_event, ts_recv, 0, 0, p, q, iid, 0, kind, side, flags, 0))
+
+    @staticmethod
+    def _out(rows, array: bool):
+        """The message's rows, ``Flag.LAST`` on the final one: an EVENT_DTYPE array, or the rows
+        themselves (``array=False``: the bridge gathers rows and makes one array of many)."""
+        last = rows[-1]
+        rows[-1] = last[:10] + (last[10] | _LAST,) + last[11:]
+        return np.array(rows, dtype=EVENT_DTYPE) if array else rows
+
+    def snapshot(self, symbol: str, bids, asks, ts_event: int, ts_recv: int, *, array: bool = True):
         """A full book: ``bids``/``asks`` iterables of (price, size)."""
         inst = self.instrument(symbol)
         if inst is None:
             return None
-        out = _EventBuilder()
+        rows = []
         if symbol in self.synced:
             self.counts["resyncs"] += 1
             if self.stale_on_resync:
-                out.add(ts_event, ts_recv, 0, inst.id, Kind.SNAPSHOT, Side.NONE, flags=Flag.SNAPSHOT | Flag.STALE)
+                rows.append(_marker(inst.id, ts_event, ts_recv, Flag.SNAPSHOT | Flag.STALE))
         self.synced.add(symbol)
         self.counts["snapshots"] += 1
-        out.add(ts_event, ts_recv, 0, inst.id, Kind.SNAPSHOT, Side.NONE, flags=Flag.SNAPSHOT | Flag.SNAPSHOT_BEGIN)
-        self._levels(out, inst, bids, Side.BID, Kind.ADD, Flag.SNAPSHOT, ts_event, ts_recv)
-        self._levels(out, inst, asks, Side.ASK, Kind.ADD, Flag.SNAPSHOT, ts_event, ts_recv)
-        out.add(ts_event, ts_recv, 0, inst.id, Kind.SNAPSHOT, Side.NONE, flags=Flag.SNAPSHOT | Flag.SNAPSHOT_END)
-        out.mark_last()
-        return out.array()
+        rows.append(_marker(inst.id, ts_event, ts_recv, Flag.SNAPSHOT | Flag.SNAPSHOT_BEGIN))
+        self._levels(rows, inst, bids, _BID, _ADD, _SNAPSHOT, ts_event, ts_recv)
+        self._levels(rows, inst, asks, _ASK, _ADD, _SNAPSHOT, ts_event, ts_recv)
+        rows.append(_marker(inst.id, ts_event, ts_recv, Flag.SNAPSHOT | Flag.SNAPSHOT_END))
+        return self._out(rows, array)
 
-    def delta(self, symbol: str, bids, asks, ts_event: int, ts_recv: int):
+    def delta(self, symbol: str, bids, asks, ts_event: int, ts_recv: int, *, array: bool = True):
         """Changed levels, (price, size) each, size 0 deleting; None before the book's snapshot."""
         inst = self.instrument(symbol)
         if inst is None:
@@ -153,15 +178,14 @@ class Converter:
             self._once(f"n:{symbol}", "%s: a book delta before any snapshot: dropped until one arrives", symbol)
             return None
         self.counts["deltas"] += 1
-        out = _EventBuilder()
-        self._levels(out, inst, bids, Side.BID, Kind.MODIFY, 0, ts_event, ts_recv)
-        self._levels(out, inst, asks, Side.ASK, Kind.MODIFY, 0, ts_event, ts_recv)
-        if not len(out):
-            return None
-        out.mark_last()
-        return out.array()
+        rows = []
+        if bids:
+            self._levels(rows, inst, bids, _BID, _MODIFY, 0, ts_event, ts_recv)
+        if asks:
+            self._levels(rows, inst, asks, _ASK, _MODIFY, 0, ts_event, ts_recv)
+        return self._out(rows, array) if rows else None
 
-    def trade(self, symbol: str, side: str, price, amount, ts_event: int, ts_recv: int):
+    def trade(self, symbol: str, side: str, price, amount, ts_event: int, ts_recv: int, *, array: bool = True):
         """One trade; ``side`` is the taker's (cryptofeed's ``buy``/``sell``)."""
         inst = self.instrument(symbol)
         if inst is None:
@@ -170,20 +194,19 @@ class Converter:
         if units is None:
             return None
         self.counts["trades"] += 1
-        out = _EventBuilder()
-        out.add(ts_event, ts_recv, 0, inst.id, Kind.TRADE, Side.BID if side == "buy" else Side.ASK,
-                units[0], units[1])
-        out.mark_last()
-        return out.array()
+        return self._out([(ts_event, ts_recv, 0, 0, units[0], units[1], inst.id, 0, _TRADE,
+                           _BID if side == "buy" else _ASK, 0, 0)], array)
 
-    def stale(self, symbol: str, ts: int):
+    def stale(self, symbol: str, ts: int, *, array: bool = True):
         """A STALE marker for ``symbol``: its book can no longer be trusted until a snapshot."""
         inst = self.by_symbol[symbol]
         self.synced.discard(symbol)
-        out = _EventBuilder()
-        out.add(ts, ts, 0, inst.id, Kind.SNAPSHOT, Side.NONE, flags=Flag.SNAPSHOT | Flag.STALE)
-        out.mark_last()
-        return out.array()
+        return self._out([_marker(inst.id, ts, ts, Flag.SNAPSHOT | Flag.STALE)], array)
+
+
+def _marker(iid: int, ts_event: int, ts_recv: int, flags) -> tuple:
+    """A snapshot-marker event's row (EVENT_DTYPE field order)."""
+    return (ts_event, ts_recv, 0, 0, 0, 0, iid, 0, int(Kind.SNAPSHOT), int(Side.NONE), int(flags), 0)
 
 
 class Bridge:
@@ -193,6 +216,9 @@ class Bridge:
     ``bridge.endpoint`` and ``bridge.snapshot`` (by default the daemon's ``feeds.endpoints[0]`` and
     ``feeds.snapshot``), and puts instrument ``i`` on channel ``i % feeds.channels``.
     """
+
+    HOLD_NS = 250_000          # publish: the longest an update is held for coalescing (ns) ...
+    HOLD_EVENTS = 512          # ... and the most events held
 
     def __init__(self, cfg, *, sndhwm: int = 0):
         from tickwire.replay.publish import Republisher
@@ -215,28 +241,73 @@ class Bridge:
         self.channels = cfg.feeds.channels or 1
         self.crossed = Counter()
         self._stop = False
+        self._held: dict[int, list] = {}          # channel -> event arrays waiting for the turn's end
+        self._held_n = 0
+        self._held_since = 0
 
     # -- what cryptofeed hands out -----------------------------------------------------------
-    def publish(self, events) -> None:
-        """One exchange message's events (one instrument: one channel), new arrays each time."""
-        if events is not None and len(events):
-            self.publisher.send_channel(int(events["instrument"][0]) % self.channels, events)
+    def publish(self, rows) -> None:
+        """One exchange message's events (one instrument: one channel), as the converter's rows
+        (``array=False``) or an EVENT_DTYPE array.
+
+        Inside cryptofeed's event loop they are held and sent when the loop's turn ends (a
+        ``call_soon``), coalesced per channel: a burst handed out in one turn (a busy capture's
+        playback, the backlog after a stall) costs one wire message per channel, not one per
+        exchange message.  Held at most ``HOLD_NS`` or ``HOLD_EVENTS`` events, whichever comes
+        first, so no update waits behind a long burst.  Outside a running loop (the ZeroMQ input,
+        direct calls) they go at once."""
+        if rows is None or not len(rows):
+            return
+        if isinstance(rows, np.ndarray):
+            rows = rows.tolist()
+        channel = rows[0][6] % self.channels
+        if not self._held_n:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.publisher.send_channel(channel, np.array(rows, dtype=EVENT_DTYPE))
+                return
+            loop.call_soon(self.flush)
+            self._held_since = time.monotonic_ns()
+        held = self._held.get(channel)
+        if held is None:
+            self._held[channel] = rows
+        else:
+            held.extend(rows)
+        self._held_n += len(rows)
+        if self._held_n >= self.HOLD_EVENTS or time.monotonic_ns() - self._held_since >= self.HOLD_NS:
+            self.flush()
+
+    @property
+    def held(self) -> int:
+        """Events ``publish`` holds, not sent yet (they go at the end of the loop's turn)."""
+        return self._held_n
+
+    def flush(self) -> None:
+        """Send what ``publish`` holds, a wire message per channel (more past max_message_events)."""
+        if not self._held_n:
+            return
+        held, self._held, self._held_n = self._held, {}, 0
+        for channel, rows in held.items():
+            self.publisher.send_channel(channel, np.array(rows, dtype=EVENT_DTYPE))
 
     def on_book_update(self, symbol: str, book, delta, ts_event: int, ts_recv: int) -> None:
         """A snapshot (``delta`` None: ``book`` has ``bid``/``ask`` mappings price -> size) or a delta
         (``delta`` has ``bid``/``ask`` lists of (price, size))."""
         conv = self.converter
         if delta is None:
-            self.publish(conv.snapshot(symbol, book["bid"].items(), book["ask"].items(), ts_event, ts_recv))
+            self.publish(conv.snapshot(symbol, book["bid"].items(), book["ask"].items(), ts_event, ts_recv,
+                                       array=False))
             return
-        events = conv.delta(symbol, delta.get("bid", ()), delta.get("ask", ()), ts_event, ts_recv)
+        events = conv.delta(symbol, delta.get("bid", ()), delta.get("ask", ()), ts_event, ts_recv, array=False)
         self.publish(events)
         if events is not None and self.bc.zmq_input:
+            self.flush()                                        # (the publisher's book, up to date)
             inst = conv.by_symbol[symbol]
             if self.publisher.books[inst.id].crossed:         # a delta was lost upstream
                 self.crossed[symbol] += 1
                 conv.counts["crossed"] += 1
-                self.publish(conv.stale(symbol, ts_recv))
+                self.publish(conv.stale(symbol, ts_recv, array=False))
 
     async def book(self, book, receipt_timestamp) -> None:
         """cryptofeed's ``L2_BOOK`` callback."""
@@ -252,7 +323,8 @@ class Bridge:
         """cryptofeed's ``TRADES`` callback."""
         ts_recv = to_ns(receipt_timestamp)
         ts_event = to_ns(trade.timestamp) if trade.timestamp else ts_recv
-        self.publish(self.converter.trade(trade.symbol, trade.side, trade.price, trade.amount, ts_event, ts_recv))
+        self.publish(self.converter.trade(trade.symbol, trade.side, trade.price, trade.amount, ts_event, ts_recv,
+                                             array=False))
 
     def callbacks(self) -> dict:
         from cryptofeed.defines import L2_BOOK, TRADES
@@ -407,7 +479,8 @@ class Bridge:
         elif "book" in msg:
             self.on_book_update(symbol, msg["book"], None, ts_event, ts_recv)
         elif "side" in msg and "amount" in msg:
-            self.publish(self.converter.trade(symbol, msg["side"], msg["price"], msg["amount"], ts_event, ts_recv))
+            self.publish(self.converter.trade(symbol, msg["side"], msg["price"], msg["amount"], ts_event, ts_recv,
+                                              array=False))
         else:
             self.converter.counts["bad_message"] += 1
 
@@ -419,6 +492,7 @@ class Bridge:
                 "bad_message": c["bad_message"], "unknown_symbol": c["unknown_symbol"]}
 
     def close(self, linger_ms: int = 1000) -> None:
+        self.flush()
         self.publisher.close(linger_ms)
 
 
@@ -530,3 +604,5 @@ def playback(bridge: Bridge, files) -> dict:
     except (KeyError, IndexError, ValueError) as exc:
         raise BridgeError(f"--playback: cryptofeed could not replay {', '.join(map(str, files))} for "
                           f"{bridge.bc.exchange}: {type(exc).__name__}: {exc}") from None
+    finally:
+        bridge.flush()                        # what the playback's last turn handed out

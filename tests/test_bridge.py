@@ -99,6 +99,20 @@ def test_time_conversion_is_exact():
     assert to_ns(1.5) == 1_500_000_000
 
 
+@given(st.one_of(st.floats(0, 4e9), st.decimals(0, 4e9, places=12).map(str), st.decimals(-10, 4e9, places=9),
+                 st.sampled_from(["1.5e3", "12.", "²3.5", "1.0000000005", "1.0000000015", "-2.5", " 7 "])))
+def test_time_conversion_matches_decimal_arithmetic(seconds):
+    """The digit route for floats and plain strings gives what exact Decimal arithmetic gives."""
+    text = repr(seconds) if isinstance(seconds, float) else str(seconds)
+    try:
+        want = int(Decimal(text).scaleb(9).to_integral_value())
+    except ArithmeticError:
+        with pytest.raises(ArithmeticError):
+            to_ns(seconds)
+        return
+    assert to_ns(seconds) == want
+
+
 book_ops = st.lists(st.one_of(
     st.tuples(st.just("snap"), st.dictionaries(st.integers(9000, 9999), st.integers(1, 10**6), max_size=12),
               st.dictionaries(st.integers(10_000, 11_000), st.integers(1, 10**6), max_size=12)),
@@ -182,6 +196,50 @@ def test_bridge_config_errors_name_the_key(tmp_path, edit, fragment):
 def free_endpoints(tmp_path):
     d = Path(tempfile.mkdtemp(prefix="twbr", dir="/tmp"))
     return f"ipc://{d}/feed", f"ipc://{d}/snap", d
+
+
+def test_updates_of_one_loop_turn_go_out_together_and_none_is_held_past_its_bounds(tmp_path):
+    """Inside cryptofeed's event loop the bridge holds what one turn hands out and sends it, per
+    channel, when the turn ends; HOLD_EVENTS and HOLD_NS bound the wait within a long turn."""
+    import asyncio
+
+    feed, snap, d = free_endpoints(tmp_path)
+    bridge = Bridge(from_dict(bridge_raw(tmp_path / "state", [inst()], feed, snap), tmp_path))
+    pub = bridge.publisher
+
+    def delta(k):
+        bridge.on_book_update("BTC-USD", None, {"bid": [(Decimal(9000 + k) / 100, Decimal(1))]}, 1, 1)
+
+    async def main():
+        bridge.HOLD_NS = 10**10                             # (a slow machine: the count bound first)
+        bridge.on_book_update("BTC-USD", {"bid": {Decimal("100"): Decimal("1")}, "ask": {"100.01": "2"}}, None, 1, 1)
+        for k in range(50):
+            delta(k)
+        assert (pub.sent, bridge.held) == (0, 54)           # the snapshot's 4 events, 50 deltas: held
+        await asyncio.sleep(0)                              # the turn ends
+        assert (pub.sent, pub.messages, bridge.held) == (54, 1, 0)
+        bridge.HOLD_EVENTS = 10
+        for k in range(25):
+            delta(k)
+        assert (pub.sent, pub.messages, bridge.held) == (54 + 20, 3, 5)
+        await asyncio.sleep(0)
+        assert (pub.sent, pub.messages, bridge.held) == (54 + 25, 4, 0)
+        bridge.HOLD_EVENTS, bridge.HOLD_NS = 512, 2_000_000
+        delta(1)
+        time.sleep(0.003)                                   # a turn longer than HOLD_NS
+        assert bridge.held == 1
+        delta(2)                                            # the first has waited too long: both go
+        assert (pub.sent, bridge.held) == (54 + 27, 0)
+
+    try:
+        asyncio.run(main())
+        delta(3)                                            # no running loop: at once
+        assert (pub.sent, bridge.held) == (54 + 28, 0)
+        bids = book_dict(pub.books[0], Side.BID)
+        assert bids == {10000: 100_000_000, **{9000 + k: 100_000_000 for k in range(50)}}
+    finally:
+        bridge.close(0)
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_unknown_exchange_and_missing_files_are_one_line_exit_2(tmp_path):
@@ -276,7 +334,8 @@ def test_cryptofeed_playback_of_kraken_through_the_bridge_reproduces_every_check
         # message has an ask part and a bid part (it looks only in the first)
         crc = [int(p["c"]) for p in (book.raw if book.delta is not None else ()) if "c" in p]
         if crc:
-            expected.append((bridge.publisher.sent, bridge.converter.by_symbol[book.symbol], crc[0]))
+            # (events taken in so far: sent, or held for the end of the loop's turn)
+            expected.append((bridge.publisher.sent + bridge.held, bridge.converter.by_symbol[book.symbol], crc[0]))
 
     bridge.book = recording
     rx = Receiver(bridge.publisher.ctx, feed)
@@ -297,6 +356,8 @@ def test_cryptofeed_playback_of_kraken_through_the_bridge_reproduces_every_check
     assert counts["callbacks"]["l2_book"] == 4279 and bridge.converter.counts["snapshots"] == 10
     assert np.array_equal(events["seq"], np.arange(1, len(events) + 1))      # one channel, nothing lost
     assert not (events["flags"] & Flag.REPLAY).any() and bridge.stats()["rejected"] == {}
+    # coalesced into fewer wire messages, every exchange message still ends with its own LAST
+    assert bridge.publisher.messages < 4279 and np.count_nonzero(events["flags"] & Flag.LAST) == 4279
     books = make_books(insts)
     done = 0
     matched = 0

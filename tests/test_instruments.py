@@ -54,7 +54,7 @@ _long_decimals = st.builds(lambda sign, digits, exp: Decimal((sign, digits, exp)
                            st.integers(-40, 25))
 
 
-@given(st.sampled_from(_STEPS), st.one_of(_long_decimals, st.decimals(allow_nan=True, allow_infinity=True),
+@given(st.sampled_from(_STEPS), st.one_of(_long_decimals, st.decimals(allow_nan=True, allow_infinity=True), st.integers(),
                                           st.floats(allow_nan=True, allow_infinity=True)),
        st.booleans())
 def test_unit_conversion_is_exact_or_refused_against_rational_arithmetic(step, value, as_text):
