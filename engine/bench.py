@@ -826,6 +826,10 @@ def _ratio(a, b):
     return round(a / b, 3) if b else None
 
 
+class NoSignals(Exception):
+    """A rate's run brought no signal to measure: its latency figures would be empty, not zero."""
+
+
 class CoreError(Exception):
     """A measured process ran on other cores than it was set to (not a RuntimeError: a part
     that fails with one is reported as not measured and the run goes on; this stops it)."""
@@ -1176,6 +1180,11 @@ def run_bench(args) -> dict:
         while queue:
             rate = queue.pop(0)
             res = measure_rate(run, rate, i, outdir)
+            if not res["signals"]:
+                raise NoSignals(f"at {_fmt_rate(rate)} ev/s the target emitted no signal in {args.duration:g} s "
+                                f"({res['publisher']['events']:,} events published): no latency to report, and "
+                                f"none is written for this rate. Check the daemon's rejects (`tickwire status "
+                                f"--raw`) and that the rules can fire on this stream")
             summary["runs"].append(res)
             print_run(res)
             (outdir / "summary.json").write_text(json.dumps(summary, indent=1))   # kept if a later rate fails
@@ -1328,18 +1337,25 @@ def cmd_bench(args) -> int:
     except ValueError as exc:
         print(f"tickwire bench: --rate: {exc}", file=sys.stderr)
         return 2
+    from tickwire.feeds.wire import MAX_MESSAGE_EVENTS
+
+    limit, whose = MAX_MESSAGE_EVENTS, "the receivers' limit"
     if args.config:
         from tickwire.engine.config import ConfigError, load
 
         try:
-            load(args.config)
+            limit, whose = load(args.config).feeds.max_message_events, "the config's feeds.max_message_events"
         except ConfigError as exc:
             print(f"tickwire bench: {exc}", file=sys.stderr)
             return 2
+    if not 0 <= args.batch <= limit:
+        print(f"tickwire bench: --batch must be 0 (the exchange's own messages) .. {limit:,} events a message "
+              f"({whose}; a larger message is refused whole), got {args.batch}", file=sys.stderr)
+        return 2
     os.umask(0o077)
     try:
         run_bench(args)
-    except CoreError as exc:
+    except (CoreError, NoSignals) as exc:
         print(f"tickwire bench: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -260,6 +260,30 @@ def test_bad_arguments_are_named(capsys):
     assert "--config" in capsys.readouterr().err
     assert cli_main(["bench", "--repeat", "0"]) == 2
     assert "--repeat" in capsys.readouterr().err
+    for batch in ("5000", "-1"):             # over the receivers' 4,096 a message: every message refused
+        assert cli_main(["bench", "--batch", batch]) == 2
+        assert "--batch must be 0" in capsys.readouterr().err
+
+
+def test_a_rate_with_no_signal_fails_instead_of_reporting_zero_latency(tmp_path, monkeypatch, capsys):
+    """A run that brought no signal (rules that never fire, messages the engine refused) has no
+    latency: exit 1 naming the rate, not a summary of zeros that `compare` would read as a gain."""
+    class FakeRun:
+        def __init__(self, *a):
+            pass
+
+    def measure(run, rate, i, outdir):
+        return {"offered_rate": rate, "signals": 0, "publisher": {"events": 20_000, "achieved_rate": rate}}
+
+    monkeypatch.setattr(bench, "Run", FakeRun)
+    monkeypatch.setattr(bench, "measure_rate", measure)
+    monkeypatch.setattr(bench, "_pin", lambda core: None)
+    out = tmp_path / "run"
+    assert cli_main(["bench", "--source", "synthetic", "--rate", "20k", "--events", "20000", "--duration", "1",
+                     "--no-plots", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "at 20k ev/s the target emitted no signal" in err and "20,000 events published" in err
+    assert not (out / "summary.json").exists()
     assert bench.parse_rate("1M") == 1e6 and bench.parse_rate("100k") == 1e5 and bench.parse_rate("2.5e4") == 25e3
 
 
