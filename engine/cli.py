@@ -339,6 +339,15 @@ def cmd_status(args) -> int:
     lost = total('tickwire_feed_lost_events_total')
     print(f"  history: events sent again {total('tickwire_feed_retransmitted_events_total'):,.0f}  lost "
           f"{lost:,.0f}" + ("  (ranges the publisher no longer held: see the daemon's log)" if lost else ""))
+    by_reason = {}
+    for k, v in rows.items():
+        if k.startswith("tickwire_book_rejects_total{") and v:
+            reason = dict(re.findall(r'(\w+)="([^"]*)"', k)).get("reason", "?")
+            by_reason[reason] = by_reason.get(reason, 0) + v
+    print("  books: events not applied " + (", ".join(f"{r.lower().replace('_', ' ')} {n:,.0f}" for r, n in
+                                                     sorted(by_reason.items(), key=lambda kv: -kv[1])) or "0")
+          + ("  (events for instruments not in the config: stored, never applied; check [[instruments]] ids)"
+             if by_reason.get("UNKNOWN_INSTRUMENT") else ""))
     print(f"  writer: rows {total('tickwire_writer_rows_written_total'):,.0f}  spilled "
           f"{total('tickwire_writer_rows_spilled_total'):,.0f}  lag {total('tickwire_writer_lag'):,.0f}  "
           f"outage {total('tickwire_writer_outage'):.0f}")

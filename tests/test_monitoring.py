@@ -144,6 +144,7 @@ def test_metrics_follow_prometheus_conventions_and_count_from_zero(daemon):
     out = subprocess.run([sys.executable, "-m", "tickwire", "status",
                           "--url", daemon["url"]], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and "p99 w0 tick_to_signal" in out.stdout and "markers" in out.stdout, out.stderr
+    assert "books: events not applied" in out.stdout
 
 
 @pytest.mark.integration
@@ -330,3 +331,38 @@ def test_every_dashboard_and_alert_query_returns_data_from_a_real_prometheus(dae
 
     assert wait_for(lambda: alerts().get("TickwireFeedGapsRising") in ("pending", "firing"), 30), alerts()
     assert "TickwireFeedSilent" not in alerts() and "TickwireDaemonDown" not in alerts(), alerts()
+
+
+def test_status_names_events_for_instruments_the_config_does_not_have(capsys):
+    """Events for an instrument missing from the config are stored but applied to no book: the
+    status summary says so, by reason (not only `--raw`)."""
+    import http.server
+    import threading
+
+    from tickwire.engine.cli import main as cli_main
+
+    body = ("# HELP tickwire_book_rejects_total events a book did not apply, by reason\n"
+            'tickwire_book_rejects_total{worker="w0",reason="UNKNOWN_INSTRUMENT"} 31652.0\n'
+            'tickwire_book_rejects_total{worker="w1",reason="UNKNOWN_INSTRUMENT"} 10.0\n'
+            'tickwire_book_rejects_total{worker="w0",reason="STALE"} 3.0\n'
+            'tickwire_book_rejects_total{worker="w0",reason="CROSSED"} 0.0\n'
+            'tickwire_events_total{worker="w0"} 100000.0\n').encode()
+
+    class Metrics(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        assert cli_main(["status", "--url", f"http://127.0.0.1:{srv.server_port}/metrics"]) == 0
+    finally:
+        srv.shutdown()
+    line = [x for x in capsys.readouterr().out.splitlines() if "books:" in x][0]
+    assert "unknown instrument 31,662" in line and "stale 3" in line and "crossed" not in line
+    assert "instruments not in the config" in line
