@@ -26,7 +26,7 @@ __all__ = ["PlotInputError", "LatencySource", "load_latency", "spectrum", "over_
            "figure", "save_png", "nines_axis", "require_matplotlib", "read_hgrm", "MATPLOTLIB_HINT"]
 
 #: How to get matplotlib (it is the ``report`` extra, and in ``dev``).
-MATPLOTLIB_HINT = "pip install 'tickwire[report]'"
+MATPLOTLIB_HINT = "in the checkout: .venv/bin/pip install -e '.[report]' (the report extra; dev has it too)"
 #: The nines axis: 1/(1-p) at its ticks, and their labels.
 NINES_TICKS = (1, 10, 100, 1_000, 10_000, 100_000, 1_000_000)
 NINES_LABELS = ("0%", "90%", "99%", "99.9%", "99.99%", "99.999%", "99.9999%")
@@ -43,7 +43,7 @@ def require_matplotlib(what: str = "the plots") -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise ImportError(f"{what} need matplotlib, which is not installed: {MATPLOTLIB_HINT}") from None
+        raise ImportError(f"{what}: matplotlib is not installed; {MATPLOTLIB_HINT}") from None
 
 
 def figure(width: float = 10, height: float = 5.5, rows: int = 1):

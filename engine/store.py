@@ -455,6 +455,9 @@ class Store:
 
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", database):
             raise ValueError(f"store.database: expected an identifier, got {database!r}")
+        if not dsn.startswith(("chdb://", "http://", "https://")):
+            raise StoreError(f"store DSN {redact(dsn)!r}: expected chdb:///abs/dir (the embedded engine) or "
+                             f"http(s)://host:port (a ClickHouse server)")
         kwargs = {}
         if not dsn.startswith("chdb:"):
             username = username or os.environ.get("TICKWIRE_CLICKHOUSE_USER")
@@ -469,11 +472,16 @@ class Store:
                 raise ValueError(f"store.dsn: the embedded store needs an absolute path (chdb:///abs/dir), got {dsn!r}")
             if path:
                 os.makedirs(path, exist_ok=True)
+        driver_log = logging.getLogger("clickhouse_connect")
+        was = driver_log.level
+        driver_log.setLevel(logging.ERROR)       # its own warning line on a refused connection: ours says it
         try:
             client = clickhouse_connect.get_client(dsn=dsn, **kwargs)
         except Exception as exc:               # noqa: BLE001 - rewrapped without credentials
             raise StoreError(f"cannot open the store at {redact(dsn)}: {type(exc).__name__}: "
                              f"{redact(str(exc))}") from None
+        finally:
+            driver_log.setLevel(was)
         store = cls(client, database, dsn)
         if create:
             store.ensure_schema(codecs)

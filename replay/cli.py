@@ -103,6 +103,9 @@ def add_parser(sub) -> None:
     g.add_argument("--report", metavar="DIR",
                    help="write a backtest report here: summary.json, CSVs and PNG plots (markouts, hit "
                         "rate, taker PnL per rule and instrument)")
+    g.add_argument("--no-plots", action="store_true",
+                   help="for --report: summary.json and the CSVs without the PNGs (those need matplotlib: "
+                        "the report extra)")
     g.add_argument("--horizons", default="100ms,1s,10s,60s", metavar="LIST",
                    help="markout horizons for --report, comma-separated [%(default)s]")
     g.add_argument("--latency-us", type=float, default=0.0, metavar="US",
@@ -292,7 +295,7 @@ def _run(args, source, spec, report_cls, report_dir, horizons, sig_path) -> int:
     if report_cls is not None:
         try:
             rb = report_cls(source.instruments, horizons_ns=horizons, latency_ns=int(args.latency_us * 1000),
-                            fee_bps=args.fee_bps)
+                            fee_bps=args.fee_bps, plots=not args.no_plots)
         except (ValueError, TypeError, ImportError, RuntimeError) as exc:
             raise ReplayError(f"--report: {exc}") from None
     sig_out = None                                       # opened just before the run

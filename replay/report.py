@@ -50,8 +50,9 @@ __all__ = ["ReportBuilder", "DEFAULT_HORIZONS_NS", "horizon_name", "MATPLOTLIB_M
 DEFAULT_HORIZONS_NS = (100_000_000, 1_000_000_000, 10_000_000_000, 60_000_000_000)
 
 #: The one-line error when the plots are asked for and matplotlib is not installed.
-MATPLOTLIB_MISSING = ("the backtest report's plots need matplotlib, which is not installed: "
-                      "pip install tickwire[report] (or build the report with plots=False)")
+MATPLOTLIB_MISSING = ("the backtest report's plots need matplotlib, which is not installed: in the checkout, "
+                      ".venv/bin/pip install -e '.[report]'; or the report without its PNGs (tickwire replay "
+                      "--no-plots; ReportBuilder(..., plots=False))")
 
 NO_PRICE = np.iinfo(np.int64).min          # TW_NO_PRICE: an empty side
 _ENTER, _EXIT = int(SignalFlag.ENTER), int(SignalFlag.EXIT)

@@ -136,7 +136,8 @@ class ArraySource:
         if isinstance(events, (str, os.PathLike)):
             path = Path(events)
             if not path.is_file():
-                raise ReplayError(f"no such file: {path}")
+                raise ReplayError(f"{path}: is a directory, not a .npy file of events" if path.is_dir()
+                                  else f"no such file: {path}")
             try:
                 events = np.load(path, mmap_mode="r", allow_pickle=False)
             except (ValueError, OSError) as exc:

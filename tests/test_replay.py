@@ -383,6 +383,9 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_was_replayed(tmp_path, market):
     ((), "give one source: --dsn, --capture or --npy"),
     (("--npy", "x.npy", "--capture", "kraken"), "give one source, not --capture and --npy"),
     (("--npy", "missing.npy"), "no such file: missing.npy"),
+    (("--npy", "."), ".: is a directory, not a .npy file of events"),
+    (("--dsn", "mysql://x"), "store DSN 'mysql://x': expected chdb:///abs/dir"),
+    (("--dsn", "http://127.0.0.1:1"), "cannot open the store at http://127.0.0.1:1"),   # one line: no driver log
     (("--dsn", "chdb:///definitely/not/here"), "no store at /definitely/not/here"),
     (("--dsn", "chdb://relative"), "needs an absolute path"),
     (("--npy", "ev.npy", "--from", "2024-01-02", "--to", "2024-01-01"), "empty range"),
@@ -439,6 +442,12 @@ def test_report_option_builds_the_report(tmp_path, market):
     out = cli("--npy", tmp_path / "ev.npy", "--report", tmp_path / "rep")
     assert out.returncode == 0, out.stderr
     assert json.loads((tmp_path / "rep" / "summary.json").read_text())
+    # --no-plots: the same report without its PNGs (what a venv without matplotlib can write)
+    out = cli("--npy", tmp_path / "ev.npy", "--report", tmp_path / "rep2", "--no-plots")
+    assert out.returncode == 0, out.stderr
+    files = {p.name for p in (tmp_path / "rep2").iterdir()}
+    assert "summary.json" in files and not any(f.endswith(".png") for f in files)
+    assert any(f.endswith(".png") for f in os.listdir(tmp_path / "rep"))
 
 
 # -- helpers ---------------------------------------------------------------------------------------
