@@ -103,12 +103,56 @@ def _name(d, key, where, default):
 # windows grow up to stats.max_capacity): 2**24 samples is ~1.5 GB per instrument
 MAX_WINDOW_SAMPLES = 1 << 24
 MAX_RING_CAPACITY = 1 << 32
+# upper bounds of integers by what takes them at run time: a C int (ZeroMQ's socket options,
+# Engine.set_timing), an int64_t (the engine's and books' fields); a value used only from Python
+# gets the int64 bound too, the largest integer TOML defines
+INT32_MAX = (1 << 31) - 1
+INT64_MAX = (1 << 63) - 1
 
 
 def _bool(d, key, where, default):
     v = d.get(key, default)
     if not isinstance(v, bool):
         _fail(f"{where}{key}", "true or false", v)
+    return v
+
+
+def _ids(v) -> bool:
+    """Whether ``v`` is an array of integers (not booleans, which are ints to Python)."""
+    return isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+
+
+# ZeroMQ transports a config may name (the daemon and the bridge run in separate processes:
+# inproc is only for tests that run both in one), and the longest ipc path libzmq takes
+# (sizeof(sockaddr_un.sun_path) - 1, zmq.IPC_PATH_MAX_LEN): a longer one fails at connect
+ZMQ_SCHEMES = ("tcp", "ipc", "inproc")
+IPC_PATH_MAX = 107
+_HOST = re.compile(r"[^\s;/*]+")
+
+
+def _endpoint(v, key: str, *, bind: bool = False, schemes=ZMQ_SCHEMES, empty: bool = False) -> str:
+    """A ZeroMQ endpoint that ``connect`` (or ``bind``) takes: ``tcp://HOST:PORT`` with a port
+    1..65535 (binding: HOST may be ``*``, every interface; connecting: ZeroMQ's
+    ``SOURCE;HOST:PORT`` too), ``ipc://PATH`` of at most 107 bytes, ``inproc://NAME``.
+    ``empty``: "" is allowed (none)."""
+    if empty and v == "":
+        return v
+    scheme, sep, addr = v.partition("://") if isinstance(v, str) else ("", "", "")
+    ok = bool(sep) and scheme in schemes and bool(addr)
+    if ok and scheme == "tcp":
+        src, semi, dest = addr.rpartition(";") if not bind else ("", "", addr)
+        host, _, port = dest.rpartition(":")
+        ok = ((not semi or re.fullmatch(r"\S+", src) is not None)
+              and (bool(_HOST.fullmatch(host)) or (bind and host == "*"))
+              and re.fullmatch(r"[0-9]{1,5}", port) is not None and 1 <= int(port) <= 65535)
+    elif ok and scheme == "ipc":
+        ok = len(addr.encode()) <= IPC_PATH_MAX
+    if not ok:
+        forms = {"tcp": "tcp://HOST:PORT" + (" (HOST * binds every interface)" if bind else ""),
+                 "ipc": "ipc://PATH", "inproc": "inproc://NAME"}
+        _fail(key, f"a ZeroMQ endpoint to {'bind' if bind else 'connect to'}: "
+              f"{', '.join(forms[x] for x in schemes)}; PORT 1..65535, PATH at most {IPC_PATH_MAX} bytes"
+              + (" (or \"\": none)" if empty else ""), v)
     return v
 
 
@@ -355,6 +399,8 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
                         "qty_decimals", "min_price", "max_price"}, w)
         iid = _int(d, "id", w, lo=0, hi=(1 << 24) - 1)
         sym = _str(d, "symbol", w)
+        if not sym.strip():
+            _fail(f"{w}symbol", "a non-empty symbol", sym)
         if iid in seen_ids:
             _fail(f"{w}id", "a unique instrument id", iid)
         if sym in seen_sym:
@@ -362,7 +408,7 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
         seen_ids.add(iid)
         seen_sym.add(sym)
         kw = dict(id=iid, symbol=sym, tick_size=_decimal(d, "tick_size", w), lot_size=_decimal(d, "lot_size", w),
-                  book=_str(d, "book", w, "L2", ("L2", "L3")), max_depth=_int(d, "max_depth", w, 0, 0))
+                  book=_str(d, "book", w, "L2", ("L2", "L3")), max_depth=_int(d, "max_depth", w, 0, 0, INT64_MAX))
         for k in ("price_decimals", "qty_decimals"):
             if k in d:
                 kw[k] = _int(d, k, w, lo=0, hi=18)
@@ -395,7 +441,7 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
         ids = d.get("instruments", "all")
         if ids == "all":
             ids = sorted(seen_ids)
-        if not isinstance(ids, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in ids):
+        if not _ids(ids):
             _fail(f"{w}instruments", "\"all\" or an array of instrument ids", ids)
         for x in ids:
             if x not in seen_ids:
@@ -419,12 +465,16 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
         snapshot_default = default_snapshot_endpoint() if "snapshot" not in f else ""
     except ValueError as exc:
         _fail("feeds.endpoints", "a private directory for the default ipc endpoints, or endpoints set here", str(exc))
-    if not isinstance(endpoints, list) or not endpoints or not all(
-            isinstance(e, str) and e.split("://")[0] in ("ipc", "tcp", "inproc") for e in endpoints):
-        _fail("feeds.endpoints", "an array of ZeroMQ endpoints (ipc://..., tcp://host:port)", endpoints)
-    feeds = FeedConfig(tuple(endpoints), _str(f, "snapshot", "feeds.", snapshot_default),
-                       _str(f, "socket", "feeds.", "sub", ("sub", "pull")), _int(f, "hwm", "feeds.", 100_000, 0),
-                       _int(f, "stale_after_ms", "feeds.", 5_000, 1), _int(f, "recovery_retries", "feeds.", 5, 0),
+    if not isinstance(endpoints, list) or not endpoints:
+        _fail("feeds.endpoints", "a non-empty array of ZeroMQ endpoints (ipc://PATH, tcp://HOST:PORT)", endpoints)
+    for k, ep in enumerate(endpoints):
+        _endpoint(ep, f"feeds.endpoints[{k}]")
+    snapshot = _endpoint(_str(f, "snapshot", "feeds.", snapshot_default), "feeds.snapshot", empty=True)
+    feeds = FeedConfig(tuple(endpoints), snapshot,
+                       _str(f, "socket", "feeds.", "sub", ("sub", "pull")),
+                       _int(f, "hwm", "feeds.", 100_000, 0, INT32_MAX),
+                       _int(f, "stale_after_ms", "feeds.", 5_000, 1, INT64_MAX),
+                       _int(f, "recovery_retries", "feeds.", 5, 0, INT64_MAX),
                        _int(f, "channels", "feeds.", max(seen_ids) + 1, 1, 0xFFFF),
                        _int(f, "max_message_events", "feeds.", MAX_MESSAGE_EVENTS, 1, 1 << 20),
                        _int(f, "batch_events", "feeds.", 2 * MAX_MESSAGE_EVENTS, 1, 1 << 24),
@@ -448,6 +498,7 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
     s = _table(raw, "stats")
     allowed = {fl.name for fl in fields(StatsConfig)}
     _check_keys(s, allowed, "stats.")
+    _bool(s, "extrema", "stats.", StatsConfig.extrema)
     try:
         stats = StatsConfig(**s)
     except (ValueError, TypeError) as exc:
@@ -475,11 +526,11 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
         kind = _str(d, "kind", w, choices=sorted(RULE_KINDS))
         ids = d.get("instruments")
         if ids is not None:
-            if not isinstance(ids, list) or any(x not in seen_ids for x in ids):
+            if not _ids(ids) or any(x not in seen_ids for x in ids):
                 _fail(f"{w}instruments", f"an array of configured instrument ids ({sorted(seen_ids)})", ids)
         try:
             rules.append(RuleConfig(kind, _num(d, "enter", w, positive=True), _num(d, "exit", w, 0.0),
-                                    _int(d, "min_count", w, 1, 1), ids, _bool(d, "emit_exit", w, False)))
+                                    _int(d, "min_count", w, 1, 1, INT64_MAX), ids, _bool(d, "emit_exit", w, False)))
         except ValueError as exc:
             raise ConfigError(f"config error: rules[{i}]: {exc}") from None
 
@@ -493,7 +544,8 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
 
         _fail("store.dsn", "chdb:///absolute/dir or http(s)://host:port", redact(dsn))
     store = StoreConfig(dsn, _str(st, "database", "store.", "tickwire"), _str(st, "cluster", "store.", ""),
-                        _int(st, "batch_rows", "store.", 500_000, 1), _num(st, "batch_seconds", "store.", 1.0, True),
+                        _int(st, "batch_rows", "store.", 500_000, 1, INT64_MAX),
+                        _num(st, "batch_seconds", "store.", 1.0, True),
                         _int(st, "writer_cpu", "store.", 0, 0, ncpu - 1), _str(st, "username", "store.", ""),
                         _str(st, "password", "store.", ""), _bool(st, "enabled", "store.", True),
                         _int(st, "writer_nice", "store.", 0, 0, 19),
@@ -522,8 +574,8 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
     _check_keys(e, {"clock", "timing_every"}, "engine.")
     return Config(tuple(instruments), tuple(workers), feeds, store, rings, metrics, stats, tuple(rules), state_dir,
                   run, _str(e, "clock", "engine.", "wall", ("wall", "event")),
-                  _int(e, "timing_every", "engine.", 64, 0), log_level, supervisor_cpu, log_file, shutdown_timeout_s,
-                  _bridge(raw, feeds, seen_sym, base_dir))
+                  _int(e, "timing_every", "engine.", 64, 0, INT32_MAX), log_level, supervisor_cpu, log_file,
+                  shutdown_timeout_s, _bridge(raw, feeds, seen_sym, base_dir))
 
 
 def _path(v: str, base_dir: Path) -> str:
@@ -566,13 +618,12 @@ def _bridge(raw: dict, feeds: FeedConfig, symbols: set, base_dir: Path) -> Optio
     if unknown:
         _fail("bridge.symbols", f"symbols of configured [[instruments]] ({', '.join(sorted(symbols))})",
               unknown[0])
-    zmq_input = _str(b, "zmq_input", "bridge.", "")
-    if zmq_input and not zmq_input.startswith(("tcp://", "ipc://")):
-        _fail("bridge.zmq_input", "a ZeroMQ endpoint to bind, tcp://HOST:PORT or ipc://PATH", zmq_input)
+    zmq_input = _endpoint(_str(b, "zmq_input", "bridge.", ""), "bridge.zmq_input", bind=True,
+                          schemes=("tcp", "ipc"), empty=True)
     return BridgeConfig(exchange, tuple(chosen), _bool(b, "trades", "bridge.", True),
                         _int(b, "depth", "bridge.", 0, 0, 1 << 20),
-                        _str(b, "endpoint", "bridge.", feeds.endpoints[0]),
-                        _str(b, "snapshot", "bridge.", feeds.snapshot),
+                        _endpoint(_str(b, "endpoint", "bridge.", feeds.endpoints[0]), "bridge.endpoint", bind=True),
+                        _endpoint(_str(b, "snapshot", "bridge.", feeds.snapshot), "bridge.snapshot", bind=True),
                         _int(b, "heartbeat_ms", "bridge.", 100, 1, 60_000), zmq_input, **_bridge_curve(b, base_dir))
 
 

@@ -62,7 +62,7 @@ def test_defaults_fill_in():
     (cfg(rules=[{"kind": "zscore", "enter": 1, "instruments": [9]}]), "rules[0].instruments: expected an array of configured instrument ids"),
     (cfg(stats={"window": "ticks"}), "stats.window: expected 'count' or 'time', got 'ticks'"),
     (cfg(stats={"windw": "count"}), "stats.windw: expected one of the known keys"),
-    (cfg(feeds={"endpoints": ["udp://x"]}), "feeds.endpoints: expected an array of ZeroMQ endpoints"),
+    (cfg(feeds={"endpoints": ["udp://x"]}), "feeds.endpoints[0]: expected a ZeroMQ endpoint to connect to"),
     (cfg(feeds={"io_cpu": 4096}), "feeds.io_cpu: expected an integer in 0.."),
     (cfg(feeds={"io_rt_priority": 100}), "feeds.io_rt_priority: expected an integer in 0..99, got 100"),
     (cfg(feeds={"busy_poll": "yes"}), "feeds.busy_poll: expected"),
@@ -155,3 +155,132 @@ def test_restart_keys_name_what_a_reload_cannot_apply():
                         rings={"ticks_capacity": 1 << 21}, daemon={"log_level": "debug"}))
     assert sorted(restart_keys(old, new)) == ["daemon.log_level", "rings.ticks_capacity", "rules[0].min_count"]
     assert restart_keys(old, from_dict(cfg(rules=[{"kind": "zscore", "enter": 5, "exit": 0}]))) == []
+
+
+def test_shipped_example_configs_validate():
+    """Every example config shipped beside the daemon (engine/*.toml) loads as written."""
+    examples = sorted(EXAMPLE_PATH.parent.glob("*.toml"))
+    assert EXAMPLE_PATH in examples and len(examples) >= 2
+    for path in examples:
+        assert load(path).instruments, path
+
+
+INT32_MAX, INT64_MAX = 2 ** 31 - 1, 2 ** 63 - 1
+ZSCORE = {"kind": "zscore", "enter": 1}
+
+
+@pytest.mark.parametrize("raw, fragment", [
+    # each integer bounded by what takes it at run time (was an OverflowError in the worker)
+    (cfg(feeds={"hwm": 3_000_000_000}), f"feeds.hwm: expected an integer in 0..{INT32_MAX}, got 3000000000"),
+    (cfg(engine={"timing_every": 2 ** 31}), f"engine.timing_every: expected an integer in 0..{INT32_MAX}"),
+    (cfg(engine={"timing_every": 2 ** 70}), f"engine.timing_every: expected an integer in 0..{INT32_MAX}"),
+    (cfg(rules=[{**ZSCORE, "min_count": 2 ** 63}]), f"rules[0].min_count: expected an integer in 1..{INT64_MAX}"),
+    (cfg(rules=[{**ZSCORE, "min_count": 2 ** 70}]), f"rules[0].min_count: expected an integer in 1..{INT64_MAX}"),
+    (cfg(instruments=[{"id": 0, "symbol": "A", "tick_size": "1", "lot_size": "1", "max_depth": 2 ** 63}]),
+     f"instruments[0].max_depth: expected an integer in 0..{INT64_MAX}"),
+    (cfg(feeds={"stale_after_ms": 2 ** 1100}), f"feeds.stale_after_ms: expected an integer in 1..{INT64_MAX}"),
+    (cfg(feeds={"recovery_retries": 2 ** 64}), f"feeds.recovery_retries: expected an integer in 0..{INT64_MAX}"),
+    (cfg(store={"batch_rows": 2 ** 64}), f"store.batch_rows: expected an integer in 1..{INT64_MAX}"),
+])
+def test_integers_have_the_range_their_consumer_takes(raw, fragment):
+    assert fragment in error_of(raw)
+
+
+def test_integers_at_their_upper_bound_are_accepted():
+    c = from_dict(cfg(feeds={"hwm": INT32_MAX, "stale_after_ms": INT64_MAX, "recovery_retries": INT64_MAX},
+                      engine={"timing_every": INT32_MAX}, store={"batch_rows": INT64_MAX},
+                      rules=[{**ZSCORE, "min_count": INT64_MAX}],
+                      instruments=[{"id": 0, "symbol": "A", "tick_size": "1", "lot_size": "1", "max_depth": INT64_MAX}]))
+    assert c.feeds.hwm == INT32_MAX and c.timing_every == INT32_MAX and c.rules[0].min_count == INT64_MAX
+    from tickwire.engine.pipeline import Engine
+
+    Engine(list(c.instruments), c.rules, c.stats, timing_every=c.timing_every)    # takes them
+
+
+LONG_IPC = "ipc:///tmp/" + "x" * 103          # a 108-byte path: libzmq takes 107 (sun_path)
+
+
+@pytest.mark.parametrize("raw, fragment", [
+    # ZMQError: Invalid argument in the worker before, or (bad port) a daemon that never connects
+    (cfg(feeds={"snapshot": "x"}), "feeds.snapshot: expected a ZeroMQ endpoint"),
+    (cfg(feeds={"endpoints": ["tcp://"]}), "feeds.endpoints[0]: expected a ZeroMQ endpoint"),
+    (cfg(feeds={"endpoints": ["tcp://127.0.0.1:99999"]}), "feeds.endpoints[0]: expected a ZeroMQ endpoint"),
+    (cfg(feeds={"endpoints": ["ipc:///tmp/a", "tcp://127.0.0.1"]}), "feeds.endpoints[1]: expected"),
+    (cfg(feeds={"endpoints": ["tcp://127.0.0.1:0"]}), "feeds.endpoints[0]: expected"),
+    (cfg(feeds={"endpoints": ["tcp://:5555"]}), "feeds.endpoints[0]: expected"),
+    (cfg(feeds={"endpoints": ["tcp://*:5555"]}), "feeds.endpoints[0]: expected"),        # connected, not bound
+    (cfg(feeds={"endpoints": ["tcp://127.0.0.1:*"]}), "feeds.endpoints[0]: expected"),
+    (cfg(feeds={"endpoints": ["ipc://"]}), "feeds.endpoints[0]: expected"),
+    (cfg(feeds={"endpoints": ["inproc://"]}), "feeds.endpoints[0]: expected"),
+    (cfg(feeds={"endpoints": [LONG_IPC]}), "feeds.endpoints[0]: expected"),            # File name too long
+    (cfg(feeds={"endpoints": [5555]}), "feeds.endpoints[0]: expected a ZeroMQ endpoint"),
+    (cfg(feeds={"endpoints": []}), "feeds.endpoints: expected a non-empty array of ZeroMQ endpoints"),
+    (cfg(feeds={"snapshot": "tcp://127.0.0.1:70000"}), "feeds.snapshot: expected a ZeroMQ endpoint"),
+    (cfg(bridge={"exchange": "KRAKEN", "endpoint": "tcp://"}), "bridge.endpoint: expected a ZeroMQ endpoint"),
+    (cfg(bridge={"exchange": "KRAKEN", "snapshot": "x"}), "bridge.snapshot: expected a ZeroMQ endpoint"),
+    (cfg(bridge={"exchange": "KRAKEN", "zmq_input": "tcp://127.0.0.1:99999"}), "bridge.zmq_input: expected"),
+    (cfg(bridge={"exchange": "KRAKEN", "zmq_input": "ipc://"}), "bridge.zmq_input: expected"),
+    (cfg(bridge={"exchange": "KRAKEN", "zmq_input": "inproc://x"}), "bridge.zmq_input: expected"),
+    (cfg(feeds={"snapshot": ""}, bridge={"exchange": "KRAKEN"}), "bridge.snapshot: expected a ZeroMQ endpoint"),
+])
+def test_endpoints_are_checked_at_load(raw, fragment):
+    assert fragment in error_of(raw)
+
+
+def test_valid_endpoints_stay_valid():
+    eps = ["tcp://127.0.0.1:5555", "tcp://feed.example.com:65535", "tcp://[::1]:2", "tcp://localhost:1",
+           "ipc:///tmp/x", "ipc://@abstract", "inproc://x", "tcp://192.168.1.2:0;10.0.0.1:5555", LONG_IPC[:-1]]
+    c = from_dict(cfg(feeds={"endpoints": eps, "snapshot": ""}))
+    assert c.feeds.endpoints == tuple(eps) and c.feeds.snapshot == ""
+    b = from_dict(cfg(feeds={"endpoints": ["tcp://127.0.0.1:5555"], "snapshot": "tcp://127.0.0.1:5556"},
+                      bridge={"exchange": "KRAKEN", "endpoint": "tcp://*:5555", "snapshot": "tcp://*:5556",
+                              "zmq_input": "tcp://127.0.0.1:5557"})).bridge
+    assert (b.endpoint, b.snapshot, b.zmq_input) == ("tcp://*:5555", "tcp://*:5556", "tcp://127.0.0.1:5557")
+    b = from_dict(cfg(feeds={"endpoints": ["ipc:///tmp/f"], "snapshot": "ipc:///tmp/s"},
+                      bridge={"exchange": "KRAKEN"})).bridge
+    assert (b.endpoint, b.snapshot) == ("ipc:///tmp/f", "ipc:///tmp/s")
+
+
+@pytest.mark.parametrize("raw, fragment", [
+    (cfg(stats={"extrema": "false"}), "stats.extrema: expected true or false, got 'false'"),
+    (cfg(stats={"extrema": 0}), "stats.extrema: expected true or false, got 0"),
+    (cfg(feeds={"fast_loop": 1}), "feeds.fast_loop: expected true or false, got 1"),
+    (cfg(store={"enabled": "no"}), "store.enabled: expected true or false"),
+    (cfg(rules=[{**ZSCORE, "emit_exit": "true"}]), "rules[0].emit_exit: expected true or false"),
+    (cfg(bridge={"exchange": "KRAKEN", "trades": "yes"}), "bridge.trades: expected true or false"),
+])
+def test_booleans_must_be_toml_booleans(raw, fragment):
+    assert fragment in error_of(raw)
+
+
+@pytest.mark.parametrize("ids", [[[0]], [{}], [True], [0, False], ["0"], [0.0], 0])
+def test_rule_instruments_are_lists_of_integer_ids(ids):
+    assert error_of(cfg(rules=[{**ZSCORE, "instruments": ids}])).startswith(
+        "config error: rules[0].instruments: expected an array of configured instrument ids ([0, 1])")
+
+
+def test_worker_instruments_are_lists_of_integer_ids():
+    for ids in ([[0]], [{}], [True, 1], [0, 2 ** 70]):
+        assert "workers[0].instruments: expected" in error_of(cfg(workers=[{"cpu": 0, "instruments": ids}]))
+
+
+@pytest.mark.parametrize("symbol", ["", "   ", "\t"])
+def test_instrument_symbol_is_not_blank(symbol):
+    raw = cfg(instruments=[{"id": 0, "symbol": symbol, "tick_size": "1", "lot_size": "1"}])
+    assert "instruments[0].symbol: expected a non-empty symbol" in error_of(raw)
+
+
+def test_tickwire_run_refuses_them_in_one_line_with_exit_2(tmp_path):
+    """What crashed the worker at run time now stops `tickwire run` as docs/config.md promises."""
+    import subprocess
+    import sys
+
+    from tickwire.engine.config import to_toml
+
+    path = tmp_path / "bad.toml"
+    path.write_text(to_toml(cfg(daemon={"state_dir": str(tmp_path / "state")}, feeds={"hwm": 3_000_000_000})))
+    res = subprocess.run([sys.executable, "-m", "tickwire", "run", "--config", str(path)], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 2 and res.stderr.strip().count("\n") == 0, res.stderr
+    assert f"feeds.hwm: expected an integer in 0..{INT32_MAX}, got 3000000000" in res.stderr
+    assert not (tmp_path / "state").exists()
