@@ -389,7 +389,8 @@ def _add_simulate(sub) -> None:
     g.add_argument("--wait-subscribers", type=float, default=0.0, metavar="S",
                    help="wait up to S seconds (after each bind) for subscribers of every channel [%(default)s]")
     g.add_argument("--subscribers", type=int, default=1, metavar="N", help="how many subscribers to wait for [%(default)s]")
-    g.add_argument("--heartbeat", type=float, default=0.1, metavar="S", help="heartbeat period of idle channels [%(default)s]")
+    g.add_argument("--heartbeat", type=float, default=0.1, metavar="S", help="heartbeat period of idle channels [%(default)s]; 0: none (receivers then flag a channel "
+                        "idle past their silence timeout STALE)")
     g.add_argument("--linger", type=float, default=1.0, metavar="S",
                    help="keep heartbeats and snapshots up this long after the last event [%(default)s]")
     g.add_argument("--start-delay", type=float, default=0.0, metavar="S",
@@ -409,7 +410,7 @@ def _add_simulate(sub) -> None:
     g = sim.add_argument_group("pace and size")
     g.add_argument("--rate", type=float, default=100_000, metavar="EV/S", help="events per second, constant-rate pacing (0: as fast as possible) [%(default)s]")
     g.add_argument("--batch", type=int, default=64, metavar="N",
-                   help="most events per message [%(default)s]; receivers drop more than their limit "
+                   help="most events per message, 1..4,096 [%(default)s]: receivers drop more than their limit "
                         "(feeds.max_message_events, 4,096 by default; docs/wire-format.md, 'Limits')")
     g.add_argument("--events", dest="publish_events", type=int, default=1_000_000, metavar="N",
                    help="events to publish [%(default)s]")

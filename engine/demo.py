@@ -12,15 +12,23 @@ shows a live one-line progress display while it runs, stops everything with the 
 SIGTERM path, and reports: events published, processed and stored (a count query on the store),
 signals emitted and received, feed gaps and recoveries, and per-stage and tick-to-signal latency
 percentiles from the workers' HDR recorders.
+
+Interrupted (SIGINT, Ctrl-C, or SIGTERM), it stops the publisher first, lets the worker take in
+what was published (a few seconds at most), then stops the daemon the same way, reports, checks
+exactly-once on the events published before the interrupt, and exits 130. The simulator and the
+daemon's children run in process groups of their own, so a Ctrl-C at the terminal reaches the
+demo alone and that order holds; a second one stops the daemon at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -118,13 +126,20 @@ def _fmt_us(ns) -> str:
     return f"{ns / 1000:9.1f}"
 
 
+#: The exit status of an interrupted demo (as ``tickwire replay``'s: 128 + SIGINT).
+EXIT_INTERRUPTED = 130
+
+
 def run_demo(*, duration: float = 20.0, rate: float = 100_000, instruments: int = 8, channels: int = 4,
              data_dir: str = "tickwire-data", seed: int = 1, say=print, keep: bool = False,
              wire_seconds: float = 3.0) -> int:
-    """Run the demo (see the module docstring); returns the exit status. Refuses to start
-    (StartupError, one line) while another demo runs."""
+    """Run the demo (see the module docstring); returns the exit status (130 when interrupted).
+    Refuses to start (StartupError, one line naming the option) on a negative ``wire_seconds``,
+    a ``data_dir`` that cannot be made or written, or while another demo runs."""
     from tickwire.engine.supervisor import StartupError, _lock_holder, _try_lock
 
+    if not 0 <= wire_seconds < math.inf:
+        raise StartupError(f"--wire-seconds: expected a number of seconds >= 0 (0: skip), got {wire_seconds}")
     # the demo's rings, feed and run directory have fixed names: one demo at a time on a machine
     lock_path = Path("/tmp") / "tickwire-demo.lock"
     lock = _try_lock(lock_path)
@@ -133,25 +148,63 @@ def run_demo(*, duration: float = 20.0, rate: float = 100_000, instruments: int 
                            f"at a time (they share ring names); refusing to start")
     try:
         return _run_demo(duration, rate, instruments, channels, data_dir, seed, say, keep, wire_seconds)
+    except KeyboardInterrupt:                    # a Ctrl-C before the daemon started, or after it stopped
+        say("\ntickwire demo: interrupted")
+        return EXIT_INTERRUPTED
     finally:
         os.close(lock)
+
+
+def _demo_supervisor_class():
+    from tickwire.engine.supervisor import Supervisor
+
+    class DemoSupervisor(Supervisor):
+        """The demo's daemon: each child (writer, worker) in a process group of its own, so that a
+        Ctrl-C at the terminal (SIGINT to the foreground process group) reaches the demo alone,
+        which stops the publisher first and the daemon after it (SIGTERM to its children, as
+        always); and the demo's own handlers for SIGINT and SIGTERM in place of the supervisor's,
+        from before anything starts."""
+
+        def __init__(self, *args, on_signal, **kw):
+            super().__init__(*args, **kw)
+            self._on_signal = on_signal
+
+        def _python(self, module, *args):
+            # a launcher that leaves the demo's process group, then execs the child as usual (same
+            # pid, so the supervisor's death signal and file descriptors carry over)
+            return [sys.executable, "-I", "-S", "-c", _OWN_GROUP, *super()._python(module, *args)]
+
+        def setup(self) -> None:
+            loop = asyncio.get_running_loop()          # (run() installed its own handlers just before)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+            super().setup()
+
+    return DemoSupervisor
+
+
+_OWN_GROUP = "import os, sys; os.setpgid(0, 0); os.execv(sys.argv[1], sys.argv[1:])"
 
 
 def _run_demo(duration, rate, instruments, channels, data_dir, seed, say, keep, wire_seconds) -> int:
     import uvloop
 
-    from tickwire.engine.supervisor import Supervisor
+    from tickwire.engine.supervisor import StartupError, _die_with_parent
     from tickwire.engine.worker import ring_names
 
     state_dir = Path(data_dir).resolve()
     run_dir = state_dir / "demo"                    # the daemon's run directory (state_dir / run)
-    if run_dir.exists() and not keep:
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     raw = demo_raw_config(state_dir, instruments=instruments, channels=channels, run="demo")
     raw["store"]["dsn"] = f"chdb://{run_dir / 'store'}"     # its own store, cleared with the run
     cfg_path = run_dir / "tickwire.toml"
-    cfg_path.write_text(configmod.to_toml(raw))
+    try:
+        if run_dir.exists() and not keep:
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg_path.write_text(configmod.to_toml(raw))
+    except OSError as exc:
+        raise StartupError(f"--data-dir {data_dir}: cannot make {run_dir} afresh ({exc.strerror or exc}): "
+                           f"expected a directory this user can create and write") from None
     cfg = configmod.load(cfg_path)
     os.sched_setaffinity(0, {cfg.supervisor_cpu})
     ncpu = os.cpu_count() or 1
@@ -160,10 +213,29 @@ def _run_demo(duration, rate, instruments, channels, data_dir, seed, say, keep, 
         f"{cfg.supervisor_cpu} ({ncpu} cores)")
     say(f"  config: {cfg_path}   store: {cfg.store.dsn}")
 
-    sup = Supervisor(cfg, cfg_path, run_dir)
+    interactive = sys.stdout.isatty()
+    state = {"sim": None, "t0": None, "pump": None, "interrupted": None, "drained": False}
+
+    def on_signal(sig):
+        name = signal.Signals(sig).name
+        if state["interrupted"]:                    # a second one: stop the daemon now
+            say(f"\n  {name} again: stopping the daemon now")
+            sup.request_stop()
+            return
+        state["interrupted"] = name
+        sim = state["sim"]
+        if sim is None:                             # nothing published yet
+            say(f"\n  interrupted by {name} before publishing: stopping the daemon")
+            sup.request_stop()
+            return
+        say(f"\n  interrupted by {name}: stopping the publisher; the daemon takes in what it published, "
+            "then stops")
+        if sim.poll() is None:
+            sim.send_signal(signal.SIGTERM)         # it stops at its next message and says what it published
+
+    sup = _demo_supervisor_class()(cfg, cfg_path, run_dir, on_signal=on_signal)
     consumer = SignalConsumer(lambda: [ring_names(run_dir, i)[1] for i in range(len(cfg.workers))])
     sim_out: list[str] = []
-    state = {"sim": None, "t0": None}
 
     def start_sim():
         events = int(rate * duration)
@@ -172,13 +244,16 @@ def _run_demo(duration, rate, instruments, channels, data_dir, seed, say, keep, 
                 "--rate", str(rate), "--events", str(events), "--seed", str(seed), "--wait-subscribers", "20",
                 "--subscribers", "1", "--start-delay", "1.0", "--linger", "1.0", "--cpu", str(cfg.supervisor_cpu),
                 "--resting", "300"]
-        state["sim"] = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # a process group of its own (a Ctrl-C reaches the demo, which stops it first), dying with the demo
+        state["sim"] = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                        process_group=0, preexec_fn=_die_with_parent(signal.SIGTERM))
         state["t0"] = time.monotonic()
 
         def pump():
             for line in state["sim"].stdout:
                 sim_out.append(line.rstrip())
-        threading.Thread(target=pump, daemon=True).start()
+        state["pump"] = threading.Thread(target=pump, daemon=True)
+        state["pump"].start()
 
     def progress_line():
         ws = [w for w in sup.worker_status() if w]
@@ -205,26 +280,27 @@ def _run_demo(duration, rate, instruments, channels, data_dir, seed, say, keep, 
         for w in sup.warnings:
             say(f"  note: {w}")
         await asyncio.sleep(1.5)                   # the worker connects and subscribes
+        if state["interrupted"]:
+            return
         start_sim()
         consumer.start()
-        interactive = sys.stdout.isatty()
         last_print = 0.0
         while state["sim"].poll() is None:
             await asyncio.sleep(0.25)
-            if time.monotonic() - last_print >= (0.5 if interactive else 5.0):
+            if time.monotonic() - last_print >= (0.5 if interactive else 5.0) and not state["interrupted"]:
                 last_print = time.monotonic()
                 line = progress_line()
                 sys.stdout.write(line if interactive else line.strip("\r") + "\n")
                 sys.stdout.flush()
-        # the publisher is done: let the worker catch up, then stop the daemon
-        target = None
-        end = time.monotonic() + 30
-        while time.monotonic() < end:
+        # the publisher is done (or was stopped): let the worker catch up, then stop the daemon
+        await asyncio.to_thread(state["pump"].join, 5)     # its last line read: what it published
+        done = re.search(r"done: ([\d,]+) events", "\n".join(sim_out))
+        target = int(done.group(1).replace(",", "")) if done else None
+        end = time.monotonic() + (10 if state["interrupted"] else 30)
+        while target is not None and time.monotonic() < end:
             ws = [w for w in sup.worker_status() if w]
-            done = re.search(r"done: ([\d,]+) events", "\n".join(sim_out))
-            if done:
-                target = int(done.group(1).replace(",", ""))
-            if ws and target is not None and sum(w["feed"]["events"] for w in ws) >= target:
+            if ws and sum(w["feed"]["events"] for w in ws) >= target:
+                state["drained"] = True
                 break
             await asyncio.sleep(0.2)
         await asyncio.sleep(0.6)                   # one more status write
@@ -251,7 +327,13 @@ def _run_demo(duration, rate, instruments, channels, data_dir, seed, say, keep, 
     consumer.join(5)
     if state["sim"] is not None and state["sim"].poll() is None:
         state["sim"].kill()
-    code = _report(cfg, sup, consumer, sim_out, status, time.monotonic() - t_start, say)
+    code = _report(cfg, sup, consumer, sim_out, status, time.monotonic() - t_start, say,
+                   interrupted=state["interrupted"], drained=state["drained"])
+    if state["interrupted"]:
+        if wire_seconds > 0:
+            say("")
+            say("wire-to-signal: not measured (interrupted)")
+        return EXIT_INTERRUPTED
     if wire_seconds > 0:
         _wire_to_signal(cfg_path, rate, wire_seconds, say)
     return code
@@ -286,7 +368,7 @@ def _wire_to_signal(cfg_path, rate, seconds, say) -> None:
     say("  " + FASTER)
 
 
-def _report(cfg, sup, consumer, sim_out, status, elapsed, say) -> int:
+def _report(cfg, sup, consumer, sim_out, status, elapsed, say, interrupted=None, drained=False) -> int:
     from tickwire.engine.store import Store
 
     ws = [w for w in sup.worker_status() if w]
@@ -295,6 +377,16 @@ def _report(cfg, sup, consumer, sim_out, status, elapsed, say) -> int:
     published = int(done.group(1).replace(",", "")) if done else None
     say("")
     say(f"report ({elapsed:.1f} s, daemon exit status {status})")
+    if interrupted:
+        if not sim_out:
+            how = "before the publisher started: nothing was published"
+        elif published is None:
+            how = "the publisher was stopped before it said what it published"
+        else:
+            how = "the publisher was stopped first; " + (
+                "the daemon took in everything it had published, then stopped" if drained else
+                "the daemon was stopped before it had taken in everything published")
+        say(f"  interrupted by {interrupted}: {how}")
     if published is None:
         say("  the simulator did not finish: " + (sim_out[-1] if sim_out else "no output"))
     else:
@@ -313,7 +405,13 @@ def _report(cfg, sup, consumer, sim_out, status, elapsed, say) -> int:
     say(f"  stored in ClickHouse           {stored:>14,} ticks ({q[0]:,} market events, {q[1]:,} distinct "
         f"channel sequence numbers)")
     ok = published is not None and q[0] == published and q[1] == published
-    say(f"  every published event stored exactly once: {'yes' if ok else 'NO'}")
+    if ok:
+        verdict = "yes" + (f" (the {published:,} published before the interrupt)" if interrupted else "")
+    elif interrupted and not drained:             # events in flight at the stop: not a loss to report
+        verdict = "not checked (interrupted before the daemon had taken in what was published)"
+    else:
+        verdict = "NO"
+    say(f"  every published event stored exactly once: {verdict}")
     sig = sum(w["counts"]["signals"] for w in ws)
     say(f"  signals: {sig:,} emitted, {consumer.received:,} received by the consumer "
         f"({consumer.missed} missed), {sig_stored:,} stored")

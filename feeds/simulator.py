@@ -39,7 +39,8 @@ from tickwire.feeds import wire
 from tickwire.feeds.curve import serve_curve
 from tickwire.feeds.wire import MsgType, RecoveryService, Retainer, books_snapshot
 
-__all__ = ["Market", "Faults", "SnapshotService", "Simulator", "channel_map", "synthetic_instruments"]
+__all__ = ["Market", "Faults", "SnapshotService", "Simulator", "BindError", "check_endpoints", "channel_map",
+           "synthetic_instruments"]
 
 _T0 = 1_700_000_000_000_000_000        # a fixed origin for event times: same seed, same bytes
 _BLOCK = 8192                          # random draws are made in blocks of this many events
@@ -255,6 +256,41 @@ SnapshotService = RecoveryService
 # the publisher
 # ---------------------------------------------------------------------------------------
 
+class BindError(ValueError):
+    """An endpoint the publisher cannot bind: ``endpoint``, its ``role`` (``"data"`` or
+    ``"snapshot"``) and libzmq's ``reason``."""
+
+    def __init__(self, endpoint: str, role: str, reason: str):
+        super().__init__(f"cannot bind {endpoint} ({reason})")
+        self.endpoint, self.role, self.reason = endpoint, role, reason
+
+
+def _bind(sock: zmq.Socket, endpoint: str, role: str) -> None:
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        raise BindError(endpoint, role, zmq.strerror(exc.errno)) from None
+
+
+def check_endpoints(endpoints, snapshot: str | None = None) -> None:
+    """Bind each endpoint once on a scratch socket, closed at once (:class:`BindError` for the
+    first that cannot be bound): before long work that comes ahead of the real binds
+    (generating the events, loading a capture)."""
+    ctx = zmq.Context()
+    socks = []
+    try:
+        for ep, role, kind in [(ep, "data", zmq.PUB) for ep in endpoints] + (
+                [(snapshot, "snapshot", zmq.ROUTER)] if snapshot else []):
+            s = ctx.socket(kind)
+            s.setsockopt(zmq.LINGER, 0)
+            socks.append(s)
+            _bind(s, ep, role)
+    finally:
+        for s in socks:
+            s.close(0)
+        ctx.term()                      # the listeners are closed (ports and paths free) when it returns
+
+
 @dataclasses.dataclass
 class Faults:
     """Fault injection, per published data message (heartbeats and snapshots are spared).
@@ -422,9 +458,13 @@ class Simulator:
         self._last_beat = {c: 0 for c in self.channels}
         self._stopping = False
         self._curve = curve
-        if curve is not None:
-            curve.start(self._ctx)
-        self._open()
+        try:
+            if curve is not None:
+                curve.start(self._ctx)
+            self._open()                # BindError: an endpoint that cannot be bound
+        except BaseException:
+            self.close(0)
+            raise
 
     # -- sockets ---------------------------------------------------------------------------
     def _open(self) -> None:
@@ -438,13 +478,13 @@ class Simulator:
         if waiting:
             self._pub.setsockopt(zmq.XPUB_VERBOSE, 1)
         for ep in self.endpoints:
-            self._pub.bind(ep)
+            _bind(self._pub, ep, "data")
         if self.snapshot_endpoint:
             self._router = self._ctx.socket(zmq.ROUTER)
             self._router.setsockopt(zmq.LINGER, 0)
             self._router.setsockopt(zmq.SNDHWM, 0)
             serve_curve(self._curve, self._router)
-            self._router.bind(self.snapshot_endpoint)
+            _bind(self._router, self.snapshot_endpoint, "snapshot")
             self._service = RecoveryService(self._router, self._snapshot_of, self.retainer,
                                             delay=self.snapshot_delay)
         if waiting:
@@ -728,10 +768,81 @@ def _load_capture(name: str, data_dir):
     return loader(path)
 
 
-def run_cli(args, say=print) -> int:
-    """``tickwire simulate``: build a :class:`Simulator` from parsed arguments and run it."""
+def _cpu_list(cpus) -> str:
+    """``{0, 1, 2, 5}`` as ``0-2, 5``."""
+    out, run = [], []
+    for c in sorted(cpus):
+        if run and c != run[-1] + 1:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+            run = []
+        run.append(c)
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ", ".join(out)
+
+
+def _save_path_problem(path) -> str | None:
+    """Why the books could not be written to ``path`` (np.savez's file: ``.npz`` appended when
+    missing), or None."""
+    import os
+    from pathlib import Path
+
+    p = Path(path)
+    target = p if p.suffix == ".npz" else p.with_name(p.name + ".npz")
+    parent = target.parent
+    if target.is_dir():
+        return f"{target} is a directory: expected a file name (.npz)"
+    if not parent.exists():
+        return f"the directory {parent} does not exist"
+    if not parent.is_dir():
+        return f"{parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        return f"cannot write {target}: no permission"
+    return None
+
+
+def argument_problem(args) -> str | None:
+    """The first argument of ``tickwire simulate`` that cannot work, as ``--option: what was
+    expected, got what``; None when they can all work. Checked before anything starts: a CPU
+    this process may not use, fewer than one resting order, more events a message than
+    receivers take (:data:`~tickwire.feeds.wire.MAX_MESSAGE_EVENTS`), books to be saved where
+    they cannot be written (found out, before, only once the whole publish had run)."""
     import os
 
+    if args.cpu is not None:
+        cpus = os.sched_getaffinity(0)
+        if args.cpu not in cpus:
+            return f"--cpu: expected one of the CPUs this process may use ({_cpu_list(cpus)}), got {args.cpu}"
+    if args.resting < 1:
+        return f"--resting: expected an integer >= 1, got {args.resting}"
+    if not 1 <= args.batch <= wire.MAX_MESSAGE_EVENTS:
+        return (f"--batch: expected an integer from 1 to {wire.MAX_MESSAGE_EVENTS:,} (the receivers' per-message "
+                f"limit, feeds.max_message_events by default: a larger message is refused whole), got {args.batch}")
+    if args.save_books:
+        why = _save_path_problem(args.save_books)
+        if why:
+            return f"--save-books {args.save_books}: {why}"
+    return None
+
+
+def _bind_problem(exc: BindError) -> str:
+    option = "--snapshot" if exc.role == "snapshot" else "--endpoint"
+    return (f"{option} {exc.endpoint}: cannot bind ({exc.reason}): expected an endpoint of this machine, "
+            "tcp://HOST:PORT or ipc:///PATH")
+
+
+def run_cli(args, say=print) -> int:
+    """``tickwire simulate``: build a :class:`Simulator` from parsed arguments and run it.
+    Arguments that cannot work are one line on stderr and exit status 2, before anything starts."""
+    import os
+
+    def refuse(problem: str) -> int:
+        print(f"tickwire simulate: {problem}", file=sys.stderr, flush=True)
+        return 2
+
+    problem = argument_problem(args)
+    if problem:
+        return refuse(problem)
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
     if getattr(args, "rt_priority", 0):
@@ -753,6 +864,24 @@ def run_cli(args, say=print) -> int:
         return 2
     faults = Faults(drop=args.drop, duplicate=args.duplicate, reorder=args.reorder,
                     restart_at=tuple(args.restart_at or ()))
+    from tickwire.engine.config import default_feed_endpoint, default_snapshot_endpoint
+
+    try:
+        endpoints = args.endpoint or [default_feed_endpoint()]
+        snapshot = None if args.snapshot in ("", "none") else (args.snapshot or default_snapshot_endpoint())
+    except ValueError as exc:
+        return refuse(str(exc))
+    from tickwire.feeds.curve import server_from_arguments
+
+    try:
+        curve = server_from_arguments(args)
+    except ValueError as exc:
+        return refuse(str(exc))
+    if args.capture or (args.pregenerate and args.duration is None):     # long work before the binds
+        try:
+            check_endpoints(endpoints, snapshot)
+        except BindError as exc:
+            return refuse(_bind_problem(exc))
     events = None
     instruments = args.instruments
     if args.capture:
@@ -774,34 +903,39 @@ def run_cli(args, say=print) -> int:
         events = np.concatenate(parts)
         instruments = synthetic_instruments(args.instruments)
         say(f"generated {len(events):,} events in {time.perf_counter() - t0:.1f} s")
-    from tickwire.engine.config import default_feed_endpoint, default_snapshot_endpoint
+    import signal
 
-    try:
-        endpoints = args.endpoint or [default_feed_endpoint()]
-        snapshot = None if args.snapshot in ("", "none") else (args.snapshot or default_snapshot_endpoint())
-    except ValueError as exc:
-        print(f"tickwire simulate: {exc}", file=sys.stderr, flush=True)
-        return 2
-    from tickwire.feeds.curve import server_from_arguments
+    sim = None
+    stop_asked = []
 
+    def stop(*_):                                       # stop cleanly: report, saved books
+        stop_asked.append(True)
+        if sim is not None:
+            sim.request_stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):         # (already while the sockets bind)
+        signal.signal(sig, stop)
     try:
-        curve = server_from_arguments(args)
-    except ValueError as exc:
-        print(f"tickwire simulate: {exc}", file=sys.stderr, flush=True)
-        return 2
-    sim = Simulator(endpoints, snapshot=snapshot,
-                    instruments=instruments, events=events, channels=args.channels, seed=args.seed,
-                    rate=args.rate, batch=args.batch, faults=faults, resting=args.resting,
-                    socket_type=args.socket, sndhwm=args.sndhwm, heartbeat=args.heartbeat,
-                    wait_subscribers=args.wait_subscribers, subscribers=args.subscribers,
-                    snapshot_delay=args.snapshot_delay, retain_events=args.retain, curve=curve)
+        sim = Simulator(endpoints, snapshot=snapshot,
+                        instruments=instruments, events=events, channels=args.channels, seed=args.seed,
+                        rate=args.rate, batch=args.batch, faults=faults, resting=args.resting,
+                        socket_type=args.socket, sndhwm=args.sndhwm, heartbeat=args.heartbeat,
+                        wait_subscribers=args.wait_subscribers, subscribers=args.subscribers,
+                        snapshot_delay=args.snapshot_delay, retain_events=args.retain, curve=curve)
+    except BindError as exc:
+        return refuse(_bind_problem(exc))
+    if stop_asked:
+        sim.request_stop()
     try:
         if curve is not None:
             say(f"CURVE server, public key {curve.public.decode()}; clients: "
                 f"{curve.clients_dir or 'any that know the server key'}")
+        beats = (f"heartbeats every {sim.heartbeat:g} s" if sim.heartbeat else
+                 "no heartbeats (--heartbeat 0: receivers flag a channel idle past their silence timeout STALE)")
         say(f"publishing on {', '.join(sim.endpoints)} ({sim.socket_type}), snapshots on "
             f"{snapshot or 'none'}: {len(sim.instruments)} instruments over {len(sim.channels)} channels, "
-            f"batch {sim.batch}, rate {'max' if not sim.rate else f'{sim.rate:,.0f} events/s'}, seed {sim.seed}")
+            f"batch {sim.batch}, rate {'max' if not sim.rate else f'{sim.rate:,.0f} events/s'}, {beats}, "
+            f"seed {sim.seed}")
 
         def progress(st):
             say(f"  {st['events']:>12,} events  {st['events'] / max(st['elapsed'], 1e-9) / 1e6:6.2f} M/s  "
@@ -809,16 +943,17 @@ def run_cli(args, say=print) -> int:
                 f"reordered {st['reordered']}  restarts {st['restarts']}  snapshots {st['snapshots']}")
 
         count = None if args.duration is not None else args.publish_events
-        import signal
-
-        for sig in (signal.SIGTERM, signal.SIGINT):      # stop cleanly: report, saved books
-            signal.signal(sig, lambda *_: sim.request_stop())
         if getattr(args, "start_delay", 0):
             sim.idle(args.start_delay)
         report = sim.run(events=count, duration=args.duration, progress=None if args.quiet else progress,
                          linger=args.linger)
         if args.save_books:
-            sim.save_books(args.save_books)
+            try:
+                sim.save_books(args.save_books)
+            except OSError as exc:              # (checked at start: a disk that filled up since)
+                print(f"tickwire simulate: --save-books {args.save_books}: cannot write "
+                      f"({exc.strerror or exc})", file=sys.stderr, flush=True)
+                return 1
         say(f"done: {report['events']:,} events in {report['messages']:,} messages "
             f"({report['publish_seconds']:.2f} s, {report['rate'] / 1e6:.2f} M events/s); sent "
             f"{report['sent']:,} (heartbeats {report['heartbeats']:,}); dropped {report['dropped']}, "

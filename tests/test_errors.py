@@ -3,6 +3,7 @@ stderr naming what was wrong, and exit status 2, with nothing started."""
 
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -39,6 +40,12 @@ def test_config_path_that_is_a_directory_or_binary(tmp_path):
     (["--rate", "-5"], "--rate: expected a number >= 0 (0: as fast as possible), got -5.0"),
     (["--batch", "0"], "--batch: expected an integer >= 1, got 0"),
     (["--channels", "0"], "--channels: expected an integer >= 1, got 0"),
+    # accepted without a word before: -1 resting orders (taken as 1), 100,000 events a message
+    # (every one refused by the receivers), a CPU this process may not use (an OSError traceback)
+    (["--resting", "-1"], "--resting: expected an integer >= 1, got -1"),
+    (["--batch", "100000"], "--batch: expected an integer from 1 to 4,096 (the receivers' per-message limit"),
+    (["--cpu", str(max(os.sched_getaffinity(0)) + 1)], "--cpu: expected one of the CPUs this process may use"),
+    (["--cpu", "-1"], "--cpu: expected one of the CPUs this process may use"),
 ])
 def test_simulate_refuses_bad_arguments(tmp_path, argv, fragment):
     # what the old code did with them: publish (10 events, quickly) and exit 0
@@ -153,3 +160,111 @@ def test_default_endpoints_are_in_a_private_directory_and_a_squatted_one_is_refu
         cfgmod.load(path)
     res = tickwire("simulate", "--events", "10")
     one_line(res, "is not a private directory of yours")
+
+
+@pytest.mark.parametrize("option, endpoint, pregenerate", [
+    ("--endpoint", "garbage", False),
+    ("--endpoint", "tcp://999.1.1.1:5", True),
+    ("--snapshot", "tcp://999.1.1.1:5", True),
+])
+def test_simulate_endpoint_that_cannot_be_bound(tmp_path, option, endpoint, pregenerate):
+    """A ZMQError traceback before; now one line naming the option, and before the events are
+    generated (--pregenerate), not after."""
+    argv = {"--endpoint": f"ipc://{tmp_path}/f", "--snapshot": f"ipc://{tmp_path}/s", option: endpoint}
+    res = tickwire("simulate", "--endpoint", argv["--endpoint"], "--snapshot", argv["--snapshot"], "--events",
+                   "300000", "--linger", "0", "--quiet", *(["--pregenerate"] if pregenerate else []))
+    one_line(res, f"{option} {endpoint}: cannot bind")
+    assert "generating" not in res.stdout
+
+
+@pytest.mark.parametrize("where, fragment", [
+    ("missing/x.npz", "the directory {dir} does not exist"),
+    ("afile/x.npz", "{dir} is not a directory"),
+    ("adir.npz", "{path} is a directory"),
+])
+def test_simulate_save_books_path_is_checked_before_publishing(tmp_path, where, fragment):
+    """A FileNotFoundError traceback before, and only once the whole publish had run."""
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "adir.npz").mkdir()
+    path = tmp_path / where
+    res = tickwire("simulate", "--endpoint", f"ipc://{tmp_path}/f", "--snapshot", "none", "--events", "10",
+                   "--linger", "0", "--quiet", "--save-books", path)
+    one_line(res, f"--save-books {path}: " + fragment.format(dir=path.parent, path=path))
+    assert "publishing on" not in res.stdout
+
+
+def _demo_lock_free():
+    from tickwire.engine.supervisor import _try_lock
+
+    fd = _try_lock("/tmp/tickwire-demo.lock")
+    if fd is None:
+        pytest.skip("a demo runs on this machine")
+    os.close(fd)
+
+
+def test_demo_wire_seconds_must_not_be_negative(tmp_path):
+    one_line(tickwire("demo", "--wire-seconds=-1", "--duration", "1", "--data-dir", tmp_path / "data"),
+             "--wire-seconds: expected a number of seconds >= 0 (0: skip), got -1.0")
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("data_dir", ["/proc/x", "{tmp}/afile", "{tmp}/afile/sub"])
+def test_demo_data_dir_that_cannot_be_made(tmp_path, data_dir):
+    _demo_lock_free()
+    (tmp_path / "afile").write_text("")
+    data_dir = data_dir.format(tmp=tmp_path)
+    res = tickwire("demo", "--duration", "1", "--data-dir", data_dir, timeout=120)
+    one_line(res, f"--data-dir {data_dir}: cannot ")
+
+
+# -- an interrupted demo -------------------------------------------------------------------------
+
+@pytest.mark.integration
+def test_an_interrupted_demo_drains_what_was_published_and_exits_130(tmp_path):
+    """Ctrl-C at the terminal (SIGINT to the demo's whole process group) while it publishes: the
+    demo stops the publisher first, lets the daemon take in what was published, stops it, checks
+    exactly-once on what was published, says it was interrupted and exits 130 (as `tickwire
+    replay` does). Before, the publisher and the daemon stopped together: events in flight were
+    never processed and the report said "every published event stored exactly once: NO", exit 1."""
+    import json
+    import signal
+    import time
+
+    _demo_lock_free()
+    data = tmp_path / "data"
+    with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
+        demo = subprocess.Popen([PY, "-m", "tickwire", "demo", "--duration", "30", "--rate", "20000",
+                                 "--instruments", "2", "--channels", "2", "--wire-seconds", "1", "--data-dir", data],
+                                stdout=out, stderr=err, start_new_session=True)     # a group, as a shell job
+        try:
+            status = data / "demo" / "worker-0.json"
+            end = time.monotonic() + 60
+            while time.monotonic() < end and demo.poll() is None:
+                try:
+                    if json.loads(status.read_text())["feed"]["events"] > 20_000:     # publishing for a second
+                        break
+                except (OSError, ValueError, KeyError):
+                    pass
+                time.sleep(0.1)
+            else:
+                pytest.fail(f"the demo never published: {(tmp_path / 'out').read_text()[-2000:]}"
+                            f"{(tmp_path / 'err').read_text()[-2000:]}")
+            t_int = time.monotonic()
+            os.killpg(demo.pid, signal.SIGINT)
+            rc = demo.wait(timeout=60)
+            took = time.monotonic() - t_int
+        finally:
+            if demo.poll() is None:
+                os.killpg(demo.pid, signal.SIGKILL)
+                demo.wait()
+    text, errors = (tmp_path / "out").read_text(), (tmp_path / "err").read_text()
+    if rc == 2 and "another tickwire demo runs" in errors:
+        pytest.skip("a demo runs on this machine")
+    assert rc == 130, (rc, text[-3000:], errors[-3000:])
+    assert "Traceback" not in errors and "restarting" not in errors, errors[-3000:]
+    assert "interrupted by SIGINT" in text, text[-3000:]
+    published = int(re.search(r"published by the simulator\s+([\d,]+)", text).group(1).replace(",", ""))
+    assert 20_000 < published < 30 * 20_000
+    assert "every published event stored exactly once: yes" in text, text[-3000:]
+    assert "wire-to-signal: not measured (interrupted)" in text           # no bench after an interrupt
+    assert took < 30, took

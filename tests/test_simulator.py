@@ -235,6 +235,19 @@ def test_cli_bad_rt_priority_is_a_clear_error(capsys, tmp_path):
     assert "--rt-priority" in out and "1..99" in out
 
 
+@pytest.mark.parametrize("argv, said", [([], "heartbeats every 0.1 s"),
+                                         (["--heartbeat", "0"], "no heartbeats (--heartbeat 0:")])
+def test_cli_says_whether_it_heartbeats(tmp_path, argv, said):
+    """--heartbeat 0 turns heartbeats off (receivers then flag idle channels STALE): said on the
+    first line, not silently."""
+    proc = subprocess.run([sys.executable, "-m", "tickwire", "simulate", "--endpoint", f"ipc://{tmp_path}/f",
+                           "--snapshot", "none", "--events", "10", "--linger", "0", "--quiet", *argv],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert said in proc.stdout.splitlines()[0], proc.stdout
+    assert ("(heartbeats 0)" in proc.stdout) == bool(argv)
+
+
 def test_cli_publishes_and_saves_its_books(tmp_path):
     ep = f"ipc://{tmp_path}/cli"
     ctx = zmq.Context()
