@@ -50,7 +50,8 @@ from pathlib import Path
 
 from tickwire.engine import config as configmod
 from tickwire.engine.metrics import Collector
-from tickwire.engine.worker import fresh_ring_names, new_ring_token, read_ring_names, ring_keys, write_ring_names
+from tickwire.engine.worker import (fresh_ring_names, new_ring_token, read_ring_names, ring_keys,
+                                    settle_history_note, write_ring_names)
 from tickwire.engine.writer import EXIT_UNSTORED
 from tickwire.ext import EVENT_DTYPE, SIGNAL_DTYPE
 from tickwire.ext import ring as ringmod
@@ -338,7 +339,7 @@ class Supervisor:
         pos = int(st.get("pos", 0)) if st.get("epoch") == int(ring.created_ns) else 0
         return max(0, int(ring.head) - pos)
 
-    def _reclaim(self, name, dtype, kind):
+    def _reclaim(self, name, dtype, kind, note=None):
         """A segment ``name`` that an earlier start of this run recorded (rings.json): one of ours
         that still holds ticks or signals not stored is adopted (returned: the writer stores them
         first); an empty one is unlinked; one that is not ours (another user took the name after
@@ -374,6 +375,8 @@ class Supervisor:
             log.warning("ring %s of an earlier run holds %d %s not stored: kept, the writer stores them "
                         "first", name, left, kind)
             return old
+        if note is not None:                   # the worker's history note, up to what the ring held
+            settle_history_note(note, old)
         _drop(old)
         log.warning("replacing ring %s left behind by an earlier run (nothing in it to store)", name)
         return None
@@ -404,7 +407,8 @@ class Supervisor:
                 old = None
                 if i < len(prev):
                     self._keys[prev[i][j]] = key
-                    old = self._reclaim(prev[i][j], dtype, kind)
+                    note = self.run_dir / f"feed-{cfg.workers[i].name}.json" if kind == "ticks" else None
+                    old = self._reclaim(prev[i][j], dtype, kind, note)
                 if old is not None:
                     self.rings.append(old)
                     row.append(old)

@@ -82,6 +82,53 @@ def ring_keys(cfg, index: int) -> tuple[str, str]:
     return f"{cfg.rings.prefix}-{cfg.run}-ticks-{index}", f"{cfg.rings.prefix}-{cfg.run}-signals-{index}"
 
 
+
+# -- the history note: where a worker's feed history stands, against its tick ring ------------------
+
+def note_points(note: dict, ring) -> dict:
+    """A history note's per-channel ``(epoch, next_seq)``, moved past the market events ``ring``
+    holds after the note's ring position when the note was written against this very ring (its
+    creation time): the ticks that reached the ring after the note's last write (it is written
+    every 100 ms; a worker that dies leaves it that far behind)."""
+    points = {int(c): (int(p[0]), int(p[1])) for c, p in note.get("channels", {}).items()}
+    if int(note.get("ring_created_ns", -1)) != int(ring.created_ns):
+        return points
+    start = int(note.get("ring_position", 0))
+    first, recent = ring.recent(start)
+    if first > start:
+        log.error("tick ring %s lapped since the history note (%d records unreadable): positions may be "
+                  "behind (duplicates possible)", ring, first - start)
+    market = recent[(recent["flags"] & int(Flag.SNAPSHOT)) == 0]
+    for c, (epoch, nxt) in list(points.items()):
+        seqs = market["seq"][market["channel"] == c]
+        if len(seqs):
+            points[c] = (epoch, max(nxt, int(seqs.max()) + 1))
+    return points
+
+
+def settle_history_note(path: Path, ring) -> bool:
+    """Before ``ring``, a worker's tick ring with nothing left to store, is replaced by a new one:
+    bring the worker's history note at ``path`` up to what the ring holds (:func:`note_points`)
+    and detach it from the ring. Without this, a note up to 100 ms behind the ring (a worker
+    killed, or stopped, between two writes) would have the next worker ask the publisher again
+    for ticks already stored: duplicates. True when the note was changed."""
+    try:
+        note = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False                           # none, or unreadable: the worker says so when it starts
+    if int(note.get("ring_created_ns", -1)) != int(ring.created_ns):
+        return False
+    before = note.get("channels", {})
+    note["channels"] = {str(c): list(p) for c, p in note_points(note, ring).items()}
+    note["ring_created_ns"], note["ring_position"] = -1, 0      # against no ring: the next one is new
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(note))
+    os.replace(tmp, path)
+    if note["channels"] != before:
+        log.info("history note %s brought up to the ticks its replaced ring held: %s", path.name,
+                 ", ".join(f"channel {c} from seq {p[1]}" for c, p in sorted(note["channels"].items())))
+    return True
+
 def fresh_ring_names(cfg, index: int, token: str) -> tuple[str, str]:
     """Segment names for worker ``index`` with the daemon run's random ``token``
     (``<prefix>-<run>-<token>-ticks-<i>``): another local user cannot guess them before the
@@ -304,19 +351,8 @@ class Worker:
         except (OSError, ValueError) as exc:
             log.error("history note %s unreadable (%s): joining the feed afresh", self.cursor_path, exc)
             return {}
-        points = {int(c): (int(p[0]), int(p[1])) for c, p in note.get("channels", {}).items()}
         self.lost_before = {k: int(note.get(k, 0)) for k in self.lost_before}
-        if int(note.get("ring_created_ns", -1)) == int(self.ticks.created_ns):
-            start = int(note.get("ring_position", 0))
-            first, recent = self.ticks.recent(start)
-            if first > start:
-                log.error("tick ring %s lapped since the history note (%d records unreadable): "
-                          "positions may be behind (duplicates possible)", self.ticks, first - start)
-            market = recent[(recent["flags"] & int(Flag.SNAPSHOT)) == 0]
-            for c, (epoch, nxt) in list(points.items()):
-                seqs = market["seq"][market["channel"] == c]
-                if len(seqs):
-                    points[c] = (epoch, max(nxt, int(seqs.max()) + 1))
+        points = note_points(note, self.ticks)
         self._resume = dict(points)
         if points:
             log.info("resuming the tick history after a restart: %s",

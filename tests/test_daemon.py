@@ -754,3 +754,66 @@ def test_rings_json_is_private_whatever_the_umask_and_the_names_differ_each_star
     assert read_ring_names(tmp_path) == [("c", "d"), ("e", "f")]
     assert not list(tmp_path.glob(".rings.json*"))                # no temporary file left
     assert read_ring_names(tmp_path / "nothing") is None
+
+
+def test_a_stale_history_note_of_a_replaced_ring_does_not_bring_ticks_again(tmp_path, rings_of):
+    """The worker writes its history note every 100 ms. When a worker dies between two writes and its
+    tick ring has nothing left to store, the next start replaces the ring: before it does, the
+    supervisor brings the note up to what the ring held. Otherwise the next worker asks the
+    publisher again, from the note, for ticks already stored (6,272 duplicates in a reviewer's run).
+    Here the note is set back 3,000 ticks by hand, as a kill between two writes leaves it."""
+    from tickwire.engine.worker import note_points
+    from tickwire.ext import EVENT_DTYPE, Flag
+    from tickwire.ext.ring import Ring
+
+    rings_of("stale")
+    cfg_path, raw = write_config(tmp_path, "stale")
+    run_dir = tmp_path / "state" / "stale"
+    n = 1_000_000
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    sim = None
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"] and writer_ready(run_dir))
+        sim = start_sim(raw, n, 100_000)
+        worker = status(run_dir)["pid"]
+        assert wait_for(lambda: status(run_dir)["feed"]["events"] > 150_000, 60)
+        os.kill(worker, signal.SIGSTOP)                   # no more ticks into the ring, no more notes
+        ticks = Ring.attach(ring_names(run_dir)[0], EVENT_DTYPE, role="none")
+        wstat = run_dir / "writer" / "tickwire-stale-ticks-0" / "status.json"
+        assert wait_for(lambda: json.loads(wstat.read_text())["rows_written"] >= ticks.head, 30)   # all stored
+    finally:
+        daemon.kill()                                     # the supervisor dies, then the stopped worker
+        daemon.wait()
+        log.close()
+        os.kill(worker, signal.SIGKILL)
+    assert wait_for(lambda: not alive(worker) and not writer_pid("stale"), 10)
+    note_path = run_dir / "feed-w0.json"
+    note = json.loads(note_path.read_text())
+    assert int(note["ring_created_ns"]) == int(ticks.created_ns) and ticks.head == ticks.tail
+    # the note as it stood 3,000 ticks earlier
+    back = int(note["ring_position"]) - 3000
+    _, held = ticks.recent(0)
+    market = held[:back][(held[:back]["flags"] & int(Flag.SNAPSHOT)) == 0]
+    chans = {c: [p[0], int(market["seq"][market["channel"] == int(c)].max()) + 1] for c, p in note["channels"].items()}
+    stale = {**note, "ring_position": back, "channels": chans}
+    assert note_points(stale, ticks) == note_points(note, ticks)      # the ring holds what the note missed
+    note_path.write_text(json.dumps(stale))
+    ticks.close()
+    daemon, log = start_daemon(cfg_path, tmp_path, "daemon2")
+    try:
+        out, _ = sim.communicate(timeout=180)
+        assert sim.returncode == 0, out
+        seen = []
+
+        def settled():                                    # every channel live, and nothing more arriving
+            ev = status(run_dir)["feed"]["events"]
+            seen.append(ev)
+            return (len(seen) > 15 and seen[-15] == ev
+                    and all(c["state"] == "live" for c in status(run_dir)["channels"].values()))
+        assert wait_for(settled, 60)
+    finally:
+        rc, _ = stop_daemon(daemon, log)
+    text = (tmp_path / "daemon2.log").read_text()
+    assert rc == 0, text[-3000:]
+    assert stored_ticks(tmp_path) == (n, n)                            # every event, once
+    assert "replacing ring" in text and "brought up to the ticks its replaced ring held" in text
