@@ -337,8 +337,11 @@ def cmd_status(args) -> int:
           f"recoveries {total('tickwire_feed_recoveries_total'):.0f}  messages refused "
           f"{total('tickwire_feed_drops_total'):.0f} (duplicates, malformed, forged: by reason in --raw)")
     lost = total('tickwire_feed_lost_events_total')
+    uncounted = total('tickwire_feed_uncounted_losses_total')
     print(f"  history: events sent again {total('tickwire_feed_retransmitted_events_total'):,.0f}  lost "
-          f"{lost:,.0f}" + ("  (ranges the publisher no longer held: see the daemon's log)" if lost else ""))
+          f"{lost:,.0f}" + ("  (ranges the publisher no longer held: see the daemon's log)" if lost else "")
+          + (f"  and {uncounted:,.0f} range(s) of unknown size (the publisher restarted while the daemon was "
+             f"away: see the daemon's log)" if uncounted else ""))
     by_reason = {}
     for k, v in rows.items():
         if k.startswith("tickwire_book_rejects_total{") and v:

@@ -118,6 +118,8 @@ class Collector:
             ("retransmitted", "feed_retransmitted_events", "events the publisher sent again (holes filled)"),
             ("lost_events", "feed_lost_events", "events the publisher could no longer send: lost from the tick "
                                                 "history (exact, over every restart of the worker)"),
+            ("uncounted_losses", "feed_uncounted_losses", "ranges lost from the tick history whose size cannot be "
+                                                          "known: the publisher restarted while the worker was away"),
             ("silences", "feed_silences", "times a live channel went silent longer than feeds.stale_after_ms"),
             ("ring_waits", "tick_ring_waits", "times the engine waited for room in a full tick ring (back-pressure)"),
             ("restarts", "worker_restarts", "times the supervisor restarted the worker"),
@@ -159,6 +161,7 @@ class Collector:
                       "retransmitted", "silences"):
                 c[k].add_metric([w], feed.get(k, 0))
             c["lost_events"].add_metric([w], st.get("history", {}).get("lost_events", 0))
+            c["uncounted_losses"].add_metric([w], st.get("history", {}).get("uncounted_losses", 0))
             c["ring_waits"].add_metric([w], st["counts"].get("tick_ring_waits", 0))
             for reason in drop_reasons:
                 drops.add_metric([w, reason], feed["drops"].get(reason, 0))

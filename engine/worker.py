@@ -242,7 +242,8 @@ class Worker:
         self.cursor_path = self.run_dir / f"feed-{self.wcfg.name}.json"
         self.abandoned = 0                                 # ticks not pushed at shutdown (ring full)
         self._resume = {}                                  # where a restart resumed each channel
-        self.lost_before = {"lost_events": 0, "losses": 0}  # losses of earlier workers of this run
+        # losses of earlier workers of this run (uncounted: ranges of unknown size, an epoch gone while away)
+        self.lost_before = {"lost_events": 0, "losses": 0, "uncounted_losses": 0}
         self.batch_times_ns = [0, 0]                       # wall clock of the first live batch and the last
         self.store = cfg.store.enabled                     # off: ticks are not stored (benchmarks)
         self.started = time.time()

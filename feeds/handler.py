@@ -150,6 +150,7 @@ _COUNTERS = (
     "recoveries", "recovery_requests", "recovery_retries", "recovery_failures", "retransmit_requests",
     "retransmit_retries", "retransmitted", "lost_events", "losses", "probes", "restarts", "silences",
     "resumes", "buffered", "covered", "unrecovered", "foreign_events",
+    "uncounted_losses",           # ranges lost whose size cannot be known (an epoch gone while away)
 )
 
 #: Most held messages from an unconfirmed newer epoch (beyond: dropped as IMPLAUSIBLE).
@@ -1068,6 +1069,7 @@ class FeedHandler:
             elif c.resume is not None and c.resume[0] < epoch:
                 self._counters["restarts"] += 1
                 c.restarts += 1
+                self._counters["uncounted_losses"] += 1
                 log.warning("channel %d: the publisher restarted while this receiver was away: events of "
                             "its epoch %d after seq %d cannot be had (not counted)", c.id, c.resume[0],
                             c.resume[1] - 1)

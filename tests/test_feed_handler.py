@@ -717,3 +717,18 @@ def test_history_from_the_start_asks_for_what_was_sent_before_the_join(tmp_path,
             feed.assert_history(lost={(c, s) for c in (0, 1) for s in range(1, 31)})
     finally:
         feed.close()
+
+
+def test_a_history_resumed_across_a_publisher_restart_counts_the_range_it_cannot_size(tmp_path):
+    """A receiver resuming channel 0 in epoch 999 finds the publisher in epoch 1000: the older
+    epoch's tail cannot be had nor counted. The history takes the new epoch from seq 1 and the
+    range is counted in ``uncounted_losses`` (metrics, status, an alert), not only logged;
+    channel 1, resumed in the current epoch, counts nothing."""
+    feed = Harness(tmp_path, resume={0: (999, 51), 1: (1000, 1)})
+    try:
+        feed.join()
+        c = feed.h.counters()
+        assert c["uncounted_losses"] == 1 and c["restarts"] == 1 and c["lost_events"] == 0
+        assert feed.h.history()[0][0] == 1000
+    finally:
+        feed.close()
