@@ -361,14 +361,17 @@ class Supervisor:
         waited = False
         while old.producer_alive or old.consumer_alive:     # a dead daemon's children finishing
             if time.monotonic() > give_up:
-                pid = old.consumer_pid or old.producer_pid
+                pids = [p for p, up in ((old.producer_pid, old.producer_alive),
+                                        (old.consumer_pid, old.consumer_alive)) if up]
                 old.close()
-                raise StartupError(f"ring {name} is still in use by pid {pid}, which is not this daemon's: "
+                who = " and ".join(f"pid {p}" for p in pids) or "a process that has just exited"
+                raise StartupError(f"ring {name} is still in use by {who}, which is not this daemon's: "
                                    f"refusing to start")
             if not waited:
                 waited = True
-                log.warning("ring %s is still used by pid %d of a daemon that died: waiting", name,
-                            old.consumer_pid or old.producer_pid)
+                log.warning("ring %s is still used by pid %s of a daemon that died: waiting", name,
+                            " and ".join(str(p) for p, up in ((old.producer_pid, old.producer_alive),
+                                                              (old.consumer_pid, old.consumer_alive)) if up))
             time.sleep(0.1)
         left = self._unstored(old, kind)
         if left:
@@ -775,7 +778,7 @@ class Supervisor:
             status = await self._shutdown()
             for w in watchers:
                 w.cancel()
-        return 1 if self.failed else status
+        return max(status, 1) if self.failed else status     # (3, ticks kept, says more than 1)
 
     # -- status ---------------------------------------------------------------------------------
     def write_children_status(self) -> None:

@@ -817,3 +817,32 @@ def test_a_stale_history_note_of_a_replaced_ring_does_not_bring_ticks_again(tmp_
     assert rc == 0, text[-3000:]
     assert stored_ticks(tmp_path) == (n, n)                            # every event, once
     assert "replacing ring" in text and "brought up to the ticks its replaced ring held" in text
+
+
+def test_a_ring_held_by_a_stopped_worker_of_a_dead_daemon_is_refused_naming_that_worker(tmp_path, rings_of):
+    """The supervisor killed while its worker is stopped (SIGSTOP): the writer drains and exits,
+    the worker still holds the tick ring. A new start waits daemon.shutdown_timeout_s for it, then
+    refuses in one line naming the worker's pid (it named the writer's, which had exited)."""
+    rings_of("held")
+    cfg_path, raw = write_config(tmp_path, "held")
+    raw["daemon"]["shutdown_timeout_s"] = 2
+    cfg_path.write_text(to_toml(raw))
+    run_dir = tmp_path / "state" / "held"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    worker = 0
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"] and writer_ready(run_dir))
+        worker, writer = status(run_dir)["pid"], writer_pid("held")
+        os.kill(worker, signal.SIGSTOP)
+        daemon.kill()
+        daemon.wait()
+        log.close()
+        assert wait_for(lambda: not alive(writer), 10)
+        out = subprocess.run([PY, "-m", "tickwire", "run", "--config", str(cfg_path)], capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert f"is still in use by pid {worker}, which is not this daemon's" in out.stderr
+        assert f"pid {writer}" not in out.stderr
+    finally:
+        if worker:
+            os.kill(worker, signal.SIGKILL)
