@@ -392,7 +392,8 @@ def _add_simulate(sub) -> None:
     g.add_argument("--wait-subscribers", type=float, default=0.0, metavar="S",
                    help="wait up to S seconds (after each bind) for subscribers of every channel [%(default)s]")
     g.add_argument("--subscribers", type=int, default=1, metavar="N", help="how many subscribers to wait for [%(default)s]")
-    g.add_argument("--heartbeat", type=float, default=0.1, metavar="S", help="heartbeat period of idle channels [%(default)s]; 0: none (receivers then flag a channel "
+    g.add_argument("--heartbeat", type=float, default=0.1, metavar="S",
+                   help="heartbeat period of idle channels [%(default)s]; 0: none (receivers then flag a channel "
                         "idle past their silence timeout STALE)")
     g.add_argument("--linger", type=float, default=1.0, metavar="S",
                    help="keep heartbeats and snapshots up this long after the last event [%(default)s]")

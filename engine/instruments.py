@@ -135,12 +135,12 @@ class Instrument:
         if not 0 <= self.id < 1 << 24:
             raise ValueError(f"instrument {self.symbol!r}: id must be 0..2**24-1, got {self.id}")
         tick_dec, lot_dec = decimals_of(self.tick_size), decimals_of(self.lot_size)
-        # (decimals of tick and lot when both are powers of ten: level_units' short route; else None)
-        object.__setattr__(self, "_pow10", (tick_dec, lot_dec) if self.tick_size == Decimal(1).scaleb(-tick_dec)
-                           and self.lot_size == Decimal(1).scaleb(-lot_dec) else None)
-        object.__setattr__(self, "_units", {
-            "price": (self.tick_size, tick_dec, self.tick_size == Decimal(1).scaleb(-tick_dec)),
-            "quantity": (self.lot_size, lot_dec, self.lot_size == Decimal(1).scaleb(-lot_dec))})
+        tick10 = self.tick_size == Decimal(1).scaleb(-tick_dec)        # a power of ten
+        lot10 = self.lot_size == Decimal(1).scaleb(-lot_dec)
+        object.__setattr__(self, "_units", {"price": (self.tick_size, tick_dec, tick10),
+                                            "quantity": (self.lot_size, lot_dec, lot10)})
+        # (both powers of ten: level_units' short route, by these decimals; else None)
+        object.__setattr__(self, "_pow10", (tick_dec, lot_dec) if tick10 and lot10 else None)
         for name, least in (("price_decimals", tick_dec), ("qty_decimals", lot_dec)):
             value = getattr(self, name)
             if value is None:

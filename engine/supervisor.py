@@ -360,18 +360,16 @@ class Supervisor:
         give_up = time.monotonic() + self.shutdown_timeout
         waited = False
         while old.producer_alive or old.consumer_alive:     # a dead daemon's children finishing
+            # the processes that hold it now (a producer or consumer recorded there may have exited)
+            who = " and ".join(f"pid {p}" for p, up in ((old.producer_pid, old.producer_alive),
+                                                          (old.consumer_pid, old.consumer_alive)) if up)
             if time.monotonic() > give_up:
-                pids = [p for p, up in ((old.producer_pid, old.producer_alive),
-                                        (old.consumer_pid, old.consumer_alive)) if up]
                 old.close()
-                who = " and ".join(f"pid {p}" for p in pids) or "a process that has just exited"
-                raise StartupError(f"ring {name} is still in use by {who}, which is not this daemon's: "
-                                   f"refusing to start")
+                raise StartupError(f"ring {name} is still in use by {who or 'a process that has just exited'}, "
+                                   f"which is not this daemon's: refusing to start")
             if not waited:
                 waited = True
-                log.warning("ring %s is still used by pid %s of a daemon that died: waiting", name,
-                            " and ".join(str(p) for p, up in ((old.producer_pid, old.producer_alive),
-                                                              (old.consumer_pid, old.consumer_alive)) if up))
+                log.warning("ring %s is still used by %s of a daemon that died: waiting", name, who)
             time.sleep(0.1)
         left = self._unstored(old, kind)
         if left:

@@ -82,7 +82,6 @@ def ring_keys(cfg, index: int) -> tuple[str, str]:
     return f"{cfg.rings.prefix}-{cfg.run}-ticks-{index}", f"{cfg.rings.prefix}-{cfg.run}-signals-{index}"
 
 
-
 # -- the history note: where a worker's feed history stands, against its tick ring ------------------
 
 def note_points(note: dict, ring) -> dict:
@@ -106,12 +105,20 @@ def note_points(note: dict, ring) -> dict:
     return points
 
 
+def write_note(path: Path, note: dict) -> None:
+    """Write a history note atomically (a reader sees the old one or the new one, whole)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(note))
+    os.replace(tmp, path)
+
+
 def settle_history_note(path: Path, ring) -> bool:
     """Before ``ring``, a worker's tick ring with nothing left to store, is replaced by a new one:
     bring the worker's history note at ``path`` up to what the ring holds (:func:`note_points`)
     and detach it from the ring. Without this, a note up to 100 ms behind the ring (a worker
     killed, or stopped, between two writes) would have the next worker ask the publisher again
-    for ticks already stored: duplicates. True when the note was changed."""
+    for ticks already stored: duplicates. True when the note was written against this ring
+    (and so rewritten)."""
     try:
         note = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -121,13 +128,12 @@ def settle_history_note(path: Path, ring) -> bool:
     before = note.get("channels", {})
     note["channels"] = {str(c): list(p) for c, p in note_points(note, ring).items()}
     note["ring_created_ns"], note["ring_position"] = -1, 0      # against no ring: the next one is new
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(note))
-    os.replace(tmp, path)
+    write_note(path, note)
     if note["channels"] != before:
         log.info("history note %s brought up to the ticks its replaced ring held: %s", path.name,
                  ", ".join(f"channel {c} from seq {p[1]}" for c, p in sorted(note["channels"].items())))
     return True
+
 
 def fresh_ring_names(cfg, index: int, token: str) -> tuple[str, str]:
     """Segment names for worker ``index`` with the daemon run's random ``token``
@@ -338,9 +344,7 @@ class Worker:
                 "channels": {str(c): list(p if p is not None else self._resume.get(c))
                              for c, p in self.feed.history().items()
                              if p is not None or c in self._resume}}
-        tmp = self.cursor_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(note))
-        os.replace(tmp, self.cursor_path)
+        write_note(self.cursor_path, note)
 
     def resume_points(self) -> dict:
         """Per channel ``(epoch, next_seq)`` after the last tick that reached the tick ring, from

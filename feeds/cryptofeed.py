@@ -43,6 +43,7 @@ from typing import Iterable
 
 import numpy as np
 
+from tickwire.engine.instruments import decimal_to_int
 from tickwire.ext.records import EVENT_DTYPE, Flag, Kind, Side
 
 __all__ = ["BridgeError", "Converter", "Bridge", "require_cryptofeed", "to_ns", "playback", "add_parser", "cmd_bridge"]
@@ -82,9 +83,10 @@ def to_ns(seconds) -> int:
     or a decimal string; exact to the nanosecond, past it rounded half to even."""
     text = repr(seconds) if type(seconds) is float else seconds
     if type(text) is str:                        # the usual "1618678134.213106": by the digits
-        whole, _, frac = text.partition(".")
-        if len(frac) <= 9 and whole.isdecimal() and (frac.isdecimal() or not frac):
-            return int(whole + frac.ljust(9, "0"))
+        try:
+            return decimal_to_int(text, 9)
+        except ValueError:                       # an exponent, or past the nanosecond: rounded below
+            pass
     return int(_decimal(seconds).scaleb(9).to_integral_value())
 
 
@@ -241,14 +243,14 @@ class Bridge:
         self.channels = cfg.feeds.channels or 1
         self.crossed = Counter()
         self._stop = False
-        self._held: dict[int, list] = {}          # channel -> event arrays waiting for the turn's end
+        self._held: dict[int, list] = {}          # channel -> event rows waiting for the turn's end
         self._held_n = 0
         self._held_since = 0
 
     # -- what cryptofeed hands out -----------------------------------------------------------
     def publish(self, rows) -> None:
         """One exchange message's events (one instrument: one channel), as the converter's rows
-        (``array=False``) or an EVENT_DTYPE array.
+        (``array=False``).
 
         Inside cryptofeed's event loop they are held and sent when the loop's turn ends (a
         ``call_soon``), coalesced per channel: a burst handed out in one turn (a busy capture's
@@ -256,10 +258,8 @@ class Bridge:
         exchange message.  Held at most ``HOLD_NS`` or ``HOLD_EVENTS`` events, whichever comes
         first, so no update waits behind a long burst.  Outside a running loop (the ZeroMQ input,
         direct calls) they go at once."""
-        if rows is None or not len(rows):
+        if not rows:
             return
-        if isinstance(rows, np.ndarray):
-            rows = rows.tolist()
         channel = rows[0][6] % self.channels
         if not self._held_n:
             try:

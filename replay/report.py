@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from tickwire.engine.instruments import Instrument, make_books
+from tickwire.engine.plots import MATPLOTLIB_HINT
 from tickwire.ext.records import EVENT_DTYPE, SIGNAL_DTYPE, RuleKind, SignalFlag
 
 __all__ = ["ReportBuilder", "DEFAULT_HORIZONS_NS", "horizon_name", "MATPLOTLIB_MISSING"]
@@ -50,9 +51,8 @@ __all__ = ["ReportBuilder", "DEFAULT_HORIZONS_NS", "horizon_name", "MATPLOTLIB_M
 DEFAULT_HORIZONS_NS = (100_000_000, 1_000_000_000, 10_000_000_000, 60_000_000_000)
 
 #: The one-line error when the plots are asked for and matplotlib is not installed.
-MATPLOTLIB_MISSING = ("the backtest report's plots need matplotlib, which is not installed: in the checkout, "
-                      ".venv/bin/pip install -e '.[report]'; or the report without its PNGs (tickwire replay "
-                      "--no-plots; ReportBuilder(..., plots=False))")
+MATPLOTLIB_MISSING = (f"the backtest report's plots need matplotlib, which is not installed: {MATPLOTLIB_HINT}; "
+                      "or the report without its PNGs (tickwire replay --no-plots; ReportBuilder(..., plots=False))")
 
 NO_PRICE = np.iinfo(np.int64).min          # TW_NO_PRICE: an empty side
 _ENTER, _EXIT = int(SignalFlag.ENTER), int(SignalFlag.EXIT)

@@ -20,9 +20,11 @@ pytestmark = pytest.mark.integration
 PY = sys.executable
 
 
-def write_config(tmp_path, run, **kw):
+def write_config(tmp_path, run, daemon=None, **kw):
+    """The demo's config for run ``run`` under ``tmp_path`` (``daemon``: [daemon] settings on top)."""
     raw = demo_raw_config(tmp_path / "state", run=run, **kw)
     raw["daemon"]["log_level"] = "info"
+    raw["daemon"].update(daemon or {})
     path = tmp_path / f"{run}.toml"
     path.write_text(to_toml(raw))
     return path, raw
@@ -448,9 +450,7 @@ def test_hung_writer_at_sigterm_keeps_the_ring_and_the_next_start_stores_it(tmp_
     from tickwire.ext import ring as ringmod
 
     rings_of("hung")
-    cfg_path, raw = write_config(tmp_path, "hung")
-    raw["daemon"]["shutdown_timeout_s"] = 4
-    cfg_path.write_text(to_toml(raw))
+    cfg_path, raw = write_config(tmp_path, "hung", daemon={"shutdown_timeout_s": 4})
     run_dir = tmp_path / "state" / "hung"
     daemon, log = start_daemon(cfg_path, tmp_path)
     stopper = None
@@ -824,9 +824,7 @@ def test_a_ring_held_by_a_stopped_worker_of_a_dead_daemon_is_refused_naming_that
     the worker still holds the tick ring. A new start waits daemon.shutdown_timeout_s for it, then
     refuses in one line naming the worker's pid (it named the writer's, which had exited)."""
     rings_of("held")
-    cfg_path, raw = write_config(tmp_path, "held")
-    raw["daemon"]["shutdown_timeout_s"] = 2
-    cfg_path.write_text(to_toml(raw))
+    cfg_path, raw = write_config(tmp_path, "held", daemon={"shutdown_timeout_s": 2})
     run_dir = tmp_path / "state" / "held"
     daemon, log = start_daemon(cfg_path, tmp_path)
     worker = 0
