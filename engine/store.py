@@ -387,9 +387,14 @@ class _Window:
         from tickwire.ext.merge import merge_events, run_bounds
 
         cols = _join_blocks(self.blocks, pool)
-        self.blocks = self.held = None                 # the store's blocks go once joined
+        if len(self.blocks) != 1:                      # joined into arrays of our own: the store's
+            self.blocks = self.held = None             # memory can go now (memory stays flat)
+        # A single block is not copied: its columns view the store's memory, which chDB's views
+        # do not keep alive (memoryview.obj is None): ``held`` must outlive the merge. Released
+        # before it, the merge once read freed memory (a stored event came back with kind 0).
         out = merge_events(*cols, run_bounds(cols[6]),             # one run per instrument
                            out=pool.take(len(cols[0]), EVENT_DTYPE) if pool is not None else None)
+        self.blocks = self.held = None
         return out
 
 

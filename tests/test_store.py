@@ -379,3 +379,31 @@ def test_an_existing_store_keeps_its_codecs_on_reopen(tmp_path):
         ddl = s.client.query("SELECT create_table_query FROM system.tables WHERE database = 'tickwire' "
                              "AND name = 'ticks'").result_rows[0][0]
         assert "ZSTD" in ddl and s.count_ticks() == 100
+
+
+def test_a_single_block_window_keeps_the_store_memory_alive_until_it_is_merged(tmp_path, monkeypatch):
+    """A window read as one Native block is merged from the store's memory itself (no copy),
+    and chDB's views of a result do not keep it alive (``memoryview.obj`` is None): what holds
+    that memory must outlive the merge. Released before it, the merge read freed memory (once in
+    the suite, an event read back with kind 0 in place of 2)."""
+    import tickwire.ext.merge as merge
+
+    store = Store.open(f"chdb://{tmp_path}/db")
+    ev = random_events(5_000, seed=21)
+    ev["flags"] &= ~np.uint32(Flag.SNAPSHOT)
+    store.insert_ticks(ev, epoch=1, first_ord=0, token="1:0")
+    store.read_path = "native"
+    windows = list(store._read_windows("ticks", None, None, None, 1_000_000))
+    assert [len(w.blocks) for w in windows] == [1]              # the whole read: one block
+    assert windows[0].held and all(p.get_memview().view().obj is None for p in windows[0].held)
+    alive_at_merge, real = [], merge.merge_events
+
+    def checking_merge(*args, **kwargs):
+        alive_at_merge.append(bool(windows[0].held))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(merge, "merge_events", checking_merge)
+    got = windows[0].events()
+    assert alive_at_merge == [True]
+    assert windows[0].held is None                               # and let go once merged
+    assert got.tobytes() == total_order(ev).tobytes()
