@@ -617,6 +617,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from tickwire.engine import lifeline
+
+    lifeline.bind_to_parent()                # started by a demo: SIGTERM when it dies
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

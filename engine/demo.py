@@ -23,7 +23,6 @@ demo alone and that order holds; a second one stops the daemon at once.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 import re
@@ -189,7 +188,8 @@ _OWN_GROUP = "import os, sys; os.setpgid(0, 0); os.execv(sys.argv[1], sys.argv[1
 def _run_demo(duration, rate, instruments, channels, data_dir, seed, say, keep, wire_seconds) -> int:
     import uvloop
 
-    from tickwire.engine.supervisor import StartupError, _die_with_parent
+    from tickwire.engine import lifeline
+    from tickwire.engine.supervisor import StartupError
     from tickwire.engine.worker import ring_names
 
     state_dir = Path(data_dir).resolve()
@@ -246,7 +246,7 @@ def _run_demo(duration, rate, instruments, channels, data_dir, seed, say, keep, 
                 "--resting", "300"]
         # a process group of its own (a Ctrl-C reaches the demo, which stops it first), dying with the demo
         state["sim"] = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                        process_group=0, preexec_fn=_die_with_parent(signal.SIGTERM))
+                                        process_group=0, env=lifeline.child_env(signal.SIGTERM))
         state["t0"] = time.monotonic()
 
         def pump():

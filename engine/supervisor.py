@@ -20,9 +20,10 @@ itself to its core; the supervisor checks the affinity it reports), and then sup
   killed or failed, :data:`EXIT_UNSTORED` (3) when ticks or signals were kept in shared memory;
 - SIGHUP: re-read the config and, when it is valid, have the workers apply new rule thresholds.
 
-Children die with the supervisor: each is started with ``PR_SET_PDEATHSIG`` = SIGTERM, so after
-a kill -9 of the supervisor the workers stop and close their rings and the writer drains them
-and exits. The next start reclaims what a dead run left: it waits for such leftovers to finish,
+Children die with the supervisor: each sets ``PR_SET_PDEATHSIG`` = SIGTERM on itself at start
+(:mod:`tickwire.engine.lifeline`: no ``preexec_fn``, which can deadlock a fork from a process with
+threads), so after a kill -9 of the supervisor the workers stop and close their rings and the
+writer drains them and exits. The next start reclaims what a dead run left: it waits for such leftovers to finish,
 adopts a ring that still holds unstored ticks or signals (its writer stores them first) and
 replaces the others. It refuses to start (:class:`StartupError`, one line, exit status 2) while
 another daemon runs the same run, or while another process holds the embedded store: its own
@@ -36,7 +37,6 @@ At start it reports, as warnings, whether the workers' cores are isolated (``iso
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import dataclasses
 import fcntl
 import json
@@ -49,6 +49,7 @@ import time
 from pathlib import Path
 
 from tickwire.engine import config as configmod
+from tickwire.engine import lifeline
 from tickwire.engine.metrics import Collector
 from tickwire.engine.worker import (fresh_ring_names, new_ring_token, read_ring_names, ring_keys,
                                     settle_history_note, write_ring_names)
@@ -61,25 +62,10 @@ log = logging.getLogger("tickwire.supervisor")
 
 __all__ = ["Supervisor", "StartupError", "cpu_report", "run", "EXIT_UNSTORED"]
 
-_PR_SET_PDEATHSIG = 1
-_prctl = ctypes.CDLL(None, use_errno=True).prctl     # resolved here: the child only calls it
-
 
 class StartupError(RuntimeError):
     """The daemon cannot start (another daemon or process holds its store or rings): the
     message is one line; ``tickwire run`` exits with status 2."""
-
-
-def _die_with_parent(sig: int):
-    """A ``preexec_fn``: the child is sent ``sig`` when the supervisor dies, kill -9 included
-    (``prctl(PR_SET_PDEATHSIG)``; the setting survives exec)."""
-    parent = os.getpid()
-
-    def preexec():
-        _prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-        if os.getppid() != parent:                   # the supervisor died before the prctl took
-            os.kill(os.getpid(), sig)
-    return preexec
 
 
 def _pid_alive(pid: int) -> bool:
@@ -542,11 +528,10 @@ class Supervisor:
     # -- children -------------------------------------------------------------------------------
     async def _spawn(self, child: _Child) -> None:
         # SIGTERM at the supervisor's death: workers close their rings, the writer drains them
-        kw = {"preexec_fn": _die_with_parent(signal.SIGTERM)}
+        # (each child binds itself: no preexec_fn, which can hang a fork from this threaded process)
+        kw = {"env": lifeline.child_env(signal.SIGTERM, {**os.environ, **(child.env or {})})}
         if child is self.writer and self._store_lock is not None:
             kw["pass_fds"] = (self._store_lock,)
-        if child.env:
-            kw["env"] = {**os.environ, **child.env}
         child.proc = await asyncio.create_subprocess_exec(*child.argv, **kw)
         child.started = time.time()
         log.info("started %s (pid %d) for core %d", child.name, child.proc.pid, child.cpu)

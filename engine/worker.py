@@ -54,6 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from tickwire.engine import config as configmod
+from tickwire.engine import lifeline
 from tickwire.engine.latency import IntervalLogWriter
 from tickwire.engine.live import BookService, books_endpoint, worker_answer
 from tickwire.engine.metrics import LATENCY_BOUNDS_NS, latency_histogram
@@ -568,6 +569,7 @@ def main(argv=None) -> int:
     ap.add_argument("--worker", type=int, required=True, help="index into the config's workers")
     ap.add_argument("--run-dir", required=True)
     args = ap.parse_args(argv)
+    lifeline.bind_to_parent()                # SIGTERM when the supervisor dies (kill -9 included)
     cfg = configmod.load(args.config)
     w = cfg.workers[args.worker]
     logging.basicConfig(level=getattr(logging, cfg.log_level.upper()), filename=cfg.log_file or None,

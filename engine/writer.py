@@ -56,6 +56,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from tickwire.engine import lifeline
 from tickwire.ext.records import EVENT_DTYPE, SIGNAL_DTYPE
 
 log = logging.getLogger("tickwire.writer")
@@ -985,6 +986,7 @@ def main(argv=None) -> int:
                     help="JSON list of instrument definitions to record in the store's instruments table "
                          "(at every connection; replay reads them back)")
     args = ap.parse_args(argv)
+    lifeline.bind_to_parent()                # SIGTERM when the supervisor dies (kill -9 included)
     args.dsn = args.dsn or os.environ.get("TICKWIRE_STORE_DSN")
     if not args.dsn:
         ap.error("no store: give --dsn or set TICKWIRE_STORE_DSN")
