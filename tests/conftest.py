@@ -1,8 +1,12 @@
 """Shared fixtures: the real captures (skipped with a reason where ../shared is absent); a tiny
-tmpfs for a spill directory that fills up."""
+tmpfs for a spill directory that fills up; at the end, any process the tests left running is
+named and killed."""
 
 import os
+import signal
 import subprocess
+import sys
+import time
 
 import pytest
 from hypothesis import settings
@@ -85,3 +89,53 @@ def tiny_disk():
     yield mount
     for path in mounted:
         subprocess.run(["umount", "-l", str(path)])
+
+
+# -- processes the tests left running ------------------------------------------------------------
+# Every process the tests start inherits this marker. At the end of the run, any still running
+# (a test that did not stop what it started) is named and killed: left alone it may hold the
+# run's output open, and whatever reads it (CI) would wait for it.
+_SESSION_MARK = ("TICKWIRE_TEST_SESSION", f"{os.getpid()}-{time.time_ns()}")
+os.environ[_SESSION_MARK[0]] = _SESSION_MARK[1]
+
+
+def _left_running() -> list[tuple[int, str]]:
+    needle = f"{_SESSION_MARK[0]}={_SESSION_MARK[1]}".encode()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                if needle not in f.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{entry.name}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    continue
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:                                  # gone meanwhile, or not ours to read
+            continue
+        found.append((int(entry.name), cmd))
+    return found
+
+
+def pytest_sessionfinish(session, exitstatus):
+    left = _left_running()
+    if not left:
+        return
+    for pid, _ in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    lines = [f"the tests left {len(left)} process(es) running; killed:"]
+    lines += [f"  {pid} {cmd[:200]}" for pid, cmd in left]
+    if reporter is not None:
+        reporter.ensure_newline()
+    for line in lines:
+        if reporter is not None:
+            reporter.write_line(line, yellow=True)
+        else:
+            print(line, file=sys.stderr)

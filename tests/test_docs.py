@@ -215,6 +215,7 @@ _LONG = [ln for doc, ln in _doc_commands()
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)                 # benchmarks: beyond the default run's 600 s a test
 @pytest.mark.parametrize("line", _LONG)
 def test_long_documented_commands_run_as_written(line):
     """The documented commands that take minutes (benchmarks, the annotated rebuild, the

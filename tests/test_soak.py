@@ -21,9 +21,11 @@ from tickwire.engine.config import to_toml
 from test_daemon import (published_books, start_daemon, start_sim, status, stop_daemon, stored_ticks,
                          wait_for, write_config)
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
-
 SECONDS = float(os.environ.get("TICKWIRE_SOAK_SECONDS", 1800))
+
+# the suite's 600 s per test (pyproject.toml) is for the default run: a soak gets its length and
+# a margin for the set-up and the final checks
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(SECONDS + 1200)]
 RATE = 100_000
 
 
