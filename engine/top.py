@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["TopState", "HlogTail", "SignalTail", "fetch_books", "collect", "render", "run_top",
+__all__ = ["TopState", "HlogTail", "SignalTail", "Collector", "fetch_books", "render", "run_top",
            "add_parser", "cmd_top"]
 
 SPARK = "▁▂▃▄▅▆▇█"

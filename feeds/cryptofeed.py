@@ -37,7 +37,7 @@ import logging
 import signal
 import time
 from collections import Counter
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Iterable
 

@@ -34,7 +34,7 @@ import zmq
 
 from tickwire.engine.instruments import Instrument, make_books
 from tickwire.ext.codec import encode as encode_payload
-from tickwire.ext.records import EVENT_DTYPE, Flag, Kind, Side
+from tickwire.ext.records import EVENT_DTYPE, Flag, Kind
 from tickwire.feeds import wire
 from tickwire.feeds.curve import serve_curve
 from tickwire.feeds.wire import MsgType, RecoveryService, Retainer, books_snapshot

@@ -231,7 +231,7 @@ def cmd_replay(args) -> int:
 
 
 def _replay(args) -> int:
-    from tickwire.replay.run import EngineSpec, Replay
+    from tickwire.replay.run import EngineSpec
     from tickwire.replay.sources import ArraySource, CaptureSource, StoreSource
 
     given = [n for n in ("dsn", "capture", "npy") if getattr(args, n)]

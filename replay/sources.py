@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from tickwire.engine.instruments import Instrument
-from tickwire.ext.records import EVENT_DTYPE, Flag
+from tickwire.ext.records import EVENT_DTYPE
 
 __all__ = ["ReplayError", "ArraySource", "CaptureSource", "StoreSource", "merge_snapshots",
            "parse_time", "DEFAULT_CHUNK"]
