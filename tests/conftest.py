@@ -116,6 +116,8 @@ def _left_running() -> list[tuple[int, str]]:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
         except OSError:                                  # gone meanwhile, or not ours to read
             continue
+        if "multiprocessing.resource_tracker" in cmd or "multiprocessing.forkserver" in cmd:
+            continue                                     # Python's own helpers: they end with pytest
         found.append((int(entry.name), cmd))
     return found
 
@@ -133,7 +135,7 @@ def pytest_sessionfinish(session, exitstatus):
     lines = [f"the tests left {len(left)} process(es) running; killed:"]
     lines += [f"  {pid} {cmd[:200]}" for pid, cmd in left]
     if reporter is not None:
-        reporter.ensure_newline()
+        reporter.write("\n")
     for line in lines:
         if reporter is not None:
             reporter.write_line(line, yellow=True)
