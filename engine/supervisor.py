@@ -23,9 +23,9 @@ itself to its core; the supervisor checks the affinity it reports), and then sup
 Children die with the supervisor: each sets ``PR_SET_PDEATHSIG`` = SIGTERM on itself at start
 (:mod:`tickwire.engine.lifeline`: no ``preexec_fn``, which can deadlock a fork from a process with
 threads), so after a kill -9 of the supervisor the workers stop and close their rings and the
-writer drains them and exits. The next start reclaims what a dead run left: it waits for such leftovers to finish,
-adopts a ring that still holds unstored ticks or signals (its writer stores them first) and
-replaces the others. It refuses to start (:class:`StartupError`, one line, exit status 2) while
+writer drains them and exits. The next start reclaims what a dead run left: it waits for such
+leftovers to finish, adopts a ring that still holds unstored ticks or signals (its writer stores
+them first) and replaces the others. It refuses to start (:class:`StartupError`, one line, exit status 2) while
 another daemon runs the same run, or while another process holds the embedded store: its own
 lock (``<store>/tickwire.lock``, held by the supervisor and inherited by the writer) and chDB's
 (``<store>/status``) are checked before anything is spawned.

@@ -131,13 +131,10 @@ def pytest_sessionfinish(session, exitstatus):
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
+    text = "\n".join([f"the tests left {len(left)} process(es) running; killed:",
+                      *(f"  {pid} {cmd[:200]}" for pid, cmd in left)])
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    lines = [f"the tests left {len(left)} process(es) running; killed:"]
-    lines += [f"  {pid} {cmd[:200]}" for pid, cmd in left]
     if reporter is not None:
-        reporter.write("\n")
-    for line in lines:
-        if reporter is not None:
-            reporter.write_line(line, yellow=True)
-        else:
-            print(line, file=sys.stderr)
+        reporter.write("\n" + text + "\n", yellow=True)
+    else:
+        print(text, file=sys.stderr)

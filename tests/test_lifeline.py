@@ -10,6 +10,7 @@ import time
 import pytest
 
 from tickwire.engine import lifeline
+from tickwire.engine.supervisor import _pid_alive
 
 PY = sys.executable
 
@@ -22,15 +23,11 @@ CHILD = ("import os, sys, time\n"
 
 def _gone(pid, timeout=10.0):
     end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            return True
-        if state in ("Z", "X"):
-            return True
+    while _pid_alive(pid):
+        if time.monotonic() > end:
+            return False
         time.sleep(0.05)
-    return False
+    return True
 
 
 def test_a_bound_child_gets_sigterm_when_its_parent_is_killed_with_sigkill():
