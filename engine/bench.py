@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing as mp
 import os
 import shutil
@@ -1324,9 +1325,14 @@ def cmd_bench(args) -> int:
         print("tickwire bench: --target daemon needs --config FILE", file=sys.stderr)
         return 2
     for k in ("duration", "warmup", "drain"):
-        if getattr(args, k) < 0 or (k == "duration" and args.duration <= 0):
-            print(f"tickwire bench: --{k} must be {'> 0' if k == 'duration' else '>= 0'} seconds", file=sys.stderr)
+        v = getattr(args, k)
+        if not (0 < v < math.inf if k == "duration" else 0 <= v < math.inf):
+            print(f"tickwire bench: --{k} must be {'> 0' if k == 'duration' else '>= 0'} seconds, got {v}",
+                  file=sys.stderr)
             return 2
+    if args.p99_threshold is not None and not 0 < args.p99_threshold < math.inf:
+        print(f"tickwire bench: --p99-threshold must be > 0 us, got {args.p99_threshold}", file=sys.stderr)
+        return 2
     if not 1 <= args.repeat <= 100:
         print(f"tickwire bench: --repeat must be 1..100 runs, got {args.repeat}", file=sys.stderr)
         return 2
@@ -1352,6 +1358,14 @@ def cmd_bench(args) -> int:
               f"({whose}; a larger message is refused whole), got {args.batch}", file=sys.stderr)
         return 2
     os.umask(0o077)
+    try:                                      # before minutes of measuring, not after
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        probe = Path(args.out) / f".tickwire-bench-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        print(f"tickwire bench: --out {args.out}: cannot write there ({exc.strerror or exc})", file=sys.stderr)
+        return 2
     try:
         run_bench(args)
     except (CoreError, NoSignals) as exc:

@@ -156,6 +156,9 @@ def cmd_demo(args) -> int:
 def cmd_run(args) -> int:
     from tickwire.engine.supervisor import run
 
+    if args.duration is not None and not 0 < args.duration < float("inf"):
+        print(f"tickwire run: --duration: expected a positive number of seconds, got {args.duration}", file=sys.stderr)
+        return 2
     _private_files()
     return run(args.config, args.duration)
 

@@ -263,6 +263,21 @@ def test_bad_arguments_are_named(capsys):
     for batch in ("5000", "-1"):             # over the receivers' 4,096 a message: every message refused
         assert cli_main(["bench", "--batch", batch]) == 2
         assert "--batch must be 0" in capsys.readouterr().err
+    # not numbers of seconds (argparse's float takes nan and inf): refused, not a traceback mid-run
+    for opt, value in (("--duration", "nan"), ("--duration", "inf"), ("--warmup", "nan"), ("--drain", "inf"),
+                       ("--p99-threshold", "-3"), ("--p99-threshold", "nan")):
+        assert cli_main(["bench", opt, value]) == 2
+        assert f"{opt} must be" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["/proc/x", "{tmp}/afile", "{tmp}/afile/sub"])
+def test_an_output_directory_that_cannot_be_written_is_refused_before_measuring(tmp_path, capsys, where):
+    (tmp_path / "afile").write_text("")
+    out = where.format(tmp=tmp_path)
+    t0 = time.monotonic()
+    assert cli_main(["bench", "--out", out]) == 2
+    assert f"--out {out}: cannot write there" in capsys.readouterr().err
+    assert time.monotonic() - t0 < 5                 # refused up front, not after the run
 
 
 def test_a_rate_with_no_signal_fails_instead_of_reporting_zero_latency(tmp_path, monkeypatch, capsys):

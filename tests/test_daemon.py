@@ -844,3 +844,32 @@ def test_a_ring_held_by_a_stopped_worker_of_a_dead_daemon_is_refused_naming_that
     finally:
         if worker:
             os.kill(worker, signal.SIGKILL)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 or 1 not in os.sched_getaffinity(0), reason="needs cores 0 and 1")
+def test_the_pinning_check_waits_for_a_worker_that_pins_itself_late_and_names_one_that_never_does(caplog):
+    """A worker pins itself once its imports are done, seconds after its start on a loaded machine:
+    the supervisor's check must not call it unpinned before then, and must name one that never pins."""
+    import asyncio
+    import logging
+    from types import SimpleNamespace
+
+    from tickwire.engine.supervisor import Supervisor
+
+    late = subprocess.Popen([sys.executable, "-c", "import os, time; time.sleep(1.5); "
+                             "os.sched_setaffinity(0, {1}); time.sleep(60)"])
+    never = subprocess.Popen([sys.executable, "-c", "import os, time; os.sched_setaffinity(0, {0}); time.sleep(60)"])
+    try:
+        sup = Supervisor.__new__(Supervisor)
+        sup.stopping = False
+        sup.workers = [SimpleNamespace(name="late", cpu=1, proc=late), SimpleNamespace(name="never", cpu=1, proc=never)]
+        with caplog.at_level(logging.INFO, logger="tickwire.supervisor"):
+            asyncio.run(sup._check_pinning(within=4.0))
+        lines = [r.getMessage() for r in caplog.records]
+        assert "late pinned to core 1" in lines, lines
+        assert not any(line.startswith("late is not pinned") for line in lines), lines
+        assert any(line.startswith("never is not pinned to core 1 after 4 s (affinity [0])") for line in lines), lines
+    finally:
+        for p in (late, never):
+            p.kill()
+            p.wait()

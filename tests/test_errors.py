@@ -208,6 +208,14 @@ def test_demo_wire_seconds_must_not_be_negative(tmp_path):
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.parametrize("duration", ["nan", "inf", "-5", "0"])
+def test_run_refuses_a_duration_that_is_not_a_positive_number_of_seconds(tmp_path, duration):
+    # before: nan was a traceback from the event loop, -5 started the daemon and stopped it at once
+    one_line(tickwire("run", "--config", Path(__file__).parents[1] / "engine" / "tickwire.example.toml",
+                      f"--duration={duration}"),
+             f"tickwire run: --duration: expected a positive number of seconds, got {float(duration)}")
+
+
 @pytest.mark.parametrize("data_dir", ["/proc/x", "{tmp}/afile", "{tmp}/afile/sub"])
 def test_demo_data_dir_that_cannot_be_made(tmp_path, data_dir):
     _demo_lock_free()
