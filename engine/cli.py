@@ -265,6 +265,9 @@ def cmd_books(args) -> int:
     if not 0 <= args.depth <= 10_000:
         print(f"tickwire books: --depth: expected 0..10000, got {args.depth}", file=sys.stderr)
         return 2
+    if not 0 < args.timeout <= 3600:
+        print(f"tickwire books: --timeout: expected seconds from 0 to 3600, got {args.timeout}", file=sys.stderr)
+        return 2
     try:
         books = request_books(Path(cfg.state_dir) / cfg.run, ids, args.depth, timeout=args.timeout)
     except DaemonNotRunning as exc:

@@ -116,6 +116,10 @@ def test_no_daemon_says_so_and_how_to_start_one(tmp_path):
     out = subprocess.run([PY, "-m", "tickwire", "books", "--config", str(cfg), "-i", "NOPE"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "'NOPE' is not an instrument" in out.stderr
+    for timeout in ("nan", "0", "-1"):
+        out = subprocess.run([PY, "-m", "tickwire", "books", "--config", str(cfg), f"--timeout={timeout}"],
+                             capture_output=True, text=True)
+        assert out.returncode == 2 and "--timeout: expected seconds from 0 to 3600" in out.stderr, out.stderr
 
 
 def test_a_client_that_never_reads_costs_the_engine_nothing(tmp_path, stream):
