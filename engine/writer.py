@@ -20,7 +20,9 @@ store or written to a local spill file, and only then does the writer advance th
   the ring (the engine sees back-pressure, not loss) and is tried again. At shutdown the writer
   gives up on it after one more round and exits with :data:`EXIT_UNSTORED`: the ticks stay in
   the ring, which the daemon keeps for its next start.
-- **SIGTERM.** The writer reads everything the producer published, writes it, and exits 0.
+- **SIGTERM.** The writer reads everything the producer published, writes it, and exits 0. A
+  producer still alive with its ring open gets up to :data:`STOP_GRACE` seconds to push its last
+  records and close it first (a SIGTERM to the whole process group reaches both at once).
 
 Signals (:class:`SignalWriter`) follow the same discipline on the broadcast signal rings, with a
 durable position of their own, so that a restarted writer stores every signal exactly once and
@@ -71,6 +73,11 @@ EXIT_UNSTORED = 3
 #: Uncommitted share of a tick ring above which a batch whose insert is still running is spilled
 #: instead (the insert goes on; its result is no longer waited for).
 SPILL_ABOVE = 0.5
+#: Asked to stop while the producer still holds its ring open: how long the writer keeps reading
+#: for the producer's last records and its close.  A SIGTERM sent to the whole process group
+#: (Ctrl-C at a terminal, systemd's default KillMode) reaches the workers and the writer at once,
+#: and a worker's last batch can land after the writer has read the ring empty.
+STOP_GRACE = 2.0
 
 
 class SpillError(OSError):
@@ -592,10 +599,13 @@ class TickWriter:
         self._poll(now)
         self._settle(now)
         stopping = self._stop.is_set()
+        # stopped, but a live producer may still push its last records and close: wait for that
+        lingering = stopping and now - self._drain_since < STOP_GRACE and not self.source.producer_closed \
+            and getattr(self.source, "producer_alive", False)
         n = self._n
         k = 0
         if n < self.batch_rows:
-            busy = self._task is not None or self._held is not None
+            busy = self._task is not None or self._held is not None or lingering
             k = self.source.peek_many(self._buf[n:], timeout=min(wait, 0.01) if busy else (0 if stopping else wait))
         elif self._held is not None:
             time.sleep(min(wait, 0.01))                # a full batch waits for the one before it
@@ -618,8 +628,8 @@ class TickWriter:
         if self.gave_up:
             self.write_status()
             return False
-        if (stopping or closed) and n == 0 and self._held is None and self._task is None and self.source.size == 0 \
-                and self._replayed_all():
+        if (stopping or closed) and not (lingering and not closed) and n == 0 and self._held is None \
+                and self._task is None and self.source.size == 0 and self._replayed_all():
             self.write_status()
             return False
         if n and self.nap and self._held is None and not (stopping or closed):
@@ -917,8 +927,9 @@ class WriterService:
         wait = 0.05 / max(len(active), 1)
         while active or signals:
             active = [w for w in active if w.step(wait)]
-            # signals drain once the ticks are done (the workers closed their rings) or at a stop
-            draining = not active or self._stop.is_set()
+            # signals drain once the ticks are done: the workers closed their rings, or a stop was
+            # asked and the tick writers gave the workers STOP_GRACE to push their last records
+            draining = not active
             signals = [s for s in signals if s.step(draining)]
             if not active and signals:
                 time.sleep(0.01)

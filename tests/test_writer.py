@@ -500,6 +500,32 @@ def test_signals_stored_exactly_once_across_writer_kills_and_lapping_counted_exa
     assert set(seqs.tolist()) == set(range(pushed)) - set(missed)
 
 
+def test_sigterm_to_the_whole_group_stores_what_a_live_producer_pushes_before_it_closes(tmp_path):
+    """Ctrl-C or systemd's SIGTERM reach the workers and the writer at once: a worker's last batch
+    and its last signals can land after the writer read its rings empty.  The writer waits for
+    the live producer's close (up to STOP_GRACE) and stores them too, instead of leaving the
+    ticks in the ring and missing the signals."""
+    ticks, sigs, dsn = ring_name(), ring_name(), f"chdb://{tmp_path}/store"
+    ev = l2_updates(6000, seed=7)
+    with Ring.create(ticks, EVENT_DTYPE, 1 << 14) as ring, Ring.create(sigs, SIGNAL_DTYPE, 1 << 12, "broadcast") as sring:
+        w = start_writer(ticks, dsn, tmp_path / "state", "--batch-rows", "100000", "--batch-seconds", "0.2",
+                         "--signal-ring", sigs, "--signal-seconds", "0.2", "--run", "r")
+        ring.push_many(ev[:4000])
+        sring.push_many(signals(0, 100))
+        assert wait_for(lambda: ring.consumer_alive and ring.size == 0, 30)
+        w.send_signal(signal.SIGTERM)                     # the writer first ...
+        time.sleep(0.5)
+        assert w.poll() is None, "the writer left while its producer was alive with the ring open"
+        ring.push_many(ev[4000:])                         # ... then the worker's last batch and signals
+        sring.push_many(signals(100, 150))
+        ring.close()                                      # and its end of stream
+        sring.close()
+        out, _ = w.communicate(timeout=60)
+    assert w.returncode == 0, out.decode()[-2000:]
+    assert_exactly_once(dsn, ev)
+    assert sorted(stored_signal_seqs(dsn, "r").tolist()) == list(range(150))
+
+
 def test_full_spill_and_unreachable_store_at_stop_leave_the_ticks_in_the_ring(tmp_path, tiny_disk):
     """Store unreachable and a spill directory that fills after ~16k ticks: at SIGTERM the writer
     says which directory is full and why (errno), exits 3, and leaves what it could not make
