@@ -1371,6 +1371,12 @@ def cmd_bench(args) -> int:
     except (CoreError, NoSignals) as exc:
         print(f"tickwire bench: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        done = Path(args.out) / "summary.json"
+        print(f"\ntickwire bench: interrupted; "
+              f"{'the rates finished before it are in ' + str(done) if done.exists() else 'no rate had finished'}",
+              file=sys.stderr)
+        return 130
     return 0
 
 

@@ -420,3 +420,44 @@ def test_bench_against_the_real_daemon(tmp_path):
     assert lat["wire_to_signal"]["count"] <= run["signals"]
     assert lat["wire_to_signal"]["p50"] >= lat["engine"]["p50"]
     assert "target daemon" in r.stdout
+
+
+@pytest.mark.integration
+def test_ctrl_c_stops_the_bench_with_one_line_and_nothing_left_running(tmp_path):
+    """SIGINT mid-sweep: exit 130 with one line saying what was kept (the rates finished before
+    it), no traceback, and no publisher, worker or consumer process left behind."""
+    import signal
+    import subprocess
+
+    out = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "-m", "tickwire", "bench", "--source", "synthetic", "--rate", "20k,20k",
+                          "--duration", "1", "--warmup", "0.3", "--drain", "0.3", "--no-baseline", "--no-plots",
+                          "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.monotonic() + 180
+        while not (out / "summary.json").exists() and p.poll() is None and time.monotonic() < end:
+            time.sleep(0.1)                           # the first rate is done: the second is running
+        assert p.poll() is None, p.communicate()
+        time.sleep(1.0)
+        kids = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+        p.send_signal(signal.SIGINT)
+        stdout, stderr = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and f"interrupted; the rates finished before it are in {out}" in stderr, stderr
+    assert len(json.loads((out / "summary.json").read_text())["runs"]) == 1
+    def running(pid):                                 # (a zombie waits for init to reap it: it runs nothing)
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+            with open(f"/proc/{pid}/cmdline") as f:
+                return state != "Z" and "resource_tracker" not in f.read()
+        except FileNotFoundError:
+            return False
+
+    end = time.monotonic() + 10
+    while any(running(k) for k in kids) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert not any(running(k) for k in kids), [k for k in kids if running(k)]
