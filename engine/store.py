@@ -268,6 +268,7 @@ def _arrow_table(arr: np.ndarray, columns: Sequence[str], extra: dict):
 #: already is int64 ns, and converting it would cost the engine time per row).
 _READ_COLUMNS = _select(TICK_COLUMNS) + ", epoch, ord"
 _READ_COLUMNS_NATIVE = ", ".join(TICK_COLUMNS) + ", epoch, ord"
+_READ_FIELDS = list(TICK_COLUMNS) + ["epoch", "ord"]
 _READ_TYPES = ["Int64", "Int64", "UInt64", "UInt64", "Int64", "Int64", "UInt32", "UInt16", "UInt8", "UInt8",
                "UInt32", "UInt64", "UInt64"]
 _NATIVE_DTYPES = {"Int64": np.dtype("<i8"), "UInt64": np.dtype("<u8"), "UInt32": np.dtype("<u4"),
@@ -374,10 +375,11 @@ class _Window:
     does both (the merge in C, without the GIL) on whichever thread calls it: a replay calls it
     on the engine's thread, so that the reading thread does only the store's part."""
 
-    __slots__ = ("blocks", "held")
+    __slots__ = ("blocks", "held", "one_run")
 
-    def __init__(self, blocks, held):
+    def __init__(self, blocks, held, one_run=False):
         self.blocks, self.held = blocks, held          # held: what the blocks' memory belongs to
+        self.one_run = one_run                         # already in the total order (a dense instant's page)
 
     def __len__(self) -> int:
         return sum(len(blk[0]) for blk in self.blocks)
@@ -392,7 +394,8 @@ class _Window:
         # A single block is not copied: its columns view the store's memory, which chDB's views
         # do not keep alive (memoryview.obj is None): ``held`` must outlive the merge. Released
         # before it, the merge once read freed memory (a stored event came back with kind 0).
-        out = merge_events(*cols, run_bounds(cols[6]),             # one run per instrument
+        bounds = np.array([0, len(cols[0])], np.int64) if self.one_run else run_bounds(cols[6])  # one run per instrument
+        out = merge_events(*cols, bounds,
                            out=pool.take(len(cols[0]), EVENT_DTYPE) if pool is not None else None)
         self.blocks = self.held = None
         return out
@@ -718,7 +721,9 @@ class Store:
         A window holds about ``chunk_rows`` rows (its width adapts to the density met so far)
         and never more than :data:`WINDOW_CAP` times that: a window that would is split, so
         memory stays flat whatever the range. Every row of one ``ts_event`` falls in one window,
-        so the merge of each window, one after the other, is the total order."""
+        so the merge of each window, one after the other, is the total order; a single
+        ``ts_event`` with more rows than the cap (a feed without exchange times stamps a whole
+        burst alike) is read in pages of its own (:meth:`_read_instant`)."""
         where = self._where(instruments, start_ns, end_ns)
         lo, hi, total = self.client.query(
             f"SELECT toUnixTimestamp64Nano(min(ts_event)), toUnixTimestamp64Nano(max(ts_event)), count() "
@@ -744,6 +749,11 @@ class Store:
                 if rows > cap and end - t > 1:             # too dense: split the window
                     width = max(1, (end - t) // 4)
                     continue
+                if rows > cap:                             # one instant holds more: its pages
+                    del blocks, result
+                    yield from self._read_instant(table, where, t, cap, fetch, columns, block)
+                    t = end
+                    continue
                 if rows:
                     window = _Window(blocks, result)
                     del blocks, result                     # the window alone holds them: memory stays flat
@@ -756,6 +766,32 @@ class Store:
                     width = max(1, width // 2)
         finally:
             self._close_reader()
+
+    def _read_instant(self, table, where, t, cap, fetch, columns, block) -> Iterator["_Window"]:
+        """Every row whose ``ts_event`` is ``t``, when there are more than ``cap``: pages of at
+        most ``cap`` rows sorted by ClickHouse in the total order (``seq, epoch, ord`` within
+        the instant), each a window of one sorted run, the next page starting after the last
+        row's keys (``(epoch, ord)`` is unique, so no row is read twice or skipped)."""
+        iseq, iepoch, iord = (_READ_FIELDS.index(k) for k in ("seq", "epoch", "ord"))
+        after = ""
+        while True:
+            q = (f"SELECT {columns} FROM {self.database}.{table} WHERE {where} "
+                 f"AND ts_event = fromUnixTimestamp64Nano(toInt64({t})) {after}"
+                 f"ORDER BY seq, epoch, ord LIMIT {cap} "
+                 f"SETTINGS max_block_size = {block}, preferred_block_size_bytes = {block * 128}")
+            blocks, result = fetch(q)
+            rows = sum(len(blk[0]) for blk in blocks)
+            if not rows:
+                return
+            last = next(blk for blk in reversed(blocks) if len(blk[0]))
+            after = (f"AND (seq, epoch, ord) > (toUInt64({int(last[iseq][-1])}), toUInt64({int(last[iepoch][-1])}), "
+                     f"toUInt64({int(last[iord][-1])})) ")
+            window = _Window(blocks, result, one_run=True)
+            del blocks, result, last
+            yield window
+            del window
+            if rows < cap:
+                return
 
     def _fetch_native(self, q):
         """One window through a chDB handle of our own, in ClickHouse's Native (columnar) format,
