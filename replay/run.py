@@ -226,7 +226,8 @@ class Replay:
                             origin = (clock, now)
                         due = origin[1] + int((clock - origin[0]) / speed)
                         if due > now:
-                            _sleep_until(due, sink)
+                            if not _sleep_until(due, sink, lambda: self.stop):
+                                break                  # stopped while waiting for this batch's time
                             now = time.perf_counter_ns()
                         lateness.record(max(now - due, 0))
                     if sink is not None:
@@ -252,6 +253,9 @@ class Replay:
                             self.on_batch(ev, sig)
                     if self.stop:
                         break
+                    if speed is not None and progress is not None:    # paced: a chunk can take long
+                        res.seconds = time.perf_counter() - t_start
+                        progress(res.events, res)
                 if progress is not None:
                     res.seconds = time.perf_counter() - t_start
                     progress(res.events, res)
@@ -267,13 +271,23 @@ class Replay:
         return res
 
 
-def _sleep_until(due_ns: int, sink=None) -> None:
+def _sleep_until(due_ns: int, sink=None, stopped=None) -> bool:
     """Wait until ``due_ns`` (perf_counter_ns) as the simulator paces its sends (sleep, then spin
     the last tens of microseconds: :func:`tickwire.feeds.simulator.pace_until`); a sink is served
-    (recovery requests, heartbeats) at least every 10 ms meanwhile."""
-    if sink is not None:
-        while due_ns - time.perf_counter_ns() > 10_000_000:
+    (recovery requests, heartbeats) at least every 10 ms meanwhile. A long wait (a gap in the
+    recorded times, a slow ``--speed``) sleeps in slices of at most 50 ms and returns False as
+    soon as ``stopped()`` is true (SIGINT or SIGTERM: their handlers only set a flag, and a
+    single long sleep would outlast them); True once ``due_ns`` is reached."""
+    while True:
+        left = due_ns - time.perf_counter_ns()
+        if stopped is not None and stopped():
+            return False
+        if left <= 10_000_000:
+            break
+        if sink is not None:
             sink.serve()
-            time.sleep(0.01)
+        time.sleep(min(left - 10_000_000, 10_000_000 if sink is not None else 50_000_000) / 1e9)
+    if sink is not None:
         sink.serve()
     pace_until(due_ns)
+    return True

@@ -379,6 +379,33 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_was_replayed(tmp_path, market):
     assert np.load(tmp_path / "sig.npy").dtype == SIGNAL_DTYPE
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_during_a_long_wait_for_the_next_event_ends_the_replay_at_once(tmp_path, market, sig):
+    """A gap of an hour in the recorded times, replayed at x1: a SIGINT or SIGTERM during the
+    wait stops the replay within a second or so (exit 130, signals kept), where one long sleep
+    used to outlast the handler's flag until only SIGKILL would do."""
+    ev, _ = market
+    ev = ev[:3000].copy()
+    ev["ts_event"][1500:] += 3600 * 10**9
+    np.save(tmp_path / "gap.npy", ev)
+    p = subprocess.Popen([PY, "-m", "tickwire", "replay", "--npy", str(tmp_path / "gap.npy"), "--speed", "1",
+                          "--signals", str(tmp_path / "sig.npy")], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(4)
+        t0 = time.monotonic()
+        p.send_signal(sig)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, err
+    assert time.monotonic() - t0 < 5
+    assert "interrupted after 1,500 " in out, out
+    assert np.load(tmp_path / "sig.npy").dtype == SIGNAL_DTYPE
+    assert not (tmp_path / "sig.npy.tmp").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     ((), "give one source: --dsn, --capture or --npy"),
     (("--npy", "x.npy", "--capture", "kraken"), "give one source, not --capture and --npy"),
