@@ -24,7 +24,7 @@ from tickwire.engine.pipeline import RULE_KINDS, RuleConfig, StatsConfig
 from tickwire.feeds.wire import MAX_MESSAGE_EVENTS
 
 __all__ = ["ConfigError", "Config", "FeedConfig", "WorkerConfig", "StoreConfig", "RingConfig",
-           "MetricsConfig", "load", "from_dict", "to_toml", "restart_keys", "EXAMPLE_PATH"]
+           "MetricsConfig", "load", "read_raw", "from_dict", "to_toml", "restart_keys", "EXAMPLE_PATH"]
 
 EXAMPLE_PATH = Path(__file__).with_name("tickwire.example.toml")
 
@@ -656,6 +656,13 @@ def restart_keys(old: Config, new: Config) -> list[str]:
 
 def load(path) -> Config:
     """Read and validate a TOML configuration file."""
+    raw, base_dir = read_raw(path)
+    return from_dict(raw, base_dir=base_dir)
+
+
+def read_raw(path) -> tuple[dict, Path]:
+    """The TOML mapping of a configuration file and the folder its relative paths resolve from
+    (not validated: :func:`from_dict` does that)."""
     path = Path(path).expanduser().absolute()      # relative paths inside resolve from its folder
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -670,7 +677,7 @@ def load(path) -> Config:
         raise ConfigError(f"config error: {path}: cannot read it: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config error: {path}: not valid TOML: {exc}") from None
-    return from_dict(raw, base_dir=path.parent)
+    return raw, path.parent
 
 
 def _toml_value(v) -> str:

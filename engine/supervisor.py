@@ -37,6 +37,7 @@ At start it reports, as warnings, whether the workers' cores are isolated (``iso
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import fcntl
 import json
@@ -228,14 +229,22 @@ class Supervisor:
     ----------
     cfg : Config
     config_path : path
-        The file ``cfg`` came from (workers read it; SIGHUP re-reads it).
+        The file ``cfg`` came from (SIGHUP re-reads it). Workers are started, and restarted,
+        with the configuration as the supervisor holds it (``run_dir/config.json``: the file as
+        it was read at start, with the thresholds a SIGHUP applied), never with later edits.
+    raw : (dict, Path), optional
+        The file's TOML mapping and the folder its relative paths resolve from, as ``cfg`` was
+        made from them (default: read ``config_path`` again).
     run_dir : path, optional
         Status files, HDR logs and the writer's state (default ``<state_dir>/<run>``).
     """
 
-    def __init__(self, cfg, config_path, run_dir=None, *, shutdown_timeout: float = 20.0, restart_delay: float = 0.5):
+    def __init__(self, cfg, config_path, run_dir=None, *, shutdown_timeout: float = 20.0, restart_delay: float = 0.5,
+                 raw=None):
         self.cfg = cfg
         self.config_path = str(config_path)
+        self._raw, self._base_dir = raw if raw is not None else configmod.read_raw(config_path)
+        self._raw = copy.deepcopy(self._raw)
         self.run_dir = Path(run_dir or cfg.state_dir / cfg.run)
         self.shutdown_timeout = shutdown_timeout
         self.restart_delay = restart_delay
@@ -505,9 +514,26 @@ class Supervisor:
             kt, ks = ring_keys(cfg, i)
             argv += ["--ring", f"{kt}={t}", "--signal-ring", f"{ks}={s}"]
         self.writer = _Child("writer", argv, cfg.store.writer_cpu, env=secrets) if cfg.store.enabled else None
+        self._freeze_config()
         for i, w in enumerate(cfg.workers):
             self.workers.append(_Child(w.name, self._python("tickwire.engine.worker", "--config", self.config_path,
+                                                             "--frozen", self.run_dir / "config.json",
                                                              "--worker", i, "--run-dir", self.run_dir), w.cpu))
+
+    def _freeze_config(self) -> None:
+        """Write the configuration as the supervisor holds it for the workers (and their
+        restarts): an edit of the file after the start reaches no process but through SIGHUP,
+        which applies only the rule thresholds, as docs/config.md says."""
+        rules = self._raw.get("rules")
+        if isinstance(rules, list):
+            for item, rule in zip(rules, self.cfg.rules):
+                if isinstance(item, dict):
+                    item["enter"], item["exit"] = rule.enter, rule.exit
+        tmp = self.run_dir / "config.json.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)   # it may hold the store's password
+        with os.fdopen(fd, "w") as f:
+            json.dump({"raw": self._raw, "base_dir": str(self._base_dir)}, f, default=str)
+        os.replace(tmp, self.run_dir / "config.json")
 
     def _start_metrics(self) -> None:
         from prometheus_client import CollectorRegistry, start_http_server
@@ -623,6 +649,7 @@ class Supervisor:
         # only the thresholds change: the rest stays as the running processes have it
         self.cfg = dataclasses.replace(self.cfg, rules=tuple(
             dataclasses.replace(old, enter=r.enter, exit=r.exit) for old, r in zip(self.cfg.rules, new.rules)))
+        self._freeze_config()                          # a worker restarted from now on gets them too
         self.reloads += 1
         for child in self.workers:
             if child.proc and child.proc.returncode is None:
@@ -823,7 +850,8 @@ def run(config_path, duration=None) -> int:
     """``tickwire run``: load the config, run the supervisor on uvloop until stopped."""
     import uvloop
 
-    cfg = configmod.load(config_path)
+    raw = configmod.read_raw(config_path)
+    cfg = configmod.from_dict(copy.deepcopy(raw[0]), base_dir=raw[1])
     if cfg.log_file:
         try:
             open(cfg.log_file, "a").close()
@@ -834,7 +862,7 @@ def run(config_path, duration=None) -> int:
     logging.basicConfig(level=getattr(logging, cfg.log_level.upper()), filename=cfg.log_file or None,
                         format="%(asctime)s supervisor %(levelname)s %(message)s")
     os.sched_setaffinity(0, {cfg.supervisor_cpu})
-    sup = Supervisor(cfg, config_path, shutdown_timeout=cfg.shutdown_timeout_s)
+    sup = Supervisor(cfg, config_path, shutdown_timeout=cfg.shutdown_timeout_s, raw=raw)
     try:
         return uvloop.run(sup.run(duration))
     except StartupError as exc:

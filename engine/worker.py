@@ -568,9 +568,16 @@ def main(argv=None) -> int:
     ap.add_argument("--config", required=True)
     ap.add_argument("--worker", type=int, required=True, help="index into the config's workers")
     ap.add_argument("--run-dir", required=True)
+    ap.add_argument("--frozen", default=None, metavar="JSON",
+                    help="the configuration as the supervisor holds it (its config.json), in place of --config's "
+                         "file as it is now (SIGHUP still re-reads that file for the rule thresholds)")
     args = ap.parse_args(argv)
     lifeline.bind_to_parent()                # SIGTERM when the supervisor dies (kill -9 included)
-    cfg = configmod.load(args.config)
+    if args.frozen:
+        frozen = json.loads(Path(args.frozen).read_text())
+        cfg = configmod.from_dict(frozen["raw"], base_dir=Path(frozen["base_dir"]))
+    else:
+        cfg = configmod.load(args.config)
     w = cfg.workers[args.worker]
     logging.basicConfig(level=getattr(logging, cfg.log_level.upper()), filename=cfg.log_file or None,
                         format=f"%(asctime)s {w.name} %(levelname)s %(message)s")
