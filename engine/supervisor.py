@@ -727,6 +727,7 @@ class Supervisor:
         """Unlink the rings whose contents are stored (or spilled), keep the others for the next
         start, and say which on one line; returns the records kept."""
         self.kept = []
+        notes = {id(r): self.run_dir / f"feed-{w.name}.json" for r, w in zip(self.tick_rings, self.cfg.workers)}
         for ring, kind in [(r, "ticks") for r in self.tick_rings] + [(r, "signals") for r in self.signal_rings]:
             left = self._unstored(ring, kind) if self.writer is not None else 0
             name = ring.name.lstrip("/")
@@ -734,6 +735,11 @@ class Supervisor:
                 self.kept.append((name, left, kind))
                 _keep(ring)
             else:
+                if kind == "ticks" and self.writer is not None:
+                    # the worker's history note, up to what the ring held: a worker killed (or
+                    # stopped) between two notes left it behind, and the next start would ask the
+                    # publisher again for ticks already stored
+                    settle_history_note(notes[id(ring)], ring)
                 _drop(ring)
         for ring in self.rings:
             if not ring.closed:

@@ -853,6 +853,63 @@ def test_a_stale_history_note_of_a_replaced_ring_does_not_bring_ticks_again(tmp_
     assert "replacing ring" in text and "brought up to the ticks its replaced ring held" in text
 
 
+def test_a_stale_history_note_of_a_ring_released_at_shutdown_does_not_bring_ticks_again(tmp_path, rings_of):
+    """The same stale note, met at a shutdown instead of a start: a worker killed or stopped
+    between two notes, then SIGTERM. Its tick ring holds nothing left to store, so the shutdown
+    unlinks it; before it does, the note must be brought up to what the ring held, or the next
+    start asks the publisher again for ticks already stored (1,152 duplicates in a reviewer's
+    run: kill -9 of the worker, SIGTERM at once, start again while the publisher goes on)."""
+    from tickwire.ext import EVENT_DTYPE, Flag
+    from tickwire.ext.ring import Ring
+
+    rings_of("relstale")
+    cfg_path, raw = write_config(tmp_path, "relstale", daemon={"shutdown_timeout_s": 4})
+    run_dir = tmp_path / "state" / "relstale"
+    n = 1_000_000
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    sim = None
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"] and writer_ready(run_dir))
+        sim = start_sim(raw, n, 100_000)
+        worker = status(run_dir)["pid"]
+        assert wait_for(lambda: status(run_dir)["feed"]["events"] > 150_000, 60)
+        os.kill(worker, signal.SIGSTOP)                   # no more ticks into the ring, no more notes
+        ticks = Ring.attach(ring_names(run_dir)[0], EVENT_DTYPE, role="none")
+        wstat = run_dir / "writer" / "tickwire-relstale-ticks-0" / "status.json"
+        assert wait_for(lambda: json.loads(wstat.read_text())["rows_written"] >= ticks.head, 30)   # all stored
+        note_path = run_dir / "feed-w0.json"
+        note = json.loads(note_path.read_text())
+        back = int(note["ring_position"]) - 3000          # the note as it stood 3,000 ticks earlier
+        _, held = ticks.recent(0)
+        market = held[:back][(held[:back]["flags"] & int(Flag.SNAPSHOT)) == 0]
+        chans = {c: [p[0], int(market["seq"][market["channel"] == int(c)].max()) + 1]
+                 for c, p in note["channels"].items()}
+        note_path.write_text(json.dumps({**note, "ring_position": back, "channels": chans}))
+        ticks.close()
+    finally:
+        rc, _ = stop_daemon(daemon, log)                  # the stopped worker is killed at the bound
+    assert rc == 1, (tmp_path / "daemon.log").read_text()[-3000:]
+    assert "stopped: every tick and signal stored" in (tmp_path / "daemon.log").read_text()
+    assert "brought up to the ticks its replaced ring held" in (tmp_path / "daemon.log").read_text()
+    daemon, log = start_daemon(cfg_path, tmp_path, "daemon2")
+    try:
+        out, _ = sim.communicate(timeout=180)
+        assert sim.returncode == 0, out
+        seen = []
+
+        def settled():                                    # every channel live, and nothing more arriving
+            ev = status(run_dir)["feed"]["events"]
+            seen.append(ev)
+            return (len(seen) > 15 and seen[-15] == ev
+                    and all(c["state"] == "live" for c in status(run_dir)["channels"].values()))
+        assert wait_for(settled, 60)
+    finally:
+        rc, _ = stop_daemon(daemon, log)
+    text = (tmp_path / "daemon2.log").read_text()
+    assert rc == 0, text[-3000:]
+    assert stored_ticks(tmp_path) == (n, n)                            # every event, once
+
+
 def test_a_ring_held_by_a_stopped_worker_of_a_dead_daemon_is_refused_naming_that_worker(tmp_path, rings_of):
     """The supervisor killed while its worker is stopped (SIGSTOP): the writer drains and exits,
     the worker still holds the tick ring. A new start waits daemon.shutdown_timeout_s for it, then
