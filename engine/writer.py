@@ -1006,6 +1006,9 @@ def main(argv=None) -> int:
     stop = threading.Event()                 # a SIGTERM during set-up is not lost: drained after it
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    # nothing of the writer reloads; a SIGHUP to the daemon's process group (a closed terminal)
+    # reaches it too and would end it (the supervisor restarts it, but why): ignored
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
     if args.nice:

@@ -80,6 +80,9 @@ def test_writer_process_stores_everything_once_and_exits_at_end_of_stream(tmp_pa
         for start in range(0, len(ev), 5000):
             assert ring.push_many(ev[start:start + 5000], timeout=30) == len(ev[start:start + 5000])
         assert wait_for(lambda: ring.consumer_alive)      # (closing the ring unlinks its name)
+        w.send_signal(signal.SIGHUP)                      # a hangup of the daemon's group: not an end
+        time.sleep(0.3)
+        assert w.poll() is None, "SIGHUP ended the writer"
         ring.close()                                      # end of stream
         out, _ = w.communicate(timeout=120)
     assert w.returncode == 0, out.decode()[-2000:]
