@@ -125,9 +125,11 @@ class BookService:
             while not self._stop.is_set():
                 if not sock.poll(200):
                     continue
-                raw = sock.recv()
+                frames = sock.recv_multipart()         # every frame: a REP must read the whole request
                 try:
-                    ids, depth = parse_request(raw)
+                    if len(frames) != 1:
+                        raise ValueError(f"a book request is one frame, got {len(frames)}")
+                    ids, depth = parse_request(frames[0])
                 except ValueError as exc:
                     sock.send(json.dumps({"error": str(exc)}).encode())
                     continue

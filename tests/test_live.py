@@ -85,7 +85,8 @@ def test_books_answered_between_batches_equal_the_engines(tmp_path, stream):
 
 @pytest.mark.parametrize("raw, word", [(b"not json", "JSON"), (b"[1]", "object"), (b'{"depth": -1}', "depth"),
                                        (b'{"depth": 10, "bogus": 1}', "bogus"),
-                                       (b'{"instruments": ["x"]}', "instruments")])
+                                       (b'{"instruments": ["x"]}', "instruments"),
+                                       ((b'{"depth": 1}', b"more"), "one frame")])
 def test_a_malformed_request_is_answered_with_what_is_wrong(tmp_path, stream, raw, word):
     insts, ev = stream
     with EngineThread(tmp_path, ev[:0], insts):
@@ -93,11 +94,22 @@ def test_a_malformed_request_is_answered_with_what_is_wrong(tmp_path, stream, ra
         s = ctx.socket(zmq.REQ)
         s.setsockopt(zmq.LINGER, 0)
         s.connect(books_endpoint(tmp_path, 0))
-        s.send(raw)
+        if isinstance(raw, tuple):
+            s.send_multipart(list(raw))
+        else:
+            s.send(raw)
         assert s.poll(5000)
         reply = json.loads(s.recv())
         s.close()
-    assert word in reply["error"]
+        assert word in reply["error"]
+        # and the service goes on answering (a two-frame request used to end it for good)
+        again = ctx.socket(zmq.REQ)
+        again.setsockopt(zmq.LINGER, 0)
+        again.connect(books_endpoint(tmp_path, 0))
+        again.send(b'{"depth": 1}')
+        assert again.poll(5000), "the book service stopped answering"
+        assert "error" not in json.loads(again.recv())
+        again.close()
 
 
 def test_no_daemon_says_so_and_how_to_start_one(tmp_path):
