@@ -299,6 +299,23 @@ def cmd_books(args) -> int:
     return 0
 
 
+def _daemon_running(run_dir) -> bool:
+    """Whether a supervisor holds ``run_dir``'s daemon lock (an exclusive flock while it runs)."""
+    import fcntl
+
+    try:
+        fd = os.open(os.path.join(run_dir, "daemon.lock"), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
 def cmd_status(args) -> int:
     import urllib.request
     from pathlib import Path
@@ -312,12 +329,20 @@ def cmd_status(args) -> int:
 
         cfg = load(args.config)
         path = Path(cfg.state_dir) / cfg.run / "metrics.url"
+        if not _daemon_running(path.parent):
+            # (a metrics.url left by a daemon that was killed may name a port another daemon has now)
+            print(f"no tickwire daemon is running run '{cfg.run}' ({path.parent / 'daemon.lock'} is not held): "
+                  f"start one with `tickwire run --config {args.config}`", file=sys.stderr)
+            return 1
         if not path.exists():
             print(f"no metrics URL in {path}: is the daemon for run '{cfg.run}' running?", file=sys.stderr)
             return 1
         url = path.read_text().strip()
     try:
         text = urllib.request.urlopen(url, timeout=5).read().decode()
+    except ValueError as exc:                       # not a URL at all
+        print(f"tickwire status: --url: {exc} (expected http://HOST:PORT/metrics)", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"cannot read {url}: {exc}", file=sys.stderr)
         return 1

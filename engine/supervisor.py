@@ -705,6 +705,10 @@ class Supervisor:
         unstored = self._release_rings(note)
         if self._httpd is not None:
             self._httpd.shutdown()
+            try:                                        # the port may be another daemon's next
+                (self.run_dir / "metrics.url").unlink()
+            except FileNotFoundError:
+                pass
         for fd in self._locks:
             os.close(fd)
         self._locks = []

@@ -366,3 +366,41 @@ def test_status_names_events_for_instruments_the_config_does_not_have(capsys):
     line = [x for x in capsys.readouterr().out.splitlines() if "books:" in x][0]
     assert "unknown instrument 31,662" in line and "stale 3" in line and "crossed" not in line
     assert "instruments not in the config" in line
+
+
+def test_status_of_a_run_whose_daemon_is_gone_says_so_even_if_its_metrics_port_answers(tmp_path, capsys):
+    """A daemon killed -9 leaves its metrics.url; the port in it may be another daemon's by now
+    (two runs on the default 9464): `tickwire status --config` asks the run's daemon lock first,
+    rather than printing another daemon's figures as this run's."""
+    import http.server
+    import threading
+
+    from tickwire.engine.cli import main as cli_main
+    from tickwire.engine.config import to_toml
+    from tickwire.engine.demo import demo_raw_config
+
+    class Metrics(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"tickwire_events_total 123\n")
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Metrics)          # the other daemon's
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        cfg = tmp_path / "gone.toml"
+        cfg.write_text(to_toml(demo_raw_config(tmp_path / "state", run="gone")))
+        run_dir = tmp_path / "state" / "gone"
+        run_dir.mkdir(parents=True)
+        (run_dir / "metrics.url").write_text(f"http://127.0.0.1:{srv.server_port}/metrics\n")
+        (run_dir / "daemon.lock").write_text("12345\n")                # left behind, held by nobody
+        assert cli_main(["status", "--config", str(cfg)]) == 1
+        err = capsys.readouterr().err
+        assert "no tickwire daemon is running run 'gone'" in err, err
+    finally:
+        srv.shutdown()
+    assert cli_main(["status", "--url", "notaurl"]) == 2
+    assert "--url: unknown url type" in capsys.readouterr().err
