@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from tickwire.engine.instruments import Instrument
-from tickwire.ext.records import EVENT_DTYPE
+from tickwire.ext.records import EVENT_DTYPE, Flag
 
 __all__ = ["ReplayError", "ArraySource", "CaptureSource", "StoreSource", "merge_snapshots",
            "parse_time", "DEFAULT_CHUNK"]
@@ -87,9 +87,16 @@ def _select_instruments(known: Sequence[Instrument], wanted, where: str) -> list
 
 
 def _time_mask(events: np.ndarray, start_ns, end_ns) -> Optional[np.ndarray]:
+    """Which events fall in ``[start_ns, end_ns)``. A snapshot's rows count at the time it was
+    received (``ts_recv``, when later than their own ``ts_event``): a level's own time is when it
+    last changed (Kraken stamps each level so, back years), and a range that takes the snapshot
+    must take all of it, or its book is partial while its END marker says it is in sync."""
     if start_ns is None and end_ns is None:
         return None
     ts = events["ts_event"]
+    snap = (events["flags"] & np.uint32(Flag.SNAPSHOT)) != 0
+    if snap.any():
+        ts = np.where(snap, np.maximum(ts, events["ts_recv"]), ts)
     m = np.ones(len(events), bool)
     if start_ns is not None:
         m &= ts >= start_ns

@@ -559,3 +559,25 @@ def test_process_until_rejects_an_empty_mask():
     eng = EngineSpec().build(synthetic_instruments(1))
     with pytest.raises(ValueError, match="mask"):
         eng.process_until(np.zeros(3, EVENT_DTYPE), 0)
+
+
+def test_a_time_range_takes_a_capture_s_snapshots_whole(kraken):
+    """Kraken stamps each snapshot level with the time it last changed (years back): a range
+    from just before the first message used to keep 4,640 of 11,765 events, books of 3-10% of
+    their levels behind an END marker that said they were in sync. A snapshot counts at the
+    time it was received."""
+    ev = kraken.events
+    first = int(ev["ts_recv"].min())
+    whole = ArraySource(ev, kraken.instruments)
+    ranged = ArraySource(ev, kraken.instruments, start_ns=first - 10**9)
+    assert len(ranged.events) == len(ev)
+    # a range starting mid-capture keeps every row of each snapshot it takes, or none
+    mid = int(np.median(ev["ts_recv"]))
+    part = ArraySource(ev, kraken.instruments, start_ns=mid).events
+    snap = (part["flags"] & Flag.SNAPSHOT) != 0
+    begins = ((part["flags"] & Flag.SNAPSHOT_BEGIN) != 0).sum()
+    ends = ((part["flags"] & Flag.SNAPSHOT_END) != 0).sum()
+    assert begins == ends
+    assert (part["ts_event"][~snap] >= mid).all()
+    full = Replay(whole, EngineSpec(RULES, STATS)).run()
+    assert Replay(ranged, EngineSpec(RULES, STATS)).run().signals.tobytes() == full.signals.tobytes()
