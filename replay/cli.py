@@ -29,6 +29,8 @@ def parse_duration(text: str) -> int:
     value = float(m.group(1)) * _UNITS[m.group(2) or "s"]
     if value <= 0:
         raise ReplayError(f"durations must be positive, got {text!r}")
+    if value >= 2**62:                                  # past any market's history (146 years)
+        raise ReplayError(f"duration {text!r} is too long: at most 146 years")
     return int(round(value))
 
 
@@ -240,8 +242,8 @@ def _replay(args) -> int:
                           f"give one source, not {' and '.join('--' + n for n in given)}")
     if args.capture_file and not args.capture:
         raise ReplayError("--capture-file needs --capture kraken|binance")
-    if args.speed is not None and not 0 < args.speed < float("inf"):
-        raise ReplayError(f"--speed: expected a positive number, got {args.speed}")
+    if args.speed is not None and not 1e-6 <= args.speed <= 1e6:
+        raise ReplayError(f"--speed: expected a positive number from 1e-6 to 1e6 (x recorded time), got {args.speed}")
     if args.batch is not None and args.batch < 1:
         raise ReplayError(f"--batch: expected an integer >= 1, got {args.batch}")
     if bool(args.publish) != bool(args.snapshot):
@@ -257,14 +259,17 @@ def _replay(args) -> int:
         raise ReplayError(f"empty range: --to {args.end} is not after --from {args.start}")
     select = [s for item in (args.instruments or []) for s in item.split(",") if s.strip()] or None
     horizons = tuple(parse_duration(h) for h in args.horizons.split(",") if h.strip())
-    if args.latency_us < 0 or args.fee_bps < 0:
-        raise ReplayError("--latency-us and --fee-bps must be >= 0")
+    if not (0 <= args.latency_us <= 3.6e9 and 0 <= args.fee_bps <= 10_000):
+        raise ReplayError(f"--latency-us must be 0 .. 3.6e9 (an hour) and --fee-bps 0 .. 10,000, got "
+                          f"{args.latency_us:g} and {args.fee_bps:g}")
     report_dir = Path(args.report) if args.report else None
     if report_dir is not None and report_dir.exists() and (not report_dir.is_dir() or any(report_dir.iterdir())):
         raise ReplayError(f"--report {report_dir}: exists and is not an empty directory (nothing overwritten)")
     sig_path = Path(args.signals) if args.signals else None
     if sig_path is not None and not sig_path.parent.is_dir():
         raise ReplayError(f"--signals {sig_path}: directory {sig_path.parent} does not exist")
+    if sig_path is not None and sig_path.is_dir():
+        raise ReplayError(f"--signals {sig_path}: is a directory (give the .npy file to write)")
     report_cls = None
     if report_dir is not None:
         try:

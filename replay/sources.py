@@ -42,10 +42,10 @@ def parse_time(text) -> Optional[int]:
     if text is None or text == "":
         return None
     if isinstance(text, (int, np.integer)):
-        return int(text)
+        return _in_range(int(text), text)
     s = str(text).strip()
     if s.lstrip("-").isdigit():
-        return int(s)
+        return _in_range(int(s), text)
     from datetime import datetime, timezone
 
     frac_ns = 0
@@ -63,7 +63,14 @@ def parse_time(text) -> Optional[int]:
                           f"(2024-08-08T23:54:00Z)") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
-    return int(dt.timestamp()) * 1_000_000_000 + frac_ns
+    return _in_range(int(dt.timestamp()) * 1_000_000_000 + frac_ns, text)
+
+
+def _in_range(ns: int, text) -> int:
+    """``ns`` if it fits event times (int64 nanoseconds: 1677-09-21 .. 2262-04-11), else a ReplayError."""
+    if not -(1 << 63) <= ns < (1 << 63):
+        raise ReplayError(f"the time {text!r} is outside what int64 nanoseconds hold (1677-09-21 .. 2262-04-11)")
+    return ns
 
 
 def _select_instruments(known: Sequence[Instrument], wanted, where: str) -> list[Instrument]:
@@ -147,15 +154,21 @@ class ArraySource:
                                   else f"no such file: {path}")
             try:
                 events = np.load(path, mmap_mode="r", allow_pickle=False)
-            except (ValueError, OSError) as exc:
-                raise ReplayError(f"{path}: not a .npy file of events ({exc})") from None
+            except (ValueError, OSError, EOFError) as exc:
+                raise ReplayError(f"{path}: not a .npy file of events ({exc or type(exc).__name__})") from None
             self.name = str(path)
         else:
             self.name = "array"
-        if getattr(events, "dtype", None) != EVENT_DTYPE or events.ndim != 1:
+        if getattr(events, "dtype", None) != EVENT_DTYPE:
             raise ReplayError(f"{self.name}: expected a 1-d array of EVENT_DTYPE (docs/events.md), got "
                               f"{getattr(events, 'dtype', type(events).__name__)}")
-        known = list(instruments) if instruments is not None else instruments_of(events)
+        if events.ndim != 1:
+            raise ReplayError(f"{self.name}: expected a 1-d array of EVENT_DTYPE (docs/events.md), got one of "
+                              f"EVENT_DTYPE with {events.ndim} dimensions {events.shape}")
+        try:
+            known = list(instruments) if instruments is not None else instruments_of(events)
+        except ValueError as exc:                  # ids the engine cannot index (give --config)
+            raise ReplayError(f"{self.name}: {exc}") from None
         self.instruments = _select_instruments(known, select, self.name)
         mask = _time_mask(events, start_ns, end_ns)
         if select:

@@ -421,6 +421,14 @@ def test_a_stop_during_a_long_wait_for_the_next_event_ends_the_replay_at_once(tm
     (("--npy", "ev.npy", "--speed", "0"), "--speed: expected a positive number"),
     (("--npy", "ev.npy", "--publish", "ipc:///tmp/x"), "--publish and --snapshot go together"),
     (("--npy", "ev.npy", "--horizons", "1parsec"), "cannot read the duration '1parsec'"),
+    # past what the code can hold: each was a traceback (OverflowError) or a silent wrap
+    (("--npy", "ev.npy", "--from", "2300-01-01"), "outside what int64 nanoseconds hold"),
+    (("--npy", "ev.npy", "--to", "99999999999999999999999"), "outside what int64 nanoseconds hold"),
+    (("--npy", "ev.npy", "--speed", "1e308"), "--speed: expected a positive number from 1e-6 to 1e6"),
+    (("--npy", "ev.npy", "--speed", "1e-308"), "--speed: expected a positive number from 1e-6 to 1e6"),
+    (("--npy", "ev.npy", "--latency-us", "1e30"), "--latency-us must be 0 .. 3.6e9"),
+    (("--npy", "ev.npy", "--horizons", "10000000000s"), "is too long"),
+    (("--npy", "ev.npy", "--signals", "."), "--signals .: is a directory"),   # after the run, it was
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, market, args, message):
     np.save(tmp_path / "ev.npy", market[0][:100])
@@ -429,6 +437,22 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, market, args, message):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], out.stderr
     assert sorted(os.listdir(tmp_path)) == ["ev.npy"]           # nothing written
+
+
+def test_npy_files_the_engine_cannot_take_are_one_line(tmp_path, market):
+    """An empty file, a 2-d array, instrument ids past what the engine indexes: one line, exit 2."""
+    (tmp_path / "empty.npy").write_bytes(b"")
+    np.save(tmp_path / "twod.npy", market[0][:100].reshape(10, 10))
+    huge = market[0][:100].copy()
+    huge["instrument"] = 4_000_000_000
+    np.save(tmp_path / "huge.npy", huge)
+    for name, message in (("empty.npy", "empty.npy: not a .npy file of events"),
+                          ("twod.npy", "with 2 dimensions (10, 10)"),
+                          ("huge.npy", "id must be 0..2**24-1, got 4000000000")):
+        out = cli("--npy", tmp_path / name)
+        assert out.returncode == 2, out.stderr
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], out.stderr
 
 
 def test_a_store_locked_by_another_process_is_named_with_what_to_do(tmp_path, market):
