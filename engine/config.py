@@ -531,7 +531,9 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
         try:
             rules.append(RuleConfig(kind, _num(d, "enter", w, positive=True), _num(d, "exit", w, 0.0),
                                     _int(d, "min_count", w, 1, 1, INT64_MAX), ids, _bool(d, "emit_exit", w, False)))
-        except ValueError as exc:
+        except ConfigError:                                   # names its key already
+            raise
+        except ValueError as exc:                             # RuleConfig's own checks
             raise ConfigError(f"config error: rules[{i}]: {exc}") from None
 
     # store

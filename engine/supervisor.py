@@ -289,6 +289,15 @@ class Supervisor:
             raise StartupError(f"another tickwire daemon runs run '{self.cfg.run}' (pid {_lock_holder(path)}, "
                                f"{path}): refusing to start")
         self._locks.append(fd)
+        hdr = Path(self.cfg.metrics.hdr_dir) if self.cfg.metrics.hdr_dir else self.run_dir / "hdr"
+        try:                                           # the workers write their interval logs there
+            hdr.mkdir(parents=True, exist_ok=True)
+            probe = hdr / f".tickwire-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError as exc:
+            raise StartupError(f"metrics.hdr_dir: cannot write {hdr} ({exc.strerror or exc}): expected a writable "
+                               f"directory") from None
         store = self._store_dir()
         if store is None:
             return

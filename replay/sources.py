@@ -248,8 +248,8 @@ def _open_store(dsn: str, database: str):
                               f"(--dsn http://host:8123)") from None
         raise ReplayError(msg) from None
     try:
-        have = store.client.query(f"SELECT count() FROM system.tables WHERE database = {{d:String}} "
-                                  f"AND name IN ('ticks', 'snapshots', 'instruments')",
+        have = store.client.query("SELECT count() FROM system.tables WHERE database = {d:String} "
+                                  "AND name IN ('ticks', 'snapshots', 'instruments')",
                                   parameters={"d": database}).result_rows[0][0]
     except Exception as exc:                          # noqa: BLE001 - one line, whatever the client says
         store.close()

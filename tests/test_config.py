@@ -91,7 +91,9 @@ def test_defaults_fill_in():
     (cfg(daemon={"state_dir": "/proc/tickwire"}), "daemon.state_dir: expected a directory on a real file system"),
 ])
 def test_errors_name_the_key(raw, fragment):
-    assert fragment in error_of(raw)
+    msg = error_of(raw)
+    assert fragment in msg
+    assert msg.count("config error") <= 1, msg               # said once ("config error: rules[0]: config error: ...")
 
 
 def test_credentials_are_not_echoed():

@@ -94,6 +94,14 @@ def test_state_dir_that_cannot_be_created(tmp_path):
     one_line(tickwire("run", "--config", path, "--duration", "2"), "daemon.state_dir: expected a directory")
 
 
+def test_an_hdr_dir_that_cannot_be_written_is_a_start_error(tmp_path):
+    # before: each worker failed with a NotADirectoryError traceback, restarted until the daemon gave up
+    (tmp_path / "afile").write_text("")
+    path = daemon_config(tmp_path, lambda raw: raw.setdefault("metrics", {}).update(hdr_dir=str(tmp_path / "afile" / "hdr")))
+    one_line(tickwire("run", "--config", path, "--duration", "2"), "metrics.hdr_dir: cannot write")
+    assert not list(Path("/dev/shm").glob("tickwire-bad-*"))       # no ring made
+
+
 def test_a_second_demo_refuses_to_start(tmp_path):
     from tickwire.engine.supervisor import _try_lock
 
