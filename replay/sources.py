@@ -256,7 +256,18 @@ def _open_store(dsn: str, database: str):
         raise ReplayError(f"the store {redact(dsn)} does not answer: {type(exc).__name__}: "
                           f"{redact(str(exc)).splitlines()[0] if str(exc) else ''}") from None
     if have < 3:
+        try:                                          # an older tickwire's store: say so, and what migrates it
+            version = store.client.query(f"SELECT max(version) FROM {database}.schema_version").result_rows[0][0]
+        except Exception:                             # noqa: BLE001 - no schema_version table: not a store
+            version = None
         store.close()
+        if version:
+            from tickwire.engine.store import SCHEMA_VERSION
+
+            raise ReplayError(f"{redact(dsn)} is a tickwire store of schema version {version}, older than this "
+                              f"tickwire's {SCHEMA_VERSION}: replay opens stores read-only; the daemon "
+                              f"(`tickwire run`) migrates it at its start, as does "
+                              f"`python -c \"from tickwire.engine.store import Store; Store.open('DSN')\"`")
         raise ReplayError(f"{redact(dsn)} holds no tickwire store (database {database!r} has no ticks, "
                           f"snapshots and instruments tables)")
     return store

@@ -605,3 +605,22 @@ def test_a_time_range_takes_a_capture_s_snapshots_whole(kraken):
     assert (part["ts_event"][~snap] >= mid).all()
     full = Replay(whole, EngineSpec(RULES, STATS)).run()
     assert Replay(ranged, EngineSpec(RULES, STATS)).run().signals.tobytes() == full.signals.tobytes()
+
+
+def test_a_store_of_an_older_schema_is_named_as_such_with_what_migrates_it(tmp_path):
+    """Replay opens stores without migrating them: one of schema version 2 used to be called 'no
+    tickwire store' although it holds ticks; the message says what it is and what migrates it."""
+    dsn = f"chdb://{tmp_path}/v2"
+    code = (f"import clickhouse_connect\nfrom tickwire.engine.store import schema_ddl\n"
+            f"c = clickhouse_connect.get_client(dsn={dsn!r})\n"
+            "for stmt in schema_ddl('tickwire'):\n"
+            "    if 'snapshots' not in stmt:\n"
+            "        c.command(stmt)\n"
+            "c.command('INSERT INTO tickwire.schema_version (version) VALUES (2)')\n")
+    made = subprocess.run([PY, "-c", code], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr[-2000:]
+    out = cli("--dsn", dsn)
+    assert out.returncode == 2, out.stderr
+    line, = out.stderr.strip().splitlines()
+    assert "tickwire store of schema version 2, older than this tickwire's" in line
+    assert "`tickwire run`" in line and "Store.open" in line
