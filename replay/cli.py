@@ -292,6 +292,23 @@ def _replay(args) -> int:
             close()
 
 
+def _recorded_channels(source) -> dict:
+    """Each instrument's recorded channel (the last one, if it moved): where its events go when
+    they keep their channel, so that the snapshots served before them are of that channel."""
+    ev = getattr(source, "events", None)
+    if ev is not None:
+        import numpy as np
+
+        pairs = np.unique((ev["instrument"].astype(np.uint64) << np.uint64(16)) | ev["channel"].astype(np.uint64))
+        return {int(k) >> 16: int(k) & 0xFFFF for k in pairs.tolist()}
+    store = getattr(source, "store", None)
+    if store is None:
+        return {}
+    rows = store.client.query(f"SELECT instrument, argMax(channel, ts_event) FROM {store.database}.ticks "
+                              f"GROUP BY instrument").result_rows
+    return {int(i): int(c) for i, c in rows}
+
+
 def _run(args, source, spec, report_cls, report_dir, horizons, sig_path) -> int:
     from tickwire.ext.records import SIGNAL_DTYPE
     from tickwire.replay.run import Replay
@@ -324,8 +341,9 @@ def _run(args, source, spec, report_cls, report_dir, horizons, sig_path) -> int:
             curve = server_from_arguments(args)
         except ValueError as exc:
             raise ReplayError(str(exc)) from None
-        sink = Republisher(args.publish, args.snapshot, source.instruments, args.channels or spec.channels,
-                           curve=curve)
+        channels = args.channels or spec.channels
+        sink = Republisher(args.publish, args.snapshot, source.instruments, channels, curve=curve,
+                           channel_of=None if channels else _recorded_channels(source))
         sink.linger(args.start_delay)
 
     def interrupt(*_):

@@ -49,11 +49,15 @@ class Republisher:
         Bind an XPUB rather than a PUB, so that :meth:`wait_subscribers` can see receivers join.
     curve : tickwire.feeds.curve.CurveServer, optional
         Publish as a ZeroMQ CURVE server (data socket and recovery service).
+    channel_of : dict, optional
+        Without ``channels`` (events keep their recorded channel): each instrument's recorded
+        channel, so that the snapshots served before its first event are of the right channel
+        (default: channel 0 until the channel's first event).
     """
 
     def __init__(self, endpoint: str, snapshot: str, instruments, channels=None, *,
                  max_message_events: int = MAX_MESSAGE_EVENTS, retain_events: int = 1 << 20, heartbeat: float = 0.1,
-                 sndhwm: int = 0, flags: int = Flag.REPLAY, xpub: bool = False, curve=None):
+                 sndhwm: int = 0, flags: int = Flag.REPLAY, xpub: bool = False, curve=None, channel_of=None):
         self.flags = int(flags)
         self.instruments = list(instruments)
         self.channels = channels
@@ -83,7 +87,7 @@ class Republisher:
         self.books = make_books(self.instruments)
         self.by_channel = {}
         for inst in self.instruments:
-            c = inst.id % channels if channels else 0
+            c = inst.id % channels if channels else (channel_of or {}).get(inst.id, 0)
             self.by_channel.setdefault(c, []).append(inst.id)
         self.publisher = Publisher(self.pub, service=self.router, snapshot=self._snapshot_of,
                                    retain_events=retain_events)

@@ -624,3 +624,30 @@ def test_a_store_of_an_older_schema_is_named_as_such_with_what_migrates_it(tmp_p
     line, = out.stderr.strip().splitlines()
     assert "tickwire store of schema version 2, older than this tickwire's" in line
     assert "`tickwire run`" in line and "Store.open" in line
+
+
+def test_republishing_with_recorded_channels_serves_each_channel_s_snapshot_before_its_first_event(tmp_path):
+    """Without --channels or a config, events keep their recorded channel: the recovery service
+    must know those channels before their first event, or a daemon joining during --start-delay
+    gets no snapshot for channels 1.. and syncs only later (79 signals instead of 90, seen)."""
+    from tickwire.replay.cli import _recorded_channels
+    from tickwire.replay.publish import Republisher
+
+    insts = synthetic_instruments(4, book="L3")
+    ev = l3_orders(2000, seed=4, instruments=4)
+    ev["channel"] = ev["instrument"] % 4
+    source = ArraySource(ev, insts)
+    channel_of = _recorded_channels(source)
+    assert channel_of == {0: 0, 1: 1, 2: 2, 3: 3}
+    pub = Republisher(f"ipc://{tmp_path}/d", f"ipc://{tmp_path}/s", insts, None, channel_of=channel_of)
+    try:
+        for c in range(4):
+            snap = pub._snapshot_of(c)
+            assert snap is not None, c                            # the empty market of channel c
+    finally:
+        pub.close(0)
+    old = Republisher(f"ipc://{tmp_path}/d2", f"ipc://{tmp_path}/s2", insts, None)
+    try:
+        assert old._snapshot_of(2) is None                        # without: nothing to serve for channel 2
+    finally:
+        old.close(0)
