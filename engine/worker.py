@@ -59,7 +59,7 @@ from tickwire.engine.latency import IntervalLogWriter
 from tickwire.engine.live import BookService, books_endpoint, worker_answer
 from tickwire.engine.metrics import LATENCY_BOUNDS_NS, latency_histogram
 from tickwire.engine.pipeline import Engine
-from tickwire.ext import EVENT_DTYPE, SIGNAL_DTYPE, Flag
+from tickwire.ext import EVENT_DTYPE, SIGNAL_DTYPE, Flag, Kind
 from tickwire.ext.hdr import STAGES, StageRecorders
 from tickwire.ext.ring import Ring
 
@@ -98,11 +98,21 @@ def note_points(note: dict, ring) -> dict:
     if first > start:
         log.error("tick ring %s lapped since the history note (%d records unreadable): positions may be "
                   "behind (duplicates possible)", ring, first - start)
-    market = recent[(recent["flags"] & int(Flag.SNAPSHOT)) == 0]
+    snap = (recent["flags"] & int(Flag.SNAPSHOT)) != 0
+    marker = snap & (recent["kind"] == int(Kind.SNAPSHOT))
     for c, (epoch, nxt) in list(points.items()):
-        seqs = market["seq"][market["channel"] == c]
+        mine = recent["channel"] == c
+        # a publisher restart after the note: the channel's markers carry the epoch it follows
+        # (order_id); the history of the new epoch starts at sequence 1, after the last such marker
+        moved = np.flatnonzero(mine & marker & (recent["order_id"] > np.uint64(epoch)))
+        if len(moved):
+            at = int(moved[-1])
+            epoch, nxt = int(recent["order_id"][at]), 1
+            mine[:at] = False
+        seqs = recent["seq"][mine & ~snap]
         if len(seqs):
-            points[c] = (epoch, max(nxt, int(seqs.max()) + 1))
+            nxt = max(nxt, int(seqs.max()) + 1)
+        points[c] = (epoch, nxt)
     return points
 
 

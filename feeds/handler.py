@@ -533,6 +533,9 @@ class FeedHandler:
         ev["instrument"] = c.instruments
         ev["channel"] = c.id
         ev["seq"] = max(c.next_seq - 1 if seq is None else seq, 0)
+        # the publisher epoch the channel follows from here (0: none yet): a restarted worker reads
+        # its tick ring past its history note, and an epoch change there is only known by this
+        ev["order_id"] = c.epoch or 0
         ev["ts_recv"] = now_ns()
         ev["ts_event"] = max(c.last_ts, self.receiver.last_ts_event(c.id))
         self._counters["markers"] += len(ev)
@@ -914,13 +917,12 @@ class FeedHandler:
         c.store_next = 1
         if self._dealer is None:
             c.next_seq = first
-            if c.in_sync:
-                self._mark(c, Flag.SNAPSHOT | Flag.STALE)
+            self._mark(c, Flag.SNAPSHOT | Flag.STALE)
             c.state = ChannelState.FILLING
             return
         c.book_ok = False
-        if c.in_sync:
-            self._mark(c, Flag.SNAPSHOT | Flag.STALE)
+        # STALE, and in any case the new epoch recorded in the history (the marker's order_id)
+        self._mark(c, Flag.SNAPSHOT | Flag.STALE)
         self.receiver.serve(c.id, live=False, epoch=epoch, next_seq=0)
         c.state = ChannelState.RECOVERING
         if ask:

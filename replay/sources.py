@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from tickwire.engine.instruments import Instrument
-from tickwire.ext.records import EVENT_DTYPE, Flag
+from tickwire.ext.records import EVENT_DTYPE, Flag, Kind
 
 __all__ = ["ReplayError", "ArraySource", "CaptureSource", "StoreSource", "merge_snapshots",
            "parse_time", "DEFAULT_CHUNK"]
@@ -123,7 +123,8 @@ def instruments_of(events: np.ndarray) -> list[Instrument]:
     ids = np.unique(events["instrument"]) if len(events) else np.empty(0, np.uint32)
     out = []
     for i in ids.tolist():
-        l3 = bool((events["order_id"][events["instrument"] == i] != 0).any())
+        mine = (events["instrument"] == i) & (events["kind"] != int(Kind.SNAPSHOT))   # markers carry an epoch there
+        l3 = bool((events["order_id"][mine] != 0).any())
         out.append(Instrument(int(i), f"I{i}", book="L3" if l3 else "L2"))
     return out
 

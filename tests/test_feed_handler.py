@@ -395,6 +395,13 @@ def test_publisher_restart_is_confirmed_resynced_and_old_epoch_dropped(feed):
     assert (c["restarts"], c["gaps"], c["recoveries"], c["lost_events"]) == (2, 0, 4, 0)
     assert c["drops"] == {"OLD_EPOCH": 1}
     assert all(s["epoch"] == feed.epoch for s in h.channel_status().values())
+    # the restart is in the history: each channel's STALE marker names the epoch it follows from
+    # there (a worker resuming from its tick ring knows the epoch changed only by this)
+    ev = np.concatenate(feed.log)
+    stale = ev[(ev["kind"] == Kind.SNAPSHOT) & ((ev["flags"] & int(Flag.STALE)) != 0)]
+    for ch in (0, 1):
+        mine = stale[stale["channel"] == ch]
+        assert mine["order_id"][0] == 0 and mine["order_id"][-1] == feed.epoch, mine["order_id"]
 
 
 def test_snapshot_in_parts_with_foreign_instruments_ignored(feed):

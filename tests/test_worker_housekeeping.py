@@ -103,3 +103,39 @@ def test_since_start_counts_only_grow_across_swaps_and_end_exact(tmp_path):
         counts = [s[name] for s in seen]
         assert counts == sorted(counts), name               # never backwards (no counter reset)
         assert final[name] == 3000, name                    # every value, once
+
+
+def test_a_history_note_is_moved_across_a_publisher_restart_recorded_in_the_ring():
+    """A worker killed just after the publisher restarted leaves a note of the old epoch while its
+    tick ring holds the new epoch's first events (sequence 1 up). The restart's marker in the
+    ring carries the new epoch: the note moves to it, past the events the ring holds, so that
+    the next worker neither asks for them again (3,387 and 4,682 stored twice, seen) nor counts
+    the old epoch's end as a loss that cannot be sized."""
+    import uuid
+
+    import numpy as np
+
+    from tickwire.engine.worker import note_points
+    from tickwire.ext import EVENT_DTYPE, Flag, Kind
+    from tickwire.ext.ring import Ring
+
+    old, new = 1_700_000_000_000_000_000, 1_700_000_100_000_000_000
+    ev = np.zeros(60, EVENT_DTYPE)
+    ev["channel"] = np.arange(60) % 2                       # channel 1 has no restart in the ring
+    ev["seq"][0::2] = 5000 + np.arange(30)                  # channel 0: old epoch 5000..
+    ev["seq"][1::2] = 700 + np.arange(30)                   # channel 1: 700.., old epoch all along
+    ev["kind"] = Kind.ADD
+    marker = np.zeros(1, EVENT_DTYPE)
+    marker["kind"], marker["flags"], marker["order_id"] = Kind.SNAPSHOT, Flag.SNAPSHOT | Flag.STALE, new
+    marker["seq"] = 5009
+    restarted = np.zeros(20, EVENT_DTYPE)                   # channel 0, the new epoch from 1
+    restarted["seq"], restarted["kind"] = np.arange(1, 21), Kind.ADD
+    with Ring.create(f"tw-test-{uuid.uuid4().hex[:10]}", EVENT_DTYPE, 1 << 10) as ring:
+        ring.push_many(ev[:20])                             # channel 0 up to 5009
+        ring.push_many(marker)
+        ring.push_many(restarted)
+        note = {"channels": {"0": [old, 5003], "1": [old, 702]}, "ring_created_ns": ring.created_ns,
+                "ring_position": 6}
+        points = note_points(note, ring)
+    assert points[0] == (new, 21)
+    assert points[1] == (old, 710)                          # its last in the ring: 709
