@@ -289,14 +289,19 @@ def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray) -> Itera
     The work is per chunk and per snapshot run (rows of one channel and sequence number in a
     row), never per tick.
     """
-    # runs of (channel, seq) in stream order, per channel, as (seq, rows)
+    # runs of (channel, seq) in stream order, per channel, as (seq, ts or None, rows); a daemon start's
+    # RESTART marker begins a run of its own (another start's rows of the same seq are not its)
     pending: dict[int, list] = {}
     if len(snapshots):
         ch, sq = snapshots["channel"], snapshots["seq"]
-        cut = np.flatnonzero((ch[1:] != ch[:-1]) | (sq[1:] != sq[:-1])) + 1
+        restart = (snapshots["flags"] & np.uint32(Flag.RESTART)) != 0
+        cut = np.flatnonzero((ch[1:] != ch[:-1]) | (sq[1:] != sq[:-1]) | restart[1:]) + 1
         bounds = np.concatenate(([0], cut, [len(snapshots)]))
         for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
-            pending.setdefault(int(ch[a]), []).append((int(sq[a]), snapshots[a:b]))
+            runs = pending.setdefault(int(ch[a]), [])
+            # a seq-0 run after the channel's first: another daemon start that joined the feed
+            by_time = bool(runs) and int(sq[a]) == 0
+            runs.append((int(sq[a]), int(snapshots["ts_event"][a]) if by_time else None, snapshots[a:b]))
     for chunk in ticks:
         if not pending:
             yield chunk
@@ -311,8 +316,16 @@ def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray) -> Itera
             seqs = chunk["seq"][idx]
             lo = 0                                     # ticks of c already passed in this chunk
             while runs:
-                s, rows = runs[0]
-                above = np.flatnonzero(seqs[lo:] > s)
+                s, ts, rows = runs[0]
+                if ts is not None:
+                    # a later daemon start that joined the feed (not resuming a history) stamps
+                    # its markers seq 0: every tick's seq is above that, so their place is by
+                    # time, before the first tick of that start (a second daemon run on the same
+                    # store put its STALE marker before the first run's ticks: none of the first
+                    # run's signals replayed)
+                    above = np.flatnonzero(chunk["ts_event"][idx[lo:]] >= ts)
+                else:
+                    above = np.flatnonzero(seqs[lo:] > s)
                 if not len(above):
                     break
                 k = lo + int(above[0])
@@ -332,7 +345,7 @@ def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray) -> Itera
             at = pos
         parts.append(chunk[at:])
         yield np.concatenate(parts)
-    rest = [r for runs in pending.values() for _, r in runs]
+    rest = [r for runs in pending.values() for _, _, r in runs]
     if rest:                                           # after the last tick: in stream order
         yield np.concatenate(rest)
 

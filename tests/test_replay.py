@@ -198,6 +198,30 @@ def test_snapshots_go_back_where_the_books_met_them():
     assert np.concatenate(list(merge_snapshots([ticks], snaps[:0]))).tobytes() == ticks.tobytes()
 
 
+def test_a_second_daemon_run_that_joined_the_feed_has_its_markers_placed_at_its_own_start():
+    """Two daemon runs (different run names) on one store and one publisher: the first stored
+    seq 1..50, the second joined at 51. The second start's STALE|RESTART marker is stamped seq 0
+    (nothing before it) and at the time of its first tick; it used to join the first run's seq-0
+    rows and go before all the first run's ticks, which then replayed on stale books (none of
+    that run's signals came back)."""
+    ticks = np.zeros(100, EVENT_DTYPE)
+    ticks["seq"] = np.arange(1, 101)
+    ticks["ts_event"] = 1_000_000 + np.arange(100) * 1000
+    start = Flag.SNAPSHOT | Flag.STALE | Flag.RESTART
+    run1 = np.concatenate([snap_rows(0, 0, 0, start), snap_rows(0, 0, 0, Flag.SNAPSHOT | Flag.SNAPSHOT_BEGIN),
+                           snap_rows(0, 0, 0, Flag.SNAPSHOT | Flag.SNAPSHOT_END)])
+    run1["ts_event"] = ticks["ts_event"][0]
+    run2 = np.concatenate([snap_rows(0, 0, 0, start), snap_rows(0, 50, 0, Flag.SNAPSHOT | Flag.SNAPSHOT_BEGIN),
+                           snap_rows(0, 50, 0, Flag.SNAPSHOT | Flag.SNAPSHOT_END)])
+    run2["ts_event"] = ticks["ts_event"][50]                    # its first tick: seq 51
+    snaps = np.concatenate([run1, run2])
+    for chunk in (7, 100):
+        out = np.concatenate(list(merge_snapshots((ticks[k:k + chunk] for k in range(0, 100, chunk)), snaps)))
+        key = [("S" if r["flags"] & Flag.SNAPSHOT else "T") + str(r["seq"]) for r in out]
+        assert key[:4] == ["S0", "S0", "S0", "T1"], chunk
+        assert key[52:57] == ["T50", "S0", "S50", "S50", "T51"], (chunk, key[50:58])
+
+
 @settings(max_examples=200, deadline=None)
 @given(data=st.data())
 def test_merge_puts_every_snapshot_row_between_its_channels_ticks_whatever_the_chunks(data):
