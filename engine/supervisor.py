@@ -687,9 +687,10 @@ class Supervisor:
         if writer is not None:
             if writer.returncode is None:
                 # the closed tick rings end its stream: it stops by itself once they are stored;
-                # SIGTERM only if that takes more than half of what is left
+                # SIGTERM only if that takes more than half of what is left, or at once when a
+                # worker did not stop cleanly (killed, crashed: its ring will never be closed)
                 try:
-                    await asyncio.wait_for(writer.wait(), max(0.1, (deadline - time.monotonic()) / 2))
+                    await asyncio.wait_for(writer.wait(), 0 if status else max(0.1, (deadline - time.monotonic()) / 2))
                 except asyncio.TimeoutError:
                     try:
                         writer.send_signal(signal.SIGTERM)
