@@ -231,6 +231,8 @@ def _open_store(dsn: str, database: str):
             raise ReplayError(f"--dsn {dsn!r}: the embedded store needs an absolute path (chdb:///abs/dir)")
         if not os.path.isdir(path):
             raise ReplayError(f"no store at {path} (the directory does not exist)")
+        if not os.path.isdir(os.path.join(path, "metadata")):      # opening it would make chDB's files there
+            raise ReplayError(f"no store at {path} (not an embedded ClickHouse data directory: no metadata/ in it)")
         from tickwire.engine.supervisor import _flock_held, _lock_holder, _pid_alive
 
         holder = _lock_holder(Path(path) / "tickwire.lock")

@@ -351,8 +351,14 @@ def test_store_source_errors_are_one_clear_line(tmp_path, market):
         StoreSource(f"chdb://{tmp_path}/nowhere")
     assert not (tmp_path / "nowhere").exists()
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ReplayError, match="holds no tickwire store"):
+    with pytest.raises(ReplayError, match="not an embedded ClickHouse data directory"):
         StoreSource(f"chdb://{tmp_path}/empty")
+    assert os.listdir(tmp_path / "empty") == []                  # nothing made in it
+    code = (f"from tickwire.engine.store import Store; "
+            f"Store.open('chdb://{tmp_path}/other', create=False).client.command('CREATE DATABASE elsewhere')")
+    assert subprocess.run([PY, "-c", code]).returncode == 0      # a ClickHouse data directory, no tables
+    with pytest.raises(ReplayError, match="holds no tickwire store"):
+        StoreSource(f"chdb://{tmp_path}/other")
 
 
 # -- the CLI ---------------------------------------------------------------------------------------
@@ -439,6 +445,7 @@ def test_a_stop_during_a_long_wait_for_the_next_event_ends_the_replay_at_once(tm
     (("--dsn", "http://127.0.0.1:1"), "cannot open the store at http://127.0.0.1:1"),   # one line: no driver log
     (("--dsn", "chdb:///definitely/not/here"), "no store at /definitely/not/here"),
     (("--dsn", "chdb://relative"), "needs an absolute path"),
+    (("--dsn", "chdb:///"), "not an embedded ClickHouse data directory"),   # chDB made its files there
     (("--npy", "ev.npy", "--from", "2024-01-02", "--to", "2024-01-01"), "empty range"),
     (("--npy", "ev.npy", "--from", "yesterday"), "cannot read the time 'yesterday'"),
     (("--npy", "ev.npy", "--instruments", "99"), "unknown instrument '99'"),
