@@ -202,6 +202,8 @@ class CaptureSource(ArraySource):
         if name not in loaders:
             raise ReplayError(f"unknown capture {name!r}: expected one of {sorted(loaders)}")
         load, filename = loaders[name]
+        if path and not Path(path).is_file():
+            raise ReplayError(f"--capture-file {path}: " + ("is a directory" if Path(path).is_dir() else "no such file"))
         path = Path(path) if path else captures.find_shared_data(filename)
         if path is None or not path.exists():
             raise ReplayError(f"the {name} capture {filename} is not here: put it under ../shared/data or "
@@ -213,6 +215,8 @@ class CaptureSource(ArraySource):
         except (OSError, EOFError, ValueError, KeyError) as exc:
             raise ReplayError(f"{path}: unreadable capture ({type(exc).__name__}: {exc})") from None
         self.capture = cap
+        if not len(cap.events):
+            raise ReplayError(f"{path}: no book or trade messages in it: not a {name} capture")
         super().__init__(cap.events, cap.instruments, select, start_ns, end_ns, chunk=chunk)
         self.name = f"{name} capture {path.name}"
 

@@ -514,6 +514,15 @@ def test_a_malformed_capture_line_names_the_file_and_the_line(tmp_path):
     assert out.returncode == 2
     line, = out.stderr.strip().splitlines()
     assert f"{bad}, line 3: malformed capture line" in line
+    # a file with no book or trade message, a missing one: said as such, not as the shared data's
+    empty = tmp_path / "heartbeats.ws"
+    empty.write_text('2021-04-17 10:00:00.000000 1618653600.000000: {"event": "heartbeat"}\n')
+    for path, what in ((empty, f"{empty}: no book or trade messages in it: not a kraken capture"),
+                       (tmp_path / "missing.ws", f"--capture-file {tmp_path / 'missing.ws'}: no such file")):
+        out = cli("--capture", "kraken", "--capture-file", path)
+        assert out.returncode == 2
+        line, = out.stderr.strip().splitlines()
+        assert what in line, line
 
 
 def test_report_option_builds_the_report(tmp_path, market):
