@@ -658,7 +658,8 @@ class Supervisor:
         # only the thresholds change: the rest stays as the running processes have it
         self.cfg = dataclasses.replace(self.cfg, rules=tuple(
             dataclasses.replace(old, enter=r.enter, exit=r.exit) for old, r in zip(self.cfg.rules, new.rules)))
-        self._freeze_config()                          # a worker restarted from now on gets them too
+        if self.workers:                               # started: a worker restarted from now on gets them too
+            self._freeze_config()
         self.reloads += 1
         for child in self.workers:
             if child.proc and child.proc.returncode is None:
