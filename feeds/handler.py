@@ -1181,6 +1181,18 @@ class FeedHandler:
         c.fill = None
         c.hole_since = None
         self._counters["recovery_failures"] += 1
+        if not any(r.start > req.first for r in c.held):
+            # only a heartbeat says the range exists, and nobody could confirm it: a heartbeat
+            # is a claim (one forged while the service was down made an endless count of
+            # invented losses, moving the history past events still to come). Not believed: no
+            # loss counted, nothing skipped; data beyond it, when it comes, shows a real gap
+            c.hb_seq = min(c.hb_seq, req.first)
+            self.receiver.count_drop(Drop.IMPLAUSIBLE)
+            self._log_once(f"unconfirmed-{c.id}", logging.WARNING,
+                           "channel %d: a heartbeat announced events up to seq %d that the recovery service "
+                           "did not confirm (%d requests): not believed, nothing counted lost", c.id,
+                           req.end - 1, req.attempt)
+            return self._settle(c)
         self._lost(c, req.first, req.end, f"the recovery service did not answer {req.attempt} requests")
         return self._settle(c)
 

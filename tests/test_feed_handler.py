@@ -488,6 +488,34 @@ def test_unanswered_retransmission_is_retried_then_counted_lost(tmp_path):
         hs.close()
 
 
+def test_a_heartbeat_the_service_does_not_confirm_is_not_counted_lost_nor_skipped(tmp_path):
+    """A heartbeat claiming sequence 2**40 while the publisher's recovery service does not answer
+    (forged while the publisher was down, say): the range it announces cannot be confirmed, so
+    it is not believed. Before, it was counted lost a million events at a time, for ever, and the
+    history moved past the real events still to come (which would then be dropped as duplicates)."""
+    hs = Harness(tmp_path, snapshot_timeout=0.03, backoff=2.0, max_retries=2, retry_pause=0.6)
+    h = hs.h
+    try:
+        hs.join()
+        hs.publish(1)
+        hs.pump(hs.caught_up)
+        hs.pub.send_multipart(wire.encode_heartbeat(1, 1 << 40, epoch=hs.epoch))
+        reqs = [hs.request() for _ in range(3)]          # asked, asked again twice: no answer
+        assert all(r[1].type == MsgType.RETRANSMIT_REQUEST for r in reqs)
+        hs.pump(lambda: h.counters()["drops"].get("IMPLAUSIBLE", 0) == 1)
+        for _ in range(3):                               # the publisher's real events go on
+            hs.publish(1)
+            hs.publish(0)
+        hs.pump(hs.caught_up)
+        hs.assert_equal()
+        hs.assert_history()                              # every real event, none skipped
+        c = h.counters()
+        assert c["lost_events"] == 0 and c["losses"] == 0 and c["recovery_failures"] == 1
+        assert "DUPLICATE" not in c["drops"]
+    finally:
+        hs.close()
+
+
 def test_silence_marks_stale_and_resumes_without_loss(tmp_path):
     hs = Harness(tmp_path, silence_timeout=0.15)
     h = hs.h
