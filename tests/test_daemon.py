@@ -790,6 +790,32 @@ def test_rings_json_is_private_whatever_the_umask_and_the_names_differ_each_star
     assert read_ring_names(tmp_path / "nothing") is None
 
 
+def note_set_back(note, ticks, by=3000):
+    """``note`` as it stood ``by`` ticks earlier in ``ticks`` (its ring): what a worker killed
+    between two notes leaves."""
+    from tickwire.ext import Flag
+
+    back = int(note["ring_position"]) - by
+    _, held = ticks.recent(0)
+    market = held[:back][(held[:back]["flags"] & int(Flag.SNAPSHOT)) == 0]
+    chans = {c: [p[0], int(market["seq"][market["channel"] == int(c)].max()) + 1] for c, p in note["channels"].items()}
+    return {**note, "ring_position": back, "channels": chans}
+
+
+def publisher_done_and_settled(sim, run_dir):
+    """The simulator finished, every channel live and nothing more arriving."""
+    out, _ = sim.communicate(timeout=180)
+    assert sim.returncode == 0, out
+    seen = []
+
+    def settled():
+        ev = status(run_dir)["feed"]["events"]
+        seen.append(ev)
+        return (len(seen) > 15 and seen[-15] == ev
+                and all(c["state"] == "live" for c in status(run_dir)["channels"].values()))
+    assert wait_for(settled, 60)
+
+
 def test_a_stale_history_note_of_a_replaced_ring_does_not_bring_ticks_again(tmp_path, rings_of):
     """The worker writes its history note every 100 ms. When a worker dies between two writes and its
     tick ring has nothing left to store, the next start replaces the ring: before it does, the
@@ -797,7 +823,7 @@ def test_a_stale_history_note_of_a_replaced_ring_does_not_bring_ticks_again(tmp_
     publisher again, from the note, for ticks already stored (6,272 duplicates in a reviewer's run).
     Here the note is set back 3,000 ticks by hand, as a kill between two writes leaves it."""
     from tickwire.engine.worker import note_points
-    from tickwire.ext import EVENT_DTYPE, Flag
+    from tickwire.ext import EVENT_DTYPE
     from tickwire.ext.ring import Ring
 
     rings_of("stale")
@@ -824,27 +850,13 @@ def test_a_stale_history_note_of_a_replaced_ring_does_not_bring_ticks_again(tmp_
     note_path = run_dir / "feed-w0.json"
     note = json.loads(note_path.read_text())
     assert int(note["ring_created_ns"]) == int(ticks.created_ns) and ticks.head == ticks.tail
-    # the note as it stood 3,000 ticks earlier
-    back = int(note["ring_position"]) - 3000
-    _, held = ticks.recent(0)
-    market = held[:back][(held[:back]["flags"] & int(Flag.SNAPSHOT)) == 0]
-    chans = {c: [p[0], int(market["seq"][market["channel"] == int(c)].max()) + 1] for c, p in note["channels"].items()}
-    stale = {**note, "ring_position": back, "channels": chans}
+    stale = note_set_back(note, ticks)                # the note as it stood 3,000 ticks earlier
     assert note_points(stale, ticks) == note_points(note, ticks)      # the ring holds what the note missed
     note_path.write_text(json.dumps(stale))
     ticks.close()
     daemon, log = start_daemon(cfg_path, tmp_path, "daemon2")
     try:
-        out, _ = sim.communicate(timeout=180)
-        assert sim.returncode == 0, out
-        seen = []
-
-        def settled():                                    # every channel live, and nothing more arriving
-            ev = status(run_dir)["feed"]["events"]
-            seen.append(ev)
-            return (len(seen) > 15 and seen[-15] == ev
-                    and all(c["state"] == "live" for c in status(run_dir)["channels"].values()))
-        assert wait_for(settled, 60)
+        publisher_done_and_settled(sim, run_dir)
     finally:
         rc, _ = stop_daemon(daemon, log)
     text = (tmp_path / "daemon2.log").read_text()
@@ -859,7 +871,7 @@ def test_a_stale_history_note_of_a_ring_released_at_shutdown_does_not_bring_tick
     unlinks it; before it does, the note must be brought up to what the ring held, or the next
     start asks the publisher again for ticks already stored (1,152 duplicates in a reviewer's
     run: kill -9 of the worker, SIGTERM at once, start again while the publisher goes on)."""
-    from tickwire.ext import EVENT_DTYPE, Flag
+    from tickwire.ext import EVENT_DTYPE
     from tickwire.ext.ring import Ring
 
     rings_of("relstale")
@@ -878,13 +890,7 @@ def test_a_stale_history_note_of_a_ring_released_at_shutdown_does_not_bring_tick
         wstat = run_dir / "writer" / "tickwire-relstale-ticks-0" / "status.json"
         assert wait_for(lambda: json.loads(wstat.read_text())["rows_written"] >= ticks.head, 30)   # all stored
         note_path = run_dir / "feed-w0.json"
-        note = json.loads(note_path.read_text())
-        back = int(note["ring_position"]) - 3000          # the note as it stood 3,000 ticks earlier
-        _, held = ticks.recent(0)
-        market = held[:back][(held[:back]["flags"] & int(Flag.SNAPSHOT)) == 0]
-        chans = {c: [p[0], int(market["seq"][market["channel"] == int(c)].max()) + 1]
-                 for c, p in note["channels"].items()}
-        note_path.write_text(json.dumps({**note, "ring_position": back, "channels": chans}))
+        note_path.write_text(json.dumps(note_set_back(json.loads(note_path.read_text()), ticks)))
         ticks.close()
     finally:
         rc, _ = stop_daemon(daemon, log)                  # the stopped worker is killed at the bound
@@ -893,16 +899,7 @@ def test_a_stale_history_note_of_a_ring_released_at_shutdown_does_not_bring_tick
     assert "brought up to the ticks its replaced ring held" in (tmp_path / "daemon.log").read_text()
     daemon, log = start_daemon(cfg_path, tmp_path, "daemon2")
     try:
-        out, _ = sim.communicate(timeout=180)
-        assert sim.returncode == 0, out
-        seen = []
-
-        def settled():                                    # every channel live, and nothing more arriving
-            ev = status(run_dir)["feed"]["events"]
-            seen.append(ev)
-            return (len(seen) > 15 and seen[-15] == ev
-                    and all(c["state"] == "live" for c in status(run_dir)["channels"].values()))
-        assert wait_for(settled, 60)
+        publisher_done_and_settled(sim, run_dir)
     finally:
         rc, _ = stop_daemon(daemon, log)
     text = (tmp_path / "daemon2.log").read_text()
