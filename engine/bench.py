@@ -1324,11 +1324,12 @@ def cmd_bench(args) -> int:
     if args.target == "daemon" and not args.config:
         print("tickwire bench: --target daemon needs --config FILE", file=sys.stderr)
         return 2
+    from tickwire.engine.config import seconds_problem
+
     for k in ("duration", "warmup", "drain"):
-        v = getattr(args, k)
-        if not (0 < v < math.inf if k == "duration" else 0 <= v < math.inf):
-            print(f"tickwire bench: --{k} must be {'> 0' if k == 'duration' else '>= 0'} seconds, got {v}",
-                  file=sys.stderr)
+        why = seconds_problem(getattr(args, k), zero_ok=k != "duration")
+        if why:
+            print(f"tickwire bench: --{k}: {why}", file=sys.stderr)
             return 2
     if args.p99_threshold is not None and not 0 < args.p99_threshold < math.inf:
         print(f"tickwire bench: --p99-threshold must be > 0 us, got {args.p99_threshold}", file=sys.stderr)

@@ -119,6 +119,12 @@ def cmd_bookbench(args) -> int:
 
     from tickwire.ext import BUILD
 
+    for name, v, hi in (("events", args.events, 100_000_000), ("instruments", args.instruments, 65_536),
+                        ("seed", args.seed, (1 << 63) - 1), ("repeats", args.repeats, 1000)):
+        if not (0 if name == "seed" else 1) <= v <= hi:       # (the stream is made in memory first)
+            print(f"tickwire bookbench: --{name}: expected an integer from {0 if name == 'seed' else 1} to {hi:,}, "
+                  f"got {v}", file=sys.stderr)
+            return 2
     _say(f"tickwire {tickwire.__version__} books ({BUILD} build): order books on a synthetic market and real captures")
     _say()
     status = _demo_synthetic("L2", args.events, args.instruments, args.seed, args.repeats)
@@ -156,8 +162,11 @@ def cmd_demo(args) -> int:
 def cmd_run(args) -> int:
     from tickwire.engine.supervisor import run
 
-    if args.duration is not None and not 0 < args.duration < float("inf"):
-        print(f"tickwire run: --duration: expected a positive number of seconds, got {args.duration}", file=sys.stderr)
+    from tickwire.engine.config import seconds_problem
+
+    why = None if args.duration is None else seconds_problem(args.duration)
+    if why:
+        print(f"tickwire run: --duration: {why}", file=sys.stderr)
         return 2
     _private_files()
     return run(args.config, args.duration)
@@ -481,17 +490,28 @@ def _add_simulate(sub) -> None:
 def cmd_simulate(args) -> int:
     from tickwire.feeds import simulator
 
+    from tickwire.engine.config import seconds_problem
+
     problems = [(f"--{name}", "an integer >= 1", v) for name, v in
                 (("events", args.publish_events), ("channels", args.channels), ("batch", args.batch),
-                 ("retain", args.retain)) if v < 1]
+                 ("retain", args.retain), ("subscribers", args.subscribers)) if v < 1]
+    problems += [(f"--{name}", f"an integer from {lo} to {hi:,}", v) for name, v, lo, hi in
+                 (("instruments", args.instruments, 1, 1 << 24), ("channels", args.channels, 1, 65536),
+                  ("sndhwm", 0 if args.sndhwm is None else args.sndhwm, 0, (1 << 31) - 1),
+                  ("seed", args.seed, 0, (1 << 63) - 1))
+                 if not lo <= v <= hi]
+    problems += [("--restart-at", "a number of events >= 0", v) for v in args.restart_at or () if v < 0]
     problems += [(f"--{name}", "a probability from 0 to 1", v) for name, v in
                  (("drop", args.drop), ("duplicate", args.duplicate), ("reorder", args.reorder)) if not 0 <= v <= 1]
-    problems += [(f"--{name}", "a number >= 0" + (" (0: as fast as possible)" if name == "rate" else ""), v)
-                 for name, v in (("rate", args.rate), ("heartbeat", args.heartbeat), ("linger", args.linger),
-                                 ("start-delay", args.start_delay), ("wait-subscribers", args.wait_subscribers),
-                                 ("snapshot-delay", args.snapshot_delay)) if not 0 <= v < float("inf")]
-    if args.duration is not None and not 0 < args.duration < float("inf"):
-        problems.append(("--duration", "a positive number of seconds", args.duration))
+    if not (args.rate == 0 or 1e-3 <= args.rate <= 1e10):
+        problems.append(("--rate", "events per second from 0.001 to 1e10 (0: as fast as possible)", args.rate))
+    for name, v in (("heartbeat", args.heartbeat), ("linger", args.linger), ("start-delay", args.start_delay),
+                    ("wait-subscribers", args.wait_subscribers), ("snapshot-delay", args.snapshot_delay),
+                    ("duration", args.duration)):
+        why = None if v is None else seconds_problem(v, zero_ok=name != "duration")
+        if why:
+            print(f"tickwire simulate: --{name}: {why}", file=sys.stderr)
+            return 2
     if problems:
         name, expected, got = problems[0]
         print(f"tickwire simulate: {name}: expected {expected}, got {got}", file=sys.stderr)
@@ -661,10 +681,17 @@ def main(argv=None) -> int:
                   file=sys.stderr)
             return 2
     if args.command == "demo":
-        for name in ("duration", "rate"):
-            if not 0 < getattr(args, name) < float("inf"):
-                print(f"tickwire demo: --{name}: expected a positive number, got {getattr(args, name)}",
-                      file=sys.stderr)
+        from tickwire.engine.config import seconds_problem
+
+        problems = [("duration", seconds_problem(args.duration))]       # (--wire-seconds: run_demo's own check)
+        problems += [(name, f"expected an integer from {lo} to {hi:,}, got {v}") for name, v, lo, hi in
+                     (("instruments", args.instruments, 1, 1 << 24), ("channels", args.channels, 1, 65536),
+                      ("seed", args.seed, 0, (1 << 63) - 1)) if not lo <= v <= hi]
+        if not 1e-3 <= args.rate <= 1e10:
+            problems.append(("rate", f"expected events per second from 0.001 to 1e10, got {args.rate}"))
+        for name, why in problems:
+            if why:
+                print(f"tickwire demo: --{name}: {why}", file=sys.stderr)
                 return 2
     from tickwire.engine.config import ConfigError
 

@@ -65,7 +65,20 @@ def _int(d, key, where, default=..., lo=None, hi=None):
     return v
 
 
-def _num(d, key, where, default=..., positive=False):
+MAX_SECONDS = 1e9
+"""The longest time in seconds any option or key takes (about 31 years): times become int64
+nanoseconds, and a larger one would not fit (1e300 ended in an OverflowError deep in a run)."""
+
+
+def seconds_problem(v: float, *, zero_ok: bool = False) -> str | None:
+    """What is wrong with ``v`` as a number of seconds (``expected ..., got ...`` text for an
+    error line), or None: a number > 0 (>= 0 with ``zero_ok``) and at most :data:`MAX_SECONDS`."""
+    if (0 <= v if zero_ok else 0 < v) and v <= MAX_SECONDS:
+        return None
+    return f"expected a number of seconds {'>= 0' if zero_ok else '> 0'} and at most {MAX_SECONDS:g}, got {v}"
+
+
+def _num(d, key, where, default=..., positive=False, seconds=False):
     if key not in d:
         if default is ...:
             _fail(f"{where}{key}", "a number (required)")
@@ -73,6 +86,8 @@ def _num(d, key, where, default=..., positive=False):
     v = d[key]
     if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or (positive and v <= 0):
         _fail(f"{where}{key}", "a finite positive number" if positive else "a finite number", v)
+    if seconds and v > MAX_SECONDS:
+        _fail(f"{where}{key}", f"a number of seconds at most {MAX_SECONDS:g}", v)
     return float(v)
 
 
@@ -384,7 +399,7 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
     run = _name(daemon, "run", "daemon.", "run")
     log_level = _str(daemon, "log_level", "daemon.", "info", ("debug", "info", "warning", "error"))
     supervisor_cpu = _int(daemon, "supervisor_cpu", "daemon.", 0, 0, ncpu - 1)
-    shutdown_timeout_s = _num(daemon, "shutdown_timeout_s", "daemon.", 20.0, True)
+    shutdown_timeout_s = _num(daemon, "shutdown_timeout_s", "daemon.", 20.0, True, seconds=True)
 
     # instruments
     insts_raw = raw.get("instruments")
@@ -547,12 +562,12 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
         _fail("store.dsn", "chdb:///absolute/dir or http(s)://host:port", redact(dsn))
     store = StoreConfig(dsn, _str(st, "database", "store.", "tickwire"), _str(st, "cluster", "store.", ""),
                         _int(st, "batch_rows", "store.", 500_000, 1, INT64_MAX),
-                        _num(st, "batch_seconds", "store.", 1.0, True),
+                        _num(st, "batch_seconds", "store.", 1.0, True, seconds=True),
                         _int(st, "writer_cpu", "store.", 0, 0, ncpu - 1), _str(st, "username", "store.", ""),
                         _str(st, "password", "store.", ""), _bool(st, "enabled", "store.", True),
                         _int(st, "writer_nice", "store.", 0, 0, 19),
                         _str(st, "writer_sched", "store.", "idle", choices=("idle", "normal")),
-                        _num(st, "debug_insert_delay_s", "store.", 0.0))
+                        _num(st, "debug_insert_delay_s", "store.", 0.0, seconds=True))
     if store.debug_insert_delay_s < 0:
         _fail("store.debug_insert_delay_s", "a number >= 0 (seconds; a test and benchmark knob)",
               store.debug_insert_delay_s)
@@ -571,7 +586,7 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
     if hdr_dir and not Path(hdr_dir).is_absolute():
         hdr_dir = str(base_dir / hdr_dir)
     metrics = MetricsConfig(_str(m, "host", "metrics.", "127.0.0.1"), _int(m, "port", "metrics.", 9464, 0, 65535),
-                            _num(m, "hdr_interval_s", "metrics.", 10.0, True), hdr_dir)
+                            _num(m, "hdr_interval_s", "metrics.", 10.0, True, seconds=True), hdr_dir)
     e = _table(raw, "engine")
     _check_keys(e, {"clock", "timing_every"}, "engine.")
     return Config(tuple(instruments), tuple(workers), feeds, store, rings, metrics, stats, tuple(rules), state_dir,

@@ -23,7 +23,6 @@ demo alone and that order holds; a second one stops the daemon at once.
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import re
 import shutil
@@ -137,8 +136,11 @@ def run_demo(*, duration: float = 20.0, rate: float = 100_000, instruments: int 
     a ``data_dir`` that cannot be made or written, or while another demo runs."""
     from tickwire.engine.supervisor import StartupError, _lock_holder, _try_lock
 
-    if not 0 <= wire_seconds < math.inf:
-        raise StartupError(f"--wire-seconds: expected a number of seconds >= 0 (0: skip), got {wire_seconds}")
+    from tickwire.engine.config import MAX_SECONDS
+
+    if not 0 <= wire_seconds <= MAX_SECONDS:
+        raise StartupError(f"--wire-seconds: expected a number of seconds >= 0 (0: skip) and at most "
+                           f"{MAX_SECONDS:g}, got {wire_seconds}")
     # the demo's rings, feed and run directory have fixed names: one demo at a time on a machine
     lock_path = Path("/tmp") / "tickwire-demo.lock"
     lock = _try_lock(lock_path)

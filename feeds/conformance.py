@@ -662,9 +662,11 @@ def add_parser(sub) -> None:
 def cmd_check_publisher(args) -> int:
     import sys
 
-    if not 0 < args.duration < float("inf"):
-        print(f"tickwire check-publisher: --duration: expected a positive number of seconds, got {args.duration}",
-              file=sys.stderr)
+    from tickwire.engine.config import seconds_problem
+
+    why = seconds_problem(args.duration)
+    if why:
+        print(f"tickwire check-publisher: --duration: {why}", file=sys.stderr)
         return 2
     if any(not 0 <= c <= 0xFFFF for c in args.channels or ()):
         print("tickwire check-publisher: --channels: channel ids are 0..65535", file=sys.stderr)

@@ -188,6 +188,18 @@ def test_integers_have_the_range_their_consumer_takes(raw, fragment):
     assert fragment in error_of(raw)
 
 
+@pytest.mark.parametrize("raw, key", [
+    (cfg(daemon={"shutdown_timeout_s": 1e300}), "daemon.shutdown_timeout_s"),
+    (cfg(store={"batch_seconds": 1e10}), "store.batch_seconds"),
+    (cfg(store={"debug_insert_delay_s": 1e300}), "store.debug_insert_delay_s"),
+    (cfg(metrics={"hdr_interval_s": 1e300}), "metrics.hdr_interval_s"),
+])
+def test_times_in_seconds_fit_int64_nanoseconds(raw, key):
+    # finite, so taken before, and then int(seconds * 1e9) was past int64 (or an OverflowError)
+    assert f"{key}: expected a number of seconds at most 1e+09" in error_of(raw)
+    assert from_dict({**raw, key.split(".")[0]: {key.split(".")[1]: 1e9}})      # the bound itself is taken
+
+
 def test_integers_at_their_upper_bound_are_accepted():
     c = from_dict(cfg(feeds={"hwm": INT32_MAX, "stale_after_ms": INT64_MAX, "recovery_retries": INT64_MAX},
                       engine={"timing_every": INT32_MAX}, store={"batch_rows": INT64_MAX},

@@ -37,7 +37,18 @@ def test_config_path_that_is_a_directory_or_binary(tmp_path):
 
 @pytest.mark.parametrize("argv, fragment", [
     (["--drop", "2"], "--drop: expected a probability from 0 to 1, got 2.0"),
-    (["--rate", "-5"], "--rate: expected a number >= 0 (0: as fast as possible), got -5.0"),
+    (["--rate", "-5"], "--rate: expected events per second from 0.001 to 1e10 (0: as fast as possible), got -5.0"),
+    # tracebacks before (from libzmq, numpy, the instrument table, int() of an infinite time), or,
+    # for -1 subscribers and a restart at -1 events, taken as if they meant something
+    (["--rate", "1e-300"], "--rate: expected events per second from 0.001 to 1e10"),
+    (["--sndhwm", "-1"], "--sndhwm: expected an integer from 0 to 2,147,483,647, got -1"),
+    (["--instruments", "100000000"], "--instruments: expected an integer from 1 to 16,777,216, got 100000000"),
+    (["--channels", "100000"], "--channels: expected an integer from 1 to 65,536, got 100000"),
+    (["--seed", "-1"], "--seed: expected an integer from 0 to"),
+    (["--subscribers", "-1"], "--subscribers: expected an integer >= 1, got -1"),
+    (["--restart-at", "5", "--restart-at", "-1"], "--restart-at: expected a number of events >= 0, got -1"),
+    (["--duration", "1e300"], "--duration: expected a number of seconds > 0 and at most 1e+09, got 1e+300"),
+    (["--heartbeat", "1e300"], "--heartbeat: expected a number of seconds >= 0 and at most 1e+09, got 1e+300"),
     (["--batch", "0"], "--batch: expected an integer >= 1, got 0"),
     (["--channels", "0"], "--channels: expected an integer >= 1, got 0"),
     # accepted without a word before: -1 resting orders (taken as 1), 100,000 events a message
@@ -210,18 +221,46 @@ def _demo_lock_free():
     os.close(fd)
 
 
-def test_demo_wire_seconds_must_not_be_negative(tmp_path):
-    one_line(tickwire("demo", "--wire-seconds=-1", "--duration", "1", "--data-dir", tmp_path / "data"),
-             "--wire-seconds: expected a number of seconds >= 0 (0: skip), got -1.0")
+@pytest.mark.parametrize("argv, fragment", [
+    (["--duration", "1e300"], "--duration: expected a number of seconds > 0 and at most 1e+09, got 1e+300"),
+    (["--rate", "0"], "--rate: expected events per second from 0.001 to 1e10, got 0.0"),
+    (["--instruments", "99999999"], "--instruments: expected an integer from 1 to 16,777,216, got 99999999"),
+    (["--channels", "70000"], "--channels: expected an integer from 1 to 65,536, got 70000"),
+    (["--seed", "-2"], "--seed: expected an integer from 0 to"),
+])
+def test_demo_refuses_bad_arguments_before_starting(tmp_path, argv, fragment):
+    one_line(tickwire("demo", "--data-dir", tmp_path / "data", *argv), fragment)
     assert not (tmp_path / "data").exists()
 
 
-@pytest.mark.parametrize("duration", ["nan", "inf", "-5", "0"])
+@pytest.mark.parametrize("duration", ["nan", "0", "1e300"])
+def test_check_publisher_refuses_a_duration_that_is_not_a_number_of_seconds(duration):
+    one_line(tickwire("check-publisher", "ipc:///nonexistent/feed", "--duration", duration),
+             f"check-publisher: --duration: expected a number of seconds > 0 and at most 1e+09, got {float(duration)}")
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    # before: a numpy traceback (a negative seed; 72.8 TiB to allocate), or minutes of generating
+    (["--seed", "-1"], "--seed: expected an integer from 0 to"),
+    (["--events", "10000000000000"], "--events: expected an integer from 1 to 100,000,000, got 10000000000000"),
+    (["--instruments", "100000000"], "--instruments: expected an integer from 1 to 65,536, got 100000000"),
+])
+def test_bookbench_refuses_bad_arguments(argv, fragment):
+    one_line(tickwire("bookbench", "--no-captures", *argv), "tickwire bookbench: " + fragment)
+
+
+def test_demo_wire_seconds_must_not_be_negative(tmp_path):
+    one_line(tickwire("demo", "--wire-seconds=-1", "--duration", "1", "--data-dir", tmp_path / "data"),
+             "--wire-seconds: expected a number of seconds >= 0 (0: skip) and at most 1e+09, got -1.0")
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("duration", ["nan", "inf", "-5", "0", "1e300"])
 def test_run_refuses_a_duration_that_is_not_a_positive_number_of_seconds(tmp_path, duration):
     # before: nan was a traceback from the event loop, -5 started the daemon and stopped it at once
     one_line(tickwire("run", "--config", Path(__file__).parents[1] / "engine" / "tickwire.example.toml",
                       f"--duration={duration}"),
-             f"tickwire run: --duration: expected a positive number of seconds, got {float(duration)}")
+             f"tickwire run: --duration: expected a number of seconds > 0 and at most 1e+09, got {float(duration)}")
 
 
 @pytest.mark.parametrize("data_dir", ["/proc/x", "{tmp}/afile", "{tmp}/afile/sub"])
