@@ -57,7 +57,12 @@ TICK_COLUMNS = ["ts_event", "ts_recv", "seq", "order_id", "price", "qty", "instr
 SIGNAL_COLUMNS = ["ts_event", "ts_recv", "ts_signal", "seq", "value", "strength", "instrument",
                   "rule_id", "rule_kind", "direction", "flags"]
 _TIME_COLUMNS = {"ts_event", "ts_recv", "ts_signal"}
-_INSERT_SETTINGS = {"async_insert": 0, "wait_for_async_insert": 1, "insert_deduplicate": 1}
+#: max_partitions_per_insert_block 0: a batch may touch any number of days. ClickHouse refuses
+#: more than 100 by default, and a snapshot whose levels carry the times they last changed
+#: (Kraken's span 324 days) or a backfill of sparse history is such a batch; refused, it would
+#: fail the same way at every retry (docs/storage.md).
+_INSERT_SETTINGS = {"async_insert": 0, "wait_for_async_insert": 1, "insert_deduplicate": 1,
+                    "max_partitions_per_insert_block": 0}
 
 
 class StoreError(RuntimeError):

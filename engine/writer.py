@@ -599,6 +599,8 @@ class TickWriter:
         self._poll(now)
         self._settle(now)
         stopping = self._stop.is_set()
+        if stopping and self._drain_since is None:    # (stop() may come from another thread meanwhile)
+            self._drain_since = now
         # stopped, but a live producer may still push its last records and close: wait for that
         lingering = stopping and now - self._drain_since < STOP_GRACE and not self.source.producer_closed \
             and getattr(self.source, "producer_alive", False)
@@ -614,6 +616,8 @@ class TickWriter:
             n += k
             self._first = self._first or now
         closed = self.source.producer_closed
+        if closed and self._drain_since is None:      # the producer closed during this step
+            self._drain_since = now
         due = n == self.batch_rows or (n and (stopping or closed or now - self._first >= self.batch_seconds))
         if self._held is None and due:
             self._cut(n)

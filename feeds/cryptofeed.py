@@ -52,6 +52,7 @@ log = logging.getLogger("tickwire.bridge")
 
 _LAST, _SNAPSHOT = int(Flag.LAST), int(Flag.SNAPSHOT)
 _BID, _ASK = int(Side.BID), int(Side.ASK)
+_TAKER = {"buy": _BID, "sell": _ASK}              # a trade's taker side; any other: Side.NONE
 _ADD, _MODIFY, _TRADE = int(Kind.ADD), int(Kind.MODIFY), int(Kind.TRADE)
 
 EXTRA = "pip install -e '.[cryptofeed]' in the checkout"
@@ -188,7 +189,8 @@ class Converter:
         return self._out(rows, array) if rows else None
 
     def trade(self, symbol: str, side: str, price, amount, ts_event: int, ts_recv: int, *, array: bool = True):
-        """One trade; ``side`` is the taker's (cryptofeed's ``buy``/``sell``)."""
+        """One trade; ``side`` is the taker's (cryptofeed's ``buy``/``sell``; anything else is
+        published as ``Side.NONE``, not guessed)."""
         inst = self.instrument(symbol)
         if inst is None:
             return None
@@ -197,7 +199,7 @@ class Converter:
             return None
         self.counts["trades"] += 1
         return self._out([(ts_event, ts_recv, 0, 0, units[0], units[1], inst.id, 0, _TRADE,
-                           _BID if side == "buy" else _ASK, 0, 0)], array)
+                           _TAKER.get(side, int(Side.NONE)), 0, 0)], array)
 
     def stale(self, symbol: str, ts: int, *, array: bool = True):
         """A STALE marker for ``symbol``: its book can no longer be trusted until a snapshot."""
@@ -472,17 +474,30 @@ class Bridge:
         except (ValueError, KeyError, TypeError):
             self.converter.counts["bad_message"] += 1
             return
-        ts = msg.get("timestamp")
-        ts_event = to_ns(ts) if ts else ts_recv
-        if "delta" in msg:
-            self.on_book_update(symbol, None, msg["delta"], ts_event, ts_recv)
-        elif "book" in msg:
-            self.on_book_update(symbol, msg["book"], None, ts_event, ts_recv)
-        elif "side" in msg and "amount" in msg:
-            self.publish(self.converter.trade(symbol, msg["side"], msg["price"], msg["amount"], ts_event, ts_recv,
-                                              array=False))
-        else:
+        try:
+            ts = msg.get("timestamp")
+            ts_event = to_ns(ts) if ts else ts_recv
+            if not 0 < ts_event < 1 << 63:         # (milliseconds taken for seconds, say)
+                raise ValueError(f"timestamp {ts!r} is not a time in seconds")
+            if "delta" in msg:
+                self.on_book_update(symbol, None, msg["delta"], ts_event, ts_recv)
+            elif "book" in msg:
+                self.on_book_update(symbol, msg["book"], None, ts_event, ts_recv)
+            elif "side" in msg and "amount" in msg:
+                self.publish(self.converter.trade(symbol, msg["side"], msg["price"], msg["amount"], ts_event,
+                                                  ts_recv, array=False))
+            else:
+                self.converter.counts["bad_message"] += 1
+        except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError) as exc:
+            # one malformed message is counted and skipped, never the end of the bridge (an
+            # OverflowError or decimal.InvalidOperation used to be); a book update of a known
+            # symbol that could not be read leaves its book unknown: STALE until a snapshot
             self.converter.counts["bad_message"] += 1
+            self.converter._once(f"bad:{symbol}", "%s: a message that cannot be read (%s: %s): skipped", symbol,
+                                 type(exc).__name__, exc)
+            if ("delta" in msg or "book" in msg) and isinstance(symbol, str) and symbol in self.converter.by_symbol \
+                    and symbol in self.converter.synced:
+                self.publish(self.converter.stale(symbol, ts_recv, array=False))
 
     def stats(self) -> dict:
         c = self.converter.counts

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import re
 import signal
@@ -113,7 +114,7 @@ def add_parser(sub) -> None:
     g.add_argument("--latency-us", type=float, default=0.0, metavar="US",
                    help="for --report: a taker's entry sees the book this long after the signal [%(default)s]")
     g.add_argument("--fee-bps", type=float, default=0.0, metavar="BPS",
-                   help="for --report: fee per fill in basis points of the price [%(default)s]")
+                   help="for --report: fee per fill in basis points of the price (negative: a rebate) [%(default)s]")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress line")
     p.set_defaults(func=cmd_replay)
 
@@ -259,9 +260,9 @@ def _replay(args) -> int:
         raise ReplayError(f"empty range: --to {args.end} is not after --from {args.start}")
     select = [s for item in (args.instruments or []) for s in item.split(",") if s.strip()] or None
     horizons = tuple(parse_duration(h) for h in args.horizons.split(",") if h.strip())
-    if not (0 <= args.latency_us <= 3.6e9 and 0 <= args.fee_bps <= 10_000):
-        raise ReplayError(f"--latency-us must be 0 .. 3.6e9 (an hour) and --fee-bps 0 .. 10,000, got "
-                          f"{args.latency_us:g} and {args.fee_bps:g}")
+    if not (0 <= args.latency_us <= 3.6e9 and -10_000 <= args.fee_bps <= 10_000):
+        raise ReplayError(f"--latency-us must be 0 .. 3.6e9 (an hour) and --fee-bps -10,000 .. 10,000 (negative: "
+                          f"a rebate), got {args.latency_us:g} and {args.fee_bps:g}")
     report_dir = Path(args.report) if args.report else None
     if report_dir is not None and report_dir.exists() and (not report_dir.is_dir() or any(report_dir.iterdir())):
         raise ReplayError(f"--report {report_dir}: exists and is not an empty directory (nothing overwritten)")
@@ -278,6 +279,12 @@ def _replay(args) -> int:
             raise ReplayError(f"--report needs tickwire.replay.report, which cannot be imported here ({exc})") from None
 
     spec, cfg_insts = _load_spec(args.config) if args.config else (EngineSpec(), None)
+    if not args.dsn and spec.channels is not None:
+        # a capture's or an .npy file's events never came through the daemon's feed channels (a
+        # capture's are all channel 0): the check would refuse every instrument off channel 0
+        # as WRONG_CHANNEL. The config's channel count still places them when they are published.
+        args.channels = args.channels or spec.channels
+        spec = dataclasses.replace(spec, channels=None)
     if args.dsn:
         source = StoreSource(args.dsn, select, start, end, instruments=cfg_insts, snapshots=not args.publish)
     elif args.capture:
@@ -316,7 +323,7 @@ def _run(args, source, spec, report_cls, report_dir, horizons, sig_path) -> int:
     rb = None
     if report_cls is not None:
         try:
-            rb = report_cls(source.instruments, horizons_ns=horizons, latency_ns=int(args.latency_us * 1000),
+            rb = report_cls(source.instruments, horizons_ns=horizons, latency_ns=round(args.latency_us * 1000),
                             fee_bps=args.fee_bps, plots=not args.no_plots)
         except (ValueError, TypeError, ImportError, RuntimeError) as exc:
             raise ReplayError(f"--report: {exc}") from None

@@ -501,6 +501,62 @@ def test_cryptofeeds_zmq_backend_as_input_counts_what_it_cannot_see(tmp_path):
     shutil.rmtree(d, ignore_errors=True)
 
 
+def test_malformed_messages_on_the_zmq_input_are_counted_and_the_bridge_goes_on(tmp_path):
+    """Messages of cryptofeed's ZeroMQ format that cannot be read (a time in milliseconds, which
+    overflowed int64 nanoseconds; a time that is not a number; a body that is not an object) are
+    counted as bad messages and skipped: they used to end the bridge with a traceback. A book
+    update that could not be read leaves its book STALE until a snapshot; a trade whose taker
+    side is not buy or sell goes out as Side.NONE, not as a sell."""
+    feed, snap, d = free_endpoints(tmp_path)
+    port = free_port()
+    bridge = Bridge(from_dict(bridge_raw(tmp_path / "state", [inst()], feed, snap,
+                                         zmq_input=f"tcp://127.0.0.1:{port}"), tmp_path))
+    ctx = zmq.Context.instance()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(feed)
+    runner = threading.Thread(target=bridge.run_zmq_input, kwargs={"duration": 60}, daemon=True)
+    runner.start()
+    pub = ctx.socket(zmq.PUB)
+    pub.connect(f"tcp://127.0.0.1:{port}")
+
+    def send(msg):
+        pub.send(b"book-KRAKEN-BTC-USD " + (msg if isinstance(msg, bytes) else json.dumps(msg).encode()))
+
+    try:
+        assert wait(lambda: (send({"symbol": "PROBE"}), bridge.converter.counts["bad_message"])[1], 30)
+        time.sleep(0.5)                                     # (probes still on their way)
+        probes = bridge.converter.counts["bad_message"]
+        t = 1618678134.5
+        send({"symbol": "BTC-USD", "timestamp": t, "book": {"bid": {"100.00": "1"}, "ask": {"100.02": "2"}}})
+        send({"symbol": "BTC-USD", "timestamp": t * 1000, "side": "buy", "price": "100.01", "amount": "1"})
+        send({"symbol": "BTC-USD", "timestamp": "n/a", "side": "buy", "price": "100.01", "amount": "1"})
+        send({"symbol": "BTC-USD", "timestamp": [1], "delta": {"bid": [["100.01", "3"]]}})
+        send({"symbol": "BTC-USD", "timestamp": t, "side": "BUY", "price": "100.01", "amount": "0.5"})
+        send(b'"just a string"')
+        assert wait(lambda: bridge.converter.counts["trades"] == 1, 30), bridge.stats()
+        assert runner.is_alive()
+        assert bridge.converter.counts["bad_message"] - probes == 4, bridge.stats()
+        assert "BTC-USD" not in bridge.converter.synced                 # the unreadable delta: STALE
+        events = []
+        while sub.poll(2000):
+            header, got = decode(*sub.recv_multipart())
+            if header.type == MsgType.DATA:
+                events.extend(got.tolist())
+            if any(e[8] == int(Kind.TRADE) for e in events):
+                break
+        stale = [e for e in events if e[8] == int(Kind.SNAPSHOT) and e[10] & int(Flag.STALE)]
+        trades = [e for e in events if e[8] == int(Kind.TRADE)]
+        assert len(stale) == 1 and len(trades) == 1 and trades[0][9] == int(Side.NONE), events
+    finally:
+        bridge.stop()
+        runner.join(10)
+        bridge.close(0)
+        pub.close(0)
+        sub.close(0)
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def free_port() -> int:
     import socket
 

@@ -1,13 +1,13 @@
 """tickwire.replay: sources, modes, determinism, the CLI and its errors. Real chDB stores, real
 ZeroMQ on loopback, real processes (the daemon's live parity is in tests/test_replay_daemon.py)."""
 
-import fcntl
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -539,6 +539,13 @@ def test_report_option_builds_the_report(tmp_path, market):
     files = {p.name for p in (tmp_path / "rep2").iterdir()}
     assert "summary.json" in files and not any(f.endswith(".png") for f in files)
     assert any(f.endswith(".png") for f in os.listdir(tmp_path / "rep"))
+    # the latency to the nanosecond (1.005 us was 1004 ns: int() of 1004.9999...) and a negative
+    # fee, a rebate as docs/replay-report.md defines it (refused by the CLI before)
+    out = cli("--npy", tmp_path / "ev.npy", "--report", tmp_path / "rep3", "--no-plots", "--latency-us", "1.005",
+              "--fee-bps", "-0.5")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads((tmp_path / "rep3" / "summary.json").read_text())
+    assert summary["latency_ns"] == 1005 and summary["fee_bps"] == -0.5
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -645,6 +652,28 @@ def test_a_time_range_takes_a_capture_s_snapshots_whole(kraken):
     assert (part["ts_event"][~snap] >= mid).all()
     full = Replay(whole, EngineSpec(RULES, STATS)).run()
     assert Replay(ranged, EngineSpec(RULES, STATS)).run().signals.tobytes() == full.signals.tobytes()
+
+
+def test_a_capture_replayed_with_a_daemon_config_of_several_channels_loses_no_instrument(tmp_path, kraken):
+    """A capture's events are all stamped channel 0: with the shipped Kraken config
+    (feeds.channels = 2) the channel check refused every event of the odd instruments as
+    WRONG_CHANNEL (5,933 of 11,765), and the run still exited 0 with their signals missing.
+    The check is the daemon's feed's; a capture never came through it."""
+    from tickwire.engine import config
+    from tickwire.feeds.captures import KRAKEN_FILE, find_shared_data
+
+    path = Path(__file__).parents[1] / "engine" / "kraken.example.toml"
+    cfg = config.load(path)
+    assert cfg.feeds.channels == 2
+    out = cli("--capture", "kraken", "--config", path, "--signals", tmp_path / "sig.npy",
+              env={**os.environ, "TICKWIRE_SHARED_DATA": str(find_shared_data(KRAKEN_FILE).parent)})
+    assert out.returncode == 0, out.stderr
+    assert f"replayed {len(kraken.events):,} events" in out.stdout and "reject" not in out.stdout, out.stdout
+    got = np.load(tmp_path / "sig.npy")
+    want = Replay(ArraySource(kraken.events, kraken.instruments),
+                  EngineSpec(tuple(cfg.rules), cfg.stats)).run().signals
+    assert len(want) and got.tobytes() == want.tobytes()
+    assert set(np.unique(got["instrument"]).tolist()) & {1, 3, 5, 7, 9}
 
 
 def test_a_store_of_an_older_schema_is_named_as_such_with_what_migrates_it(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 
 from tickwire.engine.store import MERGE_SELECTOR_BASE, SCHEMA_VERSION, Store, StoreError, cluster_ddl, redact
 from tickwire.ext import EVENT_DTYPE, SIGNAL_DTYPE, Flag
-from tickwire.feeds.synthetic import l3_orders, synthetic_instruments
+from tickwire.feeds.synthetic import l3_orders
 
 
 def in_fresh_process(code: str) -> str:
@@ -124,6 +124,24 @@ def test_snapshot_rows_go_to_their_own_table_once_each(tmp_path):
     assert store.count_ticks(table="snapshots") == snap.sum() + s2.sum()
     with pytest.raises(ValueError, match="table"):
         store.count_ticks(table="signals")
+
+
+def test_a_batch_spanning_hundreds_of_days_is_stored_once(tmp_path):
+    """The store partitions by day of ts_event and ClickHouse refuses an insert touching more
+    than 100 partitions by default: a snapshot whose levels carry the times they last changed
+    (Kraken's, over 324 days) was refused, and the writer, taking it for an outage, stopped
+    storing anything for good. One batch over 400 days is stored, and once under its token."""
+    store = Store.open(f"chdb://{tmp_path}/db")
+    ev = random_events(4_000, seed=8)
+    day = 86_400 * 10**9
+    ev["ts_event"] = 1_600_000_000_000_000_000 + (np.arange(len(ev)) % 400) * day + np.arange(len(ev))
+    snap = (ev["flags"] & Flag.SNAPSHOT) != 0
+    for _ in range(2):
+        store.insert_ticks(ev, epoch=2, first_ord=0, token="2:0:4000")
+    assert store.count_ticks() == (~snap).sum() and store.count_ticks(table="snapshots") == snap.sum()
+    assert np.concatenate(list(store.read_ticks())).tobytes() == total_order(ev[~snap], np.flatnonzero(~snap)).tobytes()
+    days = store.client.query("SELECT uniqExact(toYYYYMMDD(ts_event)) FROM tickwire.ticks").result_rows[0][0]
+    assert days == 400
 
 
 def test_schema_created_once_and_reopened(tmp_path):

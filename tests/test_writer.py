@@ -246,6 +246,58 @@ def test_outage_spills_in_order_and_replays_with_nothing_lost(tmp_path):
     assert_exactly_once(dsn, ev)
 
 
+class ClosedWhileRead:
+    """The writer's ring, whose producer closes it while the writer is reading it (after the
+    writer's step has looked at whether it is draining): a race a real producer wins now and then."""
+
+    def __init__(self, consumer, ring):
+        self.consumer, self.ring, self.armed = consumer, ring, False
+
+    def peek_many(self, buf, timeout):
+        k = self.consumer.peek_many(buf, timeout)
+        if self.armed:
+            self.armed = False
+            self.ring.close()
+        return k
+
+    def __getattr__(self, name):
+        return getattr(self.consumer, name)
+
+
+def test_a_producer_closing_mid_step_during_an_outage_ends_the_writer_cleanly(tmp_path):
+    """The store down, the spill's replays failing, and the producer closing its ring in the
+    middle of a step: the writer ended with a TypeError (a drain begun at no time), the daemon
+    with exit status 1. It now drains: every tick on disk in the spill, none lost."""
+    name, dsn = ring_name(), f"chdb://{tmp_path}/store"
+    ev = l2_updates(5_000, seed=21, instruments=2)
+    down = threading.Event()
+    down.set()
+    real, link = flaky_link(dsn, down)
+    with Ring.create(name, EVENT_DTYPE, 1 << 14) as ring:
+        source = ClosedWhileRead(Ring.attach(name, EVENT_DTYPE), ring)
+        writer = TickWriter(link, source, tmp_path / "state", epoch=5, batch_rows=1000,
+                            batch_seconds=0.01, retry_seconds=2.0)
+        ring.push_many(ev)
+        deadline = time.monotonic() + 60
+        while writer.metrics["rows_spilled"] < len(ev) or writer._replay_failed is None:
+            assert writer.step(0.01) and time.monotonic() < deadline, writer.metrics
+        source.armed = True
+        while writer.step(0.01):                           # (raised TypeError before)
+            assert time.monotonic() < deadline, writer.metrics
+        assert not writer.gave_up and writer.metrics["rows_spilled"] == len(ev) and source.size == 0
+    down.clear()
+    link.close()
+    real.close()
+    second_link = StoreLink(lambda: Store.open(dsn), retry_seconds=0.05)   # the store back: the spill replayed
+    with Ring.create(name, EVENT_DTYPE, 1 << 14) as ring:
+        again = TickWriter(second_link, Ring.attach(name, EVENT_DTYPE), tmp_path / "state", epoch=6,
+                           batch_rows=1000, batch_seconds=0.01)
+        ring.close()
+        again.run()
+    second_link.close()
+    assert_exactly_once(dsn, ev)
+
+
 def test_spill_files_of_an_earlier_stream_keep_their_names_and_are_replayed(tmp_path):
     """A stream's spill files outlive its ring when the store was down at its end; a ring of the
     next run starts again at position 0 and spills too: its files must not take the old names
