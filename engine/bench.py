@@ -648,7 +648,7 @@ class Run:
         try:
             if a.target == "daemon":
                 log = open(self.work / f"{tag}.log", "w")
-                daemon = subprocess.Popen([sys.executable, "-m", "tickwire", "run", "--config", str(path)],
+                daemon = subprocess.Popen([sys.executable, "-P", "-m", "tickwire", "run", "--config", str(path)],
                                           stdout=log, stderr=subprocess.STDOUT)
             else:
                 run_dir = self.work / tag                  # the worker finds its rings in its rings.json

@@ -365,7 +365,14 @@ def cmd_status(args) -> int:
         if line.startswith("#") or not line.startswith("tickwire_"):
             continue
         name, _, value = line.rpartition(" ")
-        rows[name] = float(value)
+        try:
+            rows[name] = float(value)
+        except ValueError:                          # not a sample line of ours
+            continue
+    if not any(k.startswith("tickwire_events_total") for k in rows):
+        print(f"tickwire status: {url} is not a tickwire daemon's metrics endpoint (no tickwire_events_total "
+              f"in what it answered)", file=sys.stderr)
+        return 1
 
     def total(name):
         return sum(v for k, v in rows.items() if k == name or k.startswith(name + "{"))

@@ -241,7 +241,7 @@ def _run_demo(duration, rate, instruments, channels, data_dir, seed, say, keep, 
 
     def start_sim():
         events = int(rate * duration)
-        argv = [sys.executable, "-m", "tickwire", "simulate", "--endpoint", cfg.feeds.endpoints[0],
+        argv = [sys.executable, "-P", "-m", "tickwire", "simulate", "--endpoint", cfg.feeds.endpoints[0],
                 "--snapshot", cfg.feeds.snapshot, "--instruments", str(instruments), "--channels", str(channels),
                 "--rate", str(rate), "--events", str(events), "--seed", str(seed), "--wait-subscribers", "20",
                 "--subscribers", "1", "--start-delay", "1.0", "--linger", "1.0", "--cpu", str(cfg.supervisor_cpu),

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-__all__ = ["LATENCY_BOUNDS_NS", "latency_histogram", "Collector", "histogram_quantile"]
+__all__ = ["LATENCY_BOUNDS_NS", "latency_histogram", "Collector", "histogram_quantile", "serve"]
 
 #: Upper bounds (``le``) of the latency histograms, ns: 25 ns to 10 s in 1-2.5-5 steps.
 LATENCY_BOUNDS_NS = tuple(int(m * 10 ** e) for e in range(1, 10) for m in (2.5, 5, 10))
@@ -229,3 +229,58 @@ class Collector:
         yield from wc.values()
         yield from wg.values()
         yield from (writer_up, restarts, stored, missed)
+
+
+#: Most requests the metrics endpoint serves at once; a connection past it is closed at once
+#: (a flood of idle connections can then fail a scrape for a few seconds, never the daemon).
+MAX_CONNECTIONS = 64
+#: Seconds a connection may take to send its request (and to read the reply) before it is closed.
+REQUEST_TIMEOUT_S = 5.0
+
+
+def serve(host: str, port: int, registry):
+    """Serve ``registry`` at ``http://host:port/metrics`` from a daemon thread; returns the server
+    (``server_port``, ``shutdown()``).
+
+    prometheus_client's own ``start_http_server`` gives every connection a thread and waits for a
+    request for ever: a thousand idle connections from any local user took the supervisor's file
+    descriptors, and then its worker restarts failed. Here at most :data:`MAX_CONNECTIONS` are
+    served at once (the rest closed at once) and each has :data:`REQUEST_TIMEOUT_S`."""
+    import socket
+    import threading
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    from prometheus_client import make_wsgi_app
+
+    class Handler(WSGIRequestHandler):
+        timeout = REQUEST_TIMEOUT_S                    # (StreamRequestHandler: the socket's timeout)
+
+        def log_message(self, *args):
+            pass
+
+    slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
+        def process_request(self, request, client_address):
+            if not slots.acquire(blocking=False):
+                self.shutdown_request(request)         # too many at once: closed, not queued
+                return
+            super().process_request(request, client_address)
+
+        def process_request_thread(self, request, client_address):
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                slots.release()
+
+        def handle_error(self, request, client_address):
+            pass                                       # (a client gone or timed out: nothing to say)
+
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    Server.address_family = infos[0][0]
+    httpd = make_server(host, port, make_wsgi_app(registry), Server, handler_class=Handler)
+    threading.Thread(target=httpd.serve_forever, name="metrics", daemon=True).start()
+    return httpd

@@ -440,7 +440,9 @@ class Supervisor:
         return names
 
     def _python(self, module, *args):
-        return [sys.executable, "-m", module, *map(str, args)]
+        # -P: the working directory is not put first on sys.path (a `tickwire` directory there, a
+        # checkout's parent or a folder of configs, was imported instead and every worker died)
+        return [sys.executable, "-P", "-m", module, *map(str, args)]
 
     def _check_room(self) -> None:
         """Refuse to start (StartupError) when the rings of all workers do not fit in /dev/shm's
@@ -545,13 +547,15 @@ class Supervisor:
         os.replace(tmp, self.run_dir / "config.json")
 
     def _start_metrics(self) -> None:
-        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client import CollectorRegistry
+
+        from tickwire.engine.metrics import serve
 
         registry = CollectorRegistry()
         registry.register(_Collector(self))
         host, port = self.cfg.metrics.host, self.cfg.metrics.port
         try:
-            server, _ = start_http_server(port, addr=host, registry=registry)
+            server = serve(host, port, registry)
         except OSError as exc:
             raise StartupError(f"metrics.port: cannot serve metrics on {host}:{port} ({exc.strerror or exc}): "
                                f"expected a free port on an address of this machine (0: any free port)") from None
@@ -591,9 +595,40 @@ class Supervisor:
             log.error("%s (pid %d) exited with %s; restarting (restart %d)", child.name, child.proc.pid,
                       how, child.restarts)
             await asyncio.sleep(self.restart_delay * (2 ** fast))
-            if self.stopping:
+            if self.stopping or not await self._respawn(child):
                 return
-            await self._spawn(child)
+
+    async def _respawn(self, child: _Child, give_up_after: float = 60.0) -> bool:
+        """Start ``child`` again; when the system refuses a new process (EMFILE, EAGAIN, ENOMEM:
+        once, a watcher died of it and the daemon ran on with no worker, saying nothing), say
+        so and try again every second or so, and after ``give_up_after`` seconds stop the
+        daemon (status 1). False when there is nothing more to watch."""
+        first = time.monotonic()
+        while True:
+            try:
+                await self._spawn(child)
+                return True
+            except OSError as exc:
+                waited = time.monotonic() - first
+                if waited >= give_up_after:
+                    log.error("%s cannot be started again (%s) for %.0f s: giving up", child.name, exc, waited)
+                    self.failed = True
+                    self.request_stop()
+                    return False
+                log.error("%s cannot be started again (%s): trying again", child.name, exc)
+            await asyncio.sleep(1.0)
+            if self.stopping:
+                return False
+
+    def _watcher_done(self, task: asyncio.Task) -> None:
+        """A watcher that ended on an error leaves its child unwatched: the daemon stops (status 1)
+        rather than running on without restarts."""
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        log.error("a child's watcher failed (%s: %s): stopping", type(exc).__name__, exc, exc_info=exc)
+        self.failed = True
+        self.request_stop()
 
     async def _guard_writer(self) -> None:
         """Rescue a SCHED_IDLE writer that its core starves: when a tick ring fills past a quarter,
@@ -802,6 +837,8 @@ class Supervisor:
         for child in children:
             await self._spawn(child)
         watchers = [asyncio.create_task(self._watch(c)) for c in children]
+        for w in watchers:
+            w.add_done_callback(self._watcher_done)
         asyncio.create_task(self._check_pinning())
         if self.writer is not None and self.cfg.store.writer_sched == "idle":
             asyncio.create_task(self._guard_writer())

@@ -670,6 +670,10 @@ def run_top(cfg, refresh: float = 0.5, depth: int = 10, run_dir=None, out=sys.st
         print(f"tickwire top: no daemon is running for run '{cfg.run}' ({why}): start one with "
               f"`tickwire run --config FILE` (or try `tickwire demo`), then run top again", file=sys.stderr)
         return 1
+    if not out.isatty():                           # (it drew nothing, for ever, into a pipe or a file)
+        print("tickwire top: draws a full screen and needs a terminal on its standard output; for a "
+              "summary to a pipe or a file use `tickwire status --config FILE`", file=sys.stderr)
+        return 2
     console = Console(file=out)
     keys = _Keys(sys.stdin.fileno())
     selected = 0

@@ -26,15 +26,27 @@ import zmq.utils.z85
 __all__ = ["CurveClient", "CurveServer", "public_key", "secret_certificate", "keygen"]
 
 
+def _checked_key(key: bytes, what: str, where) -> bytes:
+    """``key`` (Z85 text) when it is a CURVE key (32 bytes, not all zero); ValueError otherwise:
+    a key file with a garbled line passed the config check before and crashed every worker."""
+    try:
+        raw = zmq.utils.z85.decode(key)
+    except (ValueError, KeyError, UnicodeError, IndexError):
+        raw = b""
+    if len(raw) != 32 or not any(raw):
+        raise ValueError(f"{where}: its {what} is not a CURVE key (40 Z85 characters, not all zero), "
+                         f"got {len(key)} characters")
+    return key
+
+
 def public_key(value: str) -> bytes:
     """A CURVE public key from its 40-character Z85 text or a certificate file holding it
     (``NAME.key`` or ``NAME.key_secret``); ValueError (one line) otherwise."""
     text = str(value).strip()
     if len(text) == 40 and not os.path.exists(text):
         try:
-            if len(zmq.utils.z85.decode(text)) == 32:
-                return text.encode("ascii")
-        except (ValueError, KeyError, UnicodeEncodeError, IndexError):
+            return _checked_key(text.encode("ascii"), "text", repr(text))
+        except (ValueError, UnicodeEncodeError):
             pass
         raise ValueError(f"{text!r} is not a Z85 CURVE public key (40 characters) nor a key file")
     try:
@@ -43,7 +55,7 @@ def public_key(value: str) -> bytes:
         raise ValueError(f"cannot read a CURVE public key from {text}: {exc}") from None
     if not pub:
         raise ValueError(f"{text} holds no public-key line (a file made by `tickwire keygen` does)")
-    return pub
+    return _checked_key(pub, "public-key", text)
 
 
 def secret_certificate(path) -> tuple[bytes, bytes]:
@@ -65,7 +77,7 @@ def secret_certificate(path) -> tuple[bytes, bytes]:
         raise ValueError(f"cannot read a CURVE certificate from {p}: {exc}") from None
     if not pub or not sec:
         raise ValueError(f"{p} holds no secret key (use the NAME.key_secret file `tickwire keygen` writes)")
-    return pub, sec
+    return _checked_key(pub, "public-key", p), _checked_key(sec, "secret-key", p)
 
 
 @dataclass(frozen=True)
@@ -132,7 +144,7 @@ def keygen(directory, name: str) -> tuple[Path, Path]:
         raise ValueError(f"--name: expected a file name, got {name!r}")
     pub, sec = d / f"{name}.key", d / f"{name}.key_secret"
     for p in (pub, sec):
-        if p.exists():
+        if os.path.lexists(p):             # a symlink too, dangling or not: never written through
             raise ValueError(f"{p} exists: not overwritten (remove it first, or choose another --name)")
     d.mkdir(mode=0o700, parents=True, exist_ok=True)
     old = os.umask(0o077)                  # the secret file is never readable by others, not even briefly

@@ -13,7 +13,7 @@ import zmq
 from tickwire.engine.instruments import Instrument, make_books
 from tickwire.ext.records import EVENT_DTYPE, Flag, Kind, Side
 from tickwire.feeds import conformance, wire
-from tickwire.feeds.wire import MsgType, WireFlag
+from tickwire.feeds.wire import MsgType
 
 PY = sys.executable
 INSTS = [Instrument(i, f"I{i}", tick_size="1", lot_size="1", book="L2") for i in range(4)]
@@ -184,6 +184,26 @@ def test_a_conformant_publisher_passes(publisher):
     report = conformance.check(p.data, p.snap, duration=1.5)
     assert report.ok and not report.findings, report.text()
     assert report.snapshots >= 2 * CHANNELS and report.retransmissions == CHANNELS and report.events > 0
+
+
+def test_a_long_check_holds_a_bounded_number_of_events_and_still_checks_retransmission(publisher, monkeypatch):
+    """Every data message used to be held for the whole --duration (memory growing ~70 bytes an
+    event without end); past MAX_HELD_EVENTS the oldest are let go, the retransmission check
+    (the last events) still runs, and the note says why consistency was not checked."""
+    monkeypatch.setattr(conformance, "MAX_HELD_EVENTS", 200)
+    held = []
+    keep = conformance._Channel.keep
+
+    def watched(self, seq, ev):
+        keep(self, seq, ev)
+        held.append(self.held)
+    monkeypatch.setattr(conformance._Channel, "keep", watched)
+    p = publisher()
+    report = conformance.check(p.data, p.snap, duration=1.5)
+    assert report.ok and not report.findings, report.text()
+    assert report.events > 4 * 200 and max(held) <= 200 + 3, (report.events, max(held))
+    assert report.retransmissions == CHANNELS
+    assert any("more than 200 events between the two snapshots" in n for n in report.notes), report.notes
 
 
 BROKEN = ["frames", "magic", "version", "topic", "header", "length", "epoch", "sequence", "size-limit", "event", "ts-event", "send-time", "heartbeat",

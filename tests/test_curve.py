@@ -6,7 +6,6 @@ import os
 import socket
 import stat
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -183,6 +182,16 @@ def test_keygen_writes_a_private_secret_and_a_public_key(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "exists" in err
 
 
+def test_keygen_does_not_write_through_a_dangling_symlink(tmp_path):
+    """A dangling NAME.key_secret link was followed: the secret written where the link pointed."""
+    d = tmp_path / "k"
+    d.mkdir(mode=0o700)
+    (d / "daemon.key_secret").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match="exists: not overwritten"):
+        keygen(d, "daemon")
+    assert not (tmp_path / "elsewhere").exists() and not (d / "daemon.key").exists()
+
+
 def test_a_secret_key_others_can_read_is_refused(tmp_path):
     _, sec = keygen(tmp_path, "s")
     os.chmod(sec, 0o644)
@@ -231,6 +240,30 @@ def test_config_errors_name_the_key(keys):
     os.chmod(secret, 0o644)                                 # world-readable: anyone could pose as the daemon
     msg = config_error({"curve_server_key": server, "curve_secret_key_file": secret}, d)
     assert msg.startswith("config error: feeds.curve_secret_key_file:") and "0600" in msg and "0644" in msg
+
+
+def garble(path, key, value):
+    """``path`` with the line of ``key`` set to ``value`` (a key file edited by hand, or damaged)."""
+    lines = [f'    {key} = "{value}"' if line.strip().startswith(f"{key} =") else line
+             for line in path.read_text().splitlines()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("which, key, value", [
+    ("server.key", "public-key", "abcde"),
+    ("server.key", "public-key", "0" * 40),                        # all zero: not a key anyone holds
+    ("client.key_secret", "secret-key", "abc"),
+    ("client.key_secret", "public-key", "abcde"),
+])
+def test_a_key_file_whose_key_is_not_a_curve_key_is_a_config_error(keys, which, key, value):
+    """Passed the config check before: then every worker died (a ValueError reading the key text
+    as a file name, or ZMQError EINVAL at setsockopt) and the daemon gave up after five."""
+    d, _ = keys
+    garble(d / which, key, value)
+    option = "curve_server_key" if which == "server.key" else "curve_secret_key_file"
+    msg = config_error({"curve_server_key": str(d / "server.key"),
+                        "curve_secret_key_file": str(d / "client.key_secret")}, d)
+    assert msg.startswith(f"config error: feeds.{option}:") and f"its {key} is not a CURVE key" in msg, msg
 
 
 def test_a_daemon_over_curve_stores_every_event_and_its_status_says_so(tmp_path, keys):

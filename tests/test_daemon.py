@@ -182,6 +182,77 @@ def test_killed_worker_is_restarted_and_resumes_the_history_nothing_lost(tmp_pat
     assert all(pub[k].tobytes() == mine[k].tobytes() for k in pub)   # books resynced exactly
 
 
+def fds_of(pid) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_idle_metrics_connections_and_a_refused_restart_do_not_leave_the_daemon_without_a_worker(tmp_path):
+    """Found by an adversarial pass: any local user's idle connections to the metrics port each
+    held a thread and a descriptor of the supervisor for ever; at its descriptor limit a worker's
+    restart failed, the watcher died of the OSError, and the daemon ran on with no worker, saying
+    nothing. Now idle connections are closed (at most 64 served at once, 5 s each), and a
+    restart the system refuses is said and tried again until it succeeds."""
+    import resource
+    import socket
+
+    cfg_path, raw = write_config(tmp_path, "fds")
+    run_dir = tmp_path / "state" / "fds"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    conns = []
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"] and (run_dir / "metrics.url").exists())
+        url = (run_dir / "metrics.url").read_text().strip()
+        host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
+        before = fds_of(daemon.pid)
+        for _ in range(300):
+            c = socket.create_connection((host, int(port)))
+            c.sendall(b"GET /metr")                           # half a request line, then nothing
+            conns.append(c)
+        time.sleep(0.5)
+        assert fds_of(daemon.pid) < before + 80, (before, fds_of(daemon.pid))
+        for c in conns:
+            c.settimeout(15)
+            assert c.recv(1) == b""                           # closed by the daemon, not held
+        assert "tickwire_worker_up" in urllib.request.urlopen(url, timeout=10).read().decode()
+        # the system refuses the supervisor a new process: descriptors at their limit
+        soft, hard = resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE, (fds_of(daemon.pid), hard))
+        pid = status(run_dir)["pid"]
+        os.kill(pid, signal.SIGKILL)
+        assert wait_for(lambda: "w0 cannot be started again" in (tmp_path / "daemon.log").read_text(), 30)
+        resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE, (soft, hard))
+        assert wait_for(lambda: status(run_dir)["pid"] not in (0, pid) and alive(status(run_dir)["pid"]), 30), \
+            (tmp_path / "daemon.log").read_text()[-3000:]
+        assert daemon.poll() is None
+        assert 'tickwire_worker_up{worker="w0"} 1.0' in urllib.request.urlopen(url, timeout=10).read().decode()
+    finally:
+        for c in conns:
+            c.close()
+        rc, _ = stop_daemon(daemon, log)
+    assert rc == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+
+
+def test_a_directory_named_tickwire_where_the_daemon_starts_is_not_imported(tmp_path):
+    """Started from the parent of a checkout (or beside a folder of configs named tickwire), the
+    children's `python -m` put the working directory first on sys.path: that directory was
+    imported as tickwire, every worker died of an AttributeError and the daemon gave up."""
+    cfg_path, raw = write_config(tmp_path, "cwd")
+    run_dir = tmp_path / "state" / "cwd"
+    (tmp_path / "tickwire").mkdir()
+    log = open(tmp_path / "daemon.log", "w")
+    daemon = subprocess.Popen([str(Path(sys.executable).parent / "tickwire"), "run", "--config", str(cfg_path)],
+                              stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"] and alive(status(run_dir)["pid"]), 60), \
+            (tmp_path / "daemon.log").read_text()[-3000:]
+        time.sleep(1.0)
+        assert daemon.poll() is None
+    finally:
+        rc, _ = stop_daemon(daemon, log)
+    text = (tmp_path / "daemon.log").read_text()
+    assert rc == 0 and "Traceback" not in text and "restarting" not in text, text[-3000:]
+
+
 def test_a_worker_restarted_after_the_config_file_was_edited_runs_the_config_the_daemon_started_with(tmp_path):
     """docs/config.md: an edit the daemon does not apply (anything but rule thresholds) waits for
     a restart. A worker killed after the file was edited used to be restarted from the file as it

@@ -10,6 +10,7 @@ saying so; the others run."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -333,12 +334,32 @@ def test_every_dashboard_and_alert_query_returns_data_from_a_real_prometheus(dae
     assert "TickwireFeedSilent" not in alerts() and "TickwireDaemonDown" not in alerts(), alerts()
 
 
-def test_status_names_events_for_instruments_the_config_does_not_have(capsys):
-    """Events for an instrument missing from the config are stored but applied to no book: the
-    status summary says so, by reason (not only `--raw`)."""
+@contextlib.contextmanager
+def page_server(body: bytes):
+    """An HTTP server on loopback answering every GET with ``body``; yields its /metrics URL."""
     import http.server
     import threading
 
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_port}/metrics"
+    finally:
+        srv.shutdown()
+
+
+def test_status_names_events_for_instruments_the_config_does_not_have(capsys):
+    """Events for an instrument missing from the config are stored but applied to no book: the
+    status summary says so, by reason (not only `--raw`)."""
     from tickwire.engine.cli import main as cli_main
 
     body = ("# HELP tickwire_book_rejects_total events a book did not apply, by reason\n"
@@ -348,59 +369,42 @@ def test_status_names_events_for_instruments_the_config_does_not_have(capsys):
             'tickwire_book_rejects_total{worker="w0",reason="CROSSED"} 0.0\n'
             'tickwire_events_total{worker="w0"} 100000.0\n').encode()
 
-    class Metrics(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *a):
-            pass
-
-    srv = http.server.HTTPServer(("127.0.0.1", 0), Metrics)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        assert cli_main(["status", "--url", f"http://127.0.0.1:{srv.server_port}/metrics"]) == 0
-    finally:
-        srv.shutdown()
+    with page_server(body) as url:
+        assert cli_main(["status", "--url", url]) == 0
     line = [x for x in capsys.readouterr().out.splitlines() if "books:" in x][0]
     assert "unknown instrument 31,662" in line and "stale 3" in line and "crossed" not in line
     assert "instruments not in the config" in line
+
+
+@pytest.mark.parametrize("body", [b"<html>a web page</html>\n", b"tickwire_events_total{worker=\"w0\"} lots\n"])
+def test_status_of_something_that_is_not_a_tickwire_metrics_endpoint_says_so(capsys, body):
+    """Any page that answered 200 was summarised as a daemon with 0 events and 0 workers up, exit
+    0; a tickwire_ line whose value is not a number was a ValueError traceback."""
+    from tickwire.engine.cli import main as cli_main
+
+    with page_server(body) as url:
+        assert cli_main(["status", "--url", url]) == 1
+    out = capsys.readouterr()
+    assert "is not a tickwire daemon's metrics endpoint" in out.err and "daemon at" not in out.out
 
 
 def test_status_of_a_run_whose_daemon_is_gone_says_so_even_if_its_metrics_port_answers(tmp_path, capsys):
     """A daemon killed -9 leaves its metrics.url; the port in it may be another daemon's by now
     (two runs on the default 9464): `tickwire status --config` asks the run's daemon lock first,
     rather than printing another daemon's figures as this run's."""
-    import http.server
-    import threading
-
     from tickwire.engine.cli import main as cli_main
     from tickwire.engine.config import to_toml
     from tickwire.engine.demo import demo_raw_config
 
-    class Metrics(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b"tickwire_events_total 123\n")
-
-        def log_message(self, *a):
-            pass
-
-    srv = http.server.HTTPServer(("127.0.0.1", 0), Metrics)          # the other daemon's
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
+    with page_server(b"tickwire_events_total 123\n") as url:        # the other daemon's
         cfg = tmp_path / "gone.toml"
         cfg.write_text(to_toml(demo_raw_config(tmp_path / "state", run="gone")))
         run_dir = tmp_path / "state" / "gone"
         run_dir.mkdir(parents=True)
-        (run_dir / "metrics.url").write_text(f"http://127.0.0.1:{srv.server_port}/metrics\n")
+        (run_dir / "metrics.url").write_text(url + "\n")
         (run_dir / "daemon.lock").write_text("12345\n")                # left behind, held by nobody
         assert cli_main(["status", "--config", str(cfg)]) == 1
         err = capsys.readouterr().err
         assert "no tickwire daemon is running run 'gone'" in err, err
-    finally:
-        srv.shutdown()
     assert cli_main(["status", "--url", "notaurl"]) == 2
     assert "--url: unknown url type" in capsys.readouterr().err

@@ -216,6 +216,24 @@ def test_no_daemon_is_one_clear_line_and_a_non_zero_exit(tmp_path):
     assert "no daemon is running for run 'idle'" in res.stderr and "tickwire run --config" in res.stderr
 
 
+def test_top_into_a_pipe_says_it_needs_a_terminal(tmp_path):
+    """With its output not a terminal, top drew nothing and ran until killed: one line, exit 2."""
+    raw = demo_raw_config(tmp_path / "state", run="pipe")
+    cfg_path = tmp_path / "pipe.toml"
+    cfg_path.write_text(to_toml(raw))
+    daemon = subprocess.Popen([PY, "-m", "tickwire", "run", "--config", str(cfg_path)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: (tmp_path / "state" / "pipe" / "metrics.url").exists(), 60)
+        res = subprocess.run([PY, "-m", "tickwire", "top", "--config", str(cfg_path)], capture_output=True,
+                             text=True, timeout=60, stdin=subprocess.DEVNULL)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(60)
+    assert res.returncode == 2 and res.stdout == "" and res.stderr.count("\n") == 1, res
+    assert "needs a terminal" in res.stderr and "tickwire status --config" in res.stderr
+
+
 def test_render_fits_80x24_and_draws_the_ladder_of_the_selected_book():
     """The screen from a given state (no daemon): every line within the terminal, the selected
     instrument's levels best first with bars as long as their sizes allow."""
