@@ -549,7 +549,7 @@ cdef inline int _route(tw_feed *f, const tw_wire_header *h, const char *payload,
                 f.events += h.count
                 added[0] = h.count
                 return TW_DROP_OK
-            if h.seq + h.count <= ch.next_seq:
+            if h.seq <= ch.next_seq and h.count <= ch.next_seq - h.seq:    # (seq + count may wrap)
                 return TW_DROP_DUPLICATE
         elif h.seq <= ch.next_seq:           # a heartbeat: nothing missed
             f.heartbeats += 1

@@ -285,6 +285,7 @@ class FeedHandler:
         self._channels = chans
         self.endpoints = endpoints
         self.snapshot_endpoint = snapshot
+        self._opened_ns = now_ns()           # (a channel unheard long after this is said once)
         self.silence_timeout = float(silence_timeout)
         if history_from not in ("join", "start"):
             raise ValueError(f"history_from must be 'join' or 'start', got {history_from!r}")
@@ -1138,6 +1139,14 @@ class FeedHandler:
                     c.hole_since = None
                 else:
                     self._fill(c, hole)
+            if c.state is ChannelState.INIT and self.silence_timeout > 0 and "unheard" not in self._logged \
+                    and not self.receiver.last_recv_ns(c.id) and wall - self._opened_ns > self.silence_timeout * 1e9:
+                # nothing at all, not even a heartbeat: a publisher that is not there, another
+                # endpoint, or a CURVE mismatch (the handshake fails without a word from libzmq)
+                self._logged.add("unheard")
+                log.warning("channel %d: nothing received from %s in %.0f s (no data, no heartbeat): is the "
+                            "publisher running there, and are both sides CURVE or neither (docs/security.md)?",
+                            c.id, ", ".join(self.endpoints), (wall - self._opened_ns) / 1e9)
             if c.state is ChannelState.LIVE and self.silence_timeout > 0:
                 last = max(self.receiver.last_recv_ns(c.id), c.live_since_ns)
                 if wall - last > self.silence_timeout * 1e9:

@@ -38,7 +38,7 @@ def keys(tmp_path):
     return d, allowed
 
 
-def receive(client, publisher):
+def receive(client, publisher, **handler_kw):
     """A FeedHandler (CURVE client ``client``) on fresh loopback tcp endpoints; ``publisher(ep, snap,
     insts)`` binds there and returns (run, close, next_seq); run() goes in a thread. Returns the
     (channel, seq) pairs the handler stored and its counters, once it caught up with ``next_seq()``
@@ -48,7 +48,7 @@ def receive(client, publisher):
     stored = []
     with FeedHandler(ep, channel_map(insts, CHANNELS), lambda ev: None, snapshot=snap, curve=client,
                      on_store=lambda ev: stored.append(ev[["channel", "seq"]].copy()),
-                     reorder_window=0.001, snapshot_timeout=0.2) as h:
+                     reorder_window=0.001, snapshot_timeout=0.2, **handler_kw) as h:
         h.poll(0)
         run, close, next_seq = publisher(ep, snap, insts)
         try:
@@ -68,7 +68,7 @@ def receive(client, publisher):
         return pairs, h.counters()
 
 
-def feed(server, client, events=20_000, wait=5.0, faults=None):
+def feed(server, client, events=20_000, wait=5.0, faults=None, **handler_kw):
     """Publish ``events`` with `tickwire simulate`'s Simulator (CURVE server ``server`` or plain) to
     a FeedHandler (CURVE client ``client``): what :func:`receive` returns, and the simulator."""
     sims = []
@@ -79,7 +79,7 @@ def feed(server, client, events=20_000, wait=5.0, faults=None):
         sims.append(sim)
         return (lambda: sim.run(events=events, linger=0.5)), (lambda: sim.close(0)), (lambda: sim.next_seq)
 
-    pairs, counters = receive(client, publisher)
+    pairs, counters = receive(client, publisher, **handler_kw)
     return pairs, counters, sims[0]
 
 
@@ -116,6 +116,26 @@ def test_an_unauthenticated_peer_is_not_heard(keys, case):
     assert sim.stats["events"] == 5_000                # published, into sockets nobody was let into
     assert len(pairs) == 0
     assert counters["events"] == 0 and counters["snapshot_events"] == 0
+
+
+def test_a_plain_receiver_of_a_curve_publisher_says_it_hears_nothing(keys, caplog):
+    """The CURVE handshake fails without a word from libzmq: a daemon without CURVE facing a
+    CURVE publisher logged nothing at all. The handler now says once that it has heard nothing
+    (not even a heartbeat), naming the endpoint and CURVE; a receiver that hears says nothing."""
+    import logging
+
+    d, allowed = keys
+    server = CurveServer(d / "server.key_secret", allowed)
+    with caplog.at_level(logging.WARNING, logger="tickwire.feeds"):
+        pairs, counters, sim = feed(server, None, events=5_000, wait=1.5, silence_timeout=0.5)
+    assert len(pairs) == 0
+    said = [r.getMessage() for r in caplog.records if "nothing received from tcp://127.0.0.1:" in r.getMessage()]
+    assert len(said) == 1 and "both sides CURVE or neither" in said[0], caplog.text
+    caplog.clear()
+    client = CurveClient.load(str(d / "server.key"), d / "client.key_secret")
+    with caplog.at_level(logging.WARNING, logger="tickwire.feeds"):
+        pairs, _, _ = feed(server, client, events=5_000, wait=1.5, silence_timeout=0.5)
+    assert len(pairs) == 5_000 and "nothing received" not in caplog.text
 
 
 def test_the_replay_publisher_and_bridge_serve_curve_too(keys):
