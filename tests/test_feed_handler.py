@@ -6,7 +6,6 @@ the Cython worker path.  Counters are checked exactly, and the tick history (``o
 against everything published."""
 
 import socket
-import sys
 import textwrap
 import time
 
@@ -21,7 +20,7 @@ from tickwire.ext import EVENT_DTYPE, Flag, Kind, codec
 from tickwire.feeds import wire
 from tickwire.feeds.handler import ChannelState, FeedHandler
 from tickwire.feeds.simulator import Market, synthetic_instruments
-from tickwire.feeds.wire import Drop, MsgType, WireFlag
+from tickwire.feeds.wire import Drop, MsgType
 
 CHANNELS = {0: [0, 2], 1: [1, 3]}
 
