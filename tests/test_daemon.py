@@ -156,10 +156,11 @@ def test_killed_worker_is_restarted_and_resumes_the_history_nothing_lost(tmp_pat
     try:
         assert wait_for(lambda: status(run_dir)["pid"])
         sim = start_sim(raw, 600_000, 100_000, "--save-books", str(tmp_path / "pub.npz"))
-        pids = []
+        pids, retransmitted = [], []
         pid = status(run_dir)["pid"]
         for _ in range(2):                                   # each worker serves 150k events, then dies
             assert wait_for(lambda: status(run_dir)["pid"] == pid and status(run_dir)["feed"]["events"] > 150_000, 60)
+            retransmitted.append(status(run_dir)["feed"]["retransmitted"])
             os.kill(pid, signal.SIGKILL)
             pids.append(pid)
             assert wait_for(lambda: status(run_dir)["pid"] not in pids, 30), "the worker was not restarted"
@@ -176,7 +177,10 @@ def test_killed_worker_is_restarted_and_resumes_the_history_nothing_lost(tmp_pat
     assert "resuming the tick history" in (tmp_path / "daemon.log").read_text()
     assert stored_ticks(tmp_path) == (600_000, 600_000)       # every event, once
     w = status(run_dir)
-    assert w["history"]["lost_events"] == 0 and w["feed"]["retransmitted"] > 0
+    # the history resumed by retransmission: the worker started after the first kill, while the
+    # publisher still published, asked for what its restart missed (the last one may have found
+    # it all in the ring already, when the publisher was done before it started: a loaded machine)
+    assert w["history"]["lost_events"] == 0 and max(retransmitted[1], w["feed"]["retransmitted"]) > 0
     pub = published_books(tmp_path / "pub.npz")
     mine = published_books(run_dir / "books-0.npz")
     assert all(pub[k].tobytes() == mine[k].tobytes() for k in pub)   # books resynced exactly
