@@ -1189,10 +1189,14 @@ def run_bench(args) -> dict:
             print_run(res)
             (outdir / "summary.json").write_text(json.dumps(summary, indent=1))   # kept if a later rate fails
             i += 1
-            sat = (res["publisher"]["achieved_rate"] < 0.95 * rate or res["signals_missed"] > 0
-                   or res["latency_ns"]["wire_to_signal"]["p50"] > SATURATED_P50_NS)   # fell behind
-            if args.until_saturation and not queue and not sat and i < 12:
-                queue.append(rate * 2)
+            why = _saturated(res, rate)
+            if args.until_saturation and not queue:
+                if why is None and i < MAX_SATURATION_RATES:
+                    queue.append(rate * 2)
+                else:
+                    why = why or f"{MAX_SATURATION_RATES} rates measured, the most --until-saturation runs"
+                    summary["stopped"] = f"at {_fmt_rate(rate)} ev/s: {why}"
+                    _say(f"\n  --until-saturation stopped at {_fmt_rate(rate)} ev/s: {why}")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -1219,6 +1223,25 @@ def run_bench(args) -> dict:
          f"{', ' + ', '.join(summary['plots']) if summary['plots'] else ''}")
     _say("  (figures from a shared or virtual machine drift between runs: compare against the floors of the same run)")
     return summary
+
+
+#: --until-saturation doubles the rate at most this many times in all.
+MAX_SATURATION_RATES = 12
+
+
+def _saturated(res: dict, rate: float) -> str | None:
+    """Why the run at ``rate`` shows saturation, or None: the publisher could not reach the rate,
+    the consumer lost signals to the ring lapping it, or the target fell behind (wire-to-signal
+    p50 past SATURATED_P50_NS: a queue, not a latency)."""
+    achieved, p50 = res["publisher"]["achieved_rate"], res["latency_ns"]["wire_to_signal"]["p50"]
+    if achieved < 0.95 * rate:
+        return f"the publisher reached {achieved / 1e3:,.0f}k ev/s of the {_fmt_rate(rate)} offered"
+    if res["signals_missed"] > 0:
+        return f"the consumer missed {res['signals_missed']:,} signals (the ring lapped it)"
+    if p50 > SATURATED_P50_NS:
+        return (f"wire-to-signal p50 {p50 / 1e6:,.1f} ms is past {SATURATED_P50_NS / 1e6:g} ms: the target fell "
+                f"behind (a queue, not a latency)")
+    return None
 
 
 HELP = """\

@@ -90,7 +90,7 @@ def _demo_captures(data_dir) -> int:
         seconds = time.perf_counter() - t0
         _say(f"Kraken book-1000 capture: {len(cap.instruments)} pairs, {len(cap.events):,} events: "
              f"{ok}/{len(cap.checks)} exchange checksums match ({seconds * 1e3:.0f} ms with checksums)")
-        status |= ok != len(cap.checks)
+        status |= int(ok != len(cap.checks))
     else:
         _say("Kraken capture not found (it lives in ../shared/data in the development tree): skipped")
     binance_path = captures.find_shared_data(captures.BINANCE_FILE) if data_dir is None else data_dir / captures.BINANCE_FILE
@@ -108,7 +108,7 @@ def _demo_captures(data_dir) -> int:
         _say(f"Binance BTCUSDT capture: {len(cap.events):,} events: {ok}/{len(cap.checks)} bookTicker "
              f"best levels match; final book {book.level_count(0)} bids / {book.level_count(1)} asks, "
              f"mid {book.mid * float(inst.tick_size):.3f}")
-        status |= ok != len(cap.checks)
+        status |= int(ok != len(cap.checks))
     else:
         _say("Binance capture not found: skipped")
     return status
@@ -340,7 +340,7 @@ def cmd_status(args) -> int:
         path = Path(cfg.state_dir) / cfg.run / "metrics.url"
         if not _daemon_running(path.parent):
             # (a metrics.url left by a daemon that was killed may name a port another daemon has now)
-            print(f"no tickwire daemon is running run '{cfg.run}' ({path.parent / 'daemon.lock'} is not held): "
+            print(f"no tickwire daemon is running for run '{cfg.run}' ({path.parent / 'daemon.lock'} is not held): "
                   f"start one with `tickwire run --config {args.config}`", file=sys.stderr)
             return 1
         if not path.exists():

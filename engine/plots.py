@@ -219,8 +219,20 @@ def over_time(intervals, tag):
 
 # -- drawing -----------------------------------------------------------------------------------
 
-def _label(src: LatencySource, tag, several: bool) -> str:
-    name = src.path.stem
+def _names(sources) -> list[str]:
+    """A name per source: its file's stem, with as many parent directories as it takes to tell
+    apart files of the same name (`sweep/w0` and `after/w0`: a before/after pair was drawn as one
+    line, the second file's data replacing the first's)."""
+    paths = [Path(s.path).resolve() for s in sources]
+    depth = 0
+    while True:
+        names = ["/".join([*p.parts[len(p.parts) - 1 - depth:-1], p.stem]) for p in paths]
+        if len(set(names)) == len(names) or depth >= max(len(p.parts) for p in paths):
+            return names
+        depth += 1
+
+
+def _label(name: str, tag, several: bool) -> str:
     if tag is None:
         return name
     return f"{name}:{tag}" if several else str(tag)
@@ -250,24 +262,25 @@ def draw_spectra(ax, series, title: str = "") -> None:
 def plot_latency(paths, out, tags=None, title: str | None = None) -> dict:
     """``tickwire plot latency``: one PNG at ``out``. Returns what was drawn:
     ``{"spectra": {label: (levels, values_ns, max_ns, count)}, "over_time": {label: rows}}``."""
-    require_matplotlib("tickwire plot")
+    require_matplotlib("the plot")
     sources = [load_latency(p, tags) for p in paths]
     several = len(sources) > 1
+    names = _names(sources)
     spectra, summary = {}, {}
-    for src in sources:
+    for src, name in zip(sources, names):
         for tag, sp in src.spectra.items():
-            label = _label(src, tag, several)
+            label = _label(name, tag, several)
             spectra[label] = sp
             h = src.histograms.get(tag)
             summary[label] = {f"p{p:g}": (h.get_value_at_percentile(p) if h is not None else _at(sp[0], sp[1], p))
                               for p in (50.0, 99.0, 99.9)}
     timed = {}
-    for src in sources:
+    for src, name in zip(sources, names):
         for tag in src.spectra:
             if src.kind == "hlog":
                 rows = over_time(src.intervals, tag)
                 if rows:
-                    timed[_label(src, tag, several)] = rows
+                    timed[_label(name, tag, several)] = rows
     fig, axes = figure(10, 9 if timed else 5.5, rows=2 if timed else 1)
     draw_spectra(axes[0], list(spectra.items()),
                  title or "latency percentile spectrum: " + ", ".join(s.path.name for s in sources))

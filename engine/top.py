@@ -350,11 +350,17 @@ class Collector:
         ev = sum(w.get("feed", {}).get("events", 0) for w in st.workers)
         msg = sum(w.get("feed", {}).get("messages", 0) for w in st.workers)
         sig = sum(w.get("counts", {}).get("signals", 0) for w in st.workers)
-        if self._prev is not None and st.now > self._prev[0]:
-            dt = st.now - self._prev[0]
+        # over the time between the status files' own stamps, not the screens': a worker writes
+        # its file every 0.5 s, and at --refresh 0.25 the rate alternated between twice the real
+        # one and 0 (two screens per write); a screen between two writes keeps the last rates
+        t = max((w.get("time", 0) for w in st.workers), default=0) or st.now
+        if self._prev is not None and t <= self._prev[0]:
+            return
+        if self._prev is not None:
+            dt = t - self._prev[0]
             st.rates = {"events": max(ev - self._prev[1], 0) / dt, "messages": max(msg - self._prev[2], 0) / dt,
                         "signals": max(sig - self._prev[3], 0) / dt}
-        self._prev = (st.now, ev, msg, sig)
+        self._prev = (t, ev, msg, sig)
 
     def _latency(self, st: TopState) -> None:
         from tickwire.ext.hdr import STAGES

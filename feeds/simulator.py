@@ -266,6 +266,9 @@ class BindError(ValueError):
 
 
 def _bind(sock: zmq.Socket, endpoint: str, role: str) -> None:
+    if wire.ipc_in_use(endpoint):
+        raise BindError(endpoint, role, "another process listens there: a second publisher would take the path "
+                                        "from it silently")
     try:
         sock.bind(endpoint)
     except zmq.ZMQError as exc:

@@ -41,6 +41,7 @@ import numpy as np
 from tickwire.ext.records import EVENT_DTYPE
 
 __all__ = [
+    "ipc_in_use",
     "MAGIC",
     "VERSION",
     "HEADER_SIZE",
@@ -193,6 +194,32 @@ class WireError(ValueError):
     def __init__(self, reason: Drop, message: str):
         super().__init__(f"{reason.name}: {message}")
         self.reason = Drop(reason)
+
+
+def ipc_in_use(endpoint: str) -> bool:
+    """Whether ``ipc://PATH`` is a socket another process listens on. libzmq's bind of an ipc
+    endpoint removes what is at the path and takes it: a second publisher on the default
+    endpoint silently cut the first one's receivers off (tcp refuses: address in use). Publishers
+    ask this before they bind."""
+    import os
+    import socket
+    import stat
+
+    if not endpoint.startswith("ipc://") or endpoint.startswith("ipc://@"):
+        return False
+    path = endpoint[len("ipc://"):]
+    try:
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            return False
+    except OSError:
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(path)
+        except OSError:                          # a socket file left by a publisher that is gone
+            return False
+    return True
 
 
 def new_epoch(previous: int = 0) -> int:

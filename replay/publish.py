@@ -18,7 +18,7 @@ import zmq
 from tickwire.engine.instruments import make_books
 from tickwire.ext.records import EVENT_DTYPE, Flag
 from tickwire.feeds.curve import serve_curve
-from tickwire.feeds.wire import MAX_MESSAGE_EVENTS, Publisher, await_subscribers, books_snapshot
+from tickwire.feeds.wire import MAX_MESSAGE_EVENTS, Publisher, await_subscribers, books_snapshot, ipc_in_use
 
 __all__ = ["Republisher"]
 
@@ -77,6 +77,10 @@ class Republisher:
             if xpub:
                 self.pub.setsockopt(zmq.XPUB_VERBOSE, 1)
             self.router.setsockopt(zmq.LINGER, 0)
+            for ep in (endpoint, snapshot):
+                if ipc_in_use(ep):
+                    raise zmq.ZMQError(msg=f"another process listens at {ep}: a second publisher would take "
+                                           f"the path from it silently")
             self.pub.bind(endpoint)
             self.router.bind(snapshot)
         except zmq.ZMQError as exc:

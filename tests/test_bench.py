@@ -464,3 +464,29 @@ def test_ctrl_c_stops_the_bench_with_one_line_and_nothing_left_running(tmp_path)
     while any(running(k) for k in kids) and time.monotonic() < end:
         time.sleep(0.1)
     assert not any(running(k) for k in kids), [k for k in kids if running(k)]
+
+
+def test_saturation_reasons_are_named():
+    from tickwire.engine.bench import SATURATED_P50_NS, _saturated
+
+    def res(achieved=1e5, missed=0, p50=50_000):
+        return {"publisher": {"achieved_rate": achieved}, "signals_missed": missed,
+                "latency_ns": {"wire_to_signal": {"p50": p50}}}
+    assert _saturated(res(), 1e5) is None
+    assert "the publisher reached 80k ev/s of the 100k offered" in _saturated(res(achieved=8e4), 1e5)
+    assert "missed 3 signals" in _saturated(res(missed=3), 1e5)
+    assert "fell behind" in _saturated(res(p50=SATURATED_P50_NS + 1), 1e5)
+
+
+@pytest.mark.integration
+def test_until_saturation_says_what_stopped_it(tmp_path):
+    """It stopped without a word on why (and summary.json had no field for it)."""
+    import subprocess
+
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "tickwire", "bench", "--source", "synthetic", "--rate", "8M",
+                        "--until-saturation", "--duration", "1", "--warmup", "0.3", "--drain", "0.3", "--no-floors",
+                        "--no-baseline", "--no-plots", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    stopped = json.loads((out / "summary.json").read_text())["stopped"]
+    assert stopped.startswith("at ") and f"--until-saturation stopped {stopped}" in r.stdout, r.stdout[-2000:]

@@ -73,3 +73,18 @@ def test_binance_events_are_well_formed(binance):
     assert (trades["flags"] & int(Flag.LAST)).all()
     diffs = ev[(ev["kind"] == Kind.MODIFY)]
     assert (np.diff(diffs["seq"].astype(np.int64)) >= 0).all()  # update ids never go back
+
+
+def test_bookbench_over_the_real_captures_exits_0_when_every_check_matches(kraken, binance):
+    """`tickwire bookbench` printed every checksum and best level matching, then a stray `0` on
+    stderr and exit status 1 (a numpy bool as the exit status)."""
+    import subprocess
+    import sys
+
+    from tickwire.feeds.captures import KRAKEN_FILE, find_shared_data
+
+    res = subprocess.run([sys.executable, "-m", "tickwire", "bookbench", "--events", "20000", "--repeats", "1",
+                          "--data", str(find_shared_data(KRAKEN_FILE).parent)], capture_output=True, text=True,
+                         timeout=300)
+    assert "4269/4269 exchange checksums match" in res.stdout, res.stdout[-2000:]
+    assert res.returncode == 0 and res.stderr == "", (res.returncode, res.stderr)

@@ -70,9 +70,11 @@ def test_readme_daemon_commands_work_as_written(tmp_path):
                                     stderr=subprocess.PIPE, text=True)
         follower2 = subprocess.Popen(d_sig.split(), cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
-        out = subprocess.run(sim.split() + ["--events", "200000", "--wait-subscribers", "10", "--linger", "2",
-                                            "--quiet"], cwd=ROOT, env=env, capture_output=True, text=True,
-                             timeout=120)
+        # as written (no --wait-subscribers): the publisher sends before the daemon's subscription
+        # takes effect, and the example config's history_from = "start" has those asked for again
+        # (with "join" the first 2,000-11,000 events were missing from the store, nothing said)
+        out = subprocess.run(sim.split() + ["--events", "200000", "--linger", "2", "--quiet"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=120)
         assert out.returncode == 0 and "done: 200,000 events" in out.stdout, out.stdout + out.stderr
         st = subprocess.run(status.split(), cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
         assert st.returncode == 0 and "history:" in st.stdout and "Traceback" not in st.stderr, st.stderr
@@ -116,6 +118,8 @@ def test_readme_daemon_commands_work_as_written(tmp_path):
     assert not (ROOT / "engine" / "tickwire-data").exists()        # no state inside the sources
     shutil.rmtree(state / "example", ignore_errors=True)
     shutil.rmtree(state / "store", ignore_errors=True)
+    if not any(state.iterdir()):
+        state.rmdir()                                   # (none of the run's state is left in the checkout)
 
 
 def _doc_commands():

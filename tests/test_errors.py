@@ -7,6 +7,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -194,6 +195,39 @@ def test_simulate_endpoint_that_cannot_be_bound(tmp_path, option, endpoint, preg
                    "300000", "--linger", "0", "--quiet", *(["--pregenerate"] if pregenerate else []))
     one_line(res, f"{option} {endpoint}: cannot bind")
     assert "generating" not in res.stdout
+
+
+@pytest.mark.parametrize("taken", ["--endpoint", "--snapshot"])
+def test_a_second_publisher_on_a_taken_ipc_endpoint_is_refused(tmp_path, taken):
+    """libzmq's ipc bind takes the path from whoever listens there: a second `tickwire simulate`
+    on the default endpoint cut the first one's receivers off without a word (tcp says 'address
+    in use'). Refused now, naming the option; the first publisher is still heard."""
+    import zmq
+
+    from tickwire.feeds import wire
+
+    feed, snap = f"ipc://{tmp_path}/feed", f"ipc://{tmp_path}/snap"
+    first = subprocess.Popen([PY, "-m", "tickwire", "simulate", "--endpoint", feed, "--snapshot", snap, "--rate", "1000",
+                              "--duration", "60", "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        end = time.monotonic() + 30
+        while not (wire.ipc_in_use(feed) and wire.ipc_in_use(snap)):
+            assert first.poll() is None and time.monotonic() < end
+            time.sleep(0.1)
+        other = {"--endpoint": f"ipc://{tmp_path}/feed2", "--snapshot": f"ipc://{tmp_path}/snap2"}
+        other[taken] = feed if taken == "--endpoint" else snap
+        one_line(tickwire("simulate", "--endpoint", other["--endpoint"], "--snapshot", other["--snapshot"],
+                          "--events", "10", "--quiet"), f"{taken} {other[taken]}: cannot bind (another process listens")
+        ctx = zmq.Context()
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(feed)
+        assert sub.poll(10_000), "the first publisher is no longer heard"
+        sub.close(0)
+        ctx.term()
+    finally:
+        first.terminate()
+        first.wait(30)
 
 
 @pytest.mark.parametrize("where, fragment", [

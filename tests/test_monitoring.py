@@ -405,6 +405,6 @@ def test_status_of_a_run_whose_daemon_is_gone_says_so_even_if_its_metrics_port_a
         (run_dir / "daemon.lock").write_text("12345\n")                # left behind, held by nobody
         assert cli_main(["status", "--config", str(cfg)]) == 1
         err = capsys.readouterr().err
-        assert "no tickwire daemon is running run 'gone'" in err, err
+        assert "no tickwire daemon is running for run 'gone'" in err, err
     assert cli_main(["status", "--url", "notaurl"]) == 2
     assert "--url: unknown url type" in capsys.readouterr().err

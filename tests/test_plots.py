@@ -91,6 +91,27 @@ def test_hgrm_files_overlaid_with_a_log(tmp_path):
     every_point_matches(plots.load_latency(tmp_path / "a.hgrm").spectra[None], vals)
 
 
+def test_files_of_the_same_name_in_two_directories_are_two_lines(tmp_path):
+    """bench's before/ and after/ each hold wire_to_signal-100k.hgrm, daemons' runs each a
+    w0.hlog: plotted together they were labelled by the file's stem alone, and the second
+    replaced the first (one spectrum drawn of two)."""
+    fast, slow = raw_values(1, 20_000, 0.5, 6.0), raw_values(2, 20_000, 0.5, 9.0)
+    for d, vals in (("before", slow), ("after", fast)):
+        r = Recorder()
+        r.record_many(vals)
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "w2s.hgrm").write_text(hgrm(r))
+        write_log(tmp_path / d / "w0.hlog", [1000, 1000])
+    drawn = plots.plot_latency([tmp_path / "before" / "w2s.hgrm", tmp_path / "after" / "w2s.hgrm"], tmp_path / "a.png")
+    assert sorted(drawn["spectra"]) == ["after/w2s", "before/w2s"]
+    every_point_matches(drawn["spectra"]["before/w2s"], slow)
+    every_point_matches(drawn["spectra"]["after/w2s"], fast)
+    drawn = plots.plot_latency([tmp_path / "before" / "w0.hlog", tmp_path / "after" / "w0.hlog"], tmp_path / "b.png",
+                               tags=["book"])
+    assert sorted(drawn["spectra"]) == ["after/w0:book", "before/w0:book"]
+    assert sorted(drawn["over_time"]) == ["after/w0:book", "before/w0:book"]
+
+
 @pytest.mark.parametrize("content, fragment", [
     (None, "no such file"),
     (b"", "empty file"),

@@ -216,6 +216,31 @@ def test_no_daemon_is_one_clear_line_and_a_non_zero_exit(tmp_path):
     assert "no daemon is running for run 'idle'" in res.stderr and "tickwire run --config" in res.stderr
 
 
+def test_rates_are_taken_over_the_status_files_own_times_whatever_the_refresh(tmp_path):
+    """Workers write their status every 0.5 s; at --refresh 0.25 the events rate alternated
+    between twice the real one and 0 (docs/top.md's own example, 40.4k/s and 0/s at 20k/s)."""
+    import json
+
+    from tickwire.engine.config import from_dict
+    from tickwire.engine.top import Collector
+
+    cfg = from_dict(demo_raw_config(tmp_path / "state", run="rates"))
+    run_dir = tmp_path / "state" / "rates"
+    run_dir.mkdir(parents=True)
+    col = Collector(cfg, run_dir)
+
+    def write(t, events):
+        (run_dir / "worker-0.json").write_text(json.dumps({"time": t, "feed": {"events": events, "messages": 0},
+                                                           "counts": {"signals": 0}}))
+    t0 = 1_700_000_000.0
+    seen = []
+    for k in range(8):                                    # two screens per status write
+        if k % 2 == 0:
+            write(t0 + 0.5 * (k // 2), 10_000 * (k // 2))  # 20,000 events/s
+        seen.append(col.refresh().rates.get("events"))
+    assert seen[0] is None and seen[1] is None and all(r == pytest.approx(20_000) for r in seen[2:]), seen
+
+
 def test_top_into_a_pipe_says_it_needs_a_terminal(tmp_path):
     """With its output not a terminal, top drew nothing and ran until killed: one line, exit 2."""
     raw = demo_raw_config(tmp_path / "state", run="pipe")
