@@ -259,6 +259,7 @@ class Worker:
         self.cursor_path = self.run_dir / f"feed-{self.wcfg.name}.json"
         self.abandoned = 0                                 # ticks not pushed at shutdown (ring full)
         self._resume = {}                                  # where a restart resumed each channel
+        self._resume_ended = set()                         # ... those whose publisher had fallen silent
         # losses of earlier workers of this run (uncounted: ranges of unknown size, an epoch gone while away)
         self.lost_before = {"lost_events": 0, "losses": 0, "uncounted_losses": 0}
         self.batch_times_ns = [0, 0]                       # wall clock of the first live batch and the last
@@ -277,6 +278,7 @@ class Worker:
                                 on_store=self.on_store if self.store else None,
                                 on_snapshot=self.on_snapshot if self.store else None,
                                 resume=self.resume_points() if self.store else None,
+                                resume_ended=self._resume_ended,
                                 reorder_window=f.reorder_window_ms / 1000.0,
                                 snapshot=f.snapshot or None, socket_type=f.socket.upper(), rcvhwm=f.hwm,
                                 silence_timeout=f.stale_after_ms / 1000.0, max_retries=f.recovery_retries,
@@ -350,11 +352,17 @@ class Worker:
         """Note each channel's history position with the tick ring's position (atomically)."""
         if not self.store or self.abandoned:
             return
+        history = self.feed.history()
+        # channels whose publisher fell silent with everything stored (and those not joined yet
+        # in this worker, as the note it started from had them): a new epoch after a restart
+        # then leaves nothing of the old one to count as lost
+        ended = set(self.feed.ended_channels()) | {c for c in self._resume_ended if history.get(c) is None}
         note = {"ring_created_ns": int(self.ticks.created_ns), "ring_position": int(self.ticks.position),
                 **self.history_losses(),
                 "channels": {str(c): list(p if p is not None else self._resume.get(c))
-                             for c, p in self.feed.history().items()
-                             if p is not None or c in self._resume}}
+                             for c, p in history.items()
+                             if p is not None or c in self._resume},
+                "ended": sorted(ended)}
         write_note(self.cursor_path, note)
 
     def resume_points(self) -> dict:
@@ -370,6 +378,11 @@ class Worker:
         self.lost_before = {k: int(note.get(k, 0)) for k in self.lost_before}
         points = note_points(note, self.ticks)
         self._resume = dict(points)
+        noted = {int(c): int(p[0]) for c, p in note.get("channels", {}).items()}
+        # an ended channel stays ended only in the epoch it was noted in (not past a restart the
+        # ring shows after the note)
+        self._resume_ended = {int(c) for c in note.get("ended", ()) if int(c) in points
+                              and points[int(c)][0] == noted.get(int(c))}
         if points:
             log.info("resuming the tick history after a restart: %s",
                      ", ".join(f"channel {c} from seq {p[1]}" for c, p in sorted(points.items())))

@@ -185,6 +185,11 @@ class FeedHandler:
         Where the history of each channel stands (a restarted worker: the sequence number
         after the last event that reached its storage): the events from there on are asked
         for again, so a restart loses nothing the publisher still holds.
+    resume_ended : iterable of int, optional
+        Channels of ``resume`` whose epoch had ended when the history was noted: the channel
+        had fallen silent (STALE, in sync) with every event its publisher announced stored
+        (:meth:`ended_channels`). A new epoch found on joining then leaves nothing of the old
+        one to count: the restart is logged, not counted in ``uncounted_losses``.
     socket_type : {"SUB", "PULL"}
     bind : bool
         Bind the data sockets instead of connecting them (publishers that connect).
@@ -239,7 +244,8 @@ class FeedHandler:
     """
 
     def __init__(self, endpoints, channels, on_batch, *, on_store=None, on_snapshot=None,
-                 snapshot: str | None = None, resume=None, socket_type: str = "SUB", bind: bool = False,
+                 snapshot: str | None = None, resume=None, resume_ended=(), socket_type: str = "SUB",
+                 bind: bool = False,
                  context: zmq.Context | None = None, io_cpus=None, io_rt_priority: int = 0,
                  busy_poll: bool = False, max_events: int = wire.MAX_MESSAGE_EVENTS, batch_events: int = 65536,
                  rcvhwm: int | None = None, silence_timeout: float = 2.0, reorder_window: float = 0.005,
@@ -270,6 +276,7 @@ class FeedHandler:
             if int(c) in chans and pos is not None:
                 epoch, nxt = (int(v) for v in pos)
                 chans[int(c)].resume = (epoch, max(nxt, 1))
+        self._resume_ended = {int(c) for c in resume_ended or () if int(c) in chans and chans[int(c)].resume}
         self._on_batch = on_batch
         self._on_store = on_store
         self._on_snapshot = on_snapshot
@@ -459,6 +466,16 @@ class FeedHandler:
             nxt = self.receiver.channel(cid)[3] if c.state is ChannelState.LIVE else c.store_next
             out[cid] = None if (nxt is None or c.epoch is None) else (c.epoch, nxt)
         return out
+
+    def ended_channels(self) -> list:
+        """Channels whose publisher has fallen silent (STALE for silence, not for a loss) while in
+        sync, with nothing held or asked for: every event it announced is in the history. Noted
+        beside :meth:`history`, so that a restart that finds a new epoch knows nothing of the old
+        one is missing (``resume_ended``)."""
+        return sorted(cid for cid, c in self._channels.items()
+                      if c.state is ChannelState.STALE and c.silent and not c.held and c.fill is None
+                      and c.snap is None and c.epoch is not None and c.store_next == c.next_seq
+                      and c.hb_seq <= c.next_seq)
 
     def channel_status(self) -> dict:
         """Per channel: state, epoch, next_seq, stored_next, in_sync, gaps, recoveries,
@@ -1072,10 +1089,18 @@ class FeedHandler:
             elif c.resume is not None and c.resume[0] < epoch:
                 self._counters["restarts"] += 1
                 c.restarts += 1
-                self._counters["uncounted_losses"] += 1
-                log.warning("channel %d: the publisher restarted while this receiver was away: events of "
-                            "its epoch %d after seq %d cannot be had (not counted)", c.id, c.resume[0],
-                            c.resume[1] - 1)
+                if c.id in self._resume_ended:
+                    # the old epoch had fallen silent with all it announced stored before this
+                    # receiver left: nothing of it is known to be missing (a false critical alert
+                    # at every daemon restart across a publisher restart, counted before)
+                    log.info("channel %d: the publisher restarted while this receiver was away; its epoch %d "
+                             "had fallen silent with every event it announced stored (to seq %d): nothing "
+                             "of it is missing", c.id, c.resume[0], c.resume[1] - 1)
+                else:
+                    self._counters["uncounted_losses"] += 1
+                    log.warning("channel %d: the publisher restarted while this receiver was away: events of "
+                                "its epoch %d after seq %d cannot be had (not counted)", c.id, c.resume[0],
+                                c.resume[1] - 1)
                 c.store_next = 1
             else:
                 starts = [h.seq for h, ev, _ in early if h.epoch == epoch and h.type == MsgType.DATA]

@@ -769,3 +769,31 @@ def test_a_history_resumed_across_a_publisher_restart_counts_the_range_it_cannot
         assert feed.h.history()[0][0] == 1000
     finally:
         feed.close()
+
+
+def test_a_history_whose_publisher_had_fallen_silent_counts_nothing_across_its_restart(tmp_path):
+    """A daemon stopped after its publisher finished (silent, everything stored), started again
+    against a new publisher run: the old epoch's tail was counted as an uncounted loss, a critical
+    alert at every such restart. Noted as ended (``ended_channels``), the restart counts nothing;
+    channel 1, not ended, still counts its unknown range."""
+    feed = Harness(tmp_path, silence_timeout=0.3)
+    try:
+        feed.join()
+        for c in (0, 1):
+            feed.publish(c)
+            feed.heartbeat(c)
+        feed.pump(feed.caught_up)
+        assert feed.h.ended_channels() == []                       # live: not ended
+        feed.pump(lambda: feed.h.ended_channels() == [0, 1], timeout=5)   # the publisher fell silent
+        noted = feed.h.history()
+    finally:
+        feed.close()
+    again = Harness(tmp_path, silence_timeout=0.3, resume=noted, resume_ended=[0])
+    try:
+        again.epoch = noted[0][0] + 1                              # the publisher restarted meanwhile
+        again.join()
+        c = again.h.counters()
+        assert c["restarts"] == 2 and c["uncounted_losses"] == 1, c
+        assert again.h.history()[0][0] == again.epoch
+    finally:
+        again.close()
