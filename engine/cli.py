@@ -232,11 +232,14 @@ def cmd_signals(args) -> int:
                 gone_since = None
                 continue
             if all(r.eof or not r.producer_alive for r in rings):
-                # the daemon stopped (its workers closed the rings) or died: nothing more will come
+                # the daemon stopped (its workers closed the rings) or died: nothing more will come;
+                # or workers are being restarted, which its supervisor, alive, says (its back-off
+                # reaches 8 s: judging by the rings alone, a follower quit a running daemon)
                 if not args.follow:
                     return 0
                 gone_since = gone_since or time.monotonic()
-                if time.monotonic() - gone_since > 3.0:    # a worker being restarted is back by then
+                restarting = not all(r.eof for r in rings) and _daemon_running(os.path.join(cfg.state_dir, cfg.run))
+                if time.monotonic() - gone_since > 3.0 and not restarting:
                     print(f"# the daemon for run '{cfg.run}' stopped: no more signals", file=sys.stderr)
                     return 0
                 time.sleep(0.1)                            # a closed ring answers at once: do not spin

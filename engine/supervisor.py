@@ -679,6 +679,9 @@ class Supervisor:
             self._stop_event.set()
 
     def reload(self) -> None:
+        if self.stopping:                              # (its children are stopping: nothing to apply)
+            log.info("SIGHUP during the shutdown: not reloaded")
+            return
         try:
             new = configmod.load(self.config_path)
         except configmod.ConfigError as exc:
@@ -696,11 +699,23 @@ class Supervisor:
         if self.workers:                               # started: a worker restarted from now on gets them too
             self._freeze_config()
         self.reloads += 1
-        for child in self.workers:
-            if child.proc and child.proc.returncode is None:
+        for i, child in enumerate(self.workers):
+            # only a worker that has its handler: one still starting would die of the signal's
+            # default action (a storm of reloads at start looked like a crash loop); it takes the
+            # thresholds from config.json, written above, once it is ready
+            if child.proc and child.proc.returncode is None and self._worker_ready(i, child):
                 child.proc.send_signal(signal.SIGHUP)
         log.info("SIGHUP: rule thresholds reloaded%s", f" ({len(changed)} other changes not applied: "
                  f"{', '.join(changed)})" if changed else "")
+
+    def _worker_ready(self, index: int, child: _Child) -> bool:
+        """Whether worker ``index`` (``child``'s process) runs its loop, signal handlers in place:
+        its status file names its pid (written once they are)."""
+        try:
+            st = json.loads((self.run_dir / f"worker-{index}.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return st.get("pid") == child.proc.pid
 
     async def _shutdown(self) -> int:
         self.stopping = True
@@ -770,7 +785,7 @@ class Supervisor:
             await child.proc.wait()
             return None
         if rc != 0:
-            log.error("%s exited with %s at shutdown", child.name, rc)
+            log.error("%s exited with %s at shutdown", child.name, rc if rc >= 0 else signal.Signals(-rc).name)
         return rc
 
     def _release_rings(self, note: str) -> int:
@@ -904,6 +919,15 @@ class Supervisor:
 _Collector = Collector
 
 
+def _ignoring_late_signals(status: int) -> int:
+    """The daemon has stopped and its event loop, closing, put SIGINT, SIGTERM and SIGHUP back to
+    their defaults: a second Ctrl-C or SIGTERM from then on killed the process and turned the
+    exit status it had earned (0: everything stored) into 130, 143 or 129. Ignored now."""
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, signal.SIG_IGN)
+    return status
+
+
 def run(config_path, duration=None) -> int:
     """``tickwire run``: load the config, run the supervisor on uvloop until stopped."""
     import uvloop
@@ -922,7 +946,7 @@ def run(config_path, duration=None) -> int:
     os.sched_setaffinity(0, {cfg.supervisor_cpu})
     sup = Supervisor(cfg, config_path, shutdown_timeout=cfg.shutdown_timeout_s, raw=raw)
     try:
-        return uvloop.run(sup.run(duration))
+        return _ignoring_late_signals(uvloop.run(sup.run(duration)))
     except StartupError as exc:
         print(f"tickwire run: {exc}", file=sys.stderr, flush=True)
         return 2

@@ -39,13 +39,21 @@ Run by the supervisor as ``python -m tickwire.engine.worker --config FILE --work
 
 from __future__ import annotations
 
+import signal
+
+if __name__ == "__main__":
+    # A SIGHUP (a config reload) may come from the supervisor before main() installs its handler,
+    # the imports and the books taking up to a second: its default action killed the worker, and
+    # a reload storm looked like a crash loop that made the daemon give up. Ignored until then;
+    # main() applies the thresholds the supervisor holds once its handler is in place.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
 import argparse
 import json
 import logging
 import os
 import queue
 import secrets
-import signal
 import sys
 import threading
 import time
@@ -240,6 +248,7 @@ class Worker:
         self.config_path = config_path
         self.stop = False
         self.reload = False
+        self.frozen_path = None                            # the supervisor's config.json (main sets it)
         insts = [cfg.instrument(i) for i in self.wcfg.instruments]
         self.engine = Engine(insts, cfg.rules, cfg.stats, clock=cfg.clock, timing_every=cfg.timing_every,
                              channels={i.id: i.id % cfg.feeds.channels for i in insts})
@@ -527,12 +536,23 @@ class Worker:
         return worker_answer(self.engine, insts, self.wcfg.name, ids, depth)
 
     def apply_reload(self) -> None:
+        """New rule thresholds from the configuration the supervisor holds (its frozen
+        ``config.json``, written before it signals: it validated the file and applied the
+        thresholds); the config file itself without a frozen one. Re-reading the file here gave
+        a worker whatever the file held at that moment: a half-made edit refused in one worker
+        while the supervisor had accepted the version before it."""
         self.reload = False
         try:
-            new = configmod.load(self.config_path)
-        except configmod.ConfigError as exc:
+            if self.frozen_path is not None:
+                frozen = json.loads(Path(self.frozen_path).read_text())
+                new = configmod.from_dict(frozen["raw"], base_dir=Path(frozen["base_dir"]))
+            else:
+                new = configmod.load(self.config_path)
+        except (configmod.ConfigError, OSError, ValueError, KeyError) as exc:
             log.error("reload refused: %s", exc)
             return
+        if [(r.kind, r.enter, r.exit) for r in new.rules] == [tuple(t) for t in self.engine.rule_thresholds()]:
+            return                                     # (nothing new: the check at start, or a repeat)
         old = self.engine.rule_thresholds()
         if [r.kind for r in new.rules] != [k for k, _, _ in old]:
             log.error("reload refused: the rules' kinds or order changed (restart to change rules)")
@@ -606,6 +626,7 @@ def main(argv=None) -> int:
                         format=f"%(asctime)s {w.name} %(levelname)s %(message)s")
     pin(w.cpu)
     worker = Worker(cfg, args.worker, Path(args.run_dir), args.config)
+    worker.frozen_path = args.frozen
 
     def stop(*_):
         worker.stop = True
@@ -616,8 +637,13 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, reload)
+    worker.reload = bool(args.frozen)        # thresholds a reload ignored while starting (see the top)
     log.info("serving instruments %s on core %d", list(w.instruments), w.cpu)
-    return worker.run()
+    try:
+        return worker.run()
+    finally:
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(s, signal.SIG_IGN)   # stopped: a late signal must not turn a clean exit into a kill
 
 
 if __name__ == "__main__":

@@ -438,6 +438,72 @@ def test_sighup_reloads_rule_thresholds_without_a_restart(tmp_path):
     assert "only thresholds reload without a restart" in (tmp_path / "daemon.log").read_text()
 
 
+def test_sighups_while_workers_start_and_late_signals_after_the_stop_do_no_harm(tmp_path):
+    """Found by an adversarial pass: a SIGHUP before a worker installed its handler killed it
+    (its default action), a reload storm at start looked like a crash loop and the daemon gave up;
+    a worker reloading re-read the file as it was at that moment (a half-made edit refused there
+    while the supervisor had applied the version before); and a Ctrl-C after the daemon had
+    stopped cleanly turned its exit status 0 into 130."""
+    cfg_path, raw = write_config(tmp_path, "hups")
+    run_dir = tmp_path / "state" / "hups"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        assert wait_for(lambda: (run_dir / "supervisor.json").exists(), 60, every=0.005)
+        raw["rules"][0].update(enter=4.5, exit=2.0)
+        cfg_path.write_text(to_toml(raw))
+        end = time.monotonic() + 4
+        while time.monotonic() < end:                             # 20 reloads a second from the start
+            daemon.send_signal(signal.SIGHUP)
+            time.sleep(0.05)
+        assert wait_for(lambda: status(run_dir)["pid"] and status(run_dir)["rules"][0] == ["zscore", 4.5, 2.0], 30)
+        pid = status(run_dir)["pid"]
+        raw["rules"][0].update(enter=-1)                         # an edit in progress, no SIGHUP
+        cfg_path.write_text(to_toml(raw))
+        os.kill(pid, signal.SIGHUP)                              # the worker reloads on its own
+        time.sleep(1.0)
+        assert status(run_dir)["pid"] == pid and status(run_dir)["rules"][0] == ["zscore", 4.5, 2.0]
+        daemon.send_signal(signal.SIGTERM)
+        while daemon.poll() is None:                              # Ctrl-C, again and again, until it exits
+            daemon.send_signal(signal.SIGINT)
+            time.sleep(0.01)
+    finally:
+        rc, _ = stop_daemon(daemon, log) if daemon.poll() is None else (daemon.wait(), 0)
+        log.close()
+    text = (tmp_path / "daemon.log").read_text()
+    assert rc == 0, text[-3000:]
+    assert "exited with SIGHUP" not in text and "giving up" not in text and "reload refused" not in text, text[-3000:]
+    assert "stopped: every tick and signal stored" in text
+
+
+def test_signals_follow_waits_for_a_worker_the_supervisor_is_slow_to_restart(tmp_path):
+    """`tickwire signals --follow` took every ring producer dead for 3 s for a stopped daemon; the
+    supervisor's restart back-off reaches 8 s (here: the supervisor held up for 6 s after the
+    worker's death), and the follower quit a running daemon. It asks the daemon's lock now."""
+    cfg_path, raw = write_config(tmp_path, "follow")
+    run_dir = tmp_path / "state" / "follow"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    follower = None
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"])
+        pid = status(run_dir)["pid"]
+        follower = subprocess.Popen([PY, "-m", "tickwire", "signals", "--config", str(cfg_path), "--follow"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(2)
+        daemon.send_signal(signal.SIGSTOP)                      # the restart is late
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(6)
+        assert follower.poll() is None, follower.communicate()
+        daemon.send_signal(signal.SIGCONT)
+        assert wait_for(lambda: status(run_dir)["pid"] not in (0, pid) and alive(status(run_dir)["pid"]), 30)
+        assert follower.poll() is None
+    finally:
+        daemon.send_signal(signal.SIGCONT)
+        rc, _ = stop_daemon(daemon, log)
+    _, err = follower.communicate(timeout=30)                    # and it ends once the daemon has stopped
+    assert follower.returncode == 0 and "stopped: no more signals" in err, err
+    assert rc == 0
+
+
 def alive(pid) -> bool:
     """Whether ``pid`` runs (a zombie, reparented to an init that does not reap, does not)."""
     try:
