@@ -472,12 +472,12 @@ class Supervisor:
                 mem = int(line.split()[1]) * 1024
         room = min(x for x in (shm_free, mem, float("inf")) if x is not None)
         if need > room:
-            gib = 1 << 30
+            def size(n):                               # (0.02 GiB against 0.02 GiB told nothing)
+                return "?" if n is None else f"{n / (1 << 30):.2f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MiB"
             raise StartupError(
                 f"rings.ticks_capacity / rings.signals_capacity: the rings of {len(cfg.workers)} worker(s) need "
-                f"{need / gib:.2f} GiB of shared memory, but /dev/shm has "
-                f"{'?' if shm_free is None else f'{shm_free / gib:.2f}'} GiB free and MemAvailable is "
-                f"{'?' if mem is None else f'{mem / gib:.2f}'} GiB: lower the capacities; refusing to start")
+                f"{size(need)} of shared memory, but /dev/shm has {size(shm_free)} free and MemAvailable is "
+                f"{size(mem)}: lower the capacities; refusing to start")
 
     def setup(self) -> None:
         cfg = self.cfg

@@ -77,7 +77,7 @@ def daemon_config(tmp_path, edit, run="bad"):
 @pytest.mark.parametrize("edit, fragment", [
     (lambda raw: raw["metrics"].update(host="no-such-host.invalid"), "metrics.host: 'no-such-host.invalid' does not resolve"),
     (lambda raw: raw["daemon"].update(log_file="/nonexistent-dir/tw.log"), "daemon.log_file: cannot write /nonexistent-dir/tw.log"),
-    (lambda raw: raw["rings"].update(ticks_capacity=1 << 32), "GiB of shared memory, but /dev/shm has"),
+    (lambda raw: raw["rings"].update(ticks_capacity=1 << 32), "GiB of shared memory, but /dev/shm has "),
 ])
 def test_daemon_start_failures_are_one_line(tmp_path, edit, fragment):
     one_line(tickwire("run", "--config", daemon_config(tmp_path, edit), "--duration", "2"), fragment)
