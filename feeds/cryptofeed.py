@@ -612,12 +612,29 @@ def cmd_bridge(args) -> int:
 def playback(bridge: Bridge, files) -> dict:
     """Feed ``bridge`` from cryptofeed's own playback of raw-data files; cryptofeed's counts."""
     require_cryptofeed()
+    import shutil
+    import tempfile
+    from pathlib import Path
+
     from cryptofeed.raw_data_collection import playback as cf_playback
 
+    # cryptofeed tells a websocket file from the others by 'ws' (or 'http') anywhere in its path:
+    # files in a directory named like /home/wsmith were misread (a symbol file taken for websocket
+    # data: IndexError). They are read through links in a directory whose name holds neither.
+    links = Path(tempfile.mkdtemp(prefix="tickwire-"))
+    while "ws" in str(links) or "http" in str(links):
+        shutil.rmtree(links, ignore_errors=True)
+        links = Path(tempfile.mkdtemp(prefix="tickwire-"))
     try:
-        return cf_playback(bridge.bc.exchange, [str(f) for f in files], callbacks=bridge.callbacks())
+        named = []
+        for f in files:
+            link = links / Path(f).name
+            link.symlink_to(Path(f).resolve())
+            named.append(str(link))
+        return cf_playback(bridge.bc.exchange, named, callbacks=bridge.callbacks())
     except (KeyError, IndexError, ValueError) as exc:
         raise BridgeError(f"--playback: cryptofeed could not replay {', '.join(map(str, files))} for "
                           f"{bridge.bc.exchange}: {type(exc).__name__}: {exc}") from None
     finally:
+        shutil.rmtree(links, ignore_errors=True)
         bridge.flush()                        # what the playback's last turn handed out

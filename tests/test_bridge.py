@@ -278,10 +278,16 @@ def normalised(pair: str) -> str:
     return pair.replace("XBT", "BTC").replace("/", "-")
 
 
-def kraken_playback_files(capture) -> tuple[Path, list[str]]:
+def kraken_playback_files(capture, prefix="twcf") -> tuple[Path, list[str]]:
     """cryptofeed's raw-data layout for the capture: KRAKEN.0 (the symbol data Kraken's REST API would
     return, and the subscription) beside KRAKEN.ws.0 (the websocket messages, the capture itself)."""
-    d = Path(tempfile.mkdtemp(prefix="twcf", dir="/tmp"))       # cryptofeed tells the files apart by 'ws'
+    # cryptofeed tells the files apart by 'ws' (or 'http') anywhere in the path: mkdtemp's random
+    # suffix held 'ws' now and then ('twcffhxrows4'), the symbol file was read as websocket data and
+    # the playback failed; hex digits never spell either
+    import uuid
+
+    d = Path("/tmp") / f"{prefix}{uuid.uuid4().hex[:12]}"
+    d.mkdir(mode=0o700)
     (d / "KRAKEN.ws.0").symlink_to(KRAKEN)
     pairs = [i.symbol for i in capture.instruments]
     assets = {"error": [], "result": {p.replace("/", ""): {"wsname": p} for p in pairs}}
@@ -346,7 +352,8 @@ def test_cryptofeed_playback_of_kraken_through_the_bridge_reproduces_every_check
             time.sleep(0.01)
         from tickwire.feeds.cryptofeed import playback
 
-        counts = playback(bridge, *[kraken_playback_files(capture)[1]])
+        # (a directory whose path holds 'ws', as /home/wsmith does: tickwire's playback must not care)
+        counts = playback(bridge, *[kraken_playback_files(capture, prefix="twcf-ws-")[1]])
         assert wait(lambda: sum(map(len, rx.parts)) == bridge.publisher.sent)
     finally:
         rx.stop = True
