@@ -114,17 +114,29 @@ def _demo_captures(data_dir) -> int:
     return status
 
 
+#: Bounds of the synthetic markets' options: instrument ids are 24 bits, channels 16.
+MAX_INSTRUMENTS, MAX_CHANNELS, MAX_SEED = 1 << 24, 1 << 16, (1 << 63) - 1
+
+
+def _range_problem(checks) -> str | None:
+    """``--NAME: expected an integer from LO to HI, got V`` for the first ``(name, value, lo, hi)``
+    of ``checks`` whose value is outside ``lo..hi``; None when all are inside."""
+    for name, v, lo, hi in checks:
+        if not lo <= v <= hi:
+            return f"--{name}: expected an integer from {lo:,} to {hi:,}, got {v}"
+    return None
+
+
 def cmd_bookbench(args) -> int:
     from pathlib import Path
 
     from tickwire.ext import BUILD
 
-    for name, v, hi in (("events", args.events, 100_000_000), ("instruments", args.instruments, 65_536),
-                        ("seed", args.seed, (1 << 63) - 1), ("repeats", args.repeats, 1000)):
-        if not (0 if name == "seed" else 1) <= v <= hi:       # (the stream is made in memory first)
-            print(f"tickwire bookbench: --{name}: expected an integer from {0 if name == 'seed' else 1} to {hi:,}, "
-                  f"got {v}", file=sys.stderr)
-            return 2
+    why = _range_problem((("events", args.events, 1, 100_000_000), ("instruments", args.instruments, 1, 65_536),
+                          ("seed", args.seed, 0, MAX_SEED), ("repeats", args.repeats, 1, 1000)))
+    if why:                                        # (the stream is made in memory first)
+        print(f"tickwire bookbench: {why}", file=sys.stderr)
+        return 2
     _say(f"tickwire {tickwire.__version__} books ({BUILD} build): order books on a synthetic market and real captures")
     _say()
     status = _demo_synthetic("L2", args.events, args.instruments, args.seed, args.repeats)
@@ -502,19 +514,19 @@ def cmd_simulate(args) -> int:
 
     from tickwire.engine.config import seconds_problem
 
-    problems = [(f"--{name}", "an integer >= 1", v) for name, v in
+    problems = [f"--{name}: expected an integer >= 1, got {v}" for name, v in
                 (("events", args.publish_events), ("channels", args.channels), ("batch", args.batch),
                  ("retain", args.retain), ("subscribers", args.subscribers)) if v < 1]
-    problems += [(f"--{name}", f"an integer from {lo} to {hi:,}", v) for name, v, lo, hi in
-                 (("instruments", args.instruments, 1, 1 << 24), ("channels", args.channels, 1, 65536),
-                  ("sndhwm", 0 if args.sndhwm is None else args.sndhwm, 0, (1 << 31) - 1),
-                  ("seed", args.seed, 0, (1 << 63) - 1))
-                 if not lo <= v <= hi]
-    problems += [("--restart-at", "a number of events >= 0", v) for v in args.restart_at or () if v < 0]
-    problems += [(f"--{name}", "a probability from 0 to 1", v) for name, v in
+    problems.append(_range_problem((("instruments", args.instruments, 1, MAX_INSTRUMENTS),
+                                    ("channels", args.channels, 1, MAX_CHANNELS),
+                                    ("sndhwm", 0 if args.sndhwm is None else args.sndhwm, 0, (1 << 31) - 1),
+                                    ("seed", args.seed, 0, MAX_SEED))))
+    problems += [f"--restart-at: expected a number of events >= 0, got {v}" for v in args.restart_at or () if v < 0]
+    problems += [f"--{name}: expected a probability from 0 to 1, got {v}" for name, v in
                  (("drop", args.drop), ("duplicate", args.duplicate), ("reorder", args.reorder)) if not 0 <= v <= 1]
     if not (args.rate == 0 or 1e-3 <= args.rate <= 1e10):
-        problems.append(("--rate", "events per second from 0.001 to 1e10 (0: as fast as possible)", args.rate))
+        problems.append(f"--rate: expected events per second from 0.001 to 1e10 (0: as fast as possible), "
+                        f"got {args.rate}")
     for name, v in (("heartbeat", args.heartbeat), ("linger", args.linger), ("start-delay", args.start_delay),
                     ("wait-subscribers", args.wait_subscribers), ("snapshot-delay", args.snapshot_delay),
                     ("duration", args.duration)):
@@ -522,9 +534,9 @@ def cmd_simulate(args) -> int:
         if why:
             print(f"tickwire simulate: --{name}: {why}", file=sys.stderr)
             return 2
+    problems = [p for p in problems if p]
     if problems:
-        name, expected, got = problems[0]
-        print(f"tickwire simulate: {name}: expected {expected}, got {got}", file=sys.stderr)
+        print(f"tickwire simulate: {problems[0]}", file=sys.stderr)
         return 2
     return simulator.run_cli(args, say=_say)
 
@@ -693,15 +705,15 @@ def main(argv=None) -> int:
     if args.command == "demo":
         from tickwire.engine.config import seconds_problem
 
-        problems = [("duration", seconds_problem(args.duration))]       # (--wire-seconds: run_demo's own check)
-        problems += [(name, f"expected an integer from {lo} to {hi:,}, got {v}") for name, v, lo, hi in
-                     (("instruments", args.instruments, 1, 1 << 24), ("channels", args.channels, 1, 65536),
-                      ("seed", args.seed, 0, (1 << 63) - 1)) if not lo <= v <= hi]
-        if not 1e-3 <= args.rate <= 1e10:
-            problems.append(("rate", f"expected events per second from 0.001 to 1e10, got {args.rate}"))
-        for name, why in problems:
+        why = seconds_problem(args.duration)                # (--wire-seconds: run_demo's own check)
+        problems = [why and f"--duration: {why}",
+                    _range_problem((("instruments", args.instruments, 1, MAX_INSTRUMENTS),
+                                    ("channels", args.channels, 1, MAX_CHANNELS), ("seed", args.seed, 0, MAX_SEED))),
+                    not 1e-3 <= args.rate <= 1e10 and f"--rate: expected events per second from 0.001 to 1e10, "
+                                                      f"got {args.rate}"]
+        for why in problems:
             if why:
-                print(f"tickwire demo: --{name}: {why}", file=sys.stderr)
+                print(f"tickwire demo: {why}", file=sys.stderr)
                 return 2
     from tickwire.engine.config import ConfigError
 

@@ -544,8 +544,7 @@ class Worker:
         self.reload = False
         try:
             if self.frozen_path is not None:
-                frozen = json.loads(Path(self.frozen_path).read_text())
-                new = configmod.from_dict(frozen["raw"], base_dir=Path(frozen["base_dir"]))
+                new = load_frozen(self.frozen_path)
             else:
                 new = configmod.load(self.config_path)
         except (configmod.ConfigError, OSError, ValueError, KeyError) as exc:
@@ -606,6 +605,13 @@ class Worker:
         return 0
 
 
+def load_frozen(path):
+    """The configuration the supervisor holds: its ``config.json`` (the file as read at start,
+    with the thresholds SIGHUP applied), as a Config."""
+    frozen = json.loads(Path(path).read_text())
+    return configmod.from_dict(frozen["raw"], base_dir=Path(frozen["base_dir"]))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tickwire.engine.worker", description="One tickwire engine worker.")
     ap.add_argument("--config", required=True)
@@ -617,8 +623,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     lifeline.bind_to_parent()                # SIGTERM when the supervisor dies (kill -9 included)
     if args.frozen:
-        frozen = json.loads(Path(args.frozen).read_text())
-        cfg = configmod.from_dict(frozen["raw"], base_dir=Path(frozen["base_dir"]))
+        cfg = load_frozen(args.frozen)
     else:
         cfg = configmod.load(args.config)
     w = cfg.workers[args.worker]
