@@ -365,6 +365,7 @@ class Config:
     log_file: str = ""
     shutdown_timeout_s: float = 20.0
     bridge: Optional[BridgeConfig] = None
+    stall_restart_s: float = 30.0
 
     def instrument(self, iid: int) -> Instrument:
         return next(i for i in self.instruments if i.id == iid)
@@ -383,8 +384,8 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
     ncpu = os.cpu_count() or 1
 
     daemon = _table(raw, "daemon")
-    _check_keys(daemon, {"run", "state_dir", "log_level", "supervisor_cpu", "log_file", "shutdown_timeout_s"},
-                "daemon.")
+    _check_keys(daemon, {"run", "state_dir", "log_level", "supervisor_cpu", "log_file", "shutdown_timeout_s",
+                          "stall_restart_s"}, "daemon.")
     log_file = _str(daemon, "log_file", "daemon.", "")
     if log_file and not Path(log_file).is_absolute():
         log_file = str(base_dir / log_file)
@@ -400,6 +401,10 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
     log_level = _str(daemon, "log_level", "daemon.", "info", ("debug", "info", "warning", "error"))
     supervisor_cpu = _int(daemon, "supervisor_cpu", "daemon.", 0, 0, ncpu - 1)
     shutdown_timeout_s = _num(daemon, "shutdown_timeout_s", "daemon.", 20.0, True, seconds=True)
+    stall_restart_s = _num(daemon, "stall_restart_s", "daemon.", 30.0, seconds=True)
+    if stall_restart_s < 0:
+        _fail("daemon.stall_restart_s", "a number of seconds >= 0 (0: a stalled worker is only reported)",
+              daemon["stall_restart_s"])
 
     # instruments
     insts_raw = raw.get("instruments")
@@ -592,7 +597,7 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
     return Config(tuple(instruments), tuple(workers), feeds, store, rings, metrics, stats, tuple(rules), state_dir,
                   run, _str(e, "clock", "engine.", "wall", ("wall", "event")),
                   _int(e, "timing_every", "engine.", 64, 0, INT32_MAX), log_level, supervisor_cpu, log_file,
-                  shutdown_timeout_s, _bridge(raw, feeds, seen_sym, base_dir))
+                  shutdown_timeout_s, _bridge(raw, feeds, seen_sym, base_dir), stall_restart_s)
 
 
 def _path(v: str, base_dir: Path) -> str:
@@ -646,7 +651,8 @@ def _bridge(raw: dict, feeds: FeedConfig, symbols: set, base_dir: Path) -> Optio
 
 _TOP_KEYS = {"run": "daemon.run", "state_dir": "daemon.state_dir", "log_level": "daemon.log_level",
              "supervisor_cpu": "daemon.supervisor_cpu", "log_file": "daemon.log_file",
-             "shutdown_timeout_s": "daemon.shutdown_timeout_s", "clock": "engine.clock",
+             "shutdown_timeout_s": "daemon.shutdown_timeout_s", "stall_restart_s": "daemon.stall_restart_s",
+             "clock": "engine.clock",
              "timing_every": "engine.timing_every"}
 
 

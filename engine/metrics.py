@@ -123,6 +123,8 @@ class Collector:
             ("silences", "feed_silences", "times a live channel went silent longer than feeds.stale_after_ms"),
             ("ring_waits", "tick_ring_waits", "times the engine waited for room in a full tick ring (back-pressure)"),
             ("restarts", "worker_restarts", "times the supervisor restarted the worker"),
+            ("stall_restarts", "worker_stall_restarts", "times the supervisor killed the worker to restart it "
+                                                        "because it wrote no status (daemon.stall_restart_s)"),
         ), W)
         drops = CounterMetricFamily("tickwire_feed_drops", "feed messages dropped, by reason (docs/feeds.md)",
                                     labels=["worker", "reason"])
@@ -153,6 +155,7 @@ class Collector:
             w = child.name
             g["up"].add_metric([w], 1.0 if child.proc and child.proc.returncode is None else 0.0)
             c["restarts"].add_metric([w], child.restarts)
+            c["stall_restarts"].add_metric([w], child.stalls)
             if not st:
                 continue
             feed = st["feed"]

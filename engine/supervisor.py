@@ -61,6 +61,10 @@ from tickwire.ext.ring import Ring
 
 log = logging.getLogger("tickwire.supervisor")
 
+#: A worker that has written no status for this long (it writes one every 0.5 s) is said to be
+#: stalled (an error in the log); daemon.stall_restart_s decides when it is restarted.
+STALL_SAY_S = 5.0
+
 __all__ = ["Supervisor", "StartupError", "cpu_report", "run", "EXIT_UNSTORED"]
 
 
@@ -219,6 +223,7 @@ class _Child:
         self.env = env                  # added to the environment (secrets: never on argv)
         self.proc = None
         self.restarts = 0
+        self.stalls = 0                 # times killed for writing no status (daemon.stall_restart_s)
         self.started = 0.0
 
 
@@ -650,6 +655,47 @@ class Supervisor:
                 log.warning("the writer (pid %d) was starved on core %d: back on normal scheduling",
                             pid, self.writer.cpu)
 
+    async def _watch_stalls(self, say_after: float = STALL_SAY_S, every: float = 0.5) -> None:
+        """A worker writes its status every 0.5 s from a thread of its own; one that writes none
+        is stopped (SIGSTOP, a debugger) or stuck, and its feed goes unread while its process
+        looks alive.  Said (an error) after ``say_after`` seconds; after ``daemon.stall_restart_s``
+        (0: never) it is killed, and its watcher restarts it (the tick history resumes: nothing
+        is lost).  Timed on this process's monotonic clock, from when the status last changed,
+        so that a step of the wall clock is no stall."""
+        restart_after = self.cfg.stall_restart_s
+        if restart_after > 0:
+            say_after = min(say_after, restart_after)
+        seen: dict[int, list] = {}                     # worker index -> [(pid, status time), since, said]
+        while not self.stopping:
+            await asyncio.sleep(every)
+            now = time.monotonic()
+            for i, child in enumerate(self.workers):
+                proc = child.proc
+                st = self._status_of(i) if proc is not None and proc.returncode is None else {}
+                if not st or st.get("pid") != proc.pid:  # not running, or still starting
+                    seen.pop(i, None)
+                    continue
+                mark, last = (proc.pid, st.get("time")), seen.get(i)
+                if last is None or last[0] != mark:
+                    if last is not None and last[2]:
+                        log.warning("%s (pid %d) writes its status again after a stall of %.1f s", child.name,
+                                    proc.pid, now - last[1])
+                    seen[i] = [mark, now, False]
+                    continue
+                stalled = now - last[1]
+                if not last[2] and stalled >= say_after:
+                    last[2] = True
+                    log.error("%s (pid %d) has written no status for %.0f s: it is stopped (SIGSTOP, a debugger) "
+                              "or stuck, and reads nothing from its feed%s", child.name, proc.pid, stalled,
+                              f"; it is restarted at {restart_after:g} s (daemon.stall_restart_s)" if restart_after > 0
+                              else " (daemon.stall_restart_s = 0: it is not restarted)")
+                if restart_after > 0 and stalled >= restart_after:
+                    log.error("%s (pid %d) stalled for %.0f s: killing it to restart it (it resumes the tick "
+                              "history)", child.name, proc.pid, stalled)
+                    child.stalls += 1
+                    proc.kill()
+                    seen.pop(i)
+
     async def _check_pinning(self, within: float = 10.0) -> None:
         """Verify each worker runs on its core only.  A worker pins itself once its imports are
         done, which on a loaded machine can take seconds: each is checked every 0.1 s and found
@@ -708,14 +754,17 @@ class Supervisor:
         log.info("SIGHUP: rule thresholds reloaded%s", f" ({len(changed)} other changes not applied: "
                  f"{', '.join(changed)})" if changed else "")
 
+    def _status_of(self, index: int) -> dict:
+        """Worker ``index``'s status file ({} when there is none yet)."""
+        try:
+            return json.loads((self.run_dir / f"worker-{index}.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
     def _worker_ready(self, index: int, child: _Child) -> bool:
         """Whether worker ``index`` (``child``'s process) runs its loop, signal handlers in place:
         its status file names its pid (written once they are)."""
-        try:
-            st = json.loads((self.run_dir / f"worker-{index}.json").read_text())
-        except (OSError, ValueError):
-            return False
-        return st.get("pid") == child.proc.pid
+        return self._status_of(index).get("pid") == child.proc.pid
 
     async def _shutdown(self) -> int:
         self.stopping = True
@@ -731,6 +780,7 @@ class Supervisor:
         for child in self.workers:
             if child.proc and child.proc.returncode is None:
                 child.proc.send_signal(signal.SIGTERM)
+                child.proc.send_signal(signal.SIGCONT)  # a stopped worker would be killed at the bound
         for child in self.workers:
             if child.proc and await self._stopped(child, deadline) != 0:
                 status = 1
@@ -855,6 +905,7 @@ class Supervisor:
         for w in watchers:
             w.add_done_callback(self._watcher_done)
         asyncio.create_task(self._check_pinning())
+        asyncio.create_task(self._watch_stalls())
         if self.writer is not None and self.cfg.store.writer_sched == "idle":
             asyncio.create_task(self._guard_writer())
         if ready is not None:

@@ -190,6 +190,7 @@ def test_integers_have_the_range_their_consumer_takes(raw, fragment):
 
 @pytest.mark.parametrize("raw, key", [
     (cfg(daemon={"shutdown_timeout_s": 1e300}), "daemon.shutdown_timeout_s"),
+    (cfg(daemon={"stall_restart_s": 1e300}), "daemon.stall_restart_s"),
     (cfg(store={"batch_seconds": 1e10}), "store.batch_seconds"),
     (cfg(store={"debug_insert_delay_s": 1e300}), "store.debug_insert_delay_s"),
     (cfg(metrics={"hdr_interval_s": 1e300}), "metrics.hdr_interval_s"),
@@ -198,6 +199,13 @@ def test_times_in_seconds_fit_int64_nanoseconds(raw, key):
     # finite, so taken before, and then int(seconds * 1e9) was past int64 (or an OverflowError)
     assert f"{key}: expected a number of seconds at most 1e+09" in error_of(raw)
     assert from_dict({**raw, key.split(".")[0]: {key.split(".")[1]: 1e9}})      # the bound itself is taken
+
+
+def test_stall_restart_is_seconds_or_zero_for_never():
+    assert from_dict(cfg()).stall_restart_s == 30.0
+    assert from_dict(cfg(daemon={"stall_restart_s": 0})).stall_restart_s == 0.0
+    for bad in (-1, "30", True, float("nan")):
+        assert "daemon.stall_restart_s: expected" in error_of(cfg(daemon={"stall_restart_s": bad}))
 
 
 def test_integers_at_their_upper_bound_are_accepted():

@@ -61,6 +61,24 @@ def start_sim(raw, events, rate, *extra, seed=1):
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def publishing(raw, run_dir, events, rate, past):
+    """Start the simulator (``events`` at ``rate``); once worker 0 has taken in more than ``past``
+    of them: the simulator and that worker's pid."""
+    sim = start_sim(raw, events, rate)
+    pid = status(run_dir)["pid"]
+    assert wait_for(lambda: status(run_dir)["feed"]["events"] > past, 60)
+    return sim, pid
+
+
+def published_and_live(sim, run_dir, timeout=120):
+    """Wait for the simulator to finish (it must succeed), then for worker 0's channels to be live
+    and in sync."""
+    out, _ = sim.communicate(timeout=timeout)
+    assert sim.returncode == 0, out
+    assert wait_for(lambda: all(c["state"] == "live" and c["in_sync"]
+                                for c in status(run_dir)["channels"].values()), 30)
+
+
 def stop_daemon(proc, log, bound=25.0):
     t = time.monotonic()
     proc.send_signal(signal.SIGTERM)
@@ -165,10 +183,7 @@ def test_killed_worker_is_restarted_and_resumes_the_history_nothing_lost(tmp_pat
             pids.append(pid)
             assert wait_for(lambda: status(run_dir)["pid"] not in pids, 30), "the worker was not restarted"
             pid = status(run_dir)["pid"]
-        out, _ = sim.communicate(timeout=120)
-        assert sim.returncode == 0, out
-        assert wait_for(lambda: all(c["state"] == "live" and c["in_sync"]
-                                    for c in status(run_dir)["channels"].values()), 30)
+        published_and_live(sim, run_dir)
         text = urllib.request.urlopen((run_dir / "metrics.url").read_text().strip(), timeout=5).read().decode()
         assert "tickwire_worker_restarts_total{worker=\"w0\"} 2.0" in text
     finally:
@@ -184,6 +199,34 @@ def test_killed_worker_is_restarted_and_resumes_the_history_nothing_lost(tmp_pat
     pub = published_books(tmp_path / "pub.npz")
     mine = published_books(run_dir / "books-0.npz")
     assert all(pub[k].tobytes() == mine[k].tobytes() for k in pub)   # books resynced exactly
+
+
+def test_a_stopped_worker_is_said_restarted_and_loses_nothing_and_one_stopped_at_shutdown_stops(tmp_path):
+    """Found by an adversarial pass: a worker stopped by SIGSTOP (or stuck) left its feed unread
+    while its process looked alive; nothing said so, and at SIGTERM it was killed at the bound
+    (status 1). Now a worker that writes no status is said after a few seconds, killed and
+    restarted at daemon.stall_restart_s (it resumes the tick history), and a stopped worker at
+    shutdown is continued so that it stops cleanly."""
+    cfg_path, raw = write_config(tmp_path, "stall", daemon={"stall_restart_s": 3})
+    run_dir = tmp_path / "state" / "stall"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"])
+        sim, pid = publishing(raw, run_dir, 400_000, 50_000, past=50_000)
+        os.kill(pid, signal.SIGSTOP)
+        assert wait_for(lambda: status(run_dir)["pid"] != pid, 30), "the stopped worker was not restarted"
+        published_and_live(sim, run_dir)
+        text = urllib.request.urlopen((run_dir / "metrics.url").read_text().strip(), timeout=5).read().decode()
+        assert 'tickwire_worker_stall_restarts_total{worker="w0"} 1.0' in text
+        os.kill(status(run_dir)["pid"], signal.SIGSTOP)          # stopped when the daemon is told to stop
+    finally:
+        rc, _ = stop_daemon(daemon, log)
+    text = (tmp_path / "daemon.log").read_text()
+    assert rc == 0, text[-3000:]
+    assert f"(pid {pid}) has written no status for" in text and f"(pid {pid}) stalled for" in text, text[-3000:]
+    assert "did not stop within" not in text, text[-3000:]
+    assert stored_ticks(tmp_path) == (400_000, 400_000)       # every event, once
+    assert status(run_dir)["history"]["lost_events"] == 0
 
 
 def test_a_daemon_restarted_between_two_publisher_runs_counts_no_loss(tmp_path):
@@ -300,9 +343,7 @@ def test_a_worker_restarted_after_the_config_file_was_edited_runs_the_config_the
     daemon, log = start_daemon(cfg_path, tmp_path)
     try:
         assert wait_for(lambda: status(run_dir)["pid"])
-        sim = start_sim(raw, 300_000, 100_000)
-        pid = status(run_dir)["pid"]
-        assert wait_for(lambda: status(run_dir)["feed"]["events"] > 60_000, 60)
+        sim, pid = publishing(raw, run_dir, 300_000, 100_000, past=60_000)
         edited = dict(raw, store=dict(raw["store"], enabled=False))
         cfg_path.write_text(to_toml(edited))              # storage off: needs a restart, not applied ...
         daemon.send_signal(signal.SIGHUP)
@@ -310,10 +351,7 @@ def test_a_worker_restarted_after_the_config_file_was_edited_runs_the_config_the
         cfg_path.write_text(to_toml(edited)[:40])         # ... and then half a file
         os.kill(pid, signal.SIGKILL)
         assert wait_for(lambda: status(run_dir)["pid"] != pid, 30), "the worker was not restarted"
-        out, _ = sim.communicate(timeout=120)
-        assert sim.returncode == 0, out
-        assert wait_for(lambda: all(c["state"] == "live" and c["in_sync"]
-                                    for c in status(run_dir)["channels"].values()), 30)
+        published_and_live(sim, run_dir)
     finally:
         rc, _ = stop_daemon(daemon, log)
     text = (tmp_path / "daemon.log").read_text()
@@ -350,10 +388,7 @@ def test_wire_faults_and_forged_messages_lose_nothing(tmp_path):
         ev["kind"], ev["price"], ev["qty"] = Kind.ADD, 1, 1
         bad.send_multipart(wire.encode_data(0, 1 << 40, ev, epoch=status(run_dir)["channels"]["0"]["epoch"]))
         bad.send_multipart(wire.encode_heartbeat(1, 5, epoch=(1 << 64) - 1))
-        out, _ = sim.communicate(timeout=120)
-        assert sim.returncode == 0, out
-        assert wait_for(lambda: all(c["state"] == "live" and c["in_sync"]
-                                    for c in status(run_dir)["channels"].values()), 30)
+        published_and_live(sim, run_dir)
     finally:
         rc, _ = stop_daemon(daemon, log)
         bad.close(0)
@@ -1065,8 +1100,9 @@ def test_a_stale_history_note_of_a_ring_released_at_shutdown_does_not_bring_tick
         note_path = run_dir / "feed-w0.json"
         note_path.write_text(json.dumps(note_set_back(json.loads(note_path.read_text()), ticks)))
         ticks.close()
-    finally:
-        rc, _ = stop_daemon(daemon, log)                  # the stopped worker is killed at the bound
+        os.kill(worker, signal.SIGKILL)                   # gone without a note (a stopped one is continued
+    finally:                                              # at the stop and writes its own), SIGTERM at once
+        rc, _ = stop_daemon(daemon, log)
     assert rc == 1, (tmp_path / "daemon.log").read_text()[-3000:]
     assert "stopped: every tick and signal stored" in (tmp_path / "daemon.log").read_text()
     assert "brought up to the ticks its replaced ring held" in (tmp_path / "daemon.log").read_text()
