@@ -17,10 +17,18 @@ Subcommands:
 
 from __future__ import annotations
 
-import argparse
+import signal
+import sys
+
+if sys.argv[1:2] == ["run"] and signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
+    # `tickwire run` reloads on SIGHUP once its event loop runs; one that came while it imported
+    # and read its config (a reload script run just after the start) ended it: exit 129, nothing
+    # logged. Ignored until the loop's handler is in place.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+import argparse  # noqa: E402
 import os
 import re
-import sys
 import time
 
 import numpy as np

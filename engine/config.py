@@ -19,7 +19,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Optional
 
-from tickwire.engine.instruments import DEFAULT_MAX_PRICE, Instrument
+from tickwire.engine.instruments import DEFAULT_MAX_PRICE, LOWEST_PRICE, Instrument
 from tickwire.engine.pipeline import RULE_KINDS, RuleConfig, StatsConfig
 from tickwire.feeds.wire import MAX_MESSAGE_EVENTS
 
@@ -434,8 +434,8 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
                 kw[k] = _int(d, k, w, lo=0, hi=18)
         for k in ("min_price", "max_price"):
             if k in d:
-                kw[k] = _int(d, k, w, lo=-DEFAULT_MAX_PRICE, hi=DEFAULT_MAX_PRICE)
-        if kw.get("min_price", -DEFAULT_MAX_PRICE) > kw.get("max_price", DEFAULT_MAX_PRICE):
+                kw[k] = _int(d, k, w, lo=LOWEST_PRICE, hi=DEFAULT_MAX_PRICE)
+        if kw.get("min_price", LOWEST_PRICE) > kw.get("max_price", DEFAULT_MAX_PRICE):
             _fail(f"{w}min_price", f"at most {w}max_price ({kw.get('max_price', DEFAULT_MAX_PRICE)})",
                   kw.get("min_price"))
         try:
@@ -453,7 +453,13 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
         if not isinstance(d, dict):
             _fail(f"workers[{i}]", "a table", d)
         _check_keys(d, {"name", "cpu", "instruments"}, w)
-        name = _str(d, "name", w, f"w{i}")
+        name = _name(d, "name", w, f"w{i}")        # (in file names: feed-NAME.json, hdr/NAME.hlog)
+        if name in ("writer", "supervisor"):
+            _fail(f"{w}name", "a name other than 'writer' and 'supervisor' (the daemon's other processes)", name)
+        for j, other in enumerate(workers):
+            if other.name == name:
+                # (both kept their tick history in feed-NAME.json: each resumed the other's channels)
+                _fail(f"{w}name", f"a name no other worker has (workers[{j}] is named {name!r})", name)
         cpu = _int(d, "cpu", w, lo=0, hi=ncpu - 1)
         if cpu in used_cpu:
             _fail(f"{w}cpu", f"a core no other worker uses (workers[{used_cpu[cpu]}] is on core {cpu})", cpu)
@@ -469,6 +475,9 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
             if x in assigned:
                 _fail(f"{w}instruments", f"instruments not already on workers[{assigned[x]}]", x)
             assigned[x] = i
+        if not ids:
+            _fail(f"{w}instruments", "at least one instrument (\"all\" or their ids): a worker with none has "
+                  "nothing to do", ids)
         workers.append(WorkerConfig(name, cpu, tuple(ids)))
     unserved = sorted(seen_ids - set(assigned))
     if unserved:
@@ -503,6 +512,11 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
                        _bool(f, "busy_poll", "feeds.", False),
                        _reorder_window(f), _str(f, "history_from", "feeds.", "join", ("join", "start")),
                        _bool(f, "fast_loop", "feeds.", True), **_curve(f, base_dir))
+    if feeds.socket == "pull" and len(workers) > 1:
+        # a PUSH publisher deals its messages round-robin to every PULL socket: each worker would
+        # get the other workers' channels (dropped) and miss a share of its own for good
+        _fail("feeds.socket", "\"sub\" with several workers (\"pull\" takes one: a PUSH publisher deals each "
+              "message to one of the connected workers, whichever channel it carries)", feeds.socket)
     if feeds.batch_events < feeds.max_message_events:
         _fail("feeds.batch_events", f"at least feeds.max_message_events ({feeds.max_message_events})",
               feeds.batch_events)
@@ -519,17 +533,21 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
     allowed = {fl.name for fl in fields(StatsConfig)}
     _check_keys(s, allowed, "stats.")
     _bool(s, "extrema", "stats.", StatsConfig.extrema)
+    # the daemon's bounds first (tighter than the library's, which StatsConfig checks)
+    for key in ("window_size", "trade_window_size", "max_capacity", "ewma_fast_halflife_ns", "ewma_slow_halflife_ns"):
+        v = s.get(key, getattr(StatsConfig, key))
+        if not isinstance(v, int) or isinstance(v, bool):
+            continue                                     # (StatsConfig names the type)
+        kind = {"window_size": "window", "trade_window_size": "trade_window"}.get(key)
+        kind = s.get(kind, "count") if kind else ("count" if key == "max_capacity" else "time")
+        if kind == "count" and v > MAX_WINDOW_SAMPLES:
+            _fail(f"stats.{key}", f"at most {MAX_WINDOW_SAMPLES} samples (2**24)", v)
+        if v >= 1 << 62:
+            _fail(f"stats.{key}", "an integer below 2**62 (nanoseconds)", v)
     try:
         stats = StatsConfig(**s)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"config error: {exc}") from None
-    for key in ("window_size", "trade_window_size", "max_capacity"):
-        kind = {"window_size": stats.window, "trade_window_size": stats.trade_window}.get(key, "count")
-        if kind == "count" and getattr(stats, key) > MAX_WINDOW_SAMPLES:
-            _fail(f"stats.{key}", f"at most {MAX_WINDOW_SAMPLES} samples (2**24)", getattr(stats, key))
-    for key in ("window_size", "trade_window_size", "ewma_fast_halflife_ns", "ewma_slow_halflife_ns"):
-        if getattr(stats, key) >= 1 << 62:
-            _fail(f"stats.{key}", "an integer below 2**62 (nanoseconds)", getattr(stats, key))
     if stats.imbalance_depth > 1 << 20:
         _fail("stats.imbalance_depth", "at most 1048576 levels", stats.imbalance_depth)
 

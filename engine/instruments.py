@@ -17,12 +17,13 @@ from tickwire.ext.book import (
     DEFAULT_MAX_PRICE,
     DEFAULT_MIN_PRICE,
     DEFAULT_WINDOW,
+    LOWEST_PRICE,
     BookSet,
     L2Book,
     L3Book,
 )
 
-__all__ = ["Instrument", "make_books", "decimal_to_int", "decimals_of"]
+__all__ = ["Instrument", "make_books", "decimal_to_int", "decimals_of", "DEFAULT_MAX_PRICE", "LOWEST_PRICE"]
 
 
 _INT64 = 1 << 63

@@ -13,7 +13,7 @@ import ctypes
 import os
 import signal
 
-__all__ = ["ENV", "bind_to_parent", "child_env"]
+__all__ = ["ENV", "bind_to_parent", "child_env", "hold_stop_signals"]
 
 #: ``"<parent pid>:<signal number>"``, taken out of the environment by the child that reads it.
 ENV = "TICKWIRE_DIE_WITH"
@@ -46,3 +46,15 @@ def bind_to_parent() -> bool:
     if os.getppid() != parent:                        # the parent died before the prctl took
         os.kill(os.getpid(), sig)
     return True
+
+
+def hold_stop_signals() -> list[int]:
+    """For a child's first lines: a SIGTERM or SIGINT that comes while it starts (imports and
+    set-up take up to seconds) is noted in the returned list instead of ending the process; the
+    child installs its own handlers once it can stop cleanly and stops at once if the list holds
+    one. (A daemon told to stop just after its start had its children die of the signal's default
+    action, and exited 1 with errors though nothing was lost.)"""
+    held: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: held.append(signum))
+    return held

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from tickwire.ext.pipeline import STAGES, Engine, PyRule, Rule, RuleContext
+from tickwire.ext.stats import MAX_WINDOW_NS, MAX_WINDOW_SAMPLES
 
 __all__ = ["Engine", "Rule", "PyRule", "RuleContext", "RuleConfig", "StatsConfig", "STAGES", "RULE_KINDS"]
 
@@ -80,6 +81,12 @@ class StatsConfig:
             _positive_int("stats", name, getattr(self, name))
         if self.sample not in ("event", "message"):
             raise ValueError(f"stats.sample: expected 'event' or 'message', got {self.sample!r}")
+        for name, kind in (("window_size", self.window), ("trade_window_size", self.trade_window),
+                           ("max_capacity", "count")):
+            limit = MAX_WINDOW_SAMPLES if kind == "count" else MAX_WINDOW_NS
+            if getattr(self, name) > limit:
+                raise ValueError(f"stats.{name}: expected at most {limit} "
+                                 f"({'samples' if kind == 'count' else 'ns'}), got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)

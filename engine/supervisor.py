@@ -834,6 +834,12 @@ class Supervisor:
             child.proc.kill()
             await child.proc.wait()
             return None
+        if rc == -signal.SIGTERM:
+            # the workers and the writer hold a SIGTERM from their first lines on and stop cleanly:
+            # one ended by it had not reached them (told to stop as it was started), so it had
+            # taken nothing from the feed or the rings
+            log.info("%s ended by SIGTERM as it started (before it took anything)", child.name)
+            return 0
         if rc != 0:
             log.error("%s exited with %s at shutdown", child.name, rc if rc >= 0 else signal.Signals(-rc).name)
         return rc

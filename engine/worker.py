@@ -41,6 +41,10 @@ from __future__ import annotations
 
 import signal
 
+from tickwire.engine import lifeline
+
+#: A SIGTERM/SIGINT that came while the process started (main() then stops at once, cleanly).
+_held_stop = lifeline.hold_stop_signals() if __name__ == "__main__" else []
 if __name__ == "__main__":
     # A SIGHUP (a config reload) may come from the supervisor before main() installs its handler,
     # the imports and the books taking up to a second: its default action killed the worker, and
@@ -62,7 +66,6 @@ from pathlib import Path
 import numpy as np
 
 from tickwire.engine import config as configmod
-from tickwire.engine import lifeline
 from tickwire.engine.latency import IntervalLogWriter
 from tickwire.engine.live import BookService, books_endpoint, worker_answer
 from tickwire.engine.metrics import LATENCY_BOUNDS_NS, latency_histogram
@@ -642,6 +645,9 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, reload)
+    if _held_stop:                           # told to stop while starting: stop now, rings closed
+        log.info("%s while starting: stopping", signal.Signals(_held_stop[0]).name)
+        worker.stop = True
     worker.reload = bool(args.frozen)        # thresholds a reload ignored while starting (see the top)
     log.info("serving instruments %s on core %d", list(w.instruments), w.cpu)
     try:

@@ -42,13 +42,19 @@ and, for the supervisor, in a JSON status file.
 
 from __future__ import annotations
 
-import argparse
+import signal
+
+from tickwire.engine import lifeline
+
+#: A SIGTERM/SIGINT that came while the process started (main() then drains and stops at once).
+_held_stop = lifeline.hold_stop_signals() if __name__ == "__main__" else []
+
+import argparse  # noqa: E402  (after the signals are held: the imports take a while)
 import errno
 import json
 import logging
 import os
 import queue
-import signal
 import sys
 import threading
 import time
@@ -58,7 +64,6 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from tickwire.engine import lifeline
 from tickwire.ext.records import EVENT_DTYPE, SIGNAL_DTYPE
 
 log = logging.getLogger("tickwire.writer")
@@ -1010,6 +1015,8 @@ def main(argv=None) -> int:
     stop = threading.Event()                 # a SIGTERM during set-up is not lost: drained after it
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if _held_stop:
+        stop.set()
     # nothing of the writer reloads; a SIGHUP to the daemon's process group (a closed terminal)
     # reaches it too and would end it (the supervisor restarts it, but why): ignored
     signal.signal(signal.SIGHUP, signal.SIG_IGN)

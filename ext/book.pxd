@@ -80,7 +80,8 @@ cdef struct tw_order:
 cdef struct tw_book_params:
     uint32_t instrument
     int book_type                 # TW_BOOK_L2 or TW_BOOK_L3
-    int64_t min_price             # accepted price range, ticks (inclusive)
+    int64_t min_price             # accepted price range, ticks (inclusive), within -(2**62 - 1)..2**62
+                                  # (the range and a spread fit in int64; the Python classes check it)
     int64_t max_price
     int64_t window                # slots of the dense window per side (power of two)
     int64_t max_window            # L2: the window doubles, up to this, while many updates fall
@@ -104,6 +105,7 @@ cdef struct tw_book:
     int32_t free_head
     uint64_t *map
     uint64_t map_mask
+    uint64_t hash_key             # the map hash's key, random per L3 book (ids come from the feed)
     # the level(s) the last L3 order operation changed (for callers that track the top of the
     # book, like the engine): side, price, and a modify's new price (TW_NO_PRICE: none)
     int64_t op_price
@@ -221,7 +223,9 @@ cdef inline int64_t tw_book_spread(const tw_book *b) noexcept nogil:
 
 cdef class Book:
     cdef tw_book c
+    cdef int _busy                # > 0 while a batch applies without the GIL (another thread is refused)
     cdef int _check(self, int code, object what) except -1
+    cdef int _idle(self, str what) except -1
 
 
 cdef class L2Book(Book):
@@ -236,6 +240,7 @@ cdef class BookSet:
     cdef tw_bookset c
     cdef list _books
     cdef dict _by_id
+    cdef int _hold(self, int busy) except -1
 
 
 # -- the per-event update, inlined where events are applied (the books' loops, the engine) --

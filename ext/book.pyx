@@ -33,6 +33,8 @@ BUILD = "debug" if TW_DEBUG_BUILD else "release"
 #: Defaults: accepted prices (ticks), dense window slots per side, levels per side.
 DEFAULT_MIN_PRICE = 1
 DEFAULT_MAX_PRICE = 1 << 62
+#: The lowest price a book takes: -(2**62 - 1), so that a price range, and a spread, fit in int64.
+LOWEST_PRICE = -DEFAULT_MAX_PRICE + 1
 DEFAULT_WINDOW = 1 << 17
 DEFAULT_MAX_WINDOW = 1 << 20
 DEFAULT_MAX_LEVELS = 1 << 20
@@ -608,16 +610,22 @@ cdef int _delete_level(tw_book *b, int side, int64_t price) noexcept nogil:
 # L3 operations: an order pool with a free list and an id -> index hash map
 # ---------------------------------------------------------------------------------------
 
-cdef inline uint64_t _hash(uint64_t k) noexcept nogil:
+cdef inline uint64_t _hash(uint64_t k, uint64_t key) noexcept nogil:
+    """MurmurHash3's 64-bit finaliser of ``k`` mixed with the book's random ``key``: order ids come
+    from the feed, and with a fixed hash a publisher could choose ids that share one home slot
+    (40,000 adds took 1.75 s instead of 5 ms: every add walked the whole cluster)."""
+    k ^= key
     k ^= k >> 33
     k *= <uint64_t>0xff51afd7ed558ccd
+    k ^= k >> 33
+    k *= <uint64_t>0xc4ceb9fe1a85ec53
     k ^= k >> 33
     return k
 
 
-cdef inline uint64_t _tag(uint64_t order_id) noexcept nogil:
-    """The map tag of an id: the high half of its hash (its low bits give the home slot)."""
-    return _hash(order_id) >> 32
+cdef inline uint64_t _tag(const tw_book *b, uint64_t order_id) noexcept nogil:
+    """The map tag of an id: the high half of its keyed hash (its low bits give the home slot)."""
+    return _hash(order_id, b.hash_key) >> 32
 
 
 cdef inline int32_t _entry_idx(uint64_t e) noexcept nogil:
@@ -629,7 +637,7 @@ cdef inline int64_t _map_slot(const tw_book *b, uint64_t order_id) noexcept nogi
     cdef uint64_t t, i, e
     if b.map == NULL or order_id == 0:
         return -1
-    t = _tag(order_id)
+    t = _tag(b, order_id)
     i = t & b.map_mask
     while True:
         e = b.map[i]
@@ -930,7 +938,7 @@ cdef int tw_book_add_order(tw_book *b, uint64_t order_id, int side, int64_t pric
     o.ts = ts
     o.side = <uint8_t>side
     _op_level(b, side, price, TW_NO_PRICE)
-    _map_put(b.map, b.map_mask, _tag(order_id), idx)
+    _map_put(b.map, b.map_mask, _tag(b, order_id), idx)
     b.norders += 1
     return TW_OK
 cdef void _delete_at(tw_book *b, int64_t slot) noexcept nogil:
@@ -1044,6 +1052,31 @@ cdef int tw_book_execute_order(tw_book *b, uint64_t order_id, int64_t qty) noexc
 # Lifecycle, dispatch and queries
 # ---------------------------------------------------------------------------------------
 
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <time.h>
+    #if defined(__linux__)
+    #include <sys/random.h>
+    #endif
+    /* A key for the order map's hash: from the kernel's random source, or failing that from the
+       clock and an address (unknown to a publisher either way). */
+    static uint64_t tw_random_key(const void *salt) {
+        uint64_t k = 0;
+    #if defined(__linux__)
+        if (getrandom(&k, sizeof k, GRND_NONBLOCK) == (ssize_t)sizeof k)
+            return k;
+    #endif
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        k = ((uint64_t)ts.tv_sec << 32) ^ (uint64_t)ts.tv_nsec ^ (uint64_t)(uintptr_t)salt;
+        k ^= k >> 33; k *= 0xff51afd7ed558ccdULL; k ^= k >> 33;
+        return k;
+    }
+    """
+    uint64_t tw_random_key(const void *salt) noexcept nogil
+
+
 cdef int tw_book_init(tw_book *b, const tw_book_params *p) noexcept nogil:
     """Initialise a zeroed or freed book; -1 when out of memory."""
     memset(b, 0, sizeof(tw_book))
@@ -1071,6 +1104,7 @@ cdef int tw_book_init(tw_book *b, const tw_book_params *p) noexcept nogil:
     _ladder_fast_window(&b.side[TW_SIDE_BID])
     _ladder_fast_window(&b.side[TW_SIDE_ASK])
     if p.book_type == TW_BOOK_L3:
+        b.hash_key = tw_random_key(b)
         if _orders_reserve(b, max(p.initial_orders, <int64_t>1)) != TW_OK:
             tw_book_free(b)
             return -1
@@ -1236,7 +1270,7 @@ cdef inline void _prefetch(const tw_book *b, const tw_event *ev, int stage) noex
         return
     if b.map == NULL or ev.order_id == 0:
         return
-    t = _tag(ev.order_id)
+    t = _tag(b, ev.order_id)
     if stage == 0:
         TW_PREFETCH(&b.map[t & b.map_mask])
         return
@@ -1700,13 +1734,24 @@ cdef class Book:
             raise BookError(code, f"instrument {self.c.p.instrument}: {what} refused: {_REASONS[code]}")
         return 0
 
+    cdef int _idle(self, str what) except -1:
+        """Refuse ``what`` while a batch applies to this book without the GIL (another thread's
+        :meth:`apply`, or a :class:`BookSet`'s): a re-initialisation then freed the memory the
+        batch wrote into, two batches at once left the level counts wrong, and a query could read
+        an array the batch had just moved."""
+        if self._busy:
+            raise RuntimeError(f"{type(self).__name__}.{what}: instrument {self.c.p.instrument}'s book is being "
+                               f"updated by a batch on another thread; a book is used by one thread at a time")
+        return 0
+
     def _setup(self, int book_type, instrument, min_price, max_price, window, max_levels,
                max_depth, max_orders, initial_orders, channel, max_window=None):
         """Check the constructor's arguments (each error names its argument) and allocate."""
+        self._idle("_setup")
         cdef tw_book_params p
         instrument = _integer(instrument, "instrument", 0, 0xFFFFFFFF)
-        min_price = _integer(min_price, "min_price", -DEFAULT_MAX_PRICE, DEFAULT_MAX_PRICE)
-        max_price = _integer(max_price, "max_price", -DEFAULT_MAX_PRICE, DEFAULT_MAX_PRICE)
+        min_price = _integer(min_price, "min_price", LOWEST_PRICE, DEFAULT_MAX_PRICE)
+        max_price = _integer(max_price, "max_price", LOWEST_PRICE, DEFAULT_MAX_PRICE)
         window = _integer(window, "window", -INT64_MAX - 1, INT64_MAX)
         max_levels = _integer(max_levels, "max_levels", -INT64_MAX - 1, INT64_MAX)
         max_depth = _integer(max_depth, "max_depth", -INT64_MAX - 1, INT64_MAX)
@@ -1768,10 +1813,15 @@ cdef class Book:
         cdef uint8_t *st = NULL
         cdef int r
         try:
+            self._idle("apply")
             st = _status_buffer(status, n, &st_view)
             if n >= _RELEASE_GIL_AT:
-                with nogil:
-                    applied = _book_apply_many(&self.c, ev, n, st)
+                self._busy = 1
+                try:
+                    with nogil:
+                        applied = _book_apply_many(&self.c, ev, n, st)
+                finally:
+                    self._busy = 0
             else:
                 applied = _book_apply_many(&self.c, ev, n, st)
         finally:
@@ -1782,6 +1832,7 @@ cdef class Book:
 
     def clear(self):
         """Remove every level and order."""
+        self._idle("clear")
         tw_book_clear(&self.c)
 
     # -- queries ---------------------------------------------------------------------------
@@ -1798,27 +1849,32 @@ cdef class Book:
     @property
     def best_bid(self):
         """Best bid price in ticks, or None."""
+        self._idle("best_bid")
         cdef int64_t p = tw_book_best_price(&self.c, TW_SIDE_BID)
         return None if p == TW_NO_PRICE else p
 
     @property
     def best_ask(self):
         """Best ask price in ticks, or None."""
+        self._idle("best_ask")
         cdef int64_t p = tw_book_best_price(&self.c, TW_SIDE_ASK)
         return None if p == TW_NO_PRICE else p
 
     @property
     def best_bid_qty(self):
         """Quantity at the best bid in lots (0 when there is none)."""
+        self._idle("best_bid_qty")
         return tw_book_best_qty(&self.c, TW_SIDE_BID)
 
     @property
     def best_ask_qty(self):
         """Quantity at the best ask in lots (0 when there is none)."""
+        self._idle("best_ask_qty")
         return tw_book_best_qty(&self.c, TW_SIDE_ASK)
 
     def bbo(self):
         """``(bid, bid_qty, ask, ask_qty)``; a missing side gives ``None, 0``."""
+        self._idle("bbo")
         cdef int64_t bid = tw_book_best_price(&self.c, TW_SIDE_BID)
         cdef int64_t ask = tw_book_best_price(&self.c, TW_SIDE_ASK)
         return (None if bid == TW_NO_PRICE else bid, tw_book_best_qty(&self.c, TW_SIDE_BID),
@@ -1826,19 +1882,23 @@ cdef class Book:
 
     def best_price(self, side):
         """Best price of ``side`` in ticks, or None."""
+        self._idle("best_price")
         cdef int64_t p = tw_book_best_price(&self.c, _side_arg(side))
         return None if p == TW_NO_PRICE else p
 
     def best_qty(self, side):
         """Quantity at the best price of ``side`` (0 when empty)."""
+        self._idle("best_qty")
         return tw_book_best_qty(&self.c, _side_arg(side))
 
     def level_count(self, side):
         """Number of price levels on ``side``."""
+        self._idle("level_count")
         return self.c.side[_side_arg(side)].nlevels
 
     def qty_at(self, side, price):
         """Quantity resting at ``price`` on ``side`` (0: no level)."""
+        self._idle("qty_at")
         return tw_book_qty_at(&self.c, _side_arg(side), _int_arg(price, "price"))
 
     def levels(self, side, n=None, out=None):
@@ -1859,6 +1919,7 @@ cdef class Book:
             ``out[:k]`` (a view) where ``k`` is the number of levels written.  ``orders``
             is the order count on an L3 book and 0 on an L2 book.
         """
+        self._idle("levels")
         cdef int s = _side_arg(side)
         cdef int64_t[:, ::1] view
         cdef Py_ssize_t k, cap
@@ -1877,17 +1938,20 @@ cdef class Book:
     @property
     def spread(self):
         """Best ask minus best bid in ticks, None without both sides (negative when crossed)."""
+        self._idle("spread")
         cdef int64_t sp = tw_book_spread(&self.c)
         return None if sp == TW_NO_PRICE else sp
 
     @property
     def mid(self):
         """Mid price in ticks (float; NaN without both sides)."""
+        self._idle("mid")
         return tw_book_mid(&self.c)
 
     @property
     def microprice(self):
         """Size-weighted mid in ticks (float; NaN without both sides)."""
+        self._idle("microprice")
         return tw_book_microprice(&self.c)
 
     def imbalance(self, k=1):
@@ -1895,6 +1959,7 @@ cdef class Book:
 
         The sums are exact (no overflow however large the levels); NaN when both sides are empty.
         """
+        self._idle("imbalance")
         cdef int64_t n = _int_arg(k, "k")
         if n < 1:
             raise ValueError(f"k must be >= 1, got {k}")
@@ -1903,6 +1968,7 @@ cdef class Book:
     def depth_qty(self, side, k):
         """Total quantity of the best ``k`` levels of ``side``: exact, a Python int (it may
         pass 2**63-1; the C API's tw_book_depth_qty saturates there)."""
+        self._idle("depth_qty")
         cdef int s = _side_arg(side)
         cdef int64_t n = _int_arg(k, "k")
         return int(_top_qty(&self.c, s, max(n, 0), NULL))
@@ -1913,6 +1979,7 @@ cdef class Book:
         A buy takes from ``Side.ASK``, a sell from ``Side.BID``.  NaN when ``side``
         holds less than ``qty``.
         """
+        self._idle("vwap_to_size")
         cdef int64_t q = _int_arg(qty, "qty")
         if q <= 0:
             raise ValueError(f"qty must be positive, got {qty}")
@@ -1921,11 +1988,13 @@ cdef class Book:
     @property
     def crossed(self):
         """Best bid above best ask."""
+        self._idle("crossed")
         return tw_book_has_bbo(&self.c) and tw_book_spread(&self.c) < 0
 
     @property
     def locked(self):
         """Best bid equal to best ask."""
+        self._idle("locked")
         return tw_book_has_bbo(&self.c) and tw_book_spread(&self.c) == 0
 
     @property
@@ -1960,6 +2029,7 @@ cdef class Book:
         [SNAPSHOT END | LAST]``, every event carrying ``seq`` and ``ts`` (and Flag.SNAPSHOT).
         Levels come best first, bids then asks.
         """
+        self._idle("snapshot_events")
         cdef tw_book *b = &self.c
         cdef Py_ssize_t n = 2
         if b.p.book_type == TW_BOOK_L3:
@@ -1993,12 +2063,14 @@ cdef class Book:
 
     def state(self):
         """Every level of both sides as ``(bids, asks)`` lists of ``(price, qty)``, best first."""
+        self._idle("state")
         return ([(int(r[0]), int(r[1])) for r in self.levels(TW_SIDE_BID)],
                 [(int(r[0]), int(r[1])) for r in self.levels(TW_SIDE_ASK)])
 
     def _layout(self, side):
         """``(window_low_price, window_high_price, levels_in_window, levels_in_overflow)``
         of one side, for tests and diagnostics."""
+        self._idle("_layout")
         cdef tw_ladder *L = &self.c.side[_side_arg(side)]
         lo, hi = L.sign * L.base, L.sign * (L.base + L.cap - 1)
         cdef int64_t nwin = 0, k
@@ -2070,6 +2142,7 @@ cdef class L2Book(Book):
         or a price outside the book's range; TypeError for an argument that is not an
         integer (a float price is refused, never truncated).
         """
+        self._idle("set")
         cdef int r = tw_book_set_level(&self.c, _side_code(side), _int_arg(price, "price"),
                                        _int_arg(qty, "qty"))
         if r != TW_OK:
@@ -2080,6 +2153,7 @@ cdef class L2Book(Book):
 
     def delete(self, side, price):
         """Remove the level at ``price``; :class:`BookError` when there is none."""
+        self._idle("delete")
         cdef int r = _delete_level(&self.c, _side_code(side), _int_arg(price, "price"))
         if r != TW_OK:
             self.c.rejects[r] += 1
@@ -2121,6 +2195,7 @@ cdef class L3Book(Book):
         """Rest a new order at the back of the queue at ``price``.
 
         Every argument is an integer (TypeError otherwise); order id 0 is never valid."""
+        self._idle("add")
         cdef uint64_t oid = _id_arg(order_id)
         cdef int r = tw_book_add_order(&self.c, oid, _side_code(side), _int_arg(price, "price"),
                                        _int_arg(qty, "qty"), _int_arg(ts, "ts"))
@@ -2132,6 +2207,7 @@ cdef class L3Book(Book):
         A smaller quantity at the same price keeps the order's queue position; a larger one
         or a new price sends it to the back.  Quantity 0 deletes the order.
         """
+        self._idle("modify")
         cdef uint64_t oid = _id_arg(order_id)
         cdef int64_t q = _int_arg(qty, "qty"), t = _int_arg(ts, "ts")
         cdef int32_t idx = tw_book_find_order(&self.c, oid)
@@ -2144,11 +2220,13 @@ cdef class L3Book(Book):
 
     def delete(self, order_id):
         """Remove a resting order."""
+        self._idle("delete")
         cdef uint64_t oid = _id_arg(order_id)
         self._count(tw_book_delete_order(&self.c, oid), "delete", oid)
 
     def execute(self, order_id, qty):
         """Fill ``qty`` lots of a resting order (keeps its place; removes it when filled)."""
+        self._idle("execute")
         cdef uint64_t oid = _id_arg(order_id)
         self._count(tw_book_execute_order(&self.c, oid, _int_arg(qty, "qty")), "execute", oid)
 
@@ -2169,6 +2247,7 @@ cdef class L3Book(Book):
 
     def order(self, order_id):
         """``(side, price, qty, ts)`` of a resting order, or None."""
+        self._idle("order")
         cdef int32_t idx = tw_book_find_order(&self.c, _id_arg(order_id))
         cdef tw_order *o
         if idx < 0:
@@ -2178,6 +2257,7 @@ cdef class L3Book(Book):
 
     def queue_position(self, order_id):
         """``(orders_ahead, qty_ahead)`` of a resting order in its level's FIFO, or None."""
+        self._idle("queue_position")
         cdef int32_t idx = tw_book_find_order(&self.c, _id_arg(order_id))
         cdef int64_t ahead = 0, qty = 0
         if idx < 0:
@@ -2192,6 +2272,7 @@ cdef class L3Book(Book):
     def orders_at(self, side, price):
         """Orders resting at ``price`` in queue order, as an int64/uint64 array of rows
         ``(order_id, qty)`` (order ids as unsigned)."""
+        self._idle("orders_at")
         cdef int s = _side_arg(side)
         cdef tw_ladder *L = &self.c.side[s]
         cdef _lvl lv
@@ -2255,6 +2336,18 @@ cdef class BookSet:
     def __dealloc__(self):
         free(self.c.books)
 
+    cdef int _hold(self, int busy) except -1:
+        """Mark every book of the set busy (1) or not (0) around a batch that runs without the
+        GIL, after checking that none is busy already (another thread's batch).  (A batch short
+        enough to keep the GIL is not guarded: one thread at a time, as docs/books.md says.)"""
+        cdef Book b
+        if busy:
+            for b in self._books:
+                b._idle("apply (through a BookSet)")
+        for b in self._books:
+            b._busy = busy
+        return 0
+
     def apply(self, events, status=None):
         """Apply a batch of events, each to its instrument's book; returns how many were applied.
 
@@ -2268,8 +2361,12 @@ cdef class BookSet:
         try:
             st = _status_buffer(status, n, &st_view)
             if n >= _RELEASE_GIL_AT:
-                with nogil:
-                    applied = tw_bookset_apply(&self.c, ev, n, st)
+                self._hold(1)
+                try:
+                    with nogil:
+                        applied = tw_bookset_apply(&self.c, ev, n, st)
+                finally:
+                    self._hold(0)
             else:
                 applied = tw_bookset_apply(&self.c, ev, n, st)
         finally:
@@ -2323,8 +2420,12 @@ cdef class BookSet:
                     raise TypeError("in_sync must be a numpy uint8 array")
                 sy = _status_buffer(in_sync, n, &sy_view)
             if n >= _RELEASE_GIL_AT:
-                with nogil:
-                    applied = _bookset_apply_top(&self.c, ev, n, st, tp, sy)
+                self._hold(1)
+                try:
+                    with nogil:
+                        applied = _bookset_apply_top(&self.c, ev, n, st, tp, sy)
+                finally:
+                    self._hold(0)
             else:
                 applied = _bookset_apply_top(&self.c, ev, n, st, tp, sy)
         finally:
@@ -2337,10 +2438,11 @@ cdef class BookSet:
                 PyBuffer_Release(&sy_view)
         return applied
 
-    def __getitem__(self, uint32_t instrument):
-        if instrument >= self.c.nbooks or self.c.books[instrument] == NULL:
-            raise KeyError(f"no book for instrument id {instrument}")
-        return self._by_id[instrument]
+    def __getitem__(self, instrument):
+        i = operator.index(instrument)             # (a uint32_t argument wrapped 2**32 to book 0)
+        if not 0 <= i < self.c.nbooks or self.c.books[i] == NULL:
+            raise KeyError(f"no book for instrument id {i}")
+        return self._by_id[i]
 
     def __contains__(self, instrument):
         return 0 <= instrument < self.c.nbooks and self.c.books[instrument] != NULL

@@ -317,6 +317,8 @@ def encode(int msg_type, uint16_t channel, uint64_t seq, events=None, *, uint64_
     cdef Py_ssize_t n = 0
     cdef tw_wire_header h
     cdef char *out
+    if not 0 <= msg_type <= 255:                  # (one byte on the wire: 257 was sent as DATA)
+        raise ValueError(f"msg_type must be a wire message type (0..255), got {msg_type}")
     if events is not None:
         if getattr(events, "dtype", None) != EVENT_DTYPE:
             raise TypeError("events must be a numpy array of EVENT_DTYPE")
@@ -773,7 +775,10 @@ cdef class FeedReceiver:
         """
         cdef Py_buffer view
         cdef Py_ssize_t n
-        cdef int tm = -1 if timeout < 0 else <int>min(timeout * 1000.0 + 0.999, 2147483647.0)
+        cdef int tm
+        if timeout != timeout:                    # NaN: it waited for ever, as a negative timeout does
+            raise ValueError("drain: timeout must be a number of seconds (negative: no limit), got nan")
+        tm = -1 if timeout < 0 else <int>min(timeout * 1000.0 + 0.999, 2147483647.0)
         if getattr(out, "dtype", None) != EVENT_DTYPE:
             raise TypeError("out must be a numpy array of EVENT_DTYPE")
         PyObject_GetBuffer(out, &view, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)

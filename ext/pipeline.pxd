@@ -127,6 +127,8 @@ cdef class Engine:
     cdef StageRecorders _stages
     cdef uint64_t events
     cdef uint32_t _stop           # process_until's flag mask while it runs (0: none)
+    cdef int _busy                # 1 while a batch runs (a Python rule calling back in is refused)
+    cdef int _idle(self, str what) except -1
     cdef Py_ssize_t process_c(self, const tw_event *ev, Py_ssize_t n) noexcept nogil
     cdef Py_ssize_t _run(self, events, uint32_t stop, Py_ssize_t *signals) except -1
     cdef Py_ssize_t _deliver(self, tw_ring *ring) noexcept nogil

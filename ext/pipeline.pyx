@@ -811,6 +811,7 @@ cdef class Engine:
                              f"ring's {ring.role} handle")
         cdef Py_ssize_t n
         cdef tw_ring *r = &ring.c
+        self._idle("push_signals")
         with nogil:
             n = self._deliver(r)
         return n
@@ -925,6 +926,15 @@ cdef class Engine:
         done = self._run(events, mask, &signals)
         return done, signals
 
+    cdef int _idle(self, str what) except -1:
+        """Refuse ``what`` while a batch runs: a Python rule calling back into its engine (a
+        nested batch grew the signal buffer the running one writes into; a reset freed the
+        state it was reading): RuntimeError rather than freed memory."""
+        if self._busy:
+            raise RuntimeError(f"Engine.{what}: the engine is processing a batch (called from one of its "
+                               f"rules?); call it between batches")
+        return 0
+
     cdef Py_ssize_t _run(self, events, uint32_t stop, Py_ssize_t *signals) except -1:
         cdef Py_buffer view
         cdef const tw_event *ev
@@ -933,11 +943,17 @@ cdef class Engine:
         dt = getattr(events, "dtype", None)
         if dt is not EVENT_DTYPE and dt != EVENT_DTYPE:
             raise TypeError(f"events must be a numpy array of EVENT_DTYPE, got dtype {dt!r}")
+        self._idle("process")
         PyObject_GetBuffer(events, &view, PyBUF_C_CONTIGUOUS)
         self._stop = stop
+        self._busy = 1
+        held = False
         try:
             ev = <const tw_event *>view.buf
             n = view.len // sizeof(tw_event)
+            if not self._needs_gil and n >= _RELEASE_GIL_AT:
+                self._books._hold(1)                  # (its books are refused to other threads meanwhile)
+                held = True
             while done < n:
                 if self._needs_gil or n - done < _RELEASE_GIL_AT:
                     k = self.process_c(ev + done, n - done)
@@ -950,7 +966,10 @@ cdef class Engine:
                         break                         # a marker (the stop check comes first)
                     self._grow_sink(max(2 * self.sink_cap, self.sink_n + self.nrules + 1))
         finally:
+            if held:
+                self._books._hold(0)
             self._stop = 0
+            self._busy = 0
             PyBuffer_Release(&view)
         signals[0] = self.sink_n - before
         return done
@@ -962,12 +981,14 @@ cdef class Engine:
 
     def take_signals(self):
         """A copy of the pending signals, and clear them."""
+        self._idle("take_signals")
         out = self._sink_array[:self.sink_n].copy()
         self.sink_n = 0
         return out
 
     def clear_signals(self):
         """Forget the pending signals (views from :attr:`signals` then see stale data)."""
+        self._idle("clear_signals")
         self.sink_n = 0
 
     @property
@@ -1006,6 +1027,7 @@ cdef class Engine:
         """Start an instrument afresh, as a new engine would have it: empty book and statistics
         windows, EWMAs unset, every rule armed, counters at zero (a replay does this where the
         live worker restarted: events flagged ``Flag.RESTART``)."""
+        self._idle("reset_instrument")
         cdef tw_istate *old = self._state(instrument)
         cdef tw_istate *st
         cdef int32_t *rules = old.rules

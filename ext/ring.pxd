@@ -216,6 +216,7 @@ cdef class Ring:
     cdef object _ok_descr         # a dtype object last found equal to `dtype` (fast checks)
     cdef char *_scratch           # one record, for pop()
     cdef uint64_t _last_missed    # broadcast: missed during the last pop/pop_many call
+    cdef int _inuse               # calls on this handle that may wait or copy without the GIL
     cdef int _check_open(self) except -1
     cdef int _check_role(self, int role, str what) except -1
     cdef int _open(self, tw_ring_hdr *hdr, size_t size, int role) except -1

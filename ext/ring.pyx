@@ -277,7 +277,7 @@ cdef Py_ssize_t tw_ring_available(tw_ring *r) noexcept nogil:
     cdef uint64_t n
     r.head_cache = tw_load_acq64(&r.hdr.head)
     n = r.head_cache - r.rpos
-    if r.policy == TW_RING_BROADCAST and n > r.capacity:
+    if n > r.capacity:                     # (broadcast: lapped; blocking: a head no producer wrote)
         n = r.capacity
     return <Py_ssize_t>n
 
@@ -381,6 +381,10 @@ cdef Py_ssize_t tw_ring_peek(tw_ring *r, void *out, Py_ssize_t n) noexcept nogil
         k = r.head_cache - r.rpos
     if k > <uint64_t>n:
         k = <uint64_t>n
+    if k > r.capacity - (r.rpos - r.committed):
+        # more than the ring can hold past the committed position: the segment's head was
+        # written by something other than its producer; never copy past the ring's records
+        k = r.capacity - (r.rpos - r.committed)
     if k:
         _copy_out(r, r.rpos, <char *>out, k)
         r.rpos += k
@@ -928,7 +932,9 @@ cdef class Ring:
     def close(self):
         """Close this handle: a producer publishes what it wrote and marks the end of the
         stream; a blocking consumer gives up the consumer side (uncommitted records stay for
-        the next one); the creator unlinks the segment.  Idempotent."""
+        the next one); the creator unlinks the segment.  Idempotent.  Refused (RuntimeError)
+        while another thread waits or copies in this handle: its memory would go from under it."""
+        self._check_unused("close")
         self._close_c()
 
     def unlink(self):
@@ -946,6 +952,7 @@ cdef class Ring:
         return self
 
     def __exit__(self, *exc):
+        self._check_unused("close")
         self._close_c()
         return False
 
@@ -954,6 +961,11 @@ cdef class Ring:
                         "Ring.attach() it in the other process")
 
     # -- checks -------------------------------------------------------------------------------
+
+    def _check_unused(self, str what):
+        if self._inuse:
+            raise RuntimeError(f"Ring.{what}: another thread is waiting or copying in this handle of ring "
+                               f"{self.name[1:] if self.name else ''!r}; use one handle from one thread at a time")
 
     cdef int _check_open(self) except -1:
         if self.c.hdr == NULL:
@@ -998,8 +1010,12 @@ cdef class Ring:
                     return 0
                 if left > _SLICE_NS:
                     left = _SLICE_NS
-            with nogil:
-                st = tw_ring_wait_readable(&self.c, left)
+            self._inuse += 1
+            try:
+                with nogil:
+                    st = tw_ring_wait_readable(&self.c, left)
+            finally:
+                self._inuse -= 1
             if st != 0:
                 return st
             PyErr_CheckSignals()
@@ -1018,8 +1034,12 @@ cdef class Ring:
                     return 0
                 if left > _SLICE_NS:
                     left = _SLICE_NS
-            with nogil:
-                st = tw_ring_wait_writable(&self.c, n, left)
+            self._inuse += 1
+            try:
+                with nogil:
+                    st = tw_ring_wait_writable(&self.c, n, left)
+            finally:
+                self._inuse -= 1
             if st != 0:
                 return st
             PyErr_CheckSignals()
@@ -1117,6 +1137,7 @@ cdef class Ring:
         if not array.flags.c_contiguous:
             array = np.ascontiguousarray(array)
         PyObject_GetBuffer(array, &view, PyBUF_SIMPLE)
+        self._inuse += 1
         try:
             n = view.len // <Py_ssize_t>r.rsize
             p = <const char *>view.buf
@@ -1139,6 +1160,7 @@ cdef class Ring:
                 done += k
             return done
         finally:
+            self._inuse -= 1
             PyBuffer_Release(&view)
 
     # -- consumer -----------------------------------------------------------------------------
@@ -1237,6 +1259,7 @@ cdef class Ring:
         if not out.flags.c_contiguous or not out.flags.writeable:
             raise ValueError(f"{what}: out must be a writable C-contiguous array")
         PyObject_GetBuffer(out, &view, PyBUF_SIMPLE | PyBUF_WRITABLE)
+        self._inuse += 1
         try:
             n = view.len // <Py_ssize_t>r.rsize
             if n == 0:
@@ -1256,6 +1279,7 @@ cdef class Ring:
                 if self._wait_readable(deadline) != 1:
                     return 0
         finally:
+            self._inuse -= 1
             PyBuffer_Release(&view)
             self._last_missed = r.missed - missed0
 

@@ -19,6 +19,10 @@ cdef enum:
 
 #: Largest ring a time window grows to (samples) unless told otherwise.
 DEFAULT_MAX_CAPACITY = 1 << 24
+#: Bounds of a window: samples of a count window and of max_capacity (2**32: 32 GiB of values
+#: already), nanoseconds of a time window (below 2**62: ``now - size`` fits in int64).
+MAX_WINDOW_SAMPLES = 1 << 32
+MAX_WINDOW_NS = (1 << 62) - 1
 
 cdef uint64_t _allocations = 0
 
@@ -465,6 +469,20 @@ cdef int _kind_arg(str kind) except -1:
     raise ValueError(f"window kind must be 'count' or 'time', got {kind!r}")
 
 
+cdef int _check_window(int kind, int64_t size, int64_t max_capacity) except -1:
+    """Each error names the argument: a count window of 2**61 samples wrapped its allocation's size
+    (a write past the end), 2**62 + 1 looped for ever rounding up to a power of two."""
+    if size < 1:
+        raise ValueError(f"window size must be >= 1, got {size}")
+    if kind == TW_WIN_COUNT and size > MAX_WINDOW_SAMPLES:
+        raise ValueError(f"a count window holds at most {MAX_WINDOW_SAMPLES} (2**32) samples, got size {size}")
+    if kind == TW_WIN_TIME and size > MAX_WINDOW_NS:
+        raise ValueError(f"a time window spans at most {MAX_WINDOW_NS} ns (2**62 - 1), got size {size}")
+    if not 1 <= max_capacity <= MAX_WINDOW_SAMPLES:
+        raise ValueError(f"max_capacity must be 1..{MAX_WINDOW_SAMPLES} (2**32), got {max_capacity}")
+    return 0
+
+
 cdef class RollingWindow:
     """Rolling mean, variance, standard deviation, min, max, sum and z-score.
 
@@ -487,10 +505,7 @@ cdef class RollingWindow:
     def __cinit__(self, int64_t size, str kind="count", int64_t max_capacity=DEFAULT_MAX_CAPACITY,
                   bint extrema=True):
         cdef int k = _kind_arg(kind)
-        if size < 1:
-            raise ValueError(f"window size must be >= 1, got {size}")
-        if max_capacity < 1:
-            raise ValueError(f"max_capacity must be >= 1, got {max_capacity}")
+        _check_window(k, size, max_capacity)
         if tw_window_init(&self.w, k, size, max_capacity, extrema) != 0:
             raise MemoryError("could not allocate the window")
 
@@ -611,8 +626,7 @@ cdef class SumWindow:
 
     def __cinit__(self, int64_t size, str kind="count", int64_t max_capacity=DEFAULT_MAX_CAPACITY):
         cdef int k = _kind_arg(kind)
-        if size < 1:
-            raise ValueError(f"window size must be >= 1, got {size}")
+        _check_window(k, size, max_capacity)
         if tw_sumwin_init(&self.w, k, size, max_capacity) != 0:
             raise MemoryError("could not allocate the window")
 

@@ -8,31 +8,43 @@ from hypothesis import strategies as st
 from budget import examples
 from test_book_l3 import l3_events, random_l3_rows
 from tickwire.ext import BookError, BookSet, Kind, L2Book, L3Book, Reject, Side, empty_events
+from tickwire.ext._testing import set_hash_key
 
 M64 = (1 << 64) - 1
 
 
-def _tag(order_id):
-    """book.pyx's map tag: the high half of the id's hash (its low bits pick the home slot)."""
-    k = order_id
+def _tag(order_id, key):
+    """book.pyx's map tag: the high half of the id's hash under the book's key (its low bits pick
+    the home slot)."""
+    k = order_id ^ key
     k ^= k >> 33
     k = (k * 0xFF51AFD7ED558CCD) & M64
+    k ^= k >> 33
+    k = (k * 0xC4CEB9FE1A85EC53) & M64
     k ^= k >> 33
     return k >> 32
 
 
-def _colliding_ids(n, homes=(127, 0)):
-    """Ids whose home slot is 127 or 0 in every map of up to 128 slots: one long probe run that
-    wraps from the end of the table to its start, whatever size the map has grown to."""
-    out, k = [], 1
-    while len(out) < n:
-        if _tag(k) & 127 in homes:
-            out.append(k)
-        k += 1
+def _unhash(h, key):
+    """The id whose hash under ``key`` is ``h`` (each step of the hash is invertible)."""
+    h ^= h >> 33
+    h = (h * pow(0xC4CEB9FE1A85EC53, -1, 1 << 64)) & M64
+    h ^= h >> 33
+    h = (h * pow(0xFF51AFD7ED558CCD, -1, 1 << 64)) & M64
+    h ^= h >> 33
+    return h ^ key
+
+
+def colliding_ids(n, key=0, tags=(127, 0)):
+    """Ids whose map tags are 127 or 0 under hash key ``key``: their home slots are 127 and 0 in
+    every map of up to 128 slots (one long probe run that wraps from the end of the table to its
+    start, whatever size the map has grown to) and two slots in any larger map."""
+    out = [_unhash((tags[j % len(tags)] << 32) | (j + 1), key) for j in range(n)]
+    assert all(_tag(k, key) in tags for k in out) and 0 not in out
     return out
 
 
-COLLIDING = _colliding_ids(48)
+COLLIDING = colliding_ids(48)
 IDS = COLLIDING + [3, 2**63 + 5, 2**64 - 1]           # and a few whose homes differ
 
 ops = st.lists(st.tuples(st.sampled_from(["add", "delete", "fill", "modify0", "execute1", "move"]),
@@ -45,6 +57,7 @@ def test_order_map_matches_a_dict_under_colliding_ids(steps):
     # initial_orders=1: the pool (and with it the map) grows 1 -> 64 orders on the way, each
     # growth re-inserting every entry; max_orders=40 also exercises the full-pool refusal
     book = L3Book(0, initial_orders=1, max_orders=40)
+    set_hash_key(book, 0)                             # (the key COLLIDING was made for)
     want = {}                                         # id -> [side, price, qty]
     for op, oid, x in steps:
         expect = Reject.OK

@@ -126,6 +126,36 @@ def test_workers_must_own_whole_channels():
     assert from_dict(cfg()).feeds.channels == 2             # default: one channel per instrument id
 
 
+TWO = [{"cpu": 1, "instruments": [0]}, {"cpu": 0, "instruments": [1]}]
+
+
+@pytest.mark.parametrize("workers, fragment", [
+    # two workers of one name kept their tick history in one note (feed-NAME.json): each resumed
+    # the other's channels, and the store held 177,786 duplicates of 800,000 published
+    ([{**TWO[0], "name": "a"}, {**TWO[1], "name": "a"}], "workers[1].name: expected a name no other worker has "
+                                                         "(workers[0] is named 'a')"),
+    ([{**TWO[0], "name": "w1"}, TWO[1]], "workers[1].name: expected a name no other worker has"),
+    ([{**TWO[0], "name": "writer"}, TWO[1]], "workers[0].name: expected a name other than 'writer'"),
+    ([{**TWO[0], "name": "supervisor"}, TWO[1]], "workers[0].name: expected a name other than"),
+    ([{**TWO[0], "name": "../x"}, TWO[1]], "workers[0].name: expected 1 to 64 letters"),
+    ([{**TWO[0], "name": ""}, TWO[1]], "workers[0].name: expected 1 to 64 letters"),
+    # a worker with none crash-looped ("an engine needs at least one instrument"), exit 1
+    ([{"cpu": 1, "instruments": [0, 1]}, {"cpu": 0, "instruments": []}], "workers[1].instruments: expected at "
+                                                                          "least one instrument"),
+])
+def test_worker_names_are_distinct_file_safe_and_each_worker_has_instruments(workers, fragment):
+    assert fragment in error_of(cfg(workers=workers, daemon={"supervisor_cpu": 0}))
+
+
+def test_a_pull_socket_takes_one_worker():
+    # a PUSH publisher deals messages round-robin to the workers' PULL sockets: each dropped the
+    # other's channels, and about 10% of the events were never stored, nothing said
+    raw = cfg(workers=TWO, feeds={"socket": "pull"}, daemon={"supervisor_cpu": 0})
+    assert "feeds.socket: expected \"sub\" with several workers" in error_of(raw)
+    raw["workers"] = [{"cpu": 1, "instruments": "all"}]
+    assert from_dict(raw).feeds.socket == "pull"
+
+
 def test_log_and_hdr_paths_resolve_against_the_file(tmp_path):
     p = tmp_path / "c.toml"
     p.write_text('[daemon]\nlog_file = "logs/tw.log"\n[metrics]\nhdr_dir = "hdr"\n'

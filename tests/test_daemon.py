@@ -229,6 +229,42 @@ def test_a_stopped_worker_is_said_restarted_and_loses_nothing_and_one_stopped_at
     assert status(run_dir)["history"]["lost_events"] == 0
 
 
+@pytest.mark.parametrize("after", [0.0, 0.3, 0.8])
+def test_sigterm_while_the_children_start_is_a_clean_stop(tmp_path, after):
+    """Found by an adversarial pass: a daemon told to stop just after its start (a service
+    manager's quick restart) had its worker and writer die of the signal's default action while
+    they imported, and exited 1 with "exited with SIGTERM at shutdown" errors though nothing was
+    lost. They now hold a SIGTERM from their first lines and stop cleanly once they can."""
+    cfg_path, raw = write_config(tmp_path, "early")
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        assert wait_for(lambda: "started w0" in (tmp_path / "daemon.log").read_text(), 60, every=0.005)
+        time.sleep(after)
+    finally:
+        rc, _ = stop_daemon(daemon, log)
+    text = (tmp_path / "daemon.log").read_text()
+    assert rc == 0 and " ERROR " not in text, text[-3000:]
+    assert "stopped: every tick and signal stored" in text, text[-3000:]
+
+
+def test_a_sighup_as_the_daemon_starts_does_not_end_it(tmp_path):
+    """Found by an adversarial pass: a SIGHUP (a reload script) in the first ~0.2 s of `tickwire
+    run`, before its event loop's handler, ended it: exit 129, nothing logged."""
+    cfg_path, raw = write_config(tmp_path, "earlyhup")
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        time.sleep(0.2)                                  # (the interpreter's own start: nothing to do there)
+        for _ in range(60):                              # through the imports, the config, the loop's start
+            daemon.send_signal(signal.SIGHUP)
+            time.sleep(0.01)
+        assert wait_for(lambda: status(tmp_path / "state" / "earlyhup")["pid"], 60), \
+            (tmp_path / "daemon.log").read_text()[-3000:]
+        assert daemon.poll() is None
+    finally:
+        rc, _ = stop_daemon(daemon, log)
+    assert rc == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+
+
 def test_a_daemon_restarted_between_two_publisher_runs_counts_no_loss(tmp_path):
     """Found by a newcomer: one publisher run received whole (its channels then fall silent), the
     daemon stopped and started again, a new publisher run (a new epoch): the old epoch's tail was

@@ -70,3 +70,27 @@ def test_a_malformed_value_is_refused_naming_the_variable(value):
     env = {**os.environ, lifeline.ENV: value}
     res = subprocess.run([PY, "-c", CHILD], env=env, capture_output=True, text=True, timeout=30)
     assert res.returncode == 1 and f"{lifeline.ENV}={value!r}" in res.stderr
+
+
+@pytest.mark.parametrize("module", ["tickwire.engine.worker", "tickwire.engine.writer"])
+def test_the_daemons_children_hold_a_stop_signal_from_their_first_lines(module):
+    """A SIGTERM or SIGINT that reaches a worker or the writer while it imports (a daemon told to
+    stop as it starts) is noted, not fatal: main() stops cleanly once it can."""
+    code = (f"import os, runpy, signal\n"
+            f"import sys; sys.argv = ['x', '--help']\n"
+            f"try:\n"
+            f"    runpy.run_module({module!r}, run_name='__main__')\n"
+            f"except SystemExit:\n"
+            f"    pass\n"
+            f"os.kill(os.getpid(), signal.SIGTERM)\n"
+            f"os.kill(os.getpid(), signal.SIGINT)\n"
+            f"print('alive')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip().endswith("alive"), out
+
+
+def test_held_stop_signals_are_noted_in_order():
+    code = ("import os, signal\nfrom tickwire.engine import lifeline\nheld = lifeline.hold_stop_signals()\n"
+            "os.kill(os.getpid(), signal.SIGINT)\nos.kill(os.getpid(), signal.SIGTERM)\nprint(held)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == f"[{int(signal.SIGINT)}, {int(signal.SIGTERM)}]", out

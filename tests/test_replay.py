@@ -460,6 +460,15 @@ def test_a_stop_during_a_long_wait_for_the_next_event_ends_the_replay_at_once(tm
     (("--npy", "ev.npy", "--latency-us", "1e30"), "--latency-us must be 0 .. 3.6e9"),
     (("--npy", "ev.npy", "--horizons", "10000000000s"), "is too long"),
     (("--npy", "ev.npy", "--signals", "."), "--signals .: is a directory"),   # after the run, it was
+    (("--npy", "ev.npy", "--publish", "ipc:///tmp/twx", "--snapshot", "ipc:///tmp/twy", "--start-delay", "nan"),
+     "--start-delay: expected a number of seconds >= 0"),
+    (("--npy", "ev.npy", "--publish", "ipc:///tmp/twx", "--snapshot", "ipc:///tmp/twy", "--linger", "-1"),
+     "--linger: expected a number of seconds >= 0"),
+    (("--npy", "ev.npy", "--wait-subscribers", "1"), "--wait-subscribers: needs --publish"),
+    # a daemon with the config hears its 2 channels: instruments put on the others were lost
+    (("--npy", "ev.npy", "--config", str(Path(__file__).parents[1] / "engine" / "tickwire.example.toml"),
+      "--publish", "ipc:///tmp/twx", "--snapshot", "ipc:///tmp/twy", "--channels", "8"),
+     "--channels 8 contradicts --config"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, market, args, message):
     np.save(tmp_path / "ev.npy", market[0][:100])
@@ -468,6 +477,16 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, market, args, message):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], out.stderr
     assert sorted(os.listdir(tmp_path)) == ["ev.npy"]           # nothing written
+
+
+def test_publish_waiting_for_subscribers_that_never_come_sends_nothing_and_says_so(tmp_path, market):
+    # without it, a replay to an endpoint nobody listens on printed "published 200,000 events", exit 0
+    np.save(tmp_path / "ev.npy", market[0][:100])
+    out = cli("--npy", "ev.npy", "--publish", f"ipc://{tmp_path}/d", "--snapshot", f"ipc://{tmp_path}/s",
+              "--wait-subscribers", "0.5", cwd=tmp_path)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "--wait-subscribers: no receiver on every channel within 0.5 s: nothing sent" in out.stderr
+    assert "published" not in out.stdout
 
 
 def test_npy_files_the_engine_cannot_take_are_one_line(tmp_path, market):
@@ -574,7 +593,8 @@ def test_publish_sends_every_event_flagged_replay_to_a_feed_handler_with_snapsho
     data, snap = f"ipc://{tmp_path}/feed", f"ipc://{tmp_path}/snap"
     pub = subprocess.Popen([PY, "-m", "tickwire", "replay", "--npy", str(tmp_path / "ev.npy"), "--publish", data,
                             "--snapshot", snap, "--channels", "2", "--speed", "20", "--start-delay", "1.5",
-                            "--linger", "3", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            "--linger", "3", "--wait-subscribers", "30", "--quiet"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     books = make_books(insts)
     stored = []
     try:

@@ -1,0 +1,226 @@
+"""The library used wrongly, as a quant's script or an attacker might: refused with an error
+naming the problem, never a crash, a hang or a wrong answer (found by an adversarial pass over
+the Python API). What could crash the interpreter runs in a child process, so that a regression
+shows as a failed test, not a dead test run."""
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from tickwire.engine.config import ConfigError, from_dict
+from tickwire.ext import BookSet, L2Book, L3Book, Side
+from tickwire.ext.book import DEFAULT_MAX_PRICE, LOWEST_PRICE
+
+PY = sys.executable
+
+
+def child(code: str, timeout: float = 120):
+    """Run ``code`` in a fresh interpreter: (exit status, output)."""
+    p = subprocess.run([PY, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=timeout)
+    return p.returncode, p.stdout + p.stderr
+
+
+# -- prices: a range and a spread must fit in int64 ---------------------------------------------
+
+def test_the_widest_price_range_works_at_both_ends_and_one_wider_is_refused():
+    # -2**62..2**62 spans 2**63: moving the window overflowed int64 and the process died (SIGSEGV)
+    rc, out = child(f"""
+        from tickwire.ext import L2Book, Side
+        b = L2Book(min_price={LOWEST_PRICE}, max_price={DEFAULT_MAX_PRICE})
+        b.set(Side.ASK, {DEFAULT_MAX_PRICE}, 54)
+        b.set(Side.ASK, {LOWEST_PRICE}, 56)
+        b.set(Side.BID, {LOWEST_PRICE}, 7)
+        b.delete(Side.ASK, {LOWEST_PRICE})
+        print(b.best_ask, b.best_bid, b.spread, b.crossed, b.levels(Side.ASK).tolist())
+        """)
+    assert rc == 0, out
+    assert out.split()[:4] == [str(DEFAULT_MAX_PRICE), str(LOWEST_PRICE), str(2**63 - 1), "False"], out
+    for kw in ({"min_price": LOWEST_PRICE - 1}, {"max_price": LOWEST_PRICE - 1}):
+        with pytest.raises(ValueError, match=next(iter(kw))):
+            L2Book(**kw)
+        with pytest.raises(ValueError, match=next(iter(kw))):
+            L3Book(**kw)
+
+
+def test_a_config_price_range_past_int64_is_refused_naming_the_key():
+    raw = {"instruments": [{"id": 0, "symbol": "X", "tick_size": "1", "lot_size": "1", "min_price": -2**62}]}
+    with pytest.raises(ConfigError, match=r"instruments\[0\]\.min_price"):
+        from_dict(raw)
+
+
+# -- L3 order ids come from the feed: the map's hash is keyed per book --------------------------
+
+def test_order_ids_that_collide_under_a_known_hash_key_do_not_collide_in_a_fresh_book():
+    from test_book_l3_map import colliding_ids
+    from tickwire.ext._testing import longest_probe, set_hash_key
+
+    ids = colliding_ids(2000, key=0)
+    known, fresh = L3Book(0, initial_orders=4096), L3Book(0, initial_orders=4096)
+    set_hash_key(known, 0)
+    for b in (known, fresh):
+        for i, oid in enumerate(ids):
+            b.add(oid, Side.BID, 1000 + i % 50, 1)
+        assert b.order_count == len(ids)
+    assert longest_probe(known) >= len(ids) // 2        # one cluster: every add walked it
+    assert longest_probe(fresh) < 64                    # a random key: scattered
+
+
+# -- re-entrancy and threads ------------------------------------------------------------------
+
+def test_a_python_rule_calling_back_into_its_engine_is_refused():
+    rc, out = child("""
+        from tickwire.engine.instruments import Instrument
+        from tickwire.engine.pipeline import Engine
+        from tickwire.feeds import synthetic
+        ev = synthetic.l2_updates(20000)
+        seen, holder = [], {}
+        def rule(ctx):
+            for call in (lambda e: e.reset_instrument(0), lambda e: e.process(ev[:3000]),
+                         lambda e: e.clear_signals(), lambda e: e.take_signals()):
+                try:
+                    call(holder["e"])
+                except RuntimeError as exc:
+                    seen.append(str(exc))
+            return 1.0
+        e = Engine([Instrument(0, "X", tick_size="0.01", lot_size="1")], [rule], signal_capacity=4)
+        holder["e"] = e
+        n = e.process(ev)
+        print(n, len(seen), e.events_processed, seen[0])
+        """)
+    assert rc == 0, out
+    n, refused, processed = (int(x) for x in out.split()[:3])
+    assert n > 0 and refused == 4 * n and processed == 20000, out
+    assert "the engine is processing a batch" in out
+
+
+def test_a_book_used_by_a_second_thread_during_a_batch_is_refused_not_corrupted():
+    rc, out = child("""
+        import threading
+        from tickwire.ext import L2Book
+        from tickwire.feeds import synthetic
+        ev = synthetic.l2_updates(400000, depth=3000)
+        b = L2Book(0, window=256)
+        refused, done = [0], threading.Event()
+        def other():
+            while not done.is_set():
+                for call in (lambda: b.__init__(0, window=256), lambda: b.apply(ev[:100]), b.clear,
+                             lambda: b.levels(0), lambda: b.best_bid_qty):
+                    try:
+                        call()
+                    except RuntimeError:
+                        refused[0] += 1
+        t = threading.Thread(target=other, daemon=True)
+        t.start()
+        applied = 0
+        try:
+            while applied < 3:
+                try:
+                    b.apply(ev)
+                    applied += 1
+                except RuntimeError:
+                    refused[0] += 1
+        finally:
+            done.set()
+            t.join()
+        print(refused[0], b.level_count(0) == len(b.levels(0)), b.level_count(1) == len(b.levels(1)))
+        """)
+    assert rc == 0, out
+    refused, bid_ok, ask_ok = out.split()[:3]
+    assert int(refused) > 0 and bid_ok == "True" and ask_ok == "True", out
+
+
+def test_closing_a_ring_another_thread_waits_in_is_refused():
+    rc, out = child("""
+        import os, threading, time
+        from tickwire.ext import EVENT_DTYPE
+        from tickwire.ext.ring import Ring
+        name = f"tw-misuse-{os.getpid()}"
+        prod = Ring.create(name, EVENT_DTYPE, 16, "blocking")
+        cons = Ring.attach(name, EVENT_DTYPE)
+        t = threading.Thread(target=lambda: cons.pop(timeout=1.0))
+        t.start()
+        time.sleep(0.2)
+        try:
+            cons.close()
+            print("closed")
+        except RuntimeError as exc:
+            print("refused:", exc)
+        t.join()
+        cons.close(); prod.close()
+        print("after:", cons.closed)
+        """)
+    assert rc == 0 and "refused: Ring.close: another thread" in out and "after: True" in out, out
+
+
+def test_a_blocking_consumer_never_reads_past_its_ring_whatever_the_segment_says():
+    rc, out = child("""
+        import mmap, os, struct
+        from tickwire.ext import EVENT_DTYPE, empty_events
+        from tickwire.ext.ring import Ring
+        name = f"tw-badhead-{os.getpid()}"
+        prod = Ring.create(name, EVENT_DTYPE, 16, "blocking")
+        cons = Ring.attach(name, EVENT_DTYPE)
+        prod.push_many(empty_events(3))
+        with open("/dev/shm/" + name, "r+b") as f:
+            m = mmap.mmap(f.fileno(), 4096)
+            m[128:136] = struct.pack("<Q", 1 << 40)      # head, as only the producer should write it
+        out = empty_events(1 << 16)
+        print(len(cons), cons.pop_many(out, timeout=0), cons.pop_many(out, timeout=0))
+        m.close(); cons.close(); prod.close()
+        """)
+    assert rc == 0, out
+    size, first, second = (int(x) for x in out.split()[:3])
+    assert size <= 16 and first <= 16 and second <= 16, out
+
+
+# -- arguments ----------------------------------------------------------------------------------
+
+def test_bookset_lookup_does_not_wrap_the_instrument_id():
+    s = BookSet([L2Book(0), L2Book(3)])
+    assert s[3].instrument == 3
+    for bad in (2**32, 2**32 + 3, -1):
+        assert bad not in s
+        with pytest.raises(KeyError, match=f"instrument id {bad}"):
+            s[bad]
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: __import__("tickwire.ext.stats", fromlist=["x"]).RollingWindow(2**61), "2\\*\\*32"),
+    (lambda: __import__("tickwire.ext.stats", fromlist=["x"]).SumWindow(2**61), "2\\*\\*32"),
+    (lambda: __import__("tickwire.ext.stats", fromlist=["x"]).RollingWindow(2**62 + 1, "time"), "2\\*\\*62"),
+    (lambda: __import__("tickwire.ext.stats", fromlist=["x"]).RollingWindow(10, "time", max_capacity=2**63 - 1),
+     "max_capacity"),
+    (lambda: __import__("tickwire.ext.stats", fromlist=["x"]).SumWindow(10, "time", max_capacity=0), "max_capacity"),
+    (lambda: __import__("tickwire.engine.pipeline", fromlist=["x"]).StatsConfig(window_size=2**61), "window_size"),
+    (lambda: __import__("tickwire.engine.pipeline", fromlist=["x"]).StatsConfig(max_capacity=2**40), "max_capacity"),
+])
+def test_statistics_windows_past_what_memory_or_int64_holds_are_refused(call, match):
+    # a count window of 2**61 wrapped its allocation's size (a write past the end); 2**62 + 1
+    # looped for ever rounding up to a power of two
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_wire_message_types_and_receive_timeouts_out_of_range_are_refused():
+    from tickwire.ext import codec
+
+    for bad in (256, 257, -1, -255):
+        with pytest.raises(ValueError, match="msg_type"):
+            codec.encode(bad, 0, 1, epoch=1)
+    rc, out = child("""
+        import zmq
+        from tickwire.ext import empty_events
+        from tickwire.ext.codec import FeedReceiver
+        ctx = zmq.Context()
+        s = ctx.socket(zmq.SUB)
+        s.bind("inproc://x")
+        rx = FeedReceiver([s], max_events=64)
+        try:
+            rx.drain(empty_events(64), timeout=float("nan"))
+        except ValueError as exc:
+            print("refused:", exc)
+        """, timeout=20)
+    assert rc == 0 and "refused: drain: timeout" in out, out
