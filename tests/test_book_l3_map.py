@@ -20,15 +20,11 @@ def _tag(order_id, key):
     k ^= k >> 33
     k = (k * 0xFF51AFD7ED558CCD) & M64
     k ^= k >> 33
-    k = (k * 0xC4CEB9FE1A85EC53) & M64
-    k ^= k >> 33
     return k >> 32
 
 
 def _unhash(h, key):
     """The id whose hash under ``key`` is ``h`` (each step of the hash is invertible)."""
-    h ^= h >> 33
-    h = (h * pow(0xC4CEB9FE1A85EC53, -1, 1 << 64)) & M64
     h ^= h >> 33
     h = (h * pow(0xFF51AFD7ED558CCD, -1, 1 << 64)) & M64
     h ^= h >> 33
