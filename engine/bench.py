@@ -300,17 +300,18 @@ def _consumer_proc(names, cpu, until_ns, out_path, expected, ready):
     np.savez(out_path, missed=missed, **{k: v[:i] for k, v in cols.items()})
 
 
-def _worker_proc(cfg_path, run_dir, stop_ev, ready):
-    """The pipeline target: the daemon's engine Worker in one process, no supervisor or writer."""
-    import threading
-
+def _worker_proc(cfg_path, run_dir, ready):
+    """The pipeline target: the daemon's engine Worker in one process, no supervisor or writer.
+    SIGTERM stops it (its status file, written at the stop, has its counts). (A multiprocessing
+    Event to stop it hung the bench for ever when the worker had died: setting it waits for its
+    dead waiter.)"""
     from tickwire.engine import config as configmod
     from tickwire.engine.worker import Worker, pin
 
     cfg = configmod.load(cfg_path)
     pin(cfg.workers[0].cpu)
     w = Worker(cfg, 0, Path(run_dir))
-    threading.Thread(target=lambda: (stop_ev.wait(), setattr(w, "stop", True)), daemon=True).start()
+    signal.signal(signal.SIGTERM, lambda *_: setattr(w, "stop", True))
     ready.set()
     w.run()
 
@@ -643,8 +644,7 @@ class Run:
 
         a = self.args
         path, cfg = self.target_config(tag)
-        procs, rings, daemon = [], [], None
-        stop_ev = mp.get_context("spawn").Event()
+        procs, rings, daemon, worker, daemon_rc = [], [], None, None, None
         try:
             if a.target == "daemon":
                 log = open(self.work / f"{tag}.log", "w")
@@ -661,7 +661,8 @@ class Run:
                 from tickwire.ext import EVENT_DTYPE
 
                 rings.append(Ring.create(pairs[0][0], EVENT_DTYPE, 1 << 12, "blocking", role="none"))
-                p, ready = _spawn(_worker_proc, str(path), str(self.work / tag), stop_ev)
+                worker, ready = _spawn(_worker_proc, str(path), str(self.work / tag))
+                p = worker
                 procs.append(p)
                 _wait_ready(p, ready, "the engine worker")
             pub.wait_subscribers(len(cfg.workers), timeout=120 if daemon else 60)
@@ -681,11 +682,12 @@ class Run:
             c.join(timeout=a.drain + 30)
             sig = dict(np.load(out))
         finally:
-            stop_ev.set()
+            if worker is not None and worker.is_alive():
+                worker.terminate()                     # (SIGTERM: it stops and writes its counts)
             if daemon is not None:
                 daemon.send_signal(signal.SIGTERM)
                 try:
-                    daemon.wait(timeout=60)
+                    daemon_rc = daemon.wait(timeout=60)
                 except subprocess.TimeoutExpired:
                     daemon.kill()
             for p in procs:
@@ -700,15 +702,18 @@ class Run:
         if a.keep:                                   # the publisher's record beside the signals
             np.savez(self.work / f"{tag}-pub.npz", **{k: pr[k] for k in ("chan", "seq", "count", "intended", "sent")})
         lat = latency_arrays(pr, sig, self.chan_of_inst, t_from=start + int(a.warmup * 1e9))
-        # where the engine ran, as its worker saw it (its status file, written again at exit)
-        status = (cfg.state_dir / cfg.run if daemon else self.work / tag) / "worker-0.json"
+        # where the engine ran and what it did, as its worker saw it (its status file, written
+        # again at exit)
+        run_dir = cfg.state_dir / cfg.run if daemon else self.work / tag
         try:
-            cpus = json.loads(status.read_text())["affinity"]
-        except (OSError, ValueError, KeyError):
-            cpus = None
+            st = json.loads((run_dir / "worker-0.json").read_text())
+        except (OSError, ValueError):
+            st = {}
+        loss = target_losses(pr["stats"]["events"], int(len(sig["seq"])) + int(sig["missed"]), st,
+                             worker.exitcode if worker is not None else None, daemon_rc, run_dir)
         return {"publisher": pr["stats"], "signals": int(len(sig["seq"])), "missed": int(sig["missed"]),
                 "unmatched": lat["unmatched"], "lat": lat, "relay": relay_plan(pr, sig, self.chan_of_inst),
-                "cpus": cpus, "cpus_configured": [cfg.workers[0].cpu]}
+                "cpus": st.get("affinity"), "cpus_configured": [cfg.workers[0].cpu], "loss": loss}
 
     def measure_zmq_floor(self, rate: float, pub: Publisher, tag: str, busy: bool, plan: dict | None = None) -> dict:
         """The libzmq hop of every message; with ``plan`` (relay_plan() of the target's run) also
@@ -822,6 +827,42 @@ class Run:
         return {"lat": b["receipt"][keep] - b["send"][keep], "signals": int(keep.sum())}
 
 
+def target_losses(published: int, received: int, status: dict, worker_rc, daemon_rc, run_dir: Path) -> list[str]:
+    """What a target run did not deliver, each a line (empty: everything): the latency figures
+    leave out the events it never processed and the signals its consumer never saw, so a run
+    with a stall past its drain window, a backlog, or a worker that died looked better than a
+    clean one. From the worker's status file at its stop, the exit statuses, and the
+    supervisor's restart counts."""
+    out = []
+    if not status:
+        return ["the engine worker wrote no status (it did not start, or died before its first)"]
+    feed = status.get("feed", {})
+    processed = int(feed.get("events", 0))             # (market events, the feed's markers aside)
+    if processed != published:
+        out.append(f"the engine processed {processed:,} of the {published:,} events published "
+                   f"({published - processed:,} not processed by the end of the drain)")
+    if feed.get("lost_events") or feed.get("uncounted_losses"):
+        out.append(f"the worker's feed lost {feed.get('lost_events', 0):,} events (and "
+                   f"{feed.get('uncounted_losses', 0)} ranges of unknown size): see its log")
+    emitted = int(status.get("signal_ring_head", 0))
+    if emitted > received:
+        out.append(f"the worker emitted {emitted:,} signals, the consumer received {received:,} within the run and "
+                   f"its drain (the rest are missing from the figures; a longer --drain, or a stall or backlog)")
+    if worker_rc not in (None, 0):
+        out.append(f"the engine worker exited with status {worker_rc}")
+    if daemon_rc not in (None, 0):
+        out.append(f"the daemon exited with status {daemon_rc} at its stop (3: ticks not stored; its log is in "
+                   f"the work directory with --keep)")
+    try:
+        kids = json.loads((run_dir / "supervisor.json").read_text()).get("children", {})
+    except (OSError, ValueError):
+        kids = {}
+    for name, k in kids.items():
+        if k.get("restarts"):
+            out.append(f"the daemon's {name} was restarted {k['restarts']} time(s) during the run")
+    return out
+
+
 def _ratio(a, b):
     return round(a / b, 3) if b else None
 
@@ -908,7 +949,8 @@ def measure_rate(run: Run, rate: float, index: int, outdir: Path) -> dict:
                      f"p99 {pairs[-1]['p99']}x")
         tgt = {"publisher": _merge_publisher([t["publisher"] for t in tgts]), "cpus": tgts[0]["cpus"],
                "signals": sum(t["signals"] for t in tgts), "missed": sum(t["missed"] for t in tgts),
-               "unmatched": sum(t["unmatched"] for t in tgts), "lat": _pool([t["lat"] for t in tgts])}
+               "unmatched": sum(t["unmatched"] for t in tgts), "lat": _pool([t["lat"] for t in tgts]),
+               "loss": [x for t in tgts for x in t["loss"]]}
         if not a.no_floors:
             if zmq_lat:
                 floors["zmq_hop"] = np.concatenate(zmq_lat)
@@ -952,7 +994,8 @@ def measure_rate(run: Run, rate: float, index: int, outdir: Path) -> dict:
                                     "percentile by percentile")
     res = {"offered_rate": rate, "engine_cpus_seen": tgt["cpus"], "publisher": tgt["publisher"],
            "signals": tgt["signals"],
-           "signals_missed": tgt["missed"], "signals_unmatched": tgt["unmatched"], "latency_ns": summ}
+           "signals_missed": tgt["missed"], "signals_unmatched": tgt["unmatched"], "latency_ns": summ,
+           "loss": tgt["loss"]}
     w = summ["wire_to_signal"]
     if "floor" in summ:
         f = summ["floor"]
@@ -1180,16 +1223,21 @@ def run_bench(args) -> dict:
         while queue:
             rate = queue.pop(0)
             res = measure_rate(run, rate, i, outdir)
-            if not res["signals"]:
-                raise NoSignals(f"at {_fmt_rate(rate)} ev/s the target emitted no signal in {args.duration:g} s "
-                                f"({res['publisher']['events']:,} events published): no latency to report, and "
-                                f"none is written for this rate. Check the daemon's rejects (`tickwire status "
-                                f"--raw`) and that the rules can fire on this stream")
+            if not res["latency_ns"]["wire_to_signal"]["count"]:       # (the measured ones: past the warm-up)
+                where = ("the daemon's rejects (`tickwire status --raw`)" if args.target == "daemon" else
+                         "the worker's log above")
+                raise NoSignals(f"at {_fmt_rate(rate)} ev/s the target emitted no signal in the {args.duration:g} s "
+                                f"measured ({res['publisher']['events']:,} events published, {res['signals']:,} "
+                                f"signals in all): no latency to report, and none is written for this rate. "
+                                f"Check {where} and that the rules can fire on this stream")
             summary["runs"].append(res)
             print_run(res)
+            for line in res["loss"]:
+                _say(f"  INCOMPLETE at {_fmt_rate(rate)} ev/s: {line}")
             (outdir / "summary.json").write_text(json.dumps(summary, indent=1))   # kept if a later rate fails
             i += 1
-            why = _saturated(res, rate)
+            why = _saturated(res, rate) or (f"it did not deliver everything ({res['loss'][0]})" if res["loss"]
+                                            else None)
             if args.until_saturation and not queue:
                 if why is None and i < MAX_SATURATION_RATES:
                     queue.append(rate * 2)
@@ -1391,7 +1439,7 @@ def cmd_bench(args) -> int:
         print(f"tickwire bench: --out {args.out}: cannot write there ({exc.strerror or exc})", file=sys.stderr)
         return 2
     try:
-        run_bench(args)
+        summary = run_bench(args)
     except (CoreError, NoSignals) as exc:
         print(f"tickwire bench: {exc}", file=sys.stderr)
         return 1
@@ -1401,6 +1449,14 @@ def cmd_bench(args) -> int:
               f"{'the rates finished before it are in ' + str(done) if done.exists() else 'no rate had finished'}",
               file=sys.stderr)
         return 130
+    runs = summary["runs"]
+    # (--until-saturation: the last rate's shortfall is the saturation it looked for, said in "stopped")
+    lossy = [r for r in runs if r.get("loss") and not (args.until_saturation and r is runs[-1])]
+    if lossy:
+        print(f"tickwire bench: {len(lossy)} of {len(runs)} rate(s) did not deliver everything (the "
+              f"INCOMPLETE lines above, and \"loss\" in summary.json): their latency figures leave those events and "
+              f"signals out", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -291,7 +291,9 @@ def test_a_rate_with_no_signal_fails_instead_of_reporting_zero_latency(tmp_path,
             pass
 
     def measure(run, rate, i, outdir):
-        return {"offered_rate": rate, "signals": 0, "publisher": {"events": 20_000, "achieved_rate": rate}}
+        # signals in the warm-up only (they were counted: all zeros, every target "hit", exit 0)
+        return {"offered_rate": rate, "signals": 7, "publisher": {"events": 20_000, "achieved_rate": rate},
+                "latency_ns": {"wire_to_signal": {"count": 0}}, "loss": []}
 
     monkeypatch.setattr(bench, "Run", FakeRun)
     monkeypatch.setattr(bench, "measure_rate", measure)
@@ -464,6 +466,53 @@ def test_ctrl_c_stops_the_bench_with_one_line_and_nothing_left_running(tmp_path)
     while any(running(k) for k in kids) and time.monotonic() < end:
         time.sleep(0.1)
     assert not any(running(k) for k in kids), [k for k in kids if running(k)]
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="finds the engine worker by its own core")
+@pytest.mark.parametrize("fault", ["kill", "stop"])
+def test_a_worker_killed_or_stalled_past_the_drain_fails_the_run_instead_of_hiding(tmp_path, fault):
+    """Found by an adversarial pass: kill -9 of the engine worker hung the bench for ever, and a
+    stall that outlasted the drain window dropped its events and signals from the figures (exit
+    0, a max latency of 5 ms after a 2.5 s stall). Now the worker's own counts are checked
+    against what was published and received: exit 1, each shortfall said."""
+    import signal
+    import subprocess
+
+    out = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "-m", "tickwire", "bench", "--source", "synthetic", "--rate", "20k",
+                          "--duration", "3", "--warmup", "0.3", "--drain", "0.3", "--no-floors", "--no-baseline",
+                          "--no-plots", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        worker, end = None, time.monotonic() + 120
+        while worker is None and time.monotonic() < end and p.poll() is None:
+            time.sleep(0.1)
+            kids = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+            for k in kids:
+                try:
+                    cmd = open(f"/proc/{k}/cmdline").read()
+                    if "resource_tracker" not in cmd and len(os.sched_getaffinity(int(k))) == 1 \
+                            and os.sched_getaffinity(int(k)) != os.sched_getaffinity(p.pid):
+                        worker = int(k)                  # pinned to the engine's core
+                except (OSError, ValueError):
+                    pass
+        assert worker is not None, p.communicate()
+        time.sleep(2.0)                               # into the measured seconds
+        if fault == "kill":
+            os.kill(worker, signal.SIGKILL)
+        else:
+            os.kill(worker, signal.SIGSTOP)           # past the end of the run and its drain
+            time.sleep(3.0)
+            os.kill(worker, signal.SIGCONT)
+        stdout, stderr = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 1, stdout[-3000:] + stderr[-3000:]
+    assert "INCOMPLETE at 20k ev/s" in stdout and "did not deliver everything" in stderr, stdout[-3000:]
+    loss = json.loads((out / "summary.json").read_text())["runs"][0]["loss"]
+    if fault == "kill":
+        assert any("exited with status -9" in x for x in loss), loss
+    assert any("not processed" in x or "the consumer received" in x for x in loss), loss
 
 
 def test_saturation_reasons_are_named():
