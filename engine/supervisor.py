@@ -52,8 +52,8 @@ from pathlib import Path
 from tickwire.engine import config as configmod
 from tickwire.engine import lifeline
 from tickwire.engine.metrics import Collector
-from tickwire.engine.worker import (fresh_ring_names, new_ring_token, read_ring_names, ring_keys,
-                                    settle_history_note, write_ring_names)
+from tickwire.engine.worker import (fresh_ring_names, load_frozen, new_ring_token, read_ring_names, ring_keys,
+                                    settle_history_note, write_note, write_ring_names)
 from tickwire.engine.writer import EXIT_UNSTORED
 from tickwire.ext import EVENT_DTYPE, SIGNAL_DTYPE
 from tickwire.ext import ring as ringmod
@@ -401,6 +401,65 @@ class Supervisor:
                           "reclaimed", self.run_dir, exc)
             return []
 
+    def _carry_history(self) -> None:
+        """A run started again with its feed channels on other workers (workers renamed,
+        instruments moved, a worker added or removed): each worker keeps its channels' history in
+        its own note (``feed-<name>.json``), so a worker resumed channels it no longer served and
+        started afresh the ones it now served: the store got the publisher's retained history
+        again (169,758 duplicates of 600,000) or, joining, a hole in every channel. After a clean
+        stop, the notes are rewritten here, each channel's point moved to the note of the worker
+        that serves it now; after a stop that left rings behind (a killed daemon: their ticks and
+        positions are the old workers'), the start is refused until the run has been started
+        once with its previous layout."""
+        path = self.run_dir / "config.json"
+        try:
+            prev = load_frozen(path)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError, configmod.ConfigError) as exc:
+            log.warning("%s (the previous start's configuration) cannot be read (%s): the workers' tick "
+                        "histories are taken as they are", path, exc)
+            return
+
+        def owners(cfg) -> dict[int, str]:
+            return {i % cfg.feeds.channels: w.name for w in cfg.workers for i in w.instruments}
+
+        old, new = owners(prev), owners(self.cfg)
+        moved = sorted(c for c in new if old.get(c, new[c]) != new[c])
+        if not moved:
+            return
+        notes = {}
+        for name in set(old.values()):
+            try:
+                notes[name] = json.loads((self.run_dir / f"feed-{name}.json").read_text())
+            except (OSError, ValueError):
+                pass
+        if not notes:
+            return
+        left = [n for pair in self._previous_rings() for n in pair if os.path.exists(f"/dev/shm/{n}")]
+        if left:
+            raise StartupError(
+                f"feed channels {moved} are on other workers than at the previous start of run '{self.cfg.run}', "
+                f"which stopped leaving its rings ({', '.join(left)}): their ticks and positions are the old workers'. "
+                f"Start it once with its previous worker layout and stop it (SIGTERM), then with the new one")
+        for w in self.cfg.workers:
+            mine = sorted({i % self.cfg.feeds.channels for i in w.instruments})
+            own = notes.get(w.name, {})
+            note = {"ring_created_ns": -1, "ring_position": 0,
+                    **{k: own.get(k, 0) for k in ("lost_events", "losses", "uncounted_losses")},
+                    "channels": {}, "ended": []}
+            for c in mine:
+                src = notes.get(old.get(c, w.name), {})
+                if str(c) in src.get("channels", {}):
+                    note["channels"][str(c)] = src["channels"][str(c)]
+                if c in src.get("ended", []):
+                    note["ended"].append(c)
+            write_note(self.run_dir / f"feed-{w.name}.json", note)
+        for name in set(notes) - {w.name for w in self.cfg.workers}:
+            (self.run_dir / f"feed-{name}.json").unlink(missing_ok=True)
+        log.warning("feed channels %s are on other workers than at the previous start: their tick histories "
+                    "moved with them (%s)", moved, ", ".join(f"channel {c}: {old.get(c)} -> {new[c]}" for c in moved))
+
     def _make_rings(self) -> list[tuple[str, str]]:
         """The rings of this daemon run: those an earlier start left with data to store are
         adopted under their names; every other ring is created under a name with a random part
@@ -504,6 +563,7 @@ class Supervisor:
                                             bool(cfg.feeds.curve_server_key))
         for w in self.warnings:
             log.warning("%s", w)
+        self._carry_history()
         names = self._make_rings()
         # the DSN (which may hold a password) and the credentials go by the environment, which only
         # this user can read (/proc/<pid>/environ is 0400), never on argv, which every user can

@@ -15,6 +15,7 @@ import pytest
 
 from tickwire.engine.config import to_toml
 from tickwire.engine.demo import demo_raw_config
+from tickwire.engine.supervisor import _pid_alive
 
 pytestmark = pytest.mark.integration
 PY = sys.executable
@@ -263,6 +264,68 @@ def test_a_sighup_as_the_daemon_starts_does_not_end_it(tmp_path):
     finally:
         rc, _ = stop_daemon(daemon, log)
     assert rc == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+
+
+def test_a_run_started_again_with_its_channels_on_other_workers_stores_every_tick_once(tmp_path):
+    """Found by an adversarial pass: each worker keeps its channels' history in its own note, so a
+    run restarted with the worker -> channel map swapped resumed channels on workers that no
+    longer served them and started the others afresh: 169,758 duplicates of 600,000 (with
+    history_from = "start"; a hole in every channel with "join"), and "every tick stored". The
+    notes now follow the channels to their new workers."""
+    first = [{"name": "a", "cpu": 1, "instruments": [0, 2, 4, 6]}, {"name": "b", "cpu": 0, "instruments": [1, 3, 5, 7]}]
+    second = [{**first[0], "instruments": [1, 3, 5, 7]}, {**first[1], "instruments": [0, 2, 4, 6]}]
+    cfg_path, raw = write_config(tmp_path, "reshard", workers=first)
+    raw["feeds"]["history_from"] = "start"
+    cfg_path.write_text(to_toml(raw))
+    run_dir = tmp_path / "state" / "reshard"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        assert wait_for(lambda: status(run_dir, 0)["pid"] and status(run_dir, 1)["pid"])
+        sim = start_sim(raw, 300_000, 50_000)
+        assert wait_for(lambda: status(run_dir, 0)["feed"]["events"] > 30_000, 60)
+    finally:
+        rc, _ = stop_daemon(daemon, log)                  # mid-stream; the publisher goes on
+    assert rc == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+    cfg_path.write_text(to_toml({**raw, "workers": second}))
+    daemon, log = start_daemon(cfg_path, tmp_path, "daemon2")
+    try:
+        published_and_live(sim, run_dir)
+        assert wait_for(lambda: all(c["state"] == "live" and c["in_sync"]
+                                    for c in status(run_dir, 1)["channels"].values()), 30)
+    finally:
+        rc, _ = stop_daemon(daemon, log)
+    text = (tmp_path / "daemon2.log").read_text()
+    assert rc == 0, text[-3000:]
+    assert stored_ticks(tmp_path) == (300_000, 300_000)       # every event, once
+    assert "their tick histories moved with them" in text, text[-3000:]
+
+
+def test_a_layout_change_after_a_killed_daemon_is_refused_until_the_old_layout_ran(tmp_path, rings_of):
+    """The rings a killed daemon left hold the old workers' ticks and positions: a start with the
+    channels on other workers is refused (exit 2, saying what to do); the old layout starts."""
+    rings_of("relayout")
+    first = [{"name": "a", "cpu": 1, "instruments": [0, 2, 4, 6]}, {"name": "b", "cpu": 0, "instruments": [1, 3, 5, 7]}]
+    cfg_path, raw = write_config(tmp_path, "relayout", workers=first)
+    run_dir = tmp_path / "state" / "relayout"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        assert wait_for(lambda: status(run_dir, 0)["pid"] and status(run_dir, 1)["pid"])
+        sim = start_sim(raw, 20_000, 50_000)
+        sim.communicate(timeout=120)
+    finally:
+        daemon.kill()                                    # the rings stay behind
+        daemon.wait()
+        log.close()
+    swapped = [{**first[0], "instruments": [1, 3, 5, 7]}, {**first[1], "instruments": [0, 2, 4, 6]}]
+    other = tmp_path / "swapped.toml"
+    other.write_text(to_toml({**raw, "workers": swapped}))
+    assert wait_for(lambda: not any(_pid_alive(status(run_dir, i)["pid"]) for i in (0, 1)), 30)
+    out = subprocess.run([PY, "-m", "tickwire", "run", "--config", str(other), "--duration", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "Start it once with its previous worker layout" in out.stderr, out.stderr
+    out = subprocess.run([PY, "-m", "tickwire", "run", "--config", str(cfg_path), "--duration", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
 
 
 def test_a_daemon_restarted_between_two_publisher_runs_counts_no_loss(tmp_path):
