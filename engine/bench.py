@@ -80,9 +80,14 @@ def parse_rate(text: str) -> float:
         v = float(t) * mult
     except ValueError:
         raise ValueError(f"not a rate: {text!r} (events/s, e.g. 100000, 100k, 1M)") from None
-    if not v > 0:
-        raise ValueError(f"a rate must be > 0 events/s, got {text!r}")
+    if not 0 < v <= MAX_RATE:
+        # (inf was an OverflowError in the consumer, 1e9 arrays of tens of GB)
+        raise ValueError(f"a rate must be > 0 and at most {MAX_RATE:,.0f} events/s, got {text!r}")
     return v
+
+
+#: The highest offered rate (events/s): twenty times what one core's engine takes.
+MAX_RATE = 100e6
 
 
 def _fmt_rate(r: float) -> str:
@@ -547,10 +552,17 @@ class Publisher:
         self.ctx.term()
 
 
+def _child(target, *args):
+    """A bench child: Ctrl-C at the terminal reaches the whole process group, and the parent
+    stops each child itself (it printed a KeyboardInterrupt traceback per child)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    target(*args)
+
+
 def _spawn(target, *args):
     ctx = mp.get_context("spawn")
     ready = ctx.Event()
-    p = ctx.Process(target=target, args=(*args, ready), daemon=True)
+    p = ctx.Process(target=_child, args=(target, *args, ready), daemon=True)
     p.start()
     return p, ready
 
@@ -1144,10 +1156,17 @@ def compare(path_a, path_b, out=print) -> int:
             d = json.loads(p.read_text())
         except (OSError, ValueError) as exc:
             raise ValueError(f"{p}: not a tickwire bench summary ({exc})") from None
-        if d.get("tickwire_bench") != SCHEMA:
+        if not isinstance(d, dict) or d.get("tickwire_bench") != SCHEMA:
             raise ValueError(f"{p}: not a tickwire bench summary (no 'tickwire_bench': {SCHEMA})")
         runs.append(d)
-    a, b = runs
+    try:
+        return _compare(*runs, path_a, path_b, out)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"a summary lacks what a bench run writes ({type(exc).__name__}: {exc}): "
+                         f"{path_a} or {path_b} is not a whole tickwire bench summary") from None
+
+
+def _compare(a, b, path_a, path_b, out) -> int:
     out(f"A: {path_a}  ({a['target']}, {a['started']})")
     out(f"B: {path_b}  ({b['target']}, {b['started']})")
     by_rate = {r["offered_rate"]: r for r in b["runs"]}
@@ -1166,7 +1185,7 @@ def compare(path_a, path_b, out=print) -> int:
                 out(f"{_fmt_rate(ra['offered_rate']):>7s} {k:16s} {lv:>7s} {_us(va):>10s} {_us(vb):>10s} {r:>7s}")
         pa, pb = ra["publisher"]["achieved_rate"], rb["publisher"]["achieved_rate"]
         out(f"{_fmt_rate(ra['offered_rate']):>7s} {'achieved ev/s':16s} {'':>7s} {pa:>10,.0f} {pb:>10,.0f} "
-            f"{pb / pa:>6.2f}x")
+            f"{f'{pb / pa:.2f}x' if pa else '-':>7s}")
     return 0
 
 
@@ -1438,6 +1457,13 @@ def cmd_bench(args) -> int:
     except OSError as exc:
         print(f"tickwire bench: --out {args.out}: cannot write there ({exc.strerror or exc})", file=sys.stderr)
         return 2
+    got = []
+
+    def terminated(*_):                        # SIGTERM: stopped as Ctrl-C is, children and rings cleaned up
+        got.append("SIGTERM")                  # (they were left running, and their shared memory)
+        raise KeyboardInterrupt
+
+    old_term = signal.signal(signal.SIGTERM, terminated)
     try:
         summary = run_bench(args)
     except (CoreError, NoSignals) as exc:
@@ -1445,10 +1471,12 @@ def cmd_bench(args) -> int:
         return 1
     except KeyboardInterrupt:
         done = Path(args.out) / "summary.json"
-        print(f"\ntickwire bench: interrupted; "
+        print(f"\ntickwire bench: interrupted{' by SIGTERM' if got else ''}; "
               f"{'the rates finished before it are in ' + str(done) if done.exists() else 'no rate had finished'}",
               file=sys.stderr)
-        return 130
+        return 143 if got else 130
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
     runs = summary["runs"]
     # (--until-saturation: the last rate's shortfall is the saturation it looked for, said in "stopped")
     lossy = [r for r in runs if r.get("loss") and not (args.until_saturation and r is runs[-1])]

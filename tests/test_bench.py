@@ -251,11 +251,22 @@ def test_compare_two_saved_runs(tmp_path, capsys):
     (tmp_path / "x.json").write_text("{}")
     assert cli_main(["bench", "compare", str(a), str(tmp_path / "x.json")]) == 2
     assert "not a tickwire bench summary" in capsys.readouterr().err
+    # each was a traceback: KeyError, AttributeError, ZeroDivisionError
+    broken = _summary(100_000)
+    broken["runs"][0]["publisher"]["achieved_rate"] = 0
+    for body in ({"tickwire_bench": bench.SCHEMA}, [1, 2], broken):
+        (tmp_path / "x.json").write_text(json.dumps(body))
+        assert cli_main(["bench", "compare", str(a), str(tmp_path / "x.json")]) in ((0, 2) if body is broken else (2,))
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and (body is broken or "tickwire bench compare:" in err), err
 
 
 def test_bad_arguments_are_named(capsys):
     assert cli_main(["bench", "--rate", "fast"]) == 2
     assert "--rate" in capsys.readouterr().err
+    for rate in ("inf", "1e300", "1e9"):           # (an OverflowError in the consumer; arrays of tens of GB)
+        assert cli_main(["bench", "--rate", rate]) == 2
+        assert "at most 100,000,000 events/s" in capsys.readouterr().err
     assert cli_main(["bench", "--target", "daemon"]) == 2
     assert "--config" in capsys.readouterr().err
     assert cli_main(["bench", "--repeat", "0"]) == 2
@@ -428,16 +439,21 @@ def test_bench_against_the_real_daemon(tmp_path):
 
 
 @pytest.mark.integration
-def test_ctrl_c_stops_the_bench_with_one_line_and_nothing_left_running(tmp_path):
+@pytest.mark.parametrize("how", ["SIGINT", "SIGINT to the group", "SIGTERM"])
+def test_ctrl_c_stops_the_bench_with_one_line_and_nothing_left_running(tmp_path, how):
     """SIGINT mid-sweep: exit 130 with one line saying what was kept (the rates finished before
-    it), no traceback, and no publisher, worker or consumer process left behind."""
+    it), no traceback, and no publisher, worker or consumer process left behind. Ctrl-C at a
+    terminal reaches the whole group (each child printed a traceback); SIGTERM (a service
+    manager, `timeout`) left the engine worker running and the shared memory behind: now the
+    same clean stop, exit 143."""
     import signal
     import subprocess
 
     out = tmp_path / "run"
     p = subprocess.Popen([sys.executable, "-m", "tickwire", "bench", "--source", "synthetic", "--rate", "20k,20k",
                           "--duration", "1", "--warmup", "0.3", "--drain", "0.3", "--no-baseline", "--no-plots",
-                          "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
     try:
         end = time.monotonic() + 180
         while not (out / "summary.json").exists() and p.poll() is None and time.monotonic() < end:
@@ -445,13 +461,17 @@ def test_ctrl_c_stops_the_bench_with_one_line_and_nothing_left_running(tmp_path)
         assert p.poll() is None, p.communicate()
         time.sleep(1.0)
         kids = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
-        p.send_signal(signal.SIGINT)
+        if how == "SIGINT to the group":
+            os.killpg(p.pid, signal.SIGINT)
+        else:
+            p.send_signal(getattr(signal, how))
         stdout, stderr = p.communicate(timeout=60)
     finally:
         if p.poll() is None:
             p.kill()
-    assert p.returncode == 130, stderr[-3000:]
-    assert "Traceback" not in stderr and f"interrupted; the rates finished before it are in {out}" in stderr, stderr
+    assert p.returncode == (143 if how == "SIGTERM" else 130), stderr[-3000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert f"the rates finished before it are in {out}" in stderr, stderr
     assert len(json.loads((out / "summary.json").read_text())["runs"]) == 1
     def running(pid):                                 # (a zombie waits for init to reap it: it runs nothing)
         try:
