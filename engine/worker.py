@@ -597,12 +597,17 @@ class Worker:
             self.book_service.close()
             stop_hk.set()
             hk.join(timeout=5)
-            self.write_cursor()
-            self.feed.close()
-            self.save_books()
-            self.write_hdr_interval()
-            self.hlog.close(final=False)
-            self.write_status()
+            # each step on its own: with the state directory full, the first file write raised
+            # and the rings were never closed (the writer waited for their end until killed)
+            for what, step in (("the history note", self.write_cursor), ("the feed", self.feed.close),
+                               ("the books file", self.save_books), ("the HDR log", self.write_hdr_interval),
+                               ("the HDR log", lambda: self.hlog.close(final=False)),
+                               ("the status file", self.write_status)):
+                try:
+                    step()
+                except OSError as exc:
+                    log.error("at the stop, %s could not be written (%s); the rings are closed all the same",
+                              what, exc)
             self.ticks.close()                             # end of stream for the writer
             self.signals.close()
         return 0

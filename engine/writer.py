@@ -356,6 +356,26 @@ class _Task:
         self.fut, self.batch, self.path, self.started = fut, batch, path, started
 
 
+_UNWRITABLE: set = set()                     # status files a failing disk refused (said once each)
+
+
+def write_status_file(path: Path, body: dict) -> None:
+    """Write a status file atomically. A full or failing disk is said once per file and the work
+    goes on: the status is for monitoring (with the state directory full at a stop, the writer
+    crashed here, and the daemon's last line gave "the writer exited with status 1" rather than
+    the spill directory's ENOSPC it had met)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(json.dumps(body))
+        os.replace(tmp, path)
+    except OSError as exc:
+        if path not in _UNWRITABLE:
+            _UNWRITABLE.add(path)
+            log.warning("cannot write %s (%s): it stays as it was until it can be written", path, exc)
+        return
+    _UNWRITABLE.discard(path)
+
+
 class TickWriter:
     """Drains one blocking tick source into the store; see the module docstring for the
     guarantees.
@@ -658,9 +678,7 @@ class TickWriter:
         self.metrics["outage"] = self.link.outage
         self.metrics["last_error"] = self.link.last_error
         self.metrics["gave_up"] = self.gave_up
-        tmp = self.state / "status.json.tmp"
-        tmp.write_text(json.dumps(self.metrics))
-        os.replace(tmp, self.state / "status.json")
+        write_status_file(self.state / "status.json", self.metrics)
 
     def run(self) -> dict:
         """Write until :meth:`stop` (then drain) or the producer closes the ring; return metrics."""
@@ -926,9 +944,7 @@ class WriterService:
         out = {"written": sum(s["written"] for s in each), "missed": sum(s["missed"] for s in each),
                "spill_files": sum(s["spill_files"] for s in each), "unstored": sum(s["unstored"] for s in each),
                "last_error": "; ".join(s["last_error"] for s in each if s["last_error"]), "rings": each}
-        tmp = self.state_dir / "signals.json.tmp"
-        tmp.write_text(json.dumps(out))
-        os.replace(tmp, self.state_dir / "signals.json")
+        write_status_file(self.state_dir / "signals.json", out)
 
     def run(self) -> list:
         active = list(self.writers)

@@ -328,6 +328,26 @@ def test_a_layout_change_after_a_killed_daemon_is_refused_until_the_old_layout_r
     assert out.returncode == 0, out.stderr[-3000:]
 
 
+def test_a_worker_that_cannot_write_its_files_at_the_stop_still_closes_its_rings(tmp_path):
+    """Found by an adversarial pass (a full state directory): the worker's first failed write at
+    its stop raised, its rings were never closed, and the daemon ended in errors. Each file is
+    now tried on its own, said if it fails, and the rings are closed: every tick stored."""
+    cfg_path, raw = write_config(tmp_path, "fullstop")
+    run_dir = tmp_path / "state" / "fullstop"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"])
+        sim = start_sim(raw, 20_000, 50_000)
+        published_and_live(sim, run_dir)
+        (run_dir / "books-0.npz").mkdir()                # (as a full disk would, the write fails)
+    finally:
+        rc, took = stop_daemon(daemon, log)
+    text = (tmp_path / "daemon.log").read_text()
+    assert "at the stop, the books file could not be written" in text, text[-3000:]
+    assert rc == 0 and took < 15, text[-3000:]
+    assert stored_ticks(tmp_path) == (20_000, 20_000)
+
+
 def test_a_daemon_restarted_between_two_publisher_runs_counts_no_loss(tmp_path):
     """Found by a newcomer: one publisher run received whole (its channels then fall silent), the
     daemon stopped and started again, a new publisher run (a new epoch): the old epoch's tail was

@@ -218,6 +218,32 @@ def test_batches_are_capped_so_a_steady_feed_never_spills(tmp_path):
     assert_exactly_once(dsn, ev)
 
 
+def test_a_status_file_that_cannot_be_written_is_said_once_and_the_ticks_are_stored(tmp_path, caplog):
+    """Found by an adversarial pass: with the state directory full at a stop, the writer crashed
+    writing its status file (exit 1, the cause it had met lost). A status is for monitoring: said
+    once, and the work goes on."""
+    name, dsn = ring_name(), f"chdb://{tmp_path}/store"
+    ev = l2_updates(10_000, seed=13, instruments=2)
+    (tmp_path / "state" / "status.json.tmp").mkdir(parents=True)      # every write of it fails
+    real, link = flaky_link(dsn, threading.Event())
+    with Ring.create(name, EVENT_DTYPE, 1 << 14) as ring:
+        writer = TickWriter(link, Ring.attach(name, EVENT_DTYPE), tmp_path / "state", epoch=3,
+                            batch_rows=4096, batch_seconds=0.05, status_every=0.01)
+        t = threading.Thread(target=writer.run)
+        t.start()
+        for start in range(0, len(ev), 1000):
+            ring.push_many(ev[start:start + 1000], timeout=5.0)
+            time.sleep(0.02)
+        writer.stop()
+        t.join(60)
+    assert not t.is_alive() and writer.metrics["rows_written"] == len(ev), writer.metrics
+    said = [r for r in caplog.records if "cannot write" in r.getMessage() and "status.json" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in said]
+    link.close()
+    real.close()
+    assert_exactly_once(dsn, ev)
+
+
 def test_outage_spills_in_order_and_replays_with_nothing_lost(tmp_path):
     name, dsn = ring_name(), f"chdb://{tmp_path}/store"
     ev = l2_updates(50_000, seed=4, instruments=2)
