@@ -303,10 +303,18 @@ def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray) -> Itera
         restart = (snapshots["flags"] & np.uint32(Flag.RESTART)) != 0
         cut = np.flatnonzero((ch[1:] != ch[:-1]) | (sq[1:] != sq[:-1]) | restart[1:]) + 1
         bounds = np.concatenate(([0], cut, [len(snapshots)]))
+        # a daemon start writes one RESTART marker per instrument, one after another: a block of
+        # them is one start (each marker a run of its own, but not "another start")
+        start_of = np.cumsum(restart & ~np.concatenate(([False], restart[:-1])))
+        first_start: dict[int, int] = {}
         for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
             runs = pending.setdefault(int(ch[a]), [])
-            # a seq-0 run after the channel's first: another daemon start that joined the feed
-            by_time = bool(runs) and int(sq[a]) == 0
+            # a seq-0 run of a later start than the channel's first: another daemon start that
+            # joined the feed, placed by time. (Every marker after a start's first was taken for
+            # one: on the Kraken capture, whose markers carry receive times later than the first
+            # updates' exchange times, ticks went before their instrument's marker and the
+            # store's replay gave 78 signals where the daemon had 80.)
+            by_time = int(sq[a]) == 0 and first_start.setdefault(int(ch[a]), int(start_of[a])) != int(start_of[a])
             runs.append((int(sq[a]), int(snapshots["ts_event"][a]) if by_time else None, snapshots[a:b]))
     for chunk in ticks:
         if not pending:

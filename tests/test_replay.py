@@ -222,6 +222,24 @@ def test_a_second_daemon_run_that_joined_the_feed_has_its_markers_placed_at_its_
         assert key[52:57] == ["T50", "S0", "S50", "S50", "T51"], (chunk, key[50:58])
 
 
+def test_the_markers_of_one_daemon_start_all_go_before_its_first_tick_whatever_their_times():
+    """Found by an adversarial pass on the Kraken capture: one start writes a STALE|RESTART marker
+    per instrument, stamped with the receive time, later than the first updates' exchange times.
+    Every marker after the first was taken for another daemon start and placed by time, after
+    ticks of its own instrument: the store's replay differed from the live signals (78 vs 80)."""
+    ticks = np.zeros(20, EVENT_DTYPE)
+    ticks["seq"] = np.arange(1, 21)
+    ticks["instrument"] = np.arange(20) % 3
+    ticks["ts_event"] = 1_000_000 + np.arange(20) * 1000
+    start = Flag.SNAPSHOT | Flag.STALE | Flag.RESTART
+    markers = np.concatenate([snap_rows(0, 0, i, start) for i in range(3)])
+    markers["ts_event"] = ticks["ts_event"][10]                 # received after ten ticks' exchange times
+    for chunk in (4, 20):
+        out = np.concatenate(list(merge_snapshots((ticks[k:k + chunk] for k in range(0, 20, chunk)), markers)))
+        key = [("S" if r["flags"] & Flag.SNAPSHOT else "T") + str(r["seq"]) for r in out]
+        assert key[:4] == ["S0", "S0", "S0", "T1"], (chunk, key)
+
+
 @settings(max_examples=200, deadline=None)
 @given(data=st.data())
 def test_merge_puts_every_snapshot_row_between_its_channels_ticks_whatever_the_chunks(data):
