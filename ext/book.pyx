@@ -2021,7 +2021,7 @@ cdef class Book:
         """False after a STALE or snapshot BEGIN marker, until a snapshot END marker."""
         return bool(self.c.in_sync)
 
-    def snapshot_events(self, uint64_t seq=0, int64_t ts=0):
+    def snapshot_events(self, seq=0, ts=0):
         """The whole book as canonical events: a snapshot another book can apply to become equal.
 
         ``[SNAPSHOT BEGIN] + one ADD per level (L2) or per order in queue order (L3) +
@@ -2029,6 +2029,8 @@ cdef class Book:
         Levels come best first, bids then asks.
         """
         self._idle("snapshot_events")
+        seq = _integer(seq, "seq", 0, 0xFFFFFFFFFFFFFFFF)     # (a float was truncated)
+        ts = _integer(ts, "ts", -INT64_MAX - 1, INT64_MAX)
         cdef tw_book *b = &self.c
         cdef Py_ssize_t n = 2
         if b.p.book_type == TW_BOOK_L3:

@@ -175,6 +175,10 @@ cdef class Recorder:
         if count == 1:
             tw_hdr_record(self.h, value)
         else:
+            if count < 0:
+                raise ValueError(f"record: count must be >= 0, got {count}")
+            if count > INT64_MAX - self.h.total:      # (the total wrapped negative, and every percentile with it)
+                raise ValueError(f"record: {count} more values would take the recorder's count past 2**63 - 1")
             tw_hdr_record_n(self.h, value, count)
         return (<uint64_t>value >> TW_HDR_VALUE_BITS) == 0
 

@@ -226,3 +226,20 @@ def test_wire_message_types_and_receive_timeouts_out_of_range_are_refused():
             print("refused:", exc)
         """, timeout=20)
     assert rc == 0 and "refused: drain: timeout" in out, out
+
+
+def test_counts_past_int64_and_fractional_sequence_numbers_are_refused():
+    from tickwire.ext.hdr import Recorder
+
+    r = Recorder()
+    r.record(1000, 2**62)
+    with pytest.raises(ValueError, match="past 2\\*\\*63 - 1"):        # the total wrapped negative
+        r.record(1000, 2**62)
+    with pytest.raises(ValueError, match="count must be >= 0"):
+        r.record(1000, -5)
+    assert r.total == 2**62 and r.value_at_percentile(50) >= 999
+    b = L2Book()
+    b.set(Side.BID, 100, 1)
+    with pytest.raises(TypeError, match="seq"):                         # it was truncated to 1
+        b.snapshot_events(seq=1.5)
+    assert b.snapshot_events(seq=7, ts=-3)["seq"].tolist() == [7, 7, 7]
