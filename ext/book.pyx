@@ -1746,7 +1746,7 @@ cdef class Book:
     def _setup(self, int book_type, instrument, min_price, max_price, window, max_levels,
                max_depth, max_orders, initial_orders, channel, max_window=None):
         """Check the constructor's arguments (each error names its argument) and allocate."""
-        self._idle("_setup")
+        self._idle("__init__")
         cdef tw_book_params p
         instrument = _integer(instrument, "instrument", 0, 0xFFFFFFFF)
         min_price = _integer(min_price, "min_price", LOWEST_PRICE, DEFAULT_MAX_PRICE)
