@@ -535,6 +535,23 @@ def test_a_worker_killed_or_stalled_past_the_drain_fails_the_run_instead_of_hidi
     assert any("not processed" in x or "the consumer received" in x for x in loss), loss
 
 
+def test_target_losses_name_every_shortfall(tmp_path):
+    """The daemon target's branches (its exit status, its children's restarts) beside the worker's
+    counts: each shortfall is one line; a complete run has none."""
+    st = {"feed": {"events": 1000, "lost_events": 0}, "signal_ring_head": 40}
+    assert bench.target_losses(1000, 40, st, None, 0, tmp_path) == []
+    assert bench.target_losses(1000, 40, st, 0, None, tmp_path) == []
+    assert bench.target_losses(1000, 40, {}, None, 0, tmp_path)[0].startswith("the engine worker wrote no status")
+    (tmp_path / "supervisor.json").write_text(json.dumps({"children": {"w0": {"restarts": 2}, "writer": {}}}))
+    lines = bench.target_losses(1200, 30, {**st, "feed": {"events": 1000, "lost_events": 7}}, -9, 3, tmp_path)
+    text = "\n".join(lines)
+    assert len(lines) == 6, lines
+    for part in ("processed 1,000 of the 1,200 events published (200 not processed", "emitted 40 signals, the "
+                 "consumer received 30", "feed lost 7 events", "worker exited with status -9",
+                 "daemon exited with status 3", "w0 was restarted 2 time(s)"):
+        assert part in text, (part, lines)
+
+
 def test_saturation_reasons_are_named():
     from tickwire.engine.bench import SATURATED_P50_NS, _saturated
 
