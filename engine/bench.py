@@ -481,6 +481,7 @@ class Publisher:
         self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.setsockopt(zmq.XPUB_VERBOSE, 1)
         self.sock.bind(endpoint)
+        self._claim = wire.ipc_claim(self.sock)
         self.epoch = wire.new_epoch()
         self.frames = stream.encode(self.epoch)
         ts = stream.events["ts_event"]
@@ -548,8 +549,11 @@ class Publisher:
         return res
 
     def close(self):
+        from tickwire.feeds import wire
+
         self.sock.close(0)
         self.ctx.term()
+        wire.ipc_release(self._claim)
 
 
 def _child(target, *args):

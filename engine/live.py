@@ -37,6 +37,8 @@ from pathlib import Path
 
 import zmq
 
+from tickwire.feeds.wire import ipc_claim, ipc_release
+
 log = logging.getLogger("tickwire.live")
 
 __all__ = ["DaemonNotRunning", "BookService", "request_books", "books_endpoint", "MAX_DEPTH"]
@@ -120,6 +122,7 @@ class BookService:
             sock.close()
             self._ready.set()
             return
+        claim = ipc_claim(sock)
         self._ready.set()
         try:
             while not self._stop.is_set():
@@ -144,6 +147,7 @@ class BookService:
                 sock.send(json.dumps(self._reply).encode())
         finally:
             sock.close()
+            ipc_release(claim)              # its inode: not a path a restarted worker bound since
 
     def close(self) -> None:
         self._stop.set()

@@ -438,6 +438,9 @@ class Bridge:
         except zmq.ZMQError as exc:
             sub.close(0)
             raise BridgeError(f"bridge.zmq_input: cannot bind {self.bc.zmq_input}: {exc}") from None
+        from tickwire.feeds.wire import ipc_claim, ipc_release
+
+        claim = ipc_claim(sub)
         import threading
 
         old = {}
@@ -462,6 +465,7 @@ class Bridge:
             for s, h in old.items():
                 signal.signal(s, h)
             sub.close(0)
+            ipc_release(claim)
         return 0
 
     def on_zmq_message(self, frame: bytes, loads) -> None:

@@ -265,7 +265,8 @@ class BindError(ValueError):
         self.endpoint, self.role, self.reason = endpoint, role, reason
 
 
-def _bind(sock: zmq.Socket, endpoint: str, role: str) -> None:
+def _bind(sock: zmq.Socket, endpoint: str, role: str):
+    """Bind ``sock`` (:class:`BindError` if it cannot be); its :func:`~tickwire.feeds.wire.ipc_claim`."""
     if wire.ipc_in_use(endpoint):
         raise BindError(endpoint, role, "another process listens there: a second publisher would take the path "
                                         "from it silently")
@@ -273,6 +274,7 @@ def _bind(sock: zmq.Socket, endpoint: str, role: str) -> None:
         sock.bind(endpoint)
     except zmq.ZMQError as exc:
         raise BindError(endpoint, role, zmq.strerror(exc.errno)) from None
+    return wire.ipc_claim(sock)
 
 
 def check_endpoints(endpoints, snapshot: str | None = None) -> None:
@@ -280,18 +282,19 @@ def check_endpoints(endpoints, snapshot: str | None = None) -> None:
     first that cannot be bound): before long work that comes ahead of the real binds
     (generating the events, loading a capture)."""
     ctx = zmq.Context()
-    socks = []
+    socks, claims = [], []
     try:
         for ep, role, kind in [(ep, "data", zmq.PUB) for ep in endpoints] + (
                 [(snapshot, "snapshot", zmq.ROUTER)] if snapshot else []):
             s = ctx.socket(kind)
             s.setsockopt(zmq.LINGER, 0)
             socks.append(s)
-            _bind(s, ep, role)
+            claims.append(_bind(s, ep, role))
     finally:
         for s in socks:
             s.close(0)
         ctx.term()                      # the listeners are closed (ports and paths free) when it returns
+        wire.ipc_release(*claims)
 
 
 @dataclasses.dataclass
@@ -456,6 +459,7 @@ class Simulator:
                                     "retransmissions", "retransmitted", "not_held"), 0)
         self._pub = None
         self._router = None
+        self._claims = []               # the ipc socket files bound (removed at close)
         self._service = None
         self._served_before = (0, 0)
         self._last_beat = {c: 0 for c in self.channels}
@@ -481,13 +485,13 @@ class Simulator:
         if waiting:
             self._pub.setsockopt(zmq.XPUB_VERBOSE, 1)
         for ep in self.endpoints:
-            _bind(self._pub, ep, "data")
+            self._claims.append(_bind(self._pub, ep, "data"))
         if self.snapshot_endpoint:
             self._router = self._ctx.socket(zmq.ROUTER)
             self._router.setsockopt(zmq.LINGER, 0)
             self._router.setsockopt(zmq.SNDHWM, 0)
             serve_curve(self._curve, self._router)
-            _bind(self._router, self.snapshot_endpoint, "snapshot")
+            self._claims.append(_bind(self._router, self.snapshot_endpoint, "snapshot"))
             self._service = RecoveryService(self._router, self._snapshot_of, self.retainer,
                                             delay=self.snapshot_delay)
         if waiting:
@@ -502,6 +506,8 @@ class Simulator:
             if s is not None:
                 s.close(linger_ms)
         self._pub = self._router = None
+        wire.ipc_release(*self._claims)
+        self._claims = []
 
     def _await_subscribers(self) -> bool:
         """Read XPUB subscriptions until each channel has ``subscribers`` of them (or time out)."""

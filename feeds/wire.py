@@ -42,6 +42,8 @@ from tickwire.ext.records import EVENT_DTYPE
 
 __all__ = [
     "ipc_in_use",
+    "ipc_claim",
+    "ipc_release",
     "MAGIC",
     "VERSION",
     "HEADER_SIZE",
@@ -220,6 +222,43 @@ def ipc_in_use(endpoint: str) -> bool:
         except OSError:                          # a socket file left by a publisher that is gone
             return False
     return True
+
+
+def ipc_claim(sock) -> tuple | None:
+    """Right after ``sock.bind(...)``: the socket file of the ``ipc://`` endpoint it bound (its
+    path, device and inode), for :func:`ipc_release`; None for other transports."""
+    import os
+
+    import zmq
+
+    ep = sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+    if not ep.startswith("ipc://") or ep.startswith("ipc://@"):
+        return None
+    path = ep[len("ipc://"):]
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return path, st.st_dev, st.st_ino
+
+
+def ipc_release(*claims) -> None:
+    """Remove the socket files of :func:`ipc_claim`'s claims. libzmq (4.3) leaves an ipc
+    endpoint's file behind when its socket closes, so every publisher run left one or two in
+    the endpoints' directory for good. A path bound since by another process (another inode)
+    is left alone; call it once the sockets are closed."""
+    import os
+
+    for claim in claims:
+        if claim is None:
+            continue
+        path, dev, ino = claim
+        try:
+            st = os.lstat(path)
+            if (st.st_dev, st.st_ino) == (dev, ino):
+                os.unlink(path)
+        except OSError:
+            pass
 
 
 def new_epoch(previous: int = 0) -> int:

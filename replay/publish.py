@@ -18,7 +18,8 @@ import zmq
 from tickwire.engine.instruments import make_books
 from tickwire.ext.records import EVENT_DTYPE, Flag
 from tickwire.feeds.curve import serve_curve
-from tickwire.feeds.wire import MAX_MESSAGE_EVENTS, Publisher, await_subscribers, books_snapshot, ipc_in_use
+from tickwire.feeds.wire import (MAX_MESSAGE_EVENTS, Publisher, await_subscribers, books_snapshot, ipc_claim,
+                                 ipc_in_use, ipc_release)
 
 __all__ = ["Republisher"]
 
@@ -68,6 +69,7 @@ class Republisher:
         self.pub = self.ctx.socket(zmq.XPUB if xpub else zmq.PUB)
         self.router = self.ctx.socket(zmq.ROUTER)
         self.curve = curve
+        self._claims = []                   # the ipc socket files bound (removed at close)
         try:
             if curve is not None:
                 curve.start(self.ctx)
@@ -82,7 +84,9 @@ class Republisher:
                     raise zmq.ZMQError(msg=f"another process listens at {ep}: a second publisher would take "
                                            f"the path from it silently")
             self.pub.bind(endpoint)
+            self._claims.append(ipc_claim(self.pub))
             self.router.bind(snapshot)
+            self._claims.append(ipc_claim(self.router))
         except zmq.ZMQError as exc:
             self.close(0)
             from tickwire.replay.sources import ReplayError
@@ -169,3 +173,5 @@ class Republisher:
         if self.curve is not None:
             self.curve.stop()
         self.ctx.term()
+        ipc_release(*self._claims)
+        self._claims = []

@@ -248,6 +248,37 @@ def test_cli_says_whether_it_heartbeats(tmp_path, argv, said):
     assert ("(heartbeats 0)" in proc.stdout) == bool(argv)
 
 
+def test_publishers_remove_their_ipc_socket_files(tmp_path):
+    """libzmq leaves an ipc endpoint's socket file when its socket closes: every simulate,
+    demo, bench and replay run left its files in the endpoints' directory for good (1,950 of
+    them in /tmp/tickwire-UID after a day's work). The publishers remove what they bound, and
+    nothing another process bound on the path since."""
+    from tickwire.replay.publish import Republisher
+
+    feed, snap = tmp_path / "f", tmp_path / "s"
+    proc = subprocess.run([sys.executable, "-m", "tickwire", "simulate", "--endpoint", f"ipc://{feed}",
+                           "--snapshot", f"ipc://{snap}", "--events", "100", "--linger", "0", "--quiet"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    pub = Republisher(f"ipc://{feed}", f"ipc://{snap}", synthetic_instruments(2), 2)
+    assert feed.is_socket() and snap.is_socket()
+    pub.close(0)
+    assert not feed.exists() and not snap.exists()
+    # a path taken over while this one was bound (a socket of another process, another inode)
+    sim = Simulator(f"ipc://{feed}", snapshot=f"ipc://{snap}", heartbeat=0)
+    ctx = zmq.Context()
+    other = ctx.socket(zmq.PUB)
+    try:
+        feed.unlink()
+        other.bind(f"ipc://{feed}")
+        sim.close(0)
+        assert feed.is_socket() and not snap.exists()
+    finally:
+        other.close(0)
+        ctx.term()
+
+
 def test_cli_publishes_and_saves_its_books(tmp_path):
     ep = f"ipc://{tmp_path}/cli"
     ctx = zmq.Context()
