@@ -696,7 +696,12 @@ class Run:
             pr = pub.run(rate, start, a.warmup + a.duration, f"{a.target:8s} {_fmt_rate(rate):>5s}",
                          progress=not a.quiet, stall_at=a.stall_at, stall_ns=int(a.stall_ms * 1e6))
             c.join(timeout=a.drain + 30)
+            if c.exitcode != 0 or not out.exists():
+                raise BenchError(f"the signal consumer {_ended(c.exitcode)} before it saved what it received: "
+                                 f"nothing to measure at {_fmt_rate(rate)} ev/s")
             sig = dict(np.load(out))
+        except RuntimeError as exc:                   # a part that did not start, or did not finish
+            raise BenchError(f"the target at {_fmt_rate(rate)} ev/s: {exc}") from None
         finally:
             if worker is not None and worker.is_alive():
                 worker.terminate()                     # (SIGTERM: it stops and writes its counts)
@@ -885,6 +890,22 @@ def _ratio(a, b):
 
 class NoSignals(Exception):
     """A rate's run brought no signal to measure: its latency figures would be empty, not zero."""
+
+
+class BenchError(Exception):
+    """A part of the target's run failed (a process that died or did not start): the run stops
+    with this one line, not a traceback."""
+
+
+def _ended(code) -> str:
+    if code is None:
+        return "did not finish"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
 
 
 class CoreError(Exception):
@@ -1470,7 +1491,7 @@ def cmd_bench(args) -> int:
     old_term = signal.signal(signal.SIGTERM, terminated)
     try:
         summary = run_bench(args)
-    except (CoreError, NoSignals) as exc:
+    except (CoreError, NoSignals, BenchError) as exc:
         print(f"tickwire bench: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -535,6 +535,44 @@ def test_a_worker_killed_or_stalled_past_the_drain_fails_the_run_instead_of_hidi
     assert any("not processed" in x or "the consumer received" in x for x in loss), loss
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="tells the consumer from the worker by its core")
+def test_a_killed_signal_consumer_is_one_line_not_a_traceback(tmp_path):
+    """Found by an adversarial pass: kill -9 of the signal consumer mid-run ended the bench in a
+    FileNotFoundError traceback (the signals file it never wrote). Now one line naming it."""
+    import signal
+    import subprocess
+
+    p = subprocess.Popen([sys.executable, "-m", "tickwire", "bench", "--source", "synthetic", "--rate", "20k",
+                          "--duration", "3", "--warmup", "0.3", "--drain", "0.3", "--no-floors", "--no-baseline",
+                          "--no-plots", "--out", str(tmp_path / "run")], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        consumer, end = None, time.monotonic() + 120
+        while consumer is None and time.monotonic() < end and p.poll() is None:
+            time.sleep(0.1)
+            kids = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+            pinned = {}
+            for k in kids:
+                try:
+                    if "resource_tracker" not in open(f"/proc/{k}/cmdline").read():
+                        pinned[int(k)] = os.sched_getaffinity(int(k))
+                except (OSError, ValueError):
+                    pass
+            if len(pinned) == 2:                      # the worker (its own core), then the consumer
+                consumer = [k for k, c in pinned.items() if c == os.sched_getaffinity(p.pid)]
+                consumer = consumer[0] if len(consumer) == 1 else None
+        assert consumer is not None, p.communicate()
+        time.sleep(1.5)
+        os.kill(consumer, signal.SIGKILL)
+        stdout, stderr = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 1, stdout[-3000:] + stderr[-3000:]
+    assert "Traceback" not in stderr, stderr
+    assert "tickwire bench: the signal consumer was killed by SIGKILL" in stderr, stderr
+
+
 def test_target_losses_name_every_shortfall(tmp_path):
     """The daemon target's branches (its exit status, its children's restarts) beside the worker's
     counts: each shortfall is one line; a complete run has none."""
