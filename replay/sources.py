@@ -485,22 +485,32 @@ class StoreSource:
             raise
 
     def _snapshots(self, database: str) -> np.ndarray:
-        """The snapshot rows of the selected instruments whose place falls in the range: per
-        channel, sequence numbers from just before the first tick in range to the last one (all
-        of them without a range)."""
+        """The snapshot rows of the selected instruments whose place falls in the range (all of
+        them without a range). A row stamped ``S`` goes before its channel's first tick above
+        ``S``; so, per channel with ticks in the range, the rows from the last sequence number
+        before the range (from the first row when no tick comes before it: the snapshot a
+        publisher sent in its stream ahead of the first update, say) to just before the first
+        tick past its end (to the last row when none follows: the markers of the stop). The
+        rows of ``[a, T)`` and ``[T, b)`` are those of ``[a, b)``."""
         snaps = list(self.store.read_snapshots(self.ids, order="stream"))
         snaps = np.concatenate(snaps) if snaps else np.empty(0, EVENT_DTYPE)
         if not len(snaps) or (self.start_ns is None and self.end_ns is None):
             return snaps
-        where = self.store._where(self.ids, self.start_ns, self.end_ns)
-        rows = self.store.client.query(f"SELECT channel, min(seq), max(seq) FROM {database}.ticks WHERE {where} "
-                                       f"GROUP BY channel").result_rows
+
+        def per_channel(what: str, start, end) -> dict:
+            where = self.store._where(self.ids, start, end)
+            return {int(c): int(v) for c, v in self.store.client.query(
+                f"SELECT channel, {what} FROM {database}.ticks WHERE {where} GROUP BY channel").result_rows}
+
+        inside = per_channel("max(seq)", self.start_ns, self.end_ns)
+        before = per_channel("max(seq)", None, self.start_ns) if self.start_ns is not None else {}
+        after = per_channel("count()", self.end_ns, None) if self.end_ns is not None else {}
         keep = np.zeros(len(snaps), bool)
-        for c, lo, hi in rows:
+        for c, hi in inside.items():
             m = snaps["channel"] == c
-            if self.start_ns is not None:
-                m &= snaps["seq"] >= lo - 1
-            if self.end_ns is not None:
+            if c in before:
+                m &= snaps["seq"] >= before[c]
+            if c in after:                         # (the next range's rows start at hi)
                 m &= snaps["seq"] < hi
             keep |= m
         return snaps[keep]

@@ -357,6 +357,42 @@ def test_store_source_merges_the_snapshots_placed_in_its_range(tmp_path):
         assert (out["flags"] & Flag.SNAPSHOT != 0).nonzero()[0].tolist() == [0, 31]
 
 
+def test_a_range_from_before_the_data_keeps_the_snapshot_sent_ahead_of_it(tmp_path):
+    """Found by an adversarial pass: a publisher that sends its snapshot in the stream ahead of
+    the first update (`tickwire simulate --capture`) numbers those rows 1..S and the updates
+    from S + 1; a --from before the data (or at its first tick) kept only the rows from S on:
+    the Kraken store replayed 4,283 of 11,805 events and 81 signals against 74. Rows are kept
+    from the last tick before the range (all when none) to the first tick after it (all when
+    none: the stop's markers), so [a, T) + [T, b) is [a, b)."""
+    insts = synthetic_instruments(1)
+    ticks = np.zeros(70, EVENT_DTYPE)
+    ticks["ts_event"] = 1_700_000_000_000_000_000 + np.arange(70) * 1000
+    ticks["seq"] = np.arange(31, 101)
+    ticks["kind"], ticks["side"], ticks["price"], ticks["qty"] = Kind.ADD, Side.BID, 1000, 1
+    ahead = markers([0] * 30, Flag.SNAPSHOT, 0, 1_600_000_000_000_000_000)      # the snapshot, seq 1..30
+    ahead["seq"] = np.arange(1, 31)
+    snaps = np.concatenate([ahead] + [markers([0], Flag.SNAPSHOT | Flag.STALE, s, 2_000_000_000_000_000_000)
+                                      for s in (60, 100)])
+    snaps["channel"] = 0
+    make_store(tmp_path / "db", ticks, insts, snaps)
+    t = ticks["ts_event"]
+    dsn = f"chdb://{tmp_path}/db"
+
+    def read(start=None, end=None):
+        with StoreSource(dsn, start_ns=start, end_ns=end) as src:
+            return np.concatenate(list(src))
+
+    whole = read()
+    assert len(whole) == 102 and whole["seq"][:30].tolist() == list(range(1, 31))
+    for start in (int(t[0]) - 10**12, int(t[0])):
+        assert read(start).tobytes() == whole.tobytes()
+        assert read(start, int(t[-1]) + 1).tobytes() == whole.tobytes()
+    for cut in (5, 29, 30, 31, 50):                                # [a, T) + [T, b) == [a, b)
+        T = int(t[cut])
+        assert np.concatenate([read(None, T), read(T)]).tobytes() == whole.tobytes(), cut
+    assert read(int(t[40]))["seq"][(read(int(t[40]))["flags"] & Flag.SNAPSHOT) != 0].tolist() == [100]
+
+
 def test_store_source_errors_are_one_clear_line(tmp_path, market):
     ev, insts = market
     make_store(tmp_path / "db", ev[:1000], insts)
