@@ -8,8 +8,8 @@
 - ``tickwire replay`` (:mod:`tickwire.replay.cli`); docs/replay.md.
 """
 
-from tickwire.replay.run import EngineSpec, Replay, ReplayResult, Step
+from tickwire.replay.run import EngineSpec, Replay, ReplayInterrupted, ReplayResult, Step
 from tickwire.replay.sources import ArraySource, CaptureSource, ReplayError, StoreSource, merge_snapshots
 
-__all__ = ["EngineSpec", "Replay", "ReplayResult", "Step", "ArraySource", "CaptureSource", "StoreSource",
+__all__ = ["EngineSpec", "Replay", "ReplayInterrupted", "ReplayResult", "Step", "ArraySource", "CaptureSource", "StoreSource",
            "ReplayError", "merge_snapshots"]

@@ -284,6 +284,11 @@ def _replay(args) -> int:
         raise ReplayError(f"--signals {sig_path}: directory {sig_path.parent} does not exist")
     if sig_path is not None and sig_path.is_dir():
         raise ReplayError(f"--signals {sig_path}: is a directory (give the .npy file to write)")
+    if sig_path is not None and sig_path.exists():
+        for opt, given in (("--npy", args.npy), ("--capture-file", args.capture_file), ("--config", args.config)):
+            if given and Path(given).exists() and os.path.samefile(given, sig_path):
+                # (the input's 753 KB were replaced by a 512-byte signals file, exit 0)
+                raise ReplayError(f"--signals {sig_path} is the {opt} input: it would be overwritten")
     report_cls = None
     if report_dir is not None:
         try:
@@ -309,6 +314,12 @@ def _replay(args) -> int:
         source = CaptureSource(args.capture, args.capture_file, select, start, end)
     else:
         source = ArraySource(args.npy, cfg_insts, select, start, end)
+    if getattr(source, "history_before", False):
+        # (a Kraken range from 16:49 gave 88 signals in its last 23 s against 74 over the day: depth
+        # books missing most levels, empty sides taken as in sync)
+        print(f"note: --from {args.start} starts inside {source.name}'s data: the books start empty there and "
+              f"count as in sync, so until a snapshot rebuilds them their signals are not those of live "
+              f"(docs/replay.md, \"The snapshots the books met\")", file=sys.stderr)
     try:
         return _run(args, source, spec, report_cls, report_dir, horizons, sig_path)
     finally:
@@ -413,6 +424,15 @@ def _run(args, source, spec, report_cls, report_dir, horizons, sig_path) -> int:
         rejects = {k: v for k, v in res.rejects.items() if v}
         if rejects:
             print(f"book rejects: {rejects}")
+            refused = sum(rejects.values())
+            if res.events and refused > 0.01 * res.events:
+                print(f"warning: the books refused {refused:,} of {res.events:,} events ({100 * refused / res.events:.1f}%): "
+                      f"the instruments' definitions ({'--config' if args.config else 'the source'}'s) may not fit "
+                      f"the data (book type, tick size, price range), or the range starts inside a book that no "
+                      f"snapshot opened", file=sys.stderr)
+        if res.rule_errors:
+            print(f"warning: Python rules raised errors, their signals skipped: {res.rule_errors} "
+                  f"(the first traceback of each is in the log)", file=sys.stderr)
     if res.lateness is not None and res.lateness.total:
         r = res.lateness
         print(f"schedule lateness (x{args.speed:g}, {r.total:,} batches): p50 {r.value_at_percentile(50) / 1e3:.1f} us  "

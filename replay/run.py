@@ -27,7 +27,7 @@ from tickwire.ext.hdr import Recorder
 from tickwire.ext.records import EVENT_DTYPE, SIGNAL_DTYPE, Flag
 from tickwire.feeds.simulator import pace_until
 
-__all__ = ["EngineSpec", "Replay", "ReplayResult", "Step", "split_by_time"]
+__all__ = ["EngineSpec", "Replay", "ReplayInterrupted", "ReplayResult", "Step", "split_by_time"]
 
 
 _RESTART = int(Flag.RESTART)
@@ -90,10 +90,23 @@ class ReplayResult:
     lateness: Optional[Recorder] = None
     rejects: dict = field(default_factory=dict)
     by_rule: dict = field(default_factory=dict)
+    #: exceptions raised by Python rules, by rule name (each counted; the rule's signal skipped)
+    rule_errors: dict = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
         return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+class ReplayInterrupted(KeyboardInterrupt):
+    """Ctrl-C (a KeyboardInterrupt) during :meth:`Replay.run`: raised on, so that a program
+    running several replays stops, with what was done so far as ``result`` (its
+    ``interrupted`` set). (The CLI sets :attr:`Replay.stop` from its signal handlers instead,
+    and writes the partial results.)"""
+
+    def __init__(self, result: "ReplayResult"):
+        super().__init__(f"replay interrupted after {result.events:,} events")
+        self.result = result
 
 
 def split_by_time(events: np.ndarray, every_ns: int, floor: int = -(1 << 63)) -> list:
@@ -204,6 +217,12 @@ class Replay:
         sink : Republisher, optional
             Send the batches (``sink.send(events)``) instead of processing them: the engine
             is not run; ``sink.serve()`` is called while waiting for the schedule.
+
+        Raises
+        ------
+        ReplayInterrupted
+            On Ctrl-C (a KeyboardInterrupt), with the partial result as ``.result``. Setting
+            :attr:`stop` instead ends the run with ``interrupted`` set, nothing raised.
         """
         if speed is not None and not speed > 0:
             raise ValueError(f"speed must be positive, got {speed}")
@@ -268,6 +287,11 @@ class Replay:
         res.signals = np.concatenate(kept) if kept else np.empty(0, SIGNAL_DTYPE)
         res.lateness = lateness
         res.rejects = eng.books.rejects
+        res.rule_errors = {k: v for k, v in eng.rule_errors().items() if v}
+        if res.interrupted and not self.stop:
+            # a KeyboardInterrupt, not the stop flag: swallowed, a sweep of replays went on with
+            # a partial result taken for a whole one
+            raise ReplayInterrupted(res)
         return res
 
 
