@@ -139,8 +139,18 @@ def _kraken_messages(path: Path):
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             head, sep, body = line.partition(": ")
-            if not sep or not body.startswith("["):
-                continue                      # connection, subscription, heartbeat records
+            if not sep:
+                continue                      # the connection's own lines
+            if body.startswith("{"):          # subscription, status, heartbeat records: an event each
+                try:
+                    record = json.loads(body)
+                except ValueError as exc:     # (a book message whose '[' was damaged was skipped unsaid)
+                    raise CaptureError(path, lineno, exc) from None
+                if not isinstance(record, dict) or "event" not in record:
+                    raise CaptureError(path, lineno, ValueError("an object without 'event': not a Kraken record"))
+                continue
+            if not body.startswith("["):
+                raise CaptureError(path, lineno, ValueError(f"neither a book message nor a record: {body[:40]!r}"))
             try:
                 msg = json.loads(body)
                 ts_recv = int(Decimal(head.rsplit(" ", 1)[-1]) * 1_000_000_000)

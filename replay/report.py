@@ -504,7 +504,7 @@ class ReportBuilder:
             self._mid_stride[i] = stride
 
     # -- the report ------------------------------------------------------------------------
-    def finish(self, out_dir, partial: bool = False) -> dict:
+    def finish(self, out_dir, partial: bool = False, run: dict | None = None) -> dict:
         """Compute the report, write it into ``out_dir`` and return the summary.
 
         Files: ``summary.json`` (every figure, per rule and instrument), ``summary.csv`` (the
@@ -513,7 +513,9 @@ class ReportBuilder:
         ``pnl.png``, ``markouts.png`` and ``signals.png``.  ``partial``: the replay stopped
         early (Ctrl-C); the report says so (and ``interrupted_batch`` when the stop came
         inside :meth:`add`, whose batch may then be partly counted: stop between batches).
-        Each file is written whole or not at all.
+        ``run``: what was replayed and with what (JSON-able; ``tickwire replay`` gives the
+        source, range, instrument filter, config and the rules' and statistics' settings), kept
+        as ``summary.json``'s ``run``. Each file is written whole or not at all.
         """
         if self._finished:
             raise RuntimeError("finish() was already called")
@@ -522,6 +524,8 @@ class ReportBuilder:
         out.mkdir(parents=True, exist_ok=True)
         trades = self._trades()
         summary = self._summary(trades, partial)
+        if run is not None:
+            summary = {"report": summary["report"], "run": run, **summary}
         files = ["summary.json", "summary.csv", "rules.csv", "markouts.csv", "trades.csv"]
         self._write_markouts(out / "markouts.csv")
         self._write_trades(out / "trades.csv", trades)

@@ -689,6 +689,15 @@ def test_a_malformed_capture_line_names_the_file_and_the_line(tmp_path):
     assert out.returncode == 2
     line, = out.stderr.strip().splitlines()
     assert f"{bad}, line 3: malformed capture line" in line
+    # a book message whose '[' was damaged into '{' was taken for a connection record and skipped
+    # (found by an adversarial pass: 11,764 events, exit 0); so was an object that is no record
+    head = '2021-04-17 10:00:00.000000 1618653600.000000: {"event": "heartbeat"}\n'
+    for body, why in (('{1, {"b": [["1.0", "2.0", "1618653600.2"]]}, "book-1000", "XBT/USD"]', "JSONDecodeError"),
+                      ('{"channelID": 1}', "an object without 'event'")):
+        bad.write_text(head + f"2021-04-17 10:00:00.200000 1618653600.200000: {body}\n")
+        out = cli("--capture", "kraken", "--capture-file", bad)
+        assert out.returncode == 2 and f"{bad}, line 2: malformed capture line" in out.stderr and why in out.stderr, \
+            out.stderr
     # a file with no book or trade message, a missing one: said as such, not as the shared data's
     empty = tmp_path / "heartbeats.ws"
     empty.write_text('2021-04-17 10:00:00.000000 1618653600.000000: {"event": "heartbeat"}\n')
@@ -721,6 +730,18 @@ def test_report_option_builds_the_report(tmp_path, market):
     assert out.returncode == 0, out.stderr
     summary = json.loads((tmp_path / "rep3" / "summary.json").read_text())
     assert summary["latency_ns"] == 1005 and summary["fee_bps"] == -0.5
+    # what it was made from: the source, range, config and the rules' thresholds (a changed
+    # threshold took a replay from 95 signals to 1,914 and the report did not say why)
+    rules = tmp_path / "rules.toml"
+    rules.write_text("[[rules]]\nkind = 'imbalance'\nenter = 0.7\nexit = 0.25\n")
+    t0 = int(ev["ts_event"][100])
+    out = cli("--npy", tmp_path / "ev.npy", "--report", tmp_path / "rep4", "--no-plots", "--config", rules,
+              "--from", t0, "--instruments", "I1")
+    assert out.returncode == 0, out.stderr
+    run = json.loads((tmp_path / "rep4" / "summary.json").read_text())["run"]
+    assert run["source"] == str(tmp_path / "ev.npy") and run["from"] == str(t0) and run["instruments"] == ["I1"]
+    assert run["config"] == str(rules) and run["rules"][0]["enter"] == 0.7 and run["rules"][0]["exit"] == 0.25
+    assert run["stats"]["window_size"] > 0
 
 
 # -- helpers ---------------------------------------------------------------------------------------
