@@ -235,6 +235,9 @@ def cmd_replay(args) -> int:
     except ReplayError as exc:
         print(f"tickwire replay: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:              # before the run's own handlers (opening the store, loading)
+        print("\ntickwire replay: interrupted before the replay began; nothing written", file=sys.stderr)
+        return 130
 
 
 def _replay(args) -> int:

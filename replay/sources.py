@@ -557,6 +557,7 @@ class StoreSource:
             self.reader_cpus = set(reader_cpus) if reader_cpus else None
             self.with_snapshots = snapshots
             self.snapshots = self._snapshots(database) if snapshots else np.empty(0, EVENT_DTYPE)
+            self.total += len(self.snapshots)          # what the replay goes through (progress said 200,024 / 200,000)
         except BaseException:
             self.store.close()
             raise

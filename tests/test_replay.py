@@ -392,6 +392,8 @@ def test_a_range_from_before_the_data_keeps_the_snapshot_sent_ahead_of_it(tmp_pa
 
     whole = read()
     assert len(whole) == 102 and whole["seq"][:30].tolist() == list(range(1, 31))
+    with StoreSource(dsn) as src:                  # what the progress line counts to: rows merged in too
+        assert src.total == 102
     for start in (int(t[0]) - 10**12, int(t[0])):
         assert read(start).tobytes() == whole.tobytes()
         assert read(start, int(t[-1]) + 1).tobytes() == whole.tobytes()
