@@ -30,6 +30,7 @@ cdef extern from "tw_wire.h" nogil:
     enum:
         TW_WFLAG_FINAL
         TW_WFLAG_UNAVAILABLE
+        TW_WFLAG_END
         TW_WFLAG_KNOWN
 
     enum:

@@ -164,7 +164,7 @@ DROP_CODES = {
 MSG_TYPES = {"DATA": TW_MSG_DATA, "HEARTBEAT": TW_MSG_HEARTBEAT,
              "SNAPSHOT_REQUEST": TW_MSG_SNAPSHOT_REQUEST, "SNAPSHOT": TW_MSG_SNAPSHOT,
              "RETRANSMIT_REQUEST": TW_MSG_RETRANSMIT_REQUEST, "RETRANSMIT": TW_MSG_RETRANSMIT}
-WIRE_FLAGS = {"FINAL": TW_WFLAG_FINAL, "UNAVAILABLE": TW_WFLAG_UNAVAILABLE}
+WIRE_FLAGS = {"FINAL": TW_WFLAG_FINAL, "UNAVAILABLE": TW_WFLAG_UNAVAILABLE, "END": TW_WFLAG_END}
 
 cdef enum:
     _GOT = 0                      # _recv_one: a message was received (and handled)
@@ -553,9 +553,10 @@ cdef inline int _route(tw_feed *f, const tw_wire_header *h, const char *payload,
                 return TW_DROP_OK
             if h.seq <= ch.next_seq and h.count <= ch.next_seq - h.seq:    # (seq + count may wrap)
                 return TW_DROP_DUPLICATE
-        elif h.seq <= ch.next_seq:           # a heartbeat: nothing missed
+        elif h.seq <= ch.next_seq and not (h.flags & TW_WFLAG_END):   # a heartbeat: nothing missed
             f.heartbeats += 1
             return TW_DROP_OK
+        # (an END heartbeat, once an epoch, goes to the slow path: the handler notes the end)
     return _park(f, h, payload, length, ts)
 
 

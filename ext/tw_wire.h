@@ -46,7 +46,9 @@ enum {
     TW_WFLAG_FINAL = 1u << 0,        /* SNAPSHOT, RETRANSMIT: the last part of the reply */
     TW_WFLAG_UNAVAILABLE = 1u << 1,  /* SNAPSHOT: the service cannot serve this channel now;
                                         RETRANSMIT: not this channel or epoch */
-    TW_WFLAG_KNOWN = (1u << 2) - 1
+    TW_WFLAG_END = 1u << 2,          /* HEARTBEAT: the publisher's last message of this epoch on
+                                        this channel (seq: one past its last event) */
+    TW_WFLAG_KNOWN = (1u << 3) - 1
 };
 
 /* Why a message was dropped (0: accepted).  Malformed messages are counted under the first

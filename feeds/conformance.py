@@ -56,7 +56,8 @@ RULES = {
     "magic": "the payload starts with b'TWIR'",
     "version": "wire version 1",
     "header": "a known type (DATA or HEARTBEAT on the data socket), event_size 64, no events in a heartbeat, "
-              "flags, request_id and part 0 on data messages",
+              "flags (but END on a heartbeat), request_id and part 0 on data messages",
+    "end": "nothing more of an epoch on a channel after its END heartbeat",
     "length": "the payload is exactly 48 + 64 x count bytes",
     "size-limit": f"at most {wire.MAX_MESSAGE_EVENTS:,} events in one message (split larger exchange messages)",
     "event": "kind 1..6, side 0..2, only known flag bits, reserved 0, SNAPSHOT_BEGIN/END/STALE on markers only",
@@ -209,6 +210,7 @@ class _Channel:
         self.held = 0               # events in msgs (at most MAX_HELD_EVENTS: older ones let go)
         self.let_go = False         # events of this epoch were let go
         self.first = None           # the first seq received in this epoch
+        self.ended = False          # an END heartbeat was heard in this epoch
 
     def keep(self, seq: int, ev) -> None:
         """Hold a data message's events (for the snapshot-consistency and retransmission checks)
@@ -275,7 +277,8 @@ class _Checker:
             r.broke("version", f"version {version} on {where}")
             return
         if mtype not in (MsgType.DATA, MsgType.HEARTBEAT) or event_size != wire.EVENT_SIZE or \
-                (mtype == MsgType.HEARTBEAT and count) or flags or request_id or part:
+                (mtype == MsgType.HEARTBEAT and count) or request_id or part or \
+                (flags and not (mtype == MsgType.HEARTBEAT and flags == wire.WireFlag.END)):
             r.broke("header", f"type {mtype} flags {flags:#x} event_size {event_size} count {count} request_id "
                               f"{request_id} part {part} on {where}")
             return
@@ -300,12 +303,18 @@ class _Checker:
             if seq != 1:
                 r.broke("epoch", f"new epoch {epoch} on channel {channel} starts at seq {seq:,}, not 1")
             c.epoch, c.next, c.msgs, c.first, c.held, c.let_go = epoch, None, [], None, 0, False
+            c.ended = False
         if c.epoch is None:
             c.epoch = epoch
         if c.next is not None and seq != c.next:
             r.broke("sequence", f"{'heartbeat' if mtype == MsgType.HEARTBEAT else 'data'} with seq {seq:,} on "
                                 f"channel {channel} where {c.next:,} was next")
+        if c.ended and (mtype == MsgType.DATA or not flags):
+            r.broke("end", f"{'data' if mtype == MsgType.DATA else 'a heartbeat'} on channel {channel} after its "
+                           f"END heartbeat in epoch {epoch}")
+            c.ended = False
         if mtype == MsgType.HEARTBEAT:
+            c.ended = c.ended or bool(flags)
             r.heartbeats += 1
             if c.open_message:
                 r.broke("last", f"heartbeat on channel {channel} after an event without LAST (seq {seq - 1:,})")

@@ -107,7 +107,7 @@ class _Channel:
                  "silent", "failed", "retry_after", "held", "held_events", "early", "suspects", "hb_seq",
                  "hb_arrival", "hole_since", "snap", "fill", "probe", "snap_wanted", "snap_after",
                  "resume", "live_since_ns", "gaps", "recoveries", "restarts", "lost_events", "losses",
-                 "retransmitted", "last_ts", "unstamped")
+                 "retransmitted", "last_ts", "unstamped", "end_seq")
 
     def __init__(self, cid: int, instruments):
         self.id = cid
@@ -127,6 +127,7 @@ class _Channel:
         self.suspects = []             # (header, events, arrival) of an unconfirmed newer epoch
         self.hb_seq = 0                # the highest next-sequence a heartbeat announced
         self.hb_arrival = 0
+        self.end_seq = None            # the publisher said its epoch ended here (an END heartbeat)
         self.hole_since = None         # monotonic time a hole was first seen
         self.snap = None               # outstanding _Request of each kind
         self.fill = None
@@ -468,14 +469,26 @@ class FeedHandler:
         return out
 
     def ended_channels(self) -> list:
-        """Channels whose publisher has fallen silent (STALE for silence, not for a loss) while in
-        sync, with nothing held or asked for: every event it announced is in the history. Noted
-        beside :meth:`history`, so that a restart that finds a new epoch knows nothing of the old
-        one is missing (``resume_ended``)."""
-        return sorted(cid for cid, c in self._channels.items()
-                      if c.state is ChannelState.STALE and c.silent and not c.held and c.fill is None
-                      and c.snap is None and c.epoch is not None and c.store_next == c.next_seq
-                      and c.hb_seq <= c.next_seq)
+        """Channels whose epoch has ended with every event of it in the history: the publisher
+        said so (an ``END`` heartbeat, ``seq`` = the history's next), or, from a publisher that
+        does not send one, has fallen silent (STALE for silence, not for a loss) while in sync,
+        with nothing held or asked for. Noted beside :meth:`history`, so that a restart that
+        finds a new epoch knows nothing of the old one is missing (``resume_ended``). Silence
+        is only a guess: a publisher that resumes the same epoch after it, while this receiver
+        is away, then restarts, loses what it sent meanwhile unsaid; a daemon stopped within
+        ``stale_after`` of such a publisher's end counts an uncounted loss that is not one."""
+        hist = self.history()
+        out = []
+        for cid, c in self._channels.items():
+            if c.epoch is None or c.held or c.fill is not None or c.snap is not None:
+                continue
+            nxt = hist[cid][1] if hist[cid] else None
+            if c.end_seq is not None and nxt == c.end_seq:
+                out.append(cid)
+            elif (c.state is ChannelState.STALE and c.silent and c.store_next == c.next_seq
+                  and c.hb_seq <= c.next_seq):
+                out.append(cid)
+        return sorted(out)
 
     def channel_status(self) -> dict:
         """Per channel: state, epoch, next_seq, stored_next, in_sync, gaps, recoveries,
@@ -650,6 +663,10 @@ class FeedHandler:
             return 0
         if h.epoch > c.epoch:
             return self._newer_epoch(c, h, events)
+        if (h.type == MsgType.HEARTBEAT and h.flags & WireFlag.END and c.state is ChannelState.LIVE
+                and h.seq <= self.receiver.channel(c.id)[3]):
+            c.end_seq = h.seq                        # (the fast path hands an END over, nothing missed)
+            return 0
         self._leave_live(c)
         if events is not None and h.seq != c.next_seq:
             self._counters["buffered"] += 1
@@ -672,9 +689,12 @@ class FeedHandler:
         if h.type == MsgType.HEARTBEAT:
             if h.seq > c.hb_seq:
                 c.hb_seq, c.hb_arrival = h.seq, arrival
+            if h.flags & WireFlag.END:
+                c.end_seq = h.seq
             return
         if events is None or not len(events):
             return
+        c.end_seq = None                  # (data after an END: the publisher did not end after all)
         self._hold(c, h.seq, events, arrival)
 
     def _hold(self, c: _Channel, start: int, events, arrival: int, resent: bool = False) -> None:
@@ -930,6 +950,7 @@ class FeedHandler:
         c.held = []
         c.held_events = 0
         c.hb_seq = 0
+        c.end_seq = None
         c.hole_since = None
         c.epoch = epoch
         c.store_next = 1

@@ -37,7 +37,7 @@ from tickwire.ext.codec import encode as encode_payload
 from tickwire.ext.records import EVENT_DTYPE, Flag, Kind
 from tickwire.feeds import wire
 from tickwire.feeds.curve import serve_curve
-from tickwire.feeds.wire import MsgType, RecoveryService, Retainer, books_snapshot
+from tickwire.feeds.wire import MsgType, RecoveryService, Retainer, WireFlag, books_snapshot
 
 __all__ = ["Market", "Faults", "SnapshotService", "Simulator", "BindError", "check_endpoints", "channel_map",
            "synthetic_instruments"]
@@ -688,10 +688,25 @@ class Simulator:
             self._beat(time.time_ns(), force=True)
         elapsed_publish = (time.perf_counter_ns() - t0) / 1e9
         self.idle(linger)
+        self.end()
         report = self._report(t0)
         report["publish_seconds"] = elapsed_publish
         report["rate"] = st["events"] / elapsed_publish if elapsed_publish > 0 else 0.0
         return report
+
+    def end(self) -> None:
+        """Say on every channel that this epoch is over (a ``HEARTBEAT`` flagged ``END``, after
+        the last event and the linger): a receiver with every event before it then knows it has
+        the whole epoch, and a daemon restarted across this publisher's next start counts no
+        loss. :meth:`run` sends it when it returns; a publisher that dies sends none, nor one
+        without heartbeats (``heartbeat=0``) or on a PUSH socket (one receiver would get it)."""
+        if self._pub is None or not self.heartbeat or self.socket_type != "PUB":
+            return
+        now = time.time_ns()
+        for c in self.channels:
+            self._pub.send_multipart([wire.topic(c), encode_payload(MsgType.HEARTBEAT, c, self.next_seq[c], None,
+                                                                  epoch=self.epoch, send_time=now,
+                                                                  flags=int(WireFlag.END))])
 
     def request_stop(self) -> None:
         """Stop publishing (and lingering) at the next message: :meth:`run` returns its report.

@@ -137,9 +137,13 @@ class WireFlag(enum.IntFlag):
     #: SNAPSHOT: the service cannot serve this channel (unknown channel, not ready).
     #: RETRANSMIT: not a channel or epoch the publisher holds messages of.
     UNAVAILABLE = 1 << 1
+    #: HEARTBEAT: the publisher's last message of this epoch on this channel (``seq``: one past
+    #: its last event): it sends nothing more in the epoch, so a receiver that has every event
+    #: before ``seq`` knows it has the whole epoch.
+    END = 1 << 2
 
 
-KNOWN_FLAGS = int(WireFlag.FINAL | WireFlag.UNAVAILABLE)
+KNOWN_FLAGS = int(WireFlag.FINAL | WireFlag.UNAVAILABLE | WireFlag.END)
 
 
 class Drop(enum.IntEnum):
@@ -354,11 +358,13 @@ def encode_data(channel: int, seq: int, events, *, epoch: int, send_time: int | 
                                   send_time=time.time_ns() if send_time is None else send_time)
 
 
-def encode_heartbeat(channel: int, next_seq: int, *, epoch: int, send_time: int | None = None
-                     ) -> tuple[bytes, bytes]:
-    """``(topic, payload)`` of a heartbeat: no events, ``seq`` = the next sequence number."""
+def encode_heartbeat(channel: int, next_seq: int, *, epoch: int, send_time: int | None = None,
+                     end: bool = False) -> tuple[bytes, bytes]:
+    """``(topic, payload)`` of a heartbeat: no events, ``seq`` = the next sequence number;
+    ``end``: flagged ``END``, the publisher's last message of the epoch on the channel."""
     return topic(channel), encode(MsgType.HEARTBEAT, channel, next_seq, epoch=epoch,
-                                  send_time=time.time_ns() if send_time is None else send_time)
+                                  send_time=time.time_ns() if send_time is None else send_time,
+                                  flags=int(WireFlag.END) if end else 0)
 
 
 def encode_snapshot_request(channel: int, request_id: int, *, epoch: int = 0) -> bytes:
@@ -712,10 +718,11 @@ class Publisher:
         self.retainer.keep(channel, seq, events if owned else np.array(events, dtype=EVENT_DTYPE, copy=True))
         return seq
 
-    def heartbeat(self, channel: int) -> None:
-        """Tell receivers the channel is alive and where its sequence stands."""
+    def heartbeat(self, channel: int, end: bool = False) -> None:
+        """Tell receivers the channel is alive and where its sequence stands (``end``: and that
+        nothing more comes in this epoch: send it once, last, when the publisher stops for good)."""
         self.retainer.announce(channel)
-        self.socket.send_multipart(encode_heartbeat(channel, self.next_seq(channel), epoch=self.epoch))
+        self.socket.send_multipart(encode_heartbeat(channel, self.next_seq(channel), epoch=self.epoch, end=end))
 
     def serve(self) -> int:
         """Answer waiting retransmission and snapshot requests (never blocks)."""

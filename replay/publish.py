@@ -10,6 +10,7 @@ and heartbeats idle channels. An unchanged ``tickwire run`` daemon whose ``feeds
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -97,6 +98,7 @@ class Republisher:
         for inst in self.instruments:
             c = inst.id % channels if channels else (channel_of or {}).get(inst.id, 0)
             self.by_channel.setdefault(c, []).append(inst.id)
+        self._ended = False
         self.publisher = Publisher(self.pub, service=self.router, snapshot=self._snapshot_of,
                                    retain_events=retain_events)
         self.last_sent = {}
@@ -166,7 +168,19 @@ class Republisher:
             self.serve()
             time.sleep(0.005)
 
+    def end(self) -> None:
+        """Say on every channel published on that this epoch is over (a ``HEARTBEAT`` flagged
+        ``END``; :meth:`close` sends it first): a receiver with every event before it knows it
+        has the whole epoch."""
+        if getattr(self, "_ended", True):
+            return
+        self._ended = True
+        for c in sorted(self.by_channel):
+            self.publisher.heartbeat(c, end=True)
+
     def close(self, linger_ms: int = 1000) -> None:
+        with contextlib.suppress(zmq.ZMQError):
+            self.end()
         for s in (getattr(self, "pub", None), getattr(self, "router", None)):
             if s is not None:
                 s.close(linger_ms)

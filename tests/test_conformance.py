@@ -62,6 +62,8 @@ class Publisher(threading.Thread):
         return ev
 
     def send(self, c, n):
+        if self.breaks == "end" and self.sent % 50 == 10:       # says the epoch ended, then goes on
+            self.pub.send_multipart(wire.encode_heartbeat(c, self.next[c], epoch=self.epoch, end=True))
         seq = self.next[c]
         if self.breaks == "sequence" and self.sent % 50 == 5:
             seq += 3
@@ -207,7 +209,7 @@ def test_a_long_check_holds_a_bounded_number_of_events_and_still_checks_retransm
 
 
 BROKEN = ["frames", "magic", "version", "topic", "header", "length", "epoch", "sequence", "size-limit", "event", "ts-event", "send-time", "heartbeat",
-          "last", "snapshot-reply", "snapshot-events", "snapshot-unavailable", "snapshot-consistency", "retransmit"]
+          "last", "end", "snapshot-reply", "snapshot-events", "snapshot-unavailable", "snapshot-consistency", "retransmit"]
 
 
 @pytest.mark.parametrize("rule", BROKEN)

@@ -105,8 +105,8 @@ class Harness:
             self.pub.send_multipart(msg)
         return msg
 
-    def heartbeat(self, c):
-        self.pub.send_multipart(wire.encode_heartbeat(c, self.next[c], epoch=self.epoch))
+    def heartbeat(self, c, end=False):
+        self.pub.send_multipart(wire.encode_heartbeat(c, self.next[c], epoch=self.epoch, end=end))
 
     def restart(self):
         self.epoch += 1
@@ -767,6 +767,53 @@ def test_a_history_resumed_across_a_publisher_restart_counts_the_range_it_cannot
         c = feed.h.counters()
         assert c["uncounted_losses"] == 1 and c["restarts"] == 1 and c["lost_events"] == 0
         assert feed.h.history()[0][0] == 1000
+    finally:
+        feed.close()
+
+
+def test_an_end_heartbeat_notes_the_epoch_ended_at_once_and_data_after_it_undoes_that(tmp_path):
+    """Silence was the only sign that a publisher had finished: a daemon stopped within
+    stale_after of its end counted an uncounted loss at its next start across the publisher's
+    next run, though it had every event. A HEARTBEAT flagged END (seq = one past the last event)
+    says it: the channel is ended as soon as every event before it is in the history, with no
+    silence needed (a silence timeout of an hour here); one whose events are not all in yet is
+    not, nor one that sends data after its END."""
+    feed = Harness(tmp_path, silence_timeout=3600)
+    try:
+        feed.join()
+        for c in (0, 1):
+            feed.publish(c)
+        feed.pump(feed.caught_up)
+        feed.heartbeat(0, end=True)
+        feed.next[1] += 5                                          # channel 1 announces 5 it never sends
+        feed.heartbeat(1, end=True)
+        feed.pump(lambda: feed.h.ended_channels() == [0], timeout=5)
+        until = time.monotonic() + 0.3
+        while time.monotonic() < until:                            # (channel 1's hole stays open)
+            feed.h.poll(0.005)
+        assert feed.h.ended_channels() == [0]
+        noted = feed.h.history()
+    finally:
+        feed.close()
+    again = Harness(tmp_path, silence_timeout=3600, resume=noted, resume_ended=[0])
+    try:
+        again.epoch = noted[0][0] + 1                              # the publisher's next run
+        again.join()
+        c = again.h.counters()
+        assert c["restarts"] == 2 and c["uncounted_losses"] == 1, c   # channel 1 only
+    finally:
+        again.close()
+    (tmp_path / "after").mkdir()
+    feed = Harness(tmp_path / "after", silence_timeout=3600)
+    try:
+        feed.join()
+        feed.publish(0)
+        feed.pump(feed.caught_up)
+        feed.heartbeat(0, end=True)
+        feed.pump(lambda: feed.h.ended_channels() == [0], timeout=5)
+        feed.publish(0)                                            # it went on after all
+        feed.pump(feed.caught_up)
+        assert feed.h.ended_channels() == []
     finally:
         feed.close()
 

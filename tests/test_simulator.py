@@ -279,6 +279,57 @@ def test_publishers_remove_their_ipc_socket_files(tmp_path):
         ctx.term()
 
 
+def test_publishers_end_their_epoch_with_an_end_heartbeat_on_every_channel(tmp_path):
+    """The simulator's run and the replay publisher's close finish with a HEARTBEAT flagged END
+    on every channel, seq = one past its last event: receivers then know the epoch is over
+    without waiting for silence (docs/wire-format.md)."""
+    from tickwire.replay.publish import Republisher
+
+    def last_messages(ep, publish):
+        ctx = zmq.Context()
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.setsockopt(zmq.RCVHWM, 0)
+        sub.connect(ep)
+        try:
+            time.sleep(0.3)
+            publish()
+            got = {}
+            while sub.poll(300):
+                t, p = sub.recv_multipart()
+                h, ev = wire.decode(t, p)
+                got.setdefault(h.channel, []).append((h, len(ev)))
+            return got
+        finally:
+            sub.close(0)
+            ctx.term()
+
+    sim = Simulator(f"ipc://{tmp_path}/s", snapshot=None, instruments=4, channels=2, heartbeat=0.05)
+    try:
+        got = last_messages(f"ipc://{tmp_path}/s", lambda: sim.run(events=2_000, linger=0.1))
+    finally:
+        sim.close(0)
+    assert sorted(got) == [0, 1]
+    for c, msgs in got.items():
+        h, n = msgs[-1]
+        assert h.type == MsgType.HEARTBEAT and h.flags == WireFlag.END and h.seq == sim.next_seq[c], msgs[-3:]
+        assert sum(k for m, k in msgs) == sim.next_seq[c] - 1
+        assert not any(m.flags & WireFlag.END for m, _ in msgs[:-1])
+    insts = synthetic_instruments(2)
+    pub = Republisher(f"ipc://{tmp_path}/r", f"ipc://{tmp_path}/rs", insts, 2)
+    ev = Market(2, seed=1).generate(500)
+
+    def republish():
+        pub.send(ev)
+        pub.close(0)
+
+    got = last_messages(f"ipc://{tmp_path}/r", republish)
+    for c in (0, 1):
+        h, n = got[c][-1]
+        assert h.type == MsgType.HEARTBEAT and h.flags == WireFlag.END
+        assert h.seq == int((ev["instrument"] == c).sum()) + 1
+
+
 def test_cli_publishes_and_saves_its_books(tmp_path):
     ep = f"ipc://{tmp_path}/cli"
     ctx = zmq.Context()
