@@ -1115,8 +1115,8 @@ class FeedHandler:
                     # receiver left: nothing of it is known to be missing (a false critical alert
                     # at every daemon restart across a publisher restart, counted before)
                     log.info("channel %d: the publisher restarted while this receiver was away; its epoch %d "
-                             "had fallen silent with every event it announced stored (to seq %d): nothing "
-                             "of it is missing", c.id, c.resume[0], c.resume[1] - 1)
+                             "had ended (an END heartbeat, or a silence) with every event it announced stored "
+                             "(to seq %d): nothing of it is missing", c.id, c.resume[0], c.resume[1] - 1)
                 else:
                     self._counters["uncounted_losses"] += 1
                     log.warning("channel %d: the publisher restarted while this receiver was away: events of "
