@@ -42,7 +42,7 @@ import time
 
 import numpy as np
 
-from common import describe_run, median_time, pin, table, version
+from common import describe_run, median_time, pin, require, table, version
 
 import cbuild
 import peers
@@ -590,6 +590,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=2_000_000, help="events of the synthetic streams [%(default)s]")
     ap.add_argument("--bbo", action="store_true", help="also the BBO cost against depth table")
     args = ap.parse_args(argv)
+    require("numba", "hftbacktest", "nautilus_trader", "order_book", "sortedcontainers")
     pinned = pin(1)
     print(f"# tickwire order-book benchmark ({describe_run(pinned)})")
     print("# every contestant's full book (every level) is checked against tickwire's after its runs")

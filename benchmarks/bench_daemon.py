@@ -69,7 +69,10 @@ def _writer_pid(ring: str):
             cmd = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"tickwire.engine.writer" in cmd and ring.encode() in cmd:
+        # (the writer is given `--ring KEY=NAME`, the key being the ring's configured name, the
+        # segment's own name random per start: matching the whole argument found nothing)
+        if b"tickwire.engine.writer" in cmd and any(a == ring.encode() or a.startswith(ring.encode() + b"=")
+                                                    for a in cmd):
             return int(proc.name)
     return None
 
@@ -107,6 +110,8 @@ def scenario(work: Path, name: str, rate: float, events: int, store: bool, pause
         if pause_writer:                       # the ticks still go into the ring; nobody drains it
             time.sleep(1.0)
             writer = _writer_pid(f"tickwire-{name}-ticks-0")
+            if writer is None:
+                raise RuntimeError(f"scenario {name}: the daemon's writer was not found (to pause it)")
             os.kill(writer, signal.SIGSTOP)
         f = raw["feeds"]
         argv = [PY, "-m", "tickwire", "simulate", "--endpoint", f["endpoints"][0], "--snapshot", f["snapshot"],

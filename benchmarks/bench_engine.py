@@ -30,9 +30,8 @@ import sys
 import time
 
 import numpy as np
-import pandas as pd
 
-from common import describe_run, median_time, pin, table
+from common import describe_run, median_time, pin, require, table
 
 from tickwire.engine.pipeline import Engine, RuleConfig, StatsConfig
 from tickwire.ext.stats import Ewma, RollingWindow
@@ -60,6 +59,8 @@ def numpy_rolling(x, w):
 
 
 def stats_section(n, repeats):
+    import pandas as pd
+
     rng = np.random.default_rng(5)
     x = 60_000 + np.cumsum(rng.normal(0, 1, n))
     ts = np.cumsum(rng.integers(1, 2_000_000, n)).astype(np.int64)
@@ -254,6 +255,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=2_000_000, help="series length / events [%(default)s]")
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args(argv)
+    require("numba", "pandas")
     pinned = pin(1)
     print(f"# tickwire statistics and engine benchmark ({describe_run(pinned)})")
 

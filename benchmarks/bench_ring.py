@@ -48,7 +48,7 @@ import uuid
 import numpy as np
 
 import cbuild
-from common import describe_run, table, version
+from common import describe_run, require, table, version
 
 from tickwire.ext import EVENT_DTYPE
 from tickwire.ext import ring as R
@@ -473,6 +473,8 @@ def main():
     args, _ = ap.parse_known_args()                 # run_all.py passes every script the same arguments
     if args.batch < 1 or args.batch > CAPACITY or CAPACITY % args.batch:
         ap.error(f"--batch must be a power of two from 1 to {CAPACITY}")
+    if not args.skip_throughput:
+        require("faster_fifo")
 
     print(f"Ring benchmark: {describe_run(f'producer on core {PRODUCER_CORE}, consumer on core {CONSUMER_CORE}')}")
     print(f"{REC}-byte records, {args.batch} per hand-off, ring of {CAPACITY:,}; each run in two fresh processes; "

@@ -13,6 +13,24 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+#: the extra that installs each peer (pyproject.toml)
+_EXTRA_OF = {"numba": "bench", "hftbacktest": "bench", "nautilus_trader": "bench", "pandas": "dev",
+             "order_book": "dev", "sortedcontainers": "dev", "faster_fifo": "dev"}
+
+
+def require(*modules: str) -> None:
+    """Stop with one line naming the missing peers and the extra that installs them (a script
+    run from the venv `./dev demo` makes died in a ModuleNotFoundError traceback)."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        extras = sorted({_EXTRA_OF.get(m, "bench") for m in missing})
+        print(f"{Path(sys.argv[0]).name}: needs {', '.join(missing)} (the {' and '.join(extras)} extra: "
+              f"`./dev bench` installs both, or `.venv/bin/pip install -e '.[dev,bench]'`)", file=sys.stderr)
+        sys.exit(2)
+
+
 def pin(core: int = 1) -> str:
     """Pin this process to ``core`` (the engine's core on a 2-core machine) if it exists."""
     try:

@@ -212,8 +212,10 @@ def cmd_signals(args) -> int:
     try:
         rings = [Ring.attach(n, SIGNAL_DTYPE, start="oldest" if args.from_start else "newest")
                  for n in _signal_names(cfg)]
-    except FileNotFoundError as exc:
-        print(f"no running daemon for run '{cfg.run}': {exc}", file=sys.stderr)
+    except FileNotFoundError:                       # (it printed "[Errno 2] no ring named ...": errno text)
+        print(f"tickwire signals: no tickwire daemon is running for run '{cfg.run}' ({cfg.state_dir / cfg.run} "
+              f"names no live signal ring): start one with `tickwire run --config {args.config}` (or "
+              f"`tickwire demo`)", file=sys.stderr)
         return 1
     except PermissionError as exc:                  # a ring another user made or could write
         print(f"tickwire signals: {exc.strerror} ({exc.filename})", file=sys.stderr)

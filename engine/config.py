@@ -48,9 +48,13 @@ def _table(d: dict, key: str) -> dict:
 
 
 def _check_keys(d: dict, allowed, where: str) -> None:
+    import difflib
+
     for k in d:
         if k not in allowed:
-            _fail(f"{where}{k}", f"one of the known keys ({', '.join(sorted(allowed))})", "unknown key")
+            near = difflib.get_close_matches(str(k), sorted(allowed), n=1)
+            raise ConfigError(f"config error: {where}{k}: unknown key{f' (did you mean {where}{near[0]}?)' if near else ''}"
+                              f"; expected one of the known keys ({', '.join(sorted(allowed))})")
 
 
 def _int(d, key, where, default=..., lo=None, hi=None):

@@ -141,12 +141,15 @@ def run_demo(*, duration: float = 20.0, rate: float = 100_000, instruments: int 
     if not 0 <= wire_seconds <= MAX_SECONDS:
         raise StartupError(f"--wire-seconds: expected a number of seconds >= 0 (0: skip) and at most "
                            f"{MAX_SECONDS:g}, got {wire_seconds}")
-    # the demo's rings, feed and run directory have fixed names: one demo at a time on a machine
+    # one demo at a time on a machine: two would pin their engines to the same core and each
+    # report the other's load as its latency
     lock_path = Path("/tmp") / "tickwire-demo.lock"
     lock = _try_lock(lock_path)
     if lock is None:
         raise StartupError(f"another tickwire demo runs (pid {_lock_holder(lock_path)}, {lock_path}): one demo "
-                           f"at a time (they share ring names); refusing to start")
+                           f"at a time (two would share the engine's core and each measure the other's load); "
+                           f"refusing to start")
+    say = _tolerant(say)
     try:
         return _run_demo(duration, rate, instruments, channels, data_dir, seed, say, keep, wire_seconds)
     except KeyboardInterrupt:                    # a Ctrl-C before the daemon started, or after it stopped
@@ -154,6 +157,55 @@ def run_demo(*, duration: float = 20.0, rate: float = 100_000, instruments: int 
         return EXIT_INTERRUPTED
     finally:
         os.close(lock)
+
+
+def _tolerant(say):
+    """``say`` that survives its output going away (``| head``, a closed terminal): the first
+    failed write sends the rest to /dev/null. The demo's progress task died of it and never
+    stopped the daemon, and its signal handlers died of it before acting: a demo that nothing but
+    SIGKILL stopped, holding the demo lock."""
+    def out(*args, **kw):
+        try:
+            say(*args, **kw)
+        except OSError:                               # EPIPE, EIO
+            _stdout_gone()
+    return out
+
+
+def _stdout_gone() -> None:
+    try:
+        sys.stdout = open(os.devnull, "w")
+    except OSError:
+        pass
+
+
+def _write(text: str) -> None:
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except OSError:
+        _stdout_gone()
+
+
+def _drop_old_rings(run_dir: Path) -> None:
+    """The rings an earlier demo recorded in its run directory (``rings.json``), removed before
+    the directory is: a demo killed by SIGKILL left its rings (72 MB) in /dev/shm for good, the
+    next demo deleting the only record of their names. The demo's store goes with the run
+    directory, so nothing in them is kept."""
+    from tickwire.engine.worker import read_ring_names
+    from tickwire.ext import ring as ringmod
+
+    try:
+        names = read_ring_names(run_dir) or []
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    for pair in names:
+        for name in pair:
+            try:
+                if ringmod.exists(name):
+                    ringmod.remove(name)
+            except OSError:
+                pass
 
 
 def _demo_supervisor_class():
@@ -201,6 +253,7 @@ def _run_demo(duration, rate, instruments, channels, data_dir, seed, say, keep, 
     cfg_path = run_dir / "tickwire.toml"
     try:
         if run_dir.exists() and not keep:
+            _drop_old_rings(run_dir)
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg_path.write_text(configmod.to_toml(raw))
@@ -218,22 +271,22 @@ def _run_demo(duration, rate, instruments, channels, data_dir, seed, say, keep, 
     interactive = sys.stdout.isatty()
     state = {"sim": None, "t0": None, "pump": None, "interrupted": None, "drained": False}
 
-    def on_signal(sig):
+    def on_signal(sig):                             # (each acts first, then says so)
         name = signal.Signals(sig).name
         if state["interrupted"]:                    # a second one: stop the daemon now
-            say(f"\n  {name} again: stopping the daemon now")
             sup.request_stop()
+            say(f"\n  {name} again: stopping the daemon now")
             return
         state["interrupted"] = name
         sim = state["sim"]
         if sim is None:                             # nothing published yet
-            say(f"\n  interrupted by {name} before publishing: stopping the daemon")
             sup.request_stop()
+            say(f"\n  interrupted by {name} before publishing: stopping the daemon")
             return
-        say(f"\n  interrupted by {name}: stopping the publisher; the daemon takes in what it published, "
-            "then stops")
         if sim.poll() is None:
             sim.send_signal(signal.SIGTERM)         # it stops at its next message and says what it published
+        say(f"\n  interrupted by {name}: stopping the publisher; the daemon takes in what it published, "
+            "then stops")
 
     sup = _demo_supervisor_class()(cfg, cfg_path, run_dir, on_signal=on_signal)
     consumer = SignalConsumer(lambda: [ring_names(run_dir, i)[1] for i in range(len(cfg.workers))])
@@ -279,6 +332,12 @@ def _run_demo(duration, rate, instruments, channels, data_dir, seed, say, keep, 
                 f"tick-to-signal p99 {p99 / 1000:7.1f} us ")
 
     async def driver():
+        try:
+            await drive()
+        finally:                                   # whatever happened to the progress, the daemon stops
+            sup.request_stop()
+
+    async def drive():
         for w in sup.warnings:
             say(f"  note: {w}")
         await asyncio.sleep(1.5)                   # the worker connects and subscribes
@@ -292,8 +351,7 @@ def _run_demo(duration, rate, instruments, channels, data_dir, seed, say, keep, 
             if time.monotonic() - last_print >= (0.5 if interactive else 5.0) and not state["interrupted"]:
                 last_print = time.monotonic()
                 line = progress_line()
-                sys.stdout.write(line if interactive else line.strip("\r") + "\n")
-                sys.stdout.flush()
+                _write(line if interactive else line.strip("\r") + "\n")
         # the publisher is done (or was stopped): let the worker catch up, then stop the daemon
         await asyncio.to_thread(state["pump"].join, 5)     # its last line read: what it published
         done = re.search(r"done: ([\d,]+) events", "\n".join(sim_out))
@@ -306,8 +364,7 @@ def _run_demo(duration, rate, instruments, channels, data_dir, seed, say, keep, 
                 break
             await asyncio.sleep(0.2)
         await asyncio.sleep(0.6)                   # one more status write
-        sys.stdout.write(progress_line().strip("\r") + "\n")
-        sup.request_stop()
+        _write(progress_line().strip("\r") + "\n")
 
     async def main():
         task = None

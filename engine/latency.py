@@ -361,17 +361,43 @@ def merged(intervals: Iterable[Interval], tag=_ALL) -> HdrHistogram:
     the untagged ones)."""
     total = new_hdrh()
     for iv in intervals:
-        if tag is _ALL or iv.tag == tag:
+        # (an empty interval, an idle second of a daemon's log, decodes with a min of 0: added,
+        # it made every merged minimum 0)
+        if (tag is _ALL or iv.tag == tag) and iv.histogram.get_total_count():
             total.add(iv.histogram)
     return total
 
 
-if __name__ == "__main__":                  # python -m tickwire.engine.latency LOG: per-tag summary
-    if len(sys.argv) != 2:
-        print("usage: python -m tickwire.engine.latency INTERVAL_LOG", file=sys.stderr)
-        sys.exit(2)
-    ivs = read_interval_log(sys.argv[1])
-    tags = sorted({iv.tag or "" for iv in ivs})
-    for t in tags:
-        s = percentiles(merged(ivs, t or None))
-        print(t or "(untagged)", {k: (round(v / 1000, 3) if k not in ("count",) else v) for k, v in s.items()})
+#: the pipeline's stages in the order a tick meets them (a log's tags are listed so)
+_STAGE_ORDER = ("decode", "book", "stats", "rules", "tick_to_signal")
+
+
+def _main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m tickwire.engine.latency",
+                                 description="Per-stage latency summary of an HdrHistogram interval log (a "
+                                             "daemon's STATE/RUN/hdr/w0.hlog, tickwire bench's intervals-*.hlog), "
+                                             "microseconds.")
+    ap.add_argument("log", metavar="INTERVAL_LOG")
+    args = ap.parse_args(argv)
+    try:
+        ivs = read_interval_log(args.log)
+    except OSError as exc:
+        print(f"{ap.prog}: {args.log}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"{ap.prog}: {args.log}: {exc}", file=sys.stderr)
+        return 2
+    tags = sorted({iv.tag or "" for iv in ivs}, key=lambda t: (t not in _STAGE_ORDER,
+                                                               _STAGE_ORDER.index(t) if t in _STAGE_ORDER else 0, t))
+    print(summary_table([(t or "(untagged)", merged(ivs, t or None)) for t in tags]), end="")
+    return 0
+
+
+if __name__ == "__main__":                  # python -m tickwire.engine.latency LOG: per-stage summary
+    try:
+        sys.exit(_main())
+    except BrokenPipeError:                 # (| head)
+        sys.stdout = None
+        sys.exit(0)

@@ -342,6 +342,9 @@ def cmd_plot(args) -> int:
           + (f", {len(drawn['over_time'])} over time" if drawn["over_time"] else ""))
     for label, (levels, values, mx, count) in drawn["spectra"].items():
         s = drawn["summary"][label]
+        if count == 0:                        # (it printed p50 0.0 us ... max 0.0 us, as if measured)
+            print(f"  {label}: no values recorded")
+            continue
         print(f"  {label}: " + "  ".join(f"{k} {v / 1e3:,.1f} us" for k, v in s.items())
               + f"  max {mx / 1e3:,.1f} us" + (f"  n={count:,}" if count else ""))
     return 0

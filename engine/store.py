@@ -235,6 +235,40 @@ def _select(columns: Sequence[str]) -> str:
     return ", ".join(f"toUnixTimestamp64Nano({c}) AS {c}_ns" if c in _TIME_COLUMNS else c for c in columns)
 
 
+def _flock_holders(path: str) -> list[int]:
+    """The pids holding a flock on ``path`` (from /proc/locks; empty when none or unknown)."""
+    try:
+        st = os.stat(path)
+        with open("/proc/locks") as f:
+            rows = f.read().splitlines()
+    except OSError:
+        return []
+    want = f":{st.st_ino}"
+    pids = []
+    for row in rows:
+        parts = row.split()
+        if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5].endswith(want) \
+                and int(parts[5].split(":")[0], 16) == os.major(st.st_dev) \
+                and int(parts[5].split(":")[1], 16) == os.minor(st.st_dev):
+            try:
+                pids.append(int(parts[4]))
+            except ValueError:
+                pass
+    return pids
+
+
+def _refuse_locked(path: str) -> None:
+    """chDB allows one process per data directory (it flocks ``<dir>/status``): opening one that
+    another process (a daemon's writer) holds failed with "Error initializing EmbeddedServer: .
+    (BAD_ARGUMENTS)" and a "Cannot lock file" line of chDB's own on stderr. Said plainly instead,
+    before chDB tries; this process's own hold is no obstacle."""
+    others = [p for p in _flock_holders(os.path.join(path, "status")) if p != os.getpid()]
+    if others:
+        raise StoreError(f"the store {path} is locked by another process (pid {others[0]}): chDB allows one "
+                         f"process per data directory; stop the daemon (or whatever holds it) first, or use a "
+                         f"ClickHouse server (http://host:8123)")
+
+
 def _close_quietly(handle) -> None:
     """Close a connection or handle (None: nothing) at the end of its use, whatever it says."""
     if handle is not None:
@@ -485,6 +519,7 @@ class Store:
                 raise ValueError(f"store.dsn: the embedded store needs an absolute path (chdb:///abs/dir), got {dsn!r}")
             if path:
                 os.makedirs(path, exist_ok=True)
+                _refuse_locked(path)
         driver_log = logging.getLogger("clickhouse_connect")
         was = driver_log.level
         driver_log.setLevel(logging.ERROR)       # its own warning line on a refused connection: ours says it

@@ -393,10 +393,21 @@ def _pad(xs, n):
 # -- drawing ---------------------------------------------------------------------------------------
 
 def _us(ns) -> str:
+    """A latency cell in at most 5 characters: microseconds, then ``m`` (milliseconds) from 10 ms
+    and ``s`` (seconds) from 1 s. ("10,000" and "167,903" ran into the next column.)"""
     if ns is None:
         return "-"
     us = ns / 1e3
-    return f"{us:.1f}" if us < 100 else f"{us:,.0f}"
+    if us < 100:
+        return f"{us:.1f}"
+    if us < 10_000:
+        return f"{us:,.0f}"
+    if us < 100_000:
+        return f"{us / 1e3:.1f}m"
+    if us < 1e6:
+        return f"{us / 1e3:.0f}m"
+    s = us / 1e6
+    return f"{s:.1f}s" if s < 100 else (f"{s:.0f}s" if s < 10_000 else ">1e4s")
 
 
 def sparkline(values, width: int) -> str:

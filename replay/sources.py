@@ -154,7 +154,7 @@ class ArraySource:
     """
 
     def __init__(self, events, instruments=None, select=None, start_ns=None, end_ns=None, *,
-                 channels=None, chunk: int = DEFAULT_CHUNK):
+                 channels=None, chunk: int = DEFAULT_CHUNK, name: str | None = None):
         if isinstance(events, (str, os.PathLike)):
             path = Path(events)
             if not path.is_file():
@@ -166,7 +166,7 @@ class ArraySource:
                 raise ReplayError(f"{path}: not a .npy file of events ({exc or type(exc).__name__})") from None
             self.name = str(path)
         else:
-            self.name = "array"
+            self.name = name or "array"
         if getattr(events, "dtype", None) != EVENT_DTYPE:
             raise ReplayError(f"{self.name}: expected a 1-d array of EVENT_DTYPE (docs/events.md), got "
                               f"{getattr(events, 'dtype', type(events).__name__)}")
@@ -254,8 +254,9 @@ class CaptureSource(ArraySource):
         self.capture = cap
         if not len(cap.events):
             raise ReplayError(f"{path}: no book or trade messages in it: not a {name} capture")
-        super().__init__(cap.events, cap.instruments, select, start_ns, end_ns, chunk=chunk)
-        self.name = f"{name} capture {path.name}"
+        # (named before: its errors said "array: no events in the range", "array has BTCUSDT (0)")
+        super().__init__(cap.events, cap.instruments, select, start_ns, end_ns, chunk=chunk,
+                         name=f"{name} capture {path.name}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -183,7 +183,7 @@ def bridge_raw(state_dir, instruments, endpoint, snapshot, **bridge):
     ({"exchange": "kraken"}, "bridge.exchange: expected a cryptofeed exchange id"),
     ({"symbols": ["DOGE-USD"]}, "bridge.symbols: expected symbols of configured [[instruments]]"),
     ({"symbols": []}, "bridge.symbols: expected a non-empty array"),
-    ({"depht": 10}, "bridge.depht: expected one of the known keys"),
+    ({"depht": 10}, "bridge.depht: unknown key (did you mean bridge.depth?); expected one of the known keys"),
     ({"zmq_input": "udp://x"}, "bridge.zmq_input: expected a ZeroMQ endpoint"),
 ])
 def test_bridge_config_errors_name_the_key(tmp_path, edit, fragment):

@@ -61,7 +61,7 @@ def test_defaults_fill_in():
     (cfg(rules=[{"kind": "zscore", "enter": 1, "exit": 3}]), "rules[0]: rule zscore: exit must satisfy"),
     (cfg(rules=[{"kind": "zscore", "enter": 1, "instruments": [9]}]), "rules[0].instruments: expected an array of configured instrument ids"),
     (cfg(stats={"window": "ticks"}), "stats.window: expected 'count' or 'time', got 'ticks'"),
-    (cfg(stats={"windw": "count"}), "stats.windw: expected one of the known keys"),
+    (cfg(stats={"windw": "count"}), "stats.windw: unknown key (did you mean stats.window?); expected one of the known keys"),
     (cfg(feeds={"endpoints": ["udp://x"]}), "feeds.endpoints[0]: expected a ZeroMQ endpoint to connect to"),
     (cfg(feeds={"io_cpu": 4096}), "feeds.io_cpu: expected an integer in 0.."),
     (cfg(feeds={"io_rt_priority": 100}), "feeds.io_rt_priority: expected an integer in 0..99, got 100"),
@@ -70,7 +70,7 @@ def test_defaults_fill_in():
     (cfg(store={"writer_sched": "fifo"}), "store.writer_sched: expected one of ['idle', 'normal'], got 'fifo'"),
     (cfg(metrics={"port": 99999}), "metrics.port: expected an integer in 0..65535, got 99999"),
     (cfg(engine={"clock": "gps"}), "engine.clock: expected one of ['wall', 'event'], got 'gps'"),
-    (cfg(bogus=1), "bogus: expected one of the known keys"),
+    (cfg(bogus=1), "bogus: unknown key; expected one of the known keys"),
     # issue 14: accepted before, failing (or silently wrong) later
     (cfg(instruments=[{"id": 0, "symbol": "A", "tick_size": "1", "lot_size": "1", "min_price": 10, "max_price": 5}]),
      "instruments[0].min_price: expected at most instruments[0].max_price (5), got 10"),

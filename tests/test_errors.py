@@ -114,6 +114,16 @@ def test_an_hdr_dir_that_cannot_be_written_is_a_start_error(tmp_path):
     assert not list(Path("/dev/shm").glob("tickwire-bad-*"))       # no ring made
 
 
+def test_signals_without_a_daemon_says_how_to_start_one(tmp_path):
+    """It printed `[Errno 2] no ring named '...': '/dev/shm/...'`, where books, status and top say
+    how to start a daemon."""
+    path = daemon_config(tmp_path, lambda raw: None, run="idle")
+    res = tickwire("signals", "--config", path)
+    assert res.returncode == 1 and res.stderr.strip().count("\n") == 0, res.stderr
+    assert "no tickwire daemon is running for run 'idle'" in res.stderr and "tickwire run --config" in res.stderr
+    assert "Errno" not in res.stderr and "Traceback" not in res.stderr
+
+
 def test_a_second_demo_refuses_to_start(tmp_path):
     from tickwire.engine.supervisor import _try_lock
 
@@ -309,6 +319,65 @@ def test_demo_data_dir_that_cannot_be_made(tmp_path, data_dir):
 # -- an interrupted demo -------------------------------------------------------------------------
 
 @pytest.mark.integration
+def test_a_demo_whose_output_goes_away_still_stops_and_the_next_drops_a_killed_one_s_rings(tmp_path):
+    """Found by a newcomer: `tickwire demo | head -2` ran for ever (the progress task died of
+    the broken pipe before it stopped the daemon; its signal handlers died of it too, so only
+    SIGKILL ended it, holding the demo lock). And a demo killed by SIGKILL left its rings (72 MB)
+    in /dev/shm for good: the next demo deleted the run directory that named them."""
+    import json
+    import signal
+    import time
+
+    from tickwire.engine.worker import read_ring_names
+    from tickwire.ext import ring as ringmod
+
+    _demo_lock_free()
+    data = tmp_path / "data"
+    argv = [PY, "-m", "tickwire", "demo", "--duration", "4", "--rate", "20000", "--instruments", "2",
+            "--channels", "2", "--wire-seconds", "0", "--data-dir", data]
+    demo = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        demo.stdout.readline()
+        demo.stdout.close()                                     # `| head -1`
+        rc = demo.wait(timeout=90)
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait()
+            pytest.fail("the demo did not stop once its output went away")
+    assert rc in (0, 1), rc
+    # a demo killed mid-run: its rings stay; the next demo removes them
+    data = tmp_path / "again"
+    argv[-1] = data
+    log = open(tmp_path / "killed.log", "w")
+    demo = subprocess.Popen(argv[:5] + ["30"] + argv[6:], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        status = data / "demo" / "worker-0.json"
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            try:
+                if json.loads(status.read_text())["feed"]["events"] > 1000:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.1)
+        else:
+            pytest.fail((tmp_path / "killed.log").read_text()[-3000:])
+        old = [n for pair in read_ring_names(data / "demo") for n in pair]
+        os.killpg(demo.pid, signal.SIGKILL)
+        demo.wait()
+        time.sleep(1.0)                                         # its children follow it (lifeline)
+        assert old and all(ringmod.exists(n) for n in old)
+        res = subprocess.run(argv[:5] + ["1"] + argv[6:], capture_output=True, text=True, timeout=180)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+        assert not any(ringmod.exists(n) for n in old), old
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait()
+
+
 def test_an_interrupted_demo_drains_what_was_published_and_exits_130(tmp_path):
     """Ctrl-C at the terminal (SIGINT to the demo's whole process group) while it publishes: the
     demo stops the publisher first, lets the daemon take in what was published, stops it, checks

@@ -50,6 +50,46 @@ def write_log(path, per_interval):
     return raw
 
 
+def test_merged_skips_empty_intervals_and_the_log_summary_reads_as_a_table(tmp_path):
+    """Found by a newcomer: a daemon's log has empty intervals (an idle feed); merged() added
+    their decoded histograms and every minimum came out 0. `python -m tickwire.engine.latency`
+    printed raw dicts, took `--help` for a file name (a traceback) and broke on `| head`."""
+    from tickwire.engine.latency import merged, read_interval_log
+
+    raw = write_log(tmp_path / "run.hlog", [2_000, 0, 3_000, 0])
+    ivs = read_interval_log(tmp_path / "run.hlog")
+    allv = np.concatenate([r["book"] for r in raw])
+    m = merged(ivs, "book")
+    assert m.get_total_count() == len(allv)
+    assert m.get_min_value() == pytest.approx(allv.min(), rel=1e-3) and m.get_min_value() > 0
+    out = subprocess.run([PY, "-m", "tickwire.engine.latency", str(tmp_path / "run.hlog")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    head, book, rules = out.stdout.splitlines()
+    assert head.split()[:3] == ["stage", "count", "p50"] and "us" in head
+    assert book.split()[:2] == ["book", f"{len(allv):,}"] and rules.split()[0] == "rules"
+    out = subprocess.run([PY, "-m", "tickwire.engine.latency", "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "INTERVAL_LOG" in out.stdout and "Traceback" not in out.stderr
+    out = subprocess.run([PY, "-m", "tickwire.engine.latency", str(tmp_path / "nope.hlog")], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2 and "nope.hlog" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_stage_with_no_values_is_said_so_not_printed_as_zeros(tmp_path):
+    """Found by a newcomer: a stage a log never recorded printed `p50 0.0 us ... max 0.0 us`."""
+    recs = {"book": Recorder(), "rules": Recorder()}
+    with IntervalLogWriter(tmp_path / "r.hlog", recs, start_time=1_700_000_000.0) as log:
+        for k in range(3):
+            recs["book"].record_many(raw_values(k, 1000))
+            log.write_interval(1_700_000_001.0 + k)
+    out = subprocess.run([PY, "-m", "tickwire", "plot", "latency", str(tmp_path / "r.hlog"), "-o",
+                          str(tmp_path / "x.png")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    rules = [ln for ln in out.stdout.splitlines() if "rules" in ln]
+    book = [ln for ln in out.stdout.splitlines() if "book" in ln]
+    assert rules == ["  rules: no values recorded"] and "n=3,000" in book[0], out.stdout
+
+
 def test_interval_log_spectrum_and_over_time_match_numpy_on_the_raw_values(tmp_path):
     raw = write_log(tmp_path / "run.hlog", [20_000, 5_000, 30_000, 1])
     out = tmp_path / "lat.png"

@@ -171,6 +171,8 @@ def test_npy_source_is_memory_mapped_filtered_and_checked(tmp_path, market):
     assert sub.history_before and not ArraySource(path, insts, end_ns=t1).history_before
     with pytest.raises(ReplayError, match="unknown instrument 'NOPE'"):
         ArraySource(path, insts, select=["NOPE"])
+    with pytest.raises(ReplayError, match="^my events: no events in the range"):     # (a capture's name)
+        ArraySource(ev, insts, start_ns=0, end_ns=1, name="my events")
     with pytest.raises(ReplayError, match="no events"):
         ArraySource(path, insts, start_ns=0, end_ns=1)
     bad = tmp_path / "bad.npy"

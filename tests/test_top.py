@@ -259,6 +259,17 @@ def test_top_into_a_pipe_says_it_needs_a_terminal(tmp_path):
     assert "needs a terminal" in res.stderr and "tickwire status --config" in res.stderr
 
 
+@pytest.mark.parametrize("ns, cell", [(None, "-"), (149, "0.1"), (99_940, "99.9"), (9_999_000, "9,999"),
+                                      (14_916_800, "14.9m"), (167_903_200, "168m"), (1_234_000_000, "1.2s"),
+                                      (123_456_000_000, "123s"), (10**17, ">1e4s")])
+def test_a_latency_cell_never_runs_into_the_next(ns, cell):
+    """Found by a newcomer: from 10 ms up a cell took 6 or 7 characters of its 6-wide column
+    ("1.6167,903200,933248,513")."""
+    from tickwire.engine.top import _us
+
+    assert _us(ns) == cell and len(cell) <= 5
+
+
 def test_render_fits_80x24_and_draws_the_ladder_of_the_selected_book():
     """The screen from a given state (no daemon): every line within the terminal, the selected
     instrument's levels best first with bars as long as their sizes allow."""
