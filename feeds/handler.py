@@ -470,25 +470,15 @@ class FeedHandler:
 
     def ended_channels(self) -> list:
         """Channels whose epoch has ended with every event of it in the history: the publisher
-        said so (an ``END`` heartbeat, ``seq`` = the history's next), or, from a publisher that
-        does not send one, has fallen silent (STALE for silence, not for a loss) while in sync,
-        with nothing held or asked for. Noted beside :meth:`history`, so that a restart that
-        finds a new epoch knows nothing of the old one is missing (``resume_ended``). Silence
-        is only a guess: a publisher that resumes the same epoch after it, while this receiver
-        is away, then restarts, loses what it sent meanwhile unsaid; a daemon stopped within
-        ``stale_after`` of such a publisher's end counts an uncounted loss that is not one."""
+        said so (an ``END`` heartbeat, ``seq`` = the history's next) and nothing is held or
+        asked for. Noted beside :meth:`history`, so that a restart that finds a new epoch knows
+        nothing of the old one is missing (``resume_ended``). A silence is not an end: taken
+        for one, a publisher paused past ``stale_after`` that published on while this receiver
+        was away, then restarted, lost 500,000 events unsaid ("nothing of it is missing")."""
         hist = self.history()
-        out = []
-        for cid, c in self._channels.items():
-            if c.epoch is None or c.held or c.fill is not None or c.snap is not None:
-                continue
-            nxt = hist[cid][1] if hist[cid] else None
-            if c.end_seq is not None and nxt == c.end_seq:
-                out.append(cid)
-            elif (c.state is ChannelState.STALE and c.silent and c.store_next == c.next_seq
-                  and c.hb_seq <= c.next_seq):
-                out.append(cid)
-        return sorted(out)
+        return sorted(cid for cid, c in self._channels.items()
+                      if c.epoch is not None and not c.held and c.fill is None and c.snap is None
+                      and c.end_seq is not None and hist[cid] is not None and hist[cid][1] == c.end_seq)
 
     def channel_status(self) -> dict:
         """Per channel: state, epoch, next_seq, stored_next, in_sync, gaps, recoveries,
@@ -1115,8 +1105,8 @@ class FeedHandler:
                     # receiver left: nothing of it is known to be missing (a false critical alert
                     # at every daemon restart across a publisher restart, counted before)
                     log.info("channel %d: the publisher restarted while this receiver was away; its epoch %d "
-                             "had ended (an END heartbeat, or a silence) with every event it announced stored "
-                             "(to seq %d): nothing of it is missing", c.id, c.resume[0], c.resume[1] - 1)
+                             "had ended (its END heartbeat) with every event it announced stored (to seq %d): "
+                             "nothing of it is missing", c.id, c.resume[0], c.resume[1] - 1)
                 else:
                     self._counters["uncounted_losses"] += 1
                     log.warning("channel %d: the publisher restarted while this receiver was away: events of "
