@@ -595,6 +595,16 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
                         _int(st, "writer_nice", "store.", 0, 0, 19),
                         _str(st, "writer_sched", "store.", "idle", choices=("idle", "normal")),
                         _num(st, "debug_insert_delay_s", "store.", 0.0, seconds=True))
+    # (checked only by the writer, which then spilled every batch and exited 0; "system" put
+    # tickwire's tables among ClickHouse's own)
+    import re as _re
+
+    if not _re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", store.database) or \
+            store.database.lower() in ("system", "information_schema", "default"):
+        _fail("store.database", "an identifier (letters, digits, _) other than ClickHouse's own system, "
+                                "information_schema and default", store.database)
+    if store.cluster and not _re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", store.cluster):
+        _fail("store.cluster", "a cluster name (letters, digits, _ . -)", store.cluster)
     if store.debug_insert_delay_s < 0:
         _fail("store.debug_insert_delay_s", "a number >= 0 (seconds; a test and benchmark knob)",
               store.debug_insert_delay_s)

@@ -71,6 +71,9 @@ def test_defaults_fill_in():
     (cfg(metrics={"port": 99999}), "metrics.port: expected an integer in 0..65535, got 99999"),
     (cfg(engine={"clock": "gps"}), "engine.clock: expected one of ['wall', 'event'], got 'gps'"),
     (cfg(bogus=1), "bogus: unknown key; expected one of the known keys"),
+    (cfg(store={"database": "tw; SELECT 1"}), "store.database: expected an identifier"),
+    (cfg(store={"database": ""}), "store.database: expected an identifier"),
+    (cfg(store={"database": "system"}), "store.database: expected an identifier (letters, digits, _) other than"),
     # issue 14: accepted before, failing (or silently wrong) later
     (cfg(instruments=[{"id": 0, "symbol": "A", "tick_size": "1", "lot_size": "1", "min_price": 10, "max_price": 5}]),
      "instruments[0].min_price: expected at most instruments[0].max_price (5), got 10"),
