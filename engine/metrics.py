@@ -213,6 +213,13 @@ class Collector:
                 wc[k].add_metric([child.name], st.get(k, 0))
             for k in wg:
                 wg[k].add_metric([child.name], float(st.get(k, 0)))
+        age = GaugeMetricFamily("tickwire_writer_status_age_seconds",
+                                "seconds since the writer last wrote its status for this worker's rings (every 1 s, "
+                                "busy or idle): a stopped or stuck writer", labels=W)
+        wall = time.time()
+        for child, mark in zip(sup.workers, sup.writer_status_marks()):
+            if mark is not None and sup.writer is not None and sup.writer.proc and sup.writer.proc.returncode is None:
+                age.add_metric([child.name], max(0.0, wall - mark[1] / 1e9))
         writer_up = GaugeMetricFamily("tickwire_writer_up", "1 while the writer process runs (absent with storage off)")
         restarts = CounterMetricFamily("tickwire_writer_restarts", "times the supervisor restarted the writer")
         if sup.writer is not None:
@@ -231,7 +238,7 @@ class Collector:
         yield lat
         yield from wc.values()
         yield from wg.values()
-        yield from (writer_up, restarts, stored, missed)
+        yield from (writer_up, age, restarts, stored, missed)
 
 
 #: Most requests the metrics endpoint serves at once; a connection past it is closed at once

@@ -181,22 +181,50 @@ def cpu_report(cores) -> list[str]:
 
 
 def shared_endpoint_warnings(endpoints) -> list[str]:
-    """A warning for each ipc endpoint in a directory other users can write (such as /tmp):
-    whoever binds the path first is the one the daemon listens to (docs/security.md)."""
+    """A warning for each ipc endpoint in a directory another user can write (such as /tmp), or
+    owns (its owner can bind there, or make it writable): whoever binds the path first is the one
+    the daemon listens to (docs/security.md). A directory of another user, or writable by a group,
+    was not warned about, and that user fed the daemon."""
+    import grp
+
     out = []
     for ep in endpoints:
-        if not ep.startswith("ipc://"):
+        if not ep.startswith("ipc://") or ep.startswith("ipc://@"):
             continue
         parent = Path(ep[len("ipc://"):]).parent
         try:
-            writable = parent.stat().st_mode & 0o002
+            st = parent.stat()
         except OSError:
             continue
-        if writable:
-            out.append(f"feed endpoint {ep} is in {parent}, which every local user can write: another user "
-                       f"who binds it first feeds this daemon; prefer a directory only you can write "
-                       f"(docs/security.md)")
+        me = os.geteuid()
+        if st.st_mode & 0o002:
+            who = "every local user can write"
+        elif st.st_uid not in (me, 0):
+            who = f"user {_user_name(st.st_uid)} owns (and can bind there)"
+        elif st.st_mode & 0o020:
+            try:
+                members = set(grp.getgrgid(st.st_gid).gr_mem)
+                gname = grp.getgrgid(st.st_gid).gr_name
+            except KeyError:
+                members, gname = set(), str(st.st_gid)
+            mine = _user_name(me)
+            if members <= {mine} and st.st_gid == os.getegid():
+                continue                              # a group of this user alone
+            who = f"group {gname} can write"
+        else:
+            continue
+        out.append(f"feed endpoint {ep} is in {parent}, which {who}: another user who binds it first feeds "
+                   f"this daemon; prefer a directory only you can write (docs/security.md)")
     return out
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def plain_tcp_warnings(endpoints, curve: bool) -> list[str]:
@@ -258,6 +286,8 @@ class Supervisor:
         self.workers: list[_Child] = []
         self.writer: _Child | None = None
         self.stopping = False
+        self.failure = None                            # why the daemon gave up, said in its last line
+        self.writer_stalled_since = None               # monotonic time its status stopped (see _watch_stalls)
         self.metrics_port = None
         self._httpd = None
         self._stop_event: asyncio.Event | None = None
@@ -653,6 +683,7 @@ class Supervisor:
             how = rc if rc >= 0 else signal.Signals(-rc).name
             if fast >= 5:
                 log.error("%s exited with %s five times within seconds of starting: giving up", child.name, how)
+                self.failure = f"{child.name} exited with {how} five times within seconds of starting"
                 self.failed = True
                 self.request_stop()
                 return
@@ -677,6 +708,7 @@ class Supervisor:
                 waited = time.monotonic() - first
                 if waited >= give_up_after:
                     log.error("%s cannot be started again (%s) for %.0f s: giving up", child.name, exc, waited)
+                    self.failure = f"{child.name} could not be started again ({exc})"
                     self.failed = True
                     self.request_stop()
                     return False
@@ -692,6 +724,7 @@ class Supervisor:
             return
         exc = task.exception()
         log.error("a child's watcher failed (%s: %s): stopping", type(exc).__name__, exc, exc_info=exc)
+        self.failure = f"a child's watcher failed ({type(exc).__name__}: {exc})"
         self.failed = True
         self.request_stop()
 
@@ -726,9 +759,11 @@ class Supervisor:
         if restart_after > 0:
             say_after = min(say_after, restart_after)
         seen: dict[int, list] = {}                     # worker index -> [(pid, status time), since, said]
+        wseen = None                                   # the writer: [(pid, marks), since, said]
         while not self.stopping:
             await asyncio.sleep(every)
             now = time.monotonic()
+            wseen = self._watch_writer_stall(wseen, now, say_after * 2)
             for i, child in enumerate(self.workers):
                 proc = child.proc
                 st = self._status_of(i) if proc is not None and proc.returncode is None else {}
@@ -755,6 +790,34 @@ class Supervisor:
                     child.stalls += 1
                     proc.kill()
                     seen.pop(i)
+
+    def _watch_writer_stall(self, last, now: float, say_after: float):
+        """The writer's part of :meth:`_watch_stalls`: a writer that rewrites no status file for
+        ``say_after`` seconds is stopped or stuck (said once, an error; counted in
+        ``tickwire_writer_status_age_seconds``): its rings fill, then the engine waits. A stopped
+        writer showed up nowhere: its gauges froze, ``writer_up`` stayed 1, nothing was logged.
+        Not restarted: the ticks stay in the rings, and it resumes where it stopped."""
+        proc = self.writer.proc if self.writer is not None else None
+        if proc is None or proc.returncode is not None:
+            self.writer_stalled_since = None
+            return None
+        marks = self.writer_status_marks()
+        if any(m is None for m in marks):             # still starting
+            return None
+        mark = (proc.pid, tuple(marks))
+        if last is None or last[0] != mark:
+            if last is not None and last[2]:
+                log.warning("the writer (pid %d) writes its status again after a stall of %.1f s", proc.pid,
+                            now - last[1])
+            self.writer_stalled_since = None
+            return [mark, now, False]
+        if not last[2] and now - last[1] >= say_after:
+            last[2] = True
+            self.writer_stalled_since = last[1]
+            log.error("the writer (pid %d) has written no status for %.0f s: it is stopped (SIGSTOP, a debugger) or "
+                      "stuck; the ticks wait in the rings (kept), and once a ring is full its worker waits",
+                      proc.pid, now - last[1])
+        return last
 
     async def _check_pinning(self, within: float = 10.0) -> None:
         """Verify each worker runs on its core only.  A worker pins itself once its imports are
@@ -943,6 +1006,9 @@ class Supervisor:
         else:
             self.summary = "stopped: every tick and signal stored"
             level = logging.INFO
+        if self.failure:                               # (it said only "stopped: every tick and signal stored")
+            self.summary = f"gave up ({self.failure}); " + self.summary
+            level = max(level, logging.ERROR)
         log.log(level, "%s", self.summary)
         if self.cfg.log_file:                          # the log is in a file: the line goes to stderr too
             print(f"tickwire: {self.summary}", file=sys.stderr, flush=True)
@@ -1020,6 +1086,18 @@ class Supervisor:
             return json.loads((self.run_dir / "writer" / "signals.json").read_text())
         except (OSError, ValueError):
             return {}
+
+    def writer_status_marks(self) -> list:
+        """Per tick ring: its writer's status file's (inode, mtime ns), or None (none yet). The
+        writer rewrites it every second, busy or idle; a mark that stays is a stopped writer."""
+        out = []
+        for i, _ in enumerate(self.cfg.workers):
+            try:
+                st = os.stat(self.run_dir / "writer" / ring_keys(self.cfg, i)[0] / "status.json")
+                out.append((st.st_ino, st.st_mtime_ns))
+            except OSError:
+                out.append(None)
+        return out
 
     def writer_status(self) -> list[dict]:
         out = []

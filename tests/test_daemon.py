@@ -3,6 +3,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -788,6 +789,71 @@ def publish(raw, run_dir, events, rate=100_000):
     out, _ = sim.communicate(timeout=120)
     assert sim.returncode == 0, out
     assert wait_for(lambda: status(run_dir)["feed"]["events"] >= events, 30)
+
+
+def test_a_stopped_writer_is_said_and_measured(tmp_path):
+    """Found by an adversarial pass: a writer stopped for 20 s showed up nowhere (its gauges
+    froze, writer_up stayed 1, writer_lag read 0, nothing was logged). The supervisor says it
+    (an error after 10 s without a status), tickwire_writer_status_age_seconds grows (alert
+    TickwireWriterStalled), and its return is said; every tick is still stored."""
+    import urllib.request
+
+    cfg_path, raw = write_config(tmp_path, "wstall")
+    run_dir = tmp_path / "state" / "wstall"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"] and writer_ready(run_dir) and (run_dir / "metrics.url").exists())
+        url = (run_dir / "metrics.url").read_text().strip()
+
+        def age():
+            text = urllib.request.urlopen(url, timeout=5).read().decode()
+            m = re.search(r'^tickwire_writer_status_age_seconds\{worker="w0"\} (\S+)$', text, re.M)
+            return float(m.group(1)) if m else None
+
+        assert age() is not None and age() < 5
+        pid = writer_pid("wstall")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            publish(raw, run_dir, 20_000)
+            assert wait_for(lambda: "has written no status for" in (tmp_path / "daemon.log").read_text(), 30)
+            assert age() > 10
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert wait_for(lambda: "writes its status again after a stall" in (tmp_path / "daemon.log").read_text(), 15)
+        assert wait_for(lambda: age() < 5, 15)
+    finally:
+        rc, _ = stop_daemon(daemon, log)
+    assert rc == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+    assert market_events(f"chdb://{tmp_path}/state/store") == (20_000, 20_000)
+
+
+def test_a_daemon_that_gives_up_on_a_crash_looping_worker_says_why_in_its_last_line(tmp_path):
+    """Found by an adversarial pass: a worker killed at each start made the daemon give up
+    (status 1) with a last line of "stopped: every tick and signal stored", the reason only
+    further up its log."""
+    cfg_path, raw = write_config(tmp_path, "loop")
+    run_dir = tmp_path / "state" / "loop"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        killed = set()
+        end = time.monotonic() + 90
+        while daemon.poll() is None and time.monotonic() < end:
+            try:
+                pid = status(run_dir)["pid"]
+            except (OSError, ValueError, KeyError):
+                pid = None
+            if pid and pid not in killed and alive(str(pid)):
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+            time.sleep(0.05)
+        rc = daemon.wait(timeout=30)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+        log.close()
+    lines = (tmp_path / "daemon.log").read_text().strip().splitlines()
+    assert rc != 0 and len(killed) >= 5, (rc, lines[-5:])
+    assert "gave up (w0 exited with SIGKILL five times within seconds of starting)" in lines[-1], lines[-3:]
 
 
 def test_writer_stopped_at_sigterm_is_continued_and_stores_everything(tmp_path):

@@ -166,6 +166,19 @@ def test_an_ipc_endpoint_in_a_world_writable_directory_is_warned_about(tmp_path)
     shared.chmod(0o1777)
     got = shared_endpoint_warnings([f"ipc://{private}/feed", f"ipc://{shared}/feed", "tcp://127.0.0.1:5555"])
     assert len(got) == 1 and f"ipc://{shared}/feed" in got[0] and "every local user can write" in got[0]
+    if os.geteuid() == 0:
+        # found by an adversarial pass: a directory another user owns (0755), or one a group of
+        # others can write (0775), was not warned about, and that user fed the daemon
+        theirs = tmp_path / "theirs"
+        theirs.mkdir(mode=0o755)
+        os.chown(theirs, 65534, 65534)
+        group = tmp_path / "group"
+        group.mkdir()
+        os.chown(group, 0, 65534)
+        group.chmod(0o775)
+        got = shared_endpoint_warnings([f"ipc://{theirs}/feed", f"ipc://{group}/feed", f"ipc://{private}/feed"])
+        assert len(got) == 2 and "user nobody owns" in got[0] and f"{theirs}" in got[0], got
+        assert "can write" in got[1] and f"{group}" in got[1], got
 
 
 def test_default_endpoints_are_in_a_private_directory_and_a_squatted_one_is_refused(tmp_path, monkeypatch):

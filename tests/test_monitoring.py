@@ -239,6 +239,49 @@ def test_promtool_checks_the_shipped_rules_and_scrape_config():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def _description(alert: str) -> str:
+    block = RULES.read_text().split(f"- alert: {alert}\n", 1)[1].split("- alert:", 1)[0]
+    return json.loads(re.search(r'description: (".*")', block).group(1))
+
+
+def test_alerts_fire_on_a_crash_loop_a_stopped_writer_and_refused_events(tmp_path):
+    """promtool's rule unit tests on series shaped like the faults an adversarial pass made:
+    TickwireWorkerDown never fired on a crash loop (up flips back within seconds, then the
+    daemon gives up: `up < 1 for 1m` never held); a SIGSTOPped writer and books refusing an L3
+    feed into L2 books had no alert at all. Healthy series fire none of them."""
+    promtool = _tool("promtool")
+    lab = 'instance="d",job="tickwire",worker="w0"'
+    test = {"rule_files": [str(RULES)], "evaluation_interval": "5s", "tests": [{
+        "interval": "5s",
+        "input_series": [
+            {"series": f"tickwire_worker_restarts_total{{{lab}}}", "values": "0 1 2 3 4 5 5 5"},
+            {"series": 'tickwire_worker_restarts_total{instance="d",job="tickwire",worker="w1"}', "values": "0 0 0 0 0 0 0 0"},
+            {"series": f"tickwire_writer_status_age_seconds{{{lab}}}", "values": "0 1 2 5 10 15 20 25 30 35 40"},
+            {"series": 'tickwire_writer_status_age_seconds{instance="e",job="tickwire",worker="w0"}', "values": "0 1 0 1 0 1 0 1 0 1 0"},
+            {"series": f'tickwire_book_rejects_total{{{lab},reason="UNKNOWN_LEVEL"}}', "values": "0 0 100 200 300"},
+            {"series": f'tickwire_book_rejects_total{{{lab},reason="CROSSED"}}', "values": "0 0 0 0 0"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "20s", "alertname": "TickwireWorkerDown", "exp_alerts": [{
+                "exp_labels": {"instance": "d", "worker": "w0", "severity": "critical"},
+                "exp_annotations": {"summary": "w0 keeps dying: 4 restarts in 2 minutes",
+                                    "description": _description("TickwireWorkerDown")}}]},
+            {"eval_time": "45s", "alertname": "TickwireWriterStalled", "exp_alerts": [{
+                "exp_labels": {"instance": "d", "severity": "critical"},
+                "exp_annotations": {"summary": "the writer of d has written no status for 35 s",
+                                    "description": _description("TickwireWriterStalled")}}]},
+            {"eval_time": "15s", "alertname": "TickwireWriterStalled", "exp_alerts": []},    # not yet 15 s past 10
+            {"eval_time": "20s", "alertname": "TickwireBookRejects", "exp_alerts": [{
+                "exp_labels": {"instance": "d", "worker": "w0", "reason": "UNKNOWN_LEVEL", "severity": "warning"},
+                "exp_annotations": {"summary": "w0: 300 events refused by the books (UNKNOWN_LEVEL) in 5 minutes",
+                                    "description": _description("TickwireBookRejects")}}]},
+        ]}]}
+    (tmp_path / "t.yml").write_text(json.dumps(test))            # (JSON is YAML)
+    out = subprocess.run([promtool, "test", "rules", str(tmp_path / "t.yml")], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0 and "SUCCESS" in out.stdout + out.stderr, out.stdout + out.stderr
+
+
 @pytest.fixture(scope="module")
 def prometheus(daemon, tmp_path_factory):
     binary = _tool("prometheus")
