@@ -1009,6 +1009,14 @@ class Supervisor:
         if self.failure:                               # (it said only "stopped: every tick and signal stored")
             self.summary = f"gave up ({self.failure}); " + self.summary
             level = max(level, logging.ERROR)
+        hist = [st.get("history", {}) for st in self.worker_status() if st]
+        lost, unknown = sum(h.get("lost_events", 0) for h in hist), sum(h.get("uncounted_losses", 0) for h in hist)
+        if lost or unknown:                            # what was received is stored; this was never received
+            self.summary += (f"; the feed's history has holes: {lost:,} events lost" if lost else
+                             "; the feed's history has holes") + \
+                (f", {unknown} range(s) of unknown size (a publisher restarted while a worker was away)"
+                 if unknown else "") + " (tickwire status; docs/storage.md)"
+            level = max(level, logging.WARNING)
         log.log(level, "%s", self.summary)
         if self.cfg.log_file:                          # the log is in a file: the line goes to stderr too
             print(f"tickwire: {self.summary}", file=sys.stderr, flush=True)

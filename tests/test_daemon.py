@@ -791,6 +791,27 @@ def publish(raw, run_dir, events, rate=100_000):
     assert wait_for(lambda: status(run_dir)["feed"]["events"] >= events, 30)
 
 
+def test_the_last_line_says_the_feed_history_has_holes(tmp_path):
+    """Found by an adversarial pass: with events lost on the wire (or a publisher restarted while
+    a worker was away), the daemon's last line still read only "stopped: every tick and signal
+    stored". It now adds what was never received."""
+    cfg_path, raw = write_config(tmp_path, "holes")
+    run_dir = tmp_path / "state" / "holes"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"])
+        sim = start_sim(raw, 20_000, 50_000, "--drop", "0.05", "--retain", "1")
+        out, _ = sim.communicate(timeout=120)
+        assert sim.returncode == 0, out
+        assert wait_for(lambda: status(run_dir)["history"]["lost_events"] > 0, 30)
+    finally:
+        rc, _ = stop_daemon(daemon, log)
+    last = (tmp_path / "daemon.log").read_text().strip().splitlines()[-1]
+    lost = status(run_dir)["history"]["lost_events"]
+    assert rc == 0 and f"stopped: every tick and signal stored; the feed's history has holes: {lost:,} events lost" \
+        in last, last
+
+
 def test_a_stopped_writer_is_said_and_measured(tmp_path):
     """Found by an adversarial pass: a writer stopped for 20 s showed up nowhere (its gauges
     froze, writer_up stayed 1, writer_lag read 0, nothing was logged). The supervisor says it
