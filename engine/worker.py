@@ -385,7 +385,11 @@ class Worker:
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
-            log.error("history note %s unreadable (%s): joining the feed afresh", self.cursor_path, exc)
+            log.error("history note %s unreadable (%s): joining the feed afresh (%s)", self.cursor_path, exc,
+                      "with feeds.history_from = \"start\" the publisher's retained events are asked for again "
+                      "from sequence 1: those already stored are stored twice"
+                      if self.cfg.feeds.history_from == "start" else
+                      "what was published since the note's position is not stored, nor counted")
             return {}
         self.lost_before = {k: int(note.get(k, 0)) for k in self.lost_before}
         points = note_points(note, self.ticks)

@@ -329,6 +329,40 @@ def test_a_layout_change_after_a_killed_daemon_is_refused_until_the_old_layout_r
     assert out.returncode == 0, out.stderr[-3000:]
 
 
+def test_a_killed_daemon_whose_rings_json_was_deleted_still_stores_its_ring_and_a_lost_note_is_said(
+        tmp_path, rings_of):
+    """Found by an adversarial pass (tampering with the state directory): with rings.json
+    deleted after a kill -9, the kept tick ring was orphaned and its unstored ticks lost unsaid
+    (20,608 of 1,500,000, exit 0); a deleted history note made 276,032 duplicates unsaid. The
+    run's own segments are found in /dev/shm and reclaimed; a missing note is an error line."""
+    rings_of("orphan")
+    cfg_path, raw = write_config(tmp_path, "orphan")
+    run_dir = tmp_path / "state" / "orphan"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"] and writer_ready(run_dir))
+        os.kill(writer_pid("orphan"), signal.SIGSTOP)      # the ticks stay in the ring, unstored
+        publish(raw, run_dir, 20_000)
+    finally:
+        wpid = writer_pid("orphan")
+        daemon.kill()                                       # the rings stay behind
+        daemon.wait()
+        log.close()
+        if wpid:
+            os.kill(wpid, signal.SIGKILL)
+    assert wait_for(lambda: not _pid_alive(status(run_dir)["pid"]) and not writer_pid("orphan"), 30)
+    (run_dir / "rings.json").unlink()
+    out = subprocess.run([PY, "-m", "tickwire", "run", "--config", str(cfg_path), "--duration", "3"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "rings.json is missing, but /dev/shm holds rings of this run" in out.stderr, out.stderr[-3000:]
+    assert market_events(f"chdb://{tmp_path}/state/store") == (20_000, 20_000)
+    (run_dir / "feed-w0.json").unlink()
+    out = subprocess.run([PY, "-m", "tickwire", "run", "--config", str(cfg_path), "--duration", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "w0: no history note" in out.stderr, out.stderr[-3000:]
+
+
 def test_a_worker_that_cannot_write_its_files_at_the_stop_still_closes_its_rings(tmp_path):
     """Found by an adversarial pass (a full state directory): the worker's first failed write at
     its stop raised, its rings were never closed, and the daemon ended in errors. Each file is
