@@ -58,6 +58,7 @@ import queue
 import sys
 import threading
 import time
+import zlib
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Callable, Optional
@@ -144,6 +145,14 @@ class _Journal:
             pass
 
 
+class SpillCorrupt(ValueError):
+    """A spill file that is not whole: ``path``, ``why``, and its header when readable."""
+
+    def __init__(self, path: Path, why: str, meta: Optional[dict] = None):
+        super().__init__(f"{path}: {why}")
+        self.path, self.why, self.meta = Path(path), why, meta or {}
+
+
 _SPILL_PROBLEMS = {errno.ENOSPC: "is full", errno.EDQUOT: "is over quota", errno.EACCES: "is not writable",
                    errno.EPERM: "is not writable", errno.EROFS: "is read-only"}
 
@@ -168,12 +177,14 @@ class _Spill:
 
     def write(self, pos: int, epoch: int, token: str, records: np.ndarray, **extra) -> Path:
         path = self.path_for(epoch, pos)
-        header = json.dumps({"pos": pos, "n": len(records), "epoch": epoch, "token": token, **extra}).encode() + b"\n"
+        body = np.ascontiguousarray(records).tobytes()
+        header = json.dumps({"pos": pos, "n": len(records), "epoch": epoch, "token": token,
+                             "crc32": zlib.crc32(body), **extra}).encode() + b"\n"
         tmp = path.with_name(f".{path.stem}.tmp")
         try:
             with open(tmp, "wb") as fh:
                 fh.write(_SPILL_MAGIC + header)
-                fh.write(np.ascontiguousarray(records).tobytes())
+                fh.write(body)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
@@ -200,13 +211,39 @@ class _Spill:
 
     @staticmethod
     def read(path: Path, dtype=EVENT_DTYPE):
+        """``(header, records)``; :class:`SpillCorrupt` when the file is not whole (its length,
+        or the records' CRC-32 in its header: 64 overwritten bytes put a garbage row in the store
+        and dropped the real one, unsaid)."""
         data = path.read_bytes()
         if not data.startswith(_SPILL_MAGIC):
-            raise ValueError(f"{path} is not a tickwire spill file")
-        nl = data.index(b"\n", len(_SPILL_MAGIC))
-        meta = json.loads(data[len(_SPILL_MAGIC):nl])
-        records = np.frombuffer(data, dtype=dtype, offset=nl + 1, count=meta["n"]).copy()
-        return meta, records
+            raise SpillCorrupt(path, "not a tickwire spill file")
+        try:
+            nl = data.index(b"\n", len(_SPILL_MAGIC))
+            meta = json.loads(data[len(_SPILL_MAGIC):nl])
+            n = int(meta["n"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SpillCorrupt(path, f"unreadable header ({exc})") from None
+        body = memoryview(data)[nl + 1:]
+        if len(body) != n * dtype.itemsize:
+            raise SpillCorrupt(path, f"{len(body)} bytes of records where {n} records take {n * dtype.itemsize}", meta)
+        if "crc32" in meta and zlib.crc32(body) != meta["crc32"]:
+            raise SpillCorrupt(path, "its records do not match the CRC-32 in its header", meta)
+        return meta, np.frombuffer(body, dtype=dtype, count=n).copy()
+
+    @staticmethod
+    def quarantine(exc: "SpillCorrupt", what: str) -> int:
+        """Set a corrupt spill file aside (``<name>.corrupt``, never replayed) and say so; the
+        records it should have held, as far as its header says (0: unknown)."""
+        n = int(exc.meta.get("n", 0)) if exc.meta else 0
+        bad = exc.path.with_name(exc.path.name + ".corrupt")
+        try:
+            os.replace(exc.path, bad)
+        except OSError:
+            pass
+        log.error("spill file %s is corrupt (%s): set aside as %s, its %s %s NOT stored%s", exc.path, exc.why,
+                  bad.name, f"{n:,}" if n else "", what,
+                  f" (positions {exc.meta.get('pos')}..{exc.meta.get('pos', 0) + n - 1})" if n else "")
+        return n
 
     def bytes(self) -> int:
         return sum(p.stat().st_size for p in self.files())
@@ -483,7 +520,11 @@ class TickWriter:
         return self.link.insert("insert_ticks", events, epoch=self.epoch, first_ord=pos, token=token)
 
     def _replay_task(self, path: Path):                                            # store thread
-        meta, events = _Spill.read(path)
+        try:
+            meta, events = _Spill.read(path)
+        except SpillCorrupt as exc:
+            self.metrics["rows_corrupt"] = self.metrics.get("rows_corrupt", 0) + _Spill.quarantine(exc, "ticks")
+            return True, 0
         ok = self.link.insert("insert_ticks", events, epoch=meta["epoch"], first_ord=meta["pos"], token=meta["token"])
         return ok, meta["n"]
 
@@ -721,8 +762,11 @@ class SignalWriter:
         self.missed = int(saved.get("missed", 0))
         self.pos = int(saved["pos"]) if saved.get("epoch") == self.epoch else 0
         for path in self.spill.files():
-            meta = _Spill.header(path)
-            if meta["epoch"] == self.epoch:
+            try:
+                meta = _Spill.header(path)
+            except (OSError, ValueError):               # (a corrupt one is set aside when replayed)
+                continue
+            if meta.get("epoch") == self.epoch and "end" in meta:
                 self.pos = max(self.pos, meta["end"])
         self.written = 0
         self.last_error = ""
@@ -792,7 +836,11 @@ class SignalWriter:
             log.warning("signal position not saved (%s); the spill file keeps it", exc)
 
     def _insert_task(self, path: Path):                  # store thread
-        meta, sig = _Spill.read(path, SIGNAL_DTYPE)
+        try:
+            meta, sig = _Spill.read(path, SIGNAL_DTYPE)
+        except SpillCorrupt as exc:
+            _Spill.quarantine(exc, "signals")
+            return True, 0
         return self.link.insert("insert_signals", sig, meta["run"], token=meta["token"]), meta["n"]
 
     def _store(self, now: float) -> None:

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import uuid
+import zlib
 
 import numpy as np
 import pytest
@@ -272,6 +273,48 @@ def test_outage_spills_in_order_and_replays_with_nothing_lost(tmp_path):
     assert_exactly_once(dsn, ev)
 
 
+def test_a_corrupt_spill_file_is_set_aside_and_said_never_stored_as_garbage(tmp_path, caplog):
+    """Found by an adversarial pass: 64 bytes overwritten in a spill file put a garbage row in
+    the store (instrument 2588635138, channel 62873) and dropped the real event, unsaid; a
+    truncated one too. Spill files carry the CRC-32 of their records: a file that does not match
+    is set aside (``.corrupt``), never replayed, and its range is an error line."""
+    import logging
+
+    name, dsn = ring_name(), f"chdb://{tmp_path}/store"
+    ev = l2_updates(12_000, seed=8, instruments=2)
+    down = threading.Event()
+    down.set()
+    real, link = flaky_link(dsn, down)
+    with Ring.create(name, EVENT_DTYPE, 1 << 15) as ring:
+        writer = TickWriter(link, Ring.attach(name, EVENT_DTYPE), tmp_path / "state", epoch=3, batch_rows=3000,
+                            batch_seconds=0.01, retry_seconds=0.05)
+        ring.push_many(ev)
+        deadline = time.monotonic() + 60
+        while writer.metrics["rows_spilled"] < len(ev):
+            assert writer.step(0.01) and time.monotonic() < deadline, writer.metrics
+        files = writer.spill.files()
+        assert len(files) == 4
+        data = bytearray(files[1].read_bytes())
+        data[len(data) // 2:len(data) // 2 + 64] = b"\xa5" * 64              # the middle of its records
+        files[1].write_bytes(bytes(data))
+        files[2].write_bytes(files[2].read_bytes()[:-100])               # cut short
+        down.clear()
+        with caplog.at_level(logging.ERROR, logger="tickwire.writer"):
+            while writer.spill.files():
+                assert writer.step(0.01) and time.monotonic() < deadline, writer.metrics
+        ring.close()
+        while writer.step(0.01):
+            assert time.monotonic() < deadline
+    link.close()
+    real.close()
+    assert sorted(p.name for p in (tmp_path / "state" / "spill").glob("*.corrupt")) == \
+        sorted(f.name + ".corrupt" for f in files[1:3])
+    assert "do not match the CRC-32" in caplog.text and "bytes of records where 3000 records take" in caplog.text
+    assert caplog.text.count("NOT stored") == 2 and writer.metrics["rows_corrupt"] == 6000
+    kept = np.concatenate([ev[:3000], ev[9000:]])
+    assert_exactly_once(dsn, kept)
+
+
 class ClosedWhileRead:
     """The writer's ring, whose producer closes it while the writer is reading it (after the
     writer's step has looked at whether it is draining): a race a real producer wins now and then."""
@@ -389,7 +432,8 @@ def test_spill_errors_name_the_directory_and_the_problem(tmp_path, monkeypatch):
     s = _Spill(meta_path)
     s.write(7, 3, "tok", ev)
     meta, back = _Spill.read(s.path_for(3, 7))
-    assert meta == {"pos": 7, "n": 10, "epoch": 3, "token": "tok"} and back.tobytes() == ev.tobytes()
+    assert meta == {"pos": 7, "n": 10, "epoch": 3, "token": "tok", "crc32": zlib.crc32(ev.tobytes())}
+    assert back.tobytes() == ev.tobytes()
 
 
 IDLE_POLICY_CHECK = """
