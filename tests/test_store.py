@@ -451,3 +451,26 @@ def test_a_single_block_window_keeps_the_store_memory_alive_until_it_is_merged(t
     assert alive_at_merge == [True]
     assert windows[0].held is None                               # and let go once merged
     assert got.tobytes() == total_order(ev).tobytes()
+
+
+def test_opening_a_store_another_process_holds_is_one_clear_error(tmp_path):
+    """Found by a newcomer: Store.open on a store a daemon's writer held failed with "Error
+    initializing EmbeddedServer: . (BAD_ARGUMENTS)" and a chDB "Cannot lock file" line of its own.
+    Now a StoreError naming the holder, before chDB tries; this process's own hold is none."""
+    import subprocess
+    import sys
+
+    dsn = f"chdb://{tmp_path}/db"
+    Store.open(dsn).close()
+    holder = subprocess.Popen([sys.executable, "-c", f"from tickwire.engine.store import Store; import sys, time; "
+                               f"s = Store.open({dsn!r}); print('open', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(StoreError, match=rf"the store {tmp_path}/db is locked by another process "
+                                             rf"\(pid {holder.pid}\): chDB allows one process per data directory"):
+            Store.open(dsn)
+    finally:
+        holder.kill()
+        holder.wait()
+    Store.open(dsn).close()
