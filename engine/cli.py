@@ -401,10 +401,22 @@ def cmd_status(args) -> int:
 
     def total(name):
         return sum(v for k, v in rows.items() if k == name or k.startswith(name + "{"))
+    def per_worker(name):
+        out = {}
+        for k, v in rows.items():
+            if k.startswith(name + "{"):
+                out[dict(re.findall(r'(\w+)="([^"]*)"', k)).get("worker", "?")] = v
+        return out
+
+    # (it said "workers up 2" of a worker stopped for 27 s: its status age says it)
+    stalled = sorted(w for w, age in per_worker("tickwire_worker_status_age_seconds").items() if age > 5)
+    wstalled = sorted(w for w, age in per_worker("tickwire_writer_status_age_seconds").items() if age > 10)
     print(f"daemon at {url}")
-    print(f"  events {total('tickwire_events_total'):,.0f} (markers {total('tickwire_markers_total'):,.0f})  "
-          f"signals {total('tickwire_signals_total'):,.0f}  workers up {total('tickwire_worker_up'):.0f}  "
-          f"restarts {total('tickwire_worker_restarts_total'):.0f}")
+    print(f"  events {total('tickwire_events_total'):,.0f} (markers {total('tickwire_markers_total'):,.0f}; since each "
+          f"worker's last start)  signals {total('tickwire_signals_total'):,.0f}  workers up "
+          f"{total('tickwire_worker_up'):.0f}" + (f" (STALLED: {', '.join(stalled)}: no status for over 5 s)"
+                                                  if stalled else "")
+          + f"  restarts {total('tickwire_worker_restarts_total'):.0f}")
     print(f"  feed: messages {total('tickwire_feed_messages_total'):,.0f}  gaps {total('tickwire_feed_gaps_total'):.0f}  "
           f"recoveries {total('tickwire_feed_recoveries_total'):.0f}  messages refused "
           f"{total('tickwire_feed_drops_total'):.0f} (duplicates, malformed, forged: by reason in --raw)")
@@ -424,8 +436,9 @@ def cmd_status(args) -> int:
           + ("  (events for instruments not in the config: stored, never applied; check [[instruments]] ids)"
              if by_reason.get("UNKNOWN_INSTRUMENT") else ""))
     print(f"  writer: rows {total('tickwire_writer_rows_written_total'):,.0f}  spilled "
-          f"{total('tickwire_writer_rows_spilled_total'):,.0f}  lag {total('tickwire_writer_lag'):,.0f}  "
-          f"outage {total('tickwire_writer_outage'):.0f}")
+          f"{total('tickwire_writer_rows_spilled_total'):,.0f}  ticks not yet stored "
+          f"{total('tickwire_tick_ring_depth'):,.0f}  outage {total('tickwire_writer_outage'):.0f}"
+          + ("  STALLED: no status for over 10 s (stopped or stuck)" if wstalled else ""))
     # p99 since start per worker and stage, from the histogram's buckets (as Prometheus would)
     hists = {}
     for k, v in rows.items():
@@ -654,7 +667,7 @@ def build_parser() -> argparse.ArgumentParser:
         "status",
         help="show a running daemon's metrics (from its metrics endpoint)",
         description="Read the metrics endpoint of a running daemon (found in its run directory, or --url) "
-                    "and print a summary: events, signals, feed gaps and recoveries, ring depths, writer "
+                    "and print a summary: events, signals, feed gaps and recoveries, stalls, writer "
                     "progress, latency percentiles.",
     )
     st.add_argument("--config", "-c", help="the daemon's TOML configuration file")

@@ -872,6 +872,10 @@ def test_a_stopped_writer_is_said_and_measured(tmp_path):
             publish(raw, run_dir, 20_000)
             assert wait_for(lambda: "has written no status for" in (tmp_path / "daemon.log").read_text(), 30)
             assert age() > 10
+            out = subprocess.run([PY, "-m", "tickwire", "status", "--config", str(cfg_path)], capture_output=True,
+                                 text=True, timeout=60)
+            writer_line = [ln for ln in out.stdout.splitlines() if ln.strip().startswith("writer:")]
+            assert writer_line and "STALLED" in writer_line[0] and "ticks not yet stored" in writer_line[0], out.stdout
         finally:
             os.kill(pid, signal.SIGCONT)
         assert wait_for(lambda: "writes its status again after a stall" in (tmp_path / "daemon.log").read_text(), 15)
