@@ -68,15 +68,17 @@ def secret_certificate(path) -> tuple[bytes, bytes]:
         raise ValueError(f"cannot read {p}: {exc.strerror or exc}") from None
     if not statmod.S_ISREG(st.st_mode):
         raise ValueError(f"{p} is not a regular file")
-    if st.st_uid != os.geteuid() or st.st_mode & 0o077:
-        raise ValueError(f"{p} must be yours and 0600 (it is owner uid {st.st_uid}, mode "
-                         f"{st.st_mode & 0o7777:04o}): anyone who reads it can pose as you; chmod 600 {p}")
+    # what the file is comes first: a public key file given here was told to be made 0600, and
+    # only after the chmod that it holds no secret key
     try:
         pub, sec = zmq.auth.load_certificate(str(p))
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot read a CURVE certificate from {p}: {exc}") from None
     if not pub or not sec:
         raise ValueError(f"{p} holds no secret key (use the NAME.key_secret file `tickwire keygen` writes)")
+    if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise ValueError(f"{p} must be yours and 0600 (it is owner uid {st.st_uid}, mode "
+                         f"{st.st_mode & 0o7777:04o}): anyone who reads it can pose as you; chmod 600 {p}")
     return _checked_key(pub, "public-key", p), _checked_key(sec, "secret-key", p)
 
 

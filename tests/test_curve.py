@@ -213,10 +213,15 @@ def test_keygen_does_not_write_through_a_dangling_symlink(tmp_path):
 
 
 def test_a_secret_key_others_can_read_is_refused(tmp_path):
-    _, sec = keygen(tmp_path, "s")
+    pub, sec = keygen(tmp_path, "s")
     os.chmod(sec, 0o644)
     with pytest.raises(ValueError, match="0600"):
         CurveServer(sec)
+    # the public key file given as the secret one: said as such first (it was told to chmod 600,
+    # and only after that that it holds no secret key)
+    os.chmod(pub, 0o644)
+    with pytest.raises(ValueError, match="holds no secret key"):
+        CurveServer(pub)
 
 
 BASE = {"instruments": [{"id": 0, "symbol": "A", "tick_size": "0.01", "lot_size": "1"}]}
