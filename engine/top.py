@@ -477,7 +477,7 @@ def _instrument_lines(st: TopState, sig_counts, rows: int, width: int) -> list:
             mid = f"{(bid + ask) / 2 * float(inst.tick_size):.{_decimals(inst) + 1}f}"
         last = (b.get("last_trade") or [None])[0]
         sigs = b.get("signals", sig_counts.get(inst.id, 0))
-        sym = inst.symbol + ("" if not b or b.get("in_sync", True) else "*")      # resyncing (ladder title)
+        sym = inst.symbol + ("" if not b or b.get("in_sync", True) else "*")      # out of sync (ladder title)
         cells = (inst.format_price(bid) if bid is not None else "-", inst.format_price(ask) if ask is not None else "-",
                  spread, mid, inst.format_price(last) if last is not None else "n/a", f"{sigs:,}")
         text = ("> " if k == st.selected else "  ") + f"{sym:<{sym_w}}"[:sym_w] + "".join(
@@ -611,7 +611,7 @@ def render(st: TopState, sig: SignalTail, width: int, height: int):
     b = (st.books or {}).get(inst.id) if inst is not None else None
     sub = f" seq {b['last_seq']}" if b and "last_seq" in b else ""
     if b and not b.get("in_sync", True):
-        sub += " (* resyncing)"
+        sub += " (* out of sync: a silent feed, or resyncing)"
     iv = datetime.fromtimestamp(st.interval_end).strftime("%H:%M:%S") if st.interval_end else "none yet"
     lines = [head, *_instrument_lines(st, sig.by_instrument, inst_rows, width)]
     lines.append(_line((f"{'book ' + (inst.symbol if inst else '-') + sub:<{left_w}} ", "bold"),

@@ -305,4 +305,4 @@ def test_render_fits_80x24_and_draws_the_ladder_of_the_selected_book():
     st.selected = 3
     con = Console(file=io.StringIO(), width=80, height=24, force_terminal=False)
     con.print(render(st, SignalTail("/nonexistent"), 80, 24))
-    assert "SYN3*" in con.file.getvalue() and "book SYN3 seq 77 (* resyncing)" in con.file.getvalue()
+    assert "SYN3*" in con.file.getvalue() and "book SYN3 seq 77 (* out of sync: a silent feed, or resyncing)" in con.file.getvalue()
