@@ -241,8 +241,10 @@ class Collector:
         yield from (writer_up, age, restarts, stored, missed)
 
 
-#: Most requests the metrics endpoint serves at once; a connection past it is closed at once
-#: (a flood of idle connections can then fail a scrape for a few seconds, never the daemon).
+#: Most connections the metrics endpoint serves at once. A connection past it evicts the oldest
+#: one that has not sent its request yet (an idle one); with none idle, it is closed at once.
+#: (Closing the newcomer let any local user who kept 64 idle connections open fail most scrapes
+#: for as long as they liked.)
 MAX_CONNECTIONS = 64
 #: Seconds a connection may take to send its request (and to read the reply) before it is closed.
 REQUEST_TIMEOUT_S = 5.0
@@ -270,20 +272,46 @@ def serve(host: str, port: int, registry):
             pass
 
     slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+    idle: dict = {}                                    # socket -> accept time, until its request is read
+    idle_lock = threading.Lock()
+
+    class Handler(Handler):                            # noqa: F811 - the one above, marking its request read
+        def parse_request(self):
+            with idle_lock:
+                idle.pop(self.request, None)
+            return super().parse_request()
+
+    def evict_one() -> bool:
+        """Close the oldest connection still waiting for its request; False when there is none."""
+        with idle_lock:
+            if not idle:
+                return False
+            sock = min(idle, key=idle.get)
+            del idle[sock]
+        try:
+            sock.shutdown(socket.SHUT_RDWR)            # its thread reads EOF, ends, frees its slot
+        except OSError:
+            pass
+        return True
 
     class Server(ThreadingMixIn, WSGIServer):
         daemon_threads = True
 
         def process_request(self, request, client_address):
             if not slots.acquire(blocking=False):
-                self.shutdown_request(request)         # too many at once: closed, not queued
-                return
+                if not (evict_one() and slots.acquire(timeout=1.0)):
+                    self.shutdown_request(request)     # every slot busy with a request: closed, not queued
+                    return
+            with idle_lock:
+                idle[request] = time.monotonic()
             super().process_request(request, client_address)
 
         def process_request_thread(self, request, client_address):
             try:
                 super().process_request_thread(request, client_address)
             finally:
+                with idle_lock:
+                    idle.pop(request, None)
                 slots.release()
 
         def handle_error(self, request, client_address):

@@ -452,6 +452,13 @@ def test_idle_metrics_connections_and_a_refused_restart_do_not_leave_the_daemon_
             c.settimeout(15)
             assert c.recv(1) == b""                           # closed by the daemon, not held
         assert "tickwire_worker_up" in urllib.request.urlopen(url, timeout=10).read().decode()
+        # every slot held by an idle connection (a local user keeping 64 open failed 16 scrapes of
+        # 22): a scrape evicts the oldest idle one instead of being closed
+        squat = [socket.create_connection((host, int(port))) for _ in range(64)]
+        conns += squat
+        time.sleep(0.3)
+        for _ in range(5):
+            assert "tickwire_worker_up" in urllib.request.urlopen(url, timeout=10).read().decode()
         # the system refuses the supervisor a new process: descriptors at their limit
         soft, hard = resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE)
         resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE, (fds_of(daemon.pid), hard))
