@@ -26,7 +26,8 @@ __all__ = ["PlotInputError", "LatencySource", "load_latency", "spectrum", "over_
            "figure", "save_png", "nines_axis", "require_matplotlib", "read_hgrm", "MATPLOTLIB_HINT"]
 
 #: How to get matplotlib (it is the ``report`` extra, and in ``dev``).
-MATPLOTLIB_HINT = "in the checkout: .venv/bin/pip install -e '.[report]' (the report extra; dev has it too)"
+MATPLOTLIB_HINT = ("in the checkout: .venv/bin/pip install 'matplotlib>=3.7' (all the report extra holds; "
+                   "installing the extra itself rebuilds every extension; dev has it too)")
 #: The nines axis: 1/(1-p) at its ticks, and their labels.
 NINES_TICKS = (1, 10, 100, 1_000, 10_000, 100_000, 1_000_000)
 NINES_LABELS = ("0%", "90%", "99%", "99.9%", "99.99%", "99.999%", "99.9999%")

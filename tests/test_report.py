@@ -475,7 +475,7 @@ def test_missing_matplotlib_is_one_clear_line(monkeypatch, tmp_path):
     monkeypatch.setattr(builtins, "__import__", fake)
     with pytest.raises(ImportError) as err:
         ReportBuilder([Instrument(0, "X")])
-    assert "pip install -e '.[report]'" in str(err.value) and "\n" not in str(err.value)
+    assert "pip install 'matplotlib>=3.7'" in str(err.value) and "\n" not in str(err.value)
     rb = ReportBuilder([Instrument(0, "X")], plots=False)     # no plots: no matplotlib needed
     e = ev(HAND)
     rb.add(e, sig(e[1]))
