@@ -105,7 +105,14 @@ def _try_lock(path: Path):
 
 
 def _lock_holder(path: Path) -> int:
-    """The pid written into a lock file by the process that took it (0: unknown)."""
+    """The pid that holds the flock on ``path`` (from /proc/locks), else the pid written into it
+    by the process that took it (0: unknown). (The file alone named the previous holder, or
+    none, when read between a winner's flock and its write of its pid.)"""
+    from tickwire.engine.store import _flock_holders
+
+    others = [p for p in _flock_holders(str(path)) if p != os.getpid()]
+    if others:
+        return others[0]
     try:
         return int(path.read_text().split()[0])
     except (OSError, ValueError, IndexError):

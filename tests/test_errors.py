@@ -124,6 +124,26 @@ def test_signals_without_a_daemon_says_how_to_start_one(tmp_path):
     assert "Errno" not in res.stderr and "Traceback" not in res.stderr
 
 
+def test_a_lock_names_the_process_that_holds_it_not_what_its_file_says(tmp_path):
+    """Found by an adversarial pass: two daemons started at once, the loser's line sometimes named
+    the previous daemon (long gone) or pid 0: it read the file between the winner's flock and the
+    winner's write of its pid. The holder comes from /proc/locks."""
+    from tickwire.engine.supervisor import _lock_holder
+
+    path = tmp_path / "daemon.lock"
+    holder = subprocess.Popen([PY, "-c", f"from tickwire.engine.supervisor import _try_lock; import time; "
+                               f"fd = _try_lock({str(path)!r}); print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        path.write_text("1836\n")                                   # what the race left: a stale pid
+        assert _lock_holder(path) == holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+    assert _lock_holder(path) == 1836                               # nobody holds it: the file's word
+
+
 def test_a_second_demo_refuses_to_start(tmp_path):
     from tickwire.engine.supervisor import _try_lock
 
