@@ -768,6 +768,12 @@ class SignalWriter:
                 continue
             if meta.get("epoch") == self.epoch and "end" in meta:
                 self.pos = max(self.pos, meta["end"])
+        # written at once, not only after the first stored batch: a missing position then means a
+        # deleted one (the supervisor says so), not a writer that had stored nothing yet
+        try:
+            _write_json(self.position_path, {"epoch": self.epoch, "pos": self.pos, "missed": self.missed})
+        except OSError as exc:
+            log.warning("signal position not saved (%s)", exc)
         self.written = 0
         self.last_error = ""
         self.gave_up = ""

@@ -363,6 +363,35 @@ def test_a_killed_daemon_whose_rings_json_was_deleted_still_stores_its_ring_and_
     assert out.returncode == 0 and "w0: no history note" in out.stderr, out.stderr[-3000:]
 
 
+def test_a_deleted_signal_position_is_said_when_its_ring_is_reclaimed(tmp_path, rings_of):
+    """Found by an adversarial pass: the signal writer's position.json deleted after a killed
+    daemon stored the kept ring's signals a second time (20 of 113), nothing said. The writer
+    writes its position at its start, so a missing one is a deleted one: an error line."""
+    rings_of("sigpos")
+    cfg_path, raw = write_config(tmp_path, "sigpos")
+    run_dir = tmp_path / "state" / "sigpos"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    position = run_dir / "writer" / "tickwire-sigpos-signals-0" / "position.json"
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"] and writer_ready(run_dir))
+        assert wait_for(position.exists, 30)                          # at the writer's start
+        publish(raw, run_dir, 100_000)
+        assert wait_for(lambda: status(run_dir)["counts"]["signals"] > 0, 30)
+    finally:
+        wpid = writer_pid("sigpos")
+        daemon.kill()                                                 # the rings stay behind
+        daemon.wait()
+        log.close()
+        if wpid:
+            os.kill(wpid, signal.SIGKILL)
+    assert wait_for(lambda: not _pid_alive(status(run_dir)["pid"]) and not writer_pid("sigpos"), 30)
+    position.unlink()
+    out = subprocess.run([PY, "-m", "tickwire", "run", "--config", str(cfg_path), "--duration", "2"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "the signal writer's position" in out.stderr and "is missing" in out.stderr, out.stderr[-3000:]
+
+
 def test_a_worker_that_cannot_write_its_files_at_the_stop_still_closes_its_rings(tmp_path):
     """Found by an adversarial pass (a full state directory): the worker's first failed write at
     its stop raised, its rings were never closed, and the daemon ended in errors. Each file is
