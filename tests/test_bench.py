@@ -488,6 +488,30 @@ def test_ctrl_c_stops_the_bench_with_one_line_and_nothing_left_running(tmp_path,
     assert not any(running(k) for k in kids), [k for k in kids if running(k)]
 
 
+def _bench_child(p, pick, timeout=120.0):
+    """Poll the bench ``p``'s children (resource tracker aside) until ``pick({pid: cores}, the
+    bench's cores)`` names one; None when it ends or the time runs out."""
+    import subprocess
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and p.poll() is None:
+        time.sleep(0.1)
+        kids = {}
+        for k in subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split():
+            try:
+                if "resource_tracker" not in open(f"/proc/{k}/cmdline").read():
+                    kids[int(k)] = os.sched_getaffinity(int(k))
+            except (OSError, ValueError):
+                pass
+        try:
+            found = pick(kids, os.sched_getaffinity(p.pid))
+        except OSError:
+            return None
+        if found is not None:
+            return found
+    return None
+
+
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="finds the engine worker by its own core")
 @pytest.mark.parametrize("fault", ["kill", "stop"])
 def test_a_worker_killed_or_stalled_past_the_drain_fails_the_run_instead_of_hiding(tmp_path, fault):
@@ -503,18 +527,8 @@ def test_a_worker_killed_or_stalled_past_the_drain_fails_the_run_instead_of_hidi
                           "--duration", "3", "--warmup", "0.3", "--drain", "0.3", "--no-floors", "--no-baseline",
                           "--no-plots", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        worker, end = None, time.monotonic() + 120
-        while worker is None and time.monotonic() < end and p.poll() is None:
-            time.sleep(0.1)
-            kids = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
-            for k in kids:
-                try:
-                    cmd = open(f"/proc/{k}/cmdline").read()
-                    if "resource_tracker" not in cmd and len(os.sched_getaffinity(int(k))) == 1 \
-                            and os.sched_getaffinity(int(k)) != os.sched_getaffinity(p.pid):
-                        worker = int(k)                  # pinned to the engine's core
-                except (OSError, ValueError):
-                    pass
+        worker = _bench_child(p, lambda kids, mine: next(
+            (k for k, c in kids.items() if len(c) == 1 and c != mine), None))   # pinned to the engine's core
         assert worker is not None, p.communicate()
         time.sleep(2.0)                               # into the measured seconds
         if fault == "kill":
@@ -547,20 +561,11 @@ def test_a_killed_signal_consumer_is_one_line_not_a_traceback(tmp_path):
                           "--no-plots", "--out", str(tmp_path / "run")], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     try:
-        consumer, end = None, time.monotonic() + 120
-        while consumer is None and time.monotonic() < end and p.poll() is None:
-            time.sleep(0.1)
-            kids = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
-            pinned = {}
-            for k in kids:
-                try:
-                    if "resource_tracker" not in open(f"/proc/{k}/cmdline").read():
-                        pinned[int(k)] = os.sched_getaffinity(int(k))
-                except (OSError, ValueError):
-                    pass
-            if len(pinned) == 2:                      # the worker (its own core), then the consumer
-                consumer = [k for k, c in pinned.items() if c == os.sched_getaffinity(p.pid)]
-                consumer = consumer[0] if len(consumer) == 1 else None
+        def the_consumer(kids, mine):                   # the worker (its own core), then the consumer
+            ours = [k for k, c in kids.items() if c == mine]
+            return ours[0] if len(kids) == 2 and len(ours) == 1 else None
+
+        consumer = _bench_child(p, the_consumer)
         assert consumer is not None, p.communicate()
         time.sleep(1.5)
         os.kill(consumer, signal.SIGKILL)
