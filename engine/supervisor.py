@@ -17,7 +17,7 @@ itself to its core; the supervisor checks the affinity it reports), and then sup
   ring is unlinked only when everything in it is stored or spilled; otherwise it is kept for the
   next start, whose writer stores it first. One line says which; exit status 0 when everything is
   stored or durably spilled and every process stopped cleanly, 1 when a process had to be
-  killed or failed, :data:`EXIT_UNSTORED` (3) when ticks or signals were kept in shared memory;
+  killed or failed or a spill file was lost (damaged, or removed by hand), :data:`EXIT_UNSTORED` (3) when ticks or signals were kept in shared memory;
 - SIGHUP: re-read the config and, when it is valid, have the workers apply new rule thresholds.
 
 Children die with the supervisor: each sets ``PR_SET_PDEATHSIG`` = SIGTERM on itself at start
@@ -306,6 +306,7 @@ class Supervisor:
         self.writer: _Child | None = None
         self.stopping = False
         self.failure = None                            # why the daemon gave up, said in its last line
+        self.spill_lost = False                        # records of damaged or removed spill files
         self.writer_stalled_since = None               # monotonic time its status stopped (see _watch_stalls)
         self.metrics_port = None
         self._httpd = None
@@ -1023,7 +1024,7 @@ class Supervisor:
         for fd in self._locks:
             os.close(fd)
         self._locks = []
-        return EXIT_UNSTORED if unstored else status
+        return EXIT_UNSTORED if unstored else status or int(self.spill_lost)
 
     async def _stopped(self, child: _Child, deadline: float):
         """Wait for ``child`` until ``deadline``, then kill it; its exit status, None if killed."""
@@ -1083,6 +1084,14 @@ class Supervisor:
         else:
             self.summary = "stopped: every tick and signal stored"
             level = logging.INFO
+        wst, sst = self.writer_status(), self.signal_status()
+        damaged = [(sum(st.get("rows_corrupt", 0) + st.get("rows_missing", 0) for st in wst), "ticks"),
+                   (sst.get("corrupt", 0) + sst.get("gone", 0), "signals")]
+        if any(n for n, _ in damaged):                 # (it said "every tick and signal stored" over them)
+            self.summary += "; but " + " and ".join(f"{n:,} {what}" for n, what in damaged if n) + \
+                " of damaged or removed spill files were NOT stored (the log names them)"
+            level = max(level, logging.ERROR)
+            self.spill_lost = True
         if self.failure:                               # (it said only "stopped: every tick and signal stored")
             self.summary = f"gave up ({self.failure}); " + self.summary
             level = max(level, logging.ERROR)

@@ -164,10 +164,79 @@ class _Spill:
     again at position 0, and its batches must not take the names of an earlier stream's files
     that still wait for the store."""
 
+    #: Lines the ledger may hold with nothing outstanding before it is emptied.
+    LEDGER_LINES = 4096
+
     def __init__(self, directory: Path, suffix: str = ".spill", what: str = "ticks"):
         self.dir = directory
         self.suffix = suffix
         self.what = what
+        # The ledger: "+ name n pos" once a file is durable, "- name" before it is removed (its
+        # records stored, or it set aside as corrupt). A file it holds that is gone was removed
+        # by someone else: its records were never stored, and nothing else could say so.
+        self.ledger = directory / f"{what}.ledger"
+        self._out: Optional[dict] = None             # outstanding: name -> (n, pos)
+        self._lines = 0
+        self._ledger_warned = False
+
+    def _load(self) -> dict:
+        if self._out is None:
+            out: dict = {}
+            try:
+                text = self.ledger.read_text(errors="replace")
+            except OSError:
+                text = ""
+            for line in text.splitlines():
+                f = line.split()
+                self._lines += 1
+                if len(f) == 4 and f[0] == "+" and f[2].isdigit() and f[3].isdigit():
+                    out[f[1]] = (int(f[2]), int(f[3]))
+                elif len(f) == 2 and f[0] == "-":
+                    out.pop(f[1], None)
+            self._out = out
+        return self._out
+
+    def _append(self, line: str) -> None:
+        try:
+            with open(self.ledger, "a") as fh:
+                fh.write(line)
+                fh.flush()
+                os.fsync(fh.fileno())
+            self._lines += 1
+        except OSError as exc:
+            if not self._ledger_warned:
+                self._ledger_warned = True
+                log.warning("spill ledger %s not written (%s): a spill file removed by hand would go unnoticed",
+                            self.ledger, exc)
+
+    def remove(self, path: Path) -> None:
+        """A spill file is done with (stored, or set aside): struck from the ledger, then removed."""
+        out = self._load()
+        if out.pop(path.name, None) is not None:
+            self._append(f"- {path.name}\n")
+        path.unlink(missing_ok=True)
+        if not out and self._lines > self.LEDGER_LINES:
+            try:
+                self.ledger.unlink()
+                self._lines = 0
+            except OSError:
+                pass
+
+    def missing(self) -> int:
+        """Records of spill files the ledger holds that are gone (removed by hand: never stored),
+        each an error line, then struck from the ledger; their count."""
+        out = self._load()
+        lost = 0
+        for name, (n, pos) in list(out.items()):
+            path = self.dir / name
+            if path.exists() or path.with_name(name + ".corrupt").exists():
+                continue
+            log.error("spill file %s is gone but was never stored (removed by hand?): its %s %s NOT stored "
+                      "(positions %d..%d)", path, f"{n:,}", self.what, pos, pos + n - 1)
+            lost += n
+            del out[name]
+            self._append(f"- {name}\n")
+        return lost
 
     def files(self) -> list[Path]:
         return sorted(self.dir.glob(f"*{self.suffix}"))
@@ -199,6 +268,8 @@ class _Spill:
             cause = f"spill directory {self.dir} {what} ({code}, errno {exc.errno})"
             raise SpillError(exc.errno, cause, f"{cause}: {len(records)} {self.what} stay in the ring until it "
                                                f"can take them") from None
+        self._load()[path.name] = (len(records), pos)
+        self._append(f"+ {path.name} {len(records)} {pos}\n")
         return path
 
     @staticmethod
@@ -488,7 +559,7 @@ class TickWriter:
             "rows_written": 0, "batches_written": 0, "rows_spilled": 0, "batches_spilled": 0,
             "batches_replayed": 0, "spill_bytes": 0, "spill_files": 0, "lag": 0, "unstored": 0,
             "outage": False, "last_error": "", "spill_error": "", "gave_up": "", "epoch": self.epoch, "sched_idle": 0,
-            "sched_switches": 0,
+            "sched_switches": 0, "rows_corrupt": 0, "rows_missing": 0,
         }
 
     @property
@@ -523,7 +594,7 @@ class TickWriter:
         try:
             meta, events = _Spill.read(path)
         except SpillCorrupt as exc:
-            self.metrics["rows_corrupt"] = self.metrics.get("rows_corrupt", 0) + _Spill.quarantine(exc, "ticks")
+            self.metrics["rows_corrupt"] += _Spill.quarantine(exc, "ticks")
             return True, 0
         ok = self.link.insert("insert_ticks", events, epoch=meta["epoch"], first_ord=meta["pos"], token=meta["token"])
         return ok, meta["n"]
@@ -601,7 +672,7 @@ class TickWriter:
         if t.batch is None:                                  # a replay
             ok, n = t.fut.result()
             if ok:
-                t.path.unlink(missing_ok=True)
+                self.spill.remove(t.path)
                 self.metrics["rows_written"] += n
                 self.metrics["batches_written"] += 1
                 self.metrics["batches_replayed"] += 1
@@ -618,7 +689,7 @@ class TickWriter:
                 b.insert_failed, b.insert_retry = now, now + self.retry_seconds
             return
         if ok and b.spilled is not None and b.spilled.exists():   # spilled while it ran: done twice
-            b.spilled.unlink()
+            self.spill.remove(b.spilled)
             self.metrics["rows_written"] += b.n
             self.metrics["batches_written"] += 1
         self._give_back(b.buf)
@@ -714,6 +785,7 @@ class TickWriter:
     def write_status(self) -> None:
         self.metrics["lag"] = int(self.source.size)
         self.metrics["unstored"] = int(self.source.head - self.source.committed)
+        self.metrics["rows_missing"] += self.spill.missing()
         self.metrics["spill_files"] = len(self.spill.files())
         self.metrics["spill_bytes"] = self.spill.bytes()
         self.metrics["outage"] = self.link.outage
@@ -775,6 +847,7 @@ class SignalWriter:
         except OSError as exc:
             log.warning("signal position not saved (%s)", exc)
         self.written = 0
+        self.corrupt = self.gone = 0                    # signals of damaged / removed spill files
         self.last_error = ""
         self.gave_up = ""
         self._spill_cause = ""
@@ -845,7 +918,7 @@ class SignalWriter:
         try:
             meta, sig = _Spill.read(path, SIGNAL_DTYPE)
         except SpillCorrupt as exc:
-            _Spill.quarantine(exc, "signals")
+            self.corrupt += _Spill.quarantine(exc, "signals")
             return True, 0
         return self.link.insert("insert_signals", sig, meta["run"], token=meta["token"]), meta["n"]
 
@@ -856,7 +929,7 @@ class SignalWriter:
             (ok, n), path = self._task.result(), self._task_path
             self._task = None
             if ok:
-                path.unlink(missing_ok=True)
+                self.spill.remove(path)
                 self.written += n
             else:
                 self._insert_failed, self._retry = now, now + self.retry_seconds
@@ -888,7 +961,9 @@ class SignalWriter:
         return bool(self.spill.files()) and not (self._insert_failed is not None and self._insert_failed >= since)
 
     def status(self) -> dict:
+        self.gone += self.spill.missing()
         return {"written": self.written, "missed": self.missed, "position": self.pos,
+                "corrupt": self.corrupt, "gone": self.gone,
                 "spill_files": len(self.spill.files()), "unstored": self._rows, "last_error": self.last_error,
                 "gave_up": self.gave_up}
 
@@ -997,6 +1072,7 @@ class WriterService:
         each = [s.status() for s in self.signal_writers]
         out = {"written": sum(s["written"] for s in each), "missed": sum(s["missed"] for s in each),
                "spill_files": sum(s["spill_files"] for s in each), "unstored": sum(s["unstored"] for s in each),
+               "corrupt": sum(s["corrupt"] for s in each), "gone": sum(s["gone"] for s in each),
                "last_error": "; ".join(s["last_error"] for s in each if s["last_error"]), "rings": each}
         write_status_file(self.state_dir / "signals.json", out)
 

@@ -1060,6 +1060,36 @@ def test_full_spill_dir_with_the_store_down_exits_non_zero_and_loses_nothing(tmp
     assert market_events(f"chdb://{tmp_path}/state/store") == (100_000, 100_000)
 
 
+def test_a_spill_file_removed_by_hand_is_in_the_last_line_and_the_exit_status(tmp_path, rings_of):
+    """Found by an adversarial pass: with the store down, a spill file deleted by hand (a full
+    disk cleared with rm) lost its ticks, and the daemon still said "every tick and signal is
+    stored or spilled", exit 0. Now its error line names the file, the last line says how many
+    ticks were NOT stored, and the exit status is 1."""
+    from tickwire.engine.writer import _Spill
+
+    rings_of("gone")
+    cfg_path, raw = write_config(tmp_path, "gone")
+    raw["store"]["dsn"] = "http://127.0.0.1:1"
+    cfg_path.write_text(to_toml(raw))
+    run_dir = tmp_path / "state" / "gone"
+    spill = run_dir / "writer" / "tickwire-gone-ticks-0" / "spill"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"])
+        publish(raw, run_dir, 50_000)
+        assert wait_for(lambda: len(list(spill.glob("*.spill"))) >= 2, 30)
+        victim = sorted(spill.glob("*.spill"))[0]
+        n = _Spill.header(victim)["n"]
+        victim.unlink()
+        assert wait_for(lambda: "never stored" in (tmp_path / "daemon.log").read_text(), 30)
+    finally:
+        rc, _ = stop_daemon(daemon, log)
+    text = (tmp_path / "daemon.log").read_text()
+    assert rc == 1, text[-3000:]
+    line = [x for x in text.splitlines() if "stopped" in x][-1]
+    assert f"but {n:,} ticks of damaged or removed spill files were NOT stored" in line, line
+
+
 def test_killed_supervisor_takes_its_children_along_and_a_new_daemon_starts(tmp_path):
     """kill -9 of the supervisor: its worker and writer get SIGTERM (PR_SET_PDEATHSIG), drain and
     exit within seconds; a new daemon with the same config reclaims the rings and starts;

@@ -273,6 +273,15 @@ def test_outage_spills_in_order_and_replays_with_nothing_lost(tmp_path):
     assert_exactly_once(dsn, ev)
 
 
+def replay_then_drain(writer, ring, deadline):
+    """The store is back: the writer replays every spill file, then drains the closed ring."""
+    while writer.spill.files():
+        assert writer.step(0.01) and time.monotonic() < deadline, writer.metrics
+    ring.close()
+    while writer.step(0.01):
+        assert time.monotonic() < deadline
+
+
 def test_a_corrupt_spill_file_is_set_aside_and_said_never_stored_as_garbage(tmp_path, caplog):
     """Found by an adversarial pass: 64 bytes overwritten in a spill file put a garbage row in
     the store (instrument 2588635138, channel 62873) and dropped the real event, unsaid; a
@@ -300,11 +309,7 @@ def test_a_corrupt_spill_file_is_set_aside_and_said_never_stored_as_garbage(tmp_
         files[2].write_bytes(files[2].read_bytes()[:-100])               # cut short
         down.clear()
         with caplog.at_level(logging.ERROR, logger="tickwire.writer"):
-            while writer.spill.files():
-                assert writer.step(0.01) and time.monotonic() < deadline, writer.metrics
-        ring.close()
-        while writer.step(0.01):
-            assert time.monotonic() < deadline
+            replay_then_drain(writer, ring, deadline)
     link.close()
     real.close()
     assert sorted(p.name for p in (tmp_path / "state" / "spill").glob("*.corrupt")) == \
@@ -313,6 +318,50 @@ def test_a_corrupt_spill_file_is_set_aside_and_said_never_stored_as_garbage(tmp_
     assert caplog.text.count("NOT stored") == 2 and writer.metrics["rows_corrupt"] == 6000
     kept = np.concatenate([ev[:3000], ev[9000:]])
     assert_exactly_once(dsn, kept)
+
+
+def test_a_spill_file_removed_by_hand_is_said_with_its_positions(tmp_path, caplog):
+    """Found by an adversarial pass: a spill file deleted before its replay (a full disk cleared
+    with rm) lost its 3,000 ticks with nothing said, and the daemon's last line said every tick
+    was stored. The ledger enters each file once durable and strikes it before removal: a file it
+    holds that is gone is an error line with its positions and ``rows_missing``, found while the
+    writer runs and by the next writer on the same state directory."""
+    import logging
+
+    name, dsn = ring_name(), f"chdb://{tmp_path}/store"
+    ev = l2_updates(12_000, seed=9, instruments=2)
+    down = threading.Event()
+    down.set()
+    real, link = flaky_link(dsn, down)
+    deadline = time.monotonic() + 60
+    with Ring.create(name, EVENT_DTYPE, 1 << 15) as ring:
+        writer = TickWriter(link, Ring.attach(name, EVENT_DTYPE), tmp_path / "state", epoch=3, batch_rows=3000,
+                            batch_seconds=0.01, retry_seconds=0.05)
+        ring.push_many(ev)
+        while writer.metrics["rows_spilled"] < len(ev):
+            assert writer.step(0.01) and time.monotonic() < deadline, writer.metrics
+        files = writer.spill.files()
+        assert len(files) == 4
+        with caplog.at_level(logging.ERROR, logger="tickwire.writer"):
+            files[1].unlink()                                  # while it runs
+            writer.write_status()
+            assert writer.metrics["rows_missing"] == 3000 and "positions 3000..5999" in caplog.text
+            writer.write_status()                               # said once
+            assert writer.metrics["rows_missing"] == 3000 and caplog.text.count("never stored") == 1
+            files[2].unlink()                                   # between two writers
+            writer.source.close()
+            again = TickWriter(link, Ring.attach(name, EVENT_DTYPE), tmp_path / "state", epoch=3, batch_rows=3000,
+                               batch_seconds=0.01, retry_seconds=0.05)
+            again.write_status()
+            assert again.metrics["rows_missing"] == 3000 and "positions 6000..8999" in caplog.text
+        down.clear()
+        replay_then_drain(again, ring, deadline)
+    link.close()
+    real.close()
+    assert again.metrics["rows_missing"] == 3000 and not again.spill.files()
+    assert_exactly_once(dsn, np.concatenate([ev[:3000], ev[9000:]]))
+    again.write_status()                                    # everything left was stored: nothing more said
+    assert caplog.text.count("never stored") == 2 and again.metrics["rows_missing"] == 3000
 
 
 class ClosedWhileRead:
