@@ -439,6 +439,9 @@ def cmd_status(args) -> int:
           f"{total('tickwire_writer_rows_spilled_total'):,.0f}  ticks not yet stored "
           f"{total('tickwire_tick_ring_depth'):,.0f}  outage {total('tickwire_writer_outage'):.0f}"
           + ("  STALLED: no status for over 10 s (stopped or stuck)" if wstalled else ""))
+    gone = total('tickwire_writer_rows_corrupt_total') + total('tickwire_writer_rows_missing_total')
+    if gone:
+        print(f"  writer: {gone:,.0f} ticks of damaged or removed spill files NOT stored (see the daemon's log)")
     # p99 since start per worker and stage, from the histogram's buckets (as Prometheus would)
     hists = {}
     for k, v in rows.items():

@@ -197,6 +197,9 @@ class Collector:
             ("batches_spilled", "writer_batches_spilled", "batches spilled to local files"),
             ("batches_replayed", "writer_batches_replayed", "spilled batches replayed into the store"),
             ("sched_switches", "writer_sched_switches", "times the writer left or re-entered SCHED_IDLE"),
+            ("rows_corrupt", "writer_rows_corrupt", "ticks of damaged spill files, set aside: NOT stored"),
+            ("rows_missing", "writer_rows_missing", "ticks of spill files removed before they were stored: NOT "
+                                                   "stored"),
         ), W)
         wg = gauges((
             ("lag", "writer_lag", "ticks in the ring not yet read by the writer"),

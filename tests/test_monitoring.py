@@ -248,7 +248,8 @@ def test_alerts_fire_on_a_crash_loop_a_stopped_writer_and_refused_events(tmp_pat
     """promtool's rule unit tests on series shaped like the faults an adversarial pass made:
     TickwireWorkerDown never fired on a crash loop (up flips back within seconds, then the
     daemon gives up: `up < 1 for 1m` never held); a SIGSTOPped writer and books refusing an L3
-    feed into L2 books had no alert at all. Healthy series fire none of them."""
+    feed into L2 books had no alert at all, nor a spill file removed by hand. Healthy series fire
+    none of them."""
     promtool = _tool("promtool")
     lab = 'instance="d",job="tickwire",worker="w0"'
     test = {"rule_files": [str(RULES)], "evaluation_interval": "5s", "tests": [{
@@ -260,6 +261,12 @@ def test_alerts_fire_on_a_crash_loop_a_stopped_writer_and_refused_events(tmp_pat
             {"series": 'tickwire_writer_status_age_seconds{instance="e",job="tickwire",worker="w0"}', "values": "0 1 0 1 0 1 0 1 0 1 0"},
             {"series": f'tickwire_book_rejects_total{{{lab},reason="UNKNOWN_LEVEL"}}', "values": "0 0 100 200 300"},
             {"series": f'tickwire_book_rejects_total{{{lab},reason="CROSSED"}}', "values": "0 0 0 0 0"},
+            {"series": f"tickwire_writer_rows_corrupt_total{{{lab}}}", "values": "0 0 0 0 0 0"},
+            {"series": f"tickwire_writer_rows_missing_total{{{lab}}}", "values": "0 0 0 3000 3000 3000"},
+            {"series": 'tickwire_writer_rows_corrupt_total{instance="e",job="tickwire",worker="w0"}',
+             "values": "0 0 0 0 0 0"},
+            {"series": 'tickwire_writer_rows_missing_total{instance="e",job="tickwire",worker="w0"}',
+             "values": "0 0 0 0 0 0"},
         ],
         "alert_rule_test": [
             {"eval_time": "20s", "alertname": "TickwireWorkerDown", "exp_alerts": [{
@@ -275,6 +282,11 @@ def test_alerts_fire_on_a_crash_loop_a_stopped_writer_and_refused_events(tmp_pat
                 "exp_labels": {"instance": "d", "worker": "w0", "reason": "UNKNOWN_LEVEL", "severity": "warning"},
                 "exp_annotations": {"summary": "w0: 300 events refused by the books (UNKNOWN_LEVEL) in 5 minutes",
                                     "description": _description("TickwireBookRejects")}}]},
+            {"eval_time": "25s", "alertname": "TickwireSpillLost", "exp_alerts": [{
+                "exp_labels": {"instance": "d", "worker": "w0", "severity": "critical"},
+                "exp_annotations": {"summary": "w0: 3k ticks of damaged or removed spill files NOT stored",
+                                    "description": _description("TickwireSpillLost")}}]},
+            {"eval_time": "10s", "alertname": "TickwireSpillLost", "exp_alerts": []},
         ]}]}
     (tmp_path / "t.yml").write_text(json.dumps(test))            # (JSON is YAML)
     out = subprocess.run([promtool, "test", "rules", str(tmp_path / "t.yml")], capture_output=True, text=True,
@@ -417,6 +429,24 @@ def test_status_names_events_for_instruments_the_config_does_not_have(capsys):
     line = [x for x in capsys.readouterr().out.splitlines() if "books:" in x][0]
     assert "unknown instrument 31,662" in line and "stale 3" in line and "crossed" not in line
     assert "instruments not in the config" in line
+
+
+def test_status_names_ticks_of_damaged_or_removed_spill_files(capsys):
+    """Ticks of a spill file set aside as corrupt or removed by hand are lost from the store: the
+    status summary says how many (it showed only rows written and spilled)."""
+    from tickwire.engine.cli import main as cli_main
+
+    body = ('tickwire_events_total{worker="w0"} 100000.0\n'
+            'tickwire_writer_rows_corrupt_total{worker="w0"} 3000.0\n'
+            'tickwire_writer_rows_missing_total{worker="w0"} 16384.0\n'
+            'tickwire_writer_rows_missing_total{worker="w1"} 0.0\n').encode()
+    with page_server(body) as url:
+        assert cli_main(["status", "--url", url]) == 0
+    out = capsys.readouterr().out
+    assert "19,384 ticks of damaged or removed spill files NOT stored" in out, out
+    with page_server(b'tickwire_events_total{worker="w0"} 1.0\n') as url:
+        assert cli_main(["status", "--url", url]) == 0
+    assert "spill files NOT stored" not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("body", [b"<html>a web page</html>\n", b"tickwire_events_total{worker=\"w0\"} lots\n"])
