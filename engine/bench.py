@@ -785,7 +785,7 @@ class Run:
         z = np.load(out)
         keep = z["send"] >= start + int(a.warmup * 1e9)
         res = {"lat": z["recv"][keep] - z["send"][keep], "messages": int(keep.sum()),
-               "cpus": z["cpus"].tolist() if "cpus" in z.files else None}
+               "cpus": z["cpus"].tolist() if "cpus" in z.files else None, "publisher": pr}
         if relay is not None and sig_out.exists():
             sig = dict(np.load(sig_out))
             res["relay"] = latency_arrays(pr, sig, self.chan_of_inst, t_from=start + int(a.warmup * 1e9))
@@ -952,7 +952,7 @@ def measure_rate(run: Run, rate: float, index: int, outdir: Path) -> dict:
     tag = f"r{index}"
     pub = None
     reps = a.repeat
-    tgts, zmq_lat, relays, pairs = [], [], [], []
+    tgts, zmq_lat, relays, pairs, floor_pubs = [], [], [], [], []
     floors = {}
     try:
         busy = a.busy_poll if a.busy_poll is not None else False
@@ -971,6 +971,7 @@ def measure_rate(run: Run, rate: float, index: int, outdir: Path) -> dict:
                 zf = run.measure_zmq_floor(rate, pub, rt, busy, tgt["relay"])
                 _check_cores("the floor's libzmq subscriber", zf["cpus"], [run.engine_core])
                 zmq_lat.append(zf["lat"])
+                floor_pubs.append(zf["publisher"])
                 if "relay" in zf:
                     relays.append(zf["relay"])
                     w, f = tgt["lat"]["wire_to_signal"], zf["relay"]["wire_to_signal"]
@@ -1040,6 +1041,11 @@ def measure_rate(run: Run, rate: float, index: int, outdir: Path) -> dict:
                            "targets": {"p50 <= 1.25x floor": bool(w["p50"] <= 1.25 * f["p50"]),
                                        "p99 <= 2x floor p99": bool(w["p99"] <= 2 * f["p99"]),
                                        "p99.99 < 1 ms": bool(w["p99.99"] < 1_000_000)}}
+        why = floor_saturated(_merge_publisher(floor_pubs)["achieved_rate"] if floor_pubs else rate, f["p50"], rate)
+        if why:                                   # two queues compared: the ratios say nothing of tickwire
+            res["vs_floor"]["no_verdict"] = why
+            for k in ("p50 <= 1.25x floor", "p99 <= 2x floor p99"):
+                res["vs_floor"]["targets"][k] = None
     if "hops_sum" in summ:
         res["vs_hops_sum"] = {"p50": _ratio(w["p50"], summ["hops_sum"]["p50"]),
                               "p99": _ratio(w["p99"], summ["hops_sum"]["p99"])}
@@ -1111,9 +1117,12 @@ def print_run(res: dict) -> None:
         _say(f"  {k:22s}" + "".join(f" {_us(s.get(lv)):>10s}" for lv in LEVELS) + f" {s.get('count', ''):>10}")
     if "vs_floor" in res:
         v = res["vs_floor"]
-        hits = ", ".join(f"{k}: {'hit' if ok else 'MISS'}" for k, ok in v["targets"].items())
+        hits = ", ".join(f"{k}: {'hit' if ok else 'no verdict' if ok is None else 'MISS'}"
+                         for k, ok in v["targets"].items())
         pooled = f" (pooled over {res['repeats']} alternated runs of each)" if res.get("repeats") else ""
         _say(f"  wire-to-signal / floor (relay){pooled}: p50 {v['p50']}x, p99 {v['p99']}x  ({hits})")
+        if v.get("no_verdict"):
+            _say(f"  no verdict against the floor: {v['no_verdict']}")
     if res.get("pairs"):
         p50s = [p["p50"] for p in res["pairs"] if p["p50"] is not None]
         _say(f"  each pair (a target run / the floor run after it), p50: {', '.join(f'{x}x' for x in p50s)}"
@@ -1194,6 +1203,14 @@ def compare(path_a, path_b, out=print) -> int:
 def _compare(a, b, path_a, path_b, out) -> int:
     out(f"A: {path_a}  ({a['target']}, {a['started']})")
     out(f"B: {path_b}  ({b['target']}, {b['started']})")
+    # what makes two runs unlike: a ratio between them is then not tickwire's change
+    unlike = [f"{label} {a.get(k)!r} against {b.get(k)!r}" for k, label in (
+        ("target", "target"), ("source", "stream"), ("events_per_message", "events per message"),
+        ("config", "config"), ("duration_s", "measured seconds"), ("warmup_s", "warm-up seconds"),
+        ("cores", "cores"), ("busy_poll", "busy_poll"), ("build", "build")) if a.get(k) != b.get(k)]
+    if unlike:
+        out("WARNING: the two runs are unlike (" + "; ".join(unlike) + "): their ratios measure that "
+            "difference too, not only tickwire's")
     by_rate = {r["offered_rate"]: r for r in b["runs"]}
     out(f"{'rate':>7s} {'series':16s} {'pct':>7s} {'A us':>10s} {'B us':>10s} {'B/A':>7s}")
     for ra in a["runs"]:
@@ -1319,6 +1336,19 @@ def run_bench(args) -> dict:
 
 #: --until-saturation doubles the rate at most this many times in all.
 MAX_SATURATION_RATES = 12
+
+
+def floor_saturated(achieved: float, p50: float, rate: float) -> str | None:
+    """Why the floor at ``rate`` is itself saturated, or None. A floor that is a queue (its
+    publisher short of the rate, or its median past SATURATED_P50_NS) makes "within 1.25x of the
+    floor" a comparison of two queues: it says nothing of tickwire, so no verdict is given."""
+    if achieved < 0.95 * rate:
+        return (f"the floor's publisher reached {achieved / 1e3:,.0f}k ev/s of the {_fmt_rate(rate)} offered: the "
+                f"machine, not tickwire, is the limit at this rate")
+    if p50 > SATURATED_P50_NS:
+        return (f"the floor's own p50 is {p50 / 1e6:,.1f} ms (past {SATURATED_P50_NS / 1e6:g} ms): the bare "
+                f"libzmq subscriber fell behind, a queue, not a latency")
+    return None
 
 
 def _saturated(res: dict, rate: float) -> str | None:

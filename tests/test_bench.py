@@ -247,6 +247,13 @@ def test_compare_two_saved_runs(tmp_path, capsys):
     out = capsys.readouterr().out
     line = next(ln for ln in out.splitlines() if "wire_to_signal" in ln and "p99.99" in ln)
     assert "1,600.0" in line and "800.0" in line and "0.50x" in line
+    assert "unlike" not in out
+    # left alone by an earlier pass: runs of another target or stream were compared unwarned
+    other = dict(_summary(50_000), target="daemon", source="synthetic")
+    (b / "summary.json").write_text(json.dumps(other))
+    assert cli_main(["bench", "compare", str(a), str(b)]) == 0
+    warn = next(ln for ln in capsys.readouterr().out.splitlines() if "unlike" in ln)
+    assert "target 'pipeline' against 'daemon'" in warn and "stream None against 'synthetic'" in warn
     assert cli_main(["bench", "compare", str(a), str(tmp_path / "missing.json")]) == 2
     (tmp_path / "x.json").write_text("{}")
     assert cli_main(["bench", "compare", str(a), str(tmp_path / "x.json")]) == 2
@@ -605,6 +612,66 @@ def test_saturation_reasons_are_named():
     assert "the publisher reached 80k ev/s of the 100k offered" in _saturated(res(achieved=8e4), 1e5)
     assert "missed 3 signals" in _saturated(res(missed=3), 1e5)
     assert "fell behind" in _saturated(res(p50=SATURATED_P50_NS + 1), 1e5)
+
+
+class _FakePub:
+    def __init__(self, *a):
+        pass
+
+    def close(self):
+        pass
+
+
+def _lat(p50_ns, n=2000, t0=10**18):
+    w = np.full(n, p50_ns, np.int64)
+    return {"wire_to_signal": w, "wire_queue": w // 2, "engine": w // 4, "ring_hop": w // 4,
+            "intended": t0 + np.arange(n, dtype=np.int64) * 1000, "unmatched": 0}
+
+
+@pytest.mark.parametrize("floor_rate,floor_p50,verdict", [
+    (1e6, 50_000, "hit"),                    # a floor that kept up: a verdict
+    (6e5, 50_000, None),                     # its publisher short of the rate: the machine's limit
+    (1e6, 40_000_000, None),                 # its own p50 a queue
+])
+def test_no_verdict_against_a_saturated_floor(tmp_path, monkeypatch, capsys, floor_rate, floor_p50, verdict):
+    """Left alone by an earlier pass: at a rate the machine cannot carry, the floor is a queue as
+    well, and "p50 within 1.25x of the floor" was a hit or a MISS between two queues. A floor
+    whose publisher fell short or whose own median is past the saturation mark gives no verdict,
+    said on its own line."""
+    pub = {"messages": 10, "events": 100, "offered_rate": 1e6, "achieved_rate": 1e6, "late_messages": 0,
+           "max_late_ns": 0, "late_p99_ns": 0}
+
+    class FakeRun:
+        args = bench.default_args(repeat=1, no_floors=False, baseline=False, warmup=1.0, duration=1.0,
+                                  quiet=True, busy_poll=None)
+        stream, engine_core = None, 1
+
+        def endpoint(self, tag):
+            return f"inproc://{tag}"
+
+        def measure_target(self, rate, tag, p):
+            return {"cpus": [1], "cpus_configured": [1], "publisher": pub, "signals": 2000, "missed": 0,
+                    "unmatched": 0, "lat": _lat(floor_p50 + 1000), "loss": [], "relay": {"keys": [1]}}
+
+        def measure_zmq_floor(self, rate, p, tag, busy, plan):
+            return {"lat": np.full(100, 20_000, np.int64), "cpus": [1], "relay": _lat(floor_p50),
+                    "publisher": dict(pub, achieved_rate=floor_rate)}
+
+        def measure_ring_floor(self, r, tag):
+            return {"lat": np.full(100, 1000, np.int64)}
+
+    monkeypatch.setattr(bench, "Publisher", _FakePub)
+    res = bench.measure_rate(FakeRun(), 1e6, 0, tmp_path)
+    got = res["vs_floor"]["targets"]["p50 <= 1.25x floor"]
+    bench.print_run(res)
+    out = capsys.readouterr()
+    text = out.out + out.err
+    if verdict is None:
+        assert got is None and res["vs_floor"]["no_verdict"], res["vs_floor"]
+        assert "p50 <= 1.25x floor: no verdict" in text and "no verdict against the floor:" in text
+        assert ("600k ev/s of the 1M offered" if floor_rate < 1e6 else "fell behind") in res["vs_floor"]["no_verdict"]
+    else:
+        assert got is True and "no_verdict" not in res["vs_floor"] and "no verdict" not in text
 
 
 @pytest.mark.integration
