@@ -424,8 +424,8 @@ def cmd_status(args) -> int:
     uncounted = total('tickwire_feed_uncounted_losses_total')
     print(f"  history: events sent again {total('tickwire_feed_retransmitted_events_total'):,.0f}  lost "
           f"{lost:,.0f}" + ("  (ranges the publisher no longer held: see the daemon's log)" if lost else "")
-          + (f"  and {uncounted:,.0f} range(s) of unknown size (the publisher restarted while the daemon was "
-             f"away: see the daemon's log)" if uncounted else ""))
+          + (f"  and {uncounted:,.0f} range(s) of unknown size (a publisher restarted without ending its epoch, "
+             f"or while the daemon was away: see the daemon's log)" if uncounted else ""))
     by_reason = {}
     for k, v in rows.items():
         if k.startswith("tickwire_book_rejects_total{") and v:

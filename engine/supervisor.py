@@ -1100,7 +1100,7 @@ class Supervisor:
         if lost or unknown:                            # what was received is stored; this was never received
             self.summary += (f"; the feed's history has holes: {lost:,} events lost" if lost else
                              "; the feed's history has holes") + \
-                (f", {unknown} range(s) of unknown size (a publisher restarted while a worker was away)"
+                (f", {unknown} range(s) of unknown size (a publisher restarted without ending its epoch, or while a worker was away)"
                  if unknown else "") + " (tickwire status; docs/storage.md)"
             level = max(level, logging.WARNING)
         log.log(level, "%s", self.summary)

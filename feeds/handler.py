@@ -933,6 +933,14 @@ class FeedHandler:
             if c.hb_seq > c.store_next:
                 self._lost(c, c.store_next, c.hb_seq, "the publisher restarted before sending them again",
                            book=False)
+            if c.end_seq is None:
+                # no END: the old epoch stopped without saying where (a publisher killed with
+                # events in its socket's queue lost them unsent, 100 of a SIGKILLed bridge's);
+                # what it sent after the last sequence number seen cannot be known, nor counted
+                self._counters["uncounted_losses"] += 1
+                log.warning("channel %d: the publisher restarted without ending its epoch %s (no END): events "
+                            "it sent after seq %d may be lost (not counted)", c.id, c.epoch,
+                            max(c.store_next, c.hb_seq) - 1)
         for req in (c.snap, c.fill):
             if req is not None:
                 self._requests.pop(req.id, None)

@@ -395,6 +395,7 @@ def test_publisher_restart_is_confirmed_resynced_and_old_epoch_dropped(feed):
     feed.assert_history()
     c = h.counters()
     assert (c["restarts"], c["gaps"], c["recoveries"], c["lost_events"]) == (2, 0, 4, 0)
+    assert c["uncounted_losses"] == 2                  # (no END: what it sent last is not known)
     assert c["drops"] == {"OLD_EPOCH": 1}
     assert all(s["epoch"] == feed.epoch for s in h.channel_status().values())
     # the restart is in the history: each channel's STALE marker names the epoch it follows from
@@ -404,6 +405,35 @@ def test_publisher_restart_is_confirmed_resynced_and_old_epoch_dropped(feed):
     for ch in (0, 1):
         mine = stale[stale["channel"] == ch]
         assert mine["order_id"][0] == 0 and mine["order_id"][-1] == feed.epoch, mine["order_id"]
+
+
+@pytest.mark.parametrize("ended", [True, False])
+def test_a_live_restart_without_an_end_counts_the_range_it_cannot_size(feed, ended):
+    """Found by an adversarial pass: a bridge SIGKILLed mid-burst, its next run seen live, lost
+    its last 100 events (still in its socket's queue at the kill) with `lost 0`, `uncounted 0`
+    and "every tick and signal stored". Without the old epoch's END the receiver cannot know
+    what it sent last: the restart counts one range of unknown size per channel and says so;
+    after an END with everything in, it counts none."""
+    h = feed.h
+    feed.join()
+    for c in (0, 1):
+        feed.publish(c)
+    feed.pump(feed.caught_up)
+    if ended:
+        for c in (0, 1):
+            feed.heartbeat(c, end=True)
+        feed.pump(lambda: h.ended_channels() == [0, 1], timeout=5)
+    feed.restart()
+    feed.publish(0)
+    feed.publish(1)
+    for _ in (0, 1):
+        feed.retransmit(feed.request())
+    for _ in (0, 1):
+        feed.answer(feed.request())
+    feed.pump(feed.caught_up)
+    feed.assert_equal()
+    c = h.counters()
+    assert (c["restarts"], c["lost_events"], c["uncounted_losses"]) == (2, 0, 0 if ended else 2), c
 
 
 def test_snapshot_in_parts_with_foreign_instruments_ignored(feed):
