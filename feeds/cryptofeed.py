@@ -23,7 +23,9 @@ Two inputs:
 Prices and quantities: cryptofeed hands out :class:`decimal.Decimal` (strings or floats from the
 ZeroMQ backends, read by their shortest representation).  A price that is not a multiple of the
 instrument's tick, or a quantity not a multiple of its lot, is never rounded: the level is left out,
-counted per instrument (``Converter.rejected``) and logged once.
+counted per instrument (``Converter.rejected``) and logged once. So is a price outside the
+instrument's range (``min_price``..``max_price`` ticks: 0 or below by default), a negative quantity,
+and a zero one where it cannot be (a trade, a snapshot's level; a delta's 0 deletes its level).
 
 Timestamps: the exchange's event time (cryptofeed's ``timestamp``) goes into ``ts_event`` where the
 exchange gives one, the local receive time into ``ts_recv``; where cryptofeed has no event time
@@ -91,6 +93,10 @@ def to_ns(seconds) -> int:
     return int(_decimal(seconds).scaleb(9).to_integral_value())
 
 
+class _Implausible(ValueError):
+    """An exact value no book can hold: a price outside the instrument's range, a quantity below zero."""
+
+
 class Converter:
     """cryptofeed's books and trades as canonical events, exact or not at all.
 
@@ -131,15 +137,34 @@ class Converter:
     def _reject(self, inst, exc) -> None:
         self.rejected[inst.symbol] += 1
         self.counts["rejected"] += 1
-        self._once(f"r:{inst.symbol}", "%s: %s: left out, never rounded (check the instrument's tick_size and "
-                   "lot_size)", inst.symbol, exc)
+        if isinstance(exc, _Implausible):
+            self._once(f"v:{inst.symbol}", "%s: %s: left out (check the instrument's min_price and max_price)",
+                       inst.symbol, exc)
+        else:
+            self._once(f"r:{inst.symbol}", "%s: %s: left out, never rounded (check the instrument's tick_size and "
+                       "lot_size)", inst.symbol, exc)
+
+    @staticmethod
+    def _check(inst, price, qty, p: int, q: int, zero_ok: bool) -> None:
+        """ValueError for a price outside the instrument's range or a quantity below zero (zero
+        too where it cannot be: a trade, a snapshot's level). They were published and a trade at
+        -100.0 or of size 0 was stored as a real one, nothing counted."""
+        if not inst.min_price <= p <= inst.max_price:
+            raise _Implausible(f"price {price} is outside the instrument's range ({inst.min_price} to "
+                             f"{inst.max_price} ticks)")
+        if q < 0 or (q == 0 and not zero_ok):
+            raise _Implausible(f"quantity {qty} is {'negative' if q < 0 else 'zero'}")
 
     def _levels(self, rows, inst, levels, side, kind, flags, ts_event, ts_recv) -> None:
         iid = inst.id
         units_of = inst.level_units
+        zero_ok = kind == _MODIFY                  # (a delta's 0 deletes the level)
+        lo, hi = inst.min_price, inst.max_price
         for price, qty in levels:
             try:
                 p, q = units_of(price, qty)
+                if not (lo <= p <= hi and (q > 0 or (q == 0 and zero_ok))):
+                    self._check(inst, price, qty, p, q, zero_ok)
             except ValueError as exc:
                 self._reject(inst, exc)
                 continue
@@ -196,6 +221,11 @@ class Converter:
             return None
         units = self._units(inst, price, amount)
         if units is None:
+            return None
+        try:
+            self._check(inst, price, amount, units[0], units[1], False)
+        except ValueError as exc:
+            self._reject(inst, exc)
             return None
         self.counts["trades"] += 1
         return self._out([(ts_event, ts_recv, 0, 0, units[0], units[1], inst.id, 0, _TRADE,

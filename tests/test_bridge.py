@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import logging
 import sys
 import tempfile
 import threading
@@ -86,6 +87,26 @@ def test_garbage_numbers_from_the_exchange_are_left_out_and_counted_never_a_cras
     assert conv.rejected["BTC-USD"] == 3 * len(bad)
     ev = conv.delta("BTC-USD", [("99.99", "2")], [], 1, 1)            # and it goes on
     assert ev["price"].tolist() == [9999] and ev["qty"].tolist() == [200_000_000]
+
+
+def test_negative_and_zero_values_are_left_out_and_counted_not_stored_as_trades(caplog):
+    """Found by an adversarial pass: trades at -100.0 and 0, of size -0.5 and 0, and levels of
+    negative size were published (`rejected` {}) and the trades stored as real ones. A price
+    outside the instrument's range and a negative size are left out and counted; so is a zero
+    size where it means nothing (a trade, a snapshot's level), not a delta's 0 (a deletion)."""
+    conv = Converter([inst(max_price=10**9)])
+    with caplog.at_level(logging.WARNING, logger="tickwire.bridge"):
+        ev = conv.snapshot("BTC-USD", [("100.00", "1"), ("99.00", "-2"), ("98.00", "0"), ("-1.00", "1")],
+                           [("100.01", "1"), ("10000000.01", "1")], 1, 1)
+        assert ev[ev["kind"] == Kind.ADD]["price"].tolist() == [10000, 10001]
+        assert conv.rejected["BTC-USD"] == 4
+        for price, size in (("-100.0", "1"), ("0", "1"), ("100.00", "-0.5"), ("100.00", "0")):
+            assert conv.trade("BTC-USD", "buy", price, size, 1, 1) is None, (price, size)
+        assert conv.rejected["BTC-USD"] == 8 and conv.counts["trades"] == 0
+        ev = conv.delta("BTC-USD", [("100.00", "0"), ("99.50", "-1")], [], 1, 1)
+        assert ev["price"].tolist() == [10000] and ev["qty"].tolist() == [0]      # the deletion stays
+        assert conv.rejected["BTC-USD"] == 9
+    assert "check the instrument's min_price and max_price" in caplog.text
 
 
 def test_unknown_symbols_are_ignored_and_counted():
