@@ -18,7 +18,7 @@ from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME, CLOCK_MONOTONIC
 from tickwire.ext.defs cimport (
     tw_event, tw_signal, TW_NO_PRICE, TW_OK, TW_LIKELY, TW_UNLIKELY,
     TW_KIND_ADD, TW_KIND_MODIFY, TW_KIND_DELETE, TW_KIND_TRADE, TW_KIND_CLEAR, TW_KIND_SNAPSHOT,
-    TW_SIDE_BID, TW_SIDE_ASK, TW_FLAG_LAST,
+    TW_SIDE_BID, TW_SIDE_ASK, TW_SIDE_NONE, TW_FLAG_LAST,
     TW_RULE_CUSTOM, TW_RULE_MICROPRICE, TW_RULE_IMBALANCE, TW_RULE_ZSCORE, TW_RULE_SPREAD,
     TW_RULE_VWAP, TW_RULE_EWMA_CROSS, TW_SIG_ENTER, TW_SIG_EXIT,
 )
@@ -262,19 +262,30 @@ cdef inline void _trade_features(tw_istate *st) noexcept nogil:
     f.flow = f.buy_minus_sell / tw_sumwin_b(&st.flow) if tw_sumwin_b(&st.flow) > 0.0 else NAN
 
 
-cdef int _update_trade(tw_istate *st, const tw_event *e) noexcept nogil:
-    """A trade print: price and size into the VWAP window, signed size into the flow window."""
+cdef int _update_trade(tw_istate *st, const tw_event *e, const tw_book *b) noexcept nogil:
+    """A trade print: price and size into the VWAP window, signed size into the flow window.
+
+    An L3 execution (applied: ``b.op_*`` name the resting order's level) that leaves its price
+    out (0) is at the resting order's price, and one that leaves its side out (NONE) was taken
+    by the other side: a price-less ITCH-style execution went into the VWAP at 0."""
+    cdef int64_t price = e.price
+    cdef int side = e.side
+    if e.order_id != 0 and b.p.book_type == TW_BOOK_L3:
+        if price == 0:
+            price = b.op_price
+        if side == TW_SIDE_NONE and b.op_side <= TW_SIDE_ASK:
+            side = TW_SIDE_ASK - b.op_side
     cdef double q = <double>e.qty
-    cdef double signed_q = q if e.side == TW_SIDE_BID else (-q if e.side == TW_SIDE_ASK else 0.0)
+    cdef double signed_q = q if side == TW_SIDE_BID else (-q if side == TW_SIDE_ASK else 0.0)
     cdef int changed
-    tw_sumwin_add(&st.vwap, e.ts_event, <double>e.price * q, q)
+    tw_sumwin_add(&st.vwap, e.ts_event, <double>price * q, q)
     tw_sumwin_add(&st.flow, e.ts_event, signed_q, q)
     changed = _CH_TRADES | _time_evict(st, e.ts_event)
     if changed & _CH_MID:
         _mid_features(st)
     _trade_features(st)
     st.f.ts = e.ts_event
-    st.f.last_trade_price = e.price
+    st.f.last_trade_price = price
     st.f.last_trade_qty = e.qty
     st.f.last_trade_ts = e.ts_event
     st.updates += 1
@@ -729,7 +740,7 @@ cdef class Engine:
             if TW_LIKELY(r == TW_OK):
                 kind = e.kind
                 if kind == TW_KIND_TRADE:
-                    changed = _update_trade(st, e)
+                    changed = _update_trade(st, e, b)
                 if kind != TW_KIND_TRADE or (b.p.book_type == TW_BOOK_L3 and e.order_id != 0):
                     st.book_dirty = 1                 # a book change, to sample now or at the message's end
                     touched = _touches_top_k(st, b, e)

@@ -267,6 +267,11 @@ class RefL3(RefL2):
     def queue(self, side, price):
         return [(oid, self.orders[oid][2]) for oid in self.queues[side].get(price, [])]
 
+    def order(self, oid):
+        """``(side, price, qty, ts)`` of a resting order, or None."""
+        o = self.orders.get(oid)
+        return tuple(o) if o is not None else None
+
     def queue_position(self, oid):
         side, price, _, _ = self.orders[oid]
         q = self.queues[side][price]
@@ -450,6 +455,10 @@ class RefEngine:
         s = self.inst.get(int(e["instrument"]))
         if s is None:
             return
+        resting = None
+        if s.l3 and int(e["kind"]) == Kind.TRADE and int(e["order_id"]):
+            o = s.book.order(int(e["order_id"]))
+            resting = (int(o[0]), int(o[1])) if o is not None else None
         ok = s.book.apply(e) == Reject.OK
         if not s.book.in_sync:
             s.suppressed += ok
@@ -457,8 +466,12 @@ class RefEngine:
         kind, ts = int(e["kind"]), int(e["ts_event"])
         updated = False
         if ok and kind == Kind.TRADE:
-            q, side = int(e["qty"]), int(e["side"])
-            s.trades.append((ts, int(e["price"]), q, q if side == BID else -q if side == ASK else 0))
+            q, side, price = int(e["qty"]), int(e["side"]), int(e["price"])
+            if s.l3 and int(e["order_id"]):       # an execution: the resting order's price and side, where left out
+                oside, oprice = resting
+                price = price or oprice
+                side = (ASK if oside == BID else BID) if side == Side.NONE else side
+            s.trades.append((ts, price, q, q if side == BID else -q if side == ASK else 0))
             s.ts, s.updates, updated = ts, s.updates + 1, True
         if ok and (kind != Kind.TRADE or (s.l3 and int(e["order_id"]))):
             s.pending = True

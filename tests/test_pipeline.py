@@ -60,6 +60,9 @@ class CompiledBook:
     def top(self, side, k):
         return [(int(p), int(q)) for p, q, _ in self.book.levels(side, k)]
 
+    def order(self, oid):
+        return self.book.order(oid)
+
 
 def compare(engine_f, ref_f, where=""):
     """Every feature of the reference equals the engine's (NaN where it is NaN)."""
@@ -356,8 +359,9 @@ def event_streams(draw, book):
         elif op == "trade":
             kind, price = Kind.TRADE, 1000 + depth
             side = Side.NONE if flip and depth % 3 == 0 else side
-        elif op == "execute":
+        elif op == "execute":            # (price 0: at the resting order's price, as ITCH sends it)
             kind, order_id, qty, side = Kind.TRADE, oid, qty % 5 + 1, Side.NONE
+            price = 0 if flip else price
         elif op == "modify":
             kind, order_id = Kind.MODIFY, oid
         elif op == "clear":
@@ -412,6 +416,26 @@ def test_every_feature_and_signal_equals_the_reference_in_both_sampling_modes(bo
         event(f"signals of rule {rid} ({RULES_H[rid].kind})")
     if any(ref.features(i.id)["suppressed"] for i in insts):
         event("a book out of sync")
+
+
+def test_an_execution_without_price_or_side_trades_at_the_resting_order():
+    """Found by an adversarial pass: an ITCH-style execution (order id, no price, no side) went
+    into the VWAP at price 0 and into the flow as neither bought nor sold. It trades at the
+    resting order's price, taken by the other side; a price or side it carries is kept."""
+    insts = synthetic_instruments(1, book="L3")
+    eng = Engine(insts, (), StatsConfig(trade_window="count", trade_window_size=10), clock="event")
+    rows = [(Kind.ADD, 7, Side.ASK, 1010, 10), (Kind.ADD, 8, Side.BID, 1000, 10),
+            (Kind.TRADE, 7, Side.NONE, 0, 4),           # at 1010, bought
+            (Kind.TRADE, 8, Side.NONE, 0, 2),           # at 1000, sold
+            (Kind.TRADE, 7, Side.ASK, 1009, 1)]         # its own price and side
+    ev = np.zeros(len(rows), EVENT_DTYPE)
+    for i, (kind, oid, side, price, qty) in enumerate(rows):
+        ev[i] = (T0 + i, T0 + i, i + 1, oid, price, qty, 0, 0, kind, side, int(Flag.LAST), 0)
+    eng.process(ev)
+    f = eng.features(0)
+    assert f["vwap"] == pytest.approx((1010 * 4 + 1000 * 2 + 1009) / 7), f
+    assert (f["buy_minus_sell"], f["trade_count"], f["last_trade_price"]) == (4 - 2 - 1, 3, 1009), f
+    assert eng.books.rejects == {}
 
 
 def test_spread_rule_stays_quiet_when_the_mean_spread_is_exactly_zero():
