@@ -48,6 +48,7 @@ cdef struct tw_features:
     int64_t last_trade_price      # the last trade print (ticks, lots; 0 before any)
     int64_t last_trade_qty
     int64_t last_trade_ts
+    double micro_edge             # microprice - mid in ticks, from exact operands (the microprice rule's value)
 
 cdef struct tw_istate:
     # Per-instrument engine state.

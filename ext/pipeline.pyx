@@ -24,7 +24,7 @@ from tickwire.ext.defs cimport (
 )
 from tickwire.ext.book cimport (
     Book, BookSet, tw_book, tw_book_apply_inline, tw_book_clear, tw_book_mid, tw_book_microprice, tw_book_spread,
-    tw_book_best_price, tw_book_top_qty_d, tw_book_prefetch, tw_bookset, TW_BOOK_L2, TW_BOOK_L3,
+    tw_book_best_price, tw_book_best_qty, tw_book_top_qty_d, tw_book_prefetch, tw_bookset, TW_BOOK_L2, TW_BOOK_L3,
 )
 from tickwire.ext.hdr cimport (
     StageRecorders, tw_hdr_record, TW_STAGE_DECODE, TW_STAGE_BOOK, TW_STAGE_STATS, TW_STAGE_RULES,
@@ -189,11 +189,17 @@ cdef inline int _sample_bbo(tw_istate *st, const tw_book *b, int64_t ts) noexcep
     """The microprice, and the mid and spread series when the best bid or ask price moved
     (_CH_MID then)."""
     cdef tw_features *f = &st.f
-    cdef int64_t bid, ask
+    cdef int64_t bid, ask, qb, qa
     cdef double mid, r
     f.microprice = tw_book_microprice(b)
     bid = tw_book_best_price(b, TW_SIDE_BID)
     ask = tw_book_best_price(b, TW_SIDE_ASK)
+    if bid == TW_NO_PRICE or ask == TW_NO_PRICE:
+        f.micro_edge = NAN
+    else:                       # (ask - bid)(qb - qa) / 2(qb + qa): exact operands, not two large prices' difference
+        qb = tw_book_best_qty(b, TW_SIDE_BID)
+        qa = tw_book_best_qty(b, TW_SIDE_ASK)
+        f.micro_edge = <double>(ask - bid) * (<double>qb - <double>qa) / (2.0 * (<double>qb + <double>qa))
     if bid != st.best_bid or ask != st.best_ask:
         st.best_bid = bid
         st.best_ask = ask
@@ -300,7 +306,7 @@ cdef inline double _rule_value(const tw_rule *r, const tw_features *f) noexcept 
     """The measured value of a built-in rule; NaN when it cannot be computed yet."""
     cdef int k = r.kind
     if k == TW_RULE_MICROPRICE:
-        return f.microprice - f.mid
+        return f.micro_edge
     if k == TW_RULE_IMBALANCE:
         return f.imbalance
     if k == TW_RULE_ZSCORE:
@@ -406,7 +412,7 @@ cdef class RuleContext:
     cdef readonly int side
     cdef readonly int64_t price
     cdef readonly int64_t qty
-    cdef readonly double mid, microprice, spread, imbalance, mid_mean, mid_std, zscore
+    cdef readonly double mid, microprice, micro_edge, spread, imbalance, mid_mean, mid_std, zscore
     cdef readonly double spread_mean, vwap, flow, buy_minus_sell, realized_vol, ewma_fast, ewma_slow
     cdef readonly int64_t mid_count, trade_count
     cdef readonly object book
@@ -449,6 +455,7 @@ cdef class PyRule(Rule):
         c.price = ctx.ev.price
         c.qty = ctx.ev.qty
         c.mid, c.microprice, c.spread, c.imbalance = f.mid, f.microprice, f.spread, f.imbalance
+        c.micro_edge = f.micro_edge
         c.mid_mean, c.mid_std, c.zscore, c.spread_mean = f.mid_mean, f.mid_std, f.zscore, f.spread_mean
         c.vwap, c.flow, c.buy_minus_sell, c.realized_vol = f.vwap, f.flow, f.buy_minus_sell, f.realized_vol
         c.ewma_fast, c.ewma_slow, c.mid_count, c.trade_count = f.ewma_fast, f.ewma_slow, f.mid_count, f.trade_count
@@ -639,7 +646,7 @@ cdef class Engine:
         st.top_dirty = 3
         st.bbo_dirty = 1
         st.prev_mid = NAN
-        st.f.mid = st.f.microprice = st.f.spread = st.f.imbalance = NAN
+        st.f.mid = st.f.microprice = st.f.spread = st.f.imbalance = st.f.micro_edge = NAN
         st.f.mid_mean = st.f.mid_std = st.f.mid_min = st.f.mid_max = st.f.zscore = NAN
         st.f.spread_mean = st.f.vwap = st.f.flow = st.f.realized_vol = NAN
         st.f.ewma_fast = st.f.ewma_slow = st.f.ewma_fast_std = NAN
@@ -1018,7 +1025,8 @@ cdef class Engine:
         cdef tw_istate *st = self._state(instrument)
         cdef tw_features *f = &st.f
         return {
-            "mid": f.mid, "microprice": f.microprice, "spread": f.spread, "imbalance": f.imbalance,
+            "mid": f.mid, "microprice": f.microprice, "micro_edge": f.micro_edge, "spread": f.spread,
+            "imbalance": f.imbalance,
             "mid_mean": f.mid_mean, "mid_std": f.mid_std, "mid_min": f.mid_min, "mid_max": f.mid_max,
             "zscore": f.zscore, "spread_mean": f.spread_mean, "vwap": f.vwap, "flow": f.flow,
             "buy_minus_sell": f.buy_minus_sell, "realized_vol": f.realized_vol,

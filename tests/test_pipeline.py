@@ -438,6 +438,22 @@ def test_an_execution_without_price_or_side_trades_at_the_resting_order():
     assert eng.books.rejects == {}
 
 
+@pytest.mark.parametrize("bid", [100, 6173763, 2**40])
+def test_the_microprice_rule_fires_at_a_value_exactly_at_its_threshold(bid):
+    """Found by an adversarial pass: the rule's value was microprice - mid from the two full
+    prices, 0.2999999998137355 for an exact 0.3 at the README's prices, so `enter = 0.3` did not
+    fire though the rule fires when |value| >= enter. It is (ask - bid)(qb - qa) / 2(qb + qa) now."""
+    insts = synthetic_instruments(1)
+    eng = Engine(insts, [RuleConfig("microprice", enter=0.3, exit=0.1)], StatsConfig(), clock="event")
+    ev = np.zeros(2, EVENT_DTYPE)
+    ev[0] = (T0, T0, 1, 0, bid, 4, 0, 0, Kind.ADD, Side.BID, 0, 0)
+    ev[1] = (T0, T0, 2, 0, bid + 1, 1, 0, 0, Kind.ADD, Side.ASK, int(Flag.LAST), 0)
+    eng.process(ev)
+    assert eng.features(0)["micro_edge"] == 0.3
+    sig = eng.signals
+    assert len(sig) == 1 and sig["value"][0] == 0.3 and sig["direction"][0] == 1, sig
+
+
 def test_spread_rule_stays_quiet_when_the_mean_spread_is_exactly_zero():
     """Found by the property test above: a crossed and then cleared L3 book makes the window's
     spreads average exactly 0; the rolling mean read 1.1e-16 and the spread rule fired with a
