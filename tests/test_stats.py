@@ -70,6 +70,63 @@ def test_time_window_matches_numpy_with_irregular_and_equal_timestamps(data, siz
 
 
 @settings(max_examples=examples(200), deadline=None)
+@given(data=st.lists(st.tuples(st.integers(-60, 50), floats, st.booleans()), max_size=150),
+       size=st.integers(1, 100))
+def test_time_windows_with_late_samples_follow_the_newest_time_seen(data, size):
+    """Found by an adversarial pass: a trade stamped before the newest time a window had seen
+    was added and kept (a VWAP that depended on how trades and book updates interleaved). A time
+    window's clock is the newest time it has seen (adds and evictions): a sample at or before
+    that minus ``size`` is refused (``late``); one inside it goes in its place, and leaves when
+    its own time does. Against a reference that keeps every accepted sample."""
+    w, sw = RollingWindow(size, "time"), SumWindow(size, "time")
+    t, newest, kept, late = 1000, None, [], 0
+    for dt, x, evict_only in data:
+        t += dt
+        if evict_only:                                     # a book update's clock, no sample
+            w.evict(t)
+            sw.evict(t)
+        else:
+            w.add(t, x)
+            sw.add(t, x, 1.0)
+            if newest is not None and t <= newest - size:
+                late += 1
+            else:
+                kept.append((t, x))
+        newest = t if newest is None else max(newest, t)
+        window = [v for s, v in kept if s > newest - size]
+        check_against(w, window, scale=max(1.0, max((abs(v) for v in window), default=1.0)))
+        assert sw.count == len(window) and sw.sum_b == len(window)
+        assert sw.sum_a == pytest.approx(math.fsum(window), rel=1e-9, abs=1e-6)
+        assert w.late == late and sw.late == late
+        assert sorted(w.values().tolist()) == sorted(window)
+
+
+def test_infinite_and_huge_samples_do_not_poison_the_window_after_they_leave():
+    """Found by an adversarial pass: after an inf sample left a window of 100, mean was NaN and
+    std 0 for 114 more samples (inf - inf in the running sums until a re-base); a 1e300 sample
+    did the same (its square is inf). +-inf is ignored and counted (``nonfinite``), as NaN is
+    ignored; a huge finite sample counts while it is in the window, and its leaving recomputes
+    the sums."""
+    rng = np.random.default_rng(5)
+    xs = 100 + rng.standard_normal(400) * 2
+    for bad, counted in ((math.inf, 1), (-math.inf, 1), (1e300, 0)):
+        w, sw = RollingWindow(100, "count"), SumWindow(100, "count")
+        kept = []
+        for i, x in enumerate(xs):
+            v = bad if i == 50 else x
+            w.add(i, v)
+            sw.add(i, v * 2.0, 1.0)
+            if math.isfinite(v):
+                kept.append(v)
+            window = kept[-100:]
+            if i > 0 and (i > 50 + 100 or not math.isfinite(bad)):
+                assert w.mean == pytest.approx(np.mean(window), rel=1e-12), (bad, i)
+                assert w.std == pytest.approx(np.std(window, ddof=1), rel=1e-9), (bad, i)
+                assert sw.sum_a == pytest.approx(2.0 * math.fsum(window), rel=1e-12), (bad, i)
+        assert w.nonfinite == counted and sw.nonfinite == counted
+
+
+@settings(max_examples=examples(200), deadline=None)
 @given(values=st.lists(st.integers(-2_000_000, 2_000_000), max_size=200), size=st.integers(1, 40),
        half=st.booleans())
 def test_mean_of_an_integer_series_is_exact(values, size, half):
