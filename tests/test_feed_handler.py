@@ -436,6 +436,85 @@ def test_a_live_restart_without_an_end_counts_the_range_it_cannot_size(feed, end
     assert (c["restarts"], c["lost_events"], c["uncounted_losses"]) == (2, 0, 0 if ended else 2), c
 
 
+class _Bare:
+    """A PUB socket and a FeedHandler without a recovery service, messages by hand."""
+
+    def __init__(self, tmp_path):
+        self.ctx = zmq.Context()
+        self.pub = self.ctx.socket(zmq.PUB)
+        self.pub.bind(f"ipc://{tmp_path}/bare")
+        self.stored = []
+        self.h = FeedHandler(f"ipc://{tmp_path}/bare", {0: [0]}, lambda ev: None,
+                             on_store=lambda ev: self.stored.extend(ev["seq"].tolist()), snapshot=None,
+                             context=self.ctx, silence_timeout=1.0, history_from="start")
+        self.epoch = 77
+        self.pump(0.3)
+
+    def data(self, seq, n=5):
+        ev = np.zeros(n, EVENT_DTYPE)
+        ev["kind"], ev["side"], ev["price"], ev["qty"], ev["flags"] = Kind.MODIFY, 0, 1000, 1, int(Flag.LAST)
+        self.pub.send_multipart(wire.encode_data(0, seq, ev, epoch=self.epoch))
+        self.pump(0.02)
+
+    def heartbeat(self, seq, end=False):
+        self.pub.send_multipart(wire.encode_heartbeat(0, seq, epoch=self.epoch, end=end))
+        self.pump(0.02)
+
+    def pump(self, seconds):
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            self.h.poll(0.002)
+
+    def close(self):
+        self.h.close()
+        self.pub.close(0)
+        self.ctx.term()
+
+
+@pytest.mark.parametrize("case", ["data_far", "data_wrap", "heartbeat_far", "lost_then_more",
+                                  "lost_then_end", "lost_then_silence"])
+def test_without_a_service_a_forged_sequence_number_is_not_a_loss_and_a_real_gap_is(tmp_path, case):
+    """Found by an adversarial pass: with no recovery service, one message with a sequence number
+    far ahead (2**64 - 1, 10**15, a heartbeat) was taken for a gap of that size: counted lost
+    2**20 events at a time, and every real message after it dropped as a DUPLICATE, for good.
+    What lies above a gap is believed when a second message vouches for it (more data after it,
+    a heartbeat at its end, a heartbeat repeated); a stream that goes on in order below it shows
+    it is not a loss (IMPLAUSIBLE); a stream that stops at the gap counts it after the silence
+    timeout."""
+    b = _Bare(tmp_path)
+    try:
+        for k in range(20):                                   # seq 1..100
+            b.data(1 + 5 * k)
+        if case.startswith("lost"):
+            b.data(106)                                       # 101..105 lost on the wire
+            if case == "lost_then_more":
+                b.data(111)
+            elif case == "lost_then_end":
+                b.heartbeat(111, end=True)
+            b.pump(1.5 if case == "lost_then_silence" else 0.2)
+            c = b.h.counters()
+            assert c["lost_events"] == 5 and b.stored == list(range(1, 101)) + list(range(106, 111 + 5 * (
+                case == "lost_then_more"))), (c, b.stored[95:])
+            return
+        if case == "data_far":
+            b.data(10**15, 2)
+        elif case == "data_wrap":
+            b.data(2**64 - 1, 1)
+        else:
+            b.heartbeat(2**64 - 1)
+        for k in range(20):                                   # the real stream goes on, slowly
+            b.data(101 + 5 * k)
+            b.pump(0.03)
+        b.heartbeat(201, end=True)
+        b.pump(0.5)
+        c = b.h.counters()
+        assert b.stored == list(range(1, 201)), b.stored[95:110]
+        assert c["lost_events"] == 0 and c["drops"] == {"IMPLAUSIBLE": 1}, c
+        assert b.h.channel_status()[0]["in_sync"]
+    finally:
+        b.close()
+
+
 def test_snapshot_in_parts_with_foreign_instruments_ignored(feed):
     feed.publish(0)
     req = feed.request()
