@@ -270,6 +270,8 @@ cdef inline bint _has_data(tw_ring *r) noexcept nogil:
     if r.rpos < r.head_cache:
         return True
     r.head_cache = tw_load_acq64(&r.hdr.head)
+    if r.policy != TW_RING_BROADCAST and r.head_cache - r.committed > r.capacity:
+        r.head_cache = r.rpos              # a head no producer wrote (see tw_ring_peek): nothing to read
     return r.rpos < r.head_cache
 
 
@@ -277,6 +279,9 @@ cdef Py_ssize_t tw_ring_available(tw_ring *r) noexcept nogil:
     cdef uint64_t n
     r.head_cache = tw_load_acq64(&r.hdr.head)
     n = r.head_cache - r.rpos
+    if r.policy != TW_RING_BROADCAST and (<int64_t>n < 0 or r.head_cache - r.committed > r.capacity):
+        r.head_cache = r.rpos              # (a head behind what was read, or too far ahead: no producer wrote it)
+        return 0
     if n > r.capacity:                     # (broadcast: lapped; blocking: a head no producer wrote)
         n = r.capacity
     return <Py_ssize_t>n
@@ -379,12 +384,20 @@ cdef Py_ssize_t tw_ring_peek(tw_ring *r, void *out, Py_ssize_t n) noexcept nogil
     if k < <uint64_t>n:
         r.head_cache = tw_load_acq64(&r.hdr.head)
         k = r.head_cache - r.rpos
+        if <int64_t>k < 0:
+            # a head behind what was read: written by something other than the producer (its
+            # head only grows); read nothing (it gave consumed records again and ran the
+            # consumer past anything published, and the producer then wrote over unread ones)
+            r.head_cache = r.rpos
+            return 0
     if k > <uint64_t>n:
         k = <uint64_t>n
-    if k > r.capacity - (r.rpos - r.committed):
+    if r.head_cache - r.committed > r.capacity:
         # more than the ring can hold past the committed position: the segment's head was
-        # written by something other than its producer; never copy past the ring's records
-        k = r.capacity - (r.rpos - r.committed)
+        # written by something other than its producer (whose head never passes the tail by
+        # more than the capacity); read nothing rather than records read before
+        r.head_cache = r.rpos
+        return 0
     if k:
         _copy_out(r, r.rpos, <char *>out, k)
         r.rpos += k

@@ -432,6 +432,37 @@ def test_one_producer(name):
 # broadcast policy
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("forged", ["behind", "far_ahead"])
+def test_a_head_no_producer_wrote_gives_nothing_again_and_loses_nothing(name, forged):
+    """Found by an adversarial pass: a blocking ring's head set back (to 3, with 16 read) gave 5
+    records the consumer had already read, ran its position past anything published, and the
+    producer then wrote over records no one had read; a head of 2**64 - 1 did the same. A producer's
+    head never falls behind what was read nor passes the tail by more than the capacity: a head
+    that does is read as no data, and once the real head is back everything arrives once."""
+    import mmap
+    import struct
+
+    with Ring.create(name, np.int64, 8) as prod, Ring.attach(name, np.int64) as cons:
+        out = np.zeros(8, np.int64)
+        for start in (0, 8):
+            prod.push_many(np.arange(start, start + 8, dtype=np.int64), timeout=0)
+            assert cons.pop_many(out, timeout=0) == 8 and out.tolist() == list(range(start, start + 8))
+        prod.push_many(np.arange(16, 19, dtype=np.int64), timeout=0)
+        fd = os.open(f"/dev/shm/{name}", os.O_RDWR)
+        mm = mmap.mmap(fd, 0)
+        os.close(fd)
+        try:
+            real = struct.unpack_from("<Q", mm, 128)[0]
+            assert real == 19
+            struct.pack_into("<Q", mm, 128, 3 if forged == "behind" else 2**64 - 1)
+            assert cons.pop_many(out, timeout=0) == 0 and cons.position == 16 and len(cons) == 0
+            assert prod.free == 5                              # (the tail did not move)
+            struct.pack_into("<Q", mm, 128, real)
+        finally:
+            mm.close()
+        assert cons.pop_many(out, timeout=0) == 3 and out[:3].tolist() == [16, 17, 18]
+
+
 def test_broadcast_lapped_consumer_gets_the_exact_missed_count(name):
     with Ring.create(name, SMALL, 16, "broadcast") as prod:
         cons = Ring.attach(name, SMALL, start="oldest")
