@@ -343,7 +343,14 @@ def read_interval_log(path) -> list[Interval]:
     out = []
     try:
         while True:
-            hist = reader.get_next_interval_histogram()
+            try:
+                hist = reader.get_next_interval_histogram()
+            except OSError:
+                raise
+            except Exception as exc:                 # hdrh's, zlib's, base64's: none names the file
+                raise ValueError(f"{path}: not a readable HdrHistogram interval log: interval {len(out) + 1} "
+                                 f"cannot be decoded ({type(exc).__name__}{': ' + str(exc) if str(exc) else ''})"
+                                 ) from None
             if hist is None:
                 break
             out.append(Interval(hist.get_tag(), hist.get_start_time_stamp() / 1000.0,
@@ -386,8 +393,8 @@ def _main(argv=None) -> int:
     except OSError as exc:
         print(f"{ap.prog}: {args.log}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    except ValueError as exc:
-        print(f"{ap.prog}: {args.log}: {exc}", file=sys.stderr)
+    except ValueError as exc:                  # (it names the file)
+        print(f"{ap.prog}: {exc}", file=sys.stderr)
         return 2
     tags = sorted({iv.tag or "" for iv in ivs}, key=lambda t: (t not in _STAGE_ORDER,
                                                                _STAGE_ORDER.index(t) if t in _STAGE_ORDER else 0, t))

@@ -169,8 +169,8 @@ def _read_hlog(path: Path) -> list:
                              f"and no interval lines)")
     try:
         return read_interval_log(path)
-    except Exception as exc:                              # noqa: BLE001 - hdrh raises anything on garbage
-        raise PlotInputError(f"{path}: garbled interval log ({type(exc).__name__}: {exc})") from None
+    except ValueError as exc:                             # (it names the file and the interval)
+        raise PlotInputError(str(exc)) from None
 
 
 def load_latency(path, tags=None) -> LatencySource:

@@ -173,6 +173,8 @@ cdef class Recorder:
             was only counted in :attr:`rejected`, as hdrh's ``record_value`` returns False.
         """
         if count == 1:
+            if self.h.total == INT64_MAX:
+                raise ValueError("record: one more value would take the recorder's count past 2**63 - 1")
             tw_hdr_record(self.h, value)
         else:
             if count < 0:
@@ -195,6 +197,8 @@ cdef class Recorder:
         bool
             False when ``value`` is out of range (nothing recorded).
         """
+        self._room(1 + (value // expected_interval if expected_interval > 0 and value > 0 else 0),
+                   "record_corrected")
         tw_hdr_record_corrected(self.h, value, expected_interval)
         return (<uint64_t>value >> TW_HDR_VALUE_BITS) == 0
 
@@ -219,6 +223,11 @@ cdef class Recorder:
         cdef tw_hdr *h = self.h
         if n == 0:
             return 0
+        if self.h.total > INT64_MAX - n * (1 + ((1 << TW_HDR_VALUE_BITS) // expected_interval
+                                                 if expected_interval > 0 else 0)):
+            # near the limit (never in practice): the exact count this call would add
+            extra = int((np.maximum(np.asarray(v), 0) // expected_interval).sum()) if expected_interval > 0 else 0
+            self._room(n + extra, "record_many")
         with nogil:
             if expected_interval > 0:
                 for i in range(n):
@@ -236,7 +245,14 @@ cdef class Recorder:
         """Add the counts of ``other`` to this recorder."""
         if other.h == self.h:
             raise ValueError("cannot add a recorder to itself")
+        self._room(other.h.total, "add")
         tw_hdr_add(self.h, other.h)
+
+    def _room(self, n, what):
+        """ValueError when ``n`` more values would take the count past 2**63 - 1 (it wrapped
+        negative, and every percentile with it: count -2**63, mean -1500)."""
+        if n > INT64_MAX - self.h.total:
+            raise ValueError(f"{what}: {n} more values would take the recorder's count past 2**63 - 1")
 
     def copy(self):
         """An independent recorder with the same values (a snapshot)."""

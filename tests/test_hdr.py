@@ -99,6 +99,28 @@ def test_summary_and_merge_equal_hdrh(xs, ys):
     assert_same(a, reference(xs + ys))
 
 
+def test_no_way_of_recording_wraps_the_count_negative():
+    """Found by an adversarial pass: record(v, count) refused a count that would pass 2**63 - 1,
+    but add(), record(), record_many() and record_corrected() did not: two recorders of 2**62
+    added gave a count of -2**63 and a mean of -1500, reported as valid. Each refuses now, and
+    leaves the recorder as it was."""
+    a, b = Recorder(), Recorder()
+    a.record(1000, 2**62)
+    b.record(2000, 2**62)
+    for call in (lambda: a.add(b), lambda: a.add(a.copy())):
+        with pytest.raises(ValueError, match="past 2\\*\\*63 - 1"):
+            call()
+    assert a.total == 2**62
+    full = Recorder()
+    full.record(5, 2**63 - 1)
+    for call in (lambda: full.record(7), lambda: full.record_many([1, 2]), lambda: full.record_corrected(100, 10),
+                 lambda: full.record_many(np.full(3, 100), expected_interval=10)):
+        with pytest.raises(ValueError, match="past 2\\*\\*63 - 1"):
+            call()
+    assert full.total == 2**63 - 1 and percentiles(full)["count"] == 2**63 - 1
+    b.record_many(np.arange(10))                       # far from the limit: unchanged
+    assert b.total == 2**62 + 10
+
 @settings(max_examples=examples(40), deadline=None)
 @given(st.lists(st.integers(0, 50_000), max_size=60), st.integers(-5, 20_000))
 def test_coordinated_omission_correction_follows_hdrhistogram(values, interval):

@@ -73,6 +73,16 @@ def test_merged_skips_empty_intervals_and_the_log_summary_reads_as_a_table(tmp_p
     out = subprocess.run([PY, "-m", "tickwire.engine.latency", str(tmp_path / "nope.hlog")], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 2 and "nope.hlog" in out.stderr and "Traceback" not in out.stderr
+    # found by an adversarial pass: a damaged interval (its cookie, a cut) was a raw hdrh traceback
+    good = (tmp_path / "run.hlog").read_text().splitlines(keepends=True)
+    rows = [i for i, line in enumerate(good) if line.startswith("Tag=")]
+    bad = good[:]
+    bad[rows[1]] = bad[rows[1]].rsplit(",", 1)[0] + ",HISTFAAAACh4nJNpYWBgYGZgYmBiYGBgAAAFKwDp\n"
+    (tmp_path / "bad.hlog").write_text("".join(bad))
+    out = subprocess.run([PY, "-m", "tickwire.engine.latency", str(tmp_path / "bad.hlog")], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr, out.stderr
+    assert f"{tmp_path / 'bad.hlog'}: not a readable HdrHistogram interval log: interval 2" in out.stderr
 
 
 def test_a_stage_with_no_values_is_said_so_not_printed_as_zeros(tmp_path):
@@ -158,7 +168,7 @@ def test_files_of_the_same_name_in_two_directories_are_two_lines(tmp_path):
     (b"hello world\n", "not an HdrHistogram interval log"),
     (b"\xff\xfe\x00garbage", "not text"),
     ("#[StartTime: 1.000 (seconds since epoch), x]\n#[BaseTime: 1.000 (seconds since epoch)]\n"
-     "Tag=book,0.000,1.000,0.010,HISTFAAAAnotbase64!!\n".encode(), "garbled interval log"),
+     "Tag=book,0.000,1.000,0.010,HISTFAAAAnotbase64!!\n".encode(), "interval 1 cannot be decoded"),
     ("#[StartTime: 1.000 (seconds since epoch), x]\n".encode(), "no intervals yet"),
 ])
 def test_bad_interval_logs_are_one_clear_line(tmp_path, content, fragment):
