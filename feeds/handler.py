@@ -107,7 +107,7 @@ class _Channel:
                  "silent", "failed", "retry_after", "held", "held_events", "early", "suspects", "hb_seq",
                  "hb_arrival", "hole_since", "snap", "fill", "probe", "snap_wanted", "snap_after",
                  "resume", "live_since_ns", "gaps", "recoveries", "restarts", "lost_events", "losses",
-                 "retransmitted", "last_ts", "unstamped", "end_seq", "hole_floor", "hb_repeat")
+                 "retransmitted", "last_ts", "unstamped", "end_seq")
 
     def __init__(self, cid: int, instruments):
         self.id = cid
@@ -129,8 +129,6 @@ class _Channel:
         self.hb_arrival = 0
         self.end_seq = None            # the publisher said its epoch ended here (an END heartbeat)
         self.hole_since = None         # monotonic time a hole was first seen
-        self.hole_floor = 0            # where the stream was then (it may flow on below the hole)
-        self.hb_repeat = 0             # heartbeats that announced hb_seq (a forged one comes once)
         self.snap = None               # outstanding _Request of each kind
         self.fill = None
         self.probe = None
@@ -680,9 +678,7 @@ class FeedHandler:
         """A message of the followed epoch: note a heartbeat's promise, hold data in order."""
         if h.type == MsgType.HEARTBEAT:
             if h.seq > c.hb_seq:
-                c.hb_seq, c.hb_arrival, c.hb_repeat = h.seq, arrival, 1
-            elif h.seq == c.hb_seq:
-                c.hb_repeat += 1
+                c.hb_seq, c.hb_arrival = h.seq, arrival
             if h.flags & WireFlag.END:
                 c.end_seq = h.seq
             return
@@ -806,7 +802,6 @@ class FeedHandler:
             c.hole_since = None
         elif c.hole_since is None:
             c.hole_since = time.monotonic()
-            c.hole_floor = hole[0]
             if self.reorder_window <= 0:
                 self._fill(c, hole)
         if c.state is ChannelState.FILLING and not c.book_ok:
@@ -1186,8 +1181,6 @@ class FeedHandler:
                 hole = self._hole(c)
                 if hole is None:
                     c.hole_since = None
-                elif self._dealer is None and not self._confirmed(c, hole):
-                    delivered += self._unconfirmed(c, hole, now)
                 else:
                     self._fill(c, hole)
             if c.state is ChannelState.INIT and self.silence_timeout > 0 and "unheard" not in self._logged \
@@ -1212,43 +1205,6 @@ class FeedHandler:
         for name in drops:
             self._log_once(f"drop-{name}", logging.WARNING, "feed message dropped: %s", name)
         return delivered
-
-    def _confirmed(self, c: _Channel, hole) -> bool:
-        """Whether what lies above a hole is vouched for by a second message: the held data
-        just above it continued by more data or a heartbeat at its end, or a heartbeat's promise
-        made twice. A message lost on the wire leaves the publisher's next ones after the hole;
-        one forged sequence number far ahead is alone there."""
-        above = [r for r in c.held if r.start >= hole[1]]
-        if above and above[0].start == hole[1]:
-            end = above[0].end
-            return any(r.start == end for r in above[1:]) or c.hb_seq >= end
-        return c.hb_seq == hole[1] and (c.hb_repeat >= 2 or any(r.start >= c.hb_seq for r in c.held))
-
-    def _unconfirmed(self, c: _Channel, hole, now: float) -> int:
-        """No recovery service, and nothing vouches for what lies above a hole. If the stream
-        went on arriving in order below it, that is not a loss but a message that does not belong
-        to it: dropped as IMPLAUSIBLE (one forged sequence number, 2**64 - 1 or 10**15, was taken
-        as a gap of that size, counted lost 2**20 at a time, and every real message after it was
-        dropped as a DUPLICATE, for good). If the stream stopped at the hole, the loss is counted
-        once the silence timeout has passed without a second message."""
-        if hole[0] == c.hole_floor:
-            if now - c.hole_since >= max(self.silence_timeout, 1.0):
-                self._fill(c, hole)
-            return 0
-        above = [r for r in c.held if r.start >= hole[1]]
-        dropped = (1 if above and above[0].start == hole[1] else 0) + (c.hb_seq == hole[1])
-        if above and above[0].start == hole[1]:
-            c.held.remove(above[0])
-            c.held_events -= len(above[0].events)
-        if c.hb_seq == hole[1]:
-            c.hb_seq = 0
-        self.receiver.count_drop(Drop.IMPLAUSIBLE, max(dropped, 1))
-        self._log_once(f"ahead-{c.id}", logging.WARNING,
-                       "channel %d: sequence %d is ahead of a stream that went on in order below it (now at %d), "
-                       "and no second message vouches for it (there is no recovery service to ask): not believed, "
-                       "dropped as IMPLAUSIBLE", c.id, hole[1], hole[0])
-        c.hole_since = None
-        return self._settle(c)
 
     def _gave_up(self, c: _Channel, req: _Request, now: float) -> int:
         """The service did not answer ``max_retries`` times."""
