@@ -785,7 +785,7 @@ class Run:
         z = np.load(out)
         keep = z["send"] >= start + int(a.warmup * 1e9)
         res = {"lat": z["recv"][keep] - z["send"][keep], "messages": int(keep.sum()),
-               "cpus": z["cpus"].tolist() if "cpus" in z.files else None, "publisher": pr}
+               "cpus": z["cpus"].tolist() if "cpus" in z.files else None, "publisher": pr["stats"]}
         if relay is not None and sig_out.exists():
             sig = dict(np.load(sig_out))
             res["relay"] = latency_arrays(pr, sig, self.chan_of_inst, t_from=start + int(a.warmup * 1e9))
