@@ -44,8 +44,6 @@ cdef struct tw_window:
     double s1, c1, s2, c2         # Neumaier sums (and compensations) of d and d*d
     int64_t since_refresh
     uint64_t dropped
-    int64_t cutoff                # time windows: newest time seen - size; a sample at or before it is late
-    uint64_t late                 # samples refused as late (at or before the cutoff)
     uint64_t nonfinite            # +-inf samples ignored
 
 cdef struct tw_sumwin:
@@ -61,9 +59,7 @@ cdef struct tw_sumwin:
     double sa, ca, sb, cb
     int64_t since_refresh
     uint64_t dropped
-    int64_t cutoff                # as tw_window's
-    uint64_t late
-    uint64_t nonfinite
+    uint64_t nonfinite            # samples with a +-inf value ignored
 
 cdef struct tw_ewma:
     double k                      # ln 2 / halflife, per ns

@@ -7,7 +7,7 @@ compare them with pandas and numpy.
 """
 
 from libc.math cimport NAN, exp, fabs, isfinite, isnan, sqrt, log
-from libc.stdint cimport INT64_MIN, int64_t, uint64_t
+from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memset
 
@@ -18,6 +18,10 @@ import numpy as np
 cdef enum:
     _INITIAL_TIME_CAP = 64
     _REFRESH_SLACK = 64
+
+#: Samples above this (in magnitude) can take a window's sums to inf; their leaving recomputes
+#: them (a pop of any other sample leaves them, so a window that holds one costs nothing more).
+cdef double _HUGE = 1e150
 
 #: Largest ring a time window grows to (samples) unless told otherwise.
 DEFAULT_MAX_CAPACITY = 1 << 24
@@ -105,7 +109,6 @@ cdef int tw_window_init(tw_window *w, int kind, int64_t size, int64_t max_cap, b
     w.kind = kind
     w.extrema = extrema
     w.size = size
-    w.cutoff = INT64_MIN
     if kind == TW_WIN_COUNT:
         w.max_cap = _pow2_at_least(size)
         return _window_alloc(w, w.max_cap)
@@ -169,7 +172,8 @@ cdef void _window_refresh(tw_window *w) noexcept nogil:
 cdef inline void _window_pop(tw_window *w) noexcept nogil:
     """Evict the oldest sample."""
     cdef int64_t m = w.cap - 1
-    cdef double d = w.x[w.first & m] - w.shift
+    cdef double x = w.x[w.first & m]
+    cdef double d = x - w.shift
     _nadd(&w.s1, &w.c1, -d)
     _nadd(&w.s2, &w.c2, -(d * d))
     if w.min_h != w.min_t and w.minq[w.min_h & m] == w.first:
@@ -178,8 +182,8 @@ cdef inline void _window_pop(tw_window *w) noexcept nogil:
         w.max_h += 1
     w.first += 1
     w.since_refresh += 1
-    if TW_UNLIKELY(not isfinite(w.s2)):     # a huge sample left (its square was inf): inf - inf
-        _window_refresh(w)
+    if TW_UNLIKELY(not isfinite(w.s2)) and fabs(x) > _HUGE:
+        _window_refresh(w)                    # a huge sample left (its square was inf): inf - inf
 
 
 cdef int64_t tw_window_evict(tw_window *w, int64_t now) noexcept nogil:
@@ -189,44 +193,12 @@ cdef int64_t tw_window_evict(tw_window *w, int64_t now) noexcept nogil:
     cdef uint64_t before = w.first
     if w.kind != TW_WIN_TIME:
         return 0
-    if now - w.size > w.cutoff:           # the window's clock is the newest time it has seen
-        w.cutoff = now - w.size
-    while w.first != w.next and w.ts[w.first & m] <= w.cutoff:
+    while w.first != w.next and w.ts[w.first & m] <= now - w.size:
         _window_pop(w)
     n = <int64_t>(w.first - before)
     if w.first == w.next:
         tw_window_clear(w)                    # empty: start the sums afresh
     return n
-
-
-cdef int _window_insert_late(tw_window *w, int64_t ts, double x) noexcept nogil:
-    """A time window's sample stamped before its newest (room made already): put it in time
-    order (eviction takes samples from the front), the newer ones moved up by one; the min/max
-    deques hold sample numbers, which moved, so they are rebuilt, and the sums recomputed."""
-    cdef int64_t m = w.cap - 1
-    cdef uint64_t j = w.next, i
-    while j != w.first and w.ts[(j - 1) & m] > ts:
-        w.ts[j & m] = w.ts[(j - 1) & m]
-        w.x[j & m] = w.x[(j - 1) & m]
-        j -= 1
-    w.ts[j & m] = ts
-    w.x[j & m] = x
-    w.next += 1
-    if w.extrema:
-        w.min_h = w.min_t = w.max_h = w.max_t = 0
-        i = w.first
-        while i != w.next:
-            while w.min_h != w.min_t and w.x[w.minq[(w.min_t - 1) & m] & m] >= w.x[i & m]:
-                w.min_t -= 1
-            w.minq[w.min_t & m] = i
-            w.min_t += 1
-            while w.max_h != w.max_t and w.x[w.maxq[(w.max_t - 1) & m] & m] <= w.x[i & m]:
-                w.max_t -= 1
-            w.maxq[w.max_t & m] = i
-            w.max_t += 1
-            i += 1
-    _window_refresh(w)
-    return 0
 
 
 cdef int tw_window_add(tw_window *w, int64_t ts, double x) noexcept nogil:
@@ -240,9 +212,6 @@ cdef int tw_window_add(tw_window *w, int64_t ts, double x) noexcept nogil:
             w.nonfinite += 1
         return 0
     if w.kind == TW_WIN_TIME:
-        if TW_UNLIKELY(ts <= w.cutoff):       # already outside the window the clock has reached
-            w.late += 1
-            return 0
         tw_window_evict(w, ts)
     elif tw_window_count(w) >= w.size:
         _window_pop(w)
@@ -254,8 +223,6 @@ cdef int tw_window_add(tw_window *w, int64_t ts, double x) noexcept nogil:
     m = w.cap - 1
     if w.first == w.next:
         w.shift = x                        # an empty window re-bases on its first sample
-    if TW_UNLIKELY(w.first != w.next and ts < w.ts[(w.next - 1) & m]):
-        return _window_insert_late(w, ts, x) | r
     j = w.next
     w.ts[j & m] = ts
     w.x[j & m] = x
@@ -365,7 +332,6 @@ cdef int tw_sumwin_init(tw_sumwin *w, int kind, int64_t size, int64_t max_cap) n
     memset(w, 0, sizeof(tw_sumwin))
     w.kind = kind
     w.size = size
-    w.cutoff = INT64_MIN
     if kind == TW_WIN_COUNT:
         w.max_cap = _pow2_at_least(size)
         return _sumwin_alloc(w, w.max_cap)
@@ -399,12 +365,13 @@ cdef void _sumwin_refresh(tw_sumwin *w) noexcept nogil:
 
 cdef inline void _sumwin_pop(tw_sumwin *w) noexcept nogil:
     cdef int64_t m = w.cap - 1
-    _nadd(&w.sa, &w.ca, -w.a[w.first & m])
-    _nadd(&w.sb, &w.cb, -w.b[w.first & m])
+    cdef double a = w.a[w.first & m], b = w.b[w.first & m]
+    _nadd(&w.sa, &w.ca, -a)
+    _nadd(&w.sb, &w.cb, -b)
     w.first += 1
     w.since_refresh += 1
-    if TW_UNLIKELY(not (isfinite(w.sa) and isfinite(w.sb))):
-        _sumwin_refresh(w)
+    if TW_UNLIKELY(not (isfinite(w.sa) and isfinite(w.sb))) and (fabs(a) > _HUGE or fabs(b) > _HUGE):
+        _sumwin_refresh(w)                    # a huge sample left: its sums were inf
 
 
 cdef int64_t tw_sumwin_evict(tw_sumwin *w, int64_t now) noexcept nogil:
@@ -413,9 +380,7 @@ cdef int64_t tw_sumwin_evict(tw_sumwin *w, int64_t now) noexcept nogil:
     cdef uint64_t before = w.first
     if w.kind != TW_WIN_TIME:
         return 0
-    if now - w.size > w.cutoff:
-        w.cutoff = now - w.size
-    while w.first != w.next and w.ts[w.first & m] <= w.cutoff:
+    while w.first != w.next and w.ts[w.first & m] <= now - w.size:
         _sumwin_pop(w)
     n = <int64_t>(w.first - before)
     if w.first == w.next:
@@ -426,16 +391,12 @@ cdef int64_t tw_sumwin_evict(tw_sumwin *w, int64_t now) noexcept nogil:
 cdef int tw_sumwin_add(tw_sumwin *w, int64_t ts, double a, double b) noexcept nogil:
     """Add (a, b) at ``ts`` (ignored when either is NaN); 0, or -1 when it could not grow."""
     cdef int64_t m
-    cdef uint64_t j
     cdef int r = 0
     if TW_UNLIKELY(not (isfinite(a) and isfinite(b))):
         if not (isnan(a) or isnan(b)):
             w.nonfinite += 1
         return 0
     if w.kind == TW_WIN_TIME:
-        if TW_UNLIKELY(ts <= w.cutoff):
-            w.late += 1
-            return 0
         tw_sumwin_evict(w, ts)
     elif tw_sumwin_count(w) >= w.size:
         _sumwin_pop(w)
@@ -445,17 +406,9 @@ cdef int tw_sumwin_add(tw_sumwin *w, int64_t ts, double a, double b) noexcept no
             _sumwin_pop(w)
             w.dropped += 1
     m = w.cap - 1
-    j = w.next
-    # a time window's samples stay in time order (eviction takes them from the front): a late
-    # one goes in its place, the newer ones moved up by one (a trade stamped before the last)
-    while w.kind == TW_WIN_TIME and j != w.first and w.ts[(j - 1) & m] > ts:
-        w.ts[j & m] = w.ts[(j - 1) & m]
-        w.a[j & m] = w.a[(j - 1) & m]
-        w.b[j & m] = w.b[(j - 1) & m]
-        j -= 1
-    w.ts[j & m] = ts
-    w.a[j & m] = a
-    w.b[j & m] = b
+    w.ts[w.next & m] = ts
+    w.a[w.next & m] = a
+    w.b[w.next & m] = b
     w.next += 1
     _nadd(&w.sa, &w.ca, a)
     _nadd(&w.sb, &w.cb, b)
@@ -666,13 +619,6 @@ cdef class RollingWindow:
         return self.w.dropped
 
     @property
-    def late(self):
-        """Time windows: samples refused because they were stamped at or before the newest time
-        seen minus ``size`` (already outside the window). One stamped before the newest but
-        inside the window is taken, in its place."""
-        return self.w.late
-
-    @property
     def nonfinite(self):
         """Samples of +-inf ignored (NaN is ignored too, uncounted)."""
         return self.w.nonfinite
@@ -740,11 +686,6 @@ cdef class SumWindow:
     @property
     def sum_b(self):
         return tw_sumwin_b(&self.w)
-
-    @property
-    def late(self):
-        """As :attr:`RollingWindow.late`."""
-        return self.w.late
 
     @property
     def nonfinite(self):

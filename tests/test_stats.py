@@ -69,38 +69,6 @@ def test_time_window_matches_numpy_with_irregular_and_equal_timestamps(data, siz
         check_against(w, window, scale=max(1.0, max(abs(v) for v in window)))
 
 
-@settings(max_examples=examples(200), deadline=None)
-@given(data=st.lists(st.tuples(st.integers(-60, 50), floats, st.booleans()), max_size=150),
-       size=st.integers(1, 100))
-def test_time_windows_with_late_samples_follow_the_newest_time_seen(data, size):
-    """Found by an adversarial pass: a trade stamped before the newest time a window had seen
-    was added and kept (a VWAP that depended on how trades and book updates interleaved). A time
-    window's clock is the newest time it has seen (adds and evictions): a sample at or before
-    that minus ``size`` is refused (``late``); one inside it goes in its place, and leaves when
-    its own time does. Against a reference that keeps every accepted sample."""
-    w, sw = RollingWindow(size, "time"), SumWindow(size, "time")
-    t, newest, kept, late = 1000, None, [], 0
-    for dt, x, evict_only in data:
-        t += dt
-        if evict_only:                                     # a book update's clock, no sample
-            w.evict(t)
-            sw.evict(t)
-        else:
-            w.add(t, x)
-            sw.add(t, x, 1.0)
-            if newest is not None and t <= newest - size:
-                late += 1
-            else:
-                kept.append((t, x))
-        newest = t if newest is None else max(newest, t)
-        window = [v for s, v in kept if s > newest - size]
-        check_against(w, window, scale=max(1.0, max((abs(v) for v in window), default=1.0)))
-        assert sw.count == len(window) and sw.sum_b == len(window)
-        assert sw.sum_a == pytest.approx(math.fsum(window), rel=1e-9, abs=1e-6)
-        assert w.late == late and sw.late == late
-        assert sorted(w.values().tolist()) == sorted(window)
-
-
 def test_infinite_and_huge_samples_do_not_poison_the_window_after_they_leave():
     """Found by an adversarial pass: after an inf sample left a window of 100, mean was NaN and
     std 0 for 114 more samples (inf - inf in the running sums until a re-base); a 1e300 sample
@@ -109,7 +77,7 @@ def test_infinite_and_huge_samples_do_not_poison_the_window_after_they_leave():
     the sums."""
     rng = np.random.default_rng(5)
     xs = 100 + rng.standard_normal(400) * 2
-    for bad, counted in ((math.inf, 1), (-math.inf, 1), (1e300, 0)):
+    for bad, counted in ((math.inf, 1), (-math.inf, 1), (1e300, 0), (-3e200, 0)):
         w, sw = RollingWindow(100, "count"), SumWindow(100, "count")
         kept = []
         for i, x in enumerate(xs):
