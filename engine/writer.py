@@ -229,7 +229,11 @@ class _Spill:
         lost = 0
         for name, (n, pos) in list(out.items()):
             path = self.dir / name
-            if path.exists() or path.with_name(name + ".corrupt").exists():
+            if path.exists():
+                continue
+            if path.with_name(name + ".corrupt").exists():   # set aside and said so: struck, not said again
+                del out[name]
+                self._append(f"- {name}\n")
                 continue
             log.error("spill file %s is gone but was never stored (removed by hand?): its %s %s NOT stored "
                       "(positions %d..%d)", path, f"{n:,}", self.what, pos, pos + n - 1)

@@ -266,11 +266,16 @@ cdef int tw_ring_wait_writable(tw_ring *r, Py_ssize_t n, int64_t timeout_ns) noe
         tw_futex_wait(&r.hdr.prod_futex, epoch, left)
 
 
+cdef inline bint _owner(tw_ring *r) noexcept nogil:
+    """This handle is still the ring's consumer (not taken over)."""
+    return tw_load_acq64(&r.hdr.consumer_owner) == r.owner
+
+
 cdef inline bint _has_data(tw_ring *r) noexcept nogil:
     if r.rpos < r.head_cache:
         return True
     r.head_cache = tw_load_acq64(&r.hdr.head)
-    if r.policy != TW_RING_BROADCAST and r.head_cache - r.committed > r.capacity:
+    if r.policy != TW_RING_BROADCAST and r.head_cache - r.committed > r.capacity and _owner(r):
         r.head_cache = r.rpos              # a head no producer wrote (see tw_ring_peek): nothing to read
     return r.rpos < r.head_cache
 
@@ -393,11 +398,16 @@ cdef Py_ssize_t tw_ring_peek(tw_ring *r, void *out, Py_ssize_t n) noexcept nogil
     if k > <uint64_t>n:
         k = <uint64_t>n
     if r.head_cache - r.committed > r.capacity:
-        # more than the ring can hold past the committed position: the segment's head was
-        # written by something other than its producer (whose head never passes the tail by
-        # more than the capacity); read nothing rather than records read before
-        r.head_cache = r.rpos
-        return 0
+        if _owner(r):
+            # more than the ring can hold past the committed position: the segment's head was
+            # written by something other than its producer (whose head never passes the tail by
+            # more than the capacity); read nothing rather than records read before
+            r.head_cache = r.rpos
+            return 0
+        # taken over (a successor consumed on): never copy past the ring's records; the
+        # advance after this read fails and says so
+        if k > r.capacity - (r.rpos - r.committed):
+            k = r.capacity - (r.rpos - r.committed)
     if k:
         _copy_out(r, r.rpos, <char *>out, k)
         r.rpos += k

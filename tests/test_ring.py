@@ -463,6 +463,24 @@ def test_a_head_no_producer_wrote_gives_nothing_again_and_loses_nothing(name, fo
         assert cons.pop_many(out, timeout=0) == 3 and out[:3].tolist() == [16, 17, 18]
 
 
+def test_a_consumer_taken_over_is_told_even_when_the_producer_ran_far_past_it(name):
+    """Found by a review of the test above's fix: a consumer taken over whose successor had
+    consumed more than the capacity past its committed position waited for ever in pop (the
+    head looked like no producer's) instead of being told it was taken over."""
+    with Ring.create(name, np.int64, 8) as prod:
+        old = Ring.attach(name, np.int64)
+        new = Ring.attach(name, np.int64, takeover=True)
+        out = np.zeros(8, np.int64)
+        for start in (0, 8):
+            prod.push_many(np.arange(start, start + 8, dtype=np.int64), timeout=0)
+            assert new.pop_many(out, timeout=0) == 8
+        prod.push_many(np.arange(16, 19, dtype=np.int64), timeout=0)
+        with pytest.raises(RingError, match="taken over"):
+            old.pop(timeout=1.0)
+        old.close()
+        new.close()
+
+
 def test_broadcast_lapped_consumer_gets_the_exact_missed_count(name):
     with Ring.create(name, SMALL, 16, "broadcast") as prod:
         cons = Ring.attach(name, SMALL, start="oldest")

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from tickwire.engine.store import Store
-from tickwire.engine.writer import SpillError, StoreLink, TickWriter, _Spill
+from tickwire.engine.writer import SpillCorrupt, SpillError, StoreLink, TickWriter, _Spill
 from tickwire.ext import EVENT_DTYPE, SIGNAL_DTYPE
 from tickwire.ext.ring import Ring
 from tickwire.feeds.synthetic import l2_updates
@@ -362,6 +362,23 @@ def test_a_spill_file_removed_by_hand_is_said_with_its_positions(tmp_path, caplo
     assert_exactly_once(dsn, np.concatenate([ev[:3000], ev[9000:]]))
     again.write_status()                                    # everything left was stored: nothing more said
     assert caplog.text.count("never stored") == 2 and again.metrics["rows_missing"] == 3000
+
+
+def test_a_corrupt_spill_file_set_aside_then_deleted_is_not_said_again(tmp_path):
+    """Found by a review: a file set aside as .corrupt stayed in the ledger; once the operator
+    deleted the .corrupt file, the next start said its ticks were removed by hand (rows_missing,
+    exit 1, an alert) for a loss already said."""
+    spill = _Spill(tmp_path)
+    path = spill.write(100, 7, "tok", np.zeros(50, EVENT_DTYPE))
+    raw = bytearray(path.read_bytes())
+    raw[-10] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(SpillCorrupt) as exc:
+        _Spill.read(path)
+    assert _Spill.quarantine(exc.value, "ticks") == 50          # (a writer killed before striking it)
+    assert spill.missing() == 0
+    (tmp_path / (path.name + ".corrupt")).unlink()
+    assert _Spill(tmp_path).missing() == 0
 
 
 class ClosedWhileRead:
