@@ -17,7 +17,8 @@ itself to its core; the supervisor checks the affinity it reports), and then sup
   ring is unlinked only when everything in it is stored or spilled; otherwise it is kept for the
   next start, whose writer stores it first. One line says which; exit status 0 when everything is
   stored or durably spilled and every process stopped cleanly, 1 when a process had to be
-  killed or failed or a spill file was lost (damaged, or removed by hand), :data:`EXIT_UNSTORED` (3) when ticks or signals were kept in shared memory;
+  killed or failed or a spill file was lost (damaged, or removed by hand), :data:`EXIT_UNSTORED`
+  (3) when ticks or signals were kept in shared memory;
 - SIGHUP: re-read the config and, when it is valid, have the workers apply new rule thresholds.
 
 Children die with the supervisor: each sets ``PR_SET_PDEATHSIG`` = SIGTERM on itself at start
@@ -1086,7 +1087,7 @@ class Supervisor:
             level = logging.INFO
         wst, sst = self.writer_status(), self.signal_status()
         damaged = [(sum(st.get("rows_corrupt", 0) + st.get("rows_missing", 0) for st in wst), "ticks"),
-                   (sst.get("corrupt", 0) + sst.get("gone", 0), "signals")]
+                   (sst.get("corrupt", 0) + sst.get("missing", 0), "signals")]
         if any(n for n, _ in damaged):                 # (it said "every tick and signal stored" over them)
             self.summary += "; but " + " and ".join(f"{n:,} {what}" for n, what in damaged if n) + \
                 " of damaged or removed spill files were NOT stored (the log names them)"
@@ -1100,8 +1101,8 @@ class Supervisor:
         if lost or unknown:                            # what was received is stored; this was never received
             self.summary += (f"; the feed's history has holes: {lost:,} events lost" if lost else
                              "; the feed's history has holes") + \
-                (f", {unknown} range(s) of unknown size (a publisher restarted without ending its epoch, or while a worker was away)"
-                 if unknown else "") + " (tickwire status; docs/storage.md)"
+                (f", {unknown} range(s) of unknown size (a publisher restarted without ending its epoch, or "
+                 f"while a worker was away)" if unknown else "") + " (tickwire status; docs/storage.md)"
             level = max(level, logging.WARNING)
         log.log(level, "%s", self.summary)
         if self.cfg.log_file:                          # the log is in a file: the line goes to stderr too

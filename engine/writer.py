@@ -226,12 +226,18 @@ class _Spill:
         """Records of spill files the ledger holds that are gone (removed by hand: never stored),
         each an error line, then struck from the ledger; their count."""
         out = self._load()
+        if not out:
+            return 0
+        try:
+            present = set(os.listdir(self.dir))       # (one listing, not a stat per file waiting)
+        except OSError:
+            return 0
         lost = 0
         for name, (n, pos) in list(out.items()):
             path = self.dir / name
-            if path.exists():
+            if name in present:
                 continue
-            if path.with_name(name + ".corrupt").exists():   # set aside and said so: struck, not said again
+            if name + ".corrupt" in present:          # set aside and said so: struck, not said again
                 del out[name]
                 self._append(f"- {name}\n")
                 continue
@@ -851,7 +857,7 @@ class SignalWriter:
         except OSError as exc:
             log.warning("signal position not saved (%s)", exc)
         self.written = 0
-        self.corrupt = self.gone = 0                    # signals of damaged / removed spill files
+        self.corrupt = self.missing = 0                 # signals of damaged / removed spill files
         self.last_error = ""
         self.gave_up = ""
         self._spill_cause = ""
@@ -965,9 +971,9 @@ class SignalWriter:
         return bool(self.spill.files()) and not (self._insert_failed is not None and self._insert_failed >= since)
 
     def status(self) -> dict:
-        self.gone += self.spill.missing()
+        self.missing += self.spill.missing()
         return {"written": self.written, "missed": self.missed, "position": self.pos,
-                "corrupt": self.corrupt, "gone": self.gone,
+                "corrupt": self.corrupt, "missing": self.missing,
                 "spill_files": len(self.spill.files()), "unstored": self._rows, "last_error": self.last_error,
                 "gave_up": self.gave_up}
 
@@ -1076,7 +1082,7 @@ class WriterService:
         each = [s.status() for s in self.signal_writers]
         out = {"written": sum(s["written"] for s in each), "missed": sum(s["missed"] for s in each),
                "spill_files": sum(s["spill_files"] for s in each), "unstored": sum(s["unstored"] for s in each),
-               "corrupt": sum(s["corrupt"] for s in each), "gone": sum(s["gone"] for s in each),
+               "corrupt": sum(s["corrupt"] for s in each), "missing": sum(s["missing"] for s in each),
                "last_error": "; ".join(s["last_error"] for s in each if s["last_error"]), "rings": each}
         write_status_file(self.state_dir / "signals.json", out)
 

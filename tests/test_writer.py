@@ -190,6 +190,13 @@ def flaky_link(dsn, down):
     return real, StoreLink(open_store, retry_seconds=0.05)
 
 
+def store_down(dsn):
+    """``(down, real, link)``: a flaky link (above) whose store is down until ``down`` is cleared."""
+    down = threading.Event()
+    down.set()
+    return (down,) + flaky_link(dsn, down)
+
+
 def test_batches_are_capped_so_a_steady_feed_never_spills(tmp_path):
     """A batch as large as the ring would pass the spill threshold (half the ring) during every
     insert and send every batch through the spill file; capped at half the threshold, a steady
@@ -291,9 +298,7 @@ def test_a_corrupt_spill_file_is_set_aside_and_said_never_stored_as_garbage(tmp_
 
     name, dsn = ring_name(), f"chdb://{tmp_path}/store"
     ev = l2_updates(12_000, seed=8, instruments=2)
-    down = threading.Event()
-    down.set()
-    real, link = flaky_link(dsn, down)
+    down, real, link = store_down(dsn)
     with Ring.create(name, EVENT_DTYPE, 1 << 15) as ring:
         writer = TickWriter(link, Ring.attach(name, EVENT_DTYPE), tmp_path / "state", epoch=3, batch_rows=3000,
                             batch_seconds=0.01, retry_seconds=0.05)
@@ -330,9 +335,7 @@ def test_a_spill_file_removed_by_hand_is_said_with_its_positions(tmp_path, caplo
 
     name, dsn = ring_name(), f"chdb://{tmp_path}/store"
     ev = l2_updates(12_000, seed=9, instruments=2)
-    down = threading.Event()
-    down.set()
-    real, link = flaky_link(dsn, down)
+    down, real, link = store_down(dsn)
     deadline = time.monotonic() + 60
     with Ring.create(name, EVENT_DTYPE, 1 << 15) as ring:
         writer = TickWriter(link, Ring.attach(name, EVENT_DTYPE), tmp_path / "state", epoch=3, batch_rows=3000,
@@ -405,9 +408,7 @@ def test_a_producer_closing_mid_step_during_an_outage_ends_the_writer_cleanly(tm
     with exit status 1. It now drains: every tick on disk in the spill, none lost."""
     name, dsn = ring_name(), f"chdb://{tmp_path}/store"
     ev = l2_updates(5_000, seed=21, instruments=2)
-    down = threading.Event()
-    down.set()
-    real, link = flaky_link(dsn, down)
+    down, real, link = store_down(dsn)
     with Ring.create(name, EVENT_DTYPE, 1 << 14) as ring:
         source = ClosedWhileRead(Ring.attach(name, EVENT_DTYPE), ring)
         writer = TickWriter(link, source, tmp_path / "state", epoch=5, batch_rows=1000,
@@ -442,9 +443,7 @@ def test_spill_files_of_an_earlier_stream_keep_their_names_and_are_replayed(tmp_
     spill = _Spill(tmp_path / "state" / "spill")
     spill.dir.mkdir(parents=True)
     spill.write(0, 1, "tw:1:0:3000", old)                 # stream 1, position 0, never stored
-    down = threading.Event()
-    down.set()
-    real, link = flaky_link(dsn, down)
+    down, real, link = store_down(dsn)
     with Ring.create(name, EVENT_DTYPE, 1 << 14) as ring:
         writer = TickWriter(link, Ring.attach(name, EVENT_DTYPE), tmp_path / "state", epoch=2, batch_rows=5000,
                             batch_seconds=0.02, retry_seconds=0.05)
