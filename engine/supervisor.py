@@ -308,6 +308,10 @@ class Supervisor:
         self.stopping = False
         self.failure = None                            # why the daemon gave up, said in its last line
         self.spill_lost = False                        # records of damaged or removed spill files
+        # what writers that died counted of damaged or removed spill files (a restarted one counts
+        # from 0), added to writer_status() and signal_status(); the status files already counted
+        self._carried: dict = {}
+        self._carried_marks: set = set()
         self.writer_stalled_since = None               # monotonic time its status stopped (see _watch_stalls)
         self.metrics_port = None
         self._httpd = None
@@ -767,6 +771,8 @@ class Supervisor:
                 self.request_stop()
                 return
             child.restarts += 1
+            if child is self.writer:
+                self._carry_damage(child.started)
             log.error("%s (pid %d) exited with %s; restarting (restart %d)", child.name, child.proc.pid,
                       how, child.restarts)
             await asyncio.sleep(self.restart_delay * (2 ** fast))
@@ -1175,20 +1181,56 @@ class Supervisor:
                 out.append({})
         return out
 
-    def signal_status(self) -> dict:
-        """The writer's ``signals.json`` (empty before it wrote one)."""
+    _DAMAGE = ("rows_corrupt", "rows_missing", "corrupt", "missing")
+
+    def _status_files(self) -> list:
+        """Per tick ring its writer's status file, then the writer's signals.json."""
+        return [self.run_dir / "writer" / ring_keys(self.cfg, i)[0] / "status.json"
+                for i, _ in enumerate(self.cfg.workers)] + [self.run_dir / "writer" / "signals.json"]
+
+    @staticmethod
+    def _read_status(path) -> dict:
         try:
-            return json.loads((self.run_dir / "writer" / "signals.json").read_text())
+            return json.loads(path.read_text())
         except (OSError, ValueError):
             return {}
+
+    def _with_carried(self, path, st: dict) -> dict:
+        for k, n in self._carried.get(str(path), {}).items():
+            st[k] = st.get(k, 0) + n
+        return st
+
+    def _carry_damage(self, started: float) -> None:
+        """The writer died: what it counted of damaged or removed spill files (its status files,
+        each counted once) is kept, or its restart (counting from 0) would drop them from the
+        status, the metrics and the last line."""
+        for path in self._status_files():
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            mark = (str(path), st.st_ino, st.st_mtime_ns)
+            if mark in self._carried_marks or st.st_mtime < started - 1.0:
+                continue                               # a writer before it (or a run before) wrote it
+            self._carried_marks.add(mark)
+            carried = self._carried.setdefault(str(path), {})
+            for k, n in self._read_status(path).items():
+                if k in self._DAMAGE and isinstance(n, int) and n:
+                    carried[k] = carried.get(k, 0) + n
+
+    def signal_status(self) -> dict:
+        """The writer's ``signals.json`` (empty before it wrote one)."""
+        path = self._status_files()[-1]
+        st = self._read_status(path)
+        return self._with_carried(path, st) if st or self._carried.get(str(path)) else st
 
     def writer_status_marks(self) -> list:
         """Per tick ring: its writer's status file's (inode, mtime ns), or None (none yet). The
         writer rewrites it every second, busy or idle; a mark that stays is a stopped writer."""
         out = []
-        for i, _ in enumerate(self.cfg.workers):
+        for path in self._status_files()[:-1]:
             try:
-                st = os.stat(self.run_dir / "writer" / ring_keys(self.cfg, i)[0] / "status.json")
+                st = os.stat(path)
                 out.append((st.st_ino, st.st_mtime_ns))
             except OSError:
                 out.append(None)
@@ -1196,12 +1238,9 @@ class Supervisor:
 
     def writer_status(self) -> list[dict]:
         out = []
-        for i, _ in enumerate(self.cfg.workers):
-            t, _s = ring_keys(self.cfg, i)
-            try:
-                out.append(json.loads((self.run_dir / "writer" / t / "status.json").read_text()))
-            except (OSError, ValueError):
-                out.append({})
+        for path in self._status_files()[:-1]:
+            st = self._read_status(path)
+            out.append(self._with_carried(path, st) if st or self._carried.get(str(path)) else st)
         return out
 
 

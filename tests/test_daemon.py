@@ -1064,7 +1064,8 @@ def test_a_spill_file_removed_by_hand_is_in_the_last_line_and_the_exit_status(tm
     """Found by an adversarial pass: with the store down, a spill file deleted by hand (a full
     disk cleared with rm) lost its ticks, and the daemon still said "every tick and signal is
     stored or spilled", exit 0. Now its error line names the file, the last line says how many
-    ticks were NOT stored, and the exit status is 1."""
+    ticks were NOT stored, and the exit status is 1, also when the writer that found it was
+    killed and restarted since (its successor counts from 0)."""
     from tickwire.engine.writer import _Spill
 
     rings_of("gone")
@@ -1082,6 +1083,13 @@ def test_a_spill_file_removed_by_hand_is_in_the_last_line_and_the_exit_status(tm
         n = _Spill.header(victim)["n"]
         victim.unlink()
         assert wait_for(lambda: "never stored" in (tmp_path / "daemon.log").read_text(), 30)
+        st = spill.parent / "status.json"
+        assert wait_for(lambda: json.loads(st.read_text())["rows_missing"] == n, 10)
+        # the writer that counted them dies: its restart counts from 0, and the count (once said
+        # only in the dead writer's error line) stays in the last line and the exit status
+        os.kill(writer_pid("gone"), signal.SIGKILL)
+        assert wait_for(lambda: "restarting (restart 1)" in (tmp_path / "daemon.log").read_text(), 30)
+        assert wait_for(lambda: writer_pid("gone") and json.loads(st.read_text()).get("rows_missing", 1) == 0, 30)
     finally:
         rc, _ = stop_daemon(daemon, log)
     text = (tmp_path / "daemon.log").read_text()
