@@ -54,7 +54,16 @@ from tickwire.ext import EVENT_DTYPE
 from tickwire.ext import ring as R
 from tickwire.ext.hdr import Recorder
 
-B = cbuild.load("io_bench")
+class _Lazy:
+    """The compiled contestants (cbuild), compiled at their first use: `--help` answers at once."""
+
+    def __getattr__(self, name):
+        mod = cbuild.load("io_bench")
+        self.__dict__.update((k, getattr(mod, k)) for k in dir(mod) if not k.startswith("__"))
+        return getattr(mod, name)
+
+
+B = _Lazy()
 CTX = mp.get_context("spawn")
 REC = EVENT_DTYPE.itemsize
 SEQ = EVENT_DTYPE.fields["seq"][1]                      # byte offset of the record number
