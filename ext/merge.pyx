@@ -206,3 +206,32 @@ def run_bounds(runs):
     n = len(runs)
     cut = np.flatnonzero(runs[1:n] != runs[0:n - 1]) + 1 if n else np.empty(0, np.int64)
     return np.concatenate(([0], cut, [n])).astype(np.int64)
+
+
+def seq_in_order(const uint8_t[::1] raw, uint64_t[::1] nxt, const uint8_t[::1] followed):
+    """Whether every event of ``raw`` (EVENT_DTYPE records' bytes) is a tick (no SNAPSHOT flag)
+    whose sequence number is the next one due on its channel (``nxt[channel]``; 0: not known
+    yet, which fails) or of a channel not ``followed``. True: ``nxt`` is advanced past them;
+    False: ``nxt`` is as it was, and the caller looks closer (replay's sequence check,
+    tickwire.replay.audit: one pass over the records, not a numpy pass per field)."""
+    cdef const tw_event* ev = <const tw_event*>&raw[0] if raw.shape[0] else NULL
+    cdef Py_ssize_t n = raw.shape[0] // sizeof(tw_event), j
+    cdef Py_ssize_t nch = min(nxt.shape[0], followed.shape[0])
+    cdef uint16_t c
+    cdef Py_ssize_t done = 0
+    with nogil:
+        while done < n:
+            c = ev[done].channel
+            if ev[done].flags & 2 or c >= nch:          # (Flag.SNAPSHOT)
+                break
+            if followed[c]:
+                if nxt[c] == 0 or ev[done].seq != nxt[c]:
+                    break
+                nxt[c] += 1
+            done += 1
+        if done < n:
+            for j in range(done):                       # undone: each advanced by one
+                c = ev[j].channel
+                if followed[c]:
+                    nxt[c] -= 1
+    return done == n

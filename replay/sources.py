@@ -23,6 +23,7 @@ import numpy as np
 
 from tickwire.engine.instruments import Instrument
 from tickwire.ext.records import EVENT_DTYPE, Flag, Kind
+from tickwire.replay.audit import SeqAudit
 
 __all__ = ["ReplayError", "ArraySource", "CaptureSource", "StoreSource", "merge_snapshots",
            "parse_time", "DEFAULT_CHUNK"]
@@ -559,6 +560,9 @@ class StoreSource:
             self.with_snapshots = snapshots
             self.snapshots = self._snapshots(database) if snapshots else np.empty(0, EVENT_DTYPE)
             self.total += len(self.snapshots)          # what the replay goes through (progress said 200,024 / 200,000)
+            # the sequence numbers are checked where the markers come along (they explain the feed's
+            # own holes), on the channels whose every instrument is replayed
+            self._audit_channels = self._whole_channels(database) if snapshots else ()
         except BaseException:
             self.store.close()
             raise
@@ -594,9 +598,57 @@ class StoreSource:
             keep |= m
         return snaps[keep]
 
+    def _whole_channels(self, database: str):
+        """The channels all of whose stored instruments are selected (None: every channel)."""
+        rows = self.store.client.query(f"SELECT channel, groupUniqArray(instrument) FROM {database}.ticks "
+                                       f"GROUP BY channel").result_rows
+        ids = set(self.ids)
+        whole = {int(c) for c, insts in rows if set(map(int, insts)) <= ids}
+        return None if len(whole) == len(rows) else whole
+
+    def _audited(self, chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        self.audit, self.audited = None, False
+        if self._audit_channels == ():
+            yield from chunks
+            return
+        audit = self.audit = SeqAudit(self._audit_channels)
+        for chunk in chunks:
+            audit.feed(chunk)
+            yield chunk
+        audit.finish()
+        self.audited = True
+
+    audit: Optional[SeqAudit] = None                   # the last pass's (each pass over the source checks anew)
+    audited = False
+
+    def audit_findings(self, limit: int = 64) -> dict:
+        """What the sequence numbers showed, once the stream was read to its end: ``holes``
+        (``(channel, first, last)``, those the store holds no tick of at all: a hole of a range's
+        bounds, its events stamped outside the range, is not one; the first ``limit``, and
+        ``more_holes`` their count past that, taken as they are), ``missing`` (their events) and
+        ``repeats`` (per channel). Empty before the end, or without the check (``snapshots=False``)."""
+        if self.audit is None or not self.audited:
+            return {}
+        holes, missing, more = [], 0, 0
+        for c, first, last in self.audit.holes:
+            if len(holes) >= limit:                    # (not looked up: counted whole)
+                more += 1
+                missing += last - first + 1
+                continue
+            held = int(self.store.client.query(
+                f"SELECT count() FROM {self.store.database}.ticks WHERE channel = {int(c)} "
+                f"AND seq BETWEEN {int(first)} AND {int(last)}").result_rows[0][0])
+            if held < last - first + 1:
+                holes.append((c, first, last))
+                missing += last - first + 1 - held
+        out = {"holes": holes, "missing": missing, "repeats": self.audit.repeats}
+        if more:
+            out["more_holes"] = more
+        return out
+
     def _chunks(self) -> Iterator[np.ndarray]:
         ticks = self.store.read_ticks(self.ids, self.start_ns, self.end_ns, chunk_rows=self.chunk)
-        return merge_snapshots(ticks, self.snapshots)
+        return self._audited(merge_snapshots(ticks, self.snapshots))
 
     def _windows(self):
         return self.store._read_windows("ticks", self.ids, self.start_ns, self.end_ns, self.chunk)
@@ -610,7 +662,7 @@ class StoreSource:
         from tickwire.engine.store import _merged, _split
 
         windows = read_ahead(self._windows, self.prefetch, self.reader_cpus)
-        return merge_snapshots(_split(_merged(windows), self.chunk), self.snapshots)
+        return self._audited(merge_snapshots(_split(_merged(windows), self.chunk), self.snapshots))
 
     def close(self) -> None:
         self.store.close()
