@@ -517,8 +517,12 @@ class Publisher:
         end_ns = start_ns + int(seconds * 1e9)
         t_wall = time.monotonic()
         next_line = t_wall + 5.0
+        give_up_ns, gave_up = int((2.0 + 0.5 * seconds) * 1e9), None
         while True:
-            until = min(end_ns, harness.now_ns() + 250_000_000)
+            # at most a quarter second of the schedule a call (one far behind it would send until
+            # caught up, and the check below would come too late)
+            due = int(out["intended"][sched.sent - 1]) if sched.sent else start_ns
+            until = min(end_ns, harness.now_ns() + 250_000_000, due + 250_000_000)
             r = sched.publish(self.sock, until, out["chan"], out["seq"], out["count"], out["intended"], out["sent"],
                               stall_at=stall_at, stall_ns=stall_ns)
             if r < 0:
@@ -534,6 +538,12 @@ class Publisher:
                      end="" if tty else "\n")
             if until >= end_ns or n >= cap:
                 break
+            if n and harness.now_ns() - int(out["intended"][n - 1]) > give_up_ns:
+                # far behind its schedule: the rest would take minutes to send (30 M offered, 5 M
+                # reached: 35 s for a 5 s run) and measure the publisher's queue, nothing more
+                gave_up = (f"the publisher fell {(harness.now_ns() - int(out['intended'][n - 1])) / 1e9:.1f} s "
+                           f"behind its schedule and stopped")
+                break
             if time.monotonic() - t_wall > seconds + 60:
                 break
         if progress and sys.stdout.isatty():
@@ -546,6 +556,8 @@ class Publisher:
                         "achieved_rate": sent_ev / max(span, 1e-9),
                         "late_messages": int(sched.late), "max_late_ns": int(sched.max_late_ns),
                         "late_p99_ns": int(np.percentile(res["sent"] - res["intended"], 99)) if n else 0}
+        if gave_up:
+            res["stats"]["gave_up"] = gave_up
         return res
 
     def close(self):
@@ -1192,12 +1204,13 @@ def compare(path_a, path_b, out=print) -> int:
             raise ValueError(f"{p}: not a tickwire bench summary ({exc})") from None
         if not isinstance(d, dict) or d.get("tickwire_bench") != SCHEMA:
             raise ValueError(f"{p}: not a tickwire bench summary (no 'tickwire_bench': {SCHEMA})")
+        try:                                           # (checked before a line is printed, naming the file)
+            _compare(d, d, p, p, out=lambda *_: None)
+        except (KeyError, TypeError, AttributeError, ValueError, ZeroDivisionError) as exc:
+            raise ValueError(f"{p}: lacks what a bench run writes ({type(exc).__name__}: {exc}): not a whole "
+                             f"tickwire bench summary") from None
         runs.append(d)
-    try:
-        return _compare(*runs, path_a, path_b, out)
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise ValueError(f"a summary lacks what a bench run writes ({type(exc).__name__}: {exc}): "
-                         f"{path_a} or {path_b} is not a whole tickwire bench summary") from None
+    return _compare(*runs, path_a, path_b, out)
 
 
 def _compare(a, b, path_a, path_b, out) -> int:
@@ -1212,7 +1225,22 @@ def _compare(a, b, path_a, path_b, out) -> int:
         out("WARNING: the two runs are unlike (" + "; ".join(unlike) + "): their ratios measure that "
             "difference too, not only tickwire's")
     by_rate = {r["offered_rate"]: r for r in b["runs"]}
+    # a run that did not deliver everything, or whose publisher fell short of the rate, is no
+    # like-for-like figure either (compare printed a clean table over a run missing 13% of its
+    # events, exit 0)
+    for name, d in (("A", a), ("B", b)):
+        for r in d["runs"]:
+            rate = _fmt_rate(r["offered_rate"])
+            for line in r.get("loss") or []:
+                out(f"WARNING: {name} at {rate} ev/s was INCOMPLETE ({line}): its figures leave that out")
+            if r["publisher"]["achieved_rate"] < 0.98 * r["offered_rate"]:
+                out(f"WARNING: {name} at {rate} ev/s: the publisher reached "
+                    f"{r['publisher']['achieved_rate']:,.0f} ev/s, not the rate offered")
+        if d.get("stopped"):
+            out(f"note: {name}'s --until-saturation stopped {d['stopped']}")
     out(f"{'rate':>7s} {'series':16s} {'pct':>7s} {'A us':>10s} {'B us':>10s} {'B/A':>7s}")
+    for rate in sorted(set(by_rate) - {r["offered_rate"] for r in a["runs"]}):
+        out(f"{_fmt_rate(rate):>7s} (not in A)")
     for ra in a["runs"]:
         rb = by_rate.get(ra["offered_rate"])
         if rb is None:
@@ -1284,6 +1312,21 @@ def run_bench(args) -> dict:
         while queue:
             rate = queue.pop(0)
             res = measure_rate(run, rate, i, outdir)
+            ach = res["publisher"]["achieved_rate"]
+            short = f"the publisher reached {ach / 1e3:,.0f}k ev/s of the {_fmt_rate(rate)} offered" \
+                if ach < 0.95 * rate else None
+            if not res["latency_ns"]["wire_to_signal"]["count"] and short:
+                # the rate is beyond the publisher: its measured messages never went out in time
+                # (this said "check that the rules can fire", exit 1, even under --until-saturation)
+                why = (f"{short}{' (' + res['publisher']['gave_up'] + ')' if res['publisher'].get('gave_up') else ''}"
+                       f", and no signal of the measured seconds arrived")
+                if args.until_saturation and summary["runs"]:
+                    summary["stopped"] = f"at {_fmt_rate(rate)} ev/s: {why}"
+                    _say(f"\n  --until-saturation stopped at {_fmt_rate(rate)} ev/s: {why}; its figures are not kept")
+                    break
+                raise NoSignals(f"at {_fmt_rate(rate)} ev/s {why}: no latency to report, and none is written for "
+                                f"this rate. Offer a rate the publisher reaches (--until-saturation finds the "
+                                f"highest)")
             if not res["latency_ns"]["wire_to_signal"]["count"]:       # (the measured ones: past the warm-up)
                 where = ("the daemon's rejects (`tickwire status --raw`)" if args.target == "daemon" else
                          "the worker's log above")

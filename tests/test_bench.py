@@ -325,6 +325,63 @@ def test_a_rate_with_no_signal_fails_instead_of_reporting_zero_latency(tmp_path,
     assert bench.parse_rate("1M") == 1e6 and bench.parse_rate("100k") == 1e5 and bench.parse_rate("2.5e4") == 25e3
 
 
+def test_a_rate_beyond_the_publisher_is_said_as_such_and_ends_a_saturation_sweep(tmp_path, monkeypatch, capsys):
+    """Found by an adversarial pass: at 30M ev/s offered the publisher reached 5M, so no measured
+    signal arrived, and the run said "check that the rules can fire on this stream", exit 1,
+    also under --until-saturation (the saturation it was looking for)."""
+    class FakeRun:
+        def __init__(self, *a):
+            pass
+
+    lat = {lv: 1000 for lv in bench.LEVELS}
+
+    def measure(run, rate, i, outdir):
+        if rate <= 1e6:                             # reached: a measured run
+            return {"offered_rate": rate, "signals": 50, "signals_missed": 0, "signals_unmatched": 0,
+                    "publisher": {"events": 100_000, "achieved_rate": rate, "late_messages": 0, "late_p99_ns": 0,
+                                  "max_late_ns": 0},
+                    "latency_ns": {"wire_to_signal": dict(lat, count=40)}, "loss": []}
+        return {"offered_rate": rate, "signals": 7,
+                "publisher": {"events": 20_000_000, "achieved_rate": 5e6,
+                              "gave_up": "the publisher fell 4.5 s behind its schedule and stopped"},
+                "latency_ns": {"wire_to_signal": {"count": 0}}, "loss": []}
+
+    monkeypatch.setattr(bench, "Run", FakeRun)
+    monkeypatch.setattr(bench, "measure_rate", measure)
+    monkeypatch.setattr(bench, "_pin", lambda core: None)
+    args = ["bench", "--source", "synthetic", "--events", "20000", "--duration", "1", "--no-plots"]
+    assert cli_main(args + ["--rate", "30M", "--out", str(tmp_path / "a")]) == 1
+    err = capsys.readouterr().err
+    assert "at 30M ev/s the publisher reached 5,000k ev/s of the 30M offered (the publisher fell 4.5 s" in err, err
+    assert "rules can fire" not in err and "Offer a rate the publisher reaches" in err
+    assert cli_main(args + ["--rate", "1M,30M", "--until-saturation", "--out", str(tmp_path / "b")]) == 0
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert [r["offered_rate"] for r in summary["runs"]] == [1e6]
+    assert summary["stopped"].startswith("at 30M ev/s: the publisher reached 5,000k ev/s"), summary["stopped"]
+
+
+def test_compare_warns_of_an_incomplete_run_and_a_rate_not_reached(tmp_path, capsys):
+    """Found by an adversarial pass: compare printed a clean table over a run that had said
+    INCOMPLETE (13% of its events not processed), exit 0; a rate only in B was not named."""
+    a, b = _summary(100_000), _summary(110_000)
+    b["runs"][0]["loss"] = ["the engine processed 779,478 of the 900,443 events published"]
+    extra = _summary(200_000, rate=1e6)["runs"][0]
+    extra["publisher"]["achieved_rate"] = 6e5
+    b["runs"].append(extra)
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    assert cli_main(["bench", "compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out
+    assert "WARNING: B at 100k ev/s was INCOMPLETE (the engine processed 779,478 of the 900,443" in out, out
+    assert "WARNING: B at 1M ev/s: the publisher reached 600,000 ev/s, not the rate offered" in out
+    assert "1M (not in A)" in out and "WARNING: A" not in out
+    # a broken summary is named, before any line of the table
+    (tmp_path / "x.json").write_text(json.dumps({"tickwire_bench": bench.SCHEMA, "target": "pipeline"}))
+    assert cli_main(["bench", "compare", str(tmp_path / "a.json"), str(tmp_path / "x.json")]) == 2
+    cap = capsys.readouterr()
+    assert f"{tmp_path / 'x.json'}: lacks what a bench run writes" in cap.err and "A:" not in cap.out
+
+
 def test_a_process_on_the_wrong_core_stops_the_run():
     bench._check_cores("the target", [1], [1])
     bench._check_cores("the target", None, [1])          # (not known: nothing to check)
