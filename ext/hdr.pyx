@@ -223,8 +223,9 @@ cdef class Recorder:
         cdef tw_hdr *h = self.h
         if n == 0:
             return 0
-        if self.h.total > INT64_MAX - n * (1 + ((1 << TW_HDR_VALUE_BITS) // expected_interval
-                                                 if expected_interval > 0 else 0)):
+        # (in Python integers: as C, 1 << 36 overflowed an int, and n times it an int64)
+        if self.h.total > INT64_MAX - <object>n * (1 + ((MAX_RECORDABLE + 1) // expected_interval
+                                                         if expected_interval > 0 else 0)):
             # near the limit (never in practice): the exact count this call would add
             extra = int((np.maximum(np.asarray(v), 0) // expected_interval).sum()) if expected_interval > 0 else 0
             self._room(n + extra, "record_many")

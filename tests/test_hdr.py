@@ -120,6 +120,15 @@ def test_no_way_of_recording_wraps_the_count_negative():
     assert full.total == 2**63 - 1 and percentiles(full)["count"] == 2**63 - 1
     b.record_many(np.arange(10))                       # far from the limit: unchanged
     assert b.total == 2**62 + 10
+    # near it, the corrected values a call adds count too (record_many's guard shifted 1 << 36 as
+    # a C int: undefined, and 1,000 short of the limit it let 10**6 filled-in values wrap it)
+    near = Recorder()
+    near.record(5, 2**63 - 1 - 1000)
+    with pytest.raises(ValueError, match="past 2\\*\\*63 - 1"):
+        near.record_many([10**6], expected_interval=1)
+    assert near.total == 2**63 - 1 - 1000
+    near.record_many([900], expected_interval=1)       # 900 values: room for them
+    assert near.total == 2**63 - 1 - 100
 
 @settings(max_examples=examples(40), deadline=None)
 @given(st.lists(st.integers(0, 50_000), max_size=60), st.integers(-5, 20_000))
