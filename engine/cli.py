@@ -310,9 +310,20 @@ def cmd_books(args) -> int:
     except ValueError as exc:
         print(f"tickwire books: the daemon refused the request: {exc}", file=sys.stderr)
         return 2
+    silent = getattr(books, "silent", [])
+
+    def partial() -> int:
+        """A worker that did not answer: its instruments are not shown (they were left out, exit 0)."""
+        if not silent:
+            return 0
+        print(f"tickwire books: worker{'s' if len(silent) > 1 else ''} {', '.join(silent)} did not answer within "
+              f"{args.timeout:g} s (stopped, stalled or busy: tickwire status): "
+              f"{'its' if len(silent) == 1 else 'their'} instruments are not shown", file=sys.stderr)
+        return 1
+
     if args.json:
         print(jsonmod.dumps({str(k): v for k, v in sorted(books.items())}, indent=1))
-        return 0
+        return partial()
     for iid, b in sorted(books.items()):
         tick, lot = Decimal(b["tick_size"]), Decimal(b["lot_size"])
         state = "in sync" if b["in_sync"] else "OUT OF SYNC"
@@ -330,7 +341,7 @@ def cmd_books(args) -> int:
             left = f"{str(Decimal(bid[1]) * lot):>16} {str(Decimal(bid[0]) * tick):>14}" if bid else " " * 31
             right = f"{str(Decimal(ask[0]) * tick):<14} {str(Decimal(ask[1]) * lot):<16}" if ask else ""
             print(f"  {left} | {right}".rstrip())
-    return 0
+    return partial()
 
 
 def _daemon_running(run_dir) -> bool:
@@ -416,7 +427,9 @@ def cmd_status(args) -> int:
           f"worker's last start)  signals {total('tickwire_signals_total'):,.0f}  workers up "
           f"{total('tickwire_worker_up'):.0f}" + (f" (STALLED: {', '.join(stalled)}: no status for over 5 s)"
                                                   if stalled else "")
-          + f"  restarts {total('tickwire_worker_restarts_total'):.0f}")
+          + f"  restarts {total('tickwire_worker_restarts_total'):.0f}"
+          + (f"  writer: up {total('tickwire_writer_up'):.0f}, restarts {total('tickwire_writer_restarts_total'):.0f}"
+             if any(k.startswith("tickwire_writer_up") for k in rows) else ""))
     print(f"  feed: messages {total('tickwire_feed_messages_total'):,.0f}  gaps {total('tickwire_feed_gaps_total'):.0f}  "
           f"recoveries {total('tickwire_feed_recoveries_total'):.0f}  messages refused "
           f"{total('tickwire_feed_drops_total'):.0f} (duplicates, malformed, forged: by reason in --raw)")
@@ -451,9 +464,19 @@ def cmd_status(args) -> int:
             hists.setdefault((labels.get("worker", "?"), labels.get("stage", "?")), []).append((le, v))
     for (worker, stage), buckets in sorted(hists.items()):
         buckets.sort()
-        p99 = histogram_quantile(0.99, [b for b, _ in buckets], [n for _, n in buckets])
-        if p99 == p99:                                                  # not NaN: something recorded
-            print(f"  p99 {worker} {stage}: {p99 * 1e6:.1f} us (since start, from the histogram buckets)")
+        bounds, counts = [b for b, _ in buckets], [n for _, n in buckets]
+        p99 = histogram_quantile(0.99, bounds, counts)
+        if p99 != p99:                                                  # NaN: nothing recorded
+            continue
+        top = max((b for b in bounds if b != float("inf")), default=0.0)
+        if bounds and counts[-1] > 0 and 0.99 * counts[-1] > max(
+                (n for b, n in buckets if b == top), default=counts[-1]):
+            # the p99 is past the top bucket: its edge is not the value (it printed 10 s as the
+            # p99 of samples up to 10.85 s)
+            print(f"  p99 {worker} {stage}: over {top * 1e6:,.0f} us, past the top bucket (since start; the "
+                  f"HDR interval logs have the value)")
+            continue
+        print(f"  p99 {worker} {stage}: {p99 * 1e6:.1f} us (since start, from the histogram buckets)")
     return 0
 
 
@@ -644,7 +667,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sig.add_argument("--config", "-c", required=True, help="the daemon's TOML configuration file")
     sig.add_argument("--follow", "-f", action="store_true", help="keep printing new signals until interrupted")
-    sig.add_argument("--format", choices=("text", "json", "csv"), default="text")
+    sig.add_argument("--format", choices=("text", "json", "csv"), default="text",
+                     help="text: one aligned line a signal; json: one object a line; csv: a header, then a row a signal")
     sig.add_argument("--from-start", action="store_true", help="start from the oldest signal still in the rings")
     sig.add_argument("--count", type=int, default=0, help="stop after this many signals (0: no limit)")
     sig.set_defaults(func=cmd_signals)
@@ -656,7 +680,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "between two batches, so the book is exact at that moment. Prints the best levels per "
                     "side with decimal prices and sizes, the sequence number the book stands at, whether it "
                     "is in sync, and the last trade (--json: everything, prices in ticks and sizes in lots). "
-                    "Exit status 1 when no daemon answers. Python: tickwire.engine.live.request_books.",
+                    "Exit status 1 when no daemon answers, or a worker does not (named; its instruments not shown). "
+                    "Python: tickwire.engine.live.request_books.",
     )
     bk.add_argument("--config", "-c", required=True, help="the daemon's TOML configuration file")
     bk.add_argument("--instrument", "-i", action="append", metavar="SYMBOL",

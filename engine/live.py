@@ -41,7 +41,7 @@ from tickwire.feeds.wire import ipc_claim, ipc_release
 
 log = logging.getLogger("tickwire.live")
 
-__all__ = ["DaemonNotRunning", "BookService", "request_books", "books_endpoint", "MAX_DEPTH"]
+__all__ = ["Books", "DaemonNotRunning", "BookService", "request_books", "books_endpoint", "MAX_DEPTH"]
 
 #: Most levels per side one request may ask for.
 MAX_DEPTH = 10_000
@@ -183,11 +183,20 @@ def _sockets(run_dir: Path) -> list[Path]:
     return sorted(run_dir.glob("books-*.sock"), key=lambda p: int(p.stem.split("-")[1]))
 
 
-def request_books(run_dir, instruments=None, depth: int = 10, timeout: float = 1.0) -> dict:
+class Books(dict):
+    """``{instrument_id: answer}``, with ``silent``: the workers (``w0``, ...) that did not answer
+    in time, whose instruments are missing (empty when every worker answered)."""
+
+    silent: list = []
+
+
+def request_books(run_dir, instruments=None, depth: int = 10, timeout: float = 1.0) -> Books:
     """The books of a running daemon's workers: ``{instrument_id: answer}`` (see the module doc).
 
     ``instruments``: ids (default all). Raises :class:`DaemonNotRunning` when no worker answers
-    within ``timeout`` seconds, ValueError for a request a worker refuses."""
+    within ``timeout`` seconds, ValueError for a request a worker refuses. A worker that does not
+    answer while another does (stopped, stalled, busy) is named in the result's ``silent``: its
+    instruments are not in it (they were left out unsaid)."""
     run_dir = Path(run_dir)
     socks = _sockets(run_dir) if run_dir.is_dir() else []
     hint = "start one with `tickwire run --config FILE` (or `tickwire demo`)"
@@ -196,7 +205,7 @@ def request_books(run_dir, instruments=None, depth: int = 10, timeout: float = 1
     req = json.dumps({"instruments": None if instruments is None else [int(i) for i in instruments],
                       "depth": int(depth)}).encode()
     ctx = zmq.Context.instance()
-    books, answered, errors = {}, 0, []
+    books, answered, errors, silent = Books(), 0, [], []
     for path in socks:
         sock = ctx.socket(zmq.REQ)
         sock.setsockopt(zmq.LINGER, 0)
@@ -204,6 +213,7 @@ def request_books(run_dir, instruments=None, depth: int = 10, timeout: float = 1
             sock.connect(f"ipc://{path}")
             sock.send(req)
             if not sock.poll(int(timeout * 1000)):
+                silent.append(f"w{path.stem.split('-')[1]}")
                 continue
             reply = json.loads(sock.recv())
         finally:
@@ -218,4 +228,5 @@ def request_books(run_dir, instruments=None, depth: int = 10, timeout: float = 1
     if not answered:
         raise DaemonNotRunning(f"no tickwire daemon answers in {run_dir} (its workers' book sockets are there "
                                f"but silent for {timeout:g} s: stopped, or still starting): {hint}")
+    books.silent = silent
     return books

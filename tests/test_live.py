@@ -134,6 +134,32 @@ def test_no_daemon_says_so_and_how_to_start_one(tmp_path):
         assert out.returncode == 2 and "--timeout: expected seconds from 0 to 3600" in out.stderr, out.stderr
 
 
+def test_a_worker_that_does_not_answer_is_named_and_the_exit_status_says_so(tmp_path, stream):
+    """Found by an adversarial pass: with one of two workers SIGSTOPped, `tickwire books` printed
+    the other's instruments only, without a word, exit 0 (`-i` an instrument of the stopped one
+    printed nothing at all, exit 0)."""
+    from tickwire.engine.config import to_toml
+    from tickwire.engine.demo import demo_raw_config
+
+    insts, ev = stream
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(to_toml(demo_raw_config(tmp_path / "state", run="part")))
+    run_dir = tmp_path / "state" / "part"
+    run_dir.mkdir(parents=True)
+    (run_dir / "books-1.sock").touch()                 # a worker that does not answer (stopped)
+    with EngineThread(run_dir, ev, insts):
+        got = request_books(run_dir, depth=2, timeout=0.5)
+        assert sorted(got) == [0, 1, 2] and got.silent == ["w1"]
+        for extra in ([], ["--json"]):
+            out = subprocess.run([PY, "-m", "tickwire", "books", "--config", str(cfg), "--timeout", "0.5", *extra],
+                                 capture_output=True, text=True, timeout=60)
+            assert out.returncode == 1, out.stderr
+            assert "worker w1 did not answer within 0.5 s" in out.stderr and "SIM2" in out.stdout, out.stderr
+    (run_dir / "books-1.sock").unlink()
+    with EngineThread(run_dir, ev, insts):
+        assert request_books(run_dir, depth=2).silent == []
+
+
 def test_a_client_that_never_reads_costs_the_engine_nothing(tmp_path, stream):
     """Requests sent and never read (a suspended `tickwire top`): the engine's loop goes on."""
     insts, ev = stream
