@@ -96,11 +96,16 @@ def ring_keys(cfg, index: int) -> tuple[str, str]:
 
 # -- the history note: where a worker's feed history stands, against its tick ring ------------------
 
-def note_points(note: dict, ring) -> dict:
+def note_points(note: dict, ring, losses: dict | None = None) -> dict:
     """A history note's per-channel ``(epoch, next_seq)``, moved past the market events ``ring``
     holds after the note's ring position when the note was written against this very ring (its
     creation time): the ticks that reached the ring after the note's last write (it is written
-    every 100 ms; a worker that dies leaves it that far behind)."""
+    every 100 ms; a worker that dies leaves it that far behind).
+
+    ``losses``: ``lost_events`` and ``losses`` are added the ranges lost after the note, which
+    those ticks skip (the handler moves its history past a lost range as it counts it, so every
+    jump in a channel's numbers past the note is one the note did not count: a worker killed
+    within 100 ms of a loss left it out of the total, 64 events a kill)."""
     points = {int(c): (int(p[0]), int(p[1])) for c, p in note.get("channels", {}).items()}
     if int(note.get("ring_created_ns", -1)) != int(ring.created_ns):
         return points
@@ -116,6 +121,19 @@ def note_points(note: dict, ring) -> dict:
         # a publisher restart after the note: the channel's markers carry the epoch it follows
         # (order_id); the history of the new epoch starts at sequence 1, after the last such marker
         moved = np.flatnonzero(mine & marker & (recent["order_id"] > np.uint64(epoch)))
+        if losses is not None:
+            # the note's epoch, from its next_seq, up to the first epoch marker past it; and each
+            # later epoch within itself (where it began is not this count's to say)
+            cuts = [0] + (np.flatnonzero(mine & marker & (recent["order_id"] != np.uint64(epoch))) + 1).tolist() \
+                + [len(recent)]
+            for k, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
+                seg = recent["seq"][a:b][(mine & ~snap)[a:b]].astype(np.int64)
+                if not len(seg):
+                    continue
+                steps = np.diff(seg) if k else np.diff(seg, prepend=np.int64(nxt) - 1)
+                jumps = steps[steps > 1]
+                losses["lost_events"] = losses.get("lost_events", 0) + int((jumps - 1).sum())
+                losses["losses"] = losses.get("losses", 0) + len(jumps)
         if len(moved):
             at = int(moved[-1])
             epoch, nxt = int(recent["order_id"][at]), 1
@@ -148,7 +166,10 @@ def settle_history_note(path: Path, ring) -> bool:
     if int(note.get("ring_created_ns", -1)) != int(ring.created_ns):
         return False
     before = note.get("channels", {})
-    note["channels"] = {str(c): list(p) for c, p in note_points(note, ring).items()}
+    lost = {}
+    note["channels"] = {str(c): list(p) for c, p in note_points(note, ring, lost).items()}
+    for k, n in lost.items():                  # (ranges lost after the note: the next worker counts on)
+        note[k] = int(note.get(k, 0)) + n
     note["ring_created_ns"], note["ring_position"] = -1, 0      # against no ring: the next one is new
     write_note(path, note)
     if note["channels"] != before:
@@ -392,7 +413,13 @@ class Worker:
                       "what was published since the note's position is not stored, nor counted")
             return {}
         self.lost_before = {k: int(note.get(k, 0)) for k in self.lost_before}
-        points = note_points(note, self.ticks)
+        lost = {}
+        points = note_points(note, self.ticks, lost)
+        if lost.get("lost_events"):
+            log.info("the tick ring past the history note skips %d lost range(s), %d events: counted",
+                     lost["losses"], lost["lost_events"])
+        for k, n in lost.items():
+            self.lost_before[k] += n
         self._resume = dict(points)
         noted = {int(c): int(p[0]) for c, p in note.get("channels", {}).items()}
         # an ended channel stays ended only in the epoch it was noted in (not past a restart the

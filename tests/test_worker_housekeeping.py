@@ -139,3 +139,53 @@ def test_a_history_note_is_moved_across_a_publisher_restart_recorded_in_the_ring
         points = note_points(note, ring)
     assert points[0] == (new, 21)
     assert points[1] == (old, 710)                          # its last in the ring: 709
+
+
+def test_ranges_lost_after_the_history_note_are_counted_by_the_next_worker(tmp_path):
+    """Found by an adversarial pass: with the worker SIGKILLed four times, the lost-events total
+    (metrics, status, the last line) was 256 short of the daemon's own per-range log lines and of
+    the holes in the store: a loss counted within 100 ms before a kill was in no history note. The
+    ticks past the note skip those ranges; the next worker (and the note settled for a replaced
+    ring) counts each jump, within an epoch and from the note's next sequence number."""
+    import json
+    import uuid
+
+    import numpy as np
+
+    from tickwire.engine.worker import note_points, settle_history_note
+    from tickwire.ext import EVENT_DTYPE, Flag, Kind
+    from tickwire.ext.ring import Ring
+
+    old, new = 1_700_000_000_000_000_000, 1_700_000_100_000_000_000
+
+    def ticks(channel, seqs):
+        ev = np.zeros(len(seqs), EVENT_DTYPE)
+        ev["channel"], ev["seq"], ev["kind"] = channel, seqs, Kind.ADD
+        return ev
+
+    def marker(channel, seq, epoch):
+        ev = np.zeros(1, EVENT_DTYPE)
+        ev["channel"], ev["seq"], ev["kind"], ev["order_id"] = channel, seq, Kind.SNAPSHOT, epoch
+        ev["flags"] = Flag.SNAPSHOT | Flag.STALE
+        return ev
+
+    with Ring.create(f"tw-test-{uuid.uuid4().hex[:10]}", EVENT_DTYPE, 1 << 10) as ring:
+        ring.push_many(ticks(0, [96, 97, 99, 100, 101, 102, 103, 104]))   # before the note: its own count
+        for part in (ticks(0, [107, 108, 109]),           # 105..106 lost after the note
+                     marker(0, 109, old),                 # the STALE of the next loss (same epoch)
+                     ticks(0, [115, 116, 117]),           # 110..114 lost
+                     ticks(1, [50, 51, 52]),              # none lost
+                     marker(1, 0, new),                   # the publisher restarted: numbers anew
+                     ticks(1, [1, 2, 3, 7, 8])):          # 4..6 lost in the new epoch
+            ring.push_many(part)
+        note = {"channels": {"0": [old, 105], "1": [old, 50]}, "ring_created_ns": ring.created_ns,
+                "ring_position": 8, "lost_events": 1, "losses": 1}
+        lost = {}
+        assert note_points(note, ring, lost) == {0: (old, 118), 1: (new, 9)}
+        assert lost == {"lost_events": 2 + 5 + 3, "losses": 3}
+        assert note_points(note, ring) == {0: (old, 118), 1: (new, 9)}     # (without: the points alone)
+        path = tmp_path / "feed-w0.json"
+        path.write_text(json.dumps(note))
+        assert settle_history_note(path, ring)
+    settled = json.loads(path.read_text())
+    assert settled["lost_events"] == 1 + 10 and settled["losses"] == 1 + 3
