@@ -883,6 +883,31 @@ def test_the_last_line_says_the_feed_history_has_holes(tmp_path):
         in last, last
 
 
+def test_the_last_line_says_a_publisher_gone_without_its_end(tmp_path):
+    """Found by an adversarial pass: a worker stopped while its publisher ran to its end missed
+    56,320 of 240,640 events (dropped at the publisher's high-water mark, nothing left to ask),
+    and the last line read "every tick and signal stored", exit 0. Nothing can count them, but
+    the channels were stale at the stop and their publisher's END never seen: the last line says
+    so. (A publisher SIGKILLed mid-stream is the same case.)"""
+    cfg_path, raw = write_config(tmp_path, "noend")
+    raw["feeds"]["stale_after_ms"] = 300
+    cfg_path.write_text(to_toml(raw))
+    run_dir = tmp_path / "state" / "noend"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"])
+        sim, _ = publishing(raw, run_dir, 2_000_000, 50_000, 20_000)
+        sim.kill()                                           # no END
+        sim.communicate(timeout=30)
+        assert wait_for(lambda: all(c["state"] != "live" for c in status(run_dir)["channels"].values()), 30)
+        stored = {int(c): cs["stored_next"] - 1 for c, cs in status(run_dir)["channels"].items()}
+    finally:
+        rc, _ = stop_daemon(daemon, log)
+    last = (tmp_path / "daemon.log").read_text().strip().splitlines()[-1]
+    assert rc == 0 and "were not live at the stop and their publisher's end was never seen" in last, last
+    assert all(f"{c} (seq {n:,} the last stored)" in last for c, n in stored.items()), (stored, last)
+
+
 def test_a_stopped_writer_is_said_and_measured(tmp_path):
     """Found by an adversarial pass: a writer stopped for 20 s showed up nowhere (its gauges
     froze, writer_up stayed 1, writer_lag read 0, nothing was logged). The supervisor says it
