@@ -909,6 +909,10 @@ class BenchError(Exception):
     with this one line, not a traceback."""
 
 
+class TooLong(BenchError):
+    """The run asked for would not fit in memory: refused before it starts (exit status 2)."""
+
+
 def _ended(code) -> str:
     if code is None:
         return "did not finish"
@@ -1289,6 +1293,7 @@ def run_bench(args) -> dict:
 
             stream = synthetic_stream(synthetic_instruments(4, "L2"), args.channels, events=args.events,
                                       batch=args.batch or 16, seed=args.seed)
+    _check_memory(args, rates, stream.bounds[-1] / max(1, len(stream.bounds) - 1))
     from tickwire.ext import BUILD
 
     if BUILD != "release":
@@ -1392,6 +1397,24 @@ def floor_saturated(achieved: float, p50: float, rate: float) -> str | None:
         return (f"the floor's own p50 is {p50 / 1e6:,.1f} ms (past {SATURATED_P50_NS / 1e6:g} ms): the bare "
                 f"libzmq subscriber fell behind, a queue, not a latency")
     return None
+
+
+def _check_memory(args, rates, per_msg: float) -> None:
+    """Refuse a run whose stamps would not fit: every message's and signal's stamps are kept for
+    the whole run, allocated up front (--duration 1e9 at 1k ev/s was a 112 GiB allocation and a
+    child's traceback)."""
+    seconds = args.warmup + args.duration + args.drain
+    rate = max(rates)
+    need = seconds * rate / per_msg * (1.05 * 30 + 1.2 * 26) + seconds * rate * 0.015 * 36
+    try:
+        with open("/proc/meminfo") as fh:
+            avail = next(int(ln.split()[1]) * 1024 for ln in fh if ln.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return
+    if need > 0.5 * avail:
+        raise TooLong(f"--duration/--warmup: {seconds:g} s at {_fmt_rate(rate)} ev/s keeps about "
+                         f"{need / 2**30:,.1f} GiB of stamps, more than half the memory available here "
+                         f"({avail / 2**30:,.1f} GiB): measure fewer seconds")
 
 
 def _saturated(res: dict, rate: float) -> str | None:
@@ -1566,7 +1589,7 @@ def cmd_bench(args) -> int:
         summary = run_bench(args)
     except (CoreError, NoSignals, BenchError) as exc:
         print(f"tickwire bench: {exc}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, TooLong) else 1
     except KeyboardInterrupt:
         done = Path(args.out) / "summary.json"
         print(f"\ntickwire bench: interrupted{' by SIGTERM' if got else ''}; "

@@ -3,7 +3,7 @@
 Every error names the key (``workers[1].cpu``) and what was expected, in one line, so a bad
 config stops the daemon before anything starts. ``docs/config.md`` is the reference and
 ``engine/tickwire.example.toml`` a commented example; :func:`load` reads a file,
-:func:`from_dict` a parsed mapping, :func:`demo_config` builds the demo's.
+:func:`from_dict` a parsed mapping (the demo's is built by ``engine.demo.demo_raw_config``).
 """
 
 from __future__ import annotations
@@ -503,6 +503,10 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
     for k, ep in enumerate(endpoints):
         _endpoint(ep, f"feeds.endpoints[{k}]")
     snapshot = _endpoint(_str(f, "snapshot", "feeds.", snapshot_default), "feeds.snapshot", empty=True)
+    if "channels" not in f and max(seen_ids) + 1 > 0xFFFF:
+        # (the default was not checked: a worker crash-looped on channel 70,000 of 65,535)
+        _fail("feeds.channels", f"a value set here (1..65535): its default, the highest instrument id + 1, "
+                                f"is {max(seen_ids) + 1:,}, past the wire's 65,535 channels")
     feeds = FeedConfig(tuple(endpoints), snapshot,
                        _str(f, "socket", "feeds.", "sub", ("sub", "pull")),
                        _int(f, "hwm", "feeds.", 100_000, 0, INT32_MAX),

@@ -474,8 +474,8 @@ def _report(cfg, sup, consumer, sim_out, status, elapsed, say, interrupted=None,
     sig = sum(w["counts"]["signals"] for w in ws)
     say(f"  signals: {sig:,} emitted, {consumer.received:,} received by the consumer "
         f"({consumer.missed} missed), {sig_stored:,} stored")
-    say(f"  writer: {sum(w.get('batches_written', 0) for w in wr)} batches, {sum(w.get('rows_spilled', 0) for w in wr)} "
-        f"spilled, lag {sum(w.get('lag', 0) for w in wr)}")
+    say(f"  writer: {sum(w.get('batches_written', 0) for w in wr):,} batches, "
+        f"{sum(w.get('rows_spilled', 0) for w in wr):,} spilled, lag {sum(w.get('lag', 0) for w in wr):,}")
     say("")
     say("  latency (us), HDR         count       p50       p90       p99     p99.9    p99.99       max")
     for stage in ("decode", "book", "stats", "rules", "tick_to_signal"):

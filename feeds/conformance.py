@@ -175,7 +175,7 @@ def _connected(sock, ep: str, what: str, timeout: float, curve=None) -> None:
         end = time.monotonic() + timeout
         connected = False
         while (left := end - time.monotonic()) > 0:
-            if mon.poll(int(left * 1000) + 1):
+            if mon.poll(int(min(left, 3600.0) * 1000) + 1):
                 ev = recv_monitor_message(mon)
                 if ev["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                     return

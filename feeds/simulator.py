@@ -812,6 +812,8 @@ def _save_path_problem(path) -> str | None:
     from pathlib import Path
 
     p = Path(path)
+    if str(path).endswith(os.sep) or p.is_dir():     # (np.savez wrote DIR/.npz, a hidden file)
+        return f"{path} is a directory: expected a file name (.npz)"
     target = p if p.suffix == ".npz" else p.with_name(p.name + ".npz")
     parent = target.parent
     if target.is_dir():

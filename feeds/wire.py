@@ -294,8 +294,12 @@ def await_subscribers(xpub, channels, subscribers: int = 1, timeout: float = 10.
     end = time.monotonic() + timeout
     while min(seen.values(), default=subscribers) < subscribers:
         left = end - time.monotonic()
-        if left <= 0 or not xpub.poll(int(left * 1000) + 1, zmq.POLLIN):
+        if left <= 0:
             return False
+        # (an hour at most a poll: zmq_poll takes a C int of ms, and --wait-subscribers 1e9 was an
+        # OverflowError traceback)
+        if not xpub.poll(int(min(left, 3600.0) * 1000) + 1, zmq.POLLIN):
+            continue
         msg = xpub.recv()
         if msg[:1] == b"\x01":
             for c, t in topics.items():

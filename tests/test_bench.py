@@ -289,6 +289,10 @@ def test_bad_arguments_are_named(capsys):
     for value in ("-3", "nan"):
         assert cli_main(["bench", "--p99-threshold", value]) == 2
         assert "--p99-threshold must be" in capsys.readouterr().err
+    # seconds that pass the check but whose stamps would not fit (a 112 GiB allocation in a child
+    # and its traceback, found by a newcomer): refused before the run
+    assert cli_main(["bench", "--source", "synthetic", "--duration", "1e9", "--rate", "1k"]) == 2
+    assert "more than half the memory available here" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("where", ["/proc/x", "{tmp}/afile", "{tmp}/afile/sub"])

@@ -127,6 +127,13 @@ def test_workers_must_own_whole_channels():
     raw["workers"] = [{"cpu": 1, "instruments": [0, 2]}, {"cpu": 0, "instruments": [1, 3]}]
     assert [w.instruments for w in from_dict(raw).workers] == [(0, 2), (1, 3)]
     assert from_dict(cfg()).feeds.channels == 2             # default: one channel per instrument id
+    # a default past the wire's 65,535 channels (an id up to 2**24 - 1 is valid): one line, not a
+    # worker crash-looping on channel 70,000 (found by a newcomer)
+    big = cfg(instruments=[{"id": 70_000, "symbol": "B", "tick_size": "0.01", "lot_size": "1"}])
+    assert "feeds.channels: expected a value set here (1..65535): its default, the highest instrument id + 1, " \
+        "is 70,001" in error_of(big)
+    big["feeds"] = {"channels": 4}
+    assert from_dict(big).feeds.channels == 4
 
 
 TWO = [{"cpu": 1, "instruments": [0]}, {"cpu": 0, "instruments": [1]}]

@@ -408,3 +408,13 @@ def test_paced_publisher_sleeps_between_messages(tmp_path):
     assert report["events"] == 20_000 and sum(len(ev) for _, ev in msgs) == 20_000
     assert wall >= 0.9, "the publisher did not pace"
     assert cpu < 0.5 * wall, f"the publisher used {cpu:.2f} s of CPU in {wall:.2f} s: it spins"
+
+
+def test_save_books_to_a_directory_is_refused(tmp_path):
+    """`--save-books DIR/` wrote a hidden DIR/.npz (np.savez appends the suffix), exit 0."""
+    from tickwire.feeds.simulator import _save_path_problem
+
+    for given in (f"{tmp_path}/", str(tmp_path)):
+        assert "is a directory: expected a file name (.npz)" in _save_path_problem(given)
+    assert _save_path_problem(str(tmp_path / "books")) is None
+    assert not list(tmp_path.iterdir())

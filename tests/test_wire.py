@@ -268,3 +268,32 @@ def test_reference_publisher_sends_lost_messages_again(tmp_path):
         pub_sock.close(0)
         router.close(0)
         ctx.term()
+
+
+def test_waiting_for_subscribers_takes_any_number_of_seconds(tmp_path):
+    """`--wait-subscribers 1e9` (simulate, replay --publish, bridge) was an OverflowError
+    traceback: zmq_poll takes a C int of milliseconds. The wait polls an hour at most at a time."""
+    import threading
+
+    ctx = zmq.Context()
+    xpub = ctx.socket(zmq.XPUB)
+    xpub.setsockopt(zmq.XPUB_VERBOSE, 1)
+    xpub.setsockopt(zmq.LINGER, 0)
+    ep = f"ipc://{tmp_path}/x"
+    xpub.bind(ep)
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+
+    def join():
+        sub.connect(ep)
+        sub.setsockopt(zmq.SUBSCRIBE, wire.topic(3))
+
+    t = threading.Timer(0.3, join)
+    t.start()
+    try:
+        assert wire.await_subscribers(xpub, [3], 1, 1e9)
+    finally:
+        t.join()
+        sub.close()
+        xpub.close()
+        ctx.term()
