@@ -189,6 +189,17 @@ cdef inline int _topic_channel(const char *t, Py_ssize_t n) noexcept nogil:
     return v if v <= 0xFFFF else -1
 
 
+
+cdef inline uint16_t _flags_of(uint8_t mtype) noexcept nogil:
+    """The header flags a message type may carry (docs/wire-format.md; the rest must be 0): FINAL
+    and UNAVAILABLE on replies, END on a heartbeat, none on data and requests (a DATA message
+    flagged END or FINAL, or with a request id, was taken; check-publisher failed it)."""
+    if mtype == TW_MSG_SNAPSHOT or mtype == TW_MSG_RETRANSMIT:
+        return TW_WFLAG_FINAL | TW_WFLAG_UNAVAILABLE
+    if mtype == TW_MSG_HEARTBEAT:
+        return TW_WFLAG_END
+    return 0
+
 cdef int tw_wire_parse(const char *topic, Py_ssize_t topic_len, const char *payload, Py_ssize_t length,
                        Py_ssize_t max_events, int types, tw_wire_header *h) noexcept nogil:
     """Check one message and decode its header (see codec.pxd for the contract)."""
@@ -221,8 +232,9 @@ cdef int tw_wire_parse(const char *topic, Py_ssize_t topic_len, const char *payl
     if h.version != TW_WIRE_VERSION:
         return TW_DROP_BAD_VERSION
     if (h.type == 0 or h.type >= TW_MSG_TYPE_MAX or not ((types >> h.type) & 1)
-            or (h.flags & ~(<uint16_t>TW_WFLAG_KNOWN)) or h.event_size != TW_WIRE_EVENT_SIZE
-            or ((h.type == TW_MSG_HEARTBEAT or h.type == TW_MSG_SNAPSHOT_REQUEST) and h.count != 0)):
+            or (h.flags & ~_flags_of(h.type)) or h.event_size != TW_WIRE_EVENT_SIZE
+            or ((h.type == TW_MSG_HEARTBEAT or h.type == TW_MSG_SNAPSHOT_REQUEST) and h.count != 0)
+            or ((h.type == TW_MSG_DATA or h.type == TW_MSG_HEARTBEAT) and (h.request_id | h.part) != 0)):
         return TW_DROP_BAD_HEADER
     if topic != NULL and topic_channel != h.channel:
         return TW_DROP_BAD_TOPIC

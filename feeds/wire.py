@@ -144,6 +144,10 @@ class WireFlag(enum.IntFlag):
 
 
 KNOWN_FLAGS = int(WireFlag.FINAL | WireFlag.UNAVAILABLE | WireFlag.END)
+#: the flags each message type may carry; the rest must be 0 (as ext/codec.pyx's _flags_of)
+_FLAGS_OF = {int(MsgType.SNAPSHOT): int(WireFlag.FINAL | WireFlag.UNAVAILABLE),
+             int(MsgType.RETRANSMIT): int(WireFlag.FINAL | WireFlag.UNAVAILABLE),
+             int(MsgType.HEARTBEAT): int(WireFlag.END)}
 
 
 class Drop(enum.IntEnum):
@@ -437,12 +441,14 @@ def decode(topic_frame, payload, *, max_events: int = DEFAULT_MAX_EVENTS, types:
         raise WireError(Drop.BAD_VERSION, f"version {version}, this build speaks {VERSION}")
     if not 0 < mtype < 7 or not (types >> mtype) & 1:
         raise WireError(Drop.BAD_HEADER, f"message type {mtype} not accepted here")
-    if flags & ~KNOWN_FLAGS:
-        raise WireError(Drop.BAD_HEADER, f"unknown flags {flags:#x}")
+    if flags & ~_FLAGS_OF.get(mtype, 0):
+        raise WireError(Drop.BAD_HEADER, f"flags {flags:#x} on {MsgType(mtype).name}")
     if event_size != EVENT_SIZE:
         raise WireError(Drop.BAD_HEADER, f"event size {event_size}")
     if mtype in (MsgType.HEARTBEAT, MsgType.SNAPSHOT_REQUEST) and count:
         raise WireError(Drop.BAD_HEADER, f"{MsgType(mtype).name} with {count} events")
+    if mtype in (MsgType.DATA, MsgType.HEARTBEAT) and (request_id or part):
+        raise WireError(Drop.BAD_HEADER, f"{MsgType(mtype).name} with request_id {request_id}, part {part}")
     if channel_from_topic is not None and channel_from_topic != channel:
         raise WireError(Drop.BAD_TOPIC, f"topic says channel {channel_from_topic}, header {channel}")
     asked = 0

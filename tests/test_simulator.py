@@ -13,7 +13,7 @@ import zmq
 
 from tickwire.engine import cli
 from tickwire.engine.instruments import make_books
-from tickwire.ext import Flag, Kind, Side, codec
+from tickwire.ext import Kind, codec
 from tickwire.feeds import captures, wire
 from tickwire.feeds.handler import FeedHandler
 from tickwire.feeds.iothread import realtime_permitted
