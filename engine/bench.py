@@ -1504,7 +1504,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--stall-ms", type=float, default=0.0, help=argparse.SUPPRESS)
     p.add_argument("--stall-at", type=int, default=-1, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_bench)
-    sub_b = p.add_subparsers(dest="bench_command", metavar="compare")
+    sub_b = p.add_subparsers(dest="bench_command", metavar="[compare A B]")
     cmp = sub_b.add_parser("compare", help="print two saved runs side by side with ratios (B/A)",
                            description="Print two saved bench runs (summary.json, or its directory) side by "
                                        "side: per rate and series, p50/p99/p99.99 of A and B and B/A.")
