@@ -433,6 +433,10 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
         seen_sym.add(sym)
         kw = dict(id=iid, symbol=sym, tick_size=_decimal(d, "tick_size", w), lot_size=_decimal(d, "lot_size", w),
                   book=_str(d, "book", w, "L2", ("L2", "L3")), max_depth=_int(d, "max_depth", w, 0, 0, INT64_MAX))
+        if kw["book"] == "L3" and kw["max_depth"]:
+            # (taken and ignored: an L3 book keeps every order)
+            _fail(f"{w}max_depth", "0 (or left out) on an L3 book: max_depth limits an L2 book's levels; an L3 "
+                                   "book keeps every order", kw["max_depth"])
         for k in ("price_decimals", "qty_decimals"):
             if k in d:
                 kw[k] = _int(d, k, w, lo=0, hi=18)
@@ -579,8 +583,9 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
                                     _int(d, "min_count", w, 1, 1, INT64_MAX), ids, _bool(d, "emit_exit", w, False)))
         except ConfigError:                                   # names its key already
             raise
-        except ValueError as exc:                             # RuleConfig's own checks
-            raise ConfigError(f"config error: rules[{i}]: {exc}") from None
+        except ValueError as exc:                             # RuleConfig's own checks, named by key
+            key = next((k for k in ("exit", "enter", "min_count", "instruments") if f"{k} " in str(exc)), None)
+            raise ConfigError(f"config error: rules[{i}]{'.' + key if key else ''}: {exc}") from None
 
     # store
     st = _table(raw, "store")
