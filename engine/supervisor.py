@@ -1110,6 +1110,16 @@ class Supervisor:
                 (f", {unknown} range(s) of unknown size (a publisher restarted without ending its epoch, or "
                  f"while a worker was away)" if unknown else "") + " (tickwire status; docs/storage.md)"
             level = max(level, logging.WARNING)
+        silent = sorted({i for st in self.worker_status() if st and st.get("feed", {}).get("events")
+                         for i in st.get("silent_instruments", ())})
+        if silent:
+            sym = {i.id: i.symbol for i in self.cfg.instruments}
+            names = ", ".join(sym.get(i, str(i)) for i in silent[:8]) + (f" and {len(silent) - 8} more"
+                                                                          if len(silent) > 8 else "")
+            self.summary += (f"; {len(silent)} instrument(s) received no event while their worker's feed delivered "
+                             f"({names}): quiet, or on a channel the feed does not carry (is feeds.channels, "
+                             f"{self.cfg.feeds.channels}, the publisher's channel count?)")
+            level = max(level, logging.WARNING)
         unended = self._unended_channels()
         if unended:
             # a publisher that ended while its receiver was stopped (or was killed) lost what its

@@ -543,6 +543,9 @@ class Worker:
             "io_thread": {"cpu": self.cfg.feeds.io_cpu, "realtime": self.feed.io_realtime,
                           "busy_poll": self.cfg.feeds.busy_poll},
             "instruments": list(self.wcfg.instruments), "counts": dict(self.counts), "feed": feed,
+            # instruments no event has reached since this worker started (a feeds.channels other
+            # than the publisher's channel count left half of them silent, unsaid)
+            "silent_instruments": self._silent_instruments(),
             "history": self.history_losses(),
             "channels": self._channels(),
             "book_rejects": books.rejects, "tick_ring_depth": int(len(self.ticks)),
@@ -552,6 +555,15 @@ class Worker:
             "rules": [list(r) for r in self.engine.rule_thresholds()],
             "rule_signals": self.engine.rule_signals,
         }
+
+    def _silent_instruments(self) -> list:
+        """The instruments whose statistics no book update or trade has reached since this worker
+        started (markers do not count); once one has, it is not looked at again."""
+        silent = getattr(self, "_silent", None)
+        if silent is None:
+            silent = list(self.wcfg.instruments)
+        self._silent = [i for i in silent if not self.engine.features(i)["updates"]]
+        return self._silent
 
     def write_status(self) -> None:
         tmp = self.status_path.with_suffix(".tmp")

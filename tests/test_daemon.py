@@ -908,6 +908,37 @@ def test_the_last_line_says_a_publisher_gone_without_its_end(tmp_path):
     assert all(f"{c} (seq {n:,} the last stored)" in last for c, n in stored.items()), (stored, last)
 
 
+def test_the_last_line_names_instruments_that_never_received_an_event(tmp_path):
+    """Found by an adversarial pass: feeds.channels = 2 against a publisher on 4 channels left
+    half the instruments (those the publisher put on channels 2 and 3) silent, 70,702 of 200,704
+    events never received, and the last line said every tick stored, exit 0. Nothing tells the
+    receiver they exist; the last line names the instruments that received no event."""
+    cfg_path, raw = write_config(tmp_path, "quiet")
+    raw["feeds"]["channels"] = 2
+    cfg_path.write_text(to_toml(raw))
+    run_dir = tmp_path / "state" / "quiet"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"])
+        f = raw["feeds"]
+        sim = subprocess.run([PY, "-m", "tickwire", "simulate", "--endpoint", f["endpoints"][0], "--snapshot",
+                              f["snapshot"], "--instruments", str(len(raw["instruments"])), "--channels", "4",
+                              "--rate", "50000", "--events", "20000", "--seed", "3", "--start-delay", "1.5",
+                              "--linger", "1", "--resting", "50", "--cpu", "0", "--quiet"],
+                             capture_output=True, text=True, timeout=120)
+        assert sim.returncode == 0, sim.stdout + sim.stderr
+        assert wait_for(lambda: status(run_dir)["feed"]["events"] > 0, 30)
+        silent = status(run_dir)["silent_instruments"]
+    finally:
+        rc, _ = stop_daemon(daemon, log)
+    last = (tmp_path / "daemon.log").read_text().strip().splitlines()[-1]
+    sym = {i["id"]: i["symbol"] for i in raw["instruments"]}
+    # instrument i went out on channel i % 4: those on 2 and 3 never reached the daemon's 2 channels
+    assert sorted(silent) == [i for i in sym if i % 4 in (2, 3)], silent
+    assert rc == 0 and f"{len(silent)} instrument(s) received no event while their worker's feed delivered" in last
+    assert all(sym[i] in last for i in silent) and "is feeds.channels, 2, the publisher's channel count?" in last
+
+
 def test_a_stopped_writer_is_said_and_measured(tmp_path):
     """Found by an adversarial pass: a writer stopped for 20 s showed up nowhere (its gauges
     froze, writer_up stayed 1, writer_lag read 0, nothing was logged). The supervisor says it
