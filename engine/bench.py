@@ -521,8 +521,8 @@ class Publisher:
         while True:
             # at most a quarter second of the schedule a call (one far behind it would send until
             # caught up, and the check below would come too late)
-            due = int(out["intended"][sched.sent - 1]) if sched.sent else start_ns
-            until = min(end_ns, harness.now_ns() + 250_000_000, due + 250_000_000)
+            due = sched.intended(sched.sent)           # the next message's (a low rate: far ahead)
+            until = min(end_ns, harness.now_ns() + 250_000_000, max(due, harness.now_ns()) + 250_000_000)
             r = sched.publish(self.sock, until, out["chan"], out["seq"], out["count"], out["intended"], out["sent"],
                               stall_at=stall_at, stall_ns=stall_ns)
             if r < 0:
@@ -538,11 +538,11 @@ class Publisher:
                      end="" if tty else "\n")
             if until >= end_ns or n >= cap:
                 break
-            if n and harness.now_ns() - int(out["intended"][n - 1]) > give_up_ns:
+            behind = harness.now_ns() - sched.intended(n)    # the next message's lateness
+            if n and behind > give_up_ns:
                 # far behind its schedule: the rest would take minutes to send (30 M offered, 5 M
                 # reached: 35 s for a 5 s run) and measure the publisher's queue, nothing more
-                gave_up = (f"the publisher fell {(harness.now_ns() - int(out['intended'][n - 1])) / 1e9:.1f} s "
-                           f"behind its schedule and stopped")
+                gave_up = f"the publisher fell {behind / 1e9:.1f} s behind its schedule and stopped"
                 break
             if time.monotonic() - t_wall > seconds + 60:
                 break
@@ -1325,9 +1325,13 @@ def run_bench(args) -> dict:
                 # (this said "check that the rules can fire", exit 1, even under --until-saturation)
                 why = (f"{short}{' (' + res['publisher']['gave_up'] + ')' if res['publisher'].get('gave_up') else ''}"
                        f", and no signal of the measured seconds arrived")
-                if args.until_saturation and summary["runs"]:
-                    summary["stopped"] = f"at {_fmt_rate(rate)} ev/s: {why}"
-                    _say(f"\n  --until-saturation stopped at {_fmt_rate(rate)} ev/s: {why}; its figures are not kept")
+                if args.until_saturation:
+                    # the saturation the sweep looks for (the first rate already: no figure below it)
+                    first = "" if summary["runs"] else " (the first rate offered: start lower for a figure)"
+                    summary["stopped"] = f"at {_fmt_rate(rate)} ev/s: {why}{first}"
+                    _say(f"\n  --until-saturation stopped at {_fmt_rate(rate)} ev/s: {why}{first}; its figures "
+                         f"are not kept")
+                    (outdir / "summary.json").write_text(json.dumps(summary, indent=1))
                     break
                 raise NoSignals(f"at {_fmt_rate(rate)} ev/s {why}: no latency to report, and none is written for "
                                 f"this rate. Offer a rate the publisher reaches (--until-saturation finds the "

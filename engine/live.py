@@ -190,6 +190,15 @@ class Books(dict):
     silent: list = []
 
 
+def _worker_names(run_dir: Path) -> list:
+    """The running daemon's worker names, by index (its config.json), or [] when not known."""
+    try:
+        raw = json.loads((run_dir / "config.json").read_text())["raw"]
+        return [w.get("name") or f"w{i}" for i, w in enumerate(raw.get("workers") or [{}])]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+
+
 def request_books(run_dir, instruments=None, depth: int = 10, timeout: float = 1.0) -> Books:
     """The books of a running daemon's workers: ``{instrument_id: answer}`` (see the module doc).
 
@@ -206,6 +215,9 @@ def request_books(run_dir, instruments=None, depth: int = 10, timeout: float = 1
                       "depth": int(depth)}).encode()
     ctx = zmq.Context.instance()
     books, answered, errors, silent = Books(), 0, [], []
+    names = _worker_names(run_dir)
+    if names:                                  # (a socket a killed daemon with more workers left behind)
+        socks = [p for p in socks if int(p.stem.split("-")[1]) < len(names)]
     for path in socks:
         sock = ctx.socket(zmq.REQ)
         sock.setsockopt(zmq.LINGER, 0)
@@ -213,7 +225,8 @@ def request_books(run_dir, instruments=None, depth: int = 10, timeout: float = 1
             sock.connect(f"ipc://{path}")
             sock.send(req)
             if not sock.poll(int(timeout * 1000)):
-                silent.append(f"w{path.stem.split('-')[1]}")
+                k = int(path.stem.split("-")[1])
+                silent.append(names[k] if k < len(names) else f"w{k}")
                 continue
             reply = json.loads(sock.recv())
         finally:

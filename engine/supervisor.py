@@ -1229,7 +1229,20 @@ class Supervisor:
             return {}
 
     def _with_carried(self, path, st: dict) -> dict:
-        for k, n in self._carried.get(str(path), {}).items():
+        carried = self._carried.get(str(path), {})
+        if not carried:
+            return st
+        try:
+            now = os.stat(path)
+            mark = (str(path), now.st_ino, now.st_mtime_ns)
+        except OSError:
+            mark = None
+        if mark in self._carried_marks:
+            # still the dead writer's own file (its successor has not written one yet): its counts
+            # are the carried ones, not to be added to them again
+            for k in self._DAMAGE:
+                st.pop(k, None)
+        for k, n in carried.items():
             st[k] = st.get(k, 0) + n
         return st
 

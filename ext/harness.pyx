@@ -220,6 +220,12 @@ cdef class Schedule:
         cdef int64_t p = g // self.nmsg, k = g % self.nmsg
         return self.start_ns + <int64_t>((p * self.total_events + self.cum[k]) * self.ns_per_event)
 
+    def intended(self, int64_t g):
+        """The intended send time (ns) of message ``g`` (0: the first of the run)."""
+        if g < 0:
+            raise ValueError(f"message number must be >= 0, got {g}")
+        return self._intended(g)
+
     def publish(self, sock, int64_t until_ns, out_chan, out_seq, out_count, out_intended, out_sent,
                 int64_t spin_ns=20_000, int64_t stall_at=-1, int64_t stall_ns=0):
         """Send messages from :attr:`sent` on, each at its intended time (or at once when late),

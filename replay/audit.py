@@ -27,10 +27,12 @@ __all__ = ["SeqAudit"]
 
 _SNAPSHOT, _STALE, _RESTART = int(Flag.SNAPSHOT), int(Flag.STALE), int(Flag.RESTART)
 _EMPTY = np.empty(0, np.uint64)
+#: a sequence number 1 met after numbers past this starts a new numbering (a publisher's new epoch)
+_RENUMBER = 64
 
 
 class _Chan:
-    __slots__ = ("_due", "_c", "pend", "age", "epoch", "excused", "repeats")
+    __slots__ = ("_due", "_c", "pend", "age", "epoch", "excused", "repeats", "stale_since", "stale")
 
     def __init__(self, due: np.ndarray, c: int):
         self._due, self._c = due, c  # the audit's array of next sequence numbers (0: not known)
@@ -39,6 +41,19 @@ class _Chan:
         self.epoch = None           # the publisher epoch the markers name
         self.excused = set()        # first sequence numbers of holes a STALE marker announced
         self.repeats = 0
+        self.stale_since = None     # the book out of sync after this number (a STALE marker), until
+        self.stale = []             # ... a snapshot or END: then (first, last) of that stretch here
+
+    def restart(self) -> None:
+        """The numbering starts anew (a publisher's new epoch, a receiver's restart)."""
+        self.next, self.excused, self.stale_since, self.stale = None, set(), None, []
+
+    def excuses(self, first: int) -> bool:
+        """Whether a hole from ``first`` is the feed's own: announced by a STALE marker, or met
+        while the book was out of sync (later losses of a channel without a recovery service
+        have no marker of their own: the book is stale from the first one on)."""
+        return first in self.excused or (self.stale_since is not None and first > self.stale_since) or \
+            any(a <= first <= b for a, b in self.stale)
 
     @property
     def next(self):
@@ -127,18 +142,24 @@ class SeqAudit:
             marker = r["kind"] == Kind.SNAPSHOT
             flags = r["flags"]
             stale = marker & ((flags & np.uint32(_STALE)) != 0)
-            epochs = r["order_id"][stale]
+            epochs = r["order_id"][marker]
+            epochs = epochs[epochs != 0]                # (a start's marker, made before any epoch: 0)
             epoch = int(epochs[-1]) if len(epochs) else None
             if ((flags & np.uint32(_RESTART)) != 0).any() or (
                     epoch and st.epoch is not None and epoch != st.epoch):
                 # a receiver's (re)start, or the publisher's new epoch: the numbering starts anew
                 self._close(c, st)
-                st.next, st.excused = None, set()
+                st.restart()
             if epoch:
                 st.epoch = epoch
             for m in r["seq"][stale].tolist():
                 st.excused.add(int(m) + 1)
+                if st.stale_since is None:
+                    st.stale_since = int(m)
             covered = r["seq"][~stale]
+            if len(covered) and st.stale_since is not None:
+                st.stale.append((st.stale_since + 1, int(covered.max())))
+                st.stale_since = None
             if len(covered) and st.next is not None:
                 # a snapshot (or an END marker) stamped S: the book has every event up to S
                 top = int(covered.max()) + 1
@@ -150,6 +171,27 @@ class SeqAudit:
     def _ticks(self, rows: np.ndarray) -> None:
         for c, s in self._by_channel(rows):
             st = self._state(c)
+            # a publisher's new epoch numbers from 1 again; its marker, stamped with the old epoch's
+            # last number, is met after the new epoch's first ticks (the store's order): a 1 after
+            # higher numbers starts the numbering anew here (they read as 39,712 repeats)
+            # (past _RENUMBER only: a 1 met just after a 2 or a 3 is the stream's time order, not a
+            # new numbering)
+            ones = np.flatnonzero(s == 1)
+            at = 0
+            for k in ones.tolist():
+                top = max(int(s[at:k].max()) if k > at else 0, (st.next or 1) - 1,
+                          int(st.pend[-1]) if len(st.pend) else 0)
+                if top > _RENUMBER:
+                    if k > at:
+                        self._numbers(c, st, s[at:k])
+                    self._close(c, st)
+                    st.restart()
+                    at = k
+            self._numbers(c, st, s[at:] if at else s)
+
+    def _numbers(self, c: int, st: _Chan, s: np.ndarray) -> None:
+        """One run of a channel's sequence numbers, in stream order, within one numbering."""
+        if True:
             s = np.sort(np.concatenate((st.pend, s)) if len(st.pend) else s, kind="stable")
             if st.next is None:
                 st.next = int(s[0])
@@ -190,7 +232,7 @@ class SeqAudit:
         may yet fill, and have waited no chunk)."""
         while len(st.pend):
             first, last = st.next, int(st.pend[0]) - 1
-            if first not in st.excused:
+            if not st.excuses(first):
                 self.holes.append((c, first, last))
             st.next = last + 1
             self._advance(st)

@@ -376,9 +376,10 @@ def _audit_warning(source, res) -> dict:
               f"accounts for ({shown}): rows deleted or not restored? The books and signals after them are "
               f"not those of live (docs/replay.md, \"Checked as it goes\")", file=sys.stderr)
     if repeats:
-        print(f"warning: {source.name} holds {sum(repeats.values()):,} events more than once within one "
-              f"publisher epoch (by channel: {repeats}): each was applied again, so the books and signals "
-              f"after them are not those of live (docs/replay.md, \"Checked as it goes\")", file=sys.stderr)
+        print(f"warning: {source.name} holds {sum(repeats.values()):,} events whose channel and sequence number "
+              f"come again in its time order (by channel: {repeats}): stored twice, or two publisher runs whose "
+              f"exchange times overlap (the simulator's start at the same time each run); the books and "
+              f"signals after them are not those of live (docs/replay.md, \"Checked as it goes\")", file=sys.stderr)
     return findings
 
 

@@ -362,6 +362,10 @@ def test_a_rate_beyond_the_publisher_is_said_as_such_and_ends_a_saturation_sweep
     summary = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert [r["offered_rate"] for r in summary["runs"]] == [1e6]
     assert summary["stopped"].startswith("at 30M ev/s: the publisher reached 5,000k ev/s"), summary["stopped"]
+    # the first rate already saturated: the sweep stops there, saying so (no figure below it)
+    assert cli_main(args + ["--rate", "30M", "--until-saturation", "--out", str(tmp_path / "c")]) == 0
+    summary = json.loads((tmp_path / "c" / "summary.json").read_text())
+    assert summary["runs"] == [] and "(the first rate offered: start lower for a figure)" in summary["stopped"]
 
 
 def test_compare_warns_of_an_incomplete_run_and_a_rate_not_reached(tmp_path, capsys):
@@ -747,3 +751,20 @@ def test_until_saturation_says_what_stopped_it(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     stopped = json.loads((out / "summary.json").read_text())["stopped"]
     assert stopped.startswith("at ") and f"--until-saturation stopped {stopped}" in r.stdout, r.stdout[-2000:]
+
+
+def test_a_low_rate_publisher_sends_its_whole_schedule(tmp_path):
+    """Found by a review: with messages more than 250 ms apart (64 events at 200 ev/s), the
+    publisher's bounded call never reached the next message, spun, and gave up after one message
+    as "4.0 s behind its schedule". It sends every message meant within the run, none gave up."""
+    from tickwire.ext import harness
+    from tickwire.feeds.synthetic import synthetic_instruments
+
+    stream = bench.synthetic_stream(synthetic_instruments(1, "L2"), 1, events=64 * 200, batch=64)
+    pub = bench.Publisher(stream, f"ipc://{tmp_path}/low.sock")
+    try:
+        res = pub.run(200.0, harness.now_ns() + 50_000_000, 2.0, "low", progress=False)
+    finally:
+        pub.close()
+    assert "gave_up" not in res["stats"], res["stats"]
+    assert 6 <= res["stats"]["messages"] <= 8, res["stats"]          # 2 s / 320 ms, from the first at 0

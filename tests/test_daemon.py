@@ -1550,3 +1550,33 @@ def test_the_pinning_check_waits_for_a_worker_that_pins_itself_late_and_names_on
         for p in (late, never):
             p.kill()
             p.wait()
+
+
+def test_a_dead_writers_damage_counts_are_kept_once(tmp_path):
+    """The supervisor keeps what a dead writer counted of damaged or removed spill files (its
+    successor counts from 0). Found by a review: until the successor wrote its own status file,
+    the dead writer's file was counted on top of what was kept (1,000 read as 2,000), and a second
+    death before that write must not keep it twice either."""
+    import types
+
+    from tickwire.engine.supervisor import Supervisor
+    from tickwire.engine.worker import ring_keys
+
+    cfg = types.SimpleNamespace(workers=[object()], rings=types.SimpleNamespace(prefix="tw"), run="r")
+    sup = types.SimpleNamespace(cfg=cfg, run_dir=tmp_path, _carried={}, _carried_marks=set(),
+                                _DAMAGE=Supervisor._DAMAGE, _read_status=Supervisor._read_status)
+    for name in ("_status_files", "_with_carried", "_carry_damage", "writer_status", "signal_status"):
+        setattr(sup, name, getattr(Supervisor, name).__get__(sup))
+    status_file = tmp_path / "writer" / ring_keys(cfg, 0)[0] / "status.json"
+    status_file.parent.mkdir(parents=True)
+    started = time.time()
+    status_file.write_text(json.dumps({"rows_missing": 1000, "rows_corrupt": 0, "rows_written": 5}))
+    assert sup.writer_status()[0]["rows_missing"] == 1000
+    sup._carry_damage(started)                   # it died; its successor has not written yet
+    assert sup.writer_status()[0]["rows_missing"] == 1000
+    sup._carry_damage(time.time() - 0.5)         # the successor died too, before its first write
+    assert sup.writer_status()[0]["rows_missing"] == 1000
+    time.sleep(0.01)
+    status_file.write_text(json.dumps({"rows_missing": 7, "rows_corrupt": 2}))   # a successor's own
+    got = sup.writer_status()[0]
+    assert (got["rows_missing"], got["rows_corrupt"]) == (1007, 2)

@@ -155,6 +155,13 @@ def test_a_worker_that_does_not_answer_is_named_and_the_exit_status_says_so(tmp_
                                  capture_output=True, text=True, timeout=60)
             assert out.returncode == 1, out.stderr
             assert "worker w1 did not answer within 0.5 s" in out.stderr and "SIM2" in out.stdout, out.stderr
+    # the names are the daemon's (config.json); a socket past its workers (left by a killed daemon
+    # that had more) is not asked
+    (run_dir / "config.json").write_text(json.dumps({"raw": {"workers": [{"name": "fast"}, {"name": "slow"}]},
+                                                     "base_dir": str(tmp_path)}))
+    (run_dir / "books-2.sock").touch()
+    with EngineThread(run_dir, ev, insts):
+        assert request_books(run_dir, depth=2, timeout=0.5).silent == ["slow"]
     (run_dir / "books-1.sock").unlink()
     with EngineThread(run_dir, ev, insts):
         assert request_books(run_dir, depth=2).silent == []
