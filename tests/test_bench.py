@@ -268,7 +268,7 @@ def test_compare_two_saved_runs(tmp_path, capsys):
         assert "Traceback" not in err and (body is broken or "tickwire bench compare:" in err), err
 
 
-def test_bad_arguments_are_named(capsys):
+def test_bad_arguments_are_named(capsys, monkeypatch):
     assert cli_main(["bench", "--rate", "fast"]) == 2
     assert "--rate" in capsys.readouterr().err
     for rate in ("inf", "1e300", "1e9"):           # (an OverflowError in the consumer; arrays of tens of GB)
@@ -290,7 +290,9 @@ def test_bad_arguments_are_named(capsys):
         assert cli_main(["bench", "--p99-threshold", value]) == 2
         assert "--p99-threshold must be" in capsys.readouterr().err
     # seconds that pass the check but whose stamps would not fit (a 112 GiB allocation in a child
-    # and its traceback, found by a newcomer): refused before the run
+    # and its traceback, found by a newcomer): refused before the run (which pins its caller to a
+    # core first: not this test process, or every later test would run on one core)
+    monkeypatch.setattr(bench, "_pin", lambda core: None)
     assert cli_main(["bench", "--source", "synthetic", "--duration", "1e9", "--rate", "1k"]) == 2
     assert "more than half the memory available here" in capsys.readouterr().err
 
