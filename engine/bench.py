@@ -1280,7 +1280,6 @@ def run_bench(args) -> dict:
         engine_core = cfg.workers[0].cpu
         if cfg.supervisor_cpu != engine_core:
             other_core = cfg.supervisor_cpu
-    _pin(other_core)
     if cfg is not None:
         stream = synthetic_stream(cfg.instruments, cfg.feeds.channels, events=args.events, batch=args.batch or 16,
                                   seed=args.seed)
@@ -1294,6 +1293,7 @@ def run_bench(args) -> dict:
             stream = synthetic_stream(synthetic_instruments(4, "L2"), args.channels, events=args.events,
                                       batch=args.batch or 16, seed=args.seed)
     _check_memory(args, rates, stream.bounds[-1] / max(1, len(stream.bounds) - 1))
+    _pin(other_core)            # only once the run is sure to go ahead: a refused one leaves its caller as it was
     from tickwire.ext import BUILD
 
     if BUILD != "release":

@@ -191,26 +191,25 @@ class SeqAudit:
 
     def _numbers(self, c: int, st: _Chan, s: np.ndarray) -> None:
         """One run of a channel's sequence numbers, in stream order, within one numbering."""
-        if True:
-            s = np.sort(np.concatenate((st.pend, s)) if len(st.pend) else s, kind="stable")
-            if st.next is None:
-                st.next = int(s[0])
-            before = st.next
-            low = int(np.searchsorted(s, np.uint64(st.next)))
-            if low:                                     # met again (a straggler of a hole closed: the same)
-                st.repeats += low
-                s = s[low:]
-            if len(s) > 1:
-                same = s[1:] == s[:-1]
-                n = int(np.count_nonzero(same))
-                if n:
-                    st.repeats += n
-                    s = s[np.concatenate(([True], ~same))]
-            st.pend = s
-            if not self._advance(st):
-                st.age = st.age + 1 if st.next == before else 1     # chunks this hole has stayed open
-                if st.age > self.patience:
-                    self._close(c, st, first_only=True)
+        s = np.sort(np.concatenate((st.pend, s)) if len(st.pend) else s, kind="stable")
+        if st.next is None:
+            st.next = int(s[0])
+        before = st.next
+        low = int(np.searchsorted(s, np.uint64(st.next)))
+        if low:                                     # met again (a straggler of a hole closed: the same)
+            st.repeats += low
+            s = s[low:]
+        if len(s) > 1:
+            same = s[1:] == s[:-1]
+            n = int(np.count_nonzero(same))
+            if n:
+                st.repeats += n
+                s = s[np.concatenate(([True], ~same))]
+        st.pend = s
+        if not self._advance(st):
+            st.age = st.age + 1 if st.next == before else 1     # chunks this hole has stayed open
+            if st.age > self.patience:
+                self._close(c, st, first_only=True)
 
     def _advance(self, st: _Chan) -> bool:
         """Take the run of sequence numbers that continues from ``next``; True when none wait."""

@@ -290,11 +290,14 @@ def test_bad_arguments_are_named(capsys, monkeypatch):
         assert cli_main(["bench", "--p99-threshold", value]) == 2
         assert "--p99-threshold must be" in capsys.readouterr().err
     # seconds that pass the check but whose stamps would not fit (a 112 GiB allocation in a child
-    # and its traceback, found by a newcomer): refused before the run (which pins its caller to a
-    # core first: not this test process, or every later test would run on one core)
-    monkeypatch.setattr(bench, "_pin", lambda core: None)
+    # and its traceback, found by a newcomer): refused before the run, and before it pins its
+    # caller to a core (a library caller refused would otherwise be left on one core; recorded
+    # here rather than done, or every later test would run on one core if it were)
+    pinned = []
+    monkeypatch.setattr(bench, "_pin", pinned.append)
     assert cli_main(["bench", "--source", "synthetic", "--duration", "1e9", "--rate", "1k"]) == 2
     assert "more than half the memory available here" in capsys.readouterr().err
+    assert pinned == [], f"a refused run pinned its caller to core {pinned}"
 
 
 @pytest.mark.parametrize("where", ["/proc/x", "{tmp}/afile", "{tmp}/afile/sub"])

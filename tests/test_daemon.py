@@ -1,6 +1,7 @@
 """The daemon end to end on loopback: simulator -> daemon (supervisor, pinned worker(s), writer)
 -> embedded ClickHouse + a signal consumer. Real processes, sockets, rings and store."""
 
+import contextlib
 import json
 import os
 import re
@@ -8,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 import urllib.request
 from pathlib import Path
 
@@ -862,25 +864,37 @@ def publish(raw, run_dir, events, rate=100_000):
     assert wait_for(lambda: status(run_dir)["feed"]["events"] >= events, 30)
 
 
+@contextlib.contextmanager
+def daemon_with(tmp_path, name, **feeds):
+    """A daemon on the test config ``name`` with ``feeds`` keys overridden, started (its pid
+    seen) and stopped on the way out: yields a namespace with ``raw`` and ``run_dir``, and after
+    the stop ``rc`` and ``last`` (the log's last line)."""
+    cfg_path, raw = write_config(tmp_path, name)
+    if feeds:
+        raw["feeds"].update(feeds)
+        cfg_path.write_text(to_toml(raw))
+    d = types.SimpleNamespace(raw=raw, run_dir=tmp_path / "state" / name)
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        assert wait_for(lambda: status(d.run_dir)["pid"])
+        yield d
+    finally:
+        d.rc, _ = stop_daemon(daemon, log)
+        d.last = (tmp_path / "daemon.log").read_text().strip().splitlines()[-1]
+
+
 def test_the_last_line_says_the_feed_history_has_holes(tmp_path):
     """Found by an adversarial pass: with events lost on the wire (or a publisher restarted while
     a worker was away), the daemon's last line still read only "stopped: every tick and signal
     stored". It now adds what was never received."""
-    cfg_path, raw = write_config(tmp_path, "holes")
-    run_dir = tmp_path / "state" / "holes"
-    daemon, log = start_daemon(cfg_path, tmp_path)
-    try:
-        assert wait_for(lambda: status(run_dir)["pid"])
-        sim = start_sim(raw, 20_000, 50_000, "--drop", "0.05", "--retain", "1")
+    with daemon_with(tmp_path, "holes") as d:
+        sim = start_sim(d.raw, 20_000, 50_000, "--drop", "0.05", "--retain", "1")
         out, _ = sim.communicate(timeout=120)
         assert sim.returncode == 0, out
-        assert wait_for(lambda: status(run_dir)["history"]["lost_events"] > 0, 30)
-    finally:
-        rc, _ = stop_daemon(daemon, log)
-    last = (tmp_path / "daemon.log").read_text().strip().splitlines()[-1]
-    lost = status(run_dir)["history"]["lost_events"]
-    assert rc == 0 and f"stopped: every tick and signal stored; the feed's history has holes: {lost:,} events lost" \
-        in last, last
+        assert wait_for(lambda: status(d.run_dir)["history"]["lost_events"] > 0, 30)
+    lost = status(d.run_dir)["history"]["lost_events"]
+    assert d.rc == 0 and f"stopped: every tick and signal stored; the feed's history has holes: {lost:,} events lost" \
+        in d.last, d.last
 
 
 def test_the_last_line_says_a_publisher_gone_without_its_end(tmp_path):
@@ -889,23 +903,14 @@ def test_the_last_line_says_a_publisher_gone_without_its_end(tmp_path):
     and the last line read "every tick and signal stored", exit 0. Nothing can count them, but
     the channels were stale at the stop and their publisher's END never seen: the last line says
     so. (A publisher SIGKILLed mid-stream is the same case.)"""
-    cfg_path, raw = write_config(tmp_path, "noend")
-    raw["feeds"]["stale_after_ms"] = 300
-    cfg_path.write_text(to_toml(raw))
-    run_dir = tmp_path / "state" / "noend"
-    daemon, log = start_daemon(cfg_path, tmp_path)
-    try:
-        assert wait_for(lambda: status(run_dir)["pid"])
-        sim, _ = publishing(raw, run_dir, 2_000_000, 50_000, 20_000)
+    with daemon_with(tmp_path, "noend", stale_after_ms=300) as d:
+        sim, _ = publishing(d.raw, d.run_dir, 2_000_000, 50_000, 20_000)
         sim.kill()                                           # no END
         sim.communicate(timeout=30)
-        assert wait_for(lambda: all(c["state"] != "live" for c in status(run_dir)["channels"].values()), 30)
-        stored = {int(c): cs["stored_next"] - 1 for c, cs in status(run_dir)["channels"].items()}
-    finally:
-        rc, _ = stop_daemon(daemon, log)
-    last = (tmp_path / "daemon.log").read_text().strip().splitlines()[-1]
-    assert rc == 0 and "were not live at the stop and their publisher's end was never seen" in last, last
-    assert all(f"{c} (seq {n:,} the last stored)" in last for c, n in stored.items()), (stored, last)
+        assert wait_for(lambda: all(c["state"] != "live" for c in status(d.run_dir)["channels"].values()), 30)
+        stored = {int(c): cs["stored_next"] - 1 for c, cs in status(d.run_dir)["channels"].items()}
+    assert d.rc == 0 and "were not live at the stop and their publisher's end was never seen" in d.last, d.last
+    assert all(f"{c} (seq {n:,} the last stored)" in d.last for c, n in stored.items()), (stored, d.last)
 
 
 def test_the_last_line_names_instruments_that_never_received_an_event(tmp_path):
@@ -913,29 +918,21 @@ def test_the_last_line_names_instruments_that_never_received_an_event(tmp_path):
     half the instruments (those the publisher put on channels 2 and 3) silent, 70,702 of 200,704
     events never received, and the last line said every tick stored, exit 0. Nothing tells the
     receiver they exist; the last line names the instruments that received no event."""
-    cfg_path, raw = write_config(tmp_path, "quiet")
-    raw["feeds"]["channels"] = 2
-    cfg_path.write_text(to_toml(raw))
-    run_dir = tmp_path / "state" / "quiet"
-    daemon, log = start_daemon(cfg_path, tmp_path)
-    try:
-        assert wait_for(lambda: status(run_dir)["pid"])
-        f = raw["feeds"]
+    with daemon_with(tmp_path, "quiet", channels=2) as d:
+        f = d.raw["feeds"]
         sim = subprocess.run([PY, "-m", "tickwire", "simulate", "--endpoint", f["endpoints"][0], "--snapshot",
-                              f["snapshot"], "--instruments", str(len(raw["instruments"])), "--channels", "4",
+                              f["snapshot"], "--instruments", str(len(d.raw["instruments"])), "--channels", "4",
                               "--rate", "50000", "--events", "20000", "--seed", "3", "--start-delay", "1.5",
                               "--linger", "1", "--resting", "50", "--cpu", "0", "--quiet"],
                              capture_output=True, text=True, timeout=120)
         assert sim.returncode == 0, sim.stdout + sim.stderr
-        assert wait_for(lambda: status(run_dir)["feed"]["events"] > 0, 30)
-        silent = status(run_dir)["silent_instruments"]
-    finally:
-        rc, _ = stop_daemon(daemon, log)
-    last = (tmp_path / "daemon.log").read_text().strip().splitlines()[-1]
-    sym = {i["id"]: i["symbol"] for i in raw["instruments"]}
+        assert wait_for(lambda: status(d.run_dir)["feed"]["events"] > 0, 30)
+        silent = status(d.run_dir)["silent_instruments"]
+    sym = {i["id"]: i["symbol"] for i in d.raw["instruments"]}
+    last = d.last
     # instrument i went out on channel i % 4: those on 2 and 3 never reached the daemon's 2 channels
     assert sorted(silent) == [i for i in sym if i % 4 in (2, 3)], silent
-    assert rc == 0 and f"{len(silent)} instrument(s) received no event while their worker's feed delivered" in last
+    assert d.rc == 0 and f"{len(silent)} instrument(s) received no event while their worker's feed delivered" in last
     assert all(sym[i] in last for i in silent) and "is feeds.channels, 2, the publisher's channel count?" in last
 
 
