@@ -1170,7 +1170,12 @@ cdef int _apply_op(tw_book *b, const tw_event *ev) noexcept nogil:
         if ev.qty < 0:
             return TW_REJ_BAD_QTY
         if b.p.book_type == TW_BOOK_L3 and ev.order_id != 0:
+            # an execution: its price 0 means the resting order's (ITCH sends none)
+            if ev.price != 0 and not _price_ok(b, ev.price):
+                return TW_REJ_PRICE_RANGE
             return tw_book_execute_order(b, ev.order_id, ev.qty)
+        if not _price_ok(b, ev.price):         # a print outside the range would go into the VWAP
+            return TW_REJ_PRICE_RANGE
         return TW_OK                           # a print: the book does not change
     if kind == TW_KIND_CLEAR:
         tw_book_clear(b)

@@ -91,7 +91,9 @@ class RefL2:
         if kind == Kind.TRADE:
             if side > Side.NONE:
                 return Reject.BAD_SIDE
-            return Reject.BAD_QTY if int(ev["qty"]) < 0 else Reject.OK
+            if int(ev["qty"]) < 0:
+                return Reject.BAD_QTY
+            return Reject.OK if self.min_price <= int(ev["price"]) <= self.max_price else Reject.PRICE_RANGE
         if kind == Kind.CLEAR:
             self.clear()
             return Reject.OK
@@ -256,6 +258,8 @@ class RefL3(RefL2):
                 return Reject.BAD_SIDE
             if qty < 0:
                 return Reject.BAD_QTY
+            if not self.min_price <= price <= self.max_price and not (oid and price == 0):
+                return Reject.PRICE_RANGE          # (an execution's price 0: the resting order's)
             return self.execute(oid, qty) if oid else Reject.OK
         if kind == Kind.CLEAR:
             self.clear()

@@ -1,6 +1,7 @@
 """The engine pipeline: statistics fed from the books equal a plain recomputation, runs are
 deterministic, batch boundaries do not matter, and signals are never lost."""
 
+import dataclasses
 import hashlib
 import math
 
@@ -436,6 +437,36 @@ def test_an_execution_without_price_or_side_trades_at_the_resting_order():
     assert f["vwap"] == pytest.approx((1010 * 4 + 1000 * 2 + 1009) / 7), f
     assert (f["buy_minus_sell"], f["trade_count"], f["last_trade_price"]) == (4 - 2 - 1, 3, 1009), f
     assert eng.books.rejects == {}
+
+
+@pytest.mark.parametrize("book", ["L2", "L3"])
+def test_a_trade_priced_outside_the_instruments_range_is_refused(book):
+    """Found by an adversarial pass: prints at -1,000,000 and 0 on an instrument of 100..200
+    were applied, and the VWAP read -333,283 (its rule then silent for the window); an L3
+    execution carrying 1e9 made the VWAP 1e9. A trade's price is checked like a level's (an
+    execution's 0 still means the resting order's price)."""
+    inst = dataclasses.replace(synthetic_instruments(1, book=book)[0], min_price=100, max_price=200)
+    eng = Engine([inst], (), StatsConfig(trade_window="count", trade_window_size=10), clock="event")
+    rows = [(Kind.ADD, 7, Side.ASK, 151, 10), (Kind.ADD, 8, Side.BID, 150, 10),
+            (Kind.TRADE, 0, Side.BID, 150, 1),          # a print in range
+            (Kind.TRADE, 0, Side.BID, -1_000_000, 1),   # refused
+            (Kind.TRADE, 0, Side.ASK, 0, 1),            # refused
+            (Kind.TRADE, 0, Side.ASK, 201, 1)]          # refused
+    if book == "L3":
+        rows += [(Kind.TRADE, 7, Side.BID, 10**9, 1),   # refused: the order stays whole
+                 (Kind.TRADE, 7, Side.NONE, 0, 2)]      # at the resting order's 151
+    ev = np.zeros(len(rows), EVENT_DTYPE)
+    for i, (kind, oid, side, price, qty) in enumerate(rows):
+        ev[i] = (T0 + i, T0 + i, i + 1, oid, price, qty, 0, 0, kind, side, int(Flag.LAST), 0)
+    eng.process(ev)
+    f = eng.features(0)
+    if book == "L2":
+        assert (f["vwap"], f["trade_count"], f["last_trade_price"]) == (150.0, 1, 150), f
+        assert eng.books.rejects == {"PRICE_RANGE": 3}, eng.books.rejects
+    else:
+        assert f["vwap"] == pytest.approx((150 + 151 * 2) / 3) and f["last_trade_price"] == 151, f
+        assert eng.books.rejects == {"PRICE_RANGE": 4}, eng.books.rejects
+        assert eng.books[0].order(7)[2] == 8               # the 1e9 execution took nothing
 
 
 @pytest.mark.parametrize("bid", [100, 6173763, 2**40])
