@@ -75,6 +75,14 @@ _PENDING, _OK, _NO_MID = 0, 1, 2
 _STATUS_NAMES = {_PENDING: "unresolved", _OK: "ok", _NO_MID: "no_mid"}
 
 
+def _later(ts: np.ndarray, ns) -> np.ndarray:
+    """``ts + ns`` (ns >= 0), held at the largest int64 where the sum would pass it (it wrapped
+    to a time long past, and a markout years ahead of the data resolved at once, as "ok")."""
+    ts = np.asarray(ts, np.int64)
+    ns = np.asarray(ns, np.int64)
+    return np.where(ts > np.iinfo(np.int64).max - ns, np.iinfo(np.int64).max, ts + ns)
+
+
 def horizon_name(ns: int) -> str:
     """``100_000_000 -> "100ms"``, ``60_000_000_000 -> "60s"``, ``1500 -> "1500ns"``."""
     for unit, name in ((1_000_000_000, "s"), (1_000_000, "ms"), (1_000, "us")):
@@ -445,7 +453,7 @@ class ReportBuilder:
                 mid=np.full((len(d), nc), np.nan), status=np.zeros((len(d), nc), np.uint8))
             rows = np.arange(sl.start, sl.stop, dtype=np.int64)
             new_inst.append(np.repeat(s_inst[d], nc))
-            new_T.append((sig["ts_event"][d][:, None] + self._offsets[None, :]).reshape(-1))
+            new_T.append(_later(sig["ts_event"][d][:, None], self._offsets[None, :]).reshape(-1))
             new_ref.append((rows[:, None] * nc + np.arange(nc)[None, :]).reshape(-1))
             new_min.append(np.repeat(p + 1, nc))
         a = np.flatnonzero(directional | is_exit)
@@ -458,7 +466,7 @@ class ReportBuilder:
                 resolved=np.zeros(len(a), bool))
             acts = np.arange(sl.start, sl.stop, dtype=np.int64)
             new_inst.append(s_inst[a])
-            new_T.append(sig["ts_event"][a] + self.latency_ns)
+            new_T.append(_later(sig["ts_event"][a], self.latency_ns))
             new_ref.append(-(acts + 1))
             new_min.append(p + 1)
         pend = self._pend

@@ -241,8 +241,8 @@ HAND = [
 ]
 
 
-def hand_case(tmp_path, latency=0, fee_bps=0.0, horizons=(500, 1000, 1001, 5000), cuts=()):
-    e = ev(HAND)
+def hand_case(tmp_path, latency=0, fee_bps=0.0, horizons=(500, 1000, 1001, 5000), cuts=(), offset=0):
+    e = ev([(ts + offset, *rest) for ts, *rest in HAND])
     sigs = [(1, sig(e[1], direction=1)), (4, sig(e[4], direction=0, flags=EXIT)), (5, sig(e[5], direction=-1))]
     inst = [Instrument(0, "X", tick_size="0.01", lot_size="1")]
     rb = ReportBuilder(inst, horizons_ns=horizons, latency_ns=latency, fee_bps=fee_bps)
@@ -282,6 +282,22 @@ def test_one_signal_known_mids(tmp_path):
     assert m["mean_ticks"] == 0.0 and m["hit_rate"] == 0.0 and m["zero_share"] == 1.0
     assert g["markouts"]["5us"]["resolved"] == 0 and g["markouts"]["5us"]["mean_bps"] is None
 
+
+def test_a_horizon_or_fill_past_the_largest_timestamp_stays_unresolved(tmp_path):
+    """Found by an adversarial pass: with event times near the int64 limit (the year 2262), t + h
+    wrapped to a time long past, so a horizon the data never reached resolved at once, "ok",
+    markout 0. The hand case moved to end 2,000 ns before the limit reads as at its own times."""
+    offset = 2**63 - 1 - 6000
+    summary, out = hand_case(tmp_path, offset=offset)
+    r, s = read_csv(out / "markouts.csv")
+    assert (r["status_1us"], float(r["markout_1us_ticks"])) == ("ok", 1.5)
+    assert r["status_5us"] == "unresolved" and r["markout_5us_ticks"] == "", r
+    assert s["status_5us"] == s["status_1us"] == "unresolved", s
+    assert summary["groups"][0]["markouts"]["5us"]["resolved"] == 0
+    # a fill the data never reaches: after the end, not at the first book seen
+    summary, out = hand_case(tmp_path / "f", latency=2**62, offset=offset)
+    assert read_csv(out / "trades.csv") == []
+    assert summary["groups"][0]["pnl"]["fills_after_end"] == 3, summary["groups"][0]["pnl"]
 
 def test_hand_pnl_with_fees(tmp_path):
     summary, out = hand_case(tmp_path, fee_bps=10.0)
