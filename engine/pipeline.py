@@ -12,6 +12,7 @@ or plain Python callables (slow; see docs/rules.md).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -34,6 +35,11 @@ RULE_KINDS = {
 def _positive_int(owner: str, name: str, value) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{owner}.{name}: expected a positive integer, got {value!r}")
+
+
+def _finite(x) -> bool:
+    """A finite int or float, not a bool (True would be a threshold of 1; inf, one never reached)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 @dataclass(frozen=True)
@@ -120,9 +126,9 @@ class RuleConfig:
     def __post_init__(self):
         if self.kind not in RULE_KINDS:
             raise ValueError(f"rule.kind: expected one of {sorted(RULE_KINDS)}, got {self.kind!r}")
-        if not (isinstance(self.enter, (int, float)) and self.enter > 0):
-            raise ValueError(f"rule {self.kind}: enter must be a positive number, got {self.enter!r}")
-        if not (isinstance(self.exit, (int, float)) and 0 <= self.exit < self.enter):
+        if not (_finite(self.enter) and self.enter > 0):
+            raise ValueError(f"rule {self.kind}: enter must be a positive finite number, got {self.enter!r}")
+        if not (_finite(self.exit) and 0 <= self.exit < self.enter):
             raise ValueError(f"rule {self.kind}: exit must satisfy 0 <= exit < enter ({self.enter}), got {self.exit!r}")
         _positive_int(f"rule {self.kind}", "min_count", self.min_count)
         if self.instruments is not None:

@@ -9,7 +9,7 @@ documented slow path).  Configuration objects live in :mod:`tickwire.engine.pipe
 
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE
 from cpython.ref cimport PyObject
-from libc.math cimport NAN, fabs, isnan, log, sqrt
+from libc.math cimport NAN, fabs, isfinite, isnan, log, sqrt
 from libc.stdint cimport int64_t, uint64_t, int32_t, uint32_t, uint16_t, uint8_t, int8_t, INT64_MAX
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
@@ -421,8 +421,9 @@ cdef class RuleContext:
 cdef class PyRule(Rule):
     """A rule written as a Python callable: the slow path.
 
-    ``fn(ctx: RuleContext)`` returns None (no signal), a float ``value`` (direction is its
-    sign, strength the value itself) or a tuple ``(value, direction)``.  Each evaluation
+    ``fn(ctx: RuleContext)`` returns None (no signal), a finite float ``value`` (direction is
+    its sign, strength the value itself) or a tuple ``(value, direction)`` (direction -1, 0 or
+    1; anything else, or a NaN or infinite value, counts as an error).  Each evaluation
     takes the GIL and builds a context object: about a microsecond (see docs/performance.md)
     against a few nanoseconds for a Cython :class:`Rule`.  While a Python rule is present the
     engine keeps the GIL for the whole batch.  An exception is counted in :attr:`errors`,
@@ -466,9 +467,13 @@ cdef class PyRule(Rule):
                 return 0
             if isinstance(res, tuple):
                 value, direction = float(res[0]), int(res[1])
+                if direction not in (-1, 0, 1):
+                    raise ValueError(f"returned direction {direction}: expected -1, 0 or 1")
             else:
                 value = float(res)
                 direction = (value > 0) - (value < 0)
+            if not isfinite(value):       # a NaN value was a signal on every call (None: no signal)
+                raise ValueError(f"returned {value}: expected a finite value, or None for no signal")
             out.value = value
             out.strength = value
             out.direction = direction

@@ -16,6 +16,7 @@ replay gives the same bytes run after run and whatever the batch size; against a
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
@@ -224,8 +225,8 @@ class Replay:
             On Ctrl-C (a KeyboardInterrupt), with the partial result as ``.result``. Setting
             :attr:`stop` instead ends the run with ``interrupted`` set, nothing raised.
         """
-        if speed is not None and not speed > 0:
-            raise ValueError(f"speed must be positive, got {speed}")
+        if speed is not None and not (speed > 0 and math.isfinite(speed)):
+            raise ValueError(f"speed must be a positive finite number (None: as fast as possible), got {speed}")
         res = ReplayResult()
         kept = []
         eng = self.engine

@@ -538,7 +538,8 @@ class StoreSource:
             self.ids = [i.id for i in self.instruments]
             self.start_ns, self.end_ns = start_ns, end_ns
             if start_ns is not None and end_ns is not None and end_ns <= start_ns:
-                raise ReplayError(f"empty range: --to ({end_ns}) is not after --from ({start_ns})")
+                raise ReplayError(f"empty range: the end, --to / end_ns ({end_ns}), is not after the start, "
+                                  f"--from / start_ns ({start_ns})")
             self.total = self.store.count_ticks(self.ids, start_ns, end_ns)
             self.history_before = start_ns is not None and self.store.count_ticks(self.ids, None, start_ns) > 0
             if not self.total and instruments is not None and recorded \

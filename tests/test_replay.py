@@ -1,6 +1,7 @@
 """tickwire.replay: sources, modes, determinism, the CLI and its errors. Real chDB stores, real
 ZeroMQ on loopback, real processes (the daemon's live parity is in tests/test_replay_daemon.py)."""
 
+import math
 import json
 import os
 import signal
@@ -137,6 +138,10 @@ def test_paced_replay_follows_recorded_time_and_reports_its_lateness():
     # flat out is far faster and gives the same signals
     flat = Replay(ArraySource(ev, synthetic_instruments(2, book="L3")), EngineSpec(RULES, STATS)).run()
     assert flat.signals.tobytes() == res.signals.tobytes()
+    # a speed that is no pace (found by an adversarial pass: inf was an OverflowError mid-run)
+    for speed in (math.inf, math.nan, 0.0, -1.0):
+        with pytest.raises(ValueError, match="speed must be a positive finite number"):
+            Replay(ArraySource(ev, synthetic_instruments(2, book="L3")), EngineSpec(RULES, STATS)).run(speed=speed)
 
 
 def test_pacing_batches_follow_a_recorded_clock_that_never_goes_back():

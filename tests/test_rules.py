@@ -1,6 +1,7 @@
 """Signal rules: hand-built scenarios where each rule must fire, must not fire, and must
 not re-fire while its condition holds (hysteresis)."""
 
+import math
 import numpy as np
 import pytest
 
@@ -190,6 +191,11 @@ def test_rules_only_for_their_instruments_and_config_errors():
         RuleConfig("momentum", enter=1)
     with pytest.raises(ValueError, match="exit must satisfy"):
         RuleConfig("zscore", enter=1.0, exit=2.0)
+    # (an adversarial pass: the config file refused these, the Python API took them: a rule at
+    # inf never fires, True is a threshold of 1 by accident, NaN compares false)
+    for enter, exit_ in ((math.inf, 0.0), (True, 0.0), (math.nan, 0.0), (1.0, math.nan), (1.0, False)):
+        with pytest.raises(ValueError, match="enter must be a positive finite number|exit must satisfy"):
+            RuleConfig("zscore", enter=enter, exit=exit_)
     with pytest.raises(ValueError, match="min_count"):
         RuleConfig("zscore", enter=1.0, min_count=0)
     with pytest.raises(ValueError, match=r"instruments: unknown instrument ids \[7\]"):
@@ -221,6 +227,21 @@ def test_python_callable_rule_slow_path():
     assert len(fired(eng, f, *quote(q, 98, 100))) == 0                  # raises: counted, no signal
     assert eng.rule_errors() == {"wide_mid": 1}
     assert len(fired(eng, f, *quote(q, 120, 122))) == 1                  # and the rule keeps working
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, (1.0, 2), (math.nan, 1)])
+def test_a_python_rule_returning_no_number_is_an_error_not_a_signal(bad):
+    """Found by an adversarial pass: a Python rule returning NaN (a window not yet filled, say)
+    emitted a signal of value NaN, direction 0, on every evaluation."""
+    def rule(ctx):
+        return bad if ctx.mid > 105 else 1.0
+
+    eng = Engine(INST, [rule], StatsConfig(sample="message"), clock="event")
+    f, q = Feed(), {}
+    assert len(fired(eng, f, *quote(q, 100, 102))) == 1                  # a good value: a signal
+    assert len(fired(eng, f, *quote(q, 109, 111))) == 0
+    assert len(fired(eng, f, *quote(q, 119, 121))) == 0
+    assert eng.rule_errors() == {"rule": 2}
 
 
 def test_a_custom_rule_sees_every_book_change_even_behind_the_top():
