@@ -316,6 +316,24 @@ def test_duplicates_and_reordering(feed):
     assert c["drops"] == {"DUPLICATE": 3} and c["heartbeats"] == 1
 
 
+def test_a_malformed_message_at_an_old_sequence_number_is_a_bad_event(feed):
+    """Found by an adversarial pass: a forged message at a sequence number already delivered,
+    with an event of kind 9 or side 7, was counted a DUPLICATE (which no alert watches) where
+    docs/wire-format.md has BAD_EVENT checked before sequencing; far ahead it was BAD_EVENT."""
+    h = feed.h
+    feed.join()
+    m1 = feed.publish(0)
+    feed.pump(feed.caught_up)
+    for field, value in (("kind", 9), ("side", 7), ("kind", 0)):
+        events = np.frombuffer(m1[1], EVENT_DTYPE, offset=wire.HEADER_SIZE).copy()
+        events[field][-1] = value
+        feed.pub.send_multipart([m1[0], m1[1][:wire.HEADER_SIZE] + events.tobytes()])
+    feed.pub.send_multipart(m1)                        # the same message whole: a duplicate
+    feed.heartbeat(0)
+    feed.pump(lambda: sum(h.counters()["drops"].values()) == 4)
+    feed.assert_equal()
+    assert h.counters()["drops"] == {"BAD_EVENT": 3, "DUPLICATE": 1}, h.counters()["drops"]
+
 def test_heartbeat_shows_a_lost_last_message(feed):
     feed.join()
     feed.publish(1, send=False)
