@@ -14,6 +14,7 @@ Keys are ZeroMQ's certificate files (``zmq.auth.create_certificates``; ``tickwir
 
 from __future__ import annotations
 
+import glob
 import os
 import stat as statmod
 from dataclasses import dataclass, field
@@ -79,7 +80,38 @@ def secret_certificate(path) -> tuple[bytes, bytes]:
     if st.st_uid != os.geteuid() or st.st_mode & 0o077:
         raise ValueError(f"{p} must be yours and 0600 (it is owner uid {st.st_uid}, mode "
                          f"{st.st_mode & 0o7777:04o}): anyone who reads it can pose as you; chmod 600 {p}")
-    return _checked_key(pub, "public-key", p), _checked_key(sec, "secret-key", p)
+    pub, sec = _checked_key(pub, "public-key", p), _checked_key(sec, "secret-key", p)
+    if zmq.curve_public(sec) != pub:
+        raise ValueError(f"{p}: its public-key line is not the public key of its secret key (edited, or two files "
+                         f"mixed): clients given that public key could not connect")
+    return pub, sec
+
+
+def _check_clients(d: Path) -> None:
+    """A directory of client public keys, as the authenticator will load it (its ``*.key``
+    files): ValueError (one line) when it cannot serve. One file that is not a public key made
+    the authenticator load none, every allowed client shut out while the publisher ran on; a
+    directory or key file others can write lets them add a key of their own, or shut everyone
+    out so."""
+    if not d.is_dir():
+        raise ValueError(f"{d} is not a directory of client public keys")
+    files = sorted(glob.glob(os.path.join(glob.escape(str(d)), "*.key")))     # what zmq.auth loads
+    if not files:
+        raise ValueError(f"{d} holds no client public key (*.key): nobody could connect")
+    for path in [str(d)] + files:
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise ValueError(f"{d}: cannot read {path}: {exc.strerror or exc}; one such file and the authenticator "
+                             f"lets no client in (remove it)") from None
+        if st.st_uid not in (os.geteuid(), 0) or st.st_mode & 0o022:
+            raise ValueError(f"{path} can be written by others (owner uid {st.st_uid}, mode {st.st_mode & 0o7777:04o}): "
+                             f"whoever writes there chooses who connects; chmod go-w {path}")
+    for path in files:
+        try:
+            public_key(path)
+        except ValueError as exc:
+            raise ValueError(f"{d}: {exc}; one such file and the authenticator lets no client in (remove it)") from None
 
 
 @dataclass(frozen=True)
@@ -110,10 +142,7 @@ class CurveServer:
         self.public, self._secret = secret_certificate(secret_key_file)
         self.clients_dir = Path(clients_dir) if clients_dir else None
         if self.clients_dir is not None:
-            if not self.clients_dir.is_dir():
-                raise ValueError(f"{self.clients_dir} is not a directory of client public keys")
-            if not list(self.clients_dir.glob("*.key")):
-                raise ValueError(f"{self.clients_dir} holds no client public key (*.key): nobody could connect")
+            _check_clients(self.clients_dir)
         self._auth = None
 
     def start(self, ctx: zmq.Context) -> None:

@@ -224,6 +224,52 @@ def test_a_secret_key_others_can_read_is_refused(tmp_path):
         CurveServer(pub)
 
 
+
+@pytest.mark.parametrize("junk", ["empty", "garbage", "directory", "dangling", "passwd", "secret_mismatch"])
+def test_a_clients_directory_the_authenticator_cannot_load_whole_is_refused(keys, junk):
+    """Found by an adversarial pass: one file in --curve-clients that is not a public key (empty,
+    garbage, a directory, a dangling link, a link to /etc/passwd) made the authenticator load none:
+    every allowed client was shut out while the publisher ran on, exit 0, one pyzmq line."""
+    d, allowed = keys
+    bad = allowed / "evil.key"
+    if junk == "empty":
+        bad.write_bytes(b"")
+    elif junk == "garbage":
+        bad.write_bytes(b"curve\n    public-key = \"not a key\"\n")
+    elif junk == "directory":
+        bad.mkdir()
+    elif junk == "dangling":
+        bad.symlink_to(allowed / "nowhere")
+    elif junk == "passwd":
+        bad.symlink_to("/etc/passwd")
+    else:
+        # a secret file whose public line is another key's: refused as the server's secret key
+        text = (d / "server.key_secret").read_text()
+        other = public_key(str(d / "stranger.key")).decode()
+        mine = public_key(str(d / "server.key")).decode()
+        (d / "mixed.key_secret").write_text(text.replace(mine, other))
+        os.chmod(d / "mixed.key_secret", 0o600)
+        with pytest.raises(ValueError, match="is not the public key of its secret key"):
+            CurveServer(d / "mixed.key_secret")
+        return
+    with pytest.raises(ValueError, match=r"evil\.key.*the authenticator lets no client in") as err:
+        CurveServer(d / "server.key_secret", allowed)
+    assert "\n" not in str(err.value)
+
+
+def test_a_clients_directory_others_can_write_is_refused(keys):
+    """Whoever can write the clients directory (or a key in it) chooses who connects."""
+    d, allowed = keys
+    os.chmod(allowed, 0o777)
+    with pytest.raises(ValueError, match=r"can be written by others .*mode 0777.*chmod go-w"):
+        CurveServer(d / "server.key_secret", allowed)
+    os.chmod(allowed, 0o755)
+    os.chmod(allowed / "client.key", 0o666)
+    with pytest.raises(ValueError, match=r"client\.key can be written by others"):
+        CurveServer(d / "server.key_secret", allowed)
+    os.chmod(allowed / "client.key", 0o644)
+    CurveServer(d / "server.key_secret", allowed)          # as it was: taken
+
 BASE = {"instruments": [{"id": 0, "symbol": "A", "tick_size": "0.01", "lot_size": "1"}]}
 
 
