@@ -263,14 +263,14 @@ def _curve(f, base_dir: Path) -> dict:
     if not server:
         return {}
 
-    if len(server) != 40 or Path(_path(server, base_dir)).exists():
-        server = _path(server, base_dir)
+    if len(server) != 40 or Path(_path(server, base_dir, "feeds.curve_server_key")).exists():
+        server = _path(server, base_dir, "feeds.curve_server_key")
     try:
         key = public_key(server).decode("ascii")
     except ValueError as exc:
         _fail("feeds.curve_server_key", "the publisher's CURVE public key: 40 Z85 characters or its NAME.key file",
               str(exc))
-    secret = _path(secret, base_dir)
+    secret = _path(secret, base_dir, "feeds.curve_secret_key_file")
     try:
         secret_certificate(secret)
     except ValueError as exc:
@@ -393,8 +393,7 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
     log_file = _str(daemon, "log_file", "daemon.", "")
     if log_file and not Path(log_file).is_absolute():
         log_file = str(base_dir / log_file)
-    state_dir = Path(_str(daemon, "state_dir", "daemon.", "tickwire-data"))
-    state_dir = state_dir.expanduser()
+    state_dir = _expanded(_str(daemon, "state_dir", "daemon.", "tickwire-data"), "daemon.state_dir")
     if not state_dir.is_absolute():
         state_dir = Path(os.path.normpath(base_dir / state_dir))
     if state_dir.exists() and not state_dir.is_dir():
@@ -641,8 +640,17 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
                   shutdown_timeout_s, _bridge(raw, feeds, seen_sym, base_dir), stall_restart_s)
 
 
-def _path(v: str, base_dir: Path) -> str:
-    p = Path(v).expanduser()
+def _expanded(v, key: str) -> Path:
+    """``v`` with a leading ``~`` or ``~user`` expanded; a config error naming ``key`` when it
+    cannot be (an unknown user: it was Path's RuntimeError and a traceback)."""
+    try:
+        return Path(v).expanduser()
+    except RuntimeError:
+        _fail(key, "a path whose ~ names a user of this host (or no ~)", str(v))
+
+
+def _path(v: str, base_dir: Path, key: str) -> str:
+    p = _expanded(v, key)
     return str(p if p.is_absolute() else base_dir / p) if v else ""
 
 
@@ -650,8 +658,8 @@ def _bridge_curve(b: dict, base_dir: Path) -> dict:
     """``bridge.curve_secret_key_file`` / ``bridge.curve_clients_dir``, checked now."""
     from tickwire.feeds.curve import CurveServer
 
-    secret = _path(_str(b, "curve_secret_key_file", "bridge.", ""), base_dir)
-    clients = _path(_str(b, "curve_clients_dir", "bridge.", ""), base_dir)
+    secret = _path(_str(b, "curve_secret_key_file", "bridge.", ""), base_dir, "bridge.curve_secret_key_file")
+    clients = _path(_str(b, "curve_clients_dir", "bridge.", ""), base_dir, "bridge.curve_clients_dir")
     if clients and not secret:
         _fail("bridge.curve_secret_key_file", "set too, as bridge.curve_clients_dir is (the bridge's certificate)")
     if secret:
@@ -727,7 +735,10 @@ def load(path) -> Config:
 def read_raw(path) -> tuple[dict, Path]:
     """The TOML mapping of a configuration file and the folder its relative paths resolve from
     (not validated: :func:`from_dict` does that)."""
-    path = Path(path).expanduser().absolute()      # relative paths inside resolve from its folder
+    try:
+        path = Path(path).expanduser().absolute()  # relative paths inside resolve from its folder
+    except RuntimeError:
+        raise ConfigError(f"config error: {path}: its ~ names no user of this host") from None
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -94,6 +94,11 @@ def test_defaults_fill_in():
     (cfg(daemon={"run": ".."}), "daemon.run: expected 1 to 64 letters"),
     (cfg(rings={"prefix": "tick/wire"}), "rings.prefix: expected 1 to 64 letters"),
     (cfg(daemon={"state_dir": "/proc/tickwire"}), "daemon.state_dir: expected a directory on a real file system"),
+    # (an adversarial pass: a ~ naming no user was Path's RuntimeError and a traceback)
+    (cfg(daemon={"state_dir": "~no_such_user_tw/data"}), "daemon.state_dir: expected a path whose ~ names a user"),
+    (cfg(feeds={"endpoints": ["tcp://127.0.0.1:1"], "curve_server_key": "~no_such_user_tw/s.key",
+                "curve_secret_key_file": "~no_such_user_tw/c.key_secret"}),
+     "feeds.curve_server_key: expected a path whose ~ names a user"),
 ])
 def test_errors_name_the_key(raw, fragment):
     msg = error_of(raw)
