@@ -555,6 +555,21 @@ def _book_state(events):
     return out
 
 
+def _covered_published(report: Report, channel: int, c: _Channel, snap, poll_data) -> None:
+    """A snapshot covers a sequence number the data stream has published (its data in flight is
+    waited for, up to a second): one that claimed 100,000 past the head passed as conformant."""
+    if snap is None or snap[0] != c.epoch:
+        return                                  # (another epoch: the epoch check says so)
+    covered = snap[1]
+    end = time.monotonic() + 1.0
+    while (c.next is None or c.next - 1 < covered) and time.monotonic() < end:
+        poll_data(20)
+    if c.next is None or c.next - 1 < covered:
+        head = "none" if c.next is None else f"{c.next - 1:,}"
+        report.broke("snapshot-reply", f"snapshot of channel {channel}: covers seq {covered:,}, past the last the "
+                                       f"data stream published ({head})")
+
+
 def _consistency(report: Report, channel: int, first, c: _Channel, second) -> None:
     """Apply the data after the first snapshot to it and compare with the second."""
     from tickwire.engine.instruments import Instrument, make_books
@@ -642,6 +657,8 @@ def check(endpoint: str, snapshot: str | None = None, channels=None, duration: f
                 svc.retransmit(ch, c)
                 second = svc.snapshot(ch, c.epoch)
                 poll_data(100)
+                for snap in (first_snaps.get(ch), second):
+                    _covered_published(report, ch, c, snap, poll_data)
                 if first_snaps.get(ch) is not None and second is not None:
                     _consistency(report, ch, first_snaps[ch], c, second)
             spare = next(x for x in range(0xFFFF, -1, -1) if x not in checker.chans and (not channels or x not in channels))

@@ -96,7 +96,7 @@ class Publisher(threading.Thread):
         self.sent += 1
 
     def snapshot_of(self, c):
-        covered = self.next[c] - 1
+        covered = self.next[c] - 1 + (100_000 if self.breaks == "snapshot-future" else 0)
         ev = np.concatenate([self.books[i].snapshot_events(seq=covered, ts=time.time_ns())
                              for i in range(len(INSTS)) if i % CHANNELS == c])
         self.snapshots += 1
@@ -225,6 +225,14 @@ def test_each_broken_rule_is_named(publisher, rule):
             "epoch": {"snapshot-reply", "snapshot-consistency", "retransmit"}}.get(rule, set())
     assert set(report.findings) - {"sequence"} <= {rule} | also, report.text()
 
+
+def test_a_snapshot_claiming_a_sequence_number_not_yet_published_is_named(publisher):
+    """Found by an adversarial pass: snapshots covering seq head + 100,000 passed as conformant
+    (the rule says the seq is within the data stream)."""
+    p = publisher("snapshot-future")
+    report = conformance.check(p.data, p.snap, duration=1.5)
+    assert not report.ok and "snapshot-reply" in report.findings, report.text()
+    assert "past the last the data stream published" in report.findings["snapshot-reply"].example
 
 def test_cli_exit_status_and_lines(publisher, tmp_path):
     p = publisher("sequence")
