@@ -47,6 +47,7 @@ __all__ = [
     "Recorder",
     "StageRecorders",
     "hgrm",
+    "keep_previous_log",
     "merged",
     "new_hdrh",
     "percentiles",
@@ -334,6 +335,34 @@ class Interval:
     start: float            #: seconds since the epoch
     end: float              #: seconds since the epoch
     histogram: HdrHistogram
+
+
+def keep_previous_log(path, keep: int = 32) -> Path | None:
+    """Before a log is written afresh at ``path`` (a restarted worker's): move a non-empty one
+    there aside as ``<stem>.<its last write, UTC>.hlog`` beside it, and remove all but the
+    ``keep`` newest of those, so that a restart keeps the history up to it (the latency before a
+    crash is what an operator plots) and a crash loop cannot fill the disk. Returns where the old
+    log went, or None."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    if st.st_size == 0:
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(st.st_mtime))
+    dest = path.with_name(f"{path.stem}.{stamp}{path.suffix}")
+    n = 1
+    while dest.exists():                        # two restarts within a second
+        dest = path.with_name(f"{path.stem}.{stamp}-{n}{path.suffix}")
+        n += 1
+    path.rename(dest)
+    pattern = re.compile(re.escape(path.stem) + r"\.\d{8}T\d{6}Z(-\d+)?" + re.escape(path.suffix) + "$")
+    old = sorted((q for q in path.parent.iterdir() if pattern.match(q.name)),
+                 key=lambda q: (q.stat().st_mtime, q.name))
+    for q in old[:max(len(old) - keep, 0)]:
+        q.unlink(missing_ok=True)
+    return dest
 
 
 def read_interval_log(path) -> list[Interval]:

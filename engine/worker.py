@@ -66,7 +66,7 @@ from pathlib import Path
 import numpy as np
 
 from tickwire.engine import config as configmod
-from tickwire.engine.latency import IntervalLogWriter
+from tickwire.engine.latency import IntervalLogWriter, keep_previous_log
 from tickwire.engine.live import BookService, books_endpoint, worker_answer
 from tickwire.engine.metrics import LATENCY_BOUNDS_NS, latency_histogram
 from tickwire.engine.pipeline import Engine
@@ -300,6 +300,11 @@ class Worker:
         self.started = time.time()
         self.hdr_dir = Path(cfg.metrics.hdr_dir) if cfg.metrics.hdr_dir else self.run_dir / "hdr"
         self.hdr_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            keep_previous_log(self.hdr_dir / f"{self.wcfg.name}.hlog")  # an earlier worker's: kept aside
+        except OSError as exc:
+            log.warning("the previous HDR log %s could not be kept aside (%s): it is started afresh",
+                        self.hdr_dir / f"{self.wcfg.name}.hlog", exc.strerror or exc)
         self.hlog = IntervalLogWriter(self.hdr_dir / f"{self.wcfg.name}.hlog", self._logged,
                                       interval=cfg.metrics.hdr_interval_s,
                                       comment=f"tickwire worker {self.wcfg.name} on core {self.wcfg.cpu}")

@@ -203,6 +203,14 @@ def test_killed_worker_is_restarted_and_resumes_the_history_nothing_lost(tmp_pat
     pub = published_books(tmp_path / "pub.npz")
     mine = published_books(run_dir / "books-0.npz")
     assert all(pub[k].tobytes() == mine[k].tobytes() for k in pub)   # books resynced exactly
+    # each killed worker's HDR log kept aside, not truncated by its successor (found by a soak:
+    # a restart wiped the latency of the minutes before the crash)
+    from tickwire.engine.latency import read_interval_log
+
+    kept = sorted((run_dir / "hdr").glob("w0.*.hlog"))
+    assert len(kept) == 2 and all(read_interval_log(k) is not None and k.stat().st_size > 0 for k in kept), kept
+    assert sum(1 for k in kept if "#[StartTime" in k.read_text()) == 2
+    assert read_interval_log(run_dir / "hdr" / "w0.hlog")
 
 
 def test_a_stopped_worker_is_said_restarted_and_loses_nothing_and_one_stopped_at_shutdown_stops(tmp_path):

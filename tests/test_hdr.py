@@ -415,3 +415,29 @@ def test_reported_percentiles_never_exceed_the_largest_value():
     assert r.value_at_percentile(99.99) > r.max_value          # what the raw histogram says
     assert q["p9999"] == q["p999"] == q["max"] == r.max_value and q["count"] == 4
     assert q["p50"] <= q["p90"] <= q["p99"] <= q["max"]
+
+
+def test_a_previous_log_is_kept_aside_and_only_the_newest_are_kept(tmp_path):
+    """A restarted worker's log started afresh over its predecessor's (truncated: the latency up
+    to a crash gone); the old one is moved aside under its last write time, the newest kept."""
+    import os
+
+    from tickwire.engine.latency import keep_previous_log
+
+    path = tmp_path / "w0.hlog"
+    assert keep_previous_log(path) is None                       # nothing there yet
+    path.write_text("")
+    assert keep_previous_log(path) is None and path.exists()     # an empty one: nothing to keep
+    moved = []
+    for k in range(5):
+        path.write_text(f"log {k}\n")
+        os.utime(path, (1_700_000_000 + k // 2, 1_700_000_000 + k // 2))   # two within one second
+        moved.append(keep_previous_log(path, keep=3))
+        assert not path.exists() and moved[-1].read_text() == f"log {k}\n"
+    assert moved[0].name == "w0.20231114T221320Z.hlog" and moved[1].name == "w0.20231114T221320Z-1.hlog"
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(m.name for m in moved[2:]), left       # the three newest
+    (tmp_path / "w1.20231114T221320Z.hlog").write_text("another worker's")
+    path.write_text("log 5\n")
+    keep_previous_log(path, keep=3)
+    assert (tmp_path / "w1.20231114T221320Z.hlog").exists()      # not this worker's: left alone
