@@ -449,7 +449,7 @@ def cmd_status(args) -> int:
           + ("  (events for instruments not in the config: stored, never applied; check [[instruments]] ids)"
              if by_reason.get("UNKNOWN_INSTRUMENT") else ""))
     print(f"  writer: rows {total('tickwire_writer_rows_written_total'):,.0f}  spilled "
-          f"{total('tickwire_writer_rows_spilled_total'):,.0f}  ticks not yet stored "
+          f"{total('tickwire_writer_rows_spilled_total'):,.0f} (since the writer's last start)  ticks not yet stored "
           f"{total('tickwire_tick_ring_depth'):,.0f}  outage {total('tickwire_writer_outage'):.0f}"
           + ("  STALLED: no status for over 10 s (stopped or stuck)" if wstalled else ""))
     gone = total('tickwire_writer_rows_corrupt_total') + total('tickwire_writer_rows_missing_total')
