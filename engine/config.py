@@ -390,9 +390,7 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
     daemon = _table(raw, "daemon")
     _check_keys(daemon, {"run", "state_dir", "log_level", "supervisor_cpu", "log_file", "shutdown_timeout_s",
                           "stall_restart_s"}, "daemon.")
-    log_file = _str(daemon, "log_file", "daemon.", "")
-    if log_file and not Path(log_file).is_absolute():
-        log_file = str(base_dir / log_file)
+    log_file = _path(_str(daemon, "log_file", "daemon.", ""), base_dir, "daemon.log_file")
     state_dir = _expanded(_str(daemon, "state_dir", "daemon.", "tickwire-data"), "daemon.state_dir")
     if not state_dir.is_absolute():
         state_dir = Path(os.path.normpath(base_dir / state_dir))
@@ -627,9 +625,7 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
             _fail(f"rings.{key}", "a power of two (records)", getattr(rings, key))
     m = _table(raw, "metrics")
     _check_keys(m, {"host", "port", "hdr_interval_s", "hdr_dir"}, "metrics.")
-    hdr_dir = _str(m, "hdr_dir", "metrics.", "")
-    if hdr_dir and not Path(hdr_dir).is_absolute():
-        hdr_dir = str(base_dir / hdr_dir)
+    hdr_dir = _path(_str(m, "hdr_dir", "metrics.", ""), base_dir, "metrics.hdr_dir")
     metrics = MetricsConfig(_str(m, "host", "metrics.", "127.0.0.1"), _int(m, "port", "metrics.", 9464, 0, 65535),
                             _num(m, "hdr_interval_s", "metrics.", 10.0, True, seconds=True), hdr_dir)
     e = _table(raw, "engine")

@@ -486,7 +486,7 @@ def _report(cfg, sup, consumer, sim_out, status, elapsed, say, interrupted=None,
                                                            ("p50", "p90", "p99", "p999", "p9999", "max")))
     say("  (decode: per batch, its first message received -> engine; book/stats/rules: per event, one in "
         f"{cfg.timing_every}; tick_to_signal: message received -> signal in the ring)")
-    hlogs = sorted((sup.run_dir / "hdr").glob("*.hlog"))
+    hlogs = [p for p in (sup.run_dir / "hdr" / f"{w.name}.hlog" for w in sup.cfg.workers) if p.exists()]
     say(f"  HDR interval logs: {', '.join(str(p) for p in hlogs)}")
     if consumer.error:
         say(f"  signal consumer error: {consumer.error}")

@@ -541,8 +541,9 @@ cdef int _park(tw_feed *f, const tw_wire_header *h, const char *payload, Py_ssiz
 
 cdef int _events_checked(const tw_wire_header *h, const char *payload, int r) noexcept nogil:
     """``r``, or TW_DROP_BAD_EVENT when one of the message's events is malformed: the check
-    comes before sequencing (docs/wire-format.md), so a forged message at an old sequence number
-    is counted as what it is, not as a duplicate (out of line: duplicates are rare)."""
+    comes before the channel and sequencing (docs/wire-format.md), so a forged message at an old
+    sequence number or epoch, or on a channel not served, is counted as what it is (out of line:
+    these are rare)."""
     cdef Py_ssize_t i
     cdef tw_event e
     for i in range(_payload_events(h)):
@@ -558,10 +559,10 @@ cdef inline int _route(tw_feed *f, const tw_wire_header *h, const char *payload,
     cdef tw_feed_chan *ch = &f.chans[h.channel]
     cdef int r
     if not ch.served:
-        return TW_DROP_UNKNOWN_CHANNEL
+        return _events_checked(h, payload, TW_DROP_UNKNOWN_CHANNEL)
     ch.last_recv_ns = ts
     if ch.epoch != 0 and h.epoch < ch.epoch:
-        return TW_DROP_OLD_EPOCH
+        return _events_checked(h, payload, TW_DROP_OLD_EPOCH)
     if ch.live and h.epoch == ch.epoch:
         if h.type == TW_MSG_DATA:
             if TW_LIKELY(h.seq == ch.next_seq):

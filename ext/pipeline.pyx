@@ -466,9 +466,10 @@ cdef class PyRule(Rule):
             if res is None:
                 return 0
             if isinstance(res, tuple):
-                value, direction = float(res[0]), int(res[1])
-                if direction not in (-1, 0, 1):
-                    raise ValueError(f"returned direction {direction}: expected -1, 0 or 1")
+                value = float(res[0])
+                if isinstance(res[1], str) or res[1] not in (-1, 0, 1):     # (0.5 was truncated to 0)
+                    raise ValueError(f"returned direction {res[1]!r}: expected -1, 0 or 1")
+                direction = int(res[1])
             else:
                 value = float(res)
                 direction = (value > 0) - (value < 0)
@@ -1076,7 +1077,7 @@ cdef class Engine:
         memset(rstate, 0, max(nrules, 1) * sizeof(int8_t))
         tw_book_clear(self._books.c.books[instrument])
 
-    def update_rule(self, int rule_id, double enter, double exit):
+    def update_rule(self, int rule_id, enter, exit):
         """New thresholds for a built-in rule (a config reload); its hysteresis state is kept.
 
         Raises ValueError for an unknown rule id, a custom rule, or ``not 0 <= exit < enter``.
@@ -1085,8 +1086,11 @@ cdef class Engine:
             raise ValueError(f"no rule with id {rule_id} (the engine has {self.nrules})")
         if self.rules[rule_id].kind == TW_RULE_CUSTOM:
             raise ValueError(f"rule {rule_id} is a custom rule: its thresholds are its own")
-        if not (enter > 0 and 0 <= exit < enter):
-            raise ValueError(f"rule {rule_id}: thresholds need 0 <= exit < enter, got enter={enter} exit={exit}")
+        if isinstance(enter, bool) or isinstance(exit, bool):
+            raise ValueError(f"rule {rule_id}: thresholds are numbers, got enter={enter!r} exit={exit!r}")
+        enter, exit = float(enter), float(exit)
+        if not (enter > 0 and 0 <= exit < enter and isfinite(enter)):
+            raise ValueError(f"rule {rule_id}: thresholds need 0 <= exit < enter, finite, got enter={enter} exit={exit}")
         self.rules[rule_id].enter = enter
         self.rules[rule_id].exit = exit
 

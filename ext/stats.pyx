@@ -703,8 +703,9 @@ cdef class Ewma:
     """Exponentially weighted mean and variance for irregularly spaced samples.
 
     Every earlier weight decays by ``0.5 ** (elapsed_ns / halflife_ns)`` when a sample
-    arrives; samples with equal timestamps weigh the same.  The mean equals pandas'
-    ``Series.ewm(halflife=..., times=...).mean()``.
+    arrives; samples with equal timestamps weigh the same.  While sample times do not go back,
+    the mean equals pandas' ``Series.ewm(halflife=..., times=...).mean()``; a sample stamped
+    before the latest one counts as no time passed (docs/engine.md).
     """
 
     cdef tw_ewma e

@@ -95,7 +95,9 @@ def _check_clients(d: Path) -> None:
     out so."""
     if not d.is_dir():
         raise ValueError(f"{d} is not a directory of client public keys")
-    files = sorted(glob.glob(os.path.join(glob.escape(str(d)), "*.key")))     # what zmq.auth loads
+    # exactly what zmq.auth.load_certificates reads (its pattern is not escaped: a directory
+    # named with [ ] * ? is read as none, and refused so, below)
+    files = sorted(glob.glob(os.path.join(str(d), "*.key")))
     if not files:
         raise ValueError(f"{d} holds no client public key (*.key): nobody could connect")
     for path in [str(d)] + files:
@@ -104,9 +106,12 @@ def _check_clients(d: Path) -> None:
         except OSError as exc:
             raise ValueError(f"{d}: cannot read {path}: {exc.strerror or exc}; one such file and the authenticator "
                              f"lets no client in (remove it)") from None
-        if st.st_uid not in (os.geteuid(), 0) or st.st_mode & 0o022:
-            raise ValueError(f"{path} can be written by others (owner uid {st.st_uid}, mode {st.st_mode & 0o7777:04o}): "
-                             f"whoever writes there chooses who connects; chmod go-w {path}")
+        if st.st_uid not in (os.geteuid(), 0):
+            raise ValueError(f"{path} is owned by another user (uid {st.st_uid}), who can change it: whoever writes "
+                             f"there chooses who connects; make it yours (or root's)")
+        if st.st_mode & 0o022:
+            raise ValueError(f"{path} can be written by others (mode {st.st_mode & 0o7777:04o}): whoever writes "
+                             f"there chooses who connects; chmod go-w {path}")
     for path in files:
         try:
             public_key(path)

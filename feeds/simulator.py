@@ -489,11 +489,13 @@ class Simulator:
         if self.snapshot_endpoint:
             self._router = self._ctx.socket(zmq.ROUTER)
             self._router.setsockopt(zmq.LINGER, 0)
-            # replies queue up to 1,000 messages a peer (or the parts of the largest reply, a
-            # retransmission of the whole retained range), then are dropped: the peer asks again.
-            # Unbounded (0), a peer that asks and never reads grew this process by 1.5 GB in 25 s
-            # (an adversarial pass)
-            self._router.setsockopt(zmq.SNDHWM, max(1000, self.retainer.max_events // wire.MAX_MESSAGE_EVENTS + 16))
+            # replies queue up to 1,000 messages a peer, or the parts of the largest replies a
+            # receiver is owed at once (a retransmission of the whole retained range on every
+            # channel: one receiver asks for all its channels on one connection), then are dropped:
+            # the peer asks again. Unbounded (0), a peer that asks and never reads grew this
+            # process by 1.5 GB in 25 s (an adversarial pass)
+            per_reply = self.retainer.max_events // wire.MAX_MESSAGE_EVENTS + 16
+            self._router.setsockopt(zmq.SNDHWM, max(1000, len(self.channels) * per_reply))
             serve_curve(self._curve, self._router)
             self._claims.append(_bind(self._router, self.snapshot_endpoint, "snapshot"))
             self._service = RecoveryService(self._router, self._snapshot_of, self.retainer,

@@ -1,6 +1,7 @@
 """Config validation: every error is one line naming the key and what was expected."""
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -179,6 +180,13 @@ def test_log_and_hdr_paths_resolve_against_the_file(tmp_path):
                  '[[instruments]]\nid = 0\nsymbol = "A"\ntick_size = "1"\nlot_size = "1"\n')
     c = load(p)
     assert c.log_file == str(tmp_path / "logs/tw.log") and c.metrics.hdr_dir == str(tmp_path / "hdr")
+    # a leading ~ is the home directory, as for state_dir (the review: it became <config dir>/~/...)
+    p.write_text(p.read_text().replace('"logs/tw.log"', '"~/logs/tw.log"').replace('"hdr"', '"~/hdr"'))
+    c = load(p)
+    assert c.log_file == str(Path.home() / "logs/tw.log") and c.metrics.hdr_dir == str(Path.home() / "hdr")
+    p.write_text(p.read_text().replace('"~/hdr"', '"~no_such_user_tw/hdr"'))
+    with pytest.raises(ConfigError, match="metrics.hdr_dir: expected a path whose ~ names a user"):
+        load(p)
 
 
 def test_config_path_that_is_a_directory_or_binary(tmp_path):

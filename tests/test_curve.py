@@ -269,6 +269,16 @@ def test_a_clients_directory_others_can_write_is_refused(keys):
         CurveServer(d / "server.key_secret", allowed)
     os.chmod(allowed / "client.key", 0o644)
     CurveServer(d / "server.key_secret", allowed)          # as it was: taken
+    if os.geteuid() == 0:                                   # a key another user owns: chown is the advice
+        os.chown(allowed / "client.key", 65534, 65534)
+        with pytest.raises(ValueError, match=r"client\.key is owned by another user \(uid 65534\)"):
+            CurveServer(d / "server.key_secret", allowed)
+        os.chown(allowed / "client.key", 0, 0)
+    # a directory whose name the authenticator reads as a pattern ([1]): it would load no key
+    odd = allowed.parent / "clients[1]"
+    allowed.rename(odd)
+    with pytest.raises(ValueError, match="holds no client public key"):
+        CurveServer(d / "server.key_secret", odd)
 
 BASE = {"instruments": [{"id": 0, "symbol": "A", "tick_size": "0.01", "lot_size": "1"}]}
 

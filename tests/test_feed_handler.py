@@ -329,10 +329,15 @@ def test_a_malformed_message_at_an_old_sequence_number_is_a_bad_event(feed):
         events[field][-1] = value
         feed.pub.send_multipart([m1[0], m1[1][:wire.HEADER_SIZE] + events.tobytes()])
     feed.pub.send_multipart(m1)                        # the same message whole: a duplicate
+    # of an older epoch (the review: counted OLD_EPOCH though wire-format.md checks events first)
+    events = np.frombuffer(m1[1], EVENT_DTYPE, offset=wire.HEADER_SIZE).copy()
+    feed.pub.send_multipart(wire.encode_data(0, 1, events, epoch=feed.epoch - 1))
+    events["kind"][0] = 9
+    feed.pub.send_multipart(wire.encode_data(0, 1, events, epoch=feed.epoch - 1))
     feed.heartbeat(0)
-    feed.pump(lambda: sum(h.counters()["drops"].values()) == 4)
+    feed.pump(lambda: sum(h.counters()["drops"].values()) == 6)
     feed.assert_equal()
-    assert h.counters()["drops"] == {"BAD_EVENT": 3, "DUPLICATE": 1}, h.counters()["drops"]
+    assert h.counters()["drops"] == {"BAD_EVENT": 4, "DUPLICATE": 1, "OLD_EPOCH": 1}, h.counters()["drops"]
 
 def test_heartbeat_shows_a_lost_last_message(feed):
     feed.join()

@@ -229,7 +229,7 @@ def test_python_callable_rule_slow_path():
     assert len(fired(eng, f, *quote(q, 120, 122))) == 1                  # and the rule keeps working
 
 
-@pytest.mark.parametrize("bad", [math.nan, math.inf, (1.0, 2), (math.nan, 1)])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, (1.0, 2), (math.nan, 1), (1.0, 0.5), (1.0, "1")])
 def test_a_python_rule_returning_no_number_is_an_error_not_a_signal(bad):
     """Found by an adversarial pass: a Python rule returning NaN (a window not yet filled, say)
     emitted a signal of value NaN, direction 0, on every evaluation."""
@@ -274,3 +274,7 @@ def test_thresholds_reload_without_losing_state():
         eng.update_rule(0, 1.0, 2.0)
     with pytest.raises(ValueError, match="no rule with id 3"):
         eng.update_rule(3, 1.0, 0.5)
+    for enter, exit_ in ((math.inf, 0.0), (True, False), (math.nan, 0.0), (1.0, math.nan)):   # as RuleConfig
+        with pytest.raises(ValueError, match="thresholds"):
+            eng.update_rule(0, enter, exit_)
+    assert eng.rule_thresholds()[0][1:] == (1.5, 0.1)
