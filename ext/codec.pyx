@@ -256,6 +256,11 @@ cdef inline Py_ssize_t _payload_events(const tw_wire_header *h) noexcept nogil:
     return 0 if h.type == TW_MSG_RETRANSMIT_REQUEST else <Py_ssize_t>h.count
 
 
+cdef inline uint32_t _malformed(const tw_event *e) noexcept nogil:
+    """1 when an event's kind is not 1..6 or its side not 0..2 (``BAD_EVENT``), else 0."""
+    return ((<uint32_t>e.kind - 1) >= <uint32_t>(TW_KIND_MAX - 1)) | (e.side > TW_SIDE_NONE)
+
+
 cdef int tw_wire_copy_events(const tw_wire_header *h, const char *payload, tw_event *out,
                              int64_t ts_recv) noexcept nogil:
     """Copy a parsed message's events, stamping ts_recv/channel/seq (see codec.pxd)."""
@@ -267,8 +272,7 @@ cdef int tw_wire_copy_events(const tw_wire_header *h, const char *payload, tw_ev
         out[i].ts_recv = ts_recv
         out[i].channel = h.channel
         out[i].seq = h.seq + step * <uint64_t>i
-        bad |= (<uint32_t>out[i].kind - 1) >= <uint32_t>(TW_KIND_MAX - 1)
-        bad |= out[i].side > TW_SIDE_NONE
+        bad |= _malformed(&out[i])
     return TW_DROP_BAD_EVENT if bad else TW_DROP_OK
 
 
@@ -548,7 +552,7 @@ cdef int _events_checked(const tw_wire_header *h, const char *payload, int r) no
     cdef tw_event e
     for i in range(_payload_events(h)):
         memcpy(&e, payload + TW_WIRE_HEADER_SIZE + i * sizeof(tw_event), sizeof(tw_event))
-        if (<uint32_t>e.kind - 1) >= <uint32_t>(TW_KIND_MAX - 1) or e.side > TW_SIDE_NONE:
+        if _malformed(&e):
             return TW_DROP_BAD_EVENT
     return r
 
