@@ -630,22 +630,33 @@ class StoreSource:
         ``repeats`` (per channel). Empty before the end, or without the check (``snapshots=False``)."""
         if self.audit is None or not self.audited:
             return {}
+        found = self.audit.holes
         holes, missing, more = [], 0, 0
-        for c, first, last in self.audit.holes:
-            if len(holes) >= limit:                    # (not looked up: counted whole)
-                more += 1
-                missing += last - first + 1
-                continue
-            held = int(self.store.client.query(
-                f"SELECT count() FROM {self.store.database}.ticks WHERE channel = {int(c)} "
-                f"AND seq BETWEEN {int(first)} AND {int(last)}").result_rows[0][0])
-            if held < last - first + 1:
+        for c, first, last in found[limit:]:           # (not looked up: counted whole)
+            more += 1
+            missing += last - first + 1
+        held = self._held(found[:limit])
+        for k, (c, first, last) in enumerate(found[:limit]):
+            if held.get(k, 0) < last - first + 1:
                 holes.append((c, first, last))
-                missing += last - first + 1 - held
+                missing += last - first + 1 - held.get(k, 0)
         out = {"holes": holes, "missing": missing, "repeats": self.audit.repeats}
         if more:
             out["more_holes"] = more
         return out
+
+    def _held(self, holes) -> dict:
+        """{index in ``holes``: the ticks the store holds in that (channel, first, last)}, in one
+        pass over the table (a query a hole took 4 s for 64 holes of a 300 MB store)."""
+        if not holes:
+            return {}
+        which = ", ".join(f"channel = {int(c)} AND seq BETWEEN {int(a)} AND {int(b)}, {k}"
+                          for k, (c, a, b) in enumerate(holes))
+        rows = self.store.client.query(
+            f"SELECT multiIf({which}, -1) AS h, count() FROM {self.store.database}.ticks "
+            f"WHERE channel IN ({', '.join(sorted({str(int(c)) for c, _, _ in holes}))}) "
+            f"GROUP BY h HAVING h >= 0").result_rows
+        return {int(h): int(n) for h, n in rows}
 
     def _chunks(self) -> Iterator[np.ndarray]:
         ticks = self.store.read_ticks(self.ids, self.start_ns, self.end_ns, chunk_rows=self.chunk)

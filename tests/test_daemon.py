@@ -226,7 +226,7 @@ def test_a_stopped_worker_is_said_restarted_and_loses_nothing_and_one_stopped_at
         assert wait_for(lambda: status(run_dir)["pid"])
         sim, pid = publishing(raw, run_dir, 400_000, 50_000, past=50_000)
         os.kill(pid, signal.SIGSTOP)
-        assert wait_for(lambda: status(run_dir)["pid"] != pid, 30), "the stopped worker was not restarted"
+        assert wait_for(lambda: status(run_dir)["pid"] != pid, 90), "the stopped worker was not restarted"
         published_and_live(sim, run_dir)
         text = urllib.request.urlopen((run_dir / "metrics.url").read_text().strip(), timeout=5).read().decode()
         assert 'tickwire_worker_stall_restarts_total{worker="w0"} 1.0' in text
