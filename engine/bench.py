@@ -622,10 +622,7 @@ class Run:
         a = self.args
         run_dir = self.work / tag
         if a.config:
-            import tomllib
-
-            raw = tomllib.loads(Path(a.config).read_text(encoding="utf-8"))
-            base = Path(a.config).expanduser().absolute().parent
+            raw, base = configmod.read_raw(a.config)
         else:
             raw = demo_raw_config(run_dir, instruments=1, channels=self.stream.nchannels, run=tag)
             raw["instruments"] = [{"id": i.id, "symbol": i.symbol, "tick_size": format(i.tick_size, "f"),
@@ -1197,15 +1194,20 @@ def plot(summary: dict, outdir: Path) -> list[str]:
 
 def compare(path_a, path_b, out=print) -> int:
     """Print two saved runs (summary.json) side by side with ratios B/A."""
+    from tickwire.engine.files import NotReadable, read_regular
+
     runs = []
     for p in (path_a, path_b):
         p = Path(p)
         if p.is_dir():
             p = p / "summary.json"
         try:
-            d = json.loads(p.read_text())
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"{p}: not a tickwire bench summary ({exc})") from None
+            d = json.loads(read_regular(p, 256 << 20, "bench summary (summary.json)"))
+        except NotReadable as exc:
+            raise ValueError(str(exc)) from None
+        except (ValueError, RecursionError) as exc:
+            why = "nested too deeply" if isinstance(exc, RecursionError) else exc
+            raise ValueError(f"{p}: not a tickwire bench summary ({why})") from None
         if not isinstance(d, dict) or d.get("tickwire_bench") != SCHEMA:
             raise ValueError(f"{p}: not a tickwire bench summary (no 'tickwire_bench': {SCHEMA})")
         try:                                           # (checked before a line is printed, naming the file)

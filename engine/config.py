@@ -728,6 +728,10 @@ def load(path) -> Config:
     return from_dict(raw, base_dir=base_dir)
 
 
+#: a configuration file larger than this is refused (read whole: /dev/zero was read until memory ran out)
+CONFIG_MAX_BYTES = 16 << 20
+
+
 def read_raw(path) -> tuple[dict, Path]:
     """The TOML mapping of a configuration file and the folder its relative paths resolve from
     (not validated: :func:`from_dict` does that)."""
@@ -735,12 +739,14 @@ def read_raw(path) -> tuple[dict, Path]:
         path = Path(path).expanduser().absolute()  # relative paths inside resolve from its folder
     except RuntimeError:
         raise ConfigError(f"config error: {path}: its ~ names no user of this host") from None
+    from tickwire.engine.files import NotReadable, read_regular
+
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config error: {path}: no such file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"config error: {path}: expected a TOML file, got a directory") from None
+        raw = tomllib.loads(read_regular(path, CONFIG_MAX_BYTES, "TOML file").decode("utf-8"))
+    except NotReadable as exc:
+        raise ConfigError(f"config error: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"config error: {path}: not valid TOML: nested too deeply") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config error: {path}: expected a UTF-8 TOML text file, got a byte it cannot "
                           f"decode at offset {exc.start}") from None

@@ -133,14 +133,12 @@ def read_hgrm(path, unit_ns: float = 1000.0):
 
 
 def _read_text(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise PlotInputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise PlotInputError(f"{path}: a directory, expected a .hlog or .hgrm file") from None
-    except OSError as exc:
-        raise PlotInputError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    from tickwire.engine.files import NotReadable, read_regular
+
+    try:                                   # (a regular file: /dev/zero was read until memory ran out)
+        data = read_regular(path, 8 << 30, ".hlog or .hgrm file")
+    except NotReadable as exc:
+        raise PlotInputError(str(exc)) from None
     if not data.strip():
         raise PlotInputError(f"{path}: empty file")
     try:

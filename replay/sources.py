@@ -50,15 +50,18 @@ def parse_time(text) -> Optional[int]:
     from datetime import datetime, timezone
 
     frac_ns = 0
-    if "." in s:                                   # datetime parses microseconds only: keep ns
-        head, _, rest = s.partition(".")
+    sep = "." if "." in s else ","                 # ISO 8601's decimal sign: either (a comma was
+    if sep in s:                                   # dropped, 00:00:00,5 read as 00:00:00); datetime
+        head, _, rest = s.partition(sep)           # parses microseconds only: keep ns
         digits = ""
         while rest and rest[0].isdigit():
             digits, rest = digits + rest[0], rest[1:]
         frac_ns = int((digits + "000000000")[:9]) if digits else 0
-        s = head + rest
+        s = head + rest if digits and len(digits) <= 9 else "?"    # (2024-...:00, or .1234567891: refused)
     try:
         dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
+        if dt.microsecond:                         # a second fraction: 00:00:00.5,6
+            raise ValueError
     except ValueError:
         raise ReplayError(f"cannot read the time {text!r}: give nanoseconds since the epoch or ISO 8601 "
                           f"(2024-08-08T23:54:00Z)") from None
@@ -600,11 +603,15 @@ class StoreSource:
         return snaps[keep]
 
     def _whole_channels(self, database: str):
-        """The channels all of whose stored instruments are selected (None: every channel)."""
+        """The channels all of whose stored instruments are selected (None: every channel); those
+        with some selected instruments but not all go to ``unchecked_channels`` (their sequence
+        numbers have the others' events as holes: not followed)."""
         rows = self.store.client.query(f"SELECT channel, groupUniqArray(instrument) FROM {database}.ticks "
                                        f"GROUP BY channel").result_rows
         ids = set(self.ids)
         whole = {int(c) for c, insts in rows if set(map(int, insts)) <= ids}
+        self.unchecked_channels = sorted(int(c) for c, insts in rows
+                                         if int(c) not in whole and set(map(int, insts)) & ids)
         return None if len(whole) == len(rows) else whole
 
     def _audited(self, chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
@@ -621,13 +628,16 @@ class StoreSource:
 
     audit: Optional[SeqAudit] = None                   # the last pass's (each pass over the source checks anew)
     audited = False
+    unchecked_channels: list = []                      # replayed in part: not checked (_whole_channels)
 
     def audit_findings(self, limit: int = 64) -> dict:
         """What the sequence numbers showed, once the stream was read to its end: ``holes``
         (``(channel, first, last)``, those the store holds no tick of at all: a hole of a range's
         bounds, its events stamped outside the range, is not one; the first ``limit``, and
         ``more_holes`` their count past that, taken as they are), ``missing`` (their events) and
-        ``repeats`` (per channel). Empty before the end, or without the check (``snapshots=False``)."""
+        ``repeats`` (per channel), and ``unchecked_channels`` when some channels were replayed
+        in part (some of their instruments selected: not checked, their findings not in these).
+        Empty before the end, or without the check (``snapshots=False``)."""
         if self.audit is None or not self.audited:
             return {}
         found = self.audit.holes
@@ -641,6 +651,8 @@ class StoreSource:
                 holes.append((c, first, last))
                 missing += last - first + 1 - held.get(k, 0)
         out = {"holes": holes, "missing": missing, "repeats": self.audit.repeats}
+        if self.unchecked_channels:
+            out["unchecked_channels"] = list(self.unchecked_channels)
         if more:
             out["more_holes"] = more
         return out

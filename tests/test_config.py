@@ -190,7 +190,7 @@ def test_log_and_hdr_paths_resolve_against_the_file(tmp_path):
 
 
 def test_config_path_that_is_a_directory_or_binary(tmp_path):
-    with pytest.raises(ConfigError, match="expected a TOML file, got a directory"):
+    with pytest.raises(ConfigError, match="a directory, expected a TOML file"):
         load(tmp_path)
     binary = tmp_path / "bin.toml"
     binary.write_bytes(b"\x00\xff\xfe\x89PNG")

@@ -29,11 +29,34 @@ def one_line(res, fragment):
 
 
 def test_config_path_that_is_a_directory_or_binary(tmp_path):
-    one_line(tickwire("run", "--config", tmp_path), "expected a TOML file, got a directory")
+    one_line(tickwire("run", "--config", tmp_path), "a directory, expected a TOML file")
     binary = tmp_path / "tw.toml"
     binary.write_bytes(b"\x00\xff\xfe\x89PNG\r\n")
     one_line(tickwire("status", "--config", binary), "expected a UTF-8 TOML text file")
-    one_line(tickwire("signals", "--config", tmp_path), "expected a TOML file, got a directory")
+    one_line(tickwire("signals", "--config", tmp_path), "a directory, expected a TOML file")
+
+
+def test_a_named_file_that_is_a_pipe_too_large_or_too_deep_is_one_line(tmp_path):
+    """Found by an adversarial pass: a config, a saved bench run or a latency log was read
+    whatever it was: /dev/zero until memory ran out (12.9 GB in 8 s), a FIFO waited forever
+    (run, status, plot, bench compare), 100,000 nested arrays were a RecursionError traceback.
+    (Devices are not tried here: a regression would read /dev/zero without end.)"""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.toml"
+    with open(big, "wb") as fh:                  # sparse: 17 MiB of zeros that take no disk
+        fh.truncate(17 << 20)
+    deep = tmp_path / "deep.toml"
+    deep.write_text("x = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    for argv in (["run", "--config"], ["status", "--config"], ["signals", "--config"],
+                 ["replay", "--npy", tmp_path / "none.npy", "--config"]):
+        one_line(tickwire(*argv, fifo, timeout=30), f"{fifo}: a pipe (FIFO), expected a TOML file")
+        one_line(tickwire(*argv, big), f"{big}: 17,825,792 bytes, more than a TOML file holds")
+        one_line(tickwire(*argv, deep), "nested too deeply")
+    one_line(tickwire("plot", "latency", fifo, timeout=30), "a pipe (FIFO), expected a .hlog or .hgrm file")
+    one_line(tickwire("bench", "compare", fifo, fifo, timeout=30), "a pipe (FIFO), expected a bench summary")
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    one_line(tickwire("bench", "compare", deep, deep), "not a tickwire bench summary")
 
 
 @pytest.mark.parametrize("argv, fragment", [

@@ -545,6 +545,14 @@ def test_cli_never_writes_its_signals_over_an_input_and_says_when_the_books_refu
     before = (tmp_path / "ev.npy").read_bytes()
     out = cli("--npy", tmp_path / "ev.npy", "--signals", tmp_path / "ev.npy")
     assert out.returncode == 2 and "is the --npy input: it would be overwritten" in out.stderr, out.stderr
+    # nor over what is not a regular file (written aside and renamed: /dev/full became one; a
+    # device is not tried here, where a regression would replace it)
+    os.mkfifo(tmp_path / "fifo")
+    os.symlink(tmp_path / "nowhere", tmp_path / "dangling")
+    for target in (tmp_path / "fifo", tmp_path / "dangling"):
+        out = cli("--npy", tmp_path / "ev.npy", "--signals", target)
+        assert out.returncode == 2 and "exists and is not a regular file" in out.stderr, out.stderr
+    assert (tmp_path / "fifo").is_fifo() and (tmp_path / "dangling").is_symlink()
     assert (tmp_path / "ev.npy").read_bytes() == before
     np.save(tmp_path / "late.npy", ev[len(ev) // 2:])              # orders added before it: unknown
     out = cli("--npy", tmp_path / "late.npy", "--quiet")
@@ -572,6 +580,52 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_was_replayed(tmp_path, market):
     assert 0 < done < len(ev)
     assert "schedule lateness" in out and "signals written to" in out
     assert np.load(tmp_path / "sig.npy").dtype == SIGNAL_DTYPE
+
+
+def rules_config(path):
+    path.write_text("[feeds]\nchannels = 2\n[stats]\nwindow = 'count'\nwindow_size = 500\ntrade_window_size = 200\n"
+                    "ewma_fast_halflife_ns = 50000000\newma_slow_halflife_ns = 500000000\n" +
+                    "".join(f"[[rules]]\nkind = '{r.kind}'\nenter = {r.enter}\nexit = {r.exit}\n"
+                            f"min_count = {r.min_count}\n" for r in RULES))
+    return path
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_while_the_results_are_written_leaves_no_half_report_and_says_so(tmp_path, market, sig):
+    """Found by an adversarial pass: Ctrl-C while the report was being written (the replay done)
+    said "interrupted before the replay began; nothing written" and left summary.csv, rules.csv,
+    markouts.csv and trades.csv, which look whole, and no summary.json; SIGTERM killed it with
+    the same files and no word. The report is written aside and moved into place: a stop then
+    leaves none of it, and says what was written."""
+    ev, _ = market
+    np.save(tmp_path / "ev.npy", ev)
+    p = subprocess.Popen([PY, "-m", "tickwire", "replay", "--npy", str(tmp_path / "ev.npy"), "-q",
+                          "--config", str(rules_config(tmp_path / "rules.toml")), "--report", str(tmp_path / "rep"),
+                          "--signals", str(tmp_path / "sig.npy")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        for line in p.stdout:
+            if line.startswith("signals written to"):
+                p.send_signal(sig)                       # the report (with its plots) is being written
+                break
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, err
+    assert f"interrupted after the replay ({len(ev):,} events), while checking the store or writing the results: " \
+           f"the signals are in {tmp_path / 'sig.npy'}; nothing written for --report" in err, err
+    assert "before the replay began" not in err and "report written" not in out
+    assert not (tmp_path / "rep").exists() and sorted(os.listdir(tmp_path)) == ["ev.npy", "rules.toml", "sig.npy"]
+    assert len(np.load(tmp_path / "sig.npy")) > 0
+    # the whole report otherwise, and into an empty directory that is there already
+    (tmp_path / "rep").mkdir()
+    (tmp_path / "sig.npy").unlink()
+    out = cli("--npy", tmp_path / "ev.npy", "-q", "--config", tmp_path / "rules.toml", "--report", tmp_path / "rep",
+              "--no-plots")
+    assert out.returncode == 0 and f"report written to {tmp_path / 'rep'}" in out.stdout, out.stderr
+    assert {"summary.json", "markouts.csv"} <= set(os.listdir(tmp_path / "rep"))
+    assert sorted(os.listdir(tmp_path)) == ["ev.npy", "rep", "rules.toml"]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -760,6 +814,13 @@ def test_times_and_durations_parse():
     assert parse_time("2024-08-08T23:54:00.123456789") == 1723161240 * 10**9 + 123456789
     assert parse_time("2024-08-09T01:54:00+02:00") == 1723161240 * 10**9
     assert parse_time("1723161240000000000") == 1723161240 * 10**9
+    # ISO 8601's decimal comma (found by an adversarial pass: ",5" was dropped, the range moved)
+    assert parse_time("2024-08-08T23:54:00,5Z") == 1723161240 * 10**9 + 500_000_000
+    assert parse_time("1969-12-31T23:59:59.25") == -750_000_000
+    for bad in ("2024-08-08T23:54:00,5,6Z", "2024-08-08T23:54:00.5.6", "2024-08-08T23:54:00.Z",
+                "2024-08-08T23:54:00.1234567891"):
+        with pytest.raises(ReplayError, match="cannot read the time"):
+            parse_time(bad)
     assert [parse_duration(x) for x in ("100ms", "1s", "10s", "60s", "1m", "500us", "2")] == \
            [10**8, 10**9, 10**10, 6 * 10**10, 6 * 10**10, 500_000, 2 * 10**9]
 

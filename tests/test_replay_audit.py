@@ -227,9 +227,15 @@ def test_the_cli_says_what_a_store_misses_or_holds_twice_and_the_report_records_
     ts = np.sort(ev["ts_event"])
     out = replay("--dsn", f"chdb://{clean}", "--from", int(ts[len(ts) // 3]), "--to", int(ts[2 * len(ts) // 3]))
     assert out.returncode == 0 and "misses" not in out.stderr, out.stderr
-    # some of a channel's instruments: its numbers have holes (the others'), not checked
-    out = replay("--dsn", f"chdb://{holed}", "--instruments", "0")
+    # some of a channel's instruments: its numbers have holes (the others'), not checked, and
+    # said so (an adversarial pass: a report whose store_audit read as checked and clean)
+    out = replay("--dsn", f"chdb://{holed}", "--instruments", "0", "--report", tmp_path / "part")
     assert out.returncode == 0 and "misses" not in out.stderr, out.stderr
+    assert "note: channel 0 of store" in out.stderr and "not checked for ticks missing or held twice" in out.stderr
+    audit = json.loads((tmp_path / "part" / "summary.json").read_text())["run"]["store_audit"]
+    assert audit["unchecked_channels"] == [0] and audit["holes"] == []
+    out = replay("--dsn", f"chdb://{holed}")                 # every instrument: no such note
+    assert "not checked" not in out.stderr, out.stderr
 
 
 def test_the_store_source_keeps_its_findings_for_a_library_caller(tmp_path, stored):
