@@ -325,6 +325,15 @@ def _open_store(dsn: str, database: str):
                               f"{', '.join(missing)} are missing (dropped or renamed by hand?)")
         raise ReplayError(f"{redact(dsn)} holds no tickwire store (database {database!r} has no ticks, "
                           f"snapshots and instruments tables)")
+    try:
+        version = store.client.query(f"SELECT max(version) FROM {database}.schema_version").result_rows[0][0]
+    except Exception:                                 # noqa: BLE001 - no schema_version table: a hand-made store
+        version = None
+    if version and version > SCHEMA_VERSION:          # (an adversarial pass: replayed, exit 0, where Store.open refused)
+        store.close()
+        raise ReplayError(f"{redact(dsn)} is a tickwire store of schema version {version}, newer than this "
+                          f"tickwire's {SCHEMA_VERSION}: its rows may not mean what this version reads them as; "
+                          f"replay it with the tickwire that wrote it (or a newer one)")
     cols = {}
     for table, name in store.client.query("SELECT table, name FROM system.columns WHERE database = {d:String} "
                                           "AND table IN ('ticks', 'snapshots')", parameters={"d": database}).result_rows:

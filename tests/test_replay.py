@@ -962,6 +962,22 @@ def test_a_store_of_an_older_schema_is_named_as_such_with_what_migrates_it(tmp_p
     assert "`tickwire run`" in line and "Store.open" in line
 
 
+def test_a_store_of_a_newer_schema_is_refused_as_store_open_refuses_it(tmp_path, market):
+    """Found by an adversarial pass: a store marked schema version 99 replayed, exit 0, where
+    ``Store.open`` refuses it; its rows may not mean what this version reads."""
+    import clickhouse_connect
+
+    ev, insts = market
+    make_store(tmp_path / "s", ev[:1000], insts)
+    c = clickhouse_connect.get_client(dsn=f"chdb://{tmp_path}/s")
+    c.command("INSERT INTO tickwire.schema_version (version) VALUES (99)")
+    c.close()
+    out = cli("--dsn", f"chdb://{tmp_path}/s")
+    assert out.returncode == 2, out.stderr
+    line, = out.stderr.strip().splitlines()
+    assert "is a tickwire store of schema version 99, newer than this tickwire's" in line
+
+
 def test_republishing_with_recorded_channels_serves_each_channel_s_snapshot_before_its_first_event(tmp_path):
     """Without --channels or a config, events keep their recorded channel: the recovery service
     must know those channels before their first event, or a daemon joining during --start-delay
