@@ -140,7 +140,13 @@ def _kraken_messages(path: Path):
         for lineno, line in enumerate(fh, 1):
             head, sep, body = line.partition(": ")
             if not sep:
-                continue                      # the connection's own lines
+                if not line.strip() or line.startswith("wss://"):
+                    continue                  # the connection's own lines
+                # (a line whose separator was damaged, or the last one cut short, was skipped
+                # unsaid: 660 events gone, exit 0)
+                raise CaptureError(path, lineno, ValueError(
+                    f"not a capture line (time, ': ', message){' - the file cut short?' if not line.endswith(chr(10)) else ''}: "
+                    f"{line.strip()[:40]!r}"))
             if body.startswith("{"):          # subscription, status, heartbeat records: an event each
                 try:
                     record = json.loads(body)
@@ -336,6 +342,9 @@ def load_binance(path: str | Path | None = None, include_trades: bool = True) ->
                     apply_diff(ts, d)
                 pre_snapshot.clear()
                 continue
+            if not isinstance(msg, dict) or not isinstance(msg.get("stream"), str) or "data" not in msg:
+                raise CaptureError(path, lineno, ValueError("neither a REST snapshot nor a combined-stream "
+                                                            "message ({'stream': ..., 'data': ...})"))
             stream, data = msg["stream"], msg["data"]
             if stream.endswith("@depth@100ms"):
                 stats["diffs"] += 1
@@ -353,6 +362,9 @@ def load_binance(path: str | Path | None = None, include_trades: bool = True) ->
                     side = Side.ASK if data["m"] else Side.BID   # buyer is maker: a sell hit the bid
                     out.add(data["T"] * 1_000_000, ts_recv, data["t"], inst.id, Kind.TRADE, side,
                             decimal_to_int(data["p"], pdec), decimal_to_int(data["q"], qdec), Flag.LAST)
+            else:                             # (another stream's messages were dropped unsaid: a capture
+                raise CaptureError(path, lineno, ValueError(   # of @depth@1000ms replayed its trades only)
+                    f"stream {stream!r}: not one this loader reads (@depth@100ms, @bookTicker, @trade)"))
     checks = []
     for t in tickers:
         end = diff_end.get(t["u"])

@@ -160,13 +160,26 @@ def _load_spec(path):
     return EngineSpec(rules, stats, channels), None
 
 
+def _duration(seconds: float) -> str:
+    """``42 s``, ``12 min 5 s``, ``3 h 20 min``, ``2 d 4 h``."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    if s < 86400:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    return f"{s // 86400} d {s % 86400 // 3600} h"
+
+
 class _Progress:
     """A progress line on stderr (events, rate, ETA), rewritten at most 4 times a second on a
     terminal, one line every 10 s otherwise."""
 
-    def __init__(self, total, quiet):
+    def __init__(self, total, quiet, speed=None, last_ns=None):
         self.total = total
         self.quiet = quiet
+        self.speed, self.last_ns = speed, last_ns       # paced: the ETA is the recorded time left
         self.tty = sys.stderr.isatty()
         self.next = 0.0
         self.shown = False
@@ -180,8 +193,12 @@ class _Progress:
         self.next = now + (0.25 if self.tty else 10.0)
         rate = res.rate
         line = f"replay: {done:,}" + (f" / {self.total:,}" if self.total else "") + f" events  {rate / 1e6:.2f} M/s"
-        if self.total and rate > 0 and done < self.total:
-            line += f"  ETA {(self.total - done) / rate:.0f} s"
+        if self.speed is not None and self.last_ns is not None and res.clock_ns is not None:
+            # (events left / rate said "ETA 0 s" with three days of a gap to go at x1, and
+            # 435,661 s for a run of 5 s over a burst)
+            line += f"  ETA {_duration(max(self.last_ns - res.clock_ns, 0) / 1e9 / self.speed)}"
+        elif self.total and rate > 0 and done < self.total:
+            line += f"  ETA {_duration((self.total - done) / rate)}"
         line += f"  signals {res.signal_count:,}"
         if self.tty:
             sys.stderr.write("\r" + line + "\x1b[K")
@@ -450,7 +467,8 @@ def _run(args, source, spec, report_cls, report_dir, horizons, sig_path) -> int:
         print("note: no rules (give --config FILE with [[rules]], such as the daemon's config): books and "
               "statistics only, so no signals" + (" and an empty report" if args.report else ""),
               file=sys.stderr, flush=True)
-    progress = _Progress(source.total, args.quiet)
+    last_ns = source.last_time_ns() if args.speed is not None and hasattr(source, "last_time_ns") else None
+    progress = _Progress(source.total, args.quiet, args.speed, last_ns)
     if sig_path is not None:
         sig_out = _NpyWriter(sig_path, SIGNAL_DTYPE)
     try:

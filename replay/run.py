@@ -92,6 +92,8 @@ class ReplayResult:
     by_rule: dict = field(default_factory=dict)
     #: exceptions raised by Python rules, by rule name (each counted; the rule's signal skipped)
     rule_errors: dict = field(default_factory=dict)
+    #: a paced replay's recorded clock so far (the latest ``ts_event`` met; None: not paced)
+    clock_ns: Optional[int] = None
 
     @property
     def rate(self) -> float:
@@ -213,7 +215,9 @@ class Replay:
             first of them is due (its ``ts_event`` from the first event's, divided by N; the
             recorded clock never goes back, see :func:`split_by_time`).
         progress : callable, optional
-            ``progress(events_done, result)`` after each chunk (the CLI's progress line).
+            ``progress(events_done, result)`` after each chunk (the CLI's progress line); when
+            paced, also after each batch and while waiting for one (``result.clock_ns``: the
+            recorded time reached).
         sink : Republisher, optional
             Send the batches (``sink.send(events)``) instead of processing them: the engine
             is not run; ``sink.serve()`` is called while waiting for the schedule.
@@ -233,6 +237,11 @@ class Replay:
         origin = None                          # (first event's ts_event, its wall time in ns)
         lateness = Recorder("send_error") if speed is not None else None
         slot = max(int(pace_batch_ns * speed), 1) if speed is not None else 0
+
+        def waiting():                         # a long wait (a gap of days at x1) still says where it is
+            if progress is not None:
+                res.seconds = time.perf_counter() - t_start
+                progress(res.events, res)
         try:
             high = -(1 << 63)                  # the recorded clock so far (running max of ts_event)
             for chunk in self._batches():
@@ -245,9 +254,11 @@ class Replay:
                             origin = (clock, now)
                         due = origin[1] + int((clock - origin[0]) / speed)
                         if due > now:
-                            if not _sleep_until(due, sink, lambda: self.stop):
+                            if not _sleep_until(due, sink, lambda: self.stop, waiting):
                                 break                  # stopped while waiting for this batch's time
                             now = time.perf_counter_ns()
+                        res.clock_ns = int(ev["ts_event"].max()) if res.clock_ns is None else \
+                            max(res.clock_ns, int(ev["ts_event"].max()))
                         lateness.record(max(now - due, 0))
                     if sink is not None:
                         sink.send(ev)
@@ -295,19 +306,22 @@ class Replay:
         return res
 
 
-def _sleep_until(due_ns: int, sink=None, stopped=None) -> bool:
+def _sleep_until(due_ns: int, sink=None, stopped=None, waiting=None) -> bool:
     """Wait until ``due_ns`` (perf_counter_ns) as the simulator paces its sends (sleep, then spin
     the last tens of microseconds: :func:`tickwire.feeds.simulator.pace_until`); a sink is served
     (recovery requests, heartbeats) at least every 10 ms meanwhile. A long wait (a gap in the
     recorded times, a slow ``--speed``) sleeps in slices of at most 50 ms and returns False as
     soon as ``stopped()`` is true (SIGINT or SIGTERM: their handlers only set a flag, and a
-    single long sleep would outlast them); True once ``due_ns`` is reached."""
+    single long sleep would outlast them); True once ``due_ns`` is reached. ``waiting()`` is
+    called after each slice (the progress line)."""
     while True:
         left = due_ns - time.perf_counter_ns()
         if stopped is not None and stopped():
             return False
         if left <= 10_000_000:
             break
+        if waiting is not None:
+            waiting()
         if sink is not None:
             sink.serve()
         time.sleep(min(left - 10_000_000, 10_000_000 if sink is not None else 50_000_000) / 1e9)

@@ -209,6 +209,12 @@ class ArraySource:
             return _chunks(self._all, self.chunk)
         return self._selected()
 
+    def last_time_ns(self) -> Optional[int]:
+        """The latest ``ts_event`` of the selection: where a paced replay's recorded clock ends
+        (its ETA). One pass over the times."""
+        ts = self._all["ts_event"] if self._mask is None else self._all["ts_event"][self._mask]
+        return int(ts.max()) if len(ts) else None
+
     def _selected(self) -> Iterator[np.ndarray]:
         ev, mask, chunk = self._all, self._mask, self.chunk
         out = np.empty(chunk, EVENT_DTYPE)
@@ -665,6 +671,14 @@ class StoreSource:
         if more:
             out["more_holes"] = more
         return out
+
+    def last_time_ns(self) -> Optional[int]:
+        """The latest ``ts_event`` of the range's ticks: where a paced replay's recorded clock
+        ends (its ETA)."""
+        n, t = self.store.client.query(
+            f"SELECT count(), toUnixTimestamp64Nano(max(ts_event)) FROM {self.store.database}.ticks "
+            f"WHERE {self.store._where(self.ids, self.start_ns, self.end_ns)}").result_rows[0]
+        return int(t) if n else None
 
     def _held(self, holes) -> dict:
         """{index in ``holes``: the ticks the store holds in that (channel, first, last)}, in one
