@@ -152,7 +152,13 @@ def cmd_bookbench(args) -> int:
     status |= _demo_synthetic("L3", max(args.events // 2, 1), args.instruments, args.seed, args.repeats)
     _say()
     if not args.no_captures:
-        status |= _demo_captures(Path(args.data) if args.data else None)
+        from tickwire.feeds.captures import CaptureError
+
+        try:
+            status |= _demo_captures(Path(args.data) if args.data else None)
+        except (CaptureError, OSError, EOFError) as exc:   # (random bytes: a UnicodeDecodeError traceback)
+            print(f"tickwire bookbench: --data: {exc}", file=sys.stderr)
+            return 2
     return status
 
 

@@ -134,10 +134,26 @@ class _EventBuilder:
 # Kraken
 # ---------------------------------------------------------------------------------------
 
+def _lines(fh, path):
+    """(line number, line) of a text file, a byte that is not UTF-8 (or a damaged gzip stream) a
+    :class:`CaptureError` naming the line (a UnicodeDecodeError traceback before)."""
+    lineno = 0
+    it = iter(fh)
+    while True:
+        try:
+            line = next(it)
+        except StopIteration:
+            return
+        except (UnicodeDecodeError, EOFError, OSError, zlib.error) as exc:
+            raise CaptureError(path, lineno + 1, exc) from None
+        lineno += 1
+        yield lineno, line
+
+
 def _kraken_messages(path: Path):
     """(local receive time in ns, message list) for every book message of the capture."""
     with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+        for lineno, line in _lines(fh, path):
             head, sep, body = line.partition(": ")
             if not sep:
                 if not line.strip() or line.startswith("wss://"):
@@ -316,7 +332,7 @@ def load_binance(path: str | Path | None = None, include_trades: bool = True) ->
         stats["diffs_applied"] += 1
 
     with gzip.open(path, "rt", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+        for lineno, line in _lines(fh, path):
             line = line.strip()
             if not line:
                 continue

@@ -180,11 +180,13 @@ class _Progress:
         self.total = total
         self.quiet = quiet
         self.speed, self.last_ns = speed, last_ns       # paced: the ETA is the recorded time left
+        self.done = 0
         self.tty = sys.stderr.isatty()
         self.next = 0.0
         self.shown = False
 
     def __call__(self, done, res):
+        self.done = done
         if self.quiet:
             return
         now = time.monotonic()
@@ -473,11 +475,17 @@ def _run(args, source, spec, report_cls, report_dir, horizons, sig_path) -> int:
         sig_out = _NpyWriter(sig_path, SIGNAL_DTYPE)
     try:
         res = replay.run(args.speed, progress=progress, sink=sink)
-    except BaseException:
+    except BaseException as exc:
         if sig_out is not None:
             sig_out.abort()
         signal.signal(signal.SIGINT, old)
         signal.signal(signal.SIGTERM, old_term)
+        if type(exc).__module__.split(".")[0] in ("chdb", "clickhouse_connect"):
+            # (a damaged part of the store: chDB's traceback, exit 1, and what was written unsaid)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ReplayError(f"reading {source.name} failed after {progress.done:,} events: "
+                              f"{first[:400]}{' ...' if len(first) > 400 else ''} (a damaged store, or its server "
+                              f"failing); nothing written") from None
         raise
     finally:
         progress.end()

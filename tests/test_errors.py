@@ -349,6 +349,19 @@ def test_bookbench_refuses_bad_arguments(argv, fragment):
     one_line(tickwire("bookbench", "--no-captures", *argv), "tickwire bookbench: " + fragment)
 
 
+def test_bookbench_data_that_is_not_a_capture_is_one_line(tmp_path):
+    """Found by an adversarial pass: random bytes in --data's Kraken capture were a
+    UnicodeDecodeError traceback."""
+    from tickwire.feeds.captures import KRAKEN_FILE
+
+    (tmp_path / KRAKEN_FILE).write_bytes(bytes(range(128, 256)) * 64)
+    res = tickwire("bookbench", "--data", tmp_path, "--events", "1000", "--repeats", "1")
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith(
+        f"tickwire bookbench: --data: {tmp_path / KRAKEN_FILE}, line 1: malformed capture line (UnicodeDecodeError"), \
+        res.stderr
+
+
 def test_demo_wire_seconds_must_not_be_negative(tmp_path):
     one_line(tickwire("demo", "--wire-seconds=-1", "--duration", "1", "--data-dir", tmp_path / "data"),
              "--wire-seconds: expected a number of seconds >= 0 (0: skip) and at most 1e+09, got -1.0")

@@ -1018,6 +1018,26 @@ def test_a_store_of_a_newer_schema_is_refused_as_store_open_refuses_it(tmp_path,
     assert "is a tickwire store of schema version 99, newer than this tickwire's" in line
 
 
+def test_a_damaged_part_of_the_store_is_one_line_and_nothing_written(tmp_path, market):
+    """Found by an adversarial pass: 64 zeroed bytes in a part's data.bin were chDB's traceback
+    (CHECKSUM_DOESNT_MATCH), exit 1."""
+    ev, insts = market
+    make_store(tmp_path / "s", ev, insts)
+    parts = [p for p in (tmp_path / "s").rglob("data.bin") if p.stat().st_size > 4096]
+    assert parts, "no data.bin in the store"
+    for part in parts:
+        with open(part, "r+b") as fh:
+            fh.seek(part.stat().st_size // 2)
+            fh.write(b"\0" * 64)
+    out = cli("--dsn", f"chdb://{tmp_path}/s", "--signals", tmp_path / "sig.npy")
+    assert out.returncode == 2, out.stderr
+    line = out.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"tickwire replay: reading store chdb://{tmp_path}/s failed after ") and \
+        "(a damaged store, or its server failing); nothing written" in line, out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "sig.npy").exists()
+    assert not (tmp_path / "sig.npy.tmp").exists()
+
+
 def test_republishing_with_recorded_channels_serves_each_channel_s_snapshot_before_its_first_event(tmp_path):
     """Without --channels or a config, events keep their recorded channel: the recovery service
     must know those channels before their first event, or a daemon joining during --start-delay
