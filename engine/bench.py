@@ -1212,6 +1212,15 @@ def compare(path_a, path_b, out=print) -> int:
             raise ValueError(f"{p}: not a tickwire bench summary (no 'tickwire_bench': {SCHEMA})")
         try:                                           # (checked before a line is printed, naming the file)
             _compare(d, d, p, p, out=lambda *_: None)
+            for r in d["runs"]:                        # (a null p50 against a whole run: a TypeError traceback;
+                for k, lv in r["latency_ns"].items():  # NaN printed as nan and 0.00x)
+                    for q in ("p50", "p99", "p99.99"):
+                        v = lv[q] if isinstance(lv, dict) and q in lv else 0
+                        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf"):
+                            raise ValueError(f"runs[].latency_ns.{k}.{q} is {v!r}, not a number of nanoseconds")
+                v = r["publisher"]["achieved_rate"]
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf"):
+                    raise ValueError(f"runs[].publisher.achieved_rate is {v!r}, not a rate")
         except (KeyError, TypeError, AttributeError, ValueError, ZeroDivisionError) as exc:
             raise ValueError(f"{p}: lacks what a bench run writes ({type(exc).__name__}: {exc}): not a whole "
                              f"tickwire bench summary") from None

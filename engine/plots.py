@@ -237,6 +237,12 @@ def _label(name: str, tag, several: bool) -> str:
     return f"{name}:{tag}" if several else str(tag)
 
 
+def _shown(text: str) -> str:
+    """``text`` as matplotlib can draw it: a file name's bytes that are not UTF-8 (surrogate
+    escapes) as \\udcff (the font raised on them: a traceback for g\\xff.hlog)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def draw_spectra(ax, series, title: str = "") -> None:
     """``series``: (label, (levels %, values ns, max ns, count)) pairs, drawn in microseconds
     on a nines axis; the 100% point (the max) is marked at the right edge."""
@@ -245,7 +251,7 @@ def draw_spectra(ax, series, title: str = "") -> None:
         xs = [1 / (1 - p / 100) for p in levels if p < 100]
         ys = [v / 1e3 for p, v in zip(levels, values) if p < 100]
         n = f", n={count:,}" if count else ""
-        line, = ax.plot(xs, ys, label=f"{label} (max {mx / 1e3:,.1f} us{n})")
+        line, = ax.plot(xs, ys, label=_shown(f"{label} (max {mx / 1e3:,.1f} us{n})"))
         if xs:
             top = max(top, xs[-1])
             ax.plot([xs[-1]], [mx / 1e3], marker="o", color=line.get_color())
@@ -253,7 +259,7 @@ def draw_spectra(ax, series, title: str = "") -> None:
     ax.set_yscale("log")
     ax.set_ylabel("latency (us)")
     if title:
-        ax.set_title(title)
+        ax.set_title(_shown(title))
     if series:
         ax.legend(fontsize="small")
 
@@ -290,9 +296,10 @@ def plot_latency(paths, out, tags=None, title: str | None = None) -> dict:
         t0 = min(rows[0][0] for rows in timed.values())
         for label, rows in timed.items():
             r = np.array(rows, dtype=float)
-            line, = ax.plot(r[:, 0] - t0, r[:, 3] / 1e3, label=f"{label} p99")
-            ax.plot(r[:, 0] - t0, r[:, 2] / 1e3, ls=":", color=line.get_color(), label=f"{label} p50")
-            ax.plot(r[:, 0] - t0, r[:, 4] / 1e3, ls="", marker=".", color=line.get_color(), label=f"{label} max")
+            line, = ax.plot(r[:, 0] - t0, r[:, 3] / 1e3, label=_shown(f"{label} p99"))
+            ax.plot(r[:, 0] - t0, r[:, 2] / 1e3, ls=":", color=line.get_color(), label=_shown(f"{label} p50"))
+            ax.plot(r[:, 0] - t0, r[:, 4] / 1e3, ls="", marker=".", color=line.get_color(),
+                    label=_shown(f"{label} max"))
         ax.set_yscale("log")
         ax.set_xlabel("seconds since the first interval's end")
         ax.set_ylabel("latency (us)")

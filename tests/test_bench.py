@@ -266,6 +266,15 @@ def test_compare_two_saved_runs(tmp_path, capsys):
         assert cli_main(["bench", "compare", str(a), str(tmp_path / "x.json")]) in ((0, 2) if body is broken else (2,))
         err = capsys.readouterr().err
         assert "Traceback" not in err and (body is broken or "tickwire bench compare:" in err), err
+    # a null or NaN latency passed the check against itself, then was a TypeError against a
+    # whole run, or printed as nan and 0.00x (an adversarial pass)
+    for bad in (None, float("nan"), "1"):
+        body = _summary(100_000)
+        body["runs"][0]["latency_ns"]["wire_to_signal"]["p50"] = bad
+        (tmp_path / "x.json").write_text(json.dumps(body))
+        assert cli_main(["bench", "compare", str(a), str(tmp_path / "x.json")]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and "not a whole tickwire bench summary" in err, err
 
 
 def test_bad_arguments_are_named(capsys, monkeypatch):

@@ -2,6 +2,7 @@
 real PNGs, clear errors for missing and garbled files. (A daemon's own interval log is plotted in
 tests/test_top.py, against the daemon that test runs.)"""
 
+import os
 import subprocess
 import sys
 
@@ -139,6 +140,17 @@ def test_hgrm_files_overlaid_with_a_log(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "a: p50" in res.stdout and "run:book" in res.stdout and (tmp_path / "x.png").stat().st_size > 10_000
     every_point_matches(plots.load_latency(tmp_path / "a.hgrm").spectra[None], vals)
+
+
+def test_a_file_name_that_is_not_utf8_is_drawn(tmp_path):
+    """Found by an adversarial pass: a log named g\\xff.hlog was a matplotlib (FT2Font) traceback."""
+    write_log(tmp_path / "run.hlog", [1000, 1000])
+    odd = os.path.join(os.fsencode(tmp_path), b"g\xff.hlog")
+    os.rename(tmp_path / "run.hlog", odd)
+    res = subprocess.run([PY.encode(), b"-m", b"tickwire", b"plot", b"latency", odd, b"-o",
+                          os.fsencode(tmp_path / "x.png")], capture_output=True, timeout=120)
+    assert res.returncode == 0, res.stderr.decode(errors="replace")
+    assert b"Traceback" not in res.stderr and (tmp_path / "x.png").stat().st_size > 10_000
 
 
 def test_files_of_the_same_name_in_two_directories_are_two_lines(tmp_path):
