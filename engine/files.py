@@ -13,7 +13,7 @@ import os
 import stat as statmod
 from pathlib import Path
 
-__all__ = ["NotReadable", "read_regular"]
+__all__ = ["NotReadable", "read_regular", "not_a_file"]
 
 
 class NotReadable(ValueError):
@@ -61,3 +61,21 @@ def read_regular(path, limit: int, what: str = "file") -> bytes:
         raise NotReadable(f"{p}: cannot read it ({exc.strerror or exc})") from None
     finally:
         os.close(fd)
+
+
+def not_a_file(path) -> str | None:
+    """What ``path`` is when it is not a regular file (symlinks followed): ``"no such file"``,
+    ``"a directory"``, ``"a pipe (FIFO)"``, ``"a device"``, ``"a socket"``, ``"a symlink loop"``
+    or why it cannot be looked at; None for a regular file."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "a broken symlink" if os.path.islink(path) else "no such file"
+    except OSError as exc:
+        return "a symlink loop" if exc.errno == errno.ELOOP else f"cannot read it ({exc.strerror or exc})"
+    m = st.st_mode
+    if statmod.S_ISREG(m):
+        return None
+    return ("a directory" if statmod.S_ISDIR(m) else "a pipe (FIFO)" if statmod.S_ISFIFO(m) else
+            "a device" if statmod.S_ISCHR(m) or statmod.S_ISBLK(m) else
+            "a socket" if statmod.S_ISSOCK(m) else "not a regular file")

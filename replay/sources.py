@@ -160,14 +160,19 @@ class ArraySource:
     def __init__(self, events, instruments=None, select=None, start_ns=None, end_ns=None, *,
                  channels=None, chunk: int = DEFAULT_CHUNK, name: str | None = None):
         if isinstance(events, (str, os.PathLike)):
+            from tickwire.engine.files import not_a_file
+
             path = Path(events)
-            if not path.is_file():
-                raise ReplayError(f"{path}: is a directory, not a .npy file of events" if path.is_dir()
-                                  else f"no such file: {path}")
+            what = not_a_file(path)
+            if what is not None:                   # (a FIFO, a device, a symlink loop read "no such file")
+                raise ReplayError(f"no such file: {path}" if what == "no such file" else
+                                  f"{path}: is {what}, not a .npy file of events")
             try:
                 events = np.load(path, mmap_mode="r", allow_pickle=False)
             except (ValueError, OSError, EOFError) as exc:
-                raise ReplayError(f"{path}: not a .npy file of events ({exc or type(exc).__name__})") from None
+                why = "no .npy header: numpy would read it as a pickle, which is never loaded: it could run code" \
+                    if "allow_pickle" in str(exc) else exc or type(exc).__name__   # (numpy's advice: load unsafely)
+                raise ReplayError(f"{path}: not a .npy file of events ({why})") from None
             self.name = str(path)
         else:
             self.name = name or "array"
@@ -249,8 +254,13 @@ class CaptureSource(ArraySource):
         if name not in loaders:
             raise ReplayError(f"unknown capture {name!r}: expected one of {sorted(loaders)}")
         load, filename = loaders[name]
-        if path and not Path(path).is_file():
-            raise ReplayError(f"--capture-file {path}: " + ("is a directory" if Path(path).is_dir() else "no such file"))
+        if path:
+            from tickwire.engine.files import not_a_file
+
+            what = not_a_file(path)
+            if what is not None:
+                raise ReplayError(f"--capture-file {path}: " + ("is a directory" if what == "a directory" else
+                                                                 what if what == "no such file" else f"is {what}"))
         path = Path(path) if path else captures.find_shared_data(filename)
         if path is None or not path.exists():
             raise ReplayError(f"the {name} capture {filename} is not here: put it under ../shared/data or "

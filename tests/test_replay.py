@@ -702,6 +702,24 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, market, args, message):
     assert sorted(os.listdir(tmp_path)) == ["ev.npy"]           # nothing written
 
 
+def test_an_input_that_is_no_file_is_named_for_what_it_is(tmp_path):
+    """Found by an adversarial pass: a FIFO, a symlink loop or a device given as --npy or
+    --capture-file read "no such file"; random bytes as --npy gave numpy's advice to load the
+    file unsafely (allow_pickle)."""
+    os.mkfifo(tmp_path / "fifo")
+    os.symlink(tmp_path / "loop", tmp_path / "loop")
+    (tmp_path / "random.npy").write_bytes(bytes(range(256)) * 8)
+    for args, message in ((("--npy", "fifo"), "fifo: is a pipe (FIFO), not a .npy file of events"),
+                          (("--npy", "loop"), "loop: is a symlink loop, not a .npy file of events"),
+                          (("--capture", "kraken", "--capture-file", "fifo"), "--capture-file fifo: is a pipe (FIFO)"),
+                          (("--npy", "random.npy"), "random.npy: not a .npy file of events (no .npy header: numpy "
+                                                    "would read it as a pickle, which is never loaded")):
+        out = cli(*args, cwd=tmp_path, timeout=30)
+        assert out.returncode == 2, out.stdout + out.stderr
+        line, = out.stderr.strip().splitlines()
+        assert message in line and "allow_pickle" not in line, line
+
+
 def test_publish_waiting_for_subscribers_that_never_come_sends_nothing_and_says_so(tmp_path, market):
     # without it, a replay to an endpoint nobody listens on printed "published 200,000 events", exit 0
     np.save(tmp_path / "ev.npy", market[0][:100])
