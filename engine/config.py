@@ -742,7 +742,8 @@ def read_raw(path) -> tuple[dict, Path]:
     from tickwire.engine.files import NotReadable, read_regular
 
     try:
-        raw = tomllib.loads(read_regular(path, CONFIG_MAX_BYTES, "TOML file").decode("utf-8"))
+        # (utf-8-sig: a byte-order mark, as some Windows editors write, read "Invalid statement")
+        raw = tomllib.loads(read_regular(path, CONFIG_MAX_BYTES, "TOML file").decode("utf-8-sig"))
     except NotReadable as exc:
         raise ConfigError(f"config error: {exc}") from None
     except RecursionError:

@@ -820,10 +820,12 @@ def _save_path_problem(path) -> str | None:
     p = Path(path)
     if str(path).endswith(os.sep) or p.is_dir():     # (np.savez wrote DIR/.npz, a hidden file)
         return f"{path} is a directory: expected a file name (.npz)"
-    target = p if p.suffix == ".npz" else p.with_name(p.name + ".npz")
+    if p.suffix != ".npz":                           # (np.savez wrote x.txt.npz, /dev/full.npz, unsaid)
+        return "expected a file name ending in .npz (what is written is an .npz archive)"
+    target = p
     parent = target.parent
-    if target.is_dir():
-        return f"{target} is a directory: expected a file name (.npz)"
+    if (target.exists() or target.is_symlink()) and not target.is_file():
+        return f"{target} exists and is not a regular file: nothing written over it"
     if not parent.exists():
         return f"the directory {parent} does not exist"
     if not parent.is_dir():

@@ -136,7 +136,7 @@ def _load_spec(path):
 
     p = Path(path)
     try:
-        raw = tomllib.loads(read_regular(p, configmod.CONFIG_MAX_BYTES, "TOML file").decode("utf-8"))
+        raw = tomllib.loads(read_regular(p, configmod.CONFIG_MAX_BYTES, "TOML file").decode("utf-8-sig"))
     except NotReadable as exc:
         raise ReplayError(f"--config {exc}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:

@@ -292,7 +292,11 @@ def _open_store(dsn: str, database: str):
         if not path or not os.path.isabs(path):
             raise ReplayError(f"--dsn {dsn!r}: the embedded store needs an absolute path (chdb:///abs/dir)")
         if not os.path.isdir(path):
-            raise ReplayError(f"no store at {path} (the directory does not exist)")
+            from tickwire.engine.files import not_a_file
+
+            what = not_a_file(path)                   # (a file read "the directory does not exist")
+            raise ReplayError(f"no store at {path} (" + ("the directory does not exist" if what == "no such file"
+                                                         else f"it is {what or 'a file'}, not a directory") + ")")
         if not os.path.isdir(os.path.join(path, "metadata")):      # opening it would make chDB's files there
             raise ReplayError(f"no store at {path} (not an embedded ClickHouse data directory: no metadata/ in it)")
         from tickwire.engine.supervisor import _flock_held, _lock_holder, _pid_alive

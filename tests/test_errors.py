@@ -28,6 +28,14 @@ def one_line(res, fragment):
     assert "Traceback" not in res.stderr
 
 
+def test_a_config_with_a_byte_order_mark_reads_as_without(tmp_path):
+    """A UTF-8 byte-order mark, as some Windows editors write, read "Invalid statement (at line 1,
+    column 1)"; it now reads as the same file without it (here: its first error, past line 1)."""
+    bom = tmp_path / "tw.toml"
+    bom.write_bytes(b"\xef\xbb\xbf[feeds]\nchannels = 2\n")
+    one_line(tickwire("status", "--config", bom), "instruments: expected a non-empty array of tables")
+
+
 def test_config_path_that_is_a_directory_or_binary(tmp_path):
     one_line(tickwire("run", "--config", tmp_path), "a directory, expected a TOML file")
     binary = tmp_path / "tw.toml"
@@ -300,11 +308,14 @@ def test_a_second_publisher_on_a_taken_ipc_endpoint_is_refused(tmp_path, taken):
     ("missing/x.npz", "the directory {dir} does not exist"),
     ("afile/x.npz", "{dir} is not a directory"),
     ("adir.npz", "{path} is a directory"),
+    ("books.txt", "expected a file name ending in .npz"),            # (written as books.txt.npz, unsaid)
+    ("fifo.npz", "{path} exists and is not a regular file"),
 ])
 def test_simulate_save_books_path_is_checked_before_publishing(tmp_path, where, fragment):
     """A FileNotFoundError traceback before, and only once the whole publish had run."""
     (tmp_path / "afile").write_text("")
     (tmp_path / "adir.npz").mkdir()
+    os.mkfifo(tmp_path / "fifo.npz")
     path = tmp_path / where
     res = tickwire("simulate", "--endpoint", f"ipc://{tmp_path}/f", "--snapshot", "none", "--events", "10",
                    "--linger", "0", "--quiet", "--save-books", path)

@@ -667,6 +667,7 @@ def test_a_stop_during_a_long_wait_for_the_next_event_ends_the_replay_at_once(tm
     (("--dsn", "mysql://x"), "store DSN 'mysql://x': expected chdb:///abs/dir"),
     (("--dsn", "http://127.0.0.1:1"), "cannot open the store at http://127.0.0.1:1"),   # one line: no driver log
     (("--dsn", "chdb:///definitely/not/here"), "no store at /definitely/not/here"),
+    (("--dsn", "chdb:///dev/null"), "no store at /dev/null (it is a device, not a directory)"),
     (("--dsn", "chdb://relative"), "needs an absolute path"),
     (("--dsn", "chdb:///"), "not an embedded ClickHouse data directory"),   # chDB made its files there
     (("--npy", "ev.npy", "--from", "2024-01-02", "--to", "2024-01-01"), "empty range"),
