@@ -305,7 +305,8 @@ def _open_store(dsn: str, database: str):
         if _flock_held(Path(path) / "status") or (_flock_held(Path(path) / "tickwire.lock") and _pid_alive(holder)):
             who = f" (daemon pid {holder})" if holder and _pid_alive(holder) else ""
             raise ReplayError(f"the store {path} is locked by a running process{who}: chDB allows one process per "
-                              f"data directory; stop the daemon first, or replay from a ClickHouse server "
+                              f"data directory; stop the daemon first (or whatever else has it open: another replay, a notebook's "
+                              f"Store), or replay from a ClickHouse server "
                               f"(--dsn http://host:8123)")
     try:
         store = Store.open(dsn, database, create=False)
@@ -313,7 +314,8 @@ def _open_store(dsn: str, database: str):
         msg = str(exc)
         if "Cannot lock file" in msg or "Another server instance" in msg:
             raise ReplayError(f"the store {redact(dsn)} is locked by another process: chDB allows one process per "
-                              f"data directory; stop the daemon first, or replay from a ClickHouse server "
+                              f"data directory; stop the daemon first (or whatever else has it open: another replay, a notebook's "
+                              f"Store), or replay from a ClickHouse server "
                               f"(--dsn http://host:8123)") from None
         raise ReplayError(msg) from None
     try:
