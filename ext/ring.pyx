@@ -811,10 +811,14 @@ cdef class Ring:
                     or hdr.capacity & (hdr.capacity - 1) or hdr.record_size == 0
                     or hdr.capacity > <uint64_t>MAX_SEGMENT or hdr.record_size > <uint64_t>MAX_SEGMENT
                     or hdr.descr_len > TW_RING_DESCR_MAX or hdr.data_offset != TW_RING_HEADER_SIZE
-                    or hdr.data_offset + hdr.capacity * hdr.record_size > size
+                    # overflow-safe (a forged capacity * record_size can wrap to 0 mod 2**64):
+                    # each term against what is left of the segment before multiplying
+                    or hdr.data_offset > size
+                    or hdr.capacity > (size - hdr.data_offset) // hdr.record_size
                     or (hdr.policy == TW_RING_BROADCAST
-                        and (hdr.seq_offset % 8 or hdr.seq_offset < hdr.data_offset + hdr.capacity * hdr.record_size
-                             or hdr.seq_offset + hdr.capacity * 8 > size))):
+                        and (hdr.seq_offset % 8 or hdr.seq_offset > size
+                             or hdr.seq_offset < hdr.data_offset + hdr.capacity * hdr.record_size
+                             or hdr.capacity > (size - hdr.seq_offset) // 8))):
                 raise ValueError(f"ring {name!r} has a damaged header (segment of {size} bytes, "
                                  f"header says {hdr.segment_size})")
             have_policy = _POLICY_NAMES[hdr.policy]

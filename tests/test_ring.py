@@ -247,6 +247,49 @@ def test_attach_checks_a_damaged_header(name):
             Ring.attach(name, SMALL)
 
 
+def _forge(name, **fields):
+    """Overwrite header fields of ring ``name`` in place (offsets of tw_ring_hdr in tw_ring.h);
+    ``descr`` rewrites the dtype description and its length."""
+    offsets = {"record_size": 16, "capacity": 24, "data_offset": 32, "seq_offset": 40}
+    fd = os.open(f"/dev/shm/{name}", os.O_RDWR)
+    try:
+        for field, value in fields.items():
+            if field == "descr":
+                os.pwrite(fd, len(value).to_bytes(4, "little"), 68)
+                os.pwrite(fd, value, 384)
+            else:
+                os.pwrite(fd, (value % (1 << 64)).to_bytes(8, "little"), offsets[field])
+    finally:
+        os.close(fd)
+
+
+def test_attach_refuses_a_size_check_that_wraps(name):
+    """capacity 2**40 x record_size 2**24 is 0 mod 2**64: an 8 KiB segment must not pass as
+    2**40 records of 16 MiB (pop then copied 16 MiB out of a 4 KiB data area)."""
+    big = np.dtype(("V", 1 << 24))
+    with Ring.create(name, SMALL, 8):
+        _forge(name, record_size=1 << 24, capacity=1 << 40,
+               descr=repr(np.lib.format.dtype_to_descr(big)).encode())
+        with pytest.raises(ValueError, match=r"damaged header \(segment of"):
+            Ring.attach(name)
+        _forge(name, record_size=1 << 30, capacity=1 << 34,
+               descr=repr(np.lib.format.dtype_to_descr(np.dtype(("V", 1 << 30)))).encode())
+        with pytest.raises(ValueError, match=r"damaged header \(segment of"):
+            Ring.attach(name)
+
+
+@pytest.mark.parametrize("seq_offset", [-16, -8, 8, 4096 + 8, 8192 - 8])
+def test_attach_refuses_a_broadcast_seq_offset_outside_the_segment(name, seq_offset):
+    """seq_offset 2**64 - 8 * capacity made seq_offset + capacity * 8 wrap to 0: the sequence
+    words pointed before the mapping.  Inside the header or the data area, or running past the
+    end, is refused too."""
+    with Ring.create(name, np.dtype("<i8"), 2, "broadcast") as prod:
+        assert prod.segment_size == 8192
+        _forge(name, seq_offset=seq_offset)
+        with pytest.raises(ValueError, match=r"damaged header \(segment of"):
+            Ring.attach(name)
+
+
 def test_attach_missing(name):
     with pytest.raises(FileNotFoundError, match="no ring named"):
         Ring.attach(name)
