@@ -542,6 +542,10 @@ cdef class Engine:
                  clock="wall", signal_capacity=4096, timing_every=0, channels=None):
         from tickwire.engine.pipeline import StatsConfig, RuleConfig
 
+        # a rule re-initialising its own engine mid-batch freed the signal buffer and the rules
+        # table the running batch was writing into and indexing
+        self._idle("__init__")
+
         instruments = list(instruments)
         if not instruments:
             raise ValueError("an engine needs at least one instrument")

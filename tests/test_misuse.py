@@ -95,6 +95,41 @@ def test_a_python_rule_calling_back_into_its_engine_is_refused():
     assert "the engine is processing a batch" in out
 
 
+def test_a_python_rule_reinitialising_its_engine_is_refused():
+    # Engine.__init__ from a rule mid-batch freed the signal buffer being written and swapped
+    # the rules table being indexed (use-after-free under ASan); now refused like process()
+    rc, out = child("""
+        from tickwire.engine.instruments import Instrument
+        from tickwire.engine.pipeline import Engine
+        from tickwire.feeds import synthetic
+        ev = synthetic.l2_updates(20000)
+        insts = [Instrument(0, "X", tick_size="0.01", lot_size="1")]
+        seen, calls, holder = [], [], {}
+        def rule(ctx):
+            if "e" in holder:
+                calls.append(1)
+                try:
+                    holder["e"].__init__(insts, rules=[], signal_capacity=1)
+                except RuntimeError as exc:
+                    seen.append(str(exc))
+            return 1.0
+        rules = [rule] + [(lambda ctx: -1.0) for _ in range(3)]
+        ref = Engine(insts, rules, signal_capacity=4, clock="event")
+        ref.process(ev)
+        want = ref.take_signals()
+        e = Engine(insts, rules, signal_capacity=4, clock="event")
+        holder["e"] = e
+        n = e.process(ev)
+        got = e.take_signals()
+        print(n, len(seen), len(calls), e.events_processed, len(want), (got == want).all(), seen[0])
+        """)
+    assert rc == 0, out
+    n, refused, called, processed, want = (int(x) for x in out.split()[:5])
+    assert n > 0 and refused == called > 0 and processed == 20000 and n == want, out
+    assert out.split()[5] == "True", out
+    assert "Engine.__init__: the engine is processing a batch" in out
+
+
 def test_a_book_used_by_a_second_thread_during_a_batch_is_refused_not_corrupted():
     rc, out = child("""
         import threading
