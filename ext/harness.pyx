@@ -236,6 +236,8 @@ cdef class Schedule:
         the publisher sleeps ``stall_ns`` (tests: a publisher stall must show in the tail).
         Returns the number of messages sent by this call; -1 when libzmq refused a send.
         """
+        _check_outputs(("out_chan", "out_seq", "out_count", "out_intended", "out_sent"),
+                       (out_chan, out_seq, out_count, out_intended, out_sent), 0)
         _load()
         cdef uintptr_t handle = sock.underlying
         cdef void *s = <void *>handle
@@ -300,6 +302,19 @@ cdef class Schedule:
         return -1 if rc < 0 else done
 
 
+cdef int _check_outputs(tuple names, tuple arrays, int64_t start) except -1:
+    """The output arrays are written at the same indices, up to the first one's length and from
+    ``start``: each must be at least that long (the C loop does not check), ``start`` >= 0."""
+    if start < 0:
+        raise ValueError(f"start must be >= 0, got {start}")
+    n = len(arrays[0])
+    for name, a in zip(names[1:], arrays[1:]):
+        if len(a) < n:
+            raise ValueError(f"{name} has {len(a)} slots, fewer than the {n} of {names[0]}: the output "
+                             f"arrays are written at the same indices")
+    return 0
+
+
 cdef inline int64_t _lower_bound(const uint64_t *keys, int64_t n, uint64_t key) noexcept nogil:
     """First index of sorted ``keys`` not below ``key``."""
     cdef int64_t lo = 0, hi = n, mid
@@ -326,6 +341,8 @@ def subscribe(sock, int64_t until_ns, out_seq, out_chan, out_send, out_recv, int
     message's records in one push (as the engine pushes a piece's signals).  The
     bare transport's path for the messages that carried a target's signals, nothing in between.
     Returns the next free index."""
+    _check_outputs(("out_seq", "out_chan", "out_send", "out_recv"), (out_seq, out_chan, out_send, out_recv),
+                   start)
     _load()
     cdef uintptr_t handle = sock.underlying
     cdef void *s = <void *>handle
@@ -436,7 +453,11 @@ def consume(rings, int64_t until_ns, out_seq, out_inst, out_recv_ts, out_signal_
     cdef int64_t[::1] orc = out_receipt
     if not 0 < nr <= _MAX_RINGS:
         raise ValueError(f"1..{_MAX_RINGS} rings, got {nr}")
+    _check_outputs(("out_seq", "out_inst", "out_recv_ts", "out_signal_ts", "out_receipt"),
+                   (out_seq, out_inst, out_recv_ts, out_signal_ts, out_receipt), start)
     for j in range(nr):
+        if not isinstance(rings[j], Ring):
+            raise TypeError(f"rings[{j}] must be a Ring, got {type(rings[j]).__name__}")
         rs[j] = &(<Ring>rings[j]).c
     with nogil:
         last = twh_now()

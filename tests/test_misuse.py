@@ -277,3 +277,62 @@ def test_counts_past_int64_and_fractional_sequence_numbers_are_refused():
     with pytest.raises(TypeError, match="seq"):                         # it was truncated to 1
         b.snapshot_events(seq=1.5)
     assert b.snapshot_events(seq=7, ts=-3)["seq"].tolist() == [7, 7, 7]
+
+
+# -- the bench harness's C loops: output arrays, start and rings checked before the loop --------
+
+def test_harness_loops_check_their_arrays_start_and_rings():
+    # consume wrote all five output arrays up to len(out_seq) (a shorter one past its end), a
+    # negative start before them, and cast a non-Ring in rings unchecked; publish and
+    # subscribe had the same length pattern
+    rc, out = child("""
+        import os
+        import numpy as np
+        from tickwire.ext import SIGNAL_DTYPE, harness
+        from tickwire.ext.ring import Ring
+        nm = f"twt-harness-{os.getpid()}"
+        p = Ring.create(nm, SIGNAL_DTYPE, 64, "blocking")
+        c = Ring.attach(nm)
+        sig = np.zeros(8, SIGNAL_DTYPE); sig["seq"] = np.arange(1, 9)
+        p.push_many(sig)
+        until = harness.now_ns() + 200_000_000
+        def outs(short=None):
+            a = [np.zeros(8, np.uint64), np.zeros(8, np.uint32)] + [np.zeros(8, np.int64) for _ in range(3)]
+            if short is not None:
+                a[short] = a[short][:1].copy()
+            return a
+        def attempt(f):
+            try:
+                f()
+            except (ValueError, TypeError) as exc:
+                print(type(exc).__name__, exc)
+            else:
+                print("accepted")
+        try:
+            for k in range(1, 5):
+                attempt(lambda: harness.consume([c], until, *outs(k), idle_ns=0))
+            attempt(lambda: harness.consume([c], until, *outs(), start=-3, idle_ns=0))
+            attempt(lambda: harness.consume([c, "not a ring"], until, *outs(), idle_ns=0))
+            q = [np.zeros(8, np.uint64), np.zeros(8, np.uint16), np.zeros(8, np.int64), np.zeros(2, np.int64)]
+            attempt(lambda: harness.subscribe(None, until, *q))
+            q[3] = np.zeros(8, np.int64)
+            attempt(lambda: harness.subscribe(None, until, *q, start=-1))
+            sched = harness.Schedule(np.zeros(64, np.uint8), np.array([0, 64], np.int64),
+                                     np.zeros(1, np.uint16), until, 1000.0)
+            attempt(lambda: sched.publish(None, until, np.zeros(8, np.uint16), np.zeros(8, np.uint64),
+                                          np.zeros(8, np.uint32), np.zeros(8, np.int64), np.zeros(3, np.int64)))
+            print("intact", harness.consume([c], until, *outs(), idle_ns=0))
+        finally:
+            c.close(); p.close()
+        """)
+    assert rc == 0, out
+    lines = out.splitlines()
+    assert lines[:4] == [f"ValueError {name} has 1 slots, fewer than the 8 of out_seq: the output arrays are "
+                         "written at the same indices"
+                         for name in ("out_inst", "out_recv_ts", "out_signal_ts", "out_receipt")], out
+    assert lines[4] == "ValueError start must be >= 0, got -3", out
+    assert lines[5] == "TypeError rings[1] must be a Ring, got str", out
+    assert lines[6].startswith("ValueError out_recv has 2 slots, fewer than the 8 of out_seq"), out
+    assert lines[7] == "ValueError start must be >= 0, got -1", out
+    assert lines[8].startswith("ValueError out_sent has 3 slots, fewer than the 8 of out_chan"), out
+    assert lines[9] == "intact 8", out
