@@ -13,6 +13,9 @@ from libc.string cimport memcpy, memset
 
 from tickwire.ext.defs cimport TW_UNLIKELY
 
+cdef extern from "<stdint.h>":
+    const int64_t _INT64_MIN "INT64_MIN"
+
 import numpy as np
 
 cdef enum:
@@ -193,8 +196,11 @@ cdef int64_t tw_window_evict(tw_window *w, int64_t now) noexcept nogil:
     cdef uint64_t before = w.first
     if w.kind != TW_WIN_TIME:
         return 0
-    while w.first != w.next and w.ts[w.first & m] <= now - w.size:
-        _window_pop(w)
+    # now - size is below every int64 (it overflowed) when now < INT64_MIN + size: nothing is
+    # that old then
+    if now >= _INT64_MIN + w.size:
+        while w.first != w.next and w.ts[w.first & m] <= now - w.size:
+            _window_pop(w)
     n = <int64_t>(w.first - before)
     if w.first == w.next:
         tw_window_clear(w)                    # empty: start the sums afresh
@@ -380,8 +386,11 @@ cdef int64_t tw_sumwin_evict(tw_sumwin *w, int64_t now) noexcept nogil:
     cdef uint64_t before = w.first
     if w.kind != TW_WIN_TIME:
         return 0
-    while w.first != w.next and w.ts[w.first & m] <= now - w.size:
-        _sumwin_pop(w)
+    # now - size is below every int64 (it overflowed) when now < INT64_MIN + size: nothing is
+    # that old then
+    if now >= _INT64_MIN + w.size:
+        while w.first != w.next and w.ts[w.first & m] <= now - w.size:
+            _sumwin_pop(w)
     n = <int64_t>(w.first - before)
     if w.first == w.next:
         tw_sumwin_clear(w)                    # empty: start the sums afresh
@@ -456,8 +465,10 @@ cdef void tw_ewma_add_decayed(tw_ewma *e, int64_t ts, double x, double decay) no
 
 cdef void tw_ewma_add(tw_ewma *e, int64_t ts, double x) noexcept nogil:
     """Add ``x`` at ``ts``: earlier weights decay by 0.5 ** (elapsed / halflife)."""
-    cdef int64_t dt = ts - e.last_ts
-    tw_ewma_add_decayed(e, ts, x, exp(-e.k * <double>dt) if (dt > 0 and e.started) else 1.0)
+    # the elapsed time as an unsigned difference once ts > last_ts: exact, where ts - last_ts
+    # overflowed int64 for timestamps at the two ends of the range (no decay instead of all)
+    tw_ewma_add_decayed(e, ts, x, exp(-e.k * <double>(<uint64_t>ts - <uint64_t>e.last_ts))
+                        if (ts > e.last_ts and e.started) else 1.0)
 
 
 cdef double tw_ewma_var(const tw_ewma *e, bint bias) noexcept nogil:

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tickwire.ext.stats import Ewma, RollingWindow, SumWindow, allocation_count
+from reference import _ewma, _in_window
 from budget import examples
 
 
@@ -281,3 +282,63 @@ def test_sum_window_vwap_and_flow():
     assert flow.count == 50
     with pytest.raises(ValueError, match="'count' or 'time'"):
         SumWindow(5, "ticks")
+
+
+# ---------------------------------------------------------------------------------------
+# Extreme timestamps: now - size and ts - last_ts overflowed int64 near INT64_MIN / INT64_MAX
+# ---------------------------------------------------------------------------------------
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# clusters at both ends of the int64 range (and the jump between them)
+extreme_ts = st.lists(st.one_of(st.integers(INT64_MIN, INT64_MIN + 1000), st.integers(INT64_MAX - 1000, INT64_MAX)),
+                      min_size=1, max_size=40).map(sorted)
+
+
+def test_time_window_keeps_samples_near_int64_min():
+    # now - size wrapped to a large positive cutoff and evicted the first sample
+    w = RollingWindow(2**62 - 1, "time")
+    w.add(INT64_MIN, 1.0)
+    w.add(INT64_MIN + 5, 2.0)
+    assert w.count == 2 and w.sum == 3.0
+    s = SumWindow(2**62 - 1, "time")
+    s.add(INT64_MIN, 1.0, 2.0)
+    s.add(INT64_MIN + 5, 2.0, 3.0)
+    assert s.count == 2 and s.sum_a == 3.0 and s.sum_b == 5.0
+
+
+@settings(max_examples=examples(200), deadline=None)
+@given(ts=extreme_ts, size=st.one_of(st.integers(1, 2000), st.integers(1, 2**62 - 1)))   # (the largest span)
+def test_time_windows_match_the_reference_at_extreme_timestamps(ts, size):
+    xs = [float(i % 7) for i in range(len(ts))]
+    w = RollingWindow(size, "time")
+    s = SumWindow(size, "time")
+    samples = []
+    for t, x in zip(ts, xs):
+        w.add(t, x)
+        s.add(t, x, 1.0)
+        samples.append((t, x))
+        held = [v for _, v in _in_window(samples, t, "time", size)]    # Python integers: exact
+        check_against(w, held, scale=7.0)
+        assert s.count == len(held) and s.sum_a == sum(held) and s.sum_b == len(held)
+
+
+def test_ewma_across_the_whole_int64_range_decays_everything():
+    # ts - last_ts wrapped to -1: no decay at all, the mean of the two instead of the last
+    e = Ewma(1e9)
+    e.add(INT64_MIN, 1.0)
+    e.add(INT64_MAX, 3.0)
+    assert e.mean == 3.0
+
+
+@settings(max_examples=examples(100), deadline=None)
+@given(ts=extreme_ts, halflife=st.floats(10.0, 1e5))
+def test_ewma_matches_the_reference_at_extreme_timestamps(ts, halflife):
+    x = [float((i * 5) % 11) for i in range(len(ts))]
+    mean, var = Ewma(halflife).run(np.array(ts, np.int64), np.array(x))
+    for n in range(len(ts)):
+        ref_m, ref_s = _ewma(list(zip(ts[: n + 1], x[: n + 1])), halflife)
+        assert mean[n] == pytest.approx(ref_m, rel=1e-9, abs=1e-9)
+        if math.isnan(ref_s):
+            assert math.isnan(var[n]) or var[n] == pytest.approx(0.0, abs=1e-6)
+        else:
+            assert var[n] == pytest.approx(ref_s ** 2, rel=1e-6, abs=1e-6)
