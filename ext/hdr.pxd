@@ -17,6 +17,9 @@ from libc.stdint cimport int64_t, uint64_t
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from tickwire.ext.defs cimport tw_msb64, TW_UNLIKELY
 
+cdef extern from "<stdint.h>":
+    const int64_t TW_HDR_INT64_MAX "INT64_MAX"
+
 cdef enum:
     TW_HDR_SUB_BUCKET_HALF_MAGNITUDE = 10
     TW_HDR_SUB_BUCKET_HALF_COUNT = 1024
@@ -68,7 +71,8 @@ cdef inline void tw_hdr_record_n(tw_hdr *h, int64_t value, int64_t count) noexce
     if count <= 0:
         return
     if TW_UNLIKELY((v >> TW_HDR_VALUE_BITS) != 0):
-        h.rejected += count
+        # saturating: two counts of 2**63 - 1 wrapped the tally negative
+        h.rejected = h.rejected + count if count <= TW_HDR_INT64_MAX - h.rejected else TW_HDR_INT64_MAX
         return
     h.counts[tw_hdr_index(v)] += count
     h.total += count

@@ -61,7 +61,8 @@ cdef void tw_hdr_reset(tw_hdr *h) noexcept nogil:
 
 cdef void tw_hdr_add(tw_hdr *dst, const tw_hdr *src) noexcept nogil:
     cdef Py_ssize_t i, lo, hi
-    dst.rejected += src.rejected
+    dst.rejected = (dst.rejected + src.rejected if src.rejected <= TW_HDR_INT64_MAX - dst.rejected
+                    else TW_HDR_INT64_MAX)              # saturating, as tw_hdr_record_n
     if src.total == 0:
         return
     lo = tw_hdr_index(<uint64_t>src.min_value)

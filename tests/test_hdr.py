@@ -169,6 +169,20 @@ def test_out_of_range_values_are_rejected_like_hdrh():
     assert rec.rejected == 7 and rec.total == 2
 
 
+def test_the_rejected_tally_saturates():
+    # two rejected counts of 2**63 - 1 wrapped the tally to -2; adding recorders the same
+    rec = Recorder()
+    assert rec.record(-1, 2**63 - 1) is False
+    assert rec.record(-1, 2**63 - 1) is False
+    assert rec.rejected == 2**63 - 1 and rec.total == 0
+    other = Recorder()
+    other.record(MAX_RECORDABLE + 1, 5)
+    other.add(rec)
+    assert other.rejected == 2**63 - 1
+    rec.record(5)
+    assert rec.rejected == 2**63 - 1 and rec.total == 1
+
+
 def test_index_layout_is_hdrhs():
     ref = HdrHistogram(1, 60_000_000_000, 3)
     assert ref.counts_len == COUNTS_LEN
