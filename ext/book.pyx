@@ -7,7 +7,7 @@ methods and the batch :meth:`Book.apply` call the same C functions.
 
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE
 from cpython.long cimport PyLong_CheckExact, PyLong_AsLongLongAndOverflow
-from libc.stdint cimport int64_t, uint64_t, int32_t, uint32_t, uint8_t, INT64_MAX, INT64_MIN
+from libc.stdint cimport int64_t, uint64_t, int32_t, uint32_t, uint8_t, uintptr_t, INT64_MAX, INT64_MIN
 from libc.stdlib cimport calloc, malloc, realloc, free
 from libc.string cimport memcpy, memmove, memset
 
@@ -1695,11 +1695,18 @@ cdef int _side_arg(object side) except -1:
 
 
 cdef const tw_event *_event_buffer(object events, Py_buffer *view) except NULL:
-    """Borrow the memory of a C-contiguous EVENT_DTYPE array (release with PyBuffer_Release)."""
+    """Borrow the memory of a C-contiguous, 8-byte aligned EVENT_DTYPE array (release with
+    PyBuffer_Release)."""
     dt = getattr(events, "dtype", None)
     if dt is not EVENT_DTYPE and dt != EVENT_DTYPE:
         raise TypeError(f"events must be a numpy array of tickwire EVENT_DTYPE, got dtype {dt!r}")
     PyObject_GetBuffer(events, view, PyBUF_C_CONTIGUOUS)
+    if view.len and <uintptr_t>view.buf & 7:         # (np.frombuffer at an odd offset)
+        misaligned = <uintptr_t>view.buf & 7
+        PyBuffer_Release(view)
+        raise ValueError(f"events is not 8-byte aligned (address % 8 == {misaligned}), and the C code reads "
+                         f"its int64 fields in place: pass an aligned copy, e.g. "
+                         f"np.require(events, requirements='CA')")
     return <const tw_event *>view.buf
 
 

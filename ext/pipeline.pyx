@@ -10,7 +10,7 @@ documented slow path).  Configuration objects live in :mod:`tickwire.engine.pipe
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE
 from cpython.ref cimport PyObject
 from libc.math cimport NAN, fabs, isfinite, isnan, log, sqrt
-from libc.stdint cimport int64_t, uint64_t, int32_t, uint32_t, uint16_t, uint8_t, int8_t, INT64_MAX
+from libc.stdint cimport int64_t, uint64_t, int32_t, uint32_t, uint16_t, uint8_t, int8_t, uintptr_t, INT64_MAX
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME, CLOCK_MONOTONIC
@@ -973,6 +973,12 @@ cdef class Engine:
             raise TypeError(f"events must be a numpy array of EVENT_DTYPE, got dtype {dt!r}")
         self._idle("process")
         PyObject_GetBuffer(events, &view, PyBUF_C_CONTIGUOUS)
+        if view.len and <uintptr_t>view.buf & 7:     # (np.frombuffer at an odd offset)
+            misaligned = <uintptr_t>view.buf & 7
+            PyBuffer_Release(&view)
+            raise ValueError(f"events is not 8-byte aligned (address % 8 == {misaligned}), and the C code reads "
+                             f"its int64 fields in place: pass an aligned copy, e.g. "
+                             f"np.require(events, requirements='CA')")
         self._stop = stop
         self._busy = 1
         held = False

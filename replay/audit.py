@@ -101,7 +101,7 @@ class SeqAudit:
             return
         if not any(len(st.pend) for st in self._ch.values()):
             # the common case, every tick the next due on its channel, in one pass in C
-            raw = np.ascontiguousarray(chunk).view(np.uint8).reshape(-1)
+            raw = np.require(chunk, requirements="CA").view(np.uint8).reshape(-1)   # (C reads int64s)
             if seq_in_order(raw, self._due, self._followed):
                 return
         snap = (chunk["flags"] & np.uint32(_SNAPSHOT)) != 0

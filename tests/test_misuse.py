@@ -336,3 +336,36 @@ def test_harness_loops_check_their_arrays_start_and_rings():
     assert lines[7] == "ValueError start must be >= 0, got -1", out
     assert lines[8].startswith("ValueError out_sent has 3 slots, fewer than the 8 of out_chan"), out
     assert lines[9] == "intact 8", out
+
+
+# -- event arrays the C code reads as tw_event: 8-byte aligned or refused ------------------------
+
+def test_a_misaligned_event_array_is_refused_naming_the_copy():
+    # a C-contiguous EVENT_DTYPE array at an odd address (np.frombuffer at offset 1) was read
+    # as tw_event in place (UBSan: misaligned access)
+    import numpy as np
+    from tickwire.engine.instruments import Instrument
+    from tickwire.engine.pipeline import Engine
+    from tickwire.ext import EVENT_DTYPE
+    from tickwire.ext.merge import seq_in_order
+
+    raw = bytearray(64 * 9 + 1)
+    mis = np.frombuffer(raw, np.uint8)[1:1 + 64 * 8].view(EVENT_DTYPE)
+    mis["kind"] = 1
+    mis["side"] = [0, 1] * 4
+    mis["price"] = np.arange(100, 108)
+    mis["qty"] = 5
+    assert mis.ctypes.data % 8 and mis.flags.c_contiguous
+    fixed = np.require(mis, requirements="CA")
+    engine = Engine([Instrument(0, "X", tick_size="0.01", lot_size="1")], [])
+    for call in (lambda a: L2Book(0).apply(a), lambda a: L3Book(0).apply(a),
+                 lambda a: BookSet([L2Book(0)]).apply(a), lambda a: engine.process(a)):
+        with pytest.raises(ValueError, match=r"events is not 8-byte aligned \(address % 8 == 1\).*"
+                                             r"np.require\(events, requirements='CA'\)"):
+            call(mis)
+        call(fixed)
+    assert L2Book(0).apply(mis[:0]) == 0                  # nothing read: nothing to refuse
+    raw_bytes = np.frombuffer(bytearray(64 * 3 + 1), np.uint8)[1:]
+    with pytest.raises(ValueError, match=r"raw is not 8-byte aligned .*np.require\(raw"):
+        seq_in_order(raw_bytes, np.ones(1, np.uint64), np.ones(1, np.uint8))
+    assert seq_in_order(np.zeros(0, np.uint8), np.ones(1, np.uint64), np.ones(1, np.uint8))
