@@ -2427,6 +2427,9 @@ cdef class BookSet:
             tp = <int64_t *>top_view.buf
             if top_view.len < n * 4 * <Py_ssize_t>sizeof(int64_t):
                 raise ValueError(f"top holds {top.shape[0]} rows, the batch has {n} events")
+            if n and <uintptr_t>tp & 7:                  # (np.frombuffer at an odd offset)
+                raise ValueError(f"top is not 8-byte aligned (address % 8 == {<uintptr_t>tp & 7}): pass an "
+                                 f"aligned array, e.g. np.require(top, requirements='CAW')")
             st = _status_buffer(status, n, &st_view)
             if in_sync is not None:
                 if getattr(in_sync, "dtype", None) != np.uint8:

@@ -816,6 +816,10 @@ cdef class FeedReceiver:
         try:
             if view.len // <Py_ssize_t>sizeof(tw_event) < self.c.max_events:
                 raise ValueError(f"out must hold at least max_events ({self.c.max_events}) events")
+            if <uintptr_t>view.buf & 7:                  # (np.frombuffer at an odd offset)
+                raise ValueError(f"out is not 8-byte aligned (address % 8 == {<uintptr_t>view.buf & 7}), and the "
+                                 f"C code writes its int64 fields in place: pass an aligned array, e.g. "
+                                 f"np.require(out, requirements='CAW')")
             with nogil:
                 n = tw_feed_drain(&self.c, <tw_event *>view.buf, view.len // sizeof(tw_event), tm)
         finally:

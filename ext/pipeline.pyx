@@ -880,6 +880,10 @@ cdef class Engine:
             cap = view.len // <Py_ssize_t>sizeof(tw_event)
             if cap < f.max_events:
                 raise ValueError(f"buf must hold at least max_events ({f.max_events}) events")
+            if <uintptr_t>view.buf & 7:                  # (np.frombuffer at an odd offset)
+                raise ValueError(f"buf is not 8-byte aligned (address % 8 == {<uintptr_t>view.buf & 7}), and the "
+                                 f"C code writes its int64 fields in place: pass an aligned array, e.g. "
+                                 f"np.require(buf, requirements='CAW')")
             with nogil:
                 deadline = _clock_ns(CLOCK_MONOTONIC) + <int64_t>(seconds * 1e9)
                 while True:

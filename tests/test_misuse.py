@@ -365,7 +365,26 @@ def test_a_misaligned_event_array_is_refused_naming_the_copy():
             call(mis)
         call(fixed)
     assert L2Book(0).apply(mis[:0]) == 0                  # nothing read: nothing to refuse
+    top = np.frombuffer(bytearray(8 * 4 * 8 + 1), np.uint8)[1:].view(np.int64).reshape(8, 4)
+    with pytest.raises(ValueError, match=r"top is not 8-byte aligned .*np.require\(top"):
+        BookSet([L2Book(0)]).apply_top(fixed, top)
     raw_bytes = np.frombuffer(bytearray(64 * 3 + 1), np.uint8)[1:]
     with pytest.raises(ValueError, match=r"raw is not 8-byte aligned .*np.require\(raw"):
         seq_in_order(raw_bytes, np.ones(1, np.uint64), np.ones(1, np.uint8))
     assert seq_in_order(np.zeros(0, np.uint8), np.ones(1, np.uint64), np.ones(1, np.uint8))
+
+
+def test_a_misaligned_drain_buffer_is_refused(tmp_path):
+    import numpy as np
+    from tickwire.ext import EVENT_DTYPE
+    from test_feed_handler import Harness
+
+    hs = Harness(tmp_path)
+    try:
+        rx, buf = hs.h.receiver, hs.h._buf
+        mis = np.frombuffer(bytearray(buf.nbytes + 1), np.uint8)[1:].view(EVENT_DTYPE)
+        with pytest.raises(ValueError, match=r"out is not 8-byte aligned .*np.require\(out"):
+            rx.drain(mis, 0)
+        assert rx.drain(buf, 0) == 0
+    finally:
+        hs.close()
