@@ -329,8 +329,10 @@ cdef inline int tw_book_apply_inline(tw_book *b, const tw_event *ev) noexcept no
     if TW_UNLIKELY(((((v & b.fast_mask) - b.fast_want) & ~<uint32_t>0x01010000) != 0) | (qty < 0)):
         return tw_book_apply_slow(b, ev)
     L = &b.side[v >> 24]
-    s = L.sign * ev.price - L.base
-    if TW_UNLIKELY(<uint64_t>(s - L.fast_lo) >= <uint64_t>L.fast_n):
+    # in uint64 (defined wrap-around, the same instructions): a price at INT64_MIN/MAX overflowed
+    # int64 here; the slot test below refuses it either way
+    s = <int64_t>(<uint64_t>L.sign * <uint64_t>ev.price - <uint64_t>L.base)
+    if TW_UNLIKELY(<uint64_t>s - <uint64_t>L.fast_lo >= <uint64_t>L.fast_n):
         return tw_book_apply_far(b, ev)
     word = &L.bits[0][s >> 6]
     w_old = word[0]

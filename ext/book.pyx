@@ -1210,9 +1210,9 @@ cdef int tw_book_apply_far(tw_book *b, const tw_event *ev) noexcept nogil:
     range: outside the window straight to the far-level update, without the slow path's dispatch;
     inside it (a price out of range) to the slow path, which refuses a new level there."""
     cdef tw_ladder *L = &b.side[ev.side]
-    cdef int64_t key = L.sign * ev.price
+    cdef int64_t key = <int64_t>(<uint64_t>L.sign * <uint64_t>ev.price)     # (uint64: no int64 overflow)
     cdef int r
-    if <uint64_t>(key - L.base) < <uint64_t>L.cap:
+    if <uint64_t>key - <uint64_t>L.base < <uint64_t>L.cap:
         return tw_book_apply_slow(b, ev)
     r = tw_book_account(b, ev, _l2_set_outside(b, L, ev.price, key, ev.qty))
     L.far_count += 1
@@ -1282,7 +1282,7 @@ cdef inline void _prefetch(const tw_book *b, const tw_event *ev, int stage) noex
         if ev.side > 1:
             return
         L = &b.side[ev.side]
-        s = L.sign * ev.price - L.base
+        s = <int64_t>(<uint64_t>L.sign * <uint64_t>ev.price - <uint64_t>L.base)   # (uint64: no overflow)
         if <uint64_t>s < <uint64_t>L.cap and L.norders[s] != 0:
             TW_PREFETCH(&b.orders[L.tail[s]].next)
         return
@@ -1473,8 +1473,8 @@ cdef Py_ssize_t tw_book_levels(const tw_book *b, int side, int64_t *out, Py_ssiz
 cdef int64_t tw_book_qty_at(const tw_book *b, int side, int64_t price) noexcept nogil:
     """Quantity resting at ``price`` on ``side`` (0: no level)."""
     cdef const tw_ladder *L = &b.side[side]
-    cdef int64_t key = L.sign * price
-    cdef int64_t s = key - L.base
+    cdef int64_t key = <int64_t>(<uint64_t>L.sign * <uint64_t>price)         # (uint64: no int64 overflow)
+    cdef int64_t s = <int64_t>(<uint64_t>key - <uint64_t>L.base)
     cdef Py_ssize_t i
     if <uint64_t>s < <uint64_t>L.cap:
         return L.qty[s]

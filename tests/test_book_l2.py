@@ -759,3 +759,22 @@ def check_apply_top(book):
 
 def test_bookset_apply_top_equals_one_by_one():
     check_apply_top("L2")
+
+
+def test_prices_at_the_ends_of_int64_are_refused_and_leave_the_book():
+    # sign * price and key - base overflowed int64 in the apply paths and qty_at (defined only
+    # under -fwrapv; now unsigned arithmetic): the event is refused, the book as it was
+    for cls in (L2Book, L3Book):
+        for side in (Side.BID, Side.ASK):
+            b = cls(1)
+            ev = empty_events(1)
+            ev["kind"], ev["side"], ev["price"], ev["qty"], ev["instrument"], ev["order_id"] = \
+                Kind.ADD, side, 100, 5, 1, 7
+            assert b.apply(ev) == 1
+            for price in (-2**63, -2**63 + 1, 2**63 - 1):
+                for kind in (Kind.ADD, Kind.MODIFY, Kind.DELETE, Kind.TRADE):
+                    bad = ev.copy()
+                    bad["kind"], bad["price"], bad["order_id"] = kind, price, 9
+                    b.apply(bad)
+                    assert b.qty_at(side, price) == 0
+                assert len(b.levels(side)) == 1 and b.qty_at(side, 100) == 5
