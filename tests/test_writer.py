@@ -372,7 +372,7 @@ def test_a_corrupt_spill_file_set_aside_then_deleted_is_not_said_again(tmp_path)
     deleted the .corrupt file, the next start said its ticks were removed by hand (rows_missing,
     exit 1, an alert) for a loss already said."""
     spill = _Spill(tmp_path)
-    path = spill.write(100, 7, "tok", np.zeros(50, EVENT_DTYPE))
+    path = spill.write(100, 7, "tw:7:100:50", np.zeros(50, EVENT_DTYPE))
     raw = bytearray(path.read_bytes())
     raw[-10] ^= 0xFF
     path.write_bytes(bytes(raw))
@@ -495,9 +495,9 @@ def test_spill_errors_name_the_directory_and_the_problem(tmp_path, monkeypatch):
     meta_path = tmp_path / "ok"
     meta_path.mkdir()
     s = _Spill(meta_path)
-    s.write(7, 3, "tok", ev)
+    s.write(7, 3, "tw:3:7:10", ev)
     meta, back = _Spill.read(s.path_for(3, 7))
-    assert meta == {"pos": 7, "n": 10, "epoch": 3, "token": "tok", "crc32": zlib.crc32(ev.tobytes())}
+    assert meta == {"pos": 7, "n": 10, "epoch": 3, "token": "tw:3:7:10", "crc32": zlib.crc32(ev.tobytes())}
     assert back.tobytes() == ev.tobytes()
 
 
@@ -744,3 +744,96 @@ def test_full_spill_and_unreachable_store_at_stop_leave_the_ticks_in_the_ring(tm
         out, _ = w.communicate(timeout=120)
     assert w.returncode == 0, out.decode()[-2000:]
     assert_exactly_once(dsn, ev)
+
+
+def spill_all(writer, ev, deadline):
+    """The store down: every tick of ``ev`` (pushed already) spilled; the spill files, in order."""
+    while writer.metrics["rows_spilled"] < len(ev):
+        assert writer.step(0.01) and time.monotonic() < deadline, writer.metrics
+    return writer.spill.files()
+
+
+def rewrite_header(path, change):
+    """Spill file ``path`` with its header's JSON object passed through ``change`` (bytes out)."""
+    data = path.read_bytes()
+    nl = data.index(b"\n")
+    meta = json.loads(data[8:nl])
+    path.write_bytes(b"TWSPILL1" + change(meta) + b"\n" + data[nl + 1:])
+
+
+def test_a_spill_file_with_an_untrustworthy_header_is_set_aside_counted_and_the_rest_stored(tmp_path, caplog):
+    """Found by an adversarial pass: a spill file whose header was unreadable (empty; broken
+    JSON; a JSON list) was set aside but its ticks counted nowhere ("its  ticks NOT stored",
+    rows_corrupt 0, exit 0); a header without ``token`` raised KeyError in the store thread and
+    the writer hung with the files after it never stored; one without ``crc32`` stored a garbage
+    row; one carrying another file's token was dropped by ClickHouse's deduplication while
+    rows_written counted it. Each is now set aside, its ticks counted from the ledger and said
+    with their positions, and every other file stored."""
+    import logging
+
+    name, dsn = ring_name(), f"chdb://{tmp_path}/store"
+    ev = l2_updates(5000, seed=31, instruments=2)
+    down, real, link = store_down(dsn)
+    deadline = time.monotonic() + 60
+    with Ring.create(name, EVENT_DTYPE, 1 << 15) as ring:
+        writer = TickWriter(link, Ring.attach(name, EVENT_DTYPE), tmp_path / "state", epoch=3, batch_rows=500,
+                            batch_seconds=0.01, retry_seconds=0.05)
+        ring.push_many(ev)
+        files = spill_all(writer, ev, deadline)
+        assert len(files) == 10
+        files[1].write_bytes(b"")
+        files[2].write_bytes(files[2].read_bytes().replace(b'"pos"', b'}{"pos', 1))
+        rewrite_header(files[3], lambda m: b"[1, 2]")
+        rewrite_header(files[4], lambda m: json.dumps({k: v for k, v in m.items() if k != "token"}).encode())
+        rewrite_header(files[5], lambda m: json.dumps({k: v for k, v in m.items() if k != "crc32"}).encode())
+        other = json.loads(files[0].read_bytes().split(b"\n", 1)[0][8:])["token"]
+        rewrite_header(files[6], lambda m: json.dumps({**m, "token": other}).encode())
+        rewrite_header(files[7], lambda m: json.dumps({**m, "pos": "abc"}).encode())
+        down.clear()
+        with caplog.at_level(logging.ERROR, logger="tickwire.writer"):
+            replay_then_drain(writer, ring, deadline)
+    link.close()
+    real.close()
+    assert caplog.text.count("its 500 ticks NOT stored") == 7, caplog.text
+    for i in range(1, 8):
+        assert f"positions {i * 500}..{i * 500 + 499}" in caplog.text
+    assert writer.metrics["rows_corrupt"] == 3500 and writer.metrics["rows_written"] == 1500
+    assert sorted(p.name for p in writer.spill.dir.glob("*.corrupt")) == sorted(f.name + ".corrupt" for f in files[1:8])
+    writer.write_status()
+    assert writer.metrics["rows_missing"] == 0                  # (counted once, as corrupt)
+    assert_exactly_once(dsn, np.concatenate([ev[:500], ev[4000:]]))
+
+
+@pytest.mark.timeout(90)
+def test_a_directory_fifo_or_symlink_named_like_a_spill_file_is_refused_and_counted(tmp_path, caplog):
+    """Found by an adversarial pass: a directory named like a spill file raised IsADirectoryError
+    and the writer hung; a FIFO blocked it forever in its open; a symbolic link to /dev/zero read
+    gigabytes. Only a regular file is read: anything else is set aside, its ticks counted from
+    the ledger, and the files after it stored."""
+    import logging
+
+    name, dsn = ring_name(), f"chdb://{tmp_path}/store"
+    ev = l2_updates(3000, seed=32, instruments=2)
+    down, real, link = store_down(dsn)
+    deadline = time.monotonic() + 60
+    with Ring.create(name, EVENT_DTYPE, 1 << 15) as ring:
+        writer = TickWriter(link, Ring.attach(name, EVENT_DTYPE), tmp_path / "state", epoch=3, batch_rows=500,
+                            batch_seconds=0.01, retry_seconds=0.05)
+        ring.push_many(ev)
+        files = spill_all(writer, ev, deadline)
+        assert len(files) == 6
+        for f in files[1:4]:
+            f.unlink()
+        files[1].mkdir()
+        os.mkfifo(files[2])
+        os.symlink("/dev/zero", files[3])
+        down.clear()
+        with caplog.at_level(logging.ERROR, logger="tickwire.writer"):
+            replay_then_drain(writer, ring, deadline)
+    link.close()
+    real.close()
+    for why in ("a directory, not a regular file", "a FIFO, not a regular file", "a symbolic link, not a spill file"):
+        assert why in caplog.text
+    assert caplog.text.count("its 500 ticks NOT stored") == 3
+    assert writer.metrics["rows_corrupt"] == 1500
+    assert_exactly_once(dsn, np.concatenate([ev[:500], ev[2000:]]))
