@@ -137,7 +137,14 @@ class _Journal:
         _write_json(self.path, {"pos": pos, "n": n, "token": token})
 
     def read(self) -> Optional[dict]:
-        return _read_json(self.path)
+        """The entry (None: no batch in flight); ValueError or OSError when it is damaged."""
+        entry = _read_json(self.path)
+        if entry is None:
+            return None
+        if not isinstance(entry, dict) or not isinstance(entry.get("token"), str) or \
+                any(type(entry.get(k)) is not int or entry[k] < 0 for k in ("pos", "n")):
+            raise ValueError(f"not a journal entry: {str(entry)[:80]}")
+        return entry
 
     def clear(self) -> None:
         try:
@@ -820,12 +827,15 @@ class TickWriter:
     def _recover(self) -> None:
         """Hold again the batch a killed writer left in flight, exactly as it was journalled."""
         self._recovered = True
-        entry = self.journal.read()
+        try:
+            entry = self.journal.read()
+        except (OSError, ValueError) as exc:
+            entry = self._journal_damaged(exc)
         if not entry:
             return
         committed = self.source.committed
-        if entry["pos"] != committed:
-            self.journal.clear()               # it was committed before the crash
+        if entry["pos"] != committed or entry["token"] != f"tw:{self.epoch}:{entry['pos']}:{entry['n']}":
+            self.journal.clear()               # it was committed before the crash (or is another stream's)
             return
         buf = np.empty(entry["n"], dtype=EVENT_DTYPE)
         got = 0
@@ -836,6 +846,56 @@ class TickWriter:
             got += k
         log.warning("re-writing the batch a previous writer left in flight (%d ticks at %d)", got, committed)
         self._held = _Batch(buf, committed, entry["n"], entry["token"])
+
+    def _journal_damaged(self, exc: Exception) -> Optional[dict]:
+        """The journal is unreadable (a garbage inflight.json crashed every start, nothing
+        stored): set aside, and its batch found from the store instead. Only the batch that was
+        in flight can have put ticks of this stream at or past the committed position there, so
+        their count gives its token back: held again with it, it is dropped by ClickHouse if it
+        had landed. When the store cannot say, that is an error line: those ticks may be stored
+        twice."""
+        path = self.journal.path
+        aside = path.with_name(path.name + ".corrupt")
+        try:
+            os.replace(path, aside)
+        except OSError:
+            pass
+        pos = self.source.committed
+        try:
+            landed = self.link.submit(self._landed_task, pos).result(30.0)
+        except Exception:                          # noqa: BLE001 - a store that does not answer
+            landed = None
+        if landed is None:
+            log.error("journal %s is damaged (%s): set aside as %s; the store cannot say whether the batch in "
+                      "flight at position %d had landed: if it had, up to one batch of ticks from position %d of "
+                      "stream %d may now be stored twice", path, exc, aside.name, pos, pos, self.epoch)
+            return None
+        if not landed:
+            log.warning("journal %s is damaged (%s): set aside as %s; nothing at or past position %d had reached "
+                        "the store", path, exc, aside.name, pos)
+            return None
+        log.warning("journal %s is damaged (%s): set aside as %s; the store holds %d ticks from position %d: "
+                    "that batch is inserted again with its token (stored once)", path, exc, aside.name, landed, pos)
+        return {"pos": pos, "n": landed, "token": f"tw:{self.epoch}:{pos}:{landed}"}
+
+    def _landed_task(self, pos: int) -> Optional[int]:                             # store thread
+        """How many ticks of this stream from ``pos`` the store holds (up to its last one);
+        None when it cannot be asked."""
+        store = self.link.get()
+        if store is None:
+            return None
+        try:
+            end = pos
+            for table in ("ticks", "snapshots"):
+                (count, last), = store.client.query(
+                    f"SELECT count(), max(ord) FROM {store.database}.{table} "
+                    f"WHERE epoch = {int(self.epoch)} AND ord >= {int(pos)}").result_rows
+                if count:
+                    end = max(end, int(last) + 1)
+            return end - pos
+        except Exception as exc:                   # noqa: BLE001
+            log.warning("the store could not be asked for the ticks at position %d (%s)", pos, exc)
+            return None
 
     # -- the loop --------------------------------------------------------------------------
     def step(self, wait: float = 0.05) -> bool:

@@ -837,3 +837,33 @@ def test_a_directory_fifo_or_symlink_named_like_a_spill_file_is_refused_and_coun
     assert caplog.text.count("its 500 ticks NOT stored") == 3
     assert writer.metrics["rows_corrupt"] == 1500
     assert_exactly_once(dsn, np.concatenate([ev[:500], ev[2000:]]))
+
+
+def test_a_damaged_journal_is_set_aside_and_its_batch_found_from_the_store(tmp_path, caplog):
+    """Found by an adversarial pass: a garbage inflight.json (``{"pos": 0, "n": ``) ended every
+    start of the writer with JSONDecodeError, nothing stored. It is set aside and said; the batch
+    it held is found from the store (the ticks of this stream at or past the committed position
+    can only be the in-flight batch's) and inserted again with its own token: stored once, though
+    the next writer cuts its batches elsewhere."""
+    import logging
+
+    name, dsn = ring_name(), f"chdb://{tmp_path}/store"
+    ev = l2_updates(10_000, seed=33)
+    link = StoreLink(lambda: Store.open(dsn))
+    with Ring.create(name, EVENT_DTYPE, 1 << 15) as ring:
+        ring.push_many(ev)
+        first = TickWriter(link, DiesBeforeCommit(Ring.attach(name, EVENT_DTYPE)), tmp_path / "state",
+                           epoch=5, batch_rows=4000)
+        with pytest.raises(SystemExit):
+            first.run()
+        assert first.metrics["rows_written"] == 4000                  # inserted, not committed
+        (tmp_path / "state" / "inflight.json").write_text('{"pos": 0, "n": ')
+        successor = Ring.attach(name, EVENT_DTYPE, takeover=True)
+        ring.close()
+        second = TickWriter(link, successor, tmp_path / "state", epoch=5, batch_rows=3000)
+        with caplog.at_level(logging.WARNING, logger="tickwire.writer"):
+            second.run()
+    link.close()
+    assert_exactly_once(dsn, ev)                                      # (ignoring the journal: 4,000 twice)
+    assert "inflight.json is damaged" in caplog.text and "holds 4000 ticks from position 0" in caplog.text
+    assert (tmp_path / "state" / "inflight.json.corrupt").exists() and second.journal.read() is None
