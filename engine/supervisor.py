@@ -765,19 +765,33 @@ class Supervisor:
             fast = fast + 1 if time.time() - child.started < 3.0 else 0
             how = rc if rc >= 0 else signal.Signals(-rc).name
             if fast >= 5:
-                log.error("%s exited with %s five times within seconds of starting: giving up", child.name, how)
-                self.failure = f"{child.name} exited with {how} five times within seconds of starting"
+                log.error("%s exited with %s%s five times within seconds of starting: giving up", child.name, how,
+                          self._fatal(child))
+                self.failure = f"{child.name} exited with {how}{self._fatal(child)} five times within seconds of starting"
                 self.failed = True
                 self.request_stop()
                 return
             child.restarts += 1
             if child is self.writer:
                 self._carry_damage(child.started)
-            log.error("%s (pid %d) exited with %s; restarting (restart %d)", child.name, child.proc.pid,
-                      how, child.restarts)
+            log.error("%s (pid %d) exited with %s%s; restarting (restart %d)", child.name, child.proc.pid,
+                      how, self._fatal(child), child.restarts)
             await asyncio.sleep(self.restart_delay * (2 ** fast))
             if self.stopping or not await self._respawn(child):
                 return
+
+    def _fatal(self, child: _Child) -> str:
+        """" (<why>)" when ``child`` is the writer and it left the line of a fatal error (an
+        unusable spill directory: the daemon gave up saying only "exited with 1"), else ""."""
+        if child is not self.writer:
+            return ""
+        from tickwire.engine.writer import FATAL_FILE
+
+        try:
+            line = (self.run_dir / "writer" / FATAL_FILE).read_text(errors="replace").strip()
+        except OSError:
+            return ""
+        return f" ({line[:300]})" if line else ""
 
     async def _respawn(self, child: _Child, give_up_after: float = 60.0) -> bool:
         """Start ``child`` again; when the system refuses a new process (EMFILE, EAGAIN, ENOMEM:
@@ -1016,7 +1030,7 @@ class Supervisor:
             elif rc < 0:
                 note = f"the writer was ended by {signal.Signals(-rc).name}"
             elif rc:
-                note = f"the writer exited with status {rc}"
+                note = f"the writer exited with status {rc}{self._fatal(self.writer)}"
             if rc != 0:
                 status = 1
         elif self.writer is not None:

@@ -70,7 +70,7 @@ from tickwire.ext.records import EVENT_DTYPE, SIGNAL_DTYPE
 
 log = logging.getLogger("tickwire.writer")
 
-__all__ = ["TickWriter", "SignalWriter", "WriterService", "StoreLink", "SpillError", "IdlePolicy", "main",
+__all__ = ["TickWriter", "SignalWriter", "WriterService", "StoreLink", "SpillError", "StateError", "IdlePolicy", "main",
            "EXIT_UNSTORED", "SPILL_ABOVE"]
 
 _SPILL_MAGIC = b"TWSPILL1"
@@ -99,6 +99,32 @@ class SpillError(OSError):
 
     def __str__(self) -> str:
         return self.strerror
+
+
+class StateError(OSError):
+    """The writer's state (its journal and spill directory) cannot be used: the path and the
+    problem in the message, one line at start instead of a traceback."""
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+#: Where the writer leaves the one line of its last fatal error (in its --state-dir), for the
+#: supervisor's log and last line; removed at each start.
+FATAL_FILE = "fatal.txt"
+
+
+def _state_dir(path: Path) -> Path:
+    """``path`` made a directory if need be, or :class:`StateError` naming it: a regular file
+    where the spill directory belongs ended every start of the writer with a FileExistsError
+    traceback (once with SIGSEGV), and the daemon said only "the writer exited with status 1"."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = {errno.EEXIST: "something other than a directory is in its place",
+               errno.ENOTDIR: "a part of its path is not a directory"}.get(exc.errno, exc.strerror or str(exc))
+        raise StateError(exc.errno, f"writer state directory {path} is unusable: {why}") from None
+    return path
 
 
 def _fsync_dir(path: Path) -> None:
@@ -640,7 +666,7 @@ class TickWriter:
         self.source = source
         self.state = Path(state_dir)
         self.spill = _Spill(self.state / "spill")
-        self.spill.dir.mkdir(parents=True, exist_ok=True)
+        _state_dir(self.spill.dir)
         self.journal = _Journal(self.state / "inflight.json")
         self.epoch = int(epoch)
         # A batch is cut when it is full, and the ring goes on filling while it is inserted: one
@@ -1003,7 +1029,7 @@ class SignalWriter:
         self.epoch = int(ring.created_ns)
         self.state = Path(state_dir)
         self.spill = _Spill(self.state / "spill", ".sig", "signals")
-        self.spill.dir.mkdir(parents=True, exist_ok=True)
+        _state_dir(self.spill.dir)
         self.position_path = self.state / "position.json"
         self.batch_seconds, self.batch_rows, self.retry_seconds = batch_seconds, batch_rows, retry_seconds
         saved = _read_json(self.position_path) or {}
@@ -1370,14 +1396,29 @@ def main(argv=None) -> int:
     link = StoreLink(open_store, insert_delay=args.debug_insert_delay)
     if link.submit(link.get).result() is None:     # connect (and create the schema) before attaching
         log.error("%s: will spill until the store answers", link.last_error)
+    fatal = Path(args.state_dir) / FATAL_FILE
+    try:
+        fatal.unlink(missing_ok=True)
+    except OSError:
+        pass
     writers = []
-    for key, name in map(_key_name, args.ring):
-        ring = Ring.attach(name, EVENT_DTYPE, takeover=True, spin_ns=0)     # no hurry: sleep at once
-        writers.append(TickWriter(link, ring, Path(args.state_dir) / key, int(ring.created_ns),
-                                  batch_rows=args.batch_rows, batch_seconds=args.batch_seconds,
-                                  nap=args.nap, spill_above=args.spill_above))
-    signals = [SignalWriter(link, Ring.attach(name, SIGNAL_DTYPE, start="oldest"), Path(args.state_dir) / key,
-                            args.run, batch_seconds=args.signal_seconds) for key, name in map(_key_name, args.signal_ring)]
+    try:
+        for key, name in map(_key_name, args.ring):
+            ring = Ring.attach(name, EVENT_DTYPE, takeover=True, spin_ns=0)     # no hurry: sleep at once
+            writers.append(TickWriter(link, ring, Path(args.state_dir) / key, int(ring.created_ns),
+                                      batch_rows=args.batch_rows, batch_seconds=args.batch_seconds,
+                                      nap=args.nap, spill_above=args.spill_above))
+        signals = [SignalWriter(link, Ring.attach(name, SIGNAL_DTYPE, start="oldest"), Path(args.state_dir) / key,
+                                args.run, batch_seconds=args.signal_seconds)
+                   for key, name in map(_key_name, args.signal_ring)]
+    except StateError as exc:
+        log.error("%s: nothing can be stored or spilled; the ticks stay in their rings", exc)
+        try:
+            fatal.write_text(f"{exc}\n")
+        except OSError:
+            pass
+        link.close()
+        return 1
     policy = None
     if args.sched == "idle":                 # after set-up, which runs at normal priority
         policy = IdlePolicy()

@@ -1585,3 +1585,27 @@ def test_a_dead_writers_damage_counts_are_kept_once(tmp_path):
     status_file.write_text(json.dumps({"rows_missing": 7, "rows_corrupt": 2}))   # a successor's own
     got = sup.writer_status()[0]
     assert (got["rows_missing"], got["rows_corrupt"]) == (1007, 2)
+
+
+def test_an_unusable_spill_directory_is_named_in_the_restart_line_and_the_last_line(tmp_path, rings_of):
+    """Found by an adversarial pass: a regular file where the writer's spill directory belongs
+    ended every start of the writer with a traceback, and the daemon said only "writer exited
+    with 1". The writer's one error line (left in <state>/writer/fatal.txt) is in the daemon's
+    restart line and its last line."""
+    rings_of("badspill")
+    cfg_path, raw = write_config(tmp_path, "badspill")
+    run_dir = tmp_path / "state" / "badspill"
+    spill = run_dir / "writer" / "tickwire-badspill-ticks-0" / "spill"
+    spill.parent.mkdir(parents=True)
+    spill.write_bytes(b"x")
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        why = f"writer state directory {spill} is unusable: something other than a directory is in its place"
+        assert wait_for(lambda: why in (tmp_path / "daemon.log").read_text(), 60)
+        assert wait_for(lambda: "restarting (restart 1)" in (tmp_path / "daemon.log").read_text(), 30)
+    finally:
+        rc, _ = stop_daemon(daemon, log)
+    lines = (tmp_path / "daemon.log").read_text().strip().splitlines()
+    restart = [x for x in lines if "restarting (restart 1)" in x][0]
+    assert rc != 0 and why in restart and "Traceback" not in "\n".join(lines), lines[-5:]
+    assert why in lines[-1], lines[-1]

@@ -867,3 +867,31 @@ def test_a_damaged_journal_is_set_aside_and_its_batch_found_from_the_store(tmp_p
     assert_exactly_once(dsn, ev)                                      # (ignoring the journal: 4,000 twice)
     assert "inflight.json is damaged" in caplog.text and "holds 4000 ticks from position 0" in caplog.text
     assert (tmp_path / "state" / "inflight.json.corrupt").exists() and second.journal.read() is None
+
+
+def test_a_spill_path_that_is_not_a_directory_is_one_line_and_the_ticks_stay_in_the_ring(tmp_path):
+    """Found by an adversarial pass: a regular file where a ring's spill directory belongs ended
+    every start of the writer with a FileExistsError traceback (once with SIGSEGV), and the
+    daemon said only "the writer exited with status 1". It is one error line naming the path
+    (also left in <state-dir>/fatal.txt, which the supervisor says), exit status 1, the ticks
+    still in the ring; with the path repaired, the next writer stores them."""
+    name, dsn, state = ring_name(), f"chdb://{tmp_path}/store", tmp_path / "state"
+    ev = l2_updates(4000, seed=34)
+    (state / name).mkdir(parents=True)
+    (state / name / "spill").write_bytes(b"x")
+    with Ring.create(name, EVENT_DTYPE, 1 << 14) as ring:
+        ring.push_many(ev)
+        w = start_writer(name, dsn, state)
+        out = w.communicate(timeout=120)[0].decode()
+        assert w.returncode == 1, out[-2000:]
+        line = f"writer state directory {state / name / 'spill'} is unusable: something other than a directory"
+        assert line in out and "Traceback" not in out, out[-2000:]
+        assert line in (state / "fatal.txt").read_text() and ring.size == len(ev)
+        (state / name / "spill").unlink()
+        w = start_writer(name, dsn, state)
+        assert wait_for(lambda: ring.consumer_alive)
+        ring.close()
+        out = w.communicate(timeout=120)[0].decode()
+    assert w.returncode == 0, out[-2000:]
+    assert not (state / "fatal.txt").exists()
+    assert_exactly_once(dsn, ev)
