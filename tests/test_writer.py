@@ -895,3 +895,23 @@ def test_a_spill_path_that_is_not_a_directory_is_one_line_and_the_ticks_stay_in_
     assert w.returncode == 0, out[-2000:]
     assert not (state / "fatal.txt").exists()
     assert_exactly_once(dsn, ev)
+
+
+def test_the_status_tolerates_a_spill_file_set_aside_while_it_lists_them(tmp_path, monkeypatch):
+    """Found by an adversarial pass (once in 8 runs): the status writer listed the spill files,
+    the store thread renamed one aside as corrupt, and the stat that followed raised
+    FileNotFoundError, which ended the writer. A file gone between the listing and its stat
+    no longer counts towards ``spill_bytes``."""
+    name = ring_name()
+    ev = l2_updates(1000, seed=35)
+    with Ring.create(name, EVENT_DTYPE, 1 << 12) as ring:
+        writer = TickWriter(lambda: None, Ring.attach(name, EVENT_DTYPE), tmp_path / "state", epoch=4)
+        kept = writer.spill.write(0, 4, "tw:4:0:500", ev[:500])
+        aside = writer.spill.write(500, 4, "tw:4:500:500", ev[500:])
+        listed = writer.spill.files()
+        os.replace(aside, aside.with_name(aside.name + ".corrupt"))       # the store thread, meanwhile
+        monkeypatch.setattr(writer.spill, "files", lambda: listed)
+        writer.write_status()                                           # (raised FileNotFoundError)
+        ring.close()
+    assert writer.metrics["spill_bytes"] == kept.stat().st_size
+    assert json.loads((tmp_path / "state" / "status.json").read_text())["spill_bytes"] == kept.stat().st_size
