@@ -73,7 +73,11 @@ log = logging.getLogger("tickwire.writer")
 __all__ = ["TickWriter", "SignalWriter", "WriterService", "StoreLink", "SpillError", "StateError", "IdlePolicy", "main",
            "EXIT_UNSTORED", "SPILL_ABOVE"]
 
-_SPILL_MAGIC = b"TWSPILL1"
+#: Spill files of version 2 carry a CRC-32 of their header's fields as well as their records
+#: (:func:`_spill_crc`); version 1's covered the records only (a header edited by hand passed as
+#: long as it parsed) and is still read.
+_SPILL_MAGIC = b"TWSPILL2"
+_SPILL_MAGIC_V1 = b"TWSPILL1"
 #: The writer's exit status when it stopped with ticks or signals that neither the store nor the
 #: spill directory would take: they are still in their rings (the daemon keeps those).
 EXIT_UNSTORED = 3
@@ -125,6 +129,13 @@ def _state_dir(path: Path) -> Path:
                errno.ENOTDIR: "a part of its path is not a directory"}.get(exc.errno, exc.strerror or str(exc))
         raise StateError(exc.errno, f"writer state directory {path} is unusable: {why}") from None
     return path
+
+
+def _spill_crc(meta: dict, body) -> int:
+    """A version 2 spill file's CRC-32: its header's fields but ``crc32`` (canonical JSON), then
+    its records."""
+    head = json.dumps({k: v for k, v in meta.items() if k != "crc32"}, sort_keys=True, separators=(",", ":"))
+    return zlib.crc32(body, zlib.crc32(head.encode()))
 
 
 def _fsync_dir(path: Path) -> None:
@@ -291,8 +302,8 @@ class _Spill:
     def write(self, pos: int, epoch: int, token: str, records: np.ndarray, **extra) -> Path:
         path = self.path_for(epoch, pos)
         body = np.ascontiguousarray(records).tobytes()
-        header = json.dumps({"pos": pos, "n": len(records), "epoch": epoch, "token": token,
-                             "crc32": zlib.crc32(body), **extra}).encode() + b"\n"
+        meta = {"pos": pos, "n": len(records), "epoch": epoch, "token": token, **extra}
+        header = json.dumps({**meta, "crc32": _spill_crc(meta, body)}).encode() + b"\n"
         tmp = path.with_name(f".{path.stem}.tmp")
         try:
             with open(tmp, "wb") as fh:
@@ -384,7 +395,7 @@ class _Spill:
         fh, _ = _Spill._open(path)
         with fh:
             line = fh.readline(4096)
-        if not line.startswith(_SPILL_MAGIC):
+        if not line.startswith((_SPILL_MAGIC, _SPILL_MAGIC_V1)):
             raise ValueError(f"{path} is not a tickwire spill file")
         meta = json.loads(line[len(_SPILL_MAGIC):])
         why = _Spill._header_problem(path, meta, None)
@@ -401,7 +412,7 @@ class _Spill:
         fh, size = _Spill._open(path)
         with fh:
             line = fh.readline(4096)
-            if not line.startswith(_SPILL_MAGIC):
+            if not line.startswith((_SPILL_MAGIC, _SPILL_MAGIC_V1)):
                 raise SpillCorrupt(path, "not a tickwire spill file")
             if not line.endswith(b"\n"):
                 raise SpillCorrupt(path, "its header line is cut short or too long")
@@ -419,8 +430,11 @@ class _Spill:
             body = fh.read(n * dtype.itemsize)
         if len(body) != n * dtype.itemsize:
             raise SpillCorrupt(path, f"{len(body)} bytes of records where {n} records take {n * dtype.itemsize}", meta)
-        if zlib.crc32(body) != meta["crc32"]:
-            raise SpillCorrupt(path, "its records do not match the CRC-32 in its header", meta)
+        if line.startswith(_SPILL_MAGIC_V1):
+            if zlib.crc32(body) != meta["crc32"]:
+                raise SpillCorrupt(path, "its records do not match the CRC-32 in its header", meta)
+        elif _spill_crc(meta, body) != meta["crc32"]:
+            raise SpillCorrupt(path, "its header or records do not match the CRC-32 in its header", meta)
         return meta, np.frombuffer(body, dtype=dtype, count=n).copy()
 
     @staticmethod

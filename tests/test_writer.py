@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from tickwire.engine.store import Store
-from tickwire.engine.writer import SpillCorrupt, SpillError, StoreLink, TickWriter, _Spill
+from tickwire.engine.writer import SpillCorrupt, SpillError, StoreLink, TickWriter, _Spill, _spill_crc
 from tickwire.ext import EVENT_DTYPE, SIGNAL_DTYPE
 from tickwire.ext.ring import Ring
 from tickwire.feeds.synthetic import l2_updates
@@ -497,7 +497,8 @@ def test_spill_errors_name_the_directory_and_the_problem(tmp_path, monkeypatch):
     s = _Spill(meta_path)
     s.write(7, 3, "tw:3:7:10", ev)
     meta, back = _Spill.read(s.path_for(3, 7))
-    assert meta == {"pos": 7, "n": 10, "epoch": 3, "token": "tw:3:7:10", "crc32": zlib.crc32(ev.tobytes())}
+    assert meta == {"pos": 7, "n": 10, "epoch": 3, "token": "tw:3:7:10",
+                    "crc32": _spill_crc({"pos": 7, "n": 10, "epoch": 3, "token": "tw:3:7:10"}, ev.tobytes())}
     assert back.tobytes() == ev.tobytes()
 
 
@@ -754,7 +755,8 @@ def spill_all(writer, ev, deadline):
 
 
 def rewrite_header(path, change):
-    """Spill file ``path`` with its header's JSON object passed through ``change`` (bytes out)."""
+    """Spill file ``path`` with its header's JSON object passed through ``change`` (bytes out), as
+    a version 1 file (its CRC-32 covers the records only): what the checks of its fields catch."""
     data = path.read_bytes()
     nl = data.index(b"\n")
     meta = json.loads(data[8:nl])
@@ -915,3 +917,25 @@ def test_the_status_tolerates_a_spill_file_set_aside_while_it_lists_them(tmp_pat
         ring.close()
     assert writer.metrics["spill_bytes"] == kept.stat().st_size
     assert json.loads((tmp_path / "state" / "status.json").read_text())["spill_bytes"] == kept.stat().st_size
+
+
+def test_a_version_2_spill_header_is_covered_by_its_crc_and_version_1_is_still_read(tmp_path):
+    """Found by an adversarial pass: the CRC-32 covered a spill file's records only, so a header
+    edited by hand passed as long as it parsed (a signal file's ``run`` changed stored its
+    signals under another run). Version 2 files cover the header too; version 1 files, which
+    the writer wrote before, are still read."""
+    spill = _Spill(tmp_path, ".sig", "signals")
+    sig = np.zeros(20, SIGNAL_DTYPE)
+    sig["seq"] = np.arange(20)
+    path = spill.write(40, 9, "sg:r:9:40:60", sig, end=60, run="live")
+    assert path.read_bytes().startswith(b"TWSPILL2")
+    meta, back = _Spill.read(path, SIGNAL_DTYPE)
+    assert meta["run"] == "live" and back.tobytes() == sig.tobytes()
+    path.write_bytes(path.read_bytes().replace(b'"run": "live"', b'"run": "test"', 1))
+    with pytest.raises(SpillCorrupt, match="header or records do not match the CRC-32"):
+        _Spill.read(path, SIGNAL_DTYPE)
+    v1 = {"pos": 40, "n": 20, "epoch": 9, "token": "sg:r:9:40:60", "end": 60, "run": "live",
+          "crc32": zlib.crc32(sig.tobytes())}
+    path.write_bytes(b"TWSPILL1" + json.dumps(v1).encode() + b"\n" + sig.tobytes())
+    meta, back = _Spill.read(path, SIGNAL_DTYPE)
+    assert meta == v1 and back.tobytes() == sig.tobytes()
