@@ -348,7 +348,7 @@ class _Spill:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 kind = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a device",
-                        stat.S_IFBLK: "a device", stat.S_IFSOCK: "a socket"}.get(stat.S_IFMT(st.st_mode), "odd")
+                        stat.S_IFBLK: "a device", stat.S_IFSOCK: "a socket"}.get(stat.S_IFMT(st.st_mode), "a special file")
                 raise SpillCorrupt(path, f"{kind}, not a regular file")
             return os.fdopen(fd, "rb"), st.st_size
         except BaseException:
@@ -357,12 +357,13 @@ class _Spill:
 
     @staticmethod
     def _header_problem(path: Path, meta, known: Optional[tuple]) -> str:
-        """Why a parsed header cannot be trusted ("" when it can). The CRC covers the records
-        only, so every field is checked against what the file's name and the ledger say: a
-        header without ``token`` raised KeyError in the store thread (the writer hung, the files
-        after it never stored), one without ``crc32`` put a garbage row in the store, and one
-        carrying another file's token had its records dropped by ClickHouse's deduplication
-        while ``rows_written`` counted them."""
+        """Why a parsed header cannot be trusted ("" when it can). A version 1 file's CRC covers
+        its records only, so every field is checked against what the file's name and the ledger
+        say (and a version 2 header before its CRC is computed over it): a header without
+        ``token`` raised KeyError in the store thread (the writer hung, the files after it never
+        stored), one without ``crc32`` put a garbage row in the store, and one carrying another
+        file's token had its records dropped by ClickHouse's deduplication while
+        ``rows_written`` counted them."""
         if not isinstance(meta, dict):
             return f"its header is a JSON {type(meta).__name__}, not an object"
         for key in ("pos", "n", "epoch", "crc32"):
