@@ -1047,7 +1047,7 @@ class SignalWriter:
         _state_dir(self.spill.dir)
         self.position_path = self.state / "position.json"
         self.batch_seconds, self.batch_rows, self.retry_seconds = batch_seconds, batch_rows, retry_seconds
-        saved = _read_json(self.position_path) or {}
+        saved = self._saved_position()
         self.missed = int(saved.get("missed", 0))
         self.pos = int(saved["pos"]) if saved.get("epoch") == self.epoch else 0
         for path in self.spill.files():
@@ -1079,6 +1079,27 @@ class SignalWriter:
         self._insert_failed = self._spill_failed = None
         self._drain_since = None
         self._reported = False
+
+    def _saved_position(self) -> dict:
+        """``position.json`` as saved; a damaged one (garbage ended every start of the writer with
+        JSONDecodeError, as a damaged inflight.json did for ticks) is set aside and said: the
+        writer then resumes after its spill files' signals, from the ring's oldest, so that none
+        is lost; signals stored before may be stored again, and the earlier ``missed`` is lost."""
+        try:
+            saved = _read_json(self.position_path) or {}
+            if not isinstance(saved, dict) or any(type(saved.get(k, 0)) is not int for k in ("pos", "missed", "epoch")):
+                raise ValueError(f"not a signal position: {str(saved)[:80]}")
+            return saved
+        except (OSError, ValueError) as exc:
+            aside = self.position_path.with_name(self.position_path.name + ".corrupt")
+            try:
+                os.replace(self.position_path, aside)
+            except OSError:
+                pass
+            log.error("signal position %s is damaged (%s): set aside as %s; resuming from the oldest signal ring %s "
+                      "holds (after its spill files'): signals stored before may be stored twice, and the count of "
+                      "those missed before is lost", self.position_path, exc, aside.name, self.name)
+            return {}
 
     def _read(self) -> None:
         while self._rows < self.batch_rows:             # (a failing spill: read no further; a lap is counted)

@@ -939,3 +939,32 @@ def test_a_version_2_spill_header_is_covered_by_its_crc_and_version_1_is_still_r
     path.write_bytes(b"TWSPILL1" + json.dumps(v1).encode() + b"\n" + sig.tobytes())
     meta, back = _Spill.read(path, SIGNAL_DTYPE)
     assert meta == v1 and back.tobytes() == sig.tobytes()
+
+
+def test_a_damaged_signal_position_is_set_aside_and_said_and_the_signals_stored(tmp_path, caplog):
+    """Found by an adversarial pass (the same kind as a garbage inflight.json): a garbage
+    position.json ended every start of the signal writer with JSONDecodeError, nothing stored.
+    It is set aside and said (signals stored before may be stored again: said so), and the
+    writer stores what its ring holds."""
+    import logging
+    from tickwire.engine.writer import SignalWriter
+
+    name, dsn, state = ring_name(), f"chdb://{tmp_path}/store", tmp_path / "state"
+    state.mkdir()
+    (state / "position.json").write_text('{"epoch": 1, "pos": ')
+    link = StoreLink(lambda: Store.open(dsn), retry_seconds=0.05)
+    with Ring.create(name, SIGNAL_DTYPE, 1 << 12, "broadcast") as ring:
+        with caplog.at_level(logging.ERROR, logger="tickwire.writer"):
+            writer = SignalWriter(link, Ring.attach(name, SIGNAL_DTYPE, start="oldest"), state, "r",
+                                  batch_seconds=0.01)
+        ring.push_many(signals(0, 700))
+        deadline = time.monotonic() + 60
+        while writer.written < 700:
+            writer.step(True)
+            assert time.monotonic() < deadline, writer.status()
+            time.sleep(0.01)
+    link.close()
+    assert "position.json is damaged" in caplog.text and "may be stored twice" in caplog.text
+    assert (state / "position.json.corrupt").exists() and json.loads((state / "position.json").read_text())["pos"] == 700
+    seqs = stored_signal_seqs(dsn, "r")
+    assert sorted(seqs.tolist()) == list(range(700))
