@@ -836,9 +836,10 @@ class TickWriter:
                 ok, n = False, 0
             if ok:
                 self.spill.remove(t.path)
-                self.metrics["rows_written"] += n
-                self.metrics["batches_written"] += 1
-                self.metrics["batches_replayed"] += 1
+                if n:                                        # (0: set aside as corrupt, nothing stored)
+                    self.metrics["rows_written"] += n
+                    self.metrics["batches_written"] += 1
+                    self.metrics["batches_replayed"] += 1
             else:
                 self._replay_retry, self._replay_failed = now + self.retry_seconds, now
             return

@@ -800,6 +800,7 @@ def test_a_spill_file_with_an_untrustworthy_header_is_set_aside_counted_and_the_
     for i in range(1, 8):
         assert f"positions {i * 500}..{i * 500 + 499}" in caplog.text
     assert writer.metrics["rows_corrupt"] == 3500 and writer.metrics["rows_written"] == 1500
+    assert writer.metrics["batches_replayed"] == 3                # (the files set aside are not replays)
     assert sorted(p.name for p in writer.spill.dir.glob("*.corrupt")) == sorted(f.name + ".corrupt" for f in files[1:8])
     writer.write_status()
     assert writer.metrics["rows_missing"] == 0                  # (counted once, as corrupt)
