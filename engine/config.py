@@ -741,16 +741,19 @@ def read_raw(path) -> tuple[dict, Path]:
         raise ConfigError(f"config error: {path}: its ~ names no user of this host") from None
     from tickwire.engine.files import NotReadable, read_regular
 
+    skip = 0
     try:
-        # (utf-8-sig: a byte-order mark, as some Windows editors write, read "Invalid statement")
-        raw = tomllib.loads(read_regular(path, CONFIG_MAX_BYTES, "TOML file").decode("utf-8-sig"))
+        data = read_regular(path, CONFIG_MAX_BYTES, "TOML file")
+        # a byte-order mark, as some Windows editors write, is skipped (it read "Invalid statement")
+        skip = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+        raw = tomllib.loads(data[skip:].decode("utf-8"))
     except NotReadable as exc:
         raise ConfigError(f"config error: {exc}") from None
     except RecursionError:
         raise ConfigError(f"config error: {path}: not valid TOML: nested too deeply") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config error: {path}: expected a UTF-8 TOML text file, got a byte it cannot "
-                          f"decode at offset {exc.start}") from None
+                          f"decode at offset {exc.start + skip}") from None
     except OSError as exc:
         raise ConfigError(f"config error: {path}: cannot read it: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:

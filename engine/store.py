@@ -814,7 +814,7 @@ class Store:
                 t = end
                 if rows < chunk_rows // 2:
                     width *= 2
-                elif rows > 2 * chunk_rows:
+                elif rows > chunk_rows * 3 // 2:         # (past the cap a window is split before this)
                     width = max(1, width // 2)
         finally:
             self._close_reader()

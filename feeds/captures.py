@@ -342,6 +342,9 @@ def load_binance(path: str | Path | None = None, include_trades: bool = True) ->
                 msg = json.loads(body)
             except ValueError as exc:
                 raise CaptureError(path, lineno, exc) from None
+            if not isinstance(msg, dict):     # (a number or null: a TypeError traceback)
+                raise CaptureError(path, lineno, ValueError("neither a REST snapshot nor a combined-stream "
+                                                            "message ({'stream': ..., 'data': ...})"))
             if "lastUpdateId" in msg:
                 snapshot_id = msg["lastUpdateId"]
                 out.add(ts_recv, ts_recv, snapshot_id, inst.id, Kind.SNAPSHOT, Side.NONE,
@@ -358,7 +361,7 @@ def load_binance(path: str | Path | None = None, include_trades: bool = True) ->
                     apply_diff(ts, d)
                 pre_snapshot.clear()
                 continue
-            if not isinstance(msg, dict) or not isinstance(msg.get("stream"), str) or "data" not in msg:
+            if not isinstance(msg.get("stream"), str) or "data" not in msg:
                 raise CaptureError(path, lineno, ValueError("neither a REST snapshot nor a combined-stream "
                                                             "message ({'stream': ..., 'data': ...})"))
             stream, data = msg["stream"], msg["data"]

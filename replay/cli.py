@@ -503,7 +503,7 @@ def _run(args, source, spec, report_cls, report_dir, horizons, sig_path) -> int:
 
     signal.signal(signal.SIGINT, late)
     signal.signal(signal.SIGTERM, late)
-    staged = None
+    report = None
     try:
         audit = _summary_lines(args, source, res, sink)
         if sig_out is not None:
@@ -511,19 +511,24 @@ def _run(args, source, spec, report_cls, report_dir, horizons, sig_path) -> int:
             sig_out = None
             print(f"signals written to {sig_path}")
         if rb is not None:
-            report_dir.parent.mkdir(parents=True, exist_ok=True)
-            staged = report_dir.parent / f".{report_dir.name}.partial-{os.getpid()}"
-            rb.finish(staged, partial=res.interrupted, run={**_run_facts(args, source, spec), "store_audit": audit})
-            os.replace(staged, report_dir)               # (over the empty directory the checks allowed)
-            staged = None
+            report = _StagedReport(report_dir)
+            report.open()
+            rb.finish(report.staged, partial=res.interrupted,
+                      run={**_run_facts(args, source, spec), "store_audit": audit})
+            report.commit()
             print(f"{'partial ' if res.interrupted else ''}report written to {report_dir}")
-    except KeyboardInterrupt:
+    except BaseException as exc:
         if sig_out is not None:
             sig_out.abort()
-        if staged is not None:
-            shutil.rmtree(staged, ignore_errors=True)
-        kept = f"the signals are in {sig_path}; " if sig_path is not None and sig_out is None else ""
-        lost = ", ".join(w for w, asked in (("--signals", sig_out is not None), ("--report", rb is not None)) if asked)
+        if report is not None:
+            report.abort()                               # (nothing once it is all moved into place)
+        if not isinstance(exc, KeyboardInterrupt):
+            raise
+        kept = "".join(f"the {w} {v} {p}; " for w, p, v, done in (
+            ("signals", sig_path, "are in", sig_path is not None and sig_out is None),
+            ("report", report_dir, "is in", report is not None and report.done)) if done)
+        lost = ", ".join(w for w, asked in (("--signals", sig_out is not None),
+                                            ("--report", rb is not None and not (report and report.done))) if asked)
         print(f"\ntickwire replay: interrupted after the replay ({res.events:,} events), while checking the store or "
               f"writing the results: {kept}{'nothing written for ' + lost if lost else 'nothing else was left to write'}",
               file=sys.stderr)
@@ -532,6 +537,43 @@ def _run(args, source, spec, report_cls, report_dir, horizons, sig_path) -> int:
         signal.signal(signal.SIGINT, old)
         signal.signal(signal.SIGTERM, old_term)
     return 130 if res.interrupted else 0
+
+
+class _StagedReport:
+    """The report written into ``DIR/.partial-PID`` and its files moved up into ``DIR`` once all
+    are written (``summary.json`` last), or all removed: a stop while it is written leaves none of
+    it. Staged inside the directory itself, so that a symlink, a mount point or a parent this
+    user cannot write works as a plain directory does (a review: staged beside it, a symlinked
+    DIR was a NotADirectoryError traceback)."""
+
+    def __init__(self, report_dir: Path):
+        self.dir, self.staged = report_dir, report_dir / f".partial-{os.getpid()}"
+        self.made, self.moved, self.done = False, [], False
+
+    def open(self) -> None:
+        self.made = not self.dir.exists()
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def commit(self) -> None:
+        names = sorted(os.listdir(self.staged), key=lambda n: n == "summary.json")
+        for name in names:
+            os.replace(self.staged / name, self.dir / name)
+            self.moved.append(name)
+        self.done = True
+        self.staged.rmdir()
+
+    def abort(self) -> None:
+        if self.done:
+            with contextlib.suppress(OSError):
+                self.staged.rmdir()
+            return
+        shutil.rmtree(self.staged, ignore_errors=True)
+        for name in self.moved:
+            with contextlib.suppress(OSError):
+                os.unlink(self.dir / name)
+        if self.made:
+            with contextlib.suppress(OSError):
+                self.dir.rmdir()
 
 
 def _summary_lines(args, source, res, sink) -> dict:

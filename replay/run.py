@@ -241,6 +241,9 @@ class Replay:
         def waiting():                         # a long wait (a gap of days at x1) still says where it is
             if progress is not None:
                 res.seconds = time.perf_counter() - t_start
+                if origin is not None:         # the recorded time the schedule has reached: the ETA counts down
+                    at = origin[0] + int((time.perf_counter_ns() - origin[1]) * speed)
+                    res.clock_ns = at if res.clock_ns is None else max(res.clock_ns, at)
                 progress(res.events, res)
         try:
             high = -(1 << 63)                  # the recorded clock so far (running max of ts_event)

@@ -304,19 +304,13 @@ def _open_store(dsn: str, database: str):
         holder = _lock_holder(Path(path) / "tickwire.lock")
         if _flock_held(Path(path) / "status") or (_flock_held(Path(path) / "tickwire.lock") and _pid_alive(holder)):
             who = f" (daemon pid {holder})" if holder and _pid_alive(holder) else ""
-            raise ReplayError(f"the store {path} is locked by a running process{who}: chDB allows one process per "
-                              f"data directory; stop the daemon first (or whatever else has it open: another replay, a notebook's "
-                              f"Store), or replay from a ClickHouse server "
-                              f"(--dsn http://host:8123)")
+            raise ReplayError(_locked(f"the store {path} is locked by a running process{who}"))
     try:
         store = Store.open(dsn, database, create=False)
     except StoreError as exc:
         msg = str(exc)
         if "Cannot lock file" in msg or "Another server instance" in msg:
-            raise ReplayError(f"the store {redact(dsn)} is locked by another process: chDB allows one process per "
-                              f"data directory; stop the daemon first (or whatever else has it open: another replay, a notebook's "
-                              f"Store), or replay from a ClickHouse server "
-                              f"(--dsn http://host:8123)") from None
+            raise ReplayError(_locked(f"the store {redact(dsn)} is locked by another process")) from None
         raise ReplayError(msg) from None
     try:
         have = store.client.query("SELECT count() FROM system.tables WHERE database = {d:String} "
@@ -329,12 +323,12 @@ def _open_store(dsn: str, database: str):
     from tickwire.engine.store import SCHEMA_VERSION, TICK_COLUMNS
 
     if have < 3:
-        try:                                          # an older tickwire's store: say so, and what migrates it
-            version = store.client.query(f"SELECT max(version) FROM {database}.schema_version").result_rows[0][0]
+        version = _schema_version(store, database)    # an older tickwire's store: say so, and what migrates it
+        try:
             tables = {r[0] for r in store.client.query("SELECT name FROM system.tables WHERE database = {d:String}",
                                                        parameters={"d": database}).result_rows}
-        except Exception:                             # noqa: BLE001 - no schema_version table: not a store
-            version, tables = None, set()
+        except Exception:                             # noqa: BLE001 - not a store
+            tables = set()
         store.close()
         if version and version < SCHEMA_VERSION:
             raise ReplayError(f"{redact(dsn)} is a tickwire store of schema version {version}, older than this "
@@ -347,10 +341,7 @@ def _open_store(dsn: str, database: str):
                               f"{', '.join(missing)} are missing (dropped or renamed by hand?)")
         raise ReplayError(f"{redact(dsn)} holds no tickwire store (database {database!r} has no ticks, "
                           f"snapshots and instruments tables)")
-    try:
-        version = store.client.query(f"SELECT max(version) FROM {database}.schema_version").result_rows[0][0]
-    except Exception:                                 # noqa: BLE001 - no schema_version table: a hand-made store
-        version = None
+    version = _schema_version(store, database)
     if version and version > SCHEMA_VERSION:          # (an adversarial pass: replayed, exit 0, where Store.open refused)
         store.close()
         raise ReplayError(f"{redact(dsn)} is a tickwire store of schema version {version}, newer than this "
@@ -367,6 +358,20 @@ def _open_store(dsn: str, database: str):
             raise ReplayError(f"{redact(dsn)}: its {table} table lacks the column(s) {', '.join(lacking)} "
                               f"(altered by hand?): not readable as tickwire's")
     return store
+
+
+def _locked(what: str) -> str:
+    return (f"{what}: chDB allows one process per data directory; stop the daemon first (or whatever else "
+            f"has it open: another replay, a notebook's Store), or replay from a ClickHouse server "
+            f"(--dsn http://host:8123)")
+
+
+def _schema_version(store, database: str):
+    """The store's schema version (its ``schema_version`` table's highest), None without one."""
+    try:
+        return store.client.query(f"SELECT max(version) FROM {database}.schema_version").result_rows[0][0]
+    except Exception:                                 # noqa: BLE001 - no schema_version table: not a store
+        return None
 
 
 def _check_definitions(given: Sequence[Instrument], recorded: Sequence[Instrument], where: str) -> None:
@@ -673,14 +678,20 @@ class StoreSource:
             return {}
         found = self.audit.holes
         holes, missing, more = [], 0, 0
-        for c, first, last in found[limit:]:           # (not looked up: counted whole)
+        at = 0
+        while at < len(found) and len(holes) < limit:  # looked up 64 a query, until `limit` are holes
+            part = found[at:at + 64]                   # (a range's edges make holes the store holds)
+            held = self._held(part)
+            for k, (c, first, last) in enumerate(part):
+                at += 1
+                if held.get(k, 0) < last - first + 1:
+                    holes.append((c, first, last))
+                    missing += last - first + 1 - held.get(k, 0)
+                    if len(holes) == limit:
+                        break
+        for c, first, last in found[at:]:              # (not looked up: counted whole)
             more += 1
             missing += last - first + 1
-        held = self._held(found[:limit])
-        for k, (c, first, last) in enumerate(found[:limit]):
-            if held.get(k, 0) < last - first + 1:
-                holes.append((c, first, last))
-                missing += last - first + 1 - held.get(k, 0)
         out = {"holes": holes, "missing": missing, "repeats": self.audit.repeats}
         if self.unchecked_channels:
             out["unchecked_channels"] = list(self.unchecked_channels)

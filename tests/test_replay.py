@@ -145,6 +145,21 @@ def test_paced_replay_follows_recorded_time_and_reports_its_lateness():
             Replay(ArraySource(ev, synthetic_instruments(2, book="L3")), EngineSpec(RULES, STATS)).run(speed=speed)
 
 
+def test_a_paced_replay_s_recorded_clock_moves_on_while_it_waits_out_a_gap():
+    """The progress callback is called during a long wait with ``clock_ns`` where the schedule
+    is (the CLI's ETA is the recorded time left: a review found it stood still through a gap)."""
+    ev = l3_orders(400, seed=3, instruments=2, resting=50)
+    ev["ts_event"] = 1_700_000_000_000_000_000 + np.arange(len(ev)) * 1_000
+    ev["ts_event"][200:] += 1_500_000_000                        # a gap of 1.5 s
+    seen = []
+    res = Replay(ArraySource(ev, synthetic_instruments(2, book="L3")), EngineSpec(RULES, STATS)).run(
+        speed=1.0, progress=lambda done, r: seen.append((done, r.clock_ns)))
+    assert res.events == len(ev) and res.clock_ns == int(ev["ts_event"].max())
+    in_gap = [c for done, c in seen if done == 200]
+    assert len(in_gap) > 10 and in_gap == sorted(in_gap)
+    assert in_gap[-1] - in_gap[0] > 1_000_000_000                # it moved through most of the gap
+
+
 def test_pacing_batches_follow_a_recorded_clock_that_never_goes_back():
     ev = np.zeros(5, EVENT_DTYPE)
     ev["ts_event"] = [100, 50, 200, 10, 300]          # a Kraken level carries its own (old) time
@@ -619,14 +634,19 @@ def test_a_stop_while_the_results_are_written_leaves_no_half_report_and_says_so(
     assert "before the replay began" not in err and "report written" not in out
     assert not (tmp_path / "rep").exists() and sorted(os.listdir(tmp_path)) == ["ev.npy", "rules.toml", "sig.npy"]
     assert len(np.load(tmp_path / "sig.npy")) > 0
-    # the whole report otherwise, and into an empty directory that is there already
+    # the whole report otherwise, into an empty directory that is there already, and into a
+    # symlink to one (staged beside it, the review found: a NotADirectoryError traceback)
     (tmp_path / "rep").mkdir()
     (tmp_path / "sig.npy").unlink()
-    out = cli("--npy", tmp_path / "ev.npy", "-q", "--config", tmp_path / "rules.toml", "--report", tmp_path / "rep",
-              "--no-plots")
-    assert out.returncode == 0 and f"report written to {tmp_path / 'rep'}" in out.stdout, out.stderr
-    assert {"summary.json", "markouts.csv"} <= set(os.listdir(tmp_path / "rep"))
-    assert sorted(os.listdir(tmp_path)) == ["ev.npy", "rep", "rules.toml"]
+    (tmp_path / "real").mkdir()
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    for where in ("rep", "link"):
+        out = cli("--npy", tmp_path / "ev.npy", "-q", "--config", tmp_path / "rules.toml", "--report",
+                  tmp_path / where, "--no-plots")
+        assert out.returncode == 0 and f"report written to {tmp_path / where}" in out.stdout, out.stderr
+        assert {"summary.json", "markouts.csv"} <= set(os.listdir(tmp_path / where))
+        assert not [n for n in os.listdir(tmp_path / where) if n.startswith(".")]
+    assert sorted(os.listdir(tmp_path)) == ["ev.npy", "link", "real", "rep", "rules.toml"]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -821,7 +841,9 @@ def test_a_binance_capture_line_of_another_stream_or_shape_is_named(tmp_path):
     path = tmp_path / "b.gz"
     for body, code, why in (("", 0, None),
                             (diff.replace("@depth@100ms", "@depth@1000ms"), 2, "stream 'btcusdt@depth@1000ms': not one"),
-                            ('1723075200200000000 [1, 2]\n', 2, "neither a REST snapshot nor a combined-stream")):
+                            ('1723075200200000000 [1, 2]\n', 2, "neither a REST snapshot nor a combined-stream"),
+                            ('1723075200200000000 42\n', 2, "neither a REST snapshot nor a combined-stream"),
+                            ('1723075200200000000 null\n', 2, "neither a REST snapshot nor a combined-stream")):
         with gzip.open(path, "wt") as fh:
             fh.write(snap + diff + body)
         out = cli("--capture", "binance", "--capture-file", path, "-q")

@@ -238,6 +238,31 @@ def test_the_cli_says_what_a_store_misses_or_holds_twice_and_the_report_records_
     assert "not checked" not in out.stderr, out.stderr
 
 
+def test_holes_made_by_a_range_s_edge_are_ruled_out_however_many(tmp_path):
+    """A review found the holes past the first 64 counted as missing without being looked up: a
+    clean store of 100 channels, each with its event of seq 2 stamped before ``--from`` (the
+    store's time order is not its sequence order), said 36 events missing."""
+    n_ch, per = 100, 20
+    ev = np.zeros(n_ch * per, EVENT_DTYPE)
+    ev["channel"] = np.repeat(np.arange(n_ch), per)
+    ev["instrument"] = ev["channel"]
+    ev["seq"] = np.tile(np.arange(1, per + 1), n_ch)
+    ev["kind"], ev["side"], ev["price"], ev["qty"] = Kind.ADD, Side.BID, 100, 1
+    ev["order_id"] = np.arange(1, len(ev) + 1)
+    t0 = 1_700_000_000_000_000_000
+    ev["ts_event"] = ev["ts_recv"] = t0 + ev["seq"].astype(np.int64) * 1000 + ev["channel"]
+    second = ev["seq"] == 2
+    ev["ts_event"][second] = ev["ts_recv"][second] = t0 - 10**9       # before the range: a hole in it
+    ev = ev[np.argsort(ev["ts_event"], kind="stable")]
+    make_store(tmp_path / "s", ev, synthetic_instruments(n_ch, book="L3"))
+    with StoreSource(f"chdb://{tmp_path}/s", start_ns=t0, prefetch=0) as src:
+        for _ in src:
+            pass
+        found = src.audit_findings()
+    assert len(src.audit.holes) == n_ch                     # one per channel met, each held by the store
+    assert found["holes"] == [] and found["missing"] == 0 and "more_holes" not in found, found
+
+
 def test_the_store_source_keeps_its_findings_for_a_library_caller(tmp_path, stored):
     ev, insts = stored
     keep = ~((ev["channel"] == 1) & np.isin(ev["seq"], [10, 11, 12, 400]))
