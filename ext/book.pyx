@@ -12,7 +12,7 @@ from libc.stdlib cimport calloc, malloc, realloc, free
 from libc.string cimport memcpy, memmove, memset
 
 from tickwire.ext.defs cimport (
-    tw_event, tw_msb64, tw_lsb64, tw_popcount64, TW_NO_PRICE, TW_DEBUG_BUILD, TW_LIKELY, TW_UNLIKELY,
+    tw_event, tw_misaligned, tw_msb64, tw_lsb64, tw_popcount64, TW_NO_PRICE, TW_DEBUG_BUILD, TW_LIKELY, TW_UNLIKELY,
     TW_KIND_ADD, TW_KIND_MODIFY, TW_KIND_DELETE, TW_KIND_TRADE, TW_KIND_CLEAR, TW_KIND_SNAPSHOT,
     TW_SIDE_BID, TW_SIDE_ASK, TW_SIDE_NONE, TW_FLAG_SNAPSHOT_BEGIN, TW_FLAG_SNAPSHOT_END,
     TW_FLAG_STALE, TW_FLAG_SNAPSHOT, TW_FLAG_LAST, TW_KIND_SNAPSHOT as _SNAP,
@@ -1701,12 +1701,10 @@ cdef const tw_event *_event_buffer(object events, Py_buffer *view) except NULL:
     if dt is not EVENT_DTYPE and dt != EVENT_DTYPE:
         raise TypeError(f"events must be a numpy array of tickwire EVENT_DTYPE, got dtype {dt!r}")
     PyObject_GetBuffer(events, view, PyBUF_C_CONTIGUOUS)
-    if view.len and <uintptr_t>view.buf & 7:         # (np.frombuffer at an odd offset)
-        misaligned = <uintptr_t>view.buf & 7
+    why = tw_misaligned(view.buf, view.len, "events", False)
+    if why is not None:
         PyBuffer_Release(view)
-        raise ValueError(f"events is not 8-byte aligned (address % 8 == {misaligned}), and the C code reads "
-                         f"its int64 fields in place: pass an aligned copy, e.g. "
-                         f"np.require(events, requirements='CA')")
+        raise ValueError(why)
     return <const tw_event *>view.buf
 
 
@@ -2427,9 +2425,9 @@ cdef class BookSet:
             tp = <int64_t *>top_view.buf
             if top_view.len < n * 4 * <Py_ssize_t>sizeof(int64_t):
                 raise ValueError(f"top holds {top.shape[0]} rows, the batch has {n} events")
-            if n and <uintptr_t>tp & 7:                  # (np.frombuffer at an odd offset)
-                raise ValueError(f"top is not 8-byte aligned (address % 8 == {<uintptr_t>tp & 7}): pass an "
-                                 f"aligned array, e.g. np.require(top, requirements='CAW')")
+            why = tw_misaligned(tp, n, "top", True)
+            if why is not None:
+                raise ValueError(why)
             st = _status_buffer(status, n, &st_view)
             if in_sync is not None:
                 if getattr(in_sync, "dtype", None) != np.uint8:

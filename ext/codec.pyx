@@ -22,7 +22,7 @@ from libc.stdint cimport int64_t, uint64_t, uint32_t, uint16_t, uint8_t, uintptr
 from libc.stdlib cimport calloc, realloc, free
 from libc.string cimport memcpy, memset
 
-from tickwire.ext.defs cimport tw_event, TW_KIND_MAX, TW_SIDE_NONE, TW_LIKELY, TW_UNLIKELY
+from tickwire.ext.defs cimport tw_event, tw_misaligned, TW_KIND_MAX, TW_SIDE_NONE, TW_LIKELY, TW_UNLIKELY
 
 import errno as _errno
 import os
@@ -816,10 +816,9 @@ cdef class FeedReceiver:
         try:
             if view.len // <Py_ssize_t>sizeof(tw_event) < self.c.max_events:
                 raise ValueError(f"out must hold at least max_events ({self.c.max_events}) events")
-            if <uintptr_t>view.buf & 7:                  # (np.frombuffer at an odd offset)
-                raise ValueError(f"out is not 8-byte aligned (address % 8 == {<uintptr_t>view.buf & 7}), and the "
-                                 f"C code writes its int64 fields in place: pass an aligned array, e.g. "
-                                 f"np.require(out, requirements='CAW')")
+            why = tw_misaligned(view.buf, view.len, "out", True)
+            if why is not None:
+                raise ValueError(why)
             with nogil:
                 n = tw_feed_drain(&self.c, <tw_event *>view.buf, view.len // sizeof(tw_event), tm)
         finally:

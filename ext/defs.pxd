@@ -1,6 +1,6 @@
 # Declarations of ext/tw_defs.h: the canonical records and shared C helpers.
 # Declaration-only: there is no defs module; cimport it for the types and constants.
-from libc.stdint cimport int64_t, uint64_t, uint32_t, uint16_t, uint8_t, int8_t
+from libc.stdint cimport int64_t, uint64_t, uint32_t, uint16_t, uint8_t, int8_t, uintptr_t
 
 cdef extern from "tw_defs.h" nogil:
     ctypedef struct tw_event:
@@ -92,3 +92,14 @@ cdef extern from "tw_defs.h" nogil:
     int tw_msb64(uint64_t x)
     int tw_lsb64(uint64_t x)
     int tw_popcount64(uint64_t x)
+
+
+cdef inline str tw_misaligned(const void *p, Py_ssize_t n, str name, bint writes):
+    """Why the C code cannot use ``n`` bytes at ``p`` in place as int64 records (``name``: the
+    argument; ``writes``: the C code writes them), None when it can: an array at an odd address
+    (np.frombuffer at an offset) is refused rather than read as tw_event."""
+    if not n or not (<uintptr_t>p & 7):
+        return None
+    return (f"{name} is not 8-byte aligned (address % 8 == {<uintptr_t>p & 7}), and the C code "
+            f"{'writes' if writes else 'reads'} its int64 fields in place: pass an aligned "
+            f"{'array' if writes else 'copy'}, e.g. np.require({name}, requirements='{'CAW' if writes else 'CA'}')")

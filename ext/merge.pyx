@@ -8,12 +8,12 @@ tournament (loser) tree over the runs' heads: ``log2(k)`` comparisons a row for 
 allocation per row, no permutation array.
 """
 
-from libc.stdint cimport INT64_MAX, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
+from libc.stdint cimport INT64_MAX, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 
 import numpy as np
 
-from tickwire.ext.defs cimport tw_event
+from tickwire.ext.defs cimport tw_event, tw_misaligned
 from tickwire.ext.records import EVENT_DTYPE
 
 
@@ -219,10 +219,9 @@ def seq_in_order(const uint8_t[::1] raw, uint64_t[::1] nxt, const uint8_t[::1] f
     cdef Py_ssize_t nch = min(nxt.shape[0], followed.shape[0])
     cdef uint16_t c
     cdef Py_ssize_t done = 0
-    if n and <uintptr_t>ev & 7:                          # (np.frombuffer at an odd offset)
-        raise ValueError(f"raw is not 8-byte aligned (address % 8 == {<uintptr_t>ev & 7}), and the C code reads "
-                         f"its int64 fields in place: pass an aligned copy, e.g. "
-                         f"np.require(raw, requirements='CA')")
+    why = tw_misaligned(ev, n, "raw", False)
+    if why is not None:
+        raise ValueError(why)
     with nogil:
         while done < n:
             c = ev[done].channel

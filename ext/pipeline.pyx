@@ -16,7 +16,7 @@ from libc.string cimport memset
 from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME, CLOCK_MONOTONIC
 
 from tickwire.ext.defs cimport (
-    tw_event, tw_signal, TW_NO_PRICE, TW_OK, TW_LIKELY, TW_UNLIKELY,
+    tw_event, tw_signal, tw_misaligned, TW_NO_PRICE, TW_OK, TW_LIKELY, TW_UNLIKELY,
     TW_KIND_ADD, TW_KIND_MODIFY, TW_KIND_DELETE, TW_KIND_TRADE, TW_KIND_CLEAR, TW_KIND_SNAPSHOT,
     TW_SIDE_BID, TW_SIDE_ASK, TW_SIDE_NONE, TW_FLAG_LAST,
     TW_RULE_CUSTOM, TW_RULE_MICROPRICE, TW_RULE_IMBALANCE, TW_RULE_ZSCORE, TW_RULE_SPREAD,
@@ -880,10 +880,9 @@ cdef class Engine:
             cap = view.len // <Py_ssize_t>sizeof(tw_event)
             if cap < f.max_events:
                 raise ValueError(f"buf must hold at least max_events ({f.max_events}) events")
-            if <uintptr_t>view.buf & 7:                  # (np.frombuffer at an odd offset)
-                raise ValueError(f"buf is not 8-byte aligned (address % 8 == {<uintptr_t>view.buf & 7}), and the "
-                                 f"C code writes its int64 fields in place: pass an aligned array, e.g. "
-                                 f"np.require(buf, requirements='CAW')")
+            why = tw_misaligned(view.buf, view.len, "buf", True)
+            if why is not None:
+                raise ValueError(why)
             with nogil:
                 deadline = _clock_ns(CLOCK_MONOTONIC) + <int64_t>(seconds * 1e9)
                 while True:
@@ -977,12 +976,10 @@ cdef class Engine:
             raise TypeError(f"events must be a numpy array of EVENT_DTYPE, got dtype {dt!r}")
         self._idle("process")
         PyObject_GetBuffer(events, &view, PyBUF_C_CONTIGUOUS)
-        if view.len and <uintptr_t>view.buf & 7:     # (np.frombuffer at an odd offset)
-            misaligned = <uintptr_t>view.buf & 7
+        why = tw_misaligned(view.buf, view.len, "events", False)
+        if why is not None:
             PyBuffer_Release(&view)
-            raise ValueError(f"events is not 8-byte aligned (address % 8 == {misaligned}), and the C code reads "
-                             f"its int64 fields in place: pass an aligned copy, e.g. "
-                             f"np.require(events, requirements='CA')")
+            raise ValueError(why)
         self._stop = stop
         self._busy = 1
         held = False
