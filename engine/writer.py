@@ -66,7 +66,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from tickwire.ext.records import EVENT_DTYPE, SIGNAL_DTYPE
+from tickwire.ext.records import EVENT_DTYPE, SIGNAL_DTYPE, Flag
 
 log = logging.getLogger("tickwire.writer")
 
@@ -162,6 +162,17 @@ def _read_json(path: Path) -> Optional[dict]:
         return json.loads(path.read_text())
     except FileNotFoundError:
         return None
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename damaged ``path`` to ``<name>.corrupt`` (never read again; an OSError, the file gone
+    included, leaves it be); the name set aside."""
+    aside = path.with_name(path.name + ".corrupt")
+    try:
+        os.replace(path, aside)
+    except OSError:
+        pass
+    return aside
 
 
 class _Journal:
@@ -775,8 +786,16 @@ class TickWriter:
     def _spill_held(self, now: float) -> bool:
         b = self._held
         path = self.spill.path_for(self.epoch, b.pos)
+        known = self.spill.known(path)
         try:
-            if not path.exists():               # (a writer killed after spilling it wrote it already)
+            # A writer killed after spilling this batch wrote it already: the ledger says so. A
+            # file of that name holding another batch (another count from this position) was
+            # taken for this one, storing some ticks twice or losing some, unsaid: it is replaced
+            # (its ticks are in the ring still: the position was never committed).
+            if not (known == (b.n, b.pos) and path.exists()):
+                if known is not None and known != (b.n, b.pos):
+                    log.warning("spill file %s holds %d ticks from position %d, this batch %d: replaced with "
+                                "this batch (the rest are still in the ring)", path, known[0], known[1], b.n)
                 self.spill.write(b.pos, self.epoch, b.token, b.events)
         except SpillError as exc:
             b.spill_failed, b.spill_retry = now, now + self.retry_seconds
@@ -891,22 +910,29 @@ class TickWriter:
 
     def _journal_damaged(self, exc: Exception) -> Optional[dict]:
         """The journal is unreadable (a garbage inflight.json crashed every start, nothing
-        stored): set aside, and its batch found from the store instead. Only the batch that was
-        in flight can have put ticks of this stream at or past the committed position there, so
-        their count gives its token back: held again with it, it is dropped by ClickHouse if it
-        had landed. When the store cannot say, that is an error line: those ticks may be stored
-        twice."""
+        stored): set aside, and its batch found again. A batch spilled before the writer died
+        (its file at the committed position) is that batch, held again exactly (count and token
+        from the ledger or the file's header) and committed against its file: found from the
+        store instead, which holds none of it, the next writer's batch of another size was taken
+        for that file's, and ticks were stored twice or lost, unsaid. Otherwise only the batch
+        in flight can have put ticks of this stream at or past the committed position in the
+        store, so their count gives its token back: held again with it, it is dropped by
+        ClickHouse if it had landed. When the store cannot say, or its count may fall short of
+        the batch (a crash between the inserts of its market and snapshot rows, with snapshot
+        rows at its end), that is an error line: those ticks may be stored twice."""
         path = self.journal.path
-        aside = path.with_name(path.name + ".corrupt")
-        try:
-            os.replace(path, aside)
-        except OSError:
-            pass
+        aside = _set_aside(path)
         pos = self.source.committed
+        n = self._spilled_batch(pos)
+        if n:
+            log.warning("journal %s is damaged (%s): set aside as %s; the batch in flight at position %d had been "
+                        "spilled (%d ticks): held again as it was and committed (stored once)", path, exc,
+                        aside.name, pos, n)
+            return {"pos": pos, "n": n, "token": f"tw:{self.epoch}:{pos}:{n}"}
         try:
-            landed = self.link.submit(self._landed_task, pos).result(30.0)
+            landed, snapshots = self.link.submit(self._landed_task, pos).result(30.0)
         except Exception:                          # noqa: BLE001 - a store that does not answer
-            landed = None
+            landed = snapshots = None
         if landed is None:
             log.error("journal %s is damaged (%s): set aside as %s; the store cannot say whether the batch in "
                       "flight at position %d had landed: if it had, up to one batch of ticks from position %d of "
@@ -916,28 +942,63 @@ class TickWriter:
             log.warning("journal %s is damaged (%s): set aside as %s; nothing at or past position %d had reached "
                         "the store", path, exc, aside.name, pos)
             return None
-        log.warning("journal %s is damaged (%s): set aside as %s; the store holds %d ticks from position %d: "
-                    "that batch is inserted again with its token (stored once)", path, exc, aside.name, landed, pos)
+        # Market rows are inserted before snapshot rows: with none of the latter stored, the batch
+        # may have had snapshot rows that never landed, after the count or among it
+        if snapshots or not self._snapshot_within(landed + 1):
+            log.warning("journal %s is damaged (%s): set aside as %s; the store holds %d ticks from position %d: "
+                        "that batch is inserted again with its token (stored once)", path, exc, aside.name, landed,
+                        pos)
+        else:
+            log.error("journal %s is damaged (%s): set aside as %s; the store holds %d ticks from position %d, but "
+                      "the batch in flight may have held more (its snapshot rows had not landed): those %d ticks "
+                      "are inserted again and may be stored twice", path, exc, aside.name, landed, pos, landed)
         return {"pos": pos, "n": landed, "token": f"tw:{self.epoch}:{pos}:{landed}"}
 
-    def _landed_task(self, pos: int) -> Optional[int]:                             # store thread
-        """How many ticks of this stream from ``pos`` the store holds (up to its last one);
-        None when it cannot be asked."""
+    def _spilled_batch(self, pos: int) -> int:
+        """The count of the spill file of this stream at ``pos`` (from the ledger, else its
+        header when it can be trusted); 0 when there is none."""
+        path = self.spill.path_for(self.epoch, pos)
+        known = self.spill.known(path)
+        if known is not None and known[1] == pos and path.exists():
+            return known[0]
+        try:
+            return _Spill.header(path)["n"]
+        except (OSError, ValueError):
+            return 0
+
+    def _snapshot_within(self, n: int) -> bool:
+        """Whether the first ``n`` uncommitted ticks in the ring hold a snapshot row (read, then
+        the ring's read cursor moved back)."""
+        buf = np.empty(n, dtype=EVENT_DTYPE)
+        got = 0
+        while got < n:
+            k = self.source.peek_many(buf[got:], timeout=0.2)
+            if k == 0:
+                break
+            got += k
+        self.source.rewind()
+        return bool((buf[:got]["flags"] & np.uint32(Flag.SNAPSHOT)).any())
+
+    def _landed_task(self, pos: int) -> tuple:                                     # store thread
+        """``(count, snapshots)``: how many ticks of this stream from ``pos`` the store holds (up
+        to its last one), and whether any of them are snapshot rows; ``(None, None)`` when it
+        cannot be asked."""
         store = self.link.get()
         if store is None:
-            return None
+            return None, None
         try:
-            end = pos
+            end, snapshots = pos, False
             for table in ("ticks", "snapshots"):
                 (count, last), = store.client.query(
                     f"SELECT count(), max(ord) FROM {store.database}.{table} "
                     f"WHERE epoch = {int(self.epoch)} AND ord >= {int(pos)}").result_rows
                 if count:
                     end = max(end, int(last) + 1)
-            return end - pos
+                    snapshots = snapshots or table == "snapshots"
+            return end - pos, snapshots
         except Exception as exc:                   # noqa: BLE001
             log.warning("the store could not be asked for the ticks at position %d (%s)", pos, exc)
-            return None
+            return None, None
 
     # -- the loop --------------------------------------------------------------------------
     def step(self, wait: float = 0.05) -> bool:

@@ -137,6 +137,30 @@ class DiesBeforeCommit:
         raise SystemExit("killed after the insert, before the commit")
 
 
+def died_before_commit(link, name, state, **kw):
+    """A first writer of ring ``name`` (epoch 5, batches of 4,000) that inserted or spilled its
+    first batch and died before committing it; returned."""
+    first = TickWriter(link, DiesBeforeCommit(Ring.attach(name, EVENT_DTYPE)), state,
+                       **{"epoch": 5, "batch_rows": 4000, **kw})
+    with pytest.raises(SystemExit):
+        first.run()
+    return first
+
+
+def rerun_with_damaged_journal(link, name, ring, state, caplog, **kw):
+    """The journal garbled, a second writer (epoch 5) takes ring ``name`` over and drains it
+    (``ring`` closed), its warnings in ``caplog``; returned."""
+    import logging
+
+    (state / "inflight.json").write_text('{"pos": 0, "n": ')
+    successor = Ring.attach(name, EVENT_DTYPE, takeover=True)
+    ring.close()
+    second = TickWriter(link, successor, state, epoch=5, **kw)
+    with caplog.at_level(logging.WARNING, logger="tickwire.writer"):
+        second.run()
+    return second
+
+
 def test_killed_between_insert_and_commit_is_rewritten_with_the_same_token(tmp_path):
     """The journal window, made certain: the first writer inserts, then dies before it commits."""
     name, dsn = ring_name(), f"chdb://{tmp_path}/store"
@@ -144,10 +168,7 @@ def test_killed_between_insert_and_commit_is_rewritten_with_the_same_token(tmp_p
     link = StoreLink(lambda: Store.open(dsn))
     with Ring.create(name, EVENT_DTYPE, 1 << 15) as ring:
         ring.push_many(ev)
-        first = TickWriter(link, DiesBeforeCommit(Ring.attach(name, EVENT_DTYPE)), tmp_path / "state",
-                           epoch=5, batch_rows=4000)
-        with pytest.raises(SystemExit):
-            first.run()
+        first = died_before_commit(link, name, tmp_path / "state")
         assert first.journal.read()["pos"] == 0 and first.metrics["rows_written"] == 4000
         successor = Ring.attach(name, EVENT_DTYPE, takeover=True)       # starts at the committed 0
         ring.close()
@@ -848,24 +869,15 @@ def test_a_damaged_journal_is_set_aside_and_its_batch_found_from_the_store(tmp_p
     it held is found from the store (the ticks of this stream at or past the committed position
     can only be the in-flight batch's) and inserted again with its own token: stored once, though
     the next writer cuts its batches elsewhere."""
-    import logging
 
     name, dsn = ring_name(), f"chdb://{tmp_path}/store"
     ev = l2_updates(10_000, seed=33)
     link = StoreLink(lambda: Store.open(dsn))
     with Ring.create(name, EVENT_DTYPE, 1 << 15) as ring:
         ring.push_many(ev)
-        first = TickWriter(link, DiesBeforeCommit(Ring.attach(name, EVENT_DTYPE)), tmp_path / "state",
-                           epoch=5, batch_rows=4000)
-        with pytest.raises(SystemExit):
-            first.run()
+        first = died_before_commit(link, name, tmp_path / "state")
         assert first.metrics["rows_written"] == 4000                  # inserted, not committed
-        (tmp_path / "state" / "inflight.json").write_text('{"pos": 0, "n": ')
-        successor = Ring.attach(name, EVENT_DTYPE, takeover=True)
-        ring.close()
-        second = TickWriter(link, successor, tmp_path / "state", epoch=5, batch_rows=3000)
-        with caplog.at_level(logging.WARNING, logger="tickwire.writer"):
-            second.run()
+        second = rerun_with_damaged_journal(link, name, ring, tmp_path / "state", caplog, batch_rows=3000)
     link.close()
     assert_exactly_once(dsn, ev)                                      # (ignoring the journal: 4,000 twice)
     assert "inflight.json is damaged" in caplog.text and "holds 4000 ticks from position 0" in caplog.text
@@ -969,3 +981,91 @@ def test_a_damaged_signal_position_is_set_aside_and_said_and_the_signals_stored(
     assert (state / "position.json.corrupt").exists() and json.loads((state / "position.json").read_text())["pos"] == 700
     seqs = stored_signal_seqs(dsn, "r")
     assert sorted(seqs.tolist()) == list(range(700))
+
+
+def store_counts(dsn, table="ticks"):
+    """``(rows, distinct ords)`` of this store's ``table`` (ticks and snapshots for "ticks"),
+    counted by the store itself in another process."""
+    src = "SELECT ord FROM tickwire.ticks UNION ALL SELECT ord FROM tickwire.snapshots" if table == "ticks" \
+        else f"SELECT seq AS ord FROM tickwire.{table}"
+    code = ("from tickwire.engine.store import Store\n"
+            f"s = Store.open({dsn!r})\n"
+            f"print(*s.client.query('SELECT count(), uniqExact(ord) FROM ({src})').result_rows[0])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    assert out.returncode == 0, out.stderr.decode()[-3000:]
+    rows, distinct = map(int, out.stdout.split())
+    return rows, distinct
+
+
+@pytest.mark.parametrize("batch_rows", [3000, 5000])
+def test_a_damaged_journal_whose_batch_was_spilled_holds_that_batch_again(tmp_path, caplog, batch_rows):
+    """Found by review: a writer killed after spilling a batch (4,000 ticks at 0) but before
+    committing it, then a damaged journal: the store held none of it, so the next writer cut a
+    batch of its own size at 0 and took the spill file there for it, committing 3,000 (4,000
+    stored with 1,000 of them again: 11,000 of 10,000) or 5,000 (1,000 lost, unsaid: 9,000).
+    The spill file at the committed position is that batch: held again exactly and committed."""
+
+    name, dsn = ring_name(), f"chdb://{tmp_path}/store"
+    ev = l2_updates(10_000, seed=33)
+    down, real, link = store_down(dsn)
+    with Ring.create(name, EVENT_DTYPE, 1 << 15) as ring:
+        ring.push_many(ev)
+        first = died_before_commit(link, name, tmp_path / "state", retry_seconds=0.05)
+        assert [p.name for p in first.spill.files()] == [first.spill.path_for(5, 0).name]
+        down.clear()
+        assert wait_for(lambda: link.submit(link.get).result() is not None)
+        second = rerun_with_damaged_journal(link, name, ring, tmp_path / "state", caplog, batch_rows=batch_rows,
+                                            retry_seconds=0.05)
+    link.close()
+    real.close()
+    assert not second.spill.files()
+    assert store_counts(dsn) == (len(ev), len(ev))
+    assert_exactly_once(dsn, ev)
+    assert "had been spilled (4000 ticks)" in caplog.text and second.metrics["rows_corrupt"] == 0
+
+
+def test_a_damaged_journal_whose_batch_lost_its_snapshot_rows_says_they_may_be_stored_twice(tmp_path, caplog):
+    """Found by review: the store's count of a damaged journal's batch (its last ord + 1) falls
+    short when the writer died between the inserts of its market rows and of its snapshot rows,
+    and the batch ended in snapshot rows: held again under another token, its market rows are
+    stored twice, while the log said "stored once". It says they may be stored twice now."""
+    from tickwire.ext.records import Flag
+
+    name, dsn = ring_name(), f"chdb://{tmp_path}/store"
+    ev = l2_updates(10_000, seed=36)
+    ev["flags"][3500:4000] |= int(Flag.SNAPSHOT)           # the first batch ends in 500 snapshot rows
+    link = StoreLink(lambda: Store.open(dsn))
+    with Ring.create(name, EVENT_DTYPE, 1 << 15) as ring:
+        ring.push_many(ev)
+        died_before_commit(link, name, tmp_path / "state")
+        link.submit(lambda: link.get().client.query("TRUNCATE TABLE tickwire.snapshots")).result()  # never landed
+        rerun_with_damaged_journal(link, name, ring, tmp_path / "state", caplog, batch_rows=3000)
+    link.close()
+    assert "holds 3500 ticks from position 0" in caplog.text and "may be stored twice" in caplog.text
+    assert "stored once" not in caplog.text
+    assert store_counts(dsn) == (len(ev) + 3500, len(ev))        # (what it said: those 3,500 twice)
+
+
+def test_a_spill_file_holding_another_batch_at_the_position_is_replaced_not_taken_for_it(tmp_path, caplog):
+    """Found by review: a batch spilled at a position where a file of that name already was
+    (a killed writer's, of another count) was taken as written, trusting the name: with 800 ticks
+    in the file and 500 in the batch, ticks 500..799 were stored twice. The ledger's count and
+    position must be the batch's; else the file is replaced (its ticks are still in the ring)."""
+    import logging
+
+    name, dsn = ring_name(), f"chdb://{tmp_path}/store"
+    ev = l2_updates(1000, seed=38)
+    link = StoreLink(lambda: Store.open(dsn), retry_seconds=0.05)
+    with Ring.create(name, EVENT_DTYPE, 1 << 14) as ring:
+        ring.push_many(ev)
+        writer = TickWriter(link, Ring.attach(name, EVENT_DTYPE), tmp_path / "state", epoch=4, batch_rows=500,
+                            retry_seconds=0.05)
+        writer.spill.write(0, 4, "tw:4:0:800", ev[:800])          # a killed writer's, never committed
+        ring.close()
+        with caplog.at_level(logging.WARNING, logger="tickwire.writer"):
+            writer.run()
+    link.close()
+    assert "holds 800 ticks from position 0, this batch 500: replaced" in caplog.text
+    assert not writer.spill.files()
+    assert store_counts(dsn) == (1000, 1000)
+    assert_exactly_once(dsn, ev)
