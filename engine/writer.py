@@ -164,12 +164,15 @@ def _read_json(path: Path) -> Optional[dict]:
         return None
 
 
-def _set_aside(path: Path) -> Path:
-    """Rename damaged ``path`` to ``<name>.corrupt`` (never read again; an OSError, the file gone
-    included, leaves it be); the name set aside."""
+def _set_aside(path: Path, missing_ok: bool = True) -> Path:
+    """Rename damaged ``path`` to ``<name>.corrupt`` (never read again; an OSError leaves it be,
+    but FileNotFoundError is raised unless ``missing_ok``); the name it was set aside as."""
     aside = path.with_name(path.name + ".corrupt")
     try:
         os.replace(path, aside)
+    except FileNotFoundError:
+        if not missing_ok:
+            raise
     except OSError:
         pass
     return aside
@@ -450,24 +453,23 @@ class _Spill:
         return meta, np.frombuffer(body, dtype=dtype, count=n).copy()
 
     @staticmethod
-    def quarantine(exc: "SpillCorrupt", what: str, known: Optional[tuple] = None) -> int:
+    def quarantine(exc: "SpillCorrupt", what: str, known: Optional[tuple] = None) -> Optional[int]:
         """Set a corrupt spill file aside (``<name>.corrupt``, never replayed) and say so; the
         records it should have held: as the ledger says (``known``, ``(n, pos)``), else as its
         header says when that could be trusted (0: unknown, said so). A file whose header was
-        unreadable was counted nowhere: 5,000 ticks lost with the writer's counts at 0 and exit 0."""
+        unreadable was counted nowhere: 5,000 ticks lost with the writer's counts at 0 and exit 0.
+        None when the file is gone meanwhile (removed by hand): its ledger entry must then stay
+        for :meth:`missing` to count and say (the replay struck it, and it was counted nowhere)."""
         if known is not None:
             n, pos = known
         elif exc.meta:
             n, pos = exc.meta["n"], exc.meta["pos"]
         else:
             n, pos = 0, None
-        bad = exc.path.with_name(exc.path.name + ".corrupt")
         try:
-            os.replace(exc.path, bad)
+            bad = _set_aside(exc.path, missing_ok=False)
         except FileNotFoundError:               # gone meanwhile: the ledger's check says so (missing())
-            return 0
-        except OSError:
-            pass
+            return None
         if n:
             log.error("spill file %s is corrupt (%s): set aside as %s, its %s %s NOT stored (positions %d..%d)",
                       exc.path, exc.why, bad.name, f"{n:,}", what, pos, pos + n - 1)
@@ -763,7 +765,10 @@ class TickWriter:
         try:
             meta, events = _Spill.read(path, known=known)
         except SpillCorrupt as exc:
-            self.metrics["rows_corrupt"] += _Spill.quarantine(exc, "ticks", known)
+            n = _Spill.quarantine(exc, "ticks", known)
+            if n is None:                          # gone: left in the ledger, for missing()
+                return True, None
+            self.metrics["rows_corrupt"] += n
             return True, 0
         ok = self.link.insert("insert_ticks", events, epoch=meta["epoch"], first_ord=meta["pos"], token=meta["token"])
         return ok, meta["n"]
@@ -854,7 +859,8 @@ class TickWriter:
                           type(exc).__name__, exc, self.retry_seconds)
                 ok, n = False, 0
             if ok:
-                self.spill.remove(t.path)
+                if n is not None:                            # (None: gone, its ledger entry kept for missing())
+                    self.spill.remove(t.path)
                 if n:                                        # (0: set aside as corrupt, nothing stored)
                     self.metrics["rows_written"] += n
                     self.metrics["batches_written"] += 1
@@ -1218,7 +1224,10 @@ class SignalWriter:
         try:
             meta, sig = _Spill.read(path, SIGNAL_DTYPE, known)
         except SpillCorrupt as exc:
-            self.corrupt += _Spill.quarantine(exc, "signals", known)
+            n = _Spill.quarantine(exc, "signals", known)
+            if n is None:                          # gone: left in the ledger, for missing()
+                return True, None
+            self.corrupt += n
             return True, 0
         return self.link.insert("insert_signals", sig, meta["run"], token=meta["token"]), meta["n"]
 
@@ -1235,8 +1244,9 @@ class SignalWriter:
                 ok, n = False, 0
             self._task = None
             if ok:
-                self.spill.remove(path)
-                self.written += n
+                if n is not None:                        # (None: gone, its ledger entry kept for missing())
+                    self.spill.remove(path)
+                    self.written += n
             else:
                 self._insert_failed, self._retry = now, now + self.retry_seconds
         if now >= self._retry:
