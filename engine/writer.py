@@ -1116,8 +1116,13 @@ class SignalWriter:
         self.position_path = self.state / "position.json"
         self.batch_seconds, self.batch_rows, self.retry_seconds = batch_seconds, batch_rows, retry_seconds
         saved = self._saved_position()
-        self.missed = int(saved.get("missed", 0))
-        self.pos = int(saved["pos"]) if saved.get("epoch") == self.epoch else 0
+        # after a damaged position.json the position is unknown: the first read starts from the
+        # ring's oldest (or the spill files' end), not from 0, which counted the signals before
+        # the oldest as lapped (a false error line and thousands added to missed)
+        self._unknown = saved is None
+        saved = saved or {}
+        self.missed = saved.get("missed", 0)
+        self.pos = saved["pos"] if saved.get("epoch") == self.epoch else 0
         for path in self.spill.files():
             try:
                 meta = _Spill.header(path)
@@ -1148,26 +1153,28 @@ class SignalWriter:
         self._drain_since = None
         self._reported = False
 
-    def _saved_position(self) -> dict:
-        """``position.json`` as saved; a damaged one (garbage ended every start of the writer with
-        JSONDecodeError, as a damaged inflight.json did for ticks) is set aside and said: the
-        writer then resumes after its spill files' signals, from the ring's oldest, so that none
-        is lost; signals stored before may be stored again, and the earlier ``missed`` is lost."""
+    def _saved_position(self) -> Optional[dict]:
+        """``position.json`` as saved ({} when there is none); None when it is damaged (garbage
+        ended every start of the writer with JSONDecodeError, as a damaged inflight.json did for
+        ticks; one of this ring without an integer ``pos`` >= 0 raised KeyError at every start,
+        or resumed at a negative position): set aside and said. The writer then resumes after its
+        spill files' signals, from the ring's oldest, so that none is lost; signals stored before
+        may be stored again, and the earlier ``missed`` is lost."""
         try:
-            saved = _read_json(self.position_path) or {}
-            if not isinstance(saved, dict) or any(type(saved.get(k, 0)) is not int for k in ("pos", "missed", "epoch")):
+            saved = _read_json(self.position_path)
+            if saved is None:
+                return {}
+            if not isinstance(saved, dict) or any(type(saved.get(k, 0)) is not int or saved.get(k, 0) < 0
+                                                  for k in ("missed", "epoch")) or \
+                    (saved.get("epoch") == self.epoch and (type(saved.get("pos")) is not int or saved["pos"] < 0)):
                 raise ValueError(f"not a signal position: {str(saved)[:80]}")
             return saved
         except (OSError, ValueError) as exc:
-            aside = self.position_path.with_name(self.position_path.name + ".corrupt")
-            try:
-                os.replace(self.position_path, aside)
-            except OSError:
-                pass
+            aside = _set_aside(self.position_path)
             log.error("signal position %s is damaged (%s): set aside as %s; resuming from the oldest signal ring %s "
                       "holds (after its spill files'): signals stored before may be stored twice, and the count of "
                       "those missed before is lost", self.position_path, exc, aside.name, self.name)
-            return {}
+            return None
 
     def _read(self) -> None:
         while self._rows < self.batch_rows:             # (a failing spill: read no further; a lap is counted)
@@ -1176,6 +1183,9 @@ class SignalWriter:
                 return
             end = self.ring.position
             first = end - k                              # what was read is the k positions before the cursor
+            if self._unknown:                            # (a damaged position: no lap can be told)
+                self._unknown = False
+                self.pos = max(self.pos, first)
             if first > self.pos:
                 lost = first - self.pos
                 self.missed += lost

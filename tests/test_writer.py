@@ -1110,3 +1110,34 @@ def test_a_corrupt_spill_file_removed_by_hand_during_its_replay_is_counted_missi
     assert "positions 500..999" in caplog.text and "never stored" in caplog.text
     assert store_counts(dsn) == (1500, 1500)
     assert_exactly_once(dsn, np.concatenate([ev[:500], ev[1000:]]))
+
+
+@pytest.mark.parametrize("damaged", ['{"epoch": %d, "pos": ', '{"epoch": %d}', '{"epoch": %d, "pos": -5}'])
+def test_a_damaged_signal_position_with_a_lapped_ring_counts_no_false_lap(tmp_path, caplog, damaged):
+    """Found by review: after a damaged position.json the writer resumed at position 0, and a
+    ring that had wrapped (10,000 signals in 4,096 places) was said to have lapped it: a false
+    error line and 5,904 added to missed. The position is unknown then: the first read starts at
+    the ring's oldest without counting a lap. A position of this ring without ``pos`` raised
+    KeyError at every start, and a negative one was taken: both are damaged positions now."""
+    import logging
+    from tickwire.engine.writer import SignalWriter
+
+    name, dsn, state = ring_name(), f"chdb://{tmp_path}/store", tmp_path / "state"
+    state.mkdir()
+    link = StoreLink(lambda: Store.open(dsn), retry_seconds=0.05)
+    with Ring.create(name, SIGNAL_DTYPE, 1 << 12, "broadcast") as ring:
+        ring.push_many(signals(0, 10_000))                       # a previous writer stored them all
+        (state / "position.json").write_text(damaged % int(ring.created_ns))
+        with caplog.at_level(logging.ERROR, logger="tickwire.writer"):
+            writer = SignalWriter(link, Ring.attach(name, SIGNAL_DTYPE, start="oldest"), state, "r",
+                                  batch_seconds=0.01)
+            deadline = time.monotonic() + 60
+            while writer.written < ring.capacity:
+                writer.step(True)
+                assert time.monotonic() < deadline, writer.status()
+                time.sleep(0.01)
+    link.close()
+    assert "position.json is damaged" in caplog.text and "lapped" not in caplog.text
+    assert writer.missed == 0 and writer.pos == 10_000
+    assert store_counts(dsn, "signals") == (4096, 4096)
+    assert sorted(stored_signal_seqs(dsn, "r").tolist()) == list(range(10_000 - 4096, 10_000))
