@@ -370,21 +370,25 @@ class _Spill:
             raise
 
     @staticmethod
-    def _header_problem(path: Path, meta, known: Optional[tuple]) -> str:
+    def _header_problem(path: Path, meta, known: Optional[tuple], v1: bool = False) -> str:
         """Why a parsed header cannot be trusted ("" when it can). A version 1 file's CRC covers
         its records only, so every field is checked against what the file's name and the ledger
         say (and a version 2 header before its CRC is computed over it): a header without
         ``token`` raised KeyError in the store thread (the writer hung, the files after it never
         stored), one without ``crc32`` put a garbage row in the store, and one carrying another
         file's token had its records dropped by ClickHouse's deduplication while
-        ``rows_written`` counted them."""
+        ``rows_written`` counted them. A version 1 (``v1``) header may lack ``crc32``: the writers
+        of 0e7b136 to 1627b6e wrote none, and such a file is read with its records unchecked, as
+        then, once every other field passes."""
         if not isinstance(meta, dict):
             return f"its header is a JSON {type(meta).__name__}, not an object"
         for key in ("pos", "n", "epoch", "crc32"):
             v = meta.get(key)
+            if key == "crc32" and v1 and "crc32" not in meta:
+                continue
             if type(v) is not int or v < 0:
                 return f"its header's {key!r} is {v!r}, not a count"
-        if meta["n"] < 1 or meta["crc32"] >= 1 << 32:
+        if meta["n"] < 1 or meta.get("crc32", 0) >= 1 << 32:
             return f"its header's n {meta['n']} or crc32 {meta['crc32']} is out of range"
         name = f"{meta['epoch']:020d}-{meta['pos']:020d}{path.suffix}"
         if path.name != name:
@@ -413,7 +417,7 @@ class _Spill:
         if not line.startswith((_SPILL_MAGIC, _SPILL_MAGIC_V1)):
             raise ValueError(f"{path} is not a tickwire spill file")
         meta = json.loads(line[len(_SPILL_MAGIC):])
-        why = _Spill._header_problem(path, meta, None)
+        why = _Spill._header_problem(path, meta, None, line.startswith(_SPILL_MAGIC_V1))
         if why:
             raise ValueError(f"{path}: {why}")
         return meta
@@ -435,7 +439,8 @@ class _Spill:
                 meta = json.loads(line[len(_SPILL_MAGIC):])
             except ValueError as exc:
                 raise SpillCorrupt(path, f"unreadable header ({exc})") from None
-            why = _Spill._header_problem(path, meta, known)
+            v1 = line.startswith(_SPILL_MAGIC_V1)
+            why = _Spill._header_problem(path, meta, known, v1)
             if why:
                 raise SpillCorrupt(path, why)
             n = meta["n"]
@@ -445,8 +450,8 @@ class _Spill:
             body = fh.read(n * dtype.itemsize)
         if len(body) != n * dtype.itemsize:
             raise SpillCorrupt(path, f"{len(body)} bytes of records where {n} records take {n * dtype.itemsize}", meta)
-        if line.startswith(_SPILL_MAGIC_V1):
-            if zlib.crc32(body) != meta["crc32"]:
+        if v1:
+            if "crc32" in meta and zlib.crc32(body) != meta["crc32"]:
                 raise SpillCorrupt(path, "its records do not match the CRC-32 in its header", meta)
         elif _spill_crc(meta, body) != meta["crc32"]:
             raise SpillCorrupt(path, "its header or records do not match the CRC-32 in its header", meta)

@@ -814,7 +814,12 @@ def test_a_spill_file_with_an_untrustworthy_header_is_set_aside_counted_and_the_
         files[2].write_bytes(files[2].read_bytes().replace(b'"pos"', b'}{"pos', 1))
         rewrite_header(files[3], lambda m: b"[1, 2]")
         rewrite_header(files[4], lambda m: json.dumps({k: v for k, v in m.items() if k != "token"}).encode())
-        rewrite_header(files[5], lambda m: json.dumps({k: v for k, v in m.items() if k != "crc32"}).encode())
+        data = files[5].read_bytes()                            # a version 2 header without crc32: refused
+        head = json.loads(data[8:data.index(b"\n")])
+        del head["crc32"]
+        files[5].write_bytes(b"TWSPILL2" + json.dumps(head).encode() + data[data.index(b"\n"):])
+        # a version 1 header without crc32, as the writers of 0e7b136 to 1627b6e wrote: read
+        rewrite_header(files[8], lambda m: json.dumps({k: v for k, v in m.items() if k != "crc32"}).encode())
         other = json.loads(files[0].read_bytes().split(b"\n", 1)[0][8:])["token"]
         rewrite_header(files[6], lambda m: json.dumps({**m, "token": other}).encode())
         rewrite_header(files[7], lambda m: json.dumps({**m, "pos": "abc"}).encode())
@@ -827,6 +832,7 @@ def test_a_spill_file_with_an_untrustworthy_header_is_set_aside_counted_and_the_
     for i in range(1, 8):
         assert f"positions {i * 500}..{i * 500 + 499}" in caplog.text
     assert writer.metrics["rows_corrupt"] == 3500 and writer.metrics["rows_written"] == 1500
+    assert store_counts(dsn) == (1500, 1500)
     assert writer.metrics["batches_replayed"] == 3                # (the files set aside are not replays)
     assert sorted(p.name for p in writer.spill.dir.glob("*.corrupt")) == sorted(f.name + ".corrupt" for f in files[1:8])
     writer.write_status()
@@ -952,6 +958,10 @@ def test_a_version_2_spill_header_is_covered_by_its_crc_and_version_1_is_still_r
         _Spill.read(path, SIGNAL_DTYPE)
     v1 = {"pos": 40, "n": 20, "epoch": 9, "token": "sg:r:9:40:60", "end": 60, "run": "live",
           "crc32": zlib.crc32(sig.tobytes())}
+    path.write_bytes(b"TWSPILL1" + json.dumps(v1).encode() + b"\n" + sig.tobytes())
+    meta, back = _Spill.read(path, SIGNAL_DTYPE)
+    assert meta == v1 and back.tobytes() == sig.tobytes()
+    del v1["crc32"]                             # the writers of 0e7b136 to 1627b6e wrote none: still read
     path.write_bytes(b"TWSPILL1" + json.dumps(v1).encode() + b"\n" + sig.tobytes())
     meta, back = _Spill.read(path, SIGNAL_DTYPE)
     assert meta == v1 and back.tobytes() == sig.tobytes()
