@@ -13,7 +13,7 @@ import os
 import stat as statmod
 from pathlib import Path
 
-__all__ = ["NotReadable", "read_regular", "not_a_file"]
+__all__ = ["NotReadable", "read_regular", "not_a_file", "file_kind"]
 
 
 class NotReadable(ValueError):
@@ -39,10 +39,8 @@ def read_regular(path, limit: int, what: str = "file") -> bytes:
         st = os.fstat(fd)
         if statmod.S_ISDIR(st.st_mode):
             raise NotReadable(f"{p}: a directory, expected a {what}")
-        if not statmod.S_ISREG(st.st_mode):
-            kind = ("a pipe (FIFO)" if statmod.S_ISFIFO(st.st_mode) else
-                    "a device" if statmod.S_ISCHR(st.st_mode) or statmod.S_ISBLK(st.st_mode) else
-                    "a socket" if statmod.S_ISSOCK(st.st_mode) else "not a regular file")
+        kind = file_kind(st.st_mode)
+        if kind:
             raise NotReadable(f"{p}: {kind}, expected a {what} (a regular file)")
         if st.st_size > limit:
             raise NotReadable(f"{p}: {st.st_size:,} bytes, more than a {what} holds (at most {limit:,})")
@@ -73,9 +71,14 @@ def not_a_file(path) -> str | None:
         return "a broken symlink" if os.path.islink(path) else "no such file"
     except OSError as exc:
         return "a symlink loop" if exc.errno == errno.ELOOP else f"cannot read it ({exc.strerror or exc})"
-    m = st.st_mode
-    if statmod.S_ISREG(m):
+    return file_kind(st.st_mode)
+
+
+def file_kind(mode: int, other: str = "not a regular file") -> str | None:
+    """What a file of ``st_mode`` ``mode`` is when it is not a regular file: ``"a directory"``,
+    ``"a pipe (FIFO)"``, ``"a device"``, ``"a socket"``, else ``other``; None for a regular file."""
+    if statmod.S_ISREG(mode):
         return None
-    return ("a directory" if statmod.S_ISDIR(m) else "a pipe (FIFO)" if statmod.S_ISFIFO(m) else
-            "a device" if statmod.S_ISCHR(m) or statmod.S_ISBLK(m) else
-            "a socket" if statmod.S_ISSOCK(m) else "not a regular file")
+    return ("a directory" if statmod.S_ISDIR(mode) else "a pipe (FIFO)" if statmod.S_ISFIFO(mode) else
+            "a device" if statmod.S_ISCHR(mode) or statmod.S_ISBLK(mode) else
+            "a socket" if statmod.S_ISSOCK(mode) else other)

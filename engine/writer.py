@@ -55,7 +55,6 @@ import json
 import logging
 import os
 import queue
-import stat
 import sys
 import threading
 import time
@@ -66,6 +65,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from tickwire.engine.files import file_kind
 from tickwire.ext.records import EVENT_DTYPE, SIGNAL_DTYPE, Flag
 
 log = logging.getLogger("tickwire.writer")
@@ -360,9 +360,8 @@ class _Spill:
             raise
         try:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                kind = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a device",
-                        stat.S_IFBLK: "a device", stat.S_IFSOCK: "a socket"}.get(stat.S_IFMT(st.st_mode), "a special file")
+            kind = file_kind(st.st_mode, "a special file")
+            if kind:
                 raise SpillCorrupt(path, f"{kind}, not a regular file")
             return os.fdopen(fd, "rb"), st.st_size
         except BaseException:

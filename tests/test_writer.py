@@ -865,7 +865,7 @@ def test_a_directory_fifo_or_symlink_named_like_a_spill_file_is_refused_and_coun
             replay_then_drain(writer, ring, deadline)
     link.close()
     real.close()
-    for why in ("a directory, not a regular file", "a FIFO, not a regular file", "a symbolic link, not a spill file"):
+    for why in ("a directory, not a regular file", "a pipe (FIFO), not a regular file", "a symbolic link, not a spill file"):
         assert why in caplog.text
     assert caplog.text.count("its 500 ticks NOT stored") == 3
     assert writer.metrics["rows_corrupt"] == 1500
