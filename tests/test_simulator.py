@@ -455,5 +455,7 @@ def test_save_books_to_a_directory_is_refused(tmp_path):
 
     for given in (f"{tmp_path}/", str(tmp_path)):
         assert "is a directory: expected a file name (.npz)" in _save_path_problem(given)
-    assert _save_path_problem(str(tmp_path / "books")) is None
+    assert _save_path_problem(str(tmp_path / "books.npz")) is None
+    # a name np.savez would change (books -> books.npz, written unsaid) is refused
+    assert "expected a file name ending in .npz" in _save_path_problem(str(tmp_path / "books"))
     assert not list(tmp_path.iterdir())
