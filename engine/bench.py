@@ -1494,10 +1494,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="events per wire message (0: the exchange's own messages, capped at 1024) [%(default)s]")
     p.add_argument("--channels", type=int, default=1, help="feed channels of the stream [%(default)s]")
     p.add_argument("--events", type=int, default=200_000, help="synthetic stream: events generated [%(default)s]")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1, help="synthetic stream: seed of the market [%(default)s]")
     p.add_argument("--busy-poll", dest="busy_poll", action="store_true", default=None,
                    help="pipeline target and zmq floor: poll without blocking (default: the example config's)")
-    p.add_argument("--no-busy-poll", dest="busy_poll", action="store_false")
+    p.add_argument("--no-busy-poll", dest="busy_poll", action="store_false",
+                   help="pipeline target and zmq floor: sleep in zmq_poll between messages")
     p.add_argument("--python-loop", action="store_true",
                    help="the worker's live loop per batch from Python (feeds.fast_loop = false), for a "
                         "before/after of the loop in C")

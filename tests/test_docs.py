@@ -165,6 +165,83 @@ def test_every_documented_command_names_real_options_and_files():
             assert script.exists(), f"{doc}: `{line}`: {argv[1]} does not exist"
 
 
+# Where each command is described (README.md counts for all of them).
+COMMAND_DOCS = {
+    "run": ["daemon.md"], "signals": ["daemon.md"], "status": ["daemon.md", "monitoring.md"],
+    "books": ["daemon.md", "books.md"], "demo": ["daemon.md"], "top": ["top.md"],
+    "simulate": ["feeds.md"], "bridge": ["feeds.md"], "check-publisher": ["wire-format.md"],
+    "keygen": ["security.md"], "bench": ["bench.md"], "replay": ["replay.md", "replay-report.md"],
+    "plot": ["latency.md"], "bookbench": ["books.md"],
+}
+
+
+def _commands(parser, path=()):
+    """(path, parser) of every command and subcommand under ``parser``."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*path, name), sub
+                yield from _commands(sub, (*path, name))
+
+
+def test_every_option_of_every_command_is_documented_where_the_command_is():
+    """The other direction of the test above: each long option a command's `--help` shows is
+    named in the docs that describe that command (options hidden from `--help` excepted)."""
+    import argparse
+
+    from tickwire.engine.cli import build_parser
+
+    readme = README
+    missing, seen = [], set()
+    for path, parser in _commands(build_parser()):
+        assert path[0] in COMMAND_DOCS, f"`tickwire {path[0]}` is described in no doc this test knows"
+        seen.add(path[0])
+        text = readme + "".join((ROOT / "docs" / d).read_text() for d in COMMAND_DOCS[path[0]])
+        for action in parser._actions:
+            if action.help == argparse.SUPPRESS:
+                continue
+            for opt in action.option_strings:
+                if opt.startswith("--") and opt != "--help" and not re.search(re.escape(opt) + r"(?![\w-])", text):
+                    missing.append(f"tickwire {' '.join(path)} {opt}")
+    assert not missing, "options in --help that the docs never name: " + ", ".join(missing)
+    assert seen == set(COMMAND_DOCS)
+
+
+NOT_RUN = "<!-- not run by the tests: "
+
+
+def _python_blocks(path):
+    """The ```python blocks of ``path`` in order: (line, code, reason not run or None)."""
+    text = path.read_text()
+    out = []
+    for m in re.finditer(r"```python\n(.*?)```", text, re.S):
+        before = text[:m.start()].rstrip("\n").rsplit("\n", 1)[-1]
+        why = before[len(NOT_RUN):].removesuffix(" -->") if before.startswith(NOT_RUN) else None
+        out.append((text[:m.start()].count("\n") + 1, m.group(1), why))
+    return out
+
+
+DOCS_WITH_PYTHON = sorted(p.name for p in (ROOT / "docs").glob("*.md")
+                          if any(why is None for _, _, why in _python_blocks(p)))
+
+
+@pytest.mark.parametrize("doc", DOCS_WITH_PYTHON)
+def test_the_python_blocks_of_each_doc_run_as_written(doc, tmp_path):
+    """A reader pasting a page's Python blocks, in order, into one interpreter started in an
+    empty directory gets no error. A block that cannot run alone (a signature, a sketch, one that
+    needs a running daemon) says so just above it, with the reason (NOT_RUN)."""
+    runnable = [(line, code) for line, code, why in _python_blocks(ROOT / "docs" / doc) if why is None]
+    # each block's first line is announced, so a failure names the block
+    script = "".join(f"print('--- {doc}:{line}', flush=True)\n{code}" for line, code in runnable)
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=180, env=env)
+    where = re.findall(r"^--- (\S+)$", out.stdout, re.M)
+    assert out.returncode == 0, f"{where[-1] if where else doc}: {out.stderr[-1500:]}"
+
+
 @pytest.mark.integration
 def test_tickwire_demo_as_written_and_its_figures_add_up(tmp_path):
     """`tickwire demo` (docs/daemon.md, and what `./dev demo` runs) from a fresh directory: exit
