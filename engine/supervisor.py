@@ -273,6 +273,7 @@ class _Child:
         self.restarts = 0
         self.stalls = 0                 # times killed for writing no status (daemon.stall_restart_s)
         self.started = 0.0
+        self.reported = None            # the process whose death _watch has said (awaiting its restart)
 
 
 class Supervisor:
@@ -764,6 +765,7 @@ class Supervisor:
                 return
             fast = fast + 1 if time.time() - child.started < 3.0 else 0
             how = rc if rc >= 0 else signal.Signals(-rc).name
+            child.reported = child.proc     # said here: a stop before the restart does not say it again
             if fast >= 5:
                 log.error("%s exited with %s%s five times within seconds of starting: giving up", child.name, how,
                           self._fatal(child))
@@ -1003,8 +1005,13 @@ class Supervisor:
             if child.proc and child.proc.returncode is None:
                 child.proc.send_signal(signal.SIGTERM)
                 child.proc.send_signal(signal.SIGCONT)  # a stopped worker would be killed at the bound
+        crashed = False
         for child in self.workers:
-            if child.proc and await self._stopped(child, deadline) != 0:
+            if child.proc and child.reported is child.proc:
+                # died during the run, said then, its restart not begun: not a failed stop (the
+                # exit status hung on whether the stop fell within the restart's back-off)
+                crashed = True
+            elif child.proc and await self._stopped(child, deadline) != 0:
                 status = 1
         note = ""
         if writer is not None:
@@ -1013,7 +1020,8 @@ class Supervisor:
                 # SIGTERM only if that takes more than half of what is left, or at once when a
                 # worker did not stop cleanly (killed, crashed: its ring will never be closed)
                 try:
-                    await asyncio.wait_for(writer.wait(), 0 if status else max(0.1, (deadline - time.monotonic()) / 2))
+                    await asyncio.wait_for(writer.wait(), 0 if status or crashed
+                                           else max(0.1, (deadline - time.monotonic()) / 2))
                 except asyncio.TimeoutError:
                     try:
                         writer.send_signal(signal.SIGTERM)
@@ -1138,7 +1146,7 @@ class Supervisor:
         if unended:
             # a publisher that ended while its receiver was stopped (or was killed) lost what its
             # socket dropped with nothing to count it: 56,320 events, and "every tick stored", exit 0
-            self.summary += ("; channel(s) " + ", ".join(f"{c} (seq {n - 1:,} the last stored)" for c, n in unended)
+            self.summary += ("; channel(s) " + ", ".join(f"{c} (seq {n - 1:,} the last received)" for c, n in unended)
                              + " were not live at the stop and their publisher's end was never seen: what it sent "
                              "after those is not known to have arrived (not counted; docs/storage.md)")
             level = max(level, logging.WARNING)

@@ -53,6 +53,7 @@ if __name__ == "__main__":
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -261,6 +262,16 @@ def pin(cpu: int) -> int:
     return cpu
 
 
+def own_rules(rules, instruments) -> list:
+    """``rules`` (the config's, in its order: a signal's ``rule_id`` is its index) with each
+    rule's ``instruments`` narrowed to those this worker serves: a rule named for instruments of
+    other workers only applies to none here (the engine refused ids it has no book for, and the
+    worker died at every start until the daemon gave up: found by an adversarial pass)."""
+    mine = set(instruments)
+    return [r if r.instruments is None else dataclasses.replace(r, instruments=[i for i in r.instruments if i in mine])
+            for r in rules]
+
+
 class Worker:
     """The worker's state and loop (see the module docstring)."""
 
@@ -274,8 +285,8 @@ class Worker:
         self.reload = False
         self.frozen_path = None                            # the supervisor's config.json (main sets it)
         insts = [cfg.instrument(i) for i in self.wcfg.instruments]
-        self.engine = Engine(insts, cfg.rules, cfg.stats, clock=cfg.clock, timing_every=cfg.timing_every,
-                             channels={i.id: i.id % cfg.feeds.channels for i in insts})
+        self.engine = Engine(insts, own_rules(cfg.rules, self.wcfg.instruments), cfg.stats, clock=cfg.clock,
+                             timing_every=cfg.timing_every, channels={i.id: i.id % cfg.feeds.channels for i in insts})
         self.stages = StageRecorders()                     # the engine's thread records here
         self.engine.set_timing(cfg.timing_every, self.stages, to_ring=True)
         self.totals = StageRecorders()                     # earlier intervals (housekeeping)

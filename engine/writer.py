@@ -1066,6 +1066,24 @@ class TickWriter:
             self._stop.wait(min(self.nap, self._first + self.batch_seconds - now))
         return True
 
+    def reopened(self) -> bool:
+        """Whether the stream goes on after :meth:`step` returned False: a worker that exited
+        cleanly (a SIGTERM to it alone) closed its ring, and the worker the supervisor started in
+        its place took the ring over (which clears the closed flag). The drain is then over: the
+        writer reads the ring again from where it stood. Not once stopped or given up."""
+        if self._stop.is_set() or self.gave_up or self.source.producer_closed:
+            return False
+        self._drain_since = None
+        return True
+
+    def idle(self) -> None:
+        """Done with a closed ring while the writer serves others: keep the status file fresh (a
+        status that stops is read as a stopped writer)."""
+        now = time.monotonic()
+        if now - self._last_status >= self.status_every:
+            self.write_status()
+            self._last_status = now
+
     def _replayed_all(self) -> bool:
         """Draining: no spill left, or the store failed a replay since the drain began."""
         failed = self._replay_failed
@@ -1407,11 +1425,23 @@ class WriterService:
         write_status_file(self.state_dir / "signals.json", out)
 
     def run(self) -> list:
+        done = set()                 # tick writers whose producer closed and whose ticks are durable
         active = list(self.writers)
         signals = list(self.signal_writers)
         wait = 0.05 / max(len(active), 1)
         while active or signals:
-            active = [w for w in active if w.step(wait)]
+            # The stream ends when every worker has closed its ring (the daemon's stop). A worker
+            # that exits cleanly alone (SIGTERM to it) is restarted by the supervisor on the same
+            # ring: its writer waits for that, then goes on (dropping it lost its ticks for the
+            # rest of the run, found by an adversarial pass).
+            for w in self.writers:
+                if w in done and (len(done) == len(self.writers) or not w.reopened()):
+                    w.idle()
+                    continue
+                done.discard(w)
+                if not w.step(wait):
+                    done.add(w)
+            active = [w for w in self.writers if w not in done]
             # signals drain once the ticks are done: the workers closed their rings, or a stop was
             # asked and the tick writers gave the workers STOP_GRACE to push their last records
             draining = not active
@@ -1423,7 +1453,7 @@ class WriterService:
                 self._last_status = now
                 self.write_signal_status()
             if self.policy is not None:
-                if not self.policy.finished and any(w.draining for w in self.writers):
+                if not self.policy.finished and all(w.draining for w in self.writers):
                     self.policy.finish()
                 self.policy.update(max(w.source.size / w.source.capacity for w in self.writers))
                 for w in self.writers:
