@@ -22,8 +22,8 @@ change); a worker that cannot answer within a second replies ``{"error": "busy"}
 asks and never reads costs the worker nothing: the socket is served by its own thread, and an
 unread reply is dropped when the next request arrives.
 
-:func:`request_books` asks every worker of a run and merges the answers; ``tickwire book`` prints
-them. Snapshots of the books are not in the store at every moment; to read what the store holds
+:func:`request_books` asks the workers of a run (those serving the instruments asked for) and
+merges the answers; ``tickwire books`` prints them. Snapshots of the books are not in the store at every moment; to read what the store holds
 use :class:`~tickwire.engine.store.Store`.
 """
 
@@ -199,13 +199,29 @@ def _worker_names(run_dir: Path) -> list:
         return []
 
 
+def _worker_instruments(run_dir: Path) -> list | None:
+    """The instrument ids each worker of the running daemon serves, by index (its config.json),
+    or None when not known."""
+    from tickwire.engine import config as configmod
+
+    try:
+        frozen = json.loads((run_dir / "config.json").read_text())
+        cfg = configmod.from_dict(frozen["raw"], base_dir=Path(frozen["base_dir"]))
+    except Exception:                       # noqa: BLE001 (any damage: ask every worker)
+        return None
+    return [set(w.instruments) for w in cfg.workers]
+
+
 def request_books(run_dir, instruments=None, depth: int = 10, timeout: float = 1.0) -> Books:
     """The books of a running daemon's workers: ``{instrument_id: answer}`` (see the module doc).
 
-    ``instruments``: ids (default all). Raises :class:`DaemonNotRunning` when no worker answers
-    within ``timeout`` seconds, ValueError for a request a worker refuses. A worker that does not
-    answer while another does (stopped, stalled, busy) is named in the result's ``silent``: its
-    instruments are not in it (they were left out unsaid)."""
+    ``instruments``: ids (default all); only the workers serving one of them are asked (a
+    stopped worker serving none of them kept the answer waiting, then failed it). Raises
+    :class:`DaemonNotRunning` when no worker answers within ``timeout`` seconds (or every one
+    asked answers "busy"), ValueError for a request a worker refuses. A worker that does not
+    answer while another does (stopped, stalled, or "busy": its engine did not take the request
+    within a second) is named in the result's ``silent``: its instruments are not in it (a busy
+    one was once left out unsaid)."""
     run_dir = Path(run_dir)
     socks = _sockets(run_dir) if run_dir.is_dir() else []
     hint = "start one with `tickwire run --config FILE` (or `tickwire demo`)"
@@ -214,23 +230,33 @@ def request_books(run_dir, instruments=None, depth: int = 10, timeout: float = 1
     req = json.dumps({"instruments": None if instruments is None else [int(i) for i in instruments],
                       "depth": int(depth)}).encode()
     ctx = zmq.Context.instance()
-    books, answered, errors, silent = Books(), 0, [], []
+    books, answered, errors, silent, busy = Books(), 0, [], [], []
     names = _worker_names(run_dir)
     if names:                                  # (a socket a killed daemon with more workers left behind)
         socks = [p for p in socks if int(p.stem.split("-")[1]) < len(names)]
+    serving = _worker_instruments(run_dir) if instruments is not None else None
+    if serving is not None:
+        wanted = {int(i) for i in instruments}
+        socks = [p for p in socks if int(p.stem.split("-")[1]) >= len(serving)
+                 or serving[int(p.stem.split("-")[1])] & wanted]
     for path in socks:
+        k = int(path.stem.split("-")[1])
+        name = names[k] if k < len(names) else f"w{k}"
         sock = ctx.socket(zmq.REQ)
         sock.setsockopt(zmq.LINGER, 0)
         try:
             sock.connect(f"ipc://{path}")
             sock.send(req)
             if not sock.poll(int(timeout * 1000)):
-                k = int(path.stem.split("-")[1])
-                silent.append(names[k] if k < len(names) else f"w{k}")
+                silent.append(name)
                 continue
             reply = json.loads(sock.recv())
         finally:
             sock.close()
+        if reply.get("error") == "busy":
+            silent.append(name)
+            busy.append(name)
+            continue
         if "error" in reply:
             errors.append(f"{path.name}: {reply['error']}")
             continue
@@ -238,6 +264,13 @@ def request_books(run_dir, instruments=None, depth: int = 10, timeout: float = 1
         books.update({int(k): v for k, v in reply["instruments"].items()})
     if errors and not answered:
         raise ValueError("; ".join(errors))
+    if not socks:                              # the instruments asked for are no worker's
+        books.silent = []
+        return books
+    if busy and not answered:
+        raise DaemonNotRunning(f"the daemon's worker{'s' if len(busy) > 1 else ''} {', '.join(busy)} answered busy "
+                               f"(the engine did not take the request within a second: a full tick ring, a "
+                               f"stopped writer?): tickwire status says more")
     if not answered:
         raise DaemonNotRunning(f"no tickwire daemon answers in {run_dir} (its workers' book sockets are there "
                                f"but silent for {timeout:g} s: stopped, or still starting): {hint}")

@@ -167,6 +167,70 @@ def test_a_worker_that_does_not_answer_is_named_and_the_exit_status_says_so(tmp_
         assert request_books(run_dir, depth=2).silent == []
 
 
+class BusyWorker:
+    """A worker's book socket that answers every request "busy" (its engine far behind)."""
+
+    def __init__(self, run_dir, index):
+        self.sock = zmq.Context.instance().socket(zmq.REP)
+        self.sock.bind(books_endpoint(run_dir, index))
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+
+    def loop(self):
+        while not self.stop.is_set():
+            if self.sock.poll(50):
+                self.sock.recv()
+                self.sock.send(b'{"error": "busy"}')
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        self.sock.close(linger=0)
+
+
+def test_a_busy_worker_is_named_and_only_the_workers_asked_for_are_asked(tmp_path, stream):
+    """Found by an adversarial pass, two workers: one answering "busy" (its tick ring full) had its
+    instruments left out without a word, exit 0 (every worker busy: "the daemon refused the
+    request", exit 2); and `-i` an instrument of w0 waited for a stopped w1, then failed (exit 1)."""
+    from tickwire.engine.config import to_toml
+    from tickwire.engine.demo import demo_raw_config
+
+    insts, ev = stream
+    raw = demo_raw_config(tmp_path / "state", run="two", instruments=3, channels=2,
+                          workers=[{"name": "w0", "cpu": 0, "instruments": [0, 2]},
+                                   {"name": "w1", "cpu": 1, "instruments": [1]}])
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(to_toml(raw))
+    run_dir = tmp_path / "state" / "two"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps({"raw": raw, "base_dir": str(tmp_path)}))
+
+    def books(*extra):
+        return subprocess.run([PY, "-m", "tickwire", "books", "--config", str(cfg), "--timeout", "3", *extra],
+                              capture_output=True, text=True, timeout=60)
+
+    with EngineThread(run_dir, ev, insts), BusyWorker(run_dir, 1):
+        got = request_books(run_dir, depth=2)
+        assert got.silent == ["w1"] and 0 in got and 2 in got
+        out = books()
+        assert out.returncode == 1 and "worker w1 did not answer" in out.stderr and "SIM0" in out.stdout, out.stderr
+    with BusyWorker(run_dir, 0), BusyWorker(run_dir, 1):
+        with pytest.raises(DaemonNotRunning, match="w0, w1 answered busy"):
+            request_books(run_dir)
+        out = books()
+        assert out.returncode == 1 and "answered busy" in out.stderr, out.stderr
+    (run_dir / "books-1.sock").touch()                 # w1 stopped: asked for w0's SIM0 only, not waited for
+    with EngineThread(run_dir, ev, insts):
+        got = request_books(run_dir, instruments=[0], depth=2, timeout=3)
+        assert list(got) == [0] and got.silent == []
+        out = books("-i", "SYN0")
+        assert out.returncode == 0 and "(id 0, worker w0)" in out.stdout, out.stderr
+
+
 def test_a_client_that_never_reads_costs_the_engine_nothing(tmp_path, stream):
     """Requests sent and never read (a suspended `tickwire top`): the engine's loop goes on."""
     insts, ev = stream
