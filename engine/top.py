@@ -34,7 +34,7 @@ import select
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -539,7 +539,8 @@ def _signal_lines(st: TopState, sig: SignalTail, rows: int, width: int):
     symbols = {i.id: i.symbol for i in st.instruments}
     lines = []
     for s in list(sig.recent)[-rows:][::-1]:
-        ts = datetime.fromtimestamp(int(s["ts_signal"]) / 1e9, timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+        # local time, as the header clock beside it (UTC here put them 9 h apart in Tokyo)
+        ts = datetime.fromtimestamp(int(s["ts_signal"]) / 1e9).strftime("%H:%M:%S.%f")[:-3]
         try:
             rule = RuleKind(int(s["rule_kind"])).name.lower()
         except ValueError:

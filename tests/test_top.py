@@ -306,3 +306,37 @@ def test_render_fits_80x24_and_draws_the_ladder_of_the_selected_book():
     con = Console(file=io.StringIO(), width=80, height=24, force_terminal=False)
     con.print(render(st, SignalTail("/nonexistent"), 80, 24))
     assert "SYN3*" in con.file.getvalue() and "book SYN3 seq 77 (* out of sync: a silent feed, or resyncing)" in con.file.getvalue()
+
+
+def test_signal_times_are_in_the_header_clock_s_time_zone(monkeypatch):
+    """Found by an adversarial pass: under TZ=JST-9 the signal list said 08:30:31 beside a header
+    clock of 17:30:32 (signals in UTC, the clock in local time)."""
+    import io
+
+    import numpy as np
+    from rich.console import Console
+
+    from tickwire.engine.instruments import Instrument
+    from tickwire.engine.top import SignalTail, TopState, render
+    from tickwire.ext import SIGNAL_DTYPE
+
+    monkeypatch.setenv("TZ", "JST-9")
+    time.tzset()
+    try:
+        now = time.time()
+        st = TopState("r", None, [Instrument(0, "SYN0", tick_size="0.01", lot_size="1")], ["w0"], running=True,
+                      books={}, selected=0, now=now, workers=[{"pid": os.getpid(), "feed": {"events": 5}}])
+        tail = SignalTail("/nonexistent")
+        sig = np.zeros(1, SIGNAL_DTYPE)[0]
+        sig["ts_signal"], sig["direction"], sig["seq"] = int(now * 1e9), 1, 42
+        tail.recent.append(sig)
+        con = Console(file=io.StringIO(), width=100, height=30, force_terminal=False)
+        con.print(render(st, tail, 100, 30))
+        text = con.file.getvalue()
+        clock = time.strftime("%H:%M:%S", time.localtime(now))
+        assert clock in text.splitlines()[0]
+        line = next(x for x in text.splitlines() if "seq 42" in x)
+        assert line.split()[0].startswith(clock), (clock, line)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
