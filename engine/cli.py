@@ -213,6 +213,9 @@ def cmd_signals(args) -> int:
     from tickwire.ext import SIGNAL_DTYPE, RuleKind
     from tickwire.ext.ring import Ring
 
+    if args.count < 0:                              # (-1 printed one signal and exited 0)
+        print(f"tickwire signals: --count: expected 0 (no limit) or more, got {args.count}", file=sys.stderr)
+        return 2
     cfg = load(args.config)
     symbols = {i.id: i.symbol for i in cfg.instruments}
     try:

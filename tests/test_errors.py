@@ -153,6 +153,8 @@ def test_signals_without_a_daemon_says_how_to_start_one(tmp_path):
     assert res.returncode == 1 and res.stderr.strip().count("\n") == 0, res.stderr
     assert "no tickwire daemon is running for run 'idle'" in res.stderr and "tickwire run --config" in res.stderr
     assert "Errno" not in res.stderr and "Traceback" not in res.stderr
+    # (an adversarial pass: --count -1 printed one signal of a running daemon and exited 0)
+    one_line(tickwire("signals", "--config", path, "--count", "-1"), "--count: expected 0 (no limit) or more, got -1")
 
 
 def test_a_lock_names_the_process_that_holds_it_not_what_its_file_says(tmp_path):
