@@ -719,7 +719,19 @@ def restart_keys(old: Config, new: Config) -> list[str]:
     ``enter``/``exit`` thresholds, which SIGHUP reloads), e.g. ``["rings.ticks_capacity"]``."""
     out: list[str] = []
     _diff(old, new, "", out)
-    return [k for k in out if not re.fullmatch(r"rules\[\d+\]\.(enter|exit)", k)]
+    ids = {i.id for i in old.instruments}
+
+    def same(key: str) -> bool:
+        """An instrument list reordered, or a rule's default written out in full, is no change
+        (SIGHUP said "changed: needs a restart" of them)."""
+        m = re.fullmatch(r"(workers|rules)\[(\d+)\]\.instruments", key)
+        if not m:
+            return False
+        a, b = (getattr(c, m.group(1))[int(m.group(2))].instruments for c in (old, new))
+        return {i.id for i in new.instruments} == ids and \
+            (ids if a is None else set(a)) == (ids if b is None else set(b))
+
+    return [k for k in out if not re.fullmatch(r"rules\[\d+\]\.(enter|exit)", k) and not same(k)]
 
 
 def load(path) -> Config:

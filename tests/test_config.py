@@ -212,6 +212,16 @@ def test_restart_keys_name_what_a_reload_cannot_apply():
                         rings={"ticks_capacity": 1 << 21}, daemon={"log_level": "debug"}))
     assert sorted(restart_keys(old, new)) == ["daemon.log_level", "rings.ticks_capacity", "rules[0].min_count"]
     assert restart_keys(old, from_dict(cfg(rules=[{"kind": "zscore", "enter": 5, "exit": 0}]))) == []
+    # found by an adversarial pass: a list reordered, or a rule's default written out, "changed:
+    # needs a restart" (nothing would change)
+    two = [{"name": "w0", "cpu": 0, "instruments": [0, 1]}]
+    old = from_dict(cfg(workers=two, rules=[{"kind": "zscore", "enter": 3, "exit": 1}]))
+    same = from_dict(cfg(workers=[{"name": "w0", "cpu": 0, "instruments": [1, 0]}],
+                         rules=[{"kind": "zscore", "enter": 3, "exit": 1, "instruments": [1, 0]}]))
+    assert restart_keys(old, same) == []
+    fewer = from_dict(cfg(workers=two, rules=[{"kind": "zscore", "enter": 3, "exit": 1, "instruments": [1]}]))
+    assert restart_keys(old, fewer) == ["rules[0].instruments"]
+    assert restart_keys(fewer, same) == ["rules[0].instruments"]
 
 
 def test_shipped_example_configs_validate():
