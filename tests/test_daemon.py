@@ -1263,15 +1263,18 @@ def test_a_second_daemon_on_the_same_store_refuses_to_start(tmp_path):
     assert "is locked by another process" in res.stderr
 
 
-def test_offered_load_beyond_the_writer_loses_nothing(tmp_path):
+@pytest.mark.parametrize("events, hwm, delay", [(400_000, 100, 0.5),
+                                                pytest.param(1_500_000, 1000, 1.0, marks=pytest.mark.slow)])
+def test_offered_load_beyond_the_writer_loses_nothing(tmp_path, events, hwm, delay):
     """The publisher flat out (as fast as this machine produces, several times what the slowed
     writer stores), a small tick ring, every insert slowed by a second: the writer spills
     rather than stalling the worker, ZeroMQ's high-water marks drop what the worker cannot take
-    in time, retransmission fills those holes, and the store ends with every event once."""
+    in time, retransmission fills those holes, and the store ends with every event once.
+    (1.5 M events, two minutes here, on request: -m slow.)"""
     cfg_path, raw = write_config(tmp_path, "load")
     raw["rings"]["ticks_capacity"] = 1 << 16
-    raw["store"]["debug_insert_delay_s"] = 1.0
-    raw["feeds"]["hwm"] = 1000
+    raw["store"]["debug_insert_delay_s"] = delay
+    raw["feeds"]["hwm"] = hwm
     raw["daemon"]["shutdown_timeout_s"] = 150            # the spill is replayed at a second an insert
     cfg_path.write_text(to_toml(raw))
     run_dir = tmp_path / "state" / "load"
@@ -1280,9 +1283,9 @@ def test_offered_load_beyond_the_writer_loses_nothing(tmp_path):
         assert wait_for(lambda: status(run_dir)["pid"])
         # the publisher stays up (heartbeats, retransmissions) until the worker has it all: a
         # publisher gone before its receivers learnt its head leaves them nothing to ask
-        sim = start_sim(raw, 1_500_000, 0, "--save-books", str(tmp_path / "pub.npz"), "--sndhwm", "1000",
+        sim = start_sim(raw, events, 0, "--save-books", str(tmp_path / "pub.npz"), "--sndhwm", str(hwm),
                         "--pregenerate", "--batch", "256", "--linger", "120")
-        assert wait_for(lambda: status(run_dir)["counts"]["ticks_stored"] >= 1_500_000, 150), status(run_dir)
+        assert wait_for(lambda: status(run_dir)["counts"]["ticks_stored"] >= events, 150), status(run_dir)
         assert wait_for(lambda: all(c["state"] == "live" and c["in_sync"]
                                     for c in status(run_dir)["channels"].values()), 60)
         sim.send_signal(signal.SIGINT)
@@ -1298,7 +1301,7 @@ def test_offered_load_beyond_the_writer_loses_nothing(tmp_path):
     print(f"\noffered {rate:.2f} M events/s; worker: holes {w['feed']['gaps']}, sent again "
           f"{w['feed']['retransmitted']:,}, ring waits {w['counts']['tick_ring_waits']}; writer spilled "
           f"{wr['rows_spilled']:,} rows")
-    assert stored_ticks(tmp_path) == (1_500_000, 1_500_000)
+    assert stored_ticks(tmp_path) == (events, events)
     assert w["history"]["lost_events"] == 0
     assert wr["rows_spilled"] > 0                           # the writer fell behind and spilled
     pub = published_books(tmp_path / "pub.npz")
