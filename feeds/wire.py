@@ -574,12 +574,21 @@ class RecoveryService:
     delay : float
         Seconds between taking a snapshot and sending it (a slow service: the client buffers
         live messages newer than the snapshot meanwhile).
+    share : float
+        Most of the caller's time the service takes while requests keep coming (0 < share <= 1):
+        after a call that answered for T seconds, the next one answers nothing for
+        ``T * (1 - share) / share`` (half: as long again). Requests wait in the socket meanwhile.
+        A client flooding the service with large retransmission requests (any peer that reaches
+        the port can) then slows recovery, not the publisher: 2,000 requests for the whole
+        history froze a simulator's stream for good, with every message it was to send after.
 
     Call :meth:`serve` between two published messages, so that a snapshot is exact.
     """
 
     def __init__(self, socket, source=None, retainer: Retainer | None = None, part_events: int = MAX_MESSAGE_EVENTS,
-                 delay: float = 0.0):
+                 delay: float = 0.0, share: float = 0.5):
+        if not 0.0 < share <= 1.0:
+            raise ValueError(f"share: expected a fraction in (0, 1], got {share!r}")
         self.socket = socket
         self.source = source
         self.retainer = retainer
@@ -593,6 +602,10 @@ class RecoveryService:
         self.retransmissions = 0        # retransmission replies
         self.retransmitted = 0          # events sent again
         self.not_held = 0               # events asked for that were no longer held
+        self.share = float(share)
+        self.busy_s = 0.0               # seconds spent answering
+        self.deferred = 0               # calls that answered nothing to keep within `share`
+        self._rest_until = 0.0
 
     @property
     def bad_requests(self) -> dict:
@@ -600,17 +613,23 @@ class RecoveryService:
         return dict(self._bad)
 
     def serve(self) -> int:
-        """Answer every request waiting (never blocks); returns how many were answered."""
+        """Answer the requests waiting (never blocks), within ``share`` of the caller's time;
+        returns how many were answered."""
         import zmq
 
         answered = 0
         sock = self.socket
+        start = time.monotonic()
+        if start < self._rest_until:
+            self.deferred += 1
+            return 0
         if self._later:
-            now = time.monotonic()
-            while self._later and self._later[0][0] <= now:
+            while self._later and self._later[0][0] <= start:
                 for frames in self._later.pop(0)[1]:
                     sock.send_multipart(frames)
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        # one request at a time, until a millisecond is spent (ROUTER reads its peers in turn, so a
+        # flooding peer cannot keep another's request waiting behind all of its own)
+        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN and time.monotonic() - start < 0.001:
             frames = sock.recv_multipart()
             if len(frames) < 2:
                 continue
@@ -624,6 +643,9 @@ class RecoveryService:
             else:
                 self._snapshot(frames[0], h)
             answered += 1
+        took = time.monotonic() - start
+        self.busy_s += took
+        self._rest_until = time.monotonic() + took * (1.0 - self.share) / self.share
         return answered
 
     def _snapshot(self, identity: bytes, h: Header) -> None:

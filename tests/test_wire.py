@@ -272,6 +272,51 @@ def test_reference_publisher_sends_lost_messages_again(tmp_path):
         ctx.term()
 
 
+def test_a_client_flooding_the_recovery_service_slows_recovery_not_the_publisher(tmp_path):
+    """Found by an attacker: any peer reaching the recovery port sent 2,000 requests for the whole
+    history, and the simulator's next serve() answered them all, one after another: its stream
+    stopped for good. The service now answers within half of the caller's time while requests keep
+    coming, and another receiver's request is still answered in that time."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.bind(f"ipc://{tmp_path}/r")
+    ret = wire.Retainer(max_events=1 << 18, epoch=7)
+    for k in range(0, 200_000, 4096):
+        ev = empty_events(min(4096, 200_000 - k))
+        ev["kind"], ev["side"], ev["price"], ev["qty"] = Kind.TRADE, Side.BID, 100, 1
+        ret.keep(0, 1 + k, ev)
+    service = wire.RecoveryService(router, None, ret)
+    flood, mine = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
+    try:
+        for s in (flood, mine):
+            s.connect(f"ipc://{tmp_path}/r")
+        for i in range(60):
+            flood.send(wire.encode_retransmit_request(0, i, 1, 200_000, epoch=7))
+        time.sleep(0.2)
+        start, busy, answered_at = time.monotonic(), 0.0, None
+        mine.send(wire.encode_retransmit_request(0, 99, 199_991, 10, epoch=7))
+        while time.monotonic() - start < 1.5:
+            t = time.monotonic()
+            service.serve()
+            busy += time.monotonic() - t
+            time.sleep(0.0002)                          # the publisher's own work between two calls
+            while answered_at is None and mine.poll(0):
+                h, _ = wire.decode(None, mine.recv(), types=wire.TYPES_REPLY)
+                if h.flags & WireFlag.FINAL:
+                    answered_at = time.monotonic() - start
+        took = time.monotonic() - start
+        assert service.retransmissions < 60            # still going: the flood is not done
+        assert busy / took < 0.65, (busy, took, service.retransmissions)
+        assert answered_at is not None and answered_at < 0.5, answered_at
+        assert service.deferred > 0 and service.busy_s > 0
+    finally:
+        for s in (flood, mine, router):
+            s.close(0)
+        ctx.term()
+    with pytest.raises(ValueError, match="share"):
+        wire.RecoveryService(None, share=0)
+
+
 def test_waiting_for_subscribers_takes_any_number_of_seconds(tmp_path):
     """`--wait-subscribers 1e9` (simulate, replay --publish, bridge) was an OverflowError
     traceback: zmq_poll takes a C int of milliseconds. The wait polls an hour at most at a time."""
