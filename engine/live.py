@@ -237,8 +237,9 @@ def request_books(run_dir, instruments=None, depth: int = 10, timeout: float = 1
     serving = _worker_instruments(run_dir) if instruments is not None else None
     if serving is not None:
         wanted = {int(i) for i in instruments}
+        # (none of them serving any: ask them all, as before, rather than answer nothing unasked)
         socks = [p for p in socks if int(p.stem.split("-")[1]) >= len(serving)
-                 or serving[int(p.stem.split("-")[1])] & wanted]
+                 or serving[int(p.stem.split("-")[1])] & wanted] or socks
     for path in socks:
         k = int(path.stem.split("-")[1])
         name = names[k] if k < len(names) else f"w{k}"
@@ -264,9 +265,6 @@ def request_books(run_dir, instruments=None, depth: int = 10, timeout: float = 1
         books.update({int(k): v for k, v in reply["instruments"].items()})
     if errors and not answered:
         raise ValueError("; ".join(errors))
-    if not socks:                              # the instruments asked for are no worker's
-        books.silent = []
-        return books
     if busy and not answered:
         raise DaemonNotRunning(f"the daemon's worker{'s' if len(busy) > 1 else ''} {', '.join(busy)} answered busy "
                                f"(the engine did not take the request within a second: a full tick ring, a "

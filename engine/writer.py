@@ -1069,9 +1069,11 @@ class TickWriter:
     def reopened(self) -> bool:
         """Whether the stream goes on after :meth:`step` returned False: a worker that exited
         cleanly (a SIGTERM to it alone) closed its ring, and the worker the supervisor started in
-        its place took the ring over (which clears the closed flag). The drain is then over: the
-        writer reads the ring again from where it stood. Not once stopped or given up."""
-        if self._stop.is_set() or self.gave_up or self.source.producer_closed:
+        its place took the ring over (which clears the closed flag), or did and has closed it
+        again already with ticks in it (the writer starved of CPU meanwhile: a review found them
+        left for the next start). A new drain begins: the writer reads the ring again from where
+        it stood. Not once stopped or given up."""
+        if self._stop.is_set() or self.gave_up or (self.source.producer_closed and self.source.size == 0):
             return False
         self._drain_since = None
         return True
@@ -1435,7 +1437,7 @@ class WriterService:
             # ring: its writer waits for that, then goes on (dropping it lost its ticks for the
             # rest of the run, found by an adversarial pass).
             for w in self.writers:
-                if w in done and (len(done) == len(self.writers) or not w.reopened()):
+                if w in done and not w.reopened():
                     w.idle()
                     continue
                 done.discard(w)

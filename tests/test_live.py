@@ -229,6 +229,10 @@ def test_a_busy_worker_is_named_and_only_the_workers_asked_for_are_asked(tmp_pat
         assert list(got) == [0] and got.silent == []
         out = books("-i", "SYN0")
         assert out.returncode == 0 and "(id 0, worker w0)" in out.stdout, out.stderr
+    # no daemon (its sockets left behind), an instrument its config.json gives no worker: not an
+    # empty answer with exit 0 (a review of the filter above)
+    with pytest.raises(DaemonNotRunning):
+        request_books(run_dir, instruments=[7], timeout=0.2)
 
 
 def test_a_client_that_never_reads_costs_the_engine_nothing(tmp_path, stream):

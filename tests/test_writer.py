@@ -90,6 +90,51 @@ def test_writer_process_stores_everything_once_and_exits_at_end_of_stream(tmp_pa
     assert_exactly_once(dsn, ev)
 
 
+def test_a_ring_closed_by_its_worker_alone_is_read_again_when_a_successor_takes_it_over(tmp_path):
+    """Two workers' rings: one worker exits cleanly alone (its ring closed) and the supervisor's
+    restarted worker takes the ring over. Found by an adversarial pass: the writer dropped the
+    closed ring for good (its ticks unstored for the rest of the run, exit 3). Found by a review
+    of the fix: a successor that pushed and closed again while the writer was off the CPU
+    (SIGSTOP here; SCHED_IDLE starved in the daemon) left its ticks unread."""
+    dsn, state = f"chdb://{tmp_path}/store", tmp_path / "state"
+    a, b = ring_name(), ring_name()
+    ev_a, ev_b = l2_updates(3_000, seed=3), l2_updates(3_000, seed=4)
+    with Ring.create(a, EVENT_DTYPE, 1 << 12) as ra, Ring.create(b, EVENT_DTYPE, 1 << 12, role="none"):
+        w = start_writer(a, dsn, state, "--ring", b, "--batch-seconds", "0.05")
+        try:
+            first = Ring.attach(b, EVENT_DTYPE, role="producer", takeover=True)
+            assert ra.push_many(ev_a[:1000], timeout=30) == 1000 and first.push_many(ev_b[:1000], timeout=30) == 1000
+            first.close()                                 # the worker's clean exit: its ring closed
+            status = state / b / "status.json"
+            assert wait_for(lambda: status.exists() and json.loads(status.read_text())["rows_written"] == 1000)
+            time.sleep(0.5)                               # the writer is done with ring b
+            second = Ring.attach(b, EVENT_DTYPE, role="producer", takeover=True)   # its successor
+            assert second.push_many(ev_b[1000:2000], timeout=30) == 1000
+            assert wait_for(lambda: json.loads(status.read_text())["rows_written"] == 2000), \
+                "the writer did not go on with the ring its successor took over"
+            second.close()
+            time.sleep(0.5)                               # done with ring b again
+            w.send_signal(signal.SIGSTOP)                 # off the CPU while the next successor comes and goes
+            third = Ring.attach(b, EVENT_DTYPE, role="producer", takeover=True)
+            assert third.push_many(ev_b[2000:], timeout=30) == 1000
+            third.close()
+            w.send_signal(signal.SIGCONT)
+            assert ra.push_many(ev_a[1000:], timeout=30) == 2000
+            assert wait_for(lambda: json.loads(status.read_text())["rows_written"] == 3000), \
+                "a successor's ticks, pushed and closed while the writer was stopped, stayed unread"
+            assert wait_for(lambda: ra.consumer_alive)
+            ra.close()                                    # both rings closed: the end of the stream
+            out, _ = w.communicate(timeout=120)
+        finally:
+            if w.poll() is None:
+                w.send_signal(signal.SIGCONT)
+                w.kill()
+                w.wait()
+    assert w.returncode == 0, out.decode()[-2000:]
+    _, pairs = stored(dsn)
+    assert len(pairs) == 6_000 and len(np.unique(pairs, axis=0)) == 6_000
+
+
 def test_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(tmp_path):
     name, dsn, state = ring_name(), f"chdb://{tmp_path}/store", tmp_path / "state"
     ev = l2_updates(200_000, seed=2, instruments=4)
