@@ -482,7 +482,9 @@ class Supervisor:
         them all (empty when none)."""
         import re as _re
 
-        pat = _re.compile(rf"{_re.escape(self.cfg.rings.prefix)}-{_re.escape(self.cfg.run)}-([0-9a-f]{{16}})-"
+        # (the token is absent from the names of daemons before 8396861..d957530: an upgrade after a
+        # crash left such a kept ring unread and unsaid, its unstored ticks lost)
+        pat = _re.compile(rf"{_re.escape(self.cfg.rings.prefix)}-{_re.escape(self.cfg.run)}-(?:([0-9a-f]{{16}})-)?"
                           rf"(ticks|signals)-(\d+)")
         by_token: dict[str, dict] = {}
         try:
@@ -492,7 +494,7 @@ class Supervisor:
         for e in entries:
             m = pat.fullmatch(e.name)
             if m and e.stat(follow_symlinks=False).st_uid == os.geteuid():
-                d = by_token.setdefault(m.group(1), {"t": 0})
+                d = by_token.setdefault(m.group(1) or "", {"t": 0})
                 d[(m.group(2), int(m.group(3)))] = e.name
                 d["t"] = max(d["t"], e.stat(follow_symlinks=False).st_mtime_ns)
         n = len(self.cfg.workers)
@@ -1121,6 +1123,12 @@ class Supervisor:
                 " of damaged or removed spill files were NOT stored (the log names them)"
             level = max(level, logging.ERROR)
             self.spill_lost = True
+        uncounted = sum(st.get("files_uncounted", 0) for st in wst) + sst.get("uncounted", 0)
+        if uncounted:                                  # (a header nobody can trust, unknown to the ledger)
+            self.summary += (f"; {'and ' if any(n for n, _ in damaged) else 'but '}{uncounted} damaged spill "
+                             f"file(s) of an unknown number of records were set aside, NOT stored (the log names them)")
+            level = max(level, logging.ERROR)
+            self.spill_lost = True
         if self.failure:                               # (it said only "stopped: every tick and signal stored")
             self.summary = f"gave up ({self.failure}); " + self.summary
             level = max(level, logging.ERROR)
@@ -1236,7 +1244,7 @@ class Supervisor:
                 out.append({})
         return out
 
-    _DAMAGE = ("rows_corrupt", "rows_missing", "corrupt", "missing")
+    _DAMAGE = ("rows_corrupt", "rows_missing", "corrupt", "missing", "files_uncounted", "uncounted")
 
     def _status_files(self) -> list:
         """Per tick ring its writer's status file, then the writer's signals.json."""

@@ -166,8 +166,14 @@ def _read_json(path: Path) -> Optional[dict]:
 
 def _set_aside(path: Path, missing_ok: bool = True) -> Path:
     """Rename damaged ``path`` to ``<name>.corrupt`` (never read again; an OSError leaves it be,
-    but FileNotFoundError is raised unless ``missing_ok``); the name it was set aside as."""
+    but FileNotFoundError is raised unless ``missing_ok``); the name it was set aside as. One set
+    aside before under that name is kept: this one is ``<name>.<k>.corrupt`` (a second run whose
+    positions start again at 0 replaced the first's, the only copy of its ticks)."""
     aside = path.with_name(path.name + ".corrupt")
+    k = 1
+    while os.path.lexists(aside):
+        aside = path.with_name(f"{path.name}.{k}.corrupt")
+        k += 1
     try:
         os.replace(path, aside)
     except FileNotFoundError:
@@ -296,7 +302,8 @@ class _Spill:
             path = self.dir / name
             if name in present:
                 continue
-            if name + ".corrupt" in present:          # set aside and said so: struck, not said again
+            if name + ".corrupt" in present or any(x.startswith(name + ".") and x.endswith(".corrupt")
+                                                   for x in present):   # set aside and said so: struck
                 del out[name]
                 self._append(f"- {name}\n")
                 continue
@@ -388,9 +395,11 @@ class _Spill:
             if type(v) is not int or v < 0:
                 return f"its header's {key!r} is {v!r}, not a count"
         if meta["n"] < 1 or meta.get("crc32", 0) >= 1 << 32:
-            return f"its header's n {meta['n']} or crc32 {meta['crc32']} is out of range"
+            return f"its header's n {meta['n']} or crc32 {meta.get('crc32')} is out of range"
         name = f"{meta['epoch']:020d}-{meta['pos']:020d}{path.suffix}"
-        if path.name != name:
+        # (writers before bfc57cd named a file by its position alone: an upgrade found every such
+        # file set aside as corrupt, its ticks lost under "every tick and signal stored")
+        if path.name not in (name, f"{meta['pos']:020d}{path.suffix}"):
             return f"its header (epoch {meta['epoch']}, position {meta['pos']}) names another file, {name}"
         token = meta.get("token")
         if path.suffix == ".sig":
@@ -734,7 +743,7 @@ class TickWriter:
             "rows_written": 0, "batches_written": 0, "rows_spilled": 0, "batches_spilled": 0,
             "batches_replayed": 0, "spill_bytes": 0, "spill_files": 0, "lag": 0, "unstored": 0,
             "outage": False, "last_error": "", "spill_error": "", "gave_up": "", "epoch": self.epoch, "sched_idle": 0,
-            "sched_switches": 0, "rows_corrupt": 0, "rows_missing": 0,
+            "sched_switches": 0, "rows_corrupt": 0, "rows_missing": 0, "files_uncounted": 0,
         }
 
     @property
@@ -773,6 +782,7 @@ class TickWriter:
             if n is None:                          # gone: left in the ledger, for missing()
                 return True, None
             self.metrics["rows_corrupt"] += n
+            self.metrics["files_uncounted"] += not n
             return True, 0
         ok = self.link.insert("insert_ticks", events, epoch=meta["epoch"], first_ord=meta["pos"], token=meta["token"])
         return ok, meta["n"]
@@ -1162,6 +1172,7 @@ class SignalWriter:
             log.warning("signal position not saved (%s)", exc)
         self.written = 0
         self.corrupt = self.missing = 0                 # signals of damaged / removed spill files
+        self.uncounted = 0                              # damaged spill files whose signals nobody could count
         self.last_error = ""
         self.gave_up = ""
         self._spill_cause = ""
@@ -1262,6 +1273,7 @@ class SignalWriter:
             if n is None:                          # gone: left in the ledger, for missing()
                 return True, None
             self.corrupt += n
+            self.uncounted += not n
             return True, 0
         return self.link.insert("insert_signals", sig, meta["run"], token=meta["token"]), meta["n"]
 
@@ -1313,7 +1325,7 @@ class SignalWriter:
     def status(self) -> dict:
         self.missing += self.spill.missing()
         return {"written": self.written, "missed": self.missed, "position": self.pos,
-                "corrupt": self.corrupt, "missing": self.missing,
+                "corrupt": self.corrupt, "missing": self.missing, "uncounted": self.uncounted,
                 "spill_files": len(self.spill.files()), "unstored": self._rows, "last_error": self.last_error,
                 "gave_up": self.gave_up}
 
@@ -1423,6 +1435,7 @@ class WriterService:
         out = {"written": sum(s["written"] for s in each), "missed": sum(s["missed"] for s in each),
                "spill_files": sum(s["spill_files"] for s in each), "unstored": sum(s["unstored"] for s in each),
                "corrupt": sum(s["corrupt"] for s in each), "missing": sum(s["missing"] for s in each),
+               "uncounted": sum(s["uncounted"] for s in each),
                "last_error": "; ".join(s["last_error"] for s in each if s["last_error"]), "rings": each}
         write_status_file(self.state_dir / "signals.json", out)
 

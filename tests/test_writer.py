@@ -885,6 +885,44 @@ def test_a_spill_file_with_an_untrustworthy_header_is_set_aside_counted_and_the_
     assert_exactly_once(dsn, np.concatenate([ev[:500], ev[4000:]]))
 
 
+def test_spill_files_an_older_writer_left_are_stored_and_what_cannot_be_counted_is_said(tmp_path, caplog):
+    """Found by an upgrade: spill files that writers before bfc57cd named by their position alone
+    (``<pos>.spill``, TWSPILL1 without crc32) were all set aside as corrupt ("names another
+    file"), their ticks not stored and not counted, and the daemon said "every tick and signal
+    stored" (166,914 ticks). They are read now. A damaged file the ledger does not know (its
+    count unknown) is counted as a file, for the daemon's last line; and setting a file aside
+    under a name taken by an earlier one (a run whose positions started at 0 again) replaced
+    that earlier copy, the only one of its ticks: both are kept now."""
+    import logging
+
+    name, dsn, state = ring_name(), f"chdb://{tmp_path}/store", tmp_path / "state"
+    ev = l2_updates(1500, seed=35)
+    spill = state / "spill"
+    spill.mkdir(parents=True)
+    old = {"pos": 0, "n": 500, "epoch": 1796548034065680241, "token": "tw:1796548034065680241:0:500"}
+    (spill / f"{0:020d}.spill").write_bytes(b"TWSPILL1" + json.dumps(old).encode() + b"\n" + ev[:500].tobytes())
+    garbage = spill / f"{1:020d}-{7:020d}.spill"
+    garbage.write_bytes(b"TWSPILL2{not json\n" + bytes(640))
+    earlier = spill / (garbage.name + ".corrupt")
+    earlier.write_bytes(b"an earlier run's file, set aside")
+    link = StoreLink(lambda: Store.open(dsn))
+    deadline = time.monotonic() + 60
+    with Ring.create(name, EVENT_DTYPE, 1 << 12) as ring:
+        writer = TickWriter(link, Ring.attach(name, EVENT_DTYPE), state, epoch=3, batch_rows=500, batch_seconds=0.01)
+        ring.push_many(ev[500:])
+        with caplog.at_level(logging.ERROR, logger="tickwire.writer"):
+            replay_then_drain(writer, ring, deadline)
+    link.close()
+    assert "names another file" not in caplog.text, caplog.text
+    _, pairs = stored(dsn)                                       # (epoch, ord): each tick once
+    assert len(pairs) == 1500 and len(np.unique(pairs, axis=0)) == 1500
+    assert writer.metrics["files_uncounted"] == 1 and writer.metrics["rows_corrupt"] == 0
+    assert earlier.read_bytes() == b"an earlier run's file, set aside"
+    assert (spill / (garbage.name[:-len(".spill")] + ".spill.1.corrupt")).exists()
+    writer.write_status()
+    assert writer.metrics["rows_missing"] == 0
+
+
 @pytest.mark.timeout(90)
 def test_a_directory_fifo_or_symlink_named_like_a_spill_file_is_refused_and_counted(tmp_path, caplog):
     """Found by an adversarial pass: a directory named like a spill file raised IsADirectoryError
