@@ -577,16 +577,23 @@ class RecoveryService:
     share : float
         Most of the caller's time the service takes while requests keep coming (0 < share <= 1):
         after a call that answered for T seconds, the next one answers nothing for
-        ``T * (1 - share) / share`` (half: as long again). Requests wait in the socket meanwhile.
-        A client flooding the service with large retransmission requests (any peer that reaches
-        the port can) then slows recovery, not the publisher: 2,000 requests for the whole
-        history froze a simulator's stream for good, with every message it was to send after.
+        ``T * (1 - share) / share`` (half: as long again). A client flooding the service with
+        large retransmission requests (any peer that reaches the port can) then slows recovery,
+        not the publisher: 2,000 requests for the whole history froze a simulator's stream for
+        good, with every message it was to send after.
+    queued : int
+        Requests held waiting (read from the socket at every call, so none waits unseen). They
+        are answered cheapest first (the events asked for; a snapshot counts as one part), then
+        the peers answered least, then in arrival order: a receiver's request for the few
+        messages it lost goes before a flood's requests for the whole history (answered in turn,
+        the receiver's timed out behind them and the feed never recovered). When full, the
+        most expensive is dropped unanswered (``dropped``; its sender asks again).
 
     Call :meth:`serve` between two published messages, so that a snapshot is exact.
     """
 
     def __init__(self, socket, source=None, retainer: Retainer | None = None, part_events: int = MAX_MESSAGE_EVENTS,
-                 delay: float = 0.0, share: float = 0.5):
+                 delay: float = 0.0, share: float = 0.5, queued: int = 1024):
         if not 0.0 < share <= 1.0:
             raise ValueError(f"share: expected a fraction in (0, 1], got {share!r}")
         self.socket = socket
@@ -605,7 +612,12 @@ class RecoveryService:
         self.share = float(share)
         self.busy_s = 0.0               # seconds spent answering
         self.deferred = 0               # calls that answered nothing to keep within `share`
+        self.dropped = 0                # requests dropped unanswered, the queue full of cheaper ones
         self._rest_until = 0.0
+        self._queue: list = []          # heap of (cost, peer's answers, arrival, identity, header)
+        self._queued = max(int(queued), 1)
+        self._arrivals = 0
+        self._answers: dict[bytes, int] = {}   # requests answered per peer (reset when it grows large)
 
     @property
     def bad_requests(self) -> dict:
@@ -617,19 +629,13 @@ class RecoveryService:
         returns how many were answered."""
         import zmq
 
+        import heapq
+
         answered = 0
         sock = self.socket
         start = time.monotonic()
-        if start < self._rest_until:
-            self.deferred += 1
-            return 0
-        if self._later:
-            while self._later and self._later[0][0] <= start:
-                for frames in self._later.pop(0)[1]:
-                    sock.send_multipart(frames)
-        # one request at a time, until a millisecond is spent (ROUTER reads its peers in turn, so a
-        # flooding peer cannot keep another's request waiting behind all of its own)
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN and time.monotonic() - start < 0.001:
+        q = self._queue
+        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:      # take in everything waiting (cheap)
             frames = sock.recv_multipart()
             if len(frames) < 2:
                 continue
@@ -638,11 +644,37 @@ class RecoveryService:
             except WireError as exc:
                 self._bad[exc.reason.name] = self._bad.get(exc.reason.name, 0) + 1
                 continue
+            cost = min(h.count, 1 << 24) if h.type == MsgType.RETRANSMIT_REQUEST else self.part_events
+            self._arrivals += 1
+            entry = (cost, self._answers.get(frames[0], 0), self._arrivals, frames[0], h)
+            if len(q) < self._queued:
+                heapq.heappush(q, entry)
+                continue
+            worst = max(range(len(q)), key=lambda i: q[i][:3])
+            self.dropped += 1
+            if entry[:3] < q[worst][:3]:
+                q[worst] = entry
+                heapq.heapify(q)
+        if start < self._rest_until:
+            self.deferred += 1
+            return 0
+        if self._later:
+            while self._later and self._later[0][0] <= start:
+                for frames in self._later.pop(0)[1]:
+                    sock.send_multipart(frames)
+        # cheapest first, until a millisecond is spent (at least one)
+        while q and (not answered or time.monotonic() - start < 0.001):
+            _, _, _, identity, h = heapq.heappop(q)
             if h.type == MsgType.RETRANSMIT_REQUEST:
-                self._retransmit(frames[0], h)
+                self._retransmit(identity, h)
             else:
-                self._snapshot(frames[0], h)
+                self._snapshot(identity, h)
             answered += 1
+            if len(self._answers) > 65536:
+                self._answers.clear()
+            self._answers[identity] = self._answers.get(identity, 0) + 1
+        if not answered:
+            return 0
         took = time.monotonic() - start
         self.busy_s += took
         self._rest_until = time.monotonic() + took * (1.0 - self.share) / self.share

@@ -214,9 +214,10 @@ def test_a_peer_that_asks_and_never_reads_holds_a_bounded_backlog(tmp_path):
         for rid in range(asked):
             dealer.send(wire.encode_snapshot_request(0, rid + 1))
         end = time.monotonic() + 30
-        while sim._service.served < asked and time.monotonic() < end:
+        while sim._service.served + sim._service.dropped < asked and time.monotonic() < end:
             sim.serve()
-        assert sim._service.served == asked
+        # answered, or dropped unanswered past the service's queue of 1,024 (wire.RecoveryService)
+        assert sim._service.served + sim._service.dropped == asked and sim._service.served >= 1024
         got = 0
         while dealer.poll(300):
             dealer.recv_multipart()
