@@ -690,7 +690,9 @@ class Run:
                 p = worker
                 procs.append(p)
                 _wait_ready(p, ready, "the engine worker")
-            pub.wait_subscribers(len(cfg.workers), timeout=120 if daemon else 60)
+            # each channel is one worker's (whole channels per worker): one subscriber each (the
+            # number of workers here waited for ever with two)
+            pub.wait_subscribers(1, timeout=120 if daemon else 60)
             # the daemon records its rings' names (random per run) in its run directory's rings.json
             names = [ring_names(cfg.state_dir / cfg.run if daemon else self.work / tag, i)[1]
                      for i in range(len(cfg.workers))]
@@ -735,15 +737,12 @@ class Run:
         # where the engine ran and what it did, as its worker saw it (its status file, written
         # again at exit)
         run_dir = cfg.state_dir / cfg.run if daemon else self.work / tag
-        try:
-            st = json.loads((run_dir / "worker-0.json").read_text())
-        except (OSError, ValueError):
-            st = {}
+        st = _workers_status(run_dir, len(cfg.workers))
         loss = target_losses(pr["stats"]["events"], int(len(sig["seq"])) + int(sig["missed"]), st,
                              worker.exitcode if worker is not None else None, daemon_rc, run_dir)
         return {"publisher": pr["stats"], "signals": int(len(sig["seq"])), "missed": int(sig["missed"]),
                 "unmatched": lat["unmatched"], "lat": lat, "relay": relay_plan(pr, sig, self.chan_of_inst),
-                "cpus": st.get("affinity"), "cpus_configured": [cfg.workers[0].cpu], "loss": loss}
+                "cpus": st.get("affinity"), "cpus_configured": [w.cpu for w in cfg.workers], "loss": loss}
 
     def measure_zmq_floor(self, rate: float, pub: Publisher, tag: str, busy: bool, plan: dict | None = None) -> dict:
         """The libzmq hop of every message; with ``plan`` (relay_plan() of the target's run) also
@@ -855,6 +854,25 @@ class Run:
         b = np.load(out)
         keep = b["send"] >= start + int(a.warmup * 1e9)
         return {"lat": b["receipt"][keep] - b["send"][keep], "signals": int(keep.sum())}
+
+
+def _workers_status(run_dir: Path, workers: int) -> dict:
+    """The target's workers' status files at their stop, as one: the feed's counts and the
+    signals emitted summed, their cores together ({} when one is missing or unreadable). Only
+    worker 0's was read: with two workers half the events read as never processed."""
+    each = []
+    for i in range(workers):
+        try:
+            each.append(json.loads((run_dir / f"worker-{i}.json").read_text()))
+        except (OSError, ValueError):
+            return {}
+    if len(each) == 1:
+        return each[0]
+    feeds = [st.get("feed", {}) for st in each]
+    cpus = [c for st in each for c in (st.get("affinity") or [])]
+    return {"feed": {k: sum(int(f.get(k, 0)) for f in feeds) for k in ("events", "lost_events", "uncounted_losses")},
+            "signal_ring_head": sum(int(st.get("signal_ring_head", 0)) for st in each),
+            "affinity": cpus if all(st.get("affinity") is not None for st in each) else None}
 
 
 def target_losses(published: int, received: int, status: dict, worker_rc, daemon_rc, run_dir: Path) -> list[str]:

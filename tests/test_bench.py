@@ -525,6 +525,34 @@ def test_bench_against_the_real_daemon(tmp_path):
 
 
 @pytest.mark.integration
+def test_bench_against_a_two_worker_daemon(tmp_path):
+    """Found by an adversarial pass: ``--target daemon`` with a config of two workers waited for
+    two subscribers on every channel (each channel is one worker's) and failed after 120 s, "the
+    target did not connect"; past that, its checks read worker 0's status only and called half
+    the events never processed."""
+    import subprocess
+
+    from tickwire.engine.config import to_toml
+    from tickwire.engine.demo import demo_raw_config
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two cores")
+    raw = demo_raw_config(tmp_path / "state", run="bw", instruments=4, channels=2,
+                          workers=[{"name": "w0", "cpu": 1, "instruments": [0, 2]},
+                                   {"name": "w1", "cpu": 0, "instruments": [1, 3]}])
+    cfg = tmp_path / "bw.toml"
+    cfg.write_text(to_toml(raw))
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "tickwire", "bench", "--target", "daemon", "--config", str(cfg),
+                        "--rate", "20k", "--duration", "1.5", "--warmup", "0.3", "--drain", "0.5", "--no-floors",
+                        "--no-baseline", "--no-plots", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "INCOMPLETE" not in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+    run = json.loads((out / "summary.json").read_text())["runs"][0]
+    assert run["signals"] > 0 and not run.get("loss")
+    assert sorted(run["engine_cpus_seen"]) == [0, 1]
+
+
+@pytest.mark.integration
 @pytest.mark.parametrize("how", ["SIGINT", "SIGINT to the group", "SIGTERM"])
 def test_ctrl_c_stops_the_bench_with_one_line_and_nothing_left_running(tmp_path, how):
     """SIGINT mid-sweep: exit 130 with one line saying what was kept (the rates finished before
