@@ -693,6 +693,68 @@ def test_one_of_two_workers_stopped_alone_is_restarted_and_its_ticks_stored_and_
     assert all(i == 0 for i, in fired), fired
 
 
+def two_worker_config(tmp_path, run, channels=4):
+    """The demo's config for two workers, whole channels each (8 instruments on ``channels``)."""
+    ids = range(8)
+    workers = [{"name": "w0", "cpu": 1, "instruments": [i for i in ids if i % channels < channels // 2]},
+               {"name": "w1", "cpu": 0, "instruments": [i for i in ids if i % channels >= channels // 2]}]
+    raw = demo_raw_config(tmp_path / "state", run=run, workers=workers, channels=channels)
+    raw["daemon"]["log_level"] = "info"
+    raw["feeds"]["stale_after_ms"] = 500
+    path = tmp_path / f"{run}.toml"
+    path.write_text(to_toml(raw))
+    return path, raw
+
+
+def test_with_two_workers_the_last_line_names_a_worker_s_silent_instruments_and_unended_channels(tmp_path):
+    """Found by an adversarial pass, two workers: (1) a publisher of 2 channels for a config of 4:
+    the worker serving channels 2 and 3 heard nothing, and the last line's warning about
+    instruments that received no event left it out (only a worker whose own feed delivered
+    counted); (2) a worker killed, and restarted only after its publisher had ended, heard
+    nothing: the events it missed were lost (83,126 of 100,000 stored) under "every tick and
+    signal stored", without the line on channels whose publisher's end was never seen (its
+    status had no position; the history note has)."""
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs two cores")
+    cfg_path, raw = two_worker_config(tmp_path, "halves")
+    run_dir = tmp_path / "state" / "halves"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        assert wait_for(lambda: status(run_dir, 0)["pid"] and status(run_dir, 1)["pid"])
+        sim = start_sim(raw, 20_000, 50_000, "--channels", "2")        # (the later --channels wins)
+        out, _ = sim.communicate(timeout=120)
+        assert sim.returncode == 0, out
+    finally:
+        rc, _ = stop_daemon(daemon, log)
+    last = (tmp_path / "daemon.log").read_text().strip().splitlines()[-1]
+    assert rc == 0 and "received no event while the feed delivered" in last, last
+    assert all(f"SYN{i}" in last for i in (2, 3, 6, 7)) and "SYN0" not in last, last
+
+    (tmp_path / "b").mkdir()
+    cfg_path, raw = two_worker_config(tmp_path / "b", "gone")
+    run_dir = tmp_path / "b" / "state" / "gone"
+    daemon, log = start_daemon(cfg_path, tmp_path / "b")
+    try:
+        assert wait_for(lambda: status(run_dir, 0)["pid"] and status(run_dir, 1)["pid"])
+        sim = start_sim(raw, 100_000, 20_000)
+        assert wait_for(lambda: status(run_dir, 1)["feed"]["events"] > 15_000, 60)
+        sup = json.loads((run_dir / "supervisor.json").read_text())["pid"]
+        os.kill(sup, signal.SIGSTOP)                   # (holds w1's restart until the publisher is gone)
+        w1 = status(run_dir, 1)["pid"]
+        os.kill(w1, signal.SIGKILL)
+        out, _ = sim.communicate(timeout=120)
+        assert sim.returncode == 0, out
+        os.kill(sup, signal.SIGCONT)
+        assert wait_for(lambda: status(run_dir, 1)["pid"] not in (None, w1), 30)
+        assert wait_for(lambda: all(c["state"] != "live" for c in status(run_dir, 1)["channels"].values()), 30)
+    finally:
+        os.kill(sup, signal.SIGCONT)
+        rc, _ = stop_daemon(daemon, log)
+    last = (tmp_path / "b" / "daemon.log").read_text().strip().splitlines()[-1]
+    assert rc == 0 and "were not live at the stop and their publisher's end was never seen" in last, last
+    assert "channel(s) 2 (seq" in last and "3 (seq" in last and "received no event" not in last, last
+
+
 @pytest.mark.parametrize("edit, fragment", [
     (lambda raw: raw["instruments"][0].pop("symbol"), "instruments[0].symbol: expected a string (required)"),
     (lambda raw: raw["workers"][0].update(cpu="one"), "workers[0].cpu: expected an integer"),
@@ -996,7 +1058,7 @@ def test_the_last_line_names_instruments_that_never_received_an_event(tmp_path):
     last = d.last
     # instrument i went out on channel i % 4: those on 2 and 3 never reached the daemon's 2 channels
     assert sorted(silent) == [i for i in sym if i % 4 in (2, 3)], silent
-    assert d.rc == 0 and f"{len(silent)} instrument(s) received no event while their worker's feed delivered" in last
+    assert d.rc == 0 and f"{len(silent)} instrument(s) received no event while the feed delivered" in last
     assert all(sym[i] in last for i in silent) and "is feeds.channels, 2, the publisher's channel count?" in last
 
 
