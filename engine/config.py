@@ -8,6 +8,7 @@ config stops the daemon before anything starts. ``docs/config.md`` is the refere
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -732,6 +733,13 @@ def restart_keys(old: Config, new: Config) -> list[str]:
             (ids if a is None else set(a)) == (ids if b is None else set(b))
 
     return [k for k in out if not re.fullmatch(r"rules\[\d+\]\.(enter|exit)", k) and not same(k)]
+
+
+def load_frozen(path) -> Config:
+    """The configuration a running daemon's supervisor holds: its ``config.json`` (the file as
+    read at start, with the thresholds SIGHUP applied), as a Config."""
+    frozen = json.loads(Path(path).read_text())
+    return from_dict(frozen["raw"], base_dir=Path(frozen["base_dir"]))
 
 
 def load(path) -> Config:

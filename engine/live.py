@@ -205,8 +205,7 @@ def _worker_instruments(run_dir: Path) -> list | None:
     from tickwire.engine import config as configmod
 
     try:
-        frozen = json.loads((run_dir / "config.json").read_text())
-        cfg = configmod.from_dict(frozen["raw"], base_dir=Path(frozen["base_dir"]))
+        cfg = configmod.load_frozen(run_dir / "config.json")
     except Exception:                       # noqa: BLE001 (any damage: ask every worker)
         return None
     return [set(w.instruments) for w in cfg.workers]

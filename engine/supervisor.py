@@ -1150,11 +1150,7 @@ class Supervisor:
                 continue
             heard = set()                              # channels with a history (a restarted worker that
             if not st.get("feed", {}).get("events"):   # heard nothing since did hear them before)
-                try:
-                    heard = {int(c) for c in json.loads((self.run_dir / f"feed-{w.name}.json").read_text())
-                             .get("channels", {})}
-                except (OSError, ValueError, AttributeError, TypeError):
-                    pass
+                heard = {int(c) for c in self._history_note(w).get("channels") or {}}
             silent |= {i for i in st.get("silent_instruments", ()) if i % self.cfg.feeds.channels not in heard}
         silent = sorted(silent)
         if silent:
@@ -1241,11 +1237,8 @@ class Supervisor:
         every event it announced stored: the history note's ``ended``)."""
         out = []
         for w, st in zip(self.cfg.workers, self.worker_status()):
-            try:
-                note = json.loads((self.run_dir / f"feed-{w.name}.json").read_text())
-                ended, points = set(note.get("ended", ())), note.get("channels") or {}
-            except (OSError, ValueError, AttributeError):
-                ended, points = set(), {}
+            note = self._history_note(w)
+            ended, points = set(note.get("ended") or ()), note.get("channels") or {}
             for c, cs in (st.get("channels") or {}).items():
                 if cs.get("state") in (None, "live") or int(c) in ended:
                     continue
@@ -1257,6 +1250,14 @@ class Supervisor:
                 if nxt:
                     out.append((int(c), int(nxt)))
         return sorted(out)
+
+    def _history_note(self, w) -> dict:
+        """Worker ``w``'s history note (``feed-<name>.json``), {} when missing or unreadable."""
+        try:
+            note = json.loads((self.run_dir / f"feed-{w.name}.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return note if isinstance(note, dict) else {}
 
     def worker_status(self) -> list[dict]:
         out = []

@@ -672,11 +672,7 @@ class Worker:
         return 0
 
 
-def load_frozen(path):
-    """The configuration the supervisor holds: its ``config.json`` (the file as read at start,
-    with the thresholds SIGHUP applied), as a Config."""
-    frozen = json.loads(Path(path).read_text())
-    return configmod.from_dict(frozen["raw"], base_dir=Path(frozen["base_dir"]))
+load_frozen = configmod.load_frozen
 
 
 def main(argv=None) -> int:
