@@ -1609,9 +1609,13 @@ def test_a_stale_history_note_of_a_ring_released_at_shutdown_does_not_bring_tick
         os.kill(worker, signal.SIGKILL)                   # gone without a note (a stopped one is continued
     finally:                                              # at the stop and writes its own), SIGTERM at once
         rc, _ = stop_daemon(daemon, log)
-    assert rc == 1, (tmp_path / "daemon.log").read_text()[-3000:]
-    assert "stopped: every tick and signal stored" in (tmp_path / "daemon.log").read_text()
-    assert "brought up to the ticks its replaced ring held" in (tmp_path / "daemon.log").read_text()
+    first = (tmp_path / "daemon.log").read_text()
+    # the kill is a failed stop (status 1) only when the stop met it first; said by the watcher
+    # before the stop (its restart not begun), it is not (6bce43f: the status hung on that timing)
+    assert rc == (1 if "w0 exited with SIGKILL at shutdown" in first else 0), first[-3000:]
+    assert first.count(f"(pid {worker}) exited with SIGKILL") + first.count("w0 exited with SIGKILL at shutdown") == 1
+    assert "stopped: every tick and signal stored" in first
+    assert "brought up to the ticks its replaced ring held" in first
     daemon, log = start_daemon(cfg_path, tmp_path, "daemon2")
     try:
         publisher_done_and_settled(sim, run_dir)
