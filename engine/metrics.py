@@ -249,6 +249,8 @@ class Collector:
 #: (Closing the newcomer let any local user who kept 64 idle connections open fail most scrapes
 #: for as long as they liked.)
 MAX_CONNECTIONS = 64
+#: The listen backlog: connections the kernel completes before the server accepts them.
+LISTEN_BACKLOG = 128
 #: Seconds a connection may take to send its request (and to read the reply) before it is closed.
 REQUEST_TIMEOUT_S = 5.0
 
@@ -299,6 +301,10 @@ def serve(host: str, port: int, registry):
 
     class Server(ThreadingMixIn, WSGIServer):
         daemon_threads = True
+        # socketserver's listen backlog is 5: a burst of connections (a scraper and a few
+        # `tickwire status` calls, or the idle connections above) overflowed it, and each one
+        # past it waited a second for the kernel to resend its SYN
+        request_queue_size = LISTEN_BACKLOG
 
         def process_request(self, request, client_address):
             if not slots.acquire(blocking=False):

@@ -56,6 +56,36 @@ def test_latency_histogram_buckets_match_the_values_to_hdr_precision():
     assert math.isnan(histogram_quantile(0.99, bounds, [0] * len(bounds)))
 
 
+def test_a_burst_of_connections_to_the_metrics_endpoint_is_not_held_back_by_the_listen_backlog():
+    """socketserver listens with a backlog of 5: past it the kernel drops a connection's SYN and the
+    client sends it again a second later. 100 connections at once (a scraper and a few `tickwire
+    status`, or a local user's idle ones) took 14 s, one in six waiting a second; here every one
+    is taken at once, and the endpoint still answers with all of them open."""
+    import time
+
+    from prometheus_client import CollectorRegistry, Counter
+
+    from tickwire.engine import metrics
+
+    reg = CollectorRegistry()
+    Counter("tickwire_probe", "a probe", registry=reg).inc()
+    httpd = metrics.serve("127.0.0.1", 0, reg)
+    conns, waited = [], []
+    try:
+        for _ in range(100):
+            t = time.monotonic()
+            conns.append(socket.create_connection(("127.0.0.1", httpd.server_port), timeout=10))
+            waited.append(time.monotonic() - t)
+        # a dropped SYN is sent again after 1 s (the kernel's initial retransmission time-out)
+        assert sum(w >= 0.95 for w in waited) == 0, sorted(waited)[-10:]
+        body = urllib.request.urlopen(f"http://127.0.0.1:{httpd.server_port}/metrics", timeout=10).read()
+        assert b"tickwire_probe_total 1.0" in body
+    finally:
+        for c in conns:
+            c.close()
+        httpd.shutdown()
+
+
 # -- a daemon to watch -------------------------------------------------------------------------
 
 def _scrape(url):
