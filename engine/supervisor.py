@@ -831,13 +831,23 @@ class Supervisor:
         self.failed = True
         self.request_stop()
 
+    def _check_done(self, task: asyncio.Task) -> None:
+        """A background check (pinning, stalls, the writer's scheduling) that failed is said, an
+        error: the daemon runs on without it (its children and their watchers are unaffected).
+        It was "Task exception was never retrieved" at the shutdown, if at all."""
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        log.error("the daemon's check %s failed (%s: %s): it runs on without it", task.get_coro().__name__,
+                  type(exc).__name__, exc, exc_info=exc)
+
     async def _guard_writer(self) -> None:
         """Rescue a SCHED_IDLE writer that its core starves: when a tick ring fills past a quarter,
         put the writer back on normal scheduling (it returns to SCHED_IDLE by itself once it has
         caught up). The writer does this too, but one that gets no time at all cannot."""
         from tickwire.engine.writer import IdlePolicy
 
-        guard, pid = None, None
+        guard, pid, failing = None, None, None
         while not self.stopping:
             await asyncio.sleep(0.1)
             proc = self.writer.proc
@@ -846,7 +856,16 @@ class Supervisor:
             if proc.pid != pid:
                 guard, pid = IdlePolicy(pid=proc.pid, may_idle=False), proc.pid
             before = guard.switches
-            guard.update(max(len(r) / r.capacity for r in self.tick_rings))
+            try:
+                guard.update(max(len(r) / r.capacity for r in self.tick_rings))
+            except OSError as e:               # (its /proc reads: e.g. no descriptor left, EMFILE)
+                if failing is None:
+                    log.warning("cannot check the writer's scheduling (%s): trying again", e)
+                failing = e
+                continue
+            if failing is not None:
+                log.info("checking the writer's scheduling again")
+                failing = None
             if guard.switches != before:
                 log.warning("the writer (pid %d) was starved on core %d: back on normal scheduling",
                             pid, self.writer.cpu)
@@ -1196,10 +1215,11 @@ class Supervisor:
         watchers = [asyncio.create_task(self._watch(c)) for c in children]
         for w in watchers:
             w.add_done_callback(self._watcher_done)
-        asyncio.create_task(self._check_pinning())
-        asyncio.create_task(self._watch_stalls())
+        checks = [asyncio.create_task(self._check_pinning()), asyncio.create_task(self._watch_stalls())]
         if self.writer is not None and self.cfg.store.writer_sched == "idle":
-            asyncio.create_task(self._guard_writer())
+            checks.append(asyncio.create_task(self._guard_writer()))
+        for task in checks:
+            task.add_done_callback(self._check_done)
         if ready is not None:
             ready()
         try:

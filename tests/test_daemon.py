@@ -522,7 +522,11 @@ def test_idle_metrics_connections_and_a_refused_restart_do_not_leave_the_daemon_
         for c in conns:
             c.close()
         rc, _ = stop_daemon(daemon, log)
-    assert rc == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+    text = (tmp_path / "daemon.log").read_text()
+    assert rc == 0, text[-3000:]
+    # the writer's scheduling check met the descriptor limit too: it went on (it died, unsaid
+    # but for "Task exception was never retrieved", and no starved writer was rescued after)
+    assert "Traceback" not in text and "failed" not in text, text[-3000:]
 
 
 def test_a_directory_named_tickwire_where_the_daemon_starts_is_not_imported(tmp_path):
