@@ -94,16 +94,22 @@ def tiny_disk():
 # -- processes the tests left running ------------------------------------------------------------
 # Every process the tests start inherits this marker. At the end of the run, any still running
 # (a test that did not stop what it started) is named and killed: left alone it may hold the
-# run's output open, and whatever reads it (CI) would wait for it.
+# run's output open, and whatever reads it (CI) would wait for it. With pytest-xdist (./dev test
+# runs two processes of tests) the workers keep the controller's marker and only the controller
+# looks, once every worker is done: a worker that looked when it ran out of tests would kill the
+# processes of the other's running test.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 _SESSION_MARK = ("TICKWIRE_TEST_SESSION", f"{os.getpid()}-{time.time_ns()}")
+if _WORKER and os.environ.get(_SESSION_MARK[0]):
+    _SESSION_MARK = (_SESSION_MARK[0], os.environ[_SESSION_MARK[0]])
 os.environ[_SESSION_MARK[0]] = _SESSION_MARK[1]
 
 
-def _left_running() -> list[tuple[int, str]]:
+def _left_running(skip=()) -> list[tuple[int, str]]:
     needle = f"{_SESSION_MARK[0]}={_SESSION_MARK[1]}".encode()
     found = []
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid() or int(entry.name) in skip:
             continue
         try:
             with open(f"/proc/{entry.name}/environ", "rb") as f:
@@ -122,8 +128,25 @@ def _left_running() -> list[tuple[int, str]]:
     return found
 
 
+def _children() -> set[int]:
+    """This process's children (the controller's: its xdist workers, still ending)."""
+    out = set()
+    for entry in os.scandir("/proc"):
+        try:
+            if entry.name.isdigit():
+                with open(f"/proc/{entry.name}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == os.getpid():
+                        out.add(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
 def pytest_sessionfinish(session, exitstatus):
-    left = _left_running()
+    if _WORKER:
+        return                                           # the controller looks (above)
+    xdist = getattr(session.config.option, "numprocesses", None) not in (None, 0)
+    left = _left_running(skip=_children() if xdist else ())
     if not left:
         return
     for pid, _ in left:
