@@ -2,8 +2,11 @@
 tmpfs for a spill directory that fills up; at the end, any process the tests left running is
 named and killed."""
 
+import contextlib
+import fcntl
 import os
 import signal
+import tempfile
 import subprocess
 import sys
 import time
@@ -129,7 +132,8 @@ def _left_running(skip=()) -> list[tuple[int, str]]:
 
 
 def _children() -> set[int]:
-    """This process's children (the controller's: its xdist workers, still ending)."""
+    """This process's children (the controller's: its xdist workers, should any still be ending
+    when this runs; xdist tears them down first)."""
     out = set()
     for entry in os.scandir("/proc"):
         try:
@@ -145,6 +149,9 @@ def _children() -> set[int]:
 def pytest_sessionfinish(session, exitstatus):
     if _WORKER:
         return                                           # the controller looks (above)
+    for path in _LOCKS:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
     xdist = getattr(session.config.option, "numprocesses", None) not in (None, 0)
     left = _left_running(skip=_children() if xdist else ())
     if not left:
@@ -161,3 +168,28 @@ def pytest_sessionfinish(session, exitstatus):
         reporter.write("\n" + text + "\n", yellow=True)
     else:
         print(text, file=sys.stderr)
+
+
+# -- tests that need the machine alone ---------------------------------------------------------
+# Under ./dev test's two test processes, a test marked ``alone`` runs while no other test does:
+# the demos (one per machine: /tmp/tickwire-demo.lock), the example configs' default endpoints
+# (their ipc feed, port 9464), a core kept busy on purpose, a bound on time. Every other test
+# holds a lock shared and an ``alone`` one exclusive; while an ``alone`` test waits for it, no
+# other test starts (the turnstile), so it is not put off for the rest of the run.
+_LOCKS = [os.path.join(tempfile.gettempdir(), f"tickwire-tests-{_SESSION_MARK[1]}.{k}") for k in ("turn", "lock")]
+
+
+@pytest.fixture(autouse=True)
+def _share_the_machine(request):
+    if not _WORKER:
+        yield
+        return
+    alone = request.node.get_closest_marker("alone") is not None
+    with open(_LOCKS[0], "a") as turn, open(_LOCKS[1], "a") as lock:
+        fcntl.flock(turn, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        finally:
+            if not alone:
+                fcntl.flock(turn, fcntl.LOCK_UN)
+        yield                                            # (both released when the files close)

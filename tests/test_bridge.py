@@ -628,6 +628,7 @@ def test_unknown_symbol_and_a_tick_the_exchange_contradicts_are_refused_at_start
     shutil.rmtree(d, ignore_errors=True)
 
 
+@pytest.mark.alone
 def test_the_shipped_kraken_config_pairs_bridge_and_daemon_and_an_unreachable_exchange_is_one_line(
         monkeypatch, caplog, capsys):
     """engine/kraken.example.toml (README, docs/feeds.md): the bridge binds where the daemon of the same

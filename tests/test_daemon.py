@@ -360,19 +360,20 @@ def test_a_killed_daemon_whose_rings_json_was_deleted_still_stores_its_ring_and_
     run's own segments are found in /dev/shm and reclaimed; a missing note is an error line.
     ``older``: found by an upgrade, rings a daemon before the names' token kept after a crash
     (``<prefix>-<run>-ticks-0``, no rings.json) were not found: 31,552 ticks lost unsaid."""
-    rings_of("orphan")
-    cfg_path, raw = write_config(tmp_path, "orphan")
-    run_dir = tmp_path / "state" / "orphan"
+    run = "orphold" if older else "orphnew"                # (one name each: two test processes at once)
+    rings_of(run)
+    cfg_path, raw = write_config(tmp_path, run)
+    run_dir = tmp_path / "state" / run
     daemon, log = start_daemon(cfg_path, tmp_path)
     try:
         assert wait_for(lambda: status(run_dir)["pid"] and writer_ready(run_dir))
-        os.kill(writer_pid("orphan"), signal.SIGSTOP)      # the ticks stay in the ring, unstored
+        os.kill(writer_pid(run), signal.SIGSTOP)      # the ticks stay in the ring, unstored
         publish(raw, run_dir, 20_000)
     finally:
-        kill_daemon_and_writer(daemon, log, "orphan", run_dir)
+        kill_daemon_and_writer(daemon, log, run, run_dir)
     (run_dir / "rings.json").unlink()
     if older:
-        for path in Path("/dev/shm").glob("tickwire-orphan-*-*-*"):
+        for path in Path("/dev/shm").glob(f"tickwire-{run}-*-*-*"):
             os.rename(path, path.with_name(re.sub(r"-[0-9a-f]{16}-", "-", path.name)))
     out = subprocess.run([PY, "-m", "tickwire", "run", "--config", str(cfg_path), "--duration", "3"],
                          capture_output=True, text=True, timeout=120)
@@ -918,6 +919,7 @@ def test_writer_options_reach_the_writer_process(tmp_path):
     assert rc == 0 and "writer" in (tmp_path / "tw.log").read_text()
 
 
+@pytest.mark.alone
 def test_sigterm_with_a_busy_writer_core_still_stores_everything_and_exits_clean(tmp_path):
     """The writer idles under SCHED_IDLE; a busy process on its core would starve it forever.
     On SIGTERM the supervisor puts it back on normal scheduling, so it drains, stores every tick
@@ -1383,6 +1385,7 @@ def test_offered_load_beyond_the_writer_loses_nothing(tmp_path, events, hwm, del
     assert all(pub[k].tobytes() == mine[k].tobytes() for k in pub)
 
 
+@pytest.mark.alone
 def test_store_credentials_reach_the_server_and_never_the_process_list_or_the_log(tmp_path):
     """store.username / store.password from the config reach the ClickHouse server the writer
     talks to (a stand-in HTTP server here records what it is sent), while neither the password

@@ -38,6 +38,7 @@ def test_dev_help_and_unknown_command():
     assert out.returncode == 2 and "unknown command 'frobnicate'" in out.stderr
 
 
+@pytest.mark.alone
 @pytest.mark.integration
 def test_readme_daemon_commands_work_as_written(tmp_path):
     """The five lines of "The daemon", run from the repository root as written (`...` filled
@@ -242,6 +243,7 @@ def test_the_python_blocks_of_each_doc_run_as_written(doc, tmp_path):
     assert out.returncode == 0, f"{where[-1] if where else doc}: {out.stderr[-1500:]}"
 
 
+@pytest.mark.alone
 @pytest.mark.integration
 def test_tickwire_demo_as_written_and_its_figures_add_up(tmp_path):
     """`tickwire demo` (docs/daemon.md, and what `./dev demo` runs) from a fresh directory: exit
@@ -273,6 +275,7 @@ def test_tickwire_demo_as_written_and_its_figures_add_up(tmp_path):
     assert not exposed, exposed[:20]
 
 
+@pytest.mark.alone
 @pytest.mark.integration
 def test_feeds_md_capture_command_as_written(tmp_path):
     """docs/feeds.md's `tickwire simulate --capture kraken --rate 0` publishes the whole real

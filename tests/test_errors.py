@@ -177,6 +177,7 @@ def test_a_lock_names_the_process_that_holds_it_not_what_its_file_says(tmp_path)
     assert _lock_holder(path) == 1836                               # nobody holds it: the file's word
 
 
+@pytest.mark.alone
 def test_a_second_demo_refuses_to_start(tmp_path):
     from tickwire.engine.supervisor import _try_lock
 
@@ -389,6 +390,7 @@ def test_run_refuses_a_duration_that_is_not_a_positive_number_of_seconds(tmp_pat
              f"tickwire run: --duration: expected a number of seconds > 0 and at most 1e+09, got {float(duration)}")
 
 
+@pytest.mark.alone
 @pytest.mark.parametrize("data_dir", ["/proc/x", "{tmp}/afile", "{tmp}/afile/sub"])
 def test_demo_data_dir_that_cannot_be_made(tmp_path, data_dir):
     _demo_lock_free()
@@ -400,6 +402,7 @@ def test_demo_data_dir_that_cannot_be_made(tmp_path, data_dir):
 
 # -- an interrupted demo -------------------------------------------------------------------------
 
+@pytest.mark.alone
 @pytest.mark.integration
 def test_a_demo_whose_output_goes_away_still_stops_and_the_next_drops_a_killed_one_s_rings(tmp_path):
     """Found by a newcomer: `tickwire demo | head -2` ran for ever (the progress task died of
@@ -460,6 +463,7 @@ def test_a_demo_whose_output_goes_away_still_stops_and_the_next_drops_a_killed_o
             demo.wait()
 
 
+@pytest.mark.alone
 def test_an_interrupted_demo_drains_what_was_published_and_exits_130(tmp_path):
     """Ctrl-C at the terminal (SIGINT to the demo's whole process group) while it publishes: the
     demo stops the publisher first, lets the daemon take in what was published, stops it, checks

@@ -102,6 +102,7 @@ def test_feed_handler_refuses_io_options_with_a_context_of_yours(tmp_path):
         ctx.term()
 
 
+@pytest.mark.alone
 def test_busy_poll_receives_as_soon_as_a_message_arrives_and_times_out_when_idle(tmp_path):
     from test_feed_handler import Harness
 

@@ -114,9 +114,18 @@ def shm_names(run):
 
 @pytest.fixture
 def reachable(tmp_path):
-    """Let others traverse (not list) tmp_path and its pytest parents, so that what stops `nobody`
-    is the daemon's own modes, not pytest's private base directory."""
-    dirs = [tmp_path, tmp_path.parent, tmp_path.parent.parent]
+    """Let others traverse (not list) tmp_path and its pytest parents up to the temporary
+    directory, so that what stops `nobody` is the daemon's own modes, not pytest's private base
+    directory (one level deeper under pytest-xdist: popen-gw0/)."""
+    import tempfile
+
+    top, dirs = Path(tempfile.gettempdir()).resolve(), []
+    d = tmp_path.resolve()
+    while d != top and d != d.parent:
+        dirs.append(d)
+        d = d.parent
+    if d != top:                                         # (--basetemp elsewhere: its three levels)
+        dirs = dirs[:3]
     modes = [d.stat().st_mode & 0o7777 for d in dirs]
     for d in dirs:
         d.chmod(0o711)

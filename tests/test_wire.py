@@ -272,6 +272,7 @@ def test_reference_publisher_sends_lost_messages_again(tmp_path):
         ctx.term()
 
 
+@pytest.mark.alone
 def test_a_client_flooding_the_recovery_service_slows_recovery_not_the_publisher(tmp_path):
     """Found by an attacker: any peer reaching the recovery port sent 2,000 requests for the whole
     history, and the simulator's next serve() answered them all, one after another: its stream

@@ -614,6 +614,7 @@ def test_idle_policy_moves_every_thread_between_sched_idle_and_normal():
                     "back to 10%": normal, "1% full": idle, "switches": 2, "finished, 1% full": normal}
 
 
+@pytest.mark.alone
 def test_starved_idle_writer_is_rescued_to_normal_scheduling_and_loses_nothing(tmp_path):
     """A SCHED_IDLE writer on a core that a busy process keeps full gets almost no time: the ring
     fills, the guard (the supervisor's IdlePolicy, run here by the test) puts the writer back on
@@ -664,6 +665,7 @@ def test_starved_idle_writer_is_rescued_to_normal_scheduling_and_loses_nothing(t
     assert_exactly_once(dsn, ev)
 
 
+@pytest.mark.alone
 def test_slow_store_spills_at_disk_speed_instead_of_blocking_the_producer(tmp_path):
     """Every insert takes 1.5 s (the debug knob) while ticks arrive at 200k/s into a ring that
     holds a third of a second: the writer spills batches whose insert is still running once the
