@@ -455,6 +455,39 @@ class Supervisor:
         log.warning("replacing ring %s left behind by an earlier run (nothing in it to store)", name)
         return None
 
+    def _refuse_rings_of_removed_workers(self, prev) -> None:
+        """Rings an earlier start left for worker indices this configuration does not have (it ran
+        more workers, then was killed or crashed): adopted by no worker, their ticks were lost
+        unsaid (an upgrade over an older install, rings.json absent, one worker fewer). Empty
+        ones are removed; one that holds ticks or signals not stored, or that a process still
+        uses, refuses the start until the run has been started once with its previous layout."""
+        held = []
+        for i in range(len(self.cfg.workers), len(prev)):
+            for name, key, (dtype, kind) in zip(prev[i], ring_keys(self.cfg, i),
+                                                ((EVENT_DTYPE, "ticks"), (SIGNAL_DTYPE, "signals"))):
+                if not ringmod.exists(name):
+                    continue
+                try:
+                    old = Ring.attach(name, dtype, role="none")
+                except Exception:              # noqa: BLE001 - not ours, or unreadable: left alone
+                    continue
+                self._keys[name] = key
+                if old.producer_alive or old.consumer_alive:
+                    held.append(f"{name} (still in use)")
+                    old.close()
+                elif left := self._unstored(old, kind):
+                    held.append(f"{name} ({left:,} {kind} not stored)")
+                    old.close()
+                else:
+                    _drop(old)
+                    log.warning("removed ring %s of worker index %d of an earlier start (nothing in it to "
+                                "store): this configuration has %d workers", name, i, len(self.cfg.workers))
+        if held:
+            raise StartupError(
+                f"run '{self.cfg.run}' was last started with {len(prev)} workers and left rings of the ones this "
+                f"configuration ({len(self.cfg.workers)} workers) does not have: {', '.join(held)}. Start it once "
+                f"with its previous worker layout and stop it (SIGTERM), then with the new one")
+
     def _previous_rings(self, report=False) -> list[tuple[str, str]]:
         """The ring names an earlier start of this run recorded (empty: none, or unreadable).
         Without a record (rings.json deleted or unreadable), the segments of this run's names
@@ -478,8 +511,8 @@ class Supervisor:
         return found
 
     def _orphan_rings(self) -> list[tuple[str, str]]:
-        """This run's segments in /dev/shm, per worker index, of the most recent token that has
-        them all (empty when none)."""
+        """This run's segments in /dev/shm, per worker index, of the most recent token whose
+        rings are there for worker 0 up (empty when none), as many as it has."""
         import re as _re
 
         # (the token is absent from the names of daemons before 8396861..d957530: an upgrade after a
@@ -497,14 +530,21 @@ class Supervisor:
                 d = by_token.setdefault(m.group(1) or "", {"t": 0})
                 d[(m.group(2), int(m.group(3)))] = e.name
                 d["t"] = max(d["t"], e.stat(follow_symlinks=False).st_mtime_ns)
-        n = len(self.cfg.workers)
-        whole = [d for d in by_token.values() if all((k, i) in d for i in range(n) for k in ("ticks", "signals"))
-                 and not any(_in_use(d[(k, i)], dt) for i in range(n)
+        def workers(d) -> int:                          # worker indices 0.. with both rings there
+            n = 0
+            while ("ticks", n) in d and ("signals", n) in d:
+                n += 1
+            return n
+
+        # (as many workers as that start had, which may not be this configuration's: an index
+        # beyond it, left out, lost its ticks unsaid; one fewer found none, and lost them too)
+        whole = [d for d in by_token.values() if workers(d)
+                 and not any(_in_use(d[(k, i)], dt) for i in range(workers(d))
                              for k, dt in (("ticks", EVENT_DTYPE), ("signals", SIGNAL_DTYPE)))]
         if not whole:
             return []
         d = max(whole, key=lambda d: d["t"])
-        return [(d[("ticks", i)], d[("signals", i)]) for i in range(n)]
+        return [(d[("ticks", i)], d[("signals", i)]) for i in range(workers(d))]
 
     def _carry_history(self) -> None:
         """A run started again with its feed channels on other workers (workers renamed,
@@ -583,6 +623,7 @@ class Supervisor:
                               if cfg.feeds.history_from == "start" else
                               "from the first message it receives: what was published while it was away is "
                               "not stored, nor counted")
+        self._refuse_rings_of_removed_workers(prev)
         token = new_ring_token()
         plan = []
         for i, _ in enumerate(cfg.workers):

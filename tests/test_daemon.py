@@ -388,6 +388,56 @@ def test_a_killed_daemon_whose_rings_json_was_deleted_still_stores_its_ring_and_
     assert out.returncode == 0 and "w0: no history note" in out.stderr, out.stderr[-3000:]
 
 
+@pytest.mark.parametrize("older, more", [(False, False), (True, False), (True, True)],
+                         ids=["", "named-by-an-older-daemon", "one-worker-more"])
+def test_kept_rings_of_a_worker_the_new_layout_does_not_have_refuse_the_start_and_the_old_layout_stores_them(
+        tmp_path, rings_of, older, more):
+    """Found by an upgrade: a two-worker daemon killed with ticks in its rings, rings.json and
+    config.json absent (an older install's state), started again with one worker: worker 1's kept
+    ring was adopted by no worker, its ticks lost unsaid, exit 0 (and started with one worker
+    more than the rings had, none was found). Refused now (exit 2, saying what to do); the old
+    layout stores every tick."""
+    run = "moreold" if more else "lessold" if older else "lessnew"
+    rings_of(run)
+    two = [{"name": "a", "cpu": 1, "instruments": [0, 2, 4, 6]}, {"name": "b", "cpu": 0, "instruments": [1, 3, 5, 7]}]
+    one = [{"name": "a", "cpu": 1, "instruments": list(range(8))}]
+    cfg_path, raw = write_config(tmp_path, run, workers=one if more else two)
+    run_dir = tmp_path / "state" / run
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    ran = (0,) if more else (0, 1)
+    try:
+        assert wait_for(lambda: all(status(run_dir, i)["pid"] for i in ran) and writer_ready(run_dir))
+        os.kill(writer_pid(run), signal.SIGSTOP)        # the ticks stay in the rings, unstored
+        sim = start_sim(raw, 20_000, 50_000)
+        out, _ = sim.communicate(timeout=120)
+        assert sim.returncode == 0, out
+        assert wait_for(lambda: sum(status(run_dir, i)["feed"]["events"] for i in ran) >= 20_000, 30)
+    finally:
+        kill_daemon_and_writer(daemon, log, run, run_dir)
+    assert wait_for(lambda: not any(_pid_alive(status(run_dir, i)["pid"]) for i in ran), 30)
+    (run_dir / "rings.json").unlink()
+    (run_dir / "config.json").unlink(missing_ok=True)
+    if older:
+        for path in Path("/dev/shm").glob(f"tickwire-{run}-*-*-*"):
+            os.rename(path, path.with_name(re.sub(r"-[0-9a-f]{16}-", "-", path.name)))
+    other = tmp_path / "other.toml"
+    other.write_text(to_toml({**raw, "workers": two if more else one}))
+    if more:                                            # worker 0's kept ring is found and stored
+        out = subprocess.run([PY, "-m", "tickwire", "run", "--config", str(other), "--duration", "3"],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and "reclaimed as an earlier start's" in out.stderr, out.stderr[-3000:]
+        assert market_events(f"chdb://{tmp_path}/state/store") == (20_000, 20_000)
+        return
+    out = subprocess.run([PY, "-m", "tickwire", "run", "--config", str(other), "--duration", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "was last started with 2 workers" in out.stderr and "ticks not stored" in \
+        out.stderr and "Start it once with its previous worker layout" in out.stderr, out.stderr[-3000:]
+    out = subprocess.run([PY, "-m", "tickwire", "run", "--config", str(cfg_path), "--duration", "3"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert market_events(f"chdb://{tmp_path}/state/store") == (20_000, 20_000)
+
+
 def test_a_deleted_signal_position_is_said_when_its_ring_is_reclaimed(tmp_path, rings_of):
     """Found by an adversarial pass: the signal writer's position.json deleted after a killed
     daemon stored the kept ring's signals a second time (20 of 113), nothing said. The writer
