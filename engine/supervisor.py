@@ -460,7 +460,8 @@ class Supervisor:
         more workers, then was killed or crashed): adopted by no worker, their ticks were lost
         unsaid (an upgrade over an older install, rings.json absent, one worker fewer). Empty
         ones are removed; one that holds ticks or signals not stored, or that a process still
-        uses, refuses the start until the run has been started once with its previous layout."""
+        uses, refuses the start until the run has been started once with its previous layout; so do
+        their writers' spill files (the store was down: spilled, not stored)."""
         held = []
         for i in range(len(self.cfg.workers), len(prev)):
             for name, key, (dtype, kind) in zip(prev[i], ring_keys(self.cfg, i),
@@ -482,9 +483,24 @@ class Supervisor:
                     _drop(old)
                     log.warning("removed ring %s of worker index %d of an earlier start (nothing in it to "
                                 "store): this configuration has %d workers", name, i, len(self.cfg.workers))
+        # and what their writers spilled while the store was down (a clean stop keeps it for the
+        # next start; the writer reads the spill of the rings it serves only)
+        import re as _re
+
+        pat = _re.compile(rf"{_re.escape(self.cfg.rings.prefix)}-{_re.escape(self.cfg.run)}-(?:ticks|signals)-(\d+)")
+        try:
+            states = list(os.scandir(self.run_dir / "writer"))
+        except OSError:
+            states = []
+        for e in sorted(states, key=lambda e: e.name):
+            m = pat.fullmatch(e.name)
+            if m and int(m.group(1)) >= len(self.cfg.workers):
+                spilled = [p for suffix in ("*.spill", "*.sig") for p in Path(e.path, "spill").glob(suffix)]
+                if spilled:
+                    held.append(f"{len(spilled)} spill files under {Path(e.path, 'spill')}")
         if held:
             raise StartupError(
-                f"run '{self.cfg.run}' was last started with {len(prev)} workers and left rings of the ones this "
+                f"run '{self.cfg.run}' was last started with more workers and left, of the ones this "
                 f"configuration ({len(self.cfg.workers)} workers) does not have: {', '.join(held)}. Start it once "
                 f"with its previous worker layout and stop it (SIGTERM), then with the new one")
 

@@ -430,12 +430,48 @@ def test_kept_rings_of_a_worker_the_new_layout_does_not_have_refuse_the_start_an
         return
     out = subprocess.run([PY, "-m", "tickwire", "run", "--config", str(other), "--duration", "1"],
                          capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and "was last started with 2 workers" in out.stderr and "ticks not stored" in \
+    assert out.returncode == 2 and "was last started with more workers" in out.stderr and "ticks not stored" in \
         out.stderr and "Start it once with its previous worker layout" in out.stderr, out.stderr[-3000:]
     out = subprocess.run([PY, "-m", "tickwire", "run", "--config", str(cfg_path), "--duration", "3"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert market_events(f"chdb://{tmp_path}/state/store") == (20_000, 20_000)
+
+
+def test_spill_files_of_a_worker_the_new_layout_does_not_have_refuse_the_start(tmp_path, rings_of):
+    """With the store down, a two-worker daemon stopped cleanly keeps what it spilled for the next
+    start; started with one worker, the writer read the spill of worker 0's rings only, and worker
+    1's spilled ticks were never stored, nothing said. Refused now (exit 2); the previous layout,
+    the store back, stores every tick."""
+    rings_of("spilt")
+    two = [{"name": "a", "cpu": 1, "instruments": [0, 2, 4, 6]}, {"name": "b", "cpu": 0, "instruments": [1, 3, 5, 7]}]
+    cfg_path, raw = write_config(tmp_path, "spilt", workers=two)
+    dsn = f"chdb://{tmp_path}/state/store"                     # (the default)
+    raw["store"]["dsn"] = "http://127.0.0.1:1"                 # down
+    cfg_path.write_text(to_toml(raw))
+    run_dir = tmp_path / "state" / "spilt"
+    spill = run_dir / "writer" / "tickwire-spilt-ticks-1" / "spill"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        assert wait_for(lambda: status(run_dir, 0)["pid"] and status(run_dir, 1)["pid"])
+        sim = start_sim(raw, 20_000, 50_000)
+        out, _ = sim.communicate(timeout=120)
+        assert sim.returncode == 0, out
+        assert wait_for(lambda: list(spill.glob("*.spill")), 30)
+    finally:
+        stop_daemon(daemon, log)
+    assert "spill files under" in (tmp_path / "daemon.log").read_text().splitlines()[-1]
+    one = tmp_path / "one.toml"
+    one.write_text(to_toml({**raw, "workers": [{"name": "a", "cpu": 1, "instruments": list(range(8))}],
+                            "store": {**raw["store"], "dsn": dsn}}))
+    out = subprocess.run([PY, "-m", "tickwire", "run", "--config", str(one), "--duration", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and f"spill files under {spill}" in out.stderr, out.stderr[-3000:]
+    cfg_path.write_text(to_toml({**raw, "store": {**raw["store"], "dsn": dsn}}))
+    out = subprocess.run([PY, "-m", "tickwire", "run", "--config", str(cfg_path), "--duration", "3"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert market_events(dsn) == (20_000, 20_000)
 
 
 def test_a_deleted_signal_position_is_said_when_its_ring_is_reclaimed(tmp_path, rings_of):
