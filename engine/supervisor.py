@@ -498,8 +498,6 @@ class Supervisor:
                 spilled = [p for suffix in ("*.spill", "*.sig") for p in Path(e.path, "spill").glob(suffix)]
                 if spilled:
                     held.append(f"{len(spilled)} spill files under {Path(e.path, 'spill')}")
-                if Path(e.path, "inflight.json").exists():
-                    held.append(f"a batch in flight ({Path(e.path, 'inflight.json')})")
         if held:
             raise StartupError(
                 f"run '{self.cfg.run}' was last started with more workers and left, of the ones this "

@@ -474,18 +474,6 @@ def test_spill_files_of_a_worker_the_new_layout_does_not_have_refuse_the_start(t
     assert market_events(dsn) == (20_000, 20_000)
 
 
-def test_a_batch_in_flight_of_a_worker_the_new_layout_does_not_have_refuses_the_start(tmp_path):
-    """A writer killed while it inserted worker 1's batch leaves it journalled (inflight.json) for
-    its successor, which a one-worker layout never starts: refused, as the spill files are."""
-    cfg_path, raw = write_config(tmp_path, "flight")
-    state = tmp_path / "state" / "flight" / "writer" / "tickwire-flight-ticks-1"
-    state.mkdir(parents=True)
-    (state / "inflight.json").write_text(json.dumps({"pos": 0, "n": 10, "token": "x"}))
-    out = subprocess.run([PY, "-m", "tickwire", "run", "--config", str(cfg_path), "--duration", "1"],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and f"a batch in flight ({state / 'inflight.json'})" in out.stderr, out.stderr[-3000:]
-
-
 def test_a_deleted_signal_position_is_said_when_its_ring_is_reclaimed(tmp_path, rings_of):
     """Found by an adversarial pass: the signal writer's position.json deleted after a killed
     daemon stored the kept ring's signals a second time (20 of 113), nothing said. The writer
