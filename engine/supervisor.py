@@ -470,9 +470,16 @@ class Supervisor:
                     continue
                 try:
                     old = Ring.attach(name, dtype, role="none")
-                except Exception:              # noqa: BLE001 - not ours, or unreadable: left alone
+                except PermissionError:          # another user's: left alone (as _reclaim does)
+                    continue
+                except Exception as exc:         # noqa: BLE001 - another layout: nothing this build can read
+                    log.error("ring %s left behind by an earlier run cannot be read (%s): removed", name, exc)
+                    ringmod.remove(name)
                     continue
                 self._keys[name] = key
+                give_up = time.monotonic() + self.shutdown_timeout
+                while (old.producer_alive or old.consumer_alive) and time.monotonic() < give_up:
+                    time.sleep(0.1)              # (a dead daemon's children finishing, as _reclaim waits)
                 if old.producer_alive or old.consumer_alive:
                     held.append(f"{name} (still in use)")
                     old.close()
@@ -494,7 +501,7 @@ class Supervisor:
             states = []
         for e in sorted(states, key=lambda e: e.name):
             m = pat.fullmatch(e.name)
-            if m and int(m.group(1)) >= len(self.cfg.workers):
+            if m and int(m.group(1)) >= len(self.cfg.workers) and self.cfg.store.enabled:
                 spilled = [p for suffix in ("*.spill", "*.sig") for p in Path(e.path, "spill").glob(suffix)]
                 if spilled:
                     held.append(f"{len(spilled)} spill files under {Path(e.path, 'spill')}")
@@ -546,21 +553,22 @@ class Supervisor:
                 d = by_token.setdefault(m.group(1) or "", {"t": 0})
                 d[(m.group(2), int(m.group(3)))] = e.name
                 d["t"] = max(d["t"], e.stat(follow_symlinks=False).st_mtime_ns)
-        def workers(d) -> int:                          # worker indices 0.. with both rings there
-            n = 0
-            while ("ticks", n) in d and ("signals", n) in d:
-                n += 1
-            return n
+
+        def workers(d) -> int:                          # worker indices up to the last with a ring there
+            return 1 + max((k[1] for k in d if k != "t"), default=-1)
 
         # (as many workers as that start had, which may not be this configuration's: an index
         # beyond it, left out, lost its ticks unsaid; one fewer found none, and lost them too)
-        whole = [d for d in by_token.values() if workers(d)
-                 and not any(_in_use(d[(k, i)], dt) for i in range(workers(d))
-                             for k, dt in (("ticks", EVENT_DTYPE), ("signals", SIGNAL_DTYPE)))]
-        if not whole:
+        free = {t: d for t, d in by_token.items()
+                if not any(_in_use(d[(k, i)], dt) for i in range(workers(d))
+                           for k, dt in (("ticks", EVENT_DTYPE), ("signals", SIGNAL_DTYPE)) if (k, i) in d)}
+        if not free:
             return []
-        d = max(whole, key=lambda d: d["t"])
-        return [(d[("ticks", i)], d[("signals", i)]) for i in range(workers(d))]
+        tok = max(free, key=lambda t: free[t]["t"])
+        d = free[tok]
+        # (a ring the stop unlinked, empty, while its pair was kept: named as it was, not there)
+        return [tuple(d.get((k, i)) or f"{self.cfg.rings.prefix}-{self.cfg.run}-{tok + '-' if tok else ''}{k}-{i}"
+                      for k in ("ticks", "signals")) for i in range(workers(d))]
 
     def _carry_history(self) -> None:
         """A run started again with its feed channels on other workers (workers renamed,
@@ -639,7 +647,6 @@ class Supervisor:
                               if cfg.feeds.history_from == "start" else
                               "from the first message it receives: what was published while it was away is "
                               "not stored, nor counted")
-        self._refuse_rings_of_removed_workers(prev)
         token = new_ring_token()
         plan = []
         for i, _ in enumerate(cfg.workers):
@@ -736,6 +743,9 @@ class Supervisor:
                                             bool(cfg.feeds.curve_server_key))
         for w in self.warnings:
             log.warning("%s", w)
+        # (before the history notes are carried to the new layout: a refused start left them moved,
+        # and the previous layout it asks for then started a removed worker with no note)
+        self._refuse_rings_of_removed_workers(self._previous_rings())
         self._carry_history()
         names = self._make_rings()
         # the DSN (which may hold a password) and the credentials go by the environment, which only
