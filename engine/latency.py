@@ -241,11 +241,17 @@ class IntervalLogWriter:
         Reset each recorder after writing it (default True).
     skip_empty : bool
         Leave out recorders with nothing recorded in the interval.
+    rotate_bytes : int, optional
+        With ``out`` a path: once the log has reached this size, it is moved aside after an
+        interval (as ``<stem>.<its last write, UTC>.hlog``, the ``keep`` newest of those kept,
+        :func:`keep_previous_log`) and a new log begins, with its own header, where it ended.
+        A daemon's worker runs for months: its log grew for as long (about 17 MB a day).
     """
 
     def __init__(self, out, recorders, *, interval: float = 1.0, start_time: float | None = None,
                  base_time: float | None = None, comment: str | None = None, reset: bool = True,
-                 skip_empty: bool = False, max_value_unit_ratio: float = 1e6):
+                 skip_empty: bool = False, max_value_unit_ratio: float = 1e6,
+                 rotate_bytes: int | None = None, keep: int = 32):
         if interval <= 0:
             raise ValueError(f"interval must be > 0 seconds, got {interval}")
         self._pairs = _pairs(recorders)
@@ -254,10 +260,14 @@ class IntervalLogWriter:
                 raise TypeError(f"recorder {tag!r} is a {type(rec).__name__}, not a tickwire Recorder")
             if tag is not None and (not tag or _TAG_BAD.search(tag)):
                 raise ValueError(f"bad interval log tag {tag!r}: no commas, spaces or line breaks")
+        if rotate_bytes is not None and (rotate_bytes <= 0 or not isinstance(out, (str, Path))):
+            raise ValueError(f"rotate_bytes must be > 0 and out a path, got {rotate_bytes} and {out!r}")
         if isinstance(out, (str, Path)):
+            self._path = Path(out)
             self._file = open(out, "w", encoding="ascii")
             self._owns = True
         else:
+            self._path = None
             self._file = out
             self._owns = False
         self.interval = float(interval)
@@ -266,12 +276,18 @@ class IntervalLogWriter:
         self.reset = reset
         self.skip_empty = skip_empty
         self.max_value_unit_ratio = max_value_unit_ratio
+        self.rotate_bytes, self.keep = rotate_bytes, keep
+        self.comment = comment
         self._interval_start = self.start_time
         self.intervals_written = 0
+        self.rotations = 0
+        self._header()
+
+    def _header(self) -> None:
         writer = HistogramLogWriter(self._file)
         writer.output_comment(f"[Logged with tickwire {tickwire.__version__}]")
-        if comment:
-            writer.output_comment(comment)
+        if self.comment:
+            writer.output_comment(self.comment)
         writer.output_comment(f"[Histogram log format version {LOG_FORMAT_VERSION}]")  # tags: 1.3
         # hdrh's output_start_time raises: the StartTime and BaseTime lines are written here
         self._file.write("#[StartTime: %.3f (seconds since epoch), %s]\n"
@@ -279,6 +295,21 @@ class IntervalLogWriter:
         self._file.write("#[BaseTime: %.3f (seconds since epoch)]\n" % self.base_time)
         writer.output_legend()
         self._file.flush()
+
+    def _rotate(self) -> None:
+        """Move the full log aside and begin a new one where it ended (see ``rotate_bytes``). A
+        failure (a full disk) raises, the log written on where it is and not rotated again."""
+        try:
+            keep_previous_log(self._path, self.keep)  # (renamed open: what is written next goes there)
+            new = open(self._path, "w", encoding="ascii")
+        except OSError:
+            self.rotate_bytes = None
+            raise
+        old, self._file = self._file, new
+        old.close()
+        self.start_time = self.base_time = self._interval_start
+        self.rotations += 1
+        self._header()
 
     def maybe_write(self, now: float | None = None) -> bool:
         """Write an interval if ``interval`` seconds have passed since the last one (cheap
@@ -307,6 +338,8 @@ class IntervalLogWriter:
         self._file.flush()
         self._interval_start = end
         self.intervals_written += 1
+        if self.rotate_bytes is not None and self._file.tell() >= self.rotate_bytes:
+            self._rotate()
 
     def close(self, final: bool = True) -> None:
         """Write a last interval if anything was recorded since the previous one (``final``),

@@ -84,6 +84,10 @@ SWITCH_INTERVAL = 0.0002
 __all__ = ["Worker", "ring_names", "ring_keys", "read_ring_names", "write_ring_names", "channels_of", "main"]
 
 
+#: A worker's HDR interval log is moved aside at this size (the 32 newest kept, with those of
+#: earlier workers of the run: at the default 10 s interval, about four days a file).
+HLOG_ROTATE_BYTES = 64 << 20
+
 #: The file in the run directory naming the run's rings (0600; the run directory is 0700).
 RINGS_FILE = "rings.json"
 
@@ -317,7 +321,7 @@ class Worker:
             log.warning("the previous HDR log %s could not be kept aside (%s): it is started afresh",
                         self.hdr_dir / f"{self.wcfg.name}.hlog", exc.strerror or exc)
         self.hlog = IntervalLogWriter(self.hdr_dir / f"{self.wcfg.name}.hlog", self._logged,
-                                      interval=cfg.metrics.hdr_interval_s,
+                                      interval=cfg.metrics.hdr_interval_s, rotate_bytes=HLOG_ROTATE_BYTES,
                                       comment=f"tickwire worker {self.wcfg.name} on core {self.wcfg.cpu}")
         self.status_path = self.run_dir / f"worker-{index}.json"
         from tickwire.feeds.handler import FeedHandler

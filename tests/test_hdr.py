@@ -329,6 +329,36 @@ def test_interval_log_header_is_read_by_hdrh(tmp_path):
     reader.close()
 
 
+def test_interval_log_rotates_at_its_size_keeping_the_newest_whole(tmp_path):
+    """A daemon's worker writes its log for months (about 17 MB a day): moved aside at
+    ``rotate_bytes``, the ``keep`` newest kept. Each file is a log of its own (hdrh reads it), and
+    the files kept plus the current one hold the latest intervals, one after the other, none lost
+    at a rotation."""
+    path = tmp_path / "w0.hlog"
+    rec = Recorder("book")
+    t0 = 1_700_000_000.0
+    w = IntervalLogWriter(path, rec, interval=1.0, start_time=t0, rotate_bytes=600, keep=3, comment="w0 core 1")
+    for i in range(40):
+        rec.record_many(np.full(i + 1, 1000 * (i + 1), dtype=np.int64))
+        w.write_interval(t0 + i + 1)
+    w.close()
+    aside = sorted(p for p in tmp_path.iterdir() if p != path)
+    assert w.rotations > 3 and len(aside) == 3, (w.rotations, aside)
+    files = sorted(aside, key=lambda p: (p.stat().st_mtime_ns, p.name)) + [path]
+    got = []
+    for f in files:
+        assert f.read_text().startswith(f"#[Logged with tickwire {tickwire.__version__}]\n#w0 core 1\n")
+        assert f.stat().st_size < 600 + 200                         # rotated after the interval that filled it
+        got += read_interval_log(f)
+    n = len(got)
+    assert 3 < n < 40
+    for iv, i in zip(got, range(40 - n, 40)):                      # the newest n, in order, none missing
+        assert (iv.start, iv.end) == (pytest.approx(t0 + i, abs=1e-3), pytest.approx(t0 + i + 1, abs=1e-3))
+        assert iv.histogram.get_total_count() == i + 1
+    with pytest.raises(ValueError, match="rotate_bytes"):
+        IntervalLogWriter(io.StringIO(), rec, rotate_bytes=100)
+
+
 def test_interval_log_options_and_errors(tmp_path):
     with pytest.raises(ValueError, match="tag"):
         IntervalLogWriter(tmp_path / "x", {"bad tag": Recorder()})
