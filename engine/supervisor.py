@@ -491,25 +491,23 @@ class Supervisor:
                     log.warning("removed ring %s of worker index %d of an earlier start (nothing in it to "
                                 "store): this configuration has %d workers", name, i, len(self.cfg.workers))
         # and what their writers spilled while the store was down (a clean stop keeps it for the
-        # next start; the writer reads the spill of the rings it serves only)
-        import re as _re
-
-        pat = _re.compile(rf"{_re.escape(self.cfg.rings.prefix)}-{_re.escape(self.cfg.run)}-(?:ticks|signals)-(\d+)")
+        # next start; the writer reads the spill of the rings it serves only, under their keys: a
+        # worker fewer, or another rings.prefix, and it was never read)
+        ours = {k for i in range(len(self.cfg.workers)) for k in ring_keys(self.cfg, i)}
         try:
-            states = list(os.scandir(self.run_dir / "writer"))
+            states = list(os.scandir(self.run_dir / "writer")) if self.cfg.store.enabled else []
         except OSError:
             states = []
         for e in sorted(states, key=lambda e: e.name):
-            m = pat.fullmatch(e.name)
-            if m and int(m.group(1)) >= len(self.cfg.workers) and self.cfg.store.enabled:
+            if e.name not in ours and e.is_dir(follow_symlinks=False):
                 spilled = [p for suffix in ("*.spill", "*.sig") for p in Path(e.path, "spill").glob(suffix)]
                 if spilled:
                     held.append(f"{len(spilled)} spill files under {Path(e.path, 'spill')}")
         if held:
             raise StartupError(
-                f"run '{self.cfg.run}' was last started with more workers and left, of the ones this "
-                f"configuration ({len(self.cfg.workers)} workers) does not have: {', '.join(held)}. Start it once "
-                f"with its previous worker layout and stop it (SIGTERM), then with the new one")
+                f"run '{self.cfg.run}' was last started with more workers (or another rings.prefix) and left, for "
+                f"rings this configuration ({len(self.cfg.workers)} workers) does not have: {', '.join(held)}. Start "
+                f"it once with its previous worker layout and stop it (SIGTERM), then with the new one")
 
     def _previous_rings(self, report=False) -> list[tuple[str, str]]:
         """The ring names an earlier start of this run recorded (empty: none, or unreadable).

@@ -473,6 +473,14 @@ def test_spill_files_of_a_worker_the_new_layout_does_not_have_refuse_the_start(t
     # refused before the history notes were carried to one worker (a review: worker b's note was
     # deleted, and the previous layout the message asks for then asked for channel b's history again)
     assert {p.name: p.read_bytes() for p in run_dir.glob("*.json")} == kept
+    # another rings.prefix: the writer's state under the new keys, the spill under the old ones
+    prefixed = tmp_path / "prefixed.toml"
+    prefixed.write_text(to_toml({**raw, "rings": {**raw["rings"], "prefix": "twx"}, "store": {**raw["store"], "dsn": dsn}}))
+    out = subprocess.run([PY, "-m", "tickwire", "run", "--config", str(prefixed), "--duration", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and f"spill files under {spill}" in out.stderr and "another rings.prefix" in \
+        out.stderr, out.stderr[-3000:]
+    assert {p.name: p.read_bytes() for p in run_dir.glob("*.json")} == kept
     # with storage off no writer reads any spill: nothing to wait for, not refused
     nostore = tmp_path / "nostore.toml"
     nostore.write_text(to_toml({**raw, "workers": [{"name": "b", "cpu": 1, "instruments": list(range(8))}],
