@@ -192,4 +192,10 @@ def _share_the_machine(request):
         finally:
             if not alone:
                 fcntl.flock(turn, fcntl.LOCK_UN)
-        yield                                            # (both released when the files close)
+        try:
+            yield
+        finally:
+            # (unlocked, not only closed: a child the test forked holds the same open file, and a
+            # lock it kept would stop the next `alone` test in the other process until it ended)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            fcntl.flock(turn, fcntl.LOCK_UN)
