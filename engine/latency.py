@@ -245,7 +245,7 @@ class IntervalLogWriter:
         With ``out`` a path: once the log has reached this size, it is moved aside after an
         interval (as ``<stem>.<its last write, UTC>.hlog``, the ``keep`` newest of those kept,
         :func:`keep_previous_log`) and a new log begins, with its own header, where it ended.
-        A daemon's worker runs for months: its log grew for as long (about 17 MB a day).
+        A daemon's worker runs for months: its log grew for as long (about 16 MB a day).
     """
 
     def __init__(self, out, recorders, *, interval: float = 1.0, start_time: float | None = None,

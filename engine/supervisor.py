@@ -404,12 +404,11 @@ class Supervisor:
         pos = int(st.get("pos", 0)) if st.get("epoch") == int(ring.created_ns) else 0
         return max(0, int(ring.head) - pos)
 
-    def _reclaim(self, name, dtype, kind, note=None):
-        """A segment ``name`` that an earlier start of this run recorded (rings.json): one of ours
-        that still holds ticks or signals not stored is adopted (returned: the writer stores them
-        first); an empty one is unlinked; one that is not ours (another user took the name after
-        our segment was gone) or that no longer exists is left alone (None: the caller makes a
-        new ring under a fresh random name)."""
+    def _attach_kept(self, name, dtype) -> Ring | None:
+        """Segment ``name`` left by an earlier start, attached (role "none") once the processes
+        still using it, a dead daemon's children finishing, have let go of it or
+        ``shutdown_timeout`` has passed (the caller sees whether they did). None when it does not
+        exist, is another user's (left alone), or cannot be read by this build (removed)."""
         if not ringmod.exists(name):
             return None
         try:
@@ -424,18 +423,30 @@ class Supervisor:
             return None
         give_up = time.monotonic() + self.shutdown_timeout
         waited = False
-        while old.producer_alive or old.consumer_alive:     # a dead daemon's children finishing
-            # the processes that hold it now (a producer or consumer recorded there may have exited)
-            who = " and ".join(f"pid {p}" for p, up in ((old.producer_pid, old.producer_alive),
-                                                          (old.consumer_pid, old.consumer_alive)) if up)
-            if time.monotonic() > give_up:
-                old.close()
-                raise StartupError(f"ring {name} is still in use by {who or 'a process that has just exited'}, "
-                                   f"which is not this daemon's: refusing to start")
-            if not waited:
+        while (old.producer_alive or old.consumer_alive) and time.monotonic() <= give_up:
+            if not waited:                  # (a producer or consumer recorded there may have exited)
                 waited = True
+                who = " and ".join(f"pid {p}" for p, up in ((old.producer_pid, old.producer_alive),
+                                                              (old.consumer_pid, old.consumer_alive)) if up)
                 log.warning("ring %s is still used by %s of a daemon that died: waiting", name, who)
             time.sleep(0.1)
+        return old
+
+    def _reclaim(self, name, dtype, kind, note=None):
+        """A segment ``name`` that an earlier start of this run recorded (rings.json): one of ours
+        that still holds ticks or signals not stored is adopted (returned: the writer stores them
+        first); an empty one is unlinked; one that is not ours (another user took the name after
+        our segment was gone) or that no longer exists is left alone (None: the caller makes a
+        new ring under a fresh random name)."""
+        old = self._attach_kept(name, dtype)
+        if old is None:
+            return None
+        if old.producer_alive or old.consumer_alive:
+            who = " and ".join(f"pid {p}" for p, up in ((old.producer_pid, old.producer_alive),
+                                                          (old.consumer_pid, old.consumer_alive)) if up)
+            old.close()
+            raise StartupError(f"ring {name} is still in use by {who or 'a process that has just exited'}, "
+                               f"which is not this daemon's: refusing to start")
         left = self._unstored(old, kind)
         if left and kind == "signals":
             state = self.run_dir / "writer" / self._keys.get(name, name)
@@ -466,20 +477,10 @@ class Supervisor:
         for i in range(len(self.cfg.workers), len(prev)):
             for name, key, (dtype, kind) in zip(prev[i], ring_keys(self.cfg, i),
                                                 ((EVENT_DTYPE, "ticks"), (SIGNAL_DTYPE, "signals"))):
-                if not ringmod.exists(name):
-                    continue
-                try:
-                    old = Ring.attach(name, dtype, role="none")
-                except PermissionError:          # another user's: left alone (as _reclaim does)
-                    continue
-                except Exception as exc:         # noqa: BLE001 - another layout: nothing this build can read
-                    log.error("ring %s left behind by an earlier run cannot be read (%s): removed", name, exc)
-                    ringmod.remove(name)
+                old = self._attach_kept(name, dtype)
+                if old is None:
                     continue
                 self._keys[name] = key
-                give_up = time.monotonic() + self.shutdown_timeout
-                while (old.producer_alive or old.consumer_alive) and time.monotonic() < give_up:
-                    time.sleep(0.1)              # (a dead daemon's children finishing, as _reclaim waits)
                 if old.producer_alive or old.consumer_alive:
                     held.append(f"{name} (still in use)")
                     old.close()
