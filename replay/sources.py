@@ -30,6 +30,9 @@ __all__ = ["ReplayError", "ArraySource", "CaptureSource", "StoreSource", "merge_
 
 #: Events per chunk a source yields by default (64 MiB of 64-byte events at most in flight).
 DEFAULT_CHUNK = 1 << 20
+#: How far outside a replayed range the events of a hole its edge made may be stamped (the store's
+#: time order is not its sequence order: exchange times step back, by milliseconds in the captures)
+EDGE_SLACK_NS = 60 * 10**9
 
 
 class ReplayError(Exception):
@@ -708,15 +711,29 @@ class StoreSource:
         return int(t) if n else None
 
     def _held(self, holes) -> dict:
-        """{index in ``holes``: the ticks the store holds in that (channel, first, last)}, in one
-        pass over the table (a query a hole took 4 s for 64 holes of a 300 MB store)."""
-        if not holes:
+        """{index in ``holes``: the ticks the store holds in that (channel, first, last) that the
+        range's bounds left out}, in one pass over the table (a query a hole took 4 s for 64 holes
+        of a 300 MB store).
+
+        Only a range's edges make holes whose events the store holds: such events are stamped
+        outside the range, within :data:`EDGE_SLACK_NS` of its edge (exchange times that step
+        back). The same numbers stamped elsewhere are another numbering's (a publisher's earlier
+        or later epoch counts from 1 again), not this hole's: counted, they hid a hole of
+        deleted rows whenever the store held an older epoch (an adversarial pass)."""
+        if not holes or (self.start_ns is None and self.end_ns is None):
             return {}
+        edges = []
+        if self.start_ns is not None:
+            edges.append((int(self.start_ns) - EDGE_SLACK_NS, int(self.start_ns)))
+        if self.end_ns is not None:
+            edges.append((int(self.end_ns), int(self.end_ns) + EDGE_SLACK_NS))
+        near = " OR ".join(f"(ts_event >= fromUnixTimestamp64Nano(toInt64({a})) AND "
+                           f"ts_event < fromUnixTimestamp64Nano(toInt64({b})))" for a, b in edges)
         which = ", ".join(f"channel = {int(c)} AND seq BETWEEN {int(a)} AND {int(b)}, {k}"
                           for k, (c, a, b) in enumerate(holes))
         rows = self.store.client.query(
             f"SELECT multiIf({which}, -1) AS h, count() FROM {self.store.database}.ticks "
-            f"WHERE channel IN ({', '.join(sorted({str(int(c)) for c, _, _ in holes}))}) "
+            f"WHERE channel IN ({', '.join(sorted({str(int(c)) for c, _, _ in holes}))}) AND ({near}) "
             f"GROUP BY h HAVING h >= 0").result_rows
         return {int(h): int(n) for h, n in rows}
 

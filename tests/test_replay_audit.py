@@ -263,6 +263,28 @@ def test_holes_made_by_a_range_s_edge_are_ruled_out_however_many(tmp_path):
     assert found["holes"] == [] and found["missing"] == 0 and "more_holes" not in found, found
 
 
+def test_a_hole_is_not_hidden_by_the_same_numbers_of_another_epoch(tmp_path):
+    """An adversarial pass: the hole's lookup counted a publisher's earlier epoch's ticks (the
+    same channel and sequence numbers, counted from 1 again) as the hole's, so rows deleted from
+    a store holding two epochs went unsaid, with or without a range."""
+    per, hour = 300, 3600 * 10**9
+    t0 = 1_700_000_000_000_000_000
+    ev = np.zeros(2 * per, EVENT_DTYPE)
+    ev["seq"] = np.tile(np.arange(1, per + 1), 2)
+    ev["kind"], ev["side"], ev["price"], ev["qty"] = Kind.ADD, Side.BID, 100, 1
+    ev["order_id"] = np.arange(1, len(ev) + 1)
+    ev["ts_event"] = ev["ts_recv"] = t0 + np.arange(len(ev)) * 1000 + np.repeat([0, hour], per)
+    gone = (np.arange(len(ev)) >= per) & (ev["seq"] >= 100) & (ev["seq"] <= 120)   # the second epoch's
+    make_store(tmp_path / "s", ev[~gone], synthetic_instruments(1, book="L3"))
+    second = int(ev["ts_event"][per])
+    for start, end in ((None, None), (t0, second + hour), (second, None), (second - 10**9, second + 10**9)):
+        with StoreSource(f"chdb://{tmp_path}/s", start_ns=start, end_ns=end, prefetch=0) as src:
+            for _ in src:
+                pass
+            found = src.audit_findings()
+        assert found["holes"] == [(0, 100, 120)] and found["missing"] == 21, (start, end, found)
+
+
 def test_the_store_source_keeps_its_findings_for_a_library_caller(tmp_path, stored):
     ev, insts = stored
     keep = ~((ev["channel"] == 1) & np.isin(ev["seq"], [10, 11, 12, 400]))
