@@ -844,8 +844,15 @@ class Supervisor:
             child.restarts += 1
             if child is self.writer:
                 self._carry_damage(child.started)
-            log.error("%s (pid %d) exited with %s%s; restarting (restart %d)", child.name, child.proc.pid,
-                      how, self._fatal(child), child.restarts)
+            if rc == 0:
+                # a clean end is no fault: a worker stopped alone (a SIGTERM to it), or the writer
+                # once every ring it read was closed (it is restarted for the rings that follow);
+                # an ERROR at each of a crash loop's restarts read as the writer failing
+                log.warning("%s (pid %d) ended cleanly (status 0); restarting (restart %d)", child.name,
+                            child.proc.pid, child.restarts)
+            else:
+                log.error("%s (pid %d) exited with %s%s; restarting (restart %d)", child.name, child.proc.pid,
+                          how, self._fatal(child), child.restarts)
             await asyncio.sleep(self.restart_delay * (2 ** fast))
             if self.stopping or not await self._respawn(child):
                 return

@@ -784,6 +784,9 @@ def test_one_of_two_workers_stopped_alone_is_restarted_and_its_ticks_stored_and_
         assert wait_for(lambda: status(run_dir, 1)["feed"]["events"] > 40_000, 60)
         os.kill(pid, signal.SIGTERM)
         assert wait_for(lambda: status(run_dir, 1)["pid"] not in (pid, None), 60), "w1 was not restarted"
+        # a clean end said as what it is, not as a failure
+        assert f"supervisor WARNING w1 (pid {pid}) ended cleanly (status 0); restarting (restart 1)" in \
+            (tmp_path / "daemon.log").read_text()
         out, _ = sim.communicate(timeout=120)
         assert sim.returncode == 0, out
         assert wait_for(lambda: all(c["state"] == "live" and c["in_sync"] for i in (0, 1)
