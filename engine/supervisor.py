@@ -808,7 +808,9 @@ class Supervisor:
                                f"expected a free port on an address of this machine (0: any free port)") from None
         self._httpd = server
         self.metrics_port = server.server_port
-        (self.run_dir / "metrics.url").write_text(f"http://{self.cfg.metrics.host}:{self.metrics_port}/metrics\n")
+        tmp = self.run_dir / "metrics.url.tmp"          # (whole or not at all: a full disk left it empty)
+        tmp.write_text(f"http://{self.cfg.metrics.host}:{self.metrics_port}/metrics\n")
+        os.replace(tmp, self.run_dir / "metrics.url")
         log.info("metrics on http://%s:%d/metrics", self.cfg.metrics.host, self.metrics_port)
 
     # -- children -------------------------------------------------------------------------------
@@ -965,7 +967,11 @@ class Supervisor:
                 if not st or st.get("pid") != proc.pid:  # not running, or still starting
                     seen.pop(i, None)
                     continue
-                mark, last = (proc.pid, st.get("time")), seen.get(i)
+                try:                                    # (a worker that cannot rewrite it, its disk
+                    touched = os.stat(self.run_dir / f"worker-{i}.json").st_mtime_ns   # full, touches it)
+                except OSError:
+                    touched = None
+                mark, last = (proc.pid, st.get("time"), touched), seen.get(i)
                 if last is None or last[0] != mark:
                     if last is not None and last[2]:
                         log.warning("%s (pid %d) writes its status again after a stall of %.1f s", child.name,
@@ -1198,8 +1204,14 @@ class Supervisor:
                             f"config to store; {note or 'the writer left them'}")
             level = logging.ERROR
         elif spill:
+            # why (a full store disk, too few file descriptors to open it): the exit status is 0,
+            # and the line said nothing of it, every start alike (an adversarial pass)
+            errors = [st.get("last_error", "") for st in self.writer_status()]
+            errors += [r.get("last_error", "") for r in self.signal_status().get("rings", [])]
+            why = "; ".join(dict.fromkeys(" ".join(e.split()) for e in errors if e))
             self.summary = (f"stopped: every tick and signal is stored or spilled; {spill} spill files under "
-                            f"{self.run_dir / 'writer'} wait for the store (replayed at the next start)")
+                            f"{self.run_dir / 'writer'} wait for the store (replayed at the next start)"
+                            + (f"; the store's last error: {why}" if why else ""))
             level = logging.WARNING
         elif self.writer is None:
             self.summary = "stopped (storage off: nothing was stored)"
@@ -1276,11 +1288,17 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         try:
             self.setup()
-        except BaseException:
+        except BaseException as exc:
             for ring in self.rings:                     # (adopted rings keep their name: not ours)
                 ring.close()
             if self._httpd is not None:
                 self._httpd.shutdown()
+            if isinstance(exc, OSError) and not isinstance(exc, StartupError):
+                # (a full disk under the run directory gave a traceback, exit 1, and a metrics.url
+                # of 0 bytes: found by an adversarial pass)
+                raise StartupError(f"daemon.state_dir: cannot write {exc.filename or self.run_dir} "
+                                   f"({exc.strerror or exc}): expected a writable directory with room; "
+                                   f"refusing to start") from None
             raise
         children = ([self.writer] if self.writer else []) + self.workers
         for child in children:

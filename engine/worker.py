@@ -150,11 +150,47 @@ def note_points(note: dict, ring, losses: dict | None = None) -> dict:
     return points
 
 
+class _Discard:
+    """A file that keeps nothing: the HDR interval log of a worker that could not open its own."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def open_hdr_log(path: Path, recorders, **kw) -> IntervalLogWriter:
+    """A worker's HDR interval log at ``path``, an earlier worker's log there kept aside first
+    and rotated at :data:`HLOG_ROTATE_BYTES`. When it cannot be begun (a full disk: a worker
+    restarted then died here, at every restart, until the daemon gave up) an error line, and a
+    log that keeps nothing: the worker runs all the same (its status and the metrics have the
+    latency)."""
+    try:
+        keep_previous_log(path)
+    except OSError as exc:
+        log.warning("the previous HDR log %s could not be kept aside (%s): it is started afresh",
+                    path, exc.strerror or exc)
+    try:
+        return IntervalLogWriter(path, recorders, rotate_bytes=HLOG_ROTATE_BYTES, **kw)
+    except OSError as exc:
+        log.error("HDR interval log %s cannot be started (%s): this worker's latency intervals are not "
+                  "logged (status and the metrics still have them)", path, exc.strerror or exc)
+        return IntervalLogWriter(_Discard(), recorders, **kw)
+
+
 def write_note(path: Path, note: dict) -> None:
     """Write a history note atomically (a reader sees the old one or the new one, whole)."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(note))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(note))
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)          # (a full disk: no half-written file left taking room)
+        raise
 
 
 def settle_history_note(path: Path, ring) -> bool:
@@ -305,6 +341,7 @@ class Worker:
         self.counts = {"events": 0, "signals": 0, "batches": 0, "tick_ring_waits": 0, "ticks_stored": 0,
                        "snapshot_events": 0}
         self.cursor_path = self.run_dir / f"feed-{self.wcfg.name}.json"
+        self._note_failing = False
         self.abandoned = 0                                 # ticks not pushed at shutdown (ring full)
         self._resume = {}                                  # where a restart resumed each channel
         self._resume_ended = set()                         # ... those whose publisher had fallen silent
@@ -315,14 +352,9 @@ class Worker:
         self.started = time.time()
         self.hdr_dir = Path(cfg.metrics.hdr_dir) if cfg.metrics.hdr_dir else self.run_dir / "hdr"
         self.hdr_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            keep_previous_log(self.hdr_dir / f"{self.wcfg.name}.hlog")  # an earlier worker's: kept aside
-        except OSError as exc:
-            log.warning("the previous HDR log %s could not be kept aside (%s): it is started afresh",
-                        self.hdr_dir / f"{self.wcfg.name}.hlog", exc.strerror or exc)
-        self.hlog = IntervalLogWriter(self.hdr_dir / f"{self.wcfg.name}.hlog", self._logged,
-                                      interval=cfg.metrics.hdr_interval_s, rotate_bytes=HLOG_ROTATE_BYTES,
-                                      comment=f"tickwire worker {self.wcfg.name} on core {self.wcfg.cpu}")
+        self.hlog = open_hdr_log(self.hdr_dir / f"{self.wcfg.name}.hlog", self._logged,
+                                 interval=cfg.metrics.hdr_interval_s,
+                                 comment=f"tickwire worker {self.wcfg.name} on core {self.wcfg.cpu}")
         self.status_path = self.run_dir / f"worker-{index}.json"
         from tickwire.feeds.handler import FeedHandler
 
@@ -418,6 +450,24 @@ class Worker:
                 "ended": sorted(ended)}
         write_note(self.cursor_path, note)
 
+    def note_history(self) -> None:
+        """:meth:`write_cursor` from the live loop. A note that cannot be written (the state
+        directory's disk full) is said once and tried again at the next: the engine goes on (it
+        crashed here, and at every restart, until the daemon gave up: an adversarial pass). The
+        note left as it was is behind: a worker that dies meanwhile resumes from it and the ring's
+        ticks past it, as after any kill."""
+        try:
+            self.write_cursor()
+        except OSError as exc:
+            if not self._note_failing:
+                self._note_failing = True
+                log.error("history note %s cannot be written (%s): it stays as it was, tried again every "
+                          "100 ms", self.cursor_path, exc.strerror or exc)
+            return
+        if self._note_failing:
+            self._note_failing = False
+            log.info("history note %s written again", self.cursor_path)
+
     def resume_points(self) -> dict:
         """Per channel ``(epoch, next_seq)`` after the last tick that reached the tick ring, from
         the last note and what the ring holds past it; empty on a first start."""
@@ -501,18 +551,28 @@ class Worker:
         """The status file and the HDR interval log, on a thread of their own: their JSON and
         hdrh encoding (~10 ms an interval) never stall the engine's loop."""
         next_status = 0.0
+        failing = False
         while not stop.is_set():
             try:
                 full = self._handoff.get(timeout=0.1)
             except queue.Empty:
                 full = None
             try:
+                wrote = full is not None
                 if full is not None:
                     self.log_interval(full)
                 now = time.monotonic()
                 if now >= next_status:
+                    wrote = True
                     self.write_status()
                     next_status = now + 0.5
+                failing = failing and not wrote
+            except OSError as exc:                        # a full disk: said once while it lasts
+                if not failing:
+                    log.error("housekeeping cannot write the status file or the HDR log (%s): tried again",
+                              exc.strerror or exc)
+                failing = True
+                time.sleep(0.5)
             except Exception:                             # noqa: BLE001 - logged; the engine goes on
                 log.exception("housekeeping failed (status file or HDR log)")
                 time.sleep(0.5)
@@ -587,14 +647,33 @@ class Worker:
 
     def write_status(self) -> None:
         tmp = self.status_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.status()))
-        os.replace(tmp, self.status_path)
+        try:
+            tmp.write_text(json.dumps(self.status()))
+            os.replace(tmp, self.status_path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            try:
+                # alive all the same: the supervisor's stall watch sees the file's time move (a
+                # full disk stopped the status, and a healthy worker was restarted at 30 s, again
+                # and again while the disk stayed full)
+                os.utime(self.status_path)
+            except OSError:
+                pass
+            raise
 
     def save_books(self) -> None:
         """Every book as snapshot events (``book_<id>``, seq 0, ts 0) in ``books-<index>.npz``:
         the worker's final state, comparable with a publisher's (``tickwire simulate --save-books``)."""
         arrays = {f"book_{b.instrument}": b.snapshot_events() for b in self.engine.books}
-        np.savez(self.run_dir / f"books-{self.index}.npz", **arrays)
+        path = self.run_dir / f"books-{self.index}.npz"
+        tmp = path.with_name(path.name + ".tmp")        # (written in place, a full disk left half a file)
+        try:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def answer_books(self, ids, depth) -> dict:
         """Engine's thread, between batches: a book request (``tickwire book``, ``tickwire top``)."""
@@ -633,7 +712,10 @@ class Worker:
         next_cursor = 0.0
         next_hdr = time.monotonic() + self.cfg.metrics.hdr_interval_s
         sys.setswitchinterval(SWITCH_INTERVAL)
-        self.write_status()
+        try:
+            self.write_status()
+        except OSError:                                     # (a full disk: housekeeping says so, and retries)
+            pass
         stop_hk = threading.Event()
         hk = threading.Thread(target=self.housekeeping, args=(stop_hk,), name="housekeeping", daemon=True)
         hk.start()
@@ -650,7 +732,7 @@ class Worker:
                     self.book_service.answer_pending()
                 now = time.monotonic()
                 if now >= next_cursor:
-                    self.write_cursor()
+                    self.note_history()
                     next_cursor = now + 0.1
                 if now >= next_hdr and self.swap_stages():
                     next_hdr = now + self.cfg.metrics.hdr_interval_s

@@ -147,14 +147,28 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    """Replace ``path`` with ``obj``, durably (written, fsynced, renamed, directory fsynced)."""
+    """Replace ``path`` with ``obj``, durably (written, fsynced, renamed, directory fsynced). On
+    failure (a full disk) the old file stays as it was and no temporary file is left."""
     tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(json.dumps(obj))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(json.dumps(obj))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
     _fsync_dir(path.parent)
+
+
+def _problem(exc: OSError) -> str:
+    """"is full (ENOSPC, errno 28)": what a directory's write failure says of it."""
+    code = errno.errorcode.get(exc.errno, "?") if exc.errno else "?"
+    return f"{_SPILL_PROBLEMS.get(exc.errno, f'failed: {exc.strerror or exc}')} ({code}, errno {exc.errno})"
 
 
 def _read_json(path: Path) -> Optional[dict]:
@@ -243,14 +257,17 @@ class _Spill:
         self._out: Optional[dict] = None             # outstanding: name -> (n, pos)
         self._lines = 0
         self._ledger_warned = False
+        self._list_warned = False
 
     def _load(self) -> dict:
         if self._out is None:
             out: dict = {}
             try:
                 text = self.ledger.read_text(errors="replace")
-            except OSError:
+            except FileNotFoundError:
                 text = ""
+            except OSError:          # (out of descriptors): read at the next call, not taken as empty
+                return {}
             for line in text.splitlines():
                 f = line.split()
                 self._lines += 1
@@ -261,24 +278,51 @@ class _Spill:
             self._out = out
         return self._out
 
-    def _append(self, line: str) -> None:
+    def _append(self, line: str) -> bool:
+        """Append ``line`` durably; False when it could not be (said once). A line written in
+        part (a full disk) is cut off again: the next would continue it, one garbled line in
+        place of two (found by an adversarial pass)."""
+        data = line.encode()
         try:
-            with open(self.ledger, "a") as fh:
-                fh.write(line)
-                fh.flush()
-                os.fsync(fh.fileno())
+            fd = os.open(self.ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                end = os.lseek(fd, 0, os.SEEK_END)
+                try:
+                    if os.write(fd, data) != len(data):
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                    os.fsync(fd)
+                except OSError:
+                    try:
+                        os.ftruncate(fd, end)
+                    except OSError:
+                        pass
+                    raise
+            finally:
+                os.close(fd)
             self._lines += 1
+            self._ledger_warned = False
+            return True
         except OSError as exc:
             if not self._ledger_warned:
                 self._ledger_warned = True
-                log.warning("spill ledger %s not written (%s): a spill file removed by hand would go unnoticed",
-                            self.ledger, exc)
+                log.warning("spill ledger %s not written (%s): a spill file removed by hand meanwhile would go "
+                            "unnoticed, and files already stored stay until they can be struck from it",
+                            self.ledger, exc.strerror or exc)
+            return False
 
-    def remove(self, path: Path) -> None:
-        """A spill file is done with (stored, or set aside): struck from the ledger, then removed."""
+    def remove(self, path: Path) -> bool:
+        """A spill file is done with (stored, or set aside): struck from the ledger, then removed.
+        When the strike cannot be written (a full disk) the file stays, and False: removed, the
+        ledger's line for it read at the next start as a file removed by hand, its ticks "NOT
+        stored" (exit status 1) though they were (an adversarial pass). Kept, it is replayed
+        again later, with its token: the store drops the repeat."""
         out = self._load()
-        if out.pop(path.name, None) is not None:
-            self._append(f"- {path.name}\n")
+        if self._out is None:                    # the ledger unreadable just now: not known yet
+            return False
+        if path.name in out:
+            if not self._append(f"- {path.name}\n"):
+                return False
+            del out[path.name]
         path.unlink(missing_ok=True)
         if not out and self._lines > self.LEDGER_LINES:
             try:
@@ -286,6 +330,7 @@ class _Spill:
                 self._lines = 0
             except OSError:
                 pass
+        return True
 
     def missing(self) -> int:
         """Records of spill files the ledger holds that are gone (removed by hand: never stored),
@@ -315,7 +360,20 @@ class _Spill:
         return lost
 
     def files(self) -> list[Path]:
-        return sorted(self.dir.glob(f"*{self.suffix}"))
+        """The spill files waiting, oldest first. When the directory cannot be listed (out of
+        file descriptors: the writer crashed here), those the ledger holds, said once: a file
+        already gone is then taken for one removed by hand only by :meth:`missing`, which lists
+        the directory itself."""
+        try:
+            found = sorted(self.dir.glob(f"*{self.suffix}"))
+        except OSError as exc:
+            if not self._list_warned:
+                self._list_warned = True
+                log.warning("spill directory %s cannot be listed (%s): going by its ledger until it can",
+                            self.dir, exc.strerror or exc)
+            return sorted(self.dir / name for name in self._load())
+        self._list_warned = False
+        return found
 
     def path_for(self, epoch: int, pos: int) -> Path:
         return self.dir / f"{epoch:020d}-{pos:020d}{self.suffix}"
@@ -339,9 +397,7 @@ class _Spill:
                 tmp.unlink()
             except OSError:
                 pass
-            code = errno.errorcode.get(exc.errno, "?") if exc.errno else "?"
-            what = _SPILL_PROBLEMS.get(exc.errno, f"failed: {exc.strerror or exc}")
-            cause = f"spill directory {self.dir} {what} ({code}, errno {exc.errno})"
+            cause = f"spill directory {self.dir} {_problem(exc)}"
             raise SpillError(exc.errno, cause, f"{cause}: {len(records)} {self.what} stay in the ring until it "
                                                f"can take them") from None
         self._load()[path.name] = (len(records), pos)
@@ -661,6 +717,11 @@ def write_status_file(path: Path, body: dict) -> None:
         tmp.write_text(json.dumps(body))
         os.replace(tmp, path)
     except OSError as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+            os.utime(path)                   # alive all the same, for the supervisor's stall watch
+        except OSError:
+            pass
         if path not in _UNWRITABLE:
             _UNWRITABLE.add(path)
             log.warning("cannot write %s (%s): it stays as it was until it can be written", path, exc)
@@ -726,6 +787,8 @@ class TickWriter:
         self.spill_above = spill_above
         self.gave_up = ""                     # why ticks were left in the ring at the end, if they were
         self._spill_cause = ""
+        self._journal_retry = 0.0             # a batch could not be journalled: not cut again before
+        self._journal_failed = None           # ... when that last happened
         self._stop = threading.Event()
         self._buf = np.empty(self.batch_rows, dtype=EVENT_DTYPE)
         self._spare: list = []
@@ -742,7 +805,7 @@ class TickWriter:
         self.metrics = {
             "rows_written": 0, "batches_written": 0, "rows_spilled": 0, "batches_spilled": 0,
             "batches_replayed": 0, "spill_bytes": 0, "spill_files": 0, "lag": 0, "unstored": 0,
-            "outage": False, "last_error": "", "spill_error": "", "gave_up": "", "epoch": self.epoch, "sched_idle": 0,
+            "outage": False, "last_error": "", "spill_error": "", "journal_error": "", "gave_up": "", "epoch": self.epoch, "sched_idle": 0,
             "sched_switches": 0, "rows_corrupt": 0, "rows_missing": 0, "files_uncounted": 0,
         }
 
@@ -787,12 +850,36 @@ class TickWriter:
         ok = self.link.insert("insert_ticks", events, epoch=meta["epoch"], first_ord=meta["pos"], token=meta["token"])
         return ok, meta["n"]
 
-    def _cut(self, n: int) -> None:
-        """Journal the first ``n`` uncommitted ticks as the held batch."""
+    def _cut(self, n: int, now: float) -> bool:
+        """Journal the first ``n`` uncommitted ticks as the held batch; False when the journal
+        cannot be written (its directory full: the state directory's filesystem). No batch is
+        stored unjournalled (a writer killed during its insert would cut it again otherwise, by
+        another count, and store some ticks twice): they wait in the ring, read already, and the
+        cut is tried again every ``retry_seconds``. The writer crashed here, and at every restart,
+        until the daemon gave up (an adversarial pass, the state directory's disk filled)."""
         pos = self.source.committed
         token = f"tw:{self.epoch}:{pos}:{n}"
-        self.journal.write(pos, n, token)
+        try:
+            self.journal.write(pos, n, token)
+        except OSError as exc:
+            first = self._journal_failed is None
+            self._journal_failed, self._journal_retry = now, now + self.retry_seconds
+            cause = f"state directory {self.state} {_problem(exc)}: the next batch cannot be journalled"
+            self.metrics["journal_error"] = cause
+            if first:
+                log.error("%s; its %d ticks and those after them wait in the tick ring until it can "
+                          "(tried again every %.0f s)", cause, n, self.retry_seconds)
+            if self._drain_since is not None and now - self._drain_since >= self.retry_seconds:
+                self.gave_up = cause               # stopping: left in the ring, kept for the next start
+                log.error("%d ticks not stored (%s): they stay in ring %s", self.source.head - self.source.committed,
+                          cause, self.source.name.lstrip("/"))
+            return False
+        if self._journal_failed is not None:
+            self._journal_failed = None
+            self.metrics["journal_error"] = ""
+            log.info("state directory %s writable again: batches are journalled and stored", self.state)
         self._held = _Batch(self._take_buffer(), pos, n, token)
+        return True
 
     def _commit_held(self) -> None:
         b = self._held
@@ -873,9 +960,11 @@ class TickWriter:
                           type(exc).__name__, exc, self.retry_seconds)
                 ok, n = False, 0
             if ok:
-                if n is not None:                            # (None: gone, its ledger entry kept for missing())
-                    self.spill.remove(t.path)
-                if n:                                        # (0: set aside as corrupt, nothing stored)
+                # (n None: gone, its ledger entry kept for missing(); a file not removed, its
+                # strike not written, is replayed again later, and counted then)
+                if n is not None and not self.spill.remove(t.path):
+                    self._replay_retry = now + self.retry_seconds
+                elif n:                                      # (0: set aside as corrupt, nothing stored)
                     self.metrics["rows_written"] += n
                     self.metrics["batches_written"] += 1
                     self.metrics["batches_replayed"] += 1
@@ -891,9 +980,8 @@ class TickWriter:
             else:
                 b.insert_failed, b.insert_retry = now, now + self.retry_seconds
             return
-        if ok and b.spilled is not None and b.spilled.exists():   # spilled while it ran: done twice
-            self.spill.remove(b.spilled)
-            self.metrics["rows_written"] += b.n
+        if ok and b.spilled is not None and b.spilled.exists() and self.spill.remove(b.spilled):
+            self.metrics["rows_written"] += b.n              # spilled while it ran: done twice
             self.metrics["batches_written"] += 1
         self._give_back(b.buf)
 
@@ -1062,8 +1150,7 @@ class TickWriter:
         if closed and self._drain_since is None:      # the producer closed during this step
             self._drain_since = now
         due = n == self.batch_rows or (n and (stopping or closed or now - self._first >= self.batch_seconds))
-        if self._held is None and due:
-            self._cut(n)
+        if self._held is None and due and now >= self._journal_retry and self._cut(n, now):
             n = 0
             self._first = None
             self._settle(now)
@@ -1298,8 +1385,10 @@ class SignalWriter:
             self._task = None
             if ok:
                 if n is not None:                        # (None: gone, its ledger entry kept for missing())
-                    self.spill.remove(path)
-                    self.written += n
+                    if self.spill.remove(path):
+                        self.written += n
+                    else:                                # its strike not written: stored again later
+                        self._retry = now + self.retry_seconds
             else:
                 self._insert_failed, self._retry = now, now + self.retry_seconds
         if now >= self._retry:

@@ -3,6 +3,7 @@ tmpfs for a spill directory that fills up; at the end, any process the tests lef
 named and killed."""
 
 import contextlib
+import errno
 import fcntl
 import os
 import signal
@@ -78,17 +79,29 @@ def pytest_report_header(config):
 
 @pytest.fixture
 def tiny_disk():
-    """A 1 MiB tmpfs to mount as a spill directory (root only; skipped where mounting is not
-    allowed)."""
+    """A small tmpfs (1 MiB unless told) to mount as a spill or state directory (root only;
+    skipped where mounting is not allowed); ``.fill(path)`` writes a file there until it is full."""
     mounted = []
 
-    def mount(path):
+    def mount(path, size="1m"):
         path.mkdir(parents=True, exist_ok=True)
-        res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)], capture_output=True)
+        res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
         if res.returncode:
             pytest.skip(f"cannot mount a small tmpfs here: {res.stderr.decode().strip()}")
         mounted.append(path)
         return path
+
+    def fill(path):
+        """Write ``path`` until its filesystem is full."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while os.write(fd, bytes(1 << 12)):
+                pass
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+        finally:
+            os.close(fd)
+    mount.fill = fill
     yield mount
     for path in mounted:
         subprocess.run(["umount", "-l", str(path)])

@@ -485,3 +485,31 @@ def test_a_previous_log_is_kept_aside_and_only_the_newest_are_kept(tmp_path):
     path.write_text("log 5\n")
     keep_previous_log(path, keep=3)
     assert (tmp_path / "w1.20231114T221320Z.hlog").exists()      # not this worker's: left alone
+
+
+def test_a_worker_s_hdr_log_that_cannot_begin_keeps_nothing_and_does_not_stop_the_worker(tmp_path, tiny_disk,
+                                                                                      caplog):
+    """Found by an adversarial pass: on a full disk a restarted worker died writing its HDR log's
+    header, and again at every restart, until the daemon gave up. It now says so and logs
+    nothing; with room again the next worker's log is whole."""
+    from tickwire.engine.worker import open_hdr_log
+
+    disk = tiny_disk(tmp_path / "hdr")
+    path = disk / "w0.hlog"
+    path.write_text("an earlier worker's log\n")
+    tiny_disk.fill(disk / "filler")
+    rec = Recorder()
+    rec.record(1000)
+    with caplog.at_level("ERROR", logger="tickwire.worker"):
+        w = open_hdr_log(path, {"e2e": rec}, interval=1.0)
+    assert f"HDR interval log {path} cannot be started (No space left on device)" in caplog.text
+    w.write_interval()                                               # nothing kept, nothing raised
+    w.close()
+    aside = [p for p in disk.iterdir() if p.name.startswith("w0.") and p != path]
+    assert [p.read_text() for p in aside] == ["an earlier worker's log\n"]    # kept aside all the same
+    (disk / "filler").unlink()
+    w = open_hdr_log(path, {"e2e": rec}, interval=1.0)
+    rec.record(2000)
+    w.write_interval()
+    w.close()
+    assert [(i.tag, i.histogram.get_total_count()) for i in read_interval_log(path)] == [("e2e", 1)]

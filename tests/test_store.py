@@ -297,6 +297,32 @@ def _insert_streams(store, streams):
     return np.concatenate(evs), np.concatenate(eps), np.concatenate(ords)
 
 
+@pytest.mark.parametrize("path", ["native", "arrow"])
+def test_ticks_stamped_at_the_ends_of_time_are_read_back(tmp_path, path):
+    """Found by an adversarial pass: one tick stamped 2262-04-11 (the largest ts_event, int64 ns)
+    made the read's window end at 2**63, which toInt64 wrapped to -2**63: every window read empty,
+    the gap query found the same row again, and `tickwire replay` looped for good (at 91% CPU,
+    deaf to SIGTERM). Run in a child, so that a loop fails the test, not the run."""
+    code = textwrap.dedent(f"""
+        import numpy as np
+        from tickwire.engine.store import Store
+        from tickwire.ext import EVENT_DTYPE
+        ev = np.zeros(5, EVENT_DTYPE)
+        ev["ts_event"] = [-(1 << 63), -1, 0, 1_700_000_000_000_000_000, (1 << 63) - 1]
+        ev["seq"] = np.arange(1, 6)
+        store = Store.open("chdb://{tmp_path}/db")
+        store.read_path = {path!r}
+        store.insert_ticks(ev, epoch=1, first_ord=0, token="ends")
+        for chunk in (1, 2, 1 << 20):
+            back = np.concatenate(list(store.read_ticks(chunk_rows=chunk)))
+            assert back["ts_event"].tolist() == ev["ts_event"].tolist(), (chunk, back["ts_event"])
+            assert back["seq"].tolist() == [1, 2, 3, 4, 5]
+        print("read")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "read", out.stderr[-3000:]
+
+
 def test_ties_across_instruments_follow_epoch_then_ord(tmp_path):
     """Rows of different instruments with one ts_event and seq (one exchange message) come in
     (epoch, ord) order, across two streams, whatever the chunk size."""
