@@ -776,13 +776,17 @@ class Store:
         cap = WINDOW_CAP * chunk_rows
         block = min(READ_BLOCK_ROWS, cap + 1)
         width = max(1, (int(hi) - int(lo) + 1) * chunk_rows // int(total))
-        t = int(lo)
+        t, hi = int(lo), int(hi)
         try:
             while t <= hi:
-                end = min(t + width, int(hi) + 1)
+                # the window [t, last], its last instant included: its end past it, at the
+                # largest time (2262-04-11, int64 ns), was 2**63, which toInt64 wraps to -2**63,
+                # every window then empty and the read a loop for good (an adversarial pass)
+                last = min(t + width - 1, hi)
+                end = last + 1
                 q = (f"SELECT {columns} FROM {self.database}.{table} WHERE {where} "
                      f"AND ts_event >= fromUnixTimestamp64Nano(toInt64({t})) "
-                     f"AND ts_event < fromUnixTimestamp64Nano(toInt64({end})) "
+                     f"AND ts_event <= fromUnixTimestamp64Nano(toInt64({last})) "
                      f"ORDER BY instrument, ts_event, seq, epoch, ord LIMIT {cap + 1} "
                      f"SETTINGS max_block_size = {block}, preferred_block_size_bytes = {block * 128}")
                 blocks, result = fetch(q)
@@ -802,7 +806,7 @@ class Store:
                     del blocks, result
                     nxt = self.client.query(
                         f"SELECT toUnixTimestamp64Nano(min(ts_event)), count() FROM {self.database}.{table} "
-                        f"WHERE {where} AND ts_event >= fromUnixTimestamp64Nano(toInt64({end}))").result_rows[0]
+                        f"WHERE {where} AND ts_event > fromUnixTimestamp64Nano(toInt64({last}))").result_rows[0]
                     if not nxt[1]:
                         break
                     t = int(nxt[0])

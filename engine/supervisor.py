@@ -272,7 +272,8 @@ class _Child:
         self.proc = None
         self.restarts = 0
         self.stalls = 0                 # times killed for writing no status (daemon.stall_restart_s)
-        self.started = 0.0
+        self.started = 0.0              # wall clock (supervisor.json, tickwire top)
+        self.since = 0.0                # monotonic: how soon it died (a wall-clock step is no crash loop)
         self.reported = None            # the process whose death _watch has said (awaiting its restart)
 
 
@@ -821,7 +822,7 @@ class Supervisor:
         if child is self.writer and self._store_lock is not None:
             kw["pass_fds"] = (self._store_lock,)
         child.proc = await asyncio.create_subprocess_exec(*child.argv, **kw)
-        child.started = time.time()
+        child.started, child.since = time.time(), time.monotonic()
         log.info("started %s (pid %d) for core %d", child.name, child.proc.pid, child.cpu)
         self.write_children_status()
 
@@ -833,7 +834,7 @@ class Supervisor:
             rc = await child.proc.wait()
             if self.stopping:
                 return
-            fast = fast + 1 if time.time() - child.started < 3.0 else 0
+            fast = fast + 1 if time.monotonic() - child.since < 3.0 else 0
             how = rc if rc >= 0 else signal.Signals(-rc).name
             child.reported = child.proc     # said here: a stop before the restart does not say it again
             if fast >= 5:
