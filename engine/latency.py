@@ -271,7 +271,12 @@ class IntervalLogWriter:
             self._file = out
             self._owns = False
         self.interval = float(interval)
-        self.start_time = time.time() if start_time is None else float(start_time)
+        # "now" is the wall clock at the start moved on by the monotonic clock: a step of the wall
+        # clock back (NTP at boot, a VM's resume) gave an interval a negative length, which hdrh's
+        # reader skips without a word, and so every interval after it when the step passed the
+        # log's age (an adversarial pass)
+        self._anchor = (time.time(), time.monotonic())
+        self.start_time = self._anchor[0] if start_time is None else float(start_time)
         self.base_time = self.start_time if base_time is None else float(base_time)
         self.reset = reset
         self.skip_empty = skip_empty
@@ -311,10 +316,16 @@ class IntervalLogWriter:
         self.rotations += 1
         self._header()
 
+    def now(self) -> float:
+        """Seconds since the epoch as the log counts them: the wall clock when it began plus the
+        monotonic time since (the wall clock's steps left out)."""
+        wall, mono = self._anchor
+        return wall + (time.monotonic() - mono)
+
     def maybe_write(self, now: float | None = None) -> bool:
         """Write an interval if ``interval`` seconds have passed since the last one (cheap
         otherwise: one clock read).  Returns whether it wrote."""
-        now = time.time() if now is None else now
+        now = self.now() if now is None else now
         if now - self._interval_start < self.interval:
             return False
         self.write_interval(now)
@@ -322,7 +333,7 @@ class IntervalLogWriter:
 
     def write_interval(self, now: float | None = None) -> None:
         """Write every recorder's histogram for the interval ending ``now`` (and reset them)."""
-        end = time.time() if now is None else float(now)
+        end = self.now() if now is None else float(now)
         start = self._interval_start
         for tag, rec in self._pairs:
             if self.skip_empty and not rec.total:

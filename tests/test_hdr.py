@@ -513,3 +513,26 @@ def test_a_worker_s_hdr_log_that_cannot_begin_keeps_nothing_and_does_not_stop_th
     w.write_interval()
     w.close()
     assert [(i.tag, i.histogram.get_total_count()) for i in read_interval_log(path)] == [("e2e", 1)]
+
+
+def test_interval_log_times_do_not_step_back_with_the_wall_clock(tmp_path, monkeypatch):
+    """Found by an adversarial pass: intervals were stamped with the wall clock, so one that
+    spanned a step back (NTP at boot, a VM's resume) had a negative length, which hdrh's reader
+    skips unsaid, and with the step past the log's age, every interval after it too."""
+    import time
+
+    rec = Recorder()
+    path = tmp_path / "w0.hlog"
+    log = IntervalLogWriter(path, {"e2e": rec}, interval=0.01)
+    wall = time.time
+    for k in range(6):
+        if k == 2:
+            monkeypatch.setattr(time, "time", lambda: wall() - 3600.0)   # the clock steps back an hour
+        rec.record(1000 + k)
+        time.sleep(0.02)
+        assert log.maybe_write()
+    log.close()
+    back = read_interval_log(path)
+    assert [i.histogram.get_total_count() for i in back] == [1] * 6
+    assert all(i.end - i.start > 0 for i in back)
+    assert all(a.end <= b.start + 1e-6 for a, b in zip(back, back[1:]))
