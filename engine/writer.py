@@ -818,6 +818,23 @@ class TickWriter:
         """Ask the writer to drain what was published, write it, and finish."""
         self._stop.set()
 
+    @property
+    def blocked(self) -> bool:
+        """The ticks it has read can be made durable nowhere for now: the journal cannot be
+        written, or the held batch failed both the store and the spill."""
+        b = self._held
+        return self._journal_failed is not None or (
+            b is not None and b.insert_failed is not None and b.spill_failed is not None)
+
+    def behind(self) -> float:
+        """How far behind it is, a share of the ring, for its scheduling: what it has not read
+        yet; while :attr:`blocked`, what is not durable (read or not). Else, blocked with little
+        left unread, it went back to SCHED_IDLE while the supervisor, which sees the ring fill,
+        put it back on normal scheduling, ten times a second, each a log line (an adversarial
+        pass, the state directory's disk full)."""
+        src = self.source
+        return ((src.head - src.committed) if self.blocked else src.size) / src.capacity
+
     # -- buffers ---------------------------------------------------------------------------
     def _take_buffer(self) -> np.ndarray:
         """The read buffer becomes the held batch's; reading goes on in a spare."""
@@ -1569,7 +1586,7 @@ class WriterService:
             if self.policy is not None:
                 if not self.policy.finished and all(w.draining for w in self.writers):
                     self.policy.finish()
-                self.policy.update(max(w.source.size / w.source.capacity for w in self.writers))
+                self.policy.update(max(w.behind() for w in self.writers))
                 for w in self.writers:
                     w.metrics["sched_idle"] = int(self.policy.idle)
                     w.metrics["sched_switches"] = self.policy.switches

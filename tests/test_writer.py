@@ -649,6 +649,39 @@ def test_idle_policy_moves_every_thread_between_sched_idle_and_normal():
                     "back to 10%": normal, "1% full": idle, "switches": 2, "finished, 1% full": normal}
 
 
+def test_a_blocked_writer_stays_on_normal_scheduling_instead_of_flapping(tmp_path, tiny_disk):
+    """Found by an adversarial pass: with the store down and the spill directory full, a writer
+    that had read what the ring held went back to SCHED_IDLE (nothing unread) while the
+    supervisor, seeing the ring fill, put it back on normal scheduling: ten times a second, each
+    a line ("the writer was starved"). Blocked, it now counts what is not durable."""
+    from tickwire.engine.writer import IdlePolicy
+
+    name, state = ring_name(), tmp_path / "state"
+    spill = tiny_disk(state / name / "spill")
+    tiny_disk.fill(spill / "filler")
+    ev = l2_updates(1 << 14, seed=5, instruments=2)              # two batches: all read, half the ring
+    with Ring.create(name, EVENT_DTYPE, 1 << 15) as ring:
+        w = start_writer(name, "http://127.0.0.1:1", state, "--sched", "idle", "--batch-rows", str(1 << 13),
+                         "--batch-seconds", "0.05")
+        guard = IdlePolicy(pid=w.pid, may_idle=False)              # the supervisor's
+        try:
+            assert wait_for(lambda: guard.idle), "the writer did not enter SCHED_IDLE"
+            assert ring.push_many(ev) == len(ev)
+            status = state / name / "status.json"
+            assert wait_for(lambda: status.exists() and "is full" in json.loads(status.read_text())["spill_error"])
+            end = time.monotonic() + 3.0
+            while time.monotonic() < end:
+                guard.update(len(ring) / ring.capacity)
+                time.sleep(0.1)
+            assert not guard.idle
+        finally:
+            w.send_signal(signal.SIGTERM)
+            out, _ = w.communicate(timeout=60)
+    assert w.returncode == 3, out.decode()[-2000:]
+    flips = guard.switches + out.count(b"writer back to normal scheduling")
+    assert flips == 1, (guard.switches, out.decode()[-2000:])
+
+
 @pytest.mark.alone
 def test_starved_idle_writer_is_rescued_to_normal_scheduling_and_loses_nothing(tmp_path):
     """A SCHED_IDLE writer on a core that a busy process keeps full gets almost no time: the ring
