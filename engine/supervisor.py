@@ -790,9 +790,13 @@ class Supervisor:
                     item["enter"], item["exit"] = rule.enter, rule.exit
         tmp = self.run_dir / "config.json.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)   # it may hold the store's password
-        with os.fdopen(fd, "w") as f:
-            json.dump({"raw": self._raw, "base_dir": str(self._base_dir)}, f, default=str)
-        os.replace(tmp, self.run_dir / "config.json")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({"raw": self._raw, "base_dir": str(self._base_dir)}, f, default=str)
+            os.replace(tmp, self.run_dir / "config.json")
+        except OSError as exc:                         # (a full disk: named, and nothing half written left)
+            tmp.unlink(missing_ok=True)
+            raise OSError(exc.errno, exc.strerror, str(exc.filename or tmp)) from None
 
     def _start_metrics(self) -> None:
         from prometheus_client import CollectorRegistry
@@ -1065,10 +1069,17 @@ class Supervisor:
         for key in changed:
             log.warning("SIGHUP: %s changed: needs a restart; not applied", key)
         # only the thresholds change: the rest stays as the running processes have it
+        before = self.cfg
         self.cfg = dataclasses.replace(self.cfg, rules=tuple(
             dataclasses.replace(old, enter=r.enter, exit=r.exit) for old, r in zip(self.cfg.rules, new.rules)))
         if self.workers:                               # started: a worker restarted from now on gets them too
-            self._freeze_config()
+            try:
+                self._freeze_config()
+            except OSError as exc:                     # (a full disk: the handler raised, unsaid: a review)
+                self.cfg = before
+                log.error("SIGHUP: cannot write %s (%s): reload refused, the thresholds stay as they were",
+                          self.run_dir / "config.json", exc.strerror or exc)
+                return
         self.reloads += 1
         for i, child in enumerate(self.workers):
             # only a worker that has its handler: one still starting would die of the signal's
@@ -1191,7 +1202,16 @@ class Supervisor:
                     # the worker's history note, up to what the ring held: a worker killed (or
                     # stopped) between two notes left it behind, and the next start would ask the
                     # publisher again for ticks already stored
-                    settle_history_note(notes[id(ring)], ring)
+                    try:
+                        settle_history_note(notes[id(ring)], ring)
+                    except OSError as exc:
+                        # (a full disk: a traceback, the other rings left, exit 1: a review) the
+                        # ring is kept, and the next start brings the note up to it before
+                        # replacing it
+                        log.error("the history note %s cannot be brought up to ring %s (%s): the ring is kept "
+                                  "for the next start to do so", notes[id(ring)], name, exc.strerror or exc)
+                        _keep(ring)
+                        continue
                 _drop(ring)
         for ring in self.rings:
             if not ring.closed:
@@ -1297,8 +1317,11 @@ class Supervisor:
             if isinstance(exc, OSError) and not isinstance(exc, StartupError):
                 # (a full disk under the run directory gave a traceback, exit 1, and a metrics.url
                 # of 0 bytes: found by an adversarial pass)
-                raise StartupError(f"daemon.state_dir: cannot write {exc.filename or self.run_dir} "
-                                   f"({exc.strerror or exc}): expected a writable directory with room; "
+                where = str(exc.filename or "")
+                if where.startswith(str(self.cfg.state_dir)):
+                    raise StartupError(f"daemon.state_dir: cannot write {where} ({exc.strerror or exc}): expected "
+                                       f"a writable directory with room; refusing to start") from None
+                raise StartupError(f"cannot start: {where + ': ' if where else ''}{exc.strerror or exc}; "
                                    f"refusing to start") from None
             raise
         children = ([self.writer] if self.writer else []) + self.workers

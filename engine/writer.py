@@ -266,8 +266,12 @@ class _Spill:
                 text = self.ledger.read_text(errors="replace")
             except FileNotFoundError:
                 text = ""
-            except OSError:          # (out of descriptors): read at the next call, not taken as empty
-                return {}
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE):   # passes: read at the next call
+                    return {}
+                log.warning("spill ledger %s unreadable (%s): a spill file removed by hand goes unnoticed",
+                            self.ledger, exc.strerror or exc)
+                text = ""
             for line in text.splitlines():
                 f = line.split()
                 self._lines += 1
@@ -719,7 +723,6 @@ def write_status_file(path: Path, body: dict) -> None:
     except OSError as exc:
         try:
             tmp.unlink(missing_ok=True)
-            os.utime(path)                   # alive all the same, for the supervisor's stall watch
         except OSError:
             pass
         if path not in _UNWRITABLE:
@@ -886,8 +889,11 @@ class TickWriter:
             if first:
                 log.error("%s; its %d ticks and those after them wait in the tick ring until it can "
                           "(tried again every %.0f s)", cause, n, self.retry_seconds)
-            if self._drain_since is not None and now - self._drain_since >= self.retry_seconds:
-                self.gave_up = cause               # stopping: left in the ring, kept for the next start
+            if self._stop.is_set() and now - self._drain_since >= self.retry_seconds:
+                # stopping: left in the ring, kept for the next start (not when the producer alone
+                # closed: a worker SIGTERMed alone, whose successor takes the ring over; given up,
+                # the ring was never read again until the stop: a review)
+                self.gave_up = cause
                 log.error("%d ticks not stored (%s): they stay in ring %s", self.source.head - self.source.committed,
                           cause, self.source.name.lstrip("/"))
             return False
@@ -980,7 +986,8 @@ class TickWriter:
                 # (n None: gone, its ledger entry kept for missing(); a file not removed, its
                 # strike not written, is replayed again later, and counted then)
                 if n is not None and not self.spill.remove(t.path):
-                    self._replay_retry = now + self.retry_seconds
+                    # (a failed replay for the drain too: waiting for the strike hung a stop)
+                    self._replay_retry, self._replay_failed = now + self.retry_seconds, now
                 elif n:                                      # (0: set aside as corrupt, nothing stored)
                     self.metrics["rows_written"] += n
                     self.metrics["batches_written"] += 1
@@ -1167,10 +1174,14 @@ class TickWriter:
         if closed and self._drain_since is None:      # the producer closed during this step
             self._drain_since = now
         due = n == self.batch_rows or (n and (stopping or closed or now - self._first >= self.batch_seconds))
-        if self._held is None and due and now >= self._journal_retry and self._cut(n, now):
-            n = 0
-            self._first = None
-            self._settle(now)
+        unjournalled = False
+        if self._held is None and due:
+            if now >= self._journal_retry and self._cut(n, now):
+                n = 0
+                self._first = None
+                self._settle(now)
+            else:
+                unjournalled = True                  # (the journal cannot be written: see _cut)
         self._n = n
         self._replay(now)
         if now - self._last_status >= self.status_every:
@@ -1185,6 +1196,10 @@ class TickWriter:
             return False
         if n and self.nap and self._held is None and not (stopping or closed):
             self._stop.wait(min(self.nap, self._first + self.batch_seconds - now))
+        elif unjournalled:
+            # nothing to do until the next try: the loop spun a core at 100% otherwise, for as
+            # long as the disk stayed full (a review)
+            time.sleep(max(0.0, min(wait, self._journal_retry - time.monotonic())))
         return True
 
     def reopened(self) -> bool:
@@ -1405,7 +1420,7 @@ class SignalWriter:
                     if self.spill.remove(path):
                         self.written += n
                     else:                                # its strike not written: stored again later
-                        self._retry = now + self.retry_seconds
+                        self._insert_failed, self._retry = now, now + self.retry_seconds
             else:
                 self._insert_failed, self._retry = now, now + self.retry_seconds
         if now >= self._retry:

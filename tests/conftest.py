@@ -10,6 +10,7 @@ import signal
 import tempfile
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -91,18 +92,41 @@ def tiny_disk():
         mounted.append(path)
         return path
 
-    def fill(path):
-        """Write ``path`` until its filesystem is full."""
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            while os.write(fd, bytes(1 << 12)):
-                pass
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC, exc
-        finally:
+    held = []
+
+    def fill(path, hold=False):
+        """Write ``path`` until its filesystem is full; with ``hold``, keep it full until the
+        file is removed (a page another process frees, a failed write's temporary file, is
+        taken back within 5 ms: else the processes under test find room by turns)."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+        def top_up():
+            try:
+                while os.write(fd, bytes(1 << 12)):
+                    pass
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+        top_up()
+        if not hold:
             os.close(fd)
+            return
+
+        def holding():
+            try:
+                while os.fstat(fd).st_nlink:          # until the test removes the file
+                    top_up()
+                    time.sleep(0.005)
+            finally:
+                os.close(fd)
+        held.append(path)
+        threading.Thread(target=holding, daemon=True).start()
     mount.fill = fill
     yield mount
+    for path in held:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
     for path in mounted:
         subprocess.run(["umount", "-l", str(path)])
 

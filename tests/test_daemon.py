@@ -1374,7 +1374,7 @@ def test_a_full_state_directory_holds_the_ticks_in_the_ring_and_loses_nothing(tm
         pids = (status(run_dir)["pid"], writer_pid("fullstate"))
         sim = start_sim(raw, 150_000, 30_000)
         assert wait_for(lambda: status(run_dir)["feed"]["events"] > 20_000, 60)
-        tiny_disk.fill(filler)
+        tiny_disk.fill(filler, hold=True)
         full_since = time.monotonic()
         assert wait_for(lambda: "the next batch cannot be journalled" in said(), 30), said()[-3000:]
         assert wait_for(lambda: "cannot be written (No space left on device)" in said(), 30), said()[-3000:]
@@ -1387,25 +1387,40 @@ def test_a_full_state_directory_holds_the_ticks_in_the_ring_and_loses_nothing(tm
         # full for longer than a stall takes to be said: the processes are alive, not stalled
         time.sleep(max(0.0, full_since + 12 - time.monotonic()))
         filler.unlink()
+        time.sleep(0.1)                                   # (the filler let go)
         assert wait_for(lambda: "writable again" in said() and "written again" in said(), 30), said()[-3000:]
         st = run_dir / "writer" / "tickwire-fullstate-ticks-0" / "status.json"
         assert wait_for(lambda: json.loads(st.read_text())["rows_written"] >= 150_000, 30), st.read_text()
         assert status(run_dir)["pid"] != pids[0] and writer_pid("fullstate") == pids[1]
+        time.sleep(1.5)                                   # (the last signals stored)
+        tiny_disk.fill(filler, hold=True)                 # full again, the feed quiet: then the stop
     finally:
         rc, _ = stop_daemon(daemon, log)
     text = said()
     assert rc == 0, text[-3000:]
     assert text.count("restarting") == 1 and "Traceback" not in text, text[-3000:]     # the kill's only
-    assert "written no status" not in text, text[-3000:]
+    assert not re.search(r"w0 \(pid \d+\) has written no status", text), text[-3000:]
     assert text.count("the next batch cannot be journalled") == 1, text[-3000:]
     assert market_events(f"chdb://{tmp_path}/state/store") == (150_000, 150_000)
     # started again on it, full: one line, exit 2 (it was a traceback, exit 1, metrics.url emptied)
-    tiny_disk.fill(filler)
     again = subprocess.run([PY, "-m", "tickwire", "run", "--config", str(cfg_path)], capture_output=True,
                            text=True, timeout=120)
     assert again.returncode == 2, again.stderr[-3000:]
     assert "Traceback" not in again.stderr and "No space left on device" in again.stderr and \
         "refusing to start" in again.stderr, again.stderr[-3000:]
+    # with room, the next start takes up what the full stop left, and stops cleanly
+    filler.unlink()
+    time.sleep(0.1)
+    daemon, log = start_daemon(cfg_path, tmp_path, "daemon3")
+    third = tmp_path / "daemon3.log"
+    try:
+        assert wait_for(lambda: "live loop" in third.read_text(), 60), third.read_text()[-3000:]
+    finally:
+        rc, _ = stop_daemon(daemon, log)
+    text = third.read_text()
+    assert rc == 0 and "replacing ring" in text and "left behind by an earlier run" in text, text[-3000:]
+    assert text.strip().splitlines()[-1].endswith("stopped: every tick and signal stored"), text[-3000:]
+    assert market_events(f"chdb://{tmp_path}/state/store") == (150_000, 150_000)
 
 
 def test_a_spill_file_removed_by_hand_is_in_the_last_line_and_the_exit_status(tmp_path, rings_of):

@@ -468,6 +468,28 @@ def test_a_stored_spill_file_whose_strike_cannot_be_written_is_kept_not_said_los
     assert _Spill(disk).missing() == 0 and _Spill(disk).files() == []
 
 
+def test_a_stop_ends_while_a_stored_spill_file_cannot_be_struck(tmp_path, monkeypatch):
+    """A review: a replayed file whose strike failed (its disk full) was waited for at a stop,
+    the writer re-inserting it until the daemon killed it (exit 1). It is left for the next
+    start, as a failed replay is."""
+    name, dsn = ring_name(), f"chdb://{tmp_path}/store"
+    ev = l2_updates(3000, seed=4, instruments=2)
+    real, link = flaky_link(dsn, threading.Event())
+    with Ring.create(name, EVENT_DTYPE, 1 << 12) as ring:
+        writer = TickWriter(link, Ring.attach(name, EVENT_DTYPE), tmp_path / "state", epoch=3)
+        path = writer.spill.write(0, 2, "tw:2:0:3000", ev)                    # an earlier stream's
+        monkeypatch.setattr(_Spill, "remove", lambda self, p: False)
+        ring.close()
+        writer.stop()
+        end = time.monotonic() + 10
+        while writer.step(0.05):
+            assert time.monotonic() < end, "the stop waited for the strike"
+    assert path.exists() and writer.metrics["rows_written"] == 0            # counted once struck
+    link.close()
+    real.close()
+    assert_exactly_once(dsn, ev)                                            # stored, once
+
+
 def test_a_corrupt_spill_file_set_aside_then_deleted_is_not_said_again(tmp_path):
     """Found by a review: a file set aside as .corrupt stayed in the ledger; once the operator
     deleted the .corrupt file, the next start said its ticks were removed by hand (rows_missing,
@@ -647,6 +669,44 @@ def test_idle_policy_moves_every_thread_between_sched_idle_and_normal():
     idle, normal = [os.SCHED_IDLE], [os.SCHED_OTHER]
     assert seen == {"before": normal, "started": idle, "late thread, 10% full": idle, "30% full": normal,
                     "back to 10%": normal, "1% full": idle, "switches": 2, "finished, 1% full": normal}
+
+
+def test_an_unwritable_journal_holds_the_ticks_without_spinning_or_dropping_the_ring(tmp_path, monkeypatch):
+    """The journal cannot be written (its disk full): the ticks wait in the ring and the writer
+    tries again every retry_seconds. A review found it spinning a core meanwhile (150,000 steps
+    in 3 s), and giving up on a ring its producer alone closed (a worker SIGTERMed alone, whose
+    successor takes the ring over): never read again until the daemon's stop."""
+    from tickwire.engine.writer import _Journal
+
+    name, dsn = ring_name(), f"chdb://{tmp_path}/store"
+    ev = l2_updates(5000, seed=3, instruments=2)
+    real, link = flaky_link(dsn, threading.Event())
+    full, write = [True], _Journal.write
+
+    def journal(self, *args):
+        if full[0]:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write(self, *args)
+    monkeypatch.setattr(_Journal, "write", journal)
+    with Ring.create(name, EVENT_DTYPE, 1 << 14) as ring:
+        writer = TickWriter(link, Ring.attach(name, EVENT_DTYPE), tmp_path / "state", epoch=3, batch_rows=1024,
+                            batch_seconds=0.05, retry_seconds=0.5)
+        assert ring.push_many(ev) == len(ev)
+        ring.close()                                               # the producer alone ends its stream
+        steps, end = 0, time.monotonic() + 1.5
+        while time.monotonic() < end:
+            assert writer.step(0.05), writer.gave_up
+            steps += 1
+        assert steps < 300, steps                                  # ~20 a second: waits for the next try
+        assert not writer.gave_up and "cannot be journalled" in writer.metrics["journal_error"]
+        full[0] = False                                            # room again
+        end = time.monotonic() + 30
+        while writer.step(0.05) and time.monotonic() < end:
+            pass
+    assert writer.metrics["rows_written"] == len(ev) and writer.metrics["journal_error"] == ""
+    link.close()
+    real.close()
+    assert_exactly_once(dsn, ev)
 
 
 def test_a_blocked_writer_stays_on_normal_scheduling_instead_of_flapping(tmp_path, tiny_disk):
