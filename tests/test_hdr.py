@@ -535,4 +535,4 @@ def test_interval_log_times_do_not_step_back_with_the_wall_clock(tmp_path, monke
     back = read_interval_log(path)
     assert [i.histogram.get_total_count() for i in back] == [1] * 6
     assert all(i.end - i.start > 0 for i in back)
-    assert all(a.end <= b.start + 1e-6 for a, b in zip(back, back[1:]))
+    assert all(a.end <= b.start + 2e-3 for a, b in zip(back, back[1:]))   # (the log keeps milliseconds)
