@@ -1146,7 +1146,8 @@ class Supervisor:
             elif rc == EXIT_UNSTORED:
                 causes = [st.get("gave_up", "") for st in self.writer_status()]
                 causes += [st.get("gave_up", "") for st in self.signal_status().get("rings", [])]
-                note = "; ".join(dict.fromkeys(c for c in causes if c)) or "the writer could store them nowhere"
+                note = "; ".join(dict.fromkeys(c for c in causes if c)) or \
+                    "the writer could store them nowhere (its status gives no cause: its log says why)"
             elif rc < 0:
                 note = f"the writer was ended by {signal.Signals(-rc).name}"
             elif rc:

@@ -490,6 +490,30 @@ def test_a_stop_ends_while_a_stored_spill_file_cannot_be_struck(tmp_path, monkey
     assert_exactly_once(dsn, ev)                                            # stored, once
 
 
+def test_a_spill_directory_that_cannot_be_listed_is_gone_by_its_ledger(tmp_path, monkeypatch, caplog):
+    """Out of file descriptors (EMFILE) the listing of the spill directory raised and ended the
+    writer (an adversarial pass, `ulimit -n 64`): the files waiting are those its ledger holds,
+    said once; an unreadable ledger then is read again later, not taken for an empty one."""
+    from pathlib import Path
+
+    spill = _Spill(tmp_path)
+    paths = [spill.write(pos, 7, f"tw:7:{pos}:10", np.zeros(10, EVENT_DTYPE)) for pos in (0, 10)]
+    fresh = _Spill(tmp_path)                                          # (a writer restarted: ledger not read)
+
+    def no_descriptors(*args, **kw):
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+    with monkeypatch.context() as m:
+        m.setattr(Path, "read_text", no_descriptors)
+        assert fresh._load() == {} and fresh._out is None            # not cached as empty
+        assert fresh.remove(paths[0]) is False and paths[0].exists() # not known yet: kept
+    with monkeypatch.context() as m, caplog.at_level("WARNING", logger="tickwire.writer"):
+        m.setattr(Path, "glob", no_descriptors)
+        assert spill.files() == paths and spill.files() == paths
+    assert caplog.text.count("cannot be listed") == 1
+    assert fresh.remove(paths[0]) is True and fresh.files() == [paths[1]]
+    assert _Spill(tmp_path).missing() == 0
+
+
 def test_a_corrupt_spill_file_set_aside_then_deleted_is_not_said_again(tmp_path):
     """Found by a review: a file set aside as .corrupt stayed in the ledger; once the operator
     deleted the .corrupt file, the next start said its ticks were removed by hand (rows_missing,
