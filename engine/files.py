@@ -1,4 +1,5 @@
-"""Reading a file a user names (a config, a saved run, a latency log), bounded.
+"""Reading a file a user names (a config, a saved run, a latency log), bounded; and replacing
+one of the daemon's own files whole or not at all (:func:`replace_file`).
 
 ``Path.read_text`` reads whatever the path is: an adversarial pass gave ``--config /dev/zero``
 (12.9 GB in 8 s, then the machine's memory), ``/dev/urandom``, and a FIFO (``run`` and ``status``
@@ -13,7 +14,7 @@ import os
 import stat as statmod
 from pathlib import Path
 
-__all__ = ["NotReadable", "read_regular", "not_a_file", "file_kind"]
+__all__ = ["NotReadable", "read_regular", "not_a_file", "file_kind", "replace_file"]
 
 
 class NotReadable(ValueError):
@@ -82,3 +83,37 @@ def file_kind(mode: int, other: str = "not a regular file") -> str | None:
     return ("a directory" if statmod.S_ISDIR(mode) else "a pipe (FIFO)" if statmod.S_ISFIFO(mode) else
             "a device" if statmod.S_ISCHR(mode) or statmod.S_ISBLK(mode) else
             "a socket" if statmod.S_ISSOCK(mode) else other)
+
+
+def replace_file(path, data, *, mode: int = 0o666, sync: bool = False) -> None:
+    """Replace ``path`` with ``data`` (str or bytes), whole or not at all: written to a temporary
+    file beside it and renamed over it, so a reader sees the old file or the new one. On failure
+    (a full disk) the old file stays as it was, no temporary file is left taking room, and the
+    error names ``path`` (a status file, a history note, ``metrics.url``: written in place, a
+    full disk left them half written or empty). ``mode``: the new file's (before the umask);
+    ``sync``: the file and then its directory fsynced (a journal that must survive a crash)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    view = memoryview(data.encode() if isinstance(data, str) else data)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+        try:
+            while view:
+                view = view[os.write(fd, view):]
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        if sync:
+            dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+    except OSError as exc:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise OSError(exc.errno, exc.strerror, str(path)) from None

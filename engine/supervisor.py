@@ -52,6 +52,7 @@ from pathlib import Path
 
 from tickwire.engine import config as configmod
 from tickwire.engine import lifeline
+from tickwire.engine.files import replace_file
 from tickwire.engine.metrics import Collector
 from tickwire.engine.worker import (fresh_ring_names, load_frozen, new_ring_token, read_ring_names, ring_keys,
                                     settle_history_note, write_note, write_ring_names)
@@ -265,6 +266,12 @@ def plain_tcp_warnings(endpoints, curve: bool) -> list[str]:
     return out
 
 
+def _users(ring) -> str:
+    """The live processes a ring names as its producer and consumer: "pid 12 and pid 34"."""
+    return " and ".join(f"pid {p}" for p, up in ((ring.producer_pid, ring.producer_alive),
+                                                 (ring.consumer_pid, ring.consumer_alive)) if up)
+
+
 class _Child:
     def __init__(self, name, argv, cpu, env=None):
         self.name, self.argv, self.cpu = name, argv, cpu
@@ -427,9 +434,7 @@ class Supervisor:
         while (old.producer_alive or old.consumer_alive) and time.monotonic() <= give_up:
             if not waited:                  # (a producer or consumer recorded there may have exited)
                 waited = True
-                who = " and ".join(f"pid {p}" for p, up in ((old.producer_pid, old.producer_alive),
-                                                              (old.consumer_pid, old.consumer_alive)) if up)
-                log.warning("ring %s is still used by %s of a daemon that died: waiting", name, who)
+                log.warning("ring %s is still used by %s of a daemon that died: waiting", name, _users(old))
             time.sleep(0.1)
         return old
 
@@ -443,8 +448,7 @@ class Supervisor:
         if old is None:
             return None
         if old.producer_alive or old.consumer_alive:
-            who = " and ".join(f"pid {p}" for p, up in ((old.producer_pid, old.producer_alive),
-                                                          (old.consumer_pid, old.consumer_alive)) if up)
+            who = _users(old)
             old.close()
             raise StartupError(f"ring {name} is still in use by {who or 'a process that has just exited'}, "
                                f"which is not this daemon's: refusing to start")
@@ -788,15 +792,8 @@ class Supervisor:
             for item, rule in zip(rules, self.cfg.rules):
                 if isinstance(item, dict):
                     item["enter"], item["exit"] = rule.enter, rule.exit
-        tmp = self.run_dir / "config.json.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)   # it may hold the store's password
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"raw": self._raw, "base_dir": str(self._base_dir)}, f, default=str)
-            os.replace(tmp, self.run_dir / "config.json")
-        except OSError as exc:                         # (a full disk: named, and nothing half written left)
-            tmp.unlink(missing_ok=True)
-            raise OSError(exc.errno, exc.strerror, str(exc.filename or tmp)) from None
+        replace_file(self.run_dir / "config.json", json.dumps({"raw": self._raw, "base_dir": str(self._base_dir)},
+                                                              default=str), mode=0o600)   # it may hold a password
 
     def _start_metrics(self) -> None:
         from prometheus_client import CollectorRegistry
@@ -813,9 +810,7 @@ class Supervisor:
                                f"expected a free port on an address of this machine (0: any free port)") from None
         self._httpd = server
         self.metrics_port = server.server_port
-        tmp = self.run_dir / "metrics.url.tmp"          # (whole or not at all: a full disk left it empty)
-        tmp.write_text(f"http://{self.cfg.metrics.host}:{self.metrics_port}/metrics\n")
-        os.replace(tmp, self.run_dir / "metrics.url")
+        replace_file(self.run_dir / "metrics.url", f"http://{self.cfg.metrics.host}:{self.metrics_port}/metrics\n")
         log.info("metrics on http://%s:%d/metrics", self.cfg.metrics.host, self.metrics_port)
 
     # -- children -------------------------------------------------------------------------------
@@ -1360,10 +1355,8 @@ class Supervisor:
         body = {"pid": os.getpid(), "time": time.time(),
                 "children": {c.name: {"pid": c.proc.pid if c.proc else 0, "started": c.started,
                                       "restarts": c.restarts} for c in kids}}
-        tmp = self.run_dir / ".supervisor.json.tmp"
         try:
-            tmp.write_text(json.dumps(body))
-            os.replace(tmp, self.run_dir / "supervisor.json")
+            replace_file(self.run_dir / "supervisor.json", json.dumps(body))
         except OSError as exc:                          # a full disk must not stop a restart
             log.warning("cannot write %s: %s", self.run_dir / "supervisor.json", exc)
 

@@ -54,6 +54,7 @@ if __name__ == "__main__":
 
 import argparse
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -67,6 +68,7 @@ from pathlib import Path
 import numpy as np
 
 from tickwire.engine import config as configmod
+from tickwire.engine.files import replace_file
 from tickwire.engine.latency import IntervalLogWriter, keep_previous_log
 from tickwire.engine.live import BookService, books_endpoint, worker_answer
 from tickwire.engine.metrics import LATENCY_BOUNDS_NS, latency_histogram
@@ -184,13 +186,7 @@ def open_hdr_log(path: Path, recorders, **kw) -> IntervalLogWriter:
 
 def write_note(path: Path, note: dict) -> None:
     """Write a history note atomically (a reader sees the old one or the new one, whole)."""
-    tmp = path.with_suffix(".tmp")
-    try:
-        tmp.write_text(json.dumps(note))
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)          # (a full disk: no half-written file left taking room)
-        raise
+    replace_file(path, json.dumps(note))
 
 
 def settle_history_note(path: Path, ring) -> bool:
@@ -646,12 +642,9 @@ class Worker:
         return self._silent
 
     def write_status(self) -> None:
-        tmp = self.status_path.with_suffix(".tmp")
         try:
-            tmp.write_text(json.dumps(self.status()))
-            os.replace(tmp, self.status_path)
+            replace_file(self.status_path, json.dumps(self.status()))
         except OSError:
-            tmp.unlink(missing_ok=True)
             try:
                 # alive all the same: the supervisor's stall watch sees the file's time move (a
                 # full disk stopped the status, and a healthy worker was restarted at 30 s, again
@@ -665,15 +658,10 @@ class Worker:
         """Every book as snapshot events (``book_<id>``, seq 0, ts 0) in ``books-<index>.npz``:
         the worker's final state, comparable with a publisher's (``tickwire simulate --save-books``)."""
         arrays = {f"book_{b.instrument}": b.snapshot_events() for b in self.engine.books}
-        path = self.run_dir / f"books-{self.index}.npz"
-        tmp = path.with_name(path.name + ".tmp")        # (written in place, a full disk left half a file)
-        try:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)
-            os.replace(tmp, path)
-        except OSError:
-            tmp.unlink(missing_ok=True)
-            raise
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        replace_file(self.run_dir / f"books-{self.index}.npz", buf.getbuffer())   # (in place, a full disk
+                                                                                    # left half a file)
 
     def answer_books(self, ids, depth) -> dict:
         """Engine's thread, between batches: a book request (``tickwire book``, ``tickwire top``)."""

@@ -65,7 +65,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from tickwire.engine.files import file_kind
+from tickwire.engine.files import file_kind, replace_file
 from tickwire.ext.records import EVENT_DTYPE, SIGNAL_DTYPE, Flag
 
 log = logging.getLogger("tickwire.writer")
@@ -149,20 +149,7 @@ def _fsync_dir(path: Path) -> None:
 def _write_json(path: Path, obj: dict) -> None:
     """Replace ``path`` with ``obj``, durably (written, fsynced, renamed, directory fsynced). On
     failure (a full disk) the old file stays as it was and no temporary file is left."""
-    tmp = path.with_suffix(".tmp")
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(json.dumps(obj))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
-    _fsync_dir(path.parent)
+    replace_file(path, json.dumps(obj), sync=True)
 
 
 def _problem(exc: OSError) -> str:
@@ -716,15 +703,9 @@ def write_status_file(path: Path, body: dict) -> None:
     goes on: the status is for monitoring (with the state directory full at a stop, the writer
     crashed here, and the daemon's last line gave "the writer exited with status 1" rather than
     the spill directory's ENOSPC it had met)."""
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(json.dumps(body))
-        os.replace(tmp, path)
+        replace_file(path, json.dumps(body))
     except OSError as exc:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
         if path not in _UNWRITABLE:
             _UNWRITABLE.add(path)
             log.warning("cannot write %s (%s): it stays as it was until it can be written", path, exc)
