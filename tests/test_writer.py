@@ -733,6 +733,35 @@ def test_an_unwritable_journal_holds_the_ticks_without_spinning_or_dropping_the_
     assert_exactly_once(dsn, ev)
 
 
+def test_a_ring_its_producer_alone_closed_is_not_given_up_while_the_store_is_down_and_the_spill_full(
+        tmp_path, tiny_disk):
+    """The store down, the spill directory full, and the producer alone closing its ring (a worker
+    SIGTERMed alone, whose successor takes the ring over): the writer gave the ring up (the
+    journal's path no longer did; the spill's still did), never reading it again until the
+    daemon's stop. It keeps trying now: the store back, every tick is stored once."""
+    name, dsn, state = ring_name(), f"chdb://{tmp_path}/store", tmp_path / "state"
+    tiny_disk.fill(tiny_disk(state / "spill") / "ballast")
+    ev = l2_updates(5000, seed=4, instruments=2)
+    down, real, link = store_down(dsn)
+    with Ring.create(name, EVENT_DTYPE, 1 << 14) as ring:
+        writer = TickWriter(link, Ring.attach(name, EVENT_DTYPE), state, epoch=3, batch_rows=1024,
+                            batch_seconds=0.05, retry_seconds=0.2)
+        assert ring.push_many(ev) == len(ev)
+        ring.close()                                               # the producer alone ends its stream
+        end = time.monotonic() + 2.0                               # ten tries of each
+        while time.monotonic() < end:
+            assert writer.step(0.05), (writer.gave_up, writer.metrics, writer.source.size)
+        assert not writer.gave_up and writer.metrics["spill_error"] and writer.metrics["rows_written"] == 0
+        down.clear()                                               # the store back
+        end = time.monotonic() + 60
+        while writer.step(0.05):
+            assert time.monotonic() < end, writer.metrics
+    assert not writer.gave_up and writer.metrics["rows_written"] == len(ev)
+    link.close()
+    real.close()
+    assert_exactly_once(dsn, ev)
+
+
 def test_a_blocked_writer_stays_on_normal_scheduling_instead_of_flapping(tmp_path, tiny_disk):
     """Found by an adversarial pass: with the store down and the spill directory full, a writer
     that had read what the ring held went back to SCHED_IDLE (nothing unread) while the
