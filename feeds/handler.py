@@ -106,7 +106,7 @@ class _Channel:
     __slots__ = ("id", "instruments", "state", "epoch", "next_seq", "store_next", "book_ok", "in_sync",
                  "silent", "failed", "retry_after", "held", "held_events", "early", "suspects", "hb_seq",
                  "hb_arrival", "hole_since", "snap", "fill", "probe", "snap_wanted", "snap_after",
-                 "resume", "live_since_ns", "gaps", "recoveries", "restarts", "lost_events", "losses",
+                 "resume", "live_since", "heard_ns", "heard", "gaps", "recoveries", "restarts", "lost_events", "losses",
                  "retransmitted", "last_ts", "unstamped", "end_seq")
 
     def __init__(self, cid: int, instruments):
@@ -135,7 +135,9 @@ class _Channel:
         self.snap_wanted = False       # a snapshot is needed (sent when the rate limit allows)
         self.snap_after = 0.0
         self.resume = None             # (epoch, next_seq) of the history to continue from
-        self.live_since_ns = 0
+        self.live_since = 0.0          # monotonic time the channel last went LIVE
+        self.heard_ns = 0              # the receiver's last receipt stamp (wall clock) the timers saw,
+        self.heard = 0.0               # and the monotonic time they saw it change: silence is timed on this
         self.gaps = 0
         self.recoveries = 0
         self.restarts = 0
@@ -293,7 +295,7 @@ class FeedHandler:
         self._channels = chans
         self.endpoints = endpoints
         self.snapshot_endpoint = snapshot
-        self._opened_ns = now_ns()           # (a channel unheard long after this is said once)
+        self._opened = time.monotonic()      # (a channel unheard long after this is said once)
         self.silence_timeout = float(silence_timeout)
         if history_from not in ("join", "start"):
             raise ValueError(f"history_from must be 'join' or 'start', got {history_from!r}")
@@ -786,7 +788,7 @@ class FeedHandler:
             if c.state is not ChannelState.LIVE:
                 c.state = ChannelState.LIVE
                 c.failed = False
-                c.live_since_ns = now_ns()
+                c.live_since = time.monotonic()
                 if c.silent:                         # silent, but nothing was lost
                     c.silent = False
                     self._counters["resumes"] += 1
@@ -1162,9 +1164,14 @@ class FeedHandler:
 
     # -- internals: timers ------------------------------------------------------------------------
     def _timers(self, now: float) -> int:
-        wall = now_ns()
         delivered = 0
         for c in self._channels.values():
+            # silence is timed on the monotonic clock: the receipt stamps are wall-clock time, and
+            # a wall clock stepped an hour forward made every live channel silent at once (stepped
+            # back, a quiet publisher was never said silent: an adversarial pass)
+            heard = self.receiver.last_recv_ns(c.id)
+            if heard != c.heard_ns:
+                c.heard_ns, c.heard = heard, now
             if c.snap_wanted and c.snap is None and now >= c.snap_after:
                 self._want_snapshot(c)
             for req in (c.snap, c.fill, c.probe):
@@ -1184,19 +1191,19 @@ class FeedHandler:
                 else:
                     self._fill(c, hole)
             if c.state is ChannelState.INIT and self.silence_timeout > 0 and "unheard" not in self._logged \
-                    and not self.receiver.last_recv_ns(c.id) and wall - self._opened_ns > self.silence_timeout * 1e9:
+                    and not heard and now - self._opened > self.silence_timeout:
                 # nothing at all, not even a heartbeat: a publisher that is not there, another
                 # endpoint, or a CURVE mismatch (the handshake fails without a word from libzmq)
                 self._logged.add("unheard")
                 log.warning("channel %d: nothing received from %s in %.0f s (no data, no heartbeat): is the "
                             "publisher running there, and are both sides CURVE or neither (docs/security.md)?",
-                            c.id, ", ".join(self.endpoints), (wall - self._opened_ns) / 1e9)
+                            c.id, ", ".join(self.endpoints), now - self._opened)
             if c.state is ChannelState.LIVE and self.silence_timeout > 0:
-                last = max(self.receiver.last_recv_ns(c.id), c.live_since_ns)
-                if wall - last > self.silence_timeout * 1e9:
+                last = max(c.heard, c.live_since)
+                if now - last > self.silence_timeout:
                     self._counters["silences"] += 1
                     self._log_once(f"silent-{c.id}", logging.WARNING, "channel %d: silent for %.1f s: stale",
-                                   c.id, (wall - last) / 1e9)
+                                   c.id, now - last)
                     self._leave_live(c)
                     c.state = ChannelState.STALE
                     c.silent = c.in_sync

@@ -588,6 +588,38 @@ def test_silence_marks_stale_and_resumes_without_loss(tmp_path):
         hs.close()
 
 
+@pytest.mark.parametrize("step_s", [3600, -3600])
+def test_silence_is_timed_on_the_monotonic_clock_not_the_wall(tmp_path, monkeypatch, step_s):
+    """The wall clock stepped an hour (NTP, a VM resumed, an operator): forward, every live
+    channel read as silent for an hour and was marked STALE and recovered while its publisher
+    went on; back, a publisher gone quiet was never said silent (its last receipt an hour in
+    the handler's future). Silence is timed on the monotonic clock from the receipts now."""
+    from tickwire.feeds import handler as handler_mod
+
+    hs = Harness(tmp_path, silence_timeout=0.3)
+    h = hs.h
+    try:
+        hs.join()
+        real = handler_mod.now_ns
+        monkeypatch.setattr(handler_mod, "now_ns", lambda: real() + step_s * 10**9)
+        end = time.monotonic() + 1.0                       # the publisher goes on: never silent
+        while time.monotonic() < end:
+            hs.publish(0, 1)
+            hs.publish(1, 1)
+            hs.pump(hs.caught_up)
+            time.sleep(0.02)
+        assert h.counters()["silences"] == 0 and h.all_live(), h.counters()
+        quiet = time.monotonic()                           # the publisher goes quiet: said within the bound
+        hs.pump(lambda: h.state(0) is ChannelState.STALE and h.state(1) is ChannelState.STALE, timeout=3.0)
+        assert 0.2 <= time.monotonic() - quiet < 2.0 and h.counters()["silences"] == 2
+        hs.publish(0)
+        hs.heartbeat(1)
+        hs.pump(hs.caught_up)
+        hs.assert_equal()
+    finally:
+        hs.close()
+
+
 def test_snapshot_from_a_newer_epoch_stores_what_was_held(tmp_path):
     hs = Harness(tmp_path)
     try:
