@@ -553,6 +553,9 @@ def _add_simulate(sub) -> None:
     g.add_argument("--duplicate", type=float, default=0.0, metavar="P", help="probability a message is sent twice [%(default)s]")
     g.add_argument("--reorder", type=float, default=0.0, metavar="P",
                    help="probability a message is held back past the channel's next one [%(default)s]")
+    g.add_argument("--future-stamps", type=float, default=0.0, metavar="P",
+                   help="probability an event is stamped (ts_event) at a random time from 2030 to 2262: a "
+                        "publisher's bad clock [%(default)s]")
     g.add_argument("--restart-at", type=int, action="append", metavar="N",
                    help="restart the publisher (new epoch, sequences from 1) after N events (repeatable)")
     g.add_argument("--snapshot-delay", type=float, default=0.0, metavar="S",
@@ -581,7 +584,11 @@ def cmd_simulate(args) -> int:
                                     ("seed", args.seed, 0, MAX_SEED))))
     problems += [f"--restart-at: expected a number of events >= 0, got {v}" for v in args.restart_at or () if v < 0]
     problems += [f"--{name}: expected a probability from 0 to 1, got {v}" for name, v in
-                 (("drop", args.drop), ("duplicate", args.duplicate), ("reorder", args.reorder)) if not 0 <= v <= 1]
+                 (("drop", args.drop), ("duplicate", args.duplicate), ("reorder", args.reorder),
+                  ("future-stamps", args.future_stamps)) if not 0 <= v <= 1]
+    if args.drop + args.duplicate + args.reorder > 1:            # (one draw per message; was a traceback)
+        problems.append(f"--drop + --duplicate + --reorder: expected at most 1 (one draw per message), got "
+                        f"{args.drop + args.duplicate + args.reorder:g}")
     if not (args.rate == 0 or 1e-3 <= args.rate <= 1e10):
         problems.append(f"--rate: expected events per second from 0.001 to 1e10 (0: as fast as possible), "
                         f"got {args.rate}")

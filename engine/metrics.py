@@ -121,6 +121,8 @@ class Collector:
             ("uncounted_losses", "feed_uncounted_losses", "ranges lost from the tick history whose size cannot be "
                                                           "known: the publisher restarted while the worker was away"),
             ("silences", "feed_silences", "times a live channel went silent longer than feeds.stale_after_ms"),
+            ("future_stamps", "future_stamps", "statistics updates whose event was stamped (ts_event) more than a "
+                                               "day after its receipt (ts_recv): a bad stamp, for which no time passed"),
             ("ring_waits", "tick_ring_waits", "times the engine waited for room in a full tick ring (back-pressure)"),
             ("restarts", "worker_restarts", "times the supervisor restarted the worker"),
             ("stall_restarts", "worker_stall_restarts", "times the supervisor killed the worker to restart it "
@@ -166,6 +168,7 @@ class Collector:
             c["lost_events"].add_metric([w], st.get("history", {}).get("lost_events", 0))
             c["uncounted_losses"].add_metric([w], st.get("history", {}).get("uncounted_losses", 0))
             c["ring_waits"].add_metric([w], st["counts"].get("tick_ring_waits", 0))
+            c["future_stamps"].add_metric([w], st.get("future_stamps", 0))
             for reason in drop_reasons:
                 drops.add_metric([w, reason], feed["drops"].get(reason, 0))
             for reason in reject_reasons:

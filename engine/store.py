@@ -94,6 +94,15 @@ TICK_CODECS = {
 }
 
 
+#: The time a tick's row is partitioned by (a day each): its ``ts_event``, or its ``ts_recv`` when
+#: the two are more than a day apart (and ``ts_recv`` is known). A publisher's garbage stamps made
+#: one partition per day they named, which ClickHouse never merges: past ``max_parts_in_total``
+#: (100,000) every insert failed, good ticks' too (an adversarial pass). Reads by ``ts_event``
+#: still skip parts by its min-max index. Stores made before keep ``toYYYYMMDD(ts_event)``.
+PARTITION_TIME = ("if(toUnixTimestamp64Nano(ts_recv) > 0 AND abs(toUnixTimestamp64Nano(ts_event) - "
+                  "toUnixTimestamp64Nano(ts_recv)) > 86400000000000, ts_recv, ts_event)")
+
+
 def _tick_ddl(db: str, engine: str, table: str = "ticks", on_cluster: str = "", settings: str = "",
               codecs: str = "fast") -> str:
     if codecs not in TICK_CODECS:
@@ -114,7 +123,7 @@ def _tick_ddl(db: str, engine: str, table: str = "ticks", on_cluster: str = "", 
     epoch      UInt64 CODEC({c["plain"]}),
     ord        UInt64 CODEC({c["delta"]})
 ) ENGINE = {engine}
-PARTITION BY toYYYYMMDD(ts_event)
+PARTITION BY toYYYYMMDD({PARTITION_TIME})
 ORDER BY (instrument, ts_event, seq, epoch, ord)
 SETTINGS non_replicated_deduplication_window = 100000{settings}"""
 

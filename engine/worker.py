@@ -630,6 +630,8 @@ class Worker:
             "latency_hist": {"bounds_ns": list(LATENCY_BOUNDS_NS), "stages": hist},
             "rules": [list(r) for r in self.engine.rule_thresholds()],
             "rule_signals": self.engine.rule_signals,
+            # statistics updates of events stamped more than a day after their receipt (no time passed)
+            "future_stamps": self.engine.future_stamps,
         }
 
     def _silent_instruments(self) -> list:

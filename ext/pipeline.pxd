@@ -80,6 +80,7 @@ cdef struct tw_istate:
     uint64_t updates              # statistics updates
     uint64_t signals
     uint64_t suppressed           # events seen while the book was out of sync
+    uint64_t future_stamps        # updates whose ts_event was more than a day after their ts_recv
 
 cdef struct tw_rule:
     uint16_t id

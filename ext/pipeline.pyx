@@ -91,6 +91,28 @@ cdef inline void _prefetch(const tw_bookset *s, const tw_event *e, int stage) no
         tw_book_prefetch(s.books[e.instrument], e, stage)
 
 
+#: How far after its receipt (``ts_recv``) an event may say it happened (``ts_event``) before the
+#: statistics take it for a bad stamp (counted: ``future_stamps``) and let no time pass for it:
+#: one event stamped in 2100 held every time window and EWMA of its instrument at 2100, the
+#: windows growing without end, until the worker restarted (an adversarial pass). A day: far
+#: beyond any clock's error, and no exchange stamps an event before it happens.
+cdef int64_t _FUTURE_STAMP_NS = 86_400_000_000_000
+FUTURE_STAMP_NS = _FUTURE_STAMP_NS
+
+
+cdef inline int64_t _stats_ts(tw_istate *st, const tw_event *e) noexcept nogil:
+    """The time the statistics take an event at: its ``ts_event``; for a bad stamp (more than
+    :data:`FUTURE_STAMP_NS` after its ``ts_recv``, when that is known) the time of the
+    instrument's previous update: no time passes (its receipt time would be no better where a
+    publisher's clock runs years apart from ours). A replay does the same."""
+    cdef int64_t ts = e.ts_event
+    cdef int64_t r = e.ts_recv
+    if TW_UNLIKELY(r > 0 and ts > r and <uint64_t>ts - <uint64_t>r > <uint64_t>_FUTURE_STAMP_NS):
+        st.future_stamps += 1
+        return st.f.ts
+    return ts
+
+
 cdef inline int _time_evict(tw_istate *st, int64_t ts) noexcept nogil:
     """Age the time windows to ``ts``; which feature groups changed (count windows: none)."""
     cdef int changed = 0
@@ -233,7 +255,7 @@ cdef int _update_book(tw_istate *st, const tw_book *b, const tw_event *e) noexce
     updates.
     """
     cdef tw_features *f = &st.f
-    cdef int64_t ts = e.ts_event
+    cdef int64_t ts = _stats_ts(st, e)
     cdef double qb, qa
     cdef int changed = _CH_BOOK | _time_evict(st, ts)
     st.book_dirty = 0
@@ -284,16 +306,17 @@ cdef int _update_trade(tw_istate *st, const tw_event *e, const tw_book *b) noexc
     cdef double q = <double>e.qty
     cdef double signed_q = q if side == TW_SIDE_BID else (-q if side == TW_SIDE_ASK else 0.0)
     cdef int changed
-    tw_sumwin_add(&st.vwap, e.ts_event, <double>price * q, q)
-    tw_sumwin_add(&st.flow, e.ts_event, signed_q, q)
-    changed = _CH_TRADES | _time_evict(st, e.ts_event)
+    cdef int64_t ts = _stats_ts(st, e)
+    tw_sumwin_add(&st.vwap, ts, <double>price * q, q)
+    tw_sumwin_add(&st.flow, ts, signed_q, q)
+    changed = _CH_TRADES | _time_evict(st, ts)
     if changed & _CH_MID:
         _mid_features(st)
     _trade_features(st)
-    st.f.ts = e.ts_event
+    st.f.ts = ts
     st.f.last_trade_price = price
     st.f.last_trade_qty = e.qty
-    st.f.last_trade_ts = e.ts_event
+    st.f.last_trade_ts = ts
     st.updates += 1
     return changed
 
@@ -1051,7 +1074,7 @@ cdef class Engine:
             "mid_count": f.mid_count, "spread_count": f.spread_count, "trade_count": f.trade_count,
             "ts": f.ts, "last_trade_price": f.last_trade_price, "last_trade_qty": f.last_trade_qty,
             "last_trade_ts": f.last_trade_ts, "updates": st.updates, "signals": st.signals,
-            "suppressed": st.suppressed,
+            "suppressed": st.suppressed, "future_stamps": st.future_stamps,
         }
 
     cdef tw_istate *_state(self, uint32_t instrument) except NULL:
@@ -1122,6 +1145,18 @@ cdef class Engine:
     @property
     def events_processed(self):
         return self.events
+
+    @property
+    def future_stamps(self):
+        """Statistics updates, over every instrument, of events stamped (``ts_event``) more than
+        :data:`FUTURE_STAMP_NS` (a day) after their receipt (``ts_recv``): bad stamps, for which
+        no time passed."""
+        cdef uint64_t n = 0
+        cdef uint32_t i
+        for i in range(self.ninst):
+            if self.inst[i] != NULL:
+                n += self.inst[i].future_stamps
+        return n
 
     @property
     def rule_count(self):

@@ -297,6 +297,9 @@ def check_endpoints(endpoints, snapshot: str | None = None) -> None:
         wire.ipc_release(*claims)
 
 
+_YEAR_2030_NS = 1_893_456_000 * 10**9
+
+
 @dataclasses.dataclass
 class Faults:
     """Fault injection, per published data message (heartbeats and snapshots are spared).
@@ -306,6 +309,9 @@ class Faults:
     drop, duplicate, reorder : float
         Probabilities that a message is not sent, sent twice (the copy after the channel's
         next message), or held back and sent after the channel's next message.
+    future_stamps : float
+        Probability that an event (not a message) is stamped at a random time from 2030 to the
+        end of int64 nanoseconds (2262) instead of its own: a publisher's bad clock.
     restart_at : tuple of int
         Published-event counts after which the publisher restarts: sockets closed and
         re-bound, a new epoch, every channel's sequence back to 1 (the books are kept, as
@@ -317,11 +323,12 @@ class Faults:
     drop: float = 0.0
     duplicate: float = 0.0
     reorder: float = 0.0
+    future_stamps: float = 0.0
     restart_at: tuple = ()
     seed: int | None = None
 
     def __post_init__(self):
-        for name in ("drop", "duplicate", "reorder"):
+        for name in ("drop", "duplicate", "reorder", "future_stamps"):
             p = getattr(self, name)
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"fault probability {name} must be within 0..1, got {p}")
@@ -454,7 +461,7 @@ class Simulator:
         self._held = {}                 # channel -> a reordered message waiting for the next one
         self._dups = {}                 # channel -> a copy to send after the channel's next message
         self._restarts = list(self.faults.restart_at)
-        self.stats = dict.fromkeys(("events", "messages", "sent", "dropped", "duplicated", "reordered",
+        self.stats = dict.fromkeys(("events", "messages", "sent", "dropped", "duplicated", "reordered", "future_stamps",
                                     "restarts", "heartbeats", "snapshots", "snapshot_events",
                                     "retransmissions", "retransmitted", "not_held"), 0)
         self._pub = None
@@ -647,6 +654,13 @@ class Simulator:
             ev = self._source.take(want)
             if not len(ev):
                 break
+            if self.faults.future_stamps:
+                bad = self._frng.random(len(ev)) < self.faults.future_stamps
+                if bad.any():
+                    ev = ev.copy()                  # (a prepared array's events stay as they were)
+                    ev["ts_event"][bad] = self._frng.integers(_YEAR_2030_NS, (1 << 63) - 1, int(bad.sum()),
+                                                              endpoint=True)
+                    st["future_stamps"] += int(bad.sum())
             chans = chan_of[ev["instrument"]]
             order = np.argsort(chans, kind="stable")
             ev = ev[order]
@@ -897,7 +911,7 @@ def run_cli(args, say=print) -> int:
         say(f"tickwire simulate: --retain: events kept per channel must be >= 0, got {args.retain}")
         return 2
     faults = Faults(drop=args.drop, duplicate=args.duplicate, reorder=args.reorder,
-                    restart_at=tuple(args.restart_at or ()))
+                    future_stamps=args.future_stamps, restart_at=tuple(args.restart_at or ()))
     from tickwire.engine.config import default_feed_endpoint, default_snapshot_endpoint
 
     try:
@@ -991,7 +1005,8 @@ def run_cli(args, say=print) -> int:
         say(f"done: {report['events']:,} events in {report['messages']:,} messages "
             f"({report['publish_seconds']:.2f} s, {report['rate'] / 1e6:.2f} M events/s); sent "
             f"{report['sent']:,} (heartbeats {report['heartbeats']:,}); dropped {report['dropped']}, "
-            f"duplicated {report['duplicated']}, reordered {report['reordered']}, restarts "
+            f"duplicated {report['duplicated']}, reordered {report['reordered']}, "
+            f"{report['future_stamps']:,} events stamped in the future, restarts "
             f"{report['restarts']}; snapshots served {report['snapshots']}; retransmissions served "
             f"{report['retransmissions']} ({report['retransmitted']:,} events, {report['not_held']:,} no longer held)")
         if sim.rate and report["rate"] < 0.95 * sim.rate and report["events"] > sim.rate:

@@ -324,6 +324,21 @@ def _ewma(samples, halflife):
     return float(mean), math.sqrt(var)
 
 
+#: tickwire.ext.pipeline.FUTURE_STAMP_NS, written out: an event stamped more than a day after its
+#: receipt (``ts_recv`` 0: unknown, not checked) is a bad stamp, for which no time passes
+FUTURE_STAMP_NS = 86_400 * 10**9
+
+
+def bad_stamp(e):
+    ts, recv = int(e["ts_event"]), int(e["ts_recv"])
+    return recv > 0 and ts - recv > FUTURE_STAMP_NS
+
+
+def stats_time(s, e):
+    """The time the statistics take event ``e`` at: the instrument's last update's for a bad stamp."""
+    return s.ts if bad_stamp(e) else int(e["ts_event"])
+
+
 class _RefInstrument:
     def __init__(self, book, l3, cfg, rules):
         self.book, self.l3, self.cfg, self.rules = book, l3, cfg, rules   # rules: [(id, RuleConfig)]
@@ -334,7 +349,7 @@ class _RefInstrument:
         self.samples = []                    # (ts, mid, spread) each time a best price moved
         self.trades = []                     # (ts, price, qty, signed qty)
         self.state = {rid: 0 for rid, _ in rules}               # hysteresis: 0 armed, +1/-1 fired
-        self.updates = self.signals = self.suppressed = 0
+        self.updates = self.signals = self.suppressed = self.future_stamps = 0
 
     def sample_book(self, ts):
         b = self.book
@@ -377,7 +392,8 @@ class _RefInstrument:
         f["vwap"] = sum(p * q for _, p, q, _ in tr) / qty if qty else math.nan
         f["buy_minus_sell"] = float(sum(s for *_, s in tr))
         f["flow"] = f["buy_minus_sell"] / qty if qty else math.nan
-        f.update(updates=self.updates, signals=self.signals, suppressed=self.suppressed)
+        f.update(updates=self.updates, signals=self.signals, suppressed=self.suppressed,
+                 future_stamps=self.future_stamps)
         return f
 
 
@@ -477,7 +493,8 @@ class RefEngine:
         if not s.book.in_sync:
             s.suppressed += ok
             return
-        kind, ts = int(e["kind"]), int(e["ts_event"])
+        kind = int(e["kind"])
+        ts = stats_time(s, e)
         updated = False
         if ok and kind == Kind.TRADE:
             q, side, price = int(e["qty"]), int(e["side"]), int(e["price"])
@@ -485,12 +502,14 @@ class RefEngine:
                 oside, oprice = resting
                 price = price or oprice
                 side = (ASK if oside == BID else BID) if side == Side.NONE else side
+            s.future_stamps += bad_stamp(e)
             s.trades.append((ts, price, q, q if side == BID else -q if side == ASK else 0))
             s.ts, s.updates, updated = ts, s.updates + 1, True
         if ok and (kind != Kind.TRADE or (s.l3 and int(e["order_id"]))):
             s.pending = True
         if s.pending and (s.cfg.sample == "event" or int(e["flags"]) & Flag.LAST):
             s.pending = False
+            s.future_stamps += bad_stamp(e)
             s.sample_book(ts)
             s.ts, s.updates, updated = ts, s.updates + 1, True
         if not updated or not s.rules:

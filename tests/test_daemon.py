@@ -729,6 +729,41 @@ def test_wire_faults_and_forged_messages_lose_nothing(tmp_path):
     assert all(pub[k].tobytes() == mine[k].tobytes() for k in pub)
 
 
+def test_a_publisher_s_bad_stamps_are_stored_as_sent_timed_by_receipt_and_counted(tmp_path):
+    """One event in a thousand stamped at a random time from 2030 to 2262 (`simulate
+    --future-stamps`, a publisher's bad clock): every event is stored once with its stamp as sent,
+    the store makes no partition per bad day (it made one each, toward ClickHouse's parts limit),
+    and the statistics took them by their receipt, counted in the status and the metrics."""
+    import re
+    import urllib.request
+
+    cfg_path, raw = write_config(tmp_path, "stamps")
+    run_dir = tmp_path / "state" / "stamps"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"])
+        published_and_live(start_sim(raw, 200_000, 100_000, "--future-stamps", "0.001"), run_dir)
+        assert wait_for(lambda: status(run_dir)["future_stamps"] > 0, 30), status(run_dir)
+        counted = status(run_dir)["future_stamps"]
+        url = (run_dir / "metrics.url").read_text().strip()
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        (scraped,) = re.findall(r'^tickwire_future_stamps_total\{worker="w0"\} (\S+)$', text, re.M)
+    finally:
+        rc, _ = stop_daemon(daemon, log)
+    assert rc == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+    assert stored_ticks(tmp_path) == (200_000, 200_000)
+    dsn = f"chdb://{tmp_path}/state/store"
+    day = 86_400 * 10**9
+    (bad, late), = query(dsn, f"SELECT countIf(toUnixTimestamp64Nano(ts_event) - toUnixTimestamp64Nano(ts_recv) > {day}), "
+                              "countIf(ts_event >= toDateTime64('2030-01-01 00:00:00', 9, 'UTC')) FROM tickwire.ticks")
+    assert 100 < bad == late < 400, (bad, late)                       # stored as sent (~200 of 200,000)
+    (parts,), = query(dsn, "SELECT uniqExact(partition) FROM system.parts WHERE database = 'tickwire' AND "
+                           "table = 'ticks' AND active")
+    assert parts <= 3, parts                                          # (the days of receipt, and 2023's)
+    # per statistics update, like `updates`: an L3 execution is a trade and a book change (two)
+    assert bad // 2 < counted <= 2 * bad and float(scraped) >= counted, (counted, bad, scraped)
+
+
 def test_two_workers_give_the_same_signals_as_one(tmp_path):
     if (os.cpu_count() or 1) < 2:
         pytest.skip("needs two cores")

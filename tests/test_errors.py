@@ -69,6 +69,8 @@ def test_a_named_file_that_is_a_pipe_too_large_or_too_deep_is_one_line(tmp_path)
 
 @pytest.mark.parametrize("argv, fragment", [
     (["--drop", "2"], "--drop: expected a probability from 0 to 1, got 2.0"),
+    (["--future-stamps", "-0.5"], "--future-stamps: expected a probability from 0 to 1, got -0.5"),
+    (["--drop", "0.6", "--reorder", "0.6"], "--drop + --duplicate + --reorder: expected at most 1"),   # (a traceback)
     (["--rate", "-5"], "--rate: expected events per second from 0.001 to 1e10 (0: as fast as possible), got -5.0"),
     # tracebacks before (from libzmq, numpy, the instrument table, int() of an infinite time), or,
     # for -1 subscribers and a restart at -1 events, taken as if they meant something

@@ -14,7 +14,7 @@ from reference import RefEngine
 from tickwire.engine.instruments import make_books
 from tickwire.engine.pipeline import Engine, RuleConfig, StatsConfig
 from tickwire.ext import EVENT_DTYPE, Flag, Kind, Reject, Side, SignalFlag
-from tickwire.ext.pipeline import RULE_KINDS as RULE_KINDS_C
+from tickwire.ext.pipeline import FUTURE_STAMP_NS, RULE_KINDS as RULE_KINDS_C
 from tickwire.feeds.synthetic import l2_updates, l3_orders, synthetic_instruments
 from budget import examples
 
@@ -110,6 +110,57 @@ def test_features_on_the_real_binance_capture(binance):
         ref.process(chunk)
         compare(eng.features(0), ref.features(0) | {"signals": eng.features(0)["signals"]})
     assert eng.features(0)["trade_count"] > 0
+
+
+def test_an_event_stamped_in_2100_lets_no_time_pass_and_holds_no_window(binance):
+    """One trade of the real capture stamped in the year 2100 (a publisher's bad stamp): every
+    time window and EWMA of the instrument was held at 2100 until the worker restarted (the
+    one-second mid window grew to 15,001 samples and on, toward max_capacity). No time passes
+    for it now, and it is counted: the statistics and signals are those of the same stream with
+    that trade stamped at the time of the instrument's update before it."""
+    cfg = StatsConfig(window="time", window_size=1_000_000_000, trade_window="time",
+                      trade_window_size=1_000_000_000)
+    ev = binance.events[:60_000].copy()
+    k = int(np.flatnonzero(ev["kind"] == Kind.TRADE)[50])
+    assert k < 30_000
+    bad, fair = ev.copy(), ev.copy()
+    bad["ts_event"][k] = 4_102_444_800 * 10**9                          # 2100-01-01
+    before = Engine(binance.instruments, RULES, cfg, clock="event")
+    before.process(ev[:k])
+    fair["ts_event"][k] = before.features(0)["ts"]
+    assert 0 <= ev["ts_event"][k] - fair["ts_event"][k] < 10**9
+    engines = []
+    for stream in (bad, fair):
+        eng = Engine(binance.instruments, RULES, cfg, clock="event")
+        for start in range(0, len(stream), 5000):
+            eng.process(stream[start:start + 5000])
+        engines.append(eng)
+    a, b = (e.features(0) for e in engines)
+    assert a.pop("future_stamps") == 1 and b.pop("future_stamps") == 0
+    assert engines[0].future_stamps == 1 and engines[1].future_stamps == 0
+    compare(a, b)
+    assert 0 < a["mid_count"] < 5_000 and a["trade_count"] > 0
+    sa, sb = engines[0].signals, engines[1].signals
+    assert len(sa) == len(sb) > 0
+    for f in ("seq", "rule_id", "direction", "value", "ts_recv"):
+        assert np.array_equal(sa[f], sb[f]), f
+
+
+def test_a_stamp_is_bad_from_a_day_and_a_nanosecond_after_its_receipt():
+    """The bound: a day after the receipt is kept, a nanosecond more is timed by the receipt;
+    a receipt of 0 (unknown) checks nothing; a stamp in the past is kept."""
+    day = FUTURE_STAMP_NS
+    assert day == 86_400 * 10**9
+    recv = T0 + 10**12
+    for ts_event, ts_recv, bad in ((recv + day, recv, False), (recv + day + 1, recv, True), ((1 << 63) - 1, 0, False),
+                                   (recv - 10 * day, recv, False), ((1 << 63) - 1, recv, True)):
+        eng = Engine(synthetic_instruments(1), [], StatsConfig(window="time", window_size=10**9), clock="event")
+        ev = np.zeros(1, EVENT_DTYPE)
+        ev[0] = (ts_event, ts_recv, 1, 0, 1000, 5, 0, 0, Kind.TRADE, Side.BID, int(Flag.LAST), 0)
+        eng.process(ev)
+        f = eng.features(0)
+        assert (f["future_stamps"], eng.future_stamps) == (int(bad), int(bad)), (ts_event, ts_recv)
+        assert f["ts"] == f["last_trade_ts"] == (0 if bad else ts_event) and f["trade_count"] == 1   # (no update before)
 
 
 def test_deterministic_on_the_real_capture_and_independent_of_batching(binance):
@@ -373,6 +424,11 @@ def event_streams(draw, book):
             kind, side = (9, side) if flip else (Kind.MODIFY, 7)
         flags |= Flag.LAST if last else 0
         ev[i] = (ts, ts + 7, i + 1, order_id, price, qty, inst, 0, kind, side, flags, 0)
+    # a few bad stamps: a day and a nanosecond after the receipt, the year 2100, the end of time
+    for i in draw(st.sets(st.integers(0, len(rows) - 1), max_size=3)):
+        t = int(ev[i]["ts_event"])
+        ev[i]["ts_recv"] = t
+        ev[i]["ts_event"] = draw(st.sampled_from([t + FUTURE_STAMP_NS + 1, 4_102_444_800 * 10**9, (1 << 63) - 1]))
     cuts = sorted(draw(st.sets(st.integers(1, len(rows)), max_size=6)) | {len(rows)})
     return ev, cuts
 
@@ -417,6 +473,8 @@ def test_every_feature_and_signal_equals_the_reference_in_both_sampling_modes(bo
         event(f"signals of rule {rid} ({RULES_H[rid].kind})")
     if any(ref.features(i.id)["suppressed"] for i in insts):
         event("a book out of sync")
+    if any(ref.features(i.id)["future_stamps"] for i in insts):
+        event("a bad stamp timed by its receipt")
 
 
 def test_an_execution_without_price_or_side_trades_at_the_resting_order():

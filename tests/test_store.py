@@ -144,6 +144,48 @@ def test_a_batch_spanning_hundreds_of_days_is_stored_once(tmp_path):
     assert days == 400
 
 
+def test_garbage_stamps_make_no_partition_each_and_read_back_exactly(tmp_path, monkeypatch):
+    """A publisher's garbage stamps (random over int64) made one partition per day they named, and
+    ClickHouse never merges partitions: past its 100,000 parts every insert failed, good ticks'
+    too. A row whose ts_event is more than a day from its ts_recv is partitioned by its ts_recv
+    now: 2,000 garbage stamps over centuries, one partition; read back by ts_event, whole and by
+    range, bit for bit. A store made before keeps its key (toYYYYMMDD(ts_event)) and works."""
+    import tickwire.engine.store as store_mod
+
+    ev = random_events(40_000, seed=5)
+    ev["flags"] &= ~np.uint32(Flag.SNAPSHOT)
+    ev["ts_event"] = ev["ts_recv"] = 1_765_000_000_000_000_000 + np.arange(len(ev)) * 1000
+    rng = np.random.default_rng(5)
+    bad = np.zeros(len(ev), bool)
+    bad[rng.choice(len(ev), 2000, replace=False)] = True
+    ev["ts_event"][bad] = rng.integers(-(1 << 63), (1 << 63) - 1, int(bad.sum()), endpoint=True)
+    ev["ts_recv"][rng.choice(np.flatnonzero(bad), 10, replace=False)] = 0    # (receipt unknown: its own day)
+    for name, partition_time in (("new", store_mod.PARTITION_TIME), ("old", "ts_event")):
+        monkeypatch.setattr(store_mod, "PARTITION_TIME", partition_time)
+        store = Store.open(f"chdb://{tmp_path}/{name}")
+        monkeypatch.undo()
+        for k in range(4):                                    # four batches, each over centuries
+            part = slice(k * 10_000, (k + 1) * 10_000)
+            assert store.insert_ticks(ev[part], epoch=3, first_ord=k * 10_000, token=f"3:{k}") == 10_000
+        store.close()
+        store = Store.open(f"chdb://{tmp_path}/{name}")       # reopened: the key it was made with
+        key = store.client.query("SELECT partition_key FROM system.tables WHERE database = 'tickwire' AND "
+                                 "name = 'ticks'").result_rows[0][0]
+        (parts,), = store.client.query("SELECT uniqExact(partition) FROM system.parts WHERE database = "
+                                       "'tickwire' AND table = 'ticks' AND active").result_rows
+        if name == "new":
+            assert "ts_recv" in key and parts <= 12, (key, parts)
+        else:
+            assert key == "toYYYYMMDD(ts_event)" and parts > 1500, (key, parts)
+        back = np.concatenate(list(store.read_ticks(chunk_rows=9_000)))
+        assert back.tobytes() == total_order(ev).tobytes()
+        t0, t1 = int(ev["ts_event"][~bad][100]), int(ev["ts_event"][~bad][30_000])
+        got = np.concatenate(list(store.read_ticks(start_ns=t0, end_ns=t1)))
+        want = ev[(ev["ts_event"] >= t0) & (ev["ts_event"] < t1)]
+        assert got.tobytes() == total_order(want).tobytes() and len(got) >= 29_000
+        store.close()
+
+
 def test_schema_created_once_and_reopened(tmp_path):
     dsn = f"chdb://{tmp_path}/db"
     out = in_fresh_process(f"""
