@@ -733,11 +733,13 @@ class Store:
             return _split(self._read_time_order(table, instruments, start_ns, end_ns, chunk_rows), chunk_rows)
         return self._read_sorted_by_engine(table, instruments, start_ns, end_ns, chunk_rows, order)
 
-    def _read_sorted_by_engine(self, table, instruments, start_ns, end_ns, chunk_rows, order) -> Iterator[np.ndarray]:
+    def _read_sorted_by_engine(self, table, instruments, start_ns, end_ns, chunk_rows, order,
+                               where: str = "") -> Iterator[np.ndarray]:
         """Rows sorted by ClickHouse (``ORDER BY order``), through Arrow: for the small reads
-        (snapshots in stream order)."""
+        (snapshots in stream order, bad stamps); ``where``: a condition more."""
         q = (f"SELECT {_select(TICK_COLUMNS)} FROM {self.database}.{table} "
-             f"WHERE {self._where(instruments, start_ns, end_ns)} ORDER BY {order}")
+             f"WHERE {self._where(instruments, start_ns, end_ns)}{f' AND ({where})' if where else ''} "
+             f"ORDER BY {order}")
         out = np.empty(chunk_rows, dtype=EVENT_DTYPE)
         n = 0
         with self.client.query_arrow_stream(q) as stream:

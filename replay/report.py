@@ -44,6 +44,7 @@ import numpy as np
 from tickwire.engine.instruments import Instrument, make_books
 from tickwire.engine.plots import MATPLOTLIB_HINT
 from tickwire.ext.records import EVENT_DTYPE, SIGNAL_DTYPE, RuleKind, SignalFlag
+from tickwire.replay.sources import bad_stamps
 
 __all__ = ["ReportBuilder", "DEFAULT_HORIZONS_NS", "horizon_name", "MATPLOTLIB_MISSING"]
 
@@ -344,6 +345,9 @@ class ReportBuilder:
         bid, ask = top[:, 0], top[:, 1]
         sync = sync.view(np.bool_)                          # 0 or 1
         ts = events["ts_event"]
+        bad = bad_stamps(events)
+        if bad.any():                                      # a bad stamp (2100, say) moves no clock: it
+            ts = np.where(bad, NO_PRICE, ts)               # resolved every horizon after it at once
         clock = np.maximum.accumulate(ts)
         np.maximum(clock, self._clock, out=clock)
 

@@ -116,17 +116,38 @@ def split_by_time(events: np.ndarray, every_ns: int, floor: int = -(1 << 63)) ->
     of ``every_ns`` from the chunk's first event (the paced mode's batches: each is sent when its
     first event is due). The recorded clock is the running maximum of ``ts_event`` (from
     ``floor``): an event stamped earlier than one before it (a Kraken level's own old time) is
-    due at once instead of stalling or rewinding the schedule."""
+    due at once instead of stalling or rewinding the schedule; a bad stamp (more than a day after
+    its receipt, :func:`~tickwire.replay.sources.bad_stamps`) moves no clock (one stamped 2100 held
+    the replay until 2100)."""
+    from tickwire.replay.sources import bad_stamps
+
     ts = events["ts_event"]
     if not len(ts):
         return []
+    bad = bad_stamps(events)
+    if bad.any():
+        ts = np.where(bad, -(1 << 63), ts)
     clock = np.maximum(np.maximum.accumulate(ts), floor)
+    if clock[0] == -(1 << 63):                      # bad stamps before any clock: the first good one's
+        good = np.flatnonzero(clock != -(1 << 63))
+        clock = np.where(clock == -(1 << 63), clock[good[0]] if len(good) else events["ts_event"], clock)
     if every_ns <= 0:
         return [(int(clock[0]), events)]
     marks = (clock - clock[0]) // every_ns
     cut = np.flatnonzero(marks[1:] != marks[:-1]) + 1
     starts = np.concatenate(([0], cut))
     return [(int(clock[a]), events[a:b]) for a, b in zip(starts.tolist(), np.append(cut, len(ts)).tolist())]
+
+
+def _recorded_max(events: np.ndarray, clock: int) -> int:
+    """The latest ``ts_event`` of a paced batch, its bad stamps aside (``clock`` if all are)."""
+    from tickwire.replay.sources import bad_stamps
+
+    ts = events["ts_event"]
+    bad = bad_stamps(events)
+    if bad.any():
+        ts = ts[~bad]
+    return max(int(ts.max()), clock) if len(ts) else clock
 
 
 class Replay:
@@ -260,8 +281,8 @@ class Replay:
                             if not _sleep_until(due, sink, lambda: self.stop, waiting):
                                 break                  # stopped while waiting for this batch's time
                             now = time.perf_counter_ns()
-                        res.clock_ns = int(ev["ts_event"].max()) if res.clock_ns is None else \
-                            max(res.clock_ns, int(ev["ts_event"].max()))
+                        top = _recorded_max(ev, clock)
+                        res.clock_ns = top if res.clock_ns is None else max(res.clock_ns, top)
                         lateness.record(max(now - due, 0))
                     if sink is not None:
                         sink.send(ev)

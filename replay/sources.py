@@ -22,17 +22,34 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from tickwire.engine.instruments import Instrument
+from tickwire.ext.pipeline import FUTURE_STAMP_NS
 from tickwire.ext.records import EVENT_DTYPE, Flag, Kind
 from tickwire.replay.audit import SeqAudit
 
 __all__ = ["ReplayError", "ArraySource", "CaptureSource", "StoreSource", "merge_snapshots",
-           "parse_time", "DEFAULT_CHUNK"]
+           "parse_time", "bad_stamps", "DEFAULT_CHUNK"]
 
 #: Events per chunk a source yields by default (64 MiB of 64-byte events at most in flight).
 DEFAULT_CHUNK = 1 << 20
 #: How far outside a replayed range the events of a hole its edge made may be stamped (the store's
 #: time order is not its sequence order: exchange times step back, by milliseconds in the captures)
 EDGE_SLACK_NS = 60 * 10**9
+
+
+#: A bad stamp, in SQL: a row stamped more than FUTURE_STAMP_NS after its receipt (known).
+BAD_STAMP_SQL = ("toUnixTimestamp64Nano(ts_recv) > 0 AND ts_event > ts_recv AND toUnixTimestamp64Nano(ts_event) - "
+                 f"toUnixTimestamp64Nano(ts_recv) > {FUTURE_STAMP_NS}")
+
+
+def bad_stamps(events: np.ndarray) -> np.ndarray:
+    """Which of ``events`` are stamped (``ts_event``) more than :data:`FUTURE_STAMP_NS` after their
+    receipt (``ts_recv``, when known): bad stamps, for which the statistics let no time pass
+    (docs/engine.md)."""
+    ts, r = events["ts_event"], events["ts_recv"]
+    late = ts > r
+    out = (r > 0) & late
+    out[out] = (ts[out] - r[out]) > FUTURE_STAMP_NS         # (only where it cannot overflow)
+    return out
 
 
 class ReplayError(Exception):
@@ -601,6 +618,12 @@ class StoreSource:
             self.prefetch = int(prefetch)
             self.reader_cpus = set(reader_cpus) if reader_cpus else None
             self.with_snapshots = snapshots
+            # ticks with bad stamps sit at their stamp in the store's time order (the year 2100,
+            # say: an L3 order's add then came after its deletion): each goes back where it was
+            # received instead, before its channel's next tick (_placed)
+            self.strays = np.concatenate(list(self.store._read_sorted_by_engine(
+                "ticks", self.ids, None, None, self.chunk, "channel, ts_recv, seq", BAD_STAMP_SQL)) or
+                [np.empty(0, EVENT_DTYPE)])
             self.snapshots = self._snapshots(database) if snapshots else np.empty(0, EVENT_DTYPE)
             self.total += len(self.snapshots)          # what the replay goes through (progress said 200,024 / 200,000)
             # the sequence numbers are checked where the markers come along (they explain the feed's
@@ -707,7 +730,7 @@ class StoreSource:
         ends (its ETA)."""
         n, t = self.store.client.query(
             f"SELECT count(), toUnixTimestamp64Nano(max(ts_event)) FROM {self.store.database}.ticks "
-            f"WHERE {self.store._where(self.ids, self.start_ns, self.end_ns)}").result_rows[0]
+            f"WHERE {self.store._where(self.ids, self.start_ns, self.end_ns)} AND NOT ({BAD_STAMP_SQL})").result_rows[0]
         return int(t) if n else None
 
     def _held(self, holes) -> dict:
@@ -737,9 +760,61 @@ class StoreSource:
             f"GROUP BY h HAVING h >= 0").result_rows
         return {int(h): int(n) for h, n in rows}
 
+    def _placed(self, chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """The ticks of ``chunks`` with those of bad stamps (:attr:`strays`) where they were
+        received: each right before the first tick of its channel received after it (``ts_recv``,
+        then ``seq``: one message's events share a receipt time); in a range, with that tick (the
+        rows of ``[a, T)`` and ``[T, b)`` are those of ``[a, b)``). One with no tick after it
+        comes at the end of a range open at its end (the last received)."""
+        pending = self.strays
+        if len(pending) and self.start_ns is not None:
+            pending = pending[~self._placed_before(pending)]
+        if not len(pending):
+            yield from chunks
+            return
+        for chunk in chunks:
+            bad = bad_stamps(chunk)
+            if bad.any():
+                chunk = chunk[~bad]                   # (met at their stamp: placed instead)
+            if not len(pending) or not len(chunk):
+                yield chunk
+                continue
+            at = np.full(len(pending), -1, np.int64)
+            for c in np.unique(pending["channel"]).tolist():
+                rows = np.flatnonzero(chunk["channel"] == c)
+                if not len(rows):
+                    continue
+                r, q = chunk["ts_recv"][rows], chunk["seq"][rows]
+                reach = np.maximum.accumulate(r)
+                for j in np.flatnonzero(pending["channel"] == c).tolist():
+                    R, S = pending["ts_recv"][j], pending["seq"][j]
+                    i = int(np.searchsorted(reach, R, side="left"))
+                    while i < len(rows) and not (r[i] > R or (r[i] == R and q[i] > S)):
+                        i += 1
+                    if i < len(rows):
+                        at[j] = rows[i]
+            go = np.flatnonzero(at >= 0)
+            if len(go):
+                go = go[np.argsort(at[go], kind="stable")]
+                chunk = np.insert(chunk, at[go], pending[go])
+                pending = np.delete(pending, go)
+            yield chunk
+        if len(pending) and self.end_ns is None:
+            yield pending                             # the last received of their channels
+
+    def _placed_before(self, strays: np.ndarray) -> np.ndarray:
+        """Which of ``strays`` a tick stamped before the range was received after (per channel,
+        by ``ts_recv`` then ``seq``): their place is in an earlier range."""
+        where = self.store._where(self.ids, None, self.start_ns)
+        last = {int(c): (int(r), int(q)) for c, r, q in self.store.client.query(
+            f"SELECT channel, argMax(toUnixTimestamp64Nano(ts_recv), (ts_recv, seq)), max((ts_recv, seq)).2 "
+            f"FROM {self.store.database}.ticks WHERE {where} AND NOT ({BAD_STAMP_SQL}) GROUP BY channel").result_rows}
+        return np.array([(int(e["ts_recv"]), int(e["seq"])) < last.get(int(e["channel"]), (-(1 << 63), 0))
+                         for e in strays], bool)
+
     def _chunks(self) -> Iterator[np.ndarray]:
         ticks = self.store.read_ticks(self.ids, self.start_ns, self.end_ns, chunk_rows=self.chunk)
-        return self._audited(merge_snapshots(ticks, self.snapshots))
+        return self._audited(merge_snapshots(self._placed(ticks), self.snapshots))
 
     def _windows(self):
         return self.store._read_windows("ticks", self.ids, self.start_ns, self.end_ns, self.chunk)
@@ -753,7 +828,7 @@ class StoreSource:
         from tickwire.engine.store import _merged, _split
 
         windows = read_ahead(self._windows, self.prefetch, self.reader_cpus)
-        return self._audited(merge_snapshots(_split(_merged(windows), self.chunk), self.snapshots))
+        return self._audited(merge_snapshots(self._placed(_split(_merged(windows), self.chunk)), self.snapshots))
 
     def close(self) -> None:
         self.store.close()

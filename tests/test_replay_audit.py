@@ -298,3 +298,77 @@ def test_the_store_source_keeps_its_findings_for_a_library_caller(tmp_path, stor
         for _ in src:
             pass
         assert src.audit_findings() == {}
+
+
+def bad_stamp_store(tmp_path, n=6000, strays=60, chunk=None):
+    """A store of 4 instruments over 2 channels, received in sequence order per channel, with
+    ``strays`` ticks stamped at random times from 2030 to 2262 (bad stamps; a few of them
+    neighbours, one the last received); the events in receipt order."""
+    rng = np.random.default_rng(3)
+    ev = np.zeros(n, EVENT_DTYPE)
+    ev["instrument"] = rng.integers(0, 4, n)
+    ev["channel"] = ev["instrument"] % 2
+    for c in (0, 1):
+        m = ev["channel"] == c
+        ev["seq"][m] = np.arange(1, int(m.sum()) + 1)
+    ev["kind"], ev["side"], ev["price"], ev["qty"] = Kind.ADD, Side.BID, 100, 1
+    ev["order_id"] = np.arange(1, n + 1)
+    t0 = 1_700_000_000_000_000_000
+    ev["ts_event"] = t0 + np.arange(n) * 1000
+    ev["ts_recv"] = t0 + 3 * 365 * 86_400 * 10**9 + np.arange(n) * 1000 + 20_000   # a publisher 3 years behind
+    ev["ts_recv"][10:14] = ev["ts_recv"][10]                                       # one message's events
+    bad = np.zeros(n, bool)
+    bad[rng.choice(np.arange(20, n - 1), strays - 4, replace=False)] = True
+    bad[[11, 12, 500, n - 1]] = True
+    ev["ts_event"][bad] = rng.integers(1_893_456_000 * 10**9, (1 << 63) - 1, int(bad.sum()), endpoint=True)
+    make_store(tmp_path / "s", ev, synthetic_instruments(4, book="L3"))
+    return ev, bad
+
+
+def replayed(dsn, **kw):
+    with StoreSource(dsn, prefetch=kw.pop("prefetch", 0), **kw) as src:
+        out = [c.copy() for c in src]
+    return np.concatenate(out) if out else np.empty(0, EVENT_DTYPE)
+
+
+def per_channel(ev):
+    return {c: ev[ev["channel"] == c]["seq"].tolist() for c in (0, 1)}
+
+
+@pytest.mark.parametrize("chunk, prefetch", [(1 << 20, 0), (700, 0), (700, 2)])
+def test_ticks_with_bad_stamps_are_replayed_where_they_were_received(tmp_path, chunk, prefetch):
+    """A tick stamped in 2100 sat at 2100 in the store's time order, replayed after everything
+    (an L3 order's add after its deletion; the live signals were not the replay's). It is replayed
+    where it was received, before its channel's next tick: each channel's ticks in sequence order,
+    every tick once, in a replay of the whole store and in ranges cut anywhere (one replay's rows
+    are those of its two halves), and with some instruments only."""
+    ev, bad = bad_stamp_store(tmp_path)
+    dsn = f"chdb://{tmp_path}/s"
+    whole = replayed(dsn, chunk=chunk, prefetch=prefetch)
+    assert len(whole) == len(ev) and per_channel(whole) == per_channel(ev)
+    good = ev["ts_event"][~bad]
+    for cut in (int(good[7]), int(good[2999]), int(good[-2])):
+        a, b = replayed(dsn, end_ns=cut, chunk=chunk), replayed(dsn, start_ns=cut, chunk=chunk)
+        assert per_channel(np.concatenate([a, b])) == per_channel(ev), cut
+    mid = replayed(dsn, start_ns=int(good[1000]), end_ns=int(good[2000]), chunk=chunk)
+    sent = ev[1000:2000] if not bad[1000] else ev[1001:2000]
+    assert sorted(per_channel(mid)[0]) == per_channel(mid)[0] and len(mid) >= len(sent) - 2
+    some = replayed(dsn, select=[0, 1], chunk=chunk)
+    assert per_channel(some) == per_channel(ev[np.isin(ev["instrument"], [0, 1])])
+
+
+def test_a_paced_replay_s_clock_ignores_bad_stamps():
+    """A tick stamped in 2100 moved the paced replay's recorded clock to 2100: the next batch was
+    due in 2100 / speed. Bad stamps move no clock, first or last in a chunk."""
+    from tickwire.replay.run import split_by_time
+
+    ev = np.zeros(8, EVENT_DTYPE)
+    ev["ts_event"] = 1_700_000_000_000_000_000 + np.arange(8) * 10**9
+    ev["ts_recv"] = ev["ts_event"] + 1000
+    for at in ([3], [0], [0, 7]):
+        x = ev.copy()
+        x["ts_event"][at] = 4_102_444_800 * 10**9
+        pieces = split_by_time(x, 10**9)
+        clocks = [c for c, _ in pieces]
+        assert clocks == sorted(clocks) and clocks[-1] <= int(ev["ts_event"][-1]), (at, clocks)
+        assert clocks[0] >= int(ev["ts_event"][0]) and sum(len(p) for _, p in pieces) == 8

@@ -107,6 +107,16 @@ def test_parity_holds_through_lost_and_reordered_messages(tmp_path):
     assert_parity(live, replays)
 
 
+def test_parity_holds_through_a_publisher_s_bad_stamps(tmp_path):
+    """One event in a thousand stamped between 2030 and 2262 (a publisher's bad clock): live, the
+    statistics take them at their receipt; the replay from the store does the same from the stored
+    ts_recv, and gives the live signals."""
+    live, replays, dsn = live_then_replay(tmp_path, "stamps", 200_000, "--future-stamps", "0.001")
+    (bad,), = query(dsn, "SELECT countIf(ts_event >= toDateTime64('2030-01-01 00:00:00', 9, 'UTC')) FROM tickwire.ticks")
+    assert bad > 100
+    assert_parity(live, replays)
+
+
 def test_an_unchanged_daemon_consumes_a_republished_history(tmp_path):
     """`tickwire replay --publish` feeds a `tickwire run` daemon as a live publisher would: every
     event stored once, flagged REPLAY, and the daemon's signals are the in-process replay's (but

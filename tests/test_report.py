@@ -417,6 +417,25 @@ def test_signal_belongs_to_its_whole_message(tmp_path):
     assert s["groups"][0]["markouts"]["100ns"]["hit_rate"] == 1.0
 
 
+def test_a_bad_stamp_moves_no_clock(tmp_path):
+    """An event stamped in 2100, a day more after its receipt (a publisher's bad stamp), moved the
+    report's clock to 2100: every horizon still pending resolved at it, with the book of that
+    moment. It moves no clock now: with such an event (a level behind the top) after the ask
+    leaves, the markouts are the hand case's."""
+    rows = list(HAND)
+    rows.insert(3, (2550, 0, SET, B, 50, 1))
+    e = ev(rows)
+    e["ts_event"][3] = 4_102_444_800 * 10**9                # 2100; received at 2555
+    sigs = np.concatenate([sig(e[1], direction=1), sig(e[5], direction=0, flags=EXIT), sig(e[6], direction=-1)])
+    rb = ReportBuilder([Instrument(0, "X", tick_size="0.01", lot_size="1")], horizons_ns=(500, 1000, 1001, 5000))
+    rb.add(e, sigs)
+    rb.finish(tmp_path / "bad")
+    _, out = hand_case(tmp_path / "hand")
+    def unnumbered(path):                                   # (one event more: later sequence numbers)
+        return [{k: v for k, v in r.items() if k != "seq"} for r in read_csv(path)]
+    assert unnumbered(tmp_path / "bad" / "markouts.csv") == unnumbered(out / "markouts.csv")
+
+
 def test_stream_out_of_time_order(tmp_path):
     """Out of time order, the stream's own order decides: the book at t + h is the one before
     the first event stamped after t + h, and never one from before the signal."""
