@@ -151,6 +151,9 @@ class Collector:
         lat = HistogramMetricFamily("tickwire_latency_seconds", "per-stage latency since the worker started: "
                                     "decode, book, stats, rules (one event in engine.timing_every), tick_to_signal "
                                     "(every signal)", labels=["worker", "stage"])
+        lat_rejected = CounterMetricFamily("tickwire_latency_rejected", "latency values left out of "
+                                           "tickwire_latency_seconds: negative (the wall clock stepped back "
+                                           "between the two stamps) or over 68.7 s", labels=["worker", "stage"])
         drop_reasons = [d.name for d in Drop if d.name != "OK"]
         reject_reasons = [r.name for r in Reject if r.name != "OK"]
         for child, st in zip(sup.workers, sup.worker_status()):
@@ -192,6 +195,8 @@ class Collector:
                 les = [f"{b / 1e9:.9g}" for b in hist["bounds_ns"]] + ["+Inf"]
                 for stage, h in hist["stages"].items():
                     lat.add_metric([w, stage], list(zip(les, h["buckets"] + [h["count"]])), h["sum_ns"] / 1e9)
+            for stage, q in st.get("latency_ns", {}).items():
+                lat_rejected.add_metric([w, stage], q.get("rejected", 0))
         wc = counters((
             ("rows_written", "writer_rows_written", "rows written to the store: ticks, and the snapshot and marker "
                                                     "rows the books met"),
@@ -242,6 +247,7 @@ class Collector:
         yield from g.values()
         yield from ch.values()
         yield lat
+        yield lat_rejected
         yield from wc.values()
         yield from wg.values()
         yield from (writer_up, age, restarts, stored, missed)

@@ -609,6 +609,7 @@ class Worker:
         lat, hist = {}, {}
         for name, r in self.since_start().items():
             lat[name] = percentiles(r)
+            lat[name]["rejected"] = r.rejected      # out of range: not in the figures (negative: a clock step)
             hist[name] = latency_histogram(r)
         books = self.engine.books
         feed = self.feed.counters()

@@ -167,6 +167,8 @@ def test_metrics_follow_prometheus_conventions_and_count_from_zero(daemon):
         counts = [v for _, v in buckets]
         assert counts == sorted(counts) and counts[-1] == now[("tickwire_latency_seconds_count", frozenset(lab))] > 0
         assert now[("tickwire_latency_seconds_sum", frozenset(lab))] > 0
+        # values out of the recorders' range are counted, not lost unsaid (none on a healthy run)
+        assert now[("tickwire_latency_rejected_total", frozenset(lab))] == st["latency_ns"][stage]["rejected"] == 0
     # gauges: ring fill as a fraction, age of each channel's last event
     assert 0 <= now[("tickwire_tick_ring_fill_ratio", w0)] <= 1
     ages = [v for k, v in now.items() if k[0] == "tickwire_feed_last_event_age_seconds"]

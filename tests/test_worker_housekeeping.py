@@ -189,3 +189,19 @@ def test_ranges_lost_after_the_history_note_are_counted_by_the_next_worker(tmp_p
         assert settle_history_note(path, ring)
     settled = json.loads(path.read_text())
     assert settled["lost_events"] == 1 + 10 and settled["losses"] == 1 + 3
+
+
+def test_out_of_range_latencies_are_counted_across_swaps_not_lost(tmp_path):
+    """A latency the recorders cannot hold (negative: the wall clock stepped back between the two
+    stamps; over 68.7 s) is left out of the histograms; its count reaches the status and the
+    metrics (tickwire_latency_rejected_total) across recorder swaps, each once."""
+    w = _worker(tmp_path)
+    swaps = 0
+    for i in range(300):
+        w.stages["tick_to_signal"].record(-5 if i % 3 == 0 else (1 << 40) if i % 7 == 0 else 1000)
+        if i % 25 == 24:
+            w.since_start()                        # (hands off the swapped interval: a spare again)
+            swaps += w.swap_stages()
+    rejected = sum(1 for i in range(300) if i % 3 == 0 or i % 7 == 0)
+    got = w.since_start()["tick_to_signal"]
+    assert swaps >= 5 and got.rejected == rejected and got.total == 300 - rejected
