@@ -98,18 +98,29 @@ cdef inline void _prefetch(const tw_bookset *s, const tw_event *e, int stage) no
 #: beyond any clock's error, and no exchange stamps an event before it happens.
 cdef int64_t _FUTURE_STAMP_NS = 86_400_000_000_000
 FUTURE_STAMP_NS = _FUTURE_STAMP_NS
+#: Bad stamps in a row after which an instrument's events are taken at their stamps again: it is
+#: our clock that is days behind (a review: every event was a bad stamp, and no time ever passed)
+cdef uint32_t _BAD_STREAK_MAX = 16
+BAD_STREAK_MAX = _BAD_STREAK_MAX
 
 
 cdef inline int64_t _stats_ts(tw_istate *st, const tw_event *e) noexcept nogil:
     """The time the statistics take an event at: its ``ts_event``; for a bad stamp (more than
-    :data:`FUTURE_STAMP_NS` after its ``ts_recv``, when that is known) the time of the
-    instrument's previous update: no time passes (its receipt time would be no better where a
-    publisher's clock runs years apart from ours). A replay does the same."""
+    :data:`FUTURE_STAMP_NS` after its ``ts_recv``, when that is known, and as far after the
+    instrument's previous update) the time of that update: no time passes (its receipt time
+    would be no better where a publisher's clock runs years apart from ours). After
+    :data:`BAD_STREAK_MAX` in a row, the stamp is taken: our clock is the one that is off. A
+    replay does the same."""
     cdef int64_t ts = e.ts_event
     cdef int64_t r = e.ts_recv
-    if TW_UNLIKELY(r > 0 and ts > r and <uint64_t>ts - <uint64_t>r > <uint64_t>_FUTURE_STAMP_NS):
-        st.future_stamps += 1
-        return st.f.ts
+    cdef int64_t last = st.f.ts
+    if TW_UNLIKELY(r > 0 and ts > r and <uint64_t>ts - <uint64_t>r > <uint64_t>_FUTURE_STAMP_NS
+                   and ts > last and <uint64_t>ts - <uint64_t>last > <uint64_t>_FUTURE_STAMP_NS):
+        if st.bad_streak < _BAD_STREAK_MAX:
+            st.bad_streak += 1
+            st.future_stamps += 1
+            return last
+    st.bad_streak = 0
     return ts
 
 

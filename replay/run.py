@@ -111,26 +111,29 @@ class ReplayInterrupted(KeyboardInterrupt):
         self.result = result
 
 
-def split_by_time(events: np.ndarray, every_ns: int, floor: int = -(1 << 63)) -> list:
+def split_by_time(events: np.ndarray, every_ns: int, floor: int = -(1 << 63), offset_ns: float = 0.0) -> list:
     """Cut a chunk into ``(clock, events)`` batches where the recorded clock crosses a multiple
     of ``every_ns`` from the chunk's first event (the paced mode's batches: each is sent when its
     first event is due). The recorded clock is the running maximum of ``ts_event`` (from
     ``floor``): an event stamped earlier than one before it (a Kraken level's own old time) is
-    due at once instead of stalling or rewinding the schedule; a bad stamp (more than a day after
-    its receipt, :func:`~tickwire.replay.sources.bad_stamps`) moves no clock (one stamped 2100 held
-    the replay until 2100)."""
+    due at once instead of stalling or rewinding the schedule; a bad stamp (more than a day from
+    where its receipt puts it, the stream's typical ``offset_ns`` taken into account:
+    :func:`~tickwire.replay.sources.bad_stamps`) moves no clock (one stamped 2100 held the replay
+    until 2100)."""
     from tickwire.replay.sources import bad_stamps
 
     ts = events["ts_event"]
     if not len(ts):
         return []
-    bad = bad_stamps(events)
+    bad = bad_stamps(events, offset_ns)
     if bad.any():
         ts = np.where(bad, -(1 << 63), ts)
     clock = np.maximum(np.maximum.accumulate(ts), floor)
-    if clock[0] == -(1 << 63):                      # bad stamps before any clock: the first good one's
+    if clock[0] == -(1 << 63):                      # bad stamps before any clock: the first good one's,
         good = np.flatnonzero(clock != -(1 << 63))
-        clock = np.where(clock == -(1 << 63), clock[good[0]] if len(good) else events["ts_event"], clock)
+        if not len(good):                           # or none (None: due at once, no clock set by them)
+            return [(None, events)]
+        clock = np.where(clock == -(1 << 63), clock[good[0]], clock)
     if every_ns <= 0:
         return [(int(clock[0]), events)]
     marks = (clock - clock[0]) // every_ns
@@ -139,12 +142,12 @@ def split_by_time(events: np.ndarray, every_ns: int, floor: int = -(1 << 63)) ->
     return [(int(clock[a]), events[a:b]) for a, b in zip(starts.tolist(), np.append(cut, len(ts)).tolist())]
 
 
-def _recorded_max(events: np.ndarray, clock: int) -> int:
+def _recorded_max(events: np.ndarray, clock: int, offset_ns: float) -> int:
     """The latest ``ts_event`` of a paced batch, its bad stamps aside (``clock`` if all are)."""
     from tickwire.replay.sources import bad_stamps
 
     ts = events["ts_event"]
-    bad = bad_stamps(events)
+    bad = bad_stamps(events, offset_ns)
     if bad.any():
         ts = ts[~bad]
     return max(int(ts.max()), clock) if len(ts) else clock
@@ -268,10 +271,17 @@ class Replay:
                 progress(res.events, res)
         try:
             high = -(1 << 63)                  # the recorded clock so far (running max of ts_event)
+            offset = None
             for chunk in self._batches():
-                pieces = [(0, chunk)] if speed is None else split_by_time(chunk, slot, high)
+                if speed is not None and offset is None:  # the stream's typical ts_event - ts_recv
+                    offset = getattr(self.source, "_stray_offset", None)
+                    if offset is None:
+                        from tickwire.replay.sources import stamp_offset
+
+                        offset = stamp_offset(chunk)
+                pieces = [(0, chunk)] if speed is None else split_by_time(chunk, slot, high, offset)
                 for clock, ev in pieces:
-                    if speed is not None:
+                    if speed is not None and clock is not None:
                         high = clock
                         now = time.perf_counter_ns()
                         if origin is None:
@@ -281,7 +291,7 @@ class Replay:
                             if not _sleep_until(due, sink, lambda: self.stop, waiting):
                                 break                  # stopped while waiting for this batch's time
                             now = time.perf_counter_ns()
-                        top = _recorded_max(ev, clock)
+                        top = _recorded_max(ev, clock, offset)
                         res.clock_ns = top if res.clock_ns is None else max(res.clock_ns, top)
                         lateness.record(max(now - due, 0))
                     if sink is not None:

@@ -36,20 +36,42 @@ DEFAULT_CHUNK = 1 << 20
 EDGE_SLACK_NS = 60 * 10**9
 
 
-#: A bad stamp, in SQL: a row stamped more than FUTURE_STAMP_NS after its receipt (known).
-BAD_STAMP_SQL = ("toUnixTimestamp64Nano(ts_recv) > 0 AND ts_event > ts_recv AND toUnixTimestamp64Nano(ts_event) - "
-                 f"toUnixTimestamp64Nano(ts_recv) > {FUTURE_STAMP_NS}")
+#: Most ticks a store may hold with bad stamps (or this share of them) for a replay to put them
+#: back where they were received: more is no bad stamp but a store of two clocks (say, the
+#: simulator's 2023 stream and a live feed), replayed in its time order as it is.
+MAX_STRAYS, MAX_STRAY_SHARE = 100_000, 0.1
 
 
-def bad_stamps(events: np.ndarray) -> np.ndarray:
-    """Which of ``events`` are stamped (``ts_event``) more than :data:`FUTURE_STAMP_NS` after their
-    receipt (``ts_recv``, when known): bad stamps, for which the statistics let no time pass
-    (docs/engine.md)."""
-    ts, r = events["ts_event"], events["ts_recv"]
-    late = ts > r
-    out = (r > 0) & late
-    out[out] = (ts[out] - r[out]) > FUTURE_STAMP_NS         # (only where it cannot overflow)
-    return out
+def bad_stamp_sql(offset_ns: float) -> str:
+    """:func:`bad_stamps` in SQL, for a store whose typical ``ts_event - ts_recv`` is ``offset_ns``."""
+    return ("toUnixTimestamp64Nano(ts_recv) > 0 AND abs(toFloat64(toUnixTimestamp64Nano(ts_event)) - "
+            f"toFloat64(toUnixTimestamp64Nano(ts_recv)) - ({float(offset_ns)!r})) > {FUTURE_STAMP_NS}")
+
+
+def stamp_offset(events: np.ndarray) -> float:
+    """The typical ``ts_event - ts_recv`` of ``events`` (the median, ns; 0 when no receipt time
+    is known): a publisher whose clock runs years apart from ours (the simulator's stream starts
+    in 2023) or ours days behind shift every event alike."""
+    known = events["ts_recv"] != 0
+    if not known.any():
+        return 0.0
+    return float(np.median(events["ts_event"][known].astype(np.float64) - events["ts_recv"][known].astype(np.float64)))
+
+
+def bad_stamps(events: np.ndarray, offset_ns: Optional[float] = None) -> np.ndarray:
+    """Which of ``events`` have a bad stamp: a ``ts_event`` more than :data:`FUTURE_STAMP_NS` (a
+    day) away from where their receipt (``ts_recv``, when known) puts it, the typical offset
+    (``offset_ns``, else :func:`stamp_offset` of ``events``) taken into account. Such a tick
+    (2100, say) sits at its stamp in the store's time order; a replay puts it back where it was
+    received, and no clock of a replay moves for it (docs/replay.md)."""
+    r = events["ts_recv"]
+    known = r != 0
+    if not known.any():
+        return known
+    if offset_ns is None:
+        offset_ns = stamp_offset(events)
+    d = events["ts_event"].astype(np.float64) - r.astype(np.float64) - offset_ns
+    return known & (np.abs(d) > FUTURE_STAMP_NS)
 
 
 class ReplayError(Exception):
@@ -453,6 +475,7 @@ def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray) -> Itera
             continue
         inserts = []                                   # (position in chunk, rows)
         ch = chunk["channel"]
+        stamp = None                                   # (computed if a run is placed by time)
         for c in list(pending):
             runs = pending[c]
             idx = np.flatnonzero(ch == c)
@@ -468,7 +491,10 @@ def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray) -> Itera
                     # time, before the first tick of that start (a second daemon run on the same
                     # store put its STALE marker before the first run's ticks: none of the first
                     # run's signals replayed)
-                    above = np.flatnonzero(chunk["ts_event"][idx[lo:]] >= ts)
+                    if stamp is None:                  # a bad stamp (2100) is no time: a later
+                        bad = bad_stamps(chunk)        # start's markers went before it
+                        stamp = np.where(bad, -(1 << 63), chunk["ts_event"]) if bad.any() else chunk["ts_event"]
+                    above = np.flatnonzero(stamp[idx[lo:]] >= ts)
                 else:
                     above = np.flatnonzero(seqs[lo:] > s)
                 if not len(above):
@@ -551,7 +577,8 @@ def read_ahead(make: Callable[[], Iterable], depth: int = 2, cpus=None) -> Itera
 class StoreSource:
     """Stored ticks (and the snapshots the books met) from a ClickHouse store, streamed in the
     store's total order (``ts_event, seq, epoch, ord``) with the snapshots merged back
-    (:func:`merge_snapshots`).
+    (:func:`merge_snapshots`) and the ticks of bad stamps put back where they were received
+    (:attr:`strays`, :meth:`_placed`).
 
     Parameters
     ----------
@@ -621,9 +648,7 @@ class StoreSource:
             # ticks with bad stamps sit at their stamp in the store's time order (the year 2100,
             # say: an L3 order's add then came after its deletion): each goes back where it was
             # received instead, before its channel's next tick (_placed)
-            self.strays = np.concatenate(list(self.store._read_sorted_by_engine(
-                "ticks", self.ids, None, None, self.chunk, "channel, ts_recv, seq", BAD_STAMP_SQL)) or
-                [np.empty(0, EVENT_DTYPE)])
+            self.strays, self._stray_sql, self._stray_offset = self._read_strays(database)
             self.snapshots = self._snapshots(database) if snapshots else np.empty(0, EVENT_DTYPE)
             self.total += len(self.snapshots)          # what the replay goes through (progress said 200,024 / 200,000)
             # the sequence numbers are checked where the markers come along (they explain the feed's
@@ -632,6 +657,32 @@ class StoreSource:
         except BaseException:
             self.store.close()
             raise
+
+    def _read_strays(self, database: str):
+        """``(strays, their SQL, the store's typical offset)``: the ticks of the selected
+        instruments with bad stamps, by channel and receipt (none, and no SQL, past
+        :data:`MAX_STRAYS`: a store of two clocks, replayed in its time order)."""
+        none = np.empty(0, EVENT_DTYPE), None, None
+        where = self.store._where(self.ids, None, None)
+        offset, rows = self.store.client.query(
+            "SELECT median(toFloat64(toUnixTimestamp64Nano(ts_event)) - toFloat64(toUnixTimestamp64Nano(ts_recv))), "
+            f"count() FROM {database}.ticks WHERE {where} AND toUnixTimestamp64Nano(ts_recv) != 0").result_rows[0]
+        if not rows or offset is None or not np.isfinite(offset):
+            return none
+        sql = bad_stamp_sql(offset)
+        n = self.store.client.query(f"SELECT count() FROM {database}.ticks WHERE {where} AND {sql}").result_rows[0][0]
+        if not n:
+            return none
+        if n > MAX_STRAYS or n > MAX_STRAY_SHARE * rows:
+            import logging
+
+            logging.getLogger("tickwire.replay").warning(
+                "%s: %d of its %d ticks are stamped more than a day from where their receipt puts them: "
+                "two clocks, not bad stamps; replayed in its time order", self.name, n, rows)
+            return none
+        strays = np.concatenate(list(self.store._read_sorted_by_engine(
+            "ticks", self.ids, None, None, self.chunk, "channel, ts_recv, seq", sql)) or [np.empty(0, EVENT_DTYPE)])
+        return strays, sql, offset
 
     def _snapshots(self, database: str) -> np.ndarray:
         """The snapshot rows of the selected instruments whose place falls in the range (all of
@@ -730,7 +781,8 @@ class StoreSource:
         ends (its ETA)."""
         n, t = self.store.client.query(
             f"SELECT count(), toUnixTimestamp64Nano(max(ts_event)) FROM {self.store.database}.ticks "
-            f"WHERE {self.store._where(self.ids, self.start_ns, self.end_ns)} AND NOT ({BAD_STAMP_SQL})").result_rows[0]
+            f"WHERE {self.store._where(self.ids, self.start_ns, self.end_ns)}"
+            f"{f' AND NOT ({self._stray_sql})' if self._stray_sql else ''}").result_rows[0]
         return int(t) if n else None
 
     def _held(self, holes) -> dict:
@@ -763,33 +815,44 @@ class StoreSource:
     def _placed(self, chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """The ticks of ``chunks`` with those of bad stamps (:attr:`strays`) where they were
         received: each right before the first tick of its channel received after it (``ts_recv``,
-        then ``seq``: one message's events share a receipt time); in a range, with that tick (the
-        rows of ``[a, T)`` and ``[T, b)`` are those of ``[a, b)``). One with no tick after it
-        comes at the end of a range open at its end (the last received)."""
+        then ``seq``: one message's events share a receipt time), moved back over ticks received
+        before it but after it in sequence (it came late: held back or sent again, and the
+        handler delivers in sequence) and on over ticks received after it but before it in
+        sequence; in a range, with that tick (the rows of ``[a, T)`` and ``[T, b)`` are those of
+        ``[a, b)``). One with no tick after it comes at the end of a range open at its end."""
         pending = self.strays
-        if len(pending) and self.start_ns is not None:
-            pending = pending[~self._placed_before(pending)]
         if not len(pending):
             yield from chunks
             return
+        if self.start_ns is not None:
+            pending = pending[~self._placed_before(pending)]
         for chunk in chunks:
-            bad = bad_stamps(chunk)
+            bad = bad_stamps(chunk, self._stray_offset)
             if bad.any():
-                chunk = chunk[~bad]                   # (met at their stamp: placed instead)
+                chunk = chunk[~bad]                   # (met at their stamp: placed instead, or not here)
             if not len(pending) or not len(chunk):
                 yield chunk
                 continue
             at = np.full(len(pending), -1, np.int64)
-            for c in np.unique(pending["channel"]).tolist():
+            pch = pending["channel"]
+            for c in np.unique(pch).tolist():
                 rows = np.flatnonzero(chunk["channel"] == c)
                 if not len(rows):
                     continue
                 r, q = chunk["ts_recv"][rows], chunk["seq"][rows]
                 reach = np.maximum.accumulate(r)
-                for j in np.flatnonzero(pending["channel"] == c).tolist():
+                mine = np.flatnonzero(pch == c)       # (sorted by receipt: those received before the
+                top = int(np.searchsorted(pending["ts_recv"][mine], reach[-1], side="right"))   # chunk's last)
+                for j in mine[:top].tolist():
                     R, S = pending["ts_recv"][j], pending["seq"][j]
                     i = int(np.searchsorted(reach, R, side="left"))
                     while i < len(rows) and not (r[i] > R or (r[i] == R and q[i] > S)):
+                        i += 1
+                    if i == len(rows):
+                        continue
+                    while i > 0 and q[i - 1] > S and q[i - 1] < q[i]:      # it came late
+                        i -= 1
+                    while i < len(rows) and q[i] < S and (i == 0 or q[i] > q[i - 1]):   # it came early
                         i += 1
                     if i < len(rows):
                         at[j] = rows[i]
@@ -808,7 +871,7 @@ class StoreSource:
         where = self.store._where(self.ids, None, self.start_ns)
         last = {int(c): (int(r), int(q)) for c, r, q in self.store.client.query(
             f"SELECT channel, argMax(toUnixTimestamp64Nano(ts_recv), (ts_recv, seq)), max((ts_recv, seq)).2 "
-            f"FROM {self.store.database}.ticks WHERE {where} AND NOT ({BAD_STAMP_SQL}) GROUP BY channel").result_rows}
+            f"FROM {self.store.database}.ticks WHERE {where} AND NOT ({self._stray_sql}) GROUP BY channel").result_rows}
         return np.array([(int(e["ts_recv"]), int(e["seq"])) < last.get(int(e["channel"]), (-(1 << 63), 0))
                          for e in strays], bool)
 

@@ -324,19 +324,22 @@ def _ewma(samples, halflife):
     return float(mean), math.sqrt(var)
 
 
-#: tickwire.ext.pipeline.FUTURE_STAMP_NS, written out: an event stamped more than a day after its
-#: receipt (``ts_recv`` 0: unknown, not checked) is a bad stamp, for which no time passes
+#: tickwire.ext.pipeline.FUTURE_STAMP_NS and BAD_STREAK_MAX, written out: an event stamped more
+#: than a day after its receipt (``ts_recv`` 0: unknown, not checked) and a day after its
+#: instrument's previous update is a bad stamp, for which no time passes; the 17th in a row is not
 FUTURE_STAMP_NS = 86_400 * 10**9
-
-
-def bad_stamp(e):
-    ts, recv = int(e["ts_event"]), int(e["ts_recv"])
-    return recv > 0 and ts - recv > FUTURE_STAMP_NS
+BAD_STREAK_MAX = 16
 
 
 def stats_time(s, e):
-    """The time the statistics take event ``e`` at: the instrument's last update's for a bad stamp."""
-    return s.ts if bad_stamp(e) else int(e["ts_event"])
+    """The time the statistics take event ``e`` at (counting a bad stamp)."""
+    ts, recv = int(e["ts_event"]), int(e["ts_recv"])
+    if recv > 0 and ts - recv > FUTURE_STAMP_NS and ts - s.ts > FUTURE_STAMP_NS and s.bad_streak < BAD_STREAK_MAX:
+        s.bad_streak += 1
+        s.future_stamps += 1
+        return s.ts
+    s.bad_streak = 0
+    return ts
 
 
 class _RefInstrument:
@@ -349,7 +352,7 @@ class _RefInstrument:
         self.samples = []                    # (ts, mid, spread) each time a best price moved
         self.trades = []                     # (ts, price, qty, signed qty)
         self.state = {rid: 0 for rid, _ in rules}               # hysteresis: 0 armed, +1/-1 fired
-        self.updates = self.signals = self.suppressed = self.future_stamps = 0
+        self.updates = self.signals = self.suppressed = self.future_stamps = self.bad_streak = 0
 
     def sample_book(self, ts):
         b = self.book
@@ -494,7 +497,6 @@ class RefEngine:
             s.suppressed += ok
             return
         kind = int(e["kind"])
-        ts = stats_time(s, e)
         updated = False
         if ok and kind == Kind.TRADE:
             q, side, price = int(e["qty"]), int(e["side"]), int(e["price"])
@@ -502,14 +504,14 @@ class RefEngine:
                 oside, oprice = resting
                 price = price or oprice
                 side = (ASK if oside == BID else BID) if side == Side.NONE else side
-            s.future_stamps += bad_stamp(e)
+            ts = stats_time(s, e)
             s.trades.append((ts, price, q, q if side == BID else -q if side == ASK else 0))
             s.ts, s.updates, updated = ts, s.updates + 1, True
         if ok and (kind != Kind.TRADE or (s.l3 and int(e["order_id"]))):
             s.pending = True
         if s.pending and (s.cfg.sample == "event" or int(e["flags"]) & Flag.LAST):
             s.pending = False
-            s.future_stamps += bad_stamp(e)
+            ts = stats_time(s, e)
             s.sample_book(ts)
             s.ts, s.updates, updated = ts, s.updates + 1, True
         if not updated or not s.rules:

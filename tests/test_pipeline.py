@@ -163,6 +163,31 @@ def test_a_stamp_is_bad_from_a_day_and_a_nanosecond_after_its_receipt():
         assert f["ts"] == f["last_trade_ts"] == (0 if bad else ts_event) and f["trade_count"] == 1   # (no update before)
 
 
+def test_a_receiving_clock_days_behind_takes_the_stamps_after_a_short_streak():
+    """A review: with our clock two days behind (a VM restored, NTP broken), every event was a bad
+    stamp and no time ever passed: the one-second trade window held all 20,000 trades of 20 s.
+    After BAD_STREAK_MAX bad stamps in a row, an instrument's stamps are taken again."""
+    from tickwire.ext.pipeline import BAD_STREAK_MAX
+
+    ev = np.zeros(20_000, EVENT_DTYPE)
+    ev["ts_event"] = T0 + np.arange(len(ev)) * 1_000_000            # 1 ms apart
+    ev["ts_recv"] = ev["ts_event"] - 2 * 86_400 * 10**9              # received "two days earlier"
+    ev["kind"], ev["side"], ev["price"], ev["qty"], ev["flags"] = Kind.TRADE, Side.BID, 1000, 1, int(Flag.LAST)
+    eng = Engine(synthetic_instruments(1), [], StatsConfig(trade_window="time", trade_window_size=10**9),
+                 clock="event")
+    eng.process(ev)
+    f = eng.features(0)
+    assert f["future_stamps"] == BAD_STREAK_MAX == 16
+    assert f["trade_count"] == 1000 and f["ts"] == ev["ts_event"][-1]
+    one = ev.copy()                                                  # one bad stamp among good ones: still one
+    one["ts_recv"] = one["ts_event"] + 20_000
+    one["ts_event"][5000] = 4_102_444_800 * 10**9
+    eng = Engine(synthetic_instruments(1), [], StatsConfig(trade_window="time", trade_window_size=10**9),
+                 clock="event")
+    eng.process(one)
+    assert eng.features(0)["future_stamps"] == 1 and eng.features(0)["trade_count"] == 1000
+
+
 def test_deterministic_on_the_real_capture_and_independent_of_batching(binance):
     def run(chunk):
         eng = Engine(binance.instruments, RULES, StatsConfig(window_size=200), clock="event")

@@ -802,3 +802,16 @@ def test_vectorised_csv_formatting_equals_the_csv_module():
         buf = io.StringIO()
         csv.writer(buf, lineterminator="\n").writerow([text, "z"])
         assert buf.getvalue() == _csv_field(text) + ",z\n"
+
+
+def test_a_bad_stamp_first_gives_no_time_of_int64_min(tmp_path):
+    """A review: a stream whose first event is a bad stamp reported first_ts_event -2**63 (and
+    its mid samples were timed so)."""
+    e = ev(HAND)
+    e["ts_event"][0] = 4_102_444_800 * 10**9
+    rb = ReportBuilder([Instrument(0, "X", tick_size="0.01", lot_size="1")], horizons_ns=(500,), plots=False)
+    rb.add(e, sig(e[1]))
+    summary = rb.finish(tmp_path)
+    assert (summary["first_ts_event"], summary["last_ts_event"]) == (2000, 4000)
+    text = json.dumps(summary)
+    assert str(-(1 << 63)) not in text and "4102444800" not in text, text[:2000]
