@@ -122,7 +122,8 @@ class Collector:
                                                           "known: the publisher restarted while the worker was away"),
             ("silences", "feed_silences", "times a live channel went silent longer than feeds.stale_after_ms"),
             ("future_stamps", "future_stamps", "statistics updates whose event was stamped (ts_event) more than a "
-                                               "day after its receipt (ts_recv): a bad stamp, for which no time passed"),
+                                               "day after its receipt (ts_recv) and its instrument's previous "
+                                               "update: a bad stamp, for which no time passed (docs/engine.md)"),
             ("ring_waits", "tick_ring_waits", "times the engine waited for room in a full tick ring (back-pressure)"),
             ("restarts", "worker_restarts", "times the supervisor restarted the worker"),
             ("stall_restarts", "worker_stall_restarts", "times the supervisor killed the worker to restart it "

@@ -81,7 +81,8 @@ cdef struct tw_istate:
     uint64_t signals
     uint64_t suppressed           # events seen while the book was out of sync
     uint64_t future_stamps        # updates whose ts_event was more than a day after their ts_recv
-    uint32_t bad_streak           # ... in a row (past BAD_STREAK_MAX: our clock is what is off)
+    uint32_t bad_streak           # ... in a row (past BAD_STREAK_MAX over BAD_STREAK_NS: our clock is off)
+    int64_t bad_since             # ts_recv of the streak's first
 
 cdef struct tw_rule:
     uint16_t id

@@ -98,10 +98,14 @@ cdef inline void _prefetch(const tw_bookset *s, const tw_event *e, int stage) no
 #: beyond any clock's error, and no exchange stamps an event before it happens.
 cdef int64_t _FUTURE_STAMP_NS = 86_400_000_000_000
 FUTURE_STAMP_NS = _FUTURE_STAMP_NS
-#: Bad stamps in a row after which an instrument's events are taken at their stamps again: it is
-#: our clock that is days behind (a review: every event was a bad stamp, and no time ever passed)
+#: Bad stamps in a row, over a minute of receipt time, after which an instrument's events are taken
+#: at their stamps again: it is our clock that is days behind (a review: every event was a bad
+#: stamp, and no time ever passed). A publisher's burst of bad stamps is shorter (taken after 16,
+#: 17 stamped 2100 in a millisecond held the windows at 2100 again: a second review).
 cdef uint32_t _BAD_STREAK_MAX = 16
 BAD_STREAK_MAX = _BAD_STREAK_MAX
+cdef int64_t _BAD_STREAK_NS = 60_000_000_000
+BAD_STREAK_NS = _BAD_STREAK_NS
 
 
 cdef inline int64_t _stats_ts(tw_istate *st, const tw_event *e) noexcept nogil:
@@ -109,15 +113,17 @@ cdef inline int64_t _stats_ts(tw_istate *st, const tw_event *e) noexcept nogil:
     :data:`FUTURE_STAMP_NS` after its ``ts_recv``, when that is known, and as far after the
     instrument's previous update) the time of that update: no time passes (its receipt time
     would be no better where a publisher's clock runs years apart from ours). After
-    :data:`BAD_STREAK_MAX` in a row, the stamp is taken: our clock is the one that is off. A
-    replay does the same."""
+    :data:`BAD_STREAK_MAX` in a row over :data:`BAD_STREAK_NS` of receipt time, the stamp is
+    taken: our clock is the one that is off. A replay does the same."""
     cdef int64_t ts = e.ts_event
     cdef int64_t r = e.ts_recv
     cdef int64_t last = st.f.ts
     if TW_UNLIKELY(r > 0 and ts > r and <uint64_t>ts - <uint64_t>r > <uint64_t>_FUTURE_STAMP_NS
                    and ts > last and <uint64_t>ts - <uint64_t>last > <uint64_t>_FUTURE_STAMP_NS):
-        if st.bad_streak < _BAD_STREAK_MAX:
-            st.bad_streak += 1
+        if st.bad_streak == 0:
+            st.bad_since = r
+        if st.bad_streak < _BAD_STREAK_MAX or r - st.bad_since < _BAD_STREAK_NS:
+            st.bad_streak += 1                # (a minute's events at most: no wrap)
             st.future_stamps += 1
             return last
     st.bad_streak = 0

@@ -44,7 +44,7 @@ import numpy as np
 from tickwire.engine.instruments import Instrument, make_books
 from tickwire.engine.plots import MATPLOTLIB_HINT
 from tickwire.ext.records import EVENT_DTYPE, SIGNAL_DTYPE, RuleKind, SignalFlag
-from tickwire.replay.sources import bad_stamps, stamp_offset
+from tickwire.replay.sources import clock_strays, stamp_offset
 
 __all__ = ["ReportBuilder", "DEFAULT_HORIZONS_NS", "horizon_name", "MATPLOTLIB_MISSING"]
 
@@ -351,7 +351,7 @@ class ReportBuilder:
             offset = stamp_offset(events)                  # the first batch large enough to tell
             if int((events["ts_recv"] != 0).sum()) >= 64:
                 self._offset = offset
-        bad = bad_stamps(events, offset)
+        bad = clock_strays(events, offset)
         if bad.any():                                      # a bad stamp (2100, say) moves no clock: it
             ts = np.where(bad, NO_PRICE, ts)               # resolved every horizon after it at once
         clock = np.maximum.accumulate(ts)

@@ -120,12 +120,12 @@ def split_by_time(events: np.ndarray, every_ns: int, floor: int = -(1 << 63), of
     where its receipt puts it, the stream's typical ``offset_ns`` taken into account:
     :func:`~tickwire.replay.sources.bad_stamps`) moves no clock (one stamped 2100 held the replay
     until 2100)."""
-    from tickwire.replay.sources import bad_stamps
+    from tickwire.replay.sources import clock_strays
 
     ts = events["ts_event"]
     if not len(ts):
         return []
-    bad = bad_stamps(events, offset_ns)
+    bad = clock_strays(events, offset_ns)
     if bad.any():
         ts = np.where(bad, -(1 << 63), ts)
     clock = np.maximum(np.maximum.accumulate(ts), floor)
@@ -144,10 +144,10 @@ def split_by_time(events: np.ndarray, every_ns: int, floor: int = -(1 << 63), of
 
 def _recorded_max(events: np.ndarray, clock: int, offset_ns: float) -> int:
     """The latest ``ts_event`` of a paced batch, its bad stamps aside (``clock`` if all are)."""
-    from tickwire.replay.sources import bad_stamps
+    from tickwire.replay.sources import clock_strays
 
     ts = events["ts_event"]
-    bad = bad_stamps(events, offset_ns)
+    bad = clock_strays(events, offset_ns)
     if bad.any():
         ts = ts[~bad]
     return max(int(ts.max()), clock) if len(ts) else clock
@@ -271,11 +271,11 @@ class Replay:
                 progress(res.events, res)
         try:
             high = -(1 << 63)                  # the recorded clock so far (running max of ts_event)
-            offset = None
+            unknown = offset = object()
             for chunk in self._batches():
-                if speed is not None and offset is None:  # the stream's typical ts_event - ts_recv
-                    offset = getattr(self.source, "_stray_offset", None)
-                    if offset is None:
+                if speed is not None and offset is unknown:   # the stream's typical ts_event - ts_recv:
+                    offset = getattr(self.source, "_stray_offset", unknown)   # a store's (None: no bad
+                    if offset is unknown:                                       # stamps), else the first chunk's
                         from tickwire.replay.sources import stamp_offset
 
                         offset = stamp_offset(chunk)

@@ -52,24 +52,32 @@ def stamp_offset(events: np.ndarray) -> float:
     """The typical ``ts_event - ts_recv`` of ``events`` (the median, ns; 0 when no receipt time
     is known): a publisher whose clock runs years apart from ours (the simulator's stream starts
     in 2023) or ours days behind shift every event alike."""
-    known = events["ts_recv"] != 0
+    known = events["ts_recv"] > 0
     if not known.any():
         return 0.0
     return float(np.median(events["ts_event"][known].astype(np.float64) - events["ts_recv"][known].astype(np.float64)))
 
 
-def bad_stamps(events: np.ndarray, offset_ns: Optional[float] = None) -> np.ndarray:
+def clock_strays(events: np.ndarray, offset_ns: Optional[float]) -> np.ndarray:
+    """:func:`bad_stamps` for a replay's clocks (paced, the report's): none where more than a tenth
+    of 64 or more events are (a stream of two clocks, the simulator's 2023 and a live feed, not
+    bad stamps: its second clock moved nothing, a review)."""
+    bad = bad_stamps(events, offset_ns)
+    if len(bad) >= 64 and bad.sum() > MAX_STRAY_SHARE * len(bad):
+        bad[:] = False
+    return bad
+
+
+def bad_stamps(events: np.ndarray, offset_ns: Optional[float]) -> np.ndarray:
     """Which of ``events`` have a bad stamp: a ``ts_event`` more than :data:`FUTURE_STAMP_NS` (a
-    day) away from where their receipt (``ts_recv``, when known) puts it, the typical offset
-    (``offset_ns``, else :func:`stamp_offset` of ``events``) taken into account. Such a tick
-    (2100, say) sits at its stamp in the store's time order; a replay puts it back where it was
-    received, and no clock of a replay moves for it (docs/replay.md)."""
+    day) away from where their receipt (``ts_recv``, when known) puts it, the stream's typical
+    offset (``offset_ns``; None: not known, none) taken into account. Such a tick (2100, say) sits
+    at its stamp in the store's time order; a replay puts it back where it was received, and no
+    clock of a replay moves for it (docs/replay.md)."""
     r = events["ts_recv"]
-    known = r != 0
-    if not known.any():
-        return known
-    if offset_ns is None:
-        offset_ns = stamp_offset(events)
+    known = r > 0
+    if offset_ns is None or not known.any():
+        return np.zeros(len(events), bool)
     d = events["ts_event"].astype(np.float64) - r.astype(np.float64) - offset_ns
     return known & (np.abs(d) > FUTURE_STAMP_NS)
 
@@ -433,7 +441,8 @@ def _check_definitions(given: Sequence[Instrument], recorded: Sequence[Instrumen
                               f"with the config the daemon ran)")
 
 
-def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray) -> Iterator[np.ndarray]:
+def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray,
+                    stamp_offset_ns: Optional[float] = None) -> Iterator[np.ndarray]:
     """Put snapshot events and markers back into the tick stream where the engine met them.
 
     ``snapshots`` are in the order the engine met them (the tick ring's, ``epoch, ord``). Within
@@ -446,7 +455,9 @@ def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray) -> Itera
     they meet a book that is out of sync and change nothing it keeps.
 
     The work is per chunk and per snapshot run (rows of one channel and sequence number in a
-    row), never per tick.
+    row), never per tick. ``stamp_offset_ns``: the ticks' typical ``ts_event - ts_recv``, when
+    their bad stamps are known (:func:`bad_stamps`; a later start's markers, placed by time, do
+    not go before one).
     """
     # runs of (channel, seq) in stream order, per channel, as (seq, ts or None, rows); a daemon start's
     # RESTART marker begins a run of its own (another start's rows of the same seq are not its)
@@ -492,7 +503,7 @@ def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray) -> Itera
                     # store put its STALE marker before the first run's ticks: none of the first
                     # run's signals replayed)
                     if stamp is None:                  # a bad stamp (2100) is no time: a later
-                        bad = bad_stamps(chunk)        # start's markers went before it
+                        bad = bad_stamps(chunk, stamp_offset_ns)   # start's markers went before it
                         stamp = np.where(bad, -(1 << 63), chunk["ts_event"]) if bad.any() else chunk["ts_event"]
                     above = np.flatnonzero(stamp[idx[lo:]] >= ts)
                 else:
@@ -666,7 +677,7 @@ class StoreSource:
         where = self.store._where(self.ids, None, None)
         offset, rows = self.store.client.query(
             "SELECT median(toFloat64(toUnixTimestamp64Nano(ts_event)) - toFloat64(toUnixTimestamp64Nano(ts_recv))), "
-            f"count() FROM {database}.ticks WHERE {where} AND toUnixTimestamp64Nano(ts_recv) != 0").result_rows[0]
+            f"count() FROM {database}.ticks WHERE {where} AND toUnixTimestamp64Nano(ts_recv) > 0").result_rows[0]
         if not rows or offset is None or not np.isfinite(offset):
             return none
         sql = bad_stamp_sql(offset)
@@ -819,7 +830,8 @@ class StoreSource:
         before it but after it in sequence (it came late: held back or sent again, and the
         handler delivers in sequence) and on over ticks received after it but before it in
         sequence; in a range, with that tick (the rows of ``[a, T)`` and ``[T, b)`` are those of
-        ``[a, b)``). One with no tick after it comes at the end of a range open at its end."""
+        ``[a, b)``). One with no tick after it comes at the end, in the range of its channel's
+        last tick."""
         pending = self.strays
         if not len(pending):
             yield from chunks
@@ -852,7 +864,7 @@ class StoreSource:
                         continue
                     while i > 0 and q[i - 1] > S and q[i - 1] < q[i]:      # it came late
                         i -= 1
-                    while i < len(rows) and q[i] < S and (i == 0 or q[i] > q[i - 1]):   # it came early
+                    while 0 < i < len(rows) and q[i] < S and q[i] > q[i - 1]:     # it came early
                         i += 1
                     if i < len(rows):
                         at[j] = rows[i]
@@ -862,8 +874,16 @@ class StoreSource:
                 chunk = np.insert(chunk, at[go], pending[go])
                 pending = np.delete(pending, go)
             yield chunk
-        if len(pending) and self.end_ns is None:
-            yield pending                             # the last received of their channels
+        if len(pending):                              # the last received of their channels: with
+            last = {int(c): int(t) for c, t in self.store.client.query(   # the channel's last tick
+                f"SELECT channel, toUnixTimestamp64Nano(max(ts_event)) FROM {self.store.database}.ticks WHERE "
+                f"{self.store._where(self.ids, None, None)} AND NOT ({self._stray_sql}) GROUP BY channel").result_rows}
+            lo = -(1 << 63) if self.start_ns is None else int(self.start_ns)
+            hi = 1 << 63 if self.end_ns is None else int(self.end_ns)
+            mine = np.array([lo <= last[c] < hi if c in last else self.start_ns is None
+                             for c in pending["channel"].tolist()], bool)
+            if mine.any():
+                yield pending[mine]
 
     def _placed_before(self, strays: np.ndarray) -> np.ndarray:
         """Which of ``strays`` a tick stamped before the range was received after (per channel,
@@ -877,7 +897,7 @@ class StoreSource:
 
     def _chunks(self) -> Iterator[np.ndarray]:
         ticks = self.store.read_ticks(self.ids, self.start_ns, self.end_ns, chunk_rows=self.chunk)
-        return self._audited(merge_snapshots(self._placed(ticks), self.snapshots))
+        return self._audited(merge_snapshots(self._placed(ticks), self.snapshots, self._stray_offset))
 
     def _windows(self):
         return self.store._read_windows("ticks", self.ids, self.start_ns, self.end_ns, self.chunk)
@@ -891,7 +911,8 @@ class StoreSource:
         from tickwire.engine.store import _merged, _split
 
         windows = read_ahead(self._windows, self.prefetch, self.reader_cpus)
-        return self._audited(merge_snapshots(self._placed(_split(_merged(windows), self.chunk)), self.snapshots))
+        return self._audited(merge_snapshots(self._placed(_split(_merged(windows), self.chunk)), self.snapshots,
+                                             self._stray_offset))
 
     def close(self) -> None:
         self.store.close()

@@ -326,18 +326,22 @@ def _ewma(samples, halflife):
 
 #: tickwire.ext.pipeline.FUTURE_STAMP_NS and BAD_STREAK_MAX, written out: an event stamped more
 #: than a day after its receipt (``ts_recv`` 0: unknown, not checked) and a day after its
-#: instrument's previous update is a bad stamp, for which no time passes; the 17th in a row is not
+#: instrument's previous update is a bad stamp, for which no time passes; past 16 in a row over a
+#: minute of receipt time, not
 FUTURE_STAMP_NS = 86_400 * 10**9
-BAD_STREAK_MAX = 16
+BAD_STREAK_MAX, BAD_STREAK_NS = 16, 60 * 10**9
 
 
 def stats_time(s, e):
     """The time the statistics take event ``e`` at (counting a bad stamp)."""
     ts, recv = int(e["ts_event"]), int(e["ts_recv"])
-    if recv > 0 and ts - recv > FUTURE_STAMP_NS and ts - s.ts > FUTURE_STAMP_NS and s.bad_streak < BAD_STREAK_MAX:
-        s.bad_streak += 1
-        s.future_stamps += 1
-        return s.ts
+    if recv > 0 and ts - recv > FUTURE_STAMP_NS and ts - s.ts > FUTURE_STAMP_NS:
+        if s.bad_streak == 0:
+            s.bad_since = recv
+        if s.bad_streak < BAD_STREAK_MAX or recv - s.bad_since < BAD_STREAK_NS:
+            s.bad_streak += 1
+            s.future_stamps += 1
+            return s.ts
     s.bad_streak = 0
     return ts
 
@@ -352,7 +356,7 @@ class _RefInstrument:
         self.samples = []                    # (ts, mid, spread) each time a best price moved
         self.trades = []                     # (ts, price, qty, signed qty)
         self.state = {rid: 0 for rid, _ in rules}               # hysteresis: 0 armed, +1/-1 fired
-        self.updates = self.signals = self.suppressed = self.future_stamps = self.bad_streak = 0
+        self.updates = self.signals = self.suppressed = self.future_stamps = self.bad_streak = self.bad_since = 0
 
     def sample_book(self, ts):
         b = self.book

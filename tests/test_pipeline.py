@@ -163,29 +163,31 @@ def test_a_stamp_is_bad_from_a_day_and_a_nanosecond_after_its_receipt():
         assert f["ts"] == f["last_trade_ts"] == (0 if bad else ts_event) and f["trade_count"] == 1   # (no update before)
 
 
-def test_a_receiving_clock_days_behind_takes_the_stamps_after_a_short_streak():
+def test_a_receiving_clock_days_behind_takes_the_stamps_after_a_minute_but_a_burst_stays_bad():
     """A review: with our clock two days behind (a VM restored, NTP broken), every event was a bad
-    stamp and no time ever passed: the one-second trade window held all 20,000 trades of 20 s.
-    After BAD_STREAK_MAX bad stamps in a row, an instrument's stamps are taken again."""
-    from tickwire.ext.pipeline import BAD_STREAK_MAX
+    stamp and no time ever passed: the one-second trade window held every trade. After
+    BAD_STREAK_MAX bad stamps in a row over BAD_STREAK_NS (a minute) of receipt time, an
+    instrument's stamps are taken again. A second review: taken after 16 alone, a publisher's burst
+    of 17 stamped 2100 held the windows at 2100 again; a burst of 500 in half a second stays bad."""
+    from tickwire.ext.pipeline import BAD_STREAK_MAX, BAD_STREAK_NS
 
+    assert (BAD_STREAK_MAX, BAD_STREAK_NS) == (16, 60 * 10**9)
+    cfg = StatsConfig(trade_window="time", trade_window_size=10**9)
     ev = np.zeros(20_000, EVENT_DTYPE)
-    ev["ts_event"] = T0 + np.arange(len(ev)) * 1_000_000            # 1 ms apart
+    ev["ts_event"] = T0 + np.arange(len(ev)) * 10_000_000           # 10 ms apart: 200 s
     ev["ts_recv"] = ev["ts_event"] - 2 * 86_400 * 10**9              # received "two days earlier"
     ev["kind"], ev["side"], ev["price"], ev["qty"], ev["flags"] = Kind.TRADE, Side.BID, 1000, 1, int(Flag.LAST)
-    eng = Engine(synthetic_instruments(1), [], StatsConfig(trade_window="time", trade_window_size=10**9),
-                 clock="event")
+    eng = Engine(synthetic_instruments(1), [], cfg, clock="event")
     eng.process(ev)
     f = eng.features(0)
-    assert f["future_stamps"] == BAD_STREAK_MAX == 16
-    assert f["trade_count"] == 1000 and f["ts"] == ev["ts_event"][-1]
-    one = ev.copy()                                                  # one bad stamp among good ones: still one
-    one["ts_recv"] = one["ts_event"] + 20_000
-    one["ts_event"][5000] = 4_102_444_800 * 10**9
-    eng = Engine(synthetic_instruments(1), [], StatsConfig(trade_window="time", trade_window_size=10**9),
-                 clock="event")
-    eng.process(one)
-    assert eng.features(0)["future_stamps"] == 1 and eng.features(0)["trade_count"] == 1000
+    assert f["future_stamps"] == 6000                                # the first minute's
+    assert f["trade_count"] == 100 and f["ts"] == ev["ts_event"][-1]
+    burst = ev.copy()
+    burst["ts_recv"] = burst["ts_event"] + 20_000
+    burst["ts_event"][5000:5500] = 4_102_444_800 * 10**9             # 500 in a row, over 5 s
+    eng = Engine(synthetic_instruments(1), [], cfg, clock="event")
+    eng.process(burst)
+    assert eng.features(0)["future_stamps"] == 500 and eng.features(0)["trade_count"] == 100
 
 
 def test_deterministic_on_the_real_capture_and_independent_of_batching(binance):

@@ -16,7 +16,7 @@ from tickwire.engine.store import Store
 from tickwire.ext import EVENT_DTYPE, Flag, Kind, Side
 from tickwire.feeds.synthetic import l3_orders, synthetic_instruments
 from tickwire.replay import StoreSource
-from tickwire.replay.sources import bad_stamps
+from tickwire.replay.sources import bad_stamps, stamp_offset
 from tickwire.replay.audit import SeqAudit
 
 
@@ -387,11 +387,13 @@ def test_bad_stamps_all_before_a_range_are_not_replayed_again_in_it(tmp_path):
     for last in (False, True):
         ev, _ = bad_stamp_store(tmp_path / str(last), n=1000, strays=4, last=last)   # at 11, 12, 500 (and 999)
         dsn = f"chdb://{tmp_path}/{last}/s"
-        good = ev["ts_event"][~bad_stamps(ev)]
+        good = ev["ts_event"][~bad_stamps(ev, stamp_offset(ev))]
         cut = int(good[-2])                                        # after every stray but the last
         a, b = replayed(dsn, end_ns=cut), replayed(dsn, start_ns=cut)
         assert len(a) + len(b) == len(ev) and per_channel(np.concatenate([a, b])) == per_channel(ev)
-        assert bad_stamps(b).sum() == int(last)                    # only the last received, at the end
+        assert bad_stamps(b, stamp_offset(ev)).sum() == 0           # the last: with its channel's last tick
+        whole = replayed(dsn, end_ns=int(good[-1]) + 1)            # (a range past the data: the last too)
+        assert len(whole) == len(ev) and per_channel(whole) == per_channel(ev)
 
 
 def test_a_bad_stamp_received_late_goes_back_to_its_place_in_sequence(tmp_path):
@@ -427,7 +429,7 @@ def test_a_later_start_s_markers_are_not_put_before_a_bad_stamp():
                        int(Flag.SNAPSHOT | Flag.STALE | Flag.RESTART)]
     marker["seq"] = [0, 1, 0]
     marker["ts_event"] = [ticks["ts_event"][0] - 1, ticks["ts_event"][0], ticks["ts_event"][50] - 1]
-    out = np.concatenate(list(merge_snapshots([ticks[:30], ticks[30:]], marker)))
+    out = np.concatenate(list(merge_snapshots([ticks[:30], ticks[30:]], marker, stamp_offset(ticks))))
     at = np.flatnonzero((out["flags"] & Flag.SNAPSHOT) != 0).tolist()
     assert at == [0, 2, 52], at                                    # the second start: before seq 51
 
@@ -454,3 +456,22 @@ def test_a_receipt_clock_days_off_is_no_bad_stamp_and_a_store_of_two_clocks_is_r
             got = np.concatenate(list(src))
     assert "two clocks" in caplog.text
     assert len(got) == len(two) and per_channel(got) == per_channel(two)
+    from tickwire.replay.run import split_by_time                   # a paced replay: the second clock
+    clocks = [c for c, _ in split_by_time(two[1000:], 10**5, offset_ns=stamp_offset(two[:1000]))]
+    assert clocks[-1] >= int(two["ts_event"][-1]) - 10**5 and len(clocks) > 5, clocks[-3:]   # moves it
+
+
+def test_a_bad_stamp_last_of_a_run_stays_there_when_the_next_run_starts_a_chunk(tmp_path):
+    """A second review: the walk over ticks a stray came before in sequence ran through a whole
+    later run (a publisher's new epoch, seq from 1 again) when that run began a chunk."""
+    ev = np.zeros(100, EVENT_DTYPE)
+    ev["seq"] = np.concatenate([np.arange(1, 61), np.arange(1, 41)])
+    ev["kind"], ev["side"], ev["price"], ev["qty"] = Kind.ADD, Side.BID, 100, 1
+    ev["order_id"] = np.arange(1, 101)
+    ev["ts_event"] = 1_700_000_000_000_000_000 + np.arange(100) * 1000
+    ev["ts_recv"] = ev["ts_event"] + 20_000
+    ev["ts_event"][59] = 4_102_444_800 * 10**9                     # the first run's last: a bad stamp
+    make_store(tmp_path / "s", ev, synthetic_instruments(1, book="L3"))
+    for chunk in (1 << 20, 59, 60):
+        got = replayed(f"chdb://{tmp_path}/s", chunk=chunk)
+        assert got["seq"].tolist() == ev["seq"].tolist(), chunk
