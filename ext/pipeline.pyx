@@ -1166,8 +1166,8 @@ cdef class Engine:
     @property
     def future_stamps(self):
         """Statistics updates, over every instrument, of events stamped (``ts_event``) more than
-        :data:`FUTURE_STAMP_NS` (a day) after their receipt (``ts_recv``): bad stamps, for which
-        no time passed."""
+        :data:`FUTURE_STAMP_NS` (a day) after their receipt (``ts_recv``) and their instrument's
+        previous update: bad stamps, for which no time passed (see ``_stats_ts``)."""
         cdef uint64_t n = 0
         cdef uint32_t i
         for i in range(self.ninst):

@@ -44,7 +44,7 @@ import numpy as np
 from tickwire.engine.instruments import Instrument, make_books
 from tickwire.engine.plots import MATPLOTLIB_HINT
 from tickwire.ext.records import EVENT_DTYPE, SIGNAL_DTYPE, RuleKind, SignalFlag
-from tickwire.replay.sources import clock_strays, stamp_offset
+from tickwire.replay.sources import StampOffset, clock_strays
 
 __all__ = ["ReportBuilder", "DEFAULT_HORIZONS_NS", "horizon_name", "MATPLOTLIB_MISSING"]
 
@@ -283,7 +283,7 @@ class ReportBuilder:
         self._sync = np.ones(nid, bool)
         self._clock = NO_PRICE                              # highest ts_event seen
         self._first_ts = None
-        self._offset = None                                 # the stream's typical ts_event - ts_recv
+        self._stamp_offset = StampOffset()                  # the stream's typical ts_event - ts_recv
         self.events = 0
         self.batches = 0
         self._finished = False
@@ -346,20 +346,17 @@ class ReportBuilder:
         bid, ask = top[:, 0], top[:, 1]
         sync = sync.view(np.bool_)                          # 0 or 1
         ts = events["ts_event"]
-        offset = self._offset
-        if offset is None:                                 # the stream's typical ts_event - ts_recv: from
-            offset = stamp_offset(events)                  # the first batch large enough to tell
-            if int((events["ts_recv"] != 0).sum()) >= 64:
-                self._offset = offset
-        bad = clock_strays(events, offset)
+        bad = clock_strays(events, self._stamp_offset.of(events))
         if bad.any():                                      # a bad stamp (2100, say) moves no clock: it
             ts = np.where(bad, NO_PRICE, ts)               # resolved every horizon after it at once
         clock = np.maximum.accumulate(ts)
         np.maximum(clock, self._clock, out=clock)
-        if bad.any():                                      # its own time: the clock it met (before any
-            known = clock != NO_PRICE                      # other: the first one after it)
-            ts = np.where(bad, clock if known.all() else np.where(
-                known, clock, clock[np.argmax(known)] if known.any() else events["ts_recv"]), events["ts_event"])
+        if bad.any():                                      # its own time: the clock it met (before any,
+            fill = clock                                   # the first one after it; else its receipt)
+            if fill[0] == NO_PRICE:
+                known = fill != NO_PRICE
+                fill = np.where(known, fill, fill[known][0] if known.any() else events["ts_recv"])
+            ts = np.where(bad, fill, events["ts_event"])
 
         inst = events["instrument"].astype(np.int64)
         single = bool(inst[0] == inst[-1] and np.all(inst == inst[0]))

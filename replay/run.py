@@ -271,14 +271,12 @@ class Replay:
                 progress(res.events, res)
         try:
             high = -(1 << 63)                  # the recorded clock so far (running max of ts_event)
-            unknown = offset = object()
-            for chunk in self._batches():
-                if speed is not None and offset is unknown:   # the stream's typical ts_event - ts_recv:
-                    offset = getattr(self.source, "_stray_offset", unknown)   # a store's (None: no bad
-                    if offset is unknown:                                       # stamps), else the first chunk's
-                        from tickwire.replay.sources import stamp_offset
+            from tickwire.replay.sources import StampOffset
 
-                        offset = stamp_offset(chunk)
+            offsets, offset = StampOffset(self.source), None
+            for chunk in self._batches():
+                if speed is not None:
+                    offset = offsets.of(chunk)     # the stream's typical ts_event - ts_recv
                 pieces = [(0, chunk)] if speed is None else split_by_time(chunk, slot, high, offset)
                 for clock, ev in pieces:
                     if speed is not None and clock is not None:

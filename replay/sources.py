@@ -58,6 +58,24 @@ def stamp_offset(events: np.ndarray) -> float:
     return float(np.median(events["ts_event"][known].astype(np.float64) - events["ts_recv"][known].astype(np.float64)))
 
 
+class StampOffset:
+    """A stream's typical ``ts_event - ts_recv`` for its replay's clocks (paced, the report's): a
+    source's own where it has one (``stamp_offset_ns``: a store's, None when it holds no bad
+    stamps), else :func:`stamp_offset` of each batch until one with 64 receipts or more fixes it."""
+
+    def __init__(self, source=None):
+        self.fixed = hasattr(source, "stamp_offset_ns")
+        self.value = source.stamp_offset_ns if self.fixed else None
+
+    def of(self, events: np.ndarray) -> Optional[float]:
+        if self.fixed:
+            return self.value
+        offset = stamp_offset(events)
+        if int((events["ts_recv"] > 0).sum()) >= 64:
+            self.fixed, self.value = True, offset
+        return offset
+
+
 def clock_strays(events: np.ndarray, offset_ns: Optional[float]) -> np.ndarray:
     """:func:`bad_stamps` for a replay's clocks (paced, the report's): none where more than a tenth
     of 64 or more events are (a stream of two clocks, the simulator's 2023 and a live feed, not
@@ -659,7 +677,8 @@ class StoreSource:
             # ticks with bad stamps sit at their stamp in the store's time order (the year 2100,
             # say: an L3 order's add then came after its deletion): each goes back where it was
             # received instead, before its channel's next tick (_placed)
-            self.strays, self._stray_sql, self._stray_offset = self._read_strays(database)
+            #: the store's typical ts_event - ts_recv, where it holds bad stamps (else None)
+            self.strays, self._stray_sql, self.stamp_offset_ns = self._read_strays(database)
             self.snapshots = self._snapshots(database) if snapshots else np.empty(0, EVENT_DTYPE)
             self.total += len(self.snapshots)          # what the replay goes through (progress said 200,024 / 200,000)
             # the sequence numbers are checked where the markers come along (they explain the feed's
@@ -839,7 +858,7 @@ class StoreSource:
         if self.start_ns is not None:
             pending = pending[~self._placed_before(pending)]
         for chunk in chunks:
-            bad = bad_stamps(chunk, self._stray_offset)
+            bad = bad_stamps(chunk, self.stamp_offset_ns)
             if bad.any():
                 chunk = chunk[~bad]                   # (met at their stamp: placed instead, or not here)
             if not len(pending) or not len(chunk):
@@ -897,7 +916,7 @@ class StoreSource:
 
     def _chunks(self) -> Iterator[np.ndarray]:
         ticks = self.store.read_ticks(self.ids, self.start_ns, self.end_ns, chunk_rows=self.chunk)
-        return self._audited(merge_snapshots(self._placed(ticks), self.snapshots, self._stray_offset))
+        return self._audited(merge_snapshots(self._placed(ticks), self.snapshots, self.stamp_offset_ns))
 
     def _windows(self):
         return self.store._read_windows("ticks", self.ids, self.start_ns, self.end_ns, self.chunk)
@@ -912,7 +931,7 @@ class StoreSource:
 
         windows = read_ahead(self._windows, self.prefetch, self.reader_cpus)
         return self._audited(merge_snapshots(self._placed(_split(_merged(windows), self.chunk)), self.snapshots,
-                                             self._stray_offset))
+                                             self.stamp_offset_ns))
 
     def close(self) -> None:
         self.store.close()
