@@ -22,7 +22,7 @@ from libc.stdint cimport int64_t, uint64_t, uint32_t, uint16_t, uint8_t, uintptr
 from libc.stdlib cimport calloc, realloc, free
 from libc.string cimport memcpy, memset
 
-from tickwire.ext.defs cimport tw_event, tw_misaligned, TW_KIND_MAX, TW_SIDE_NONE, TW_LIKELY, TW_UNLIKELY
+from tickwire.ext.defs cimport tw_event, tw_misaligned, TW_KIND_MAX, TW_KIND_SNAPSHOT, TW_SIDE_NONE, TW_LIKELY, TW_UNLIKELY
 
 import errno as _errno
 import os
@@ -272,6 +272,10 @@ cdef int tw_wire_copy_events(const tw_wire_header *h, const char *payload, tw_ev
         out[i].ts_recv = ts_recv
         out[i].channel = h.channel
         out[i].seq = h.seq + step * <uint64_t>i
+        # a marker's order_id is the receiver's own (the feed handler's markers carry the epoch a
+        # channel follows, which a restarted worker reads back from its tick ring): a publisher's
+        # is set to 0, so that no marker sent can pass for an epoch (no branch)
+        out[i].order_id &= <uint64_t>0 - <uint64_t>(out[i].kind != TW_KIND_SNAPSHOT)
         bad |= _malformed(&out[i])
     return TW_DROP_BAD_EVENT if bad else TW_DROP_OK
 

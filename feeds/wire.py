@@ -38,7 +38,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tickwire.ext.records import EVENT_DTYPE
+from tickwire.ext.records import EVENT_DTYPE, Kind
 
 __all__ = [
     "ipc_in_use",
@@ -467,6 +467,7 @@ def decode(topic_frame, payload, *, max_events: int = DEFAULT_MAX_EVENTS, types:
         raise WireError(Drop.BAD_EVENT, "an event with an unknown kind or side")
     events["ts_recv"] = ts_recv
     events["channel"] = channel
+    events["order_id"][kinds == Kind.SNAPSHOT] = 0     # a marker's order_id is the receiver's own
     events["seq"] = seq + np.arange(count, dtype=np.uint64) if mtype in (MsgType.DATA, MsgType.RETRANSMIT) else seq
     return Header(mtype, flags, channel, asked or count, seq, send_time, epoch, request_id, part), events
 

@@ -339,11 +339,16 @@ def _replay(args) -> int:
         args.channels = args.channels or spec.channels
         spec = dataclasses.replace(spec, channels=None)
     if args.dsn:
-        source = StoreSource(args.dsn, select, start, end, instruments=cfg_insts, snapshots=not args.publish)
+        # republished too: the snapshots and markers the live books met go out in the data stream, as a
+        # bridge sends an exchange's (ticks alone left a daemon joined late without the join snapshot's
+        # resting orders: its books and signals were not the live ones)
+        source = StoreSource(args.dsn, select, start, end, instruments=cfg_insts)
     elif args.capture:
         source = CaptureSource(args.capture, args.capture_file, select, start, end)
     else:
         source = ArraySource(args.npy, cfg_insts, select, start, end)
+    if args.publish and args.dsn:
+        _restart_note(source)
     if getattr(source, "history_before", False):
         # (a Kraken range from 16:49 gave 88 signals in its last 23 s against 74 over the day: depth
         # books missing most levels, empty sides taken as in sync)
@@ -356,6 +361,23 @@ def _replay(args) -> int:
         close = getattr(source, "close", None)
         if close is not None:
             close()
+
+
+def _restart_note(source) -> None:
+    """Say where a republished store's live worker restarted: the markers go out, but a receiving
+    daemon's engine does not begin afresh at them (an in-process replay does: Replay._process), so
+    its statistics and signals there are not the live ones until its windows have refilled."""
+    import numpy as np
+
+    from tickwire.ext.records import Flag
+
+    snaps = source.snapshots
+    restarts = np.unique(snaps["instrument"][((snaps["flags"] & np.uint32(Flag.RESTART)) != 0) & (snaps["seq"] > 0)])
+    if len(restarts):
+        print(f"note: the live worker restarted within {source.name}'s history ({len(restarts)} instrument"
+              f"{'s' if len(restarts) > 1 else ''}): its engine began afresh there, a daemon fed by this replay "
+              f"does not, so its statistics and signals after that point differ from the live ones until the "
+              f"windows have refilled; a replay without --publish restarts them (docs/replay.md)", file=sys.stderr)
 
 
 def _recorded_channels(source) -> dict:

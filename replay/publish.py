@@ -17,7 +17,7 @@ import numpy as np
 import zmq
 
 from tickwire.engine.instruments import make_books
-from tickwire.ext.records import EVENT_DTYPE, Flag
+from tickwire.ext.records import EVENT_DTYPE, Flag, Kind
 from tickwire.feeds.curve import serve_curve
 from tickwire.feeds.wire import (MAX_MESSAGE_EVENTS, Publisher, await_subscribers, books_snapshot, ipc_claim,
                                  ipc_in_use, ipc_release)
@@ -119,6 +119,9 @@ class Republisher:
         ev = np.array(events, dtype=EVENT_DTYPE, copy=copy)
         if self.flags:
             ev["flags"] |= np.uint32(self.flags)
+        # a recorded marker's order_id is the epoch of the publisher it was recorded from (the
+        # feed handler's note): nothing to this stream's receivers, who ignore it (docs/events.md)
+        ev["order_id"][ev["kind"] == Kind.SNAPSHOT] = 0
         if self.channels:
             ev["channel"] = ev["instrument"] % self.channels
         chans = ev["channel"]

@@ -621,8 +621,9 @@ class StoreSource:
         Definitions to use instead of the store's (a daemon config's carry ``max_depth`` and the
         price range, which the store does not record).
     snapshots : bool
-        Merge the snapshot events and markers (what the live books met); False: ticks only (a
-        republished feed, whose receivers ask for their own snapshots).
+        Merge the snapshot events and markers (what the live books met, and what a republished
+        feed sends in its data stream); False: ticks only, unchecked (the books of a history that
+        began with a join snapshot or a repaired loss are then not the live ones).
     prefetch : int
         Chunks read ahead by a reader thread while the caller processes the current one (the
         store's decoding and the engine then run side by side on two cores); 0: read inline.

@@ -295,7 +295,7 @@ def test_the_store_source_keeps_its_findings_for_a_library_caller(tmp_path, stor
         n = sum(len(c) for c in src)
         assert n == int(keep.sum())
         assert src.audit_findings() == {"holes": [(1, 10, 12), (1, 400, 400)], "missing": 4, "repeats": {}}
-    with StoreSource(f"chdb://{tmp_path}/s", snapshots=False) as src:   # republishing: no markers, no check
+    with StoreSource(f"chdb://{tmp_path}/s", snapshots=False) as src:   # ticks only: no markers, no check
         for _ in src:
             pass
         assert src.audit_findings() == {}

@@ -7,8 +7,10 @@ signal. (Under the default wall clock, ``ts_signal`` is the live process's clock
 differs; ``ts_recv`` is the recorded receive time either way.)
 """
 
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -16,7 +18,7 @@ import pytest
 from test_daemon import query, start_daemon, start_sim, status, stop_daemon, wait_for, write_config
 from tickwire.engine.instruments import make_books
 from tickwire.engine.live import MAX_DEPTH, request_books
-from tickwire.ext.records import Side
+from tickwire.ext.records import Kind, Side
 
 pytestmark = pytest.mark.integration
 PY = sys.executable
@@ -233,3 +235,97 @@ def test_parity_holds_through_a_killed_and_restarted_worker(tmp_path):
                           str(out_path), "--quiet"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert_parity(live, [np.load(out_path), np.load(out_path)])
+    # republished, the restart markers go out, but a receiving daemon's engine does not begin
+    # afresh at them: said
+    ipc = f"ipc://{tmp_path}/rp"
+    res = subprocess.run([PY, "-m", "tickwire", "replay", "--dsn", dsn, "--config", str(cfg_path), "--publish",
+                          f"{ipc}-d", "--snapshot", f"{ipc}-s", "--start-delay", "0", "--linger", "0", "--quiet"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "the live worker restarted within" in res.stderr and "8 instruments" in res.stderr, res.stderr
+
+
+def test_a_republished_store_gives_a_daemon_the_live_books_and_signals(tmp_path):
+    """A daemon that joined a running publisher took its books from the join snapshot (every
+    resting order); the ticks before were never stored. `tickwire replay --dsn ... --publish`
+    sends the store's snapshots and markers in the data stream where the live engine met them,
+    so a second, unchanged daemon fed by it ends with the first one's books and signals (ticks
+    alone left it without the join snapshot's orders: its L3 books refused their deletions)."""
+    from tickwire.engine.config import to_toml
+
+    runs = {}
+    for name in ("origin", "copy"):
+        (tmp_path / name).mkdir()
+        cfg_path, raw = write_config(tmp_path / name, name, clock="event")
+        raw["stats"]["sample"] = "event"          # message boundaries differ between the two feeds
+        cfg_path.write_text(to_toml(raw))
+        runs[name] = cfg_path, raw, tmp_path / name / "state" / name, f"chdb://{tmp_path / name}/state/store"
+    cfg_a, raw_a, dir_a, dsn_a = runs["origin"]
+    f = raw_a["feeds"]
+    # the publisher first, the daemon joining it tens of thousands of events in (history_from =
+    # "join"); the publisher stopped (SIGTERM: a clean end) once the daemon has taken 90,000
+    sim = subprocess.Popen([PY, "-m", "tickwire", "simulate", "--endpoint", f["endpoints"][0], "--snapshot",
+                            f["snapshot"], "--instruments", "8", "--channels", str(f["channels"]), "--rate", "30000",
+                            "--duration", "120", "--seed", "8", "--resting", "200", "--cpu", "0", "--quiet"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    daemon = None
+    try:
+        time.sleep(2.5)
+        daemon, log = start_daemon(cfg_a, tmp_path / "origin")
+        assert wait_for(lambda: status(dir_a)["feed"]["events"] > 90_000, 90)
+    finally:
+        sim.send_signal(signal.SIGTERM)
+        out, _ = sim.communicate(timeout=60)
+        if daemon is not None:
+            time.sleep(1)
+            rc, _ = stop_daemon(daemon, log)
+    assert sim.returncode == 0, out
+    assert rc == 0, (tmp_path / "origin" / "daemon.log").read_text()[-3000:]
+    (ticks, first), = query(dsn_a, "SELECT count(), min(seq) FROM tickwire.ticks")
+    (resting,), = query(dsn_a, f"SELECT count() FROM tickwire.snapshots WHERE kind = {int(Kind.ADD)}")
+    assert ticks > 90_000 and first > 1000 and resting > 100      # it joined late, by snapshot
+    live = stored_signals(dsn_a, "origin", tmp_path / "live.npy")
+    assert len(live) > 20
+
+    cfg_b, raw_b, dir_b, dsn_b = runs["copy"]
+    daemon, log = start_daemon(cfg_b, tmp_path / "copy")
+    try:
+        assert wait_for(lambda: status(dir_b)["pid"]), "the worker never reported"
+        pub = subprocess.run([PY, "-m", "tickwire", "replay", "--dsn", dsn_a, "--config", str(cfg_b), "--publish",
+                              raw_b["feeds"]["endpoints"][0], "--snapshot", raw_b["feeds"]["snapshot"],
+                              "--wait-subscribers", "30", "--linger", "1", "--quiet"],
+                             capture_output=True, text=True, timeout=180)
+        assert pub.returncode == 0 and "restarted" not in pub.stderr, pub.stderr
+        assert wait_for(lambda: status(dir_b)["counts"]["ticks_stored"] >= ticks, 60)
+        books = request_books(dir_b, depth=MAX_DEPTH)
+    finally:
+        rc, _ = stop_daemon(daemon, log)
+    assert rc == 0, (tmp_path / "copy" / "daemon.log").read_text()[-3000:]
+    # the books: those of an in-process replay of the origin's store (the live parity tests'
+    # reference), every level
+    from tickwire.engine import config as configmod
+    from tickwire.replay import EngineSpec, Replay, StoreSource
+
+    with StoreSource(dsn_a) as src:
+        rp = Replay(src, EngineSpec.from_config(configmod.load(cfg_a)))
+        for step in rp.steps():
+            pass
+        for i in range(8):
+            ref = step.book(i)
+            assert books[i]["bids"] == ref.levels(Side.BID).tolist(), i
+            assert books[i]["asks"] == ref.levels(Side.ASK).tolist(), i
+    got = stored_signals(dsn_b, "copy", tmp_path / "copy.npy")
+    fields = ["ts_event", "value", "strength", "instrument", "rule_id", "rule_kind", "direction", "flags"]
+    a = live[np.lexsort((live["rule_id"], live["ts_event"], live["instrument"]))]
+    b = got[np.lexsort((got["rule_id"], got["ts_event"], got["instrument"]))]
+    assert len(b) == len(a)
+    for name in fields:
+        assert (a[name] == b[name]).all(), name
+    # every tick once; the join snapshot's orders and the origin's markers came through, flagged
+    # REPLAY, the markers' order_id (the origin's publisher epoch) 0
+    (n, distinct), = query(dsn_b, "SELECT count(), uniqExact(channel, seq) FROM tickwire.ticks")
+    (added, markers, with_epoch), = query(
+        dsn_b, f"SELECT countIf(kind = {int(Kind.ADD)}), countIf(kind = {int(Kind.SNAPSHOT)}), "
+               f"countIf(kind = {int(Kind.SNAPSHOT)} AND order_id != 0) FROM tickwire.snapshots "
+               f"WHERE bitAnd(flags, 16) != 0")
+    assert n == distinct == ticks and added == resting and markers > 0 and with_epoch == 0

@@ -90,12 +90,32 @@ def test_data_round_trip_reference_and_compiled(rows, channel, seq, epoch, send_
     assert reason == Drop.OK
     assert h_fast == h_ref == Header(MsgType.DATA, 0, channel, len(ev), seq, send_time, epoch)
     assert ev_fast.tobytes() == ev_ref.tobytes()
-    # the receiver stamps exactly three fields; everything else is the publisher's bytes
+    # the receiver stamps three fields and a marker's order_id (0); the rest is the publisher's bytes
     expect = ev.copy()
     expect["ts_recv"] = ts_recv
     expect["channel"] = channel
     expect["seq"] = (seq + np.arange(len(ev), dtype=np.uint64)).astype(np.uint64)
+    expect["order_id"][expect["kind"] == Kind.SNAPSHOT] = 0
     assert ev_fast.tobytes() == expect.tobytes()
+
+
+def test_a_publisher_s_marker_cannot_pass_for_an_epoch():
+    """The feed handler's own markers carry the epoch a channel follows in ``order_id`` (a restarted
+    worker reads it back from its tick ring: engine/worker.py note_points); a marker sent by a
+    publisher arrives with 0 there, in both decoders and in the data, snapshot and retransmission
+    replies alike, while any other event keeps its order id."""
+    ev = empty_events(3)
+    ev["kind"] = [Kind.SNAPSHOT, Kind.ADD, Kind.SNAPSHOT]
+    ev["side"] = [Side.NONE, Side.BID, Side.NONE]
+    ev["flags"] = [Flag.SNAPSHOT | Flag.STALE, Flag.SNAPSHOT, Flag.SNAPSHOT | Flag.SNAPSHOT_END]
+    ev["order_id"] = [2**40 + 7, 99, 2**64 - 1]
+    payload = codec.encode(MsgType.DATA, 2, 10, ev, epoch=3)
+    for got in (wire.decode(wire.topic(2), payload)[1], codec.Decoder().decode(codec.topic(2), payload)[2]):
+        assert got["order_id"].tolist() == [0, 99, 0]
+    reply = codec.encode(MsgType.SNAPSHOT, 2, 10, ev, epoch=3, flags=int(WireFlag.FINAL))
+    for got in (wire.decode(None, reply, types=wire.TYPES_REPLY)[1],
+                codec.Decoder(types=codec.TYPES_REPLY).decode(None, reply)[2]):
+        assert got["order_id"].tolist() == [0, 99, 0]
 
 
 @settings(max_examples=examples(60), deadline=None)
