@@ -80,9 +80,9 @@ def parse_rate(text: str) -> float:
         v = float(t) * mult
     except ValueError:
         raise ValueError(f"not a rate: {text!r} (events/s, e.g. 100000, 100k, 1M)") from None
-    if not 0 < v <= MAX_RATE:
-        # (inf was an OverflowError in the consumer, 1e9 arrays of tens of GB)
-        raise ValueError(f"a rate must be > 0 and at most {MAX_RATE:,.0f} events/s, got {text!r}")
+    if not 1 <= v <= MAX_RATE:
+        # (inf was an OverflowError in the consumer, 1e9 arrays of tens of GB; 0.5 sent one message)
+        raise ValueError(f"a rate must be at least 1 and at most {MAX_RATE:,.0f} events/s, got {text!r}")
     return v
 
 
@@ -143,11 +143,24 @@ class Stream:
 
 def _messages(events, chan_of_inst, batch: int):
     """Split into messages: one channel each, at most ``batch`` events (0: the exchange's own
-    messages, by ``Flag.LAST``, capped at 1024)."""
+    messages, by ``Flag.LAST``, capped at 1024). With ``batch``, each channel's events go in
+    messages of ``batch`` (its last one fewer), in the order of their first events: an event
+    stream that alternates channels (instrument i on i % channels) was cut at every change,
+    1.55 events a message for ``--batch 16``. Returns ``(events, bounds, channel of each message)``
+    (the events regrouped so, each channel's in its own order)."""
     from tickwire.ext.records import Flag
 
     n = len(events)
     ch = chan_of_inst[events["instrument"]]
+    if batch and n:
+        by_ch = np.argsort(ch, kind="stable")              # each channel's events, in their order
+        first = np.flatnonzero(np.r_[True, ch[by_ch][1:] != ch[by_ch][:-1]])
+        start = np.repeat(first, np.diff(np.r_[first, n]))  # where each event's channel begins in by_ch
+        head = by_ch[start + ((np.arange(n) - start) // batch) * batch]   # its message's first event
+        regroup = by_ch[np.lexsort((np.arange(n), head))]
+        events, ch, head = events[regroup], ch[regroup], head[np.argsort(by_ch)][regroup]
+        starts = np.flatnonzero(np.r_[True, head[1:] != head[:-1]])
+        return events, np.append(starts, n).astype(np.int64), ch[starts]
     cap = batch or 1024
     cut = np.zeros(n + 1, bool)
     cut[0] = cut[n] = True
@@ -160,7 +173,7 @@ def _messages(events, chan_of_inst, batch: int):
         bounds.extend(range(int(a), int(b), cap))
     bounds.append(n)
     bounds = np.asarray(bounds, np.int64)
-    return bounds, ch[bounds[:-1]]
+    return events, bounds, ch[bounds[:-1]]
 
 
 def binance_stream(channels: int = 1, batch: int = 0, data_dir=None) -> Stream | None:
@@ -173,8 +186,8 @@ def binance_stream(channels: int = 1, batch: int = 0, data_dir=None) -> Stream |
         return None
     cap = captures.load_binance(path)
     chan_of = np.array([i.id % channels for i in cap.instruments], np.int64)
-    bounds, ch = _messages(cap.events, chan_of, batch)
-    return Stream(f"binance {captures.BINANCE_FILE}", cap.instruments, cap.events, bounds, ch, channels)
+    ev, bounds, ch = _messages(cap.events, chan_of, batch)
+    return Stream(f"binance {captures.BINANCE_FILE}", cap.instruments, ev, bounds, ch, channels)
 
 
 def synthetic_stream(instruments, channels: int, events: int = 200_000, batch: int = 16, seed: int = 1) -> Stream:
@@ -195,7 +208,7 @@ def synthetic_stream(instruments, channels: int, events: int = 200_000, batch: i
     chan_of = np.zeros(max(i.id for i in instruments) + 1, np.int64)
     for i in instruments:
         chan_of[i.id] = i.id % channels
-    bounds, ch = _messages(ev, chan_of, batch)
+    ev, bounds, ch = _messages(ev, chan_of, batch)
     return Stream(f"synthetic (seed {seed})", list(instruments), ev, bounds, ch, channels)
 
 
@@ -275,7 +288,7 @@ def _summary(rec) -> dict:
 
 # -- processes ---------------------------------------------------------------------------------------
 
-def _consumer_proc(names, cpu, until_ns, out_path, expected, ready):
+def _consumer_proc(names, cpu, until_ns, out_path, expected, start_delay, ready):
     """Attach the signal rings and stamp every signal until ``until_ns``; save them.
     ``expected``: signals the run should bring, so its arrays need not grow while it runs (a
     copy of the arrays mid-run would stall the consumer and show in the ring hop's tail)."""
@@ -284,6 +297,7 @@ def _consumer_proc(names, cpu, until_ns, out_path, expected, ready):
     from tickwire.ext.ring import Ring
 
     _pin(cpu)
+    time.sleep(start_delay)
     rings = [Ring.attach(n, SIGNAL_DTYPE, start="next", wait=10.0) for n in names]
     cap = max(1 << 16, int(expected))
     cols = {"seq": np.empty(cap, np.uint64), "inst": np.empty(cap, np.uint32), "ts_recv": np.empty(cap, np.int64),
@@ -291,6 +305,12 @@ def _consumer_proc(names, cpu, until_ns, out_path, expected, ready):
     for v in cols.values():
         v.fill(0)                                 # (the pages touched now, not during the run)
     ready.set()
+    if not isinstance(until_ns, int):
+        # a shared value the caller sets once this process is ready: the schedule then starts
+        # after it (a slow start was charged to the target as wire latency: 199 ms at p50)
+        while not until_ns.value:
+            time.sleep(0.001)
+        until_ns = int(until_ns.value)
     i = 0
     while True:
         if i == cap:
@@ -380,15 +400,18 @@ def _ring_producer_proc(name, cpu, start_ns, interval_ns, n, ready):
     ring.close()
 
 
-def _baseline_proc(endpoint, channels, cpu, until_ns, queue, ready):
+def _baseline_proc(endpoint, channels, cpu, io_cpu, until_ns, queue, ready):
     """What a quant writes today: pyzmq recv loop, a dict book in Python (best prices kept as it
-    goes), a multiprocessing queue; one signal per exchange message that moved the best prices."""
+    goes), a multiprocessing queue; one signal per exchange message that moved the best prices.
+    Its libzmq I/O thread on ``io_cpu``, as the target's and the floor's (it inherited the loop's
+    core, and shared it)."""
     import zmq
 
     from tickwire.ext.records import EVENT_DTYPE
+    from tickwire.feeds.iothread import io_context
 
     _pin(cpu)
-    ctx = zmq.Context()
+    ctx, _ = io_context([io_cpu], 0)
     s = ctx.socket(zmq.SUB)
     s.setsockopt(zmq.RCVHWM, 100_000)
     for c in channels:
@@ -669,6 +692,7 @@ class Run:
 
         a = self.args
         path, cfg = self.target_config(tag)
+        self.busy_poll = bool(cfg.feeds.busy_poll)        # what the target runs with (the floor's, the summary's)
         procs, rings, daemon, worker, daemon_rc = [], [], None, None, None
         try:
             if a.target == "daemon":
@@ -696,14 +720,18 @@ class Run:
             # the daemon records its rings' names (random per run) in its run directory's rings.json
             names = [ring_names(cfg.state_dir / cfg.run if daemon else self.work / tag, i)[1]
                      for i in range(len(cfg.workers))]
-            start = time.time_ns() + 300_000_000
-            until = start + int((a.warmup + a.duration + a.drain) * 1e9)
             out = self.work / f"{tag}-signals.npz"
             # room for the signals the last target run's share of its events would bring here
             expected = 1.5 * self.signals_per_event * rate * (a.warmup + a.duration + a.drain)
-            c, ready = _spawn(_consumer_proc, names, self.other_core, until, str(out), expected)
+            shared_until = mp.get_context("spawn").Value("q", 0, lock=False)
+            c, ready = _spawn(_consumer_proc, names, self.other_core, shared_until, str(out), expected,
+                              a.consumer_start_delay)
             procs.append(c)
             _wait_ready(c, ready, "the signal consumer")
+            # the schedule starts once every part of the target is ready, as the floors' do
+            start = time.time_ns() + 300_000_000
+            until = start + int((a.warmup + a.duration + a.drain) * 1e9)
+            shared_until.value = until
             pr = pub.run(rate, start, a.warmup + a.duration, f"{a.target:8s} {_fmt_rate(rate):>5s}",
                          progress=not a.quiet, stall_at=a.stall_at, stall_ns=int(a.stall_ms * 1e6))
             c.join(timeout=a.drain + 30)
@@ -765,7 +793,7 @@ class Run:
                 name = f"tw-bench-{os.getpid()}-{tag}-relay"
                 ring = Ring.create(name, SIGNAL_DTYPE, 1 << 16, "broadcast", role="none", replace=True)
                 c, cready = _spawn(_consumer_proc, [name], self.other_core, until, str(sig_out),
-                                   len(plan["keys"]) + 1024)
+                                   len(plan["keys"]) + 1024, 0.0)
                 procs.append(c)
                 _wait_ready(c, cready, "the relay's consumer")
                 relay = (name, plan)
@@ -814,7 +842,7 @@ class Run:
             start = time.time_ns() + 1_500_000_000
             until = start + int((a.warmup + a.duration + a.drain) * 1e9)
             out = self.work / f"{tag}-ring.npz"
-            c, cready = _spawn(_consumer_proc, [name], self.other_core, until, str(out), n + 1024)
+            c, cready = _spawn(_consumer_proc, [name], self.other_core, until, str(out), n + 1024, 0.0)
             _wait_ready(c, cready, "the ring consumer")
             p, pready = _spawn(_ring_producer_proc, name, self.engine_core, start, interval, n)
             _wait_ready(p, pready, "the ring producer")
@@ -836,7 +864,7 @@ class Run:
         start = time.time_ns() + 1_500_000_000
         until = start + int((a.warmup + a.duration + a.drain) * 1e9)
         c, cready = _spawn(_baseline_consumer_proc, q, self.other_core, until + 2_000_000_000, str(out))
-        p, pready = _spawn(_baseline_proc, pub.endpoint, self.channels, self.engine_core, until, q)
+        p, pready = _spawn(_baseline_proc, pub.endpoint, self.channels, self.engine_core, self.other_core, until, q)
         try:
             _wait_ready(c, cready, "the baseline consumer")
             _wait_ready(p, pready, "the pyzmq baseline")
@@ -912,7 +940,7 @@ def target_losses(published: int, received: int, status: dict, worker_rc, daemon
 
 
 def _ratio(a, b):
-    return round(a / b, 3) if b else None
+    return float(f"{a / b:.4g}") if b else None      # (four significant digits: 1/6,000 was 0.0)
 
 
 class NoSignals(Exception):
@@ -986,11 +1014,11 @@ def measure_rate(run: Run, rate: float, index: int, outdir: Path) -> dict:
     tgts, zmq_lat, relays, pairs, floor_pubs = [], [], [], [], []
     floors = {}
     try:
-        busy = a.busy_poll if a.busy_poll is not None else False
         for rep in range(reps):
             rt = tag if reps == 1 else f"{tag}-{rep}"
             pub = Publisher(run.stream, run.endpoint(f"{rt}-tgt"))      # the target connects to its own
             tgt = run.measure_target(rate, f"{rt}-tgt", pub)
+            busy = run.busy_poll                        # the floor polls as the target did
             _check_cores("the target's engine worker", tgt["cpus"], tgt["cpus_configured"])
             tgts.append(tgt)
             pub.close()
@@ -1135,6 +1163,8 @@ def print_run(res: dict) -> None:
     pub = res["publisher"]
     off, ach = res["offered_rate"], pub["achieved_rate"]
     note = "" if ach >= 0.98 * off else "   << the publisher did NOT reach the offered rate"
+    if pub.get("gave_up"):
+        note += f" ({pub['gave_up']})"
     _say(f"\n  offered {off:,.0f} ev/s, achieved {ach:,.0f} ev/s{note}; late messages (>10 us) {pub['late_messages']:,} "
          f"(p99 late {pub['late_p99_ns'] / 1e3:.1f} us, max {pub['max_late_ns'] / 1e3:.1f} us); "
          f"signals {res['signals']:,} (missed {res['signals_missed']}, unmatched {res['signals_unmatched']})")
@@ -1190,11 +1220,12 @@ def plot(summary: dict, outdir: Path) -> list[str]:
         made.append(plots.save_png(fig, outdir / f"spectrum-{rt}.png", dpi=100).name)
     if len(summary["runs"]) > 1:
         fig, (ax,) = plots.figure(8, 5)
-        rates = [r["offered_rate"] for r in summary["runs"]]
+        runs = sorted(summary["runs"], key=lambda r: r["offered_rate"])     # (--rate 1M,500k: a line, not a zigzag)
+        rates = [r["offered_rate"] for r in runs]
         for k, lv, style in (("wire_to_signal", "p50", "-o"), ("wire_to_signal", "p99", "-s"),
                              ("wire_to_signal", "p99.99", "-^"), ("floor", "p50", "--"), ("floor", "p99", "--"),
                              ("pyzmq_baseline", "p99", "-."),):
-            ys = [r["latency_ns"].get(k, {}).get(lv) for r in summary["runs"]]
+            ys = [r["latency_ns"].get(k, {}).get(lv) for r in runs]
             if all(v is not None for v in ys):
                 ax.plot(rates, [v / 1e3 for v in ys], style, label=f"{k} {lv}")
         ax.set_xscale("log")
@@ -1372,6 +1403,7 @@ def run_bench(args) -> dict:
                                 f"measured ({res['publisher']['events']:,} events published, {res['signals']:,} "
                                 f"signals in all): no latency to report, and none is written for this rate. "
                                 f"Check {where} and that the rules can fire on this stream")
+            summary["busy_poll"] = getattr(run, "busy_poll", None)   # the target's (None said "unlike" of two alike)
             summary["runs"].append(res)
             print_run(res)
             for line in res["loss"]:
@@ -1382,7 +1414,9 @@ def run_bench(args) -> dict:
                                             else None)
             if args.until_saturation and not queue:
                 if why is None and i < MAX_SATURATION_RATES:
-                    queue.append(rate * 2)
+                    # twice the highest measured (twice the last measured a rate again: --rate 1M,500k ran
+                    # 1M twice, the second's files over the first's)
+                    queue.append(2 * max(r["offered_rate"] for r in summary["runs"]))
                 else:
                     why = why or f"{MAX_SATURATION_RATES} rates measured, the most --until-saturation runs"
                     summary["stopped"] = f"at {_fmt_rate(rate)} ev/s: {why}"
@@ -1390,11 +1424,16 @@ def run_bench(args) -> dict:
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+    if args.keep:
+        summary["kept"] = str(work)
+        _say(f"\n  --keep: the run's configs, logs, stamps and rings' directory are in {work}")
     if args.p99_threshold:
         lim = args.p99_threshold * 1e3
+        # a rate that did not deliver everything is no answer: the signals a stall held back never
+        # arrived, so its p99 left them out (INCOMPLETE at 100k, yet "p99 <= 10 ms at 100k")
         ok = [r["offered_rate"] for r in summary["runs"]
               if r["latency_ns"]["wire_to_signal"]["p99"] <= lim and r["publisher"]["achieved_rate"] >= 0.95 * r[
-                  "offered_rate"]]
+                  "offered_rate"] and not r["loss"]]
         summary["p99_threshold_us"] = args.p99_threshold
         summary["max_rate_under_threshold"] = max(ok) if ok else None
         _say(f"\n  highest offered rate with wire-to-signal p99 <= {args.p99_threshold:g} us: "
@@ -1537,6 +1576,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.add_argument("--stall-ms", type=float, default=0.0, help=argparse.SUPPRESS)
     p.add_argument("--stall-at", type=int, default=-1, help=argparse.SUPPRESS)
+    p.add_argument("--consumer-start-delay", type=float, default=0.0, help=argparse.SUPPRESS)   # (a slow spawn, for tests)
     p.set_defaults(func=cmd_bench)
     sub_b = p.add_subparsers(dest="bench_command", metavar="[compare A B]")
     cmp = sub_b.add_parser("compare", help="print two saved runs side by side with ratios (B/A)",
@@ -1583,10 +1623,22 @@ def cmd_bench(args) -> int:
         print(f"tickwire bench: --repeat must be 1..100 runs, got {args.repeat}", file=sys.stderr)
         return 2
     try:
-        for r in args.rate.split(","):
-            parse_rate(r)
+        rates = [parse_rate(r) for r in args.rate.split(",")]
     except ValueError as exc:
         print(f"tickwire bench: --rate: {exc}", file=sys.stderr)
+        return 2
+    twice = sorted({r for r in rates if rates.count(r) > 1})
+    if twice:
+        # (each rate's files are named by it: the second run's replaced the first's, and compare
+        # paired the wrong runs)
+        print(f"tickwire bench: --rate: {', '.join(_fmt_rate(r) for r in twice)} given more than once: each rate "
+              f"once (--repeat N measures a rate N times, pooled)", file=sys.stderr)
+        return 2
+    if args.seed < 0:
+        print(f"tickwire bench: --seed must be 0 or more, got {args.seed}", file=sys.stderr)
+        return 2
+    if not str(args.out).strip():
+        print("tickwire bench: --out: an empty path (name the directory for the results)", file=sys.stderr)
         return 2
     from tickwire.feeds.wire import MAX_MESSAGE_EVENTS
 

@@ -190,7 +190,9 @@ def summary_table(recorders, unit_ratio: float = 1000.0, unit: str = "us") -> st
     lines = [f"{'stage':<{width}}  " + "  ".join(f"{c + (' ' + unit if c != 'count' else ''):>12}" for c in cols)]
     for name, rec in pairs:
         s = percentiles(rec)
-        cells = [f"{s['count']:>12,}"] + [f"{s[c] / unit_ratio:>12.3f}" for c in cols[1:]]
+        # a stage that recorded nothing has no percentiles: '-', not 0.000 as if measured
+        cells = [f"{s['count']:>12,}"] + [f"{s[c] / unit_ratio:>12.3f}" if s["count"] else f"{'-':>12}"
+                                          for c in cols[1:]]
         lines.append(f"{name or '':<{width}}  " + "  ".join(cells))
     return "\n".join(lines) + "\n"
 

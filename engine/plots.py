@@ -271,14 +271,20 @@ def plot_latency(paths, out, tags=None, title: str | None = None) -> dict:
     sources = [load_latency(p, tags) for p in paths]
     several = len(sources) > 1
     names = _names(sources)
-    spectra, summary = {}, {}
+    spectra, summary, rows_at = {}, {}, {}
     for src, name in zip(sources, names):
         for tag, sp in src.spectra.items():
             label = _label(name, tag, several)
             spectra[label] = sp
             h = src.histograms.get(tag)
-            summary[label] = {f"p{p:g}": (h.get_value_at_percentile(p) if h is not None else _at(sp[0], sp[1], p))
-                              for p in (50.0, 99.0, 99.9)}
+            if h is not None:
+                summary[label] = {f"p{p:g}": h.get_value_at_percentile(p) for p in (50.0, 99.0, 99.9)}
+            else:
+                # an .hgrm: the first row at or past each level, whose own level is said beside it
+                # (p99.9 read 6,848.5 us, the row at 99.93%, where the histogram's p99.9 is 5,455.9)
+                got = {f"p{p:g}": _at(sp[0], sp[1], p) for p in (50.0, 99.0, 99.9)}
+                summary[label] = {k: v for k, (_, v) in got.items()}
+                rows_at[label] = {k: lv for k, (lv, _) in got.items()}
     timed = {}
     for src, name in zip(sources, names):
         for tag in src.spectra:
@@ -307,7 +313,7 @@ def plot_latency(paths, out, tags=None, title: str | None = None) -> dict:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize="x-small", ncol=2)
     save_png(fig, out)
-    return {"spectra": spectra, "over_time": timed, "summary": summary}
+    return {"spectra": spectra, "over_time": timed, "summary": summary, "rows_at": rows_at}
 
 
 # -- the command ---------------------------------------------------------------------------------
@@ -336,6 +342,11 @@ def add_parser(sub) -> None:
 
 
 def cmd_plot(args) -> int:
+    if Path(args.output).suffix.lower() != ".png":
+        # (-o x.jpg wrote PNG bytes into x.jpg, unsaid)
+        print(f"tickwire plot latency: -o {args.output}: the plot is written as a PNG: name it FILE.png",
+              file=sys.stderr)
+        return 2
     try:
         drawn = plot_latency(args.files, args.output, tags=args.stage, title=args.title)
     except (PlotInputError, ImportError) as exc:
@@ -351,15 +362,20 @@ def cmd_plot(args) -> int:
         if count == 0:                        # (it printed p50 0.0 us ... max 0.0 us, as if measured)
             print(f"  {label}: no values recorded")
             continue
+        at = drawn["rows_at"].get(label, {})
+        off = {k: lv for k, lv in at.items() if abs(lv - float(k[1:])) > 1e-9}
         print(f"  {label}: " + "  ".join(f"{k} {v / 1e3:,.1f} us" for k, v in s.items())
-              + f"  max {mx / 1e3:,.1f} us" + (f"  n={count:,}" if count else ""))
+              + f"  max {mx / 1e3:,.1f} us" + (f"  n={count:,}" if count else "")
+              + (f"  (.hgrm rows at {', '.join(f'{lv:.3f}%' for lv in off.values())} for "
+                 f"{', '.join(off)}: the file lists some levels only, and each figure is its first row at or "
+                 f"past the level; the interval log gives exact percentiles)" if off else ""))
     return 0
 
 
-def _at(levels, values, p: float) -> float:
-    """The spectrum's value at percentile ``p`` (the first row at or past it: an .hgrm lists
-    only some levels, so this is the value at the next level it lists)."""
+def _at(levels, values, p: float) -> tuple[float, float]:
+    """``(level, value)`` of the spectrum's first row at or past percentile ``p`` (an .hgrm lists
+    only some levels, so this is the value at the next level it lists: an upper bound)."""
     for lv, v in zip(levels, values):
         if lv >= p:
-            return v
-    return values[-1] if values else 0.0
+            return float(lv), v
+    return (float(levels[-1]), values[-1]) if len(values) else (float(p), 0.0)

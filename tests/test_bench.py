@@ -298,6 +298,14 @@ def test_bad_arguments_are_named(capsys, monkeypatch):
     for value in ("-3", "nan"):
         assert cli_main(["bench", "--p99-threshold", value]) == 2
         assert "--p99-threshold must be" in capsys.readouterr().err
+    # a numpy traceback; results written to the current directory; one message due in the run
+    assert cli_main(["bench", "--source", "synthetic", "--seed", "-1"]) == 2
+    assert "--seed must be 0 or more, got -1" in capsys.readouterr().err
+    assert cli_main(["bench", "--out", ""]) == 2
+    assert "--out: an empty path" in capsys.readouterr().err
+    for rate in ("0.5", "1e-3"):
+        assert cli_main(["bench", "--rate", rate]) == 2
+        assert "a rate must be at least 1" in capsys.readouterr().err
     # seconds that pass the check but whose stamps would not fit (a 112 GiB allocation in a child
     # and its traceback, found by a newcomer): refused before the run, and before it pins its
     # caller to a core (a library caller refused would otherwise be left on one core; recorded
@@ -380,6 +388,55 @@ def test_a_rate_beyond_the_publisher_is_said_as_such_and_ends_a_saturation_sweep
     assert cli_main(args + ["--rate", "30M", "--until-saturation", "--out", str(tmp_path / "c")]) == 0
     summary = json.loads((tmp_path / "c" / "summary.json").read_text())
     assert summary["runs"] == [] and "(the first rate offered: start lower for a figure)" in summary["stopped"]
+
+
+def test_a_sweep_measures_each_rate_once_and_a_threshold_ignores_incomplete_rates(tmp_path, monkeypatch, capsys):
+    """Found by an adversarial pass: --until-saturation doubled the last rate, so --rate 1M,500k
+    measured 1M twice (the second run's files over the first's, compare pairing the wrong runs);
+    --rate 1M,1M did the same; --p99-threshold answered with a rate said INCOMPLETE (the
+    signals a stall held back never arrived, so its p99 left them out); a publisher's giving up
+    was in summary.json only; --keep never said where it kept the run."""
+    class FakeRun:
+        busy_poll = True
+
+        def __init__(self, *a):
+            pass
+
+    lat = {lv: 1000 for lv in bench.LEVELS}
+    measured = []
+
+    def measure(run, rate, i, outdir):
+        measured.append(rate)
+        pub = {"events": 100_000, "achieved_rate": rate, "late_messages": 0, "late_p99_ns": 0, "max_late_ns": 0}
+        if rate > 2e6:
+            pub.update(achieved_rate=rate / 2, gave_up="the publisher fell 2.6 s behind its schedule and stopped")
+        return {"offered_rate": rate, "signals": 50, "signals_missed": 0, "signals_unmatched": 0, "publisher": pub,
+                "latency_ns": {"wire_to_signal": dict(lat, count=40)},
+                "loss": ["the engine processed 9 of 10 events published"] if rate == 1e6 else []}
+
+    monkeypatch.setattr(bench, "Run", FakeRun)
+    monkeypatch.setattr(bench, "measure_rate", measure)
+    monkeypatch.setattr(bench, "_pin", lambda core: None)
+    args = ["bench", "--source", "synthetic", "--events", "20000", "--duration", "1", "--no-plots"]
+    assert cli_main(args + ["--rate", "1M,500k", "--until-saturation", "--p99-threshold", "5", "--keep",
+                            "--out", str(tmp_path / "a")]) == 1          # (1M was INCOMPLETE)
+    cap = capsys.readouterr()
+    err = cap.out + cap.err
+    assert measured == [1e6, 5e5, 2e6, 4e6]
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert [r["offered_rate"] for r in summary["runs"]] == measured
+    assert summary["max_rate_under_threshold"] == 2e6          # not 1M: INCOMPLETE there
+    assert "highest offered rate with wire-to-signal p99 <= 5 us: 2M ev/s" in err
+    assert "did NOT reach the offered rate (the publisher fell 2.6 s behind its schedule and stopped)" in err
+    assert summary["busy_poll"] is True
+    kept = Path(summary["kept"])
+    assert kept.is_dir() and f"--keep: the run's configs, logs, stamps and rings' directory are in {kept}" in err
+    kept.rmdir()
+    measured.clear()
+    assert cli_main(args + ["--rate", "1M,500k,1m", "--out", str(tmp_path / "b")]) == 2
+    assert "--rate: 1M given more than once: each rate once" in capsys.readouterr().err and measured == []
+    # ratios keep four significant digits (a 6,000x gap read 0.0x)
+    assert bench._ratio(1, 6000) == 0.0001667 and bench._ratio(1500.4281, 1) == 1500.0
 
 
 def test_compare_warns_of_an_incomplete_run_and_a_rate_not_reached(tmp_path, capsys):
@@ -482,6 +539,7 @@ def test_bench_end_to_end(tmp_path):
     assert "vs_floor" in run and "vs_baseline" in run
     assert (out / "wire_to_signal-20k.hgrm").exists() and (out / "intervals-20k.hlog").exists()
     assert "wire_to_signal" in r.stdout
+    assert s["busy_poll"] in (True, False)           # what the target ran with (it recorded None)
     # compare reads it back
     assert cli_main(["bench", "compare", str(out), str(out)]) == 0
 
@@ -564,7 +622,7 @@ def test_ctrl_c_stops_the_bench_with_one_line_and_nothing_left_running(tmp_path,
     import subprocess
 
     out = tmp_path / "run"
-    p = subprocess.Popen([sys.executable, "-m", "tickwire", "bench", "--source", "synthetic", "--rate", "20k,20k",
+    p = subprocess.Popen([sys.executable, "-m", "tickwire", "bench", "--source", "synthetic", "--rate", "20k,21k",
                           "--duration", "1", "--warmup", "0.3", "--drain", "0.3", "--no-baseline", "--no-plots",
                           "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)
@@ -644,6 +702,9 @@ def test_a_worker_killed_or_stalled_past_the_drain_fails_the_run_instead_of_hidi
         worker = _bench_child(p, lambda kids, mine: next(
             (k for k, c in kids.items() if len(c) == 1 and c != mine), None))   # pinned to the engine's core
         assert worker is not None, p.communicate()
+        # the schedule starts once the signal consumer (on the bench's own core) is ready
+        consumer = _bench_child(p, lambda kids, mine: next((k for k, c in kids.items() if c == mine), None))
+        assert consumer is not None, p.communicate()
         time.sleep(2.0)                               # into the measured seconds
         if fault == "kill":
             os.kill(worker, signal.SIGKILL)
@@ -656,7 +717,7 @@ def test_a_worker_killed_or_stalled_past_the_drain_fails_the_run_instead_of_hidi
         if p.poll() is None:
             p.kill()
     assert p.returncode == 1, stdout[-3000:] + stderr[-3000:]
-    assert "INCOMPLETE at 20k ev/s" in stdout and "did not deliver everything" in stderr, stdout[-3000:]
+    assert "INCOMPLETE at 20k ev/s" in stdout and "did not deliver everything" in stderr, stdout[-3000:] + stderr[-3000:]
     loss = json.loads((out / "summary.json").read_text())["runs"][0]["loss"]
     if fault == "kill":
         assert any("exited with status -9" in x for x in loss), loss
@@ -749,6 +810,8 @@ def test_no_verdict_against_a_saturated_floor(tmp_path, monkeypatch, capsys, flo
            "max_late_ns": 0, "late_p99_ns": 0}
 
     class FakeRun:
+        busy_poll = False
+
         args = bench.default_args(repeat=1, no_floors=False, baseline=False, warmup=1.0, duration=1.0,
                                   quiet=True, busy_poll=None)
         stream, engine_core = None, 1
@@ -782,6 +845,24 @@ def test_no_verdict_against_a_saturated_floor(tmp_path, monkeypatch, capsys, flo
 
 
 @pytest.mark.integration
+def test_a_slow_start_of_the_target_s_consumer_is_not_charged_as_wire_latency(tmp_path):
+    """Found by an adversarial pass: the target's schedule began 300 ms after it was set, before its
+    signal consumer was spawned, so a consumer slow to start (1.5 s) put its start into every
+    figure (wire-to-signal p50 199 ms against a floor of 133 us). Now the schedule starts once
+    the consumer is ready, as the floors' do: a 2 s slow start shows nowhere."""
+    import subprocess
+
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "tickwire", "bench", "--source", "synthetic", "--rate", "10k",
+                        "--duration", "1", "--warmup", "0", "--drain", "0.5", "--no-floors", "--no-baseline",
+                        "--no-plots", "--consumer-start-delay", "2", "--out", str(out)],
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    run = json.loads((out / "summary.json").read_text())["runs"][0]
+    assert run["publisher"]["max_late_ns"] < 1e9, run["publisher"]
+    assert run["latency_ns"]["wire_to_signal"]["max"] < 1e9, run["latency_ns"]["wire_to_signal"]
+
+
 def test_until_saturation_says_what_stopped_it(tmp_path):
     """It stopped without a word on why (and summary.json had no field for it)."""
     import subprocess
@@ -810,3 +891,50 @@ def test_a_low_rate_publisher_sends_its_whole_schedule(tmp_path):
         pub.close()
     assert "gave_up" not in res["stats"], res["stats"]
     assert 6 <= res["stats"]["messages"] <= 8, res["stats"]          # 2 s / 320 ms, from the first at 0
+
+
+def test_the_demo_s_wire_line_says_an_incomplete_run_and_an_unmeasured_floor(tmp_path, monkeypatch):
+    """Found by an adversarial pass: the demo printed the wire-to-signal figures of a run whose
+    engine had processed 339,196 of 400,001 events (the stall left out) without a word, and a
+    floor not measured as p50 0.0 p99 0.0."""
+    from tickwire.engine import demo
+
+    lat = {lv: 2_000_000 for lv in bench.LEVELS}
+    loss = "the engine processed 339,196 of the 400,001 events published (60,805 not processed by the end of the drain)"
+
+    def run_bench(args):
+        return {"runs": [{"latency_ns": {"wire_to_signal": dict(lat, count=287)}, "loss": [loss]}]}
+
+    monkeypatch.setattr(bench, "run_bench", run_bench)
+    said = []
+    demo._wire_to_signal(tmp_path / "demo.toml", 100_000, 3, said.append)
+    text = "\n".join(said)
+    assert "p50 2,000.0" in text and "(287 signals)" in text
+    assert "same run) not measured" in text and "p50 0.0" not in text
+    assert f"INCOMPLETE: {loss}: the figures above leave out what was not processed" in text
+
+
+@pytest.mark.parametrize("batch,channels", [(16, 4), (3, 2), (1, 3), (1000, 5)])
+def test_batch_n_is_n_events_a_message_on_a_stream_that_alternates_channels(batch, channels):
+    """Found by an adversarial pass: messages were cut at every change of channel, so on the
+    synthetic stream (instrument i on channel i % channels, alternating event by event) --batch 16
+    made 1.55 events a message. Each channel's events now go in messages of N, in their order."""
+    from tickwire.ext import EVENT_DTYPE
+
+    rng = np.random.default_rng(batch * 7 + channels)
+    ev = np.zeros(5_000, EVENT_DTYPE)
+    ev["instrument"] = rng.integers(0, 8, len(ev))
+    ev["seq"] = np.arange(len(ev))                 # (a tag: where each event was)
+    chan_of = np.arange(8) % channels
+    out, bounds, ch = bench._messages(ev, chan_of, batch)
+    assert sorted(out["seq"].tolist()) == list(range(len(ev))) and bounds[0] == 0 and bounds[-1] == len(ev)
+    sizes = np.diff(bounds)
+    for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        assert (chan_of[out["instrument"][a:b]] == ch[k]).all()
+    for c in range(channels):
+        mine = ch == c
+        assert (sizes[mine][:-1] == batch).all() and 0 < sizes[mine][-1] <= batch
+        got = out["seq"][chan_of[out["instrument"]] == c]
+        assert (got == np.flatnonzero(chan_of[ev["instrument"]] == c)).all()   # each channel's own order
+    # whole messages in the order of their first events
+    assert (np.diff(out["seq"][bounds[:-1]].astype(np.int64)) > 0).all()

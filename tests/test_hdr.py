@@ -385,6 +385,9 @@ def test_summary_table():
     assert lines[0].split()[:3] == ["stage", "count", "p50"]
     book = next(ln for ln in lines if ln.startswith("book"))
     assert book.split()[1:4] == ["3", "2.000", "3.001"]         # 3000 lies in a 2-ns bucket
+    # a stage that recorded nothing: no figures (it printed 0.000 everywhere, as if measured)
+    idle = next(ln for ln in lines if ln.startswith("decode")).split()
+    assert idle[1] == "0" and set(idle[2:]) == {"-"}
 
 
 # ---------------------------------------------------------------------------------------------

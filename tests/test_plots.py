@@ -140,6 +140,17 @@ def test_hgrm_files_overlaid_with_a_log(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "a: p50" in res.stdout and "run:book" in res.stdout and (tmp_path / "x.png").stat().st_size > 10_000
     every_point_matches(plots.load_latency(tmp_path / "a.hgrm").spectra[None], vals)
+    # an .hgrm lists some levels only: each figure is its first row at or past the level, and
+    # the row's own level is said where it is not the one named (p99.9 read 6,848.5 us, the
+    # 99.93% row, against the histogram's 5,455.9: an adversarial pass)
+    levels, values = plots.load_latency(tmp_path / "a.hgrm").spectra[None][:2]
+    line = next(ln for ln in res.stdout.splitlines() if ln.strip().startswith("a: p50"))
+    for p in (50.0, 99.0, 99.9):
+        k = next(i for i, lv in enumerate(levels) if lv >= p)
+        assert f"p{p:g} {values[k] / 1e3:,.1f} us" in line
+        if abs(levels[k] - p) > 1e-9:
+            assert f"{levels[k]:.3f}%" in line and ".hgrm rows at" in line, line
+    assert any(abs(lv - p) > 1e-9 for p in (50.0, 99.0, 99.9) for lv in [next(x for x in levels if x >= p)])
 
 
 def test_a_file_name_that_is_not_utf8_is_drawn(tmp_path):
@@ -192,6 +203,16 @@ def test_bad_interval_logs_are_one_clear_line(tmp_path, content, fragment):
     assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
     assert fragment in res.stderr and str(path) in res.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("name", ["x.jpg", "x", "x.png.svg"])
+def test_an_output_not_named_png_is_refused(tmp_path, name):
+    """Found by an adversarial pass: -o x.jpg wrote PNG bytes into x.jpg without a word."""
+    write_log(tmp_path / "run.hlog", [1000, 1000])
+    res = subprocess.run([PY, "-m", "tickwire", "plot", "latency", str(tmp_path / "run.hlog"), "-o",
+                          str(tmp_path / name)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "the plot is written as a PNG: name it FILE.png" in res.stderr and not (tmp_path / name).exists()
 
 
 def test_garbled_hgrm_and_unknown_stage(tmp_path):
