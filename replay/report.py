@@ -860,8 +860,10 @@ def _pnl_stats(T, idx, state, inst) -> dict:
         "open_unmarked": int(np.count_nonzero(~fin)),
         "wins": int(np.count_nonzero(net[fin] > 0)),
         "win_rate": _f(np.count_nonzero(net[fin] > 0) / fin.sum()) if fin.any() else None,
-        "gross_ticks": _f(sum(gross[np.isfinite(gross)].tolist())),
-        "fees_ticks": _f(sum(fees[np.isfinite(fees)].tolist())),
+        # the trades net counts (an open one left unmarked: none of its figures; its entry fee
+        # had gone into fees_ticks, so gross - fees was not net)
+        "gross_ticks": _f(sum(gross[fin & np.isfinite(gross)].tolist())),
+        "fees_ticks": _f(sum(fees[fin & np.isfinite(fees)].tolist())),
         "net_ticks": _f(net[fin].sum()),
         "net_quote": _f(net[fin].sum() * float(inst.tick_size)) if inst is not None else None,
         "net_bps_sum": _f(bps[fin].sum()),

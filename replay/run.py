@@ -188,6 +188,15 @@ class Replay:
         self.engine = self.spec.build(self.instruments)
         self._ids = {i.id for i in self.instruments}
         self.stop = False                      # set (from a signal handler) to end after the batch
+        self._ran = False
+
+    def _once(self) -> None:
+        """A Replay runs once: its engine keeps the first run's books, windows and rule states, so a
+        second run went on from them (106 signals, then 105 of other bytes: an adversarial pass)."""
+        if self._ran:
+            raise RuntimeError("this Replay has run: its engine holds that run's books, statistics and rule "
+                               "states. Make a new Replay(source, spec) for another run")
+        self._ran = True
 
     def _batches(self) -> Iterator[np.ndarray]:
         for chunk in self.source:
@@ -222,6 +231,7 @@ class Replay:
 
     def steps(self) -> Iterator[Step]:
         """Step mode: one :class:`Step` per batch (the engine is shared: read it before the next)."""
+        self._once()
         eng = self.engine
         for ev in self._batches():
             self._process(ev)
@@ -254,6 +264,7 @@ class Replay:
         """
         if speed is not None and not (1e-6 <= speed <= 1e6):
             raise ValueError(f"speed must be a number from 1e-6 to 1e6 (None: as fast as possible), got {speed}")
+        self._once()
         res = ReplayResult()
         kept = []
         eng = self.engine

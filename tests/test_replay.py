@@ -64,6 +64,17 @@ def test_signals_are_byte_identical_across_runs_and_equal_the_engine_on_the_whol
     ids, counts = np.unique(a["rule_id"], return_counts=True)
     assert res.signal_count == len(a) and len(res.signals) == 0
     assert res.by_rule == dict(zip(ids.tolist(), counts.tolist()))
+    # a Replay runs once: a second run went on from the first's engine (other signals, unsaid)
+    r = Replay(ArraySource(ev, insts), SPEC)
+    assert r.run().signals.tobytes() == a.tobytes()
+    for again in (r.run, lambda: next(iter(r.steps()))):
+        with pytest.raises(RuntimeError, match="this Replay has run"):
+            again()
+    r = Replay(ArraySource(ev, insts), SPEC)
+    for _ in r.steps():
+        pass
+    with pytest.raises(RuntimeError, match="Make a new Replay"):
+        r.run()
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -552,6 +563,24 @@ def test_cli_replays_an_npy_file_and_writes_the_signals(tmp_path, market):
     assert got.tobytes() == replay_signals(ev, insts).tobytes()
 
 
+def test_a_feeds_channels_that_does_not_fit_the_store_is_refused(tmp_path, market):
+    """Found by an adversarial pass: a config whose feeds.channels was not the daemon's replayed with
+    75,482 events refused as WRONG_CHANNEL (98 signals against live's 153), exit 0, and a warning
+    blaming the instruments' definitions. The store recorded each instrument's channel: a config
+    that puts one elsewhere is refused up front, naming it."""
+    ev, insts = market                                    # instrument i on channel i % 2
+    make_store(tmp_path / "db", ev, insts)
+    rules = tmp_path / "rules.toml"
+    for n, ok in ((2, True), (3, False), (1, False)):
+        rules.write_text(f"[feeds]\nchannels = {n}\n[[rules]]\nkind = 'zscore'\nenter = 3.0\nexit = 1.0\n")
+        out = cli("--dsn", f"chdb://{tmp_path}/db", "--config", rules, "--signals", tmp_path / "s.npy", "--quiet")
+        if ok:
+            assert out.returncode == 0 and "WRONG_CHANNEL" not in out.stdout + out.stderr, out.stderr
+        else:
+            assert out.returncode == 2, out.stderr
+            assert f"feeds.channels = {n} of the config does not fit" in out.stderr and "SYN" in out.stderr, out.stderr
+
+
 def test_cli_never_writes_its_signals_over_an_input_and_says_when_the_books_refuse_much(tmp_path, market):
     """Found by an adversarial pass: `--signals` naming the `--npy` input replaced it (753 KB by a
     512-byte signals file, exit 0); a replay whose books refused most events (definitions that
@@ -576,10 +605,16 @@ def test_cli_never_writes_its_signals_over_an_input_and_says_when_the_books_refu
     assert "book rejects: {" in out.stdout and "warning: the books refused" in out.stderr, out.stdout + out.stderr
     out = cli("--npy", tmp_path / "ev.npy", "--quiet")
     assert out.returncode == 0 and "warning" not in out.stderr and "starts inside" not in out.stderr, out.stderr
-    out = cli("--npy", tmp_path / "ev.npy", "--quiet", "--from", int(ev["ts_event"][len(ev) // 2]))
+    out = cli("--npy", tmp_path / "ev.npy", "--quiet", "--from", int(ev["ts_event"][len(ev) // 2]), "--report",
+              tmp_path / "inside", "--no-plots", "--config", rules_config(tmp_path / "rules.toml"))
     assert out.returncode == 0 and "starts inside" in out.stderr and "the books start empty" in out.stderr, out.stderr
-    out = cli("--npy", tmp_path / "ev.npy", "--quiet", "--from", int(ev["ts_event"].min()))
+    assert "a report's mids and markouts" in out.stderr
+    # and the report says it too (its mids came from half-built books: an adversarial pass)
+    assert json.loads((tmp_path / "inside" / "summary.json").read_text())["run"]["books_start_empty"] is True
+    out = cli("--npy", tmp_path / "ev.npy", "--quiet", "--from", int(ev["ts_event"].min()), "--report",
+              tmp_path / "whole", "--no-plots", "--config", rules_config(tmp_path / "rules.toml"))
     assert out.returncode == 0 and "starts inside" not in out.stderr, out.stderr
+    assert json.loads((tmp_path / "whole" / "summary.json").read_text())["run"]["books_start_empty"] is False
 
 
 def test_ctrl_c_stops_cleanly_and_keeps_what_was_replayed(tmp_path, market):
@@ -1000,6 +1035,39 @@ def test_a_time_range_takes_a_capture_s_snapshots_whole(kraken):
     assert (part["ts_event"][~snap] >= mid).all()
     full = Replay(whole, EngineSpec(RULES, STATS)).run()
     assert Replay(ranged, EngineSpec(RULES, STATS)).run().signals.tobytes() == full.signals.tobytes()
+
+
+def test_a_range_of_a_store_s_history_in_a_file_takes_its_snapshots_on_the_publisher_s_clock():
+    """Found by an adversarial pass: a store's stream saved to .npy (the simulator stamps 2023, the
+    daemon received in 2026) counted every snapshot row and marker at its 2026 receipt, so a
+    range of the data left them all out (--to) or took them all (--from): 192 signals against
+    live's 77. A snapshot row counts at its receipt on the ticks' clock."""
+    day = 86_400 * 10**9
+    t0, lag = 1_700_000_000 * 10**9, 1118 * day                    # received 1,118 days later
+    ticks = l3_orders(2_000, seed=3, instruments=1, resting=50)
+    ticks["ts_event"] = t0 + np.arange(len(ticks)) * 1_000_000     # a tick a millisecond
+    ticks["ts_recv"] = ticks["ts_event"] + lag + 50_000
+
+    def snapshot(at):                  # a STALE, then BEGIN, two levels, END, received after tick `at`
+        ev = np.zeros(5, EVENT_DTYPE)
+        ev["kind"] = [Kind.SNAPSHOT, Kind.SNAPSHOT, Kind.ADD, Kind.ADD, Kind.SNAPSHOT]
+        ev["side"] = [Side.NONE, Side.NONE, Side.BID, Side.ASK, Side.NONE]
+        ev["flags"] = Flag.SNAPSHOT | np.array([Flag.STALE, Flag.SNAPSHOT_BEGIN, 0, 0, Flag.SNAPSHOT_END], np.uint32)
+        ev["order_id"] = [0, 0, 10**9 + at, 10**9 + at + 1, 0]
+        ev["price"], ev["qty"] = [0, 0, 100, 101, 0], [0, 0, 1, 1, 0]
+        ev["ts_event"] = t0 - 3 * day                              # levels stamped when they last changed
+        ev["ts_recv"] = ticks["ts_recv"][at] + 1
+        return ev
+
+    ev = np.concatenate([snapshot(0)[:1], snapshot(0)[1:], ticks[:1000], snapshot(999), ticks[1000:]])
+    insts = synthetic_instruments(1, "L3")
+    cut = t0 + 700 * 1_000_000
+    before = ArraySource(ev, insts, end_ns=cut).events
+    after = ArraySource(ev, insts, start_ns=cut).events
+    snaps = lambda e: int(((e["flags"] & Flag.SNAPSHOT) != 0).sum())     # noqa: E731
+    assert snaps(before) == 5 and snaps(after) == 5               # the first snapshot, and the second
+    assert len(before) + len(after) == len(ev)
+    assert (before["ts_event"][(before["flags"] & Flag.SNAPSHOT) == 0] < cut).all()
 
 
 def test_a_capture_replayed_with_a_daemon_config_of_several_channels_loses_no_instrument(tmp_path, kraken):

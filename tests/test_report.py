@@ -323,6 +323,35 @@ def test_hand_pnl_with_fees(tmp_path):
     assert p["net_quote"] == pytest.approx(p["net_ticks"] * 0.01, rel=1e-12)
 
 
+def test_the_sums_leave_an_unmarked_open_trade_out_of_every_figure(tmp_path):
+    """Found by an adversarial pass: a position still open when its book went out of sync (a
+    daemon's store ends with STALE markers once its feed is silent) has no mark: it was left out
+    of gross_ticks and net_ticks but its entry fee stayed in fees_ticks, so gross - fees was not
+    net (off by 99.9996 ticks here)."""
+    from tickwire.engine.pipeline import Engine, RuleConfig
+    from tickwire.ext import Kind, Side, empty_events
+    from tickwire.ext.records import Flag
+    from tickwire.feeds.synthetic import l2_updates, synthetic_instruments
+
+    inst = synthetic_instruments(1)
+    eng = Engine(inst, rules=[RuleConfig("zscore", enter=2.5, exit=1.0, min_count=50)], clock="event")
+    ev = l2_updates(200_000)
+    rb = ReportBuilder(inst, horizons_ns=(1_000_000,), fee_bps=1.0, plots=False)
+    eng.process(ev)
+    rb.add(ev, eng.take_signals())
+    stale = empty_events(1)                    # the feed went silent: the STALE marker a daemon stores
+    stale["kind"], stale["side"], stale["flags"] = Kind.SNAPSHOT, Side.NONE, Flag.SNAPSHOT | Flag.STALE
+    stale["ts_event"], stale["ts_recv"], stale["instrument"] = ev["ts_event"][-1], ev["ts_recv"][-1], 0
+    eng.process(stale)
+    rb.add(stale, eng.take_signals())
+    p = rb.finish(tmp_path / "r")["groups"][0]["pnl"]
+    assert p["open_unmarked"] >= 1 and p["trades"] > p["open_unmarked"]
+    assert p["gross_ticks"] - p["fees_ticks"] == pytest.approx(p["net_ticks"], abs=1e-6)
+    trades = read_csv(tmp_path / "r" / "trades.csv")
+    marked = [t for t in trades if t["net_ticks"] not in ("", "nan")]
+    assert p["fees_ticks"] == pytest.approx(sum(float(t["fees_ticks"]) for t in marked), rel=1e-9)
+
+
 def test_hand_latency_moves_the_fills(tmp_path):
     # 600 ns after the ENTER (2600) the ask is 104; after the EXIT (3600) the bid is 101
     _, out = hand_case(tmp_path, latency=600)
