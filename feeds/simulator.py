@@ -390,7 +390,7 @@ class Simulator:
     wait_subscribers : float
         PUB only: wait up to this many seconds, after each bind, until ``subscribers``
         subscriptions cover every channel (an XPUB sees them), so nothing is published
-        into the void (0: do not wait).
+        into the void (0: do not wait); :attr:`subscribed` says whether they came.
     subscribers : int
     restart_pause : float
         Seconds the publisher stays down when it restarts.
@@ -438,6 +438,7 @@ class Simulator:
         self.heartbeat = float(heartbeat)
         self.wait_subscribers = float(wait_subscribers)
         self.subscribers = int(subscribers)
+        self.subscribed = True
         self.restart_pause = float(restart_pause)
         self.snapshot_delay = float(snapshot_delay)
         self.books = make_books(self.instruments)
@@ -508,7 +509,9 @@ class Simulator:
             self._service = RecoveryService(self._router, self._snapshot_of, self.retainer,
                                             delay=self.snapshot_delay)
         if waiting:
-            self._await_subscribers()
+            #: False when the wait ended without a subscriber on every channel (the command then
+            #: publishes nothing: exit 2; it published into the void and said "done", exit 0)
+            self.subscribed = self._await_subscribers()
 
     def _close_sockets(self, linger_ms: int = 0) -> None:
         if self._service is not None:
@@ -974,6 +977,11 @@ def run_cli(args, say=print) -> int:
         return refuse(_bind_problem(exc))
     if stop_asked:
         sim.request_stop()
+    if not sim.subscribed:
+        sim.close(0)
+        return refuse(f"--wait-subscribers: no {'subscriber' if args.subscribers == 1 else f'{args.subscribers} subscribers'} "
+                      f"on every channel within {args.wait_subscribers:g} s: nothing published (is the daemon "
+                      f"running, with feeds.endpoints = {', '.join(sim.endpoints)}?)")
     try:
         if curve is not None:
             say(f"CURVE server, public key {curve.public.decode()}; clients: "

@@ -261,6 +261,16 @@ def test_default_endpoints_are_in_a_private_directory_and_a_squatted_one_is_refu
     one_line(res, "is not a private directory of yours")
 
 
+def test_simulate_waiting_for_subscribers_that_never_come_publishes_nothing(tmp_path):
+    """Found by an adversarial pass: with no subscriber, `simulate --wait-subscribers 1` waited,
+    published every event into the void, said "done: 2,000 events" and exited 0 (docs/feeds.md:
+    the option is there so that nothing is). Now one line, exit 2, and nothing published."""
+    res = tickwire("simulate", "--endpoint", f"ipc://{tmp_path}/f", "--snapshot", f"ipc://{tmp_path}/s",
+                   "--events", "2000", "--wait-subscribers", "1")
+    one_line(res, "--wait-subscribers: no subscriber on every channel within 1 s: nothing published")
+    assert "done" not in res.stdout + res.stderr
+
+
 @pytest.mark.parametrize("option, endpoint, pregenerate", [
     ("--endpoint", "garbage", False),
     ("--endpoint", "tcp://999.1.1.1:5", True),
