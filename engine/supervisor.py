@@ -1377,8 +1377,8 @@ class Supervisor:
         """``(channel, next sequence number stored, events held)`` of the channels a worker had
         stale or recovering at the stop whose publisher was not seen to end (its END heartbeat,
         with every event it announced stored: the history note's ``ended``); held: the events it
-        had received after a hole and was holding until the hole filled (its status's
-        ``buffered_events``), which the stop does not store."""
+        had received after a hole and was holding until the hole filled, not stored yet (its
+        status's ``unstored_events``), which the stop does not store."""
         out = []
         for w, st in zip(self.cfg.workers, self.worker_status()):
             note = self._history_note(w)
@@ -1391,7 +1391,8 @@ class Supervisor:
                 # lost under "every tick and signal stored")
                 point = points.get(str(c))
                 nxt = cs.get("stored_next") or (point[1] if isinstance(point, list) and len(point) == 2 else 0)
-                held = int(cs.get("buffered_events") or 0)
+                # (held and already stored: a channel waiting for a snapshot stores as it goes)
+                held = int(cs.get("unstored_events") or 0) if self.cfg.store.enabled else 0
                 if nxt or held:
                     out.append((int(c), int(nxt), held))
         return sorted(out)

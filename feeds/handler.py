@@ -484,14 +484,25 @@ class FeedHandler:
 
     def channel_status(self) -> dict:
         """Per channel: state, epoch, next_seq, stored_next, in_sync, gaps, recoveries,
-        restarts, lost events, held events."""
+        restarts, lost events, held events (and of them, those not stored yet)."""
         hist = self.history()
         return {cid: {"state": c.state.value, "epoch": c.epoch or 0, "next_seq": self.next_seq(cid),
                       "stored_next": hist[cid][1] if hist[cid] else 0, "in_sync": c.in_sync,
                       "gaps": c.gaps, "recoveries": c.recoveries, "restarts": c.restarts,
                       "lost_events": c.lost_events, "losses": c.losses, "retransmitted": c.retransmitted,
-                      "buffered_events": c.held_events}
+                      "buffered_events": c.held_events, "unstored_events": self._unstored(c)}
                 for cid, c in self._channels.items()}
+
+    @staticmethod
+    def _unstored(c: _Channel) -> int:
+        """Events held that the history has not stored: past ``store_next`` (a channel waiting for a
+        snapshot stores its held events as it goes, and keeps them held for the book), or every one
+        while it is not known."""
+        n = sum(len(ev) for _, ev, _ in c.early if ev is not None)
+        for r in c.held:
+            lo = r.start if c.store_next is None else max(r.start, c.store_next)
+            n += max(0, r.end - lo)
+        return n
 
     def counters(self) -> dict:
         """Every counter: the receive loop's (messages, bytes, heartbeats...), the handler's

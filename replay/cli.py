@@ -347,7 +347,8 @@ def _replay(args) -> int:
         source = CaptureSource(args.capture, args.capture_file, select, start, end)
     else:
         source = ArraySource(args.npy, cfg_insts, select, start, end)
-    if args.dsn and spec.channels is not None:
+    if args.dsn and spec.channels is not None and not args.publish:
+        # (republished, every event goes on instrument % channels: the receiving daemon's count)
         _check_channels(source, spec.channels)
     if args.publish and args.dsn:
         _restart_note(source)
@@ -390,7 +391,11 @@ def _restart_note(source) -> None:
     from tickwire.ext.records import Flag
 
     snaps = source.snapshots
-    restarts = np.unique(snaps["instrument"][((snaps["flags"] & np.uint32(Flag.RESTART)) != 0) & (snaps["seq"] > 0)])
+    marks = snaps[(snaps["flags"] & np.uint32(Flag.RESTART)) != 0]
+    ids, count = np.unique(marks["instrument"], return_counts=True)
+    # stamped where a resumed history stood (seq > 0), or a second start of an instrument (a later
+    # start that joined afresh stamps seq 0: the review of this note)
+    restarts = np.union1d(ids[count > 1], marks["instrument"][marks["seq"] > 0])
     if len(restarts):
         print(f"note: the live worker restarted within {source.name}'s history ({len(restarts)} instrument"
               f"{'s' if len(restarts) > 1 else ''}): its engine began afresh there, a daemon fed by this replay "
@@ -410,8 +415,9 @@ def _recorded_channels(source) -> dict:
     store = getattr(source, "store", None)
     if store is None:
         return {}
+    ids = ", ".join(str(i.id) for i in source.instruments) or "NULL"
     rows = store.client.query(f"SELECT instrument, argMax(channel, ts_event) FROM {store.database}.ticks "
-                              f"GROUP BY instrument").result_rows
+                              f"WHERE instrument IN ({ids}) GROUP BY instrument").result_rows
     return {int(i): int(c) for i, c in rows}
 
 

@@ -120,8 +120,12 @@ class Republisher:
         if self.flags:
             ev["flags"] |= np.uint32(self.flags)
         # a recorded marker's order_id is the epoch of the publisher it was recorded from (the
-        # feed handler's note): nothing to this stream's receivers, who ignore it (docs/events.md)
-        ev["order_id"][ev["kind"] == Kind.SNAPSHOT] = 0
+        # feed handler's note): nothing to this stream's receivers, who ignore it (docs/events.md);
+        # its RESTART was the recording worker's own start, not the receiver's (stored as the
+        # receiver's, a replay of its store started its engine afresh where the receiver had not)
+        markers = ev["kind"] == Kind.SNAPSHOT
+        ev["order_id"][markers] = 0
+        ev["flags"][markers] &= ~np.uint32(Flag.RESTART)
         if self.channels:
             ev["channel"] = ev["instrument"] % self.channels
         chans = ev["channel"]

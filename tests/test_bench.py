@@ -254,6 +254,13 @@ def test_compare_two_saved_runs(tmp_path, capsys):
     assert cli_main(["bench", "compare", str(a), str(b)]) == 0
     warn = next(ln for ln in capsys.readouterr().out.splitlines() if "unlike" in ln)
     assert "target 'pipeline' against 'daemon'" in warn and "stream None against 'synthetic'" in warn
+    # busy_poll: a difference when both recorded it; a summary from before it was recorded (None)
+    # is no difference (a review: every old baseline read as unlike)
+    for pa, pb, said in ((True, False, True), (None, False, False), (False, None, False), (True, True, False)):
+        (a / "summary.json").write_text(json.dumps(dict(_summary(100_000), busy_poll=pa)))
+        (b / "summary.json").write_text(json.dumps(dict(_summary(50_000), busy_poll=pb)))
+        assert cli_main(["bench", "compare", str(a), str(b)]) == 0
+        assert ("busy_poll" in capsys.readouterr().out) == said, (pa, pb)
     assert cli_main(["bench", "compare", str(a), str(tmp_path / "missing.json")]) == 2
     (tmp_path / "x.json").write_text("{}")
     assert cli_main(["bench", "compare", str(a), str(tmp_path / "x.json")]) == 2

@@ -922,10 +922,10 @@ def test_events_held_behind_a_hole_at_the_stop_are_said_not_stored(tmp_path):
                               "20000", "--wait-subscribers", "30", "--linger", "0", "--cpu", "0", "--quiet"],
                              capture_output=True, text=True, timeout=120)
         assert sim.returncode == 0, sim.stdout + sim.stderr
-        assert wait_for(lambda: sum(c["buffered_events"] for c in status(run_dir)["channels"].values()) >= 19_000, 10)
+        assert wait_for(lambda: sum(c["unstored_events"] for c in status(run_dir)["channels"].values()) >= 19_000, 10)
     finally:
         rc, _ = stop_daemon(daemon, log)
-    held = sum(c["buffered_events"] for c in status(run_dir)["channels"].values())
+    held = sum(c["unstored_events"] for c in status(run_dir)["channels"].values())
     last = (tmp_path / "daemon.log").read_text().strip().splitlines()[-1]
     assert rc == 1, last
     assert f"{held:,} events received after a hole were held at the stop and NOT stored" in last, last

@@ -430,6 +430,32 @@ def test_publisher_restart_is_confirmed_resynced_and_old_epoch_dropped(feed):
         assert mine["order_id"][0] == 0 and mine["order_id"][-1] == feed.epoch, mine["order_id"]
 
 
+def test_held_events_already_stored_are_not_counted_as_unstored(feed):
+    """A review found the daemon's stop counting as NOT stored every event a channel held, where a
+    channel waiting for a snapshot (after a publisher restart) stores its held events as it goes
+    and keeps them held for its book: 50 events stored and held read "50 events ... NOT stored",
+    exit 1. ``unstored_events`` counts those past the history only."""
+    h = feed.h
+    feed.join()
+    feed.publish(0)
+    feed.pump(feed.caught_up)
+    feed.restart()
+    for _ in range(5):
+        feed.publish(0, 10)
+    probe = feed.request()
+    if probe[1].type == MsgType.RETRANSMIT_REQUEST:
+        feed.retransmit(probe)
+    feed.request()                                     # the snapshot request: never answered
+    for _ in range(100):
+        h.poll(0.005)
+    st = h.channel_status()[0]
+    assert st["state"] == "recovering" and st["buffered_events"] == 50, st
+    stored = np.concatenate(feed.stored)
+    mine = stored[(stored["channel"] == 0) & ((stored["flags"] & int(Flag.SNAPSHOT)) == 0)]
+    assert st["stored_next"] == 51 and (mine["seq"][-50:] == np.arange(1, 51)).all()
+    assert st["unstored_events"] == 0
+
+
 @pytest.mark.parametrize("ended", [True, False])
 def test_a_live_restart_without_an_end_counts_the_range_it_cannot_size(feed, ended):
     """Found by an adversarial pass: a bridge SIGKILLed mid-burst, its next run seen live, lost

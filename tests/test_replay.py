@@ -579,6 +579,33 @@ def test_a_feeds_channels_that_does_not_fit_the_store_is_refused(tmp_path, marke
         else:
             assert out.returncode == 2, out.stderr
             assert f"feeds.channels = {n} of the config does not fit" in out.stderr and "SYN" in out.stderr, out.stderr
+    # republished, every event goes on instrument % channels: a receiving daemon's other count is
+    # no mismatch (a review: the check refused that documented use)
+    out = cli("--dsn", f"chdb://{tmp_path}/db", "--config", rules, "--publish", f"ipc://{tmp_path}/d", "--snapshot",
+              f"ipc://{tmp_path}/s", "--start-delay", "0", "--linger", "0", "--quiet")
+    assert out.returncode == 0 and "does not fit" not in out.stderr, out.stderr
+
+
+def test_the_republish_note_names_every_restart_of_the_live_worker(capsys):
+    """A restart that resumed its history stamps its RESTART markers where it stood (seq > 0); a
+    later start that joined afresh stamps seq 0, as the first start does: an instrument with two
+    starts restarted too (a review of the note: it missed those)."""
+    from types import SimpleNamespace
+
+    from tickwire.replay.cli import _restart_note
+
+    def note(rows):
+        snaps = np.zeros(len(rows), EVENT_DTYPE)
+        for k, (inst, seq, flags) in enumerate(rows):
+            snaps[k]["instrument"], snaps[k]["seq"], snaps[k]["flags"], snaps[k]["kind"] = inst, seq, flags, Kind.SNAPSHOT
+        _restart_note(SimpleNamespace(snapshots=snaps, name="store s"))
+        return capsys.readouterr().err
+
+    restart = Flag.SNAPSHOT | Flag.STALE | Flag.RESTART
+    assert note([(0, 0, restart), (1, 0, restart), (0, 5, Flag.SNAPSHOT | Flag.SNAPSHOT_END)]) == ""
+    assert "restarted within store s's history (1 instrument)" in note([(0, 0, restart), (1, 0, restart),
+                                                                       (0, 0, restart)])
+    assert "(2 instruments)" in note([(0, 0, restart), (1, 0, restart), (0, 40, restart), (1, 41, restart)])
 
 
 def test_cli_never_writes_its_signals_over_an_input_and_says_when_the_books_refuse_much(tmp_path, market):
