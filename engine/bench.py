@@ -1081,6 +1081,13 @@ def measure_rate(run: Run, rate: float, index: int, outdir: Path) -> dict:
         _say(f"  pyzmq baseline at {_fmt_rate(rate)} ev/s {baseline_note}")
         base = None
     summ = {k: _summary(r) for k, r in recs.items()}
+    # a latency below 0 is a wall clock stepped back between two stamps: recorded as 0, and counted
+    # (they were clamped unsaid)
+    values = {**{k: tgt["lat"][k] for k in STAGES}, **floors, **({"pyzmq_baseline": base} if base is not None else {})}
+    for k, v in values.items():
+        n = int(np.count_nonzero(np.asarray(v) < 0)) if len(v) else 0
+        if n and k in summ:
+            summ[k]["negative"] = n
     if "floor" in summ:
         summ["floor"]["note"] = ("the relay floor: the messages that carried the target's signals, received by a "
                                  "bare C libzmq subscriber on the engine's core and pushed into a signal ring read "
@@ -1168,6 +1175,10 @@ def print_run(res: dict) -> None:
     _say(f"\n  offered {off:,.0f} ev/s, achieved {ach:,.0f} ev/s{note}; late messages (>10 us) {pub['late_messages']:,} "
          f"(p99 late {pub['late_p99_ns'] / 1e3:.1f} us, max {pub['max_late_ns'] / 1e3:.1f} us); "
          f"signals {res['signals']:,} (missed {res['signals_missed']}, unmatched {res['signals_unmatched']})")
+    neg = {k: s["negative"] for k, s in res["latency_ns"].items() if isinstance(s, dict) and s.get("negative")}
+    if neg:
+        _say("  warning: latencies below 0, recorded as 0 (the wall clock stepped back during the run): "
+             + ", ".join(f"{k} {n:,}" for k, n in neg.items()))
     rows = [k for k in ("wire_to_signal", "wire_queue", "engine", "ring_hop", "floor", "floor_zmq_hop",
                         "floor_ring_hop", "zmq_hop", "ring_hop_floor", "hops_sum", "pyzmq_baseline")
             if k in res["latency_ns"]]
@@ -1665,6 +1676,12 @@ def cmd_bench(args) -> int:
         probe.unlink()
     except OSError as exc:
         print(f"tickwire bench: --out {args.out}: cannot write there ({exc.strerror or exc})", file=sys.stderr)
+        return 2
+    taken = sorted(str(q) for pat in ("summary.json", "sweep.png", "intervals-*.hlog", "spectrum-*.png", "*.hgrm")
+                   for q in Path(args.out).glob(pat) if q.is_dir())
+    if taken:                                  # (an IsADirectoryError traceback after the whole run)
+        print(f"tickwire bench: --out {args.out}: {taken[0]} is a directory where a result file goes",
+              file=sys.stderr)
         return 2
     got = []
 

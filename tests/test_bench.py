@@ -334,6 +334,17 @@ def test_an_output_directory_that_cannot_be_written_is_refused_before_measuring(
     assert time.monotonic() - t0 < 5                 # refused up front, not after the run
 
 
+@pytest.mark.parametrize("name", ["summary.json", "wire_to_signal-10k.hgrm", "intervals-10k.hlog"])
+def test_a_directory_where_a_result_file_goes_is_refused_before_measuring(tmp_path, capsys, name):
+    """Found by an adversarial pass: --out holding a directory named summary.json measured the whole
+    run, then ended in an IsADirectoryError traceback."""
+    (tmp_path / name).mkdir()
+    t0 = time.monotonic()
+    assert cli_main(["bench", "--rate", "10k", "--out", str(tmp_path)]) == 2
+    assert f"{tmp_path / name} is a directory where a result file goes" in capsys.readouterr().err
+    assert time.monotonic() - t0 < 5
+
+
 def test_a_rate_with_no_signal_fails_instead_of_reporting_zero_latency(tmp_path, monkeypatch, capsys):
     """A run that brought no signal (rules that never fire, messages the engine refused) has no
     latency: exit 1 naming the rate, not a summary of zeros that `compare` would read as a gain."""
@@ -803,6 +814,36 @@ def _lat(p50_ns, n=2000, t0=10**18):
             "intended": t0 + np.arange(n, dtype=np.int64) * 1000, "unmatched": 0}
 
 
+_PUB = {"messages": 10, "events": 100, "offered_rate": 1e6, "achieved_rate": 1e6, "late_messages": 0,
+        "max_late_ns": 0, "late_p99_ns": 0}
+
+
+def _fake_run(lat, floor_p50=None, floor_rate=1e6):
+    """A Run whose target measured ``lat`` (and, with ``floor_p50``, floors of that median whose
+    publisher reached ``floor_rate``), for bench.measure_rate."""
+    class FakeRun:
+        busy_poll = False
+        args = bench.default_args(repeat=1, no_floors=floor_p50 is None, baseline=False, warmup=1.0, duration=1.0,
+                                  quiet=True, busy_poll=None)
+        stream, engine_core = None, 1
+
+        def endpoint(self, tag):
+            return f"inproc://{tag}"
+
+        def measure_target(self, rate, tag, p):
+            return {"cpus": [1], "cpus_configured": [1], "publisher": _PUB, "signals": 2000, "missed": 0,
+                    "unmatched": 0, "lat": lat, "loss": [], "relay": {"keys": [1]}}
+
+        def measure_zmq_floor(self, rate, p, tag, busy, plan):
+            return {"lat": np.full(100, 20_000, np.int64), "cpus": [1], "relay": _lat(floor_p50),
+                    "publisher": dict(_PUB, achieved_rate=floor_rate)}
+
+        def measure_ring_floor(self, r, tag):
+            return {"lat": np.full(100, 1000, np.int64)}
+
+    return FakeRun()
+
+
 @pytest.mark.parametrize("floor_rate,floor_p50,verdict", [
     (1e6, 50_000, "hit"),                    # a floor that kept up: a verdict
     (6e5, 50_000, None),                     # its publisher short of the rate: the machine's limit
@@ -813,32 +854,8 @@ def test_no_verdict_against_a_saturated_floor(tmp_path, monkeypatch, capsys, flo
     well, and "p50 within 1.25x of the floor" was a hit or a MISS between two queues. A floor
     whose publisher fell short or whose own median is past the saturation mark gives no verdict,
     said on its own line."""
-    pub = {"messages": 10, "events": 100, "offered_rate": 1e6, "achieved_rate": 1e6, "late_messages": 0,
-           "max_late_ns": 0, "late_p99_ns": 0}
-
-    class FakeRun:
-        busy_poll = False
-
-        args = bench.default_args(repeat=1, no_floors=False, baseline=False, warmup=1.0, duration=1.0,
-                                  quiet=True, busy_poll=None)
-        stream, engine_core = None, 1
-
-        def endpoint(self, tag):
-            return f"inproc://{tag}"
-
-        def measure_target(self, rate, tag, p):
-            return {"cpus": [1], "cpus_configured": [1], "publisher": pub, "signals": 2000, "missed": 0,
-                    "unmatched": 0, "lat": _lat(floor_p50 + 1000), "loss": [], "relay": {"keys": [1]}}
-
-        def measure_zmq_floor(self, rate, p, tag, busy, plan):
-            return {"lat": np.full(100, 20_000, np.int64), "cpus": [1], "relay": _lat(floor_p50),
-                    "publisher": dict(pub, achieved_rate=floor_rate)}
-
-        def measure_ring_floor(self, r, tag):
-            return {"lat": np.full(100, 1000, np.int64)}
-
     monkeypatch.setattr(bench, "Publisher", _FakePub)
-    res = bench.measure_rate(FakeRun(), 1e6, 0, tmp_path)
+    res = bench.measure_rate(_fake_run(_lat(floor_p50 + 1000), floor_p50, floor_rate), 1e6, 0, tmp_path)
     got = res["vs_floor"]["targets"]["p50 <= 1.25x floor"]
     bench.print_run(res)
     out = capsys.readouterr()
@@ -849,6 +866,22 @@ def test_no_verdict_against_a_saturated_floor(tmp_path, monkeypatch, capsys, flo
         assert ("600k ev/s of the 1M offered" if floor_rate < 1e6 else "fell behind") in res["vs_floor"]["no_verdict"]
     else:
         assert got is True and "no_verdict" not in res["vs_floor"] and "no verdict" not in text
+    assert "below 0" not in text and "negative" not in res["latency_ns"]["wire_to_signal"]
+
+
+def test_latencies_below_zero_are_counted_and_said(tmp_path, monkeypatch, capsys):
+    """Found by an adversarial pass: a latency below 0 (the wall clock stepped back between the
+    intended send time and the receipt) was clamped to 0 unsaid."""
+    lat = _lat(50_000)
+    lat["wire_to_signal"][[3, 700]] = [-5_000, -7]
+    monkeypatch.setattr(bench, "Publisher", _FakePub)
+    res = bench.measure_rate(_fake_run(lat), 1e6, 0, tmp_path)
+    assert res["latency_ns"]["wire_to_signal"]["negative"] == 2
+    assert res["latency_ns"]["wire_to_signal"]["count"] == len(lat["wire_to_signal"])
+    bench.print_run(res)
+    out = capsys.readouterr()
+    assert "latencies below 0, recorded as 0 (the wall clock stepped back during the run): wire_to_signal 2" in \
+        out.out + out.err
 
 
 @pytest.mark.integration
@@ -870,6 +903,7 @@ def test_a_slow_start_of_the_target_s_consumer_is_not_charged_as_wire_latency(tm
     assert run["latency_ns"]["wire_to_signal"]["max"] < 1e9, run["latency_ns"]["wire_to_signal"]
 
 
+@pytest.mark.integration
 def test_until_saturation_says_what_stopped_it(tmp_path):
     """It stopped without a word on why (and summary.json had no field for it)."""
     import subprocess
