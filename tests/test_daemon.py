@@ -1765,16 +1765,20 @@ def note_set_back(note, ticks, by=3000):
     return {**note, "ring_position": back, "channels": chans}
 
 
-def publisher_done_and_settled(sim, run_dir):
+def publisher_done_and_settled(sim, run_dir, replaced=None):
     """The simulator finished, every channel live since and nothing more arriving. (Live at the
     last poll was asked before: the channels of a publisher that has ended go STALE after
-    feeds.stale_after_ms, 3 s, and a loaded CI machine's 16 polls took longer: it never settled.)"""
+    feeds.stale_after_ms, 3 s, and a loaded CI machine's 16 polls took longer: it never settled.)
+    ``replaced``: the pid of a worker whose status file is still there; only a new worker's counts
+    (a CI run settled on the killed worker's file and stopped the new daemon 2 s after its start)."""
     out, _ = sim.communicate(timeout=180)
     assert sim.returncode == 0, out
     seen, live = [], set()
 
     def settled():
         st = status(run_dir)
+        if replaced is not None and st["pid"] in (None, replaced):
+            return False
         seen.append(st["feed"]["events"])
         live.update(k for k, c in st["channels"].items() if c["state"] == "live")
         return len(seen) > 15 and seen[-15] == seen[-1] and live == set(st["channels"])
@@ -1799,7 +1803,9 @@ def test_a_stale_history_note_of_a_replaced_ring_does_not_bring_ticks_again(tmp_
     sim = None
     try:
         assert wait_for(lambda: status(run_dir)["pid"] and writer_ready(run_dir))
-        sim = start_sim(raw, n, 100_000)
+        # (20 s of publishing: the second daemon must be up before it ends, or what it sent in
+        # between is lost for good: a loaded CI machine took longer than 10 s to get there)
+        sim = start_sim(raw, n, 50_000)
         worker = status(run_dir)["pid"]
         assert wait_for(lambda: status(run_dir)["feed"]["events"] > 150_000, 60)
         os.kill(worker, signal.SIGSTOP)                   # no more ticks into the ring, no more notes
@@ -1819,9 +1825,10 @@ def test_a_stale_history_note_of_a_replaced_ring_does_not_bring_ticks_again(tmp_
     assert note_points(stale, ticks) == note_points(note, ticks)      # the ring holds what the note missed
     note_path.write_text(json.dumps(stale))
     ticks.close()
+    before = status(run_dir)["pid"]                   # (the last worker's status file is still there)
     daemon, log = start_daemon(cfg_path, tmp_path, "daemon2")
     try:
-        publisher_done_and_settled(sim, run_dir)
+        publisher_done_and_settled(sim, run_dir, replaced=before)
     finally:
         rc, _ = stop_daemon(daemon, log)
     text = (tmp_path / "daemon2.log").read_text()
@@ -1847,7 +1854,9 @@ def test_a_stale_history_note_of_a_ring_released_at_shutdown_does_not_bring_tick
     sim = None
     try:
         assert wait_for(lambda: status(run_dir)["pid"] and writer_ready(run_dir))
-        sim = start_sim(raw, n, 100_000)
+        # (20 s of publishing: the second daemon must be up before it ends, or what it sent in
+        # between is lost for good: a loaded CI machine took longer than 10 s to get there)
+        sim = start_sim(raw, n, 50_000)
         worker = status(run_dir)["pid"]
         assert wait_for(lambda: status(run_dir)["feed"]["events"] > 150_000, 60)
         os.kill(worker, signal.SIGSTOP)                   # no more ticks into the ring, no more notes
@@ -1867,9 +1876,10 @@ def test_a_stale_history_note_of_a_ring_released_at_shutdown_does_not_bring_tick
     assert first.count(f"(pid {worker}) exited with SIGKILL") + first.count("w0 exited with SIGKILL at shutdown") == 1
     assert "stopped: every tick and signal stored" in first
     assert "brought up to the ticks its replaced ring held" in first
+    before = status(run_dir)["pid"]                   # (the last worker's status file is still there)
     daemon, log = start_daemon(cfg_path, tmp_path, "daemon2")
     try:
-        publisher_done_and_settled(sim, run_dir)
+        publisher_done_and_settled(sim, run_dir, replaced=before)
     finally:
         rc, _ = stop_daemon(daemon, log)
     text = (tmp_path / "daemon2.log").read_text()
