@@ -471,7 +471,9 @@ class Simulator:
         self._service = None
         self._served_before = (0, 0)
         self._last_beat = {c: 0 for c in self.channels}
-        self._stopping = False
+        self._stopping = False          # publish no more (request_stop)
+        self._abort = False             # nor linger (request_stop(now=True))
+        self._lingering = False
         self._curve = curve
         try:
             if curve is not None:
@@ -710,7 +712,11 @@ class Simulator:
         if self.heartbeat:
             self._beat(time.time_ns(), force=True)
         elapsed_publish = (time.perf_counter_ns() - t0) / 1e9
-        self.idle(linger)
+        self._lingering = True          # (a stop asked while publishing still lingers)
+        try:
+            self.idle(linger)
+        finally:
+            self._lingering = False
         self.end()
         report = self._report(t0)
         report["publish_seconds"] = elapsed_publish
@@ -731,16 +737,20 @@ class Simulator:
                                                                   epoch=self.epoch, send_time=now,
                                                                   flags=int(WireFlag.END))])
 
-    def request_stop(self) -> None:
-        """Stop publishing (and lingering) at the next message: :meth:`run` returns its report.
-        Safe from a signal handler."""
+    def request_stop(self, now: bool = False) -> None:
+        """Publish nothing more after the current message; :meth:`run` still lingers (its
+        ``linger`` seconds of snapshots, retransmissions and heartbeats, so that receivers recover
+        what the wire lost) and says ``END``, then returns its report. ``now``: no linger either
+        (a second SIGINT or SIGTERM). Safe from a signal handler."""
         self._stopping = True
+        if now:
+            self._abort = True
 
     def idle(self, seconds: float) -> None:
         """Publish nothing for ``seconds``, but keep serving snapshots and heartbeats (before the
         first event, receivers can then sync on an empty market; after the last, recover)."""
         stop = time.monotonic() + seconds
-        while time.monotonic() < stop and not self._stopping:
+        while time.monotonic() < stop and not self._abort and not (self._stopping and not self._lingering):
             self.serve()
             if self.heartbeat:
                 self._beat(time.time_ns())
@@ -959,10 +969,10 @@ def run_cli(args, say=print) -> int:
     sim = None
     stop_asked = []
 
-    def stop(*_):                                       # stop cleanly: report, saved books
+    def stop(*_):                   # stop cleanly: linger, END, report, saved books; a second: at once
         stop_asked.append(True)
         if sim is not None:
-            sim.request_stop()
+            sim.request_stop(now=len(stop_asked) > 1)
 
     for sig in (signal.SIGTERM, signal.SIGINT):         # (already while the sockets bind)
         signal.signal(sig, stop)
@@ -976,7 +986,7 @@ def run_cli(args, say=print) -> int:
     except BindError as exc:
         return refuse(_bind_problem(exc))
     if stop_asked:
-        sim.request_stop()
+        sim.request_stop(now=len(stop_asked) > 1)
     if not sim.subscribed:
         sim.close(0)
         return refuse(f"--wait-subscribers: no {'subscriber' if args.subscribers == 1 else f'{args.subscribers} subscribers'} "

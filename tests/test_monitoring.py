@@ -15,6 +15,7 @@ import json
 import math
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_daemon import start_daemon, start_sim, status, stop_daemon, wait_for, write_config
+from test_daemon import publisher_done_and_settled, start_daemon, start_sim, status, stop_daemon, wait_for, write_config
 from tickwire.engine.config import to_toml
 from tickwire.engine.metrics import LATENCY_BOUNDS_NS, histogram_quantile, latency_histogram
 from tickwire.ext.hdr import Recorder
@@ -106,14 +107,21 @@ def daemon(tmp_path_factory):
             (tmp / "daemon.log").read_text()[-3000:]
         url = (run_dir / "metrics.url").read_text().strip()
         before = _scrape(url)                                    # before any feed message
-        sim = start_sim(raw, 5_000_000, 20_000, "--drop", "0.01")  # runs longer than the module's tests
+        sim = start_sim(raw, 5_000_000, 20_000, "--drop", "0.01", "--linger", "5")  # runs longer than the module's tests
         assert wait_for(lambda: status(run_dir)["feed"]["events"] > 20_000, 60), (tmp / "daemon.log").read_text()[-3000:]
         yield {"url": url, "before": before, "run_dir": run_dir, "raw": raw, "tmp": tmp}
     finally:
-        if sim is not None:
-            sim.kill()
-            sim.wait()
-        rc, _ = stop_daemon(proc, log)
+        try:
+            if sim is not None:
+                # (stopped, it lingers, serving what --drop lost, and says END: a kill left a loss
+                # found at the end unfilled, held at the daemon's stop and NOT stored, exit 1)
+                sim.send_signal(signal.SIGTERM)
+                publisher_done_and_settled(sim, run_dir)
+        finally:
+            if sim is not None and sim.poll() is None:
+                sim.kill()
+                sim.wait()
+            rc, _ = stop_daemon(proc, log)
     assert rc == 0, (tmp / "daemon.log").read_text()[-3000:]
 
 
