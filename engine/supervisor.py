@@ -284,6 +284,12 @@ class _Child:
         self.reported = None            # the process whose death _watch has said (awaiting its restart)
 
 
+def metrics_url(host: str, port: int) -> str:
+    """The endpoint's URL; an IPv6 address in brackets (``http://::1:9464`` is no URL: curl refused
+    the metrics.url of ``metrics.host = "::1"``)."""
+    return f"http://[{host}]:{port}/metrics" if ":" in host else f"http://{host}:{port}/metrics"
+
+
 class Supervisor:
     """Runs one daemon (see the module docstring).
 
@@ -811,8 +817,9 @@ class Supervisor:
                                f"expected a free port on an address of this machine (0: any free port)") from None
         self._httpd = server
         self.metrics_port = server.server_port
-        replace_file(self.run_dir / "metrics.url", f"http://{self.cfg.metrics.host}:{self.metrics_port}/metrics\n")
-        log.info("metrics on http://%s:%d/metrics", self.cfg.metrics.host, self.metrics_port)
+        url = metrics_url(self.cfg.metrics.host, self.metrics_port)
+        replace_file(self.run_dir / "metrics.url", url + "\n")
+        log.info("metrics on %s", url)
 
     # -- children -------------------------------------------------------------------------------
     async def _spawn(self, child: _Child) -> None:

@@ -201,6 +201,40 @@ def test_metrics_endpoint_stays_on_localhost_by_default(daemon):
     assert listening == ["0100007F"], listening                   # 127.0.0.1 only, no wildcard, no v6
 
 
+
+def test_metrics_url_of_an_ipv6_host_is_a_url_curl_takes(tmp_path, capsys):
+    """metrics.host = "::1": metrics.url read http://::1:PORT/metrics, which curl refuses
+    (malformed URL, exit 3); the address is now in brackets, and `tickwire status` reads it."""
+    from tickwire.engine.cli import main as cli_main
+
+    try:
+        socket.socket(socket.AF_INET6).close()
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here ({exc})")
+    cfg_path, raw = write_config(tmp_path, "v6")
+    raw["metrics"]["host"] = "::1"
+    cfg_path.write_text(to_toml(raw))
+    run_dir = tmp_path / "state" / "v6"
+    proc, log = start_daemon(cfg_path, tmp_path)
+    try:
+        assert wait_for(lambda: (run_dir / "metrics.url").exists() and status(run_dir)["pid"], 60), \
+            (tmp_path / "daemon.log").read_text()[-3000:]
+        url = (run_dir / "metrics.url").read_text().strip()
+        parts = urllib.parse.urlsplit(url)
+        assert url.startswith("http://[::1]:") and parts.hostname == "::1" and parts.port, url
+        assert "\ntickwire_events_total{" in _scrape(url)
+        if shutil.which("curl"):
+            out = subprocess.run(["curl", "-sf", "--max-time", "10", url], capture_output=True, text=True)
+            assert out.returncode == 0 and "tickwire_events_total" in out.stdout, (out.returncode, out.stderr)
+        capsys.readouterr()
+        assert cli_main(["status", "--config", str(cfg_path)]) == 0, capsys.readouterr().err
+        assert "workers up 1" in capsys.readouterr().out
+    finally:
+        rc, _ = stop_daemon(proc, log)
+    assert rc == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+
 # -- the shipped dashboard, read as Grafana would ----------------------------------------------
 
 def _dashboard_exprs():
@@ -307,6 +341,11 @@ def test_alerts_fire_on_a_crash_loop_a_stopped_writer_and_refused_events(tmp_pat
              "values": "0 0 0 0 0 0"},
             {"series": 'tickwire_writer_rows_missing_total{instance="e",job="tickwire",worker="w0"}',
              "values": "0 0 0 0 0 0"},
+            # what a lossy wire, a publisher restart and a retried request make: no alert (a slow
+            # recovery service's late replies fired it); a forged message does
+            *({"series": f'tickwire_feed_drops_total{{instance="e",job="tickwire",worker="w0",reason="{r}"}}',
+               "values": "0 5 10 20 40 80"} for r in ("DUPLICATE", "OLD_EPOCH", "STALE_REPLY")),
+            {"series": f'tickwire_feed_drops_total{{{lab},reason="BAD_MAGIC"}}', "values": "0 0 1 1 1 1"},
         ],
         "alert_rule_test": [
             {"eval_time": "20s", "alertname": "TickwireWorkerDown", "exp_alerts": [{
@@ -327,6 +366,10 @@ def test_alerts_fire_on_a_crash_loop_a_stopped_writer_and_refused_events(tmp_pat
                 "exp_annotations": {"summary": "w0: 3k ticks of damaged or removed spill files NOT stored",
                                     "description": _description("TickwireSpillLost")}}]},
             {"eval_time": "10s", "alertname": "TickwireSpillLost", "exp_alerts": []},
+            {"eval_time": "25s", "alertname": "TickwireFeedDropsRising", "exp_alerts": [{
+                "exp_labels": {"instance": "d", "worker": "w0", "reason": "BAD_MAGIC", "severity": "warning"},
+                "exp_annotations": {"summary": "w0: feed messages dropped as BAD_MAGIC",
+                                    "description": _description("TickwireFeedDropsRising")}}]},
         ]}]}
     (tmp_path / "t.yml").write_text(json.dumps(test))            # (JSON is YAML)
     out = subprocess.run([promtool, "test", "rules", str(tmp_path / "t.yml")], capture_output=True, text=True,
