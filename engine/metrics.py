@@ -261,7 +261,8 @@ class Collector:
 MAX_CONNECTIONS = 64
 #: The listen backlog: connections the kernel completes before the server accepts them.
 LISTEN_BACKLOG = 128
-#: Seconds a connection may take to send its request (and to read the reply) before it is closed.
+#: Seconds a connection may take to send its whole request (request line and headers), and each
+#: read or write after, before it is closed.
 REQUEST_TIMEOUT_S = 5.0
 
 
@@ -292,9 +293,31 @@ def serve(host: str, port: int, registry):
 
     class Handler(Handler):                            # noqa: F811 - the one above, marking its request read
         def parse_request(self):
+            # (the headers are read in here: popped before, a connection sending its header lines
+            # one by one, each within the read timeout, was no longer idle, never evicted, and 64
+            # of them failed every scrape for as long as they trickled: an adversarial pass)
+            ok = super().parse_request()
             with idle_lock:
                 idle.pop(self.request, None)
-            return super().parse_request()
+            return ok
+
+    def close(sock) -> None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)            # its thread reads EOF, ends, frees its slot
+        except OSError:
+            pass
+
+    def reap(stop: threading.Event) -> None:
+        """Close connections that have not sent their whole request within REQUEST_TIMEOUT_S (a read
+        timeout alone let one header line every few seconds hold a connection for ever)."""
+        while not stop.wait(min(0.5, REQUEST_TIMEOUT_S / 4)):
+            limit = time.monotonic() - REQUEST_TIMEOUT_S
+            with idle_lock:
+                late = [sock for sock, t in idle.items() if t < limit]
+                for sock in late:
+                    del idle[sock]
+            for sock in late:
+                close(sock)
 
     def evict_one() -> bool:
         """Close the oldest connection still waiting for its request; False when there is none."""
@@ -303,10 +326,7 @@ def serve(host: str, port: int, registry):
                 return False
             sock = min(idle, key=idle.get)
             del idle[sock]
-        try:
-            sock.shutdown(socket.SHUT_RDWR)            # its thread reads EOF, ends, frees its slot
-        except OSError:
-            pass
+        close(sock)
         return True
 
     class Server(ThreadingMixIn, WSGIServer):
@@ -340,4 +360,13 @@ def serve(host: str, port: int, registry):
     Server.address_family = infos[0][0]
     httpd = make_server(host, port, make_wsgi_app(registry), Server, handler_class=Handler)
     threading.Thread(target=httpd.serve_forever, name="metrics", daemon=True).start()
+    reaping = threading.Event()
+    threading.Thread(target=reap, args=(reaping,), name="metrics-reaper", daemon=True).start()
+    stop_serving = httpd.shutdown
+
+    def shutdown() -> None:
+        reaping.set()
+        stop_serving()
+
+    httpd.shutdown = shutdown
     return httpd

@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -88,6 +89,69 @@ def test_a_burst_of_connections_to_the_metrics_endpoint_is_not_held_back_by_the_
 
 
 # -- a daemon to watch -------------------------------------------------------------------------
+
+
+def test_connections_trickling_their_headers_do_not_starve_scrapes(monkeypatch):
+    """Found by an adversarial pass: 64 local connections each sending a request line, then one
+    header line every 2 s (each within the 5 s read timeout), failed every scrape (0 of 15) for as
+    long as they went on: a connection stopped being idle, evictable, once its request line was
+    read. It is idle until its headers are in, and closed past REQUEST_TIMEOUT_S without them."""
+    import threading
+
+    from prometheus_client import CollectorRegistry, Counter
+
+    from tickwire.engine import metrics
+
+    monkeypatch.setattr(metrics, "REQUEST_TIMEOUT_S", 2.0)
+    reg = CollectorRegistry()
+    Counter("tickwire_probe", "a probe", registry=reg).inc()
+    httpd = metrics.serve("127.0.0.1", 0, reg)
+    url = f"http://127.0.0.1:{httpd.server_port}/metrics"
+    conns, stop = [], threading.Event()
+    try:
+        for _ in range(metrics.MAX_CONNECTIONS):
+            c = socket.create_connection(("127.0.0.1", httpd.server_port))
+            c.sendall(b"GET /metrics HTTP/1.1\r\n")
+            conns.append(c)
+
+        def trickle():
+            k = 0
+            while not stop.wait(0.5):
+                k += 1
+                for c in conns:
+                    try:
+                        c.sendall(b"X-Slow-%d: 1\r\n" % k)
+                    except OSError:
+                        pass
+
+        t = threading.Thread(target=trickle, daemon=True)
+        t.start()
+        time.sleep(0.3)
+        ok = 0
+        for _ in range(5):
+            try:
+                ok += "tickwire_probe_total 1.0" in urllib.request.urlopen(url, timeout=5).read().decode()
+            except OSError:
+                pass
+            time.sleep(0.2)
+        assert ok == 5, f"{ok} of 5 scrapes answered"
+        # the rest, never done with their headers, are closed past the 2 s even with no newcomer
+        for c in conns:
+            c.settimeout(10)
+        deadline = time.monotonic() + 10
+        for c in conns:
+            try:
+                while c.recv(4096):
+                    pass
+            except ConnectionResetError:
+                pass
+            assert time.monotonic() < deadline
+    finally:
+        stop.set()
+        for c in conns:
+            c.close()
+        httpd.shutdown()
+        httpd.server_close()
 
 def _scrape(url):
     return urllib.request.urlopen(url, timeout=5).read().decode()
