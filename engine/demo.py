@@ -144,7 +144,11 @@ def run_demo(*, duration: float = 20.0, rate: float = 100_000, instruments: int 
     # one demo at a time on a machine: two would pin their engines to the same core and each
     # report the other's load as its latency
     lock_path = Path("/tmp") / "tickwire-demo.lock"
-    lock = _try_lock(lock_path)
+    try:
+        lock = _try_lock(lock_path)
+    except OSError as exc:                      # a symlink, another user's file
+        raise StartupError(f"cannot take the demo lock {lock_path} ({exc.strerror or exc}): another user's demo "
+                           f"may have made it; remove it") from None
     if lock is None:
         raise StartupError(f"another tickwire demo runs (pid {_lock_holder(lock_path)}, {lock_path}): one demo "
                            f"at a time (two would share the engine's core and each measure the other's load); "

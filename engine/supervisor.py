@@ -40,12 +40,14 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import errno
 import fcntl
 import json
 import logging
 import os
 import signal
 import socket
+import stat as statmod
 import sys
 import time
 from pathlib import Path
@@ -94,8 +96,13 @@ def _instrument_dict(inst) -> dict:
 
 
 def _try_lock(path: Path):
-    """An exclusive flock on ``path`` (created 0600): the open fd, or None if another holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    """An exclusive flock on ``path`` (created 0600): the open fd, or None if another holds it.
+    A symlink there, or a file of another user's, is refused (OSError): in a directory another user
+    could write, a link planted as ``daemon.lock`` had the daemon overwrite its target with its pid."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    if os.fstat(fd).st_uid != os.geteuid():
+        os.close(fd)
+        raise PermissionError(errno.EPERM, f"{path} belongs to another user")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -104,6 +111,38 @@ def _try_lock(path: Path):
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def _private_run_dir(run_dir: Path) -> None:
+    """Refuse (StartupError) a run directory another user owns or can write, or in a directory
+    others can write without the sticky bit: the workers take their configuration (config.json),
+    ring names and history notes from it. (One made by another user under a shared state_dir had
+    the daemon subscribe to the endpoint of a config.json that user wrote: an adversarial pass.)"""
+    me = os.geteuid()
+    for d, what in ((run_dir, "run directory"), (run_dir.parent, "state directory (daemon.state_dir)")):
+        st = os.lstat(d)
+        if statmod.S_ISLNK(st.st_mode) and st.st_uid not in (me, 0):
+            raise StartupError(f"the {what} {d} is a symlink of another user's (uid {st.st_uid}): refusing to "
+                               f"start; remove it, or set daemon.state_dir to a directory of yours")
+        st = os.stat(d)
+        mode = st.st_mode & 0o7777
+        if d == run_dir and (st.st_uid != me or mode & 0o022):
+            raise StartupError(f"the {what} {d} is not yours alone (owner uid {st.st_uid}, mode {mode:04o}): another "
+                               f"user may have made it or written into it; refusing to start. Remove it (or "
+                               f"chmod go-w it if it is yours and holds nothing of theirs), or set daemon.state_dir "
+                               f"to a directory of yours")
+        if d != run_dir and mode & 0o002 and not mode & statmod.S_ISVTX:
+            raise StartupError(f"the {what} {d} can be written by anyone (mode {mode:04o}, no sticky bit): another "
+                               f"user could replace the run directory in it; refusing to start. chmod o-w it, or set "
+                               f"daemon.state_dir to a directory of yours")
+
+
+def _lock_problem(key: str, path: Path, exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return f"{key}: {path} is a symlink: refusing to follow it (another user may have planted it); remove it"
+    if exc.errno == errno.EPERM:
+        return f"{key}: {path} belongs to another user: refusing to start; remove it"
+    return f"{key}: cannot create {path} ({exc.strerror or exc}): expected a writable directory"
 
 
 def _lock_holder(path: Path) -> int:
@@ -357,10 +396,10 @@ class Supervisor:
         path = self.run_dir / "daemon.lock"
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            _private_run_dir(self.run_dir)
             fd = _try_lock(path)
         except OSError as exc:
-            raise StartupError(f"daemon.state_dir: cannot create {path} ({exc.strerror or exc}): expected a "
-                               f"writable directory") from None
+            raise StartupError(_lock_problem("daemon.state_dir", path, exc)) from None
         if fd is None:
             raise StartupError(f"another tickwire daemon runs run '{self.cfg.run}' (pid {_lock_holder(path)}, "
                                f"{path}): refusing to start")
@@ -385,7 +424,13 @@ class Supervisor:
         path = store / "tickwire.lock"
         give_up = time.monotonic() + self.shutdown_timeout
         waited = False
-        while (fd := _try_lock(path)) is None:
+        while True:
+            try:
+                fd = _try_lock(path)
+            except OSError as exc:
+                raise StartupError(_lock_problem("store.dsn", path, exc)) from None
+            if fd is not None:
+                break
             holder = _lock_holder(path)
             if _pid_alive(holder):
                 raise StartupError(f"the embedded store {store} is in use by another tickwire daemon (pid {holder}): "

@@ -139,6 +139,35 @@ def test_state_dir_that_cannot_be_created(tmp_path):
     one_line(tickwire("run", "--config", path, "--duration", "2"), "daemon.state_dir: expected a directory")
 
 
+def test_a_run_directory_others_made_or_can_write_is_refused(tmp_path):
+    """Found by an adversarial pass: under a shared state_dir, another user made the run directory
+    first (0777, theirs). The daemon started: it followed their symlink planted as daemon.lock
+    (writing its pid over the link's target), and a worker restarted later read the config.json
+    they wrote and subscribed to their endpoint. Each case is now one line, exit 2, and nothing
+    is written."""
+    path = daemon_config(tmp_path, lambda raw: None, run="shared")
+    state, run_dir = tmp_path / "state", tmp_path / "state" / "shared"
+    run_dir.mkdir(parents=True)
+    run_dir.chmod(0o777)                                     # anyone could have left files here
+    one_line(tickwire("run", "--config", path, "--duration", "2"), f"the run directory {run_dir} is not yours alone")
+    run_dir.chmod(0o700)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    (run_dir / "daemon.lock").symlink_to(victim)
+    one_line(tickwire("run", "--config", path, "--duration", "2"), f"{run_dir / 'daemon.lock'} is a symlink")
+    assert victim.read_text() == "keep me\n"
+    (run_dir / "daemon.lock").unlink()
+    state.chmod(0o777)                                       # anyone may rename the run directory away
+    one_line(tickwire("run", "--config", path, "--duration", "2"), f"the state directory (daemon.state_dir) {state} can be written by anyone")
+    state.chmod(0o1777)                                      # as /tmp: sticky, so only the owner may
+    if os.geteuid() == 0:                                    # (a run directory of another user's)
+        os.chown(run_dir, 65534, 65534)
+        one_line(tickwire("run", "--config", path, "--duration", "2"), "owner uid 65534")
+        os.chown(run_dir, 0, 0)
+    res = tickwire("run", "--config", path, "--duration", "2")
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
 def test_an_hdr_dir_that_cannot_be_written_is_a_start_error(tmp_path):
     # before: each worker failed with a NotADirectoryError traceback, restarted until the daemon gave up
     (tmp_path / "afile").write_text("")
