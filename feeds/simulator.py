@@ -506,6 +506,7 @@ class Simulator:
             # process by 1.5 GB in 25 s (an adversarial pass)
             per_reply = self.retainer.max_events // wire.MAX_MESSAGE_EVENTS + 16
             self._router.setsockopt(zmq.SNDHWM, max(1000, len(self.channels) * per_reply))
+            wire.service_socket_options(self._router)
             serve_curve(self._curve, self._router)
             self._claims.append(_bind(self._router, self.snapshot_endpoint, "snapshot"))
             self._service = RecoveryService(self._router, self._snapshot_of, self.retainer,

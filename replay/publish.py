@@ -18,6 +18,7 @@ import zmq
 
 from tickwire.engine.instruments import make_books
 from tickwire.ext.records import EVENT_DTYPE, Flag, Kind
+from tickwire.feeds import wire
 from tickwire.feeds.curve import serve_curve
 from tickwire.feeds.wire import (MAX_MESSAGE_EVENTS, Publisher, await_subscribers, books_snapshot, ipc_claim,
                                  ipc_in_use, ipc_release)
@@ -80,6 +81,7 @@ class Republisher:
             if xpub:
                 self.pub.setsockopt(zmq.XPUB_VERBOSE, 1)
             self.router.setsockopt(zmq.LINGER, 0)
+            wire.service_socket_options(self.router)
             for ep in (endpoint, snapshot):
                 if ipc_in_use(ep):
                     raise zmq.ZMQError(msg=f"another process listens at {ep}: a second publisher would take "

@@ -343,6 +343,129 @@ def test_a_client_flooding_the_recovery_service_slows_recovery_not_the_publisher
         wire.RecoveryService(None, share=0)
 
 
+def _service_and_peers(tmp_path, names, **kw):
+    """A recovery service (its ROUTER with service_socket_options) on 200,000 retained events, and
+    DEALER peers connected to it: (ctx, router, service, peers)."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    wire.service_socket_options(router)
+    router.bind(f"ipc://{tmp_path}/r")
+    service = wire.RecoveryService(router, None, _retained(), **kw)
+    peers = [ctx.socket(zmq.DEALER) for _ in names]
+    for s in peers:
+        s.setsockopt(zmq.SNDHWM, 0)
+        s.connect(f"ipc://{tmp_path}/r")
+    return ctx, router, service, peers
+
+
+def _retained(epoch=7, n=200_000):
+    ret = wire.Retainer(max_events=1 << 18, epoch=epoch)
+    for k in range(0, n, 4096):
+        ev = empty_events(min(4096, n - k))
+        ev["kind"], ev["side"], ev["price"], ev["qty"] = Kind.TRADE, Side.BID, 100, 1
+        ret.keep(0, 1 + k, ev)
+    return ret
+
+
+def test_one_peer_s_flood_of_cheap_requests_does_not_push_out_a_receiver_s(tmp_path):
+    """Found by an adversarial pass: one peer sent 130,000 requests for one event each (the epoch
+    read off the feed). Cheapest first, they went before a receiver's request for the 64 events
+    it lost; with the queue full, the receiver's, the most expensive, was dropped at each retry,
+    and 128 events were lost. A peer's first waiting request now goes before anyone's second:
+    the receiver's is answered in the first call, the flood's dropped past the queue."""
+    ctx, router, service, (flood, mine) = _service_and_peers(tmp_path, "fm", queued=256)
+    try:
+        for j in range(5_000):
+            flood.send(wire.encode_retransmit_request(0, 1 + j, 1 + j, 1, epoch=7))
+        time.sleep(0.3)
+        while service.serve():                          # the queue fills with the flood
+            if len(service._queue) >= 200:
+                break
+        mine.send(wire.encode_retransmit_request(0, 99_999, 150_001, 64, epoch=7))
+        time.sleep(0.05)
+        calls = 0
+        while not mine.poll(0) and calls < 200:
+            service._rest_until = 0.0                   # (the share is another test's)
+            service.serve()
+            calls += 1
+        assert mine.poll(0) and calls <= 3, calls       # answered in the flood's first calls
+        parts = []
+        while mine.poll(100):
+            h, ev = wire.decode(None, mine.recv(), types=wire.TYPES_REPLY)
+            parts.append((h, ev))
+            if h.flags & WireFlag.FINAL:
+                break
+        assert parts[-1][0].flags & WireFlag.FINAL and parts[-1][0].request_id == 99_999
+        got = np.concatenate([ev for h, ev in parts if ev is not None])
+        assert len(got) == 64 and got["seq"][0] == 150_001
+    finally:
+        for s in (flood, mine, router):
+            s.close(0)
+        ctx.term()
+
+
+@pytest.mark.alone
+def test_junk_frames_at_the_recovery_service_slow_it_not_the_publisher(tmp_path):
+    """Found by an adversarial pass: a peer sending 8-byte junk frames to the recovery port
+    stopped the simulator's stream for as long as it went on (0 messages a second for 9 s): each
+    serve() read every frame waiting before anything else, outside its share of the time. It
+    now reads within the same share as its answers; another peer's request is still answered."""
+    import threading
+
+    ctx, router, service, (junk, mine) = _service_and_peers(tmp_path, "jm")
+    junk.setsockopt(zmq.SNDHWM, 1000)
+    stop = threading.Event()
+
+    def spray():
+        while not stop.is_set():
+            try:
+                junk.send(b"\x00garbage", zmq.NOBLOCK)
+            except zmq.Again:
+                time.sleep(0.0001)
+
+    try:
+        t = threading.Thread(target=spray, daemon=True)
+        t.start()
+        time.sleep(0.3)
+        start, busy, answered_at = time.monotonic(), 0.0, None
+        mine.send(wire.encode_retransmit_request(0, 5, 1_001, 10, epoch=7))
+        while time.monotonic() - start < 2.0:
+            t0 = time.monotonic()
+            service.serve()
+            busy += time.monotonic() - t0
+            time.sleep(0.0002)                          # the publisher's own work between two calls
+            if answered_at is None and mine.poll(0):
+                answered_at = time.monotonic() - start
+        took = time.monotonic() - start
+        assert sum(service.bad_requests.values()) > 1_000, service.bad_requests      # the spray arrived
+        assert busy / took < 0.65, (busy, took)                                      # the stream kept half
+        assert answered_at is not None and answered_at < 1.0, answered_at
+    finally:
+        stop.set()
+        for s in (junk, mine, router):
+            s.close(0)
+        ctx.term()
+
+
+def test_the_recovery_service_refuses_a_frame_larger_than_a_request(tmp_path):
+    """Found by an adversarial pass: two 300 MB frames to a publisher's recovery port took it
+    from 61 to 703 MB. With service_socket_options (the simulator's and the replay publisher's
+    routers) libzmq refuses a frame over MAX_REQUEST_BYTES before buffering it, and drops that
+    connection; another peer's request is answered."""
+    ctx, router, service, (big, mine) = _service_and_peers(tmp_path, "bm")
+    try:
+        big.send(b"\x00" * (64 << 20))
+        time.sleep(1.0)
+        assert not router.poll(0)                       # never delivered (nor held for the service)
+        mine.send(wire.encode_retransmit_request(0, 5, 1_001, 10, epoch=7))
+        assert router.poll(2000)
+        assert service.serve() == 1 and mine.poll(2000)
+    finally:
+        for s in (big, mine, router):
+            s.close(0)
+        ctx.term()
+
+
 def test_waiting_for_subscribers_takes_any_number_of_seconds(tmp_path):
     """`--wait-subscribers 1e9` (simulate, replay --publish, bridge) was an OverflowError
     traceback: zmq_poll takes a C int of milliseconds. The wait polls an hour at most at a time."""
