@@ -252,7 +252,7 @@ class FeedConfig:
 
 def _curve(f, base_dir: Path) -> dict:
     """``feeds.curve_server_key`` and ``feeds.curve_secret_key_file``: both or neither, checked now."""
-    from tickwire.feeds.curve import public_key, secret_certificate
+    from tickwire.feeds.curve import public_key, secret_certificate, trusted_key_file
 
     server = _str(f, "curve_server_key", "feeds.", "")
     secret = _str(f, "curve_secret_key_file", "feeds.", "")
@@ -266,6 +266,11 @@ def _curve(f, base_dir: Path) -> dict:
 
     if len(server) != 40 or Path(_path(server, base_dir, "feeds.curve_server_key")).exists():
         server = _path(server, base_dir, "feeds.curve_server_key")
+        try:
+            trusted_key_file(server)
+        except ValueError as exc:
+            _fail("feeds.curve_server_key", "the publisher's public key file, yours (or root's) and not writable by "
+                  "others", str(exc))
     try:
         key = public_key(server).decode("ascii")
     except ValueError as exc:

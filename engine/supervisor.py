@@ -56,8 +56,8 @@ from tickwire.engine import config as configmod
 from tickwire.engine import lifeline
 from tickwire.engine.files import replace_file
 from tickwire.engine.metrics import Collector
-from tickwire.engine.worker import (fresh_ring_names, load_frozen, new_ring_token, read_ring_names, ring_keys,
-                                    settle_history_note, write_note, write_ring_names)
+from tickwire.engine.worker import (CURVE_ENV, fresh_ring_names, load_frozen, new_ring_token, read_ring_names,
+                                    ring_keys, settle_history_note, write_note, write_ring_names)
 from tickwire.engine.writer import EXIT_UNSTORED
 from tickwire.ext import EVENT_DTYPE, SIGNAL_DTYPE
 from tickwire.ext import ring as ringmod
@@ -830,10 +830,25 @@ class Supervisor:
             argv += ["--ring", f"{kt}={t}", "--signal-ring", f"{ks}={s}"]
         self.writer = _Child("writer", argv, cfg.store.writer_cpu, env=secrets) if cfg.store.enabled else None
         self._freeze_config()
+        curve = self._curve_env()
         for i, w in enumerate(cfg.workers):
             self.workers.append(_Child(w.name, self._python("tickwire.engine.worker", "--config", self.config_path,
                                                              "--frozen", self.run_dir / "config.json",
-                                                             "--worker", i, "--run-dir", self.run_dir), w.cpu))
+                                                             "--worker", i, "--run-dir", self.run_dir), w.cpu,
+                                       env=curve))
+
+    def _curve_env(self) -> dict:
+        """The feed's CURVE certificate, read once at the start, for the workers' environment
+        (secrets: never on argv nor in config.json). A worker read the file at each of its starts:
+        a key replaced on disk while the daemon ran left a restarted worker refused by the
+        publisher, storing nothing (an adversarial pass); a key change needs a daemon restart."""
+        if not self.cfg.feeds.curve_server_key:
+            return {}
+        try:
+            client = self.cfg.feeds.curve()
+        except ValueError as exc:                   # (checked when the config was read: changed since)
+            raise StartupError(f"feeds.curve_secret_key_file: {exc}") from None
+        return {CURVE_ENV: f"{client.public.decode()} {client.secret.decode()}"}     # (Z85 has no space)
 
     def _freeze_config(self) -> None:
         """Write the configuration as the supervisor holds it for the workers (and their

@@ -365,7 +365,7 @@ class Worker:
                                 silence_timeout=f.stale_after_ms / 1000.0, max_retries=f.recovery_retries,
                                 max_events=f.max_message_events, batch_events=f.batch_events,
                                 io_cpus=[f.io_cpu], io_rt_priority=f.io_rt_priority, busy_poll=f.busy_poll,
-                                curve=f.curve(), history_from=f.history_from)
+                                curve=feed_curve(f), history_from=f.history_from)
         self.book_service = BookService(books_endpoint(self.run_dir, index), self.answer_books,
                                         name=f"books-{index}", context=self.feed.context)
 
@@ -750,6 +750,23 @@ class Worker:
 
 
 load_frozen = configmod.load_frozen
+
+#: The workers' environment variable holding the feed's CURVE certificate ("PUBLIC SECRET", Z85).
+CURVE_ENV = "TICKWIRE_CURVE_CERTIFICATE"
+
+
+def feed_curve(f):
+    """The feed's CURVE client: the certificate the supervisor read at the daemon's start (its
+    environment), else the key file as it is now (a worker run on its own)."""
+    if not f.curve_server_key:
+        return None
+    cert = os.environ.get(CURVE_ENV, "")
+    if not cert:
+        return f.curve()
+    from tickwire.feeds.curve import CurveClient, public_key
+
+    pub, _, sec = cert.partition(" ")
+    return CurveClient(public_key(f.curve_server_key), pub.encode(), sec.encode())
 
 
 def main(argv=None) -> int:

@@ -59,6 +59,30 @@ def public_key(value: str) -> bytes:
     return _checked_key(pub, "public-key", text)
 
 
+def _only_ours_writes(path, st: os.stat_result, what: str) -> None:
+    """ValueError (one line) unless ``path`` is this user's or root's and no one else can write it:
+    whoever writes there chooses ``what``."""
+    if st.st_uid not in (os.geteuid(), 0):
+        raise ValueError(f"{path} is owned by another user (uid {st.st_uid}), who can change it: whoever writes "
+                         f"there chooses {what}; make it yours (or root's)")
+    if st.st_mode & 0o022:
+        raise ValueError(f"{path} can be written by others (mode {st.st_mode & 0o7777:04o}): whoever writes "
+                         f"there chooses {what}; chmod go-w {path}")
+
+
+def trusted_key_file(path) -> None:
+    """A public key file that says whom to trust (the publisher's, for a receiver): ValueError (one
+    line) unless it is this user's or root's and no one else can write it. Whoever can write it
+    chooses the publisher the daemon believes (an adversarial pass: one of nobody's, 0666, was
+    taken without a word)."""
+    p = Path(path)
+    try:
+        st = os.stat(p)
+    except OSError as exc:
+        raise ValueError(f"cannot read {p}: {exc.strerror or exc}") from None
+    _only_ours_writes(p, st, "the publisher you trust")
+
+
 def secret_certificate(path) -> tuple[bytes, bytes]:
     """(public, secret) from a ``NAME.key_secret`` file, which must be a regular file owned by this
     user with no group/other permission; ValueError (one line) otherwise."""
@@ -106,12 +130,7 @@ def _check_clients(d: Path) -> None:
         except OSError as exc:
             raise ValueError(f"{d}: cannot read {path}: {exc.strerror or exc}; one such file and the authenticator "
                              f"lets no client in (remove it)") from None
-        if st.st_uid not in (os.geteuid(), 0):
-            raise ValueError(f"{path} is owned by another user (uid {st.st_uid}), who can change it: whoever writes "
-                             f"there chooses who connects; make it yours (or root's)")
-        if st.st_mode & 0o022:
-            raise ValueError(f"{path} can be written by others (mode {st.st_mode & 0o7777:04o}): whoever writes "
-                             f"there chooses who connects; chmod go-w {path}")
+        _only_ours_writes(path, st, "who connects")
     for path in files:
         try:
             public_key(path)
