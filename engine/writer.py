@@ -557,6 +557,7 @@ class _StoreThread:
 
     def __init__(self):
         self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self.busy_since = None          # monotonic start of the call running now
         self._thread = threading.Thread(target=self._run, name="tw-store", daemon=True)
         self._thread.start()
 
@@ -573,10 +574,13 @@ class _StoreThread:
             fut, fn, args = item
             if not fut.set_running_or_notify_cancel():
                 continue
+            self.busy_since = time.monotonic()
             try:
                 fut.set_result(fn(*args))
             except BaseException as exc:         # noqa: BLE001 - handed to the caller
                 fut.set_exception(exc)
+            finally:
+                self.busy_since = None
 
     def stop(self, timeout: float) -> bool:
         self._q.put(None)
@@ -594,10 +598,13 @@ class StoreLink:
     (``store.debug_insert_delay_s``) that makes a store slower than the feed on demand.
     """
 
-    def __init__(self, open_store: Callable, retry_seconds: float = 1.0, insert_delay: float = 0.0):
+    def __init__(self, open_store: Callable, retry_seconds: float = 1.0, insert_delay: float = 0.0,
+                 stall_seconds: float = 30.0):
         self.open_store = open_store
         self.retry_seconds = retry_seconds
         self.insert_delay = insert_delay
+        self.stall_seconds = stall_seconds
+        self._stall_said = None
         self.store = None
         self.outage = False
         self.last_error = ""
@@ -608,6 +615,20 @@ class StoreLink:
     def submit(self, fn, *args) -> Future:
         """Run ``fn(*args)`` on the store thread, after the calls submitted before it."""
         return self._thread.submit(fn, *args)
+
+    def stall(self) -> str:
+        """What says the store call running now has not returned for ``stall_seconds`` (logged once
+        a stall), else "". A store that takes connections and never answers held the writer in
+        its first call for clickhouse-connect's 300 s with no status and no outage: every
+        alert blind (an adversarial pass); the status now says it as an outage."""
+        t = self._thread.busy_since
+        if t is None or time.monotonic() - t < self.stall_seconds:
+            return ""
+        msg = f"store not answering: a call has been waiting for {time.monotonic() - t:.0f} s"
+        if self._stall_said != t:
+            self._stall_said = t
+            log.error("%s; the ticks spill past the ring's threshold until it answers", msg)
+        return msg
 
     def get(self):
         """The store, opened if need be; None during an outage (store thread only)."""
@@ -1216,8 +1237,9 @@ class TickWriter:
         self.metrics["rows_missing"] += self.spill.missing()
         self.metrics["spill_files"] = len(self.spill.files())
         self.metrics["spill_bytes"] = self.spill.bytes()
-        self.metrics["outage"] = self.link.outage
-        self.metrics["last_error"] = self.link.last_error
+        stall = self.link.stall()
+        self.metrics["outage"] = self.link.outage or bool(stall)
+        self.metrics["last_error"] = stall or self.link.last_error
         self.metrics["gave_up"] = self.gave_up
         write_status_file(self.state / "status.json", self.metrics)
 
@@ -1636,6 +1658,9 @@ def main(argv=None) -> int:
     ap.add_argument("--debug-insert-delay", type=float, default=0.0,
                     help="sleep this long before every insert: a slow store on demand, for tests and "
                          "benchmarks [%(default)s]")
+    ap.add_argument("--store-stall-seconds", type=float, default=30.0, metavar="S",
+                    help="a store call unanswered this long is an outage in the status, and the first one "
+                         "(connecting) is no longer waited for [%(default)s]")
     ap.add_argument("--log-file", default=None, help="append the log here instead of stderr")
     ap.add_argument("--instruments", default=None, metavar="FILE",
                     help="JSON list of instrument definitions to record in the store's instruments table "
@@ -1674,9 +1699,14 @@ def main(argv=None) -> int:
         store.prepare_writes()                           # not while the first batch waits
         return store
 
-    link = StoreLink(open_store, insert_delay=args.debug_insert_delay)
-    if link.submit(link.get).result() is None:     # connect (and create the schema) before attaching
-        log.error("%s: will spill until the store answers", link.last_error)
+    link = StoreLink(open_store, insert_delay=args.debug_insert_delay, stall_seconds=args.store_stall_seconds)
+    try:                                      # connect (and create the schema) before attaching,
+        if link.submit(link.get).result(timeout=args.store_stall_seconds) is None:    # within a bound
+            log.error("%s: will spill until the store answers", link.last_error)
+    except TimeoutError:                      # (the rings are read meanwhile; the status says it)
+        link._stall_said = link._thread.busy_since
+        log.error("store not answering within %.0f s: reading the rings meanwhile; the ticks spill past the "
+                  "ring's threshold until it answers", args.store_stall_seconds)
     fatal = Path(args.state_dir) / FATAL_FILE
     try:
         fatal.unlink(missing_ok=True)

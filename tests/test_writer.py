@@ -874,6 +874,39 @@ def test_slow_store_spills_at_disk_speed_instead_of_blocking_the_producer(tmp_pa
     assert_exactly_once(dsn, ev)
 
 
+def test_a_store_that_takes_connections_and_never_answers_is_an_outage_in_the_status(tmp_path):
+    """Found by an adversarial pass: a store that accepts and never replies held the writer in its
+    first call (clickhouse-connect waits 300 s) before it had a status file: no writer figures,
+    no outage, every alert blind, for as long as it lasted. Past --store-stall-seconds the writer
+    reads its rings anyway, its status says the outage, and what arrives is spilled."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)                                   # accepts (the kernel does), never answers
+    name, state = ring_name(), tmp_path / "state"
+    ev = l2_updates(40_000, seed=3, instruments=2)
+    try:
+        with Ring.create(name, EVENT_DTYPE, 1 << 14) as ring:
+            w = start_writer(name, f"http://127.0.0.1:{listener.getsockname()[1]}", state, "--store-stall-seconds",
+                             "2", "--batch-rows", "4096", "--batch-seconds", "0.05")
+            try:
+                status = state / name / "status.json"
+                assert wait_for(lambda: status.exists(), 30), "no status while the store says nothing"
+                assert wait_for(lambda: json.loads(status.read_text())["outage"], 30), status.read_text()
+                st = json.loads(status.read_text())
+                assert "store not answering" in st["last_error"], st
+                for start in range(0, len(ev), 2000):         # read, and spilled, meanwhile
+                    assert ring.push_many(ev[start:start + 2000], timeout=30) == len(ev[start:start + 2000])
+                assert wait_for(lambda: json.loads(status.read_text())["rows_spilled"] > 0, 30), status.read_text()
+            finally:
+                w.kill()                # (a stop waits for the hung call: the daemon's shutdown bound ends it)
+                out, _ = w.communicate(timeout=60)
+        assert "store not answering within 2 s" in out.decode(), out.decode()[-2000:]
+    finally:
+        listener.close()
+
+
 def signals(start, stop):
     sig = np.zeros(stop - start, dtype=SIGNAL_DTYPE)
     sig["seq"] = np.arange(start, stop)
