@@ -23,6 +23,7 @@ demo alone and that order holds; a second one stops the daemon at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -145,10 +146,13 @@ def run_demo(*, duration: float = 20.0, rate: float = 100_000, instruments: int 
     # report the other's load as its latency
     lock_path = Path("/tmp") / "tickwire-demo.lock"
     try:
-        lock = _try_lock(lock_path)
-    except OSError as exc:                      # a symlink, another user's file
-        raise StartupError(f"cannot take the demo lock {lock_path} ({exc.strerror or exc}): another user's demo "
-                           f"may have made it; remove it") from None
+        lock = _try_lock(lock_path, shared=True)    # (every user's demo takes it: 0644)
+    except OSError as exc:                      # a symlink; another user's made 0600 before
+        owner = ""
+        with contextlib.suppress(OSError):
+            owner = f", owner uid {os.lstat(lock_path).st_uid}"
+        raise StartupError(f"cannot take the demo lock {lock_path} ({exc.strerror or exc}{owner}): its owner or "
+                           f"root can remove it") from None
     if lock is None:
         raise StartupError(f"another tickwire demo runs (pid {_lock_holder(lock_path)}, {lock_path}): one demo "
                            f"at a time (two would share the engine's core and each measure the other's load); "
@@ -288,7 +292,7 @@ def _run_demo(duration, rate, instruments, channels, data_dir, seed, say, keep, 
             say(f"\n  interrupted by {name} before publishing: stopping the daemon")
             return
         if sim.poll() is None:
-            sim.send_signal(signal.SIGTERM)         # it stops at its next message and says what it published
+            sim.send_signal(signal.SIGTERM)         # it stops at its next message, lingers (--linger), says what it published
         say(f"\n  interrupted by {name}: stopping the publisher; the daemon takes in what it published, "
             "then stops")
 

@@ -255,7 +255,7 @@ class Collector:
 
 
 #: Most connections the metrics endpoint serves at once. A connection past it evicts the oldest
-#: one that has not sent its request yet (an idle one); with none idle, it is closed at once.
+#: one that has not sent its whole request yet (an idle one); with none idle, it is closed at once.
 #: (Closing the newcomer let any local user who kept 64 idle connections open fail most scrapes
 #: for as long as they liked.)
 MAX_CONNECTIONS = 64
@@ -298,8 +298,8 @@ def serve(host: str, port: int, registry):
             # of them failed every scrape for as long as they trickled: an adversarial pass)
             ok = super().parse_request()
             with idle_lock:
-                idle.pop(self.request, None)
-            return ok
+                # (reaped or evicted while its headers came in: shut down already, no reply)
+                return idle.pop(self.request, None) is not None and ok
 
     def close(sock) -> None:
         try:
@@ -312,12 +312,10 @@ def serve(host: str, port: int, registry):
         timeout alone let one header line every few seconds hold a connection for ever)."""
         while not stop.wait(min(0.5, REQUEST_TIMEOUT_S / 4)):
             limit = time.monotonic() - REQUEST_TIMEOUT_S
-            with idle_lock:
-                late = [sock for sock, t in idle.items() if t < limit]
-                for sock in late:
+            with idle_lock:                          # (closed under the lock: see parse_request)
+                for sock in [sock for sock, t in idle.items() if t < limit]:
                     del idle[sock]
-            for sock in late:
-                close(sock)
+                    close(sock)
 
     def evict_one() -> bool:
         """Close the oldest connection still waiting for its request; False when there is none."""
@@ -326,7 +324,7 @@ def serve(host: str, port: int, registry):
                 return False
             sock = min(idle, key=idle.get)
             del idle[sock]
-        close(sock)
+            close(sock)
         return True
 
     class Server(ThreadingMixIn, WSGIServer):

@@ -95,12 +95,21 @@ def _instrument_dict(inst) -> dict:
     return d
 
 
-def _try_lock(path: Path):
+def _try_lock(path: Path, shared: bool = False):
     """An exclusive flock on ``path`` (created 0600): the open fd, or None if another holds it.
     A symlink there, or a file of another user's, is refused (OSError): in a directory another user
-    could write, a link planted as ``daemon.lock`` had the daemon overwrite its target with its pid."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    if os.fstat(fd).st_uid != os.geteuid():
+    could write, a link planted as ``daemon.lock`` had the daemon overwrite its target with its pid.
+    ``shared``: a lock file all users take (created 0644; another user's is locked read-only, its
+    pid left as it is)."""
+    flags = os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags | os.O_RDWR | os.O_CREAT, 0o644 if shared else 0o600)
+    except PermissionError:
+        if not shared:
+            raise
+        fd = os.open(path, flags | os.O_RDONLY)
+    mine = os.fstat(fd).st_uid == os.geteuid()
+    if not mine and not shared:
         os.close(fd)
         raise PermissionError(errno.EPERM, f"{path} belongs to another user")
     try:
@@ -108,33 +117,37 @@ def _try_lock(path: Path):
     except BlockingIOError:
         os.close(fd)
         return None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    if mine:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
 
 
-def _private_run_dir(run_dir: Path) -> None:
-    """Refuse (StartupError) a run directory another user owns or can write, or in a directory
-    others can write without the sticky bit: the workers take their configuration (config.json),
-    ring names and history notes from it. (One made by another user under a shared state_dir had
-    the daemon subscribe to the endpoint of a config.json that user wrote: an adversarial pass.)"""
+def _private_dir(d: Path, what: str, key: str) -> None:
+    """Refuse (StartupError) a directory another user owns or group/others can write, or one in a
+    directory others can write without the sticky bit. The workers take their configuration
+    (config.json), ring names and history notes from the run directory, the writer the stored
+    ticks from the store's. (A run directory made by another user under a shared state_dir had the
+    daemon subscribe to the endpoint of a config.json that user wrote; a store directory of theirs,
+    their symlink in it, had chDB write the store into a directory of root's: adversarial passes
+    and a review.)"""
     me = os.geteuid()
-    for d, what in ((run_dir, "run directory"), (run_dir.parent, "state directory (daemon.state_dir)")):
-        st = os.lstat(d)
+    for path, name in ((d, what), (d.parent, "directory that holds it")):
+        st = os.lstat(path)
         if statmod.S_ISLNK(st.st_mode) and st.st_uid not in (me, 0):
-            raise StartupError(f"the {what} {d} is a symlink of another user's (uid {st.st_uid}): refusing to "
-                               f"start; remove it, or set daemon.state_dir to a directory of yours")
-        st = os.stat(d)
+            raise StartupError(f"{key}: the {name} {path} is a symlink of another user's (uid {st.st_uid}): "
+                               f"refusing to start; remove it, or use a directory of yours")
+        st = os.stat(path)
         mode = st.st_mode & 0o7777
-        if d == run_dir and (st.st_uid != me or mode & 0o022):
-            raise StartupError(f"the {what} {d} is not yours alone (owner uid {st.st_uid}, mode {mode:04o}): another "
-                               f"user may have made it or written into it; refusing to start. Remove it (or "
-                               f"chmod go-w it if it is yours and holds nothing of theirs), or set daemon.state_dir "
-                               f"to a directory of yours")
-        if d != run_dir and mode & 0o002 and not mode & statmod.S_ISVTX:
-            raise StartupError(f"the {what} {d} can be written by anyone (mode {mode:04o}, no sticky bit): another "
-                               f"user could replace the run directory in it; refusing to start. chmod o-w it, or set "
-                               f"daemon.state_dir to a directory of yours")
+        if path == d and (st.st_uid != me or mode & 0o022):
+            raise StartupError(f"{key}: the {name} {path} is not yours alone (owner uid {st.st_uid}, mode {mode:04o}): "
+                               f"another user may have made it or written into it; refusing to start. Remove it "
+                               f"(or chmod go-w it if it is yours and holds nothing of theirs), or use a directory "
+                               f"of yours")
+        if path != d and mode & 0o002 and not mode & statmod.S_ISVTX:
+            raise StartupError(f"{key}: the {name} {path} can be written by anyone (mode {mode:04o}, no sticky "
+                               f"bit): another user could replace the {what} in it; refusing to start. chmod o-w it, "
+                               f"or use a directory of yours")
 
 
 def _lock_problem(key: str, path: Path, exc: OSError) -> str:
@@ -395,8 +408,8 @@ class Supervisor:
         leftover processes of a daemon that died to finish with it."""
         path = self.run_dir / "daemon.lock"
         try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            _private_run_dir(self.run_dir)
+            self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _private_dir(self.run_dir, "run directory", "daemon.state_dir")
             fd = _try_lock(path)
         except OSError as exc:
             raise StartupError(_lock_problem("daemon.state_dir", path, exc)) from None
@@ -417,7 +430,8 @@ class Supervisor:
         if store is None:
             return
         try:
-            store.mkdir(parents=True, exist_ok=True)
+            store.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _private_dir(store, "store directory", "store.dsn")
         except OSError as exc:
             raise StartupError(f"store.dsn: cannot create the store directory {store} ({exc.strerror or exc}): "
                                f"expected a writable directory") from None

@@ -403,6 +403,9 @@ class Simulator:
     curve : tickwire.feeds.curve.CurveServer, optional
         Publish as a ZeroMQ CURVE server (data socket and recovery service); with its
         clients directory, only those client keys are let in.
+    stop_asked : callable, optional
+        ``stop_asked() -> bool``: ends the ``wait_subscribers`` wait (a signal that came while
+        this is made: pyzmq polls on after its handler ran, and two SIGTERMs went unheard).
     """
 
     def __init__(self, endpoints, *, snapshot: str | None = None, instruments=8, events=None,
@@ -410,13 +413,15 @@ class Simulator:
                  faults: Faults | None = None, resting: int = 500, socket_type: str = "PUB",
                  sndhwm: int | None = None, heartbeat: float = 0.1, wait_subscribers: float = 0.0,
                  subscribers: int = 1, restart_pause: float = 0.2, snapshot_delay: float = 0.0,
-                 retain_events: int = 1 << 20, context: zmq.Context | None = None, curve=None):
+                 retain_events: int = 1 << 20, context: zmq.Context | None = None, curve=None,
+                 stop_asked=None):
         if isinstance(endpoints, str):
             endpoints = [endpoints]
         self.endpoints = list(endpoints)
         if not self.endpoints:
             raise ValueError("at least one endpoint is needed")
         self.snapshot_endpoint = snapshot
+        self._stop_asked = stop_asked   # () -> bool: a stop asked before this exists (the CLI's signals)
         if isinstance(instruments, int):
             instruments = synthetic_instruments(instruments)
         self.instruments = list(instruments)
@@ -530,7 +535,8 @@ class Simulator:
 
     def _await_subscribers(self) -> bool:
         """Read XPUB subscriptions until each channel has ``subscribers`` of them (or time out)."""
-        return wire.await_subscribers(self._pub, self.channels, self.subscribers, self.wait_subscribers)
+        return wire.await_subscribers(self._pub, self.channels, self.subscribers, self.wait_subscribers,
+                                      stop=self._stop_asked)
 
     def close(self, linger: float = 1.0) -> None:
         """Close the sockets, giving queued messages up to ``linger`` seconds to leave."""
@@ -983,11 +989,16 @@ def run_cli(args, say=print) -> int:
                         rate=args.rate, batch=args.batch, faults=faults, resting=args.resting,
                         socket_type=args.socket, sndhwm=args.sndhwm, heartbeat=args.heartbeat,
                         wait_subscribers=args.wait_subscribers, subscribers=args.subscribers,
-                        snapshot_delay=args.snapshot_delay, retain_events=args.retain, curve=curve)
+                        snapshot_delay=args.snapshot_delay, retain_events=args.retain, curve=curve,
+                        stop_asked=lambda: bool(stop_asked))
     except BindError as exc:
         return refuse(_bind_problem(exc))
     if stop_asked:
         sim.request_stop(now=len(stop_asked) > 1)
+    if not sim.subscribed and stop_asked:
+        sim.close(0)
+        say("stopped while waiting for subscribers: nothing published")
+        return 0
     if not sim.subscribed:
         sim.close(0)
         return refuse(f"--wait-subscribers: no {'subscriber' if args.subscribers == 1 else f'{args.subscribers} subscribers'} "

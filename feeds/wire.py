@@ -286,9 +286,10 @@ def topic(channel: int) -> bytes:
     return b"tw.%05d." % channel
 
 
-def await_subscribers(xpub, channels, subscribers: int = 1, timeout: float = 10.0) -> bool:
+def await_subscribers(xpub, channels, subscribers: int = 1, timeout: float = 10.0, stop=None) -> bool:
     """Read subscriptions from ``xpub`` (an XPUB socket with ``XPUB_VERBOSE``) until each of
-    ``channels`` has ``subscribers`` of them; False when ``timeout`` seconds pass first."""
+    ``channels`` has ``subscribers`` of them; False when ``timeout`` seconds pass first, or
+    ``stop()`` says so (asked every 100 ms: a signal's handler runs, but pyzmq polls on)."""
     import time
 
     import zmq
@@ -302,7 +303,9 @@ def await_subscribers(xpub, channels, subscribers: int = 1, timeout: float = 10.
             return False
         # (an hour at most a poll: zmq_poll takes a C int of ms, and --wait-subscribers 1e9 was an
         # OverflowError traceback)
-        if not xpub.poll(int(min(left, 3600.0) * 1000) + 1, zmq.POLLIN):
+        if stop is not None and stop():
+            return False
+        if not xpub.poll(int(min(left, 3600.0 if stop is None else 0.1) * 1000) + 1, zmq.POLLIN):
             continue
         msg = xpub.recv()
         if msg[:1] == b"\x01":
@@ -636,10 +639,11 @@ class RecoveryService:
         self.deferred = 0               # calls that answered nothing to keep within `share`
         self.dropped = 0                # requests dropped unanswered, the queue full of cheaper ones
         self._rest_until = 0.0
-        self._queue: list = []          # heap of (rank, cost, arrival, identity, header)
+        self._queue: list = []          # heap of (rank, cost, arrival, key, [header])
         self._queued = max(int(queued), 1)
         self._arrivals = 0
         self._waiting: dict[bytes, int] = {}   # requests queued per peer (its next one's rank)
+        self._same: dict[tuple, list] = {}     # (peer, type, channel, epoch, seq, count) -> its [header]
 
     @property
     def bad_requests(self) -> dict:
@@ -661,10 +665,13 @@ class RecoveryService:
             return 0
         q = self._queue
         waiting = self._waiting
+        same = self._same
+        read = 0
         for _ in range(self._queued):          # take in what waits, within this call's budget
             if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN or time.monotonic() - start >= 0.001:
                 break
             frames = sock.recv_multipart()
+            read += 1
             if len(frames) < 2:
                 continue
             try:
@@ -672,20 +679,29 @@ class RecoveryService:
             except WireError as exc:
                 self._bad[exc.reason.name] = self._bad.get(exc.reason.name, 0) + 1
                 continue
+            peer = frames[0]
+            key = (peer, h.type, h.channel, h.epoch, h.seq, h.count)
+            box = same.get(key)
+            if box is not None:
+                # the peer asked again (its timer ran out, a new request id): the queued one is
+                # answered under the new id, in its place (ranked after it, the retry waited
+                # behind every other peer's first, and the old one's answer was stale: a review)
+                box[0] = h
+                continue
             cost = min(h.count, 1 << 24) if h.type == MsgType.RETRANSMIT_REQUEST else self.part_events
             self._arrivals += 1
-            peer = frames[0]
-            entry = (waiting.get(peer, 0), cost, self._arrivals, peer, h)
+            entry = (waiting.get(peer, 0), cost, self._arrivals, key, [h])
             if len(q) >= self._queued:
                 self.dropped += 1
                 worst = max(range(len(q)), key=lambda i: q[i][:3])
                 if entry[:3] > q[worst][:3]:
                     continue                     # the newcomer is the last: dropped
-                self._unwait(q[worst][3])
+                self._forget(q[worst][3])
                 q[worst] = entry
                 heapq.heapify(q)
             else:
                 heapq.heappush(q, entry)
+            same[key] = entry[4]
             waiting[peer] = waiting.get(peer, 0) + 1
         if self._later:
             while self._later and self._later[0][0] <= start:
@@ -693,21 +709,25 @@ class RecoveryService:
                     sock.send_multipart(frames)
         # by rank, then cheapest first, until 2 ms of this call are spent (at least one)
         while q and (not answered or time.monotonic() - start < 0.002):
-            _, _, _, identity, h = heapq.heappop(q)
-            self._unwait(identity)
+            _, _, _, key, (h,) = heapq.heappop(q)
+            self._forget(key)
+            identity = key[0]
             if h.type == MsgType.RETRANSMIT_REQUEST:
                 self._retransmit(identity, h)
             else:
                 self._snapshot(identity, h)
             answered += 1
         took = time.monotonic() - start
-        if took < 1e-4 and not answered:
+        if not read and not answered:
             return 0                             # (nothing waited: no rest owed)
         self.busy_s += took
         self._rest_until = time.monotonic() + took * (1.0 - self.share) / self.share
         return answered
 
-    def _unwait(self, peer: bytes) -> None:
+    def _forget(self, key: tuple) -> None:
+        """A queued request (``key``: its peer and what it asks) taken out."""
+        self._same.pop(key, None)
+        peer = key[0]
         n = self._waiting.get(peer, 0) - 1
         if n > 0:
             self._waiting[peer] = n

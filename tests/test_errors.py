@@ -158,8 +158,13 @@ def test_a_run_directory_others_made_or_can_write_is_refused(tmp_path):
     assert victim.read_text() == "keep me\n"
     (run_dir / "daemon.lock").unlink()
     state.chmod(0o777)                                       # anyone may rename the run directory away
-    one_line(tickwire("run", "--config", path, "--duration", "2"), f"the state directory (daemon.state_dir) {state} can be written by anyone")
+    one_line(tickwire("run", "--config", path, "--duration", "2"), f"the directory that holds it {state} can be written by anyone")
     state.chmod(0o1777)                                      # as /tmp: sticky, so only the owner may
+    store = state / "store"                                  # (the default store.dsn)
+    store.mkdir(parents=True)
+    store.chmod(0o777)                                       # the embedded store's directory likewise
+    one_line(tickwire("run", "--config", path, "--duration", "2"), f"store.dsn: the store directory {store} is not yours alone")
+    store.chmod(0o700)
     if os.geteuid() == 0:                                    # (a run directory of another user's)
         os.chown(run_dir, 65534, 65534)
         one_line(tickwire("run", "--config", path, "--duration", "2"), "owner uid 65534")
@@ -206,6 +211,37 @@ def test_a_lock_names_the_process_that_holds_it_not_what_its_file_says(tmp_path)
         holder.kill()
         holder.wait()
     assert _lock_holder(path) == 1836                               # nobody holds it: the file's word
+
+
+def test_a_shared_lock_of_another_user_is_taken_read_only_and_a_symlink_never(tmp_path):
+    """The demo's machine-wide lock (/tmp/tickwire-demo.lock): another user's file is locked as it
+    is (a review: the uid check refused root's demo after any other user's, for good), its pid
+    left alone; a symlink there is refused (a daemon followed one planted as daemon.lock)."""
+    import fcntl
+
+    from tickwire.engine.supervisor import _try_lock
+
+    path = tmp_path / "demo.lock"
+    path.write_text("123\n")
+    path.chmod(0o644)
+    if os.geteuid() == 0:
+        os.chown(path, 65534, 65534)
+        with pytest.raises(PermissionError):
+            _try_lock(path)                              # a daemon's lock must be its own
+    fd = _try_lock(path, shared=True)
+    try:
+        assert fd is not None and path.read_text() == "123\n"
+        probe = os.open(path, os.O_RDONLY)
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (flock: per open file, so this tells)
+        os.close(probe)
+    finally:
+        os.close(fd)
+    link = tmp_path / "link.lock"
+    link.symlink_to(path)
+    with pytest.raises(OSError):
+        _try_lock(link, shared=True)
+    assert path.read_text() == "123\n"
 
 
 @pytest.mark.alone

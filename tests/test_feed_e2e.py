@@ -280,3 +280,29 @@ def test_a_second_signal_ends_the_simulator_s_linger_at_once(tmp_path):
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, err[-3000:]
+
+
+def test_a_signal_ends_the_simulator_s_wait_for_subscribers(tmp_path):
+    """A review: a SIGTERM (even two) during --wait-subscribers went unheard until the wait ran
+    out (pyzmq polls on after the handler), then "no subscriber", exit 2. It now ends the wait:
+    nothing published, one line, exit 0."""
+    import signal
+
+    proc, _ = simulate(tmp_path, [f"ipc://{tmp_path}/data"], f"ipc://{tmp_path}/snap", 1000, "--wait-subscribers", "60")
+    try:
+        from tickwire.feeds import wire
+
+        end = time.monotonic() + 60                  # bound: its handlers are set by then
+        while not wire.ipc_in_use(f"ipc://{tmp_path}/data"):
+            assert proc.poll() is None and time.monotonic() < end
+            time.sleep(0.05)
+        time.sleep(0.3)
+        t = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+        assert time.monotonic() - t < 5, "the wait went on"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0 and "stopped while waiting for subscribers: nothing published" in out, (out, err)

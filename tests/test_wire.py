@@ -316,7 +316,7 @@ def test_a_client_flooding_the_recovery_service_slows_recovery_not_the_publisher
             s.connect(f"ipc://{tmp_path}/r")
         for i, f in enumerate(floods):
             for j in range(3):
-                f.send(wire.encode_retransmit_request(0, 1 + j, 1, 200_000, epoch=7))
+                f.send(wire.encode_retransmit_request(0, 1 + j, 1 + j, 200_000 - j, epoch=7))
         time.sleep(0.2)
         service.serve()                                 # the flood is being answered
         start, busy, answered_at = time.monotonic(), 0.0, None
@@ -400,6 +400,36 @@ def test_one_peer_s_flood_of_cheap_requests_does_not_push_out_a_receiver_s(tmp_p
         assert len(got) == 64 and got["seq"][0] == 150_001
     finally:
         for s in (flood, mine, router):
+            s.close(0)
+        ctx.term()
+
+
+def test_a_request_asked_again_is_answered_once_under_its_new_id_in_its_old_place(tmp_path):
+    """A review: a receiver whose timer ran out asks again with a new request id while the first
+    is still queued. The retry took the next rank, behind every other peer's first request, and
+    the first's answer, which came first, was dropped as stale by the receiver. Now the queued
+    request is answered once, under the new id, in its place."""
+    ctx, router, service, (other, mine) = _service_and_peers(tmp_path, "om")
+    try:
+        for j in range(40):                             # another peer's requests, queued first
+            other.send(wire.encode_retransmit_request(0, 1 + j, 1 + 100 * j, 10, epoch=7))
+        time.sleep(0.2)
+        mine.send(wire.encode_retransmit_request(0, 500, 150_001, 64, epoch=7))
+        mine.send(wire.encode_retransmit_request(0, 501, 150_001, 64, epoch=7))   # asked again
+        time.sleep(0.2)
+        service.serve()                                 # (mine, ranked first, is in its first answers)
+        while service._queue:
+            service._rest_until = 0.0
+            service.serve()
+        ids = []
+        while mine.poll(200):
+            h, _ = wire.decode(None, mine.recv(), types=wire.TYPES_REPLY)
+            if h.flags & WireFlag.FINAL:
+                ids.append(h.request_id)
+        assert ids == [501], ids                        # once, the new id
+        assert service.retransmissions == 41            # 40 of the other's and one of mine
+    finally:
+        for s in (other, mine, router):
             s.close(0)
         ctx.term()
 
