@@ -278,6 +278,8 @@ class Bridge:
         self._held: dict[int, list] = {}          # channel -> event rows waiting for the turn's end
         self._held_n = 0
         self._held_since = 0
+        self._touched: set = set()                # symbols whose deltas went out since the last check
+        self._crossed_said: set = set()           # crossed, its STALE marker sent (until a snapshot)
 
     # -- what cryptofeed hands out -----------------------------------------------------------
     def publish(self, rows) -> None:
@@ -322,17 +324,40 @@ class Bridge:
         held, self._held, self._held_n = self._held, {}, 0
         for channel, rows in held.items():
             self.publisher.send_channel(channel, np.array(rows, dtype=EVENT_DTYPE))
+        self._check_crossed()
+
+    def _check_crossed(self) -> None:
+        """A book that went out crossed (best bid at or above best ask: a delta lost or reordered
+        upstream, or a bad one) gets a STALE marker, once until its next snapshot, and is counted.
+        (Only the ZeroMQ input was checked: a crossed Kraken book from cryptofeed was stored and
+        shown in sync: an adversarial pass.)"""
+        touched, self._touched = self._touched, set()
+        conv = self.converter
+        for symbol in touched:
+            if symbol in self._crossed_said or not self.publisher.books[conv.by_symbol[symbol].id].crossed:
+                continue
+            self._crossed_said.add(symbol)
+            self.crossed[symbol] += 1
+            conv.counts["crossed"] += 1
+            log.warning("%s: the book went crossed (an update lost or bad upstream): marked STALE until its "
+                        "next snapshot", symbol)
+            self.publish(conv.stale(symbol, time.time_ns(), array=False))
 
     def on_book_update(self, symbol: str, book, delta, ts_event: int, ts_recv: int) -> None:
         """A snapshot (``delta`` None: ``book`` has ``bid``/``ask`` mappings price -> size) or a delta
         (``delta`` has ``bid``/``ask`` lists of (price, size))."""
         conv = self.converter
         if delta is None:
+            self._crossed_said.discard(symbol)
             self.publish(conv.snapshot(symbol, book["bid"].items(), book["ask"].items(), ts_event, ts_recv,
                                        array=False))
             return
         events = conv.delta(symbol, delta.get("bid", ()), delta.get("ask", ()), ts_event, ts_recv, array=False)
         self.publish(events)
+        if events is not None and not self.bc.zmq_input:
+            self._touched.add(symbol)
+            if not self._held_n:                                # (sent at once: outside a running loop)
+                self._check_crossed()
         if events is not None and self.bc.zmq_input:
             self.flush()                                        # (the publisher's book, up to date)
             inst = conv.by_symbol[symbol]
@@ -394,6 +419,9 @@ class Bridge:
         opts = dict(symbols=list(self.bc.symbols), channels=list(self.callbacks()), callbacks=self.callbacks())
         if self.bc.depth:
             opts["max_depth"] = self.bc.depth
+        # where the exchange sends checksums (Kraken, OKX, ...), cryptofeed checks its book against
+        # each and resyncs on a mismatch (its default is off: a book gone wrong went on unseen)
+        opts["checksum_validation"] = True
         opts.update(kwargs)
         return ex(**opts)
 

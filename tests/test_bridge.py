@@ -263,6 +263,50 @@ def test_updates_of_one_loop_turn_go_out_together_and_none_is_held_past_its_boun
         shutil.rmtree(d, ignore_errors=True)
 
 
+@pytest.mark.parametrize("in_loop", [False, True], ids=["direct", "in cryptofeed's loop"])
+def test_a_book_from_cryptofeed_gone_crossed_is_marked_stale_once_until_its_snapshot(tmp_path, in_loop):
+    """Found by an adversarial pass: a bid inserted above the best ask in a Kraken recording went
+    out, was stored, and the book was shown in sync (only the ZeroMQ input was checked). A book
+    that goes crossed now gets one STALE marker and is counted, until its next snapshot."""
+    import asyncio
+
+    feed, snap, d = free_endpoints(tmp_path)
+    bridge = Bridge(from_dict(bridge_raw(tmp_path / "state", [inst()], feed, snap), tmp_path))
+    book = bridge.publisher.books[0]
+    D = Decimal
+
+    def steps():
+        snapshot = {"bid": {D("90.00"): D(1)}, "ask": {D("91.00"): D(1)}}
+        yield lambda: bridge.on_book_update("BTC-USD", snapshot, None, 1, 1)
+        yield lambda: bridge.on_book_update("BTC-USD", None, {"bid": [(D("90.50"), D(1))]}, 2, 2)    # fine
+        yield lambda: bridge.on_book_update("BTC-USD", None, {"bid": [(D("92.00"), D(1))]}, 3, 3)    # crossed
+        yield lambda: bridge.on_book_update("BTC-USD", None, {"bid": [(D("92.50"), D(1))]}, 4, 4)    # still
+        yield lambda: bridge.on_book_update("BTC-USD", snapshot, None, 5, 5)                          # resync
+        yield lambda: bridge.on_book_update("BTC-USD", None, {"ask": [(D("89.00"), D(1))]}, 6, 6)    # again
+
+    seen = []
+
+    async def run():
+        for step in steps():
+            step()
+            await asyncio.sleep(0)                          # the turn ends: what it held goes out
+            await asyncio.sleep(0)
+            seen.append((bridge.crossed["BTC-USD"], book.in_sync))
+
+    try:
+        if in_loop:
+            asyncio.run(run())
+        else:
+            for step in steps():
+                step()
+                seen.append((bridge.crossed["BTC-USD"], book.in_sync))
+        assert seen == [(0, True), (0, True), (1, False), (1, False), (1, True), (2, False)], seen
+        assert bridge.converter.counts["crossed"] == 2
+    finally:
+        bridge.close(0)
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def test_unknown_exchange_and_missing_files_are_one_line_exit_2(tmp_path):
     feed, snap, d = free_endpoints(tmp_path)
     raw = bridge_raw(tmp_path / "state", [inst()], feed, snap, exchange="NOSUCHEXCHANGE")
@@ -630,6 +674,7 @@ def test_unknown_symbol_and_a_tick_the_exchange_contradicts_are_refused_at_start
     try:
         feed_obj = bridge.make_feed()              # a tick the exchange agrees with: cryptofeed's feed
         assert feed_obj.id == "BINANCE"
+        assert feed_obj.checksum_validation          # (off by default: a book gone wrong went on unseen)
     finally:
         bridge.close(0)
     shutil.rmtree(d, ignore_errors=True)
