@@ -602,7 +602,8 @@ def add_parser(sub) -> None:
                    help="cryptofeed raw-data files to replay instead of connecting (EXCHANGE.N with the symbol "
                         "data and EXCHANGE.ws.N with the websocket messages)")
     p.add_argument("--linger", type=float, default=5.0,
-                   help="after --playback, keep serving snapshots and heartbeats this many seconds [5]")
+                   help="after --playback (or a SIGINT/SIGTERM that stopped it: a second one ends this), keep "
+                        "serving snapshots and heartbeats this many seconds [5]")
     p.add_argument("--wait-subscribers", type=float, default=None, metavar="S",
                    help="before publishing, wait up to S seconds for a subscriber (the daemon) on every channel, "
                         "so nothing is published into the void [10 with --playback, else 0]")
@@ -651,12 +652,27 @@ def cmd_bridge(args) -> int:
             print(f"tickwire bridge: no subscriber on every channel after {wait:g} s: publishing anyway",
                   file=sys.stderr)
         if args.playback:
-            playback(bridge, args.playback)
-            say(bridge.stats())
-            end = time.monotonic() + args.linger
-            while time.monotonic() < end:
-                bridge.publisher.serve()
-                time.sleep(0.005)
+            # SIGINT/SIGTERM: the playback stops at its next message, then lingers (serving what the
+            # daemon lost) and says END; a second signal ends the linger. (cryptofeed's playback
+            # never yields: SIGINT went unheard to the end, SIGTERM killed it with no END, exit 143)
+            signals = []
+
+            def stop(*_):
+                signals.append(1)
+                bridge.stop()
+
+            old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                if playback(bridge, args.playback).get("stopped"):
+                    print("tickwire bridge: stopped: the playback ended early", file=sys.stderr, flush=True)
+                say(bridge.stats())
+                end = time.monotonic() + args.linger
+                while time.monotonic() < end and len(signals) < 2:
+                    bridge.publisher.serve()
+                    time.sleep(0.005)
+            finally:
+                for s, h in old.items():
+                    signal.signal(s, h)
         elif cfg.bridge.zmq_input:
             bridge.run_zmq_input(args.duration, progress=say)
         else:
@@ -671,8 +687,15 @@ def cmd_bridge(args) -> int:
             bridge.close()
 
 
+class _PlaybackStopped(BaseException):
+    """Raised from the bridge's callbacks to end cryptofeed's playback at :meth:`Bridge.stop` (its
+    loop never yields, so asyncio's cancellation never came; and it catches Exception, printing
+    the message it was on, where this is not one)."""
+
+
 def playback(bridge: Bridge, files) -> dict:
-    """Feed ``bridge`` from cryptofeed's own playback of raw-data files; cryptofeed's counts."""
+    """Feed ``bridge`` from cryptofeed's own playback of raw-data files; cryptofeed's counts
+    (``{"stopped": True}`` when :meth:`Bridge.stop` ended it first)."""
     require_cryptofeed()
     import shutil
     import tempfile
@@ -693,7 +716,17 @@ def playback(bridge: Bridge, files) -> dict:
             link = links / Path(f).name
             link.symlink_to(Path(f).resolve())
             named.append(str(link))
-        return cf_playback(bridge.bc.exchange, named, callbacks=bridge.callbacks())
+        def stoppable(cb):
+            async def call(*args, **kwargs):
+                if bridge._stop:
+                    raise _PlaybackStopped
+                await cb(*args, **kwargs)
+            return call
+
+        return cf_playback(bridge.bc.exchange, named,
+                           callbacks={k: stoppable(cb) for k, cb in bridge.callbacks().items()})
+    except _PlaybackStopped:
+        return {"stopped": True}
     except (KeyError, IndexError, ValueError) as exc:
         raise BridgeError(f"--playback: cryptofeed could not replay {', '.join(map(str, files))} for "
                           f"{bridge.bc.exchange}: {type(exc).__name__}: {exc}") from None

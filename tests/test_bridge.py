@@ -511,6 +511,58 @@ def test_a_daemon_fed_by_the_bridge_ends_with_krakens_books_and_stores_every_eve
 
 
 @needs_kraken
+def test_a_signal_stops_a_playback_which_lingers_says_end_and_a_second_ends_it(tmp_path):
+    """Found by an adversarial pass: cryptofeed's playback never yields, so SIGINT went unheard
+    until the whole recording was published, and SIGTERM killed the bridge (exit 143, no END,
+    its link directory left behind). A signal now stops the playback at its next message; it
+    lingers, and a second signal ends that: exit 0, the last line said."""
+    import signal
+
+    capture = load_kraken(KRAKEN)
+    insts = kraken_instruments(capture)
+    feed, snap, d = free_endpoints(tmp_path)
+    cfg = tmp_path / "kraken.toml"
+    cfg.write_text(to_toml(bridge_raw(tmp_path / "state", insts, feed, snap)))
+    pb_dir, files = kraken_playback_files(capture)
+    long = pb_dir / "KRAKEN.ws.0"
+    text = Path(KRAKEN).read_text()
+    long.unlink()
+    long.write_text(text * 60)                          # (a long recording: 60 times the capture, ~5 s)
+    try:
+        proc = subprocess.Popen([PY, "-m", "tickwire", "bridge", "--config", str(cfg), "--playback", *files,
+                                 "--linger", "60", "--wait-subscribers", "0"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            from tickwire.feeds import wire
+
+            end = time.monotonic() + 60
+            while not wire.ipc_in_use(feed):                # bound: the playback starts now
+                assert proc.poll() is None and time.monotonic() < end, proc.communicate()
+                time.sleep(0.05)
+            time.sleep(1.0)
+            t = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(2.0)
+            assert proc.poll() is None, "no linger"
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=30)
+            took = time.monotonic() - t
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0 and "stopped: the playback ended early" in err, (proc.returncode, err[-3000:])
+        assert took < 15, took
+        import re
+
+        published = int(re.findall(r"bridge: ([0-9,]+) events", err)[-1].replace(",", ""))
+        assert 0 < published < 60 * len(capture.events), published
+    finally:
+        shutil.rmtree(pb_dir, ignore_errors=True)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@needs_kraken
 def test_cryptofeeds_zmq_backend_as_input_counts_what_it_cannot_see(tmp_path):
     """cryptofeed's own BookZMQ backend, fed by cryptofeed's playback, into the bridge's zmq_input: every
     book the bridge saw from a snapshot on ends exact; what it could not use is counted, not hidden."""
