@@ -510,6 +510,11 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
     for k, ep in enumerate(endpoints):
         _endpoint(ep, f"feeds.endpoints[{k}]")
     snapshot = _endpoint(_str(f, "snapshot", "feeds.", snapshot_default), "feeds.snapshot", empty=True)
+    if snapshot and snapshot in endpoints:
+        # (the publisher binds both: the second bind takes the ipc path and every event was lost,
+        # the daemon hearing nothing: an adversarial pass)
+        _fail("feeds.snapshot", "an endpoint other than the data endpoints (feeds.endpoints): the publisher binds "
+                                "its data socket and its recovery service separately", snapshot)
     if "channels" not in f and max(seen_ids) + 1 > 0xFFFF:
         # (the default was not checked: a worker crash-looped on channel 70,000 of 65,535)
         _fail("feeds.channels", f"a value set here (1..65535): its default, the highest instrument id + 1, "
@@ -693,10 +698,13 @@ def _bridge(raw: dict, feeds: FeedConfig, symbols: set, base_dir: Path) -> Optio
               unknown[0])
     zmq_input = _endpoint(_str(b, "zmq_input", "bridge.", ""), "bridge.zmq_input", bind=True,
                           schemes=("tcp", "ipc"), empty=True)
+    endpoint = _endpoint(_str(b, "endpoint", "bridge.", feeds.endpoints[0]), "bridge.endpoint", bind=True)
+    snapshot = _endpoint(_str(b, "snapshot", "bridge.", feeds.snapshot), "bridge.snapshot", bind=True)
+    if snapshot == endpoint:
+        _fail("bridge.snapshot", "an endpoint other than bridge.endpoint (the data socket and the recovery "
+                                 "service are bound separately)", snapshot)
     return BridgeConfig(exchange, tuple(chosen), _bool(b, "trades", "bridge.", True),
-                        _int(b, "depth", "bridge.", 0, 0, 1 << 20),
-                        _endpoint(_str(b, "endpoint", "bridge.", feeds.endpoints[0]), "bridge.endpoint", bind=True),
-                        _endpoint(_str(b, "snapshot", "bridge.", feeds.snapshot), "bridge.snapshot", bind=True),
+                        _int(b, "depth", "bridge.", 0, 0, 1 << 20), endpoint, snapshot,
                         _int(b, "heartbeat_ms", "bridge.", 100, 1, 60_000), zmq_input, **_bridge_curve(b, base_dir))
 
 

@@ -617,7 +617,8 @@ def _progress_line(st: dict) -> str:
     rejected = sum(st["rejected"].values())
     return (f"bridge: {st['published']:,} events in {st['messages']:,} messages; {st['snapshots']} snapshots, "
             f"{st['resyncs']} resyncs, {st['trades']:,} trades, {rejected} rejected, {st['no_snapshot']} deltas "
-            f"before a snapshot, {st['crossed']} crossed")
+            f"before a snapshot, {st['crossed']} crossed, {st['unknown_symbol']:,} of unknown symbols, "
+            f"{st['bad_message']:,} unreadable")
 
 
 def cmd_bridge(args) -> int:
@@ -663,8 +664,12 @@ def cmd_bridge(args) -> int:
 
             old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
             try:
-                if playback(bridge, args.playback).get("stopped"):
+                counts = playback(bridge, args.playback)
+                if counts.get("stopped"):
                     print("tickwire bridge: stopped: the playback ended early", file=sys.stderr, flush=True)
+                elif not counts.get("messages_processed"):
+                    raise BridgeError(f"--playback: {', '.join(args.playback)}: no message replayed (an empty "
+                                      f"recording?): nothing published")
                 say(bridge.stats())
                 end = time.monotonic() + args.linger
                 while time.monotonic() < end and len(signals) < 2:
@@ -711,6 +716,17 @@ def playback(bridge: Bridge, files) -> dict:
         shutil.rmtree(links, ignore_errors=True)
         links = Path(tempfile.mkdtemp(prefix="tickwire-"))
     try:
+        names = [Path(f).name for f in files]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise BridgeError(f"--playback: {twice[0]} is given twice (from two directories): cryptofeed reads "
+                              f"files by name; replay one recording at a time")
+        if not any(".ws." in n for n in names):
+            raise BridgeError(f"--playback: no websocket file among {', '.join(names)}: cryptofeed replays only "
+                              f"files named EXCHANGE.ws.N (its raw data collection's names), beside EXCHANGE.N")
+        if all(".ws." in n for n in names):
+            raise BridgeError("--playback: no symbol file (EXCHANGE.N, written beside EXCHANGE.ws.N by cryptofeed's "
+                              "raw data collection)")
         named = []
         for f in files:
             link = links / Path(f).name
@@ -727,7 +743,11 @@ def playback(bridge: Bridge, files) -> dict:
                            callbacks={k: stoppable(cb) for k, cb in bridge.callbacks().items()})
     except _PlaybackStopped:
         return {"stopped": True}
-    except (KeyError, IndexError, ValueError) as exc:
+    except BridgeError:
+        raise
+    except Exception as exc:                  # noqa: BLE001 - a recording cryptofeed cannot read: one line
+        # (a price that is no number, a pair missing from the symbol file, no configuration line:
+        # each was a traceback of cryptofeed's; what went out before it stays published)
         raise BridgeError(f"--playback: cryptofeed could not replay {', '.join(map(str, files))} for "
                           f"{bridge.bc.exchange}: {type(exc).__name__}: {exc}") from None
     finally:

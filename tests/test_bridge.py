@@ -5,6 +5,7 @@ backends as an input."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import logging
@@ -206,9 +207,13 @@ def bridge_raw(state_dir, instruments, endpoint, snapshot, **bridge):
     ({"symbols": []}, "bridge.symbols: expected a non-empty array"),
     ({"depht": 10}, "bridge.depht: unknown key (did you mean bridge.depth?); expected one of the known keys"),
     ({"zmq_input": "udp://x"}, "bridge.zmq_input: expected a ZeroMQ endpoint"),
+    # (both bound on one path: the second bind took it, and every event went nowhere: an adversarial pass)
+    ({"zmq_input": "", "snapshot_": "ipc:///tmp/x"}, "bridge.snapshot: expected an endpoint other"),
 ])
 def test_bridge_config_errors_name_the_key(tmp_path, edit, fragment):
-    raw = bridge_raw(tmp_path, [inst()], "ipc:///tmp/x", "ipc:///tmp/y", **edit)
+    edit = {k.rstrip("_"): v for k, v in edit.items()}      # ("snapshot_": a key bridge_raw takes itself)
+    raw = bridge_raw(tmp_path, [inst()], "ipc:///tmp/x", "ipc:///tmp/y")
+    raw["bridge"].update(edit)
     with pytest.raises(ConfigError, match=None) as exc:
         from_dict(raw, tmp_path)
     assert fragment in str(exc.value)
@@ -557,6 +562,51 @@ def test_a_signal_stops_a_playback_which_lingers_says_end_and_a_second_ends_it(t
 
         published = int(re.findall(r"bridge: ([0-9,]+) events", err)[-1].replace(",", ""))
         assert 0 < published < 60 * len(capture.events), published
+    finally:
+        shutil.rmtree(pb_dir, ignore_errors=True)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@needs_kraken
+def test_playback_input_cryptofeed_cannot_use_is_one_line_exit_2(tmp_path):
+    """Found by an adversarial pass: a recording under its own name (no .ws.: cryptofeed skips it)
+    or an empty one published nothing, exit 0; two files of one name from two directories, a
+    price that is no number and a pair missing from the symbol file were tracebacks."""
+    capture = load_kraken(KRAKEN)
+    feed, snap, d = free_endpoints(tmp_path)
+    cfg = tmp_path / "kraken.toml"
+    cfg.write_text(to_toml(bridge_raw(tmp_path / "state", kraken_instruments(capture), feed, snap)))
+    pb_dir, (sym, ws) = kraken_playback_files(capture)
+
+    def bridge(*files):
+        return subprocess.run([PY, "-m", "tickwire", "bridge", "--config", str(cfg), "--playback", *map(str, files),
+                               "--linger", "0", "--wait-subscribers", "0"], capture_output=True, text=True, timeout=120)
+
+    def one_line(out, fragment):
+        assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
+        assert "Traceback" not in out.stderr and fragment in out.stderr.strip().splitlines()[-1], out.stderr[-2000:]
+
+    try:
+        one_line(bridge(sym, KRAKEN), "no websocket file")                     # the capture under its own name
+        one_line(bridge(ws), "no symbol file")
+        empty = pb_dir / "e" / "KRAKEN.ws.0"
+        empty.parent.mkdir()
+        empty.write_text("")
+        one_line(bridge(sym, empty), "no message replayed")
+        one_line(bridge(sym, ws, empty), "KRAKEN.ws.0 is given twice")
+        lines = Path(KRAKEN).read_text().splitlines(keepends=True)
+        bad = pb_dir / "b" / "KRAKEN.ws.0"
+        bad.parent.mkdir()
+        k = next(i for i, line in enumerate(lines[5:], 5) if '"a":[["' in line)
+        bad.write_text("".join(lines[:k]) + re.sub(r'"a":\[\["[0-9.]+"', '"a":[["nan?"', lines[k], count=1)
+                       + "".join(lines[k + 1:]))
+        one_line(bridge(sym, bad), "cryptofeed could not replay")
+        nosym = pb_dir / "n" / "KRAKEN.0"
+        nosym.parent.mkdir()
+        text = Path(sym).read_text()
+        first = normalised(capture.instruments[0].symbol).replace("-", "/").replace("BTC", "XBT")
+        nosym.write_text(re.sub(r'"[A-Z]+": \{"wsname": "' + re.escape(first) + r'"\}, ', "", text, count=1))
+        one_line(bridge(nosym, ws), "cryptofeed could not replay")
     finally:
         shutil.rmtree(pb_dir, ignore_errors=True)
         shutil.rmtree(d, ignore_errors=True)

@@ -290,6 +290,8 @@ LONG_IPC = "ipc:///tmp/" + "x" * 103          # a 108-byte path: libzmq takes 10
 @pytest.mark.parametrize("raw, fragment", [
     # ZMQError: Invalid argument in the worker before, or (bad port) a daemon that never connects
     (cfg(feeds={"snapshot": "x"}), "feeds.snapshot: expected a ZeroMQ endpoint"),
+    (cfg(feeds={"endpoints": ["ipc:///tmp/tw-same"], "snapshot": "ipc:///tmp/tw-same"}),
+     "feeds.snapshot: expected an endpoint other than the data endpoints"),
     (cfg(feeds={"endpoints": ["tcp://"]}), "feeds.endpoints[0]: expected a ZeroMQ endpoint"),
     (cfg(feeds={"endpoints": ["tcp://127.0.0.1:99999"]}), "feeds.endpoints[0]: expected a ZeroMQ endpoint"),
     (cfg(feeds={"endpoints": ["ipc:///tmp/a", "tcp://127.0.0.1"]}), "feeds.endpoints[1]: expected"),
