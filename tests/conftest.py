@@ -86,7 +86,8 @@ def tiny_disk():
 
     def mount(path, size="1m"):
         path.mkdir(parents=True, exist_ok=True)
-        res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+        res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+                             capture_output=True)      # (0700: a run directory must be its user's alone)
         if res.returncode:
             pytest.skip(f"cannot mount a small tmpfs here: {res.stderr.decode().strip()}")
         mounted.append(path)
