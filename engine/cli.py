@@ -431,7 +431,12 @@ def cmd_status(args) -> int:
     # (it said "workers up 2" of a worker stopped for 27 s: its status age says it)
     stalled = sorted(w for w, age in per_worker("tickwire_worker_status_age_seconds").items() if age > 5)
     wstalled = sorted(w for w, age in per_worker("tickwire_writer_status_age_seconds").items() if age > 10)
+    frozen = {w: s for w, s in per_worker("tickwire_worker_status_frozen_seconds").items() if s > 0}
     print(f"daemon at {url}")
+    if frozen:
+        print("  FIGURES FROZEN: " + ", ".join(f"{w} cannot write its status for {s:.0f} s" for w, s in
+                                             sorted(frozen.items()))
+              + " (the state directory full or read-only?): it runs, but its figures below are that old")
     print(f"  events {total('tickwire_events_total'):,.0f} (markers {total('tickwire_markers_total'):,.0f}; since each "
           f"worker's last start)  signals {total('tickwire_signals_total'):,.0f}  workers up "
           f"{total('tickwire_worker_up'):.0f}" + (f" (STALLED: {', '.join(stalled)}: no status for over 5 s)"

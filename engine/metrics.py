@@ -140,7 +140,12 @@ class Collector:
             ("depth", "tick_ring_depth", "ticks in the worker's tick ring not yet read by the writer"),
             ("fill", "tick_ring_fill_ratio", "tick ring depth over its capacity (1: full, the engine waits)"),
             ("head", "signal_ring_head", "signals published into the worker's signal ring since it was made"),
-            ("status_age", "worker_status_age_seconds", "seconds since the worker last wrote its status (every 0.5 s)"),
+            ("status_age", "worker_status_age_seconds", "seconds since the worker last wrote its status (every 0.5 s), "
+                                                       "or touched it when it could not write it"),
+            ("status_frozen", "worker_status_frozen_seconds", "how far the worker's figures lag its last sign of life: "
+                                                             "above 0, it runs but cannot write its status (the state "
+                                                             "directory full or read-only) and these figures are "
+                                                             "that old"),
         ), W)
         ch = gauges((
             ("event_age", "feed_last_event_age_seconds", "seconds since the channel's last market event (to within "
@@ -184,7 +189,12 @@ class Collector:
             if cap:
                 g["fill"].add_metric([w], st["tick_ring_depth"] / cap)
             g["head"].add_metric([w], st["signal_ring_head"])
-            g["status_age"].add_metric([w], max(0.0, now - st.get("time", now)))
+            touched = max(st.get("_touched", 0.0), st.get("time", now))
+            g["status_age"].add_metric([w], max(0.0, now - touched))
+            # (a full state disk froze every figure and the age with them: the worker read as
+            # stalled, its ring's fill stuck at 1% while it was 47% full: an adversarial pass)
+            frozen = touched - st.get("time", touched)
+            g["status_frozen"].add_metric([w], frozen if frozen > 2.0 else 0.0)     # (writes take 0.5 s apart)
             for cid, cs in st.get("channels", {}).items():
                 last = cs.get("last_event_time") or st.get("started", now)
                 ch["event_age"].add_metric([w, cid], max(0.0, now - last))

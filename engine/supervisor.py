@@ -1487,12 +1487,17 @@ class Supervisor:
         return note if isinstance(note, dict) else {}
 
     def worker_status(self) -> list[dict]:
+        """Each worker's status file, with ``_touched``: its modification time (a worker that cannot
+        write its status, the state directory full, still touches it: alive, its figures frozen)."""
         out = []
         for i, _ in enumerate(self.cfg.workers):
+            path = self.run_dir / f"worker-{i}.json"
             try:
-                out.append(json.loads((self.run_dir / f"worker-{i}.json").read_text()))
+                st = json.loads(path.read_text())
+                st["_touched"] = path.stat().st_mtime
             except (OSError, ValueError):
-                out.append({})
+                st = {}
+            out.append(st)
         return out
 
     _DAMAGE = ("rows_corrupt", "rows_missing", "corrupt", "missing", "files_uncounted", "uncounted")

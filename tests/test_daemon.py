@@ -1440,6 +1440,16 @@ def test_a_full_state_directory_holds_the_ticks_in_the_ring_and_loses_nothing(tm
         assert wait_for(lambda: status(run_dir)["feed"]["events"] > 20_000, 60)
         tiny_disk.fill(filler, hold=True)
         full_since = time.monotonic()
+        # the worker runs on, its status unwritable: its figures are said frozen, not the worker
+        # stalled (an adversarial pass: every figure froze, the age with them, and it read as stalled)
+        url = (run_dir / "metrics.url").read_text().strip()
+
+        def frozen():
+            text = urllib.request.urlopen(url, timeout=5).read().decode()
+            f = re.search(r'tickwire_worker_status_frozen_seconds\{worker="w0"\} ([0-9.e+]+)', text)
+            a = re.search(r'tickwire_worker_status_age_seconds\{worker="w0"\} ([0-9.e+]+)', text)
+            return bool(f and a and float(f.group(1)) > 0 and float(a.group(1)) < 5)
+        assert wait_for(frozen, 30), said()[-3000:]
         assert wait_for(lambda: "the next batch cannot be journalled" in said(), 30), said()[-3000:]
         assert wait_for(lambda: "cannot be written (No space left on device)" in said(), 30), said()[-3000:]
         # a worker killed meanwhile starts again on the full disk (its HDR log may not begin:

@@ -617,6 +617,12 @@ def test_status_says_a_p99_past_the_top_bucket_and_the_writers_restarts(capsys):
     engine = next(x for x in out.splitlines() if "p99 w0 engine" in x)
     assert "past the top bucket" not in engine and " us (since start" in engine
     assert "writer: up 1, restarts 2" in out
+    # a worker that cannot write its status (its state disk full): figures frozen, not stalled
+    body += b'tickwire_worker_status_frozen_seconds{worker="w0"} 42.0\ntickwire_worker_status_age_seconds{worker="w0"} 0.3\n'
+    with page_server(body) as url:
+        assert cli_main(["status", "--url", url]) == 0
+    out = capsys.readouterr().out
+    assert "FIGURES FROZEN: w0 cannot write its status for 42 s" in out and "STALLED" not in out, out
 
 
 @pytest.mark.parametrize("body", [b"<html>a web page</html>\n", b"tickwire_events_total{worker=\"w0\"} lots\n"])
