@@ -490,6 +490,9 @@ class Bridge:
 
         sub = self.publisher.ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.RCVHWM, 0)
+        # (any peer that reaches it may send: three 150 MB frames took the bridge from 49 to 817 MB;
+        # cryptofeed's largest, a deep book's snapshot, is a few MB)
+        sub.setsockopt(zmq.MAXMSGSIZE, ZMQ_INPUT_MAX_BYTES)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         try:
             sub.bind(self.bc.zmq_input)
@@ -533,8 +536,11 @@ class Bridge:
         try:
             msg = loads(body)
             symbol = msg["symbol"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError) as exc:
             self.converter.counts["bad_message"] += 1
+            self.converter._once("unreadable", "a message on bridge.zmq_input that is not cryptofeed's (%s: %s, "
+                                 "%d bytes): skipped", type(exc).__name__,
+                                 str(exc)[:100], len(frame))
             return
         try:
             ts = msg.get("timestamp")
@@ -663,8 +669,16 @@ def cmd_bridge(args) -> int:
                 bridge.stop()
 
             old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+            failed = None
             try:
-                counts = playback(bridge, args.playback)
+                try:
+                    counts = playback(bridge, args.playback)
+                except BridgeError as exc:
+                    if not bridge.publisher.sent:
+                        raise
+                    # (a recording cut mid-line: what went out before it still lingers, so that a
+                    # daemon gets what it lost of it; it exited at once: an adversarial pass)
+                    failed, counts = exc, {"messages_processed": 1}
                 if counts.get("stopped"):
                     print("tickwire bridge: stopped: the playback ended early", file=sys.stderr, flush=True)
                 elif not counts.get("messages_processed"):
@@ -678,6 +692,8 @@ def cmd_bridge(args) -> int:
             finally:
                 for s, h in old.items():
                     signal.signal(s, h)
+            if failed is not None:
+                raise failed
         elif cfg.bridge.zmq_input:
             bridge.run_zmq_input(args.duration, progress=say)
         else:
@@ -690,6 +706,10 @@ def cmd_bridge(args) -> int:
     finally:
         if bridge is not None:
             bridge.close()
+
+
+#: Largest message the ZeroMQ input takes: libzmq drops the connection of a peer that sends more.
+ZMQ_INPUT_MAX_BYTES = 64 << 20
 
 
 class _PlaybackStopped(BaseException):
