@@ -278,7 +278,8 @@ def _curve(f, base_dir: Path) -> dict:
               str(exc))
     secret = _path(secret, base_dir, "feeds.curve_secret_key_file")
     try:
-        secret_certificate(secret)
+        if not os.environ.get("TICKWIRE_CURVE_CERTIFICATE"):   # (a worker: read by its supervisor at the start)
+            secret_certificate(secret)
     except ValueError as exc:
         _fail("feeds.curve_secret_key_file", "this side's CURVE certificate (NAME.key_secret), yours and 0600",
               str(exc))

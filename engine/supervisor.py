@@ -873,6 +873,11 @@ class Supervisor:
             for item, rule in zip(rules, self.cfg.rules):
                 if isinstance(item, dict):
                     item["enter"], item["exit"] = rule.enter, rule.exit
+        feeds = self._raw.get("feeds")
+        if isinstance(feeds, dict) and self.cfg.feeds.curve_server_key:
+            # the publisher's key as it was read at the start, not its file's path: a restarted
+            # worker read the file again (a review), as it did its certificate (now in its env)
+            feeds["curve_server_key"] = self.cfg.feeds.curve_server_key
         replace_file(self.run_dir / "config.json", json.dumps({"raw": self._raw, "base_dir": str(self._base_dir)},
                                                               default=str), mode=0o600)   # it may hold a password
 
@@ -1493,8 +1498,9 @@ class Supervisor:
         for i, _ in enumerate(self.cfg.workers):
             path = self.run_dir / f"worker-{i}.json"
             try:
-                st = json.loads(path.read_text())
-                st["_touched"] = path.stat().st_mtime
+                with open(path, "rb") as f:             # (one file: its text and its time)
+                    st = json.loads(f.read())
+                    st["_touched"] = os.fstat(f.fileno()).st_mtime
             except (OSError, ValueError):
                 st = {}
             out.append(st)

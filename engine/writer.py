@@ -1667,6 +1667,8 @@ def main(argv=None) -> int:
                          "(at every connection; replay reads them back)")
     args = ap.parse_args(argv)
     lifeline.bind_to_parent()                # SIGTERM when the supervisor dies (kill -9 included)
+    if not args.store_stall_seconds > 0:
+        ap.error(f"--store-stall-seconds: expected seconds > 0, got {args.store_stall_seconds}")
     args.dsn = args.dsn or os.environ.get("TICKWIRE_STORE_DSN")
     if not args.dsn:
         ap.error("no store: give --dsn or set TICKWIRE_STORE_DSN")

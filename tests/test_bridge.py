@@ -312,6 +312,47 @@ def test_a_book_from_cryptofeed_gone_crossed_is_marked_stale_once_until_its_snap
         shutil.rmtree(d, ignore_errors=True)
 
 
+def test_a_published_book_gone_crossed_where_cryptofeeds_is_sound_is_resynced_from_it(tmp_path):
+    """A review: a crossed book marked STALE alone stayed dark on a live feed until cryptofeed
+    happened to reconnect (a level cryptofeed cut past its depth, never deleted on the wire, goes
+    crossed once the market moves through it). Where cryptofeed's own book is sound the bridge
+    resyncs from it at once: a STALE marker, then that book; counted as crossed and as a resync."""
+    import asyncio
+    import types
+
+    from order_book import OrderBook
+
+    feed, snap, d = free_endpoints(tmp_path)
+    bridge = Bridge(from_dict(bridge_raw(tmp_path / "state", [inst()], feed, snap), tmp_path))
+    D = Decimal
+    cf = OrderBook()
+    cf.bids[D("90.00")] = D(1)
+    cf.asks[D("91.00")] = D(1)
+
+    def update(delta):
+        return types.SimpleNamespace(symbol="BTC-USD", book=cf, delta=delta, timestamp=None)
+
+    async def run():
+        await bridge.book(update(None), 1.0)                     # the snapshot: 90 / 91
+        del cf.asks[D("91.00")]                                  # cryptofeed dropped 91 past its depth,
+        cf.asks[D("93.00")] = D(1)                               # unsaid on the wire; the market moves up
+        cf.bids[D("92.00")] = D(1)
+        await bridge.book(update({"bid": [(D("92.00"), D(1))]}), 2.0)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    try:
+        asyncio.run(run())
+        book = bridge.publisher.books[0]
+        assert bridge.crossed["BTC-USD"] == 1 and bridge.converter.counts["resyncs"] == 1
+        assert book.in_sync and not book.crossed
+        lot = 10**8                                              # (lots of 1e-8)
+        assert book_dict(book, Side.BID) == {9200: lot, 9000: lot} and book_dict(book, Side.ASK) == {9300: lot}
+    finally:
+        bridge.close(0)
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def test_unknown_exchange_and_missing_files_are_one_line_exit_2(tmp_path):
     feed, snap, d = free_endpoints(tmp_path)
     raw = bridge_raw(tmp_path / "state", [inst()], feed, snap, exchange="NOSUCHEXCHANGE")
@@ -618,6 +659,38 @@ def test_playback_input_cryptofeed_cannot_use_is_one_line_exit_2(tmp_path):
         published = int(re.findall(r"bridge: ([0-9,]+) events", out.stderr)[-1].replace(",", ""))
         assert published > 0 and time.monotonic() - t >= 2.0, out.stderr[-2000:]
     finally:
+        shutil.rmtree(pb_dir, ignore_errors=True)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@needs_kraken
+def test_a_playback_that_fails_or_stops_leaves_cryptofeed_unpatched_and_a_bug_of_ours_is_ours(tmp_path):
+    """A review: cryptofeed's playback patches its HTTP reads and restores them only when it ends
+    well (a later make_feed then read symbols through the leftover patch); and an exception of
+    the bridge's own callbacks was reported as the recording's fault."""
+    from cryptofeed.connection import HTTPAsyncConn, HTTPSync
+
+    from tickwire.feeds.cryptofeed import playback
+
+    capture = load_kraken(KRAKEN)
+    feed, snap, d = free_endpoints(tmp_path)
+    bridge = Bridge(from_dict(bridge_raw(tmp_path / "state", kraken_instruments(capture), feed, snap), tmp_path))
+    pb_dir, files = kraken_playback_files(capture)
+    before = (HTTPAsyncConn.read, HTTPSync.read)
+    try:
+        bridge.stop()                                         # stopped at its first message
+        assert playback(bridge, files) == {"stopped": True}
+        assert (HTTPAsyncConn.read, HTTPSync.read) == before
+        bridge._stop = False
+
+        async def broken(book, receipt):
+            raise ZeroDivisionError("ours")
+        bridge.book = broken
+        with pytest.raises(ZeroDivisionError, match="ours"):
+            playback(bridge, files)
+        assert (HTTPAsyncConn.read, HTTPSync.read) == before
+    finally:
+        bridge.close(0)
         shutil.rmtree(pb_dir, ignore_errors=True)
         shutil.rmtree(d, ignore_errors=True)
 

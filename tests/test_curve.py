@@ -361,8 +361,9 @@ def test_a_key_file_whose_key_is_not_a_curve_key_is_a_config_error(keys, which, 
 def test_a_daemon_over_curve_stores_every_event_and_its_status_says_so(tmp_path, keys):
     """The config path end to end: `tickwire run` with feeds.curve_* over tcp, fed by
     `tickwire simulate --curve-secret-key --curve-clients`; every event stored once. Midway the
-    daemon's key file is replaced by another certificate and its worker killed: the certificate
-    is the one read at the start (a restarted worker read the file again, was refused by the
+    daemon's key file is replaced by another certificate (made group-readable too) and the
+    publisher's key file by another's, and its worker killed: the keys are the ones read at the
+    start (a restarted worker read the file again, was refused by the
     publisher and stored nothing more, unsaid: an adversarial pass)."""
     import shutil
     import signal
@@ -385,6 +386,8 @@ def test_a_daemon_over_curve_stores_every_event_and_its_status_says_so(tmp_path,
                         "--curve-clients", str(allowed))
         assert wait_for(lambda: status(run_dir)["feed"]["events"] >= 15_000, 60)
         shutil.copyfile(d / "stranger.key_secret", d / "client.key_secret")     # (still 0600)
+        shutil.copyfile(d / "impostor.key", d / "server.key")                   # and another publisher's key
+        os.chmod(d / "client.key_secret", 0o640)                                # (a check would refuse it now)
         pid = status(run_dir)["pid"]
         os.kill(pid, signal.SIGKILL)
         assert wait_for(lambda: status(run_dir)["pid"] not in (0, pid), 60)
