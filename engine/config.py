@@ -345,6 +345,7 @@ class BridgeConfig:
     zmq_input: str = ""               # bind a SUB here for cryptofeed's BookZMQ/TradeZMQ output
     curve_secret_key_file: str = ""   # publish as a ZeroMQ CURVE server with this certificate
     curve_clients_dir: str = ""       # ... letting in only the client public keys in this directory
+    checksum_validation: bool = True  # cryptofeed checks its books against the exchange's checksums
 
     def curve(self):
         """The :class:`~tickwire.feeds.curve.CurveServer` of these settings, or None."""
@@ -685,7 +686,7 @@ def _bridge(raw: dict, feeds: FeedConfig, symbols: set, base_dir: Path) -> Optio
         return None
     b = _table(raw, "bridge")
     _check_keys(b, {"exchange", "symbols", "trades", "depth", "endpoint", "snapshot", "heartbeat_ms",
-                    "zmq_input", "curve_secret_key_file", "curve_clients_dir"}, "bridge.")
+                    "zmq_input", "curve_secret_key_file", "curve_clients_dir", "checksum_validation"}, "bridge.")
     exchange = _str(b, "exchange", "bridge.")
     if not re.fullmatch(r"[A-Z0-9_]+", exchange):
         _fail("bridge.exchange", "a cryptofeed exchange id in capitals, such as \"KRAKEN\" or \"BINANCE\"", exchange)
@@ -706,7 +707,8 @@ def _bridge(raw: dict, feeds: FeedConfig, symbols: set, base_dir: Path) -> Optio
                                  "service are bound separately)", snapshot)
     return BridgeConfig(exchange, tuple(chosen), _bool(b, "trades", "bridge.", True),
                         _int(b, "depth", "bridge.", 0, 0, 1 << 20), endpoint, snapshot,
-                        _int(b, "heartbeat_ms", "bridge.", 100, 1, 60_000), zmq_input, **_bridge_curve(b, base_dir))
+                        _int(b, "heartbeat_ms", "bridge.", 100, 1, 60_000), zmq_input, **_bridge_curve(b, base_dir),
+                        checksum_validation=_bool(b, "checksum_validation", "bridge.", True))
 
 
 _TOP_KEYS = {"run": "daemon.run", "state_dir": "daemon.state_dir", "log_level": "daemon.log_level",

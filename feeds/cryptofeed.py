@@ -435,7 +435,7 @@ class Bridge:
             opts["max_depth"] = self.bc.depth
         # where the exchange sends checksums (Kraken, OKX, ...), cryptofeed checks its book against
         # each and resyncs on a mismatch (its default is off: a book gone wrong went on unseen)
-        opts["checksum_validation"] = True
+        opts["checksum_validation"] = self.bc.checksum_validation
         opts.update(kwargs)
         return ex(**opts)
 

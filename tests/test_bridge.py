@@ -868,6 +868,10 @@ def test_unknown_symbol_and_a_tick_the_exchange_contradicts_are_refused_at_start
         feed_obj = bridge.make_feed()              # a tick the exchange agrees with: cryptofeed's feed
         assert feed_obj.id == "BINANCE"
         assert feed_obj.checksum_validation          # (off by default: a book gone wrong went on unseen)
+        bridge.close(0)
+        raw["bridge"]["checksum_validation"] = False           # (an exchange whose checksums are unreliable)
+        bridge = Bridge(from_dict(raw, tmp_path))
+        assert not bridge.make_feed().checksum_validation
     finally:
         bridge.close(0)
     shutil.rmtree(d, ignore_errors=True)
