@@ -747,10 +747,11 @@ class Simulator:
     def request_stop(self, now: bool = False) -> None:
         """Publish nothing more after the current message; :meth:`run` still lingers (its
         ``linger`` seconds of snapshots, retransmissions and heartbeats, so that receivers recover
-        what the wire lost) and says ``END``, then returns its report. ``now``: no linger either
-        (a second SIGINT or SIGTERM). Safe from a signal handler."""
+        what the wire lost) and says ``END``, then returns its report. ``now``, or asked while it
+        lingers already (its events all out: a test stopped a 120 s linger so, and waited it out):
+        no linger either. Safe from a signal handler."""
         self._stopping = True
-        if now:
+        if now or self._lingering:
             self._abort = True
 
     def idle(self, seconds: float) -> None:
