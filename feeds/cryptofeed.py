@@ -281,6 +281,7 @@ class Bridge:
         self._touched: set = set()                # symbols whose deltas went out since the last check
         self._crossed_said: set = set()           # crossed, its STALE marker sent (until a snapshot)
         self._cf_books: dict = {}                 # symbol -> cryptofeed's own book of it (its L2_BOOK callback)
+        self._flush_due = False                   # a call_soon of _turn_ended is pending
 
     # -- what cryptofeed hands out -----------------------------------------------------------
     def publish(self, rows) -> None:
@@ -302,7 +303,11 @@ class Bridge:
             except RuntimeError:
                 self.publisher.send_channel(channel, np.array(rows, dtype=EVENT_DTYPE))
                 return
-            loop.call_soon(self.flush)
+            if not self._flush_due:
+                # one at a time: cryptofeed's playback never yields, and a call_soon per hold (one
+                # each 250 us, flushed by the bounds below) piled up unrun for the whole recording
+                self._flush_due = True
+                loop.call_soon(self._turn_ended)
             self._held_since = time.monotonic_ns()
         held = self._held.get(channel)
         if held is None:
@@ -317,6 +322,10 @@ class Bridge:
     def held(self) -> int:
         """Events ``publish`` holds, not sent yet (they go at the end of the loop's turn)."""
         return self._held_n
+
+    def _turn_ended(self) -> None:
+        self._flush_due = False
+        self.flush()
 
     def flush(self) -> None:
         """Send what ``publish`` holds, a wire message per channel (more past max_message_events)."""
