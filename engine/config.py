@@ -286,6 +286,21 @@ def _curve(f, base_dir: Path) -> dict:
     return {"curve_server_key": key, "curve_secret_key_file": secret}
 
 
+def _same_endpoint(a: str, b: str) -> bool:
+    """Whether two endpoints name one socket: ``tcp://*:P``, ``tcp://0.0.0.0:P``, ``localhost`` and
+    ``127.0.0.1`` alike, and ipc paths as the file they name (a review: compared as strings, they
+    let a data and a snapshot endpoint on one socket through)."""
+    def norm(ep: str) -> str:
+        scheme, _, rest = ep.partition("://")
+        if scheme == "ipc":
+            return "ipc://" + os.path.realpath(rest)
+        host, _, port = rest.rpartition(":")
+        if host in ("*", "0.0.0.0", "localhost", "127.0.0.1"):
+            host = "127.0.0.1"
+        return f"{scheme}://{host}:{port}"
+    return norm(a) == norm(b)
+
+
 def _reorder_window(f) -> float:
     v = f.get("reorder_window_ms", FeedConfig.reorder_window_ms)
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 10_000:
@@ -512,7 +527,7 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
     for k, ep in enumerate(endpoints):
         _endpoint(ep, f"feeds.endpoints[{k}]")
     snapshot = _endpoint(_str(f, "snapshot", "feeds.", snapshot_default), "feeds.snapshot", empty=True)
-    if snapshot and snapshot in endpoints:
+    if snapshot and any(_same_endpoint(snapshot, ep) for ep in endpoints):
         # (the publisher binds both: the second bind takes the ipc path and every event was lost,
         # the daemon hearing nothing: an adversarial pass)
         _fail("feeds.snapshot", "an endpoint other than the data endpoints (feeds.endpoints): the publisher binds "
@@ -702,7 +717,7 @@ def _bridge(raw: dict, feeds: FeedConfig, symbols: set, base_dir: Path) -> Optio
                           schemes=("tcp", "ipc"), empty=True)
     endpoint = _endpoint(_str(b, "endpoint", "bridge.", feeds.endpoints[0]), "bridge.endpoint", bind=True)
     snapshot = _endpoint(_str(b, "snapshot", "bridge.", feeds.snapshot), "bridge.snapshot", bind=True)
-    if snapshot == endpoint:
+    if _same_endpoint(snapshot, endpoint):
         _fail("bridge.snapshot", "an endpoint other than bridge.endpoint (the data socket and the recovery "
                                  "service are bound separately)", snapshot)
     return BridgeConfig(exchange, tuple(chosen), _bool(b, "trades", "bridge.", True),
