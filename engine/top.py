@@ -88,6 +88,18 @@ def _json(path: Path):
         return None
 
 
+def _status(path: Path) -> dict:
+    """A worker's status file, with ``_touched`` (its modification time: a worker that cannot
+    write it, its state disk full, still touches it), or {}."""
+    try:
+        with open(path, "rb") as f:
+            st = json.loads(f.read())
+            st["_touched"] = os.fstat(f.fileno()).st_mtime
+            return st
+    except (OSError, ValueError):
+        return {}
+
+
 class HlogTail:
     """Follow one HDR interval log: the latest histogram per tag and p99 per interval."""
 
@@ -329,7 +341,7 @@ class Collector:
             st.since_gone = st.now
         st.running, st.why_not = running, why
         st.supervisor = _json(self.run_dir / "supervisor.json") or {}
-        st.workers = [_json(self.run_dir / f"worker-{i}.json") or {} for i in range(len(self.cfg.workers))]
+        st.workers = [_status(self.run_dir / f"worker-{i}.json") for i in range(len(self.cfg.workers))]
         st.writers = [_json(self.run_dir / "writer" / k / "status.json") or {} for k in self.keys]
         st.signals_status = _json(self.run_dir / "writer" / "signals.json") or {}
         self._rates(st)
@@ -574,8 +586,12 @@ def _feed_lines(st: TopState, width: int):
     rs = ", ".join(f"{n} {c.get('restarts', 0)}" for n, c in kids.items()) if kids else "n/a"
     line2 = (f"writer lag {lag:,}  unstored {sum(w.get('unstored', 0) for w in wr):,}  spill files {spill}"
              f"{'  OUTAGE' if outage else ''}  restarts {rs}")
-    stale = [w.get("worker", "?") for w in W if w and st.now - w.get("time", st.now) > STALE_S]
-    note = f"  status stale: {', '.join(stale)}" if stale else ""
+    old = [w for w in W if w and st.now - w.get("time", st.now) > STALE_S]
+    frozen = [w.get("worker", "?") for w in old if st.now - w.get("_touched", 0.0) <= STALE_S]
+    stale = [w.get("worker", "?") for w in old if st.now - w.get("_touched", 0.0) > STALE_S]
+    note = "".join((f"  status stale: {', '.join(stale)}" if stale else "",
+                    f"  figures frozen: {', '.join(frozen)} (running, its status not writable: state disk full?)"
+                    if frozen else ""))
     return [Text(line1[:width]), Text(line2[:width], style="bold red" if outage or spill else None),
             Text(note[:width], style="yellow") if note else None]
 
