@@ -617,6 +617,9 @@ class RecoveryService:
     Call :meth:`serve` between two published messages, so that a snapshot is exact.
     """
 
+    #: Seconds a call spends at most reading requests (then answering; both within ``share``).
+    INTAKE_S = 0.001
+
     def __init__(self, socket, source=None, retainer: Retainer | None = None, part_events: int = MAX_MESSAGE_EVENTS,
                  delay: float = 0.0, share: float = 0.5, queued: int = 1024):
         if not 0.0 < share <= 1.0:
@@ -668,7 +671,7 @@ class RecoveryService:
         same = self._same
         read = 0
         for _ in range(self._queued):          # take in what waits, within this call's budget
-            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN or time.monotonic() - start >= 0.001:
+            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN or time.monotonic() - start >= self.INTAKE_S:
                 break
             frames = sock.recv_multipart()
             read += 1

@@ -417,6 +417,7 @@ def test_a_request_asked_again_is_answered_once_under_its_new_id_in_its_old_plac
         mine.send(wire.encode_retransmit_request(0, 500, 150_001, 64, epoch=7))
         mine.send(wire.encode_retransmit_request(0, 501, 150_001, 64, epoch=7))   # asked again
         time.sleep(0.2)
+        service.INTAKE_S = 10.0                         # (both read before any answer, however loaded)
         service.serve()                                 # (mine, ranked first, is in its first answers)
         while service._queue:
             service._rest_until = 0.0
