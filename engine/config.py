@@ -191,6 +191,11 @@ def _decimal(d, key, where, default=...):
     return dec
 
 
+#: The workers' environment variable holding the feed's CURVE certificate ("PUBLIC SECRET", Z85),
+#: read once by the supervisor at the start (secrets: never on argv nor in config.json).
+CURVE_ENV = "TICKWIRE_CURVE_CERTIFICATE"
+
+
 def private_ipc_dir() -> Path:
     """The directory of tickwire's default ipc endpoints: ``$XDG_RUNTIME_DIR/tickwire``, else
     ``<tmp>/tickwire-<uid>``; created 0700. Refused (ValueError, one line) when it is a symlink,
@@ -278,7 +283,7 @@ def _curve(f, base_dir: Path) -> dict:
               str(exc))
     secret = _path(secret, base_dir, "feeds.curve_secret_key_file")
     try:
-        if not os.environ.get("TICKWIRE_CURVE_CERTIFICATE"):   # (a worker: read by its supervisor at the start)
+        if not os.environ.get(CURVE_ENV):          # (a worker: read by its supervisor at the start)
             secret_certificate(secret)
     except ValueError as exc:
         _fail("feeds.curve_secret_key_file", "this side's CURVE certificate (NAME.key_secret), yours and 0600",

@@ -751,8 +751,7 @@ class Worker:
 
 load_frozen = configmod.load_frozen
 
-#: The workers' environment variable holding the feed's CURVE certificate ("PUBLIC SECRET", Z85).
-CURVE_ENV = "TICKWIRE_CURVE_CERTIFICATE"
+CURVE_ENV = configmod.CURVE_ENV
 
 
 def feed_curve(f):

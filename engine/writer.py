@@ -625,10 +625,15 @@ class StoreLink:
         if t is None or time.monotonic() - t < self.stall_seconds:
             return ""
         msg = f"store not answering: a call has been waiting for {time.monotonic() - t:.0f} s"
+        self._say_stall(msg)
+        return msg
+
+    def _say_stall(self, msg: str) -> None:
+        """Log ``msg`` once for the store call running now."""
+        t = self._thread.busy_since
         if self._stall_said != t:
             self._stall_said = t
             log.error("%s; the ticks spill past the ring's threshold until it answers", msg)
-        return msg
 
     def get(self):
         """The store, opened if need be; None during an outage (store thread only)."""
@@ -1706,9 +1711,7 @@ def main(argv=None) -> int:
         if link.submit(link.get).result(timeout=args.store_stall_seconds) is None:    # within a bound
             log.error("%s: will spill until the store answers", link.last_error)
     except TimeoutError:                      # (the rings are read meanwhile; the status says it)
-        link._stall_said = link._thread.busy_since
-        log.error("store not answering within %.0f s: reading the rings meanwhile; the ticks spill past the "
-                  "ring's threshold until it answers", args.store_stall_seconds)
+        link._say_stall(f"store not answering within {args.store_stall_seconds:.0f} s: reading the rings meanwhile")
     fatal = Path(args.state_dir) / FATAL_FILE
     try:
         fatal.unlink(missing_ok=True)
