@@ -522,7 +522,9 @@ def _add_simulate(sub) -> None:
                         "idle past their silence timeout STALE)")
     g.add_argument("--linger", type=float, default=1.0, metavar="S",
                    help="keep heartbeats, snapshots and retransmissions up this long after the last event, or after "
-                        "a SIGINT/SIGTERM stopped the publishing (a second signal ends it) [%(default)s]")
+                        "a SIGINT/SIGTERM stopped the publishing, and on while receivers still ask for what they "
+                        "lost (until S seconds pass without a request; at most 10 S; a second signal ends it) "
+                        "[%(default)s]")
     g.add_argument("--start-delay", type=float, default=0.0, metavar="S",
                    help="serve snapshots and heartbeats this long before the first event, so that receivers "
                         "sync on the empty market and every event reaches them live [%(default)s]")

@@ -632,7 +632,8 @@ def add_parser(sub) -> None:
                         "data and EXCHANGE.ws.N with the websocket messages)")
     p.add_argument("--linger", type=float, default=5.0,
                    help="after --playback (or a SIGINT/SIGTERM that stopped it: a second one ends this), keep "
-                        "serving snapshots and heartbeats this many seconds [5]")
+                        "serving snapshots and heartbeats this many seconds, and on while the daemon still asks "
+                        "for what it lost (until S seconds pass without a request; at most 10 S) [5]")
     p.add_argument("--wait-subscribers", type=float, default=None, metavar="S",
                    help="before publishing, wait up to S seconds for a subscriber (the daemon) on every channel, "
                         "so nothing is published into the void [10 with --playback, else 0]")
@@ -654,6 +655,7 @@ def cmd_bridge(args) -> int:
     import sys
 
     from tickwire.engine.config import load
+    from tickwire.feeds.wire import linger_over
 
     def say(st):
         if not args.quiet:
@@ -708,8 +710,8 @@ def cmd_bridge(args) -> int:
                     raise BridgeError(f"--playback: {', '.join(args.playback)}: no message replayed (an empty "
                                       f"recording?): nothing published")
                 say(bridge.stats())
-                end = time.monotonic() + args.linger
-                while time.monotonic() < end and len(signals) < 2:
+                started = time.monotonic()
+                while not linger_over(started, args.linger, bridge.publisher.publisher.service) and len(signals) < 2:
                     bridge.publisher.serve()
                     time.sleep(0.005)
             finally:

@@ -158,6 +158,7 @@ _COUNTERS = (
 
 #: Most held messages from an unconfirmed newer epoch (beyond: dropped as IMPLAUSIBLE).
 _MAX_SUSPECTS = 1024
+_EARLIER_KEPT = 4096     # earlier attempts' ids of fills remembered (their replies still count)
 
 
 class FeedHandler:
@@ -313,6 +314,7 @@ class FeedHandler:
         self._logged: set = set()
         self._request_seq = 0
         self._requests: dict[int, tuple] = {}       # request id -> (channel, _Request)
+        self._earlier: dict[int, tuple] = {}        # an earlier attempt's id -> (channel, its fill _Request)
         self._arrival = 0
         self._started = False
         self._waiting = False                   # a channel has stored rows waiting for an exchange time
@@ -884,6 +886,10 @@ class FeedHandler:
         """Send (or send again) a request with a new id; arm its timer."""
         if req.id:
             self._requests.pop(req.id, None)
+            if req.kind == "fill":              # its reply, late, still fills the hole (_late_part)
+                self._earlier[req.id] = (c.id, req)
+                if len(self._earlier) > _EARLIER_KEPT:
+                    del self._earlier[next(iter(self._earlier))]
         self._request_seq = (self._request_seq % 0xFFFFFFFF) + 1
         req.id = self._request_seq
         req.parts = []
@@ -1007,6 +1013,10 @@ class FeedHandler:
                 continue
             found = self._requests.get(h.request_id)
             c = self._channels.get(h.channel)
+            if found is None and c is not None and c.fill is not None \
+                    and self._earlier.get(h.request_id, (None, None)) == (c.id, c.fill):
+                delivered += self._late_part(c, c.fill, h, events)
+                continue
             if found is None or c is None or found[0] != h.channel or h.part != len(found[1].parts):
                 self.receiver.count_drop(Drop.STALE_REPLY)
                 continue
@@ -1046,6 +1056,29 @@ class FeedHandler:
             else:
                 delivered += self._filled(c, req, h)
         return delivered
+
+    def _late_part(self, c: _Channel, req: _Request, h, events) -> int:
+        """A reply to an earlier attempt of the channel's outstanding fill, come after the timer
+        asked again (a slow service): its events fill the hole as the latest attempt's would.
+        They were dropped as STALE_REPLY, and where the publisher stopped before answering the
+        retry (a simulator's linger over) the hole was counted lost with its events received.
+        What it filled is not asked for again, nor counted lost if the service then fails."""
+        if (h.type != MsgType.RETRANSMIT or h.flags & WireFlag.FINAL or h.epoch != c.epoch
+                or h.epoch != req.epoch or events is None or not len(events)):
+            return 0                                     # (its end: the latest attempt's is awaited)
+        self._hold(c, h.seq, events, req.arrival, resent=True)
+        self._counters["retransmitted"] += len(events)
+        c.retransmitted += len(events)
+        delivered = self._flush(c)
+        floor = self._floor(c)
+        if c.fill is req and floor is not None and floor > req.first:
+            if floor < req.end:
+                req.first = floor                        # the rest is still asked for
+            else:                                        # all of it: done (the next hole is asked for)
+                self._requests.pop(req.id, None)
+                c.fill = None
+                c.hole_since = None
+        return delivered + self._settle(c)
 
     def _filled(self, c: _Channel, req: _Request, h) -> int:
         """The last part of a retransmission: what was not sent is lost; what a publisher

@@ -721,7 +721,7 @@ class Simulator:
         elapsed_publish = (time.perf_counter_ns() - t0) / 1e9
         self._lingering = True          # (a stop asked while publishing still lingers)
         try:
-            self.idle(linger)
+            self.idle(linger, until_quiet=True)
         finally:
             self._lingering = False
         self.end()
@@ -754,11 +754,15 @@ class Simulator:
         if now or self._lingering:
             self._abort = True
 
-    def idle(self, seconds: float) -> None:
+    def idle(self, seconds: float, until_quiet: bool = False) -> None:
         """Publish nothing for ``seconds``, but keep serving snapshots and heartbeats (before the
-        first event, receivers can then sync on an empty market; after the last, recover)."""
-        stop = time.monotonic() + seconds
-        while time.monotonic() < stop and not self._abort and not (self._stopping and not self._lingering):
+        first event, receivers can then sync on an empty market; after the last, recover).
+        ``until_quiet``: and on while receivers still ask (:func:`wire.linger_over`)."""
+        started = time.monotonic()
+        stop = started + seconds
+        while not self._abort and not (self._stopping and not self._lingering):
+            if (wire.linger_over(started, seconds, self._service) if until_quiet else time.monotonic() >= stop):
+                break
             self.serve()
             if self.heartbeat:
                 self._beat(time.time_ns())

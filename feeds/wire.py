@@ -564,6 +564,22 @@ class Retainer:
 MAX_REQUEST_BYTES = 4096
 
 
+#: A linger goes on while receivers still ask, for at most this many times its length.
+LINGER_MAX_FACTOR = 10
+
+
+def linger_over(started: float, seconds: float, service) -> bool:
+    """Whether a publisher's linger (serving recovery after its last event, so that receivers
+    get what the wire lost) begun at ``started`` (``time.monotonic()``) is over: ``seconds`` at
+    least, then on until ``seconds`` pass without a request to ``service`` (a
+    :class:`RecoveryService`, or None), and never past ``LINGER_MAX_FACTOR`` times ``seconds``.
+    A fixed second ended a loaded simulator between a receiver's request and its retry: the
+    events asked for were counted lost once the next publisher started."""
+    now = time.monotonic()
+    end = max(started, getattr(service, "last_request", 0.0)) + seconds
+    return now >= min(end, started + LINGER_MAX_FACTOR * seconds)
+
+
 def service_socket_options(sock) -> None:
     """Options of a recovery service's ROUTER, set before it binds (a listener copies them then):
     ``MAXMSGSIZE`` :data:`MAX_REQUEST_BYTES`."""
@@ -647,6 +663,7 @@ class RecoveryService:
         self._arrivals = 0
         self._waiting: dict[bytes, int] = {}   # requests queued per peer (its next one's rank)
         self._same: dict[tuple, list] = {}     # (peer, type, channel, epoch, seq, count) -> its [header]
+        self.last_request = 0.0         # time.monotonic() of the last well-formed request read
 
     @property
     def bad_requests(self) -> dict:
@@ -683,6 +700,7 @@ class RecoveryService:
                 self._bad[exc.reason.name] = self._bad.get(exc.reason.name, 0) + 1
                 continue
             peer = frames[0]
+            self.last_request = time.monotonic()
             key = (peer, h.type, h.channel, h.epoch, h.seq, h.count)
             box = same.get(key)
             if box is not None:

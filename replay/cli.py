@@ -96,7 +96,9 @@ def add_parser(sub) -> None:
                    help="with --publish: serve snapshots and heartbeats this long before the first event, "
                         "so receivers join the empty market [%(default)s]")
     g.add_argument("--linger", type=float, default=2.0, metavar="S",
-                   help="with --publish: keep serving this long after the last event [%(default)s]")
+                   help="with --publish: keep serving this long after the last event, and on while the daemon "
+                        "still asks for what it lost (until S seconds pass without a request; at most 10 S) "
+                        "[%(default)s]")
     g.add_argument("--wait-subscribers", type=float, default=0.0, metavar="S",
                    help="with --publish: wait up to S seconds for a receiver on every channel before the "
                         "first event, and fail (exit 2, nothing sent) if none came; a daemon that joins "
@@ -540,7 +542,7 @@ def _run(args, source, spec, report_cls, report_dir, horizons, sig_path) -> int:
         progress.end()
         if sink is not None:
             if not replay.stop:
-                sink.linger(args.linger)
+                sink.linger(args.linger, until_quiet=True)
             sink.close()
 
     # The replay is done; a signal now stops what is left (the store's check, the files), and

@@ -170,10 +170,12 @@ class Republisher:
                 self.publisher.heartbeat(c)
                 self.last_sent[c] = now
 
-    def linger(self, seconds: float) -> None:
-        """Keep serving (snapshots, retransmissions, heartbeats) for ``seconds``."""
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
+    def linger(self, seconds: float, until_quiet: bool = False) -> None:
+        """Keep serving (snapshots, retransmissions, heartbeats) for ``seconds`` (``until_quiet``:
+        and on while receivers still ask, :func:`wire.linger_over`)."""
+        started = time.monotonic()
+        while not (wire.linger_over(started, seconds, self.publisher.service) if until_quiet
+                   else time.monotonic() >= started + seconds):
             self.serve()
             time.sleep(0.005)
 

@@ -282,6 +282,63 @@ def test_a_second_signal_ends_the_simulator_s_linger_at_once(tmp_path):
     assert proc.returncode == 0, err[-3000:]
 
 
+@pytest.mark.parametrize("who", ["simulator", "replay"])
+@pytest.mark.parametrize("asking, bounds", [(1.5, (1.6, 4.5)), (None, (3.9, 7.5))], ids=["until-quiet", "at-most-10x"])
+def test_a_publisher_lingers_while_receivers_still_ask(tmp_path, who, asking, bounds):
+    """A fixed linger ended a loaded simulator between a receiver's request and its retry, and
+    the events asked for were counted lost. The linger (0.4 s here) of `tickwire simulate` and of
+    `tickwire replay --publish` (and the bridge's, the replay's publisher) goes on while requests
+    come, until 0.4 s pass without one (a receiver asking for 1.5 s, every 0.1 s or so: over past
+    1.6 s), and at most 10 times as long (one that never stops: over at 4 s)."""
+    import zmq
+
+    from tickwire.feeds import wire
+    from tickwire.feeds.simulator import Simulator
+    from tickwire.feeds.wire import WireFlag
+    from tickwire.replay.publish import Republisher
+
+    insts = synthetic_instruments(2)
+    snap = f"ipc://{tmp_path}/snap"
+    if who == "simulator":
+        sim = Simulator(f"ipc://{tmp_path}/data", snapshot=snap, instruments=insts, channels=2, seed=3, batch=32,
+                        heartbeat=0.05)
+        epoch, run, close = sim.epoch, (lambda: sim.run(events=200, linger=0.4)), (lambda: sim.close(0))
+    else:
+        pub = Republisher(f"ipc://{tmp_path}/data", snap, insts, 2)
+        epoch, run, close = pub.publisher.epoch, (lambda: pub.linger(0.4, until_quiet=True)), (lambda: pub.close(0))
+    ctx = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.connect(snap)
+    answered, done = [], threading.Event()
+
+    def client():
+        t0, k = time.monotonic(), 0
+        while not done.is_set() and time.monotonic() - t0 < 12:
+            if asking is None or time.monotonic() - t0 < asking:
+                k += 1
+                dealer.send(wire.encode_retransmit_request(0, k, 1, 5, epoch=epoch))
+            while dealer.poll(100):
+                h, _ = wire.decode(None, dealer.recv(), types=wire.TYPES_REPLY)
+                if h.flags & WireFlag.FINAL:
+                    answered.append(time.monotonic() - t0)
+
+    try:
+        t = threading.Thread(target=client)
+        t0 = time.monotonic()
+        t.start()
+        run()
+        took = time.monotonic() - t0
+        done.set()
+        t.join(15)
+    finally:
+        done.set()
+        close()
+        dealer.close(0)
+        ctx.term()
+    assert bounds[0] <= took < bounds[1], (took, len(answered))
+    assert answered and answered[-1] > bounds[0] - 0.6, answered[-5:]     # served while it lingered
+
+
 def test_a_signal_ends_the_simulator_s_wait_for_subscribers(tmp_path):
     """A review: a SIGTERM (even two) during --wait-subscribers went unheard until the wait ran
     out (pyzmq polls on after the handler), then "no subscriber", exit 2. It now ends the wait:

@@ -569,6 +569,43 @@ def test_unanswered_retransmission_is_retried_then_counted_lost(tmp_path):
         hs.close()
 
 
+def test_a_late_reply_to_an_earlier_attempt_fills_the_hole(tmp_path):
+    """A slow service answers the first request after the timer asked again: the late reply's
+    events fill the hole (they were dropped as STALE_REPLY, and with the publisher gone before
+    the retry's answer, counted lost after the retries). Once filled, the retry's answer is
+    not needed, nor a failure counted while the service stays silent."""
+    hs = Harness(tmp_path, snapshot_timeout=0.3, backoff=1.0, max_retries=3, retry_pause=0.6)
+    h = hs.h
+    try:
+        hs.join()
+        hs.publish(0, send=False)
+        hs.publish(0, send=False)
+        hs.publish(0)
+        first = hs.request()
+        retry = hs.request()                            # the timer asked again: a new id
+        assert retry[1].request_id != first[1].request_id and retry[1].seq == first[1].seq
+        identity, rh = first                            # the first request's answer, in two parts, late
+        (_, s1, e1), (_, s2, e2) = hs.sent[0][-3], hs.sent[0][-2]
+        hs.router.send_multipart([identity, wire.encode_retransmit_part(
+            0, s1, e1, epoch=hs.epoch, request_id=rh.request_id, part=0)])
+        hs.pump(lambda: h.counters()["retransmitted"] >= len(e1))
+        nxt = hs.request()                              # asked again for the rest only
+        assert (nxt[1].seq, nxt[1].count) == (s2, len(e2)), nxt[1]
+        hs.router.send_multipart([identity, wire.encode_retransmit_part(
+            0, s2, e2, epoch=hs.epoch, request_id=rh.request_id, part=1)])
+        hs.pump(hs.caught_up)
+        time.sleep(1.2)                                 # the retries' timers would have given up
+        hs.publish(0)
+        hs.pump(hs.caught_up)
+        hs.assert_equal()
+        hs.assert_history()
+        c = h.counters()
+        assert (c["lost_events"], c["recovery_failures"]) == (0, 0), c
+        assert "STALE_REPLY" not in c["drops"], c["drops"]
+    finally:
+        hs.close()
+
+
 def test_a_heartbeat_the_service_does_not_confirm_is_not_counted_lost_nor_skipped(tmp_path):
     """A heartbeat claiming sequence 2**40 while the publisher's recovery service does not answer
     (forged while the publisher was down, say): the range it announces cannot be confirmed, so
