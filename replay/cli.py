@@ -511,7 +511,10 @@ def _run(args, source, spec, report_cls, report_dir, horizons, sig_path) -> int:
                               f"nothing sent (is the daemon running, with feeds.endpoints = {args.publish}?)")
         sink.linger(args.start_delay)
 
+    stops = []
+
     def interrupt(*_):
+        stops.append(1)
         replay.stop = True
 
     old = signal.signal(signal.SIGINT, interrupt)
@@ -541,8 +544,13 @@ def _run(args, source, spec, report_cls, report_dir, horizons, sig_path) -> int:
     finally:
         progress.end()
         if sink is not None:
-            if not replay.stop:
-                sink.linger(args.linger, until_quiet=True)
+            # (stopped by a signal too, as `tickwire simulate`: what the daemon lost just before
+            # the stop is still served; a second signal ends the linger)
+            before = len(stops)
+            if before == 1 and args.linger > 0:
+                print(f"tickwire replay: stopped; serving what the daemon lost for {args.linger:g} s or more "
+                      f"(a second signal ends it)", file=sys.stderr, flush=True)
+            sink.linger(args.linger, until_quiet=True, stop=lambda: len(stops) > before)
             sink.close()
 
     # The replay is done; a signal now stops what is left (the store's check, the files), and

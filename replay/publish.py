@@ -170,12 +170,12 @@ class Republisher:
                 self.publisher.heartbeat(c)
                 self.last_sent[c] = now
 
-    def linger(self, seconds: float, until_quiet: bool = False) -> None:
+    def linger(self, seconds: float, until_quiet: bool = False, stop=None) -> None:
         """Keep serving (snapshots, retransmissions, heartbeats) for ``seconds`` (``until_quiet``:
-        and on while receivers still ask, :func:`wire.linger_over`)."""
+        and on while receivers still ask, :func:`wire.linger_over`), or until ``stop()``."""
         started = time.monotonic()
         while not (wire.linger_over(started, seconds, self.publisher.service) if until_quiet
-                   else time.monotonic() >= started + seconds):
+                   else time.monotonic() >= started + seconds) and not (stop is not None and stop()):
             self.serve()
             time.sleep(0.005)
 

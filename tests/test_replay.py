@@ -660,6 +660,47 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_was_replayed(tmp_path, market):
     assert np.load(tmp_path / "sig.npy").dtype == SIGNAL_DTYPE
 
 
+def test_a_stopped_republishing_replay_still_serves_what_the_daemon_lost(tmp_path, market):
+    """`replay --publish` stopped by a signal closed at once: what the daemon had lost of the last
+    messages was never served again, and counted lost. It now lingers as `tickwire simulate`
+    does (a retransmission request is answered after the stop), and a second signal ends that."""
+    import zmq
+
+    from tickwire.feeds import wire
+
+    ev, _ = market
+    np.save(tmp_path / "ev.npy", ev)                   # ~0.2 s of recorded time: 200 s at x0.001
+    snap = f"ipc://{tmp_path}/s"
+    p = subprocess.Popen([PY, "-m", "tickwire", "replay", "--npy", str(tmp_path / "ev.npy"), "--speed", "0.001",
+                          "--publish", f"ipc://{tmp_path}/d", "--snapshot", snap, "--start-delay", "0",
+                          "--linger", "60", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ctx = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    try:
+        time.sleep(4)
+        p.send_signal(signal.SIGINT)
+        time.sleep(1.5)
+        assert p.poll() is None, "it did not linger: " + p.stderr.read()[-2000:]
+        dealer.connect(snap)
+        dealer.send(wire.encode_retransmit_request(0, 7, 1, 5, epoch=1))
+        assert dealer.poll(10_000), "no answer while it lingered"
+        h, _ = wire.decode(None, dealer.recv(), types=wire.TYPES_REPLY)
+        assert h.request_id == 7
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+        assert time.monotonic() - t0 < 10
+    finally:
+        dealer.close(0)
+        ctx.term()
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 130, err[-2000:]
+    assert "stopped; serving what the daemon lost for 60 s or more (a second signal ends it)" in err, err[-2000:]
+    assert "interrupted after" in out, out
+
+
 def rules_config(path):
     path.write_text("[feeds]\nchannels = 2\n[stats]\nwindow = 'count'\nwindow_size = 500\ntrade_window_size = 200\n"
                     "ewma_fast_halflife_ns = 50000000\newma_slow_halflife_ns = 500000000\n" +
