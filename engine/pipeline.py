@@ -12,6 +12,7 @@ or plain Python callables (slow; see docs/rules.md).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -19,7 +20,7 @@ from typing import Optional, Sequence
 from tickwire.ext.pipeline import STAGES, Engine, PyRule, Rule, RuleContext
 from tickwire.ext.stats import MAX_WINDOW_NS, MAX_WINDOW_SAMPLES
 
-__all__ = ["Engine", "Rule", "PyRule", "RuleContext", "RuleConfig", "StatsConfig", "STAGES", "RULE_KINDS"]
+__all__ = ["Engine", "Rule", "PyRule", "RuleContext", "RuleConfig", "StatsConfig", "STAGES", "RULE_KINDS", "own_rules"]
 
 #: Built-in rule kinds and what their value measures.
 RULE_KINDS = {
@@ -133,3 +134,15 @@ class RuleConfig:
         _positive_int(f"rule {self.kind}", "min_count", self.min_count)
         if self.instruments is not None:
             object.__setattr__(self, "instruments", tuple(int(i) for i in self.instruments))
+
+
+def own_rules(rules, instruments) -> list:
+    """``rules`` (in their order: a signal's ``rule_id`` is its index) with each rule's
+    ``instruments`` narrowed to ``instruments``, those a worker serves or a replay has: a rule
+    named for others only applies to none there (the engine refused ids it has no book for: a
+    worker died at every start until the daemon gave up, and a replay with ``--instruments`` was
+    a traceback; both found by adversarial passes). Rules that are not :class:`RuleConfig`
+    (Python rules) are kept as they are."""
+    mine = set(instruments)
+    return [dataclasses.replace(r, instruments=[i for i in r.instruments if i in mine])
+            if isinstance(r, RuleConfig) and r.instruments is not None else r for r in rules]

@@ -53,7 +53,6 @@ if __name__ == "__main__":
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 import argparse
-import dataclasses
 import io
 import json
 import logging
@@ -72,7 +71,7 @@ from tickwire.engine.files import replace_file
 from tickwire.engine.latency import IntervalLogWriter, keep_previous_log
 from tickwire.engine.live import BookService, books_endpoint, worker_answer
 from tickwire.engine.metrics import LATENCY_BOUNDS_NS, latency_histogram
-from tickwire.engine.pipeline import Engine
+from tickwire.engine.pipeline import Engine, own_rules
 from tickwire.ext import EVENT_DTYPE, SIGNAL_DTYPE, Flag, Kind
 from tickwire.ext.hdr import STAGES, StageRecorders
 from tickwire.ext.ring import Ring
@@ -296,16 +295,6 @@ def pin(cpu: int) -> int:
     if got != {cpu}:
         raise RuntimeError(f"pinning to core {cpu} did not take (affinity {sorted(got)})")
     return cpu
-
-
-def own_rules(rules, instruments) -> list:
-    """``rules`` (the config's, in its order: a signal's ``rule_id`` is its index) with each
-    rule's ``instruments`` narrowed to those this worker serves: a rule named for instruments of
-    other workers only applies to none here (the engine refused ids it has no book for, and the
-    worker died at every start until the daemon gave up: found by an adversarial pass)."""
-    mine = set(instruments)
-    return [r if r.instruments is None else dataclasses.replace(r, instruments=[i for i in r.instruments if i in mine])
-            for r in rules]
 
 
 class Worker:

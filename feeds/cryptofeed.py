@@ -517,6 +517,13 @@ class Bridge:
         # cryptofeed's largest, a deep book's snapshot, is a few MB)
         sub.setsockopt(zmq.MAXMSGSIZE, ZMQ_INPUT_MAX_BYTES)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
+        from tickwire.feeds.wire import ipc_not_a_socket
+
+        what = ipc_not_a_socket(self.bc.zmq_input)
+        if what is not None:                      # (libzmq's bind would delete it)
+            sub.close(0)
+            raise BridgeError(f"bridge.zmq_input: {self.bc.zmq_input} names {what}, not a socket: binding there "
+                              f"would delete it")
         try:
             sub.bind(self.bc.zmq_input)
         except zmq.ZMQError as exc:

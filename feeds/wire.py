@@ -42,6 +42,7 @@ from tickwire.ext.records import EVENT_DTYPE, Kind
 
 __all__ = [
     "ipc_in_use",
+    "ipc_not_a_socket",
     "ipc_claim",
     "ipc_release",
     "MAGIC",
@@ -230,6 +231,27 @@ def ipc_in_use(endpoint: str) -> bool:
         except OSError:                          # a socket file left by a publisher that is gone
             return False
     return True
+
+
+def ipc_not_a_socket(endpoint: str) -> str | None:
+    """What is at ``ipc://PATH`` if it is anything but a socket file (a regular file, a
+    directory, a link...), else None. libzmq's bind of an ipc endpoint unlinks whatever is at
+    the path: ``--publish ipc:///data/events.npy`` deleted the file (exit 0, an adversarial
+    pass). Publishers refuse such a path before they bind."""
+    import os
+    import stat
+
+    if not endpoint.startswith("ipc://") or endpoint.startswith("ipc://@"):
+        return None
+    path = endpoint[len("ipc://"):]
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISSOCK(mode):
+        return None
+    return ("a directory" if stat.S_ISDIR(mode) else "a symbolic link" if stat.S_ISLNK(mode) else
+            "a regular file" if stat.S_ISREG(mode) else "not a socket")
 
 
 def ipc_claim(sock) -> tuple | None:

@@ -285,8 +285,10 @@ def _replay(args) -> int:
         raise ReplayError("--curve-secret-key/--curve-clients: need --publish")
     if args.publish and (args.report or args.signals):
         raise ReplayError("--publish runs no engine here: --report and --signals need an in-process replay")
-    if args.channels is not None and args.channels < 1:
-        raise ReplayError(f"--channels: expected an integer >= 1, got {args.channels}")
+    if args.channels is not None and not 1 <= args.channels <= 0xFFFF:
+        # (--channels 70000: a ValueError traceback from the wire's topic, "channel must be 0..65535")
+        raise ReplayError(f"--channels: expected an integer from 1 to 65,535 (the wire's channels), "
+                          f"got {args.channels}")
     from tickwire.engine.config import seconds_problem
 
     for opt, v in (("--start-delay", args.start_delay), ("--linger", args.linger),
@@ -316,11 +318,30 @@ def _replay(args) -> int:
         # (written aside and renamed over it: --signals /dev/full replaced the device with a file)
         raise ReplayError(f"--signals {sig_path}: exists and is not a regular file (a device, a pipe, a "
                           f"broken link...): nothing overwritten; give a file's path")
+    if sig_path is not None and report_dir is not None and report_dir.is_dir() \
+            and os.path.samefile(sig_path.parent, report_dir) and sig_path.name in REPORT_FILES:
+        # (the report's own file moved over it at the end: "signals written to out/summary.json",
+        # then the report's summary.json in its place, exit 0: an adversarial pass)
+        raise ReplayError(f"--signals {sig_path}: the report writes {sig_path.name} in --report {report_dir}: "
+                          f"it would replace the signals; give another name")
     if sig_path is not None and sig_path.exists():
-        for opt, given in (("--npy", args.npy), ("--capture-file", args.capture_file), ("--config", args.config)):
+        capture_in = args.capture_file
+        if args.capture and not capture_in:
+            # (the capture found in the shared data directory, unnamed: --signals naming it replaced
+            # the 1.3 MB Binance capture with a 7 KB signals file, exit 0: an adversarial pass)
+            from tickwire.feeds import captures
+
+            capture_in = captures.find_shared_data({"kraken": captures.KRAKEN_FILE,
+                                                    "binance": captures.BINANCE_FILE}[args.capture])
+        for opt, given in (("--npy", args.npy), ("--capture", capture_in), ("--config", args.config)):
             if given and Path(given).exists() and os.path.samefile(given, sig_path):
                 # (the input's 753 KB were replaced by a 512-byte signals file, exit 0)
                 raise ReplayError(f"--signals {sig_path} is the {opt} input: it would be overwritten")
+    for opt, where in (("--report", report_dir), ("--signals", sig_path.parent if sig_path is not None else None)):
+        why = _unwritable(where) if where is not None else None
+        if why:
+            # (found at the end of the replay: a PermissionError traceback, exit 1, after all the work)
+            raise ReplayError(f"{opt}: {why}: nothing could be written there")
     report_cls = None
     if report_dir is not None:
         try:
@@ -367,6 +388,24 @@ def _replay(args) -> int:
         close = getattr(source, "close", None)
         if close is not None:
             close()
+
+
+def _unwritable(directory: Path):
+    """Why nothing can be written in ``directory`` (or the nearest of its parents that exists, where
+    it would be made), or None: a scratch directory is made and removed there (permissions alone
+    say nothing to root, and not of a read-only mount or an immutable directory)."""
+    import tempfile
+
+    at = directory
+    while not at.exists() and at != at.parent:
+        at = at.parent
+    if not at.is_dir():
+        return f"{at} is not a directory"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".tickwire-probe-", dir=at))
+    except OSError as exc:
+        return f"cannot write in {at} ({exc.strerror or exc})"
+    return None
 
 
 def _check_channels(source, channels: int) -> None:
@@ -488,6 +527,14 @@ def _run(args, source, spec, report_cls, report_dir, horizons, sig_path) -> int:
         if rb is not None:
             rb.add(events, signals)
 
+    have = {i.id for i in source.instruments}
+    for rid, rule in enumerate(spec.rules):
+        away = [i for i in (getattr(rule, "instruments", None) or []) if i not in have]
+        if away:
+            print(f"note: rule {rid} ({getattr(rule, 'kind', '?')}) names instrument{'s' if len(away) > 1 else ''} "
+                  f"{', '.join(map(str, away[:8]))}{' ...' if len(away) > 8 else ''} that this replay does not "
+                  f"have (--instruments, or not in {source.name}): it applies to "
+                  f"{', '.join(str(i) for i in rule.instruments if i in have) or 'none'} here", file=sys.stderr)
     # signals stream to --signals and the report as they come, never all kept: flat memory
     replay = Replay(source, spec, batch=args.batch,
                     on_batch=on_batch if rb is not None or sig_path is not None else None, keep_signals=False)
@@ -553,6 +600,14 @@ def _run(args, source, spec, report_cls, report_dir, horizons, sig_path) -> int:
             sink.linger(args.linger, until_quiet=True, stop=lambda: len(stops) > before)
             sink.close()
 
+    if not res.events and not res.interrupted:
+        # (a store's ticks with bad stamps, 2030-2262, counted in --from 2030 by their stamp and
+        # replayed where they were received: "replayed 0 events", an empty report, exit 0)
+        if sig_out is not None:
+            sig_out.abort()
+        raise ReplayError(f"no events in the range asked for in {source.name} once its ticks with bad stamps "
+                          f"(far from their receipt time) are put where they were received (docs/replay.md, "
+                          f"\"What parity needs\"); nothing written")
     # The replay is done; a signal now stops what is left (the store's check, the files), and
     # what is half written goes (an adversarial pass: Ctrl-C while the report was written said
     # "interrupted before the replay began; nothing written" and left four CSVs that looked
@@ -581,21 +636,30 @@ def _run(args, source, spec, report_cls, report_dir, horizons, sig_path) -> int:
             sig_out.abort()
         if report is not None:
             report.abort()                               # (nothing once it is all moved into place)
-        if not isinstance(exc, KeyboardInterrupt):
+        if not isinstance(exc, (KeyboardInterrupt, OSError)):
             raise
         kept = "".join(f"the {w} {v} {p}; " for w, p, v, done in (
             ("signals", sig_path, "are in", sig_path is not None and sig_out is None),
             ("report", report_dir, "is in", report is not None and report.done)) if done)
         lost = ", ".join(w for w, asked in (("--signals", sig_out is not None),
                                             ("--report", rb is not None and not (report and report.done))) if asked)
-        print(f"\ntickwire replay: interrupted after the replay ({res.events:,} events), while checking the store or "
+        what = "interrupted"
+        if not isinstance(exc, KeyboardInterrupt):          # (a full disk, a directory made read-only)
+            where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+            what = f"failed ({type(exc).__name__}: {exc.strerror or exc}{where})"
+        print(f"\ntickwire replay: {what} after the replay ({res.events:,} events), while checking the store or "
               f"writing the results: {kept}{'nothing written for ' + lost if lost else 'nothing else was left to write'}",
               file=sys.stderr)
-        return 130
+        return 130 if isinstance(exc, KeyboardInterrupt) else 1
     finally:
         signal.signal(signal.SIGINT, old)
         signal.signal(signal.SIGTERM, old_term)
     return 130 if res.interrupted else 0
+
+
+#: The files ``ReportBuilder.finish`` writes into the report directory.
+REPORT_FILES = frozenset({"summary.json", "summary.csv", "rules.csv", "markouts.csv", "trades.csv", "pnl.png",
+                          "markouts.png", "signals.png"})
 
 
 class _StagedReport:

@@ -22,7 +22,7 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from tickwire.engine.pipeline import Engine, StatsConfig
+from tickwire.engine.pipeline import Engine, StatsConfig, own_rules
 from tickwire.ext.hdr import Recorder
 from tickwire.ext.records import EVENT_DTYPE, SIGNAL_DTYPE, Flag
 from tickwire.feeds.simulator import pace_until
@@ -56,7 +56,9 @@ class EngineSpec:
         clock (replays are deterministic) and no stage timing."""
         insts = list(instruments)
         channels = None if self.channels is None else {i.id: i.id % self.channels for i in insts}
-        return Engine(insts, list(self.rules), self.stats, clock="event", timing_every=0, channels=channels)
+        # each rule narrowed to the instruments replayed, as a worker's to those it serves
+        return Engine(insts, own_rules(self.rules, [i.id for i in insts]), self.stats, clock="event",
+                      timing_every=0, channels=channels)
 
 
 @dataclass

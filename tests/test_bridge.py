@@ -771,6 +771,22 @@ def test_cryptofeeds_zmq_backend_as_input_counts_what_it_cannot_see(tmp_path):
     shutil.rmtree(d, ignore_errors=True)
 
 
+def test_a_zmq_input_naming_a_file_is_refused_and_the_file_kept(tmp_path):
+    """libzmq's bind of ipc://PATH unlinks whatever is at PATH (an adversarial pass: `replay
+    --publish ipc://FILE` deleted FILE): the bridge's zmq_input refuses a path that is not a socket."""
+    feed, snap, d = free_endpoints(tmp_path)
+    victim = tmp_path / "notes.txt"
+    victim.write_text("keep me")
+    bridge = Bridge(from_dict(bridge_raw(tmp_path / "state", [inst()], feed, snap, zmq_input=f"ipc://{victim}"),
+                              tmp_path))
+    try:
+        with pytest.raises(BridgeError, match="names a regular file, not a socket: binding there would delete it"):
+            bridge.run_zmq_input(1)
+    finally:
+        bridge.close()
+    assert victim.read_text() == "keep me"
+
+
 def test_malformed_messages_on_the_zmq_input_are_counted_and_the_bridge_goes_on(tmp_path):
     """Messages of cryptofeed's ZeroMQ format that cannot be read (a time in milliseconds, which
     overflowed int64 nanoseconds; a time that is not a number; a body that is not an object) are

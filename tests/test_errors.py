@@ -99,6 +99,19 @@ def test_simulate_refuses_bad_arguments(tmp_path, argv, fragment):
     one_line(res, fragment)
 
 
+def test_simulate_refuses_an_ipc_endpoint_naming_a_file(tmp_path):
+    """libzmq's bind of ipc://PATH unlinks whatever is at PATH: `--endpoint ipc://FILE` deleted
+    FILE and published (an adversarial pass). Refused, the file kept."""
+    victim = tmp_path / "notes.txt"
+    victim.write_text("keep me")
+    for opt in ("--endpoint", "--snapshot"):
+        argv = {"--endpoint": f"ipc://{tmp_path}/f", "--snapshot": f"ipc://{tmp_path}/s", opt: f"ipc://{victim}"}
+        res = tickwire("simulate", *[x for kv in argv.items() for x in kv], "--events", "10", "--linger", "0",
+                       "--quiet")
+        one_line(res, "names a regular file, not a socket: binding there would delete it")
+        assert victim.read_text() == "keep me"
+
+
 def daemon_config(tmp_path, edit, run="bad"):
     raw = demo_raw_config(tmp_path / "state", run=run)
     edit(raw)

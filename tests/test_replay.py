@@ -1240,3 +1240,67 @@ def test_republishing_with_recorded_channels_serves_each_channel_s_snapshot_befo
         assert old._snapshot_of(2) is None                        # without: nothing to serve for channel 2
     finally:
         old.close(0)
+
+
+def test_cli_refuses_what_would_lose_a_file_or_crash_after_the_work(tmp_path, market):
+    """Found by an adversarial pass: `--publish ipc://FILE` deleted FILE (libzmq's ipc bind unlinks
+    what is at the path), `--signals` naming the capture found in the shared data directory
+    replaced it, `--signals DIR/summary.json` was replaced by the report's, a report directory
+    nothing can be written in was a traceback after the whole replay, and `--channels` past the
+    wire's 65,535 a traceback: each is one line and exit 2 now, with every file as it was."""
+    ev, insts = market
+    npy = tmp_path / "ev.npy"
+    np.save(npy, ev)
+    rules = tmp_path / "rules.toml"
+    rules.write_text("[[rules]]\nkind = 'zscore'\nenter = 3.0\nexit = 1.0\n")
+    before = npy.read_bytes()
+    victim = tmp_path / "notes.txt"
+    victim.write_text("keep me")
+    out = cli("--npy", npy, "--publish", f"ipc://{victim}", "--snapshot", f"ipc://{npy}", "--start-delay", "0",
+              "--linger", "0", "--quiet")
+    assert out.returncode == 2 and "not a socket" in out.stderr, out.stderr
+    assert victim.read_text() == "keep me" and npy.read_bytes() == before
+    out = cli("--npy", npy, "--publish", f"ipc://{tmp_path}/d", "--snapshot", f"ipc://{tmp_path}/s",
+              "--channels", "70000", "--quiet")
+    assert out.returncode == 2 and "65,535" in out.stderr, out.stderr
+
+    data = tmp_path / "shared"
+    data.mkdir()
+    (data / "kraken_book1000_2021-04-17.ws").write_text("0.0: {}\n")
+    out = cli("--capture", "kraken", "--signals", data / "kraken_book1000_2021-04-17.ws", "--quiet",
+              env={**os.environ, "TICKWIRE_SHARED_DATA": str(data)})
+    assert out.returncode == 2 and "is the --capture input" in out.stderr, out.stderr
+    assert (data / "kraken_book1000_2021-04-17.ws").read_text() == "0.0: {}\n"
+
+    rep = tmp_path / "rep"
+    rep.mkdir()
+    out = cli("--npy", npy, "--config", rules, "--report", rep, "--no-plots", "--signals", rep / "summary.json", "-q")
+    assert out.returncode == 2 and "the report writes summary.json" in out.stderr, out.stderr
+    assert not any(rep.iterdir())
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        for opt in (("--report", ro / "r", "--no-plots"), ("--signals", ro / "s.npy")):
+            out = cli("--npy", npy, "--config", rules, *opt, "-q")
+            assert out.returncode == 2 and f"{opt[0]}: cannot write in {ro}" in out.stderr, out.stderr
+        ro.chmod(0o755)
+
+
+def test_a_rule_named_for_instruments_not_replayed_applies_to_the_others(tmp_path, market):
+    """Found by an adversarial pass: a daemon config's rule for instrument 1 (valid: the daemon has
+    it) and `--instruments` without 1 was an Engine ValueError traceback, exit 1. The rule is
+    narrowed to the instruments replayed, as a worker narrows it to those it serves, its id kept."""
+    ev, insts = market
+    npy = tmp_path / "ev.npy"
+    np.save(npy, ev)
+    rules = tmp_path / "rules.toml"
+    rules.write_text("[[rules]]\nkind = 'zscore'\nenter = 2.0\nexit = 1.0\n"
+                     "[[rules]]\nkind = 'imbalance'\nenter = 0.6\nexit = 0.2\ninstruments = [1]\n")
+    out = cli("--npy", npy, "--config", rules, "--instruments", "0", "--signals", tmp_path / "s0.npy", "-q")
+    assert out.returncode == 0 and "rule 1 (imbalance) names instrument 1" in out.stderr, out.stderr
+    out = cli("--npy", npy, "--config", rules, "--signals", tmp_path / "all.npy", "-q")
+    assert out.returncode == 0, out.stderr
+    s0, every = np.load(tmp_path / "s0.npy"), np.load(tmp_path / "all.npy")
+    assert len(s0) and set(s0["rule_id"].tolist()) == {0}
+    assert s0.tobytes() == every[every["instrument"] == 0].tobytes()
