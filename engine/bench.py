@@ -288,6 +288,23 @@ def _summary(rec) -> dict:
 
 # -- processes ---------------------------------------------------------------------------------------
 
+def _until(until_ns) -> int:
+    """A bench child's deadline: an int, or a shared value (``mp.Value("q")``) the parent sets
+    once every part is ready, waited for here. The schedule starts after that: a deadline fixed
+    before the children started was charged to the target as wire latency (199 ms at p50), or
+    cut the end off a floor whose subscriber was slow to start (77 of 100 samples, exit 0)."""
+    if isinstance(until_ns, int):
+        return until_ns
+    while not until_ns.value:
+        time.sleep(0.001)
+    return int(until_ns.value)
+
+
+def _shared_deadline():
+    """A deadline for :func:`_until`, set later (``.value = ns``)."""
+    return mp.get_context("spawn").Value("q", 0, lock=False)
+
+
 def _consumer_proc(names, cpu, until_ns, out_path, expected, start_delay, ready):
     """Attach the signal rings and stamp every signal until ``until_ns``; save them.
     ``expected``: signals the run should bring, so its arrays need not grow while it runs (a
@@ -305,12 +322,7 @@ def _consumer_proc(names, cpu, until_ns, out_path, expected, start_delay, ready)
     for v in cols.values():
         v.fill(0)                                 # (the pages touched now, not during the run)
     ready.set()
-    if not isinstance(until_ns, int):
-        # a shared value the caller sets once this process is ready: the schedule then starts
-        # after it (a slow start was charged to the target as wire latency: 199 ms at p50)
-        while not until_ns.value:
-            time.sleep(0.001)
-        until_ns = int(until_ns.value)
+    until_ns = _until(until_ns)
     i = 0
     while True:
         if i == cap:
@@ -370,6 +382,7 @@ def _zmq_sub_proc(endpoint, channels, cpu, io_cpu, spin, until_ns, out_path, rel
     for v in cols:
         v.fill(0)                                 # (the pages touched now, not during the run)
     ready.set()
+    until_ns = _until(until_ns)
     i = 0
     while harness.now_ns() <= until_ns:
         if i == cap:
@@ -419,6 +432,7 @@ def _baseline_proc(endpoint, channels, cpu, io_cpu, until_ns, queue, ready):
     s.connect(endpoint)
     books = {}
     ready.set()
+    until_ns = _until(until_ns)
     poller = zmq.Poller()
     poller.register(s, zmq.POLLIN)
     while time.time_ns() <= until_ns:
@@ -466,6 +480,7 @@ def _baseline_proc(endpoint, channels, cpu, io_cpu, until_ns, queue, ready):
 def _baseline_consumer_proc(queue, cpu, until_ns, out_path, ready):
     _pin(cpu)
     ready.set()
+    until_ns = _until(until_ns)
     send, recv, rec = [], [], []
     while True:
         try:
@@ -545,7 +560,9 @@ class Publisher:
             # at most a quarter second of the schedule a call (one far behind it would send until
             # caught up, and the check below would come too late)
             due = sched.intended(sched.sent)           # the next message's (a low rate: far ahead)
-            until = min(end_ns, harness.now_ns() + 250_000_000, max(due, harness.now_ns()) + 250_000_000)
+            # (bounded by the schedule, not the clock: now + 250 ms, when far behind, is the whole
+            # backlog, and the give-up check came after it: 60M offered, 4 s run, 29 s of sending)
+            until = min(end_ns, due + 250_000_000)
             r = sched.publish(self.sock, until, out["chan"], out["seq"], out["count"], out["intended"], out["sent"],
                               stall_at=stall_at, stall_ns=stall_ns)
             if r < 0:
@@ -723,7 +740,7 @@ class Run:
             out = self.work / f"{tag}-signals.npz"
             # room for the signals the last target run's share of its events would bring here
             expected = 1.5 * self.signals_per_event * rate * (a.warmup + a.duration + a.drain)
-            shared_until = mp.get_context("spawn").Value("q", 0, lock=False)
+            shared_until = _shared_deadline()
             c, ready = _spawn(_consumer_proc, names, self.other_core, shared_until, str(out), expected,
                               a.consumer_start_delay)
             procs.append(c)
@@ -767,7 +784,8 @@ class Run:
         run_dir = cfg.state_dir / cfg.run if daemon else self.work / tag
         st = _workers_status(run_dir, len(cfg.workers))
         loss = target_losses(pr["stats"]["events"], int(len(sig["seq"])) + int(sig["missed"]), st,
-                             worker.exitcode if worker is not None else None, daemon_rc, run_dir)
+                             worker.exitcode if worker is not None else None, daemon_rc, run_dir,
+                             missed=int(sig["missed"]))
         return {"publisher": pr["stats"], "signals": int(len(sig["seq"])), "missed": int(sig["missed"]),
                 "unmatched": lat["unmatched"], "lat": lat, "relay": relay_plan(pr, sig, self.chan_of_inst),
                 "cpus": st.get("affinity"), "cpus_configured": [w.cpu for w in cfg.workers], "loss": loss}
@@ -782,8 +800,7 @@ class Run:
 
         a = self.args
         out = self.work / f"{tag}-zmq.npz"
-        start = time.time_ns() + 1_500_000_000
-        until = start + int((a.warmup + a.duration + a.drain) * 1e9)
+        until = _shared_deadline()                     # set once every part is ready
         ring = c = None
         relay = None
         sig_out = self.work / f"{tag}-relay.npz"
@@ -804,7 +821,8 @@ class Run:
             procs.append(p)
             _wait_ready(p, ready, "the libzmq subscriber")
             pub.wait_subscribers(1)
-            start = max(start, time.time_ns() + 200_000_000)
+            start = time.time_ns() + 200_000_000
+            until.value = start + int((a.warmup + a.duration + a.drain) * 1e9)
             pr = pub.run(rate, start, a.warmup + a.duration, f"{'zmq hop':8s} {_fmt_rate(rate):>5s}",
                          progress=not a.quiet)
             p.join(timeout=a.drain + 30)
@@ -861,15 +879,16 @@ class Run:
         ctx = mp.get_context("spawn")
         q = ctx.Queue()
         out = self.work / f"{tag}-baseline.npz"
-        start = time.time_ns() + 1_500_000_000
-        until = start + int((a.warmup + a.duration + a.drain) * 1e9)
-        c, cready = _spawn(_baseline_consumer_proc, q, self.other_core, until + 2_000_000_000, str(out))
+        until, until_read = _shared_deadline(), _shared_deadline()     # set once both are ready
+        c, cready = _spawn(_baseline_consumer_proc, q, self.other_core, until_read, str(out))
         p, pready = _spawn(_baseline_proc, pub.endpoint, self.channels, self.engine_core, self.other_core, until, q)
         try:
             _wait_ready(c, cready, "the baseline consumer")
             _wait_ready(p, pready, "the pyzmq baseline")
             pub.wait_subscribers(1)
-            start = max(start, time.time_ns() + 200_000_000)
+            start = time.time_ns() + 200_000_000
+            until.value = start + int((a.warmup + a.duration + a.drain) * 1e9)
+            until_read.value = until.value + 2_000_000_000
             pub.run(rate, start, a.warmup + a.duration, f"{'pyzmq':8s} {_fmt_rate(rate):>5s}", progress=not a.quiet)
             p.join(timeout=a.drain + 30)
             c.join(timeout=a.drain + 30)
@@ -903,7 +922,8 @@ def _workers_status(run_dir: Path, workers: int) -> dict:
             "affinity": cpus if all(st.get("affinity") is not None for st in each) else None}
 
 
-def target_losses(published: int, received: int, status: dict, worker_rc, daemon_rc, run_dir: Path) -> list[str]:
+def target_losses(published: int, received: int, status: dict, worker_rc, daemon_rc, run_dir: Path,
+                  missed: int = 0) -> list[str]:
     """What a target run did not deliver, each a line (empty: everything): the latency figures
     leave out the events it never processed and the signals its consumer never saw, so a run
     with a stall past its drain window, a backlog, or a worker that died looked better than a
@@ -924,6 +944,11 @@ def target_losses(published: int, received: int, status: dict, worker_rc, daemon
     if emitted > received:
         out.append(f"the worker emitted {emitted:,} signals, the consumer received {received:,} within the run and "
                    f"its drain (the rest are missing from the figures; a longer --drain, or a stall or backlog)")
+    if missed:
+        # (counted in ``received`` above, as the ring's cursor moved past them; but they were never
+        # stamped: the slowest signals of a consumer stall, left out of the figures, exit 0)
+        out.append(f"the consumer missed {missed:,} signals (the signal ring lapped it): the slowest of a "
+                   f"consumer stall, missing from the figures")
     if worker_rc not in (None, 0):
         out.append(f"the engine worker exited with status {worker_rc}")
     if daemon_rc not in (None, 0):
@@ -1126,11 +1151,19 @@ def measure_rate(run: Run, rate: float, index: int, outdir: Path) -> dict:
     from tickwire.engine.latency import hgrm
 
     rate_tag = _fmt_rate(rate)
-    for k, r in recs.items():
-        if r.total:
-            (outdir / f"{k}-{rate_tag}.hgrm").write_text(hgrm(r))
+    written = []
+    for k in (*STAGES, "floor", "floor_zmq_hop", "floor_ring_hop", *FLOORS, "pyzmq_baseline"):
+        f = outdir / f"{k}-{rate_tag}.hgrm"
+        r = recs.get(k)
+        if r is not None and r.total:
+            f.write_text(hgrm(r))
+            written.append(f.name)
+        elif f.is_file() or f.is_symlink():
+            # (an earlier run's, into the same --out: listed in "files" and drawn in this run's
+            # spectrum, a floor this run never measured)
+            f.unlink()
     write_interval_log(outdir / f"intervals-{rate_tag}.hlog", tgt["lat"], rate)
-    res["files"] = sorted(p.name for p in outdir.glob(f"*-{rate_tag}.h*"))
+    res["files"] = sorted([*written, f"intervals-{rate_tag}.hlog"])
     return res
 
 
@@ -1225,7 +1258,7 @@ def plot(summary: dict, outdir: Path) -> list[str]:
         series = []
         for k in ("wire_to_signal", "floor", "zmq_hop", "ring_hop_floor", "pyzmq_baseline"):
             f = outdir / f"{k}-{rt}.hgrm"
-            if f.exists():
+            if f.name in res.get("files", ()) and f.exists():       # (this run's, not an earlier one's)
                 series.append((k, plots.read_hgrm(f)))
         plots.draw_spectra(ax, series, f"tickwire bench: wire-to-signal at {rt} events/s offered ({summary['target']})")
         made.append(plots.save_png(fig, outdir / f"spectrum-{rt}.png", dpi=100).name)

@@ -526,6 +526,48 @@ def test_bench_repeat_alternates_and_pools(tmp_path):
 
 
 @pytest.mark.integration
+def test_an_earlier_run_s_files_in_the_same_out_are_not_this_run_s(tmp_path):
+    """An adversarial pass: files of an earlier run into the same --out (every run's default,
+    tickwire-bench/) were listed in summary.json and drawn in this run's spectrum: a floor this
+    run never measured. This rate's stale series go, and only what this run wrote is listed."""
+    import subprocess
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "floor-20k.hgrm").write_text("an earlier run's floor")
+    (out / "floor-40k.hgrm").write_text("another rate's: kept")
+    r = subprocess.run([sys.executable, "-m", "tickwire", "bench", "--source", "synthetic", "--rate", "20k",
+                        "--duration", "1", "--warmup", "0.3", "--no-floors", "--no-baseline", "--no-plots",
+                        "--out", str(out), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    files = json.loads((out / "summary.json").read_text())["runs"][0]["files"]
+    assert "wire_to_signal-20k.hgrm" in files and "intervals-20k.hlog" in files
+    assert not any(f.startswith("floor") for f in files), files
+    assert not (out / "floor-20k.hgrm").exists() and (out / "floor-40k.hgrm").exists()
+
+
+@pytest.mark.integration
+def test_a_floor_slow_to_start_still_measures_its_whole_run(tmp_path):
+    """An adversarial pass: the floors' deadline was fixed before their processes started, so a
+    libzmq subscriber 2.5 s slow to be ready (a loaded machine) stopped before the schedule's
+    end: 77 relay-floor samples against the target's 100, exit 0. The deadline is now set once
+    every part is ready."""
+    import subprocess
+
+    code = ("import sys, time\nfrom tickwire.engine import bench\norig = bench._wait_ready\n"
+            "def slow(proc, ready, what, timeout=60.0):\n    orig(proc, ready, what, timeout)\n"
+            "    if what == 'the libzmq subscriber':\n        time.sleep(2.5)\n"
+            "bench._wait_ready = slow\nsys.exit(bench.main(sys.argv[1:]))\n")
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-c", code, "--source", "synthetic", "--rate", "20k", "--duration", "2",
+                        "--warmup", "0.5", "--no-baseline", "--no-plots", "--out", str(out), "--quiet"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    lat = json.loads((out / "summary.json").read_text())["runs"][0]["latency_ns"]
+    assert lat["floor"]["count"] == lat["wire_to_signal"]["count"] > 0, (lat["floor"], lat["wire_to_signal"])
+
+
+@pytest.mark.integration
 def test_bench_end_to_end(tmp_path):
     """A short real run: ZeroMQ on loopback (ipc), the engine worker process, the consumer
     process on the signal ring, the floors and the pyzmq baseline."""
@@ -786,6 +828,16 @@ def test_target_losses_name_every_shortfall(tmp_path):
                  "consumer received 30", "feed lost 7 events", "worker exited with status -9",
                  "daemon exited with status 3", "w0 was restarted 2 time(s)"):
         assert part in text, (part, lines)
+
+
+def test_signals_the_ring_lapped_are_a_shortfall(tmp_path):
+    """Found by an adversarial pass: the consumer stopped 1 s (SIGSTOP) at 500k ev/s with a
+    1,024-slot signal ring missed 3,458 of 18,776 signals, the slowest of the stall; they were
+    counted as received, the run exited 0 and its max said 220 ms for a 1 s stall."""
+    st = {"feed": {"events": 1000, "lost_events": 0}, "signal_ring_head": 40}
+    assert bench.target_losses(1000, 40, st, None, 0, tmp_path, missed=0) == []
+    lines = bench.target_losses(1000, 40, st, None, 0, tmp_path, missed=25)
+    assert len(lines) == 1 and "missed 25 signals (the signal ring lapped it)" in lines[0], lines
 
 
 def test_saturation_reasons_are_named():
