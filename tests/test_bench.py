@@ -870,13 +870,17 @@ _PUB = {"messages": 10, "events": 100, "offered_rate": 1e6, "achieved_rate": 1e6
         "max_late_ns": 0, "late_p99_ns": 0}
 
 
-def _fake_run(lat, floor_p50=None, floor_rate=1e6):
+def _fake_run(lat, floor_p50=None, floor_rate=1e6, base_p50=None):
     """A Run whose target measured ``lat`` (and, with ``floor_p50``, floors of that median whose
-    publisher reached ``floor_rate``), for bench.measure_rate."""
+    publisher reached ``floor_rate``; with ``base_p50``, a pyzmq baseline of that median), for
+    bench.measure_rate."""
     class FakeRun:
         busy_poll = False
-        args = bench.default_args(repeat=1, no_floors=floor_p50 is None, baseline=False, warmup=1.0, duration=1.0,
-                                  quiet=True, busy_poll=None)
+        args = bench.default_args(repeat=1, no_floors=floor_p50 is None, baseline=base_p50 is not None, warmup=1.0,
+                                  duration=1.0, quiet=True, busy_poll=None)
+
+        def measure_baseline(self, rate, p, tag):
+            return {"lat": np.full(200, base_p50, np.int64), "signals": 200}
         stream, engine_core = None, 1
 
         def endpoint(self, tag):
@@ -919,6 +923,25 @@ def test_no_verdict_against_a_saturated_floor(tmp_path, monkeypatch, capsys, flo
     else:
         assert got is True and "no_verdict" not in res["vs_floor"] and "no verdict" not in text
     assert "below 0" not in text and "negative" not in res["latency_ns"]["wire_to_signal"]
+
+
+@pytest.mark.parametrize("base_p50, saturated", [(2_000_000, False), (528_000_000, True)])
+def test_a_saturated_baseline_is_said_beside_its_ratio(tmp_path, monkeypatch, capsys, base_p50, saturated):
+    """An adversarial pass: at 1M ev/s the pyzmq baseline's p50 was 528 ms, and "wire-to-signal /
+    pyzmq baseline: p50 0.0003x" compared tickwire against a queue, unsaid (the floor has its
+    no-verdict guard). A baseline past the saturation mark is said so, in summary.json and beside
+    the ratio."""
+    monkeypatch.setattr(bench, "Publisher", _FakePub)
+    res = bench.measure_rate(_fake_run(_lat(50_000), base_p50=base_p50), 1e6, 0, tmp_path)
+    assert "vs_baseline" in res
+    bench.print_run(res)
+    out = capsys.readouterr()
+    text = out.out + out.err
+    if saturated:
+        assert res["baseline_note"].startswith("saturated: its own p50 is 528."), res["baseline_note"]
+        assert "(the baseline is saturated: its own p50 is 528." in text, text
+    else:
+        assert "baseline_note" not in res and "saturated" not in text
 
 
 def test_latencies_below_zero_are_counted_and_said(tmp_path, monkeypatch, capsys):
