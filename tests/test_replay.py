@@ -608,6 +608,27 @@ def test_the_republish_note_names_every_restart_of_the_live_worker(capsys):
     assert "(2 instruments)" in note([(0, 0, restart), (1, 0, restart), (0, 40, restart), (1, 41, restart)])
 
 
+def test_a_publisher_restart_within_the_range_is_said(capsys):
+    """An adversarial pass: a store with a publisher restart in it (sequence numbers from 1 again)
+    replayed 190 signals against 189 live, and said only `book rejects`. The markers carry the
+    epoch the channel follows (their order_id): two on a channel are said in a note."""
+    from types import SimpleNamespace
+
+    from tickwire.replay.cli import _epoch_note
+
+    def note(rows):
+        snaps = np.zeros(len(rows), EVENT_DTYPE)
+        for k, (channel, epoch) in enumerate(rows):
+            snaps[k]["channel"], snaps[k]["order_id"], snaps[k]["kind"] = channel, epoch, Kind.SNAPSHOT
+        _epoch_note(SimpleNamespace(snapshots=snaps, name="store s"))
+        return capsys.readouterr().err
+
+    big = 1_733_000_000_000_000_000                     # (epochs past 2**48 kept apart)
+    assert note([(0, 0), (0, big), (1, big), (0, big), (1, big)]) == ""   # 0: none yet
+    assert "the publisher restarted within store s's range (channel 1:" in note([(0, big), (1, big), (1, big + 1)])
+    assert "(channels 0, 1:" in note([(0, big), (0, big + 2**48), (1, 5), (1, 6)])
+
+
 def test_cli_never_writes_its_signals_over_an_input_and_says_when_the_books_refuse_much(tmp_path, market):
     """Found by an adversarial pass: `--signals` naming the `--npy` input replaced it (753 KB by a
     512-byte signals file, exit 0); a replay whose books refused most events (definitions that
