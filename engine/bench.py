@@ -1741,6 +1741,14 @@ def cmd_bench(args) -> int:
     except (CoreError, NoSignals, BenchError) as exc:
         print(f"tickwire bench: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, TooLong) else 1
+    except OSError as exc:
+        # (--out removed or its disk full after minutes of measuring: a FileNotFoundError traceback)
+        done = Path(args.out) / "summary.json"
+        print(f"tickwire bench: {exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}: the "
+              f"results of this rate could not be written; "
+              f"{'the rates finished before it are in ' + str(done) if done.exists() else 'no rate was written'}",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         done = Path(args.out) / "summary.json"
         print(f"\ntickwire bench: interrupted{' by SIGTERM' if got else ''}; "

@@ -944,6 +944,19 @@ def test_a_saturated_baseline_is_said_beside_its_ratio(tmp_path, monkeypatch, ca
         assert "baseline_note" not in res and "saturated" not in text
 
 
+def test_results_that_cannot_be_written_after_the_run_are_one_line(tmp_path, monkeypatch, capsys):
+    """An adversarial pass: --out removed while the bench ran (or its disk full) was a
+    FileNotFoundError traceback once the rate's files were written. Now one line, exit 1."""
+    def gone(args):
+        raise FileNotFoundError(2, "No such file or directory", str(tmp_path / "out" / "wire_to_signal-100k.hgrm"))
+
+    monkeypatch.setattr(bench, "run_bench", gone)
+    assert bench.main(["--rate", "100k", "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tickwire bench: No such file or directory: ") and "no rate was written" in err, err
+    assert "Traceback" not in err
+
+
 def test_latencies_below_zero_are_counted_and_said(tmp_path, monkeypatch, capsys):
     """Found by an adversarial pass: a latency below 0 (the wall clock stepped back between the
     intended send time and the receipt) was clamped to 0 unsaid."""
