@@ -409,7 +409,7 @@ def _ring_producer_proc(name, cpu, start_ns, interval_ns, n, ready):
     _pin(cpu)
     ring = Ring.attach(name, SIGNAL_DTYPE, role="producer")
     ready.set()
-    harness.ring_paced(ring, start_ns, interval_ns, n)
+    harness.ring_paced(ring, _until(start_ns), interval_ns, n)
     ring.close()
 
 
@@ -856,19 +856,29 @@ class Run:
         interval = max(1000, int(1e9 / max(records_per_s, 10.0)))
         n = int((a.warmup + a.duration) * 1e9 / interval)
         ring = Ring.create(name, SIGNAL_DTYPE, 1 << 16, "broadcast", role="none", replace=True)
+        procs = []
         try:
-            start = time.time_ns() + 1_500_000_000
-            until = start + int((a.warmup + a.duration + a.drain) * 1e9)
+            # both set once both are ready (fixed before they started, a slow start cut the run short)
+            shared_start, until = _shared_deadline(), _shared_deadline()
             out = self.work / f"{tag}-ring.npz"
             c, cready = _spawn(_consumer_proc, [name], self.other_core, until, str(out), n + 1024, 0.0)
+            procs.append(c)
             _wait_ready(c, cready, "the ring consumer")
-            p, pready = _spawn(_ring_producer_proc, name, self.engine_core, start, interval, n)
+            p, pready = _spawn(_ring_producer_proc, name, self.engine_core, shared_start, interval, n)
+            procs.append(p)
             _wait_ready(p, pready, "the ring producer")
+            start = time.time_ns() + 200_000_000
+            until.value = start + int((a.warmup + a.duration + a.drain) * 1e9)
+            shared_start.value = start
             if not a.quiet:
-                _say(f"  {'ring hop':8s}: {n:,} records, one every {interval / 1e3:.1f} us (the target's signal rate) ...")
+                _say(f"  {'ring hop':8s}: {n:,} records, one every {interval / 1e3:.1f} us (the target's signal rate"
+                     f"{', raised to 10 a second' if records_per_s < 10 else ''}) ...")
             p.join(timeout=a.warmup + a.duration + 60)
             c.join(timeout=a.drain + 30)
         finally:
+            for x in procs:
+                if x.is_alive():
+                    x.kill()
             ring.close()
         s = np.load(out)
         keep = s["ts_recv"] >= start + int(a.warmup * 1e9)
@@ -1744,10 +1754,11 @@ def cmd_bench(args) -> int:
     except OSError as exc:
         # (--out removed or its disk full after minutes of measuring: a FileNotFoundError traceback)
         done = Path(args.out) / "summary.json"
-        print(f"tickwire bench: {exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}: the "
-              f"results of this rate could not be written; "
-              f"{'the rates finished before it are in ' + str(done) if done.exists() else 'no rate was written'}",
-              file=sys.stderr)
+        what = f"{exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}"
+        if exc.filename and Path(os.path.abspath(exc.filename)).is_relative_to(Path(args.out).absolute()):
+            what += (f": the results of this rate could not be written; the rates finished before it are in {done}"
+                     if done.exists() else ": the results could not be written; no rate was written")
+        print(f"tickwire bench: {what}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         done = Path(args.out) / "summary.json"

@@ -1047,7 +1047,8 @@ class FeedHandler:
                 if req.kind == "fill" and h.epoch == c.epoch and len(events):
                     if req.got_first is None:
                         req.got_first = h.seq
-                    req.got += len(events)
+                    # (what an earlier attempt's late reply filled is below req.first: counted there)
+                    req.got += max(0, h.seq + len(events) - max(h.seq, req.first))
                     self._hold(c, h.seq, events, req.arrival, resent=True)
                 continue
             self._requests.pop(req.id, None)
@@ -1066,9 +1067,10 @@ class FeedHandler:
         if (h.type != MsgType.RETRANSMIT or h.flags & WireFlag.FINAL or h.epoch != c.epoch
                 or h.epoch != req.epoch or events is None or not len(events)):
             return 0                                     # (its end: the latest attempt's is awaited)
+        fresh = max(0, h.seq + len(events) - max(h.seq, req.first))    # (what is still asked for)
         self._hold(c, h.seq, events, req.arrival, resent=True)
-        self._counters["retransmitted"] += len(events)
-        c.retransmitted += len(events)
+        self._counters["retransmitted"] += fresh
+        c.retransmitted += fresh
         delivered = self._flush(c)
         floor = self._floor(c)
         if c.fill is req and floor is not None and floor > req.first:

@@ -454,10 +454,13 @@ def _epoch_note(source) -> None:
     under the 1% warning)."""
     import numpy as np
 
+    from tickwire.ext.records import Kind
+
     snaps = getattr(source, "snapshots", None)
     if snaps is None or not len(snaps):
         return
-    marks = snaps[snaps["order_id"] != 0]
+    # (markers only: an L3 snapshot the handler applied is stored too, its orders' ids in order_id)
+    marks = snaps[(snaps["kind"] == Kind.SNAPSHOT) & (snaps["order_id"] != 0)]
     pairs = np.unique(np.stack([marks["channel"].astype(np.uint64), marks["order_id"].astype(np.uint64)], axis=1),
                       axis=0)
     chans, count = np.unique(pairs[:, 0], return_counts=True)

@@ -956,6 +956,14 @@ def test_results_that_cannot_be_written_after_the_run_are_one_line(tmp_path, mon
     assert err.startswith("tickwire bench: No such file or directory: ") and "no rate was written" in err, err
     assert "Traceback" not in err
 
+    def elsewhere(args):                                 # (not a result: no word of results, a review)
+        raise IsADirectoryError(21, "Is a directory", "/data/binance_spot_btcusdt_2024-08-08.gz")
+
+    monkeypatch.setattr(bench, "run_bench", elsewhere)
+    assert bench.main(["--rate", "100k", "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err == "tickwire bench: Is a directory: /data/binance_spot_btcusdt_2024-08-08.gz\n", err
+
 
 def test_latencies_below_zero_are_counted_and_said(tmp_path, monkeypatch, capsys):
     """Found by an adversarial pass: a latency below 0 (the wall clock stepped back between the

@@ -606,6 +606,38 @@ def test_a_late_reply_to_an_earlier_attempt_fills_the_hole(tmp_path):
         hs.close()
 
 
+def test_a_late_part_and_the_retry_s_whole_answer_count_each_event_once(tmp_path):
+    """A review: the earlier attempt's late part narrows the retry, whose answer (asked for the
+    whole hole) then carries those events again: `retransmitted` counted them twice (30 for 20)."""
+    hs = Harness(tmp_path, snapshot_timeout=0.3, backoff=1.0, max_retries=3, retry_pause=0.6)
+    h = hs.h
+    try:
+        hs.join()
+        hs.publish(0, send=False)
+        hs.publish(0, send=False)
+        hs.publish(0)
+        identity, a = hs.request()
+        _, b = hs.request()                              # the retry: the whole hole again
+        (_, s1, e1), (_, s2, e2) = hs.sent[0][-3], hs.sent[0][-2]
+        hs.router.send_multipart([identity, wire.encode_retransmit_part(
+            0, s1, e1, epoch=hs.epoch, request_id=a.request_id, part=0)])
+        hs.pump(lambda: h.counters()["retransmitted"] >= len(e1))
+        for k, (s_, e_) in enumerate(((s1, e1), (s2, e2))):   # the retry's answer, in full
+            hs.router.send_multipart([identity, wire.encode_retransmit_part(
+                0, s_, e_, epoch=hs.epoch, request_id=b.request_id, part=k)])
+        hs.router.send_multipart([identity, wire.encode_retransmit_part(
+            0, hs.next[0], None, epoch=hs.epoch, request_id=b.request_id, part=2, final=True)])
+        hs.pump(hs.caught_up)
+        hs.pump(lambda: h.counters()["retransmitted"] >= len(e1) + len(e2))
+        time.sleep(0.2)
+        hs.assert_equal()
+        hs.assert_history()
+        c = h.counters()
+        assert (c["lost_events"], c["recovery_failures"], c["retransmitted"]) == (0, 0, len(e1) + len(e2)), c
+    finally:
+        hs.close()
+
+
 def test_a_heartbeat_the_service_does_not_confirm_is_not_counted_lost_nor_skipped(tmp_path):
     """A heartbeat claiming sequence 2**40 while the publisher's recovery service does not answer
     (forged while the publisher was down, say): the range it announces cannot be confirmed, so
