@@ -569,6 +569,20 @@ def test_unanswered_retransmission_is_retried_then_counted_lost(tmp_path):
         hs.close()
 
 
+def _asked_twice(hs):
+    """Two messages of channel 0 lost, the next one received; the request for them and the
+    timer's retry (a new id, the same range): ``(identity, first, retry, (s1, e1), (s2, e2))``."""
+    hs.join()
+    hs.publish(0, send=False)
+    hs.publish(0, send=False)
+    hs.publish(0)
+    identity, first = hs.request()
+    _, retry = hs.request()
+    assert retry.request_id != first.request_id and retry.seq == first.seq
+    (_, s1, e1), (_, s2, e2) = hs.sent[0][-3], hs.sent[0][-2]
+    return identity, first, retry, (s1, e1), (s2, e2)
+
+
 def test_a_late_reply_to_an_earlier_attempt_fills_the_hole(tmp_path):
     """A slow service answers the first request after the timer asked again: the late reply's
     events fill the hole (they were dropped as STALE_REPLY, and with the publisher gone before
@@ -577,15 +591,7 @@ def test_a_late_reply_to_an_earlier_attempt_fills_the_hole(tmp_path):
     hs = Harness(tmp_path, snapshot_timeout=0.3, backoff=1.0, max_retries=3, retry_pause=0.6)
     h = hs.h
     try:
-        hs.join()
-        hs.publish(0, send=False)
-        hs.publish(0, send=False)
-        hs.publish(0)
-        first = hs.request()
-        retry = hs.request()                            # the timer asked again: a new id
-        assert retry[1].request_id != first[1].request_id and retry[1].seq == first[1].seq
-        identity, rh = first                            # the first request's answer, in two parts, late
-        (_, s1, e1), (_, s2, e2) = hs.sent[0][-3], hs.sent[0][-2]
+        identity, rh, _, (s1, e1), (s2, e2) = _asked_twice(hs)   # the first's answer, in two parts, late
         hs.router.send_multipart([identity, wire.encode_retransmit_part(
             0, s1, e1, epoch=hs.epoch, request_id=rh.request_id, part=0)])
         hs.pump(lambda: h.counters()["retransmitted"] >= len(e1))
@@ -612,13 +618,7 @@ def test_a_late_part_and_the_retry_s_whole_answer_count_each_event_once(tmp_path
     hs = Harness(tmp_path, snapshot_timeout=0.3, backoff=1.0, max_retries=3, retry_pause=0.6)
     h = hs.h
     try:
-        hs.join()
-        hs.publish(0, send=False)
-        hs.publish(0, send=False)
-        hs.publish(0)
-        identity, a = hs.request()
-        _, b = hs.request()                              # the retry: the whole hole again
-        (_, s1, e1), (_, s2, e2) = hs.sent[0][-3], hs.sent[0][-2]
+        identity, a, b, (s1, e1), (s2, e2) = _asked_twice(hs)   # b: the retry, the whole hole again
         hs.router.send_multipart([identity, wire.encode_retransmit_part(
             0, s1, e1, epoch=hs.epoch, request_id=a.request_id, part=0)])
         hs.pump(lambda: h.counters()["retransmitted"] >= len(e1))
