@@ -96,6 +96,19 @@ def _num(d, key, where, default=..., positive=False, seconds=False):
     return float(v)
 
 
+def _server_dsn_ok(dsn: str) -> bool:
+    """Whether an ``http(s)://`` DSN names a host and, if any, a port (``https://`` or
+    ``http://h:notaport`` passed, and the daemon spilled every batch, exit 0)."""
+    from urllib.parse import urlsplit
+
+    try:
+        u = urlsplit(dsn)
+        u.port                                   # (raises on a port that is not 0..65535)
+    except ValueError:
+        return False
+    return bool(u.hostname)
+
+
 def _str(d, key, where, default=..., choices=None):
     if key not in d:
         if default is ...:
@@ -104,6 +117,10 @@ def _str(d, key, where, default=..., choices=None):
     v = d[key]
     if not isinstance(v, str) or (choices and v not in choices):
         _fail(f"{where}{key}", f"one of {list(choices)}" if choices else "a string", v)
+    if "\x00" in v:
+        # (a path, host or DSN with one was a ValueError traceback at the start, or at a SIGHUP;
+        # the value is not shown: it may be a password)
+        _fail(f"{where}{key}", "a string without a NUL character (\\u0000)")
     return v
 
 
@@ -422,8 +439,11 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
     state_dir = _expanded(_str(daemon, "state_dir", "daemon.", "tickwire-data"), "daemon.state_dir")
     if not state_dir.is_absolute():
         state_dir = Path(os.path.normpath(base_dir / state_dir))
-    if state_dir.exists() and not state_dir.is_dir():
-        _fail("daemon.state_dir", "a directory (or a path to create one at)", f"{state_dir} is a file")
+    try:
+        if state_dir.exists() and not state_dir.is_dir():
+            _fail("daemon.state_dir", "a directory (or a path to create one at)", f"{state_dir} is a file")
+    except OSError as exc:                       # (a name past 255 bytes: a traceback)
+        _fail("daemon.state_dir", "a path this system can hold", f"{state_dir} ({exc.strerror})")
     if str(state_dir.resolve()).startswith(("/proc/", "/sys/")) or str(state_dir) in ("/proc", "/sys"):
         _fail("daemon.state_dir", "a directory on a real file system (not under /proc or /sys)", str(state_dir))
     run = _name(daemon, "run", "daemon.", "run")
@@ -606,8 +626,10 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
         kind = _str(d, "kind", w, choices=sorted(RULE_KINDS))
         ids = d.get("instruments")
         if ids is not None:
-            if not _ids(ids) or any(x not in seen_ids for x in ids):
-                _fail(f"{w}instruments", f"an array of configured instrument ids ({sorted(seen_ids)})", ids)
+            if not _ids(ids) or not ids or any(x not in seen_ids for x in ids):
+                # (empty: a rule that can never fire, accepted unsaid; leave the key out for all)
+                _fail(f"{w}instruments", f"a non-empty array of configured instrument ids ({sorted(seen_ids)}; "
+                                         f"without the key: all)", ids)
         try:
             rules.append(RuleConfig(kind, _num(d, "enter", w, positive=True), _num(d, "exit", w, 0.0),
                                     _int(d, "min_count", w, 1, 1, INT64_MAX), ids, _bool(d, "emit_exit", w, False)))
@@ -622,7 +644,8 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
     _check_keys(st, {"dsn", "database", "cluster", "batch_rows", "batch_seconds", "writer_cpu", "username",
                      "password", "enabled", "writer_nice", "writer_sched", "debug_insert_delay_s"}, "store.")
     dsn = _str(st, "dsn", "store.", f"chdb://{state_dir / 'store'}")
-    if not (dsn.startswith("chdb:///") or dsn.startswith("http://") or dsn.startswith("https://")):
+    if not (dsn.startswith("chdb:///") or dsn.startswith("http://") or dsn.startswith("https://")) \
+            or not dsn.startswith("chdb:") and not _server_dsn_ok(dsn):
         from tickwire.engine.store import redact
 
         _fail("store.dsn", "chdb:///absolute/dir or http(s)://host:port", redact(dsn))

@@ -517,6 +517,10 @@ class Store:
                              f"http(s)://host:port (a ClickHouse server)")
         kwargs = {}
         if not dsn.startswith("chdb:"):
+            # clickhouse-connect does not take the scheme from the DSN (it guesses TLS from the
+            # port, 443/8443): https:// on any other port spoke plain HTTP, the password with it
+            # (an adversarial pass)
+            kwargs["interface"] = "https" if dsn.startswith("https://") else "http"
             username = username or os.environ.get("TICKWIRE_CLICKHOUSE_USER")
             password = password or os.environ.get("TICKWIRE_CLICKHOUSE_PASSWORD")
             if username:

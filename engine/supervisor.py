@@ -574,7 +574,7 @@ class Supervisor:
             if e.name not in ours and e.is_dir(follow_symlinks=False):
                 spilled = [p for suffix in ("*.spill", "*.sig") for p in Path(e.path, "spill").glob(suffix)]
                 if spilled:
-                    held.append(f"{len(spilled)} spill files under {Path(e.path, 'spill')}")
+                    held.append(f"{len(spilled)} spill file{'s' if len(spilled) != 1 else ''} under {Path(e.path, 'spill')}")
         if held:
             raise StartupError(
                 f"run '{self.cfg.run}' was last started with more workers (or another rings.prefix) and left, for "
@@ -728,6 +728,12 @@ class Supervisor:
                     self._keys[prev[i][j]] = key
                     note = self.run_dir / f"feed-{cfg.workers[i].name}.json" if kind == "ticks" else None
                     old = self._reclaim(prev[i][j], dtype, kind, note)
+                want = cfg.rings.ticks_capacity if kind == "ticks" else cfg.rings.signals_capacity
+                if old is not None and old.capacity != want:
+                    # (the config's capacity said nowhere not to apply: an adversarial pass)
+                    log.warning("ring %s keeps its capacity of %d %s (rings.%s_capacity = %d applies once it is "
+                                "stored and empty, at a later start)", old.name.lstrip("/"), old.capacity, kind,
+                                kind, want)
                 if old is not None:
                     self.rings.append(old)
                     row.append(old)
@@ -1169,8 +1175,9 @@ class Supervisor:
             # thresholds from config.json, written above, once it is ready
             if child.proc and child.proc.returncode is None and self._worker_ready(i, child):
                 child.proc.send_signal(signal.SIGHUP)
-        log.info("SIGHUP: rule thresholds reloaded%s", f" ({len(changed)} other changes not applied: "
-                 f"{', '.join(changed)})" if changed else "")
+        same = all((o.enter, o.exit) == (n.enter, n.exit) for o, n in zip(before.rules, self.cfg.rules))
+        log.info("SIGHUP: %s%s", "the config re-read, rule thresholds unchanged" if same else "rule thresholds reloaded",
+                 f" ({len(changed)} other changes not applied: {', '.join(changed)})" if changed else "")
 
     def _status_of(self, index: int) -> dict:
         """Worker ``index``'s status file ({} when there is none yet)."""
@@ -1313,7 +1320,7 @@ class Supervisor:
             errors = [st.get("last_error", "") for st in self.writer_status()]
             errors += [r.get("last_error", "") for r in self.signal_status().get("rings", [])]
             why = "; ".join(dict.fromkeys(" ".join(e.split()) for e in errors if e))
-            self.summary = (f"stopped: every tick and signal is stored or spilled; {spill} spill files under "
+            self.summary = (f"stopped: every tick and signal is stored or spilled; {spill} spill file{'s' if spill != 1 else ''} under "
                             f"{self.run_dir / 'writer'} wait for the store (replayed at the next start)"
                             + (f"; the store's last error: {why}" if why else ""))
             level = logging.WARNING

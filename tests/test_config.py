@@ -62,7 +62,18 @@ def test_defaults_fill_in():
     (cfg(rules=[{"kind": "zscore", "enter": 1, "exit": 3}]), "rules[0].exit: rule zscore: exit must satisfy"),
     (cfg(instruments=[{"id": 0, "symbol": "A", "tick_size": "0.01", "lot_size": "1", "book": "L3", "max_depth": 5}]),
      "instruments[0].max_depth: expected 0 (or left out) on an L3 book"),
-    (cfg(rules=[{"kind": "zscore", "enter": 1, "instruments": [9]}]), "rules[0].instruments: expected an array of configured instrument ids"),
+    (cfg(rules=[{"kind": "zscore", "enter": 1, "instruments": [9]}]), "rules[0].instruments: expected a non-empty array of configured instrument ids"),
+    # a rule for no instrument (it never fires), accepted unsaid (an adversarial pass)
+    (cfg(rules=[{"kind": "zscore", "enter": 1, "instruments": []}]), "rules[0].instruments: expected a non-empty array"),
+    # an https:// without a host, a port that is no number (accepted: every batch spilled, exit 0)
+    (cfg(store={"dsn": "https://"}), "store.dsn: expected chdb:///absolute/dir or http(s)://host:port, got 'https://'"),
+    (cfg(store={"dsn": "http://127.0.0.1:notaport"}), "store.dsn: expected chdb:///absolute/dir or http(s)://host:port"),
+    (cfg(store={"dsn": "http://db:70000"}), "store.dsn: expected chdb:///absolute/dir or http(s)://host:port"),
+    # a NUL character (a ValueError traceback at the start, or at a SIGHUP); a password not shown
+    (cfg(daemon={"state_dir": "/tmp/a\x00b"}), "daemon.state_dir: expected a string without a NUL character"),
+    (cfg(metrics={"host": "127.0.0.1\x00"}), "metrics.host: expected a string without a NUL character"),
+    (cfg(store={"dsn": "http://db:8123", "password": "s3cr\x00t"}), "store.password: expected a string without a NUL character (\\u0000)"),
+    (cfg(daemon={"state_dir": "/tmp/" + "x" * 300}), "daemon.state_dir: expected a path this system can hold"),
     (cfg(stats={"window": "ticks"}), "stats.window: expected 'count' or 'time', got 'ticks'"),
     (cfg(stats={"windw": "count"}), "stats.windw: unknown key (did you mean stats.window?); expected one of the known keys"),
     (cfg(feeds={"endpoints": ["udp://x"]}), "feeds.endpoints[0]: expected a ZeroMQ endpoint to connect to"),
@@ -349,7 +360,7 @@ def test_booleans_must_be_toml_booleans(raw, fragment):
 @pytest.mark.parametrize("ids", [[[0]], [{}], [True], [0, False], ["0"], [0.0], 0])
 def test_rule_instruments_are_lists_of_integer_ids(ids):
     assert error_of(cfg(rules=[{**ZSCORE, "instruments": ids}])).startswith(
-        "config error: rules[0].instruments: expected an array of configured instrument ids ([0, 1])")
+        "config error: rules[0].instruments: expected a non-empty array of configured instrument ids ([0, 1]")
 
 
 def test_worker_instruments_are_lists_of_integer_ids():

@@ -306,6 +306,47 @@ def test_errors_are_clear_and_never_show_credentials():
         Store.open("chdb:///tmp/x", database="bad-name;")
 
 
+@pytest.mark.parametrize("scheme, tls", [("https", True), ("http", False)])
+def test_an_https_dsn_speaks_tls_on_any_port(scheme, tls):
+    """An adversarial pass: clickhouse-connect guesses TLS from the port (443/8443) and not from
+    the DSN's scheme, so `https://alice:pw@host:38444` sent its first request, the password in
+    it, in plain HTTP. The scheme decides now: a listener sees a TLS ClientHello, never the
+    credentials."""
+    import socket
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    srv.settimeout(20)
+    got = []
+
+    def listen():
+        try:
+            conn, _ = srv.accept()
+            srv.close()                                  # (the driver's retries: refused at once)
+            conn.settimeout(10)
+            got.append(conn.recv(4096))
+            conn.close()
+        except OSError:
+            got.append(b"")
+
+    t = threading.Thread(target=listen, daemon=True)
+    t.start()
+    try:
+        with pytest.raises(StoreError):
+            Store.open(f"{scheme}://alice:Secr3tPw@127.0.0.1:{srv.getsockname()[1]}")
+        t.join(30)
+    finally:
+        srv.close()
+    assert got and got[0], got
+    first = got[0]
+    if tls:
+        assert first[:1] == b"\x16" and b"Authorization" not in first, first[:80]   # a TLS handshake record
+    else:
+        assert first.startswith((b"GET", b"POST")), first[:80]
+
+
 def test_cluster_ddl_text():
     ddl = cluster_ddl("tw", "prod")
     text = "\n".join(ddl)
