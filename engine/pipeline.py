@@ -17,6 +17,8 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+import numpy as np
+
 from tickwire.ext.pipeline import STAGES, Engine, PyRule, Rule, RuleContext
 from tickwire.ext.stats import MAX_WINDOW_NS, MAX_WINDOW_SAMPLES
 
@@ -133,7 +135,14 @@ class RuleConfig:
             raise ValueError(f"rule {self.kind}: exit must satisfy 0 <= exit < enter ({self.enter}), got {self.exit!r}")
         _positive_int(f"rule {self.kind}", "min_count", self.min_count)
         if self.instruments is not None:
-            object.__setattr__(self, "instruments", tuple(int(i) for i in self.instruments))
+            ids = self.instruments
+            # ("10" was instruments 1 and 0, [2.9] instrument 2, 5 a bare TypeError: an adversarial pass)
+            ok = not isinstance(ids, (str, bytes)) and hasattr(ids, "__iter__")
+            ids = list(ids) if ok else ids
+            if not ok or any(isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 0 for i in ids):
+                raise ValueError(f"rule {self.kind}: instruments must be a sequence of instrument ids (integers "
+                                 f">= 0), got {self.instruments!r}")
+            object.__setattr__(self, "instruments", tuple(int(i) for i in ids))
 
 
 def own_rules(rules, instruments) -> list:

@@ -2323,6 +2323,10 @@ cdef class BookSet:
         self.c.unknown_instrument = 0
 
     def __init__(self, books):
+        if self.c.books != NULL:
+            # (an engine's BookSet re-initialised under it, from a rule or between batches, left it
+            # routing through a freed table: a segfault, an adversarial pass)
+            raise RuntimeError("BookSet.__init__: this BookSet is initialised already; make a new one")
         books = list(books)
         ids = {}
         for b in books:

@@ -414,7 +414,7 @@ def subscribe(sock, int64_t until_ns, out_seq, out_chan, out_send, out_recv, int
     return i
 
 
-def ring_paced(Ring ring, int64_t start_ns, int64_t interval_ns, int64_t n, int64_t spin_ns=20_000):
+def ring_paced(Ring ring not None, int64_t start_ns, int64_t interval_ns, int64_t n, int64_t spin_ns=20_000):
     """Push ``n`` signal records into ``ring``, record ``i`` at ``start_ns + i * interval_ns``:
     ``ts_recv`` = that intended time, ``ts_signal`` = the moment of the push, ``seq`` = i + 1.
     The ring hop of a consumer is its receipt minus ``ts_signal``."""

@@ -243,7 +243,7 @@ cdef class Recorder:
         """Forget every value (an interval starts)."""
         tw_hdr_reset(self.h)
 
-    def add(self, Recorder other):
+    def add(self, Recorder other not None):
         """Add the counts of ``other`` to this recorder."""
         if other.h == self.h:
             raise ValueError("cannot add a recorder to itself")

@@ -458,6 +458,18 @@ cdef class RuleContext:
     cdef readonly object book
 
 
+#: A KeyboardInterrupt or SystemExit a Python rule raised, for the engine to raise once its batch ends.
+cdef object _rule_interrupt = None
+
+
+cdef int _raise_rule_interrupt() except -1:
+    global _rule_interrupt
+    if _rule_interrupt is not None:
+        exc, _rule_interrupt = _rule_interrupt, None
+        raise exc
+    return 0
+
+
 cdef class PyRule(Rule):
     """A rule written as a Python callable: the slow path.
 
@@ -501,11 +513,21 @@ cdef class PyRule(Rule):
         c.vwap, c.flow, c.buy_minus_sell, c.realized_vol = f.vwap, f.flow, f.buy_minus_sell, f.realized_vol
         c.ewma_fast, c.ewma_slow, c.mid_count, c.trade_count = f.ewma_fast, f.ewma_slow, f.mid_count, f.trade_count
         c.book = self.books[ctx.instrument] if self.books is not None else None
+        global _rule_interrupt
+        if _rule_interrupt is not None:
+            return 0                      # (interrupted: the batch ends without Python rules, then raises)
         try:
             res = self.fn(c)
             if res is None:
                 return 0
+            if isinstance(res, (bool, str, bytes)):
+                # (a predicate returning False was a signal on every call, "1.5" a value of 1.5)
+                raise ValueError(f"returned {res!r}: expected a number, (value, direction), or None for no signal")
             if isinstance(res, tuple):
+                if len(res) != 2:         # (res[1] of a 1-tuple read past it: boundscheck is off)
+                    raise ValueError(f"returned a tuple of {len(res)}: expected (value, direction)")
+                if isinstance(res[0], (bool, str, bytes)):
+                    raise ValueError(f"returned value {res[0]!r}: expected a number")
                 value = float(res[0])
                 if isinstance(res[1], str) or res[1] not in (-1, 0, 1):     # (0.5 was truncated to 0)
                     raise ValueError(f"returned direction {res[1]!r}: expected -1, 0 or 1")
@@ -523,6 +545,11 @@ cdef class PyRule(Rule):
             self.errors += 1
             if self.errors == 1:
                 log_.exception("Python rule %s raised (counted in errors; logged once)", self.name)
+            return 0
+        except BaseException as exc:
+            # Ctrl-C (KeyboardInterrupt) or SystemExit inside the rule: it was "Exception ignored"
+            # and the batch ran on (an adversarial pass); the engine raises it once the batch ends
+            _rule_interrupt = exc
             return 0
 
 
@@ -867,7 +894,7 @@ cdef class Engine:
         self.sink_n = 0
         return n
 
-    def push_signals(self, Ring ring):
+    def push_signals(self, Ring ring not None):
         """Push the signals produced since the last call (:attr:`signals`) into ``ring``, a
         broadcast ring of SIGNAL_DTYPE this process produces into, and clear them; returns how
         many.  With ``set_timing(..., to_ring=True)`` their tick-to-signal latency is recorded
@@ -884,7 +911,7 @@ cdef class Engine:
             n = self._deliver(r)
         return n
 
-    def run_feed(self, FeedReceiver rx, Ring ticks, Ring signals, buf, double seconds):
+    def run_feed(self, FeedReceiver rx not None, Ring ticks, Ring signals not None, buf, double seconds):
         """The worker's live loop in C, without the GIL: drain the feed, run each batch through
         the books, statistics and rules, push its signals into ``signals`` (after each piece of
         ``RUN_FEED_PIECE`` (64) events, so a signal never waits for the rest of a large batch)
@@ -957,6 +984,7 @@ cdef class Engine:
             PyBuffer_Release(&view)
         if n < 0:
             raise rx.error()
+        _raise_rule_interrupt()                   # (a Python rule's Ctrl-C: after what it did is pushed)
         return total, batches, nsig, lo, hi, first, last
 
     @property
@@ -1047,6 +1075,7 @@ cdef class Engine:
             self._busy = 0
             PyBuffer_Release(&view)
         signals[0] = self.sink_n - before
+        _raise_rule_interrupt()
         return done
 
     @property

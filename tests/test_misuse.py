@@ -388,3 +388,39 @@ def test_a_misaligned_drain_buffer_is_refused(tmp_path):
         assert rx.drain(buf, 0) == 0
     finally:
         hs.close()
+
+
+# -- None where a compiled object is expected, and /dev/shm too small --------------------------
+
+@pytest.mark.parametrize("call", [
+    "from tickwire.ext.hdr import Recorder; Recorder().add(None)",
+    "from tickwire.engine.pipeline import Engine; from tickwire.feeds.synthetic import synthetic_instruments; "
+    "Engine(synthetic_instruments(1), []).push_signals(None)",
+    "from tickwire.ext import harness; harness.ring_paced(None, 0, 1, 1)",
+])
+def test_none_for_a_compiled_argument_is_a_type_error_not_a_crash(call):
+    # an adversarial pass: typed arguments without `not None` read through a None (a segfault,
+    # and ring_paced a hang)
+    rc, out = child(f"try:\n    {call}\nexcept TypeError as e:\n    print('refused:', e)\n", timeout=60)
+    assert rc == 0 and "refused:" in out and "NoneType" in out, (rc, out[-2000:])
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="Linux mount namespaces")
+def test_a_ring_larger_than_the_free_shared_memory_is_an_error_not_a_sigbus():
+    """An adversarial pass: in a container's 64 MB /dev/shm, `Ring.create(..., 1 << 20)` of
+    events (64 MiB) was made, and the first push past the space died of SIGBUS. The pages are now
+    reserved at creation: an OSError (no space) there, and the process lives."""
+    import shutil
+
+    code = ("from tickwire.ext import EVENT_DTYPE\nfrom tickwire.ext.ring import Ring\n"
+            "try:\n    Ring.create('tw-misuse-big', EVENT_DTYPE, 1 << 20)\nexcept OSError as e:\n"
+            "    print('refused:', e.errno)\nelse:\n    print('made')\n"
+            "r = Ring.create('tw-misuse-small', EVENT_DTYPE, 1 << 10)\nprint('small ok', r.capacity)\n")
+    if not shutil.which("unshare"):
+        pytest.skip("no unshare(1)")
+    p = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=8m tmpfs /dev/shm && exec {PY} -c "
+                        f"\"$0\"", code], capture_output=True, text=True, timeout=120)
+    if p.returncode != 0 and ("Operation not permitted" in p.stderr or "mount:" in p.stderr):
+        pytest.skip(f"cannot mount a private /dev/shm here: {p.stderr.strip()[:200]}")
+    assert p.returncode == 0, (p.returncode, p.stdout, p.stderr[-2000:])
+    assert "refused: 28" in p.stdout and "small ok 1024" in p.stdout, p.stdout

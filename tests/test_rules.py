@@ -200,6 +200,11 @@ def test_rules_only_for_their_instruments_and_config_errors():
         RuleConfig("zscore", enter=1.0, min_count=0)
     with pytest.raises(ValueError, match=r"instruments: unknown instrument ids \[7\]"):
         Engine(insts, [RuleConfig("zscore", enter=1.0, instruments=[7])])
+    # "10" was instruments 1 and 0, [2.9] instrument 2 (an adversarial pass)
+    for ids in ("10", [2.9], 5, [True], [-1]):
+        with pytest.raises(ValueError, match="instruments must be a sequence of instrument ids"):
+            RuleConfig("zscore", enter=1.0, instruments=ids)
+    assert RuleConfig("zscore", enter=1.0, instruments=(i for i in (1, np.int64(0)))).instruments == (1, 0)
     with pytest.raises(ValueError, match="stats.window"):
         StatsConfig(window="ticks")
     with pytest.raises(ValueError, match="stats.imbalance_depth"):
@@ -229,7 +234,10 @@ def test_python_callable_rule_slow_path():
     assert len(fired(eng, f, *quote(q, 120, 122))) == 1                  # and the rule keeps working
 
 
-@pytest.mark.parametrize("bad", [math.nan, math.inf, (1.0, 2), (math.nan, 1), (1.0, 0.5), (1.0, "1")])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, (1.0, 2), (math.nan, 1), (1.0, 0.5), (1.0, "1"),
+                                 # an adversarial pass: a 1-tuple or () read past the tuple (a
+                                 # segfault), False (a predicate) was a signal, "1.5" a value
+                                 (1.0,), (), (1.0, 1, "x"), False, True, "1.5", (True, 1), ("2", 1)])
 def test_a_python_rule_returning_no_number_is_an_error_not_a_signal(bad):
     """Found by an adversarial pass: a Python rule returning NaN (a window not yet filled, say)
     emitted a signal of value NaN, direction 0, on every evaluation."""
@@ -242,6 +250,37 @@ def test_a_python_rule_returning_no_number_is_an_error_not_a_signal(bad):
     assert len(fired(eng, f, *quote(q, 109, 111))) == 0
     assert len(fired(eng, f, *quote(q, 119, 121))) == 0
     assert eng.rule_errors() == {"rule": 2}
+
+
+def test_ctrl_c_in_a_python_rule_is_raised_once_the_batch_ends():
+    """An adversarial pass: a KeyboardInterrupt raised inside a Python rule (Ctrl-C while it ran)
+    was printed as "Exception ignored" and the batch ran on, uncounted. It is raised by the
+    engine once the batch ends (the rest of the batch without Python rules), and only once."""
+    calls = []
+
+    def rule(ctx):
+        calls.append(ctx.seq)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return None
+
+    eng = Engine(INST, [rule], StatsConfig(sample="message"), clock="event")
+    f, q = Feed(), {}
+    events = np.concatenate([f.events(*quote(q, 100 + k, 102 + k)) for k in range(10)])
+    with pytest.raises(KeyboardInterrupt):
+        eng.process(events)
+    assert len(calls) == 3                                   # no rule called after it
+    assert not any(eng.rule_errors().values())               # an interrupt, not a rule error
+    eng.process(f.events(*quote(q, 130, 132)))               # raised once, not again
+    assert len(calls) == 4
+
+
+def test_a_bookset_is_initialised_once():
+    """An adversarial pass: `eng.books.__init__([])` swapped the routing table under the engine
+    (a segfault at its next batch). A second __init__ is refused."""
+    eng = Engine(INST, [], StatsConfig(sample="message"), clock="event")
+    with pytest.raises(RuntimeError, match="initialised already"):
+        eng.books.__init__([])
 
 
 def test_a_custom_rule_sees_every_book_change_even_behind_the_top():
