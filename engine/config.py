@@ -442,8 +442,8 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
     try:
         if state_dir.exists() and not state_dir.is_dir():
             _fail("daemon.state_dir", "a directory (or a path to create one at)", f"{state_dir} is a file")
-    except OSError as exc:                       # (a name past 255 bytes: a traceback)
-        _fail("daemon.state_dir", "a path this system can hold", f"{state_dir} ({exc.strerror})")
+    except OSError as exc:                       # (a name past 255 bytes, a parent not searchable: a traceback)
+        _fail("daemon.state_dir", "a path this process can use", f"{state_dir} ({exc.strerror})")
     if str(state_dir.resolve()).startswith(("/proc/", "/sys/")) or str(state_dir) in ("/proc", "/sys"):
         _fail("daemon.state_dir", "a directory on a real file system (not under /proc or /sys)", str(state_dir))
     run = _name(daemon, "run", "daemon.", "run")

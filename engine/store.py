@@ -519,8 +519,9 @@ class Store:
         if not dsn.startswith("chdb:"):
             # clickhouse-connect does not take the scheme from the DSN (it guesses TLS from the
             # port, 443/8443): https:// on any other port spoke plain HTTP, the password with it
-            # (an adversarial pass)
-            kwargs["interface"] = "https" if dsn.startswith("https://") else "http"
+            # (an adversarial pass). http:// keeps the guess: on 443/8443 it is TLS, as it was
+            if dsn.startswith("https://"):
+                kwargs["interface"] = "https"
             username = username or os.environ.get("TICKWIRE_CLICKHOUSE_USER")
             password = password or os.environ.get("TICKWIRE_CLICKHOUSE_PASSWORD")
             if username:

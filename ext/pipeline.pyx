@@ -520,16 +520,16 @@ cdef class PyRule(Rule):
             res = self.fn(c)
             if res is None:
                 return 0
-            if isinstance(res, (bool, str, bytes)):
+            if isinstance(res, (bool, np.bool_, str, bytes)):
                 # (a predicate returning False was a signal on every call, "1.5" a value of 1.5)
                 raise ValueError(f"returned {res!r}: expected a number, (value, direction), or None for no signal")
             if isinstance(res, tuple):
                 if len(res) != 2:         # (res[1] of a 1-tuple read past it: boundscheck is off)
                     raise ValueError(f"returned a tuple of {len(res)}: expected (value, direction)")
-                if isinstance(res[0], (bool, str, bytes)):
+                if isinstance(res[0], (bool, np.bool_, str, bytes)):
                     raise ValueError(f"returned value {res[0]!r}: expected a number")
                 value = float(res[0])
-                if isinstance(res[1], str) or res[1] not in (-1, 0, 1):     # (0.5 was truncated to 0)
+                if isinstance(res[1], (bool, np.bool_, str)) or res[1] not in (-1, 0, 1):   # (0.5 was truncated to 0)
                     raise ValueError(f"returned direction {res[1]!r}: expected -1, 0 or 1")
                 direction = int(res[1])
             else:
@@ -984,7 +984,6 @@ cdef class Engine:
             PyBuffer_Release(&view)
         if n < 0:
             raise rx.error()
-        _raise_rule_interrupt()                   # (a Python rule's Ctrl-C: after what it did is pushed)
         return total, batches, nsig, lo, hi, first, last
 
     @property
@@ -1043,6 +1042,8 @@ cdef class Engine:
         if dt is not EVENT_DTYPE and dt != EVENT_DTYPE:
             raise TypeError(f"events must be a numpy array of EVENT_DTYPE, got dtype {dt!r}")
         self._idle("process")
+        global _rule_interrupt
+        _rule_interrupt = None                        # (one a batch that failed otherwise left: not ours)
         PyObject_GetBuffer(events, &view, PyBUF_C_CONTIGUOUS)
         why = tw_misaligned(view.buf, view.len, "events", False)
         if why is not None:

@@ -192,7 +192,8 @@ static void *tw_shm_create(const char *name, size_t size, int *err) {
     /* reserve the pages now: /dev/shm (a container's is 64 MB) may hold less than the ring, and
        a store into a page it cannot back is a SIGBUS, not an error (ENOSPC here instead) */
     {
-        int e = posix_fallocate(fd, 0, (off_t)size);
+        int e;
+        do { e = posix_fallocate(fd, 0, (off_t)size); } while (e == EINTR);   /* (tmpfs: any signal) */
         if (e != 0 && e != EINVAL && e != EOPNOTSUPP) { *err = e; close(fd); shm_unlink(name); return NULL; }
     }
     p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);

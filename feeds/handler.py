@@ -1067,8 +1067,10 @@ class FeedHandler:
         if (h.type != MsgType.RETRANSMIT or h.flags & WireFlag.FINAL or h.epoch != c.epoch
                 or h.epoch != req.epoch or events is None or not len(events)):
             return 0                                     # (its end: the latest attempt's is awaited)
-        fresh = max(0, h.seq + len(events) - max(h.seq, req.first))    # (what is still asked for)
+        held = c.held_events
         self._hold(c, h.seq, events, req.arrival, resent=True)
+        # (what it added: the retry's own answer may have brought those events first)
+        fresh = max(0, c.held_events - held)
         self._counters["retransmitted"] += fresh
         c.retransmitted += fresh
         delivered = self._flush(c)

@@ -73,7 +73,7 @@ def test_defaults_fill_in():
     (cfg(daemon={"state_dir": "/tmp/a\x00b"}), "daemon.state_dir: expected a string without a NUL character"),
     (cfg(metrics={"host": "127.0.0.1\x00"}), "metrics.host: expected a string without a NUL character"),
     (cfg(store={"dsn": "http://db:8123", "password": "s3cr\x00t"}), "store.password: expected a string without a NUL character (\\u0000)"),
-    (cfg(daemon={"state_dir": "/tmp/" + "x" * 300}), "daemon.state_dir: expected a path this system can hold"),
+    (cfg(daemon={"state_dir": "/tmp/" + "x" * 300}), "daemon.state_dir: expected a path this process can use"),
     (cfg(stats={"window": "ticks"}), "stats.window: expected 'count' or 'time', got 'ticks'"),
     (cfg(stats={"windw": "count"}), "stats.windw: unknown key (did you mean stats.window?); expected one of the known keys"),
     (cfg(feeds={"endpoints": ["udp://x"]}), "feeds.endpoints[0]: expected a ZeroMQ endpoint to connect to"),

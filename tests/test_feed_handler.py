@@ -612,19 +612,26 @@ def test_a_late_reply_to_an_earlier_attempt_fills_the_hole(tmp_path):
         hs.close()
 
 
-def test_a_late_part_and_the_retry_s_whole_answer_count_each_event_once(tmp_path):
+@pytest.mark.parametrize("late_first", [True, False])
+def test_a_late_part_and_the_retry_s_whole_answer_count_each_event_once(tmp_path, late_first):
     """A review: the earlier attempt's late part narrows the retry, whose answer (asked for the
-    whole hole) then carries those events again: `retransmitted` counted them twice (30 for 20)."""
+    whole hole) then carries those events again: `retransmitted` counted them twice (30 for 20);
+    and the other way round, the retry's part first, then the late one."""
     hs = Harness(tmp_path, snapshot_timeout=0.3, backoff=1.0, max_retries=3, retry_pause=0.6)
     h = hs.h
     try:
         identity, a, b, (s1, e1), (s2, e2) = _asked_twice(hs)   # b: the retry, the whole hole again
-        hs.router.send_multipart([identity, wire.encode_retransmit_part(
-            0, s1, e1, epoch=hs.epoch, request_id=a.request_id, part=0)])
-        hs.pump(lambda: h.counters()["retransmitted"] >= len(e1))
+        late = [identity, wire.encode_retransmit_part(0, s1, e1, epoch=hs.epoch, request_id=a.request_id, part=0)]
+        if late_first:
+            hs.router.send_multipart(late)
+            hs.pump(lambda: h.counters()["retransmitted"] >= len(e1))
         for k, (s_, e_) in enumerate(((s1, e1), (s2, e2))):   # the retry's answer, in full
             hs.router.send_multipart([identity, wire.encode_retransmit_part(
                 0, s_, e_, epoch=hs.epoch, request_id=b.request_id, part=k)])
+            if k == 0 and not late_first:
+                time.sleep(0.1)
+                hs.h.poll(0.05)
+                hs.router.send_multipart(late)
         hs.router.send_multipart([identity, wire.encode_retransmit_part(
             0, hs.next[0], None, epoch=hs.epoch, request_id=b.request_id, part=2, final=True)])
         hs.pump(hs.caught_up)

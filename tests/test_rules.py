@@ -237,7 +237,8 @@ def test_python_callable_rule_slow_path():
 @pytest.mark.parametrize("bad", [math.nan, math.inf, (1.0, 2), (math.nan, 1), (1.0, 0.5), (1.0, "1"),
                                  # an adversarial pass: a 1-tuple or () read past the tuple (a
                                  # segfault), False (a predicate) was a signal, "1.5" a value
-                                 (1.0,), (), (1.0, 1, "x"), False, True, "1.5", (True, 1), ("2", 1)])
+                                 (1.0,), (), (1.0, 1, "x"), False, True, "1.5", (True, 1), ("2", 1),
+                                 np.False_, np.True_, (1.0, True), (1.0, np.True_), (np.False_, 1)])
 def test_a_python_rule_returning_no_number_is_an_error_not_a_signal(bad):
     """Found by an adversarial pass: a Python rule returning NaN (a window not yet filled, say)
     emitted a signal of value NaN, direction 0, on every evaluation."""
