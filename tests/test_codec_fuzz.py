@@ -2,7 +2,6 @@
 reason, and the compiled decoder agrees with the plain-Python reference on every input
 (reason and decoded bytes).  Then the same malformed kinds through real sockets."""
 
-import struct
 import time
 
 import numpy as np

@@ -4,7 +4,6 @@ histograms; the .hgrm spectrum; the per-stage set and its C API from a user's Cy
 
 import io
 import re
-import sys
 import textwrap
 
 import numpy as np
@@ -18,7 +17,7 @@ from hypothesis import strategies as st
 
 import tickwire
 from tickwire.engine import latency
-from tickwire.engine.latency import IntervalLogWriter, hgrm, percentiles, read_interval_log, to_hdrh
+from tickwire.engine.latency import IntervalLogWriter, percentiles, read_interval_log, to_hdrh
 from tickwire.ext.hdr import COUNTS_LEN, MAX_RECORDABLE, STAGES, Recorder, StageRecorders
 from budget import examples
 

@@ -7,7 +7,6 @@ test_ring_procs.py.
 
 import collections
 import os
-import sys
 import textwrap
 import uuid
 

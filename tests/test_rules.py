@@ -90,7 +90,6 @@ def test_imbalance_top_k():
 def test_zscore_needs_min_count_then_fires_once():
     eng = engine(RuleConfig("zscore", enter=3.0, exit=1.0, min_count=10), StatsConfig(window_size=50))
     f, q = Feed(), {}
-    rows = []
     for i in range(4):                                                   # 8 quotes: not enough
         s = fired(eng, f, *quote(q, 100, 102))
         s2 = fired(eng, f, *quote(q, 101, 103))
