@@ -1233,6 +1233,11 @@ def print_run(res: dict) -> None:
     for k in rows:
         s = res["latency_ns"][k]
         _say(f"  {k:22s}" + "".join(f" {_us(s.get(lv)):>10s}" for lv in LEVELS) + f" {s.get('count', ''):>10}")
+    p50 = res["latency_ns"].get("wire_to_signal", {}).get("p50") or 0
+    if p50 > SATURATED_P50_NS:
+        # (5M offered: p50 605 ms, exit 0, and nothing said unless --until-saturation: an adversarial pass)
+        _say(f"  note: the target fell behind at this rate (its wire-to-signal p50 is {p50 / 1e6:,.1f} ms, past "
+             f"{SATURATED_P50_NS / 1e6:g} ms: a queue, not a latency); --until-saturation finds where it keeps up")
     if "vs_floor" in res:
         v = res["vs_floor"]
         hits = ", ".join(f"{k}: {'hit' if ok else 'no verdict' if ok is None else 'MISS'}"

@@ -937,11 +937,22 @@ def test_a_saturated_baseline_is_said_beside_its_ratio(tmp_path, monkeypatch, ca
     bench.print_run(res)
     out = capsys.readouterr()
     text = out.out + out.err
+    assert "the target fell behind" not in text                    # (its own p50: 50 us)
     if saturated:
         assert res["baseline_note"].startswith("saturated: its own p50 is 528."), res["baseline_note"]
         assert "(the baseline is saturated: its own p50 is 528." in text, text
     else:
         assert "baseline_note" not in res and "saturated" not in text
+
+
+def test_a_target_that_fell_behind_is_said(tmp_path, monkeypatch, capsys):
+    """An adversarial pass: at 5M offered the target's wire-to-signal p50 was 605 ms (a backlog
+    worked off in the drain), exit 0, and nothing said without --until-saturation."""
+    monkeypatch.setattr(bench, "Publisher", _FakePub)
+    res = bench.measure_rate(_fake_run(_lat(605_000_000)), 1e6, 0, tmp_path)
+    bench.print_run(res)
+    out = capsys.readouterr()
+    assert "note: the target fell behind at this rate (its wire-to-signal p50 is 605.0 ms" in out.out + out.err
 
 
 def test_results_that_cannot_be_written_after_the_run_are_one_line(tmp_path, monkeypatch, capsys):
