@@ -1258,7 +1258,11 @@ class FeedHandler:
                     self._mark(c, Flag.SNAPSHOT | Flag.STALE)
         drops = self.receiver.drops
         for name in drops:
-            self._log_once(f"drop-{name}", logging.WARNING, "feed message dropped: %s", name)
+            if name == "STALE_REPLY":                  # (a wire-contract pass: "feed message" misled)
+                self._log_once(f"drop-{name}", logging.WARNING, "recovery reply dropped: STALE_REPLY (it answers "
+                               "no request outstanding, or not in order: late, or its request_id or part wrong)")
+            else:
+                self._log_once(f"drop-{name}", logging.WARNING, "feed message dropped: %s", name)
         return delivered
 
     def _gave_up(self, c: _Channel, req: _Request, now: float) -> int:

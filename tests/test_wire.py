@@ -552,3 +552,23 @@ def test_each_type_carries_only_its_own_flags_and_data_no_request_id(mtype):
             except WireError as exc:
                 ref = exc.reason
             assert ref == reason, (flags, rid, part)
+
+
+def test_the_documented_event_struct_format_is_the_event_layout():
+    """docs/wire-format.md gives the event's Python struct format (a third party's publisher,
+    written from the spec alone, had to derive it from the table: an adversarial pass)."""
+    import re
+    import struct
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "wire-format.md").read_text()
+    fmt, names = re.search(r'`"(<qq[A-Za-z]+)"` = ([a-z_, \n]+)\.', text).groups()
+    names = [n.strip() for n in names.replace("\n", " ").split(",")]
+    assert struct.calcsize(fmt) == EVENT_DTYPE.itemsize == 64
+    assert names == list(EVENT_DTYPE.names)
+    ev = np.zeros(1, EVENT_DTYPE)
+    values = (-1, 2, 3, 4, -5, 6, 7, 8, 9, 1, 11, 0)
+    for n, v in zip(names, values):
+        ev[n] = v
+    assert struct.pack(fmt, *values) == ev.tobytes()
+
