@@ -226,6 +226,20 @@ def test_each_broken_rule_is_named(publisher, rule):
     assert set(report.findings) - {"sequence"} <= {rule} | also, report.text()
 
 
+def test_a_wrong_topic_is_named_when_the_channels_are_given(publisher):
+    """A wire-contract pass: with --channels (as the docs advise) the checker subscribed to those
+    channels' topics only, so a message of a checked channel under another channel's topic was never
+    received: a sequence gap, nothing said of the topic. Every topic is taken now, other channels'
+    messages skipped."""
+    p = publisher("topic")                                # (channel 1's messages go under topic 8)
+    report = conformance.check(p.data, p.snap, duration=1.5, channels=[1])
+    assert "topic" in report.findings, report.text()
+    assert "on a message of channel 1" in report.findings["topic"].example, report.text()
+    good = publisher()
+    report = conformance.check(good.data, good.snap, duration=1.5, channels=[1])   # channel 0's skipped
+    assert report.ok and not report.findings, report.text()
+
+
 def test_a_snapshot_claiming_a_sequence_number_not_yet_published_is_named(publisher):
     """Found by an adversarial pass: snapshots covering seq head + 100,000 passed as conformant
     (the rule says the seq is within the data stream)."""
