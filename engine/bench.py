@@ -1711,6 +1711,11 @@ def cmd_bench(args) -> int:
     if args.seed < 0:
         print(f"tickwire bench: --seed must be 0 or more, got {args.seed}", file=sys.stderr)
         return 2
+    if args.channels > 0xFFFF:
+        # (70000: refused only after the header line, as a config error without this prefix)
+        print(f"tickwire bench: --channels: expected an integer from 1 to 65,535 (the wire's channels), got "
+              f"{args.channels}", file=sys.stderr)
+        return 2
     if not str(args.out).strip():
         print("tickwire bench: --out: an empty path (name the directory for the results)", file=sys.stderr)
         return 2

@@ -308,6 +308,10 @@ def test_bad_arguments_are_named(capsys, monkeypatch):
     # a numpy traceback; results written to the current directory; one message due in the run
     assert cli_main(["bench", "--source", "synthetic", "--seed", "-1"]) == 2
     assert "--seed must be 0 or more, got -1" in capsys.readouterr().err
+    for value, said in (("0", "expected an integer >= 1, got 0"),    # (70000: a config error, after the header)
+                        ("70000", "expected an integer from 1 to 65,535 (the wire's channels), got 70000")):
+        assert cli_main(["bench", "--channels", value]) == 2
+        assert capsys.readouterr().err == f"tickwire bench: --channels: {said}\n"
     assert cli_main(["bench", "--out", ""]) == 2
     assert "--out: an empty path" in capsys.readouterr().err
     for rate in ("0.5", "1e-3"):
