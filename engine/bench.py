@@ -1486,6 +1486,11 @@ def run_bench(args) -> dict:
                     why = why or f"{MAX_SATURATION_RATES} rates measured, the most --until-saturation runs"
                     summary["stopped"] = f"at {_fmt_rate(rate)} ev/s: {why}"
                     _say(f"\n  --until-saturation stopped at {_fmt_rate(rate)} ev/s: {why}")
+    except BaseException:
+        if args.keep:                                # (a failed or interrupted run kept it unsaid)
+            print(f"tickwire bench: --keep: the run's configs, logs, stamps and rings' directory are in {work}",
+                  file=sys.stderr)
+        raise
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -548,6 +549,31 @@ def test_an_earlier_run_s_files_in_the_same_out_are_not_this_run_s(tmp_path):
     assert "wire_to_signal-20k.hgrm" in files and "intervals-20k.hlog" in files
     assert not any(f.startswith("floor") for f in files), files
     assert not (out / "floor-20k.hgrm").exists() and (out / "floor-40k.hgrm").exists()
+
+
+@pytest.mark.integration
+def test_keep_says_where_the_scratch_is_when_a_run_is_interrupted(tmp_path):
+    """An adversarial pass: --keep on a run that failed or was interrupted kept the scratch
+    directory (the logs one would read) and did not say where."""
+    import shutil
+    import signal
+    import subprocess
+
+    p = subprocess.Popen([sys.executable, "-m", "tickwire", "bench", "--source", "synthetic", "--rate", "20k",
+                          "--duration", "30", "--warmup", "0.3", "--no-floors", "--no-baseline", "--no-plots", "--keep",
+                          "--out", str(tmp_path / "run")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(6)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 130, err[-3000:]
+    kept = re.search(r"--keep: the run's configs, logs, stamps and rings' directory are in (\S+)", err)
+    assert kept and Path(kept.group(1)).is_dir(), err[-3000:]
+    shutil.rmtree(kept.group(1), ignore_errors=True)
 
 
 @pytest.mark.integration
