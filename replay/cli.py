@@ -92,13 +92,13 @@ def add_parser(sub) -> None:
     g.add_argument("--channels", type=int, metavar="N",
                    help="with --publish: instrument i on channel i %% N [the config's feeds.channels, else "
                         "each event's recorded channel]")
-    g.add_argument("--start-delay", type=float, default=1.0, metavar="S",
+    g.add_argument("--start-delay", type=float, metavar="S",
                    help="with --publish: serve snapshots and heartbeats this long before the first event, "
-                        "so receivers join the empty market [%(default)s]")
-    g.add_argument("--linger", type=float, default=2.0, metavar="S",
+                        "so receivers join the empty market [1.0]")
+    g.add_argument("--linger", type=float, metavar="S",
                    help="with --publish: keep serving this long after the last event, and on while the daemon "
                         "still asks for what it lost (until S seconds pass without a request; at most 10 S) "
-                        "[%(default)s]")
+                        "[2.0]")
     g.add_argument("--wait-subscribers", type=float, default=0.0, metavar="S",
                    help="with --publish: wait up to S seconds for a receiver on every channel before the "
                         "first event, and fail (exit 2, nothing sent) if none came; a daemon that joins "
@@ -293,11 +293,19 @@ def _replay(args) -> int:
 
     for opt, v in (("--start-delay", args.start_delay), ("--linger", args.linger),
                    ("--wait-subscribers", args.wait_subscribers)):
-        why = seconds_problem(v, zero_ok=True)
+        why = seconds_problem(v, zero_ok=True) if v is not None else None
         if why:
             raise ReplayError(f"{opt}: {why}")
     if args.wait_subscribers and not args.publish:
         raise ReplayError("--wait-subscribers: needs --publish")
+    if not args.publish:
+        # (they were ignored without a word, where --wait-subscribers and the CURVE options are refused)
+        given = [opt for opt, v in (("--channels", args.channels), ("--start-delay", args.start_delay),
+                                    ("--linger", args.linger)) if v is not None]
+        if given:
+            raise ReplayError(f"{', '.join(given)}: need{'s' if len(given) == 1 else ''} --publish")
+    args.start_delay = 1.0 if args.start_delay is None else args.start_delay
+    args.linger = 2.0 if args.linger is None else args.linger
     start, end = parse_time(args.start), parse_time(args.end)
     if start is not None and end is not None and end <= start:
         raise ReplayError(f"empty range: --to {args.end} is not after --from {args.start}")

@@ -823,6 +823,9 @@ def test_a_stop_during_a_long_wait_for_the_next_event_ends_the_replay_at_once(tm
     (("--npy", "ev.npy", "--instruments", "99"), "unknown instrument '99'"),
     (("--npy", "ev.npy", "--speed", "0"), "--speed: expected a positive number"),
     (("--npy", "ev.npy", "--publish", "ipc:///tmp/x"), "--publish and --snapshot go together"),
+    # ignored without a word, where --wait-subscribers was refused (an adversarial pass)
+    (("--npy", "ev.npy", "--linger", "5"), "--linger: needs --publish"),
+    (("--npy", "ev.npy", "--channels", "2", "--start-delay", "0"), "--channels, --start-delay: need --publish"),
     (("--npy", "ev.npy", "--horizons", "1parsec"), "cannot read the duration '1parsec'"),
     # past what the code can hold: each was a traceback (OverflowError) or a silent wrap
     (("--npy", "ev.npy", "--from", "2300-01-01"), "outside what int64 nanoseconds hold"),
