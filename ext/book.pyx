@@ -1700,7 +1700,11 @@ cdef const tw_event *_event_buffer(object events, Py_buffer *view) except NULL:
     dt = getattr(events, "dtype", None)
     if dt is not EVENT_DTYPE and dt != EVENT_DTYPE:
         raise TypeError(f"events must be a numpy array of tickwire EVENT_DTYPE, got dtype {dt!r}")
-    PyObject_GetBuffer(events, view, PyBUF_C_CONTIGUOUS)
+    try:
+        PyObject_GetBuffer(events, view, PyBUF_C_CONTIGUOUS)
+    except (ValueError, BufferError) as exc:     # (numpy's bare "ndarray is not C-contiguous")
+        raise ValueError(f"events: {exc}: a slice with a step, or a column of a wider array? "
+                         f"np.ascontiguousarray(events) makes a contiguous copy") from None
     why = tw_misaligned(view.buf, view.len, "events", False)
     if why is not None:
         PyBuffer_Release(view)
@@ -1713,7 +1717,10 @@ cdef uint8_t *_status_buffer(object status, Py_ssize_t n, Py_buffer *view) excep
         return NULL
     if getattr(status, "dtype", None) != np.uint8:
         raise TypeError("status must be a numpy uint8 array")
-    PyObject_GetBuffer(status, view, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
+    try:
+        PyObject_GetBuffer(status, view, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
+    except (ValueError, BufferError) as exc:
+        raise ValueError(f"status must be a writable, C-contiguous numpy uint8 array: {exc}") from None
     if view.len < n:
         PyBuffer_Release(view)
         raise ValueError(f"status holds {view.len} entries, the batch has {n} events")

@@ -1044,7 +1044,11 @@ cdef class Engine:
         self._idle("process")
         global _rule_interrupt
         _rule_interrupt = None                        # (one a batch that failed otherwise left: not ours)
-        PyObject_GetBuffer(events, &view, PyBUF_C_CONTIGUOUS)
+        try:
+            PyObject_GetBuffer(events, &view, PyBUF_C_CONTIGUOUS)
+        except (ValueError, BufferError) as exc:     # (numpy's bare "ndarray is not C-contiguous")
+            raise ValueError(f"events: {exc}: a slice with a step, or a column of a wider array? "
+                             f"np.ascontiguousarray(events) makes a contiguous copy") from None
         why = tw_misaligned(view.buf, view.len, "events", False)
         if why is not None:
             PyBuffer_Release(&view)

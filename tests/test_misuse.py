@@ -424,3 +424,22 @@ def test_a_ring_larger_than_the_free_shared_memory_is_an_error_not_a_sigbus():
         pytest.skip(f"cannot mount a private /dev/shm here: {p.stderr.strip()[:200]}")
     assert p.returncode == 0, (p.returncode, p.stdout, p.stderr[-2000:])
     assert "refused: 28" in p.stdout and "small ok 1024" in p.stdout, p.stdout
+
+
+def test_a_strided_events_array_is_named_with_the_way_out():
+    # an adversarial pass: numpy's bare "ndarray is not C-contiguous" from Book.apply,
+    # BookSet.apply and Engine.process, naming neither the argument nor the fix
+    import numpy as np
+
+    from tickwire.engine.pipeline import Engine
+    from tickwire.ext import EVENT_DTYPE
+    from tickwire.feeds.synthetic import synthetic_instruments
+
+    ev = np.zeros(10, EVENT_DTYPE)
+    book = L2Book(0)
+    for call in (lambda: book.apply(ev[::2]), lambda: BookSet([L2Book(1)]).apply(ev[::2]),
+                 lambda: Engine(synthetic_instruments(1), []).process(ev[::2])):
+        with pytest.raises(ValueError, match=r"^events: .*np\.ascontiguousarray\(events\)"):
+            call()
+    with pytest.raises(ValueError, match="status must be a writable, C-contiguous numpy uint8 array"):
+        book.apply(ev[:4], status=np.zeros(8, np.uint8)[::2])
