@@ -1712,18 +1712,18 @@ cdef const tw_event *_event_buffer(object events, Py_buffer *view) except NULL:
     return <const tw_event *>view.buf
 
 
-cdef uint8_t *_status_buffer(object status, Py_ssize_t n, Py_buffer *view) except? NULL:
+cdef uint8_t *_status_buffer(object status, Py_ssize_t n, Py_buffer *view, str what="status") except? NULL:
     if status is None:
         return NULL
     if getattr(status, "dtype", None) != np.uint8:
-        raise TypeError("status must be a numpy uint8 array")
+        raise TypeError(f"{what} must be a numpy uint8 array")
     try:
         PyObject_GetBuffer(status, view, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
     except (ValueError, BufferError) as exc:
-        raise ValueError(f"status must be a writable, C-contiguous numpy uint8 array: {exc}") from None
+        raise ValueError(f"{what} must be a writable, C-contiguous numpy uint8 array: {exc}") from None
     if view.len < n:
         PyBuffer_Release(view)
-        raise ValueError(f"status holds {view.len} entries, the batch has {n} events")
+        raise ValueError(f"{what} holds {view.len} entries, the batch has {n} events")
     return <uint8_t *>view.buf
 
 
@@ -2443,7 +2443,7 @@ cdef class BookSet:
             if in_sync is not None:
                 if getattr(in_sync, "dtype", None) != np.uint8:
                     raise TypeError("in_sync must be a numpy uint8 array")
-                sy = _status_buffer(in_sync, n, &sy_view)
+                sy = _status_buffer(in_sync, n, &sy_view, "in_sync")
             if n >= _RELEASE_GIL_AT:
                 self._hold(1)
                 try:

@@ -443,3 +443,14 @@ def test_a_strided_events_array_is_named_with_the_way_out():
             call()
     with pytest.raises(ValueError, match="status must be a writable, C-contiguous numpy uint8 array"):
         book.apply(ev[:4], status=np.zeros(8, np.uint8)[::2])
+
+
+def test_apply_top_names_in_sync_not_status():
+    # an adversarial pass: a too short in_sync was reported as "status holds 2 entries"
+    import numpy as np
+
+    from tickwire.ext import EVENT_DTYPE
+
+    ev = np.zeros(4, EVENT_DTYPE)
+    with pytest.raises(ValueError, match=r"^in_sync holds 2 entries, the batch has 4 events"):
+        BookSet([L2Book(0)]).apply_top(ev, np.zeros((4, 4), np.int64), in_sync=np.zeros(2, np.uint8))
