@@ -517,13 +517,12 @@ class Bridge:
         # cryptofeed's largest, a deep book's snapshot, is a few MB)
         sub.setsockopt(zmq.MAXMSGSIZE, ZMQ_INPUT_MAX_BYTES)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
-        from tickwire.feeds.wire import ipc_not_a_socket
+        from tickwire.feeds.wire import ipc_bind_refusal
 
-        what = ipc_not_a_socket(self.bc.zmq_input)
-        if what is not None:                      # (libzmq's bind would delete it)
+        why = ipc_bind_refusal(self.bc.zmq_input)
+        if why is not None:
             sub.close(0)
-            raise BridgeError(f"bridge.zmq_input: {self.bc.zmq_input} names {what}, not a socket: binding there "
-                              f"would delete it")
+            raise BridgeError(f"bridge.zmq_input: cannot bind {self.bc.zmq_input}: {why}")
         try:
             sub.bind(self.bc.zmq_input)
         except zmq.ZMQError as exc:

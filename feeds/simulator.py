@@ -267,12 +267,9 @@ class BindError(ValueError):
 
 def _bind(sock: zmq.Socket, endpoint: str, role: str):
     """Bind ``sock`` (:class:`BindError` if it cannot be); its :func:`~tickwire.feeds.wire.ipc_claim`."""
-    what = wire.ipc_not_a_socket(endpoint)
-    if what is not None:
-        raise BindError(endpoint, role, f"it names {what}, not a socket: binding there would delete it")
-    if wire.ipc_in_use(endpoint):
-        raise BindError(endpoint, role, "another process listens there: a second publisher would take the path "
-                                        "from it silently")
+    why = wire.ipc_bind_refusal(endpoint)
+    if why is not None:
+        raise BindError(endpoint, role, why)
     try:
         sock.bind(endpoint)
     except zmq.ZMQError as exc:

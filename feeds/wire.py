@@ -43,6 +43,7 @@ from tickwire.ext.records import EVENT_DTYPE, Kind
 __all__ = [
     "ipc_in_use",
     "ipc_not_a_socket",
+    "ipc_bind_refusal",
     "ipc_claim",
     "ipc_release",
     "MAGIC",
@@ -252,6 +253,18 @@ def ipc_not_a_socket(endpoint: str) -> str | None:
         return None
     return ("a directory" if stat.S_ISDIR(mode) else "a symbolic link" if stat.S_ISLNK(mode) else
             "a regular file" if stat.S_ISREG(mode) else "not a socket")
+
+
+def ipc_bind_refusal(endpoint: str) -> str | None:
+    """Why a publisher must not bind ``endpoint`` (libzmq's bind of ``ipc://PATH`` removes what
+    is at the path), or None: PATH names a file or directory (:func:`ipc_not_a_socket`), or
+    another process listens there (:func:`ipc_in_use`). Every publisher asks this before it binds."""
+    what = ipc_not_a_socket(endpoint)
+    if what is not None:
+        return f"it names {what}, not a socket: binding there would delete it"
+    if ipc_in_use(endpoint):
+        return "another process listens there: a second publisher would take the path from it silently"
+    return None
 
 
 def ipc_claim(sock) -> tuple | None:

@@ -21,7 +21,7 @@ from tickwire.ext.records import EVENT_DTYPE, Flag, Kind
 from tickwire.feeds import wire
 from tickwire.feeds.curve import serve_curve
 from tickwire.feeds.wire import (MAX_MESSAGE_EVENTS, Publisher, await_subscribers, books_snapshot, ipc_claim,
-                                 ipc_in_use, ipc_not_a_socket, ipc_release)
+                                 ipc_bind_refusal, ipc_release)
 
 __all__ = ["Republisher"]
 
@@ -83,12 +83,9 @@ class Republisher:
             self.router.setsockopt(zmq.LINGER, 0)
             wire.service_socket_options(self.router)
             for ep in (endpoint, snapshot):
-                what = ipc_not_a_socket(ep)
-                if what is not None:
-                    raise zmq.ZMQError(msg=f"{ep} names {what}, not a socket: binding there would delete it")
-                if ipc_in_use(ep):
-                    raise zmq.ZMQError(msg=f"another process listens at {ep}: a second publisher would take "
-                                           f"the path from it silently")
+                why = ipc_bind_refusal(ep)
+                if why is not None:
+                    raise zmq.ZMQError(msg=f"{ep}: {why}")
             self.pub.bind(endpoint)
             self._claims.append(ipc_claim(self.pub))
             self.router.bind(snapshot)
