@@ -22,7 +22,9 @@ from libc.stdint cimport int64_t, uint64_t, uint32_t, uint16_t, uint8_t, uintptr
 from libc.stdlib cimport calloc, realloc, free
 from libc.string cimport memcpy, memset
 
-from tickwire.ext.defs cimport tw_event, tw_misaligned, TW_KIND_MAX, TW_KIND_SNAPSHOT, TW_SIDE_NONE, TW_LIKELY, TW_UNLIKELY
+from tickwire.ext.defs cimport (
+    tw_event, tw_misaligned, TW_KIND_MAX, TW_KIND_SNAPSHOT, TW_SIDE_NONE, TW_LIKELY, TW_UNLIKELY,
+    TW_FLAG_LAST, TW_FLAG_SNAPSHOT, TW_FLAG_SNAPSHOT_BEGIN, TW_FLAG_SNAPSHOT_END, TW_FLAG_REPLAY, TW_FLAG_STALE)
 
 import errno as _errno
 import os
@@ -256,9 +258,20 @@ cdef inline Py_ssize_t _payload_events(const tw_wire_header *h) noexcept nogil:
     return 0 if h.type == TW_MSG_RETRANSMIT_REQUEST else <Py_ssize_t>h.count
 
 
+#: event flags a publisher may set on any event, and those on ``kind = SNAPSHOT`` markers only
+#: (``RESTART`` is the receiver's own: docs/events.md)
+cdef enum:
+    _PUBLISHER_FLAGS = TW_FLAG_LAST | TW_FLAG_SNAPSHOT | TW_FLAG_REPLAY
+    _MARKER_FLAGS = TW_FLAG_SNAPSHOT_BEGIN | TW_FLAG_SNAPSHOT_END | TW_FLAG_STALE
+
+
 cdef inline uint32_t _malformed(const tw_event *e) noexcept nogil:
-    """1 when an event's kind is not 1..6 or its side not 0..2 (``BAD_EVENT``), else 0."""
-    return ((<uint32_t>e.kind - 1) >= <uint32_t>(TW_KIND_MAX - 1)) | (e.side > TW_SIDE_NONE)
+    """1 when an event breaks the wire format's event rule (``BAD_EVENT``): a kind not 1..6, a
+    side not 0..2, a flag bit a publisher may not set on it (marker bits on a market event,
+    ``RESTART``, undefined bits) or a non-zero ``reserved``; else 0. No branch."""
+    cdef uint32_t allowed = _PUBLISHER_FLAGS | (_MARKER_FLAGS & (<uint32_t>0 - <uint32_t>(e.kind == TW_KIND_SNAPSHOT)))
+    return (((<uint32_t>e.kind - 1) >= <uint32_t>(TW_KIND_MAX - 1)) | (e.side > TW_SIDE_NONE)
+            | ((e.flags & ~allowed) != 0) | (e.reserved != 0))
 
 
 cdef int tw_wire_copy_events(const tw_wire_header *h, const char *payload, tw_event *out,

@@ -65,7 +65,8 @@ enum {
                                      a snapshot message on a data socket */
     TW_DROP_OVERSIZED = 7,        /* more events than the receiver's per-message limit */
     TW_DROP_BAD_LENGTH = 8,       /* bytes after the last event */
-    TW_DROP_BAD_EVENT = 9,        /* an event with an unknown kind or side */
+    TW_DROP_BAD_EVENT = 9,        /* an event with an unknown kind or side, a flag bit a publisher
+                                     may not set on it, or reserved != 0 */
     TW_DROP_UNKNOWN_CHANNEL = 10, /* a channel this receiver does not serve */
     TW_DROP_DUPLICATE = 11,       /* every event already seen (seq + count <= next expected) */
     TW_DROP_OLD_EPOCH = 12,       /* from a publisher epoch older than the channel's */

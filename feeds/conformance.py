@@ -16,7 +16,7 @@ The rules (their names are what the report prints):
   channel), ``magic``, ``version``, ``header`` (known type and flags, event size 64, no events in
   a heartbeat, ``flags``/``request_id``/``part`` zero on data messages), ``length`` (exactly
   48 + 64 x count bytes), ``size-limit`` (count <= MAX_MESSAGE_EVENTS), ``event`` (kind 1..6,
-  side 0..2, known flag bits, reserved 0, marker flags only on markers);
+  side 0..2, marker flags only on markers, no ``RESTART`` or undefined flag bit, reserved 0);
 - sequencing: ``sequence`` (per channel and epoch, each message starts where the previous
   ended; a heartbeat's seq is the next sequence number), ``epoch`` (never smaller on a channel;
   a new one starts again at 1), ``event-seq`` (the events' own seq/channel fields as the
@@ -60,7 +60,7 @@ RULES = {
     "end": "nothing more of an epoch on a channel after its END heartbeat",
     "length": "the payload is exactly 48 + 64 x count bytes",
     "size-limit": f"at most {wire.MAX_MESSAGE_EVENTS:,} events in one message (split larger exchange messages)",
-    "event": "kind 1..6, side 0..2, only known flag bits, reserved 0, SNAPSHOT_BEGIN/END/STALE on markers only",
+    "event": "kind 1..6, side 0..2, no RESTART or undefined flag bits, SNAPSHOT_BEGIN/END/STALE on markers only, reserved 0",
     "sequence": "per channel and epoch, each message starts at the sequence number after the previous one's "
                 "last; a heartbeat's seq is the next sequence number",
     "epoch": "a channel's epoch never decreases; a new epoch starts its sequence at 1",
@@ -82,8 +82,6 @@ RULES = {
 }
 WARNINGS = {"event-seq"}
 
-_KNOWN_EVENT_FLAGS = (1 << 7) - 1
-_MARKER_ONLY = int(Flag.SNAPSHOT_BEGIN | Flag.SNAPSHOT_END | Flag.STALE | Flag.RESTART)
 _YEAR_2000 = 946_684_800 * 10 ** 9
 _REPLY_TIMEOUT = 2.0
 
@@ -348,8 +346,7 @@ class _Checker:
         if not len(ev):
             return
         kind, side, flags = ev["kind"], ev["side"], ev["flags"].astype(np.int64)
-        bad = (kind < 1) | (kind > 6) | (side > 2) | ((flags & ~_KNOWN_EVENT_FLAGS) != 0) | (ev["reserved"] != 0) \
-            | ((kind != Kind.SNAPSHOT) & ((flags & _MARKER_ONLY) != 0))
+        bad = wire.malformed_events(ev)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             r.broke("event", f"event {i} of {where}: kind {int(kind[i])} side {int(side[i])} flags "

@@ -38,7 +38,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tickwire.ext.records import EVENT_DTYPE, Kind
+from tickwire.ext.records import EVENT_DTYPE, Flag, Kind
 
 __all__ = [
     "ipc_in_use",
@@ -152,6 +152,22 @@ _FLAGS_OF = {int(MsgType.SNAPSHOT): int(WireFlag.FINAL | WireFlag.UNAVAILABLE),
              int(MsgType.HEARTBEAT): int(WireFlag.END)}
 
 
+#: event flags a publisher may set on any event, and those on ``kind = SNAPSHOT`` markers only;
+#: any other bit (``RESTART``, the receiver's own; undefined bits), or a non-zero ``reserved``,
+#: makes the message ``BAD_EVENT`` (as ext/codec.pyx's _malformed)
+PUBLISHER_EVENT_FLAGS = int(Flag.LAST | Flag.SNAPSHOT | Flag.REPLAY)
+MARKER_EVENT_FLAGS = int(Flag.SNAPSHOT_BEGIN | Flag.SNAPSHOT_END | Flag.STALE)
+
+
+def malformed_events(events: np.ndarray) -> np.ndarray:
+    """A bool per event: breaks the event rule of docs/wire-format.md (kind 1..6, side 0..2,
+    only the flag bits a publisher may set on that kind of event, ``reserved`` 0)."""
+    kind, flags = events["kind"], events["flags"].astype(np.int64)
+    allowed = np.where(kind == Kind.SNAPSHOT, PUBLISHER_EVENT_FLAGS | MARKER_EVENT_FLAGS, PUBLISHER_EVENT_FLAGS)
+    return ((kind < 1) | (kind > 6) | (events["side"] > 2) | ((flags & ~allowed) != 0)
+            | (events["reserved"] != 0))
+
+
 class Drop(enum.IntEnum):
     """Why a message was dropped: the counters' keys (``TW_DROP_*`` in ``ext/tw_wire.h``).
 
@@ -169,7 +185,7 @@ class Drop(enum.IntEnum):
     BAD_HEADER = 6          #: unknown type/flags, event size != 64, events in a heartbeat or request, wrong type for the socket
     OVERSIZED = 7           #: more events than the receiver's per-message limit
     BAD_LENGTH = 8          #: bytes after the last event
-    BAD_EVENT = 9           #: an event with an unknown kind or side
+    BAD_EVENT = 9           #: an event with an unknown kind or side, a flag bit not its own, reserved != 0
     UNKNOWN_CHANNEL = 10    #: a channel this receiver does not serve
     DUPLICATE = 11          #: every event already seen
     OLD_EPOCH = 12          #: from an older publisher epoch (before a restart)
@@ -501,8 +517,11 @@ def decode(topic_frame, payload, *, max_events: int = DEFAULT_MAX_EVENTS, types:
         raise WireError(Drop.BAD_LENGTH, f"{body - count * EVENT_SIZE} bytes after the last event")
     events = np.frombuffer(payload, dtype=EVENT_DTYPE, count=count, offset=HEADER_SIZE).copy()
     kinds = events["kind"]
-    if count and (int(kinds.min()) < 1 or int(kinds.max()) > 6 or int(events["side"].max()) > 2):
-        raise WireError(Drop.BAD_EVENT, "an event with an unknown kind or side")
+    bad = malformed_events(events)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise WireError(Drop.BAD_EVENT, f"event {i}: kind {int(kinds[i])} side {int(events['side'][i])} "
+                                        f"flags {int(events['flags'][i]):#x} reserved {int(events['reserved'][i])}")
     events["ts_recv"] = ts_recv
     events["channel"] = channel
     events["order_id"][kinds == Kind.SNAPSHOT] = 0     # a marker's order_id is the receiver's own

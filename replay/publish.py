@@ -125,9 +125,13 @@ class Republisher:
         # feed handler's note): nothing to this stream's receivers, who ignore it (docs/events.md);
         # its RESTART was the recording worker's own start, not the receiver's (stored as the
         # receiver's, a replay of its store started its engine afresh where the receiver had not)
+        # the flags it may send (docs/wire-format.md: a receiver drops a message with any other
+        # as BAD_EVENT; an .npy file's events may carry anything), and reserved 0
         markers = ev["kind"] == Kind.SNAPSHOT
         ev["order_id"][markers] = 0
-        ev["flags"][markers] &= ~np.uint32(Flag.RESTART)
+        ev["flags"] &= np.where(markers, wire.PUBLISHER_EVENT_FLAGS | wire.MARKER_EVENT_FLAGS,
+                                wire.PUBLISHER_EVENT_FLAGS).astype(np.uint32)
+        ev["reserved"] = 0
         if self.channels:
             ev["channel"] = ev["instrument"] % self.channels
         chans = ev["channel"]

@@ -10,7 +10,7 @@ import zmq
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tickwire.engine.instruments import make_books
-from tickwire.ext import EVENT_DTYPE, Kind, Side, codec, empty_events
+from tickwire.ext import EVENT_DTYPE, Flag, Kind, Side, codec, empty_events
 from tickwire.feeds import wire
 from tickwire.feeds.handler import FeedHandler
 from tickwire.feeds.simulator import synthetic_instruments
@@ -77,11 +77,15 @@ header_st = st.fixed_dictionaries({
        topic=st.sampled_from([b"tw.00003.", b"tw.00003.", b"tw.00004.", b"tw.3.", None]),
        kinds=st.lists(st.integers(0, 8), min_size=6, max_size=6),
        sides=st.lists(st.sampled_from([0, 1, 2, 2, 3, 255]), min_size=6, max_size=6),
+       flags=st.lists(st.sampled_from([0, 0, 1, 2, 3, 4, 8, 16, 32, 64, 128, 2**31]), min_size=6, max_size=6),
+       reserved=st.lists(st.sampled_from([0, 0, 0, 0, 1, 2**32 - 1]), min_size=6, max_size=6),
        max_events=st.integers(0, 8), types=st.sampled_from([wire.TYPES_DATA, wire.TYPES_ANY]))
-def test_structured_headers(h, body_events, extra, topic, kinds, sides, max_events, types):
+def test_structured_headers(h, body_events, extra, topic, kinds, sides, flags, reserved, max_events, types):
     ev = empty_events(body_events)
     ev["kind"] = kinds[:body_events]
     ev["side"] = sides[:body_events]
+    ev["flags"] = flags[:body_events]
+    ev["reserved"] = reserved[:body_events]
     ev["price"] = np.arange(body_events)
     payload = wire.HEADER.pack(h["magic"], h["version"], h["type"], h["flags"], h["channel"], h["event_size"],
                                h["count"], h["seq"], h["send_time"], h["epoch"], h["request_id"], h["part"])
@@ -133,11 +137,23 @@ def with_header(**fields):
     return topic, wire.HEADER.pack(*values) + payload[48:]
 
 
-def bad_event():
+def bad_event(field="kind", value=9, kind=None):
+    """A valid message whose third event has ``field`` set to ``value`` (and ``kind``)."""
     topic, payload = valid_message()
-    payload = bytearray(payload)
-    payload[48 + 2 * 64 + 54] = 9                          # third event: kind 9
-    return topic, bytes(payload)
+    ev = np.frombuffer(payload, EVENT_DTYPE, offset=48).copy()
+    ev[field][2] = value
+    if kind is not None:
+        ev["kind"][2] = kind
+    return topic, payload[:48] + ev.tobytes()
+
+
+# the flag bits a publisher may not send on an event: a marker's on a market event, RESTART (the
+# receiver's own), an undefined bit; and a non-zero reserved word
+BAD_EVENTS = [bad_event(), bad_event("side", 3), bad_event("flags", Flag.STALE),
+              bad_event("flags", Flag.SNAPSHOT | Flag.SNAPSHOT_END),
+              bad_event("flags", Flag.SNAPSHOT | Flag.STALE | Flag.RESTART, kind=Kind.SNAPSHOT),
+              bad_event("flags", 1 << 7), bad_event("flags", 1 << 31, kind=Kind.SNAPSHOT),
+              bad_event("reserved", 1)]
 
 
 MALFORMED = {
@@ -153,7 +169,7 @@ MALFORMED = {
                       with_header(event_size=32), with_header(type=MsgType.HEARTBEAT)],
     Drop.OVERSIZED: [with_header(count=9), with_header(count=2**32 - 1)],
     Drop.BAD_LENGTH: [(b"tw.00003.", valid_message()[1] + b"\x00"), with_header(count=4)],
-    Drop.BAD_EVENT: [bad_event()],
+    Drop.BAD_EVENT: BAD_EVENTS,
 }
 
 
@@ -165,6 +181,19 @@ def test_each_malformed_kind_is_counted_under_its_reason(reason):
         assert reference(topic, payload, 8, wire.TYPES_DATA)[0] == reason
     assert dec.drops == {reason.name: len(MALFORMED[reason])}
     assert dec.decode(*valid_message())[0] == Drop.OK         # and it still decodes what is good
+
+
+def test_every_flag_a_publisher_may_send_is_taken():
+    """The counterpart of BAD_EVENTS: LAST, SNAPSHOT and REPLAY on any event, the marker bits on
+    markers, decode in both decoders with the flags as sent."""
+    for flags, kind in [(Flag.LAST | Flag.SNAPSHOT | Flag.REPLAY, Kind.TRADE),
+                        (Flag.SNAPSHOT | Flag.SNAPSHOT_BEGIN, Kind.SNAPSHOT),
+                        (Flag.LAST | Flag.SNAPSHOT | Flag.SNAPSHOT_END | Flag.REPLAY, Kind.SNAPSHOT),
+                        (Flag.SNAPSHOT | Flag.STALE, Kind.SNAPSHOT)]:
+        topic, payload = bad_event("flags", flags, kind=kind)
+        reason, _, ev = codec.Decoder(max_events=8).decode(topic, payload)
+        assert reason == Drop.OK and int(ev["flags"][2]) == flags
+        assert reference(topic, payload, 8, wire.TYPES_DATA)[0] == Drop.OK
 
 
 def test_frames():

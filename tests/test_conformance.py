@@ -282,7 +282,10 @@ def test_the_simulator_is_conformant(tmp_path):
         sim.wait(30)
 
 
-def test_the_replay_publisher_is_conformant(tmp_path):
+@pytest.mark.parametrize("garbled", [False, True], ids=["as-generated", "garbled-flags"])
+def test_the_replay_publisher_is_conformant(tmp_path, garbled):
+    """And stays so on events that carry what no publisher may send (an .npy file's may: flag bits
+    not the event's own, RESTART, a reserved word), which it clears."""
     from tickwire.feeds.simulator import Market, synthetic_instruments
     from tickwire.replay.publish import Republisher
 
@@ -290,6 +293,9 @@ def test_the_replay_publisher_is_conformant(tmp_path):
     data, snap = f"ipc://{tmp_path}/rd", f"ipc://{tmp_path}/rs"
     pub = Republisher(data, snap, insts, 2)
     events = Market(4, seed=2, resting=50).generate(40_000)
+    if garbled:
+        events["flags"] |= np.uint32(Flag.STALE | Flag.RESTART | Flag.SNAPSHOT_END | (1 << 20))
+        events["reserved"] = np.arange(len(events), dtype=np.uint32)
     events["ts_event"] += time.time_ns() - int(events["ts_event"][0])   # (the market's clock starts in 2023)
     result = {}
     t = threading.Thread(target=lambda: result.update(r=conformance.check(data, snap, duration=2.5)))

@@ -65,7 +65,8 @@ def test_topics():
     assert not wire.topic(1).startswith(wire.topic(10)[:len(wire.topic(1))]) or wire.topic(1) == wire.topic(10)
 
 
-# events as arbitrary 64-byte records with a valid kind and side (the codec copies the rest as is)
+# events as arbitrary 64-byte records made valid: a kind, side and flags a publisher may send,
+# reserved 0 (the codec copies the rest as is)
 events_st = st.integers(0, 40).flatmap(lambda n: st.binary(min_size=64 * n, max_size=64 * n))
 
 
@@ -73,6 +74,10 @@ def to_events(raw):
     ev = np.frombuffer(raw, dtype=EVENT_DTYPE).copy()
     ev["kind"] = ev["kind"] % 6 + 1
     ev["side"] = ev["side"] % 3
+    allowed = np.where(ev["kind"] == Kind.SNAPSHOT, wire.PUBLISHER_EVENT_FLAGS | wire.MARKER_EVENT_FLAGS,
+                       wire.PUBLISHER_EVENT_FLAGS)
+    ev["flags"] &= allowed.astype(np.uint32)
+    ev["reserved"] = 0
     return ev
 
 
