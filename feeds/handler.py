@@ -85,7 +85,7 @@ class _Request:
     """An outstanding request to the recovery service."""
 
     __slots__ = ("id", "kind", "first", "end", "epoch", "deadline", "attempt", "arrival", "parts",
-                 "first_part", "got_first", "got")
+                 "first_part", "got_first", "got", "malformed")
 
     def __init__(self, kind):
         self.kind = kind               # "snapshot", "fill" or "probe"
@@ -98,6 +98,7 @@ class _Request:
         self.first_part = None
         self.got_first = None
         self.got = 0
+        self.malformed = None          # the handler's malformed replies when it was first sent
 
 
 class _Channel:
@@ -316,6 +317,8 @@ class FeedHandler:
         self._requests: dict[int, tuple] = {}       # request id -> (channel, _Request)
         self._earlier: dict[int, tuple] = {}        # an earlier attempt's id -> (channel, its fill _Request)
         self._arrival = 0
+        self._malformed_replies = 0          # recovery replies dropped as malformed, and the last reason
+        self._malformed_reason = ""
         self._started = False
         self._waiting = False                   # a channel has stored rows waiting for an exchange time
         self._closed = False
@@ -897,6 +900,8 @@ class FeedHandler:
         req.got_first = None
         req.got = 0
         req.arrival = self._arrival
+        if req.malformed is None:
+            req.malformed = self._malformed_replies
         req.deadline = time.monotonic() + min(self.snapshot_timeout * self.backoff ** req.attempt, self.max_backoff)
         self._requests[req.id] = (c.id, req)
         if req.kind == "snapshot":
@@ -1008,6 +1013,8 @@ class FeedHandler:
             frames = self._dealer.recv_multipart(copy=True)
             reason, h, events = self._replies.decode_frames(frames, now_ns())
             if reason != Drop.OK:
+                self._malformed_replies += 1
+                self._malformed_reason = reason.name
                 self._log_once(f"reply-{reason.name}", logging.WARNING,
                                "malformed recovery reply dropped: %s", reason.name)
                 continue
@@ -1271,8 +1278,9 @@ class FeedHandler:
             c.snap = None
             self._counters["recovery_failures"] += 1
             self._log_once(f"failed-{c.id}", logging.ERROR,
-                           "channel %d: no snapshot after %d requests; stale, retrying in %.1f s",
-                           c.id, req.attempt, self.retry_pause)
+                           "channel %d: no snapshot after %d requests%s; stale, retrying in %.1f s",
+                           c.id, req.attempt, self._malformed_since(req).replace(" usably", "", 1),
+                           self.retry_pause)
             c.state = ChannelState.STALE
             c.failed = True
             c.snap_after = now + self.retry_pause
@@ -1305,8 +1313,17 @@ class FeedHandler:
                            "did not confirm (%d requests): not believed, nothing counted lost", c.id,
                            req.end - 1, req.attempt)
             return self._settle(c)
-        self._lost(c, req.first, req.end, f"the recovery service did not answer {req.attempt} requests")
+        self._lost(c, req.first, req.end, f"the recovery service did not answer {req.attempt} requests"
+                   + self._malformed_since(req))
         return self._settle(c)
+
+    def _malformed_since(self, req: _Request) -> str:
+        """What the service sent while ``req`` was outstanding, when some of it was malformed (a
+        reply's header may be garbage, so it is not matched to its request): said beside "did
+        not answer", or a service answering garbage reads as one that is down."""
+        n = self._malformed_replies - (req.malformed if req.malformed is not None else self._malformed_replies)
+        return (f" usably ({n} malformed repl{'y' if n == 1 else 'ies'} dropped meanwhile, the last "
+                f"{self._malformed_reason})") if n else ""
 
     def _close_sockets(self) -> None:
         for s in getattr(self, "_sockets", []):

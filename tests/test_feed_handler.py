@@ -5,6 +5,7 @@ sequence numbers and epochs, retries, restarts, silence, PULL sockets, several e
 the Cython worker path.  Counters are checked exactly, and the tick history (``on_store``)
 against everything published."""
 
+import logging
 import socket
 import textwrap
 import time
@@ -16,7 +17,7 @@ from cython_build import build_module
 import zmq
 
 from tickwire.engine.instruments import make_books
-from tickwire.ext import EVENT_DTYPE, Flag, Kind, codec
+from tickwire.ext import EVENT_DTYPE, Flag, Kind, codec, empty_events
 from tickwire.feeds import wire
 from tickwire.feeds.handler import ChannelState, FeedHandler
 from tickwire.feeds.simulator import Market, synthetic_instruments
@@ -565,6 +566,32 @@ def test_unanswered_retransmission_is_retried_then_counted_lost(tmp_path):
         hs.assert_history(lost={(0, lost + i) for i in range(10)})
         c = h.counters()
         assert (c["retransmit_retries"], c["recovery_failures"], c["retransmit_requests"]) == (2, 1, 1)
+    finally:
+        hs.close()
+
+
+def test_a_service_answering_only_garbage_is_said_so_not_that_it_did_not_answer(tmp_path, caplog):
+    """Every reply malformed (an event of kind 9): the range is lost as for no answer, and the
+    log says what came instead of a silence."""
+    hs = Harness(tmp_path, snapshot_timeout=0.03, backoff=2.0, max_retries=2, retry_pause=0.6)
+    h = hs.h
+    try:
+        hs.join()
+        hs.publish(0, send=False)
+        hs.publish(0)
+        for _ in range(3):                              # the request and its two retries
+            identity, req = hs.request()
+            bad = empty_events(1)
+            bad["kind"] = 9
+            hs.router.send_multipart([identity, wire.encode_retransmit_part(
+                0, req.seq, bad, epoch=hs.epoch, request_id=req.request_id, part=0, final=True)])
+        with caplog.at_level(logging.WARNING, logger="tickwire.feeds"):
+            snapreq = hs.request()
+        assert snapreq[1].type == MsgType.SNAPSHOT_REQUEST and h.counters()["lost_events"] == 10
+        assert h.counters()["drops"].get("BAD_EVENT") == 3
+        said = [r.getMessage() for r in caplog.records if "lost" in r.getMessage()]
+        assert any("did not answer 3 requests usably (3 malformed replies dropped meanwhile, the last "
+                   "BAD_EVENT)" in m for m in said), said
     finally:
         hs.close()
 
