@@ -370,6 +370,33 @@ def _daemon_running(run_dir) -> bool:
         os.close(fd)
 
 
+#: what `tickwire status` reads of a metrics page at most, and for how long (a daemon's page is
+#: some kB, served at once; the socket timeout is per read: a server sending a byte every
+#: 2 s held it for 81 s, an adversarial pass)
+STATUS_MAX_BYTES = 64 << 20
+STATUS_MAX_SECONDS = 10.0
+
+
+def _fetch(resp, url: str) -> bytes:
+    """The body of ``resp``, read within STATUS_MAX_SECONDS and STATUS_MAX_BYTES (else
+    TimeoutError / OSError naming the bound)."""
+    import time
+
+    end = time.monotonic() + STATUS_MAX_SECONDS
+    chunks, n = [], 0
+    with resp:
+        while True:
+            chunk = resp.read1(65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            n += len(chunk)
+            if n > STATUS_MAX_BYTES:
+                raise OSError(f"more than {STATUS_MAX_BYTES >> 20} MiB: not a metrics page")
+            if time.monotonic() > end:
+                raise TimeoutError(f"the page took more than {STATUS_MAX_SECONDS:g} s ({n:,} bytes so far)")
+
+
 def cmd_status(args) -> int:
     import urllib.request
     from pathlib import Path
@@ -392,13 +419,21 @@ def cmd_status(args) -> int:
             print(f"no metrics URL in {path}: is the daemon for run '{cfg.run}' running?", file=sys.stderr)
             return 1
         url = path.read_text().strip()
+    import http.client
+
     try:
-        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        body = _fetch(urllib.request.urlopen(url, timeout=5), url)
     except ValueError as exc:                       # not a URL at all
         print(f"tickwire status: --url: {exc} (expected http://HOST:PORT/metrics)", file=sys.stderr)
         return 2
-    except OSError as exc:
-        print(f"cannot read {url}: {exc}", file=sys.stderr)
+    except (OSError, http.client.HTTPException) as exc:   # (a server that speaks no HTTP: a traceback)
+        print(f"cannot read {url}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        text = body.decode()
+    except UnicodeDecodeError:                      # (it said "--url: 'utf-8' codec can't decode ...", exit 2)
+        print(f"tickwire status: {url} is not a tickwire daemon's metrics endpoint (it answered {len(body):,} "
+              f"bytes that are not UTF-8 text)", file=sys.stderr)
         return 1
     if args.raw:
         print(text, end="")
@@ -474,7 +509,10 @@ def cmd_status(args) -> int:
     for k, v in rows.items():
         if k.startswith("tickwire_latency_seconds_bucket{"):
             labels = dict(re.findall(r'(\w+)="([^"]*)"', k))
-            le = float("inf") if labels["le"] == "+Inf" else float(labels["le"])
+            try:
+                le = float("inf") if labels["le"] == "+Inf" else float(labels["le"])
+            except (KeyError, ValueError):          # not a bucket of ours (a traceback)
+                continue
             hists.setdefault((labels.get("worker", "?"), labels.get("stage", "?")), []).append((le, v))
     for (worker, stage), buckets in sorted(hists.items()):
         buckets.sort()

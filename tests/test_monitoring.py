@@ -637,6 +637,89 @@ def test_status_of_something_that_is_not_a_tickwire_metrics_endpoint_says_so(cap
     assert "is not a tickwire daemon's metrics endpoint" in out.err and "daemon at" not in out.out
 
 
+@pytest.mark.parametrize("body", [bytes(range(256)) * 4,
+                                  b'tickwire_events_total{worker="w0"} 5\n'
+                                  b'tickwire_latency_seconds_bucket{worker="w0",stage="book",le="abc"} 3\n'
+                                  b'tickwire_latency_seconds_bucket{worker="w0",stage="book"} 3\n'])
+def test_status_of_bytes_that_are_not_text_or_buckets_that_are_not_ours(capsys, body):
+    """Bytes that are not UTF-8 were "--url: 'utf-8' codec can't decode ..." (exit 2, the URL
+    blamed); a tickwire_latency_seconds_bucket line without a numeric le was a traceback (an
+    adversarial pass)."""
+    from tickwire.engine.cli import main as cli_main
+
+    with page_server(body) as url:
+        code = cli_main(["status", "--url", url])
+    out = capsys.readouterr()
+    if body.startswith(b"tickwire_"):
+        assert code == 0 and "daemon at" in out.out, out
+    else:
+        assert code == 1 and "not UTF-8 text" in out.err and "--url" not in out.err, out
+
+
+def test_status_of_a_server_that_speaks_no_http_is_one_line(capsys):
+    """A port held by something that is not an HTTP server (it answers an SSH banner) was an
+    http.client.BadStatusLine traceback."""
+    import socket
+    import threading
+
+    from tickwire.engine.cli import main as cli_main
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+
+    def answer():
+        conn, _ = srv.accept()
+        conn.recv(65536)
+        conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+        conn.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        assert cli_main(["status", "--url", f"http://127.0.0.1:{srv.getsockname()[1]}/metrics"]) == 1
+    finally:
+        srv.close()
+    err = capsys.readouterr().err
+    assert err.startswith("cannot read http://127.0.0.1:") and "BadStatusLine" in err and "Traceback" not in err
+
+
+def test_status_of_a_server_that_drips_its_page_gives_up_at_its_bound(capsys, monkeypatch):
+    """The socket timeout is per read: a server sending a byte every 0.2 s held status for as long
+    as it liked (81 s in an adversarial pass). Now the page has a bound of its own."""
+    import socket
+    import threading
+
+    from tickwire.engine import cli
+
+    monkeypatch.setattr(cli, "STATUS_MAX_SECONDS", 1.0)
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    stop = threading.Event()
+
+    def answer():
+        conn, _ = srv.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n")
+        while not stop.wait(0.2):
+            try:
+                conn.sendall(b"#")
+            except OSError:
+                break
+        conn.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    t0 = time.monotonic()
+    try:
+        assert cli.main(["status", "--url", f"http://127.0.0.1:{srv.getsockname()[1]}/metrics"]) == 1
+    finally:
+        stop.set()
+        srv.close()
+    assert time.monotonic() - t0 < 5
+    err = capsys.readouterr().err
+    assert "took more than 1 s" in err and "Traceback" not in err, err
+
+
 def test_status_of_a_run_whose_daemon_is_gone_says_so_even_if_its_metrics_port_answers(tmp_path, capsys):
     """A daemon killed -9 leaves its metrics.url; the port in it may be another daemon's by now
     (two runs on the default 9464): `tickwire status --config` asks the run's daemon lock first,
