@@ -198,12 +198,29 @@ def cmd_run(args) -> int:
     return run(args.config, args.duration)
 
 
-def _signal_names(cfg):
-    """The running daemon's signal rings, from its run directory's rings.json (FileNotFoundError
-    when no daemon recorded any; PermissionError when the file is not readable by us)."""
-    from tickwire.engine.worker import ring_names
+def _running_daemon_view(cfg):
+    """``(signal ring names, {instrument id: symbol})`` of the daemon running for ``cfg``'s run,
+    from what its supervisor recorded in the run directory (``rings.json``, ``instruments.json``):
+    the daemon's own, whatever the config given says now (a config edited since, or another
+    run's with the same run directory, gave other symbols or found no daemon: an adversarial
+    pass). None when no daemon holds the run's lock (a killed one's rings, left behind, were
+    read as live); PermissionError when a file is not readable by us."""
+    import json as jsonmod
 
-    return [ring_names(cfg.state_dir / cfg.run, i)[1] for i in range(len(cfg.workers))]
+    from tickwire.engine.worker import read_ring_names
+
+    run_dir = cfg.state_dir / cfg.run
+    if not _daemon_running(run_dir):
+        return None
+    names = read_ring_names(run_dir)
+    if not names:
+        return None
+    symbols = {i.id: i.symbol for i in cfg.instruments}
+    try:
+        symbols = {int(d["id"]): str(d["symbol"]) for d in jsonmod.loads((run_dir / "instruments.json").read_text())}
+    except (FileNotFoundError, ValueError, KeyError, TypeError):   # (an older daemon: the config's)
+        pass
+    return [sig for _, sig in names], symbols
 
 
 def cmd_signals(args) -> int:
@@ -217,10 +234,16 @@ def cmd_signals(args) -> int:
         print(f"tickwire signals: --count: expected 0 (no limit) or more, got {args.count}", file=sys.stderr)
         return 2
     cfg = load(args.config)
-    symbols = {i.id: i.symbol for i in cfg.instruments}
+    # --from-start: every signal still in the rings; --follow: from the next one published (it
+    # began with the newest already published: a follower restarted printed its last one again);
+    # else the newest of each worker's ring
+    start = "oldest" if args.from_start else "next" if args.follow else "newest"
     try:
-        rings = [Ring.attach(n, SIGNAL_DTYPE, start="oldest" if args.from_start else "newest")
-                 for n in _signal_names(cfg)]
+        view = _running_daemon_view(cfg)
+        if view is None:
+            raise FileNotFoundError
+        names, symbols = view
+        rings = [Ring.attach(n, SIGNAL_DTYPE, start=start) for n in names]
     except FileNotFoundError:                       # (it printed "[Errno 2] no ring named ...": errno text)
         print(f"tickwire signals: no tickwire daemon is running for run '{cfg.run}' ({cfg.state_dir / cfg.run} "
               f"names no live signal ring): start one with `tickwire run --config {args.config}` (or "
@@ -229,6 +252,9 @@ def cmd_signals(args) -> int:
     except PermissionError as exc:                  # a ring another user made or could write
         print(f"tickwire signals: {exc.strerror} ({exc.filename})", file=sys.stderr)
         return 2
+    except (ValueError, KeyError, TypeError) as exc:    # rings.json not the supervisor's JSON
+        print(f"tickwire signals: {cfg.state_dir / cfg.run / 'rings.json'} cannot be read ({exc!r})", file=sys.stderr)
+        return 1
     buf = np.empty(1024, dtype=SIGNAL_DTYPE)
     fields = list(SIGNAL_DTYPE.names)
     if args.format == "csv":
@@ -728,10 +754,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "each signal (text, JSON lines or CSV). A reader that falls behind is told how many it missed.",
     )
     sig.add_argument("--config", "-c", required=True, help="the daemon's TOML configuration file")
-    sig.add_argument("--follow", "-f", action="store_true", help="keep printing new signals until interrupted")
+    sig.add_argument("--follow", "-f", action="store_true",
+                     help="print each new signal as it comes, from the next one published, until interrupted or the "
+                          "daemon stops (without it: the newest signal of each worker, then exit)")
     sig.add_argument("--format", choices=("text", "json", "csv"), default="text",
                      help="text: one aligned line a signal; json: one object a line; csv: a header, then a row a signal")
-    sig.add_argument("--from-start", action="store_true", help="start from the oldest signal still in the rings")
+    sig.add_argument("--from-start", action="store_true",
+                     help="start from the oldest signal still in the rings (with or without --follow)")
     sig.add_argument("--count", type=int, default=0, help="stop after this many signals (0: no limit)")
     sig.set_defaults(func=cmd_signals)
 

@@ -1727,6 +1727,16 @@ def test_a_ring_squatted_by_another_user_is_neither_read_nor_reused(tmp_path):
             ring.push_many(recs)
             os.chown(f"/dev/shm/{name}", 65534, 65534)
         sig = subprocess.run(signals, capture_output=True, text=True, timeout=60)
+        assert sig.returncode == 1 and sig.stdout == "", sig.stdout     # no daemon holds the run's lock
+        assert "no tickwire daemon is running for run 'squat'" in sig.stderr, sig.stderr
+        import fcntl
+
+        lock = os.open(run_dir / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:                                        # as if a daemon held it: the ring is then refused
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            sig = subprocess.run(signals, capture_output=True, text=True, timeout=60)
+        finally:
+            os.close(lock)
         assert sig.returncode != 0 and sig.stdout == "", sig.stdout
         assert "uid 65534's, not yours" in sig.stderr and "Traceback" not in sig.stderr, sig.stderr
         daemon, log = start_daemon(cfg_path, tmp_path)

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -254,3 +255,91 @@ def test_a_client_that_never_reads_costs_the_engine_nothing(tmp_path, stream):
         assert et.turns > before + 10                   # not held by the unread answers
         for s in socks:
             s.close()
+
+
+# -- tickwire signals ------------------------------------------------------------------------
+
+def _signals_config(tmp_path, workers):
+    from tickwire.engine.config import to_toml
+    from tickwire.engine.demo import demo_raw_config
+
+    raw = demo_raw_config(tmp_path / "state", run="sig", instruments=2)
+    if workers > 1:                                  # one instrument each
+        raw["workers"] = [dict(raw["workers"][0], name=f"w{i}", cpu=i, instruments=[i]) for i in range(workers)]
+    cfg = tmp_path / f"sig{workers}.toml"
+    cfg.write_text(to_toml(raw))
+    return cfg
+
+
+def _signals_run(tmp_path, workers=1):
+    """A run directory as a running daemon leaves it, without the daemon: its lock held, its
+    signal ring (broadcast, with signals of instrument 1 pushed), rings.json and the daemon's
+    instruments.json (symbols D0, D1: not the config's SYN0, SYN1)."""
+    import fcntl
+    import os
+    import uuid
+
+    from tickwire.engine.worker import write_ring_names
+    from tickwire.ext import SIGNAL_DTYPE
+    from tickwire.ext.ring import Ring
+
+    cfg = _signals_config(tmp_path, workers)
+    run_dir = tmp_path / "state" / "sig"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = os.open(run_dir / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    ring = Ring.create(f"tw-test-sig-{uuid.uuid4().hex[:12]}", SIGNAL_DTYPE, 64, policy="broadcast")
+    write_ring_names(run_dir, [(f"tw-test-ticks-{uuid.uuid4().hex[:8]}", ring.name.lstrip("/"))])
+    (run_dir / "instruments.json").write_text(json.dumps(
+        [{"id": i, "symbol": f"D{i}", "tick_size": "0.01", "lot_size": "1"} for i in (0, 1)]))
+    return cfg, lock, ring
+
+
+def _signal(seq):
+    from tickwire.ext import SIGNAL_DTYPE
+
+    s = np.zeros(1, SIGNAL_DTYPE)
+    s["instrument"], s["seq"], s["direction"], s["rule_kind"] = 1, seq, 1, 1
+    return s
+
+
+def test_signals_are_the_running_daemon_s_named_as_it_names_them_and_follow_starts_at_the_next(tmp_path, capsys):
+    """Found by an adversarial pass: `tickwire signals` named symbols from the config given (one
+    edited since printed other names), counted workers from it (one worker more: "no daemon is
+    running" beside a running one), began a follow with the newest signal already published (a
+    restarted follower printed its last one again), and read the rings a killed daemon left as a
+    live one's, exit 0."""
+    import os
+
+    from tickwire.engine.cli import main as cli_main
+
+    cfg, lock, ring = _signals_run(tmp_path)
+    try:
+        for seq in (1, 2, 3):
+            ring.push_many(_signal(seq))
+        capsys.readouterr()
+        # one-shot: the newest of the ring, named as the daemon names instrument 1
+        assert cli_main(["signals", "-c", str(cfg), "--format", "json"]) == 0
+        rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+        assert [(r["symbol"], r["seq"]) for r in rows] == [("D1", 3)]
+        # a config of the same run naming two workers: the daemon's one ring, every signal
+        assert cli_main(["signals", "-c", str(_signals_config(tmp_path, 2)), "--from-start", "--format", "json"]) == 0
+        assert [json.loads(x)["seq"] for x in capsys.readouterr().out.splitlines()] == [1, 2, 3]
+        # --follow: from the next signal, not the newest already there
+        got = {}
+        t = threading.Thread(target=lambda: got.update(rc=cli_main(
+            ["signals", "-c", str(cfg), "-f", "--count", "1", "--format", "json"])))
+        t.start()
+        time.sleep(1.0)
+        ring.push_many(_signal(4))
+        t.join(10)
+        assert not t.is_alive() and got["rc"] == 0
+        assert [json.loads(x)["seq"] for x in capsys.readouterr().out.splitlines()] == [4]
+    finally:
+        os.close(lock)                                   # the daemon gone: its lock free, its ring left
+    try:
+        assert cli_main(["signals", "-c", str(cfg), "--from-start"]) == 1
+        err = capsys.readouterr().err
+        assert "no tickwire daemon is running for run 'sig'" in err, err
+    finally:
+        ring.close()
