@@ -687,6 +687,14 @@ class Run:
         raw.setdefault("daemon", {})
         raw["daemon"]["state_dir"] = str(run_dir)
         raw["daemon"]["run"] = f"bench{os.getpid()}-{tag}"   # unique: it names the rings
+        # nothing of the bench reaches what the config's own daemon writes: its log file, its HDR
+        # folder (a starting worker moved the running daemon's w0.hlog aside) and its store (the
+        # synthetic stream's ticks and signals were inserted into the configured store.dsn): the
+        # scratch directory's embedded store instead (an adversarial pass)
+        raw["daemon"].pop("log_file", None)
+        raw.setdefault("metrics", {}).pop("hdr_dir", None)
+        for key in ("dsn", "cluster", "username", "password"):
+            raw.setdefault("store", {}).pop(key, None)
         raw.setdefault("feeds", {})
         raw["feeds"]["endpoints"] = [self.endpoint(tag)]
         raw["feeds"]["snapshot"] = ""
@@ -1622,7 +1630,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="pipeline: one engine worker process, no store (quick); daemon: `tickwire run "
                         "--config` (needs --config) [%(default)s]")
     p.add_argument("--config", help="daemon config (TOML): its instruments, rules, workers and settings; "
-                                    "the feed endpoint, snapshot service, state_dir and run name are replaced")
+                                    "the feed endpoint, snapshot service, channels, state_dir, run name and metrics "
+                                    "port are replaced, and its log file, HDR folder and store are the scratch "
+                                    "directory's (docs/bench.md)")
     p.add_argument("--source", choices=("auto", "binance", "synthetic"), default="auto",
                    help="the stream without --config: the Binance BTCUSDT depth capture (../shared/data), or "
                         "a seeded synthetic L2 market; auto: the capture when present [%(default)s]")

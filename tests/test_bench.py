@@ -638,16 +638,24 @@ def test_bench_end_to_end(tmp_path):
 def test_bench_against_the_real_daemon(tmp_path):
     """``--target daemon --config``: the shipped example config run as a real ``tickwire run``
     daemon (its supervisor, worker process, rings and writer), fed by the harness's publisher,
-    its signals read off the daemon's own signal ring by the consumer process."""
-    import re
+    its signals read off the daemon's own signal ring by the consumer process. Nothing of it
+    reaches the config's own store, log file or HDR folder (an adversarial pass: the synthetic
+    ticks were inserted into the configured store, the running daemon's w0.hlog moved aside)."""
     import subprocess
+    import tomllib
+
+    from tickwire.engine.config import to_toml
 
     example = Path(__file__).resolve().parents[1] / "engine" / "tickwire.example.toml"
-    text, n = re.subn(r'^state_dir = .*$', f'state_dir = "{tmp_path / "state"}"',
-                      example.read_text(encoding="utf-8"), flags=re.M)
-    assert n == 1
+    raw = tomllib.loads(example.read_text(encoding="utf-8"))
+    raw["daemon"]["state_dir"] = str(tmp_path / "state")
+    own = {"store": tmp_path / "own-store", "log": tmp_path / "own-logs" / "d.log", "hdr": tmp_path / "own-hdr"}
+    own["log"].parent.mkdir()
+    raw.setdefault("store", {})["dsn"] = f"chdb://{own['store']}"
+    raw["daemon"]["log_file"] = str(own["log"])
+    raw.setdefault("metrics", {})["hdr_dir"] = str(own["hdr"])
     cfg = tmp_path / "t.toml"
-    cfg.write_text(text, encoding="utf-8")
+    cfg.write_text(to_toml(raw), encoding="utf-8")
     out = tmp_path / "run"
     r = subprocess.run([sys.executable, "-m", "tickwire", "bench", "--target", "daemon", "--config", str(cfg),
                         "--source", "synthetic", "--rate", "20k", "--duration", "1.5", "--warmup", "0.3",
@@ -670,6 +678,7 @@ def test_bench_against_the_real_daemon(tmp_path):
     assert lat["wire_to_signal"]["count"] <= run["signals"]
     assert lat["wire_to_signal"]["p50"] >= lat["engine"]["p50"]
     assert "target daemon" in r.stdout
+    assert not own["store"].exists() and not own["log"].exists() and not own["hdr"].exists()
 
 
 @pytest.mark.integration
