@@ -346,9 +346,16 @@ def cmd_books(args) -> int:
         print(f"tickwire books: the daemon refused the request: {exc}", file=sys.stderr)
         return 2
     silent = getattr(books, "silent", [])
+    unserved = [] if ids is None or silent else [i for i in ids if i not in books]
 
     def partial() -> int:
-        """A worker that did not answer: its instruments are not shown (they were left out, exit 0)."""
+        """A worker that did not answer: its instruments are not shown (they were left out, exit 0);
+        an instrument asked for that no worker serves (nothing printed, exit 0)."""
+        if unserved:
+            names = {i.id: i.symbol for i in cfg.instruments}
+            print(f"tickwire books: the running daemon serves no instrument {', '.join(names.get(i, str(i)) for i in unserved)} "
+                  f"(a config edited since it started? `tickwire status` lists what it runs)", file=sys.stderr)
+            return 1
         if not silent:
             return 0
         print(f"tickwire books: worker{'s' if len(silent) > 1 else ''} {', '.join(silent)} did not answer within "

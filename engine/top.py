@@ -708,6 +708,11 @@ def run_top(cfg, refresh: float = 0.5, depth: int = 10, run_dir=None, out=sys.st
         print("tickwire top: draws a full screen and needs a terminal on its standard output; for a "
               "summary to a pipe or a file use `tickwire status --config FILE`", file=sys.stderr)
         return 2
+    if os.environ.get("TERM", "") in ("dumb", "unknown"):      # (rich draws nothing there: a blank screen)
+        print(f"tickwire top: TERM={os.environ['TERM']} cannot move the cursor, which a full screen needs: "
+              "set TERM (xterm-256color, screen, tmux-256color) or use `tickwire status --config FILE`",
+              file=sys.stderr)
+        return 2
     console = Console(file=out)
     keys = _Keys(sys.stdin.fileno())
     selected = 0

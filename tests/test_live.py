@@ -135,6 +135,29 @@ def test_no_daemon_says_so_and_how_to_start_one(tmp_path):
         assert out.returncode == 2 and "--timeout: expected seconds from 0 to 3600" in out.stderr, out.stderr
 
 
+def test_an_instrument_no_worker_serves_is_said_not_left_blank(tmp_path, stream):
+    """Found by an adversarial pass: `books -i SYM` of an instrument in the config given but served
+    by no worker of the running daemon (a config edited since) printed nothing, exit 0."""
+    from tickwire.engine.config import to_toml
+    from tickwire.engine.demo import demo_raw_config
+
+    insts, ev = stream                                  # the daemon serves instruments 0..2
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(to_toml(demo_raw_config(tmp_path / "state", run="more")))    # SYN0..SYN7
+    run_dir = tmp_path / "state" / "more"
+    run_dir.mkdir(parents=True)
+    with EngineThread(run_dir, ev, insts):
+        def books(*extra):
+            return subprocess.run([PY, "-m", "tickwire", "books", "--config", str(cfg), "--timeout", "3", *extra],
+                                  capture_output=True, text=True, timeout=60)
+        ok = books("-i", "SYN1")
+        assert ok.returncode == 0 and "(id 1," in ok.stdout and ok.stderr == "", ok
+        for extra in ([], ["--json"]):
+            out = books("-i", "SYN1", "-i", "SYN5", *extra)
+            assert out.returncode == 1 and "the running daemon serves no instrument SYN5" in out.stderr, out
+            assert ('"1"' if extra else "(id 1,") in out.stdout and "(id 5" not in out.stdout
+
+
 def test_a_worker_that_does_not_answer_is_named_and_the_exit_status_says_so(tmp_path, stream):
     """Found by an adversarial pass: with one of two workers SIGSTOPped, `tickwire books` printed
     the other's instruments only, without a word, exit 0 (`-i` an instrument of the stopped one

@@ -241,8 +241,12 @@ def test_rates_are_taken_over_the_status_files_own_times_whatever_the_refresh(tm
     assert seen[0] is None and seen[1] is None and all(r == pytest.approx(20_000) for r in seen[2:]), seen
 
 
-def test_top_into_a_pipe_says_it_needs_a_terminal(tmp_path):
-    """With its output not a terminal, top drew nothing and ran until killed: one line, exit 2."""
+def test_top_into_a_pipe_or_a_dumb_terminal_says_it_needs_a_terminal(tmp_path):
+    """With its output not a terminal, top drew nothing and ran until killed; on a terminal with
+    TERM=dumb it drew a blank screen for as long as it ran (an adversarial pass): one line each,
+    exit 2."""
+    import pty
+
     raw = demo_raw_config(tmp_path / "state", run="pipe")
     cfg_path = tmp_path / "pipe.toml"
     cfg_path.write_text(to_toml(raw))
@@ -252,11 +256,21 @@ def test_top_into_a_pipe_says_it_needs_a_terminal(tmp_path):
         assert wait_for(lambda: (tmp_path / "state" / "pipe" / "metrics.url").exists(), 60)
         res = subprocess.run([PY, "-m", "tickwire", "top", "--config", str(cfg_path)], capture_output=True,
                              text=True, timeout=60, stdin=subprocess.DEVNULL)
+        leader, follower = pty.openpty()
+        try:
+            dumb = subprocess.run([PY, "-m", "tickwire", "top", "--config", str(cfg_path)], stdout=follower,
+                                  stderr=subprocess.PIPE, text=True, timeout=60, stdin=subprocess.DEVNULL,
+                                  env=dict(os.environ, TERM="dumb"))
+        finally:
+            os.close(leader)
+            os.close(follower)
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(60)
     assert res.returncode == 2 and res.stdout == "" and res.stderr.count("\n") == 1, res
     assert "needs a terminal" in res.stderr and "tickwire status --config" in res.stderr
+    assert dumb.returncode == 2 and dumb.stderr.count("\n") == 1, dumb
+    assert "TERM=dumb cannot move the cursor" in dumb.stderr
 
 
 @pytest.mark.parametrize("ns, cell", [(None, "-"), (149, "0.1"), (99_940, "99.9"), (9_999_000, "9,999"),
