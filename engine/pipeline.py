@@ -139,10 +139,10 @@ class RuleConfig:
             # ("10" was instruments 1 and 0, [2.9] instrument 2, 5 a bare TypeError: an adversarial pass)
             ok = not isinstance(ids, (str, bytes)) and hasattr(ids, "__iter__")
             ids = list(ids) if ok else ids
-            # (empty: a rule that can never fire, taken without a word from a replay rules file)
-            if not ok or not ids or any(isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 0
-                                        for i in ids):
-                raise ValueError(f"rule {self.kind}: instruments must be a non-empty sequence of instrument ids "
+            # (empty is taken here: own_rules narrows a rule to none of a worker's or a replay's
+            # instruments; the config files refuse it, a rule that could never fire)
+            if not ok or any(isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 0 for i in ids):
+                raise ValueError(f"rule {self.kind}: instruments must be a sequence of instrument ids "
                                  f"(integers >= 0; for all of them, leave it out), got {self.instruments!r}")
             object.__setattr__(self, "instruments", tuple(int(i) for i in ids))
 

@@ -156,6 +156,10 @@ def _load_spec(path):
         rules = tuple(RuleConfig(**r) for r in raw.get("rules", []))
     except (TypeError, ValueError) as exc:
         raise ReplayError(f"--config {path}: {exc}") from None
+    for k, r in enumerate(rules):
+        if r.instruments == ():                        # (as the daemon's config: taken without a word)
+            raise ReplayError(f"--config {path}: rules[{k}].instruments: expected a non-empty array of instrument "
+                              f"ids (a rule for none could never fire; without the key: all)")
     channels = raw.get("feeds", {}).get("channels")
     if channels is not None and (not isinstance(channels, int) or channels < 1):
         raise ReplayError(f"--config {path}: feeds.channels: expected a positive integer, got {channels!r}")

@@ -1315,6 +1315,20 @@ def test_cli_refuses_what_would_lose_a_file_or_crash_after_the_work(tmp_path, ma
         ro.chmod(0o755)
 
 
+def test_a_rules_file_rule_for_no_instrument_is_refused_as_the_daemon_config_does(tmp_path, market):
+    """An adversarial pass: `instruments = []` in a replay rules file was a rule that could never
+    fire, taken without a word (the daemon's config refuses it)."""
+    ev, insts = market
+    npy = tmp_path / "ev.npy"
+    np.save(npy, ev)
+    rules = tmp_path / "rules.toml"
+    rules.write_text("[[rules]]\nkind = 'zscore'\nenter = 2.0\n[[rules]]\nkind = 'imbalance'\nenter = 0.6\n"
+                     "instruments = []\n")
+    out = cli("--npy", npy, "--config", rules, "-q")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "rules[1].instruments: expected a non-empty array" in out.stderr
+
+
 def test_a_rule_named_for_instruments_not_replayed_applies_to_the_others(tmp_path, market):
     """Found by an adversarial pass: a daemon config's rule for instrument 1 (valid: the daemon has
     it) and `--instruments` without 1 was an Engine ValueError traceback, exit 1. The rule is
