@@ -97,6 +97,11 @@ class _Implausible(ValueError):
     """An exact value no book can hold: a price outside the instrument's range, a quantity below zero."""
 
 
+class _OutOfRange(_Implausible):
+    """A price outside the instrument's range: a level the book does not hold by its config (the
+    book stays exact inside the range; any other level left out makes it wrong)."""
+
+
 class Converter:
     """cryptofeed's books and trades as canonical events, exact or not at all.
 
@@ -150,13 +155,16 @@ class Converter:
         too where it cannot be: a trade, a snapshot's level). They were published and a trade at
         -100.0 or of size 0 was stored as a real one, nothing counted."""
         if not inst.min_price <= p <= inst.max_price:
-            raise _Implausible(f"price {price} is outside the instrument's range ({inst.min_price} to "
+            raise _OutOfRange(f"price {price} is outside the instrument's range ({inst.min_price} to "
                              f"{inst.max_price} ticks)")
         if q < 0 or (q == 0 and not zero_ok):
             raise _Implausible(f"quantity {qty} is {'negative' if q < 0 else 'zero'}")
 
-    def _levels(self, rows, inst, levels, side, kind, flags, ts_event, ts_recv) -> None:
+    def _levels(self, rows, inst, levels, side, kind, flags, ts_event, ts_recv) -> int:
+        """Append the levels' rows; return how many were left out that leave the book wrong (all
+        but prices outside the instrument's range)."""
         iid = inst.id
+        wrong = 0
         units_of = inst.level_units
         zero_ok = kind == _MODIFY                  # (a delta's 0 deletes the level)
         lo, hi = inst.min_price, inst.max_price
@@ -167,8 +175,21 @@ class Converter:
                     self._check(inst, price, qty, p, q, zero_ok)
             except ValueError as exc:
                 self._reject(inst, exc)
+                wrong += not isinstance(exc, _OutOfRange)
                 continue
             rows.append((ts_event, ts_recv, 0, 0, p, q, iid, 0, kind, side, flags, 0))
+        return wrong
+
+    def _wrong(self, rows, inst, ts_event: int, ts_recv: int) -> None:
+        """A level of the message left out at a price the book holds (a price off the tick, a
+        quantity off the lot or below zero): the book published is not the exchange's, so it is
+        marked STALE until the next snapshot (it stayed in sync, wrong for good: an adversarial
+        pass)."""
+        rows.append(_marker(inst.id, ts_event, ts_recv, Flag.SNAPSHOT | Flag.STALE))
+        self.synced.discard(inst.symbol)
+        self.counts["stale_rejected"] += 1
+        self._once(f"w:{inst.symbol}", "%s: a level it could not take exactly leaves the book unlike the "
+                   "exchange's: marked STALE until its next snapshot", inst.symbol)
 
     @staticmethod
     def _out(rows, array: bool):
@@ -191,9 +212,11 @@ class Converter:
         self.synced.add(symbol)
         self.counts["snapshots"] += 1
         rows.append(_marker(inst.id, ts_event, ts_recv, Flag.SNAPSHOT | Flag.SNAPSHOT_BEGIN))
-        self._levels(rows, inst, bids, _BID, _ADD, _SNAPSHOT, ts_event, ts_recv)
-        self._levels(rows, inst, asks, _ASK, _ADD, _SNAPSHOT, ts_event, ts_recv)
+        wrong = self._levels(rows, inst, bids, _BID, _ADD, _SNAPSHOT, ts_event, ts_recv)
+        wrong += self._levels(rows, inst, asks, _ASK, _ADD, _SNAPSHOT, ts_event, ts_recv)
         rows.append(_marker(inst.id, ts_event, ts_recv, Flag.SNAPSHOT | Flag.SNAPSHOT_END))
+        if wrong:
+            self._wrong(rows, inst, ts_event, ts_recv)
         return self._out(rows, array)
 
     def delta(self, symbol: str, bids, asks, ts_event: int, ts_recv: int, *, array: bool = True):
@@ -207,10 +230,13 @@ class Converter:
             return None
         self.counts["deltas"] += 1
         rows = []
+        wrong = 0
         if bids:
-            self._levels(rows, inst, bids, _BID, _MODIFY, 0, ts_event, ts_recv)
+            wrong += self._levels(rows, inst, bids, _BID, _MODIFY, 0, ts_event, ts_recv)
         if asks:
-            self._levels(rows, inst, asks, _ASK, _MODIFY, 0, ts_event, ts_recv)
+            wrong += self._levels(rows, inst, asks, _ASK, _MODIFY, 0, ts_event, ts_recv)
+        if wrong:
+            self._wrong(rows, inst, ts_event, ts_recv)
         return self._out(rows, array) if rows else None
 
     def trade(self, symbol: str, side: str, price, amount, ts_event: int, ts_recv: int, *, array: bool = True):
@@ -272,6 +298,11 @@ class Bridge:
                                          xpub=True, curve=self.bc.curve())
         except ReplayError as exc:
             raise BridgeError(str(exc)) from None
+        # no book is known before cryptofeed's first snapshot of it: out of sync, so that the
+        # snapshot service leaves it out (a daemon recovering meanwhile was served an empty book
+        # as in sync, and kept it until the next snapshot)
+        self.publisher.books.apply(np.array([_marker(i.id, 0, 0, Flag.SNAPSHOT | Flag.STALE)
+                                             for i in self.instruments], dtype=EVENT_DTYPE))
         self.channels = cfg.feeds.channels or 1
         self.crossed = Counter()
         self._stop = False

@@ -108,11 +108,12 @@ class _Channel:
                  "silent", "failed", "retry_after", "held", "held_events", "early", "suspects", "hb_seq",
                  "hb_arrival", "hole_since", "snap", "fill", "probe", "snap_wanted", "snap_after",
                  "resume", "live_since", "heard_ns", "heard", "gaps", "recoveries", "restarts", "lost_events", "losses",
-                 "retransmitted", "last_ts", "unstamped", "end_seq")
+                 "retransmitted", "last_ts", "unstamped", "end_seq", "learned")
 
     def __init__(self, cid: int, instruments):
         self.id = cid
         self.instruments = None if instruments is None else np.unique(np.asarray(list(instruments), np.uint32))
+        self.learned = instruments is None   # the channel's instruments: those its snapshots have named
         self.state = ChannelState.INIT
         self.epoch = None              # the publisher epoch followed (from the first snapshot)
         self.next_seq = 0              # the book's next sequence number (when book_ok)
@@ -1187,8 +1188,11 @@ class FeedHandler:
         elif epoch > c.epoch:                         # the service says the publisher restarted
             self._restart(c, epoch, ask=False)
         snap = np.concatenate(parts) if len(parts) > 1 else (parts[0] if parts else empty_events(0))
-        if c.instruments is None:
-            c.instruments = np.unique(snap["instrument"]).astype(np.uint32)
+        if c.learned:
+            # (every snapshot's: a publisher leaves out a book it does not know, docs/wire-format.md;
+            # learned from the first alone, one left out there was foreign for good)
+            named = np.unique(snap["instrument"]).astype(np.uint32)
+            c.instruments = named if c.instruments is None else np.union1d(c.instruments, named).astype(np.uint32)
         else:
             keep = np.isin(snap["instrument"], c.instruments)
             if not keep.all():

@@ -371,9 +371,17 @@ def books_snapshot(books, ids, covered: int) -> np.ndarray:
     snapshot events. Each book's carry the exchange time of its last event (a book that has had
     none: the latest of the others'; 0 when none has: no exchange time yet, and the receiver
     stores the snapshot with the time of the channel's first event), so that stored snapshots
-    keep their place in the store's time order beside the ticks."""
+    keep their place in the store's time order beside the ticks.
+
+    A book out of sync (a STALE marker went out for it, and no snapshot since) is left out: the
+    publisher does not know it, and a receiver keeps an instrument missing from a snapshot out of
+    sync (docs/wire-format.md). Served as it stood, a book the bridge had marked STALE, crossed
+    or never snapshotted, went to a recovering daemon as in sync (an adversarial pass)."""
+    ids = [i for i in ids if books[i].in_sync]
     stamps = {i: int(books[i].last_ts_event) for i in ids}
     latest = max(stamps.values(), default=0)
+    if not ids:
+        return np.empty(0, EVENT_DTYPE)
     return np.concatenate([books[i].snapshot_events(seq=covered, ts=stamps[i] or latest) for i in ids])
 
 

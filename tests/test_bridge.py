@@ -78,14 +78,19 @@ def test_garbage_numbers_from_the_exchange_are_left_out_and_counted_never_a_cras
     """An exchange message with a huge, infinite or NaN price or size (cryptofeed hands them
     out as Decimals or floats) is left out and counted; the bridge's callback does not raise."""
     conv = Converter([inst()])
-    conv.snapshot("BTC-USD", [("100.00", "1")], [("100.01", "1")], 1, 1)
     bad = [Decimal("1E+30"), Decimal("Infinity"), Decimal("NaN"), Decimal("1E+999999"), 1e300, float("nan"), "abc",
            Decimal("100." + "0" * 30 + "1")]
+    stale = int(Flag.SNAPSHOT | Flag.STALE | Flag.LAST)
     for price in bad:
-        assert conv.delta("BTC-USD", [(price, "1")], [], 1, 1) is None
-        assert conv.delta("BTC-USD", [("100.00", price)], [], 1, 1) is None
+        for level in ((price, "1"), ("100.00", price)):
+            conv.snapshot("BTC-USD", [("100.00", "1")], [("100.01", "1")], 1, 1)
+            # the book can no longer be the exchange's: a STALE marker alone, until a snapshot
+            ev = conv.delta("BTC-USD", [level], [], 1, 1)
+            assert ev["kind"].tolist() == [Kind.SNAPSHOT] and ev["flags"].tolist() == [stale], level
+            assert conv.delta("BTC-USD", [("99.99", "2")], [], 1, 1) is None     # dropped until then
         assert conv.trade("BTC-USD", "buy", price, "1", 1, 1) is None
-    assert conv.rejected["BTC-USD"] == 3 * len(bad)
+    assert conv.rejected["BTC-USD"] == 3 * len(bad) and conv.counts["stale_rejected"] == 2 * len(bad)
+    conv.snapshot("BTC-USD", [("100.00", "1")], [("100.01", "1")], 1, 1)
     ev = conv.delta("BTC-USD", [("99.99", "2")], [], 1, 1)            # and it goes on
     assert ev["price"].tolist() == [9999] and ev["qty"].tolist() == [200_000_000]
 
@@ -101,13 +106,19 @@ def test_negative_and_zero_values_are_left_out_and_counted_not_stored_as_trades(
                            [("100.01", "1"), ("10000000.01", "1")], 1, 1)
         assert ev[ev["kind"] == Kind.ADD]["price"].tolist() == [10000, 10001]
         assert conv.rejected["BTC-USD"] == 4
+        # levels left out at prices the book holds (-2 and 0 lots): the book ends STALE
+        assert ev["flags"][-1] == Flag.SNAPSHOT | Flag.STALE | Flag.LAST and "BTC-USD" not in conv.synced
         for price, size in (("-100.0", "1"), ("0", "1"), ("100.00", "-0.5"), ("100.00", "0")):
             assert conv.trade("BTC-USD", "buy", price, size, 1, 1) is None, (price, size)
         assert conv.rejected["BTC-USD"] == 8 and conv.counts["trades"] == 0
+        # outside the range only: the book holds its range exactly and stays in sync
+        ev = conv.snapshot("BTC-USD", [("100.00", "1"), ("-1.00", "1")], [("100.01", "1")], 1, 1)
+        assert ev["flags"][-1] == Flag.SNAPSHOT | Flag.SNAPSHOT_END | Flag.LAST and "BTC-USD" in conv.synced
         ev = conv.delta("BTC-USD", [("100.00", "0"), ("99.50", "-1")], [], 1, 1)
-        assert ev["price"].tolist() == [10000] and ev["qty"].tolist() == [0]      # the deletion stays
-        assert conv.rejected["BTC-USD"] == 9
+        assert ev["price"].tolist() == [10000, 0] and ev["qty"].tolist() == [0, 0]   # the deletion, then STALE
+        assert ev["kind"].tolist() == [Kind.MODIFY, Kind.SNAPSHOT] and conv.rejected["BTC-USD"] == 10
     assert "check the instrument's min_price and max_price" in caplog.text
+    assert "marked STALE until its next snapshot" in caplog.text
 
 
 def test_unknown_symbols_are_ignored_and_counted():
@@ -313,6 +324,53 @@ def test_a_book_from_cryptofeed_gone_crossed_is_marked_stale_once_until_its_snap
                 seen.append((bridge.crossed["BTC-USD"], book.in_sync))
         assert seen == [(0, True), (0, True), (1, False), (1, False), (1, True), (2, False)], seen
         assert bridge.converter.counts["crossed"] == 2
+    finally:
+        bridge.close(0)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_the_snapshot_service_serves_only_the_books_the_bridge_knows(tmp_path):
+    """Found by an adversarial pass: the bridge's snapshot service served a book it had marked
+    STALE (crossed, or a level it could not take exactly) and one it had never had a snapshot of
+    (empty) as in sync: a daemon recovering then showed them in sync, a crossed book among them.
+    It leaves them out now, and a receiver keeps what a snapshot leaves out out of sync."""
+    from tickwire.engine.instruments import make_books
+    from tickwire.feeds.handler import FeedHandler
+
+    insts = [inst(), inst("ETH-USD", iid=1)]
+    feed, snap, d = free_endpoints(tmp_path)
+    bridge = Bridge(from_dict(bridge_raw(tmp_path / "state", insts, feed, snap), tmp_path))
+    D = Decimal
+
+    def served():
+        """The instruments in the service's snapshot of channel 0, and a fresh receiver's books."""
+        events = bridge.publisher._snapshot_of(0)[2]
+        books = make_books(insts)
+        h = FeedHandler(feed, {0: [0, 1]}, books.apply, snapshot=snap, silence_timeout=0)    # as a worker
+        try:
+            end = time.monotonic() + 10
+            while not h.all_live():
+                assert time.monotonic() < end, h.counters()
+                bridge.publisher.serve()
+                h.poll(0.005)
+        finally:
+            h.close()
+        return sorted(set(events["instrument"].tolist())), [books[i].in_sync for i in (0, 1)]
+
+    def snapshot(symbol):
+        bridge.on_book_update(symbol, {"bid": {D("90.00"): D(1)}, "ask": {D("91.00"): D(1)}}, None, 1, 1)
+
+    try:
+        assert served() == ([], [False, False])                  # no snapshot from the exchange yet
+        snapshot("BTC-USD")
+        snapshot("ETH-USD")
+        assert served() == ([0, 1], [True, True])
+        bridge.on_book_update("BTC-USD", None, {"bid": [(D("92.00"), D(1))]}, 2, 2)          # crossed
+        bridge.on_book_update("ETH-USD", None, {"bid": [(D("90.00"), D("0.000000001"))]}, 2, 2)  # off the lot
+        assert not bridge.publisher.books[0].in_sync and not bridge.publisher.books[1].in_sync
+        assert served() == ([], [False, False])
+        snapshot("ETH-USD")
+        assert served() == ([1], [False, True])
     finally:
         bridge.close(0)
         shutil.rmtree(d, ignore_errors=True)

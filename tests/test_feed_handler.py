@@ -522,6 +522,35 @@ def test_a_rejected_snapshot_part_does_not_take_the_place_of_the_real_one(feed):
     feed.assert_history()
 
 
+def test_without_instrument_lists_every_snapshot_names_the_channel_s_instruments(tmp_path):
+    """A handler given channels alone learns their instruments from the snapshots. Learned from
+    the first alone, an instrument its publisher left out there (a book it did not know yet:
+    docs/wire-format.md) was foreign for good: its next snapshot ignored."""
+    hs = Harness(tmp_path, channels=[0, 1], snapshot_timeout=0.05)
+    try:
+        hs.publish(0)
+        hs.publish(1)
+        for _ in (0, 1):
+            req = hs.request()
+            epoch, covered, ev = hs.snapshot_now(req[1].channel)
+            if req[1].channel == 0:                    # instrument 2 left out: not known yet
+                ev = ev[ev["instrument"] != 2]
+            hs.answer(req, snap=(epoch, covered, ev))
+        hs.pump(hs.h.all_live)
+        hs.publish(0, send=False)                      # lost for good on channel 0: a snapshot of both books
+        lost = hs.sent[0][-1][1]
+        hs.publish(0)
+        hs.retransmit(hs.request(), forget={lost})
+        req = hs.request()
+        assert req[1].type == MsgType.SNAPSHOT_REQUEST
+        hs.answer(req)
+        hs.pump(hs.caught_up)
+        assert hs.h.counters()["foreign_events"] == 0
+        assert np.array_equal(hs.books[2].snapshot_events(), hs.ref[2].snapshot_events()) and hs.books[2].in_sync
+    finally:
+        hs.close()
+
+
 def test_unavailable_then_served(tmp_path):
     hs = Harness(tmp_path, snapshot_timeout=0.05)
     try:
