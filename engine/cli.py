@@ -340,7 +340,7 @@ def cmd_books(args) -> int:
     try:
         books = request_books(Path(cfg.state_dir) / cfg.run, ids, args.depth, timeout=args.timeout)
     except DaemonNotRunning as exc:
-        print(exc, file=sys.stderr)
+        print(f"tickwire books: {exc}", file=sys.stderr)
         return 1
     except ValueError as exc:
         print(f"tickwire books: the daemon refused the request: {exc}", file=sys.stderr)
@@ -445,11 +445,11 @@ def cmd_status(args) -> int:
         path = Path(cfg.state_dir) / cfg.run / "metrics.url"
         if not _daemon_running(path.parent):
             # (a metrics.url left by a daemon that was killed may name a port another daemon has now)
-            print(f"no tickwire daemon is running for run '{cfg.run}' ({path.parent / 'daemon.lock'} is not held): "
+            print(f"tickwire status: no tickwire daemon is running for run '{cfg.run}' ({path.parent / 'daemon.lock'} is not held): "
                   f"start one with `tickwire run --config {args.config}`", file=sys.stderr)
             return 1
         if not path.exists():
-            print(f"no metrics URL in {path}: is the daemon for run '{cfg.run}' running?", file=sys.stderr)
+            print(f"tickwire status: no metrics URL in {path}: is the daemon for run '{cfg.run}' running?", file=sys.stderr)
             return 1
         url = path.read_text().strip()
     import http.client
@@ -460,7 +460,7 @@ def cmd_status(args) -> int:
         print(f"tickwire status: --url: {exc} (expected http://HOST:PORT/metrics)", file=sys.stderr)
         return 2
     except (OSError, http.client.HTTPException) as exc:   # (a server that speaks no HTTP: a traceback)
-        print(f"cannot read {url}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"tickwire status: cannot read {url}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     try:
         text = body.decode()
@@ -645,7 +645,7 @@ def _add_simulate(sub) -> None:
                         "aged out is counted lost by them) [%(default)s]")
     g = sim.add_argument_group("output")
     g.add_argument("--save-books", metavar="PATH", help="write the publisher's final books to PATH (.npz)")
-    g.add_argument("--quiet", action="store_true", help="no progress lines")
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
     sim.set_defaults(func=cmd_simulate)
 
 

@@ -680,7 +680,7 @@ def test_status_of_a_server_that_speaks_no_http_is_one_line(capsys):
     finally:
         srv.close()
     err = capsys.readouterr().err
-    assert err.startswith("cannot read http://127.0.0.1:") and "BadStatusLine" in err and "Traceback" not in err
+    assert err.startswith("tickwire status: cannot read http://127.0.0.1:") and "BadStatusLine" in err and "Traceback" not in err
 
 
 def test_status_of_a_server_that_drips_its_page_gives_up_at_its_bound(capsys, monkeypatch):
