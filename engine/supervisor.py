@@ -1396,6 +1396,18 @@ class Supervisor:
                                  "holds them")
                 level = max(level, logging.ERROR)
                 self.held_unstored = True
+        abandoned = [(w.name, int(st.get("abandoned_ticks") or 0)) for w, st in wsts if st]
+        abandoned = [(n, a) for n, a in abandoned if a] if self.cfg.store.enabled else []
+        if abandoned:
+            # received and processed, but the tick ring was full at the stop (the writer held back by
+            # a full spill or journal directory, or a slow store): said only in the worker's log, under
+            # "every tick and signal stored", exit 0 (an adversarial pass)
+            self.summary = self.summary.replace("stopped: every tick and signal stored", "stopped", 1)
+            self.summary += (f"; {sum(a for _, a in abandoned):,} ticks received were NOT stored: the tick ring "
+                             f"was full at the stop (" + ", ".join(f"{n}: {a:,}" for n, a in abandoned) +
+                             "); the next start asks the publisher for them again, lost if it no longer holds them")
+            level = max(level, logging.ERROR)
+            self.held_unstored = True
         log.log(level, "%s", self.summary)
         if self.cfg.log_file:                          # the log is in a file: the line goes to stderr too
             print(f"tickwire: {self.summary}", file=sys.stderr, flush=True)

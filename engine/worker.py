@@ -613,6 +613,8 @@ class Worker:
             # than the publisher's channel count left half of them silent, unsaid)
             "silent_instruments": self._silent_instruments(),
             "history": self.history_losses(),
+            # ticks received and processed but not handed to the tick ring at the stop (it was full)
+            "abandoned_ticks": int(self.abandoned),
             "channels": self._channels(),
             "book_rejects": books.rejects, "tick_ring_depth": int(len(self.ticks)),
             "tick_ring_capacity": int(self.ticks.capacity),

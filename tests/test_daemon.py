@@ -936,6 +936,45 @@ def test_events_held_behind_a_hole_at_the_stop_are_said_not_stored(tmp_path):
     assert stored + held <= 20_000
 
 
+def test_ticks_a_full_tick_ring_could_not_take_at_the_stop_are_said_not_stored(tmp_path):
+    """Found by an adversarial pass: with the writer behind at a stop (a slow store, a full spill
+    directory) the worker could not hand its last ticks to the full tick ring; it logged it, and the
+    daemon's last line said "every tick and signal stored", exit 0 (613 ticks missing from the
+    store). Here the writer is stopped (SIGSTOP) while the ring fills, and let go after the stop."""
+    cfg_path, raw = write_config(tmp_path, "full")
+    raw["rings"] = {"ticks_capacity": 1024}
+    cfg_path.write_text(to_toml(raw))
+    run_dir = tmp_path / "state" / "full"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    writer = 0
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"] and writer_pid("full"))
+        writer = writer_pid("full")
+        os.kill(writer, signal.SIGSTOP)
+        sim = start_sim(raw, 20_000, 20_000)
+        assert wait_for(lambda: status(run_dir)["counts"]["tick_ring_waits"] > 0, 60)
+        daemon.send_signal(signal.SIGTERM)
+        time.sleep(2.0)                                # the worker stops, its last push refused
+    finally:
+        if writer:
+            with contextlib.suppress(ProcessLookupError):     # (the supervisor's stop may have let it go)
+                os.kill(writer, signal.SIGCONT)
+        rc, _ = stop_daemon(daemon, log)
+        sim.kill()
+        sim.wait(30)
+    st = status(run_dir)
+    abandoned = st["abandoned_ticks"]
+    last = (tmp_path / "daemon.log").read_text().strip().splitlines()[-1]
+    assert rc == 1 and abandoned > 0, last
+    assert f"{abandoned:,} ticks received were NOT stored: the tick ring was full at the stop (w0: {abandoned:,})" \
+        in last and "every tick and signal stored" not in last, last
+    (stored, snaps), = query(f"chdb://{tmp_path}/state/store", "SELECT (SELECT count() FROM tickwire.ticks), "
+                                                                "(SELECT count() FROM tickwire.snapshots)")
+    # what the worker handed over (ticks, and the join snapshot's events) less what it said it could not
+    assert stored + snaps + abandoned == st["counts"]["ticks_stored"] + st["counts"]["snapshot_events"], \
+        (stored, snaps, st["counts"])
+
+
 @pytest.mark.parametrize("edit, fragment", [
     (lambda raw: raw["instruments"][0].pop("symbol"), "instruments[0].symbol: expected a string (required)"),
     (lambda raw: raw["workers"][0].update(cpu="one"), "workers[0].cpu: expected an integer"),
