@@ -483,6 +483,12 @@ def cmd_status(args) -> int:
         except ValueError:                          # not a sample line of ours
             continue
     if not any(k.startswith("tickwire_events_total") for k in rows):
+        if re.search(r"^# (HELP|TYPE) tickwire_events_total ", text, re.M):
+            # (a daemon still starting: waiting for an earlier one's stopped worker, say; it was
+            # called "not a tickwire daemon's metrics endpoint", an adversarial pass)
+            print(f"tickwire status: the daemon at {url} has no figures yet: no worker of it has reported (still "
+                  f"starting, or waiting for a process of an earlier daemon: its log says which)", file=sys.stderr)
+            return 1
         print(f"tickwire status: {url} is not a tickwire daemon's metrics endpoint (no tickwire_events_total "
               f"in what it answered)", file=sys.stderr)
         return 1

@@ -656,6 +656,20 @@ def test_status_of_bytes_that_are_not_text_or_buckets_that_are_not_ours(capsys, 
         assert code == 1 and "not UTF-8 text" in out.err and "--url" not in out.err, out
 
 
+def test_status_of_a_daemon_with_no_figures_yet_says_it_is_starting(capsys):
+    """A daemon waiting at its start (an earlier daemon's stopped worker holding a ring) serves its
+    metrics' HELP and TYPE lines and no sample: it was called "not a tickwire daemon's metrics
+    endpoint" (an adversarial pass)."""
+    from tickwire.engine.cli import main as cli_main
+
+    body = (b"# HELP tickwire_events_total Market events processed\n# TYPE tickwire_events_total counter\n"
+            b"# HELP tickwire_signals_total Signals emitted\n# TYPE tickwire_signals_total counter\n")
+    with page_server(body) as url:
+        assert cli_main(["status", "--url", url]) == 1
+    err = capsys.readouterr().err
+    assert "has no figures yet: no worker of it has reported" in err and "not a tickwire daemon" not in err, err
+
+
 def test_status_of_a_server_that_speaks_no_http_is_one_line(capsys):
     """A port held by something that is not an HTTP server (it answers an SSH banner) was an
     http.client.BadStatusLine traceback."""
