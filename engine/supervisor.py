@@ -319,9 +319,18 @@ def plain_tcp_warnings(endpoints, curve: bool) -> list[str]:
 
 
 def _users(ring) -> str:
-    """The live processes a ring names as its producer and consumer: "pid 12 and pid 34"."""
-    return " and ".join(f"pid {p}" for p, up in ((ring.producer_pid, ring.producer_alive),
-                                                 (ring.consumer_pid, ring.consumer_alive)) if up)
+    """The live processes a ring names as its producer and consumer: "pid 12 and pid 34"; one that
+    is stopped (SIGSTOP, a debugger) says so: it holds the ring until let go."""
+    def one(pid: int) -> str:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            state = stat[stat.rindex(")") + 2]
+        except (OSError, ValueError, IndexError):
+            state = ""
+        return f"pid {pid} (stopped: `kill -CONT {pid}` lets it go on and exit)" if state in ("T", "t") else f"pid {pid}"
+
+    return " and ".join(one(p) for p, up in ((ring.producer_pid, ring.producer_alive),
+                                             (ring.consumer_pid, ring.consumer_alive)) if up)
 
 
 class _Child:
@@ -517,7 +526,9 @@ class Supervisor:
             who = _users(old)
             old.close()
             raise StartupError(f"ring {name} is still in use by {who or 'a process that has just exited'}, "
-                               f"which is not this daemon's: refusing to start")
+                               f"which is not this daemon's (waited {self.shutdown_timeout:g} s, "
+                               f"daemon.shutdown_timeout_s): refusing to start; once it has exited (or is "
+                               f"killed), start again: what the ring holds is then stored")
         left = self._unstored(old, kind)
         if left and kind == "signals":
             state = self.run_dir / "writer" / self._keys.get(name, name)

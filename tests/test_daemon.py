@@ -1973,7 +1973,10 @@ def test_a_ring_held_by_a_stopped_worker_of_a_dead_daemon_is_refused_naming_that
         out = subprocess.run([PY, "-m", "tickwire", "run", "--config", str(cfg_path)], capture_output=True,
                              text=True, timeout=60)
         assert out.returncode == 2, out.stdout + out.stderr
-        assert f"is still in use by pid {worker}, which is not this daemon's" in out.stderr
+        # the pid, that it is stopped and how to let it go (an adversarial pass: it said none of that)
+        assert f"is still in use by pid {worker} (stopped: `kill -CONT {worker}` lets it go on and exit), which " \
+               f"is not this daemon's (waited 2 s, daemon.shutdown_timeout_s): refusing to start; once it has " \
+               f"exited" in out.stderr, out.stderr
         assert f"pid {writer}" not in out.stderr
     finally:
         if worker:
