@@ -279,6 +279,7 @@ cdef int tw_wire_copy_events(const tw_wire_header *h, const char *payload, tw_ev
     """Copy a parsed message's events, stamping ts_recv/channel/seq (see codec.pxd)."""
     cdef Py_ssize_t i, n = _payload_events(h)
     cdef uint32_t bad = 0
+    cdef uint64_t word = 0, market, seen = 0, on_market = 0
     cdef uint64_t step = 1 if (h.type == TW_MSG_DATA or h.type == TW_MSG_RETRANSMIT) else 0
     memcpy(out, payload + TW_WIRE_HEADER_SIZE, n * sizeof(tw_event))
     for i in range(n):
@@ -288,8 +289,15 @@ cdef int tw_wire_copy_events(const tw_wire_header *h, const char *payload, tw_ev
         # a marker's order_id is the receiver's own (the feed handler's markers carry the epoch a
         # channel follows, which a restarted worker reads back from its tick ring): a publisher's
         # is set to 0, so that no marker sent can pass for an epoch (no branch)
-        out[i].order_id &= <uint64_t>0 - <uint64_t>(out[i].kind != TW_KIND_SNAPSHOT)
-        bad |= _malformed(&out[i])
+        market = <uint64_t>0 - <uint64_t>(out[i].kind != TW_KIND_SNAPSHOT)
+        out[i].order_id &= market
+        # the event rule (_malformed), gathered over the message rather than tested per event:
+        # every flag bit seen, those of market events, every reserved bit
+        seen |= out[i].flags
+        on_market |= out[i].flags & market
+        word |= out[i].reserved
+        bad |= ((<uint32_t>out[i].kind - 1) >= <uint32_t>(TW_KIND_MAX - 1)) | (out[i].side > TW_SIDE_NONE)
+    bad |= (((seen & ~<uint64_t>(_PUBLISHER_FLAGS | _MARKER_FLAGS)) | word) != 0) | ((on_market & _MARKER_FLAGS) != 0)
     return TW_DROP_BAD_EVENT if bad else TW_DROP_OK
 
 
