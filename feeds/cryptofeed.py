@@ -298,11 +298,10 @@ class Bridge:
                                          xpub=True, curve=self.bc.curve())
         except ReplayError as exc:
             raise BridgeError(str(exc)) from None
-        # no book is known before cryptofeed's first snapshot of it: out of sync, so that the
-        # snapshot service leaves it out (a daemon recovering meanwhile was served an empty book
-        # as in sync, and kept it until the next snapshot)
-        self.publisher.books.apply(np.array([_marker(i.id, 0, 0, Flag.SNAPSHOT | Flag.STALE)
-                                             for i in self.instruments], dtype=EVENT_DTYPE))
+        # no book is known before cryptofeed's first snapshot of it: the snapshot service leaves
+        # it out (a daemon recovering meanwhile was served an empty book as in sync, and kept it
+        # until the next snapshot)
+        self.publisher.stale.update(i.id for i in self.instruments)
         self.channels = cfg.feeds.channels or 1
         self.crossed = Counter()
         self._stop = False

@@ -371,13 +371,10 @@ def books_snapshot(books, ids, covered: int) -> np.ndarray:
     snapshot events. Each book's carry the exchange time of its last event (a book that has had
     none: the latest of the others'; 0 when none has: no exchange time yet, and the receiver
     stores the snapshot with the time of the channel's first event), so that stored snapshots
-    keep their place in the store's time order beside the ticks.
-
-    A book out of sync (a STALE marker went out for it, and no snapshot since) is left out: the
-    publisher does not know it, and a receiver keeps an instrument missing from a snapshot out of
-    sync (docs/wire-format.md). Served as it stood, a book the bridge had marked STALE, crossed
-    or never snapshotted, went to a recovering daemon as in sync (an adversarial pass)."""
-    ids = [i for i in ids if books[i].in_sync]
+    keep their place in the store's time order beside the ticks. A book is served as it stands,
+    in the middle of a snapshot sequence too (the rest of it follows in the stream); a publisher
+    leaves out of ``ids`` the books it does not know (docs/wire-format.md; the Republisher's
+    ``stale``)."""
     stamps = {i: int(books[i].last_ts_event) for i in ids}
     latest = max(stamps.values(), default=0)
     if not ids:

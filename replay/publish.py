@@ -96,6 +96,9 @@ class Republisher:
 
             raise ReplayError(f"cannot bind {endpoint} / {snapshot}: {exc}") from None
         self.books = make_books(self.instruments)
+        #: instruments whose book this publisher does not know (a STALE marker sent for it since
+        #: its last SNAPSHOT_END; the bridge starts with every one): its snapshots leave them out
+        self.stale: set[int] = set()
         self.by_channel = {}
         for inst in self.instruments:
             c = inst.id % channels if channels else (channel_of or {}).get(inst.id, 0)
@@ -113,7 +116,11 @@ class Republisher:
         if ids is None:
             return None
         covered = self.publisher.next_seq(channel) - 1
-        return self.publisher.epoch, covered, books_snapshot(self.books, ids, covered)
+        # a book it has sent a STALE marker for since its last snapshot's END is not known: left out,
+        # and a receiver keeps it out of sync (docs/wire-format.md); served, a book the bridge knew
+        # was wrong (crossed, a level left out) or had no snapshot of yet went out as in sync
+        known = [i for i in ids if i not in self.stale]
+        return self.publisher.epoch, covered, books_snapshot(self.books, known, covered)
 
     def send(self, events: np.ndarray, copy: bool = True) -> None:
         """Publish a batch: per channel, in order, in messages of at most ``max_message_events``
@@ -145,6 +152,11 @@ class Republisher:
         if channel not in self.by_channel:
             self.by_channel[channel] = np.unique(events["instrument"]).tolist()
         n = len(events)
+        for m in events[events["kind"] == Kind.SNAPSHOT]:   # (markers: a few)
+            if m["flags"] & Flag.STALE:
+                self.stale.add(int(m["instrument"]))
+            elif m["flags"] & Flag.SNAPSHOT_END:
+                self.stale.discard(int(m["instrument"]))
         for k in range(0, n, self.max_events):
             msg = events if n <= self.max_events else np.ascontiguousarray(events[k:k + self.max_events])
             self.books.apply(msg)             # the snapshot state before the next serve

@@ -11,6 +11,7 @@ import pytest
 import zmq
 
 from tickwire.engine.instruments import Instrument, make_books
+from tickwire.ext import empty_events
 from tickwire.ext.records import EVENT_DTYPE, Flag, Kind, Side
 from tickwire.feeds import conformance, wire
 from tickwire.feeds.wire import MsgType
@@ -315,6 +316,38 @@ def test_the_replay_publisher_is_conformant(tmp_path, garbled):
     report = result["r"]
     assert report.ok, report.text()
     assert report.events > 0 and report.snapshots >= 4 and report.retransmissions == 2
+
+
+def test_the_replay_publisher_serves_a_book_mid_snapshot_and_leaves_out_one_it_marked_stale(tmp_path):
+    """Its snapshot service serves each book as it stands, in the middle of a snapshot sequence too
+    (the rest follows in the stream: a review found one left out there, and a receiver's book then
+    completed by the sequence's END alone, in sync with half its levels); a book it has sent a
+    STALE marker for since its last END is left out until that book's next END."""
+    from tickwire.feeds.simulator import synthetic_instruments
+    from tickwire.replay.publish import Republisher
+
+    insts = synthetic_instruments(2)
+    pub = Republisher(f"ipc://{tmp_path}/d", f"ipc://{tmp_path}/s", insts, 1)
+    try:
+        books = make_books(insts)                        # L3: two resting orders each
+        ev = empty_events(4)
+        ev["kind"], ev["side"], ev["instrument"] = Kind.ADD, [Side.BID, Side.ASK] * 2, [0, 0, 1, 1]
+        ev["price"], ev["qty"], ev["order_id"] = [100, 200, 101, 201], [5, 7, 5, 7], [1, 2, 3, 4]
+        books.apply(ev)
+        seq0, seq1 = books[0].snapshot_events(seq=1, ts=1), books[1].snapshot_events(seq=1, ts=1)
+        served = lambda: sorted(set(pub._snapshot_of(0)[2]["instrument"].tolist()))
+        pub.send(seq0[:2])                              # instrument 0: BEGIN and its bid, not its END
+        assert served() == [0, 1] and len(pub._snapshot_of(0)[2]) == 3 + 2
+        pub.send(seq0[2:])
+        stale = empty_events(1)
+        stale["kind"], stale["side"], stale["instrument"] = Kind.SNAPSHOT, Side.NONE, 1
+        stale["flags"] = Flag.SNAPSHOT | Flag.STALE | Flag.LAST
+        pub.send(stale)
+        assert served() == [0]
+        pub.send(seq1)                                  # its next snapshot: known again
+        assert served() == [0, 1]
+    finally:
+        pub.close()
 
 
 def test_a_service_not_ready_is_asked_again_and_one_never_ready_is_reported(publisher):
