@@ -95,6 +95,9 @@ def _instrument_dict(inst) -> dict:
     return d
 
 
+_LOCK_TRIES = 20          # _try_lock: tries 10 ms apart before the lock is taken as held
+
+
 def _try_lock(path: Path, shared: bool = False):
     """An exclusive flock on ``path`` (created 0600): the open fd, or None if another holds it.
     A symlink there, or a file of another user's, is refused (OSError): in a directory another user
@@ -112,11 +115,18 @@ def _try_lock(path: Path, shared: bool = False):
     if not mine and not shared:
         os.close(fd)
         raise PermissionError(errno.EPERM, f"{path} belongs to another user")
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
+    # a few tries: `tickwire status`, `signals` and `top` ask whether a daemon runs by taking the
+    # lock shared for a moment; a start that met one of those refused, "another daemon runs" (a
+    # review: 220 of 2,000 starts beside a probing loop). A daemon holds it for its whole life.
+    for attempt in range(_LOCK_TRIES):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if attempt == _LOCK_TRIES - 1:
+                os.close(fd)
+                return None
+            time.sleep(0.01)
     if mine:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

@@ -226,6 +226,46 @@ def test_a_lock_names_the_process_that_holds_it_not_what_its_file_says(tmp_path)
     assert _lock_holder(path) == 1836                               # nobody holds it: the file's word
 
 
+def test_a_start_is_not_refused_for_a_status_probe_of_its_lock(tmp_path):
+    """A review: `tickwire status`, `signals` and `top` ask whether a daemon runs by taking its
+    lock shared for a moment; a daemon starting at that instant refused, "another tickwire daemon
+    runs" (220 of 2,000 starts beside a probing loop). A lock really held is still refused."""
+    import multiprocessing
+
+    from tickwire.engine.cli import _daemon_running
+    from tickwire.engine.supervisor import _try_lock
+
+    path = tmp_path / "daemon.lock"
+    path.touch(mode=0o600)
+    ctx = multiprocessing.get_context("fork")
+    stop = ctx.Event()
+
+    def probe():
+        while not stop.is_set():
+            _daemon_running(tmp_path)
+
+    prober = ctx.Process(target=probe, daemon=True)
+    prober.start()
+    try:
+        time.sleep(0.2)
+        refused = 0
+        for _ in range(300):
+            fd = _try_lock(path)
+            if fd is None:
+                refused += 1
+            else:
+                os.close(fd)
+    finally:
+        stop.set()
+        prober.join(10)
+    assert refused == 0
+    held = _try_lock(path)
+    try:
+        assert _try_lock(path) is None
+    finally:
+        os.close(held)
+
+
 def test_a_shared_lock_of_another_user_is_taken_read_only_and_a_symlink_never(tmp_path):
     """The demo's machine-wide lock (/tmp/tickwire-demo.lock): another user's file is locked as it
     is (a review: the uid check refused root's demo after any other user's, for good), its pid
