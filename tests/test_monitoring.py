@@ -697,9 +697,12 @@ def test_status_of_a_server_that_speaks_no_http_is_one_line(capsys):
     assert err.startswith("tickwire status: cannot read http://127.0.0.1:") and "BadStatusLine" in err and "Traceback" not in err
 
 
-def test_status_of_a_server_that_drips_its_page_gives_up_at_its_bound(capsys, monkeypatch):
+@pytest.mark.parametrize("head", [b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n", b"HTTP/1.1 200 OK\r\nX-Slow: "],
+                         ids=["page", "headers"])
+def test_status_of_a_server_that_drips_its_page_gives_up_at_its_bound(capsys, monkeypatch, head):
     """The socket timeout is per read: a server sending a byte every 0.2 s held status for as long
-    as it liked (81 s in an adversarial pass). Now the page has a bound of its own."""
+    as it liked (81 s in an adversarial pass; its headers so, in a review). Now the request has a
+    bound of its own."""
     import socket
     import threading
 
@@ -714,7 +717,7 @@ def test_status_of_a_server_that_drips_its_page_gives_up_at_its_bound(capsys, mo
     def answer():
         conn, _ = srv.accept()
         conn.recv(65536)
-        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n")
+        conn.sendall(head)
         while not stop.wait(0.2):
             try:
                 conn.sendall(b"#")
