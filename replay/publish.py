@@ -96,8 +96,8 @@ class Republisher:
 
             raise ReplayError(f"cannot bind {endpoint} / {snapshot}: {exc}") from None
         self.books = make_books(self.instruments)
-        #: instruments whose book this publisher does not know (a STALE marker sent for it since
-        #: its last SNAPSHOT_END; the bridge starts with every one): its snapshots leave them out
+        #: instruments whose book this publisher does not know (a STALE marker sent for it and no
+        #: SNAPSHOT_BEGIN since; the bridge starts with every one): its snapshots leave them out
         self.stale: set[int] = set()
         self.by_channel = {}
         for inst in self.instruments:
@@ -116,7 +116,7 @@ class Republisher:
         if ids is None:
             return None
         covered = self.publisher.next_seq(channel) - 1
-        # a book it has sent a STALE marker for since its last snapshot's END is not known: left out,
+        # a book it has sent a STALE marker for, and no snapshot sequence since, is not known: left out,
         # and a receiver keeps it out of sync (docs/wire-format.md); served, a book the bridge knew
         # was wrong (crossed, a level left out) or had no snapshot of yet went out as in sync
         known = [i for i in ids if i not in self.stale]
@@ -155,7 +155,10 @@ class Republisher:
         for m in events[events["kind"] == Kind.SNAPSHOT]:   # (markers: a few)
             if m["flags"] & Flag.STALE:
                 self.stale.add(int(m["instrument"]))
-            elif m["flags"] & Flag.SNAPSHOT_END:
+            elif m["flags"] & (Flag.SNAPSHOT_BEGIN | Flag.SNAPSHOT_END):
+                # from its BEGIN the book is the new snapshot so far: served as it stands, the rest
+                # of the sequence follows (left out, a receiver completed it from that rest alone,
+                # in sync with part of its levels: a review)
                 self.stale.discard(int(m["instrument"]))
         for k in range(0, n, self.max_events):
             msg = events if n <= self.max_events else np.ascontiguousarray(events[k:k + self.max_events])

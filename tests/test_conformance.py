@@ -322,7 +322,7 @@ def test_the_replay_publisher_serves_a_book_mid_snapshot_and_leaves_out_one_it_m
     """Its snapshot service serves each book as it stands, in the middle of a snapshot sequence too
     (the rest follows in the stream: a review found one left out there, and a receiver's book then
     completed by the sequence's END alone, in sync with half its levels); a book it has sent a
-    STALE marker for since its last END is left out until that book's next END."""
+    STALE marker for since is left out until that book's next snapshot sequence begins."""
     from tickwire.feeds.simulator import synthetic_instruments
     from tickwire.replay.publish import Republisher
 
@@ -344,7 +344,9 @@ def test_the_replay_publisher_serves_a_book_mid_snapshot_and_leaves_out_one_it_m
         stale["flags"] = Flag.SNAPSHOT | Flag.STALE | Flag.LAST
         pub.send(stale)
         assert served() == [0]
-        pub.send(seq1)                                  # its next snapshot: known again
+        pub.send(seq1[:2])                              # its next snapshot begun: served as it stands
+        assert served() == [0, 1]
+        pub.send(seq1[2:])
         assert served() == [0, 1]
     finally:
         pub.close()
