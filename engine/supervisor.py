@@ -95,6 +95,18 @@ def _instrument_dict(inst) -> dict:
     return d
 
 
+def _abandoned_note(wsts) -> str | None:
+    """The last line's words for ticks workers could not hand to their full tick ring at the stop
+    (their statuses' ``abandoned_ticks``; ``wsts``: (worker config, status) pairs), or None."""
+    abandoned = [(w.name, int(st.get("abandoned_ticks") or 0)) for w, st in wsts if st]
+    abandoned = [(n, a) for n, a in abandoned if a]
+    if not abandoned:
+        return None
+    return (f"; {sum(a for _, a in abandoned):,} ticks received were NOT stored: the tick ring was full at the "
+            f"stop (" + ", ".join(f"{n}: {a:,}" for n, a in abandoned) + "); the next start asks the publisher "
+            "for them again, lost if it no longer holds them")
+
+
 _LOCK_TRIES = 20          # _try_lock: tries 10 ms apart before the lock is taken as held
 
 
@@ -1417,16 +1429,13 @@ class Supervisor:
                                  "holds them")
                 level = max(level, logging.ERROR)
                 self.held_unstored = True
-        abandoned = [(w.name, int(st.get("abandoned_ticks") or 0)) for w, st in wsts if st]
-        abandoned = [(n, a) for n, a in abandoned if a] if self.cfg.store.enabled else []
+        abandoned = _abandoned_note(wsts) if self.cfg.store.enabled else None
         if abandoned:
             # received and processed, but the tick ring was full at the stop (the writer held back by
             # a full spill or journal directory, or a slow store): said only in the worker's log, under
             # "every tick and signal stored", exit 0 (an adversarial pass)
             self.summary = self.summary.replace("stopped: every tick and signal stored", "stopped", 1)
-            self.summary += (f"; {sum(a for _, a in abandoned):,} ticks received were NOT stored: the tick ring "
-                             f"was full at the stop (" + ", ".join(f"{n}: {a:,}" for n, a in abandoned) +
-                             "); the next start asks the publisher for them again, lost if it no longer holds them")
+            self.summary += abandoned
             level = max(level, logging.ERROR)
             self.held_unstored = True
         log.log(level, "%s", self.summary)

@@ -406,12 +406,21 @@ class Worker:
 
     def _push(self, events: np.ndarray) -> None:
         left = events
+        give_up = None
         while len(left):                                   # back-pressure, never loss
             k = self.ticks.push_many(left, timeout=0.5)
             if k < len(left):
                 self.counts["tick_ring_waits"] += 1
             left = left[k:]
             if self.stop and not k:
+                # at a stop, the writer is given half the supervisor's wait for this worker to make
+                # room (after 0.5 s, ticks a writer still starting would have stored were dropped:
+                # a review); then what is left is given up, said, counted
+                now = time.monotonic()
+                if give_up is None:
+                    give_up = now + max(0.5, self.cfg.shutdown_timeout_s / 2 - 0.5)
+                if now < give_up:
+                    continue
                 self.abandoned += len(left)
                 log.error("tick ring full at shutdown: %d ticks not handed to the writer (the next start "
                           "asks the publisher for them again)", len(left))
