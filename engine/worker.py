@@ -405,6 +405,12 @@ class Worker:
         self.counts["snapshot_events"] += len(events)
 
     def _push(self, events: np.ndarray) -> None:
+        if self.abandoned:
+            # once ticks were given up at the stop, none after them goes in either: the history
+            # note, brought up to the ring's last tick, would move past those given up, and the
+            # next start would not ask for them again (a review)
+            self.abandoned += len(events)
+            return
         left = events
         give_up = None
         while len(left):                                   # back-pressure, never loss

@@ -994,6 +994,8 @@ def test_ticks_a_full_tick_ring_never_took_at_the_stop_are_counted_and_said():
         assert w.abandoned == 6 and 1.4 < time.monotonic() - t0 < 4.0
         out = np.zeros(16, EVENT_DTYPE)
         assert reader.pop_many(out) == 4
+        Worker._push(w, ev[:3])                      # after them, none goes in (the note would pass them)
+        assert w.abandoned == 9 and reader.pop_many(out, timeout=0) == 0
         w.abandoned = 0                              # room made within the wait: nothing given up
         threading.Timer(0.8, lambda: reader.pop_many(out)).start()
         Worker._push(w, ev[:8])
