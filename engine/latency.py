@@ -24,6 +24,9 @@ and 150; tickwire's recorder follows HdrHistogram.
 from __future__ import annotations
 
 import io
+import math
+import numbers
+import operator
 import re
 import sys
 import time
@@ -156,6 +159,14 @@ def hgrm(source, unit_ratio: float = 1000.0, ticks_per_half_distance: int = 5) -
     ticks_per_half_distance : int
         Percentile ticks per halving of the distance to 100% (HdrHistogram's default 5).
     """
+    if isinstance(unit_ratio, bool) or not isinstance(unit_ratio, numbers.Real) or not 0 < unit_ratio < math.inf:
+        raise ValueError(f"unit_ratio must be a positive finite number (1000: microseconds), got {unit_ratio!r}")
+    try:
+        ticks = operator.index(ticks_per_half_distance)
+    except TypeError:
+        ticks = 0
+    if isinstance(ticks_per_half_distance, bool) or ticks < 1:
+        raise ValueError(f"ticks_per_half_distance must be an int >= 1, got {ticks_per_half_distance!r}")
     hist = _as_hdrh(source)
     d = hist.significant_figures
     out = io.StringIO()

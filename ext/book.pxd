@@ -223,9 +223,13 @@ cdef inline int64_t tw_book_spread(const tw_book *b) noexcept nogil:
 
 cdef class Book:
     cdef tw_book c
-    cdef int _busy                # > 0 while a batch applies without the GIL (another thread is refused)
+    cdef int _busy                # 1 while a batch applies without the GIL (every call from Python is
+                                  # refused); 2 while an engine batch with Python rules holds it
+                                  # (queries allowed, changes refused); 0 otherwise
     cdef int _check(self, int code, object what) except -1
-    cdef int _idle(self, str what) except -1
+    cdef int _idle(self, str what) except -1        # before a change: refused while _busy
+    cdef int _readable(self, str what) except -1    # before a query: refused while _busy == 1
+    cdef int _refuse(self, str what) except -1
 
 
 cdef class L2Book(Book):

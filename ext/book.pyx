@@ -1751,14 +1751,31 @@ cdef class Book:
         return 0
 
     cdef int _idle(self, str what) except -1:
-        """Refuse ``what`` while a batch applies to this book without the GIL (another thread's
-        :meth:`apply`, or a :class:`BookSet`'s): a re-initialisation then freed the memory the
-        batch wrote into, two batches at once left the level counts wrong, and a query could read
-        an array the batch had just moved."""
+        """Refuse a change (``what``) while the book is in use elsewhere: a batch applying to it
+        without the GIL (another thread's :meth:`apply`, or a :class:`BookSet`'s or an
+        :class:`~tickwire.ext.pipeline.Engine`'s), or an engine batch with Python rules (which
+        may read the book between events, not change it).  A re-initialisation then freed the
+        memory the batch wrote into, two batches at once left the level counts wrong."""
         if self._busy:
-            raise RuntimeError(f"{type(self).__name__}.{what}: instrument {self.c.p.instrument}'s book is being "
-                               f"updated by a batch on another thread; a book is used by one thread at a time")
+            self._refuse(what)
         return 0
+
+    cdef int _readable(self, str what) except -1:
+        """Refuse a query (``what``) while a batch applies to the book without the GIL: it could
+        read an array the batch had just moved.  (An engine batch with Python rules keeps the
+        GIL and stops only between events: the book is whole, and its rules may read it.)
+        Called right before the C code reads the book: converting an argument or allocating
+        the result may let another thread run, and start a batch."""
+        if self._busy == 1:
+            self._refuse(what)
+        return 0
+
+    cdef int _refuse(self, str what) except -1:
+        if self._busy == 2:
+            raise RuntimeError(f"{type(self).__name__}.{what}: instrument {self.c.p.instrument}'s book is in an "
+                               f"engine batch with Python rules; a rule may read the book, not change it")
+        raise RuntimeError(f"{type(self).__name__}.{what}: instrument {self.c.p.instrument}'s book is being "
+                           f"updated by a batch on another thread; a book is used by one thread at a time")
 
     def _setup(self, int book_type, instrument, min_price, max_price, window, max_levels,
                max_depth, max_orders, initial_orders, channel, max_window=None):
@@ -1865,32 +1882,32 @@ cdef class Book:
     @property
     def best_bid(self):
         """Best bid price in ticks, or None."""
-        self._idle("best_bid")
+        self._readable("best_bid")
         cdef int64_t p = tw_book_best_price(&self.c, TW_SIDE_BID)
         return None if p == TW_NO_PRICE else p
 
     @property
     def best_ask(self):
         """Best ask price in ticks, or None."""
-        self._idle("best_ask")
+        self._readable("best_ask")
         cdef int64_t p = tw_book_best_price(&self.c, TW_SIDE_ASK)
         return None if p == TW_NO_PRICE else p
 
     @property
     def best_bid_qty(self):
         """Quantity at the best bid in lots (0 when there is none)."""
-        self._idle("best_bid_qty")
+        self._readable("best_bid_qty")
         return tw_book_best_qty(&self.c, TW_SIDE_BID)
 
     @property
     def best_ask_qty(self):
         """Quantity at the best ask in lots (0 when there is none)."""
-        self._idle("best_ask_qty")
+        self._readable("best_ask_qty")
         return tw_book_best_qty(&self.c, TW_SIDE_ASK)
 
     def bbo(self):
         """``(bid, bid_qty, ask, ask_qty)``; a missing side gives ``None, 0``."""
-        self._idle("bbo")
+        self._readable("bbo")
         cdef int64_t bid = tw_book_best_price(&self.c, TW_SIDE_BID)
         cdef int64_t ask = tw_book_best_price(&self.c, TW_SIDE_ASK)
         return (None if bid == TW_NO_PRICE else bid, tw_book_best_qty(&self.c, TW_SIDE_BID),
@@ -1898,24 +1915,29 @@ cdef class Book:
 
     def best_price(self, side):
         """Best price of ``side`` in ticks, or None."""
-        self._idle("best_price")
-        cdef int64_t p = tw_book_best_price(&self.c, _side_arg(side))
+        cdef int sd = _side_arg(side)
+        self._readable("best_price")
+        cdef int64_t p = tw_book_best_price(&self.c, sd)
         return None if p == TW_NO_PRICE else p
 
     def best_qty(self, side):
         """Quantity at the best price of ``side`` (0 when empty)."""
-        self._idle("best_qty")
-        return tw_book_best_qty(&self.c, _side_arg(side))
+        cdef int sd = _side_arg(side)
+        self._readable("best_qty")
+        return tw_book_best_qty(&self.c, sd)
 
     def level_count(self, side):
         """Number of price levels on ``side``."""
-        self._idle("level_count")
-        return self.c.side[_side_arg(side)].nlevels
+        cdef int sd = _side_arg(side)
+        self._readable("level_count")
+        return self.c.side[sd].nlevels
 
     def qty_at(self, side, price):
         """Quantity resting at ``price`` on ``side`` (0: no level)."""
-        self._idle("qty_at")
-        return tw_book_qty_at(&self.c, _side_arg(side), _int_arg(price, "price"))
+        cdef int sd = _side_arg(side)
+        cdef int64_t p = _int_arg(price, "price")
+        self._readable("qty_at")
+        return tw_book_qty_at(&self.c, sd, p)
 
     def levels(self, side, n=None, out=None):
         """The best ``n`` levels of ``side`` as rows ``(price, qty, orders)``, best first.
@@ -1935,7 +1957,7 @@ cdef class Book:
             ``out[:k]`` (a view) where ``k`` is the number of levels written.  ``orders``
             is the order count on an L3 book and 0 on an L2 book.
         """
-        self._idle("levels")
+        self._readable("levels")
         cdef int s = _side_arg(side)
         cdef int64_t[:, ::1] view
         cdef Py_ssize_t k, cap
@@ -1948,26 +1970,27 @@ cdef class Book:
         cap = view.shape[0] if n is None else min(<Py_ssize_t>n, view.shape[0])
         if cap <= 0:
             return out[:0]
+        self._readable("levels")                    # (again: the allocation may have let a batch start)
         k = tw_book_levels(&self.c, s, &view[0, 0], cap)
         return out[:k]
 
     @property
     def spread(self):
         """Best ask minus best bid in ticks, None without both sides (negative when crossed)."""
-        self._idle("spread")
+        self._readable("spread")
         cdef int64_t sp = tw_book_spread(&self.c)
         return None if sp == TW_NO_PRICE else sp
 
     @property
     def mid(self):
         """Mid price in ticks (float; NaN without both sides)."""
-        self._idle("mid")
+        self._readable("mid")
         return tw_book_mid(&self.c)
 
     @property
     def microprice(self):
         """Size-weighted mid in ticks (float; NaN without both sides)."""
-        self._idle("microprice")
+        self._readable("microprice")
         return tw_book_microprice(&self.c)
 
     def imbalance(self, k=1):
@@ -1975,18 +1998,18 @@ cdef class Book:
 
         The sums are exact (no overflow however large the levels); NaN when both sides are empty.
         """
-        self._idle("imbalance")
         cdef int64_t n = _int_arg(k, "k")
         if n < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        self._readable("imbalance")
         return tw_book_imbalance(&self.c, n)
 
     def depth_qty(self, side, k):
         """Total quantity of the best ``k`` levels of ``side``: exact, a Python int (it may
         pass 2**63-1; the C API's tw_book_depth_qty saturates there)."""
-        self._idle("depth_qty")
         cdef int s = _side_arg(side)
         cdef int64_t n = _int_arg(k, "k")
+        self._readable("depth_qty")
         return int(_top_qty(&self.c, s, max(n, 0), NULL))
 
     def vwap_to_size(self, side, qty):
@@ -1995,22 +2018,23 @@ cdef class Book:
         A buy takes from ``Side.ASK``, a sell from ``Side.BID``.  NaN when ``side``
         holds less than ``qty``.
         """
-        self._idle("vwap_to_size")
         cdef int64_t q = _int_arg(qty, "qty")
+        cdef int sd = _side_arg(side)
         if q <= 0:
             raise ValueError(f"qty must be positive, got {qty}")
-        return tw_book_vwap_to_size(&self.c, _side_arg(side), q)
+        self._readable("vwap_to_size")
+        return tw_book_vwap_to_size(&self.c, sd, q)
 
     @property
     def crossed(self):
         """Best bid above best ask."""
-        self._idle("crossed")
+        self._readable("crossed")
         return tw_book_has_bbo(&self.c) and tw_book_spread(&self.c) < 0
 
     @property
     def locked(self):
         """Best bid equal to best ask."""
-        self._idle("locked")
+        self._readable("locked")
         return tw_book_has_bbo(&self.c) and tw_book_spread(&self.c) == 0
 
     @property
@@ -2045,16 +2069,18 @@ cdef class Book:
         [SNAPSHOT END | LAST]``, every event carrying ``seq`` and ``ts`` (and Flag.SNAPSHOT).
         Levels come best first, bids then asks.
         """
-        self._idle("snapshot_events")
         seq = _integer(seq, "seq", 0, 0xFFFFFFFFFFFFFFFF)     # (a float was truncated)
         ts = _integer(ts, "ts", -INT64_MAX - 1, INT64_MAX)
         cdef tw_book *b = &self.c
-        cdef Py_ssize_t n = 2
-        if b.p.book_type == TW_BOOK_L3:
-            n += b.norders
-        else:
-            n += b.side[0].nlevels + b.side[1].nlevels
-        return _fill_snapshot(b, np.zeros(n, dtype=EVENT_DTYPE), seq, ts)
+        cdef Py_ssize_t n = -1
+        while True:
+            # the allocation may let another thread run, and change the book: the events are
+            # written only once the count, read again with the GIL held, still fits them
+            self._readable("snapshot_events")
+            if n == _snapshot_len(b):
+                return _fill_snapshot(b, out, seq, ts)
+            n = _snapshot_len(b)
+            out = np.zeros(n, dtype=EVENT_DTYPE)
 
     @property
     def window(self):
@@ -2081,15 +2107,16 @@ cdef class Book:
 
     def state(self):
         """Every level of both sides as ``(bids, asks)`` lists of ``(price, qty)``, best first."""
-        self._idle("state")
+        self._readable("state")
         return ([(int(r[0]), int(r[1])) for r in self.levels(TW_SIDE_BID)],
                 [(int(r[0]), int(r[1])) for r in self.levels(TW_SIDE_ASK)])
 
     def _layout(self, side):
         """``(window_low_price, window_high_price, levels_in_window, levels_in_overflow)``
         of one side, for tests and diagnostics."""
-        self._idle("_layout")
-        cdef tw_ladder *L = &self.c.side[_side_arg(side)]
+        cdef int sd = _side_arg(side)
+        self._readable("_layout")
+        cdef tw_ladder *L = &self.c.side[sd]
         lo, hi = L.sign * L.base, L.sign * (L.base + L.cap - 1)
         cdef int64_t nwin = 0, k
         for k in range(L.nwords[0]):
@@ -2265,8 +2292,9 @@ cdef class L3Book(Book):
 
     def order(self, order_id):
         """``(side, price, qty, ts)`` of a resting order, or None."""
-        self._idle("order")
-        cdef int32_t idx = tw_book_find_order(&self.c, _id_arg(order_id))
+        cdef uint64_t oid = _id_arg(order_id)
+        self._readable("order")
+        cdef int32_t idx = tw_book_find_order(&self.c, oid)
         cdef tw_order *o
         if idx < 0:
             return None
@@ -2275,8 +2303,9 @@ cdef class L3Book(Book):
 
     def queue_position(self, order_id):
         """``(orders_ahead, qty_ahead)`` of a resting order in its level's FIFO, or None."""
-        self._idle("queue_position")
-        cdef int32_t idx = tw_book_find_order(&self.c, _id_arg(order_id))
+        cdef uint64_t oid = _id_arg(order_id)
+        self._readable("queue_position")
+        cdef int32_t idx = tw_book_find_order(&self.c, oid)
         cdef int64_t ahead = 0, qty = 0
         if idx < 0:
             return None
@@ -2290,16 +2319,25 @@ cdef class L3Book(Book):
     def orders_at(self, side, price):
         """Orders resting at ``price`` in queue order, as an int64/uint64 array of rows
         ``(order_id, qty)`` (order ids as unsigned)."""
-        self._idle("orders_at")
         cdef int s = _side_arg(side)
+        cdef int64_t p = _int_arg(price, "price")
         cdef tw_ladder *L = &self.c.side[s]
         cdef _lvl lv
-        cdef int32_t idx
+        cdef int32_t idx, n
         cdef Py_ssize_t k = 0
-        if not _lvl_find(L, L.sign * _int_arg(price, "price"), &lv):
-            return np.empty((0, 2), dtype=np.uint64)
-        out = np.empty((lv.norders[0], 2), dtype=np.uint64)
-        cdef uint64_t[:, ::1] v = out
+        cdef uint64_t[:, ::1] v
+        while True:
+            self._readable("orders_at")
+            if not _lvl_find(L, L.sign * p, &lv):
+                return np.empty((0, 2), dtype=np.uint64)
+            n = lv.norders[0]
+            out = np.empty((n, 2), dtype=np.uint64)
+            # the allocation may have let another thread change the book: walk it only as it
+            # was counted (the GIL is held from here on)
+            self._readable("orders_at")
+            if _lvl_find(L, L.sign * p, &lv) and lv.norders[0] == n:
+                break
+        v = out
         idx = lv.head[0]
         while idx >= 0:
             v[k, 0] = self.c.orders[idx].id
@@ -2359,9 +2397,11 @@ cdef class BookSet:
         free(self.c.books)
 
     cdef int _hold(self, int busy) except -1:
-        """Mark every book of the set busy (1) or not (0) around a batch that runs without the
-        GIL, after checking that none is busy already (another thread's batch).  (A batch short
-        enough to keep the GIL is not guarded: one thread at a time, as docs/books.md says.)"""
+        """Mark every book of the set busy around a batch, or not (0), after checking that none
+        is busy already (another thread's batch): 1 for a batch that runs without the GIL, 2 for
+        an engine batch with Python rules (they may let other threads run while they hold the
+        GIL, and read the books, but not change them).  (A batch short enough to keep the GIL,
+        with no Python code in it, is not guarded: one thread at a time, as docs/books.md says.)"""
         cdef Book b
         if busy:
             for b in self._books:
@@ -2470,7 +2510,11 @@ cdef class BookSet:
         return self._by_id[i]
 
     def __contains__(self, instrument):
-        return 0 <= instrument < self.c.nbooks and self.c.books[instrument] != NULL
+        try:
+            i = operator.index(instrument)          # (a str or a float was a TypeError from inside)
+        except TypeError:
+            return False
+        return 0 <= i < self.c.nbooks and self.c.books[i] != NULL
 
     def __len__(self):
         return len(self._books)
@@ -2514,6 +2558,13 @@ def event_layout():
         "flags": <char *>&e.flags - base,
         "reserved": <char *>&e.reserved - base,
     }
+
+
+cdef Py_ssize_t _snapshot_len(const tw_book *b) noexcept nogil:
+    """Events of the book's snapshot: BEGIN, one per level (L2) or order (L3), END."""
+    if b.p.book_type == TW_BOOK_L3:
+        return 2 + b.norders
+    return 2 + b.side[0].nlevels + b.side[1].nlevels
 
 
 cdef object _fill_snapshot(tw_book *b, object out, uint64_t seq, int64_t ts):

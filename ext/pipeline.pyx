@@ -604,14 +604,21 @@ cdef class Engine:
         self.inst = NULL
         self.rules = NULL
         self.sink = NULL
+        self._busy = -1               # until __init__ has built everything (_idle)
 
     def __init__(self, instruments, rules=(), stats=None, stats_by_instrument=None, *,
                  clock="wall", signal_capacity=4096, timing_every=0, channels=None):
         from tickwire.engine.pipeline import StatsConfig, RuleConfig
 
-        # a rule re-initialising its own engine mid-batch freed the signal buffer and the rules
-        # table the running batch was writing into and indexing
-        self._idle("__init__")
+        # Built once.  A rule re-initialising its own engine mid-batch freed the signal buffer
+        # and the rules table the running batch was writing into and indexing; a second
+        # __init__ that failed part-way left the old instruments with the new books (a crash
+        # at the next batch), and one that succeeded leaked the old state.
+        if self._busy > 0:
+            self._idle("__init__")
+        if self._books is not None:
+            raise RuntimeError("Engine.__init__: this engine is already built (an engine is initialised "
+                               "once); make a new Engine")
 
         instruments = list(instruments)
         if not instruments:
@@ -621,6 +628,12 @@ cdef class Engine:
         self.clock = TW_CLOCK_WALL if clock == "wall" else TW_CLOCK_EVENT
         stats = stats if stats is not None else StatsConfig()
         stats_by_instrument = dict(stats_by_instrument or {})
+        for what, cfg in [("stats", stats)] + [(f"stats_by_instrument[{k!r}]", v) for k, v in stats_by_instrument.items()]:
+            if not isinstance(cfg, StatsConfig):     # (an AttributeError from deep inside)
+                raise TypeError(f"{what} must be a StatsConfig, got {type(cfg).__name__}")
+        for k, inst in enumerate(instruments):
+            if not all(hasattr(inst, a) for a in ("id", "make_book")):
+                raise TypeError(f"instruments[{k}] must be an Instrument, got {type(inst).__name__}")
         channels = dict(channels or {})
         self._books = BookSet(inst.make_book(channels.get(inst.id)) for inst in instruments)
         ids = [inst.id for inst in instruments]
@@ -697,6 +710,7 @@ cdef class Engine:
         if signal_capacity < 1:
             raise ValueError(f"signal_capacity must be >= 1, got {signal_capacity}")
         self._grow_sink(signal_capacity)
+        self._busy = 0
         self.set_timing(timing_every)
 
     cdef _init_instrument(self, uint32_t iid, cfg):
@@ -757,6 +771,7 @@ cdef class Engine:
         :meth:`push_signals` and :meth:`run_feed` after the push), not when its rule fires: what a
         worker uses, so the figure covers the rest of the piece of events and the push.
         """
+        self._idle("set_timing")      # (mid-batch, from a rule: the batch then recorded into freed recorders)
         if every < 0:
             raise ValueError(f"timing_every must be >= 0, got {every}")
         if stages is not None:
@@ -937,12 +952,18 @@ cdef class Engine:
         cdef int wait_ms = 0
         if self._needs_gil:
             raise RuntimeError("run_feed cannot run Python rules: use process()")
+        self._idle("run_feed")
         if ticks is not None:
             tr = &ticks.c
         if getattr(buf, "dtype", None) != EVENT_DTYPE:
             raise TypeError("buf must be a numpy array of EVENT_DTYPE")
         PyObject_GetBuffer(buf, &view, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
+        held = False
         try:
+            # (without the GIL: another thread's batch or change of a book would race it)
+            self._books._hold(1)
+            held = True
+            self._busy = 1
             b = <tw_event *>view.buf
             cap = view.len // <Py_ssize_t>sizeof(tw_event)
             if cap < f.max_events:
@@ -981,6 +1002,9 @@ cdef class Engine:
                     if f.pending or f.woken or _clock_ns(CLOCK_MONOTONIC) >= deadline:
                         break
         finally:
+            if held:
+                self._books._hold(0)
+                self._busy = 0
             PyBuffer_Release(&view)
         if n < 0:
             raise rx.error()
@@ -1028,9 +1052,12 @@ cdef class Engine:
         """Refuse ``what`` while a batch runs: a Python rule calling back into its engine (a
         nested batch grew the signal buffer the running one writes into; a reset freed the
         state it was reading): RuntimeError rather than freed memory."""
-        if self._busy:
+        if self._busy > 0:
             raise RuntimeError(f"Engine.{what}: the engine is processing a batch (called from one of its "
                                f"rules?); call it between batches")
+        if self._busy < 0:
+            raise RuntimeError(f"Engine.{what}: this engine was never built (its __init__ failed or was "
+                               f"not called); make a new Engine")
         return 0
 
     cdef Py_ssize_t _run(self, events, uint32_t stop, Py_ssize_t *signals) except -1:
@@ -1059,7 +1086,15 @@ cdef class Engine:
         try:
             ev = <const tw_event *>view.buf
             n = view.len // sizeof(tw_event)
-            if not self._needs_gil and n >= _RELEASE_GIL_AT:
+            if self._needs_gil:
+                # Python rules may let other threads run mid-batch: those may read the books
+                # (whole between events), not change them
+                self._books._hold(2)
+                held = True
+                for rule in self._custom:             # a rule given to two engines: its ctx.book is
+                    if isinstance(rule, PyRule):      # this one's (it was the last engine built's)
+                        (<PyRule>rule).books = self._books
+            elif n >= _RELEASE_GIL_AT:
                 self._books._hold(1)                  # (its books are refused to other threads meanwhile)
                 held = True
             while done < n:

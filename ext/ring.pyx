@@ -887,7 +887,8 @@ cdef class Ring:
         return 0
 
     def _start(self, start):
-        cdef tw_ring *r = &self.c
+        self._check_open()            # (these helpers are reachable from Python: a closed handle's
+        cdef tw_ring *r = &self.c     # header is NULL)
         cdef uint64_t h = tw_load_acq64(&r.hdr.head)
         if start == "next":
             r.rpos = h
@@ -904,6 +905,7 @@ cdef class Ring:
         cdef uint64_t *start
         cdef uint64_t cur
         cdef str what
+        self._check_open()
         if role == TW_ROLE_PRODUCER:
             word = &r.hdr.producer_owner
             start = &r.hdr.producer_start
@@ -1383,6 +1385,7 @@ cdef class Ring:
                             "committed: advance() or rewind() first")
 
     def _taken_over(self):
+        self._check_open()
         cdef uint64_t w = tw_load_acq64(&self.c.hdr.consumer_owner)
         raise RingError(f"ring {self.name[1:]!r}: the consumer side was taken over by pid {w >> 32}; "
                         "this handle can no longer commit")

@@ -12,7 +12,7 @@ import pytest
 from cython_build import build_module
 from hdrh.histogram import HdrHistogram
 from hdrh.log import HistogramLogReader
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import tickwire
@@ -148,6 +148,37 @@ def test_coordinated_omission_correction_follows_hdrhistogram(values, interval):
     many.record_many(values, expected_interval=interval)
     if interval > 0:
         assert (many.counts() == rec.counts()).all() and many.total == rec.total
+
+
+@settings(max_examples=examples(60), deadline=None)
+@given(st.integers(0, 3_000_000), st.integers(1, 5_000))
+@example(3_000_000, 1)
+@example(2_999_999, 7)
+@example(2_500_001, 333)
+def test_a_correction_of_many_values_is_counted_slot_by_slot_as_the_loop_would(value, interval):
+    """Past four values a slot the correction adds each slot's share in one step: the same
+    counts, total, min and max as recording every value one by one."""
+    rec = Recorder()
+    rec.record(7)
+    rec.record_corrected(value, interval)
+    ref = Recorder()
+    ref.record(7)
+    ref.record(value)
+    if value > interval:
+        ref.record_many(np.arange(value - interval, interval - 1, -interval, dtype=np.int64))
+    assert (rec.counts() == ref.counts()).all()
+    assert (rec.total, rec.min_value, rec.max_value) == (ref.total, ref.min_value, ref.max_value)
+
+
+def test_a_correction_of_68_seconds_at_1_ns_returns_at_once():
+    """68.7 s at a 1 ns interval is 2**36 - 2 corrected values: HdrHistogram's loop ran for
+    minutes (and no Ctrl-C reached it); counted slot by slot it is the same histogram."""
+    rec = Recorder()
+    rec.record_corrected(MAX_RECORDABLE, 1)
+    assert rec.total == MAX_RECORDABLE and rec.min_value == 1 and rec.max_value == MAX_RECORDABLE
+    assert rec.counts()[:2048].tolist() == [0] + [1] * 2047     # 1 .. 2047 one slot each
+    assert rec.value_at_percentile(50) == to_hdrh(rec).get_value_at_percentile(50)
+    assert abs(rec.value_at_percentile(50) - MAX_RECORDABLE / 2) < MAX_RECORDABLE / 1000
 
 
 def test_coordinated_omission_example():

@@ -454,3 +454,204 @@ def test_apply_top_names_in_sync_not_status():
     ev = np.zeros(4, EVENT_DTYPE)
     with pytest.raises(ValueError, match=r"^in_sync holds 2 entries, the batch has 4 events"):
         BookSet([L2Book(0)]).apply_top(ev, np.zeros((4, 4), np.int64), in_sync=np.zeros(2, np.uint8))
+
+
+# -- threads and a Python rule's engine: an adversarial pass crashed the interpreter each way ----
+
+def test_a_snapshot_read_while_another_thread_applies_is_whole_or_refused():
+    # snapshot_events counted the levels, allocated (which lets another thread run: a batch
+    # started then, without the GIL) and wrote one event per level it then found, past the
+    # array: a segfault or a heap abort within seconds, every run
+    rc, out = child("""
+        import threading, time
+        import numpy as np
+        from tickwire.ext import EVENT_DTYPE, L2Book, L3Book
+        rng = np.random.default_rng(0)
+        def batch(n):
+            ev = np.zeros(n, EVENT_DTYPE); ev["kind"] = 1; ev["side"] = rng.integers(0, 2, n)
+            ev["price"] = rng.integers(10**6, 10**6 + 200000, n); ev["qty"] = rng.integers(0, 3, n)
+            return ev
+        book = L2Book(0)
+        book.apply(batch(100000))
+        pre = [batch(4096) for _ in range(50)]
+        got, refused, bad, done = [0], [0], [0], threading.Event()
+        def reader():
+            while not done.is_set():
+                try:
+                    snap = book.snapshot_events()
+                except RuntimeError:
+                    refused[0] += 1
+                    continue
+                got[0] += 1
+                copy = L2Book(0)            # a snapshot another book applies to become equal
+                copy.apply(snap)
+                adds = int((snap["kind"] == 1).sum())
+                bad[0] += copy.level_count(0) + copy.level_count(1) != adds or not copy.in_sync
+        t = threading.Thread(target=reader, daemon=True)
+        t.start()
+        end, k = time.monotonic() + 3, 0
+        try:
+            while time.monotonic() < end:
+                try:
+                    book.apply(pre[k % 50])
+                except RuntimeError:
+                    refused[0] += 1
+                k += 1
+                if k % 4 == 0:
+                    time.sleep(0)           # (the reader gets the GIL between batches too)
+        finally:
+            done.set(); t.join()
+        print(got[0], refused[0], bad[0])
+        """)
+    assert rc == 0, (rc, out[-2000:])
+    got, refused, bad = (int(x) for x in out.split()[:3])
+    assert got > 0 and bad == 0, out
+
+
+def test_an_engine_with_python_rules_lends_its_books_to_other_threads_to_read_not_to_change():
+    # with a Python rule the engine kept the GIL but marked its books free: a rule letting other
+    # threads run (sleep, I/O, logging) let one apply a batch to them mid-batch (a segfault)
+    rc, out = child("""
+        import sys, threading, time
+        from tickwire.engine.instruments import Instrument
+        from tickwire.engine.pipeline import Engine
+        from tickwire.feeds import synthetic
+        sys.setswitchinterval(1e-5)         # (each sleep(0) hands the GIL over: 5 ms a time by default)
+        ev = synthetic.l2_updates(40000, depth=2000)
+        insts = [Instrument(0, "X", tick_size="0.01", lot_size="0.00000001")]
+        seen = {"read": 0, "change refused": 0, "changed": 0}
+        def rule(ctx):
+            time.sleep(0)                   # other threads run here
+            if ctx.book.best_bid is not None:
+                seen["read"] += 1
+            try:
+                ctx.book.set(0, 1, 1)
+                seen["changed"] += 1
+            except RuntimeError as exc:
+                seen["change refused"] += 1
+                seen["why"] = str(exc)
+            return None
+        eng = Engine(insts, [rule])
+        out = {"applied": 0, "refused": 0, "snapshots": 0}
+        done = threading.Event()
+        def other():
+            while not done.is_set():
+                try:
+                    eng.books.apply(ev[:2000])
+                    out["applied"] += 1
+                except RuntimeError:
+                    out["refused"] += 1
+                try:
+                    eng.book(0).snapshot_events()
+                    out["snapshots"] += 1
+                except RuntimeError:
+                    pass
+        t = threading.Thread(target=other, daemon=True)
+        t.start()
+        n = 0
+        try:
+            for k in range(0, len(ev), 4000):
+                while True:
+                    try:                    # (refused while the other thread's batch applies)
+                        n += eng.process(ev[k:k + 4000])
+                        break
+                    except RuntimeError:
+                        time.sleep(0)
+        finally:
+            done.set(); t.join()
+        print(n, out["refused"], out["snapshots"], seen["read"], seen["change refused"], seen["changed"],
+              "|", seen.get("why"))
+        """, timeout=300)
+    assert rc == 0, (rc, out[-2000:])
+    n, refused, snapshots, read, change_refused, changed = (int(x) for x in out.split()[:6])
+    assert refused > 0 and snapshots > 0 and read > 0 and change_refused > 0 and changed == 0, out
+    assert "engine batch with Python rules; a rule may read the book, not change it" in out
+
+
+def test_set_timing_from_a_rule_and_a_second_init_are_refused_and_an_unbuilt_engine_says_so():
+    rc, out = child("""
+        from tickwire.engine.instruments import Instrument
+        from tickwire.engine.pipeline import Engine, StatsConfig
+        from tickwire.feeds import synthetic
+        insts = [Instrument(0, "X", tick_size="0.01", lot_size="0.00000001")]
+        holder, seen = {}, []
+        def rule(ctx):
+            try:
+                holder["e"].set_timing(0)   # the batch then recorded into freed recorders
+            except RuntimeError as exc:
+                seen.append(str(exc))
+        e = holder["e"] = Engine(insts, [rule], timing_every=1)
+        e.process(synthetic.l2_updates(1000))
+        print("timing refused", len(seen), seen[0])
+        try:   # a second __init__ replaced the books before failing: a segfault at the next batch
+            e.__init__([Instrument(5, "Y", tick_size="0.01", lot_size="1")], stats_by_instrument={9: StatsConfig()})
+        except RuntimeError as exc:
+            print("reinit refused", exc)
+        e.process(synthetic.l2_updates(100))
+        print("still works", e.events_processed)
+        try:
+            Engine.__new__(Engine).process(synthetic.l2_updates(100))
+        except RuntimeError as exc:
+            print("unbuilt refused", exc)
+        """)
+    assert rc == 0, (rc, out[-2000:])
+    assert "timing refused 1000 Engine.set_timing: the engine is processing a batch" in out, out
+    assert "reinit refused Engine.__init__: this engine is already built" in out, out
+    assert "still works 1100" in out and "unbuilt refused Engine.process: this engine was never built" in out, out
+
+
+def test_a_python_rule_given_to_two_engines_sees_the_running_engines_book():
+    from tickwire.engine.instruments import Instrument
+    from tickwire.engine.pipeline import Engine
+    from tickwire.ext.pipeline import PyRule
+    from tickwire.feeds import synthetic
+
+    insts = [Instrument(0, "X", tick_size="0.01", lot_size="0.00000001")]
+    seen = []
+    rule = PyRule(lambda ctx: seen.append(ctx.book.best_bid))
+    e1 = Engine(insts, [rule])
+    Engine(insts, [rule])                       # built last: the rule pointed at its (empty) book
+    e1.process(synthetic.l2_updates(500))
+    assert seen[-1] is not None and seen[-1] == e1.book(0).best_bid
+
+
+def test_ring_helpers_on_a_closed_handle_are_refused_not_a_crash():
+    rc, out = child("""
+        import os
+        import numpy as np
+        from tickwire.ext.ring import Ring
+        name = f"tw-misuse-closed-{os.getpid()}"
+        r = Ring.create(name, np.int64, 64)
+        c = Ring.attach(name, role="consumer")
+        for h in (c, r):
+            h.close()
+            for call in (lambda: h._taken_over(), lambda: h._start("oldest"), lambda: h._claim(1, False)):
+                try:
+                    call()
+                except ValueError as exc:
+                    print("refused:", exc)
+        """)
+    assert rc == 0, (rc, out[-2000:])
+    assert out.count("refused:") == 6 and "is closed" in out, out
+
+
+def test_wrong_kinds_of_engine_and_recorder_arguments_name_what_was_wrong():
+    from tickwire.engine.instruments import Instrument
+    from tickwire.engine.pipeline import Engine
+    from tickwire.ext.hdr import Recorder
+
+    inst = Instrument(0, "X", tick_size="0.01", lot_size="1")
+    with pytest.raises(TypeError, match="stats must be a StatsConfig, got str"):
+        Engine([inst], stats="x")
+    with pytest.raises(TypeError, match=r"stats_by_instrument\[0\] must be a StatsConfig, got str"):
+        Engine([inst], stats_by_instrument={0: "x"})
+    with pytest.raises(TypeError, match=r"instruments\[0\] must be an Instrument, got int"):
+        Engine([0])
+    rec = Recorder()
+    rec.record(5)
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="unit_ratio must be a positive finite number"):
+            rec.hgrm(bad)
+    assert "Percentile" in rec.hgrm(1)
+    books = Engine([inst]).books
+    assert "a" not in books and 1.5 not in books and 0 in books and 1 not in books
