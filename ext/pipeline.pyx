@@ -597,7 +597,8 @@ cdef class Engine:
     channels : dict, optional
         Instrument id -> the feed channel carrying it: an event stamped with another channel
         is rejected by the book (``Reject.WRONG_CHANNEL``, counted in the books' rejects) and
-        reaches no statistic or rule. Without it any channel is accepted.
+        reaches no statistic or rule. Without it any channel is accepted; an id that is not one
+        of the engine's instruments is refused (ValueError).
     """
 
     def __cinit__(self, *args, **kwargs):
@@ -640,6 +641,9 @@ cdef class Engine:
         unknown = set(stats_by_instrument) - set(ids)
         if unknown:
             raise ValueError(f"stats_by_instrument names unknown instrument ids {sorted(unknown)}")
+        unknown = set(channels) - set(ids)
+        if unknown:                                   # (ignored: a typo left the channel unchecked)
+            raise ValueError(f"channels names unknown instrument ids {sorted(unknown, key=repr)}")
         self.ninst = max(ids) + 1
         self.inst = <tw_istate **>calloc(self.ninst, sizeof(tw_istate *))
         if self.inst == NULL:

@@ -649,6 +649,8 @@ def test_wrong_kinds_of_engine_and_recorder_arguments_name_what_was_wrong():
         Engine([inst], stats_by_instrument={0: "x"})
     with pytest.raises(TypeError, match=r"instruments\[0\] must be an Instrument, got int"):
         Engine([0])
+    with pytest.raises(ValueError, match=r"channels names unknown instrument ids \[9\]"):
+        Engine([inst], channels={9: 1})             # (ignored: the typo left instrument 0 unchecked)
     rec = Recorder()
     rec.record(5)
     for bad in (0, -1, float("nan"), float("inf")):
