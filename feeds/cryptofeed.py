@@ -122,13 +122,22 @@ class Converter:
         inst = self.by_symbol.get(symbol)
         if inst is None:
             self.counts["unknown_symbol"] += 1
-            self._once(f"u:{symbol}", "cryptofeed sent %s, which is no configured instrument: ignored", symbol)
+            # one line for all of them, the first named as a repr: a peer on bridge.zmq_input made each new
+            # symbol a line, and a symbol with a newline a forged log line (an adversarial pass)
+            self._once("u", "cryptofeed sent %.200r, which is no configured instrument: ignored (as is any other "
+                       "symbol not configured)", symbol)
         return inst
 
     def _once(self, key: str, message: str, *args) -> None:
+        """Log ``message % args`` the first time ``key`` is seen; a line break or other control
+        character in it (text of a peer's: a symbol, a price) is escaped, so that no one line
+        can read as two."""
         if key not in self._logged:
             self._logged.add(key)
-            log.warning(message + " (further ones are counted, not logged)", *args)
+            text = (message + " (further ones are counted, not logged)") % args
+            if not text.isprintable():
+                text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+            log.warning("%s", text)
 
     def _units(self, inst, price, qty):
         """(ticks, lots), exactly, or None (counted, logged once): Decimals, decimal strings, ints,
@@ -595,7 +604,9 @@ class Bridge:
         try:
             msg = loads(body)
             symbol = msg["symbol"]
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            # (RecursionError: a body nested 100,000 deep, b"k " + b"[" * 100000, ended the bridge
+            # with a traceback: an adversarial pass)
             self.converter.counts["bad_message"] += 1
             self.converter._once("unreadable", "a message on bridge.zmq_input that is not cryptofeed's (%s: %s, "
                                  "%d bytes): skipped", type(exc).__name__,
@@ -620,7 +631,10 @@ class Bridge:
             # OverflowError or decimal.InvalidOperation used to be); a book update of a known
             # symbol that could not be read leaves its book unknown: STALE until a snapshot
             self.converter.counts["bad_message"] += 1
-            self.converter._once(f"bad:{symbol}", "%s: a message that cannot be read (%s: %s): skipped", symbol,
+            # (keyed by a configured symbol only: each new symbol of a peer's was a line)
+            known = isinstance(symbol, str) and symbol in self.converter.by_symbol
+            self.converter._once(f"bad:{symbol}" if known else "bad", "%.200s: a message that cannot be read (%s: %.200s): "
+                                 "skipped", symbol if known else f"a symbol not configured ({symbol!r:.200})",
                                  type(exc).__name__, exc)
             if ("delta" in msg or "book" in msg) and isinstance(symbol, str) and symbol in self.converter.by_symbol \
                     and symbol in self.converter.synced:

@@ -126,6 +126,49 @@ def test_unknown_symbols_are_ignored_and_counted():
     assert conv.snapshot("ETH-USD", [], [], 1, 1) is None and conv.counts["unknown_symbol"] == 1
 
 
+def test_unknown_symbols_are_logged_once_in_all_escaped_and_counted(caplog):
+    """Found by an adversarial pass: each new unknown symbol was a log line ("further ones are
+    counted" notwithstanding), so a peer sending distinct symbols grew the log without bound,
+    and a symbol holding a line break forged log lines of its own. One line now, for all of
+    them, its symbol escaped; every one counted."""
+    conv = Converter([inst()])
+    with caplog.at_level(logging.WARNING, logger="tickwire"):
+        conv.snapshot("X\n2026-01-01 supervisor ERROR forged", [], [], 1, 1)
+        for i in range(50):
+            conv.snapshot(f"SYM-{i}", [], [], 1, 1)
+            conv.trade(f"T-{i}", "buy", "1", "1", 1, 1)
+    assert conv.counts["unknown_symbol"] == 101
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "no configured instrument" in lines[0], lines
+    assert "\n" not in lines[0] and "X\\n2026" in lines[0], lines
+
+
+def test_a_deeply_nested_or_forging_message_on_the_zmq_input_is_counted_not_a_crash(tmp_path, caplog):
+    """Found by an adversarial pass: b"k " + b"[" * 100000 on bridge.zmq_input ended the bridge
+    with a RecursionError traceback; a message of an unknown symbol that could not be read was
+    logged under that symbol, line breaks and all, a line for each new one."""
+    feed, snap, d = free_endpoints(tmp_path)
+    bridge = Bridge(from_dict(bridge_raw(tmp_path / "state", [inst()], feed, snap,
+                                         zmq_input=f"tcp://127.0.0.1:{free_port()}"), tmp_path))
+    try:
+        with caplog.at_level(logging.WARNING, logger="tickwire"):
+            bridge.on_zmq_message(b"k " + b"[" * 100_000, json.loads)
+            bridge.on_zmq_message(b"k " + b"{\"a\": " * 100_000, json.loads)
+            assert bridge.converter.counts["bad_message"] == 2
+            for i in range(20):
+                bad = {"symbol": f"Z{i}\nforged ERROR line", "timestamp": "n/a", "side": "buy", "price": "1",
+                       "amount": "1"}
+                bridge.on_zmq_message(b"k " + json.dumps(bad).encode(), json.loads)
+        assert bridge.converter.counts["bad_message"] == 22
+        lines = [r.getMessage() for r in caplog.records]
+        assert sum("RecursionError" in x for x in lines) == 1, lines
+        assert sum("cannot be read" in x for x in lines) == 1, lines
+        assert not any("\n" in x for x in lines), lines
+    finally:
+        bridge.close(0)
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def test_time_conversion_is_exact():
     assert to_ns("1618678132.927716") == 1618678132927716000
     assert to_ns(Decimal("1.000000001")) == 1_000_000_001
