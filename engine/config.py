@@ -665,8 +665,9 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
             store.database.lower() in ("system", "information_schema", "default"):
         _fail("store.database", "an identifier (letters, digits, _) other than ClickHouse's own system, "
                                 "information_schema and default", store.database)
-    if store.cluster and not _re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", store.cluster):
-        _fail("store.cluster", "a cluster name (letters, digits, _ . -)", store.cluster)
+    if store.cluster and not _re.fullmatch(CLUSTER_NAME, store.cluster):
+        # (one rule with store.cluster_ddl, which refused the '.' and '-' accepted here)
+        _fail("store.cluster", "a cluster name (letters, digits, _; not starting with a digit)", store.cluster)
     if store.debug_insert_delay_s < 0:
         _fail("store.debug_insert_delay_s", "a number >= 0 (seconds; a test and benchmark knob)",
               store.debug_insert_delay_s)
@@ -811,6 +812,11 @@ def load(path) -> Config:
 CONFIG_MAX_BYTES = 16 << 20
 
 
+#: a ClickHouse cluster name ``store.cluster`` and :func:`tickwire.engine.store.cluster_ddl` take:
+#: an identifier written unquoted into ``ON CLUSTER`` and ``Distributed(...)``
+CLUSTER_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+
+
 def read_raw(path) -> tuple[dict, Path]:
     """The TOML mapping of a configuration file and the folder its relative paths resolve from
     (not validated: :func:`from_dict` does that)."""
@@ -837,6 +843,8 @@ def read_raw(path) -> tuple[dict, Path]:
         raise ConfigError(f"config error: {path}: cannot read it: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config error: {path}: not valid TOML: {exc}") from None
+    except ValueError as exc:                  # (an integer of over 4,300 digits: int()'s limit, a traceback)
+        raise ConfigError(f"config error: {path}: not valid TOML: {str(exc).split(';')[0]}") from None
     return raw, path.parent
 
 

@@ -210,8 +210,11 @@ def cluster_ddl(database: str, cluster: str, zk_path: str = "/clickhouse/tables/
     the same names as on one node).
     ``{shard}`` and ``{replica}`` are the servers' own macros.
     """
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", cluster):
-        raise ValueError(f"store.cluster: expected a cluster name, got {cluster!r}")
+    from tickwire.engine.config import CLUSTER_NAME
+
+    if not re.fullmatch(CLUSTER_NAME, cluster):
+        raise ValueError(f"store.cluster: expected a cluster name (letters, digits, _; not starting with a digit), "
+                         f"got {cluster!r}")
     oc = f" ON CLUSTER {cluster}"
 
     def replicated(table, version_col=None):

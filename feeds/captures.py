@@ -166,7 +166,7 @@ def _kraken_messages(path: Path):
             if body.startswith("{"):          # subscription, status, heartbeat records: an event each
                 try:
                     record = json.loads(body)
-                except ValueError as exc:     # (a book message whose '[' was damaged was skipped unsaid)
+                except (ValueError, RecursionError) as exc:   # (a book message whose '[' was damaged was skipped unsaid)
                     raise CaptureError(path, lineno, exc) from None
                 if not isinstance(record, dict) or "event" not in record:
                     raise CaptureError(path, lineno, ValueError("an object without 'event': not a Kraken record"))
@@ -176,7 +176,7 @@ def _kraken_messages(path: Path):
             try:
                 msg = json.loads(body)
                 ts_recv = int(Decimal(head.rsplit(" ", 1)[-1]) * 1_000_000_000)
-            except (ValueError, ArithmeticError) as exc:
+            except (ValueError, ArithmeticError, RecursionError) as exc:   # (nested 200,000 deep: a traceback)
                 raise CaptureError(path, lineno, exc) from None
             yield ts_recv, msg
 
@@ -340,7 +340,7 @@ def load_binance(path: str | Path | None = None, include_trades: bool = True) ->
             try:
                 ts_recv = int(ts_text)
                 msg = json.loads(body)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
                 raise CaptureError(path, lineno, exc) from None
             if not isinstance(msg, dict):     # (a number or null: a TypeError traceback)
                 raise CaptureError(path, lineno, ValueError("neither a REST snapshot nor a combined-stream "

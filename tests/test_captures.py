@@ -88,3 +88,24 @@ def test_bookbench_over_the_real_captures_exits_0_when_every_check_matches(krake
                          timeout=300)
     assert "4269/4269 exchange checksums match" in res.stdout, res.stdout[-2000:]
     assert res.returncode == 0 and res.stderr == "", (res.returncode, res.stderr)
+
+
+def test_a_capture_line_nested_too_deep_is_a_malformed_line_not_a_traceback(tmp_path):
+    """Found by an adversarial pass: a capture line nested 200,000 deep was a RecursionError
+    traceback; it is "malformed capture line N" like any other line that cannot be read."""
+    import gzip
+
+    from tickwire.feeds.captures import CaptureError, load_binance, load_kraken
+
+    head = '2021-04-17 10:00:00.000000 1618653600.000000: {"event": "heartbeat"}\n'
+    kraken = tmp_path / "kraken.ws"
+    for body in ("[" * 200_000, '{"event": ' + "[" * 200_000):
+        kraken.write_text(head + f"2021-04-17 10:00:00.100000 1618653600.100000: {body}\n")
+        with pytest.raises(CaptureError, match=r"line 2: malformed capture line \(RecursionError"):
+            load_kraken(kraken)
+    binance = tmp_path / "binance.gz"
+    with gzip.open(binance, "wt") as fh:
+        fh.write('1723075200000000000 {"lastUpdateId": 10, "bids": [], "asks": []}\n')
+        fh.write("1723075200100000000 " + '{"a": ' * 200_000 + "\n")
+    with pytest.raises(CaptureError, match=r"line 2: malformed capture line \(RecursionError"):
+        load_binance(binance)

@@ -137,6 +137,33 @@ def test_bad_files(tmp_path):
     assert load(rel).state_dir == tmp_path / "data"
 
 
+def test_an_integer_past_pythons_digit_limit_is_a_config_error(tmp_path):
+    """Found by an adversarial pass: an integer of more than 4,300 digits was a ValueError
+    traceback from int() (Python's limit on converting long digit strings), not "config error"."""
+    big = tmp_path / "big.toml"
+    big.write_text("[daemon]\nsupervisor_cpu = " + "9" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="not valid TOML: Exceeds the limit") as err:
+        load(big)
+    assert "\n" not in str(err.value) and "set_int_max_str_digits" not in str(err.value)
+
+
+@pytest.mark.parametrize("name, ok", [("prod", True), ("prod_2", True), ("_c", True), ("prod-1", False),
+                                      ("a.b", False), ("1c", False), ("c; DROP", False)])
+def test_store_cluster_takes_the_names_cluster_ddl_takes(name, ok):
+    """store.cluster took '.' and '-', which store.cluster_ddl (the one user of the key) refused:
+    one rule now."""
+    from tickwire.engine.store import cluster_ddl
+
+    if ok:
+        assert from_dict(cfg(store={"cluster": name})).store.cluster == name
+        assert f"ON CLUSTER {name}" in cluster_ddl("tw", name)[0]
+    else:
+        assert "store.cluster: expected a cluster name (letters, digits, _; not starting with a digit)" in \
+            error_of(cfg(store={"cluster": name}))
+        with pytest.raises(ValueError, match="store.cluster"):
+            cluster_ddl("tw", name)
+
+
 def test_workers_must_own_whole_channels():
     raw = cfg(instruments=[{"id": i, "symbol": f"S{i}", "tick_size": "0.01", "lot_size": "1"} for i in range(4)],
               feeds={"channels": 2}, workers=[{"cpu": 1, "instruments": [0, 1]}, {"cpu": 0, "instruments": [2, 3]}],
