@@ -465,6 +465,15 @@ def cmd_status(args) -> int:
                   f"start one with `tickwire run --config {args.config}`", file=sys.stderr)
             return 1
         if not path.exists():
+            import json
+
+            try:                                    # (metrics.port was taken: the daemon runs without them)
+                off = json.loads((path.parent / "supervisor.json").read_text()).get("metrics_error", "")
+            except (OSError, ValueError, AttributeError):
+                off = ""
+            if off:
+                print(f"tickwire status: the daemon for run '{cfg.run}' runs with metrics off: {off}", file=sys.stderr)
+                return 1
             print(f"tickwire status: no metrics URL in {path}: is the daemon for run '{cfg.run}' running?", file=sys.stderr)
             return 1
         url = path.read_text().strip()
@@ -828,7 +837,8 @@ def build_parser() -> argparse.ArgumentParser:
         "keygen",
         help="make a ZeroMQ CURVE certificate for feeds between machines",
         description="Write DIR/NAME.key (the public key, to give to the other side) and DIR/NAME.key_secret "
-                    "(public and secret keys, 0600: keep it) with zmq.auth.create_certificates. A publisher "
+                    "(public and secret keys, 0600: keep it), pyzmq's certificate files (zmq.auth.load_certificate "
+                    "reads them), in a directory only you can write (another user's, or /tmp, is refused). A publisher "
                     "uses its NAME.key_secret (tickwire simulate --curve-secret-key) and lists allowed "
                     "clients' NAME.key files in a directory (--curve-clients); the daemon sets "
                     "feeds.curve_server_key to the publisher's NAME.key and feeds.curve_secret_key_file to "

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import stat as statmod
 from pathlib import Path
 
-__all__ = ["NotReadable", "read_regular", "not_a_file", "file_kind", "replace_file"]
+__all__ = ["NotReadable", "read_regular", "not_a_file", "file_kind", "replace_file", "dir_problem",
+           "open_log", "log_stream"]
 
 
 class NotReadable(ValueError):
@@ -93,10 +95,15 @@ def replace_file(path, data, *, mode: int = 0o666, sync: bool = False) -> None:
     full disk left them half written or empty). ``mode``: the new file's (before the umask);
     ``sync``: the file and then its directory fsynced (a journal that must survive a crash)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    # a name of its own each time, created O_EXCL | O_NOFOLLOW: a symlink planted at the fixed
+    # name this used (".NAME.tmp", opened O_CREAT | O_TRUNC) had a root daemon overwrite the
+    # link's target with a status file (an adversarial pass); a crash's leftover cannot block it
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     view = memoryview(data.encode() if isinstance(data, str) else data)
+    made = False                                     # (a name found taken is not ours to remove)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        made = True
         try:
             while view:
                 view = view[os.write(fd, view):]
@@ -105,6 +112,7 @@ def replace_file(path, data, *, mode: int = 0o666, sync: bool = False) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
+        made = False
         if sync:
             dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
             try:
@@ -112,8 +120,101 @@ def replace_file(path, data, *, mode: int = 0o666, sync: bool = False) -> None:
             finally:
                 os.close(dfd)
     except OSError as exc:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
+        if made:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
         raise OSError(exc.errno, exc.strerror, str(path)) from None
+
+
+def dir_problem(d, what: str = "directory", action: str = "refusing to start", *, root_ok: bool = False) -> str | None:
+    """Why the existing directory ``d`` is no safe place for files a daemon (perhaps root) writes
+    and later trusts, or None: it must be this user's and not writable by its group or others,
+    and every directory above it this user's or root's, not writable by group or others unless
+    sticky (whoever can rename an entry on the way can put a directory of theirs in its place,
+    their symlinks in it); no symlink on the way may be another user's. The text names the
+    directory, its owner and mode, says ``action`` and what to do; OSError when ``d`` cannot be
+    looked at (it does not exist, say). ``root_ok``: ``d`` itself may be root's too (a log
+    directory such as /var/log).
+
+    (Only the directory and its parent's others-write bit were checked: a parent writable by a
+    group, or another user's, let that user swap the run directory for one of theirs: an
+    adversarial pass.)"""
+    me = os.geteuid()
+    d = Path(os.path.abspath(d))
+    lst = os.lstat(d)
+    if statmod.S_ISLNK(lst.st_mode) and lst.st_uid not in (me, 0):
+        return (f"the {what} {d} is a symlink of another user's (owner {_owner(lst.st_uid)}): they choose where "
+                f"it leads; {action}. Remove it, or use a directory of yours")
+    real = Path(os.path.realpath(d))
+    st = os.stat(real)
+    if not statmod.S_ISDIR(st.st_mode):
+        return f"the {what} {d} is not a directory; {action}"
+    mode = st.st_mode & 0o7777
+    if st.st_uid not in ((me, 0) if root_ok else (me,)) or mode & 0o022:
+        return (f"the {what} {d} is not yours alone (owner {_owner(st.st_uid)}, mode {mode:04o}): another user may "
+                f"have made it or written into it; {action}. Remove it (or chmod go-w it if it is yours and holds "
+                f"nothing of theirs), or use a directory of yours")
+    seen = set()
+    for chain in (d.parents, real.parents):            # the path as written, and where it leads
+        for i, p in enumerate(chain):
+            if p in seen:
+                continue
+            seen.add(p)
+            name = "the directory that holds it" if i == 0 else "the directory above it"
+            lst = os.lstat(p)
+            if statmod.S_ISLNK(lst.st_mode) and lst.st_uid not in (me, 0):
+                return (f"{name} {p} is a symlink of another user's (owner {_owner(lst.st_uid)}): they choose "
+                        f"where the {what} is; {action}. Use a directory of yours")
+            st = os.stat(p)
+            mode = st.st_mode & 0o7777
+            if st.st_uid not in (me, 0):
+                return (f"{name} {p} belongs to another user (owner {_owner(st.st_uid)}, mode {mode:04o}), who can "
+                        f"replace the {what} in it; {action}. Use a directory under ones only you or root own")
+            if mode & 0o022 and not mode & statmod.S_ISVTX:
+                who = "anyone" if mode & 0o002 else "its group"
+                return (f"{name} {p} can be written by {who} (mode {mode:04o}, no sticky bit): another user could "
+                        f"replace the {what} in it; {action}. chmod go-w it, or use a directory of yours")
+    return None
+
+
+def _owner(uid: int) -> str:
+    import pwd
+
+    try:
+        return f"uid {uid}, {pwd.getpwuid(uid).pw_name}"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def open_log(path):
+    """``path`` opened for appending text, line-buffered, never through a symlink (``O_NOFOLLOW``:
+    a link planted as ``daemon.log_file`` had the daemon append its log to the link's target)
+    and only if it is a regular file; OSError otherwise (ELOOP for a symlink)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o666)
+    try:
+        st = os.fstat(fd)
+        if not statmod.S_ISREG(st.st_mode):         # (a FIFO: opened without waiting, refused)
+            raise OSError(errno.EINVAL, f"{file_kind(st.st_mode)}, expected a regular file", str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "a", buffering=1, encoding="utf-8", errors="backslashreplace")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def log_stream(path):
+    """``daemon.log_file`` opened to append, never through a symlink (:func:`open_log`), for a
+    worker's or the writer's logging; None (stderr) when there is none or it cannot be opened
+    (said on stderr)."""
+    if not path:
+        return None
+    try:
+        return open_log(path)
+    except OSError as exc:
+        import sys
+
+        print(f"tickwire: daemon.log_file: cannot append to {path} ({exc.strerror or exc}): logging to stderr",
+              file=sys.stderr, flush=True)
+        return None

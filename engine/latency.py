@@ -27,6 +27,7 @@ import io
 import math
 import numbers
 import operator
+import os
 import re
 import sys
 import time
@@ -277,7 +278,7 @@ class IntervalLogWriter:
             raise ValueError(f"rotate_bytes must be > 0 and out a path, got {rotate_bytes} and {out!r}")
         if isinstance(out, (str, Path)):
             self._path = Path(out)
-            self._file = open(out, "w", encoding="ascii")
+            self._file = _create(out)
             self._owns = True
         else:
             self._path = None
@@ -319,7 +320,7 @@ class IntervalLogWriter:
         failure (a full disk) raises, the log written on where it is and not rotated again."""
         try:
             keep_previous_log(self._path, self.keep)  # (renamed open: what is written next goes there)
-            new = open(self._path, "w", encoding="ascii")
+            new = _create(self._path)
         except OSError:
             self.rotate_bytes = None
             raise
@@ -392,6 +393,18 @@ class Interval:
     start: float            #: seconds since the epoch
     end: float              #: seconds since the epoch
     histogram: HdrHistogram
+
+
+def _create(path):
+    """``path`` opened to write afresh (ascii text), never through a symlink: ``O_NOFOLLOW``.
+    (``open(path, "w")`` followed one planted in ``metrics.hdr_dir`` as ``w0.hlog``: a root
+    daemon created or truncated its target: an adversarial pass.)"""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    try:
+        return os.fdopen(fd, "w", encoding="ascii")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def keep_previous_log(path, keep: int = 32) -> Path | None:

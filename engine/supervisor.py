@@ -47,14 +47,13 @@ import logging
 import os
 import signal
 import socket
-import stat as statmod
 import sys
 import time
 from pathlib import Path
 
 from tickwire.engine import config as configmod
 from tickwire.engine import lifeline
-from tickwire.engine.files import replace_file
+from tickwire.engine.files import dir_problem, open_log, replace_file
 from tickwire.engine.metrics import Collector
 from tickwire.engine.worker import (CURVE_ENV, fresh_ring_names, load_frozen, new_ring_token, read_ring_names,
                                     ring_keys, settle_history_note, write_note, write_ring_names)
@@ -146,30 +145,18 @@ def _try_lock(path: Path, shared: bool = False):
 
 
 def _private_dir(d: Path, what: str, key: str) -> None:
-    """Refuse (StartupError) a directory another user owns or group/others can write, or one in a
-    directory others can write without the sticky bit. The workers take their configuration
-    (config.json), ring names and history notes from the run directory, the writer the stored
-    ticks from the store's. (A run directory made by another user under a shared state_dir had the
-    daemon subscribe to the endpoint of a config.json that user wrote; a store directory of theirs,
-    their symlink in it, had chDB write the store into a directory of root's: adversarial passes
-    and a review.)"""
-    me = os.geteuid()
-    for path, name in ((d, what), (d.parent, "directory that holds it")):
-        st = os.lstat(path)
-        if statmod.S_ISLNK(st.st_mode) and st.st_uid not in (me, 0):
-            raise StartupError(f"{key}: the {name} {path} is a symlink of another user's (uid {st.st_uid}): "
-                               f"refusing to start; remove it, or use a directory of yours")
-        st = os.stat(path)
-        mode = st.st_mode & 0o7777
-        if path == d and (st.st_uid != me or mode & 0o022):
-            raise StartupError(f"{key}: the {name} {path} is not yours alone (owner uid {st.st_uid}, mode {mode:04o}): "
-                               f"another user may have made it or written into it; refusing to start. Remove it "
-                               f"(or chmod go-w it if it is yours and holds nothing of theirs), or use a directory "
-                               f"of yours")
-        if path != d and mode & 0o002 and not mode & statmod.S_ISVTX:
-            raise StartupError(f"{key}: the {name} {path} can be written by anyone (mode {mode:04o}, no sticky "
-                               f"bit): another user could replace the {what} in it; refusing to start. chmod o-w it, "
-                               f"or use a directory of yours")
+    """Refuse (StartupError) a directory another user owns or group/others can write, or one
+    under a directory that another user (not root) owns or that group or others can write
+    without the sticky bit (:func:`~tickwire.engine.files.dir_problem`). The workers take their
+    configuration (config.json), ring names and history notes from the run directory, the writer
+    the stored ticks from the store's. (A run directory made by another user under a shared
+    state_dir had the daemon subscribe to the endpoint of a config.json that user wrote; a store
+    directory of theirs, their symlink in it, had chDB write the store into a directory of root's;
+    a state_dir writable by a group, or another user's, let that user rename the run directory
+    away and put one of theirs in its place: adversarial passes and a review.)"""
+    problem = dir_problem(d, what)
+    if problem:
+        raise StartupError(f"{key}: {problem}")
 
 
 def _lock_problem(key: str, path: Path, exc: OSError) -> str:
@@ -277,14 +264,22 @@ def cpu_report(cores) -> list[str]:
 
 def shared_endpoint_warnings(endpoints) -> list[str]:
     """A warning for each ipc endpoint in a directory another user can write (such as /tmp), or
-    owns (its owner can bind there, or make it writable): whoever binds the path first is the one
-    the daemon listens to (docs/security.md). A directory of another user, or writable by a group,
+    owns (its owner can bind there, or make it writable), and for each abstract one (``ipc://@name``:
+    anyone can bind it): whoever binds the path first is the one the daemon listens to
+    (docs/security.md). A directory of another user, or writable by a group,
     was not warned about, and that user fed the daemon."""
     import grp
 
     out = []
     for ep in endpoints:
-        if not ep.startswith("ipc://") or ep.startswith("ipc://@"):
+        if ep.startswith("ipc://@"):
+            # (an abstract socket has no file, so no owner and no permissions: another user who
+            # bound the name first fed a root daemon, without a word: an adversarial pass)
+            out.append(f"feed endpoint {ep} is an abstract Unix socket (no file, no permissions): every local user "
+                       f"can bind it, and another user who binds it first feeds this daemon; prefer an ipc path in "
+                       f"a directory only you can write (docs/security.md)")
+            continue
+        if not ep.startswith("ipc://"):
             continue
         parent = Path(ep[len("ipc://"):]).parent
         try:
@@ -413,6 +408,7 @@ class Supervisor:
         self._carried_marks: set = set()
         self.writer_stalled_since = None               # monotonic time its status stopped (see _watch_stalls)
         self.metrics_port = None
+        self.metrics_error = ""                        # why metrics are off (metrics.port taken), said in supervisor.json
         self._httpd = None
         self._stop_event: asyncio.Event | None = None
         self.reloads = 0
@@ -450,7 +446,11 @@ class Supervisor:
         self._locks.append(fd)
         hdr = Path(self.cfg.metrics.hdr_dir) if self.cfg.metrics.hdr_dir else self.run_dir / "hdr"
         try:                                           # the workers write their interval logs there
-            hdr.mkdir(parents=True, exist_ok=True)
+            hdr.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if self.cfg.metrics.hdr_dir:
+                # (another user's, or one others could write: their symlink planted as w0.hlog had
+                # the workers, as root, create or truncate its target: an adversarial pass)
+                _private_dir(hdr, "HDR log directory", "metrics.hdr_dir")
             probe = hdr / f".tickwire-{os.getpid()}"
             probe.touch()
             probe.unlink()
@@ -917,8 +917,19 @@ class Supervisor:
             # the publisher's key as it was read at the start, not its file's path: a restarted
             # worker read the file again (a review), as it did its certificate (now in its env)
             feeds["curve_server_key"] = self.cfg.feeds.curve_server_key
-        replace_file(self.run_dir / "config.json", json.dumps({"raw": self._raw, "base_dir": str(self._base_dir)},
-                                                              default=str), mode=0o600)   # it may hold a password
+        # the store's credentials are left out: the workers (and whoever reads config.json) do not
+        # talk to the store; the writer has them from its environment. (The password was written
+        # there in plain text: a review.)
+        raw = dict(self._raw)
+        if isinstance(raw.get("store"), dict):
+            from tickwire.engine.store import redact
+
+            store = raw["store"] = dict(raw["store"])
+            store.pop("password", None)
+            if isinstance(store.get("dsn"), str):
+                store["dsn"] = redact(store["dsn"])
+        replace_file(self.run_dir / "config.json", json.dumps({"raw": raw, "base_dir": str(self._base_dir)},
+                                                              default=str), mode=0o600)
 
     def _start_metrics(self) -> None:
         from prometheus_client import CollectorRegistry
@@ -931,6 +942,19 @@ class Supervisor:
         try:
             server = serve(host, port, registry)
         except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                # another process (another local user's, perhaps) holds the port: the daemon runs
+                # without metrics rather than not at all (it exited 2: any local user could keep
+                # it from starting by listening there first: an adversarial pass)
+                self.metrics_error = (f"metrics.port: {host}:{port} is in use by another process: metrics are "
+                                      f"OFF for this run (no endpoint, no metrics.url); the daemon runs and stores "
+                                      f"as usual. Free the port, or choose another (0: any free port), and restart")
+                log.error("%s", self.metrics_error)
+                try:                                   # (a previous run's names the other process's port now)
+                    (self.run_dir / "metrics.url").unlink()
+                except FileNotFoundError:
+                    pass
+                return
             raise StartupError(f"metrics.port: cannot serve metrics on {host}:{port} ({exc.strerror or exc}): "
                                f"expected a free port on an address of this machine (0: any free port)") from None
         self._httpd = server
@@ -1503,6 +1527,8 @@ class Supervisor:
         body = {"pid": os.getpid(), "time": time.time(),
                 "children": {c.name: {"pid": c.proc.pid if c.proc else 0, "started": c.started,
                                       "restarts": c.restarts} for c in kids}}
+        if self.metrics_error:
+            body["metrics_error"] = self.metrics_error
         try:
             replace_file(self.run_dir / "supervisor.json", json.dumps(body))
         except OSError as exc:                          # a full disk must not stop a restart
@@ -1650,14 +1676,29 @@ def run(config_path, duration=None) -> int:
 
     raw = configmod.read_raw(config_path)
     cfg = configmod.from_dict(copy.deepcopy(raw[0]), base_dir=raw[1])
+    stream = None
     if cfg.log_file:
+        # (opened O_NOFOLLOW, in a directory no other user can write: a symlink planted there had
+        # the daemon append its log to the link's target, root's files included: an adversarial
+        # pass; the workers and the writer open it so too)
         try:
-            open(cfg.log_file, "a").close()
-        except OSError as exc:
-            print(f"tickwire run: daemon.log_file: cannot write {cfg.log_file} ({exc.strerror or exc}): expected "
-                  f"a file in an existing, writable directory", file=sys.stderr, flush=True)
+            problem = dir_problem(Path(cfg.log_file).parent, "log directory", root_ok=True)
+        except OSError:
+            problem = None                             # (missing: the open below says so)
+        if problem:
+            print(f"tickwire run: daemon.log_file: {problem}", file=sys.stderr, flush=True)
             return 2
-    logging.basicConfig(level=getattr(logging, cfg.log_level.upper()), filename=cfg.log_file or None,
+        try:
+            stream = open_log(cfg.log_file)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                why = f"{cfg.log_file} is a symlink: refusing to follow it (another user may have planted it); remove it"
+            else:
+                why = (f"cannot write {cfg.log_file} ({exc.strerror or exc}): expected a file in an existing, "
+                       f"writable directory")
+            print(f"tickwire run: daemon.log_file: {why}", file=sys.stderr, flush=True)
+            return 2
+    logging.basicConfig(level=getattr(logging, cfg.log_level.upper()), stream=stream,
                         format="%(asctime)s supervisor %(levelname)s %(message)s")
     os.sched_setaffinity(0, {cfg.supervisor_cpu})
     sup = Supervisor(cfg, config_path, shutdown_timeout=cfg.shutdown_timeout_s, raw=raw)

@@ -67,7 +67,7 @@ from pathlib import Path
 import numpy as np
 
 from tickwire.engine import config as configmod
-from tickwire.engine.files import replace_file
+from tickwire.engine.files import log_stream, replace_file
 from tickwire.engine.latency import IntervalLogWriter, keep_previous_log
 from tickwire.engine.live import BookService, books_endpoint, worker_answer
 from tickwire.engine.metrics import LATENCY_BOUNDS_NS, latency_histogram
@@ -244,7 +244,11 @@ def write_ring_names(run_dir, names) -> None:
     run_dir = Path(run_dir)
     tmp = run_dir / f".{RINGS_FILE}.{os.getpid()}"
     body = json.dumps({"workers": [{"ticks": t, "signals": s} for t, s in names]}, indent=1).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.unlink(tmp)                      # (a crash's leftover: never written through, O_EXCL)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         os.fchmod(fd, 0o600)
         os.write(fd, body)
@@ -789,7 +793,7 @@ def main(argv=None) -> int:
     else:
         cfg = configmod.load(args.config)
     w = cfg.workers[args.worker]
-    logging.basicConfig(level=getattr(logging, cfg.log_level.upper()), filename=cfg.log_file or None,
+    logging.basicConfig(level=getattr(logging, cfg.log_level.upper()), stream=log_stream(cfg.log_file),
                         format=f"%(asctime)s {w.name} %(levelname)s %(message)s")
     pin(w.cpu)
     worker = Worker(cfg, args.worker, Path(args.run_dir), args.config)

@@ -1677,7 +1677,9 @@ def main(argv=None) -> int:
     args.dsn = args.dsn or os.environ.get("TICKWIRE_STORE_DSN")
     if not args.dsn:
         ap.error("no store: give --dsn or set TICKWIRE_STORE_DSN")
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()), filename=args.log_file,
+    from tickwire.engine.files import log_stream
+
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=log_stream(args.log_file),
                         format="%(asctime)s writer %(levelname)s %(message)s")
     stop = threading.Event()                 # a SIGTERM during set-up is not lost: drained after it
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -1781,6 +1781,7 @@ def test_store_credentials_reach_the_server_and_never_the_process_list_or_the_lo
     assert basic in sent or (user in sent and password in sent), sent[:500]
     logs = (tmp_path / "tw.log").read_text() + (tmp_path / "daemon.log").read_text()
     assert password not in logs
+    assert password not in (tmp_path / "state" / "creds" / "config.json").read_text()   # (it was, in plain text)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a segment to another user (chown) needs root")

@@ -131,17 +131,48 @@ def test_daemon_start_failures_are_one_line(tmp_path, edit, fragment):
     assert not list(Path("/dev/shm").glob("tickwire-bad-*"))       # no ring made
 
 
-def test_metrics_port_in_use(tmp_path):
+def test_a_metrics_port_in_use_turns_metrics_off_not_the_daemon(tmp_path):
+    """Found by an adversarial pass: any local user listening on metrics.port first kept the
+    daemon from starting (exit 2), where the threat model says others must not stop it running.
+    It starts now, metrics off: an ERROR line naming the port, the reason in supervisor.json,
+    no metrics.url (a previous run's is removed: it would name the other process's port). An
+    address that is not this machine's is still a start error."""
+    import json
+
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     s.listen()
     try:
         port = s.getsockname()[1]
         path = daemon_config(tmp_path, lambda raw: raw["metrics"].update(port=port), run="busyport")
-        one_line(tickwire("run", "--config", path, "--duration", "2"), f"metrics.port: cannot serve metrics on 127.0.0.1:{port}")
+        run_dir = tmp_path / "state" / "busyport"
+        run_dir.mkdir(parents=True, mode=0o700)
+        (run_dir / "metrics.url").write_text(f"http://127.0.0.1:{port}/metrics\n")     # a killed run's
+        daemon = subprocess.Popen([PY, "-m", "tickwire", "run", "--config", str(path), "--duration", "30"],
+                                  stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not (run_dir / "supervisor.json").exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            st = tickwire("status", "--config", path)                # (while it runs)
+            assert st.returncode == 1 and "runs with metrics off: metrics.port" in st.stderr, st.stderr
+        finally:
+            daemon.terminate()
+            _, err = daemon.communicate(timeout=60)
+        res = subprocess.CompletedProcess(daemon.args, daemon.returncode, "", err)
+        assert res.returncode == 0, res.stderr[-3000:]
+        errors = [line for line in res.stderr.splitlines() if " ERROR " in line]
+        assert len(errors) == 1 and f"metrics.port: 127.0.0.1:{port} is in use" in errors[0], res.stderr[-3000:]
+        assert "metrics are OFF" in errors[0]
+        assert not (run_dir / "metrics.url").exists()
+        sup = json.loads((run_dir / "supervisor.json").read_text())
+        assert f"127.0.0.1:{port} is in use" in sup["metrics_error"], sup
     finally:
         s.close()
     assert not list(Path("/dev/shm").glob("tickwire-busyport-*"))
+    # an address of no interface here (TEST-NET-1): still one line, exit 2
+    path = daemon_config(tmp_path, lambda raw: raw["metrics"].update(host="192.0.2.1"), run="noaddr")
+    one_line(tickwire("run", "--config", path, "--duration", "2"), "metrics.port: cannot serve metrics on 192.0.2.1")
 
 
 def test_state_dir_that_cannot_be_created(tmp_path):
@@ -184,6 +215,107 @@ def test_a_run_directory_others_made_or_can_write_is_refused(tmp_path):
         os.chown(run_dir, 0, 0)
     res = tickwire("run", "--config", path, "--duration", "2")
     assert res.returncode == 0, res.stderr[-3000:]
+
+
+def test_a_state_dir_a_group_or_another_user_can_replace_the_run_directory_in_is_refused(tmp_path):
+    """Found by an adversarial pass: only the state directory's others-write bit was checked. A
+    state_dir its group can write (0770), or one under such a directory, or another user's, let
+    that user rename the run directory away and put one of theirs in its place (their symlinks
+    in it: the workers, as root, wrote their status files through them). Each is one line naming
+    the directory, its mode or owner, and what to do; exit 2."""
+    grp = tmp_path / "grp"
+    state = grp / "state"
+    state.mkdir(parents=True)
+    path = daemon_config(tmp_path, lambda raw: raw["daemon"].update(state_dir=str(state)), run="parents")
+    state.chmod(0o770)
+    one_line(tickwire("run", "--config", path, "--duration", "2"),
+             f"daemon.state_dir: the directory that holds it {state} can be written by its group (mode 0770, no "
+             f"sticky bit)")
+    state.chmod(0o755)
+    grp.chmod(0o775)                                      # two levels up: it can rename state/ away
+    one_line(tickwire("run", "--config", path, "--duration", "2"),
+             f"daemon.state_dir: the directory above it {grp} can be written by its group (mode 0775")
+    grp.chmod(0o755)
+    if os.geteuid() == 0:
+        os.chown(state, 65534, 65534)                    # (0755: only its owner can write it)
+        one_line(tickwire("run", "--config", path, "--duration", "2"),
+                 f"the directory that holds it {state} belongs to another user (owner uid 65534")
+        os.chown(state, 0, 0)
+    assert not list(Path("/dev/shm").glob("tickwire-parents-*"))
+    res = tickwire("run", "--config", path, "--duration", "2")
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
+def test_dir_problem_names_the_directory_and_accepts_a_private_one(tmp_path):
+    from tickwire.engine.files import dir_problem
+
+    d = tmp_path / "a" / "b"
+    d.mkdir(parents=True, mode=0o700)
+    assert dir_problem(d) is None
+    (tmp_path / "link").symlink_to(d)                  # (a symlink of ours: followed, checked where it leads)
+    assert dir_problem(tmp_path / "link") is None
+    (tmp_path / "a").chmod(0o1777)                     # sticky, as /tmp: only b's owner may rename it
+    assert dir_problem(d) is None
+    (tmp_path / "a").chmod(0o730)
+    assert "can be written by its group" in dir_problem(tmp_path / "link")
+    (tmp_path / "a").chmod(0o755)
+    d.chmod(0o720)
+    assert "is not yours alone" in dir_problem(d) and "mode 0720" in dir_problem(d)
+    with pytest.raises(OSError):
+        dir_problem(tmp_path / "missing")
+
+
+def test_an_hdr_dir_others_can_write_is_refused(tmp_path):
+    """Found by an adversarial pass: metrics.hdr_dir had no ownership or permission check, and
+    the workers opened their logs with open(path, 'w'): another user's symlink planted there as
+    w0.hlog had a root daemon create or truncate its target."""
+    hdr = tmp_path / "hdr"
+    hdr.mkdir()
+    hdr.chmod(0o777)
+    path = daemon_config(tmp_path, lambda raw: raw["metrics"].update(hdr_dir=str(hdr)), run="hdrdir")
+    one_line(tickwire("run", "--config", path, "--duration", "2"),
+             f"metrics.hdr_dir: the HDR log directory {hdr} is not yours alone (owner uid {os.geteuid()}")
+    if os.geteuid() == 0:
+        hdr.chmod(0o755)
+        os.chown(hdr, 65534, 65534)
+        one_line(tickwire("run", "--config", path, "--duration", "2"), "is not yours alone (owner uid 65534")
+        os.chown(hdr, 0, 0)
+    assert not list(Path("/dev/shm").glob("tickwire-hdrdir-*"))
+    new = tmp_path / "new" / "hdr"                     # made by the daemon: 0700, accepted
+    path = daemon_config(tmp_path, lambda raw: raw["metrics"].update(hdr_dir=str(new)), run="hdrdir")
+    res = tickwire("run", "--config", path, "--duration", "2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert new.stat().st_mode & 0o777 == 0o700 and (new / "w0.hlog").exists()
+
+
+def test_a_log_file_that_is_a_symlink_or_in_a_directory_others_can_write_is_refused(tmp_path):
+    """Found by an adversarial pass: daemon.log_file was opened following symlinks, in any
+    directory: a link planted as the log file had the daemon (root) append its log to the link's
+    target. Refused now (one line, exit 2, the target untouched), and so is a log directory that
+    another user owns or that group or others can write."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    logs = tmp_path / "logs"
+    logs.mkdir(mode=0o700)
+    (logs / "tw.log").symlink_to(victim)
+    path = daemon_config(tmp_path, lambda raw: raw["daemon"].update(log_file=str(logs / "tw.log"), log_level="info"),
+                         run="logf")
+    one_line(tickwire("run", "--config", path, "--duration", "2"),
+             f"daemon.log_file: {logs / 'tw.log'} is a symlink: refusing to follow it")
+    assert victim.read_text() == "keep me\n"
+    (logs / "tw.log").unlink()
+    logs.chmod(0o1777)
+    one_line(tickwire("run", "--config", path, "--duration", "2"),
+             f"daemon.log_file: the log directory {logs} is not yours alone")
+    logs.chmod(0o700)
+    if os.geteuid() == 0:
+        os.chown(logs, 65534, 65534)
+        one_line(tickwire("run", "--config", path, "--duration", "2"), "is not yours alone (owner uid 65534")
+        os.chown(logs, 0, 0)
+    assert not (logs / "tw.log").exists()
+    res = tickwire("run", "--config", path, "--duration", "2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "supervisor INFO" in (logs / "tw.log").read_text() and victim.read_text() == "keep me\n"
 
 
 def test_an_hdr_dir_that_cannot_be_written_is_a_start_error(tmp_path):
@@ -353,6 +485,39 @@ def test_an_ipc_endpoint_in_a_world_writable_directory_is_warned_about(tmp_path)
         got = shared_endpoint_warnings([f"ipc://{theirs}/feed", f"ipc://{group}/feed", f"ipc://{private}/feed"])
         assert len(got) == 2 and "user nobody owns" in got[0] and f"{theirs}" in got[0], got
         assert "can write" in got[1] and f"{group}" in got[1], got
+
+
+def test_an_abstract_ipc_endpoint_is_warned_about():
+    """Found by an adversarial pass: an abstract socket (ipc://@name) has no file and no
+    permissions; another user bound the name first and fed a root daemon, 9,281 events and 5
+    signals, with no warning."""
+    from tickwire.engine.supervisor import shared_endpoint_warnings
+
+    got = shared_endpoint_warnings(["ipc://@tickwire-feed", "tcp://127.0.0.1:5555"])
+    assert len(got) == 1 and "feed endpoint ipc://@tickwire-feed is an abstract Unix socket" in got[0], got
+    assert "every local user can bind it" in got[0]
+
+
+def test_the_frozen_config_holds_no_store_password(tmp_path):
+    """<run dir>/config.json (0600) held store.password, and a DSN's, in plain text; the workers
+    that read it never talk to the store (the writer has the credentials from its environment).
+    Left out now; the workers' configuration reads back the same otherwise."""
+    from tickwire.engine import config as configmod
+    from tickwire.engine.supervisor import Supervisor
+
+    raw = demo_raw_config(tmp_path / "state", run="frozen")
+    raw["store"].update(dsn="http://tw:dsn-secret-9@127.0.0.1:8123", username="tw", password="pw-secret-7")
+    path = tmp_path / "frozen.toml"
+    path.write_text(to_toml(raw))
+    sup = Supervisor(configmod.load(path), path)
+    sup.run_dir.mkdir(parents=True, mode=0o700)
+    sup._freeze_config()
+    text = (sup.run_dir / "config.json").read_text()
+    assert "pw-secret-7" not in text and "dsn-secret-9" not in text, text
+    frozen = configmod.load_frozen(sup.run_dir / "config.json")
+    assert frozen.store.password == "" and frozen.store.username == "tw"
+    assert frozen.workers == sup.cfg.workers and frozen.instruments == sup.cfg.instruments
+    assert sup.cfg.store.password == "pw-secret-7"                 # the supervisor's own (the writer's env)
 
 
 def test_default_endpoints_are_in_a_private_directory_and_a_squatted_one_is_refused(tmp_path, monkeypatch):

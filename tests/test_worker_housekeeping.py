@@ -205,3 +205,64 @@ def test_out_of_range_latencies_are_counted_across_swaps_not_lost(tmp_path):
     rejected = sum(1 for i in range(300) if i % 3 == 0 or i % 7 == 0)
     got = w.since_start()["tick_to_signal"]
     assert swaps >= 5 and got.rejected == rejected and got.total == 300 - rejected
+
+
+def test_replace_file_never_writes_through_a_symlink_at_its_temporary_name(tmp_path, monkeypatch):
+    """Found by an adversarial pass: replace_file opened a fixed temporary name (".NAME.tmp")
+    with O_CREAT | O_TRUNC, following a symlink planted there: another user who could write the
+    directory had a root daemon overwrite any file with a status file. The temporary file is now
+    a new name of its own, created O_EXCL | O_NOFOLLOW; a crash's leftover blocks nothing."""
+    import errno
+    import os
+
+    import pytest
+
+    from tickwire.engine import files
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    target = tmp_path / "status.json"
+    (tmp_path / ".status.json.tmp").symlink_to(victim)            # the name it used to take
+    files.replace_file(target, '{"ok": 1}')
+    assert target.read_text() == '{"ok": 1}' and victim.read_text() == "keep me\n"
+    assert (tmp_path / ".status.json.tmp").is_symlink()            # left alone
+    # even a link at the very name drawn: refused (EEXIST), nothing written through it
+    monkeypatch.setattr(files.secrets, "token_hex", lambda n: "feedbeef")
+    link = tmp_path / f".status.json.{os.getpid()}-feedbeef.tmp"
+    link.symlink_to(victim)
+    with pytest.raises(OSError) as exc:
+        files.replace_file(target, '{"ok": 2}')
+    assert exc.value.errno == errno.EEXIST and exc.value.filename == str(target)
+    assert victim.read_text() == "keep me\n" and target.read_text() == '{"ok": 1}' and link.is_symlink()
+    monkeypatch.undo()
+    files.replace_file(target, '{"ok": 3}', mode=0o600)             # a stale temp file blocks nothing
+    assert target.read_text() == '{"ok": 3}' and target.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == sorted(
+        [".status.json.tmp", link.name])                            # none of its own left
+
+
+def test_an_hdr_log_is_never_opened_through_a_symlink(tmp_path):
+    """The workers' HDR interval logs were opened with open(path, "w"): a symlink planted as
+    w0.hlog (in a metrics.hdr_dir another user could write) had the daemon create or truncate
+    its target. O_NOFOLLOW now: refused (ELOOP); a worker's open_hdr_log moves such a link
+    aside with the previous log and begins a file of its own."""
+    import errno
+
+    import pytest
+
+    from tickwire.engine.worker import open_hdr_log
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    (tmp_path / "w0.hlog").symlink_to(victim)
+    with pytest.raises(OSError) as exc:
+        IntervalLogWriter(tmp_path / "w0.hlog", StageRecorders(), interval=1.0)
+    assert exc.value.errno == errno.ELOOP
+    assert victim.read_text() == "keep me\n"
+    (tmp_path / "w1.hlog").symlink_to(tmp_path / "missing")        # dangling: never created
+    hlog = open_hdr_log(tmp_path / "w1.hlog", StageRecorders(), interval=1.0)
+    hlog.close()
+    assert not (tmp_path / "missing").exists()
+    hlog = open_hdr_log(tmp_path / "w0.hlog", StageRecorders(), interval=1.0)
+    hlog.close()
+    assert victim.read_text() == "keep me\n" and not (tmp_path / "w0.hlog").is_symlink()
