@@ -22,6 +22,7 @@ from pathlib import Path
 
 import zmq
 import zmq.auth
+import zmq.auth.certs
 import zmq.utils.z85
 
 __all__ = ["CurveClient", "CurveServer", "public_key", "secret_certificate", "keygen"]
@@ -191,24 +192,74 @@ class CurveServer:
             self._auth = None
 
 
+#: pyzmq's banners (zmq.auth.certs), so that a ``tickwire keygen`` file reads as its own
+_PUBLIC_BANNER = getattr(zmq.auth.certs, "_cert_public_banner",
+                         "#   ****  Generated on {0} by pyzmq  ****\n#   ZeroMQ CURVE Public Certificate\n"
+                         "#   Exchange securely, or use a secure mechanism to verify the contents\n"
+                         "#   of this file after exchange. Store public certificates in your home\n"
+                         "#   directory, in the .curve subdirectory.\n\n")
+_SECRET_BANNER = getattr(zmq.auth.certs, "_cert_secret_banner",
+                         "#   ****  Generated on {0} by pyzmq  ****\n#   ZeroMQ CURVE **Secret** Certificate\n"
+                         "#   DO NOT PROVIDE THIS FILE TO OTHER USERS nor change its permissions.\n\n")
+
+
+def _create_exclusive(path: Path, mode: int, text: str) -> None:
+    """Create ``path`` (``O_CREAT | O_EXCL | O_NOFOLLOW``: never an existing file, never through
+    a symlink) with ``mode``, set on the open file whatever the umask, and write ``text``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode & 0o600)
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(text.encode("utf-8"))
+        while view:
+            view = view[os.write(fd, view):]
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+
+
 def keygen(directory, name: str) -> tuple[Path, Path]:
     """Write ``NAME.key`` (public, 0644) and ``NAME.key_secret`` (0600) in ``directory`` (made
-    0700 when new); refuses to overwrite. Returns both paths."""
+    0700 when new); refuses to overwrite. Returns both paths. The files are pyzmq's certificate
+    format (``zmq.auth.load_certificate`` reads them).
+
+    Each file is created ``O_CREAT | O_EXCL | O_NOFOLLOW``, its mode set on the open file, and
+    a directory another user owns, or that group or others can write (``/tmp``), or one under a
+    directory another user could replace, is refused (ValueError naming it): pyzmq's
+    ``create_certificates`` opens with ``"w"``, after a check of ours that nothing was there,
+    and the modes were set after by path; in a shared directory another user could plant
+    ``NAME.key_secret`` (a file of theirs: it received the secret) or a symlink in between (an
+    adversarial pass)."""
+    import datetime
+
+    from tickwire.engine.files import dir_problem
+
     d = Path(directory)
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"--name: expected a file name, got {name!r}")
     pub, sec = d / f"{name}.key", d / f"{name}.key_secret"
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    problem = dir_problem(d, "key directory", "refusing to write keys there")
+    if problem:
+        raise ValueError(f"{problem} (a new directory is made 0700: `tickwire keygen ~/tickwire-keys --name {name}`)")
     for p in (pub, sec):
         if os.path.lexists(p):             # a symlink too, dangling or not: never written through
             raise ValueError(f"{p} exists: not overwritten (remove it first, or choose another --name)")
-    d.mkdir(mode=0o700, parents=True, exist_ok=True)
-    old = os.umask(0o077)                  # the secret file is never readable by others, not even briefly
+    public, secret = zmq.curve_keypair()
+    now = datetime.datetime.now()
+    body = f"metadata\ncurve\n    public-key = \"{public.decode()}\"\n"
     try:
-        zmq.auth.create_certificates(str(d), name)
-    finally:
-        os.umask(old)
-    os.chmod(sec, 0o600)
-    os.chmod(pub, 0o644)
+        _create_exclusive(sec, 0o600, _SECRET_BANNER.format(now) + body + f"    secret-key = \"{secret.decode()}\"\n")
+    except FileExistsError:
+        raise ValueError(f"{sec} exists: not overwritten (remove it first, or choose another --name)") from None
+    try:
+        _create_exclusive(pub, 0o644, _PUBLIC_BANNER.format(now) + body)
+    except BaseException as exc:
+        sec.unlink(missing_ok=True)        # (ours, just made: no half pair left)
+        if isinstance(exc, FileExistsError):
+            raise ValueError(f"{pub} exists: not overwritten (remove it first, or choose another --name)") from None
+        raise
     return pub, sec
 
 

@@ -212,6 +212,88 @@ def test_keygen_does_not_write_through_a_dangling_symlink(tmp_path):
     assert not (tmp_path / "elsewhere").exists() and not (d / "daemon.key").exists()
 
 
+def test_keygen_never_writes_into_a_file_or_link_planted_between_its_check_and_its_write(tmp_path, monkeypatch):
+    """Found by an adversarial pass: keygen checked that NAME.key and NAME.key_secret did not
+    exist, then zmq.auth.create_certificates opened them with "w" and chmod-ed them by path:
+    another user watching a shared directory could plant NAME.key_secret in between, a file of
+    theirs (it received the secret) or a symlink (written through, its target made 0600). Each
+    file is now created O_EXCL | O_NOFOLLOW with its mode: the planted one is left as it was and
+    no half pair stays."""
+    d = tmp_path / "k"
+    d.mkdir(mode=0o700)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    real = zmq.curve_keypair
+
+    for plant in ("file", "link"):
+        def planting():                               # (between the check and the write)
+            target = d / "daemon.key_secret"
+            if plant == "file":
+                target.write_text("theirs\n")
+                target.chmod(0o666)
+            else:
+                target.symlink_to(victim)
+            return real()
+        monkeypatch.setattr(zmq, "curve_keypair", planting)
+        with pytest.raises(ValueError, match="daemon.key_secret exists: not overwritten"):
+            keygen(d, "daemon")
+        if plant == "file":
+            assert (d / "daemon.key_secret").read_text() == "theirs\n"
+        assert victim.read_text() == "keep me\n" and stat.S_IMODE(victim.stat().st_mode) != 0o600
+        assert not (d / "daemon.key").exists()
+        (d / "daemon.key_secret").unlink()
+    monkeypatch.undo()
+
+
+def test_keygen_refuses_a_directory_others_can_write_or_another_users(tmp_path):
+    """A key directory that others can write (a /tmp-like 1777 one, or its group 0770), or
+    under one its group can write, is refused with one line naming it and a private directory
+    to use: whoever writes there can swap NAME.key, or plant files as keygen writes."""
+    from tickwire.engine.cli import main
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    for mode in (0o1777, 0o770):
+        shared.chmod(mode)
+        with pytest.raises(ValueError, match=f"the key directory {shared} is not yours alone .*mode {mode:04o}"):
+            keygen(shared, "daemon")
+        assert not list(shared.iterdir())
+    with pytest.raises(ValueError, match=f"the directory that holds it {shared} can be written by its group"):
+        keygen(shared / "sub", "daemon")                # (made 0700, but its parent lets it be swapped)
+    shared.chmod(0o755)
+    (shared / "sub").rmdir()
+    if os.geteuid() == 0:
+        os.chown(shared, 65534, 65534)
+        with pytest.raises(ValueError, match="owner uid 65534"):
+            keygen(shared, "daemon")
+        os.chown(shared, 0, 0)
+    assert main(["keygen", str(shared.parent / "tmpish"), "--name", "x"]) == 0
+    (shared.parent / "tmpish").chmod(0o1777)
+    assert main(["keygen", str(shared.parent / "tmpish"), "--name", "y"]) == 2
+
+
+def test_keygen_files_are_pyzmqs_certificates_with_their_modes_whatever_the_umask(tmp_path):
+    import zmq.auth
+
+    old = os.umask(0o077)
+    try:
+        pub, sec = keygen(tmp_path / "k", "pub")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(pub.stat().st_mode) == 0o644 and stat.S_IMODE(sec.stat().st_mode) == 0o600
+    public, secret = zmq.auth.load_certificate(sec)
+    assert zmq.auth.load_certificate(pub) == (public, None)
+    assert len(public) == 40 and len(secret) == 40 and zmq.curve_public(secret) == public
+    text = sec.read_text()
+    assert text.startswith("#   ****  Generated on ") and "ZeroMQ CURVE **Secret** Certificate" in text
+    assert text.endswith(f'curve\n    public-key = "{public.decode()}"\n    secret-key = "{secret.decode()}"\n')
+    # the same layout as pyzmq's own files, line for line but for the time
+    ref_pub, ref_sec = zmq.auth.create_certificates(str(tmp_path), "ref")
+    for ours, ref in ((pub, ref_pub), (sec, ref_sec)):
+        a, b = ours.read_text().splitlines(), open(ref).read().splitlines()
+        assert len(a) == len(b) and [x[:20] for x in a[1:-2]] == [x[:20] for x in b[1:-2]], (a, b)
+
+
 def test_a_secret_key_others_can_read_is_refused(tmp_path):
     pub, sec = keygen(tmp_path, "s")
     os.chmod(sec, 0o644)
