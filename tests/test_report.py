@@ -844,3 +844,26 @@ def test_a_bad_stamp_first_gives_no_time_of_int64_min(tmp_path):
     assert (summary["first_ts_event"], summary["last_ts_event"]) == (2000, 4000)
     text = json.dumps(summary)
     assert str(-(1 << 63)) not in text and "4102444800" not in text, text[:2000]
+
+
+def test_the_plot_s_mid_samples_are_held_in_pieces_bounded_by_the_samples_not_the_batches():
+    """Found by an adversarial pass: every add() appended a piece of mid samples per instrument,
+    empty once the stride had grown, and summed the pieces' sizes each time: --report made a
+    replay in batches of 16 take 21 s against 0.38 s without it. The pieces held stay no more
+    than the samples (none empty), however many batches; the samples are those of one batch."""
+    insts = synthetic_instruments(2)
+    events = l2_updates(24_000, seed=7, instruments=2)
+    whole = ReportBuilder(insts, horizons_ns=SYN_HORIZONS, plots=False)
+    whole.add(events, np.empty(0, SIGNAL_DTYPE))
+    rb = ReportBuilder(insts, horizons_ns=SYN_HORIZONS, plots=False)
+    for k in range(0, len(events), 2):
+        rb.add(events[k:k + 2], np.empty(0, SIGNAL_DTYPE))
+        if k % 2000 == 0:
+            for i, pieces in rb._mid_ts.items():
+                assert all(p.shape[1] for p in pieces), (k, i, len(pieces))       # no empty piece
+                assert len(pieces) <= max(1, sum(p.shape[1] for p in pieces)), (k, i)
+    for i in whole._mid_ts:
+        assert rb._mid_stride[i] == whole._mid_stride[i] > 1
+        assert len(rb._mid_ts[i]) <= sum(p.shape[1] for p in rb._mid_ts[i]) <= 4001
+        assert np.concatenate(rb._mid_ts[i], axis=1).tobytes() == np.concatenate(whole._mid_ts[i], axis=1).tobytes()
+        assert np.concatenate(rb._mid_v[i]).tobytes() == np.concatenate(whole._mid_v[i]).tobytes()
