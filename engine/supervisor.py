@@ -724,6 +724,8 @@ class Supervisor:
                 src = notes.get(old.get(c, w.name), {})
                 if str(c) in src.get("channels", {}):
                     note["channels"][str(c)] = src["channels"][str(c)]
+                    if str(c) in (src.get("exchange_ns") or {}):
+                        note.setdefault("exchange_ns", {})[str(c)] = src["exchange_ns"][str(c)]
                 if c in src.get("ended", []):
                     note["ended"].append(c)
             write_note(self.run_dir / f"feed-{w.name}.json", note)

@@ -102,7 +102,7 @@ def ring_keys(cfg, index: int) -> tuple[str, str]:
 
 # -- the history note: where a worker's feed history stands, against its tick ring ------------------
 
-def note_points(note: dict, ring, losses: dict | None = None) -> dict:
+def note_points(note: dict, ring, losses: dict | None = None, times: dict | None = None) -> dict:
     """A history note's per-channel ``(epoch, next_seq)``, moved past the market events ``ring``
     holds after the note's ring position when the note was written against this very ring (its
     creation time): the ticks that reached the ring after the note's last write (it is written
@@ -111,8 +111,19 @@ def note_points(note: dict, ring, losses: dict | None = None) -> dict:
     ``losses``: ``lost_events`` and ``losses`` are added the ranges lost after the note, which
     those ticks skip (the handler moves its history past a lost range as it counts it, so every
     jump in a channel's numbers past the note is one the note did not count: a worker killed
-    within 100 ms of a loss left it out of the total, 64 events a kill)."""
+    within 100 ms of a loss left it out of the total, 64 events a kill).
+
+    ``times``: filled with each channel's exchange time the history stands at (the note's
+    ``exchange_ns``, moved up to the latest ``ts_event`` of the channel's events the ring holds
+    past it): a restart that meets no tick stamps its markers with it."""
     points = {int(c): (int(p[0]), int(p[1])) for c, p in note.get("channels", {}).items()}
+    if times is not None:
+        for c, t in (note.get("exchange_ns") or {}).items():
+            try:
+                if int(c) in points and int(t) > 0:
+                    times[int(c)] = int(t)
+            except (TypeError, ValueError):
+                pass
     if int(note.get("ring_created_ns", -1)) != int(ring.created_ns):
         return points
     start = int(note.get("ring_position", 0))
@@ -148,6 +159,8 @@ def note_points(note: dict, ring, losses: dict | None = None) -> dict:
         if len(seqs):
             nxt = max(nxt, int(seqs.max()) + 1)
         points[c] = (epoch, nxt)
+        if times is not None and mine.any():
+            times[c] = max(times.get(c, 0), int(recent["ts_event"][mine].max()))
     return points
 
 
@@ -202,8 +215,10 @@ def settle_history_note(path: Path, ring) -> bool:
     if int(note.get("ring_created_ns", -1)) != int(ring.created_ns):
         return False
     before = note.get("channels", {})
-    lost = {}
-    note["channels"] = {str(c): list(p) for c, p in note_points(note, ring, lost).items()}
+    lost, times = {}, {}
+    note["channels"] = {str(c): list(p) for c, p in note_points(note, ring, lost, times).items()}
+    if times:                                  # (the exchange time each history stands at, as far)
+        note["exchange_ns"] = {str(c): int(t) for c, t in sorted(times.items())}
     for k, n in lost.items():                  # (ranges lost after the note: the next worker counts on)
         note[k] = int(note.get(k, 0)) + n
     note["ring_created_ns"], note["ring_position"] = -1, 0      # against no ring: the next one is new
@@ -334,6 +349,7 @@ class Worker:
         self.abandoned = 0                                 # ticks not pushed at shutdown (ring full)
         self._resume = {}                                  # where a restart resumed each channel
         self._resume_ended = set()                         # ... those whose publisher had fallen silent
+        self._resume_ts = {}                               # ... and the exchange time each stood at
         # losses of earlier workers of this run (uncounted: ranges of unknown size, an epoch gone while away)
         self.lost_before = {"lost_events": 0, "losses": 0, "uncounted_losses": 0}
         self.batch_times_ns = [0, 0]                       # wall clock of the first live batch and the last
@@ -352,7 +368,7 @@ class Worker:
                                 on_store=self.on_store if self.store else None,
                                 on_snapshot=self.on_snapshot if self.store else None,
                                 resume=self.resume_points() if self.store else None,
-                                resume_ended=self._resume_ended,
+                                resume_ts=self._resume_ts, resume_ended=self._resume_ended,
                                 reorder_window=f.reorder_window_ms / 1000.0,
                                 snapshot=f.snapshot or None, socket_type=f.socket.upper(), rcvhwm=f.hwm,
                                 silence_timeout=f.stale_after_ms / 1000.0, max_retries=f.recovery_retries,
@@ -452,6 +468,11 @@ class Worker:
                              for c, p in history.items()
                              if p is not None or c in self._resume},
                 "ended": sorted(ended)}
+        # the exchange time each history stands at: a restart that meets no tick stamps its start
+        # markers with it (the local clock put them years from the publisher's stream)
+        times = self.feed.history_times()
+        note["exchange_ns"] = {c: int(times.get(int(c)) or self._resume_ts.get(int(c), 0))
+                               for c in note["channels"] if times.get(int(c)) or self._resume_ts.get(int(c))}
         write_note(self.cursor_path, note)
 
     def note_history(self) -> None:
@@ -488,7 +509,9 @@ class Worker:
             return {}
         self.lost_before = {k: int(note.get(k, 0)) for k in self.lost_before}
         lost = {}
-        points = note_points(note, self.ticks, lost)
+        times = {}
+        points = note_points(note, self.ticks, lost, times)
+        self._resume_ts = {c: t for c, t in times.items() if c in points}
         if lost.get("lost_events"):
             log.info("the tick ring past the history note skips %d lost range(s), %d events: counted",
                      lost["losses"], lost["lost_events"])

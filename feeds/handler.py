@@ -108,7 +108,7 @@ class _Channel:
                  "silent", "failed", "retry_after", "held", "held_events", "early", "suspects", "hb_seq",
                  "hb_arrival", "hole_since", "snap", "fill", "probe", "snap_wanted", "snap_after",
                  "resume", "live_since", "heard_ns", "heard", "gaps", "recoveries", "restarts", "lost_events", "losses",
-                 "retransmitted", "last_ts", "unstamped", "end_seq", "learned")
+                 "retransmitted", "last_ts", "unstamped", "end_seq", "learned", "resume_ts")
 
     def __init__(self, cid: int, instruments):
         self.id = cid
@@ -137,6 +137,7 @@ class _Channel:
         self.snap_wanted = False       # a snapshot is needed (sent when the rate limit allows)
         self.snap_after = 0.0
         self.resume = None             # (epoch, next_seq) of the history to continue from
+        self.resume_ts = 0             # the exchange time that history stands at (0: not known)
         self.live_since = 0.0          # monotonic time the channel last went LIVE
         self.heard_ns = 0              # the receiver's last receipt stamp (wall clock) the timers saw,
         self.heard = 0.0               # and the monotonic time they saw it change: silence is timed on this
@@ -191,6 +192,11 @@ class FeedHandler:
         Where the history of each channel stands (a restarted worker: the sequence number
         after the last event that reached its storage): the events from there on are asked
         for again, so a restart loses nothing the publisher still holds.
+    resume_ts : mapping of int to int, optional
+        The exchange time (``ts_event``, ns) each resumed history stands at (:meth:`history_times`
+        of the receiver before): a channel that delivers nothing before :meth:`close` stamps its
+        start markers with it (they took the local clock, years from a publisher's own: a paced
+        replay of the store waited for years).
     resume_ended : iterable of int, optional
         Channels of ``resume`` whose epoch had ended when the history was noted: the channel
         had fallen silent (STALE, in sync) with every event its publisher announced stored
@@ -250,7 +256,8 @@ class FeedHandler:
     """
 
     def __init__(self, endpoints, channels, on_batch, *, on_store=None, on_snapshot=None,
-                 snapshot: str | None = None, resume=None, resume_ended=(), socket_type: str = "SUB",
+                 snapshot: str | None = None, resume=None, resume_ts=None, resume_ended=(),
+                 socket_type: str = "SUB",
                  bind: bool = False,
                  context: zmq.Context | None = None, io_cpus=None, io_rt_priority: int = 0,
                  busy_poll: bool = False, max_events: int = wire.MAX_MESSAGE_EVENTS, batch_events: int = 65536,
@@ -283,6 +290,9 @@ class FeedHandler:
                 epoch, nxt = (int(v) for v in pos)
                 chans[int(c)].resume = (epoch, max(nxt, 1))
         self._resume_ended = {int(c) for c in resume_ended or () if int(c) in chans and chans[int(c)].resume}
+        for c, ts in dict(resume_ts or {}).items():
+            if int(c) in chans and ts:
+                chans[int(c)].resume_ts = max(int(ts), 0)
         self._on_batch = on_batch
         self._on_store = on_store
         self._on_snapshot = on_snapshot
@@ -476,6 +486,13 @@ class FeedHandler:
             out[cid] = None if (nxt is None or c.epoch is None) else (c.epoch, nxt)
         return out
 
+    def history_times(self) -> dict:
+        """Per channel the exchange time (``ts_event``, ns) the history stands at: its last event's,
+        or the resumed history's (``resume_ts``) before any; 0 where none is known. Noted beside
+        :meth:`history`, it is what a restarted receiver passes as ``resume_ts``."""
+        return {cid: max(c.last_ts, self.receiver.last_ts_event(cid), c.resume_ts)
+                for cid, c in self._channels.items()}
+
     def ended_channels(self) -> list:
         """Channels whose epoch has ended with every event of it in the history: the publisher
         said so (an ``END`` heartbeat, ``seq`` = the history's next) and nothing is held or
@@ -633,12 +650,14 @@ class FeedHandler:
                 self._on_snapshot(ev)
 
     def _stamp_leftovers(self) -> None:
-        """At close: rows of channels that never delivered an event take the latest exchange
-        time of any channel (local time when there is none at all)."""
-        known = [max(c.last_ts, self.receiver.last_ts_event(c.id)) for c in self._channels.values()]
+        """At close: rows of channels that never delivered an event take the exchange time their
+        resumed history stands at (``resume_ts``: a restart that met no tick), else the latest
+        exchange time of any channel, else local time when there is none at all. (The local
+        clock alone stamped a restart's markers 2026 in the simulator's 2023: an adversarial pass.)"""
+        known = [max(c.last_ts, self.receiver.last_ts_event(c.id), c.resume_ts) for c in self._channels.values()]
         ts = max(known + [0]) or now_ns()
         for c in self._channels.values():
-            self._store_unstamped(c, ts)
+            self._store_unstamped(c, c.resume_ts or ts)
 
     def _log_once(self, key: str, level: int, message: str, *args) -> None:
         if key not in self._logged:

@@ -1088,3 +1088,34 @@ def test_a_silence_is_not_an_end_the_restart_across_it_counts_its_unknown_range(
         assert again.h.history()[0][0] == again.epoch
     finally:
         again.close()
+
+
+def test_a_restart_that_meets_no_tick_stamps_its_markers_where_its_history_stands(tmp_path):
+    """Found by an adversarial pass: a daemon restarted with no publisher stamped its RESTART
+    markers with the local clock at its stop (2026, among the simulator's 2023 ticks), and a paced
+    replay of the store waited for years. They take the exchange time the resumed history stands
+    at (``resume_ts``, noted beside the history: ``history_times``); a first start that met
+    nothing still takes the local clock (there is no other)."""
+    t_hist = 1_700_000_000_123_456_789
+    kept = []
+    h = FeedHandler(f"ipc://{tmp_path}/nobody", {0: [0, 2], 1: [1, 3]}, lambda ev: None,
+                    on_store=lambda ev: None, on_snapshot=lambda ev: kept.append(ev.copy()),
+                    resume={0: (7, 101), 1: (7, 51)}, resume_ts={0: t_hist, 1: t_hist - 5})
+    try:
+        h.poll(0.01)
+        assert h.history_times() == {0: t_hist, 1: t_hist - 5}
+    finally:
+        h.close()
+    rows = np.concatenate(kept)
+    assert len(rows) == 4 and (rows["flags"] & Flag.RESTART).all()
+    assert rows["seq"].tolist() == [100, 100, 50, 50]
+    assert rows["ts_event"].tolist() == [t_hist, t_hist, t_hist - 5, t_hist - 5]
+    kept.clear()
+    before = time.time_ns()
+    h = FeedHandler(f"ipc://{tmp_path}/nobody", {0: [0, 2]}, lambda ev: None, on_store=lambda ev: None,
+                    on_snapshot=lambda ev: kept.append(ev.copy()))
+    try:
+        h.poll(0.01)
+    finally:
+        h.close()
+    assert (np.concatenate(kept)["ts_event"] >= before).all()

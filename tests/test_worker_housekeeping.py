@@ -266,3 +266,38 @@ def test_an_hdr_log_is_never_opened_through_a_symlink(tmp_path):
     hlog = open_hdr_log(tmp_path / "w0.hlog", StageRecorders(), interval=1.0)
     hlog.close()
     assert victim.read_text() == "keep me\n" and not (tmp_path / "w0.hlog").is_symlink()
+
+
+def test_the_history_note_carries_the_exchange_time_each_history_stands_at(tmp_path):
+    """A restart that meets no tick stamps its RESTART markers with the exchange time its history
+    stands at (they took the local clock: a paced replay of the store waited for years, an
+    adversarial pass): the note's ``exchange_ns``, moved up to the ticks the ring holds past it,
+    and kept when the note is settled for a replaced ring."""
+    import json
+    import uuid
+
+    import numpy as np
+
+    from tickwire.engine.worker import note_points, settle_history_note
+    from tickwire.ext import EVENT_DTYPE, Kind
+    from tickwire.ext.ring import Ring
+
+    epoch, t = 1_700_000_000_000_000_000, 1_600_000_000_000_000_000
+    ev = np.zeros(6, EVENT_DTYPE)
+    ev["channel"], ev["seq"], ev["kind"] = [0, 0, 0, 0, 1, 1], [10, 11, 12, 13, 20, 21], Kind.ADD
+    ev["ts_event"] = t + np.arange(6) * 1000
+    with Ring.create(f"tw-test-{uuid.uuid4().hex[:10]}", EVENT_DTYPE, 1 << 10) as ring:
+        ring.push_many(ev)
+        note = {"channels": {"0": [epoch, 12], "1": [epoch, 22], "2": [epoch, 5]},
+                "exchange_ns": {"0": t + 1000, "1": t + 5000, "2": t - 7}, "ring_created_ns": ring.created_ns,
+                "ring_position": 2}
+        times = {}
+        assert note_points(note, ring, None, times) == {0: (epoch, 14), 1: (epoch, 22), 2: (epoch, 5)}
+        assert times == {0: t + 3000, 1: t + 5000, 2: t - 7}
+        path = tmp_path / "feed-w0.json"
+        path.write_text(json.dumps(note))
+        times = {}
+        note_points({"channels": {"0": [epoch, 12]}}, ring, None, times)    # an older note: none known
+        assert times == {}
+        assert settle_history_note(path, ring)
+    assert json.loads(path.read_text())["exchange_ns"] == {"0": t + 3000, "1": t + 5000, "2": t - 7}
