@@ -591,53 +591,10 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
                       f"(id % feeds.channels), which workers[{owner[c]}] serves", iid)
 
     # stats
-    s = _table(raw, "stats")
-    allowed = {fl.name for fl in fields(StatsConfig)}
-    _check_keys(s, allowed, "stats.")
-    _bool(s, "extrema", "stats.", StatsConfig.extrema)
-    # the daemon's bounds first (tighter than the library's, which StatsConfig checks)
-    for key in ("window_size", "trade_window_size", "max_capacity", "ewma_fast_halflife_ns", "ewma_slow_halflife_ns"):
-        v = s.get(key, getattr(StatsConfig, key))
-        if not isinstance(v, int) or isinstance(v, bool):
-            continue                                     # (StatsConfig names the type)
-        kind = {"window_size": "window", "trade_window_size": "trade_window"}.get(key)
-        kind = s.get(kind, "count") if kind else ("count" if key == "max_capacity" else "time")
-        if kind == "count" and v > MAX_WINDOW_SAMPLES:
-            _fail(f"stats.{key}", f"at most {MAX_WINDOW_SAMPLES} samples (2**24)", v)
-        if v >= 1 << 62:
-            _fail(f"stats.{key}", "an integer below 2**62 (nanoseconds)", v)
-    try:
-        stats = StatsConfig(**s)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"config error: {exc}") from None
-    if stats.imbalance_depth > 1 << 20:
-        _fail("stats.imbalance_depth", "at most 1048576 levels", stats.imbalance_depth)
+    stats = parse_stats(_table(raw, "stats"))
 
     # rules
-    rules_raw = raw.get("rules", [])
-    if not isinstance(rules_raw, list):
-        _fail("rules", "an array of tables ([[rules]])", rules_raw)
-    rules = []
-    for i, d in enumerate(rules_raw):
-        w = f"rules[{i}]."
-        if not isinstance(d, dict):
-            _fail(f"rules[{i}]", "a table", d)
-        _check_keys(d, {"kind", "enter", "exit", "min_count", "instruments", "emit_exit"}, w)
-        kind = _str(d, "kind", w, choices=sorted(RULE_KINDS))
-        ids = d.get("instruments")
-        if ids is not None:
-            if not _ids(ids) or not ids or any(x not in seen_ids for x in ids):
-                # (empty: a rule that can never fire, accepted unsaid; leave the key out for all)
-                _fail(f"{w}instruments", f"a non-empty array of configured instrument ids ({sorted(seen_ids)}; "
-                                         f"without the key: all)", ids)
-        try:
-            rules.append(RuleConfig(kind, _num(d, "enter", w, positive=True), _num(d, "exit", w, 0.0),
-                                    _int(d, "min_count", w, 1, 1, INT64_MAX), ids, _bool(d, "emit_exit", w, False)))
-        except ConfigError:                                   # names its key already
-            raise
-        except ValueError as exc:                             # RuleConfig's own checks, named by key
-            key = next((k for k in ("exit", "enter", "min_count", "instruments") if f"{k} " in str(exc)), None)
-            raise ConfigError(f"config error: rules[{i}]{'.' + key if key else ''}: {exc}") from None
+    rules = parse_rules(raw.get("rules", []), seen_ids)
 
     # store
     st = _table(raw, "store")
@@ -800,6 +757,62 @@ def load_frozen(path) -> Config:
     read at start, with the thresholds SIGHUP applied), as a Config."""
     frozen = json.loads(Path(path).read_text())
     return from_dict(frozen["raw"], base_dir=Path(frozen["base_dir"]))
+
+
+def parse_stats(s: dict) -> StatsConfig:
+    """``[stats]`` (a table) checked as the daemon's config checks it; ConfigError names the key."""
+    allowed = {fl.name for fl in fields(StatsConfig)}
+    _check_keys(s, allowed, "stats.")
+    _bool(s, "extrema", "stats.", StatsConfig.extrema)
+    # the daemon's bounds first (tighter than the library's, which StatsConfig checks)
+    for key in ("window_size", "trade_window_size", "max_capacity", "ewma_fast_halflife_ns", "ewma_slow_halflife_ns"):
+        v = s.get(key, getattr(StatsConfig, key))
+        if not isinstance(v, int) or isinstance(v, bool):
+            continue                                     # (StatsConfig names the type)
+        kind = {"window_size": "window", "trade_window_size": "trade_window"}.get(key)
+        kind = s.get(kind, "count") if kind else ("count" if key == "max_capacity" else "time")
+        if kind == "count" and v > MAX_WINDOW_SAMPLES:
+            _fail(f"stats.{key}", f"at most {MAX_WINDOW_SAMPLES} samples (2**24)", v)
+        if v >= 1 << 62:
+            _fail(f"stats.{key}", "an integer below 2**62 (nanoseconds)", v)
+    try:
+        stats = StatsConfig(**s)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"config error: {exc}") from None
+    if stats.imbalance_depth > 1 << 20:
+        _fail("stats.imbalance_depth", "at most 1048576 levels", stats.imbalance_depth)
+    return stats
+
+
+def parse_rules(rules_raw, seen_ids=None) -> list:
+    """``[[rules]]`` (an array of tables) as RuleConfigs, checked as the daemon's config checks
+    them (``seen_ids``: the configured instrument ids a rule's ``instruments`` may name; None: any,
+    a rules file without instruments); ConfigError names the key."""
+    if not isinstance(rules_raw, list):
+        _fail("rules", "an array of tables ([[rules]])", rules_raw)
+    rules = []
+    for i, d in enumerate(rules_raw):
+        w = f"rules[{i}]."
+        if not isinstance(d, dict):
+            _fail(f"rules[{i}]", "a table", d)
+        _check_keys(d, {"kind", "enter", "exit", "min_count", "instruments", "emit_exit"}, w)
+        kind = _str(d, "kind", w, choices=sorted(RULE_KINDS))
+        ids = d.get("instruments")
+        if ids is not None:
+            if not _ids(ids) or not ids or (seen_ids is not None and any(x not in seen_ids for x in ids)):
+                # (empty: a rule that can never fire, accepted unsaid; leave the key out for all)
+                _fail(f"{w}instruments", "a non-empty array of " + (
+                    f"configured instrument ids ({sorted(seen_ids)}; " if seen_ids is not None else "instrument ids (")
+                    + "without the key: all)", ids)
+        try:
+            rules.append(RuleConfig(kind, _num(d, "enter", w, positive=True), _num(d, "exit", w, 0.0),
+                                    _int(d, "min_count", w, 1, 1, INT64_MAX), ids, _bool(d, "emit_exit", w, False)))
+        except ConfigError:                                   # names its key already
+            raise
+        except ValueError as exc:                             # RuleConfig's own checks, named by key
+            key = next((k for k in ("exit", "enter", "min_count", "instruments") if f"{k} " in str(exc)), None)
+            raise ConfigError(f"config error: rules[{i}]{'.' + key if key else ''}: {exc}") from None
+    return rules
 
 
 def load(path) -> Config:

@@ -116,22 +116,23 @@ def add_parser(sub) -> None:
     g.add_argument("--no-plots", action="store_true",
                    help="for --report: summary.json and the CSVs without the PNGs (those need matplotlib: "
                         "the report extra)")
-    g.add_argument("--horizons", default="100ms,1s,10s,60s", metavar="LIST",
-                   help="markout horizons for --report, comma-separated [%(default)s]")
-    g.add_argument("--latency-us", type=float, default=0.0, metavar="US",
-                   help="for --report: a taker's entry sees the book this long after the signal [%(default)s]")
-    g.add_argument("--fee-bps", type=float, default=0.0, metavar="BPS",
-                   help="for --report: fee per fill in basis points of the price (negative: a rebate) [%(default)s]")
+    g.add_argument("--horizons", metavar="LIST",
+                   help="markout horizons for --report, comma-separated [100ms,1s,10s,60s]")
+    g.add_argument("--latency-us", type=float, metavar="US",
+                   help="for --report: a taker's entry sees the book this long after the signal [0.0]")
+    g.add_argument("--fee-bps", type=float, metavar="BPS",
+                   help="for --report: fee per fill in basis points of the price (negative: a rebate) [0.0]")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress line")
     p.set_defaults(func=cmd_replay)
 
 
 def _load_spec(path):
     """(EngineSpec, instruments or None) from a daemon config or a rules-only TOML."""
+    import dataclasses
     import tomllib
 
     from tickwire.engine import config as configmod
-    from tickwire.engine.pipeline import RuleConfig, StatsConfig
+    from tickwire.engine.pipeline import StatsConfig
     from tickwire.replay.run import EngineSpec
 
     from tickwire.engine.files import NotReadable, read_regular
@@ -152,14 +153,19 @@ def _load_spec(path):
         raise ReplayError(f"--config {path}: unexpected table(s) {sorted(unknown)} without [[instruments]] "
                           f"(a rules file holds [stats], [[rules]] and [feeds] channels)")
     try:
-        stats = StatsConfig(**raw.get("stats", {}))
-        rules = tuple(RuleConfig(**r) for r in raw.get("rules", []))
+        st = raw.get("stats", {})
+        if not isinstance(st, dict):
+            configmod._fail("stats", "a table", st)
+        configmod._check_keys(st, {fl.name for fl in dataclasses.fields(StatsConfig)}, "stats.")
+        stats = StatsConfig(**st)
+        # each rule checked as the daemon's config checks it: the key named (an unknown key, or no
+        # `enter`, was "RuleConfig.__init__() got an unexpected keyword argument": an adversarial
+        # pass), and `instruments = []`, a rule that could never fire, refused
+        rules = tuple(configmod.parse_rules(raw.get("rules", [])))
+    except configmod.ConfigError as exc:
+        raise ReplayError(f"--config {path}: {exc}") from None
     except (TypeError, ValueError) as exc:
         raise ReplayError(f"--config {path}: {exc}") from None
-    for k, r in enumerate(rules):
-        if r.instruments == ():                        # (as the daemon's config: taken without a word)
-            raise ReplayError(f"--config {path}: rules[{k}].instruments: expected a non-empty array of instrument "
-                              f"ids (a rule for none could never fire; without the key: all)")
     channels = raw.get("feeds", {}).get("channels")
     if channels is not None and (not isinstance(channels, int) or channels < 1):
         raise ReplayError(f"--config {path}: feeds.channels: expected a positive integer, got {channels!r}")
@@ -289,6 +295,25 @@ def _replay(args) -> int:
         raise ReplayError("--curve-secret-key/--curve-clients: need --publish")
     if args.publish and (args.report or args.signals):
         raise ReplayError("--publish runs no engine here: --report and --signals need an in-process replay")
+    if args.publish:
+        from tickwire.engine.config import _same_endpoint
+
+        # (ipc:///X for both: the second bind took the path from the first, and every event went to
+        # nobody with exit 0; one tcp port for both is refused by the bind)
+        if _same_endpoint(args.publish, args.snapshot):
+            raise ReplayError(f"--publish {args.publish} and --snapshot {args.snapshot} name one socket: the data and "
+                              f"the recovery service need an endpoint each (the daemon's feeds.endpoints and "
+                              f"feeds.snapshot)")
+    if not args.report:
+        # (they were ignored without a word, where the --publish options are refused without it)
+        given = [opt for opt, v in (("--horizons", args.horizons), ("--latency-us", args.latency_us),
+                                    ("--fee-bps", args.fee_bps), ("--no-plots", args.no_plots or None))
+                 if v is not None]
+        if given:
+            raise ReplayError(f"{', '.join(given)}: need{'s' if len(given) == 1 else ''} --report DIR")
+    args.horizons = "100ms,1s,10s,60s" if args.horizons is None else args.horizons
+    args.latency_us = 0.0 if args.latency_us is None else args.latency_us
+    args.fee_bps = 0.0 if args.fee_bps is None else args.fee_bps
     if args.channels is not None and not 1 <= args.channels <= 0xFFFF:
         # (--channels 70000: a ValueError traceback from the wire's topic, "channel must be 0..65535")
         raise ReplayError(f"--channels: expected an integer from 1 to 65,535 (the wire's channels), "

@@ -60,8 +60,8 @@ def stamp_offset(events: np.ndarray) -> float:
 
 class StampOffset:
     """A stream's typical ``ts_event - ts_recv`` for its replay's clocks (paced, the report's): a
-    source's own where it has one (``stamp_offset_ns``: a store's, None when it holds no bad
-    stamps), else :func:`stamp_offset` of each batch until one with 64 receipts or more fixes it."""
+    source's own where it has one (``stamp_offset_ns``: a store's, None when it holds no receipt
+    times or two clocks), else :func:`stamp_offset` of each batch until one with 64 receipts or more fixes it."""
 
     def __init__(self, source=None):
         self.fixed = hasattr(source, "stamp_offset_ns")
@@ -145,6 +145,17 @@ def _in_range(ns: int, text) -> int:
     return ns
 
 
+def _bound(name: str, v) -> Optional[int]:
+    """A range's bound given from Python: None or integer nanoseconds since the epoch (a string,
+    "2023-...", was a numpy UFuncTypeError from the comparison; :func:`parse_time` reads text)."""
+    if v is None:
+        return None
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name} must be None or an integer of nanoseconds since the epoch, got "
+                        f"{type(v).__name__} {v!r} (tickwire.replay.sources.parse_time reads ISO 8601)")
+    return _in_range(int(v), v)
+
+
 def _select_instruments(known: Sequence[Instrument], wanted, where: str) -> list[Instrument]:
     """The instruments named in ``wanted`` (ids or symbols), or all; ReplayError for one unknown."""
     if not wanted:
@@ -181,8 +192,28 @@ def _effective_ts(events: np.ndarray) -> np.ndarray:
         offset = int(np.median(ts[known].astype(np.float64) - recv[known].astype(np.float64))) if len(known) else 0
         rows = np.flatnonzero(snap)               # only the snapshot rows move: no full-length copies
         r = recv[rows]
+        own = ts[rows]
+        at = np.where(r > 0, r + np.int64(offset), own)
+        # a row stamped far from where its receipt puts it (a daemon's RESTART marker stamped with
+        # the local clock, 2026 in a 2023 stream) counts at its receipt: taken by the range of
+        # the ticks received around it, not by one of its stamp's time alone
+        far = (r > 0) & (np.abs(own.astype(np.float64) - at.astype(np.float64)) > FUTURE_STAMP_NS)
+        t = np.where(far, at, np.maximum(own, at))
+        # a snapshot counts at one time, every row of it: its markers, stamped at receipt, counted at
+        # ts_recv and its levels at ts_recv + the offset (Kraken's: -29 ms), and a --from between
+        # them took the BEGIN and END markers without a level (a book emptied and said in sync, an
+        # adversarial pass). Runs of consecutive snapshot rows, each BEGIN opening one and each END
+        # closing it, count at the latest time of their rows.
+        if len(rows) > 1:
+            fl = events["flags"][rows]
+            begin = (fl & np.uint32(Flag.SNAPSHOT_BEGIN)) != 0
+            end = (fl & np.uint32(Flag.SNAPSHOT_END)) != 0
+            run = np.concatenate(([0], np.cumsum((np.diff(rows) != 1) | begin[1:] | end[:-1])))
+            top = np.full(int(run[-1]) + 1, np.iinfo(np.int64).min, np.int64)
+            np.maximum.at(top, run, t)
+            t = top[run]
         ts = np.array(ts)
-        ts[rows] = np.maximum(ts[rows], np.where(r > 0, r + np.int64(offset), ts[rows]))
+        ts[rows] = t
     return ts
 
 
@@ -256,6 +287,7 @@ class ArraySource:
             self.name = str(path)
         else:
             self.name = name or "array"
+        start_ns, end_ns = _bound("start_ns", start_ns), _bound("end_ns", end_ns)
         if getattr(events, "dtype", None) != EVENT_DTYPE:
             raise ReplayError(f"{self.name}: expected a 1-d array of EVENT_DTYPE (docs/events.md), got "
                               f"{getattr(events, 'dtype', type(events).__name__)}")
@@ -470,8 +502,23 @@ def _check_definitions(given: Sequence[Instrument], recorded: Sequence[Instrumen
                               f"with the config the daemon ran)")
 
 
+def _later_joins(snapshots: np.ndarray) -> np.ndarray:
+    """Which snapshot rows (in the order the engine met them) are placed by time: the seq-0 rows of
+    a daemon start later than the channel's first that joined the feed rather than resuming a
+    history (:func:`merge_snapshots`)."""
+    if not len(snapshots):
+        return np.zeros(0, bool)
+    ch = snapshots["channel"]
+    restart = (snapshots["flags"] & np.uint32(Flag.RESTART)) != 0
+    # a daemon start writes one RESTART marker per instrument, one after another: a block of
+    # them is one start
+    start_of = np.cumsum(restart & ~np.concatenate(([False], restart[:-1])))
+    _, first, which = np.unique(ch, return_index=True, return_inverse=True)
+    return (snapshots["seq"] == 0) & (start_of != start_of[first][which.ravel()])
+
+
 def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray,
-                    stamp_offset_ns: Optional[float] = None) -> Iterator[np.ndarray]:
+                    stamp_offset_ns: Optional[float] = None, later=None) -> Iterator[np.ndarray]:
     """Put snapshot events and markers back into the tick stream where the engine met them.
 
     ``snapshots`` are in the order the engine met them (the tick ring's, ``epoch, ord``). Within
@@ -486,7 +533,8 @@ def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray,
     The work is per chunk and per snapshot run (rows of one channel and sequence number in a
     row), never per tick. ``stamp_offset_ns``: the ticks' typical ``ts_event - ts_recv``, when
     their bad stamps are known (:func:`bad_stamps`; a later start's markers, placed by time, do
-    not go before one).
+    not go before one). ``later``: which rows are a later daemon start's placed by time
+    (default: :func:`_later_joins` of ``snapshots``; a range's rows are told among all of them).
     """
     # runs of (channel, seq) in stream order, per channel, as (seq, ts or None, rows); a daemon start's
     # RESTART marker begins a run of its own (another start's rows of the same seq are not its)
@@ -496,19 +544,16 @@ def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray,
         restart = (snapshots["flags"] & np.uint32(Flag.RESTART)) != 0
         cut = np.flatnonzero((ch[1:] != ch[:-1]) | (sq[1:] != sq[:-1]) | restart[1:]) + 1
         bounds = np.concatenate(([0], cut, [len(snapshots)]))
-        # a daemon start writes one RESTART marker per instrument, one after another: a block of
-        # them is one start (each marker a run of its own, but not "another start")
-        start_of = np.cumsum(restart & ~np.concatenate(([False], restart[:-1])))
-        first_start: dict[int, int] = {}
+        # a seq-0 run of a later start than the channel's first: another daemon start that
+        # joined the feed, placed by time. (A block of RESTART markers, one per instrument, is one
+        # start: every marker after a start's first was taken for one, and on the Kraken capture,
+        # whose markers carry receive times later than the first updates' exchange times, ticks
+        # went before their instrument's marker and the store's replay gave 78 signals where the
+        # daemon had 80.)
+        later = _later_joins(snapshots) if later is None else later
         for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
             runs = pending.setdefault(int(ch[a]), [])
-            # a seq-0 run of a later start than the channel's first: another daemon start that
-            # joined the feed, placed by time. (Every marker after a start's first was taken for
-            # one: on the Kraken capture, whose markers carry receive times later than the first
-            # updates' exchange times, ticks went before their instrument's marker and the
-            # store's replay gave 78 signals where the daemon had 80.)
-            by_time = int(sq[a]) == 0 and first_start.setdefault(int(ch[a]), int(start_of[a])) != int(start_of[a])
-            runs.append((int(sq[a]), int(snapshots["ts_event"][a]) if by_time else None, snapshots[a:b]))
+            runs.append((int(sq[a]), int(snapshots["ts_event"][a]) if later[a] else None, snapshots[a:b]))
     for chunk in ticks:
         if not pending:
             yield chunk
@@ -649,6 +694,7 @@ class StoreSource:
 
         self.dsn = dsn
         self.name = f"store {redact(dsn)}"
+        start_ns, end_ns = _bound("start_ns", start_ns), _bound("end_ns", end_ns)
         self.store = _open_store(dsn, database)
         try:
             recorded = self.store.read_instruments()
@@ -688,8 +734,9 @@ class StoreSource:
             # ticks with bad stamps sit at their stamp in the store's time order (the year 2100,
             # say: an L3 order's add then came after its deletion): each goes back where it was
             # received instead, before its channel's next tick (_placed)
-            #: the store's typical ts_event - ts_recv, where it holds bad stamps (else None)
+            #: the store's typical ts_event - ts_recv (None: no receipt times, or two clocks)
             self.strays, self._stray_sql, self.stamp_offset_ns = self._read_strays(database)
+            self._later = None                         # (_snapshots: which of them a later start placed by time)
             self.snapshots = self._snapshots(database) if snapshots else np.empty(0, EVENT_DTYPE)
             self.total += len(self.snapshots)          # what the replay goes through (progress said 200,024 / 200,000)
             # the sequence numbers are checked where the markers come along (they explain the feed's
@@ -713,7 +760,10 @@ class StoreSource:
         sql = bad_stamp_sql(offset)
         n = self.store.client.query(f"SELECT count() FROM {database}.ticks WHERE {where} AND {sql}").result_rows[0][0]
         if not n:
-            return none
+            # no tick with a bad stamp, but the offset is still the store's clock: a marker stamped far
+            # from it (a daemon start that met no tick stamped its RESTART markers with the local
+            # clock, 2026 in the simulator's 2023) moves no clock of a paced replay (it waited years)
+            return np.empty(0, EVENT_DTYPE), None, offset
         if n > MAX_STRAYS or n > MAX_STRAY_SHARE * rows:
             import logging
 
@@ -735,6 +785,7 @@ class StoreSource:
         rows of ``[a, T)`` and ``[T, b)`` are those of ``[a, b)``."""
         snaps = list(self.store.read_snapshots(self.ids, order="stream"))
         snaps = np.concatenate(snaps) if snaps else np.empty(0, EVENT_DTYPE)
+        self._later = None
         if not len(snaps) or (self.start_ns is None and self.end_ns is None):
             return snaps
 
@@ -746,6 +797,14 @@ class StoreSource:
         inside = per_channel("max(seq)", self.start_ns, self.end_ns)
         before = per_channel("max(seq)", None, self.start_ns) if self.start_ns is not None else {}
         after = per_channel("count()", self.end_ns, None) if self.end_ns is not None else {}
+        # the rows of a later daemon start that joined the feed (seq 0, placed by time before the
+        # first tick at or after their stamp): by their time (they went, as markers of the start,
+        # into every range with no tick before it, wherever they were stamped)
+        by_time = _later_joins(snaps)
+        t = snaps["ts_event"]
+        timed = by_time & (t >= (-(1 << 63) if self.start_ns is None else self.start_ns))
+        if self.end_ns is not None:
+            timed &= t < self.end_ns
         keep = np.zeros(len(snaps), bool)
         for c, hi in inside.items():
             m = snaps["channel"] == c
@@ -753,7 +812,8 @@ class StoreSource:
                 m &= snaps["seq"] >= before[c]
             if c in after:                         # (the next range's rows start at hi)
                 m &= snaps["seq"] < hi
-            keep |= m
+            keep |= (m & ~by_time) | ((snaps["channel"] == c) & timed)
+        self._later = by_time[keep]                # (told among all the rows, not the range's alone)
         return snaps[keep]
 
     def _whole_channels(self, database: str):
@@ -927,7 +987,8 @@ class StoreSource:
 
     def _chunks(self) -> Iterator[np.ndarray]:
         ticks = self.store.read_ticks(self.ids, self.start_ns, self.end_ns, chunk_rows=self.chunk)
-        return self._audited(merge_snapshots(self._placed(ticks), self.snapshots, self.stamp_offset_ns))
+        return self._audited(merge_snapshots(self._placed(ticks), self.snapshots, self.stamp_offset_ns,
+                                             self._later))
 
     def _windows(self):
         return self.store._read_windows("ticks", self.ids, self.start_ns, self.end_ns, self.chunk)
@@ -942,7 +1003,7 @@ class StoreSource:
 
         windows = read_ahead(self._windows, self.prefetch, self.reader_cpus)
         return self._audited(merge_snapshots(self._placed(_split(_merged(windows), self.chunk)), self.snapshots,
-                                             self.stamp_offset_ns))
+                                             self.stamp_offset_ns, self._later))
 
     def close(self) -> None:
         self.store.close()

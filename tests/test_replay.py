@@ -437,6 +437,91 @@ def test_a_range_from_before_the_data_keeps_the_snapshot_sent_ahead_of_it(tmp_pa
     assert read(int(t[40]))["seq"][(read(int(t[40]))["flags"] & Flag.SNAPSHOT) != 0].tolist() == [100]
 
 
+def restart_store(path, stamp):
+    """A daemon's store (the simulator's 2023 stream received in 2026) whose last start met no
+    tick: its RESTART markers, stamped where the history resumed (seq 100), at the local clock
+    (``stamp`` "wall", as the daemon did) or at the history's last exchange time ("history")."""
+    insts = synthetic_instruments(2)
+    day = 86_400 * 10**9
+    ticks = np.zeros(200, EVENT_DTYPE)
+    ticks["ts_event"] = 1_700_000_000_000_000_000 + np.arange(200) * 1_000_000     # a tick a millisecond
+    ticks["ts_recv"] = ticks["ts_event"] + 1118 * day
+    ticks["instrument"] = ticks["channel"] = np.arange(200) % 2
+    ticks["seq"] = np.arange(200) // 2 + 1
+    ticks["kind"], ticks["side"], ticks["qty"] = Kind.ADD, Side.BID, 1
+    ticks["price"], ticks["order_id"] = 1000 + np.arange(200) % 7, np.arange(1, 201)
+    start = Flag.SNAPSHOT | Flag.STALE | Flag.RESTART
+    first = markers([0, 1], start, 0, int(ticks["ts_event"][0]))
+    first["ts_recv"] = ticks["ts_recv"][0]
+    again = markers([0, 1], start, 100, time.time_ns() if stamp == "wall" else int(ticks["ts_event"][-1]))
+    again["ts_recv"] = int(ticks["ts_recv"][-1]) + 300 * 10**9                # five minutes after the stop
+    make_store(path, ticks, insts, np.concatenate([first, again]))
+    return ticks
+
+
+@pytest.mark.parametrize("stamp", ["wall", "history"])
+def test_a_paced_replay_is_not_held_by_the_markers_of_a_start_that_met_no_tick(tmp_path, stamp):
+    """Found by an adversarial pass: a daemon restarted with no publisher stamped its RESTART
+    markers with the local clock (2026; the ticks are the simulator's 2023), and a store without
+    a bad-stamped tick had no offset to tell them by: `--speed 1000` waited for years. Such a
+    marker moves no clock (a daemon now stamps them where its history resumed: "history")."""
+    import threading
+
+    ticks = restart_store(tmp_path / "db", stamp)
+    with StoreSource(f"chdb://{tmp_path}/db") as src:
+        rep = Replay(src, EngineSpec(RULES, STATS, channels=2))
+        out = {}
+        th = threading.Thread(target=lambda: out.setdefault("res", rep.run(speed=1000)), daemon=True)
+        t = time.perf_counter()
+        th.start()
+        th.join(20)
+        took = time.perf_counter() - t
+        if th.is_alive():
+            rep.stop = True
+            th.join(30)
+        assert not th.is_alive()
+    assert took < 10, f"{took:.1f} s for 0.2 s of recorded time at x1000"
+    assert out["res"].events == 204 and out["res"].clock_ns == int(ticks["ts_event"][-1])
+
+
+def test_a_range_selects_a_later_daemon_start_s_markers_with_the_ticks_around_them(tmp_path):
+    """A later daemon start that joined the feed (another run on the same store) stamps its
+    markers seq 0, placed before the first tick at or after their time. A range selected them by
+    sequence number as if they were the first start's: every range with no tick before it took
+    them (at its end, wherever they were stamped) and every other range left them out, the one
+    holding their place too. They go with the ticks around them, as the documentation says."""
+    insts = synthetic_instruments(1)
+    ticks = np.zeros(100, EVENT_DTYPE)
+    ticks["ts_event"] = 1_700_000_000_000_000_000 + np.arange(100) * 1000
+    ticks["seq"] = np.arange(1, 101)
+    ticks["kind"], ticks["side"], ticks["price"], ticks["qty"] = Kind.ADD, Side.BID, 1000, 1
+    start = Flag.SNAPSHOT | Flag.STALE | Flag.RESTART
+    run1 = np.concatenate([markers([0], f, 0, int(ticks["ts_event"][0]))          # its start, its join snapshot
+                           for f in (start, Flag.SNAPSHOT | Flag.SNAPSHOT_BEGIN, Flag.SNAPSHOT | Flag.SNAPSHOT_END)])
+    run2 = markers([0], start, 0, int(ticks["ts_event"][60]))                # joined at seq 61
+    snaps = np.concatenate([run1, run2])
+    snaps["channel"] = 0
+    make_store(tmp_path / "db", ticks, insts, snaps)
+    t = ticks["ts_event"]
+    dsn = f"chdb://{tmp_path}/db"
+
+    def read(start=None, end=None):
+        with StoreSource(dsn, start_ns=start, end_ns=end) as src:
+            out = np.concatenate(list(src))
+        snap = (out["flags"] & Flag.SNAPSHOT) != 0
+        return out, snap.nonzero()[0].tolist(), out["seq"][~snap]
+
+    whole, at, _ = read()
+    assert at == [0, 1, 2, 63]                                     # before seq 1 and before seq 61
+    out, at, seqs = read(None, int(t[30]))
+    assert at == [0, 1, 2] and seqs.tolist() == list(range(1, 31))  # not the later start's (they came at its end)
+    out, at, seqs = read(int(t[40]), int(t[80]))
+    assert at == [20] and seqs[20] == 61                           # the later start's, before its first tick
+    for cut in (30, 60, 61, 90):                                   # [a, T) + [T, b) == [a, b)
+        T = int(t[cut])
+        assert np.concatenate([read(None, T)[0], read(T)[0]]).tobytes() == whole.tobytes(), cut
+
+
 def test_store_source_errors_are_one_clear_line(tmp_path, market):
     ev, insts = market
     make_store(tmp_path / "db", ev[:1000], insts)
@@ -826,14 +911,23 @@ def test_a_stop_during_a_long_wait_for_the_next_event_ends_the_replay_at_once(tm
     # ignored without a word, where --wait-subscribers was refused (an adversarial pass)
     (("--npy", "ev.npy", "--linger", "5"), "--linger: needs --publish"),
     (("--npy", "ev.npy", "--channels", "2", "--start-delay", "0"), "--channels, --start-delay: need --publish"),
-    (("--npy", "ev.npy", "--horizons", "1parsec"), "cannot read the duration '1parsec'"),
+    (("--npy", "ev.npy", "--report", "r", "--horizons", "1parsec"), "cannot read the duration '1parsec'"),
+    # the report's options without --report were ignored without a word, where the --publish ones
+    # are refused (an adversarial pass)
+    (("--npy", "ev.npy", "--horizons", "1s"), "--horizons: needs --report DIR"),
+    (("--npy", "ev.npy", "--latency-us", "5", "--fee-bps", "1", "--no-plots"),
+     "--latency-us, --fee-bps, --no-plots: need --report DIR"),
+    # one socket for both (ipc:///X twice: everything published to nobody, exit 0; an adversarial pass)
+    (("--npy", "ev.npy", "--publish", "ipc:///tmp/twx", "--snapshot", "ipc:///tmp/../tmp/twx"),
+     "--publish ipc:///tmp/twx and --snapshot ipc:///tmp/../tmp/twx name one socket"),
+    (("--npy", "ev.npy", "--publish", "tcp://*:5999", "--snapshot", "tcp://127.0.0.1:5999"), "name one socket"),
     # past what the code can hold: each was a traceback (OverflowError) or a silent wrap
     (("--npy", "ev.npy", "--from", "2300-01-01"), "outside what int64 nanoseconds hold"),
     (("--npy", "ev.npy", "--to", "99999999999999999999999"), "outside what int64 nanoseconds hold"),
     (("--npy", "ev.npy", "--speed", "1e308"), "--speed: expected a positive number from 1e-6 to 1e6"),
     (("--npy", "ev.npy", "--speed", "1e-308"), "--speed: expected a positive number from 1e-6 to 1e6"),
-    (("--npy", "ev.npy", "--latency-us", "1e30"), "--latency-us must be 0 .. 3.6e9"),
-    (("--npy", "ev.npy", "--horizons", "10000000000s"), "is too long"),
+    (("--npy", "ev.npy", "--report", "r", "--latency-us", "1e30"), "--latency-us must be 0 .. 3.6e9"),
+    (("--npy", "ev.npy", "--report", "r", "--horizons", "10000000000s"), "is too long"),
     (("--npy", "ev.npy", "--signals", "."), "--signals .: is a directory"),   # after the run, it was
     (("--npy", "ev.npy", "--publish", "ipc:///tmp/twx", "--snapshot", "ipc:///tmp/twy", "--start-delay", "nan"),
      "--start-delay: expected a number of seconds >= 0"),
@@ -1133,6 +1227,88 @@ def test_a_time_range_takes_a_capture_s_snapshots_whole(kraken):
     assert Replay(ranged, EngineSpec(RULES, STATS)).run().signals.tobytes() == full.signals.tobytes()
 
 
+def test_a_range_from_inside_a_snapshot_s_window_takes_it_whole_or_not_at_all(kraken):
+    """Found by an adversarial pass on the Kraken capture: a snapshot's markers are stamped at
+    receipt and its levels count at ts_recv + the offset (-29.2 ms), so a --from between them took
+    the BEGIN and END markers without a level (the book cleared and said in sync with none)."""
+    ev = kraken.events
+    src = ArraySource(ev, kraken.instruments, start_ns=1618678133610000000)
+    assert int(src._mask[0:1550].sum()) in (0, 1550)
+    part = src.events
+    snap = (part["flags"] & Flag.SNAPSHOT) != 0
+    levels = snap & (part["kind"] != Kind.SNAPSHOT)
+    begins = np.flatnonzero((part["flags"] & Flag.SNAPSHOT_BEGIN) != 0)
+    ends = np.flatnonzero((part["flags"] & Flag.SNAPSHOT_END) != 0)
+    assert len(begins) == len(ends) > 0
+    for b, e in zip(begins, ends):                 # every snapshot taken has its levels
+        assert levels[b + 1:e].sum() == e - b - 1 > 0
+
+
+def snapshot_in_window(levels_ts_offset):
+    """A tick stream (a millisecond apart, received 1 ms later) with a snapshot whose markers are
+    stamped at receipt and whose levels are stamped years back (counted at receipt + offset)."""
+    t0 = 1_700_000_000 * 10**9
+    ticks = l3_orders(200, seed=3, instruments=1, resting=20)
+    ticks["ts_event"] = t0 + np.arange(len(ticks)) * 1_000_000
+    ticks["ts_recv"] = ticks["ts_event"] + levels_ts_offset
+    recv = int(ticks["ts_recv"][99]) + 1
+    snap = np.zeros(4, EVENT_DTYPE)
+    snap["kind"] = [Kind.SNAPSHOT, Kind.ADD, Kind.ADD, Kind.SNAPSHOT]
+    snap["side"] = [Side.NONE, Side.BID, Side.ASK, Side.NONE]
+    snap["flags"] = Flag.SNAPSHOT | np.array([Flag.SNAPSHOT_BEGIN, 0, 0, Flag.SNAPSHOT_END], np.uint32)
+    snap["order_id"], snap["price"], snap["qty"] = [0, 10**9, 10**9 + 1, 0], [0, 100, 101, 0], [0, 1, 1, 0]
+    snap["ts_event"] = [recv, t0 - 10**15, t0 - 10**15, recv]
+    snap["ts_recv"] = recv
+    return np.concatenate([ticks[:100], snap, ticks[100:]]), recv
+
+
+def test_a_range_from_between_a_snapshot_s_markers_and_its_levels_takes_it_whole():
+    """The same in a .npy file (no shared data needed): the levels count at receipt minus 30 ms
+    (the ticks' typical offset), the markers at receipt; every --from in between took the two
+    markers alone; it takes all four rows or none."""
+    ev, recv = snapshot_in_window(30_000_000)           # received 30 ms after the exchange's stamp
+    insts = synthetic_instruments(1, "L3")
+    for start in (recv - 40_000_000, recv - 30_000_000, recv - 20_000_000, recv - 1, recv, recv + 1):
+        part = ArraySource(ev, insts, start_ns=start).events
+        snaps = int(((part["flags"] & Flag.SNAPSHOT) != 0).sum())
+        assert snaps in (0, 4), (start - recv, snaps)
+        before = ArraySource(ev, insts, end_ns=start).events
+        assert len(before) + len(part) == len(ev)
+
+
+def test_a_marker_stamped_with_the_local_clock_in_a_file_counts_where_it_was_received():
+    """A store's history in .npy whose last daemon start met no tick: its RESTART markers stamped
+    2026 (the local clock) among the simulator's 2023 ticks counted at 2026, out of every range
+    of the data and alone in a range of 2026. They count at their receipt on the ticks' clock."""
+    day = 86_400 * 10**9
+    t0, lag = 1_700_000_000 * 10**9, 1118 * day
+    ticks = l3_orders(1_000, seed=3, instruments=1, resting=50)
+    ticks["ts_event"] = t0 + np.arange(len(ticks)) * 1_000_000
+    ticks["ts_recv"] = ticks["ts_event"] + lag
+    mark = markers([0], Flag.SNAPSHOT | Flag.STALE | Flag.RESTART, int(ticks["seq"][-1]), t0 + lag + 10**9)
+    mark["channel"] = 0
+    mark["ts_recv"] = int(ticks["ts_recv"][-1]) + 10**8                  # 0.1 s after the last tick
+    ev = np.concatenate([ticks, mark])
+    insts = synthetic_instruments(1, "L3")
+    last = int(ticks["ts_event"][-1])
+    assert len(ArraySource(ev, insts, start_ns=last).events) == 2         # the last tick and the marker
+    assert len(ArraySource(ev, insts, end_ns=last + 10**9).events) == len(ev)
+    with pytest.raises(ReplayError, match="no events"):
+        ArraySource(ev, insts, start_ns=t0 + lag)
+
+
+def test_a_range_bound_that_is_no_integer_is_a_type_error_naming_it(tmp_path, market):
+    """An adversarial pass: ArraySource(ev, start_ns="2023-...") raised numpy's UFuncTypeError
+    from the comparison; a TypeError names the parameter (and what reads ISO 8601)."""
+    ev, insts = market
+    for kw in ({"start_ns": "2023-11-14T22:13:20"}, {"end_ns": 1.5e18}, {"start_ns": True}):
+        with pytest.raises(TypeError, match=f"{next(iter(kw))} must be None or an integer of nanoseconds"):
+            ArraySource(ev, insts, **kw)
+        with pytest.raises(TypeError, match=f"{next(iter(kw))} must be None or an integer"):
+            StoreSource(f"chdb://{tmp_path}/none", **kw)
+    assert ArraySource(ev, insts, start_ns=np.int64(ev["ts_event"][100])).total < len(ev)
+
+
 def test_a_range_of_a_store_s_history_in_a_file_takes_its_snapshots_on_the_publisher_s_clock():
     """Found by an adversarial pass: a store's stream saved to .npy (the simulator stamps 2023, the
     daemon received in 2026) counted every snapshot row and marker at its 2026 receipt, so a
@@ -1327,6 +1503,25 @@ def test_a_rules_file_rule_for_no_instrument_is_refused_as_the_daemon_config_doe
     out = cli("--npy", npy, "--config", rules, "-q")
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     assert "rules[1].instruments: expected a non-empty array" in out.stderr
+
+
+@pytest.mark.parametrize("rule, message", [
+    ("kind = 'zscore'\nenter = 2.0\nenterr = 1.0\n",
+     "rules[1].enterr: unknown key (did you mean rules[1].enter?)"),
+    ("kind = 'zscore'\nexit = 1.0\n", "rules[1].enter: expected a number (required)"),
+    ("kind = 'zscorr'\nenter = 2.0\n", "rules[1].kind: expected one of"),
+])
+def test_a_rules_file_s_bad_rule_names_its_key_as_the_daemon_config_does(tmp_path, market, rule, message):
+    """An adversarial pass: an unknown key in a replay rules file's [[rules]], or no `enter`, gave
+    "RuleConfig.__init__() got an unexpected keyword argument 'enterr'"."""
+    ev, insts = market
+    npy = tmp_path / "ev.npy"
+    np.save(npy, ev[:100])
+    rules = tmp_path / "rules.toml"
+    rules.write_text("[[rules]]\nkind = 'imbalance'\nenter = 0.6\n[[rules]]\n" + rule)
+    out = cli("--npy", npy, "--config", rules, "-q")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert message in out.stderr and "__init__" not in out.stderr, out.stderr
 
 
 def test_a_rule_named_for_instruments_not_replayed_applies_to_the_others(tmp_path, market):
