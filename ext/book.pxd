@@ -244,6 +244,7 @@ cdef class BookSet:
     cdef tw_bookset c
     cdef list _books
     cdef dict _by_id
+    cdef int _held                # the _busy its books were last given by _hold (a short batch checks it)
     cdef int _hold(self, int busy) except -1
 
 

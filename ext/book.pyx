@@ -2408,6 +2408,7 @@ cdef class BookSet:
                 b._idle("apply (through a BookSet)")
         for b in self._books:
             b._busy = busy
+        self._held = busy
         return 0
 
     def apply(self, events, status=None):
@@ -2430,6 +2431,8 @@ cdef class BookSet:
                 finally:
                     self._hold(0)
             else:
+                if self._held:                        # (an engine's batch holds the set: refused)
+                    self._hold(1)
                 applied = tw_bookset_apply(&self.c, ev, n, st)
         finally:
             PyBuffer_Release(&ev_view)
@@ -2492,6 +2495,8 @@ cdef class BookSet:
                 finally:
                     self._hold(0)
             else:
+                if self._held:
+                    self._hold(1)
                 applied = _bookset_apply_top(&self.c, ev, n, st, tp, sy)
         finally:
             PyBuffer_Release(&ev_view)

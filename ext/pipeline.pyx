@@ -618,8 +618,9 @@ cdef class Engine:
         if self._busy > 0:
             self._idle("__init__")
         if self._books is not None:
-            raise RuntimeError("Engine.__init__: this engine is already built (an engine is initialised "
-                               "once); make a new Engine")
+            raise RuntimeError("Engine.__init__: " + ("this engine is already built (an engine is initialised once)"
+                                                      if self._busy == 0 else "its first __init__ failed")
+                               + "; make a new Engine")
 
         instruments = list(instruments)
         if not instruments:
@@ -1087,6 +1088,7 @@ cdef class Engine:
         self._stop = stop
         self._busy = 1
         held = False
+        lent = ()
         try:
             ev = <const tw_event *>view.buf
             n = view.len // sizeof(tw_event)
@@ -1095,9 +1097,11 @@ cdef class Engine:
                 # (whole between events), not change them
                 self._books._hold(2)
                 held = True
+                lent = []
                 for rule in self._custom:             # a rule given to two engines: its ctx.book is
-                    if isinstance(rule, PyRule):      # this one's (it was the last engine built's)
-                        (<PyRule>rule).books = self._books
+                    if isinstance(rule, PyRule):      # this one's (it was the last engine built's),
+                        lent.append((rule, (<PyRule>rule).books))    # and the other's again after
+                        (<PyRule>rule).books = self._books         # (a batch of it nested in ours)
             elif n >= _RELEASE_GIL_AT:
                 self._books._hold(1)                  # (its books are refused to other threads meanwhile)
                 held = True
@@ -1115,6 +1119,8 @@ cdef class Engine:
         finally:
             if held:
                 self._books._hold(0)
+            for rule, books in lent:
+                (<PyRule>rule).books = books
             self._stop = 0
             self._busy = 0
             PyBuffer_Release(&view)

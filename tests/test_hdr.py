@@ -170,6 +170,7 @@ def test_a_correction_of_many_values_is_counted_slot_by_slot_as_the_loop_would(v
     assert (rec.total, rec.min_value, rec.max_value) == (ref.total, ref.min_value, ref.max_value)
 
 
+@pytest.mark.timeout(30)                          # (one by one: 2**36 records, a minute or more)
 def test_a_correction_of_68_seconds_at_1_ns_returns_at_once():
     """68.7 s at a 1 ns interval is 2**36 - 2 corrected values: HdrHistogram's loop ran for
     minutes (and no Ctrl-C reached it); counted slot by slot it is the same histogram."""

@@ -18,7 +18,9 @@ PY = sys.executable
 
 def child(code: str, timeout: float = 120):
     """Run ``code`` in a fresh interpreter: (exit status, output)."""
-    p = subprocess.run([PY, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=timeout)
+    # (-P: not the current directory's tickwire/ first, which in a scratch checkout maps the
+    # compiled core to another tree's build)
+    p = subprocess.run([PY, "-P", "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=timeout)
     return p.returncode, p.stdout + p.stderr
 
 
@@ -602,6 +604,38 @@ def test_set_timing_from_a_rule_and_a_second_init_are_refused_and_an_unbuilt_eng
     assert "still works 1100" in out and "unbuilt refused Engine.process: this engine was never built" in out, out
 
 
+def test_a_short_batch_to_an_engines_books_from_its_python_rule_is_refused_too():
+    # (a review: BookSet.apply/apply_top of fewer than 64 events skipped the busy check and
+    # changed the engine's books mid-batch)
+    import numpy as np
+
+    from tickwire.engine.instruments import Instrument
+    from tickwire.engine.pipeline import Engine
+    from tickwire.feeds import synthetic
+
+    ev = synthetic.l2_updates(300)
+    insts = [Instrument(0, "X", tick_size="0.01", lot_size="0.00000001")]
+    seen = {"changed": 0, "refused": 0}
+    holder = {}
+
+    def rule(ctx):
+        for call in (lambda: holder["e"].books.apply(ev[:10]),
+                     lambda: holder["e"].books.apply_top(ev[:10], np.zeros((10, 4), np.int64))):
+            try:
+                call()
+                seen["changed"] += 1
+            except RuntimeError:
+                seen["refused"] += 1
+
+    e = holder["e"] = Engine(insts, [rule])
+    ref = Engine(insts)
+    e.process(ev)
+    ref.process(ev)
+    assert seen["changed"] == 0 and seen["refused"] > 0
+    assert e.book(0).state() == ref.book(0).state()
+    e.books.apply(ev[:10])                       # between batches: allowed again
+
+
 def test_a_python_rule_given_to_two_engines_sees_the_running_engines_book():
     from tickwire.engine.instruments import Instrument
     from tickwire.engine.pipeline import Engine
@@ -612,9 +646,21 @@ def test_a_python_rule_given_to_two_engines_sees_the_running_engines_book():
     seen = []
     rule = PyRule(lambda ctx: seen.append(ctx.book.best_bid))
     e1 = Engine(insts, [rule])
-    Engine(insts, [rule])                       # built last: the rule pointed at its (empty) book
+    e2 = Engine(insts, [rule])                  # built last: the rule pointed at its (empty) book
     e1.process(synthetic.l2_updates(500))
     assert seen[-1] is not None and seen[-1] == e1.book(0).best_bid
+    # a batch of the other engine nested in one of e1's (from another rule): e1's rule sees e1's
+    # book again after it (a review: it kept the other's)
+    nested = []
+    seen.clear()
+
+    def trigger(ctx):
+        if not nested:
+            nested.append(e2.process(synthetic.l2_updates(3)))
+
+    e4 = Engine(insts, [trigger, rule])
+    e4.process(synthetic.l2_updates(400))
+    assert nested and seen[-1] == e4.book(0).best_bid and e4.book(0).best_bid != e2.book(0).best_bid
 
 
 def test_ring_helpers_on_a_closed_handle_are_refused_not_a_crash():

@@ -315,7 +315,8 @@ def test_a_status_file_that_cannot_be_written_is_said_once_and_the_ticks_are_sto
     once, and the work goes on."""
     name, dsn = ring_name(), f"chdb://{tmp_path}/store"
     ev = l2_updates(10_000, seed=13, instruments=2)
-    (tmp_path / "state" / ".status.json.tmp").mkdir(parents=True)     # every write of it fails
+    (tmp_path / "state" / "status.json").mkdir(parents=True)          # every write of it fails (a
+    (tmp_path / "state" / "status.json" / "x").touch()                # directory in its place)
     real, link = flaky_link(dsn, threading.Event())
     with Ring.create(name, EVENT_DTYPE, 1 << 14) as ring:
         writer = TickWriter(link, Ring.attach(name, EVENT_DTYPE), tmp_path / "state", epoch=3,
