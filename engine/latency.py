@@ -452,6 +452,12 @@ def read_interval_log(path) -> list[Interval]:
                                  ) from None
             if hist is None:
                 break
+            if hist.get_total_count() and hist.get_max_value() > _LIMIT:
+                # (another tool's log, values past the recorders' range: merging it was an
+                # IndexError traceback in `tickwire plot` and `python -m tickwire.engine.latency`)
+                raise ValueError(f"{path}: interval {len(out) + 1} holds values up to {hist.get_max_value() / 1e9:,.1f} "
+                                 f"s (read as ns), past the {_LIMIT / 1e9:.1f} s tickwire's histograms hold (2**36 ns): "
+                                 f"an interval log of another tool's, or of another unit")
             out.append(Interval(hist.get_tag(), hist.get_start_time_stamp() / 1000.0,
                                 hist.get_end_time_stamp() / 1000.0, hist))
     finally:
@@ -460,6 +466,8 @@ def read_interval_log(path) -> list[Interval]:
 
 
 _ALL = object()
+#: The largest value a histogram of :func:`new_hdrh` holds (its counts reach 2**36 ns, 68.7 s).
+_LIMIT = new_hdrh().get_highest_equivalent_value((1 << 36) - 1)
 
 
 def merged(intervals: Iterable[Interval], tag=_ALL) -> HdrHistogram:
@@ -494,6 +502,18 @@ def _main(argv=None) -> int:
         return 2
     except ValueError as exc:                  # (it names the file)
         print(f"{ap.prog}: {exc}", file=sys.stderr)
+        return 2
+    if not ivs:
+        # (an empty file, an .hgrm, a log with no interval yet: an empty table, exit 0)
+        try:
+            with open(args.log, "rb") as f:
+                head = f.read(4096).lstrip()
+        except OSError:
+            head = b""
+        why = ("an .hgrm percentile table, not an interval log (tickwire plot latency draws it)"
+               if head.startswith(b"Value") else "an empty file" if not head else
+               "no interval in it: not an HdrHistogram interval log, or one with no interval yet")
+        print(f"{ap.prog}: {args.log}: {why}", file=sys.stderr)
         return 2
     tags = sorted({iv.tag or "" for iv in ivs}, key=lambda t: (t not in _STAGE_ORDER,
                                                                _STAGE_ORDER.index(t) if t in _STAGE_ORDER else 0, t))

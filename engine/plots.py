@@ -64,8 +64,16 @@ def save_png(fig, path, dpi: int = 110) -> Path:
     path = Path(path)
     FigureCanvasAgg(fig)
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, path)
+    except BaseException:
+        # (-o D.png, D.png a directory: the temporary file was left beside it)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
     return path
 
 
@@ -127,6 +135,11 @@ def read_hgrm(path, unit_ns: float = 1000.0):
         values.append(float(m.group(1)) * unit_ns)
     if not levels:
         raise PlotInputError(f"{path}: no percentile rows: not an .hgrm file, or an empty histogram")
+    if levels[-1] < 100.0:
+        # (a file cut short was plotted and its last row printed as p99, p99.9 and the max: 39 ms
+        # for a max of 245 ms)
+        raise PlotInputError(f"{path}: its last row is at {levels[-1]:.6g}%, not 100%: cut short (an .hgrm's table "
+                             f"ends at percentile 1.0)")
     if top is None:
         top, count = values[-1], None
     return levels, values, top, count
@@ -346,6 +359,9 @@ def cmd_plot(args) -> int:
         # (-o x.jpg wrote PNG bytes into x.jpg, unsaid)
         print(f"tickwire plot latency: -o {args.output}: the plot is written as a PNG: name it FILE.png",
               file=sys.stderr)
+        return 2
+    if Path(args.output).is_dir():
+        print(f"tickwire plot latency: -o {args.output}: a directory: name the PNG file to write", file=sys.stderr)
         return 2
     try:
         drawn = plot_latency(args.files, args.output, tags=args.stage, title=args.title)

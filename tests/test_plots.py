@@ -241,3 +241,78 @@ def test_bench_plots_draw_through_the_shared_module(tmp_path):
     made = bench.plot({"runs": runs, "target": "test"}, tmp_path)
     assert made == ["spectrum-1k.png", "spectrum-10k.png", "sweep.png"]
     assert all((tmp_path / m).read_bytes()[:4] == b"\x89PNG" for m in made)
+
+
+def test_a_truncated_hgrm_is_refused_not_read_as_complete(tmp_path):
+    """Found by an adversarial pass: an .hgrm cut short (a copy interrupted, a disk full) was
+    plotted, and its last row printed as p99, p99.9 and the max (39 ms for a max of 245 ms)."""
+    r = Recorder()
+    r.record_many(raw_values(5, 5_000, 1.5))
+    rows = [ln for ln in hgrm(r).splitlines() if ln.strip() and not ln.startswith("#")]
+    (tmp_path / "cut.hgrm").write_text("\n".join(rows[:len(rows) // 2]) + "\n")
+    res = subprocess.run([PY, "-m", "tickwire", "plot", "latency", str(tmp_path / "cut.hgrm"), "-o",
+                          str(tmp_path / "x.png")], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "cut short" in res.stderr and "not 100%" in res.stderr and str(tmp_path / "cut.hgrm") in res.stderr
+    assert not (tmp_path / "x.png").exists()
+    (tmp_path / "whole.hgrm").write_text(hgrm(r))             # a whole one still reads
+    assert plots.load_latency(tmp_path / "whole.hgrm").spectra[None][0][-1] == 100.0
+
+
+def _log_past_the_range(path):
+    """An interval log as another tool writes one, with a value of 100 s (past 2**36 ns)."""
+    from hdrh.histogram import HdrHistogram
+    from hdrh.log import HistogramLogWriter
+
+    h = HdrHistogram(1, 3_600_000_000_000, 3)
+    h.record_value(100_000_000_000)
+    h.record_value(5_000)
+    h.set_start_time_stamp(1000)
+    h.set_end_time_stamp(2000)
+    with open(path, "w") as f:
+        HistogramLogWriter(f).output_interval_histogram(h)
+
+
+@pytest.mark.parametrize("cmd", [["-m", "tickwire", "plot", "latency"], ["-m", "tickwire.engine.latency"]])
+def test_an_interval_log_past_the_range_is_one_line_not_a_traceback(tmp_path, cmd):
+    """Found by an adversarial pass: a log with values past 68.7 s (another tool's) was an
+    IndexError traceback in `tickwire plot latency` and `python -m tickwire.engine.latency`."""
+    _log_past_the_range(tmp_path / "big.hlog")
+    extra = ["-o", str(tmp_path / "x.png")] if "plot" in cmd else []
+    res = subprocess.run([PY, *cmd, str(tmp_path / "big.hlog"), *extra], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr, res.stderr
+    assert f"{tmp_path / 'big.hlog'}: interval 1 holds values up to 100.1 s" in res.stderr, res.stderr
+    assert "68.7 s" in res.stderr
+
+
+@pytest.mark.parametrize("what", ["empty", "hgrm", "no interval"])
+def test_the_log_summary_refuses_what_is_no_interval_log(tmp_path, what):
+    """Found by an adversarial pass: `python -m tickwire.engine.latency` printed an empty table,
+    exit 0, for an empty file or an .hgrm."""
+    path = tmp_path / "x.hlog"
+    if what == "empty":
+        path.write_text("")
+    elif what == "hgrm":
+        r = Recorder()
+        r.record_many(raw_values(1, 100))
+        path.write_text(hgrm(r))
+    else:
+        path.write_text("#[StartTime: 1.000 (seconds since epoch), x]\n")
+    res = subprocess.run([PY, "-m", "tickwire.engine.latency", str(path)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and res.stdout == "", (res.stdout, res.stderr)
+    assert str(path) in res.stderr
+    assert {"empty": "an empty file", "hgrm": "an .hgrm percentile table", "no interval": "no interval in it"}[what] \
+        in res.stderr
+
+
+def test_a_directory_named_as_the_png_is_refused_and_leaves_nothing(tmp_path):
+    """Found by an adversarial pass: -o D.png with D.png a directory left .D.png.tmp.png beside it."""
+    write_log(tmp_path / "run.hlog", [1000])
+    (tmp_path / "D.png").mkdir()
+    res = subprocess.run([PY, "-m", "tickwire", "plot", "latency", str(tmp_path / "run.hlog"), "-o",
+                          str(tmp_path / "D.png")], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "a directory" in res.stderr, res.stderr
+    fig, _ = plots.figure()
+    with pytest.raises(OSError):                      # (save_png itself: no temporary file left)
+        plots.save_png(fig, tmp_path / "D.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["D.png", "run.hlog"]
