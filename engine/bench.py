@@ -41,6 +41,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import re
 import shutil
 import signal
 import struct
@@ -110,6 +111,24 @@ def _pin(cpu) -> None:
 
 def _say(text: str = "", end: str = "\n") -> None:
     print(text, end=end, flush=True)
+
+
+def _write_result(path: Path, text: str) -> None:
+    """Write a result file in --out through a new file renamed over ``path``: a symlink (or a
+    hard link) there is replaced, never written through (summary.json a link to another file:
+    that file was overwritten)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 # -- the stream ----------------------------------------------------------------------------------
@@ -413,11 +432,13 @@ def _ring_producer_proc(name, cpu, start_ns, interval_ns, n, ready):
     ring.close()
 
 
-def _baseline_proc(endpoint, channels, cpu, io_cpu, until_ns, queue, ready):
+def _baseline_proc(endpoint, channels, cpu, io_cpu, until_ns, queue, counts, ready):
     """What a quant writes today: pyzmq recv loop, a dict book in Python (best prices kept as it
     goes), a multiprocessing queue; one signal per exchange message that moved the best prices.
     Its libzmq I/O thread on ``io_cpu``, as the target's and the floor's (it inherited the loop's
-    core, and shared it)."""
+    core, and shared it). ``counts`` (a shared array of 2): set at its end to the messages it
+    received and the signals it put in the queue (what it did not get to by its deadline was
+    left out unsaid)."""
     import zmq
 
     from tickwire.ext.records import EVENT_DTYPE
@@ -435,6 +456,7 @@ def _baseline_proc(endpoint, channels, cpu, io_cpu, until_ns, queue, ready):
     until_ns = _until(until_ns)
     poller = zmq.Poller()
     poller.register(s, zmq.POLLIN)
+    received = put = 0
     while time.time_ns() <= until_ns:
         if not poller.poll(50):
             continue
@@ -444,6 +466,7 @@ def _baseline_proc(endpoint, channels, cpu, io_cpu, until_ns, queue, ready):
             except zmq.Again:
                 break
             recv = time.time_ns()
+            received += 1
             h = WIRE_HEADER.unpack_from(payload)
             send_time, seq = h[8], h[7]
             evs = np.frombuffer(payload, EVENT_DTYPE, offset=48)
@@ -472,6 +495,8 @@ def _baseline_proc(endpoint, channels, cpu, io_cpu, until_ns, queue, ready):
                     moved.add(inst)
             for inst in moved:
                 queue.put((send_time, seq, recv))
+                put += 1
+    counts[0], counts[1] = received, put
     queue.put(None)
     s.close(0)
     ctx.term()
@@ -610,16 +635,28 @@ class Publisher:
 
 def _child(target, *args):
     """A bench child: Ctrl-C at the terminal reaches the whole process group, and the parent
-    stops each child itself (it printed a KeyboardInterrupt traceback per child)."""
+    stops each child itself (it printed a KeyboardInterrupt traceback per child). It dies with
+    the bench, kill -9 included (:mod:`tickwire.engine.lifeline`): an engine worker left by a
+    killed bench ran on for good, spinning on the engine's core, its rings in /dev/shm."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from tickwire.engine import lifeline
+
+    lifeline.bind_to_parent()
     target(*args)
 
 
 def _spawn(target, *args):
+    from tickwire.engine import lifeline
+
     ctx = mp.get_context("spawn")
     ready = ctx.Event()
     p = ctx.Process(target=_child, args=(target, *args, ready), daemon=True)
-    p.start()
+    # (the spawned interpreter inherits this environment at start(); _child reads and removes it)
+    os.environ[lifeline.ENV] = lifeline.child_env(signal.SIGTERM, {})[lifeline.ENV]
+    try:
+        p.start()
+    finally:
+        os.environ.pop(lifeline.ENV, None)
     return p, ready
 
 
@@ -718,12 +755,17 @@ class Run:
         a = self.args
         path, cfg = self.target_config(tag)
         self.busy_poll = bool(cfg.feeds.busy_poll)        # what the target runs with (the floor's, the summary's)
+        self.event_clock = cfg.clock == "event"           # (the engine stage is then 0 by construction)
         procs, rings, daemon, worker, daemon_rc = [], [], None, None, None
         try:
             if a.target == "daemon":
+                from tickwire.engine import lifeline
+
                 log = open(self.work / f"{tag}.log", "w")
+                # (SIGTERM at the bench's death, kill -9 included: the daemon stops and removes its
+                # rings; it ran on for good, its worker on the engine's core)
                 daemon = subprocess.Popen([sys.executable, "-P", "-m", "tickwire", "run", "--config", str(path)],
-                                          stdout=log, stderr=subprocess.STDOUT)
+                                          stdout=log, stderr=subprocess.STDOUT, env=lifeline.child_env(signal.SIGTERM))
             else:
                 run_dir = self.work / tag                  # the worker finds its rings in its rings.json
                 run_dir.mkdir(parents=True, exist_ok=True)
@@ -765,7 +807,9 @@ class Run:
                                  f"nothing to measure at {_fmt_rate(rate)} ev/s")
             sig = dict(np.load(out))
         except RuntimeError as exc:                   # a part that did not start, or did not finish
-            raise BenchError(f"the target at {_fmt_rate(rate)} ev/s: {exc}") from None
+            tail = _log_tail(self.work / f"{tag}.log") if daemon is not None else ""
+            raise BenchError(f"the target at {_fmt_rate(rate)} ev/s: {exc}"
+                             + (f"\n  the daemon's log ended:\n{tail}" if tail else "")) from None
         finally:
             if worker is not None and worker.is_alive():
                 worker.terminate()                     # (SIGTERM: it stops and writes its counts)
@@ -794,6 +838,8 @@ class Run:
         loss = target_losses(pr["stats"]["events"], int(len(sig["seq"])) + int(sig["missed"]), st,
                              worker.exitcode if worker is not None else None, daemon_rc, run_dir,
                              missed=int(sig["missed"]))
+        if pr["stats"].get("gave_up"):
+            loss.insert(0, _gave_up_line(pr, rate, start, a.warmup, a.duration))
         return {"publisher": pr["stats"], "signals": int(len(sig["seq"])), "missed": int(sig["missed"]),
                 "unmatched": lat["unmatched"], "lat": lat, "relay": relay_plan(pr, sig, self.chan_of_inst),
                 "cpus": st.get("affinity"), "cpus_configured": [w.cpu for w in cfg.workers], "loss": loss}
@@ -847,10 +893,19 @@ class Run:
         z = np.load(out)
         keep = z["send"] >= start + int(a.warmup * 1e9)
         res = {"lat": z["recv"][keep] - z["send"][keep], "messages": int(keep.sum()),
-               "cpus": z["cpus"].tolist() if "cpus" in z.files else None, "publisher": pr["stats"]}
-        if relay is not None and sig_out.exists():
-            sig = dict(np.load(sig_out))
-            res["relay"] = latency_arrays(pr, sig, self.chan_of_inst, t_from=start + int(a.warmup * 1e9))
+               "cpus": z["cpus"].tolist() if "cpus" in z.files else None, "publisher": pr["stats"], "loss": []}
+        # nothing left out unsaid, as for the target: a subscriber or relay consumer that fell
+        # behind past the drain lost its slowest samples, and the floor read lower (exit 0)
+        if pr["stats"].get("gave_up"):
+            res["loss"].append(_gave_up_line(pr, rate, start, a.warmup, a.duration))
+        sig = None
+        if relay is not None:
+            if not sig_out.exists():
+                res["loss"].append("the relay's consumer saved nothing (it did not finish): no relay floor")
+            else:
+                sig = dict(np.load(sig_out))
+                res["relay"] = latency_arrays(pr, sig, self.chan_of_inst, t_from=start + int(a.warmup * 1e9))
+        res["loss"] += floor_losses(int(pr["stats"]["messages"]), z, plan if sig is not None else None, sig)
         return res
 
     def measure_ring_floor(self, records_per_s: float, tag: str) -> dict:
@@ -888,9 +943,12 @@ class Run:
                 if x.is_alive():
                     x.kill()
             ring.close()
+        if not out.exists():
+            raise RuntimeError("the ring consumer did not finish")
         s = np.load(out)
         keep = s["ts_recv"] >= start + int(a.warmup * 1e9)
-        return {"lat": s["receipt"][keep] - s["ts_signal"][keep], "records": int(keep.sum())}
+        return {"lat": s["receipt"][keep] - s["ts_signal"][keep], "records": int(keep.sum()),
+                "loss": ring_floor_losses(n, s)}
 
     def measure_baseline(self, rate: float, pub: Publisher, tag: str) -> dict:
         a = self.args
@@ -898,8 +956,11 @@ class Run:
         q = ctx.Queue()
         out = self.work / f"{tag}-baseline.npz"
         until, until_read = _shared_deadline(), _shared_deadline()     # set once both are ready
+        counts = ctx.Array("q", 2, lock=False)
+        counts[0] = counts[1] = -1
         c, cready = _spawn(_baseline_consumer_proc, q, self.other_core, until_read, str(out))
-        p, pready = _spawn(_baseline_proc, pub.endpoint, self.channels, self.engine_core, self.other_core, until, q)
+        p, pready = _spawn(_baseline_proc, pub.endpoint, self.channels, self.engine_core, self.other_core, until, q,
+                           counts)
         try:
             _wait_ready(c, cready, "the baseline consumer")
             _wait_ready(p, pready, "the pyzmq baseline")
@@ -907,7 +968,8 @@ class Run:
             start = time.time_ns() + 200_000_000
             until.value = start + int((a.warmup + a.duration + a.drain) * 1e9)
             until_read.value = until.value + 2_000_000_000
-            pub.run(rate, start, a.warmup + a.duration, f"{'pyzmq':8s} {_fmt_rate(rate):>5s}", progress=not a.quiet)
+            pr = pub.run(rate, start, a.warmup + a.duration, f"{'pyzmq':8s} {_fmt_rate(rate):>5s}",
+                         progress=not a.quiet)
             p.join(timeout=a.drain + 30)
             c.join(timeout=a.drain + 30)
         finally:
@@ -918,7 +980,52 @@ class Run:
             raise RuntimeError("the baseline consumer did not finish")
         b = np.load(out)
         keep = b["send"] >= start + int(a.warmup * 1e9)
-        return {"lat": b["receipt"][keep] - b["send"][keep], "signals": int(keep.sum())}
+        loss = baseline_losses(int(pr["stats"]["messages"]), int(counts[0]), int(counts[1]), len(b["send"]))
+        return {"lat": b["receipt"][keep] - b["send"][keep], "signals": int(keep.sum()), "loss": loss}
+
+
+def floor_losses(sent: int, z: dict, plan: dict | None, sig: dict | None) -> list[str]:
+    """What the zmq floor did not receive, each a line (empty: everything): ``sent`` messages
+    published, ``z`` the subscriber's stamps (``seq``, ``chan``), ``plan`` (relay_plan()) and
+    ``sig`` the relay consumer's record (None: no relay). A subscriber or relay consumer that
+    fell behind past its deadline lost its slowest samples unsaid: the floor read lower, and
+    the target's verdicts were given against it (exit 0)."""
+    out = []
+    got = len(z["seq"])
+    if got < sent:
+        out.append(f"the floor's libzmq subscriber received {got:,} of the {sent:,} messages sent by its deadline "
+                   f"(the rest, the slowest, are missing from zmq_hop and the floor)")
+    if plan is not None and sig is not None:
+        keys = (np.asarray(z["chan"]).astype(np.uint64) << np.uint64(48)) | np.asarray(z["seq"]).astype(np.uint64)
+        pushed = int(np.isin(np.asarray(plan["keys"], np.uint64), keys).sum())
+        missed = int(sig["missed"])
+        if missed or len(sig["seq"]) < pushed:
+            out.append(f"the relay's consumer received {len(sig['seq']):,} of the {pushed:,} signals relayed by its "
+                       f"deadline ({missed:,} lapped by the ring): the rest, the slowest, are missing from the floor")
+    return out
+
+
+def ring_floor_losses(n: int, s: dict) -> list[str]:
+    """What the ring floor's consumer did not receive of the ``n`` records meant (``s``: its record)."""
+    if len(s["seq"]) < n or int(s["missed"]):
+        return [f"the ring floor's consumer received {len(s['seq']):,} of the {n:,} records meant by its deadline "
+                f"({int(s['missed']):,} lapped by the ring): the rest, the slowest, are missing from ring_hop_floor"]
+    return []
+
+
+def baseline_losses(sent: int, received: int, put: int, read: int) -> list[str]:
+    """What the pyzmq baseline left out: messages it never received of the ``sent``, signals its
+    consumer never read of the ``put`` (it stopped at its deadline; received -1: no count)."""
+    if received < 0:
+        return ["the pyzmq baseline did not say what it received (it did not finish)"]
+    out = []
+    if received < sent:
+        out.append(f"the pyzmq baseline received {received:,} of the {sent:,} messages sent by its deadline (the "
+                   f"rest, the slowest, are missing from its figures)")
+    if read < put:
+        out.append(f"its consumer read {read:,} of the {put:,} signals put in its queue by its deadline (the rest, "
+                   f"the slowest, are missing from its figures)")
+    return out
 
 
 def _workers_status(run_dir: Path, workers: int) -> dict:
@@ -950,11 +1057,21 @@ def target_losses(published: int, received: int, status: dict, worker_rc, daemon
     out = []
     if not status:
         return ["the engine worker wrote no status (it did not start, or died before its first)"]
+    try:
+        kids = json.loads((run_dir / "supervisor.json").read_text()).get("children", {})
+    except (OSError, ValueError):
+        kids = {}
     feed = status.get("feed", {})
     processed = int(feed.get("events", 0))             # (market events, the feed's markers aside)
+    # a restarted worker's status counts from its own start: its earlier processes' events, as
+    # the supervisor noted them at their deaths, are added (the count was the last one's alone)
+    earlier = sum(int(k.get("earlier_events", 0)) for k in kids.values() if isinstance(k, dict))
+    processed += earlier
     if processed != published:
         out.append(f"the engine processed {processed:,} of the {published:,} events published "
-                   f"({published - processed:,} not processed by the end of the drain)")
+                   f"({published - processed:,} not processed by the end of the drain"
+                   + (f"; {earlier:,} of those processed by worker processes since restarted, as of their last status"
+                      if earlier else "") + ")")
     if feed.get("lost_events") or feed.get("uncounted_losses"):
         out.append(f"the worker's feed lost {feed.get('lost_events', 0):,} events (and "
                    f"{feed.get('uncounted_losses', 0)} ranges of unknown size): see its log")
@@ -972,14 +1089,39 @@ def target_losses(published: int, received: int, status: dict, worker_rc, daemon
     if daemon_rc not in (None, 0):
         out.append(f"the daemon exited with status {daemon_rc} at its stop (3: ticks not stored; its log is in "
                    f"the work directory with --keep)")
-    try:
-        kids = json.loads((run_dir / "supervisor.json").read_text()).get("children", {})
-    except (OSError, ValueError):
-        kids = {}
     for name, k in kids.items():
         if k.get("restarts"):
             out.append(f"the daemon's {name} was restarted {k['restarts']} time(s) during the run")
     return out
+
+
+def _gave_up_line(pr: dict, rate: float, start: int, warmup: float, duration: float) -> str:
+    """The shortfall of a publisher that fell behind its schedule and stopped: the figures cover
+    only the part of the measured seconds it sent (the rest, the slowest to go out, never went:
+    coordinated omission, exit 0 until an adversarial pass)."""
+    t_from = start + int(warmup * 1e9)
+    meant = rate * duration
+    got = int(pr["count"][pr["intended"] >= t_from].sum()) if len(pr["count"]) else 0
+    upto = (int(pr["intended"][-1]) - t_from) / 1e9 if len(pr["intended"]) else 0.0
+    share = got / meant if meant else 0.0
+    pr["stats"]["measured_share"] = round(share, 4)
+    return (f"{pr['stats']['gave_up']}: the figures cover {share:.0%} of the intended schedule's measured events "
+            f"({got:,} of {meant:,.0f}, those meant for its first {max(upto, 0.0):.1f} s of {duration:g}); the rest "
+            f"were never sent, and their latency is not in the figures")
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    """The last ``lines`` lines of a target's log, indented ("" when there is none): the log is
+    in the scratch directory, removed at the end without --keep (a daemon that never connected
+    failed saying "see its log", and the log was gone)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 64 * 1024))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join("    " + ln for ln in text.splitlines()[-lines:])
 
 
 def _ratio(a, b):
@@ -1055,6 +1197,7 @@ def measure_rate(run: Run, rate: float, index: int, outdir: Path) -> dict:
     pub = None
     reps = a.repeat
     tgts, zmq_lat, relays, pairs, floor_pubs = [], [], [], [], []
+    floor_loss, ring_loss, base_loss = [], [], []
     floors = {}
     try:
         for rep in range(reps):
@@ -1074,6 +1217,7 @@ def measure_rate(run: Run, rate: float, index: int, outdir: Path) -> dict:
                 _check_cores("the floor's libzmq subscriber", zf["cpus"], [run.engine_core])
                 zmq_lat.append(zf["lat"])
                 floor_pubs.append(zf["publisher"])
+                floor_loss.extend(zf.get("loss", ()))
                 if "relay" in zf:
                     relays.append(zf["relay"])
                     w, f = tgt["lat"]["wire_to_signal"], zf["relay"]["wire_to_signal"]
@@ -1102,18 +1246,26 @@ def measure_rate(run: Run, rate: float, index: int, outdir: Path) -> dict:
             # the ring hop at the rate the target emitted signals (a busy consumer and one that
             # sleeps between signals are different hops)
             sig_rate = tgt["signals"] / reps / (a.warmup + a.duration)
-            floors["ring_hop_floor"] = run.measure_ring_floor(sig_rate, tag)["lat"]
+            rf = run.measure_ring_floor(sig_rate, tag)
+            floors["ring_hop_floor"] = rf["lat"]
+            ring_loss.extend(rf.get("loss", ()))
         base = None
         if a.baseline:
             pub = Publisher(run.stream, run.endpoint(f"{tag}-base"))
             try:
-                base = run.measure_baseline(rate, pub, tag)["lat"]
+                bl = run.measure_baseline(rate, pub, tag)
+                base = bl["lat"]
+                base_loss.extend(bl.get("loss", ()))
             except RuntimeError as exc:
                 _say(f"  pyzmq baseline at {_fmt_rate(rate)} ev/s not measured: {exc}")
     finally:
         if pub is not None:
             pub.close()
-    recs = {k: _recorder(tgt["lat"][k]) for k in STAGES}
+    # engine.clock = "event": each signal's ts_signal is its tick's ts_recv, so the engine stage
+    # is 0 by construction (it printed 0.0 us at every percentile) and ring_hop holds it
+    event_clock = getattr(run, "event_clock", False)
+    stages = tuple(k for k in STAGES if not (event_clock and k == "engine"))
+    recs = {k: _recorder(tgt["lat"][k]) for k in stages}
     for k, v in floors.items():
         recs[k] = _recorder(v)
     baseline_note = None
@@ -1126,7 +1278,7 @@ def measure_rate(run: Run, rate: float, index: int, outdir: Path) -> dict:
     summ = {k: _summary(r) for k, r in recs.items()}
     # a latency below 0 is a wall clock stepped back between two stamps: recorded as 0, and counted
     # (they were clamped unsaid)
-    values = {**{k: tgt["lat"][k] for k in STAGES}, **floors, **({"pyzmq_baseline": base} if base is not None else {})}
+    values = {**{k: tgt["lat"][k] for k in stages}, **floors, **({"pyzmq_baseline": base} if base is not None else {})}
     for k, v in values.items():
         n = int(np.count_nonzero(np.asarray(v) < 0)) if len(v) else 0
         if n and k in summ:
@@ -1143,6 +1295,13 @@ def measure_rate(run: Run, rate: float, index: int, outdir: Path) -> dict:
            "signals": tgt["signals"],
            "signals_missed": tgt["missed"], "signals_unmatched": tgt["unmatched"], "latency_ns": summ,
            "loss": tgt["loss"]}
+    if event_clock:
+        res["engine_note"] = ("not measured: engine.clock = \"event\" stamps each signal with its tick's ts_recv, "
+                              "so the engine stage is 0 by construction; ring_hop holds the engine's time too")
+    if floor_loss or ring_loss:
+        res["floor_loss"] = floor_loss + ring_loss
+    if base_loss:
+        res["baseline_loss"] = base_loss
     w = summ["wire_to_signal"]
     if "floor" in summ:
         f = summ["floor"]
@@ -1151,6 +1310,8 @@ def measure_rate(run: Run, rate: float, index: int, outdir: Path) -> dict:
                                        "p99 <= 2x floor p99": bool(w["p99"] <= 2 * f["p99"]),
                                        "p99.99 < 1 ms": bool(w["p99.99"] < 1_000_000)}}
         why = floor_saturated(_merge_publisher(floor_pubs)["achieved_rate"] if floor_pubs else rate, f["p50"], rate)
+        if floor_loss:                            # (its slowest samples missing: it read lower than it was)
+            why = "the floor did not receive everything: " + "; ".join(floor_loss)
         if why:                                   # two queues compared: the ratios say nothing of tickwire
             res["vs_floor"]["no_verdict"] = why
             for k in ("p50 <= 1.25x floor", "p99 <= 2x floor p99"):
@@ -1158,6 +1319,9 @@ def measure_rate(run: Run, rate: float, index: int, outdir: Path) -> dict:
     if "hops_sum" in summ:
         res["vs_hops_sum"] = {"p50": _ratio(w["p50"], summ["hops_sum"]["p50"]),
                               "p99": _ratio(w["p99"], summ["hops_sum"]["p99"])}
+        if floor_loss or ring_loss:
+            res["vs_hops_sum"]["no_verdict"] = "its floors did not receive everything: " + "; ".join(
+                floor_loss + ring_loss)
     if reps > 1:
         res["repeats"] = reps
         res["pairs"] = pairs                      # each target run against the floor run after it
@@ -1166,8 +1330,16 @@ def measure_rate(run: Run, rate: float, index: int, outdir: Path) -> dict:
     if base is not None:
         res["vs_baseline"] = {k: _ratio(w[k], summ["pyzmq_baseline"][k]) for k in ("p50", "p99", "p99.99")}
         note = baseline_saturated(summ["pyzmq_baseline"]["p50"])
+        if base_loss:
+            note = "incomplete: " + "; ".join(base_loss) + (f"; and {note}" if note else "")
         if note:
             res["baseline_note"] = note
+    if not recs["wire_to_signal"].total:
+        # no measured signal: run_bench stops on this rate saying "none is written for this rate";
+        # nothing is (an earlier run's files of this rate in --out were removed, and its interval
+        # log truncated, while that run's summary.json still listed them)
+        res["files"] = []
+        return res
     # outputs: .hgrm per series, one interval log over the run
     from tickwire.engine.latency import hgrm
 
@@ -1177,27 +1349,44 @@ def measure_rate(run: Run, rate: float, index: int, outdir: Path) -> dict:
         f = outdir / f"{k}-{rate_tag}.hgrm"
         r = recs.get(k)
         if r is not None and r.total:
-            f.write_text(hgrm(r))
+            _write_result(f, hgrm(r))
             written.append(f.name)
         elif f.is_file() or f.is_symlink():
             # (an earlier run's, into the same --out: listed in "files" and drawn in this run's
             # spectrum, a floor this run never measured)
             f.unlink()
-    write_interval_log(outdir / f"intervals-{rate_tag}.hlog", tgt["lat"], rate)
+    write_interval_log(outdir / f"intervals-{rate_tag}.hlog", tgt["lat"], rate, stages=stages)
     res["files"] = sorted([*written, f"intervals-{rate_tag}.hlog"])
     return res
 
 
-def write_interval_log(path: Path, lat: dict, rate: float, interval_s: float = 1.0) -> int:
-    """The stages' latencies in 1 s intervals of intended send time (HdrHistogram log 1.3)."""
+def write_interval_log(path: Path, lat: dict, rate: float, interval_s: float = 1.0, stages=STAGES) -> int:
+    """The stages' latencies in 1 s intervals of intended send time (HdrHistogram log 1.3),
+    written to a new file renamed over ``path`` (a link there is replaced, not written through)."""
+    it = lat["intended"]
+    if not len(it):
+        _write_result(path, "")
+        return 0
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        n = _write_interval_log(Path(tmp), lat, rate, interval_s, stages)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return n
+
+
+def _write_interval_log(path: Path, lat: dict, rate: float, interval_s: float, stages) -> int:
     from tickwire.engine.latency import IntervalLogWriter
     from tickwire.ext.hdr import Recorder
 
     it = lat["intended"]
-    if not len(it):
-        path.write_text("")
-        return 0
-    recs = {k: Recorder() for k in STAGES}
+    recs = {k: Recorder() for k in stages}
     t0 = int(it.min())
     with IntervalLogWriter(path, recs, interval=interval_s, start_time=t0 / 1e9,
                            comment=f"tickwire bench at {rate:,.0f} events/s offered; intervals by intended "
@@ -1206,7 +1395,7 @@ def write_interval_log(path: Path, lat: dict, rate: float, interval_s: float = 1
         last = int((int(it.max()) - t0) // span)
         for k in range(last + 1):
             m = (it >= t0 + k * span) & (it < t0 + (k + 1) * span)
-            for s in STAGES:
+            for s in stages:
                 v = np.maximum(lat[s][m], 0)
                 if len(v):
                     recs[s].record_many(np.ascontiguousarray(v, np.int64))
@@ -1241,6 +1430,10 @@ def print_run(res: dict) -> None:
     for k in rows:
         s = res["latency_ns"][k]
         _say(f"  {k:22s}" + "".join(f" {_us(s.get(lv)):>10s}" for lv in LEVELS) + f" {s.get('count', ''):>10}")
+    if res.get("engine_note"):
+        _say(f"  engine stage {res['engine_note']}")
+    for line in res.get("floor_loss") or ():
+        _say(f"  floor INCOMPLETE: {line}")
     p50 = res["latency_ns"].get("wire_to_signal", {}).get("p50") or 0
     if p50 > SATURATED_P50_NS:
         # (5M offered: p50 605 ms, exit 0, and nothing said unless --until-saturation: an adversarial pass)
@@ -1261,7 +1454,7 @@ def print_run(res: dict) -> None:
     if "vs_hops_sum" in res:
         v = res["vs_hops_sum"]
         _say(f"  wire-to-signal / hops_sum (zmq_hop + ring_hop_floor, measured apart): p50 {v['p50']}x, "
-             f"p99 {v['p99']}x")
+             f"p99 {v['p99']}x" + (f"  (no verdict: {v['no_verdict']})" if v.get("no_verdict") else ""))
     if "vs_baseline" in res:
         v = res["vs_baseline"]
         _say(f"  wire-to-signal / pyzmq baseline: p50 {v['p50']}x, p99 {v['p99']}x, p99.99 {v['p99.99']}x"
@@ -1396,6 +1589,110 @@ def _compare(a, b, path_a, path_b, out) -> int:
     return 0
 
 
+# -- what a killed bench left ---------------------------------------------------------------------------
+
+#: The bench's own names, each with the pid of the bench that made them: the target's rings
+#: (``<prefix>-bench<pid>-r<i>[-<rep>]-tgt-<token>-ticks|signals-<w>``), the floors' rings
+#: (``tw-bench-<pid>-r<i>[-<rep>][-relay]``), the publishers' ipc endpoints
+#: (``bench-<pid>-r<i>[-<rep>]-tgt|zmq|base``) and the scratch directory (``tw-bench-<pid>-*``).
+_LEFT_RING = re.compile(r"^(?:[A-Za-z0-9_.-]+-bench(\d+)-r\d+(?:-\d+)?-tgt-[0-9a-f]{16}-(?:ticks|signals)-\d+"
+                         r"|tw-bench-(\d+)-r\d+(?:-\d+)?(?:-relay)?)$")
+_LEFT_IPC = re.compile(r"^bench-(\d+)-r\d+(?:-\d+)?-(?:tgt|zmq|base)$")
+_LEFT_WORK = re.compile(r"^tw-bench-(\d+)-[A-Za-z0-9_]+$")
+#: In a scratch directory kept with --keep: a later run leaves it alone.
+KEEP_MARK = ".kept"
+
+
+def _pid_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:                       # (another user's process: alive)
+        return False
+    return False
+
+
+def _mapped_shm() -> dict[str, int]:
+    """``{/dev/shm name: pid}`` of the segments some process of this user has mapped."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/maps", "rb") as f:
+                for line in f:
+                    i = line.find(b"/dev/shm/")
+                    if i >= 0:
+                        out.setdefault(line[i + 9:].split()[0].decode(errors="replace"), int(d))
+        except OSError:
+            pass
+    return out
+
+
+def clean_leftovers(shm_dir="/dev/shm", ipc_dir=None, tmp_dir=None) -> tuple[list[str], list[str]]:
+    """Remove what benches killed before they could clean up left behind (kill -9, an OOM kill):
+    files of this user named by the bench's own scheme whose bench process is gone, rings no
+    running process has mapped, scratch directories not kept with --keep. Returns ``(removed,
+    left)``: the paths removed, and lines about leftovers still in use (a process of a killed
+    bench that still runs: its pid)."""
+    uid = os.geteuid()
+    removed, left = [], []
+    cands = []
+    for where, pat in ((shm_dir, _LEFT_RING), (ipc_dir, _LEFT_IPC), (tmp_dir, _LEFT_WORK)):
+        if where is None:
+            continue
+        try:
+            names = os.listdir(where)
+        except OSError:
+            continue
+        for name in names:
+            m = pat.match(name)
+            if not m:
+                continue
+            pid = int(next(g for g in m.groups() if g))
+            path = Path(where) / name
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if st.st_uid == uid and pid != os.getpid() and _pid_gone(pid):
+                cands.append((where, path, pid))
+    mapped = _mapped_shm() if any(w == shm_dir for w, _, _ in cands) else {}
+    for where, path, pid in cands:
+        try:
+            if where == shm_dir and path.name in mapped:
+                left.append(f"{path} (of the killed bench {pid}) is still mapped by process {mapped[path.name]}: "
+                            f"left alone")
+                continue
+            if where == tmp_dir:
+                if (path / KEEP_MARK).exists() or not path.is_dir() or path.is_symlink():
+                    continue
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed.append(str(path))
+        except OSError:
+            pass
+    return removed, left
+
+
+def _clean_leftovers_said() -> None:
+    """clean_leftovers() where the bench puts its files, said in a line."""
+    try:
+        from tickwire.engine.config import private_ipc_dir
+
+        ipc = private_ipc_dir()
+    except ValueError:
+        ipc = None
+    removed, left = clean_leftovers(ipc_dir=ipc, tmp_dir=tempfile.gettempdir())
+    if removed:
+        _say(f"tickwire bench: removed {len(removed)} leftover(s) of bench runs killed before they cleaned up "
+             f"(rings, endpoints, scratch directories): {', '.join(removed[:4])}{' ...' if len(removed) > 4 else ''}")
+    for line in left:
+        _say(f"tickwire bench: {line}")
+
+
 # -- the command -------------------------------------------------------------------------------------------
 
 def run_bench(args) -> dict:
@@ -1435,7 +1732,10 @@ def run_bench(args) -> dict:
          f"{len(stream.events):,} events in {len(stream.bounds) - 1:,} messages (repeated), "
          f"rates {', '.join(_fmt_rate(r) for r in rates)} ev/s, {args.warmup:g} s warm-up + {args.duration:g} s each; "
          f"engine on core {engine_core}, publisher/consumer/I/O threads on core {other_core}")
-    work = Path(tempfile.mkdtemp(prefix="tw-bench-"))
+    _clean_leftovers_said()
+    work = Path(tempfile.mkdtemp(prefix=f"tw-bench-{os.getpid()}-"))   # (its pid: a later run knows it)
+    if args.keep:
+        (work / KEEP_MARK).touch()
     run = Run(args, stream, work, (engine_core, other_core))
     summary = {"tickwire_bench": SCHEMA, "version": tickwire.__version__, "build": BUILD,
                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "target": args.target,
@@ -1464,14 +1764,14 @@ def run_bench(args) -> dict:
                     summary["stopped"] = f"at {_fmt_rate(rate)} ev/s: {why}{first}"
                     _say(f"\n  --until-saturation stopped at {_fmt_rate(rate)} ev/s: {why}{first}; its figures "
                          f"are not kept")
-                    (outdir / "summary.json").write_text(json.dumps(summary, indent=1))
+                    _write_result(outdir / "summary.json", json.dumps(summary, indent=1))
                     break
                 raise NoSignals(f"at {_fmt_rate(rate)} ev/s {why}: no latency to report, and none is written for "
                                 f"this rate. Offer a rate the publisher reaches (--until-saturation finds the "
                                 f"highest)")
             if not res["latency_ns"]["wire_to_signal"]["count"]:       # (the measured ones: past the warm-up)
-                where = ("the daemon's rejects (`tickwire status --raw`)" if args.target == "daemon" else
-                         "the worker's log above")
+                where = ("the daemon's rejects and log (--keep keeps it)" if args.target == "daemon" else
+                         "the worker's status (--keep keeps it: r<N>-tgt/worker-0.json, its book_rejects)")
                 raise NoSignals(f"at {_fmt_rate(rate)} ev/s the target emitted no signal in the {args.duration:g} s "
                                 f"measured ({res['publisher']['events']:,} events published, {res['signals']:,} "
                                 f"signals in all): no latency to report, and none is written for this rate. "
@@ -1481,7 +1781,7 @@ def run_bench(args) -> dict:
             print_run(res)
             for line in res["loss"]:
                 _say(f"  INCOMPLETE at {_fmt_rate(rate)} ev/s: {line}")
-            (outdir / "summary.json").write_text(json.dumps(summary, indent=1))   # kept if a later rate fails
+            _write_result(outdir / "summary.json", json.dumps(summary, indent=1))   # kept if a later rate fails
             i += 1
             why = _saturated(res, rate) or (f"it did not deliver everything ({res['loss'][0]})" if res["loss"]
                                             else None)
@@ -1525,7 +1825,7 @@ def run_bench(args) -> dict:
                  f"{_us(L['wire_to_signal']['p99.99']):>11s} {_us(L.get('floor', {}).get('p50')):>10s} "
                  f"{_us(L.get('floor', {}).get('p99')):>10s} {_us(L.get('pyzmq_baseline', {}).get('p99')):>10s}")
     summary["plots"] = [] if args.no_plots else plot(summary, outdir)
-    (outdir / "summary.json").write_text(json.dumps(summary, indent=1))
+    _write_result(outdir / "summary.json", json.dumps(summary, indent=1))
     _say(f"\n  written to {outdir}/: summary.json, *.hgrm (HdrHistogram plotter), intervals-*.hlog"
          f"{', ' + ', '.join(summary['plots']) if summary['plots'] else ''}")
     _say("  (figures from a shared or virtual machine drift between runs: compare against the floors of the same run)")
@@ -1714,7 +2014,9 @@ def cmd_bench(args) -> int:
     try:
         rates = [parse_rate(r) for r in args.rate.split(",")]
     except ValueError as exc:
-        print(f"tickwire bench: --rate: {exc}", file=sys.stderr)
+        # (the whole value: "--rate 1,000" said only "got '000'"; a comma separates rates)
+        print(f"tickwire bench: --rate {args.rate!r}: {exc}"
+              + ("; a comma separates rates (one thousand: 1000 or 1k)" if "," in args.rate else ""), file=sys.stderr)
         return 2
     twice = sorted({r for r in rates if rates.count(r) > 1})
     if twice:
@@ -1741,9 +2043,16 @@ def cmd_bench(args) -> int:
         from tickwire.engine.config import ConfigError, load
 
         try:
-            limit, whose = load(args.config).feeds.max_message_events, "the config's feeds.max_message_events"
+            loaded = load(args.config)
         except ConfigError as exc:
             print(f"tickwire bench: {exc}", file=sys.stderr)
+            return 2
+        limit, whose = loaded.feeds.max_message_events, "the config's feeds.max_message_events"
+        if loaded.feeds.socket != "sub":
+            # (the daemon's PULL socket never subscribes: the bench waited 120 s for it, then failed)
+            print(f"tickwire bench: --config {args.config}: feeds.socket = {loaded.feeds.socket!r}: the bench's "
+                  f"publisher is a PUB socket, which a PULL socket cannot read: bench a copy of the config with "
+                  f"feeds.socket = \"sub\"", file=sys.stderr)
             return 2
     if not 0 <= args.batch <= limit:
         print(f"tickwire bench: --batch must be 0 (the exchange's own messages) .. {limit:,} events a message "
@@ -1770,6 +2079,23 @@ def cmd_bench(args) -> int:
         got.append("SIGTERM")                  # (they were left running, and their shared memory)
         raise KeyboardInterrupt
 
+    def _stamp(path):
+        try:
+            st = os.stat(path, follow_symlinks=False)
+            return st.st_ino, st.st_mtime_ns, st.st_size
+        except OSError:
+            return None
+
+    # summary.json as it was before this run: one there already is an earlier invocation's, not
+    # this one's rates (the interrupt said "the rates finished before it are in" of it)
+    before = _stamp(Path(args.out) / "summary.json")
+
+    def finished(path) -> str:
+        now = _stamp(path)
+        if now is not None and now != before:
+            return f"the rates finished before it are in {path}"
+        return "no rate had finished" + (f" ({path} is an earlier run's)" if now is not None else "")
+
     old_term = signal.signal(signal.SIGTERM, terminated)
     try:
         summary = run_bench(args)
@@ -1781,15 +2107,15 @@ def cmd_bench(args) -> int:
         done = Path(args.out) / "summary.json"
         what = f"{exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}"
         if exc.filename and Path(os.path.abspath(exc.filename)).is_relative_to(Path(args.out).absolute()):
-            what += (f": the results of this rate could not be written; the rates finished before it are in {done}"
-                     if done.exists() else ": the results could not be written; no rate was written")
+            fin = finished(done)
+            what += (f": the results of this rate could not be written; {fin}" if fin.startswith("the rates") else
+                     ": the results could not be written; no rate was written"
+                     + (f" ({done} is an earlier run's)" if "earlier" in fin else ""))
         print(f"tickwire bench: {what}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         done = Path(args.out) / "summary.json"
-        print(f"\ntickwire bench: interrupted{' by SIGTERM' if got else ''}; "
-              f"{'the rates finished before it are in ' + str(done) if done.exists() else 'no rate had finished'}",
-              file=sys.stderr)
+        print(f"\ntickwire bench: interrupted{' by SIGTERM' if got else ''}; {finished(done)}", file=sys.stderr)
         return 143 if got else 130
     finally:
         signal.signal(signal.SIGTERM, old_term)

@@ -357,6 +357,7 @@ class _Child:
         self.proc = None
         self.restarts = 0
         self.stalls = 0                 # times killed for writing no status (daemon.stall_restart_s)
+        self.earlier_events = 0         # a worker's: events its earlier processes of this run processed
         self.started = 0.0              # wall clock (supervisor.json, tickwire top)
         self.since = 0.0                # monotonic: how soon it died (a wall-clock step is no crash loop)
         self.reported = None            # the process whose death _watch has said (awaiting its restart)
@@ -998,6 +999,8 @@ class Supervisor:
             child.restarts += 1
             if child is self.writer:
                 self._carry_damage(child.started)
+            else:
+                self._carry_events(child)
             if rc == 0:
                 # a clean end is no fault: a worker stopped alone (a SIGTERM to it), or the writer
                 # once every ring it read was closed (it is restarted for the rings that follow);
@@ -1010,6 +1013,23 @@ class Supervisor:
             await asyncio.sleep(self.restart_delay * (2 ** fast))
             if self.stopping or not await self._respawn(child):
                 return
+
+    def _carry_events(self, child: _Child) -> None:
+        """A worker that died: the events it processed (its last status) added to its
+        ``earlier_events`` (supervisor.json), so a count over the run sums its processes (the
+        restarted worker's status counts from its own start: `tickwire bench` called a run of
+        a restarted worker "processed 21,000 of 120,000 events"). Up to a status interval short:
+        what it did after its last status is not known."""
+        try:
+            index = self.workers.index(child)
+            st = json.loads((self.run_dir / f"worker-{index}.json").read_text())
+        except (ValueError, OSError):
+            return
+        if isinstance(st, dict) and st.get("pid") == child.proc.pid:
+            try:
+                child.earlier_events += int(st.get("feed", {}).get("events", 0))
+            except (TypeError, ValueError, AttributeError):
+                pass
 
     def _fatal(self, child: _Child) -> str:
         """" (<why>)" when ``child`` is the writer and it left the line of a fatal error (an
@@ -1528,7 +1548,9 @@ class Supervisor:
         kids = self.workers + ([self.writer] if self.writer else [])
         body = {"pid": os.getpid(), "time": time.time(),
                 "children": {c.name: {"pid": c.proc.pid if c.proc else 0, "started": c.started,
-                                      "restarts": c.restarts} for c in kids}}
+                                      "restarts": c.restarts,
+                                      **({"earlier_events": c.earlier_events} if c in self.workers else {})}
+                             for c in kids}}
         if self.metrics_error:
             body["metrics_error"] = self.metrics_error
         try:

@@ -370,6 +370,7 @@ def test_a_rate_with_no_signal_fails_instead_of_reporting_zero_latency(tmp_path,
                      "--no-plots", "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert "at 20k ev/s the target emitted no signal" in err and "20,000 events published" in err
+    assert "log above" not in err                    # (no log is shown: it pointed at one)
     assert not (out / "summary.json").exists()
     assert bench.parse_rate("1M") == 1e6 and bench.parse_rate("100k") == 1e5 and bench.parse_rate("2.5e4") == 25e3
 
@@ -454,7 +455,9 @@ def test_a_sweep_measures_each_rate_once_and_a_threshold_ignores_incomplete_rate
     assert summary["busy_poll"] is True
     kept = Path(summary["kept"])
     assert kept.is_dir() and f"--keep: the run's configs, logs, stamps and rings' directory are in {kept}" in err
-    kept.rmdir()
+    import shutil
+
+    shutil.rmtree(kept)
     measured.clear()
     assert cli_main(args + ["--rate", "1M,500k,1m", "--out", str(tmp_path / "b")]) == 2
     assert "--rate: 1M given more than once: each rate once" in capsys.readouterr().err and measured == []
@@ -909,17 +912,18 @@ _PUB = {"messages": 10, "events": 100, "offered_rate": 1e6, "achieved_rate": 1e6
         "max_late_ns": 0, "late_p99_ns": 0}
 
 
-def _fake_run(lat, floor_p50=None, floor_rate=1e6, base_p50=None):
+def _fake_run(lat, floor_p50=None, floor_rate=1e6, base_p50=None, floor_loss=(), ring_loss=(), base_loss=(),
+              event_clock=False):
     """A Run whose target measured ``lat`` (and, with ``floor_p50``, floors of that median whose
     publisher reached ``floor_rate``; with ``base_p50``, a pyzmq baseline of that median), for
-    bench.measure_rate."""
+    bench.measure_rate. ``*_loss``: what the floors and the baseline say they did not receive."""
     class FakeRun:
         busy_poll = False
         args = bench.default_args(repeat=1, no_floors=floor_p50 is None, baseline=base_p50 is not None, warmup=1.0,
                                   duration=1.0, quiet=True, busy_poll=None)
 
         def measure_baseline(self, rate, p, tag):
-            return {"lat": np.full(200, base_p50, np.int64), "signals": 200}
+            return {"lat": np.full(200, base_p50, np.int64), "signals": 200, "loss": list(base_loss)}
         stream, engine_core = None, 1
 
         def endpoint(self, tag):
@@ -931,12 +935,14 @@ def _fake_run(lat, floor_p50=None, floor_rate=1e6, base_p50=None):
 
         def measure_zmq_floor(self, rate, p, tag, busy, plan):
             return {"lat": np.full(100, 20_000, np.int64), "cpus": [1], "relay": _lat(floor_p50),
-                    "publisher": dict(_PUB, achieved_rate=floor_rate)}
+                    "publisher": dict(_PUB, achieved_rate=floor_rate), "loss": list(floor_loss)}
 
         def measure_ring_floor(self, r, tag):
-            return {"lat": np.full(100, 1000, np.int64)}
+            return {"lat": np.full(100, 1000, np.int64), "loss": list(ring_loss)}
 
-    return FakeRun()
+    run = FakeRun()
+    run.event_clock = event_clock
+    return run
 
 
 @pytest.mark.parametrize("floor_rate,floor_p50,verdict", [
@@ -1125,3 +1131,270 @@ def test_batch_n_is_n_events_a_message_on_a_stream_that_alternates_channels(batc
         assert (got == np.flatnonzero(chan_of[ev["instrument"]] == c)).all()   # each channel's own order
     # whole messages in the order of their first events
     assert (np.diff(out["seq"][bounds[:-1]].astype(np.int64)) > 0).all()
+
+
+# -- an adversarial pass on the floors, the outputs and a killed bench -----------------------------
+
+def test_floor_samples_not_received_are_counted():
+    """Found by an adversarial pass: the floors never compared what they received with what was
+    sent (the zmq subscriber, the relay's consumer and its ring's ``missed``, the ring floor's
+    consumer, the baseline's consumer stopping at its deadline): a floor that fell behind lost its
+    slowest samples, and the verdicts were given against the rest, exit 0."""
+    z = {"seq": np.array([1, 17, 33], np.uint64), "chan": np.zeros(3, np.uint16)}
+    plan = {"keys": np.array([1, 17, 17, 49], np.uint64)}            # 49: a message never received
+    whole = {"seq": np.zeros(3, np.uint64), "missed": 0}
+    assert bench.floor_losses(3, z, plan, whole) == []
+    lines = bench.floor_losses(4, z, plan, {"seq": np.zeros(1, np.uint64), "missed": 2})
+    assert len(lines) == 2, lines
+    assert "received 3 of the 4 messages sent" in lines[0] and "received 1 of the 3 signals relayed" in lines[1]
+    assert "2 lapped by the ring" in lines[1]
+    assert bench.floor_losses(4, z, None, None)[0].startswith("the floor's libzmq subscriber received 3 of the 4")
+    assert bench.ring_floor_losses(5, {"seq": np.zeros(5), "missed": 0}) == []
+    assert "received 4 of the 5 records" in bench.ring_floor_losses(5, {"seq": np.zeros(4), "missed": 0})[0]
+    assert bench.ring_floor_losses(5, {"seq": np.zeros(5), "missed": 1})
+    assert bench.baseline_losses(10, 10, 7, 7) == []
+    got = bench.baseline_losses(10, 8, 7, 5)
+    assert "received 8 of the 10 messages" in got[0] and "read 5 of the 7 signals" in got[1]
+    assert "did not finish" in bench.baseline_losses(10, -1, -1, 0)[0]
+
+
+def test_a_floor_that_lost_samples_gives_no_verdict(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench, "Publisher", _FakePub)
+    lost = "the relay's consumer received 90 of the 100 signals relayed by its deadline (0 lapped by the ring)"
+    res = bench.measure_rate(_fake_run(_lat(51_000), 50_000, floor_loss=[lost], ring_loss=["ring lost 3"],
+                                       base_p50=2_000_000, base_loss=["its consumer read 5 of the 7 signals"]),
+                             1e6, 0, tmp_path)
+    v = res["vs_floor"]
+    assert v["targets"]["p50 <= 1.25x floor"] is None and v["targets"]["p99 <= 2x floor p99"] is None, v
+    assert lost in v["no_verdict"] and res["floor_loss"] == [lost, "ring lost 3"]
+    assert "ring lost 3" in res["vs_hops_sum"]["no_verdict"]
+    assert res["baseline_loss"] and res["baseline_note"].startswith("incomplete: its consumer read 5 of the 7")
+    bench.print_run(res)
+    out = capsys.readouterr().out
+    assert f"floor INCOMPLETE: {lost}" in out and "no verdict against the floor: the floor did not receive" in out
+    # the same run with whole floors: a verdict
+    res = bench.measure_rate(_fake_run(_lat(51_000), 50_000), 1e6, 0, tmp_path)
+    assert res["vs_floor"]["targets"]["p50 <= 1.25x floor"] is True and "floor_loss" not in res
+
+
+def test_a_rate_with_no_measured_signal_leaves_an_earlier_run_s_files_alone(tmp_path, monkeypatch):
+    """Found by an adversarial pass: a failed rate (--duration 0.01: "no latency to report, and
+    none is written") removed the earlier run's .hgrm files of that rate in the same --out and
+    truncated its interval log, while that run's summary.json still listed them."""
+    (tmp_path / "wire_to_signal-1M.hgrm").write_text("an earlier run's")
+    (tmp_path / "intervals-1M.hlog").write_text("an earlier run's log")
+    monkeypatch.setattr(bench, "Publisher", _FakePub)
+    empty = {k: np.zeros(0, np.int64) for k in ("wire_to_signal", "wire_queue", "engine", "ring_hop", "intended")}
+    res = bench.measure_rate(_fake_run({**empty, "unmatched": 0}), 1e6, 0, tmp_path)
+    assert res["latency_ns"]["wire_to_signal"]["count"] == 0 and res["files"] == []
+    assert (tmp_path / "wire_to_signal-1M.hgrm").read_text() == "an earlier run's"
+    assert (tmp_path / "intervals-1M.hlog").read_text() == "an earlier run's log"
+
+
+@pytest.mark.parametrize("writes", [False, True])
+def test_an_interrupt_names_this_run_s_summary_not_an_earlier_one(tmp_path, monkeypatch, capsys, writes):
+    """Found by an adversarial pass: interrupted before its first rate finished, the bench said
+    "the rates finished before it are in OUT/summary.json" of an earlier invocation's file."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.json").write_text('{"an": "earlier run"}')
+
+    def run(args):
+        if writes:
+            bench._write_result(out / "summary.json", '{"this": "run"}')
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "run_bench", run)
+    assert bench.main(["--rate", "100k", "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    if writes:
+        assert f"the rates finished before it are in {out / 'summary.json'}" in err, err
+    else:
+        assert "no rate had finished" in err and "is an earlier run's" in err and "finished before it" not in err, err
+
+
+@pytest.mark.integration
+def test_a_publisher_that_gave_up_its_schedule_makes_the_run_incomplete(tmp_path):
+    """Found by an adversarial pass: a publisher that fell seconds behind its schedule and stopped
+    ("fell 7.4 s behind ... and stopped") exited 0 with percentiles over the part it sent (the
+    rest, the latest, never measured: coordinated omission). Now INCOMPLETE, exit 1, saying what
+    share of the intended schedule the figures cover. (A 3 s stall of the publisher in a 1 s run.)"""
+    import subprocess
+
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "tickwire", "bench", "--source", "synthetic", "--rate", "20k",
+                        "--duration", "1", "--warmup", "0.3", "--drain", "0.3", "--no-floors", "--no-baseline",
+                        "--no-plots", "--quiet", "--stall-at", "600", "--stall-ms", "3000", "--out", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    run = json.loads((out / "summary.json").read_text())["runs"][0]
+    assert run["publisher"].get("gave_up"), run["publisher"]
+    line = next((x for x in run["loss"] if "behind its schedule and stopped" in x), None)
+    assert line and "the figures cover" in line and "of the intended schedule" in line, run["loss"]
+    assert 0 < run["publisher"]["measured_share"] < 1
+    assert "INCOMPLETE at 20k ev/s: the publisher fell" in r.stdout, r.stdout[-2000:]
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="finds the engine worker by its own core")
+def test_a_bench_killed_with_sigkill_takes_its_children_along_and_a_later_run_cleans_up(tmp_path):
+    """Found by an adversarial pass: kill -9 of the bench left its engine worker running for good
+    (spinning on the engine's core) and its rings in /dev/shm."""
+    import signal
+    import subprocess
+
+    p = subprocess.Popen([sys.executable, "-m", "tickwire", "bench", "--source", "synthetic", "--rate", "20k",
+                          "--duration", "30", "--warmup", "0.3", "--no-floors", "--no-baseline", "--no-plots",
+                          "--quiet", "--out", str(tmp_path / "run")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        worker = _bench_child(p, lambda kids, mine: next(
+            (k for k, c in kids.items() if len(c) == 1 and c != mine), None))
+        assert worker is not None, p.communicate()
+        time.sleep(1.0)
+        rings = [n for n in os.listdir("/dev/shm") if f"bench{p.pid}-" in n]
+        assert rings
+        p.kill()
+        p.wait()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+    def running(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    end = time.monotonic() + 15
+    while running(worker) and time.monotonic() < end:
+        time.sleep(0.1)
+    alive = running(worker)
+    if alive:
+        os.kill(worker, signal.SIGKILL)
+    assert not alive, "the engine worker ran on after the bench was killed"
+    import tempfile
+
+    from tickwire.engine.config import private_ipc_dir
+
+    left = [n for n in rings if os.path.exists(f"/dev/shm/{n}")]
+    # a later bench removes them, and the scratch directory (their bench's pid is gone)
+    removed, _ = bench.clean_leftovers(ipc_dir=private_ipc_dir(), tmp_dir=tempfile.gettempdir())
+    assert all(f"/dev/shm/{n}" in removed for n in left), (left, removed)
+    assert not any(os.path.exists(f"/dev/shm/{n}") for n in rings)
+    assert not list(Path(tempfile.gettempdir()).glob(f"tw-bench-{p.pid}-*"))
+
+
+def test_leftovers_of_a_killed_bench_are_removed_by_name_and_dead_pid_only(tmp_path):
+    """The bench's own names with a pid no process has: removed; another pid (a running bench),
+    other names, a scratch directory kept with --keep: left alone."""
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    gone, alive = dead.pid, os.getppid()
+    shm, ipc, tmp = (tmp_path / d for d in ("shm", "ipc", "tmp"))
+    for d in (shm, ipc, tmp):
+        d.mkdir()
+    mine = [shm / f"tickwire-bench{gone}-r0-tgt-0123456789abcdef-signals-0", shm / f"tw-bench-{gone}-r1-2-relay",
+            shm / f"tw-bench-{gone}-r0", ipc / f"bench-{gone}-r0-zmq", tmp / f"tw-bench-{gone}-abc_12"]
+    others = [shm / f"tw-bench-{alive}-r0", shm / f"tickwire-bench{alive}-r0-tgt-0123456789abcdef-ticks-0",
+              shm / "tickwire-run-0123456789abcdef-ticks-0", shm / f"tw-bench-{gone}-r0-x", ipc / "bench-x-r0-zmq",
+              tmp / f"tw-bench-{gone}-kept1", tmp / "tw-bench-old"]
+    for path in mine + others:
+        if path.parent == tmp:
+            path.mkdir()
+            (path / "r0.log").write_text("")
+        else:
+            path.write_text("")
+    (tmp / f"tw-bench-{gone}-kept1" / bench.KEEP_MARK).write_text("")
+    removed, left = bench.clean_leftovers(shm_dir=str(shm), ipc_dir=str(ipc), tmp_dir=str(tmp))
+    assert sorted(removed) == sorted(str(p) for p in mine) and left == []
+    assert all(p.exists() for p in others) and not any(p.exists() for p in mine)
+
+
+@pytest.mark.parametrize("name", ["summary.json", "wire_to_signal-1M.hgrm", "intervals-1M.hlog"])
+def test_results_replace_a_link_in_out_never_write_through_it(tmp_path, monkeypatch, name):
+    """Found by an adversarial pass: a symlink in --out named as a result file (summary.json) had
+    its target overwritten. The link itself is replaced."""
+    victim = tmp_path / "victim"
+    victim.write_text("not the bench's")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / name).symlink_to(victim)
+    if name == "summary.json":
+        bench._write_result(out / name, "{}")
+    else:
+        monkeypatch.setattr(bench, "Publisher", _FakePub)
+        bench.measure_rate(_fake_run(_lat(50_000)), 1e6, 0, out)
+    assert victim.read_text() == "not the bench's"
+    assert not (out / name).is_symlink() and (out / name).stat().st_size > 0
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_a_comma_in_a_rate_is_said_with_the_whole_value(capsys):
+    """Found by an adversarial pass: --rate 1,000 said only "got '000'"."""
+    assert cli_main(["bench", "--rate", "1,000"]) == 2
+    err = capsys.readouterr().err
+    assert "--rate '1,000':" in err and "a comma separates rates" in err and err.count("\n") == 1, err
+
+
+def test_an_event_clock_config_leaves_the_engine_stage_out(tmp_path, monkeypatch, capsys):
+    """Found by an adversarial pass: with engine.clock = "event" the engine stage printed 0.0 us at
+    every percentile (ts_signal is the tick's ts_recv): left out, with a line saying why."""
+    monkeypatch.setattr(bench, "Publisher", _FakePub)
+    res = bench.measure_rate(_fake_run(_lat(50_000), event_clock=True), 1e6, 0, tmp_path)
+    assert "engine" not in res["latency_ns"] and "engine-1M.hgrm" not in res["files"]
+    assert "engine.clock" in res["engine_note"]
+    bench.print_run(res)
+    out = capsys.readouterr().out
+    assert "engine stage not measured: engine.clock = \"event\"" in out
+    assert not re.search(r"^\s+engine\s+[0-9]", out, re.M), out              # no row of figures
+
+
+def test_a_pull_socket_config_is_refused_up_front(tmp_path, capsys):
+    """Found by an adversarial pass: feeds.socket = "pull" waited 120 s for a subscriber that never
+    came, then failed, its log removed."""
+    from tickwire.engine.config import to_toml
+    from tickwire.engine.demo import demo_raw_config
+
+    raw = demo_raw_config(tmp_path / "state", run="p", instruments=1, channels=1)
+    raw["feeds"]["socket"] = "pull"
+    cfg = tmp_path / "p.toml"
+    cfg.write_text(to_toml(raw))
+    t0 = time.monotonic()
+    assert cli_main(["bench", "--target", "daemon", "--config", str(cfg), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "feeds.socket = 'pull'" in err and "feeds.socket = \"sub\"" in err, err
+    assert time.monotonic() - t0 < 10
+    log = tmp_path / "d.log"
+    log.write_text("".join(f"line {i}\n" for i in range(40)))
+    tail = bench._log_tail(log)
+    assert tail.splitlines() == [f"    line {i}" for i in range(25, 40)]
+    assert bench._log_tail(tmp_path / "none.log") == ""
+
+
+def test_a_restarted_worker_s_earlier_events_are_counted(tmp_path):
+    """Found by an adversarial pass: after the daemon restarted a stalled worker, "processed N of M
+    events" counted the new worker's events only. The supervisor notes what each dead worker
+    process had processed (supervisor.json: earlier_events), and the check sums them."""
+    from types import SimpleNamespace
+
+    from tickwire.engine.supervisor import Supervisor, _Child
+
+    child = _Child("w0", [], 1)
+    child.proc = SimpleNamespace(pid=4242)
+    sup = SimpleNamespace(workers=[child], run_dir=tmp_path)
+    (tmp_path / "worker-0.json").write_text(json.dumps({"pid": 4242, "feed": {"events": 700}}))
+    Supervisor._carry_events(sup, child)
+    (tmp_path / "worker-0.json").write_text(json.dumps({"pid": 999, "feed": {"events": 50}}))   # not its own
+    Supervisor._carry_events(sup, child)
+    assert child.earlier_events == 700
+    (tmp_path / "supervisor.json").write_text(json.dumps({"children": {"w0": {"restarts": 1, "earlier_events": 700},
+                                                                       "writer": {"restarts": 0}}}))
+    st = {"feed": {"events": 300, "lost_events": 0}, "signal_ring_head": 40}
+    lines = bench.target_losses(1000, 40, st, None, 0, tmp_path)
+    assert lines == ["the daemon's w0 was restarted 1 time(s) during the run"], lines
+    lines = bench.target_losses(1200, 40, st, None, 0, tmp_path)
+    assert "processed 1,000 of the 1,200 events" in lines[0] and "700 of those" in lines[0], lines
