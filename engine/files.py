@@ -132,7 +132,7 @@ def dir_problem(d, what: str = "directory", action: str = "refusing to start", *
     """Why the existing directory ``d`` is no safe place for files a daemon (perhaps root) writes
     and later trusts, or None: it must be this user's and not writable by its group or others,
     and every directory above it this user's or root's, not writable by group or others unless
-    sticky (whoever can rename an entry on the way can put a directory of theirs in its place,
+    sticky (a group of this user's alone, as a umask of 002 makes checkouts, counts as this user) (whoever can rename an entry on the way can put a directory of theirs in its place,
     their symlinks in it); no symlink on the way may be another user's. The text names the
     directory, its owner and mode, says ``action`` and what to do; OSError when ``d`` cannot be
     looked at (it does not exist, say). ``root_ok``: ``d`` itself may be root's too (a log
@@ -152,7 +152,7 @@ def dir_problem(d, what: str = "directory", action: str = "refusing to start", *
     if not statmod.S_ISDIR(st.st_mode):
         return f"the {what} {d} is not a directory; {action}"
     mode = st.st_mode & 0o7777
-    if st.st_uid not in ((me, 0) if root_ok else (me,)) or mode & 0o022:
+    if st.st_uid not in ((me, 0) if root_ok else (me,)) or mode & 0o002 or (mode & 0o020 and not _group_is_mine(st.st_gid)):
         return (f"the {what} {d} is not yours alone (owner {_owner(st.st_uid)}, mode {mode:04o}): another user may "
                 f"have made it or written into it; {action}. Remove it (or chmod go-w it if it is yours and holds "
                 f"nothing of theirs), or use a directory of yours")
@@ -172,11 +172,32 @@ def dir_problem(d, what: str = "directory", action: str = "refusing to start", *
             if st.st_uid not in (me, 0):
                 return (f"{name} {p} belongs to another user (owner {_owner(st.st_uid)}, mode {mode:04o}), who can "
                         f"replace the {what} in it; {action}. Use a directory under ones only you or root own")
-            if mode & 0o022 and not mode & statmod.S_ISVTX:
+            if (mode & 0o002 or (mode & 0o020 and not _group_is_mine(st.st_gid))) and not mode & statmod.S_ISVTX:
                 who = "anyone" if mode & 0o002 else "its group"
                 return (f"{name} {p} can be written by {who} (mode {mode:04o}, no sticky bit): another user could "
                         f"replace the {what} in it; {action}. chmod go-w it, or use a directory of yours")
     return None
+
+
+def _group_is_mine(gid: int) -> bool:
+    """Whether group ``gid`` is this user's own and holds no one else (a user private group, as
+    a umask of 002 leaves checkouts group-writable: writable by that group is by this user alone)."""
+    import grp
+    import pwd
+
+    if gid != os.getegid():
+        return False
+    try:
+        members = set(grp.getgrgid(gid).gr_mem)
+        me = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return False
+    if not members <= {me}:
+        return False
+    try:                                               # nobody else's primary group either
+        return all(u.pw_gid != gid or u.pw_uid == os.geteuid() for u in pwd.getpwall())
+    except OSError:
+        return False
 
 
 def _owner(uid: int) -> str:

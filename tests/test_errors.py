@@ -223,10 +223,14 @@ def test_a_state_dir_a_group_or_another_user_can_replace_the_run_directory_in_is
     that user rename the run directory away and put one of theirs in its place (their symlinks
     in it: the workers, as root, wrote their status files through them). Each is one line naming
     the directory, its mode or owner, and what to do; exit 2."""
+    if os.geteuid() != 0:
+        pytest.skip("gives directories to another group (chown): run as root")
     grp = tmp_path / "grp"
     state = grp / "state"
     state.mkdir(parents=True)
     path = daemon_config(tmp_path, lambda raw: raw["daemon"].update(state_dir=str(state)), run="parents")
+    os.chown(state, -1, 65534)                            # a group that holds other users (nogroup)
+    os.chown(grp, -1, 65534)
     state.chmod(0o770)
     one_line(tickwire("run", "--config", path, "--duration", "2"),
              f"daemon.state_dir: the directory that holds it {state} can be written by its group (mode 0770, no "
@@ -236,11 +240,12 @@ def test_a_state_dir_a_group_or_another_user_can_replace_the_run_directory_in_is
     one_line(tickwire("run", "--config", path, "--duration", "2"),
              f"daemon.state_dir: the directory above it {grp} can be written by its group (mode 0775")
     grp.chmod(0o755)
-    if os.geteuid() == 0:
-        os.chown(state, 65534, 65534)                    # (0755: only its owner can write it)
-        one_line(tickwire("run", "--config", path, "--duration", "2"),
-                 f"the directory that holds it {state} belongs to another user (owner uid 65534")
-        os.chown(state, 0, 0)
+    os.chown(state, 65534, 65534)                        # (0755: only its owner can write it)
+    one_line(tickwire("run", "--config", path, "--duration", "2"),
+             f"the directory that holds it {state} belongs to another user (owner uid 65534")
+    os.chown(state, 0, 0)
+    os.chown(grp, -1, os.getegid())                      # a umask-002 checkout: group-writable by a
+    grp.chmod(0o775)                                      # group of this user alone: accepted
     assert not list(Path("/dev/shm").glob("tickwire-parents-*"))
     res = tickwire("run", "--config", path, "--duration", "2")
     assert res.returncode == 0, res.stderr[-3000:]
@@ -256,11 +261,20 @@ def test_dir_problem_names_the_directory_and_accepts_a_private_one(tmp_path):
     assert dir_problem(tmp_path / "link") is None
     (tmp_path / "a").chmod(0o1777)                     # sticky, as /tmp: only b's owner may rename it
     assert dir_problem(d) is None
-    (tmp_path / "a").chmod(0o730)
-    assert "can be written by its group" in dir_problem(tmp_path / "link")
+    if os.geteuid() == 0:
+        os.chown(tmp_path / "a", -1, 65534)            # a group that holds others
+        (tmp_path / "a").chmod(0o730)
+        assert "can be written by its group" in dir_problem(tmp_path / "link")
+        os.chown(tmp_path / "a", -1, 0)                # root's own group, root alone in it: as root's
+        assert dir_problem(tmp_path / "link") is None
     (tmp_path / "a").chmod(0o755)
-    d.chmod(0o720)
-    assert "is not yours alone" in dir_problem(d) and "mode 0720" in dir_problem(d)
+    d.chmod(0o702)
+    assert "is not yours alone" in dir_problem(d) and "mode 0702" in dir_problem(d)
+    if os.geteuid() == 0:
+        d.chmod(0o720)
+        assert dir_problem(d) is None                  # its group is root's alone
+        os.chown(d, -1, 65534)
+        assert "is not yours alone" in dir_problem(d) and "mode 0720" in dir_problem(d)
     with pytest.raises(OSError):
         dir_problem(tmp_path / "missing")
 
