@@ -223,6 +223,7 @@ def test_keygen_never_writes_into_a_file_or_link_planted_between_its_check_and_i
     d.mkdir(mode=0o700)
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me\n")
+    victim.chmod(0o644)                               # (whatever umask an earlier test left)
     real = zmq.curve_keypair
 
     for plant in ("file", "link"):

@@ -153,7 +153,7 @@ def check_history(receiver, published, restart=False):
     the old epoch had not yet delivered when it went away is the only shortfall."""
     got = receiver.history()
     assert len(got) <= published
-    runs = 0
+    runs = holes = 0
     for c in range(CHANNELS):
         seq = got["seq"][got["channel"] == c].astype(np.int64)
         starts = np.flatnonzero(np.diff(seq) != 1) + 1        # where a new epoch starts again at 1
@@ -163,9 +163,18 @@ def check_history(receiver, published, restart=False):
             if not restart:
                 assert part[0] == 1, (c, part[:3])
             assert (np.diff(part) == 1).all()
+        if restart and len(starts) > 1:
+            # under load a loss of the old epoch can still be waiting for its retransmission when
+            # the publisher goes away (its retention with it): a hole, forward only, which the
+            # receiver counts as lost (seen once in CI: 64 events, "lost 64")
+            for prev, nxt in zip(parts[:-2], parts[1:-1]):
+                assert nxt[0] > prev[-1] + 1, (c, prev[-1], nxt[0])
+                holes += int(nxt[0] - prev[-1] - 1)
+            starts = starts[-1:]
         assert len(starts) == int(restart), (c, len(starts))
         if restart:                           # the publisher's last epoch, complete from seq 1
             assert parts[-1][0] == 1 and len(parts[-1]) == receiver.target[1][c] - 1, (c, len(parts[-1]))
+    assert holes <= receiver.counters["lost_events"], (holes, receiver.counters["lost_events"])
     if not restart:
         assert len(got) == published and receiver.counters["lost_events"] == 0
     else:
