@@ -54,6 +54,7 @@ from pathlib import Path
 import numpy as np
 
 import tickwire
+from tickwire.engine.files import replace_file, replacing
 
 __all__ = ["add_parser", "latency_arrays", "relay_plan", "run_bench", "compare", "parse_rate", "main"]
 
@@ -111,24 +112,6 @@ def _pin(cpu) -> None:
 
 def _say(text: str = "", end: str = "\n") -> None:
     print(text, end=end, flush=True)
-
-
-def _write_result(path: Path, text: str) -> None:
-    """Write a result file in --out through a new file renamed over ``path``: a symlink (or a
-    hard link) there is replaced, never written through (summary.json a link to another file:
-    that file was overwritten)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 # -- the stream ----------------------------------------------------------------------------------
@@ -1349,7 +1332,7 @@ def measure_rate(run: Run, rate: float, index: int, outdir: Path) -> dict:
         f = outdir / f"{k}-{rate_tag}.hgrm"
         r = recs.get(k)
         if r is not None and r.total:
-            _write_result(f, hgrm(r))
+            replace_file(f, hgrm(r))
             written.append(f.name)
         elif f.is_file() or f.is_symlink():
             # (an earlier run's, into the same --out: listed in "files" and drawn in this run's
@@ -1365,20 +1348,10 @@ def write_interval_log(path: Path, lat: dict, rate: float, interval_s: float = 1
     written to a new file renamed over ``path`` (a link there is replaced, not written through)."""
     it = lat["intended"]
     if not len(it):
-        _write_result(path, "")
+        replace_file(path, "")
         return 0
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        n = _write_interval_log(Path(tmp), lat, rate, interval_s, stages)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return n
+    with replacing(path) as tmp:
+        return _write_interval_log(tmp, lat, rate, interval_s, stages)
 
 
 def _write_interval_log(path: Path, lat: dict, rate: float, interval_s: float, stages) -> int:
@@ -1764,7 +1737,7 @@ def run_bench(args) -> dict:
                     summary["stopped"] = f"at {_fmt_rate(rate)} ev/s: {why}{first}"
                     _say(f"\n  --until-saturation stopped at {_fmt_rate(rate)} ev/s: {why}{first}; its figures "
                          f"are not kept")
-                    _write_result(outdir / "summary.json", json.dumps(summary, indent=1))
+                    replace_file(outdir / "summary.json", json.dumps(summary, indent=1))
                     break
                 raise NoSignals(f"at {_fmt_rate(rate)} ev/s {why}: no latency to report, and none is written for "
                                 f"this rate. Offer a rate the publisher reaches (--until-saturation finds the "
@@ -1781,7 +1754,7 @@ def run_bench(args) -> dict:
             print_run(res)
             for line in res["loss"]:
                 _say(f"  INCOMPLETE at {_fmt_rate(rate)} ev/s: {line}")
-            _write_result(outdir / "summary.json", json.dumps(summary, indent=1))   # kept if a later rate fails
+            replace_file(outdir / "summary.json", json.dumps(summary, indent=1))   # kept if a later rate fails
             i += 1
             why = _saturated(res, rate) or (f"it did not deliver everything ({res['loss'][0]})" if res["loss"]
                                             else None)
@@ -1825,7 +1798,7 @@ def run_bench(args) -> dict:
                  f"{_us(L['wire_to_signal']['p99.99']):>11s} {_us(L.get('floor', {}).get('p50')):>10s} "
                  f"{_us(L.get('floor', {}).get('p99')):>10s} {_us(L.get('pyzmq_baseline', {}).get('p99')):>10s}")
     summary["plots"] = [] if args.no_plots else plot(summary, outdir)
-    _write_result(outdir / "summary.json", json.dumps(summary, indent=1))
+    replace_file(outdir / "summary.json", json.dumps(summary, indent=1))
     _say(f"\n  written to {outdir}/: summary.json, *.hgrm (HdrHistogram plotter), intervals-*.hlog"
          f"{', ' + ', '.join(summary['plots']) if summary['plots'] else ''}")
     _say("  (figures from a shared or virtual machine drift between runs: compare against the floors of the same run)")

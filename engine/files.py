@@ -13,6 +13,8 @@ import errno
 import os
 import secrets
 import stat as statmod
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["NotReadable", "read_regular", "not_a_file", "file_kind", "replace_file", "dir_problem",
@@ -85,6 +87,26 @@ def file_kind(mode: int, other: str = "not a regular file") -> str | None:
     return ("a directory" if statmod.S_ISDIR(mode) else "a pipe (FIFO)" if statmod.S_ISFIFO(mode) else
             "a device" if statmod.S_ISCHR(mode) or statmod.S_ISBLK(mode) else
             "a socket" if statmod.S_ISSOCK(mode) else other)
+
+
+@contextmanager
+def replacing(path):
+    """A temporary path beside ``path`` to write the new file at (by a writer that takes a path:
+    an interval log, a PNG), renamed over ``path`` when the block ends and removed if it raises:
+    a reader sees the old file or the new one, and a symlink at ``path`` is replaced, never
+    written through. (:func:`replace_file` for data in memory.)"""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def replace_file(path, data, *, mode: int = 0o666, sync: bool = False) -> None:

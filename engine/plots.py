@@ -16,11 +16,12 @@
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tickwire.engine.files import replacing
 
 __all__ = ["PlotInputError", "LatencySource", "load_latency", "spectrum", "over_time", "plot_latency",
            "figure", "save_png", "nines_axis", "require_matplotlib", "read_hgrm", "MATPLOTLIB_HINT"]
@@ -63,17 +64,8 @@ def save_png(fig, path, dpi: int = 110) -> Path:
 
     path = Path(path)
     FigureCanvasAgg(fig)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    try:
-        fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        # (-o D.png, D.png a directory: the temporary file was left beside it)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with replacing(path) as tmp:            # (-o D.png, D.png a directory: nothing left beside it)
+        fig.savefig(tmp, dpi=dpi, format="png")
     return path
 
 

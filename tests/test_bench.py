@@ -1201,7 +1201,7 @@ def test_an_interrupt_names_this_run_s_summary_not_an_earlier_one(tmp_path, monk
 
     def run(args):
         if writes:
-            bench._write_result(out / "summary.json", '{"this": "run"}')
+            bench.replace_file(out / "summary.json", '{"this": "run"}')
         raise KeyboardInterrupt
 
     monkeypatch.setattr(bench, "run_bench", run)
@@ -1324,7 +1324,7 @@ def test_results_replace_a_link_in_out_never_write_through_it(tmp_path, monkeypa
     out.mkdir()
     (out / name).symlink_to(victim)
     if name == "summary.json":
-        bench._write_result(out / name, "{}")
+        bench.replace_file(out / name, "{}")
     else:
         monkeypatch.setattr(bench, "Publisher", _FakePub)
         bench.measure_rate(_fake_run(_lat(50_000)), 1e6, 0, out)
