@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import secrets
 import stat as statmod
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -96,10 +96,12 @@ def replacing(path):
     a reader sees the old file or the new one, and a symlink at ``path`` is replaced, never
     written through. (:func:`replace_file` for data in memory.)"""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # the mode a new file gets (0666 less the umask): mkstemp's 0600 made every PNG and
+    # interval log unreadable to the rest of the user's group
+    tmp, fd = _fresh_temp(path, 0o666)
     os.close(fd)
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -107,6 +109,54 @@ def replacing(path):
         except OSError:
             pass
         raise
+
+
+def _fresh_temp(path: Path, mode: int) -> tuple[Path, int]:
+    """A new empty file beside ``path`` under a name of its own, and its descriptor (for writing).
+    A name of its own each time, created O_EXCL | O_NOFOLLOW: a symlink planted at the fixed name
+    used before (".NAME.tmp", opened O_CREAT | O_TRUNC) had a root daemon overwrite the link's
+    target with a status file (an adversarial pass); a crash's leftover cannot block it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+
+
+#: the name :func:`_fresh_temp` gives: ``.NAME.<pid>-<8 hex>.tmp``
+_TEMP_NAME = re.compile(r"^\..+\.([0-9]+)-[0-9a-f]{8}\.tmp$")
+
+
+def remove_stale_temps(top) -> int:
+    """Remove, in ``top`` and the directories under it (symlinks not followed), the temporary
+    files of :func:`replace_file` and :func:`replacing` whose process is gone (killed between
+    creating and renaming one: a status file of every worker twice a second, so a kill -9 of the
+    daemon left one behind now and then, each run's adding to the last's). Only regular files of
+    this user's are touched; the number removed is returned."""
+    me, removed = os.geteuid(), 0
+    for d, _dirs, names in os.walk(top):
+        for name in names:
+            m = _TEMP_NAME.match(name)
+            if m is None or pid_alive(int(m.group(1))):
+                continue
+            p = os.path.join(d, name)
+            try:
+                st = os.lstat(p)
+                if statmod.S_ISREG(st.st_mode) and st.st_uid == me:
+                    os.unlink(p)
+                    removed += 1
+            except OSError:
+                pass
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not: where nothing reaps the orphans, as in a
+    container whose first process is not an init, a killed daemon's children stay zombies)."""
+    if pid <= 0:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:][:1] not in ("Z", "X")
 
 
 def replace_file(path, data, *, mode: int = 0o666, sync: bool = False) -> None:
@@ -117,14 +167,10 @@ def replace_file(path, data, *, mode: int = 0o666, sync: bool = False) -> None:
     full disk left them half written or empty). ``mode``: the new file's (before the umask);
     ``sync``: the file and then its directory fsynced (a journal that must survive a crash)."""
     path = Path(path)
-    # a name of its own each time, created O_EXCL | O_NOFOLLOW: a symlink planted at the fixed
-    # name this used (".NAME.tmp", opened O_CREAT | O_TRUNC) had a root daemon overwrite the
-    # link's target with a status file (an adversarial pass); a crash's leftover cannot block it
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     view = memoryview(data.encode() if isinstance(data, str) else data)
     made = False                                     # (a name found taken is not ours to remove)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        tmp, fd = _fresh_temp(path, mode)
         made = True
         try:
             while view:

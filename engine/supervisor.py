@@ -53,7 +53,8 @@ from pathlib import Path
 
 from tickwire.engine import config as configmod
 from tickwire.engine import lifeline
-from tickwire.engine.files import dir_problem, open_log, replace_file
+from tickwire.engine.files import dir_problem, open_log, remove_stale_temps, replace_file
+from tickwire.engine.files import pid_alive as _pid_alive
 from tickwire.engine.metrics import Collector
 from tickwire.engine.worker import (CURVE_ENV, fresh_ring_names, load_frozen, new_ring_token, read_ring_names,
                                     ring_keys, settle_history_note, write_note, write_ring_names)
@@ -74,17 +75,6 @@ __all__ = ["Supervisor", "StartupError", "cpu_report", "run", "EXIT_UNSTORED"]
 class StartupError(RuntimeError):
     """The daemon cannot start (another daemon or process holds its store or rings): the
     message is one line; ``tickwire run`` exits with status 2."""
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie does not)."""
-    if pid <= 0:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2:][:1] not in ("Z", "X")
 
 
 def _instrument_dict(inst) -> dict:
@@ -458,6 +448,10 @@ class Supervisor:
         except OSError as exc:
             raise StartupError(f"metrics.hdr_dir: cannot write {hdr} ({exc.strerror or exc}): expected a writable "
                                f"directory") from None
+        for d in dict.fromkeys((self.run_dir, hdr)):     # (a daemon killed mid-write left its temporary files)
+            removed = remove_stale_temps(d)
+            if removed:
+                log.info("removed %d temporary file(s) under %s left by processes that were killed", removed, d)
         store = self._store_dir()
         if store is None:
             return

@@ -239,9 +239,18 @@ def keygen(directory, name: str) -> tuple[Path, Path]:
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"--name: expected a file name, got {name!r}")
     pub, sec = d / f"{name}.key", d / f"{name}.key_secret"
+    made, p = [], d.absolute()
+    while not os.path.lexists(p) and p != p.parent:
+        made.append(p)                     # (deepest first: what a refusal removes again)
+        p = p.parent
     d.mkdir(mode=0o700, parents=True, exist_ok=True)
     problem = dir_problem(d, "key directory", "refusing to write keys there")
     if problem:
+        for p in made:                     # nothing of ours left in a place refused
+            try:
+                p.rmdir()
+            except OSError:
+                pass
         raise ValueError(f"{problem} (a new directory is made 0700: `tickwire keygen ~/tickwire-keys --name {name}`)")
     for p in (pub, sec):
         if os.path.lexists(p):             # a symlink too, dangling or not: never written through

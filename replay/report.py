@@ -35,12 +35,12 @@ import csv
 import io
 import json
 import math
-import os
 from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
 
+from tickwire.engine.files import replacing
 from tickwire.engine.instruments import Instrument, make_books
 from tickwire.engine.plots import MATPLOTLIB_HINT
 from tickwire.ext.records import EVENT_DTYPE, SIGNAL_DTYPE, RuleKind, SignalFlag
@@ -919,10 +919,8 @@ def _groups(*keys) -> dict:
 
 
 def _atomic_write(path: Path, write, newline=""):
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline=newline, encoding="utf-8") as f:
+    with replacing(path) as tmp, open(tmp, "w", newline=newline, encoding="utf-8") as f:
         write(f)
-    os.replace(tmp, path)
 
 
 def _write_csv(path, header, rows):

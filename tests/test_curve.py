@@ -262,9 +262,9 @@ def test_keygen_refuses_a_directory_others_can_write_or_another_users(tmp_path):
             keygen(shared, "daemon")
         assert not list(shared.iterdir())
     if os.geteuid() == 0:
-        with pytest.raises(ValueError, match=f"the directory that holds it {shared} can be written by its group"):
-            keygen(shared / "sub", "daemon")            # (made 0700, but its parent lets it be swapped)
-        (shared / "sub").rmdir()
+        with pytest.raises(ValueError, match=f"the directory above it {shared} can be written by its group"):
+            keygen(shared / "sub" / "deeper", "daemon")  # (made 0700, but its parent lets it be swapped)
+        assert not list(shared.iterdir())               # the directories it made are gone again
     shared.chmod(0o755)
     if os.geteuid() == 0:
         os.chown(shared, 65534, 65534)

@@ -1641,12 +1641,17 @@ def test_killed_supervisor_takes_its_children_along_and_a_new_daemon_starts(tmp_
         daemon.wait()
         log.close()
     assert wait_for(lambda: not alive(worker) and not alive(writer), 5), "orphans left running"
+    # what a kill mid-write leaves: a status file's temporary file, its process gone
+    leftover = run_dir / "writer" / f".status.json.{worker}-0badc0de.tmp"
+    leftover.parent.mkdir(parents=True, exist_ok=True)
+    leftover.write_text("{")
     daemon, log = start_daemon(cfg_path, tmp_path, "daemon2")
     try:
         assert wait_for(lambda: status(run_dir)["pid"] not in (0, worker))
     finally:
         rc, _ = stop_daemon(daemon, log)
     assert rc == 0, (tmp_path / "daemon2.log").read_text()[-3000:]
+    assert not leftover.exists() and "removed 1 temporary file(s) under" in (tmp_path / "daemon2.log").read_text()
     assert market_events(f"chdb://{tmp_path}/state/store") == (100_000, 100_000)
 
 

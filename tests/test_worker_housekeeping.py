@@ -241,6 +241,69 @@ def test_replace_file_never_writes_through_a_symlink_at_its_temporary_name(tmp_p
         [".status.json.tmp", link.name])                            # none of its own left
 
 
+def test_a_file_written_by_path_gets_a_new_files_mode_and_replaces_a_link_at_its_name(tmp_path):
+    """files.replacing (the interval log of `tickwire bench`, every PNG, the replay report's CSVs
+    and summary): its temporary file was mkstemp's, 0600, so every plot and log came out
+    unreadable to the user's group whatever the umask; and the report wrote a fixed ".NAME.tmp",
+    following a symlink planted there. Now: 0666 less the umask, a name of its own, O_NOFOLLOW;
+    a failed writer leaves the old file and no temporary one."""
+    import os
+
+    import pytest
+
+    from tickwire.engine import files
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    out = tmp_path / "lat.png"
+    out.symlink_to(victim)                                          # a link at the name itself
+    (tmp_path / ".lat.png.tmp").symlink_to(victim)                  # and at the old fixed temporary name
+    old = os.umask(0o027)
+    try:
+        with files.replacing(out) as tmp:
+            tmp.write_bytes(b"new")
+    finally:
+        os.umask(old)
+    assert out.read_bytes() == b"new" and not out.is_symlink() and victim.read_text() == "keep me\n"
+    assert out.stat().st_mode & 0o777 == 0o640
+    with pytest.raises(ZeroDivisionError), files.replacing(out) as tmp:
+        tmp.write_bytes(b"half")
+        1 / 0
+    assert out.read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lat.png.tmp", "lat.png", "victim.txt"]
+
+
+def test_temporary_files_of_killed_processes_are_removed_and_no_others(tmp_path):
+    """A kill -9 between creating a status file's temporary file and renaming it left
+    ``.status-w0.json.<pid>-<hex>.tmp`` behind for good, one more now and then each run. The
+    daemon now removes, under its run directory at start, those whose process is gone; a
+    running process's, other names, symlinks and directories stay."""
+    import os
+    import subprocess
+    import sys
+
+    from tickwire.engine import files
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    (tmp_path / "writer" / "ticks").mkdir(parents=True)
+    dead = [tmp_path / f".status-w0.json.{gone}-0badc0de.tmp",
+            tmp_path / "writer" / "ticks" / f".journal.json.{gone}-12345678.tmp"]
+    alive = tmp_path / f".status-w1.json.{os.getpid()}-0badc0de.tmp"
+    others = [tmp_path / f"status.json.{gone}-0badc0de.tmp", tmp_path / f".x.{gone}-0BADC0DE.tmp",
+              tmp_path / f".x.{gone}-0badc0de.tmp.npz", tmp_path / "status-w0.json"]
+    for p in dead + [alive] + others:
+        p.write_text("{")
+    link = tmp_path / f".link.{gone}-0badc0de.tmp"
+    link.symlink_to(others[-1])
+    (tmp_path / f".dir.{gone}-0badc0de.tmp").mkdir()
+    assert files.remove_stale_temps(tmp_path) == 2
+    assert not any(p.exists() for p in dead)
+    assert all(p.exists() for p in [alive, *others]) and link.is_symlink()
+    assert (tmp_path / f".dir.{gone}-0badc0de.tmp").is_dir()
+    assert files.remove_stale_temps(tmp_path) == 0
+
+
 def test_an_hdr_log_is_never_opened_through_a_symlink(tmp_path):
     """The workers' HDR interval logs were opened with open(path, "w"): a symlink planted as
     w0.hlog (in a metrics.hdr_dir another user could write) had the daemon create or truncate
