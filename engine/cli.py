@@ -568,6 +568,9 @@ def cmd_status(args) -> int:
     gone = total('tickwire_writer_rows_corrupt_total') + total('tickwire_writer_rows_missing_total')
     if gone:
         print(f"  writer: {gone:,.0f} ticks of damaged or removed spill files NOT stored (see the daemon's log)")
+    gone = total('tickwire_signals_corrupt_total') + total('tickwire_signals_missing_total')
+    if gone:
+        print(f"  writer: {gone:,.0f} signals of damaged or removed spill files NOT stored (see the daemon's log)")
     # p99 since start per worker and stage, from the histogram's buckets (as Prometheus would)
     hists = {}
     for k, v in rows.items():

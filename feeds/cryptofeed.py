@@ -93,6 +93,18 @@ def to_ns(seconds) -> int:
     return int(_decimal(seconds).scaleb(9).to_integral_value())
 
 
+def event_ns(ts, default: int) -> int:
+    """Nanoseconds of a message's time in seconds ``ts`` (``default`` when it has none);
+    ValueError or ArithmeticError for one that is no time (past 2^63 ns: milliseconds taken for
+    seconds, say; NaN, a negative one)."""
+    if not ts:
+        return default
+    ns = to_ns(ts)
+    if not 0 < ns < 1 << 63:
+        raise ValueError(f"timestamp {ts!r} is not a time in seconds")
+    return ns
+
+
 class _Implausible(ValueError):
     """An exact value no book can hold: a price outside the instrument's range, a quantity below zero."""
 
@@ -427,23 +439,35 @@ class Bridge:
                 conv.counts["crossed"] += 1
                 self.publish(conv.stale(symbol, ts_recv, array=False))
 
+    def _times(self, msg, receipt_timestamp, book: bool):
+        """(event, receipt) ns of a cryptofeed object ``msg``, or None when they are no times
+        (counted, said, and for a ``book`` update its book STALE: :meth:`_unreadable`)."""
+        ts_recv = time.time_ns()
+        try:
+            ts_recv = event_ns(receipt_timestamp, ts_recv)
+            return event_ns(msg.timestamp, ts_recv), ts_recv
+        except (ValueError, ArithmeticError) as exc:
+            self._unreadable(msg.symbol, exc, book, ts_recv)
+            return None
+
     async def book(self, book, receipt_timestamp) -> None:
         """cryptofeed's ``L2_BOOK`` callback."""
         self._cf_books[book.symbol] = book.book
-        ts_recv = to_ns(receipt_timestamp)
-        ts_event = to_ns(book.timestamp) if book.timestamp else ts_recv
+        times = self._times(book, receipt_timestamp, True)
+        if times is None:
+            return
         if book.delta is None:
             levels = {"bid": dict(book.book.bids.to_list()), "ask": dict(book.book.asks.to_list())}
-            self.on_book_update(book.symbol, levels, None, ts_event, ts_recv)
+            self.on_book_update(book.symbol, levels, None, *times)
         else:
-            self.on_book_update(book.symbol, None, book.delta, ts_event, ts_recv)
+            self.on_book_update(book.symbol, None, book.delta, *times)
 
     async def trade(self, trade, receipt_timestamp) -> None:
         """cryptofeed's ``TRADES`` callback."""
-        ts_recv = to_ns(receipt_timestamp)
-        ts_event = to_ns(trade.timestamp) if trade.timestamp else ts_recv
-        self.publish(self.converter.trade(trade.symbol, trade.side, trade.price, trade.amount, ts_event, ts_recv,
-                                             array=False))
+        times = self._times(trade, receipt_timestamp, False)
+        if times is not None:
+            self.publish(self.converter.trade(trade.symbol, trade.side, trade.price, trade.amount, *times,
+                                              array=False))
 
     def callbacks(self) -> dict:
         from cryptofeed.defines import L2_BOOK, TRADES
@@ -613,10 +637,7 @@ class Bridge:
                                  str(exc)[:100], len(frame))
             return
         try:
-            ts = msg.get("timestamp")
-            ts_event = to_ns(ts) if ts else ts_recv
-            if not 0 < ts_event < 1 << 63:         # (milliseconds taken for seconds, say)
-                raise ValueError(f"timestamp {ts!r} is not a time in seconds")
+            ts_event = event_ns(msg.get("timestamp"), ts_recv)
             if "delta" in msg:
                 self.on_book_update(symbol, None, msg["delta"], ts_event, ts_recv)
             elif "book" in msg:
@@ -628,17 +649,23 @@ class Bridge:
                 self.converter.counts["bad_message"] += 1
         except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError) as exc:
             # one malformed message is counted and skipped, never the end of the bridge (an
-            # OverflowError or decimal.InvalidOperation used to be); a book update of a known
-            # symbol that could not be read leaves its book unknown: STALE until a snapshot
-            self.converter.counts["bad_message"] += 1
-            # (keyed by a configured symbol only: each new symbol of a peer's was a line)
-            known = isinstance(symbol, str) and symbol in self.converter.by_symbol
-            self.converter._once(f"bad:{symbol}" if known else "bad", "%.200s: a message that cannot be read (%s: %.200s): "
-                                 "skipped", symbol if known else f"a symbol not configured ({symbol!r:.200})",
-                                 type(exc).__name__, exc)
-            if ("delta" in msg or "book" in msg) and isinstance(symbol, str) and symbol in self.converter.by_symbol \
-                    and symbol in self.converter.synced:
-                self.publish(self.converter.stale(symbol, ts_recv, array=False))
+            # OverflowError or decimal.InvalidOperation used to be)
+            self._unreadable(symbol, exc, "delta" in msg or "book" in msg, ts_recv)
+
+    def _unreadable(self, symbol, exc: Exception, book: bool, ts_recv: int) -> None:
+        """A message that could not be read (``exc``): counted and skipped, said once per symbol;
+        a book update (``book``) of a configured symbol leaves its book unknown: STALE until its
+        next snapshot. (A cryptofeed message stamped 1e20 s raised in the end-of-turn flush and
+        lost every channel's held events, the books left in sync and wrong: an adversarial pass.)"""
+        conv = self.converter
+        conv.counts["bad_message"] += 1
+        # (keyed by a configured symbol only: each new symbol of a peer's was a line)
+        known = isinstance(symbol, str) and symbol in conv.by_symbol
+        conv._once(f"bad:{symbol}" if known else "bad", "%.200s: a message that cannot be read (%s: %.200s): "
+                   "skipped", symbol if known else f"a symbol not configured ({symbol!r:.200})",
+                   type(exc).__name__, exc)
+        if book and known and symbol in conv.synced:
+            self.publish(conv.stale(symbol, ts_recv, array=False))
 
     def stats(self) -> dict:
         c = self.converter.counts
@@ -725,9 +752,8 @@ def cmd_bridge(args) -> int:
                               "docs/config.md)")
         if not cfg.bridge.zmq_input:
             require_cryptofeed()
-        for f in args.playback or ():
-            if not Path(f).is_file():
-                raise BridgeError(f"--playback: {f}: no such file")
+        if args.playback:
+            check_playback_files(args.playback)
         bridge = Bridge(cfg)
         wait = args.wait_subscribers if args.wait_subscribers is not None else (10.0 if args.playback else 0.0)
         if wait and not bridge.publisher.wait_subscribers(wait):
@@ -806,12 +832,61 @@ class _PlaybackStopped(BaseException):
     the message it was on, where this is not one)."""
 
 
+def _no_tracebacks(record: logging.LogRecord) -> bool:
+    """A logging filter that drops records carrying a traceback."""
+    return not record.exc_info
+
+
+def check_playback_files(files) -> None:
+    """BridgeError (one line) unless ``files`` are one recording of cryptofeed's raw data
+    collection: existing files, EXCHANGE.ws.N with its EXCHANGE.N, no name twice. (Checked
+    before the bridge waits for its subscribers: the error came after that 10 s wait.)"""
+    for f in files:
+        if not Path(f).is_file():
+            raise BridgeError(f"--playback: {f}: no such file")
+    names = [Path(f).name for f in files]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise BridgeError(f"--playback: {twice[0]} is given twice (from two directories): cryptofeed reads "
+                          f"files by name; replay one recording at a time")
+    if not any(".ws." in n for n in names):
+        raise BridgeError(f"--playback: no websocket file among {', '.join(names)}: cryptofeed replays only "
+                          f"files named EXCHANGE.ws.N (its raw data collection's names), beside EXCHANGE.N")
+    if all(".ws." in n for n in names):
+        raise BridgeError("--playback: no symbol file (EXCHANGE.N, written beside EXCHANGE.ws.N by cryptofeed's "
+                          "raw data collection)")
+
+
+def _plain_temp_dir():
+    """A new private directory whose path holds neither "ws" nor "http" (cryptofeed's playback
+    tells its files apart by those), in the temporary directory or, where its path holds one,
+    /tmp, /var/tmp or /dev/shm; BridgeError when there is none. (A loop drew names until one
+    held neither: with TMPDIR=/home/wsmith/tmp it never ended, deaf to SIGTERM: an adversarial pass.)"""
+    import os
+    import shutil
+    import tempfile
+
+    for base in dict.fromkeys((tempfile.gettempdir(), "/tmp", "/var/tmp", "/dev/shm")):
+        if "ws" in base or "http" in base or not os.path.isdir(base):
+            continue
+        for _ in range(20):                           # (a name drawn may hold "ws" itself)
+            try:
+                d = Path(tempfile.mkdtemp(prefix="tickwire-", dir=base))
+            except OSError:
+                break
+            if "ws" not in d.name and "http" not in d.name:
+                return d
+            shutil.rmtree(d, ignore_errors=True)
+    raise BridgeError(f"--playback: no writable temporary directory whose path holds neither 'ws' nor 'http' "
+                      f"(cryptofeed tells its files apart by those; the temporary directory is "
+                      f"{tempfile.gettempdir()}): set TMPDIR to one")
+
+
 def playback(bridge: Bridge, files) -> dict:
     """Feed ``bridge`` from cryptofeed's own playback of raw-data files; cryptofeed's counts
     (``{"stopped": True}`` when :meth:`Bridge.stop` ended it first)."""
     require_cryptofeed()
     import shutil
-    import tempfile
     from pathlib import Path
 
     from cryptofeed.connection import HTTPAsyncConn, HTTPSync
@@ -823,22 +898,9 @@ def playback(bridge: Bridge, files) -> dict:
     # cryptofeed tells a websocket file from the others by 'ws' (or 'http') anywhere in its path:
     # files in a directory named like /home/wsmith were misread (a symbol file taken for websocket
     # data: IndexError). They are read through links in a directory whose name holds neither.
-    links = Path(tempfile.mkdtemp(prefix="tickwire-"))
-    while "ws" in str(links) or "http" in str(links):
-        shutil.rmtree(links, ignore_errors=True)
-        links = Path(tempfile.mkdtemp(prefix="tickwire-"))
+    check_playback_files(files)
+    links = _plain_temp_dir()
     try:
-        names = [Path(f).name for f in files]
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise BridgeError(f"--playback: {twice[0]} is given twice (from two directories): cryptofeed reads "
-                              f"files by name; replay one recording at a time")
-        if not any(".ws." in n for n in names):
-            raise BridgeError(f"--playback: no websocket file among {', '.join(names)}: cryptofeed replays only "
-                              f"files named EXCHANGE.ws.N (its raw data collection's names), beside EXCHANGE.N")
-        if all(".ws." in n for n in names):
-            raise BridgeError("--playback: no symbol file (EXCHANGE.N, written beside EXCHANGE.ws.N by cryptofeed's "
-                              "raw data collection)")
         named = []
         for f in files:
             link = links / Path(f).name
@@ -855,8 +917,15 @@ def playback(bridge: Bridge, files) -> dict:
                     raise _CallbackFailed(exc) from exc
             return call
 
-        return cf_playback(bridge.bc.exchange, named,
-                           callbacks={k: stoppable(cb) for k, cb in bridge.callbacks().items()})
+        # cryptofeed logs a recording it cannot read with its traceback and then raises: said
+        # below in one line instead (an empty symbol file printed a traceback first: an adversarial pass)
+        cf_log = logging.getLogger("feedhandler")
+        cf_log.addFilter(_no_tracebacks)
+        try:
+            return cf_playback(bridge.bc.exchange, named,
+                               callbacks={k: stoppable(cb) for k, cb in bridge.callbacks().items()})
+        finally:
+            cf_log.removeFilter(_no_tracebacks)
     except _PlaybackStopped:
         return {"stopped": True}
     except _CallbackFailed as exc:            # a bug of ours, not the recording: its own traceback

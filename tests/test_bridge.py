@@ -328,6 +328,72 @@ def test_updates_of_one_loop_turn_go_out_together_and_none_is_held_past_its_boun
         shutil.rmtree(d, ignore_errors=True)
 
 
+@pytest.mark.parametrize("stamp", [1e20, float("nan"), float("inf"), -5.0])
+def test_a_message_from_cryptofeed_stamped_with_no_time_is_skipped_and_loses_nothing_else(tmp_path, stamp):
+    """Found by an adversarial pass: a cryptofeed trade stamped 1e20 s (microseconds read as
+    milliseconds) raised in the end-of-turn flush, and every channel's held events went with
+    it: an ETH delta of the same turn never went out, the books stayed in sync and wrong. A
+    message whose time is no time is now counted and skipped as it arrives, a book update
+    leaves its book STALE until its snapshot, and the rest of the turn goes out."""
+    import asyncio
+
+    from cryptofeed.types import OrderBook, Trade
+
+    feed, snap, d = free_endpoints(tmp_path)
+    raw = bridge_raw(tmp_path / "state", [inst(), inst("ETH-USD", iid=1)], feed, snap)
+    bridge = Bridge(from_dict(raw, tmp_path))
+    pub, D = bridge.publisher, Decimal
+
+    def ob(sym, bid, ask):
+        o = OrderBook("KRAKEN", sym)
+        o.book.bids[D(bid)] = D(1)
+        o.book.asks[D(ask)] = D(1)
+        return o
+
+    async def main():
+        btc, eth = ob("BTC-USD", "100.00", "101.00"), ob("ETH-USD", "10.00", "11.00")
+        await bridge.book(btc, 1765000000.0)
+        await bridge.book(eth, 1765000000.0)
+        await asyncio.sleep(0)
+        eth.book.bids[D("10.50")] = D(2)
+        eth.delta = {"bid": [(D("10.50"), D(2))], "ask": []}
+        await bridge.book(eth, 1765000001.0)                    # fine, held for the turn's end
+        await bridge.trade(Trade("KRAKEN", "BTC-USD", "buy", D("1"), D("100.50"), stamp), 1765000001.0)
+        btc.book.bids[D("100.50")] = D(3)
+        btc.delta, btc.timestamp = {"bid": [(D("100.50"), D(3))], "ask": []}, stamp
+        await bridge.book(btc, 1765000001.0)                    # a delta with no time: BTC unknown
+        await asyncio.sleep(0)                                  # the turn ends: flush
+        await asyncio.sleep(0)
+
+    try:
+        asyncio.run(main())
+        assert bridge.held == 0 and bridge.converter.counts["bad_message"] == 2, bridge.stats()
+        assert book_dict(pub.books[1], Side.BID) == {1050: 2 * 10**8, 1000: 10**8} and pub.books[1].in_sync
+        assert book_dict(pub.books[0], Side.BID) == {10000: 10**8} and not pub.books[0].in_sync
+        assert bridge.converter.counts["trades"] == 0
+    finally:
+        bridge.close(0)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_playback_finds_a_temporary_directory_without_ws_in_its_path(tmp_path, monkeypatch):
+    """Found by an adversarial pass: with TMPDIR=/home/wsmith/tmp (any path holding "ws" or
+    "http", which cryptofeed's playback reads as a file's kind) the bridge drew temporary names
+    forever, deaf to SIGTERM. It now uses /tmp, /var/tmp or /dev/shm there."""
+    import tempfile
+
+    from tickwire.feeds.cryptofeed import _plain_temp_dir
+
+    newsroom = tmp_path / "newsroom"
+    newsroom.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(newsroom))
+    d = _plain_temp_dir()
+    try:
+        assert d.is_dir() and "ws" not in str(d) and "http" not in str(d) and not list(newsroom.iterdir())
+    finally:
+        d.rmdir()
+
+
 @pytest.mark.parametrize("in_loop", [False, True], ids=["direct", "in cryptofeed's loop"])
 def test_a_book_from_cryptofeed_gone_crossed_is_marked_stale_once_until_its_snapshot(tmp_path, in_loop):
     """Found by an adversarial pass: a bid inserted above the best ask in a Kraken recording went
@@ -474,6 +540,19 @@ def test_unknown_exchange_and_missing_files_are_one_line_exit_2(tmp_path):
     out = subprocess.run([PY, "-m", "tickwire", "bridge", "--config", str(cfg), "--playback", str(d / "nope")],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "no such file" in out.stderr and out.stderr.strip().count("\n") == 0
+    # files that are no recording: said at once, not after the 10 s wait for subscribers
+    (d / "KRAKEN.0").write_text("")
+    started = time.monotonic()
+    out = subprocess.run([PY, "-m", "tickwire", "bridge", "--config", str(cfg), "--playback", str(d / "KRAKEN.0")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "no websocket file among KRAKEN.0" in out.stderr, out.stderr
+    assert out.stderr.strip().count("\n") == 0 and time.monotonic() - started < 9
+    # an empty recording: cryptofeed's traceback is not printed before the one line
+    (d / "KRAKEN.ws.0").write_text("x")
+    out = subprocess.run([PY, "-m", "tickwire", "bridge", "--config", str(cfg), "--playback", str(d / "KRAKEN.0"),
+                          str(d / "KRAKEN.ws.0"), "--wait-subscribers", "0"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "cryptofeed could not replay" in out.stderr, out.stderr
+    assert out.stderr.strip().count("\n") == 0 and "Traceback" not in out.stderr, out.stderr
     del raw["bridge"]
     cfg.write_text(to_toml(raw))
     out = subprocess.run([PY, "-m", "tickwire", "bridge", "--config", str(cfg)], capture_output=True, text=True,

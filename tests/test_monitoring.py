@@ -410,6 +410,11 @@ def test_alerts_fire_on_a_crash_loop_a_stopped_writer_and_refused_events(tmp_pat
             *({"series": f'tickwire_feed_drops_total{{instance="e",job="tickwire",worker="w0",reason="{r}"}}',
                "values": "0 5 10 20 40 80"} for r in ("DUPLICATE", "OLD_EPOCH", "STALE_REPLY")),
             {"series": f'tickwire_feed_drops_total{{{lab},reason="BAD_MAGIC"}}', "values": "0 0 1 1 1 1"},
+            # signals spilled, then a signal spill file removed by hand (neither was exported)
+            {"series": 'tickwire_signals_spill_files{instance="d",job="tickwire"}', "values": "0 1x80"},
+            {"series": 'tickwire_signals_spill_files{instance="e",job="tickwire"}', "values": "0x80"},
+            {"series": 'tickwire_signals_corrupt_total{instance="d",job="tickwire"}', "values": "0x10"},
+            {"series": 'tickwire_signals_missing_total{instance="d",job="tickwire"}', "values": "0 0 0 40 40 40"},
         ],
         "alert_rule_test": [
             {"eval_time": "20s", "alertname": "TickwireWorkerDown", "exp_alerts": [{
@@ -430,6 +435,16 @@ def test_alerts_fire_on_a_crash_loop_a_stopped_writer_and_refused_events(tmp_pat
                 "exp_annotations": {"summary": "w0: 3k ticks of damaged or removed spill files NOT stored",
                                     "description": _description("TickwireSpillLost")}}]},
             {"eval_time": "10s", "alertname": "TickwireSpillLost", "exp_alerts": []},
+            {"eval_time": "25s", "alertname": "TickwireSignalSpillLost", "exp_alerts": [{
+                "exp_labels": {"instance": "d", "severity": "critical"},
+                "exp_annotations": {"summary": "40 signals of damaged or removed spill files of d NOT stored",
+                                    "description": _description("TickwireSignalSpillLost")}}]},
+            {"eval_time": "10s", "alertname": "TickwireSignalSpillLost", "exp_alerts": []},
+            {"eval_time": "6m", "alertname": "TickwireSignalsSpilling", "exp_alerts": [{
+                "exp_labels": {"instance": "d", "severity": "warning"},
+                "exp_annotations": {"summary": "1 signal spill files of d wait for the store",
+                                    "description": _description("TickwireSignalsSpilling")}}]},
+            {"eval_time": "4m", "alertname": "TickwireSignalsSpilling", "exp_alerts": []},
             {"eval_time": "25s", "alertname": "TickwireFeedDropsRising", "exp_alerts": [{
                 "exp_labels": {"instance": "d", "worker": "w0", "reason": "BAD_MAGIC", "severity": "warning"},
                 "exp_annotations": {"summary": "w0: feed messages dropped as BAD_MAGIC",
@@ -586,11 +601,13 @@ def test_status_names_ticks_of_damaged_or_removed_spill_files(capsys):
     body = ('tickwire_events_total{worker="w0"} 100000.0\n'
             'tickwire_writer_rows_corrupt_total{worker="w0"} 3000.0\n'
             'tickwire_writer_rows_missing_total{worker="w0"} 16384.0\n'
-            'tickwire_writer_rows_missing_total{worker="w1"} 0.0\n').encode()
+            'tickwire_writer_rows_missing_total{worker="w1"} 0.0\n'
+            'tickwire_signals_missing_total 12.0\n').encode()
     with page_server(body) as url:
         assert cli_main(["status", "--url", url]) == 0
     out = capsys.readouterr().out
     assert "19,384 ticks of damaged or removed spill files NOT stored" in out, out
+    assert "12 signals of damaged or removed spill files NOT stored" in out, out
     with page_server(b'tickwire_events_total{worker="w0"} 1.0\n') as url:
         assert cli_main(["status", "--url", url]) == 0
     assert "spill files NOT stored" not in capsys.readouterr().out
