@@ -23,11 +23,13 @@ import asyncio
 import json
 import multiprocessing as mp
 import statistics
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # (its helpers, under python -P too)
 from common import describe_run, pin, version
 
 ROOT = Path(__file__).resolve().parent.parent

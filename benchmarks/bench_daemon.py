@@ -53,6 +53,7 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # (its helpers, under python -P too)
 from common import pin, table
 
 from tickwire.engine.config import to_toml

@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import os
 import sys
 import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # (its helpers, under python -P too)
 from common import describe_run, median_time, pin, require, table
 
 from tickwire.engine.pipeline import Engine, RuleConfig, StatsConfig

@@ -44,6 +44,7 @@ import time
 import numpy as np
 import zmq
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # (its helpers, under python -P too)
 import cbuild
 from common import describe_run, pin, table, version
 

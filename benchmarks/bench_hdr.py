@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import sys
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # (its helpers, under python -P too)
 import cbuild
 from common import describe_run, median_time, pin, table, version
 

@@ -47,6 +47,7 @@ import uuid
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # (its helpers, under python -P too)
 import cbuild
 from common import describe_run, require, table, version
 

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # (its helpers, under python -P too)
 from common import describe_run, pin, table
 
 from tickwire.engine.store import TICK_COLUMNS, Store, _arrow_table

@@ -15,8 +15,10 @@ hit or missed (p50 <= 1.25x floor, p99 <= 2x floor p99, p99.99 < 1 ms).
 
 from __future__ import annotations
 
+import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # (its helpers, under python -P too)
 from common import pin  # noqa: F401  (sys.path for the other helpers; the harness pins its own processes)
 
 from tickwire.engine.bench import main

@@ -627,11 +627,14 @@ def render(st: TopState, sig: SignalTail, width: int, height: int):
     inst = st.instruments[st.selected] if st.instruments else None
     b = (st.books or {}).get(inst.id) if inst is not None else None
     sub = f" seq {b['last_seq']}" if b and "last_seq" in b else ""
+    title = "book " + (inst.symbol if inst else "-") + sub
     if b and not b.get("in_sync", True):
-        sub += " (* out of sync: a silent feed, or resyncing)"
+        # (the long note pushed the latency title off an 80-column screen: a newcomer's pass)
+        long = title + " (* out of sync: a silent feed, or resyncing)"
+        title = long if len(long) <= left_w else title + " (* out of sync)"
     iv = datetime.fromtimestamp(st.interval_end).strftime("%H:%M:%S") if st.interval_end else "none yet"
     lines = [head, *_instrument_lines(st, sig.by_instrument, inst_rows, width)]
-    lines.append(_line((f"{'book ' + (inst.symbol if inst else '-') + sub:<{left_w}} ", "bold"),
+    lines.append(_line((f"{title[:left_w]:<{left_w}} ", "bold"),
                        (f"latency, last busy interval ({iv})", "bold"), width=width))
     for k in range(mid_rows):
         left = _line(*(ladder[k] if k < len(ladder) else [("", "")]), width=left_w)

@@ -5,6 +5,7 @@ See ``book.pxd`` for the C API and the data layout.  The Python classes here
 methods and the batch :meth:`Book.apply` call the same C functions.
 """
 
+cimport cython
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE
 from cpython.long cimport PyLong_CheckExact, PyLong_AsLongLongAndOverflow
 from libc.stdint cimport int64_t, uint64_t, int32_t, uint32_t, uint8_t, uintptr_t, INT64_MAX, INT64_MIN
@@ -2141,7 +2142,9 @@ cdef Py_ssize_t _book_apply_many(tw_book *b, const tw_event *ev, Py_ssize_t n, u
 
 
 cdef class L2Book(Book):
-    """A price-level book: each level is a price and its total quantity.
+    """L2Book(instrument=0, *, max_depth=0, min_price=DEFAULT_MIN_PRICE, max_price=DEFAULT_MAX_PRICE, window=DEFAULT_WINDOW, max_levels=DEFAULT_MAX_LEVELS, channel=None, max_window=None)
+
+    A price-level book: each level is a price and its total quantity.
 
     Parameters
     ----------
@@ -2170,6 +2173,7 @@ cdef class L2Book(Book):
         default) accepts any channel.
     """
 
+    @cython.embedsignature(False)    # (written above: Cython 3.3 put the class's '*' one argument late)
     def __init__(self, instrument=0, *, max_depth=0, min_price=DEFAULT_MIN_PRICE,
                  max_price=DEFAULT_MAX_PRICE, window=DEFAULT_WINDOW, max_levels=DEFAULT_MAX_LEVELS,
                  channel=None, max_window=None):
@@ -2213,7 +2217,9 @@ cdef class L2Book(Book):
 
 
 cdef class L3Book(Book):
-    """An order-by-order book: FIFO queues of orders at each price, so queue position is known.
+    """L3Book(instrument=0, *, min_price=DEFAULT_MIN_PRICE, max_price=DEFAULT_MAX_PRICE, window=DEFAULT_WINDOW, max_levels=DEFAULT_MAX_LEVELS, max_orders=0x1000000, initial_orders=4096, channel=None)
+
+    An order-by-order book: FIFO queues of orders at each price, so queue position is known.
 
     Parameters
     ----------
@@ -2230,6 +2236,7 @@ cdef class L3Book(Book):
     2**63-1 lots is refused (``Reject.BAD_QTY``).
     """
 
+    @cython.embedsignature(False)    # (written above, as L2Book's)
     def __init__(self, instrument=0, *, min_price=DEFAULT_MIN_PRICE, max_price=DEFAULT_MAX_PRICE,
                  window=DEFAULT_WINDOW, max_levels=DEFAULT_MAX_LEVELS, max_orders=1 << 24,
                  initial_orders=4096, channel=None):

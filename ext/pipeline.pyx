@@ -7,6 +7,7 @@ that loop creates a Python object or takes the GIL, unless a rule is a Python ca
 documented slow path).  Configuration objects live in :mod:`tickwire.engine.pipeline`.
 """
 
+cimport cython
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE
 from cpython.ref cimport PyObject
 from libc.math cimport NAN, fabs, isfinite, isnan, log, sqrt
@@ -571,7 +572,9 @@ cdef void _free_istate(tw_istate *st) noexcept nogil:
 
 
 cdef class Engine:
-    """Books, statistics and rules for a set of instruments; ``process`` runs event batches.
+    """Engine(instruments, rules=(), stats=None, stats_by_instrument=None, *, clock='wall', signal_capacity=4096, timing_every=0, channels=None)
+
+    Books, statistics and rules for a set of instruments; ``process`` runs event batches.
 
     Parameters
     ----------
@@ -607,6 +610,7 @@ cdef class Engine:
         self.sink = NULL
         self._busy = -1               # until __init__ has built everything (_idle)
 
+    @cython.embedsignature(False)    # (written above: Cython 3.3 put the class's '*' one argument late)
     def __init__(self, instruments, rules=(), stats=None, stats_by_instrument=None, *,
                  clock="wall", signal_capacity=4096, timing_every=0, channels=None):
         from tickwire.engine.pipeline import StatsConfig, RuleConfig

@@ -319,7 +319,12 @@ def test_render_fits_80x24_and_draws_the_ladder_of_the_selected_book():
     st.selected = 3
     con = Console(file=io.StringIO(), width=80, height=24, force_terminal=False)
     con.print(render(st, SignalTail("/nonexistent"), 80, 24))
-    assert "SYN3*" in con.file.getvalue() and "book SYN3 seq 77 (* out of sync: a silent feed, or resyncing)" in con.file.getvalue()
+    text = con.file.getvalue()
+    # the short note at 80 columns (the long one cut the latency title off: a newcomer's pass)
+    assert "SYN3*" in text and "book SYN3 seq 77 (* out of sync)" in text and "latency, last busy interval" in text
+    con = Console(file=io.StringIO(), width=132, height=43, force_terminal=False)
+    con.print(render(st, SignalTail("/nonexistent"), 132, 43))
+    assert "book SYN3 seq 77 (* out of sync: a silent feed, or resyncing)" in con.file.getvalue()
     # a worker whose status is not written (its state disk full) but touched: frozen, not stale
     for touched, said in ((st.now, "figures frozen: w0"), (st.now - 60, "status stale: w0")):
         st.workers = [{"pid": os.getpid(), "worker": "w0", "time": st.now - 60, "_touched": touched,
