@@ -52,6 +52,12 @@ def public_key(value: str) -> bytes:
             pass
         raise ValueError(f"{text!r} is not a Z85 CURVE public key (40 characters) nor a key file")
     try:
+        mode = os.stat(text).st_mode
+    except OSError as exc:
+        raise ValueError(f"cannot read a CURVE public key from {text}: {exc.strerror or exc}") from None
+    if not statmod.S_ISREG(mode):               # (a FIFO hung the daemon's start, silent: an adversarial pass)
+        raise ValueError(f"cannot read a CURVE public key from {text}: not a regular file")
+    try:
         pub, _ = zmq.auth.load_certificate(text)
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot read a CURVE public key from {text}: {exc}") from None

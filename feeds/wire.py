@@ -30,7 +30,7 @@ Example (a publisher of one channel)::
 
 from __future__ import annotations
 
-import collections
+import bisect
 import enum
 import struct
 import time
@@ -561,8 +561,7 @@ class Retainer:
             raise ValueError(f"max_events must be >= 0, got {max_events}")
         self.max_events = int(max_events)
         self.epoch = int(epoch)
-        self._kept: dict[int, collections.deque] = {}
-        self._held: dict[int, int] = {}
+        self._kept: dict[int, _Kept] = {}
         self._next: dict[int, int] = {}
 
     def keep(self, channel: int, seq: int, events) -> None:
@@ -572,12 +571,11 @@ class Retainer:
         self._next[channel] = seq + n
         if not n or not self.max_events:
             return
-        q = self._kept.setdefault(channel, collections.deque())
-        q.append((seq, events))
-        held = self._held.get(channel, 0) + n
-        while held > self.max_events and q:
-            held -= len(q.popleft()[1])
-        self._held[channel] = held
+        k = self._kept.get(channel)
+        if k is None:
+            k = self._kept[channel] = _Kept()
+        k.append(seq, events)
+        k.trim(self.max_events)
 
     def announce(self, channel: int, next_seq: int = 1) -> None:
         """Make ``channel`` known before anything is published on it."""
@@ -587,7 +585,6 @@ class Retainer:
         """A new publisher epoch: sequences start again and nothing of the old one is served."""
         self.epoch = int(epoch)
         self._kept.clear()
-        self._held.clear()
         self._next = dict.fromkeys(self._next, 1)
 
     def knows(self, channel: int) -> bool:
@@ -599,22 +596,63 @@ class Retainer:
 
     def first_seq(self, channel: int) -> int:
         """The oldest sequence number still held (``next_seq`` when none is)."""
-        q = self._kept.get(channel)
-        return q[0][0] if q else self.next_seq(channel)
+        k = self._kept.get(channel)
+        return k.seqs[k.head] if k is not None and k.head < len(k.seqs) else self.next_seq(channel)
 
     def range(self, channel: int, first: int, count: int) -> list:
         """The held events with sequence numbers in ``first .. first+count-1``: ``(seq,
         events)`` with the first one's sequence number (later than ``first`` when the start
-        is no longer held) and the events in order, or ``(next_seq, None)`` when none are held."""
+        is no longer held) and the events in order, or ``(next_seq, None)`` when none are held.
+        The first message is found by bisection: a walk of every message held, whatever the
+        request, took 0.4 s with 2^20 one-event messages, so a receiver of a lossy feed of
+        small messages never caught up, and each 48-byte request stalled the publisher (an
+        adversarial pass)."""
         out, start, end = [], None, first + count
-        for seq, events in self._kept.get(channel, ()):
-            lo, hi = max(seq, first), min(seq + len(events), end)
-            if lo < hi:
-                start = lo if start is None else start
-                out.append(events[lo - seq:hi - seq])
+        k = self._kept.get(channel)
+        if k is not None and count > 0:
+            seqs, msgs = k.seqs, k.msgs
+            i = max(bisect.bisect_right(seqs, first, k.head) - 1, k.head)
+            while i < len(seqs) and seqs[i] < end:
+                seq, events = seqs[i], msgs[i]
+                lo, hi = max(seq, first), min(seq + len(events), end)
+                if lo < hi:
+                    start = lo if start is None else start
+                    out.append(events[lo - seq:hi - seq])
+                i += 1
         if not out:
             return self.next_seq(channel), None
         return start, (np.concatenate(out) if len(out) > 1 else np.ascontiguousarray(out[0]))
+
+
+class _Kept:
+    """One channel's retained messages, oldest first: their first sequence numbers (ascending,
+    for bisection) and events, from ``head`` on (the ones before it dropped, compacted away
+    now and then: amortised O(1) a message)."""
+
+    __slots__ = ("seqs", "msgs", "head", "held")
+
+    def __init__(self):
+        self.seqs: list[int] = []
+        self.msgs: list = []
+        self.head = 0
+        self.held = 0
+
+    def append(self, seq: int, events) -> None:
+        if self.head < len(self.seqs) and seq < self.seqs[-1]:
+            # (sequence numbers went back without a restart: what is held no longer bisects)
+            self.seqs, self.msgs, self.head, self.held = [], [], 0, 0
+        self.seqs.append(seq)
+        self.msgs.append(events)
+        self.held += len(events)
+
+    def trim(self, max_events: int) -> None:
+        while self.held > max_events and self.head < len(self.seqs):
+            self.held -= len(self.msgs[self.head])
+            self.msgs[self.head] = None
+            self.head += 1
+        if self.head > 1024 and self.head * 2 > len(self.seqs):
+            del self.seqs[:self.head], self.msgs[:self.head]
+            self.head = 0
 
 
 #: Largest frame a recovery service takes (requests are one header, 48 bytes): a longer frame is

@@ -493,3 +493,32 @@ def test_a_tcp_feed_off_this_host_without_curve_is_warned_about():
     assert len(got) == 2 and "tcp://10.1.2.3:5555" in got[0] and "feed.example.com" in got[1]
     assert all("without CURVE" in w and "feeds.curve_server_key" in w for w in got)
     assert plain_tcp_warnings(eps, curve=True) == []
+
+
+def test_a_fifo_given_as_a_public_key_file_is_refused_not_waited_on(tmp_path):
+    """Found by an adversarial pass: a FIFO as feeds.curve_server_key, or as a *.key in
+    --curve-clients, hung `tickwire run` / `simulate` at start with no output (the file was
+    opened and read with no check of what it is)."""
+    import threading
+
+    from tickwire.feeds.curve import _check_clients
+
+    fifo = tmp_path / "server.key"
+    os.mkfifo(fifo)
+    results = []
+
+    def call(f, arg):
+        try:
+            f(arg)
+        except ValueError as exc:
+            results.append(str(exc))
+
+    for f, arg in ((public_key, str(fifo)), (_check_clients, tmp_path)):
+        t = threading.Thread(target=call, args=(f, arg), daemon=True)
+        t.start()
+        t.join(10)
+        if t.is_alive():                       # (let the blocked open go: a writer end, then nothing)
+            with open(fifo, "w"):
+                pass
+            pytest.fail(f"{f.__name__} waited on a FIFO")
+    assert len(results) == 2 and all("not a regular file" in r for r in results), results
