@@ -1309,18 +1309,21 @@ class FeedHandler:
             c.snap_after = now + self.retry_pause
             c.snap_wanted = True
             return 0
-        if req.kind == "probe":              # cannot be verified: believed (the old behaviour)
+        if req.kind == "probe":
+            # cannot be verified: not followed. Believed, one forged message while the service
+            # was away (restarting, or a publisher down while someone else sends) made every
+            # real message an OLD_EPOCH drop and every real snapshot a STALE_REPLY, for good
+            # (an adversarial pass). A real restart is followed once its service answers: the
+            # next message of that epoch probes again, a snapshot reply names it, and its
+            # history is asked for from sequence 1.
             c.probe = None
-            self._log_once(f"unverified-{c.id}", logging.ERROR,
-                           "channel %d: a new publisher epoch could not be verified; following it", c.id)
             suspects, c.suspects = c.suspects, []
-            if suspects:
-                newest = max(s[0].epoch for s in suspects)
-                self._restart(c, newest, min(s[0].seq for s in suspects if s[0].epoch == newest))
-                for h, events, arrival in suspects:
-                    if h.epoch == newest:
-                        self._take(c, h, events, arrival)
-            return self._settle(c)
+            self.receiver.count_drop(Drop.IMPLAUSIBLE, max(len(suspects), 1))
+            self._log_once(f"unverified-{c.id}", logging.ERROR,
+                           "channel %d: messages of a new publisher epoch could not be verified (the recovery "
+                           "service did not answer): dropped; the epoch is followed once the service confirms it",
+                           c.id)
+            return 0
         c.fill = None
         c.hole_since = None
         self._counters["recovery_failures"] += 1

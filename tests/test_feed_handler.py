@@ -396,6 +396,50 @@ def test_forged_epoch_is_verified_and_dropped(feed):
     assert h.channel_status()[0]["epoch"] == feed.epoch
 
 
+def test_an_epoch_the_service_never_confirms_is_not_followed(tmp_path):
+    """Found by an adversarial pass: one message of a forged newer epoch while the recovery
+    service did not answer (restarting, say) was believed once the probe's retries ran out;
+    then every real message was dropped as OLD_EPOCH and every real snapshot refused as older,
+    for good (0 of 15,990 events stored after the service came back). Unconfirmed, it is now
+    dropped and the real stream goes on."""
+    hs = Harness(tmp_path, transport="ipc", snapshot_timeout=0.05, backoff=1.0, max_backoff=0.05, max_retries=2)
+    try:
+        h = hs.h
+        hs.join()
+        hs.pub.send_multipart(wire.encode_heartbeat(0, 5, epoch=(1 << 64) - 1))
+        for _ in range(3):                                  # the probe and its two retries: unanswered
+            assert hs.request()[1].type == MsgType.RETRANSMIT_REQUEST
+        hs.pump(lambda: h.counters()["drops"].get("IMPLAUSIBLE"))    # given up on
+        for _ in range(5):
+            hs.publish(0)
+            hs.publish(1)
+        hs.pump(hs.caught_up)
+        hs.assert_equal()
+        hs.assert_history()
+        c = h.counters()
+        assert c["drops"] == {"IMPLAUSIBLE": 1} and c["restarts"] == 0 and c["lost_events"] == 0, c
+        assert h.channel_status()[0]["epoch"] == hs.epoch
+        # a real restart while the service is away is followed once it answers
+        hs.restart()
+        hs.publish(0)
+        for _ in range(3):
+            hs.request()                                    # the probe: unanswered again
+        hs.pump(lambda: h.counters()["drops"]["IMPLAUSIBLE"] == 2)
+        hs.publish(0)                                       # the service is back: it confirms,
+        probe = hs.request()
+        assert probe[1].type == MsgType.RETRANSMIT_REQUEST and probe[1].epoch == hs.epoch
+        hs.retransmit(probe)
+        req = hs.request()                                  # then the new epoch's snapshot
+        while req[1].type == MsgType.RETRANSMIT_REQUEST:    # (and its history from seq 1)
+            hs.retransmit(req)
+            req = hs.request()
+        hs.answer(req)
+        hs.pump(lambda: h.channel_status()[0]["epoch"] == hs.epoch and h.next_seq(0) == hs.next[0])
+        assert h.counters()["restarts"] == 1
+    finally:
+        hs.close()
+
+
 def test_publisher_restart_is_confirmed_resynced_and_old_epoch_dropped(feed):
     h = feed.h
     feed.join()
