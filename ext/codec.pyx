@@ -18,7 +18,7 @@ sockets pyzmq created (``Socket.underlying``).
 
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE, PyBUF_SIMPLE
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
-from libc.stdint cimport int64_t, uint64_t, uint32_t, uint16_t, uint8_t, uintptr_t
+from libc.stdint cimport int64_t, uint64_t, uint32_t, uint16_t, uint8_t, uintptr_t, UINT64_MAX
 from libc.stdlib cimport calloc, realloc, free
 from libc.string cimport memcpy, memset
 
@@ -236,7 +236,10 @@ cdef int tw_wire_parse(const char *topic, Py_ssize_t topic_len, const char *payl
     if (h.type == 0 or h.type >= TW_MSG_TYPE_MAX or not ((types >> h.type) & 1)
             or (h.flags & ~_flags_of(h.type)) or h.event_size != TW_WIRE_EVENT_SIZE
             or ((h.type == TW_MSG_HEARTBEAT or h.type == TW_MSG_SNAPSHOT_REQUEST) and h.count != 0)
-            or ((h.type == TW_MSG_DATA or h.type == TW_MSG_HEARTBEAT) and (h.request_id | h.part) != 0)):
+            or ((h.type == TW_MSG_DATA or h.type == TW_MSG_HEARTBEAT) and (h.request_id | h.part) != 0)
+            # sequence numbers past 2^64 - 1 (the next one must be a number too: a first message
+            # at 2^64 - 1 with two events ended the receiver, an adversarial pass)
+            or <uint64_t>h.count > UINT64_MAX - h.seq):
         return TW_DROP_BAD_HEADER
     if topic != NULL and topic_channel != h.channel:
         return TW_DROP_BAD_TOPIC

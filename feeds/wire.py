@@ -506,6 +506,8 @@ def decode(topic_frame, payload, *, max_events: int = DEFAULT_MAX_EVENTS, types:
         raise WireError(Drop.BAD_HEADER, f"event size {event_size}")
     if mtype in (MsgType.HEARTBEAT, MsgType.SNAPSHOT_REQUEST) and count:
         raise WireError(Drop.BAD_HEADER, f"{MsgType(mtype).name} with {count} events")
+    if seq + count > (1 << 64) - 1:
+        raise WireError(Drop.BAD_HEADER, f"sequence numbers {seq}.. past 2^64 - 1 ({count} events)")
     if mtype in (MsgType.DATA, MsgType.HEARTBEAT) and (request_id or part):
         raise WireError(Drop.BAD_HEADER, f"{MsgType(mtype).name} with request_id {request_id}, part {part}")
     if channel_from_topic is not None and channel_from_topic != channel:

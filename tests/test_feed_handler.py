@@ -356,14 +356,16 @@ def test_forged_sequence_numbers_cannot_wedge_a_channel(feed, forged_seq):
     """A DATA message and a heartbeat claiming sequence 2**40 (injected on the feed): the
     publisher's answer shows its real head, the forgeries go, the stream goes on, nothing lost.
     A message at 2**64 - 2 whose last sequence number wraps past 2**64 was taken for a duplicate
-    (seq + count overflowed in the fast path), a reason the drops alert leaves out."""
+    (seq + count overflowed in the fast path), a reason the drops alert leaves out; it is now a
+    BAD_HEADER (sequence numbers past 2**64 - 1), never asked about."""
     h = feed.h
     feed.join()
     forged = np.zeros(3, EVENT_DTYPE)
     forged["kind"], forged["instrument"], forged["price"], forged["qty"] = Kind.ADD, 0, 10, 1
     feed.pub.send_multipart(wire.encode_data(0, forged_seq, forged, epoch=feed.epoch))
     feed.pub.send_multipart(wire.encode_heartbeat(1, 1 << 40, epoch=feed.epoch))
-    reqs = [feed.request(), feed.request()]
+    wraps = forged_seq + len(forged) > (1 << 64) - 1
+    reqs = [feed.request()] + ([] if wraps else [feed.request()])
     for _ in range(5):
         feed.publish(0)
         feed.publish(1)
@@ -374,8 +376,9 @@ def test_forged_sequence_numbers_cannot_wedge_a_channel(feed, forged_seq):
     feed.assert_equal()
     feed.assert_history()
     c = h.counters()
-    assert c["drops"].get("IMPLAUSIBLE") == 2 and c["lost_events"] == 0 and c["recovery_requests"] == 2
-    assert set(c["drops"]) <= {"IMPLAUSIBLE", "DUPLICATE"}     # live copies of what was sent again
+    assert c["drops"].get("IMPLAUSIBLE") == len(reqs) and c["drops"].get("BAD_HEADER", 0) == int(wraps)
+    assert c["lost_events"] == 0 and c["recovery_requests"] == 2           # (the two snapshots of the join)
+    assert set(c["drops"]) <= {"IMPLAUSIBLE", "DUPLICATE", "BAD_HEADER"}     # (DUPLICATE: live copies of what was sent again)
 
 
 def test_forged_epoch_is_verified_and_dropped(feed):
@@ -883,6 +886,40 @@ def test_without_snapshot_service_losses_are_counted_and_books_stay_stale(tmp_pa
         assert hs.h.counters()["unrecovered"] == 1
         assert not hs.books[1].in_sync and hs.books[0].in_sync
     finally:
+        hs.close()
+
+
+def test_without_a_service_a_jump_far_ahead_is_one_loss_and_sequence_numbers_past_2_64_are_refused(tmp_path):
+    """Found by an adversarial pass, without a recovery service: one message 2^40 ahead was
+    counted lost a million events at a time, a warning line each, for an hour and a half; a
+    first message at 2^64 - 1 with two events ended the receiver (OverflowError). The jump is
+    now one loss, counted whole; a message whose sequence numbers pass 2^64 - 1 is BAD_HEADER."""
+    import logging
+
+    hs = Harness(tmp_path, snapshot=False)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("tickwire.feeds").addHandler(handler)
+    try:
+        wrap = np.zeros(2, EVENT_DTYPE)
+        wrap["kind"], wrap["instrument"], wrap["price"], wrap["qty"] = Kind.ADD, 1, 10, 1
+        hs.pub.send_multipart(wire.encode_data(1, (1 << 64) - 1, wrap, epoch=hs.epoch))
+        hs.pump(lambda: hs.h.counters()["drops"].get("BAD_HEADER"))
+        hs.publish(0)
+        hs.publish(1)
+        hs.pump(hs.caught_up)
+        far = np.zeros(1, EVENT_DTYPE)
+        far["kind"], far["instrument"], far["price"], far["qty"] = Kind.ADD, 0, 10, 1
+        hs.pub.send_multipart(wire.encode_data(0, 1 << 40, far, epoch=hs.epoch))
+        hs.pump(lambda: hs.h.next_seq(0) == (1 << 40) + 1)
+        for _ in range(50):
+            hs.h.poll(0.005)
+        c = hs.h.counters()
+        assert c["lost_events"] == (1 << 40) - hs.next[0] and c["losses"] == 1, c
+        assert sum("lost" in r.getMessage() for r in records) == 1
+    finally:
+        logging.getLogger("tickwire.feeds").removeHandler(handler)
         hs.close()
 
 

@@ -221,6 +221,21 @@ def test_retransmission_request_and_parts_in_both_codecs():
     assert codec.Decoder().decode(wire.topic(4), part)[0] == Drop.BAD_HEADER
 
 
+def test_sequence_numbers_past_2_64_are_a_bad_header_in_both_decoders():
+    ev = empty_events(2)
+    ev["kind"] = Kind.ADD
+    for seq, ok in (((1 << 64) - 3, True), ((1 << 64) - 2, False), ((1 << 64) - 1, False)):
+        msg = wire.encode_data(3, seq, ev, epoch=1)
+        reason = codec.Decoder().decode(*msg)[0]
+        assert reason == (Drop.OK if ok else Drop.BAD_HEADER), (seq, reason)
+        if ok:
+            assert wire.decode(*msg)[0].seq == seq
+        else:
+            with pytest.raises(WireError) as exc:
+                wire.decode(*msg)
+            assert exc.value.reason == Drop.BAD_HEADER and "past 2^64 - 1" in str(exc.value)
+
+
 def test_retainer_keeps_the_newest_events_and_serves_ranges():
     r = wire.Retainer(max_events=25, epoch=3)
     for seq in (1, 11, 21, 31):
