@@ -592,7 +592,10 @@ cdef inline int _route(tw_feed *f, const tw_wire_header *h, const char *payload,
     cdef int r
     if not ch.served:
         return _events_checked(h, payload, TW_DROP_UNKNOWN_CHANNEL)
-    ch.last_recv_ns = ts
+    # last_recv_ns (the channel's sign of life, what silence is timed from) is not moved by
+    # what says nothing new: an old epoch's message, a duplicate, a heartbeat behind the stream.
+    # A replayer resending captured traffic, or a publisher whose numbering went back to 1, kept
+    # a dead channel LIVE and its books in sync and frozen (an adversarial pass)
     if ch.epoch != 0 and h.epoch < ch.epoch:
         return _events_checked(h, payload, TW_DROP_OLD_EPOCH)
     if ch.live and h.epoch == ch.epoch:
@@ -601,6 +604,7 @@ cdef inline int _route(tw_feed *f, const tw_wire_header *h, const char *payload,
                 r = tw_wire_copy_events(h, payload, out, ts)
                 if r != TW_DROP_OK:
                     return r                 # lost: the next message shows the gap
+                ch.last_recv_ns = ts
                 ch.next_seq += h.count
                 if h.count:
                     ch.last_ts_event = out[h.count - 1].ts_event
@@ -611,10 +615,15 @@ cdef inline int _route(tw_feed *f, const tw_wire_header *h, const char *payload,
                 return TW_DROP_OK
             if h.seq <= ch.next_seq and h.count <= ch.next_seq - h.seq:    # (seq + count may wrap)
                 return _events_checked(h, payload, TW_DROP_DUPLICATE)
-        elif h.seq <= ch.next_seq and not (h.flags & TW_WFLAG_END):   # a heartbeat: nothing missed
-            f.heartbeats += 1
-            return TW_DROP_OK
+        elif not (h.flags & TW_WFLAG_END):
+            if h.seq == ch.next_seq:         # a heartbeat: nothing missed
+                ch.last_recv_ns = ts
+                f.heartbeats += 1
+                return TW_DROP_OK
+            if h.seq < ch.next_seq:          # behind what was received: a copy, or a replay
+                return TW_DROP_DUPLICATE
         # (an END heartbeat, once an epoch, goes to the slow path: the handler notes the end)
+    ch.last_recv_ns = ts
     return _park(f, h, payload, length, ts)
 
 

@@ -68,7 +68,8 @@ enum {
     TW_DROP_BAD_EVENT = 9,        /* an event with an unknown kind or side, a flag bit a publisher
                                      may not set on it, or reserved != 0 */
     TW_DROP_UNKNOWN_CHANNEL = 10, /* a channel this receiver does not serve */
-    TW_DROP_DUPLICATE = 11,       /* every event already seen (seq + count <= next expected) */
+    TW_DROP_DUPLICATE = 11,       /* every event already seen (seq + count <= next expected), or a
+                                     heartbeat behind the stream (seq < next expected) */
     TW_DROP_OLD_EPOCH = 12,       /* from a publisher epoch older than the channel's */
     TW_DROP_OVERFLOW = 13,        /* recovery buffer full: the oldest buffered message went */
     TW_DROP_STALE_REPLY = 14,     /* a snapshot part for no outstanding request, or out of order */

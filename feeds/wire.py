@@ -187,7 +187,7 @@ class Drop(enum.IntEnum):
     BAD_LENGTH = 8          #: bytes after the last event
     BAD_EVENT = 9           #: an event with an unknown kind or side, a flag bit not its own, reserved != 0
     UNKNOWN_CHANNEL = 10    #: a channel this receiver does not serve
-    DUPLICATE = 11          #: every event already seen
+    DUPLICATE = 11          #: every event already seen, or a heartbeat behind the stream
     OLD_EPOCH = 12          #: from an older publisher epoch (before a restart)
     OVERFLOW = 13           #: recovery buffer full: the oldest buffered message was dropped
     STALE_REPLY = 14        #: a snapshot part for no outstanding request, or out of order

@@ -443,6 +443,33 @@ def test_an_epoch_the_service_never_confirms_is_not_followed(tmp_path):
         hs.close()
 
 
+def test_copies_and_replayed_heartbeats_are_no_sign_of_life(tmp_path):
+    """Found by an adversarial pass: a replayer resending captured messages (or a publisher
+    whose numbering went back to 1) kept a channel whose publisher was gone LIVE and its books
+    in sync and frozen: every message, a duplicate or an old heartbeat included, counted as
+    the channel being heard. Now only news does; the channel goes silent, then stale."""
+    hs = Harness(tmp_path, silence_timeout=0.5)
+    try:
+        h = hs.h
+        hs.join()
+        captured = [hs.publish(0), hs.publish(1)]
+        old_heartbeat = wire.encode_heartbeat(0, hs.next[0] - 10, epoch=hs.epoch)
+        hs.pump(hs.caught_up)
+        end = time.monotonic() + 3.0                    # the publisher is gone; the replayer is not
+        while time.monotonic() < end and any(s["state"] == "live" for s in h.channel_status().values()):
+            for m in captured:
+                hs.pub.send_multipart(m)
+            hs.pub.send_multipart(old_heartbeat)
+            for _ in range(4):
+                h.poll(0.005)
+        c = h.counters()
+        assert [s["state"] for s in h.channel_status().values()] == ["stale", "stale"], h.channel_status()
+        assert c["silences"] == 2 and c["drops"]["DUPLICATE"] > 10, c
+        assert not any(hs.books[i].in_sync for i in range(4))
+    finally:
+        hs.close()
+
+
 def test_publisher_restart_is_confirmed_resynced_and_old_epoch_dropped(feed):
     h = feed.h
     feed.join()
