@@ -948,7 +948,10 @@ class FeedHandler:
             self._restart(c, h.epoch, h.seq)
             self._take(c, h, events, self._arrival)
             return self._settle(c)
-        if len(c.suspects) >= _MAX_SUSPECTS:
+        # bounded in events as well as messages: 1,024 forged messages of 4,096 events each held
+        # 256 MiB a channel whatever buffer_events said (an adversarial pass)
+        held = sum(len(ev) for _, ev, _ in c.suspects if ev is not None) + (0 if events is None else len(events))
+        if len(c.suspects) >= _MAX_SUSPECTS or held > self.buffer_events:
             self.receiver.count_drop(Drop.IMPLAUSIBLE)
             return 0
         c.suspects.append((h, events, self._arrival))

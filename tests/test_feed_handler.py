@@ -443,6 +443,29 @@ def test_an_epoch_the_service_never_confirms_is_not_followed(tmp_path):
         hs.close()
 
 
+def test_messages_of_an_unconfirmed_epoch_are_held_within_buffer_events(tmp_path):
+    """Found by an adversarial pass: messages of an unconfirmed newer epoch were capped at 1,024
+    messages a channel, not in events: forged 4,096-event messages held 256 MiB a channel while
+    the probe went unanswered, whatever buffer_events said."""
+    hs = Harness(tmp_path, buffer_events=100)
+    try:
+        h = hs.h
+        hs.join()
+        forged = np.zeros(60, EVENT_DTYPE)
+        forged["kind"], forged["instrument"], forged["price"], forged["qty"] = Kind.ADD, 0, 10, 1
+        for k in range(3):
+            hs.pub.send_multipart(wire.encode_data(0, 1 + 60 * k, forged, epoch=hs.epoch + 7))
+        probe = hs.request()                               # one held (60 events), two past the bound
+        hs.pump(lambda: h.counters()["drops"].get("IMPLAUSIBLE") == 2)
+        hs.retransmit(probe)                               # the service: no such epoch
+        hs.pump(lambda: h.counters()["drops"].get("IMPLAUSIBLE") == 3)
+        hs.publish(0)
+        hs.pump(hs.caught_up)
+        hs.assert_history()
+    finally:
+        hs.close()
+
+
 def test_copies_and_replayed_heartbeats_are_no_sign_of_life(tmp_path):
     """Found by an adversarial pass: a replayer resending captured messages (or a publisher
     whose numbering went back to 1) kept a channel whose publisher was gone LIVE and its books
