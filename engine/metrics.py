@@ -150,8 +150,9 @@ class Collector:
         ch = gauges((
             ("event_age", "feed_last_event_age_seconds", "seconds since the channel's last market event (to within "
                                                          "0.5 s; before any: since the worker started)"),
-            ("message_age", "feed_last_message_age_seconds", "seconds since the channel's last message of any kind, "
-                                                             "heartbeats included"),
+            ("message_age", "feed_last_message_age_seconds", "seconds since the channel's last news: data or a "
+                                                             "heartbeat at or past the stream (not a copy, a replay, "
+                                                             "an old or unconfirmed epoch's)"),
             ("live", "feed_channel_live", "1 while the channel is LIVE and its books in sync"),
         ), ["worker", "channel"])
         lat = HistogramMetricFamily("tickwire_latency_seconds", "per-stage latency since the worker started: "

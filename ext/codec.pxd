@@ -172,7 +172,7 @@ cdef enum:
 cdef struct tw_feed_chan:         # per channel, indexed by channel id
     uint64_t epoch                # publisher epoch the channel follows (0: none yet)
     uint64_t next_seq             # sequence number of the next event expected
-    int64_t last_recv_ns          # receive time of the channel's last message that was news (not an old epoch's, a duplicate or a heartbeat behind)
+    int64_t last_recv_ns          # receive time of the channel's last news (Receiver.last_recv_ns)
     int64_t last_ts_event         # ts_event of the last event the fast path took (0: none yet)
     uint64_t messages             # data messages accepted by the fast path
     uint64_t events               # events accepted by the fast path

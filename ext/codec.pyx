@@ -615,15 +615,20 @@ cdef inline int _route(tw_feed *f, const tw_wire_header *h, const char *payload,
                 return TW_DROP_OK
             if h.seq <= ch.next_seq and h.count <= ch.next_seq - h.seq:    # (seq + count may wrap)
                 return _events_checked(h, payload, TW_DROP_DUPLICATE)
-        elif not (h.flags & TW_WFLAG_END):
-            if h.seq == ch.next_seq:         # a heartbeat: nothing missed
-                ch.last_recv_ns = ts
-                f.heartbeats += 1
-                return TW_DROP_OK
-            if h.seq < ch.next_seq:          # behind what was received: a copy, or a replay
-                return TW_DROP_DUPLICATE
+        elif h.seq < ch.next_seq:            # a heartbeat behind what was received, END too (a real
+            return TW_DROP_DUPLICATE         # END is at the stream's end): a copy, or a replay
+        elif h.seq == ch.next_seq and not (h.flags & TW_WFLAG_END):   # a heartbeat: nothing missed
+            ch.last_recv_ns = ts
+            f.heartbeats += 1
+            return TW_DROP_OK
         # (an END heartbeat, once an epoch, goes to the slow path: the handler notes the end)
-    ch.last_recv_ns = ts
+    # parked: news unless behind the frontier the handler last gave (a copy, a replay) or of an
+    # epoch not yet confirmed (a restart is news once its service confirms it; a forgery never:
+    # taken for news, a message of a new epoch kept a channel whose publisher restarted while its
+    # service was silent LIVE with its books frozen, a review)
+    if ch.epoch == 0 or (h.epoch == ch.epoch and (
+            h.seq >= ch.next_seq or (h.type != TW_MSG_HEARTBEAT and h.count > ch.next_seq - h.seq))):
+        ch.last_recv_ns = ts
     return _park(f, h, payload, length, ts)
 
 
@@ -824,7 +829,9 @@ cdef class FeedReceiver:
                 ch.messages, ch.events)
 
     def last_recv_ns(self, uint16_t channel):
-        """Receive time (ns) of the channel's last message, 0 before any."""
+        """Receive time (ns) of the channel's last news, 0 before any: a message of its epoch at
+        or past what was received (not a copy, a replay, a heartbeat behind, an old epoch's, or
+        one of an epoch not yet confirmed)."""
         return self.c.chans[channel].last_recv_ns
 
     def last_ts_event(self, uint16_t channel):

@@ -278,7 +278,7 @@ class _Checker:
             r.broke("version", f"version {version} on {where}")
             return
         if mtype not in (MsgType.DATA, MsgType.HEARTBEAT) or event_size != wire.EVENT_SIZE or \
-                (mtype == MsgType.HEARTBEAT and count) or request_id or part or \
+                (mtype == MsgType.HEARTBEAT and count) or request_id or part or seq + count > (1 << 64) - 1 or \
                 (flags and not (mtype == MsgType.HEARTBEAT and flags == wire.WireFlag.END)):
             r.broke("header", f"type {mtype} flags {flags:#x} event_size {event_size} count {count} request_id "
                               f"{request_id} part {part} on {where}")

@@ -691,6 +691,11 @@ class FeedHandler:
             return 0
         if h.epoch > c.epoch:
             return self._newer_epoch(c, h, events)
+        if c.silent and c.state is ChannelState.STALE and not self._news(c, h, events):
+            # a copy or a replay while the channel is silent is no sign the publisher is back:
+            # it resumed the channel LIVE, in sync and frozen, at each copy a replayer sent (a review)
+            self.receiver.count_drop(Drop.DUPLICATE)
+            return 0
         if (h.type == MsgType.HEARTBEAT and h.flags & WireFlag.END and c.state is ChannelState.LIVE
                 and h.seq <= self.receiver.channel(c.id)[3]):
             c.end_seq = h.seq                        # (the fast path hands an END over, nothing missed)
@@ -700,6 +705,13 @@ class FeedHandler:
             self._counters["buffered"] += 1
         self._take(c, h, events, self._arrival)
         return self._settle(c)
+
+    @staticmethod
+    def _news(c: _Channel, h, events) -> bool:
+        """Whether a message of the followed epoch says anything past what was received."""
+        if h.type == MsgType.HEARTBEAT:
+            return h.seq >= c.next_seq
+        return h.seq + (0 if events is None else len(events)) > c.next_seq or h.seq >= c.next_seq
 
     def _keep_early(self, c: _Channel, h, events) -> None:
         c.early.append((h, events, self._arrival))
@@ -953,9 +965,11 @@ class FeedHandler:
         held = sum(len(ev) for _, ev, _ in c.suspects if ev is not None) + (0 if events is None else len(events))
         if len(c.suspects) >= _MAX_SUSPECTS or held > self.buffer_events:
             self.receiver.count_drop(Drop.IMPLAUSIBLE)
-            return 0
-        c.suspects.append((h, events, self._arrival))
+        else:
+            c.suspects.append((h, events, self._arrival))
         if c.probe is None:
+            # (asked even for a message not held: one bigger than buffer_events never had its
+            # restart probed, a review)
             req = _Request("probe")
             req.first, req.epoch = max(h.seq, 1), h.epoch
             c.probe = req

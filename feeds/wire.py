@@ -191,7 +191,7 @@ class Drop(enum.IntEnum):
     OLD_EPOCH = 12          #: from an older publisher epoch (before a restart)
     OVERFLOW = 13           #: recovery buffer full: the oldest buffered message was dropped
     STALE_REPLY = 14        #: a snapshot part for no outstanding request, or out of order
-    UNSYNCED = 15           #: data for a channel waiting to retry a failed recovery
+    UNSYNCED = 15           #: reserved: never counted by this receiver
     IMPLAUSIBLE = 16        #: a sequence or epoch jump the publisher's service did not confirm
 
 

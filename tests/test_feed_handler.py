@@ -485,10 +485,67 @@ def test_copies_and_replayed_heartbeats_are_no_sign_of_life(tmp_path):
             hs.pub.send_multipart(old_heartbeat)
             for _ in range(4):
                 h.poll(0.005)
+        # and it stays so while the replayer goes on (a review: each copy resumed it LIVE, in sync)
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            for m in captured:
+                hs.pub.send_multipart(m)
+            hs.pub.send_multipart(old_heartbeat)
+            hs.pub.send_multipart(wire.encode_heartbeat(1, hs.next[1] - 10, epoch=hs.epoch, end=True))
+            for _ in range(4):
+                h.poll(0.005)
+            assert [s["state"] for s in h.channel_status().values()] == ["stale", "stale"], h.channel_status()
         c = h.counters()
-        assert [s["state"] for s in h.channel_status().values()] == ["stale", "stale"], h.channel_status()
-        assert c["silences"] == 2 and c["drops"]["DUPLICATE"] > 10, c
+        assert c["silences"] == 2 and c["resumes"] == 0 and c["drops"]["DUPLICATE"] > 10, c
         assert not any(hs.books[i].in_sync for i in range(4))
+        hs.heartbeat(0)                                 # the publisher is back: news, nothing missed
+        hs.pump(lambda: h.channel_status()[0]["state"] == "live")
+        assert h.counters()["resumes"] == 1
+    finally:
+        hs.close()
+
+
+def test_a_replayed_end_heartbeat_is_no_sign_of_life(tmp_path):
+    """A review: an END heartbeat behind the stream, replayed, kept a dead channel LIVE (a real
+    END is at the stream's end; one behind it is a copy) and overwrote where the epoch ended."""
+    hs = Harness(tmp_path, silence_timeout=0.5)
+    try:
+        h = hs.h
+        hs.join()
+        hs.publish(0)
+        hs.pump(hs.caught_up)
+        old_end = wire.encode_heartbeat(0, hs.next[0] - 5, epoch=hs.epoch, end=True)
+        end = time.monotonic() + 2.0
+        while time.monotonic() < end and h.channel_status()[0]["state"] == "live":
+            hs.pub.send_multipart(old_end)
+            for _ in range(4):
+                h.poll(0.005)
+        assert h.channel_status()[0]["state"] == "stale" and h.counters()["drops"]["DUPLICATE"] > 3
+    finally:
+        hs.close()
+
+
+def test_a_restart_the_service_cannot_confirm_leaves_the_channel_stale_not_frozen(tmp_path):
+    """A review: a real publisher restart while the recovery service did not answer kept the
+    channel LIVE and its books in sync but frozen (the new epoch's messages, dropped as
+    unconfirmed, still counted as the channel being heard). They are no sign of life now: the
+    old stream has stopped, so the channel goes silent, then stale. A message bigger than
+    buffer_events is probed all the same."""
+    hs = Harness(tmp_path, silence_timeout=0.5, snapshot_timeout=0.05, backoff=1.0, max_backoff=0.05,
+                 max_retries=2, buffer_events=5)
+    try:
+        h = hs.h
+        hs.join()
+        hs.restart()
+        end = time.monotonic() + 3.0
+        while time.monotonic() < end and any(s["state"] == "live" for s in h.channel_status().values()):
+            hs.publish(0)
+            hs.publish(1)
+            for _ in range(4):
+                h.poll(0.005)
+        assert [s["state"] for s in h.channel_status().values()] == ["stale", "stale"], h.channel_status()
+        assert not any(hs.books[i].in_sync for i in range(4))
+        assert h.counters()["probes"] >= 2                 # (10-event messages, buffer_events 5)
     finally:
         hs.close()
 
