@@ -692,16 +692,19 @@ class Supervisor:
             return {i % cfg.feeds.channels: w.name for w in cfg.workers for i in w.instruments}
 
         old, new = owners(prev), owners(self.cfg)
-        moved = sorted(c for c in new if old.get(c, new[c]) != new[c])
-        if not moved:
-            return
         notes = {}
-        for name in set(old.values()):
+        for name in set(old.values()) | {w.name for w in prev.workers}:
             try:
                 notes[name] = json.loads((self.run_dir / f"feed-{name}.json").read_text())
             except (OSError, ValueError):
                 pass
-        if not notes:
+        # a channel no worker served at the previous start is where a note kept it (workers keep
+        # the points of channels left out of the config for a while)
+        for name, note in notes.items():
+            for c in note.get("channels", {}):
+                old.setdefault(int(c), name)
+        moved = sorted(c for c in new if old.get(c, new[c]) != new[c])
+        if not moved or not notes:
             return
         left = [n for pair in self._previous_rings() for n in pair if os.path.exists(f"/dev/shm/{n}")]
         if left:
@@ -709,9 +712,15 @@ class Supervisor:
                 f"feed channels {moved} are on other workers than at the previous start of run '{self.cfg.run}', "
                 f"which stopped leaving its rings ({', '.join(left)}): their ticks and positions are the old workers'. "
                 f"Start it once with its previous worker layout and stop it (SIGTERM), then with the new one")
-        for w in self.cfg.workers:
-            mine = sorted({i % self.cfg.feeds.channels for i in w.instruments})
+        served = {w.name for w in self.cfg.workers}
+        for k, w in enumerate(self.cfg.workers):
+            mine = {i % self.cfg.feeds.channels for i in w.instruments}
             own = notes.get(w.name, {})
+            # channels no worker serves now stay in the note that held them (the first worker's
+            # for a worker gone), for when they come back
+            mine |= {c for c, name in old.items()
+                     if c not in new and (name == w.name or (k == 0 and name not in served))}
+            mine = sorted(mine)
             note = {"ring_created_ns": -1, "ring_position": 0,
                     **{k: own.get(k, 0) for k in ("lost_events", "losses", "uncounted_losses")},
                     "channels": {}, "ended": []}

@@ -462,10 +462,16 @@ class Worker:
         # in this worker, as the note it started from had them): a new epoch after a restart
         # then leaves nothing of the old one to count as lost
         ended = set(self.feed.ended_channels()) | {c for c in self._resume_ended if history.get(c) is None}
+        # channels of the note this worker started from that it does not serve in this run (left
+        # out of the config for a while) keep their points: dropped, the run after that joined them
+        # afresh, a hole of everything published meanwhile (or, from "start", the retained events
+        # stored twice), exit 0 (an adversarial pass)
+        kept = {c: p for c, p in self._resume.items() if c not in history}
+        ended |= {c for c in self._resume_ended if c in kept}
         note = {"ring_created_ns": int(self.ticks.created_ns), "ring_position": int(self.ticks.position),
                 **self.history_losses(),
                 "channels": {str(c): list(p if p is not None else self._resume.get(c))
-                             for c, p in history.items()
+                             for c, p in {**kept, **history}.items()
                              if p is not None or c in self._resume},
                 "ended": sorted(ended)}
         # the exchange time each history stands at: a restart that meets no tick stamps its start

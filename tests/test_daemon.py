@@ -320,6 +320,40 @@ def test_a_run_started_again_with_its_channels_on_other_workers_stores_every_tic
     assert "their tick histories moved with them" in text, text[-3000:]
 
 
+def test_channels_left_out_of_the_config_for_a_run_resume_where_they_were(tmp_path):
+    """Found by an adversarial pass: a run started once without some instruments (their channels
+    served by no worker), then again with them, joined those channels afresh: the worker's
+    history note had dropped their points. 378,221 of 2,500,000 events never stored, nothing
+    counted lost, every stop "every tick and signal stored", exit 0. The note keeps them."""
+    cfg_path, raw = write_config(tmp_path, "subset")
+    run_dir = tmp_path / "state" / "subset"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"])
+        sim = start_sim(raw, 300_000, 30_000)
+        assert wait_for(lambda: status(run_dir)["feed"]["events"] > 30_000, 60)
+    finally:
+        rc, _ = stop_daemon(daemon, log)                  # mid-stream; the publisher goes on
+    assert rc == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+    # channels 2 and 3 (instruments 2, 3, 6, 7) left out for a run
+    cfg_path.write_text(to_toml({**raw, "instruments": [x for x in raw["instruments"] if x["id"] % 4 < 2]}))
+    daemon, log = start_daemon(cfg_path, tmp_path, "daemon2")
+    try:
+        assert wait_for(lambda: live_status(run_dir)["feed"]["events"] > 20_000, 60)
+    finally:
+        rc, _ = stop_daemon(daemon, log)
+    assert rc == 0, (tmp_path / "daemon2.log").read_text()[-3000:]
+    cfg_path.write_text(to_toml(raw))
+    daemon, log = start_daemon(cfg_path, tmp_path, "daemon3")
+    try:
+        published_and_live(sim, run_dir)
+    finally:
+        rc, _ = stop_daemon(daemon, log)
+    text = (tmp_path / "daemon3.log").read_text()
+    assert rc == 0, text[-3000:]
+    assert stored_ticks(tmp_path) == (300_000, 300_000), text[-3000:]      # every event, once
+
+
 def test_a_layout_change_after_a_killed_daemon_is_refused_until_the_old_layout_ran(tmp_path, rings_of):
     """The rings a killed daemon left hold the old workers' ticks and positions: a start with the
     channels on other workers is refused (exit 2, saying what to do); the old layout starts."""
