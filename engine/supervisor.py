@@ -767,6 +767,17 @@ class Supervisor:
                     self._keys[prev[i][j]] = key
                     note = self.run_dir / f"feed-{cfg.workers[i].name}.json" if kind == "ticks" else None
                     old = self._reclaim(prev[i][j], dtype, kind, note)
+                    ours = f"{cfg.rings.prefix}-{cfg.run}-"
+                    if old is not None and not prev[i][j].startswith(ours):
+                        # (its writer's journal and signal position are under the old prefix's key:
+                        # adopted under the new one, its in-flight batch and every signal the old
+                        # writer had stored were stored again, exit 0: an adversarial pass)
+                        old.close()
+                        raise StartupError(
+                            f"rings.prefix is now '{cfg.rings.prefix}', but run '{cfg.run}' stopped (killed) leaving "
+                            f"ring {prev[i][j]} with {kind} not stored, made under another prefix: its writer's "
+                            f"state is under that prefix. Start it once with its previous rings.prefix and stop it "
+                            f"(SIGTERM), then change it")
                 want = cfg.rings.ticks_capacity if kind == "ticks" else cfg.rings.signals_capacity
                 if old is not None and old.capacity != want:
                     # (the config's capacity said nowhere not to apply: an adversarial pass)

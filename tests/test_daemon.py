@@ -382,6 +382,34 @@ def test_a_layout_change_after_a_killed_daemon_is_refused_until_the_old_layout_r
     assert out.returncode == 0, out.stderr[-3000:]
 
 
+def test_another_rings_prefix_after_a_killed_daemon_is_refused_until_the_old_one_ran(tmp_path, rings_of):
+    """Found by an adversarial pass: after a kill -9, a start with another rings.prefix adopted
+    the kept rings under the new prefix's writer state (none): the signals the old writer had
+    stored were stored again (759 rows for 552), and a batch in flight at the kill twice, exit 0.
+    Refused now (exit 2, saying what to do); the old prefix starts and stores every tick once."""
+    rings_of("reprefix")
+    cfg_path, raw = write_config(tmp_path, "reprefix")
+    run_dir = tmp_path / "state" / "reprefix"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"] and writer_pid("reprefix"))
+        publish(raw, run_dir, 50_000)
+    finally:
+        kill_daemon_and_writer(daemon, log, "reprefix", run_dir)
+    other = tmp_path / "other.toml"
+    other.write_text(to_toml({**raw, "rings": {**raw["rings"], "prefix": "twy"}}))
+    out = subprocess.run([PY, "-m", "tickwire", "run", "--config", str(other), "--duration", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "Start it once with its previous rings.prefix" in out.stderr, out.stderr
+    out = subprocess.run([PY, "-m", "tickwire", "run", "--config", str(cfg_path), "--duration", "2"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert market_events(f"chdb://{tmp_path}/state/store") == (50_000, 50_000)
+    (n, distinct), = query(f"chdb://{tmp_path}/state/store",
+                           "SELECT count(), uniqExact(seq, rule_id, instrument, ts_signal) FROM tickwire.signals")
+    assert n == distinct
+
+
 def kill_daemon_and_writer(daemon, log, run, run_dir):
     """kill -9 the daemon and its writer (its rings stay behind), and wait until neither it nor
     its worker runs."""
