@@ -81,6 +81,9 @@ _SPILL_MAGIC_V1 = b"TWSPILL1"
 #: The writer's exit status when it stopped with ticks or signals that neither the store nor the
 #: spill directory would take: they are still in their rings (the daemon keeps those).
 EXIT_UNSTORED = 3
+#: Least free space (bytes) on the embedded store's filesystem for an insert: below it, batches
+#: spill (StoreLink.disk_short). A batch of 262,144 ticks is about 16 MiB before compression.
+STORE_MIN_FREE_BYTES = 64 << 20
 #: Uncommitted share of a tick ring above which a batch whose insert is still running is spilled
 #: instead (the insert goes on; its result is no longer waited for).
 SPILL_ABOVE = 0.5
@@ -599,8 +602,9 @@ class StoreLink:
     """
 
     def __init__(self, open_store: Callable, retry_seconds: float = 1.0, insert_delay: float = 0.0,
-                 stall_seconds: float = 30.0):
+                 stall_seconds: float = 30.0, disk=None, min_free: int = STORE_MIN_FREE_BYTES):
         self.open_store = open_store
+        self.disk, self.min_free = disk, int(min_free)
         self.retry_seconds = retry_seconds
         self.insert_delay = insert_delay
         self.stall_seconds = stall_seconds
@@ -656,6 +660,10 @@ class StoreLink:
         store = self.get()
         if store is None:
             return False
+        short = self.disk_short()
+        if short:
+            self.failed(OSError(errno.ENOSPC, short))
+            return False
         if self.insert_delay:
             time.sleep(self.insert_delay)
         try:
@@ -664,6 +672,23 @@ class StoreLink:
         except Exception as exc:                # noqa: BLE001
             self.failed(exc)
             return False
+
+    def disk_short(self) -> str:
+        """What says the embedded store's filesystem (``disk``) has less than ``min_free`` bytes
+        free, else "". chDB acknowledged inserts into a disk that filled as it wrote, with parts
+        of empty files that the next open set aside as broken: ticks committed as stored and
+        lost, exit 0 (an adversarial pass). Short of room, the batch spills instead."""
+        if self.disk is None:
+            return ""
+        try:
+            st = os.statvfs(self.disk)
+        except OSError:
+            return ""                           # (a store directory gone: the insert says so)
+        free = st.f_bavail * st.f_frsize
+        if free >= self.min_free:
+            return ""
+        return (f"the store's disk ({self.disk}) has {free / 2**20:.1f} MiB free, below the "
+                f"{self.min_free / 2**20:.0f} MiB kept spare")
 
     def failed(self, exc) -> None:
         from tickwire.engine.store import redact
@@ -1708,7 +1733,9 @@ def main(argv=None) -> int:
         store.prepare_writes()                           # not while the first batch waits
         return store
 
-    link = StoreLink(open_store, insert_delay=args.debug_insert_delay, stall_seconds=args.store_stall_seconds)
+    disk = args.dsn[len("chdb://"):] if args.dsn.startswith("chdb://") else None
+    link = StoreLink(open_store, insert_delay=args.debug_insert_delay, stall_seconds=args.store_stall_seconds,
+                     disk=disk or None)
     try:                                      # connect (and create the schema) before attaching,
         if link.submit(link.get).result(timeout=args.store_stall_seconds) is None:    # within a bound
             log.error("%s: will spill until the store answers", link.last_error)

@@ -582,6 +582,40 @@ def test_a_producer_closing_mid_step_during_an_outage_ends_the_writer_cleanly(tm
     assert_exactly_once(dsn, ev)
 
 
+def test_a_store_disk_short_of_room_spills_and_the_spill_is_stored_once_there_is_room(tmp_path, tiny_disk):
+    """Found by an adversarial pass: chDB acknowledged inserts into a disk that filled as it
+    wrote, with parts of empty files that the next open set aside as broken: ticks committed as
+    stored and gone, "every tick and signal stored", exit 0. The writer now takes an embedded
+    store's disk with less than min_free bytes free for an outage: the batches spill, said in
+    last_error, and are stored once there is room again."""
+    disk = tiny_disk(tmp_path / "store", size="96m")
+    name, dsn = ring_name(), f"chdb://{disk}"
+    ev = l2_updates(6_000, seed=23, instruments=2)
+    link = StoreLink(lambda: Store.open(dsn), retry_seconds=0.05, disk=disk, min_free=48 << 20)
+    with Ring.create(name, EVENT_DTYPE, 1 << 14) as ring:
+        writer = TickWriter(link, Ring.attach(name, EVENT_DTYPE), tmp_path / "state", epoch=5, batch_rows=1000,
+                            batch_seconds=0.01, retry_seconds=0.05)
+        ring.push_many(ev[:2000])
+        deadline = time.monotonic() + 60
+        while writer.metrics["rows_written"] < 2000:
+            assert writer.step(0.01) and time.monotonic() < deadline, writer.metrics
+        st = os.statvfs(disk)
+        with open(disk / "filler", "wb") as f:            # 16 MiB left: short of the 48 kept spare
+            f.write(bytes(st.f_bavail * st.f_frsize - (16 << 20)))
+        ring.push_many(ev[2000:4000])
+        while writer.metrics["rows_spilled"] < 2000:
+            assert writer.step(0.01) and time.monotonic() < deadline, writer.metrics
+        assert link.outage and "MiB kept spare" in link.last_error and writer.metrics["rows_written"] == 2000
+        (disk / "filler").unlink()                        # room again: the spill goes in, then the rest
+        ring.push_many(ev[4000:])
+        while writer.metrics["rows_written"] < len(ev) or writer.metrics["spill_files"]:
+            assert writer.step(0.01) and time.monotonic() < deadline, writer.metrics
+        ring.close()
+        writer.run()
+    link.close()
+    assert_exactly_once(dsn, ev)
+
+
 def test_spill_files_of_an_earlier_stream_keep_their_names_and_are_replayed(tmp_path):
     """A stream's spill files outlive its ring when the store was down at its end; a ring of the
     next run starts again at position 0 and spills too: its files must not take the old names
