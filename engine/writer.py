@@ -82,7 +82,7 @@ _SPILL_MAGIC_V1 = b"TWSPILL1"
 #: spill directory would take: they are still in their rings (the daemon keeps those).
 EXIT_UNSTORED = 3
 #: Least free space (bytes) on the embedded store's filesystem for an insert: below it, batches
-#: spill (StoreLink.disk_short). A batch of 262,144 ticks is about 16 MiB before compression.
+#: spill (StoreLink.disk_problem). A batch of 262,144 ticks is about 16 MiB before compression.
 STORE_MIN_FREE_BYTES = 64 << 20
 #: Uncommitted share of a tick ring above which a batch whose insert is still running is spilled
 #: instead (the insert goes on; its result is no longer waited for).
@@ -591,6 +591,10 @@ class _StoreThread:
         return not self._thread.is_alive()
 
 
+class StoreDiskProblem(OSError):
+    """The embedded store's directory cannot take an insert (StoreLink.disk_problem)."""
+
+
 class StoreLink:
     """The writer process's one connection to the store, shared by its tick and signal sources.
 
@@ -605,6 +609,7 @@ class StoreLink:
                  stall_seconds: float = 30.0, disk=None, min_free: int = STORE_MIN_FREE_BYTES):
         self.open_store = open_store
         self.disk, self.min_free = disk, int(min_free)
+        self._disk_id = None                    # (st_dev, st_ino) of the store directory first seen
         self.retry_seconds = retry_seconds
         self.insert_delay = insert_delay
         self.stall_seconds = stall_seconds
@@ -649,10 +654,6 @@ class StoreLink:
             except Exception as exc:            # noqa: BLE001 - any failure is an outage
                 self.failed(exc)
                 return None
-            if self.outage:
-                log.warning("store reachable again")
-            self.outage = False
-            self._logged = False
         return self.store
 
     def insert(self, method: str, *args, **kwargs) -> bool:
@@ -660,30 +661,51 @@ class StoreLink:
         store = self.get()
         if store is None:
             return False
-        short = self.disk_short()
-        if short:
-            self.failed(OSError(errno.ENOSPC, short))
+        problem = self.disk_problem()
+        if problem:
+            self.failed(StoreDiskProblem(problem))
             return False
         if self.insert_delay:
             time.sleep(self.insert_delay)
         try:
             getattr(store, method)(*args, **kwargs)
-            return True
         except Exception as exc:                # noqa: BLE001
             self.failed(exc)
             return False
+        # (back once an insert goes in, not once it opens: a store whose disk was full opened
+        # each second and failed its insert, "unavailable" and "reachable again" a second apart,
+        # where the outage is said once: an adversarial pass)
+        if self.outage:
+            log.warning("store reachable again")
+        self.outage = False
+        self._logged = False
+        return True
 
-    def disk_short(self) -> str:
-        """What says the embedded store's filesystem (``disk``) has less than ``min_free`` bytes
-        free, else "". chDB acknowledged inserts into a disk that filled as it wrote, with parts
-        of empty files that the next open set aside as broken: ticks committed as stored and
-        lost, exit 0 (an adversarial pass). Short of room, the batch spills instead."""
+    def disk_problem(self) -> str:
+        """What says the embedded store's directory (``disk``) cannot take an insert, else "":
+        its filesystem has less than ``min_free`` bytes free (chDB acknowledged inserts into a
+        disk that filled as it wrote, with parts of empty files that the next open set aside as
+        broken: ticks committed as stored and lost, exit 0: an adversarial pass), or it is not
+        the directory first seen. Either way the batch spills instead."""
         if self.disk is None:
             return ""
+        # the directory itself, as first seen: removed (rm -rf) or replaced while the writer ran,
+        # chDB went on inserting into what it had open, nothing said, and a fresh open found no
+        # database (an adversarial pass). An outage until the daemon is started again
+        try:
+            d = os.stat(self.disk)
+        except OSError:
+            d = None
+        ident = (d.st_dev, d.st_ino) if d is not None else None
+        if self._disk_id is None and ident is not None:
+            self._disk_id = ident
+        if ident is None or ident != self._disk_id:
+            return (f"the store directory {self.disk} was removed or replaced while the writer ran: what it held "
+                    f"is not there; spilling until the daemon is started again")
         try:
             st = os.statvfs(self.disk)
         except OSError:
-            return ""                           # (a store directory gone: the insert says so)
+            return ""
         free = st.f_bavail * st.f_frsize
         if free >= self.min_free:
             return ""

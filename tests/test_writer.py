@@ -616,6 +616,34 @@ def test_a_store_disk_short_of_room_spills_and_the_spill_is_stored_once_there_is
     assert_exactly_once(dsn, ev)
 
 
+def test_a_store_directory_removed_while_the_writer_runs_is_an_outage(tmp_path):
+    """Found by an adversarial pass: `rm -rf` of the embedded store's directory mid-run and the
+    writer went on inserting into what chDB had open (a fresh open found no database), rows
+    written, no outage, "every tick and signal stored", exit 0. It is an outage now: what
+    follows spills and stays spilled, said in last_error."""
+    import shutil
+
+    name, store = ring_name(), tmp_path / "store"
+    store.mkdir()
+    ev = l2_updates(4_000, seed=29, instruments=2)
+    link = StoreLink(lambda: Store.open(f"chdb://{store}"), retry_seconds=0.05, disk=store)
+    with Ring.create(name, EVENT_DTYPE, 1 << 14) as ring:
+        writer = TickWriter(link, Ring.attach(name, EVENT_DTYPE), tmp_path / "state", epoch=5, batch_rows=1000,
+                            batch_seconds=0.01, retry_seconds=0.05)
+        ring.push_many(ev[:2000])
+        deadline = time.monotonic() + 60
+        while writer.metrics["rows_written"] < 2000:
+            assert writer.step(0.01) and time.monotonic() < deadline, writer.metrics
+        shutil.rmtree(store)
+        ring.push_many(ev[2000:])
+        while writer.metrics["rows_spilled"] < 2000:
+            assert writer.step(0.01) and time.monotonic() < deadline, writer.metrics
+        assert link.outage and "was removed or replaced while the writer ran" in link.last_error
+        assert writer.metrics["rows_written"] == 2000
+        ring.close()
+    link.close()
+
+
 def test_spill_files_of_an_earlier_stream_keep_their_names_and_are_replayed(tmp_path):
     """A stream's spill files outlive its ring when the store was down at its end; a ring of the
     next run starts again at position 0 and spills too: its files must not take the old names
