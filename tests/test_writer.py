@@ -582,6 +582,13 @@ def test_a_producer_closing_mid_step_during_an_outage_ends_the_writer_cleanly(tm
     assert_exactly_once(dsn, ev)
 
 
+def steps_until(writer, ring, events, metric, n, deadline):
+    """Push ``events`` into ``ring``, then step ``writer`` until its ``metric`` reaches ``n``."""
+    ring.push_many(events)
+    while writer.metrics[metric] < n:
+        assert writer.step(0.01) and time.monotonic() < deadline, writer.metrics
+
+
 def test_a_store_disk_short_of_room_spills_and_the_spill_is_stored_once_there_is_room(tmp_path, tiny_disk):
     """Found by an adversarial pass: chDB acknowledged inserts into a disk that filled as it
     wrote, with parts of empty files that the next open set aside as broken: ticks committed as
@@ -595,16 +602,12 @@ def test_a_store_disk_short_of_room_spills_and_the_spill_is_stored_once_there_is
     with Ring.create(name, EVENT_DTYPE, 1 << 14) as ring:
         writer = TickWriter(link, Ring.attach(name, EVENT_DTYPE), tmp_path / "state", epoch=5, batch_rows=1000,
                             batch_seconds=0.01, retry_seconds=0.05)
-        ring.push_many(ev[:2000])
         deadline = time.monotonic() + 60
-        while writer.metrics["rows_written"] < 2000:
-            assert writer.step(0.01) and time.monotonic() < deadline, writer.metrics
+        steps_until(writer, ring, ev[:2000], "rows_written", 2000, deadline)
         st = os.statvfs(disk)
         with open(disk / "filler", "wb") as f:            # 16 MiB left: short of the 48 kept spare
             f.write(bytes(st.f_bavail * st.f_frsize - (16 << 20)))
-        ring.push_many(ev[2000:4000])
-        while writer.metrics["rows_spilled"] < 2000:
-            assert writer.step(0.01) and time.monotonic() < deadline, writer.metrics
+        steps_until(writer, ring, ev[2000:4000], "rows_spilled", 2000, deadline)
         assert link.outage and "MiB kept spare" in link.last_error and writer.metrics["rows_written"] == 2000
         (disk / "filler").unlink()                        # room again: the spill goes in, then the rest
         ring.push_many(ev[4000:])
@@ -630,14 +633,10 @@ def test_a_store_directory_removed_while_the_writer_runs_is_an_outage(tmp_path):
     with Ring.create(name, EVENT_DTYPE, 1 << 14) as ring:
         writer = TickWriter(link, Ring.attach(name, EVENT_DTYPE), tmp_path / "state", epoch=5, batch_rows=1000,
                             batch_seconds=0.01, retry_seconds=0.05)
-        ring.push_many(ev[:2000])
         deadline = time.monotonic() + 60
-        while writer.metrics["rows_written"] < 2000:
-            assert writer.step(0.01) and time.monotonic() < deadline, writer.metrics
+        steps_until(writer, ring, ev[:2000], "rows_written", 2000, deadline)
         shutil.rmtree(store)
-        ring.push_many(ev[2000:])
-        while writer.metrics["rows_spilled"] < 2000:
-            assert writer.step(0.01) and time.monotonic() < deadline, writer.metrics
+        steps_until(writer, ring, ev[2000:], "rows_spilled", 2000, deadline)
         assert link.outage and "was removed or replaced while the writer ran" in link.last_error
         assert writer.metrics["rows_written"] == 2000
         ring.close()
