@@ -45,6 +45,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -693,26 +694,35 @@ class Supervisor:
 
         old, new = owners(prev), owners(self.cfg)
         notes = {}
-        for name in set(old.values()) | {w.name for w in prev.workers}:
+        for p in sorted(self.run_dir.glob("feed-*.json")):       # (every note: a worker's removed too)
             try:
-                notes[name] = json.loads((self.run_dir / f"feed-{name}.json").read_text())
+                notes[p.name[len("feed-"):-len(".json")]] = json.loads(p.read_text())
             except (OSError, ValueError):
                 pass
         # a channel no worker served at the previous start is where a note kept it (workers keep
-        # the points of channels left out of the config for a while)
+        # the points of channels left out of the config for a while); in two notes, the one
+        # furthest on
+        point, owned = {}, set(old)
         for name, note in notes.items():
-            for c in note.get("channels", {}):
-                old.setdefault(int(c), name)
+            for c, p in note.get("channels", {}).items():
+                c, p = int(c), tuple(int(x) for x in p)
+                if c not in owned and (c not in old or p > point[c]):
+                    old[c], point[c] = name, p
+        served = {w.name for w in self.cfg.workers}
         moved = sorted(c for c in new if old.get(c, new[c]) != new[c])
-        if not moved or not notes:
+        # the note of a worker no longer configured, still holding channels: merged into the first
+        # worker's (left as it was, its channels came back later joined afresh: a review)
+        gone = sorted(n for n, note in notes.items() if n not in served and note.get("channels"))
+        if not (moved or gone):
             return
         left = [n for pair in self._previous_rings() for n in pair if os.path.exists(f"/dev/shm/{n}")]
+        if left and not moved:
+            return                                     # (the notes go with the rings' positions: later)
         if left:
             raise StartupError(
                 f"feed channels {moved} are on other workers than at the previous start of run '{self.cfg.run}', "
                 f"which stopped leaving its rings ({', '.join(left)}): their ticks and positions are the old workers'. "
                 f"Start it once with its previous worker layout and stop it (SIGTERM), then with the new one")
-        served = {w.name for w in self.cfg.workers}
         for k, w in enumerate(self.cfg.workers):
             mine = {i % self.cfg.feeds.channels for i in w.instruments}
             own = notes.get(w.name, {})
@@ -733,10 +743,16 @@ class Supervisor:
                 if c in src.get("ended", []):
                     note["ended"].append(c)
             write_note(self.run_dir / f"feed-{w.name}.json", note)
-        for name in set(notes) - {w.name for w in self.cfg.workers}:
+        for name in set(notes) - served:
             (self.run_dir / f"feed-{name}.json").unlink(missing_ok=True)
-        log.warning("feed channels %s are on other workers than at the previous start: their tick histories "
-                    "moved with them (%s)", moved, ", ".join(f"channel {c}: {old.get(c)} -> {new[c]}" for c in moved))
+        if moved:
+            log.warning("feed channels %s are on other workers than at the previous start: their tick histories "
+                        "moved with them (%s)", moved,
+                        ", ".join(f"channel {c}: {old.get(c)} -> {new[c]}" for c in moved))
+        if gone:
+            log.info("the history notes of workers no longer configured (%s) went to the workers that serve their "
+                     "channels now (or to %s, for channels no worker serves)", ", ".join(gone),
+                     self.cfg.workers[0].name)
 
     def _make_rings(self) -> list[tuple[str, str]]:
         """The rings of this daemon run: those an earlier start left with data to store are
@@ -767,14 +783,15 @@ class Supervisor:
                     self._keys[prev[i][j]] = key
                     note = self.run_dir / f"feed-{cfg.workers[i].name}.json" if kind == "ticks" else None
                     old = self._reclaim(prev[i][j], dtype, kind, note)
-                    ours = f"{cfg.rings.prefix}-{cfg.run}-"
-                    if old is not None and not prev[i][j].startswith(ours):
+                    ours = re.fullmatch(rf"{re.escape(cfg.rings.prefix)}-{re.escape(cfg.run)}-(?:[0-9a-f]{{16}}-)?"
+                                        rf"(?:ticks|signals)-\d+", prev[i][j])
+                    if old is not None and not ours:
                         # (its writer's journal and signal position are under the old prefix's key:
                         # adopted under the new one, its in-flight batch and every signal the old
                         # writer had stored were stored again, exit 0: an adversarial pass)
                         old.close()
                         raise StartupError(
-                            f"rings.prefix is now '{cfg.rings.prefix}', but run '{cfg.run}' stopped (killed) leaving "
+                            f"rings.prefix is now '{cfg.rings.prefix}', but run '{cfg.run}' stopped leaving "
                             f"ring {prev[i][j]} with {kind} not stored, made under another prefix: its writer's "
                             f"state is under that prefix. Start it once with its previous rings.prefix and stop it "
                             f"(SIGTERM), then change it")

@@ -654,16 +654,24 @@ class StoreLink:
             except Exception as exc:            # noqa: BLE001 - any failure is an outage
                 self.failed(exc)
                 return None
+            if self.disk is not None and self._disk_id is None:
+                try:                            # (the directory it opened: replaced later, an outage)
+                    d = os.stat(self.disk)
+                    self._disk_id = (d.st_dev, d.st_ino)
+                except OSError:
+                    pass
         return self.store
 
     def insert(self, method: str, *args, **kwargs) -> bool:
         """``store.<method>(*args, **kwargs)``; False (and an outage) when it failed (store thread only)."""
+        # the disk first, and the store left open: closed, each retry's open wrote its schema
+        # checks and an instruments part into the disk found short (a review)
+        problem = self.disk_problem(sum(getattr(a, "nbytes", 0) for a in args))
+        if problem:
+            self.failed(StoreDiskProblem(problem), close=False)
+            return False
         store = self.get()
         if store is None:
-            return False
-        problem = self.disk_problem()
-        if problem:
-            self.failed(StoreDiskProblem(problem))
             return False
         if self.insert_delay:
             time.sleep(self.insert_delay)
@@ -681,12 +689,13 @@ class StoreLink:
         self._logged = False
         return True
 
-    def disk_problem(self) -> str:
-        """What says the embedded store's directory (``disk``) cannot take an insert, else "":
-        its filesystem has less than ``min_free`` bytes free (chDB acknowledged inserts into a
-        disk that filled as it wrote, with parts of empty files that the next open set aside as
-        broken: ticks committed as stored and lost, exit 0: an adversarial pass), or it is not
-        the directory first seen. Either way the batch spills instead."""
+    def disk_problem(self, nbytes: int = 0) -> str:
+        """What says the embedded store's directory (``disk``) cannot take an insert of ``nbytes``
+        (raw), else "": its filesystem has less free than ``min_free`` or four times the batch
+        (chDB acknowledged inserts into a disk that filled as it wrote, with parts of empty files
+        that the next open set aside as broken: ticks committed as stored and lost, exit 0: an
+        adversarial pass), or it is not the directory opened. Either way the batch spills
+        instead. A margin, not a guarantee: merges and other writers share the disk."""
         if self.disk is None:
             return ""
         # the directory itself, as first seen: removed (rm -rf) or replaced while the writer ran,
@@ -697,27 +706,25 @@ class StoreLink:
         except OSError:
             d = None
         ident = (d.st_dev, d.st_ino) if d is not None else None
-        if self._disk_id is None and ident is not None:
-            self._disk_id = ident
-        if ident is None or ident != self._disk_id:
+        if ident is None or (self._disk_id is not None and ident != self._disk_id):
             return (f"the store directory {self.disk} was removed or replaced while the writer ran: what it held "
                     f"is not there; spilling until the daemon is started again")
         try:
             st = os.statvfs(self.disk)
         except OSError:
             return ""
-        free = st.f_bavail * st.f_frsize
-        if free >= self.min_free:
+        free, spare = st.f_bavail * st.f_frsize, max(self.min_free, 4 * nbytes)
+        if free >= spare:
             return ""
         return (f"the store's disk ({self.disk}) has {free / 2**20:.1f} MiB free, below the "
-                f"{self.min_free / 2**20:.0f} MiB kept spare")
+                f"{spare / 2**20:.0f} MiB kept spare")
 
-    def failed(self, exc) -> None:
+    def failed(self, exc, close: bool = True) -> None:
         from tickwire.engine.store import redact
 
         self.outage = True
         self._down_until = time.monotonic() + self.retry_seconds
-        if self.store is not None:
+        if close and self.store is not None:
             try:
                 self.store.close()
             except Exception:                   # noqa: BLE001 - it is already failing

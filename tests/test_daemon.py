@@ -382,6 +382,41 @@ def test_a_layout_change_after_a_killed_daemon_is_refused_until_the_old_layout_r
     assert out.returncode == 0, out.stderr[-3000:]
 
 
+def test_channels_of_a_worker_removed_for_a_run_resume_where_they_were(tmp_path):
+    """A review: a worker removed with its instruments for a run left its note behind, never
+    read again, so its channels came back joined afresh (a hole, nothing counted, exit 0). Its
+    note now goes to the first worker's, and the channels resume where they were."""
+    first = [{"name": "a", "cpu": 1, "instruments": [0, 2, 4, 6]}, {"name": "b", "cpu": 0, "instruments": [1, 3, 5, 7]}]
+    cfg_path, raw = write_config(tmp_path, "dropb", workers=first)
+    run_dir = tmp_path / "state" / "dropb"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        assert wait_for(lambda: status(run_dir, 0)["pid"] and status(run_dir, 1)["pid"])
+        sim = start_sim(raw, 300_000, 30_000)
+        assert wait_for(lambda: status(run_dir, 1)["feed"]["events"] > 15_000, 60)
+    finally:
+        rc, _ = stop_daemon(daemon, log)                  # mid-stream; the publisher goes on
+    assert rc == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+    only_a = {**raw, "workers": first[:1], "instruments": [x for x in raw["instruments"] if x["id"] % 2 == 0]}
+    cfg_path.write_text(to_toml(only_a))
+    daemon, log = start_daemon(cfg_path, tmp_path, "daemon2")
+    try:
+        assert wait_for(lambda: live_status(run_dir)["feed"]["events"] > 15_000, 60)
+    finally:
+        rc, _ = stop_daemon(daemon, log)
+    assert rc == 0, (tmp_path / "daemon2.log").read_text()[-3000:]
+    cfg_path.write_text(to_toml({**raw, "workers": [{**first[0], "instruments": "all"}]}))
+    daemon, log = start_daemon(cfg_path, tmp_path, "daemon3")
+    try:
+        published_and_live(sim, run_dir)
+    finally:
+        rc, _ = stop_daemon(daemon, log)
+    text = (tmp_path / "daemon3.log").read_text()
+    assert rc == 0, text[-3000:]
+    assert stored_ticks(tmp_path) == (300_000, 300_000), text[-3000:]      # every event, once
+    assert not (run_dir / "feed-b.json").exists()
+
+
 def test_another_rings_prefix_after_a_killed_daemon_is_refused_until_the_old_one_ran(tmp_path, rings_of):
     """Found by an adversarial pass: after a kill -9, a start with another rings.prefix adopted
     the kept rings under the new prefix's writer state (none): the signals the old writer had
