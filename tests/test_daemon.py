@@ -320,38 +320,45 @@ def test_a_run_started_again_with_its_channels_on_other_workers_stores_every_tic
     assert "their tick histories moved with them" in text, text[-3000:]
 
 
+def three_runs(tmp_path, cfg_path, raw, run, middle, last, watch=0):
+    """Run ``run`` (config ``raw``) while a simulator publishes 300,000 events, stop it (SIGTERM)
+    mid-stream, run it with ``middle``, stop it, then with ``last`` to the end of the stream:
+    then every event must be stored once. ``watch``: the worker whose progress paces the first
+    run."""
+    run_dir = tmp_path / "state" / run
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        assert wait_for(lambda: all(status(run_dir, i)["pid"] for i in range(len(raw["workers"]))))
+        sim = start_sim(raw, 300_000, 30_000)
+        assert wait_for(lambda: status(run_dir, watch)["feed"]["events"] > 15_000, 60)
+    finally:
+        rc, _ = stop_daemon(daemon, log)                  # mid-stream; the publisher goes on
+    assert rc == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+    for k, cfg in ((2, middle), (3, last)):
+        cfg_path.write_text(to_toml(cfg))
+        daemon, log = start_daemon(cfg_path, tmp_path, f"daemon{k}")
+        try:
+            if k == 2:
+                assert wait_for(lambda: live_status(run_dir)["feed"]["events"] > 15_000, 60)
+            else:
+                published_and_live(sim, run_dir)
+        finally:
+            rc, _ = stop_daemon(daemon, log)
+        text = (tmp_path / f"daemon{k}.log").read_text()
+        assert rc == 0, text[-3000:]
+    assert stored_ticks(tmp_path) == (300_000, 300_000), text[-3000:]      # every event, once
+    return run_dir
+
+
 def test_channels_left_out_of_the_config_for_a_run_resume_where_they_were(tmp_path):
     """Found by an adversarial pass: a run started once without some instruments (their channels
     served by no worker), then again with them, joined those channels afresh: the worker's
     history note had dropped their points. 378,221 of 2,500,000 events never stored, nothing
     counted lost, every stop "every tick and signal stored", exit 0. The note keeps them."""
     cfg_path, raw = write_config(tmp_path, "subset")
-    run_dir = tmp_path / "state" / "subset"
-    daemon, log = start_daemon(cfg_path, tmp_path)
-    try:
-        assert wait_for(lambda: status(run_dir)["pid"])
-        sim = start_sim(raw, 300_000, 30_000)
-        assert wait_for(lambda: status(run_dir)["feed"]["events"] > 30_000, 60)
-    finally:
-        rc, _ = stop_daemon(daemon, log)                  # mid-stream; the publisher goes on
-    assert rc == 0, (tmp_path / "daemon.log").read_text()[-3000:]
     # channels 2 and 3 (instruments 2, 3, 6, 7) left out for a run
-    cfg_path.write_text(to_toml({**raw, "instruments": [x for x in raw["instruments"] if x["id"] % 4 < 2]}))
-    daemon, log = start_daemon(cfg_path, tmp_path, "daemon2")
-    try:
-        assert wait_for(lambda: live_status(run_dir)["feed"]["events"] > 20_000, 60)
-    finally:
-        rc, _ = stop_daemon(daemon, log)
-    assert rc == 0, (tmp_path / "daemon2.log").read_text()[-3000:]
-    cfg_path.write_text(to_toml(raw))
-    daemon, log = start_daemon(cfg_path, tmp_path, "daemon3")
-    try:
-        published_and_live(sim, run_dir)
-    finally:
-        rc, _ = stop_daemon(daemon, log)
-    text = (tmp_path / "daemon3.log").read_text()
-    assert rc == 0, text[-3000:]
-    assert stored_ticks(tmp_path) == (300_000, 300_000), text[-3000:]      # every event, once
+    three_runs(tmp_path, cfg_path, raw, "subset", {**raw, "instruments": [x for x in raw["instruments"]
+                                                                          if x["id"] % 4 < 2]}, raw)
 
 
 def test_a_layout_change_after_a_killed_daemon_is_refused_until_the_old_layout_ran(tmp_path, rings_of):
@@ -388,32 +395,9 @@ def test_channels_of_a_worker_removed_for_a_run_resume_where_they_were(tmp_path)
     note now goes to the first worker's, and the channels resume where they were."""
     first = [{"name": "a", "cpu": 1, "instruments": [0, 2, 4, 6]}, {"name": "b", "cpu": 0, "instruments": [1, 3, 5, 7]}]
     cfg_path, raw = write_config(tmp_path, "dropb", workers=first)
-    run_dir = tmp_path / "state" / "dropb"
-    daemon, log = start_daemon(cfg_path, tmp_path)
-    try:
-        assert wait_for(lambda: status(run_dir, 0)["pid"] and status(run_dir, 1)["pid"])
-        sim = start_sim(raw, 300_000, 30_000)
-        assert wait_for(lambda: status(run_dir, 1)["feed"]["events"] > 15_000, 60)
-    finally:
-        rc, _ = stop_daemon(daemon, log)                  # mid-stream; the publisher goes on
-    assert rc == 0, (tmp_path / "daemon.log").read_text()[-3000:]
     only_a = {**raw, "workers": first[:1], "instruments": [x for x in raw["instruments"] if x["id"] % 2 == 0]}
-    cfg_path.write_text(to_toml(only_a))
-    daemon, log = start_daemon(cfg_path, tmp_path, "daemon2")
-    try:
-        assert wait_for(lambda: live_status(run_dir)["feed"]["events"] > 15_000, 60)
-    finally:
-        rc, _ = stop_daemon(daemon, log)
-    assert rc == 0, (tmp_path / "daemon2.log").read_text()[-3000:]
-    cfg_path.write_text(to_toml({**raw, "workers": [{**first[0], "instruments": "all"}]}))
-    daemon, log = start_daemon(cfg_path, tmp_path, "daemon3")
-    try:
-        published_and_live(sim, run_dir)
-    finally:
-        rc, _ = stop_daemon(daemon, log)
-    text = (tmp_path / "daemon3.log").read_text()
-    assert rc == 0, text[-3000:]
-    assert stored_ticks(tmp_path) == (300_000, 300_000), text[-3000:]      # every event, once
+    run_dir = three_runs(tmp_path, cfg_path, raw, "dropb", only_a,
+                         {**raw, "workers": [{**first[0], "instruments": "all"}]}, watch=1)
     assert not (run_dir / "feed-b.json").exists()
 
 
