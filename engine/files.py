@@ -200,8 +200,9 @@ def dir_problem(d, what: str = "directory", action: str = "refusing to start", *
     """Why the existing directory ``d`` is no safe place for files a daemon (perhaps root) writes
     and later trusts, or None: it must be this user's and not writable by its group or others,
     and every directory above it this user's or root's, not writable by group or others unless
-    sticky (a group of this user's alone, as a umask of 002 makes checkouts, counts as this user) (whoever can rename an entry on the way can put a directory of theirs in its place,
-    their symlinks in it); no symlink on the way may be another user's. The text names the
+    sticky (whoever can rename an entry on the way can put a directory of theirs in its place,
+    their symlinks in it; a group of this user's alone, as a umask of 002 makes checkouts,
+    counts as this user); no symlink on the way may be another user's. The text names the
     directory, its owner and mode, says ``action`` and what to do; OSError when ``d`` cannot be
     looked at (it does not exist, say). ``root_ok``: ``d`` itself may be root's too (a log
     directory such as /var/log).

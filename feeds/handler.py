@@ -711,7 +711,7 @@ class FeedHandler:
         """Whether a message of the followed epoch says anything past what was received."""
         if h.type == MsgType.HEARTBEAT:
             return h.seq >= c.next_seq
-        return h.seq + (0 if events is None else len(events)) > c.next_seq or h.seq >= c.next_seq
+        return h.seq + max(0 if events is None else len(events), 1) > c.next_seq    # (none: at or past it)
 
     def _keep_early(self, c: _Channel, h, events) -> None:
         c.early.append((h, events, self._arrival))
