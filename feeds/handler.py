@@ -691,7 +691,7 @@ class FeedHandler:
             return 0
         if h.epoch > c.epoch:
             return self._newer_epoch(c, h, events)
-        if c.silent and c.state is ChannelState.STALE and not self._news(c, h, events):
+        if c.silent and c.book_ok and c.state is ChannelState.STALE and not self._news(c, h, events):
             # a copy or a replay while the channel is silent is no sign the publisher is back:
             # it resumed the channel LIVE, in sync and frozen, at each copy a replayer sent (a review)
             self.receiver.count_drop(Drop.DUPLICATE)
@@ -729,7 +729,10 @@ class FeedHandler:
         if h.type == MsgType.HEARTBEAT:
             if h.seq > c.hb_seq:
                 c.hb_seq, c.hb_arrival = h.seq, arrival
-            if h.flags & WireFlag.END:
+            if h.flags & WireFlag.END and h.seq >= max(c.hb_seq, c.store_next or 0) and not any(
+                    r.end > h.seq for r in c.held):
+                # (an END behind what was received is a copy: taken, it moved where the epoch
+                # ended back, and the channel was no longer said ended, a review)
                 c.end_seq = h.seq
             return
         if events is None or not len(events):
@@ -898,6 +901,7 @@ class FeedHandler:
         if c.store_next is not None and c.store_next < end:
             c.store_next = max(c.store_next, end)
         if book and c.book_ok and c.next_seq < end:
+            c.silent = False                         # (out of sync now: a resume needs a snapshot)
             if c.in_sync:
                 self._mark(c, Flag.SNAPSHOT | Flag.STALE)
             if self._dealer is None:
@@ -1016,6 +1020,9 @@ class FeedHandler:
         c.hb_seq = 0
         c.end_seq = None
         c.hole_since = None
+        # no longer silent in sync: the new epoch's messages were dropped as copies of the old
+        # one's (their sequence numbers behind its next_seq) while a failed snapshot waited (a review)
+        c.silent = False
         c.epoch = epoch
         c.store_next = 1
         if self._dealer is None:
@@ -1181,7 +1188,8 @@ class FeedHandler:
                     rest.append((h, events))
         else:
             forged = sum(1 for s in suspects if s[0].epoch == req.epoch)
-            self.receiver.count_drop(Drop.IMPLAUSIBLE, max(forged, 1))
+            if forged:                               # (one not held was counted on arrival)
+                self.receiver.count_drop(Drop.IMPLAUSIBLE, forged)
             self._log_once("implausible-epoch", logging.WARNING,
                            "channel %d: messages of an epoch the publisher does not have dropped as forged", c.id)
             rest = [(h, ev) for h, ev, _ in suspects if h.epoch != req.epoch and h.epoch > (c.epoch or 0)]
@@ -1340,12 +1348,15 @@ class FeedHandler:
             # history is asked for from sequence 1.
             c.probe = None
             suspects, c.suspects = c.suspects, []
-            self.receiver.count_drop(Drop.IMPLAUSIBLE, max(len(suspects), 1))
+            if suspects:                             # (one not held was counted on arrival)
+                self.receiver.count_drop(Drop.IMPLAUSIBLE, len(suspects))
             self._log_once(f"unverified-{c.id}", logging.ERROR,
                            "channel %d: messages of a new publisher epoch could not be verified (the recovery "
                            "service did not answer): dropped; the epoch is followed once the service confirms it",
                            c.id)
-            return 0
+            # a channel that waited on the probe alone goes on (it stayed FILLING until its next
+            # message, a review); a stale one resumes only on news of its own epoch
+            return 0 if c.state is ChannelState.STALE else self._settle(c)
         c.fill = None
         c.hole_since = None
         self._counters["recovery_failures"] += 1
