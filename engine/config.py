@@ -595,6 +595,7 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
 
     # rules
     rules = parse_rules(raw.get("rules", []), seen_ids)
+    check_rule_counts(rules, stats)
 
     # store
     st = _table(raw, "store")
@@ -813,6 +814,27 @@ def parse_rules(rules_raw, seen_ids=None) -> list:
             key = next((k for k in ("exit", "enter", "min_count", "instruments") if f"{k} " in str(exc)), None)
             raise ConfigError(f"config error: rules[{i}]{'.' + key if key else ''}: {exc}") from None
     return rules
+
+
+#: the rules whose min_count is of a window's samples: mid (zscore, ewma_cross), spread, trades (vwap)
+_COUNTED = {"zscore": "window", "ewma_cross": "window", "spread": "window", "vwap": "trade_window"}
+
+
+def check_rule_counts(rules, stats) -> None:
+    """ConfigError for a rule whose ``min_count`` is more samples than its window can hold (a
+    count window's size, a time window's ``max_capacity``): it could never fire, accepted unsaid
+    (an adversarial pass)."""
+    for i, r in enumerate(rules):
+        which = _COUNTED.get(r.kind)
+        if which is None:
+            continue
+        if getattr(stats, which) == "count":
+            most, what = getattr(stats, f"{which}_size"), f"stats.{which}_size"
+        else:
+            most, what = 1 << (stats.max_capacity - 1).bit_length(), "stats.max_capacity (rounded up to a power of two)"
+        if r.min_count > most:
+            raise ConfigError(f"config error: rules[{i}].min_count: {r.min_count} samples, but its window holds at "
+                              f"most {most} ({what}): the rule could never fire")
 
 
 def load(path) -> Config:

@@ -124,6 +124,8 @@ class Collector:
             ("future_stamps", "future_stamps", "statistics updates whose event was stamped (ts_event) more than a "
                                                "day after its receipt (ts_recv) and its instrument's previous "
                                                "update: a bad stamp, for which no time passed (docs/engine.md)"),
+            ("window_dropped", "window_dropped_samples", "samples the time windows let go early, full at "
+                                                         "stats.max_capacity: statistics over less than the window"),
             ("ring_waits", "tick_ring_waits", "times the engine waited for room in a full tick ring (back-pressure)"),
             ("restarts", "worker_restarts", "times the supervisor restarted the worker"),
             ("stall_restarts", "worker_stall_restarts", "times the supervisor killed the worker to restart it "
@@ -179,6 +181,7 @@ class Collector:
             c["uncounted_losses"].add_metric([w], st.get("history", {}).get("uncounted_losses", 0))
             c["ring_waits"].add_metric([w], st["counts"].get("tick_ring_waits", 0))
             c["future_stamps"].add_metric([w], st.get("future_stamps", 0))
+            c["window_dropped"].add_metric([w], st.get("window_dropped", 0))
             for reason in drop_reasons:
                 drops.add_metric([w, reason], feed["drops"].get(reason, 0))
             for reason in reject_reasons:

@@ -58,6 +58,7 @@ import json
 import logging
 import os
 import queue
+import re
 import secrets
 import sys
 import threading
@@ -237,6 +238,14 @@ def fresh_ring_names(cfg, index: int, token: str) -> tuple[str, str]:
             f"{cfg.rings.prefix}-{cfg.run}-{token}-signals-{index}")
 
 
+def made_under(cfg, name: str) -> bool:
+    """Whether ring segment ``name`` is one this config's ``rings.prefix`` and ``run`` make
+    (:func:`fresh_ring_names`, or an older daemon's :func:`ring_keys`), the whole name matched:
+    with run "x", prefix "tw" took "tw-x-x-<token>-ticks-0", prefix "tw-x"'s, for its own."""
+    return re.fullmatch(rf"{re.escape(cfg.rings.prefix)}-{re.escape(cfg.run)}-(?:[0-9a-f]{{16}}-)?"
+                        rf"(?:ticks|signals)-\d+", name) is not None
+
+
 def new_ring_token() -> str:
     """64 random bits, hex: the per-run part of the ring names."""
     return secrets.token_hex(8)
@@ -254,28 +263,11 @@ def read_ring_names(run_dir) -> list[tuple[str, str]] | None:
 
 def write_ring_names(run_dir, names) -> None:
     """Record ``names`` (a list of (tick ring, signal ring) per worker) in ``<run_dir>/rings.json``:
-    written 0600 whatever the umask, fsynced, and renamed into place, so a reader sees the old
-    file or the new one, never a part."""
-    run_dir = Path(run_dir)
-    tmp = run_dir / f".{RINGS_FILE}.{os.getpid()}"
-    body = json.dumps({"workers": [{"ticks": t, "signals": s} for t, s in names]}, indent=1).encode()
-    try:
-        os.unlink(tmp)                      # (a crash's leftover: never written through, O_EXCL)
-    except FileNotFoundError:
-        pass
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, body)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, run_dir / RINGS_FILE)
-    dfd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    written 0600 at most, fsynced, and renamed into place, so a reader sees the old file or the
+    new one, never a part (under a temporary name the daemon's start sweeps when its writer was
+    killed: ``.rings.json.<pid>`` was left for good, a review)."""
+    body = json.dumps({"workers": [{"ticks": t, "signals": s} for t, s in names]}, indent=1)
+    replace_file(Path(run_dir) / RINGS_FILE, body, mode=0o600, sync=True)
 
 
 def ring_names(run_dir, index: int) -> tuple[str, str]:
@@ -672,6 +664,8 @@ class Worker:
             "rule_signals": self.engine.rule_signals,
             # statistics updates of events stamped more than a day after their receipt (no time passed)
             "future_stamps": self.engine.future_stamps,
+            # samples the time windows let go early, full at stats.max_capacity
+            "window_dropped": self.engine.window_dropped,
         }
 
     def _silent_instruments(self) -> list:

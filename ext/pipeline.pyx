@@ -443,19 +443,29 @@ cdef class Rule:
         return 0
 
 
+cdef inline uint64_t _window_dropped(const tw_istate *st) noexcept nogil:
+    """Samples an instrument's windows let go early, full at ``max_capacity``."""
+    return st.mid.dropped + st.spread.dropped + st.vwap.dropped + st.flow.dropped + st.rv.dropped
+
+
 cdef class RuleContext:
-    """What a Python rule sees: the instrument's features, the event and the book."""
+    """What a Python rule sees: the instrument's features (every field of ``tw_features``), the
+    triggering event's fields and the book."""
 
     cdef readonly uint32_t instrument
-    cdef readonly uint64_t seq
-    cdef readonly int64_t ts_event
+    cdef readonly uint64_t seq, order_id
+    cdef readonly int64_t ts_event, ts_recv
     cdef readonly int kind
     cdef readonly int side
+    cdef readonly int channel
+    cdef readonly uint32_t flags
     cdef readonly int64_t price
     cdef readonly int64_t qty
-    cdef readonly double mid, microprice, micro_edge, spread, imbalance, mid_mean, mid_std, zscore
-    cdef readonly double spread_mean, vwap, flow, buy_minus_sell, realized_vol, ewma_fast, ewma_slow
-    cdef readonly int64_t mid_count, trade_count
+    cdef readonly double mid, microprice, micro_edge, spread, imbalance, mid_mean, mid_std, mid_min, mid_max
+    cdef readonly double zscore, spread_mean, vwap, flow, buy_minus_sell, realized_vol, ewma_fast, ewma_slow
+    cdef readonly double ewma_fast_std
+    cdef readonly int64_t mid_count, spread_count, trade_count, ts
+    cdef readonly int64_t last_trade_price, last_trade_qty, last_trade_ts
     cdef readonly object book
 
 
@@ -502,17 +512,23 @@ cdef class PyRule(Rule):
         cdef RuleContext c = RuleContext.__new__(RuleContext)
         cdef const tw_features *f = ctx.f
         c.instrument = ctx.instrument
-        c.seq = ctx.ev.seq
-        c.ts_event = ctx.ev.ts_event
+        c.seq, c.order_id = ctx.ev.seq, ctx.ev.order_id
+        c.ts_event, c.ts_recv = ctx.ev.ts_event, ctx.ev.ts_recv
         c.kind = ctx.ev.kind
         c.side = ctx.ev.side
+        c.channel, c.flags = ctx.ev.channel, ctx.ev.flags
         c.price = ctx.ev.price
         c.qty = ctx.ev.qty
+        # every feature (mid_min, last_trade_price and others were missing: a rule written from
+        # the docs met an AttributeError on each call, counted, and never signalled: an adversarial pass)
         c.mid, c.microprice, c.spread, c.imbalance = f.mid, f.microprice, f.spread, f.imbalance
         c.micro_edge = f.micro_edge
         c.mid_mean, c.mid_std, c.zscore, c.spread_mean = f.mid_mean, f.mid_std, f.zscore, f.spread_mean
+        c.mid_min, c.mid_max = f.mid_min, f.mid_max
         c.vwap, c.flow, c.buy_minus_sell, c.realized_vol = f.vwap, f.flow, f.buy_minus_sell, f.realized_vol
         c.ewma_fast, c.ewma_slow, c.mid_count, c.trade_count = f.ewma_fast, f.ewma_slow, f.mid_count, f.trade_count
+        c.ewma_fast_std, c.spread_count, c.ts = f.ewma_fast_std, f.spread_count, f.ts
+        c.last_trade_price, c.last_trade_qty, c.last_trade_ts = f.last_trade_price, f.last_trade_qty, f.last_trade_ts
         c.book = self.books[ctx.instrument] if self.books is not None else None
         global _rule_interrupt
         if _rule_interrupt is not None:
@@ -664,7 +680,16 @@ cdef class Engine:
         for item in rules:
             if isinstance(item, Rule):
                 specs.append(("custom", item))
-            elif isinstance(item, RuleConfig) or hasattr(item, "kind"):
+            elif isinstance(item, RuleConfig):
+                specs.append(("builtin", item))
+            elif hasattr(item, "kind"):
+                # an object with the fields: checked as a RuleConfig is (enter=0 or NaN was taken,
+                # a signal of strength inf or NaN at every value: an adversarial pass)
+                try:
+                    item = RuleConfig(item.kind, item.enter, getattr(item, "exit", 0.0), getattr(item, "min_count", 1),
+                                      getattr(item, "instruments", None), getattr(item, "emit_exit", False))
+                except (ValueError, TypeError) as exc:
+                    raise type(exc)(f"rules[{len(specs)}]: {exc}") from None
                 specs.append(("builtin", item))
             elif callable(item):
                 specs.append(("custom", PyRule(item)))
@@ -1175,6 +1200,7 @@ cdef class Engine:
             "ts": f.ts, "last_trade_price": f.last_trade_price, "last_trade_qty": f.last_trade_qty,
             "last_trade_ts": f.last_trade_ts, "updates": st.updates, "signals": st.signals,
             "suppressed": st.suppressed, "future_stamps": st.future_stamps,
+            "window_dropped": _window_dropped(st),
         }
 
     cdef tw_istate *_state(self, uint32_t instrument) except NULL:
@@ -1247,6 +1273,17 @@ cdef class Engine:
         return self.events
 
     @property
+    def window_dropped(self):
+        """Samples, over every instrument and time window, that left early because the window held
+        ``max_capacity`` (statistics over less than the window's time from then on)."""
+        cdef uint64_t n = 0
+        cdef uint32_t i
+        for i in range(self.ninst):
+            if self.inst[i] != NULL:
+                n += _window_dropped(self.inst[i])
+        return n
+
+    @property
     def future_stamps(self):
         """Statistics updates, over every instrument, of events stamped (``ts_event``) more than
         :data:`FUTURE_STAMP_NS` (a day) after their receipt (``ts_recv``) and their instrument's
@@ -1263,8 +1300,11 @@ cdef class Engine:
         return self.nrules
 
     def rule_errors(self):
-        """Exceptions raised by Python rules, by rule name."""
-        return {r.name: r.errors for r in self._custom if isinstance(r, PyRule)}
+        """Exceptions raised by Python rules, by rule name (``"name #id"`` for a name two rules share:
+        keyed by the name alone, two lambdas or two rules of one factory hid each other's)."""
+        mine = [r for r in self._custom if isinstance(r, PyRule)]
+        names = [r.name for r in mine]
+        return {(r.name if names.count(r.name) == 1 else f"{r.name} #{r.rule_id}"): r.errors for r in mine}
 
     def timing_summary(self):
         """Per stage: ``{"count", "mean_ns", "min_ns", "p50_ns", "p99_ns", "max_ns"}``."""

@@ -189,6 +189,18 @@ cdef inline void _window_pop(tw_window *w) noexcept nogil:
         _window_refresh(w)                    # a huge sample left (its square was inf): inf - inf
 
 
+cdef inline void _window_check(tw_window *w) noexcept nogil:
+    """Re-base when the window turned over, or when its mean strayed from the shift by more
+    than twice its standard deviation (the variance would then come from cancelling large
+    sums). With shift - mean = delta and population deviation sd, s1^2 > 0.8 n s2 is
+    delta^2 > 4 sd^2; a re-base leaves delta <= sd, so a window does not re-base every add.
+    After an add and after an eviction (checked at adds only, five samples of 61234.56 evicted
+    from four of 0.1 left the variance 0 and the mean off in its tenth digit: an adversarial pass)."""
+    if (w.since_refresh > tw_window_count(w) + _REFRESH_SLACK
+            or (w.s1 * w.s1 > 0.8 * <double>tw_window_count(w) * w.s2 and tw_window_count(w) > 1)):
+        _window_refresh(w)
+
+
 cdef int64_t tw_window_evict(tw_window *w, int64_t now) noexcept nogil:
     """Time windows: evict the samples with ts <= now - size; returns how many (count
     windows: none)."""
@@ -204,6 +216,8 @@ cdef int64_t tw_window_evict(tw_window *w, int64_t now) noexcept nogil:
     n = <int64_t>(w.first - before)
     if w.first == w.next:
         tw_window_clear(w)                    # empty: start the sums afresh
+    elif n:
+        _window_check(w)                      # (what is left may have strayed from the shift)
     return n
 
 
@@ -245,14 +259,9 @@ cdef int tw_window_add(tw_window *w, int64_t ts, double x) noexcept nogil:
             w.max_t -= 1
         w.maxq[w.max_t & m] = j
         w.max_t += 1
-    # Re-base when the window turned over, or when its mean strayed from the shift by more
-    # than twice its standard deviation (the variance would then come from cancelling large
-    # sums). With shift - mean = delta and population deviation sd, s1^2 > 0.8 n s2 is
-    # delta^2 > 4 sd^2; a re-base leaves delta <= sd, so a window does not re-base every add.
-    if (w.since_refresh > tw_window_count(w) + _REFRESH_SLACK
-            or (w.s1 * w.s1 > 0.8 * <double>tw_window_count(w) * w.s2 and tw_window_count(w) > 1)):
-        _window_refresh(w)
+    _window_check(w)
     return r
+
 
 
 cdef double tw_window_sum(const tw_window *w) noexcept nogil:
@@ -277,7 +286,7 @@ cdef double tw_window_var(const tw_window *w, int ddof) noexcept nogil:
         return NAN
     s1 = w.s1 + w.c1
     v = ((w.s2 + w.c2) - s1 * s1 / n) / (n - ddof)
-    return v if v > 0.0 else 0.0
+    return 0.0 if v < 0.0 else v                   # (rounding below 0; an overflow's NaN stays NaN, not 0)
 
 
 cdef double tw_window_min(const tw_window *w) noexcept nogil:
@@ -437,9 +446,10 @@ cdef void tw_ewma_init(tw_ewma *e, double halflife_ns) noexcept nogil:
 
 
 cdef void tw_ewma_add_decayed(tw_ewma *e, int64_t ts, double x, double decay) noexcept nogil:
-    """Add ``x`` after every earlier weight was multiplied by ``decay`` (West's update)."""
+    """Add ``x`` after every earlier weight was multiplied by ``decay`` (West's update); NaN and
+    +-inf are ignored (an inf made the mean NaN for good, a thousand half-lives on)."""
     cdef double delta, wd
-    if isnan(x):
+    if not isfinite(x):
         return
     if not e.started:
         e.started = 1

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tickwire.engine.files import _fresh_temp
 from tickwire.replay.sources import ReplayError, parse_time
 
 __all__ = ["add_parser", "cmd_replay", "parse_duration"]
@@ -162,6 +163,7 @@ def _load_spec(path):
         # `enter`, was "RuleConfig.__init__() got an unexpected keyword argument": an adversarial
         # pass), and `instruments = []`, a rule that could never fire, refused
         rules = tuple(configmod.parse_rules(raw.get("rules", [])))
+        configmod.check_rule_counts(rules, stats)
     except configmod.ConfigError as exc:
         raise ReplayError(f"--config {path}: {exc}") from None
     except (TypeError, ValueError) as exc:
@@ -228,15 +230,17 @@ class _Progress:
 
 class _NpyWriter:
     """Signals appended to a ``.npy`` file as they come (memory stays flat whatever the range),
-    written under ``<path>.tmp`` and renamed over ``path`` by :meth:`close` (never half a file
-    under ``path``). The header's shape is rewritten at the end: it is padded to a fixed width."""
+    written under a temporary name beside it (``.NAME.<pid>-<hex>.tmp``, created afresh: a fixed
+    ``NAME.tmp`` was opened through a symlink planted there) and renamed over ``path`` by
+    :meth:`close` (never half a file under ``path``). The header's shape is rewritten at the end:
+    it is padded to a fixed width."""
 
     _HEADER_BYTES = 512                            # room for the dtype's description and any count
 
     def __init__(self, path: Path, dtype: np.dtype):
         self.path, self.dtype, self.count = path, np.dtype(dtype), 0
-        self.tmp = path.with_name(path.name + ".tmp")
-        self.fh = open(self.tmp, "wb")
+        self.tmp, fd = _fresh_temp(Path(path), 0o666)
+        self.fh = os.fdopen(fd, "wb")
         self.fh.write(self._header())
 
     def _header(self) -> bytes:

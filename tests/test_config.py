@@ -100,6 +100,15 @@ def test_defaults_fill_in():
     (cfg(rules=[{"kind": "zscore", "enter": float("nan")}]), "rules[0].enter: expected a finite positive number, got nan"),
     (cfg(rules=[{"kind": "zscore", "enter": 2, "exit": float("nan")}]), "rules[0].exit: expected a finite number"),
     (cfg(workers=[{"cpu": 0, "instruments": [1]}]), "workers: expected every configured instrument on a worker"),
+    # (an adversarial pass: a rule that needs more samples than its window holds, never fired, unsaid)
+    (cfg(stats={"window_size": 100}, rules=[{"kind": "zscore", "enter": 2, "min_count": 101}]),
+     "rules[0].min_count: 101 samples, but its window holds at most 100 (stats.window_size)"),
+    (cfg(stats={"trade_window_size": 10}, rules=[{"kind": "spread", "enter": 2, "min_count": 10},
+                                                 {"kind": "vwap", "enter": 2, "min_count": 11}]),
+     "rules[1].min_count: 11 samples, but its window holds at most 10 (stats.trade_window_size)"),
+    (cfg(stats={"window": "time", "window_size": 10**9, "max_capacity": 1000},
+         rules=[{"kind": "ewma_cross", "enter": 2, "min_count": 1025}]),
+     "rules[0].min_count: 1025 samples, but its window holds at most 1024 (stats.max_capacity"),
     (cfg(rings={"ticks_capacity": 2 ** 33}), "rings.ticks_capacity: expected an integer in 1024..4294967296, got 8589934592"),
     (cfg(rings={"signals_capacity": 3000}), "rings.signals_capacity: expected a power of two (records), got 3000"),
     (cfg(daemon={"run": "a/b"}), "daemon.run: expected 1 to 64 letters, digits, '_', '.' or '-'"),
@@ -314,7 +323,8 @@ def test_stall_restart_is_seconds_or_zero_for_never():
 def test_integers_at_their_upper_bound_are_accepted():
     c = from_dict(cfg(feeds={"hwm": INT32_MAX, "stale_after_ms": INT64_MAX, "recovery_retries": INT64_MAX},
                       engine={"timing_every": INT32_MAX}, store={"batch_rows": INT64_MAX},
-                      rules=[{**ZSCORE, "min_count": INT64_MAX}],
+                      # (a rule that does not count its window's samples: no window holds 2^63-1)
+                      rules=[{"kind": "imbalance", "enter": 0.5, "min_count": INT64_MAX}],
                       instruments=[{"id": 0, "symbol": "A", "tick_size": "1", "lot_size": "1", "max_depth": INT64_MAX}]))
     assert c.feeds.hwm == INT32_MAX and c.timing_every == INT32_MAX and c.rules[0].min_count == INT64_MAX
     from tickwire.engine.pipeline import Engine

@@ -233,6 +233,83 @@ def test_python_callable_rule_slow_path():
     assert len(fired(eng, f, *quote(q, 120, 122))) == 1                  # and the rule keeps working
 
 
+def test_a_python_rule_sees_every_feature_and_event_field():
+    """Found by an adversarial pass: the context lacked mid_min, mid_max, ewma_fast_std,
+    spread_count, the last trade, ts and the event's ts_recv, order_id, flags and channel; a
+    rule written from the docs (``ctx.mid >= ctx.mid_max``) raised on every call, counted, and
+    never signalled."""
+    from tickwire.engine.pipeline import Engine as E
+
+    got = []
+    names = [k for k in E(INST, [], StatsConfig()).features(0)
+             if k not in ("updates", "signals", "suppressed", "future_stamps", "window_dropped")]
+
+    def rule(ctx):
+        got.append(({k: getattr(ctx, k) for k in names},
+                    (ctx.ts_event, ctx.ts_recv, ctx.seq, ctx.order_id, ctx.price, ctx.qty, ctx.instrument,
+                     ctx.channel, ctx.kind, ctx.side, ctx.flags)))
+        return 1.0 if ctx.mid >= ctx.mid_max else None
+
+    eng = Engine(INST, [rule], StatsConfig(sample="event"), clock="event")
+    f, q = Feed(), {}
+    fired(eng, f, *quote(q, 100, 102))
+    ev = f.events((Kind.TRADE, BID, 101, 3))
+    ev["channel"], ev["order_id"] = 7, 11
+    eng.process(ev)
+    assert eng.rule_errors() == {"rule": 0} and len(eng.signals) >= 1
+    feats, fields = got[-1]
+    want = eng.features(0)
+    assert feats == pytest.approx({k: want[k] for k in names}, nan_ok=True)
+    e = ev[-1]
+    assert fields == (e["ts_event"], e["ts_recv"], e["seq"], 11, 101, 3, 0, 7, int(Kind.TRADE), int(BID),
+                      int(e["flags"]))
+    assert feats["last_trade_price"] == 101 and feats["last_trade_qty"] == 3
+
+
+def test_rule_errors_of_rules_sharing_a_name_are_kept_apart():
+    """Found by an adversarial pass: rule_errors() was keyed by name, so of two lambdas (or two
+    rules from one factory) the second's count hid the first's, and a replay, reading the 0,
+    said nothing of a rule that raised on every call."""
+    def make(fail):
+        def rule(ctx):
+            if fail:
+                raise RuntimeError("boom")
+        return rule
+
+    eng = Engine(INST, [make(True), make(False), lambda ctx: None], StatsConfig(sample="message"), clock="event")
+    f, q = Feed(), {}
+    fired(eng, f, *quote(q, 100, 102))
+    fired(eng, f, *quote(q, 101, 103))
+    assert eng.rule_errors() == {"rule #0": 2, "rule #1": 0, "<lambda>": 0}
+
+
+def test_a_rule_given_as_an_object_with_the_fields_is_checked_as_a_rule_config():
+    """Found by an adversarial pass: the Engine takes any object with ``kind``, ``enter``, ...,
+    and took enter=0 (a signal of strength inf at every value), a negative enter or NaN."""
+    import types
+
+    for enter, exit_, what in ((0, 0, "enter"), (-1, 5, "enter"), (math.nan, 0, "enter"), (2.0, 3.0, "exit")):
+        with pytest.raises(ValueError, match=rf"rules\[0\]: rule zscore: {what} must"):
+            Engine(INST, [types.SimpleNamespace(kind="zscore", enter=enter, exit=exit_)], StatsConfig())
+    eng = Engine(INST, [types.SimpleNamespace(kind="zscore", enter=2.0)], StatsConfig())
+    assert eng.rule_thresholds() == [("zscore", 2.0, 0.0)]
+
+
+def test_samples_a_full_time_window_lets_go_are_counted_by_the_engine():
+    """Found by an adversarial pass: docs said a time window full at max_capacity counts the
+    samples it lets go early, but neither the engine nor the daemon showed the count: a rule
+    whose min_count exceeded the capacity never fired and nothing said why."""
+    stats = StatsConfig(window="time", window_size=10**15, trade_window="time", trade_window_size=10**15,
+                        max_capacity=4, sample="message")
+    eng = Engine(INST, [], stats, clock="event")
+    f, q = Feed(), {}
+    for k in range(10):
+        fired(eng, f, *quote(q, 100 + k, 102 + k))
+    feats = eng.features(0)
+    assert feats["mid_count"] == 4
+    assert feats["window_dropped"] == eng.window_dropped >= 6
+
+
 @pytest.mark.parametrize("bad", [math.nan, math.inf, (1.0, 2), (math.nan, 1), (1.0, 0.5), (1.0, "1"),
                                  # an adversarial pass: a 1-tuple or () read past the tuple (a
                                  # segfault), False (a predicate) was a signal, "1.5" a value

@@ -95,6 +95,40 @@ def test_infinite_and_huge_samples_do_not_poison_the_window_after_they_leave():
         assert w.nonfinite == counted and sw.nonfinite == counted
 
 
+def test_an_eviction_that_leaves_the_mean_far_from_the_shift_re_bases():
+    """Found by an adversarial pass: a time window checked whether its mean had strayed from its
+    shift at adds only, so samples of 61234.56 evicted from four of 0.1 left var() 0, zscore NaN
+    and the mean off in its tenth digit until the next add."""
+    small = [0.1001, 0.1002, 0.1003, 0.1004]
+    w = RollingWindow(100, "time")
+    for t in range(5):
+        w.add(t, 61234.56)
+    for t, x in enumerate(small, start=5):
+        w.add(t, x)
+    w.evict(104)                                         # (ts <= 4 leave)
+    assert w.count == 4
+    assert w.mean == pytest.approx(math.fsum(small) / 4, rel=1e-15)
+    assert w.var() == pytest.approx(np.var(small, ddof=1), rel=1e-9)
+    assert w.zscore(0.1004) == pytest.approx((0.1004 - np.mean(small)) / np.std(small, ddof=1), rel=1e-9)
+
+
+def test_an_ewma_ignores_infinite_samples_and_a_variance_that_overflows_is_not_zero():
+    """Found by an adversarial pass: one +-inf sample made an Ewma's mean NaN for good (a
+    thousand half-lives on), where the docs say +-inf is ignored; the variance of [0, 1e200]
+    (its sums overflow) read 0, "no dispersion", instead of NaN."""
+    for bad in (math.inf, -math.inf):
+        e = Ewma(1000.0)
+        e.add(0, 5.0)
+        e.add(1, bad)
+        for t in range(2, 200):
+            e.add(t * 1000, 7.0)
+        assert e.mean == pytest.approx(7.0, rel=1e-12), bad
+    w = RollingWindow(10, "count")
+    w.add(0, 0.0)
+    w.add(1, 1e200)
+    assert not w.var() == 0.0 and not w.std == 0.0
+
+
 @settings(max_examples=examples(200), deadline=None)
 @given(values=st.lists(st.integers(-2_000_000, 2_000_000), max_size=200), size=st.integers(1, 40),
        half=st.booleans())
