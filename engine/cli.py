@@ -261,11 +261,19 @@ def cmd_signals(args) -> int:
         print(",".join(["symbol", "rule"] + fields))
     seen = 0
     gone_since = None
+    # without --follow: up to where each ring's head was at the start (ended by the first empty
+    # read, a daemon signalling faster than every 100 ms kept it printing for good: a review)
+    stops = [r.head for r in rings]
     try:
         while True:
             got = 0
-            for r in rings:
-                k = r.pop_many(buf, timeout=0.1)
+            for r, stop in zip(rings, stops):
+                if args.follow:
+                    k = r.pop_many(buf, timeout=0.1)
+                elif r.position < stop:
+                    k = r.pop_many(buf[:min(stop - r.position, len(buf))], timeout=0.1)
+                else:
+                    continue
                 if r.last_missed:
                     print(f"# missed {r.last_missed} signals (the reader fell behind)", file=sys.stderr)
                 for s in buf[:k]:
@@ -283,7 +291,7 @@ def cmd_signals(args) -> int:
                         return 0
                 got += k
             sys.stdout.flush()
-            if not got and not args.follow:
+            if not args.follow and (not got or all(r.position >= stop for r, stop in zip(rings, stops))):
                 return 0
             if got:
                 gone_since = None

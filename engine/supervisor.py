@@ -45,7 +45,6 @@ import fcntl
 import json
 import logging
 import os
-import re
 import signal
 import socket
 import sys
@@ -57,8 +56,8 @@ from tickwire.engine import lifeline
 from tickwire.engine.files import dir_problem, open_log, remove_stale_temps, replace_file
 from tickwire.engine.files import pid_alive as _pid_alive
 from tickwire.engine.metrics import Collector
-from tickwire.engine.worker import (CURVE_ENV, fresh_ring_names, load_frozen, new_ring_token, read_ring_names,
-                                    ring_keys, settle_history_note, write_note, write_ring_names)
+from tickwire.engine.worker import (CURVE_ENV, fresh_ring_names, load_frozen, made_under, new_ring_token,
+                                    read_ring_names, ring_keys, settle_history_note, write_note, write_ring_names)
 from tickwire.engine.writer import EXIT_UNSTORED
 from tickwire.ext import EVENT_DTYPE, SIGNAL_DTYPE
 from tickwire.ext import ring as ringmod
@@ -783,9 +782,7 @@ class Supervisor:
                     self._keys[prev[i][j]] = key
                     note = self.run_dir / f"feed-{cfg.workers[i].name}.json" if kind == "ticks" else None
                     old = self._reclaim(prev[i][j], dtype, kind, note)
-                    ours = re.fullmatch(rf"{re.escape(cfg.rings.prefix)}-{re.escape(cfg.run)}-(?:[0-9a-f]{{16}}-)?"
-                                        rf"(?:ticks|signals)-\d+", prev[i][j])
-                    if old is not None and not ours:
+                    if old is not None and not made_under(cfg, prev[i][j]):
                         # (its writer's journal and signal position are under the old prefix's key:
                         # adopted under the new one, its in-flight batch and every signal the old
                         # writer had stored were stored again, exit 0: an adversarial pass)
@@ -1119,23 +1116,36 @@ class Supervisor:
         log.error("the daemon's check %s failed (%s: %s): it runs on without it", task.get_coro().__name__,
                   type(exc).__name__, exc, exc_info=exc)
 
+    #: how long a tick ring stays past a quarter full, its writer idle, before the supervisor
+    #: puts the writer back on normal scheduling itself
+    WRITER_RESCUE_S = 1.0
+
     async def _guard_writer(self) -> None:
         """Rescue a SCHED_IDLE writer that its core starves: when a tick ring fills past a quarter,
         put the writer back on normal scheduling (it returns to SCHED_IDLE by itself once it has
         caught up). The writer does this too, but one that gets no time at all cannot."""
         from tickwire.engine.writer import IdlePolicy
 
-        guard, pid, failing = None, None, None
+        guard, pid, failing, over = None, None, None, None
         while not self.stopping:
             await asyncio.sleep(0.1)
             proc = self.writer.proc
             if proc is None or proc.returncode is not None:
                 continue
             if proc.pid != pid:
-                guard, pid = IdlePolicy(pid=proc.pid, may_idle=False), proc.pid
+                guard, pid, over = IdlePolicy(pid=proc.pid, may_idle=False), proc.pid, None
             before = guard.switches
             try:
-                guard.update(max(len(r) / r.capacity for r in self.tick_rings))
+                fill = max(len(r) / r.capacity for r in self.tick_rings)
+                # a writer that gets any time switches itself within a second (it measures the
+                # same fill): stepping in at once said "starved" of one that was not, each time
+                if fill > guard.high and guard.idle:
+                    over = over or time.monotonic()
+                    if time.monotonic() - over < self.WRITER_RESCUE_S:
+                        continue
+                else:
+                    over = None
+                guard.update(fill)
             except OSError as e:               # (its /proc reads: e.g. no descriptor left, EMFILE)
                 if failing is None:
                     log.warning("cannot check the writer's scheduling (%s): trying again", e)
@@ -1264,6 +1274,14 @@ class Supervisor:
             log.error("SIGHUP: the rules' kinds or order changed; only thresholds reload without a restart")
             return
         changed = configmod.restart_keys(self.cfg, new)
+        moved = [k for k in changed if k.startswith("rules[")]
+        if moved:
+            # the thresholds go by position: two rules of a kind swapped in the file had each
+            # instrument run with the other's thresholds, the file's meaning unchanged (an
+            # adversarial pass); a rule changed beyond its thresholds is a restart's
+            log.error("SIGHUP: %s changed: a rule changes in anything but its enter/exit only at a restart "
+                      "(its new thresholds would go to the rule as it runs); not reloaded", ", ".join(moved))
+            return
         for key in changed:
             log.warning("SIGHUP: %s changed: needs a restart; not applied", key)
         # only the thresholds change: the rest stays as the running processes have it

@@ -141,14 +141,6 @@ def _spill_crc(meta: dict, body) -> int:
     return zlib.crc32(body, zlib.crc32(head.encode()))
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_json(path: Path, obj: dict) -> None:
     """Replace ``path`` with ``obj``, durably (written, fsynced, renamed, directory fsynced). On
     failure (a full disk) the old file stays as it was and no temporary file is left."""
@@ -377,20 +369,11 @@ class _Spill:
         body = np.ascontiguousarray(records).tobytes()
         meta = {"pos": pos, "n": len(records), "epoch": epoch, "token": token, **extra}
         header = json.dumps({**meta, "crc32": _spill_crc(meta, body)}).encode() + b"\n"
-        tmp = path.with_name(f".{path.stem}.tmp")
         try:
-            with open(tmp, "wb") as fh:
-                fh.write(_SPILL_MAGIC + header)
-                fh.write(body)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-            _fsync_dir(self.dir)
+            # (under a name of its own, not through a symlink, swept at the next start when the
+            # writer is killed: ".NAME.tmp", opened through whatever was there, was left behind)
+            replace_file(path, _SPILL_MAGIC + header + body, sync=True)
         except OSError as exc:
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
             cause = f"spill directory {self.dir} {_problem(exc)}"
             raise SpillError(exc.errno, cause, f"{cause}: {len(records)} {self.what} stay in the ring until it "
                                                f"can take them") from None
@@ -891,13 +874,14 @@ class TickWriter:
             b is not None and b.insert_failed is not None and b.spill_failed is not None)
 
     def behind(self) -> float:
-        """How far behind it is, a share of the ring, for its scheduling: what it has not read
-        yet; while :attr:`blocked`, what is not durable (read or not). Else, blocked with little
-        left unread, it went back to SCHED_IDLE while the supervisor, which sees the ring fill,
-        put it back on normal scheduling, ten times a second, each a log line (an adversarial
-        pass, the state directory's disk full)."""
+        """How far behind it is, a share of the ring, for its scheduling: what is not committed
+        (read or not), as the supervisor measures the ring's fill. Going by what it had not
+        read, a writer with a batch in flight (a slow insert, or blocked) went back to SCHED_IDLE
+        while the supervisor, seeing the ring fill, put it back on normal scheduling, ten times a
+        second, each two log lines (adversarial passes: the state directory's disk full, a slow
+        store)."""
         src = self.source
-        return ((src.head - src.committed) if self.blocked else src.size) / src.capacity
+        return (src.head - src.committed) / src.capacity
 
     # -- buffers ---------------------------------------------------------------------------
     def _take_buffer(self) -> np.ndarray:

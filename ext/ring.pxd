@@ -191,7 +191,8 @@ cdef int tw_ring_wait_readable(tw_ring *r, int64_t timeout_ns) noexcept nogil
 cdef Py_ssize_t tw_ring_peek(tw_ring *r, void *out, Py_ssize_t n) noexcept nogil
     # Blocking policy: copy up to n records after the read cursor into out and move the
     # cursor, without consuming them: they stay in the ring until tw_ring_advance().
-    # Returns the count (0: nothing new).  On a broadcast ring this is tw_ring_pop_n.
+    # Returns the count (0: nothing new); TW_ADVANCE_NOT_OWNER if another consumer took the
+    # ring over (nothing copied).  On a broadcast ring this is tw_ring_pop_n.
 cdef int tw_ring_advance(tw_ring *r, Py_ssize_t n) noexcept nogil
     # Blocking policy: consume (commit) the n oldest records read by tw_ring_peek: one
     # release store of tail.  0; TW_ADVANCE_TOO_MANY if fewer than n are read and not
@@ -217,6 +218,7 @@ cdef class Ring:
     cdef char *_scratch           # one record, for pop()
     cdef uint64_t _last_missed    # broadcast: missed during the last pop/pop_many call
     cdef int _inuse               # calls on this handle that may wait or copy without the GIL
+    cdef long _pid                # the process that opened it: a forked child's copy only unmaps
     cdef int _check_open(self) except -1
     cdef int _check_role(self, int role, str what) except -1
     cdef int _open(self, tw_ring_hdr *hdr, size_t size, int role) except -1

@@ -26,6 +26,7 @@ from libc.errno cimport ENOENT, EEXIST, EACCES, EPERM
 from libc.stdint cimport int64_t, uint64_t, int32_t, uint32_t, INT64_MAX
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memmove, memset, strerror
+from posix.unistd cimport getpid
 
 import ast
 import os
@@ -385,6 +386,10 @@ cdef Py_ssize_t tw_ring_peek(tw_ring *r, void *out, Py_ssize_t n) noexcept nogil
         return _bc_read(r, <char *>out, n)
     if n <= 0:
         return 0
+    if not _owner(r):
+        # taken over: the successor consumed on and the producer wrote over those slots (they
+        # were copied, labelled as this handle's positions, and torn while written: a review)
+        return TW_ADVANCE_NOT_OWNER
     k = r.head_cache - r.rpos
     if k < <uint64_t>n:
         r.head_cache = tw_load_acq64(&r.hdr.head)
@@ -434,6 +439,8 @@ cdef Py_ssize_t tw_ring_pop_n(tw_ring *r, void *out, Py_ssize_t n) noexcept nogi
     if r.policy == TW_RING_BROADCAST:
         return _bc_read(r, <char *>out, n)
     k = tw_ring_peek(r, out, n)
+    if k < 0:
+        return k                           # (taken over: nothing copied)
     if r.rpos != r.committed:
         if tw_ring_advance(r, <Py_ssize_t>(r.rpos - r.committed)) == TW_ADVANCE_NOT_OWNER:
             r.rpos -= <uint64_t>k
@@ -695,6 +702,7 @@ cdef class Ring:
         memcpy(<char *>p + TW_RING_DESCR_OFFSET, <const char *>descr, len(descr))
         tw_store_rel64(&hdr.magic, TW_RING_MAGIC)     # last: attachers wait for it
         ring = Ring.__new__(Ring)
+        ring._pid = getpid()
         ring.name = shm
         ring._bname = bname
         ring._owner = True
@@ -794,6 +802,7 @@ cdef class Ring:
             time.sleep(0.001)
         hdr = <tw_ring_hdr *>p
         ring = Ring.__new__(Ring)
+        ring._pid = getpid()
         ring.name = shm
         ring._bname = bname
         ring.c.hdr = hdr                                 # so that close() unmaps on error
@@ -939,6 +948,15 @@ cdef class Ring:
         cdef tw_ring *r = &self.c
         cdef tw_ring_hdr *h = r.hdr
         if h == NULL:
+            return
+        if self._pid != getpid():
+            # a forked child's copy of the handle (os.fork, then a normal exit): the parent's
+            # ring is not the child's to end, give up or unlink (it did all three: a review)
+            tw_shm_unmap(h, r.map_size)
+            r.hdr = NULL
+            r.data = NULL
+            r.seq = NULL
+            self._owner = False
             return
         if r.role == TW_ROLE_PRODUCER and tw_load_acq64(&h.producer_owner) == r.owner:
             tw_ring_publish(r)
@@ -1377,6 +1395,8 @@ cdef class Ring:
         """Blocking policy: move the read cursor back to the committed position, so the
         records read but not committed are read again."""
         self._check_role(TW_ROLE_CONSUMER, "rewind")
+        if self.c.policy != TW_RING_BLOCKING:     # (it moved a broadcast cursor to 0: a review)
+            raise RingError("rewind() is for the blocking policy; a broadcast consumer pops")
         self.c.rpos = self.c.committed
 
     def _no_pending(self, what):
@@ -1397,10 +1417,12 @@ cdef class Ring:
         self._check_open()
         if self.c.role == TW_ROLE_CONSUMER:
             return tw_ring_available(&self.c)
-        h = tw_load_acq64(&self.c.hdr.head)
         if self.c.policy == TW_RING_BROADCAST:
-            return min(h, self.c.capacity)
-        return h - tw_load_acq64(&self.c.hdr.tail)
+            return min(tw_load_acq64(&self.c.hdr.head), <uint64_t>self.c.capacity)
+        # the tail first: read after the head, a commit in between made h - t negative (a
+        # SystemError from len(), which stopped the supervisor's guard of the writer: a review)
+        t = tw_load_acq64(&self.c.hdr.tail)
+        return min(tw_load_acq64(&self.c.hdr.head) - t, <uint64_t>self.c.capacity)
 
     @property
     def size(self):
@@ -1489,7 +1511,8 @@ cdef class Ring:
             return tw_ring_free(&self.c)
         if self.c.policy == TW_RING_BROADCAST:
             return self.c.capacity
-        return self.c.capacity - (tw_load_acq64(&self.c.hdr.head) - tw_load_acq64(&self.c.hdr.tail))
+        t = tw_load_acq64(&self.c.hdr.tail)               # (the tail first, as in len())
+        return self.c.capacity - min(tw_load_acq64(&self.c.hdr.head) - t, <uint64_t>self.c.capacity)
 
     @property
     def missed(self):

@@ -429,6 +429,24 @@ def test_another_rings_prefix_after_a_killed_daemon_is_refused_until_the_old_one
     assert n == distinct
 
 
+def test_a_ring_is_the_prefix_s_own_only_when_its_whole_name_matches():
+    """A review: the refusal above first compared the start of the name only, so with run "x"
+    the rings of prefix "tw-x" ("tw-x-x-<token>-ticks-0") passed for prefix "tw"'s own."""
+    from tickwire.engine.worker import fresh_ring_names, made_under, ring_keys
+
+    def cfg(prefix, run):
+        return types.SimpleNamespace(rings=types.SimpleNamespace(prefix=prefix), run=run)
+
+    token = "0123456789abcdef"
+    for prefix, run in (("tw", "x"), ("tw-x", "x"), ("a.b", "r-1")):
+        for name in (*fresh_ring_names(cfg(prefix, run), 3, token), *ring_keys(cfg(prefix, run), 3)):
+            assert made_under(cfg(prefix, run), name), name
+    for name in (*fresh_ring_names(cfg("tw-x", "x"), 0, token), *ring_keys(cfg("tw-x", "x"), 0)):
+        assert not made_under(cfg("tw", "x"), name), name
+    assert not made_under(cfg("a.b", "r"), "aXb-r-ticks-0")               # (a dot is a dot)
+    assert not made_under(cfg("tw", "x"), f"tw-x-{token}-ticks-0-old")
+
+
 def kill_daemon_and_writer(daemon, log, run, run_dir):
     """kill -9 the daemon and its writer (its rings stay behind), and wait until neither it nor
     its worker runs."""

@@ -476,6 +476,28 @@ def test_sighup_names_the_keys_it_cannot_apply(tmp_path, caplog):
     assert (sup.cfg.rules[0].enter, sup.cfg.rules[0].exit) == (4.5, 2.0)
 
 
+def test_sighup_refuses_a_rule_changed_beyond_its_thresholds(tmp_path, caplog):
+    """Found by an adversarial pass: thresholds reload by position, so two zscore rules for
+    instruments [0] and [1] swapped in the file had each instrument run with the other's
+    threshold ("needs a restart; not applied" for the instruments, "rule thresholds reloaded")."""
+    from tickwire.engine import config as configmod
+    from tickwire.engine.supervisor import Supervisor
+
+    raw = demo_raw_config(tmp_path / "state", run="hup2")
+    raw["rules"] = [{"kind": "zscore", "enter": 2.5, "exit": 1.0, "instruments": [0]},
+                    {"kind": "zscore", "enter": 9.0, "exit": 1.0, "instruments": [1]}]
+    path = tmp_path / "hup.toml"
+    path.write_text(to_toml(raw))
+    sup = Supervisor(configmod.load(path), path)
+    raw["rules"].reverse()
+    path.write_text(to_toml(raw))
+    with caplog.at_level(logging.INFO, logger="tickwire.supervisor"):
+        sup.reload()
+    assert "SIGHUP: rules[0].instruments, rules[1].instruments changed: " in caplog.text, caplog.text
+    assert [(r.enter, r.instruments) for r in sup.cfg.rules] == [(2.5, (0,)), (9.0, (1,))], sup.cfg.rules
+    assert sup.reloads == 0
+
+
 def test_an_ipc_endpoint_in_a_world_writable_directory_is_warned_about(tmp_path):
     from tickwire.engine.supervisor import shared_endpoint_warnings
 

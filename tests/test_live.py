@@ -326,6 +326,48 @@ def _signal(seq):
     return s
 
 
+def test_signals_without_follow_ends_while_signals_keep_coming(tmp_path, capsys):
+    """Found by an adversarial pass: without --follow, `tickwire signals` read on until a read
+    found nothing for 100 ms, so beside a daemon signalling every 20 ms it never ended (2,734
+    lines before a timeout). It now reads up to where the ring's head was when it started."""
+    import os
+
+    from tickwire.engine.cli import main as cli_main
+
+    cfg, lock, ring = _signals_run(tmp_path)
+    stop = threading.Event()
+
+    def publish():
+        seq = 10
+        while not stop.wait(0.02):
+            seq += 1
+            ring.push_many(_signal(seq))
+
+    try:
+        for seq in (1, 2, 3):
+            ring.push_many(_signal(seq))
+        capsys.readouterr()
+        threading.Thread(target=publish, daemon=True).start()
+        for args in (["signals", "-c", str(cfg), "--format", "json"],
+                     ["signals", "-c", str(cfg), "--from-start", "--format", "json"]):
+            got = {}
+            t = threading.Thread(target=lambda: got.update(rc=cli_main(args)))
+            t.start()
+            t.join(5)
+            assert not t.is_alive() and got["rc"] == 0, args
+            seqs = [json.loads(x)["seq"] for x in capsys.readouterr().out.splitlines()]
+            assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), (args, seqs)
+            if "--from-start" in args:
+                assert seqs[:3] == [1, 2, 3], seqs
+            else:
+                assert 1 <= len(seqs) <= 3, seqs                 # the newest (and a push or two in between)
+    finally:
+        stop.set()
+        os.close(lock)
+        time.sleep(0.1)
+        ring.close()
+
+
 def test_signals_are_the_running_daemon_s_named_as_it_names_them_and_follow_starts_at_the_next(tmp_path, capsys):
     """Found by an adversarial pass: `tickwire signals` named symbols from the config given (one
     edited since printed other names), counted workers from it (one worker more: "no daemon is

@@ -449,6 +449,66 @@ def test_one_live_consumer_per_blocking_ring_and_takeover(name):
         Ring.attach(name, SMALL).close()
 
 
+def test_a_consumer_taken_over_reads_nothing_more(name):
+    """Found by an adversarial pass: a consumer taken over could still peek, and got the slots
+    its successor had consumed and the producer had written again (records 16..23 labelled as
+    positions 0..7, torn if written during the copy); only its advance failed."""
+    with Ring.create(name, SMALL, 8) as prod:
+        prod.push_many(small(0, 8))
+        first = Ring.attach(name, SMALL)
+        second = Ring.attach(name, SMALL, takeover=True)
+        got = np.zeros(8, SMALL)
+        assert second.pop_many(got) == 8
+        prod.push_many(small(16, 8))
+        with pytest.raises(RingError, match="taken over"):
+            first.peek_many(np.zeros(8, SMALL), timeout=0)
+        with pytest.raises(RingError, match="taken over"):
+            first.pop_many(np.zeros(8, SMALL), timeout=0)
+        assert second.pop_many(got) == 8 and got["seq"].tolist() == list(range(16, 24))
+        first.close()
+        second.close()
+
+
+def test_rewind_is_refused_on_a_broadcast_consumer(name):
+    """Found by an adversarial pass: rewind() on a broadcast consumer moved its cursor to 0:
+    the next pop gave records again and counted the wrong number missed."""
+    with Ring.create(name, SMALL, 8, policy="broadcast") as prod:
+        c = Ring.attach(name, SMALL, start="oldest")
+        prod.push_many(small(0, 5))
+        assert c.pop_many(np.zeros(8, SMALL)) == 5
+        with pytest.raises(RingError, match="blocking policy"):
+            c.rewind()
+        assert c.position == 5
+        c.close()
+
+
+def test_a_forked_child_that_exits_leaves_its_parent_s_ring_alone(name):
+    """Found by an adversarial pass: a child of os.fork() that closed (or dropped) its copies
+    of the handles, as a normal exit does, unlinked its parent's segment, marked the end of
+    its stream and gave up both sides' claims."""
+    import gc
+
+    with Ring.create(name, SMALL, 8) as prod:
+        cons = Ring.attach(name, SMALL)
+        prod.push_many(small(0, 3))
+        pid = os.fork()
+        if pid == 0:                                        # the child: its copies go, then it exits
+            try:
+                cons.close()
+                del prod
+                gc.collect()
+            finally:
+                os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert status == 0
+        assert os.path.exists(f"/dev/shm/{name}")
+        assert not prod.producer_closed and prod.producer_pid == os.getpid() and cons.consumer_pid == os.getpid()
+        prod.push_many(small(3, 2))
+        got = np.zeros(8, SMALL)
+        assert cons.pop_many(got, timeout=0) == 5 and got["seq"][:5].tolist() == [0, 1, 2, 3, 4]
+        cons.close()
+
+
 def test_one_producer(name):
     with Ring.create(name, SMALL, 8, role="none") as owner:
         with pytest.raises(RingError, match="needs a producer"):

@@ -364,3 +364,48 @@ def test_the_history_note_carries_the_exchange_time_each_history_stands_at(tmp_p
         assert times == {}
         assert settle_history_note(path, ring)
     assert json.loads(path.read_text())["exchange_ns"] == {"0": t + 3000, "1": t + 5000, "2": t - 7}
+
+
+def test_rings_json_spill_files_and_replay_signals_are_written_under_fresh_names(tmp_path):
+    """A review: rings.json was written at ``.rings.json.<pid>``, which the start's sweep did not
+    know (a daemon killed mid-write left it for good); a spill file at a fixed ``.NAME.tmp`` and
+    replay's ``--signals`` at ``NAME.tmp``, each opened through whatever was there (a symlink
+    planted at it had its target overwritten). Each now goes through a fresh temporary name:
+    a writer killed before its rename leaves a file the sweep removes, and no link is followed."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from tickwire.engine import files
+    from tickwire.ext.records import SIGNAL_DTYPE
+    from tickwire.replay.cli import _NpyWriter
+
+    kill_at_rename = "import os; os.replace = lambda *a: os._exit(9)\n"
+    for call in ("from tickwire.engine.worker import write_ring_names\n"
+                 "write_ring_names(d, [('tw-a-ticks-0', 'tw-a-signals-0')])",
+                 "import numpy as np; from tickwire.engine.writer import _Spill\n"
+                 "from tickwire.ext.records import EVENT_DTYPE\n"
+                 "_Spill(d).write(0, 1, 'tok', np.zeros(3, EVENT_DTYPE))"):
+        d = tmp_path / "killed"
+        d.mkdir()
+        res = subprocess.run([sys.executable, "-c", kill_at_rename + f"from pathlib import Path; d = Path({str(d)!r})\n"
+                              + call], capture_output=True, text=True)
+        assert res.returncode == 9, res.stderr
+        assert len(list(d.iterdir())) == 1, list(d.iterdir())       # the temporary file, unrenamed
+        assert files.remove_stale_temps(d) == 1 and not list(d.iterdir())
+        d.rmdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    (tmp_path / "sig.npy.tmp").symlink_to(victim)
+    (tmp_path / ".00000000000000000001-00000000000000000000.tmp").symlink_to(victim)
+    out = _NpyWriter(tmp_path / "sig.npy", SIGNAL_DTYPE)
+    out.write(np.zeros(2, SIGNAL_DTYPE))
+    out.close()
+    from tickwire.engine.writer import _Spill
+    from tickwire.ext.records import EVENT_DTYPE
+    _Spill(tmp_path).write(0, 1, "tok", np.zeros(3, EVENT_DTYPE))
+    assert victim.read_text() == "keep me\n"
+    assert len(np.load(tmp_path / "sig.npy")) == 2
+    assert (tmp_path / "00000000000000000001-00000000000000000000.spill").stat().st_size > 3 * EVENT_DTYPE.itemsize
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp") and not p.is_symlink()]
