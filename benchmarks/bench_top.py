@@ -62,10 +62,9 @@ def main() -> int:
     if not tmux:
         print("bench_top: needs tmux (apt-get install tmux)", file=sys.stderr)
         return 2
-    from tickwire.engine import plots
     from tickwire.engine.config import to_toml
     from tickwire.engine.demo import demo_raw_config
-    from tickwire.engine.latency import merged
+    from tickwire.engine.latency import iter_interval_log, merged
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-top-"))
     raw = demo_raw_config(tmp / "state", run="benchtop")
@@ -132,7 +131,7 @@ def main() -> int:
                     wpid = s1["pid"]
                 tc1 = cpu_seconds(top_pid) if top_pid else 0.0
                 time.sleep(1.5)                             # the phase's last interval reaches the log
-                ivs = [iv for iv in plots.load_latency(run_dir / "hdr" / "w0.hlog").intervals if t0 <= iv.end <= t1]
+                ivs = [iv for iv in iter_interval_log(run_dir / "hdr" / "w0.hlog") if t0 <= iv.end <= t1]
                 lat = {}
                 for stage in ("decode", "book", "tick_to_signal"):
                     hist = merged(ivs, stage)

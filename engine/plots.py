@@ -88,12 +88,13 @@ def nines_axis(ax, top: float = 100_000) -> None:
 @dataclass
 class LatencySource:
     """One file's latency data: spectra per tag (percentile levels 0..100, values in ns) and,
-    for an interval log, the intervals (``tickwire.engine.latency.Interval``)."""
+    for an interval log, each tag's merged histogram and its intervals' :func:`over_time` rows
+    (the intervals themselves are not kept: 220 KB each)."""
 
     path: Path
     kind: str                                       #: "hgrm" or "hlog"
     spectra: dict = field(default_factory=dict)     #: tag -> (levels, values_ns, max_ns, count)
-    intervals: list = field(default_factory=list)
+    rows: dict = field(default_factory=dict)        #: hlog: tag -> over_time rows of its non-empty intervals
     histograms: dict = field(default_factory=dict)  #: hlog: tag -> hdrh histogram of all its intervals
 
 
@@ -163,15 +164,21 @@ def spectrum(hist):
     return levels, values, float(hist.get_max_value()), int(hist.get_total_count())
 
 
-def _read_hlog(path: Path) -> list:
-    from tickwire.engine.latency import read_interval_log
+def _read_hlog(path: Path):
+    """The intervals of an interval log, one at a time (:func:`~tickwire.engine.latency.iter_interval_log`)."""
+    from tickwire.engine.latency import iter_interval_log
 
-    text = _read_text(path)
+    with open(path, "rb") as f:                        # (the head: the rest is read line by line)
+        head = f.read(1 << 20)
+    try:
+        text = head.decode("ascii")
+    except UnicodeDecodeError:
+        raise PlotInputError(f"{path}: not text (an .hgrm or HdrHistogram interval log is ASCII)") from None
     if "#[StartTime" not in text and "#[BaseTime" not in text and not re.search(r"^(Tag=[^,]*,)?[0-9.]+,", text, re.M):
         raise PlotInputError(f"{path}: not an HdrHistogram interval log (no #[StartTime]/#[BaseTime] header "
                              f"and no interval lines)")
     try:
-        return read_interval_log(path)
+        yield from iter_interval_log(path)
     except ValueError as exc:                             # (it names the file and the interval)
         raise PlotInputError(str(exc)) from None
 
@@ -179,32 +186,40 @@ def _read_hlog(path: Path) -> list:
 def load_latency(path, tags=None) -> LatencySource:
     """Read a ``.hgrm`` file or an interval log (by content: a ``.hgrm`` starts with its
     ``Value Percentile`` header). ``tags``: the interval log tags (stages) to keep."""
-    from tickwire.engine.latency import merged
-
     path = Path(path)
-    text = _read_text(path)
-    if text.lstrip().startswith("Value") or path.suffix == ".hgrm":
-        src = LatencySource(path, "hgrm", {None: read_hgrm(path)})
-        return src
-    intervals = _read_hlog(path)
-    if not intervals:
-        raise PlotInputError(f"{path}: an interval log with no intervals yet (the daemon writes one every "
-                             f"metrics.hdr_interval_s)")
-    have = []
-    for iv in intervals:
+    head = _read_text(path)[:1 << 16]          # (a regular file of ASCII: checked whole, then read line by line)
+    # by content; by name (.hgrm) only when it does not start as an interval log does (an .hlog
+    # named x.hgrm was read as a table: "line 6 is not an .hgrm row")
+    if head.lstrip().startswith("Value") or path.suffix == ".hgrm" and not (
+            "#[StartTime" in head or "#[BaseTime" in head or "#[Histogram log format" in head):
+        return LatencySource(path, "hgrm", {None: read_hgrm(path)})
+    # one interval at a time: each merged into its tag's total and summed up for the plot over
+    # time, then dropped (every interval kept, 220 KB each, a daemon's log of a few days took
+    # more memory than the machine had: an adversarial pass)
+    from tickwire.engine.latency import new_hdrh
+
+    src = LatencySource(path, "hlog")
+    have, n = [], 0
+    for iv in _read_hlog(path):
+        n += 1
         if iv.tag not in have:
             have.append(iv.tag)
+        if tags and iv.tag not in tags:
+            continue
+        total = src.histograms.setdefault(iv.tag, new_hdrh())
+        if iv.histogram.get_total_count():   # (an empty one decodes with a min of 0: merged, every minimum 0)
+            total.add(iv.histogram)
+            src.rows.setdefault(iv.tag, []).extend(over_time([iv], iv.tag))
+    if not n:
+        raise PlotInputError(f"{path}: an interval log with no intervals yet (the daemon writes one every "
+                             f"metrics.hdr_interval_s)")
     if tags:
         missing = [t for t in tags if t not in have]
         if missing:
             raise PlotInputError(f"{path}: no intervals tagged {', '.join(missing)} (it has: "
                                  f"{', '.join(str(t) for t in have)})")
-        have = [t for t in have if t in tags]
-        intervals = [iv for iv in intervals if iv.tag in tags]
-    src = LatencySource(path, "hlog", intervals=intervals)
-    for t in have:
-        src.histograms[t] = merged(intervals, t)
-        src.spectra[t] = spectrum(src.histograms[t])
+    for t, h in src.histograms.items():
+        src.spectra[t] = spectrum(h)
     return src
 
 
@@ -294,7 +309,7 @@ def plot_latency(paths, out, tags=None, title: str | None = None) -> dict:
     for src, name in zip(sources, names):
         for tag in src.spectra:
             if src.kind == "hlog":
-                rows = over_time(src.intervals, tag)
+                rows = src.rows.get(tag, [])
                 if rows:
                     timed[_label(name, tag, several)] = rows
     fig, axes = figure(10, 9 if timed else 5.5, rows=2 if timed else 1)

@@ -285,6 +285,53 @@ def test_an_interval_log_past_the_range_is_one_line_not_a_traceback(tmp_path, cm
     assert "68.7 s" in res.stderr
 
 
+def test_a_long_interval_log_is_read_one_interval_at_a_time(tmp_path):
+    """Found by an adversarial pass: every interval's histogram (220 KB) was kept, so plotting a
+    daemon's log of a day or more took all the machine's memory (24 GB, not done after 17
+    minutes). Here 4,000 lines: 0.9 GB read whole, well under 0.3 GB now, and the figures are
+    those of every interval."""
+    from tickwire.engine.latency import merged, read_interval_log
+
+    raw = write_log(tmp_path / "long.hlog", [50] * 2_000)
+    code = ("import resource, sys\nfrom tickwire.engine import latency, plots\n"
+            f"src = plots.load_latency({str(tmp_path / 'long.hlog')!r})\n"
+            "print(src.histograms['book'].get_total_count(), len(src.rows['book']), "
+            "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    out = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=300)
+    count, rows, rss_kb = map(int, out.stdout.split())
+    assert count == sum(len(r["book"]) for r in raw) and rows == 2_000, out.stderr
+    assert rss_kb < 300 << 10, f"{rss_kb / 1024:.0f} MiB"
+    assert merged(read_interval_log(tmp_path / "long.hlog"), "book").get_total_count() == count
+
+
+@pytest.mark.parametrize("line, fragment", [
+    ("Tag=book,0.000,1.000,abc,{p}", "line 6 is not an interval line"),
+    ("Tag=book,-5.000,1.000,0.010,{p}", "line 6 is not an interval line"),
+    ("Tag=book,0.000,-1.000,0.010,{p}", "line 6 is not an interval line"),
+    # (absolute times, BaseTime 0: the log's own lines at 0.000 and one of 2020 before its StartTime)
+    ("Tag=book,1600000000.000,1.000,0.010,{p}", "3 of its 3 interval lines start before the log's StartTime"),
+])
+def test_an_interval_line_hdrh_would_skip_is_refused_not_left_out(tmp_path, line, fragment):
+    """Found by an adversarial pass: hdrh's reader skips a line it cannot parse (a max of
+    "abc", a negative start or length) and one starting before the log's StartTime; the plot
+    and the summary were drawn from the rest (89 of 139 intervals), exit 0."""
+    write_log(tmp_path / "ok.hlog", [10])
+    lines = (tmp_path / "ok.hlog").read_text().splitlines()
+    good = lines[-2]
+    payload = good.rsplit(",", 1)[1]
+    lines.insert(len(lines) - 2, line.format(p=payload))
+    assert lines[5] == line.format(p=payload), lines
+    if "1600000000" in line:
+        lines[3] = "#[BaseTime: 0.000 (seconds since epoch)]"
+    bad = tmp_path / "bad.hlog"
+    bad.write_text("\n".join(lines) + "\n")
+    for cmd in (["-m", "tickwire", "plot", "latency", str(bad), "-o", str(tmp_path / "x.png")],
+                ["-m", "tickwire.engine.latency", str(bad)]):
+        res = subprocess.run([PY, *cmd], capture_output=True, text=True, timeout=60)
+        assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+        assert fragment in res.stderr and str(bad) in res.stderr, res.stderr
+
+
 @pytest.mark.parametrize("what", ["empty", "hgrm", "no interval"])
 def test_the_log_summary_refuses_what_is_no_interval_log(tmp_path, what):
     """Found by an adversarial pass: `python -m tickwire.engine.latency` printed an empty table,

@@ -156,7 +156,7 @@ def test_top_in_tmux_shows_the_daemon_follows_keys_and_waits_when_it_is_killed_u
         from tickwire.engine.top import _us
 
         for stage, label in (("book", "book"), ("tick_to_signal", "tick>sig")):
-            rows = plots.over_time(plots.load_latency(run_dir / "hdr" / "w0.hlog").intervals, stage)
+            rows = plots.load_latency(run_dir / "hdr" / "w0.hlog").rows.get(stage, [])
             cells = latency_row(lines, label)
             assert cells[:2] == [_us(rows[-1][2]), _us(rows[-1][3])], (stage, cells, rows[-1])
         # the keyboard: down twice selects SYN2 (row marker and ladder)
