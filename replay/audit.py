@@ -32,7 +32,8 @@ _RENUMBER = 64
 
 
 class _Chan:
-    __slots__ = ("_due", "_c", "pend", "tops", "epoch", "excused", "repeats", "stale_since", "stale")
+    __slots__ = ("_due", "_c", "pend", "tops", "epoch", "excused", "repeats", "stale_since", "stale", "owed", "base",
+                 "fresh")
 
     def __init__(self, due: np.ndarray, c: int):
         self._due, self._c = due, c  # the audit's array of next sequence numbers (0: not known)
@@ -43,10 +44,16 @@ class _Chan:
         self.repeats = 0
         self.stale_since = None     # the book out of sync after this number (a STALE marker), until
         self.stale = []             # ... a snapshot or END: then (first, last) of that stretch here
+        self.owed = 0               # the highest number a STALE marker said was received (stored)
+        self.base = 0               # where the numbering's start marker said the history resumes
+        self.fresh = False          # a numbering its ticks started (a 1 after higher numbers): its
+                                    # epoch's marker, naming the old one's end, is still to come
 
     def restart(self) -> None:
         """The numbering starts anew (a publisher's new epoch, a receiver's restart)."""
         self.next, self.excused, self.stale_since, self.stale, self.tops = None, set(), None, [], []
+        self.owed = self.base = 0
+        self.fresh = False
 
     def excuses(self, first: int) -> bool:
         """Whether a hole from ``first`` is the feed's own: announced by a STALE marker, or met
@@ -136,37 +143,77 @@ class SeqAudit:
             if self.channels is None or c in self.channels:
                 yield c, s
 
+    @staticmethod
+    def _runs(r: np.ndarray):
+        """``r`` (one channel's marker and snapshot rows) cut where its markers change (restart,
+        STALE or epoch: an instrument's markers of one event are alike): each cut is taken as a
+        whole, as it is when the chunks cut there (a stop's STALE marker read with a restart's
+        in one chunk counted as a restart's)."""
+        marker = np.flatnonzero(r["kind"] == Kind.SNAPSHOT)
+        if len(marker) < 2:
+            yield r
+            return
+        flags = r["flags"][marker]
+        restart, stale = (flags & np.uint32(_RESTART)) != 0, (flags & np.uint32(_STALE)) != 0
+        epoch = r["order_id"][marker]
+        cut = np.flatnonzero((restart[1:] != restart[:-1]) | (stale[1:] != stale[:-1]) | (epoch[1:] != epoch[:-1]))
+        at = 0
+        for k in marker[cut + 1].tolist():
+            yield r[at:k]
+            at = k
+        yield r[at:]
+
     def _marks(self, rows: np.ndarray) -> None:
-        for c, r in self._channels_of(rows):
-            st = self._state(c)
-            marker = r["kind"] == Kind.SNAPSHOT
-            flags = r["flags"]
-            stale = marker & ((flags & np.uint32(_STALE)) != 0)
-            epochs = r["order_id"][marker]
-            epochs = epochs[epochs != 0]                # (a start's marker, made before any epoch: 0)
-            epoch = int(epochs[-1]) if len(epochs) else None
-            if ((flags & np.uint32(_RESTART)) != 0).any() or (
-                    epoch and st.epoch is not None and epoch != st.epoch):
-                # a receiver's (re)start, or the publisher's new epoch: the numbering starts anew
-                self._close(c, st)
-                st.restart()
-            if epoch:
-                st.epoch = epoch
-            for m in r["seq"][stale].tolist():
+        for c, whole in self._channels_of(rows):
+            for r in self._runs(whole):
+                self._marks_of(c, r)
+
+    def _marks_of(self, c: int, r: np.ndarray) -> None:
+        st = self._state(c)
+        marker = r["kind"] == Kind.SNAPSHOT
+        flags = r["flags"]
+        stale = marker & ((flags & np.uint32(_STALE)) != 0)
+        epochs = r["order_id"][marker]
+        epochs = epochs[epochs != 0]                # (a start's marker, made before any epoch: 0)
+        epoch = int(epochs[-1]) if len(epochs) else None
+        anew = ((flags & np.uint32(_RESTART)) != 0).any() or (
+            epoch and st.epoch is not None and epoch != st.epoch)
+        # the marker of the numbering its ticks started (a new epoch's, met after its first ticks
+        # in the store's order) names the old one's last number, not this one's
+        fresh = st.fresh and bool(stale.any()) and epoch is not None
+        if fresh:
+            st.fresh = False
+        # STALE markers of the epoch followed (the first to name one: the receiver's snapshot
+        # markers carry none)
+        ours = not anew and not fresh and epoch is not None and (st.epoch is None or epoch == st.epoch)
+        if anew:
+            # a receiver's (re)start, or the publisher's new epoch: the numbering starts anew
+            self._end_numbering(c, st)
+            st.restart()
+            st.base = int(r["seq"][stale].max()) if stale.any() else 0
+        if epoch:
+            st.epoch = epoch
+        for m in r["seq"][stale].tolist():
+            if ours:
+                # every number up to it was received, and stored before it (a restart's
+                # marker says where the history resumes, an epoch's new one the old one's
+                # end: neither is of this numbering); checked when the numbering ends
+                st.owed = max(st.owed, int(m))
+            if not anew:
                 st.excused.add(int(m) + 1)
-                if st.stale_since is None:
-                    st.stale_since = int(m)
-            covered = r["seq"][~stale]
-            if len(covered) and st.stale_since is not None:
-                st.stale.append((st.stale_since + 1, int(covered.max())))
-                st.stale_since = None
-            if len(covered) and st.next is not None:
-                # a snapshot (or an END marker) stamped S: the book has every event up to S
-                top = int(covered.max()) + 1
-                if top > st.next:
-                    st.next = top
-                    st.pend = st.pend[st.pend >= np.uint64(top)]
-                    self._advance(st)
+            if st.stale_since is None:
+                st.stale_since = int(m)
+        covered = r["seq"][~stale]
+        if len(covered) and st.stale_since is not None:
+            st.stale.append((st.stale_since + 1, int(covered.max())))
+            st.stale_since = None
+        if len(covered) and st.next is not None:
+            # a snapshot (or an END marker) stamped S: the book has every event up to S
+            top = int(covered.max()) + 1
+            if top > st.next:
+                st.next = top
+                st.pend = st.pend[st.pend >= np.uint64(top)]
+                self._advance(st)
 
     def _ticks(self, rows: np.ndarray) -> None:
         for c, s in self._by_channel(rows):
@@ -184,8 +231,9 @@ class SeqAudit:
                 if top > _RENUMBER:
                     if k > at:
                         self._numbers(c, st, s[at:k])
-                    self._close(c, st)
+                    self._end_numbering(c, st)
                     st.restart()
+                    st.fresh = True
                     at = k
             self._numbers(c, st, s[at:] if at else s)
 
@@ -244,10 +292,25 @@ class SeqAudit:
         end = int(starts[n]) if n < len(starts) else len(s)    # the runs up to here are taken
         st.next, st.pend = int(s[end - 1]) + 1, s[end:]
 
+    def _end_numbering(self, c: int, st: _Chan) -> None:
+        """A numbering ends (the stream, a restart, a new epoch): every hole still open counts,
+        and so do the numbers up to what its STALE markers said was received that never came (a
+        channel's last ticks, or all of them: the ticks of a restore that missed the latest
+        partition were not said, nor a channel's ticks all deleted: a review)."""
+        self._close(c, st)
+        if not st.owed or (st.next or 0) > st.owed:
+            return
+        # none met: from where the numbering's start said the history resumes, or past the
+        # stretches the book was out of sync in (a start mid-stream stores from its first message)
+        first = st.next if st.next is not None else max([st.base + 1] + [b + 1 for _, b in st.stale])
+        if first <= st.owed and not st.excuses(first):
+            self.holes.append((c, first, st.owed))
+        st.next = st.owed + 1
+
     def finish(self) -> None:
         """The stream ended: every hole still open counts."""
         for c, st in self._ch.items():
-            self._close(c, st)
+            self._end_numbering(c, st)
 
     # -- what was found ----------------------------------------------------------------------
     @property

@@ -169,7 +169,7 @@ def _load_spec(path):
     except (TypeError, ValueError) as exc:
         raise ReplayError(f"--config {path}: {exc}") from None
     channels = raw.get("feeds", {}).get("channels")
-    if channels is not None and (not isinstance(channels, int) or channels < 1):
+    if channels is not None and (not isinstance(channels, int) or isinstance(channels, bool) or channels < 1):
         raise ReplayError(f"--config {path}: feeds.channels: expected a positive integer, got {channels!r}")
     return EngineSpec(rules, stats, channels), None
 

@@ -281,6 +281,11 @@ class ReportBuilder:
         self._bid = np.full(nid, NO_PRICE, np.int64)
         self._ask = np.full(nid, NO_PRICE, np.int64)
         self._sync = np.ones(nid, bool)
+        # each instrument's last two-sided top while its book was in sync: what a position open at
+        # the end is marked to (a daemon's store ends with its books stale, a silence's markers:
+        # every open position was left unmarked, an adversarial pass)
+        self._mark_bid = np.full(nid, NO_PRICE, np.int64)
+        self._mark_ask = np.full(nid, NO_PRICE, np.int64)
         self._clock = NO_PRICE                              # highest ts_event seen
         self._first_ts = None
         self._stamp_offset = StampOffset()                  # the stream's typical ts_event - ts_recv
@@ -377,7 +382,14 @@ class ReportBuilder:
             cand = order[np.maximum(r, 0)]
             return np.where((r >= 0) & (inst[cand] == q_inst), cand, -1)
 
-        self._take_signals(signals, trig, _mids(bid, ask, sync, trig))
+        # each signal's time as the clock has it: a signal of a badly stamped event (0, or 2100)
+        # had horizons resolved at once (markout 0 at 1 s in data of 0.28 s) or never
+        # (unresolved, its trades filled after the end): an adversarial pass
+        t_sig = signals["ts_event"]
+        if bad.any() and len(signals):
+            sbad = bad[_trigger_positions(events, signals)]
+            t_sig = np.where(sbad, ts[trig], t_sig)
+        self._take_signals(signals, trig, _mids(bid, ask, sync, trig), t_sig)
 
         # resolve what the stream has now passed: the first event stamped after T, or later
         pend = self._pend
@@ -411,6 +423,11 @@ class ReportBuilder:
                 continue
             last = n - 1 if pos is None else int(pos[-1])
             self._bid[i], self._ask[i], self._sync[i] = bid[last], ask[last], sync[last]
+            mine = np.arange(n) if pos is None else pos
+            good = np.flatnonzero(sync[mine] & (bid[mine] != NO_PRICE) & (ask[mine] != NO_PRICE))
+            if len(good):
+                k = int(mine[good[-1]])
+                self._mark_bid[i], self._mark_ask[i] = bid[k], ask[k]
             # every stride-th event of the instrument (by its own count) for the plot
             seen, stride = int(self._mid_seen[i]), int(self._mid_stride[i])
             first = (-seen) % stride
@@ -427,16 +444,17 @@ class ReportBuilder:
         self.batches += 1
         self._busy = False
 
-    def _take_signals(self, signals, trig, mid):
+    def _take_signals(self, signals, trig, mid, t_sig):
         """Count the batch's signals, add markout rows and trading actions, queue their times
-        (``trig``: each signal's event, the end of its message; ``mid``: the mid there)."""
+        (``trig``: each signal's event, the end of its message; ``mid``: the mid there;
+        ``t_sig``: each signal's time on the stream's clock, its ``ts_event`` but for bad stamps)."""
         if not len(signals):
             return
         s_inst = signals["instrument"].astype(np.int64)
         known = s_inst < len(self._known)
         known[known] = self._known[s_inst[known]]
         self._unknown_signals += int(np.count_nonzero(~known))
-        sig, trig, mid, s_inst = signals[known], trig[known], mid[known], s_inst[known]
+        sig, trig, mid, s_inst, t_sig = signals[known], trig[known], mid[known], s_inst[known], t_sig[known]
         flags, direction = sig["flags"], sig["direction"].astype(np.int64)
         is_exit = (flags & _EXIT) != 0
         is_enter = ((flags & _ENTER) != 0) & ~is_exit
@@ -465,7 +483,7 @@ class ReportBuilder:
                 mid=np.full((len(d), nc), np.nan), status=np.zeros((len(d), nc), np.uint8))
             rows = np.arange(sl.start, sl.stop, dtype=np.int64)
             new_inst.append(np.repeat(s_inst[d], nc))
-            new_T.append(_later(sig["ts_event"][d][:, None], self._offsets[None, :]).reshape(-1))
+            new_T.append(_later(t_sig[d][:, None], self._offsets[None, :]).reshape(-1))
             new_ref.append((rows[:, None] * nc + np.arange(nc)[None, :]).reshape(-1))
             new_min.append(np.repeat(p + 1, nc))
         a = np.flatnonzero(directional | is_exit)
@@ -478,7 +496,7 @@ class ReportBuilder:
                 resolved=np.zeros(len(a), bool))
             acts = np.arange(sl.start, sl.stop, dtype=np.int64)
             new_inst.append(s_inst[a])
-            new_T.append(_later(sig["ts_event"][a], self.latency_ns))
+            new_T.append(_later(t_sig[a], self.latency_ns))
             new_ref.append(-(acts + 1))
             new_min.append(p + 1)
         pend = self._pend
@@ -636,8 +654,8 @@ class ReportBuilder:
         for key, s in state.items():
             if s["pos"] != 0:
                 i = key[2]
-                b, a, sy = int(self._bid[i]), int(self._ask[i]), bool(self._sync[i])
-                mark = 0.5 * b + 0.5 * a if (b != NO_PRICE and a != NO_PRICE and sy) else math.nan
+                b, a = int(self._mark_bid[i]), int(self._mark_ask[i])
+                mark = 0.5 * b + 0.5 * a if (b != NO_PRICE and a != NO_PRICE) else math.nan
                 close(key, s, None, _OPEN_AT_END, mark)
         trades = {name: np.frombuffer(col, _TRADE_DTYPES[code]) if len(col) else np.empty(0, _TRADE_DTYPES[code])
                   for (name, code), col in zip(_TRADE_FIELDS.items(), out.values())}

@@ -16,6 +16,7 @@ the books, statistics and signals exactly as live (docs/replay.md, "Live parity"
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
@@ -126,6 +127,10 @@ def parse_time(text) -> Optional[int]:
             digits, rest = digits + rest[0], rest[1:]
         frac_ns = int((digits + "000000000")[:9]) if digits else 0
         s = head + rest if digits and len(digits) <= 9 else "?"    # (2024-...:00, or .1234567891: refused)
+        if not re.search(r"[0-9]{2}:[0-9]{2}:[0-9]{2}$", head):
+            # a fraction of a minute or an hour (23:54.5) was read as one of a second: 23:54:00.5
+            raise ReplayError(f"cannot read the time {text!r}: a decimal fraction is taken of the seconds only "
+                              f"(2024-08-08T23:54:30.5Z, not 23:54.5)")
     try:
         dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
         if dt.microsecond:                         # a second fraction: 00:00:00.5,6

@@ -1127,6 +1127,10 @@ def test_times_and_durations_parse():
                 "2024-08-08T23:54:00.1234567891"):
         with pytest.raises(ReplayError, match="cannot read the time"):
             parse_time(bad)
+    # a fraction of a minute or an hour (an adversarial pass: 23:54.5 read as 23:54:00.5)
+    for bad in ("2024-08-08T23:54.5", "2024-08-08T23.5", "2024-08-08T23:54,5Z"):
+        with pytest.raises(ReplayError, match="a decimal fraction is taken of the seconds only"):
+            parse_time(bad)
     assert [parse_duration(x) for x in ("100ms", "1s", "10s", "60s", "1m", "500us", "2")] == \
            [10**8, 10**9, 10**10, 6 * 10**10, 6 * 10**10, 500_000, 2 * 10**9]
 
@@ -1510,6 +1514,11 @@ def test_a_rules_file_rule_for_no_instrument_is_refused_as_the_daemon_config_doe
      "rules[1].enterr: unknown key (did you mean rules[1].enter?)"),
     ("kind = 'zscore'\nexit = 1.0\n", "rules[1].enter: expected a number (required)"),
     ("kind = 'zscorr'\nenter = 2.0\n", "rules[1].kind: expected one of"),
+    # (an adversarial pass: a rule that needs more samples than its window holds never fired)
+    ("kind = 'zscore'\nenter = 2.0\nmin_count = 1001\n",
+     "rules[1].min_count: 1001 samples, but its window holds at most 1000 (stats.window_size)"),
+    # (the same: channels = true was taken as 1)
+    ("kind = 'zscore'\nenter = 2.0\n[feeds]\nchannels = true\n", "feeds.channels: expected a positive integer"),
 ])
 def test_a_rules_file_s_bad_rule_names_its_key_as_the_daemon_config_does(tmp_path, market, rule, message):
     """An adversarial pass: an unknown key in a replay rules file's [[rules]], or no `enter`, gave

@@ -150,6 +150,40 @@ def test_a_publishers_new_epoch_and_a_receivers_restart_start_the_numbering_anew
     assert run(doubled, 64).repeats == {1: 51}                     # a repeat is not a new numbering
 
 
+def test_ticks_missing_at_a_channel_s_end_or_all_of_them_are_reported():
+    """Found by an adversarial pass: a channel's last ticks deleted (a restore without the latest
+    partition), or all its ticks, replayed with no word, though the stop's STALE marker names
+    the last number received. The numbers up to a STALE marker of the epoch followed are owed;
+    a restart's marker (where the history resumes) and a new epoch's (the old one's end) are not
+    of the numbering they start."""
+    def start(c):
+        return marker(c, 0, Flag.STALE | Flag.RESTART, epoch=0)
+
+    def synced(c, s):
+        return marker(c, s, Flag.SNAPSHOT_END, epoch=5)
+
+    whole = [start(0), ticks(0, np.arange(1, 101)), synced(0, 100), ticks(0, np.arange(101, 201)),
+             marker(0, 200, Flag.STALE, epoch=5)]
+    stream = np.concatenate([
+        *whole,
+        start(1), ticks(1, np.arange(1, 51)), synced(1, 50), ticks(1, np.arange(51, 151)),   # 151..200 gone
+        marker(1, 200, Flag.STALE, epoch=5),
+        start(2), synced(2, 50), marker(2, 300, Flag.STALE, epoch=5),                        # none stored
+    ])
+    for chunk in (1, 7, 64, len(stream)):
+        audit = run(stream, chunk)
+        assert sorted(audit.holes) == [(1, 151, 200), (2, 51, 300)], chunk
+    assert run(np.concatenate(whole), 16).holes == []
+    # a silence, then a restart resuming where it was, then the stop: nothing owed that came
+    resumed = np.concatenate(whole + [marker(0, 200, Flag.STALE | Flag.RESTART, epoch=0), synced(0, 200),
+                                      ticks(0, np.arange(201, 260)), marker(0, 259, Flag.STALE, epoch=5)])
+    assert run(resumed, 16).holes == []
+    # the new epoch's marker names the old epoch's end (300): not owed by the new numbering
+    epoch = np.concatenate(whole + [ticks(0, np.arange(201, 301)), marker(0, 300, Flag.STALE, epoch=6),
+                                    ticks(0, np.arange(1, 40)), marker(0, 39, Flag.STALE, epoch=6)])
+    assert run(epoch, 16).holes == []
+
+
 def test_holes_while_the_book_is_out_of_sync_are_the_feeds_own():
     """Found by a review: without a recovery service the book stays out of sync after its first
     loss, and later losses get no STALE marker of their own; each was reported as rows deleted."""

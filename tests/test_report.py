@@ -129,8 +129,8 @@ def reference_report(events, sig_at, horizons, latency, fee_bps, instrument_ids,
         if px is not None:
             pos[key] = (d, px)
     last = {}
-    for i in instrument_ids:
-        idx = np.flatnonzero(events["instrument"] == i)
+    for i in instrument_ids:                           # the last mid it had (in sync, two-sided)
+        idx = np.flatnonzero((events["instrument"] == i) & ~np.isnan(mid))
         last[i] = mid[idx[-1]] if len(idx) else math.nan
     for key, (d, px) in pos.items():
         m = last[key[1]]
@@ -323,11 +323,12 @@ def test_hand_pnl_with_fees(tmp_path):
     assert p["net_quote"] == pytest.approx(p["net_ticks"] * 0.01, rel=1e-12)
 
 
-def test_the_sums_leave_an_unmarked_open_trade_out_of_every_figure(tmp_path):
-    """Found by an adversarial pass: a position still open when its book went out of sync (a
-    daemon's store ends with STALE markers once its feed is silent) has no mark: it was left out
-    of gross_ticks and net_ticks but its entry fee stayed in fees_ticks, so gross - fees was not
-    net (off by 99.9996 ticks here)."""
+def test_a_position_open_when_its_book_went_stale_is_marked_to_its_last_mid(tmp_path):
+    """Found by adversarial passes: a position still open when its book went out of sync (a
+    daemon's store ends with STALE markers once its feed is silent) had no mark: every open
+    position of a daemon's store was left out of the sums (open_unmarked, win_rate null). It is
+    marked to the last mid its book had in sync; and the sums add up (its entry fee stayed in
+    fees_ticks when it was left out: gross - fees was not net, off by 99.9996 ticks)."""
     from tickwire.engine.pipeline import Engine, RuleConfig
     from tickwire.ext import Kind, Side, empty_events
     from tickwire.ext.records import Flag
@@ -339,17 +340,30 @@ def test_the_sums_leave_an_unmarked_open_trade_out_of_every_figure(tmp_path):
     rb = ReportBuilder(inst, horizons_ns=(1_000_000,), fee_bps=1.0, plots=False)
     eng.process(ev)
     rb.add(ev, eng.take_signals())
+    mark = eng.features(0)["mid"]              # the last mid in sync
     stale = empty_events(1)                    # the feed went silent: the STALE marker a daemon stores
     stale["kind"], stale["side"], stale["flags"] = Kind.SNAPSHOT, Side.NONE, Flag.SNAPSHOT | Flag.STALE
     stale["ts_event"], stale["ts_recv"], stale["instrument"] = ev["ts_event"][-1], ev["ts_recv"][-1], 0
     eng.process(stale)
     rb.add(stale, eng.take_signals())
     p = rb.finish(tmp_path / "r")["groups"][0]["pnl"]
-    assert p["open_unmarked"] >= 1 and p["trades"] > p["open_unmarked"]
+    assert p["open_unmarked"] == 0 and p["open_at_end"] >= 1, p
+    opened = [t for t in read_csv(tmp_path / "r" / "trades.csv") if t["exit_reason"] == "open_at_end"]
+    assert opened and all(float(t["exit_price_ticks"]) == mark for t in opened), (opened, mark)
     assert p["gross_ticks"] - p["fees_ticks"] == pytest.approx(p["net_ticks"], abs=1e-6)
-    trades = read_csv(tmp_path / "r" / "trades.csv")
-    marked = [t for t in trades if t["net_ticks"] not in ("", "nan")]
-    assert p["fees_ticks"] == pytest.approx(sum(float(t["fees_ticks"]) for t in marked), rel=1e-9)
+
+
+def test_the_sums_leave_an_unmarked_open_trade_out_of_every_figure(tmp_path):
+    """A position open at the end of an instrument that never had a two-sided book in sync has
+    no mark: it is left out of gross_ticks, net_ticks and fees_ticks alike (its entry fee stayed
+    in fees_ticks once: gross - fees was not net)."""
+    e = ev([(1000, 0, SET, A, 102, 5), (2000, 0, SET, A, 103, 5), (3000, 0, SET, A, 104, 5)])   # asks only
+    rb = ReportBuilder([Instrument(0, "X", tick_size="0.01", lot_size="1")], horizons_ns=(500,), fee_bps=1.0)
+    rb.add(e, sig(e[0], direction=1))
+    p = rb.finish(tmp_path / "r")["groups"][0]["pnl"]
+    assert p["open_unmarked"] == 1 and p["trades"] == 1, p
+    assert p["gross_ticks"] - p["fees_ticks"] == pytest.approx(p["net_ticks"], abs=1e-6)
+    assert p["fees_ticks"] == 0.0, p
 
 
 def test_hand_latency_moves_the_fills(tmp_path):
@@ -463,6 +477,36 @@ def test_a_bad_stamp_moves_no_clock(tmp_path):
     def unnumbered(path):                                   # (one event more: later sequence numbers)
         return [{k: v for k, v in r.items() if k != "seq"} for r in read_csv(path)]
     assert unnumbered(tmp_path / "bad" / "markouts.csv") == unnumbered(out / "markouts.csv")
+
+
+@pytest.mark.parametrize("stamp", [0, 4_102_444_800 * 10**9], ids=["past", "2100"])
+def test_a_signal_on_a_badly_stamped_event_is_timed_where_it_was_received(tmp_path, stamp):
+    """Found by an adversarial pass: a signal fired by an event stamped 0 (or 2100) had its
+    horizons resolved at once (markout 0 "ok" at 1 s in data of 0.28 s) or never (unresolved,
+    its trades filled after the end): the report timed it by the stamp, though the event itself
+    moved no clock. Each is timed as its event is, at the clock it met (here the event before it,
+    at 1000): the figures of the same stream with that event stamped so."""
+    day10 = 10 * 86_400 * 10**9
+
+    def report(first_stamp, where):
+        e = ev([(ts + day10, *rest) for ts, *rest in HAND])
+        e["ts_event"][1] = first_stamp                      # the ENTER's event: received at 2005 + day10
+        sigs = np.concatenate([sig(e[1], direction=1), sig(e[4], direction=0, flags=EXIT),
+                               sig(e[5], direction=-1)])
+        rb = ReportBuilder([Instrument(0, "X", tick_size="0.01", lot_size="1")], horizons_ns=(500, 1000, 1001, 5000))
+        rb.add(e, sigs)
+        rb.finish(where)
+
+    report(stamp, tmp_path / "bad")
+    report(1000 + day10, out := tmp_path / "hand")
+
+    def figures(path):
+        return [{k: v for k, v in r.items() if k != "ts_event" and not k.endswith("signal_ts")} for r in read_csv(path)]
+
+    assert figures(tmp_path / "bad" / "markouts.csv") == figures(out / "markouts.csv")
+    bad, hand = figures(tmp_path / "bad" / "trades.csv"), figures(out / "trades.csv")
+    assert [t["exit_reason"] for t in bad] == [t["exit_reason"] for t in hand] and len(bad) == 2
+    assert [t["entry_price_ticks"] for t in bad] == [t["entry_price_ticks"] for t in hand]
 
 
 def test_stream_out_of_time_order(tmp_path):
