@@ -271,13 +271,22 @@ def relay_plan(pub: dict, sig: dict, chan_of_inst) -> dict:
             "inst": np.ascontiguousarray(np.asarray(sig["inst"])[ok][order], dtype=np.uint32)}
 
 
+#: the largest latency a histogram holds (2**36 - 1 ns, 68.7 s): a longer one is recorded as it
+#: and counted (``beyond_range``; dropped, a 75 s stall's samples left every percentile unsaid)
+TOP_NS = (1 << 36) - 1
+
+
+def _clamped(values) -> np.ndarray:
+    """``values`` (ns) as recorded: below 0 as 0 (a wall clock stepped back), past ``TOP_NS`` as it."""
+    return np.clip(np.ascontiguousarray(values, dtype=np.int64), 0, TOP_NS)
+
+
 def _recorder(values):
     from tickwire.ext.hdr import Recorder
 
     r = Recorder()
-    v = np.ascontiguousarray(values, dtype=np.int64)
-    if len(v):
-        r.record_many(np.maximum(v, 0))
+    if len(values):
+        r.record_many(_clamped(values))
     return r
 
 
@@ -355,7 +364,7 @@ def _worker_proc(cfg_path, run_dir, ready):
     w.run()
 
 
-def _zmq_sub_proc(endpoint, channels, cpu, io_cpu, spin, until_ns, out_path, relay, expected, ready):
+def _zmq_sub_proc(endpoint, channels, cpu, io_cpu, spin, until_ns, out_path, relay, expected, io, ready):
     """The ZeroMQ floor: a C receive loop on the engine's core, its I/O thread where the engine's is.
     ``relay`` (ring name, relay_plan()): also the relay floor, passing the target's messages on
     into that ring."""
@@ -371,10 +380,14 @@ def _zmq_sub_proc(endpoint, channels, cpu, io_cpu, spin, until_ns, out_path, rel
     if relay is not None:
         ring = Ring.attach(relay[0], SIGNAL_DTYPE, role="producer")
         plan = relay[1]
-    ctx, _ = io_context([io_cpu], 0)
+    # ``io``: the target's feeds.io_rt_priority and feeds.hwm, so that the floor's I/O thread and
+    # queue are the target's (a config's SCHED_FIFO I/O thread against the floor's normal one
+    # compared two setups: an adversarial pass)
+    rt_priority, hwm = io
+    ctx, _ = io_context([io_cpu], rt_priority)
     s = ctx.socket(zmq.SUB)
     s.setsockopt(zmq.LINGER, 0)
-    s.setsockopt(zmq.RCVHWM, 100_000)
+    s.setsockopt(zmq.RCVHWM, hwm)
     s.setsockopt(zmq.RCVTIMEO, 50)
     for c in channels:
         s.setsockopt(zmq.SUBSCRIBE, wire.topic(c))
@@ -593,6 +606,9 @@ class Publisher:
                 gave_up = f"the publisher fell {behind / 1e9:.1f} s behind its schedule and stopped"
                 break
             if time.monotonic() - t_wall > seconds + 60:
+                # (stopped unsaid, the rest of the schedule left out of the figures, exit 0: a review)
+                gave_up = (f"the publisher was still sending {time.monotonic() - t_wall - seconds:.0f} s after its "
+                           f"{seconds:g} s schedule and stopped")
                 break
         if progress and sys.stdout.isatty():
             _say()
@@ -670,6 +686,7 @@ class Run:
             self.chan_of_inst[i.id] = i.id % stream.nchannels
         self.channels = sorted(set(int(c) for c in stream.channels))
         self.signals_per_event = 0.01            # the target's, learnt from its last run
+        self.floor_io = (0, 100_000)             # the target's feeds.io_rt_priority and hwm, once it ran
 
     def endpoint(self, tag):
         return f"ipc://{self.ipc}-{tag}"
@@ -738,6 +755,7 @@ class Run:
         a = self.args
         path, cfg = self.target_config(tag)
         self.busy_poll = bool(cfg.feeds.busy_poll)        # what the target runs with (the floor's, the summary's)
+        self.floor_io = (cfg.feeds.io_rt_priority, cfg.feeds.hwm)    # (the floor's I/O thread and queue too)
         self.event_clock = cfg.clock == "event"           # (the engine stage is then 0 by construction)
         procs, rings, daemon, worker, daemon_rc = [], [], None, None, None
         try:
@@ -854,7 +872,7 @@ class Run:
             per_msg = max(1.0, self.stream.bounds[-1] / (len(self.stream.bounds) - 1))
             expected = (a.warmup + a.duration + a.drain) * rate / per_msg * 1.2
             p, ready = _spawn(_zmq_sub_proc, pub.endpoint, self.channels, self.engine_core, self.other_core, busy,
-                              until, str(out), relay, expected)
+                              until, str(out), relay, expected, self.floor_io)
             procs.append(p)
             _wait_ready(p, ready, "the libzmq subscriber")
             pub.wait_subscribers(1)
@@ -1078,6 +1096,16 @@ def target_losses(published: int, received: int, status: dict, worker_rc, daemon
     return out
 
 
+#: the words of a loss line that says something failed (a process died or was restarted, the feed
+#: lost events), not that the rate was too high (a backlog, a ring lapping its reader, a stall)
+_FAILED = ("exited with status", "was restarted", "wrote no status", "feed lost")
+
+
+def failures(loss) -> list[str]:
+    """The lines of ``loss`` that say the target failed rather than fell behind."""
+    return [line for line in loss if any(w in line for w in _FAILED)]
+
+
 def _gave_up_line(pr: dict, rate: float, start: int, warmup: float, duration: float) -> str:
     """The shortfall of a publisher that fell behind its schedule and stopped: the figures cover
     only the part of the measured seconds it sent (the rest, the slowest to go out, never went:
@@ -1266,6 +1294,13 @@ def measure_rate(run: Run, rate: float, index: int, outdir: Path) -> dict:
         n = int(np.count_nonzero(np.asarray(v) < 0)) if len(v) else 0
         if n and k in summ:
             summ[k]["negative"] = n
+        n = int(np.count_nonzero(np.asarray(v) > TOP_NS)) if len(v) else 0
+        if n and k in summ:
+            summ[k]["beyond_range"] = n
+            if k in stages:                   # the target's: its figures are a floor, the run incomplete
+                tgt["loss"] = list(tgt["loss"]) + [
+                    f"{n:,} {k} latencies of {TOP_NS / 1e9:.1f} s or more, recorded as {TOP_NS / 1e9:.1f} s (the "
+                    f"histograms' top): a stall that long; its percentiles are lower bounds"]
     if "floor" in summ:
         summ["floor"]["note"] = ("the relay floor: the messages that carried the target's signals, received by a "
                                  "bare C libzmq subscriber on the engine's core and pushed into a signal ring read "
@@ -1295,6 +1330,13 @@ def measure_rate(run: Run, rate: float, index: int, outdir: Path) -> dict:
         why = floor_saturated(_merge_publisher(floor_pubs)["achieved_rate"] if floor_pubs else rate, f["p50"], rate)
         if floor_loss:                            # (its slowest samples missing: it read lower than it was)
             why = "the floor did not receive everything: " + "; ".join(floor_loss)
+        above = [lv for lv in ("p50", "p99") if f[lv] > FLOOR_ABOVE * max(w[lv], 1)]
+        if not why and above:
+            # a floor is what the target's path cannot beat: one well above the target was itself
+            # disturbed (a stall, the machine busy), and "hit" against it said nothing (an
+            # adversarial pass: floor p99 389 ms, the target's 12 ms, "p99 0.03x: hit")
+            said = ", ".join(f"{lv} {f[lv] / 1e3:,.1f} us against {w[lv] / 1e3:,.1f} us" for lv in above)
+            why = f"the floor measured above the target ({said}): it was disturbed, not a floor"
         if why:                                   # two queues compared: the ratios say nothing of tickwire
             res["vs_floor"]["no_verdict"] = why
             for k in ("p50 <= 1.25x floor", "p99 <= 2x floor p99"):
@@ -1369,9 +1411,9 @@ def _write_interval_log(path: Path, lat: dict, rate: float, interval_s: float, s
         for k in range(last + 1):
             m = (it >= t0 + k * span) & (it < t0 + (k + 1) * span)
             for s in stages:
-                v = np.maximum(lat[s][m], 0)
+                v = lat[s][m]
                 if len(v):
-                    recs[s].record_many(np.ascontiguousarray(v, np.int64))
+                    recs[s].record_many(_clamped(v))
             log.write_interval((t0 + (k + 1) * span) / 1e9)
         return last + 1
 
@@ -1756,8 +1798,9 @@ def run_bench(args) -> dict:
                 _say(f"  INCOMPLETE at {_fmt_rate(rate)} ev/s: {line}")
             replace_file(outdir / "summary.json", json.dumps(summary, indent=1))   # kept if a later rate fails
             i += 1
-            why = _saturated(res, rate) or (f"it did not deliver everything ({res['loss'][0]})" if res["loss"]
-                                            else None)
+            failed = failures(res["loss"])
+            why = (f"it failed ({'; '.join(failed)})" if failed else _saturated(res, rate)
+                   or (f"it did not deliver everything ({res['loss'][0]})" if res["loss"] else None))
             if args.until_saturation and not queue:
                 if why is None and i < MAX_SATURATION_RATES:
                     # twice the highest measured (twice the last measured a rate again: --rate 1M,500k ran
@@ -1816,6 +1859,10 @@ def baseline_saturated(p50: float) -> str | None:
         return (f"saturated: its own p50 is {p50 / 1e6:,.1f} ms (past {SATURATED_P50_NS / 1e6:g} ms), a queue, not a "
                 f"latency: the ratio says only that tickwire keeps up at this rate where the baseline does not")
     return None
+
+
+#: a floor this many times the target's p50 or p99 is no floor (no verdict against it)
+FLOOR_ABOVE = 2.0
 
 
 def floor_saturated(achieved: float, p50: float, rate: float) -> str | None:
@@ -2027,6 +2074,14 @@ def cmd_bench(args) -> int:
                   f"publisher is a PUB socket, which a PULL socket cannot read: bench a copy of the config with "
                   f"feeds.socket = \"sub\"", file=sys.stderr)
             return 2
+        if args.target == "pipeline" and len(loaded.workers) > 1:
+            # (the pipeline target runs worker 0 alone: the other workers' channels went unsubscribed,
+            # and the bench waited 60 s to say "the target did not connect: see its log", a log that
+            # was not there: an adversarial pass)
+            print(f"tickwire bench: --config {args.config}: {len(loaded.workers)} workers, and the pipeline target "
+                  f"runs one engine worker (worker 0's channels only): give --target daemon, which runs them all, "
+                  f"or a config of one worker", file=sys.stderr)
+            return 2
     if not 0 <= args.batch <= limit:
         print(f"tickwire bench: --batch must be 0 (the exchange's own messages) .. {limit:,} events a message "
               f"({whose}; a larger message is refused whole), got {args.batch}", file=sys.stderr)
@@ -2093,8 +2148,10 @@ def cmd_bench(args) -> int:
     finally:
         signal.signal(signal.SIGTERM, old_term)
     runs = summary["runs"]
-    # (--until-saturation: the last rate's shortfall is the saturation it looked for, said in "stopped")
-    lossy = [r for r in runs if r.get("loss") and not (args.until_saturation and r is runs[-1])]
+    # (--until-saturation: the last rate's shortfall is the saturation it looked for, said in
+    # "stopped"; not a failure: a worker killed at the last rate was reported as saturation, exit 0)
+    lossy = [r for r in runs if r.get("loss") and not (
+        args.until_saturation and r is runs[-1] and not failures(r["loss"]))]
     if lossy:
         print(f"tickwire bench: {len(lossy)} of {len(runs)} rate(s) did not deliver everything (the "
               f"INCOMPLETE lines above, and \"loss\" in summary.json): their latency figures leave those events and "

@@ -970,6 +970,22 @@ def test_no_verdict_against_a_saturated_floor(tmp_path, monkeypatch, capsys, flo
     assert "below 0" not in text and "negative" not in res["latency_ns"]["wire_to_signal"]
 
 
+def test_no_verdict_against_a_floor_well_above_the_target(tmp_path, monkeypatch, capsys):
+    """Found by an adversarial pass: a floor disturbed during its run (its subscriber stopped for
+    300 ms: p99 389 ms against the target's 12 ms) gave "p99 0.0307x ... hit", exit 0; on a busy
+    machine floors at 3-30x the target's did the same unprovoked. A floor more than twice the
+    target's p50 or p99 is no floor: no verdict, and why."""
+    monkeypatch.setattr(bench, "Publisher", _FakePub)
+    res = bench.measure_rate(_fake_run(_lat(10_000), 50_000), 1e6, 0, tmp_path)
+    v = res["vs_floor"]
+    assert v["targets"]["p50 <= 1.25x floor"] is None and v["targets"]["p99 <= 2x floor p99"] is None, v
+    assert v["no_verdict"].startswith("the floor measured above the target (p50 50.0 us against 10.0 us"), v
+    bench.print_run(res)
+    assert "no verdict against the floor: the floor measured above the target" in capsys.readouterr().out
+    res = bench.measure_rate(_fake_run(_lat(30_000), 50_000), 1e6, 0, tmp_path)      # 1.7x: still a floor
+    assert res["vs_floor"]["targets"]["p50 <= 1.25x floor"] is True and "no_verdict" not in res["vs_floor"]
+
+
 @pytest.mark.parametrize("base_p50, saturated", [(2_000_000, False), (528_000_000, True)])
 def test_a_saturated_baseline_is_said_beside_its_ratio(tmp_path, monkeypatch, capsys, base_p50, saturated):
     """An adversarial pass: at 1M ev/s the pyzmq baseline's p50 was 528 ms, and "wire-to-signal /
@@ -1036,6 +1052,27 @@ def test_latencies_below_zero_are_counted_and_said(tmp_path, monkeypatch, capsys
         out.out + out.err
 
 
+def test_latencies_past_the_histograms_top_are_kept_counted_and_make_the_run_incomplete(tmp_path, monkeypatch,
+                                                                                         capsys):
+    """Found by an adversarial pass: a worker stopped for 75 s gave latencies of 2**36 ns (68.7 s)
+    and more, which the recorders reject: 282 samples left out of every series unsaid (count
+    3,510 against the engine's 3,792, p99 68.0 s for 74.2), exit 0, blamed on the rate. They are
+    now recorded at the top, counted, and the rate is INCOMPLETE (its percentiles lower bounds)."""
+    lat = _lat(50_000)
+    lat["wire_to_signal"][[5, 6, 7]] = [70_000_000_000, 75_000_000_000, 1 << 36]
+    monkeypatch.setattr(bench, "Publisher", _FakePub)
+    res = bench.measure_rate(_fake_run(lat), 1e6, 0, tmp_path)
+    w = res["latency_ns"]["wire_to_signal"]
+    assert w["count"] == len(lat["wire_to_signal"]) and w["beyond_range"] == 3
+    assert w["max"] >= 68_000_000_000
+    assert any("3 wire_to_signal latencies of 68.7 s or more" in line for line in res["loss"]), res["loss"]
+    from tickwire.engine.latency import read_interval_log
+    bench._write_interval_log(tmp_path / "i.hlog", lat, 1e6, 0.01, ("wire_to_signal",))   # and the interval log
+    ivs = read_interval_log(tmp_path / "i.hlog")
+    assert sum(iv.histogram.get_total_count() for iv in ivs) == len(lat["wire_to_signal"])
+    assert max(iv.histogram.get_max_value() for iv in ivs) >= 68_000_000_000
+
+
 @pytest.mark.integration
 def test_a_slow_start_of_the_target_s_consumer_is_not_charged_as_wire_latency(tmp_path):
     """Found by an adversarial pass: the target's schedule began 300 ms after it was set, before its
@@ -1069,6 +1106,23 @@ def test_until_saturation_says_what_stopped_it(tmp_path):
     assert stopped.startswith("at ") and f"--until-saturation stopped {stopped}" in r.stdout, r.stdout[-2000:]
 
 
+def test_a_target_that_failed_is_no_saturation(tmp_path):
+    """Found by an adversarial pass: under --until-saturation a worker killed at the last rate was
+    reported as the saturation looked for ("it did not deliver everything"), exit 0, its exit
+    status left out. A process that exited or was restarted, or a feed that lost events, is a
+    failure; a backlog, a lapped ring or a stall is the rate being too high."""
+    (tmp_path / "supervisor.json").write_text(json.dumps({"children": {"w0": {"restarts": 1}}}))
+    status = {"feed": {"events": 900, "lost_events": 3}, "signal_ring_head": 10}
+    lines = bench.target_losses(1000, 8, status, -9, None, tmp_path, missed=2)
+    assert bench.failures(lines) == [
+        "the worker's feed lost 3 events (and 0 ranges of unknown size): see its log",
+        "the engine worker exited with status -9", "the daemon's w0 was restarted 1 time(s) during the run"], lines
+    slow = bench.target_losses(1000, 8, {"feed": {"events": 900}, "signal_ring_head": 10}, None, None,
+                               tmp_path / "none", missed=2)
+    assert len(slow) == 3 and bench.failures(slow) == []
+    assert bench.failures(["the engine worker wrote no status (it did not start, or died before its first)"])
+
+
 def test_a_low_rate_publisher_sends_its_whole_schedule(tmp_path):
     """Found by a review: with messages more than 250 ms apart (64 events at 200 ev/s), the
     publisher's bounded call never reached the next message, spun, and gave up after one message
@@ -1084,6 +1138,35 @@ def test_a_low_rate_publisher_sends_its_whole_schedule(tmp_path):
         pub.close()
     assert "gave_up" not in res["stats"], res["stats"]
     assert 6 <= res["stats"]["messages"] <= 8, res["stats"]          # 2 s / 320 ms, from the first at 0
+
+
+def test_a_publisher_stopped_by_its_wall_clock_bound_says_so(tmp_path, monkeypatch):
+    """Found by an adversarial pass: the publisher's bound (a minute past its schedule) stopped it
+    without setting gave_up: the unsent rest of the schedule left the figures, the achieved rate
+    read as the offered one, exit 0. It gives up now, said as the other give-up is."""
+    import types
+
+    from tickwire.ext import harness
+    from tickwire.feeds.synthetic import synthetic_instruments
+
+    stream = bench.synthetic_stream(synthetic_instruments(1, "L2"), 1, events=64 * 2000, batch=64)
+    pub = bench.Publisher(stream, f"ipc://{tmp_path}/wall.sock")
+    real = bench.time.monotonic
+    calls = [0]
+
+    def jumping():                                       # a minute and more passes after the 10th look
+        calls[0] += 1
+        return real() + (120.0 if calls[0] > 10 else 0.0)
+
+    monkeypatch.setattr(bench, "time", types.SimpleNamespace(**{k: getattr(bench.time, k) for k in dir(bench.time)
+                                                                  if not k.startswith("__")}))
+    monkeypatch.setattr(bench.time, "monotonic", jumping)
+    try:
+        res = pub.run(2000.0, harness.now_ns() + 50_000_000, 5.0, "wall", progress=False)
+    finally:
+        pub.close()
+    assert "after its 5 s schedule and stopped" in res["stats"].get("gave_up", ""), res["stats"]
+    assert res["stats"]["messages"] < 150
 
 
 def test_the_demo_s_wire_line_says_an_incomplete_run_and_an_unmeasured_floor(tmp_path, monkeypatch):
@@ -1351,6 +1434,24 @@ def test_an_event_clock_config_leaves_the_engine_stage_out(tmp_path, monkeypatch
     out = capsys.readouterr().out
     assert "engine stage not measured: engine.clock = \"event\"" in out
     assert not re.search(r"^\s+engine\s+[0-9]", out, re.M), out              # no row of figures
+
+
+def test_a_config_of_two_workers_with_the_pipeline_target_is_refused_up_front(tmp_path, capsys):
+    """Found by an adversarial pass: the pipeline target runs worker 0 alone, so with a config of
+    two workers the other's channels never subscribed: 60 s, then "the target did not connect:
+    see its log", with no log to see. Refused at once, pointing to --target daemon."""
+    from tickwire.engine.config import to_toml
+    from tickwire.engine.demo import demo_raw_config
+
+    workers = [{"name": "w0", "cpu": 1, "instruments": [0, 2]}, {"name": "w1", "cpu": 0, "instruments": [1, 3]}]
+    raw = demo_raw_config(tmp_path / "state", run="two", instruments=4, channels=2, workers=workers)
+    cfg = tmp_path / "two.toml"
+    cfg.write_text(to_toml(raw))
+    t0 = time.monotonic()
+    assert cli_main(["bench", "--config", str(cfg), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "2 workers, and the pipeline target runs one engine worker" in err and "--target daemon" in err, err
+    assert time.monotonic() - t0 < 10
 
 
 def test_a_pull_socket_config_is_refused_up_front(tmp_path, capsys):
