@@ -263,7 +263,8 @@ def cmd_signals(args) -> int:
     gone_since = None
     # without --follow: up to where each ring's head was at the start (ended by the first empty
     # read, a daemon signalling faster than every 100 ms kept it printing for good: a review)
-    stops = [r.head for r in rings]
+    # (the newest: the one record past where attach put each cursor, whatever came since)
+    stops = [(r.position + 1 if r.head else 0) if start == "newest" else r.head for r in rings]
     try:
         while True:
             got = 0

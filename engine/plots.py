@@ -153,6 +153,27 @@ def _read_text(path: Path) -> str:
         raise PlotInputError(f"{path}: not text (an .hgrm or HdrHistogram interval log is ASCII)") from None
 
 
+def _read_head(path: Path, n: int = 1 << 16) -> str:
+    """The first ``n`` bytes of the regular file at ``path``, as ASCII (:func:`_read_text`'s
+    errors; a log of gigabytes read whole to look at its start held them twice: a review)."""
+    from tickwire.engine.files import not_a_file
+
+    what = not_a_file(path)
+    if what:
+        raise PlotInputError(f"{path}: {what}, expected a .hlog or .hgrm file (a regular file)")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(n)
+    except OSError as exc:
+        raise PlotInputError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    if not data.strip():
+        raise PlotInputError(f"{path}: empty file")
+    try:
+        return data.decode("ascii")
+    except UnicodeDecodeError:
+        raise PlotInputError(f"{path}: not text (an .hgrm or HdrHistogram interval log is ASCII)") from None
+
+
 def spectrum(hist):
     """An hdrh histogram's percentile spectrum as ``.hgrm`` lists it (hdrh's percentile
     iterator, 5 ticks per half distance): ``(levels %, values ns, max ns, count)``."""
@@ -187,7 +208,7 @@ def load_latency(path, tags=None) -> LatencySource:
     """Read a ``.hgrm`` file or an interval log (by content: a ``.hgrm`` starts with its
     ``Value Percentile`` header). ``tags``: the interval log tags (stages) to keep."""
     path = Path(path)
-    head = _read_text(path)[:1 << 16]          # (a regular file of ASCII: checked whole, then read line by line)
+    head = _read_head(path)                    # (the rest is read line by line: not held whole)
     # by content; by name (.hgrm) only when it does not start as an interval log does (an .hlog
     # named x.hgrm was read as a table: "line 6 is not an .hgrm row")
     if head.lstrip().startswith("Value") or path.suffix == ".hgrm" and not (

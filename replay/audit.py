@@ -26,6 +26,7 @@ from tickwire.ext.records import Flag, Kind
 __all__ = ["SeqAudit"]
 
 _SNAPSHOT, _STALE, _RESTART = int(Flag.SNAPSHOT), int(Flag.STALE), int(Flag.RESTART)
+_BEGIN, _END = int(Flag.SNAPSHOT_BEGIN), int(Flag.SNAPSHOT_END)
 _EMPTY = np.empty(0, np.uint64)
 #: a sequence number 1 met after numbers past this starts a new numbering (a publisher's new epoch)
 _RENUMBER = 64
@@ -33,7 +34,7 @@ _RENUMBER = 64
 
 class _Chan:
     __slots__ = ("_due", "_c", "pend", "tops", "epoch", "excused", "repeats", "stale_since", "stale", "owed", "base",
-                 "fresh")
+                 "fresh", "snapping")
 
     def __init__(self, due: np.ndarray, c: int):
         self._due, self._c = due, c  # the audit's array of next sequence numbers (0: not known)
@@ -48,12 +49,13 @@ class _Chan:
         self.base = 0               # where the numbering's start marker said the history resumes
         self.fresh = False          # a numbering its ticks started (a 1 after higher numbers): its
                                     # epoch's marker, naming the old one's end, is still to come
+        self.snapping = False       # within a snapshot (its SNAPSHOT_BEGIN met, not its END yet)
 
     def restart(self) -> None:
         """The numbering starts anew (a publisher's new epoch, a receiver's restart)."""
         self.next, self.excused, self.stale_since, self.stale, self.tops = None, set(), None, [], []
         self.owed = self.base = 0
-        self.fresh = False
+        self.fresh = self.snapping = False
 
     def excuses(self, first: int) -> bool:
         """Whether a hole from ``first`` is the feed's own: announced by a STALE marker, or met
@@ -156,7 +158,9 @@ class SeqAudit:
         flags = r["flags"][marker]
         restart, stale = (flags & np.uint32(_RESTART)) != 0, (flags & np.uint32(_STALE)) != 0
         epoch = r["order_id"][marker]
-        cut = np.flatnonzero((restart[1:] != restart[:-1]) | (stale[1:] != stale[:-1]) | (epoch[1:] != epoch[:-1]))
+        seq = r["seq"][marker]
+        cut = np.flatnonzero((restart[1:] != restart[:-1]) | (stale[1:] != stale[:-1]) | (epoch[1:] != epoch[:-1])
+                             | (seq[1:] != seq[:-1]))
         at = 0
         for k in marker[cut + 1].tolist():
             yield r[at:k]
@@ -203,10 +207,24 @@ class SeqAudit:
                 st.excused.add(int(m) + 1)
             if st.stale_since is None:
                 st.stale_since = int(m)
+        if (marker & ((flags & np.uint32(_BEGIN)) != 0)).any():
+            st.snapping = True
+        # END markers alone, outside a snapshot: a silent channel back with nothing lost (or a feed
+        # in sync from its first message), no snapshot: the silence excuses nothing (taken for a
+        # snapshot, its stretch excused every tick deleted in it, all of a channel's: a review)
+        resume = not st.snapping and not stale.any() and bool(marker.all())
         covered = r["seq"][~stale]
-        if len(covered) and st.stale_since is not None:
+        if resume:
+            if st.stale_since is not None:
+                st.excused.discard(st.stale_since + 1)
+                st.stale_since = None
+        elif len(covered) and st.stale_since is not None:
             st.stale.append((st.stale_since + 1, int(covered.max())))
             st.stale_since = None
+        if (marker & ((flags & np.uint32(_END)) != 0)).any():
+            st.snapping = False
+        if resume:
+            return
         if len(covered) and st.next is not None:
             # a snapshot (or an END marker) stamped S: the book has every event up to S
             top = int(covered.max()) + 1

@@ -127,7 +127,7 @@ def parse_time(text) -> Optional[int]:
             digits, rest = digits + rest[0], rest[1:]
         frac_ns = int((digits + "000000000")[:9]) if digits else 0
         s = head + rest if digits and len(digits) <= 9 else "?"    # (2024-...:00, or .1234567891: refused)
-        if not re.search(r"[0-9]{2}:[0-9]{2}:[0-9]{2}$", head):
+        if not re.search(r"(?:[0-9]{2}:[0-9]{2}:[0-9]{2}|T[0-9]{6})$", head):     # (hh:mm:ss, or basic Thhmmss)
             # a fraction of a minute or an hour (23:54.5) was read as one of a second: 23:54:00.5
             raise ReplayError(f"cannot read the time {text!r}: a decimal fraction is taken of the seconds only "
                               f"(2024-08-08T23:54:30.5Z, not 23:54.5)")

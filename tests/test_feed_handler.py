@@ -518,6 +518,29 @@ def test_a_restart_of_a_silent_channel_keeps_the_new_epoch_while_its_snapshot_is
         hs.close()
 
 
+def test_a_silent_channel_that_then_loses_events_without_a_service_does_not_resume_in_sync(tmp_path):
+    """A review: a channel silent in sync that then met a gap (no recovery service) kept its
+    silent flag, and going on it made an END ("back in sync") marker right after its loss, the
+    book lacking those events."""
+    hs = Harness(tmp_path, snapshot=False, silence_timeout=0.2)
+    try:
+        h = hs.h
+        for c in (0, 1):
+            hs.publish(c)
+        hs.pump(lambda: h.next_seq(0) == hs.next[0] and h.next_seq(1) == hs.next[1])
+        hs.pump(lambda: h.channel_status()[0]["state"] == "stale")      # silent, in sync
+        hs.publish(0, send=False)                                        # lost
+        hs.publish(0)
+        hs.pump(lambda: h.next_seq(0) == hs.next[0])
+        hs.pump(lambda: h.channel_status()[0]["state"] == "live")
+        marks = [e for ev in hs.log for e in ev[(ev["kind"] == Kind.SNAPSHOT) & (ev["channel"] == 0)]]
+        assert h.counters()["lost_events"] == 10 and h.counters()["resumes"] == 0, h.counters()
+        assert not h.channel_status()[0]["in_sync"]
+        assert not int(marks[-1]["flags"]) & Flag.SNAPSHOT_END, [(int(m["seq"]), int(m["flags"])) for m in marks]
+    finally:
+        hs.close()
+
+
 def test_a_message_of_an_unconfirmed_epoch_is_counted_implausible_once(tmp_path):
     """A review: one message of a new epoch, too big to hold while the probe went out, was
     counted IMPLAUSIBLE on arrival and again when the probe gave up (or was denied)."""

@@ -1128,7 +1128,8 @@ def test_times_and_durations_parse():
         with pytest.raises(ReplayError, match="cannot read the time"):
             parse_time(bad)
     # a fraction of a minute or an hour (an adversarial pass: 23:54.5 read as 23:54:00.5)
-    for bad in ("2024-08-08T23:54.5", "2024-08-08T23.5", "2024-08-08T23:54,5Z"):
+    assert parse_time("20240808T235430.5Z") == parse_time("2024-08-08T235430.5") == 1723161270500000000
+    for bad in ("2024-08-08T23:54.5", "2024-08-08T23.5", "2024-08-08T23:54,5Z", "2024-08-08T2354.5"):
         with pytest.raises(ReplayError, match="a decimal fraction is taken of the seconds only"):
             parse_time(bad)
     assert [parse_duration(x) for x in ("100ms", "1s", "10s", "60s", "1m", "500us", "2")] == \

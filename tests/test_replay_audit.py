@@ -159,8 +159,8 @@ def test_ticks_missing_at_a_channel_s_end_or_all_of_them_are_reported():
     def start(c):
         return marker(c, 0, Flag.STALE | Flag.RESTART, epoch=0)
 
-    def synced(c, s):
-        return marker(c, s, Flag.SNAPSHOT_END, epoch=5)
+    def synced(c, s):                                   # a snapshot covering s
+        return np.concatenate([marker(c, s, Flag.SNAPSHOT_BEGIN, epoch=5), marker(c, s, Flag.SNAPSHOT_END, epoch=5)])
 
     whole = [start(0), ticks(0, np.arange(1, 101)), synced(0, 100), ticks(0, np.arange(101, 201)),
              marker(0, 200, Flag.STALE, epoch=5)]
@@ -178,6 +178,21 @@ def test_ticks_missing_at_a_channel_s_end_or_all_of_them_are_reported():
     resumed = np.concatenate(whole + [marker(0, 200, Flag.STALE | Flag.RESTART, epoch=0), synced(0, 200),
                                       ticks(0, np.arange(201, 260)), marker(0, 259, Flag.STALE, epoch=5)])
     assert run(resumed, 16).holes == []
+    # a silence, then the channel back with nothing lost (an END marker alone: no snapshot): the
+    # silence excuses nothing, deleted ticks there or after it are said (a review: taken for a
+    # snapshot's stretch, they were not, all of a channel's included)
+    def silent_then_back(drop):
+        s = [start(0), ticks(0, np.arange(1, 101)), synced(0, 100), ticks(0, np.arange(101, 151)),
+             marker(0, 150, Flag.STALE, epoch=5), ticks(0, np.arange(151, 161)), marker(0, 160, Flag.SNAPSHOT_END),
+             ticks(0, np.arange(161, 201)), marker(0, 200, Flag.STALE, epoch=5)]
+        whole = np.concatenate(s)
+        return whole[~((whole["kind"] != Kind.SNAPSHOT) & np.isin(whole["seq"], drop))]
+    for chunk in (1, 16, 1000):
+        assert run(silent_then_back([]), chunk).holes == [], chunk
+        assert run(silent_then_back(range(151, 161)), chunk).holes == [(0, 151, 160)], chunk
+        assert run(silent_then_back(range(181, 201)), chunk).holes == [(0, 181, 200)], chunk
+        # (all of them: from past the start's snapshot, what a daemon joining mid-stream may lack)
+        assert run(silent_then_back(range(1, 201)), chunk).holes == [(0, 101, 200)], chunk
     # the new epoch's marker names the old epoch's end (300): not owed by the new numbering
     epoch = np.concatenate(whole + [ticks(0, np.arange(201, 301)), marker(0, 300, Flag.STALE, epoch=6),
                                     ticks(0, np.arange(1, 40)), marker(0, 39, Flag.STALE, epoch=6)])
@@ -195,7 +210,8 @@ def test_holes_while_the_book_is_out_of_sync_are_the_feeds_own():
     assert run(stream, 500).holes == []
     # with a service the stretch ends at the snapshot: a hole after it is reported
     stream = np.concatenate([
-        ticks(2, np.arange(1, 101)), marker(2, 100, Flag.STALE), marker(2, 120, Flag.SNAPSHOT_END),
+        ticks(2, np.arange(1, 101)), marker(2, 100, Flag.STALE), marker(2, 120, Flag.SNAPSHOT_BEGIN),
+        marker(2, 120, Flag.SNAPSHOT_END),
         ticks(2, np.arange(121, 200)), ticks(2, np.arange(210, 300)),
     ])
     assert run(stream, 50).holes == [(2, 200, 209)]
