@@ -145,6 +145,10 @@ def _read_text(path: Path) -> str:
         data = read_regular(path, 8 << 30, ".hlog or .hgrm file")
     except NotReadable as exc:
         raise PlotInputError(str(exc)) from None
+    return _ascii(path, data)
+
+
+def _ascii(path: Path, data: bytes) -> str:
     if not data.strip():
         raise PlotInputError(f"{path}: empty file")
     try:
@@ -166,12 +170,7 @@ def _read_head(path: Path, n: int = 1 << 16) -> str:
             data = f.read(n)
     except OSError as exc:
         raise PlotInputError(f"{path}: cannot read it ({exc.strerror or exc})") from None
-    if not data.strip():
-        raise PlotInputError(f"{path}: empty file")
-    try:
-        return data.decode("ascii")
-    except UnicodeDecodeError:
-        raise PlotInputError(f"{path}: not text (an .hgrm or HdrHistogram interval log is ASCII)") from None
+    return _ascii(path, data)
 
 
 def spectrum(hist):
