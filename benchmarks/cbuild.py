@@ -5,6 +5,7 @@ tickwire's .pxd/.h files changes. Never part of the wheel: setup.py does not see
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib
 import subprocess
@@ -46,14 +47,19 @@ def load(name: str):
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in deps) + "|".join(inc).encode()).hexdigest()[:16]
     OUT.mkdir(parents=True, exist_ok=True)
     stamp = OUT / f"{name}.stamp"
-    if not (stamp.exists() and stamp.read_text() == digest and list(OUT.glob(f"{name}.*.so"))):
-        print(f"# compiling benchmarks/{name}.pyx (benchmark-only helpers)", file=sys.stderr, flush=True)
-        (OUT / "setup_bench.py").write_text(_SETUP)
-        run = subprocess.run([sys.executable, "setup_bench.py", name, str(src), "|".join(inc)], cwd=OUT,
-                             capture_output=True, text=True)
-        if run.returncode != 0:
-            sys.exit(f"compiling benchmarks/{name}.pyx failed:\n{run.stderr[-3000:]}")
-        stamp.write_text(digest)
+    # one build at a time: a benchmark's two processes (producer and consumer) each built it at
+    # their first use once tickwire's headers changed, and one's build deleted the other's .so
+    # (bench_ring's child died; its parent waited 600 s, then a traceback)
+    with open(OUT / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (stamp.exists() and stamp.read_text() == digest and list(OUT.glob(f"{name}.*.so"))):
+            print(f"# compiling benchmarks/{name}.pyx (benchmark-only helpers)", file=sys.stderr, flush=True)
+            (OUT / f"setup_bench_{name}.py").write_text(_SETUP)
+            run = subprocess.run([sys.executable, f"setup_bench_{name}.py", name, str(src), "|".join(inc)], cwd=OUT,
+                                 capture_output=True, text=True)
+            if run.returncode != 0:
+                sys.exit(f"compiling benchmarks/{name}.pyx failed:\n{run.stderr[-3000:]}")
+            stamp.write_text(digest)
     if str(OUT) not in sys.path:
         sys.path.insert(0, str(OUT))
     return importlib.import_module(name)
