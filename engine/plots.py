@@ -184,17 +184,12 @@ def spectrum(hist):
     return levels, values, float(hist.get_max_value()), int(hist.get_total_count())
 
 
-def _read_hlog(path: Path):
-    """The intervals of an interval log, one at a time (:func:`~tickwire.engine.latency.iter_interval_log`)."""
+def _read_hlog(path: Path, head: str):
+    """The intervals of an interval log, one at a time (:func:`~tickwire.engine.latency.iter_interval_log`);
+    ``head``: the file's start, as :func:`_read_head` read it."""
     from tickwire.engine.latency import iter_interval_log
 
-    with open(path, "rb") as f:                        # (the head: the rest is read line by line)
-        head = f.read(1 << 20)
-    try:
-        text = head.decode("ascii")
-    except UnicodeDecodeError:
-        raise PlotInputError(f"{path}: not text (an .hgrm or HdrHistogram interval log is ASCII)") from None
-    if "#[StartTime" not in text and "#[BaseTime" not in text and not re.search(r"^(Tag=[^,]*,)?[0-9.]+,", text, re.M):
+    if "#[StartTime" not in head and "#[BaseTime" not in head and not re.search(r"^(Tag=[^,]*,)?[0-9.]+,", head, re.M):
         raise PlotInputError(f"{path}: not an HdrHistogram interval log (no #[StartTime]/#[BaseTime] header "
                              f"and no interval lines)")
     try:
@@ -220,7 +215,7 @@ def load_latency(path, tags=None) -> LatencySource:
 
     src = LatencySource(path, "hlog")
     have, n = [], 0
-    for iv in _read_hlog(path):
+    for iv in _read_hlog(path, head):
         n += 1
         if iv.tag not in have:
             have.append(iv.tag)

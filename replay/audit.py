@@ -148,9 +148,9 @@ class SeqAudit:
     @staticmethod
     def _runs(r: np.ndarray):
         """``r`` (one channel's marker and snapshot rows) cut where its markers change (restart,
-        STALE or epoch: an instrument's markers of one event are alike): each cut is taken as a
-        whole, as it is when the chunks cut there (a stop's STALE marker read with a restart's
-        in one chunk counted as a restart's)."""
+        STALE, epoch or sequence number: an instrument's markers of one event are alike): each
+        cut is taken as a whole, as it is when the chunks cut there (a stop's STALE marker read
+        with a restart's in one chunk counted as a restart's)."""
         marker = np.flatnonzero(r["kind"] == Kind.SNAPSHOT)
         if len(marker) < 2:
             yield r
@@ -226,7 +226,7 @@ class SeqAudit:
         if resume:
             return
         if len(covered) and st.next is not None:
-            # a snapshot (or an END marker) stamped S: the book has every event up to S
+            # a snapshot stamped S (an END alone returned above): the book has every event up to S
             top = int(covered.max()) + 1
             if top > st.next:
                 st.next = top

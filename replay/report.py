@@ -344,7 +344,8 @@ class ReportBuilder:
             if len(signals):
                 raise ValueError("signals without events: add() takes a batch's events and its signals")
             return
-        trig = _group_ends(events, _trigger_positions(events, signals))   # before the books move
+        at = _trigger_positions(events, signals)                          # each signal's own event
+        trig = _group_ends(events, at)                                    # before the books move
         self._busy = True
         top = np.empty((n, 4), np.int64)
         sync = np.empty(n, np.uint8)
@@ -387,8 +388,7 @@ class ReportBuilder:
         # (unresolved, its trades filled after the end): an adversarial pass
         t_sig = signals["ts_event"]
         if bad.any() and len(signals):
-            sbad = bad[_trigger_positions(events, signals)]
-            t_sig = np.where(sbad, ts[trig], t_sig)
+            t_sig = np.where(bad[at], ts[trig], t_sig)
         self._take_signals(signals, trig, _mids(bid, ask, sync, trig), t_sig)
 
         # resolve what the stream has now passed: the first event stamped after T, or later
