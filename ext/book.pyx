@@ -1006,7 +1006,11 @@ cdef int tw_book_modify_order(tw_book *b, uint64_t order_id, int64_t price, int6
             return TW_REJ_PRICE_RANGE
         if not _lvl_find(L, L.sign * price, &v):
             if not _can_add_level(b, L):
-                return TW_REJ_CAPACITY
+                # a full side: the move is refused unless the order leaves a level it was alone at
+                # (the count stays: the exchange's replace of such an order must not be lost)
+                _lvl_find(L, L.sign * o.price, &v)
+                if v.norders[0] != 1:
+                    return TW_REJ_CAPACITY
         elif v.qty[0] > INT64_MAX - qty:
             return TW_REJ_BAD_QTY                 # the new level's total would pass INT64_MAX
         if _over_reserve(L, L.nlevels + 1) != TW_OK:
@@ -2067,8 +2071,10 @@ cdef class Book:
         """The whole book as canonical events: a snapshot another book can apply to become equal.
 
         ``[SNAPSHOT BEGIN] + one ADD per level (L2) or per order in queue order (L3) +
-        [SNAPSHOT END | LAST]``, every event carrying ``seq`` and ``ts`` (and Flag.SNAPSHOT).
-        Levels come best first, bids then asks.
+        [SNAPSHOT END | LAST]``, every event carrying ``seq`` and ``ts`` (and Flag.SNAPSHOT) and
+        channel 0 (a receiver stamps its own; to apply them to a book made for a channel, set
+        their ``channel``). Levels come best first, bids then asks; an L3 order rebuilt from them
+        has ``ts`` for its own time (the queues keep the order).
         """
         seq = _integer(seq, "seq", 0, 0xFFFFFFFFFFFFFFFF)     # (a float was truncated)
         ts = _integer(ts, "ts", -INT64_MAX - 1, INT64_MAX)

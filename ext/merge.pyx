@@ -172,7 +172,8 @@ def merge_events(const int64_t[::1] ts_event, const int64_t[::1] ts_recv, const 
             raise ValueError("merge_events: bounds must not decrease")
     if out is None:
         out = np.empty(n, dtype=EVENT_DTYPE)
-    elif out.dtype != EVENT_DTYPE or out.ndim != 1 or len(out) != n or not out.flags.c_contiguous:
+    elif (not isinstance(out, np.ndarray) or out.dtype != EVENT_DTYPE or out.ndim != 1 or len(out) != n
+          or not out.flags.c_contiguous or not out.flags.writeable):
         raise ValueError(f"merge_events: out must be a contiguous EVENT_DTYPE array of {n} events")
     if n == 0:
         return out

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import bisect
 import enum
+import operator
 import struct
 import time
 from typing import NamedTuple
@@ -404,15 +405,45 @@ def _event_bytes(events) -> tuple[bytes, int]:
     arr = np.ascontiguousarray(events)
     if arr.dtype != EVENT_DTYPE:
         raise TypeError(f"events must be a numpy array of EVENT_DTYPE, got {arr.dtype}")
-    return arr.tobytes(), len(arr)
+    # every event, in C order, counted as such (a 2-D array's len() is its rows: a count the
+    # body did not match, and the receiver dropped the message)
+    return arr.tobytes(), arr.size
+
+
+#: the header's integer fields a caller gives, with their ranges (struct's own error names none)
+_FIELDS = {"msg_type": (0, 0xFF), "flags": (0, 0xFF), "channel": (0, 0xFFFF), "seq": (0, (1 << 64) - 1),
+           "send_time": (-(1 << 63), (1 << 63) - 1), "epoch": (0, (1 << 64) - 1),
+           "request_id": (0, 0xFFFFFFFF), "part": (0, 0xFFFFFFFF)}
+
+
+def _field(name: str, value) -> int:
+    """``value`` as the header's integer field ``name``: an integer (a float is refused, not
+    truncated) within the field's range."""
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {value!r}") from None
+    lo, hi = _FIELDS[name]
+    if not lo <= v <= hi:
+        raise ValueError(f"{name} must be in {lo}..{hi}, got {v}")
+    return v
 
 
 def encode(msg_type: int, channel: int, seq: int, events=None, *, epoch: int, send_time: int = 0,
            flags: int = 0, request_id: int = 0, part: int = 0) -> bytes:
-    """The payload frame: header + events (EVENT_DTYPE array, copied as they are)."""
+    """The payload frame: header + events (EVENT_DTYPE array, copied as they are; a 2-D array's
+    events in C order)."""
     body, count = _event_bytes(events)
-    return HEADER.pack(MAGIC, VERSION, int(msg_type), int(flags), int(channel), EVENT_SIZE, count,
-                       int(seq), int(send_time), int(epoch), int(request_id), int(part)) + body
+    if count > 0xFFFFFFFF:
+        raise ValueError(f"{count} events: a message holds at most 2^32 - 1")
+    ix = operator.index
+    try:
+        return HEADER.pack(MAGIC, VERSION, ix(msg_type), ix(flags), ix(channel), EVENT_SIZE, count, ix(seq),
+                           ix(send_time), ix(epoch), ix(request_id), ix(part)) + body
+    except (TypeError, struct.error):
+        for name, v in zip(_FIELDS, (msg_type, flags, channel, seq, send_time, epoch, request_id, part)):
+            _field(name, v)                      # the error naming the field
+        raise
 
 
 def encode_data(channel: int, seq: int, events, *, epoch: int, send_time: int | None = None
@@ -484,6 +515,11 @@ def decode(topic_frame, payload, *, max_events: int = DEFAULT_MAX_EVENTS, types:
     topic).  The events come back as a new array with ``ts_recv``, ``channel`` and ``seq``
     set the way a receiver sets them (DATA: ``seq + i``; SNAPSHOT: ``seq`` on every event).
     """
+    if type(max_events) is not int:                  # (NaN compared False: no limit at all)
+        try:
+            max_events = operator.index(max_events)
+        except TypeError:
+            raise TypeError(f"max_events must be an integer, got {max_events!r}") from None
     payload = bytes(payload)
     channel_from_topic = None
     if topic_frame is not None:

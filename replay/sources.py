@@ -558,12 +558,12 @@ def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray,
         later = _later_joins(snapshots) if later is None else later
         for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
             runs = pending.setdefault(int(ch[a]), [])
-            runs.append((int(sq[a]), int(snapshots["ts_event"][a]) if later[a] else None, snapshots[a:b]))
+            runs.append((int(sq[a]), int(snapshots["ts_event"][a]) if later[a] else None, snapshots[a:b], a))
     for chunk in ticks:
         if not pending:
             yield chunk
             continue
-        inserts = []                                   # (position in chunk, rows)
+        inserts = []                                   # (position in chunk, place in stream, rows)
         ch = chunk["channel"]
         stamp = None                                   # (computed if a run is placed by time)
         for c in list(pending):
@@ -574,7 +574,7 @@ def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray,
             seqs = chunk["seq"][idx]
             lo = 0                                     # ticks of c already passed in this chunk
             while runs:
-                s, ts, rows = runs[0]
+                s, ts, rows, at = runs[0]
                 if ts is not None:
                     # a later daemon start that joined the feed (not resuming a history) stamps
                     # its markers seq 0: every tick's seq is above that, so their place is by
@@ -590,7 +590,7 @@ def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray,
                 if not len(above):
                     break
                 k = lo + int(above[0])
-                inserts.append((int(idx[k]), len(inserts), rows))
+                inserts.append((int(idx[k]), at, rows))
                 runs.pop(0)
                 lo = k
             if not runs:
@@ -606,9 +606,9 @@ def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray,
             at = pos
         parts.append(chunk[at:])
         yield np.concatenate(parts)
-    rest = [r for runs in pending.values() for _, _, r in runs]
+    rest = sorted((at, r) for runs in pending.values() for _, _, r, at in runs)
     if rest:                                           # after the last tick: in stream order
-        yield np.concatenate(rest)
+        yield np.concatenate([r for _, r in rest])
 
 
 def read_ahead(make: Callable[[], Iterable], depth: int = 2, cpus=None) -> Iterator:

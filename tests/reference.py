@@ -211,7 +211,8 @@ class RefL3(RefL2):
         if price != old_price:
             if not self.min_price <= price <= self.max_price:
                 return Reject.PRICE_RANGE
-            if price not in self.queues[side] and len(self.sides[side]) >= self.max_levels:
+            alone = len(self.queues[side][old_price]) == 1       # its level goes as the new one comes
+            if price not in self.queues[side] and len(self.sides[side]) >= self.max_levels and not alone:
                 return Reject.CAPACITY
         others = self.sides[side].get(price, 0) - (old_qty if price == old_price else 0)
         if others + qty > INT64_MAX:

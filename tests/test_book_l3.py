@@ -412,3 +412,31 @@ def test_l3_constructor_refuses_nonsense_naming_the_argument():
 def test_bookset_apply_top_equals_one_by_one():
     from test_book_l2 import check_apply_top
     check_apply_top("L3")
+
+
+def test_a_modify_moving_an_order_alone_at_its_level_is_taken_on_a_full_side():
+    """Found by an adversarial pass: with max_levels levels on a side, moving the only order of
+    a level to a new price (the count stays) was refused as CAPACITY, where a delete and an add
+    went through: an exchange's replace was lost and the order left where it no longer rests."""
+    b = L3Book(0, max_levels=2)
+    b.add(1, BID, 100, 5)
+    b.add(2, BID, 101, 5)
+    b.modify(2, 4, price=102)                               # 101 goes, 102 comes: two levels
+    assert b.levels(BID).tolist() == [[102, 4, 1], [100, 5, 1]]
+    b.add(3, BID, 102, 1)                                   # 102 now holds two orders
+    with pytest.raises(BookError) as err:
+        b.modify(3, 1, price=99)                            # 102 stays, 99 would be a third
+    assert err.value.reason == Reject.CAPACITY
+    assert b.levels(BID).tolist() == [[102, 5, 2], [100, 5, 1]] and b.order(3)[1] == 102
+    # the same through events, against the reference
+    ev = empty_events(3)
+    ev["kind"], ev["side"], ev["order_id"], ev["price"], ev["qty"] = Kind.MODIFY, BID, [1, 3, 1], [98, 97, 96], [2, 1, 2]
+    ref = RefL3(max_levels=2)
+    for oid, p, q in ((1, 100, 5), (2, 102, 4), (3, 102, 1)):
+        ref.add(oid, BID, p, q)
+    st_ = np.zeros(3, np.uint8)
+    b.apply(ev, st_)
+    want = [ref.modify(int(e["order_id"]), int(e["price"]), int(e["qty"])) for e in ev]
+    assert st_.tolist() == [int(w) for w in want] == [Reject.OK, Reject.CAPACITY, Reject.OK]
+    assert b.levels(BID).tolist() == [[102, 5, 2], [96, 2, 1]]
+    assert sorted(ref.sides[BID].items(), reverse=True) == [(102, 5), (96, 2)]

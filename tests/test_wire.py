@@ -648,3 +648,26 @@ def test_the_documented_event_struct_format_is_the_event_layout():
         ev[n] = v
     assert struct.pack(fmt, *values) == ev.tobytes()
 
+
+
+def test_encode_counts_every_event_of_a_2d_array_and_names_a_bad_header_field():
+    """Found by an adversarial pass: wire.encode_data of a (2, 4) events array wrote count 2 and
+    all 8 events (the receiver dropped it, BAD_LENGTH), where codec.encode counts 8; a float
+    send_time was truncated and seq -1 a bare struct.error."""
+    ev = empty_events(8)
+    ev["kind"], ev["side"], ev["price"], ev["qty"] = Kind.ADD, 0, 100 + np.arange(8), 1
+    for arr in (ev.reshape(2, 4), np.asfortranarray(ev.reshape(2, 4))):
+        topic, payload = wire.encode_data(3, 1, arr, epoch=1)
+        assert payload == codec.encode(MsgType.DATA, 3, 1, np.ascontiguousarray(arr).reshape(-1), epoch=1,
+                                       send_time=int.from_bytes(payload[24:32], "little", signed=True))
+        h, got = wire.decode(topic, payload)
+        assert h.count == 8 and got["price"].tolist() == np.ascontiguousarray(arr).reshape(-1)["price"].tolist()
+    with pytest.raises(TypeError, match="send_time must be an integer"):
+        wire.encode_data(3, 1, ev, epoch=1, send_time=1.5)
+    with pytest.raises(ValueError, match="seq must be in 0"):
+        wire.encode_data(3, -1, ev, epoch=1)
+    with pytest.raises(ValueError, match="channel must be 0..65535"):
+        wire.encode_data(70000, 1, ev, epoch=1)
+    with pytest.raises(TypeError, match="max_events must be an integer"):
+        wire.decode(*wire.encode_data(3, 1, ev, epoch=1), max_events=float("nan"))
+    assert wire.decode(*wire.encode_data(3, 1, ev, epoch=1), max_events=np.int64(8))[0].count == 8
