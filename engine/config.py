@@ -20,7 +20,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Optional
 
-from tickwire.engine.instruments import DEFAULT_MAX_PRICE, LOWEST_PRICE, Instrument
+from tickwire.engine.instruments import DEFAULT_MAX_PRICE, DEFAULT_MIN_PRICE, LOWEST_PRICE, Instrument
 from tickwire.engine.pipeline import RULE_KINDS, RuleConfig, StatsConfig
 from tickwire.feeds.wire import MAX_MESSAGE_EVENTS
 
@@ -488,9 +488,14 @@ def from_dict(raw: dict, base_dir: Optional[Path] = None) -> Config:
         for k in ("min_price", "max_price"):
             if k in d:
                 kw[k] = _int(d, k, w, lo=LOWEST_PRICE, hi=DEFAULT_MAX_PRICE)
-        if kw.get("min_price", LOWEST_PRICE) > kw.get("max_price", DEFAULT_MAX_PRICE):
-            _fail(f"{w}min_price", f"at most {w}max_price ({kw.get('max_price', DEFAULT_MAX_PRICE)})",
-                  kw.get("min_price"))
+        lo, hi = kw.get("min_price", DEFAULT_MIN_PRICE), kw.get("max_price", DEFAULT_MAX_PRICE)
+        if lo > hi:
+            # (against the default min_price the book takes, 1: max_price = 0 passed here, then the
+            # worker's book refused it and the daemon restarted it until it gave up)
+            if "min_price" in kw:
+                _fail(f"{w}min_price", f"at most {w}max_price ({hi})", lo)
+            _fail(f"{w}max_price", f"at least {w}min_price ({lo}, its default: set min_price for "
+                                   f"prices of 0 or below)", hi)
         try:
             instruments.append(Instrument(**kw))
         except ValueError as exc:
@@ -811,7 +816,8 @@ def parse_rules(rules_raw, seen_ids=None) -> list:
         except ConfigError:                                   # names its key already
             raise
         except ValueError as exc:                             # RuleConfig's own checks, named by key
-            key = next((k for k in ("exit", "enter", "min_count", "instruments") if f"{k} " in str(exc)), None)
+            key = next((k for k in ("emit_exit", "exit", "enter", "min_count", "instruments") if f"{k} " in str(exc)),
+                       None)
             raise ConfigError(f"config error: rules[{i}]{'.' + key if key else ''}: {exc}") from None
     return rules
 

@@ -335,9 +335,17 @@ def _run_demo(duration, rate, instruments, channels, data_dir, seed, say, keep, 
         # whatever arrived was published, whatever the consumer received was emitted
         pub_n = max(int(pub.replace(",", "")), ev)
         sig = max(sig, consumer.received)
-        return (f"\r  {el:5.1f} s  published {pub_n:>11,}  processed {ev:>11,}  stored {stored:>11,}  "
+        line = (f"  {el:5.1f} s  published {pub_n:>11,}  processed {ev:>11,}  stored {stored:>11,}  "
                 f"signals {sig:>7,} (received {consumer.received:,})  gaps {gaps}  "
                 f"tick-to-signal p99 {p99 / 1000:7.1f} us ")
+        if interactive:
+            # a line wider than the terminal wraps, and \r goes back to its last row only: each
+            # rewrite scrolled (147 columns of it on an 80-column terminal)
+            width = shutil.get_terminal_size((80, 24)).columns - 1
+            if len(line) > width:
+                line = (f" {el:.1f}s pub {pub_n:,} proc {ev:,} stored {stored:,} sig {sig:,}"
+                        f" gaps {gaps} p99 {p99 / 1000:.0f}us")[:width].ljust(width)
+        return "\r" + line
 
     async def driver():
         try:
@@ -372,7 +380,8 @@ def _run_demo(duration, rate, instruments, channels, data_dir, seed, say, keep, 
                 break
             await asyncio.sleep(0.2)
         await asyncio.sleep(0.6)                   # one more status write
-        _write(progress_line().strip("\r") + "\n")
+        # (at a terminal over the live line: it was written after it, glued to its end)
+        _write((progress_line() if interactive else progress_line().strip("\r")) + "\n")
 
     async def main():
         task = None

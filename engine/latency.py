@@ -309,9 +309,15 @@ class IntervalLogWriter:
         if self.comment:
             writer.output_comment(self.comment)
         writer.output_comment(f"[Histogram log format version {LOG_FORMAT_VERSION}]")  # tags: 1.3
-        # hdrh's output_start_time raises: the StartTime and BaseTime lines are written here
-        self._file.write("#[StartTime: %.3f (seconds since epoch), %s]\n"
-                         % (self.start_time, _java_date(self.start_time)))
+        # hdrh's output_start_time raises: the StartTime and BaseTime lines are written here.
+        # hdrh's reader leaves out an interval that starts before StartTime by BaseTime plus the
+        # line's start, each as written (to the ms): a StartTime rounded up past that sum lost the
+        # first interval (58 of 200 logs with a base_time of their own could not be read back)
+        first = float("%.3f" % self.base_time) + float("%.3f" % (self.start_time - self.base_time))
+        start_txt = "%.3f" % self.start_time
+        while float(start_txt) > first:
+            start_txt = "%.3f" % (float(start_txt) - 0.001)
+        self._file.write("#[StartTime: %s (seconds since epoch), %s]\n" % (start_txt, _java_date(self.start_time)))
         self._file.write("#[BaseTime: %.3f (seconds since epoch)]\n" % self.base_time)
         writer.output_legend()
         self._file.flush()

@@ -110,13 +110,15 @@ class RuleConfig:
         Fires when the value reaches it (in absolute value for two-sided rules).
     exit : float
         Re-arms when the value falls back to it (hysteresis: ``0 <= exit < enter``); until
-        then the rule does not fire again in the same direction.
+        then the rule does not fire again in the same direction (not ewma_cross: it fires at
+        each change of side).
     min_count : int
-        Samples its window must hold first (zscore, spread, vwap, ewma_cross).
+        Samples its window must hold first (zscore, spread, vwap, ewma_cross; the others have
+        no window: 1).
     instruments : sequence of int, optional
         Instrument ids it applies to (default all).
     emit_exit : bool
-        Also emit a signal (flag EXIT, direction 0) when the condition ends.
+        Also emit a signal (flag EXIT, direction 0) when the condition ends (not ewma_cross).
     """
 
     kind: str
@@ -134,6 +136,16 @@ class RuleConfig:
         if not (_finite(self.exit) and 0 <= self.exit < self.enter):
             raise ValueError(f"rule {self.kind}: exit must satisfy 0 <= exit < enter ({self.enter}), got {self.exit!r}")
         _positive_int(f"rule {self.kind}", "min_count", self.min_count)
+        # settings a kind has no use for are refused, not taken and ignored (an adversarial pass:
+        # SIGHUP said 'rule thresholds reloaded' for an ewma_cross exit that changed nothing)
+        if self.kind in ("microprice", "imbalance") and self.min_count != 1:
+            raise ValueError(f"rule {self.kind}: min_count does not apply (it counts a window's samples: "
+                             f"zscore, ewma_cross, spread, vwap); leave it out, got {self.min_count!r}")
+        if self.kind == "ewma_cross" and (self.exit != 0 or self.emit_exit):
+            key = "exit" if self.exit != 0 else "emit_exit"
+            raise ValueError(f"rule ewma_cross: {key} does not apply (the crossover fires at each change of "
+                             f"side beyond enter and never re-arms or ends); leave it out, got "
+                             f"{getattr(self, key)!r}")
         if self.instruments is not None:
             ids = self.instruments
             # ("10" was instruments 1 and 0, [2.9] instrument 2, 5 a bare TypeError: an adversarial pass)

@@ -181,7 +181,7 @@ static inline long tw_futex_wake_all(uint32_t *addr) {
 
 /* Create segment `name` ("/x") of `size` bytes, mode 0600, O_EXCL, mapped read-write and
  * prefaulted.  Returns the mapping, or NULL with *err set to an errno value. */
-static void *tw_shm_create(const char *name, size_t size, int *err) {
+static inline void *tw_shm_create(const char *name, size_t size, int *err) {
     void *p;
     int fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600);
     if (fd < 0) { *err = errno; return NULL; }
@@ -207,7 +207,7 @@ static void *tw_shm_create(const char *name, size_t size, int *err) {
  * (ENOENT: no such ring; EPERM: the segment is another user's, or others may open it: *uid and
  * *mode say whose and how, and nothing is mapped).  *size is 0 when the segment exists but is
  * still empty (being made). */
-static void *tw_shm_attach(const char *name, size_t *size, int *err, long *uid, int *mode) {
+static inline void *tw_shm_attach(const char *name, size_t *size, int *err, long *uid, int *mode) {
     struct stat st;
     void *p;
     int fd = shm_open(name, O_RDWR, 0);
@@ -227,7 +227,7 @@ static void *tw_shm_attach(const char *name, size_t *size, int *err, long *uid, 
 }
 
 /* Mode bits of segment `name`, or -1 with errno. */
-static int tw_shm_mode(const char *name) {
+static inline int tw_shm_mode(const char *name) {
     struct stat st;
     int fd = shm_open(name, O_RDONLY, 0);
     if (fd < 0) return -1;
@@ -236,7 +236,7 @@ static int tw_shm_mode(const char *name) {
     return (int)(st.st_mode & 07777);
 }
 
-static int tw_shm_unmap(void *p, size_t size) { return munmap(p, size) == 0 ? 0 : errno; }
-static int tw_shm_unlink(const char *name) { return shm_unlink(name) == 0 ? 0 : errno; }
+static inline int tw_shm_unmap(void *p, size_t size) { return munmap(p, size) == 0 ? 0 : errno; }
+static inline int tw_shm_unlink(const char *name) { return shm_unlink(name) == 0 ? 0 : errno; }
 
 #endif /* TW_RING_H */

@@ -149,10 +149,16 @@ def _load_spec(path):
     if "instruments" in raw:
         cfg = configmod.load(p)                       # full validation; ConfigError -> exit 2
         return EngineSpec.from_config(cfg), list(cfg.instruments)
-    unknown = set(raw) - {"stats", "rules", "feeds", "engine"}
+    unknown = set(raw) - {"stats", "rules", "feeds"}
     if unknown:
         raise ReplayError(f"--config {path}: unexpected table(s) {sorted(unknown)} without [[instruments]] "
                           f"(a rules file holds [stats], [[rules]] and [feeds] channels)")
+    feeds = raw.get("feeds", {})
+    if not isinstance(feeds, dict) or set(feeds) - {"channels"}:
+        # (a typo'd `chanels`, or the daemon's other feed keys, were taken and ignored: no channel check)
+        what = sorted(set(feeds) - {"channels"}) if isinstance(feeds, dict) else feeds
+        raise ReplayError(f"--config {path}: [feeds] of a rules file holds only channels (the daemon's feed "
+                          f"count, for the channel check), got {what!r}")
     try:
         st = raw.get("stats", {})
         if not isinstance(st, dict):
@@ -168,7 +174,7 @@ def _load_spec(path):
         raise ReplayError(f"--config {path}: {exc}") from None
     except (TypeError, ValueError) as exc:
         raise ReplayError(f"--config {path}: {exc}") from None
-    channels = raw.get("feeds", {}).get("channels")
+    channels = feeds.get("channels")
     if channels is not None and (not isinstance(channels, int) or isinstance(channels, bool) or channels < 1):
         raise ReplayError(f"--config {path}: feeds.channels: expected a positive integer, got {channels!r}")
     return EngineSpec(rules, stats, channels), None

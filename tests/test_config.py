@@ -323,13 +323,15 @@ def test_stall_restart_is_seconds_or_zero_for_never():
 def test_integers_at_their_upper_bound_are_accepted():
     c = from_dict(cfg(feeds={"hwm": INT32_MAX, "stale_after_ms": INT64_MAX, "recovery_retries": INT64_MAX},
                       engine={"timing_every": INT32_MAX}, store={"batch_rows": INT64_MAX},
-                      # (a rule that does not count its window's samples: no window holds 2^63-1)
-                      rules=[{"kind": "imbalance", "enter": 0.5, "min_count": INT64_MAX}],
                       instruments=[{"id": 0, "symbol": "A", "tick_size": "1", "lot_size": "1", "max_depth": INT64_MAX}]))
-    assert c.feeds.hwm == INT32_MAX and c.timing_every == INT32_MAX and c.rules[0].min_count == INT64_MAX
+    assert c.feeds.hwm == INT32_MAX and c.timing_every == INT32_MAX
+    from tickwire.engine.config import parse_rules
     from tickwire.engine.pipeline import Engine
 
-    Engine(list(c.instruments), c.rules, c.stats, timing_every=c.timing_every)    # takes them
+    # (a rule's min_count is parsed up to 2^63-1; the config then refuses more than its window holds)
+    rules = parse_rules([{"kind": "zscore", "enter": 0.5, "min_count": INT64_MAX}])
+    assert rules[0].min_count == INT64_MAX
+    Engine(list(c.instruments), rules, c.stats, timing_every=c.timing_every)    # takes them
 
 
 LONG_IPC = "ipc:///tmp/" + "x" * 103          # a 108-byte path: libzmq takes 107 (sun_path)
@@ -425,3 +427,32 @@ def test_tickwire_run_refuses_them_in_one_line_with_exit_2(tmp_path):
     assert res.returncode == 2 and res.stderr.strip().count("\n") == 0, res.stderr
     assert f"feeds.hwm: expected an integer in 0..{INT32_MAX}, got 3000000000" in res.stderr
     assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize("rule, fragment", [
+    ({"kind": "microprice", "enter": 0.5, "min_count": 1000}, "rules[0].min_count: rule microprice: min_count does not apply"),
+    ({"kind": "imbalance", "enter": 0.5, "min_count": 2}, "rules[0].min_count: rule imbalance: min_count does not apply"),
+    ({"kind": "ewma_cross", "enter": 0.5, "exit": 0.4}, "rules[0].exit: rule ewma_cross: exit does not apply"),
+    ({"kind": "ewma_cross", "enter": 0.5, "emit_exit": True}, "rules[0].emit_exit: rule ewma_cross: emit_exit does not apply"),
+])
+def test_a_rule_setting_its_kind_has_no_use_for_is_refused_not_ignored(rule, fragment):
+    """Found by a newcomer's pass: these were taken and changed nothing (an imbalance rule's
+    first signal at seq 3 with min_count 1000; SIGHUP 'reloaded' an ewma_cross exit)."""
+    assert fragment in error_of(cfg(rules=[rule]))
+    # the same kinds with the settings they use are taken
+    from_dict(cfg(rules=[{"kind": rule["kind"], "enter": 0.5, **({"min_count": 5} if rule["kind"] == "ewma_cross"
+                                                                 else {"exit": 0.2, "emit_exit": True})}]))
+
+
+@pytest.mark.parametrize("prices, fragment", [
+    ({"max_price": 0}, "instruments[0].max_price: expected at least instruments[0].min_price (1, its default"),
+    ({"max_price": -5}, "instruments[0].max_price: expected at least instruments[0].min_price (1, its default"),
+    ({"min_price": 10, "max_price": 5}, "instruments[0].min_price: expected at most instruments[0].max_price (5)"),
+])
+def test_a_price_range_the_book_would_refuse_is_a_config_error(prices, fragment):
+    """Found by a newcomer's pass: max_price = 0 (min_price left at its default, 1) passed the
+    config, then the worker's book refused it and the daemon restarted it until it gave up."""
+    assert fragment in error_of(cfg(instruments=[{"id": 0, "symbol": "A", "tick_size": "0.01", "lot_size": "1",
+                                                  **prices}]))
+    from_dict(cfg(instruments=[{"id": 0, "symbol": "A", "tick_size": "0.01", "lot_size": "1", "min_price": -5,
+                                "max_price": 0}]))

@@ -360,6 +360,25 @@ def test_interval_log_header_is_read_by_hdrh(tmp_path):
     reader.close()
 
 
+@settings(max_examples=examples(100), deadline=None)
+@given(start=st.floats(1_600_000_000, 1_800_000_000), back=st.floats(0, 100_000))
+def test_a_log_with_a_base_time_of_its_own_reads_back_whole(tmp_path_factory, start, back):
+    """Found by a review: StartTime and BaseTime are written to the ms, and hdrh's reader leaves
+    out an interval that starts before StartTime by BaseTime plus its start as written: a
+    StartTime rounded up lost the first interval (58 of 200 such logs could not be read back)."""
+    path = tmp_path_factory.mktemp("b") / "b.hlog"
+    rec = Recorder("x")
+    w = IntervalLogWriter(path, rec, start_time=start, base_time=start - back)
+    rec.record_many(np.arange(1, 100, dtype=np.int64))
+    w.write_interval(start + 1)
+    rec.record_many(np.arange(1, 50, dtype=np.int64))
+    w.write_interval(start + 2)
+    w.close()
+    back_in = latency.read_interval_log(path)
+    assert [iv.histogram.get_total_count() for iv in back_in] == [99, 49]
+    assert back_in[0].start == pytest.approx(start, abs=0.002)
+
+
 def test_interval_log_rotates_at_its_size_keeping_the_newest_whole(tmp_path):
     """A daemon's worker writes its log for months (about 17 MB a day): moved aside at
     ``rotate_bytes``, the ``keep`` newest kept. Each file is a log of its own (hdrh reads it), and

@@ -1533,6 +1533,9 @@ def test_a_rules_file_rule_for_no_instrument_is_refused_as_the_daemon_config_doe
      "rules[1].min_count: 1001 samples, but its window holds at most 1000 (stats.window_size)"),
     # (the same: channels = true was taken as 1)
     ("kind = 'zscore'\nenter = 2.0\n[feeds]\nchannels = true\n", "feeds.channels: expected a positive integer"),
+    # (a newcomer's pass: a typo'd key in [feeds], or an [engine] table, taken and ignored)
+    ("kind = 'zscore'\nenter = 2.0\n[feeds]\nchanels = 4\n", "[feeds] of a rules file holds only channels"),
+    ("kind = 'zscore'\nenter = 2.0\n[engine]\nclock = 'wall'\n", "unexpected table(s) ['engine']"),
 ])
 def test_a_rules_file_s_bad_rule_names_its_key_as_the_daemon_config_does(tmp_path, market, rule, message):
     """An adversarial pass: an unknown key in a replay rules file's [[rules]], or no `enter`, gave
