@@ -986,6 +986,10 @@ class Supervisor:
                 except FileNotFoundError:
                     pass
                 return
+            if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT) or isinstance(exc, socket.gaierror):
+                # (the address is at fault, not the port: the line named metrics.port)
+                raise StartupError(f"metrics.host: cannot serve metrics on {host}:{port} ({exc.strerror or exc}): "
+                                   f"expected an address of this machine (127.0.0.1, or 0.0.0.0 for all)") from None
             raise StartupError(f"metrics.port: cannot serve metrics on {host}:{port} ({exc.strerror or exc}): "
                                f"expected a free port on an address of this machine (0: any free port)") from None
         self._httpd = server
@@ -1612,7 +1616,11 @@ class Supervisor:
         stale or recovering at the stop whose publisher was not seen to end (its END heartbeat,
         with every event it announced stored: the history note's ``ended``); held: the events it
         had received after a hole and was holding until the hole filled, not stored yet (its
-        status's ``unstored_events``), which the stop does not store."""
+        status's ``unstored_events``), which the stop does not store. None with storage off:
+        nothing is stored, and no history note says which channels ended (a clean run's last line
+        warned of channels 'not live at the stop' and 'the last stored in sequence')."""
+        if not self.cfg.store.enabled:
+            return []
         out = []
         for w, st in zip(self.cfg.workers, self.worker_status()):
             note = self._history_note(w)

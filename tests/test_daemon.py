@@ -1403,6 +1403,26 @@ def test_the_last_line_says_a_publisher_gone_without_its_end(tmp_path):
     assert all(f"{c} (seq {n:,} the last stored in sequence)" in d.last for c, n in stored.items()), (stored, d.last)
 
 
+def test_with_storage_off_a_publisher_that_ended_cleanly_is_no_warning(tmp_path):
+    """Found by a newcomer's pass: with storage off no history note says which channels ended, so
+    a clean run whose publisher had ended (its channels stale by the stop) closed on a WARNING
+    that they 'were not live at the stop' with 'the last stored in sequence', nothing stored."""
+    cfg_path, raw = write_config(tmp_path, "nostore")
+    raw["store"]["enabled"] = False
+    raw["feeds"]["stale_after_ms"] = 300
+    cfg_path.write_text(to_toml(raw))
+    run_dir = tmp_path / "state" / "nostore"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"])
+        publish(raw, run_dir, 20_000)
+        assert wait_for(lambda: all(c["state"] != "live" for c in status(run_dir)["channels"].values()), 30)
+    finally:
+        rc, _ = stop_daemon(daemon, log)
+    last = (tmp_path / "daemon.log").read_text().strip().splitlines()[-1]
+    assert rc == 0 and "storage off" in last and "not live at the stop" not in last and "WARNING" not in last, last
+
+
 def test_the_last_line_names_instruments_that_never_received_an_event(tmp_path):
     """Found by an adversarial pass: feeds.channels = 2 against a publisher on 4 channels left
     half the instruments (those the publisher put on channels 2 and 3) silent, 70,702 of 200,704

@@ -172,7 +172,8 @@ def test_a_metrics_port_in_use_turns_metrics_off_not_the_daemon(tmp_path):
     assert not list(Path("/dev/shm").glob("tickwire-busyport-*"))
     # an address of no interface here (TEST-NET-1): still one line, exit 2
     path = daemon_config(tmp_path, lambda raw: raw["metrics"].update(host="192.0.2.1"), run="noaddr")
-    one_line(tickwire("run", "--config", path, "--duration", "2"), "metrics.port: cannot serve metrics on 192.0.2.1")
+    # (the address named, not the port: a newcomer's pass)
+    one_line(tickwire("run", "--config", path, "--duration", "2"), "metrics.host: cannot serve metrics on 192.0.2.1")
 
 
 def test_state_dir_that_cannot_be_created(tmp_path):
