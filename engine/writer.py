@@ -1543,6 +1543,8 @@ class IdlePolicy:
         self.switches = 0
         self.finished = False
         self._nthreads = 0
+        self._to_normal = 0                          # switches to normal scheduling
+        self._warned, self._warned_at = -1e9, 0      # the last warning's time, and _to_normal then
 
     @property
     def idle(self) -> bool:
@@ -1569,8 +1571,16 @@ class IdlePolicy:
         if idle and fill > self.high:
             _set_policy(self.pid, os.SCHED_OTHER)
             self.switches += 1
-            log.warning("tick ring %.0f%% full: writer back to normal scheduling until it catches up",
-                        fill * 100)
+            # once a minute at most: a full batch in flight is a quarter of the ring (batch_rows'
+            # cap), so a sustained rate that fills batches before batch_seconds crosses `high` at
+            # every batch (13 switches in the demo's 27 s at 230k ticks/s), each a warning
+            self._to_normal += 1
+            now = time.monotonic()
+            if now - self._warned >= 60.0:
+                more = self._to_normal - self._warned_at - 1
+                log.warning("tick ring %.0f%% full: writer back to normal scheduling until it catches up%s",
+                            fill * 100, f" ({more} more such switches in the last minute)" if more else "")
+                self._warned, self._warned_at = now, self._to_normal
         elif self.may_idle and not idle and fill < self.low:
             _set_policy(self.pid, os.SCHED_IDLE)
             self.switches += 1
