@@ -100,7 +100,8 @@ def _demo_captures(data_dir) -> int:
              f"{ok}/{len(cap.checks)} exchange checksums match ({seconds * 1e3:.0f} ms with checksums)")
         status |= int(ok != len(cap.checks))
     else:
-        _say("Kraken capture not found (it lives in ../shared/data in the development tree): skipped")
+        _say("Kraken capture not found " + ("(it lives in ../shared/data in the development tree)" if data_dir is None
+                                            else f"in {data_dir}") + ": skipped")
     binance_path = captures.find_shared_data(captures.BINANCE_FILE) if data_dir is None else data_dir / captures.BINANCE_FILE
     if binance_path is not None and binance_path.exists():
         cap = captures.load_binance(binance_path)
@@ -118,7 +119,7 @@ def _demo_captures(data_dir) -> int:
              f"mid {book.mid * float(inst.tick_size):.3f}")
         status |= int(ok != len(cap.checks))
     else:
-        _say("Binance capture not found: skipped")
+        _say("Binance capture not found" + (f" in {data_dir}" if data_dir is not None else "") + ": skipped")
     return status
 
 
@@ -145,6 +146,18 @@ def cmd_bookbench(args) -> int:
     if why:                                        # (the stream is made in memory first)
         print(f"tickwire bookbench: {why}", file=sys.stderr)
         return 2
+    if args.data and not args.no_captures:
+        # (a --data given that is missing, a file, or holds no capture: "capture not found (it lives in
+        # ../shared/data ...): skipped", exit 0, as if it had not been given: an adversarial pass)
+        from tickwire.feeds import captures
+
+        data = Path(args.data)
+        why = (f"{data}: no such directory" if not data.exists() else f"{data}: not a directory" if not data.is_dir()
+               else f"{data} holds neither {captures.KRAKEN_FILE} nor {captures.BINANCE_FILE}"
+               if not any((data / f).exists() for f in (captures.KRAKEN_FILE, captures.BINANCE_FILE)) else None)
+        if why:
+            print(f"tickwire bookbench: --data: {why}", file=sys.stderr)
+            return 2
     _say(f"tickwire {tickwire.__version__} books ({BUILD} build): order books on a synthetic market and real captures")
     _say()
     status = _demo_synthetic("L2", args.events, args.instruments, args.seed, args.repeats)
@@ -223,6 +236,21 @@ def _running_daemon_view(cfg):
     return [sig for _, sig in names], symbols
 
 
+def _reader_gone(stream) -> bool:
+    """Whether ``stream`` is a pipe (or socket) whose reader has gone, or a terminal that hung up:
+    poll's POLLERR (the write end of a pipe whose read end is closed) or POLLHUP, asking for no
+    event. A regular file reports neither."""
+    import select
+
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):     # (replaced by an object with no descriptor)
+        return False
+    poller = select.poll()
+    poller.register(fd, 0)
+    return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+
+
 def cmd_signals(args) -> int:
     import json as jsonmod
 
@@ -297,6 +325,10 @@ def cmd_signals(args) -> int:
             if got:
                 gone_since = None
                 continue
+            if args.follow and _reader_gone(sys.stdout):
+                # (`tickwire signals --follow | head -1` of a quiet daemon never ended: a broken pipe
+                # is only seen at the next write; `tail -f` watches for it: an adversarial pass)
+                return 0
             if all(r.eof or not r.producer_alive for r in rings):
                 # the daemon stopped (its workers closed the rings) or died: nothing more will come;
                 # or workers are being restarted, which its supervisor, alive, says (its back-off
@@ -323,10 +355,16 @@ def cmd_books(args) -> int:
     from decimal import Decimal
     from pathlib import Path
 
-    from tickwire.engine.config import load
+    from tickwire.engine.config import load, running_config
     from tickwire.engine.live import DaemonNotRunning, request_books
 
-    cfg = load(args.config)
+    given = load(args.config)
+    run_dir = Path(given.state_dir) / given.run
+    # the running daemon's instruments (its config.json), not the file's: one edited since the
+    # start refused the daemon's own symbol (an adversarial pass)
+    running = _daemon_running(run_dir)
+    cfg = running_config(given, run_dir) if running else given
+    whose = f"the daemon running for run '{cfg.run}'" if cfg is not given else args.config
     by_symbol = {i.symbol: i.id for i in cfg.instruments}
     ids = None
     if args.instrument:
@@ -334,10 +372,10 @@ def cmd_books(args) -> int:
         for name in args.instrument:
             if name in by_symbol:
                 ids.append(by_symbol[name])
-            elif name.isdigit() and int(name) in {i.id for i in cfg.instruments}:
-                ids.append(int(name))
+            elif name.isascii() and name.isdigit() and int(name) in {i.id for i in cfg.instruments}:
+                ids.append(int(name))               # (str.isdigit: "²" a traceback, "٣" id 3)
             else:
-                print(f"tickwire books: --instrument: {name!r} is not an instrument of {args.config} "
+                print(f"tickwire books: --instrument: {name!r} is not an instrument of {whose} "
                       f"(its symbols: {', '.join(sorted(by_symbol))})", file=sys.stderr)
                 return 2
     if not 0 <= args.depth <= 10_000:
@@ -347,7 +385,7 @@ def cmd_books(args) -> int:
         print(f"tickwire books: --timeout: expected seconds from 0 to 3600, got {args.timeout}", file=sys.stderr)
         return 2
     try:
-        books = request_books(Path(cfg.state_dir) / cfg.run, ids, args.depth, timeout=args.timeout)
+        books = request_books(run_dir, ids, args.depth, timeout=args.timeout)
     except DaemonNotRunning as exc:
         print(f"tickwire books: {exc}", file=sys.stderr)
         return 1
@@ -397,19 +435,9 @@ def cmd_books(args) -> int:
 
 def _daemon_running(run_dir) -> bool:
     """Whether a supervisor holds ``run_dir``'s daemon lock (an exclusive flock while it runs)."""
-    import fcntl
+    from tickwire.engine.files import daemon_running
 
-    try:
-        fd = os.open(os.path.join(run_dir, "daemon.lock"), os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
+    return daemon_running(run_dir)
 
 
 #: what `tickwire status` reads of a metrics page at most, and for how long (a daemon's page is
@@ -456,6 +484,13 @@ def _fetch(url: str) -> bytes:
     return got["body"]
 
 
+def _shown(text) -> str:
+    """``text`` (what a server answered) with its control and other unprintable characters escaped
+    (``\\x1b``): printed as it came, a non-HTTP endpoint's status line cleared the screen and set the
+    terminal's title (ESC sequences: an adversarial pass)."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(text))
+
+
 def cmd_status(args) -> int:
     from pathlib import Path
 
@@ -494,7 +529,7 @@ def cmd_status(args) -> int:
         print(f"tickwire status: --url: {exc} (expected http://HOST:PORT/metrics)", file=sys.stderr)
         return 2
     except (OSError, http.client.HTTPException) as exc:   # (a server that speaks no HTTP: a traceback)
-        print(f"tickwire status: cannot read {url}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"tickwire status: cannot read {_shown(url)}: {type(exc).__name__}: {_shown(exc)}", file=sys.stderr)
         return 1
     try:
         text = body.decode()
@@ -511,6 +546,7 @@ def cmd_status(args) -> int:
     for line in text.splitlines():
         if line.startswith("#") or not line.startswith("tickwire_"):
             continue
+        line = _shown(line)                         # (its labels are printed: worker, stage, reason)
         name, _, value = line.rpartition(" ")
         try:
             rows[name] = float(value)

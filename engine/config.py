@@ -765,6 +765,20 @@ def load_frozen(path) -> Config:
     return from_dict(frozen["raw"], base_dir=Path(frozen["base_dir"]))
 
 
+def running_config(cfg: Config, run_dir=None) -> Config:
+    """The configuration of the daemon that runs ``cfg``'s run (``run_dir``, default its state
+    directory's run), as its supervisor holds it (:func:`load_frozen` of the run directory's
+    ``config.json``), else ``cfg`` (no such file, or one that cannot be read: an older daemon's).
+    A config file edited since the daemon started names other symbols, tick sizes, workers than it
+    runs: `tickwire top` showed prices ten times off under a symbol the daemon did not run (an
+    adversarial pass)."""
+    path = Path(run_dir if run_dir is not None else Path(cfg.state_dir) / cfg.run) / "config.json"
+    try:
+        return load_frozen(path)
+    except Exception:                       # noqa: BLE001 (any damage: the file given)
+        return cfg
+
+
 def parse_stats(s: dict) -> StatsConfig:
     """``[stats]`` (a table) checked as the daemon's config checks it; ConfigError names the key."""
     allowed = {fl.name for fl in fields(StatsConfig)}

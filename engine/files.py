@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["NotReadable", "read_regular", "not_a_file", "file_kind", "replace_file", "dir_problem",
-           "open_log", "log_stream"]
+           "open_log", "log_stream", "daemon_running"]
 
 
 class NotReadable(ValueError):
@@ -157,6 +157,23 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return False
     return stat[stat.rindex(")") + 2:][:1] not in ("Z", "X")
+
+
+def daemon_running(run_dir) -> bool:
+    """Whether a supervisor holds ``run_dir``'s daemon lock (an exclusive flock while it runs)."""
+    import fcntl
+
+    try:
+        fd = os.open(os.path.join(run_dir, "daemon.lock"), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def replace_file(path, data, *, mode: int = 0o666, sync: bool = False) -> None:

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import zmq
 
+from tickwire.engine.files import daemon_running
 from tickwire.feeds.wire import ipc_claim, ipc_release
 
 log = logging.getLogger("tickwire.live")
@@ -268,6 +269,11 @@ def request_books(run_dir, instruments=None, depth: int = 10, timeout: float = 1
         raise DaemonNotRunning(f"the daemon's worker{'s' if len(busy) > 1 else ''} {', '.join(busy)} answered busy "
                                f"(the engine did not take the request within a second: a full tick ring, a "
                                f"stopped writer?): tickwire status says more")
+    if not answered and silent and daemon_running(run_dir):
+        # (a daemon whose only worker was stopped was said not to run, "start one": an adversarial pass)
+        raise DaemonNotRunning(f"the daemon for {run_dir} runs, but its worker{'s' if len(silent) > 1 else ''} "
+                               f"{', '.join(silent)} did not answer within {timeout:g} s (stopped, stalled or "
+                               f"still starting): tickwire status says more")
     if not answered:
         raise DaemonNotRunning(f"no tickwire daemon answers in {run_dir} (its workers' book sockets are there "
                                f"but silent for {timeout:g} s: stopped, or still starting): {hint}")

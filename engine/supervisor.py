@@ -1649,17 +1649,22 @@ class Supervisor:
 
     def worker_status(self) -> list[dict]:
         """Each worker's status file, with ``_touched``: its modification time (a worker that cannot
-        write its status, the state directory full, still touches it: alive, its figures frozen)."""
+        write its status, the state directory full, still touches it: alive, its figures frozen);
+        {} for a worker not started yet, or whose file is not its current process's (the last run's,
+        or a restarted worker's predecessor's, until the new process writes its own: `tickwire
+        status` and the metrics served the last run's counters and latency as current, with
+        worker_up 1, for up to a second after a start: an adversarial pass)."""
         out = []
         for i, _ in enumerate(self.cfg.workers):
             path = self.run_dir / f"worker-{i}.json"
+            proc = self.workers[i].proc if i < len(self.workers) else None
             try:
                 with open(path, "rb") as f:             # (one file: its text and its time)
                     st = json.loads(f.read())
                     st["_touched"] = os.fstat(f.fileno()).st_mtime
             except (OSError, ValueError):
                 st = {}
-            out.append(st)
+            out.append(st if proc is not None and isinstance(st, dict) and st.get("pid") == proc.pid else {})
         return out
 
     _DAMAGE = ("rows_corrupt", "rows_missing", "corrupt", "missing", "files_uncounted", "uncounted")

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["TopState", "HlogTail", "SignalTail", "Collector", "fetch_books", "render", "run_top",
+__all__ = ["TopState", "HlogTail", "SignalTail", "Collector", "fetch_books", "render", "frame", "run_top",
            "add_parser", "cmd_top"]
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -303,17 +303,27 @@ class Collector:
     """Reads the sources; one :meth:`refresh` per screen."""
 
     def __init__(self, cfg, run_dir: Path | None = None, depth: int = 10):
-        self.cfg = cfg
+        self.given = cfg
         self.run_dir = Path(run_dir or Path(cfg.state_dir) / cfg.run)
         self.depth = depth
+        self.signals = SignalTail(self.run_dir)
+        self._attach()
+
+    def _attach(self) -> None:
+        """Instruments, workers, interval logs and writer keys as the daemon runs them (its run
+        directory's config.json; the config given when there is none): a config edited since the
+        start gave prices ten times off under a symbol the daemon did not run (an adversarial pass)."""
+        from tickwire.engine.config import running_config
         from tickwire.engine.worker import ring_keys
 
+        cfg = self.cfg = running_config(self.given, self.run_dir)
+        self.sup_pid = (_json(self.run_dir / "supervisor.json") or {}).get("pid")
         self.keys = [ring_keys(cfg, i)[0] for i in range(len(cfg.workers))]
         hdr_dir = Path(cfg.metrics.hdr_dir) if cfg.metrics.hdr_dir else self.run_dir / "hdr"
         self.hlogs = [HlogTail(hdr_dir / f"{w.name}.hlog") for w in cfg.workers]
-        self.signals = SignalTail(self.run_dir)
         self.state = TopState(cfg.run, self.run_dir, list(cfg.instruments), [w.name for w in cfg.workers])
-        self._prev = None                                 # (time, events, messages, signals)
+        self._prev = {}                                   # worker index -> (time, pid, events, messages, signals)
+        self._worker_rates = {}                           # worker index -> (events/s, messages/s, signals/s)
 
     def daemon_running(self):
         """(running, why not): the supervisor's pid, else any worker's, is alive."""
@@ -331,10 +341,12 @@ class Collector:
 
     def refresh(self, selected: int = 0, rows: int | None = None) -> TopState:
         """One screen's data; ``rows``: instrument rows on screen (books are asked for those)."""
+        running, why = self.daemon_running()
+        if running and (_json(self.run_dir / "supervisor.json") or {}).get("pid") != self.sup_pid:
+            self._attach()                                # another daemon for the run: its config
         st = self.state
         st.now = time.time()
-        st.selected = selected
-        running, why = self.daemon_running()
+        st.selected = min(selected, max(len(st.instruments) - 1, 0))
         if running:
             st.since_gone = None
         elif st.running or st.since_gone is None:
@@ -342,6 +354,13 @@ class Collector:
         st.running, st.why_not = running, why
         st.supervisor = _json(self.run_dir / "supervisor.json") or {}
         st.workers = [_status(self.run_dir / f"worker-{i}.json") for i in range(len(self.cfg.workers))]
+        kids = (st.supervisor.get("children") or {}) if running else {}
+        if kids:
+            # a file that is not the supervisor's current child's: the last run's (or a restarted
+            # worker's predecessor's) until the new process writes its own; it was shown as current
+            # for up to a second after a start (an adversarial pass)
+            st.workers = [s if s.get("pid") == (kids.get(w.name) or {}).get("pid") else {}
+                          for s, w in zip(st.workers, self.cfg.workers)]
         st.writers = [_json(self.run_dir / "writer" / k / "status.json") or {} for k in self.keys]
         st.signals_status = _json(self.run_dir / "writer" / "signals.json") or {}
         self._rates(st)
@@ -359,20 +378,31 @@ class Collector:
         return st
 
     def _rates(self, st: TopState) -> None:
-        ev = sum(w.get("feed", {}).get("events", 0) for w in st.workers)
-        msg = sum(w.get("feed", {}).get("messages", 0) for w in st.workers)
-        sig = sum(w.get("counts", {}).get("signals", 0) for w in st.workers)
-        # over the time between the status files' own stamps, not the screens': a worker writes
-        # its file every 0.5 s, and at --refresh 0.25 the rate alternated between twice the real
-        # one and 0 (two screens per write); a screen between two writes keeps the last rates
-        t = max((w.get("time", 0) for w in st.workers), default=0) or st.now
-        if self._prev is not None and t <= self._prev[0]:
-            return
-        if self._prev is not None:
-            dt = t - self._prev[0]
-            st.rates = {"events": max(ev - self._prev[1], 0) / dt, "messages": max(msg - self._prev[2], 0) / dt,
-                        "signals": max(sig - self._prev[3], 0) / dt}
-        self._prev = (t, ev, msg, sig)
+        # each worker's over the time between its own status file's stamps, not the screens': a
+        # worker writes its file every 0.5 s, and at --refresh 0.25 the rate alternated between
+        # twice the real one and 0 (two screens per write); a screen between two writes keeps its
+        # last rates. Then added: every worker's counts over the newest file's interval alone
+        # (workers write at their own phases) read 0 to twice the total (an adversarial pass)
+        for i, w in enumerate(st.workers):
+            t = w.get("time") if w else None
+            if not t:                                     # no status (yet): no rate
+                self._prev.pop(i, None)
+                self._worker_rates.pop(i, None)
+                continue
+            cur = (t, w.get("pid"), w.get("feed", {}).get("events", 0), w.get("feed", {}).get("messages", 0),
+                   w.get("counts", {}).get("signals", 0))
+            prev = self._prev.get(i)
+            if prev is not None and prev[1] == cur[1] and t <= prev[0]:
+                continue                                  # not rewritten since
+            if prev is not None and prev[1] == cur[1]:
+                dt = t - prev[0]
+                self._worker_rates[i] = tuple(max(c - p, 0) / dt for c, p in zip(cur[2:], prev[2:]))
+            else:                                         # its first file, or a restarted worker's
+                self._worker_rates.pop(i, None)
+            self._prev[i] = cur
+        if self._worker_rates:
+            rates = list(self._worker_rates.values())
+            st.rates = {k: sum(r[j] for r in rates) for j, k in enumerate(("events", "messages", "signals"))}
 
     def _latency(self, st: TopState) -> None:
         from tickwire.ext.hdr import STAGES
@@ -647,6 +677,16 @@ def render(st: TopState, sig: SignalTail, width: int, height: int):
     return Group(*lines)
 
 
+def frame(st: TopState, sig: SignalTail, width: int, height: int):
+    """What a ``width`` x ``height`` terminal shows: :func:`render`'s screen from 80x24 up, else a
+    line saying the terminal is too small (the screen was cropped without a word)."""
+    from rich.text import Text
+
+    if width < 80 or height < 24:
+        return Text(f"terminal too small: need 80x24, have {width}x{height} (q quits)", style="bold yellow")
+    return render(st, sig, width, height)
+
+
 # -- the terminal loop ------------------------------------------------------------------------------
 
 class _Keys:
@@ -719,17 +759,18 @@ def run_top(cfg, refresh: float = 0.5, depth: int = 10, run_dir=None, out=sys.st
     console = Console(file=out)
     keys = _Keys(sys.stdin.fileno())
     selected = 0
-    n = max(len(cfg.instruments), 1)
     try:
         with Live(console=console, screen=True, auto_refresh=False, redirect_stdout=False,
                   redirect_stderr=False) as live:
             next_at = 0.0
             while True:
                 now = time.monotonic()
+                n = max(len(col.state.instruments), 1)     # the daemon's (its config.json)
                 if now >= next_at:
                     w, h = console.size
                     st = col.refresh(selected, instrument_rows(n, max(h, 24)))
-                    live.update(render(st, col.signals, max(w, 80), max(h, 24)), refresh=True)
+                    selected = st.selected
+                    live.update(frame(st, col.signals, w, h), refresh=True)
                     next_at = now + refresh
                 for key in _split_keys(keys.wait(next_at - time.monotonic())):
                     if key in (b"q", b"Q"):
@@ -782,6 +823,10 @@ def cmd_top(args) -> int:
         import rich  # noqa: F401
     except ImportError:
         print("tickwire top: needs rich, which is not installed: pip install rich", file=sys.stderr)
+        return 2
+    if not -20 <= args.nice <= 19:                  # (99999999999999999999: an OverflowError traceback)
+        print(f"tickwire top: --nice: expected a niceness from -20 to 19 (0: as started), got {args.nice}",
+              file=sys.stderr)
         return 2
     cfg = load(args.config)
     if args.nice:

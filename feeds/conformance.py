@@ -81,6 +81,8 @@ RULES = {
     "no-reply": "the recovery service answers every request within 2 s",
 }
 WARNINGS = {"event-seq"}
+#: Largest per-message limit --max-events takes (feeds.max_message_events' bound).
+MAX_EVENTS_LIMIT = 1 << 20
 
 _YEAR_2000 = 946_684_800 * 10 ** 9
 _REPLY_TIMEOUT = 2.0
@@ -100,9 +102,9 @@ class Finding:
     def warning(self) -> bool:
         return self.rule in WARNINGS
 
-    def line(self) -> str:
+    def line(self, wording: str | None = None) -> str:
         what = "WARN" if self.warning else "FAIL"
-        return f"{what} {self.rule}: {RULES[self.rule]}: broken {self.count:,} time(s); e.g. {self.example}"
+        return f"{what} {self.rule}: {wording or RULES[self.rule]}: broken {self.count:,} time(s); e.g. {self.example}"
 
 
 @dataclasses.dataclass
@@ -118,6 +120,7 @@ class Report:
     snapshots: int = 0
     retransmissions: int = 0
     notes: list = dataclasses.field(default_factory=list)
+    max_events: int = wire.MAX_MESSAGE_EVENTS                    # the size-limit checked
 
     def broke(self, rule: str, example: str, n: int = 1) -> None:
         f = self.findings.setdefault(rule, Finding(rule))
@@ -131,7 +134,10 @@ class Report:
         return not any(not f.warning for f in self.findings.values())
 
     def text(self) -> str:
-        lines = [f.line() for f in sorted(self.findings.values(), key=lambda f: (f.warning, f.rule))]
+        # (the size limit as checked: --max-events 1000 said "at most 4,096 events": an adversarial pass)
+        limit = f"at most {self.max_events:,} events in one message (split larger exchange messages)"
+        lines = [f.line(limit if f.rule == "size-limit" else None)
+                 for f in sorted(self.findings.values(), key=lambda f: (f.warning, f.rule))]
         lines += [f"note: {n}" for n in self.notes]
         verdict = "conformant" if self.ok else f"NOT conformant ({sum(not f.warning for f in self.findings.values())} rule(s) broken)"
         chans = ", ".join(f"{c}: next seq {nxt:,}" for c, (_, nxt) in sorted(self.channels.items())[:8])
@@ -609,8 +615,11 @@ def check(endpoint: str, snapshot: str | None = None, channels=None, duration: f
     _check_endpoint(endpoint, "endpoint")
     if snapshot:
         _check_endpoint(snapshot, "--snapshot")
+    if isinstance(max_events, bool) or not isinstance(max_events, int) or not 1 <= max_events <= MAX_EVENTS_LIMIT:
+        raise ConformanceError(f"max_events: expected an integer from 1 to {MAX_EVENTS_LIMIT:,} (feeds.max_message_events' "
+                               f"range), got {max_events!r}")
     ctx = context or zmq.Context.instance()
-    report = Report(endpoint, snapshot)
+    report = Report(endpoint, snapshot, max_events=max_events)
     sub = ctx.socket(zmq.SUB)
     dealer = None
     try:
@@ -715,6 +724,10 @@ def cmd_check_publisher(args) -> int:
         return 2
     if any(not 0 <= c <= 0xFFFF for c in args.channels or ()):
         print("tickwire check-publisher: --channels: channel ids are 0..65535", file=sys.stderr)
+        return 2
+    if not 1 <= args.max_events <= MAX_EVENTS_LIMIT:     # (-1 failed every data message: the publisher blamed)
+        print(f"tickwire check-publisher: --max-events: expected an integer from 1 to {MAX_EVENTS_LIMIT:,} "
+              f"(feeds.max_message_events' range), got {args.max_events}", file=sys.stderr)
         return 2
     curve = None
     if bool(args.curve_server_key) != bool(args.curve_secret_key):

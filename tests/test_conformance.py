@@ -269,10 +269,25 @@ def test_cli_exit_status_and_lines(publisher, tmp_path):
     for argv, says in [(["tcp://127.0.0.1:1", "--duration", "1"], "cannot connect"),
                        ([f"ipc://{tmp_path}/nothing"], "nothing listens there"),
                        (["localhost:5555"], "is not a ZeroMQ endpoint"),
-                       ([p.data, "--duration", "0"], "--duration")]:
+                       ([p.data, "--duration", "0"], "--duration"),
+                       ([p.data, "--max-events", "-1"], "--max-events: expected an integer from 1 to 1,048,576"),
+                       ([p.data, "--max-events", "0"], "--max-events")]:
         out = subprocess.run([PY, "-m", "tickwire", "check-publisher", *argv], capture_output=True, text=True,
                              timeout=60)
         assert out.returncode == 2 and says in out.stderr and len(out.stderr.strip().splitlines()) == 1, out
+
+
+def test_the_size_limit_said_is_the_one_checked(publisher):
+    """Found by an adversarial pass: `--max-events 1000` was checked but the rule's text said
+    "at most 4,096 events"; `--max-events -1` (not refused) failed every data message, the
+    publisher blamed."""
+    p = publisher()                                       # 3 events a message
+    report = conformance.check(p.data, p.snap, duration=1.0, max_events=2)
+    assert "size-limit" in report.findings, report.text()
+    assert "FAIL size-limit: at most 2 events in one message" in report.text(), report.text()
+    for bad in (0, -1, True, 1 << 21):
+        with pytest.raises(conformance.ConformanceError, match="max_events: expected an integer from 1"):
+            conformance.check(p.data, p.snap, duration=1.0, max_events=bad)
 
 
 def test_the_simulator_is_conformant(tmp_path):

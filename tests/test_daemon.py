@@ -1226,6 +1226,31 @@ def test_signals_follow_waits_for_a_worker_the_supervisor_is_slow_to_restart(tmp
     assert rc == 0
 
 
+def test_signals_follow_ends_when_its_reader_goes_even_with_no_signal_coming(tmp_path):
+    """`tickwire signals --follow | head -1` of a quiet daemon never ended: a closed pipe was seen
+    only at the next write (an adversarial pass). It ends as `tail -f` does: exit 0, nothing said."""
+    cfg_path, raw = write_config(tmp_path, "gone")
+    run_dir = tmp_path / "state" / "gone"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    follower = None
+    try:
+        assert wait_for(lambda: live_status(run_dir)["pid"])
+        follower = subprocess.Popen([PY, "-m", "tickwire", "signals", "--config", str(cfg_path), "--follow"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(3)                                            # attached, waiting: no simulator, no signal
+        assert follower.poll() is None, follower.communicate()
+        follower.stdout.close()                                  # the reader goes
+        rc = follower.wait(timeout=10)
+        err = follower.stderr.read().decode()
+        assert rc == 0 and err == "", (rc, err)
+    finally:
+        if follower is not None and follower.poll() is None:
+            follower.kill()
+            follower.wait()
+        rc, _ = stop_daemon(daemon, log)
+    assert rc == 0
+
+
 def alive(pid) -> bool:
     """Whether ``pid`` runs (a zombie, reparented to an init that does not reap, does not)."""
     try:
@@ -2179,6 +2204,32 @@ def test_the_pinning_check_waits_for_a_worker_that_pins_itself_late_and_names_on
         for p in (late, never):
             p.kill()
             p.wait()
+
+
+def test_worker_status_is_the_current_process_s_file_only(tmp_path):
+    """Found by an adversarial pass: right after a start (after a kill -9 too) `tickwire status`
+    and the metrics served the last run's worker files (counters, latency, ring depth) as current,
+    with worker_up 1, until the new workers wrote theirs. A file counts once it is the process the
+    supervisor runs for that worker: a restarted worker's too, once it has written it."""
+    from tickwire.engine.supervisor import Supervisor
+
+    def write(i, pid, events):
+        (tmp_path / f"worker-{i}.json").write_text(json.dumps({"pid": pid, "feed": {"events": events}}))
+    cfg = types.SimpleNamespace(workers=[object(), object()])
+    w0, w1 = types.SimpleNamespace(name="w0", proc=None), types.SimpleNamespace(name="w1", proc=None)
+    sup = types.SimpleNamespace(cfg=cfg, run_dir=tmp_path, workers=[w0, w1])
+    write(0, 1111, 500_000)                               # the last run's
+    write(1, 1112, 600_000)
+    assert Supervisor.worker_status(sup) == [{}, {}]      # not started yet
+    w0.proc, w1.proc = types.SimpleNamespace(pid=4242), types.SimpleNamespace(pid=4243)
+    assert Supervisor.worker_status(sup) == [{}, {}]      # started, not written yet
+    write(0, 4242, 10)
+    got = Supervisor.worker_status(sup)
+    assert got[0]["feed"]["events"] == 10 and got[1] == {}
+    w0.proc = types.SimpleNamespace(pid=5000)             # w0 restarted: its predecessor's file no more
+    assert Supervisor.worker_status(sup)[0] == {}
+    write(0, 5000, 3)
+    assert Supervisor.worker_status(sup)[0]["feed"]["events"] == 3     # (the metrics read these)
 
 
 def test_a_dead_writers_damage_counts_are_kept_once(tmp_path):

@@ -708,6 +708,18 @@ def test_bookbench_data_that_is_not_a_capture_is_one_line(tmp_path):
         res.stderr
 
 
+def test_bookbench_data_given_that_is_missing_a_file_or_holds_no_capture_is_one_line(tmp_path):
+    """Found by an adversarial pass: `--data DIR` missing, or a file, said "capture not found (it
+    lives in ../shared/data ...): skipped" and exited 0, as if --data had not been given."""
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "empty").mkdir()
+    for data, says in ((tmp_path / "nothere", f"{tmp_path / 'nothere'}: no such directory"),
+                       (tmp_path / "afile", f"{tmp_path / 'afile'}: not a directory"),
+                       (tmp_path / "empty", f"{tmp_path / 'empty'} holds neither kraken_book1000")):
+        one_line(tickwire("bookbench", "--data", data, "--events", "1000", "--repeats", "1"),
+                 "tickwire bookbench: --data: " + says)
+
+
 def test_demo_wire_seconds_must_not_be_negative(tmp_path):
     one_line(tickwire("demo", "--wire-seconds=-1", "--duration", "1", "--data-dir", tmp_path / "data"),
              "--wire-seconds: expected a number of seconds >= 0 (0: skip) and at most 1e+09, got -1.0")

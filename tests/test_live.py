@@ -191,6 +191,82 @@ def test_a_worker_that_does_not_answer_is_named_and_the_exit_status_says_so(tmp_
         assert request_books(run_dir, depth=2).silent == []
 
 
+def _hold_lock(run_dir):
+    """The run's daemon lock, held as a running supervisor holds it (close the fd to let go)."""
+    import fcntl
+    import os
+
+    lock = os.open(run_dir / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return lock
+
+
+def test_books_takes_the_running_daemon_s_symbols_not_the_edited_config_s(tmp_path, stream):
+    """Found by an adversarial pass: `books -i SYMBOL` matched the config file as edited since the
+    start, and refused the running daemon's own symbol; `-i ²` was a traceback, `-i ٣` id 3."""
+    import os
+
+    from tickwire.engine.config import to_toml
+    from tickwire.engine.demo import demo_raw_config
+
+    insts, ev = stream                                  # the daemon runs SIM0..SIM2
+    raw = demo_raw_config(tmp_path / "state", run="edited")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(to_toml(raw))                        # the file now says SYN0..SYN7
+    for d in raw["instruments"]:
+        d["symbol"] = d["symbol"].replace("SYN", "SIM")
+    run_dir = tmp_path / "state" / "edited"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps({"raw": raw, "base_dir": str(tmp_path)}))
+    lock = _hold_lock(run_dir)
+
+    def books(*extra):
+        return subprocess.run([PY, "-m", "tickwire", "books", "--config", str(cfg), "--timeout", "3", *extra],
+                              capture_output=True, text=True, timeout=60)
+    try:
+        with EngineThread(run_dir, ev, insts):
+            ok = books("-i", "SIM1")
+            assert ok.returncode == 0 and "SIM1 (id 1," in ok.stdout and ok.stderr == "", ok
+            out = books("-i", "SYN1")
+            assert out.returncode == 2 and "'SYN1' is not an instrument of the daemon running for run 'edited'" \
+                in out.stderr and "SIM0, SIM1" in out.stderr, out
+            for name in ("²", "٣"):
+                out = books("-i", name)
+                assert out.returncode == 2 and "Traceback" not in out.stderr, out
+                assert f"{name!r} is not an instrument" in out.stderr and out.stdout == "", out
+    finally:
+        os.close(lock)
+
+
+def test_a_daemon_whose_only_worker_is_silent_names_it_not_start_one(tmp_path):
+    """Found by an adversarial pass: the only worker SIGSTOPped (or --timeout too short), `tickwire
+    books` said "no tickwire daemon answers ... start one" of a running daemon. Its lock held: the
+    worker is named (and top's ladder says the same)."""
+    import os
+
+    from tickwire.engine.config import to_toml
+    from tickwire.engine.demo import demo_raw_config
+    from tickwire.engine.top import fetch_books
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(to_toml(demo_raw_config(tmp_path / "state", run="stopped")))
+    run_dir = tmp_path / "state" / "stopped"
+    run_dir.mkdir(parents=True)
+    (run_dir / "books-0.sock").touch()                 # its worker does not answer (stopped)
+    lock = _hold_lock(run_dir)
+    try:
+        out = subprocess.run([PY, "-m", "tickwire", "books", "--config", str(cfg), "--timeout", "0.3"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 1 and out.stderr.count("\n") == 1, out
+        assert "runs, but its worker w0 did not answer within 0.3 s" in out.stderr and "start one" not in out.stderr
+        _, note = fetch_books(run_dir, [0], 2, timeout=0.3)
+        assert "its worker w0 did not answer" in note, note
+    finally:
+        os.close(lock)
+    with pytest.raises(DaemonNotRunning, match="start one"):      # no lock held: no daemon
+        request_books(run_dir, timeout=0.3)
+
+
 class BusyWorker:
     """A worker's book socket that answers every request "busy" (its engine far behind)."""
 

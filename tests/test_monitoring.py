@@ -687,9 +687,9 @@ def test_status_of_a_daemon_with_no_figures_yet_says_it_is_starting(capsys):
     assert "has no figures yet: no worker of it has reported" in err and "not a tickwire daemon" not in err, err
 
 
-def test_status_of_a_server_that_speaks_no_http_is_one_line(capsys):
-    """A port held by something that is not an HTTP server (it answers an SSH banner) was an
-    http.client.BadStatusLine traceback."""
+def status_of_a_server_answering(reply: bytes) -> int:
+    """``tickwire status --url`` against a one-shot server on loopback that answers ``reply`` to
+    whatever it is sent: its exit status."""
     import socket
     import threading
 
@@ -702,16 +702,38 @@ def test_status_of_a_server_that_speaks_no_http_is_one_line(capsys):
     def answer():
         conn, _ = srv.accept()
         conn.recv(65536)
-        conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+        conn.sendall(reply)
         conn.close()
 
     threading.Thread(target=answer, daemon=True).start()
     try:
-        assert cli_main(["status", "--url", f"http://127.0.0.1:{srv.getsockname()[1]}/metrics"]) == 1
+        return cli_main(["status", "--url", f"http://127.0.0.1:{srv.getsockname()[1]}/metrics"])
     finally:
         srv.close()
+
+
+def test_status_of_a_server_that_speaks_no_http_is_one_line(capsys):
+    """A port held by something that is not an HTTP server (it answers an SSH banner) was an
+    http.client.BadStatusLine traceback."""
+    assert status_of_a_server_answering(b"SSH-2.0-OpenSSH_9.2\r\n") == 1
     err = capsys.readouterr().err
     assert err.startswith("tickwire status: cannot read http://127.0.0.1:") and "BadStatusLine" in err and "Traceback" not in err
+
+
+def test_status_prints_what_an_endpoint_answered_with_its_control_characters_escaped(capsys):
+    """Found by an adversarial pass: a non-HTTP endpoint's status line was printed raw: its ESC
+    sequences cleared the screen, set the terminal's title and printed a fake "daemon healthy".
+    The labels of a page's samples (worker, stage names printed in the summary) are escaped too."""
+    assert status_of_a_server_answering(b"\x1b[2J\x1b]0;PWNED\x07\x1b[31mfake: daemon healthy\x1b[0m\r\n\r\n") == 1
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err and "\\x1b[2J\\x1b]0;PWNED\\x07" in err, err
+    body = ('tickwire_events_total{worker="w0"} 5.0\n'
+            'tickwire_worker_status_frozen_seconds{worker="\x1b]0;PWNED\x07"} 42.0\n'
+            'tickwire_latency_seconds_bucket{worker="\x1b[2J",stage="book",le="+Inf"} 3.0\n').encode()
+    with page_server(body) as url:
+        assert cli_main(["status", "--url", url]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "FIGURES FROZEN: \\x1b]0;PWNED\\x07 cannot" in out, out
 
 
 @pytest.mark.parametrize("head", [b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n", b"HTTP/1.1 200 OK\r\nX-Slow: "],

@@ -241,6 +241,68 @@ def test_rates_are_taken_over_the_status_files_own_times_whatever_the_refresh(tm
     assert seen[0] is None and seen[1] is None and all(r == pytest.approx(20_000) for r in seen[2:]), seen
 
 
+def test_rates_of_several_workers_are_each_over_its_own_status_times_then_added(tmp_path):
+    """Two workers writing their status at their own phases: every worker's counts were timed by
+    the newest file's interval alone, and top said 0 to 40,000 events/s of 20,000 (an adversarial
+    pass). Each worker's rate is taken over its own file's times, then added."""
+    import json
+
+    from tickwire.engine.config import from_dict
+    from tickwire.engine.top import Collector
+
+    raw = demo_raw_config(tmp_path / "state", run="rates", workers=[{"name": "w0", "cpu": 1, "instruments": [0, 1, 4, 5]},
+                                                                    {"name": "w1", "cpu": 0, "instruments": [2, 3, 6, 7]}])
+    run_dir = tmp_path / "state" / "rates"
+    run_dir.mkdir(parents=True)
+    col = Collector(from_dict(raw), run_dir)
+    t0, phase = 1_700_000_000.0, (0.0, 0.1)
+    seen = []
+    for k in range(1, 16):                                # screens every 0.3 s; each worker writes every 0.5 s
+        for i in (0, 1):
+            t = phase[i] + 0.5 * ((0.3 * k - phase[i]) // 0.5)
+            (run_dir / f"worker-{i}.json").write_text(json.dumps({"time": t0 + t, "feed": {"events": int(10_000 * t),
+                                                                  "messages": 0}, "counts": {"signals": 0}}))
+        seen.append(col.refresh().rates.get("events"))
+    assert seen[0] is None and all(r == pytest.approx(20_000) for r in seen[1:]), seen
+
+
+def test_top_shows_the_running_daemon_s_instruments_workers_and_only_its_workers_files(tmp_path):
+    """Found by an adversarial pass: top priced and named the instruments as the config file said
+    after an edit (tick size 0.1 for the daemon's 0.01: prices ten times off, under a symbol the
+    daemon did not run); and right after a start it showed the last run's worker files (counters,
+    rates) as the new daemon's. It reads the daemon's config.json, and a worker file counts once
+    it is the process supervisor.json names."""
+    import json
+    from decimal import Decimal
+
+    from tickwire.engine.config import from_dict
+    from tickwire.engine.top import Collector
+
+    raw = demo_raw_config(tmp_path / "state", run="edited")
+    run_dir = tmp_path / "state" / "edited"
+    run_dir.mkdir(parents=True)
+    daemon = json.loads(json.dumps(raw))                  # as it started: symbols D<i>, tick 0.01, worker "engine"
+    for d in daemon["instruments"]:
+        d["symbol"], d["tick_size"] = d["symbol"].replace("SYN", "D"), "0.01"
+    daemon["workers"][0]["name"] = "engine"
+    (run_dir / "config.json").write_text(json.dumps({"raw": daemon, "base_dir": str(tmp_path)}))
+    for d in raw["instruments"]:                          # the file, edited since
+        d["tick_size"] = "0.1"
+    col = Collector(from_dict(raw), run_dir)
+    st = col.state
+    assert [i.symbol for i in st.instruments][:2] == ["D0", "D1"] and st.worker_names == ["engine"]
+    assert st.instruments[0].tick_size == Decimal("0.01") and st.instruments[0].format_price(10_001) == "100.01"
+    assert col.hlogs[0].path == run_dir / "hdr" / "engine.hlog"
+    # the supervisor (alive: this process) names its worker's pid; the last run's file does not count
+    (run_dir / "supervisor.json").write_text(json.dumps({"pid": os.getpid(), "children": {"engine": {"pid": 4242}}}))
+    (run_dir / "worker-0.json").write_text(json.dumps({"pid": 1111, "worker": "engine", "time": time.time(),
+                                                       "feed": {"events": 999_999}, "counts": {"signals": 7}}))
+    assert col.refresh().workers == [{}]
+    (run_dir / "worker-0.json").write_text(json.dumps({"pid": 4242, "worker": "engine", "time": time.time(),
+                                                       "feed": {"events": 12}, "counts": {"signals": 0}}))
+    assert col.refresh().workers[0]["feed"]["events"] == 12
+
+
 def test_top_into_a_pipe_or_a_dumb_terminal_says_it_needs_a_terminal(tmp_path):
     """With its output not a terminal, top drew nothing and ran until killed; on a terminal with
     TERM=dumb it drew a blank screen for as long as it ran (an adversarial pass): one line each,
@@ -332,6 +394,32 @@ def test_render_fits_80x24_and_draws_the_ladder_of_the_selected_book():
         con = Console(file=io.StringIO(), width=132, height=43, force_terminal=False)
         con.print(render(st, SignalTail("/nonexistent"), 132, 43))
         assert said in con.file.getvalue(), con.file.getvalue()
+
+
+def test_a_terminal_smaller_than_80x24_is_said_and_nice_out_of_range_is_refused(tmp_path):
+    """Found by an adversarial pass: on a terminal smaller than its 80x24 frame top cropped it
+    without a word; `--nice 99999999999999999999` was an OverflowError traceback."""
+    import io
+
+    from rich.console import Console
+
+    from tickwire.engine.top import SignalTail, TopState, frame
+
+    st = TopState("r", None, [], ["w0"], running=True, now=time.time())
+    for w, h in ((79, 24), (80, 23), (40, 10)):
+        con = Console(file=io.StringIO(), width=w, height=h, force_terminal=False)
+        con.print(frame(st, SignalTail("/nonexistent"), w, h))
+        assert " ".join(con.file.getvalue().split()) == f"terminal too small: need 80x24, have {w}x{h} (q quits)"
+    con = Console(file=io.StringIO(), width=80, height=24, force_terminal=False)
+    con.print(frame(st, SignalTail("/nonexistent"), 80, 24))
+    assert "tickwire top" in con.file.getvalue() and "too small" not in con.file.getvalue()
+    cfg_path = tmp_path / "nice.toml"
+    cfg_path.write_text(to_toml(demo_raw_config(tmp_path / "state", run="nice")))
+    for nice in ("99999999999999999999", "20", "-21"):
+        res = subprocess.run([PY, "-m", "tickwire", "top", "--config", str(cfg_path), "--nice", nice],
+                             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert res.returncode == 2 and res.stderr == (f"tickwire top: --nice: expected a niceness from -20 to 19 "
+                                                      f"(0: as started), got {nice}\n"), res
 
 
 def test_signal_times_are_in_the_header_clock_s_time_zone(monkeypatch):
