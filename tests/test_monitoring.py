@@ -730,6 +730,8 @@ def test_status_prints_what_an_endpoint_answered_with_its_control_characters_esc
     body = ('tickwire_events_total{worker="w0"} 5.0\n'
             'tickwire_worker_status_frozen_seconds{worker="\x1b]0;PWNED\x07"} 42.0\n'
             'tickwire_latency_seconds_bucket{worker="\x1b[2J",stage="book",le="+Inf"} 3.0\n').encode()
+    from tickwire.engine.cli import main as cli_main
+
     with page_server(body) as url:
         assert cli_main(["status", "--url", url]) == 0
     out = capsys.readouterr().out
