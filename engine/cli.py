@@ -413,11 +413,23 @@ def cmd_books(args) -> int:
     if args.json:
         print(jsonmod.dumps({str(k): v for k, v in sorted(books.items())}, indent=1))
         return partial()
+    insts = {i.id: i for i in cfg.instruments}
     for iid, b in sorted(books.items()):
         tick, lot = Decimal(b["tick_size"]), Decimal(b["lot_size"])
+        inst = insts.get(iid)
+        if inst is not None and (inst.tick_size, inst.lot_size) == (tick, lot):
+            # with the instrument's price_decimals / qty_decimals, as top shows them (they were
+            # ignored here: 9999.44 in books, 9999.7300 in top, a newcomer's pass)
+            px, qy = inst.format_price, inst.format_qty
+        else:                                      # (the reply's own steps: the daemon's word)
+            def px(t, tick=tick):
+                return str(Decimal(t) * tick)
+
+            def qy(n, lot=lot):
+                return str(Decimal(n) * lot)
         state = "in sync" if b["in_sync"] else "OUT OF SYNC"
         trade = b["last_trade"]
-        last = f"last trade {Decimal(trade[0]) * tick} x {Decimal(trade[1]) * lot}" if trade else "no trade yet"
+        last = f"last trade {px(trade[0])} x {qy(trade[1])}" if trade else "no trade yet"
         print(f"{b['symbol']} (id {iid}, worker {b['worker']}): {state}, seq {b['last_seq']}, "
               f"{b['levels'][0]} bid / {b['levels'][1]} ask levels, {b['updates']:,} updates, "
               f"{b['signals']:,} signals, {last}")
@@ -427,8 +439,8 @@ def cmd_books(args) -> int:
         for k in range(rows):
             bid = b["bids"][k] if k < len(b["bids"]) else None
             ask = b["asks"][k] if k < len(b["asks"]) else None
-            left = f"{str(Decimal(bid[1]) * lot):>16} {str(Decimal(bid[0]) * tick):>14}" if bid else " " * 31
-            right = f"{str(Decimal(ask[0]) * tick):<14} {str(Decimal(ask[1]) * lot):<16}" if ask else ""
+            left = f"{qy(bid[1]):>16} {px(bid[0]):>14}" if bid else " " * 31
+            right = f"{px(ask[0]):<14} {qy(ask[1]):<16}" if ask else ""
             print(f"  {left} | {right}".rstrip())
     return partial()
 

@@ -3,6 +3,7 @@ client, and `tickwire books` without a daemon. The daemon end to end (books read
 equal a reference at every level) is in tests/test_replay_daemon.py."""
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -215,6 +216,8 @@ def test_books_takes_the_running_daemon_s_symbols_not_the_edited_config_s(tmp_pa
     cfg.write_text(to_toml(raw))                        # the file now says SYN0..SYN7
     for d in raw["instruments"]:
         d["symbol"] = d["symbol"].replace("SYN", "SIM")
+    # (a newcomer's pass: books printed prices with the tick's decimals, not price_decimals)
+    raw["instruments"][1].update(price_decimals=4, qty_decimals=9)
     run_dir = tmp_path / "state" / "edited"
     run_dir.mkdir(parents=True)
     (run_dir / "config.json").write_text(json.dumps({"raw": raw, "base_dir": str(tmp_path)}))
@@ -227,6 +230,10 @@ def test_books_takes_the_running_daemon_s_symbols_not_the_edited_config_s(tmp_pa
         with EngineThread(run_dir, ev, insts):
             ok = books("-i", "SIM1")
             assert ok.returncode == 0 and "SIM1 (id 1," in ok.stdout and ok.stderr == "", ok
+            prices = re.findall(r"\s(\d+\.\d+) \| (\d+\.\d+)\s", ok.stdout)
+            assert prices and all(len(p.split(".")[1]) == 4 for row in prices for p in row), ok.stdout
+            qtys = re.findall(r"^\s+(\d+\.\d+) ", ok.stdout, re.M)
+            assert qtys and all(len(q.split(".")[1]) == 9 for q in qtys), ok.stdout
             out = books("-i", "SYN1")
             assert out.returncode == 2 and "'SYN1' is not an instrument of the daemon running for run 'edited'" \
                 in out.stderr and "SIM0, SIM1" in out.stderr, out
