@@ -34,7 +34,7 @@ _RENUMBER = 64
 
 class _Chan:
     __slots__ = ("_due", "_c", "pend", "tops", "epoch", "excused", "repeats", "stale_since", "stale", "owed", "base",
-                 "fresh", "snapping")
+                 "fresh", "snapping", "expect")
 
     def __init__(self, due: np.ndarray, c: int):
         self._due, self._c = due, c  # the audit's array of next sequence numbers (0: not known)
@@ -50,12 +50,15 @@ class _Chan:
         self.fresh = False          # a numbering its ticks started (a 1 after higher numbers): its
                                     # epoch's marker, naming the old one's end, is still to come
         self.snapping = False       # within a snapshot (its SNAPSHOT_BEGIN met, not its END yet)
+        self.expect = None          # a STALE marker first naming an epoch, at this number: a restart's
+                                    # (a 1 met before any number past it starts a new numbering) or a loss's
 
     def restart(self) -> None:
         """The numbering starts anew (a publisher's new epoch, a receiver's restart)."""
         self.next, self.excused, self.stale_since, self.stale, self.tops = None, set(), None, [], []
         self.owed = self.base = 0
         self.fresh = self.snapping = False
+        self.expect = None
 
     def excuses(self, first: int) -> bool:
         """Whether a hole from ``first`` is the feed's own: announced by a STALE marker, or met
@@ -180,21 +183,40 @@ class SeqAudit:
         epochs = r["order_id"][marker]
         epochs = epochs[epochs != 0]                # (a start's marker, made before any epoch: 0)
         epoch = int(epochs[-1]) if len(epochs) else None
-        anew = ((flags & np.uint32(_RESTART)) != 0).any() or (
-            epoch and st.epoch is not None and epoch != st.epoch)
+        restart = bool(((flags & np.uint32(_RESTART)) != 0).any())
+        changed = bool(epoch and st.epoch is not None and epoch != st.epoch)
         # the marker of the numbering its ticks started (a new epoch's, met after its first ticks
         # in the store's order) names the old one's last number, not this one's
         fresh = st.fresh and bool(stale.any()) and epoch is not None
         if fresh:
             st.fresh = False
+        changed = changed and not fresh         # (its ticks already started the new numbering)
+        anew = restart or changed
         # STALE markers of the epoch followed (the first to name one: the receiver's snapshot
         # markers carry none)
         ours = not anew and not fresh and epoch is not None and (st.epoch is None or epoch == st.epoch)
         if anew:
             # a receiver's (re)start, or the publisher's new epoch: the numbering starts anew
+            if changed and not restart and stale.any():
+                # the new epoch's marker (met before its ticks) names the old numbering's last
+                # number: owed by the old one (its ticks deleted at its end, or all of them: a review)
+                st.owed = max(st.owed, int(r["seq"][stale].max()))
             self._end_numbering(c, st)
             st.restart()
-            st.base = int(r["seq"][stale].max()) if stale.any() else 0
+            # a receiver's restart resumes its history after its marker's number; a publisher's
+            # new epoch numbers from 1 (its marker's number is the old epoch's end: taken for
+            # where the new history resumes, it excused every deletion up to it, all of a new
+            # epoch's ticks: a review)
+            st.base = int(r["seq"][stale].max()) if stale.any() and restart else 0
+            if changed and not restart:
+                st.next = 1                         # (a publisher's new epoch is stored from 1)
+        elif (epoch and st.epoch is None and stale.any() and not restart and not fresh
+              and not ((flags & np.uint32(_END)) != 0).any()):
+            # the first marker to name an epoch (a store's join markers name none): a loss's, or a
+            # publisher restart's (the old epoch's last number): a 1 met before any number past it
+            # says the latter (a review: the old epoch's ticks all deleted went unsaid; a first epoch
+            # of 64 ticks or fewer read as 64 repeats)
+            st.expect = int(r["seq"][stale].max())
         if epoch:
             st.epoch = epoch
         for m in r["seq"][stale].tolist():
@@ -205,8 +227,16 @@ class SeqAudit:
                 st.owed = max(st.owed, int(m))
             if not anew:
                 st.excused.add(int(m) + 1)
-            if st.stale_since is None:
+            if st.stale_since is None and not (changed and not restart):
                 st.stale_since = int(m)
+        below = r["seq"][~stale]
+        if st.expect is not None and not stale.any() and len(below) and st.next is not None \
+                and int(below.max()) + 1 < st.next:
+            # a snapshot stamped below the numbers met, after a marker first naming an epoch: the
+            # new epoch's (its ticks all gone): the old numbering ended at that marker
+            self._end_numbering(c, st)
+            st.restart()
+            st.next = 1                             # (a publisher's new epoch is stored from 1)
         if (marker & ((flags & np.uint32(_BEGIN)) != 0)).any():
             st.snapping = True
         # END markers alone, outside a snapshot: a silent channel back with nothing lost (or a feed
@@ -229,9 +259,7 @@ class SeqAudit:
             # a snapshot stamped S (an END alone returned above): the book has every event up to S
             top = int(covered.max()) + 1
             if top > st.next:
-                st.next = top
-                st.pend = st.pend[st.pend >= np.uint64(top)]
-                self._advance(st)
+                self._jump(c, st, top)
 
     def _ticks(self, rows: np.ndarray) -> None:
         for c, s in self._by_channel(rows):
@@ -242,18 +270,32 @@ class SeqAudit:
             # (past _RENUMBER only: a 1 met just after a 2 or a 3 is the stream's time order, not a
             # new numbering)
             ones = np.flatnonzero(s == 1)
+            if st.expect is not None and len(s):
+                # (after a restart's marker the new numbering's first ticks may be gone: a clear
+                # drop below the numbers met says it too)
+                seen = np.maximum.accumulate(np.concatenate(([np.uint64(max((st.next or 1) - 1, 0))], s[:-1])))
+                drop = np.flatnonzero(s.astype(np.int64) + _RENUMBER < seen.astype(np.int64))[:1]
+                ones = np.union1d(ones, drop)
             at = 0
             for k in ones.tolist():
                 top = max(int(s[at:k].max()) if k > at else 0, (st.next or 1) - 1,
                           int(st.pend[-1]) if len(st.pend) else 0)
-                if top > _RENUMBER:
+                # (a 1 after a restart's marker, before any number past it: whatever came before)
+                expected = st.expect is not None and top <= st.expect
+                if top > _RENUMBER or expected:
                     if k > at:
                         self._numbers(c, st, s[at:k])
                     self._end_numbering(c, st)
                     st.restart()
-                    st.fresh = True
+                    st.fresh = not expected
+                    if expected:
+                        st.next = 1                 # (a publisher's new epoch is stored from 1)
                     at = k
+                elif st.expect is not None:
+                    st.expect = None
             self._numbers(c, st, s[at:] if at else s)
+            if st.expect is not None and (st.next or 0) - 1 > st.expect:
+                st.expect = None                    # numbers past it: a loss's marker
 
     def _numbers(self, c: int, st: _Chan, s: np.ndarray) -> None:
         """One run of a channel's sequence numbers, in stream order, within one numbering."""
@@ -290,6 +332,44 @@ class SeqAudit:
             st.next += k
             st.pend = s = s[k:]
         return not len(s)
+
+    def _jump(self, c: int, st: _Chan, top: int) -> None:
+        """A snapshot stamped ``top - 1``: the book has every event below ``top``. The holes below
+        it are said now, through the excuse rules (the stretch the book was out of sync in is the
+        feed's own; numbers up to a loss's STALE marker were received, so deleted), not dropped:
+        ticks deleted just before a loss's marker went unsaid, and so did a hole still waiting
+        out its patience, as the chunks fell (a review)."""
+        below = st.pend[st.pend < np.uint64(top)]
+        met = np.unique(below) if len(below) else below
+        edges = [st.next] + (met + np.uint64(1)).tolist()
+        ends = met.tolist() + [top]
+        for first, end in zip(edges, ends):          # the holes [first, end) among what waits
+            first, end = int(first), int(end)
+            if first >= end:
+                continue
+            for a, b in self._unexcused(st, first, end - 1):
+                self.holes.append((c, a, b))
+        st.next = top
+        st.pend = st.pend[st.pend >= np.uint64(top)]
+        self._advance(st)
+
+    @staticmethod
+    def _unexcused(st: _Chan, first: int, last: int):
+        """The parts of the hole ``first..last`` outside the stretches the book was out of sync in
+        that the excuse rules do not excuse."""
+        parts = [(first, last)]
+        for a, b in st.stale:
+            out = []
+            for x, y in parts:
+                if b < x or a > y:
+                    out.append((x, y))
+                    continue
+                if x < a:
+                    out.append((x, a - 1))
+                if y > b:
+                    out.append((b + 1, y))
+            parts = out
+        return [(x, y) for x, y in parts if not st.excuses(x)]
 
     def _close(self, c: int, st: _Chan, below=None) -> None:
         """The holes below what waits are for good: all of them, or those below ``below`` (the

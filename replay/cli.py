@@ -245,9 +245,39 @@ class _NpyWriter:
 
     def __init__(self, path: Path, dtype: np.dtype):
         self.path, self.dtype, self.count = path, np.dtype(dtype), 0
+        self._remove_leftovers(Path(path))
         self.tmp, fd = _fresh_temp(Path(path), 0o666)
         self.fh = os.fdopen(fd, "wb")
         self.fh.write(self._header())
+
+    @staticmethod
+    def _remove_leftovers(path: Path) -> int:
+        """Remove the temporary files of earlier replays into ``path`` whose process is gone (a
+        killed replay left its ``.NAME.<pid>-<hex>.tmp`` for good, the names being per process:
+        a review): this name's only, in its directory only (not a walk of it), regular files of
+        this user's (the liveness test of engine.files' sweep, remove_stale_temps, which walks a
+        whole tree)."""
+        import stat as statmod
+
+        from tickwire.engine.files import pid_alive
+
+        me, removed = os.geteuid(), 0
+        mine = re.compile(re.escape(f".{path.name}.") + r"([0-9]+)-[0-9a-f]{8}\.tmp")
+        try:
+            names = os.listdir(path.parent)
+        except OSError:
+            return 0
+        for name in names:
+            m = mine.fullmatch(name)
+            if m is None or pid_alive(int(m.group(1))):
+                continue
+            p = path.parent / name
+            with contextlib.suppress(OSError):
+                st = os.lstat(p)
+                if statmod.S_ISREG(st.st_mode) and st.st_uid == me:
+                    os.unlink(p)
+                    removed += 1
+        return removed
 
     def _header(self) -> bytes:
         d = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": (self.count,)}
@@ -511,7 +541,10 @@ def _epoch_note(source) -> None:
     pairs = np.unique(np.stack([marks["channel"].astype(np.uint64), marks["order_id"].astype(np.uint64)], axis=1),
                       axis=0)
     chans, count = np.unique(pairs[:, 0], return_counts=True)
-    moved = chans[count > 1]
+    from tickwire.replay.sources import renumbered_channels
+
+    # (a daemon's store names no epoch before the restart's marker: the numberings its markers show)
+    moved = np.union1d(chans[count > 1], np.array(renumbered_channels(snaps), np.uint64)).astype(np.int64)
     if len(moved):
         print(f"note: the publisher restarted within {source.name}'s range (channel{'s' if len(moved) > 1 else ''} "
               f"{', '.join(map(str, moved.tolist()[:8]))}{' ...' if len(moved) > 8 else ''}: another epoch, its "

@@ -522,6 +522,76 @@ def _later_joins(snapshots: np.ndarray) -> np.ndarray:
     return (snapshots["seq"] == 0) & (start_of != start_of[first][which.ravel()])
 
 
+#: a sequence number 1 met after numbers past this starts a new numbering (a publisher's new epoch)
+#: whatever the markers say (the audit's too: replay/audit.py)
+_RENUMBER = 64
+
+
+def _numberings(snapshots: np.ndarray, bounds, later) -> list:
+    """Per run of ``snapshots`` (cut at ``bounds``): ``(k, names_new)``, ``k`` the publisher
+    numbering of its channel it belongs to (0, 1, ... in the stream's order) as far as the
+    markers tell, ``names_new`` whether it is a STALE marker that first names an epoch (a
+    restart's marker, or a loss's when no marker named the epoch before).
+
+    A new numbering begins at a run naming another epoch than the last named (the marker of a
+    publisher restart stamped with the old epoch's last number, at or above the numbering's
+    runs, ends the old one instead: the next run begins the new), and at a run stamped below the
+    numbering's runs (a new epoch's snapshot after a restart's marker: the markers of stores
+    whose snapshots name no epoch). A receiver's start (RESTART) begins none by itself."""
+    kinds, flags, oid, seq = snapshots["kind"], snapshots["flags"], snapshots["order_id"], snapshots["seq"]
+    state: dict = {}                                   # channel: [k, highest seq of the numbering, last epoch, next new]
+    out = []
+    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        c = int(snapshots["channel"][a])
+        k, top, last, bump = state.setdefault(c, [0, -1, None, False])
+        marker = kinds[a:b] == Kind.SNAPSHOT
+        names = oid[a:b][marker]
+        names = names[names != 0]
+        e = int(names[-1]) if len(names) else None
+        f = flags[a:b][marker]
+        restart = bool((f & np.uint32(Flag.RESTART)).any())
+        stale = bool((f & np.uint32(Flag.STALE)).any())
+        s = int(seq[a])
+        names_new = e is not None and stale and not restart and e != last
+        if later[a]:
+            out.append((k, False))
+            continue
+        if bump:
+            k, top, bump = k + 1, -1, False
+        if e is not None and last is not None and e != last and not restart:
+            if stale and s >= top:                     # the old epoch's end: the next run begins the new
+                out.append((k, names_new))
+                bump, top = True, s
+            else:
+                k, top = k + 1, s
+                out.append((k, names_new))
+        elif top >= 0 and s < top and not restart:
+            k, top = k + 1, s
+            out.append((k, names_new))
+        else:
+            top = max(top, s)
+            out.append((k, names_new))
+        state[c] = [k, top, e if e is not None else last, bump]
+    return out
+
+
+def _run_bounds(snapshots: np.ndarray) -> np.ndarray:
+    """Where the runs of (channel, seq) of ``snapshots`` begin (a RESTART marker begins its own)."""
+    ch, sq = snapshots["channel"], snapshots["seq"]
+    restart = (snapshots["flags"] & np.uint32(Flag.RESTART)) != 0
+    cut = np.flatnonzero((ch[1:] != ch[:-1]) | (sq[1:] != sq[:-1]) | restart[1:]) + 1
+    return np.concatenate(([0], cut, [len(snapshots)]))
+
+
+def renumbered_channels(snapshots: np.ndarray) -> list:
+    """The channels whose markers show a publisher's new numbering (:func:`_numberings`)."""
+    if not len(snapshots):
+        return []
+    bounds = _run_bounds(snapshots)
+    nums = _numberings(snapshots, bounds, _later_joins(snapshots))
+    return sorted({int(snapshots["channel"][a]) for a, (k, _) in zip(bounds[:-1].tolist(), nums) if k > 0})
+
+
 def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray,
                     stamp_offset_ns: Optional[float] = None, later=None) -> Iterator[np.ndarray]:
     """Put snapshot events and markers back into the tick stream where the engine met them.
@@ -535,6 +605,15 @@ def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray,
     in the tick history (stored, but covered by the snapshot) thereby come before it, where
     they meet a book that is out of sync and change nothing it keeps.
 
+    A publisher's new epoch numbers from 1 again: the rows are placed within the numbering
+    they belong to (:func:`_numberings`), and the ticks' numbering changes at a 1 met after
+    higher numbers (past :data:`_RENUMBER` of them; any, or a clear drop, where a marker says a
+    new numbering comes). A row with no tick above it in its numbering goes where the next
+    numbering begins (a restart's marker, stamped with the old epoch's last number, went after
+    every tick of a new epoch that never reached it, and every later snapshot of the channel
+    with it: the replay's books and signals after a restart were not the live ones, 216 signals
+    against 79: a review).
+
     The work is per chunk and per snapshot run (rows of one channel and sequence number in a
     row), never per tick. ``stamp_offset_ns``: the ticks' typical ``ts_event - ts_recv``, when
     their bad stamps are known (:func:`bad_stamps`; a later start's markers, placed by time, do
@@ -546,9 +625,7 @@ def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray,
     pending: dict[int, list] = {}
     if len(snapshots):
         ch, sq = snapshots["channel"], snapshots["seq"]
-        restart = (snapshots["flags"] & np.uint32(Flag.RESTART)) != 0
-        cut = np.flatnonzero((ch[1:] != ch[:-1]) | (sq[1:] != sq[:-1]) | restart[1:]) + 1
-        bounds = np.concatenate(([0], cut, [len(snapshots)]))
+        bounds = _run_bounds(snapshots)
         # a seq-0 run of a later start than the channel's first: another daemon start that
         # joined the feed, placed by time. (A block of RESTART markers, one per instrument, is one
         # start: every marker after a start's first was taken for one, and on the Kraken capture,
@@ -556,9 +633,13 @@ def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray,
         # went before their instrument's marker and the store's replay gave 78 signals where the
         # daemon had 80.)
         later = _later_joins(snapshots) if later is None else later
-        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        nums = _numberings(snapshots, bounds, later)
+        for (a, b), (k, names_new) in zip(zip(bounds[:-1].tolist(), bounds[1:].tolist()), nums):
             runs = pending.setdefault(int(ch[a]), [])
-            runs.append((int(sq[a]), int(snapshots["ts_event"][a]) if later[a] else None, snapshots[a:b], a))
+            runs.append((int(sq[a]), int(snapshots["ts_event"][a]) if later[a] else None, snapshots[a:b], a, k,
+                         names_new))
+    # per channel: [the ticks' numbering, the highest number met in it, the runs' shift]
+    where: dict[int, list] = {c: [0, 0, 0] for c in pending}
     for chunk in ticks:
         if not pending:
             yield chunk
@@ -573,8 +654,47 @@ def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray,
                 continue
             seqs = chunk["seq"][idx]
             lo = 0                                     # ticks of c already passed in this chunk
+            w = where[c]
+            times = chunk["ts_event"][idx]
+            began = -1                                 # where in this chunk the ticks' numbering began
             while runs:
-                s, ts, rows, at = runs[0]
+                s, ts, rows, at, k, names_new = runs[0]
+                k += w[2]
+                if ts is None and k < w[0]:            # of a numbering the ticks have left: here
+                    if lo >= len(idx):
+                        break
+                    inserts.append((int(idx[lo]), at, rows))
+                    runs.pop(0)
+                    continue
+                if ts is None:
+                    # where the ticks' numbering changes next (-1: not in this chunk)
+                    foreseen = (len(runs) > 1 and runs[1][1] is None and runs[1][4] + w[2] > k) or k > w[0]
+                    after = int(rows["ts_event"][0]) if (foreseen or names_new) else None
+                    if lo == began:                    # (the 1 there began the numbering: not again)
+                        nr = _renumber(seqs, lo + 1, max(w[1], int(seqs[lo])), foreseen, names_new, times, after)
+                    else:
+                        nr = _renumber(seqs, lo, w[1], foreseen, names_new, times, after)
+                    end = nr if nr >= 0 else len(seqs)
+                    above = np.flatnonzero(seqs[lo:end] > s) if k == w[0] else ()
+                    if len(above):
+                        p = lo + int(above[0])
+                        if p > lo:
+                            w[1] = max(w[1], int(seqs[lo:p].max()))
+                        inserts.append((int(idx[p]), at, rows))
+                        runs.pop(0)
+                        lo = p
+                        continue
+                    if nr < 0:
+                        break
+                    # the ticks begin a new numbering at nr: this run (and any of the old) goes there
+                    w[0], w[1], lo = w[0] + 1, 0, nr
+                    began = nr
+                    if k == w[0] - 1:
+                        inserts.append((int(idx[nr]), at, rows))
+                        runs.pop(0)
+                        if runs and runs[0][1] is None and runs[0][4] + w[2] < w[0]:
+                            w[2] = w[0] - runs[0][4]   # (a numbering the markers did not foresee)
+                    continue
                 if ts is not None:
                     # a later daemon start that joined the feed (not resuming a history) stamps
                     # its markers seq 0: every tick's seq is above that, so their place is by
@@ -595,6 +715,8 @@ def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray,
                 lo = k
             if not runs:
                 del pending[c]
+            elif lo < len(seqs):                       # (the highest number the chunk's last ticks met)
+                w[1] = max(w[1], int(seqs[lo:].max()))
         if not inserts:
             yield chunk
             continue
@@ -606,9 +728,31 @@ def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray,
             at = pos
         parts.append(chunk[at:])
         yield np.concatenate(parts)
-    rest = sorted((at, r) for runs in pending.values() for _, _, r, at in runs)
+    rest = sorted((run[3], run[2]) for runs in pending.values() for run in runs)
     if rest:                                           # after the last tick: in stream order
         yield np.concatenate([r for _, r in rest])
+
+
+def _renumber(seqs: np.ndarray, lo: int, top: int, foreseen: bool, names_new: bool, ts=None, after=None) -> int:
+    """Where in ``seqs[lo:]`` (a channel's sequence numbers, ``top`` the highest met before ``lo``
+    in their numbering) a new numbering begins, -1 if nowhere: a 1 met after numbers past
+    :data:`_RENUMBER` (past 1 when the run waiting is a marker first naming an epoch; a 1 after
+    any, or a drop past :data:`_RENUMBER` below the numbers met, when the markers say a new
+    numbering comes; with nothing met before it, a 1 stamped after such a marker ``after``:
+    the old numbering's ticks all gone)."""
+    part = seqs[lo:]
+    if not len(part):
+        return -1
+    seen = np.maximum.accumulate(np.concatenate(([np.uint64(top)], part[:-1]))).astype(np.int64)
+    one = part == 1
+    if foreseen:
+        hit = (one & (seen > 0)) | (part.astype(np.int64) + _RENUMBER < seen)
+    else:
+        hit = one & (seen > (1 if names_new else _RENUMBER))
+    if (foreseen or names_new) and after is not None:
+        hit |= one & (seen == 0) & (ts[lo:] > after)
+    at = np.flatnonzero(hit)
+    return lo + int(at[0]) if len(at) else -1
 
 
 def read_ahead(make: Callable[[], Iterable], depth: int = 2, cpus=None) -> Iterator:

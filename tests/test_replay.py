@@ -652,8 +652,17 @@ def test_cli_replays_an_npy_file_and_writes_the_signals(tmp_path, market):
                      "ewma_fast_halflife_ns = 50000000\newma_slow_halflife_ns = 500000000\n" +
                      "".join(f"[[rules]]\nkind = '{r.kind}'\nenter = {r.enter}\nexit = {r.exit}\nmin_count = {r.min_count}\n"
                              for r in RULES))
+    # a killed replay's temporary file (its pid gone) is removed by the next replay into that name;
+    # a live process's and another name's are not (a review: they stayed for good)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    gone, alive, other = (tmp_path / f".sig.npy.{dead.pid}-0123abcd.tmp", tmp_path / f".sig.npy.{os.getpid()}-0123abcd.tmp",
+                          tmp_path / f".sig.npy.x.{dead.pid}-0123abcd.tmp")
+    for p in (gone, alive, other):
+        p.write_bytes(b"half")
     out = cli("--npy", tmp_path / "ev.npy", "--config", rules, "--signals", tmp_path / "sig.npy")
     assert out.returncode == 0, out.stderr
+    assert not gone.exists() and alive.exists() and other.exists()
     assert f"replayed {len(ev):,} events" in out.stdout
     assert f"replay: {len(ev):,} / {len(ev):,} events" in out.stderr          # the progress line
     got = np.load(tmp_path / "sig.npy")
