@@ -657,6 +657,7 @@ def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray,
             w = where[c]
             times = chunk["ts_event"][idx]
             began = -1                                 # where in this chunk the ticks' numbering began
+            find = _SeqSearch(seqs, w[1])
             while runs:
                 s, ts, rows, at, k, names_new = runs[0]
                 k += w[2]
@@ -671,13 +672,12 @@ def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray,
                     foreseen = (len(runs) > 1 and runs[1][1] is None and runs[1][4] + w[2] > k) or k > w[0]
                     after = int(rows["ts_event"][0]) if (foreseen or names_new) else None
                     if lo == began:                    # (the 1 there began the numbering: not again)
-                        nr = _renumber(seqs, lo + 1, max(w[1], int(seqs[lo])), foreseen, names_new, times, after)
+                        nr = find.renumber(lo + 1, max(w[1], int(seqs[lo])), foreseen, names_new, times, after)
                     else:
-                        nr = _renumber(seqs, lo, w[1], foreseen, names_new, times, after)
+                        nr = find.renumber(lo, w[1], foreseen, names_new, times, after)
                     end = nr if nr >= 0 else len(seqs)
-                    above = np.flatnonzero(seqs[lo:end] > s) if k == w[0] else ()
-                    if len(above):
-                        p = lo + int(above[0])
+                    p = find.first_above(lo, end, s) if k == w[0] else -1
+                    if p >= 0:
                         if p > lo:
                             w[1] = max(w[1], int(seqs[lo:p].max()))
                         inserts.append((int(idx[p]), at, rows))
@@ -689,6 +689,7 @@ def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray,
                     # the ticks begin a new numbering at nr: this run (and any of the old) goes there
                     w[0], w[1], lo = w[0] + 1, 0, nr
                     began = nr
+                    find.restart(nr)
                     if k == w[0] - 1:
                         inserts.append((int(idx[nr]), at, rows))
                         runs.pop(0)
@@ -706,7 +707,7 @@ def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray,
                         stamp = np.where(bad, -(1 << 63), chunk["ts_event"]) if bad.any() else chunk["ts_event"]
                     above = np.flatnonzero(stamp[idx[lo:]] >= ts)
                 else:
-                    above = np.flatnonzero(seqs[lo:] > s)
+                    above = np.flatnonzero(seqs[lo:] > s)      # (not reached: ts is None above)
                 if not len(above):
                     break
                 k = lo + int(above[0])
@@ -731,6 +732,49 @@ def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray,
     rest = sorted((run[3], run[2]) for runs in pending.values() for run in runs)
     if rest:                                           # after the last tick: in stream order
         yield np.concatenate([r for _, r in rest])
+
+
+class _SeqSearch:
+    """The searches :func:`merge_snapshots` makes in one channel's sequence numbers of a chunk,
+    in O(log n) each where it can: a chunk of a lossy store meets thousands of snapshot runs,
+    and a scan of the rest of the chunk per run took a 4M-tick replay with 2,000 runs a channel
+    from 0.8 s to 14 s. ``cm``: the running maximum of ``seqs`` from ``base`` (where the ticks'
+    numbering began in the chunk); ``cand``: where a new numbering may begin (a 1, or a number
+    more than :data:`_RENUMBER` below the running maximum: a superset of :func:`_renumber`'s)."""
+
+    __slots__ = ("seqs", "base", "cm", "cand")
+
+    def __init__(self, seqs: np.ndarray, top: int):
+        self.seqs = seqs
+        self.cm = np.maximum.accumulate(seqs)
+        # (against the numbering's highest before the chunk too, ``top``: every ``top`` given to
+        # renumber is at most that or the running maximum)
+        self.cand = np.flatnonzero((seqs == 1) | (np.maximum(self.cm, np.uint64(top)) - seqs > _RENUMBER))
+        self.base = 0
+
+    def restart(self, at: int) -> None:
+        """The ticks' numbering began again at ``at``: the running maximum from there."""
+        self.base = at
+        self.cm = np.maximum.accumulate(self.seqs[at:])
+
+    def first_above(self, lo: int, end: int, s: int) -> int:
+        """The first position in ``lo..end-1`` whose number is above ``s``, -1 if none."""
+        if lo >= end:
+            return -1
+        b = self.base
+        if lo >= b and (lo == b or self.cm[lo - 1 - b] <= s):
+            # nothing above s before lo in this numbering: the first above it is where the
+            # running maximum first passes s
+            i = lo + int(np.searchsorted(self.cm[lo - b:end - b], np.uint64(s), side="right"))
+            return i if i < end else -1
+        above = np.flatnonzero(self.seqs[lo:end] > s)
+        return lo + int(above[0]) if len(above) else -1
+
+    def renumber(self, lo: int, top: int, foreseen: bool, names_new: bool, ts=None, after=None) -> int:
+        """:func:`_renumber`, at once -1 when no position from ``lo`` on could begin a numbering."""
+        if int(np.searchsorted(self.cand, lo)) == len(self.cand):
+            return -1
+        return _renumber(self.seqs, lo, top, foreseen, names_new, ts, after)
 
 
 def _renumber(seqs: np.ndarray, lo: int, top: int, foreseen: bool, names_new: bool, ts=None, after=None) -> int:
