@@ -57,7 +57,8 @@ from tickwire.engine.files import dir_problem, open_log, remove_stale_temps, rep
 from tickwire.engine.files import pid_alive as _pid_alive
 from tickwire.engine.metrics import Collector
 from tickwire.engine.worker import (CURVE_ENV, fresh_ring_names, load_frozen, made_under, new_ring_token,
-                                    read_ring_names, ring_keys, settle_history_note, write_note, write_ring_names)
+                                    read_ring_names, ring_keys, rings_stored, settle_history_note, write_note,
+                                    write_ring_names)
 from tickwire.engine.writer import EXIT_UNSTORED
 from tickwire.ext import EVENT_DTYPE, SIGNAL_DTYPE
 from tickwire.ext import ring as ringmod
@@ -491,8 +492,9 @@ class Supervisor:
                                f"refusing to start")
 
     def _unstored(self, ring: Ring, kind: str) -> int:
-        """Ticks or signals in ``ring`` that the writer has not stored (0 with storage off)."""
-        if not self.cfg.store.enabled:
+        """Ticks or signals in ``ring`` that the writer has not stored (0 with storage off, but for
+        the rings of an earlier start that stored: those are owed to the store)."""
+        if not self.cfg.store.enabled and not getattr(self, "_prev_stored", False):
             return 0
         if kind == "ticks":
             return int(ring.head - ring.tail)
@@ -555,6 +557,15 @@ class Supervisor:
                 log.error("ring %s: the signal writer's position (%s) is missing: its %d signals are stored "
                           "from the ring's start, again where they were stored before (duplicates)", name,
                           state / "position.json", left)
+        if left and not self.cfg.store.enabled:
+            # (dropped here, and the history note moved past them: 121,383 ticks an earlier run
+            # kept for its next start lost unsaid, exit 0, the next start with storage on said
+            # "every tick and signal stored": an adversarial pass)
+            old.close()
+            raise StartupError(f"ring {name} of an earlier run (storage on) holds {left:,} {kind} not stored, kept "
+                               f"for the next start to store; with store.enabled = false they would be dropped: "
+                               f"start once with storage on to store them (then stop it), and start with storage "
+                               f"off after that")
         if left:
             log.warning("ring %s of an earlier run holds %d %s not stored: kept, the writer stores them "
                         "first", name, left, kind)
@@ -806,7 +817,7 @@ class Supervisor:
                     self._keys[row[-1]] = key
             plan.append(row)
         names = [tuple(r if isinstance(r, str) else r.name.lstrip("/") for r in row) for row in plan]
-        write_ring_names(self.run_dir, names)
+        write_ring_names(self.run_dir, names, stored=cfg.store.enabled)
         for i, row in enumerate(plan):
             made = []
             for r, (dtype, cap, policy) in zip(row, ((EVENT_DTYPE, cfg.rings.ticks_capacity, "blocking"),
@@ -885,6 +896,9 @@ class Supervisor:
             log.warning("%s", w)
         # (before the history notes are carried to the new layout: a refused start left them moved,
         # and the previous layout it asks for then started a removed worker with no note)
+        # (whether an earlier start's rings are owed to the store: it stored; a start with storage
+        # off refuses to drop what they hold)
+        self._prev_stored = rings_stored(self.run_dir)
         self._refuse_rings_of_removed_workers(self._previous_rings())
         self._carry_history()
         names = self._make_rings()

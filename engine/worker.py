@@ -261,12 +261,24 @@ def read_ring_names(run_dir) -> list[tuple[str, str]] | None:
     return [(w["ticks"], w["signals"]) for w in data["workers"]]
 
 
-def write_ring_names(run_dir, names) -> None:
-    """Record ``names`` (a list of (tick ring, signal ring) per worker) in ``<run_dir>/rings.json``:
-    written 0600 at most, fsynced, and renamed into place, so a reader sees the old file or the
-    new one, never a part (under a temporary name the daemon's start sweeps when its writer was
-    killed: ``.rings.json.<pid>`` was left for good, a review)."""
-    body = json.dumps({"workers": [{"ticks": t, "signals": s} for t, s in names]}, indent=1)
+def rings_stored(run_dir) -> bool:
+    """Whether the start that recorded ``<run_dir>/rings.json`` ran with storage on (its rings'
+    contents are owed to the store); True when the file does not say (written by an older daemon)
+    or cannot be read."""
+    try:
+        return json.loads((Path(run_dir) / RINGS_FILE).read_text()).get("stored", True) is not False
+    except (OSError, ValueError, AttributeError):
+        return True
+
+
+def write_ring_names(run_dir, names, stored: bool = True) -> None:
+    """Record ``names`` (a list of (tick ring, signal ring) per worker) in ``<run_dir>/rings.json``,
+    and whether this start stores them (``stored``: storage on): written 0600 at most, fsynced,
+    and renamed into place, so a reader sees the old file or the new one, never a part (under a
+    temporary name the daemon's start sweeps when its writer was killed: ``.rings.json.<pid>``
+    was left for good, a review)."""
+    body = json.dumps({"workers": [{"ticks": t, "signals": s} for t, s in names], "stored": bool(stored)},
+                      indent=1)
     replace_file(Path(run_dir) / RINGS_FILE, body, mode=0o600, sync=True)
 
 

@@ -429,6 +429,54 @@ def test_another_rings_prefix_after_a_killed_daemon_is_refused_until_the_old_one
     assert n == distinct
 
 
+def test_a_start_with_storage_off_keeps_what_a_killed_daemon_left_to_store(tmp_path, rings_of):
+    """Found by a fault-injection pass: after a kill -9 (or an exit 3) that kept rings with ticks
+    not stored, a start with storage off dropped them ("nothing in it to store") and moved the
+    history note past them; the next start with storage on stored 778,617 of 900,000 and said
+    "every tick and signal stored", exit 0. The storage-off start is refused now (exit 2), the
+    rings and the note untouched; storage on then stores every tick once."""
+    rings_of("offkept")
+    cfg_path, raw = write_config(tmp_path, "offkept")
+    run_dir = tmp_path / "state" / "offkept"
+    daemon, log = start_daemon(cfg_path, tmp_path)
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"] and writer_pid("offkept"))
+        os.kill(writer_pid("offkept"), signal.SIGSTOP)          # nothing is stored from here on
+        publish(raw, run_dir, 50_000)
+    finally:
+        if writer_pid("offkept"):
+            os.kill(writer_pid("offkept"), signal.SIGCONT)
+        kill_daemon_and_writer(daemon, log, "offkept", run_dir)
+    note = (run_dir / "feed-w0.json").read_bytes()
+    off = tmp_path / "off.toml"
+    off.write_text(to_toml({**raw, "store": {**raw["store"], "enabled": False}}))
+    out = subprocess.run([PY, "-m", "tickwire", "run", "--config", str(off), "--duration", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "not stored, kept for the next start to store" in out.stderr \
+        and "start once with storage on" in out.stderr, out.stderr[-3000:]
+    assert (run_dir / "feed-w0.json").read_bytes() == note
+    out = subprocess.run([PY, "-m", "tickwire", "run", "--config", str(cfg_path), "--duration", "3"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert market_events(f"chdb://{tmp_path}/state/store") == (50_000, 50_000)
+    # stored and stopped cleanly: storage off starts; the rings of a storage-off run killed are
+    # owed to no store, and the next storage-off start takes their place
+    before = status(run_dir)["pid"]
+    daemon, log = start_daemon(off, tmp_path, "off")
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"] not in (0, None, before))
+        publish(raw, run_dir, 10_000)
+        assert status(run_dir)["counts"]["events"] >= 10_000
+    finally:
+        daemon.kill()
+        daemon.wait()
+        log.close()
+    assert wait_for(lambda: not _pid_alive(status(run_dir)["pid"]), 30)
+    out = subprocess.run([PY, "-m", "tickwire", "run", "--config", str(off), "--duration", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
 def test_a_ring_is_the_prefix_s_own_only_when_its_whole_name_matches():
     """A review: the refusal above first compared the start of the name only, so with run "x"
     the rings of prefix "tw-x" ("tw-x-x-<token>-ticks-0") passed for prefix "tw"'s own."""
