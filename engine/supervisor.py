@@ -1505,6 +1505,11 @@ class Supervisor:
         if self.failure:                               # (it said only "stopped: every tick and signal stored")
             self.summary = f"gave up ({self.failure}); " + self.summary
             level = max(level, logging.ERROR)
+        if note and not self.kept and note != "the writer was not running":
+            # (the writer killed at the bound with nothing kept: exit 1, and the line did not say
+            # why: a fault-injection pass)
+            self.summary += f"; {note}"
+            level = max(level, logging.ERROR)
         hist = [st.get("history", {}) for st in self.worker_status() if st]
         lost, unknown = sum(h.get("lost_events", 0) for h in hist), sum(h.get("uncounted_losses", 0) for h in hist)
         if lost or unknown:                            # what was received is stored; this was never received

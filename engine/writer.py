@@ -92,6 +92,10 @@ SPILL_ABOVE = 0.5
 #: (Ctrl-C at a terminal, systemd's default KillMode) reaches the workers and the writer at once,
 #: and a worker's last batch can land after the writer has read the ring empty.
 STOP_GRACE = 2.0
+#: Draining to stop, spill files are replayed for at most this long (s): they are durable, and the
+#: next start replays the rest (a slow store kept the writer replaying past the daemon's shutdown
+#: bound: killed, exit 1, nothing lost: a fault-injection pass)
+DRAIN_REPLAY_S = 5.0
 
 
 class SpillError(OSError):
@@ -1059,6 +1063,8 @@ class TickWriter:
     def _replay(self, now: float) -> None:
         if self._task is not None or now < self._replay_retry:
             return
+        if self._drain_since is not None and now - self._drain_since > DRAIN_REPLAY_S:
+            return                                       # (left for the next start: DRAIN_REPLAY_S)
         files = self.spill.files()
         if files:
             known = self.spill.known(files[0])
@@ -1270,9 +1276,11 @@ class TickWriter:
             self._last_status = now
 
     def _replayed_all(self) -> bool:
-        """Draining: no spill left, or the store failed a replay since the drain began."""
+        """Draining: no spill left, the store failed a replay since the drain began, or the drain
+        has replayed for :data:`DRAIN_REPLAY_S`."""
         failed = self._replay_failed
-        return not self.spill.files() or (failed is not None and failed >= self._drain_since)
+        return not self.spill.files() or (failed is not None and failed >= self._drain_since) or \
+            time.monotonic() - self._drain_since > DRAIN_REPLAY_S
 
     def write_status(self) -> None:
         self.metrics["lag"] = int(self.source.size)
@@ -1496,7 +1504,8 @@ class SignalWriter:
             return True
         if self._task is not None:
             return True
-        return bool(self.spill.files()) and not (self._insert_failed is not None and self._insert_failed >= since)
+        return bool(self.spill.files()) and not (self._insert_failed is not None and self._insert_failed >= since) \
+            and now - since <= DRAIN_REPLAY_S            # (the rest at the next start: DRAIN_REPLAY_S)
 
     def status(self) -> dict:
         self.missing += self.spill.missing()

@@ -1003,12 +1003,52 @@ def test_slow_store_spills_at_disk_speed_instead_of_blocking_the_producer(tmp_pa
             t = time.monotonic()
             assert ring.push_many(ev[start:start + 2000], timeout=30) == len(ev[start:start + 2000])
             longest = max(longest, time.monotonic() - t)
+        # (the spill replayed while the stream goes on: a drain replays for DRAIN_REPLAY_S only)
+        status = state / name / "status.json"
+
+        def replayed():
+            st = json.loads(status.read_text())
+            return st["rows_written"] >= len(ev) and st["spill_files"] == 0
+        assert wait_for(replayed, 120), status.read_text()
         ring.close()
         out, _ = w.communicate(timeout=120)
     assert w.returncode == 0, out.decode()[-2000:]
     st = json.loads((state / name / "status.json").read_text())
     assert st["rows_spilled"] > 0 and st["spill_files"] == 0 and st["rows_written"] >= len(ev), st
     assert longest < 0.5, f"the producer waited {longest:.2f} s for the ring"
+    assert_exactly_once(dsn, ev)
+
+
+def test_a_stop_with_a_slow_store_leaves_the_spill_to_the_next_start(tmp_path):
+    """Found by a fault-injection pass: a stop with a slow store (1.5 s an insert) and spill
+    files waited for every replay, past the daemon's shutdown bound: the writer was killed, exit
+    1, nothing lost. The drain replays for DRAIN_REPLAY_S, leaves the rest (durable) and exits 0;
+    the next writer stores it, every tick once."""
+    from tickwire.engine.writer import DRAIN_REPLAY_S
+
+    name, dsn, state = ring_name(), f"chdb://{tmp_path}/store", tmp_path / "state"
+    ev = l2_updates(100_000, seed=8, instruments=2)
+    with Ring.create(name, EVENT_DTYPE, 1 << 16) as ring:
+        w = start_writer(name, dsn, state, "--batch-rows", "8192", "--batch-seconds", "0.1", "--nap", "0",
+                         "--debug-insert-delay", "1.5")
+        status = state / name / "status.json"
+        assert wait_for(lambda: status.exists())
+        for start in range(0, len(ev), 2000):
+            assert ring.push_many(ev[start:start + 2000], timeout=30) == len(ev[start:start + 2000])
+        assert wait_for(lambda: json.loads(status.read_text())["spill_files"] >= 6, 60), status.read_text()
+        t = time.monotonic()
+        ring.close()
+        out, _ = w.communicate(timeout=120)
+        took = time.monotonic() - t
+    assert w.returncode == 0, out.decode()[-2000:]
+    st = json.loads(status.read_text())
+    assert st["spill_files"] > 0 and took < DRAIN_REPLAY_S + 3 * 1.5 + 5, (took, st)
+    with Ring.create(name, EVENT_DTYPE, 1 << 16) as ring:       # the next start: its spill replayed
+        w = start_writer(name, dsn, state, "--batch-seconds", "0.1")
+        assert wait_for(lambda: json.loads(status.read_text())["spill_files"] == 0, 120), status.read_text()
+        ring.close()
+        out, _ = w.communicate(timeout=120)
+    assert w.returncode == 0, out.decode()[-2000:]
     assert_exactly_once(dsn, ev)
 
 
