@@ -1455,7 +1455,9 @@ class Supervisor:
         for ring in self.rings:
             if not ring.closed:
                 _drop(ring)
-        spill = sum(st.get("spill_files", 0) for st in self.writer_status() + [self.signal_status()])
+        # (with storage off, none: the status files there are an earlier run's writer's)
+        spill = sum(st.get("spill_files", 0) for st in self.writer_status() + [self.signal_status()]) \
+            if self.writer is not None else 0
         if self.kept:
             what = " and ".join(f"{sum(n for _, n, k in self.kept if k == kind):,} {kind}"
                                 for kind in ("ticks", "signals") if any(k == kind for _, _, k in self.kept))
@@ -1479,7 +1481,7 @@ class Supervisor:
         else:
             self.summary = "stopped: every tick and signal stored"
             level = logging.INFO
-        wst, sst = self.writer_status(), self.signal_status()
+        wst, sst = (self.writer_status(), self.signal_status()) if self.writer is not None else ([], {})
         damaged = [(sum(st.get("rows_corrupt", 0) + st.get("rows_missing", 0) for st in wst), "ticks"),
                    (sst.get("corrupt", 0) + sst.get("missing", 0), "signals")]
         if any(n for n, _ in damaged):                 # (it said "every tick and signal stored" over them)

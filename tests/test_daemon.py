@@ -1525,6 +1525,15 @@ def test_with_storage_off_a_publisher_that_ended_cleanly_is_no_warning(tmp_path)
         rc, _ = stop_daemon(daemon, log)
     last = (tmp_path / "daemon.log").read_text().strip().splitlines()[-1]
     assert rc == 0 and "storage off" in last and "not live at the stop" not in last and "WARNING" not in last, last
+    # an earlier storage-on run's writer status files (spill files waiting, damaged ones) are not
+    # this run's: a fault-injection pass found their spill count in a storage-off run's line
+    wdir = run_dir / "writer" / "tickwire-nostore-ticks-0"
+    wdir.mkdir(parents=True, exist_ok=True)
+    (wdir / "status.json").write_text(json.dumps({"spill_files": 4, "rows_corrupt": 7, "last_error": "x"}))
+    out = subprocess.run([PY, "-m", "tickwire", "run", "--config", str(cfg_path), "--duration", "1"],
+                         capture_output=True, text=True, timeout=120)
+    last = out.stderr.strip().splitlines()[-1]
+    assert out.returncode == 0 and "stopped (storage off: nothing was stored)" in last and "spill" not in last, last
 
 
 def test_the_last_line_names_instruments_that_never_received_an_event(tmp_path):
