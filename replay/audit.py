@@ -34,7 +34,7 @@ _RENUMBER = 64
 
 class _Chan:
     __slots__ = ("_due", "_c", "pend", "tops", "epoch", "excused", "repeats", "stale_since", "stale", "owed", "base",
-                 "fresh", "snapping", "expect")
+                 "fresh", "snapping", "expect", "met")
 
     def __init__(self, due: np.ndarray, c: int):
         self._due, self._c = due, c  # the audit's array of next sequence numbers (0: not known)
@@ -50,6 +50,7 @@ class _Chan:
         self.fresh = False          # a numbering its ticks started (a 1 after higher numbers): its
                                     # epoch's marker, naming the old one's end, is still to come
         self.snapping = False       # within a snapshot (its SNAPSHOT_BEGIN met, not its END yet)
+        self.met = False            # a tick of this numbering met
         self.expect = None          # a STALE marker first naming an epoch, at this number: a restart's
                                     # (a 1 met before any number past it starts a new numbering) or a loss's
 
@@ -59,6 +60,7 @@ class _Chan:
         self.owed = self.base = 0
         self.fresh = self.snapping = False
         self.expect = None
+        self.met = False
 
     def excuses(self, first: int) -> bool:
         """Whether a hole from ``first`` is the feed's own: announced by a STALE marker, or met
@@ -210,6 +212,9 @@ class SeqAudit:
             st.base = int(r["seq"][stale].max()) if stale.any() and restart else 0
             if changed and not restart:
                 st.next = 1                         # (a publisher's new epoch is stored from 1)
+                # out of sync from its start to its snapshot: a loss there has no marker of its own
+                # ("misses 64 events" of a clean daemon store, the worker's logged losses: a review)
+                st.stale_since = 0
         elif (epoch and st.epoch is None and stale.any() and not restart and not fresh
               and not ((flags & np.uint32(_END)) != 0).any()):
             # the first marker to name an epoch (a store's join markers name none): a loss's, or a
@@ -228,7 +233,11 @@ class SeqAudit:
             if not anew:
                 st.excused.add(int(m) + 1)
             if st.stale_since is None and not (changed and not restart):
-                st.stale_since = int(m)
+                # (the marker of a numbering its ticks started: the new epoch's books were out of
+                # sync from its start to its snapshot, and a loss there has no marker of its own: a
+                # stretch from m, the old epoch's end, excused none of them, "misses 64 events"
+                # of a clean daemon store: a review)
+                st.stale_since = 0 if fresh else int(m)
         below = r["seq"][~stale]
         if st.expect is not None and not stale.any() and len(below) and st.next is not None \
                 and int(below.max()) + 1 < st.next:
@@ -290,6 +299,7 @@ class SeqAudit:
                     st.fresh = not expected
                     if expected:
                         st.next = 1                 # (a publisher's new epoch is stored from 1)
+                        st.stale_since = 0          # (out of sync to its snapshot, as above)
                     at = k
                 elif st.expect is not None:
                     st.expect = None
@@ -300,6 +310,7 @@ class SeqAudit:
     def _numbers(self, c: int, st: _Chan, s: np.ndarray) -> None:
         """One run of a channel's sequence numbers, in stream order, within one numbering."""
         s = np.sort(np.concatenate((st.pend, s)) if len(st.pend) else s, kind="stable")
+        st.met = st.met or bool(len(s))
         if st.next is None:
             st.next = int(s[0])
         low = int(np.searchsorted(s, np.uint64(st.next)))
@@ -316,7 +327,9 @@ class SeqAudit:
         st.tops.append(max(st.next - 1, int(s[-1]) if len(s) else 0))
         if len(st.tops) > self.patience + 1:
             del st.tops[0]
-        if not self._advance(st) and len(st.tops) > self.patience:
+        if not self._advance(st) and len(st.tops) > self.patience and not st.fresh:
+            # (not in a numbering its ticks started, before its marker: the books were out of sync
+            # from its start, which the marker, met later, says)
             # a hole below a number met ``patience`` chunks ago is for good (late events fill
             # a hole within that); those above it may yet fill
             self._close(c, st, below=st.tops[0])
@@ -401,7 +414,10 @@ class SeqAudit:
         # none met: from where the numbering's start said the history resumes, or past the
         # stretches the book was out of sync in (a start mid-stream stores from its first message)
         first = st.next if st.next is not None else max([st.base + 1] + [b + 1 for _, b in st.stale])
-        if first <= st.owed and not st.excuses(first):
+        # (none of the numbering met at all: a new epoch's out-of-sync start excuses its losses,
+        # not every one of its ticks: all of them gone is a restore that missed them)
+        excused = st.excuses(first) if st.met else (first in st.excused or any(a <= first <= b for a, b in st.stale))
+        if first <= st.owed and not excused:
             self.holes.append((c, first, st.owed))
         st.next = st.owed + 1
 

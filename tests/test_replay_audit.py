@@ -140,9 +140,13 @@ def test_a_publishers_new_epoch_and_a_receivers_restart_start_the_numbering_anew
     # new epoch's first ticks: a 1 after higher numbers starts the numbering anew (found by a
     # review: a second publisher run read as 39,712 repeats); a real store's first marker has
     # epoch 0 (made before any epoch is known)
+    # (the new epoch's books are out of sync from its start to its snapshot: a hole before the
+    # snapshot may be the feed's, which has no marker of its own there; one after it is not)
     late = np.concatenate([marker(1, 0, Flag.STALE | Flag.RESTART, epoch=0), ticks(1, np.arange(1, 301)),
-                           ticks(1, np.arange(1, 101)), marker(1, 300, Flag.STALE, epoch=9),
-                           ticks(1, np.arange(101, 150)), ticks(1, np.arange(160, 170))])
+                           ticks(1, np.arange(1, 21)), ticks(1, np.arange(31, 101)), marker(1, 300, Flag.STALE, epoch=9),
+                           ticks(1, np.arange(101, 121)), marker(1, 120, Flag.SNAPSHOT_BEGIN),
+                           marker(1, 120, Flag.SNAPSHOT_END), ticks(1, np.arange(121, 150)),
+                           ticks(1, np.arange(160, 170))])
     for chunk in (1, 64, len(late)):
         audit = run(late, chunk)
         assert audit.repeats == {} and audit.holes == [(1, 150, 159)], chunk   # a hole of the new numbering
@@ -244,7 +248,10 @@ def test_a_publisher_restart_in_a_daemon_store_starts_a_numbering_and_what_eithe
         (store(500, 800, drop_old=set(range(1, 501))), [(0, 1, 500)]),
         (store(500, 800, drop_old=set(range(2, 501))), [(0, 2, 500)]),
         (store(500, 800, drop_old=set(range(401, 501))), [(0, 401, 500)]),
-        (store(500, 800, drop_new=set(range(1, 101))), [(0, 1, 100)]),
+        # (the new epoch's first ticks, before its snapshot: its books out of sync, where a loss has
+        # no marker of its own; a clean daemon store's "misses 64 events" were the worker's logged
+        # losses, a review: excused, as any hole while the book is out of sync)
+        (store(500, 800, drop_new=set(range(1, 101))), []),
         (store(300, 1000, named=True), []),
         (store(300, 1000, drop_new=set(range(1, 1001)), named=True), [(0, 1, 1000)]),    # all the new epoch's
         (store(300, 500, drop_new=set(range(1, 501)), named=True), [(0, 1, 500)]),
