@@ -34,7 +34,7 @@ _RENUMBER = 64
 
 class _Chan:
     __slots__ = ("_due", "_c", "pend", "tops", "epoch", "excused", "repeats", "stale_since", "stale", "owed", "base",
-                 "fresh", "snapping", "expect", "met")
+                 "fresh", "snapping", "expect", "met", "hold")
 
     def __init__(self, due: np.ndarray, c: int):
         self._due, self._c = due, c  # the audit's array of next sequence numbers (0: not known)
@@ -51,6 +51,7 @@ class _Chan:
                                     # epoch's marker, naming the old one's end, is still to come
         self.snapping = False       # within a snapshot (its SNAPSHOT_BEGIN met, not its END yet)
         self.met = False            # a tick of this numbering met
+        self.hold = 0               # chunks more its holes wait for the marker of a numbering its ticks started
         self.expect = None          # a STALE marker first naming an epoch, at this number: a restart's
                                     # (a 1 met before any number past it starts a new numbering) or a loss's
 
@@ -61,6 +62,7 @@ class _Chan:
         self.fresh = self.snapping = False
         self.expect = None
         self.met = False
+        self.hold = 0
 
     def excuses(self, first: int) -> bool:
         """Whether a hole from ``first`` is the feed's own: announced by a STALE marker, or met
@@ -192,6 +194,7 @@ class SeqAudit:
         fresh = st.fresh and bool(stale.any()) and epoch is not None
         if fresh:
             st.fresh = False
+            st.hold = 0
         changed = changed and not fresh         # (its ticks already started the new numbering)
         anew = restart or changed
         # STALE markers of the epoch followed (the first to name one: the receiver's snapshot
@@ -297,6 +300,7 @@ class SeqAudit:
                     self._end_numbering(c, st)
                     st.restart()
                     st.fresh = not expected
+                    st.hold = 8 * (self.patience + 1) if st.fresh else 0
                     if expected:
                         st.next = 1                 # (a publisher's new epoch is stored from 1)
                         st.stale_since = 0          # (out of sync to its snapshot, as above)
@@ -327,9 +331,12 @@ class SeqAudit:
         st.tops.append(max(st.next - 1, int(s[-1]) if len(s) else 0))
         if len(st.tops) > self.patience + 1:
             del st.tops[0]
-        if not self._advance(st) and len(st.tops) > self.patience and not st.fresh:
-            # (not in a numbering its ticks started, before its marker: the books were out of sync
-            # from its start, which the marker, met later, says)
+        if st.hold:
+            st.hold -= 1
+        if not self._advance(st) and len(st.tops) > self.patience and not st.hold:
+            # (not in a numbering its ticks started, before its marker, for a few chunks: the books
+            # were out of sync from its start, which the marker, met later, says; a marker that never
+            # comes holds them no longer, the numbers above them held in memory meanwhile)
             # a hole below a number met ``patience`` chunks ago is for good (late events fill
             # a hole within that); those above it may yet fill
             self._close(c, st, below=st.tops[0])
