@@ -352,6 +352,7 @@ class _Child:
         self.started = 0.0              # wall clock (supervisor.json, tickwire top)
         self.since = 0.0                # monotonic: how soon it died (a wall-clock step is no crash loop)
         self.reported = None            # the process whose death _watch has said (awaiting its restart)
+        self.pids = set()               # every process of this child this run (its status files' pids)
 
 
 def metrics_url(host: str, port: int) -> str:
@@ -1022,6 +1023,7 @@ class Supervisor:
         if child is self.writer and self._store_lock is not None:
             kw["pass_fds"] = (self._store_lock,)
         child.proc = await asyncio.create_subprocess_exec(*child.argv, **kw)
+        child.pids.add(child.proc.pid)
         child.started, child.since = time.time(), time.monotonic()
         log.info("started %s (pid %d) for core %d", child.name, child.proc.pid, child.cpu)
         self.write_children_status()
@@ -1683,10 +1685,11 @@ class Supervisor:
     def worker_status(self) -> list[dict]:
         """Each worker's status file, with ``_touched``: its modification time (a worker that cannot
         write its status, the state directory full, still touches it: alive, its figures frozen);
-        {} for a worker not started yet, or whose file is not its current process's (the last run's,
-        or a restarted worker's predecessor's, until the new process writes its own: `tickwire
-        status` and the metrics served the last run's counters and latency as current, with
-        worker_up 1, for up to a second after a start: an adversarial pass)."""
+        {} for a worker not started yet, or whose file is not one of this run's processes' (the last
+        run's: `tickwire status` and the metrics served the last run's counters and latency as
+        current, with worker_up 1, for up to a second after a start: an adversarial pass). A
+        restarted worker's predecessor's file stands until the new process writes its own: the
+        stop's line takes the run's losses from it (a review)."""
         out = []
         for i, _ in enumerate(self.cfg.workers):
             path = self.run_dir / f"worker-{i}.json"
@@ -1697,7 +1700,8 @@ class Supervisor:
                     st["_touched"] = os.fstat(f.fileno()).st_mtime
             except (OSError, ValueError):
                 st = {}
-            out.append(st if proc is not None and isinstance(st, dict) and st.get("pid") == proc.pid else {})
+            ours = self.workers[i].pids if i < len(self.workers) else ()
+            out.append(st if proc is not None and isinstance(st, dict) and st.get("pid") in ours else {})
         return out
 
     _DAMAGE = ("rows_corrupt", "rows_missing", "corrupt", "missing", "files_uncounted", "uncounted")
