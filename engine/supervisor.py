@@ -915,6 +915,8 @@ class Supervisor:
         argv = self._python("tickwire.engine.writer", "--database", cfg.store.database,
                             "--state-dir", self.run_dir / "writer", "--batch-rows", cfg.store.batch_rows,
                             "--batch-seconds", cfg.store.batch_seconds, "--run", cfg.run,
+                            # (most of the shutdown bound: the rest for an insert in flight and the exit)
+                            "--drain-replay-seconds", round(0.75 * self.shutdown_timeout, 3),
                             "--cpu", cfg.store.writer_cpu, "--log-level", cfg.log_level)
         if cfg.log_file:
             argv += ["--log-file", str(cfg.log_file)]

@@ -92,9 +92,10 @@ SPILL_ABOVE = 0.5
 #: (Ctrl-C at a terminal, systemd's default KillMode) reaches the workers and the writer at once,
 #: and a worker's last batch can land after the writer has read the ring empty.
 STOP_GRACE = 2.0
-#: Draining to stop, spill files are replayed for at most this long (s): they are durable, and the
-#: next start replays the rest (a slow store kept the writer replaying past the daemon's shutdown
-#: bound: killed, exit 1, nothing lost: a fault-injection pass)
+#: Draining to stop, spill files are replayed for at most this long (s) by default: they are
+#: durable, and the next start replays the rest (a slow store kept the writer replaying past the
+#: daemon's shutdown bound: killed, exit 1, nothing lost: a fault-injection pass). The daemon gives
+#: its writer most of its shutdown bound (``--drain-replay-seconds``)
 DRAIN_REPLAY_S = 5.0
 
 
@@ -810,9 +811,10 @@ class TickWriter:
 
     def __init__(self, link, source, state_dir, epoch: int, *, batch_rows: int = 500_000,
                  batch_seconds: float = 1.0, retry_seconds: float = 1.0, status_every: float = 1.0,
-                 nap: float = 0.0, spill_above: float = SPILL_ABOVE):
+                 nap: float = 0.0, spill_above: float = SPILL_ABOVE, drain_replay_s: float = DRAIN_REPLAY_S):
         if batch_rows < 1 or batch_seconds <= 0:
             raise ValueError("writer.batch_rows must be >= 1 and writer.batch_seconds > 0")
+        self.drain_replay_s = float(drain_replay_s)
         if not 0 < spill_above <= 1:
             raise ValueError(f"spill_above must be in (0, 1], got {spill_above}")
         self.link = link if isinstance(link, StoreLink) else StoreLink(link, retry_seconds)
@@ -1063,7 +1065,7 @@ class TickWriter:
     def _replay(self, now: float) -> None:
         if self._task is not None or now < self._replay_retry:
             return
-        if self._drain_since is not None and now - self._drain_since > DRAIN_REPLAY_S:
+        if self._drain_since is not None and now - self._drain_since > self.drain_replay_s:
             return                                       # (left for the next start: DRAIN_REPLAY_S)
         files = self.spill.files()
         if files:
@@ -1280,7 +1282,7 @@ class TickWriter:
         has replayed for :data:`DRAIN_REPLAY_S`."""
         failed = self._replay_failed
         return not self.spill.files() or (failed is not None and failed >= self._drain_since) or \
-            time.monotonic() - self._drain_since > DRAIN_REPLAY_S
+            time.monotonic() - self._drain_since > self.drain_replay_s
 
     def write_status(self) -> None:
         self.metrics["lag"] = int(self.source.size)
@@ -1322,8 +1324,9 @@ class SignalWriter:
     """
 
     def __init__(self, link: StoreLink, ring, state_dir, run: str, *, batch_seconds: float = 1.0,
-                 batch_rows: int = 100_000, retry_seconds: float = 1.0):
+                 batch_rows: int = 100_000, retry_seconds: float = 1.0, drain_replay_s: float = DRAIN_REPLAY_S):
         self.link, self.ring, self.run = link, ring, run
+        self.drain_replay_s = float(drain_replay_s)
         self.name = ring.name.lstrip("/")
         self.epoch = int(ring.created_ns)
         self.state = Path(state_dir)
@@ -1505,7 +1508,7 @@ class SignalWriter:
         if self._task is not None:
             return True
         return bool(self.spill.files()) and not (self._insert_failed is not None and self._insert_failed >= since) \
-            and now - since <= DRAIN_REPLAY_S            # (the rest at the next start: DRAIN_REPLAY_S)
+            and now - since <= self.drain_replay_s       # (the rest at the next start: DRAIN_REPLAY_S)
 
     def status(self) -> dict:
         self.missing += self.spill.missing()
@@ -1702,6 +1705,9 @@ def main(argv=None) -> int:
     ap.add_argument("--state-dir", required=True, help="journal, spill and status files (one subdirectory a ring)")
     ap.add_argument("--batch-rows", type=int, default=500_000)
     ap.add_argument("--batch-seconds", type=float, default=1.0)
+    ap.add_argument("--drain-replay-seconds", type=float, default=DRAIN_REPLAY_S,
+                    help="draining to stop, replay spill files for at most this long (the rest at the next "
+                         f"start: they are durable) [{DRAIN_REPLAY_S:g}]")
     ap.add_argument("--signal-ring", action="append", default=[], metavar="[KEY=]NAME",
                     help="broadcast signal ring to store (optional); its state lives in <state-dir>/KEY")
     ap.add_argument("--signal-seconds", type=float, default=1.0, help="signals are stored this often [%(default)s]")
@@ -1784,9 +1790,10 @@ def main(argv=None) -> int:
             ring = Ring.attach(name, EVENT_DTYPE, takeover=True, spin_ns=0)     # no hurry: sleep at once
             writers.append(TickWriter(link, ring, Path(args.state_dir) / key, int(ring.created_ns),
                                       batch_rows=args.batch_rows, batch_seconds=args.batch_seconds,
-                                      nap=args.nap, spill_above=args.spill_above))
+                                      nap=args.nap, spill_above=args.spill_above,
+                                      drain_replay_s=args.drain_replay_seconds))
         signals = [SignalWriter(link, Ring.attach(name, SIGNAL_DTYPE, start="oldest"), Path(args.state_dir) / key,
-                                args.run, batch_seconds=args.signal_seconds)
+                                args.run, batch_seconds=args.signal_seconds, drain_replay_s=args.drain_replay_seconds)
                    for key, name in map(_key_name, args.signal_ring)]
     except StateError as exc:
         log.error("%s: nothing can be stored or spilled; the ticks stay in their rings", exc)
