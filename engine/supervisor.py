@@ -396,6 +396,8 @@ class Supervisor:
         self.spill_lost = False                        # records of damaged or removed spill files
         self.held_unstored = False                     # events held behind a hole, dropped at the stop
         self.signals_missed = 0                        # signals a lapped ring lost this run
+        self._prev_stored = False                      # the earlier start's rings are owed to the store
+        self._missed_before = 0                        # signals the writers had missed before this start
         # what writers that died counted of damaged or removed spill files (a restarted one counts
         # from 0), added to writer_status() and signal_status(); the status files already counted
         self._carried: dict = {}
@@ -496,7 +498,7 @@ class Supervisor:
     def _unstored(self, ring: Ring, kind: str) -> int:
         """Ticks or signals in ``ring`` that the writer has not stored (0 with storage off, but for
         the rings of an earlier start that stored: those are owed to the store)."""
-        if not self.cfg.store.enabled and not getattr(self, "_prev_stored", False):
+        if not self.cfg.store.enabled and not self._prev_stored:
             return 0
         if kind == "ticks":
             return int(ring.head - ring.tail)
@@ -1493,7 +1495,7 @@ class Supervisor:
                 " of damaged or removed spill files were NOT stored (the log names them)"
             level = max(level, logging.ERROR)
             self.spill_lost = True
-        missed = self._signals_missed() - getattr(self, "_missed_before", 0) if self.writer is not None else 0
+        missed = self._signals_missed() - self._missed_before if self.writer is not None else 0
         if missed > 0:
             # a signal ring that lapped its writer (stopped, starved): counted and logged, and the
             # line said "every tick and signal stored" over 8,400 of 21,298 (a fault-injection pass)

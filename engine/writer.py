@@ -1279,7 +1279,7 @@ class TickWriter:
 
     def _replayed_all(self) -> bool:
         """Draining: no spill left, the store failed a replay since the drain began, or the drain
-        has replayed for :data:`DRAIN_REPLAY_S`."""
+        has replayed for ``drain_replay_s`` (:data:`DRAIN_REPLAY_S` by default)."""
         failed = self._replay_failed
         return not self.spill.files() or (failed is not None and failed >= self._drain_since) or \
             time.monotonic() - self._drain_since > self.drain_replay_s
