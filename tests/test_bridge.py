@@ -22,6 +22,7 @@ import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ports import free_tcp_port
 from budget import examples
 from tickwire.engine.config import ConfigError, from_dict, to_toml
 from tickwire.engine.instruments import Instrument, make_books
@@ -149,7 +150,7 @@ def test_a_deeply_nested_or_forging_message_on_the_zmq_input_is_counted_not_a_cr
     logged under that symbol, line breaks and all, a line for each new one."""
     feed, snap, d = free_endpoints(tmp_path)
     bridge = Bridge(from_dict(bridge_raw(tmp_path / "state", [inst()], feed, snap,
-                                         zmq_input=f"tcp://127.0.0.1:{free_port()}"), tmp_path))
+                                         zmq_input=f"tcp://127.0.0.1:{free_tcp_port()}"), tmp_path))
     try:
         with caplog.at_level(logging.WARNING, logger="tickwire"):
             bridge.on_zmq_message(b"k " + b"[" * 100_000, json.loads)
@@ -892,7 +893,7 @@ def test_cryptofeeds_zmq_backend_as_input_counts_what_it_cannot_see(tmp_path):
     capture = load_kraken(KRAKEN)
     insts = kraken_instruments(capture)
     feed, snap, d = free_endpoints(tmp_path)
-    port = free_port()
+    port = free_tcp_port()
     cfg = from_dict(bridge_raw(tmp_path / "state", insts, feed, snap, zmq_input=f"tcp://127.0.0.1:{port}"), tmp_path)
     bridge = Bridge(cfg)
     pb_dir, files = kraken_playback_files(capture)
@@ -974,7 +975,7 @@ def test_malformed_messages_on_the_zmq_input_are_counted_and_the_bridge_goes_on(
     update that could not be read leaves its book STALE until a snapshot; a trade whose taker
     side is not buy or sell goes out as Side.NONE, not as a sell."""
     feed, snap, d = free_endpoints(tmp_path)
-    port = free_port()
+    port = free_tcp_port()
     bridge = Bridge(from_dict(bridge_raw(tmp_path / "state", [inst()], feed, snap,
                                          zmq_input=f"tcp://127.0.0.1:{port}"), tmp_path))
     ctx = zmq.Context.instance()
@@ -1029,14 +1030,6 @@ def test_malformed_messages_on_the_zmq_input_are_counted_and_the_bridge_goes_on(
         pub.close(0)
         sub.close(0)
         shutil.rmtree(d, ignore_errors=True)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_unknown_symbol_and_a_tick_the_exchange_contradicts_are_refused_at_start(tmp_path, monkeypatch):

@@ -3,7 +3,6 @@
 one that does not let this client in is not heard at all; keys from `tickwire keygen`."""
 
 import os
-import socket
 import stat
 import threading
 
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 import zmq
 
+from ports import free_tcp_port
 from tickwire.feeds.curve import CurveClient, CurveServer, keygen, public_key
 from tickwire.feeds.handler import FeedHandler
 from tickwire.feeds.simulator import Faults, Simulator, channel_map, synthetic_instruments
@@ -18,12 +18,6 @@ from tickwire.feeds.simulator import Faults, Simulator, channel_map, synthetic_i
 INSTRUMENTS, CHANNELS = 4, 2
 
 pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="this libzmq was built without CURVE")
-
-
-def free_tcp_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -308,7 +302,6 @@ def test_a_secret_key_others_can_read_is_refused(tmp_path):
     os.chmod(pub, 0o644)
     with pytest.raises(ValueError, match="holds no secret key"):
         CurveServer(pub)
-
 
 
 @pytest.mark.parametrize("junk", ["empty", "garbage", "directory", "dangling", "passwd", "secret_mismatch"])

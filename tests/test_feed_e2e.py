@@ -7,7 +7,6 @@ ZeroMQ's high-water marks."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -16,17 +15,12 @@ import time
 import numpy as np
 import pytest
 
+from ports import free_tcp_port
 from tickwire.engine.instruments import make_books
 from tickwire.feeds.handler import FeedHandler
 from tickwire.feeds.simulator import channel_map, synthetic_instruments
 
 INSTRUMENTS, CHANNELS = 8, 4
-
-
-def free_tcp_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pin(core):

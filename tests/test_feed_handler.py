@@ -6,7 +6,6 @@ the Cython worker path.  Counters are checked exactly, and the tick history (``o
 against everything published."""
 
 import logging
-import socket
 import textwrap
 import time
 
@@ -16,6 +15,7 @@ import pytest
 from cython_build import build_module
 import zmq
 
+from ports import free_tcp_port
 from tickwire.engine.instruments import make_books
 from tickwire.ext import EVENT_DTYPE, Flag, Kind, codec, empty_events
 from tickwire.feeds import wire
@@ -24,12 +24,6 @@ from tickwire.feeds.simulator import Market, synthetic_instruments
 from tickwire.feeds.wire import Drop, MsgType
 
 CHANNELS = {0: [0, 2], 1: [1, 3]}
-
-
-def free_tcp_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Harness:
@@ -1234,7 +1228,6 @@ WORKER = textwrap.dedent('''
             handler.service()
         return total
 ''')
-
 
 
 def test_cython_worker_drains_through_the_pxd(tmp_path):

@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 
 from test_daemon import publisher_done_and_settled, start_daemon, start_sim, status, stop_daemon, wait_for, write_config
+from ports import free_tcp_port
 from tickwire.engine.config import to_toml
 from tickwire.engine.metrics import LATENCY_BOUNDS_NS, histogram_quantile, latency_histogram
 from tickwire.ext.hdr import Recorder
@@ -265,7 +266,6 @@ def test_metrics_endpoint_stays_on_localhost_by_default(daemon):
     assert listening == ["0100007F"], listening                   # 127.0.0.1 only, no wildcard, no v6
 
 
-
 def test_metrics_url_of_an_ipv6_host_is_a_url_curl_takes(tmp_path, capsys):
     """metrics.host = "::1": metrics.url read http://::1:PORT/metrics, which curl refuses
     (malformed URL, exit 3); the address is now in brackets, and `tickwire status` reads it."""
@@ -354,11 +354,6 @@ def used_cells(dash, panel):
 
 
 # -- a real Prometheus ---------------------------------------------------------------------------
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tool(name):
@@ -469,7 +464,7 @@ def prometheus(daemon, tmp_path_factory):
         assert old in cfg, f"{SCRAPE} no longer holds {old!r}"
         cfg = cfg.replace(old, new)
     (tmp / "prometheus.yml").write_text(cfg)
-    port = _free_port()
+    port = free_tcp_port()
     log = open(tmp / "prometheus.log", "w")
     proc = subprocess.Popen([binary, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
                              f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
