@@ -1482,17 +1482,22 @@ class SignalWriter:
                         self._insert_failed, self._retry = now, now + self.retry_seconds
             else:
                 self._insert_failed, self._retry = now, now + self.retry_seconds
+        if self._drain_since is not None and now - self._drain_since > self.drain_replay_s:
+            return                                       # (left for the next start: drain_replay_s)
         if now >= self._retry:
             files = self.spill.files()
             if files:
                 self._task_path = files[0]
                 self._task = self.link.submit(self._insert_task, files[0], self.spill.known(files[0]))
 
-    def step(self, draining: bool) -> bool:
-        """Read, make durable, insert; with ``draining``, everything now. False once done."""
+    def step(self, draining: bool, since: Optional[float] = None) -> bool:
+        """Read, make durable, insert; with ``draining``, everything now. False once done.
+        ``since``: when the stop's drain began (the tick writers', which drain first: the spill
+        replays of both are bounded by one ``drain_replay_s`` from there, not one each, which
+        took a stop with both spilled past the daemon's shutdown bound)."""
         now = time.monotonic()
         if draining and self._drain_since is None:
-            self._drain_since = now
+            self._drain_since = now if since is None else min(since, now)
         self._read()
         self._flush(now, draining)
         self._store(now)
@@ -1661,7 +1666,8 @@ class WriterService:
             # signals drain once the ticks are done: the workers closed their rings, or a stop was
             # asked and the tick writers gave the workers STOP_GRACE to push their last records
             draining = not active
-            signals = [s for s in signals if s.step(draining)]
+            began = [w._drain_since for w in self.writers if w._drain_since is not None]
+            signals = [s for s in signals if s.step(draining, max(began) if began else None)]
             if not active and signals:
                 time.sleep(0.01)
             now = time.monotonic()

@@ -528,10 +528,12 @@ _RENUMBER = 64
 
 
 def _numberings(snapshots: np.ndarray, bounds, later) -> list:
-    """Per run of ``snapshots`` (cut at ``bounds``): ``(k, names_new)``, ``k`` the publisher
+    """Per run of ``snapshots`` (cut at ``bounds``): ``(k, names_new, ends)``, ``k`` the publisher
     numbering of its channel it belongs to (0, 1, ... in the stream's order) as far as the
     markers tell, ``names_new`` whether it is a STALE marker that first names an epoch (a
-    restart's marker, or a loss's when no marker named the epoch before).
+    restart's marker, or a loss's when no marker named the epoch before), ``ends`` whether it
+    is the marker that ends its numbering (a restart's, stamped with the old epoch's last number:
+    the next run begins the new).
 
     A new numbering begins at a run naming another epoch than the last named (the marker of a
     publisher restart stamped with the old epoch's last number, at or above the numbering's
@@ -554,23 +556,23 @@ def _numberings(snapshots: np.ndarray, bounds, later) -> list:
         s = int(seq[a])
         names_new = e is not None and stale and not restart and e != last
         if later[a]:
-            out.append((k, False))
+            out.append((k, False, False))
             continue
         if bump:
             k, top, bump = k + 1, -1, False
         if e is not None and last is not None and e != last and not restart:
             if stale and s >= top:                     # the old epoch's end: the next run begins the new
-                out.append((k, names_new))
+                out.append((k, names_new, True))
                 bump, top = True, s
             else:
                 k, top = k + 1, s
-                out.append((k, names_new))
+                out.append((k, names_new, False))
         elif top >= 0 and s < top and not restart:
             k, top = k + 1, s
-            out.append((k, names_new))
+            out.append((k, names_new, False))
         else:
             top = max(top, s)
-            out.append((k, names_new))
+            out.append((k, names_new, False))
         state[c] = [k, top, e if e is not None else last, bump]
     return out
 
@@ -589,7 +591,7 @@ def renumbered_channels(snapshots: np.ndarray) -> list:
         return []
     bounds = _run_bounds(snapshots)
     nums = _numberings(snapshots, bounds, _later_joins(snapshots))
-    return sorted({int(snapshots["channel"][a]) for a, (k, _) in zip(bounds[:-1].tolist(), nums) if k > 0})
+    return sorted({int(snapshots["channel"][a]) for a, (k, _, _) in zip(bounds[:-1].tolist(), nums) if k > 0})
 
 
 def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray,
@@ -634,10 +636,10 @@ def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray,
         # daemon had 80.)
         later = _later_joins(snapshots) if later is None else later
         nums = _numberings(snapshots, bounds, later)
-        for (a, b), (k, names_new) in zip(zip(bounds[:-1].tolist(), bounds[1:].tolist()), nums):
+        for (a, b), (k, names_new, ends) in zip(zip(bounds[:-1].tolist(), bounds[1:].tolist()), nums):
             runs = pending.setdefault(int(ch[a]), [])
             runs.append((int(sq[a]), int(snapshots["ts_event"][a]) if later[a] else None, snapshots[a:b], a, k,
-                         names_new))
+                         names_new, ends))
     # per channel: [the ticks' numbering, the highest number met in it, the runs' shift]
     where: dict[int, list] = {c: [0, 0, 0] for c in pending}
     for chunk in ticks:
@@ -659,7 +661,7 @@ def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray,
             began = -1                                 # where in this chunk the ticks' numbering began
             find = _SeqSearch(seqs, w[1])
             while runs:
-                s, ts, rows, at, k, names_new = runs[0]
+                s, ts, rows, at, k, names_new, _ = runs[0]
                 k += w[2]
                 if ts is None and k < w[0]:            # of a numbering the ticks have left: here
                     if lo >= len(idx):
@@ -701,7 +703,8 @@ def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray,
                         while runs and runs[0][1] is None and runs[0][4] + w[2] == k and runs[0][0] == s:
                             inserts.append((int(idx[nr]), runs[0][3], runs[0][2]))
                             runs.pop(0)
-                        if runs and runs[0][1] is None and runs[0][4] + w[2] < w[0]:
+                        if runs and runs[0][1] is None and runs[0][4] + w[2] < w[0] \
+                                and (names_new or not _old_numbering_left(runs, w[0] - 1 - w[2])):
                             w[2] = w[0] - runs[0][4]   # (a numbering the markers did not foresee)
                     continue
                 if ts is not None:
@@ -740,6 +743,20 @@ def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray,
     rest = sorted((run[3], run[2]) for runs in pending.values() for run in runs)
     if rest:                                           # after the last tick: in stream order
         yield np.concatenate([r for _, r in rest])
+
+
+def _old_numbering_left(runs: list, k: int) -> bool:
+    """Whether the runs waiting begin with more of numbering ``k`` (the one the ticks just left),
+    up to the marker that ends it (a loss's STALE marker and snapshot above the old epoch's last
+    tick stored, then the restart's marker): they go where the new numbering began, not taken for
+    a numbering the markers did not foresee (that shifted every later run by one: the new epoch's
+    snapshots placed by the old numbering's numbers, after every tick of the new epoch)."""
+    for run in runs:
+        if run[1] is not None or run[4] != k:
+            return False
+        if run[6]:
+            return True
+    return False
 
 
 class _SeqSearch:

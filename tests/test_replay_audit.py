@@ -614,3 +614,33 @@ def test_a_bad_stamp_last_of_a_run_stays_there_when_the_next_run_starts_a_chunk(
     for chunk in (1 << 20, 59, 60):
         got = replayed(f"chdb://{tmp_path}/s", chunk=chunk)
         assert got["seq"].tolist() == ev["seq"].tolist(), chunk
+
+
+def test_a_loss_s_snapshot_above_the_old_epoch_s_last_tick_goes_where_the_new_numbering_begins():
+    """A review: a loss near an epoch's end (its STALE marker, then its snapshot above every tick
+    of the old epoch stored), then the publisher's restart. The ticks' new numbering began at the
+    loss's marker; the snapshot and the restart's marker after it (the old numbering's, up to the
+    marker that ends it) were taken for a numbering the markers did not foresee, and every later
+    run shifted by one: the new epoch's snapshot went after its last tick (its books out of sync
+    for the whole epoch), and so did the restart's marker."""
+    from tickwire.replay import merge_snapshots
+
+    old = ticks(0, np.concatenate([np.arange(1, 59), np.arange(81, 381)]))      # 59..80 lost
+    new = ticks(0, np.arange(1, 85))
+    snaps = np.concatenate(daemon_start(0) + [
+        marker(0, 58, Flag.STALE, epoch=5), marker(0, 80, Flag.SNAPSHOT_BEGIN), marker(0, 80, Flag.SNAPSHOT_END),
+        marker(0, 380, Flag.STALE, epoch=5),                                      # 381..383 lost
+        marker(0, 383, Flag.SNAPSHOT_BEGIN), marker(0, 383, Flag.SNAPSHOT_END),   # the old epoch's last snapshot
+        marker(0, 383, Flag.STALE, epoch=6),                                      # the restart
+        marker(0, 3, Flag.SNAPSHOT_BEGIN), marker(0, 3, Flag.SNAPSHOT_END),       # the new epoch's snapshot
+        marker(0, 84, Flag.STALE, epoch=6)])                                      # the stop
+    both = np.concatenate([old, new])
+    n_old = len(old)
+    want = [0, 1, 2, 3 + 58, 4 + 58, 5 + 58,                   # the start; the first loss, before tick 81
+            6 + n_old, 7 + n_old, 8 + n_old, 9 + n_old,        # where the new numbering begins
+            10 + n_old + 3, 11 + n_old + 3,                    # the new epoch's snapshot, before its tick 4
+            len(both) + 12]                                    # the stop
+    for chunk in (1, 7, 64, 5000):
+        out = np.concatenate(list(merge_snapshots([both[a:a + chunk] for a in range(0, len(both), chunk)], snaps)))
+        assert np.flatnonzero(out["kind"] == Kind.SNAPSHOT).tolist() == want, chunk
+        assert run(out, 64).holes == [] and run(out, 64).repeats == {}, chunk

@@ -1052,6 +1052,46 @@ def test_a_stop_with_a_slow_store_leaves_the_spill_to_the_next_start(tmp_path):
     assert_exactly_once(dsn, ev)
 
 
+def test_a_stop_with_a_slow_store_leaves_the_signal_spill_to_the_next_start_too(tmp_path):
+    """A review: the signal writers' drain started a new replay of their spill as each one ended,
+    so its bound (DRAIN_REPLAY_S, --drain-replay-seconds) never cut it: 22 signal spill files and
+    a store of 1 s an insert took a stop 27 s with a bound of 2 s (the daemon's writer killed at
+    its shutdown bound). One bound for the whole drain, from when the ticks' began: the rest is
+    left (durable) and the next writer stores every signal once."""
+    ticks, sigs = ring_name(), ring_name()
+    dsn, state = f"chdb://{tmp_path}/store", tmp_path / "state"
+    args = ("--signal-ring", f"s={sigs}", "--signal-seconds", "0.1", "--run", "r")
+    pushed = 0
+    with Ring.create(ticks, EVENT_DTYPE, 1 << 12) as tring, \
+            Ring.create(sigs, SIGNAL_DTYPE, 1 << 16, "broadcast") as sring:
+        w = start_writer(ticks, dsn, state, *args, "--debug-insert-delay", "1.0", "--drain-replay-seconds", "2")
+        status = state / "signals.json"
+        assert wait_for(lambda: status.exists())
+        while not json.loads(status.read_text())["spill_files"] >= 8:
+            sring.push_many(signals(pushed, pushed + 20))
+            pushed += 20
+            time.sleep(0.05)
+        t = time.monotonic()
+        tring.close()
+        sring.close()
+        out, _ = w.communicate(timeout=120)
+        took = time.monotonic() - t
+    assert w.returncode == 0, out.decode()[-2000:]
+    st = json.loads(status.read_text())
+    assert st["spill_files"] > 0 and took < 2 + 2 * 1.0 + 3, (took, st)
+    ticks = ring_name()
+    with Ring.create(ticks, EVENT_DTYPE, 1 << 12) as tring, \
+            Ring.create(sigs, SIGNAL_DTYPE, 1 << 16, "broadcast") as sring:   # the next start
+        w = start_writer(ticks, dsn, state, *args)
+        assert wait_for(lambda: json.loads(status.read_text())["spill_files"] == 0, 120), status.read_text()
+        tring.close()
+        sring.close()
+        out, _ = w.communicate(timeout=120)
+    assert w.returncode == 0, out.decode()[-2000:]
+    seqs = stored_signal_seqs(dsn, "r")
+    assert len(seqs) == len(np.unique(seqs)) == pushed, (len(seqs), pushed)
+
+
 def test_a_store_that_takes_connections_and_never_answers_is_an_outage_in_the_status(tmp_path):
     """Found by an adversarial pass: a store that accepts and never replies held the writer in its
     first call (clickhouse-connect waits 300 s) before it had a status file: no writer figures,
