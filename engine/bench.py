@@ -739,6 +739,10 @@ class Run:
         raw.setdefault("metrics", {})["port"] = 0
         if a.python_loop:
             raw["feeds"]["fast_loop"] = False
+        if a.busy_poll is not None:
+            # (with --config, --busy-poll / --no-busy-poll were taken and ignored: the target, the
+            # zmq floor and summary.json all ran with the config's feeds.busy_poll, nothing said)
+            raw["feeds"]["busy_poll"] = a.busy_poll
         if a.target == "pipeline":
             raw.setdefault("store", {})["enabled"] = False      # no writer in this target
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -1958,13 +1962,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "a seeded synthetic L2 market; auto: the capture when present [%(default)s]")
     p.add_argument("--batch", type=int, default=0,
                    help="events per wire message (0: the exchange's own messages, capped at 1024) [%(default)s]")
-    p.add_argument("--channels", type=int, default=1, help="feed channels of the stream [%(default)s]")
+    p.add_argument("--channels", type=int, default=1, help="feed channels of the stream [%(default)s; with --config: its feeds.channels]")
     p.add_argument("--events", type=int, default=200_000, help="synthetic stream: events generated [%(default)s]")
     p.add_argument("--seed", type=int, default=1, help="synthetic stream: seed of the market [%(default)s]")
     p.add_argument("--busy-poll", dest="busy_poll", action="store_true", default=None,
-                   help="pipeline target and zmq floor: poll without blocking (default: the example config's)")
+                   help="the target and the zmq floor: poll without blocking (default: --config's feeds.busy_poll, "
+                        "else the example config's)")
     p.add_argument("--no-busy-poll", dest="busy_poll", action="store_false",
-                   help="pipeline target and zmq floor: sleep in zmq_poll between messages")
+                   help="the target and the zmq floor: sleep in zmq_poll between messages")
     p.add_argument("--python-loop", action="store_true",
                    help="the worker's live loop per batch from Python (feeds.fast_loop = false), for a "
                         "before/after of the loop in C")

@@ -382,7 +382,7 @@ def cmd_books(args) -> int:
         print(f"tickwire books: --depth: expected 0..10000, got {args.depth}", file=sys.stderr)
         return 2
     if not 0 < args.timeout <= 3600:
-        print(f"tickwire books: --timeout: expected seconds from 0 to 3600, got {args.timeout}", file=sys.stderr)
+        print(f"tickwire books: --timeout: expected seconds > 0 and at most 3600, got {args.timeout}", file=sys.stderr)
         return 2
     try:
         books = request_books(run_dir, ids, args.depth, timeout=args.timeout)

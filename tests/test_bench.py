@@ -1499,3 +1499,23 @@ def test_a_restarted_worker_s_earlier_events_are_counted(tmp_path):
     assert lines == ["the daemon's w0 was restarted 1 time(s) during the run"], lines
     lines = bench.target_losses(1200, 40, st, None, 0, tmp_path)
     assert "processed 1,000 of the 1,200 events" in lines[0] and "700 of those" in lines[0], lines
+
+
+@pytest.mark.parametrize("flag", [True, False, None])
+@pytest.mark.parametrize("target", ["pipeline", "daemon"])
+def test_busy_poll_flags_apply_with_a_config_too(tmp_path, flag, target):
+    """`--busy-poll` / `--no-busy-poll` with `--config` were taken and ignored: the target, the zmq
+    floor and summary.json's busy_poll all had the config's feeds.busy_poll, nothing said. Given,
+    they set it; left out, the config's stands."""
+    from tickwire.engine import config as configmod
+
+    own = not configmod.load(configmod.EXAMPLE_PATH).feeds.busy_poll     # unlike the example's
+    path = tmp_path / "own.toml"
+    path.write_text(configmod.EXAMPLE_PATH.read_text().replace("busy_poll = false", f"busy_poll = {str(own).lower()}")
+                    .replace('state_dir = "../tickwire-data"', f'state_dir = "{tmp_path / "state"}"'))
+    cfg = configmod.load(path)
+    assert cfg.feeds.busy_poll is own
+    args = bench.default_args(config=str(path), target=target, busy_poll=flag, events=2_000)
+    stream = bench.synthetic_stream(cfg.instruments, cfg.feeds.channels, events=2_000, batch=16, seed=1)
+    _, got = bench.Run(args, stream, tmp_path / "work", (1, 0)).target_config("t")
+    assert got.feeds.busy_poll is (own if flag is None else flag)

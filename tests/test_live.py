@@ -133,7 +133,7 @@ def test_no_daemon_says_so_and_how_to_start_one(tmp_path):
     for timeout in ("nan", "0", "-1"):
         out = subprocess.run([PY, "-m", "tickwire", "books", "--config", str(cfg), f"--timeout={timeout}"],
                              capture_output=True, text=True)
-        assert out.returncode == 2 and "--timeout: expected seconds from 0 to 3600" in out.stderr, out.stderr
+        assert out.returncode == 2 and "--timeout: expected seconds > 0 and at most 3600" in out.stderr, out.stderr
 
 
 def test_an_instrument_no_worker_serves_is_said_not_left_blank(tmp_path, stream):
