@@ -1078,7 +1078,8 @@ def test_a_stop_with_a_slow_store_leaves_the_signal_spill_to_the_next_start_too(
         took = time.monotonic() - t
     assert w.returncode == 0, out.decode()[-2000:]
     st = json.loads(status.read_text())
-    assert st["spill_files"] > 0 and took < 2 + 2 * 1.0 + 3, (took, st)
+    assert st["spill_files"] > 0, (took, st)       # left: the old drain replayed every file
+    assert took < 30, (took, st)                    # (the bound and an insert in flight: ~3 s)
     ticks = ring_name()
     with Ring.create(ticks, EVENT_DTYPE, 1 << 12) as tring, \
             Ring.create(sigs, SIGNAL_DTYPE, 1 << 16, "broadcast") as sring:   # the next start
