@@ -495,10 +495,12 @@ class Supervisor:
                                f"process per data directory): stop it, or point store.dsn elsewhere; "
                                f"refusing to start")
 
-    def _unstored(self, ring: Ring, kind: str) -> int:
-        """Ticks or signals in ``ring`` that the writer has not stored (0 with storage off, but for
-        the rings of an earlier start that stored: those are owed to the store)."""
-        if not self.cfg.store.enabled and not self._prev_stored:
+    def _unstored(self, ring: Ring, kind: str, earlier: bool = False) -> int:
+        """Ticks or signals in ``ring`` that the writer has not stored: this start's rings with
+        storage on; an earlier start's (``earlier``) when that start stored, whatever this one
+        does (a storage-off start's rings are owed to no store: after a kill -9, a start with
+        storage on stored their signals, beside none of the ticks that fired them)."""
+        if not (self._prev_stored if earlier else self.cfg.store.enabled):
             return 0
         if kind == "ticks":
             return int(ring.head - ring.tail)
@@ -552,7 +554,7 @@ class Supervisor:
                                f"which is not this daemon's (waited {self.shutdown_timeout:g} s, "
                                f"daemon.shutdown_timeout_s): refusing to start; once it has exited (or is "
                                f"killed), start again: what the ring holds is then stored")
-        left = self._unstored(old, kind)
+        left = self._unstored(old, kind, earlier=True)
         if left and kind == "signals":
             state = self.run_dir / "writer" / self._keys.get(name, name)
             if (state / "spill").is_dir() and not (state / "position.json").exists():
@@ -598,7 +600,7 @@ class Supervisor:
                 if old.producer_alive or old.consumer_alive:
                     held.append(f"{name} (still in use)")
                     old.close()
-                elif left := self._unstored(old, kind):
+                elif left := self._unstored(old, kind, earlier=True):
                     held.append(f"{name} ({left:,} {kind} not stored)")
                     old.close()
                 else:

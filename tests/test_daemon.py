@@ -475,6 +475,28 @@ def test_a_start_with_storage_off_keeps_what_a_killed_daemon_left_to_store(tmp_p
     out = subprocess.run([PY, "-m", "tickwire", "run", "--config", str(off), "--duration", "1"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
+    # (a review: the rings of a storage-off run killed are owed to no store at a start with storage
+    # on either: its signals were stored, beside none of the ticks that fired them)
+    dsn = f"chdb://{tmp_path}/state/store"
+    (stored,), = query(dsn, "SELECT count() FROM tickwire.signals")
+    before = status(run_dir)["pid"]
+    daemon, log = start_daemon(off, tmp_path, "off2")
+    try:
+        assert wait_for(lambda: status(run_dir)["pid"] not in (0, None, before))
+        publish(raw, run_dir, 20_000)
+        assert status(run_dir)["counts"]["signals"] > 0
+    finally:
+        daemon.kill()
+        daemon.wait()
+        log.close()
+    assert wait_for(lambda: not _pid_alive(status(run_dir)["pid"]), 30)
+    out = subprocess.run([PY, "-m", "tickwire", "run", "--config", str(cfg_path), "--duration", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "nothing in it to store" in out.stderr and "not stored: kept" not in out.stderr, out.stderr[-3000:]
+    (again,), = query(dsn, "SELECT count() FROM tickwire.signals")
+    assert again == stored, (again, stored)
+    assert market_events(dsn) == (50_000, 50_000)
 
 
 def test_signals_a_lapped_ring_lost_are_in_the_last_line_and_the_exit_status(tmp_path, rings_of):
