@@ -789,6 +789,8 @@ def cmd_keygen(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tickwire.engine.config import EXAMPLE_COPY, example_ref
+
     parser = argparse.ArgumentParser(
         prog="tickwire",
         description="Low-latency tick processing: order books, statistics, feeds, rings, storage.",
@@ -839,7 +841,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "writer described by --config, and supervise them: crashed processes are restarted, "
                     "metrics are served on the metrics endpoint, HDR interval logs are written per worker. "
                     "SIGTERM/SIGINT drain and stop; SIGHUP reloads rule thresholds. "
-                    "See docs/config.md and engine/tickwire.example.toml.",
+                    f"See docs/config.md and {example_ref()}"
+                    + ("." if tickwire.source_checkout() else f" (the example config). {EXAMPLE_COPY}"),
     )
     run.add_argument("--config", "-c", required=True, help="the TOML configuration file")
     run.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: run until signalled)")

@@ -25,9 +25,22 @@ from tickwire.engine.pipeline import RULE_KINDS, RuleConfig, StatsConfig
 from tickwire.feeds.wire import MAX_MESSAGE_EVENTS
 
 __all__ = ["ConfigError", "Config", "FeedConfig", "WorkerConfig", "StoreConfig", "RingConfig",
-           "MetricsConfig", "load", "read_raw", "from_dict", "to_toml", "restart_keys", "EXAMPLE_PATH"]
+           "MetricsConfig", "load", "read_raw", "from_dict", "to_toml", "restart_keys", "EXAMPLE_PATH",
+           "EXAMPLE_COPY", "example_ref"]
 
 EXAMPLE_PATH = Path(__file__).with_name("tickwire.example.toml")
+#: What an installed tickwire's help says about its example configs (they sit inside the package).
+EXAMPLE_COPY = ("Copy an example config out of the installed package before running a daemon with it: its "
+                "state_dir (\"../tickwire-data\") is relative to the file's folder, which would put the "
+                "store, spill files and logs inside the installed package.")
+
+
+def example_ref(name: str = "tickwire.example.toml") -> str:
+    """How help texts name a shipped example config: ``engine/NAME`` from a checkout's root (as the
+    docs write it), the installed file's path otherwise (``engine/`` exists only in a checkout)."""
+    from tickwire import source_checkout
+
+    return f"engine/{name}" if source_checkout() else str(EXAMPLE_PATH.with_name(name))
 
 
 class ConfigError(ValueError):

@@ -21,14 +21,17 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tickwire import source_checkout
 from tickwire.engine.files import replacing
 
 __all__ = ["PlotInputError", "LatencySource", "load_latency", "spectrum", "over_time", "plot_latency",
            "figure", "save_png", "nines_axis", "require_matplotlib", "read_hgrm", "MATPLOTLIB_HINT"]
 
-#: How to get matplotlib (it is the ``report`` extra, and in ``dev``).
+#: How to get matplotlib (it is the ``report`` extra, and in ``dev``): in a checkout, matplotlib
+#: alone (installing the extra there rebuilds every extension); installed, the extra.
 MATPLOTLIB_HINT = ("in the checkout: .venv/bin/pip install 'matplotlib>=3.7' (all the report extra holds; "
-                   "installing the extra itself rebuilds every extension; dev has it too)")
+                   "installing the extra itself rebuilds every extension; dev has it too)"
+                   if source_checkout() else "pip install 'tickwire[report]' (the report extra: matplotlib)")
 #: The nines axis: 1/(1-p) at its ticks, and their labels.
 NINES_TICKS = (1, 10, 100, 1_000, 10_000, 100_000, 1_000_000)
 NINES_LABELS = ("0%", "90%", "99%", "99.9%", "99.99%", "99.999%", "99.9999%")

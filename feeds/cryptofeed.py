@@ -45,6 +45,7 @@ from typing import Iterable
 
 import numpy as np
 
+from tickwire import source_checkout
 from tickwire.engine.instruments import decimal_to_int
 from tickwire.ext.records import EVENT_DTYPE, Flag, Kind, Side
 
@@ -57,7 +58,8 @@ _BID, _ASK = int(Side.BID), int(Side.ASK)
 _TAKER = {"buy": _BID, "sell": _ASK}              # a trade's taker side; any other: Side.NONE
 _ADD, _MODIFY, _TRADE = int(Kind.ADD), int(Kind.MODIFY), int(Kind.TRADE)
 
-EXTRA = "pip install -e '.[cryptofeed]' in the checkout"
+#: How to install the cryptofeed extra: from the checkout this tickwire runs from, or the installed package's.
+EXTRA = "pip install -e '.[cryptofeed]' in the checkout" if source_checkout() else "pip install 'tickwire[cryptofeed]'"
 
 
 class BridgeError(ValueError):
@@ -685,6 +687,8 @@ def add_parser(sub) -> None:
     """Register ``bridge`` on the ``tickwire`` command's subparsers."""
     import argparse
 
+    from tickwire.engine.config import EXAMPLE_COPY, example_ref
+
     p = sub.add_parser(
         "bridge",
         help="publish a real exchange (through cryptofeed) as a tickwire feed for `tickwire run`",
@@ -697,11 +701,12 @@ def add_parser(sub) -> None:
                     "With bridge.zmq_input set, read cryptofeed's own ZeroMQ backend output (BookZMQ, "
                     "TradeZMQ) instead of running cryptofeed here. With --playback, replay files recorded "
                     "by cryptofeed's raw data collection (offline; no exchange needed).\n\n"
-                    "Needs the cryptofeed extra (pip install -e '.[cryptofeed]' in the checkout). A progress line goes "
+                    f"Needs the cryptofeed extra ({EXTRA}). A progress line goes "
                     "to stderr every second; SIGINT/SIGTERM stop it; bad input is one line and exit 2.\n\n"
                     "Example (docs/feeds.md, 'Live exchanges'):\n"
-                    "  tickwire bridge --config engine/kraken.example.toml      # in one terminal\n"
-                    "  tickwire run --config engine/kraken.example.toml",
+                    f"  tickwire bridge --config {example_ref('kraken.example.toml')}      # in one terminal\n"
+                    f"  tickwire run --config {example_ref('kraken.example.toml')}"
+                    + ("" if source_checkout() else f"\n\n{EXAMPLE_COPY}"),
     )
     p.add_argument("--config", "-c", required=True, help="the daemon's TOML configuration, with a [bridge] table")
     p.add_argument("--playback", nargs="+", metavar="FILE",

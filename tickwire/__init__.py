@@ -12,7 +12,22 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "get_include"]
+__all__ = ["__version__", "get_include", "source_checkout"]
+
+
+def source_checkout() -> Path | None:
+    """The root of the source checkout this tickwire runs from (an editable install), or None when
+    it is installed from a wheel or an sdist (then the subpackages live inside ``tickwire/``).
+
+    Help texts and hints use it to name what a user of each can do: ``engine/tickwire.example.toml``
+    and ``.venv/bin/pip`` exist only in a checkout; an installed tickwire has the extras
+    (``pip install 'tickwire[report]'``) and the example configs inside the package.
+    """
+    pkg_dir = Path(__file__).resolve().parent
+    if (pkg_dir / "ext").is_dir():
+        return None
+    root = pkg_dir.parent
+    return root if (root / "setup.py").is_file() and (root / "ext").is_dir() else None
 
 
 def get_include() -> list[str]:
