@@ -1811,12 +1811,34 @@ def _ignoring_late_signals(status: int) -> int:
     return status
 
 
+def _inside_the_package(path: Path) -> Path | None:
+    """The tickwire package's directory when ``path`` is in it (or is it), else None."""
+    import tickwire
+
+    pkg = Path(tickwire.__file__).resolve().parent
+    where = Path(os.path.abspath(path))
+    try:
+        where = where.resolve()
+    except OSError:
+        pass
+    return pkg if where == pkg or pkg in where.parents else None
+
+
 def run(config_path, duration=None) -> int:
     """``tickwire run``: load the config, run the supervisor on uvloop until stopped."""
     import uvloop
 
     raw = configmod.read_raw(config_path)
     cfg = configmod.from_dict(copy.deepcopy(raw[0]), base_dir=raw[1])
+    inside = _inside_the_package(cfg.state_dir)
+    if inside:
+        # (an installed tickwire's example config, run in place: its relative state_dir put the
+        # store, spill files and logs inside site-packages, or failed on a root-owned install: a
+        # packaging pass)
+        print(f"tickwire run: daemon.state_dir: {cfg.state_dir} is inside the installed tickwire package "
+              f"({inside}): copy the config to a folder of your own (cp {config_path} tickwire.toml) and run "
+              f"that, or set an absolute state_dir", file=sys.stderr, flush=True)
+        return 2
     stream = None
     if cfg.log_file:
         # (opened O_NOFOLLOW, in a directory no other user can write: a symlink planted there had

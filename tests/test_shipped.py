@@ -97,3 +97,27 @@ def test_an_installed_tickwire_names_its_own_example_config_and_extras():
     assert str(EXAMPLE_PATH) in run and " engine/tickwire.example.toml" not in run and "Copy an example" in run
     assert str(EXAMPLE_PATH.with_name("kraken.example.toml")) in bridge and "-e '.[cryptofeed]'" not in bridge
     assert " engine/kraken.example.toml" not in bridge and "Copy an example" in bridge
+
+
+def test_a_daemon_whose_state_dir_is_inside_the_package_is_refused(tmp_path):
+    """Found by a packaging pass: an installed tickwire's example config run in place
+    (`tickwire run --config .../site-packages/tickwire/engine/tickwire.example.toml`) resolves its
+    relative state_dir ("../tickwire-data") inside the package, where the store, spill files and
+    logs went (or the start failed on a root-owned install). Refused with one line, nothing made."""
+    import subprocess
+    import sys
+    import uuid
+    from pathlib import Path
+
+    import tickwire
+    from tickwire.engine.config import EXAMPLE_PATH
+
+    inside = Path(tickwire.__file__).resolve().parent / f"tickwire-data-{uuid.uuid4().hex[:8]}"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(EXAMPLE_PATH.read_text().replace('state_dir = "../tickwire-data"', f'state_dir = "{inside}"'))
+    assert str(inside) in cfg.read_text()
+    out = subprocess.run([sys.executable, "-m", "tickwire", "run", "--config", str(cfg), "--duration", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "is inside the installed tickwire package" in out.stderr \
+        and "copy the config to a folder of your own" in out.stderr, out.stderr[-2000:]
+    assert not inside.exists()
