@@ -460,10 +460,14 @@ def test_one_peer_s_flood_of_cheap_requests_does_not_push_out_a_receiver_s(tmp_p
         mine.send(wire.encode_retransmit_request(0, 99_999, 150_001, 64, epoch=7))
         time.sleep(0.05)
         calls = 0
-        while not mine.poll(0) and calls < 200:
+        while calls < 200:
             service._rest_until = 0.0                   # (the share is another test's)
             service.serve()
             calls += 1
+            # (the reply's delivery waited for: polled without a wait, a loaded CI machine had
+            # not delivered the answer of call 1 by the check after it, and counted 4 calls)
+            if mine.poll(300):
+                break
         assert mine.poll(0) and calls <= 3, calls       # answered in the flood's first calls
         parts = []
         while mine.poll(100):
