@@ -578,10 +578,17 @@ def _numberings(snapshots: np.ndarray, bounds, later) -> list:
 
 
 def _run_bounds(snapshots: np.ndarray) -> np.ndarray:
-    """Where the runs of (channel, seq) of ``snapshots`` begin (a RESTART marker begins its own)."""
+    """Where the runs of (channel, seq) of ``snapshots`` begin (a RESTART marker begins its own,
+    and a row after a STALE marker that names an epoch begins its own unless it is one too: a
+    publisher restart's marker, stamped with the old epoch's last number, and the new epoch's
+    snapshot stamped with the same number were one run, placed by the old numbering: the
+    snapshot went before the new epoch's 1, its covered ticks after it)."""
     ch, sq = snapshots["channel"], snapshots["seq"]
-    restart = (snapshots["flags"] & np.uint32(Flag.RESTART)) != 0
-    cut = np.flatnonzero((ch[1:] != ch[:-1]) | (sq[1:] != sq[:-1]) | restart[1:]) + 1
+    fl = snapshots["flags"]
+    restart = (fl & np.uint32(Flag.RESTART)) != 0
+    named = ((fl & np.uint32(Flag.STALE)) != 0) & ~restart & (snapshots["kind"] == Kind.SNAPSHOT) \
+        & (snapshots["order_id"] != 0)
+    cut = np.flatnonzero((ch[1:] != ch[:-1]) | (sq[1:] != sq[:-1]) | restart[1:] | (named[:-1] & ~named[1:])) + 1
     return np.concatenate(([0], cut, [len(snapshots)]))
 
 
@@ -625,6 +632,7 @@ def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray,
     # runs of (channel, seq) in stream order, per channel, as (seq, ts or None, rows); a daemon start's
     # RESTART marker begins a run of its own (another start's rows of the same seq are not its)
     pending: dict[int, list] = {}
+    ending: dict[int, set] = {}                        # per channel: the numberings a marker ends
     if len(snapshots):
         ch, sq = snapshots["channel"], snapshots["seq"]
         bounds = _run_bounds(snapshots)
@@ -640,9 +648,16 @@ def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray,
             runs = pending.setdefault(int(ch[a]), [])
             runs.append((int(sq[a]), int(snapshots["ts_event"][a]) if later[a] else None, snapshots[a:b], a, k,
                          names_new, ends))
+            if ends:
+                ending.setdefault(int(ch[a]), set()).add(k)
     # per channel: [the ticks' numbering, the highest number met in it, the runs' shift]
     where: dict[int, list] = {c: [0, 0, 0] for c in pending}
-    for chunk in ticks:
+    source = iter(ticks)
+    ahead: list = []                                   # chunks read ahead (:func:`_ends_off_ahead`)
+    while True:
+        chunk = ahead.pop(0) if ahead else next(source, None)
+        if chunk is None:
+            break
         if not pending:
             yield chunk
             continue
@@ -673,10 +688,16 @@ def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray,
                     # where the ticks' numbering changes next (-1: not in this chunk)
                     foreseen = (len(runs) > 1 and runs[1][1] is None and runs[1][4] + w[2] > k) or k > w[0]
                     after = int(rows["ts_event"][0]) if (foreseen or names_new) else None
+                    # a marker waiting ends this numbering (a restart's): a 1 after the ticks
+                    # reached this run's number begins the next (an epoch of 64 numbers or fewer
+                    # whose tail was lost: its loss's marker and snapshot went by the next
+                    # epoch's numbers, every later run after them; not after any number: a 1
+                    # stamped after a 2 at an epoch's start is no new numbering)
+                    least = min(_RENUMBER, max(s - 1, 1)) if runs[0][4] in ending.get(c, ()) else _RENUMBER
                     if lo == began:                    # (the 1 there began the numbering: not again)
-                        nr = find.renumber(lo + 1, max(w[1], int(seqs[lo])), foreseen, names_new, times, after)
+                        nr = find.renumber(lo + 1, max(w[1], int(seqs[lo])), foreseen, names_new, times, after, least)
                     else:
-                        nr = find.renumber(lo, w[1], foreseen, names_new, times, after)
+                        nr = find.renumber(lo, w[1], foreseen, names_new, times, after, least)
                     end = nr if nr >= 0 else len(seqs)
                     p = find.first_above(lo, end, s) if k == w[0] else -1
                     if p >= 0:
@@ -700,12 +721,28 @@ def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray,
                         # foresee, the second shifted every later run, the new epoch's snapshot
                         # after its last tick (books out of sync for the whole epoch: 42 signals
                         # for live's 70, a review)
-                        while runs and runs[0][1] is None and runs[0][4] + w[2] == k and runs[0][0] == s:
+                        # (a daemon start's only: a restart's marker and the new epoch's snapshot
+                        # of the same number are not, the snapshot went before the epoch's 1)
+                        while runs and runs[0][1] is None and runs[0][4] + w[2] == k and runs[0][0] == s \
+                                and bool((runs[0][2]["flags"] & np.uint32(Flag.RESTART)).any()):
                             inserts.append((int(idx[nr]), runs[0][3], runs[0][2]))
                             runs.pop(0)
-                        if runs and runs[0][1] is None and runs[0][4] + w[2] < w[0] \
-                                and (names_new or not _old_numbering_left(runs, w[0] - 1 - w[2])):
-                            w[2] = w[0] - runs[0][4]   # (a numbering the markers did not foresee)
+                        if runs and runs[0][1] is None and runs[0][4] + w[2] < w[0]:
+                            # (a numbering the markers did not foresee: a restart's marker that
+                            # first names an epoch; not when the runs waiting are the old
+                            # numbering's up to the marker that ends it, and, after a marker
+                            # first naming an epoch, not when that may be a loss's: no marker
+                            # waiting names its epoch again, and the new numbering's ticks, up
+                            # to their next 1, do not end at the end's number, as the new
+                            # epoch's own would. The old epoch's tail lost, its snapshot and
+                            # the restart's marker went by the new epoch's numbers, every later
+                            # run after them: a fuzzer's stores)
+                            end = _old_numbering_end(runs, w[0] - 1 - w[2], _named(rows) if names_new else None)
+                            off = None if end is None or not names_new or end[1] else find.ends_off(nr, end[0])
+                            if off is None and end is not None and names_new and not end[1]:
+                                off = _ends_off_ahead(source, ahead, c, end[0], find.top_from(nr))
+                            if end is None or (names_new and not off):
+                                w[2] = w[0] - runs[0][4]
                     continue
                 if ts is not None:
                     # a later daemon start that joined the feed (not resuming a history) stamps
@@ -745,18 +782,65 @@ def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray,
         yield np.concatenate([r for _, r in rest])
 
 
-def _old_numbering_left(runs: list, k: int) -> bool:
+def _named(rows: np.ndarray) -> Optional[int]:
+    """The epoch the last STALE marker of ``rows`` that names one names (None: none)."""
+    e = rows["order_id"][(rows["kind"] == Kind.SNAPSHOT) & ((rows["flags"] & np.uint32(Flag.STALE)) != 0)
+                         & (rows["order_id"] != 0)]
+    return int(e[-1]) if len(e) else None
+
+
+#: most ticks :func:`merge_snapshots` reads ahead to tell a lost tail from a new epoch's (the chunks
+#: read are merged after, as they come)
+_LOOK_AHEAD = 1 << 20
+
+
+def _ends_off(seqs: np.ndarray, top: int, s: int) -> tuple:
+    """:meth:`_SeqSearch.ends_off` of a later chunk's numbers of the channel, ``top`` the highest
+    before them: ``(answer or None, highest)``."""
+    ones = np.flatnonzero(seqs == 1)
+    part = seqs[:ones[0]] if len(ones) else seqs
+    if len(part):
+        top = max(top, int(part.max()))
+    if top > s:
+        return True, top
+    return ((top < s) if len(ones) else None), top
+
+
+def _ends_off_ahead(source, ahead: list, c: int, s: int, top: int) -> Optional[bool]:
+    """:meth:`_SeqSearch.ends_off` past the chunk: the next chunks' numbers of channel ``c``, read
+    into ``ahead`` (up to :data:`_LOOK_AHEAD` ticks; None if not known by then). At the ticks'
+    end, whether their highest is not ``s``."""
+    looked, i = 0, 0
+    while looked < _LOOK_AHEAD:
+        if i == len(ahead):
+            nxt = next(source, None)
+            if nxt is None:
+                return top != s
+            ahead.append(nxt)
+        chunk = ahead[i]
+        i += 1
+        looked += len(chunk)
+        off, top = _ends_off(chunk["seq"][chunk["channel"] == c], top, s)
+        if off is not None:
+            return off
+    return None
+
+
+def _old_numbering_end(runs: list, k: int, epoch: Optional[int] = None) -> Optional[tuple]:
     """Whether the runs waiting begin with more of numbering ``k`` (the one the ticks just left),
     up to the marker that ends it (a loss's STALE marker and snapshot above the old epoch's last
     tick stored, then the restart's marker): they go where the new numbering began, not taken for
     a numbering the markers did not foresee (that shifted every later run by one: the new epoch's
-    snapshots placed by the old numbering's numbers, after every tick of the new epoch)."""
+    snapshots placed by the old numbering's numbers, after every tick of the new epoch).
+    ``(number of that marker, whether a STALE marker before it names ``epoch``)`` if so, else None."""
+    again = False
     for run in runs:
         if run[1] is not None or run[4] != k:
-            return False
+            return None
         if run[6]:
-            return True
-    return False
+            return run[0], again
+        again = again or (epoch is not None and _named(run[2]) == epoch)
+    return None
 
 
 class _SeqSearch:
@@ -767,7 +851,7 @@ class _SeqSearch:
     numbering began in the chunk); ``cand``: where a new numbering may begin (a 1, or a number
     more than :data:`_RENUMBER` below the running maximum: a superset of :func:`_renumber`'s)."""
 
-    __slots__ = ("seqs", "base", "cm", "cand")
+    __slots__ = ("seqs", "base", "cm", "cand", "ones")
 
     def __init__(self, seqs: np.ndarray, top: int):
         self.seqs = seqs
@@ -776,6 +860,27 @@ class _SeqSearch:
         # renumber is at most that or the running maximum)
         self.cand = np.flatnonzero((seqs == 1) | (np.maximum(self.cm, np.uint64(top)) - seqs > _RENUMBER))
         self.base = 0
+        self.ones = None
+
+    def _next_one(self, at: int) -> int:
+        if self.ones is None:
+            self.ones = np.flatnonzero(self.seqs == 1)
+        q = int(np.searchsorted(self.ones, at + 1))
+        return int(self.ones[q]) if q < len(self.ones) else -1
+
+    def top_from(self, at: int) -> int:
+        """The highest number from ``at`` (:meth:`restart`'s) to the chunk's end."""
+        return int(self.cm[-1])
+
+    def ends_off(self, at: int, s: int) -> Optional[bool]:
+        """Whether the numbers from ``at`` (where the ticks' numbering began: :meth:`restart`) up
+        to their next 1 do not end at ``s``: their highest is above it, or their highest below
+        it and their next 1 in this chunk (None: not known from this chunk)."""
+        q = self._next_one(at)
+        top = int(self.cm[(q if q >= 0 else len(self.seqs)) - 1 - self.base])
+        if top > s:
+            return True
+        return (top < s) if q >= 0 else None
 
     def restart(self, at: int) -> None:
         """The ticks' numbering began again at ``at``: the running maximum from there."""
@@ -795,17 +900,20 @@ class _SeqSearch:
         above = np.flatnonzero(self.seqs[lo:end] > s)
         return lo + int(above[0]) if len(above) else -1
 
-    def renumber(self, lo: int, top: int, foreseen: bool, names_new: bool, ts=None, after=None) -> int:
+    def renumber(self, lo: int, top: int, foreseen: bool, names_new: bool, ts=None, after=None,
+                 least: int = _RENUMBER) -> int:
         """:func:`_renumber`, at once -1 when no position from ``lo`` on could begin a numbering."""
         if int(np.searchsorted(self.cand, lo)) == len(self.cand):
             return -1
-        return _renumber(self.seqs, lo, top, foreseen, names_new, ts, after)
+        return _renumber(self.seqs, lo, top, foreseen, names_new, ts, after, least)
 
 
-def _renumber(seqs: np.ndarray, lo: int, top: int, foreseen: bool, names_new: bool, ts=None, after=None) -> int:
+def _renumber(seqs: np.ndarray, lo: int, top: int, foreseen: bool, names_new: bool, ts=None, after=None,
+              least: int = _RENUMBER) -> int:
     """Where in ``seqs[lo:]`` (a channel's sequence numbers, ``top`` the highest met before ``lo``
     in their numbering) a new numbering begins, -1 if nowhere: a 1 met after numbers past
-    :data:`_RENUMBER` (past 1 when the run waiting is a marker first naming an epoch; a 1 after
+    :data:`_RENUMBER` (past ``least``, the run's number less one when a marker waiting ends the
+    numbering; past 1 when the run waiting is a marker first naming an epoch; a 1 after
     any, or a drop past :data:`_RENUMBER` below the numbers met, when the markers say a new
     numbering comes; with nothing met before it, a 1 stamped after such a marker ``after``:
     the old numbering's ticks all gone)."""
@@ -817,7 +925,7 @@ def _renumber(seqs: np.ndarray, lo: int, top: int, foreseen: bool, names_new: bo
     if foreseen:
         hit = (one & (seen > 0)) | (part.astype(np.int64) + _RENUMBER < seen)
     else:
-        hit = one & (seen > (1 if names_new else _RENUMBER))
+        hit = one & (seen > (1 if names_new else least))
     if (foreseen or names_new) and after is not None:
         hit |= one & (seen == 0) & (ts[lo:] > after)
     at = np.flatnonzero(hit)

@@ -644,3 +644,84 @@ def test_a_loss_s_snapshot_above_the_old_epoch_s_last_tick_goes_where_the_new_nu
         out = np.concatenate(list(merge_snapshots([both[a:a + chunk] for a in range(0, len(both), chunk)], snaps)))
         assert np.flatnonzero(out["kind"] == Kind.SNAPSHOT).tolist() == want, chunk
         assert run(out, 64).holes == [] and run(out, 64).repeats == {}, chunk
+
+
+def merged_as_live(pieces):
+    """``pieces`` (ticks and markers in the order the live engine met them): merge_snapshots
+    of their ticks and markers gives them back in that order, whatever the chunks."""
+    from tickwire.replay import merge_snapshots
+
+    live = np.concatenate(pieces)
+    live["price"] = np.arange(len(live))               # (every row told apart)
+    mark = live["kind"] == Kind.SNAPSHOT
+    ticks_, snaps = live[~mark], live[mark]
+    for chunk in (1, 7, 64, 5000):
+        out = np.concatenate(list(merge_snapshots([ticks_[a:a + chunk] for a in range(0, len(ticks_), chunk)], snaps)))
+        assert out.tobytes() == live.tobytes(), (chunk, np.flatnonzero(out["kind"] == Kind.SNAPSHOT).tolist(),
+                                                 np.flatnonzero(mark).tolist())
+        assert run(out, 64).holes == [] and run(out, 64).repeats == {}, chunk
+
+
+def snapshot(c, s):
+    return [marker(c, s, Flag.SNAPSHOT_BEGIN), marker(c, s, Flag.SNAPSHOT_END)]
+
+
+def test_a_restart_s_marker_and_the_new_epoch_s_snapshot_of_the_same_number_are_told_apart():
+    """A fuzzer's stores: the new epoch's snapshot stamped with the number of the restart's marker
+    (the old epoch's last) was one run with it: both went before the new epoch's 1, the snapshot's
+    covered ticks after it (a book out of sync up to the epoch's next snapshot)."""
+    merged_as_live(daemon_start(0) + [
+        ticks(0, np.arange(1, 31)), marker(0, 30, Flag.STALE, epoch=6),          # the restart (first to name)
+        ticks(0, np.arange(1, 31)), *snapshot(0, 30), ticks(0, np.arange(31, 101)),
+        marker(0, 100, Flag.STALE, epoch=6)])
+    merged_as_live(daemon_start(0) + [
+        ticks(0, np.arange(1, 11)), marker(0, 10, Flag.STALE, epoch=5),          # a loss: 11..20
+        ticks(0, np.arange(21, 30)), *snapshot(0, 29), ticks(0, np.arange(30, 51)),
+        marker(0, 50, Flag.STALE, epoch=6),                                       # the restart
+        ticks(0, np.arange(1, 51)), *snapshot(0, 50), ticks(0, np.arange(51, 121)),
+        marker(0, 120, Flag.STALE, epoch=6)])
+
+
+def test_a_short_epoch_s_lost_tail_its_snapshot_and_the_restart_go_where_the_next_epoch_begins():
+    """A fuzzer's stores: an epoch of 64 numbers or fewer whose tail was lost (its loss's marker, its
+    snapshot, the restart's marker): a 1 after fewer than 64 numbers was not taken for a new
+    numbering, and the three went by the next epoch's numbers, after its first ticks."""
+    merged_as_live(daemon_start(0) + [
+        ticks(0, np.arange(1, 201)), marker(0, 200, Flag.STALE, epoch=6),        # a restart
+        ticks(0, np.arange(1, 11)), *snapshot(0, 10), ticks(0, np.arange(11, 41)),
+        marker(0, 40, Flag.STALE, epoch=6), *snapshot(0, 50),                    # 41..50 lost
+        marker(0, 50, Flag.STALE, epoch=7),                                       # the next restart
+        ticks(0, np.arange(1, 6)), *snapshot(0, 5), ticks(0, np.arange(6, 101)),
+        marker(0, 100, Flag.STALE, epoch=7)])
+    # but a 1 stored after a 2 (exchange times that step back at an epoch's start) begins none
+    merged_as_live(daemon_start(0) + [
+        ticks(0, np.arange(1, 301)), marker(0, 300, Flag.STALE, epoch=6),
+        ticks(0, [2, 1] + list(range(3, 11))), *snapshot(0, 10), ticks(0, np.arange(11, 101)),
+        marker(0, 100, Flag.STALE, epoch=7), ticks(0, np.arange(1, 6)), *snapshot(0, 5),
+        ticks(0, np.arange(6, 101)), marker(0, 100, Flag.STALE, epoch=7)])
+
+
+@pytest.mark.parametrize("new_top", [200, 40])
+def test_a_first_named_loss_of_an_epoch_s_tail_is_told_from_a_restart_by_the_new_epoch_s_ticks(new_top):
+    """A fuzzer's stores: the first marker to name an epoch is a loss's, the epoch's tail lost, its
+    snapshot, then the restart's marker. Taken for a restart's (whose new epoch's snapshot is at or
+    above the old epoch's last number: the same markers), the snapshot and the restart's marker
+    went by the new epoch's numbers, and every later run after them. The new epoch's ticks tell:
+    up to their next 1 they do not end at the restart's marker's number, as the new epoch's own
+    would (above it, or below it: the next epoch's)."""
+    rest = [ticks(0, np.arange(4, new_top + 1))]
+    if new_top < 69:
+        rest += [marker(0, new_top, Flag.STALE, epoch=7), ticks(0, np.arange(1, 6)), *snapshot(0, 5),
+                 ticks(0, np.arange(6, 101)), marker(0, 100, Flag.STALE, epoch=7)]
+    else:
+        rest += [marker(0, new_top, Flag.STALE, epoch=6)]
+    merged_as_live(daemon_start(0) + [
+        ticks(0, np.arange(1, 66)), marker(0, 65, Flag.STALE, epoch=5),          # 66..69 lost
+        *snapshot(0, 69), marker(0, 69, Flag.STALE, epoch=6),                    # the restart
+        ticks(0, np.arange(1, 4)), *snapshot(0, 3)] + rest)
+    # and the restart it was taken for: the new epoch's snapshot above the old epoch's last
+    # number, the next restart right after it (the new epoch's ticks end at its number)
+    merged_as_live(daemon_start(0) + [
+        ticks(0, np.arange(1, 86)), marker(0, 85, Flag.STALE, epoch=6),          # the restart (first to name)
+        ticks(0, np.arange(1, 128)), *snapshot(0, 127), marker(0, 127, Flag.STALE, epoch=7),
+        ticks(0, np.arange(1, 4)), *snapshot(0, 3), ticks(0, np.arange(4, 51)), marker(0, 50, Flag.STALE, epoch=7)])
