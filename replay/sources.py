@@ -740,7 +740,7 @@ def merge_snapshots(ticks: Iterable[np.ndarray], snapshots: np.ndarray,
                             end = _old_numbering_end(runs, w[0] - 1 - w[2], _named(rows) if names_new else None)
                             off = None if end is None or not names_new or end[1] else find.ends_off(nr, end[0])
                             if off is None and end is not None and names_new and not end[1]:
-                                off = _ends_off_ahead(source, ahead, c, end[0], find.top_from(nr))
+                                off = _ends_off_ahead(source, ahead, c, end[0], find.top())
                             if end is None or (names_new and not off):
                                 w[2] = w[0] - runs[0][4]
                     continue
@@ -868,8 +868,8 @@ class _SeqSearch:
         q = int(np.searchsorted(self.ones, at + 1))
         return int(self.ones[q]) if q < len(self.ones) else -1
 
-    def top_from(self, at: int) -> int:
-        """The highest number from ``at`` (:meth:`restart`'s) to the chunk's end."""
+    def top(self) -> int:
+        """The highest number from where the numbering began (:meth:`restart`) to the chunk's end."""
         return int(self.cm[-1])
 
     def ends_off(self, at: int, s: int) -> Optional[bool]:
