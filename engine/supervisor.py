@@ -56,7 +56,7 @@ from tickwire.engine import lifeline
 from tickwire.engine.files import dir_problem, open_log, remove_stale_temps, replace_file
 from tickwire.engine.files import pid_alive as _pid_alive
 from tickwire.engine.metrics import Collector
-from tickwire.engine.worker import (CURVE_ENV, fresh_ring_names, load_frozen, made_under, new_ring_token,
+from tickwire.engine.worker import (CURVE_ENV, fresh_ring_names, load_frozen, made_under, new_ring_token, note_ended,
                                     read_ring_names, ring_keys, rings_stored, settle_history_note, write_note,
                                     write_ring_names)
 from tickwire.engine.writer import EXIT_UNSTORED
@@ -749,14 +749,14 @@ class Supervisor:
             mine = sorted(mine)
             note = {"ring_created_ns": -1, "ring_position": 0,
                     **{k: own.get(k, 0) for k in ("lost_events", "losses", "uncounted_losses")},
-                    "channels": {}, "ended": []}
+                    "channels": {}, "ended": [], "exchange_ns": {}}
             for c in mine:
                 src = notes.get(old.get(c, w.name), {})
                 if str(c) in src.get("channels", {}):
                     note["channels"][str(c)] = src["channels"][str(c)]
                     if str(c) in (src.get("exchange_ns") or {}):
-                        note.setdefault("exchange_ns", {})[str(c)] = src["exchange_ns"][str(c)]
-                if c in src.get("ended", []):
+                        note["exchange_ns"][str(c)] = src["exchange_ns"][str(c)]
+                if c in note_ended(src):                # (an older daemon's note says none)
                     note["ended"].append(c)
             write_note(self.run_dir / f"feed-{w.name}.json", note)
         for name in set(notes) - served:
@@ -777,7 +777,9 @@ class Supervisor:
         segments exist, so a crash in between leaves nothing unrecorded."""
         cfg = self.cfg
         prev = self._previous_rings(report=True)
-        if prev and cfg.store.enabled:
+        # (not after a start with storage off: it stored nothing and wrote no note, and the ERROR
+        # below was said of a run that had never stored: an upgrade pass)
+        if prev and cfg.store.enabled and self._prev_stored:
             for w in cfg.workers:
                 if not (self.run_dir / f"feed-{w.name}.json").exists():
                     # (deleted by hand: 276,032 of 1,500,000 stored twice, nothing said)

@@ -160,8 +160,11 @@ def note_points(note: dict, ring, losses: dict | None = None, times: dict | None
         if len(seqs):
             nxt = max(nxt, int(seqs.max()) + 1)
         points[c] = (epoch, nxt)
-        if times is not None and mine.any():
-            times[c] = max(times.get(c, 0), int(recent["ts_event"][mine].max()))
+        # (from its events, not its markers: a restart that met no tick and had no time noted stamps
+        # them with the local clock, which noted here became the history's exchange time for good,
+        # 2026 in a 2023 stream: an upgrade pass)
+        if times is not None and (mine & ~marker).any():
+            times[c] = max(times.get(c, 0), int(recent["ts_event"][mine & ~marker].max()))
     return points
 
 
@@ -195,6 +198,20 @@ def open_hdr_log(path: Path, recorders, **kw) -> IntervalLogWriter:
         log.error("HDR interval log %s cannot be started (%s): this worker's latency intervals are not "
                   "logged (status and the metrics still have them)", path, exc.strerror or exc)
         return IntervalLogWriter(_Discard(), recorders, **kw)
+
+
+def note_ended(note: dict) -> set:
+    """The channels a history note says ended (their publisher's END heartbeat seen, every event
+    it announced stored). Notes of daemons before 2026-12-07 (they have no ``exchange_ns``; from
+    2026-12-05 their ``ended`` also meant a channel gone silent) say none: taken at their word, an
+    upgrade counted an old epoch's unstored tail as nothing missing (88,128 events of a publisher
+    paused at the stop, exit 0: an upgrade pass)."""
+    if "exchange_ns" not in note:
+        return set()
+    try:
+        return {int(c) for c in note.get("ended") or ()}
+    except (TypeError, ValueError):
+        return set()
 
 
 def write_note(path: Path, note: dict) -> None:
@@ -531,8 +548,12 @@ class Worker:
         noted = {int(c): int(p[0]) for c, p in note.get("channels", {}).items()}
         # an ended channel stays ended only in the epoch it was noted in (not past a restart the
         # ring shows after the note)
-        self._resume_ended = {int(c) for c in note.get("ended", ()) if int(c) in points
-                              and points[int(c)][0] == noted.get(int(c))}
+        self._resume_ended = {c for c in note_ended(note) if c in points and points[c][0] == noted.get(c)}
+        if note.get("ended") and not note_ended(note):
+            log.warning("history note %s is an older daemon's: its channels noted as ended (%s) may only have "
+                        "gone silent, and are not taken as ended: a publisher restart found now counts what "
+                        "the old epoch may have lost as a range of unknown size", self.cursor_path,
+                        ", ".join(str(c) for c in note["ended"]))
         if points:
             log.info("resuming the tick history after a restart: %s",
                      ", ".join(f"channel {c} from seq {p[1]}" for c, p in sorted(points.items())))

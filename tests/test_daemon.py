@@ -1545,6 +1545,14 @@ def test_with_storage_off_a_publisher_that_ended_cleanly_is_no_warning(tmp_path)
                          capture_output=True, text=True, timeout=120)
     last = out.stderr.strip().splitlines()[-1]
     assert out.returncode == 0 and "stopped (storage off: nothing was stored)" in last and "spill" not in last, last
+    # then storage on: runs that stored nothing wrote no history note, and none is missing (an
+    # upgrade pass: an ERROR said "those already stored are stored twice" of a run that never stored)
+    (wdir / "status.json").unlink()
+    raw["store"]["enabled"] = True
+    cfg_path.write_text(to_toml(raw))
+    out = subprocess.run([PY, "-m", "tickwire", "run", "--config", str(cfg_path), "--duration", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "ERROR" not in out.stderr and "no history note" not in out.stderr, out.stderr[-3000:]
 
 
 def test_the_last_line_names_instruments_that_never_received_an_event(tmp_path):

@@ -366,6 +366,71 @@ def test_the_history_note_carries_the_exchange_time_each_history_stands_at(tmp_p
     assert json.loads(path.read_text())["exchange_ns"] == {"0": t + 3000, "1": t + 5000, "2": t - 7}
 
 
+def test_markers_in_the_ring_give_no_exchange_time_to_the_note(tmp_path):
+    """An upgrade pass: after a note without ``exchange_ns`` (an older daemon's), a restart that
+    met no tick stamped its markers with the local clock; settled at the stop, that time became
+    the note's exchange time for good (2026 in a 2023 stream, every later tickless restart stamped
+    there). Only the ring's events move the time; its markers do not."""
+    import json
+    import uuid
+
+    import numpy as np
+
+    from tickwire.engine.worker import note_points, settle_history_note
+    from tickwire.ext import EVENT_DTYPE, Flag, Kind
+    from tickwire.ext.ring import Ring
+
+    epoch, t, local = 1_700_000_000_000_000_000, 1_600_000_000_000_000_000, 1_800_000_000_000_000_000
+    rows = np.zeros(4, EVENT_DTYPE)
+    rows["channel"] = [0, 1, 1, 1]
+    rows["kind"] = [Kind.SNAPSHOT, Kind.SNAPSHOT, Kind.ADD, Kind.SNAPSHOT]
+    rows["flags"] = [Flag.SNAPSHOT | Flag.STALE | Flag.RESTART, Flag.SNAPSHOT | Flag.STALE | Flag.RESTART, 0,
+                     Flag.SNAPSHOT | Flag.STALE]
+    rows["order_id"] = [epoch, epoch, 0, epoch]
+    rows["seq"] = [9, 4, 5, 5]
+    rows["ts_event"] = [local, local, t, local]
+    with Ring.create(f"tw-test-{uuid.uuid4().hex[:10]}", EVENT_DTYPE, 1 << 10) as ring:
+        ring.push_many(rows)
+        note = {"channels": {"0": [epoch, 10], "1": [epoch, 5]}, "ring_created_ns": ring.created_ns,
+                "ring_position": 0}
+        times = {}
+        assert note_points(note, ring, None, times) == {0: (epoch, 10), 1: (epoch, 6)}
+        assert times == {1: t}
+        path = tmp_path / "feed-w0.json"
+        path.write_text(json.dumps(note))
+        assert settle_history_note(path, ring)
+    assert json.loads(path.read_text())["exchange_ns"] == {"1": t}
+
+
+def test_an_older_daemon_s_note_says_no_channel_ended(tmp_path, caplog):
+    """An upgrade pass: notes of daemons before 2026-12-07 (no ``exchange_ns``) listed in ``ended``
+    channels whose publisher had only gone quiet; taken for an END, the next run said of the old
+    epoch "nothing of it is missing" while 88,128 of its events had never been stored, exit 0.
+    Such a note's ``ended`` is not taken (and said); a note of this daemon's is."""
+    import json
+    import logging
+
+    from tickwire.engine.worker import note_ended
+
+    epoch = 1_700_000_000_000_000_000
+    old = {"channels": {"0": [epoch, 71477], "1": [epoch, 40397]}, "ended": [0, 1], "ring_created_ns": -1,
+           "ring_position": 0}
+    new = {**old, "exchange_ns": {"0": 5, "1": 6}}
+    assert note_ended(old) == set() and note_ended(new) == {0, 1}
+    assert note_ended({**new, "exchange_ns": {}}) == {0, 1}           # (a note that knew no time yet)
+    for note, ended in ((old, set()), (new, {0, 1})):
+        w = Worker.__new__(Worker)
+        w.cursor_path = tmp_path / "feed-w0.json"
+        w.cursor_path.write_text(json.dumps(note))
+        w.lost_before = {"lost_events": 0, "losses": 0, "uncounted_losses": 0}
+        w.ticks = types.SimpleNamespace(created_ns=1)                # another ring: the note's points alone
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="tickwire"):
+            assert w.resume_points() == {0: (epoch, 71477), 1: (epoch, 40397)}
+        assert w._resume_ended == ended
+        assert ("an older daemon's" in caplog.text) == (not ended), caplog.text
+
+
 def test_rings_json_spill_files_and_replay_signals_are_written_under_fresh_names(tmp_path):
     """A review: rings.json was written at ``.rings.json.<pid>``, which the start's sweep did not
     know (a daemon killed mid-write left it for good); a spill file at a fixed ``.NAME.tmp`` and
