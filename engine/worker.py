@@ -87,7 +87,7 @@ __all__ = ["Worker", "ring_names", "ring_keys", "read_ring_names", "write_ring_n
 
 
 #: A worker's HDR interval log is moved aside at this size (the 32 newest kept, with those of
-#: earlier workers of the run: at the default 10 s interval, about four days a file).
+#: earlier workers of the run: at the default 10 s interval, three to four days a file).
 HLOG_ROTATE_BYTES = 64 << 20
 
 #: The file in the run directory naming the run's rings (0600; the run directory is 0700).
