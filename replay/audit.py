@@ -34,7 +34,7 @@ _RENUMBER = 64
 
 class _Chan:
     __slots__ = ("_due", "_c", "pend", "tops", "epoch", "excused", "repeats", "stale_since", "stale", "owed", "base",
-                 "fresh", "snapping", "expect", "met", "hold")
+                 "fresh", "snapping", "expect", "met", "hold", "named")
 
     def __init__(self, due: np.ndarray, c: int):
         self._due, self._c = due, c  # the audit's array of next sequence numbers (0: not known)
@@ -54,6 +54,8 @@ class _Chan:
         self.hold = 0               # chunks more its holes wait for the marker of a numbering its ticks started
         self.expect = None          # a STALE marker first naming an epoch, at this number: a restart's
                                     # (a 1 met before any number past it starts a new numbering) or a loss's
+        self.named = None           # the epoch markers had named when a numbering its ticks started
+                                    # began: a STALE marker naming it again is that numbering's own
 
     def restart(self) -> None:
         """The numbering starts anew (a publisher's new epoch, a receiver's restart)."""
@@ -63,6 +65,7 @@ class _Chan:
         self.expect = None
         self.met = False
         self.hold = 0
+        self.named = None
 
     def excuses(self, first: int) -> bool:
         """Whether a hole from ``first`` is the feed's own: announced by a STALE marker, or met
@@ -192,6 +195,11 @@ class SeqAudit:
         # the marker of the numbering its ticks started (a new epoch's, met after its first ticks
         # in the store's order) names the old one's last number, not this one's
         fresh = st.fresh and bool(stale.any()) and epoch is not None
+        if fresh and st.named is not None and epoch == st.named:
+            # the epoch named before its ticks started it (its marker was met first, the old
+            # epoch's held tail between them): a loss's or a stop's marker of this numbering
+            fresh = st.fresh = False
+            st.hold = 0
         if fresh:
             st.fresh = False
             st.hold = 0
@@ -304,6 +312,14 @@ class SeqAudit:
                     if expected:
                         st.next = 1                 # (a publisher's new epoch is stored from 1)
                         st.stale_since = 0          # (out of sync to its snapshot, as above)
+                    elif st.epoch is not None:
+                        # a store whose markers name epochs: a new epoch's books are out of sync
+                        # from its start to its snapshot, whether its marker is still to come or
+                        # was met before its 1 (the old epoch's held tail, stored past the book's
+                        # number that marker names, came between them: "misses 22 events", the
+                        # losses a daemon logged before the new epoch's snapshot came)
+                        st.stale_since = 0
+                        st.named = st.epoch
                     at = k
                 elif st.expect is not None:
                     st.expect = None
