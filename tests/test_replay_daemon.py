@@ -183,9 +183,10 @@ def test_parity_holds_through_a_publisher_restart(tmp_path):
 
     (Retention of 20,000 events a channel, 0.8 s at this rate: with 3,000 a loaded machine's
     worker, catching up after the restart, found ranges aged out while its new epoch's books
-    waited for their snapshot; such a loss writes no marker, and the check said "misses 22
-    events" of a store the daemon had said lost them: a layout the check cannot yet tell, left
-    to the notes.)"""
+    waited for their snapshot; such a loss writes no marker, and where the old epoch's held tail
+    came between the restart's marker and the new epoch's 1 the check said "misses 22 events" of
+    a store the daemon had said lost them. The check now tells that layout:
+    test_replay_audit.py, test_a_restart_s_marker_met_before_the_old_epoch_s_held_tail_still_excuses_the_new_epoch_s_losses.)"""
     live, replays, _ = live_then_replay(tmp_path, "pubrestart", 150_000, "--drop", "0.01", "--reorder", "0.01",
                                         "--duplicate", "0.01", "--retain", "20000", "--restart-at", "60000",
                                         at_least=100_000)
