@@ -777,9 +777,12 @@ class Supervisor:
         segments exist, so a crash in between leaves nothing unrecorded."""
         cfg = self.cfg
         prev = self._previous_rings(report=True)
-        # (not after a start with storage off: it stored nothing and wrote no note, and the ERROR
-        # below was said of a run that had never stored: an upgrade pass)
-        if prev and cfg.store.enabled and self._prev_stored:
+        # (not for a run that never stored: starts with storage off write no note, and the ERROR
+        # below was said of such a run, an upgrade pass; one that stored left notes or a writer's
+        # position, whatever its last start did, a review)
+        stored_before = self._prev_stored or any(self.run_dir.glob("feed-*.json")) \
+            or any(self.run_dir.glob("writer/*/position.json"))
+        if prev and cfg.store.enabled and stored_before:
             for w in cfg.workers:
                 if not (self.run_dir / f"feed-{w.name}.json").exists():
                     # (deleted by hand: 276,032 of 1,500,000 stored twice, nothing said)
@@ -1667,7 +1670,7 @@ class Supervisor:
         out = []
         for w, st in zip(self.cfg.workers, self.worker_status()):
             note = self._history_note(w)
-            ended, points = set(note.get("ended") or ()), note.get("channels") or {}
+            ended, points = note_ended(note), note.get("channels") or {}
             for c, cs in (st.get("channels") or {}).items():
                 if cs.get("state") in (None, "live") or int(c) in ended:
                     continue

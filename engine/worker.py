@@ -202,10 +202,12 @@ def open_hdr_log(path: Path, recorders, **kw) -> IntervalLogWriter:
 
 def note_ended(note: dict) -> set:
     """The channels a history note says ended (their publisher's END heartbeat seen, every event
-    it announced stored). Notes of daemons before 2026-12-07 (they have no ``exchange_ns``; from
-    2026-12-05 their ``ended`` also meant a channel gone silent) say none: taken at their word, an
-    upgrade counted an old epoch's unstored tail as nothing missing (88,128 events of a publisher
-    paused at the stop, exit 0: an upgrade pass)."""
+    it announced stored). Notes of daemons before 2026-12-07 07:14 (013612f: they have no
+    ``exchange_ns``) say none: those of 2026-12-05 13:04-18:29 (4b7d06d..c970d20) also listed
+    channels that had only gone silent, and no key tells them from the later ones. Taken at their
+    word, an upgrade counted an old epoch's unstored tail as nothing missing (88,128 events of a
+    publisher paused at the stop, exit 0: an upgrade pass); not taken, a channel that did end is
+    counted as a range of unknown size."""
     if "exchange_ns" not in note:
         return set()
     try:
@@ -233,6 +235,9 @@ def settle_history_note(path: Path, ring) -> bool:
     if int(note.get("ring_created_ns", -1)) != int(ring.created_ns):
         return False
     before = note.get("channels", {})
+    # (an older daemon's note keeps saying no channel ended: given an ``exchange_ns`` below, its
+    # ``ended`` would be taken at its word again, a review)
+    note["ended"] = sorted(note_ended(note))
     lost, times = {}, {}
     note["channels"] = {str(c): list(p) for c, p in note_points(note, ring, lost, times).items()}
     if times:                                  # (the exchange time each history stands at, as far)

@@ -1553,6 +1553,15 @@ def test_with_storage_off_a_publisher_that_ended_cleanly_is_no_warning(tmp_path)
     out = subprocess.run([PY, "-m", "tickwire", "run", "--config", str(cfg_path), "--duration", "1"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "ERROR" not in out.stderr and "no history note" not in out.stderr, out.stderr[-3000:]
+    # a run that has stored says a note deleted by hand, a start with storage off between or not (a review)
+    assert (run_dir / "feed-w0.json").exists()
+    for enabled in (False, True):
+        raw["store"]["enabled"] = enabled
+        cfg_path.write_text(to_toml(raw))
+        (run_dir / "feed-w0.json").unlink(missing_ok=True)
+        out = subprocess.run([PY, "-m", "tickwire", "run", "--config", str(cfg_path), "--duration", "1"],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and ("no history note" in out.stderr) == enabled, out.stderr[-3000:]
 
 
 def test_the_last_line_names_instruments_that_never_received_an_event(tmp_path):

@@ -429,6 +429,26 @@ def test_an_older_daemon_s_note_says_no_channel_ended(tmp_path, caplog):
             assert w.resume_points() == {0: (epoch, 71477), 1: (epoch, 40397)}
         assert w._resume_ended == ended
         assert ("an older daemon's" in caplog.text) == (not ended), caplog.text
+    # settled for a replaced ring whose ticks give it an exchange time, an older note still says no
+    # channel ended (given ``exchange_ns``, its ``ended`` was taken at its word again: a review)
+    import uuid
+
+    import numpy as np
+
+    from tickwire.engine.worker import settle_history_note
+    from tickwire.ext import EVENT_DTYPE, Kind
+    from tickwire.ext.ring import Ring
+
+    ev = np.zeros(3, EVENT_DTYPE)
+    ev["channel"], ev["seq"], ev["kind"], ev["ts_event"] = 0, [71477, 71478, 71479], Kind.ADD, 1_600_000_000_000_000_000
+    for note, ended in ((old, []), (new, [0, 1])):
+        with Ring.create(f"tw-test-{uuid.uuid4().hex[:10]}", EVENT_DTYPE, 1 << 10) as ring:
+            ring.push_many(ev)
+            w.cursor_path.write_text(json.dumps({**note, "ring_created_ns": ring.created_ns}))
+            assert settle_history_note(w.cursor_path, ring)
+        settled = json.loads(w.cursor_path.read_text())
+        assert settled["exchange_ns"]["0"] == 1_600_000_000_000_000_000 and settled["ended"] == ended
+        assert note_ended(settled) == set(ended)
 
 
 def test_rings_json_spill_files_and_replay_signals_are_written_under_fresh_names(tmp_path):
