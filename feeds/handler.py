@@ -1037,8 +1037,11 @@ class FeedHandler:
         c.epoch = epoch
         c.store_next = 1
         if self._dealer is None:
+            # (without a service too: stamped first - 1, 0 for a new epoch from 1, replay's merge
+            # put the marker before every tick of the old epoch, its books out of sync all through
+            # it where live's were not, a review)
+            self._mark(c, Flag.SNAPSHOT | Flag.STALE, ends)
             c.next_seq = first
-            self._mark(c, Flag.SNAPSHOT | Flag.STALE)
             c.state = ChannelState.FILLING
             return
         c.book_ok = False

@@ -1506,3 +1506,30 @@ def test_a_restart_while_the_book_waits_on_a_hole_names_where_the_old_epoch_s_hi
         assert audit.holes == [] and audit.repeats == {}, (audit.holes, audit.repeats)
     finally:
         hs.close()
+
+
+def test_a_restart_without_a_service_names_where_the_old_epoch_s_history_ends(tmp_path):
+    """A review: without a recovery service the restart's STALE marker was stamped with the new
+    epoch's first number less one (0 for an epoch from 1); replay's merge put it before every tick
+    of the old epoch, the replayed books out of sync all through it where live's were not. It names
+    the old epoch's last number, as with a service, and the merge gives back live's order."""
+    from test_replay_audit import merged_as_live
+
+    hs = _InOrder(tmp_path, snapshot=False)
+    try:
+        for _ in range(30):
+            hs.publish(0)
+        hs.pump(lambda: hs.h.next_seq(0) == hs.next[0])
+        last_old, old_epoch = hs.next[0] - 1, hs.epoch
+        hs.restart()
+        for _ in range(10):
+            hs.publish(0)
+        hs.pump(lambda: hs.h.next_seq(0) == hs.next[0] and hs.h.counters()["restarts"] >= 1)
+    finally:
+        hs.close()
+    rows = np.concatenate(hs.rows)
+    rows = rows[rows["channel"] == 0]
+    stale = rows[(rows["kind"] == Kind.SNAPSHOT) & ((rows["flags"] & int(Flag.STALE)) != 0)]
+    assert sorted({(int(m["seq"]), int(m["order_id"])) for m in stale}) == [(0, 0), (last_old, hs.epoch)], stale
+    assert hs.epoch != old_epoch
+    merged_as_live([rows])
