@@ -216,6 +216,12 @@ def note_ended(note: dict) -> set:
         return set()
 
 
+def _say_older_note(path, note: dict) -> None:
+    log.warning("history note %s is an older daemon's: its channels noted as ended (%s) may only have gone "
+                "silent, and are not taken as ended: a publisher restart found now counts what the old epoch "
+                "may have lost as a range of unknown size", path, ", ".join(str(c) for c in note["ended"]))
+
+
 def write_note(path: Path, note: dict) -> None:
     """Write a history note atomically (a reader sees the old one or the new one, whole)."""
     replace_file(path, json.dumps(note))
@@ -236,7 +242,10 @@ def settle_history_note(path: Path, ring) -> bool:
         return False
     before = note.get("channels", {})
     # (an older daemon's note keeps saying no channel ended: given an ``exchange_ns`` below, its
-    # ``ended`` would be taken at its word again, a review)
+    # ``ended`` would be taken at its word again, a review; said here, as the worker says it of a
+    # note it reads, since the settled note no longer shows it)
+    if note.get("ended") and not note_ended(note):
+        _say_older_note(path, note)
     note["ended"] = sorted(note_ended(note))
     lost, times = {}, {}
     note["channels"] = {str(c): list(p) for c, p in note_points(note, ring, lost, times).items()}
@@ -555,10 +564,7 @@ class Worker:
         # ring shows after the note)
         self._resume_ended = {c for c in note_ended(note) if c in points and points[c][0] == noted.get(c)}
         if note.get("ended") and not note_ended(note):
-            log.warning("history note %s is an older daemon's: its channels noted as ended (%s) may only have "
-                        "gone silent, and are not taken as ended: a publisher restart found now counts what "
-                        "the old epoch may have lost as a range of unknown size", self.cursor_path,
-                        ", ".join(str(c) for c in note["ended"]))
+            _say_older_note(self.cursor_path, note)
         if points:
             log.info("resuming the tick history after a restart: %s",
                      ", ".join(f"channel {c} from seq {p[1]}" for c, p in sorted(points.items())))

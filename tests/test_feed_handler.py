@@ -1533,3 +1533,88 @@ def test_a_restart_without_a_service_names_where_the_old_epoch_s_history_ends(tm
     assert sorted({(int(m["seq"]), int(m["order_id"])) for m in stale}) == [(0, 0), (last_old, hs.epoch)], stale
     assert hs.epoch != old_epoch
     merged_as_live([rows])
+
+
+def _markers_and_merge(hs):
+    """The channel-0 STALE markers the handler gave the store ((seq, epoch), instrument 0's), and
+    replay's audit of the merged store (holes, repeats)."""
+    from test_replay_audit import run
+
+    from tickwire.replay import merge_snapshots
+
+    rows = np.concatenate(hs.rows)
+    rows = rows[rows["channel"] == 0]
+    mark = rows["kind"] == Kind.SNAPSHOT
+    stale = rows[mark & ((rows["flags"] & int(Flag.STALE)) != 0) & (rows["instrument"] == 0)]
+    audit = run(np.concatenate(list(merge_snapshots([rows[~mark]], rows[mark]))), 64)
+    return [(int(m["seq"]), int(m["order_id"])) for m in stale], (audit.holes, audit.repeats), rows
+
+
+def test_two_restarts_in_a_row_without_a_service_are_two_runs_in_replay(tmp_path):
+    """A review: two publisher restarts without a recovery service, both epochs ending at the same
+    number, have two restart markers with one number and nothing between them; replay's merge took
+    them for one run, both where the second epoch begins, and its store check said "misses 100
+    events" of a clean store."""
+    from test_replay_audit import merged_as_live
+
+    hs = _InOrder(tmp_path, snapshot=False)
+    epochs = []
+    try:
+        for k in range(3):
+            if k:
+                hs.restart()
+            epochs.append(hs.epoch)
+            for _ in range(10):
+                hs.publish(0)
+            hs.pump(lambda: hs.h.next_seq(0) == hs.next[0] and hs.h.counters()["restarts"] >= k)
+    finally:
+        hs.close()
+    stale, audit, rows = _markers_and_merge(hs)
+    assert stale == [(0, 0), (100, epochs[1]), (100, epochs[2])], stale
+    assert audit == ([], {}), audit
+    merged_as_live([rows])
+
+
+def test_a_second_restart_before_the_first_s_snapshot_names_the_epoch_between(tmp_path):
+    """A review: with a service, the publisher restarted, the new epoch's snapshot was refused
+    (unavailable) and it restarted again: the book still stood at the first epoch's number (110),
+    and the second restart's marker named it for an epoch stored up to 30. Replay's store check
+    then said a hole of 100 and 30 repeats. It names the last number stored of the epoch it ends."""
+    hs = _InOrder(tmp_path)
+
+    def serve(unavailable):
+        while hs.router.poll(0):
+            identity, payload = hs.router.recv_multipart()
+            reason, head, _ = codec.Decoder(types=codec.TYPES_REQUEST).decode(None, payload)
+            assert reason == Drop.OK
+            hs.answer((identity, head), unavailable=unavailable and head.type != MsgType.RETRANSMIT_REQUEST)
+
+    def until(cond, unavailable, timeout=10.0):
+        end = time.monotonic() + timeout
+        while not cond():
+            assert time.monotonic() < end, hs.h.counters()
+            hs.h.poll(0.005)
+            serve(unavailable)
+
+    epochs = []
+    try:
+        hs.join()
+        for _ in range(10):
+            hs.publish(0)
+        hs.pump(hs.caught_up)
+        for k in (1, 2):
+            hs.restart()
+            epochs.append(hs.epoch)
+            for _ in range(3):
+                hs.publish(0)
+            until(lambda: hs.h.counters()["restarts"] >= k and hs.h.next_seq(0) >= 0, unavailable=True)
+            end = time.monotonic() + 0.5                 # (the new epoch's history stored meanwhile)
+            while time.monotonic() < end:
+                hs.h.poll(0.005)
+                serve(k == 1)
+        until(lambda: hs.h.next_seq(0) == hs.next[0] and hs.h.all_live(), unavailable=False)
+    finally:
+        hs.close()
+    stale, audit, _ = _markers_and_merge(hs)
+    assert stale[-2:] == [(110, epochs[0]), (30, epochs[1])], stale
+    assert audit == ([], {}), audit

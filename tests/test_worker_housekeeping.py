@@ -445,7 +445,11 @@ def test_an_older_daemon_s_note_says_no_channel_ended(tmp_path, caplog):
         with Ring.create(f"tw-test-{uuid.uuid4().hex[:10]}", EVENT_DTYPE, 1 << 10) as ring:
             ring.push_many(ev)
             w.cursor_path.write_text(json.dumps({**note, "ring_created_ns": ring.created_ns}))
-            assert settle_history_note(w.cursor_path, ring)
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="tickwire"):
+                assert settle_history_note(w.cursor_path, ring)
+            # (said here: the settled note no longer shows it to the worker, a review)
+            assert ("an older daemon's" in caplog.text) == (not ended), caplog.text
         settled = json.loads(w.cursor_path.read_text())
         assert settled["exchange_ns"]["0"] == 1_600_000_000_000_000_000 and settled["ended"] == ended
         assert note_ended(settled) == set(ended)
