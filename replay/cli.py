@@ -116,7 +116,7 @@ def add_parser(sub) -> None:
                         "rate, taker PnL per rule and instrument)")
     g.add_argument("--no-plots", action="store_true",
                    help="for --report: summary.json and the CSVs without the PNGs (those need matplotlib: "
-                        "the report extra)")
+                        "in a checkout, .venv/bin/pip install 'matplotlib>=3.7')")
     g.add_argument("--horizons", metavar="LIST",
                    help="markout horizons for --report, comma-separated [100ms,1s,10s,60s]")
     g.add_argument("--latency-us", type=float, metavar="US",

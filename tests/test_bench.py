@@ -1014,6 +1014,11 @@ def test_a_target_that_fell_behind_is_said(tmp_path, monkeypatch, capsys):
     bench.print_run(res)
     out = capsys.readouterr()
     assert "note: the target fell behind at this rate (its wire-to-signal p50 is 605.0 ms" in out.out + out.err
+    # under --until-saturation the sweep's own line says it (the note told the user to pass the
+    # flag they had passed: a newcomer's pass)
+    bench.print_run(res, sweeping=True)
+    out = capsys.readouterr()
+    assert "fell behind" not in out.out + out.err and "wire_to_signal" in out.out + out.err
 
 
 def test_results_that_cannot_be_written_after_the_run_are_one_line(tmp_path, monkeypatch, capsys):
