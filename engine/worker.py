@@ -216,7 +216,10 @@ def note_ended(note: dict) -> set:
         return set()
 
 
-def _say_older_note(path, note: dict) -> None:
+def _say_if_older_note(path, note: dict) -> None:
+    """Warn that ``note`` is an older daemon's whose ``ended`` is not taken (:func:`note_ended`)."""
+    if not note.get("ended") or note_ended(note):
+        return
     log.warning("history note %s is an older daemon's: its channels noted as ended (%s) may only have gone "
                 "silent, and are not taken as ended: a publisher restart found now counts what the old epoch "
                 "may have lost as a range of unknown size", path, ", ".join(str(c) for c in note["ended"]))
@@ -244,8 +247,7 @@ def settle_history_note(path: Path, ring) -> bool:
     # (an older daemon's note keeps saying no channel ended: given an ``exchange_ns`` below, its
     # ``ended`` would be taken at its word again, a review; said here, as the worker says it of a
     # note it reads, since the settled note no longer shows it)
-    if note.get("ended") and not note_ended(note):
-        _say_older_note(path, note)
+    _say_if_older_note(path, note)
     note["ended"] = sorted(note_ended(note))
     lost, times = {}, {}
     note["channels"] = {str(c): list(p) for c, p in note_points(note, ring, lost, times).items()}
@@ -563,8 +565,7 @@ class Worker:
         # an ended channel stays ended only in the epoch it was noted in (not past a restart the
         # ring shows after the note)
         self._resume_ended = {c for c in note_ended(note) if c in points and points[c][0] == noted.get(c)}
-        if note.get("ended") and not note_ended(note):
-            _say_older_note(self.cursor_path, note)
+        _say_if_older_note(self.cursor_path, note)
         if points:
             log.info("resuming the tick history after a restart: %s",
                      ", ".join(f"channel {c} from seq {p[1]}" for c, p in sorted(points.items())))

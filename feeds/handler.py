@@ -995,10 +995,9 @@ class FeedHandler:
         # check end the old numbering there): past the book's when the book waited on a hole and
         # the ranges held after it are stored now (stamped with the book's, the marker came before
         # them in the store, and the merge put the new epoch's snapshot, and the store check its
-        # losses, in the old numbering: "misses 8,913 events" of a loaded daemon's store)
-        # (the book's number is this epoch's only when its book took the epoch's snapshot: one
-        # waiting for it still stands at the epoch before's, and a second restart named that one's
-        # number, 110 for an epoch stored up to 30, a review)
+        # losses, in the old numbering: "misses 8,913 events" of a loaded daemon's store); and not
+        # the book's at all while it waits for the epoch's snapshot, standing at the epoch before's
+        # (a second restart named 110 for an epoch stored up to 30, a review)
         ends = c.next_seq - 1 if c.book_ok or c.store_next is None else 0
         if c.store_next is not None:
             for r in list(c.held):
